@@ -1,0 +1,20 @@
+// Runtime SIMD level: chosen once from the CPU (or RECFUSE_SIMD), changeable for tests.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace recfuse {
+
+enum class SimdLevel { Generic = 0, Avx2 = 1, Avx512 = 2 };
+
+// Highest level this CPU supports (and this build compiled).
+SimdLevel best_simd_level();
+// The level in force: RECFUSE_SIMD if set (generic|avx2|avx512), else best_simd_level().
+SimdLevel simd_level();
+// Force a level; throws std::invalid_argument if the CPU cannot run it.
+void set_simd_level(SimdLevel level);
+SimdLevel parse_simd_level(const std::string& name);
+const char* simd_level_name(SimdLevel level);
+std::vector<SimdLevel> supported_simd_levels();
+
+}  // namespace recfuse

@@ -1,0 +1,167 @@
+// Thread layout and dispatch for the ALS kernels; the row math lives in als_kernels_impl.inc.
+#include "recfuse/als.hpp"
+
+#include <omp.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "als_kernels.hpp"
+#include "recfuse/simd.hpp"
+
+namespace recfuse {
+
+namespace {
+
+template <class T>
+const kernels::AlsRowKernels<T>& row_kernels();
+
+template <>
+const kernels::AlsRowKernels<float>& row_kernels<float>() {
+  switch (simd_level()) {
+    case SimdLevel::Avx512: return kernels::avx512::als_kernels_float();
+    case SimdLevel::Avx2: return kernels::avx2::als_kernels_float();
+    default: return kernels::generic::als_kernels_float();
+  }
+}
+
+template <>
+const kernels::AlsRowKernels<double>& row_kernels<double>() {
+  switch (simd_level()) {
+    case SimdLevel::Avx512: return kernels::avx512::als_kernels_double();
+    case SimdLevel::Avx2: return kernels::avx2::als_kernels_double();
+    default: return kernels::generic::als_kernels_double();
+  }
+}
+
+int thread_count(int requested) { return requested > 0 ? requested : omp_get_max_threads(); }
+
+template <class T>
+void check_csr(const CsrView<T>& R) {
+  if (R.rows < 0 || R.cols < 0) throw std::invalid_argument("CSR shape must be non-negative");
+  if (R.indptr[0] != 0) throw std::invalid_argument("CSR indptr must start at 0");
+  for (int64_t u = 0; u < R.rows; ++u) {
+    if (R.indptr[u + 1] < R.indptr[u]) {
+      throw std::invalid_argument("CSR indptr must be non-decreasing (row " + std::to_string(u) +
+                                  ")");
+    }
+  }
+  const int64_t nnz = R.indptr[R.rows];
+  bool bad = false;
+#pragma omp parallel for reduction(|| : bad) schedule(static)
+  for (int64_t t = 0; t < nnz; ++t) bad = bad || R.indices[t] < 0 || R.indices[t] >= R.cols;
+  if (bad) {
+    throw std::invalid_argument("CSR column index out of range [0, " + std::to_string(R.cols) +
+                                ")");
+  }
+}
+
+template <class T>
+std::vector<T> regularised_gram(const T* Y, int64_t n, int k, const T* gram_or_null, T reg,
+                                int num_threads) {
+  std::vector<T> G(static_cast<size_t>(k) * k);
+  if (gram_or_null != nullptr) {
+    for (size_t i = 0; i < G.size(); ++i) G[i] = gram_or_null[i];
+  } else {
+    gram(Y, n, k, G.data(), num_threads);
+  }
+  for (int a = 0; a < k; ++a) G[static_cast<size_t>(a) * k + a] += reg;
+  return G;
+}
+
+}  // namespace
+
+template <class T>
+void gram(const T* Y, int64_t n, int k, T* G, int num_threads) {
+  if (k <= 0) throw std::invalid_argument("factors must be positive");
+  const auto& kern = row_kernels<T>();
+  for (int64_t i = 0; i < static_cast<int64_t>(k) * k; ++i) G[i] = 0;
+  // Each thread owns the output rows a = t, t + threads, ...; every element is summed over
+  // i in ascending order, so the result does not depend on the thread count.
+  const int threads = thread_count(num_threads) < k ? thread_count(num_threads) : k;
+  const int64_t block = 256;
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    const int nt = omp_get_num_threads();
+    for (int64_t begin = 0; begin < n; begin += block) {
+      const int64_t end = begin + block < n ? begin + block : n;
+      kern.gram_rows(Y, begin, end, k, t, nt, G);
+    }
+  }
+  for (int a = 0; a < k; ++a) {
+    for (int b = 0; b < a; ++b) G[static_cast<int64_t>(a) * k + b] = G[static_cast<int64_t>(b) * k + a];
+  }
+}
+
+template <class T>
+int64_t als_half_sweep(const CsrView<T>& R, const T* Y, int k, const T* gram_or_null, T* X,
+                       const AlsParams<T>& params) {
+  if (k <= 0) throw std::invalid_argument("factors must be positive");
+  if (params.cg_steps < 0) throw std::invalid_argument("cg_steps must be >= 0");
+  check_csr(R);
+  const auto& kern = row_kernels<T>();
+  const std::vector<T> G =
+      regularised_gram(Y, R.cols, k, gram_or_null, params.regularization, params.num_threads);
+  const bool raw = params.confidence == Confidence::Raw;
+  const bool cholesky = params.solver == Solver::Cholesky;
+  const size_t scratch_size = cholesky ? static_cast<size_t>(k) * k + k : 3 * static_cast<size_t>(k);
+  int64_t failed = 0;
+#pragma omp parallel num_threads(thread_count(params.num_threads)) reduction(+ : failed)
+  {
+    std::vector<T> scratch(scratch_size);
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t u = 0; u < R.rows; ++u) {
+      const int64_t start = R.indptr[u];
+      const int64_t nnz = R.indptr[u + 1] - start;
+      T* x = X + u * k;
+      if (cholesky) {
+        if (!kern.solve_cholesky(R.indices + start, R.data + start, nnz, Y, G.data(), k,
+                                 params.alpha, raw, x, scratch.data())) {
+          ++failed;
+        }
+      } else {
+        kern.solve_cg(R.indices + start, R.data + start, nnz, Y, G.data(), k, params.alpha, raw,
+                      params.cg_steps, x, scratch.data());
+      }
+    }
+  }
+  return failed;
+}
+
+template <class T>
+double als_data_loss(const CsrView<T>& R, const T* X, const T* Y, int k, const T* gram_or_null,
+                     T alpha, Confidence confidence, int num_threads) {
+  if (k <= 0) throw std::invalid_argument("factors must be positive");
+  check_csr(R);
+  const auto& kern = row_kernels<T>();
+  const std::vector<T> G = regularised_gram(Y, R.cols, k, gram_or_null, T(0), num_threads);
+  std::vector<double> per_row(static_cast<size_t>(R.rows));
+  const bool raw = confidence == Confidence::Raw;
+#pragma omp parallel num_threads(thread_count(num_threads))
+  {
+    std::vector<T> scratch(static_cast<size_t>(k));
+#pragma omp for schedule(dynamic, 256)
+    for (int64_t u = 0; u < R.rows; ++u) {
+      const int64_t start = R.indptr[u];
+      per_row[u] = kern.data_loss_row(R.indices + start, R.data + start, R.indptr[u + 1] - start,
+                                      Y, G.data(), k, alpha, raw, X + u * k, scratch.data());
+    }
+  }
+  double total = 0;  // summed in row order: the same for any thread count
+  for (double v : per_row) total += v;
+  return total;
+}
+
+#define RECFUSE_INSTANTIATE(T)                                                              \
+  template void gram<T>(const T*, int64_t, int, T*, int);                                   \
+  template int64_t als_half_sweep<T>(const CsrView<T>&, const T*, int, const T*, T*,        \
+                                     const AlsParams<T>&);                                  \
+  template double als_data_loss<T>(const CsrView<T>&, const T*, const T*, int, const T*, T, \
+                                   Confidence, int);
+RECFUSE_INSTANTIATE(float)
+RECFUSE_INSTANTIATE(double)
+#undef RECFUSE_INSTANTIATE
+
+}  // namespace recfuse

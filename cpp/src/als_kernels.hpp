@@ -1,0 +1,41 @@
+// Per-row ALS kernels, compiled once per SIMD level (als_kernels_<level>.cpp defines
+// RECFUSE_KERNEL_NS and its compiler flags). Plain loops with `omp simd` so that the
+// compiler vectorises them for the level's instruction set. This header must use no
+// inline library templates: a copy compiled with AVX-512 flags could otherwise be the one
+// the linker keeps for every caller.
+#pragma once
+#include <cstdint>
+
+#include "recfuse/als.hpp"
+
+namespace recfuse {
+namespace kernels {
+
+// Function table filled by each SIMD level.
+template <class T>
+struct AlsRowKernels {
+  // x (k) updated in place; scratch holds at least 3k values.
+  void (*solve_cg)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y, const T* G_reg,
+                   int k, T alpha, bool raw, int steps, T* x, T* scratch);
+  // Returns false (x untouched) if the system is not positive definite; scratch >= k*k + k.
+  bool (*solve_cholesky)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y,
+                         const T* G_reg, int k, T alpha, bool raw, T* x, T* scratch);
+  // G[a][a:] += Σ_{i in [begin, end)} Y[i][a] * Y[i][a:] for the rows a = first, first+stride, ...
+  void (*gram_rows)(const T* Y, int64_t begin, int64_t end, int k, int first, int stride, T* G);
+  // One row's term of als_data_loss; scratch >= k.
+  double (*data_loss_row)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y,
+                          const T* G, int k, T alpha, bool raw, const T* x, T* scratch);
+};
+
+#define RECFUSE_DECLARE_LEVEL(ns)                       \
+  namespace ns {                                        \
+  const AlsRowKernels<float>& als_kernels_float();      \
+  const AlsRowKernels<double>& als_kernels_double();    \
+  }
+RECFUSE_DECLARE_LEVEL(generic)
+RECFUSE_DECLARE_LEVEL(avx2)
+RECFUSE_DECLARE_LEVEL(avx512)
+#undef RECFUSE_DECLARE_LEVEL
+
+}  // namespace kernels
+}  // namespace recfuse

@@ -1,0 +1,10 @@
+// ALS row kernels for the generic SIMD level (compiler flags set per file in CMakeLists.txt).
+#include "als_kernels.hpp"
+
+namespace recfuse {
+namespace kernels {
+namespace generic {
+#include "als_kernels_impl.inc"
+}  // namespace generic
+}  // namespace kernels
+}  // namespace recfuse

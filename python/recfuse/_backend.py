@@ -1,0 +1,72 @@
+"""Backend registry and choice: ``backend=`` argument > ``RECFUSE_BACKEND`` > auto.
+
+Auto order: cuda (native, device present) -> cpu (native) -> numba -> numpy. The cupy
+backend is used only when asked for by name (it serves machines that have CuPy and a GPU
+but no native CUDA build).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from types import ModuleType
+from typing import NamedTuple
+
+BACKEND_NAMES = ("cuda", "cpu", "numba", "cupy", "numpy")
+AUTO_ORDER = ("cuda", "cpu", "numba", "numpy")
+_MODULES = {
+    "cuda": "recfuse._als.cuda",
+    "cpu": "recfuse._als.cpu",
+    "numba": "recfuse._als.numba_backend",
+    "cupy": "recfuse._als.cupy_backend",
+    "numpy": "recfuse._als.numpy_backend",
+}
+
+
+class BackendInfo(NamedTuple):
+    name: str
+    available: bool
+    detail: str  # why not, when unavailable; what it runs on, when available
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(name: str) -> tuple[ModuleType | None, BackendInfo]:
+    try:
+        module = importlib.import_module(_MODULES[name])
+        available, detail = module.availability()
+    except Exception as error:  # a broken optional backend must not break the others
+        return None, BackendInfo(name, False, f"{type(error).__name__}: {error}")
+    return (module if available else None), BackendInfo(name, bool(available), detail)
+
+
+def backends() -> list[BackendInfo]:
+    """The table of backends: name, whether it is available here, and why (not).
+
+    >>> [b.name for b in backends()]
+    ['cuda', 'cpu', 'numba', 'cupy', 'numpy']
+    """
+    return [_probe(name)[1] for name in BACKEND_NAMES]
+
+
+def resolve_backend(backend: str = "auto") -> ModuleType:
+    """Return the backend module for ``backend`` ("auto" or one of ``BACKEND_NAMES``).
+
+    An explicit backend that is not available raises ``RuntimeError`` with the reason.
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend == "auto":
+        backend = os.environ.get("RECFUSE_BACKEND", "auto") or "auto"
+    if backend == "auto":
+        for name in AUTO_ORDER:
+            module, _ = _probe(name)
+            if module is not None:
+                return module
+        raise RuntimeError("no recfuse backend is available")  # numpy always is
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
+    module, info = _probe(backend)
+    if module is None:
+        raise RuntimeError(f"backend {backend!r} is not available: {info.detail}")
+    return module

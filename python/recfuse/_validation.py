@@ -1,0 +1,126 @@
+"""Input checks at the Python boundary: each error says which argument, what was expected
+and what came. TypeError for the wrong kind of object or dtype, ValueError for the wrong
+shape or value."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import scipy.sparse as sp
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+INT32_MAX = np.iinfo(np.int32).max
+
+
+def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_float(value, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_float_dtype(dtype, name: str = "dtype") -> np.dtype:
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from error
+    if resolved not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {resolved}")
+    return resolved
+
+
+def check_csr(
+    matrix,
+    name: str,
+    *,
+    dtype: np.dtype,
+    n_cols: int | None = None,
+    n_rows: int | None = None,
+    nonnegative: bool = False,
+) -> sp.csr_matrix:
+    """Return ``matrix`` as a canonical CSR matrix of ``dtype`` (a copy only when needed)."""
+    if not sp.issparse(matrix):
+        raise TypeError(
+            f"{name} must be a scipy.sparse CSR matrix, got {type(matrix).__module__}."
+            f"{type(matrix).__name__}"
+        )
+    if matrix.format != "csr":
+        raise TypeError(
+            f"{name} must be in CSR format, got {matrix.format.upper()}; convert it with .tocsr()"
+        )
+    if matrix.ndim != 2:
+        raise ValueError(f"{name} must be 2-d, got {matrix.ndim}-d")
+    rows, cols = matrix.shape
+    if n_rows is not None and rows != n_rows:
+        raise ValueError(f"{name} must have {n_rows} rows, got shape {matrix.shape}")
+    if n_cols is not None and cols != n_cols:
+        raise ValueError(f"{name} must have {n_cols} columns, got shape {matrix.shape}")
+    if cols > INT32_MAX:
+        raise ValueError(f"{name} has {cols} columns; at most {INT32_MAX} are supported")
+    if matrix.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {matrix.dtype}")
+    data = np.asarray(matrix.data)
+    if data.size and not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise ValueError(f"{name} must hold finite values, got {bad} NaN/inf entries")
+    if nonnegative and data.size and data.min() < 0:
+        raise ValueError(
+            f"{name} must hold non-negative values (confidence 1 + alpha * r), got min {data.min()}"
+        )
+    if not matrix.has_canonical_format:
+        matrix = matrix.copy()
+        matrix.sum_duplicates()  # sorts indices and adds repeated (row, col) entries
+    if matrix.dtype != dtype:
+        matrix = matrix.astype(dtype)
+    return sp.csr_matrix(matrix)
+
+
+def check_ids(ids, name: str, upper: int | None, *, allow_new: bool = False) -> np.ndarray:
+    """Return ``ids`` as a 1-d int64 array; every id must be in [0, upper) unless allow_new."""
+    array = np.asarray(ids)
+    if array.ndim > 1:
+        raise ValueError(f"{name} must be an integer or a 1-d array of integers, got shape {array.shape}")
+    if array.size and array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+    array = array.astype(np.int64).reshape(-1)
+    if array.size and array.min() < 0:
+        raise ValueError(f"{name} must be >= 0, got {array.min()}")
+    if not allow_new and upper is not None and array.size and array.max() >= upper:
+        raise ValueError(f"{name} must be < {upper}, got {array.max()}")
+    return array
+
+
+def check_factors(array, name: str, *, dtype: np.dtype, n_cols: int | None = None) -> np.ndarray:
+    """A finite 2-d float array as a C-contiguous copy in ``dtype``."""
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be 2-d, got shape {array.shape}")
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    if n_cols is not None and array.shape[1] != n_cols:
+        raise ValueError(f"{name} must have {n_cols} columns, got shape {array.shape}")
+    if array.size and not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    return np.array(array, dtype=dtype, order="C", copy=True)

@@ -1,0 +1,399 @@
+"""Implicit-feedback alternating least squares (Hu, Koren, Volinsky 2008)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .. import _validation as check
+from .._als.common import AlsParams, CsrArrays, normalised_loss
+from .._backend import resolve_backend
+from .._topk import SCORE_BLOCK_BYTES, select_topk
+
+MAX_FACTORS = 4096
+
+
+class ALS:
+    """Implicit-feedback ALS: factors X (users) and Y (items) from a users x items CSR matrix.
+
+    Each stored value r_ui becomes a confidence c_ui = 1 + alpha * r_ui (``confidence=
+    "linear"``) or c_ui = |r_ui| (``confidence="raw"``, the convention of ``implicit``), with
+    preference p_ui = [r_ui > 0]; absent pairs have c = 1, p = 0. Each iteration solves every
+    user against the items, then every item against the users (``recfuse.reference``).
+
+    Parameters
+    ----------
+    factors: size k of the latent vectors.
+    regularization: λ, added to the diagonal of every row's system.
+    alpha: confidence scale for ``confidence="linear"``.
+    iterations: full sweeps (users then items) done by ``fit``.
+    solver: "cg" (``cg_steps`` conjugate-gradient steps from the previous vector) or
+        "cholesky" (exact solve).
+    dtype: float32 or float64: factors and all arithmetic.
+    backend: "auto", "cuda", "cpu", "numba", "cupy" or "numpy" (see ``recfuse.backends()``).
+    num_threads: CPU threads for native work; 0 uses all cores.
+    random_state: seed (int) or ``numpy.random.Generator`` for the initial factors. The same
+        seed, backend and thread count give the same factors.
+
+    >>> import recfuse, scipy.sparse as sp
+    >>> user_items = sp.random(30, 20, density=0.2, format="csr", random_state=1)
+    >>> model = recfuse.ALS(factors=4, iterations=2, random_state=0).fit(user_items)
+    >>> ids, scores = model.recommend(0, k=3)
+    >>> ids.shape, bool(scores[0] >= scores[1] >= scores[2])
+    ((3,), True)
+    """
+
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.01,
+        alpha: float = 1.0,
+        iterations: int = 15,
+        solver: str = "cg",
+        cg_steps: int = 3,
+        dtype=np.float32,
+        backend: str = "auto",
+        num_threads: int = 0,
+        random_state: int | np.random.Generator | None = None,
+        confidence: str = "linear",
+    ):
+        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
+        self.regularization = check.check_float(regularization, "regularization", minimum=0.0)
+        self.alpha = check.check_float(alpha, "alpha", minimum=0.0)
+        self.iterations = check.check_int(iterations, "iterations", minimum=0)
+        self.solver = check.check_choice(solver, "solver", ("cg", "cholesky"))
+        self.cg_steps = check.check_int(cg_steps, "cg_steps", minimum=1)
+        self.dtype = check.check_float_dtype(dtype)
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+        self.backend = backend
+        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        if random_state is not None and not isinstance(random_state, np.random.Generator):
+            check.check_int(random_state, "random_state", minimum=0)
+        self.random_state = random_state
+        self.confidence = check.check_choice(confidence, "confidence", ("linear", "raw"))
+        self.user_factors: np.ndarray | None = None
+        self.item_factors: np.ndarray | None = None
+        self.backend_used: str | None = None
+        self._user_items: sp.csr_matrix | None = None  # training matrix, for filter_seen
+        self._item_gram: np.ndarray | None = None
+        self._lock = threading.Lock()  # serialises writers (fit, update_users)
+
+    # ------------------------------------------------------------------ training
+    @property
+    def params(self) -> AlsParams:
+        return AlsParams(
+            regularization=self.regularization,
+            alpha=self.alpha,
+            confidence=self.confidence,
+            solver=self.solver,
+            cg_steps=self.cg_steps,
+            num_threads=self.num_threads,
+        )
+
+    def _initial_factors(self, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(self.random_state)
+        scale = self.dtype.type(0.01)
+        X = (rng.standard_normal((n_users, self.factors)) * scale).astype(self.dtype)
+        Y = (rng.standard_normal((n_items, self.factors)) * scale).astype(self.dtype)
+        return X, Y
+
+    def fit(
+        self,
+        user_items: sp.csr_matrix,
+        *,
+        show_progress: bool = False,
+        callback: Callable[[int, float], None] | None = None,
+        initial_factors: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> "ALS":
+        """Train on a users x items CSR matrix and return self.
+
+        ``callback(iteration, loss)`` is called after each iteration with the training
+        loss of ``recfuse.reference.als_loss`` (computing it costs about one CG step).
+        ``initial_factors=(X, Y)`` starts from given factors instead of random ones.
+        On bad input nothing about the model changes.
+        """
+        matrix = check.check_csr(
+            user_items, "user_items", dtype=self.dtype, nonnegative=self.confidence == "linear"
+        )
+        n_users, n_items = matrix.shape
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        if initial_factors is None:
+            X, Y = self._initial_factors(n_users, n_items)
+        else:
+            if not isinstance(initial_factors, (tuple, list)) or len(initial_factors) != 2:
+                raise TypeError("initial_factors must be a pair (user_factors, item_factors)")
+            X = check.check_factors(initial_factors[0], "initial_factors[0]", dtype=self.dtype,
+                                    n_cols=self.factors)
+            Y = check.check_factors(initial_factors[1], "initial_factors[1]", dtype=self.dtype,
+                                    n_cols=self.factors)
+            if X.shape[0] != n_users or Y.shape[0] != n_items:
+                raise ValueError(
+                    f"initial_factors must have shapes ({n_users}, {self.factors}) and "
+                    f"({n_items}, {self.factors}), got {X.shape} and {Y.shape}"
+                )
+        backend = resolve_backend(self.backend)
+        params = self.params
+        user_csr = CsrArrays.from_scipy(matrix, self.dtype)
+        item_csr = user_csr.transpose()
+        trainer = backend.make_trainer(user_csr, item_csr, X, Y, params)
+        progress = _progress(self.iterations, show_progress, f"ALS ({backend.NAME})")
+        failed = 0
+        try:
+            for iteration in range(self.iterations):
+                failed += trainer.sweep_users()
+                failed += trainer.sweep_items()
+                if callback is not None:
+                    X_now, Y_now = trainer.factors()
+                    callback(iteration, normalised_loss(trainer.data_loss(), X_now, Y_now,
+                                                        user_csr, params))
+                progress.update(1)
+        finally:
+            progress.close()
+        X, Y = trainer.factors()
+        if failed:
+            import warnings
+
+            warnings.warn(
+                f"{failed} row systems were not positive definite and kept their previous "
+                "vectors; use regularization > 0",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        with self._lock:
+            self.user_factors, self.item_factors = X, Y
+            self._user_items = matrix
+            self._item_gram = None
+            self.backend_used = backend.NAME
+        return self
+
+    def loss(self, user_items: sp.csr_matrix | None = None) -> float:
+        """The training loss (``recfuse.reference.als_loss``) of the current factors."""
+        self._require_fitted()
+        matrix = self._seen_matrix(user_items, self.user_factors.shape[0])
+        backend = resolve_backend(self.backend)
+        R = CsrArrays.from_scipy(matrix, self.dtype)
+        return normalised_loss(
+            backend.data_loss(R, self.user_factors, self.item_factors, self.params),
+            self.user_factors, self.item_factors, R, self.params,
+        )
+
+    def update_users(self, user_ids, user_items: sp.csr_matrix) -> np.ndarray:
+        """Recompute the vectors of ``user_ids`` from their rows in ``user_items``, items fixed.
+
+        This is the real-time fold-in: ``user_items`` has one row per id (n_items columns)
+        and replaces what the model knows of those users. Ids beyond the known users add new
+        users (rows in between start at zero). The model's solver is used: "cg" starts from
+        each user's current vector (zero for a new user). Returns the new vectors.
+        """
+        self._require_fitted()
+        ids = check.check_ids(user_ids, "user_ids", None, allow_new=True)
+        if np.unique(ids).size != ids.size:
+            raise ValueError("user_ids must not repeat an id")
+        matrix = check.check_csr(
+            user_items, "user_items", dtype=self.dtype, n_rows=ids.size,
+            n_cols=self.item_factors.shape[0], nonnegative=self.confidence == "linear",
+        )
+        backend = resolve_backend(self.backend)
+        with self._lock:
+            known = self.user_factors.shape[0]
+            start = np.zeros((ids.size, self.factors), dtype=self.dtype)
+            old = ids < known
+            start[old] = self.user_factors[ids[old]]
+            if self._item_gram is None:
+                self._item_gram = self.item_factors.T @ self.item_factors
+            backend.half_sweep(CsrArrays.from_scipy(matrix, self.dtype), self.item_factors, start,
+                               self.params, gram=self._item_gram)
+            grown = max(known, int(ids.max()) + 1) if ids.size else known
+            factors = self.user_factors
+            if grown > known:
+                factors = np.zeros((grown, self.factors), dtype=self.dtype)
+                factors[:known] = self.user_factors
+            else:
+                factors = factors.copy()  # readers keep a consistent old array
+            factors[ids] = start
+            seen = self._user_items
+            if seen is not None:
+                seen = _replace_rows(seen, ids, matrix, grown)
+            self.user_factors, self._user_items = factors, seen
+        return start
+
+    # ------------------------------------------------------------------ retrieval
+    def recommend(
+        self,
+        user_ids,
+        user_items: sp.csr_matrix | None = None,
+        k: int = 10,
+        filter_seen: bool = True,
+        items=None,
+        exclude_items=None,
+    ):
+        """The k best items for one user (1-d results) or a batch of users (2-d results).
+
+        Scores are x_u·y_i, descending, ties broken by smaller item id. ``filter_seen``
+        drops the items in the user's row of ``user_items`` (one row per requested user) or,
+        when it is None, of the training matrix. ``items`` restricts the candidates to those
+        ids; ``exclude_items`` removes ids for every user. Rows with fewer than k candidates
+        are padded with id -1 and score -inf. Safe to call from many threads at once.
+        """
+        self._require_fitted()
+        X, Y = self.user_factors, self.item_factors  # one consistent snapshot
+        single = np.ndim(user_ids) == 0
+        ids = check.check_ids(user_ids, "user_ids", X.shape[0])
+        k = check.check_int(k, "k", minimum=1)
+        n_items = Y.shape[0]
+        seen = None
+        if filter_seen:
+            if user_items is None:
+                if self._user_items is None:
+                    raise ValueError("filter_seen=True needs user_items (no training matrix kept)")
+                seen = self._user_items[ids]
+            else:
+                seen = check.check_csr(user_items, "user_items", dtype=self.dtype,
+                                       n_rows=ids.size, n_cols=n_items)
+        candidate_mask = None
+        if items is not None:
+            candidate_mask = np.zeros(n_items, dtype=bool)
+            candidate_mask[check.check_ids(items, "items", n_items)] = True
+        if exclude_items is not None:
+            if candidate_mask is None:
+                candidate_mask = np.ones(n_items, dtype=bool)
+            candidate_mask[check.check_ids(exclude_items, "exclude_items", n_items)] = False
+        out_ids = np.empty((ids.size, k), dtype=np.int64)
+        out_scores = np.empty((ids.size, k), dtype=self.dtype)
+        block = max(1, SCORE_BLOCK_BYTES // max(1, n_items * self.dtype.itemsize))
+        for begin in range(0, ids.size, block):
+            end = min(ids.size, begin + block)
+            scores = X[ids[begin:end]] @ Y.T
+            allowed = None
+            if candidate_mask is not None or seen is not None:
+                allowed = np.broadcast_to(
+                    candidate_mask if candidate_mask is not None else True, scores.shape
+                ).copy()
+                if seen is not None:
+                    block_seen = seen[begin:end].tocoo()
+                    allowed[block_seen.row, block_seen.col] = False
+            out_ids[begin:end], out_scores[begin:end] = select_topk(scores, k, allowed)
+        if single:
+            return out_ids[0], out_scores[0]
+        return out_ids, out_scores
+
+    def similar_items(self, item_ids, k: int = 10):
+        """The k items most similar to each item by cosine of their factors (itself first)."""
+        self._require_fitted()
+        return _similar(self.item_factors, item_ids, k, "item_ids")
+
+    def similar_users(self, user_ids, k: int = 10):
+        """The k users most similar to each user by cosine of their factors (itself first)."""
+        self._require_fitted()
+        return _similar(self.user_factors, user_ids, k, "user_ids")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model to ``path`` (a versioned .npz; no pickle). Atomic."""
+        from ..persistence import save_model
+
+        self._require_fitted()
+        arrays = {"user_factors": self.user_factors, "item_factors": self.item_factors}
+        if self._user_items is not None:
+            arrays.update(
+                seen_indptr=self._user_items.indptr.astype(np.int64),
+                seen_indices=self._user_items.indices.astype(np.int32),
+                seen_data=self._user_items.data,
+                seen_shape=np.array(self._user_items.shape, dtype=np.int64),
+            )
+        save_model(path, "ALS", self.get_params(), arrays)
+
+    def get_params(self) -> dict:
+        return {
+            "factors": self.factors,
+            "regularization": self.regularization,
+            "alpha": self.alpha,
+            "iterations": self.iterations,
+            "solver": self.solver,
+            "cg_steps": self.cg_steps,
+            "dtype": self.dtype.name,
+            "backend": self.backend,
+            "num_threads": self.num_threads,
+            "confidence": self.confidence,
+        }
+
+    @classmethod
+    def _from_saved(cls, params: dict, arrays: dict) -> "ALS":
+        model = cls(**params)
+        X = check.check_factors(arrays["user_factors"], "user_factors", dtype=model.dtype,
+                                n_cols=model.factors)
+        Y = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
+                                n_cols=model.factors)
+        model.user_factors, model.item_factors = X, Y
+        if "seen_indptr" in arrays:
+            shape = tuple(int(v) for v in arrays["seen_shape"])
+            seen = sp.csr_matrix(
+                (arrays["seen_data"], arrays["seen_indices"], arrays["seen_indptr"]), shape=shape
+            )
+            model._user_items = check.check_csr(seen, "saved seen matrix", dtype=model.dtype,
+                                                n_rows=X.shape[0], n_cols=Y.shape[0])
+        return model
+
+    # ------------------------------------------------------------------ helpers
+    def _require_fitted(self) -> None:
+        if self.user_factors is None or self.item_factors is None:
+            raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
+
+    def _seen_matrix(self, user_items, n_rows) -> sp.csr_matrix:
+        if user_items is None:
+            if self._user_items is None:
+                raise ValueError("pass user_items: the model keeps no training matrix")
+            return self._user_items
+        return check.check_csr(user_items, "user_items", dtype=self.dtype, n_rows=n_rows,
+                               n_cols=self.item_factors.shape[0])
+
+    def __repr__(self) -> str:
+        fitted = "" if self.user_factors is None else (
+            f", fitted on {self.user_factors.shape[0]} users x {self.item_factors.shape[0]} items"
+        )
+        return (f"ALS(factors={self.factors}, regularization={self.regularization}, "
+                f"alpha={self.alpha}, iterations={self.iterations}, solver={self.solver!r}, "
+                f"dtype={self.dtype.name}, backend={self.backend!r}{fitted})")
+
+
+def _similar(factors: np.ndarray, ids, k: int, name: str):
+    single = np.ndim(ids) == 0
+    rows = check.check_ids(ids, name, factors.shape[0])
+    k = check.check_int(k, "k", minimum=1)
+    norms = np.linalg.norm(factors, axis=1)
+    normalised = factors / np.where(norms > 0, norms, 1)[:, None]
+    out_ids, out_scores = select_topk(normalised[rows] @ normalised.T, k)
+    if single:
+        return out_ids[0], out_scores[0]
+    return out_ids, out_scores
+
+
+def _replace_rows(matrix: sp.csr_matrix, ids: np.ndarray, rows: sp.csr_matrix, n_rows: int):
+    """``matrix`` grown to n_rows with the rows ``ids`` replaced by ``rows`` (a new matrix)."""
+    if matrix.shape[0] < n_rows:
+        matrix = sp.vstack(
+            [matrix, sp.csr_matrix((n_rows - matrix.shape[0], matrix.shape[1]), dtype=matrix.dtype)],
+            format="csr",
+        )
+    keep = np.ones(n_rows, dtype=bool)
+    keep[ids] = False
+    placed = sp.csr_matrix(
+        (np.ones(ids.size, dtype=matrix.dtype), (ids, np.arange(ids.size))), shape=(n_rows, ids.size)
+    )
+    result = sp.diags(keep.astype(matrix.dtype)) @ matrix + placed @ rows.astype(matrix.dtype)
+    result = sp.csr_matrix(result)
+    result.eliminate_zeros()
+    result.sort_indices()
+    return result
+
+
+def _progress(total: int, enabled: bool, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=description, unit="it")
