@@ -1,0 +1,76 @@
+"""Shared test fixtures: hypothesis profiles, a CSR strategy, backend parametrisation."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+import recfuse
+
+settings.register_profile(
+    "dev", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "nightly", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+DATASETS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets")
+
+
+def available_backends() -> list[str]:
+    return [info.name for info in recfuse.backends() if info.available]
+
+
+def backend_params(names=("cuda", "cpu", "numba", "cupy", "numpy")):
+    """pytest params for each backend; unavailable ones skip with the reason."""
+    table = {info.name: info for info in recfuse.backends()}
+    params = []
+    for name in names:
+        info = table[name]
+        marks = [] if info.available else [pytest.mark.skip(reason=f"{name}: {info.detail}")]
+        if name in ("cuda", "cupy"):
+            marks.append(pytest.mark.gpu)
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+@st.composite
+def csr_matrices(draw, max_rows=12, max_cols=10, min_value=0.0, max_value=50.0,
+                 dtype=np.float64, allow_negative=False):
+    """Canonical CSR matrices with unique coordinates; covers empty rows/columns, nnz=0, 1x1
+    and large values."""
+    rows = draw(st.integers(1, max_rows))
+    cols = draw(st.integers(1, max_cols))
+    cells = draw(st.sets(st.tuples(st.integers(0, rows - 1), st.integers(0, cols - 1)),
+                         max_size=rows * cols))
+    low = -max_value if allow_negative else min_value
+    values = draw(st.lists(
+        st.one_of(st.floats(low, max_value, allow_nan=False, width=32),
+                  st.sampled_from([0.0, 1.0, max_value])),
+        min_size=len(cells), max_size=len(cells)))
+    if cells:
+        r, c = zip(*sorted(cells))
+    else:
+        r, c = (), ()
+    matrix = sp.csr_matrix((np.array(values, dtype=dtype), (np.array(r, dtype=np.int64),
+                            np.array(c, dtype=np.int64))), shape=(rows, cols))
+    matrix.sort_indices()
+    return matrix
+
+
+@pytest.fixture
+def movielens_100k():
+    path = os.path.join(DATASETS, "ml-100k")
+    if not os.path.isfile(os.path.join(path, "u.data")):
+        pytest.skip(f"MovieLens 100K not found at {path}")
+    return path
