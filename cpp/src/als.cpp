@@ -15,23 +15,23 @@ namespace recfuse {
 namespace {
 
 template <class T>
-const kernels::AlsRowKernels<T>& row_kernels();
+const kernels::AlsRowKernels<T>& row_kernels(int k);
 
 template <>
-const kernels::AlsRowKernels<float>& row_kernels<float>() {
+const kernels::AlsRowKernels<float>& row_kernels<float>(int k) {
   switch (simd_level()) {
-    case SimdLevel::Avx512: return kernels::avx512::als_kernels_float();
-    case SimdLevel::Avx2: return kernels::avx2::als_kernels_float();
-    default: return kernels::generic::als_kernels_float();
+    case SimdLevel::Avx512: return kernels::avx512::als_kernels_float(k);
+    case SimdLevel::Avx2: return kernels::avx2::als_kernels_float(k);
+    default: return kernels::generic::als_kernels_float(k);
   }
 }
 
 template <>
-const kernels::AlsRowKernels<double>& row_kernels<double>() {
+const kernels::AlsRowKernels<double>& row_kernels<double>(int k) {
   switch (simd_level()) {
-    case SimdLevel::Avx512: return kernels::avx512::als_kernels_double();
-    case SimdLevel::Avx2: return kernels::avx2::als_kernels_double();
-    default: return kernels::generic::als_kernels_double();
+    case SimdLevel::Avx512: return kernels::avx512::als_kernels_double(k);
+    case SimdLevel::Avx2: return kernels::avx2::als_kernels_double(k);
+    default: return kernels::generic::als_kernels_double(k);
   }
 }
 
@@ -75,7 +75,7 @@ std::vector<T> regularised_gram(const T* Y, int64_t n, int k, const T* gram_or_n
 template <class T>
 void gram(const T* Y, int64_t n, int k, T* G, int num_threads) {
   if (k <= 0) throw std::invalid_argument("factors must be positive");
-  const auto& kern = row_kernels<T>();
+  const auto& kern = row_kernels<T>(k);
   for (int64_t i = 0; i < static_cast<int64_t>(k) * k; ++i) G[i] = 0;
   // Each thread owns the output rows a = t, t + threads, ...; every element is summed over
   // i in ascending order, so the result does not depend on the thread count.
@@ -101,12 +101,13 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y, int k, const T* gram_or_
   if (k <= 0) throw std::invalid_argument("factors must be positive");
   if (params.cg_steps < 0) throw std::invalid_argument("cg_steps must be >= 0");
   check_csr(R);
-  const auto& kern = row_kernels<T>();
+  const auto& kern = row_kernels<T>(k);
   const std::vector<T> G =
       regularised_gram(Y, R.cols, k, gram_or_null, params.regularization, params.num_threads);
   const bool raw = params.confidence == Confidence::Raw;
   const bool cholesky = params.solver == Solver::Cholesky;
-  const size_t scratch_size = cholesky ? static_cast<size_t>(k) * k + k : 3 * static_cast<size_t>(k);
+  const size_t scratch_size = cholesky ? static_cast<size_t>(k) * k + 2 * static_cast<size_t>(k)
+                                      : 3 * static_cast<size_t>(k) + kernels::kGatherBytes / sizeof(T);
   int64_t failed = 0;
 #pragma omp parallel num_threads(thread_count(params.num_threads)) reduction(+ : failed)
   {
@@ -135,7 +136,7 @@ double als_data_loss(const CsrView<T>& R, const T* X, const T* Y, int k, const T
                      T alpha, Confidence confidence, int num_threads) {
   if (k <= 0) throw std::invalid_argument("factors must be positive");
   check_csr(R);
-  const auto& kern = row_kernels<T>();
+  const auto& kern = row_kernels<T>(k);
   const std::vector<T> G = regularised_gram(Y, R.cols, k, gram_or_null, T(0), num_threads);
   std::vector<double> per_row(static_cast<size_t>(R.rows));
   const bool raw = confidence == Confidence::Raw;

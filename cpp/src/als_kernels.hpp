@@ -11,13 +11,16 @@
 namespace recfuse {
 namespace kernels {
 
-// Function table filled by each SIMD level.
+// Bytes of per-thread scratch the CG kernels may use to copy a row's factor rows.
+constexpr long kGatherBytes = 256 * 1024;
+
+// Function table filled by each SIMD level; fixed-size versions for k in {32, 64, 128}.
 template <class T>
 struct AlsRowKernels {
-  // x (k) updated in place; scratch holds at least 3k values.
+  // x (k) updated in place; scratch holds at least 3k + kGatherBytes / sizeof(T) values.
   void (*solve_cg)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y, const T* G_reg,
                    int k, T alpha, bool raw, int steps, T* x, T* scratch);
-  // Returns false (x untouched) if the system is not positive definite; scratch >= k*k + k.
+  // Returns false (x untouched) if the system is not positive definite; scratch >= k*k + 2k.
   bool (*solve_cholesky)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y,
                          const T* G_reg, int k, T alpha, bool raw, T* x, T* scratch);
   // G[a][a:] += Σ_{i in [begin, end)} Y[i][a] * Y[i][a:] for the rows a = first, first+stride, ...
@@ -29,8 +32,8 @@ struct AlsRowKernels {
 
 #define RECFUSE_DECLARE_LEVEL(ns)                       \
   namespace ns {                                        \
-  const AlsRowKernels<float>& als_kernels_float();      \
-  const AlsRowKernels<double>& als_kernels_double();    \
+  const AlsRowKernels<float>& als_kernels_float(int k);      \
+  const AlsRowKernels<double>& als_kernels_double(int k);    \
   }
 RECFUSE_DECLARE_LEVEL(generic)
 RECFUSE_DECLARE_LEVEL(avx2)

@@ -5,12 +5,12 @@
 namespace recfuse {
 namespace kernels {
 namespace avx2 {
-const AlsRowKernels<float>& als_kernels_float() { return generic::als_kernels_float(); }
-const AlsRowKernels<double>& als_kernels_double() { return generic::als_kernels_double(); }
+const AlsRowKernels<float>& als_kernels_float(int k) { return generic::als_kernels_float(k); }
+const AlsRowKernels<double>& als_kernels_double(int k) { return generic::als_kernels_double(k); }
 }  // namespace avx2
 namespace avx512 {
-const AlsRowKernels<float>& als_kernels_float() { return generic::als_kernels_float(); }
-const AlsRowKernels<double>& als_kernels_double() { return generic::als_kernels_double(); }
+const AlsRowKernels<float>& als_kernels_float(int k) { return generic::als_kernels_float(k); }
+const AlsRowKernels<double>& als_kernels_double(int k) { return generic::als_kernels_double(k); }
 }  // namespace avx512
 }  // namespace kernels
 }  // namespace recfuse
