@@ -39,7 +39,7 @@ def read_model(path) -> tuple[dict, dict[str, np.ndarray]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             if HEADER_KEY not in archive.files:
                 raise ValueError(f"{path!r} is not a recfuse model file (no {HEADER_KEY} header)")
             header = json.loads(archive[HEADER_KEY].tobytes().decode("utf-8"))

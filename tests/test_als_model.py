@@ -1,0 +1,417 @@
+"""recfuse.ALS end to end: training, retrieval, fold-in, persistence, concurrency, bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+import recfuse
+from recfuse import datasets, reference
+
+
+@pytest.fixture(scope="module")
+def data():
+    return datasets.synthetic_implicit(300, 120, 4000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    return recfuse.ALS(factors=16, iterations=4, random_state=0, backend="cpu").fit(data)
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("solver", ["cg", "cholesky"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loss_decreases_and_matches_reference(data, solver, dtype):
+    losses = []
+    model = recfuse.ALS(factors=8, iterations=5, solver=solver, dtype=dtype, random_state=1,
+                        backend="cpu")
+    model.fit(data, callback=lambda it, loss: losses.append(loss))
+    assert len(losses) == 5
+    assert losses[-1] < losses[0]
+    assert all(b <= a * (1 + 1e-4) for a, b in zip(losses, losses[1:]))
+    assert model.user_factors.dtype == dtype and model.item_factors.dtype == dtype
+    expected = reference.als_loss(data, model.user_factors, model.item_factors,
+                                  regularization=model.regularization, alpha=model.alpha)
+    assert losses[-1] == pytest.approx(expected, rel=1e-4)
+    assert model.loss() == pytest.approx(expected, rel=1e-4)
+
+
+def test_fit_equals_reference_sweeps(data):
+    rng = np.random.default_rng(5)
+    X0 = rng.standard_normal((data.shape[0], 6)) * 0.1
+    Y0 = rng.standard_normal((data.shape[1], 6)) * 0.1
+    model = recfuse.ALS(factors=6, iterations=2, dtype=np.float64, regularization=0.1, alpha=3.0,
+                        backend="cpu").fit(data, initial_factors=(X0, Y0))
+    X, Y = X0.copy(), Y0.copy()
+    items = data.T.tocsr()
+    for _ in range(2):
+        X = reference.als_half_sweep(data.astype(np.float64), Y, X, regularization=0.1, alpha=3.0)
+        Y = reference.als_half_sweep(items.astype(np.float64), X, Y, regularization=0.1, alpha=3.0)
+    np.testing.assert_allclose(model.user_factors, X, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.item_factors, Y, rtol=1e-9, atol=1e-12)
+
+
+def test_same_seed_same_factors_any_thread_count(data):
+    runs = [recfuse.ALS(factors=16, iterations=3, random_state=7, backend="cpu",
+                        num_threads=threads).fit(data) for threads in (1, 2, 2)]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(runs[0].user_factors, other.user_factors)
+        np.testing.assert_array_equal(runs[0].item_factors, other.item_factors)
+
+
+def test_progress_bar_and_empty_matrix():
+    empty = sp.csr_matrix((4, 3), dtype=np.float32)
+    model = recfuse.ALS(factors=2, iterations=2, solver="cholesky", random_state=0)
+    model.fit(empty, show_progress=True)
+    assert np.all(model.user_factors == 0) and np.all(model.item_factors == 0)
+
+
+# ---------------------------------------------------------------- retrieval
+
+
+def brute_force_topk(scores, k, allowed):
+    ids = np.full((scores.shape[0], k), -1)
+    values = np.full((scores.shape[0], k), -np.inf)
+    for row in range(scores.shape[0]):
+        candidates = np.flatnonzero(allowed[row])
+        order = sorted(candidates, key=lambda i: (-scores[row, i], i))[:k]
+        ids[row, : len(order)] = order
+        values[row, : len(order)] = scores[row, order]
+    return ids, values
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    n_users=st.integers(1, 6),
+    n_items=st.integers(1, 12),
+    k=st.integers(1, 15),
+    filter_seen=st.booleans(),
+)
+def test_recommend_matches_full_sort_with_ties(seed, n_users, n_items, k, filter_seen):
+    rng = np.random.default_rng(seed)
+    model = recfuse.ALS(factors=3, dtype=np.float64)
+    # Small integers make many exactly tied scores.
+    model.user_factors = rng.integers(-2, 3, (n_users, 3)).astype(np.float64)
+    model.item_factors = rng.integers(-2, 3, (n_items, 3)).astype(np.float64)
+    seen = sp.random(n_users, n_items, density=0.3, format="csr", random_state=seed)
+    model._user_items = sp.csr_matrix(seen)
+    users = np.arange(n_users)
+    ids, scores = model.recommend(users, k=k, filter_seen=filter_seen)
+    allowed = np.ones((n_users, n_items), dtype=bool)
+    if filter_seen:
+        allowed &= seen.toarray() == 0
+    expected_ids, expected_scores = brute_force_topk(model.user_factors @ model.item_factors.T,
+                                                     k, allowed)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_array_equal(scores, expected_scores)
+
+
+def test_recommend_single_and_filters(fitted, data):
+    ids, scores = fitted.recommend(0, k=10)
+    assert ids.shape == (10,) and scores.shape == (10,)
+    assert np.all(np.diff(scores) <= 0)
+    assert not set(ids.tolist()) & set(data[0].indices.tolist())
+    only = np.array([3, 5, 7, 9])
+    ids, _ = fitted.recommend(0, k=10, filter_seen=False, items=only)
+    assert set(ids[ids >= 0].tolist()) <= set(only.tolist())
+    assert np.sum(ids >= 0) == 4 and np.all(ids[4:] == -1)
+    top = fitted.recommend([0, 1], k=5, filter_seen=False)[0]
+    ids, _ = fitted.recommend([0, 1], k=5, filter_seen=False, exclude_items=top[:, 0])
+    assert ids.shape == (2, 5) and not np.isin(top[:, 0], ids).any()
+    np.testing.assert_array_equal(ids[0, :4], top[0, 1:5][top[0, 1:5] != top[1, 0]][:4])
+    batch_ids, batch_scores = fitted.recommend([4, 2], data[[4, 2]], k=7)
+    for row, user in enumerate([4, 2]):
+        one_ids, one_scores = fitted.recommend(user, data[user], k=7)
+        # BLAS may round a batch (GEMM) and one row (GEMV) differently in the last bit.
+        np.testing.assert_allclose(batch_scores[row], one_scores, rtol=1e-6)
+        np.testing.assert_array_equal(batch_ids[row], one_ids)
+
+
+def test_recommend_pads_when_k_exceeds_items(fitted):
+    ids, scores = fitted.recommend(1, k=500, filter_seen=False)
+    n = fitted.item_factors.shape[0]
+    assert np.all(ids[:n] >= 0) and np.all(ids[n:] == -1) and np.all(np.isneginf(scores[n:]))
+    assert sorted(ids[:n].tolist()) == list(range(n))
+
+
+def test_recommend_from_8_threads_equals_serial(fitted):
+    users = np.arange(fitted.user_factors.shape[0])
+    expected = fitted.recommend(users, k=10)
+    results, errors = [None] * 8, []
+
+    def work(slot):
+        try:
+            for _ in range(3):
+                results[slot] = fitted.recommend(users, k=10)
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(slot,)) for slot in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for ids, scores in results:
+        np.testing.assert_array_equal(ids, expected[0])
+        np.testing.assert_array_equal(scores, expected[1])
+
+
+def test_similar_items_cosine(fitted):
+    ids, scores = fitted.similar_items(3, k=5)
+    assert ids[0] == 3 and scores[0] == pytest.approx(1.0, rel=1e-5)
+    Y = fitted.item_factors.astype(np.float64)
+    normalised = Y / np.linalg.norm(Y, axis=1, keepdims=True)
+    np.testing.assert_allclose(scores, normalised[ids] @ normalised[3], rtol=1e-5)
+    batch, _ = fitted.similar_items([3, 4], k=5)
+    np.testing.assert_array_equal(batch[0], ids)
+    users, _ = fitted.similar_users(2, k=3)
+    assert users[0] == 2
+
+
+# ---------------------------------------------------------------- fold-in
+
+
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_update_users_equals_half_sweep_row(data, solver):
+    model = recfuse.ALS(factors=8, iterations=3, solver=solver, dtype=np.float64,
+                        random_state=2, backend="cpu").fit(data)
+    rows = data[[5, 9]]
+    start = model.user_factors[[5, 9]].copy()
+    new = model.update_users([5, 9], rows)
+    expected = reference.als_half_sweep(rows, model.item_factors, start,
+                                        regularization=model.regularization, alpha=model.alpha,
+                                        solver=solver, cg_steps=model.cg_steps)
+    np.testing.assert_allclose(new, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.user_factors[[5, 9]], expected, rtol=1e-9, atol=1e-12)
+    if solver == "cholesky":  # exact: the full half-sweep gives the same rows
+        full = reference.als_half_sweep(data, model.item_factors, model.user_factors,
+                                        regularization=model.regularization, alpha=model.alpha,
+                                        solver="cholesky")
+        np.testing.assert_allclose(model.user_factors[[5, 9]], full[[5, 9]], rtol=1e-8)
+
+
+def test_update_users_adds_new_users(data):
+    model = recfuse.ALS(factors=8, iterations=2, solver="cholesky", random_state=0).fit(data)
+    n = model.user_factors.shape[0]
+    row = sp.csr_matrix(([1.0, 2.0], ([0, 0], [1, 7])), shape=(1, data.shape[1]))
+    vector = model.update_users([n + 2], row)
+    assert model.user_factors.shape == (n + 3, 8)
+    np.testing.assert_array_equal(model.user_factors[n + 2], vector[0])
+    assert np.all(model.user_factors[n : n + 2] == 0)
+    ids, _ = model.recommend(n + 2, k=5)
+    assert 1 not in ids and 7 not in ids  # the new user's items count as seen
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    path = tmp_path / "model.npz"
+    fitted.save(path)
+    loaded = recfuse.load(path)
+    np.testing.assert_array_equal(loaded.user_factors, fitted.user_factors)
+    np.testing.assert_array_equal(loaded.item_factors, fitted.item_factors)
+    assert loaded.get_params() == fitted.get_params()
+    for user in (0, 7):
+        np.testing.assert_array_equal(loaded.recommend(user, k=5)[0], fitted.recommend(user, k=5)[0])
+
+
+def test_load_rejects_truncated_foreign_and_newer_files(fitted, tmp_path):
+    path = tmp_path / "model.npz"
+    fitted.save(path)
+    blob = path.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="truncated or foreign"):
+        recfuse.load(truncated)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, user_factors=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="not a recfuse model"):
+        recfuse.load(foreign)
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    with pytest.raises(ValueError):
+        recfuse.load(text)
+    newer = tmp_path / "newer.npz"
+    header = json.dumps({"format": "recfuse", "version": 999, "model": "ALS", "params": {}})
+    np.savez(newer, __recfuse__=np.frombuffer(header.encode(), dtype=np.uint8))
+    with pytest.raises(ValueError, match="version 999"):
+        recfuse.load(newer)
+    with pytest.raises(FileNotFoundError):
+        recfuse.load(tmp_path / "missing.npz")
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, __recfuse__=np.frombuffer(header.replace("999", "1").encode(), np.uint8),
+             user_factors=np.array([object()], dtype=object))
+    with pytest.raises(ValueError):
+        recfuse.load(pickled)  # object arrays would need pickle: refused
+    assert zipfile.is_zipfile(path)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"factors": 0}, ValueError, "factors must be >= 1"),
+        ({"factors": -3}, ValueError, "factors"),
+        ({"factors": 10**6}, ValueError, "factors must be <= "),
+        ({"factors": 2.5}, TypeError, "factors must be an integer"),
+        ({"regularization": -1}, ValueError, "regularization"),
+        ({"regularization": float("nan")}, ValueError, "regularization must be finite"),
+        ({"alpha": "x"}, TypeError, "alpha"),
+        ({"iterations": -1}, ValueError, "iterations"),
+        ({"solver": "lu"}, ValueError, "solver must be one of"),
+        ({"cg_steps": 0}, ValueError, "cg_steps"),
+        ({"dtype": np.int32}, TypeError, "dtype must be float32 or float64"),
+        ({"dtype": "complex"}, TypeError, "dtype"),
+        ({"num_threads": -2}, ValueError, "num_threads"),
+        ({"random_state": "seed"}, TypeError, "random_state"),
+        ({"confidence": "log"}, ValueError, "confidence"),
+        ({"backend": 3}, TypeError, "backend"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        recfuse.ALS(**kwargs)
+
+
+def test_unknown_or_unavailable_backend(data):
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        recfuse.ALS(backend="tpu", iterations=1).fit(data)
+    missing = [b for b in recfuse.backends() if not b.available]
+    for info in missing:
+        with pytest.raises(RuntimeError, match=f"backend '{info.name}' is not available"):
+            recfuse.ALS(backend=info.name, iterations=1).fit(data)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda m: m.toarray(), TypeError, "scipy.sparse CSR"),
+        (lambda m: m.tocoo(), TypeError, "CSR format, got COO"),
+        (lambda m: [[1, 2]], TypeError, "scipy.sparse CSR"),
+        (lambda m: _with_value(m, np.nan), ValueError, "finite values, got 1 NaN/inf"),
+        (lambda m: _with_value(m, np.inf), ValueError, "finite"),
+        (lambda m: _with_value(m, -1.0), ValueError, "non-negative"),
+        (lambda m: m.astype(np.complex64), TypeError, "real numbers"),
+    ],
+)
+def test_fit_rejects_bad_matrices_and_keeps_model(fitted, data, make, error, match):
+    before = fitted.user_factors.copy(), fitted.item_factors.copy()
+    with pytest.raises(error, match=match):
+        fitted.fit(make(data))
+    np.testing.assert_array_equal(fitted.user_factors, before[0])
+    np.testing.assert_array_equal(fitted.item_factors, before[1])
+
+
+def _with_value(matrix, value):
+    bad = matrix.copy().astype(np.float64)
+    bad.data[0] = value
+    return bad
+
+
+def test_fit_accepts_unsorted_duplicates_and_int_data(data):
+    coo = data.tocoo()
+    doubled = sp.csr_matrix((np.concatenate([coo.data, coo.data]).astype(np.int64),
+                             (np.concatenate([coo.row, coo.row]), np.concatenate([coo.col, coo.col]))),
+                            shape=data.shape)
+    doubled.has_canonical_format = False
+    model = recfuse.ALS(factors=4, iterations=1, random_state=0, dtype=np.float64).fit(doubled)
+    twice = recfuse.ALS(factors=4, iterations=1, random_state=0, dtype=np.float64).fit(data * 2)
+    np.testing.assert_allclose(model.user_factors, twice.user_factors, rtol=1e-10)
+
+
+def test_bad_initial_factors_and_callback(data):
+    model = recfuse.ALS(factors=4, iterations=1)
+    with pytest.raises(ValueError, match="initial_factors must have shapes"):
+        model.fit(data, initial_factors=(np.zeros((2, 4)), np.zeros((3, 4))))
+    with pytest.raises(ValueError, match="4 columns"):
+        model.fit(data, initial_factors=(np.zeros((300, 5)), np.zeros((120, 5))))
+    with pytest.raises(ValueError, match="finite"):
+        model.fit(data, initial_factors=(np.full((300, 4), np.nan), np.zeros((120, 4))))
+    with pytest.raises(TypeError, match="callback must be callable"):
+        model.fit(data, callback=3)
+    assert model.user_factors is None
+
+
+def test_recommend_rejects_bad_arguments(fitted, data):
+    n_users, n_items = fitted.user_factors.shape[0], fitted.item_factors.shape[0]
+    with pytest.raises(ValueError, match=f"user_ids must be < {n_users}"):
+        fitted.recommend(n_users)
+    with pytest.raises(ValueError, match="user_ids must be >= 0"):
+        fitted.recommend(-1)
+    with pytest.raises(TypeError, match="user_ids must hold integers"):
+        fitted.recommend([0.5])
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        fitted.recommend(0, k=0)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        fitted.recommend(0, k="3")
+    with pytest.raises(ValueError, match="user_items must have 1 rows"):
+        fitted.recommend(0, data[:2])
+    with pytest.raises(ValueError, match=f"items must be < {n_items}"):
+        fitted.recommend(0, items=[n_items])
+    with pytest.raises(ValueError, match="exclude_items must be >= 0"):
+        fitted.recommend(0, exclude_items=[-4])
+    with pytest.raises(ValueError, match="item_ids must be <"):
+        fitted.similar_items(n_items)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        recfuse.ALS().recommend(0)
+
+
+def test_update_users_rejects_bad_input_and_keeps_model(fitted, data):
+    before = fitted.user_factors.copy()
+    with pytest.raises(ValueError, match="user_items must have 2 rows"):
+        fitted.update_users([0, 1], data[:1])
+    with pytest.raises(ValueError, match="columns"):
+        fitted.update_users([0], sp.csr_matrix((1, 3)))
+    with pytest.raises(ValueError, match="must not repeat"):
+        fitted.update_users([0, 0], data[:2])
+    with pytest.raises(ValueError, match="user_ids must be >= 0"):
+        fitted.update_users([-1], data[:1])
+    np.testing.assert_array_equal(fitted.user_factors, before)
+
+
+# ---------------------------------------------------------------- backends and CLI
+
+
+def test_backends_table():
+    table = recfuse.backends()
+    assert [row.name for row in table] == ["cuda", "cpu", "numba", "cupy", "numpy"]
+    assert all(isinstance(row.detail, str) for row in table)
+    numpy_row = next(row for row in table if row.name == "numpy")
+    assert numpy_row.available
+    for row in table:
+        if not row.available:
+            assert row.detail, f"{row.name} is unavailable without a reason"
+
+
+def test_backend_env_variable(monkeypatch, data):
+    monkeypatch.setenv("RECFUSE_BACKEND", "numpy")
+    model = recfuse.ALS(factors=2, iterations=1, random_state=0).fit(data[:20])
+    assert model.backend_used == "numpy"
+
+
+def test_cli_demo_and_info(capsys):
+    from recfuse.cli import main
+
+    assert main(["demo", "--users", "300", "--items", "80", "--nnz", "4000", "--iterations", "3",
+                 "--factors", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["als"]["precision"] > result["popularity"]["precision"]
+    assert result["losses"][-1] < result["losses"][0]
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu" in out and "numpy" in out
+    assert main(["demo", "--users", "0"]) == 2
