@@ -1,0 +1,289 @@
+// recfuse._cuda: the CUDA ALS kernels for Python. The same conventions as recfuse._core:
+// arrays must arrive with the exact dtype and C order (noconvert); they are host NumPy
+// arrays, copied to the device and back. The GIL is released during device work.
+// Importing this module touches no CUDA API, so it works on machines without a driver.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <variant>
+
+#include "als_cuda.hpp"
+
+namespace py = pybind11;
+namespace rc = recfuse::cuda;
+
+namespace {
+
+template <class T>
+using Array = py::array_t<T, py::array::c_style>;
+
+void expect(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+std::string shape_of(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+template <class T>
+recfuse::CsrView<T> csr_view(const Array<int64_t>& indptr, const Array<int32_t>& indices,
+                             const Array<T>& data, int64_t cols, const char* name) {
+  const std::string what(name);
+  expect(indptr.ndim() == 1 && indptr.size() >= 1,
+         what + " indptr must be 1-d with at least one entry, got shape " + shape_of(indptr));
+  expect(indices.ndim() == 1 && data.ndim() == 1,
+         what + " indices and data must be 1-d, got shapes " + shape_of(indices) + " and " +
+             shape_of(data));
+  const int64_t rows = indptr.size() - 1;
+  const int64_t nnz = indptr.at(rows);
+  expect(indices.size() == nnz && data.size() == nnz,
+         what + " indptr[-1] (" + std::to_string(nnz) + "), len(indices) (" +
+             std::to_string(indices.size()) + ") and len(data) (" + std::to_string(data.size()) +
+             ") must agree");
+  return {indptr.data(), indices.data(), data.data(), rows, cols};
+}
+
+template <class T>
+const T* optional_gram(const std::optional<Array<T>>& gram, int k) {
+  if (!gram) return nullptr;
+  expect(gram->ndim() == 2 && gram->shape(0) == k && gram->shape(1) == k,
+         "gram must have shape (" + std::to_string(k) + ", " + std::to_string(k) + "), got " +
+             shape_of(*gram));
+  return gram->data();
+}
+
+template <class T>
+recfuse::AlsParams<T> make_params(double regularization, double alpha, bool raw_confidence,
+                                  bool cholesky, int cg_steps) {
+  recfuse::AlsParams<T> params;
+  params.regularization = static_cast<T>(regularization);
+  params.alpha = static_cast<T>(alpha);
+  params.confidence = raw_confidence ? recfuse::Confidence::Raw : recfuse::Confidence::Linear;
+  params.solver = cholesky ? recfuse::Solver::Cholesky : recfuse::Solver::ConjugateGradient;
+  params.cg_steps = cg_steps;
+  params.num_threads = 0;
+  return params;
+}
+
+// One Python class for both precisions; the constructor's dtype picks the instantiation.
+class AlsTrainer {
+ public:
+  template <class T>
+  explicit AlsTrainer(std::unique_ptr<rc::AlsTrainer<T>> trainer) : impl_(std::move(trainer)) {}
+
+  int64_t sweep_users() {
+    return std::visit(
+        [](auto& t) {
+          py::gil_scoped_release release;
+          return t->sweep_users();
+        },
+        impl_);
+  }
+
+  int64_t sweep_items() {
+    return std::visit(
+        [](auto& t) {
+          py::gil_scoped_release release;
+          return t->sweep_items();
+        },
+        impl_);
+  }
+
+  double data_loss() {
+    return std::visit(
+        [](auto& t) {
+          py::gil_scoped_release release;
+          return t->data_loss();
+        },
+        impl_);
+  }
+
+  py::tuple factors() {
+    return std::visit(
+        [](auto& t) -> py::tuple {
+          using T = typename std::remove_reference_t<decltype(*t)>::value_type;
+          Array<T> X({static_cast<py::ssize_t>(t->users()), static_cast<py::ssize_t>(t->k())});
+          Array<T> Y({static_cast<py::ssize_t>(t->items()), static_cast<py::ssize_t>(t->k())});
+          T* x = X.mutable_data();
+          T* y = Y.mutable_data();
+          {
+            py::gil_scoped_release release;
+            t->factors(x, y);
+          }
+          return py::make_tuple(std::move(X), std::move(Y));
+        },
+        impl_);
+  }
+
+  std::string dtype() const {
+    return impl_.index() == 0 ? "float32" : "float64";
+  }
+  int64_t users() const {
+    return std::visit([](const auto& t) { return t->users(); }, impl_);
+  }
+  int64_t items() const {
+    return std::visit([](const auto& t) { return t->items(); }, impl_);
+  }
+  int k() const {
+    return std::visit([](const auto& t) { return t->k(); }, impl_);
+  }
+
+ private:
+  std::variant<std::unique_ptr<rc::AlsTrainer<float>>, std::unique_ptr<rc::AlsTrainer<double>>>
+      impl_;
+};
+
+template <class T>
+std::unique_ptr<AlsTrainer> make_trainer(
+    const Array<int64_t>& user_indptr, const Array<int32_t>& user_indices,
+    const Array<T>& user_data, const Array<int64_t>& item_indptr,
+    const Array<int32_t>& item_indices, const Array<T>& item_data, const Array<T>& X,
+    const Array<T>& Y, double regularization, double alpha, bool raw_confidence, bool cholesky,
+    int cg_steps) {
+  expect(X.ndim() == 2 && Y.ndim() == 2,
+         "X and Y must be 2-d, got shapes " + shape_of(X) + " and " + shape_of(Y));
+  expect(X.shape(1) == Y.shape(1), "X has " + std::to_string(X.shape(1)) +
+                                       " columns but Y has " + std::to_string(Y.shape(1)));
+  const int64_t users = X.shape(0), items = Y.shape(0);
+  const auto R = csr_view<T>(user_indptr, user_indices, user_data, items, "user_items");
+  const auto Rt = csr_view<T>(item_indptr, item_indices, item_data, users, "item_users");
+  expect(R.rows == users, "X has " + std::to_string(users) + " rows but user_items has " +
+                              std::to_string(R.rows));
+  expect(Rt.rows == items, "Y has " + std::to_string(items) + " rows but item_users has " +
+                               std::to_string(Rt.rows));
+  const int k = static_cast<int>(X.shape(1));
+  const auto params = make_params<T>(regularization, alpha, raw_confidence, cholesky, cg_steps);
+  const T* x = X.data();
+  const T* y = Y.data();
+  std::unique_ptr<rc::AlsTrainer<T>> trainer;
+  {
+    py::gil_scoped_release release;
+    trainer = std::make_unique<rc::AlsTrainer<T>>(R, Rt, x, y, k, params);
+  }
+  return std::make_unique<AlsTrainer>(std::move(trainer));
+}
+
+template <class T>
+void bind_dtype(py::module_& m, py::class_<AlsTrainer>& trainer) {
+  m.def(
+      "gram",
+      [](const Array<T>& Y, int /*num_threads*/) {
+        expect(Y.ndim() == 2, "Y must be 2-d, got shape " + shape_of(Y));
+        const int k = static_cast<int>(Y.shape(1));
+        Array<T> G({k, k});
+        const T* y = Y.data();
+        T* g = G.mutable_data();
+        {
+          py::gil_scoped_release release;
+          rc::gram(y, Y.shape(0), k, g);
+        }
+        return G;
+      },
+      py::arg("Y").noconvert(), py::arg("num_threads") = 0,
+      "YᵀY (k x k), computed on the device; num_threads is ignored.");
+
+  m.def(
+      "als_half_sweep",
+      [](const Array<int64_t>& indptr, const Array<int32_t>& indices, const Array<T>& data,
+         const Array<T>& Y, Array<T>& X, const std::optional<Array<T>>& gram, double regularization,
+         double alpha, bool raw_confidence, bool cholesky, int cg_steps, int /*num_threads*/) {
+        expect(Y.ndim() == 2 && X.ndim() == 2,
+               "Y and X must be 2-d, got shapes " + shape_of(Y) + " and " + shape_of(X));
+        expect(X.shape(1) == Y.shape(1), "X has " + std::to_string(X.shape(1)) +
+                                             " columns but Y has " + std::to_string(Y.shape(1)));
+        expect(X.writeable(), "X must be writeable");
+        const auto R = csr_view<T>(indptr, indices, data, Y.shape(0), "the matrix's");
+        expect(X.shape(0) == R.rows, "X has " + std::to_string(X.shape(0)) +
+                                         " rows but the matrix has " + std::to_string(R.rows));
+        const int k = static_cast<int>(Y.shape(1));
+        const T* g = optional_gram<T>(gram, k);
+        const auto params =
+            make_params<T>(regularization, alpha, raw_confidence, cholesky, cg_steps);
+        const T* y = Y.data();
+        T* x = X.mutable_data();
+        py::gil_scoped_release release;
+        return rc::als_half_sweep(R, y, k, g, x, params);
+      },
+      py::arg("indptr").noconvert(), py::arg("indices").noconvert(), py::arg("data").noconvert(),
+      py::arg("Y").noconvert(), py::arg("X").noconvert(), py::arg("gram").noconvert() = py::none(),
+      py::arg("regularization"), py::arg("alpha"), py::arg("raw_confidence"), py::arg("cholesky"),
+      py::arg("cg_steps"), py::arg("num_threads") = 0,
+      "Re-solve every row of X in place on the device; returns the number of rows left "
+      "unchanged because their system was not positive definite. num_threads is ignored.");
+
+  m.def(
+      "als_data_loss",
+      [](const Array<int64_t>& indptr, const Array<int32_t>& indices, const Array<T>& data,
+         const Array<T>& X, const Array<T>& Y, const std::optional<Array<T>>& gram, double alpha,
+         bool raw_confidence, int /*num_threads*/) {
+        expect(Y.ndim() == 2 && X.ndim() == 2 && X.shape(1) == Y.shape(1),
+               "X and Y must be 2-d with the same number of columns, got shapes " + shape_of(X) +
+                   " and " + shape_of(Y));
+        const auto R = csr_view<T>(indptr, indices, data, Y.shape(0), "the matrix's");
+        expect(X.shape(0) == R.rows, "X has " + std::to_string(X.shape(0)) +
+                                         " rows but the matrix has " + std::to_string(R.rows));
+        const int k = static_cast<int>(Y.shape(1));
+        const T* g = optional_gram<T>(gram, k);
+        const T* x = X.data();
+        const T* y = Y.data();
+        py::gil_scoped_release release;
+        return rc::als_data_loss(
+            R, x, y, k, g, static_cast<T>(alpha),
+            raw_confidence ? recfuse::Confidence::Raw : recfuse::Confidence::Linear);
+      },
+      py::arg("indptr").noconvert(), py::arg("indices").noconvert(), py::arg("data").noconvert(),
+      py::arg("X").noconvert(), py::arg("Y").noconvert(), py::arg("gram").noconvert() = py::none(),
+      py::arg("alpha"), py::arg("raw_confidence"), py::arg("num_threads") = 0,
+      "Σ_u [x_uᵀ YᵀY x_u + Σ_i (q − 2 q d + w d²)] in float64, on the device.");
+
+  trainer.def(py::init(&make_trainer<T>), py::arg("user_indptr").noconvert(),
+              py::arg("user_indices").noconvert(), py::arg("user_data").noconvert(),
+              py::arg("item_indptr").noconvert(), py::arg("item_indices").noconvert(),
+              py::arg("item_data").noconvert(), py::arg("X").noconvert(),
+              py::arg("Y").noconvert(), py::arg("regularization"), py::arg("alpha"),
+              py::arg("raw_confidence"), py::arg("cholesky"), py::arg("cg_steps"));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() =
+      "recfuse CUDA kernels: implicit ALS (CG and Cholesky), gram and data loss on the device";
+
+  m.def("device_count", &rc::device_count,
+        "Number of CUDA devices; 0 when there is no driver or no device (never raises).");
+  m.def("device_error", &rc::device_error,
+        "Why device_count() is 0, or '' when a device is there (never raises).");
+  m.def("device_name", &rc::device_name, py::arg("index") = 0, "The name of CUDA device `index`.");
+  m.def("cholesky_max_factors", &rc::cholesky_max_factors, py::arg("double_precision") = false,
+        "The largest k solver='cholesky' supports on the current device.");
+  m.attr("CG_MAX_FACTORS") = rc::cg_max_factors();
+
+  py::class_<AlsTrainer> trainer(
+      m, "AlsTrainer",
+      "Device-resident ALS state: both CSR matrices and both factor matrices stay on the GPU.\n"
+      "AlsTrainer(user_indptr, user_indices, user_data, item_indptr, item_indices, item_data,\n"
+      "           X, Y, regularization, alpha, raw_confidence, cholesky, cg_steps)\n"
+      "with the item CSR the transpose of the user CSR; float32 or float64 throughout.");
+  bind_dtype<float>(m, trainer);
+  bind_dtype<double>(m, trainer);
+  trainer
+      .def("sweep_users", &AlsTrainer::sweep_users,
+           "Re-solve X against Y; returns rows left unchanged (not positive definite).")
+      .def("sweep_items", &AlsTrainer::sweep_items,
+           "Re-solve Y against X; returns rows left unchanged (not positive definite).")
+      .def("data_loss", &AlsTrainer::data_loss, "The data loss of the current factors (float64).")
+      .def("factors", &AlsTrainer::factors, "(X, Y) copied to new NumPy arrays.")
+      .def_property_readonly("dtype", &AlsTrainer::dtype)
+      .def_property_readonly("users", &AlsTrainer::users)
+      .def_property_readonly("items", &AlsTrainer::items)
+      .def_property_readonly("factors_count", &AlsTrainer::k);
+}
