@@ -3,6 +3,7 @@
 
 #include <omp.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -33,6 +34,14 @@ const kernels::AlsRowKernels<double>& row_kernels<double>(int k) {
     case SimdLevel::Avx2: return kernels::avx2::als_kernels_double(k);
     default: return kernels::generic::als_kernels_double(k);
   }
+}
+
+// The batched Cholesky keeps vectors in its scratch: start it on a 64-byte boundary.
+template <class T>
+T* aligned_scratch(std::vector<T>& scratch) {
+  const auto address = reinterpret_cast<uintptr_t>(scratch.data());
+  const uintptr_t aligned = (address + 63) & ~static_cast<uintptr_t>(63);
+  return reinterpret_cast<T*>(aligned);
 }
 
 int thread_count(int requested) { return requested > 0 ? requested : omp_get_max_threads(); }
@@ -106,26 +115,34 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y, int k, const T* gram_or_
       regularised_gram(Y, R.cols, k, gram_or_null, params.regularization, params.num_threads);
   const bool raw = params.confidence == Confidence::Raw;
   const bool cholesky = params.solver == Solver::Cholesky;
-  const size_t scratch_size = cholesky ? static_cast<size_t>(k) * k + 2 * static_cast<size_t>(k)
-                                      : 3 * static_cast<size_t>(k) + kernels::kGatherBytes / sizeof(T);
   int64_t failed = 0;
+  if (cholesky) {
+    const int batch = kern.cholesky_rows;
+    const int64_t blocks = (R.rows + batch - 1) / batch;
+    const size_t scratch_size = static_cast<size_t>(kernels::cholesky_scratch(k, batch));
 #pragma omp parallel num_threads(thread_count(params.num_threads)) reduction(+ : failed)
+    {
+      std::vector<T> scratch(scratch_size);
+      T* aligned = aligned_scratch(scratch);
+#pragma omp for schedule(dynamic, 8)
+      for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t first = block * batch;
+        const int count = static_cast<int>(R.rows - first < batch ? R.rows - first : batch);
+        failed += kern.solve_cholesky_rows(R, first, count, Y, G.data(), k, params.alpha, raw, X,
+                                           aligned);
+      }
+    }
+    return failed;
+  }
+  const size_t scratch_size = 3 * static_cast<size_t>(k) + kernels::kGatherBytes / sizeof(T);
+#pragma omp parallel num_threads(thread_count(params.num_threads))
   {
     std::vector<T> scratch(scratch_size);
 #pragma omp for schedule(dynamic, 64)
     for (int64_t u = 0; u < R.rows; ++u) {
       const int64_t start = R.indptr[u];
-      const int64_t nnz = R.indptr[u + 1] - start;
-      T* x = X + u * k;
-      if (cholesky) {
-        if (!kern.solve_cholesky(R.indices + start, R.data + start, nnz, Y, G.data(), k,
-                                 params.alpha, raw, x, scratch.data())) {
-          ++failed;
-        }
-      } else {
-        kern.solve_cg(R.indices + start, R.data + start, nnz, Y, G.data(), k, params.alpha, raw,
-                      params.cg_steps, x, scratch.data());
-      }
+      kern.solve_cg(R.indices + start, R.data + start, R.indptr[u + 1] - start, Y, G.data(), k,
+                    params.alpha, raw, params.cg_steps, X + u * k, scratch.data());
     }
   }
   return failed;

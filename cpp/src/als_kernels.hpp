@@ -20,15 +20,23 @@ struct AlsRowKernels {
   // x (k) updated in place; scratch holds at least 3k + kGatherBytes / sizeof(T) values.
   void (*solve_cg)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y, const T* G_reg,
                    int k, T alpha, bool raw, int steps, T* x, T* scratch);
-  // Returns false (x untouched) if the system is not positive definite; scratch >= k*k + 2k.
-  bool (*solve_cholesky)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y,
-                         const T* G_reg, int k, T alpha, bool raw, T* x, T* scratch);
+  // Exact solves for the rows [first, first + count) of R into X, count <= cholesky_rows.
+  // Rows whose system is not positive definite are left unchanged; returns their number.
+  // scratch holds at least cholesky_scratch(k, cholesky_rows) values.
+  int64_t (*solve_cholesky_rows)(const CsrView<T>& R, int64_t first, int count, const T* Y,
+                                 const T* G_reg, int k, T alpha, bool raw, T* X, T* scratch);
+  int cholesky_rows;  // rows solved together (SIMD lanes of the batched solver)
   // G[a][a:] += Σ_{i in [begin, end)} Y[i][a] * Y[i][a:] for the rows a = first, first+stride, ...
   void (*gram_rows)(const T* Y, int64_t begin, int64_t end, int k, int first, int stride, T* G);
   // One row's term of als_data_loss; scratch >= k.
   double (*data_loss_row)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y,
                           const T* G, int k, T alpha, bool raw, const T* x, T* scratch);
 };
+
+inline long cholesky_scratch(int k, int rows) {
+  const long kk = static_cast<long>(k) * k;
+  return kk + 2L * k + rows + (kk + 2L * k) * rows + 64;  // + 64: room to align the batch
+}
 
 #define RECFUSE_DECLARE_LEVEL(ns)                       \
   namespace ns {                                        \

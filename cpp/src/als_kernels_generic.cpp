@@ -1,6 +1,10 @@
 // ALS row kernels for the generic SIMD level (compiler flags set per file in CMakeLists.txt).
 #include "als_kernels.hpp"
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
 namespace recfuse {
 namespace kernels {
 namespace generic {
