@@ -415,3 +415,10 @@ def test_cli_demo_and_info(capsys):
     out = capsys.readouterr().out
     assert "cpu" in out and "numpy" in out
     assert main(["demo", "--users", "0"]) == 2
+
+
+def test_callback_without_loss(data):
+    seen = []
+    recfuse.ALS(factors=4, iterations=2, random_state=0).fit(
+        data, callback=lambda it, loss: seen.append((it, loss)), compute_loss=False)
+    assert seen == [(0, None), (1, None)]

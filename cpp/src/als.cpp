@@ -44,7 +44,14 @@ T* aligned_scratch(std::vector<T>& scratch) {
   return reinterpret_cast<T*>(aligned);
 }
 
-int thread_count(int requested) { return requested > 0 ? requested : omp_get_max_threads(); }
+// Threads for a call of about `flops` multiply-adds: the requested number (0: all), but no
+// more than keeps ~1 MFLOP per thread, so tiny calls do not pay for waking and joining
+// threads (costly when the machine is oversubscribed).
+int thread_count(int requested, double flops) {
+  const int wanted = requested > 0 ? requested : omp_get_max_threads();
+  const double useful = flops / 1e6;
+  return useful < 1 ? 1 : (useful < wanted ? static_cast<int>(useful) : wanted);
+}
 
 template <class T>
 void check_csr(const CsrView<T>& R) {
@@ -58,7 +65,7 @@ void check_csr(const CsrView<T>& R) {
   }
   const int64_t nnz = R.indptr[R.rows];
   bool bad = false;
-#pragma omp parallel for reduction(|| : bad) schedule(static)
+#pragma omp parallel for reduction(|| : bad) schedule(static) if (nnz > (1 << 20))
   for (int64_t t = 0; t < nnz; ++t) bad = bad || R.indices[t] < 0 || R.indices[t] >= R.cols;
   if (bad) {
     throw std::invalid_argument("CSR column index out of range [0, " + std::to_string(R.cols) +
@@ -88,7 +95,8 @@ void gram(const T* Y, int64_t n, int k, T* G, int num_threads) {
   for (int64_t i = 0; i < static_cast<int64_t>(k) * k; ++i) G[i] = 0;
   // Each thread owns the output rows a = t, t + threads, ...; every element is summed over
   // i in ascending order, so the result does not depend on the thread count.
-  const int threads = thread_count(num_threads) < k ? thread_count(num_threads) : k;
+  const int by_work = thread_count(num_threads, static_cast<double>(n) * k * k / 2);
+  const int threads = by_work < k ? by_work : k;
   const int64_t block = 256;
 #pragma omp parallel num_threads(threads)
   {
@@ -115,12 +123,14 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y, int k, const T* gram_or_
       regularised_gram(Y, R.cols, k, gram_or_null, params.regularization, params.num_threads);
   const bool raw = params.confidence == Confidence::Raw;
   const bool cholesky = params.solver == Solver::Cholesky;
+  const double work = static_cast<double>(R.rows) * k * k * (cholesky ? k / 3.0 : 4.0) +
+                      static_cast<double>(R.indptr[R.rows]) * k * (cholesky ? k : 8.0);
   int64_t failed = 0;
   if (cholesky) {
     const int batch = kern.cholesky_rows;
     const int64_t blocks = (R.rows + batch - 1) / batch;
     const size_t scratch_size = static_cast<size_t>(kernels::cholesky_scratch(k, batch));
-#pragma omp parallel num_threads(thread_count(params.num_threads)) reduction(+ : failed)
+#pragma omp parallel num_threads(thread_count(params.num_threads, work)) reduction(+ : failed)
     {
       std::vector<T> scratch(scratch_size);
       T* aligned = aligned_scratch(scratch);
@@ -135,7 +145,7 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y, int k, const T* gram_or_
     return failed;
   }
   const size_t scratch_size = 3 * static_cast<size_t>(k) + kernels::kGatherBytes / sizeof(T);
-#pragma omp parallel num_threads(thread_count(params.num_threads))
+#pragma omp parallel num_threads(thread_count(params.num_threads, work))
   {
     std::vector<T> scratch(scratch_size);
 #pragma omp for schedule(dynamic, 64)
@@ -157,7 +167,8 @@ double als_data_loss(const CsrView<T>& R, const T* X, const T* Y, int k, const T
   const std::vector<T> G = regularised_gram(Y, R.cols, k, gram_or_null, T(0), num_threads);
   std::vector<double> per_row(static_cast<size_t>(R.rows));
   const bool raw = confidence == Confidence::Raw;
-#pragma omp parallel num_threads(thread_count(num_threads))
+  const double work = static_cast<double>(R.rows) * k * k + static_cast<double>(R.indptr[R.rows]) * k;
+#pragma omp parallel num_threads(thread_count(num_threads, work))
   {
     std::vector<T> scratch(static_cast<size_t>(k));
 #pragma omp for schedule(dynamic, 256)

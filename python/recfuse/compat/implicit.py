@@ -403,7 +403,8 @@ class AlternatingLeastSquares:
         relay, progress = None, {"loss": None}
         if callback is not None or self.calculate_training_loss:
             relay = self._loss_relay(matrix, callback, show_progress, progress)
-        engine.fit(matrix, show_progress=show_progress, callback=relay, initial_factors=(X, Y))
+        engine.fit(matrix, show_progress=show_progress, callback=relay, initial_factors=(X, Y),
+                   compute_loss=self.calculate_training_loss)
         if self.calculate_training_loss and progress["loss"] is not None:
             log.info("Final training loss %.4f", progress["loss"])
         self.user_factors, self.item_factors = engine.user_factors, engine.item_factors

@@ -107,13 +107,15 @@ class ALS:
         user_items: sp.csr_matrix,
         *,
         show_progress: bool = False,
-        callback: Callable[[int, float], None] | None = None,
+        callback: Callable[[int, float | None], None] | None = None,
         initial_factors: tuple[np.ndarray, np.ndarray] | None = None,
+        compute_loss: bool = True,
     ) -> "ALS":
         """Train on a users x items CSR matrix and return self.
 
         ``callback(iteration, loss)`` is called after each iteration with the training
-        loss of ``recfuse.reference.als_loss`` (computing it costs about one CG step).
+        loss of ``recfuse.reference.als_loss`` (computing it costs about one CG step; with
+        ``compute_loss=False`` the callback gets None instead).
         ``initial_factors=(X, Y)`` starts from given factors instead of random ones.
         On bad input nothing about the model changes.
         """
@@ -149,9 +151,11 @@ class ALS:
                 failed += trainer.sweep_users()
                 failed += trainer.sweep_items()
                 if callback is not None:
-                    X_now, Y_now = trainer.factors()
-                    callback(iteration, normalised_loss(trainer.data_loss(), X_now, Y_now,
-                                                        user_csr, params))
+                    loss = None
+                    if compute_loss:
+                        X_now, Y_now = trainer.factors()
+                        loss = normalised_loss(trainer.data_loss(), X_now, Y_now, user_csr, params)
+                    callback(iteration, loss)
                 progress.update(1)
         finally:
             progress.close()
