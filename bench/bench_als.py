@@ -14,6 +14,8 @@ generic kernels on this processor).
 The floor (flops one iteration must do, both half-sweeps):
   Cholesky: 2·nnz·(k² + 2k) + (users + items)·k³/3
   CG (3 steps): 9·(users + items)·k² + 32·nnz·k
+Seconds per iteration are the median over the iterations of one fit (each library's own
+per-iteration callback; the first iteration also pays for transposing the matrix in both).
 Results go to bench/results/als.json and a Markdown table on stdout.
 """
 
@@ -28,6 +30,8 @@ import threading
 import time
 
 os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+# implicit asks for a single-threaded BLAS (it parallelises over rows itself).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
@@ -78,12 +82,13 @@ class PeakRss:
 def time_recfuse(matrix, X0, Y0, k, solver, iterations, threads, regularization, alpha):
     model = recfuse.ALS(factors=k, regularization=regularization, alpha=alpha,
                         iterations=iterations, solver=solver, backend="cpu", num_threads=threads)
+    stamps = []
     before = PeakRss.current()
     with PeakRss() as rss:
-        start = time.perf_counter()
-        model.fit(matrix, initial_factors=(X0, Y0))
-        elapsed = time.perf_counter() - start
-    return model, elapsed / iterations, rss.peak - before
+        stamps.append(time.perf_counter())
+        model.fit(matrix, initial_factors=(X0, Y0), compute_loss=False,
+                  callback=lambda iteration, loss: stamps.append(time.perf_counter()))
+    return model, float(np.median(np.diff(stamps))), rss.peak - before
 
 
 def time_implicit(matrix, X0, Y0, k, solver, iterations, threads, regularization, alpha):
@@ -96,9 +101,10 @@ def time_implicit(matrix, X0, Y0, k, solver, iterations, threads, regularization
                                     calculate_training_loss=False, num_threads=threads,
                                     random_state=0)
     model.user_factors, model.item_factors = X0.copy(), Y0.copy()
-    start = time.perf_counter()
-    model.fit(confidence, show_progress=False)
-    return model, (time.perf_counter() - start) / iterations
+    elapsed = []
+    model.fit(confidence, show_progress=False,
+              callback=lambda iteration, seconds, loss: elapsed.append(seconds))
+    return model, float(np.median(elapsed))
 
 
 def speed_rows(args):
@@ -201,7 +207,8 @@ def main(argv=None):
     parser.add_argument("--nnz", type=int, nargs="+", default=[5_000_000, 20_000_000])
     parser.add_argument("--factors", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--solvers", nargs="+", default=["cg", "cholesky"], choices=["cg", "cholesky"])
-    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=3,
+                        help="iterations per fit; the median iteration time is reported")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--regularization", type=float, default=0.01)
     parser.add_argument("--alpha", type=float, default=1.0)

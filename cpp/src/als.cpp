@@ -144,7 +144,14 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y, int k, const T* gram_or_
     }
     return failed;
   }
-  const size_t scratch_size = 3 * static_cast<size_t>(k) + kernels::kGatherBytes / sizeof(T);
+  int64_t longest = 0;
+  for (int64_t u = 0; u < R.rows; ++u) {
+    const int64_t length = R.indptr[u + 1] - R.indptr[u];
+    longest = length > longest ? length : longest;
+  }
+  const int64_t cap = kernels::kMaxGatherBytes / (static_cast<int64_t>(k) * sizeof(T));
+  const int64_t gather_rows = longest < cap ? longest : cap;
+  const size_t scratch_size = 3 * static_cast<size_t>(k) + static_cast<size_t>(gather_rows) * k;
 #pragma omp parallel num_threads(thread_count(params.num_threads, work))
   {
     std::vector<T> scratch(scratch_size);
@@ -152,7 +159,7 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y, int k, const T* gram_or_
     for (int64_t u = 0; u < R.rows; ++u) {
       const int64_t start = R.indptr[u];
       kern.solve_cg(R.indices + start, R.data + start, R.indptr[u + 1] - start, Y, G.data(), k,
-                    params.alpha, raw, params.cg_steps, X + u * k, scratch.data());
+                    params.alpha, raw, params.cg_steps, X + u * k, scratch.data(), gather_rows);
     }
   }
   return failed;

@@ -11,15 +11,15 @@
 namespace recfuse {
 namespace kernels {
 
-// Bytes of per-thread scratch the CG kernels may use to copy a row's factor rows.
-constexpr long kGatherBytes = 256 * 1024;
+// Most bytes of per-thread scratch the CG kernels use to copy a row's factor rows.
+constexpr long kMaxGatherBytes = 64L << 20;
 
 // Function table filled by each SIMD level; fixed-size versions for k in {32, 64, 128}.
 template <class T>
 struct AlsRowKernels {
-  // x (k) updated in place; scratch holds at least 3k + kGatherBytes / sizeof(T) values.
+  // x (k) updated in place; scratch holds at least 3k + gather_rows * k values.
   void (*solve_cg)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y, const T* G_reg,
-                   int k, T alpha, bool raw, int steps, T* x, T* scratch);
+                   int k, T alpha, bool raw, int steps, T* x, T* scratch, int64_t gather_rows);
   // Exact solves for the rows [first, first + count) of R into X, count <= cholesky_rows.
   // Rows whose system is not positive definite are left unchanged; returns their number.
   // scratch holds at least cholesky_scratch(k, cholesky_rows) values.
