@@ -1,0 +1,438 @@
+"""The ALS backend contract: every backend's half_sweep and data_loss against recfuse.reference.
+
+Each backend module (cuda, cpu, numba, cupy, numpy; see recfuse/_als/common.py) must
+re-solve the rows of X as ``reference.als_half_sweep`` does, up to rounding, give the same
+data loss as the NumPy backend, and give bit-identical results on repeated calls and (CPU
+backends) for any thread count or SIMD level.
+
+How close "up to rounding" is depends on the row, and the checks say so explicitly. The
+normal equations A_u x = b_u of every row are built here in float64 from the dense confidence
+matrix, independently of every kernel, together with |A|_u and |b|_u, the same sums taken
+over absolute values (what rounding errors are proportional to: b_u = Σ q y often cancels).
+
+Cholesky: the backend's row must be within TOLERANCE of the reference's relative to the
+row, or, where the system is ill conditioned, within the forward error that rounding can
+cause, eps·‖A⁻¹‖(‖|A|‖‖x‖ + ‖|b|‖). On every row, well or ill conditioned, its relative
+residual ‖A x − b‖/(‖|A|‖‖x‖ + ‖|b|‖) must be as small as the reference's: a backward-stable
+solve leaves about eps, a wrong kernel leaves O(1).
+
+CG: a few steps of CG are not a solution, so only the comparison with the reference's
+iterate tells whether the steps are the same. That comparison is as sharp as TOLERANCE
+while the iteration is far from converged; once the residual ‖r_j‖ has fallen to a small
+fraction ρ of ‖r_0‖ the next directions are built from rounding noise and two correct
+implementations drift apart by about eps·cond(A)/ρ² (loss of conjugacy). The allowed gap
+widens by exactly that (computed from a float64 run of the same iteration), and every row
+must also not increase the CG energy ½(x − x*)ᵀA(x − x*) over the starting point's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import backend_params, csr_matrices
+from hypothesis import given
+from hypothesis import strategies as st
+
+import recfuse
+from recfuse import reference
+from recfuse._als.common import AlsParams, CsrArrays, normalised_loss
+from recfuse._backend import resolve_backend
+
+DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
+SOLVERS = ["cg", "cholesky"]
+CONFIDENCES = ["linear", "raw"]
+
+# Row agreement relative to the size of the row, where rounding cannot explain more.
+TOLERANCE = {np.dtype(np.float32): 2e-3, np.dtype(np.float64): 1e-8}
+# Multiples of the rounding estimates (forward error, CG drift) a correct backend stays within.
+# On 10^4 random rows per dtype and solver the cpu and numba backends stayed at least 6 times
+# inside these limits.
+FORWARD_ERROR_FACTOR = 4.0
+CG_DRIFT_FACTOR = 3.0
+# data_loss agreement relative to Σ|terms| (float32 backends may form dots in float32).
+LOSS_TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+
+
+# ---------------------------------------------------------------------------- problems
+class Problem:
+    """A CSR matrix, factors drawn from a seed, and the ALS parameters of one half-sweep."""
+
+    def __init__(self, matrix, seed, k, regularization, alpha, confidence, solver, cg_steps,
+                 dtype, num_threads=0):
+        self.dtype = np.dtype(dtype)
+        self.matrix = matrix.astype(self.dtype)
+        rng = np.random.default_rng(seed)
+        rows, cols = matrix.shape
+        self.Y = rng.standard_normal((cols, k)).astype(self.dtype)
+        self.X0 = rng.standard_normal((rows, k)).astype(self.dtype)
+        self.params = AlsParams(regularization=regularization, alpha=alpha, confidence=confidence,
+                                solver=solver, cg_steps=cg_steps, num_threads=num_threads)
+
+    @property
+    def csr(self) -> CsrArrays:
+        return CsrArrays.from_scipy(self.matrix, self.dtype)
+
+    def run(self, module, *, gram=None, params=None):
+        """(new X, rows left unchanged) from one backend half-sweep starting at X0."""
+        X = self.X0.copy()
+        failed = module.half_sweep(self.csr, self.Y, X, params or self.params, gram=gram)
+        return X, failed
+
+    def reference(self):
+        p = self.params
+        return reference.als_half_sweep(
+            self.matrix, self.Y, self.X0, regularization=p.regularization, alpha=p.alpha,
+            confidence=p.confidence, solver=p.solver, cg_steps=p.cg_steps,
+        )
+
+    def normal_equations(self):
+        """(A, b, |A|, |b|) for every row, float64, from the dense confidence matrix.
+
+        A_u = Yᵀ C_u Y + λI and b_u = Yᵀ C_u p_u; |A|_u and |b|_u sum the absolute values of
+        the terms a kernel adds up: Σ_i (1 + |w_ui|) |y_i||y_i|ᵀ + λI and Σ_i |q_ui| |y_i|.
+        """
+        rows, cols = self.matrix.shape
+        k = self.Y.shape[1]
+        C = np.ones((rows, cols))
+        P = np.zeros((rows, cols))
+        coo = self.matrix.tocoo()  # keeps explicit zeros: a stored 0 has c = 0 under "raw"
+        values = coo.data.astype(np.float64)
+        if self.params.confidence == "raw":
+            C[coo.row, coo.col] = np.abs(values)
+        else:
+            C[coo.row, coo.col] = 1.0 + self.params.alpha * values
+        P[coo.row, coo.col] = values > 0
+        Y = self.Y.astype(np.float64)
+        eye = self.params.regularization * np.eye(k)
+        A = np.einsum("ui,ia,ib->uab", C, Y, Y) + eye
+        b = np.einsum("ui,ui,ia->ua", C, P, Y)
+        abs_Y = np.abs(Y)
+        A_abs = np.einsum("ui,ia,ib->uab", 1.0 + np.abs(C - 1.0), abs_Y, abs_Y) + eye
+        b_abs = np.einsum("ui,ui,ia->ua", np.abs(C), P, abs_Y)
+        return A, b, A_abs, b_abs
+
+
+@st.composite
+def problems(draw, dtype, confidence, solver, max_rows=12, max_cols=10):
+    matrix = draw(csr_matrices(max_rows=max_rows, max_cols=max_cols, dtype=dtype,
+                               allow_negative=confidence == "raw"))
+    return Problem(
+        matrix,
+        seed=draw(st.integers(0, 2**32 - 1)),
+        k=draw(st.integers(1, 9)),
+        regularization=draw(st.floats(0.01, 1.0)),
+        alpha=draw(st.floats(0.0, 5.0)),
+        confidence=confidence,
+        solver=solver,
+        cg_steps=draw(st.integers(1, 5)),
+        dtype=dtype,
+    )
+
+
+# ---------------------------------------------------------------------------- comparisons
+def _norm(v) -> float:
+    return float(np.linalg.norm(np.asarray(v, dtype=np.float64)))
+
+
+def cg_residual_history(A, b, x0, steps) -> np.ndarray:
+    """‖r_j‖ for j = 0..steps of the reference's CG, run here in float64 on the float64 system."""
+    x = np.array(x0, dtype=np.float64)
+    r = b - A @ x
+    p = r.copy()
+    rs_old = r @ r
+    history = [np.sqrt(rs_old)]
+    if rs_old < reference.CG_TOLERANCE:
+        return np.array(history)
+    for _ in range(steps):
+        Ap = A @ p
+        step = rs_old / (p @ Ap)
+        x += step * p
+        r -= step * Ap
+        rs_new = r @ r
+        history.append(np.sqrt(rs_new))
+        if rs_new < reference.CG_TOLERANCE:
+            break
+        p = r + (rs_new / rs_old) * p
+        rs_old = rs_new
+    return np.array(history)
+
+
+def scaled_residual(A, b, A_abs, b_abs, x) -> float:
+    """‖A x − b‖ / (‖|A|‖‖x‖ + ‖|b|‖): about eps for a backward-stable solve."""
+    x = np.asarray(x, dtype=np.float64)
+    denominator = np.linalg.norm(A_abs, 2) * np.linalg.norm(x) + np.linalg.norm(b_abs)
+    return float(np.linalg.norm(A @ x - b) / denominator) if denominator else 0.0
+
+
+def assert_rows_match(problem: Problem, X, X_ref):
+    """Every row of a backend's X agrees with the reference's (see the module docstring)."""
+    dtype = problem.dtype
+    tol = TOLERANCE[dtype]
+    eps = float(np.finfo(dtype).eps)
+    k = problem.Y.shape[1]
+    assert X.shape == X_ref.shape and X.dtype == X_ref.dtype == dtype
+    assert np.all(np.isfinite(X)), "backend produced non-finite factors"
+    A, b, A_abs, b_abs = problem.normal_equations()
+    for u in range(X.shape[0]):
+        x, x_ref = X[u].astype(np.float64), X_ref[u].astype(np.float64)
+        x0 = problem.X0[u].astype(np.float64)
+        gap = _norm(x - x_ref)
+        context = (f"row {u}: backend {X[u]}, reference {X_ref[u]}, "
+                   f"cond(A) {np.linalg.cond(A[u]):.3g}, {problem.params}")
+        if problem.params.solver == "cholesky":
+            inverse_norm = np.linalg.norm(np.linalg.inv(A[u]), 2)
+            a_abs = np.linalg.norm(A_abs[u], 2)
+            # Values near the underflow threshold (hypothesis draws subnormal entries) are
+            # rounded to a multiple of the smallest subnormal, an absolute error.
+            subnormal = float(np.finfo(dtype).smallest_subnormal)
+            underflow = k * subnormal * (1 + inverse_norm) * (1 + a_abs)
+            forward_error = (eps * inverse_norm * (a_abs * _norm(x_ref) + _norm(b_abs[u]))
+                             + underflow)
+            allowed = max(tol * _norm(x_ref), FORWARD_ERROR_FACTOR * forward_error)
+            assert gap <= allowed, f"{context}: gap {gap:.3g} > {allowed:.3g}"
+            # Residual, relative to |A|, |b|: as small as the reference's (about eps), or at
+            # the floor that rounding sets.
+            ours = scaled_residual(A[u], b[u], A_abs[u], b_abs[u], x)
+            theirs = scaled_residual(A[u], b[u], A_abs[u], b_abs[u], x_ref)
+            denominator = a_abs * _norm(x) + _norm(b_abs[u])
+            residual = _norm(A[u] @ x - b[u])
+            limit = 4 * max(max(theirs, k * eps) * denominator, underflow)
+            assert residual <= limit, f"{context}: residual {ours:.3g} vs reference {theirs:.3g}"
+        else:
+            history = cg_residual_history(A[u], b[u], x0, problem.params.cg_steps)
+            rho = history[1:].min() / history[0] if history.size > 1 else 1.0
+            drift = (CG_DRIFT_FACTOR * eps * np.linalg.cond(A[u]) / rho**2) if rho > 0 else np.inf
+            allowed = max(tol, drift) * (_norm(x_ref) + _norm(x0))
+            assert gap <= allowed, f"{context}: gap {gap:.3g} > {allowed:.3g} (rho {rho:.3g})"
+            solution = np.linalg.solve(A[u], b[u])
+
+            def energy(v):
+                return 0.5 * (v - solution) @ A[u] @ (v - solution)
+
+            slack = 8 * k * eps * np.linalg.norm(A_abs[u], 2) * (_norm(x0) + _norm(solution)) ** 2
+            assert energy(x) <= energy(x0) + slack, f"{context}: CG increased the energy"
+
+
+def loss_scale(problem: Problem, X) -> float:
+    """Σ of the absolute values of every term of data_loss: what its rounding is relative to."""
+    X64, Y64 = X.astype(np.float64), problem.Y.astype(np.float64)
+    R = problem.csr
+    quadratic = float(np.abs(np.einsum("uk,kl,ul->u", X64, Y64.T @ Y64, X64)).sum())
+    rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
+    d = np.einsum("nk,nk->n", X64[rows], Y64[R.indices])
+    w, q = reference.confidence_weights(R.data.astype(np.float64), problem.params.alpha,
+                                        problem.params.confidence)
+    return quadratic + float((np.abs(q) * (1 + 2 * np.abs(d)) + np.abs(w) * d * d).sum())
+
+
+def assert_bit_identical(a, b, what):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert np.array_equal(a.view(np.uint8), b.view(np.uint8)), f"{what} differ bitwise"
+
+
+# ---------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("confidence", CONFIDENCES)
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", backend_params())
+@given(data=st.data(), use_gram=st.booleans())
+def test_half_sweep_matches_reference(backend, dtype, solver, confidence, data, use_gram):
+    module = resolve_backend(backend)
+    problem = data.draw(problems(dtype, confidence, solver))
+    gram = reference.gram(problem.Y) if use_gram else None
+    X, failed = problem.run(module, gram=gram)
+    # λ ≥ 0.01 and c ≥ 0 make every system positive definite.
+    assert failed == 0
+    assert_rows_match(problem, X, problem.reference())
+
+
+@pytest.mark.parametrize("confidence", CONFIDENCES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", backend_params())
+@given(data=st.data())
+def test_data_loss_matches_numpy_backend(backend, dtype, confidence, data):
+    module = resolve_backend(backend)
+    numpy_backend = resolve_backend("numpy")
+    problem = data.draw(problems(dtype, confidence, "cg"))
+    X = problem.X0
+    ours = module.data_loss(problem.csr, X, problem.Y, problem.params)
+    theirs = numpy_backend.data_loss(problem.csr, X, problem.Y, problem.params)
+    assert isinstance(ours, float)
+    scale = loss_scale(problem, X)
+    assert abs(ours - theirs) <= LOSS_TOLERANCE[problem.dtype] * scale, (ours, theirs, scale)
+    # ... and, finished by normalised_loss, it is reference.als_loss.
+    finished = normalised_loss(ours, X, problem.Y, problem.csr, problem.params)
+    total_confidence = problem.matrix.shape[0] * problem.matrix.shape[1] + float(
+        reference.confidence_weights(problem.matrix.data.astype(np.float64),
+                                     problem.params.alpha, confidence)[0].sum())
+    if total_confidence == 0:
+        # Every cell stored with c = 0 ("raw" zeros): normalised_loss says 0.0, while
+        # reference.als_loss divides 0 by 0 (a RuntimeWarning, nan). Not compared.
+        assert finished == 0.0
+        return
+    expected = reference.als_loss(problem.matrix, X, problem.Y,
+                                  regularization=problem.params.regularization,
+                                  alpha=problem.params.alpha, confidence=confidence)
+    penalty = problem.params.regularization * (_norm(X) ** 2 + _norm(problem.Y) ** 2)
+    slack = LOSS_TOLERANCE[problem.dtype] * (scale + penalty) / abs(total_confidence)
+    assert abs(finished - expected) <= slack, (finished, expected)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@given(data=st.data(), solver=st.sampled_from(SOLVERS), confidence=st.sampled_from(CONFIDENCES),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_same_inputs_give_bit_identical_outputs(backend, data, solver, confidence, dtype):
+    module = resolve_backend(backend)
+    problem = data.draw(problems(dtype, confidence, solver))
+    first, failed_first = problem.run(module)
+    second, failed_second = problem.run(module)
+    assert failed_first == failed_second
+    assert_bit_identical(first, second, "two half-sweeps")
+    loss_first = module.data_loss(problem.csr, first, problem.Y, problem.params)
+    loss_second = module.data_loss(problem.csr, first, problem.Y, problem.params)
+    assert np.float64(loss_first).tobytes() == np.float64(loss_second).tobytes()
+
+
+@st.composite
+def larger_problems(draw, solver, confidence, dtype):
+    """Enough rows (and columns) to be split across threads."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    rows, cols = draw(st.integers(130, 400)), draw(st.integers(1, 300))
+    matrix = sp.random(rows, cols, density=draw(st.floats(0.0, 0.2)), format="csr",
+                       random_state=rng, dtype=np.float64)
+    matrix.data = np.round(matrix.data * 20 - (10 if confidence == "raw" else 0))
+    return Problem(matrix, seed=seed, k=draw(st.integers(1, 9)),
+                   regularization=draw(st.floats(0.01, 1.0)), alpha=draw(st.floats(0.0, 5.0)),
+                   confidence=confidence, solver=solver, cg_steps=draw(st.integers(1, 5)),
+                   dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", backend_params(("cpu", "numba")))
+@given(data=st.data(), solver=st.sampled_from(SOLVERS), confidence=st.sampled_from(CONFIDENCES),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_thread_count_does_not_change_results(backend, data, solver, confidence, dtype):
+    module = resolve_backend(backend)
+    problem = data.draw(larger_problems(solver, confidence, dtype))
+    results = {}
+    for threads in (1, 2):
+        params = dataclasses.replace(problem.params, num_threads=threads)
+        X, failed = problem.run(module, params=params)
+        loss = module.data_loss(problem.csr, X, problem.Y, params)
+        results[threads] = (X, failed, loss)
+    (X1, failed1, loss1), (X2, failed2, loss2) = results[1], results[2]
+    assert failed1 == failed2
+    assert_bit_identical(X1, X2, "1-thread and 2-thread half-sweeps")
+    assert np.float64(loss1).tobytes() == np.float64(loss2).tobytes()
+
+
+@pytest.mark.parametrize("backend", backend_params(("cpu",)))
+@given(data=st.data(), solver=st.sampled_from(SOLVERS), confidence=st.sampled_from(CONFIDENCES),
+       dtype=st.sampled_from([np.float32, np.float64]), use_gram=st.booleans())
+def test_every_simd_level_matches_reference(backend, data, solver, confidence, dtype, use_gram):
+    from recfuse import _core
+
+    module = resolve_backend(backend)
+    problem = data.draw(problems(dtype, confidence, solver))
+    expected = problem.reference()
+    gram = reference.gram(problem.Y) if use_gram else None
+    original = _core.simd_level()
+    try:
+        for level in _core.supported_simd_levels():
+            _core.set_simd_level(level)
+            assert _core.simd_level() == level
+            X, failed = problem.run(module, gram=gram)
+            assert failed == 0, level
+            assert_rows_match(problem, X, expected)
+    finally:
+        _core.set_simd_level(original)
+    assert _core.simd_level() == original
+
+
+def _not_positive_definite_params():
+    # The NumPy backend is the reference itself: np.linalg.solve, no positive-definiteness test.
+    params = []
+    for param in backend_params():
+        (name,) = param.values
+        marks = list(param.marks)
+        if name == "numpy":
+            marks.append(pytest.mark.xfail(
+                strict=True, reason="numpy backend solves with np.linalg.solve and returns 0"))
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", _not_positive_definite_params())
+def test_cholesky_leaves_non_positive_definite_rows_unchanged(backend, dtype):
+    """A negative stored value with alpha = 1 gives c < 0: an indefinite system for that row."""
+    module = resolve_backend(backend)
+    rng = np.random.default_rng(7)
+    dense = np.round(rng.uniform(0, 5, size=(6, 8))) * (rng.uniform(size=(6, 8)) < 0.5)
+    dense[1, 3] = -50.0
+    dense[4, [0, 6]] = [-50.0, 2.0]
+    problem = Problem(sp.csr_matrix(dense), seed=3, k=4, regularization=0.1, alpha=1.0,
+                      confidence="linear", solver="cholesky", cg_steps=3, dtype=dtype)
+    A = problem.normal_equations()[0]
+    indefinite = [u for u in range(A.shape[0]) if np.linalg.eigvalsh(A[u])[0] < -1.0]
+    assert indefinite == [1, 4]
+    assert all(np.linalg.eigvalsh(A[u])[0] > 0.05 for u in (0, 2, 3, 5))
+    X, failed = problem.run(module)
+    assert failed == len(indefinite)
+    for u in indefinite:
+        assert_bit_identical(X[u], problem.X0[u], f"row {u}")
+    solved = [0, 2, 3, 5]
+    sub = Problem(problem.matrix[solved], seed=0, k=4, regularization=0.1, alpha=1.0,
+                  confidence="linear", solver="cholesky", cg_steps=3, dtype=dtype)
+    sub.Y, sub.X0 = problem.Y, problem.X0[solved]
+    assert_rows_match(sub, X[solved], sub.reference())
+
+
+@pytest.mark.parametrize("backend", backend_params(("cpu", "numba")))
+def test_num_threads_above_the_core_count_is_accepted(backend):
+    module = resolve_backend(backend)
+    problem = Problem(sp.random(70, 20, density=0.3, format="csr", random_state=0), seed=1, k=3,
+                      regularization=0.1, alpha=2.0, confidence="linear", solver="cg",
+                      cg_steps=3, dtype=np.float64, num_threads=64)
+    X, failed = problem.run(module)
+    assert failed == 0
+    assert_rows_match(problem, X, problem.reference())
+
+
+@pytest.mark.parametrize("backend", backend_params(("numba",)))
+def test_numba_thread_setting_is_restored(backend):
+    import numba
+
+    module = resolve_backend(backend)
+    before = numba.get_num_threads()
+    problem = Problem(sp.random(200, 30, density=0.2, format="csr", random_state=0), seed=2,
+                      k=4, regularization=0.1, alpha=1.0, confidence="linear", solver="cholesky",
+                      cg_steps=3, dtype=np.float32, num_threads=1)
+    problem.run(module)
+    module.data_loss(problem.csr, problem.X0, problem.Y, problem.params)
+    assert numba.get_num_threads() == before
+
+
+def test_numba_availability_never_imports_numba_with_recfuse():
+    code = (
+        "import sys, recfuse, recfuse._als.numba_backend as nb\n"
+        "assert 'numba' not in sys.modules, 'importing recfuse imported numba'\n"
+        "ok, detail = nb.availability()\n"
+        "assert isinstance(ok, bool) and isinstance(detail, str)\n"
+        "assert detail.startswith('numba ') if ok else 'pip install' in detail, detail\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_numba_backend_is_registered():
+    (info,) = [b for b in recfuse.backends() if b.name == "numba"]
+    if info.available:
+        assert info.detail.startswith("numba ")
+        assert resolve_backend("numba").NAME == "numba"
+    else:
+        assert "numba" in info.detail
