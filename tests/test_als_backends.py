@@ -354,21 +354,8 @@ def test_every_simd_level_matches_reference(backend, data, solver, confidence, d
     assert _core.simd_level() == original
 
 
-def _not_positive_definite_params():
-    # The NumPy backend is the reference itself: np.linalg.solve, no positive-definiteness test.
-    params = []
-    for param in backend_params():
-        (name,) = param.values
-        marks = list(param.marks)
-        if name == "numpy":
-            marks.append(pytest.mark.xfail(
-                strict=True, reason="numpy backend solves with np.linalg.solve and returns 0"))
-        params.append(pytest.param(name, marks=marks, id=name))
-    return params
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backend", _not_positive_definite_params())
+@pytest.mark.parametrize("backend", backend_params())
 def test_cholesky_leaves_non_positive_definite_rows_unchanged(backend, dtype):
     """A negative stored value with alpha = 1 gives c < 0: an indefinite system for that row."""
     module = resolve_backend(backend)

@@ -19,7 +19,9 @@ the convention of the ``implicit`` package, where the stored value is the confid
 itself: ``c_ui = |r_ui|``, ``p_ui = [r_ui > 0]`` (negative values mean "disliked").
 Entries that are not stored have ``c = 1`` and ``p = 0``.
 
-``solver="cholesky"`` solves exactly. ``solver="cg"`` runs ``cg_steps`` steps of
+``solver="cholesky"`` solves exactly; a row whose system is not positive definite (possible
+only with regularization 0 or negative values) keeps its previous vector, and
+``als_half_sweep_counted`` reports how many did. ``solver="cg"`` runs ``cg_steps`` steps of
 conjugate gradient from the current ``x_u`` (the algorithm below, step for step), and
 stops early when the squared residual norm falls below ``CG_TOLERANCE``.
 
@@ -83,18 +85,32 @@ def als_half_sweep(
     ``R`` is rows x cols CSR, ``Y`` cols x k, ``X`` rows x k (the CG starting point).
     All arithmetic happens in ``Y.dtype``.
     """
+    return als_half_sweep_counted(R, Y, X, regularization=regularization, alpha=alpha,
+                                  confidence=confidence, solver=solver, cg_steps=cg_steps)[0]
+
+
+def als_half_sweep_counted(R, Y, X, *, regularization, alpha=1.0, confidence="linear",
+                           solver="cg", cg_steps=3) -> tuple[np.ndarray, int]:
+    """``als_half_sweep`` that also returns the number of rows left unchanged (Cholesky rows
+    whose system is not positive definite)."""
     dtype = Y.dtype
+    failed = 0
     X = np.array(X, dtype=dtype, copy=True)
     G = gram(Y)
     for u in range(R.shape[0]):
         A, b = _row_system(R, u, Y, G, dtype.type(regularization), dtype.type(alpha), confidence)
         if solver == "cholesky":
-            X[u] = np.linalg.solve(A, b)
+            try:
+                lower = np.linalg.cholesky(A)
+            except np.linalg.LinAlgError:
+                failed += 1
+                continue
+            X[u] = np.linalg.solve(lower.T, np.linalg.solve(lower, b))
         elif solver == "cg":
             X[u] = conjugate_gradient(A, b, X[u], cg_steps)
         else:
             raise ValueError(f"solver must be 'cg' or 'cholesky', got {solver!r}")
-    return X
+    return X, failed
 
 
 def conjugate_gradient(A: np.ndarray, b: np.ndarray, x0: np.ndarray, steps: int) -> np.ndarray:
@@ -137,4 +153,5 @@ def als_loss(
     c[coo.row, coo.col] = 1 + w
     p[coo.row, coo.col] = np.divide(q, 1 + w, out=np.zeros_like(q), where=(1 + w) != 0)
     total = (c * (p - full) ** 2).sum() + regularization * ((X64**2).sum() + (Y64**2).sum())
-    return float(total / c.sum()) if c.size else 0.0
+    normaliser = c.sum()
+    return float(total / normaliser) if normaliser else 0.0

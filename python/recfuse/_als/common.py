@@ -11,7 +11,8 @@ A backend module (``recfuse._als.<name>``) defines:
     (the contract of ``recfuse.reference.als_half_sweep``); returns the number of rows left
     unchanged because their system was not positive definite.
 ``data_loss(R, X, Y, params) -> float``
-    Σ_u [x_uᵀ YᵀY x_u + Σ_i (q_ui − 2 q_ui d_ui + w_ui d_ui²)] with d_ui = x_u·y_i, in float64:
+    Σ_u [x_uᵀ YᵀY x_u + Σ_i (q_ui − 2 q_ui d_ui + w_ui d_ui²)] with d_ui = x_u·y_i, summed in
+    float64 (the products may be in the model dtype):
     the unregularised, unnormalised part of ``recfuse.reference.als_loss``
     (``normalised_loss`` below finishes it).
 ``make_trainer(user_items, item_users, X, Y, params) -> Trainer``

@@ -15,7 +15,7 @@ def availability() -> tuple[bool, str]:
 
 
 def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None) -> int:
-    X[...] = reference.als_half_sweep(
+    X[...], failed = reference.als_half_sweep_counted(
         R.to_scipy(),
         Y,
         X,
@@ -25,7 +25,7 @@ def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None) -> int:
         solver=params.solver,
         cg_steps=params.cg_steps,
     )
-    return 0
+    return failed
 
 
 def data_loss(R: CsrArrays, X, Y, params: AlsParams) -> float:
