@@ -8,48 +8,14 @@
 #include <stdexcept>
 #include <string>
 
+#include "array_checks.hpp"
 #include "recfuse/als.hpp"
 #include "recfuse/simd.hpp"
 
 namespace py = pybind11;
+using namespace recfuse::bindings;
 
 namespace {
-
-template <class T>
-using Array = py::array_t<T, py::array::c_style>;
-
-void expect(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
-
-std::string shape_of(const py::array& a) {
-  std::string s = "(";
-  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-template <class T>
-recfuse::CsrView<T> csr_view(const Array<int64_t>& indptr, const Array<int32_t>& indices,
-                             const Array<T>& data, int64_t cols) {
-  expect(indptr.ndim() == 1 && indptr.size() >= 1, "indptr must be 1-d with at least one entry");
-  expect(indices.ndim() == 1 && data.ndim() == 1, "indices and data must be 1-d");
-  const int64_t rows = indptr.size() - 1;
-  const int64_t nnz = indptr.at(rows);
-  expect(indices.size() == nnz && data.size() == nnz,
-         "indptr[-1] (" + std::to_string(nnz) + "), len(indices) (" +
-             std::to_string(indices.size()) + ") and len(data) (" + std::to_string(data.size()) +
-             ") must agree");
-  return {indptr.data(), indices.data(), data.data(), rows, cols};
-}
-
-template <class T>
-const T* optional_gram(const std::optional<Array<T>>& gram, int k) {
-  if (!gram) return nullptr;
-  expect(gram->ndim() == 2 && gram->shape(0) == k && gram->shape(1) == k,
-         "gram must have shape (" + std::to_string(k) + ", " + std::to_string(k) + "), got " +
-             shape_of(*gram));
-  return gram->data();
-}
 
 template <class T>
 void bind_dtype(py::module_& m) {
@@ -78,18 +44,13 @@ void bind_dtype(py::module_& m) {
         expect(X.shape(1) == Y.shape(1), "X has " + std::to_string(X.shape(1)) +
                                              " columns but Y has " + std::to_string(Y.shape(1)));
         expect(X.writeable(), "X must be writeable");
-        auto R = csr_view<T>(indptr, indices, data, Y.shape(0));
+        auto R = csr_view<T>(indptr, indices, data, Y.shape(0), "the matrix's");
         expect(X.shape(0) == R.rows, "X has " + std::to_string(X.shape(0)) +
                                          " rows but the matrix has " + std::to_string(R.rows));
         const int k = static_cast<int>(Y.shape(1));
         const T* g = optional_gram<T>(gram, k);
-        recfuse::AlsParams<T> params;
-        params.regularization = static_cast<T>(regularization);
-        params.alpha = static_cast<T>(alpha);
-        params.confidence = raw_confidence ? recfuse::Confidence::Raw : recfuse::Confidence::Linear;
-        params.solver = cholesky ? recfuse::Solver::Cholesky : recfuse::Solver::ConjugateGradient;
-        params.cg_steps = cg_steps;
-        params.num_threads = num_threads;
+        const auto params = make_params<T>(regularization, alpha, raw_confidence, cholesky,
+                                           cg_steps, num_threads);
         const T* y = Y.data();
         T* x = X.mutable_data();
         py::gil_scoped_release release;
@@ -109,7 +70,7 @@ void bind_dtype(py::module_& m) {
          bool raw_confidence, int num_threads) {
         expect(Y.ndim() == 2 && X.ndim() == 2 && X.shape(1) == Y.shape(1),
                "X and Y must be 2-d with the same number of columns");
-        auto R = csr_view<T>(indptr, indices, data, Y.shape(0));
+        auto R = csr_view<T>(indptr, indices, data, Y.shape(0), "the matrix's");
         expect(X.shape(0) == R.rows, "X rows must match the matrix rows");
         const int k = static_cast<int>(Y.shape(1));
         const T* g = optional_gram<T>(gram, k);

@@ -170,14 +170,7 @@ def _as_csr(matrix, name: str):
 
 def _ids(value, name: str, upper: int | None) -> np.ndarray:
     """Ids as a 1-d int64 array; an id >= upper raises an error that is also an IndexError."""
-    array = np.asarray(value)
-    if array.ndim > 1:
-        raise ValueError(f"{name} must be an integer or a 1-d array of integers, got shape {array.shape}")
-    if array.size and array.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
-    array = array.astype(np.int64).reshape(-1)
-    if array.size and array.min() < 0:
-        raise ValueError(f"{name} must be >= 0, got {array.min()}")
+    array = check.check_ids(value, name, None, allow_new=True)
     if upper is not None and array.size and array.max() >= upper:
         raise CompatIndexError(f"{name} must be < {upper} (the ids in the model), got {array.max()}")
     return array
