@@ -422,3 +422,21 @@ def test_callback_without_loss(data):
     recfuse.ALS(factors=4, iterations=2, random_state=0).fit(
         data, callback=lambda it, loss: seen.append((it, loss)), compute_loss=False)
     assert seen == [(0, None), (1, None)]
+
+
+def test_movielens_100k_quality(movielens_100k):
+    """On real data ALS must beat popularity clearly (implicit 0.7 reaches p@10 ≈ 0.24 here)."""
+    from recfuse import metrics
+
+    ratings = datasets.load_movielens_100k(movielens_100k, min_rating=4)
+    assert ratings.shape == (943, 1682) and ratings.nnz == 34174 + 21201
+    train, test = datasets.train_test_split_per_user(ratings, 0.2, seed=0)
+    train.data[:] = 1
+    model = recfuse.ALS(factors=64, iterations=15, random_state=0, backend="cpu").fit(train)
+    result = metrics.ranking_metrics_at_k(model, train, test, k=10)
+    assert result["precision"] > 0.2 and result["ndcg"] > 0.2
+
+
+def test_load_movielens_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="grouplens"):
+        datasets.load_movielens_100k(tmp_path)

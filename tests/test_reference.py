@@ -202,12 +202,13 @@ def test_als_loss_matches_a_brute_force_double_loop(
             total_confidence += c
     penalty = regularization * (sum(float(v) ** 2 for v in X.flat)
                                 + sum(float(v) ** 2 for v in Y.flat))
-    if total_confidence == 0:
-        return  # every cell stored as 0 under "raw": the normalisation is 0/0 (see report)
-    expected = (weighted + penalty) / total_confidence
     loss = reference.als_loss(matrix, X, Y, regularization=regularization, alpha=alpha,
                               confidence=confidence)
     assert isinstance(loss, float)
+    if total_confidence == 0:  # every cell stored as 0 under "raw": defined as 0, not 0/0
+        assert loss == 0.0
+        return
+    expected = (weighted + penalty) / total_confidence
     # Every term is non-negative (c >= 0 here), so the sums cannot cancel.
     assert loss == pytest.approx(expected, rel=1e-10)
 

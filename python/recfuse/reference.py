@@ -41,8 +41,8 @@ CG_TOLERANCE = 1e-20
 CONFIDENCE_MODES = ("linear", "raw")
 
 
-def confidence_weights(values: np.ndarray, alpha: float, confidence: str = "linear"):
-    """Return ``(w, q)`` for stored values: the extra weight ``c - 1`` and the target ``c * p``."""
+def confidence_and_preference(values: np.ndarray, alpha: float, confidence: str = "linear"):
+    """Return ``(c, p)`` for stored values: the confidence and the preference [r > 0]."""
     values = np.asarray(values)
     if confidence == "linear":
         c = 1 + alpha * values
@@ -50,8 +50,13 @@ def confidence_weights(values: np.ndarray, alpha: float, confidence: str = "line
         c = np.abs(values)
     else:
         raise ValueError(f"confidence must be one of {CONFIDENCE_MODES}, got {confidence!r}")
-    p = (values > 0).astype(values.dtype)
-    return (c - 1).astype(values.dtype), (c * p).astype(values.dtype)
+    return c.astype(values.dtype), (values > 0).astype(values.dtype)
+
+
+def confidence_weights(values: np.ndarray, alpha: float, confidence: str = "linear"):
+    """Return ``(w, q)`` for stored values: the extra weight ``c - 1`` and the target ``c * p``."""
+    c, p = confidence_and_preference(values, alpha, confidence)
+    return (c - 1).astype(c.dtype), (c * p).astype(c.dtype)
 
 
 def gram(Y: np.ndarray) -> np.ndarray:
@@ -149,9 +154,8 @@ def als_loss(
     c = np.ones_like(full)
     p = np.zeros_like(full)
     coo = R.tocoo()
-    w, q = confidence_weights(coo.data.astype(np.float64), alpha, confidence)
-    c[coo.row, coo.col] = 1 + w
-    p[coo.row, coo.col] = np.divide(q, 1 + w, out=np.zeros_like(q), where=(1 + w) != 0)
+    c[coo.row, coo.col], p[coo.row, coo.col] = confidence_and_preference(
+        coo.data.astype(np.float64), alpha, confidence)
     total = (c * (p - full) ** 2).sum() + regularization * ((X64**2).sum() + (Y64**2).sum())
     normaliser = c.sum()
     return float(total / normaliser) if normaliser else 0.0

@@ -86,10 +86,12 @@ class Trainer(Protocol):
 
 def normalised_loss(data_loss: float, X, Y, R: CsrArrays, params: AlsParams) -> float:
     """Turn a backend's data loss into ``recfuse.reference.als_loss`` (regularised, normalised)."""
-    from ..reference import confidence_weights
+    from ..reference import confidence_and_preference
 
-    w, _ = confidence_weights(R.data.astype(np.float64), params.alpha, params.confidence)
-    total_confidence = R.shape[0] * R.shape[1] + float(w.sum())
+    c, _ = confidence_and_preference(R.data.astype(np.float64), params.alpha, params.confidence)
+    # Σ over all pairs: 1 for each pair not stored, c for each stored one (not 1 + Σ(c - 1),
+    # which loses tiny confidences to rounding).
+    total_confidence = (R.shape[0] * R.shape[1] - R.nnz) + float(c.sum())
     penalty = params.regularization * (
         float(np.square(X, dtype=np.float64).sum()) + float(np.square(Y, dtype=np.float64).sum())
     )
