@@ -188,6 +188,17 @@ def markdown(speed, quality) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def versions() -> dict:
     import implicit
     import scipy
@@ -196,7 +207,7 @@ def versions() -> dict:
 
     return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
             "implicit": implicit.__version__, "recfuse": recfuse.__version__,
-            "recfuse_simd": _core.simd_level(), "cpu": platform.processor() or platform.machine(),
+            "recfuse_simd": _core.simd_level(), "cpu": cpu_model(),
             "cores": os.cpu_count(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
 
 
