@@ -3,6 +3,10 @@
 
 #include <omp.h>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -47,6 +51,43 @@ T* aligned_scratch(std::vector<T>& scratch) {
 // Threads for a call of about `flops` multiply-adds: the requested number (0: all), but no
 // more than keeps ~1 MFLOP per thread, so tiny calls do not pay for waking and joining
 // threads (costly when the machine is oversubscribed).
+// A copy of an array on transparent huge pages (Linux, arrays of 4 MiB or more, and only
+// when `worth_it`); otherwise data() is the original array.
+template <class T>
+class HugePageCopy {
+ public:
+  HugePageCopy(const T* source, size_t count, bool worth_it) : source_(source) {
+#ifdef __linux__
+    const size_t bytes = count * sizeof(T);
+    if (!worth_it || bytes < (size_t{4} << 20)) return;
+    void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) return;  // keep reading the original
+    madvise(memory, bytes, MADV_HUGEPAGE);
+    T* copy = static_cast<T*>(memory);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < count; ++i) copy[i] = source[i];
+    copy_ = copy;
+    bytes_ = bytes;
+#else
+    (void)count;
+    (void)worth_it;
+#endif
+  }
+  ~HugePageCopy() {
+#ifdef __linux__
+    if (copy_ != nullptr) munmap(copy_, bytes_);
+#endif
+  }
+  HugePageCopy(const HugePageCopy&) = delete;
+  HugePageCopy& operator=(const HugePageCopy&) = delete;
+  const T* data() const { return copy_ != nullptr ? copy_ : source_; }
+
+ private:
+  const T* source_;
+  T* copy_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 int thread_count(int requested, double flops) {
   const int wanted = requested > 0 ? requested : omp_get_max_threads();
   const double useful = flops / 1e6;
@@ -113,14 +154,19 @@ void gram(const T* Y, int64_t n, int k, T* G, int num_threads) {
 }
 
 template <class T>
-int64_t als_half_sweep(const CsrView<T>& R, const T* Y, int k, const T* gram_or_null, T* X,
+int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_or_null, T* X,
                        const AlsParams<T>& params) {
   if (k <= 0) throw std::invalid_argument("factors must be positive");
   if (params.cg_steps < 0) throw std::invalid_argument("cg_steps must be >= 0");
   check_csr(R);
   const auto& kern = row_kernels<T>(k);
   const std::vector<T> G =
-      regularised_gram(Y, R.cols, k, gram_or_null, params.regularization, params.num_threads);
+      regularised_gram(Y_in, R.cols, k, gram_or_null, params.regularization, params.num_threads);
+  // Every stored entry reads its factor row from a random place: on huge pages those reads
+  // stop missing the TLB, which more than pays for one copy of Y.
+  const HugePageCopy<T> Y_copy(Y_in, static_cast<size_t>(R.cols) * k,
+                               R.indptr[R.rows] > 4 * R.cols);
+  const T* Y = Y_copy.data();
   const bool raw = params.confidence == Confidence::Raw;
   const bool cholesky = params.solver == Solver::Cholesky;
   const double work = static_cast<double>(R.rows) * k * k * (cholesky ? k / 3.0 : 4.0) +
