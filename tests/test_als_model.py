@@ -440,3 +440,23 @@ def test_movielens_100k_quality(movielens_100k):
 def test_load_movielens_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="grouplens"):
         datasets.load_movielens_100k(tmp_path)
+
+
+@pytest.mark.parametrize("solver", ["cg", "cholesky"])
+def test_large_factor_table_path_matches_reference(solver):
+    """Item tables of 4 MiB and more are read from a huge-page copy: same answers."""
+    from recfuse._als import cpu
+    from recfuse._als.common import AlsParams, CsrArrays
+
+    n_items, k = 20_000, 64  # 5 MiB of float32 factors
+    matrix = datasets.synthetic_implicit(2_000, n_items, 120_000, seed=4)
+    rng = np.random.default_rng(0)
+    Y = (rng.standard_normal((n_items, k)) * 0.1).astype(np.float32)
+    X = (rng.standard_normal((matrix.shape[0], k)) * 0.1).astype(np.float32)
+    params = AlsParams(0.1, 2.0, "linear", solver, 3, 0)
+    out = X.copy()
+    assert cpu.half_sweep(CsrArrays.from_scipy(matrix, np.float32), Y, out, params) == 0
+    rows = np.arange(0, matrix.shape[0], 97)
+    expected = reference.als_half_sweep(matrix[rows], Y, X[rows], regularization=0.1, alpha=2.0,
+                                        solver=solver)
+    np.testing.assert_allclose(out[rows], expected, rtol=2e-3, atol=2e-4)
