@@ -88,6 +88,19 @@ class HugePageCopy {
   size_t bytes_ = 0;
 };
 
+// Prefetches the factor rows of the first few stored entries of row u.
+template <class T>
+void prefetch_first_rows(const CsrView<T>& R, int64_t u, const T* Y, int k) {
+  constexpr int64_t kRowsAhead = 16;
+  const int64_t begin = R.indptr[u];
+  const int64_t end = R.indptr[u + 1] < begin + kRowsAhead ? R.indptr[u + 1] : begin + kRowsAhead;
+  const int64_t bytes = static_cast<int64_t>(k) * sizeof(T);
+  for (int64_t t = begin; t < end; ++t) {
+    const char* row = reinterpret_cast<const char*>(Y + static_cast<int64_t>(R.indices[t]) * k);
+    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(row + line);
+  }
+}
+
 int thread_count(int requested, double flops) {
   const int wanted = requested > 0 ? requested : omp_get_max_threads();
   const double useful = flops / 1e6;
@@ -204,6 +217,9 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
 #pragma omp for schedule(dynamic, 64)
     for (int64_t u = 0; u < R.rows; ++u) {
       const int64_t start = R.indptr[u];
+      // The kernel prefetches ahead within a row; the next row's first factor rows are
+      // fetched here, while this row is solved.
+      if (u + 1 < R.rows) prefetch_first_rows(R, u + 1, Y, k);
       kern.solve_cg(R.indices + start, R.data + start, R.indptr[u + 1] - start, Y, G.data(), k,
                     params.alpha, raw, params.cg_steps, X + u * k, scratch.data(), gather_rows);
     }
