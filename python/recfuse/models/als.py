@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -161,8 +162,6 @@ class ALS:
             progress.close()
         X, Y = trainer.factors()
         if failed:
-            import warnings
-
             warnings.warn(
                 f"{failed} row systems were not positive definite and kept their previous "
                 "vectors; use regularization > 0",
