@@ -14,7 +14,7 @@
 #include <variant>
 
 #include "als_cuda.hpp"
-#include "array_checks.hpp"
+#include "als_bindings.hpp"
 
 namespace py = pybind11;
 namespace rc = recfuse::cuda;
@@ -120,79 +120,28 @@ std::unique_ptr<AlsTrainer> make_trainer(
   return std::make_unique<AlsTrainer>(std::move(trainer));
 }
 
+// The device kernels as bind_als_functions expects them (host arrays in and out;
+// num_threads does not apply).
+struct DeviceKernels {
+  template <class T>
+  static void gram(const T* Y, int64_t n, int k, T* G, int) {
+    rc::gram(Y, n, k, G);
+  }
+  template <class T>
+  static int64_t half_sweep(const recfuse::CsrView<T>& R, const T* Y, int k, const T* gram,
+                            T* X, const recfuse::AlsParams<T>& params) {
+    return rc::als_half_sweep(R, Y, k, gram, X, params);
+  }
+  template <class T>
+  static double data_loss(const recfuse::CsrView<T>& R, const T* X, const T* Y, int k,
+                          const T* gram, T alpha, recfuse::Confidence confidence, int) {
+    return rc::als_data_loss(R, X, Y, k, gram, alpha, confidence);
+  }
+};
+
 template <class T>
 void bind_dtype(py::module_& m, py::class_<AlsTrainer>& trainer) {
-  m.def(
-      "gram",
-      [](const Array<T>& Y, int /*num_threads*/) {
-        expect(Y.ndim() == 2, "Y must be 2-d, got shape " + shape_of(Y));
-        const int k = static_cast<int>(Y.shape(1));
-        Array<T> G({k, k});
-        const T* y = Y.data();
-        T* g = G.mutable_data();
-        {
-          py::gil_scoped_release release;
-          rc::gram(y, Y.shape(0), k, g);
-        }
-        return G;
-      },
-      py::arg("Y").noconvert(), py::arg("num_threads") = 0,
-      "YᵀY (k x k), computed on the device; num_threads is ignored.");
-
-  m.def(
-      "als_half_sweep",
-      [](const Array<int64_t>& indptr, const Array<int32_t>& indices, const Array<T>& data,
-         const Array<T>& Y, Array<T>& X, const std::optional<Array<T>>& gram, double regularization,
-         double alpha, bool raw_confidence, bool cholesky, int cg_steps, int /*num_threads*/) {
-        expect(Y.ndim() == 2 && X.ndim() == 2,
-               "Y and X must be 2-d, got shapes " + shape_of(Y) + " and " + shape_of(X));
-        expect(X.shape(1) == Y.shape(1), "X has " + std::to_string(X.shape(1)) +
-                                             " columns but Y has " + std::to_string(Y.shape(1)));
-        expect(X.writeable(), "X must be writeable");
-        const auto R = csr_view<T>(indptr, indices, data, Y.shape(0), "the matrix's");
-        expect(X.shape(0) == R.rows, "X has " + std::to_string(X.shape(0)) +
-                                         " rows but the matrix has " + std::to_string(R.rows));
-        const int k = static_cast<int>(Y.shape(1));
-        const T* g = optional_gram<T>(gram, k);
-        const auto params =
-            make_params<T>(regularization, alpha, raw_confidence, cholesky, cg_steps);
-        const T* y = Y.data();
-        T* x = X.mutable_data();
-        py::gil_scoped_release release;
-        return rc::als_half_sweep(R, y, k, g, x, params);
-      },
-      py::arg("indptr").noconvert(), py::arg("indices").noconvert(), py::arg("data").noconvert(),
-      py::arg("Y").noconvert(), py::arg("X").noconvert(), py::arg("gram").noconvert() = py::none(),
-      py::arg("regularization"), py::arg("alpha"), py::arg("raw_confidence"), py::arg("cholesky"),
-      py::arg("cg_steps"), py::arg("num_threads") = 0,
-      "Re-solve every row of X in place on the device; returns the number of rows left "
-      "unchanged because their system was not positive definite. num_threads is ignored.");
-
-  m.def(
-      "als_data_loss",
-      [](const Array<int64_t>& indptr, const Array<int32_t>& indices, const Array<T>& data,
-         const Array<T>& X, const Array<T>& Y, const std::optional<Array<T>>& gram, double alpha,
-         bool raw_confidence, int /*num_threads*/) {
-        expect(Y.ndim() == 2 && X.ndim() == 2 && X.shape(1) == Y.shape(1),
-               "X and Y must be 2-d with the same number of columns, got shapes " + shape_of(X) +
-                   " and " + shape_of(Y));
-        const auto R = csr_view<T>(indptr, indices, data, Y.shape(0), "the matrix's");
-        expect(X.shape(0) == R.rows, "X has " + std::to_string(X.shape(0)) +
-                                         " rows but the matrix has " + std::to_string(R.rows));
-        const int k = static_cast<int>(Y.shape(1));
-        const T* g = optional_gram<T>(gram, k);
-        const T* x = X.data();
-        const T* y = Y.data();
-        py::gil_scoped_release release;
-        return rc::als_data_loss(
-            R, x, y, k, g, static_cast<T>(alpha),
-            raw_confidence ? recfuse::Confidence::Raw : recfuse::Confidence::Linear);
-      },
-      py::arg("indptr").noconvert(), py::arg("indices").noconvert(), py::arg("data").noconvert(),
-      py::arg("X").noconvert(), py::arg("Y").noconvert(), py::arg("gram").noconvert() = py::none(),
-      py::arg("alpha"), py::arg("raw_confidence"), py::arg("num_threads") = 0,
-      "Σ_u [x_uᵀ YᵀY x_u + Σ_i (q − 2 q d + w d²)] in float64, on the device.");
-
+  bind_als_functions<T, DeviceKernels>(m, " Runs on the device; num_threads is ignored.");
   trainer.def(py::init(&make_trainer<T>), py::arg("user_indptr").noconvert(),
               py::arg("user_indices").noconvert(), py::arg("user_data").noconvert(),
               py::arg("item_indptr").noconvert(), py::arg("item_indices").noconvert(),

@@ -1,0 +1,151 @@
+// What the pybind11 modules recfuse._core and recfuse._cuda share: argument checks and the
+// three host-array ALS functions (gram, als_half_sweep, als_data_loss), bound once for any
+// backend. Arrays arrive with the exact dtype and C order (noconvert); errors are
+// std::invalid_argument (ValueError in Python). The GIL is released around the kernels.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "recfuse/als.hpp"
+
+namespace recfuse {
+namespace bindings {
+
+namespace py = pybind11;
+
+template <class T>
+using Array = py::array_t<T, py::array::c_style>;
+
+inline void expect(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+inline std::string shape_of(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+template <class T>
+recfuse::CsrView<T> csr_view(const Array<int64_t>& indptr, const Array<int32_t>& indices,
+                             const Array<T>& data, int64_t cols, const char* name) {
+  const std::string what(name);
+  expect(indptr.ndim() == 1 && indptr.size() >= 1,
+         what + " indptr must be 1-d with at least one entry, got shape " + shape_of(indptr));
+  expect(indices.ndim() == 1 && data.ndim() == 1,
+         what + " indices and data must be 1-d, got shapes " + shape_of(indices) + " and " +
+             shape_of(data));
+  const int64_t rows = indptr.size() - 1;
+  const int64_t nnz = indptr.at(rows);
+  expect(indices.size() == nnz && data.size() == nnz,
+         what + " indptr[-1] (" + std::to_string(nnz) + "), len(indices) (" +
+             std::to_string(indices.size()) + ") and len(data) (" + std::to_string(data.size()) +
+             ") must agree");
+  return {indptr.data(), indices.data(), data.data(), rows, cols};
+}
+
+template <class T>
+const T* optional_gram(const std::optional<Array<T>>& gram, int k) {
+  if (!gram) return nullptr;
+  expect(gram->ndim() == 2 && gram->shape(0) == k && gram->shape(1) == k,
+         "gram must have shape (" + std::to_string(k) + ", " + std::to_string(k) + "), got " +
+             shape_of(*gram));
+  return gram->data();
+}
+
+template <class T>
+recfuse::AlsParams<T> make_params(double regularization, double alpha, bool raw_confidence,
+                                  bool cholesky, int cg_steps, int num_threads = 0) {
+  recfuse::AlsParams<T> params;
+  params.regularization = static_cast<T>(regularization);
+  params.alpha = static_cast<T>(alpha);
+  params.confidence = raw_confidence ? recfuse::Confidence::Raw : recfuse::Confidence::Linear;
+  params.solver = cholesky ? recfuse::Solver::Cholesky : recfuse::Solver::ConjugateGradient;
+  params.cg_steps = cg_steps;
+  params.num_threads = num_threads;
+  return params;
+}
+
+// Binds gram, als_half_sweep and als_data_loss for element type T. `Kernels` provides
+// static gram, half_sweep and data_loss with the signatures of recfuse/als.hpp (including
+// num_threads, which a device backend may ignore); `note` is appended to the docstrings.
+template <class T, class Kernels>
+void bind_als_functions(py::module_& m, const std::string& note) {
+  m.def(
+      "gram",
+      [](const Array<T>& Y, int num_threads) {
+        expect(Y.ndim() == 2, "Y must be 2-d, got shape " + shape_of(Y));
+        const int k = static_cast<int>(Y.shape(1));
+        Array<T> G({k, k});
+        const T* y = Y.data();
+        T* g = G.mutable_data();
+        {
+          py::gil_scoped_release release;
+          Kernels::gram(y, Y.shape(0), k, g, num_threads);
+        }
+        return G;
+      },
+      py::arg("Y").noconvert(), py::arg("num_threads") = 0, ("YᵀY (k x k)." + note).c_str());
+
+  m.def(
+      "als_half_sweep",
+      [](const Array<int64_t>& indptr, const Array<int32_t>& indices, const Array<T>& data,
+         const Array<T>& Y, Array<T>& X, const std::optional<Array<T>>& gram, double regularization,
+         double alpha, bool raw_confidence, bool cholesky, int cg_steps, int num_threads) {
+        expect(Y.ndim() == 2 && X.ndim() == 2,
+               "Y and X must be 2-d, got shapes " + shape_of(Y) + " and " + shape_of(X));
+        expect(X.shape(1) == Y.shape(1), "X has " + std::to_string(X.shape(1)) +
+                                             " columns but Y has " + std::to_string(Y.shape(1)));
+        expect(X.writeable(), "X must be writeable");
+        const auto R = csr_view<T>(indptr, indices, data, Y.shape(0), "the matrix's");
+        expect(X.shape(0) == R.rows, "X has " + std::to_string(X.shape(0)) +
+                                         " rows but the matrix has " + std::to_string(R.rows));
+        const int k = static_cast<int>(Y.shape(1));
+        const T* g = optional_gram<T>(gram, k);
+        const auto params = make_params<T>(regularization, alpha, raw_confidence, cholesky,
+                                           cg_steps, num_threads);
+        const T* y = Y.data();
+        T* x = X.mutable_data();
+        py::gil_scoped_release release;
+        return Kernels::half_sweep(R, y, k, g, x, params);
+      },
+      py::arg("indptr").noconvert(), py::arg("indices").noconvert(), py::arg("data").noconvert(),
+      py::arg("Y").noconvert(), py::arg("X").noconvert(), py::arg("gram").noconvert() = py::none(),
+      py::arg("regularization"), py::arg("alpha"), py::arg("raw_confidence"), py::arg("cholesky"),
+      py::arg("cg_steps"), py::arg("num_threads") = 0,
+      ("Re-solve every row of X in place; returns the number of rows left unchanged because "
+       "their system was not positive definite." + note).c_str());
+
+  m.def(
+      "als_data_loss",
+      [](const Array<int64_t>& indptr, const Array<int32_t>& indices, const Array<T>& data,
+         const Array<T>& X, const Array<T>& Y, const std::optional<Array<T>>& gram, double alpha,
+         bool raw_confidence, int num_threads) {
+        expect(Y.ndim() == 2 && X.ndim() == 2 && X.shape(1) == Y.shape(1),
+               "X and Y must be 2-d with the same number of columns, got shapes " + shape_of(X) +
+                   " and " + shape_of(Y));
+        const auto R = csr_view<T>(indptr, indices, data, Y.shape(0), "the matrix's");
+        expect(X.shape(0) == R.rows, "X has " + std::to_string(X.shape(0)) +
+                                         " rows but the matrix has " + std::to_string(R.rows));
+        const int k = static_cast<int>(Y.shape(1));
+        const T* g = optional_gram<T>(gram, k);
+        const T* x = X.data();
+        const T* y = Y.data();
+        py::gil_scoped_release release;
+        return Kernels::data_loss(
+            R, x, y, k, g, static_cast<T>(alpha),
+            raw_confidence ? recfuse::Confidence::Raw : recfuse::Confidence::Linear, num_threads);
+      },
+      py::arg("indptr").noconvert(), py::arg("indices").noconvert(), py::arg("data").noconvert(),
+      py::arg("X").noconvert(), py::arg("Y").noconvert(), py::arg("gram").noconvert() = py::none(),
+      py::arg("alpha"), py::arg("raw_confidence"), py::arg("num_threads") = 0,
+      ("Σ_u [x_uᵀ YᵀY x_u + Σ_i (q − 2 q d + w d²)], accumulated in float64." + note).c_str());
+}
+
+}  // namespace bindings
+}  // namespace recfuse
