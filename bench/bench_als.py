@@ -34,7 +34,6 @@ os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
 
 import recfuse  # noqa: E402
 from recfuse import datasets, metrics  # noqa: E402

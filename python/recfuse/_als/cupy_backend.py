@@ -284,7 +284,6 @@ class _Engine:
 
     def data_loss(self, csr: _DeviceCsr, X, Y) -> float:
         """Σ_u [x_uᵀ YᵀY x_u + Σ_i (q − 2 q d + w d²)] in float64 (the numpy backend's)."""
-        xp = self.xp
         X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
         total = float(((X64 @ (Y64.T @ Y64)) * X64).sum())
         if csr.nnz:
