@@ -52,11 +52,11 @@ T* aligned_scratch(std::vector<T>& scratch) {
 // more than keeps ~1 MFLOP per thread, so tiny calls do not pay for waking and joining
 // threads (costly when the machine is oversubscribed).
 // A copy of an array on transparent huge pages (Linux, arrays of 4 MiB or more, and only
-// when `worth_it`); otherwise data() is the original array.
+// when `worth_it`), made with `threads` threads; otherwise data() is the original array.
 template <class T>
 class HugePageCopy {
  public:
-  HugePageCopy(const T* source, size_t count, bool worth_it) : source_(source) {
+  HugePageCopy(const T* source, size_t count, bool worth_it, int threads) : source_(source) {
 #ifdef __linux__
     const size_t bytes = count * sizeof(T);
     if (!worth_it || bytes < (size_t{4} << 20)) return;
@@ -64,13 +64,14 @@ class HugePageCopy {
     if (memory == MAP_FAILED) return;  // keep reading the original
     madvise(memory, bytes, MADV_HUGEPAGE);
     T* copy = static_cast<T*>(memory);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (size_t i = 0; i < count; ++i) copy[i] = source[i];
     copy_ = copy;
     bytes_ = bytes;
 #else
     (void)count;
     (void)worth_it;
+    (void)threads;
 #endif
   }
   ~HugePageCopy() {
@@ -87,19 +88,6 @@ class HugePageCopy {
   T* copy_ = nullptr;
   size_t bytes_ = 0;
 };
-
-// Prefetches the factor rows of the first few stored entries of row u.
-template <class T>
-void prefetch_first_rows(const CsrView<T>& R, int64_t u, const T* Y, int k) {
-  constexpr int64_t kRowsAhead = 16;
-  const int64_t begin = R.indptr[u];
-  const int64_t end = R.indptr[u + 1] < begin + kRowsAhead ? R.indptr[u + 1] : begin + kRowsAhead;
-  const int64_t bytes = static_cast<int64_t>(k) * sizeof(T);
-  for (int64_t t = begin; t < end; ++t) {
-    const char* row = reinterpret_cast<const char*>(Y + static_cast<int64_t>(R.indices[t]) * k);
-    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(row + line);
-  }
-}
 
 int thread_count(int requested, double flops) {
   const int wanted = requested > 0 ? requested : omp_get_max_threads();
@@ -177,8 +165,9 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
       regularised_gram(Y_in, R.cols, k, gram_or_null, params.regularization, params.num_threads);
   // Every stored entry reads its factor row from a random place: on huge pages those reads
   // stop missing the TLB, which more than pays for one copy of Y.
-  const HugePageCopy<T> Y_copy(Y_in, static_cast<size_t>(R.cols) * k,
-                               R.indptr[R.rows] > 4 * R.cols);
+  const size_t y_count = static_cast<size_t>(R.cols) * k;
+  const HugePageCopy<T> Y_copy(Y_in, y_count, R.indptr[R.rows] > 4 * R.cols,
+                               thread_count(params.num_threads, static_cast<double>(y_count)));
   const T* Y = Y_copy.data();
   const bool raw = params.confidence == Confidence::Raw;
   const bool cholesky = params.solver == Solver::Cholesky;
@@ -217,9 +206,7 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
 #pragma omp for schedule(dynamic, 64)
     for (int64_t u = 0; u < R.rows; ++u) {
       const int64_t start = R.indptr[u];
-      // The kernel prefetches ahead within a row; the next row's first factor rows are
-      // fetched here, while this row is solved.
-      if (u + 1 < R.rows) prefetch_first_rows(R, u + 1, Y, k);
+      if (u + 1 < R.rows) kernels::prefetch_row_start(R, u + 1, Y, k);
       kern.solve_cg(R.indices + start, R.data + start, R.indptr[u + 1] - start, Y, G.data(), k,
                     params.alpha, raw, params.cg_steps, X + u * k, scratch.data(), gather_rows);
     }

@@ -33,6 +33,21 @@ struct AlsRowKernels {
                           const T* G, int k, T alpha, bool raw, const T* x, T* scratch);
 };
 
+// Prefetches the factor rows of row u's first stored entries: called for the next row while
+// the current one is solved, since the kernels' own prefetching only looks ahead within a row.
+// (Compiler builtins only, so any SIMD-level file may include it.)
+template <class T>
+inline void prefetch_row_start(const CsrView<T>& R, int64_t u, const T* Y, int k) {
+  constexpr int64_t kRowsAhead = 16;
+  const int64_t begin = R.indptr[u];
+  const int64_t end = R.indptr[u + 1] < begin + kRowsAhead ? R.indptr[u + 1] : begin + kRowsAhead;
+  const int64_t bytes = static_cast<int64_t>(k) * static_cast<int64_t>(sizeof(T));
+  for (int64_t t = begin; t < end; ++t) {
+    const char* row = reinterpret_cast<const char*>(Y + static_cast<int64_t>(R.indices[t]) * k);
+    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(row + line);
+  }
+}
+
 inline long cholesky_scratch(int k, int rows) {
   const long kk = static_cast<long>(k) * k;
   return kk + 2L * k + rows + (kk + 2L * k) * rows + 64;  // + 64: room to align the batch
