@@ -252,13 +252,8 @@ class ALS:
         n_items = Y.shape[0]
         seen = None
         if filter_seen:
-            if user_items is None:
-                if self._user_items is None:
-                    raise ValueError("filter_seen=True needs user_items (no training matrix kept)")
-                seen = self._user_items[ids]
-            else:
-                seen = check.check_csr(user_items, "user_items", dtype=self.dtype,
-                                       n_rows=ids.size, n_cols=n_items)
+            seen = (self._seen_matrix(None, X.shape[0])[ids] if user_items is None
+                    else self._seen_matrix(user_items, ids.size))
         candidate_mask = None
         if items is not None:
             candidate_mask = np.zeros(n_items, dtype=bool)
@@ -351,7 +346,8 @@ class ALS:
     def _seen_matrix(self, user_items, n_rows) -> sp.csr_matrix:
         if user_items is None:
             if self._user_items is None:
-                raise ValueError("pass user_items: the model keeps no training matrix")
+                raise ValueError("pass user_items: the model keeps no training matrix "
+                                 "(needed for filter_seen and loss)")
             return self._user_items
         return check.check_csr(user_items, "user_items", dtype=self.dtype, n_rows=n_rows,
                                n_cols=self.item_factors.shape[0])
