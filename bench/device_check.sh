@@ -2,23 +2,42 @@
 # On a lent GPU machine (no network): build with CUDA, run the GPU tests and the GPU
 # benchmarks, print a short table last. Meant to finish in well under 10 minutes:
 #   bash bench/device_check.sh
+# Optional: wheels in .whl/ (e.g. implicit with its GPU dependencies, for the side-by-side
+# benchmark) are installed into /tmp/site first; logs go to $OUT when it is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="/usr/local/cuda/bin:${PATH}"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+LOG="${OUT:-/tmp}"
 export RECFUSE_CUDA=ON
 # One architecture is enough here and halves the build; CI builds 80 and 90.
 cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')
 export RECFUSE_CUDA_ARCHITECTURES="${cap:-90}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+  # The CUDA libraries of the image's pip packages (cuBLAS, cuRAND) for carried extensions.
+  nvlib=$("$PY" -c "import nvidia, os; print(':'.join(sorted({os.path.dirname(os.path.join(r, f)) for p in nvidia.__path__ for r, _, fs in os.walk(p) for f in fs if '.so' in f})))" 2>/dev/null)
+  export LD_LIBRARY_PATH="${nvlib}:${LD_LIBRARY_PATH:-}"
+fi
 start=$(date +%s)
-pip install --no-build-isolation --no-deps -e . > /tmp/recfuse_build.log 2>&1 \
-  || { tail -50 /tmp/recfuse_build.log; echo "BUILD FAILED"; exit 1; }
+"$PY" -m pip install --no-build-isolation --no-deps -e . > "$LOG/build.log" 2>&1 \
+  || { tail -50 "$LOG/build.log"; echo "BUILD FAILED"; exit 1; }
 echo "build: $(( $(date +%s) - start )) s"
-python -m recfuse.cli info
+"$PY" -m recfuse.cli info
 status=0
-python -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tail -30 || status=1
-python -m pytest -q -p no:cacheprovider tests/test_als_backends.py -k "cuda or cupy" 2>&1 | tail -5 || status=1
+"$PY" -m pytest -q -m gpu -p no:cacheprovider tests/ > "$LOG/gpu_tests.log" 2>&1 || status=1
+tail -30 "$LOG/gpu_tests.log"
+"$PY" -m pytest -q -p no:cacheprovider tests/test_als_backends.py -k "cuda or cupy" \
+  > "$LOG/backend_tests.log" 2>&1 || status=1
+tail -5 "$LOG/backend_tests.log"
 mkdir -p bench/results
-python bench/bench_gpu_als.py 2>&1 | tail -40 || status=1
+for script in bench/bench_gpu_*.py; do
+  "$PY" "$script" --budget-s "${BENCH_BUDGET_S:-90}" > "$LOG/$(basename "$script" .py).log" 2>&1 || status=1
+  tail -40 "$LOG/$(basename "$script" .py).log"
+done
+cp bench/results/*gpu*.json "$LOG/" 2>/dev/null || true
 echo "== device check: total $(( $(date +%s) - start )) s, status ${status} =="
 exit ${status}
