@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import reference
 from .common import AlsParams, CsrArrays
 
 NAME = "cupy"
@@ -168,7 +169,10 @@ class _DeviceCsr:
         self.indices = xp.asarray(R.indices)
         self.rows = xp.asarray(host_rows)
         self.data = xp.asarray(R.data)
-        self.w, self.q = engine.weights(self.data)
+        # On the host: CuPy compiles float32 kernels with -ftz=true, which would read a
+        # subnormal rating as 0 and drop its preference.
+        w, q = reference.confidence_weights(R.data, engine.params.alpha, engine.params.confidence)
+        self.w, self.q = xp.asarray(w), xp.asarray(q)
 
     def times(self, engine: "_Engine", values, F):
         """The CSR matrix with `values` in place of its stored values, times dense F."""
@@ -187,16 +191,6 @@ class _Engine:
         self._synchronize = synchronize or (lambda: None)
 
     # --- helpers
-    def weights(self, data):
-        """(w, q) = (c − 1, c [r > 0]) in the data's dtype."""
-        xp, p = self.xp, self.params
-        one = data.dtype.type(1)
-        if p.confidence == "raw":
-            c = xp.abs(data)
-        else:
-            c = one + data.dtype.type(p.alpha) * data
-        return c - one, xp.where(data > 0, c, data.dtype.type(0))
-
     def row_dots(self, csr: _DeviceCsr, V, F):
         """d_t = V[row_t] · F[col_t] for every stored entry, in bounded chunks."""
         xp = self.xp
