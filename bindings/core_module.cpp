@@ -11,6 +11,8 @@
 #include "als_bindings.hpp"
 #include "recfuse/als.hpp"
 #include "recfuse/simd.hpp"
+#include "recfuse/topk.hpp"
+#include "topk_bindings.hpp"
 
 namespace py = pybind11;
 using namespace recfuse::bindings;
@@ -42,6 +44,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "recfuse native CPU kernels (C++17, OpenMP, runtime SIMD dispatch)";
   bind_als_functions<float, CpuKernels>(m, "");
   bind_als_functions<double, CpuKernels>(m, "");
+  bind_topk_index<recfuse::TopkItems<float>, float>(m, "TopkItemsFloat32", "");
+  bind_topk_index<recfuse::TopkItems<double>, double>(m, "TopkItemsFloat64", "");
   m.def("simd_level", [] { return std::string(recfuse::simd_level_name(recfuse::simd_level())); });
   m.def(
       "set_simd_level",

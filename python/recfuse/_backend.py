@@ -15,13 +15,15 @@ from typing import NamedTuple
 
 BACKEND_NAMES = ("cuda", "cpu", "numba", "cupy", "numpy")
 AUTO_ORDER = ("cuda", "cpu", "numba", "numpy")
-_MODULES = {
-    "cuda": "recfuse._als.cuda",
-    "cpu": "recfuse._als.cpu",
-    "numba": "recfuse._als.numba_backend",
-    "cupy": "recfuse._als.cupy_backend",
-    "numpy": "recfuse._als.numpy_backend",
+_MODULE_SUFFIX = {
+    "cuda": "cuda", "cpu": "cpu", "numba": "numba_backend", "cupy": "cupy_backend",
+    "numpy": "numpy_backend",
 }
+# Kernel families: each has one module per backend in its package (recfuse._als.cpu, ...).
+# A backend's availability (built module, device, optional package) is probed once, through
+# the ALS family, which every backend implements.
+FAMILIES = {"als": "recfuse._als", "topk": "recfuse._topk"}
+_MODULES = {name: f"{FAMILIES['als']}.{suffix}" for name, suffix in _MODULE_SUFFIX.items()}
 
 
 class BackendInfo(NamedTuple):
@@ -49,24 +51,31 @@ def backends() -> list[BackendInfo]:
     return [_probe(name)[1] for name in BACKEND_NAMES]
 
 
-def resolve_backend(backend: str = "auto") -> ModuleType:
-    """Return the backend module for ``backend`` ("auto" or one of ``BACKEND_NAMES``).
+def _family_module(name: str, family: str) -> ModuleType:
+    if family == "als":
+        return _probe(name)[0]
+    return importlib.import_module(f"{FAMILIES[family]}.{_MODULE_SUFFIX[name]}")
+
+
+def resolve_backend(backend: str = "auto", family: str = "als") -> ModuleType:
+    """Return the ``family`` module ("als", "topk") of ``backend`` ("auto" or a backend name).
 
     An explicit backend that is not available raises ``RuntimeError`` with the reason.
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {tuple(FAMILIES)}, got {family!r}")
     if backend == "auto":
         backend = os.environ.get("RECFUSE_BACKEND", "auto") or "auto"
     if backend == "auto":
         for name in AUTO_ORDER:
-            module, _ = _probe(name)
-            if module is not None:
-                return module
+            if _probe(name)[0] is not None:
+                return _family_module(name, family)
         raise RuntimeError("no recfuse backend is available")  # numpy always is
     if backend not in BACKEND_NAMES:
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
     module, info = _probe(backend)
     if module is None:
         raise RuntimeError(f"backend {backend!r} is not available: {info.detail}")
-    return module
+    return _family_module(backend, family)

@@ -30,6 +30,18 @@ The training loss reported by ``als_loss`` is::
     [Σ_{u,i} c_ui (p_ui − x_uᵀy_i)² + λ(‖X‖² + ‖Y‖²)] / Σ_{u,i} c_ui
 
 summed over *all* (u, i) pairs, stored or not.
+
+Top-k retrieval
+---------------
+For queries ``Q`` (m x d) and items ``V`` (n x d), the score of item j for query i is::
+
+    s_ij = (q_i · v_j) * scale_j + bias_j         (scale 1 and bias 0 when not given)
+
+Item j *qualifies* for query i when it is allowed (``mask[j]``), not excluded (no stored
+entry (i, j) in ``exclude``, whatever its value) and ``s_ij > -inf`` (a NaN score, from a
+NaN or an inf inside the item table, never qualifies). Row i of the result holds the
+``min(k, qualifying)`` best qualifying items, by score descending and ties by smaller id,
+then padding: id -1 and score -inf.
 """
 
 from __future__ import annotations
@@ -159,3 +171,41 @@ def als_loss(
     total = (c * (p - full) ** 2).sum() + regularization * ((X64**2).sum() + (Y64**2).sum())
     normaliser = c.sum()
     return float(total / normaliser) if normaliser else 0.0
+
+
+def topk_scores(queries, items, item_bias=None, item_scale=None) -> np.ndarray:
+    """The full m x n score matrix s_ij of the top-k contract, in float64."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        S = np.asarray(queries, np.float64) @ np.asarray(items, np.float64).T
+        if item_scale is not None:
+            S = S * np.asarray(item_scale, np.float64)
+        if item_bias is not None:
+            S = S + np.asarray(item_bias, np.float64)
+    return S
+
+
+def topk_qualifying(S: np.ndarray, exclude=None, mask=None) -> np.ndarray:
+    """Boolean m x n: which items qualify for which query (see the module docstring)."""
+    ok = S > -np.inf  # False for NaN too
+    if mask is not None:
+        ok &= np.asarray(mask, bool)[None, :]
+    if exclude is not None:
+        E = sp.csr_matrix(exclude)
+        rows = np.repeat(np.arange(E.shape[0]), np.diff(E.indptr))
+        ok[rows, E.indices] = False
+    return ok
+
+
+def topk(queries, items, k: int, *, exclude=None, mask=None, item_bias=None, item_scale=None):
+    """(ids int64 m x k, scores float64 m x k) by full sort: the oracle of recfuse.topk."""
+    S = topk_scores(queries, items, item_bias, item_scale)
+    ok = topk_qualifying(S, exclude, mask)
+    m = S.shape[0]
+    ids = np.full((m, k), -1, dtype=np.int64)
+    scores = np.full((m, k), -np.inf)
+    for i in range(m):
+        candidates = np.flatnonzero(ok[i])
+        order = candidates[np.lexsort((candidates, -S[i, candidates]))][:k]
+        ids[i, : order.size] = order
+        scores[i, : order.size] = S[i, order]
+    return ids, scores

@@ -62,7 +62,7 @@ from .. import _validation as check
 from .. import persistence
 from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
-from .._topk import SCORE_BLOCK_BYTES
+from .._topk.numpy_backend import SCORE_BLOCK_BYTES
 from ..models.als import ALS
 
 __all__ = [

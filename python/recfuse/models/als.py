@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
-from .._topk import SCORE_BLOCK_BYTES, select_topk
+from .._topk.numpy_backend import SCORE_BLOCK_BYTES, select_topk
 
 MAX_FACTORS = 4096
 

@@ -1,0 +1,18 @@
+// Top-k score kernels for the avx2 SIMD level (compiler flags set per file in CMakeLists.txt).
+#include "topk_kernels.hpp"
+
+#include "recfuse/topk.hpp"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#define RECFUSE_TOPK_VECTOR_BYTES 32
+
+namespace recfuse {
+namespace kernels {
+namespace avx2 {
+#include "topk_kernels_impl.inc"
+}  // namespace avx2
+}  // namespace kernels
+}  // namespace recfuse

@@ -1,0 +1,16 @@
+// On processors without x86 SIMD levels, the avx2 and avx512 tables are never selected
+// (cpu_supports returns false); these definitions only satisfy the linker.
+#include "topk_kernels.hpp"
+
+namespace recfuse {
+namespace kernels {
+namespace avx2 {
+const TopkKernels<float>& topk_kernels_float() { return generic::topk_kernels_float(); }
+const TopkKernels<double>& topk_kernels_double() { return generic::topk_kernels_double(); }
+}  // namespace avx2
+namespace avx512 {
+const TopkKernels<float>& topk_kernels_float() { return generic::topk_kernels_float(); }
+const TopkKernels<double>& topk_kernels_double() { return generic::topk_kernels_double(); }
+}  // namespace avx512
+}  // namespace kernels
+}  // namespace recfuse

@@ -1,0 +1,21 @@
+"""The native CPU top-k backend: recfuse._core.TopkItemsFloat32/64 (C++17, OpenMP, runtime
+SIMD level). The item table is packed once into SIMD-friendly panels (a copy: the caller's
+array may change afterwards)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._als.cpu import _core
+
+NAME = "cpu"
+
+
+def prepare(items: np.ndarray, bias=None, scale=None):
+    cls = _core.TopkItemsFloat32 if items.dtype == np.float32 else _core.TopkItemsFloat64
+    return cls(items, bias, scale)
+
+
+def search(table, queries: np.ndarray, k: int, exclude=None, mask=None, num_threads=0):
+    indptr, indices = exclude if exclude is not None else (None, None)
+    return table.search(queries, k, indptr, indices, mask, num_threads)

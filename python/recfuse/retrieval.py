@@ -1,0 +1,201 @@
+"""Exact top-k retrieval: score every item for each query, drop what must not be shown,
+keep the k best.
+
+``recfuse.topk`` answers one call; ``recfuse.ItemIndex`` prepares an item table once (the
+GPU keeps it on the device) and answers many. Both return ``(ids, scores)``:
+
+- ids (int64) and scores (the table's dtype), one row per query, sorted by score
+  descending, ties broken by the smaller item id, no id twice;
+- when fewer than ``k`` items qualify (``k`` larger than the catalogue, or most items
+  excluded), the row is padded with id -1 and score -inf;
+- a one-dimensional query gives one-dimensional results.
+
+The score of item j is ``q · v_j`` (``metric="dot"``) or the cosine of the angle between them
+(``metric="cosine"``; a zero vector has cosine 0 with everything), plus ``item_bias[j]`` when
+given. Item j qualifies for a query when it is in ``allow`` (if given), not in ``deny``, not a
+stored entry of the query's row of ``exclude``, and its score is a number above -inf: an item
+whose score is NaN (a NaN or an inf in its row of the table) is never returned, and does not
+change the order of the others. Queries must be finite.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import _validation as check
+from ._backend import resolve_backend
+
+METRICS = ("dot", "cosine")
+
+
+class ItemIndex:
+    """An item table prepared for repeated exact top-k searches.
+
+    Parameters
+    ----------
+    items : array (n, d)
+        Item vectors. float32 and float64 are kept as they are; other real dtypes are
+        converted to float32. The CPU backends keep a reference to a C-contiguous array
+        (do not change it while the index is in use); the GPU backends copy it to the device.
+    item_bias : array (n,), optional
+        Added to every score of item j (finite).
+    metric : "dot" or "cosine"
+    backend : "auto" or a backend name (see ``recfuse.backends()``)
+
+    >>> import numpy as np
+    >>> index = ItemIndex(np.eye(3, dtype=np.float32))
+    >>> index.search(np.array([0.0, 2.0, 1.0], dtype=np.float32), k=2)
+    (array([1, 2]), array([2., 1.], dtype=float32))
+    """
+
+    def __init__(self, items, *, item_bias=None, metric: str = "dot", backend: str = "auto"):
+        self.metric = check.check_choice(metric, "metric", METRICS)
+        self.items = _item_table(items)
+        n, d = self.items.shape
+        self.bias = None
+        if item_bias is not None:
+            self.bias = _vector(item_bias, "item_bias", n, self.items.dtype)
+        self.scale = None
+        if metric == "cosine":
+            with np.errstate(invalid="ignore", over="ignore"):
+                norms = np.sqrt(np.einsum("ij,ij->i", self.items, self.items, dtype=np.float64))
+            scale = np.zeros(n)
+            np.divide(1.0, norms, out=scale, where=norms > 0)
+            scale[np.isnan(norms)] = np.nan
+            self.scale = scale.astype(self.items.dtype)
+        self.backend = backend
+        self._module = resolve_backend(backend, "topk")
+        self._table = self._module.prepare(self.items, self.bias, self.scale)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.items.shape
+
+    def search(self, queries, k: int, *, exclude=None, allow=None, deny=None,
+               num_threads: int = 0):
+        """The k best qualifying items for each query: ``(ids, scores)``.
+
+        queries : array (m, d) or (d,)
+        k : int >= 1 (larger than the number of items pads every row)
+        exclude : scipy sparse matrix (m, n), optional
+            Per-query items never to return (e.g. the items a user has seen): every stored
+            entry counts, whatever its value.
+        allow, deny : sequences of item ids, optional
+            Only ``allow`` may be returned; ``deny`` never is (repeats are fine).
+        num_threads : int, 0 = all cores (CPU backends)
+        """
+        n, d = self.items.shape
+        single = np.ndim(queries) == 1
+        Q = _queries(queries, d, self.items.dtype)
+        k = check.check_int(k, "k", minimum=1)
+        num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        if self.metric == "cosine":
+            norms = np.linalg.norm(Q.astype(np.float64), axis=1)
+            Q = (Q / np.where(norms > 0, norms, 1.0)[:, None]).astype(self.items.dtype)
+        excluded = None if exclude is None else _exclusions(exclude, Q.shape[0], n)
+        mask = _item_mask(allow, deny, n)
+        m = Q.shape[0]
+        if m == 0:
+            return (np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=self.items.dtype))
+        ids, scores = self._module.search(self._table, Q, k, excluded, mask, num_threads)
+        if single:
+            return ids[0], scores[0]
+        return ids, scores
+
+    def __repr__(self) -> str:
+        n, d = self.items.shape
+        return (f"ItemIndex({n} items x {d}, {self.items.dtype.name}, metric={self.metric!r}, "
+                f"backend={self._module.NAME!r})")
+
+
+def topk(queries, items, k: int, *, exclude=None, allow=None, deny=None, item_bias=None,
+         metric: str = "dot", backend: str = "auto", num_threads: int = 0):
+    """Exact top-k of ``queries`` against ``items``: ``(ids, scores)``.
+
+    One-call form of ``ItemIndex(items, item_bias=..., metric=..., backend=...).search(...)``;
+    see the module documentation for the contract (ordering, ties, padding, NaN).
+
+    >>> import numpy as np
+    >>> items = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
+    >>> topk(np.array([[1, 0]], dtype=np.float32), items, k=2)
+    (array([[0, 2]]), array([[1., 1.]], dtype=float32))
+    """
+    index = ItemIndex(items, item_bias=item_bias, metric=metric, backend=backend)
+    return index.search(queries, k, exclude=exclude, allow=allow, deny=deny,
+                        num_threads=num_threads)
+
+
+# ---------------------------------------------------------------------- input checks
+
+
+def _real_array(value, name: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind == "f" and array.dtype.itemsize < 4:  # float16: computed in float32
+        return array.astype(np.float32)
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    return array
+
+
+def _item_table(items) -> np.ndarray:
+    array = _real_array(items, "items")
+    if array.ndim != 2:
+        raise ValueError(f"items must be 2-d (n items x d), got shape {array.shape}")
+    if array.shape[1] == 0:
+        raise ValueError(f"items must have at least one column, got shape {array.shape}")
+    if array.shape[0] > check.INT32_MAX:
+        raise ValueError(f"items must have at most {check.INT32_MAX} rows, got {array.shape[0]}")
+    dtype = array.dtype if array.dtype in check.FLOAT_DTYPES else np.dtype(np.float32)
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _vector(value, name: str, n: int, dtype) -> np.ndarray:
+    array = _real_array(value, name)
+    if array.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one value per item), got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _queries(queries, d: int, dtype) -> np.ndarray:
+    array = _real_array(queries, "queries")
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise ValueError(f"queries must be 1-d (d,) or 2-d (m x d), got shape {array.shape}")
+    if array.shape[1] != d:
+        raise ValueError(f"queries must have d = {d} columns like items, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("queries must be finite, got NaN or inf")
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _exclusions(exclude, m: int, n: int):
+    """(indptr int64, indices int32 sorted within each row) of a sparse m x n matrix."""
+    if not sp.issparse(exclude):
+        raise TypeError(f"exclude must be a scipy sparse matrix (m x n), got "
+                        f"{type(exclude).__name__}")
+    if exclude.shape != (m, n):
+        raise ValueError(f"exclude must have shape ({m}, {n}) (queries x items), got "
+                         f"{exclude.shape}")
+    E = exclude.tocsr()
+    if not E.has_sorted_indices:
+        E = E.copy()
+        E.sort_indices()
+    return (np.ascontiguousarray(E.indptr, dtype=np.int64),
+            np.ascontiguousarray(E.indices, dtype=np.int32))
+
+
+def _item_mask(allow, deny, n: int):
+    """uint8 n-vector (1 = may be returned), or None when every item may be."""
+    if allow is None and deny is None:
+        return None
+    mask = np.ones(n, dtype=np.uint8)
+    if allow is not None:
+        mask[:] = 0
+        mask[check.check_ids(allow, "allow", n)] = 1
+    if deny is not None:
+        mask[check.check_ids(deny, "deny", n)] = 0
+    return mask
