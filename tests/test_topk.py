@@ -1,0 +1,246 @@
+"""recfuse.topk / ItemIndex on every host backend and SIMD level, against the reference.
+
+GPU backends have the same checks in tests/test_gpu_topk.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+from topk_checks import assert_topk_matches
+
+import recfuse
+from recfuse import retrieval
+from conftest import backend_params
+
+HOST_BACKENDS = backend_params(("cpu", "numba", "numpy"))
+
+
+@st.composite
+def topk_problems(draw, max_n=80, max_m=5, max_d=12, exact=None):
+    """Queries, items, k and filters. ``exact`` (small integers: every sum is exact, and many
+    scores tie) is drawn unless given."""
+    exact = draw(st.booleans()) if exact is None else exact
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    m = draw(st.integers(1, max_m))
+    n = draw(st.integers(1, max_n))
+    d = draw(st.integers(1, max_d))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    if exact:
+        queries = rng.integers(-2, 3, (m, d)).astype(dtype)
+        items = rng.integers(-2, 3, (n, d)).astype(dtype)
+        duplicates = draw(st.integers(0, n - 1))  # identical rows: exact ties
+        items[rng.integers(0, n, duplicates)] = items[0]
+    else:
+        scale = draw(st.sampled_from([1e-3, 1.0, 1e6]))
+        queries = (rng.standard_normal((m, d)) * scale).astype(dtype)
+        items = (rng.standard_normal((n, d)) * scale).astype(dtype)
+    k = draw(st.one_of(st.integers(1, n + 3), st.just(n), st.just(1)))
+    bias = None
+    if draw(st.booleans()):
+        bias = (rng.integers(-3, 4, n) if exact else rng.standard_normal(n)).astype(dtype)
+    exclude = None
+    if draw(st.booleans()):
+        density = draw(st.sampled_from([0.0, 0.2, 0.7, 1.0]))
+        exclude = _exclusions(rng, m, n, density, with_repeats=draw(st.booleans()))
+    allow = deny = None
+    if draw(st.booleans()):
+        allow = rng.integers(0, n, draw(st.integers(0, 2 * n)))  # repeats on purpose
+    if draw(st.booleans()):
+        deny = rng.integers(0, n, draw(st.integers(0, n)))
+    return dict(queries=queries, items=items, k=k, item_bias=bias, exclude=exclude,
+                allow=allow, deny=deny, exact=exact)
+
+
+def _exclusions(rng, m, n, density, with_repeats=False):
+    """An m x n CSR of excluded items; with_repeats stores some ids twice and unsorted."""
+    mask = rng.random((m, n)) < density
+    E = sp.csr_matrix(mask.astype(np.float32))
+    if not with_repeats or E.nnz == 0:
+        return E
+    rows = []
+    for i in range(m):
+        ids = E.indices[E.indptr[i]:E.indptr[i + 1]]
+        ids = np.concatenate([ids, ids[: len(ids) // 2]])[::-1]
+        rows.append(ids)
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    indices = np.concatenate(rows).astype(np.int32)
+    return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(m, n))
+
+
+def _mask(problem, n):
+    return retrieval._item_mask(problem["allow"], problem["deny"], n)
+
+
+def _check(ids, scores, problem, *, item_scale=None, queries=None):
+    n = problem["items"].shape[0]
+    mask = _mask(problem, n)
+    assert_topk_matches(
+        ids, scores, problem["queries"] if queries is None else queries, problem["items"],
+        problem["k"], exclude=problem["exclude"], mask=None if mask is None else mask.astype(bool),
+        item_bias=problem["item_bias"], item_scale=item_scale,
+        exact=problem["exact"] and item_scale is None)
+
+
+def _run(problem, backend, **extra):
+    return recfuse.topk(problem["queries"], problem["items"], problem["k"],
+                        exclude=problem["exclude"], allow=problem["allow"], deny=problem["deny"],
+                        item_bias=problem["item_bias"], backend=backend, **extra)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@given(problem=topk_problems())
+def test_topk_matches_reference(backend, problem):
+    ids, scores = _run(problem, backend)
+    assert scores.dtype == problem["items"].dtype
+    _check(ids, scores, problem)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@given(problem=topk_problems(max_n=40, exact=False))
+def test_cosine_matches_reference(backend, problem):
+    ids, scores = _run(problem, backend, metric="cosine")
+    items = problem["items"].astype(np.float64)
+    norms = np.linalg.norm(items, axis=1)
+    scale = np.where(norms > 0, 1 / np.where(norms > 0, norms, 1), 0)
+    q = problem["queries"].astype(np.float64)
+    q = q / np.where(np.linalg.norm(q, axis=1) > 0, np.linalg.norm(q, axis=1), 1)[:, None]
+    _check(ids, scores, problem, item_scale=scale, queries=q)
+
+
+@given(problem=topk_problems(max_n=60))
+def test_every_simd_level_and_thread_count(problem):
+    from recfuse._als.cpu import _core
+
+    if _core is None:
+        pytest.skip("recfuse._core is not built")
+    original = _core.simd_level()
+    results = []
+    try:
+        for level in _core.supported_simd_levels():
+            _core.set_simd_level(level)
+            for threads in (1, 2, 3):
+                ids, scores = _run(problem, "cpu", num_threads=threads)
+                _check(ids, scores, problem)
+                results.append((level, ids, scores))
+    finally:
+        _core.set_simd_level(original)
+    # Threads never change the result; levels agree on ids wherever scores are exact.
+    for level, ids, scores in results:
+        same_level = [r for r in results if r[0] == level]
+        np.testing.assert_array_equal(ids, same_level[0][1])
+        np.testing.assert_array_equal(scores, same_level[0][2])
+        if problem["exact"]:
+            np.testing.assert_array_equal(ids, results[0][1])
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("n", [1, 31, 33, 700, 2100])
+def test_panel_edges_and_thread_splits(backend, n):
+    """Item counts around the 32-item panel and large enough for several threads to split."""
+    rng = np.random.default_rng(n)
+    items = rng.integers(-3, 4, (n, 7)).astype(np.float32)
+    queries = rng.integers(-3, 4, (13, 7)).astype(np.float32)
+    exclude = _exclusions(rng, 13, n, 0.3)
+    for k in sorted({1, 10, n - 1, n, n + 5} - {0}):
+        for threads in (1, 2, 4):
+            ids, scores = recfuse.topk(queries, items, k, exclude=exclude, backend=backend,
+                                       num_threads=threads)
+            assert_topk_matches(ids, scores, queries, items, k, exclude=exclude, exact=True)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_nan_and_inf_items_keep_the_order_of_the_others(backend):
+    rng = np.random.default_rng(1)
+    items = rng.integers(-3, 4, (100, 5)).astype(np.float32)
+    items[7, 2] = np.nan
+    items[40] = np.inf  # inf * 0 and inf - inf: NaN scores for some queries
+    items[41, 0] = -np.inf
+    queries = rng.integers(-3, 4, (6, 5)).astype(np.float32)
+    queries[0] = 0
+    ids, scores = recfuse.topk(queries, items, 100, backend=backend)
+    assert not (ids == 7).any()
+    assert_topk_matches(ids, scores, queries, items, 100, exact=True)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_everything_excluded_and_empty_rows(backend):
+    items = np.arange(12, dtype=np.float32).reshape(6, 2)
+    queries = np.ones((3, 2), np.float32)
+    exclude = sp.csr_matrix(np.array([[1] * 6, [0] * 6, [1, 0, 1, 0, 1, 0]], np.float32))
+    ids, scores = recfuse.topk(queries, items, 4, exclude=exclude, backend=backend)
+    np.testing.assert_array_equal(ids, [[-1] * 4, [5, 4, 3, 2], [5, 3, 1, -1]])
+    assert np.isneginf(scores[0]).all() and np.isneginf(scores[2, 3])
+    ids, scores = recfuse.topk(queries, items, 2, allow=[], backend=backend)
+    assert (ids == -1).all()
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_single_query_and_item_bias(backend):
+    items = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+    ids, scores = recfuse.topk(np.array([1.0, 0.0], np.float32), items, 2,
+                               item_bias=np.array([0.0, 5.0, -1.0]), backend=backend)
+    assert ids.shape == (2,)
+    np.testing.assert_array_equal(ids, [1, 0])
+    np.testing.assert_array_equal(scores, np.array([5.0, 1.0], np.float32))
+
+
+def test_no_queries_and_float16_items():
+    items = np.eye(4, dtype=np.float16)
+    ids, scores = recfuse.topk(np.zeros((0, 4)), items, 3)
+    assert ids.shape == scores.shape == (0, 3) and scores.dtype == np.float32
+    ids, scores = recfuse.topk(np.eye(4)[2], items, 1)
+    assert ids.tolist() == [2] and scores.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_concurrent_searches_agree(backend):
+    rng = np.random.default_rng(3)
+    index = recfuse.ItemIndex(rng.standard_normal((3000, 16)).astype(np.float32),
+                              backend=backend)
+    queries = rng.standard_normal((40, 16)).astype(np.float32)
+    expected = index.search(queries, 25)
+    barrier = threading.Barrier(4)
+
+    def work(_):
+        barrier.wait()
+        return index.search(queries, 25, num_threads=1)
+
+    with ThreadPoolExecutor(4) as pool:
+        for ids, scores in pool.map(work, range(8)):
+            np.testing.assert_array_equal(ids, expected[0])
+            np.testing.assert_array_equal(scores, expected[1])
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda q, v: recfuse.topk(q[:, :3], v, 2), ValueError, "queries must have d = 4"),
+    (lambda q, v: recfuse.topk(q, v, 0), ValueError, "k must be >= 1"),
+    (lambda q, v: recfuse.topk(q, v, 2.5), TypeError, "k must be an integer"),
+    (lambda q, v: recfuse.topk(q * np.nan, v, 2), ValueError, "queries must be finite"),
+    (lambda q, v: recfuse.topk(q, v, 2, exclude=sp.csr_matrix((3, 5))), ValueError,
+     "exclude must have shape"),
+    (lambda q, v: recfuse.topk(q, v, 2, exclude=np.zeros((2, 5))), TypeError,
+     "exclude must be a scipy sparse matrix"),
+    (lambda q, v: recfuse.topk(q, v, 2, allow=[5]), ValueError, "allow must be < 5"),
+    (lambda q, v: recfuse.topk(q, v, 2, deny=[-1]), ValueError, "deny must be >= 0"),
+    (lambda q, v: recfuse.topk(q, v, 2, item_bias=np.zeros(4)), ValueError,
+     r"item_bias must have shape \(5,\)"),
+    (lambda q, v: recfuse.topk(q, v, 2, item_bias=np.full(5, np.nan)), ValueError,
+     "item_bias must be finite"),
+    (lambda q, v: recfuse.topk(q, v, 2, metric="l2"), ValueError, "metric must be one of"),
+    (lambda q, v: recfuse.topk(q, v[None], 2), ValueError, "items must be 2-d"),
+    (lambda q, v: recfuse.topk(q.astype(str), v, 2), TypeError, "queries must hold real"),
+    (lambda q, v: recfuse.topk(q, v, 2, backend="tpu"), ValueError, "backend must be"),
+])
+def test_bad_input_is_named(call, error, message):
+    queries = np.ones((2, 4), np.float32)
+    items = np.ones((5, 4), np.float32)
+    with pytest.raises(error, match=message):
+        call(queries, items)
