@@ -460,3 +460,51 @@ def test_large_factor_table_path_matches_reference(solver):
     expected = reference.als_half_sweep(matrix[rows], Y, X[rows], regularization=0.1, alpha=2.0,
                                         solver=solver)
     np.testing.assert_allclose(out[rows], expected, rtol=2e-3, atol=2e-4)
+
+
+# ---------------------------------------------------------------- recommend_all
+
+
+def test_recommend_all_chunks_match_recommend(fitted):
+    n_users = fitted.user_factors.shape[0]
+    seen_users = []
+    for users, ids, scores in fitted.recommend_all(k=7, batch_size=64):
+        assert ids.shape == scores.shape == (users.size, 7)
+        expected_ids, expected_scores = fitted.recommend(users, k=7)
+        np.testing.assert_array_equal(ids, expected_ids)
+        np.testing.assert_array_equal(scores, expected_scores)
+        seen_users.append(users)
+    np.testing.assert_array_equal(np.concatenate(seen_users), np.arange(n_users))
+
+
+def test_recommend_all_writes_parquet(fitted, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "recommendations.parquet"
+    rows = fitted.recommend_all(k=5, batch_size=100, path=path)
+    table = pq.read_table(path)
+    assert table.num_rows == rows == fitted.user_factors.shape[0] * 5
+    users = table.column("user").to_numpy()
+    items = table.column("item").to_numpy()
+    ids, _ = fitted.recommend(np.arange(fitted.user_factors.shape[0]), k=5)
+    np.testing.assert_array_equal(items, ids.ravel())
+    np.testing.assert_array_equal(users, np.repeat(np.arange(ids.shape[0]), 5))
+    assert [p.name for p in tmp_path.iterdir()] == ["recommendations.parquet"]
+
+
+def test_recommend_all_rejects_bad_arguments(fitted):
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        fitted.recommend_all(batch_size=0)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        fitted.recommend_all(k=0)
+    bare = recfuse.ALS(factors=4)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        bare.recommend_all()
+
+
+def test_item_index_follows_new_factors(data):
+    model = recfuse.ALS(factors=8, iterations=2, random_state=0, backend="cpu").fit(data)
+    before = model.recommend(0, k=5, filter_seen=False)
+    model.item_factors = model.item_factors[::-1].copy()
+    after = model.recommend(0, k=5, filter_seen=False)
+    n = model.item_factors.shape[0]
+    np.testing.assert_array_equal(after[0], n - 1 - before[0])

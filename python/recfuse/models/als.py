@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
-from .._topk.numpy_backend import SCORE_BLOCK_BYTES, select_topk
+from ..retrieval import ItemIndex, write_recommendations
 
 MAX_FACTORS = 4096
 
@@ -83,6 +83,7 @@ class ALS:
         self._user_items: sp.csr_matrix | None = None  # training matrix, for filter_seen
         self._item_gram: np.ndarray | None = None
         self._lock = threading.Lock()  # serialises writers (fit, update_users)
+        self._indexes: dict = {}  # (attribute, metric) -> ItemIndex, see _index
 
     # ------------------------------------------------------------------ training
     @property
@@ -245,51 +246,68 @@ class ALS:
         are padded with id -1 and score -inf. Safe to call from many threads at once.
         """
         self._require_fitted()
-        X, Y = self.user_factors, self.item_factors  # one consistent snapshot
+        X = self.user_factors  # one consistent snapshot
+        index = self._index("item_factors", "dot")
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", X.shape[0])
         k = check.check_int(k, "k", minimum=1)
-        n_items = Y.shape[0]
         seen = None
         if filter_seen:
             seen = (self._seen_matrix(None, X.shape[0])[ids] if user_items is None
                     else self._seen_matrix(user_items, ids.size))
-        candidate_mask = None
-        if items is not None:
-            candidate_mask = np.zeros(n_items, dtype=bool)
-            candidate_mask[check.check_ids(items, "items", n_items)] = True
-        if exclude_items is not None:
-            if candidate_mask is None:
-                candidate_mask = np.ones(n_items, dtype=bool)
-            candidate_mask[check.check_ids(exclude_items, "exclude_items", n_items)] = False
-        out_ids = np.empty((ids.size, k), dtype=np.int64)
-        out_scores = np.empty((ids.size, k), dtype=self.dtype)
-        block = max(1, SCORE_BLOCK_BYTES // max(1, n_items * self.dtype.itemsize))
-        for begin in range(0, ids.size, block):
-            end = min(ids.size, begin + block)
-            scores = X[ids[begin:end]] @ Y.T
-            allowed = None
-            if candidate_mask is not None or seen is not None:
-                allowed = np.broadcast_to(
-                    candidate_mask if candidate_mask is not None else True, scores.shape
-                ).copy()
-                if seen is not None:
-                    block_seen = seen[begin:end].tocoo()
-                    allowed[block_seen.row, block_seen.col] = False
-            out_ids[begin:end], out_scores[begin:end] = select_topk(scores, k, allowed)
+        n_items = index.shape[0]
+        allow = None if items is None else check.check_ids(items, "items", n_items)
+        deny = None if exclude_items is None else check.check_ids(exclude_items, "exclude_items",
+                                                                  n_items)
+        out_ids, out_scores = index.search(X[ids], k, exclude=seen, allow=allow, deny=deny,
+                                           num_threads=self.num_threads)
         if single:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
 
+    def recommend_all(self, k: int = 10, *, batch_size: int = 4096, filter_seen: bool = True,
+                      path: str | os.PathLike | None = None, show_progress: bool = False):
+        """Top k for every user, ``batch_size`` users at a time (memory stays bounded).
+
+        Without ``path``: an iterator of ``(user_ids, item_ids, scores)`` chunks, item ids and
+        scores ``len(user_ids) x k`` as from ``recommend`` (seen items of the training matrix
+        filtered when ``filter_seen``). With ``path``: writes a Parquet file (needs pyarrow)
+        with one row per recommendation, columns user, rank, item, score (padding dropped),
+        atomically, and returns the number of rows written.
+        """
+        self._require_fitted()
+        k = check.check_int(k, "k", minimum=1)
+        batch_size = check.check_int(batch_size, "batch_size", minimum=1)
+        if filter_seen:
+            self._seen_matrix(None, self.user_factors.shape[0])  # fail now, not mid-way
+        chunks = self._recommend_chunks(k, batch_size, filter_seen, show_progress)
+        if path is None:
+            return chunks
+        return write_recommendations(path, chunks)
+
+    def _recommend_chunks(self, k: int, batch_size: int, filter_seen: bool, show_progress: bool):
+        n_users = self.user_factors.shape[0]
+        progress = _progress(n_users, show_progress, "recommend_all", unit="user")
+        try:
+            for begin in range(0, n_users, batch_size):
+                users = np.arange(begin, min(n_users, begin + batch_size))
+                ids, scores = self.recommend(users, k=k, filter_seen=filter_seen)
+                progress.update(users.size)
+                yield users, ids, scores
+        finally:
+            progress.close()
+
     def similar_items(self, item_ids, k: int = 10):
         """The k items most similar to each item by cosine of their factors (itself first)."""
         self._require_fitted()
-        return _similar(self.item_factors, item_ids, k, "item_ids")
+        return _similar(self._index("item_factors", "cosine"), item_ids, k, "item_ids",
+                        self.num_threads)
 
     def similar_users(self, user_ids, k: int = 10):
         """The k users most similar to each user by cosine of their factors (itself first)."""
         self._require_fitted()
-        return _similar(self.user_factors, user_ids, k, "user_ids")
+        return _similar(self._index("user_factors", "cosine"), user_ids, k, "user_ids",
+                        self.num_threads)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -343,6 +361,15 @@ class ALS:
         if self.user_factors is None or self.item_factors is None:
             raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
 
+    def _index(self, attribute: str, metric: str) -> ItemIndex:
+        """The top-k index of user_factors or item_factors, rebuilt when that array changes."""
+        factors = getattr(self, attribute)
+        cached = self._indexes.get((attribute, metric))
+        if cached is None or cached.items is not factors:
+            cached = ItemIndex(factors, metric=metric, backend=self.backend)
+            self._indexes[(attribute, metric)] = cached
+        return cached
+
     def _seen_matrix(self, user_items, n_rows) -> sp.csr_matrix:
         if user_items is None:
             if self._user_items is None:
@@ -361,13 +388,11 @@ class ALS:
                 f"dtype={self.dtype.name}, backend={self.backend!r}{fitted})")
 
 
-def _similar(factors: np.ndarray, ids, k: int, name: str):
+def _similar(index: ItemIndex, ids, k: int, name: str, num_threads: int):
     single = np.ndim(ids) == 0
-    rows = check.check_ids(ids, name, factors.shape[0])
+    rows = check.check_ids(ids, name, index.shape[0])
     k = check.check_int(k, "k", minimum=1)
-    norms = np.linalg.norm(factors, axis=1)
-    normalised = factors / np.where(norms > 0, norms, 1)[:, None]
-    out_ids, out_scores = select_topk(normalised[rows] @ normalised.T, k)
+    out_ids, out_scores = index.search(index.items[rows], k, num_threads=num_threads)
     if single:
         return out_ids[0], out_scores[0]
     return out_ids, out_scores
@@ -392,7 +417,7 @@ def _replace_rows(matrix: sp.csr_matrix, ids: np.ndarray, rows: sp.csr_matrix, n
     return result
 
 
-def _progress(total: int, enabled: bool, description: str):
+def _progress(total: int, enabled: bool, description: str, unit: str = "it"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc=description, unit="it")
+    return tqdm(total=total, disable=not enabled, desc=description, unit=unit)
