@@ -1,12 +1,13 @@
 // Exact top-k search over packed item panels (see recfuse/topk.hpp).
 //
-// Threads split the panels; each keeps, per query, a heap of its k best (score, id) with
-// the worst at the root, visited in ascending id order so that an item tying the current
-// k-th score never displaces it (ties go to the smaller id). The score kernel compares a
-// whole panel with each query's k-th score at once, so most items cost one vector compare;
+// Threads split the panels; each keeps, per query, a buffer of candidates cut to its k best
+// whenever it fills (see Selection), visiting items in ascending id order so that an item
+// tying the current k-th score never displaces it (ties go to the smaller id). The score
+// kernel compares a whole panel with each query's k-th score at once, so most items cost
+// one vector compare;
 // only the survivors are checked against the mask and the query's sorted exclusions (one
 // forward-moving position per query). Queries are processed in chunks that bound the
-// per-thread heaps; at the end of a chunk the threads' heaps are merged per query.
+// per-thread buffers; at the end of a chunk the threads' buffers are merged per query.
 #include "recfuse/topk.hpp"
 
 #include <omp.h>
@@ -57,23 +58,32 @@ inline bool worse(T s, int32_t a, T t, int32_t b) {
   return s < t || (s == t && a > b);
 }
 
-// One thread's k best per query of a chunk: heaps of (score, id), worst at the root.
+// (s, a) ranks above (t, b): higher score, or the same score and a smaller id.
+template <class T>
+inline bool better(const std::pair<T, int32_t>& x, const std::pair<T, int32_t>& y) {
+  return worse(y.first, y.second, x.first, x.second);
+}
+
+// One thread's candidates per query of a chunk: a buffer of 2k (score, id) that, when full,
+// is cut to its k best (nth_element), whose k-th score becomes the threshold an item must
+// beat. Amortised O(1) per candidate for any k; candidates arrive in ascending id order, so
+// an item that ties the threshold ranks below the k-th and is rightly skipped.
 template <class T>
 struct Selection {
-  int k = 0;
-  std::vector<T> score;        // rows x k
-  std::vector<int32_t> id;     // rows x k
-  std::vector<int32_t> count;  // per row
-  std::vector<T> threshold;    // per row: the k-th score once the heap is full, else -inf
+  using Candidate = std::pair<T, int32_t>;
+  int64_t k = 0, capacity = 0;
+  std::vector<Candidate> buffer;  // rows x capacity
+  std::vector<int64_t> count;     // per row
+  std::vector<T> threshold;       // per row: the k-th best score after the last cut, or -inf
   std::vector<int64_t> next_excluded;  // per row: position in the query's exclusions
   std::unique_ptr<T, void (*)(void*)> tile{nullptr, std::free};  // max_rows x kPanel, aligned
   std::vector<uint32_t> bits;                                    // max_rows
 
-  // Allocates (outside any parallel region: allocation may throw) and clears the heaps.
-  void reset(int64_t rows, int k_, int max_rows) {
+  // Allocates (outside any parallel region: allocation may throw) and clears the buffers.
+  void reset(int64_t rows, int64_t k_, int max_rows) {
     k = k_;
-    score.resize(static_cast<size_t>(rows) * k);
-    id.resize(static_cast<size_t>(rows) * k);
+    capacity = 2 * k_;
+    buffer.resize(static_cast<size_t>(rows * capacity));
     count.assign(rows, 0);
     threshold.assign(rows, -std::numeric_limits<T>::infinity());
     next_excluded.assign(rows, 0);
@@ -81,40 +91,18 @@ struct Selection {
     if (!tile) tile.reset(aligned_array<T>(static_cast<int64_t>(max_rows) * TopkItems<T>::kPanel));
   }
 
-  // Offers item j with score s (> threshold[r]) to row r.
+  Candidate* row(int64_t r) { return buffer.data() + r * capacity; }
+  const Candidate* row(int64_t r) const { return buffer.data() + r * capacity; }
+
+  // Adds item j with score s (> threshold[r]) to row r.
   void offer(int64_t r, T s, int32_t j) {
-    T* hs = score.data() + r * k;
-    int32_t* hi = id.data() + r * k;
-    int32_t n = count[r];
-    if (n < k) {  // sift up from the new leaf
-      int32_t pos = n;
-      while (pos > 0) {
-        const int32_t parent = (pos - 1) / 2;
-        if (!worse(s, j, hs[parent], hi[parent])) break;
-        hs[pos] = hs[parent];
-        hi[pos] = hi[parent];
-        pos = parent;
-      }
-      hs[pos] = s;
-      hi[pos] = j;
-      count[r] = ++n;
-      if (n == k) threshold[r] = hs[0];
-      return;
+    Candidate* c = row(r);
+    c[count[r]++] = Candidate(s, j);
+    if (count[r] == capacity) {
+      std::nth_element(c, c + (k - 1), c + capacity, better<T>);
+      count[r] = k;
+      threshold[r] = c[k - 1].first;
     }
-    if (!worse(hs[0], hi[0], s, j)) return;
-    int32_t pos = 0;  // replace the root and sift down
-    for (;;) {
-      int32_t child = 2 * pos + 1;
-      if (child >= n) break;
-      if (child + 1 < n && worse(hs[child + 1], hi[child + 1], hs[child], hi[child])) ++child;
-      if (!worse(hs[child], hi[child], s, j)) break;
-      hs[pos] = hs[child];
-      hi[pos] = hi[child];
-      pos = child;
-    }
-    hs[pos] = s;
-    hi[pos] = j;
-    threshold[r] = hs[0];
   }
 };
 
@@ -213,15 +201,15 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
   constexpr int64_t kMinPanelsPerThread = 8;
   const int threads = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(resolve_threads(num_threads), panels / kMinPanelsPerThread)));
-  // Queries per chunk: the threads' heaps stay within about 64 MiB together.
-  const int64_t entry_bytes = static_cast<int64_t>(k) * (sizeof(T) + sizeof(int32_t));
-  const int64_t chunk = std::max<int64_t>(
-      kern.max_rows, std::min<int64_t>(4096, (64LL << 20) / (entry_bytes * threads)));
+  // Queries per chunk: the threads' buffers stay within about 64 MiB together.
+  const int64_t row_bytes = 2LL * k * static_cast<int64_t>(sizeof(std::pair<T, int32_t>));
+  const int64_t chunk =
+      std::max<int64_t>(1, std::min<int64_t>(4096, (64LL << 20) / (row_bytes * threads)));
   std::vector<Selection<T>> selections(threads);
   // Reserved here: nothing allocates inside the parallel regions (an exception there would
   // end the process).
   std::vector<std::vector<std::pair<T, int32_t>>> pools(threads);
-  for (auto& pool : pools) pool.reserve(static_cast<size_t>(k) * threads);
+  for (auto& pool : pools) pool.reserve(static_cast<size_t>(2 * k) * threads);
 
   for (int64_t q0 = 0; q0 < m; q0 += chunk) {
     const int64_t rows = std::min(chunk, m - q0);
@@ -240,16 +228,10 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
         pool.clear();
-        for (const auto& sel : selections) {
-          const int64_t base = r * k;
-          for (int32_t e = 0; e < sel.count[r]; ++e)
-            pool.emplace_back(sel.score[base + e], sel.id[base + e]);
-        }
+        for (const auto& sel : selections)
+          pool.insert(pool.end(), sel.row(r), sel.row(r) + sel.count[r]);
         const size_t take = std::min<size_t>(pool.size(), static_cast<size_t>(k));
-        const auto better = [](const std::pair<T, int32_t>& a, const std::pair<T, int32_t>& b) {
-          return worse(b.first, b.second, a.first, a.second);
-        };
-        std::partial_sort(pool.begin(), pool.begin() + take, pool.end(), better);
+        std::partial_sort(pool.begin(), pool.begin() + take, pool.end(), better<T>);
         int64_t* ids = out_ids + (q0 + r) * k_out;
         T* scores = out_scores + (q0 + r) * k_out;
         for (size_t e = 0; e < take; ++e) {

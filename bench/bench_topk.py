@@ -1,0 +1,257 @@
+"""Exact top-k retrieval: recfuse vs numpy, faiss-cpu and implicit, in one run.
+
+For each case (item table n x d, a batch of m queries, k, with or without per-query
+exclusion of seen items) every library answers the same queries; the table reports queries
+per second (median over repeats), the ratio to recfuse, and the floor recfuse is measured
+against: for small batches the bytes of the item table read per batch (achieved GB/s, beside
+this machine's copy bandwidth measured in the same run), for large batches the flops
+(achieved GFLOP/s, beside numpy's float32 GEMM rate on the same shapes, measured in the same
+run).
+
+Peers at their best: faiss and numpy use OpenBLAS with OPENBLAS_CORETYPE=SkylakeX (faiss's
+bundled OpenBLAS does not recognise this processor and otherwise runs slow SSE3 kernels) and
+the same thread count; faiss answers from an IndexFlatIP (built before timing); exclusion for
+faiss and numpy means asking for k + (the largest seen count) and dropping seen ids, or
+writing -inf into the score matrix, respectively; implicit answers through its ALS model's
+``recommend`` (filter_already_liked_items) with its factors set to the same table. recfuse
+answers from an ItemIndex built before timing (the table packed once, as faiss's index is).
+
+    python bench/bench_topk.py                # the default cases (a few minutes)
+    python bench/bench_topk.py --full         # the whole grid of the retrieval issue
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+THREADS = int(os.environ.get("RECFUSE_BENCH_THREADS", "2"))
+os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[variable] = str(THREADS)
+
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+
+import recfuse  # noqa: E402
+from recfuse import retrieval  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DEFAULT_CASES = [  # (n, d, m, k, exclude)
+    (50_000, 128, 1, 10, False), (50_000, 128, 32, 10, False), (50_000, 128, 1024, 10, False),
+    (50_000, 128, 32, 100, False), (50_000, 128, 32, 1000, False),
+    (50_000, 128, 32, 10, True), (50_000, 128, 1024, 10, True),
+    (1_000_000, 64, 1, 10, False), (1_000_000, 64, 32, 10, False),
+    (1_000_000, 64, 32, 10, True),
+]
+SEEN_PER_QUERY = 100  # exclusion cases: each query has this many seen items
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="n in {50k, 1M} x d in {64, 128} x "
+                        "m in {1, 32, 1024} x k in {10, 100, 1000} x exclusion on/off")
+    parser.add_argument("--libraries", nargs="+", default=["recfuse", "numpy", "faiss", "implicit"])
+    parser.add_argument("--min-time", type=float, default=0.4, help="seconds per measurement")
+    parser.add_argument("--output", default=os.path.join(RESULTS, "topk.json"))
+    return parser.parse_args(argv)
+
+
+def cases(full: bool):
+    if not full:
+        return DEFAULT_CASES
+    return [(n, d, m, k, e) for n in (50_000, 1_000_000) for d in (64, 128)
+            for m in (1, 32, 1024) for k in (10, 100, 1000) for e in (False, True)]
+
+
+def timed(function, min_time: float) -> float:
+    """Median seconds of one call (after one warm-up call)."""
+    function()
+    times = []
+    started = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - started < min_time and len(times) < 200):
+        begin = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """GB/s of a 1 GiB array copy (bytes read + written), THREADS numpy copies in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = [np.ones(2**27 // THREADS, np.float32) for _ in range(THREADS)]
+    targets = [np.empty_like(p) for p in parts]
+
+    def copy_all():
+        with ThreadPoolExecutor(THREADS) as pool:
+            list(pool.map(lambda i: np.copyto(targets[i], parts[i]), range(THREADS)))
+
+    seconds = timed(copy_all, 1.0)
+    return 2 * sum(p.nbytes for p in parts) / seconds / 1e9
+
+
+def numpy_gemm_rate(m: int, n: int, d: int) -> float:
+    """GFLOP/s of numpy's float32 Q @ V.T for this shape (the BLAS floor for a batch)."""
+    rng = np.random.default_rng(0)
+    Q = rng.standard_normal((m, d), dtype=np.float32)
+    V = rng.standard_normal((n, d), dtype=np.float32)
+    out = np.empty((m, n), np.float32)
+    seconds = timed(lambda: np.matmul(Q, V.T, out=out), 0.5)
+    return 2.0 * m * n * d / seconds / 1e9
+
+
+# ------------------------------------------------------------------------- the libraries
+
+
+def numpy_topk(Q, V, k, seen):
+    S = Q @ V.T
+    if seen is not None:
+        rows = np.repeat(np.arange(Q.shape[0]), np.diff(seen.indptr))
+        S[rows, seen.indices] = -np.inf
+    part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(S, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
+def make_faiss(V, k, seen):
+    import faiss
+
+    faiss.omp_set_num_threads(THREADS)
+    index = faiss.IndexFlatIP(V.shape[1])
+    index.add(V)
+    extra = 0 if seen is None else int(np.diff(seen.indptr).max())
+
+    def search(Q):
+        scores, ids = index.search(Q, k + extra)
+        if seen is None:
+            return ids, scores
+        out = np.full((Q.shape[0], k), -1, np.int64)
+        for i in range(Q.shape[0]):  # drop seen ids, keep the first k
+            row = ids[i]
+            keep = row[~np.isin(row, seen.indices[seen.indptr[i]:seen.indptr[i + 1]])][:k]
+            out[i, : keep.size] = keep
+        return out, None
+
+    return search
+
+
+def make_implicit(V, k, seen, m):
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    model = AlternatingLeastSquares(factors=V.shape[1], num_threads=THREADS,
+                                    random_state=0)
+    model.item_factors = V
+    model.user_factors = np.zeros((m, V.shape[1]), np.float32)
+    user_items = seen if seen is not None else sp.csr_matrix((m, V.shape[0]), dtype=np.float32)
+    users = np.arange(m)
+
+    def search(Q):
+        model.user_factors[:] = Q
+        ids, scores = model.recommend(users, user_items, N=k,
+                                      filter_already_liked_items=seen is not None)
+        return ids, scores
+
+    return search
+
+
+def agreement(ids, reference_ids) -> float:
+    """Fraction of the reference's top-k ids that the library also returned."""
+    hits = [np.intersect1d(a[a >= 0], b[b >= 0]).size for a, b in zip(ids, reference_ids)]
+    total = sum(int((b >= 0).sum()) for b in reference_ids)
+    return sum(hits) / max(1, total)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(THREADS)
+    versions = {"numpy": np.__version__, "recfuse": recfuse.__version__,
+                "python": platform.python_version()}
+    for name in ("faiss", "implicit"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception as error:  # noqa: BLE001 - a missing peer is reported, not fatal
+            versions[name] = f"unavailable: {error}"
+    bandwidth = copy_bandwidth()
+    print(f"threads {THREADS}; copy bandwidth {bandwidth:.1f} GB/s; versions {versions}",
+          flush=True)
+    report = {"threads": THREADS, "copy_bandwidth_gbs": bandwidth, "versions": versions,
+              "machine": platform.processor() or platform.machine(),
+              "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"), "cases": []}
+    rng = np.random.default_rng(0)
+    tables: dict = {}
+    gemm_rates: dict = {}
+    header = ("| n x d | m | k | seen | recfuse q/s | numpy | faiss | implicit | recfuse GB/s "
+              "| recfuse GFLOP/s (numpy GEMM) |")
+    lines = [header, "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n, d, m, k, exclude in cases(args.full):
+        if (n, d) not in tables:
+            tables.clear()
+            tables[(n, d)] = rng.standard_normal((n, d), dtype=np.float32)
+        V = tables[(n, d)]
+        Q = rng.standard_normal((m, d), dtype=np.float32)
+        seen = None
+        if exclude:
+            cols = np.concatenate([rng.choice(n, SEEN_PER_QUERY, replace=False) for _ in range(m)])
+            seen = sp.csr_matrix((np.ones(cols.size, np.float32), cols,
+                                  np.arange(0, cols.size + 1, SEEN_PER_QUERY)), shape=(m, n))
+            seen.sort_indices()
+        index = recfuse.ItemIndex(V, backend="cpu")
+        runs = {"recfuse": lambda: index.search(Q, k, exclude=seen, num_threads=THREADS)}
+        if "numpy" in args.libraries:
+            runs["numpy"] = lambda: numpy_topk(Q, V, k, seen)
+        if "faiss" in args.libraries and not str(versions["faiss"]).startswith("unavailable"):
+            faiss_search = make_faiss(V, k, seen)
+            runs["faiss"] = lambda: faiss_search(Q)
+        if "implicit" in args.libraries and not str(versions["implicit"]).startswith("unavail"):
+            implicit_search = make_implicit(V, k, seen, m)
+            runs["implicit"] = lambda: implicit_search(Q)
+        reference_ids = numpy_topk(Q, V, k, seen)[0]
+        case = {"n": n, "d": d, "m": m, "k": k, "seen_per_query": SEEN_PER_QUERY if exclude else 0,
+                "qps": {}, "agreement": {}}
+        for name, run in runs.items():
+            seconds = timed(run, args.min_time)
+            case["qps"][name] = m / seconds
+            case["agreement"][name] = agreement(run()[0], reference_ids)
+        seconds = m / case["qps"]["recfuse"]
+        case["recfuse_gbs"] = V.nbytes / seconds / 1e9
+        case["recfuse_gflops"] = 2.0 * m * n * d / seconds / 1e9
+        if m >= 32:
+            if (m, n, d) not in gemm_rates:
+                gemm_rates[(m, n, d)] = numpy_gemm_rate(m, n, d)
+            case["numpy_gemm_gflops"] = gemm_rates[(m, n, d)]
+        report["cases"].append(case)
+
+        def cell(name):
+            if name not in case["qps"]:
+                return "-"
+            ratio = case["qps"]["recfuse"] / case["qps"][name]
+            flag = "" if case["agreement"][name] > 0.999 else f" (agrees {case['agreement'][name]:.3f})"
+            return f"{case['qps'][name]:,.0f} ({ratio:.1f}x){flag}"
+
+        gemm = f" ({case['numpy_gemm_gflops']:.0f})" if "numpy_gemm_gflops" in case else ""
+        line = (f"| {n // 1000}k x {d} | {m} | {k} | {'yes' if exclude else 'no'} | "
+                f"{case['qps']['recfuse']:,.0f} | {cell('numpy')} | {cell('faiss')} | "
+                f"{cell('implicit')} | {case['recfuse_gbs']:.1f} | "
+                f"{case['recfuse_gflops']:.1f}{gemm} |")
+        lines.append(line)
+        print(line, flush=True)
+    print()
+    print("\n".join(lines))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
