@@ -1,5 +1,5 @@
 // The top-k item table as a Python class, for any backend: `Index` is constructed from
-// (items, n, d, bias, scale, num_threads) on the host and has
+// (items, n, d, bias, scale, num_threads, bfloat16) on the host and has
 //   void search(const T* queries, int64_t m, int k, const recfuse::TopkFilters&,
 //               int num_threads, int64_t* ids, T* scores) const;
 // Arrays arrive with the exact dtype and C order (noconvert); the GIL is released while
@@ -30,7 +30,7 @@ template <class Index, class T>
 void bind_topk_index(py::module_& m, const char* class_name, const std::string& note) {
   py::class_<Index>(m, class_name, ("Packed item table for exact top-k." + note).c_str())
       .def(py::init([](const Array<T>& items, const std::optional<Array<T>>& bias,
-                       const std::optional<Array<T>>& scale, int num_threads) {
+                       const std::optional<Array<T>>& scale, int num_threads, bool bfloat16) {
              expect(items.ndim() == 2 && items.shape(1) >= 1,
                     "items must be 2-d with at least one column, got shape " + shape_of(items));
              const int64_t n = items.shape(0);
@@ -40,10 +40,13 @@ void bind_topk_index(py::module_& m, const char* class_name, const std::string& 
              const T* s = optional_vector<T>(scale, n, "scale");
              const T* v = items.data();
              py::gil_scoped_release release;
-             return new Index(v, n, d, b, s, num_threads);
+             return new Index(v, n, d, b, s, num_threads, bfloat16);
            }),
            py::arg("items").noconvert(), py::arg("bias").noconvert() = py::none(),
-           py::arg("scale").noconvert() = py::none(), py::arg("num_threads") = 0)
+           py::arg("scale").noconvert() = py::none(), py::arg("num_threads") = 0,
+           py::arg("bfloat16") = false,
+           // bfloat16 storage scores its survivors again from `items`: keep it alive.
+           py::keep_alive<1, 2>())
       .def(
           "search",
           [](const Index& index, const Array<T>& queries, int k,
@@ -93,6 +96,7 @@ void bind_topk_index(py::module_& m, const char* class_name, const std::string& 
           py::arg("mask").noconvert() = py::none(), py::arg("num_threads") = 0,
           "(ids int64 m x k, scores m x k): the k best qualifying items per query, padded "
           "with -1 / -inf. Excluded ids must be sorted within each query's row.")
+      .def_property_readonly("bfloat16", &Index::bfloat16)
       .def_property_readonly("n", &Index::n)
       .def_property_readonly("d", &Index::d);
 }

@@ -141,6 +141,44 @@ def test_every_simd_level_and_thread_count(problem):
             np.testing.assert_array_equal(ids, results[0][1])
 
 
+@given(problem=topk_problems(max_n=300), cosine=st.booleans())
+def test_bfloat16_storage_stays_exact(problem, cosine):
+    """bfloat16 storage keeps every item within its error bound and rescores in float32:
+    the result is the float32 result (exactly, on small integers)."""
+    from recfuse._als.cpu import _core
+
+    if _core is None:
+        pytest.skip("recfuse._core is not built")
+    problem = dict(problem, queries=problem["queries"].astype(np.float32),
+                   items=problem["items"].astype(np.float32))
+    if problem["item_bias"] is not None:
+        problem["item_bias"] = problem["item_bias"].astype(np.float32)
+    original = _core.simd_level()
+    try:
+        for level in _core.supported_simd_levels():
+            _core.set_simd_level(level)
+            ids, scores = _run(problem, "cpu", storage="bfloat16",
+                               metric="cosine" if cosine else "dot")
+            expected = _run(problem, "cpu", metric="cosine" if cosine else "dot")
+            if not cosine:
+                _check(ids, scores, problem)
+            if problem["exact"] and not cosine:
+                np.testing.assert_array_equal(ids, expected[0])
+            np.testing.assert_allclose(scores, expected[1], rtol=1e-5, atol=1e-5)
+    finally:
+        _core.set_simd_level(original)
+
+
+def test_bfloat16_storage_needs_cpu_and_float32():
+    items = np.ones((4, 2), np.float32)
+    with pytest.raises(ValueError, match="not available on the 'numpy' backend"):
+        recfuse.ItemIndex(items, storage="bfloat16", backend="numpy")
+    with pytest.raises(ValueError, match="needs float32 items"):
+        recfuse.ItemIndex(items.astype(np.float64), storage="bfloat16", backend="cpu")
+    with pytest.raises(ValueError, match="storage must be one of"):
+        recfuse.ItemIndex(items, storage="int8")
+
+
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("n", [1, 31, 33, 700, 2100])
 def test_panel_edges_and_thread_splits(backend, n):

@@ -2,6 +2,7 @@
 // defines the level's vector width and flags) and chosen at run time like the ALS kernels.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "recfuse/simd.hpp"
 
@@ -16,6 +17,9 @@ struct TopkKernels {
   void (*score_panel)(const T* Q, int rows, int d, const T* panel, const T* scale,
                       const T* bias, const T* thr, T* tile, uint32_t* bits);
   int max_rows;
+  // The same for a panel of bfloat16 values (the upper halves of floats): float only.
+  void (*score_panel_bf16)(const T* Q, int rows, int d, const uint16_t* panel, const T* scale,
+                           const T* bias, const T* thr, T* tile, uint32_t* bits);
 };
 
 #define RECFUSE_DECLARE_TOPK_LEVEL(ns)              \

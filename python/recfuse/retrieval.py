@@ -27,6 +27,7 @@ from . import _validation as check
 from ._backend import resolve_backend
 
 METRICS = ("dot", "cosine")
+STORAGES = ("native", "bfloat16")
 
 
 class ItemIndex:
@@ -41,6 +42,11 @@ class ItemIndex:
     item_bias : array (n,), optional
         Added to every score of item j (finite).
     metric : "dot" or "cosine"
+    storage : "native" or "bfloat16"
+        "bfloat16" (float32 items, cpu backend) streams half the bytes per search: scores are
+        computed from bfloat16 copies, every item within a proven error bound of the k-th
+        best is kept, and those are scored again from the float32 table, so results are
+        still exact. The index then keeps a reference to the float32 table as well.
     backend : "auto" or a backend name (see ``recfuse.backends()``)
 
     >>> import numpy as np
@@ -49,8 +55,10 @@ class ItemIndex:
     (array([1, 2]), array([2., 1.], dtype=float32))
     """
 
-    def __init__(self, items, *, item_bias=None, metric: str = "dot", backend: str = "auto"):
+    def __init__(self, items, *, item_bias=None, metric: str = "dot", storage: str = "native",
+                 backend: str = "auto"):
         self.metric = check.check_choice(metric, "metric", METRICS)
+        self.storage = check.check_choice(storage, "storage", STORAGES)
         self.items = _item_table(items)
         n, d = self.items.shape
         self.bias = None
@@ -66,7 +74,15 @@ class ItemIndex:
             self.scale = scale.astype(self.items.dtype)
         self.backend = backend
         self._module = resolve_backend(backend, "topk")
-        self._table = self._module.prepare(self.items, self.bias, self.scale)
+        if storage == "bfloat16":
+            if self.items.dtype != np.float32:
+                raise ValueError(f"storage='bfloat16' needs float32 items, got {self.items.dtype}")
+            if not getattr(self._module, "BFLOAT16", False):
+                raise ValueError(f"storage='bfloat16' is not available on the "
+                                 f"{self._module.NAME!r} backend (use backend='cpu')")
+            self._table = self._module.prepare(self.items, self.bias, self.scale, bfloat16=True)
+        else:
+            self._table = self._module.prepare(self.items, self.bias, self.scale)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -106,14 +122,16 @@ class ItemIndex:
     def __repr__(self) -> str:
         n, d = self.items.shape
         return (f"ItemIndex({n} items x {d}, {self.items.dtype.name}, metric={self.metric!r}, "
-                f"backend={self._module.NAME!r})")
+                f"storage={self.storage!r}, backend={self._module.NAME!r})")
 
 
 def topk(queries, items, k: int, *, exclude=None, allow=None, deny=None, item_bias=None,
-         metric: str = "dot", backend: str = "auto", num_threads: int = 0):
+         metric: str = "dot", storage: str = "native", backend: str = "auto",
+         num_threads: int = 0):
     """Exact top-k of ``queries`` against ``items``: ``(ids, scores)``.
 
-    One-call form of ``ItemIndex(items, item_bias=..., metric=..., backend=...).search(...)``;
+    One-call form of ``ItemIndex(items, item_bias=..., metric=..., storage=..., backend=...)
+    .search(...)``;
     see the module documentation for the contract (ordering, ties, padding, NaN).
 
     >>> import numpy as np
@@ -121,7 +139,8 @@ def topk(queries, items, k: int, *, exclude=None, allow=None, deny=None, item_bi
     >>> topk(np.array([[1, 0]], dtype=np.float32), items, k=2)
     (array([[0, 2]]), array([[1., 1.]], dtype=float32))
     """
-    index = ItemIndex(items, item_bias=item_bias, metric=metric, backend=backend)
+    index = ItemIndex(items, item_bias=item_bias, metric=metric, storage=storage,
+                      backend=backend)
     return index.search(queries, k, exclude=exclude, allow=allow, deny=deny,
                         num_threads=num_threads)
 

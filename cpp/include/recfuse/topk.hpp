@@ -11,6 +11,12 @@
 // consecutive items; bias and scale are packed beside it. The m x n score matrix is never
 // built: each panel's scores stay in a small tile and are compared, one vector at a time,
 // with each query's current k-th best score.
+//
+// bfloat16 storage (float items only) halves the bytes a search streams. The panels then
+// hold each value's upper 16 bits (rounded to nearest even); scores are computed in float
+// from them, every item within a proven bound of the k-th best such score is kept, and the
+// survivors are scored again from the float table, so the result is still exact. The
+// float table is not copied: the caller keeps it alive and unchanged.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -32,14 +38,21 @@ class TopkItems {
  public:
   static constexpr int kPanel = kTopkPanelBytes / static_cast<int>(sizeof(T));
 
-  // Copies `items` (n x d, row-major) into packed panels; bias and scale may be null.
-  TopkItems(const T* items, int64_t n, int d, const T* bias, const T* scale, int num_threads);
+  // Copies `items` (n x d, row-major) into packed panels; bias and scale may be null. With
+  // bfloat16 = true (T = float only) `items` must outlive this object, unchanged.
+  TopkItems(const T* items, int64_t n, int d, const T* bias, const T* scale, int num_threads,
+            bool bfloat16 = false);
 
   int64_t n() const { return n_; }
   int d() const { return d_; }
   int64_t panels() const { return panels_; }
   // Panel p: d rows of kPanel values (items p*kPanel ... p*kPanel + kPanel - 1).
   const T* panel(int64_t p) const { return data_.get() + p * d_ * kPanel; }
+  bool bfloat16() const { return exact_ != nullptr; }
+  // bfloat16 storage: panel p, the float table, and max_j |v_j| |scale_j| (the bound's scale).
+  const uint16_t* panel16(int64_t p) const { return data16_.get() + p * d_ * kPanel; }
+  const T* exact_items() const { return exact_; }
+  double max_weight() const { return max_weight_; }
   // kPanel values each; slots past n have scale 1 and bias -inf, so they never qualify.
   const T* panel_scale(int64_t p) const { return scale_.get() + p * kPanel; }
   const T* panel_bias(int64_t p) const { return bias_.get() + p * kPanel; }
@@ -50,12 +63,15 @@ class TopkItems {
 
  private:
   struct Free {
-    void operator()(T* p) const { std::free(p); }
+    void operator()(void* p) const { std::free(p); }
   };
   int64_t n_;
   int d_;
   int64_t panels_;
   std::unique_ptr<T[], Free> data_, scale_, bias_;
+  std::unique_ptr<uint16_t[], Free> data16_;
+  const T* exact_ = nullptr;
+  double max_weight_ = 0;
 };
 
 // Writes m x k ids and scores (row-major). queries: m x d, finite. Threads split the item

@@ -1,6 +1,7 @@
 """The native CPU top-k backend: recfuse._core.TopkItemsFloat32/64 (C++17, OpenMP, runtime
 SIMD level). The item table is packed once into SIMD-friendly panels (a copy: the caller's
-array may change afterwards)."""
+array may change afterwards, except with bfloat16 storage, which scores its survivors again
+from the caller's float32 table)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import numpy as np
 from .._als.cpu import _core
 
 NAME = "cpu"
+BFLOAT16 = True  # supports ItemIndex(storage="bfloat16")
 
 
-def prepare(items: np.ndarray, bias=None, scale=None):
+def prepare(items: np.ndarray, bias=None, scale=None, bfloat16: bool = False):
     cls = _core.TopkItemsFloat32 if items.dtype == np.float32 else _core.TopkItemsFloat64
-    return cls(items, bias, scale)
+    return cls(items, bias, scale, bfloat16=bfloat16)
 
 
 def search(table, queries: np.ndarray, k: int, exclude=None, mask=None, num_threads=0):
