@@ -2,7 +2,8 @@
 
 For each case (item table n x d, a batch of m queries, k, with or without per-query
 exclusion of seen items) every library answers the same queries; the table reports queries
-per second (median over repeats), the ratio to recfuse, and the floor recfuse is measured
+per second (median over repeats), recfuse's speed-up over each peer (for "recfuse bf16":
+its speed-up over recfuse float32), and the floor recfuse is measured
 against: for small batches the bytes of the item table read per batch (achieved GB/s, beside
 this machine's memory read bandwidth measured in the same run), for large batches the flops
 (achieved GFLOP/s, beside numpy's float32 GEMM rate on the same shapes, measured in the same
@@ -56,7 +57,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="n in {50k, 1M} x d in {64, 128} x "
                         "m in {1, 32, 1024} x k in {10, 100, 1000} x exclusion on/off")
-    parser.add_argument("--libraries", nargs="+", default=["recfuse", "numpy", "faiss", "implicit"])
+    parser.add_argument("--libraries", nargs="+",
+                        default=["recfuse", "bf16", "numpy", "faiss", "implicit"],
+                        help="bf16: recfuse with storage='bfloat16' (exact, re-ranked)")
     parser.add_argument("--min-time", type=float, default=0.4, help="seconds per measurement")
     parser.add_argument("--output", default=os.path.join(RESULTS, "topk.json"))
     return parser.parse_args(argv)
@@ -185,9 +188,9 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     tables: dict = {}
     gemm_rates: dict = {}
-    header = ("| n x d | m | k | seen | recfuse q/s | numpy | faiss | implicit | recfuse GB/s "
-              "| recfuse GFLOP/s (numpy GEMM) |")
-    lines = [header, "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    header = ("| n x d | m | k | seen | recfuse q/s | recfuse bf16 | numpy | faiss | implicit "
+              "| recfuse GB/s | recfuse GFLOP/s (numpy GEMM) |")
+    lines = [header, "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for n, d, m, k, exclude in cases(args.full):
         if (n, d) not in tables:
             tables.clear()
@@ -202,6 +205,9 @@ def main(argv=None) -> int:
             seen.sort_indices()
         index = recfuse.ItemIndex(V, backend="cpu")
         runs = {"recfuse": lambda: index.search(Q, k, exclude=seen, num_threads=THREADS)}
+        if "bf16" in args.libraries:
+            index16 = recfuse.ItemIndex(V, storage="bfloat16", backend="cpu")
+            runs["bf16"] = lambda: index16.search(Q, k, exclude=seen, num_threads=THREADS)
         if "numpy" in args.libraries:
             runs["numpy"] = lambda: numpy_topk(Q, V, k, seen)
         if "faiss" in args.libraries and not str(versions["faiss"]).startswith("unavailable"):
@@ -230,12 +236,14 @@ def main(argv=None) -> int:
             if name not in case["qps"]:
                 return "-"
             ratio = case["qps"]["recfuse"] / case["qps"][name]
+            if name == "bf16":  # its own speed-up over recfuse float32
+                ratio = 1 / ratio
             flag = "" if case["agreement"][name] > 0.999 else f" (agrees {case['agreement'][name]:.3f})"
             return f"{case['qps'][name]:,.0f} ({ratio:.1f}x){flag}"
 
         gemm = f" ({case['numpy_gemm_gflops']:.0f})" if "numpy_gemm_gflops" in case else ""
         line = (f"| {n // 1000}k x {d} | {m} | {k} | {'yes' if exclude else 'no'} | "
-                f"{case['qps']['recfuse']:,.0f} | {cell('numpy')} | {cell('faiss')} | "
+                f"{case['qps']['recfuse']:,.0f} | {cell('bf16')} | {cell('numpy')} | {cell('faiss')} | "
                 f"{cell('implicit')} | {case['recfuse_gbs']:.1f} | "
                 f"{case['recfuse_gflops']:.1f}{gemm} |")
         lines.append(line)
