@@ -170,8 +170,9 @@ def test_allow_deny_with_repeats_and_cosine(name):
     deny = [5, 5, 201]
     for metric in ("dot", "cosine"):
         ref = ItemIndex(items, metric=metric, backend="numpy")
-        from recfuse import _cuda  # noqa: F401 - only reached with a device
         if path is not None:
+            from recfuse import _cuda
+
             _cuda.set_topk_path(path)
         try:
             index = ItemIndex(items, metric=metric, backend=module.NAME)
