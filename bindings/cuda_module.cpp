@@ -15,6 +15,8 @@
 
 #include "als_cuda.hpp"
 #include "als_bindings.hpp"
+#include "topk_bindings.hpp"
+#include "topk_cuda.hpp"
 
 namespace py = pybind11;
 namespace rc = recfuse::cuda;
@@ -154,7 +156,7 @@ void bind_dtype(py::module_& m, py::class_<AlsTrainer>& trainer) {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() =
-      "recfuse CUDA kernels: implicit ALS (CG and Cholesky), gram and data loss on the device";
+      "recfuse CUDA kernels: implicit ALS (CG and Cholesky), gram and data loss, exact top-k on the device";
 
   m.def("device_count", &rc::device_count,
         "Number of CUDA devices; 0 when there is no driver or no device (never raises).");
@@ -184,4 +186,34 @@ PYBIND11_MODULE(_cuda, m) {
       .def_property_readonly("users", &AlsTrainer::users)
       .def_property_readonly("items", &AlsTrainer::items)
       .def_property_readonly("factors_count", &AlsTrainer::k);
+
+  // Exact top-k (cuda/topk.cu): the item table stays on the device.
+  const std::string topk_note =
+      " Kept on the current CUDA device; num_threads is ignored. Scratch device memory of a"
+      " search is bounded by TOPK_SEARCH_BUDGET_BYTES (queries run in chunks).";
+  bind_topk_index<rc::TopkItems<float>, float>(m, "TopkItemsFloat32", topk_note);
+  bind_topk_index<rc::TopkItems<double>, double>(m, "TopkItemsFloat64", topk_note);
+  m.attr("TOPK_SEARCH_BUDGET_BYTES") = rc::kTopkSearchBudgetBytes;
+  m.attr("TOPK_FUSED_MAX_K") = rc::kFusedMaxK;
+  m.def(
+      "set_topk_path",
+      [](const std::string& path) {
+        if (path == "auto") rc::set_topk_path(rc::TopkPath::Auto);
+        else if (path == "simple") rc::set_topk_path(rc::TopkPath::Simple);
+        else if (path == "fused") rc::set_topk_path(rc::TopkPath::Fused);
+        else throw std::invalid_argument("path must be 'auto', 'simple' or 'fused', got '" + path + "'");
+      },
+      py::arg("path"),
+      "For tests: 'auto' (fused when min(k, n) <= TOPK_FUSED_MAX_K), 'simple' (radix select,"
+      " any k) or 'fused' (falls back to simple when k is larger). Process-wide.");
+  m.def(
+      "topk_path",
+      []() -> std::string {
+        switch (rc::topk_path()) {
+          case rc::TopkPath::Simple: return "simple";
+          case rc::TopkPath::Fused: return "fused";
+          default: return "auto";
+        }
+      },
+      "The current top-k path ('auto', 'simple' or 'fused').");
 }

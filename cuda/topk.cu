@@ -1,0 +1,910 @@
+// Exact top-k retrieval on a CUDA device; the contract and the two paths are described in
+// topk_cuda.hpp. Kernels, one contract each:
+//
+//   score_keys_kernel<T, Cfg>   (simple path)
+//       keys[r][col_offset + j] = key(s_rj) for a chunk of queries x a chunk of items: a
+//       Cfg::TM x Cfg::TN tile per block, staged through shared memory BK dimensions at a
+//       time (any d), bias/scale/mask/exclusion applied in the epilogue. key() is an
+//       order-preserving unsigned integer of the score; 0 marks "does not qualify".
+//   select_kernel<Key>          (simple path)
+//       one block per query row [carried survivors (<= kk) | chunk keys]: radix-selects the
+//       kk-th largest key T (8-bit digits), then keeps every key > T and the first ties
+//       == T in position order, which is id order (see below), compacting them in order.
+//   segment_bounds_kernel + CUB's stable segmented radix sort, finalize_kernel
+//       sort the survivors by key descending (stable: ties stay in id order) and write
+//       ids / scores with padding.
+//   fused_topk_kernel<T, Cfg>   (fused path, kk <= kFusedMaxK)
+//       a block owns TM queries x one item slice; per item tile the scores stay in
+//       registers; those above the query's current kk-th best go to the query's queue in
+//       shared memory; a full queue is merged by one warp (bitonic sort of list + queue)
+//       into the query's best list of this slice, kept in global memory (L2-resident).
+//   merge_slices_kernel<T>      (fused path)
+//       one block per query: bitonic sort of all slices' lists, first kk written out.
+//
+// Ties: every candidate carries its id; selection compares (key, -id) lexicographically, so
+// the order is total and deterministic. In the simple path the survivors are kept in id
+// order: carried survivors come from earlier (smaller-id) item chunks and are compacted in
+// position order, so "first ties in position order" = "ties with the smallest ids".
+#include <cuda_runtime.h>
+
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "topk_cuda.hpp"
+
+namespace recfuse {
+namespace cuda {
+
+namespace {
+
+// ------------------------------------------------------------------------ error handling
+
+void check(cudaError_t status, const char* what) {
+  if (status == cudaSuccess) return;
+  cudaGetLastError();  // clear a non-sticky error so that later calls start clean
+  throw std::runtime_error(std::string("CUDA error in ") + what + ": " +
+                           cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
+}
+
+#define RECFUSE_TOPK_CHECK(expr) check((expr), #expr)
+
+void expect(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+template <class U>
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(size_t count) { allocate(count); }
+  ~Buffer() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  void allocate(size_t count) {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    if (count == 0) return;
+    void* p = nullptr;
+    const cudaError_t status = cudaMalloc(&p, count * sizeof(U));
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("CUDA error in cudaMalloc of " +
+                               std::to_string(count * sizeof(U)) + " bytes: " +
+                               cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
+    }
+    ptr_ = static_cast<U*>(p);
+  }
+  U* get() const { return ptr_; }
+
+ private:
+  U* ptr_ = nullptr;
+};
+
+class Stream {
+ public:
+  Stream() { RECFUSE_TOPK_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~Stream() {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+  void synchronize() const { RECFUSE_TOPK_CHECK(cudaStreamSynchronize(stream_)); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+std::atomic<int> g_path{static_cast<int>(TopkPath::Auto)};
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int next_pow2(int v) {
+  int p = 2;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+__host__ __device__ constexpr size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
+
+// ------------------------------------------------------------------------ keys and candidates
+// key(): an unsigned integer whose order is the order of the scores; 0 = does not qualify
+// (-inf, NaN, masked, excluded, outside the table). -0.0 is folded into +0.0 so that the two
+// zeros tie, as they do in the reference. A candidate is (key, id) ordered by key, then by
+// smaller id; the empty candidate is all zeros and is worse than any real one.
+
+template <class T>
+struct Sel;
+
+template <>
+struct Sel<float> {
+  using Key = unsigned int;
+  using Cand = unsigned long long;  // key << 32 | ~id: one integer compare
+  static __device__ __forceinline__ Key key_of(float x) {
+    if (!(x > -INFINITY)) return 0u;
+    if (x == 0.0f) x = 0.0f;
+    const unsigned int u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  }
+  static __device__ __forceinline__ float value_of(Key key) {
+    const unsigned int u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+    return __uint_as_float(u);
+  }
+  static __device__ __forceinline__ Cand make(Key key, int id) {
+    return (static_cast<Cand>(key) << 32) | static_cast<Cand>(~static_cast<unsigned int>(id));
+  }
+  static __device__ __forceinline__ Key key(Cand c) { return static_cast<Key>(c >> 32); }
+  static __device__ __forceinline__ int id(Cand c) {
+    return static_cast<int>(~static_cast<unsigned int>(c & 0xffffffffull));
+  }
+  static __device__ __forceinline__ bool better(Cand a, Cand b) { return a > b; }
+  static __device__ __forceinline__ Cand empty() { return 0ull; }
+  static __device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
+};
+
+struct Cand64 {
+  unsigned long long key;
+  unsigned int inv_id;  // ~id: larger for smaller ids
+  unsigned int pad;
+};
+
+template <>
+struct Sel<double> {
+  using Key = unsigned long long;
+  using Cand = Cand64;
+  static __device__ __forceinline__ Key key_of(double x) {
+    if (!(x > -static_cast<double>(INFINITY))) return 0ull;
+    if (x == 0.0) x = 0.0;
+    const unsigned long long u = static_cast<unsigned long long>(__double_as_longlong(x));
+    const unsigned long long sign = 0x8000000000000000ull;
+    return (u & sign) ? ~u : (u | sign);
+  }
+  static __device__ __forceinline__ double value_of(Key key) {
+    const unsigned long long sign = 0x8000000000000000ull;
+    const unsigned long long u = (key & sign) ? (key & ~sign) : ~key;
+    return __longlong_as_double(static_cast<long long>(u));
+  }
+  static __device__ __forceinline__ Cand make(Key key, int id) {
+    return Cand64{key, ~static_cast<unsigned int>(id), 0u};
+  }
+  static __device__ __forceinline__ Key key(const Cand& c) { return c.key; }
+  static __device__ __forceinline__ int id(const Cand& c) { return static_cast<int>(~c.inv_id); }
+  static __device__ __forceinline__ bool better(const Cand& a, const Cand& b) {
+    return a.key > b.key || (a.key == b.key && a.inv_id > b.inv_id);
+  }
+  static __device__ __forceinline__ Cand empty() { return Cand64{0ull, 0u, 0u}; }
+  static __device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
+};
+
+// ------------------------------------------------------------------------ scores
+// Tile shapes: TM queries x TN items per 256-thread block, each thread RM x RN scores at
+// rows ty + i*TY and columns tx + j*TX (consecutive threads read consecutive items).
+template <int TM_, int TN_, int RM_, int RN_>
+struct TileCfg {
+  static constexpr int TM = TM_, TN = TN_, RM = RM_, RN = RN_;
+  static constexpr int kThreads = 256;
+  static constexpr int TY = TM / RM, TX = TN / RN;
+  static constexpr int BK = 16;  // dimensions staged per step
+  static_assert(TY * TX == kThreads, "one score block per thread");
+  static_assert(TN % 32 == 0, "");
+};
+using WideCfg = TileCfg<8, 256, 2, 4>;  // few queries: every item is read once per 8 queries
+using TallCfg = TileCfg<64, 64, 4, 4>;  // many queries: 16 FMAs per 2 shared loads
+
+template <class T>
+struct ScoreArgs {
+  const T* queries;  // mq x d, this chunk
+  int64_t mq;        // queries in this chunk
+  int64_t q_first;   // global index of the chunk's first query (for the exclusion rows)
+  const T* items;    // n x d
+  int64_t n;
+  int d;
+  const T* scale;    // n
+  const T* bias;     // n
+  const uint8_t* mask;             // n or null
+  const int64_t* exclude_indptr;   // global m + 1 or null
+  const int32_t* exclude_indices;  // sorted within each row
+};
+
+template <class T, class Cfg>
+__host__ __device__ constexpr size_t tile_stage_bytes() {
+  return align16(sizeof(T) * Cfg::BK * (Cfg::TM + 1)) + align16(sizeof(T) * Cfg::BK * (Cfg::TN + 1));
+}
+
+// acc = Q[q0 : q0+TM] · V[j0 : j0+TN]ᵀ; rows outside [0, mq) and items outside [0, j_end)
+// read as zeros (their scores are discarded by the caller). Every thread of the block must
+// call it (it synchronises).
+template <class T, class Cfg>
+__device__ __forceinline__ void score_tile(const ScoreArgs<T>& a, int64_t q0, int64_t j0,
+                                           int64_t j_end, T* Qs, T* Vs,
+                                           T (&acc)[Cfg::RM][Cfg::RN]) {
+  constexpr int TM = Cfg::TM, TN = Cfg::TN, BK = Cfg::BK;
+  const int tid = threadIdx.x;
+  const int tx = tid % Cfg::TX, ty = tid / Cfg::TX;
+#pragma unroll
+  for (int i = 0; i < Cfg::RM; ++i)
+#pragma unroll
+    for (int j = 0; j < Cfg::RN; ++j) acc[i][j] = T(0);
+  for (int k0 = 0; k0 < a.d; k0 += BK) {
+    for (int e = tid; e < TM * BK; e += Cfg::kThreads) {
+      const int row = e / BK, col = e % BK;
+      const int64_t q = q0 + row;
+      const int dim = k0 + col;
+      Qs[col * (TM + 1) + row] =
+          (q < a.mq && dim < a.d) ? a.queries[q * a.d + dim] : T(0);
+    }
+    for (int e = tid; e < TN * BK; e += Cfg::kThreads) {
+      const int row = e / BK, col = e % BK;
+      const int64_t j = j0 + row;
+      const int dim = k0 + col;
+      Vs[col * (TN + 1) + row] = (j < j_end && dim < a.d) ? a.items[j * a.d + dim] : T(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      T qv[Cfg::RM], vv[Cfg::RN];
+#pragma unroll
+      for (int i = 0; i < Cfg::RM; ++i) qv[i] = Qs[kk * (TM + 1) + ty + i * Cfg::TY];
+#pragma unroll
+      for (int j = 0; j < Cfg::RN; ++j) vv[j] = Vs[kk * (TN + 1) + tx + j * Cfg::TX];
+#pragma unroll
+      for (int i = 0; i < Cfg::RM; ++i)
+#pragma unroll
+        for (int j = 0; j < Cfg::RN; ++j) acc[i][j] += qv[i] * vv[j];
+    }
+    __syncthreads();  // the stage is overwritten next step
+  }
+}
+
+// Whether `item` is in the (sorted, possibly repeating) exclusion row of global query q.
+__device__ __forceinline__ bool excluded(const int64_t* indptr, const int32_t* indices,
+                                         int64_t q, int item) {
+  if (indptr == nullptr) return false;
+  int64_t lo = indptr[q];
+  const int64_t end = indptr[q + 1];
+  int64_t hi = end;
+  while (lo < hi) {  // first position with indices[pos] >= item
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (indices[mid] < item) lo = mid + 1; else hi = mid;
+  }
+  return lo < end && indices[lo] == item;
+}
+
+// The key of (chunk query r, item j), with every filter applied.
+template <class T>
+__device__ __forceinline__ typename Sel<T>::Key qualified_key(const ScoreArgs<T>& a, int64_t r,
+                                                              int64_t j, T dot) {
+  // __fmul_rn: never contracted into an FMA, so s = round(round(dot*scale) + bias) as in
+  // the reference.
+  const T s = Sel<T>::mul(dot, a.scale[j]) + a.bias[j];
+  const typename Sel<T>::Key key = Sel<T>::key_of(s);
+  if (key == 0) return 0;
+  if (a.mask != nullptr && a.mask[j] == 0) return 0;
+  if (excluded(a.exclude_indptr, a.exclude_indices, a.q_first + r, static_cast<int>(j))) return 0;
+  return key;
+}
+
+// keys[r * row_stride + col_offset + (j - j_first)] for r < mq, j in [j_first, j_end).
+template <class T, class Cfg>
+__global__ void __launch_bounds__(256)
+score_keys_kernel(ScoreArgs<T> a, int64_t j_first, int64_t j_end, typename Sel<T>::Key* keys,
+                  int64_t row_stride, int64_t col_offset) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* Qs = reinterpret_cast<T*>(smem);
+  T* Vs = reinterpret_cast<T*>(smem + align16(sizeof(T) * Cfg::BK * (Cfg::TM + 1)));
+  const int64_t q0 = static_cast<int64_t>(blockIdx.y) * Cfg::TM;
+  const int64_t j0 = j_first + static_cast<int64_t>(blockIdx.x) * Cfg::TN;
+  T acc[Cfg::RM][Cfg::RN];
+  score_tile<T, Cfg>(a, q0, j0, j_end, Qs, Vs, acc);
+  const int tx = threadIdx.x % Cfg::TX, ty = threadIdx.x / Cfg::TX;
+#pragma unroll
+  for (int i = 0; i < Cfg::RM; ++i) {
+    const int64_t r = q0 + ty + i * Cfg::TY;
+    if (r >= a.mq) continue;
+#pragma unroll
+    for (int j = 0; j < Cfg::RN; ++j) {
+      const int64_t item = j0 + tx + j * Cfg::TX;
+      if (item >= j_end) continue;
+      keys[r * row_stride + col_offset + (item - j_first)] = qualified_key(a, r, item, acc[i][j]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------ block helpers
+
+// Exclusive prefix count of `flag` over the block (blockDim.x a multiple of 32, <= 1024), in
+// thread order; `total` gets the block's count. Every thread must call it.
+__device__ __forceinline__ unsigned int block_exclusive_count(bool flag, unsigned int* warp_counts,
+                                                              unsigned int& total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned int ballot = __ballot_sync(0xffffffffu, flag);
+  if (lane == 0) warp_counts[warp] = __popc(ballot);
+  __syncthreads();
+  unsigned int before = 0, sum = 0;
+  for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) {
+    const unsigned int c = warp_counts[w];
+    if (w < warp) before += c;
+    sum += c;
+  }
+  __syncthreads();  // warp_counts is reused by the next call
+  total = sum;
+  return before + __popc(ballot & ((1u << lane) - 1u));
+}
+
+// Sorts a[0, P) (P a power of two) best first. Threads t = 0 .. nt-1 of the group take part;
+// sync() must synchronise exactly that group.
+template <class T, class Sync>
+__device__ __forceinline__ void bitonic_sort_best_first(typename Sel<T>::Cand* a, int P, int t,
+                                                        int nt, Sync sync) {
+  using Cand = typename Sel<T>::Cand;
+  for (int size = 2; size <= P; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = t; i < P / 2; i += nt) {
+        const int lo = 2 * i - (i & (stride - 1));
+        const int hi = lo + stride;
+        // Runs of `size` alternate direction; at size == P every run is best first.
+        const bool best_first = (lo & size) == 0;
+        const Cand x = a[lo], y = a[hi];
+        if (best_first ? Sel<T>::better(y, x) : Sel<T>::better(x, y)) {
+          a[lo] = y;
+          a[hi] = x;
+        }
+      }
+      sync();
+    }
+  }
+}
+
+struct WarpSync {
+  __device__ void operator()() const { __syncwarp(); }
+};
+struct BlockSync {
+  __device__ void operator()() const { __syncthreads(); }
+};
+
+// ------------------------------------------------------------------------ simple path
+
+constexpr int kSelectThreads = 512;
+
+// Row r of the chunk: positions [0, kk) are the survivors carried from earlier item chunks
+// (id order, key 0 past their count; skipped when !has_prev), positions [kk, kk + len) the
+// keys of items j_first .. j_first + len - 1. Writes the min(kk, valid) best to sel_* in
+// position order, their count to counts[r], and carries them back into positions [0, kk).
+template <class Key>
+__global__ void __launch_bounds__(kSelectThreads)
+select_kernel(Key* keys, int64_t row_stride, int kk, bool has_prev, int64_t len,
+              int32_t* carried_ids, int64_t j_first, Key* sel_keys, int32_t* sel_ids,
+              int* counts) {
+  __shared__ unsigned int hist[256];
+  __shared__ unsigned int warp_counts[32];
+  __shared__ unsigned int valid_count;
+  __shared__ Key s_prefix, s_mask;
+  __shared__ unsigned int s_remaining;
+  const int64_t r = blockIdx.x;
+  Key* row = keys + r * row_stride;
+  int32_t* row_carried = carried_ids + r * static_cast<int64_t>(kk);
+  const int64_t begin = has_prev ? 0 : kk;
+  const int64_t end = static_cast<int64_t>(kk) + len;
+  const int tid = threadIdx.x;
+
+  if (tid == 0) valid_count = 0;
+  __syncthreads();
+  unsigned int mine = 0;
+  for (int64_t p = begin + tid; p < end; p += blockDim.x) mine += row[p] != 0;
+  atomicAdd(&valid_count, mine);
+  __syncthreads();
+
+  // threshold `thresh` and how many ties == thresh to keep; with valid <= kk: everything non-zero.
+  Key thresh = 0;
+  unsigned int needed = 0;
+  if (valid_count > static_cast<unsigned int>(kk)) {  // block-uniform
+    Key prefix = 0, digit_mask = 0;
+    unsigned int remaining = static_cast<unsigned int>(kk);
+    for (int shift = static_cast<int>(sizeof(Key) * 8) - 8; shift >= 0; shift -= 8) {
+      for (int b = tid; b < 256; b += blockDim.x) hist[b] = 0;
+      __syncthreads();
+      for (int64_t p = begin + tid; p < end; p += blockDim.x) {
+        const Key key = row[p];
+        if ((key & digit_mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xff], 1u);
+      }
+      __syncthreads();
+      if (tid == 0) {
+        unsigned int above = 0;
+        int b = 255;
+        for (; b > 0; --b) {
+          if (above + hist[b] >= remaining) break;
+          above += hist[b];
+        }
+        // b == 0 only when the rest lies in bin 0 (the counts guarantee it holds enough).
+        s_prefix = prefix | (static_cast<Key>(b) << shift);
+        s_mask = digit_mask | (static_cast<Key>(0xff) << shift);
+        s_remaining = remaining - above;
+      }
+      __syncthreads();
+      prefix = s_prefix;
+      digit_mask = s_mask;
+      remaining = s_remaining;
+      __syncthreads();  // s_* are written again next digit
+    }
+    thresh = prefix;      // the kk-th largest key (> 0: more than kk keys are non-zero)
+    needed = remaining;   // ties == T to keep; kk - needed keys are > T
+  }
+
+  // Ordered compaction: keys > T, and the first `needed` keys == T in position order.
+  unsigned int ties_before = 0, kept_before = 0;
+  for (int64_t base = begin; base < end; base += blockDim.x) {
+    const int64_t p = base + tid;
+    const Key key = p < end ? row[p] : Key(0);
+    const bool tie = needed > 0 && key == thresh;
+    unsigned int ties_total = 0, kept_total = 0;
+    const unsigned int tie_rank = ties_before + block_exclusive_count(tie, warp_counts, ties_total);
+    const bool keep = key > thresh || (tie && tie_rank < needed);
+    const unsigned int slot = kept_before + block_exclusive_count(keep, warp_counts, kept_total);
+    if (keep) {
+      sel_keys[r * kk + slot] = key;
+      sel_ids[r * kk + slot] =
+          p < kk ? row_carried[p] : static_cast<int32_t>(j_first + (p - kk));
+    }
+    ties_before += ties_total;
+    kept_before += kept_total;
+  }
+  __syncthreads();  // sel_* complete (global writes of this block are visible after it)
+  if (tid == 0) counts[r] = static_cast<int>(kept_before);
+  for (int64_t c = tid; c < kk; c += blockDim.x) {
+    const bool here = c < static_cast<int64_t>(kept_before);
+    row[c] = here ? sel_keys[r * kk + c] : Key(0);
+    row_carried[c] = here ? sel_ids[r * kk + c] : -1;
+  }
+}
+
+__global__ void segment_bounds_kernel(const int* counts, int64_t mq, int kk, int* begins,
+                                      int* ends) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= mq) return;
+  begins[r] = static_cast<int>(r * kk);
+  ends[r] = static_cast<int>(r * kk + counts[r]);
+}
+
+// ids/scores[r][c] for c < kk from the sorted survivors; padding past counts[r].
+template <class T>
+__global__ void finalize_kernel(const typename Sel<T>::Key* sorted_keys, const int32_t* sorted_ids,
+                                const int* counts, int64_t mq, int kk, int64_t* ids, T* scores) {
+  const int64_t total = mq * kk;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = e / kk, c = e % kk;
+    if (c < counts[r]) {
+      ids[e] = sorted_ids[e];
+      scores[e] = Sel<T>::value_of(sorted_keys[e]);
+    } else {
+      ids[e] = -1;
+      scores[e] = -static_cast<T>(INFINITY);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------ fused path
+
+struct FusedLayout {
+  size_t stage, thr, cnt, flag, queue, scratch, total;
+};
+
+template <class T, class Cfg>
+__host__ __device__ FusedLayout fused_layout(int P) {
+  using Cand = typename Sel<T>::Cand;
+  FusedLayout L{};
+  L.stage = 0;
+  L.thr = L.stage + tile_stage_bytes<T, Cfg>();
+  L.cnt = L.thr + align16(sizeof(Cand) * Cfg::TM);
+  L.flag = L.cnt + align16(sizeof(int) * Cfg::TM);
+  L.queue = L.flag + 16;
+  L.scratch = L.queue + align16(sizeof(Cand) * Cfg::TM * Cfg::TN);  // queue capacity TN
+  L.total = L.scratch + align16(sizeof(Cand) * (Cfg::kThreads / 32) * P);
+  return L;
+}
+
+// Block (x = query tile, y = item slice): the best kk of items [slice*slice_len, ...) for
+// each of its TM queries, written best first to partial[(q * slices + slice) * kk ...].
+// P = next_pow2(kk + TN) is the warp merge buffer. The queue of a query holds TN candidates:
+// one tile adds at most TN per query, so after merging a full queue the rest of a tile
+// always fits (the retry loop runs at most twice per tile).
+template <class T, class Cfg>
+__global__ void __launch_bounds__(256)
+fused_topk_kernel(ScoreArgs<T> a, int64_t slice_len, int slices, int kk, int P,
+                  typename Sel<T>::Cand* partial) {
+  using S = Sel<T>;
+  using Cand = typename S::Cand;
+  constexpr int TM = Cfg::TM, TN = Cfg::TN, CAP = Cfg::TN, WARPS = Cfg::kThreads / 32;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const FusedLayout L = fused_layout<T, Cfg>(P);
+  T* Qs = reinterpret_cast<T*>(smem + L.stage);
+  T* Vs = reinterpret_cast<T*>(smem + L.stage + align16(sizeof(T) * Cfg::BK * (TM + 1)));
+  Cand* thr = reinterpret_cast<Cand*>(smem + L.thr);
+  int* cnt = reinterpret_cast<int*>(smem + L.cnt);
+  int* overflow = reinterpret_cast<int*>(smem + L.flag);
+  Cand* queue = reinterpret_cast<Cand*>(smem + L.queue);
+  Cand* scratch = reinterpret_cast<Cand*>(smem + L.scratch);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * TM;
+  const int slice = blockIdx.y;
+  const int64_t j_begin = static_cast<int64_t>(slice) * slice_len;
+  const int64_t j_end = a.n < j_begin + slice_len ? a.n : j_begin + slice_len;
+  auto list = [&](int r) { return partial + ((q0 + r) * slices + slice) * static_cast<int64_t>(kk); };
+
+  for (int e = tid; e < TM * kk; e += Cfg::kThreads) {
+    const int r = e / kk;
+    if (q0 + r < a.mq) list(r)[e % kk] = S::empty();
+  }
+  for (int r = tid; r < TM; r += Cfg::kThreads) {
+    thr[r] = S::empty();
+    cnt[r] = 0;
+  }
+  if (tid == 0) *overflow = 0;
+  __syncthreads();
+
+  // One warp merges query r's queue into its list; thr[r] becomes the new kk-th best.
+  auto merge_row = [&](int r) {
+    Cand* s = scratch + warp * P;
+    Cand* best = list(r);
+    const int queued = min(cnt[r], CAP);
+    for (int e = lane; e < P; e += 32)
+      s[e] = e < kk ? best[e] : (e < kk + queued ? queue[r * CAP + (e - kk)] : S::empty());
+    __syncwarp();
+    bitonic_sort_best_first<T>(s, P, lane, 32, WarpSync());
+    for (int e = lane; e < kk; e += 32) best[e] = s[e];
+    if (lane == 0) {
+      thr[r] = s[kk - 1];
+      cnt[r] = 0;
+    }
+    __syncwarp();  // s is reused for the warp's next row
+  };
+  // Merges every row whose queue holds at least `at_least` candidates (block-wide call).
+  auto merge_rows = [&](int at_least) {
+    for (int r = warp; r < TM; r += WARPS)
+      if (q0 + r < a.mq && cnt[r] >= at_least) merge_row(r);
+    __syncthreads();
+  };
+
+  const int tx = tid % Cfg::TX, ty = tid / Cfg::TX;
+  for (int64_t j0 = j_begin; j0 < j_end; j0 += TN) {  // block-uniform loop
+    T acc[Cfg::RM][Cfg::RN];
+    score_tile<T, Cfg>(a, q0, j0, j_end, Qs, Vs, acc);
+    // Candidates of this thread: above the current threshold, then the filters.
+    Cand cand[Cfg::RM][Cfg::RN];
+    unsigned int pending = 0;
+#pragma unroll
+    for (int i = 0; i < Cfg::RM; ++i) {
+      const int r = ty + i * Cfg::TY;
+#pragma unroll
+      for (int j = 0; j < Cfg::RN; ++j) {
+        const int64_t item = j0 + tx + j * Cfg::TX;
+        cand[i][j] = S::empty();
+        if (q0 + r >= a.mq || item >= j_end) continue;
+        const T s = S::mul(acc[i][j], a.scale[item]) + a.bias[item];
+        const typename S::Key key = S::key_of(s);
+        if (key == 0) continue;
+        const Cand c = S::make(key, static_cast<int>(item));
+        if (!S::better(c, thr[r])) continue;  // the common case once the list is full
+        if (a.mask != nullptr && a.mask[item] == 0) continue;
+        if (excluded(a.exclude_indptr, a.exclude_indices, a.q_first + q0 + r,
+                     static_cast<int>(item)))
+          continue;
+        cand[i][j] = c;
+        pending |= 1u << (i * Cfg::RN + j);
+      }
+    }
+    while (true) {  // at most two rounds (see above); the exit test is block-uniform
+#pragma unroll
+      for (int i = 0; i < Cfg::RM; ++i) {
+        const int r = ty + i * Cfg::TY;
+#pragma unroll
+        for (int j = 0; j < Cfg::RN; ++j) {
+          const unsigned int bit = 1u << (i * Cfg::RN + j);
+          if (!(pending & bit)) continue;
+          if (!S::better(cand[i][j], thr[r])) {  // the threshold rose in a merge
+            pending &= ~bit;
+            continue;
+          }
+          const int slot = atomicAdd(&cnt[r], 1);
+          if (slot < CAP) {
+            queue[r * CAP + slot] = cand[i][j];
+            pending &= ~bit;
+          } else {
+            *overflow = 1;  // retried after the full queues are merged
+          }
+        }
+      }
+      __syncthreads();
+      const bool again = *overflow != 0;
+      __syncthreads();  // everyone has read the flag before it is cleared
+      if (!again) break;
+      if (tid == 0) *overflow = 0;
+      merge_rows(CAP);  // ends with __syncthreads
+    }
+  }
+  merge_rows(1);  // flush what is left in the queues
+}
+
+// One block per query row r: the best kk of its `slices` lists (slices * kk <= P2 entries).
+template <class T>
+__global__ void __launch_bounds__(512)
+merge_slices_kernel(const typename Sel<T>::Cand* partial, int slices, int kk, int P2,
+                    int64_t* ids, T* scores) {
+  using S = Sel<T>;
+  using Cand = typename S::Cand;
+  extern __shared__ __align__(16) unsigned char smem[];
+  Cand* s = reinterpret_cast<Cand*>(smem);
+  const int64_t r = blockIdx.x;
+  const int total = slices * kk;
+  const Cand* lists = partial + r * total;
+  for (int e = threadIdx.x; e < P2; e += blockDim.x) s[e] = e < total ? lists[e] : S::empty();
+  __syncthreads();
+  bitonic_sort_best_first<T>(s, P2, threadIdx.x, blockDim.x, BlockSync());
+  for (int c = threadIdx.x; c < kk; c += blockDim.x) {
+    const Cand best = s[c];
+    const auto key = S::key(best);
+    ids[r * kk + c] = key == 0 ? -1 : S::id(best);
+    scores[r * kk + c] = key == 0 ? -static_cast<T>(INFINITY) : S::value_of(key);
+  }
+}
+
+constexpr int kMergeCapacity = 4096;  // slices * kk <= this (merge_slices_kernel's shared sort)
+
+template <class Kernel>
+void allow_shared(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    RECFUSE_TOPK_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(bytes)));
+}
+
+}  // namespace
+
+void set_topk_path(TopkPath path) noexcept { g_path.store(static_cast<int>(path)); }
+TopkPath topk_path() noexcept { return static_cast<TopkPath>(g_path.load()); }
+
+// ------------------------------------------------------------------------ the item table
+
+template <class T>
+struct TopkItems<T>::State {
+  int device = 0;
+  int sm_count = 1;
+  int optin_shared = 48 * 1024;
+  Buffer<T> items, scale, bias;
+};
+
+template <class T>
+TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T* scale, int)
+    : n_(n), d_(d), state_(new State) {
+  expect(n >= 0 && n <= INT32_MAX, "items must have at most 2**31 - 1 rows");
+  expect(d >= 1, "items must have at least one column");
+  int count = 0;
+  RECFUSE_TOPK_CHECK(cudaGetDeviceCount(&count));
+  if (count == 0) throw std::runtime_error("no CUDA device");
+  RECFUSE_TOPK_CHECK(cudaGetDevice(&state_->device));
+  RECFUSE_TOPK_CHECK(
+      cudaDeviceGetAttribute(&state_->sm_count, cudaDevAttrMultiProcessorCount, state_->device));
+  RECFUSE_TOPK_CHECK(cudaDeviceGetAttribute(
+      &state_->optin_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, state_->device));
+  const size_t nd = static_cast<size_t>(n) * static_cast<size_t>(d);
+  state_->items.allocate(nd);
+  state_->scale.allocate(static_cast<size_t>(n));
+  state_->bias.allocate(static_cast<size_t>(n));
+  if (n == 0) return;
+  RECFUSE_TOPK_CHECK(cudaMemcpy(state_->items.get(), items, nd * sizeof(T), cudaMemcpyHostToDevice));
+  // Missing scale / bias become 1 / 0: (dot * 1) + 0 == dot exactly (up to the sign of 0).
+  std::vector<T> fill;
+  if (scale == nullptr) fill.assign(static_cast<size_t>(n), T(1));
+  RECFUSE_TOPK_CHECK(cudaMemcpy(state_->scale.get(), scale ? scale : fill.data(),
+                                static_cast<size_t>(n) * sizeof(T), cudaMemcpyHostToDevice));
+  if (bias == nullptr) fill.assign(static_cast<size_t>(n), T(0));
+  RECFUSE_TOPK_CHECK(cudaMemcpy(state_->bias.get(), bias ? bias : fill.data(),
+                                static_cast<size_t>(n) * sizeof(T), cudaMemcpyHostToDevice));
+}
+
+template <class T>
+TopkItems<T>::~TopkItems() = default;
+
+namespace {
+
+// The simple path for one chunk of queries: results into ids/scores (mq x kk, device).
+template <class T, class Cfg>
+void run_simple(const ScoreArgs<T>& a, int kk, int64_t item_chunk, cudaStream_t stream,
+                int64_t* ids, T* scores) {
+  using Key = typename Sel<T>::Key;
+  const int64_t mq = a.mq, n = a.n;
+  const int64_t row_stride = kk + item_chunk;
+  Buffer<Key> keys(static_cast<size_t>(mq * row_stride));
+  Buffer<int32_t> carried(static_cast<size_t>(mq * kk)), sel_ids(static_cast<size_t>(mq * kk)),
+      sorted_ids(static_cast<size_t>(mq * kk));
+  Buffer<Key> sel_keys(static_cast<size_t>(mq * kk)), sorted_keys(static_cast<size_t>(mq * kk));
+  Buffer<int> counts(static_cast<size_t>(mq)), begins(static_cast<size_t>(mq)),
+      ends(static_cast<size_t>(mq));
+  const size_t stage = tile_stage_bytes<T, Cfg>();
+  bool has_prev = false;
+  for (int64_t j_first = 0; j_first < n; j_first += item_chunk) {
+    const int64_t len = std::min(item_chunk, n - j_first);
+    const dim3 grid(static_cast<unsigned int>(ceil_div(len, Cfg::TN)),
+                    static_cast<unsigned int>(ceil_div(mq, Cfg::TM)));
+    score_keys_kernel<T, Cfg><<<grid, Cfg::kThreads, stage, stream>>>(
+        a, j_first, j_first + len, keys.get(), row_stride, kk);
+    check(cudaGetLastError(), "score_keys_kernel");
+    select_kernel<Key><<<static_cast<unsigned int>(mq), kSelectThreads, 0, stream>>>(
+        keys.get(), row_stride, kk, has_prev, len, carried.get(), j_first, sel_keys.get(),
+        sel_ids.get(), counts.get());
+    check(cudaGetLastError(), "select_kernel");
+    has_prev = true;
+  }
+  segment_bounds_kernel<<<static_cast<unsigned int>(ceil_div(mq, 256)), 256, 0, stream>>>(
+      counts.get(), mq, kk, begins.get(), ends.get());
+  check(cudaGetLastError(), "segment_bounds_kernel");
+  // Stable radix sort by key, descending: ties keep their id order.
+  size_t temp_bytes = 0;
+  const int items = static_cast<int>(mq * kk);
+  RECFUSE_TOPK_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+      nullptr, temp_bytes, sel_keys.get(), sorted_keys.get(), sel_ids.get(), sorted_ids.get(),
+      items, static_cast<int>(mq), begins.get(), ends.get(), 0, static_cast<int>(sizeof(Key) * 8),
+      stream));
+  Buffer<unsigned char> temp(std::max<size_t>(temp_bytes, 1));
+  RECFUSE_TOPK_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+      temp.get(), temp_bytes, sel_keys.get(), sorted_keys.get(), sel_ids.get(), sorted_ids.get(),
+      items, static_cast<int>(mq), begins.get(), ends.get(), 0, static_cast<int>(sizeof(Key) * 8),
+      stream));
+  const int64_t total = mq * kk;
+  finalize_kernel<T><<<static_cast<unsigned int>(std::min<int64_t>(ceil_div(total, 256), 65535)),
+                       256, 0, stream>>>(sorted_keys.get(), sorted_ids.get(), counts.get(), mq,
+                                         kk, ids, scores);
+  check(cudaGetLastError(), "finalize_kernel");
+  // The buffers above are freed on return: wait for the kernels that use them.
+  check(cudaStreamSynchronize(stream), "the simple top-k path");
+}
+
+// The fused path for one chunk of queries (kk <= kFusedMaxK).
+template <class T, class Cfg>
+void run_fused(const ScoreArgs<T>& a, int kk, int slices, cudaStream_t stream, int64_t* ids,
+               T* scores) {
+  using Cand = typename Sel<T>::Cand;
+  const int64_t mq = a.mq;
+  const int P = next_pow2(kk + Cfg::TN);
+  const FusedLayout L = fused_layout<T, Cfg>(P);
+  const int64_t slice_len = ceil_div(ceil_div(a.n, slices), Cfg::TN) * Cfg::TN;
+  Buffer<Cand> partial(static_cast<size_t>(mq * slices * kk));
+  const dim3 grid(static_cast<unsigned int>(ceil_div(mq, Cfg::TM)), static_cast<unsigned int>(slices));
+  allow_shared(fused_topk_kernel<T, Cfg>, L.total);
+  fused_topk_kernel<T, Cfg><<<grid, Cfg::kThreads, L.total, stream>>>(a, slice_len, slices, kk,
+                                                                      P, partial.get());
+  check(cudaGetLastError(), "fused_topk_kernel");
+  const int P2 = next_pow2(slices * kk);
+  const size_t merge_bytes = sizeof(Cand) * P2;
+  allow_shared(merge_slices_kernel<T>, merge_bytes);
+  merge_slices_kernel<T><<<static_cast<unsigned int>(mq), 512, merge_bytes, stream>>>(
+      partial.get(), slices, kk, P2, ids, scores);
+  check(cudaGetLastError(), "merge_slices_kernel");
+  check(cudaStreamSynchronize(stream), "the fused top-k path");
+}
+
+}  // namespace
+
+template <class T>
+void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters& filters, int,
+                          int64_t* out_ids, T* out_scores) const {
+  expect(k >= 1, "k must be >= 1, got " + std::to_string(k));
+  expect(m >= 0, "m must be >= 0");
+  if (m == 0) return;
+  const int kk = static_cast<int>(std::min<int64_t>(k, n_));
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  auto pad_columns = [&](int64_t row_begin, int64_t row_end, int from) {
+    for (int64_t r = row_begin; r < row_end; ++r)
+      for (int64_t c = from; c < k; ++c) {
+        out_ids[r * k + c] = -1;
+        out_scores[r * k + c] = neg_inf;
+      }
+  };
+  if (kk == 0) {  // an empty table: padding only
+    pad_columns(0, m, 0);
+    return;
+  }
+  RECFUSE_TOPK_CHECK(cudaSetDevice(state_->device));
+  Stream stream;
+  const cudaStream_t s = stream.get();
+
+  // Filters: uploaded once per search (they are inputs of the caller's size).
+  Buffer<uint8_t> mask;
+  Buffer<int64_t> ex_indptr;
+  Buffer<int32_t> ex_indices;
+  if (filters.mask != nullptr) {
+    mask.allocate(static_cast<size_t>(n_));
+    RECFUSE_TOPK_CHECK(cudaMemcpyAsync(mask.get(), filters.mask, static_cast<size_t>(n_),
+                                       cudaMemcpyHostToDevice, s));
+  }
+  if (filters.exclude_indptr != nullptr) {
+    const int64_t nnz = filters.exclude_indptr[m];
+    ex_indptr.allocate(static_cast<size_t>(m + 1));
+    RECFUSE_TOPK_CHECK(cudaMemcpyAsync(ex_indptr.get(), filters.exclude_indptr,
+                                       sizeof(int64_t) * (m + 1), cudaMemcpyHostToDevice, s));
+    if (nnz > 0) {
+      ex_indices.allocate(static_cast<size_t>(nnz));
+      RECFUSE_TOPK_CHECK(cudaMemcpyAsync(ex_indices.get(), filters.exclude_indices,
+                                         sizeof(int32_t) * nnz, cudaMemcpyHostToDevice, s));
+    }
+  }
+
+  // The path and the chunk of queries processed at once (device memory <= the budget).
+  const TopkPath mode = topk_path();
+  const bool few = m <= 32;  // WideCfg: each item read once per 8 queries
+  const size_t fused_shared =
+      few ? fused_layout<T, WideCfg>(next_pow2(kk + WideCfg::TN)).total
+          : fused_layout<T, TallCfg>(next_pow2(kk + TallCfg::TN)).total;
+  const bool fused = mode != TopkPath::Simple && kk <= kFusedMaxK &&
+                     fused_shared <= static_cast<size_t>(state_->optin_shared);
+  const int64_t budget = kTopkSearchBudgetBytes;
+  const int64_t query_bytes = static_cast<int64_t>(d_) * sizeof(T);
+  const int64_t result_bytes = static_cast<int64_t>(kk) * (sizeof(int64_t) + sizeof(T));
+  int64_t chunk = 0, item_chunk = 0;
+  int slices = 1;
+  if (fused) {
+    const int64_t tm = few ? WideCfg::TM : TallCfg::TM, tn = few ? WideCfg::TN : TallCfg::TN;
+    chunk = std::min<int64_t>(m, 4096);
+    chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, budget / 4 / query_bytes));
+    // Enough blocks for two waves of the device, at least 16 tiles per slice, and all of a
+    // query's lists within the merge kernel's capacity.
+    const int64_t want = ceil_div(4 * static_cast<int64_t>(state_->sm_count), ceil_div(chunk, tm));
+    const int64_t most = std::min<int64_t>(kMergeCapacity / kk, std::max<int64_t>(1, n_ / (16 * tn)));
+    slices = static_cast<int>(std::max<int64_t>(1, std::min(want, most)));
+    // partial lists: chunk * slices * kk candidates (<= 4096 * 4096 * 16 bytes = 256 MiB)
+  } else {
+    item_chunk = std::min<int64_t>(n_, int64_t(1) << 22);
+    const int64_t key_bytes = sizeof(typename Sel<T>::Key);
+    const int64_t row_bytes = (kk + item_chunk) * key_bytes +
+                              static_cast<int64_t>(kk) * (4 * 3 + 2 * key_bytes) +
+                              2 * static_cast<int64_t>(kk) * (key_bytes + 4) /* CUB */ +
+                              result_bytes + query_bytes + 16;
+    chunk = std::max<int64_t>(1, budget / row_bytes);
+    chunk = std::min<int64_t>({chunk, m, 65535, INT_MAX / kk});
+  }
+
+  Buffer<T> d_queries(static_cast<size_t>(chunk * d_));
+  Buffer<int64_t> d_ids(static_cast<size_t>(chunk * kk));
+  Buffer<T> d_scores(static_cast<size_t>(chunk * kk));
+  for (int64_t q_first = 0; q_first < m; q_first += chunk) {
+    const int64_t mq = std::min(chunk, m - q_first);
+    RECFUSE_TOPK_CHECK(cudaMemcpyAsync(d_queries.get(), queries + q_first * d_,
+                                       sizeof(T) * mq * d_, cudaMemcpyHostToDevice, s));
+    const ScoreArgs<T> a{d_queries.get(), mq, q_first, state_->items.get(), n_, d_,
+                         state_->scale.get(), state_->bias.get(), mask.get(),
+                         ex_indptr.get(), ex_indices.get()};
+    if (fused) {
+      if (few) run_fused<T, WideCfg>(a, kk, slices, s, d_ids.get(), d_scores.get());
+      else run_fused<T, TallCfg>(a, kk, slices, s, d_ids.get(), d_scores.get());
+    } else {
+      if (mq <= 32) run_simple<T, WideCfg>(a, kk, item_chunk, s, d_ids.get(), d_scores.get());
+      else run_simple<T, TallCfg>(a, kk, item_chunk, s, d_ids.get(), d_scores.get());
+    }
+    // Rows of kk results into host rows of k (the rest is padding, filled below).
+    RECFUSE_TOPK_CHECK(cudaMemcpy2DAsync(out_ids + q_first * k, sizeof(int64_t) * k, d_ids.get(),
+                                         sizeof(int64_t) * kk, sizeof(int64_t) * kk, mq,
+                                         cudaMemcpyDeviceToHost, s));
+    RECFUSE_TOPK_CHECK(cudaMemcpy2DAsync(out_scores + q_first * k, sizeof(T) * k, d_scores.get(),
+                                         sizeof(T) * kk, sizeof(T) * kk, mq,
+                                         cudaMemcpyDeviceToHost, s));
+    stream.synchronize();
+  }
+  if (kk < k) pad_columns(0, m, kk);
+}
+
+template class TopkItems<float>;
+template class TopkItems<double>;
+
+}  // namespace cuda
+}  // namespace recfuse
