@@ -685,8 +685,10 @@ struct TopkItems<T>::State {
 };
 
 template <class T>
-TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T* scale, int)
+TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T* scale, int,
+                        bool bfloat16)
     : n_(n), d_(d), state_(new State) {
+  expect(!bfloat16, "bfloat16 storage is available on the cpu backend only");
   expect(n >= 0 && n <= INT32_MAX, "items must have at most 2**31 - 1 rows");
   expect(d >= 1, "items must have at least one column");
   int count = 0;

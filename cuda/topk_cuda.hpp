@@ -51,14 +51,16 @@ class TopkItems {
   using value_type = T;
 
   // Copies items (n x d, row-major), bias and scale (n each, may be null: 0 and 1) to the
-  // device. num_threads is ignored.
-  TopkItems(const T* items, int64_t n, int d, const T* bias, const T* scale, int num_threads);
+  // device. num_threads is ignored; bfloat16 storage is a CPU option (true throws).
+  TopkItems(const T* items, int64_t n, int d, const T* bias, const T* scale, int num_threads,
+            bool bfloat16 = false);
   ~TopkItems();
   TopkItems(const TopkItems&) = delete;
   TopkItems& operator=(const TopkItems&) = delete;
 
   int64_t n() const { return n_; }
   int d() const { return d_; }
+  bool bfloat16() const { return false; }
 
   // Host arrays in and out: queries m x d (finite), filters as in recfuse::TopkFilters (host
   // pointers; excluded ids sorted within each row), ids and scores m x k (row-major).
