@@ -29,18 +29,18 @@ echo "build: $(( $(date +%s) - start )) s"
 "$PY" -m recfuse.cli info
 status=0
 # Each step is bounded (a failing hypothesis test shrinks for a long time): TEST_TIMEOUT_S per
-# test file, BENCH_BUDGET_S per benchmark.
-for tests in tests/test_gpu_*.py; do
+# test file, BENCH_BUDGET_S per benchmark. GPU_TESTS and GPU_BENCHES choose files and order.
+for tests in ${GPU_TESTS:-tests/test_gpu_*.py}; do
   name=$(basename "$tests" .py)
   timeout "${TEST_TIMEOUT_S:-150}" "$PY" -m pytest -q -m gpu -p no:cacheprovider "$tests" \
     > "$LOG/$name.log" 2>&1 || status=1
-  echo "== $name"; grep -E "passed|failed|error" "$LOG/$name.log" | tail -15
+  echo "== $name"; grep -iE "passed|failed|error" "$LOG/$name.log" | tail -15
 done
 timeout "${TEST_TIMEOUT_S:-150}" "$PY" -m pytest -q -p no:cacheprovider tests/test_als_backends.py \
   -k "cuda or cupy" > "$LOG/backend_tests.log" 2>&1 || status=1
 echo "== test_als_backends (cuda, cupy)"; tail -3 "$LOG/backend_tests.log"
 mkdir -p bench/results
-for script in bench/bench_gpu_*.py; do
+for script in ${GPU_BENCHES:-bench/bench_gpu_*.py}; do
   name=$(basename "$script" .py)
   timeout $(( ${BENCH_BUDGET_S:-90} + 60 )) "$PY" "$script" --budget-s "${BENCH_BUDGET_S:-90}" \
     > "$LOG/$name.log" 2>&1 || status=1
