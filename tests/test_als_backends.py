@@ -423,3 +423,27 @@ def test_numba_backend_is_registered():
         assert resolve_backend("numba").NAME == "numba"
     else:
         assert "numba" in info.detail
+
+
+@given(data=st.data(), dtype=st.sampled_from([np.float32, np.float64]),
+       confidence=st.sampled_from(["linear", "raw"]))
+def test_cupy_engine_arithmetic_on_the_host(data, dtype, confidence):
+    """The CuPy backend's engine, run with NumPy/SciPy in place of CuPy: its CG half-sweep and
+    loss follow the numpy backend (the Cholesky kernel needs a device: test_gpu_als.py)."""
+    import scipy.sparse
+
+    from recfuse._als import cupy_backend, numpy_backend
+
+    matrix = data.draw(csr_matrices(dtype=dtype, allow_negative=confidence == "raw"))
+    problem = Problem(matrix, data.draw(st.integers(0, 2**31)), data.draw(st.integers(1, 6)),
+                      regularization=data.draw(st.sampled_from([0.1, 1.0])), alpha=2.0,
+                      confidence=confidence, solver="cg", cg_steps=3, dtype=dtype)
+    engine = cupy_backend._Engine(np, scipy.sparse, problem.params, dtype)
+    csr = cupy_backend._DeviceCsr(engine, problem.csr)
+    X = problem.X0.copy()
+    engine.sweep(csr, problem.Y.copy(), X)
+    X_ref, _ = problem.run(numpy_backend)
+    np.testing.assert_allclose(X, X_ref, rtol=1e-3, atol=1e-3 * (1 + np.abs(X_ref).max()))
+    loss = engine.data_loss(csr, X_ref, problem.Y)
+    expected = numpy_backend.data_loss(problem.csr, X_ref, problem.Y, problem.params)
+    assert loss == pytest.approx(expected, rel=1e-6, abs=1e-9)

@@ -173,6 +173,16 @@ class _DeviceCsr:
         # subnormal rating as 0 and drop its preference.
         w, q = reference.confidence_weights(R.data, engine.params.alpha, engine.params.confidence)
         self.w, self.q = xp.asarray(w), xp.asarray(q)
+        self._engine, self._host_data, self._weights64 = engine, R.data, None
+
+    def weights64(self):
+        """(w, q) in float64 on the device, for the loss; computed on first use."""
+        if self._weights64 is None:
+            p = self._engine.params
+            w, q = reference.confidence_weights(self._host_data.astype(np.float64), p.alpha,
+                                                p.confidence)
+            self._weights64 = (self._engine.xp.asarray(w), self._engine.xp.asarray(q))
+        return self._weights64
 
     def times(self, engine: "_Engine", values, F):
         """The CSR matrix with `values` in place of its stored values, times dense F."""
@@ -281,7 +291,7 @@ class _Engine:
         X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
         total = float(((X64 @ (Y64.T @ Y64)) * X64).sum())
         if csr.nnz:
-            w, q = self.weights(csr.data.astype(np.float64))
+            w, q = csr.weights64()
             d = self.row_dots(csr, X64, Y64)
             total += float((q * (1.0 - 2.0 * d) + w * d * d).sum())
         return total
