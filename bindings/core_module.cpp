@@ -9,6 +9,7 @@
 #include <string>
 
 #include "als_bindings.hpp"
+#include "sgd_bindings.hpp"
 #include "recfuse/als.hpp"
 #include "recfuse/simd.hpp"
 
@@ -42,6 +43,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "recfuse native CPU kernels (C++17, OpenMP, runtime SIMD dispatch)";
   bind_als_functions<float, CpuKernels>(m, "");
   bind_als_functions<double, CpuKernels>(m, "");
+  bind_sgd_functions<float>(m);
+  bind_sgd_functions<double>(m);
   m.def("simd_level", [] { return std::string(recfuse::simd_level_name(recfuse::simd_level())); });
   m.def(
       "set_simd_level",

@@ -1,0 +1,42 @@
+// Per-rating SGD kernels, compiled once per SIMD level (sgd_kernels_<level>.cpp sets the
+// compiler flags), like the ALS kernels: plain loops with `omp simd`, no inline library
+// templates (a copy compiled with AVX-512 flags could be the one the linker keeps).
+#pragma once
+#include <cstdint>
+
+#include "recfuse/sgd.hpp"
+
+namespace recfuse {
+namespace kernels {
+
+// Each function runs the updates of entries [begin, end) of one block, in order.
+template <class T>
+struct SgdKernels {
+  void (*svd_range)(const int32_t* users, const int32_t* items, const T* ratings, int64_t begin,
+                    int64_t end, T mu, T* bu, T* bi, T* P, T* Q, int k, const SgdRates<T>& rates,
+                    bool biased);
+  // Z: the implicit terms z_u (fixed); G: the gradient sums g_u (accumulated).
+  void (*svdpp_range)(const int32_t* users, const int32_t* items, const T* ratings,
+                      int64_t begin, int64_t end, T mu, T* bu, T* bi, T* P, T* Q, const T* Z,
+                      T* G, int k, const SgdRates<T>& rates);
+  // Entries whose negative is -1 are skipped.
+  void (*bpr_range)(const int32_t* users, const int32_t* positives, const int32_t* negatives,
+                    int64_t begin, int64_t end, T* P, T* Q, T* b, int k, T lr, T reg);
+  // out = scale * Σ_t Y[rows[t]] over t in [0, count)
+  void (*sum_rows)(const int32_t* rows, int64_t count, const T* Y, int k, T scale, T* out);
+  // y = decay * y + step
+  void (*decay_add)(T* y, const T* step, T decay, int k);
+};
+
+#define RECFUSE_DECLARE_SGD_LEVEL(ns)                \
+  namespace ns {                                     \
+  const SgdKernels<float>& sgd_kernels_float(int k);   \
+  const SgdKernels<double>& sgd_kernels_double(int k); \
+  }
+RECFUSE_DECLARE_SGD_LEVEL(generic)
+RECFUSE_DECLARE_SGD_LEVEL(avx2)
+RECFUSE_DECLARE_SGD_LEVEL(avx512)
+#undef RECFUSE_DECLARE_SGD_LEVEL
+
+}  // namespace kernels
+}  // namespace recfuse
