@@ -88,8 +88,7 @@ void bind_sgd_functions(py::module_& m) {
          const Array<int64_t>& offsets, int grid, double global_mean, Array<T>& user_bias,
          Array<T>& item_bias, Array<T>& P, Array<T>& Q, Array<T>& Y,
          const Array<int64_t>& implicit_indptr, const Array<int32_t>& implicit_indices,
-         const Array<int64_t>& by_item_indptr, const Array<int32_t>& by_item_users,
-         const std::array<double, 5>& lr, const std::array<double, 5>& reg, int num_threads) {
+         const std::array<double, 5>& lr, const std::array<double, 5>& reg) {
         const BlockLayout L = block_layout(users, items, offsets, grid);
         expect(ratings.ndim() == 1 && ratings.size() == users.size(),
                "ratings must have one entry per user id, got shape " + shape_of(ratings));
@@ -103,9 +102,6 @@ void bind_sgd_functions(py::module_& m) {
                    implicit_indices.ndim() == 1 &&
                    implicit_indices.size() == implicit_indptr.at(n_users),
                "implicit must be a CSR pattern with n_users + 1 indptr entries");
-        expect(by_item_indptr.ndim() == 1 && by_item_indptr.size() == n_items + 1 &&
-                   by_item_users.ndim() == 1 && by_item_users.size() == by_item_indptr.at(n_items),
-               "by_item must be a CSR pattern with n_items + 1 indptr entries");
         const auto rates = sgd_rates<T>(lr, reg);
         const T* r = ratings.data();
         T *bu = user_bias.mutable_data(), *bi = item_bias.mutable_data();
@@ -113,18 +109,16 @@ void bind_sgd_functions(py::module_& m) {
         py::gil_scoped_release release;
         recfuse::svdpp_epoch<T>(L, r, static_cast<T>(global_mean), bu, bi, p, q, y, n_users,
                                 n_items, static_cast<int>(k), implicit_indptr.data(),
-                                implicit_indices.data(), by_item_indptr.data(),
-                                by_item_users.data(), rates, num_threads);
+                                implicit_indices.data(), rates);
       },
       py::arg("users").noconvert(), py::arg("items").noconvert(), py::arg("ratings").noconvert(),
       py::arg("offsets").noconvert(), py::arg("grid"), py::arg("global_mean"),
       py::arg("user_bias").noconvert(), py::arg("item_bias").noconvert(),
       py::arg("P").noconvert(), py::arg("Q").noconvert(), py::arg("Y").noconvert(),
       py::arg("implicit_indptr").noconvert(), py::arg("implicit_indices").noconvert(),
-      py::arg("by_item_indptr").noconvert(), py::arg("by_item_users").noconvert(),
-      py::arg("lr"), py::arg("reg"), py::arg("num_threads") = 0,
-      "One SVD++ epoch in place (recfuse.reference.svdpp_sgd_epoch in array order). lr and "
-      "reg: (bu, bi, pu, qi, yj).");
+      py::arg("lr"), py::arg("reg"),
+      "One SVD++ epoch in place by user passes, sequential (recfuse.reference.svdpp_sgd_epoch "
+      "in array order). lr and reg: (bu, bi, pu, qi, yj).");
 
   m.def(
       "bpr_epoch",

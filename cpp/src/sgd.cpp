@@ -152,51 +152,21 @@ template <class T>
 void svdpp_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_bias,
                  T* item_bias, T* P, T* Q, T* Y, int64_t n_users, int64_t n_items, int k,
                  const int64_t* implicit_indptr, const int32_t* implicit_indices,
-                 const int64_t* by_item_indptr, const int32_t* by_item_users,
-                 const SgdRates<T>& rates, int num_threads) {
+                 const SgdRates<T>& rates) {
   check_layout(L, n_users, n_items, k);
   check_pattern(implicit_indptr, implicit_indices, n_users, n_items, "implicit");
-  check_pattern(by_item_indptr, by_item_users, n_items, n_users, "by_item");
   const auto& kern = sgd_kernels<T>(k);
   const int64_t nnz = L.offsets[static_cast<int64_t>(L.grid) * L.grid];
-  const int64_t implicit_nnz = implicit_indptr[n_users];
-  const int threads = thread_count(num_threads, L.grid, static_cast<double>(nnz + implicit_nnz));
-  const size_t size = static_cast<size_t>(n_users) * k;
-  std::vector<T> Z(size), G(size, T(0));
-  std::vector<int64_t> counts(static_cast<size_t>(n_users), 0);
-  for (int64_t t = 0; t < nnz; ++t) ++counts[L.users[t]];
-  // 1. z_u from y as it stands at the start of the epoch.
-#pragma omp parallel for schedule(dynamic, 64) num_threads(threads)
-  for (int64_t u = 0; u < n_users; ++u) {
-    const int64_t start = implicit_indptr[u], length = implicit_indptr[u + 1] - start;
-    const T scale = length ? static_cast<T>(1.0 / std::sqrt(static_cast<double>(length))) : T(0);
-    kern.sum_rows(implicit_indices + start, length, Y, k, scale, Z.data() + u * k);
-  }
-  // 2. the ratings, block by block.
-  for_each_block(L, threads, [&](int64_t, int64_t begin, int64_t end) {
-    kern.svdpp_range(L.users, L.items, ratings, begin, end, global_mean, user_bias, item_bias, P,
-                     Q, Z.data(), G.data(), k, rates);
-  });
-  // 3. y_j <- decay_u y_j + lr g_u / sqrt|N(u)| over the users of j in ascending order (the
-  // steps replace the gradient sums in G).
-  const T shrink = T(1) - rates.lr_yj * rates.reg_yj;
-  std::vector<T> decay(static_cast<size_t>(n_users), T(1));
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t u = 0; u < n_users; ++u) {
-    const int64_t length = implicit_indptr[u + 1] - implicit_indptr[u];
-    if (length == 0 || counts[u] == 0) continue;
-    decay[u] = static_cast<T>(std::pow(static_cast<double>(shrink), static_cast<double>(counts[u])));
-    const T scale = rates.lr_yj * static_cast<T>(1.0 / std::sqrt(static_cast<double>(length)));
-    T* g = G.data() + u * k;
-    for (int f = 0; f < k; ++f) g[f] *= scale;
-  }
-#pragma omp parallel for schedule(dynamic, 64) num_threads(threads)
-  for (int64_t j = 0; j < n_items; ++j) {
-    for (int64_t t = by_item_indptr[j]; t < by_item_indptr[j + 1]; ++t) {
-      const int64_t u = by_item_users[t];
-      if (counts[u] == 0) continue;
-      kern.decay_add(Y + j * k, G.data() + u * k, decay[u], k);
-    }
+  std::vector<T> scratch(2 * static_cast<size_t>(k));
+  for (int64_t begin = 0; begin < nnz;) {
+    const int32_t u = L.users[begin];
+    int64_t end = begin + 1;
+    while (end < nnz && L.users[end] == u) ++end;
+    const int64_t start = implicit_indptr[u];
+    kern.svdpp_pass(L.items, ratings, begin, end, u, global_mean, user_bias, item_bias, P, Q, Y,
+                    implicit_indices + start, implicit_indptr[u + 1] - start, k, rates,
+                    scratch.data());
+    begin = end;
   }
 }
 
@@ -245,8 +215,8 @@ int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_
   template void svd_epoch<T>(const BlockLayout&, const T*, T, T*, T*, T*, T*, int64_t, int64_t,  \
                              int, const SgdRates<T>&, bool, int);                                \
   template void svdpp_epoch<T>(const BlockLayout&, const T*, T, T*, T*, T*, T*, T*, int64_t,     \
-                               int64_t, int, const int64_t*, const int32_t*, const int64_t*,     \
-                               const int32_t*, const SgdRates<T>&, int);                         \
+                               int64_t, int, const int64_t*, const int32_t*,                     \
+                               const SgdRates<T>&);                                              \
   template int64_t bpr_epoch<T>(const BlockLayout&, const int64_t*, const int32_t*,              \
                                 const int32_t*, const int64_t*, T*, T*, T*, int64_t, int64_t,    \
                                 int, T, T, uint64_t, int, int32_t*, int);

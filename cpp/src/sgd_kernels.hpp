@@ -9,23 +9,19 @@
 namespace recfuse {
 namespace kernels {
 
-// Each function runs the updates of entries [begin, end) of one block, in order.
+// Each function runs the updates of entries [begin, end), in order.
 template <class T>
 struct SgdKernels {
   void (*svd_range)(const int32_t* users, const int32_t* items, const T* ratings, int64_t begin,
                     int64_t end, T mu, T* bu, T* bi, T* P, T* Q, int k, const SgdRates<T>& rates,
                     bool biased);
-  // Z: the implicit terms z_u (fixed); G: the gradient sums g_u (accumulated).
-  void (*svdpp_range)(const int32_t* users, const int32_t* items, const T* ratings,
-                      int64_t begin, int64_t end, T mu, T* bu, T* bi, T* P, T* Q, const T* Z,
-                      T* G, int k, const SgdRates<T>& rates);
+  // One SVD++ user pass over entries [begin, end) of user u; cols: N(u); scratch: 2k.
+  void (*svdpp_pass)(const int32_t* items, const T* ratings, int64_t begin, int64_t end,
+                     int64_t u, T mu, T* bu, T* bi, T* P, T* Q, T* Y, const int32_t* cols,
+                     int64_t count, int k, const SgdRates<T>& rates, T* scratch);
   // Entries whose negative is -1 are skipped.
   void (*bpr_range)(const int32_t* users, const int32_t* positives, const int32_t* negatives,
                     int64_t begin, int64_t end, T* P, T* Q, T* b, int k, T lr, T reg);
-  // out = scale * Σ_t Y[rows[t]] over t in [0, count)
-  void (*sum_rows)(const int32_t* rows, int64_t count, const T* Y, int k, T scale, T* out);
-  // y = decay * y + step
-  void (*decay_add)(T* y, const T* step, T decay, int k);
 };
 
 #define RECFUSE_DECLARE_SGD_LEVEL(ns)                \

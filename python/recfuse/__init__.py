@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from ._backend import backends, resolve_backend
 from .models.als import ALS
+from .models.sgd import SVD, SVDpp
 from .persistence import load
 
 __version__ = "0.1.0"
-__all__ = ["ALS", "backends", "load", "resolve_backend", "__version__"]
+__all__ = ["ALS", "SVD", "SVDpp", "backends", "load", "resolve_backend", "__version__"]

@@ -179,19 +179,20 @@ def als_loss(
 # SVD++ (Koren 2008) predicts μ + b_u + b_i + q_i·(p_u + z_u) with the implicit term
 # z_u = |N(u)|^(-1/2) Σ_{j∈N(u)} y_j over the items N(u) that u rated. Surprise recomputes z_u
 # from the current y and updates every y_j, j ∈ N(u), after *each* rating: O(|N(u)|² k) per
-# user and epoch. Here one epoch is
+# user and epoch. Here the epoch goes by *user passes*, maximal runs of consecutive ratings
+# (in ``order``) of one user u. For each pass:
 #
-#     1. z_u from y as it stands at the start of the epoch, for every user;
-#     2. for each rating in order: e = r − (μ + b_u + b_i + q_i·(p_u + z_u)); b_u, b_i, p_u
-#        as in SVD; q_i ← q_i + lr_qi (e (p_u + z_u) − reg_qi q_i); g_u ← g_u + e q_i
-#        (q_i, p_u before this step; g_u starts at 0);
-#     3. for each user u in ascending id, for each j ∈ N(u):
-#        y_j ← (1 − lr_yj reg_yj)^c_u y_j + lr_yj g_u / √|N(u)|, with c_u the number of
-#        ratings of u in the epoch.
+#     1. z_u from the current y;
+#     2. for each rating of the pass: e = r − (μ + b_u + b_i + q_i·(p_u + z_u)); b_u, b_i,
+#        p_u as in SVD; q_i ← q_i + lr_qi (e (p_u + z_u) − reg_qi q_i); g ← g + e q_i
+#        (q_i, p_u before this step; g starts at 0; z_u held);
+#     3. for each j ∈ N(u): y_j ← (1 − lr_yj reg_yj)^c y_j + lr_yj g / √|N(u)|, with c the
+#        number of ratings in the pass.
 #
-# Step 3 is Surprise's per-rating y update summed over the user's ratings: the same
-# gradient, the same total shrinkage (c_u factors of 1 − lr reg), applied once. The
-# difference is that z_u is held for the epoch: O(|N(u)| k) per user and epoch.
+# Step 3 is Surprise's per-rating y updates summed over the pass: the same gradients, the
+# same total shrinkage (c factors of 1 − lr reg), applied once. A pass of one rating is
+# exactly Surprise's update; with each user's ratings together (the order recfuse.SVDpp
+# uses) an epoch costs O(|N(u)| k) per user instead of O(|N(u)|² k).
 #
 # BPR (Rendle et al. 2009) with item biases, for a triple (u, i, j): i seen by u, j not:
 #
@@ -260,7 +261,8 @@ def svdpp_implicit_term(implicit: sp.csr_matrix, Y: np.ndarray) -> np.ndarray:
 
 def svdpp_sgd_epoch(users, items, ratings, global_mean, user_bias, item_bias, P, Q, Y,
                     implicit: sp.csr_matrix, *, lr, reg, order=None):
-    """One SVD++ epoch as defined above; returns new (user_bias, item_bias, P, Q, Y).
+    """One SVD++ epoch by user passes as defined above; returns new (user_bias, item_bias,
+    P, Q, Y).
 
     ``implicit`` is a users x items CSR whose row u lists N(u) (values ignored). ``lr`` and
     ``reg``: a number, or one per term (bu, bi, pu, qi, yj). The inputs are not modified.
@@ -272,28 +274,32 @@ def svdpp_sgd_epoch(users, items, ratings, global_mean, user_bias, item_bias, P,
     P, Q, Y = np.array(P, dtype=dtype), np.array(Q, dtype=dtype), np.array(Y, dtype=dtype)
     mu = dtype.type(global_mean)
     r_all = np.asarray(ratings, dtype=dtype)
-    Z = svdpp_implicit_term(implicit, Y)
-    G = np.zeros_like(P)
-    counts = np.zeros(P.shape[0], dtype=np.int64)
-    for t in _order(order, len(r_all)):
-        u, i, r = users[t], items[t], r_all[t]
-        p, q = P[u].copy(), Q[i].copy()
-        err = r - (mu + bu[u] + bi[i] + q @ (p + Z[u]))
-        bu[u] += lr_bu * (err - reg_bu * bu[u])
-        bi[i] += lr_bi * (err - reg_bi * bi[i])
-        P[u] = p + lr_pu * (err * q - reg_pu * p)
-        Q[i] = q + lr_qi * (err * (p + Z[u]) - reg_qi * q)
-        G[u] += err * q
-        counts[u] += 1
     shrink = dtype.type(1) - lr_yj * reg_yj
-    for u in range(P.shape[0]):
+    sequence = _order(order, len(r_all))
+    start = 0
+    while start < sequence.size:
+        u = users[sequence[start]]
+        end = start
+        while end < sequence.size and users[sequence[end]] == u:
+            end += 1
         cols = implicit.indices[implicit.indptr[u]:implicit.indptr[u + 1]]
-        if cols.size == 0 or counts[u] == 0:
-            continue
-        decay = dtype.type(shrink ** counts[u])
-        step = G[u] * (lr_yj * dtype.type(1 / np.sqrt(cols.size)))
+        inv_sqrt = dtype.type(1 / np.sqrt(cols.size)) if cols.size else dtype.type(0)
+        z = Y[cols].sum(axis=0) * inv_sqrt if cols.size else np.zeros(P.shape[1], dtype=dtype)
+        g = np.zeros(P.shape[1], dtype=dtype)
+        for t in sequence[start:end]:
+            i, r = items[t], r_all[t]
+            p, q = P[u].copy(), Q[i].copy()
+            err = r - (mu + bu[u] + bi[i] + q @ (p + z))
+            bu[u] += lr_bu * (err - reg_bu * bu[u])
+            bi[i] += lr_bi * (err - reg_bi * bi[i])
+            P[u] = p + lr_pu * (err * q - reg_pu * p)
+            Q[i] = q + lr_qi * (err * (p + z) - reg_qi * q)
+            g += err * q
+        decay = dtype.type(float(shrink) ** (end - start))
+        step = g * (lr_yj * inv_sqrt)
         for j in cols:
             Y[j] = decay * Y[j] + step
+        start = end
     return bu, bi, P, Q, Y
 
 

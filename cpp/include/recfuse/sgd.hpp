@@ -35,15 +35,16 @@ void svd_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_bi
                T* P, T* Q, int64_t n_users, int64_t n_items, int k, const SgdRates<T>& rates,
                bool biased, int num_threads);
 
-// One SVD++ epoch in place (reference.svdpp_sgd_epoch). N(u) is row u of the users x items
-// pattern (implicit_indptr, implicit_indices); (by_item_indptr, by_item_users) is its
-// transpose with users ascending within each item.
+// One SVD++ epoch in place (reference.svdpp_sgd_epoch) over the entries in array order, by
+// user passes (runs of one user's ratings). A pass reads and writes the y_j of all the
+// user's items, so passes cannot share a diagonal of blocks: this epoch is sequential and
+// L.grid only has to describe the array. N(u) is row u of the users x items pattern
+// (implicit_indptr, implicit_indices).
 template <class T>
 void svdpp_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_bias,
                  T* item_bias, T* P, T* Q, T* Y, int64_t n_users, int64_t n_items, int k,
                  const int64_t* implicit_indptr, const int32_t* implicit_indices,
-                 const int64_t* by_item_indptr, const int32_t* by_item_users,
-                 const SgdRates<T>& rates, int num_threads);
+                 const SgdRates<T>& rates);
 
 // One BPR epoch in place. L holds the positive (user, item) pairs. For each pair a negative
 // item is drawn uniformly from the column bin of its block (bin_items[bin_offsets[c] ..

@@ -8,10 +8,11 @@ A backend module (``recfuse._sgd.<name>``) defines:
 num_threads)``
     one Funk SVD epoch in place: ``recfuse.reference.svd_sgd_epoch`` over the ratings in
     the order of ``blocks`` (``lr`` and ``reg``: 5-tuples bu, bi, pu, qi, yj).
-``svdpp_epoch(blocks, ratings, global_mean, user_bias, item_bias, P, Q, Y, implicit,
-by_item, lr, reg, num_threads)``
-    one SVD++ epoch in place (``reference.svdpp_sgd_epoch``); ``implicit`` is the users x
-    items pattern N(u) and ``by_item`` its transpose, both ``Pattern``.
+``svdpp_epoch(blocks, ratings, global_mean, user_bias, item_bias, P, Q, Y, implicit, lr,
+reg)``
+    one SVD++ epoch in place by user passes over the ratings in array order
+    (``reference.svdpp_sgd_epoch``; sequential); ``implicit`` is the users x items
+    ``Pattern`` N(u).
 ``bpr_epoch(blocks, seen, P, Q, item_bias, lr, reg, seed, max_tries, negatives,
 num_threads) -> int``
     one BPR epoch in place over the positive pairs of ``blocks``, negatives drawn by
@@ -76,23 +77,35 @@ class Blocks(NamedTuple):
     bin_offsets: np.ndarray  # int64, grid + 1
 
 
+def user_major_order(users, n_users: int, rng: np.random.Generator,
+                     shuffle: bool = True) -> np.ndarray:
+    """An order that keeps each user's entries together (one SVD++ pass per user and epoch):
+    users in random order, and each user's entries in random order (``shuffle``) or as given."""
+    users = np.asarray(users)
+    rank = rng.permutation(n_users)
+    order = rng.permutation(users.size) if shuffle else np.arange(users.size)
+    return order[np.argsort(rank[users[order]], kind="stable")]
+
+
 def default_grid(nnz: int) -> int:
     return int(min(MAX_GRID, max(1, math.isqrt(max(nnz, 0) // RATINGS_PER_BLOCK))))
 
 
 def make_blocks(users, items, n_users: int, n_items: int, grid: int,
-                rng: np.random.Generator, shuffle: bool = True) -> Blocks:
+                rng: np.random.Generator, shuffle: bool = True, order=None) -> Blocks:
     """Cut the entries (users[t], items[t]) into grid x grid blocks.
 
     Users and items go to bins by a random permutation (so bins hold similar numbers of
-    entries); within a block the entries keep a random order (``shuffle``) or their given
-    order. grid = 1 keeps every entry in one block: plain sequential SGD.
+    entries); within a block the entries keep a random order (``shuffle``), their given
+    order, or the order ``order`` (indices into the arrays). grid = 1 keeps every entry in
+    one block: plain sequential SGD.
     """
     users = np.asarray(users)
     items = np.asarray(items)
     user_bin = (rng.permutation(n_users).astype(np.int64) * grid) // max(n_users, 1)
     item_bin = (rng.permutation(n_items).astype(np.int64) * grid) // max(n_items, 1)
-    order = rng.permutation(users.size) if shuffle else np.arange(users.size)
+    if order is None:
+        order = rng.permutation(users.size) if shuffle else np.arange(users.size)
     row, col = user_bin[users[order]], item_bin[items[order]]
     block = ((col - row) % grid) * grid + row
     order = order[np.argsort(block, kind="stable")]

@@ -21,10 +21,10 @@ def svd_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, 
 
 
 def svdpp_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, Y,
-                implicit: Pattern, by_item: Pattern, lr, reg, num_threads) -> None:
+                implicit: Pattern, lr, reg) -> None:
     _core.svdpp_epoch(blocks.users, blocks.items, ratings, blocks.offsets, blocks.grid,
                       float(global_mean), user_bias, item_bias, P, Q, Y, implicit.indptr,
-                      implicit.indices, by_item.indptr, by_item.indices, lr, reg, num_threads)
+                      implicit.indices, lr, reg)
 
 
 def bpr_epoch(blocks: Blocks, seen: Pattern, P, Q, item_bias, lr, reg, seed, max_tries,

@@ -5,7 +5,7 @@ backend is probed or used and the kernels compile on first use (cached on disk a
 The blocks of one diagonal share no user and no item, so ``prange`` over them gives the same
 result as running them in order: the epochs equal ``recfuse.reference`` over the ratings in
 block order, up to rounding (sums run sequentially here, ``fastmath=False``), for any
-thread count. BPR's negatives come from the same splitmix64 streams as in the reference.
+thread count. SVD++ goes by user passes and is sequential, as in the C++ backend. BPR's negatives come from the same splitmix64 streams as in the reference.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def _kernels() -> SimpleNamespace:
     import numba
     from numba import prange
 
-    def jit(function):
-        options = dict(parallel=True, fastmath=False, nogil=True, error_model="numpy")
+    def jit(function, parallel=True):
+        options = dict(parallel=parallel, fastmath=False, nogil=True, error_model="numpy")
         try:
             return numba.njit(cache=True, **options)(function)
         except RuntimeError:  # no writable cache location: compile for this process only
@@ -58,61 +58,55 @@ def _kernels() -> SimpleNamespace:
                         p[f] = pf + lr[2] * (err * qf - reg[2] * pf)
                         q[f] = qf + lr[3] * (err * pf - reg[3] * qf)
 
-    def svdpp(users, items, ratings, offsets, grid, mu, bu, bi, P, Q, Y, implicit_indptr,
-              implicit_indices, by_item_indptr, by_item_users, lr, reg):
-        n_users, k = P.shape
-        n_items = Q.shape[0]
+    def svdpp(users, items, ratings, mu, bu, bi, P, Q, Y, implicit_indptr, implicit_indices,
+              lr, reg):
+        k = P.shape[1]
         zero = P.dtype.type(0)
-        Z = np.zeros_like(P)
-        G = np.zeros_like(P)
-        counts = np.zeros(n_users, dtype=np.int64)
-        for t in range(users.shape[0]):
-            counts[users[t]] += 1
-        for u in prange(n_users):
-            start, end = implicit_indptr[u], implicit_indptr[u + 1]
-            if end > start:
-                z = Z[u]
-                for t in range(start, end):
-                    y = Y[implicit_indices[t]]
-                    for f in range(k):
-                        z[f] += y[f]
-                scale = P.dtype.type(1.0 / np.sqrt(end - start))
-                for f in range(k):
-                    z[f] *= scale
-        for s in range(grid):
-            for r in prange(grid):
-                block = s * grid + r
-                for t in range(offsets[block], offsets[block + 1]):
-                    u, i = users[t], items[t]
-                    p, q, z, g = P[u], Q[i], Z[u], G[u]
-                    dot = zero
-                    for f in range(k):
-                        dot += q[f] * (p[f] + z[f])
-                    err = ratings[t] - (mu + bu[u] + bi[i] + dot)
-                    bu[u] += lr[0] * (err - reg[0] * bu[u])
-                    bi[i] += lr[1] * (err - reg[1] * bi[i])
-                    for f in range(k):
-                        pf, qf = p[f], q[f]
-                        p[f] = pf + lr[2] * (err * qf - reg[2] * pf)
-                        q[f] = qf + lr[3] * (err * (pf + z[f]) - reg[3] * qf)
-                        g[f] += err * qf
+        z = np.empty(k, dtype=P.dtype)
+        g = np.empty(k, dtype=P.dtype)
         shrink = P.dtype.type(1) - lr[4] * reg[4]
-        decay = np.ones(n_users, dtype=P.dtype)
-        for u in prange(n_users):
-            length = implicit_indptr[u + 1] - implicit_indptr[u]
-            if length > 0 and counts[u] > 0:
-                decay[u] = P.dtype.type(np.float64(shrink) ** np.float64(counts[u]))
-                scale = lr[4] * P.dtype.type(1.0 / np.sqrt(length))
+        begin = 0
+        n = users.shape[0]
+        while begin < n:
+            u = users[begin]
+            end = begin + 1
+            while end < n and users[end] == u:
+                end += 1
+            first, last = implicit_indptr[u], implicit_indptr[u + 1]
+            inv_sqrt = P.dtype.type(1.0 / np.sqrt(last - first)) if last > first else zero
+            for f in range(k):
+                z[f] = zero
+                g[f] = zero
+            for t in range(first, last):
+                y = Y[implicit_indices[t]]
                 for f in range(k):
-                    G[u, f] *= scale
-        for j in prange(n_items):
-            y = Y[j]
-            for t in range(by_item_indptr[j], by_item_indptr[j + 1]):
-                u = by_item_users[t]
-                if counts[u] > 0:
-                    d, g = decay[u], G[u]
-                    for f in range(k):
-                        y[f] = d * y[f] + g[f]
+                    z[f] += y[f]
+            for f in range(k):
+                z[f] *= inv_sqrt
+            p = P[u]
+            for t in range(begin, end):
+                i = items[t]
+                q = Q[i]
+                dot = zero
+                for f in range(k):
+                    dot += q[f] * (p[f] + z[f])
+                err = ratings[t] - (mu + bu[u] + bi[i] + dot)
+                bu[u] += lr[0] * (err - reg[0] * bu[u])
+                bi[i] += lr[1] * (err - reg[1] * bi[i])
+                for f in range(k):
+                    pf, qf = p[f], q[f]
+                    p[f] = pf + lr[2] * (err * qf - reg[2] * pf)
+                    q[f] = qf + lr[3] * (err * (pf + z[f]) - reg[3] * qf)
+                    g[f] += err * qf
+            decay = P.dtype.type(np.float64(shrink) ** np.float64(end - begin))
+            scale = lr[4] * inv_sqrt
+            for f in range(k):
+                g[f] *= scale
+            for t in range(first, last):
+                y = Y[implicit_indices[t]]
+                for f in range(k):
+                    y[f] = decay * y[f] + g[f]
+            begin = end
 
     def bpr(users, items, offsets, grid, seen_indptr, seen_indices, bin_items, bin_offsets,
             P, Q, b, lr, reg, seed, max_tries, negatives):
@@ -161,7 +155,8 @@ def _kernels() -> SimpleNamespace:
                     b[negative] += lr * (-sig - reg * b[negative])
         return skipped.sum()
 
-    return SimpleNamespace(numba=numba, svd=jit(svd), svdpp=jit(svdpp), bpr=jit(bpr))
+    return SimpleNamespace(numba=numba, svd=jit(svd), svdpp=jit(svdpp, parallel=False),
+                           bpr=jit(bpr))
 
 
 def svd_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, lr, reg, biased,
@@ -175,14 +170,11 @@ def svd_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, 
 
 
 def svdpp_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, Y,
-                implicit: Pattern, by_item: Pattern, lr, reg, num_threads) -> None:
-    kernels = _kernels()
+                implicit: Pattern, lr, reg) -> None:
     dtype = P.dtype
-    with _thread_count(kernels.numba, num_threads):
-        kernels.svdpp(blocks.users, blocks.items, ratings, blocks.offsets, blocks.grid,
-                      dtype.type(global_mean), user_bias, item_bias, P, Q, Y, implicit.indptr,
-                      implicit.indices, by_item.indptr, by_item.indices,
-                      np.asarray(lr, dtype=dtype), np.asarray(reg, dtype=dtype))
+    _kernels().svdpp(blocks.users, blocks.items, ratings, dtype.type(global_mean), user_bias,
+                     item_bias, P, Q, Y, implicit.indptr, implicit.indices,
+                     np.asarray(lr, dtype=dtype), np.asarray(reg, dtype=dtype))
 
 
 def bpr_epoch(blocks: Blocks, seen: Pattern, P, Q, item_bias, lr, reg, seed, max_tries,

@@ -20,7 +20,7 @@ def svd_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, 
 
 
 def svdpp_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, Y,
-                implicit: Pattern, by_item: Pattern, lr, reg, num_threads) -> None:
+                implicit: Pattern, lr, reg) -> None:
     user_bias[...], item_bias[...], P[...], Q[...], Y[...] = reference.svdpp_sgd_epoch(
         blocks.users, blocks.items, ratings, global_mean, user_bias, item_bias, P, Q, Y,
         implicit.to_scipy(Q.shape[0]), lr=lr, reg=reg)
