@@ -39,11 +39,13 @@ const kernels::SgdKernels<double>& sgd_kernels<double>(int k) {
 }
 
 // Threads for an epoch of `updates` row updates: the requested number (0: all), at most one
-// per block of a diagonal, and none beyond ~20k updates each (waking threads costs more).
+// per block of a diagonal, and no more than keeps ~50k updates per thread between two
+// barriers (a diagonal): shorter stretches lose more to waking and joining threads than
+// they gain, and far more when the machine is oversubscribed.
 int thread_count(int requested, int grid, double updates) {
   int wanted = requested > 0 ? requested : omp_get_max_threads();
   if (wanted > grid) wanted = grid;
-  const double useful = updates / 2e4;
+  const double useful = updates / grid / 5e4;
   if (useful < wanted) wanted = useful < 1 ? 1 : static_cast<int>(useful);
   return wanted;
 }

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from ._backend import backends, resolve_backend
 from .models.als import ALS
+from .models.bpr import BPR
 from .models.sgd import SVD, SVDpp
 from .persistence import load
 
 __version__ = "0.1.0"
-__all__ = ["ALS", "SVD", "SVDpp", "backends", "load", "resolve_backend", "__version__"]
+__all__ = ["ALS", "BPR", "SVD", "SVDpp", "backends", "load", "resolve_backend", "__version__"]
