@@ -3,6 +3,9 @@
 Auto order: cuda (native, device present) -> cpu (native) -> numba -> numpy. The cupy
 backend is used only when asked for by name (it serves machines that have CuPy and a GPU
 but no native CUDA build).
+
+Each model family ("als", "sgd", ...) has its own module per backend, with the functions
+its models call; a backend that has no module for a family is unavailable for it.
 """
 
 from __future__ import annotations
@@ -15,15 +18,27 @@ from typing import NamedTuple
 
 BACKEND_NAMES = ("cuda", "cpu", "numba", "cupy", "numpy")
 AUTO_ORDER = ("cuda", "cpu", "numba", "numpy")
-_MODULE_SUFFIX = {
-    "cuda": "cuda", "cpu": "cpu", "numba": "numba_backend", "cupy": "cupy_backend",
-    "numpy": "numpy_backend",
+_FAMILIES = {
+    "als": {
+        "cuda": "recfuse._als.cuda",
+        "cpu": "recfuse._als.cpu",
+        "numba": "recfuse._als.numba_backend",
+        "cupy": "recfuse._als.cupy_backend",
+        "numpy": "recfuse._als.numpy_backend",
+    },
+    "sgd": {
+        "cpu": "recfuse._sgd.cpu",
+        "numba": "recfuse._sgd.numba_backend",
+        "numpy": "recfuse._sgd.numpy_backend",
+    },
+    "topk": {
+        "cuda": "recfuse._topk.cuda",
+        "cpu": "recfuse._topk.cpu",
+        "numba": "recfuse._topk.numba_backend",
+        "cupy": "recfuse._topk.cupy_backend",
+        "numpy": "recfuse._topk.numpy_backend",
+    },
 }
-# Kernel families: each has one module per backend in its package (recfuse._als.cpu, ...).
-# A backend's availability (built module, device, optional package) is probed once, through
-# the ALS family, which every backend implements.
-FAMILIES = {"als": "recfuse._als", "topk": "recfuse._topk"}
-_MODULES = {name: f"{FAMILIES['als']}.{suffix}" for name, suffix in _MODULE_SUFFIX.items()}
 
 
 class BackendInfo(NamedTuple):
@@ -33,49 +48,52 @@ class BackendInfo(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def _probe(name: str) -> tuple[ModuleType | None, BackendInfo]:
+def _probe(name: str, family: str = "als") -> tuple[ModuleType | None, BackendInfo]:
+    if name not in _FAMILIES[family]:
+        return None, BackendInfo(name, False, f"no {family} kernels for this backend")
     try:
-        module = importlib.import_module(_MODULES[name])
+        module = importlib.import_module(_FAMILIES[family][name])
         available, detail = module.availability()
     except Exception as error:  # a broken optional backend must not break the others
         return None, BackendInfo(name, False, f"{type(error).__name__}: {error}")
     return (module if available else None), BackendInfo(name, bool(available), detail)
 
 
-def backends() -> list[BackendInfo]:
-    """The table of backends: name, whether it is available here, and why (not).
+def backends(family: str = "als") -> list[BackendInfo]:
+    """The table of backends for a model family: name, whether it is available here, and
+    why (not).
 
     >>> [b.name for b in backends()]
     ['cuda', 'cpu', 'numba', 'cupy', 'numpy']
     """
-    return [_probe(name)[1] for name in BACKEND_NAMES]
+    _check_family(family)
+    return [_probe(name, family)[1] for name in BACKEND_NAMES]
 
 
-def _family_module(name: str, family: str) -> ModuleType:
-    if family == "als":
-        return _probe(name)[0]
-    return importlib.import_module(f"{FAMILIES[family]}.{_MODULE_SUFFIX[name]}")
+def _check_family(family: str) -> None:
+    if family not in _FAMILIES:
+        raise ValueError(f"family must be one of {tuple(_FAMILIES)}, got {family!r}")
 
 
 def resolve_backend(backend: str = "auto", family: str = "als") -> ModuleType:
-    """Return the ``family`` module ("als", "topk") of ``backend`` ("auto" or a backend name).
+    """Return the module of ``family`` for ``backend`` ("auto" or one of ``BACKEND_NAMES``).
 
     An explicit backend that is not available raises ``RuntimeError`` with the reason.
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {tuple(FAMILIES)}, got {family!r}")
+    _check_family(family)
     if backend == "auto":
         backend = os.environ.get("RECFUSE_BACKEND", "auto") or "auto"
     if backend == "auto":
         for name in AUTO_ORDER:
-            if _probe(name)[0] is not None:
-                return _family_module(name, family)
+            module, _ = _probe(name, family)
+            if module is not None:
+                return module
         raise RuntimeError("no recfuse backend is available")  # numpy always is
     if backend not in BACKEND_NAMES:
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
-    module, info = _probe(backend)
+    module, info = _probe(backend, family)
     if module is None:
         raise RuntimeError(f"backend {backend!r} is not available: {info.detail}")
-    return _family_module(backend, family)
+    return module

@@ -124,3 +124,41 @@ def check_factors(array, name: str, *, dtype: np.dtype, n_cols: int | None = Non
     if array.size and not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, got NaN or inf")
     return np.array(array, dtype=dtype, order="C", copy=True)
+
+
+def check_ratings(users, items, ratings, rating_scale=None):
+    """Validate (user, item, rating) triples; returns (users int64, items int64, ratings
+    float64, scale) where scale is ``rating_scale`` as floats, or (min, max) of the ratings."""
+    users = check_ids(users, "users", INT32_MAX)
+    items = check_ids(items, "items", INT32_MAX)
+    values = np.asarray(ratings)
+    if values.ndim != 1:
+        raise ValueError(f"ratings must be 1-d, got shape {values.shape}")
+    if values.size and values.dtype.kind not in "biuf":
+        raise TypeError(f"ratings must hold real numbers, got dtype {values.dtype}")
+    if not users.size == items.size == values.size:
+        raise ValueError(f"users, items and ratings must have the same length, got "
+                         f"{users.size}, {items.size} and {values.size}")
+    values = values.astype(np.float64)
+    if values.size and not np.isfinite(values).all():
+        raise ValueError(f"ratings must be finite, got {int((~np.isfinite(values)).sum())} NaN/inf")
+    if rating_scale is None:
+        scale = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    else:
+        scale = check_rating_scale(rating_scale)
+        outside = (values < scale[0]) | (values > scale[1])
+        if outside.any():
+            first = int(np.flatnonzero(outside)[0])
+            raise ValueError(f"ratings must lie in rating_scale {scale}: {int(outside.sum())} do "
+                             f"not, e.g. ratings[{first}] = {values[first]}")
+    return users, items, values, scale
+
+
+def check_rating_scale(rating_scale) -> tuple[float, float]:
+    if not isinstance(rating_scale, (tuple, list)) or len(rating_scale) != 2:
+        raise TypeError(f"rating_scale must be a pair (lowest, highest), got {rating_scale!r}")
+    low = check_float(rating_scale[0], "rating_scale[0]")
+    high = check_float(rating_scale[1], "rating_scale[1]")
+    if not low < high:
+        raise ValueError(f"rating_scale must have lowest < highest, got {rating_scale!r}")
+    return low, high

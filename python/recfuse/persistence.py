@@ -62,8 +62,10 @@ def load(path, **overrides):
     ``overrides`` replace saved constructor parameters (e.g. ``backend="cpu"``).
     """
     from .models.als import ALS
+    from .models.bpr import BPR
+    from .models.sgd import SVD, SVDpp
 
-    registry = {"ALS": ALS}
+    registry = {"ALS": ALS, "SVD": SVD, "SVDpp": SVDpp, "BPR": BPR}
     header, arrays = read_model(path)
     model_name = header.get("model")
     if model_name not in registry:

@@ -209,3 +209,204 @@ def topk(queries, items, k: int, *, exclude=None, mask=None, item_bias=None, ite
         ids[i, : order.size] = order
         scores[i, : order.size] = S[i, order]
     return ids, scores
+
+# ============================================================================ SGD
+# Explicit-feedback factorization (Funk SVD, SVD++) and BPR, one epoch at a time. Every
+# function takes the ratings (or triples) and an ``order``: the epoch visits entry
+# ``order[t]`` at step t. The parallel backends cut the ratings into blocks that share no
+# user or item and hand each block to one thread; laid end to end in schedule order those
+# blocks are an ``order`` for which these sequential loops give exactly the parallel result.
+#
+# Funk SVD, the update rules of Surprise (``surprise.SVD``), for a rating r of user u, item i:
+#
+#     e   = r − (μ + b_u + b_i + q_i·p_u)
+#     b_u ← b_u + lr_bu (e − reg_bu b_u)            (biased only; μ = 0 when unbiased)
+#     b_i ← b_i + lr_bi (e − reg_bi b_i)
+#     p_u ← p_u + lr_pu (e q_i − reg_pu p_u)        (both from the values before this step)
+#     q_i ← q_i + lr_qi (e p_u − reg_qi q_i)
+#
+# SVD++ (Koren 2008) predicts μ + b_u + b_i + q_i·(p_u + z_u) with the implicit term
+# z_u = |N(u)|^(-1/2) Σ_{j∈N(u)} y_j over the items N(u) that u rated. Surprise recomputes z_u
+# from the current y and updates every y_j, j ∈ N(u), after *each* rating: O(|N(u)|² k) per
+# user and epoch. Here the epoch goes by *user passes*, maximal runs of consecutive ratings
+# (in ``order``) of one user u. For each pass:
+#
+#     1. z_u from the current y;
+#     2. for each rating of the pass: e = r − (μ + b_u + b_i + q_i·(p_u + z_u)); b_u, b_i,
+#        p_u as in SVD; q_i ← q_i + lr_qi (e (p_u + z_u) − reg_qi q_i); g ← g + e q_i
+#        (q_i, p_u before this step; g starts at 0; z_u held);
+#     3. for each j ∈ N(u): y_j ← (1 − lr_yj reg_yj)^c y_j + lr_yj g / √|N(u)|, with c the
+#        number of ratings in the pass.
+#
+# Step 3 is Surprise's per-rating y updates summed over the pass: the same gradients, the
+# same total shrinkage (c factors of 1 − lr reg), applied once. A pass of one rating is
+# exactly Surprise's update; with each user's ratings together (the order recfuse.SVDpp
+# uses) an epoch costs O(|N(u)| k) per user instead of O(|N(u)|² k).
+#
+# BPR (Rendle et al. 2009) with item biases, for a triple (u, i, j): i seen by u, j not:
+#
+#     x   = p_u·(q_i − q_j) + b_i − b_j,   s = σ(−x) = 1 / (1 + e^x)
+#     p_u ← p_u + lr (s (q_i − q_j) − reg p_u)
+#     q_i ← q_i + lr (s p_u − reg q_i),   q_j ← q_j + lr (−s p_u − reg q_j)
+#     b_i ← b_i + lr (s − reg b_i),       b_j ← b_j + lr (−s − reg b_j)
+#
+# (all right-hand sides from the values before the step; s computed as (1 − tanh(x/2)) / 2,
+# which cannot overflow).
+
+SVD_RATE_NAMES = ("bu", "bi", "pu", "qi")
+SVDPP_RATE_NAMES = ("bu", "bi", "pu", "qi", "yj")
+
+
+def _rates(value, names, dtype, what) -> tuple:
+    """A scalar applies to every term; a tuple gives one value per name in ``names``."""
+    if np.ndim(value) == 0:
+        return tuple(dtype.type(value) for _ in names)
+    if len(value) != len(names):
+        raise ValueError(f"{what} must be a number or {len(names)} numbers {names}, got {value!r}")
+    return tuple(dtype.type(v) for v in value)
+
+
+def _order(order, n):
+    return np.arange(n) if order is None else np.asarray(order, dtype=np.int64)
+
+
+def svd_sgd_epoch(users, items, ratings, global_mean, user_bias, item_bias, P, Q, *,
+                  lr, reg, biased: bool = True, order=None):
+    """One epoch of Surprise's Funk SVD updates; returns new (user_bias, item_bias, P, Q).
+
+    ``users``, ``items``, ``ratings``: one entry per rating. ``P`` (users x k) and ``Q``
+    (items x k); all arithmetic in ``P.dtype``. ``lr`` and ``reg``: a number, or one per
+    term (bu, bi, pu, qi). ``biased=False`` uses μ = 0 and leaves the biases alone.
+    The inputs are not modified.
+    """
+    dtype = P.dtype
+    lr_bu, lr_bi, lr_pu, lr_qi = _rates(lr, SVD_RATE_NAMES, dtype, "lr")
+    reg_bu, reg_bi, reg_pu, reg_qi = _rates(reg, SVD_RATE_NAMES, dtype, "reg")
+    bu, bi = np.array(user_bias, dtype=dtype), np.array(item_bias, dtype=dtype)
+    P, Q = np.array(P, dtype=dtype), np.array(Q, dtype=dtype)
+    mu = dtype.type(global_mean) if biased else dtype.type(0)
+    r_all = np.asarray(ratings, dtype=dtype)
+    for t in _order(order, len(r_all)):
+        u, i, r = users[t], items[t], r_all[t]
+        p, q = P[u].copy(), Q[i].copy()
+        err = r - (mu + bu[u] + bi[i] + p @ q)
+        if biased:
+            bu[u] += lr_bu * (err - reg_bu * bu[u])
+            bi[i] += lr_bi * (err - reg_bi * bi[i])
+        P[u] = p + lr_pu * (err * q - reg_pu * p)
+        Q[i] = q + lr_qi * (err * p - reg_qi * q)
+    return bu, bi, P, Q
+
+
+def svdpp_implicit_term(implicit: sp.csr_matrix, Y: np.ndarray) -> np.ndarray:
+    """z_u = |N(u)|^(-1/2) Σ_{j∈N(u)} y_j for every row u of ``implicit`` (0 for empty rows)."""
+    Z = np.zeros((implicit.shape[0], Y.shape[1]), dtype=Y.dtype)
+    for u in range(implicit.shape[0]):
+        cols = implicit.indices[implicit.indptr[u]:implicit.indptr[u + 1]]
+        if cols.size:
+            Z[u] = Y[cols].sum(axis=0) * Y.dtype.type(1 / np.sqrt(cols.size))
+    return Z
+
+
+def svdpp_sgd_epoch(users, items, ratings, global_mean, user_bias, item_bias, P, Q, Y,
+                    implicit: sp.csr_matrix, *, lr, reg, order=None):
+    """One SVD++ epoch by user passes as defined above; returns new (user_bias, item_bias,
+    P, Q, Y).
+
+    ``implicit`` is a users x items CSR whose row u lists N(u) (values ignored). ``lr`` and
+    ``reg``: a number, or one per term (bu, bi, pu, qi, yj). The inputs are not modified.
+    """
+    dtype = P.dtype
+    lr_bu, lr_bi, lr_pu, lr_qi, lr_yj = _rates(lr, SVDPP_RATE_NAMES, dtype, "lr")
+    reg_bu, reg_bi, reg_pu, reg_qi, reg_yj = _rates(reg, SVDPP_RATE_NAMES, dtype, "reg")
+    bu, bi = np.array(user_bias, dtype=dtype), np.array(item_bias, dtype=dtype)
+    P, Q, Y = np.array(P, dtype=dtype), np.array(Q, dtype=dtype), np.array(Y, dtype=dtype)
+    mu = dtype.type(global_mean)
+    r_all = np.asarray(ratings, dtype=dtype)
+    shrink = dtype.type(1) - lr_yj * reg_yj
+    sequence = _order(order, len(r_all))
+    start = 0
+    while start < sequence.size:
+        u = users[sequence[start]]
+        end = start
+        while end < sequence.size and users[sequence[end]] == u:
+            end += 1
+        cols = implicit.indices[implicit.indptr[u]:implicit.indptr[u + 1]]
+        inv_sqrt = dtype.type(1 / np.sqrt(cols.size)) if cols.size else dtype.type(0)
+        z = Y[cols].sum(axis=0) * inv_sqrt if cols.size else np.zeros(P.shape[1], dtype=dtype)
+        g = np.zeros(P.shape[1], dtype=dtype)
+        for t in sequence[start:end]:
+            i, r = items[t], r_all[t]
+            p, q = P[u].copy(), Q[i].copy()
+            err = r - (mu + bu[u] + bi[i] + q @ (p + z))
+            bu[u] += lr_bu * (err - reg_bu * bu[u])
+            bi[i] += lr_bi * (err - reg_bi * bi[i])
+            P[u] = p + lr_pu * (err * q - reg_pu * p)
+            Q[i] = q + lr_qi * (err * (p + z) - reg_qi * q)
+            g += err * q
+        decay = dtype.type(float(shrink) ** (end - start))
+        step = g * (lr_yj * inv_sqrt)
+        for j in cols:
+            Y[j] = decay * Y[j] + step
+        start = end
+    return bu, bi, P, Q, Y
+
+
+def bpr_sgd_epoch(users, positives, negatives, P, Q, item_bias, *, lr, reg, order=None):
+    """One BPR epoch over triples (users[t], positives[t], negatives[t]); returns new
+    (P, Q, item_bias). Requires positives[t] != negatives[t]. Inputs are not modified."""
+    dtype = P.dtype
+    lr, reg = dtype.type(lr), dtype.type(reg)
+    P, Q = np.array(P, dtype=dtype), np.array(Q, dtype=dtype)
+    b = np.array(item_bias, dtype=dtype)
+    half = dtype.type(0.5)
+    for t in _order(order, len(users)):
+        u, i, j = users[t], positives[t], negatives[t]
+        if i == j:
+            raise ValueError(f"triple {t} has the same positive and negative item {i}")
+        p, qi, qj = P[u].copy(), Q[i].copy(), Q[j].copy()
+        x = p @ (qi - qj) + b[i] - b[j]
+        s = half * (dtype.type(1) - np.tanh(half * x))
+        P[u] = p + lr * (s * (qi - qj) - reg * p)
+        Q[i] = qi + lr * (s * p - reg * qi)
+        Q[j] = qj + lr * (-s * p - reg * qj)
+        b[i] += lr * (s - reg * b[i])
+        b[j] += lr * (-s - reg * b[j])
+    return P, Q, b
+
+
+# Negative sampling for BPR, shared by every backend so that all draw the same items.
+# Entries come grouped by block as for the epochs (block b = s * grid + r, column bin
+# c = (r + s) mod grid). Block b draws from its own splitmix64 stream, seeded with
+# seed XOR (0xD1B54A32D192ED03 * (b + 1)) mod 2^64; each draw picks candidates[x mod n]
+# among the n items of bin c, and is redrawn while the user has seen that item, at most
+# max_tries times (then the entry is skipped: -1).
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(state: int) -> tuple[int, int]:
+    state = (state + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return state, z ^ (z >> 31)
+
+
+def bpr_sample_negatives(users, offsets, grid: int, seen: sp.csr_matrix, bin_items, bin_offsets,
+                         seed: int, max_tries: int) -> np.ndarray:
+    """The negative item of every entry (int32; -1 where none was found), as defined above."""
+    negatives = np.full(len(users), -1, dtype=np.int32)
+    for block in range(grid * grid):
+        s, r = divmod(block, grid)
+        c = (r + s) % grid
+        candidates = np.asarray(bin_items[bin_offsets[c]:bin_offsets[c + 1]])
+        state = (int(seed) ^ (0xD1B54A32D192ED03 * (block + 1))) & _MASK64
+        for t in range(offsets[block], offsets[block + 1]):
+            u = users[t]
+            row = set(seen.indices[seen.indptr[u]:seen.indptr[u + 1]].tolist())
+            for _ in range(max_tries if candidates.size else 0):
+                state, x = _splitmix64(state)
+                j = int(candidates[x % candidates.size])
+                if j not in row:
+                    negatives[t] = j
+                    break
+    return negatives

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._als.cpu import _core
+from .._als.cpu import _core, availability  # noqa: F401 - the same probe as the ALS family
 
 NAME = "cpu"
 BFLOAT16 = True  # supports ItemIndex(storage="bfloat16")

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._als.numba_backend import _thread_count
+from .._als.numba_backend import _thread_count, availability  # noqa: F401 - same probe as ALS
 
 NAME = "numba"
 

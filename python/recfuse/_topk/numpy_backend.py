@@ -13,6 +13,10 @@ import numpy as np
 
 NAME = "numpy"
 
+
+def availability() -> tuple[bool, str]:
+    return True, ""
+
 # Rows of the score block computed at once: bounds the memory of recommend for big batches.
 SCORE_BLOCK_BYTES = 64 << 20
 

@@ -7,5 +7,12 @@
         # from implicit.als import AlternatingLeastSquares
         from recfuse.compat.implicit import AlternatingLeastSquares
 
+``recfuse.compat.surprise``
+    ``SVD`` and ``SVDpp`` with the constructors and methods of Surprise's, for
+    ``surprise.Trainset`` and ``surprise.model_selection.cross_validate``::
+
+        # from surprise import SVD
+        from recfuse.compat.surprise import SVD
+
 The adapters do not import the packages they imitate; those need not be installed.
 """

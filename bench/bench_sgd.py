@@ -1,0 +1,209 @@
+"""SGD factorization: recfuse against Surprise (SVD, SVD++) and implicit (BPR), one run.
+
+    python bench/bench_sgd.py                 # ml-100k 5-fold, 1M synthetic, BPR (~5 min)
+    python bench/bench_sgd.py --big           # also recfuse alone on a 20M-rating set
+    python bench/bench_sgd.py --skip-svdpp    # without Surprise's slow SVD++
+
+Same folds, same defaults, same data for both libraries. Fit times are wall-clock seconds
+of ``fit`` (recfuse: all threads unless --threads; Surprise is single-threaded). The
+MovieLens files are read from ../shared/datasets (never bundled); sections whose data or
+peer library is missing are skipped with the reason. Results go to bench/results/sgd.json
+and Markdown tables on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+import recfuse
+from recfuse import datasets
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATASETS = os.path.join(HERE, "..", "..", "shared", "datasets")
+RESULTS = os.path.join(HERE, "results")
+
+
+def movielens_100k():
+    raw = np.loadtxt(os.path.join(DATASETS, "ml-100k", "u.data"), dtype=np.int64)
+    return raw[:, 0] - 1, raw[:, 1] - 1, raw[:, 2].astype(np.float64)
+
+
+def synthetic_ratings(n_users, n_items, n, seed=0):
+    """Ratings 1-5 from a rank-8 taste model plus noise, users and items power-law active."""
+    rng = np.random.default_rng(seed)
+    users = np.minimum((rng.pareto(1.2, n) * n_users / 20).astype(np.int64), n_users - 1)
+    items = np.minimum((rng.pareto(1.0, n) * n_items / 30).astype(np.int64), n_items - 1)
+    users, items = rng.permutation(n_users)[users], rng.permutation(n_items)[items]
+    U, V = rng.normal(0, 0.5, (n_users, 8)), rng.normal(0, 0.5, (n_items, 8))
+    taste = np.einsum("nk,nk->n", U[users], V[items]) + rng.normal(0, 0.7, n)
+    return users, items, np.clip(np.round(3.5 + taste), 1, 5)
+
+
+def surprise_data(users, items, ratings):
+    import surprise
+
+    handle, path = tempfile.mkstemp(suffix=".tsv")
+    os.close(handle)
+    np.savetxt(path, np.c_[users, items, ratings], fmt="%d", delimiter="\t")
+    reader = surprise.Reader(line_format="user item rating", sep="\t", rating_scale=(1, 5))
+    data = surprise.Dataset.load_from_file(path, reader)
+    os.unlink(path)
+    return data
+
+
+def timed(function):
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def five_fold(args, rows):
+    users, items, ratings = movielens_100k()
+    folds = np.random.default_rng(0).permutation(ratings.size) % 5
+    pairs = [("SVD", recfuse.SVD, "SVD")]
+    if not args.skip_svdpp:
+        pairs.append(("SVD++", recfuse.SVDpp, "SVDpp"))
+    try:
+        import surprise
+    except ImportError as error:
+        surprise = None
+        print(f"Surprise skipped: {error}")
+    for label, ours, theirs_name in pairs:
+        result = {"data": "ml-100k 5-fold", "model": label}
+        for library in ("recfuse", "surprise"):
+            if library == "surprise" and surprise is None:
+                continue
+            rmse, mae, seconds = [], [], []
+            for fold in range(5):
+                train, test = folds != fold, folds == fold
+                if library == "recfuse":
+                    model = ours(random_state=fold, num_threads=args.threads)
+                    _, s = timed(lambda: model.fit(users[train], items[train], ratings[train],
+                                                   rating_scale=(1, 5)))
+                    predicted = model.predict(users[test], items[test])
+                else:
+                    trainset = surprise_data(users[train], items[train],
+                                             ratings[train]).build_full_trainset()
+                    model = getattr(surprise, theirs_name)(random_state=fold)
+                    _, s = timed(lambda: model.fit(trainset))
+                    predicted = np.array([model.predict(str(u), str(i)).est
+                                          for u, i in zip(users[test], items[test])])
+                rmse.append(float(np.sqrt(np.mean((predicted - ratings[test]) ** 2))))
+                mae.append(float(np.mean(np.abs(predicted - ratings[test]))))
+                seconds.append(s)
+            result[library] = {"rmse": float(np.mean(rmse)), "mae": float(np.mean(mae)),
+                               "fit_s": float(np.mean(seconds))}
+            print(label, library, result[library], flush=True)
+        rows.append(result)
+
+
+def synthetic_fit(args, rows, n, with_surprise):
+    users, items, ratings = synthetic_ratings(n // 20, n // 50, n)
+    result = {"data": f"synthetic {n / 1e6:g}M", "model": "SVD"}
+    model = recfuse.SVD(random_state=0, num_threads=args.threads)
+    _, seconds = timed(lambda: model.fit(users, items, ratings, rating_scale=(1, 5)))
+    result["recfuse"] = {"fit_s": seconds, "updates_per_s": 20 * n / seconds}
+    print("synthetic", n, "recfuse", result["recfuse"], flush=True)
+    if with_surprise:
+        try:
+            import surprise
+        except ImportError as error:
+            print(f"Surprise skipped: {error}")
+        else:
+            trainset = surprise_data(users, items, ratings).build_full_trainset()
+            _, seconds = timed(lambda: surprise.SVD(random_state=0).fit(trainset))
+            result["surprise"] = {"fit_s": seconds, "updates_per_s": 20 * n / seconds}
+            print("synthetic", n, "surprise", result["surprise"], flush=True)
+    rows.append(result)
+
+
+def bpr_vs_implicit(args, rows):
+    matrix = datasets.load_movielens_100k(os.path.join(DATASETS, "ml-100k"), min_rating=4)
+    train, test = datasets.train_test_split_per_user(matrix, 0.2, seed=0)
+
+    def precision_at_10(ids):
+        hits = total = 0
+        for u in range(train.shape[0]):
+            truth = set(test.indices[test.indptr[u]:test.indptr[u + 1]].tolist())
+            if truth:
+                hits += len(truth & set(ids[u].tolist()))
+                total += 10
+        return hits / total
+
+    every_user = np.arange(train.shape[0])
+    settings = dict(factors=64, iterations=args.bpr_iterations)
+    result = {"data": "ml-100k >=4, 80/20 per user", "model": f"BPR k=64 x{args.bpr_iterations}"}
+    model = recfuse.BPR(lr=0.05, reg=0.01, random_state=0, num_threads=args.threads, **settings)
+    _, seconds = timed(lambda: model.fit(train))
+    result["recfuse"] = {"p@10": precision_at_10(model.recommend(every_user, k=10)[0]),
+                         "epoch_s": seconds / args.bpr_iterations}
+    print("BPR recfuse", result["recfuse"], flush=True)
+    try:
+        from implicit.bpr import BayesianPersonalizedRanking
+    except ImportError as error:
+        print(f"implicit skipped: {error}")
+    else:
+        best = None
+        for lr in (0.01, 0.05):  # implicit at its default and at recfuse's rate
+            theirs = BayesianPersonalizedRanking(learning_rate=lr, regularization=0.01,
+                                                 random_state=0, num_threads=args.threads,
+                                                 **settings)
+            _, seconds = timed(lambda: theirs.fit(train, show_progress=False))
+            ids, _ = theirs.recommend(every_user, train, N=10)
+            entry = {"lr": lr, "p@10": precision_at_10(ids),
+                     "epoch_s": seconds / args.bpr_iterations}
+            print("BPR implicit", entry, flush=True)
+            best = entry if best is None or entry["p@10"] > best["p@10"] else best
+        result["implicit"] = best
+    rows.append(result)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--big", action="store_true", help="also a 20M-rating synthetic fit")
+    parser.add_argument("--skip-svdpp", action="store_true")
+    parser.add_argument("--bpr-iterations", type=int, default=100)
+    args = parser.parse_args()
+    rows = []
+    if os.path.isfile(os.path.join(DATASETS, "ml-100k", "u.data")):
+        five_fold(args, rows)
+        bpr_vs_implicit(args, rows)
+    else:
+        print(f"ml-100k not found under {DATASETS}: MovieLens rows skipped")
+    synthetic_fit(args, rows, 1_000_000, with_surprise=True)
+    if args.big:
+        synthetic_fit(args, rows, 20_000_000, with_surprise=False)
+    versions = {"recfuse": recfuse.__version__, "numpy": np.__version__,
+                "python": platform.python_version(), "machine": platform.processor() or
+                platform.machine(), "cpus": os.cpu_count()}
+    for name in ("surprise", "implicit"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "sgd.json"), "w") as handle:
+        json.dump({"versions": versions, "rows": rows}, handle, indent=1)
+    print("\n| data | model | recfuse | peer | speedup |\n|---|---|---|---|---|")
+    for row in rows:
+        ours, peer = row.get("recfuse", {}), row.get("surprise") or row.get("implicit") or {}
+        time_key = "fit_s" if "fit_s" in ours else "epoch_s"
+        quality = [key for key in ("rmse", "mae", "p@10") if key in ours]
+        describe = lambda d: ", ".join(  # noqa: E731
+            [f"{key} {d[key]:.4f}" for key in quality if key in d]
+            + ([f"{time_key} {d[time_key]:.3f}"] if time_key in d else []))
+        speedup = (f"{peer[time_key] / ours[time_key]:.1f}x" if time_key in peer else "")
+        print(f"| {row['data']} | {row['model']} | {describe(ours)} | {describe(peer)} | {speedup} |")
+    print("\n", json.dumps(versions))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+// Bindings of the SGD kernels (recfuse/sgd.hpp): svd_epoch, svdpp_epoch and bpr_epoch.
+// Arrays arrive with the exact dtype and C order (noconvert); the factor arrays are updated
+// in place. The GIL is released around the kernels.
+#pragma once
+#include <array>
+#include <string>
+
+#include "als_bindings.hpp"
+#include "recfuse/sgd.hpp"
+
+namespace recfuse {
+namespace bindings {
+
+inline BlockLayout block_layout(const Array<int32_t>& users, const Array<int32_t>& items,
+                                const Array<int64_t>& offsets, int grid) {
+  expect(grid >= 1, "grid must be >= 1, got " + std::to_string(grid));
+  const int64_t blocks = static_cast<int64_t>(grid) * grid;
+  expect(offsets.ndim() == 1 && offsets.size() == blocks + 1,
+         "offsets must have grid * grid + 1 = " + std::to_string(blocks + 1) +
+             " entries, got shape " + shape_of(offsets));
+  expect(users.ndim() == 1 && items.ndim() == 1 && users.size() == items.size() &&
+             users.size() == offsets.at(blocks),
+         "users and items must be 1-d with offsets[-1] = " + std::to_string(offsets.at(blocks)) +
+             " entries, got shapes " + shape_of(users) + " and " + shape_of(items));
+  return {users.data(), items.data(), offsets.data(), grid};
+}
+
+// Checks a factor matrix (rows x k) and returns its row count.
+template <class T>
+int64_t factor_rows(Array<T>& M, int64_t k, const char* name) {
+  expect(M.ndim() == 2 && M.shape(1) == k,
+         std::string(name) + " must be 2-d with " + std::to_string(k) + " columns, got shape " +
+             shape_of(M));
+  expect(M.writeable(), std::string(name) + " must be writeable");
+  return M.shape(0);
+}
+
+template <class T>
+void check_vector(Array<T>& v, int64_t n, const char* name) {
+  expect(v.ndim() == 1 && v.size() == n,
+         std::string(name) + " must have shape (" + std::to_string(n) + ",), got " + shape_of(v));
+  expect(v.writeable(), std::string(name) + " must be writeable");
+}
+
+template <class T>
+SgdRates<T> sgd_rates(const std::array<double, 5>& lr, const std::array<double, 5>& reg) {
+  return {static_cast<T>(lr[0]),  static_cast<T>(lr[1]),  static_cast<T>(lr[2]),
+          static_cast<T>(lr[3]),  static_cast<T>(lr[4]),  static_cast<T>(reg[0]),
+          static_cast<T>(reg[1]), static_cast<T>(reg[2]), static_cast<T>(reg[3]),
+          static_cast<T>(reg[4])};
+}
+
+template <class T>
+void bind_sgd_functions(py::module_& m) {
+  m.def(
+      "svd_epoch",
+      [](const Array<int32_t>& users, const Array<int32_t>& items, const Array<T>& ratings,
+         const Array<int64_t>& offsets, int grid, double global_mean, Array<T>& user_bias,
+         Array<T>& item_bias, Array<T>& P, Array<T>& Q, const std::array<double, 5>& lr,
+         const std::array<double, 5>& reg, bool biased, int num_threads) {
+        const BlockLayout L = block_layout(users, items, offsets, grid);
+        expect(ratings.ndim() == 1 && ratings.size() == users.size(),
+               "ratings must have one entry per user id, got shape " + shape_of(ratings));
+        expect(P.ndim() == 2, "P must be 2-d, got shape " + shape_of(P));
+        const int64_t k = P.shape(1);
+        const int64_t n_users = factor_rows(P, k, "P"), n_items = factor_rows(Q, k, "Q");
+        check_vector(user_bias, n_users, "user_bias");
+        check_vector(item_bias, n_items, "item_bias");
+        const auto rates = sgd_rates<T>(lr, reg);
+        const T* r = ratings.data();
+        T *bu = user_bias.mutable_data(), *bi = item_bias.mutable_data();
+        T *p = P.mutable_data(), *q = Q.mutable_data();
+        py::gil_scoped_release release;
+        recfuse::svd_epoch<T>(L, r, static_cast<T>(global_mean), bu, bi, p, q, n_users, n_items,
+                              static_cast<int>(k), rates, biased, num_threads);
+      },
+      py::arg("users").noconvert(), py::arg("items").noconvert(), py::arg("ratings").noconvert(),
+      py::arg("offsets").noconvert(), py::arg("grid"), py::arg("global_mean"),
+      py::arg("user_bias").noconvert(), py::arg("item_bias").noconvert(),
+      py::arg("P").noconvert(), py::arg("Q").noconvert(), py::arg("lr"), py::arg("reg"),
+      py::arg("biased"), py::arg("num_threads") = 0,
+      "One Funk SVD epoch in place over ratings grouped by block (recfuse.reference."
+      "svd_sgd_epoch in array order). lr and reg: (bu, bi, pu, qi, unused).");
+
+  m.def(
+      "svdpp_epoch",
+      [](const Array<int32_t>& users, const Array<int32_t>& items, const Array<T>& ratings,
+         const Array<int64_t>& offsets, int grid, double global_mean, Array<T>& user_bias,
+         Array<T>& item_bias, Array<T>& P, Array<T>& Q, Array<T>& Y,
+         const Array<int64_t>& implicit_indptr, const Array<int32_t>& implicit_indices,
+         const std::array<double, 5>& lr, const std::array<double, 5>& reg) {
+        const BlockLayout L = block_layout(users, items, offsets, grid);
+        expect(ratings.ndim() == 1 && ratings.size() == users.size(),
+               "ratings must have one entry per user id, got shape " + shape_of(ratings));
+        expect(P.ndim() == 2, "P must be 2-d, got shape " + shape_of(P));
+        const int64_t k = P.shape(1);
+        const int64_t n_users = factor_rows(P, k, "P"), n_items = factor_rows(Q, k, "Q");
+        expect(factor_rows(Y, k, "Y") == n_items, "Y must have as many rows as Q");
+        check_vector(user_bias, n_users, "user_bias");
+        check_vector(item_bias, n_items, "item_bias");
+        expect(implicit_indptr.ndim() == 1 && implicit_indptr.size() == n_users + 1 &&
+                   implicit_indices.ndim() == 1 &&
+                   implicit_indices.size() == implicit_indptr.at(n_users),
+               "implicit must be a CSR pattern with n_users + 1 indptr entries");
+        const auto rates = sgd_rates<T>(lr, reg);
+        const T* r = ratings.data();
+        T *bu = user_bias.mutable_data(), *bi = item_bias.mutable_data();
+        T *p = P.mutable_data(), *q = Q.mutable_data(), *y = Y.mutable_data();
+        py::gil_scoped_release release;
+        recfuse::svdpp_epoch<T>(L, r, static_cast<T>(global_mean), bu, bi, p, q, y, n_users,
+                                n_items, static_cast<int>(k), implicit_indptr.data(),
+                                implicit_indices.data(), rates);
+      },
+      py::arg("users").noconvert(), py::arg("items").noconvert(), py::arg("ratings").noconvert(),
+      py::arg("offsets").noconvert(), py::arg("grid"), py::arg("global_mean"),
+      py::arg("user_bias").noconvert(), py::arg("item_bias").noconvert(),
+      py::arg("P").noconvert(), py::arg("Q").noconvert(), py::arg("Y").noconvert(),
+      py::arg("implicit_indptr").noconvert(), py::arg("implicit_indices").noconvert(),
+      py::arg("lr"), py::arg("reg"),
+      "One SVD++ epoch in place by user passes, sequential (recfuse.reference.svdpp_sgd_epoch "
+      "in array order). lr and reg: (bu, bi, pu, qi, yj).");
+
+  m.def(
+      "bpr_epoch",
+      [](const Array<int32_t>& users, const Array<int32_t>& items, const Array<int64_t>& offsets,
+         int grid, const Array<int64_t>& seen_indptr, const Array<int32_t>& seen_indices,
+         const Array<int32_t>& bin_items, const Array<int64_t>& bin_offsets, Array<T>& P,
+         Array<T>& Q, Array<T>& item_bias, double lr, double reg, uint64_t seed, int max_tries,
+         Array<int32_t>& negatives, int num_threads) {
+        const BlockLayout L = block_layout(users, items, offsets, grid);
+        expect(P.ndim() == 2, "P must be 2-d, got shape " + shape_of(P));
+        const int64_t k = P.shape(1);
+        const int64_t n_users = factor_rows(P, k, "P"), n_items = factor_rows(Q, k, "Q");
+        check_vector(item_bias, n_items, "item_bias");
+        check_vector(negatives, users.size(), "negatives");
+        expect(seen_indptr.ndim() == 1 && seen_indptr.size() == n_users + 1 &&
+                   seen_indices.ndim() == 1 && seen_indices.size() == seen_indptr.at(n_users),
+               "seen must be a CSR pattern with n_users + 1 indptr entries");
+        expect(bin_offsets.ndim() == 1 && bin_offsets.size() == grid + 1 && bin_items.ndim() == 1 &&
+                   bin_items.size() == bin_offsets.at(grid),
+               "bin_offsets must have grid + 1 entries ending at len(bin_items)");
+        T *p = P.mutable_data(), *q = Q.mutable_data(), *b = item_bias.mutable_data();
+        int32_t* out = negatives.mutable_data();
+        py::gil_scoped_release release;
+        return recfuse::bpr_epoch<T>(L, seen_indptr.data(), seen_indices.data(), bin_items.data(),
+                                     bin_offsets.data(), p, q, b, n_users, n_items,
+                                     static_cast<int>(k), static_cast<T>(lr), static_cast<T>(reg),
+                                     seed, max_tries, out, num_threads);
+      },
+      py::arg("users").noconvert(), py::arg("items").noconvert(), py::arg("offsets").noconvert(),
+      py::arg("grid"), py::arg("seen_indptr").noconvert(), py::arg("seen_indices").noconvert(),
+      py::arg("bin_items").noconvert(), py::arg("bin_offsets").noconvert(),
+      py::arg("P").noconvert(), py::arg("Q").noconvert(), py::arg("item_bias").noconvert(),
+      py::arg("lr"), py::arg("reg"), py::arg("seed"), py::arg("max_tries"),
+      py::arg("negatives").noconvert(), py::arg("num_threads") = 0,
+      "One BPR epoch in place over positive pairs grouped by block; negatives drawn from the "
+      "block's column bin, verified unseen, written to `negatives` (-1: skipped). Returns the "
+      "number of skipped pairs.");
+}
+
+}  // namespace bindings
+}  // namespace recfuse

@@ -1,0 +1,62 @@
+// Stochastic gradient descent factorization on the CPU: Funk SVD, SVD++ and BPR. The
+// contract is recfuse.reference (svd_sgd_epoch, svdpp_sgd_epoch, bpr_sgd_epoch).
+//
+// Parallel SGD without races (FPSGD-style block scheduling): users fall into `grid` row bins
+// and items into `grid` column bins, so the ratings fall into grid x grid blocks. A pass over
+// diagonal s processes the blocks (r, (r + s) mod grid) for r = 0 .. grid-1; they share no
+// user and no item, so threads take them in any order and the result is the same as doing
+// them one after the other. The caller stores the ratings grouped by block in schedule order
+// (block index s * grid + r); the epoch then equals the sequential reference over the
+// ratings in array order, whatever the number of threads. grid = 1 is plain sequential SGD.
+#pragma once
+#include <cstdint>
+
+namespace recfuse {
+
+// Ratings (or positive pairs) grouped by block in schedule order.
+struct BlockLayout {
+  const int32_t* users;
+  const int32_t* items;
+  const int64_t* offsets;  // grid * grid + 1 entries; block b is [offsets[b], offsets[b + 1])
+  int grid;
+};
+
+// Learning rates and regularisation per term (Surprise's lr_bu, lr_bi, ..., reg_yj).
+template <class T>
+struct SgdRates {
+  T lr_bu, lr_bi, lr_pu, lr_qi, lr_yj;
+  T reg_bu, reg_bi, reg_pu, reg_qi, reg_yj;
+};
+
+// One Funk SVD epoch in place. P: n_users x k, Q: n_items x k; biased = false leaves the
+// biases alone (the caller passes global_mean = 0).
+template <class T>
+void svd_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_bias, T* item_bias,
+               T* P, T* Q, int64_t n_users, int64_t n_items, int k, const SgdRates<T>& rates,
+               bool biased, int num_threads);
+
+// One SVD++ epoch in place (reference.svdpp_sgd_epoch) over the entries in array order, by
+// user passes (runs of one user's ratings). A pass reads and writes the y_j of all the
+// user's items, so passes cannot share a diagonal of blocks: this epoch is sequential and
+// L.grid only has to describe the array. N(u) is row u of the users x items pattern
+// (implicit_indptr, implicit_indices).
+template <class T>
+void svdpp_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_bias,
+                 T* item_bias, T* P, T* Q, T* Y, int64_t n_users, int64_t n_items, int k,
+                 const int64_t* implicit_indptr, const int32_t* implicit_indices,
+                 const SgdRates<T>& rates);
+
+// One BPR epoch in place. L holds the positive (user, item) pairs. For each pair a negative
+// item is drawn uniformly from the column bin of its block (bin_items[bin_offsets[c] ..
+// bin_offsets[c + 1]]) and redrawn until it is not in the user's row of the seen matrix
+// (seen_indptr, seen_indices: sorted per row); after max_tries draws the pair is skipped.
+// Draws come from a generator seeded by (seed, block), so the result does not depend on the
+// thread count. negatives_out (nnz entries) receives each pair's negative, or -1 when skipped.
+// Returns the number of skipped pairs.
+template <class T>
+int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_t* seen_indices,
+                  const int32_t* bin_items, const int64_t* bin_offsets, T* P, T* Q, T* item_bias,
+                  int64_t n_users, int64_t n_items, int k, T lr, T reg, uint64_t seed,
+                  int max_tries, int32_t* negatives_out, int num_threads);
+
+}  // namespace recfuse

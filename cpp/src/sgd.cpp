@@ -1,0 +1,229 @@
+// Block scheduling and dispatch for the SGD kernels; the per-rating math lives in
+// sgd_kernels_impl.inc. See recfuse/sgd.hpp for the schedule and why it has no races.
+#include "recfuse/sgd.hpp"
+
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "recfuse/simd.hpp"
+#include "sgd_kernels.hpp"
+
+namespace recfuse {
+
+namespace {
+
+template <class T>
+const kernels::SgdKernels<T>& sgd_kernels(int k);
+
+template <>
+const kernels::SgdKernels<float>& sgd_kernels<float>(int k) {
+  switch (simd_level()) {
+    case SimdLevel::Avx512: return kernels::avx512::sgd_kernels_float(k);
+    case SimdLevel::Avx2: return kernels::avx2::sgd_kernels_float(k);
+    default: return kernels::generic::sgd_kernels_float(k);
+  }
+}
+
+template <>
+const kernels::SgdKernels<double>& sgd_kernels<double>(int k) {
+  switch (simd_level()) {
+    case SimdLevel::Avx512: return kernels::avx512::sgd_kernels_double(k);
+    case SimdLevel::Avx2: return kernels::avx2::sgd_kernels_double(k);
+    default: return kernels::generic::sgd_kernels_double(k);
+  }
+}
+
+// Threads for an epoch of `updates` row updates: the requested number (0: all), at most one
+// per block of a diagonal, and no more than keeps ~50k updates per thread between two
+// barriers (a diagonal): shorter stretches lose more to waking and joining threads than
+// they gain, and far more when the machine is oversubscribed.
+int thread_count(int requested, int grid, double updates) {
+  int wanted = requested > 0 ? requested : omp_get_max_threads();
+  if (wanted > grid) wanted = grid;
+  const double useful = updates / grid / 5e4;
+  if (useful < wanted) wanted = useful < 1 ? 1 : static_cast<int>(useful);
+  return wanted;
+}
+
+void check_layout(const BlockLayout& L, int64_t n_users, int64_t n_items, int k) {
+  if (k <= 0) throw std::invalid_argument("factors must be positive, got " + std::to_string(k));
+  if (L.grid <= 0) throw std::invalid_argument("grid must be positive");
+  const int64_t blocks = static_cast<int64_t>(L.grid) * L.grid;
+  if (L.offsets[0] != 0) throw std::invalid_argument("block offsets must start at 0");
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (L.offsets[b + 1] < L.offsets[b]) {
+      throw std::invalid_argument("block offsets must be non-decreasing (block " +
+                                  std::to_string(b) + ")");
+    }
+  }
+  const int64_t nnz = L.offsets[blocks];
+  bool bad = false;
+#pragma omp parallel for reduction(|| : bad) schedule(static) if (nnz > (1 << 20))
+  for (int64_t t = 0; t < nnz; ++t) {
+    bad = bad || L.users[t] < 0 || L.users[t] >= n_users || L.items[t] < 0 ||
+          L.items[t] >= n_items;
+  }
+  if (bad) {
+    throw std::invalid_argument("a user or item id is outside [0, " + std::to_string(n_users) +
+                                ") x [0, " + std::to_string(n_items) + ")");
+  }
+}
+
+// A CSR pattern (rows x cols) whose indices the kernels will follow.
+void check_pattern(const int64_t* indptr, const int32_t* indices, int64_t rows, int64_t cols,
+                   const char* name) {
+  if (indptr[0] != 0) throw std::invalid_argument(std::string(name) + " indptr must start at 0");
+  for (int64_t u = 0; u < rows; ++u) {
+    if (indptr[u + 1] < indptr[u]) {
+      throw std::invalid_argument(std::string(name) + " indptr must be non-decreasing");
+    }
+  }
+  for (int64_t t = 0; t < indptr[rows]; ++t) {
+    if (indices[t] < 0 || indices[t] >= cols) {
+      throw std::invalid_argument(std::string(name) + " index out of range [0, " +
+                                  std::to_string(cols) + ")");
+    }
+  }
+}
+
+// Runs body(block, begin, end) on every block, diagonal by diagonal; the blocks of one diagonal
+// share no row or column bin and run in parallel.
+template <class Body>
+void for_each_block(const BlockLayout& L, int threads, const Body& body) {
+  const int grid = L.grid;
+#pragma omp parallel num_threads(threads)
+  for (int s = 0; s < grid; ++s) {
+#pragma omp for schedule(dynamic, 1)
+    for (int r = 0; r < grid; ++r) {
+      const int64_t block = static_cast<int64_t>(s) * grid + r;
+      body(block, L.offsets[block], L.offsets[block + 1]);
+    }  // implicit barrier: the next diagonal starts when this one is done
+  }
+}
+
+// splitmix64: a small counter-based generator; one stream per (seed, block).
+struct SplitMix {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, n) up to a bias below n / 2^64.
+  int64_t below(int64_t n) { return static_cast<int64_t>(next() % static_cast<uint64_t>(n)); }
+};
+
+bool row_contains(const int64_t* indptr, const int32_t* indices, int64_t row, int32_t item) {
+  int64_t lo = indptr[row], hi = indptr[row + 1];
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (indices[mid] < item) {
+      lo = mid + 1;
+    } else if (indices[mid] > item) {
+      hi = mid;
+    } else {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+template <class T>
+void svd_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_bias, T* item_bias,
+               T* P, T* Q, int64_t n_users, int64_t n_items, int k, const SgdRates<T>& rates,
+               bool biased, int num_threads) {
+  check_layout(L, n_users, n_items, k);
+  const auto& kern = sgd_kernels<T>(k);
+  const int64_t nnz = L.offsets[static_cast<int64_t>(L.grid) * L.grid];
+  const int threads = thread_count(num_threads, L.grid, static_cast<double>(nnz));
+  for_each_block(L, threads, [&](int64_t, int64_t begin, int64_t end) {
+    kern.svd_range(L.users, L.items, ratings, begin, end, global_mean, user_bias, item_bias, P, Q,
+                   k, rates, biased);
+  });
+}
+
+template <class T>
+void svdpp_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_bias,
+                 T* item_bias, T* P, T* Q, T* Y, int64_t n_users, int64_t n_items, int k,
+                 const int64_t* implicit_indptr, const int32_t* implicit_indices,
+                 const SgdRates<T>& rates) {
+  check_layout(L, n_users, n_items, k);
+  check_pattern(implicit_indptr, implicit_indices, n_users, n_items, "implicit");
+  const auto& kern = sgd_kernels<T>(k);
+  const int64_t nnz = L.offsets[static_cast<int64_t>(L.grid) * L.grid];
+  std::vector<T> scratch(2 * static_cast<size_t>(k));
+  for (int64_t begin = 0; begin < nnz;) {
+    const int32_t u = L.users[begin];
+    int64_t end = begin + 1;
+    while (end < nnz && L.users[end] == u) ++end;
+    const int64_t start = implicit_indptr[u];
+    kern.svdpp_pass(L.items, ratings, begin, end, u, global_mean, user_bias, item_bias, P, Q, Y,
+                    implicit_indices + start, implicit_indptr[u + 1] - start, k, rates,
+                    scratch.data());
+    begin = end;
+  }
+}
+
+template <class T>
+int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_t* seen_indices,
+                  const int32_t* bin_items, const int64_t* bin_offsets, T* P, T* Q, T* item_bias,
+                  int64_t n_users, int64_t n_items, int k, T lr, T reg, uint64_t seed,
+                  int max_tries, int32_t* negatives_out, int num_threads) {
+  check_layout(L, n_users, n_items, k);
+  if (max_tries < 1) throw std::invalid_argument("max_tries must be >= 1");
+  check_pattern(seen_indptr, seen_indices, n_users, n_items, "seen");
+  check_pattern(bin_offsets, bin_items, L.grid, n_items, "bin");
+  const auto& kern = sgd_kernels<T>(k);
+  const int grid = L.grid;
+  const int64_t nnz = L.offsets[static_cast<int64_t>(grid) * grid];
+  const int threads = thread_count(num_threads, grid, static_cast<double>(nnz));
+  int64_t skipped = 0;
+  std::vector<int64_t> skipped_by_block(static_cast<size_t>(grid) * grid, 0);
+  for_each_block(L, threads, [&](int64_t block, int64_t begin, int64_t end) {
+    const int s = static_cast<int>(block / grid), r = static_cast<int>(block % grid);
+    const int c = (r + s) % grid;
+    const int32_t* candidates = bin_items + bin_offsets[c];
+    const int64_t count = bin_offsets[c + 1] - bin_offsets[c];
+    SplitMix rng{seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>(block + 1))};
+    int64_t missed = 0;
+    for (int64_t t = begin; t < end; ++t) {
+      int32_t negative = -1;
+      for (int attempt = 0; attempt < max_tries && count > 0; ++attempt) {
+        const int32_t j = candidates[rng.below(count)];
+        if (!row_contains(seen_indptr, seen_indices, L.users[t], j)) {
+          negative = j;
+          break;
+        }
+      }
+      negatives_out[t] = negative;
+      missed += negative < 0;
+    }
+    skipped_by_block[block] = missed;
+    kern.bpr_range(L.users, L.items, negatives_out, begin, end, P, Q, item_bias, k, lr, reg);
+  });
+  for (int64_t v : skipped_by_block) skipped += v;
+  return skipped;
+}
+
+#define RECFUSE_INSTANTIATE(T)                                                                   \
+  template void svd_epoch<T>(const BlockLayout&, const T*, T, T*, T*, T*, T*, int64_t, int64_t,  \
+                             int, const SgdRates<T>&, bool, int);                                \
+  template void svdpp_epoch<T>(const BlockLayout&, const T*, T, T*, T*, T*, T*, T*, int64_t,     \
+                               int64_t, int, const int64_t*, const int32_t*,                     \
+                               const SgdRates<T>&);                                              \
+  template int64_t bpr_epoch<T>(const BlockLayout&, const int64_t*, const int32_t*,              \
+                                const int32_t*, const int64_t*, T*, T*, T*, int64_t, int64_t,    \
+                                int, T, T, uint64_t, int, int32_t*, int);
+RECFUSE_INSTANTIATE(float)
+RECFUSE_INSTANTIATE(double)
+#undef RECFUSE_INSTANTIATE
+
+}  // namespace recfuse

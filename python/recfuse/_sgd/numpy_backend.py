@@ -1,0 +1,37 @@
+"""The NumPy SGD backend: the reference loops themselves (slow; always available)."""
+
+from __future__ import annotations
+
+from .. import reference
+from .common import Blocks, Pattern
+
+NAME = "numpy"
+
+
+def availability() -> tuple[bool, str]:
+    return True, ""
+
+
+def svd_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, lr, reg, biased,
+              num_threads) -> None:
+    user_bias[...], item_bias[...], P[...], Q[...] = reference.svd_sgd_epoch(
+        blocks.users, blocks.items, ratings, global_mean, user_bias, item_bias, P, Q,
+        lr=lr[:4], reg=reg[:4], biased=biased)
+
+
+def svdpp_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, Y,
+                implicit: Pattern, lr, reg) -> None:
+    user_bias[...], item_bias[...], P[...], Q[...], Y[...] = reference.svdpp_sgd_epoch(
+        blocks.users, blocks.items, ratings, global_mean, user_bias, item_bias, P, Q, Y,
+        implicit.to_scipy(Q.shape[0]), lr=lr, reg=reg)
+
+
+def bpr_epoch(blocks: Blocks, seen: Pattern, P, Q, item_bias, lr, reg, seed, max_tries,
+              negatives, num_threads) -> int:
+    negatives[...] = reference.bpr_sample_negatives(
+        blocks.users, blocks.offsets, blocks.grid, seen.to_scipy(Q.shape[0]), blocks.bin_items,
+        blocks.bin_offsets, seed, max_tries)
+    kept = (negatives >= 0).nonzero()[0]
+    P[...], Q[...], item_bias[...] = reference.bpr_sgd_epoch(
+        blocks.users, blocks.items, negatives, P, Q, item_bias, lr=lr, reg=reg, order=kept)
+    return int(negatives.size - kept.size)

@@ -1,0 +1,209 @@
+"""``SVD`` and ``SVDpp`` with the interface of Surprise's (``surprise.SVD``/``SVDpp``),
+trained by recfuse. Switching is one import::
+
+    # from surprise import SVD
+    from recfuse.compat.surprise import SVD
+
+They take Surprise's constructor arguments, ``fit(trainset)`` a ``surprise.Trainset``, and
+``predict``/``test`` return Surprise's ``Prediction`` tuples, so they work inside
+``surprise.model_selection.cross_validate`` and with ``surprise.accuracy``. Surprise itself
+is not imported: any object with the ``Trainset`` methods used below will do.
+
+``SVD`` reproduces Surprise's model: the same initial factors (drawn from
+``random_state`` exactly as Surprise draws them), the ratings in Surprise's order
+(``trainset.all_ratings()``, one sequential pass: ``grid=1``) and float64 arithmetic, so
+predictions agree with ``surprise.SVD`` to rounding. Pass ``grid=0`` (or a grid size) and
+``num_threads`` for the parallel block-scheduled epochs instead. ``SVDpp`` uses
+recfuse.SVDpp's one-implicit-sum-per-user-pass epochs (see its docstring), which differ
+from Surprise's per-rating order by second-order terms; its RMSE is as good.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from ..models.sgd import SVD as _RecfuseSVD
+from ..models.sgd import SVDpp as _RecfuseSVDpp
+
+
+class Prediction(NamedTuple):
+    """Surprise's ``Prediction``: (uid, iid, r_ui, est, details)."""
+
+    uid: object
+    iid: object
+    r_ui: float | None
+    est: float
+    details: dict
+
+
+def _surprise_rng(random_state):
+    """Surprise's ``get_rng``: None -> NumPy's global RandomState, int -> RandomState(seed)."""
+    if random_state is None:
+        return np.random.mtrand._rand
+    if isinstance(random_state, (numbers.Integral, np.integer)):
+        return np.random.RandomState(int(random_state))
+    if isinstance(random_state, np.random.RandomState):
+        return random_state
+    raise ValueError(f"Wrong random state. Expecting None, an int or a numpy RandomState "
+                     f"instance, got {type(random_state)}")
+
+
+class _SurpriseAdapter:
+    _MODEL: type = _RecfuseSVD
+
+    def __init__(self, n_factors, n_epochs, init_mean, init_std_dev, lr_all, reg_all, rates,
+                 random_state, verbose, grid, num_threads, extra):
+        self.n_factors, self.n_epochs = n_factors, n_epochs
+        self.init_mean, self.init_std_dev = init_mean, init_std_dev
+        self.lr_all, self.reg_all = lr_all, reg_all
+        for name, value in rates.items():
+            setattr(self, name, value)
+        self.random_state, self.verbose = random_state, verbose
+        self.grid, self.num_threads = grid, num_threads
+        self._model = self._MODEL(
+            factors=n_factors, epochs=n_epochs, lr=lr_all, reg=reg_all, init_mean=init_mean,
+            init_std=init_std_dev, dtype=np.float64, grid=grid, shuffle=False,
+            num_threads=num_threads, **rates, **extra)
+        self.trainset = None
+
+    # ------------------------------------------------------------------ Surprise's API
+    def fit(self, trainset):
+        """Train on a ``surprise.Trainset`` (inner ids, ratings in ``all_ratings()`` order)."""
+        triples = np.array(list(trainset.all_ratings()), dtype=np.float64).reshape(-1, 3)
+        rng = _surprise_rng(self.random_state)
+        shapes = [trainset.n_users] + [trainset.n_items] * (len(self._factor_names()) - 1)
+        initial = [rng.normal(self.init_mean, self.init_std_dev, (n, self.n_factors))
+                   for n in shapes]
+        self._model.fit(triples[:, 0].astype(np.int64), triples[:, 1].astype(np.int64),
+                        triples[:, 2], rating_scale=tuple(trainset.rating_scale),
+                        n_users=trainset.n_users, n_items=trainset.n_items,
+                        show_progress=bool(self.verbose), initial_factors=tuple(initial))
+        self.trainset = trainset
+        return self
+
+    def estimate(self, u, i) -> float:
+        """The unclipped estimate for inner ids (Surprise passes 'UKN__' strings for unknown)."""
+        inner_u = u if isinstance(u, (numbers.Integral, np.integer)) else self._unknown_user()
+        inner_i = i if isinstance(i, (numbers.Integral, np.integer)) else self._unknown_item()
+        return float(self._model.predict(int(inner_u), int(inner_i), clip=False))
+
+    def predict(self, uid, iid, r_ui=None, clip=True, verbose=False) -> Prediction:
+        """Prediction for raw ids, as ``surprise.AlgoBase.predict``."""
+        if self.trainset is None:
+            raise RuntimeError("the model is not fitted: call fit(trainset) first")
+        try:
+            inner_u = self.trainset.to_inner_uid(uid)
+        except ValueError:
+            inner_u = "UKN__" + str(uid)
+        try:
+            inner_i = self.trainset.to_inner_iid(iid)
+        except ValueError:
+            inner_i = "UKN__" + str(iid)
+        est = self.estimate(inner_u, inner_i)
+        if clip:
+            low, high = self.trainset.rating_scale
+            est = min(high, max(low, est))
+        prediction = Prediction(uid, iid, r_ui, est, {"was_impossible": False})
+        if verbose:
+            print(prediction)
+        return prediction
+
+    def test(self, testset, verbose=False) -> list[Prediction]:
+        """Predictions for (uid, iid, r_ui) triples (vectorised; same results as one by one)."""
+        if self.trainset is None:
+            raise RuntimeError("the model is not fitted: call fit(trainset) first")
+        users = np.array([self._inner(self.trainset.to_inner_uid, uid, self._unknown_user())
+                          for uid, _, _ in testset], dtype=np.int64)
+        items = np.array([self._inner(self.trainset.to_inner_iid, iid, self._unknown_item())
+                          for _, iid, _ in testset], dtype=np.int64)
+        estimates = np.clip(self._model.predict(users, items, clip=False),
+                            *self.trainset.rating_scale) if len(testset) else []
+        predictions = [Prediction(uid, iid, r_ui, float(est), {"was_impossible": False})
+                       for (uid, iid, r_ui), est in zip(testset, estimates)]
+        if verbose:
+            for prediction in predictions:
+                print(prediction)
+        return predictions
+
+    def default_prediction(self) -> float:
+        return self.trainset.global_mean
+
+    # ------------------------------------------------------------------ Surprise's attributes
+    @property
+    def bu(self):
+        return None if self._model.user_bias is None else self._model.user_bias.copy()
+
+    @property
+    def bi(self):
+        return None if self._model.item_bias is None else self._model.item_bias.copy()
+
+    @property
+    def pu(self):
+        return None if self._model.user_factors is None else self._model.user_factors.copy()
+
+    @property
+    def qi(self):
+        return None if self._model.item_factors is None else self._model.item_factors.copy()
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _inner(convert, raw, unknown):
+        try:
+            return convert(raw)
+        except ValueError:
+            return unknown
+
+    def _unknown_user(self) -> int:
+        return self.trainset.n_users  # beyond every known id: recfuse's unknown
+
+    def _unknown_item(self) -> int:
+        return self.trainset.n_items
+
+    def _factor_names(self) -> tuple[str, ...]:
+        return ("pu", "qi")
+
+
+class SVD(_SurpriseAdapter):
+    """``surprise.SVD`` computed by recfuse (see the module docstring).
+
+    >>> from recfuse.compat.surprise import SVD
+    >>> algo = SVD(n_factors=10, n_epochs=5, random_state=0)   # then algo.fit(trainset)
+    """
+
+    def __init__(self, n_factors=100, n_epochs=20, biased=True, init_mean=0, init_std_dev=0.1,
+                 lr_all=0.005, reg_all=0.02, lr_bu=None, lr_bi=None, lr_pu=None, lr_qi=None,
+                 reg_bu=None, reg_bi=None, reg_pu=None, reg_qi=None, random_state=None,
+                 verbose=False, *, grid=1, num_threads=0):
+        self.biased = biased
+        rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, reg_bu=reg_bu,
+                     reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi)
+        super().__init__(n_factors, n_epochs, init_mean, init_std_dev, lr_all, reg_all, rates,
+                         random_state, verbose, grid, num_threads, {"biased": biased})
+
+
+class SVDpp(_SurpriseAdapter):
+    """``surprise.SVDpp`` computed by recfuse.SVDpp (one implicit sum per user pass; see the
+    module docstring). ``cache_ratings`` is accepted and ignored."""
+
+    _MODEL = _RecfuseSVDpp
+
+    def __init__(self, n_factors=20, n_epochs=20, init_mean=0, init_std_dev=0.1, lr_all=0.007,
+                 reg_all=0.02, lr_bu=None, lr_bi=None, lr_pu=None, lr_qi=None, lr_yj=None,
+                 reg_bu=None, reg_bi=None, reg_pu=None, reg_qi=None, reg_yj=None,
+                 random_state=None, verbose=False, cache_ratings=False, *, num_threads=0):
+        self.cache_ratings = cache_ratings
+        rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, lr_yj=lr_yj,
+                     reg_bu=reg_bu, reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi, reg_yj=reg_yj)
+        super().__init__(n_factors, n_epochs, init_mean, init_std_dev, lr_all, reg_all, rates,
+                         random_state, verbose, 1, num_threads, {})
+
+    @property
+    def yj(self):
+        factors = self._model.implicit_factors
+        return None if factors is None else factors.copy()
+
+    def _factor_names(self) -> tuple[str, ...]:
+        return ("pu", "qi", "yj")

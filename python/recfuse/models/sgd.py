@@ -1,0 +1,561 @@
+"""Explicit-feedback matrix factorization by SGD: Funk SVD and SVD++ with Surprise's rules.
+
+The update rules, defaults and initialisation follow Surprise (``surprise.SVD`` and
+``surprise.SVDpp``), so results are comparable; ``recfuse.reference`` states each epoch.
+What differs is the order of the ratings within an epoch: they are cut into a grid of
+blocks that share no user and no item (FPSGD), so threads can run the blocks of one
+diagonal at once without races. Results depend on the seed and the grid, never on the
+thread count. ``grid=1, shuffle=False`` is plain sequential SGD over the ratings in the
+order given, which is Surprise's own order when they come from ``Trainset.all_ratings()``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .. import _validation as check
+from .._backend import resolve_backend
+from .._sgd.common import Pattern, default_grid, make_blocks, user_major_order
+from .als import _progress
+
+MAX_FACTORS = 4096
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """Everything fit learns; replaced as a whole so readers always see one consistent model."""
+
+    global_mean: float
+    user_bias: np.ndarray
+    item_bias: np.ndarray
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    implicit_factors: np.ndarray | None  # SVD++ only: y_j
+    user_implicit: np.ndarray | None  # SVD++ only: z_u = |N(u)|^(-1/2) Σ_{j∈N(u)} y_j
+    user_counts: np.ndarray  # training ratings per user; 0 means unknown
+    item_counts: np.ndarray
+    seen: Pattern  # the items each user rated (N(u)); for SVD++ and filter_seen
+    rating_scale: tuple[float, float]
+    biased: bool = True  # False: r̂ = q·p for known pairs, the global mean otherwise
+
+
+class _SgdFactorization:
+    """Shared fit/predict/recommend/save of SVD and SVDpp (see their docstrings)."""
+
+    _NAME = ""
+    _RATE_TERMS: tuple[str, ...] = ()
+
+    def __init__(self, factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
+                 shuffle, backend, num_threads, random_state):
+        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
+        self.epochs = check.check_int(epochs, "epochs", minimum=0)
+        self.lr = check.check_float(lr, "lr", minimum=0.0, strict=True)
+        self.reg = check.check_float(reg, "reg", minimum=0.0)
+        self.init_mean = check.check_float(init_mean, "init_mean")
+        self.init_std = check.check_float(init_std, "init_std", minimum=0.0)
+        self.rates = {}
+        for name, value in rates.items():  # per-term overrides: lr_bu=..., reg_qi=...
+            if value is not None:
+                strict = name.startswith("lr_")
+                value = check.check_float(value, name, minimum=0.0, strict=strict)
+            self.rates[name] = value
+        self.dtype = check.check_float_dtype(dtype)
+        self.grid = check.check_int(grid, "grid", minimum=0, maximum=1024)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
+        self.shuffle = bool(shuffle)
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+        self.backend = backend
+        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        if random_state is not None and not isinstance(random_state, np.random.Generator):
+            check.check_int(random_state, "random_state", minimum=0)
+        self.random_state = random_state
+        self.backend_used: str | None = None
+        self._fitted: _Fitted | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ parameters
+    def _rate_tuples(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(lr, reg) for the kernels: bu, bi, pu, qi, yj (unused terms repeat lr/reg)."""
+        lr = tuple(self.rates.get(f"lr_{t}") or self.lr for t in ("bu", "bi", "pu", "qi", "yj"))
+        reg = tuple(self.reg if self.rates.get(f"reg_{t}") is None else self.rates[f"reg_{t}"]
+                    for t in ("bu", "bi", "pu", "qi", "yj"))
+        return lr, reg
+
+    def get_params(self) -> dict:
+        return {
+            "factors": self.factors, "epochs": self.epochs, "lr": self.lr, "reg": self.reg,
+            "init_mean": self.init_mean, "init_std": self.init_std, **self.rates,
+            "dtype": self.dtype.name, "grid": self.grid, "shuffle": self.shuffle,
+            "backend": self.backend, "num_threads": self.num_threads,
+        }
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        users,
+        items,
+        ratings,
+        *,
+        rating_scale: tuple[float, float] | None = None,
+        n_users: int | None = None,
+        n_items: int | None = None,
+        show_progress: bool = False,
+        callback: Callable[[int, float], None] | None = None,
+        initial_factors: tuple[np.ndarray, ...] | None = None,
+    ):
+        """Train on ratings (users[t], items[t], ratings[t]) and return self.
+
+        Ids are integers >= 0; ``n_users``/``n_items`` may declare more ids than appear.
+        ``rating_scale=(lowest, highest)`` rejects ratings outside it and bounds
+        ``predict(clip=True)``; by default it is the range of the training ratings. Repeated
+        (user, item) pairs are kept: each is one more SGD update, as in Surprise.
+        ``callback(epoch, rmse)`` gets the training RMSE after each epoch.
+        ``initial_factors`` replaces the random start: (P, Q) for SVD, (P, Q, Y) for SVD++.
+        On bad input the model is left as it was.
+        """
+        users, items, values, scale = check.check_ratings(users, items, ratings, rating_scale)
+        if values.size == 0:
+            raise ValueError("fit needs at least one rating, got none")
+        n_users = self._count(n_users, "n_users", users)
+        n_items = self._count(n_items, "n_items", items)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        rng = np.random.default_rng(self.random_state)
+        factors = self._initial_factors(rng, n_users, n_items, initial_factors)
+        backend = resolve_backend(self.backend, "sgd")
+        global_mean = float(values.mean())
+        blocks = self._layout(users, items, n_users, n_items, values.size, rng)
+        ordered = np.ascontiguousarray(values[blocks.order], dtype=self.dtype)
+        seen = Pattern.from_pairs(users, items, n_users, n_items)
+        user_bias = np.zeros(n_users, dtype=self.dtype)
+        item_bias = np.zeros(n_items, dtype=self.dtype)
+        lr, reg = self._rate_tuples()
+        run_epoch = self._epoch_runner(backend, blocks, ordered, global_mean, user_bias, item_bias,
+                                       factors, seen, lr, reg)
+        progress = _progress(self.epochs, show_progress, f"{self._NAME} ({backend.NAME})")
+        try:
+            for epoch in range(self.epochs):
+                run_epoch()
+                if callback is not None:
+                    state = self._state(global_mean, user_bias, item_bias, factors, seen, users,
+                                        items, n_users, n_items, scale)
+                    callback(epoch, _rmse(state, users, items, values))
+                progress.update(1)
+        finally:
+            progress.close()
+        fitted = self._state(global_mean, user_bias, item_bias, factors, seen, users, items,
+                             n_users, n_items, scale)
+        with self._lock:
+            self._fitted = fitted
+            self.backend_used = backend.NAME
+        return self
+
+    @staticmethod
+    def _count(value, name, ids) -> int:
+        needed = int(ids.max()) + 1 if ids.size else 0
+        if value is None:
+            return needed
+        value = check.check_int(value, name, minimum=needed)
+        return value
+
+    def _initial_factors(self, rng, n_users, n_items, given):
+        names = ("P", "Q", "Y")[: self._factor_count()]
+        rows = (n_users, n_items, n_items)
+        if given is None:
+            # Surprise's initialisation: every factor ~ Normal(init_mean, init_std).
+            return [rng.normal(self.init_mean, self.init_std, (r, self.factors)).astype(self.dtype)
+                    for r in rows[: len(names)]]
+        if not isinstance(given, (tuple, list)) or len(given) != len(names):
+            raise TypeError(f"initial_factors must be a tuple {names}")
+        out = []
+        for name, array, r in zip(names, given, rows):
+            array = check.check_factors(array, f"initial_factors {name}", dtype=self.dtype,
+                                        n_cols=self.factors)
+            if array.shape[0] != r:
+                raise ValueError(f"initial_factors {name} must have {r} rows, got {array.shape}")
+            out.append(array)
+        return out
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, users, items, clip: bool = True):
+        """Predicted ratings for pairs (users[t], items[t]); a float for one pair.
+
+        Unknown ids (beyond the training ids, or without training ratings) fall back as in
+        Surprise: the global mean, plus the bias of whichever of user and item is known; the
+        factor term only when both are. ``clip`` bounds the result by the rating scale.
+        """
+        state = self._require_fitted()
+        single = np.ndim(users) == 0 and np.ndim(items) == 0
+        u = check.check_ids(users, "users", None, allow_new=True)
+        i = check.check_ids(items, "items", None, allow_new=True)
+        if u.size != i.size:
+            raise ValueError(f"users and items must have the same length, got {u.size} and {i.size}")
+        estimate = _estimate(state, u, i)
+        if clip:
+            estimate = np.clip(estimate, *state.rating_scale)
+        return float(estimate[0]) if single else estimate
+
+    def recommend(self, user_ids, k: int = 10, filter_seen: bool = True, items=None,
+                  exclude_items=None):
+        """The k items with the highest predicted rating for one user (1-d results) or a
+        batch (2-d). Scores are unclipped predicted ratings; ties by smaller item id.
+        ``filter_seen`` drops the items the user rated in training; ``items`` restricts the
+        candidates, ``exclude_items`` removes ids. Rows are padded with -1 / -inf."""
+        state = self._require_fitted()
+        n_users, n_items = state.user_counts.size, state.item_counts.size
+        single = np.ndim(user_ids) == 0
+        ids = check.check_ids(user_ids, "user_ids", n_users)
+        k = check.check_int(k, "k", minimum=1)
+        mask = None
+        if items is not None:
+            mask = np.zeros(n_items, dtype=bool)
+            mask[check.check_ids(items, "items", n_items)] = True
+        if exclude_items is not None:
+            mask = np.ones(n_items, dtype=bool) if mask is None else mask
+            mask[check.check_ids(exclude_items, "exclude_items", n_items)] = False
+        seen = state.seen.to_scipy(n_items)[ids] if filter_seen else None
+        known_user = state.user_counts[ids] > 0
+        known_item = state.item_counts > 0
+        queries = _user_vectors(state)[ids] * known_user[:, None]
+        if state.biased:
+            offsets = state.global_mean + np.where(known_user, state.user_bias[ids], 0)
+            item_bias = np.where(known_item, state.item_bias, 0).astype(self.dtype)
+        else:
+            offsets = np.where(known_user, 0.0, state.global_mean)
+            item_bias = np.zeros(n_items, dtype=self.dtype)
+        item_factors = state.item_factors * known_item[:, None]
+        out_ids, out_scores = _topk_with_bias(queries, item_factors, item_bias, k, seen, mask)
+        out_scores = out_scores + offsets[:, None].astype(out_scores.dtype)
+        if single:
+            return out_ids[0], out_scores[0]
+        return out_ids, out_scores
+
+    # ------------------------------------------------------------------ state access
+    def _require_fitted(self) -> _Fitted:
+        state = self._fitted
+        if state is None:
+            raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
+        return state
+
+    @property
+    def global_mean(self) -> float | None:
+        return None if self._fitted is None else self._fitted.global_mean
+
+    @property
+    def user_bias(self) -> np.ndarray | None:
+        return None if self._fitted is None else self._fitted.user_bias
+
+    @property
+    def item_bias(self) -> np.ndarray | None:
+        return None if self._fitted is None else self._fitted.item_bias
+
+    @property
+    def user_factors(self) -> np.ndarray | None:
+        return None if self._fitted is None else self._fitted.user_factors
+
+    @property
+    def item_factors(self) -> np.ndarray | None:
+        return None if self._fitted is None else self._fitted.item_factors
+
+    @property
+    def rating_scale(self) -> tuple[float, float] | None:
+        return None if self._fitted is None else self._fitted.rating_scale
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model to ``path`` (a versioned .npz; no pickle). Atomic."""
+        from ..persistence import save_model
+
+        state = self._require_fitted()
+        arrays = {
+            "global_mean": np.array([state.global_mean]),
+            "rating_scale": np.array(state.rating_scale, dtype=np.float64),
+            "user_bias": state.user_bias, "item_bias": state.item_bias,
+            "user_factors": state.user_factors, "item_factors": state.item_factors,
+            "user_counts": state.user_counts, "item_counts": state.item_counts,
+            "seen_indptr": state.seen.indptr, "seen_indices": state.seen.indices,
+        }
+        if state.implicit_factors is not None:
+            arrays["implicit_factors"] = state.implicit_factors
+        save_model(path, self._NAME, self.get_params(), arrays)
+
+    @classmethod
+    def _from_saved(cls, params: dict, arrays: dict):
+        model = cls(**params)
+        n_users, n_items = arrays["user_counts"].size, arrays["item_counts"].size
+        P = check.check_factors(arrays["user_factors"], "user_factors", dtype=model.dtype,
+                                n_cols=model.factors)
+        Q = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
+                                n_cols=model.factors)
+        factors = [P, Q]
+        if model._factor_count() == 3:
+            factors.append(check.check_factors(arrays["implicit_factors"], "implicit_factors",
+                                               dtype=model.dtype, n_cols=model.factors))
+        if P.shape[0] != n_users or any(f.shape[0] != n_items for f in factors[1:]):
+            raise ValueError("saved factors do not match the saved user and item counts")
+        seen_matrix = sp.csr_matrix(
+            (np.ones(arrays["seen_indices"].size), arrays["seen_indices"], arrays["seen_indptr"]),
+            shape=(n_users, n_items))
+        seen_matrix = check.check_csr(seen_matrix, "saved seen matrix", dtype=np.float64)
+        seen = Pattern(seen_matrix.indptr.astype(np.int64), seen_matrix.indices.astype(np.int32))
+        scale = check.check_rating_scale(tuple(float(v) for v in arrays["rating_scale"]))
+        state = _Fitted(
+            global_mean=float(arrays["global_mean"][0]),
+            user_bias=np.asarray(arrays["user_bias"], dtype=model.dtype),
+            item_bias=np.asarray(arrays["item_bias"], dtype=model.dtype),
+            user_factors=P, item_factors=Q,
+            implicit_factors=factors[2] if len(factors) == 3 else None, user_implicit=None,
+            user_counts=np.asarray(arrays["user_counts"], dtype=np.int64),
+            item_counts=np.asarray(arrays["item_counts"], dtype=np.int64),
+            seen=seen, rating_scale=scale, biased=getattr(model, "biased", True))
+        if state.implicit_factors is not None:
+            state = replace(state, user_implicit=_implicit_term(seen, state.implicit_factors))
+        model._fitted = state
+        return model
+
+    # ------------------------------------------------------------------ per-model hooks
+    def _layout(self, users, items, n_users, n_items, nnz, rng):
+        grid = self.grid or default_grid(nnz)
+        return make_blocks(users, items, n_users, n_items, grid, rng, self.shuffle)
+
+    def _factor_count(self) -> int:
+        raise NotImplementedError
+
+    def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
+                      seen, lr, reg) -> Callable[[], None]:
+        raise NotImplementedError
+
+    def _state(self, global_mean, user_bias, item_bias, factors, seen, users, items, n_users,
+               n_items, scale) -> _Fitted:
+        implicit = factors[2].copy() if len(factors) == 3 else None
+        return _Fitted(
+            global_mean=global_mean, user_bias=user_bias.copy(), item_bias=item_bias.copy(),
+            user_factors=factors[0].copy(), item_factors=factors[1].copy(),
+            implicit_factors=implicit,
+            user_implicit=None if implicit is None else _implicit_term(seen, implicit),
+            user_counts=np.bincount(users, minlength=n_users).astype(np.int64),
+            item_counts=np.bincount(items, minlength=n_items).astype(np.int64),
+            seen=seen, rating_scale=scale, biased=getattr(self, "biased", True))
+
+    def __repr__(self) -> str:
+        state = self._fitted
+        fitted = "" if state is None else (
+            f", fitted on {state.user_counts.size} users x {state.item_counts.size} items")
+        return (f"{self._NAME}(factors={self.factors}, epochs={self.epochs}, lr={self.lr}, "
+                f"reg={self.reg}, dtype={self.dtype.name}, backend={self.backend!r}{fitted})")
+
+
+class SVD(_SgdFactorization):
+    """Funk SVD with biases (Surprise's ``SVD``): r̂_ui = μ + b_u + b_i + q_i·p_u.
+
+    Parameters and defaults are Surprise's: ``factors`` (n_factors), ``epochs``
+    (n_epochs), ``lr`` (lr_all), ``reg`` (reg_all), ``biased``, ``init_mean``,
+    ``init_std`` (init_std_dev), and per-term overrides ``lr_bu, lr_bi, lr_pu, lr_qi,
+    reg_bu, reg_bi, reg_pu, reg_qi``. Then:
+
+    dtype: float32 (default) or float64, for the factors and all arithmetic.
+    grid: bins a side of the block grid (0: from the number of ratings, at most 32). The
+        grid, not the thread count, decides the order of updates, so the same seed and grid
+        give the same model with any number of threads. grid=1: one sequential pass.
+    shuffle: visit the ratings of each block in a random order (fixed for the fit), or in
+        the order given.
+    backend: "auto", "cpu", "numba" or "numpy" (see ``recfuse.backends("sgd")``).
+    num_threads: CPU threads; 0 uses all cores.
+    random_state: seed (int) or ``numpy.random.Generator`` for the initial factors, bins and
+        order.
+
+    >>> import numpy as np, recfuse
+    >>> rng = np.random.default_rng(0)
+    >>> users, items = rng.integers(0, 50, 2000), rng.integers(0, 40, 2000)
+    >>> ratings = rng.integers(1, 6, 2000)
+    >>> model = recfuse.SVD(factors=8, epochs=5, random_state=0).fit(users, items, ratings)
+    >>> 1 <= model.predict(3, 7) <= 5
+    True
+    >>> model.predict([3, 999], [7, 7]).shape        # id 999 is unknown: mean + item bias
+    (2,)
+    """
+
+    _NAME = "SVD"
+
+    def __init__(
+        self,
+        factors: int = 100,
+        epochs: int = 20,
+        lr: float = 0.005,
+        reg: float = 0.02,
+        biased: bool = True,
+        init_mean: float = 0.0,
+        init_std: float = 0.1,
+        *,
+        lr_bu: float | None = None,
+        lr_bi: float | None = None,
+        lr_pu: float | None = None,
+        lr_qi: float | None = None,
+        reg_bu: float | None = None,
+        reg_bi: float | None = None,
+        reg_pu: float | None = None,
+        reg_qi: float | None = None,
+        dtype=np.float32,
+        grid: int = 0,
+        shuffle: bool = True,
+        backend: str = "auto",
+        num_threads: int = 0,
+        random_state: int | np.random.Generator | None = None,
+    ):
+        if not isinstance(biased, (bool, np.bool_)):
+            raise TypeError(f"biased must be a bool, got {type(biased).__name__}")
+        self.biased = bool(biased)
+        rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, reg_bu=reg_bu,
+                     reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi)
+        super().__init__(factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
+                         shuffle, backend, num_threads, random_state)
+
+    def get_params(self) -> dict:
+        return {**super().get_params(), "biased": self.biased}
+
+    def _factor_count(self) -> int:
+        return 2
+
+    def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
+                      seen, lr, reg):
+        P, Q = factors
+        mean = global_mean if self.biased else 0.0
+
+        def run():
+            backend.svd_epoch(blocks, ratings, mean, user_bias, item_bias, P, Q, lr, reg,
+                              self.biased, self.num_threads)
+
+        return run
+
+
+class SVDpp(_SgdFactorization):
+    """SVD++ (Koren 2008; Surprise's ``SVDpp``): r̂_ui = μ + b_u + b_i + q_i·(p_u + z_u),
+    z_u = |N(u)|^(-1/2) Σ_{j∈N(u)} y_j over the items N(u) the user rated in training.
+
+    Surprise's defaults (factors=20, epochs=20, lr=0.007, reg=0.02) and rules, with one
+    change that makes an epoch O(nnz k) instead of O(Σ_u |N(u)|² k): each epoch visits the
+    users in random order and all of a user's ratings together (a *user pass*); z_u is
+    computed once at the start of the pass and the y_j of the user's items receive the
+    pass's summed gradient once, with the same total shrinkage, at its end
+    (``recfuse.reference.svdpp_sgd_epoch``). Surprise recomputes z_u and updates every y_j
+    after each rating. A pass touches the y_j of all the user's items, so passes cannot run
+    side by side without races: SVD++ trains on one thread (``num_threads`` is unused).
+    ``grid`` is ignored; ``shuffle=False`` keeps each user's ratings in the order given.
+    The other parameters are those of ``SVD`` (plus ``lr_yj``/``reg_yj``).
+    """
+
+    _NAME = "SVDpp"
+
+    def __init__(
+        self,
+        factors: int = 20,
+        epochs: int = 20,
+        lr: float = 0.007,
+        reg: float = 0.02,
+        init_mean: float = 0.0,
+        init_std: float = 0.1,
+        *,
+        lr_bu: float | None = None,
+        lr_bi: float | None = None,
+        lr_pu: float | None = None,
+        lr_qi: float | None = None,
+        lr_yj: float | None = None,
+        reg_bu: float | None = None,
+        reg_bi: float | None = None,
+        reg_pu: float | None = None,
+        reg_qi: float | None = None,
+        reg_yj: float | None = None,
+        dtype=np.float32,
+        grid: int = 0,
+        shuffle: bool = True,
+        backend: str = "auto",
+        num_threads: int = 0,
+        random_state: int | np.random.Generator | None = None,
+    ):
+        rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, lr_yj=lr_yj,
+                     reg_bu=reg_bu, reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi, reg_yj=reg_yj)
+        super().__init__(factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
+                         shuffle, backend, num_threads, random_state)
+
+    @property
+    def implicit_factors(self) -> np.ndarray | None:
+        return None if self._fitted is None else self._fitted.implicit_factors
+
+    def _factor_count(self) -> int:
+        return 3
+
+    def _layout(self, users, items, n_users, n_items, nnz, rng):
+        # One block, each user's ratings together: one pass per user and epoch.
+        order = user_major_order(users, n_users, rng, self.shuffle)
+        return make_blocks(users, items, n_users, n_items, 1, rng, order=order)
+
+    def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
+                      seen, lr, reg):
+        P, Q, Y = factors
+
+        def run():
+            backend.svdpp_epoch(blocks, ratings, global_mean, user_bias, item_bias, P, Q, Y, seen,
+                                lr, reg)
+
+        return run
+
+
+# ---------------------------------------------------------------------- helpers
+def _implicit_term(seen: Pattern, Y: np.ndarray) -> np.ndarray:
+    """z_u for every user (float64 sums, stored in Y's dtype)."""
+    n_users = seen.indptr.size - 1
+    matrix = seen.to_scipy(Y.shape[0])
+    lengths = np.diff(seen.indptr)
+    scale = np.where(lengths > 0, 1 / np.sqrt(np.maximum(lengths, 1)), 0.0)
+    Z = (matrix @ Y.astype(np.float64)) * scale[:, None]
+    return Z.reshape(n_users, Y.shape[1]).astype(Y.dtype)
+
+
+def _user_vectors(state: _Fitted) -> np.ndarray:
+    if state.user_implicit is None:
+        return state.user_factors
+    return state.user_factors + state.user_implicit
+
+
+def _estimate(state: _Fitted, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """μ + b_u [u known] + b_i [i known] + q_i·p_u [both known], in float64 (Surprise's
+    estimate); unbiased: q_i·p_u when both are known, else μ."""
+    n_users, n_items = state.user_counts.size, state.item_counts.size
+    known_u = users < n_users
+    known_u[known_u] = state.user_counts[users[known_u]] > 0
+    known_i = items < n_items
+    known_i[known_i] = state.item_counts[items[known_i]] > 0
+    estimate = np.full(users.size, state.global_mean, dtype=np.float64)
+    both = known_u & known_i
+    if state.biased:
+        estimate[known_u] += state.user_bias[users[known_u]]
+        estimate[known_i] += state.item_bias[items[known_i]]
+    else:
+        estimate[both] = 0.0
+    vectors = _user_vectors(state)
+    estimate[both] += np.einsum("nk,nk->n", vectors[users[both]].astype(np.float64),
+                                state.item_factors[items[both]].astype(np.float64))
+    return estimate
+
+
+def _rmse(state: _Fitted, users, items, ratings) -> float:
+    return float(np.sqrt(np.mean((_estimate(state, users, items) - ratings) ** 2)))
+
+
+def _topk_with_bias(queries: np.ndarray, item_factors: np.ndarray, item_bias: np.ndarray, k: int,
+                    seen: sp.csr_matrix | None, mask: np.ndarray | None):
+    """Top-k of queries · item_factorsᵀ + item_bias per row, without seen or masked items:
+    the one place these models' recommend scores items (through recfuse.topk)."""
+    from ..retrieval import topk
+
+    allow = None if mask is None else np.flatnonzero(mask)
+    return topk(queries.astype(item_factors.dtype, copy=False), item_factors, k, exclude=seen,
+                allow=allow, item_bias=item_bias)

@@ -1,0 +1,112 @@
+"""recfuse.BPR end to end: training equals the reference epochs with the shared negatives,
+negatives are never seen items, same model for any thread count, recommend, persistence,
+bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import recfuse
+from recfuse import datasets, reference
+
+
+@pytest.fixture(scope="module")
+def data():
+    return datasets.synthetic_implicit(200, 90, 3000, seed=4)
+
+
+def test_negatives_are_unseen_and_training_improves_the_ranking(data):
+    recorded = []
+    from recfuse._sgd import cpu
+
+    original = cpu.bpr_epoch
+
+    def spy(blocks, seen, *args):
+        skipped = original(blocks, seen, *args)
+        recorded.append((blocks.users.copy(), args[-2].copy()))
+        return skipped
+
+    cpu.bpr_epoch = spy
+    try:
+        model = recfuse.BPR(factors=8, iterations=3, lr=0.05, random_state=0, backend="cpu")
+        model.fit(data)
+    finally:
+        cpu.bpr_epoch = original
+    dense = data.toarray() != 0
+    for users, negatives in recorded:
+        kept = negatives >= 0
+        assert kept.mean() > 0.99
+        assert not dense[users[kept], negatives[kept]].any(), "a seen item was used as a negative"
+    # AUC on the training pairs: positives outrank random items after training
+    scores = model.user_factors @ model.item_factors.T + model.item_bias
+    assert np.mean([scores[u][dense[u]].mean() > scores[u][~dense[u]].mean()
+                    for u in range(200) if dense[u].any() and (~dense[u]).any()]) > 0.8
+
+
+def test_fit_is_the_reference_epochs(data):
+    model = recfuse.BPR(factors=4, iterations=2, lr=0.05, reg=0.01, random_state=3, grid=3,
+                        dtype=np.float64, backend="cpu")
+    model.fit(data)
+    # Rebuild what fit drew from its generator, in the same order.
+    from recfuse._sgd.common import make_blocks
+
+    rng = np.random.default_rng(3)
+    P = (rng.random((200, 4)) - 0.5) / 4
+    Q = (rng.random((90, 4)) - 0.5) / 4
+    bias = np.zeros(90)
+    coo = data.tocoo()
+    blocks = make_blocks(coo.row, coo.col, 200, 90, 3, rng)
+    seed = int(rng.integers(0, 2**63))
+    for iteration in range(2):
+        negatives = reference.bpr_sample_negatives(blocks.users, blocks.offsets, 3, data,
+                                                   blocks.bin_items, blocks.bin_offsets,
+                                                   seed + iteration, 100)
+        P, Q, bias = reference.bpr_sgd_epoch(blocks.users, blocks.items, negatives, P, Q, bias,
+                                             lr=0.05, reg=0.01, order=np.flatnonzero(negatives >= 0))
+    np.testing.assert_allclose(model.user_factors, P, atol=1e-10)
+    np.testing.assert_allclose(model.item_factors, Q, atol=1e-10)
+    np.testing.assert_allclose(model.item_bias, bias, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_same_model_for_any_thread_count_and_backend(data, backend):
+    kwargs = dict(factors=8, iterations=2, random_state=1, grid=4, dtype=np.float64)
+    runs = [recfuse.BPR(num_threads=t, backend="cpu", **kwargs).fit(data) for t in (1, 2)]
+    np.testing.assert_array_equal(runs[0].user_factors, runs[1].user_factors)
+    other = recfuse.BPR(backend=backend, **kwargs).fit(data)
+    np.testing.assert_allclose(other.item_factors, runs[0].item_factors, atol=1e-10)
+
+
+def test_a_user_who_saw_every_item_is_skipped_not_trained_on_seen_items():
+    matrix = sp.csr_matrix(np.array([[1, 1, 1], [1, 0, 0]], dtype=np.float32))
+    skipped = []
+    recfuse.BPR(factors=2, iterations=3, grid=1, max_tries=5, random_state=0).fit(
+        matrix, callback=lambda it, s: skipped.append(s))
+    assert skipped == [3, 3, 3]  # user 0's three positives have no unseen negative
+
+
+def test_recommend_save_load_and_bad_input(tmp_path, data):
+    model = recfuse.BPR(factors=8, iterations=3, random_state=0).fit(data)
+    ids, scores = model.recommend(5, k=10)
+    assert not set(data[5].indices) & set(ids.tolist()) and np.all(np.diff(scores) <= 0)
+    np.testing.assert_allclose(scores, model.user_factors[5] @ model.item_factors[ids].T
+                               + model.item_bias[ids], rtol=1e-5)
+    model.save(tmp_path / "bpr.npz")
+    loaded = recfuse.load(tmp_path / "bpr.npz")
+    np.testing.assert_array_equal(loaded.recommend([1, 2], k=5)[0], model.recommend([1, 2], k=5)[0])
+    before = model.user_factors.copy()
+    with pytest.raises(TypeError, match="CSR"):
+        model.fit(data.toarray())
+    with pytest.raises(ValueError, match="finite"):
+        bad = data.copy()
+        bad.data[0] = np.nan
+        model.fit(bad)
+    np.testing.assert_array_equal(model.user_factors, before)
+    for kwargs, message in [({"lr": 0.0}, "lr must be > 0"), ({"max_tries": 0}, "max_tries"),
+                            ({"reg": -1}, "reg must be >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            recfuse.BPR(**kwargs)
+    with pytest.raises(ValueError, match="user_ids must be <"):
+        model.recommend(10**6)

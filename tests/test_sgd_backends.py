@@ -1,0 +1,220 @@
+"""The SGD backend contract: every backend's svd_epoch, svdpp_epoch and bpr_epoch against
+recfuse.reference over the ratings in block order, for any grid, thread count and SIMD level.
+
+The blocks of one diagonal share no user and no item, so a parallel epoch must equal the
+sequential reference over the entries in the order the layout stores them. Sums may be
+vectorised in the native kernels, so the comparison is up to rounding: float64 to 1e-10,
+float32 to 1e-4, relative to the size of the values (one epoch from a fixed start, with
+learning rates that keep the updates contracting). BPR's negatives are integers drawn from
+the shared splitmix64 streams: they must be identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+import recfuse
+from recfuse import reference
+from recfuse._backend import resolve_backend
+from recfuse._sgd.common import Pattern, make_blocks
+
+TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
+
+
+def sgd_backends():
+    params = []
+    for info in recfuse.backends("sgd"):
+        if info.name in ("cuda", "cupy"):
+            continue
+        marks = [] if info.available else [pytest.mark.skip(reason=f"{info.name}: {info.detail}")]
+        params.append(pytest.param(info.name, marks=marks, id=info.name))
+    return params
+
+
+class Problem:
+    """Ratings cut into blocks, a starting model and rates, in one dtype."""
+
+    def __init__(self, users, items, ratings, n_users, n_items, k, grid, seed, dtype):
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.n_users, self.n_items = n_users, n_items
+        self.blocks = make_blocks(users, items, n_users, n_items, grid, rng)
+        self.ratings = np.ascontiguousarray(np.asarray(ratings)[self.blocks.order], dtype=self.dtype)
+        self.mu = float(np.mean(ratings)) if len(ratings) else 0.0
+        self.start = {
+            "bu": rng.normal(0, 0.1, n_users), "bi": rng.normal(0, 0.1, n_items),
+            "P": rng.normal(0, 0.3, (n_users, k)), "Q": rng.normal(0, 0.3, (n_items, k)),
+            "Y": rng.normal(0, 0.3, (n_items, k)),
+        }
+        self.start = {name: a.astype(self.dtype) for name, a in self.start.items()}
+        self.lr = tuple(float(v) for v in rng.uniform(0.002, 0.03, 5))
+        self.reg = tuple(float(v) for v in rng.uniform(0.0, 0.2, 5))
+        self.implicit = Pattern.from_pairs(users, items, n_users, n_items)
+
+    def sort_by_user(self):
+        """Re-lay the ratings user-major in one block (the SVDpp layout)."""
+        order = np.argsort(self.blocks.users, kind="stable")
+        self.blocks = make_blocks(self.blocks.users, self.blocks.items, self.n_users,
+                                  self.n_items, 1, np.random.default_rng(0), order=order)
+        self.ratings = np.ascontiguousarray(self.ratings[order])
+
+    def fresh(self, *names):
+        return [self.start[name].copy() for name in names]
+
+
+@st.composite
+def problems(draw, dtype, max_users=9, max_items=8, max_ratings=60):
+    n_users = draw(st.integers(1, max_users))
+    n_items = draw(st.integers(1, max_items))
+    n = draw(st.integers(0, max_ratings))
+    users = draw(st.lists(st.integers(0, n_users - 1), min_size=n, max_size=n))
+    items = draw(st.lists(st.integers(0, n_items - 1), min_size=n, max_size=n))
+    ratings = draw(st.lists(st.sampled_from([1.0, 5.0, 0.5, 10.0]) | st.floats(-5, 10, width=32),
+                            min_size=n, max_size=n))
+    return Problem(np.array(users, dtype=np.int64), np.array(items, dtype=np.int64),
+                   np.array(ratings), n_users, n_items, k=draw(st.integers(1, 21)),
+                   grid=draw(st.integers(1, 4)), seed=draw(st.integers(0, 2**32 - 1)),
+                   dtype=dtype)
+
+
+def assert_close(got, expected, dtype):
+    for g, e in zip(got, expected):
+        assert g.dtype == dtype
+        scale = max(1.0, float(np.abs(e).max()) if e.size else 1.0)
+        np.testing.assert_allclose(g, e, rtol=0, atol=TOLERANCE[np.dtype(dtype)] * scale)
+
+
+def run_svd(module, p: Problem, biased=True, threads=2):
+    bu, bi, P, Q = p.fresh("bu", "bi", "P", "Q")
+    module.svd_epoch(p.blocks, p.ratings, p.mu if biased else 0.0, bu, bi, P, Q, p.lr, p.reg,
+                     biased, threads)
+    return bu, bi, P, Q
+
+
+def run_svdpp(module, p: Problem):
+    bu, bi, P, Q, Y = p.fresh("bu", "bi", "P", "Q", "Y")
+    module.svdpp_epoch(p.blocks, p.ratings, p.mu, bu, bi, P, Q, Y, p.implicit, p.lr, p.reg)
+    return bu, bi, P, Q, Y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", sgd_backends())
+@given(data=st.data(), biased=st.booleans())
+def test_svd_epoch_matches_reference(backend, dtype, data, biased):
+    p = data.draw(problems(dtype))
+    got = run_svd(resolve_backend(backend, "sgd"), p, biased)
+    s = p.start
+    expected = reference.svd_sgd_epoch(p.blocks.users, p.blocks.items, p.ratings,
+                                       p.mu if biased else 0.0, s["bu"], s["bi"], s["P"], s["Q"],
+                                       lr=p.lr[:4], reg=p.reg[:4], biased=biased)
+    assert_close(got, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", sgd_backends())
+@given(data=st.data(), user_major=st.booleans())
+def test_svdpp_epoch_matches_reference(backend, dtype, data, user_major):
+    # Any order: user-major (one pass per user, what SVDpp uses) or block order (passes of
+    # one or a few ratings).
+    p = data.draw(problems(dtype))
+    if user_major:
+        p.sort_by_user()
+    got = run_svdpp(resolve_backend(backend, "sgd"), p)
+    s = p.start
+    expected = reference.svdpp_sgd_epoch(
+        p.blocks.users, p.blocks.items, p.ratings, p.mu, s["bu"], s["bi"], s["P"], s["Q"], s["Y"],
+        p.implicit.to_scipy(p.n_items), lr=p.lr, reg=p.reg)
+    assert_close(got, expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", sgd_backends())
+@given(data=st.data(), max_tries=st.integers(1, 8))
+def test_bpr_epoch_matches_reference(backend, dtype, data, max_tries):
+    p = data.draw(problems(dtype))
+    seen = p.implicit
+    rows = np.repeat(np.arange(p.n_users), np.diff(seen.indptr))
+    blocks = make_blocks(rows, seen.indices, p.n_users, p.n_items, p.blocks.grid,
+                         np.random.default_rng(3))
+    P, Q, b = p.fresh("P", "Q", "bi")
+    negatives = np.zeros(blocks.users.size, dtype=np.int32)
+    seed = 2**63 + 12345  # seeds use all 64 bits
+    skipped = resolve_backend(backend, "sgd").bpr_epoch(blocks, seen, P, Q, b, p.lr[0], p.reg[0],
+                                                        seed, max_tries, negatives, 2)
+    expected_negatives = reference.bpr_sample_negatives(
+        blocks.users, blocks.offsets, blocks.grid, seen.to_scipy(p.n_items), blocks.bin_items,
+        blocks.bin_offsets, seed, max_tries)
+    np.testing.assert_array_equal(negatives, expected_negatives)
+    assert skipped == int((negatives < 0).sum())
+    s = p.start
+    expected = reference.bpr_sgd_epoch(blocks.users, blocks.items, negatives, s["P"], s["Q"],
+                                       s["bi"], lr=p.lr[0], reg=p.reg[0],
+                                       order=np.flatnonzero(negatives >= 0))
+    assert_close((P, Q, b), expected, dtype)
+
+
+def larger_problem(dtype, k=32, grid=6):
+    rng = np.random.default_rng(11)
+    users, items = rng.integers(0, 300, 6000), rng.integers(0, 200, 6000)
+    ratings = rng.integers(1, 6, 6000).astype(float)
+    return Problem(users, items, ratings, 300, 200, k=k, grid=grid, seed=5, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", [b for b in sgd_backends() if b.values[0] != "numpy"])
+def test_same_result_for_any_thread_count(backend, dtype):
+    module = resolve_backend(backend, "sgd")
+    p = larger_problem(dtype)
+    results = [run_svd(module, p, threads=t) for t in (1, 2, 2, 3)]
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_simd_level_and_fixed_width_matches_the_reference(dtype):
+    module = resolve_backend("cpu", "sgd")
+    from recfuse import _core
+
+    initial = _core.simd_level()
+    try:
+        for k in (16, 20, 32, 64, 100, 128, 37):  # the fixed-width kernels and the general one
+            p = larger_problem(dtype, k=k, grid=3)
+            s = p.start
+            expected = reference.svd_sgd_epoch(p.blocks.users, p.blocks.items, p.ratings, p.mu,
+                                               s["bu"], s["bi"], s["P"], s["Q"], lr=p.lr[:4],
+                                               reg=p.reg[:4])
+            for level in _core.supported_simd_levels():
+                _core.set_simd_level(level)
+                assert_close(run_svd(module, p), expected, dtype)
+    finally:
+        _core.set_simd_level(initial)
+
+
+def test_native_kernels_reject_inconsistent_arrays():
+    from recfuse import _core
+
+    p = larger_problem(np.float64)
+    bu, bi, P, Q = p.fresh("bu", "bi", "P", "Q")
+    b = p.blocks
+    args = dict(users=b.users, items=b.items, ratings=p.ratings, offsets=b.offsets, grid=b.grid,
+                global_mean=3.0, user_bias=bu, item_bias=bi, P=P, Q=Q, lr=(0.01,) * 5,
+                reg=(0.02,) * 5, biased=True)
+    with pytest.raises(ValueError, match="offsets must have"):
+        _core.svd_epoch(**{**args, "grid": b.grid + 1})
+    with pytest.raises(ValueError, match="Q must be 2-d with 32 columns"):
+        _core.svd_epoch(**{**args, "Q": np.zeros((200, 31))})
+    with pytest.raises(ValueError, match="user_bias must have shape"):
+        _core.svd_epoch(**{**args, "user_bias": np.zeros(3)})
+    bad_users = b.users.copy()
+    bad_users[7] = 300
+    with pytest.raises(ValueError, match="outside"):
+        _core.svd_epoch(**{**args, "users": bad_users})
+    with pytest.raises(TypeError):
+        _core.svd_epoch(**{**args, "P": P.astype(np.float32)})  # no silent conversion
+    np.testing.assert_array_equal(P, p.start["P"])  # nothing ran

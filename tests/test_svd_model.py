@@ -1,0 +1,211 @@
+"""recfuse.SVD and recfuse.SVDpp end to end: training equals the reference epochs, same
+model for any thread count, Surprise's fallbacks for unknown ids, recommend, persistence,
+bad input, and MovieLens 100K quality."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import recfuse
+from recfuse import reference
+from recfuse._sgd.common import Pattern
+
+MODELS = [pytest.param(recfuse.SVD, id="SVD"), pytest.param(recfuse.SVDpp, id="SVDpp")]
+
+
+@pytest.fixture(scope="module")
+def ratings():
+    rng = np.random.default_rng(7)
+    n_users, n_items, n = 120, 80, 3000
+    users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    taste = rng.normal(size=(n_users, 3)) @ rng.normal(size=(3, n_items))
+    values = np.clip(np.round(3 + taste[users, items]), 1, 5)
+    return users, items, values
+
+
+def test_svd_fit_is_the_reference_epochs_in_the_given_order(ratings):
+    users, items, values = ratings
+    rng = np.random.default_rng(1)
+    P0, Q0 = rng.normal(0, 0.1, (120, 6)), rng.normal(0, 0.1, (80, 6))
+    model = recfuse.SVD(factors=6, epochs=3, lr=0.01, reg=0.05, lr_bi=0.02, reg_qi=0.1, grid=1,
+                        shuffle=False, dtype=np.float64, backend="cpu")
+    model.fit(users, items, values, initial_factors=(P0, Q0))
+    state = (np.zeros(120), np.zeros(80), P0, Q0)
+    for _ in range(3):
+        state = reference.svd_sgd_epoch(users, items, values, values.mean(), *state,
+                                        lr=(0.01, 0.02, 0.01, 0.01), reg=(0.05, 0.05, 0.05, 0.1))
+    for got, expected in zip((model.user_bias, model.item_bias, model.user_factors,
+                              model.item_factors), state):
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_svdpp_fit_is_the_reference_epochs_user_by_user(ratings):
+    users, items, values = ratings
+    order = np.argsort(users, kind="stable")  # one user pass per user, users ascending
+    users, items, values = users[order], items[order], values[order]
+    rng = np.random.default_rng(2)
+    start = [rng.normal(0, 0.1, (n, 5)) for n in (120, 80, 80)]
+    model = recfuse.SVDpp(factors=5, epochs=2, shuffle=False, dtype=np.float64, backend="cpu",
+                          random_state=0)
+    # shuffle=False keeps each user's ratings as given; the order of users is random, so
+    # rebuild it from the model's layout instead of guessing it.
+    model.fit(users, items, values, initial_factors=start)
+    implicit = Pattern.from_pairs(users, items, 120, 80).to_scipy(80)
+    from recfuse._sgd.common import user_major_order
+
+    rng = np.random.default_rng(0)
+    layout = user_major_order(users, 120, rng, shuffle=False)
+    state = (np.zeros(120), np.zeros(80), *start)
+    for _ in range(2):
+        state = reference.svdpp_sgd_epoch(users, items, values, values.mean(), *state, implicit,
+                                          lr=0.007, reg=0.02, order=layout)
+    for got, expected in zip((model.user_bias, model.item_bias, model.user_factors,
+                              model.item_factors, model.implicit_factors), state):
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_same_seed_same_model_for_any_thread_count_and_rmse_falls(ratings, cls):
+    users, items, values = ratings
+    runs = []
+    for threads in (1, 2, 2):
+        history = []
+        model = cls(factors=8, epochs=6, random_state=3, num_threads=threads, grid=4)
+        model.fit(users, items, values, callback=lambda epoch, rmse: history.append(rmse))
+        runs.append((model, history))
+    for model, _ in runs[1:]:
+        np.testing.assert_array_equal(model.user_factors, runs[0][0].user_factors)
+        np.testing.assert_array_equal(model.item_bias, runs[0][0].item_bias)
+    history = runs[0][1]
+    assert len(history) == 6 and history[-1] < history[0]
+    assert all(np.isfinite(v) for v in history)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_fallback_backends_train_the_same_model(ratings, cls, backend):
+    users, items, values = ratings[0][:600], ratings[1][:600], ratings[2][:600]
+    kwargs = dict(factors=4, epochs=2, random_state=5, dtype=np.float64, grid=3)
+    native = cls(backend="cpu", **kwargs).fit(users, items, values)
+    other = cls(backend=backend, **kwargs).fit(users, items, values)
+    np.testing.assert_allclose(other.user_factors, native.user_factors, atol=1e-10)
+    np.testing.assert_allclose(other.predict(users, items), native.predict(users, items), atol=1e-10)
+
+
+def test_unknown_ids_fall_back_like_surprise():
+    users, items, values = np.array([0, 0, 1, 3]), np.array([0, 1, 1, 2]), np.array([5.0, 3, 4, 1])
+    model = recfuse.SVD(factors=3, epochs=5, random_state=0).fit(users, items, values,
+                                                                  rating_scale=(1, 5))
+    mu = values.mean()
+    bu, bi = model.user_bias.astype(float), model.item_bias.astype(float)
+    # user 2 has no ratings (unknown), user 9 is beyond the ids, item 3 was never rated
+    np.testing.assert_allclose(model.predict([2, 9, 0, 9], [1, 1, 3, 7]),
+                               [mu + bi[1], mu + bi[1], mu + bu[0], mu], rtol=1e-6)
+    known = model.predict(0, 0, clip=False)
+    assert known == pytest.approx(mu + bu[0] + bi[0] + model.user_factors[0] @ model.item_factors[0],
+                                  rel=1e-5)
+    unbiased = recfuse.SVD(factors=3, epochs=5, biased=False, random_state=0).fit(users, items, values)
+    assert unbiased.predict(9, 0) == pytest.approx(mu)
+    assert unbiased.predict(0, 0, clip=False) == pytest.approx(
+        float(unbiased.user_factors[0] @ unbiased.item_factors[0]), rel=1e-5)
+    assert np.all(unbiased.user_bias == 0)
+
+
+def test_predict_clips_to_the_rating_scale():
+    model = recfuse.SVD(factors=2, epochs=30, lr=0.05, random_state=0)
+    model.fit([0, 1], [0, 1], [5.0, 1.0], rating_scale=(1, 5))
+    high = model.predict([0], [0], clip=False)
+    assert model.predict(0, 0) <= 5 and model.predict(1, 1) >= 1
+    assert isinstance(model.predict(0, 0), float) and high.shape == (1,)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_recommend_ranks_by_predicted_rating_without_seen_items(ratings, cls):
+    users, items, values = ratings
+    model = cls(factors=8, epochs=5, random_state=0).fit(users, items, values)
+    ids, scores = model.recommend(4, k=10)
+    seen = set(items[users == 4].tolist())
+    assert not seen & set(ids.tolist()) and len(set(ids.tolist())) == 10
+    np.testing.assert_allclose(scores, model.predict(np.full(10, 4), ids, clip=False), rtol=1e-5)
+    assert np.all(np.diff(scores) <= 0)
+    batch_ids, _ = model.recommend([4, 5], k=10, filter_seen=False, exclude_items=[ids[0]])
+    assert batch_ids.shape == (2, 10) and ids[0] not in batch_ids[0]
+    only, _ = model.recommend(4, k=3, filter_seen=False, items=[1, 2])
+    assert sorted(only[:2].tolist()) == [1, 2] and only[2] == -1
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_save_and_load_round_trip(tmp_path, ratings, cls):
+    users, items, values = ratings
+    model = cls(factors=4, epochs=3, random_state=0, dtype=np.float64).fit(users, items, values)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = recfuse.load(path)
+    assert type(loaded) is cls and loaded.get_params() == model.get_params()
+    probe_users, probe_items = np.array([0, 5, 500]), np.array([3, 79, 2])
+    np.testing.assert_array_equal(loaded.predict(probe_users, probe_items),
+                                  model.predict(probe_users, probe_items))
+    np.testing.assert_array_equal(loaded.recommend(3)[0], model.recommend(3)[0])
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="truncated or foreign"):
+        recfuse.load(path)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_bad_input_raises_and_leaves_the_model_alone(ratings, cls):
+    users, items, values = ratings
+    model = cls(factors=4, epochs=2, random_state=0).fit(users, items, values)
+    before = model.user_factors.copy()
+    cases = [
+        ((users, items, np.where(values == 5, np.nan, values)), {}, ValueError, "finite"),
+        ((users, items, values), {"rating_scale": (1, 4)}, ValueError, "rating_scale"),
+        ((users[:-1], items, values), {}, ValueError, "same length"),
+        ((users - 1, items, values), {}, ValueError, "users must be >= 0"),
+        ((users, items.astype(float), values), {}, TypeError, "items must hold integers"),
+        ((users, items, values), {"rating_scale": (5, 1)}, ValueError, "lowest < highest"),
+        ((users, items, values), {"n_users": 3}, ValueError, "n_users must be >="),
+        (([], [], []), {}, ValueError, "at least one rating"),
+        ((users, items, values), {"initial_factors": (before,)}, TypeError, "initial_factors"),
+    ]
+    for args, kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            model.fit(*args, **kwargs)
+    np.testing.assert_array_equal(model.user_factors, before)
+    for kwargs, message in [({"lr": 0}, "lr must be > 0"), ({"lr": -1}, "lr must be > 0"),
+                            ({"reg": -0.1}, "reg must be >= 0"), ({"factors": 0}, "factors"),
+                            ({"lr_bu": 0.0}, "lr_bu must be > 0"), ({"epochs": 1.5}, "epochs"),
+                            ({"dtype": np.int32}, "float32 or float64")]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            cls(**kwargs)
+    with pytest.raises(ValueError, match="same length"):
+        model.predict([1, 2], [1])
+    with pytest.raises(ValueError, match="users must be >= 0"):
+        model.predict(-1, 0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        cls().predict(0, 0)
+    with pytest.raises(RuntimeError, match="not available"):
+        cls(backend="cuda").fit(users, items, values)
+
+
+def movielens_folds(path):
+    raw = np.loadtxt(os.path.join(path, "u.data"), dtype=np.int64)
+    users, items, values = raw[:, 0] - 1, raw[:, 1] - 1, raw[:, 2].astype(np.float64)
+    return users, items, values, np.random.default_rng(0).permutation(values.size) % 5
+
+
+@pytest.mark.parametrize("cls, band", [(recfuse.SVD, (0.92, 0.938)), (recfuse.SVDpp, (0.905, 0.924))])
+def test_movielens_100k_five_fold_rmse(movielens_100k, cls, band):
+    # Surprise's published 5-fold figures: SVD 0.934, SVD++ 0.919 (ours measured 0.933 and
+    # 0.919 with these seeds). The band catches a broken kernel, not a small regression.
+    users, items, values, folds = movielens_folds(movielens_100k)
+    errors = []
+    for fold in range(5):
+        train, test = folds != fold, folds == fold
+        model = cls(random_state=0).fit(users[train], items[train], values[train],
+                                        rating_scale=(1, 5))
+        predicted = model.predict(users[test], items[test])
+        errors.append(np.sqrt(np.mean((predicted - values[test]) ** 2)))
+    assert band[0] <= np.mean(errors) <= band[1], errors
