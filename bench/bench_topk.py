@@ -84,6 +84,23 @@ def timed(function, min_time: float) -> float:
     return statistics.median(times)
 
 
+def timed_round_robin(runs: dict, min_time: float) -> dict:
+    """Median seconds per call of each library, measured in turns (A B C A B C ...) so that a
+    change in the machine's load affects every library alike (these machines are shared)."""
+    for run in runs.values():
+        run()  # warm-up
+    times = {name: [] for name in runs}
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < 5 or (time.perf_counter() - started < min_time * len(runs) and rounds < 200):
+        for name, run in runs.items():
+            begin = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - begin)
+        rounds += 1
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def read_bandwidth() -> float:
     """GB/s of reading 1 GiB from memory: THREADS numpy sums of its parts in parallel (numpy
     releases the GIL in the reduction), the floor of a search that streams the item table."""
@@ -219,10 +236,9 @@ def main(argv=None) -> int:
         reference_ids = numpy_topk(Q, V, k, seen)[0]
         case = {"n": n, "d": d, "m": m, "k": k, "seen_per_query": SEEN_PER_QUERY if exclude else 0,
                 "qps": {}, "agreement": {}}
-        for name, run in runs.items():
-            seconds = timed(run, args.min_time)
+        for name, seconds in timed_round_robin(runs, args.min_time).items():
             case["qps"][name] = m / seconds
-            case["agreement"][name] = agreement(run()[0], reference_ids)
+            case["agreement"][name] = agreement(runs[name]()[0], reference_ids)
         seconds = m / case["qps"]["recfuse"]
         case["recfuse_gbs"] = V.nbytes / seconds / 1e9
         case["recfuse_gflops"] = 2.0 * m * n * d / seconds / 1e9
