@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_check.hpp"
 #include "als_cuda.hpp"
 
 namespace recfuse {
@@ -40,20 +41,7 @@ namespace {
 
 // ------------------------------------------------------------------------ error handling
 
-void check(cudaError_t status, const char* what) {
-  if (status == cudaSuccess) return;
-  cudaGetLastError();  // clear a non-sticky error so that later calls start clean
-  throw std::runtime_error(std::string("CUDA error in ") + what + ": " +
-                           cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
-}
-
-#define RECFUSE_CUDA_CHECK(expr) check((expr), #expr)
-
 void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
-
-void expect(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
 
 // ------------------------------------------------------------------------ RAII helpers
 

@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_check.hpp"
 #include "topk_cuda.hpp"
 
 namespace recfuse {
@@ -46,20 +47,7 @@ namespace cuda {
 
 namespace {
 
-// ------------------------------------------------------------------------ error handling
-
-void check(cudaError_t status, const char* what) {
-  if (status == cudaSuccess) return;
-  cudaGetLastError();  // clear a non-sticky error so that later calls start clean
-  throw std::runtime_error(std::string("CUDA error in ") + what + ": " +
-                           cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
-}
-
-#define RECFUSE_TOPK_CHECK(expr) check((expr), #expr)
-
-void expect(bool ok, const std::string& message) {
-  if (!ok) throw std::invalid_argument(message);
-}
+// ------------------------------------------------------------------------ RAII helpers
 
 template <class U>
 class Buffer {
@@ -93,14 +81,14 @@ class Buffer {
 
 class Stream {
  public:
-  Stream() { RECFUSE_TOPK_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  Stream() { RECFUSE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
   ~Stream() {
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
   }
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
   cudaStream_t get() const { return stream_; }
-  void synchronize() const { RECFUSE_TOPK_CHECK(cudaStreamSynchronize(stream_)); }
+  void synchronize() const { RECFUSE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
  private:
   cudaStream_t stream_ = nullptr;
@@ -665,7 +653,7 @@ constexpr int kMergeCapacity = 4096;  // slices * kk <= this (merge_slices_kerne
 template <class Kernel>
 void allow_shared(Kernel kernel, size_t bytes) {
   if (bytes > 48 * 1024)
-    RECFUSE_TOPK_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    RECFUSE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(bytes)));
 }
 
@@ -692,26 +680,26 @@ TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T
   expect(n >= 0 && n <= INT32_MAX, "items must have at most 2**31 - 1 rows");
   expect(d >= 1, "items must have at least one column");
   int count = 0;
-  RECFUSE_TOPK_CHECK(cudaGetDeviceCount(&count));
+  RECFUSE_CUDA_CHECK(cudaGetDeviceCount(&count));
   if (count == 0) throw std::runtime_error("no CUDA device");
-  RECFUSE_TOPK_CHECK(cudaGetDevice(&state_->device));
-  RECFUSE_TOPK_CHECK(
+  RECFUSE_CUDA_CHECK(cudaGetDevice(&state_->device));
+  RECFUSE_CUDA_CHECK(
       cudaDeviceGetAttribute(&state_->sm_count, cudaDevAttrMultiProcessorCount, state_->device));
-  RECFUSE_TOPK_CHECK(cudaDeviceGetAttribute(
+  RECFUSE_CUDA_CHECK(cudaDeviceGetAttribute(
       &state_->optin_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, state_->device));
   const size_t nd = static_cast<size_t>(n) * static_cast<size_t>(d);
   state_->items.allocate(nd);
   state_->scale.allocate(static_cast<size_t>(n));
   state_->bias.allocate(static_cast<size_t>(n));
   if (n == 0) return;
-  RECFUSE_TOPK_CHECK(cudaMemcpy(state_->items.get(), items, nd * sizeof(T), cudaMemcpyHostToDevice));
+  RECFUSE_CUDA_CHECK(cudaMemcpy(state_->items.get(), items, nd * sizeof(T), cudaMemcpyHostToDevice));
   // Missing scale / bias become 1 / 0: (dot * 1) + 0 == dot exactly (up to the sign of 0).
   std::vector<T> fill;
   if (scale == nullptr) fill.assign(static_cast<size_t>(n), T(1));
-  RECFUSE_TOPK_CHECK(cudaMemcpy(state_->scale.get(), scale ? scale : fill.data(),
+  RECFUSE_CUDA_CHECK(cudaMemcpy(state_->scale.get(), scale ? scale : fill.data(),
                                 static_cast<size_t>(n) * sizeof(T), cudaMemcpyHostToDevice));
   if (bias == nullptr) fill.assign(static_cast<size_t>(n), T(0));
-  RECFUSE_TOPK_CHECK(cudaMemcpy(state_->bias.get(), bias ? bias : fill.data(),
+  RECFUSE_CUDA_CHECK(cudaMemcpy(state_->bias.get(), bias ? bias : fill.data(),
                                 static_cast<size_t>(n) * sizeof(T), cudaMemcpyHostToDevice));
 }
 
@@ -754,12 +742,12 @@ void run_simple(const ScoreArgs<T>& a, int kk, int64_t item_chunk, cudaStream_t 
   // Stable radix sort by key, descending: ties keep their id order.
   size_t temp_bytes = 0;
   const int items = static_cast<int>(mq * kk);
-  RECFUSE_TOPK_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+  RECFUSE_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
       nullptr, temp_bytes, sel_keys.get(), sorted_keys.get(), sel_ids.get(), sorted_ids.get(),
       items, static_cast<int>(mq), begins.get(), ends.get(), 0, static_cast<int>(sizeof(Key) * 8),
       stream));
   Buffer<unsigned char> temp(std::max<size_t>(temp_bytes, 1));
-  RECFUSE_TOPK_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
+  RECFUSE_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
       temp.get(), temp_bytes, sel_keys.get(), sorted_keys.get(), sel_ids.get(), sorted_ids.get(),
       items, static_cast<int>(mq), begins.get(), ends.get(), 0, static_cast<int>(sizeof(Key) * 8),
       stream));
@@ -817,7 +805,7 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
     pad_columns(0, m, 0);
     return;
   }
-  RECFUSE_TOPK_CHECK(cudaSetDevice(state_->device));
+  RECFUSE_CUDA_CHECK(cudaSetDevice(state_->device));
   Stream stream;
   const cudaStream_t s = stream.get();
 
@@ -827,17 +815,17 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
   Buffer<int32_t> ex_indices;
   if (filters.mask != nullptr) {
     mask.allocate(static_cast<size_t>(n_));
-    RECFUSE_TOPK_CHECK(cudaMemcpyAsync(mask.get(), filters.mask, static_cast<size_t>(n_),
+    RECFUSE_CUDA_CHECK(cudaMemcpyAsync(mask.get(), filters.mask, static_cast<size_t>(n_),
                                        cudaMemcpyHostToDevice, s));
   }
   if (filters.exclude_indptr != nullptr) {
     const int64_t nnz = filters.exclude_indptr[m];
     ex_indptr.allocate(static_cast<size_t>(m + 1));
-    RECFUSE_TOPK_CHECK(cudaMemcpyAsync(ex_indptr.get(), filters.exclude_indptr,
+    RECFUSE_CUDA_CHECK(cudaMemcpyAsync(ex_indptr.get(), filters.exclude_indptr,
                                        sizeof(int64_t) * (m + 1), cudaMemcpyHostToDevice, s));
     if (nnz > 0) {
       ex_indices.allocate(static_cast<size_t>(nnz));
-      RECFUSE_TOPK_CHECK(cudaMemcpyAsync(ex_indices.get(), filters.exclude_indices,
+      RECFUSE_CUDA_CHECK(cudaMemcpyAsync(ex_indices.get(), filters.exclude_indices,
                                          sizeof(int32_t) * nnz, cudaMemcpyHostToDevice, s));
     }
   }
@@ -881,7 +869,7 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
   Buffer<T> d_scores(static_cast<size_t>(chunk * kk));
   for (int64_t q_first = 0; q_first < m; q_first += chunk) {
     const int64_t mq = std::min(chunk, m - q_first);
-    RECFUSE_TOPK_CHECK(cudaMemcpyAsync(d_queries.get(), queries + q_first * d_,
+    RECFUSE_CUDA_CHECK(cudaMemcpyAsync(d_queries.get(), queries + q_first * d_,
                                        sizeof(T) * mq * d_, cudaMemcpyHostToDevice, s));
     const ScoreArgs<T> a{d_queries.get(), mq, q_first, state_->items.get(), n_, d_,
                          state_->scale.get(), state_->bias.get(), mask.get(),
@@ -894,10 +882,10 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
       else run_simple<T, TallCfg>(a, kk, item_chunk, s, d_ids.get(), d_scores.get());
     }
     // Rows of kk results into host rows of k (the rest is padding, filled below).
-    RECFUSE_TOPK_CHECK(cudaMemcpy2DAsync(out_ids + q_first * k, sizeof(int64_t) * k, d_ids.get(),
+    RECFUSE_CUDA_CHECK(cudaMemcpy2DAsync(out_ids + q_first * k, sizeof(int64_t) * k, d_ids.get(),
                                          sizeof(int64_t) * kk, sizeof(int64_t) * kk, mq,
                                          cudaMemcpyDeviceToHost, s));
-    RECFUSE_TOPK_CHECK(cudaMemcpy2DAsync(out_scores + q_first * k, sizeof(T) * k, d_scores.get(),
+    RECFUSE_CUDA_CHECK(cudaMemcpy2DAsync(out_scores + q_first * k, sizeof(T) * k, d_scores.get(),
                                          sizeof(T) * kk, sizeof(T) * kk, mq,
                                          cudaMemcpyDeviceToHost, s));
     stream.synchronize();

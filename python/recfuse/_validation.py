@@ -162,3 +162,17 @@ def check_rating_scale(rating_scale) -> tuple[float, float]:
     if not low < high:
         raise ValueError(f"rating_scale must have lowest < highest, got {rating_scale!r}")
     return low, high
+
+
+def check_backend(backend) -> str:
+    """A backend name (checked against the registry when it is used)."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    return backend
+
+
+def check_random_state(random_state):
+    """None, a seed >= 0, or a numpy.random.Generator, returned as given."""
+    if random_state is not None and not isinstance(random_state, np.random.Generator):
+        check_int(random_state, "random_state", minimum=0)
+    return random_state

@@ -69,13 +69,9 @@ class ALS:
         self.solver = check.check_choice(solver, "solver", ("cg", "cholesky"))
         self.cg_steps = check.check_int(cg_steps, "cg_steps", minimum=1)
         self.dtype = check.check_float_dtype(dtype)
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-        self.backend = backend
+        self.backend = check.check_backend(backend)
         self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
-        if random_state is not None and not isinstance(random_state, np.random.Generator):
-            check.check_int(random_state, "random_state", minimum=0)
-        self.random_state = random_state
+        self.random_state = check.check_random_state(random_state)
         self.confidence = check.check_choice(confidence, "confidence", ("linear", "raw"))
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None

@@ -60,13 +60,9 @@ class BPR:
         self.dtype = check.check_float_dtype(dtype)
         self.grid = check.check_int(grid, "grid", minimum=0, maximum=1024)
         self.max_tries = check.check_int(max_tries, "max_tries", minimum=1)
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-        self.backend = backend
+        self.backend = check.check_backend(backend)
         self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
-        if random_state is not None and not isinstance(random_state, np.random.Generator):
-            check.check_int(random_state, "random_state", minimum=0)
-        self.random_state = random_state
+        self.random_state = check.check_random_state(random_state)
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None
         self.item_bias: np.ndarray | None = None

@@ -70,13 +70,9 @@ class _SgdFactorization:
         if not isinstance(shuffle, (bool, np.bool_)):
             raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
         self.shuffle = bool(shuffle)
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-        self.backend = backend
+        self.backend = check.check_backend(backend)
         self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
-        if random_state is not None and not isinstance(random_state, np.random.Generator):
-            check.check_int(random_state, "random_state", minimum=0)
-        self.random_state = random_state
+        self.random_state = check.check_random_state(random_state)
         self.backend_used: str | None = None
         self._fitted: _Fitted | None = None
         self._lock = threading.Lock()
