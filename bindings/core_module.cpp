@@ -9,6 +9,7 @@
 #include <string>
 
 #include "als_bindings.hpp"
+#include "mlp_bindings.hpp"
 #include "recfuse/als.hpp"
 #include "recfuse/simd.hpp"
 #include "recfuse/topk.hpp"
@@ -46,6 +47,7 @@ PYBIND11_MODULE(_core, m) {
   bind_als_functions<double, CpuKernels>(m, "");
   bind_topk_index<recfuse::TopkItems<float>, float>(m, "TopkItemsFloat32", "");
   bind_topk_index<recfuse::TopkItems<double>, double>(m, "TopkItemsFloat64", "");
+  bind_mlp(m);
   m.def("simd_level", [] { return std::string(recfuse::simd_level_name(recfuse::simd_level())); });
   m.def(
       "set_simd_level",

@@ -22,7 +22,7 @@ _MODULE_SUFFIX = {
 # Kernel families: each has one module per backend in its package (recfuse._als.cpu, ...).
 # A backend's availability (built module, device, optional package) is probed once, through
 # the ALS family, which every backend implements.
-FAMILIES = {"als": "recfuse._als", "topk": "recfuse._topk"}
+FAMILIES = {"als": "recfuse._als", "topk": "recfuse._topk", "mlp": "recfuse._mlp"}
 _MODULES = {name: f"{FAMILIES['als']}.{suffix}" for name, suffix in _MODULE_SUFFIX.items()}
 
 
@@ -51,14 +51,21 @@ def backends() -> list[BackendInfo]:
     return [_probe(name)[1] for name in BACKEND_NAMES]
 
 
-def _family_module(name: str, family: str) -> ModuleType:
+def _family_module(name: str, family: str) -> ModuleType | None:
+    """The backend's module of ``family``; None when that backend has none (yet)."""
     if family == "als":
         return _probe(name)[0]
-    return importlib.import_module(f"{FAMILIES[family]}.{_MODULE_SUFFIX[name]}")
+    module = f"{FAMILIES[family]}.{_MODULE_SUFFIX[name]}"
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module:
+            raise
+        return None
 
 
 def resolve_backend(backend: str = "auto", family: str = "als") -> ModuleType:
-    """Return the ``family`` module ("als", "topk") of ``backend`` ("auto" or a backend name).
+    """Return the ``family`` module ("als", "topk", "mlp") of ``backend`` ("auto" or a backend name).
 
     An explicit backend that is not available raises ``RuntimeError`` with the reason.
     """
@@ -70,7 +77,7 @@ def resolve_backend(backend: str = "auto", family: str = "als") -> ModuleType:
         backend = os.environ.get("RECFUSE_BACKEND", "auto") or "auto"
     if backend == "auto":
         for name in AUTO_ORDER:
-            if _probe(name)[0] is not None:
+            if _probe(name)[0] is not None and _family_module(name, family) is not None:
                 return _family_module(name, family)
         raise RuntimeError("no recfuse backend is available")  # numpy always is
     if backend not in BACKEND_NAMES:
@@ -78,4 +85,7 @@ def resolve_backend(backend: str = "auto", family: str = "als") -> ModuleType:
     module, info = _probe(backend)
     if module is None:
         raise RuntimeError(f"backend {backend!r} is not available: {info.detail}")
-    return _family_module(backend, family)
+    found = _family_module(backend, family)
+    if found is None:
+        raise RuntimeError(f"backend {backend!r} has no {family} kernels")
+    return found
