@@ -3,9 +3,9 @@ recfuse.reference.mlp_*.
 
 Tolerances (``error_bound``): rounding errors are treated as independent, so they add up
 as root sums of squares. Each layer adds, relative to the root sum of squares of its
-products w·h, 4·√in·2⁻²⁴ (float32 accumulation) plus 2⁻⁹ under bfloat16 (inputs rounded
-to 8-bit mantissas; the native kernels keep the per-user part in float32 where the
-reference rounds it), and 1e-6 for the activations' polynomial approximations; errors pass
+products w·h, 4·√in·2⁻²⁴ (float32 accumulation) plus, in the layers that bfloat16 rounds
+(between the first and the last), 2⁻⁹ (either side may round an input the other way when
+it lies near a rounding boundary), and 1e-6 for the activations' polynomial approximations; errors pass
 through later layers by |W| (root sum of squares) times the activation's slope (≤ 1.13).
 The bound is four times that, plus 1e-6: about 1e-5 of the output scale in float32 and
 5e-3 in bfloat16. (A worst-case bound would be vacuous for deep wide models.)
@@ -68,10 +68,11 @@ def error_bound(layers, X, precision):
     """Per row: how far a backend may be from the reference (see the module docstring)."""
     h = np.asarray(X, np.float64)
     e = np.zeros_like(h)
-    for W, b, activation in layers:
+    for position, (W, b, activation) in enumerate(layers):
         W64 = W.astype(np.float64)
         rms = np.sqrt(np.square(h) @ np.square(W64).T)  # the typical size of the sum's terms
-        relative = 4 * math.sqrt(W.shape[1]) * 2.0**-24 + (2.0**-9 if precision == "bfloat16" else 0)
+        rounded = precision == "bfloat16" and 0 < position < len(layers) - 1
+        relative = 4 * math.sqrt(W.shape[1]) * 2.0**-24 + (2.0**-9 if rounded else 0)
         e = SLOPE[activation] * (np.sqrt(np.square(e) @ np.square(W64).T) + relative * rms + 1e-6)
         h = reference.mlp_activation(activation, h @ W64.T + (0 if b is None else b))
     return 4.0 * e[:, 0] + 1e-6

@@ -23,7 +23,7 @@ namespace {
 
 using kernels::from_bfloat16;
 using kernels::MlpLayerArgs;
-using kernels::to_bfloat16;
+using kernels::to_bfloat16;  // packing
 
 void expect(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
@@ -69,7 +69,7 @@ float activate_scalar(MlpActivation activation, float x) {
 // buffers, as float or as bfloat16 (uint16_t).
 struct Scratch {
   std::vector<float> x_f32, h_f32[2];
-  std::vector<uint16_t> x_bf16, h_bf16[2];
+  std::vector<uint16_t> h_bf16[2];
   std::vector<float> last;  // a final GEMM layer's float outputs
   const float* add0[kMlpBlockRows];
   const float* add1[kMlpBlockRows];
@@ -115,6 +115,7 @@ bool mlp_kernel_supported(MlpKernel kernel, std::string* why) {
       break;
     case MlpKernel::Amx:
       if (kernels::mlp_layer_amx() == nullptr) reason = "not built (not x86-64)";
+      else if (!cpu_has_avx512bf16()) reason = "this CPU lacks avx512_bf16 (used beside AMX)";
       else if (!kernels::mlp_request_amx())
         reason = "this CPU lacks amx_tile/amx_bf16 or Linux refused tile data (arch_prctl)";
       break;
@@ -162,15 +163,14 @@ MlpModel::MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision,
     };
     if (l > 0 && l == count - 1) {  // one output: a dot product per row
       p.dot.resize(layer.in);
-      for (int k = 0; k < layer.in; ++k)
-        p.dot[k] = bf16 ? from_bfloat16(to_bfloat16(w(0, k))) : w(0, k);
+      for (int k = 0; k < layer.in; ++k) p.dot[k] = w(0, k);
     } else {
       p.f32.resize(static_cast<size_t>(p.panels) * layer.in * kMlpPanel);
       for (int q = 0; q < p.panels; ++q)
         for (int k = 0; k < layer.in; ++k)
           for (int j = 0; j < kMlpPanel; ++j)
             p.f32[(static_cast<size_t>(q) * layer.in + k) * kMlpPanel + j] = w(q * kMlpPanel + j, k);
-      if (bf16) {
+      if (bf16 && l > 0 && l < count - 1) {
         // Zero pair rows beyond the inputs let a kernel start at any even column and read
         // whole 32-column steps (AMX).
         p.bf16_pairs = (round_up(layer.in, 32) + 32) / 2;
@@ -238,20 +238,23 @@ void MlpModel::score_candidates(const MlpCandidates& c, int num_threads, float* 
   if (total == 0) return;
   const Packed& first = layers_.front();
   const int part = part_width();
+  const int count = layer_count();
+  // Under bfloat16 the layers between the first and the last run on the bfloat16 kernel;
+  // the first (raw features) and the last stay float32 (see recfuse/mlp.hpp).
   const bool bf16 = precision_ == MlpPrecision::Bfloat16;
-  const kernels::MlpLayerFunction gemm =
-      !bf16 ? float32_layer()
-            : (kernel_ == MlpKernel::Amx ? kernels::mlp_layer_amx() : kernels::mlp_layer_avx512bf16());
+  auto bf16_layer = [&](int l) { return bf16 && l > 0 && l < count - 1; };
+  const kernels::MlpLayerFunction f32_gemm = float32_layer();
+  const kernels::MlpLayerFunction bf16_gemm =
+      kernel_ == MlpKernel::Amx ? kernels::mlp_layer_amx() : kernels::mlp_layer_avx512bf16();
 
   // Input columns: [user blocks | item blocks | candidate block]. Per candidate the kernel
   // multiplies the columns from `start` (after the item blocks when an item part covers
-  // them); bfloat16 pairs need an even start, so one user column may ride along as a zero.
+  // them).
   int user_width = 0, item_width = 0;
   for (const MlpBlock& b : c.user_blocks) user_width += b.width;
   for (const MlpBlock& b : c.item_blocks) item_width += b.width;
   const int start = user_width + (c.item_part != nullptr ? item_width : 0);
-  const int start_aligned = bf16 ? start & ~1 : start;
-  const int x_cols = input_width() - start_aligned;
+  const int x_cols = input_width() - start;
   const int x_stride = round_up(std::max(x_cols, 1), 32);
 
   // The user part of every user: b1 + W1u·[u | uf] (float32), one row of `part` floats.
@@ -274,19 +277,16 @@ void MlpModel::score_candidates(const MlpCandidates& c, int num_threads, float* 
 
   const int64_t blocks = (total + kMlpBlockRows - 1) / kMlpBlockRows;
   const int used = static_cast<int>(std::min<int64_t>(threads, blocks));
-  const int count = layer_count();
 #pragma omp parallel num_threads(used)
   {
     Scratch s;
     const size_t h_size = static_cast<size_t>(kMlpBlockRows) * std::max(max_padded_width_, 32);
+    s.x_f32.assign(static_cast<size_t>(kMlpBlockRows) * x_stride, 0.0f);
+    s.h_f32[0].assign(h_size, 0.0f);
+    s.h_f32[1].assign(h_size, 0.0f);
     if (bf16) {
-      s.x_bf16.assign(static_cast<size_t>(kMlpBlockRows) * x_stride, 0);
       s.h_bf16[0].assign(h_size, 0);
       s.h_bf16[1].assign(h_size, 0);
-    } else {
-      s.x_f32.assign(static_cast<size_t>(kMlpBlockRows) * x_stride, 0.0f);
-      s.h_f32[0].assign(h_size, 0.0f);
-      s.h_f32[1].assign(h_size, 0.0f);
     }
     s.last.assign(static_cast<size_t>(kMlpBlockRows) * kMlpPanel, 0.0f);
 #pragma omp for schedule(dynamic, 1)
@@ -304,37 +304,27 @@ void MlpModel::score_candidates(const MlpCandidates& c, int num_threads, float* 
       // Gather the multiplied columns of each row into the block buffer.
       for (int i = 0; i < rows; ++i) {
         const int64_t r = r0 + i;
-        float* xf = bf16 ? nullptr : s.x_f32.data() + static_cast<size_t>(i) * x_stride;
-        uint16_t* xb = bf16 ? s.x_bf16.data() + static_cast<size_t>(i) * x_stride : nullptr;
-        int col = 0;
-        auto put = [&](const float* src, int width) {
-          if (bf16) {
-            for (int k = 0; k < width; ++k) xb[col + k] = to_bfloat16(src[k]);
-          } else {
-            std::memcpy(xf + col, src, sizeof(float) * width);
-          }
-          col += width;
-        };
-        if (start_aligned < start) {  // the user column that rides along
-          if (bf16) xb[col] = 0;
-          ++col;
-        }
+        float* x = s.x_f32.data() + static_cast<size_t>(i) * x_stride;
         if (c.item_part == nullptr) {
-          for (const MlpBlock& b : c.item_blocks) put(b.data + c.ids[r] * b.width, b.width);
+          for (const MlpBlock& b : c.item_blocks) {
+            std::memcpy(x, b.data + c.ids[r] * b.width, sizeof(float) * b.width);
+            x += b.width;
+          }
         }
         if (c.candidate_block.width > 0)
-          put(c.candidate_block.data + r * c.candidate_block.width, c.candidate_block.width);
+          std::memcpy(x, c.candidate_block.data + r * c.candidate_block.width,
+                      sizeof(float) * c.candidate_block.width);
       }
       // Layer after layer on the block.
-      const void* A = bf16 ? static_cast<const void*>(s.x_bf16.data()) : s.x_f32.data();
+      const void* A = s.x_f32.data();
+      bool a_bf16 = false;
       int lda = x_stride;
       for (int l = 0; l < count; ++l) {
         const Packed& p = layers_[l];
-        const bool last = l == count - 1;
         if (!p.dot.empty()) {  // the final one-output layer: a dot product per row
           for (int i = 0; i < rows; ++i) {
             float z = p.bias[0];
-            if (bf16) {
+            if (a_bf16) {
               const uint16_t* h = static_cast<const uint16_t*>(A) + static_cast<size_t>(i) * lda;
               for (int k = 0; k < p.in; ++k) z += from_bfloat16(h[k]) * p.dot[k];
             } else {
@@ -361,27 +351,34 @@ void MlpModel::score_candidates(const MlpCandidates& c, int num_threads, float* 
           g.add0 = s.bias_rows;
           g.add1 = nullptr;
         }
-        const int from = l == 0 ? start_aligned : 0;
-        if (bf16) {
-          g.packed = p.bf16.data() + static_cast<size_t>(from / 2) * 2 * kMlpPanel;
+        const bool in_bf16 = bf16_layer(l);
+        if (in_bf16) {
+          g.packed = p.bf16.data();
           g.panel_stride = static_cast<int64_t>(p.bf16_pairs) * 2 * kMlpPanel;
         } else {
-          g.packed = p.f32.data() + static_cast<size_t>(from) * kMlpPanel;
+          g.packed = p.f32.data() + static_cast<size_t>(l == 0 ? start : 0) * kMlpPanel;
           g.panel_stride = static_cast<int64_t>(p.in) * kMlpPanel;
         }
-        if (last) {  // a single-layer model: float outputs, column 0 is the score
+        if (l == count - 1) {  // a single-layer model: float outputs, column 0 is the score
           g.C = s.last.data();
           g.ldc = kMlpPanel;
           g.c_bf16 = false;
-          gemm(g);
+          f32_gemm(g);
           for (int i = 0; i < rows; ++i) out[r0 + i] = s.last[static_cast<size_t>(i) * kMlpPanel];
           break;
         }
+        const bool out_bf16 = bf16_layer(l + 1);
         g.ldc = p.panels * kMlpPanel;
-        g.c_bf16 = bf16;
-        g.C = bf16 ? static_cast<void*>(s.h_bf16[l % 2].data()) : s.h_f32[l % 2].data();
-        gemm(g);
+        g.c_bf16 = out_bf16 && in_bf16;
+        g.C = g.c_bf16 ? static_cast<void*>(s.h_bf16[l % 2].data()) : s.h_f32[l % 2].data();
+        (in_bf16 ? bf16_gemm : f32_gemm)(g);
+        if (out_bf16 && !in_bf16) {  // float32 layer before a bfloat16 one
+          kernels::mlp_rows_to_bfloat16(s.h_f32[l % 2].data(), s.h_bf16[l % 2].data(),
+                                        static_cast<int64_t>(rows) * g.ldc);
+          g.C = s.h_bf16[l % 2].data();
+        }
         A = g.C;
+        a_bf16 = out_bf16;
         lda = g.ldc;
       }
     }

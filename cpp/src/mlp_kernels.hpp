@@ -41,6 +41,9 @@ namespace avx512 { MlpLayerFunction mlp_layer_float32(); }
 // Null when the build has no such kernel (not x86-64).
 MlpLayerFunction mlp_layer_avx512bf16();
 MlpLayerFunction mlp_layer_amx();
+// dst[i] = src[i] rounded to bfloat16 (nearest even), i < count (a multiple of 32);
+// AVX512-BF16 (null-safe: the caller only uses it with a bfloat16 kernel).
+void mlp_rows_to_bfloat16(const float* src, uint16_t* dst, int64_t count);
 // Requests AMX tile data permission for the process (Linux arch_prctl); false when refused.
 bool mlp_request_amx();
 

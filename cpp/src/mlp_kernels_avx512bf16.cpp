@@ -104,5 +104,12 @@ void layer_avx512bf16(const MlpLayerArgs& g) {
 
 MlpLayerFunction mlp_layer_avx512bf16() { return &avx512bf16::layer_avx512bf16; }
 
+void mlp_rows_to_bfloat16(const float* src, uint16_t* dst, int64_t count) {
+  for (int64_t i = 0; i < count; i += 32) {
+    const __m512bh packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
+    _mm512_storeu_si512(dst + i, (__m512i)packed);
+  }
+}
+
 }  // namespace kernels
 }  // namespace recfuse

@@ -14,5 +14,6 @@ MlpLayerFunction mlp_layer_float32() { return generic::mlp_layer_float32(); }
 MlpLayerFunction mlp_layer_avx512bf16() { return nullptr; }
 MlpLayerFunction mlp_layer_amx() { return nullptr; }
 bool mlp_request_amx() { return false; }
+void mlp_rows_to_bfloat16(const float*, uint16_t*, int64_t) {}
 }  // namespace kernels
 }  // namespace recfuse

@@ -25,12 +25,13 @@ Candidates come in one of these forms (``candidate_ids``):
 each id once (a repeated candidate counts once), NaN scores dropped; rows are padded with
 id -1 and score -inf. It equals ``score_candidates`` followed by a full sort.
 
-precision="bfloat16" (chosen explicitly, never silently) rounds each layer's weights and
-per-candidate inputs to bfloat16 and accumulates in float32; the per-user part of the first
-layer (b1 + W1·user blocks) and a precomputed item part (``prepare_items``) stay float32.
+precision="bfloat16" (chosen explicitly, never silently) runs the layers between the first
+and the last in bfloat16 (weights and inputs rounded, float32 accumulation); the first layer
+(raw features, and the per-user and precomputed per-item parts) and the last (the score)
+stay float32, which keeps most of the accuracy for a small share of the work.
 On the cpu backend it needs AVX512-BF16 (the "avx512bf16" kernel) or AMX (``kernel="amx"``,
 never chosen by itself: it has not yet run on an AMX CPU); the numba and numpy backends
-emulate it (slowly). Expect scores within about 1e-2 of float32's, relative to their scale.
+emulate it (slowly). Expect scores within about 1e-3 of float32's, relative to their scale.
 """
 
 from __future__ import annotations

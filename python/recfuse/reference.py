@@ -229,9 +229,11 @@ def topk(queries, items, k: int, *, exclude=None, mask=None, item_bias=None, ite
 # item id, each id once (a repeated candidate counts once), and only candidates whose score
 # is a number above -inf; rows are padded with id -1 and score -inf.
 #
-# precision="bfloat16" rounds every layer's weights and its input to bfloat16 (nearest,
-# ties to even) and accumulates the products exactly (here: float64); the bias is added
-# unrounded. "float32" computes in float64 from the float32 values.
+# precision="bfloat16" rounds the weights and the input of every layer between the first
+# and the last to bfloat16 (nearest, ties to even) and accumulates the products exactly
+# (here: float64); the bias is added unrounded. The first layer (raw features: rounding
+# them costs the most accuracy for the least work) and the last (the score) stay float32.
+# "float32" computes in float64 from the float32 values.
 
 MLP_ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "identity")
 
@@ -267,9 +269,9 @@ def round_to_bfloat16(x) -> np.ndarray:
 def mlp_forward(layers, X, precision: str = "float32") -> np.ndarray:
     """The model's outputs for the rows of X (n x in), in float64: (n, out_last)."""
     h = np.asarray(X, dtype=np.float64)
-    for W, b, activation in layers:
+    for position, (W, b, activation) in enumerate(layers):
         W = np.asarray(W, dtype=np.float32)
-        if precision == "bfloat16":
+        if precision == "bfloat16" and 0 < position < len(layers) - 1:
             W = round_to_bfloat16(W)
             h = round_to_bfloat16(h.astype(np.float32))
         z = np.asarray(h, np.float64) @ W.astype(np.float64).T

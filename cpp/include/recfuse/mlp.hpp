@@ -14,6 +14,11 @@
 //                                  + W1cf·cf                     per candidate
 // so only the columns after the user blocks (after the item blocks, when an item part is
 // given) are multiplied per candidate.
+//
+// Under bfloat16 the layers between the first and the last run on a bfloat16 kernel
+// (weights packed as bfloat16 pairs, activations rounded, float32 accumulation); the first
+// layer and the last stay float32 (rounding raw features costs the most accuracy for the
+// least work, and the last layer is a dot product).
 #pragma once
 #include <cstdint>
 #include <string>

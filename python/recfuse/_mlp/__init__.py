@@ -16,9 +16,9 @@ Each module implements the contract of ``recfuse.reference.mlp_*`` through:
     call: a ``Candidates`` (below), validated by recfuse.ranking.
 ``kernel_name(model) -> str``, ``part_width(model) -> int``
 
-Under precision="bfloat16" every backend rounds each layer's weights and per-candidate
-inputs to bfloat16 and accumulates in float32; the per-user part (b1 + W1u·u) and a
-precomputed item part stay float32.
+Under precision="bfloat16" every backend rounds the weights and inputs of the layers
+between the first and the last to bfloat16 and accumulates in float32; the first and the
+last layer stay float32 (recfuse.reference).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ CHUNK_ROWS = 16384
 
 class Model(NamedTuple):
     layers: list          # (W (out, in), b (out,), activation) as xp float32 arrays
-    rounded: list         # W rounded to bfloat16 (as float32) under that precision, else W
+    rounded: list         # W, rounded to bfloat16 (as float32) in the middle layers under bf16
     precision: str
     xp: object
 
@@ -25,8 +25,9 @@ class Model(NamedTuple):
 def prepare(xp, layers, precision: str) -> Model:
     host = [(W, np.zeros(W.shape[0], np.float32) if b is None else b, a) for W, b, a in layers]
     moved = [(xp.asarray(W), xp.asarray(b), a) for W, b, a in host]
-    rounded = [xp.asarray(reference.round_to_bfloat16(W)) if precision == "bfloat16"
-               else xp.asarray(W) for W, _, _ in host]
+    middle = range(1, len(host) - 1) if precision == "bfloat16" else range(0)
+    rounded = [xp.asarray(reference.round_to_bfloat16(W)) if i in middle else xp.asarray(W)
+               for i, (W, _, _) in enumerate(host)]
     return Model(moved, rounded, precision, xp)
 
 
@@ -35,8 +36,9 @@ def part_width(model: Model) -> int:
     return -(-out // PANEL) * PANEL
 
 
-def _round(model: Model, x):
-    if model.precision != "bfloat16":
+def _round(model: Model, x, layer: int):
+    """The input of ``layer``, rounded to bfloat16 where that precision rounds it."""
+    if model.precision != "bfloat16" or not 0 < layer < len(model.layers) - 1:
         return x
     xp = model.xp
     bits = x.astype(xp.float32).view(xp.uint32).astype(xp.uint64)
@@ -65,8 +67,9 @@ def _rest(model: Model, z, first: int = 0):
     """Activate layer ``first`` and run the layers after it on the rows of z."""
     xp = model.xp
     h = _activate(xp, model.layers[first][2], z)
-    for (W, b, activation), Wr in zip(model.layers[first + 1:], model.rounded[first + 1:]):
-        h = _activate(xp, activation, _round(model, h) @ Wr.T + b)
+    for layer in range(first + 1, len(model.layers)):
+        _, b, activation = model.layers[layer]
+        h = _activate(xp, activation, _round(model, h, layer) @ model.rounded[layer].T + b)
     return h[:, 0]
 
 
@@ -77,7 +80,7 @@ def score(model: Model, inputs):
     out = xp.empty(X.shape[0], dtype=xp.float32)
     for r in range(0, X.shape[0], CHUNK_ROWS):
         chunk = X[r:r + CHUNK_ROWS]
-        out[r:r + chunk.shape[0]] = _rest(model, _round(model, chunk) @ model.rounded[0].T + b)
+        out[r:r + chunk.shape[0]] = _rest(model, chunk @ W.T + b)
     return out
 
 
@@ -118,7 +121,7 @@ def score_candidates(model: Model, call: Candidates):
             blocks.append(xp.asarray(call.candidate_block[rows]))
         if blocks:
             X = xp.concatenate(blocks, axis=1)
-            z = z + _round(model, X) @ model.rounded[0][:, column:].T
+            z = z + X @ W[:, column:].T
         out[rows] = _rest(model, z)
     return out
 

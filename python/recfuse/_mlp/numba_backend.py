@@ -1,6 +1,6 @@
 """The Numba MLP backend: candidates in blocks of 64 rows over Numba's threads; each block
 is gathered into a small buffer and run through every layer (np.dot, float32). bfloat16 is
-emulated by rounding weights and inputs. Ranking sorts each user's scores like the
+emulated by rounding the middle layers' weights and inputs. Ranking sorts each user's scores like the
 reference. Compiled on first use (cached on disk by Numba afterwards)."""
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ BLOCK_ROWS = 64
 
 
 class Model(NamedTuple):
-    first_t: np.ndarray    # W1ᵀ (in, out1), float32, unrounded (user and item parts)
-    first_t_rounded: np.ndarray  # W1ᵀ rounded to bfloat16 under that precision
+    first_t: np.ndarray    # W1ᵀ (in, out1), float32
     bias0: np.ndarray
     rest_t: object         # numba typed List of later Wᵀ (rounded under bfloat16)
     rest_bias: object
@@ -62,11 +61,12 @@ def _kernels():
 
     @numba.njit(cache=True)
     def layers_after_first(z, rest_t, rest_bias, codes, bf16):
-        """Activate the first layer's sums z and run the later layers (one block)."""
+        """Activate the first layer's sums z and run the later layers (one block); under
+        bfloat16 the inputs of the middle layers are rounded."""
         activate(z, codes[0])
         h = z
         for layer in range(len(rest_t)):
-            if bf16:
+            if bf16 and layer < len(rest_t) - 1:
                 round_bf16(h)
             h2 = np.dot(h, rest_t[layer])
             for i in range(h2.shape[0]):
@@ -96,8 +96,6 @@ def _kernels():
                     col += w
                 if cand_width > 0:
                     X[i, col:col + cand_width] = cand[r]
-            if bf16:
-                round_bf16(X)
             if K0 > 0:
                 z = np.dot(X, W0)
             else:
@@ -122,16 +120,16 @@ def prepare(layers, precision: str, kernel: str = "auto") -> Model:
 
     W0, b0, _ = layers[0]
     rest_t, rest_bias = List(), List()
-    for W, b, _ in layers[1:]:
-        rest_t.append(np.ascontiguousarray(rounded(W).T))
+    for position, (W, b, _) in enumerate(layers[1:], start=1):
+        middle = position < len(layers) - 1
+        rest_t.append(np.ascontiguousarray((rounded(W) if middle else W).T))
         rest_bias.append(np.zeros(W.shape[0], np.float32) if b is None else b)
     if len(rest_t) == 0:  # typed lists need one element to know their type
         rest_t.append(np.zeros((1, 1), np.float32))
         rest_bias.append(np.zeros(1, np.float32))
         rest_t.pop()
         rest_bias.pop()
-    return Model(np.ascontiguousarray(W0.T), np.ascontiguousarray(rounded(W0).T),
-                 np.zeros(W0.shape[0], np.float32) if b0 is None else b0, rest_t, rest_bias,
+    return Model(np.ascontiguousarray(W0.T), np.zeros(W0.shape[0], np.float32) if b0 is None else b0, rest_t, rest_bias,
                  np.array([_CODES[a] for _, _, a in layers], np.int64), precision,
                  -(-W0.shape[0] // common.PANEL) * common.PANEL)
 
@@ -175,7 +173,7 @@ def _run(model: Model, call: Candidates, num_threads: int):
     with _thread_count(numba, num_threads):
         forward(row_user, ids, user_part.astype(np.float32), item_part,
                 call.item_part is not None, blocks, count, cand, cand_width,
-                np.ascontiguousarray(model.first_t_rounded[column:]), model.rest_t,
+                np.ascontiguousarray(model.first_t[column:]), model.rest_t,
                 model.rest_bias, model.codes, model.precision == "bfloat16", out)
     return out
 
