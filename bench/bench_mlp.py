@@ -38,6 +38,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 
 THREADS = int(os.environ.get("RECFUSE_BENCH_THREADS", "2"))
@@ -155,8 +156,8 @@ def main(argv=None) -> int:
     try:
         import onnxruntime
 
-        os.makedirs(RESULTS, exist_ok=True)
-        session = onnx_session(layers, os.path.join(RESULTS, "mlp_bench.onnx"))
+        with tempfile.TemporaryDirectory() as folder:
+            session = onnx_session(layers, os.path.join(folder, "mlp.onnx"))
         peers["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         session = None

@@ -432,3 +432,55 @@ def test_from_onnx_matches_onnxruntime(tmp_path):
     bad = _onnx_chain(tmp_path, rng, ["Relu", "Softplus", "Sigmoid"])
     with pytest.raises(ValueError, match=r"Softplus.*is not supported"):
         MLPScorer.from_onnx(bad)
+
+
+# ---------------------------------------------------------------------- MLPRanker
+
+
+def test_ranker_gradients_match_finite_differences():
+    rng = np.random.default_rng(1)
+    for activation in ("relu", "tanh", "gelu"):
+        ranker = recfuse.MLPRanker(hidden=(5, 3), activation=activation, random_state=0)
+        ranker.weights = [rng.standard_normal((5, 4)).astype(np.float32),
+                          rng.standard_normal((3, 5)).astype(np.float32),
+                          rng.standard_normal((1, 3)).astype(np.float32)]
+        ranker.biases = [rng.standard_normal(w).astype(np.float32) for w in (5, 3, 1)]
+        X = rng.standard_normal((16, 4)).astype(np.float32)
+        y = (rng.random(16) < 0.5).astype(np.float32)
+        _, grads = ranker._loss_and_gradients(X, y)
+        parameter, grad = ranker.weights[0], grads[0]
+        for index in [(0, 0), (2, 3), (4, 1)]:
+            saved = parameter[index]
+            parameter[index] = saved + 1e-2
+            up = ranker._loss_and_gradients(X, y)[0]
+            parameter[index] = saved - 1e-2
+            down = ranker._loss_and_gradients(X, y)[0]
+            parameter[index] = saved
+            assert abs((up - down) / 2e-2 - grad[index]) < 2e-3, (activation, index)
+
+
+def test_ranker_learns_and_exports():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(2)
+    users, items, dim = 200, 150, 8
+    P, Q = rng.standard_normal((users, dim)), rng.standard_normal((items, dim))
+    affinity = P @ Q.T
+    seen = sp.csr_matrix((affinity > np.quantile(affinity, 0.9)).astype(np.float32))
+    ranker = recfuse.MLPRanker(hidden=(32,), epochs=8, learning_rate=3e-3, random_state=0)
+    ranker.fit(seen, P, Q)
+    assert ranker.losses[-1] < 0.7 * ranker.losses[0]
+    scorer = ranker.to_scorer(backend="numpy")
+    ids = np.arange(items)
+    scores = scorer.score_candidates(P[:20].astype(np.float32), np.tile(ids, (20, 1)), Q)
+    logits = ranker.predict_logits(np.concatenate([np.repeat(P[:20], items, 0), np.tile(Q, (20, 1))], 1))
+    np.testing.assert_allclose(scores.ravel(), 1 / (1 + np.exp(-logits)), atol=1e-5)
+    # Seen items rank above the rest more often than not (training AUC; an MLP learns a
+    # dot product of its inputs only slowly).
+    positive = scores[seen[:20].toarray() > 0]
+    negative = scores[seen[:20].toarray() == 0]
+    assert (positive[:, None] > negative[None, :]).mean() > 0.65  # chance: 0.5
+    with pytest.raises(ValueError, match="must have 200 rows"):
+        recfuse.MLPRanker().fit(seen, P[:10], Q)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        recfuse.MLPRanker().to_scorer()

@@ -12,8 +12,9 @@ from __future__ import annotations
 from ._backend import backends, resolve_backend
 from .models.als import ALS
 from .persistence import load
+from .ranker import MLPRanker
 from .ranking import MLPScorer, PreparedItems
 from .retrieval import ItemIndex, topk
 
 __version__ = "0.1.0"
-__all__ = ["ALS", "ItemIndex", "MLPScorer", "PreparedItems", "backends", "load", "resolve_backend", "topk", "__version__"]
+__all__ = ["ALS", "ItemIndex", "MLPRanker", "MLPScorer", "PreparedItems", "backends", "load", "resolve_backend", "topk", "__version__"]
