@@ -484,3 +484,20 @@ def test_ranker_learns_and_exports():
         recfuse.MLPRanker().fit(seen, P[:10], Q)
     with pytest.raises(RuntimeError, match="not fitted"):
         recfuse.MLPRanker().to_scorer()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_item_rows_score_nan_and_are_never_ranked(backend):
+    rng = np.random.default_rng(4)
+    layers = random_layers(rng, [8, 16, 1], ["relu", "sigmoid"])
+    model = scorer(layers, backend)
+    items = rng.standard_normal((6, 4)).astype(np.float32)
+    items[2, 1] = np.nan
+    user = rng.standard_normal(4).astype(np.float32)
+    ids = np.array([0, 2, 5, 2])
+    scores = model.score_candidates(user, ids, items)
+    assert np.isnan(scores[[1, 3]]).all() and np.isfinite(scores[[0, 2]]).all()
+    top, values = model.rank(user, ids, items, k=4)
+    assert set(top[:2]) == {0, 5} and (top[2:] == -1).all() and np.isneginf(values[2:]).all()
+    with pytest.raises(ValueError, match="item_table must be finite"):
+        model.prepare_items(items, item_column=4)

@@ -19,7 +19,10 @@ Candidates come in one of these forms (``candidate_ids``):
   may have none); scores are flat, aligned with ``ids``;
 - a list of 1-d arrays, one per user: like the tuple form.
 
-``candidate_features`` has one row per candidate in that (flattened) order.
+``candidate_features`` has one row per candidate in that (flattened) order. User vectors and
+features must be finite (checked); ``item_table`` and ``item_features`` are not checked on
+each call (that would read the whole table): a candidate whose item row holds NaN or inf
+gets a NaN (or inf) score, which ``rank`` never returns. ``prepare_items`` checks them once.
 
 ``rank`` keeps, per user, the k best candidates: score descending, ties by the smaller id,
 each id once (a repeated candidate counts once), NaN scores dropped; rows are padded with
@@ -209,13 +212,13 @@ class MLPScorer:
                     f"{item_table.item_column}, but the user blocks here are {user_width} wide")
             items, item_part, part_columns = item_table.items, item_table.part, item_table.columns
             item_width = part_columns
-        else:
-            table = _float_matrix(item_table, "item_table")
+        else:  # not checked for NaN per call: the whole table would be read each time
+            table = _float_matrix(item_table, "item_table", finite=False)
             items = table.shape[0]
             item_blocks.append(table)
             if item_features is not None:
                 item_blocks.append(_float_matrix(item_features, "item_features", rows=items,
-                                                 rows_of="item_table"))
+                                                 rows_of="item_table", finite=False))
             item_width = sum(block.shape[1] for block in item_blocks)
         candidate_block = None
         candidate_width = 0
@@ -245,8 +248,9 @@ class MLPScorer:
 
 
 def _float_matrix(value, name: str, *, columns: int | None = None, rows: int | None = None,
-                  rows_of: str = "", allow_1d: bool = False) -> np.ndarray:
-    """A finite float32 C-contiguous 2-d array (a copy only when the input is not one)."""
+                  rows_of: str = "", allow_1d: bool = False, finite: bool = True) -> np.ndarray:
+    """A float32 C-contiguous 2-d array (a copy only when the input is not one), checked to
+    be finite unless ``finite=False`` (tables read only at the candidates' rows)."""
     array = np.asarray(value)
     if array.dtype.kind not in "fiu" or array.dtype.kind == "b":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
@@ -261,7 +265,7 @@ def _float_matrix(value, name: str, *, columns: int | None = None, rows: int | N
         raise ValueError(f"{name} must have {rows} rows (one per row of {rows_of}), got shape "
                          f"{array.shape}")
     array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
+    if finite and not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, got NaN or inf")
     return array
 
