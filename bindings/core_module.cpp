@@ -10,6 +10,7 @@
 
 #include "als_bindings.hpp"
 #include "sgd_bindings.hpp"
+#include "mlp_bindings.hpp"
 #include "recfuse/als.hpp"
 #include "recfuse/simd.hpp"
 #include "recfuse/topk.hpp"
@@ -49,6 +50,7 @@ PYBIND11_MODULE(_core, m) {
   bind_topk_index<recfuse::TopkItems<double>, double>(m, "TopkItemsFloat64", "");
   bind_sgd_functions<float>(m);
   bind_sgd_functions<double>(m);
+  bind_mlp(m);
   m.def("simd_level", [] { return std::string(recfuse::simd_level_name(recfuse::simd_level())); });
   m.def(
       "set_simd_level",

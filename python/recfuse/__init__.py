@@ -14,8 +14,10 @@ from .models.als import ALS
 from .models.bpr import BPR
 from .models.sgd import SVD, SVDpp
 from .persistence import load
+from .ranker import MLPRanker
+from .ranking import MLPScorer, PreparedItems
 from .retrieval import ItemIndex, topk
 
 __version__ = "0.1.0"
-__all__ = ["ALS", "BPR", "ItemIndex", "SVD", "SVDpp", "backends", "load", "resolve_backend",
-           "topk", "__version__"]
+__all__ = ["ALS", "BPR", "ItemIndex", "MLPRanker", "MLPScorer", "PreparedItems", "SVD", "SVDpp",
+           "backends", "load", "resolve_backend", "topk", "__version__"]

@@ -31,6 +31,12 @@ _FAMILIES = {
         "numba": "recfuse._sgd.numba_backend",
         "numpy": "recfuse._sgd.numpy_backend",
     },
+    "mlp": {
+        "cpu": "recfuse._mlp.cpu",
+        "numba": "recfuse._mlp.numba_backend",
+        "cupy": "recfuse._mlp.cupy_backend",
+        "numpy": "recfuse._mlp.numpy_backend",
+    },
     "topk": {
         "cuda": "recfuse._topk.cuda",
         "cpu": "recfuse._topk.cpu",

@@ -410,3 +410,123 @@ def bpr_sample_negatives(users, offsets, grid: int, seen: sp.csr_matrix, bin_ite
                     negatives[t] = j
                     break
     return negatives
+
+
+# ---------------------------------------------------------------------- MLP scoring
+#
+# A model is a list of dense layers (W, b, activation): W has shape (out, in) like
+# torch.nn.Linear.weight, b shape (out,) or None, and layer l computes
+# h_{l+1} = act(h_l @ W.T + b). The last layer has one output: the score.
+#
+# Candidate scoring gathers, for candidate c of user u with item id i, the input row
+#
+#     x_c = [user_vectors[u] | user_features[u] | item_table[i] | item_features[i] |
+#            candidate_features[c]]
+#
+# (absent blocks are left out) and scores it with the model. Candidates are given CSR-like:
+# user u owns candidate_ids[indptr[u]:indptr[u + 1]] (a user may have none).
+#
+# Ranking keeps, per user, the k best candidates by score descending, ties by the smaller
+# item id, each id once (a repeated candidate counts once), and only candidates whose score
+# is a number above -inf; rows are padded with id -1 and score -inf.
+#
+# precision="bfloat16" rounds the weights and the input of every layer between the first
+# and the last to bfloat16 (nearest, ties to even) and accumulates the products exactly
+# (here: float64); the bias is added unrounded. The first layer (raw features: rounding
+# them costs the most accuracy for the least work) and the last (the score) stay float32.
+# "float32" computes in float64 from the float32 values.
+
+MLP_ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "identity")
+
+
+def mlp_activation(name: str, x: np.ndarray) -> np.ndarray:
+    """The activation ``name`` elementwise. gelu is the exact form x * Φ(x) with the erf
+    (torch.nn.GELU's default, approximate="none"), not the tanh approximation."""
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu":
+        from scipy.special import erf
+
+        return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+    if name == "sigmoid":
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-x))
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "identity":
+        return x
+    raise ValueError(f"activation must be one of {MLP_ACTIVATIONS}, got {name!r}")
+
+
+def round_to_bfloat16(x) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as float32.
+    NaN stays NaN; values beyond bfloat16's range become inf."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    out = rounded.astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(x), np.float32(np.nan), out)
+
+
+def mlp_forward(layers, X, precision: str = "float32") -> np.ndarray:
+    """The model's outputs for the rows of X (n x in), in float64: (n, out_last)."""
+    h = np.asarray(X, dtype=np.float64)
+    for position, (W, b, activation) in enumerate(layers):
+        W = np.asarray(W, dtype=np.float32)
+        if precision == "bfloat16" and 0 < position < len(layers) - 1:
+            W = round_to_bfloat16(W)
+            h = round_to_bfloat16(h.astype(np.float32))
+        z = np.asarray(h, np.float64) @ W.astype(np.float64).T
+        if b is not None:
+            z = z + np.asarray(b, np.float32).astype(np.float64)
+        h = mlp_activation(activation, z)
+    return h
+
+
+def mlp_gather(user_vectors, indptr, candidate_ids, item_table, user_features=None,
+               item_features=None, candidate_features=None) -> np.ndarray:
+    """The concatenated input rows of every candidate (total x in), in float64."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    ids = np.asarray(candidate_ids, dtype=np.int64)
+    users = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+    blocks = [np.asarray(user_vectors, np.float64)[users]]
+    if user_features is not None:
+        blocks.append(np.asarray(user_features, np.float64)[users])
+    blocks.append(np.asarray(item_table, np.float64)[ids])
+    if item_features is not None:
+        blocks.append(np.asarray(item_features, np.float64)[ids])
+    if candidate_features is not None:
+        blocks.append(np.asarray(candidate_features, np.float64))
+    return np.concatenate(blocks, axis=1)
+
+
+def mlp_score_candidates(layers, user_vectors, indptr, candidate_ids, item_table,
+                         user_features=None, item_features=None, candidate_features=None,
+                         precision: str = "float32") -> np.ndarray:
+    """The score of every candidate (total,), in float64."""
+    X = mlp_gather(user_vectors, indptr, candidate_ids, item_table, user_features,
+                   item_features, candidate_features)
+    return mlp_forward(layers, X, precision)[:, 0]
+
+
+def mlp_rank_scores(indptr, candidate_ids, scores, k: int):
+    """(ids int64 users x k, scores float64 users x k): each user's k best candidates by
+    full sort (score descending, ties by smaller id, each id once, NaN and -inf dropped)."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    ids_all = np.asarray(candidate_ids, dtype=np.int64)
+    scores_all = np.asarray(scores, dtype=np.float64)
+    users = indptr.size - 1
+    ids = np.full((users, k), -1, dtype=np.int64)
+    out = np.full((users, k), -np.inf)
+    for u in range(users):
+        cand = ids_all[indptr[u]:indptr[u + 1]]
+        s = scores_all[indptr[u]:indptr[u + 1]]
+        keep = s > -np.inf
+        cand, s = cand[keep], s[keep]
+        order = np.lexsort((cand, -s))
+        cand, s = cand[order], s[order]
+        first = np.ones(cand.size, dtype=bool)
+        first[1:] = cand[1:] != cand[:-1]  # a repeated id sorts next to itself (same score)
+        cand, s = cand[first][:k], s[first][:k]
+        ids[u, : cand.size] = cand
+        out[u, : cand.size] = s
+    return ids, out

@@ -1,0 +1,252 @@
+"""Ranking with a fused MLP: recfuse vs PyTorch and ONNX Runtime, in one run.
+
+Model: [user 64 | item 64 | 32 candidate features] -> 256 -> 128 -> 64 -> 1 (ReLU, ReLU,
+ReLU, sigmoid), random weights; item table 100,000 x 64; each user has 1,000 random
+candidates. Cases: 1 user x 1,000 candidates and 64 users x 1,000 candidates.
+
+Each row is one way to get the scores of the case, timed as p50 over repeats (rounds
+interleave the methods so drift hits them alike):
+
+- recfuse f32 / bf16, gather: ``MLPScorer.score_candidates(users, ids, item_table,
+  candidate_features=...)``: gather by id, every layer, in one native call;
+- recfuse f32 / bf16, prepared: the same with ``prepare_items`` done once at load (the first
+  layer's item columns precomputed per item), so per candidate only the 32 feature columns
+  of the first layer are multiplied;
+- recfuse rank: the prepared call with the top-10 per user fused in;
+- torch eager: the module on a ready concatenated float32 input (no gather);
+- torch gather+concat: ``torch.cat([users.repeat_interleave, items[ids], features])`` then the
+  module (the usual serving path);
+- onnxruntime: the same model exported as an ONNX graph (Gemm/Relu/Sigmoid) on a ready input
+  (intra_op_num_threads = threads, inter_op 1, sequential, all graph optimisations);
+- onnxruntime gather+concat: NumPy ``take`` + ``concatenate`` then the session.
+
+All peers use the same thread count (``RECFUSE_BENCH_THREADS``, default 2; torch through
+``torch.set_num_threads``, under ``torch.inference_mode``). GFLOP/s counts the full model's
+flops per candidate (2·(160·256 + 256·128 + 128·64 + 64)), whatever a method skips; the
+machine's float32 GEMM rate is NumPy's (OpenBLAS) on 2048³ in the same run. bf16 agreement:
+the share of the 64 users whose bf16 top-10 list equals float32's, where two items whose
+float32 scores lie within 1e-3 count as a tie (either order, or either one, is equal).
+
+    python bench/bench_mlp.py            # about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+THREADS = int(os.environ.get("RECFUSE_BENCH_THREADS", "2"))
+os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[variable] = str(THREADS)
+
+import numpy as np  # noqa: E402
+
+import recfuse  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+WIDTHS = [160, 256, 128, 64, 1]
+ACTIVATIONS = ["relu", "relu", "relu", "sigmoid"]
+FLOPS_PER_CANDIDATE = 2 * sum(a * b for a, b in zip(WIDTHS[:-1], WIDTHS[1:]))
+ITEMS, DIM, FEATURES, CANDIDATES = 100_000, 64, 32, 1000
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=0.3, help="seconds per method and round")
+    parser.add_argument("--output", default=os.path.join(RESULTS, "mlp.json"))
+    return parser.parse_args(argv)
+
+
+def make_layers(rng):
+    layers = []
+    for i, activation in enumerate(ACTIVATIONS):
+        W = (rng.standard_normal((WIDTHS[i + 1], WIDTHS[i])) * np.sqrt(2.0 / WIDTHS[i])).astype(np.float32)
+        b = (0.05 * rng.standard_normal(WIDTHS[i + 1])).astype(np.float32)
+        layers.append((W, b, activation))
+    return layers
+
+
+def torch_module(layers):
+    import torch
+
+    modules = []
+    for W, b, activation in layers:
+        linear = torch.nn.Linear(W.shape[1], W.shape[0])
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(W))
+            linear.bias.copy_(torch.from_numpy(b))
+        modules += [linear, torch.nn.ReLU() if activation == "relu" else torch.nn.Sigmoid()]
+    return torch.nn.Sequential(*modules).eval()
+
+
+def onnx_session(layers, path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, current = [], [], "x"
+    for i, (W, b, activation) in enumerate(layers):
+        inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"], transB=1))
+        nodes.append(helper.make_node("Relu" if activation == "relu" else "Sigmoid", [f"z{i}"], [f"h{i}"]))
+        current = f"h{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 160])],
+                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, [None, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def gemm_rate() -> float:
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    a @ a
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def agreement(ids32, scores32_all, ids16, tie=1e-3) -> float:
+    """Share of users whose bf16 top-10 equals float32's, float32 ties within `tie` equal."""
+    equal = 0
+    for u in range(ids32.shape[0]):
+        lookup = scores32_all[u]
+        same = all(a == b or abs(lookup[a] - lookup[b]) <= tie for a, b in zip(ids32[u], ids16[u]))
+        equal += same
+    return equal / ids32.shape[0]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rng = np.random.default_rng(0)
+    layers = make_layers(rng)
+    items = rng.standard_normal((ITEMS, DIM)).astype(np.float32)
+    f32 = recfuse.MLPScorer(layers, precision="float32", backend="cpu")
+    bf16 = recfuse.MLPScorer(layers, precision="bfloat16", backend="cpu")
+    prepared32 = f32.prepare_items(items, item_column=DIM)
+    prepared16 = bf16.prepare_items(items, item_column=DIM)
+
+    peers = {}
+    try:
+        import torch
+
+        torch.set_num_threads(THREADS)
+        peers["torch"] = torch.__version__
+        module = torch_module(layers)
+        items_t = torch.from_numpy(items)
+    except ImportError:
+        torch = None
+        print("torch not installed: PyTorch rows skipped", file=sys.stderr)
+    try:
+        import onnxruntime
+
+        with tempfile.TemporaryDirectory() as folder:
+            session = onnx_session(layers, os.path.join(folder, "mlp.onnx"))
+        peers["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        session = None
+        print("onnxruntime not installed: ONNX Runtime rows skipped", file=sys.stderr)
+
+    rows = []
+    agreement_share = None
+    for users in (1, 64):
+        U = rng.standard_normal((users, DIM)).astype(np.float32)
+        ids = rng.integers(0, ITEMS, (users, CANDIDATES))
+        features = rng.standard_normal((users * CANDIDATES, FEATURES)).astype(np.float32)
+        X = np.concatenate([np.repeat(U, CANDIDATES, axis=0), items[ids.ravel()], features], axis=1)
+        methods = {
+            "recfuse f32 gather": lambda: f32.score_candidates(U, ids, items, candidate_features=features),
+            "recfuse f32 prepared": lambda: f32.score_candidates(U, ids, prepared32, candidate_features=features),
+            "recfuse f32 prepared + rank10": lambda: f32.rank(U, ids, prepared32, candidate_features=features, k=10),
+            "recfuse bf16 gather": lambda: bf16.score_candidates(U, ids, items, candidate_features=features),
+            "recfuse bf16 prepared": lambda: bf16.score_candidates(U, ids, prepared16, candidate_features=features),
+            "recfuse bf16 prepared + rank10": lambda: bf16.rank(U, ids, prepared16, candidate_features=features, k=10),
+        }
+        if torch is not None:
+            X_t, U_t, ids_t, F_t = (torch.from_numpy(X), torch.from_numpy(U),
+                                    torch.from_numpy(ids.ravel()), torch.from_numpy(features))
+
+            def torch_eager():
+                with torch.inference_mode():
+                    return module(X_t)
+
+            def torch_gather():
+                with torch.inference_mode():
+                    inputs = torch.cat([U_t.repeat_interleave(CANDIDATES, dim=0),
+                                        items_t.index_select(0, ids_t), F_t], dim=1)
+                    return module(inputs)
+
+            methods["torch eager"] = torch_eager
+            methods["torch gather+concat"] = torch_gather
+        if session is not None:
+            methods["onnxruntime"] = lambda: session.run(None, {"x": X})
+            methods["onnxruntime gather+concat"] = lambda: session.run(None, {"x": np.concatenate(
+                [np.repeat(U, CANDIDATES, axis=0), items.take(ids.ravel(), axis=0), features], axis=1)})
+        # Check every method gives the same scores before timing.
+        reference = f32.score_candidates(U, ids, items, candidate_features=features).ravel()
+        if torch is not None:
+            np.testing.assert_allclose(torch_gather().numpy()[:, 0], reference, atol=1e-5)
+        if session is not None:
+            np.testing.assert_allclose(methods["onnxruntime"]()[0][:, 0], reference, atol=1e-5)
+        times = {name: [] for name in methods}
+        for _ in range(args.rounds):
+            for name, method in methods.items():
+                method()
+                deadline = time.perf_counter() + args.min_time
+                while time.perf_counter() < deadline:
+                    start = time.perf_counter()
+                    method()
+                    times[name].append(time.perf_counter() - start)
+        flops = FLOPS_PER_CANDIDATE * users * CANDIDATES
+        base = statistics.median(times["onnxruntime"]) if session is not None else None
+        for name in methods:
+            p50 = statistics.median(times[name])
+            rows.append(dict(case=f"{users} x {CANDIDATES}", method=name, p50_ms=p50 * 1e3,
+                             gflops=flops / p50 / 1e9, vs_onnxruntime=(base / p50) if base else None,
+                             samples=len(times[name])))
+        if users == 64:
+            top32, _ = f32.rank(U, ids, prepared32, candidate_features=features, k=10)
+            top16, _ = bf16.rank(U, ids, prepared16, candidate_features=features, k=10)
+            full = np.full((users, ITEMS), np.nan, np.float32)
+            full[np.repeat(np.arange(users), CANDIDATES), ids.ravel()] = reference
+            agreement_share = agreement(top32, full, top16)
+
+    rate = gemm_rate()
+    load = os.getloadavg()
+    print(f"threads {THREADS}; load average before timing {load[0]:.2f}; NumPy float32 GEMM "
+          f"{rate:.0f} GFLOP/s; {platform.processor() or platform.machine()}")
+    print(f"| case | method | p50 ms | GFLOP/s (full model) | x ONNX Runtime |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        ratio = f"{row['vs_onnxruntime']:.2f}" if row["vs_onnxruntime"] else "-"
+        print(f"| {row['case']} | {row['method']} | {row['p50_ms']:.3f} | {row['gflops']:.0f} | {ratio} |")
+    if agreement_share is not None:
+        print(f"bf16 top-10 equal to float32's (ties within 1e-3): {100 * agreement_share:.1f}% of 64 users")
+    report = dict(rows=rows, bf16_top10_agreement=agreement_share, gemm_gflops=rate,
+                  threads=THREADS, load_average=load, versions=dict(
+                      recfuse=recfuse.__version__, numpy=np.__version__, python=platform.python_version(),
+                      **peers), kernels=dict(f32=f32.kernel, bf16=bf16.kernel))
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(report, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+// A fused MLP scorer on the CPU (the contract of recfuse.reference.mlp_*).
+//
+// A model is a stack of dense layers h_{l+1} = act(W_l h_l + b_l), W_l (out x in) row-major
+// like torch.nn.Linear. The weights are packed once, at construction, into panels of
+// kMlpPanel output columns (float32, and bfloat16 pairs along the input dimension for the
+// bfloat16 kernels). Candidates are scored in blocks of kMlpBlockRows rows that stay in
+// L1/L2: each block's input rows are gathered by id into a small per-thread buffer, then
+// every layer runs on the block with bias and activation applied in the GEMM epilogue.
+//
+// The first layer is split by input blocks. For candidate c of user u with item i,
+//   W1·[u | uf | i | if | cf] + b1 = (W1u·u + W1uf·uf + b1)      once per user and call
+//                                  + (W1i·i + W1if·if)           per item: gathered in the
+//                                     kernel, or precomputed once (MlpItemPart) and added
+//                                  + W1cf·cf                     per candidate
+// so only the columns after the user blocks (after the item blocks, when an item part is
+// given) are multiplied per candidate.
+//
+// Under bfloat16 the layers between the first and the last run on a bfloat16 kernel
+// (weights packed as bfloat16 pairs, activations rounded, float32 accumulation); the first
+// layer and the last stay float32 (rounding raw features costs the most accuracy for the
+// least work, and the last layer is a dot product).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace recfuse {
+
+enum class MlpActivation : int { Identity = 0, Relu = 1, Gelu = 2, Sigmoid = 3, Tanh = 4 };
+enum class MlpPrecision : int { Float32 = 0, Bfloat16 = 1 };
+// Which kernels compute the layers. Float32 uses the runtime SIMD level (simd_level()).
+enum class MlpKernel : int { Float32 = 0, Avx512Bf16 = 1, Amx = 2 };
+
+constexpr int kMlpPanel = 32;       // output columns per packed weight panel
+constexpr int kMlpBlockRows = 64;   // candidates per block (a multiple of 32: AMX tiles)
+
+MlpActivation parse_mlp_activation(const std::string& name);
+const char* mlp_kernel_name(MlpKernel kernel);
+MlpKernel parse_mlp_kernel(const std::string& name);
+// Whether this CPU and build can run `kernel`; `why` gets the reason when not.
+bool mlp_kernel_supported(MlpKernel kernel, std::string* why = nullptr);
+
+struct MlpLayer {
+  const float* weight;  // out x in, row-major
+  const float* bias;    // out, or null
+  int out;
+  int in;
+  MlpActivation activation;
+};
+
+// A block of input columns: rows x width floats, row-major (the row count is implied).
+struct MlpBlock {
+  const float* data;
+  int width;
+};
+
+// Candidates of a call. The input row of candidate c (of user u, item id ids[c]) is the
+// concatenation, in this order, of the user blocks' row u, the item blocks' row ids[c] and
+// the candidate block's row c; the widths must add up to the model's input width.
+struct MlpCandidates {
+  int64_t users = 0;
+  const int64_t* indptr = nullptr;  // users + 1 offsets; user u owns rows indptr[u]..
+  const int64_t* ids = nullptr;     // indptr[users] item ids in [0, items); null: no item blocks
+  int64_t items = 0;
+  std::vector<MlpBlock> user_blocks;
+  std::vector<MlpBlock> item_blocks;  // data may be null when item_part covers them
+  MlpBlock candidate_block{nullptr, 0};
+  // items x part_width() floats: the precomputed W1i·i + W1if·if (MlpModel::item_part).
+  const float* item_part = nullptr;
+};
+
+class MlpModel {
+ public:
+  // The last layer must have one output (the score). Throws std::invalid_argument for
+  // layers that do not chain or a kernel this CPU cannot run.
+  MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision, MlpKernel kernel);
+
+  int input_width() const { return layers_.front().in; }
+  int layer_count() const { return static_cast<int>(layers_.size()); }
+  MlpPrecision precision() const { return precision_; }
+  MlpKernel kernel() const { return kernel_; }
+  // Row width of an item part: the first layer's output width padded to kMlpPanel.
+  int part_width() const { return layers_.front().panels * kMlpPanel; }
+
+  // out[r]: the score of each of the n rows of X (n x input_width()).
+  void score(const float* X, int64_t n, int num_threads, float* out) const;
+  // out[c]: the score of every candidate.
+  void score_candidates(const MlpCandidates& candidates, int num_threads, float* out) const;
+  // Per user, the k best candidates (score descending, ties by smaller id, each id once,
+  // NaN and -inf dropped), padded with -1 / -inf: ids and scores are users x k.
+  void rank(const MlpCandidates& candidates, int k, int num_threads, int64_t* ids,
+            float* scores) const;
+  // out (items x part_width()): the first layer's item contribution, for item blocks that
+  // start at input column `column`.
+  void item_part(const std::vector<MlpBlock>& item_blocks, int64_t items, int column,
+                 int num_threads, float* out) const;
+
+ private:
+  struct Packed {
+    int in = 0, out = 0, panels = 0;
+    MlpActivation activation = MlpActivation::Identity;
+    std::vector<float> bias;        // panels * kMlpPanel, zero padded
+    std::vector<float> f32;         // panel p, row k, column j: (p * in + k) * kMlpPanel + j
+    int bf16_pairs = 0;             // pair rows per bfloat16 panel (zero padded)
+    std::vector<uint16_t> bf16;     // ((p * bf16_pairs + k / 2) * kMlpPanel + j) * 2 + k % 2
+    std::vector<float> first_t;     // layer 0 only: Wᵀ (in x panels * kMlpPanel) for user parts
+    std::vector<float> dot;         // a final layer with one output: its weights (rounded
+                                    // to bfloat16 under that precision)
+  };
+  void check(const MlpCandidates& candidates) const;
+
+  std::vector<Packed> layers_;
+  MlpPrecision precision_;
+  MlpKernel kernel_;
+  int max_padded_width_ = 0;
+};
+
+}  // namespace recfuse

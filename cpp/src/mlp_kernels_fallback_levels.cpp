@@ -1,0 +1,19 @@
+// On processors without x86 SIMD levels, the avx2 and avx512 kernels are never selected
+// (cpu_supports returns false) and there are no bfloat16 kernels; these definitions only
+// satisfy the linker.
+#include "mlp_kernels.hpp"
+
+namespace recfuse {
+namespace kernels {
+namespace avx2 {
+MlpLayerFunction mlp_layer_float32() { return generic::mlp_layer_float32(); }
+}  // namespace avx2
+namespace avx512 {
+MlpLayerFunction mlp_layer_float32() { return generic::mlp_layer_float32(); }
+}  // namespace avx512
+MlpLayerFunction mlp_layer_avx512bf16() { return nullptr; }
+MlpLayerFunction mlp_layer_amx() { return nullptr; }
+bool mlp_request_amx() { return false; }
+void mlp_rows_to_bfloat16(const float*, uint16_t*, int64_t) {}
+}  // namespace kernels
+}  // namespace recfuse

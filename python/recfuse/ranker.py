@@ -1,0 +1,176 @@
+"""Training an MLP ranker for the chain without PyTorch (NumPy, float32).
+
+``MLPRanker`` learns to tell a user's interactions from random items: positives are the
+stored entries of a users x items matrix, each with ``negatives`` items drawn uniformly at
+random (an item the user has seen may be drawn: with large catalogues that is rare and is
+what most samplers do); the loss is binary cross-entropy on the logit, minimised by Adam on
+mini-batches. The input row of (u, i) is the one ``MLPScorer.score_candidates`` gathers::
+
+    [user_factors[u] | user_features[u] | item_factors[i] | item_features[i]]
+
+with the factors of a fitted factor model (e.g. ``recfuse.ALS``). ``to_scorer`` returns an
+``MLPScorer`` whose score is the predicted probability (sigmoid of the logit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import erf
+
+from . import _validation as check
+from .ranking import MLPScorer
+
+HIDDEN_ACTIVATIONS = ("relu", "tanh", "gelu")
+
+
+def _activate(name: str, z: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(z, 0)
+    if name == "tanh":
+        return np.tanh(z)
+    return (0.5 * z * (1 + erf(z / np.sqrt(2)))).astype(np.float32)
+
+
+def _slope(name: str, z: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return (z > 0).astype(np.float32)
+    if name == "tanh":
+        return 1 - np.tanh(z) ** 2
+    cdf = 0.5 * (1 + erf(z / np.sqrt(2)))
+    return (cdf + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)).astype(np.float32)
+
+
+class MLPRanker:
+    """A binary-cross-entropy MLP over [user | item] factors (and optional side features).
+
+    Parameters
+    ----------
+    hidden : widths of the hidden layers
+    activation : "relu", "tanh" or "gelu" for the hidden layers
+    negatives : random items per positive
+    epochs, batch_size, learning_rate : Adam on mini-batches of positives and their negatives
+    l2 : weight decay added to the gradient of every weight matrix
+    random_state : seed of the initial weights, the sampling and the order
+
+    >>> import numpy as np, scipy.sparse as sp
+    >>> rng = np.random.default_rng(0)
+    >>> seen = sp.random(30, 20, density=0.2, format="csr", random_state=0)
+    >>> ranker = MLPRanker(hidden=(8,), epochs=2, random_state=0)
+    >>> ranker = ranker.fit(seen, rng.standard_normal((30, 4)), rng.standard_normal((20, 4)))
+    >>> ranker.to_scorer().input_width
+    8
+    """
+
+    def __init__(self, hidden=(64, 32), *, activation: str = "relu", negatives: int = 4,
+                 epochs: int = 5, batch_size: int = 1024, learning_rate: float = 1e-3,
+                 l2: float = 0.0, random_state: int | None = None):
+        self.hidden = tuple(check.check_int(w, "hidden width", minimum=1) for w in hidden)
+        self.activation = check.check_choice(activation, "activation", HIDDEN_ACTIVATIONS)
+        self.negatives = check.check_int(negatives, "negatives", minimum=1)
+        self.epochs = check.check_int(epochs, "epochs", minimum=1)
+        self.batch_size = check.check_int(batch_size, "batch_size", minimum=1)
+        self.learning_rate = check.check_float(learning_rate, "learning_rate", minimum=0, strict=True)
+        self.l2 = check.check_float(l2, "l2", minimum=0)
+        self.random_state = random_state
+        self.weights: list[np.ndarray] = []
+        self.biases: list[np.ndarray] = []
+        self.losses: list[float] = []  # mean loss of each epoch
+
+    def fit(self, user_items, user_factors, item_factors, user_features=None,
+            item_features=None) -> "MLPRanker":
+        """Train on the stored entries of ``user_items`` (users x items, CSR) as positives."""
+        R = check.check_csr(user_items, "user_items", dtype=np.dtype(np.float32))
+        users, items = R.shape
+        user_blocks = [check.check_factors(user_factors, "user_factors", dtype=np.float32)]
+        if user_features is not None:
+            user_blocks.append(check.check_factors(user_features, "user_features", dtype=np.float32))
+        item_blocks = [check.check_factors(item_factors, "item_factors", dtype=np.float32)]
+        if item_features is not None:
+            item_blocks.append(check.check_factors(item_features, "item_features", dtype=np.float32))
+        for block, rows, name in [(b, users, "user") for b in user_blocks] + \
+                [(b, items, "item") for b in item_blocks]:
+            if block.shape[0] != rows:
+                raise ValueError(f"{name} factors and features must have {rows} rows (the "
+                                 f"{name}s of user_items), got shape {block.shape}")
+        U = np.concatenate(user_blocks, axis=1)
+        V = np.concatenate(item_blocks, axis=1)
+        rng = np.random.default_rng(self.random_state)
+        widths = [U.shape[1] + V.shape[1], *self.hidden, 1]
+        self.weights = [(rng.standard_normal((o, i)) * np.sqrt(2.0 / i)).astype(np.float32)
+                        for i, o in zip(widths[:-1], widths[1:])]
+        self.biases = [np.zeros(o, np.float32) for o in widths[1:]]
+        moments = [[np.zeros_like(p), np.zeros_like(p)] for p in self.weights + self.biases]
+        pos_users = np.repeat(np.arange(users), np.diff(R.indptr))
+        pos_items = R.indices.astype(np.int64)
+        if pos_users.size == 0:
+            raise ValueError("user_items has no stored entries: nothing to learn from")
+        step = 0
+        self.losses = []
+        per_batch = max(1, self.batch_size // (1 + self.negatives))
+        for _ in range(self.epochs):
+            order = rng.permutation(pos_users.size)
+            total, count = 0.0, 0
+            for start in range(0, order.size, per_batch):
+                chosen = order[start:start + per_batch]
+                u = np.repeat(pos_users[chosen], 1 + self.negatives)
+                i = np.repeat(pos_items[chosen], 1 + self.negatives)
+                negative = np.ones(u.size, bool)
+                negative[:: 1 + self.negatives] = False
+                i[negative] = rng.integers(0, items, int(negative.sum()))
+                y = (~negative).astype(np.float32)
+                X = np.concatenate([U[u], V[i]], axis=1)
+                loss, grads = self._loss_and_gradients(X, y)
+                total += loss * y.size
+                count += y.size
+                step += 1
+                self._adam(grads, moments, step)
+            self.losses.append(total / count)
+        return self
+
+    def _forward(self, X):
+        inputs, sums = [X], []
+        h = X
+        for layer, (W, b) in enumerate(zip(self.weights, self.biases)):
+            z = h @ W.T + b
+            sums.append(z)
+            h = z if layer == len(self.weights) - 1 else _activate(self.activation, z)
+            inputs.append(h)
+        return inputs, sums
+
+    def _loss_and_gradients(self, X, y):
+        inputs, sums = self._forward(X)
+        logit = sums[-1][:, 0]
+        loss = float(np.mean(np.logaddexp(0, logit) - y * logit))
+        delta = ((1 / (1 + np.exp(-logit)) - y) / y.size)[:, None].astype(np.float32)
+        grads_w, grads_b = [], []
+        for layer in range(len(self.weights) - 1, -1, -1):
+            grads_w.append(delta.T @ inputs[layer] + self.l2 * self.weights[layer])
+            grads_b.append(delta.sum(axis=0))
+            if layer:
+                delta = (delta @ self.weights[layer]) * _slope(self.activation, sums[layer - 1])
+        return loss, grads_w[::-1] + grads_b[::-1]
+
+    def _adam(self, grads, moments, step, beta1=0.9, beta2=0.999, eps=1e-8):
+        for parameter, grad, (m, v) in zip(self.weights + self.biases, grads, moments):
+            m *= beta1
+            m += (1 - beta1) * grad
+            v *= beta2
+            v += (1 - beta2) * grad * grad
+            m_hat = m / (1 - beta1**step)
+            v_hat = v / (1 - beta2**step)
+            parameter -= (self.learning_rate * m_hat / (np.sqrt(v_hat) + eps)).astype(np.float32)
+
+    def predict_logits(self, X) -> np.ndarray:
+        """The logits of the rows of X (the concatenated input rows), for checks."""
+        if not self.weights:
+            raise RuntimeError("the ranker is not fitted: call fit first")
+        return self._forward(np.asarray(X, np.float32))[1][-1][:, 0]
+
+    def to_scorer(self, *, precision: str = "float32", backend: str = "auto") -> MLPScorer:
+        """An MLPScorer of the trained model; its score is the probability (sigmoid)."""
+        if not self.weights:
+            raise RuntimeError("the ranker is not fitted: call fit first")
+        count = len(self.weights)
+        layers = [(W, b, "sigmoid" if layer == count - 1 else self.activation)
+                  for layer, (W, b) in enumerate(zip(self.weights, self.biases))]
+        return MLPScorer(layers, precision=precision, backend=backend)

@@ -1,0 +1,471 @@
+"""Ranking with a fused MLP scorer: gather [user | item | features], run the dense layers
+and keep each user's k best candidates in one native call, with no concatenated input
+matrix in memory.
+
+The model is a list of dense layers ``(W, b, activation)``: W has shape (out, in) like
+``torch.nn.Linear.weight``, b shape (out,) or None, activation one of ``relu``, ``gelu``
+(the exact erf form, torch.nn.GELU's default), ``sigmoid``, ``tanh``, ``identity``; the last
+layer has one output, the score. For candidate c of user u with item id i the input row is::
+
+    [user_vectors[u] | user_features[u] | item_table[i] | item_features[i] | candidate_features[c]]
+
+(absent blocks are left out). ``recfuse.reference.mlp_*`` states the contract in NumPy.
+
+Candidates come in one of these forms (``candidate_ids``):
+
+- a 1-d array: one user's candidates (``user_vectors`` 1-d, or one row); scores are 1-d;
+- a 2-d array (users x c): every user has c candidates; scores are (users, c);
+- a tuple ``(indptr, ids)``, CSR-like: user u owns ``ids[indptr[u]:indptr[u + 1]]`` (users
+  may have none); scores are flat, aligned with ``ids``;
+- a list of 1-d arrays, one per user: like the tuple form.
+
+``candidate_features`` has one row per candidate in that (flattened) order. User vectors and
+features must be finite (checked); ``item_table`` and ``item_features`` are not checked on
+each call (that would read the whole table): a candidate whose item row holds NaN or inf
+gets a NaN (or inf) score, which ``rank`` never returns. ``prepare_items`` checks them once.
+
+``rank`` keeps, per user, the k best candidates: score descending, ties by the smaller id,
+each id once (a repeated candidate counts once), NaN scores dropped; rows are padded with
+id -1 and score -inf. It equals ``score_candidates`` followed by a full sort.
+
+precision="bfloat16" (chosen explicitly, never silently) runs the layers between the first
+and the last in bfloat16 (weights and inputs rounded, float32 accumulation); the first layer
+(raw features, and the per-user and precomputed per-item parts) and the last (the score)
+stay float32, which keeps most of the accuracy for a small share of the work.
+On the cpu backend it needs AVX512-BF16 (the "avx512bf16" kernel) or AMX (``kernel="amx"``,
+never chosen by itself: it has not yet run on an AMX CPU); the numba and numpy backends
+emulate it (slowly). Expect scores within about 1e-3 of float32's, relative to their scale.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from . import _validation as check
+from ._backend import resolve_backend
+from ._mlp import Candidates
+
+ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "identity")
+PRECISIONS = ("float32", "bfloat16")
+
+
+class PreparedItems(NamedTuple):
+    """An item table whose first-layer contribution ``W1i·item + W1if·item_features`` was
+    computed once (``MLPScorer.prepare_items``); pass it as ``item_table`` (and no
+    ``item_features``). It belongs to the scorer that made it."""
+
+    part: np.ndarray      # float32 (items, part width)
+    items: int
+    item_column: int      # the input column where the item vector starts
+    columns: int          # input columns covered (item vector + item features)
+    owner: object         # the packed model of the scorer that made it
+
+
+class MLPScorer:
+    """A dense-layer scorer packed once for its backend.
+
+    Parameters
+    ----------
+    layers : sequence of (W, b, activation)
+        W (out, in), b (out,) or None, activation name; consecutive layers must chain
+        (in of one = out of the previous) and the last must have out = 1.
+    precision : "float32" or "bfloat16"
+    backend : "auto" or a backend name (see ``recfuse.backends()``)
+    kernel : "auto", or on the cpu backend "float32", "avx512bf16" or "amx"
+
+    >>> import numpy as np
+    >>> W1 = np.array([[1.0, -1.0], [0.5, 0.5]], np.float32)
+    >>> W2 = np.array([[1.0, 2.0]], np.float32)
+    >>> scorer = MLPScorer([(W1, None, "relu"), (W2, np.zeros(1, np.float32), "identity")])
+    >>> scorer.score(np.array([[2.0, 1.0]], np.float32))
+    array([4.], dtype=float32)
+    """
+
+    def __init__(self, layers, *, precision: str = "float32", backend: str = "auto",
+                 kernel: str = "auto"):
+        self.precision = check.check_choice(precision, "precision", PRECISIONS)
+        self.layers = _check_layers(layers)
+        if not isinstance(kernel, str):
+            raise TypeError(f"kernel must be a string, got {type(kernel).__name__}")
+        self._module = resolve_backend(backend, "mlp")
+        self._model = self._module.prepare(self.layers, self.precision, kernel)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_torch(cls, module, **options) -> "MLPScorer":
+        """A scorer from a ``torch.nn.Sequential`` of Linear layers, each optionally followed
+        by ReLU, GELU (approximate="none"), Sigmoid, Tanh or Identity (Dropout is skipped:
+        scoring is inference). Options go to ``MLPScorer``."""
+        return cls(layers_from_torch(module), **options)
+
+    @classmethod
+    def from_onnx(cls, path, **options) -> "MLPScorer":
+        """A scorer from an ONNX file holding a chain of Gemm (or MatMul + Add) nodes, each
+        optionally followed by Relu, Gelu, Sigmoid, Tanh or Identity. Needs the ``onnx``
+        package. Options go to ``MLPScorer``."""
+        return cls(layers_from_onnx(path), **options)
+
+    @property
+    def input_width(self) -> int:
+        return self.layers[0][0].shape[1]
+
+    @property
+    def backend(self) -> str:
+        return self._module.NAME
+
+    @property
+    def kernel(self) -> str:
+        return self._module.kernel_name(self._model)
+
+    def __repr__(self) -> str:
+        widths = " -> ".join([str(self.input_width)] + [str(W.shape[0]) for W, _, _ in self.layers])
+        return (f"MLPScorer({widths}, precision={self.precision!r}, backend={self.backend!r}, "
+                f"kernel={self.kernel!r})")
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, inputs, *, num_threads: int = 0) -> np.ndarray:
+        """The score of each row of ``inputs`` (n, input_width) (or one row (input_width,))."""
+        single = np.ndim(inputs) == 1
+        X = _float_matrix(inputs, "inputs", columns=self.input_width, allow_1d=True)
+        num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        scores = self._module.score(self._model, X, num_threads)
+        return scores[0] if single else scores
+
+    def prepare_items(self, item_table, item_features=None, *, item_column: int,
+                      num_threads: int = 0) -> PreparedItems:
+        """Precompute the first layer's item contribution for every item, once (at model
+        load): later calls that pass the result as ``item_table`` multiply only the
+        per-candidate columns. ``item_column`` is where the item vector starts in the input
+        row: the width of the user vectors plus that of the user features."""
+        table = _float_matrix(item_table, "item_table")
+        blocks = [table]
+        if item_features is not None:
+            blocks.append(_float_matrix(item_features, "item_features", rows=table.shape[0],
+                                        rows_of="item_table"))
+        columns = sum(block.shape[1] for block in blocks)
+        item_column = check.check_int(item_column, "item_column", minimum=0,
+                                      maximum=self.input_width - columns)
+        num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        part = self._module.item_part(self._model, blocks, item_column, num_threads)
+        return PreparedItems(part, table.shape[0], item_column, columns, self._model)
+
+    def score_candidates(self, user_vectors, candidate_ids, item_table, user_features=None,
+                         item_features=None, candidate_features=None, *,
+                         num_threads: int = 0) -> np.ndarray:
+        """Scores of every user's candidates, gathered by id inside the kernel: 1-d for one
+        user, (users, c) for a 2-d ``candidate_ids``, flat (aligned with the ids) for the
+        ragged forms. See the module documentation for the input row and the forms."""
+        call, form, shape = self._candidates(user_vectors, candidate_ids, item_table,
+                                             user_features, item_features, candidate_features)
+        num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        scores = self._module.score_candidates(self._model, call, num_threads)
+        if form == "dense":
+            return scores.reshape(shape)
+        return scores
+
+    def rank(self, user_vectors, candidate_ids, item_table, user_features=None,
+             item_features=None, candidate_features=None, *, k: int,
+             num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's k best candidates, ``(ids int64, scores float32)`` of shape (users, k)
+        ((k,) for one user given 1-d), sorted by score, ties by smaller id, padded with -1 /
+        -inf."""
+        k = check.check_int(k, "k", minimum=1)
+        call, form, _ = self._candidates(user_vectors, candidate_ids, item_table,
+                                         user_features, item_features, candidate_features)
+        num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        ids, scores = self._module.rank(self._model, call, k, num_threads)
+        if form == "single":
+            return ids[0], scores[0]
+        return ids, scores
+
+    # ------------------------------------------------------------------ input checks
+
+    def _candidates(self, user_vectors, candidate_ids, item_table, user_features,
+                    item_features, candidate_features):
+        """(Candidates, form, dense shape) after checking every argument."""
+        single_user = np.ndim(user_vectors) == 1
+        U = _float_matrix(user_vectors, "user_vectors", allow_1d=True)
+        users = U.shape[0]
+        indptr, ids, form, shape = _candidate_lists(candidate_ids, users, single_user)
+        total = int(indptr[-1])
+        user_blocks = [U]
+        if user_features is not None:
+            user_blocks.append(_float_matrix(user_features, "user_features", rows=users,
+                                             rows_of="user_vectors", allow_1d=single_user))
+        user_width = sum(block.shape[1] for block in user_blocks)
+        item_blocks, item_part, part_columns = [], None, 0
+        if isinstance(item_table, PreparedItems):
+            if item_table.owner is not self._model:
+                raise ValueError("item_table was prepared by another MLPScorer; prepare it "
+                                 "with this one (prepare_items)")
+            if item_features is not None:
+                raise ValueError("item_features are already part of the prepared item_table; "
+                                 "pass item_features=None")
+            if item_table.item_column != user_width:
+                raise ValueError(
+                    f"item_table was prepared for items starting at input column "
+                    f"{item_table.item_column}, but the user blocks here are {user_width} wide")
+            items, item_part, part_columns = item_table.items, item_table.part, item_table.columns
+            item_width = part_columns
+        else:  # not checked for NaN per call: the whole table would be read each time
+            table = _float_matrix(item_table, "item_table", finite=False)
+            items = table.shape[0]
+            item_blocks.append(table)
+            if item_features is not None:
+                item_blocks.append(_float_matrix(item_features, "item_features", rows=items,
+                                                 rows_of="item_table", finite=False))
+            item_width = sum(block.shape[1] for block in item_blocks)
+        candidate_block = None
+        candidate_width = 0
+        if candidate_features is not None:
+            features = np.asarray(candidate_features)
+            if form == "dense" and features.ndim == 3:
+                features = features.reshape(total, features.shape[2])
+            candidate_block = _float_matrix(features, "candidate_features", rows=total,
+                                            rows_of="candidates")
+            candidate_width = candidate_block.shape[1]
+        width = user_width + item_width + candidate_width
+        if width != self.input_width:
+            raise ValueError(
+                f"the inputs are {width} columns wide (user blocks {user_width} + item blocks "
+                f"{item_width} + candidate_features {candidate_width}); the model's first "
+                f"layer takes {self.input_width}")
+        if ids.size and (ids.min() < 0 or ids.max() >= items):
+            bad = ids.min() if ids.min() < 0 else ids.max()
+            raise ValueError(f"candidate_ids must be in [0, {items}) (rows of item_table), "
+                             f"got {bad}")
+        call = Candidates(indptr, ids, items, user_blocks, item_blocks, candidate_block,
+                          item_part, part_columns)
+        return call, form, shape
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _float_matrix(value, name: str, *, columns: int | None = None, rows: int | None = None,
+                  rows_of: str = "", allow_1d: bool = False, finite: bool = True) -> np.ndarray:
+    """A float32 C-contiguous 2-d array (a copy only when the input is not one), checked to
+    be finite unless ``finite=False`` (tables read only at the candidates' rows)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu" or array.dtype.kind == "b":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    if array.ndim == 1 and allow_1d:
+        array = array[None, :]
+    if array.ndim != 2:
+        expected = "1-d or 2-d" if allow_1d else "2-d"
+        raise ValueError(f"{name} must be {expected}, got shape {array.shape}")
+    if columns is not None and array.shape[1] != columns:
+        raise ValueError(f"{name} must have {columns} columns, got shape {array.shape}")
+    if rows is not None and array.shape[0] != rows:
+        raise ValueError(f"{name} must have {rows} rows (one per row of {rows_of}), got shape "
+                         f"{array.shape}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if finite and not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    return array
+
+
+def _ids(value, name: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.size and array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _candidate_lists(candidate_ids, users: int, single_user: bool):
+    """(indptr int64, ids int64, form, dense shape) of the candidate forms."""
+    if isinstance(candidate_ids, tuple):
+        if len(candidate_ids) != 2:
+            raise ValueError(f"candidate_ids as a tuple must be (indptr, ids), got "
+                             f"{len(candidate_ids)} items")
+        indptr = _ids(candidate_ids[0], "candidate_ids indptr")
+        ids = _ids(candidate_ids[1], "candidate_ids ids")
+        if indptr.shape != (users + 1,):
+            raise ValueError(f"candidate_ids indptr must have shape ({users + 1},) (users + 1), "
+                             f"got {indptr.shape}")
+        if ids.ndim != 1:
+            raise ValueError(f"candidate_ids ids must be 1-d, got shape {ids.shape}")
+        if indptr[0] != 0 or indptr[-1] != ids.size or (np.diff(indptr) < 0).any():
+            raise ValueError(f"candidate_ids indptr must start at 0, not decrease and end at "
+                             f"len(ids) = {ids.size}")
+        return indptr, ids, "ragged", None
+    if isinstance(candidate_ids, list) and (
+            (candidate_ids and all(np.ndim(part) == 1 for part in candidate_ids))
+            or (not candidate_ids and users != 1)):
+        if len(candidate_ids) != users:
+            raise ValueError(f"candidate_ids as a list must have one entry per user ({users}), "
+                             f"got {len(candidate_ids)}")
+        parts = [_ids(part, f"candidate_ids[{u}]").reshape(-1) for u, part in
+                 enumerate(candidate_ids)]
+        indptr = np.zeros(users + 1, np.int64)
+        indptr[1:] = np.cumsum([part.size for part in parts])
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return indptr, np.ascontiguousarray(ids, np.int64), "ragged", None
+    ids = _ids(candidate_ids, "candidate_ids")
+    if ids.ndim == 1:
+        if users != 1:
+            raise ValueError(f"a 1-d candidate_ids is one user's list, but user_vectors has "
+                             f"{users} rows; pass (indptr, ids), a list per user or a 2-d array")
+        return np.array([0, ids.size], np.int64), ids, "single" if single_user else "dense", (1, ids.size)
+    if ids.ndim == 2:
+        if ids.shape[0] != users:
+            raise ValueError(f"a 2-d candidate_ids must have one row per user ({users}), got "
+                             f"shape {ids.shape}")
+        indptr = np.arange(users + 1, dtype=np.int64) * ids.shape[1]
+        return indptr, np.ascontiguousarray(ids.reshape(-1)), "dense", ids.shape
+    raise ValueError(f"candidate_ids must be 1-d, 2-d, (indptr, ids) or a list per user, got "
+                     f"shape {ids.shape}")
+
+
+def _check_layers(layers) -> list:
+    """The layers as (W float32 (out, in), b float32 (out,) or None, activation)."""
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
+        raise TypeError("layers must be a non-empty sequence of (weight, bias, activation)")
+    checked = []
+    for position, layer in enumerate(layers):
+        name = f"layers[{position}]"
+        if not isinstance(layer, (tuple, list)) or len(layer) != 3:
+            raise TypeError(f"{name} must be a (weight, bias, activation) triple, got {layer!r:.80}")
+        weight, bias, activation = layer
+        W = np.asarray(weight)
+        if W.dtype.kind not in "fiu" or W.ndim != 2 or 0 in W.shape:
+            raise ValueError(f"{name} weight must be a non-empty 2-d real array (out, in), got "
+                             f"dtype {W.dtype} shape {W.shape}")
+        W = np.ascontiguousarray(W, dtype=np.float32)
+        if not np.isfinite(W).all():
+            raise ValueError(f"{name} weight must be finite, got {int((~np.isfinite(W)).sum())} "
+                             f"NaN/inf (after conversion to float32)")
+        b = None
+        if bias is not None:
+            b = np.asarray(bias)
+            if b.dtype.kind not in "fiu" or b.shape != (W.shape[0],):
+                raise ValueError(f"{name} bias must be a real array of shape ({W.shape[0]},), "
+                                 f"got dtype {b.dtype} shape {b.shape}")
+            b = np.ascontiguousarray(b, dtype=np.float32)
+            if not np.isfinite(b).all():
+                raise ValueError(f"{name} bias must be finite, got NaN/inf")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"{name} activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if checked and checked[-1][0].shape[0] != W.shape[1]:
+            raise ValueError(f"{name} takes {W.shape[1]} inputs but layers[{position - 1}] gives "
+                             f"{checked[-1][0].shape[0]}")
+        checked.append((W, b, activation))
+    if checked[-1][0].shape[0] != 1:
+        raise ValueError(f"the last layer must have one output (the score), got "
+                         f"{checked[-1][0].shape[0]}")
+    return checked
+
+
+# ---------------------------------------------------------------------- import
+
+
+def layers_from_torch(module) -> list:
+    """(W, b, activation) layers of a torch.nn.Sequential (see MLPScorer.from_torch)."""
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError("from_torch needs PyTorch: pip install torch") from error
+    nn = torch.nn
+    if not isinstance(module, nn.Sequential):
+        raise TypeError(f"from_torch takes a torch.nn.Sequential, got {type(module).__name__}")
+    names = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Identity: "identity",
+             nn.GELU: "gelu"}
+    layers: list = []
+    open_layer = False  # the last Linear has no activation yet
+    for position, child in enumerate(module):
+        kind = type(child)
+        where = f"module [{position}] {kind.__name__}"
+        if isinstance(child, nn.Linear):
+            W = child.weight.detach().cpu().to(torch.float32).numpy()
+            b = None if child.bias is None else child.bias.detach().cpu().to(torch.float32).numpy()
+            layers.append([W, b, "identity"])
+            open_layer = True
+        elif isinstance(child, nn.Dropout):
+            continue
+        elif kind in names:
+            if kind is nn.GELU and child.approximate != "none":
+                raise ValueError(f"{where}: GELU(approximate={child.approximate!r}) is not "
+                                 f"supported; only the exact erf form (approximate='none')")
+            if not open_layer:
+                if kind is nn.Identity:
+                    continue
+                raise ValueError(f"{where}: an activation must follow a Linear layer")
+            layers[-1][2] = names[kind]
+            open_layer = False
+        else:
+            raise ValueError(f"{where} is not supported: use Linear, ReLU, GELU, Sigmoid, Tanh, "
+                             f"Identity or Dropout")
+    if not layers:
+        raise ValueError("the Sequential has no Linear layer")
+    return [tuple(layer) for layer in layers]
+
+
+def layers_from_onnx(path) -> list:
+    """(W, b, activation) layers of an ONNX chain (see MLPScorer.from_onnx)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as error:
+        raise ImportError("from_onnx needs the onnx package: pip install onnx") from error
+    model = onnx.load(os.fspath(path))
+    graph = model.graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    activations = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu",
+                   "Identity": "identity"}
+    layers: list = []
+    open_layer = False
+    pending_matmul = None  # a MatMul's weight (out, in) waiting for its Add
+    for position, node in enumerate(graph.node):
+        where = f"node {position} ({node.op_type} {node.name!r})"
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Constant":
+            continue
+        if node.op_type == "Gemm":
+            if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0 or \
+                    attributes.get("beta", 1.0) != 1.0:
+                raise ValueError(f"{where}: only Gemm with transA=0, alpha=1, beta=1 is supported")
+            W = _onnx_constant(constants, node.input[1], where)
+            W = W if attributes.get("transB", 0) else W.T
+            b = _onnx_constant(constants, node.input[2], where) if len(node.input) > 2 and \
+                node.input[2] else None
+            layers.append([W, None if b is None else np.broadcast_to(b, (W.shape[0],)), "identity"])
+            open_layer = True
+        elif node.op_type == "MatMul":
+            pending_matmul = _onnx_constant(constants, node.input[1], where).T
+            layers.append([pending_matmul, None, "identity"])
+            open_layer = True
+        elif node.op_type == "Add" and pending_matmul is not None:
+            name = node.input[1] if node.input[1] in constants else node.input[0]
+            b = _onnx_constant(constants, name, where)
+            layers[-1][1] = np.broadcast_to(b, (pending_matmul.shape[0],))
+            pending_matmul = None
+        elif node.op_type in activations:
+            if node.op_type == "Gelu" and attributes.get("approximate", "none") != "none":
+                raise ValueError(f"{where}: Gelu(approximate='tanh') is not supported")
+            if not open_layer:
+                raise ValueError(f"{where}: an activation must follow a Gemm or MatMul")
+            layers[-1][2] = activations[node.op_type]
+            open_layer = False
+            pending_matmul = None
+        else:
+            raise ValueError(f"{where} is not supported: from_onnx reads chains of Gemm (or "
+                             f"MatMul + Add) and Relu, Gelu, Sigmoid, Tanh, Identity")
+        if node.op_type in ("Gemm",):
+            pending_matmul = None
+    if not layers:
+        raise ValueError("the ONNX graph has no Gemm or MatMul node")
+    return [tuple(layer) for layer in layers]
+
+
+def _onnx_constant(constants: dict, name: str, where: str) -> np.ndarray:
+    if name not in constants:
+        raise ValueError(f"{where}: input {name!r} must be an initializer or Constant (weights)")
+    return np.asarray(constants[name], dtype=np.float32)

@@ -1,0 +1,503 @@
+"""The MLP scorer (recfuse.MLPScorer) on every backend and precision against
+recfuse.reference.mlp_*.
+
+Tolerances (``error_bound``): rounding errors are treated as independent, so they add up
+as root sums of squares. Each layer adds, relative to the root sum of squares of its
+products w·h, 4·√in·2⁻²⁴ (float32 accumulation) plus, in the layers that bfloat16 rounds
+(between the first and the last), 2⁻⁹ (either side may round an input the other way when
+it lies near a rounding boundary), and 1e-6 for the activations' polynomial approximations; errors pass
+through later layers by |W| (root sum of squares) times the activation's slope (≤ 1.13).
+The bound is four times that, plus 1e-6: about 1e-5 of the output scale in float32 and
+5e-3 in bfloat16. (A worst-case bound would be vacuous for deep wide models.)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import recfuse
+from recfuse import reference
+from recfuse.ranking import MLPScorer
+
+from conftest import backend_params
+
+BACKENDS = backend_params(("cpu", "numba", "cupy", "numpy"))
+SLOPE = {"relu": 1.0, "identity": 1.0, "tanh": 1.0, "sigmoid": 0.25, "gelu": 1.13}
+
+
+def _native():
+    try:
+        from recfuse import _core
+    except ImportError:
+        return None
+    return _core
+
+
+def _bf16_on_cpu() -> tuple[bool, str]:
+    core = _native()
+    if core is None:
+        return False, "recfuse._core is not built"
+    table = {name: (ok, why) for name, ok, why in core.mlp_kernels()}
+    return table["avx512bf16"]
+
+
+def scorer(layers, backend, precision="float32", **options) -> MLPScorer:
+    if backend == "cpu" and precision == "bfloat16":
+        ok, why = _bf16_on_cpu()
+        if not ok:
+            pytest.skip(f"bfloat16 on the cpu backend: {why}")
+    return MLPScorer(layers, precision=precision, backend=backend, **options)
+
+
+def random_layers(rng, widths, activations):
+    layers = []
+    for i, activation in enumerate(activations):
+        W = (rng.standard_normal((widths[i + 1], widths[i])) / math.sqrt(widths[i])).astype(np.float32)
+        b = (0.1 * rng.standard_normal(widths[i + 1])).astype(np.float32)
+        layers.append((W, b if i % 2 == 0 else None, activation))
+    return layers
+
+
+def error_bound(layers, X, precision):
+    """Per row: how far a backend may be from the reference (see the module docstring)."""
+    h = np.asarray(X, np.float64)
+    e = np.zeros_like(h)
+    for position, (W, b, activation) in enumerate(layers):
+        W64 = W.astype(np.float64)
+        rms = np.sqrt(np.square(h) @ np.square(W64).T)  # the typical size of the sum's terms
+        rounded = precision == "bfloat16" and 0 < position < len(layers) - 1
+        relative = 4 * math.sqrt(W.shape[1]) * 2.0**-24 + (2.0**-9 if rounded else 0)
+        e = SLOPE[activation] * (np.sqrt(np.square(e) @ np.square(W64).T) + relative * rms + 1e-6)
+        h = reference.mlp_activation(activation, h @ W64.T + (0 if b is None else b))
+    return 4.0 * e[:, 0] + 1e-6
+
+
+def assert_scores_close(scores, expected, bound, context=""):
+    scores = np.asarray(scores, np.float64)
+    difference = np.abs(scores - expected)
+    worst = int(np.argmax(difference - bound)) if difference.size else 0
+    assert (difference <= bound).all(), (
+        f"{context}: row {worst} differs by {difference[worst]:.3g} > bound {bound[worst]:.3g}")
+
+
+@st.composite
+def models(draw, max_width=1024, max_layers=4):
+    """(layers, input width) with widths 1..max_width (mostly small, some of 64..1024)."""
+    count = draw(st.integers(1, max_layers))
+    width = st.one_of(st.integers(1, 40), st.sampled_from([31, 33, 64, 100, 256, max_width]))
+    widths = [draw(width) for _ in range(count)] + [1]
+    activations = [draw(st.sampled_from(reference.MLP_ACTIVATIONS)) for _ in range(count)]
+    seed = draw(st.integers(0, 2**32 - 1))
+    return random_layers(np.random.default_rng(seed), widths, activations), widths[0]
+
+
+# ---------------------------------------------------------------------- reference
+
+
+def test_reference_matches_closed_forms():
+    x = np.array([-2.0, -0.5, 0.0, 0.5, 3.0])
+    np.testing.assert_allclose(reference.mlp_activation("gelu", x),
+                               [x_ * 0.5 * (1 + math.erf(x_ / math.sqrt(2))) for x_ in x])
+    np.testing.assert_allclose(reference.mlp_activation("sigmoid", x), 1 / (1 + np.exp(-x)))
+    assert reference.round_to_bfloat16(np.float32(1.0 + 2.0**-8))[()] == 1.0  # tie to even
+    assert reference.round_to_bfloat16(np.float32(1.0 + 3 * 2.0**-8))[()] == 1.0 + 2.0**-6
+    W = np.array([[1.0, 2.0]], np.float32)
+    assert reference.mlp_forward([(W, np.array([0.5], np.float32), "identity")],
+                                 [[1.0, 1.0]])[0, 0] == 3.5
+
+
+def test_reference_rank_is_a_full_sort_with_ties_and_repeats():
+    indptr = np.array([0, 5, 5, 8])
+    ids = np.array([4, 2, 4, 9, 1, 3, 3, 0])
+    scores = np.array([1.0, 2.0, 1.0, 2.0, np.nan, -np.inf, 0.0, 0.0])
+    top, values = reference.mlp_rank_scores(indptr, ids, scores, 3)
+    np.testing.assert_array_equal(top, [[2, 9, 4], [-1, -1, -1], [0, 3, -1]])
+    np.testing.assert_array_equal(values, [[2, 2, 1], [-np.inf] * 3, [0, 0, -np.inf]])
+
+
+# ---------------------------------------------------------------------- against the reference
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=15)
+@given(model=models(), rows=st.integers(1, 150), seed=st.integers(0, 2**32 - 1))
+def test_score_matches_reference(backend, precision, model, rows, seed):
+    layers, width = model
+    X = np.random.default_rng(seed).standard_normal((rows, width)).astype(np.float32)
+    scores = scorer(layers, backend, precision).score(X)
+    assert scores.shape == (rows,) and scores.dtype == np.float32
+    expected = reference.mlp_forward(layers, X, precision)[:, 0]
+    assert_scores_close(scores, expected, error_bound(layers, X, precision), backend)
+
+
+@st.composite
+def candidate_calls(draw):
+    """A model and a ragged call: users with 0.. candidates, blocks of random widths."""
+    widths = {name: draw(st.integers(lo, 24)) for name, lo in
+              [("user", 1), ("user_features", 0), ("item", 1), ("item_features", 0),
+               ("candidate", 0)]}
+    hidden = [draw(st.one_of(st.integers(1, 40), st.just(256))) for _ in range(draw(st.integers(0, 2)))]
+    activations = [draw(st.sampled_from(reference.MLP_ACTIVATIONS)) for _ in range(len(hidden) + 1)]
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    layers = random_layers(rng, [sum(widths.values())] + hidden + [1], activations)
+    users = draw(st.integers(1, 5))
+    items = draw(st.integers(1, 60))
+    counts = [draw(st.sampled_from([0, 1, 7, 64, 65, 130])) for _ in range(users)]
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    ids = rng.integers(0, items, indptr[-1])
+    def block(rows, name):
+        return rng.standard_normal((rows, widths[name])).astype(np.float32) if widths[name] else None
+    data = dict(user_vectors=block(users, "user"), item_table=block(items, "item"),
+                user_features=block(users, "user_features"),
+                item_features=block(items, "item_features"),
+                candidate_features=block(int(indptr[-1]), "candidate"))
+    return layers, indptr, ids, data
+
+
+def _reference_scores(layers, indptr, ids, data, precision):
+    X = reference.mlp_gather(data["user_vectors"], indptr, ids, data["item_table"],
+                             data["user_features"], data["item_features"],
+                             data["candidate_features"])
+    return reference.mlp_forward(layers, X, precision)[:, 0], error_bound(layers, X, precision)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=15)
+@given(call=candidate_calls(), k=st.integers(1, 12))
+def test_candidates_and_rank_match_reference(backend, precision, call, k):
+    layers, indptr, ids, data = call
+    model = scorer(layers, backend, precision)
+    expected, bound = _reference_scores(layers, indptr, ids, data, precision)
+    scores = model.score_candidates(candidate_ids=(indptr, ids), **data)
+    assert scores.shape == (indptr[-1],)
+    assert_scores_close(scores, expected, bound, "gathered")
+    # The item part precomputed once gives the same scores.
+    item_column = data["user_vectors"].shape[1] + (
+        0 if data["user_features"] is None else data["user_features"].shape[1])
+    prepared = model.prepare_items(data["item_table"], data["item_features"],
+                                   item_column=item_column)
+    other = dict(data, item_table=prepared, item_features=None)
+    assert_scores_close(model.score_candidates(candidate_ids=(indptr, ids), **other),
+                        expected, bound, "prepared items")
+    # rank == score + full sort (ties by smaller id, repeats once), on the same scores.
+    top, values = model.rank(candidate_ids=(indptr, ids), k=k, **other)
+    want_ids, want_values = reference.mlp_rank_scores(
+        indptr, ids, model.score_candidates(candidate_ids=(indptr, ids), **other), k)
+    np.testing.assert_array_equal(top, want_ids)
+    np.testing.assert_array_equal(values, want_values.astype(np.float32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_batch_and_forms(backend):
+    """10,000 candidates of one user; the 1-d, 2-d, list and tuple forms agree."""
+    rng = np.random.default_rng(7)
+    layers = random_layers(rng, [40, 64, 32, 1], ["relu", "relu", "sigmoid"])
+    model = scorer(layers, backend)
+    user = rng.standard_normal(16).astype(np.float32)
+    items = rng.standard_normal((5000, 16)).astype(np.float32)
+    ids = rng.integers(0, 5000, 10_000)
+    features = rng.standard_normal((10_000, 8)).astype(np.float32)
+    scores = model.score_candidates(user, ids, items, candidate_features=features)
+    expected, bound = _reference_scores(layers, np.array([0, 10_000]), ids, dict(
+        user_vectors=user[None], item_table=items, user_features=None, item_features=None,
+        candidate_features=features), "float32")
+    assert scores.shape == (10_000,)
+    assert_scores_close(scores, expected, bound)
+    two = model.score_candidates(np.stack([user, user]), np.stack([ids[:50], ids[50:100]]),
+                                 items, candidate_features=features[:100].reshape(2, 50, 8))
+    assert two.shape == (2, 50)
+    ragged = model.score_candidates(np.stack([user, user]), [ids[:50], ids[50:100]], items,
+                                    candidate_features=features[:100])
+    np.testing.assert_array_equal(two.ravel(), ragged)
+    top, values = model.rank(user, ids, items, candidate_features=features, k=10)
+    assert top.shape == values.shape == (10,)
+    order = np.lexsort((ids, -scores))
+    first = np.ones(order.size, bool)
+    first[1:] = ids[order][1:] != ids[order][:-1]
+    np.testing.assert_array_equal(top, ids[order][first][:10])
+
+
+def test_ties_go_to_the_smaller_id():
+    # relu of a negative sum: every candidate scores the final bias exactly.
+    W1 = -np.ones((4, 4), np.float32)
+    layers = [(W1, None, "relu"), (np.ones((1, 4), np.float32), np.array([0.25], np.float32), "identity")]
+    for backend in ("cpu", "numba", "numpy"):
+        if backend not in [b.name for b in recfuse.backends() if b.available]:
+            continue
+        model = MLPScorer(layers, backend=backend)
+        ids, scores = model.rank(np.ones(2, np.float32), np.array([9, 3, 7, 3, 5]),
+                                 np.ones((10, 2), np.float32), k=6)
+        np.testing.assert_array_equal(ids, [3, 5, 7, 9, -1, -1])
+        np.testing.assert_array_equal(scores, [0.25] * 4 + [-np.inf] * 2)
+
+
+# ---------------------------------------------------------------------- native kernels
+
+
+def test_every_simd_level_and_kernel():
+    core = _native()
+    if core is None:
+        pytest.skip("recfuse._core is not built")
+    rng = np.random.default_rng(3)
+    layers = random_layers(rng, [70, 96, 33, 1], ["gelu", "tanh", "sigmoid"])
+    X = rng.standard_normal((200, 70)).astype(np.float32)
+    expected = reference.mlp_forward(layers, X)[:, 0]
+    before = core.simd_level()
+    try:
+        for level in core.supported_simd_levels():
+            core.set_simd_level(level)
+            scores = MLPScorer(layers, backend="cpu").score(X)
+            assert_scores_close(scores, expected, error_bound(layers, X, "float32"), level)
+    finally:
+        core.set_simd_level(before)
+    for name, ok, why in core.mlp_kernels():
+        if name == "float32":
+            continue
+        if not ok:
+            with pytest.raises(ValueError, match="unavailable|needs"):
+                MLPScorer(layers, backend="cpu", precision="bfloat16", kernel=name)
+            continue
+        model = MLPScorer(layers, backend="cpu", precision="bfloat16", kernel=name)
+        assert model.kernel == name
+        assert_scores_close(model.score(X), reference.mlp_forward(layers, X, "bfloat16")[:, 0],
+                            error_bound(layers, X, "bfloat16"), name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_calls(backend):
+    rng = np.random.default_rng(11)
+    layers = random_layers(rng, [24, 48, 1], ["relu", "sigmoid"])
+    model = scorer(layers, backend)
+    users = rng.standard_normal((8, 8)).astype(np.float32)
+    items = rng.standard_normal((300, 16)).astype(np.float32)
+    ids = rng.integers(0, 300, (8, 200))
+    serial = [model.rank(users, ids, items, k=5) for _ in range(2)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: model.rank(users, ids, items, k=5, num_threads=2),
+                                range(16)))
+    for top, values in results:
+        np.testing.assert_array_equal(top, serial[0][0])
+        np.testing.assert_array_equal(values, serial[0][1])
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def _small():
+    rng = np.random.default_rng(0)
+    return random_layers(rng, [6, 5, 1], ["relu", "identity"])
+
+
+@pytest.mark.parametrize("layers, error, match", [
+    ([], TypeError, "non-empty"),
+    ([(np.ones((5, 6)), None)], TypeError, "triple"),
+    ([(np.ones((5, 6)), None, "relu"), (np.ones((1, 4)), None, "identity")], ValueError,
+     r"layers\[1\] takes 4 inputs but layers\[0\] gives 5"),
+    ([(np.full((1, 6), np.nan), None, "relu")], ValueError, r"layers\[0\] weight must be finite"),
+    ([(np.ones((1, 6)), np.array([np.inf]), "relu")], ValueError, "bias must be finite"),
+    ([(np.ones((1, 6)), np.ones(2), "relu")], ValueError, r"bias must be a real array of shape \(1,\)"),
+    ([(np.ones((1, 6)), None, "softplus")], ValueError, "activation must be one of"),
+    ([(np.ones((2, 6)), None, "relu")], ValueError, "last layer must have one output"),
+    ([(np.ones(6), None, "relu")], ValueError, "2-d"),
+])
+def test_bad_layers(layers, error, match):
+    with pytest.raises(error, match=match):
+        MLPScorer(layers)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        MLPScorer(_small(), precision="int4")
+    with pytest.raises(ValueError, match="backend must be"):
+        MLPScorer(_small(), backend="tpu")
+    with pytest.raises(ValueError, match="kernel"):
+        MLPScorer(_small(), backend="numpy", kernel="amx")
+
+
+def test_bad_candidates():
+    model = MLPScorer(_small())
+    user = np.ones(2, np.float32)
+    items = np.ones((10, 2), np.float32)
+    features = np.ones((3, 2), np.float32)
+    ids = np.array([1, 2, 3])
+    good = model.score_candidates(user, ids, items, candidate_features=features)
+    assert good.shape == (3,)
+    cases = [
+        (dict(candidate_ids=np.array([1, 2, 10])), ValueError, r"in \[0, 10\).*got 10"),
+        (dict(candidate_ids=np.array([-1, 2, 3])), ValueError, r"in \[0, 10\).*got -1"),
+        (dict(candidate_ids=np.array([1.0, 2.0, 3.0])), TypeError, "integers"),
+        (dict(candidate_features=np.ones((3, 3), np.float32)), ValueError,
+         r"7 columns wide .* takes 6"),
+        (dict(candidate_features=np.ones((4, 2), np.float32)), ValueError,
+         "must have 3 rows"),
+        (dict(item_features=np.ones((9, 1), np.float32), candidate_features=np.ones((3, 1))),
+         ValueError, "item_features must have 10 rows"),
+        (dict(user_vectors=np.array([np.nan, 1.0])), ValueError, "user_vectors must be finite"),
+        (dict(user_vectors=np.ones((2, 2))), ValueError, "1-d candidate_ids is one user's"),
+        (dict(candidate_ids=(np.array([0, 2]), ids)), ValueError, "end at len"),
+        (dict(item_table=np.ones(10)), ValueError, "item_table must be 2-d"),
+    ]
+    for change, error, match in cases:
+        arguments = dict(user_vectors=user, candidate_ids=ids, item_table=items,
+                         candidate_features=features)
+        arguments.update(change)
+        with pytest.raises(error, match=match):
+            model.score_candidates(**arguments)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        model.rank(user, ids, items, candidate_features=features, k=0)
+    prepared = MLPScorer(_small()).prepare_items(items, item_column=2)
+    with pytest.raises(ValueError, match="another MLPScorer"):
+        model.score_candidates(user, ids, prepared, candidate_features=features)
+    mine = model.prepare_items(items, item_column=2)
+    with pytest.raises(ValueError, match="item_features are already part"):
+        model.score_candidates(user, ids, mine, item_features=items, candidate_features=features)
+    with pytest.raises(ValueError, match="item_column must be <= 4"):
+        model.prepare_items(items, item_column=5)
+    # The scorer still works after the errors.
+    np.testing.assert_array_equal(
+        model.score_candidates(user, ids, items, candidate_features=features), good)
+
+
+# ---------------------------------------------------------------------- import
+
+
+def test_from_torch_matches_pytorch():
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
+    torch.manual_seed(0)
+    nn = torch.nn
+    module = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 33),
+                           nn.GELU(), nn.Linear(33, 16), nn.Tanh(), nn.Linear(16, 1),
+                           nn.Sigmoid()).eval()
+    X = torch.randn(500, 20)
+    with torch.no_grad():
+        expected = module(X).numpy()[:, 0].astype(np.float64)
+    model = MLPScorer.from_torch(module)
+    layers = model.layers
+    assert [a for _, _, a in layers] == ["relu", "gelu", "tanh", "sigmoid"]
+    assert_scores_close(model.score(X.numpy()), expected, error_bound(layers, X.numpy(), "float32"))
+    with pytest.raises(ValueError, match=r"module \[1\] LayerNorm is not supported"):
+        MLPScorer.from_torch(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 1)))
+    with pytest.raises(ValueError, match="approximate='tanh'"):
+        MLPScorer.from_torch(nn.Sequential(nn.Linear(4, 1), nn.GELU(approximate="tanh")))
+    with pytest.raises(TypeError, match="Sequential"):
+        MLPScorer.from_torch(nn.Linear(4, 1))
+
+
+def _onnx_chain(tmp_path, rng, ops):
+    """An ONNX file: x -> Gemm/MatMul+Add layers with activations, and the layers."""
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    from onnx import TensorProto, helper, numpy_helper
+
+    widths = [12, 40, 17, 1]
+    nodes, inits = [], []
+    current = "x"
+    for i, op in enumerate(ops):
+        W = rng.standard_normal((widths[i + 1], widths[i])).astype(np.float32) / 3
+        b = rng.standard_normal(widths[i + 1]).astype(np.float32)
+        inits += [numpy_helper.from_array(W if i != 1 else W.T.copy(), f"W{i}"),
+                  numpy_helper.from_array(b, f"b{i}")]
+        if i == 1:  # MatMul + Add, weights stored (in, out)
+            nodes += [helper.make_node("MatMul", [current, f"W{i}"], [f"m{i}"]),
+                      helper.make_node("Add", [f"m{i}", f"b{i}"], [f"z{i}"])]
+        else:
+            nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"], transB=1))
+        nodes.append(helper.make_node(op, [f"z{i}"], [f"h{i}"]))
+        current = f"h{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 12])],
+                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, [None, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_from_onnx_matches_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    rng = np.random.default_rng(5)
+    path = _onnx_chain(tmp_path, rng, ["Relu", "Gelu", "Sigmoid"])
+    model = MLPScorer.from_onnx(path)
+    X = rng.standard_normal((300, 12)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {"x": X})[0][:, 0].astype(np.float64)
+    assert_scores_close(model.score(X), expected, error_bound(model.layers, X, "float32"))
+    bad = _onnx_chain(tmp_path, rng, ["Relu", "Softplus", "Sigmoid"])
+    with pytest.raises(ValueError, match=r"Softplus.*is not supported"):
+        MLPScorer.from_onnx(bad)
+
+
+# ---------------------------------------------------------------------- MLPRanker
+
+
+def test_ranker_gradients_match_finite_differences():
+    rng = np.random.default_rng(1)
+    for activation in ("relu", "tanh", "gelu"):
+        ranker = recfuse.MLPRanker(hidden=(5, 3), activation=activation, random_state=0)
+        ranker.weights = [rng.standard_normal((5, 4)).astype(np.float32),
+                          rng.standard_normal((3, 5)).astype(np.float32),
+                          rng.standard_normal((1, 3)).astype(np.float32)]
+        ranker.biases = [rng.standard_normal(w).astype(np.float32) for w in (5, 3, 1)]
+        X = rng.standard_normal((16, 4)).astype(np.float32)
+        y = (rng.random(16) < 0.5).astype(np.float32)
+        _, grads = ranker._loss_and_gradients(X, y)
+        parameter, grad = ranker.weights[0], grads[0]
+        for index in [(0, 0), (2, 3), (4, 1)]:
+            saved = parameter[index]
+            parameter[index] = saved + 1e-2
+            up = ranker._loss_and_gradients(X, y)[0]
+            parameter[index] = saved - 1e-2
+            down = ranker._loss_and_gradients(X, y)[0]
+            parameter[index] = saved
+            assert abs((up - down) / 2e-2 - grad[index]) < 2e-3, (activation, index)
+
+
+def test_ranker_learns_and_exports():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(2)
+    users, items, dim = 200, 150, 8
+    P, Q = rng.standard_normal((users, dim)), rng.standard_normal((items, dim))
+    affinity = P @ Q.T
+    seen = sp.csr_matrix((affinity > np.quantile(affinity, 0.9)).astype(np.float32))
+    ranker = recfuse.MLPRanker(hidden=(32,), epochs=8, learning_rate=3e-3, random_state=0)
+    ranker.fit(seen, P, Q)
+    assert ranker.losses[-1] < 0.7 * ranker.losses[0]
+    scorer = ranker.to_scorer(backend="numpy")
+    ids = np.arange(items)
+    scores = scorer.score_candidates(P[:20].astype(np.float32), np.tile(ids, (20, 1)), Q)
+    logits = ranker.predict_logits(np.concatenate([np.repeat(P[:20], items, 0), np.tile(Q, (20, 1))], 1))
+    np.testing.assert_allclose(scores.ravel(), 1 / (1 + np.exp(-logits)), atol=1e-5)
+    # Seen items rank above the rest more often than not (training AUC; an MLP learns a
+    # dot product of its inputs only slowly).
+    positive = scores[seen[:20].toarray() > 0]
+    negative = scores[seen[:20].toarray() == 0]
+    assert (positive[:, None] > negative[None, :]).mean() > 0.65  # chance: 0.5
+    with pytest.raises(ValueError, match="must have 200 rows"):
+        recfuse.MLPRanker().fit(seen, P[:10], Q)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        recfuse.MLPRanker().to_scorer()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_item_rows_score_nan_and_are_never_ranked(backend):
+    rng = np.random.default_rng(4)
+    layers = random_layers(rng, [8, 16, 1], ["relu", "sigmoid"])
+    model = scorer(layers, backend)
+    items = rng.standard_normal((6, 4)).astype(np.float32)
+    items[2, 1] = np.nan
+    user = rng.standard_normal(4).astype(np.float32)
+    ids = np.array([0, 2, 5, 2])
+    scores = model.score_candidates(user, ids, items)
+    assert np.isnan(scores[[1, 3]]).all() and np.isfinite(scores[[0, 2]]).all()
+    top, values = model.rank(user, ids, items, k=4)
+    assert set(top[:2]) == {0, 5} and (top[2:] == -1).all() and np.isneginf(values[2:]).all()
+    with pytest.raises(ValueError, match="item_table must be finite"):
+        model.prepare_items(items, item_column=4)
