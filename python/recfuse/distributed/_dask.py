@@ -47,6 +47,13 @@ def _outlinks(block: _blocks.RatingBlock, source: int):
     return block.outlinks(source)
 
 
+def _describe(error: BaseException) -> str:
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:  # noqa: BLE001 - some distributed errors fail to print
+        return type(error).__name__
+
+
 def _getitem(value, index):
     return value[index]
 
@@ -270,12 +277,13 @@ class DaskALS(DistributedALSBase):
                     retries += 1
                     if retries > self.max_retries:
                         raise
-                    logger.warning("iteration %d failed (%s: %s); resuming from the last "
-                                   "checkpoint", iteration + 1, type(error).__name__, error)
+                    logger.warning("iteration %d failed (%s); resuming from the last "
+                                   "checkpoint", iteration + 1, _describe(error))
                     iteration, factors = self._start(resume=True)
                     progress.n = iteration
                     progress.refresh()
                     continue
+                self._factors = factors
                 progress.update(1)
                 if callback is not None:
                     callback(iteration - 1)
