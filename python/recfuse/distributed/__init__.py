@@ -11,5 +11,6 @@ from __future__ import annotations
 
 from ._blocks import IdMap, initial_factors
 from ._dask import DaskALS
+from ._spark import SparkALS
 
-__all__ = ["DaskALS", "IdMap", "initial_factors"]
+__all__ = ["DaskALS", "IdMap", "SparkALS", "initial_factors"]

@@ -323,13 +323,55 @@ def build_block(side: str, block: int, n_total: int, n_blocks: int, n_other_bloc
         (weights, (rows_global // n_blocks, np.searchsorted(needed, cols_global))),
         shape=(n_rows, needed.size), dtype=dtype)
     matrix.sum_duplicates()
+    return RatingBlock(side, block, n_blocks, CsrArrays.from_scipy(matrix, dtype), needed,
+                       _sources(needed, n_other_blocks))
+
+
+def _sources(needed: np.ndarray, n_other_blocks: int) -> dict:
     source_of = needed % n_other_blocks
     sources = {}
     for c in np.unique(source_of):
         positions = np.flatnonzero(source_of == c)
         sources[int(c)] = (positions, needed[positions] // n_other_blocks)
-    return RatingBlock(side, block, n_blocks, CsrArrays.from_scipy(matrix, dtype), needed,
-                       sources)
+    return sources
+
+
+def block_to_bytes(block: RatingBlock, n_other_blocks: int) -> bytes:
+    """A ``RatingBlock`` as .npz bytes (no pickle), for engines that move rows of bytes."""
+    import io
+
+    meta = json.dumps({"side": block.side, "block": block.block, "n_blocks": block.n_blocks,
+                       "shape": list(block.rows.shape), "n_other_blocks": n_other_blocks})
+    buffer = io.BytesIO()
+    np.savez(buffer, indptr=block.rows.indptr, indices=block.rows.indices, data=block.rows.data,
+             needed=block.needed, meta=np.frombuffer(meta.encode(), dtype=np.uint8))
+    return buffer.getvalue()
+
+
+def block_from_bytes(payload: bytes) -> RatingBlock:
+    import io
+
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        meta = json.loads(archive["meta"].tobytes().decode())
+        rows = CsrArrays(archive["indptr"], archive["indices"], archive["data"],
+                         tuple(meta["shape"]))
+        needed = archive["needed"]
+    return RatingBlock(meta["side"], meta["block"], meta["n_blocks"], rows, needed,
+                       _sources(needed, meta["n_other_blocks"]))
+
+
+def array_to_bytes(values: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, values, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def array_from_bytes(payload: bytes) -> np.ndarray:
+    import io
+
+    return np.load(io.BytesIO(payload), allow_pickle=False)
 
 
 # ---------------------------------------------------------------------------- half-sweeps
@@ -454,31 +496,47 @@ def id_columns(name: str, ids: np.ndarray, kinds: tuple[bool, bool]) -> dict:
     }
 
 
-def write_factor_part(factors: np.ndarray, n_total: int, n_blocks: int, block: int,
-                      id_map: IdMap, path: str) -> int:
-    """One block of factors as a Parquet file: the id column(s) and ``factors``, a
-    fixed-size list of floats. Atomic; returns the rows written."""
+def factor_table(factors: np.ndarray, n_total: int, n_blocks: int, block: int, id_map: IdMap):
+    """One block of factors as an Arrow table: the id column(s) and ``factors``, a
+    fixed-size list of floats."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     ids = id_map.external(block_ids(n_total, n_blocks, block))
-    k = factors.shape[1]
     flat = pa.array(np.ascontiguousarray(factors).reshape(-1))
     columns = id_columns("id", ids, id_map.kinds)
-    columns["factors"] = pa.FixedSizeListArray.from_arrays(flat, k)
-    table = pa.table(columns)
+    columns["factors"] = pa.FixedSizeListArray.from_arrays(flat, factors.shape[1])
+    return pa.table(columns)
+
+
+def write_factor_part(factors: np.ndarray, n_total: int, n_blocks: int, block: int,
+                      id_map: IdMap, path: str) -> int:
+    """``factor_table`` written to one Parquet file, atomically; returns the rows written."""
+    import pyarrow.parquet as pq
+
+    table = factor_table(factors, n_total, n_blocks, block, id_map)
     _atomic_write(path, lambda temporary: pq.write_table(table, temporary))
     return table.num_rows
 
 
 def recommend_block(block: RatingBlock, factors: np.ndarray, items: np.ndarray, k: int,
                     filter_seen: bool, maps: tuple[IdMap, IdMap] | None, path: str,
-                    backend: str, num_threads: int, batch_size: int = 4096) -> int:
-    """Top k of one user block against every item, written to one Parquet file (columns
-    user, rank, item, score; padding dropped); external ids when ``maps`` is given, else
-    dense ids. Atomic; returns the rows written."""
-    import pyarrow as pa
+                    backend: str, num_threads: int) -> int:
+    """``recommend_table`` written to one Parquet file, atomically (nothing for an empty
+    table); returns the rows written."""
     import pyarrow.parquet as pq
+
+    table = recommend_table(block, factors, items, k, filter_seen, maps, backend, num_threads)
+    if table.num_rows:
+        _atomic_write(path, lambda temporary: pq.write_table(table, temporary))
+    return table.num_rows
+
+
+def recommend_table(block: RatingBlock, factors: np.ndarray, items: np.ndarray, k: int,
+                    filter_seen: bool, maps: tuple[IdMap, IdMap] | None, backend: str,
+                    num_threads: int, batch_size: int = 4096):
+    """Top k of one user block against every item as an Arrow table (columns user, rank,
+    item, score; padding dropped); external ids when ``maps`` is given, else dense ids."""
+    import pyarrow as pa
 
     from ..retrieval import ItemIndex
 
@@ -504,7 +562,7 @@ def recommend_block(block: RatingBlock, factors: np.ndarray, items: np.ndarray, 
         columns["score"] = pa.array(scores.ravel()[keep])
         tables.append(pa.table(columns))
     if not tables:
-        return 0
-    table = pa.concat_tables(tables)
-    _atomic_write(path, lambda temporary: pq.write_table(table, temporary))
-    return table.num_rows
+        return pa.table({"user": pa.array([], pa.int64()), "rank": pa.array([], pa.int32()),
+                         "item": pa.array([], pa.int64()),
+                         "score": pa.array([], pa.from_numpy_dtype(factors.dtype))})
+    return pa.concat_tables(tables)
