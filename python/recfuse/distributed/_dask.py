@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Callable
 
 import numpy as np
@@ -105,6 +106,7 @@ class DaskALS(DistributedALSBase):
         self._maps_local = None
         self._rating_blocks: dict[str, list] = {}
         self._factors: dict[str, list] = {}
+        self.setup_seconds: float | None = None  # id maps + rating blocks, in the last fit
 
     # ------------------------------------------------------------------ fit
     def fit(self, ddf, user_col: str, item_col: str, weight_col: str | None = None, *,
@@ -132,7 +134,9 @@ class DaskALS(DistributedALSBase):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         client = client if client is not None else distributed.default_client()
         self._client = client
+        started = time.perf_counter()
         self._setup(ddf, user_col, item_col, weight_col)
+        self.setup_seconds = time.perf_counter() - started
         self._train(resume, show_progress, callback)
         return self
 
