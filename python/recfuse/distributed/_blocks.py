@@ -197,17 +197,20 @@ def initial_factors(ids, factors: int, seed: int, side: str, dtype=np.float32) -
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     ids = np.asarray(ids, dtype=np.uint64).reshape(-1, 1)
-    column = np.arange(factors, dtype=np.uint64).reshape(1, -1)
+    pairs = (factors + 1) // 2  # one 64-bit hash gives two uniforms, Box-Muller two normals
+    column = np.arange(pairs, dtype=np.uint64).reshape(1, -1)
     with np.errstate(over="ignore"):
-        key = _splitmix64(np.full(1, seed, dtype=np.uint64) * np.uint64(2) + np.uint64(
-            SIDES.index(side)))
-        counter = (ids * np.uint64(factors) + column) * np.uint64(2) + key
-        first, second = _splitmix64(counter), _splitmix64(counter + np.uint64(1))
-    # Box-Muller on two uniforms in (0, 1]
-    scale = 2.0**-53
-    u1 = ((first >> np.uint64(11)).astype(np.float64) + 1.0) * scale
-    u2 = (second >> np.uint64(11)).astype(np.float64) * scale
-    normal = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+        key = _splitmix64(np.full(1, seed, dtype=np.uint64) * np.uint64(2)
+                          + np.uint64(SIDES.index(side)))
+        bits = _splitmix64(ids * np.uint64(pairs) + column + key)
+    scale = 2.0**-32
+    u1 = ((bits >> np.uint64(32)).astype(np.float64) + 1.0) * scale  # (0, 1]
+    angle = (bits & np.uint64(0xFFFFFFFF)).astype(np.float64) * (2.0 * np.pi * scale)
+    radius = np.sqrt(-2.0 * np.log(u1))
+    normal = np.empty((ids.shape[0], 2 * pairs))
+    normal[:, 0::2] = radius * np.cos(angle)
+    normal[:, 1::2] = radius * np.sin(angle)
+    normal = normal[:, :factors]
     return np.ascontiguousarray(normal * 0.01, dtype=dtype)
 
 
