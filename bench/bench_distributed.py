@@ -55,6 +55,31 @@ def predicted_bytes(model: DaskALS, itemsize: int) -> dict:
     return out
 
 
+def time_spark(frame: pd.DataFrame, params: dict, seed: int, workers: int):
+    """(median s/it after the first, setup s) of SparkALS on Spark local[workers]."""
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    from pyspark.sql import SparkSession
+
+    from recfuse.distributed import SparkALS
+
+    spark = (SparkSession.builder.master(f"local[{workers}]").appName("bench-distributed")
+             .config("spark.ui.enabled", "false").config("spark.driver.memory", "6g")
+             .config("spark.sql.shuffle.partitions", str(2 * workers)).getOrCreate())
+    try:
+        df = spark.createDataFrame(frame).repartition(2 * workers).cache()
+        df.count()
+        stamps = []
+        started = time.perf_counter()
+        model = SparkALS(random_state=seed, blocks=workers, **params)
+        model.fit(df, "user", "item", "weight", callback=lambda i: stamps.append(
+            time.perf_counter()))
+        per_iteration = np.diff(stamps)
+        setup = stamps[0] - started  # includes the first iteration
+        return float(np.median(per_iteration)), setup
+    finally:
+        spark.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
@@ -65,6 +90,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--broadcast", default="smaller", choices=("smaller", "never"))
+    parser.add_argument("--spark", action="store_true",
+                        help="also time SparkALS on Spark local[workers] (needs pyspark, Java)")
     args = parser.parse_args()
 
     from distributed import Client, LocalCluster
@@ -123,6 +150,11 @@ def main() -> None:
 
     # relative to the largest factor value: float32 rounding (the Gram is summed in another
     # order) grows over iterations on these weakly regularised systems
+    spark_s = spark_setup = None
+    if args.spark:
+        spark_s, spark_setup = time_spark(frame, params, seed, args.workers)
+        print(f"spark: setup {spark_setup:.1f} s, {spark_s:.3f} s/it", file=sys.stderr)
+
     difference = max(
         float(np.abs(distributed_model.user_factors - local.user_factors).max()
               / np.abs(local.user_factors).max()),
@@ -140,7 +172,7 @@ def main() -> None:
         "blocks": blocks, "partitions": args.partitions, "broadcast": args.broadcast,
         "local_s_per_it": local_s, "dask_s_per_it": dist_s,
         "overhead_s_per_it": dist_s - local_s, "dask_setup_s": setup_seconds,
-        "bytes_moved_per_it": moved,
+        "bytes_moved_per_it": moved, "spark_s_per_it": spark_s, "spark_setup_s": spark_setup,
         "predicted_bytes_per_half_sweep": predicted, "max_factor_difference_relative": difference,
         "load_before": load, "load_after": load_after,
         "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -157,6 +189,8 @@ def main() -> None:
           f"| {moved / 1e6:.1f} | {predicted['users']['bytes'] / 1e6:.1f} "
           f"({predicted['users']['mode']}), {predicted['items']['bytes'] / 1e6:.1f} "
           f"({predicted['items']['mode']}) | {difference:.1e} |")
+    if spark_s is not None:
+        print(f"SparkALS local[{args.workers}]: {spark_s:.3f} s/it, setup {spark_setup:.1f} s")
     print(f"load average: before {load[0]:.2f}, after {load_after[0]:.2f} "
           f"({os.cpu_count()} cores)")
 
