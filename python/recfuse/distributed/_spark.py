@@ -255,10 +255,8 @@ class SparkALS(DistributedALSBase):
         return self
 
     def _default_parallelism(self) -> int:
-        try:
-            return int(self._spark.conf.get("spark.default.parallelism"))
-        except Exception:  # noqa: BLE001 - unset: one block per shuffle partition is too many
-            return 2
+        value = self._spark.conf.get("spark.default.parallelism", None)
+        return int(value) if value else 2  # unset: shuffle partitions (200) are too many
 
     def _block_ids(self, side: str):
         from pyspark.sql import functions as F
