@@ -24,6 +24,21 @@ class DistributedALSBase:
 
     The model is that of ``recfuse.ALS`` (same confidence, solvers and contract); see the
     subclasses for the engine-specific parts.
+
+    Parameters
+    ----------
+    factors, regularization, alpha, iterations, solver, cg_steps, dtype, confidence:
+        as for ``recfuse.ALS``.
+    backend: the ALS backend each block's half-sweep uses on its worker ("auto": CUDA where
+        the worker has a device, else the native CPU module).
+    num_threads: threads per block solve; 0 uses the Dask worker's thread count (elsewhere:
+        ``RECFUSE_WORKER_THREADS`` or all cores).
+    random_state: seed of ``initial_factors`` (an int: the start must be reproducible on
+        every worker and after a restart).
+    blocks: blocks per side (default: one per worker); at most the number of users/items.
+    checkpoint_dir: folder reachable from the driver and every worker for checkpoints
+        (None: no checkpoints).
+    checkpoint_every: iterations between checkpoints.
     """
 
     def __init__(

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from . import _blocks
+from .._validation import check_int
 from ._common import DistributedALSBase, check_columns
 
 logger = logging.getLogger("recfuse.distributed")
@@ -85,6 +86,14 @@ class DaskALS(DistributedALSBase):
     ``random_state`` and the ids (``recfuse.distributed.initial_factors``).
 
     ``broadcast``: "smaller" (default, as above) or "never" (the exchange for both sides).
+    ``max_retries``: how many times a fit that lost workers or data beyond what Dask
+    recomputes by itself (``KilledWorker``, cancelled futures, closed connections) goes back
+    to the last checkpoint (or to the start) before it gives up.
+    Other keyword arguments: see ``DistributedALSBase``.
+
+    Ids from Dask: dask turns object columns into strings by default
+    (``dataframe.convert-string``), so a column mixing 7 and "7" reaches the workers as two
+    "7" strings unless that option is off.
 
     >>> from distributed import Client, LocalCluster                    # doctest: +SKIP
     >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))  # doctest: +SKIP
@@ -100,7 +109,7 @@ class DaskALS(DistributedALSBase):
         if broadcast not in ("smaller", "never"):
             raise ValueError(f"broadcast must be 'smaller' or 'never', got {broadcast!r}")
         self.broadcast = broadcast
-        self.max_retries = int(max_retries)
+        self.max_retries = check_int(max_retries, "max_retries", minimum=0)
         self._client = None
         self._maps = None  # future of (user IdMap, item IdMap)
         self._maps_local = None
