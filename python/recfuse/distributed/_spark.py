@@ -60,6 +60,9 @@ def _build(side, key, n_total, n_blocks, n_other_blocks, dtype):
         if frame is None:
             return
         for block, group in frame.groupby(key):
+            # Rows arrive in shuffle order, which varies between runs: sort them so that
+            # repeated pairs add up in the same order every time (same bits, same checkpoint).
+            group = group.sort_values(["u", "i", "w"], kind="stable")
             piece = (group["u"].to_numpy(np.int64), group["i"].to_numpy(np.int64),
                      group["w"].to_numpy(np.float64))
             built = _blocks.build_block(side, int(block), n_total, n_blocks, n_other_blocks,
