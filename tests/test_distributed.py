@@ -123,7 +123,7 @@ def test_recommend_all_equals_local(client, tmp_path):
     model = DaskALS(dtype=np.float64, **PARAMS).fit(dd.from_pandas(frame, npartitions=3),
                                                     "user", "item", "weight")
     local = model.to_local()
-    rows = model.recommend_all(tmp_path / "recs", k=5, external_ids=False)
+    rows = model.recommend_all(5, path=tmp_path / "recs", external_ids=False)
     got = pd.read_parquet(tmp_path / "recs").sort_values(["user", "rank"]).reset_index(drop=True)
     assert rows == len(got)
     local.recommend_all(k=5, path=tmp_path / "local.parquet")
@@ -134,6 +134,10 @@ def test_recommend_all_equals_local(client, tmp_path):
     np.testing.assert_allclose(got["score"], want["score"], rtol=1e-12)
     seen = set(zip(frame["user"], frame["item"]))
     assert not any((u, i) in seen for u, i in zip(got["user"], got["item"]))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        model.recommend_all(0, path=tmp_path / "bad")
+    with pytest.raises(TypeError, match="path"):
+        model.recommend_all(5)
 
 
 def test_save_writes_partitioned_parquet_factors(client, tmp_path):
@@ -193,7 +197,7 @@ def test_mixed_id_types(client, tmp_path):
                             np.searchsorted(sorted(item_names), mixed["item"]))),
                           shape=(60, 40))
     _assert_same_factors(model, _local_fit(dense), 1e-10)
-    model.recommend_all(tmp_path / "recs", k=3)
+    model.recommend_all(3, path=tmp_path / "recs")
     recs = pd.read_parquet(tmp_path / "recs")
     assert {"user_int", "user_str", "item", "rank", "score"} <= set(recs.columns)
     assert recs["user_int"].notna().sum() + recs["user_str"].notna().sum() == len(recs)

@@ -74,7 +74,7 @@ def test_fit_and_recommend_all_equal_the_local_ones(spark, tmp_path):
         spark.createDataFrame(frame).repartition(3), "user", "item", "weight")
     local = _assert_same(model, _local_fit(matrix, 2))
     assert (local._user_items != matrix).nnz == 0
-    rows = model.recommend_all(tmp_path / "recs", k=4, external_ids=False)
+    rows = model.recommend_all(4, path=tmp_path / "recs", external_ids=False)
     got = pd.read_parquet(tmp_path / "recs").sort_values(["user", "rank"]).reset_index(drop=True)
     local.recommend_all(k=4, path=tmp_path / "local.parquet")
     want = pd.read_parquet(tmp_path / "local.parquet").sort_values(["user", "rank"])

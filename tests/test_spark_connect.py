@@ -49,6 +49,6 @@ def test_fit_under_spark_connect_equals_the_local_fit(tmp_path):
         np.testing.assert_allclose(local.user_factors, reference.user_factors, atol=1e-10)
         np.testing.assert_allclose(local.item_factors, reference.item_factors, atol=1e-10)
         unseen = 40 - np.diff(matrix.indptr)
-        assert model.recommend_all(tmp_path / "recs", k=3) == int(np.minimum(3, unseen).sum())
+        assert model.recommend_all(3, path=tmp_path / "recs") == int(np.minimum(3, unseen).sum())
     finally:
         spark.stop()

@@ -99,7 +99,7 @@ class DaskALS(DistributedALSBase):
     >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))  # doctest: +SKIP
     >>> model = DaskALS(factors=32, iterations=10).fit(ddf, "user", "item", "clicks")  # doctest: +SKIP
     >>> local = model.to_local()             # a recfuse.ALS                # doctest: +SKIP
-    >>> model.recommend_all("recs/", k=20)   # partitioned Parquet          # doctest: +SKIP
+    >>> model.recommend_all(20, path="recs/")  # partitioned Parquet         # doctest: +SKIP
     """
 
     def __init__(self, factors: int = 64, regularization: float = 0.01, alpha: float = 1.0,
@@ -358,7 +358,7 @@ class DaskALS(DistributedALSBase):
         maps = self._id_maps()
         self._save_model_json(path, maps[0], maps[1])
 
-    def recommend_all(self, path: str | os.PathLike, k: int = 10, *, filter_seen: bool = True,
+    def recommend_all(self, k: int = 10, *, path: str | os.PathLike, filter_seen: bool = True,
                       external_ids: bool = True) -> int:
         """Top k items of every user, computed per user block against a broadcast copy of the
         item factors with ``recfuse.topk`` (seen items excluded when ``filter_seen``), written

@@ -375,7 +375,7 @@ class SparkALS(DistributedALSBase):
             ).write.mode("overwrite").parquet(os.path.join(path, side))
         self._save_model_json(path, *self._maps)
 
-    def recommend_all(self, path: str | os.PathLike, k: int = 10, *, filter_seen: bool = True,
+    def recommend_all(self, k: int = 10, *, path: str | os.PathLike, filter_seen: bool = True,
                       external_ids: bool = True) -> int:
         """Top k items of every user written with Spark as Parquet at ``path`` (columns user,
         rank, item, score); the item factors travel to every task with the function.
