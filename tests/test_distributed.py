@@ -261,6 +261,11 @@ def test_driver_lost_resumes_from_checkpoint(client, tmp_path):
     resumed.fit(ddf, "user", "item", "weight")
     assert resumed.resumed_from == 2
     _assert_same_factors(resumed, _local_fit(matrix, iterations=5), 1e-10)
+    shorter = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, checkpoint_every=9,
+                      **dict(params, iterations=1))
+    shorter.fit(ddf, "user", "item", "weight")  # the checkpoint is of iteration 4: not used
+    assert shorter.resumed_from is None
+    _assert_same_factors(shorter, _local_fit(matrix, iterations=1), 1e-10)
     other = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, **dict(params, factors=5))
     with pytest.raises(ValueError, match="another fit"):
         other.fit(ddf, "user", "item", "weight")

@@ -125,7 +125,10 @@ class DistributedALSBase:
             raise ValueError(
                 f"checkpoint {path!r} belongs to another fit (other data, parameters or "
                 "block counts); remove it or fit with resume=False")
-        return int(document["iteration"]), os.path.join(self.checkpoint_dir, document["folder"])
+        iteration = int(document["iteration"])
+        if iteration > self.iterations:  # a longer fit's checkpoint: not a state of this one
+            return None
+        return iteration, os.path.join(self.checkpoint_dir, document["folder"])
 
     def _commit_checkpoint(self, iteration: int, folder: str, fingerprint: dict) -> None:
         """Point checkpoint.json at ``folder`` (whose blocks are written), drop older folders."""
