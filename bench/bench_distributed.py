@@ -40,21 +40,6 @@ def _sent_bytes(client) -> int:
     return sum(client.run(lambda dask_worker: dask_worker.transfer_outgoing_bytes_total).values())
 
 
-def predicted_bytes(model: DaskALS, itemsize: int) -> dict:
-    """Bytes one half-sweep moves if every block sat on its own worker (an upper bound here)."""
-    k = model.factors
-    out = {}
-    for side, n_fixed in (("users", model.n_items), ("items", model.n_users)):
-        stats = model._stats[side]
-        if model._broadcast[side]:
-            vectors = n_fixed * len(stats)  # the whole fixed side to every block
-        else:
-            vectors = sum(sum(s["sources"].values()) for s in stats)  # each needed vector once
-        out[side] = {"mode": "broadcast" if model._broadcast[side] else "exchange",
-                     "vectors": int(vectors), "bytes": int(vectors * k * itemsize)}
-    return out
-
-
 def time_spark(frame: pd.DataFrame, params: dict, seed: int, workers: int):
     """(median s/it after the first, setup s) of SparkALS on Spark local[workers]."""
     os.environ["PYSPARK_PYTHON"] = sys.executable
@@ -145,8 +130,8 @@ def main() -> None:
         print(f"dask: setup {setup_seconds:.2f} s, {np.round(dist_per_iteration, 3)} s/it",
               file=sys.stderr)
         distributed_model = model.to_local(with_seen=False)
-        predicted = predicted_bytes(model, np.dtype(np.float32).itemsize)
-        blocks = (len(model._stats["users"]), len(model._stats["items"]))
+        predicted = model.transfer_plan()
+        blocks = (predicted["users"]["blocks"], predicted["items"]["blocks"])
 
     # relative to the largest factor value: float32 rounding (the Gram is summed in another
     # order) grows over iterations on these weakly regularised systems

@@ -104,6 +104,15 @@ def test_fit_equals_single_machine_fit(client, broadcast, blocks):
     _assert_same_factors(model, _local_fit(matrix), 1e-10)
     local = model.to_local()
     assert (local._user_items != matrix).nnz == 0
+    plan = model.transfer_plan()
+    assert plan["users"]["mode"] == ("broadcast" if broadcast == "smaller" else "exchange")
+    assert plan["items"]["mode"] == "exchange"
+    if broadcast == "smaller":  # the whole item table to each user block
+        assert plan["users"]["vectors"] == matrix.shape[1] * plan["users"]["blocks"]
+    else:  # each user block gets the items its users rated, once
+        blocks = plan["users"]["blocks"]
+        expected = sum(np.unique(matrix[b::blocks].indices).size for b in range(blocks))
+        assert plan["users"]["vectors"] == expected
 
 
 def test_float32_fit_within_float32_tolerance(client):

@@ -304,6 +304,26 @@ class DaskALS(DistributedALSBase):
             progress.close()
         self._factors = factors
 
+    def transfer_plan(self) -> dict:
+        """What one half-sweep of each side moves, if every block sat on its own worker:
+        ``{"users": {"mode", "blocks", "vectors", "bytes"}, "items": {...}}``, where "users"
+        is the user half-sweep (the item vectors it receives) and "mode" is "broadcast" (the
+        whole fixed side to every block) or "exchange" (each block gets the vectors it
+        references). Blocks that share a worker move less."""
+        super()._require_fitted()
+        size = self.factors * self.dtype.itemsize
+        plan = {}
+        for side, n_fixed in (("users", self.n_items), ("items", self.n_users)):
+            stats = self._stats[side]
+            if self._broadcast[side]:
+                vectors = n_fixed * len(stats)
+            else:
+                vectors = sum(sum(s["sources"].values()) for s in stats)
+            plan[side] = {"mode": "broadcast" if self._broadcast[side] else "exchange",
+                          "blocks": len(stats), "vectors": int(vectors),
+                          "bytes": int(vectors * size)}
+        return plan
+
     # ------------------------------------------------------------------ results
     def _require_fitted(self) -> None:
         super()._require_fitted()
