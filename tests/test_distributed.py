@@ -70,6 +70,20 @@ def test_id_map_orders_integers_then_strings_and_round_trips():
     assert merged.external(np.arange(6)).tolist() == [1, 3, 10, "0", "a", "b"]
 
 
+@pytest.mark.parametrize("column, expected", [
+    (pd.Series([3, 1, 3], dtype="Int64"), [1, 3]),
+    (pd.Series([3, 1, 3], dtype="uint64"), [1, 3]),
+    (pd.Series([3.0, 1.0]), [1, 3]),
+    (pd.Series(["b", "a", "b"], dtype="string"), ["a", "b"]),
+    (pd.Series(["b", "a", "b"], dtype="category"), ["a", "b"]),
+    (pd.Series([2, 1], dtype="category"), [1, 2]),
+])
+def test_id_map_reads_pandas_id_dtypes(column, expected):
+    ids = IdMap.from_column(column, "item")
+    assert ids.external(np.arange(len(ids))).tolist() == expected
+    assert ids.external(ids.dense(column, "item")).tolist() == column.astype(object).tolist()
+
+
 @pytest.mark.parametrize("column, error", [
     (pd.Series([1, None], dtype=object), ValueError),
     (pd.Series([1.0, np.nan]), ValueError),
