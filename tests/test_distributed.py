@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -309,6 +311,29 @@ def test_worker_killed_mid_fit_gives_the_same_result(tmp_path):
         model.fit(ddf, "user", "item", "weight", client=own_client, callback=kill_one_worker)
         assert pids[0] not in own_client.run(os.getpid).values()
         _assert_same_factors(model, _local_fit(matrix, iterations=5), 1e-10)
+
+        # and while tasks run: a kill timed into the middle of a longer fit
+        own_client.wait_for_workers(2)
+        pids = list(own_client.run(os.getpid).values())
+        timer, killed_at = [], []
+        iterations = 50
+
+        def kill():
+            killed_at.append(time.perf_counter())
+            os.kill(pids[1], signal.SIGKILL)
+
+        def kill_soon(iteration):
+            if iteration == 0:
+                timer.append(threading.Timer(0.1, kill))
+                timer[0].start()
+
+        model = DaskALS(dtype=np.float64, **dict(params, iterations=iterations))
+        model.fit(ddf, "user", "item", "weight", client=own_client, callback=kill_soon)
+        finished_at = time.perf_counter()
+        timer[0].join()
+        assert killed_at and killed_at[0] < finished_at, "the fit ended before the kill"
+        assert pids[1] not in own_client.run(os.getpid).values()
+        _assert_same_factors(model, _local_fit(matrix, iterations=iterations), 1e-9)
 
 
 def test_a_failed_iteration_resumes_from_the_last_checkpoint(client, tmp_path, monkeypatch):
