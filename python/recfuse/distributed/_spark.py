@@ -163,10 +163,16 @@ def _factor_rows(n_total, n_blocks, id_map):
     return run
 
 
-def _recommend(items, k, filter_seen, maps, backend, num_threads):
+def _recommend(n_items, k, filter_seen, maps, backend, num_threads):
     def run(batches):
+        items = None  # the item table, assembled once per task from the joined blocks
         for frame in batches:
-            for payload, factors in zip(frame["payload"], frame["factors"]):
+            for payload, factors, item_blocks in zip(frame["payload"], frame["factors"],
+                                                     frame["items"]):
+                if items is None:
+                    ordered = sorted(item_blocks, key=lambda row: row["block"])
+                    items = _blocks.assemble(n_items, *[_blocks.array_from_bytes(row["payload"])
+                                                        for row in ordered])
                 table = _blocks.recommend_table(
                     _blocks.block_from_bytes(payload), _blocks.array_from_bytes(factors), items,
                     k, filter_seen, maps, backend, num_threads)
@@ -193,7 +199,10 @@ class SparkALS(DistributedALSBase):
       ``collect_list``), then one ``mapInPandas`` that runs the native half-sweep per block;
       the new factor blocks are ``localCheckpoint``ed (lineage cut every iteration).
 
-    Spark's columns are typed, so ids are all integers or all strings. ``barrier=True`` runs
+    Spark's columns are typed, so ids are all integers or all strings. The distinct ids are
+    collected on the driver and travel inside the encoding function (under Spark Connect a
+    function is part of the plan, whose size is limited): fine for millions of ids, not for
+    hundreds of millions. ``barrier=True`` runs
     the solve stages in barrier mode (all blocks of a half-sweep at once; needs as many task
     slots as blocks). Checkpoints, resume and results work as for ``DaskALS`` (task retries
     are Spark's; a lost driver resumes from ``checkpoint_dir``).
@@ -346,10 +355,6 @@ class SparkALS(DistributedALSBase):
         self._require_fitted()
         return self._maps[1].external(np.arange(self.n_items))
 
-    def _item_table(self) -> np.ndarray:
-        blocks = [_blocks.array_from_bytes(p) for p in self._collect_blocks(self._factors["items"])]
-        return _blocks.assemble(self.n_items, *blocks)
-
     def to_local(self, with_seen: bool = True):
         """Collect into a regular ``recfuse.ALS`` (see ``DaskALS.to_local``)."""
         self._require_fitted()
@@ -378,8 +383,10 @@ class SparkALS(DistributedALSBase):
     def recommend_all(self, k: int = 10, *, path: str | os.PathLike, filter_seen: bool = True,
                       external_ids: bool = True) -> int:
         """Top k items of every user written with Spark as Parquet at ``path`` (columns user,
-        rank, item, score); the item factors travel to every task with the function.
-        Returns the number of rows written."""
+        rank, item, score), per user block against all item blocks (joined to every user
+        block). Returns the number of rows written."""
+        from pyspark.sql import functions as F
+
         from .. import _validation as check
 
         self._require_fitted()
@@ -389,11 +396,16 @@ class SparkALS(DistributedALSBase):
         user_type = _id_type(self._maps[0]) if external_ids else "long"
         item_type = _id_type(self._maps[1]) if external_ids else "long"
         score = "float" if self.dtype == np.float32 else "double"
+        # The item blocks travel as data (one row, joined to every user block), not inside
+        # the function: under Spark Connect a function is part of the plan, which has a size
+        # limit.
+        items = self._factors["items"].groupBy().agg(
+            F.collect_list(F.struct("block", "payload")).alias("items"))
         inputs = self._ratings["users"].join(
-            self._factors["users"].withColumnRenamed("payload", "factors"), "block")
+            self._factors["users"].withColumnRenamed("payload", "factors"), "block"
+        ).crossJoin(items)
         inputs.mapInPandas(
-            _recommend(self._item_table(), k, bool(filter_seen), maps, self.backend,
-                       self.num_threads),
+            _recommend(self.n_items, k, bool(filter_seen), maps, self.backend, self.num_threads),
             f"user {user_type}, rank int, item {item_type}, score {score}",
         ).write.mode("overwrite").parquet(path)
         return int(self._spark.read.parquet(path).count())
