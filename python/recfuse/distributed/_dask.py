@@ -276,7 +276,7 @@ class DaskALS(DistributedALSBase):
         recoverable = _recoverable_errors()
         iteration, factors = self._start(resume)
         self.resumed_from = iteration if iteration else None
-        retries = 0
+        retries, wrote_checkpoint = 0, False
         progress = tqdm(total=self.iterations, initial=min(iteration, self.iterations),
                         disable=not show_progress, desc="DaskALS", unit="it")
         try:
@@ -286,13 +286,15 @@ class DaskALS(DistributedALSBase):
                     iteration += 1
                     if self.checkpoint_dir is not None and iteration % self.checkpoint_every == 0:
                         factors = self._checkpoint(iteration, factors)
+                        wrote_checkpoint = True
                 except recoverable as error:
                     retries += 1
                     if retries > self.max_retries:
                         raise
                     logger.warning("iteration %d failed (%s); resuming from the last "
                                    "checkpoint", iteration + 1, _describe(error))
-                    iteration, factors = self._start(resume=True)
+                    # this fit's own checkpoint, if it wrote one (else the start again)
+                    iteration, factors = self._start(resume=resume or wrote_checkpoint)
                     progress.n = iteration
                     progress.refresh()
                     continue
