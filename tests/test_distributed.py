@@ -131,6 +131,21 @@ def test_fit_equals_single_machine_fit(client, broadcast, blocks):
         assert plan["users"]["vectors"] == expected
 
 
+def test_callback_reports_the_local_training_loss(client):
+    matrix, frame = _events()
+    distributed_losses, local_losses = [], []
+    DaskALS(dtype=np.float64, **PARAMS).fit(
+        dd.from_pandas(frame, npartitions=2), "user", "item", "weight",
+        callback=lambda iteration, loss: distributed_losses.append(loss))
+    params = {key: value for key, value in PARAMS.items() if key != "random_state"}
+    start = (initial_factors(np.arange(matrix.shape[0]), 6, 7, "users", np.float64),
+             initial_factors(np.arange(matrix.shape[1]), 6, 7, "items", np.float64))
+    recfuse.ALS(dtype=np.float64, backend="cpu", **params).fit(
+        matrix, initial_factors=start, callback=lambda i, loss: local_losses.append(loss))
+    np.testing.assert_allclose(distributed_losses, local_losses, rtol=1e-10)
+    assert distributed_losses[-1] < distributed_losses[0]
+
+
 def test_float32_fit_within_float32_tolerance(client):
     # One iteration: these small, weakly regularised systems are ill-conditioned enough that
     # float32 rounding (here: of the Gram, summed in another order) grows over iterations
@@ -275,7 +290,7 @@ def test_driver_lost_resumes_from_checkpoint(client, tmp_path):
     class DriverLost(Exception):
         pass
 
-    def die_after_third(iteration):
+    def die_after_third(iteration, loss):
         if iteration == 2:
             raise DriverLost
 
@@ -303,7 +318,7 @@ def test_worker_killed_mid_fit_gives_the_same_result(tmp_path):
         ddf = dd.from_pandas(frame, npartitions=4).persist()
         pids = list(own_client.run(os.getpid).values())
 
-        def kill_one_worker(iteration):
+        def kill_one_worker(iteration, loss):
             if iteration == 1:
                 os.kill(pids[0], signal.SIGKILL)
 
@@ -322,13 +337,14 @@ def test_worker_killed_mid_fit_gives_the_same_result(tmp_path):
             killed_at.append(time.perf_counter())
             os.kill(pids[1], signal.SIGKILL)
 
-        def kill_soon(iteration):
+        def kill_soon(iteration, loss):
             if iteration == 0:
                 timer.append(threading.Timer(0.1, kill))
                 timer[0].start()
 
         model = DaskALS(dtype=np.float64, **dict(params, iterations=iterations))
-        model.fit(ddf, "user", "item", "weight", client=own_client, callback=kill_soon)
+        model.fit(ddf, "user", "item", "weight", client=own_client, callback=kill_soon,
+                  compute_loss=False)
         finished_at = time.perf_counter()
         timer[0].join()
         assert killed_at and killed_at[0] < finished_at, "the fit ended before the kill"

@@ -94,7 +94,7 @@ def test_string_ids_and_resume_after_a_lost_driver(spark, tmp_path):
     class DriverLost(Exception):
         pass
 
-    def die(iteration):
+    def die(iteration, loss):
         if iteration == 0:
             raise DriverLost
 

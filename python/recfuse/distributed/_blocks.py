@@ -420,6 +420,17 @@ def worker_threads(num_threads: int) -> int:
         return int(os.environ.get("RECFUSE_WORKER_THREADS", "0"))
 
 
+def _fixed_rows(block: RatingBlock, factors: np.ndarray, full, pieces) -> np.ndarray:
+    """The fixed side's vectors that ``block`` references, in the order of its columns."""
+    fixed = np.empty((block.needed.size, factors.shape[1]), dtype=factors.dtype)
+    if full is not None:
+        fixed[:] = full[block.needed]
+    else:
+        for source, rows in pieces:
+            fixed[block.sources[source][0]] = rows
+    return fixed
+
+
 def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, params: AlsParams,
                 backend: str, full=None, pieces=None) -> np.ndarray:
     """One block's half-sweep: new vectors for the block's rows (a new array).
@@ -430,12 +441,7 @@ def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, param
     from threadpoolctl import threadpool_limits
 
     dtype = factors.dtype
-    fixed = np.empty((block.needed.size, factors.shape[1]), dtype=dtype)
-    if full is not None:
-        fixed[:] = full[block.needed]
-    else:
-        for source, rows in pieces:
-            fixed[block.sources[source][0]] = rows
+    fixed = _fixed_rows(block, factors, full, pieces)
     out = np.array(factors, dtype=dtype, order="C", copy=True)
     threads = worker_threads(params.num_threads)
     with threadpool_limits(threads or None):
@@ -443,6 +449,35 @@ def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, param
                                             replace(params, num_threads=threads),
                                             gram=np.ascontiguousarray(gram, dtype=dtype))
     return out
+
+
+def block_loss(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, params: AlsParams,
+               backend: str, full=None, pieces=None) -> tuple[float, float, float]:
+    """One user block's share of ``recfuse.reference.als_loss``: ``(data loss, Σ c over its
+    stored entries, ‖X_block‖²)``, the fixed side passed as to ``solve_block``.
+
+    The backend's data loss takes the Gram of the vectors it is given (the block's needed
+    items only); the x_uᵀ(YᵀY)x_u term is corrected to the Gram of every item.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from ..reference import confidence_and_preference
+
+    fixed = _fixed_rows(block, factors, full, pieces)
+    threads = worker_threads(params.num_threads)
+    with threadpool_limits(threads or None):
+        loss = resolve_backend(backend).data_loss(block.rows, factors, fixed,
+                                                  replace(params, num_threads=threads))
+    X = factors.astype(np.float64)
+    missing_gram = gram - partial_gram(fixed)
+    loss += float(np.einsum("ij,jk,ik->", X, missing_gram, X))
+    c, _ = confidence_and_preference(block.rows.data.astype(np.float64), params.alpha,
+                                     params.confidence)
+    return float(loss), float(c.sum()), float(np.square(X).sum())
+
+
+def squared_norm(factors: np.ndarray) -> float:
+    return float(np.square(factors, dtype=np.float64).sum())
 
 
 # ---------------------------------------------------------------------------- files

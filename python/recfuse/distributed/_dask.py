@@ -120,7 +120,8 @@ class DaskALS(DistributedALSBase):
     # ------------------------------------------------------------------ fit
     def fit(self, ddf, user_col: str, item_col: str, weight_col: str | None = None, *,
             client=None, resume: bool = True, show_progress: bool = False,
-            callback: Callable[[int], None] | None = None) -> "DaskALS":
+            callback: Callable[[int, float | None], None] | None = None,
+            compute_loss: bool = True) -> "DaskALS":
         """Train on the rows of ``ddf`` and return self.
 
         ``ddf``: a dask DataFrame; ``user_col`` / ``item_col``: id columns (integers,
@@ -128,8 +129,10 @@ class DaskALS(DistributedALSBase):
         (None: 1 for every row). Rows repeating a (user, item) pair add up.
         ``client``: a ``distributed.Client`` (default: the current one).
         ``resume``: continue from the checkpoint in ``checkpoint_dir`` when there is one
-        (it must come from the same data and parameters). ``callback(iteration)`` runs on
-        the driver after each iteration.
+        (it must come from the same data and parameters). ``callback(iteration, loss)``
+        runs on the driver after each iteration, with the training loss of
+        ``recfuse.reference.als_loss`` as ``recfuse.ALS.fit`` reports it (one more pass over
+        the user blocks; None with ``compute_loss=False``).
         """
         dd, distributed = _require_dask()
         if not isinstance(ddf, dd.DataFrame):
@@ -146,7 +149,7 @@ class DaskALS(DistributedALSBase):
         started = time.perf_counter()
         self._setup(ddf, user_col, item_col, weight_col)
         self.setup_seconds = time.perf_counter() - started
-        self._train(resume, show_progress, callback)
+        self._train(resume, show_progress, callback, compute_loss)
         return self
 
     def _submit(self, func, *args, **kwargs):
@@ -227,21 +230,35 @@ class DaskALS(DistributedALSBase):
         logger.info("resuming from the checkpoint of iteration %d in %s", iteration, folder)
         return iteration, self._load(folder)
 
-    def _half_sweep(self, side: str, solving: list, fixed: list, fixed_total: int) -> list:
+    def _half_sweep(self, side: str, solving: list, fixed: list, fixed_total: int,
+                    task=_blocks.solve_block) -> list:
+        """``task`` (a block solve, or the block loss) on every block of ``side``, with the
+        fixed side's Gram and vectors delivered by broadcast or by the exchange."""
         gram = self._tree(_blocks.add, [self._submit(_blocks.partial_gram, f) for f in fixed])
         blocks = self._rating_blocks[side]
         params, backend = self.params, self.backend
         if self._broadcast[side]:
             full = self._submit(_blocks.assemble, fixed_total, *fixed)
-            return [self._submit(_blocks.solve_block, block, x, gram, params, backend, full=full)
+            return [self._submit(task, block, x, gram, params, backend, full=full)
                     for block, x in zip(blocks, solving)]
         out = []
         for block, x, outlinks in zip(blocks, solving, self._outlink_futures[side]):
             pieces = [(c, self._submit(_blocks.take_rows, fixed[c], rows))
                       for c, rows in outlinks.items()]
-            out.append(self._submit(_blocks.solve_block, block, x, gram, params, backend,
-                                    pieces=pieces))
+            out.append(self._submit(task, block, x, gram, params, backend, pieces=pieces))
         return out
+
+    def _loss(self, factors: dict[str, list]) -> float:
+        """``recfuse.reference.als_loss`` of the current factors, summed over user blocks."""
+        parts = self._client.gather(self._half_sweep(
+            "users", factors["users"], factors["items"], self.n_items, task=_blocks.block_loss))
+        item_norm = sum(self._client.gather(
+            [self._submit(_blocks.squared_norm, f) for f in factors["items"]]))
+        data = sum(p[0] for p in parts)
+        nnz = sum(s["nnz"] for s in self._stats["users"])
+        total_confidence = self.n_users * self.n_items - nnz + sum(p[1] for p in parts)
+        penalty = self.regularization * (sum(p[2] for p in parts) + item_norm)
+        return (data + penalty) / total_confidence if total_confidence else 0.0
 
     def _iterate(self, factors: dict[str, list]) -> dict[str, list]:
         from distributed import wait
@@ -270,7 +287,7 @@ class DaskALS(DistributedALSBase):
                        for path, f in zip(paths[side], factors[side])]
                 for side in factors}
 
-    def _train(self, resume: bool, show_progress: bool, callback) -> None:
+    def _train(self, resume: bool, show_progress: bool, callback, compute_loss: bool) -> None:
         from tqdm.auto import tqdm
 
         recoverable = _recoverable_errors()
@@ -301,7 +318,7 @@ class DaskALS(DistributedALSBase):
                 self._factors = factors
                 progress.update(1)
                 if callback is not None:
-                    callback(iteration - 1)
+                    callback(iteration - 1, self._loss(factors) if compute_loss else None)
         finally:
             progress.close()
         self._factors = factors

@@ -219,8 +219,9 @@ class SparkALS(DistributedALSBase):
 
     def fit(self, df, user_col: str, item_col: str, weight_col: str | None = None, *,
             resume: bool = True, show_progress: bool = False,
-            callback: Callable[[int], None] | None = None) -> "SparkALS":
-        """Train on the rows of the Spark DataFrame ``df``; see ``DaskALS.fit``."""
+            callback: Callable[[int, float | None], None] | None = None) -> "SparkALS":
+        """Train on the rows of the Spark DataFrame ``df``; see ``DaskALS.fit``
+        (``callback(iteration, None)``: SparkALS does not compute the training loss)."""
         _, F = _require_spark()
         if not _is_spark_frame(df):
             raise TypeError(f"df must be a pyspark DataFrame, got {type(df).__module__}."
@@ -329,7 +330,7 @@ class SparkALS(DistributedALSBase):
                 self._factors = factors
                 progress.update(1)
                 if callback is not None:
-                    callback(iteration - 1)
+                    callback(iteration - 1, None)
         finally:
             progress.close()
         self._factors = factors
