@@ -1,0 +1,606 @@
+"""The engine-neutral half of distributed ALS: what runs inside one task, on one worker.
+
+Nothing here knows Dask or Spark. Each function takes and returns plain NumPy, pandas or
+small dataclass values, so ``DaskALS`` submits them as tasks and ``SparkALS`` calls them
+inside ``mapInPandas``. The layout follows Spark MLlib's blocked ALS:
+
+- Ids. External ids (integers, strings, or both in one column) are mapped to dense ints:
+  the integers in ascending order first, then the strings in ascending order
+  (``IdMap``). A string "7" and an integer 7 are two different ids.
+- Blocks. Dense id ``g`` of a side split into ``n`` blocks lives in block ``g % n`` at local
+  row ``g // n``. No lookup table is needed to find a vector.
+- Rating blocks. The ratings are stored twice: by user block (rows = the block's users) and
+  by item block (rows = the block's items). A block's CSR has one column per *other-side*
+  id it references ("needed", ascending global id), so it needs only those vectors and its
+  rows keep the same column order as the global CSR matrix (same sums, same order).
+- A half-sweep of block ``b`` gathers the needed vectors of the fixed side (from a broadcast
+  copy of the whole fixed side, or from one piece per source block: the in/out-link
+  exchange), and runs the native ``half_sweep`` of the chosen backend with the Gram matrix
+  of the whole fixed side passed in.
+- Initial factors are a pure function of (seed, side, dense id): the same for any block
+  layout or worker count, and the same that ``initial_factors`` gives a single-machine fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._als.common import AlsParams, CsrArrays
+from .._backend import resolve_backend
+
+INT64_MAX = np.iinfo(np.int64).max
+SIDES = ("users", "items")
+
+
+# ---------------------------------------------------------------------------- ids
+
+
+def _integral_floats(values: np.ndarray, name: str) -> np.ndarray:
+    if not np.isfinite(values).all() or not (values == np.floor(values)).all():
+        raise TypeError(f"{name} holds non-integral float ids; ids must be integers or strings")
+    if values.size and np.abs(values).max() > 2**53:
+        raise TypeError(f"{name} holds float ids beyond 2**53 that cannot be exact integers")
+    return values.astype(np.int64)
+
+
+def split_id_kinds(column: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(is_string, integer_ids, string_ids)`` of a column of ids.
+
+    ``integer_ids`` (int64) are the values where ``is_string`` is False, in order;
+    ``string_ids`` (object array of str) those where it is True. Missing ids, booleans and
+    other types raise with the column's name.
+    """
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(column.cat.categories.dtype)
+    missing = int(column.isna().sum())
+    if missing:
+        raise ValueError(f"{name} has {missing} missing (null/NaN) ids")
+    n = len(column)
+    kind = column.dtype.kind
+    if kind == "b":
+        raise TypeError(f"{name} holds booleans; ids must be integers or strings")
+    if kind == "u":
+        values = column.to_numpy()
+        if values.size and values.max() > INT64_MAX:
+            raise ValueError(f"{name} holds ids above the int64 range")
+        return np.zeros(n, bool), values.astype(np.int64), np.empty(0, object)
+    if kind == "i":
+        return np.zeros(n, bool), column.to_numpy(np.int64), np.empty(0, object)
+    if kind == "f":
+        return np.zeros(n, bool), _integral_floats(column.to_numpy(np.float64), name), \
+            np.empty(0, object)
+    values = column.to_numpy(dtype=object)
+    is_string = np.fromiter((isinstance(v, str) for v in values), bool, n)
+    others = values[~is_string]
+    if others.size:
+        integer = np.fromiter(
+            (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+             for v in others), bool, others.size)
+        if not integer.all():
+            bad = others[~integer][0]
+            raise TypeError(f"{name} holds an id of type {type(bad).__name__} ({bad!r}); "
+                            "ids must be integers or strings")
+        try:
+            integers = others.astype(np.int64)
+        except OverflowError as error:
+            raise ValueError(f"{name} holds integer ids beyond the int64 range") from error
+    else:
+        integers = np.empty(0, np.int64)
+    return is_string, integers, values[is_string]
+
+
+class IdMap:
+    """External ids <-> dense ints 0..n-1: integers ascending, then strings ascending.
+
+    >>> m = IdMap.from_column(pd.Series([5, "b", 2, "a", 5], dtype=object), "user")
+    >>> len(m), m.dense(pd.Series(["a", 2]), "user").tolist(), m.external([0, 3]).tolist()
+    (4, [2, 0], [2, 'b'])
+    """
+
+    def __init__(self, integers: np.ndarray, strings: np.ndarray):
+        self.integers = np.asarray(integers, dtype=np.int64)  # sorted, unique
+        self.strings = np.asarray(strings, dtype=object)  # sorted, unique str
+        self._indexes = None
+
+    @classmethod
+    def from_column(cls, column: pd.Series, name: str) -> "IdMap":
+        _, integers, strings = split_id_kinds(column, name)
+        return cls(np.unique(integers), np.unique(strings) if strings.size else strings)
+
+    def merge(self, other: "IdMap") -> "IdMap":
+        strings = np.concatenate([self.strings, other.strings])
+        return IdMap(np.union1d(self.integers, other.integers),
+                     np.unique(strings) if strings.size else strings)
+
+    def __len__(self) -> int:
+        return int(self.integers.size + self.strings.size)
+
+    @property
+    def kinds(self) -> tuple[bool, bool]:
+        """(has integer ids, has string ids)."""
+        return bool(self.integers.size), bool(self.strings.size)
+
+    def __getstate__(self):
+        return {"integers": self.integers, "strings": self.strings}
+
+    def __setstate__(self, state):
+        self.__init__(state["integers"], state["strings"])
+
+    def dense(self, column: pd.Series, name: str) -> np.ndarray:
+        """The dense ids (int64) of a column of external ids; unknown ids raise."""
+        is_string, integers, strings = split_id_kinds(column, name)
+        if self._indexes is None:  # cached: a worker reuses one IdMap for many partitions
+            self._indexes = (pd.Index(self.integers), pd.Index(self.strings, dtype=object))
+        out = np.empty(is_string.size, dtype=np.int64)
+        out[~is_string] = self._indexes[0].get_indexer(integers)
+        found = self._indexes[1].get_indexer(strings)
+        out[is_string] = np.where(found >= 0, found + self.integers.size, -1)
+        if out.size and out.min() < 0:
+            raise ValueError(f"{name} holds ids unknown to the model")
+        return out
+
+    def external(self, dense) -> np.ndarray:
+        """External ids of dense ids: int64 when every id is an integer, else objects."""
+        dense = np.asarray(dense, dtype=np.int64)
+        has_int, has_str = self.kinds
+        if not has_str:
+            return self.integers[dense]
+        if not has_int:
+            return self.strings[dense]
+        out = np.empty(dense.size, dtype=object)
+        is_int = dense < self.integers.size
+        out[is_int] = self.integers[dense[is_int]].astype(object)
+        out[~is_int] = self.strings[dense[~is_int] - self.integers.size]
+        return out
+
+
+def partition_id_maps(frame: pd.DataFrame, user_col: str, item_col: str) -> tuple[IdMap, IdMap]:
+    return IdMap.from_column(frame[user_col], user_col), IdMap.from_column(frame[item_col], item_col)
+
+
+def merge_id_maps(*pairs: tuple[IdMap, IdMap]) -> tuple[IdMap, IdMap]:
+    users, items = pairs[0]
+    for other_users, other_items in pairs[1:]:
+        users, items = users.merge(other_users), items.merge(other_items)
+    return users, items
+
+
+# ---------------------------------------------------------------------------- initial factors
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def initial_factors(ids, factors: int, seed: int, side: str, dtype=np.float32) -> np.ndarray:
+    """Initial vectors of the dense ``ids`` of ``side`` ("users" or "items"): N(0, 0.01²).
+
+    Each value is a hash of (seed, side, id, column), so a vector does not depend on the
+    block layout, the worker count or the order of calls. A single-machine fit started from
+    ``initial_factors(np.arange(n_users), ...)`` and the item equivalent follows the same
+    path as the distributed one.
+
+    >>> a = initial_factors([0, 1, 2], 4, seed=0, side="users")
+    >>> bool(np.array_equal(a[1], initial_factors([1], 4, seed=0, side="users")[0]))
+    True
+    """
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    ids = np.asarray(ids, dtype=np.uint64).reshape(-1, 1)
+    pairs = (factors + 1) // 2  # one 64-bit hash gives two uniforms, Box-Muller two normals
+    column = np.arange(pairs, dtype=np.uint64).reshape(1, -1)
+    with np.errstate(over="ignore"):
+        key = _splitmix64(np.full(1, seed, dtype=np.uint64) * np.uint64(2)
+                          + np.uint64(SIDES.index(side)))
+        bits = _splitmix64(ids * np.uint64(pairs) + column + key)
+    scale = 2.0**-32
+    u1 = ((bits >> np.uint64(32)).astype(np.float64) + 1.0) * scale  # (0, 1]
+    angle = (bits & np.uint64(0xFFFFFFFF)).astype(np.float64) * (2.0 * np.pi * scale)
+    radius = np.sqrt(-2.0 * np.log(u1))
+    normal = np.empty((ids.shape[0], 2 * pairs))
+    normal[:, 0::2] = radius * np.cos(angle)
+    normal[:, 1::2] = radius * np.sin(angle)
+    normal = normal[:, :factors]
+    return np.ascontiguousarray(normal * 0.01, dtype=dtype)
+
+
+def block_size(n_total: int, n_blocks: int, block: int) -> int:
+    """How many of the ids 0..n_total-1 fall in ``block`` (ids ``block, block + n_blocks, ...``)."""
+    return max(0, (n_total - block + n_blocks - 1) // n_blocks)
+
+
+def block_ids(n_total: int, n_blocks: int, block: int) -> np.ndarray:
+    return np.arange(block, n_total, n_blocks, dtype=np.int64)
+
+
+def initial_block(n_total: int, n_blocks: int, block: int, factors: int, seed: int, side: str,
+                  dtype) -> np.ndarray:
+    return initial_factors(block_ids(n_total, n_blocks, block), factors, seed, side, dtype)
+
+
+# ---------------------------------------------------------------------------- ratings
+
+
+def _weights(frame: pd.DataFrame, weight_col: str | None, dtype, nonnegative: bool) -> np.ndarray:
+    if weight_col is None:
+        return np.ones(len(frame), dtype=dtype)
+    column = frame[weight_col]
+    if column.dtype.kind not in "biuf":
+        raise TypeError(f"weight_col {weight_col!r} must hold numbers, got dtype {column.dtype}")
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise ValueError(f"weight_col {weight_col!r} holds {bad} NaN/inf/missing weights")
+    if nonnegative and values.size and values.min() < 0:
+        raise ValueError(f"weight_col {weight_col!r} must be >= 0 with confidence='linear' "
+                         f"(c = 1 + alpha * w), got min {values.min()}")
+    return values.astype(dtype)
+
+
+def _split(keys: np.ndarray, n_blocks: int, *arrays: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    block = keys % n_blocks
+    order = np.argsort(block, kind="stable")
+    bounds = np.searchsorted(block[order], np.arange(n_blocks + 1))
+    sorted_arrays = [a[order] for a in arrays]
+    return [tuple(a[bounds[b]:bounds[b + 1]] for a in sorted_arrays) for b in range(n_blocks)]
+
+
+def encode_and_split(frame: pd.DataFrame, maps: tuple[IdMap, IdMap], user_col: str,
+                     item_col: str, weight_col: str | None, user_blocks: int, item_blocks: int,
+                     dtype, nonnegative: bool):
+    """One partition as (dense user, dense item, weight) triples cut by user block and by
+    item block: ``(by_user_block, by_item_block)``, two lists of triples."""
+    users = maps[0].dense(frame[user_col], user_col)
+    items = maps[1].dense(frame[item_col], item_col)
+    weights = _weights(frame, weight_col, dtype, nonnegative)
+    return (_split(users, user_blocks, users, items, weights),
+            _split(items, item_blocks, users, items, weights))
+
+
+def pick(pieces, side: int, block: int):
+    return pieces[side][block]
+
+
+@dataclass
+class RatingBlock:
+    """The ratings of one block of one side, ready for its half-sweeps.
+
+    ``rows``: CSR (block rows x len(needed)), canonical; ``needed``: ascending global ids of
+    the other side that the block references; ``sources[c]``: for each other-side block c
+    with needed ids, ``(positions in needed, local rows in block c)``.
+    """
+
+    side: str
+    block: int
+    n_blocks: int
+    rows: CsrArrays
+    needed: np.ndarray
+    sources: dict[int, tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def nnz(self) -> int:
+        return self.rows.nnz
+
+    def stats(self) -> dict:
+        return {"nnz": self.nnz, "rows": self.rows.shape[0], "weight_sum":
+                float(self.rows.data.sum(dtype=np.float64)),
+                "sources": {c: int(pos.size) for c, (pos, _) in self.sources.items()}}
+
+    def outlinks(self, source: int) -> np.ndarray:
+        return self.sources[source][1]
+
+    def seen(self, n_other: int) -> sp.csr_matrix:
+        """The block's rows with global column ids (for filtering seen items)."""
+        R = self.rows
+        return sp.csr_matrix((R.data, self.needed[R.indices].astype(np.int32), R.indptr),
+                             shape=(R.shape[0], n_other))
+
+
+def build_block(side: str, block: int, n_total: int, n_blocks: int, n_other_blocks: int, dtype,
+                *pieces) -> RatingBlock:
+    """Concatenate one block's triples from every partition into a ``RatingBlock``.
+
+    Repeated (user, item) pairs add up, as in ``recfuse.ALS`` (a user spread over many
+    partitions ends up in one block all the same).
+    """
+    own, other = (0, 1) if side == "users" else (1, 0)
+    parts = [p for p in pieces if p[0].size]
+    if parts:
+        columns = [np.concatenate([p[i] for p in parts]) for i in range(3)]
+    else:
+        columns = [np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, dtype)]
+    rows_global, cols_global, weights = columns[own], columns[other], columns[2].astype(dtype)
+    needed = np.unique(cols_global)
+    n_rows = block_size(n_total, n_blocks, block)
+    matrix = sp.csr_matrix(
+        (weights, (rows_global // n_blocks, np.searchsorted(needed, cols_global))),
+        shape=(n_rows, needed.size), dtype=dtype)
+    matrix.sum_duplicates()
+    return RatingBlock(side, block, n_blocks, CsrArrays.from_scipy(matrix, dtype), needed,
+                       _sources(needed, n_other_blocks))
+
+
+def _sources(needed: np.ndarray, n_other_blocks: int) -> dict:
+    source_of = needed % n_other_blocks
+    sources = {}
+    for c in np.unique(source_of):
+        positions = np.flatnonzero(source_of == c)
+        sources[int(c)] = (positions, needed[positions] // n_other_blocks)
+    return sources
+
+
+def block_to_bytes(block: RatingBlock, n_other_blocks: int) -> bytes:
+    """A ``RatingBlock`` as .npz bytes (no pickle), for engines that move rows of bytes."""
+    import io
+
+    meta = json.dumps({"side": block.side, "block": block.block, "n_blocks": block.n_blocks,
+                       "shape": list(block.rows.shape), "n_other_blocks": n_other_blocks})
+    buffer = io.BytesIO()
+    np.savez(buffer, indptr=block.rows.indptr, indices=block.rows.indices, data=block.rows.data,
+             needed=block.needed, meta=np.frombuffer(meta.encode(), dtype=np.uint8))
+    return buffer.getvalue()
+
+
+def block_from_bytes(payload: bytes) -> RatingBlock:
+    import io
+
+    with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+        meta = json.loads(archive["meta"].tobytes().decode())
+        rows = CsrArrays(archive["indptr"], archive["indices"], archive["data"],
+                         tuple(meta["shape"]))
+        needed = archive["needed"]
+    return RatingBlock(meta["side"], meta["block"], meta["n_blocks"], rows, needed,
+                       _sources(needed, meta["n_other_blocks"]))
+
+
+def array_to_bytes(values: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, values, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def array_from_bytes(payload: bytes) -> np.ndarray:
+    import io
+
+    return np.load(io.BytesIO(payload), allow_pickle=False)
+
+
+# ---------------------------------------------------------------------------- half-sweeps
+
+
+def partial_gram(factors: np.ndarray) -> np.ndarray:
+    """YᵀY of one block in float64 (the leaves of the tree reduction)."""
+    f = factors.astype(np.float64, copy=False)
+    return f.T @ f
+
+
+def add(*arrays: np.ndarray) -> np.ndarray:
+    total = arrays[0].copy()
+    for a in arrays[1:]:
+        total += a
+    return total
+
+
+def take_rows(factors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The out-link piece: the rows of a source block that one destination block needs."""
+    return factors[rows]
+
+
+def assemble(n_total: int, *blocks: np.ndarray) -> np.ndarray:
+    """All blocks of a side as one (n_total x k) array in dense-id order (the broadcast copy)."""
+    n_blocks = len(blocks)
+    out = np.empty((n_total, blocks[0].shape[1]), dtype=blocks[0].dtype)
+    for b, values in enumerate(blocks):
+        out[b::n_blocks] = values
+    return out
+
+
+def worker_threads(num_threads: int) -> int:
+    """``num_threads``, or when 0 the thread count of the Dask worker running us (so that two
+    workers on one machine do not both take every core), else 0 (all cores)."""
+    if num_threads:
+        return num_threads
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except Exception:  # noqa: BLE001 - not on a Dask worker
+        return int(os.environ.get("RECFUSE_WORKER_THREADS", "0"))
+
+
+def _fixed_rows(block: RatingBlock, factors: np.ndarray, full, pieces) -> np.ndarray:
+    """The fixed side's vectors that ``block`` references, in the order of its columns."""
+    fixed = np.empty((block.needed.size, factors.shape[1]), dtype=factors.dtype)
+    if full is not None:
+        fixed[:] = full[block.needed]
+    else:
+        for source, rows in pieces:
+            fixed[block.sources[source][0]] = rows
+    return fixed
+
+
+def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, params: AlsParams,
+                backend: str, full=None, pieces=None) -> np.ndarray:
+    """One block's half-sweep: new vectors for the block's rows (a new array).
+
+    The fixed side comes either as ``full`` (the broadcast array of every vector) or as
+    ``pieces``, a list of ``(source block, rows)`` from the out-link exchange.
+    """
+    from threadpoolctl import threadpool_limits
+
+    dtype = factors.dtype
+    fixed = _fixed_rows(block, factors, full, pieces)
+    out = np.array(factors, dtype=dtype, order="C", copy=True)
+    threads = worker_threads(params.num_threads)
+    with threadpool_limits(threads or None):
+        resolve_backend(backend).half_sweep(block.rows, fixed, out,
+                                            replace(params, num_threads=threads),
+                                            gram=np.ascontiguousarray(gram, dtype=dtype))
+    return out
+
+
+def block_loss(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, params: AlsParams,
+               backend: str, full=None, pieces=None) -> tuple[float, float, float]:
+    """One user block's share of ``recfuse.reference.als_loss``: ``(data loss, Σ c over its
+    stored entries, ‖X_block‖²)``, the fixed side passed as to ``solve_block``.
+
+    The backend's data loss takes the Gram of the vectors it is given (the block's needed
+    items only); the x_uᵀ(YᵀY)x_u term is corrected to the Gram of every item.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from ..reference import confidence_and_preference
+
+    fixed = _fixed_rows(block, factors, full, pieces)
+    threads = worker_threads(params.num_threads)
+    with threadpool_limits(threads or None):
+        loss = resolve_backend(backend).data_loss(block.rows, factors, fixed,
+                                                  replace(params, num_threads=threads))
+    X = factors.astype(np.float64)
+    missing_gram = gram - partial_gram(fixed)
+    loss += float(np.einsum("ij,jk,ik->", X, missing_gram, X))
+    c, _ = confidence_and_preference(block.rows.data.astype(np.float64), params.alpha,
+                                     params.confidence)
+    return float(loss), float(c.sum()), float(np.square(X).sum())
+
+
+def squared_norm(factors: np.ndarray) -> float:
+    return float(np.square(factors, dtype=np.float64).sum())
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _atomic_write(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=".recfuse-", suffix=".tmp", dir=folder)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save_array(values: np.ndarray, path: str) -> str:
+    """Write a .npy file atomically (no pickle); returns the path."""
+    def write(temporary):
+        with open(temporary, "wb") as handle:
+            np.save(handle, values, allow_pickle=False)
+    _atomic_write(path, write)
+    return path
+
+
+def load_array(path: str) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def save_json(document: dict, path: str) -> None:
+    def write(temporary):
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=1, sort_keys=True)
+    _atomic_write(path, write)
+
+
+def id_columns(name: str, ids: np.ndarray, kinds: tuple[bool, bool]) -> dict:
+    """Arrow columns for external ids: ``name`` (int64 or string) when every id of the model
+    is of one kind, else ``name_int`` and ``name_str``, each null where the other holds."""
+    import pyarrow as pa
+
+    has_int, has_str = kinds
+    if not has_str:
+        return {name: pa.array(np.asarray(ids, dtype=np.int64), pa.int64())}
+    if not has_int:
+        return {name: pa.array(ids, pa.string())}
+    is_string = np.fromiter((isinstance(v, str) for v in ids), bool, len(ids))
+    return {
+        f"{name}_int": pa.array([None if s else int(v) for v, s in zip(ids, is_string)],
+                                pa.int64()),
+        f"{name}_str": pa.array([v if s else None for v, s in zip(ids, is_string)], pa.string()),
+    }
+
+
+def factor_table(factors: np.ndarray, n_total: int, n_blocks: int, block: int, id_map: IdMap):
+    """One block of factors as an Arrow table: the id column(s) and ``factors``, a
+    fixed-size list of floats."""
+    import pyarrow as pa
+
+    ids = id_map.external(block_ids(n_total, n_blocks, block))
+    flat = pa.array(np.ascontiguousarray(factors).reshape(-1))
+    columns = id_columns("id", ids, id_map.kinds)
+    columns["factors"] = pa.FixedSizeListArray.from_arrays(flat, factors.shape[1])
+    return pa.table(columns)
+
+
+def write_factor_part(factors: np.ndarray, n_total: int, n_blocks: int, block: int,
+                      id_map: IdMap, path: str) -> int:
+    """``factor_table`` written to one Parquet file, atomically; returns the rows written."""
+    import pyarrow.parquet as pq
+
+    table = factor_table(factors, n_total, n_blocks, block, id_map)
+    _atomic_write(path, lambda temporary: pq.write_table(table, temporary))
+    return table.num_rows
+
+
+def recommend_block(block: RatingBlock, factors: np.ndarray, items: np.ndarray, k: int,
+                    filter_seen: bool, maps: tuple[IdMap, IdMap] | None, path: str,
+                    backend: str, num_threads: int) -> int:
+    """``recommend_table`` written to one Parquet file, atomically (nothing for an empty
+    table); returns the rows written."""
+    import pyarrow.parquet as pq
+
+    table = recommend_table(block, factors, items, k, filter_seen, maps, backend, num_threads)
+    if table.num_rows:
+        _atomic_write(path, lambda temporary: pq.write_table(table, temporary))
+    return table.num_rows
+
+
+def recommend_table(block: RatingBlock, factors: np.ndarray, items: np.ndarray, k: int,
+                    filter_seen: bool, maps: tuple[IdMap, IdMap] | None, backend: str,
+                    num_threads: int, batch_size: int = 4096):
+    """Top k of one user block against every item as an Arrow table (columns user, rank,
+    item, score; padding dropped); external ids when ``maps`` is given, else dense ids."""
+    import pyarrow as pa
+
+    from ..retrieval import ItemIndex
+
+    index = ItemIndex(items, backend=backend)
+    seen = block.seen(items.shape[0]) if filter_seen else None
+    users = np.arange(block.rows.shape[0], dtype=np.int64) * block.n_blocks + block.block
+    threads = worker_threads(num_threads)
+    tables = []
+    for begin in range(0, users.size, batch_size):
+        end = min(users.size, begin + batch_size)
+        ids, scores = index.search(factors[begin:end], k,
+                                   exclude=None if seen is None else seen[begin:end],
+                                   num_threads=threads)
+        keep = (ids >= 0).ravel()
+        user = np.repeat(users[begin:end], k)[keep]
+        item = ids.ravel()[keep]
+        if maps is None:
+            columns = {"user": pa.array(user), "rank": None, "item": pa.array(item)}
+        else:
+            columns = {**id_columns("user", maps[0].external(user), maps[0].kinds),
+                       "rank": None, **id_columns("item", maps[1].external(item), maps[1].kinds)}
+        columns["rank"] = pa.array(np.tile(np.arange(k, dtype=np.int32), end - begin)[keep])
+        columns["score"] = pa.array(scores.ravel()[keep])
+        tables.append(pa.table(columns))
+    if not tables:
+        return pa.table({"user": pa.array([], pa.int64()), "rank": pa.array([], pa.int32()),
+                         "item": pa.array([], pa.int64()),
+                         "score": pa.array([], pa.from_numpy_dtype(factors.dtype))})
+    return pa.concat_tables(tables)

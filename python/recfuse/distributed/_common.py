@@ -1,0 +1,203 @@
+"""What DaskALS and SparkALS share on the driver: parameters, checkpoints, the local model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import scipy.sparse as sp
+
+from .. import _validation as check
+from .._als.common import AlsParams
+from ..models.als import MAX_FACTORS
+from . import _blocks
+
+CHECKPOINT_FORMAT = "recfuse-distributed-als-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.json"
+
+
+class DistributedALSBase:
+    """Parameters and driver-side helpers common to the distributed ALS front ends.
+
+    The model is that of ``recfuse.ALS`` (same confidence, solvers and contract); see the
+    subclasses for the engine-specific parts.
+
+    Parameters
+    ----------
+    factors, regularization, alpha, iterations, solver, cg_steps, dtype, confidence:
+        as for ``recfuse.ALS``.
+    backend: the ALS backend each block's half-sweep uses on its worker ("auto": CUDA where
+        the worker has a device, else the native CPU module).
+    num_threads: threads per block solve; 0 uses the Dask worker's thread count (elsewhere:
+        ``RECFUSE_WORKER_THREADS`` or all cores).
+    random_state: seed of ``initial_factors`` (an int: the start must be reproducible on
+        every worker and after a restart).
+    blocks: blocks per side (default: one per worker); at most the number of users/items.
+    checkpoint_dir: folder reachable from the driver and every worker for checkpoints
+        (None: no checkpoints).
+    checkpoint_every: iterations between checkpoints.
+    """
+
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.01,
+        alpha: float = 1.0,
+        iterations: int = 15,
+        *,
+        solver: str = "cg",
+        cg_steps: int = 3,
+        dtype=np.float32,
+        backend: str = "auto",
+        num_threads: int = 0,
+        random_state: int = 0,
+        confidence: str = "linear",
+        blocks: int | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 5,
+    ):
+        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
+        self.regularization = check.check_float(regularization, "regularization", minimum=0.0)
+        self.alpha = check.check_float(alpha, "alpha", minimum=0.0)
+        self.iterations = check.check_int(iterations, "iterations", minimum=0)
+        self.solver = check.check_choice(solver, "solver", ("cg", "cholesky"))
+        self.cg_steps = check.check_int(cg_steps, "cg_steps", minimum=1)
+        self.dtype = check.check_float_dtype(dtype)
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+        self.backend = backend
+        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        self.random_state = check.check_int(random_state, "random_state", minimum=0,
+                                            maximum=2**63 - 1)
+        self.confidence = check.check_choice(confidence, "confidence", ("linear", "raw"))
+        self.blocks = None if blocks is None else check.check_int(blocks, "blocks", minimum=1)
+        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}")
+        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.checkpoint_every = check.check_int(checkpoint_every, "checkpoint_every", minimum=1)
+        self.n_users: int | None = None
+        self.n_items: int | None = None
+        self.resumed_from: int | None = None  # iteration a fit resumed from (None: from start)
+
+    @property
+    def params(self) -> AlsParams:
+        return AlsParams(regularization=self.regularization, alpha=self.alpha,
+                         confidence=self.confidence, solver=self.solver,
+                         cg_steps=self.cg_steps, num_threads=self.num_threads)
+
+    def get_params(self) -> dict:
+        """The constructor arguments of the equivalent ``recfuse.ALS``."""
+        return {"factors": self.factors, "regularization": self.regularization,
+                "alpha": self.alpha, "iterations": self.iterations, "solver": self.solver,
+                "cg_steps": self.cg_steps, "dtype": self.dtype.name, "backend": self.backend,
+                "num_threads": self.num_threads, "confidence": self.confidence}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _fingerprint(self, n_users, n_items, user_blocks, item_blocks, user_stats) -> dict:
+        """What must match for a checkpoint to belong to this fit."""
+        params = {key: value for key, value in self.get_params().items()
+                  if key not in ("iterations", "backend", "num_threads")}
+        return {"params": params, "random_state": self.random_state, "n_users": n_users,
+                "n_items": n_items, "user_blocks": user_blocks, "item_blocks": item_blocks,
+                "nnz": sum(s["nnz"] for s in user_stats),
+                "weight_sum": float(sum(s["weight_sum"] for s in user_stats))}
+
+    def _read_checkpoint(self, fingerprint: dict) -> tuple[int, str] | None:
+        """(completed iterations, folder) of the checkpoint in checkpoint_dir, or None."""
+        if self.checkpoint_dir is None:
+            return None
+        path = os.path.join(self.checkpoint_dir, CHECKPOINT_FILE)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as handle:
+                document = json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"checkpoint {path!r} is unreadable: {error}") from error
+        if document.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path!r} is not a recfuse distributed ALS checkpoint")
+        if document.get("version", 0) > CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint {path!r} is of a newer format: upgrade recfuse")
+        if document.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+            raise ValueError(
+                f"checkpoint {path!r} belongs to another fit (other data, parameters or "
+                "block counts); remove it or fit with resume=False")
+        iteration = int(document["iteration"])
+        if iteration > self.iterations:  # a longer fit's checkpoint: not a state of this one
+            return None
+        return iteration, os.path.join(self.checkpoint_dir, document["folder"])
+
+    def _commit_checkpoint(self, iteration: int, folder: str, fingerprint: dict) -> None:
+        """Point checkpoint.json at ``folder`` (whose blocks are written), drop older folders."""
+        _blocks.save_json({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                           "iteration": iteration, "folder": os.path.basename(folder),
+                           "fingerprint": fingerprint},
+                          os.path.join(self.checkpoint_dir, CHECKPOINT_FILE))
+        for name in os.listdir(self.checkpoint_dir):
+            if name.startswith("iteration-") and name != os.path.basename(folder):
+                shutil.rmtree(os.path.join(self.checkpoint_dir, name), ignore_errors=True)
+
+    def _checkpoint_folder(self, iteration: int) -> str:
+        return os.path.join(self.checkpoint_dir, f"iteration-{iteration:06d}")
+
+    @staticmethod
+    def _block_path(folder: str, side: str, block: int) -> str:
+        return os.path.join(folder, f"{side}-{block:05d}.npy")
+
+    def _save_model_json(self, path: str, user_map, item_map) -> None:
+        _blocks.save_json({"format": "recfuse-distributed-als", "version": 1, "model": "ALS",
+                           "params": self.get_params(), "n_users": self.n_users,
+                           "n_items": self.n_items,
+                           "user_id_kinds": list(user_map.kinds),
+                           "item_id_kinds": list(item_map.kinds)},
+                          os.path.join(path, "model.json"))
+
+    def _local_model(self, user_blocks: list, item_blocks: list, seen_blocks: list | None):
+        """A ``recfuse.ALS`` from gathered factor blocks (and user rating blocks)."""
+        from ..models.als import ALS
+
+        arrays = {"user_factors": _blocks.assemble(self.n_users, *user_blocks),
+                  "item_factors": _blocks.assemble(self.n_items, *item_blocks)}
+        if seen_blocks is not None:
+            n_blocks = len(seen_blocks)
+            parts = []
+            for block in seen_blocks:
+                coo = block.seen(self.n_items).tocoo()
+                parts.append((coo.row.astype(np.int64) * n_blocks + block.block, coo.col,
+                              coo.data))
+            rows, cols, data = (np.concatenate([p[i] for p in parts]) for i in range(3))
+            seen = sp.csr_matrix((data, (rows, cols)), shape=(self.n_users, self.n_items))
+            seen.sort_indices()
+            arrays.update(seen_indptr=seen.indptr.astype(np.int64),
+                          seen_indices=seen.indices.astype(np.int32), seen_data=seen.data,
+                          seen_shape=np.array(seen.shape, dtype=np.int64))
+        return ALS._from_saved(self.get_params(), arrays)
+
+    def _require_fitted(self) -> None:
+        if self.n_users is None:
+            raise RuntimeError("the model is not fitted: call fit() first")
+
+
+def check_columns(columns, user_col, item_col, weight_col, frame_name: str) -> None:
+    """Clear errors for column arguments that name no column."""
+    columns = list(columns)
+    for name, value in (("user_col", user_col), ("item_col", item_col)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a column name (str), got {type(value).__name__}")
+        if value not in columns:
+            raise ValueError(f"{name} {value!r} is not a column of {frame_name}; "
+                             f"its columns are {columns}")
+    if user_col == item_col:
+        raise ValueError(f"user_col and item_col must differ, both are {user_col!r}")
+    if weight_col is not None:
+        if not isinstance(weight_col, str):
+            raise TypeError(f"weight_col must be a column name or None, got "
+                            f"{type(weight_col).__name__}")
+        if weight_col not in columns:
+            raise ValueError(f"weight_col {weight_col!r} is not a column of {frame_name}; "
+                             f"its columns are {columns}")
+        if weight_col in (user_col, item_col):
+            raise ValueError(f"weight_col {weight_col!r} is also the user or item column")

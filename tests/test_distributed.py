@@ -1,0 +1,375 @@
+"""recfuse.distributed.DaskALS against the single-machine recfuse.ALS on a 2-process
+LocalCluster: same factors from the same start, same recommendations, faults and odd input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import recfuse
+from recfuse import datasets
+from recfuse.distributed import DaskALS, IdMap, initial_factors
+
+dask = pytest.importorskip("dask", reason="dask is not installed")
+dd = pytest.importorskip("dask.dataframe", reason="dask[dataframe] is not installed")
+distributed = pytest.importorskip("distributed", reason="dask distributed is not installed")
+pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is not installed")
+
+PARAMS = dict(factors=6, iterations=3, regularization=0.1, alpha=2.0, random_state=7)
+
+
+def _cluster():
+    return distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                    dashboard_address=":0", silence_logs=40)
+
+
+@pytest.fixture(scope="module")
+def client():
+    with _cluster() as cluster, distributed.Client(cluster) as client:
+        yield client
+
+
+def _events(n_users=120, n_items=80, nnz=1500, seed=0, dtype=np.float64):
+    matrix = datasets.synthetic_implicit(n_users, n_items, nnz, seed=seed, dtype=dtype)
+    coo = matrix.tocoo()
+    frame = pd.DataFrame({"user": coo.row.astype(np.int64), "item": coo.col.astype(np.int64),
+                          "weight": coo.data})
+    return matrix, frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def _local_fit(matrix, dtype=np.float64, **params):
+    params = {**PARAMS, **params}
+    seed = params.pop("random_state")
+    n_users, n_items = matrix.shape
+    start = (initial_factors(np.arange(n_users), params["factors"], seed, "users", dtype),
+             initial_factors(np.arange(n_items), params["factors"], seed, "items", dtype))
+    return recfuse.ALS(dtype=dtype, backend="cpu", **params).fit(matrix, initial_factors=start)
+
+
+def _assert_same_factors(model: DaskALS, reference: recfuse.ALS, tolerance: float):
+    local = model.to_local()
+    np.testing.assert_allclose(local.user_factors, reference.user_factors, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(local.item_factors, reference.item_factors, rtol=0, atol=tolerance)
+
+
+# ---------------------------------------------------------------------------- pure helpers
+
+
+def test_id_map_orders_integers_then_strings_and_round_trips():
+    column = pd.Series([10, "b", 3, "a", np.int64(10), "b"], dtype=object)
+    ids = IdMap.from_column(column, "user")
+    assert len(ids) == 4 and ids.kinds == (True, True)
+    assert ids.external(np.arange(4)).tolist() == [3, 10, "a", "b"]
+    assert ids.dense(column, "user").tolist() == [1, 3, 0, 2, 1, 3]
+    merged = ids.merge(IdMap.from_column(pd.Series(["0", 1]), "user"))
+    assert merged.external(np.arange(6)).tolist() == [1, 3, 10, "0", "a", "b"]
+
+
+@pytest.mark.parametrize("column, expected", [
+    (pd.Series([3, 1, 3], dtype="Int64"), [1, 3]),
+    (pd.Series([3, 1, 3], dtype="uint64"), [1, 3]),
+    (pd.Series([3.0, 1.0]), [1, 3]),
+    (pd.Series(["b", "a", "b"], dtype="string"), ["a", "b"]),
+    (pd.Series(["b", "a", "b"], dtype="category"), ["a", "b"]),
+    (pd.Series([2, 1], dtype="category"), [1, 2]),
+])
+def test_id_map_reads_pandas_id_dtypes(column, expected):
+    ids = IdMap.from_column(column, "item")
+    assert ids.external(np.arange(len(ids))).tolist() == expected
+    assert ids.external(ids.dense(column, "item")).tolist() == column.astype(object).tolist()
+
+
+@pytest.mark.parametrize("column, error", [
+    (pd.Series([1, None], dtype=object), ValueError),
+    (pd.Series([1.0, np.nan]), ValueError),
+    (pd.Series([True, False]), TypeError),
+    (pd.Series([1.5, 2.0]), TypeError),
+    (pd.Series([1, 2.5], dtype=object), TypeError),
+])
+def test_id_map_rejects_missing_and_unsupported_ids(column, error):
+    with pytest.raises(error, match="user"):
+        IdMap.from_column(column, "user")
+
+
+def test_initial_factors_depend_only_on_the_id():
+    whole = initial_factors(np.arange(50), 8, seed=3, side="items")
+    assert whole.shape == (50, 8) and whole.dtype == np.float32
+    np.testing.assert_array_equal(initial_factors([7, 2], 8, seed=3, side="items"), whole[[7, 2]])
+    assert not np.array_equal(whole, initial_factors(np.arange(50), 8, seed=3, side="users"))
+    assert abs(float(whole.std()) - 0.01) < 0.002
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+@pytest.mark.parametrize("broadcast, blocks", [("smaller", None), ("never", 3)])
+def test_fit_equals_single_machine_fit(client, broadcast, blocks):
+    matrix, frame = _events()
+    ddf = dd.from_pandas(frame, npartitions=4)
+    model = DaskALS(dtype=np.float64, broadcast=broadcast, blocks=blocks, **PARAMS)
+    model.fit(ddf, "user", "item", "weight")
+    assert (model.n_users, model.n_items) == matrix.shape
+    np.testing.assert_array_equal(model.user_ids, np.arange(matrix.shape[0]))
+    _assert_same_factors(model, _local_fit(matrix), 1e-10)
+    local = model.to_local()
+    assert (local._user_items != matrix).nnz == 0
+    plan = model.transfer_plan()
+    assert plan["users"]["mode"] == ("broadcast" if broadcast == "smaller" else "exchange")
+    assert plan["items"]["mode"] == "exchange"
+    if broadcast == "smaller":  # the whole item table to each user block
+        assert plan["users"]["vectors"] == matrix.shape[1] * plan["users"]["blocks"]
+    else:  # each user block gets the items its users rated, once
+        blocks = plan["users"]["blocks"]
+        expected = sum(np.unique(matrix[b::blocks].indices).size for b in range(blocks))
+        assert plan["users"]["vectors"] == expected
+
+
+def test_callback_reports_the_local_training_loss(client):
+    matrix, frame = _events()
+    distributed_losses, local_losses = [], []
+    DaskALS(dtype=np.float64, **PARAMS).fit(
+        dd.from_pandas(frame, npartitions=2), "user", "item", "weight",
+        callback=lambda iteration, loss: distributed_losses.append(loss))
+    params = {key: value for key, value in PARAMS.items() if key != "random_state"}
+    start = (initial_factors(np.arange(matrix.shape[0]), 6, 7, "users", np.float64),
+             initial_factors(np.arange(matrix.shape[1]), 6, 7, "items", np.float64))
+    recfuse.ALS(dtype=np.float64, backend="cpu", **params).fit(
+        matrix, initial_factors=start, callback=lambda i, loss: local_losses.append(loss))
+    np.testing.assert_allclose(distributed_losses, local_losses, rtol=1e-10)
+    assert distributed_losses[-1] < distributed_losses[0]
+
+
+def test_float32_fit_within_float32_tolerance(client):
+    # One iteration: these small, weakly regularised systems are ill-conditioned enough that
+    # float32 rounding (here: of the Gram, summed in another order) grows over iterations
+    # (float32 and float64 fits of this data differ by 2e-4 of the scale after 3 of them).
+    matrix, frame = _events(dtype=np.float32)
+    model = DaskALS(dtype=np.float32, **dict(PARAMS, iterations=1))
+    model.fit(dd.from_pandas(frame, npartitions=2), "user", "item", "weight")
+    reference = _local_fit(matrix, dtype=np.float32, iterations=1)
+    scale = float(np.abs(reference.user_factors).max())
+    _assert_same_factors(model, reference, 1e-5 * scale)
+
+
+def test_recommend_all_equals_local(client, tmp_path):
+    matrix, frame = _events()
+    model = DaskALS(dtype=np.float64, **PARAMS).fit(dd.from_pandas(frame, npartitions=3),
+                                                    "user", "item", "weight")
+    local = model.to_local()
+    rows = model.recommend_all(5, path=tmp_path / "recs", external_ids=False)
+    got = pd.read_parquet(tmp_path / "recs").sort_values(["user", "rank"]).reset_index(drop=True)
+    assert rows == len(got)
+    local.recommend_all(k=5, path=tmp_path / "local.parquet")
+    want = pd.read_parquet(tmp_path / "local.parquet")
+    want = want.sort_values(["user", "rank"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[["user", "rank", "item"]], want[["user", "rank", "item"]],
+                                  check_dtype=False)
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-12)
+    seen = set(zip(frame["user"], frame["item"]))
+    assert not any((u, i) in seen for u, i in zip(got["user"], got["item"]))
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        model.recommend_all(0, path=tmp_path / "bad")
+    with pytest.raises(TypeError, match="path"):
+        model.recommend_all(5)
+
+
+def test_save_writes_partitioned_parquet_factors(client, tmp_path):
+    matrix, frame = _events()
+    model = DaskALS(dtype=np.float64, **PARAMS).fit(dd.from_pandas(frame, npartitions=2),
+                                                    "user", "item", "weight")
+    model.save(tmp_path / "model")
+    local = model.to_local(with_seen=False)
+    for side, want in (("users", local.user_factors), ("items", local.item_factors)):
+        parts = sorted(os.listdir(tmp_path / "model" / side))
+        assert parts and all(p.startswith("part-") for p in parts)
+        table = pq.read_table(tmp_path / "model" / side).to_pandas()
+        got = np.stack(table.sort_values("id")["factors"].to_numpy())
+        np.testing.assert_array_equal(got, want)
+    assert (tmp_path / "model" / "model.json").is_file()
+
+
+# ---------------------------------------------------------------------------- odd input
+
+
+def test_empty_partition_and_user_spread_over_every_partition(client):
+    matrix, frame = _events()
+    # user 0 in every partition, and the pair (0, 1) split in three rows that add up
+    extra = pd.DataFrame({"user": [0, 0, 0, 0], "item": [1, 1, 1, 2],
+                          "weight": [1.0, 2.0, 3.0, 4.0]})
+    parts = [frame.iloc[:500], extra.iloc[:1], frame.iloc[:0], frame.iloc[500:1000],
+             extra.iloc[1:3], frame.iloc[1000:], extra.iloc[3:]]
+    ddf = dd.concat([dd.from_pandas(p, npartitions=1) for p in parts])
+    assert ddf.npartitions == len(parts)
+    combined = pd.concat(parts)
+    expected = sp.csr_matrix((combined["weight"].to_numpy(), (combined["user"], combined["item"])),
+                             shape=matrix.shape)
+    expected.sum_duplicates()
+    model = DaskALS(dtype=np.float64, **PARAMS).fit(ddf, "user", "item", "weight")
+    assert (model.to_local()._user_items != expected).nnz == 0
+    _assert_same_factors(model, _local_fit(expected), 1e-10)
+
+
+def test_mixed_id_types(client, tmp_path):
+    matrix, frame = _events(n_users=60, n_items=40, nnz=600)
+    user_names = np.array([u if u % 2 else f"u{u:03d}" for u in range(60)], dtype=object)
+    item_names = np.array([f"i{i:03d}" for i in range(40)], dtype=object)
+    mixed = pd.DataFrame({"user": user_names[frame["user"]], "item": item_names[frame["item"]],
+                          "weight": frame["weight"]})
+    # Dask turns object columns into strings unless told not to (then 7 and "7" would be
+    # one id): keep the Python objects.
+    with dask.config.set({"dataframe.convert-string": False}):
+        ddf = dd.from_pandas(mixed, npartitions=3)
+    assert ddf.dtypes["user"] == object
+    model = DaskALS(dtype=np.float64, **PARAMS).fit(ddf, "user", "item", "weight")
+    order = IdMap.from_column(pd.Series(user_names), "user")
+    assert model.user_ids.tolist() == order.external(np.arange(60)).tolist()
+    assert model.item_ids.tolist() == sorted(item_names)
+    # the same data with dense ids in the model's order fits to the same factors
+    dense = sp.csr_matrix((mixed["weight"].to_numpy(),
+                           (order.dense(mixed["user"], "user"),
+                            np.searchsorted(sorted(item_names), mixed["item"]))),
+                          shape=(60, 40))
+    _assert_same_factors(model, _local_fit(dense), 1e-10)
+    model.recommend_all(3, path=tmp_path / "recs")
+    recs = pd.read_parquet(tmp_path / "recs")
+    assert {"user_int", "user_str", "item", "rank", "score"} <= set(recs.columns)
+    assert recs["user_int"].notna().sum() + recs["user_str"].notna().sum() == len(recs)
+    assert set(recs["item"]) <= set(item_names)
+    model.save(tmp_path / "model")
+    users = pd.read_parquet(tmp_path / "model" / "users")
+    assert set(users["user_int" if "user_int" in users else "id_int"].dropna()) == \
+        {u for u in user_names if not isinstance(u, str)}
+
+
+@pytest.mark.parametrize("mutate, error, match", [
+    (lambda f: f.assign(weight=f["weight"].where(f.index != 3, np.nan)), ValueError, "weight"),
+    (lambda f: f.assign(weight=-f["weight"]), ValueError, ">= 0"),
+    (lambda f: f.assign(user=f["user"].astype(object).where(f.index != 5, None)), ValueError,
+     "user"),
+    (lambda f: f.iloc[:0], ValueError, "no rows"),
+])
+def test_bad_frames_raise_clear_errors(client, mutate, error, match):
+    _, frame = _events(n_users=30, n_items=20, nnz=200)
+    with pytest.raises(error, match=match):
+        DaskALS(**PARAMS).fit(dd.from_pandas(mutate(frame), npartitions=2), "user", "item",
+                              "weight")
+
+
+def test_bad_arguments_raise_clear_errors(client):
+    _, frame = _events(n_users=30, n_items=20, nnz=200)
+    ddf = dd.from_pandas(frame, npartitions=2)
+    with pytest.raises(TypeError, match="dask DataFrame"):
+        DaskALS().fit(frame, "user", "item")
+    with pytest.raises(ValueError, match="user_col 'who'"):
+        DaskALS().fit(ddf, "who", "item")
+    with pytest.raises(ValueError, match="weight_col 'w'"):
+        DaskALS().fit(ddf, "user", "item", "w")
+    with pytest.raises(ValueError, match="differ"):
+        DaskALS().fit(ddf, "user", "user")
+    with pytest.raises(ValueError, match="broadcast"):
+        DaskALS(broadcast="always")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DaskALS().to_local()
+
+
+# ---------------------------------------------------------------------------- faults
+
+
+def test_driver_lost_resumes_from_checkpoint(client, tmp_path):
+    matrix, frame = _events()
+    ddf = dd.from_pandas(frame, npartitions=3)
+    params = dict(PARAMS, iterations=5)
+
+    class DriverLost(Exception):
+        pass
+
+    def die_after_third(iteration, loss):
+        if iteration == 2:
+            raise DriverLost
+
+    first = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, checkpoint_every=2, **params)
+    with pytest.raises(DriverLost):
+        first.fit(ddf, "user", "item", "weight", callback=die_after_third)
+    resumed = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, checkpoint_every=2, **params)
+    resumed.fit(ddf, "user", "item", "weight")
+    assert resumed.resumed_from == 2
+    _assert_same_factors(resumed, _local_fit(matrix, iterations=5), 1e-10)
+    shorter = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, checkpoint_every=9,
+                      **dict(params, iterations=1))
+    shorter.fit(ddf, "user", "item", "weight")  # the checkpoint is of iteration 4: not used
+    assert shorter.resumed_from is None
+    _assert_same_factors(shorter, _local_fit(matrix, iterations=1), 1e-10)
+    other = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, **dict(params, factors=5))
+    with pytest.raises(ValueError, match="another fit"):
+        other.fit(ddf, "user", "item", "weight")
+
+
+def test_worker_killed_mid_fit_gives_the_same_result(tmp_path):
+    matrix, frame = _events()
+    params = dict(PARAMS, iterations=5)
+    with _cluster() as cluster, distributed.Client(cluster) as own_client:
+        ddf = dd.from_pandas(frame, npartitions=4).persist()
+        pids = list(own_client.run(os.getpid).values())
+
+        def kill_one_worker(iteration, loss):
+            if iteration == 1:
+                os.kill(pids[0], signal.SIGKILL)
+
+        model = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, checkpoint_every=1, **params)
+        model.fit(ddf, "user", "item", "weight", client=own_client, callback=kill_one_worker)
+        assert pids[0] not in own_client.run(os.getpid).values()
+        _assert_same_factors(model, _local_fit(matrix, iterations=5), 1e-10)
+
+        # and while tasks run: a kill timed into the middle of a longer fit
+        own_client.wait_for_workers(2)
+        pids = list(own_client.run(os.getpid).values())
+        timer, killed_at = [], []
+        iterations = 50
+
+        def kill():
+            killed_at.append(time.perf_counter())
+            os.kill(pids[1], signal.SIGKILL)
+
+        def kill_soon(iteration, loss):
+            if iteration == 0:
+                timer.append(threading.Timer(0.1, kill))
+                timer[0].start()
+
+        model = DaskALS(dtype=np.float64, **dict(params, iterations=iterations))
+        model.fit(ddf, "user", "item", "weight", client=own_client, callback=kill_soon,
+                  compute_loss=False)
+        finished_at = time.perf_counter()
+        timer[0].join()
+        assert killed_at and killed_at[0] < finished_at, "the fit ended before the kill"
+        assert pids[1] not in own_client.run(os.getpid).values()
+        _assert_same_factors(model, _local_fit(matrix, iterations=iterations), 1e-9)
+
+
+def test_a_failed_iteration_resumes_from_the_last_checkpoint(client, tmp_path, monkeypatch):
+    # Dask recomputes lost blocks by itself (see the test above); when it gives up
+    # (KilledWorker, lost futures) the fit goes back to its last checkpoint.
+    from distributed.scheduler import KilledWorker
+
+    matrix, frame = _events()
+    model = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, checkpoint_every=2,
+                    **dict(PARAMS, iterations=4))
+    calls = []
+    iterate = DaskALS._iterate
+
+    def fail_the_fourth(self, factors):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KilledWorker("simulated", None, 3)
+        return iterate(self, factors)
+
+    monkeypatch.setattr(DaskALS, "_iterate", fail_the_fourth)
+    model.fit(dd.from_pandas(frame, npartitions=3), "user", "item", "weight")
+    assert len(calls) == 6  # iterations 3 and 4 ran again from the checkpoint of iteration 2
+    _assert_same_factors(model, _local_fit(matrix, iterations=4), 1e-10)

@@ -1,0 +1,120 @@
+"""recfuse.distributed.SparkALS on Spark local[2] against the single-machine recfuse.ALS.
+
+Needs pyspark (``pip install 'recfuse[spark]'``) and a Java runtime; skipped otherwise."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import recfuse
+from recfuse import datasets
+from recfuse.distributed import SparkALS, initial_factors
+
+pytest.importorskip("pyspark", reason="pyspark is not installed (pip install 'recfuse[spark]')")
+pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    pytest.skip("no Java runtime for Spark (java not on PATH, JAVA_HOME unset)",
+                allow_module_level=True)
+
+# pyspark 4 with pandas 3 (the [spark] extra pins pandas < 3, this test may run without it):
+# its own warnings about pandas are not ours.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:DeprecationWarning"),
+]
+
+PARAMS = dict(factors=6, regularization=0.1, alpha=2.0, random_state=7, dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # the executors must import this recfuse
+    session = (SparkSession.builder.master("local[2]").appName("recfuse-tests")
+               .config("spark.ui.enabled", "false")
+               .config("spark.sql.shuffle.partitions", "4").getOrCreate())
+    yield session
+    session.stop()
+
+
+def _events():
+    matrix = datasets.synthetic_implicit(100, 70, 1000, seed=2, dtype=np.float64)
+    coo = matrix.tocoo()
+    frame = pd.DataFrame({"user": coo.row.astype(np.int64), "item": coo.col.astype(np.int64),
+                          "weight": coo.data})
+    return matrix, frame
+
+
+def _local_fit(matrix, iterations):
+    n_users, n_items = matrix.shape
+    start = (initial_factors(np.arange(n_users), 6, 7, "users", np.float64),
+             initial_factors(np.arange(n_items), 6, 7, "items", np.float64))
+    params = {key: value for key, value in PARAMS.items() if key != "random_state"}
+    return recfuse.ALS(iterations=iterations, backend="cpu", **params).fit(
+        matrix, initial_factors=start)
+
+
+def _assert_same(model, reference):
+    local = model.to_local()
+    np.testing.assert_allclose(local.user_factors, reference.user_factors, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(local.item_factors, reference.item_factors, rtol=0, atol=1e-10)
+    return local
+
+
+def test_fit_and_recommend_all_equal_the_local_ones(spark, tmp_path):
+    matrix, frame = _events()
+    model = SparkALS(iterations=2, blocks=3, **PARAMS).fit(
+        spark.createDataFrame(frame).repartition(3), "user", "item", "weight")
+    local = _assert_same(model, _local_fit(matrix, 2))
+    assert (local._user_items != matrix).nnz == 0
+    rows = model.recommend_all(4, path=tmp_path / "recs", external_ids=False)
+    got = pd.read_parquet(tmp_path / "recs").sort_values(["user", "rank"]).reset_index(drop=True)
+    local.recommend_all(k=4, path=tmp_path / "local.parquet")
+    want = pd.read_parquet(tmp_path / "local.parquet").sort_values(["user", "rank"])
+    assert rows == len(got) == len(want)
+    np.testing.assert_array_equal(got["item"], want["item"])
+    np.testing.assert_allclose(got["score"], want["score"], rtol=1e-12)
+    model.save(tmp_path / "model")
+    users = pd.read_parquet(tmp_path / "model" / "users").sort_values("id")
+    np.testing.assert_array_equal(np.stack(users["factors"].to_numpy()), local.user_factors)
+
+
+def test_string_ids_and_resume_after_a_lost_driver(spark, tmp_path):
+    matrix, frame = _events()
+    named = frame.assign(user=[f"user-{u:04d}" for u in frame["user"]])
+    df = spark.createDataFrame(named)
+
+    class DriverLost(Exception):
+        pass
+
+    def die(iteration, loss):
+        if iteration == 0:
+            raise DriverLost
+
+    with pytest.raises(DriverLost):
+        SparkALS(iterations=2, checkpoint_dir=tmp_path, checkpoint_every=1, **PARAMS).fit(
+            df, "user", "item", "weight", callback=die)
+    model = SparkALS(iterations=2, checkpoint_dir=tmp_path, checkpoint_every=1, barrier=True,
+                     **PARAMS)
+    model.fit(df, "user", "item", "weight")
+    assert model.resumed_from == 1
+    assert model.user_ids[:2].tolist() == ["user-0000", "user-0001"]
+    _assert_same(model, _local_fit(matrix, 2))
+
+
+def test_bad_arguments(spark):
+    _, frame = _events()
+    df = spark.createDataFrame(frame)
+    with pytest.raises(TypeError, match="pyspark DataFrame"):
+        SparkALS().fit(frame, "user", "item")
+    with pytest.raises(ValueError, match="item_col 'thing'"):
+        SparkALS().fit(df, "user", "thing")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SparkALS().to_local()
