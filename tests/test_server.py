@@ -174,3 +174,28 @@ def test_unknown_items_added_when_the_setting_says_so(model_file):
         assert running.client.post("/reload").status_code == 422  # no model file to reload
     finally:
         running.stop()
+
+
+def test_ranker_with_context_over_http(model_file):
+    rng = np.random.default_rng(2)
+    factors = recfuse.load(model_file).item_factors.shape[1]
+    layers = [(rng.standard_normal((8, 2 * factors + 2)).astype(np.float32), None, "relu"),
+              (rng.standard_normal((1, 8)).astype(np.float32), None, "identity")]
+    recommender = recfuse.Recommender(model_file, recfuse.MLPScorer(layers), candidates=20, k=4,
+                                      num_threads=1)
+    running = Running(create_app(recommender))
+    try:
+        reply = running.client.post("/recommend", json={"user": 5, "context": [0.5, -1.0]})
+        assert reply.status_code == 200, reply.text
+        want = recommender.recommend(5, context_features=[0.5, -1.0])
+        assert reply.json()["items"] == want.ids.tolist()
+        assert set(reply.json()["stages"]) == {"rank"}
+        many = running.client.post("/recommend", json={"users": [5, 6],
+                                                       "contexts": [[0.5, -1.0], [0, 0]]})
+        assert many.json()["results"][0]["items"] == want.ids.tolist()
+        missing = running.client.post("/recommend", json={"user": 5})
+        assert missing.status_code == 422 and "context is required" in missing.json()["error"]
+        wrong = running.client.post("/recommend", json={"user": 5, "context": [1, "x"]})
+        assert wrong.status_code == 422 and "2 finite numbers" in wrong.json()["error"]
+    finally:
+        running.stop()

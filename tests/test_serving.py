@@ -326,3 +326,29 @@ def test_mmr_extremes():
     assert mmr(scores, vectors, 3, 1.0).tolist() == [0, 1, 2]
     assert mmr(scores, vectors, 2, 0.3).tolist() == [0, 2]
     assert mmr(scores, vectors, 3, 1.0, np.array([0, 0, 1]), 1).tolist() == [0, 2]
+
+
+def test_als_update_users_is_one_snapshot_for_concurrent_readers(seen):
+    model = recfuse.ALS(factors=4, iterations=2, random_state=0).fit(seen)
+    errors = []
+    stop = threading.Event()
+
+    def reader():
+        try:
+            while not stop.is_set():
+                known = model.user_factors.shape[0]
+                model.recommend(np.arange(known - 3, known), k=5)
+                model.recommend(known - 1, k=3)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for step in range(40):  # each call adds a user: factors and seen rows grow together
+        model.update_users([N_USERS + step], seen[[step]])
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    assert model.user_factors.shape[0] == model._user_items.shape[0] == N_USERS + 40
