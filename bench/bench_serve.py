@@ -72,7 +72,9 @@ def ml_small() -> tuple[recfuse.ALS, str]:
         matrix = sp.csr_matrix((np.ones(users.size, np.float32), (users, items)))
         source = "ml-latest-small"
     else:
-        matrix = recfuse.datasets.synthetic_implicit(610, 9724, 100_836, seed=0)
+        from recfuse import datasets
+
+        matrix = datasets.synthetic_implicit(610, 9724, 100_836, seed=0)
         source = "synthetic, ml-latest-small's shape"
     model = recfuse.ALS(factors=FACTORS, iterations=10, regularization=0.05, random_state=0)
     return model.fit(matrix), source

@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-wait-ms", type=float, default=1.0,
                        help="how long a micro-batch may wait for requests being read")
     serve.add_argument("--workers", type=int, default=2, help="threads answering batches")
-    serve.add_argument("--threads", type=int, default=0, help="CPU threads per native call")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="CPU threads per native call (default: 1 below 100,000 items, else all)")
     serve.set_defaults(run=_serve)
 
     info = commands.add_parser("info", help="print the backends and why any is unavailable")

@@ -268,25 +268,39 @@ class _Batcher:
                 future.set_result(answers[position])
 
     def _call(self, batch) -> list:
-        """One native call for the batch; if it fails, each request alone (so one bad
-        request cannot fail the others)."""
-        users = [entry[0] for entry in batch]
-        k = max(entry[1] for entry in batch)
-        excludes = [entry[2] for entry in batch]
-        contexts = None if batch[0][3] is None else np.array([entry[3] for entry in batch])
-        try:
-            result = self.recommender.recommend_batch(users, k, excludes, contexts)
-            return [(_row(result, p), result.version, entry[1])
-                    for p, entry in enumerate(batch)]
-        except Exception:  # noqa: BLE001 - retried one by one below
-            answers = []
-            for user, k_one, exclude, context, _ in batch:
-                try:
-                    one = self.recommender.recommend(user, k_one, exclude, context)
-                    answers.append((_row(one), one.version, k_one))
-                except Exception as error:  # noqa: BLE001 - handed to that request
-                    answers.append(error)
-            return answers
+        """One native call per group of the batch; if one fails, its requests alone (so one
+        bad request cannot fail the others)."""
+        answers: list = [None] * len(batch)
+        for positions in self._groups(batch).values():
+            group = [batch[p] for p in positions]
+            try:
+                result = self.recommender.recommend_batch(
+                    [entry[0] for entry in group], max(entry[1] for entry in group),
+                    [entry[2] for entry in group],
+                    None if group[0][3] is None else np.array([entry[3] for entry in group]))
+                for row, p in enumerate(positions):
+                    answers[p] = (_row(result, row), result.version, batch[p][1])
+            except Exception:  # noqa: BLE001 - retried one by one below
+                for p in positions:
+                    user, k, exclude, context, _ = batch[p]
+                    try:
+                        one = self.recommender.recommend(user, k, exclude, context)
+                        answers[p] = (_row(one), one.version, k)
+                    except Exception as error:  # noqa: BLE001 - handed to that request
+                        answers[p] = error
+        return answers
+
+    def _groups(self, batch) -> dict:
+        """Positions of the batch by the recall depth their k asks for: a list is the prefix
+        of a longer one only when both rank and re-rank the same candidates."""
+        recommender = self.recommender
+        deep = recommender.ranker is not None or (
+            recommender.rerank is not None and recommender.rerank.reorders)
+        groups: dict = {}
+        for position, entry in enumerate(batch):
+            key = max(entry[1], recommender.candidates) if deep else 0
+            groups.setdefault(key, []).append(position)
+        return groups
 
 
 def create_app(recommender: Recommender, *, model_path: str | None = None,
