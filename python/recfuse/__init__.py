@@ -17,7 +17,8 @@ from .persistence import load
 from .ranker import MLPRanker
 from .ranking import MLPScorer, PreparedItems
 from .retrieval import ItemIndex, topk
+from .serving import Events, Recommendation, Recommender, Rerank
 
 __version__ = "0.1.0"
-__all__ = ["ALS", "BPR", "ItemIndex", "MLPRanker", "MLPScorer", "PreparedItems", "SVD", "SVDpp",
-           "backends", "load", "resolve_backend", "topk", "__version__"]
+__all__ = ["ALS", "BPR", "Events", "ItemIndex", "MLPRanker", "MLPScorer", "PreparedItems",
+           "Recommendation", "Recommender", "Rerank", "SVD", "SVDpp", "backends", "load", "resolve_backend", "topk", "__version__"]

@@ -1,5 +1,5 @@
 """The ``recfuse`` command: ``recfuse demo`` runs the chain on synthetic data, ``recfuse info``
-prints the backends."""
+prints the backends, ``recfuse serve MODEL`` serves a model file over HTTP."""
 
 from __future__ import annotations
 
@@ -105,6 +105,26 @@ def _demo(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .serving import Recommender
+
+    try:
+        from .server import Limits, serve
+    except ImportError as error:
+        print(f"recfuse serve: {error}", file=sys.stderr)
+        return 2
+    recommender = Recommender(args.model, candidates=args.candidates, k=args.k,
+                              unknown_items=args.unknown_items, num_threads=args.threads)
+    limits = Limits(max_k=args.max_k, max_batch=args.max_batch,
+                    max_body_bytes=args.max_body_bytes, batch_wait=args.batch_wait_ms / 1000,
+                    workers=args.workers)
+    info = recommender.info()
+    print(f"recfuse serve: {info['kind']} model {args.model} ({info['users']} users x "
+          f"{info['items']} items) on http://{args.host}:{args.port}", file=sys.stderr)
+    serve(recommender, host=args.host, port=args.port, model_path=args.model, limits=limits)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recfuse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     demo.set_defaults(run=_demo)
+
+    serve = commands.add_parser("serve", help="serve a model file over HTTP (needs the serve extra)")
+    serve.add_argument("model", help="a model file written by model.save()")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--k", type=int, default=10, help="list length when a request gives none")
+    serve.add_argument("--candidates", type=int, default=200)
+    serve.add_argument("--unknown-items", choices=("add", "reject"), default="add",
+                       help="what /events does with item ids the model lacks")
+    serve.add_argument("--max-k", type=int, default=1000)
+    serve.add_argument("--max-batch", type=int, default=256, help="users per /recommend request")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    serve.add_argument("--batch-wait-ms", type=float, default=1.0,
+                       help="how long a micro-batch may wait for requests being read")
+    serve.add_argument("--workers", type=int, default=2, help="threads answering batches")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="CPU threads per native call (default: 1 below 100,000 items, else all)")
+    serve.set_defaults(run=_serve)
 
     info = commands.add_parser("info", help="print the backends and why any is unavailable")
     info.set_defaults(run=_info)

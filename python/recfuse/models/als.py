@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -16,6 +17,17 @@ from .._backend import resolve_backend
 from ..retrieval import ItemIndex, write_recommendations
 
 MAX_FACTORS = 4096
+
+
+@dataclass(frozen=True)
+class _State:
+    """What ALS knows after fit: replaced as a whole (one reference assignment), so a reader
+    that takes ``model._state`` once sees factors and seen items that belong together."""
+
+    user_factors: np.ndarray | None = None
+    item_factors: np.ndarray | None = None
+    user_items: sp.csr_matrix | None = None  # training matrix, for filter_seen
+    item_gram: np.ndarray | None = None  # YᵀY of item_factors, computed on first fold-in
 
 
 class ALS:
@@ -73,13 +85,37 @@ class ALS:
         self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
         self.random_state = check.check_random_state(random_state)
         self.confidence = check.check_choice(confidence, "confidence", ("linear", "raw"))
-        self.user_factors: np.ndarray | None = None
-        self.item_factors: np.ndarray | None = None
+        self._state = _State()
         self.backend_used: str | None = None
-        self._user_items: sp.csr_matrix | None = None  # training matrix, for filter_seen
-        self._item_gram: np.ndarray | None = None
         self._lock = threading.Lock()  # serialises writers (fit, update_users)
         self._indexes: dict = {}  # (attribute, metric) -> ItemIndex, see _index
+
+    # ------------------------------------------------------------------ state
+    # Each attribute reads the current snapshot; assigning one replaces the snapshot (the
+    # item gram is dropped when the items change).
+    @property
+    def user_factors(self) -> np.ndarray | None:
+        return self._state.user_factors
+
+    @user_factors.setter
+    def user_factors(self, value) -> None:
+        self._state = replace(self._state, user_factors=value)
+
+    @property
+    def item_factors(self) -> np.ndarray | None:
+        return self._state.item_factors
+
+    @item_factors.setter
+    def item_factors(self, value) -> None:
+        self._state = replace(self._state, item_factors=value, item_gram=None)
+
+    @property
+    def _user_items(self) -> sp.csr_matrix | None:
+        return self._state.user_items
+
+    @_user_items.setter
+    def _user_items(self, value) -> None:
+        self._state = replace(self._state, user_items=value)
 
     # ------------------------------------------------------------------ training
     @property
@@ -166,9 +202,7 @@ class ALS:
                 stacklevel=2,
             )
         with self._lock:
-            self.user_factors, self.item_factors = X, Y
-            self._user_items = matrix
-            self._item_gram = None
+            self._state = _State(X, Y, matrix, None)
             self.backend_used = backend.NAME
         return self
 
@@ -199,28 +233,27 @@ class ALS:
             user_items, "user_items", dtype=self.dtype, n_rows=ids.size,
             n_cols=self.item_factors.shape[0], nonnegative=self.confidence == "linear",
         )
-        backend = resolve_backend(self.backend)
         with self._lock:
-            known = self.user_factors.shape[0]
+            state = self._state
+            known = state.user_factors.shape[0]
             start = np.zeros((ids.size, self.factors), dtype=self.dtype)
             old = ids < known
-            start[old] = self.user_factors[ids[old]]
-            if self._item_gram is None:
-                self._item_gram = self.item_factors.T @ self.item_factors
-            backend.half_sweep(CsrArrays.from_scipy(matrix, self.dtype), self.item_factors, start,
-                               self.params, gram=self._item_gram)
+            start[old] = state.user_factors[ids[old]]
+            gram = state.item_gram
+            if gram is None:
+                gram = item_gram(state.item_factors)
+            start = fold_in(self, state.item_factors, matrix, start, gram)
             grown = max(known, int(ids.max()) + 1) if ids.size else known
-            factors = self.user_factors
             if grown > known:
                 factors = np.zeros((grown, self.factors), dtype=self.dtype)
-                factors[:known] = self.user_factors
+                factors[:known] = state.user_factors
             else:
-                factors = factors.copy()  # readers keep a consistent old array
+                factors = state.user_factors.copy()  # readers keep a consistent old array
             factors[ids] = start
-            seen = self._user_items
+            seen = state.user_items
             if seen is not None:
                 seen = _replace_rows(seen, ids, matrix, grown)
-            self.user_factors, self._user_items = factors, seen
+            self._state = _State(factors, state.item_factors, seen, gram)
         return start
 
     # ------------------------------------------------------------------ retrieval
@@ -242,15 +275,16 @@ class ALS:
         are padded with id -1 and score -inf. Safe to call from many threads at once.
         """
         self._require_fitted()
-        X = self.user_factors  # one consistent snapshot
-        index = self._index("item_factors", "dot")
+        state = self._state  # one consistent snapshot: factors and seen items together
+        X = state.user_factors
+        index = self._index("item_factors", "dot", state)
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", X.shape[0])
         k = check.check_int(k, "k", minimum=1)
         seen = None
         if filter_seen:
-            seen = (self._seen_matrix(None, X.shape[0])[ids] if user_items is None
-                    else self._seen_matrix(user_items, ids.size))
+            seen = (self._seen_matrix(None, X.shape[0], state)[ids] if user_items is None
+                    else self._seen_matrix(user_items, ids.size, state))
         n_items = index.shape[0]
         allow = None if items is None else check.check_ids(items, "items", n_items)
         deny = None if exclude_items is None else check.check_ids(exclude_items, "exclude_items",
@@ -342,14 +376,15 @@ class ALS:
                                 n_cols=model.factors)
         Y = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
                                 n_cols=model.factors)
-        model.user_factors, model.item_factors = X, Y
+        seen = None
         if "seen_indptr" in arrays:
             shape = tuple(int(v) for v in arrays["seen_shape"])
             seen = sp.csr_matrix(
                 (arrays["seen_data"], arrays["seen_indices"], arrays["seen_indptr"]), shape=shape
             )
-            model._user_items = check.check_csr(seen, "saved seen matrix", dtype=model.dtype,
-                                                n_rows=X.shape[0], n_cols=Y.shape[0])
+            seen = check.check_csr(seen, "saved seen matrix", dtype=model.dtype,
+                                   n_rows=X.shape[0], n_cols=Y.shape[0])
+        model._state = _State(X, Y, seen, None)
         return model
 
     # ------------------------------------------------------------------ helpers
@@ -357,23 +392,25 @@ class ALS:
         if self.user_factors is None or self.item_factors is None:
             raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
 
-    def _index(self, attribute: str, metric: str) -> ItemIndex:
-        """The top-k index of user_factors or item_factors, rebuilt when that array changes."""
-        factors = getattr(self, attribute)
+    def _index(self, attribute: str, metric: str, state: _State | None = None) -> ItemIndex:
+        """The top-k index of user_factors or item_factors (of ``state``, by default the
+        current one), rebuilt when that array changes."""
+        factors = getattr(self._state if state is None else state, attribute)
         cached = self._indexes.get((attribute, metric))
         if cached is None or cached.items is not factors:
             cached = ItemIndex(factors, metric=metric, backend=self.backend)
             self._indexes[(attribute, metric)] = cached
         return cached
 
-    def _seen_matrix(self, user_items, n_rows) -> sp.csr_matrix:
+    def _seen_matrix(self, user_items, n_rows, state: _State | None = None) -> sp.csr_matrix:
+        state = self._state if state is None else state
         if user_items is None:
-            if self._user_items is None:
+            if state.user_items is None:
                 raise ValueError("pass user_items: the model keeps no training matrix "
                                  "(needed for filter_seen and loss)")
-            return self._user_items
+            return state.user_items
         return check.check_csr(user_items, "user_items", dtype=self.dtype, n_rows=n_rows,
-                               n_cols=self.item_factors.shape[0])
+                               n_cols=state.item_factors.shape[0])
 
     def __repr__(self) -> str:
         fitted = "" if self.user_factors is None else (
@@ -382,6 +419,30 @@ class ALS:
         return (f"ALS(factors={self.factors}, regularization={self.regularization}, "
                 f"alpha={self.alpha}, iterations={self.iterations}, solver={self.solver!r}, "
                 f"dtype={self.dtype.name}, backend={self.backend!r}{fitted})")
+
+
+def item_gram(item_factors: np.ndarray) -> np.ndarray:
+    """YᵀY, the part of every user's system that does not depend on the user."""
+    return item_factors.T @ item_factors
+
+
+def fold_in(model: ALS, item_factors: np.ndarray, user_items: sp.csr_matrix, start: np.ndarray,
+            gram: np.ndarray) -> np.ndarray:
+    """The real-time fold-in: the users' vectors re-solved against fixed items, as one user
+    half-sweep of ``model`` (its solver, confidence and backend) and nothing else changed.
+
+    ``user_items`` (users x items, canonical CSR in the model dtype) holds each user's whole
+    row; ``item_factors`` may be any table whose rows the row ids index (a caller can pass
+    only the rows a user touches, with its columns renumbered) as long as ``gram`` is YᵀY
+    of the full item table. ``start`` (users x factors) is where "cg" starts (the cholesky
+    solver ignores it). Returns the new vectors (a new array).
+    """
+    vectors = np.array(start, dtype=model.dtype, order="C", copy=True)
+    table = np.ascontiguousarray(item_factors, dtype=model.dtype)
+    backend = resolve_backend(model.backend)
+    backend.half_sweep(CsrArrays.from_scipy(user_items, model.dtype), table, vectors,
+                       model.params, gram=np.ascontiguousarray(gram, dtype=model.dtype))
+    return vectors
 
 
 def _similar(index: ItemIndex, ids, k: int, name: str, num_threads: int):

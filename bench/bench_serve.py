@@ -1,0 +1,342 @@
+"""Serving the whole chain: recfuse.Recommender embedded and over HTTP, vs the usual chain.
+
+Models (ALS, 64 factors):
+
+- ``ml-small``: ml-latest-small (610 users x 9,724 items, ratings >= 0 as implicit
+  feedback, from ../shared/datasets; a synthetic matrix of the same shape when absent),
+  fitted for 10 iterations;
+- ``1M-items``: 10,000 users x 1,000,000 items, random factors and 20 seen items per user
+  (serving cost does not depend on how the factors were learned).
+
+Chains: ``recall`` (top 10 of all items, seen removed) and ``recall+rank`` (top 200
+recalled, scored by an MLP [user 64 | item 64] -> 256 -> 64 -> 1, top 10 kept).
+
+Modes, each at concurrency 1, 16 and 64:
+
+- ``embedded``: that many threads calling ``Recommender.recommend(user)`` in a loop;
+- ``http``: ``recfuse serve`` in a child process (uvicorn, micro-batching) and that many
+  keep-alive connections from a minimal asyncio HTTP/1.1 client in this process (httpx
+  costs more than the server);
+- ``usual``: implicit 0.7.3 ``recommend`` (same factors, seen filtered) plus the MLP in
+  PyTorch (``torch.nn.Sequential`` on the gathered/concatenated rows) when torch imports,
+  else in NumPy (said in the output), from threads like ``embedded``.
+
+Each cell runs for ``--seconds`` (default 2) or ``--requests`` calls, whichever ends first.
+``observe`` latency: one event per call, then the next recommend sees it. Prints a table,
+writes bench/results/bench_serve.json. Loopback only; the machine's load (``uptime``) is
+printed before and after, because these 2 cores are shared.
+
+    python bench/bench_serve.py              # about 3 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+# implicit asks for a single-threaded BLAS (its threads oversubscribe the 2 cores otherwise)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+
+import recfuse  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DATASETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                        "datasets")
+FACTORS, CANDIDATES, K = 64, 200, 10
+CONCURRENCY = (1, 16, 64)
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
+
+
+def ml_small() -> tuple[recfuse.ALS, str]:
+    path = os.path.join(DATASETS, "ml-latest-small", "ratings.csv")
+    if os.path.exists(path):
+        data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1))
+        users = np.unique(data[:, 0], return_inverse=True)[1]
+        items = np.unique(data[:, 1], return_inverse=True)[1]
+        matrix = sp.csr_matrix((np.ones(users.size, np.float32), (users, items)))
+        source = "ml-latest-small"
+    else:
+        from recfuse import datasets
+
+        matrix = datasets.synthetic_implicit(610, 9724, 100_836, seed=0)
+        source = "synthetic, ml-latest-small's shape"
+    model = recfuse.ALS(factors=FACTORS, iterations=10, regularization=0.05, random_state=0)
+    return model.fit(matrix), source
+
+
+def million_items() -> recfuse.ALS:
+    rng = np.random.default_rng(0)
+    users, items = 10_000, 1_000_000
+    model = recfuse.ALS(factors=FACTORS)
+    model.user_factors = rng.standard_normal((users, FACTORS), dtype=np.float32) * 0.1
+    model.item_factors = rng.standard_normal((items, FACTORS), dtype=np.float32) * 0.1
+    seen = rng.integers(0, items, (users, 20))
+    matrix = sp.csr_matrix((np.ones(seen.size, np.float32),
+                            (np.repeat(np.arange(users), 20), seen.ravel())), shape=(users, items))
+    matrix.sum_duplicates()
+    model._user_items = matrix
+    return model
+
+
+def mlp_layers() -> list:
+    rng = np.random.default_rng(1)
+    widths = [2 * FACTORS, 256, 64, 1]
+    return [(rng.standard_normal((o, i)).astype(np.float32) * np.sqrt(2 / i), np.zeros(o, np.float32),
+             "relu" if o > 1 else "sigmoid") for i, o in zip(widths[:-1], widths[1:])]
+
+
+def percentiles(latencies: list, seconds: float) -> dict:
+    values = np.array(latencies) * 1000
+    return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99)),
+            "per_s": len(values) / seconds, "calls": len(values)}
+
+
+def run_threads(call, users: np.ndarray, concurrency: int, seconds: float, requests: int) -> dict:
+    latencies: list = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+    budget = [requests]
+
+    def worker(seed):
+        rng = np.random.default_rng(seed)
+        mine = []
+        while time.perf_counter() < stop:
+            with lock:
+                if budget[0] <= 0:
+                    break
+                budget[0] -= 1
+            user = int(rng.choice(users))
+            started = time.perf_counter()
+            call(user)
+            mine.append(time.perf_counter() - started)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(concurrency)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return percentiles(latencies, time.perf_counter() - began)
+
+
+async def _http_load(port: int, users: np.ndarray, concurrency: int, seconds: float,
+                     requests: int) -> tuple[list, float]:
+    latencies: list = []
+    budget = [requests]
+    stop = time.perf_counter() + seconds
+
+    async def connection(seed):
+        rng = np.random.default_rng(seed)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < stop and budget[0] > 0:
+                budget[0] -= 1
+                body = json.dumps({"user": int(rng.choice(users))}).encode()
+                started = time.perf_counter()
+                writer.write(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                             b"application/json\r\nContent-Length: " + str(len(body)).encode() +
+                             b"\r\n\r\n" + body)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                reply = await reader.readexactly(length)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"server answered {head[:40]!r}: {reply[:200]!r}")
+                latencies.append(time.perf_counter() - started)
+        finally:
+            writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(connection(s) for s in range(concurrency)))
+    return latencies, time.perf_counter() - began
+
+
+def run_http(port: int, users, concurrency: int, seconds: float, requests: int) -> dict:
+    latencies, elapsed = asyncio.run(_http_load(port, users, concurrency, seconds, requests))
+    return percentiles(latencies, elapsed)
+
+
+def child_server(model_path: str, rank: bool, port: int) -> None:
+    """The server process: a Recommender (with the MLP when ``rank``) behind uvicorn."""
+    from recfuse.server import serve
+
+    ranker = recfuse.MLPScorer(mlp_layers()) if rank else None
+    recommender = recfuse.Recommender(model_path, ranker, candidates=CANDIDATES, k=K)
+    serve(recommender, host="127.0.0.1", port=port, model_path=model_path)
+
+
+def start_server(model_path: str, rank: bool) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, __file__, "--child", model_path,
+                                "--child-rank", str(int(rank)), "--child-port", str(port)])
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process, port
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError("the server process exited")
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the server did not start in 120 s")
+
+
+def usual_chain(model: recfuse.ALS, rank: bool):
+    """implicit recommend (+ the MLP in torch, or NumPy without torch) for one user."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    theirs = AlternatingLeastSquares(factors=FACTORS)
+    theirs.user_factors, theirs.item_factors = model.user_factors, model.item_factors
+    seen = model._user_items
+    layers = mlp_layers()
+    try:
+        import torch
+
+        torch.set_num_threads(2)
+        modules = []
+        for W, b, activation in layers:
+            linear = torch.nn.Linear(W.shape[1], W.shape[0])
+            linear.weight.data, linear.bias.data = torch.from_numpy(W), torch.from_numpy(b)
+            modules += [linear, torch.nn.ReLU() if activation == "relu" else torch.nn.Sigmoid()]
+        net = torch.nn.Sequential(*modules).eval()
+        users_t = torch.from_numpy(model.user_factors)
+        items_t = torch.from_numpy(model.item_factors)
+        engine = f"implicit {__import__('implicit').__version__} + torch {torch.__version__}"
+
+        def score(user, ids):
+            with torch.inference_mode():
+                index = torch.from_numpy(ids)
+                rows = torch.cat([users_t[user].expand(ids.size, -1), items_t[index]], dim=1)
+                return net(rows)[:, 0].numpy()
+    except ImportError:
+        engine = (f"implicit {__import__('implicit').__version__} + NumPy MLP (torch is not "
+                  "installed)")
+
+        def score(user, ids):
+            h = np.hstack([np.repeat(model.user_factors[[user]], ids.size, 0),
+                           model.item_factors[ids]])
+            for W, b, activation in layers:
+                h = h @ W.T + b
+                h = np.maximum(h, 0) if activation == "relu" else 1 / (1 + np.exp(-h))
+            return h[:, 0]
+
+    def call(user):
+        ids, _ = theirs.recommend(user, seen[user], N=CANDIDATES if rank else K)
+        if rank:
+            scores = score(user, ids)
+            ids = ids[np.argsort(-scores, kind="stable")[:K]]
+        return ids
+
+    return call, engine
+
+
+def observe_latency(recommender: recfuse.Recommender, users, n: int = 200) -> dict:
+    rng = np.random.default_rng(5)
+    latencies = []
+    n_items = recommender.info()["items"]
+    for _ in range(n):
+        user, item = int(rng.choice(users)), int(rng.integers(0, n_items))
+        started = time.perf_counter()
+        recommender.observe({"user": [user], "item": [item]})
+        latencies.append(time.perf_counter() - started)
+        assert item not in recommender.recommend(user).ids  # visible to the next call
+    values = np.array(latencies) * 1000
+    return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--models", default="ml-small,1M-items")
+    parser.add_argument("--child")
+    parser.add_argument("--child-rank", type=int, default=0)
+    parser.add_argument("--child-port", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.child:
+        child_server(args.child, bool(args.child_rank), args.child_port)
+        return 0
+    loads = {"before": load_average()}
+    print(f"load average before: {loads['before']} (2 cores, shared)")
+    rows, observe = [], {}
+    engine = ""
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models.split(","):
+            if name == "ml-small":
+                model, source = ml_small()
+            else:
+                model, source = million_items(), "random factors"
+            path = os.path.join(folder, f"{name}.npz")
+            model.save(path)
+            users = np.flatnonzero(np.diff(model._user_items.indptr) > 0)
+            shape = f"{model.user_factors.shape[0]} x {model.item_factors.shape[0]}"
+            print(f"\n{name} ({source}, {shape} x {FACTORS})")
+            for rank in (False, True):
+                chain = "recall+rank" if rank else "recall"
+                ranker = recfuse.MLPScorer(mlp_layers()) if rank else None
+                recommender = recfuse.Recommender(path, ranker, candidates=CANDIDATES, k=K)
+                usual, engine = usual_chain(model, rank)
+                for mode, call in (("embedded", recommender.recommend), ("usual", usual)):
+                    for concurrency in CONCURRENCY:
+                        result = run_threads(call, users, concurrency, args.seconds, args.requests)
+                        rows.append({"model": name, "chain": chain, "mode": mode,
+                                     "concurrency": concurrency, **result})
+                        print(f"  {chain:<12} {mode:<9} c={concurrency:<3} "
+                              f"p50 {result['p50_ms']:8.2f} ms  p99 {result['p99_ms']:8.2f} ms  "
+                              f"{result['per_s']:8.0f}/s", flush=True)
+                process, port = start_server(path, rank)
+                try:
+                    run_http(port, users, 4, 0.5, 200)  # warm up
+                    for concurrency in CONCURRENCY:
+                        result = run_http(port, users, concurrency, args.seconds, args.requests)
+                        rows.append({"model": name, "chain": chain, "mode": "http",
+                                     "concurrency": concurrency, **result})
+                        print(f"  {chain:<12} {'http':<9} c={concurrency:<3} "
+                              f"p50 {result['p50_ms']:8.2f} ms  p99 {result['p99_ms']:8.2f} ms  "
+                              f"{result['per_s']:8.0f}/s", flush=True)
+                finally:
+                    process.terminate()
+                    process.wait(10)
+                if not rank:
+                    observe[name] = observe_latency(recommender, users)
+                    print(f"  observe (1 event, then visible): p50 {observe[name]['p50_ms']:.3f} ms"
+                          f"  p99 {observe[name]['p99_ms']:.3f} ms")
+    loads["after"] = load_average()
+    print(f"\nload average after: {loads['after']}; usual chain = {engine}")
+    import implicit
+    import starlette
+    import uvicorn
+
+    report = {"rows": rows, "observe": observe, "load_average": loads, "usual_chain": engine,
+              "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                           "implicit": implicit.__version__, "starlette": starlette.__version__,
+                           "uvicorn": uvicorn.__version__, "recfuse": recfuse.__version__}}
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "bench_serve.json"), "w") as handle:
+        json.dump(report, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""An HTTP JSON API over a ``recfuse.Recommender`` (Starlette + uvicorn: ``pip install
+"recfuse[serve]"``), started by ``recfuse serve MODEL`` or ``create_app(recommender)``.
+
+Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
+
+- ``POST /recommend`` ``{"user": 3, "k": 10, "exclude": [1, 2], "context": [0.5, 1.0]}``
+  -> ``{"user", "items", "scores", "stages", "model_version"}`` (padding dropped), or
+  ``{"users": [...], "k", "excludes": [[...], ...], "contexts": [[...], ...]}`` ->
+  ``{"results": [...], "model_version"}``. Single-user requests arriving together are
+  answered by one native call (micro-batching, below).
+- ``POST /events`` ``{"user": [...], "item": [...], "weight": [...]}`` (or scalars) ->
+  ``{"accepted", "pending_events", "model_version"}``; visible to the next /recommend.
+- ``POST /reload`` -> reloads the model file the server was started with (``swap_model``);
+  a file that fails to load answers 422 and the old model keeps serving.
+- ``GET /health`` -> the model's version, sizes and the event log's length.
+- ``GET /metrics`` -> Prometheus text: requests by route and status, latency histograms,
+  micro-batch sizes, model version, pending and dropped events.
+
+Status codes: 400 malformed JSON, 413 body over ``max_body_bytes``, 422 a well-formed
+request that is wrong (types, ranges, limits, unknown items under ``unknown_items=
+"reject"``, a model file that does not load), 404/405 unknown route or method, 500 a bug
+(logged; the server keeps running).
+
+Micro-batching: single-user requests go to a queue; a batcher takes what is queued (up to
+``max_micro_batch``) and answers it with one ``recommend_batch`` call on a worker thread.
+While more requests are being read it waits up to ``batch_wait`` seconds for them (only
+then: a lone request is answered at once); while every worker is busy, requests simply
+gather for the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+try:
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+except ImportError as error:  # pragma: no cover - exercised without the extra
+    raise ImportError('the HTTP server needs the serve extra: pip install "recfuse[serve]"') \
+        from error
+
+from .serving import Recommender
+
+LOG = logging.getLogger("recfuse.server")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for."""
+
+    max_k: int = 1000
+    max_batch: int = 256  # users in one /recommend request
+    max_exclude: int = 10_000  # ids in one user's exclude list
+    max_events: int = 100_000  # events in one /events request
+    max_body_bytes: int = 1 << 20
+    max_micro_batch: int = 256  # single-user requests answered by one call
+    batch_wait: float = 0.001  # seconds a batch may wait for requests being read
+    workers: int = 2  # threads answering /recommend batches
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Histogram:
+    def __init__(self, buckets):
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for position, bound in enumerate(self.buckets):
+            if value <= bound:
+                self.counts[position] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        self.total += value
+        self.count += 1
+
+    def render(self, name: str, labels: str) -> list[str]:
+        lines, running = [], 0
+        sep = "," if labels else ""
+        for bound, count in zip(self.buckets, self.counts):
+            running += count
+            lines.append(f'{name}_bucket{{{labels}{sep}le="{bound}"}} {running}')
+        lines.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
+        braces = f"{{{labels}}}" if labels else ""
+        lines += [f"{name}_sum{braces} {self.total:.6f}", f"{name}_count{braces} {self.count}"]
+        return lines
+
+
+class Metrics:
+    """Request counters and histograms, rendered as Prometheus text."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests: dict = {}  # (route, status) -> count
+        self.latency: dict = {}  # route -> _Histogram
+        self.batches = _Histogram(BATCH_BUCKETS)
+
+    def record(self, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
+            self.latency.setdefault(route, _Histogram(LATENCY_BUCKETS)).observe(seconds)
+
+    def record_batch(self, size: int) -> None:
+        with self._lock:
+            self.batches.observe(size)
+
+    def render(self, recommender: Recommender) -> str:
+        info = recommender.info()
+        lines = ["# HELP recfuse_requests_total HTTP requests by route and status.",
+                 "# TYPE recfuse_requests_total counter"]
+        with self._lock:
+            for (route, status), count in sorted(self.requests.items()):
+                lines.append(f'recfuse_requests_total{{route="{route}",status="{status}"}} {count}')
+            lines += ["# HELP recfuse_request_seconds Request latency in seconds.",
+                      "# TYPE recfuse_request_seconds histogram"]
+            for route, histogram in sorted(self.latency.items()):
+                lines += histogram.render("recfuse_request_seconds", f'route="{route}"')
+            lines += ["# HELP recfuse_micro_batch_size Requests answered by one native call.",
+                      "# TYPE recfuse_micro_batch_size histogram"]
+            lines += self.batches.render("recfuse_micro_batch_size", "")
+        lines += [
+            "# HELP recfuse_model_version Version of the model answering (1 + swaps).",
+            "# TYPE recfuse_model_version gauge", f"recfuse_model_version {info['version']}",
+            "# HELP recfuse_pending_events Events logged for the next retrain.",
+            "# TYPE recfuse_pending_events gauge", f"recfuse_pending_events {info['pending_events']}",
+            "# HELP recfuse_dropped_events_total Events pushed out of the bounded log.",
+            "# TYPE recfuse_dropped_events_total counter",
+            f"recfuse_dropped_events_total {info['dropped_events']}",
+            "# HELP recfuse_observed_users Users updated in real time since the model loaded.",
+            "# TYPE recfuse_observed_users gauge", f"recfuse_observed_users {info['observed_users']}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- request checks
+
+
+def _integer(value, name: str, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _BadRequest(422, f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise _BadRequest(422, f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _integers(value, name: str, limit: int) -> list:
+    if not isinstance(value, list):
+        raise _BadRequest(422, f"{name} must be a list of integers, got {type(value).__name__}")
+    if len(value) > limit:
+        raise _BadRequest(422, f"{name} has {len(value)} entries; at most {limit} are accepted")
+    for entry in value:
+        if isinstance(entry, bool) or not isinstance(entry, int) or entry < 0:
+            raise _BadRequest(422, f"{name} must hold integers >= 0, got {entry!r:.40}")
+    return value
+
+
+def _numbers(value, name: str, width: int) -> list:
+    if width == 0:
+        raise _BadRequest(422, f"{name} given, but the ranker takes no context columns")
+    if not isinstance(value, list) or len(value) != width or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value):
+        raise _BadRequest(422, f"{name} must be a list of {width} finite numbers")
+    return value
+
+
+def _fields(body, allowed: set, name: str) -> dict:
+    if not isinstance(body, dict):
+        raise _BadRequest(422, f"the {name} body must be a JSON object, got "
+                               f"{type(body).__name__}")
+    unknown = set(body) - allowed
+    if unknown:
+        raise _BadRequest(422, f"unknown fields {sorted(unknown)}; expected {sorted(allowed)}")
+    return body
+
+
+def _row(result, position: int | None = None) -> dict:
+    ids, scores, stages = result.ids, result.scores, result.stages
+    if position is not None:
+        ids, scores, stages = ids[position], scores[position], stages[position]
+    keep = ids >= 0
+    return {"items": ids[keep].tolist(), "scores": scores[keep].astype(float).tolist(),
+            "stages": stages[keep].tolist()}
+
+
+# ---------------------------------------------------------------------- the app
+
+
+class _Batcher:
+    """Single-user requests gathered into one recommend_batch call per batch."""
+
+    def __init__(self, recommender: Recommender, limits: Limits, metrics: Metrics,
+                 executor: concurrent.futures.Executor):
+        self.recommender = recommender
+        self.limits = limits
+        self.metrics = metrics
+        self.executor = executor
+        self.queue: asyncio.Queue | None = None
+        self.arriving = 0  # /recommend requests being read or queued
+        self.slots: asyncio.Semaphore | None = None
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.slots = asyncio.Semaphore(self.limits.workers)
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    async def answer(self, user: int, k: int, exclude, context):
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((user, k, exclude, context, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            await self.slots.acquire()
+            deadline = loop.time() + self.limits.batch_wait
+            while len(batch) < self.limits.max_micro_batch:
+                if not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                elif self.arriving > len(batch) and loop.time() < deadline:
+                    await asyncio.sleep(0)  # let the requests being read reach the queue
+                else:
+                    break
+            self.metrics.record_batch(len(batch))
+            work = loop.run_in_executor(self.executor, self._call, batch)
+            work.add_done_callback(lambda done, batch=batch: self._deliver(done, batch))
+
+    def _deliver(self, done, batch) -> None:
+        self.slots.release()
+        error = done.exception()
+        answers = None if error else done.result()
+        for position, (*_, future) in enumerate(batch):
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(answers[position])
+
+    def _call(self, batch) -> list:
+        """One native call per group of the batch; if one fails, its requests alone (so one
+        bad request cannot fail the others)."""
+        answers: list = [None] * len(batch)
+        for positions in self._groups(batch).values():
+            group = [batch[p] for p in positions]
+            try:
+                result = self.recommender.recommend_batch(
+                    [entry[0] for entry in group], max(entry[1] for entry in group),
+                    [entry[2] for entry in group],
+                    None if group[0][3] is None else np.array([entry[3] for entry in group]))
+                for row, p in enumerate(positions):
+                    answers[p] = (_row(result, row), result.version, batch[p][1])
+            except Exception:  # noqa: BLE001 - retried one by one below
+                for p in positions:
+                    user, k, exclude, context, _ = batch[p]
+                    try:
+                        one = self.recommender.recommend(user, k, exclude, context)
+                        answers[p] = (_row(one), one.version, k)
+                    except Exception as error:  # noqa: BLE001 - handed to that request
+                        answers[p] = error
+        return answers
+
+    def _groups(self, batch) -> dict:
+        """Positions of the batch by the recall depth their k asks for: a list is the prefix
+        of a longer one only when both rank and re-rank the same candidates."""
+        recommender = self.recommender
+        deep = recommender.ranker is not None or (
+            recommender.rerank is not None and recommender.rerank.reorders)
+        groups: dict = {}
+        for position, entry in enumerate(batch):
+            key = max(entry[1], recommender.candidates) if deep else 0
+            groups.setdefault(key, []).append(position)
+        return groups
+
+
+def create_app(recommender: Recommender, *, model_path: str | None = None,
+               limits: Limits | None = None) -> Starlette:
+    """The Starlette app serving ``recommender``; ``model_path`` is what /reload reloads."""
+    limits = limits or Limits()
+    metrics = Metrics()
+    readers = concurrent.futures.ThreadPoolExecutor(limits.workers, "recfuse-recommend")
+    writers = concurrent.futures.ThreadPoolExecutor(1, "recfuse-write")
+    batcher = _Batcher(recommender, limits, metrics, readers)
+
+    async def body_of(request: Request):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise _BadRequest(413, f"the body has {declared} bytes; at most "
+                                   f"{limits.max_body_bytes} are accepted")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                raise _BadRequest(413, f"the body exceeds {limits.max_body_bytes} bytes")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw:
+            return {}
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise _BadRequest(400, f"the body is not valid JSON: {error}") from None
+
+    def timed(route: str, handler):
+        async def endpoint(request: Request) -> Response:
+            started = time.perf_counter()
+            try:
+                response = await handler(request)
+            except _BadRequest as error:
+                response = JSONResponse({"error": error.message}, status_code=error.status)
+            except (ValueError, TypeError) as error:  # the recommender refused the input
+                response = JSONResponse({"error": str(error)}, status_code=422)
+            except Exception as error:  # noqa: BLE001 - the server must keep running
+                LOG.exception("%s failed", route)
+                response = JSONResponse({"error": f"internal error: {type(error).__name__}"},
+                                        status_code=500)
+            metrics.record(route, response.status_code, time.perf_counter() - started)
+            return response
+
+        return endpoint
+
+    async def recommend(request: Request) -> Response:
+        batcher.arriving += 1
+        try:
+            body = _fields(await body_of(request), {"user", "users", "k", "exclude", "excludes",
+                                                     "context", "contexts"}, "/recommend")
+            k = _integer(body.get("k", recommender.k), "k", 1, limits.max_k)
+            width = recommender.context_width
+            if "users" in body:
+                return await recommend_many(body, k, width)
+            if "user" not in body:
+                raise _BadRequest(422, "give 'user' (one id) or 'users' (a list of ids)")
+            user = _integer(body["user"], "user")
+            exclude = body.get("exclude")
+            if exclude is not None:
+                exclude = _integers(exclude, "exclude", limits.max_exclude)
+            context = body.get("context")
+            if width and context is None:
+                raise _BadRequest(422, f"context is required: a list of {width} numbers")
+            if context is not None:
+                context = _numbers(context, "context", width)
+            answer = await batcher.answer(user, k, exclude, context)
+        finally:
+            batcher.arriving -= 1
+        if isinstance(answer, Exception):
+            raise answer
+        row, version, wanted = answer
+        row = {key: values[:wanted] for key, values in row.items()}
+        return JSONResponse({"user": user, **row, "model_version": version})
+
+    async def recommend_many(body: dict, k: int, width: int) -> Response:
+        users = _integers(body["users"], "users", limits.max_batch)
+        excludes = body.get("excludes")
+        if excludes is not None:
+            if not isinstance(excludes, list) or len(excludes) != len(users):
+                raise _BadRequest(422, "excludes must be a list with one list per user")
+            excludes = [None if e is None else _integers(e, f"excludes[{p}]", limits.max_exclude)
+                        for p, e in enumerate(excludes)]
+        contexts = body.get("contexts")
+        if width and contexts is None:
+            raise _BadRequest(422, f"contexts are required: one list of {width} numbers per user")
+        if contexts is not None:
+            if not isinstance(contexts, list) or len(contexts) != len(users):
+                raise _BadRequest(422, "contexts must be a list with one list per user")
+            contexts = np.array([_numbers(c, f"contexts[{p}]", width)
+                                 for p, c in enumerate(contexts)], dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(readers, recommender.recommend_batch, users, k,
+                                            excludes, contexts)
+        metrics.record_batch(len(users))
+        return JSONResponse({"results": [{"user": u, **_row(result, p)}
+                                         for p, u in enumerate(users)],
+                             "model_version": result.version})
+
+    async def events(request: Request) -> Response:
+        body = _fields(await body_of(request), {"user", "item", "weight"}, "/events")
+        if "user" not in body or "item" not in body:
+            raise _BadRequest(422, "events need 'user' and 'item' (lists of ids, or one id each)")
+        columns = {}
+        for name in ("user", "item", "weight"):
+            if name not in body:
+                continue
+            value = body[name]
+            value = value if isinstance(value, list) else [value]
+            if len(value) > limits.max_events:
+                raise _BadRequest(422, f"{name} has {len(value)} entries; at most "
+                                       f"{limits.max_events} events are accepted per request")
+            if name == "weight":
+                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                    raise _BadRequest(422, "weight must be numbers")
+            else:
+                _integers(value, name, limits.max_events)
+            columns[name] = np.array(value, dtype=np.float64 if name == "weight" else np.int64)
+        loop = asyncio.get_running_loop()
+        accepted = await loop.run_in_executor(writers, recommender.observe, columns)
+        info = recommender.info()
+        return JSONResponse({"accepted": accepted, "pending_events": info["pending_events"],
+                             "model_version": info["version"]})
+
+    async def reload(request: Request) -> Response:
+        _fields(await body_of(request), set(), "/reload")
+        if model_path is None:
+            raise _BadRequest(422, "this server was not started from a model file; nothing to "
+                                   "reload")
+        loop = asyncio.get_running_loop()
+        try:
+            version = await loop.run_in_executor(writers, recommender.swap_model, model_path)
+        except (ValueError, TypeError, OSError, KeyError) as error:
+            raise _BadRequest(422, f"the model was not reloaded ({error}); still serving "
+                                   f"version {recommender.version}") from None
+        return JSONResponse({"model_version": version})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", **recommender.info()})
+
+    async def prometheus(request: Request) -> Response:
+        return PlainTextResponse(metrics.render(recommender),
+                                 media_type="text/plain; version=0.0.4")
+
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        return JSONResponse({"error": error.detail}, status_code=error.status_code)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            readers.shutdown(wait=False)
+            writers.shutdown(wait=False)
+
+    routes = [
+        Route("/recommend", timed("/recommend", recommend), methods=["POST"]),
+        Route("/events", timed("/events", events), methods=["POST"]),
+        Route("/reload", timed("/reload", reload), methods=["POST"]),
+        Route("/health", timed("/health", health), methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error},
+                    lifespan=lifespan)
+    app.state.recommender = recommender
+    app.state.metrics = metrics
+    return app
+
+
+def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000,
+          model_path: str | None = None, limits: Limits | None = None,
+          log_level: str = "warning") -> None:
+    """Run the API with uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(recommender, model_path=model_path, limits=limits)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,217 @@
+"""The HTTP API through a real uvicorn server on loopback, started and stopped here."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import recfuse
+
+uvicorn = pytest.importorskip("uvicorn", reason="the [serve] extra (uvicorn) is not installed")
+pytest.importorskip("starlette", reason="the [serve] extra (starlette) is not installed")
+httpx = pytest.importorskip("httpx", reason="httpx (test extra) is not installed")
+
+from recfuse.server import Limits, create_app  # noqa: E402
+
+N_USERS, N_ITEMS = 80, 60
+
+
+class Running:
+    """A uvicorn server for ``app`` on a free loopback port, in a thread."""
+
+    def __init__(self, app):
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+
+    def stop(self):
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    seen = sp.random(N_USERS, N_ITEMS, density=0.1, format="csr", random_state=5,
+                     dtype=np.float32)
+    model = recfuse.ALS(factors=5, iterations=3, random_state=0).fit(seen)
+    path = tmp_path_factory.mktemp("serve") / "model.npz"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(model_file):
+    recommender = recfuse.Recommender(model_file, k=5, unknown_items="reject", num_threads=1)
+    limits = Limits(max_k=50, max_batch=8, max_body_bytes=4096, max_events=100)
+    running = Running(create_app(recommender, model_path=str(model_file), limits=limits))
+    yield running
+    running.stop()
+
+
+def test_recommend_matches_embedded(server, model_file):
+    embedded = recfuse.Recommender(model_file, k=5)
+    reply = server.client.post("/recommend", json={"user": 3, "k": 7, "exclude": [1]})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    want = embedded.recommend(3, k=7, exclude=[1])
+    assert body["items"] == want.ids.tolist() and body["model_version"] == 1
+    np.testing.assert_allclose(body["scores"], want.scores, rtol=1e-6)
+    many = server.client.post("/recommend", json={"users": [3, 4, 10_000]}).json()
+    assert [r["items"] for r in many["results"][:2]] == \
+        embedded.recommend_batch([3, 4]).ids.tolist()
+    assert set(many["results"][2]["stages"]) == {"popular"}
+
+
+def test_concurrent_requests_are_answered_correctly(server, model_file):
+    embedded = recfuse.Recommender(model_file, k=5)
+    users = list(range(40))
+    want = embedded.recommend_batch(users).ids.tolist()
+
+    def ask(user):
+        return server.client.post("/recommend", json={"user": user}).json()["items"]
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(ask, users * 3))
+    assert got == want * 3
+    metrics = server.client.get("/metrics").text
+    assert "recfuse_micro_batch_size_count" in metrics
+
+
+def test_events_are_visible_and_kept_after_a_rejected_request(server):
+    first = server.client.post("/recommend", json={"user": 6}).json()["items"]
+    reply = server.client.post("/events", json={"user": [6], "item": [first[0]],
+                                                "weight": [3.0]})
+    assert reply.status_code == 200 and reply.json()["accepted"] == 1
+    assert first[0] not in server.client.post("/recommend", json={"user": 6}).json()["items"]
+    pending = reply.json()["pending_events"]
+    bad = server.client.post("/events", json={"user": [6, 7], "item": [2, N_ITEMS + 1]})
+    assert bad.status_code == 422 and "unknown item" in bad.json()["error"]
+    assert server.client.get("/health").json()["pending_events"] == pending
+
+
+@pytest.mark.parametrize("path, payload, status, message", [
+    ("/recommend", b"{not json", 400, "not valid JSON"),
+    ("/recommend", b"[1, 2]", 422, "JSON object"),
+    ("/recommend", b'{"user": "3"}', 422, "user must be an integer"),
+    ("/recommend", b'{"user": true}', 422, "user must be an integer"),
+    ("/recommend", b'{"user": -2}', 422, "user must be >= 0"),
+    ("/recommend", b'{"user": 1, "k": 51}', 422, "k must be between 1 and 50"),
+    ("/recommend", b'{"user": 1, "k": 0}', 422, "k must be between"),
+    ("/recommend", b'{"user": 1, "exclude": [1.5]}', 422, "exclude must hold integers"),
+    ("/recommend", b'{"user": 1, "context": [1.0]}', 422, "takes no context"),
+    ("/recommend", b'{"user": 1, "colour": 2}', 422, "unknown fields"),
+    ("/recommend", b'{"users": [1,2,3,4,5,6,7,8,9]}', 422, "at most 8"),
+    ("/recommend", b"{}", 422, "give 'user'"),
+    ("/recommend", b'{"user": 1, "pad": "' + b"x" * 5000 + b'"}', 413, "at most 4096"),
+    ("/events", b'{"user": [1]}', 422, "need 'user' and 'item'"),
+    ("/events", b'{"user": [1], "item": ["a"]}', 422, "integers"),
+    ("/events", b'{"user": [1], "item": [2], "weight": ["x"]}', 422, "numbers"),
+    ("/events", b'{"user": [1, 2], "item": [2]}', 422, "same length"),
+    ("/events", b'{"user": [1], "item": [2], "weight": [-1]}', 422, ">= 0"),
+    ("/events", b'{"user": ' + str(list(range(101))).encode() + b', "item": [1]}', 422,
+     "at most 100"),
+    ("/reload", b'{"path": "/etc/passwd"}', 422, "unknown fields"),
+])
+def test_bad_input_is_answered_clearly(server, path, payload, status, message):
+    pending = server.client.get("/health").json()["pending_events"]
+    reply = server.client.post(path, content=payload,
+                               headers={"content-type": "application/json"})
+    assert reply.status_code == status, reply.text
+    assert message in reply.json()["error"]
+    health = server.client.get("/health")
+    assert health.status_code == 200 and health.json()["pending_events"] == pending
+
+
+def test_wrong_routes_and_methods(server):
+    assert server.client.get("/recommend").status_code == 405
+    assert server.client.get("/nowhere").status_code == 404
+
+
+def test_reload_keeps_the_old_model_when_the_file_is_corrupt(server, model_file):
+    good = model_file.read_bytes()
+    server.client.post("/events", json={"user": 2, "item": 3})
+    before = server.client.post("/recommend", json={"user": 2}).json()
+    try:
+        model_file.write_bytes(good[: len(good) // 3])
+        reply = server.client.post("/reload")
+        assert reply.status_code == 422 and "still serving version 1" in reply.json()["error"]
+        assert server.client.post("/recommend", json={"user": 2}).json() == before
+    finally:
+        model_file.write_bytes(good)
+    reply = server.client.post("/reload")
+    assert reply.status_code == 200 and reply.json()["model_version"] == 2
+    after = server.client.post("/recommend", json={"user": 2}).json()
+    assert after["items"] == before["items"] and after["model_version"] == 2  # replayed
+    metrics = server.client.get("/metrics").text
+    assert "recfuse_model_version 2" in metrics
+    assert 'recfuse_requests_total{route="/reload",status="422"}' in metrics
+    assert 'recfuse_request_seconds_bucket{route="/recommend",le="+Inf"}' in metrics
+
+
+def test_unknown_items_added_when_the_setting_says_so(model_file):
+    recommender = recfuse.Recommender(model_file, k=N_ITEMS + 1, num_threads=1)
+    running = Running(create_app(recommender))
+    try:
+        reply = running.client.post("/events", json={"user": [1, 2], "item": [N_ITEMS] * 2})
+        assert reply.status_code == 200
+        items = running.client.post("/recommend", json={"user": 3, "k": 61}).json()["items"]
+        assert N_ITEMS in items
+        assert running.client.post("/reload").status_code == 422  # no model file to reload
+    finally:
+        running.stop()
+
+
+def test_ranker_with_context_over_http(model_file):
+    rng = np.random.default_rng(2)
+    factors = recfuse.load(model_file).item_factors.shape[1]
+    layers = [(rng.standard_normal((8, 2 * factors + 2)).astype(np.float32), None, "relu"),
+              (rng.standard_normal((1, 8)).astype(np.float32), None, "identity")]
+    recommender = recfuse.Recommender(model_file, recfuse.MLPScorer(layers), candidates=20, k=4,
+                                      num_threads=1)
+    running = Running(create_app(recommender))
+    try:
+        reply = running.client.post("/recommend", json={"user": 5, "context": [0.5, -1.0]})
+        assert reply.status_code == 200, reply.text
+        want = recommender.recommend(5, context_features=[0.5, -1.0])
+        assert reply.json()["items"] == want.ids.tolist()
+        assert set(reply.json()["stages"]) == {"rank"}
+        many = running.client.post("/recommend", json={"users": [5, 6],
+                                                       "contexts": [[0.5, -1.0], [0, 0]]})
+        assert many.json()["results"][0]["items"] == want.ids.tolist()
+        missing = running.client.post("/recommend", json={"user": 5})
+        assert missing.status_code == 422 and "context is required" in missing.json()["error"]
+        wrong = running.client.post("/recommend", json={"user": 5, "context": [1, "x"]})
+        assert wrong.status_code == 422 and "2 finite numbers" in wrong.json()["error"]
+    finally:
+        running.stop()
+
+
+def test_micro_batch_answers_each_k_as_if_alone(model_file):
+    from recfuse.server import Metrics, _Batcher
+
+    rng = np.random.default_rng(3)
+    factors = recfuse.load(model_file).item_factors.shape[1]
+    layers = [(rng.standard_normal((6, 2 * factors)).astype(np.float32), None, "relu"),
+              (rng.standard_normal((1, 6)).astype(np.float32), None, "identity")]
+    recommender = recfuse.Recommender(model_file, recfuse.MLPScorer(layers), candidates=10)
+    batcher = _Batcher(recommender, Limits(), Metrics(), None)
+    batch = [(5, 3, None, None, None), (5, 30, None, None, None), (6, 8, [1], None, None)]
+    answers = batcher._call(batch)
+    for (user, k, exclude, _, _), (row, version, wanted) in zip(batch, answers):
+        alone = recommender.recommend(user, k, exclude)
+        assert row["items"][:wanted] == alone.ids[alone.ids >= 0].tolist() and version == 1

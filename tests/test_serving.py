@@ -1,0 +1,354 @@
+"""recfuse.Recommender: the chain against a slow reference built from the same parts,
+fold-in against a refit of the user, added users and items, bad input, concurrent swaps."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import recfuse
+from recfuse import reference
+from recfuse.serving import Recommender, Rerank, mmr
+
+N_USERS, N_ITEMS, FACTORS = 120, 90, 6
+
+
+@pytest.fixture(scope="module")
+def seen():
+    return sp.random(N_USERS, N_ITEMS, density=0.08, format="csr", random_state=3,
+                     dtype=np.float32) * 4
+
+
+@pytest.fixture(scope="module")
+def als(seen):
+    return recfuse.ALS(factors=FACTORS, iterations=4, regularization=0.1, solver="cholesky",
+                       random_state=0).fit(seen)
+
+
+@pytest.fixture(scope="module")
+def scorer(seen, als):
+    ranker = recfuse.MLPRanker(hidden=(12,), epochs=2, random_state=0)
+    context = np.random.default_rng(0).standard_normal((N_USERS, 2))
+    ranker.fit(seen, np.hstack([als.user_factors, context]), als.item_factors)
+    return ranker.to_scorer()
+
+
+def _mmr_reference(scores, vectors, k, diversity, categories, cap):
+    """MMR written out in plain Python (the slow path)."""
+    low, high = min(scores), max(scores)
+    relevance = [(s - low) / (high - low) if high > low else 1.0 for s in scores]
+    unit = [v / np.linalg.norm(v) if np.linalg.norm(v) > 0 else v for v in vectors]
+    chosen, used = [], {}
+    while len(chosen) < k:
+        best, best_value = None, -np.inf
+        for i in range(len(scores)):
+            if i in chosen or (cap is not None and used.get(categories[i], 0) >= cap):
+                continue
+            penalty = max((float(unit[i] @ unit[j]) for j in chosen), default=0.0)
+            value = diversity * relevance[i] - (1 - diversity) * penalty
+            if value > best_value + 1e-12:
+                best, best_value = i, value
+        if best is None:
+            break
+        chosen.append(best)
+        used[categories[best]] = used.get(categories[best], 0) + 1
+    return chosen
+
+
+def _reference_chain(als, scorer, seen, user, context, k, candidates, rules):
+    """recall by reference.topk, MLP by reference.mlp_forward, MMR and caps by hand."""
+    mask = np.ones(N_ITEMS, dtype=bool)
+    mask[rules.deny] = False
+    X, Y = als.user_factors.astype(np.float64), als.item_factors.astype(np.float64)
+    ids, _ = reference.topk(X[[user]], Y, candidates, exclude=seen[[user]], mask=mask)
+    ids = ids[0][ids[0] >= 0]
+    rows = np.hstack([np.repeat(X[[user]], ids.size, 0), np.repeat(context[None], ids.size, 0),
+                      Y[ids]])
+    scores = reference.mlp_forward(scorer.layers, rows)[:, 0]
+    order = np.lexsort((ids, -scores))
+    ids, scores = ids[order], scores[order]
+    chosen = _mmr_reference(list(scores), list(Y[ids]), k, rules.diversity,
+                            list(rules.item_categories[ids]), rules.category_cap)
+    return ids[chosen], scores[chosen]
+
+
+def test_chain_matches_slow_reference(als, scorer, seen):
+    categories = np.arange(N_ITEMS) % 4
+    rules = Rerank(diversity=0.6, item_categories=categories, category_cap=2,
+                   deny=np.array([0, 5, 7]))
+    rec = Recommender(als, scorer, candidates=30, k=8, rerank=rules, num_threads=1)
+    rng = np.random.default_rng(1)
+    users = np.flatnonzero(np.diff(seen.indptr) > 0)[:25]
+    contexts = rng.standard_normal((users.size, 2)).astype(np.float32)
+    batch = rec.recommend_batch(users, context_features=contexts)
+    for row, user in enumerate(users):
+        want_ids, want_scores = _reference_chain(als, scorer, seen, user, contexts[row], 8, 30,
+                                                 rules)
+        single = rec.recommend(int(user), context_features=contexts[row])
+        np.testing.assert_array_equal(single.ids, batch.ids[row])
+        np.testing.assert_array_equal(batch.ids[row], want_ids)
+        np.testing.assert_allclose(batch.scores[row], want_scores, rtol=1e-4, atol=1e-5)
+        assert set(batch.stages[row]) <= {"rank", "rerank"}
+        assert not set(batch.ids[row].tolist()) & (set(seen[user].indices.tolist()) | {0, 5, 7})
+        assert np.bincount(categories[batch.ids[row]]).max() <= 2
+
+
+def test_recall_only_equals_model_recommend(als, seen):
+    rec = Recommender(als, k=7)
+    users = np.arange(N_USERS)
+    users = users[np.diff(seen.indptr) > 0]
+    got = rec.recommend_batch(users)
+    want_ids, want_scores = als.recommend(users, k=7)
+    np.testing.assert_array_equal(got.ids, want_ids)
+    np.testing.assert_allclose(got.scores, want_scores, rtol=1e-6)
+    assert (got.stages[got.ids >= 0] == "recall").all() and got.version == 1
+
+
+def test_cold_start_popular(als, seen):
+    rec = Recommender(als, k=5, rerank=Rerank(deny=[int(np.argmax(np.diff(seen.tocsc().indptr)))]))
+    counts = np.bincount(seen.indices, minlength=N_ITEMS)
+    order = [i for i in np.lexsort((np.arange(N_ITEMS), -counts)) if i not in rec.rerank.deny]
+    for user in (N_USERS + 10, 10**6):
+        got = rec.recommend(user, exclude=[order[1]])
+        assert list(got.ids) == [order[0]] + order[2:6]
+        assert (got.stages == "popular").all()
+
+
+def test_observe_equals_refit_of_the_user(als, seen, tmp_path):
+    path = tmp_path / "als.npz"
+    als.save(path)
+    rec = Recommender(path, k=10)
+    user = 4
+    events = {"user": [user, user, user], "item": [3, 11, 3], "weight": [1.0, 2.0, 0.5]}
+    assert rec.observe(events) == 3
+    row = seen[user].toarray()[0].astype(np.float64)
+    row[3] += 1.5
+    row[11] += 2.0
+    R = sp.csr_matrix(row[None, :])
+    Y = als.item_factors.astype(np.float64)
+    want = reference.als_half_sweep(R, Y, np.zeros((1, FACTORS)), regularization=0.1,
+                                    alpha=1.0, solver="cholesky")[0]
+    got = rec._state.users[user].vector
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    refit = recfuse.load(path)
+    refit.update_users([user], sp.csr_matrix(R, dtype=np.float32))
+    want_ids, want_scores = refit.recommend(user, k=10)
+    result = rec.recommend(user)
+    np.testing.assert_array_equal(result.ids, want_ids)
+    np.testing.assert_allclose(result.scores, want_scores, rtol=1e-4, atol=1e-5)
+    assert not {3, 11} & set(result.ids.tolist())
+    # a new user: the same solve from an empty row
+    newcomer = N_USERS + 5
+    assert rec.recommend(newcomer).stages[0] == "popular"
+    rec.observe({"user": [newcomer] * 2, "item": [1, 2]})
+    R = sp.csr_matrix((np.ones(2), [1, 2], [0, 2]), shape=(1, N_ITEMS))
+    want = reference.als_half_sweep(R, Y, np.zeros((1, FACTORS)), regularization=0.1,
+                                    solver="cholesky")[0]
+    np.testing.assert_allclose(rec._state.users[newcomer].vector, want, rtol=2e-4, atol=2e-5)
+    assert rec.recommend(newcomer).stages[0] == "recall"
+    events = rec.pending_events()
+    assert events.users.tolist() == [user] * 3 + [newcomer] * 2
+
+
+def test_added_items_and_the_reject_setting(als, seen):
+    rec = Recommender(als, k=N_ITEMS + 5, new_item_users=2, max_new_items=10)
+    new_item = N_ITEMS + 2
+    rec.observe({"user": [1, 2, 3], "item": [new_item] * 3})
+    vectors = [rec._state.users[u].vector for u in (1, 2)]  # its first two users
+    table = rec._state.new_items.table
+    np.testing.assert_allclose(table[2], np.mean(vectors, axis=0), rtol=1e-5)
+    assert np.isnan(table[0]).all()  # ids not seen yet are never returned
+    other = rec.recommend(10)
+    assert new_item in other.ids and N_ITEMS not in other.ids and N_ITEMS + 1 not in other.ids
+    assert new_item not in rec.recommend(1).ids  # seen by user 1
+    with pytest.raises(ValueError, match="beyond the items"):
+        rec.observe({"user": [1], "item": [N_ITEMS + 10]})
+    strict = Recommender(als, unknown_items="reject")
+    before = strict.recommend(1)
+    with pytest.raises(ValueError, match="unknown item ids"):
+        strict.observe({"user": [1, 1], "item": [2, N_ITEMS]})
+    assert strict.pending_events().users.size == 0
+    np.testing.assert_array_equal(strict.recommend(1).ids, before.ids)
+
+
+def test_sgd_models_fold_in(seen):
+    coo = seen.tocoo()
+    svd = recfuse.SVD(factors=4, epochs=5, random_state=0).fit(coo.row, coo.col,
+                                                             np.ceil(coo.data + 1))
+    rec = Recommender(svd, k=5)
+    user = 0
+    want_ids, want_scores = svd.recommend(user, k=5)
+    first = rec.recommend(user)
+    np.testing.assert_array_equal(first.ids, want_ids)
+    np.testing.assert_allclose(first.scores, want_scores, rtol=1e-5)
+    item = int(want_ids[-1])
+    before = rec._state.users.get(user)
+    rec.observe({"user": [user], "item": [item], "weight": [1.0]})  # a low rating
+    assert item not in rec.recommend(user).ids
+    state = rec._state.users[user]
+    assert before is None and state.vector @ svd.item_factors[item] + state.offset < \
+        svd.user_factors[user] @ svd.item_factors[item] + svd.global_mean + svd.user_bias[user]
+    bpr = recfuse.BPR(factors=6, iterations=10, random_state=0).fit(seen)
+    rec = Recommender(bpr, k=5)
+    np.testing.assert_array_equal(rec.recommend(user).ids, bpr.recommend(user, k=5)[0])
+    target = int(np.argsort(bpr.user_factors[user] @ bpr.item_factors.T)[N_ITEMS // 2])
+    old = bpr.user_factors[user] @ bpr.item_factors[target]
+    rec.observe({"user": [user], "item": [target]})
+    assert rec._state.users[user].vector @ bpr.item_factors[target] > old
+
+
+@pytest.mark.parametrize("events, error, message", [
+    ([1, 2], TypeError, "mapping"),
+    ({"user": [1]}, ValueError, "'user' and 'item'"),
+    ({"user": [1], "item": [2], "extra": 1}, ValueError, "unknown fields"),
+    ({"user": [1.5], "item": [2]}, TypeError, "integer ids"),
+    ({"user": ["a"], "item": [2]}, TypeError, "integer ids"),
+    ({"user": [1, 2], "item": [2]}, ValueError, "same length"),
+    ({"user": [-1], "item": [2]}, ValueError, ">= 0"),
+    ({"user": [1], "item": [2], "weight": [np.nan]}, ValueError, "finite"),
+    ({"user": [1], "item": [2], "weight": [-1.0]}, ValueError, ">= 0"),
+    ({"user": [1], "item": [2], "weight": [1, 2]}, ValueError, "one value per event"),
+])
+def test_observe_bad_input_changes_nothing(als, events, error, message):
+    rec = Recommender(als)
+    rec.observe({"user": [1], "item": [2]})
+    with pytest.raises(error, match=message):
+        rec.observe(events)
+    assert rec.pending_events().users.tolist() == [1]
+    assert list(rec._state.users) == [1]
+
+
+def test_recommend_bad_input(als, scorer):
+    rec = Recommender(als)
+    with pytest.raises(TypeError, match="user must be an integer"):
+        rec.recommend("3")
+    with pytest.raises(ValueError, match="user must be >= 0"):
+        rec.recommend(-1)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        rec.recommend(1, k=0)
+    with pytest.raises(ValueError, match="takes no context"):
+        rec.recommend(1, context_features=[1.0])
+    ranked = Recommender(als, scorer)
+    with pytest.raises(ValueError, match="context_features are required"):
+        ranked.recommend(1)
+    with pytest.raises(ValueError, match=r"shape \(1, 2\)"):
+        ranked.recommend(1, context_features=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="diversity"):
+        Rerank(diversity=1.5)
+    with pytest.raises(ValueError, match="go together"):
+        Rerank(category_cap=2)
+    with pytest.raises(TypeError, match="retriever"):
+        Recommender(object())
+
+
+def test_pending_log_is_bounded_and_clears(als):
+    rec = Recommender(als, max_pending_events=5)
+    for user in range(4):
+        rec.observe({"user": [user, user], "item": [1, 2]})
+    events = rec.pending_events()
+    assert events.users.tolist() == [1, 2, 2, 3, 3] and rec.dropped_events == 3
+    assert rec.pending_events(clear=True).users.size == 5
+    assert rec.pending_events().users.size == 0
+
+
+def test_swap_keeps_old_model_on_failure_and_replays(als, seen, tmp_path):
+    good = tmp_path / "good.npz"
+    als.save(good)
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(good.read_bytes()[:300])
+    rec = Recommender(good)
+    rec.observe({"user": [2], "item": [40]})
+    before = rec.recommend(2)
+    with pytest.raises(ValueError, match="not a readable recfuse model"):
+        rec.swap_model(corrupt)
+    with pytest.raises(FileNotFoundError):
+        rec.swap_model(tmp_path / "missing.npz")
+    assert rec.version == 1
+    np.testing.assert_array_equal(rec.recommend(2).ids, before.ids)
+    assert rec.swap_model(good) == 2
+    after = rec.recommend(2)  # the pending event was replayed into the new model
+    assert after.version == 2 and 40 not in after.ids
+    np.testing.assert_array_equal(after.ids, before.ids)
+
+
+def test_concurrent_readers_observe_and_swaps_never_mix(als, seen, tmp_path):
+    other = recfuse.ALS(factors=FACTORS, iterations=2, regularization=0.1, solver="cholesky",
+                        random_state=7).fit(seen)
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    als.save(paths[0])
+    other.save(paths[1])
+    users = np.arange(20)
+    expected = [Recommender(path, k=6, unknown_items="reject").recommend_batch(users).ids
+                for path in paths]
+    assert (expected[0] != expected[1]).any()
+    rec = Recommender(paths[0], k=6, unknown_items="reject")
+    errors, answers = [], []
+    stop = threading.Event()
+
+    def reader(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                chosen = rng.choice(users, size=3, replace=False)
+                got = rec.recommend_batch(chosen)
+                which = (got.version - 1) % 2  # versions alternate a, b, a, ...
+                if not (got.ids == expected[which][chosen]).all():
+                    errors.append(f"mixed answer at version {got.version}")
+                answers.append(got.version)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+
+    def writer():
+        try:
+            for step in range(6):
+                rec.observe({"user": [100 + step], "item": [step]})  # users outside the check
+                rec.swap_model(paths[(step + 1) % 2])
+        except Exception as error:  # noqa: BLE001
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    writer()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    assert len(set(answers)) >= 2 and rec.version == 7
+
+
+def test_mmr_extremes():
+    scores = np.array([3.0, 2.0, 1.0])
+    vectors = np.array([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0]])
+    assert mmr(scores, vectors, 3, 1.0).tolist() == [0, 1, 2]
+    assert mmr(scores, vectors, 2, 0.3).tolist() == [0, 2]
+    assert mmr(scores, vectors, 3, 1.0, np.array([0, 0, 1]), 1).tolist() == [0, 2]
+
+
+def test_als_update_users_is_one_snapshot_for_concurrent_readers(seen):
+    model = recfuse.ALS(factors=4, iterations=2, random_state=0).fit(seen)
+    errors = []
+    stop = threading.Event()
+
+    def reader():
+        try:
+            while not stop.is_set():
+                known = model.user_factors.shape[0]
+                model.recommend(np.arange(known - 3, known), k=5)
+                model.recommend(known - 1, k=3)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for step in range(40):  # each call adds a user: factors and seen rows grow together
+        model.update_users([N_USERS + step], seen[[step]])
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+    assert model.user_factors.shape[0] == model._user_items.shape[0] == N_USERS + 40
