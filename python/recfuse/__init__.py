@@ -12,10 +12,11 @@ from __future__ import annotations
 from ._backend import backends, resolve_backend
 from .models.als import ALS
 from .models.bpr import BPR
+from .models.explicit_als import ExplicitALS
 from .models.sgd import SVD, SVDpp
 from .persistence import load
 from .retrieval import ItemIndex, topk
 
 __version__ = "0.1.0"
-__all__ = ["ALS", "BPR", "ItemIndex", "SVD", "SVDpp", "backends", "load", "resolve_backend",
+__all__ = ["ALS", "BPR", "ExplicitALS", "ItemIndex", "SVD", "SVDpp", "backends", "load", "resolve_backend",
            "topk", "__version__"]

@@ -18,6 +18,12 @@ num_threads) -> int``
     one BPR epoch in place over the positive pairs of ``blocks``, negatives drawn by
     ``reference.bpr_sample_negatives`` (written to ``negatives``; -1 where skipped);
     returns the number of skipped pairs.
+``explicit_als_half_sweep(R, Y, X, other_bias, own_bias, global_mean, reg, reg_bias,
+num_threads) -> int``
+    one explicit (ratings) ALS half-sweep in place (``reference.explicit_als_half_sweep``):
+    ``R`` a ``recfuse._als.common.CsrArrays`` of ratings (rows x cols), ``X`` (and
+    ``own_bias`` when biased) rewritten; both biases None when unbiased. Returns the number
+    of rows left unchanged because their system was not positive definite.
 
 Arrays are validated and converted before they reach a backend: ids int32, offsets
 int64, ratings and factors C-contiguous in the model dtype.
