@@ -38,13 +38,15 @@ const kernels::SgdKernels<double>& sgd_kernels<double>(int k) {
   }
 }
 
-// Threads for an epoch of `updates` row updates: the requested number (0: all), at most one
-// per block of a diagonal, and no more than keeps ~50k updates per thread between two
-// barriers (a diagonal): shorter stretches lose more to waking and joining threads than
-// they gain, and far more when the machine is oversubscribed.
+// Threads for an epoch of `updates` row updates. An explicit request is honoured (at most one
+// thread per block of a diagonal). With 0 (automatic): all cores, but no more than keeps
+// ~50k updates per thread between two barriers (a diagonal): shorter stretches lose more to
+// waking and joining threads than they gain, and far more when the machine is
+// oversubscribed. (recfuse.SVD times both and keeps the faster; see models/sgd.py.)
 int thread_count(int requested, int grid, double updates) {
   int wanted = requested > 0 ? requested : omp_get_max_threads();
   if (wanted > grid) wanted = grid;
+  if (requested > 0) return wanted;
   const double useful = updates / grid / 5e4;
   if (useful < wanted) wanted = useful < 1 ? 1 : static_cast<int>(useful);
   return wanted;

@@ -114,7 +114,9 @@ def make_blocks(users, items, n_users: int, n_items: int, grid: int,
         order = rng.permutation(users.size) if shuffle else np.arange(users.size)
     row, col = user_bin[users[order]], item_bin[items[order]]
     block = ((col - row) % grid) * grid + row
-    order = order[np.argsort(block, kind="stable")]
+    # A stable sort of small integers is a radix sort in NumPy: much faster than on int64.
+    key = block.astype(np.int16) if grid * grid <= np.iinfo(np.int16).max else block
+    order = order[np.argsort(key, kind="stable")]
     offsets = np.zeros(grid * grid + 1, dtype=np.int64)
     np.cumsum(np.bincount(block, minlength=grid * grid), out=offsets[1:])
     bin_items = np.argsort(item_bin, kind="stable").astype(np.int32)
