@@ -23,8 +23,7 @@ from .. import _validation as check
 from .._als.common import CsrArrays
 from .._backend import resolve_backend
 from .._sgd.common import Pattern
-from .als import _progress
-from .sgd import MAX_FACTORS, _RatingModel, _rmse
+from .sgd import MAX_FACTORS, _progress, _RatingModel, _rmse
 
 
 class ExplicitALS(_RatingModel):
