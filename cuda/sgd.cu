@@ -145,8 +145,9 @@ void svd_epochs_hogwild(const int32_t* users, const int32_t* items, const T* rat
   RECFUSE_SGD_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int64_t batches = (nnz + batch - 1) / batch;
   const int64_t wanted_blocks = (batches + 7) / 8;  // 8 warps per block of 256 threads
-  const int blocks = static_cast<int>(wanted_blocks < 32LL * sms ? (wanted_blocks > 0 ? wanted_blocks : 1)
-                                                                 : 32LL * sms);
+  const int64_t most_blocks = 32LL * sms;  // enough resident warps to hide memory latency
+  const int blocks = static_cast<int>(
+      wanted_blocks < 1 ? 1 : (wanted_blocks < most_blocks ? wanted_blocks : most_blocks));
   for (int epoch = 0; epoch < epochs; ++epoch) {
     const auto args = [&](auto launcher) {
       launcher(d_users.get(), d_items.get(), d_ratings.get(), nnz, global_mean, d_bu.get(),

@@ -18,5 +18,5 @@ from .persistence import load
 from .retrieval import ItemIndex, topk
 
 __version__ = "0.1.0"
-__all__ = ["ALS", "BPR", "ExplicitALS", "ItemIndex", "SVD", "SVDpp", "backends", "load", "resolve_backend",
-           "topk", "__version__"]
+__all__ = ["ALS", "BPR", "ExplicitALS", "ItemIndex", "SVD", "SVDpp", "backends", "load",
+           "resolve_backend", "topk", "__version__"]
