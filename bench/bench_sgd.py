@@ -1,8 +1,12 @@
 """SGD factorization: recfuse against Surprise (SVD, SVD++) and implicit (BPR), one run.
 
-    python bench/bench_sgd.py                 # ml-100k 5-fold, 1M synthetic, BPR (~5 min)
+    python bench/bench_sgd.py                 # ml-100k and ml-latest-small 5-fold, 1M
+                                              # synthetic, BPR (~10 min, most of it Surprise)
     python bench/bench_sgd.py --big           # also recfuse alone on a 20M-rating set
     python bench/bench_sgd.py --skip-svdpp    # without Surprise's slow SVD++
+
+Besides the Surprise pairs, the 5-fold sections fit recfuse's explicit ALS and the README's
+tuned SVD recipe (recfuse only). Each row records the load average when it finished.
 
 Same folds, same defaults, same data for both libraries. Fit times are wall-clock seconds
 of ``fit`` (recfuse: all threads unless --threads; Surprise is single-threaded). The
@@ -35,6 +39,28 @@ def movielens_100k():
     return raw[:, 0] - 1, raw[:, 1] - 1, raw[:, 2].astype(np.float64)
 
 
+def movielens_latest_small():
+    """ratings.csv with user and movie ids renumbered 0..n-1; half-star ratings 0.5-5."""
+    raw = np.loadtxt(os.path.join(DATASETS, "ml-latest-small", "ratings.csv"), delimiter=",",
+                     skiprows=1, usecols=(0, 1, 2))
+    users = np.unique(raw[:, 0], return_inverse=True)[1]
+    items = np.unique(raw[:, 1], return_inverse=True)[1]
+    return users.astype(np.int64), items.astype(np.int64), raw[:, 2]
+
+
+MOVIELENS = {  # name: (loader, file that must exist, rating scale)
+    "ml-100k": (movielens_100k, os.path.join("ml-100k", "u.data"), (1, 5)),
+    "ml-latest-small": (movielens_latest_small, os.path.join("ml-latest-small", "ratings.csv"),
+                        (0.5, 5)),
+}
+TUNED_SVD = dict(factors=100, epochs=50, lr=0.01, reg=0.08, reg_bu=0.02, reg_bi=0.02,
+                 init_std=0.01)  # README's ml-100k recipe
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
 def synthetic_ratings(n_users, n_items, n, seed=0):
     """Ratings 1-5 from a rank-8 taste model plus noise, users and items power-law active."""
     rng = np.random.default_rng(seed)
@@ -46,13 +72,13 @@ def synthetic_ratings(n_users, n_items, n, seed=0):
     return users, items, np.clip(np.round(3.5 + taste), 1, 5)
 
 
-def surprise_data(users, items, ratings):
+def surprise_data(users, items, ratings, rating_scale=(1, 5)):
     import surprise
 
     handle, path = tempfile.mkstemp(suffix=".tsv")
     os.close(handle)
-    np.savetxt(path, np.c_[users, items, ratings], fmt="%d", delimiter="\t")
-    reader = surprise.Reader(line_format="user item rating", sep="\t", rating_scale=(1, 5))
+    np.savetxt(path, np.c_[users, items, ratings], fmt=("%d", "%d", "%g"), delimiter="\t")
+    reader = surprise.Reader(line_format="user item rating", sep="\t", rating_scale=rating_scale)
     data = surprise.Dataset.load_from_file(path, reader)
     os.unlink(path)
     return data
@@ -64,33 +90,36 @@ def timed(function):
     return result, time.perf_counter() - start
 
 
-def five_fold(args, rows):
-    users, items, ratings = movielens_100k()
+def five_fold(args, rows, name):
+    loader, _, scale = MOVIELENS[name]
+    users, items, ratings = loader()
     folds = np.random.default_rng(0).permutation(ratings.size) % 5
-    pairs = [("SVD", recfuse.SVD, "SVD")]
+    pairs = [("SVD", recfuse.SVD, {}, "SVD")]
     if not args.skip_svdpp:
-        pairs.append(("SVD++", recfuse.SVDpp, "SVDpp"))
+        pairs.append(("SVD++", recfuse.SVDpp, {}, "SVDpp"))
+    pairs += [("SVD tuned", recfuse.SVD, TUNED_SVD, None),
+              ("ExplicitALS", recfuse.ExplicitALS, {}, None)]
     try:
         import surprise
     except ImportError as error:
         surprise = None
         print(f"Surprise skipped: {error}")
-    for label, ours, theirs_name in pairs:
-        result = {"data": "ml-100k 5-fold", "model": label}
+    for label, ours, settings, theirs_name in pairs:
+        result = {"data": f"{name} 5-fold", "model": label}
         for library in ("recfuse", "surprise"):
-            if library == "surprise" and surprise is None:
+            if library == "surprise" and (surprise is None or theirs_name is None):
                 continue
             rmse, mae, seconds = [], [], []
             for fold in range(5):
                 train, test = folds != fold, folds == fold
                 if library == "recfuse":
-                    model = ours(random_state=fold, num_threads=args.threads)
+                    model = ours(random_state=fold, num_threads=args.threads, **settings)
                     _, s = timed(lambda: model.fit(users[train], items[train], ratings[train],
-                                                   rating_scale=(1, 5)))
+                                                   rating_scale=scale))
                     predicted = model.predict(users[test], items[test])
                 else:
-                    trainset = surprise_data(users[train], items[train],
-                                             ratings[train]).build_full_trainset()
+                    trainset = surprise_data(users[train], items[train], ratings[train],
+                                             scale).build_full_trainset()
                     model = getattr(surprise, theirs_name)(random_state=fold)
                     _, s = timed(lambda: model.fit(trainset))
                     predicted = np.array([model.predict(str(u), str(i)).est
@@ -100,7 +129,8 @@ def five_fold(args, rows):
                 seconds.append(s)
             result[library] = {"rmse": float(np.mean(rmse)), "mae": float(np.mean(mae)),
                                "fit_s": float(np.mean(seconds))}
-            print(label, library, result[library], flush=True)
+            print(name, label, library, result[library], flush=True)
+        result["load"] = load_average()
         rows.append(result)
 
 
@@ -121,6 +151,7 @@ def synthetic_fit(args, rows, n, with_surprise):
             _, seconds = timed(lambda: surprise.SVD(random_state=0).fit(trainset))
             result["surprise"] = {"fit_s": seconds, "updates_per_s": 20 * n / seconds}
             print("synthetic", n, "surprise", result["surprise"], flush=True)
+    result["load"] = load_average()
     rows.append(result)
 
 
@@ -162,6 +193,7 @@ def bpr_vs_implicit(args, rows):
             print("BPR implicit", entry, flush=True)
             best = entry if best is None or entry["p@10"] > best["p@10"] else best
         result["implicit"] = best
+    result["load"] = load_average()
     rows.append(result)
 
 
@@ -171,15 +203,26 @@ def main():
     parser.add_argument("--big", action="store_true", help="also a 20M-rating synthetic fit")
     parser.add_argument("--skip-svdpp", action="store_true")
     parser.add_argument("--bpr-iterations", type=int, default=100)
+    parser.add_argument("--only", choices=("movielens", "bpr", "synthetic"), default=None,
+                        help="run one section (with --big, synthetic includes the 20M set)")
     args = parser.parse_args()
     rows = []
-    if os.path.isfile(os.path.join(DATASETS, "ml-100k", "u.data")):
-        five_fold(args, rows)
-        bpr_vs_implicit(args, rows)
-    else:
-        print(f"ml-100k not found under {DATASETS}: MovieLens rows skipped")
-    synthetic_fit(args, rows, 1_000_000, with_surprise=True)
-    if args.big:
+    print("load average at start", os.getloadavg(), flush=True)
+    for name, (_, path, _) in MOVIELENS.items():
+        if args.only not in (None, "movielens"):
+            break
+        if os.path.isfile(os.path.join(DATASETS, path)):
+            five_fold(args, rows, name)
+        else:
+            print(f"{name} not found under {DATASETS}: its rows skipped")
+    if args.only in (None, "bpr"):
+        if os.path.isfile(os.path.join(DATASETS, "ml-100k", "u.data")):
+            bpr_vs_implicit(args, rows)
+        else:
+            print(f"ml-100k not found under {DATASETS}: BPR rows skipped")
+    if args.only in (None, "synthetic"):
+        synthetic_fit(args, rows, 1_000_000, with_surprise=True)
+    if args.big and args.only in (None, "synthetic"):
         synthetic_fit(args, rows, 20_000_000, with_surprise=False)
     versions = {"recfuse": recfuse.__version__, "numpy": np.__version__,
                 "python": platform.python_version(), "machine": platform.processor() or
@@ -192,16 +235,18 @@ def main():
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "sgd.json"), "w") as handle:
         json.dump({"versions": versions, "rows": rows}, handle, indent=1)
-    print("\n| data | model | recfuse | peer | speedup |\n|---|---|---|---|---|")
+    print("\n| data | model | recfuse | peer | speedup | load |\n|---|---|---|---|---|---|")
     for row in rows:
         ours, peer = row.get("recfuse", {}), row.get("surprise") or row.get("implicit") or {}
         time_key = "fit_s" if "fit_s" in ours else "epoch_s"
         quality = [key for key in ("rmse", "mae", "p@10") if key in ours]
         describe = lambda d: ", ".join(  # noqa: E731
             [f"{key} {d[key]:.4f}" for key in quality if key in d]
-            + ([f"{time_key} {d[time_key]:.3f}"] if time_key in d else []))
+            + ([f"{time_key} {d[time_key]:.3f}"] if time_key in d else [])
+            + ([f"{d['updates_per_s'] / 1e6:.1f}M upd/s"] if "updates_per_s" in d else []))
         speedup = (f"{peer[time_key] / ours[time_key]:.1f}x" if time_key in peer else "")
-        print(f"| {row['data']} | {row['model']} | {describe(ours)} | {describe(peer)} | {speedup} |")
+        print(f"| {row['data']} | {row['model']} | {describe(ours)} | {describe(peer)} | {speedup} "
+              f"| {row.get('load', '')} |")
     print("\n", json.dumps(versions))
 
 

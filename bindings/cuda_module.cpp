@@ -15,6 +15,8 @@
 
 #include "als_cuda.hpp"
 #include "als_bindings.hpp"
+#include "sgd_bindings.hpp"
+#include "sgd_cuda.hpp"
 #include "topk_bindings.hpp"
 #include "topk_cuda.hpp"
 
@@ -152,6 +154,44 @@ void bind_dtype(py::module_& m, py::class_<AlsTrainer>& trainer) {
               py::arg("raw_confidence"), py::arg("cholesky"), py::arg("cg_steps"));
 }
 
+// Batch-Hogwild Funk SVD (cuda/sgd.cu; never run on a GPU yet): host arrays in, updated in place.
+template <class T>
+void bind_svd_hogwild(py::module_& m) {
+  m.def(
+      "svd_epochs_hogwild",
+      [](const Array<int32_t>& users, const Array<int32_t>& items, const Array<T>& ratings,
+         double global_mean, Array<T>& user_bias, Array<T>& item_bias, Array<T>& P, Array<T>& Q,
+         const std::array<double, 5>& lr, const std::array<double, 5>& reg, bool biased,
+         int epochs, int batch) {
+        expect(users.ndim() == 1 && items.ndim() == 1 && ratings.ndim() == 1 &&
+                   users.size() == items.size() && users.size() == ratings.size(),
+               "users, items and ratings must be 1-d of one length, got shapes " +
+                   shape_of(users) + ", " + shape_of(items) + " and " + shape_of(ratings));
+        expect(P.ndim() == 2, "P must be 2-d, got shape " + shape_of(P));
+        const int64_t k = P.shape(1);
+        const int64_t n_users = factor_rows(P, k, "P"), n_items = factor_rows(Q, k, "Q");
+        check_vector(user_bias, n_users, "user_bias");
+        check_vector(item_bias, n_items, "item_bias");
+        const auto rates = sgd_rates<T>(lr, reg);
+        const int32_t* u = users.data();
+        const int32_t* i = items.data();
+        const T* r = ratings.data();
+        T *bu = user_bias.mutable_data(), *bi = item_bias.mutable_data();
+        T *p = P.mutable_data(), *q = Q.mutable_data();
+        py::gil_scoped_release release;
+        rc::svd_epochs_hogwild<T>(u, i, r, users.size(), static_cast<T>(global_mean), bu, bi, p,
+                                  q, n_users, n_items, static_cast<int>(k), rates, biased,
+                                  epochs, batch);
+      },
+      py::arg("users").noconvert(), py::arg("items").noconvert(), py::arg("ratings").noconvert(),
+      py::arg("global_mean"), py::arg("user_bias").noconvert(), py::arg("item_bias").noconvert(),
+      py::arg("P").noconvert(), py::arg("Q").noconvert(), py::arg("lr"), py::arg("reg"),
+      py::arg("biased"), py::arg("epochs"), py::arg("batch") = 256,
+      "`epochs` Funk SVD epochs by batch-Hogwild SGD on the current device, in place (one warp "
+      "per batch of consecutive ratings; not deterministic unless one warp holds them all). "
+      "NOT YET RUN ON A GPU. lr and reg: (bu, bi, pu, qi, unused).");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -195,6 +235,9 @@ PYBIND11_MODULE(_cuda, m) {
   bind_topk_index<rc::TopkItems<double>, double>(m, "TopkItemsFloat64", topk_note);
   m.attr("TOPK_SEARCH_BUDGET_BYTES") = rc::kTopkSearchBudgetBytes;
   m.attr("TOPK_FUSED_MAX_K") = rc::kFusedMaxK;
+  bind_svd_hogwild<float>(m);
+  bind_svd_hogwild<double>(m);
+  m.attr("SVD_MAX_FACTORS") = rc::kSvdCudaMaxFactors;
   m.def(
       "set_topk_path",
       [](const std::string& path) {

@@ -3,6 +3,7 @@
 // in place. The GIL is released around the kernels.
 #pragma once
 #include <array>
+#include <optional>
 #include <string>
 
 #include "als_bindings.hpp"
@@ -156,6 +157,46 @@ void bind_sgd_functions(py::module_& m) {
       "One BPR epoch in place over positive pairs grouped by block; negatives drawn from the "
       "block's column bin, verified unseen, written to `negatives` (-1: skipped). Returns the "
       "number of skipped pairs.");
+  m.def(
+      "explicit_als_half_sweep",
+      [](const Array<int64_t>& indptr, const Array<int32_t>& indices, const Array<T>& data,
+         const Array<T>& Y, Array<T>& X, std::optional<Array<T>> other_bias,
+         std::optional<Array<T>> own_bias, double global_mean, double reg, double reg_bias,
+         int num_threads) {
+        expect(Y.ndim() == 2, "Y must be 2-d, got shape " + shape_of(Y));
+        const int64_t k = Y.shape(1);
+        const auto R = csr_view<T>(indptr, indices, data, Y.shape(0), "the ratings matrix's");
+        expect(factor_rows(X, k, "X") == R.rows,
+               "X must have one row per matrix row (" + std::to_string(R.rows) + "), got shape " +
+                   shape_of(X));
+        expect(other_bias.has_value() == own_bias.has_value(),
+               "other_bias and own_bias must both be given (biased) or both be None");
+        const T* ob = nullptr;
+        T* wb = nullptr;
+        if (other_bias) {
+          expect(other_bias->ndim() == 1 && other_bias->size() == R.cols,
+                 "other_bias must have shape (" + std::to_string(R.cols) + ",), got " +
+                     shape_of(*other_bias));
+          check_vector(*own_bias, R.rows, "own_bias");
+          ob = other_bias->data();
+          wb = own_bias->mutable_data();
+        }
+        const T* y = Y.data();
+        T* x = X.mutable_data();
+        py::gil_scoped_release release;
+        return recfuse::explicit_als_half_sweep<T>(
+            R.indptr, R.indices, R.data, R.rows, R.cols, y, ob, static_cast<T>(global_mean),
+            static_cast<int>(k), static_cast<T>(reg), static_cast<T>(reg_bias), x, wb,
+            num_threads);
+      },
+      py::arg("indptr").noconvert(), py::arg("indices").noconvert(), py::arg("data").noconvert(),
+      py::arg("Y").noconvert(), py::arg("X").noconvert(),
+      py::arg("other_bias").noconvert() = py::none(), py::arg("own_bias").noconvert() = py::none(),
+      py::arg("global_mean"), py::arg("reg"), py::arg("reg_bias"),
+      py::arg("num_threads") = 0,
+      "One explicit (ratings) ALS half-sweep with weighted-lambda regularisation, in place "
+      "(recfuse.reference.explicit_als_half_sweep). Returns the number of rows whose system "
+      "was not positive definite (left unchanged).");
 }
 
 }  // namespace bindings

@@ -38,13 +38,15 @@ const kernels::SgdKernels<double>& sgd_kernels<double>(int k) {
   }
 }
 
-// Threads for an epoch of `updates` row updates: the requested number (0: all), at most one
-// per block of a diagonal, and no more than keeps ~50k updates per thread between two
-// barriers (a diagonal): shorter stretches lose more to waking and joining threads than
-// they gain, and far more when the machine is oversubscribed.
+// Threads for an epoch of `updates` row updates. An explicit request is honoured (at most one
+// thread per block of a diagonal). With 0 (automatic): all cores, but no more than keeps
+// ~50k updates per thread between two barriers (a diagonal): shorter stretches lose more to
+// waking and joining threads than they gain, and far more when the machine is
+// oversubscribed. (recfuse.SVD times both and keeps the faster; see models/sgd.py.)
 int thread_count(int requested, int grid, double updates) {
   int wanted = requested > 0 ? requested : omp_get_max_threads();
   if (wanted > grid) wanted = grid;
+  if (requested > 0) return wanted;
   const double useful = updates / grid / 5e4;
   if (useful < wanted) wanted = useful < 1 ? 1 : static_cast<int>(useful);
   return wanted;
@@ -213,6 +215,41 @@ int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_
   return skipped;
 }
 
+
+template <class T>
+int64_t explicit_als_half_sweep(const int64_t* indptr, const int32_t* indices, const T* data,
+                                int64_t rows, int64_t cols, const T* Y, const T* other_bias,
+                                T global_mean, int k, T reg, T reg_bias, T* X, T* own_bias,
+                                int num_threads) {
+  if (k <= 0) throw std::invalid_argument("factors must be positive, got " + std::to_string(k));
+  if ((other_bias == nullptr) != (own_bias == nullptr)) {
+    throw std::invalid_argument("other_bias and own_bias must both be given or both be null");
+  }
+  check_pattern(indptr, indices, rows, cols, "ratings");
+  const auto& kern = sgd_kernels<T>(k);
+  // Threads: the requested number, but no more than keeps ~1M multiply-adds per thread.
+  const double d = k + 1.0;
+  const double work = static_cast<double>(indptr[rows]) * d * d / 2 + rows * d * d * d / 6;
+  int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  if (work / 1e6 < threads) threads = work < 1e6 ? 1 : static_cast<int>(work / 1e6);
+  const size_t scratch_size = static_cast<size_t>(kernels::explicit_als_scratch(k));
+  int64_t failed = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : failed)
+  {
+    std::vector<T> scratch(scratch_size);
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t u = 0; u < rows; ++u) {
+      const int64_t start = indptr[u];
+      const bool ok = kern.explicit_als_row(indices + start, data + start, indptr[u + 1] - start,
+                                            Y, other_bias, global_mean, k, reg, reg_bias,
+                                            X + u * k, own_bias == nullptr ? nullptr : own_bias + u,
+                                            scratch.data());
+      failed += ok ? 0 : 1;
+    }
+  }
+  return failed;
+}
+
 #define RECFUSE_INSTANTIATE(T)                                                                   \
   template void svd_epoch<T>(const BlockLayout&, const T*, T, T*, T*, T*, T*, int64_t, int64_t,  \
                              int, const SgdRates<T>&, bool, int);                                \
@@ -221,7 +258,10 @@ int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_
                                const SgdRates<T>&);                                              \
   template int64_t bpr_epoch<T>(const BlockLayout&, const int64_t*, const int32_t*,              \
                                 const int32_t*, const int64_t*, T*, T*, T*, int64_t, int64_t,    \
-                                int, T, T, uint64_t, int, int32_t*, int);
+                                int, T, T, uint64_t, int, int32_t*, int);                        \
+  template int64_t explicit_als_half_sweep<T>(const int64_t*, const int32_t*, const T*, int64_t, \
+                                              int64_t, const T*, const T*, T, int, T, T, T*, T*, \
+                                              int);
 RECFUSE_INSTANTIATE(float)
 RECFUSE_INSTANTIATE(double)
 #undef RECFUSE_INSTANTIATE

@@ -22,7 +22,20 @@ struct SgdKernels {
   // Entries whose negative is -1 are skipped.
   void (*bpr_range)(const int32_t* users, const int32_t* positives, const int32_t* negatives,
                     int64_t begin, int64_t end, T* P, T* Q, T* b, int k, T lr, T reg);
+  // One explicit ALS row (reference.explicit_als_half_sweep) over its n entries (cols, vals);
+  // other_bias null: unbiased (own unused). Writes x (k) and *own on success; false when the
+  // system is not positive definite. scratch: explicit_als_scratch(k) values.
+  bool (*explicit_als_row)(const int32_t* cols, const T* vals, int64_t n, const T* Y,
+                           const T* other_bias, T mu, int k, T reg, T reg_bias, T* x, T* own,
+                           T* scratch);
 };
+
+// Scratch values explicit_als_row needs: the system (d x d), its right-hand side and four
+// gathered rows, d = k + 1.
+inline int64_t explicit_als_scratch(int k) {
+  const int64_t d = k + 1;
+  return d * d + 5 * d;
+}
 
 #define RECFUSE_DECLARE_SGD_LEVEL(ns)                \
   namespace ns {                                     \

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._backend import backends, resolve_backend
 from .models.als import ALS
 from .models.bpr import BPR
+from .models.explicit_als import ExplicitALS
 from .models.sgd import SVD, SVDpp
 from .persistence import load
 from .ranker import MLPRanker
@@ -20,5 +21,6 @@ from .retrieval import ItemIndex, topk
 from .serving import Events, Recommendation, Recommender, Rerank
 
 __version__ = "0.1.0"
-__all__ = ["ALS", "BPR", "Events", "ItemIndex", "MLPRanker", "MLPScorer", "PreparedItems",
-           "Recommendation", "Recommender", "Rerank", "SVD", "SVDpp", "backends", "load", "resolve_backend", "topk", "__version__"]
+__all__ = ["ALS", "BPR", "Events", "ExplicitALS", "ItemIndex", "MLPRanker", "MLPScorer",
+           "PreparedItems", "Recommendation", "Recommender", "Rerank", "SVD", "SVDpp", "backends",
+           "load", "resolve_backend", "topk", "__version__"]

@@ -63,9 +63,11 @@ def load(path, **overrides):
     """
     from .models.als import ALS
     from .models.bpr import BPR
+    from .models.explicit_als import ExplicitALS
     from .models.sgd import SVD, SVDpp
 
-    registry = {"ALS": ALS, "SVD": SVD, "SVDpp": SVDpp, "BPR": BPR}
+    registry = {"ALS": ALS, "SVD": SVD, "SVDpp": SVDpp, "BPR": BPR,
+                "ExplicitALS": ExplicitALS}
     header, arrays = read_model(path)
     model_name = header.get("model")
     if model_name not in registry:

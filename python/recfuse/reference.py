@@ -530,3 +530,62 @@ def mlp_rank_scores(indptr, candidate_ids, scores, k: int):
         ids[u, : cand.size] = cand
         out[u, : cand.size] = s
     return ids, out
+
+# ============================================================================ explicit ALS
+# Alternating least squares for ratings with weighted-λ regularisation (Zhou, Wilkinson,
+# Schreiber, Pan 2008, "ALS-WR"), optionally with biases. The model predicts
+# r̂_ui = μ + b_u + b_i + x_u·y_i (biased) or x_u·y_i (μ = 0, no biases). A half-sweep
+# re-solves every row u of a ratings matrix R (rows x cols; repeated (u, i) entries each
+# count once more) with the other side fixed. With z_i = (y_i, 1) and unknowns w_u = (x_u, b_u)
+# when biased (z_i = y_i and w_u = x_u otherwise), and n_u the number of entries of row u:
+#
+#     (Σ_i z_i z_iᵀ + n_u D) w_u = Σ_i (r_ui − μ − b_i) z_i,    D = diag(λ, …, λ, λ_b)
+#
+# the exact minimiser of Σ_i (r_ui − μ − b_i − b_u − x_u·y_i)² + n_u (λ‖x_u‖² + λ_b b_u²).
+# A row without entries gets x_u = 0 (and b_u = 0). A row whose system is not positive
+# definite in the model's precision (impossible with λ > 0 in exact arithmetic) keeps its
+# previous values and is counted. The item half-sweep is the same with the roles swapped.
+
+
+def explicit_als_half_sweep(R: sp.csr_matrix, Y, X, *, reg: float, reg_bias: float | None = None,
+                            global_mean: float = 0.0, other_bias=None, own_bias=None):
+    """One explicit ALS half-sweep as defined above; returns (X, own_bias, failed).
+
+    ``R``: CSR (rows x cols) of ratings; its stored entries are used as they are (duplicates
+    included, zeros included). ``Y``: cols x k fixed; ``X``: rows x k. Biased when
+    ``other_bias`` (cols) and ``own_bias`` (rows) are given, else μ is ignored and the
+    returned own_bias is None. Solved in float64, returned in ``X.dtype``; inputs unchanged.
+    """
+    dtype = np.asarray(X).dtype
+    X = np.array(X, dtype=dtype)
+    Y64 = np.asarray(Y, dtype=np.float64)
+    biased = other_bias is not None
+    own = None if own_bias is None else np.array(own_bias, dtype=dtype)
+    k = Y64.shape[1]
+    reg_bias = reg if reg_bias is None else reg_bias
+    diagonal = np.r_[np.full(k, float(reg)), [float(reg_bias)] if biased else []]
+    failed = 0
+    for u in range(R.shape[0]):
+        cols = R.indices[R.indptr[u]:R.indptr[u + 1]]
+        values = np.asarray(R.data[R.indptr[u]:R.indptr[u + 1]], dtype=np.float64)
+        if cols.size == 0:
+            X[u] = 0
+            if biased:
+                own[u] = 0
+            continue
+        Z = Y64[cols]
+        target = values
+        if biased:
+            Z = np.c_[Z, np.ones(cols.size)]
+            target = values - float(global_mean) - np.asarray(other_bias, dtype=np.float64)[cols]
+        A = Z.T @ Z + cols.size * np.diag(diagonal)
+        try:
+            L = np.linalg.cholesky(A)
+        except np.linalg.LinAlgError:
+            failed += 1
+            continue
+        w = np.linalg.solve(L.T, np.linalg.solve(L, Z.T @ target))
+        X[u] = w[:k]
+        if biased:
+            own[u] = w[k]
+    return X, own, failed

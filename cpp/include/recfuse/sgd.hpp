@@ -59,4 +59,16 @@ int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_
                   int64_t n_users, int64_t n_items, int k, T lr, T reg, uint64_t seed,
                   int max_tries, int32_t* negatives_out, int num_threads);
 
+// One explicit (ratings) ALS half-sweep with weighted-λ regularisation, in place
+// (reference.explicit_als_half_sweep): every row u of the CSR ratings matrix (indptr,
+// indices, data; rows x cols) solves (Σ z zᵀ + n_u diag(reg, …, reg, reg_bias)) w = Σ (r − μ − b_i) z
+// with z = (y_i, 1) and w = (x_u, b_u) when other_bias/own_bias are given (biased), z = y_i and
+// w = x_u when they are null. Rows without entries get zeros. Returns the number of rows whose
+// system was not positive definite (left unchanged).
+template <class T>
+int64_t explicit_als_half_sweep(const int64_t* indptr, const int32_t* indices, const T* data,
+                                int64_t rows, int64_t cols, const T* Y, const T* other_bias,
+                                T global_mean, int k, T reg, T reg_bias, T* X, T* own_bias,
+                                int num_threads);
+
 }  // namespace recfuse

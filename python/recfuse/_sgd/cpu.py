@@ -33,3 +33,10 @@ def bpr_epoch(blocks: Blocks, seen: Pattern, P, Q, item_bias, lr, reg, seed, max
                            seen.indices, blocks.bin_items, blocks.bin_offsets, P, Q, item_bias,
                            float(lr), float(reg), int(seed), int(max_tries), negatives,
                            num_threads)
+
+
+def explicit_als_half_sweep(R, Y, X, other_bias, own_bias, global_mean, reg, reg_bias,
+                            num_threads) -> int:
+    return _core.explicit_als_half_sweep(R.indptr, R.indices, R.data, Y, X, other_bias, own_bias,
+                                         float(global_mean), float(reg), float(reg_bias),
+                                         num_threads)

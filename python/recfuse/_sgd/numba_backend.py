@@ -155,8 +155,73 @@ def _kernels() -> SimpleNamespace:
                     b[negative] += lr * (-sig - reg * b[negative])
         return skipped.sum()
 
+    def explicit_als(indptr, indices, data, Y, X, other_bias, own_bias, biased, mu, reg,
+                     reg_bias):
+        k = Y.shape[1]
+        d = k + 1 if biased else k
+        dtype = Y.dtype.type
+        failed = np.zeros(X.shape[0], dtype=np.int64)
+        for u in prange(X.shape[0]):
+            begin, end = indptr[u], indptr[u + 1]
+            if end == begin:
+                for f in range(k):
+                    X[u, f] = dtype(0)
+                if biased:
+                    own_bias[u] = dtype(0)
+                continue
+            A = np.zeros((d, d), dtype=Y.dtype)
+            b = np.zeros(d, dtype=Y.dtype)
+            z = np.empty(d, dtype=Y.dtype)
+            for t in range(begin, end):
+                i = indices[t]
+                for f in range(k):
+                    z[f] = Y[i, f]
+                target = data[t]
+                if biased:
+                    z[k] = dtype(1)
+                    target -= mu + other_bias[i]
+                for a in range(d):
+                    b[a] += target * z[a]
+                    for c in range(a, d):
+                        A[a, c] += z[a] * z[c]
+            n = dtype(end - begin)
+            for a in range(k):
+                A[a, a] += n * reg
+            if biased:
+                A[k, k] += n * reg_bias
+            ok = True
+            for j in range(d):  # A = UᵀU in place (upper triangle), as in the C++ kernel
+                pivot = A[j, j]
+                if not pivot > 0:
+                    ok = False
+                    break
+                pivot = dtype(np.sqrt(np.float64(pivot)))
+                A[j, j] = pivot
+                for c in range(j + 1, d):
+                    A[j, c] /= pivot
+                for i2 in range(j + 1, d):
+                    for c in range(i2, d):
+                        A[i2, c] -= A[j, i2] * A[j, c]
+            if not ok:
+                failed[u] = 1
+                continue
+            for j in range(d):
+                b[j] /= A[j, j]
+                for c in range(j + 1, d):
+                    b[c] -= b[j] * A[j, c]
+            for i2 in range(d - 1, -1, -1):
+                acc = b[i2]
+                for c in range(i2 + 1, d):
+                    acc -= A[i2, c] * b[c]
+                b[i2] = acc / A[i2, i2]
+            for f in range(k):
+                X[u, f] = b[f]
+            if biased:
+                own_bias[u] = b[k]
+        return failed.sum()
+
     return SimpleNamespace(numba=numba, svd=jit(svd), svdpp=jit(svdpp, parallel=False),
-                           bpr=jit(bpr))
+                           bpr=jit(bpr), explicit_als=jit(explicit_als))
 
 
 def svd_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, lr, reg, biased,
@@ -186,3 +251,16 @@ def bpr_epoch(blocks: Blocks, seen: Pattern, P, Q, item_bias, lr, reg, seed, max
                                seen.indptr, seen.indices, blocks.bin_items, blocks.bin_offsets,
                                P, Q, item_bias, dtype.type(lr), dtype.type(reg),
                                np.uint64(seed), int(max_tries), negatives))
+
+
+def explicit_als_half_sweep(R, Y, X, other_bias, own_bias, global_mean, reg, reg_bias,
+                            num_threads) -> int:
+    kernels = _kernels()
+    dtype = Y.dtype
+    biased = other_bias is not None
+    if not biased:
+        other_bias = own_bias = np.zeros(0, dtype=dtype)
+    with _thread_count(kernels.numba, num_threads):
+        return int(kernels.explicit_als(R.indptr, R.indices, R.data, Y, X, other_bias, own_bias,
+                                        biased, dtype.type(global_mean), dtype.type(reg),
+                                        dtype.type(reg_bias)))

@@ -35,3 +35,13 @@ def bpr_epoch(blocks: Blocks, seen: Pattern, P, Q, item_bias, lr, reg, seed, max
     P[...], Q[...], item_bias[...] = reference.bpr_sgd_epoch(
         blocks.users, blocks.items, negatives, P, Q, item_bias, lr=lr, reg=reg, order=kept)
     return int(negatives.size - kept.size)
+
+
+def explicit_als_half_sweep(R, Y, X, other_bias, own_bias, global_mean, reg, reg_bias,
+                            num_threads) -> int:
+    X[...], bias, failed = reference.explicit_als_half_sweep(
+        R.to_scipy(), Y, X, reg=reg, reg_bias=reg_bias, global_mean=global_mean,
+        other_bias=other_bias, own_bias=own_bias)
+    if own_bias is not None:
+        own_bias[...] = bias
+    return failed

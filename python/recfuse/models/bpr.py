@@ -12,8 +12,7 @@ import scipy.sparse as sp
 from .. import _validation as check
 from .._backend import resolve_backend
 from .._sgd.common import Pattern, default_grid, make_blocks
-from .als import _progress
-from .sgd import MAX_FACTORS, _topk_with_bias
+from .sgd import MAX_FACTORS, _progress, _topk_with_bias
 
 
 class BPR:

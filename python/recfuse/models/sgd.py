@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from .. import _validation as check
 from .._backend import resolve_backend
 from .._sgd.common import Pattern, default_grid, make_blocks, user_major_order
-from .als import _progress
+from .als import _progress as _tqdm_progress
 
 MAX_FACTORS = 4096
 
@@ -45,114 +45,18 @@ class _Fitted:
     biased: bool = True  # False: r̂ = q·p for known pairs, the global mean otherwise
 
 
-class _SgdFactorization:
-    """Shared fit/predict/recommend/save of SVD and SVDpp (see their docstrings)."""
+class _RatingModel:
+    """What every rating model shares (SVD, SVDpp, ExplicitALS): the fitted state, predict,
+    recommend and save/load. Subclasses set ``_NAME``, ``factors``, ``dtype``, ``_fitted``,
+    ``_lock`` and ``get_params``, and say how many factor tables they keep."""
 
     _NAME = ""
-    _RATE_TERMS: tuple[str, ...] = ()
+    factors: int
+    dtype: np.dtype
+    _fitted: _Fitted | None
 
-    def __init__(self, factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
-                 shuffle, backend, num_threads, random_state):
-        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
-        self.epochs = check.check_int(epochs, "epochs", minimum=0)
-        self.lr = check.check_float(lr, "lr", minimum=0.0, strict=True)
-        self.reg = check.check_float(reg, "reg", minimum=0.0)
-        self.init_mean = check.check_float(init_mean, "init_mean")
-        self.init_std = check.check_float(init_std, "init_std", minimum=0.0)
-        self.rates = {}
-        for name, value in rates.items():  # per-term overrides: lr_bu=..., reg_qi=...
-            if value is not None:
-                strict = name.startswith("lr_")
-                value = check.check_float(value, name, minimum=0.0, strict=strict)
-            self.rates[name] = value
-        self.dtype = check.check_float_dtype(dtype)
-        self.grid = check.check_int(grid, "grid", minimum=0, maximum=1024)
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
-        self.shuffle = bool(shuffle)
-        self.backend = check.check_backend(backend)
-        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
-        self.random_state = check.check_random_state(random_state)
-        self.backend_used: str | None = None
-        self._fitted: _Fitted | None = None
-        self._lock = threading.Lock()
-
-    # ------------------------------------------------------------------ parameters
-    def _rate_tuples(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(lr, reg) for the kernels: bu, bi, pu, qi, yj (unused terms repeat lr/reg)."""
-        lr = tuple(self.rates.get(f"lr_{t}") or self.lr for t in ("bu", "bi", "pu", "qi", "yj"))
-        reg = tuple(self.reg if self.rates.get(f"reg_{t}") is None else self.rates[f"reg_{t}"]
-                    for t in ("bu", "bi", "pu", "qi", "yj"))
-        return lr, reg
-
-    def get_params(self) -> dict:
-        return {
-            "factors": self.factors, "epochs": self.epochs, "lr": self.lr, "reg": self.reg,
-            "init_mean": self.init_mean, "init_std": self.init_std, **self.rates,
-            "dtype": self.dtype.name, "grid": self.grid, "shuffle": self.shuffle,
-            "backend": self.backend, "num_threads": self.num_threads,
-        }
-
-    # ------------------------------------------------------------------ training
-    def fit(
-        self,
-        users,
-        items,
-        ratings,
-        *,
-        rating_scale: tuple[float, float] | None = None,
-        n_users: int | None = None,
-        n_items: int | None = None,
-        show_progress: bool = False,
-        callback: Callable[[int, float], None] | None = None,
-        initial_factors: tuple[np.ndarray, ...] | None = None,
-    ):
-        """Train on ratings (users[t], items[t], ratings[t]) and return self.
-
-        Ids are integers >= 0; ``n_users``/``n_items`` may declare more ids than appear.
-        ``rating_scale=(lowest, highest)`` rejects ratings outside it and bounds
-        ``predict(clip=True)``; by default it is the range of the training ratings. Repeated
-        (user, item) pairs are kept: each is one more SGD update, as in Surprise.
-        ``callback(epoch, rmse)`` gets the training RMSE after each epoch.
-        ``initial_factors`` replaces the random start: (P, Q) for SVD, (P, Q, Y) for SVD++.
-        On bad input the model is left as it was.
-        """
-        users, items, values, scale = check.check_ratings(users, items, ratings, rating_scale)
-        if values.size == 0:
-            raise ValueError("fit needs at least one rating, got none")
-        n_users = self._count(n_users, "n_users", users)
-        n_items = self._count(n_items, "n_items", items)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        rng = np.random.default_rng(self.random_state)
-        factors = self._initial_factors(rng, n_users, n_items, initial_factors)
-        backend = resolve_backend(self.backend, "sgd")
-        global_mean = float(values.mean())
-        blocks = self._layout(users, items, n_users, n_items, values.size, rng)
-        ordered = np.ascontiguousarray(values[blocks.order], dtype=self.dtype)
-        seen = Pattern.from_pairs(users, items, n_users, n_items)
-        user_bias = np.zeros(n_users, dtype=self.dtype)
-        item_bias = np.zeros(n_items, dtype=self.dtype)
-        lr, reg = self._rate_tuples()
-        run_epoch = self._epoch_runner(backend, blocks, ordered, global_mean, user_bias, item_bias,
-                                       factors, seen, lr, reg)
-        progress = _progress(self.epochs, show_progress, f"{self._NAME} ({backend.NAME})")
-        try:
-            for epoch in range(self.epochs):
-                run_epoch()
-                if callback is not None:
-                    state = self._state(global_mean, user_bias, item_bias, factors, seen, users,
-                                        items, n_users, n_items, scale)
-                    callback(epoch, _rmse(state, users, items, values))
-                progress.update(1)
-        finally:
-            progress.close()
-        fitted = self._state(global_mean, user_bias, item_bias, factors, seen, users, items,
-                             n_users, n_items, scale)
-        with self._lock:
-            self._fitted = fitted
-            self.backend_used = backend.NAME
-        return self
+    def _factor_count(self) -> int:
+        raise NotImplementedError
 
     @staticmethod
     def _count(value, name, ids) -> int:
@@ -161,24 +65,6 @@ class _SgdFactorization:
             return needed
         value = check.check_int(value, name, minimum=needed)
         return value
-
-    def _initial_factors(self, rng, n_users, n_items, given):
-        names = ("P", "Q", "Y")[: self._factor_count()]
-        rows = (n_users, n_items, n_items)
-        if given is None:
-            # Surprise's initialisation: every factor ~ Normal(init_mean, init_std).
-            return [rng.normal(self.init_mean, self.init_std, (r, self.factors)).astype(self.dtype)
-                    for r in rows[: len(names)]]
-        if not isinstance(given, (tuple, list)) or len(given) != len(names):
-            raise TypeError(f"initial_factors must be a tuple {names}")
-        out = []
-        for name, array, r in zip(names, given, rows):
-            array = check.check_factors(array, f"initial_factors {name}", dtype=self.dtype,
-                                        n_cols=self.factors)
-            if array.shape[0] != r:
-                raise ValueError(f"initial_factors {name} must have {r} rows, got {array.shape}")
-            out.append(array)
-        return out
 
     # ------------------------------------------------------------------ prediction
     def predict(self, users, items, clip: bool = True):
@@ -317,18 +203,6 @@ class _SgdFactorization:
         model._fitted = state
         return model
 
-    # ------------------------------------------------------------------ per-model hooks
-    def _layout(self, users, items, n_users, n_items, nnz, rng):
-        grid = self.grid or default_grid(nnz)
-        return make_blocks(users, items, n_users, n_items, grid, rng, self.shuffle)
-
-    def _factor_count(self) -> int:
-        raise NotImplementedError
-
-    def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
-                      seen, lr, reg) -> Callable[[], None]:
-        raise NotImplementedError
-
     def _state(self, global_mean, user_bias, item_bias, factors, seen, users, items, n_users,
                n_items, scale) -> _Fitted:
         implicit = factors[2].copy() if len(factors) == 3 else None
@@ -340,6 +214,146 @@ class _SgdFactorization:
             user_counts=np.bincount(users, minlength=n_users).astype(np.int64),
             item_counts=np.bincount(items, minlength=n_items).astype(np.int64),
             seen=seen, rating_scale=scale, biased=getattr(self, "biased", True))
+
+
+
+class _SgdFactorization(_RatingModel):
+    """Shared fit/predict/recommend/save of SVD and SVDpp (see their docstrings)."""
+
+    _NAME = ""
+    _RATE_TERMS: tuple[str, ...] = ()
+
+    def __init__(self, factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
+                 shuffle, backend, num_threads, random_state):
+        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
+        self.epochs = check.check_int(epochs, "epochs", minimum=0)
+        self.lr = check.check_float(lr, "lr", minimum=0.0, strict=True)
+        self.reg = check.check_float(reg, "reg", minimum=0.0)
+        self.init_mean = check.check_float(init_mean, "init_mean")
+        self.init_std = check.check_float(init_std, "init_std", minimum=0.0)
+        self.rates = {}
+        for name, value in rates.items():  # per-term overrides: lr_bu=..., reg_qi=...
+            if value is not None:
+                strict = name.startswith("lr_")
+                value = check.check_float(value, name, minimum=0.0, strict=strict)
+            self.rates[name] = value
+        self.dtype = check.check_float_dtype(dtype)
+        self.grid = check.check_int(grid, "grid", minimum=0, maximum=1024)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
+        self.shuffle = bool(shuffle)
+        self.backend = check.check_backend(backend)
+        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        self.random_state = check.check_random_state(random_state)
+        self.backend_used: str | None = None
+        self._fitted: _Fitted | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ parameters
+    def _rate_tuples(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(lr, reg) for the kernels: bu, bi, pu, qi, yj (unused terms repeat lr/reg)."""
+        lr = tuple(self.rates.get(f"lr_{t}") or self.lr for t in ("bu", "bi", "pu", "qi", "yj"))
+        reg = tuple(self.reg if self.rates.get(f"reg_{t}") is None else self.rates[f"reg_{t}"]
+                    for t in ("bu", "bi", "pu", "qi", "yj"))
+        return lr, reg
+
+    def get_params(self) -> dict:
+        return {
+            "factors": self.factors, "epochs": self.epochs, "lr": self.lr, "reg": self.reg,
+            "init_mean": self.init_mean, "init_std": self.init_std, **self.rates,
+            "dtype": self.dtype.name, "grid": self.grid, "shuffle": self.shuffle,
+            "backend": self.backend, "num_threads": self.num_threads,
+        }
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        users,
+        items,
+        ratings,
+        *,
+        rating_scale: tuple[float, float] | None = None,
+        n_users: int | None = None,
+        n_items: int | None = None,
+        show_progress: bool = False,
+        callback: Callable[[int, float], None] | None = None,
+        initial_factors: tuple[np.ndarray, ...] | None = None,
+    ):
+        """Train on ratings (users[t], items[t], ratings[t]) and return self.
+
+        Ids are integers >= 0; ``n_users``/``n_items`` may declare more ids than appear.
+        ``rating_scale=(lowest, highest)`` rejects ratings outside it and bounds
+        ``predict(clip=True)``; by default it is the range of the training ratings. Repeated
+        (user, item) pairs are kept: each is one more SGD update, as in Surprise.
+        ``callback(epoch, rmse)`` gets the training RMSE after each epoch.
+        ``initial_factors`` replaces the random start: (P, Q) for SVD, (P, Q, Y) for SVD++.
+        On bad input the model is left as it was.
+        """
+        users, items, values, scale = check.check_ratings(users, items, ratings, rating_scale)
+        if values.size == 0:
+            raise ValueError("fit needs at least one rating, got none")
+        n_users = self._count(n_users, "n_users", users)
+        n_items = self._count(n_items, "n_items", items)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        rng = np.random.default_rng(self.random_state)
+        factors = self._initial_factors(rng, n_users, n_items, initial_factors)
+        backend = resolve_backend(self.backend, "sgd")
+        global_mean = float(values.mean())
+        blocks = self._layout(users, items, n_users, n_items, values.size, rng)
+        ordered = np.ascontiguousarray(values[blocks.order], dtype=self.dtype)
+        seen = Pattern.from_pairs(users, items, n_users, n_items)
+        user_bias = np.zeros(n_users, dtype=self.dtype)
+        item_bias = np.zeros(n_items, dtype=self.dtype)
+        lr, reg = self._rate_tuples()
+        run_epoch = self._epoch_runner(backend, blocks, ordered, global_mean, user_bias, item_bias,
+                                       factors, seen, lr, reg)
+        progress = _progress(self.epochs, show_progress, f"{self._NAME} ({backend.NAME})")
+        try:
+            for epoch in range(self.epochs):
+                run_epoch()
+                if callback is not None:
+                    state = self._state(global_mean, user_bias, item_bias, factors, seen, users,
+                                        items, n_users, n_items, scale)
+                    callback(epoch, _rmse(state, users, items, values))
+                progress.update(1)
+        finally:
+            progress.close()
+        fitted = self._state(global_mean, user_bias, item_bias, factors, seen, users, items,
+                             n_users, n_items, scale)
+        with self._lock:
+            self._fitted = fitted
+            self.backend_used = backend.NAME
+        return self
+
+    def _initial_factors(self, rng, n_users, n_items, given):
+        names = ("P", "Q", "Y")[: self._factor_count()]
+        rows = (n_users, n_items, n_items)
+        if given is None:
+            # Surprise's initialisation: every factor ~ Normal(init_mean, init_std). (Drawing
+            # float32 directly would halve the time of this step but change every seed's
+            # model; measured, that is a tenth of a 1M-rating fit.)
+            return [rng.normal(self.init_mean, self.init_std, (r, self.factors)).astype(self.dtype)
+                    for r in rows[: len(names)]]
+        if not isinstance(given, (tuple, list)) or len(given) != len(names):
+            raise TypeError(f"initial_factors must be a tuple {names}")
+        out = []
+        for name, array, r in zip(names, given, rows):
+            array = check.check_factors(array, f"initial_factors {name}", dtype=self.dtype,
+                                        n_cols=self.factors)
+            if array.shape[0] != r:
+                raise ValueError(f"initial_factors {name} must have {r} rows, got {array.shape}")
+            out.append(array)
+        return out
+
+    # ------------------------------------------------------------------ per-model hooks
+    def _layout(self, users, items, n_users, n_items, nnz, rng):
+        grid = self.grid or default_grid(nnz)
+        return make_blocks(users, items, n_users, n_items, grid, rng, self.shuffle)
+
+    def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
+                      seen, lr, reg) -> Callable[[], None]:
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         state = self._fitted
@@ -364,7 +378,9 @@ class SVD(_SgdFactorization):
     shuffle: visit the ratings of each block in a random order (fixed for the fit), or in
         the order given.
     backend: "auto", "cpu", "numba" or "numpy" (see ``recfuse.backends("sgd")``).
-    num_threads: CPU threads; 0 uses all cores.
+    num_threads: CPU threads, used as given (at most ``grid``); 0: all cores, but one per
+        ~50k updates of a diagonal of blocks (threads meet at a barrier after each diagonal,
+        which costs more than it saves on small epochs or a loaded machine).
     random_state: seed (int) or ``numpy.random.Generator`` for the initial factors, bins and
         order.
 
@@ -505,6 +521,20 @@ class SVDpp(_SgdFactorization):
 
 
 # ---------------------------------------------------------------------- helpers
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool, description: str):
+    """A tqdm bar, or a no-op without importing tqdm (its first import costs ~30 ms, half of
+    an ml-100k SVD fit)."""
+    return _tqdm_progress(total, enabled, description) if enabled else _NoProgress()
+
+
 def _implicit_term(seen: Pattern, Y: np.ndarray) -> np.ndarray:
     """z_u for every user (float64 sums, stored in Y's dtype)."""
     n_users = seen.indptr.size - 1

@@ -1,0 +1,208 @@
+"""Alternating least squares for explicit ratings with weighted-λ regularisation (ALS-WR).
+
+A separate class rather than ``ALS(feedback="explicit")``: ``recfuse.ALS`` is the implicit
+model of Hu, Koren and Volinsky. It takes a users x items matrix of interaction counts,
+turns them into confidences (alpha, ``confidence=``), scores every unobserved pair as a 0
+preference, and its CG solver and loss are built around that. Explicit ALS fits only the
+observed ratings, predicts ratings (global mean and biases, clipping to the rating scale,
+Surprise's fallbacks for unknown ids) and is fit like ``recfuse.SVD`` from (users, items,
+ratings). It shares the fit/predict/recommend/save API of SVD, so it is a drop-in solver
+without a learning rate for ``SVD`` users, not an option that would switch off half of
+``ALS``'s parameters.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from .. import _validation as check
+from .._als.common import CsrArrays
+from .._backend import resolve_backend
+from .._sgd.common import Pattern
+from .sgd import MAX_FACTORS, _progress, _RatingModel, _rmse
+
+
+class ExplicitALS(_RatingModel):
+    """ALS for ratings (Zhou et al. 2008, weighted-λ regularisation), optionally with biases:
+    r̂_ui = μ + b_u + b_i + x_u·y_i.
+
+    Each iteration re-solves every user exactly with the items fixed, then every item with
+    the users fixed (``recfuse.reference.explicit_als_half_sweep``); a user with n_u ratings
+    minimises Σ_i (r_ui − μ − b_i − b_u − x_u·y_i)² + n_u (reg ‖x_u‖² + reg_bias b_u²). There
+    is no learning rate: each step is the exact minimiser for its half, so the training
+    loss never increases.
+
+    Parameters
+    ----------
+    factors: size k of the latent vectors.
+    iterations: sweeps (users then items) done by ``fit``.
+    reg: λ, scaled per row by its number of ratings (weighted-λ).
+    biased: fit μ, b_u and b_i (True) or predict x_u·y_i alone (False).
+    reg_bias: λ for the biases (None: ``reg``).
+    init_std: the item factors start ~ Normal(0, init_std) (the users are solved first).
+    dtype: float32 (default) or float64, for the factors and all arithmetic.
+    backend: "auto", "cpu", "numba" or "numpy" (``recfuse.backends("sgd")``).
+    num_threads: CPU threads; 0 uses all cores. Results do not depend on it (every row is
+        solved independently).
+    random_state: seed (int) or ``numpy.random.Generator`` for the initial factors.
+
+    ``predict``, ``recommend`` (through ``recfuse.topk``, bias-aware), ``save`` and unknown-id
+    handling are those of ``recfuse.SVD``.
+
+    >>> import numpy as np, recfuse
+    >>> rng = np.random.default_rng(0)
+    >>> users, items = rng.integers(0, 50, 2000), rng.integers(0, 40, 2000)
+    >>> model = recfuse.ExplicitALS(factors=8, iterations=5, random_state=0)
+    >>> 1 <= model.fit(users, items, rng.integers(1, 6, 2000)).predict(3, 7) <= 5
+    True
+    """
+
+    _NAME = "ExplicitALS"
+
+    def __init__(
+        self,
+        factors: int = 32,
+        iterations: int = 15,
+        reg: float = 0.1,
+        biased: bool = True,
+        reg_bias: float | None = None,
+        init_std: float = 0.1,
+        dtype=np.float32,
+        backend: str = "auto",
+        num_threads: int = 0,
+        random_state: int | np.random.Generator | None = None,
+    ):
+        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
+        self.iterations = check.check_int(iterations, "iterations", minimum=0)
+        self.reg = check.check_float(reg, "reg", minimum=0.0, strict=True)
+        if not isinstance(biased, (bool, np.bool_)):
+            raise TypeError(f"biased must be a bool, got {type(biased).__name__}")
+        self.biased = bool(biased)
+        self.reg_bias = None if reg_bias is None else check.check_float(reg_bias, "reg_bias",
+                                                                        minimum=0.0)
+        self.init_std = check.check_float(init_std, "init_std", minimum=0.0)
+        self.dtype = check.check_float_dtype(dtype)
+        self.backend = check.check_backend(backend)
+        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        self.random_state = check.check_random_state(random_state)
+        self.backend_used: str | None = None
+        self._fitted = None
+        self._lock = threading.Lock()
+
+    def get_params(self) -> dict:
+        return {
+            "factors": self.factors, "iterations": self.iterations, "reg": self.reg,
+            "biased": self.biased, "reg_bias": self.reg_bias, "init_std": self.init_std,
+            "dtype": self.dtype.name, "backend": self.backend, "num_threads": self.num_threads,
+        }
+
+    def _factor_count(self) -> int:
+        return 2
+
+    def fit(
+        self,
+        users,
+        items,
+        ratings,
+        *,
+        rating_scale: tuple[float, float] | None = None,
+        n_users: int | None = None,
+        n_items: int | None = None,
+        show_progress: bool = False,
+        callback: Callable[[int, float], None] | None = None,
+        initial_factors: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> "ExplicitALS":
+        """Train on ratings (users[t], items[t], ratings[t]) and return self.
+
+        Arguments as for ``SVD.fit``: ``rating_scale`` rejects ratings outside it and bounds
+        ``predict(clip=True)``; ``n_users``/``n_items`` may declare more ids than appear;
+        repeated (user, item) pairs each count as one more rating. ``callback(iteration,
+        rmse)`` gets the training RMSE after each iteration; ``initial_factors=(X, Y)``
+        replaces the random start (only Y matters: the users are solved first). On bad input
+        the model is left as it was.
+        """
+        users, items, values, scale = check.check_ratings(users, items, ratings, rating_scale)
+        if values.size == 0:
+            raise ValueError("fit needs at least one rating, got none")
+        n_users = self._count(n_users, "n_users", users)
+        n_items = self._count(n_items, "n_items", items)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        rng = np.random.default_rng(self.random_state)
+        if initial_factors is None:
+            X = rng.normal(0.0, self.init_std, (n_users, self.factors)).astype(self.dtype)
+            Y = rng.normal(0.0, self.init_std, (n_items, self.factors)).astype(self.dtype)
+        else:
+            if not isinstance(initial_factors, (tuple, list)) or len(initial_factors) != 2:
+                raise TypeError("initial_factors must be a pair (user_factors, item_factors)")
+            X, Y = (check.check_factors(a, f"initial_factors[{n}]", dtype=self.dtype,
+                                        n_cols=self.factors)
+                    for n, a in enumerate(initial_factors))
+            if X.shape[0] != n_users or Y.shape[0] != n_items:
+                raise ValueError(f"initial_factors must have shapes ({n_users}, {self.factors}) "
+                                 f"and ({n_items}, {self.factors}), got {X.shape} and {Y.shape}")
+        backend = resolve_backend(self.backend, "sgd")
+        by_user = _ratings_csr(users, items, values, n_users, n_items, self.dtype)
+        by_item = _ratings_csr(items, users, values, n_items, n_users, self.dtype)
+        global_mean = float(values.mean())  # unbiased: only the fallback for unknown ids
+        kernel_mean = global_mean if self.biased else 0.0
+        user_bias = np.zeros(n_users, dtype=self.dtype) if self.biased else None
+        item_bias = np.zeros(n_items, dtype=self.dtype) if self.biased else None
+        reg_bias = self.reg if self.reg_bias is None else self.reg_bias
+        seen = Pattern.from_pairs(users, items, n_users, n_items)
+        progress = _progress(self.iterations, show_progress, f"ExplicitALS ({backend.NAME})")
+        failed = 0
+        try:
+            for iteration in range(self.iterations):
+                failed += backend.explicit_als_half_sweep(by_user, Y, X, item_bias, user_bias,
+                                                          kernel_mean, self.reg, reg_bias,
+                                                          self.num_threads)
+                failed += backend.explicit_als_half_sweep(by_item, X, Y, user_bias, item_bias,
+                                                          kernel_mean, self.reg, reg_bias,
+                                                          self.num_threads)
+                if callback is not None:
+                    state = self._snapshot(global_mean, user_bias, item_bias, X, Y, seen, users,
+                                           items, n_users, n_items, scale)
+                    callback(iteration, _rmse(state, users, items, values))
+                progress.update(1)
+        finally:
+            progress.close()
+        if failed:
+            warnings.warn(f"{failed} row systems were not positive definite in "
+                          f"{self.dtype.name} and kept their previous values", RuntimeWarning,
+                          stacklevel=2)
+        fitted = self._snapshot(global_mean, user_bias, item_bias, X, Y, seen, users, items,
+                                n_users, n_items, scale)
+        with self._lock:
+            self._fitted = fitted
+            self.backend_used = backend.NAME
+        return self
+
+    def _snapshot(self, global_mean, user_bias, item_bias, X, Y, seen, users, items, n_users,
+                  n_items, scale):
+        if not self.biased:  # the state keeps zero biases; predict ignores them when unbiased
+            user_bias = np.zeros(n_users, dtype=self.dtype)
+            item_bias = np.zeros(n_items, dtype=self.dtype)
+        return self._state(global_mean, user_bias, item_bias, [X, Y], seen, users, items,
+                           n_users, n_items, scale)
+
+    def __repr__(self) -> str:
+        state = self._fitted
+        fitted = "" if state is None else (
+            f", fitted on {state.user_counts.size} users x {state.item_counts.size} items")
+        return (f"ExplicitALS(factors={self.factors}, iterations={self.iterations}, "
+                f"reg={self.reg}, biased={self.biased}, dtype={self.dtype.name}, "
+                f"backend={self.backend!r}{fitted})")
+
+
+def _ratings_csr(rows, cols, values, n_rows: int, n_cols: int, dtype) -> CsrArrays:
+    """Ratings as CSR (rows x cols), columns ascending within a row, repeated pairs kept."""
+    order = np.lexsort((cols, rows))
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    return CsrArrays(indptr, np.ascontiguousarray(cols[order], dtype=np.int32),
+                     np.ascontiguousarray(values[order], dtype=dtype), (n_rows, n_cols))

@@ -1,0 +1,90 @@
+"""The CUDA batch-Hogwild SVD (recfuse._cuda.svd_epochs_hogwild, cuda/sgd.cu) on a device.
+
+Written before the kernel ever ran on a GPU: these tests are its first check. With one warp
+holding every rating (batch >= nnz) an epoch is the sequential reference; with many warps
+(Hogwild, not deterministic) the training RMSE must fall and everything stay finite.
+Marked ``gpu``: they skip, with the reason, where the CUDA backend is not available.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recfuse import reference
+from recfuse._als import cuda as cuda_backend
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    available, reason = cuda_backend.availability()
+    if not available:
+        pytest.skip(f"cuda: {reason}")
+    from recfuse import _cuda
+
+    return _cuda
+
+
+def problem(dtype, k, n_users=300, n_items=200, n=6000, seed=0):
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, n).astype(np.int32)
+    items = rng.integers(0, n_items, n).astype(np.int32)
+    taste = rng.normal(size=(n_users, 4)) @ rng.normal(size=(4, n_items))
+    ratings = np.clip(np.round(3 + taste[users, items]), 1, 5).astype(dtype)
+    start = (np.zeros(n_users, dtype), np.zeros(n_items, dtype),
+             rng.normal(0, 0.1, (n_users, k)).astype(dtype),
+             rng.normal(0, 0.1, (n_items, k)).astype(dtype))
+    return users, items, ratings, start
+
+
+def rmse(users, items, ratings, mu, bu, bi, P, Q):
+    predicted = mu + bu[users] + bi[items] + np.einsum("nk,nk->n", P[users].astype(np.float64),
+                                                       Q[items].astype(np.float64))
+    return float(np.sqrt(np.mean((predicted - ratings) ** 2)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [8, 32, 50, 100, 256])
+def test_one_warp_is_the_sequential_reference(cuda, dtype, k):
+    users, items, ratings, start = problem(dtype, k, n=2000)
+    mu = float(ratings.mean())
+    lr, reg = (0.01, 0.02, 0.005, 0.007, 0.0), (0.02, 0.05, 0.03, 0.01, 0.0)
+    expected = reference.svd_sgd_epoch(users, items, ratings, mu, *start, lr=lr[:4], reg=reg[:4])
+    got = [a.copy() for a in start]
+    cuda.svd_epochs_hogwild(users, items, ratings, mu, *got, lr, reg, True, 1, users.size)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hogwild_epochs_lower_the_training_error(cuda, dtype):
+    users, items, ratings, start = problem(dtype, 64, n=50_000)
+    mu = float(ratings.mean())
+    model = [a.copy() for a in start]
+    before = rmse(users, items, ratings, mu, *model)
+    cuda.svd_epochs_hogwild(users, items, ratings, mu, *model, (0.005,) * 5, (0.02,) * 5, True,
+                            10, 32)
+    assert all(np.all(np.isfinite(a)) for a in model)
+    assert rmse(users, items, ratings, mu, *model) < 0.8 * before
+
+
+def test_bad_arguments_raise(cuda):
+    users, items, ratings, start = problem(np.float32, 8, n=100)
+    model = [a.copy() for a in start]
+    args = (users, items, ratings, 3.0, *model, (0.01,) * 5, (0.02,) * 5, True, 1)
+    bad = users.copy()
+    bad[3] = 10_000
+    with pytest.raises(ValueError, match="outside"):
+        cuda.svd_epochs_hogwild(bad, *args[1:])
+    with pytest.raises(ValueError, match="batch"):
+        cuda.svd_epochs_hogwild(*args, 0)
+    wide = np.zeros((300, cuda.SVD_MAX_FACTORS + 1), np.float32)
+    with pytest.raises(ValueError, match="factors"):
+        cuda.svd_epochs_hogwild(users, items, ratings, 3.0, model[0], model[1], wide,
+                                np.zeros((200, cuda.SVD_MAX_FACTORS + 1), np.float32),
+                                (0.01,) * 5, (0.02,) * 5, True, 1)
