@@ -60,7 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--libraries", nargs="+",
                         default=["recfuse", "bf16", "numpy", "faiss", "implicit"],
                         help="bf16: recfuse with storage='bfloat16' (exact, re-ranked)")
-    parser.add_argument("--min-time", type=float, default=0.4, help="seconds per measurement")
+    parser.add_argument("--min-time", type=float, default=0.6,
+                        help="seconds of calls per library and case")
     parser.add_argument("--output", default=os.path.join(RESULTS, "topk.json"))
     return parser.parse_args(argv)
 
@@ -84,20 +85,24 @@ def timed(function, min_time: float) -> float:
     return statistics.median(times)
 
 
-def timed_round_robin(runs: dict, min_time: float) -> dict:
-    """Median seconds per call of each library, measured in turns (A B C A B C ...) so that a
-    change in the machine's load affects every library alike (these machines are shared)."""
+def timed_round_robin(runs: dict, min_time: float, rounds: int = 3) -> dict:
+    """Median seconds per call of each library, measured in turns (A B C, A B C, ...) so that
+    a change in the machine's load affects every library alike (these machines are shared).
+    Each turn starts after a pause, so that the previous library's thread pool (OpenBLAS,
+    OpenMP: they spin for a while after each call) has gone idle, and is a burst of calls
+    lasting at least min_time / rounds, of which the first is not counted."""
+    times = {name: [] for name in runs}
     for run in runs.values():
         run()  # warm-up
-    times = {name: [] for name in runs}
-    started = time.perf_counter()
-    rounds = 0
-    while rounds < 5 or (time.perf_counter() - started < min_time * len(runs) and rounds < 200):
+    for _ in range(rounds):
         for name, run in runs.items():
-            begin = time.perf_counter()
+            time.sleep(0.3)
             run()
-            times[name].append(time.perf_counter() - begin)
-        rounds += 1
+            started = time.perf_counter()
+            while len(times[name]) < 3 or time.perf_counter() - started < min_time / rounds:
+                begin = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - begin)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
