@@ -9,6 +9,8 @@
 #include <string>
 
 #include "als_bindings.hpp"
+#include "data_bindings.hpp"
+#include "metrics_bindings.hpp"
 #include "recfuse/als.hpp"
 #include "recfuse/simd.hpp"
 
@@ -42,6 +44,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "recfuse native CPU kernels (C++17, OpenMP, runtime SIMD dispatch)";
   bind_als_functions<float, CpuKernels>(m, "");
   bind_als_functions<double, CpuKernels>(m, "");
+  bind_data_functions(m);
+  bind_metrics_functions(m);
   m.def("simd_level", [] { return std::string(recfuse::simd_level_name(recfuse::simd_level())); });
   m.def(
       "set_simd_level",
