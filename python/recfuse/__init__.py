@@ -12,6 +12,8 @@ from __future__ import annotations
 from ._backend import backends, resolve_backend
 from .models.als import ALS
 from .persistence import load
+from .interactions import IdMap, Interactions
 
 __version__ = "0.1.0"
 __all__ = ["ALS", "backends", "load", "resolve_backend", "__version__"]
+__all__ += ["IdMap", "Interactions"]
