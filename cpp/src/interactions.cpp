@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -52,10 +53,12 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
   // Pass 2: scatter the events by user, in input order (sequential reads, and later passes
   // touch one user's events as one contiguous block). key = item << 32 | position in the
   // row, so sorting a row's keys orders it by item and keeps input order within a pair.
-  std::vector<uint64_t> keys(static_cast<size_t>(n_events));
-  std::vector<double> row_values(values ? static_cast<size_t>(n_events) : 0);
-  std::vector<int64_t> row_times(times ? static_cast<size_t>(n_events) : 0);
-  std::vector<int64_t> row_multiplicity(multiplicity ? static_cast<size_t>(n_events) : 0);
+  // Scratch left uninitialised: every slot is written once below.
+  const auto scratch = [n_events](bool wanted) { return static_cast<size_t>(wanted ? n_events : 0); };
+  std::unique_ptr<uint64_t[]> keys(new uint64_t[scratch(true)]);
+  std::unique_ptr<double[]> row_values(new double[scratch(values)]);
+  std::unique_ptr<int64_t[]> row_times(new int64_t[scratch(times)]);
+  std::unique_ptr<int64_t[]> row_multiplicity(new int64_t[scratch(multiplicity)]);
   {
     std::vector<int64_t> next(start.begin(), start.end() - 1);
     for (int64_t e = 0; e < n_events; ++e) {
@@ -72,10 +75,11 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
   const int threads = thread_count(num_threads, n_events);
 #pragma omp parallel for schedule(dynamic, 256) num_threads(threads)
   for (int64_t u = 0; u < n_users; ++u) {
-    auto first = keys.begin() + start[u], last = keys.begin() + start[u + 1];
+    uint64_t* first = keys.get() + start[u];
+    uint64_t* last = keys.get() + start[u + 1];
     std::sort(first, last);
     int64_t distinct = 0;
-    for (auto it = first; it != last; ++it)
+    for (uint64_t* it = first; it != last; ++it)
       if (it == first || (*it >> 32) != (*(it - 1) >> 32)) ++distinct;
     out.indptr[u + 1] = distinct;
   }
