@@ -288,7 +288,7 @@ def load_movielens(path, *, min_rating: float | None = None, weighting: str = "n
     to get the data.
 
     >>> log = load_movielens("~/data/ml-100k")          # doctest: +SKIP
-    >>> log.shape
+    >>> log.shape                                       # doctest: +SKIP
     (943, 1682)
     """
     from .interactions import Interactions
