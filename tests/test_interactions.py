@@ -156,7 +156,7 @@ def test_weightings_match_implicit():
 def test_add_keeps_ints_and_combines():
     log = Interactions.from_events(frame(), weight="rating")
     more = pd.DataFrame({"user": ["u9", "u1"], "item": [99, 10], "rating": [2.0, 1.0]})
-    grown = log.add(more, weight="rating")
+    grown = log.add(more)  # the columns of the first read are remembered
     for ids in ("user_ids", "item_ids"):
         old = getattr(log, ids).ids
         assert getattr(grown, ids).ids[: old.size].tolist() == old.tolist()
@@ -165,6 +165,19 @@ def test_add_keeps_ints_and_combines():
     assert grown.matrix[3, 3] == 2
     extended = log.user_ids.extend(["zz", "u1"])
     assert extended.to_internal(["zz"]).tolist() == [3]
+
+
+def test_add_remembers_event_weights_and_saves_them(tmp_path):
+    weights = {"view": 1, "click": 3, "purchase": 10}
+    log = Interactions.from_events(frame(), timestamp="time", event="kind", event_weights=weights)
+    grown = log.add(pd.DataFrame({"user": ["u1"], "item": [10], "kind": ["purchase"],
+                                  "time": pd.to_datetime(["2024-02-01"])}))
+    assert grown.matrix[0, 0] == 3 + 10
+    log.save(tmp_path / "log.npz")
+    again = Interactions.load(tmp_path / "log.npz").add(users=["u1"], items=[10],
+                                                         timestamps=["2024-02-01"],
+                                                         events=["click"])
+    assert again.matrix[0, 0] == 3 + 3
 
 
 def test_add_arrays_and_existing_maps():

@@ -444,11 +444,15 @@ class Interactions:
         columns = _columns_of(source, {"user": user, "item": item, "weight": weight,
                                        "timestamp": timestamp, "event": event},
                               dict(read_options or {}))
-        return cls.from_arrays(
+        result = cls.from_arrays(
             columns["user"], columns["item"], columns["weight"], columns["timestamp"],
             columns["event"], combine=combine, event_weights=event_weights,
             half_life=half_life, reference_time=reference_time, weighting=weighting,
             user_ids=user_ids, item_ids=item_ids, unknown=unknown, **weighting_options)
+        # remembered so that add(more_events) reads new data the same way
+        result._settings["columns"] = {"user": user, "item": item, "weight": weight,
+                                       "timestamp": timestamp, "event": event}
+        return result
 
     @classmethod
     def from_arrays(cls, users, items, weights=None, timestamps=None, events=None, *,
@@ -475,7 +479,8 @@ class Interactions:
         elif event_weights is not None:
             raise ValueError("event_weights needs an event column (event=...)")
         times = None if timestamps is None else _times_ns(timestamps)
-        settings = {"combine": combine}
+        settings = {"combine": combine, "event_weights": None if event_weights is None else
+                    [[_plain(key), float(value)] for key, value in event_weights.items()]}
         if half_life is not None:
             if times is None:
                 raise ValueError("half_life needs timestamps (timestamp=...)")
@@ -547,6 +552,10 @@ class Interactions:
         latest event."""
         options = {"combine": self._settings["combine"], "user_ids": self.user_ids,
                    "item_ids": self.item_ids, "unknown": "extend"}
+        if source is not None:
+            options.update(self._settings["columns"] or {})
+        if self._settings["event_weights"] and (source is not None or "events" in columns_or_arrays):
+            options["event_weights"] = {key: value for key, value in self._settings["event_weights"]}
         if self._settings["half_life"] is not None:
             options["half_life"] = self._settings["half_life"]
             if self._settings["fixed_reference"]:
@@ -772,7 +781,13 @@ class Interactions:
 
 
 _DEFAULT_SETTINGS = {"combine": "sum", "weighting": "none", "weighting_options": {},
-                     "half_life": None, "reference_time": None, "fixed_reference": False}
+                     "half_life": None, "reference_time": None, "fixed_reference": False,
+                     "columns": None, "event_weights": None}
+
+
+def _plain(value):
+    """A NumPy scalar as the Python value (JSON-able settings)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _map_ids(values, id_map: IdMap | None, name: str, extend: bool) -> tuple[IdMap, np.ndarray]:
