@@ -49,7 +49,9 @@ import recfuse  # noqa: E402
 from recfuse import datasets, metrics, split  # noqa: E402
 from recfuse.interactions import Interactions  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# `recfuse bench --output DIR` sends the JSON elsewhere through this variable.
+RESULTS = os.environ.get("RECFUSE_BENCH_RESULTS") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def measure(function, repeats: int):

@@ -100,3 +100,18 @@ def test_recommend_unknown_user(tmp_path):
                        ["recommendations"]["1"][0]["score"])
     assert "unknown user ids" in run("recommend", tmp_path / "m", 42, check_rc=2).stderr
     assert "test.npz" in run("evaluate", tmp_path / "m", check_rc=2).stderr
+
+
+def test_bench_runs_a_suite_and_writes_json(tmp_path):
+    result = json.loads(run("bench", "data", "--quick", "--output", tmp_path, "--script-args",
+                            "--sizes 20000 --skip-evaluation", "--json").stdout)
+    assert [row["stage"] for row in result["rows"]] == ["ingest", "ingest"]
+    assert all(row["speedup"] > 0 for row in result["rows"])
+    assert (tmp_path / "bench.json").exists() and (tmp_path / "data.json").exists()
+
+
+def test_bench_errors(tmp_path):
+    env_run = subprocess.run([sys.executable, "-m", "recfuse.cli", "bench"], capture_output=True,
+                             text=True, env=dict(os.environ, RECFUSE_BENCH_DIR=str(tmp_path)))
+    assert env_run.returncode == 2 and "no bench/ suites" in env_run.stderr
+    assert "unknown suites" in run("bench", "nope", check_rc=2).stderr

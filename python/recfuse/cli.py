@@ -7,6 +7,8 @@
                                      and DIR/test.npz
   recfuse evaluate DIR               score DIR's model on its test set (or --test DATA)
   recfuse recommend DIR USER...      top-k items for users, by their original ids
+  recfuse bench [SUITE...]           run bench/ suites (data, als) of a source checkout; print
+                                     the ratio table, write bench.json and bench.png
   recfuse info                       backends and why any is unavailable
 
 Every command takes ``--json`` (one JSON object on stdout, nothing else). Exit codes: 0 done;
@@ -312,6 +314,106 @@ def _recommend(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- bench
+BENCH_SUITES = {  # suite -> (script, arguments for --quick, results file)
+    "data": ("bench_data.py", ["--sizes", "1000000", "--repeats", "1"], "data.json"),
+    "als": ("bench_als.py", ["--quick", "--no-quality"], "als.json"),
+}
+
+
+def _bench_folder() -> str:
+    folder = os.environ.get("RECFUSE_BENCH_DIR") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench")
+    if not os.path.isfile(os.path.join(folder, "bench_data.py")):
+        raise FileNotFoundError(
+            f"no bench/ suites at {os.path.abspath(folder)!r}: `recfuse bench` runs the scripts "
+            "of a source checkout (pip install -e .) or of RECFUSE_BENCH_DIR")
+    return os.path.abspath(folder)
+
+
+def _ratio_rows(suite: str, results: dict) -> list[dict]:
+    """(stage, case, speedup, peer) rows of one suite's JSON."""
+    rows = []
+    if suite == "data":
+        for r in results.get("ingestion", []):
+            rows.append({"stage": "ingest", "case": f"{r['events'] / 1e6:g}M events, {r['ids']} ids",
+                         "speedup": r["speedup"], "peer": "pandas + scipy"})
+        for r in results.get("evaluation", []):
+            rows.append({"stage": "evaluate", "case": f"{r['events'] / 1e6:g}M events",
+                         "speedup": r["speedup"], "peer": "implicit.evaluation"})
+    elif suite == "als":
+        for r in results.get("speed", []):
+            rows.append({"stage": "ALS fit", "case": f"{r['nnz'] / 1e6:g}M nnz, k={r['factors']}, "
+                         f"{r['solver']}", "speedup": r["speedup"], "peer": "implicit"})
+    return rows
+
+
+def _bench(args) -> int:
+    import shlex
+    import subprocess
+
+    say = _printer(args)
+    args.suites = args.suites or ["data"]
+    unknown = [suite for suite in args.suites if suite not in BENCH_SUITES]
+    if unknown:
+        raise ValueError(f"unknown suites {unknown}; choose from {sorted(BENCH_SUITES)}")
+    folder = _bench_folder()
+    output = os.path.abspath(args.output or os.path.join(folder, "results"))
+    os.makedirs(output, exist_ok=True)
+    environment = dict(os.environ, RECFUSE_BENCH_RESULTS=output)
+    rows, failures = [], []
+    for suite in args.suites:
+        script, quick, results_file = BENCH_SUITES[suite]
+        command = [sys.executable, os.path.join(folder, script)]
+        command += quick if args.quick else []
+        command += shlex.split(args.script_args or "")
+        say(f"running {' '.join(command[1:])} ...")
+        done = subprocess.run(command, env=environment, stdout=subprocess.PIPE,
+                              stderr=None if not args.json else subprocess.DEVNULL, text=True)
+        if done.returncode != 0:
+            failures.append(f"{suite} (exit {done.returncode})")
+            continue
+        with open(os.path.join(output, results_file)) as handle:
+            rows += [dict(row, suite=suite) for row in _ratio_rows(suite, json.load(handle))]
+    summary = {"rows": rows, "failed": failures, "output": output}
+    with open(os.path.join(output, "bench.json"), "w") as handle:
+        json.dump(summary, handle, indent=1)
+    summary["plot"] = _bench_plot(rows, os.path.join(output, "bench.png"))
+    width = max([len(r["stage"] + r["case"]) + 2 for r in rows] + [20])
+    say(f"\n{'stage: case':<{width}}  {'recfuse speedup':>15}  peer")
+    for row in rows:
+        say(f"{row['stage'] + ': ' + row['case']:<{width}}  {row['speedup']:>14.2f}x  {row['peer']}")
+    say(f"\nwrote {os.path.join(output, 'bench.json')}"
+        + (f" and {summary['plot']}" if summary["plot"] else " (no plot: matplotlib is not installed)"))
+    _emit_json(args, summary)
+    if failures:
+        raise RuntimeError(f"benchmark suites failed: {', '.join(failures)}")
+    return 0
+
+
+def _bench_plot(rows: list[dict], path: str) -> str | None:
+    """A bar chart of the speedups (log scale, 1x marked); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    labels = [f"{r['stage']}: {r['case']} (vs {r['peer']})" for r in rows]
+    axes.barh(range(len(rows)), [r["speedup"] for r in rows], color="tab:blue")
+    axes.axvline(1.0, color="black", linewidth=1)
+    axes.set_yticks(range(len(rows)), labels, fontsize=8)
+    axes.set_xscale("log")
+    axes.set_xlabel("recfuse speedup over the peer (x, log scale)")
+    axes.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recfuse", description=__doc__,
@@ -381,6 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("--k", type=int, default=10)
     common(recommend)
     recommend.set_defaults(run=_recommend)
+
+    bench = commands.add_parser("bench", help="run bench/ suites and print the ratio table")
+    bench.add_argument("suites", nargs="*", metavar="SUITE",
+                       help=f"one or more of {sorted(BENCH_SUITES)} (default data)")
+    bench.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    bench.add_argument("--output", help="folder for the JSON and PNG (default bench/results)")
+    bench.add_argument("--script-args", help="more arguments for every suite's script, quoted")
+    common(bench)
+    bench.set_defaults(run=_bench)
 
     info = commands.add_parser("info", help="print the backends and why any is unavailable")
     common(info)
