@@ -217,10 +217,10 @@ def _factorize(values, name: str) -> tuple[np.ndarray, np.ndarray]:
     elif pandas is not None:
         codes, uniques = pandas.factorize(values, sort=True)
         uniques = np.asarray(uniques)
-        if uniques.dtype == object and uniques.size:  # plain NumPy arrays: compact, saveable
-            target = {None: str, "string": str, "integer": np.int64, "floating": np.float64}
-            if kind in target:
-                uniques = uniques.astype(target[kind])
+        if uniques.dtype == object and kind in ("integer", "floating") and uniques.size:
+            uniques = uniques.astype(np.int64 if kind == "integer" else np.float64)
+        # strings stay Python objects: converting millions to fixed-width NumPy strings costs
+        # more than the rest of the ingestion; save() converts them
     else:  # pragma: no cover - the NumPy path without pandas
         if values.dtype == object:
             raise ImportError("object ids need pandas: pip install 'recfuse[data]'")
@@ -492,8 +492,9 @@ class Interactions:
             settings.update(half_life=seconds, reference_time=reference,
                             fixed_reference=reference_time is not None)
         extend = unknown == "extend"
-        user_map, user_codes = _map_ids(users, user_ids, "users", extend)
-        item_map, item_codes = _map_ids(items, item_ids, "items", extend)
+        (user_map, user_codes), (item_map, item_codes) = _both(
+            lambda: _map_ids(users, user_ids, "users", extend),
+            lambda: _map_ids(items, item_ids, "items", extend), parallel=n >= 1 << 20)
         keep = None
         if unknown != "extend":
             lost = (user_codes < 0) | (item_codes < 0)
@@ -783,6 +784,18 @@ class Interactions:
 _DEFAULT_SETTINGS = {"combine": "sum", "weighting": "none", "weighting_options": {},
                      "half_life": None, "reference_time": None, "fixed_reference": False,
                      "columns": None, "event_weights": None}
+
+
+def _both(first, second, *, parallel: bool):
+    """(first(), second()), on two threads when ``parallel``: hashing one id column releases
+    the GIL for long stretches (pandas, Arrow), so the two columns overlap on two cores."""
+    if not parallel:
+        return first(), second()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        other = pool.submit(second)
+        return first(), other.result()
 
 
 def _plain(value):
