@@ -279,3 +279,28 @@ def test_id_map_checks():
     assert ids.to_internal([8, 7], missing="ignore").tolist() == [-1, 1]
     with pytest.raises(ValueError, match="< 2"):
         ids.to_external([2])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_native_grouping_large_and_threaded(threads):
+    rng = np.random.default_rng(0)
+    n, n_users, n_items = 400_000, 3000, 500
+    users = rng.integers(0, n_users, n).astype(np.int32)
+    items = rng.integers(0, n_items, n).astype(np.int32)
+    values = rng.random(n)
+    indptr, indices, summed, counts, _ = _core.group_events(
+        users, items, values, n_users=n_users, n_items=n_items, combine="sum",
+        num_threads=threads)
+    expected = sp.csr_matrix((values, (users, items)), shape=(n_users, n_items))
+    got = sp.csr_matrix((summed, indices, indptr), shape=(n_users, n_items))
+    assert abs(got - expected).max() < 1e-9
+    ones = sp.csr_matrix((np.ones(n), (users, items)), shape=(n_users, n_items))
+    np.testing.assert_array_equal(counts, ones.data)
+    # "last" without times keeps input order across the threads' chunks
+    order = np.arange(n, dtype=np.float64)
+    _, _, last, _, _ = _core.group_events(users, items, order, n_users=n_users,
+                                          n_items=n_items, combine="last", num_threads=threads)
+    latest = np.zeros((n_users, n_items))
+    latest[users, items] = order  # NumPy assigns repeated indices in order: the last wins
+    rows = np.repeat(np.arange(n_users), np.diff(indptr))
+    np.testing.assert_array_equal(last, latest[rows, indices])

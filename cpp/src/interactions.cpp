@@ -4,6 +4,10 @@
 
 #include <omp.h>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <limits>
 #include <memory>
@@ -21,6 +25,48 @@ int thread_count(int requested, int64_t work) {
   return static_cast<int>(std::min<int64_t>(threads, useful));
 }
 
+// Uninitialised scratch for `count` values, on transparent huge pages where Linux gives them:
+// the scatter writes to random places of these arrays, and with 4 KiB pages nearly every
+// write also misses the TLB (NumPy's own large arrays get huge pages the same way).
+template <class T>
+class Scratch {
+ public:
+  explicit Scratch(size_t count) : bytes_(count * sizeof(T)) {
+    if (count == 0) return;
+#ifdef __linux__
+    if (bytes_ >= (size_t{4} << 20)) {
+      void* memory = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                          -1, 0);
+      if (memory != MAP_FAILED) {
+        madvise(memory, bytes_, MADV_HUGEPAGE);
+        data_ = static_cast<T*>(memory);
+        mapped_ = true;
+        return;
+      }
+    }
+#endif
+    data_ = new T[count];
+  }
+  ~Scratch() {
+#ifdef __linux__
+    if (mapped_) {
+      munmap(data_, bytes_);
+      return;
+    }
+#endif
+    delete[] data_;
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* get() const { return data_; }
+  T& operator[](size_t i) const { return data_[i]; }
+
+ private:
+  size_t bytes_;
+  T* data_ = nullptr;
+  bool mapped_ = false;
+};
+
 }  // namespace
 
 GroupedPairs group_events(const int32_t* users, const int32_t* items, const double* values,
@@ -32,36 +78,68 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
   GroupedPairs out;
   out.indptr.assign(static_cast<size_t>(n_users) + 1, 0);
 
-  // Pass 1: events per user (and range checks).
-  std::vector<int64_t> start(static_cast<size_t>(n_users) + 1, 0);
-  for (int64_t e = 0; e < n_events; ++e) {
-    const int32_t u = users[e], i = items[e];
-    if (u < 0 || u >= n_users)
-      throw std::invalid_argument("group_events: user code " + std::to_string(u) +
-                                  " outside [0, " + std::to_string(n_users) + ")");
-    if (i < 0 || i >= n_items)
-      throw std::invalid_argument("group_events: item code " + std::to_string(i) +
-                                  " outside [0, " + std::to_string(n_items) + ")");
-    ++start[u + 1];
+  // The event range is cut into one contiguous chunk per thread; each thread counts and
+  // later scatters its own chunk, so a user's events keep their input order. Per-thread
+  // counters cost threads x n_users; more threads than that memory allows are not used.
+  const int threads = thread_count(num_threads, n_events);
+  const int scatter_threads = static_cast<int>(std::max<int64_t>(
+      1, std::min<int64_t>(threads, n_events / std::max<int64_t>(n_users, 1))));
+  auto chunk_begin = [&](int t) { return n_events * t / scatter_threads; };
+
+  // Pass 1: events per user and chunk (and range checks).
+  const size_t counters = static_cast<size_t>(scatter_threads) * n_users;
+  Scratch<int64_t> offsets(counters);
+  std::fill(offsets.get(), offsets.get() + counters, 0);
+  int64_t bad_event = -1;
+#pragma omp parallel num_threads(scatter_threads)
+  {
+    const int t = omp_get_thread_num();
+    int64_t* count = offsets.get() + static_cast<int64_t>(t) * n_users;
+    for (int64_t e = chunk_begin(t); e < chunk_begin(t + 1); ++e) {
+      const int32_t u = users[e], i = items[e];
+      if (u < 0 || u >= n_users || i < 0 || i >= n_items) {
+#pragma omp critical
+        bad_event = bad_event < 0 ? e : std::min(bad_event, e);
+        break;
+      }
+      ++count[u];
+    }
   }
-  for (int64_t u = 0; u < n_users; ++u) {
-    if (start[u + 1] > std::numeric_limits<uint32_t>::max())
+  if (bad_event >= 0)
+    throw std::invalid_argument(
+        "group_events: event " + std::to_string(bad_event) + " has user code " +
+        std::to_string(users[bad_event]) + " (users: " + std::to_string(n_users) +
+        ") and item code " + std::to_string(items[bad_event]) + " (items: " +
+        std::to_string(n_items) + ")");
+  // Row starts, and each chunk's first slot within each row.
+  std::vector<int64_t> start(static_cast<size_t>(n_users) + 1, 0);
+  for (int64_t u = 0, running = 0; u < n_users; ++u) {
+    start[u] = running;
+    for (int t = 0; t < scatter_threads; ++t) {
+      int64_t& slot = offsets[static_cast<int64_t>(t) * n_users + u];
+      const int64_t count = slot;
+      slot = running;
+      running += count;
+    }
+    if (running - start[u] > std::numeric_limits<uint32_t>::max())
       throw std::invalid_argument("group_events: a user has more than 2^32 events");
-    start[u + 1] += start[u];
+    start[u + 1] = running;
   }
 
-  // Pass 2: scatter the events by user, in input order (sequential reads, and later passes
-  // touch one user's events as one contiguous block). key = item << 32 | position in the
-  // row, so sorting a row's keys orders it by item and keeps input order within a pair.
+  // Pass 2: scatter the events by user (sequential reads; later passes touch one user's
+  // events as one contiguous block). key = item << 32 | position in the row, so sorting a
+  // row's keys orders it by item and keeps input order within a pair.
   // Scratch left uninitialised: every slot is written once below.
   const auto scratch = [n_events](bool wanted) { return static_cast<size_t>(wanted ? n_events : 0); };
-  std::unique_ptr<uint64_t[]> keys(new uint64_t[scratch(true)]);
-  std::unique_ptr<double[]> row_values(new double[scratch(values)]);
-  std::unique_ptr<int64_t[]> row_times(new int64_t[scratch(times)]);
-  std::unique_ptr<int64_t[]> row_multiplicity(new int64_t[scratch(multiplicity)]);
+  Scratch<uint64_t> keys(scratch(true));
+  Scratch<double> row_values(scratch(values));
+  Scratch<int64_t> row_times(scratch(times));
+  Scratch<int64_t> row_multiplicity(scratch(multiplicity));
+#pragma omp parallel num_threads(scatter_threads)
   {
-    std::vector<int64_t> next(start.begin(), start.end() - 1);
-    for (int64_t e = 0; e < n_events; ++e) {
+    const int t = omp_get_thread_num();
+    int64_t* next = offsets.get() + static_cast<int64_t>(t) * n_users;
+    for (int64_t e = chunk_begin(t); e < chunk_begin(t + 1); ++e) {
       const int32_t u = users[e];
       const int64_t slot = next[u]++;
       keys[slot] = (static_cast<uint64_t>(items[e]) << 32) | static_cast<uint64_t>(slot - start[u]);
@@ -72,7 +150,6 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
   }
 
   // Pass 3: sort each row's keys and count its distinct items.
-  const int threads = thread_count(num_threads, n_events);
 #pragma omp parallel for schedule(dynamic, 256) num_threads(threads)
   for (int64_t u = 0; u < n_users; ++u) {
     uint64_t* first = keys.get() + start[u];
