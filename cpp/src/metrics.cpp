@@ -84,24 +84,26 @@ void ranking_metrics(const int64_t* recommended, int64_t n_rows, int k, const in
 template <class T>
 void intra_list_diversity(const int64_t* recommended, int64_t n_rows, int k, const T* vectors,
                           int64_t n_items, int64_t dim, double* out, int num_threads) {
-  // Inverse norms once; a zero vector has cosine 0 with everything.
-  std::vector<double> inverse_norm(static_cast<size_t>(n_items));
+  // Unit vectors once (a zero vector stays zero: cosine 0 with everything), then each
+  // list's pairwise dot products over contiguous rows.
+  std::vector<T> unit(static_cast<size_t>(n_items * dim));
 #pragma omp parallel for schedule(static) num_threads(thread_count(num_threads, n_items * dim))
   for (int64_t i = 0; i < n_items; ++i) {
     double s = 0;
     for (int64_t d = 0; d < dim; ++d) s += double(vectors[i * dim + d]) * vectors[i * dim + d];
-    inverse_norm[i] = s > 0 ? 1.0 / std::sqrt(s) : 0.0;
+    const T scale = s > 0 ? static_cast<T>(1.0 / std::sqrt(s)) : T(0);
+    for (int64_t d = 0; d < dim; ++d) unit[i * dim + d] = vectors[i * dim + d] * scale;
   }
   const int threads = thread_count(num_threads, n_rows * int64_t(k) * k * dim / 8);
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<int64_t> valid(k);
+    std::vector<const T*> valid(k);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < n_rows; ++r) {
       int count = 0;
       for (int j = 0; j < k; ++j) {
         const int64_t id = recommended[r * k + j];
-        if (id >= 0 && id < n_items) valid[count++] = id;
+        if (id >= 0 && id < n_items) valid[count++] = unit.data() + id * dim;
       }
       if (count < 2) {
         out[r] = std::numeric_limits<double>::quiet_NaN();
@@ -109,12 +111,13 @@ void intra_list_diversity(const int64_t* recommended, int64_t n_rows, int k, con
       }
       double distance = 0;
       for (int a = 0; a < count; ++a) {
-        const T* va = vectors + valid[a] * dim;
         for (int b = a + 1; b < count; ++b) {
-          const T* vb = vectors + valid[b] * dim;
-          double dot = 0;
-          for (int64_t d = 0; d < dim; ++d) dot += double(va[d]) * vb[d];
-          distance += 1.0 - dot * inverse_norm[valid[a]] * inverse_norm[valid[b]];
+          const T* va = valid[a];
+          const T* vb = valid[b];
+          T dot = 0;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t d = 0; d < dim; ++d) dot += va[d] * vb[d];
+          distance += 1.0 - static_cast<double>(dot);
         }
       }
       out[r] = distance / (count * (count - 1) / 2.0);
