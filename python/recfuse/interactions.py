@@ -306,12 +306,19 @@ def _read_file(path: str, columns: list[str], read_options: dict):
 def _from_polars(series):
     if series.null_count():
         raise ValueError(f"column {series.name!r} has {series.null_count()} missing values")
-    return series.to_numpy()
+    if series.dtype.is_numeric() or series.dtype.is_temporal():
+        return series.to_numpy()
+    try:  # strings and the like: through Arrow, hashed by pandas without Python objects
+        return _from_arrow(series.to_arrow())
+    except ImportError:  # pragma: no cover - polars without pyarrow
+        return series.to_numpy()
 
 
 def _from_arrow(chunked):
     import pyarrow as pa
 
+    if isinstance(chunked, pa.Array):
+        chunked = pa.chunked_array([chunked])
     if chunked.null_count:
         raise ValueError(f"a column has {chunked.null_count} missing values")
     if pa.types.is_integer(chunked.type) or pa.types.is_floating(chunked.type):
