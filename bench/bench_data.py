@@ -18,7 +18,7 @@ split of synthetic_implicit), seen items filtered.
             evaluation: the difference is the metric machinery alone); and
             recfuse.metrics.ranking_metrics on given lists (the native metric kernel alone).
 
-Times are the median of --repeats runs, alternating the contenders; peak memory is the
+Times are the median of --repeats runs (evaluation at 10M+ events: one run); peak memory is the
 largest resident-set growth over the step (sampled every 2 ms). Results go to
 bench/results/data.json and a Markdown table on stdout.
 """
@@ -126,7 +126,9 @@ def evaluation_rows(sizes, repeats: int, k: int = 10, factors: int = 64) -> list
 
     rows = []
     for n_events in sizes:
-        n_users, n_items = max(n_events // 100, 100), max(n_events // 400, 50)
+        n_users = min(max(n_events // 100, 100), 100_000)
+        n_items = min(max(n_events // 400, 50), 20_000)
+        runs = 1 if n_events >= 10_000_000 else repeats  # minutes per run at 20M: one each
         matrix = datasets.synthetic_implicit(n_users, n_items, n_events, seed=0)
         train, test = split.per_user_split(matrix, 0.2, seed=0)
         ours = recfuse.ALS(factors=factors, iterations=3, random_state=0, num_threads=2)
@@ -135,15 +137,15 @@ def evaluation_rows(sizes, repeats: int, k: int = 10, factors: int = 64) -> list
         theirs.user_factors, theirs.item_factors = ours.user_factors, ours.item_factors
         implicit_s, implicit_peak, implicit_result = measure(
             lambda: ranking_metrics_at_k(theirs, train, test, K=k, show_progress=False,
-                                         num_threads=2), repeats)
+                                         num_threads=2), runs)
         ours_s, ours_peak, ours_result = measure(lambda: metrics.evaluate(ours, train, test, k=k),
-                                                 repeats)
+                                                 runs)
         shared_s, _, shared_result = measure(lambda: metrics.evaluate(theirs, train, test, k=k),
-                                             repeats)
+                                             runs)
         users = np.flatnonzero(np.diff(test.indptr) > 0)
         lists = np.concatenate([theirs.recommend(users[b:b + 1000], train[users[b:b + 1000]],
                                                  N=k)[0] for b in range(0, users.size, 1000)])
-        kernel_s, _, _ = measure(lambda: metrics.ranking_metrics(lists, test, users), repeats)
+        kernel_s, _, _ = measure(lambda: metrics.ranking_metrics(lists, test, users), runs)
         rows.append({
             "events": n_events, "shape": [n_users, n_items], "test_users": int(users.size),
             "implicit_seconds": implicit_s, "recfuse_seconds": ours_s,
