@@ -168,12 +168,21 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
   out.counts.resize(static_cast<size_t>(nnz));
   if (times) out.times.resize(static_cast<size_t>(nnz));
 
-  // Pass 4: combine each pair's events.
-#pragma omp parallel for schedule(dynamic, 256) num_threads(threads)
+  // Pass 4: combine each pair's events (in double; stored as float).
+  bool count_overflow = false;
+#pragma omp parallel for schedule(dynamic, 256) num_threads(threads) reduction(|| : count_overflow)
   for (int64_t u = 0; u < n_users; ++u) {
     int64_t pair = out.indptr[u] - 1;
     int32_t current = -1;
-    int64_t best_time = 0;
+    double value_sum = 0;
+    int64_t count = 0, best_time = 0;
+    auto store = [&] {
+      if (pair < out.indptr[u]) return;
+      out.values[pair] = static_cast<float>(value_sum);
+      out.counts[pair] = static_cast<int32_t>(count);
+      count_overflow = count_overflow || count > std::numeric_limits<int32_t>::max();
+      if (times) out.times[pair] = best_time;
+    };
     for (int64_t s = start[u]; s < start[u + 1]; ++s) {
       const int32_t item = static_cast<int32_t>(keys[s] >> 32);
       const int64_t e = start[u] + static_cast<int64_t>(keys[s] & 0xffffffffu);
@@ -181,29 +190,31 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
       const int64_t weight = multiplicity ? row_multiplicity[e] : 1;
       const int64_t time = times ? row_times[e] : 0;
       if (item != current) {  // first event of a new pair
+        store();
         current = item;
         ++pair;
         out.indices[pair] = item;
-        out.values[pair] = combine == Combine::Count ? static_cast<double>(weight) : value;
-        out.counts[pair] = weight;
-        if (times) out.times[pair] = time;
+        value_sum = combine == Combine::Count ? static_cast<double>(weight) : value;
+        count = weight;
         best_time = time;
         continue;
       }
-      out.counts[pair] += weight;
+      count += weight;
       switch (combine) {
-        case Combine::Sum: out.values[pair] += value; break;
-        case Combine::Max: out.values[pair] = std::max(out.values[pair], value); break;
-        case Combine::Count: out.values[pair] += static_cast<double>(weight); break;
+        case Combine::Sum: value_sum += value; break;
+        case Combine::Max: value_sum = std::max(value_sum, value); break;
+        case Combine::Count: value_sum += static_cast<double>(weight); break;
         case Combine::Last:
           // Events of a pair come in input order: a later one wins unless it is older.
-          if (time >= best_time) out.values[pair] = value;
+          if (time >= best_time) value_sum = value;
           break;
       }
       if (time >= best_time) best_time = time;
-      if (times) out.times[pair] = best_time;
     }
+    store();
   }
+  if (count_overflow)
+    throw std::invalid_argument("group_events: a pair has 2^31 events or more");
   return out;
 }
 

@@ -413,8 +413,8 @@ class Interactions:
         self.user_ids, self.item_ids = user_ids, item_ids
         self._indptr = np.asarray(indptr, dtype=np.int64)
         self._indices = np.asarray(indices, dtype=np.int32)
-        self._values = np.asarray(values, dtype=np.float64)
-        self._counts = np.asarray(counts, dtype=np.int64)
+        self._values = np.asarray(values, dtype=np.float32)  # the matrix's dtype: no copy
+        self._counts = np.asarray(counts, dtype=np.int32)
         self._times = None if times is None else np.asarray(times, dtype=np.int64)
         self._settings = dict(_DEFAULT_SETTINGS, **(settings or {}))
         self._matrix: sp.csr_matrix | None = None
@@ -451,11 +451,10 @@ class Interactions:
         columns = _columns_of(source, {"user": user, "item": item, "weight": weight,
                                        "timestamp": timestamp, "event": event},
                               dict(read_options or {}))
-        result = cls.from_arrays(
-            columns["user"], columns["item"], columns["weight"], columns["timestamp"],
-            columns["event"], combine=combine, event_weights=event_weights,
-            half_life=half_life, reference_time=reference_time, weighting=weighting,
-            user_ids=user_ids, item_ids=item_ids, unknown=unknown, **weighting_options)
+        result = cls._from_columns(
+            columns, combine=combine, event_weights=event_weights, half_life=half_life,
+            reference_time=reference_time, weighting=weighting, user_ids=user_ids,
+            item_ids=item_ids, unknown=unknown, **weighting_options)
         # remembered so that add(more_events) reads new data the same way
         result._settings["columns"] = {"user": user, "item": item, "weight": weight,
                                        "timestamp": timestamp, "event": event}
@@ -468,24 +467,41 @@ class Interactions:
                     user_ids: IdMap | None = None, item_ids: IdMap | None = None,
                     unknown: str = "extend", **weighting_options) -> "Interactions":
         """The same as ``from_events`` from one array (or pandas Series) per column."""
+        return cls._from_columns(
+            {"user": users, "item": items, "weight": weights, "timestamp": timestamps,
+             "event": events}, combine=combine, event_weights=event_weights,
+            half_life=half_life, reference_time=reference_time, weighting=weighting,
+            user_ids=user_ids, item_ids=item_ids, unknown=unknown, **weighting_options)
+
+    @classmethod
+    def _from_columns(cls, columns: dict, *, combine, event_weights, half_life,
+                      reference_time, weighting, user_ids, item_ids, unknown,
+                      **weighting_options) -> "Interactions":
+        """The ingestion itself. Columns are popped from ``columns`` once used, so that the
+        source's buffers (e.g. a Parquet table read here) can be freed before grouping."""
         check.check_choice(combine, "combine", COMBINE)
         check.check_choice(unknown, "unknown", UNKNOWN)
-        n = len(users)
+        n = len(columns["user"])
         if n == 0:
             raise ValueError("the event log is empty: no events to build interactions from")
-        lengths = {name: len(column) for name, column in
-                   (("items", items), ("weights", weights), ("timestamps", timestamps),
-                    ("events", events)) if column is not None}
+        lengths = {f"{name}s": len(column) for name, column in columns.items()
+                   if column is not None and name != "user"}
         if any(length != n for length in lengths.values()):
             raise ValueError(f"every column needs one value per event: users has {n}, "
                              f"{', '.join(f'{k} has {v}' for k, v in lengths.items())}")
+        weights = columns.pop("weight")
         values = None if weights is None else _numeric(weights, "weights")
+        del weights
+        events = columns.pop("event")
         if events is not None:
             type_weight = _event_type_weights(events, event_weights)
             values = type_weight if values is None else values * type_weight
         elif event_weights is not None:
             raise ValueError("event_weights needs an event column (event=...)")
+        del events
+        timestamps = columns.pop("timestamp")
         times = None if timestamps is None else _times_ns(timestamps)
+        del timestamps
         settings = {"combine": combine, "event_weights": None if event_weights is None else
                     [[_plain(key), float(value)] for key, value in event_weights.items()]}
         if half_life is not None:
@@ -500,17 +516,18 @@ class Interactions:
                             fixed_reference=reference_time is not None)
         extend = unknown == "extend"
         (user_map, user_codes), (item_map, item_codes) = _both(
-            lambda: _map_ids(users, user_ids, "users", extend),
-            lambda: _map_ids(items, item_ids, "items", extend), parallel=n >= 1 << 20)
+            lambda: _map_ids(columns["user"], user_ids, "users", extend),
+            lambda: _map_ids(columns["item"], item_ids, "items", extend), parallel=n >= 1 << 20)
         keep = None
         if unknown != "extend":
             lost = (user_codes < 0) | (item_codes < 0)
             if lost.any() and unknown == "raise":
                 raise ValueError(f"{int(lost.sum())} events have users or items the given id "
                                  f"maps lack (unknown='raise'), e.g. user "
-                                 f"{np.asarray(users)[lost][:1].tolist()} item "
-                                 f"{np.asarray(items)[lost][:1].tolist()}")
+                                 f"{np.asarray(columns['user'])[lost][:1].tolist()} item "
+                                 f"{np.asarray(columns['item'])[lost][:1].tolist()}")
             keep = ~lost if lost.any() else None
+        columns.clear()
         if keep is not None:
             user_codes, item_codes = user_codes[keep], item_codes[keep]
             values = None if values is None else values[keep]
@@ -526,7 +543,7 @@ class Interactions:
                     item_ids: IdMap | None = None) -> "Interactions":
         """Wrap a users x items sparse matrix (ids 0..n-1 unless maps are given)."""
         matrix = check.check_csr(sp.csr_matrix(matrix) if sp.issparse(matrix) else matrix,
-                                 "matrix", dtype=np.float64)
+                                 "matrix", dtype=np.float32)
         rows, cols = matrix.shape
         user_ids = user_ids if user_ids is not None else IdMap(np.arange(rows))
         item_ids = item_ids if item_ids is not None else IdMap(np.arange(cols))
@@ -534,7 +551,7 @@ class Interactions:
             raise ValueError(f"id maps of {len(user_ids)} users and {len(item_ids)} items do "
                              f"not fit a matrix of shape {matrix.shape}")
         return cls(user_ids, item_ids, matrix.indptr, matrix.indices, matrix.data,
-                   np.ones(matrix.nnz, np.int64))
+                   np.ones(matrix.nnz, np.int32))
 
     @classmethod
     def _grouped(cls, user_map, item_map, users, items, values, times, multiplicity, settings):
@@ -633,7 +650,7 @@ class Interactions:
 
     @property
     def values(self) -> np.ndarray:
-        """Combined values before weighting (float64, aligned with ``matrix.data``)."""
+        """Combined values before weighting (float32, aligned with ``matrix.data``)."""
         return self._values
 
     @property
@@ -643,11 +660,13 @@ class Interactions:
 
     @property
     def matrix(self) -> sp.csr_matrix:
-        """Users x items CSR, float32, weighted; explicit zeros are kept."""
+        """Users x items CSR, float32, weighted; explicit zeros are kept. Read-only: without
+        a weighting it shares its values with these Interactions (copy it to modify it)."""
         if self._matrix is None:
             data = _weigh(self, self._settings["weighting"], self._settings["weighting_options"])
-            self._matrix = sp.csr_matrix((data.astype(np.float32), self._indices, self._indptr),
-                                         shape=self.shape)
+            data = data.astype(np.float32, copy=False).view()
+            data.flags.writeable = False
+            self._matrix = sp.csr_matrix((data, self._indices, self._indptr), shape=self.shape)
         return self._matrix
 
     @property
@@ -842,10 +861,11 @@ def _event_type_weights(events, event_weights) -> np.ndarray:
 
 
 def _weigh(interactions: Interactions, weighting: str, options: dict) -> np.ndarray:
-    """The stored values of ``matrix`` under ``weighting`` (float64)."""
-    values = interactions._values
+    """The stored values of ``matrix`` under ``weighting`` ("none": the values themselves,
+    else computed in float64)."""
     if weighting == "none":
-        return values
+        return interactions._values
+    values = interactions._values.astype(np.float64)
     if weighting == "binary":
         return np.ones_like(values)
     if weighting == "count":
