@@ -38,7 +38,9 @@ import numpy as np  # noqa: E402
 import recfuse  # noqa: E402
 from recfuse import datasets, metrics  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# `recfuse bench --output DIR` sends the JSON elsewhere through this variable.
+RESULTS = os.environ.get("RECFUSE_BENCH_RESULTS") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results")
 ML100K = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets", "ml-100k")
 
 

@@ -11,6 +11,8 @@
 #include "als_bindings.hpp"
 #include "sgd_bindings.hpp"
 #include "mlp_bindings.hpp"
+#include "data_bindings.hpp"
+#include "metrics_bindings.hpp"
 #include "recfuse/als.hpp"
 #include "recfuse/simd.hpp"
 #include "recfuse/topk.hpp"
@@ -51,6 +53,8 @@ PYBIND11_MODULE(_core, m) {
   bind_sgd_functions<float>(m);
   bind_sgd_functions<double>(m);
   bind_mlp(m);
+  bind_data_functions(m);
+  bind_metrics_functions(m);
   m.def("simd_level", [] { return std::string(recfuse::simd_level_name(recfuse::simd_level())); });
   m.def(
       "set_simd_level",

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from ._backend import backends, resolve_backend
+from .interactions import IdMap, Interactions
 from .models.als import ALS
 from .models.bpr import BPR
 from .models.explicit_als import ExplicitALS
@@ -21,6 +22,6 @@ from .retrieval import ItemIndex, topk
 from .serving import Events, Recommendation, Recommender, Rerank
 
 __version__ = "0.1.0"
-__all__ = ["ALS", "BPR", "Events", "ExplicitALS", "ItemIndex", "MLPRanker", "MLPScorer",
-           "PreparedItems", "Recommendation", "Recommender", "Rerank", "SVD", "SVDpp", "backends",
-           "load", "resolve_backend", "topk", "__version__"]
+__all__ = ["ALS", "BPR", "Events", "ExplicitALS", "IdMap", "Interactions", "ItemIndex",
+           "MLPRanker", "MLPScorer", "PreparedItems", "Recommendation", "Recommender", "Rerank",
+           "SVD", "SVDpp", "backends", "load", "resolve_backend", "topk", "__version__"]

@@ -112,8 +112,10 @@ def check_ids(ids, name: str, upper: int | None, *, allow_new: bool = False) -> 
     return array
 
 
-def check_factors(array, name: str, *, dtype: np.dtype, n_cols: int | None = None) -> np.ndarray:
-    """A finite 2-d float array as a C-contiguous copy in ``dtype``."""
+def check_factors(array, name: str, *, dtype: np.dtype, n_cols: int | None = None,
+                  copy: bool = True) -> np.ndarray:
+    """A finite 2-d float array as a C-contiguous copy in ``dtype`` (``copy=False``: the
+    array itself when it already is one, e.g. a read-only memory map)."""
     array = np.asarray(array)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-d, got shape {array.shape}")
@@ -123,6 +125,8 @@ def check_factors(array, name: str, *, dtype: np.dtype, n_cols: int | None = Non
         raise ValueError(f"{name} must have {n_cols} columns, got shape {array.shape}")
     if array.size and not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, got NaN or inf")
+    if not copy:
+        return np.ascontiguousarray(array, dtype=dtype)
     return np.array(array, dtype=dtype, order="C", copy=True)
 
 

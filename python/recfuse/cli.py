@@ -1,5 +1,21 @@
-"""The ``recfuse`` command: ``recfuse demo`` runs the chain on synthetic data, ``recfuse info``
-prints the backends, ``recfuse serve MODEL`` serves a model file over HTTP."""
+"""The ``recfuse`` command.
+
+  recfuse demo [--data FOLDER]       the whole chain on an embedded synthetic event log (or a
+                                     MovieLens folder): ingest, split, train, evaluate
+  recfuse train DATA -o DIR          ingest an event log (CSV/Parquet file or MovieLens folder),
+                                     split it, train ALS; writes DIR/model.npz, DIR/train.npz
+                                     and DIR/test.npz
+  recfuse evaluate DIR               score DIR's model on its test set (or --test DATA)
+  recfuse recommend DIR USER...      top-k items for users, by their original ids
+  recfuse bench [SUITE...]           run bench/ suites (data, als) of a source checkout; print
+                                     the ratio table, write bench.json and bench.png
+  recfuse info                       backends and why any is unavailable
+  recfuse serve MODEL                serve a model file over HTTP (the serve extra)
+
+Every command takes ``--json`` (one JSON object on stdout, nothing else). Exit codes: 0 done;
+1 an unexpected failure (a bug: the traceback is printed); 2 bad arguments or input (one line
+``recfuse <command>: error: ...`` on stderr).
+"""
 
 from __future__ import annotations
 
@@ -11,97 +27,197 @@ import time
 
 import numpy as np
 
+EVENT_WEIGHTS = {"view": 1.0, "click": 3.0, "purchase": 10.0}
 
+
+def _printer(args):
+    return (lambda *a, **kw: None) if args.json else print
+
+
+def _emit_json(args, payload: dict) -> None:
+    if args.json:
+        print(json.dumps(payload, default=_json_default))
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------------- info
 def _info(args) -> int:
     import recfuse
 
     rows = recfuse.backends()
-    print(f"recfuse {recfuse.__version__}  (python {sys.version.split()[0]}, numpy {np.__version__})")
     chosen = recfuse.resolve_backend("auto").NAME
+    simd = None
+    try:
+        from recfuse import _core
+
+        simd = {"levels": list(_core.supported_simd_levels()), "in_use": _core.simd_level()}
+    except ImportError:
+        pass
+    if args.json:
+        _emit_json(args, {"version": recfuse.__version__, "python": sys.version.split()[0],
+                          "numpy": np.__version__, "auto": chosen, "cpu_threads": os.cpu_count(),
+                          "simd": simd, "backends": [row._asdict() for row in rows]})
+        return 0
+    print(f"recfuse {recfuse.__version__}  (python {sys.version.split()[0]}, numpy {np.__version__})")
     width = max(len(r.name) for r in rows)
     print(f"\n{'backend':<{width}}  available  detail")
     for row in rows:
         mark = "yes" if row.available else "no"
         star = "  <- auto" if row.name == chosen else ""
         print(f"{row.name:<{width}}  {mark:<9}  {row.detail}{star}")
-    try:
-        from recfuse import _core
-
-        print(f"\nCPU SIMD levels: {', '.join(_core.supported_simd_levels())} "
-              f"(in use: {_core.simd_level()}; force with RECFUSE_SIMD=generic|avx2|avx512)")
-    except ImportError:
-        pass
+    if simd:
+        print(f"\nCPU SIMD levels: {', '.join(simd['levels'])} (in use: {simd['in_use']}; "
+              "force with RECFUSE_SIMD=generic|avx2|avx512)")
     print(f"CPU threads: {os.cpu_count()}; choose a backend with backend=... or RECFUSE_BACKEND")
     return 0
 
 
-def _popularity_metrics(train, test, k: int) -> dict[str, float]:
-    """precision/ndcg@k of recommending the most popular unseen items (the baseline)."""
-    from .metrics import ranking_metrics_at_k
+# ---------------------------------------------------------------------------- shared steps
+class _Popularity:
+    """The baseline: the most popular unseen items for everyone."""
 
-    class Popularity:
-        popularity = np.asarray((train > 0).sum(axis=0)).ravel().astype(np.float32)
+    def __init__(self, train):
+        self.item_popularity = np.asarray((train > 0).sum(axis=0)).ravel().astype(np.float32)
 
-        def recommend(self, users, user_items, k, filter_seen=True):
-            from ._topk.numpy_backend import select_topk
+    def recommend(self, user_ids, user_items, k=10, filter_seen=True):
+        from ._topk.numpy_backend import select_topk
 
-            scores = np.tile(self.popularity, (len(users), 1))
-            allowed = np.ones_like(scores, dtype=bool)
-            seen = user_items.tocoo()
-            allowed[seen.row, seen.col] = False
-            return select_topk(scores, k, allowed)
-
-    return ranking_metrics_at_k(Popularity(), train, test, k=k)
+        scores = np.tile(self.item_popularity, (len(user_ids), 1))
+        allowed = np.ones_like(scores, dtype=bool)
+        seen = user_items.tocoo()
+        allowed[seen.row, seen.col] = False
+        return select_topk(scores, k, allowed)
 
 
-def _demo(args) -> int:
-    import recfuse
+def _ingest(args):
+    """Interactions from ``args.data`` (a MovieLens folder or an event-log file)."""
     from recfuse import datasets
-    from recfuse.metrics import ranking_metrics_at_k
+    from recfuse.interactions import Interactions
 
-    say = (lambda *a, **kw: None) if args.json else print
-    started = time.perf_counter()
-    say(f"recfuse demo: synthetic implicit feedback, {args.users} users x {args.items} items, "
-        f"{args.nnz} interactions (seed {args.seed})")
-    matrix = datasets.synthetic_implicit(args.users, args.items, args.nnz, seed=args.seed)
-    train, test = datasets.train_test_split_per_user(matrix, 0.2, seed=args.seed)
-    say(f"  data: {matrix.nnz} stored entries; split 80/20 per user -> train {train.nnz}, "
-        f"test {test.nnz}  [{time.perf_counter() - started:.2f} s]")
+    if os.path.isdir(args.data):
+        return datasets.load_movielens(args.data, min_rating=args.min_rating)
+    event_weights = None
+    if args.event:
+        event_weights = json.loads(args.event_weights) if args.event_weights else EVENT_WEIGHTS
+    return Interactions.from_events(args.data, user=args.user, item=args.item,
+                                    weight=args.weight, timestamp=args.timestamp,
+                                    event=args.event, event_weights=event_weights,
+                                    combine=args.combine)
 
-    model = recfuse.ALS(factors=args.factors, iterations=args.iterations, regularization=0.05,
-                        alpha=args.alpha, backend=args.backend, random_state=args.seed)
-    losses = []
-    fit_start = time.perf_counter()
-    model.fit(train, show_progress=not args.json,
+
+def _split(interactions, method: str, fraction: float, seed: int):
+    from recfuse import split
+
+    if method == "per_user":
+        return split.per_user_split(interactions, fraction, seed=seed)
+    if method == "random":
+        return split.random_split(interactions, fraction, seed=seed)
+    if method == "leave_last":
+        return split.leave_last_n(interactions, 1, seed=seed)
+    if method == "temporal":
+        return split.temporal_split(interactions, test_fraction=fraction)
+    raise ValueError(f"unknown split {method!r}")
+
+
+def _model(args):
+    import recfuse
+
+    return recfuse.ALS(factors=args.factors, iterations=args.iterations,
+                       regularization=args.regularization, alpha=args.alpha,
+                       backend=args.backend, random_state=args.seed)
+
+
+METRIC_COLUMNS = ("precision", "recall", "map", "ndcg", "mrr", "auc", "coverage", "novelty")
+
+
+def _metric_table(say, rows: dict[str, dict], k: int) -> None:
+    header = "".join(f"{name + ('@' + str(k) if name in ('precision', 'recall', 'map', 'ndcg') else ''):>13}"
+                     for name in METRIC_COLUMNS)
+    say(f"    {'model':<12}{header}")
+    for model, result in rows.items():
+        say(f"    {model:<12}" + "".join(f"{result[name]:>13.4f}" for name in METRIC_COLUMNS))
+
+
+# ---------------------------------------------------------------------------- demo
+def _demo(args) -> int:
+    from recfuse import datasets
+    from recfuse.interactions import Interactions
+    from recfuse.metrics import evaluate
+
+    say = _printer(args)
+    timings: dict[str, float] = {}
+    started = clock = time.perf_counter()
+
+    def lap(name: str) -> float:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+        return timings[name]
+
+    if args.data:
+        say(f"recfuse demo: MovieLens from {args.data} (ratings >= {args.min_rating} as "
+            "implicit feedback)")
+        interactions = datasets.load_movielens(args.data, min_rating=args.min_rating)
+        lap("ingest")
+        source = f"MovieLens {args.data}"
+    else:
+        say(f"recfuse demo: a synthetic event log of {args.events} views/clicks/purchases by "
+            f"{args.users} users on {args.items} items (seed {args.seed})")
+        log = datasets.synthetic_event_log(args.users, args.items, args.events, seed=args.seed)
+        lap("generate")
+        interactions = Interactions.from_events(log, timestamp="timestamp", event="event",
+                                                event_weights=EVENT_WEIGHTS)
+        lap("ingest")
+        source = "synthetic event log"
+    say(f"  ingest: {interactions}  [{timings['ingest']:.2f} s]")
+    train, test = _split(interactions, args.split, 0.2, args.seed)
+    lap("split")
+    say(f"  split ({args.split}): train {train.nnz} pairs, test {test.nnz} pairs  "
+        f"[{timings['split']:.2f} s]")
+
+    model = _model(args)
+    losses: list = []
+    model.fit(train.matrix, show_progress=not args.json,
               callback=lambda it, loss: losses.append(loss))
-    fit_seconds = time.perf_counter() - fit_start
+    lap("train")
     say(f"  ALS: {args.factors} factors, {args.iterations} iterations on backend "
-        f"'{model.backend_used}' in {fit_seconds:.2f} s; training loss "
-        f"{losses[0]:.5f} -> {losses[-1]:.5f}" if losses else "")
+        f"'{model.backend_used}' in {timings['train']:.2f} s; training loss "
+        f"{losses[0]:.5f} -> {losses[-1]:.5f}" if losses else "  ALS: no iterations")
 
-    k = 10
-    eval_start = time.perf_counter()
-    als_metrics = ranking_metrics_at_k(model, train, test, k=k)
-    baseline = _popularity_metrics(train, test, k)
-    say(f"  evaluation on held-out interactions (seen items filtered), "
-        f"[{time.perf_counter() - eval_start:.2f} s]:")
-    say(f"    {'model':<12} {'precision@10':>13} {'ndcg@10':>9}")
-    say(f"    {'popularity':<12} {baseline['precision']:>13.4f} {baseline['ndcg']:>9.4f}")
-    say(f"    {'ALS':<12} {als_metrics['precision']:>13.4f} {als_metrics['ndcg']:>9.4f}")
+    k = args.k
+    results = {"popularity": evaluate(_Popularity(train.matrix), train, test, k=k),
+               "ALS": evaluate(model, train, test, k=k, show_progress=not args.json)}
+    lap("evaluate")
+    say(f"  evaluation of top-{k} lists on {results['ALS']['users']} held-out users (seen "
+        f"items filtered)  [{timings['evaluate']:.2f} s]:")
+    _metric_table(say, results, k)
 
-    user = int(np.argmax(np.diff(test.indptr)))
-    ids, scores = model.recommend(user, train[user], k=5)
-    held_out = set(test.indices[test.indptr[user]:test.indptr[user + 1]].tolist())
-    say(f"  top 5 for user {user} (* = in the user's held-out interactions):")
-    for item, score in zip(ids, scores):
-        say(f"    item {int(item):>6}  score {float(score):.4f}{' *' if int(item) in held_out else ''}")
+    user = int(np.argmax(np.diff(test.matrix.indptr)))
+    ids, scores = model.recommend(user, train.matrix[user], k=5)
+    held_out = set(test.matrix[user].indices.tolist())
+    external_user = interactions.user_ids.to_external([user])[0]
+    say(f"  top 5 for user {external_user} (* = in the user's held-out interactions):")
+    items = interactions.item_ids.to_external(ids[ids >= 0])
+    for item_id, item, score in zip(ids, items, scores):
+        mark = " *" if int(item_id) in held_out else ""
+        say(f"    item {str(item):>10}  score {float(score):.4f}{mark}")
     total = time.perf_counter() - started
+    say("  timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items()))
     say(f"done in {total:.2f} s")
-    if args.json:
-        print(json.dumps({
-            "backend": model.backend_used, "fit_seconds": fit_seconds, "losses": losses,
-            "als": als_metrics, "popularity": baseline, "total_seconds": total,
-        }))
+    _emit_json(args, {"source": source, "backend": model.backend_used, "losses": losses,
+                      "pairs": interactions.nnz, "train_pairs": train.nnz,
+                      "test_pairs": test.nnz, "metrics": results, "timings": timings,
+                      "total_seconds": total,
+                      # the first demo's keys, kept for scripts that read them
+                      "als": results["ALS"], "popularity": results["popularity"]})
     return 0
 
 
@@ -125,20 +241,235 @@ def _serve(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- train / evaluate / recommend
+def _train(args) -> int:
+    say = _printer(args)
+    started = time.perf_counter()
+    interactions = _ingest(args)
+    say(f"ingested {interactions}")
+    if args.split == "none":
+        train, test = interactions, None
+    else:
+        train, test = _split(interactions, args.split, args.test_fraction, args.seed)
+        say(f"split ({args.split}): train {train.nnz} pairs, test {test.nnz} pairs")
+    model = _model(args)
+    model.fit(train.matrix, show_progress=not args.json)
+    os.makedirs(args.output, exist_ok=True)
+    model.save(os.path.join(args.output, "model.npz"))
+    train.save(os.path.join(args.output, "train.npz"))
+    if test is not None:
+        test.save(os.path.join(args.output, "test.npz"))
+    seconds = time.perf_counter() - started
+    say(f"trained ALS ({model.backend_used}) in {seconds:.2f} s; wrote {args.output}")
+    _emit_json(args, {"output": args.output, "backend": model.backend_used,
+                      "users": train.n_users, "items": train.n_items, "train_pairs": train.nnz,
+                      "test_pairs": None if test is None else test.nnz, "seconds": seconds})
+    return 0
+
+
+def _load_folder(folder: str):
+    import recfuse
+    from recfuse.interactions import Interactions
+
+    model_path = os.path.join(folder, "model.npz")
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(f"no model in {folder!r}: expected {model_path!r} "
+                                "(made by `recfuse train DATA -o FOLDER`)")
+    return recfuse.load(model_path, mmap=True), Interactions.load(os.path.join(folder, "train.npz"))
+
+
+def _evaluate(args) -> int:
+    from recfuse.interactions import Interactions
+    from recfuse.metrics import evaluate
+
+    say = _printer(args)
+    model, train = _load_folder(args.folder)
+    if args.test:
+        test = Interactions.from_events(args.test, user=args.user, item=args.item,
+                                        weight=args.weight, user_ids=train.user_ids,
+                                        item_ids=train.item_ids, unknown="drop")
+        say(f"test: {test.nnz} pairs; {test.dropped_events} events of users or items unknown "
+            "to the model left out")
+    else:
+        path = os.path.join(args.folder, "test.npz")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{args.folder!r} has no test.npz (trained with --split "
+                                    "none); pass --test DATA")
+        test = Interactions.load(path)
+    started = time.perf_counter()
+    result = evaluate(model, train, test, k=args.k, show_progress=not args.json)
+    result["seconds"] = time.perf_counter() - started
+    say(f"evaluated {result['users']} users ({result['cold_users']} without train items) "
+        f"in {result['seconds']:.2f} s:")
+    for name in ("precision", "recall", "map", "ndcg", "mrr", "hit_rate", "auc", "coverage",
+                 "novelty", "diversity"):
+        say(f"  {name:<10} {result[name]:.4f}")
+    _emit_json(args, result)
+    return 0
+
+
+def _recommend(args) -> int:
+    say = _printer(args)
+    model, train = _load_folder(args.folder)
+    ids = train.user_ids.ids
+    wanted = np.asarray(args.users)
+    if ids.dtype.kind in "iu":
+        try:
+            wanted = wanted.astype(np.int64)
+        except ValueError as error:
+            raise ValueError(f"user ids of this model are integers, got {args.users}") from error
+    users = train.user_ids.to_internal(wanted, missing="ignore")
+    if (users < 0).any():
+        raise ValueError(f"unknown user ids (not in the training data): "
+                         f"{[u for u, c in zip(args.users, users) if c < 0][:10]}")
+    items, scores = model.recommend(users, train.matrix[users], k=args.k)
+    payload = {}
+    for user, row_items, row_scores in zip(args.users, items, scores):
+        valid = row_items >= 0
+        external = train.item_ids.to_external(row_items[valid])
+        payload[user] = [{"item": item, "score": float(score)}
+                         for item, score in zip(external.tolist(), row_scores[valid])]
+        say(f"user {user}: " + ", ".join(f"{e['item']} ({e['score']:.3f})"
+                                         for e in payload[user]))
+    _emit_json(args, {"k": args.k, "recommendations": payload})
+    return 0
+
+
+# ---------------------------------------------------------------------------- bench
+BENCH_SUITES = {  # suite -> (script, arguments for --quick, results file)
+    "data": ("bench_data.py", ["--sizes", "1000000", "--repeats", "1"], "data.json"),
+    "als": ("bench_als.py", ["--quick", "--no-quality"], "als.json"),
+}
+
+
+def _bench_folder() -> str:
+    folder = os.environ.get("RECFUSE_BENCH_DIR") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench")
+    if not os.path.isfile(os.path.join(folder, "bench_data.py")):
+        raise FileNotFoundError(
+            f"no bench/ suites at {os.path.abspath(folder)!r}: `recfuse bench` runs the scripts "
+            "of a source checkout (pip install -e .) or of RECFUSE_BENCH_DIR")
+    return os.path.abspath(folder)
+
+
+def _ratio_rows(suite: str, results: dict) -> list[dict]:
+    """(stage, case, speedup, peer) rows of one suite's JSON."""
+    rows = []
+    if suite == "data":
+        for r in results.get("ingestion", []):
+            rows.append({"stage": "ingest", "case": f"{r['events'] / 1e6:g}M events, {r['ids']} ids",
+                         "speedup": r["speedup"], "peer": "pandas + scipy"})
+        for r in results.get("evaluation", []):
+            rows.append({"stage": "evaluate", "case": f"{r['events'] / 1e6:g}M events",
+                         "speedup": r["speedup"], "peer": "implicit.evaluation"})
+    elif suite == "als":
+        for r in results.get("speed", []):
+            rows.append({"stage": "ALS fit", "case": f"{r['nnz'] / 1e6:g}M nnz, k={r['factors']}, "
+                         f"{r['solver']}", "speedup": r["speedup"], "peer": "implicit"})
+    return rows
+
+
+def _bench(args) -> int:
+    import shlex
+    import subprocess
+
+    say = _printer(args)
+    args.suites = args.suites or ["data"]
+    unknown = [suite for suite in args.suites if suite not in BENCH_SUITES]
+    if unknown:
+        raise ValueError(f"unknown suites {unknown}; choose from {sorted(BENCH_SUITES)}")
+    folder = _bench_folder()
+    output = os.path.abspath(args.output or os.path.join(folder, "results"))
+    os.makedirs(output, exist_ok=True)
+    environment = dict(os.environ, RECFUSE_BENCH_RESULTS=output)
+    rows, failures = [], []
+    for suite in args.suites:
+        script, quick, results_file = BENCH_SUITES[suite]
+        command = [sys.executable, os.path.join(folder, script)]
+        command += quick if args.quick else []
+        command += shlex.split(args.script_args or "")
+        say(f"running {' '.join(command[1:])} ...")
+        done = subprocess.run(command, env=environment, stdout=subprocess.PIPE,
+                              stderr=None if not args.json else subprocess.DEVNULL, text=True)
+        if done.returncode != 0:
+            failures.append(f"{suite} (exit {done.returncode})")
+            continue
+        with open(os.path.join(output, results_file)) as handle:
+            rows += [dict(row, suite=suite) for row in _ratio_rows(suite, json.load(handle))]
+    summary = {"rows": rows, "failed": failures, "output": output}
+    with open(os.path.join(output, "bench.json"), "w") as handle:
+        json.dump(summary, handle, indent=1)
+    summary["plot"] = _bench_plot(rows, os.path.join(output, "bench.png"))
+    width = max([len(r["stage"] + r["case"]) + 2 for r in rows] + [20])
+    say(f"\n{'stage: case':<{width}}  {'recfuse speedup':>15}  peer")
+    for row in rows:
+        say(f"{row['stage'] + ': ' + row['case']:<{width}}  {row['speedup']:>14.2f}x  {row['peer']}")
+    say(f"\nwrote {os.path.join(output, 'bench.json')}"
+        + (f" and {summary['plot']}" if summary["plot"] else " (no plot: matplotlib is not installed)"))
+    _emit_json(args, summary)
+    if failures:
+        raise RuntimeError(f"benchmark suites failed: {', '.join(failures)}")
+    return 0
+
+
+def _bench_plot(rows: list[dict], path: str) -> str | None:
+    """A bar chart of the speedups (log scale, 1x marked); None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    labels = [f"{r['stage']}: {r['case']} (vs {r['peer']})" for r in rows]
+    axes.barh(range(len(rows)), [r["speedup"] for r in rows], color="tab:blue")
+    axes.axvline(1.0, color="black", linewidth=1)
+    axes.set_yticks(range(len(rows)), labels, fontsize=8)
+    axes.set_xscale("log")
+    axes.set_xlabel("recfuse speedup over the peer (x, log scale)")
+    axes.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recfuse", description=__doc__)
+    parser = argparse.ArgumentParser(prog="recfuse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="train and evaluate ALS on an embedded synthetic dataset")
+    def common(sub):
+        sub.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+    def model_options(sub, iterations: int):
+        sub.add_argument("--factors", type=int, default=64)
+        sub.add_argument("--iterations", type=int, default=iterations)
+        sub.add_argument("--regularization", type=float, default=0.05)
+        sub.add_argument("--alpha", type=float, default=2.0)
+        sub.add_argument("--backend", default="auto")
+        sub.add_argument("--seed", type=int, default=0)
+
+    def column_options(sub):
+        sub.add_argument("--user", default="user", help="user id column (default: user)")
+        sub.add_argument("--item", default="item", help="item id column (default: item)")
+        sub.add_argument("--weight", default=None, help="numeric weight column")
+
+    splits = ("per_user", "random", "leave_last", "temporal")
+    demo = commands.add_parser("demo", help="the whole chain on an embedded synthetic event log")
+    demo.add_argument("--data", help="a MovieLens folder instead of the synthetic log")
+    demo.add_argument("--min-rating", type=float, default=4.0,
+                      help="with --data: ratings kept as implicit feedback (default 4)")
     demo.add_argument("--users", type=int, default=20_000)
     demo.add_argument("--items", type=int, default=5_000)
-    demo.add_argument("--nnz", type=int, default=500_000)
-    demo.add_argument("--factors", type=int, default=64)
-    demo.add_argument("--iterations", type=int, default=10)
-    demo.add_argument("--alpha", type=float, default=2.0)
-    demo.add_argument("--backend", default="auto")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    demo.add_argument("--events", "--nnz", type=int, default=600_000,
+                      help="events in the synthetic log (--nnz: the first demo's name)")
+    demo.add_argument("--split", choices=splits, default="per_user")
+    demo.add_argument("--k", type=int, default=10)
+    model_options(demo, 10)
+    common(demo)
     demo.set_defaults(run=_demo)
 
     serve = commands.add_parser("serve", help="serve a model file over HTTP (needs the serve extra)")
@@ -159,7 +490,50 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU threads per native call (default: 1 below 100,000 items, else all)")
     serve.set_defaults(run=_serve)
 
+    train = commands.add_parser("train", help="ingest, split and train; write a model folder")
+    train.add_argument("data", help="an event log (.csv/.tsv/.parquet) or a MovieLens folder")
+    train.add_argument("-o", "--output", required=True, help="folder to write")
+    column_options(train)
+    train.add_argument("--timestamp", default=None, help="time column")
+    train.add_argument("--event", default=None, help="event type column")
+    train.add_argument("--event-weights", default=None,
+                       help='JSON weights per event type (default {"view": 1, "click": 3, '
+                            '"purchase": 10})')
+    train.add_argument("--combine", choices=("sum", "max", "last", "count"), default="sum")
+    train.add_argument("--min-rating", type=float, default=None,
+                       help="MovieLens: keep ratings >= this")
+    train.add_argument("--split", choices=("none",) + splits, default="per_user")
+    train.add_argument("--test-fraction", type=float, default=0.2)
+    model_options(train, 15)
+    common(train)
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a trained model folder")
+    evaluate.add_argument("folder")
+    evaluate.add_argument("--test", help="an event log to test on instead of FOLDER/test.npz")
+    column_options(evaluate)
+    evaluate.add_argument("--k", type=int, default=10)
+    common(evaluate)
+    evaluate.set_defaults(run=_evaluate)
+
+    recommend = commands.add_parser("recommend", help="top-k items for users by their ids")
+    recommend.add_argument("folder")
+    recommend.add_argument("users", nargs="+", help="user ids as in the event log")
+    recommend.add_argument("--k", type=int, default=10)
+    common(recommend)
+    recommend.set_defaults(run=_recommend)
+
+    bench = commands.add_parser("bench", help="run bench/ suites and print the ratio table")
+    bench.add_argument("suites", nargs="*", metavar="SUITE",
+                       help=f"one or more of {sorted(BENCH_SUITES)} (default data)")
+    bench.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    bench.add_argument("--output", help="folder for the JSON and PNG (default bench/results)")
+    bench.add_argument("--script-args", help="more arguments for every suite's script, quoted")
+    common(bench)
+    bench.set_defaults(run=_bench)
+
     info = commands.add_parser("info", help="print the backends and why any is unavailable")
+    common(info)
     info.set_defaults(run=_info)
     return parser
 
@@ -168,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError,
+            json.JSONDecodeError) as error:
         print(f"recfuse {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,35 +1,265 @@
-"""Ranking metrics over all users, with the definitions of ``implicit.evaluation``.
+"""Evaluation: rating errors, ranking metrics over all users (native, GIL released), and
+beyond-accuracy measures; ``evaluate(model, train, test, k)`` runs the whole protocol.
 
-For each user with at least one test item: hits = recommended ids found in the user's test
-row. precision@k sums hits over users and divides by Σ min(k, |test_u|); NDCG@k averages
-DCG/IDCG with gains 1/log2(rank + 2) and IDCG over min(k, |test_u|) positions.
+Ranking metrics, for each evaluated user u with test items T_u and a top-k list (seen
+items filtered), with the definitions of ``implicit.evaluation.ranking_metrics_at_k``
+where it defines them:
+
+- precision@k = Σ_u hits_u / Σ_u min(k, |T_u|) (implicit's normalisation: a user with
+  fewer than k test items can still reach 1);
+- recall@k = mean of hits_u / |T_u|;
+- MAP@k = mean of Σ_{hit at rank r} (hits up to r)/(r + 1), over min(k, |T_u|);
+- NDCG@k = mean of Σ_hits 1/log2(r + 2) over the ideal Σ_{r < min(k,|T_u|)} 1/log2(r + 2);
+- AUC = implicit's AUC of the top-k list against all items (see
+  ``recfuse.reference_data.ranking_metrics``);
+- MRR@k = mean of 1/(rank of the first hit + 1), 0 without a hit; hit rate@k = share of
+  users with a hit.
+
+Beyond accuracy: catalog coverage = distinct recommended items / items; novelty = mean
+over recommended items of -log2(share of train users who have the item, at least one
+user); intra-list diversity = mean over users of the mean pairwise 1 - cosine of the
+recommended items' vectors (the model's item factors by default).
 """
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import scipy.sparse as sp
 
+from . import _validation as check
+from .interactions import Interactions
+from .reference_data import RANKING_COLUMNS
 
-def ranking_metrics_at_k(model, train: sp.csr_matrix, test: sp.csr_matrix, k: int = 10,
-                         batch_size: int = 1024) -> dict[str, float]:
-    """precision@k and ndcg@k of ``model.recommend`` (seen items from ``train`` filtered)."""
-    test = sp.csr_matrix(test)
-    users = np.flatnonzero(np.diff(test.indptr) > 0)
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    hits_total, relevant_total, ndcg_total = 0.0, 0.0, 0.0
-    for begin in range(0, users.size, batch_size):
-        batch = users[begin : begin + batch_size]
-        ids, _ = model.recommend(batch, train[batch], k=k, filter_seen=True)
-        for row, user in enumerate(batch):
-            liked = test.indices[test.indptr[user] : test.indptr[user + 1]]
-            hit = np.isin(ids[row], liked)
-            relevant = min(k, liked.size)
-            hits_total += hit.sum()
-            relevant_total += relevant
-            ndcg_total += (discounts * hit).sum() / discounts[:relevant].sum()
-    count = max(users.size, 1)
-    return {
-        "precision": hits_total / relevant_total if relevant_total else 0.0,
-        "ndcg": ndcg_total / count,
+COLD_USERS = ("include", "skip", "raise")
+_COLUMN = {name: index for index, name in enumerate(RANKING_COLUMNS)}
+
+
+# ---------------------------------------------------------------------------- rating errors
+def rmse(y_true, y_pred) -> float:
+    """Root mean squared error of predictions against true ratings.
+
+    >>> rmse([1, 2, 3], [1, 2, 5])
+    1.1547005383792515
+    """
+    truth, predicted = _paired(y_true, y_pred)
+    return float(np.sqrt(np.mean((truth - predicted) ** 2)))
+
+
+def mae(y_true, y_pred) -> float:
+    """Mean absolute error of predictions against true ratings.
+
+    >>> mae([1, 2, 3], [1, 2, 5])
+    0.6666666666666666
+    """
+    truth, predicted = _paired(y_true, y_pred)
+    return float(np.mean(np.abs(truth - predicted)))
+
+
+def _paired(y_true, y_pred):
+    truth = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    predicted = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    if truth.shape != predicted.shape:
+        raise ValueError(f"y_true and y_pred must have one value each per rating, got "
+                         f"{truth.size} and {predicted.size}")
+    if truth.size == 0:
+        raise ValueError("no ratings to compare")
+    if not (np.isfinite(truth).all() and np.isfinite(predicted).all()):
+        raise ValueError("y_true and y_pred must be finite (NaN/inf found)")
+    return truth, predicted
+
+
+# ---------------------------------------------------------------------------- ranking
+def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
+                    num_threads: int = 0) -> dict:
+    """Ranking metrics of given top-k lists against a test matrix.
+
+    ``recommended`` is (n, k) item ids (-1 pads a short list) for the test rows ``users``
+    (default: every row of ``test`` with items, in order). Returns precision, recall, map,
+    ndcg, auc, mrr, hit_rate (and, with ``per_user``, a ``per_user`` dict of arrays).
+
+    >>> import numpy as np, scipy.sparse as sp
+    >>> test = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 1, 0, 0]], dtype=np.float32))
+    >>> result = ranking_metrics(np.array([[3, 1], [2, 0]]), test)
+    >>> result["precision"], result["hit_rate"]
+    (0.3333333333333333, 0.5)
+    """
+    from . import _core
+
+    test = _csr(test, "test")
+    ids = np.asarray(recommended)
+    if ids.ndim != 2 or ids.shape[1] < 1:
+        raise ValueError(f"recommended must be 2-d (users x k), got shape {ids.shape}")
+    if ids.size and ids.dtype.kind not in "iu":
+        raise TypeError(f"recommended must hold item ids (integers), got dtype {ids.dtype}")
+    rows = (np.flatnonzero(np.diff(test.indptr) > 0) if users is None
+            else check.check_ids(users, "users", test.shape[0]))
+    if rows.size != ids.shape[0]:
+        raise ValueError(f"recommended has {ids.shape[0]} rows for {rows.size} users")
+    if rows.size and (np.diff(test.indptr)[rows] == 0).any():
+        raise ValueError("every evaluated user needs at least one test item; "
+                         f"users {rows[np.diff(test.indptr)[rows] == 0][:5].tolist()} have none")
+    table = _core.ranking_metrics(np.ascontiguousarray(ids, dtype=np.int64),
+                                  np.ascontiguousarray(rows, dtype=np.int64),
+                                  test.indptr.astype(np.int64, copy=False),
+                                  test.indices.astype(np.int32, copy=False),
+                                  n_items=test.shape[1], num_threads=num_threads)
+    return _aggregate(table, per_user)
+
+
+def _aggregate(table: np.ndarray, per_user: bool) -> dict:
+    column = lambda name: table[:, _COLUMN[name]]  # noqa: E731
+    relevant = column("relevant").sum()
+    mean = lambda name: float(column(name).mean()) if table.shape[0] else 0.0  # noqa: E731
+    auc = column("auc")
+    result = {
+        "precision": float(column("hits").sum() / relevant) if relevant else 0.0,
+        "recall": mean("recall"),
+        "map": mean("average_precision"),
+        "ndcg": mean("ndcg"),
+        "auc": float(np.nanmean(auc)) if np.isfinite(auc).any() else float("nan"),
+        "mrr": mean("reciprocal_rank"),
+        "hit_rate": mean("hit"),
     }
+    if per_user:
+        result["per_user"] = {name: table[:, i].copy() for i, name in enumerate(RANKING_COLUMNS)}
+    return result
+
+
+def catalog_coverage(recommended, n_items: int) -> float:
+    """Distinct valid item ids in ``recommended`` / ``n_items``."""
+    n_items = check.check_int(n_items, "n_items", minimum=1)
+    ids = np.asarray(recommended).reshape(-1)
+    valid = ids[(ids >= 0) & (ids < n_items)]
+    return float(np.unique(valid).size / n_items)
+
+
+def novelty(recommended, train) -> float:
+    """Mean self-information -log2(p_i) of the recommended items, p_i = share of train users
+    with item i (at least 1/n_users, so unseen items count as the rarest)."""
+    train = _csr(train, "train")
+    n_users, n_items = train.shape
+    ids = np.asarray(recommended).reshape(-1)
+    valid = ids[(ids >= 0) & (ids < n_items)]
+    if valid.size == 0:
+        return 0.0
+    users_per_item = np.bincount(train.indices, minlength=n_items)
+    share = np.maximum(users_per_item[valid], 1) / max(n_users, 1)
+    return float(np.mean(-np.log2(share)))
+
+
+def intra_list_diversity(recommended, item_vectors, *, num_threads: int = 0) -> float:
+    """Mean over lists of the mean pairwise 1 - cosine similarity of their items' vectors
+    (lists with fewer than two valid items are left out)."""
+    from . import _core
+
+    vectors = np.asarray(item_vectors)
+    if vectors.ndim != 2:
+        raise ValueError(f"item_vectors must be 2-d (items x dim), got shape {vectors.shape}")
+    if vectors.dtype not in (np.float32, np.float64):
+        vectors = vectors.astype(np.float64)
+    ids = np.asarray(recommended)
+    if ids.ndim != 2:
+        raise ValueError(f"recommended must be 2-d (users x k), got shape {ids.shape}")
+    per_list = _core.intra_list_diversity(np.ascontiguousarray(ids, dtype=np.int64),
+                                          np.ascontiguousarray(vectors), num_threads=num_threads)
+    finite = per_list[np.isfinite(per_list)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+# ---------------------------------------------------------------------------- protocol
+def evaluate(model, train, test, k: int = 10, *, cold_users: str = "include",
+             batch_size: int = 1000, item_vectors=None, show_progress: bool = False,
+             num_threads: int = 0) -> dict:
+    """Recommend k items to every user with test items (items seen in ``train`` filtered)
+    and score the lists; returns a dict of metrics.
+
+    ``model`` needs ``recommend(user_ids, user_items, k=..., filter_seen=True)`` (recfuse
+    models) or ``recommend(userid, user_items, N=..., filter_already_liked_items=True)``
+    (implicit models); with ``predict(user_ids, item_ids)`` the test values are also scored
+    by RMSE and MAE. ``train`` and ``test`` are CSR matrices or ``Interactions`` of one
+    shape. Users with test items but no train items (cold users) are included like
+    implicit.evaluation does (``cold_users="include"``), left out (``"skip"``) or refused
+    (``"raise"``); their count is returned as ``cold_users``. ``item_vectors`` for
+    diversity default to the model's ``item_factors``.
+
+    Keys: precision, recall, map, ndcg, auc, mrr, hit_rate, coverage, novelty, diversity,
+    (rmse, mae), k, users, cold_users.
+    """
+    from tqdm.auto import tqdm
+
+    k = check.check_int(k, "k", minimum=1)
+    batch_size = check.check_int(batch_size, "batch_size", minimum=1)
+    check.check_choice(cold_users, "cold_users", COLD_USERS)
+    train, test = _csr(train, "train"), _csr(test, "test")
+    if train.shape != test.shape:
+        raise ValueError(f"train and test must have one shape (same users and items), got "
+                         f"{train.shape} and {test.shape}")
+    recommend = _recommender(model)
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    known = getattr(model, "user_factors", None)
+    if known is not None and users.size and users.max() >= known.shape[0]:
+        raise ValueError(f"test has users up to id {users.max()} but the model knows "
+                         f"{known.shape[0]} users; map the test set with the train id maps")
+    cold = users[np.diff(train.indptr)[users] == 0]
+    if cold.size and cold_users == "raise":
+        raise ValueError(f"{cold.size} test users have no train items (e.g. {cold[:5].tolist()}); "
+                         "pass cold_users='include' or 'skip'")
+    if cold_users == "skip":
+        users = np.setdiff1d(users, cold, assume_unique=True)
+    ids = np.full((users.size, k), -1, dtype=np.int64)
+    progress = tqdm(total=users.size, disable=not show_progress, desc="evaluate", unit="user")
+    try:
+        for begin in range(0, users.size, batch_size):
+            batch = users[begin:begin + batch_size]
+            got = np.asarray(recommend(batch, train[batch], k))
+            ids[begin:begin + batch.size, : got.shape[1]] = got.reshape(batch.size, -1)[:, :k]
+            progress.update(batch.size)
+    finally:
+        progress.close()
+    result = ranking_metrics(ids, test, users, num_threads=num_threads)
+    result["coverage"] = catalog_coverage(ids, test.shape[1]) if ids.size else 0.0
+    result["novelty"] = novelty(ids, train)
+    vectors = item_vectors if item_vectors is not None else getattr(model, "item_factors", None)
+    result["diversity"] = (intra_list_diversity(ids, vectors, num_threads=num_threads)
+                           if vectors is not None and ids.size else float("nan"))
+    if callable(getattr(model, "predict", None)):
+        coo = test.tocoo()
+        predicted = model.predict(coo.row, coo.col)
+        result["rmse"], result["mae"] = rmse(coo.data, predicted), mae(coo.data, predicted)
+    result.update(k=k, users=int(users.size), cold_users=int(cold.size))
+    return result
+
+
+def ranking_metrics_at_k(model, train, test, k: int = 10, batch_size: int = 1024) -> dict:
+    """``evaluate`` under its earlier name (precision and ndcg among the keys)."""
+    return evaluate(model, train, test, k, batch_size=batch_size)
+
+
+def _recommender(model):
+    """A function (user ids, their train rows, k) -> (n, <=k) ids for either convention."""
+    method = getattr(model, "recommend", None)
+    if not callable(method):
+        raise TypeError(f"model must have a recommend method, got {type(model).__name__}")
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        parameters = {}
+    if "N" in parameters:
+        return lambda users, rows, k: method(users, rows, N=k,
+                                             filter_already_liked_items=True)[0]
+    return lambda users, rows, k: method(users, rows, k=k, filter_seen=True)[0]
+
+
+def _csr(data, name: str) -> sp.csr_matrix:
+    if isinstance(data, Interactions):
+        return data.matrix
+    if not sp.issparse(data):
+        raise TypeError(f"{name} must be recfuse.Interactions or a scipy.sparse matrix, got "
+                        f"{type(data).__module__}.{type(data).__name__}")
+    matrix = sp.csr_matrix(data)
+    if not matrix.has_canonical_format:
+        matrix = matrix.copy()
+        matrix.sum_duplicates()
+    return matrix

@@ -2,16 +2,24 @@
 
 Layout: ``__recfuse__`` holds the UTF-8 JSON header ``{"format": "recfuse", "version": N,
 "model": class name, "params": {...}}`` as uint8; every other member is a plain array.
+Members are stored uncompressed and each array's data starts at a 64-byte aligned offset of
+the file (padding in the zip entry's extra field), so ``read_model(path, mmap=True)`` maps
+them read-only straight from the file, without a copy; any reader of .npz files (``np.load``)
+still reads them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 import zipfile
 
 import numpy as np
+
+ALIGNMENT = 64
+_PADDING_EXTRA_ID = 0xD935  # the id zipalign uses for alignment padding
 
 FORMAT_VERSION = 1
 HEADER_KEY = "__recfuse__"
@@ -25,7 +33,7 @@ def save_model(path, model_name: str, params: dict, arrays: dict[str, np.ndarray
     descriptor, temporary = tempfile.mkstemp(prefix=".recfuse-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(descriptor, "wb") as handle:
-            np.savez(handle, **{HEADER_KEY: encoded}, **arrays)
+            _write_aligned_npz(handle, {HEADER_KEY: encoded, **arrays})
         os.replace(temporary, path)  # readers see the old file or the new one, never half
     except BaseException:
         if os.path.exists(temporary):
@@ -33,17 +41,85 @@ def save_model(path, model_name: str, params: dict, arrays: dict[str, np.ndarray
         raise
 
 
-def read_model(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Return (header, arrays); ValueError for a truncated, foreign or newer file."""
+def _write_aligned_npz(handle, arrays: dict[str, np.ndarray]) -> None:
+    """An uncompressed .npz whose array data start at ALIGNMENT-byte offsets of the file."""
+    with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            array = np.asanyarray(array)
+            if array.dtype.hasobject:
+                raise ValueError(f"array {name!r} holds Python objects; they cannot be saved "
+                                 "without pickle")
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            info.CRC = info.compress_size = info.file_size = 0  # rewritten after the data
+            # The .npy header pads the data to a multiple of 64 bytes from the member's start,
+            # so aligning the member's start aligns the data.
+            base = len(info.FileHeader(zip64=True)) + 4
+            padding = (-(handle.tell() + base)) % ALIGNMENT
+            info.extra = struct.pack("<HH", _PADDING_EXTRA_ID, padding) + bytes(padding)
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(array) if
+                                          not array.flags.f_contiguous else array,
+                                          allow_pickle=False)
+
+
+def _map_members(path: str, handle, archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
+    """Each stored .npy member of an open archive as a read-only memory map."""
+    size = os.fstat(handle.fileno()).st_size
+    arrays = {}
+    for info in archive.infolist():
+        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if name == HEADER_KEY:
+            continue
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(f"{path!r}: member {name!r} is compressed and cannot be mapped; "
+                             "load it with mmap=False")
+        handle.seek(info.header_offset)
+        local = handle.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{path!r}: the zip entry of {name!r} is damaged")
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        handle.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(handle)
+        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = reader(handle)
+        if dtype.hasobject:
+            raise ValueError(f"{path!r}: member {name!r} holds Python objects (pickle); refused")
+        offset = handle.tell()
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if offset + nbytes > size:
+            raise ValueError(f"{path!r} is truncated: {name!r} needs bytes up to "
+                             f"{offset + nbytes}, the file has {size}")
+        if nbytes == 0:
+            arrays[name] = np.empty(shape, dtype=dtype)
+            continue
+        arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                                 order="F" if fortran else "C")
+    return arrays
+
+
+def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
+    """Return (header, arrays); ValueError for a truncated, foreign or newer file.
+
+    ``mmap=True`` returns the arrays as read-only memory maps of the file (no copy; pages
+    are read when touched); the file must not be changed while they are in use.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path!r}")
+    if not zipfile.is_zipfile(path):  # else np.load would try it as .npy or pickle
+        raise ValueError(f"{path!r} is not a readable recfuse model file (truncated or "
+                         "foreign): not a zip archive")
     try:
         with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             if HEADER_KEY not in archive.files:
                 raise ValueError(f"{path!r} is not a recfuse model file (no {HEADER_KEY} header)")
             header = json.loads(archive[HEADER_KEY].tobytes().decode("utf-8"))
-            arrays = {name: archive[name] for name in archive.files if name != HEADER_KEY}
+            if mmap:
+                arrays = _map_members(path, handle, archive.zip)
+            else:
+                arrays = {name: archive[name] for name in archive.files if name != HEADER_KEY}
     except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path!r} is not a readable recfuse model file "
                          f"(truncated or foreign): {error}") from error
@@ -56,10 +132,12 @@ def read_model(path) -> tuple[dict, dict[str, np.ndarray]]:
     return header, arrays
 
 
-def load(path, **overrides):
+def load(path, *, mmap: bool = False, **overrides):
     """Load any recfuse model saved with ``model.save(path)``.
 
-    ``overrides`` replace saved constructor parameters (e.g. ``backend="cpu"``).
+    ``mmap=True`` maps the stored arrays read-only instead of reading them (for serving:
+    several processes share one copy in the page cache). ``overrides`` replace saved
+    constructor parameters (e.g. ``backend="cpu"``).
     """
     from .models.als import ALS
     from .models.bpr import BPR
@@ -68,7 +146,7 @@ def load(path, **overrides):
 
     registry = {"ALS": ALS, "SVD": SVD, "SVDpp": SVDpp, "BPR": BPR,
                 "ExplicitALS": ExplicitALS}
-    header, arrays = read_model(path)
+    header, arrays = read_model(path, mmap=mmap)
     model_name = header.get("model")
     if model_name not in registry:
         raise ValueError(f"{os.fspath(path)!r} holds an unknown model type {model_name!r}")

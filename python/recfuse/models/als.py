@@ -372,10 +372,11 @@ class ALS:
     @classmethod
     def _from_saved(cls, params: dict, arrays: dict) -> "ALS":
         model = cls(**params)
+        # No copy: arrays read with mmap=True stay mapped (writers replace, never mutate, them).
         X = check.check_factors(arrays["user_factors"], "user_factors", dtype=model.dtype,
-                                n_cols=model.factors)
+                                n_cols=model.factors, copy=False)
         Y = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
-                                n_cols=model.factors)
+                                n_cols=model.factors, copy=False)
         seen = None
         if "seen_indptr" in arrays:
             shape = tuple(int(v) for v in arrays["seen_shape"])

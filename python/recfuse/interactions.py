@@ -1,0 +1,900 @@
+"""Event logs in, a users x items matrix out: ``recfuse.Interactions``.
+
+An event log has one row per event: a user id, an item id and optionally a weight, a
+timestamp and an event type. Ids may be any hashable values of one type (ints, strings,
+...); they are mapped to dense ints 0..n-1 in sorted order, and new ids are appended when
+more events arrive, so existing ints never change. The events of one (user, item) pair are
+combined into one stored pair (``combine``), and the matrix can be weighted (``weighting``).
+
+The order of work: per-event value = weight (1 without a weight column) x event-type weight x
+time decay 0.5^((reference - t) / half_life); combine each pair's events (sum, max, last,
+count); at ``.matrix``, apply the weighting (none, binary, count, log1p, bm25, tfidf).
+
+>>> import numpy as np, recfuse
+>>> log = recfuse.Interactions.from_arrays(["ann", "bob", "ann", "ann"], [10, 20, 20, 10])
+>>> log.shape, log.matrix.toarray().tolist()
+((2, 2), [[2.0, 1.0], [0.0, 1.0]])
+>>> log.user_ids.to_external([0, 1]).tolist(), log.item_ids.to_internal([20]).tolist()
+(['ann', 'bob'], [1])
+
+pandas, polars and pyarrow are optional (``pip install "recfuse[data]"``); they are imported
+only when a DataFrame, a Table or a file is read.
+"""
+
+from __future__ import annotations
+
+import os
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import _validation as check
+
+COMBINE = ("sum", "max", "last", "count")
+WEIGHTING = ("none", "binary", "count", "log1p", "bm25", "tfidf")
+UNKNOWN = ("extend", "drop", "raise")
+_NS_PER_SECOND = 1_000_000_000
+
+
+def _pandas(purpose: str):
+    try:
+        import pandas
+    except ImportError as error:  # pragma: no cover - pandas is in the test extra
+        raise ImportError(f"{purpose} needs pandas: pip install 'recfuse[data]'") from error
+    return pandas
+
+
+def _optional_pandas():
+    try:
+        import pandas
+    except ImportError:  # pragma: no cover
+        return None
+    return pandas
+
+
+# ---------------------------------------------------------------------------- id maps
+class IdMap:
+    """External ids <-> dense ints 0..n-1. Immutable: ``extend`` returns a new map in which
+    every existing id keeps its int.
+
+    >>> ids = IdMap(np.array(["a", "b"]))
+    >>> ids.extend(["c", "a"]).to_internal(["c", "a"]).tolist()
+    [2, 0]
+    """
+
+    def __init__(self, ids):
+        array = np.asarray(ids)
+        if array.ndim != 1:
+            raise ValueError(f"ids must be 1-d, got shape {array.shape}")
+        array = array.copy()
+        array.flags.writeable = False
+        self._ids = array
+        self._index = None  # the lookup table, built on first use
+
+    @classmethod
+    def from_values(cls, values, name: str = "ids") -> tuple["IdMap", np.ndarray]:
+        """Map ``values`` (one id per event) to ints: ids numbered in sorted order.
+        Returns (map, int32 codes)."""
+        codes, uniques = _factorize(values, name)
+        return cls(uniques), codes
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The external ids in the order of their ints (read-only)."""
+        return self._ids
+
+    def __len__(self) -> int:
+        return self._ids.size
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, IdMap) and np.array_equal(self._ids, other._ids)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(v) for v in self._ids[:3].tolist())
+        return f"IdMap({len(self)} ids: {head}{', ...' if len(self) > 3 else ''})"
+
+    def to_internal(self, values, *, missing: str = "raise") -> np.ndarray:
+        """Ints of external ids (int64). ``missing="raise"`` (ValueError naming the unknown
+        ids) or ``"ignore"`` (-1 for them)."""
+        check.check_choice(missing, "missing", ("raise", "ignore"))
+        values = _as_id_array(values)
+        codes = self._lookup(values)
+        if missing == "raise" and (codes < 0).any():
+            unknown = np.asarray(values)[codes < 0]
+            raise ValueError(f"{int(unknown.size)} ids are not in this map, e.g. "
+                             f"{unknown[:5].tolist()}")
+        return codes
+
+    def to_external(self, codes) -> np.ndarray:
+        """External ids of ints (an IndexError-free check: ValueError for ints out of range)."""
+        codes = check.check_ids(codes, "codes", len(self))
+        return self._ids[codes]
+
+    def extend(self, values) -> "IdMap":
+        """A map with the ids of ``values`` not yet known appended (in sorted order)."""
+        values = _as_id_array(values)
+        if values.size == 0:
+            return self
+        _check_same_kind(self._ids, values)
+        new = values[self._lookup(values) < 0]
+        if new.size == 0:
+            return self
+        _, uniques = _factorize(new, "ids")
+        return IdMap(np.concatenate([self._ids, uniques]))
+
+    def _lookup(self, values: np.ndarray) -> np.ndarray:
+        if len(self) == 0 or values.size == 0:
+            return np.full(values.size, -1, dtype=np.int64)
+        if not _same_kind(self._ids, values):
+            return np.full(values.size, -1, dtype=np.int64)
+        pandas = _optional_pandas()
+        if pandas is not None:
+            if self._index is None:
+                self._index = pandas.Index(self._ids)
+            return self._index.get_indexer(values).astype(np.int64, copy=False)
+        if self._index is None:  # pragma: no cover - the NumPy path without pandas
+            order = np.argsort(self._ids, kind="stable")
+            self._index = (order, self._ids[order])
+        order, sorted_ids = self._index
+        position = np.clip(np.searchsorted(sorted_ids, values), 0, len(self) - 1)
+        found = sorted_ids[position] == values
+        return np.where(found, order[position], -1).astype(np.int64)
+
+
+def _as_id_array(values) -> np.ndarray:
+    if np.ndim(values) == 0:
+        values = [values]
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"ids must be a 1-d sequence, got shape {array.shape}")
+    return array
+
+
+def _id_kind(values: np.ndarray) -> str:
+    kind = values.dtype.kind
+    if kind in "iub":
+        return "integer"
+    if kind == "f":
+        return "floating"
+    if kind in "US":
+        return "string" if kind == "U" else "bytes"
+    if kind == "M":
+        return "datetime"
+    if kind == "O":
+        if values.size == 0:
+            return "empty"
+        return _pandas("object ids").api.types.infer_dtype(values, skipna=False)
+    return kind
+
+
+def _same_kind(a: np.ndarray, b: np.ndarray) -> bool:
+    ka, kb = _id_kind(a), _id_kind(b)
+    return ka == kb or "empty" in (ka, kb) or {ka, kb} <= {"integer", "floating"}
+
+
+def _check_same_kind(known: np.ndarray, new: np.ndarray) -> None:
+    if not _same_kind(known, new):
+        raise TypeError(f"new ids are {_id_kind(new)} but the map holds {_id_kind(known)} ids; "
+                        "one id column must hold one type")
+
+
+def _factorize(values, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 codes, sorted unique ids) of one id column; clear errors for missing values
+    and mixed types."""
+    pandas = _optional_pandas()
+    is_series = pandas is not None and isinstance(values, pandas.Series)
+    if is_series and values.dtype.kind in "biuf":
+        values, is_series = values.to_numpy(), False
+    if not is_series:
+        values = np.asarray(values)
+        if values.ndim != 1:
+            raise ValueError(f"{name} must be 1-d, got shape {values.shape}")
+    if len(values) == 0:
+        return np.zeros(0, np.int32), np.asarray(values)[:0]
+    if is_series:
+        missing = int(values.isna().sum())
+        kind = (pandas.api.types.infer_dtype(values, skipna=False)
+                if values.dtype == object else None)
+    else:
+        kind = _id_kind(values)
+        if values.dtype.kind == "f":
+            missing = int(np.isnan(values).sum())
+        elif values.dtype.kind == "O":
+            missing = int(_pandas("object ids").isna(values).sum())
+        else:
+            missing = 0
+    if missing:
+        raise ValueError(f"{name} has {missing} missing values (None/NaN); every event needs one")
+    if kind is not None and kind.startswith("mixed"):
+        raise TypeError(f"{name} mixes id types ({kind}); convert the column to one type, "
+                        "e.g. all strings")
+    if not is_series and values.dtype.kind in "iu":
+        codes, uniques = _factorize_dense_integers(values)
+    elif pandas is not None:
+        codes, uniques = pandas.factorize(values, sort=True)
+        uniques = np.asarray(uniques)
+        if uniques.dtype == object and kind in ("integer", "floating") and uniques.size:
+            uniques = uniques.astype(np.int64 if kind == "integer" else np.float64)
+        # strings stay Python objects: converting millions to fixed-width NumPy strings costs
+        # more than the rest of the ingestion; save() converts them
+    else:  # pragma: no cover - the NumPy path without pandas
+        if values.dtype == object:
+            raise ImportError("object ids need pandas: pip install 'recfuse[data]'")
+        uniques, codes = np.unique(values, return_inverse=True)
+    if uniques.size > check.INT32_MAX:
+        raise ValueError(f"{name} has {uniques.size} distinct ids; at most {check.INT32_MAX}")
+    return codes.astype(np.int32, copy=False), uniques
+
+
+def _factorize_dense_integers(values: np.ndarray):
+    """Integer ids: a presence table over [min, max] when that range is small (O(n), no
+    hashing or sorting), else a sort."""
+    low, high = int(values.min()), int(values.max())
+    if high - low <= 4 * values.size + 1024:
+        offsets = values - low if low else values
+        present = np.zeros(high - low + 1, dtype=bool)
+        present[offsets] = True
+        uniques = np.flatnonzero(present)
+        table = np.cumsum(present, dtype=np.int32 if uniques.size < 2**31 else np.int64) - 1
+        return table[offsets], (uniques + low).astype(values.dtype)
+    uniques, codes = np.unique(values, return_inverse=True)
+    return codes, uniques
+
+
+# ---------------------------------------------------------------------------- columns
+def _columns_of(source, wanted: dict[str, str | None], read_options: dict):
+    """Read the named columns of a DataFrame / Table / mapping / file as arrays or Series."""
+    if isinstance(source, (str, os.PathLike)):
+        source = _read_file(os.fspath(source), [c for c in wanted.values() if c], read_options)
+    elif read_options:
+        raise TypeError(f"read options {sorted(read_options)} only apply to file paths")
+    module = type(source).__module__.split(".")[0]
+    if module == "polars":
+        available = list(source.columns)
+        get = lambda column: _from_polars(source.get_column(column))  # noqa: E731
+    elif module == "pyarrow":
+        available = list(source.column_names)
+        get = lambda column: _from_arrow(source.column(column))  # noqa: E731
+    elif module == "pandas":
+        available = [str(c) for c in source.columns]
+        get = lambda column: source[column]  # noqa: E731
+    elif isinstance(source, Mapping):
+        available = list(source.keys())
+        get = lambda column: source[column]  # noqa: E731
+    else:
+        raise TypeError(
+            "source must be a pandas or polars DataFrame, a pyarrow Table, a mapping of column "
+            f"name -> array, or a .csv/.parquet path, got {type(source).__module__}."
+            f"{type(source).__name__}")
+    missing = [f"{role}={column!r}" for role, column in wanted.items()
+               if column is not None and column not in available]
+    if missing:
+        raise ValueError(f"unknown columns: {', '.join(missing)}; the data has {available}")
+    return {role: (get(column) if column is not None else None) for role, column in wanted.items()}
+
+
+def _read_file(path: str, columns: list[str], read_options: dict):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no event log at {path!r}")
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as error:  # pragma: no cover
+            raise ImportError("reading Parquet needs pyarrow: pip install 'recfuse[data]'") from error
+        schema = pq.read_schema(path)
+        unknown = [c for c in columns if c not in schema.names]
+        if unknown:
+            raise ValueError(f"unknown columns: {unknown}; {path!r} has {schema.names}")
+        return pq.read_table(path, columns=list(dict.fromkeys(columns)), **read_options)
+    if lower.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")):
+        pandas = _pandas("reading CSV")
+        options = {"sep": "\t"} if ".tsv" in lower else {}
+        options.update(read_options)
+        header = pandas.read_csv(path, nrows=0, **options)
+        unknown = [c for c in columns if c not in header.columns]
+        if unknown:
+            raise ValueError(f"unknown columns: {unknown}; {path!r} has {list(header.columns)}")
+        return pandas.read_csv(path, usecols=list(dict.fromkeys(columns)), **options)
+    raise ValueError(f"cannot tell the format of {path!r}: expected a .csv, .tsv or .parquet file")
+
+
+def _from_polars(series):
+    if series.null_count():
+        raise ValueError(f"column {series.name!r} has {series.null_count()} missing values")
+    if series.dtype.is_numeric() or series.dtype.is_temporal():
+        return series.to_numpy()
+    try:  # strings and the like: through Arrow, hashed by pandas without Python objects
+        return _from_arrow(series.to_arrow())
+    except ImportError:  # pragma: no cover - polars without pyarrow
+        return series.to_numpy()
+
+
+def _from_arrow(chunked):
+    import pyarrow as pa
+
+    if isinstance(chunked, pa.Array):
+        chunked = pa.chunked_array([chunked])
+    if chunked.null_count:
+        raise ValueError(f"a column has {chunked.null_count} missing values")
+    if pa.types.is_integer(chunked.type) or pa.types.is_floating(chunked.type):
+        return chunked.to_numpy()
+    pandas = _optional_pandas()
+    return chunked.to_pandas() if pandas is not None else chunked.to_numpy()
+
+
+def _numeric(column, name: str) -> np.ndarray:
+    array = np.asarray(column)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}")
+    array = array.astype(np.float64, copy=False)
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise ValueError(f"{name} has {int(bad.sum())} NaN/inf values (first at row "
+                         f"{int(np.flatnonzero(bad)[0])}); drop or fill them first")
+    return array
+
+
+def _times_ns(column, name: str = "timestamps") -> np.ndarray:
+    """Timestamps as int64 nanoseconds since the epoch. Numbers are seconds since the epoch;
+    datetime64 values and strings pandas can parse are accepted; time zones become UTC."""
+    pandas = _optional_pandas()
+    if pandas is not None and isinstance(column, pandas.Series):
+        if isinstance(column.dtype, pandas.DatetimeTZDtype):
+            column = column.dt.tz_convert("UTC").dt.tz_localize(None)
+        elif column.dtype.kind not in "biufM":
+            column = column.to_numpy()
+        else:
+            column = column.to_numpy()
+    array = np.asarray(column)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-d, got shape {array.shape}")
+    kind = array.dtype.kind
+    if kind == "M":
+        result = array.astype("datetime64[ns]").view(np.int64)
+        if np.isnat(array).any():
+            raise ValueError(f"{name} has {int(np.isnat(array).sum())} missing times (NaT)")
+        return result
+    if kind in "iu":
+        if array.size and np.abs(array).max() > np.iinfo(np.int64).max // _NS_PER_SECOND:
+            raise ValueError(f"{name} as seconds since the epoch overflow (max {array.max()})")
+        return array.astype(np.int64) * _NS_PER_SECOND
+    if kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} has {int((~np.isfinite(array)).sum())} NaN/inf values")
+        return np.round(array * _NS_PER_SECOND).astype(np.int64)
+    if kind in "OUS":
+        pandas = _pandas("parsing timestamps")
+        parsed = pandas.to_datetime(pandas.Series(array), errors="coerce", utc=True)
+        bad = parsed.isna().to_numpy()
+        if bad.any():
+            raise ValueError(f"{name}: {int(bad.sum())} values do not parse as times, e.g. "
+                             f"{array[bad][:3].tolist()}")
+        return parsed.dt.tz_localize(None).to_numpy("datetime64[ns]").view(np.int64)
+    raise TypeError(f"{name} must be datetimes, numbers (seconds since the epoch) or strings, "
+                    f"got dtype {array.dtype}")
+
+
+def _seconds(value, name: str) -> float:
+    """A duration in seconds: a number of seconds, a timedelta or a pandas string like '30D'."""
+    if isinstance(value, np.timedelta64):  # before Real: NumPy registers it as an integer
+        seconds = value / np.timedelta64(1, "s")
+    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return check.check_float(value, name, minimum=0.0, strict=True)
+    elif hasattr(value, "total_seconds"):
+        seconds = value.total_seconds()
+    elif isinstance(value, str):
+        seconds = _pandas("parsing durations").Timedelta(value).total_seconds()
+    else:
+        raise TypeError(f"{name} must be seconds, a timedelta or a string like '30D', "
+                        f"got {type(value).__name__}")
+    return check.check_float(float(seconds), name, minimum=0.0, strict=True)
+
+
+# ---------------------------------------------------------------------------- Interactions
+class Interactions:
+    """(user, item) pairs combined from an event log, with their id maps.
+
+    Build it with ``Interactions.from_events`` (DataFrame, Table, mapping or file path),
+    ``Interactions.from_arrays`` or ``Interactions.from_matrix``. Immutable: ``add``,
+    ``filter``, ``k_core`` and ``weighted`` return new objects.
+
+    Attributes: ``matrix`` (CSR users x items, float32, weighted), ``transpose`` (items x
+    users), ``user_ids`` / ``item_ids`` (``IdMap``), ``counts`` and ``timestamps`` (events and
+    latest event time of each stored pair, aligned with ``matrix.data``).
+    """
+
+    def __init__(self, user_ids: IdMap, item_ids: IdMap, indptr, indices, values, counts,
+                 times=None, *, settings: dict | None = None):
+        self.user_ids, self.item_ids = user_ids, item_ids
+        self._indptr = np.asarray(indptr, dtype=np.int64)
+        self._indices = np.asarray(indices, dtype=np.int32)
+        self._values = np.asarray(values, dtype=np.float32)  # the matrix's dtype: no copy
+        self._counts = np.asarray(counts, dtype=np.int32)
+        self._times = None if times is None else np.asarray(times, dtype=np.int64)
+        self._settings = dict(_DEFAULT_SETTINGS, **(settings or {}))
+        self._matrix: sp.csr_matrix | None = None
+        self._transpose: sp.csr_matrix | None = None
+        self.dropped_events = 0  # events of unknown ids left out (from_events unknown="drop")
+        if self._indptr.size != len(user_ids) + 1 or self._indptr[-1] != self._indices.size:
+            raise ValueError("inconsistent pair arrays")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_events(cls, source, *, user: str = "user", item: str = "item",
+                    weight: str | None = None, timestamp: str | None = None,
+                    event: str | None = None, combine: str = "sum",
+                    event_weights: Mapping | None = None, half_life=None,
+                    reference_time=None, weighting: str = "none",
+                    user_ids: IdMap | None = None, item_ids: IdMap | None = None,
+                    unknown: str = "extend", read_options: dict | None = None,
+                    **weighting_options) -> "Interactions":
+        """Read an event log from a pandas/polars DataFrame, a pyarrow Table, a mapping of
+        column name -> array, or a .csv/.tsv/.parquet path.
+
+        ``user``/``item`` name the id columns; ``weight`` a numeric column (1 per event
+        without it); ``timestamp`` a time column (datetimes, strings pandas can parse, or
+        numbers as seconds since the epoch); ``event`` a column of event types, each weighted
+        by ``event_weights`` (e.g. ``{"view": 1, "click": 3, "purchase": 10}``; every type in
+        the data must be listed). ``half_life`` (seconds, a timedelta or e.g. ``"30D"``)
+        multiplies each event by 0.5^((reference_time - t) / half_life), the reference being
+        the latest event unless given. ``combine`` ("sum", "max", "last", "count") merges a
+        pair's events; ``weighting`` and its options see ``weighted``. ``user_ids`` /
+        ``item_ids`` start from existing maps; ids they lack are appended (``unknown=
+        "extend"``), their events dropped (``"drop"``; ``dropped_events`` counts them), or
+        rejected (``"raise"``). ``read_options`` go to the CSV/Parquet reader.
+        """
+        columns = _columns_of(source, {"user": user, "item": item, "weight": weight,
+                                       "timestamp": timestamp, "event": event},
+                              dict(read_options or {}))
+        result = cls._from_columns(
+            columns, combine=combine, event_weights=event_weights, half_life=half_life,
+            reference_time=reference_time, weighting=weighting, user_ids=user_ids,
+            item_ids=item_ids, unknown=unknown, **weighting_options)
+        # remembered so that add(more_events) reads new data the same way
+        result._settings["columns"] = {"user": user, "item": item, "weight": weight,
+                                       "timestamp": timestamp, "event": event}
+        return result
+
+    @classmethod
+    def from_arrays(cls, users, items, weights=None, timestamps=None, events=None, *,
+                    combine: str = "sum", event_weights: Mapping | None = None,
+                    half_life=None, reference_time=None, weighting: str = "none",
+                    user_ids: IdMap | None = None, item_ids: IdMap | None = None,
+                    unknown: str = "extend", **weighting_options) -> "Interactions":
+        """The same as ``from_events`` from one array (or pandas Series) per column."""
+        return cls._from_columns(
+            {"user": users, "item": items, "weight": weights, "timestamp": timestamps,
+             "event": events}, combine=combine, event_weights=event_weights,
+            half_life=half_life, reference_time=reference_time, weighting=weighting,
+            user_ids=user_ids, item_ids=item_ids, unknown=unknown, **weighting_options)
+
+    @classmethod
+    def _from_columns(cls, columns: dict, *, combine, event_weights, half_life,
+                      reference_time, weighting, user_ids, item_ids, unknown,
+                      **weighting_options) -> "Interactions":
+        """The ingestion itself. Columns are popped from ``columns`` once used, so that the
+        source's buffers (e.g. a Parquet table read here) can be freed before grouping."""
+        check.check_choice(combine, "combine", COMBINE)
+        check.check_choice(unknown, "unknown", UNKNOWN)
+        n = len(columns["user"])
+        if n == 0:
+            raise ValueError("the event log is empty: no events to build interactions from")
+        lengths = {f"{name}s": len(column) for name, column in columns.items()
+                   if column is not None and name != "user"}
+        if any(length != n for length in lengths.values()):
+            raise ValueError(f"every column needs one value per event: users has {n}, "
+                             f"{', '.join(f'{k} has {v}' for k, v in lengths.items())}")
+        weights = columns.pop("weight")
+        values = None if weights is None else _numeric(weights, "weights")
+        del weights
+        events = columns.pop("event")
+        if events is not None:
+            type_weight = _event_type_weights(events, event_weights)
+            values = type_weight if values is None else values * type_weight
+        elif event_weights is not None:
+            raise ValueError("event_weights needs an event column (event=...)")
+        del events
+        timestamps = columns.pop("timestamp")
+        times = None if timestamps is None else _times_ns(timestamps)
+        del timestamps
+        settings = {"combine": combine, "event_weights": None if event_weights is None else
+                    [[_plain(key), float(value)] for key, value in event_weights.items()]}
+        if half_life is not None:
+            if times is None:
+                raise ValueError("half_life needs timestamps (timestamp=...)")
+            seconds = _seconds(half_life, "half_life")
+            reference = (int(times.max()) if reference_time is None
+                         else int(_times_ns(np.atleast_1d(np.asarray(reference_time)))[0]))
+            decay = np.exp2((times - reference) / (seconds * _NS_PER_SECOND))
+            values = decay if values is None else values * decay
+            settings.update(half_life=seconds, reference_time=reference,
+                            fixed_reference=reference_time is not None)
+        extend = unknown == "extend"
+        (user_map, user_codes), (item_map, item_codes) = _both(
+            lambda: _map_ids(columns["user"], user_ids, "users", extend),
+            lambda: _map_ids(columns["item"], item_ids, "items", extend), parallel=n >= 1 << 20)
+        keep = None
+        if unknown != "extend":
+            lost = (user_codes < 0) | (item_codes < 0)
+            if lost.any() and unknown == "raise":
+                raise ValueError(f"{int(lost.sum())} events have users or items the given id "
+                                 f"maps lack (unknown='raise'), e.g. user "
+                                 f"{np.asarray(columns['user'])[lost][:1].tolist()} item "
+                                 f"{np.asarray(columns['item'])[lost][:1].tolist()}")
+            keep = ~lost if lost.any() else None
+        columns.clear()
+        if keep is not None:
+            user_codes, item_codes = user_codes[keep], item_codes[keep]
+            values = None if values is None else values[keep]
+            times = None if times is None else times[keep]
+        result = cls._grouped(user_map, item_map, user_codes, item_codes, values, times, None,
+                              settings)
+        result = result.weighted(weighting, **weighting_options)
+        result.dropped_events = 0 if keep is None else int((~keep).sum())
+        return result
+
+    @classmethod
+    def from_matrix(cls, matrix, *, user_ids: IdMap | None = None,
+                    item_ids: IdMap | None = None) -> "Interactions":
+        """Wrap a users x items sparse matrix (ids 0..n-1 unless maps are given)."""
+        matrix = check.check_csr(sp.csr_matrix(matrix) if sp.issparse(matrix) else matrix,
+                                 "matrix", dtype=np.float32)
+        rows, cols = matrix.shape
+        user_ids = user_ids if user_ids is not None else IdMap(np.arange(rows))
+        item_ids = item_ids if item_ids is not None else IdMap(np.arange(cols))
+        if len(user_ids) != rows or len(item_ids) != cols:
+            raise ValueError(f"id maps of {len(user_ids)} users and {len(item_ids)} items do "
+                             f"not fit a matrix of shape {matrix.shape}")
+        return cls(user_ids, item_ids, matrix.indptr, matrix.indices, matrix.data,
+                   np.ones(matrix.nnz, np.int32))
+
+    @classmethod
+    def _grouped(cls, user_map, item_map, users, items, values, times, multiplicity, settings):
+        from . import _core
+
+        indptr, indices, combined, counts, pair_times = _core.group_events(
+            np.ascontiguousarray(users, dtype=np.int32),
+            np.ascontiguousarray(items, dtype=np.int32),
+            None if values is None else np.ascontiguousarray(values, dtype=np.float64),
+            None if times is None else np.ascontiguousarray(times, dtype=np.int64),
+            None if multiplicity is None else np.ascontiguousarray(multiplicity, np.int64),
+            n_users=len(user_map), n_items=len(item_map), combine=settings["combine"])
+        return cls(user_map, item_map, indptr, indices, combined, counts, pair_times,
+                   settings=settings)
+
+    # ------------------------------------------------------------------ growing
+    def add(self, source=None, **columns_or_arrays) -> "Interactions":
+        """These pairs plus new events: ``add(df, user=..., item=..., ...)`` like
+        ``from_events`` or ``add(users=..., items=..., weights=..., timestamps=..., events=...)``
+        like ``from_arrays``. New users and items are appended to the id maps (existing ints
+        stay); pairs seen before are combined with the new events by the same rule. With a
+        half-life and an automatic reference time, older values are decayed to the new
+        latest event."""
+        options = {"combine": self._settings["combine"], "user_ids": self.user_ids,
+                   "item_ids": self.item_ids, "unknown": "extend"}
+        if source is not None:
+            options.update(self._settings["columns"] or {})
+        if self._settings["event_weights"] and (source is not None or "events" in columns_or_arrays):
+            options["event_weights"] = {key: value for key, value in self._settings["event_weights"]}
+        if self._settings["half_life"] is not None:
+            options["half_life"] = self._settings["half_life"]
+            if self._settings["fixed_reference"]:
+                options["reference_time"] = np.datetime64(self._settings["reference_time"], "ns")
+        options.update(columns_or_arrays)
+        if source is not None:
+            new = Interactions.from_events(source, **options)
+        else:
+            new = Interactions.from_arrays(options.pop("users"), options.pop("items"), **options)
+        values = self._values
+        settings = dict(self._settings)
+        if settings["half_life"] is not None and not settings["fixed_reference"]:
+            shift = new._settings["reference_time"] - settings["reference_time"]
+            scale = np.exp2(-abs(shift) / (settings["half_life"] * _NS_PER_SECOND))
+            if shift > 0:  # the new events are later: decay the old pairs to the new reference
+                values = values * scale
+                settings["reference_time"] = new._settings["reference_time"]
+            else:  # the new events are older: decay them to the old reference
+                new._values = new._values * scale
+        old_users = np.repeat(np.arange(len(self.user_ids)), np.diff(self._indptr))
+        new_users = np.repeat(np.arange(len(new.user_ids)), np.diff(new._indptr))
+        times = None
+        if self._times is not None and new._times is not None:
+            times = np.concatenate([self._times, new._times])
+        elif self._times is not None or new._times is not None:
+            raise ValueError("both the old and the new events need timestamps, or neither")
+        return Interactions._grouped(
+            new.user_ids, new.item_ids, np.concatenate([old_users, new_users]),
+            np.concatenate([self._indices, new._indices]),
+            np.concatenate([values, new._values]), times,
+            np.concatenate([self._counts, new._counts]), settings,
+        ).weighted(settings["weighting"], **settings["weighting_options"])
+
+    # ------------------------------------------------------------------ views
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.user_ids), len(self.item_ids)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def nnz(self) -> int:
+        """Stored (user, item) pairs."""
+        return int(self._indices.size)
+
+    @property
+    def n_events(self) -> int:
+        """Events combined into the pairs."""
+        return int(self._counts.sum())
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Events of each stored pair, aligned with ``matrix.data``."""
+        return self._counts
+
+    @property
+    def timestamps(self) -> np.ndarray | None:
+        """Latest event time of each stored pair (datetime64[ns], aligned with
+        ``matrix.data``), or None without timestamps."""
+        return None if self._times is None else self._times.view("datetime64[ns]")
+
+    @property
+    def values(self) -> np.ndarray:
+        """Combined values before weighting (float32, aligned with ``matrix.data``)."""
+        return self._values
+
+    @property
+    def user_codes(self) -> np.ndarray:
+        """The user int of each stored pair (int64, aligned with ``matrix.data``)."""
+        return np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(self._indptr))
+
+    @property
+    def matrix(self) -> sp.csr_matrix:
+        """Users x items CSR, float32, weighted; explicit zeros are kept. Read-only: without
+        a weighting it shares its values with these Interactions (copy it to modify it)."""
+        if self._matrix is None:
+            data = _weigh(self, self._settings["weighting"], self._settings["weighting_options"])
+            data = data.astype(np.float32, copy=False).view()
+            data.flags.writeable = False
+            self._matrix = sp.csr_matrix((data, self._indices, self._indptr), shape=self.shape)
+        return self._matrix
+
+    @property
+    def transpose(self) -> sp.csr_matrix:
+        """Items x users CSR, float32 (the transpose of ``matrix``)."""
+        if self._transpose is None:
+            self._transpose = self.matrix.T.tocsr()
+        return self._transpose
+
+    def to_frame(self):
+        """The pairs as a pandas DataFrame: user, item (external ids), value (weighted),
+        count and, with timestamps, timestamp."""
+        pandas = _pandas("to_frame")
+        frame = pandas.DataFrame({
+            "user": self.user_ids.ids[self.user_codes], "item": self.item_ids.ids[self._indices],
+            "value": self.matrix.data, "count": self._counts})
+        if self._times is not None:
+            frame["timestamp"] = self.timestamps
+        return frame
+
+    def __repr__(self) -> str:
+        settings = self._settings
+        return (f"Interactions({self.n_users} users x {self.n_items} items, {self.nnz} pairs "
+                f"from {self.n_events} events, combine={settings['combine']!r}, "
+                f"weighting={settings['weighting']!r}"
+                f"{', with timestamps' if self._times is not None else ''})")
+
+    # ------------------------------------------------------------------ transforms
+    def weighted(self, weighting: str = "none", **options) -> "Interactions":
+        """The same pairs with another weighting of ``matrix``:
+
+        - ``none``: the combined values; ``binary``: 1; ``count``: events per pair;
+        - ``log1p``: log(1 + value);
+        - ``bm25`` (options ``k1=100``, ``b=0.8``) and ``tfidf``: as
+          ``implicit.nearest_neighbours.bm25_weight`` / ``tfidf_weight`` on the users x items
+          matrix (idf = log(n_users) - log1p(users of the item)).
+        """
+        check.check_choice(weighting, "weighting", WEIGHTING)
+        allowed = {"bm25": {"k1", "b"}}.get(weighting, set())
+        if set(options) - allowed:
+            raise TypeError(f"weighting {weighting!r} takes options {sorted(allowed)}, got "
+                            f"{sorted(options)}")
+        result = self._replace()
+        result._settings.update(weighting=weighting, weighting_options=dict(options))
+        _weigh(result, weighting, options)  # validate now, not at the first .matrix
+        return result
+
+    def filter(self, *, min_user_count: int = 1, min_item_count: int = 1,
+               compact: bool = True) -> "Interactions":
+        """Keep the pairs of users with at least ``min_user_count`` pairs and items with at
+        least ``min_item_count`` pairs (counted once, before filtering). ``compact`` drops
+        users and items left without pairs from the id maps (the rest keep their order)."""
+        min_user_count = check.check_int(min_user_count, "min_user_count", minimum=1)
+        min_item_count = check.check_int(min_item_count, "min_item_count", minimum=1)
+        keep = self._pair_mask(min_user_count, min_item_count)
+        result = self.subset(keep)
+        return result._compact() if compact else result
+
+    def k_core(self, k: int, *, compact: bool = True) -> "Interactions":
+        """The largest subset in which every user and every item has at least ``k`` pairs
+        (filters repeated until nothing changes)."""
+        k = check.check_int(k, "k", minimum=1)
+        current = self
+        while True:
+            keep = current._pair_mask(k, k)
+            if keep.all():
+                break
+            current = current.subset(keep)
+        return current._compact() if compact else current
+
+    def subset(self, keep) -> "Interactions":
+        """The pairs where the boolean mask ``keep`` (one per stored pair) is True; same id
+        maps."""
+        keep = np.asarray(keep)
+        if keep.dtype != bool or keep.shape != (self.nnz,):
+            raise ValueError(f"keep must be a boolean mask of shape ({self.nnz},), got "
+                             f"{keep.dtype} {keep.shape}")
+        kept_per_user = np.bincount(self.user_codes[keep], minlength=self.n_users)
+        indptr = np.concatenate([[0], np.cumsum(kept_per_user)])
+        return self._replace(indptr=indptr, indices=self._indices[keep],
+                             values=self._values[keep], counts=self._counts[keep],
+                             times=None if self._times is None else self._times[keep])
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Write to one file (versioned; arrays stored so ``load(mmap=True)`` maps them)."""
+        from .persistence import save_model
+
+        arrays = {"indptr": self._indptr, "indices": self._indices, "values": self._values,
+                  "counts": self._counts, "user_ids": _saveable(self.user_ids.ids, "user ids"),
+                  "item_ids": _saveable(self.item_ids.ids, "item ids")}
+        if self._times is not None:
+            arrays["times"] = self._times
+        save_model(path, "Interactions", self._settings, arrays)
+
+    @classmethod
+    def load(cls, path, *, mmap: bool = False) -> "Interactions":
+        """Read a file written by ``save`` (``mmap=True`` maps the arrays read-only)."""
+        from .persistence import read_model
+
+        header, arrays = read_model(path, mmap=mmap)
+        if header.get("model") != "Interactions":
+            raise ValueError(f"{os.fspath(path)!r} holds a {header.get('model')!r}, "
+                             "not Interactions")
+        try:
+            return cls(IdMap(arrays["user_ids"]), IdMap(arrays["item_ids"]), arrays["indptr"],
+                       arrays["indices"], arrays["values"], arrays["counts"],
+                       arrays.get("times"), settings=header.get("params", {}))
+        except KeyError as error:
+            raise ValueError(f"{os.fspath(path)!r} is missing the array {error}") from error
+
+    # ------------------------------------------------------------------ helpers
+    def _replace(self, **arrays) -> "Interactions":
+        parts = {"indptr": self._indptr, "indices": self._indices, "values": self._values,
+                 "counts": self._counts, "times": self._times}
+        parts.update(arrays)
+        result = Interactions(self.user_ids, self.item_ids, parts["indptr"],
+                              parts["indices"], parts["values"], parts["counts"],
+                              parts["times"], settings=self._settings)
+        result._settings["weighting_options"] = dict(self._settings["weighting_options"])
+        return result
+
+    def _pair_mask(self, min_user: int, min_item: int) -> np.ndarray:
+        per_user = np.diff(self._indptr)
+        per_item = np.bincount(self._indices, minlength=self.n_items)
+        return (np.repeat(per_user >= min_user, per_user)) & (per_item[self._indices] >= min_item)
+
+    def _compact(self) -> "Interactions":
+        per_user = np.diff(self._indptr)
+        users = np.flatnonzero(per_user > 0)
+        items = np.flatnonzero(np.bincount(self._indices, minlength=self.n_items) > 0)
+        new_item = np.full(self.n_items, -1, dtype=np.int64)
+        new_item[items] = np.arange(items.size)
+        indptr = np.concatenate([[0], np.cumsum(per_user[users])])
+        result = Interactions(IdMap(self.user_ids.ids[users]), IdMap(self.item_ids.ids[items]),
+                              indptr, new_item[self._indices], self._values, self._counts,
+                              self._times, settings=self._settings)
+        return result  # item order is kept, so rows stay sorted
+
+
+_DEFAULT_SETTINGS = {"combine": "sum", "weighting": "none", "weighting_options": {},
+                     "half_life": None, "reference_time": None, "fixed_reference": False,
+                     "columns": None, "event_weights": None}
+
+
+def _both(first, second, *, parallel: bool):
+    """(first(), second()), on two threads when ``parallel``: hashing one id column releases
+    the GIL for long stretches (pandas, Arrow), so the two columns overlap on two cores."""
+    if not parallel:
+        return first(), second()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        other = pool.submit(second)
+        return first(), other.result()
+
+
+def _plain(value):
+    """A NumPy scalar as the Python value (JSON-able settings)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _map_ids(values, id_map: IdMap | None, name: str, extend: bool) -> tuple[IdMap, np.ndarray]:
+    """(map, int32 codes); ids the given map lacks are appended (``extend``) or coded -1."""
+    if id_map is None:
+        return IdMap.from_values(values, name)
+    if not isinstance(id_map, IdMap):
+        raise TypeError(f"{name} id map must be an IdMap, got {type(id_map).__name__}")
+    _, uniques = _factorize(values, name)  # the same checks: missing values, mixed types
+    if len(id_map):
+        _check_same_kind(id_map.ids, uniques)
+    extended = id_map.extend(uniques) if extend else id_map
+    array = values.to_numpy() if hasattr(values, "to_numpy") else np.asarray(values)
+    return extended, extended._lookup(array).astype(np.int32)
+
+
+def _event_type_weights(events, event_weights) -> np.ndarray:
+    if event_weights is None:
+        raise ValueError("an event column needs event_weights, e.g. "
+                         "{'view': 1, 'click': 3, 'purchase': 10}")
+    if not isinstance(event_weights, Mapping):
+        raise TypeError(f"event_weights must be a mapping type -> weight, got "
+                        f"{type(event_weights).__name__}")
+    codes, types = _factorize(events, "events")
+    unknown = [t for t in types.tolist() if t not in event_weights]
+    if unknown:
+        raise ValueError(f"event types {unknown[:10]} have no weight in event_weights "
+                         f"(known: {list(event_weights)})")
+    table = np.array([check.check_float(event_weights[t], f"event_weights[{t!r}]")
+                      for t in types.tolist()], dtype=np.float64)
+    return table[codes]
+
+
+def _weigh(interactions: Interactions, weighting: str, options: dict) -> np.ndarray:
+    """The stored values of ``matrix`` under ``weighting`` ("none": the values themselves,
+    else computed in float64)."""
+    if weighting == "none":
+        return interactions._values
+    values = interactions._values.astype(np.float64)
+    if weighting == "binary":
+        return np.ones_like(values)
+    if weighting == "count":
+        return interactions._counts.astype(np.float64)
+    if weighting == "log1p":
+        if values.size and values.min() <= -1:
+            raise ValueError(f"log1p weighting needs values > -1, got min {values.min()}")
+        return np.log1p(values)
+    n_users = max(interactions.n_users, 1)
+    idf = np.log(n_users) - np.log1p(np.bincount(interactions._indices,
+                                                 minlength=interactions.n_items))
+    if weighting == "tfidf":
+        if values.size and values.min() < 0:
+            raise ValueError(f"tfidf weighting needs non-negative values, got min {values.min()}")
+        return np.sqrt(values) * idf[interactions._indices]
+    k1 = check.check_float(options.get("k1", 100.0), "k1", minimum=0.0)
+    b = check.check_float(options.get("b", 0.8), "b", minimum=0.0)
+    row_sums = np.bincount(interactions.user_codes, weights=values,
+                           minlength=interactions.n_users)
+    average = row_sums.mean() if row_sums.size and row_sums.mean() != 0 else 1.0
+    length_norm = (1.0 - b) + b * row_sums / average
+    per_pair_norm = np.repeat(length_norm, np.diff(interactions._indptr))
+    return values * (k1 + 1.0) / (k1 * per_pair_norm + values) * idf[interactions._indices]
+
+
+def _saveable(ids: np.ndarray, name: str) -> np.ndarray:
+    if ids.dtype.kind in "biufUM":
+        return ids
+    if ids.dtype.kind == "O" and _id_kind(ids) in ("string", "empty"):
+        return ids.astype(str)
+    raise ValueError(f"{name} of type {_id_kind(ids)} cannot be saved without pickle; "
+                     "use integer or string ids")

@@ -1,0 +1,133 @@
+"""Train/test splits of ``recfuse.Interactions`` (or a users x items CSR matrix).
+
+Every split assigns each stored (user, item) pair to exactly one side, keeps the id maps
+(so ``train.matrix`` and ``test.matrix`` have the same shape and ints), and is seeded:
+
+- ``random_split``: a random ``test_fraction`` of all pairs;
+- ``per_user_split``: a random ``test_fraction`` of each user's pairs (train keeps at least
+  ``min_train`` per user);
+- ``leave_last_n``: each user's ``n`` latest pairs, for users with at least n + min_train;
+- ``temporal_split``: one global cut in time; everything before it trains, the rest tests.
+
+With timestamps, a pair's time is that of its latest event, so the time-based splits never
+train on anything later than what they test (per user, or globally for the cut).
+``drop_cold=True`` also removes test pairs whose user or item has no pair in train.
+
+>>> import recfuse
+>>> from recfuse import split
+>>> log = recfuse.Interactions.from_arrays([1, 1, 1, 2, 2], [1, 2, 3, 1, 3])
+>>> train, test = split.per_user_split(log, 0.5, seed=0)
+>>> train.shape == test.shape == log.shape, train.nnz + test.nnz
+(True, 5)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import _validation as check
+from .interactions import Interactions, _times_ns
+
+
+def random_split(data, test_fraction: float = 0.2, *, seed: int = 0, drop_cold: bool = False):
+    """A random ``test_fraction`` of all pairs (exactly round(fraction x pairs)) to test."""
+    interactions, as_matrix = _as_interactions(data)
+    fraction = _fraction(test_fraction)
+    rng = np.random.default_rng(seed)
+    test = np.zeros(interactions.nnz, dtype=bool)
+    test[rng.permutation(interactions.nnz)[: int(round(fraction * interactions.nnz))]] = True
+    return _finish(interactions, test, drop_cold, as_matrix)
+
+
+def per_user_split(data, test_fraction: float = 0.2, *, seed: int = 0, min_train: int = 1,
+                   drop_cold: bool = False):
+    """A random round(fraction x n_u) of each user's n_u pairs to test, leaving at least
+    ``min_train`` of them in train."""
+    interactions, as_matrix = _as_interactions(data)
+    fraction = _fraction(test_fraction)
+    min_train = check.check_int(min_train, "min_train", minimum=0)
+    rng = np.random.default_rng(seed)
+    per_user = np.diff(interactions._indptr)
+    wanted = np.minimum(np.floor(fraction * per_user + 0.5), np.maximum(per_user - min_train, 0))
+    rank = _rank_within_user(interactions, rng.random(interactions.nnz))
+    test = rank < np.repeat(wanted, per_user)
+    return _finish(interactions, test, drop_cold, as_matrix)
+
+
+def leave_last_n(data, n: int = 1, *, min_train: int = 1, seed: int = 0,
+                 drop_cold: bool = False):
+    """Each user's ``n`` latest pairs to test (users with fewer than n + ``min_train`` pairs
+    stay wholly in train). Pairs with equal times are ordered at random (seeded)."""
+    interactions, as_matrix = _as_interactions(data, need_times="leave_last_n")
+    n = check.check_int(n, "n", minimum=1)
+    min_train = check.check_int(min_train, "min_train", minimum=0)
+    rng = np.random.default_rng(seed)
+    per_user = np.diff(interactions._indptr)
+    # rank 0 = the latest pair; ties by a random key
+    rank = _rank_within_user(interactions, rng.random(interactions.nnz), -interactions._times)
+    eligible = np.repeat(per_user >= n + min_train, per_user)
+    return _finish(interactions, eligible & (rank < n), drop_cold, as_matrix)
+
+
+def temporal_split(data, cut=None, *, test_fraction: float | None = None,
+                   drop_cold: bool = False):
+    """Pairs whose time is >= ``cut`` to test, the rest to train. ``cut`` is a datetime,
+    a string pandas parses, or seconds since the epoch; or give ``test_fraction`` to cut
+    at that quantile of the pair times (pairs at the cut time all go to test)."""
+    interactions, as_matrix = _as_interactions(data, need_times="temporal_split")
+    if (cut is None) == (test_fraction is None):
+        raise ValueError("give exactly one of cut and test_fraction")
+    times = interactions._times
+    if cut is None:
+        fraction = _fraction(test_fraction)
+        ordered = np.sort(times)
+        position = min(int(np.ceil((1 - fraction) * times.size)), times.size - 1)
+        cut_ns = ordered[position] if fraction > 0 else np.iinfo(np.int64).max
+    else:
+        cut_ns = int(_times_ns(np.atleast_1d(np.asarray(cut)), "cut")[0])
+    return _finish(interactions, times >= cut_ns, drop_cold, as_matrix)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _as_interactions(data, need_times: str | None = None):
+    if isinstance(data, Interactions):
+        interactions, as_matrix = data, False
+    elif sp.issparse(data):
+        interactions, as_matrix = Interactions.from_matrix(data.tocsr()), True
+    else:
+        raise TypeError(f"data must be recfuse.Interactions or a scipy.sparse matrix, got "
+                        f"{type(data).__module__}.{type(data).__name__}")
+    if need_times and interactions._times is None:
+        raise ValueError(f"{need_times} needs timestamps: build the Interactions with "
+                         "timestamp=... (a plain matrix has none)")
+    return interactions, as_matrix
+
+
+def _fraction(value) -> float:
+    value = check.check_float(value, "test_fraction", minimum=0.0)
+    if value >= 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {value}")
+    return value
+
+
+def _rank_within_user(interactions: Interactions, tie_break, key=None) -> np.ndarray:
+    """Position of each pair among its user's pairs when sorted by (key, tie_break)."""
+    users = interactions.user_codes
+    keys = (tie_break, users) if key is None else (tie_break, key, users)
+    order = np.lexsort(keys)
+    rank = np.empty(interactions.nnz, dtype=np.int64)
+    rank[order] = np.arange(interactions.nnz) - interactions._indptr[users[order]]
+    return rank
+
+
+def _finish(interactions: Interactions, test: np.ndarray, drop_cold: bool, as_matrix: bool):
+    train_part = interactions.subset(~test)
+    if drop_cold:
+        users = np.diff(train_part._indptr) > 0
+        items = np.bincount(train_part._indices, minlength=interactions.n_items) > 0
+        test = test & users[interactions.user_codes] & items[interactions._indices]
+    test_part = interactions.subset(test)
+    if as_matrix:
+        return train_part.matrix, test_part.matrix
+    return train_part, test_part

@@ -1,0 +1,117 @@
+"""The recfuse command end to end, in a subprocess, on small data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recfuse import datasets
+
+from conftest import DATASETS
+
+
+def run(*args, check_rc: int | None = 0):
+    result = subprocess.run([sys.executable, "-m", "recfuse.cli", *map(str, args)],
+                            capture_output=True, text=True, timeout=300)
+    if check_rc is not None:
+        assert result.returncode == check_rc, result.stderr
+    return result
+
+
+def test_demo_prints_its_table():
+    out = run("demo", "--users", 800, "--items", 300, "--events", 20_000, "--factors", 16,
+              "--iterations", 3).stdout
+    for expected in ("ingest:", "split (per_user)", "ALS:", "precision@10", "popularity",
+                     "done in"):
+        assert expected in out
+    assert out.count("\n    ALS ") == 1
+
+
+def test_demo_json():
+    result = json.loads(run("demo", "--users", 500, "--items", 200, "--events", 10_000,
+                            "--factors", 8, "--iterations", 2, "--split", "leave_last",
+                            "--json").stdout)
+    assert set(result["metrics"]) == {"popularity", "ALS"}
+    assert result["metrics"]["ALS"]["precision"] >= 0
+    assert {"generate", "ingest", "split", "train", "evaluate"} <= set(result["timings"])
+
+
+def test_demo_on_movielens():
+    path = os.path.join(DATASETS, "ml-100k")
+    if not os.path.isdir(path):
+        pytest.skip(f"MovieLens 100K not found at {path}")
+    result = json.loads(run("demo", "--data", path, "--iterations", 3, "--factors", 16,
+                            "--json").stdout)
+    assert result["metrics"]["ALS"]["precision"] > result["metrics"]["popularity"]["precision"]
+
+
+def test_train_evaluate_recommend(tmp_path):
+    log = datasets.synthetic_event_log(300, 80, 6000, seed=2)
+    frame = pd.DataFrame(log)
+    frame.to_parquet(tmp_path / "events.parquet")
+    folder = tmp_path / "model"
+    trained = json.loads(run("train", tmp_path / "events.parquet", "-o", folder, "--timestamp",
+                             "timestamp", "--event", "event", "--factors", 8, "--iterations", 3,
+                             "--split", "temporal", "--json").stdout)
+    assert trained["train_pairs"] > 0 and trained["test_pairs"] > 0
+    assert sorted(os.listdir(folder)) == ["model.npz", "test.npz", "train.npz"]
+    scores = json.loads(run("evaluate", folder, "--k", 5, "--json").stdout)
+    assert scores["k"] == 5 and 0 <= scores["precision"] <= 1
+    frame.iloc[:500].to_csv(tmp_path / "test.csv", index=False)
+    other = json.loads(run("evaluate", folder, "--test", tmp_path / "test.csv", "--json").stdout)
+    assert other["users"] > 0
+    user = str(frame["user"].iloc[0])
+    recs = json.loads(run("recommend", folder, user, "--k", 4, "--json").stdout)
+    assert len(recs["recommendations"][user]) == 4
+    assert all(item["item"].startswith("item") for item in recs["recommendations"][user])
+    text = run("recommend", folder, user).stdout
+    assert text.startswith(f"user {user}: ")
+
+
+def test_errors_exit_2_with_one_line(tmp_path):
+    missing = run("train", tmp_path / "nothing.csv", "-o", tmp_path / "m", check_rc=2)
+    assert missing.stderr.startswith("recfuse train: error: ") and missing.stdout == ""
+    (tmp_path / "bad.csv").write_text("user,item\n1,2\n")
+    columns = run("train", tmp_path / "bad.csv", "-o", tmp_path / "m", "--weight", "w",
+                  check_rc=2)
+    assert "unknown columns" in columns.stderr
+    assert "no model" in run("evaluate", tmp_path, check_rc=2).stderr
+    run("demo", "--bogus-flag", check_rc=2)  # argparse usage errors are 2 as well
+
+
+def test_info():
+    result = json.loads(run("info", "--json").stdout)
+    assert any(row["name"] == "cpu" for row in result["backends"])
+    assert "backend" in run("info").stdout
+
+
+def test_recommend_unknown_user(tmp_path):
+    frame = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 2, 3, 1]})
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--split", "none",
+        "--factors", 2, "--iterations", 1)
+    assert np.isfinite(json.loads(run("recommend", tmp_path / "m", 1, "--json").stdout)
+                       ["recommendations"]["1"][0]["score"])
+    assert "unknown user ids" in run("recommend", tmp_path / "m", 42, check_rc=2).stderr
+    assert "test.npz" in run("evaluate", tmp_path / "m", check_rc=2).stderr
+
+
+def test_bench_runs_a_suite_and_writes_json(tmp_path):
+    result = json.loads(run("bench", "data", "--quick", "--output", tmp_path, "--script-args",
+                            "--sizes 20000 --skip-evaluation", "--json").stdout)
+    assert [row["stage"] for row in result["rows"]] == ["ingest", "ingest"]
+    assert all(row["speedup"] > 0 for row in result["rows"])
+    assert (tmp_path / "bench.json").exists() and (tmp_path / "data.json").exists()
+
+
+def test_bench_errors(tmp_path):
+    env_run = subprocess.run([sys.executable, "-m", "recfuse.cli", "bench"], capture_output=True,
+                             text=True, env=dict(os.environ, RECFUSE_BENCH_DIR=str(tmp_path)))
+    assert env_run.returncode == 2 and "no bench/ suites" in env_run.stderr
+    assert "unknown suites" in run("bench", "nope", check_rc=2).stderr

@@ -1,0 +1,306 @@
+"""recfuse.Interactions: ingestion from every source, id maps, combining, weighting, filters,
+bad input; the native grouping kernel against its NumPy contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+import recfuse
+from recfuse import _core, datasets, reference_data
+from recfuse.interactions import IdMap, Interactions
+
+
+def frame():
+    return pd.DataFrame({
+        "user": ["u2", "u1", "u2", "u3", "u1", "u2"],
+        "item": [30, 10, 30, 20, 20, 10],
+        "rating": [1.0, 4.0, 2.0, 5.0, 3.0, 1.0],
+        "time": pd.to_datetime(["2024-01-03", "2024-01-01", "2024-01-02", "2024-01-05",
+                                "2024-01-04", "2024-01-06"]),
+        "kind": ["view", "click", "purchase", "view", "view", "click"],
+    })
+
+
+def dense(interactions):
+    return interactions.matrix.toarray().tolist()
+
+
+# ------------------------------------------------------------------ sources and round trips
+def test_sources_agree(tmp_path):
+    df = frame()
+    kwargs = dict(user="user", item="item", weight="rating", timestamp="time")
+    expected = Interactions.from_events(df, **kwargs)
+    df.to_parquet(tmp_path / "log.parquet")
+    df.to_csv(tmp_path / "log.csv", index=False)
+    sources = [pl.from_pandas(df), pa.Table.from_pandas(df), tmp_path / "log.parquet",
+               str(tmp_path / "log.csv"), {c: df[c].to_numpy() for c in df.columns}]
+    for source in sources:
+        got = Interactions.from_events(source, **kwargs)
+        assert got.user_ids == expected.user_ids and got.item_ids == expected.item_ids
+        assert dense(got) == dense(expected)
+        np.testing.assert_array_equal(got.timestamps, expected.timestamps)
+
+
+def test_ids_round_trip_and_sorted_numbering():
+    log = Interactions.from_events(frame(), weight="rating")
+    assert log.user_ids.ids.tolist() == ["u1", "u2", "u3"]
+    assert log.item_ids.ids.tolist() == [10, 20, 30]
+    codes = log.user_ids.to_internal(["u3", "u1"])
+    assert codes.tolist() == [2, 0]
+    assert log.user_ids.to_external(codes).tolist() == ["u3", "u1"]
+    assert log.matrix.dtype == np.float32 and log.matrix.format == "csr"
+    assert dense(log) == [[4, 3, 0], [1, 0, 3], [0, 5, 0]]
+    assert log.transpose.shape == (3, 3) and (log.transpose != log.matrix.T).nnz == 0
+    assert log.counts.tolist() == [1, 1, 1, 2, 1]
+    assert log.n_events == 6
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "é", ""]), st.integers(-3, 3)),
+                min_size=1, max_size=30))
+def test_matches_scipy_sum(events):
+    users, items = zip(*events)
+    log = Interactions.from_arrays(list(users), list(items))
+    u = log.user_ids.to_internal(list(users))
+    i = log.item_ids.to_internal(list(items))
+    expected = sp.csr_matrix((np.ones(len(events)), (u, i)), shape=log.shape).toarray()
+    np.testing.assert_array_equal(log.matrix.toarray(), expected)
+
+
+def test_combine_rules():
+    df = frame()
+    base = dict(user="user", item="item", weight="rating", timestamp="time")
+    pair = lambda log: log.matrix[log.user_ids.to_internal("u2")[0],  # noqa: E731
+                                  log.item_ids.to_internal(30)[0]]
+    # u2/30 has rating 1 at Jan 3 and rating 2 at Jan 2
+    assert pair(Interactions.from_events(df, combine="sum", **base)) == 3
+    assert pair(Interactions.from_events(df, combine="max", **base)) == 2
+    assert pair(Interactions.from_events(df, combine="last", **base)) == 1  # latest time wins
+    assert pair(Interactions.from_events(df, combine="count", **base)) == 2
+    no_time = Interactions.from_events(df, user="user", item="item", weight="rating",
+                                       combine="last")
+    assert pair(no_time) == 2  # without times: the later row wins
+
+
+@given(st.data())
+def test_native_grouping_matches_reference(data):
+    n_users = data.draw(st.integers(1, 6))
+    n_items = data.draw(st.integers(1, 6))
+    n = data.draw(st.integers(0, 40))
+    users = np.array(data.draw(st.lists(st.integers(0, n_users - 1), min_size=n, max_size=n)),
+                     dtype=np.int32)
+    items = np.array(data.draw(st.lists(st.integers(0, n_items - 1), min_size=n, max_size=n)),
+                     dtype=np.int32)
+    values = np.array(data.draw(st.lists(st.floats(-5, 5), min_size=n, max_size=n)))
+    times = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)),
+                     dtype=np.int64)
+    multiplicity = np.array(data.draw(st.lists(st.integers(1, 3), min_size=n, max_size=n)),
+                            dtype=np.int64)
+    combine = data.draw(st.sampled_from(["sum", "max", "last", "count"]))
+    use_times = data.draw(st.booleans())
+    got = _core.group_events(users, items, values, times if use_times else None, multiplicity,
+                             n_users=n_users, n_items=n_items, combine=combine)
+    want = reference_data.group_events(users, items, values, times if use_times else None,
+                                       multiplicity, n_users=n_users, n_items=n_items,
+                                       combine=combine)
+    for g, w in zip(got, want):  # values are stored as float32
+        if w is None:
+            assert g is None
+        else:
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
+def test_native_grouping_rejects_bad_codes():
+    with pytest.raises(ValueError, match="item code 5"):
+        _core.group_events(np.zeros(1, np.int32), np.array([5], np.int32), n_users=1, n_items=2)
+
+
+# ------------------------------------------------------------------ weighting
+def test_event_weights_and_half_life():
+    df = frame()
+    log = Interactions.from_events(df, timestamp="time", event="kind",
+                                   event_weights={"view": 1, "click": 3, "purchase": 10},
+                                   half_life="1D")
+    # reference = latest event (Jan 6). u2/30: purchase on Jan 2 (4 days) + view on Jan 3 (3)
+    row, col = log.user_ids.to_internal("u2")[0], log.item_ids.to_internal(30)[0]
+    assert log.matrix[row, col] == pytest.approx(10 * 0.5 ** 4 + 1 * 0.5 ** 3)
+    seconds = Interactions.from_events(df, timestamp="time", half_life=86400.0)
+    timedelta = Interactions.from_events(df, timestamp="time", half_life=np.timedelta64(1, "D"))
+    np.testing.assert_allclose(seconds.matrix.data, timedelta.matrix.data)
+
+
+def test_weightings_match_implicit():
+    from implicit.nearest_neighbours import bm25_weight, tfidf_weight
+
+    matrix = datasets.synthetic_implicit(200, 50, 2000, seed=2).astype(np.float64)
+    log = Interactions.from_matrix(matrix)
+    bm25 = log.weighted("bm25", k1=50, b=0.5).matrix.toarray()
+    np.testing.assert_allclose(bm25, bm25_weight(matrix, K1=50, B=0.5).toarray(), rtol=1e-5)
+    np.testing.assert_allclose(log.weighted("tfidf").matrix.toarray(),
+                               tfidf_weight(matrix).toarray(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log.weighted("log1p").matrix.data, np.log1p(matrix.data),
+                               rtol=1e-6)
+    assert set(log.weighted("binary").matrix.data.tolist()) == {1.0}
+    with pytest.raises(TypeError, match="options"):
+        log.weighted("tfidf", k1=3)
+
+
+# ------------------------------------------------------------------ growing
+def test_add_keeps_ints_and_combines():
+    log = Interactions.from_events(frame(), weight="rating")
+    more = pd.DataFrame({"user": ["u9", "u1"], "item": [99, 10], "rating": [2.0, 1.0]})
+    grown = log.add(more)  # the columns of the first read are remembered
+    for ids in ("user_ids", "item_ids"):
+        old = getattr(log, ids).ids
+        assert getattr(grown, ids).ids[: old.size].tolist() == old.tolist()
+    assert grown.shape == (4, 4)
+    assert grown.matrix[0, 0] == 5  # u1/10: 4 + 1
+    assert grown.matrix[3, 3] == 2
+    extended = log.user_ids.extend(["zz", "u1"])
+    assert extended.to_internal(["zz"]).tolist() == [3]
+
+
+def test_add_remembers_event_weights_and_saves_them(tmp_path):
+    weights = {"view": 1, "click": 3, "purchase": 10}
+    log = Interactions.from_events(frame(), timestamp="time", event="kind", event_weights=weights)
+    grown = log.add(pd.DataFrame({"user": ["u1"], "item": [10], "kind": ["purchase"],
+                                  "time": pd.to_datetime(["2024-02-01"])}))
+    assert grown.matrix[0, 0] == 3 + 10
+    log.save(tmp_path / "log.npz")
+    again = Interactions.load(tmp_path / "log.npz").add(users=["u1"], items=[10],
+                                                         timestamps=["2024-02-01"],
+                                                         events=["click"])
+    assert again.matrix[0, 0] == 3 + 3
+
+
+def test_add_arrays_and_existing_maps():
+    log = Interactions.from_arrays([1, 2], ["a", "b"])
+    grown = log.add(users=[3], items=["a"])
+    assert grown.shape == (3, 2)
+    test = Interactions.from_arrays([1, 7], ["a", "b"], user_ids=log.user_ids,
+                                    item_ids=log.item_ids, unknown="drop")
+    assert test.shape == log.shape and test.nnz == 1 and test.dropped_events == 1
+    with pytest.raises(ValueError, match="unknown='raise'"):
+        Interactions.from_arrays([1, 7], ["a", "b"], user_ids=log.user_ids,
+                                 item_ids=log.item_ids, unknown="raise")
+
+
+# ------------------------------------------------------------------ filters
+def test_filter_and_k_core():
+    users = [0, 0, 0, 1, 1, 2, 3, 3, 3]
+    items = [0, 1, 2, 0, 1, 0, 0, 1, 3]
+    log = Interactions.from_arrays(users, items)
+    filtered = log.filter(min_user_count=3)
+    assert filtered.user_ids.ids.tolist() == [0, 3] and filtered.nnz == 6
+    core = log.k_core(2)
+    assert core.user_ids.ids.tolist() == [0, 1, 3] and core.item_ids.ids.tolist() == [0, 1]
+    m = core.matrix
+    assert (np.diff(m.indptr) >= 2).all() and (np.bincount(m.indices) >= 2).all()
+    kept = log.filter(min_item_count=2, compact=False)
+    assert kept.shape == log.shape
+
+
+def test_timestamps_kept_and_parsed():
+    df = frame()
+    df["time_s"] = (df["time"] - pd.Timestamp(0)) // pd.Timedelta("1s")
+    df["time_str"] = df["time"].dt.strftime("%Y-%m-%d")
+    a = Interactions.from_events(df, timestamp="time")
+    for column in ("time_s", "time_str"):
+        b = Interactions.from_events(df, timestamp=column)
+        np.testing.assert_array_equal(a.timestamps, b.timestamps)
+    assert a.timestamps.dtype == np.dtype("datetime64[ns]")
+    assert a.to_frame()["timestamp"].max() == pd.Timestamp("2024-01-06")
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_input_messages(tmp_path):
+    df = frame()
+    with pytest.raises(ValueError, match="empty"):
+        Interactions.from_events(df.iloc[:0])
+    with pytest.raises(ValueError, match="unknown columns: user='who'"):
+        Interactions.from_events(df, user="who")
+    with pytest.raises(TypeError, match="mixes id types"):
+        Interactions.from_arrays(np.array([1, "a"], dtype=object), [1, 2])
+    with pytest.raises(ValueError, match="NaN"):
+        Interactions.from_arrays([1, 2], [1, 2], weights=[1.0, np.nan])
+    with pytest.raises(ValueError, match="do not parse"):
+        Interactions.from_arrays([1, 2], [1, 2], timestamps=["2024-01-01", "yesterday-ish"])
+    with pytest.raises(ValueError, match="missing values"):
+        Interactions.from_arrays([1, None], [1, 2])
+    with pytest.raises(ValueError, match="one value per event"):
+        Interactions.from_arrays([1, 2], [1])
+    with pytest.raises(ValueError, match="event types \\['click'\\]"):
+        Interactions.from_events(df, event="kind", event_weights={"view": 1, "purchase": 2})
+    with pytest.raises(ValueError, match="half_life needs timestamps"):
+        Interactions.from_events(df, half_life=10)
+    with pytest.raises(ValueError, match="combine"):
+        Interactions.from_events(df, combine="mean")
+    with pytest.raises(TypeError, match="mixed|holds"):
+        Interactions.from_arrays([1], [1]).add(users=["x"], items=[1])
+    with pytest.raises(FileNotFoundError):
+        Interactions.from_events(tmp_path / "missing.parquet")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        (tmp_path / "log.json").write_text("{}")
+        Interactions.from_events(tmp_path / "log.json")
+    with pytest.raises(TypeError, match="source must be"):
+        Interactions.from_events([1, 2, 3])
+    pq.write_table(pa.Table.from_pandas(df), tmp_path / "log.parquet")
+    with pytest.raises(ValueError, match="unknown columns"):
+        Interactions.from_events(tmp_path / "log.parquet", user="nope")
+    with pytest.raises(ValueError, match="missing values"):
+        Interactions.from_events(pl.DataFrame({"user": [1, None], "item": [1, 2]}))
+
+
+def test_save_load_round_trip(tmp_path):
+    log = Interactions.from_events(frame(), weight="rating", timestamp="time",
+                                   weighting="bm25", k1=10)
+    log.save(tmp_path / "log.npz")
+    for mmap in (False, True):
+        back = Interactions.load(tmp_path / "log.npz", mmap=mmap)
+        assert back.user_ids == log.user_ids and back.item_ids == log.item_ids
+        assert (back.matrix != log.matrix).nnz == 0
+        np.testing.assert_array_equal(back.timestamps, log.timestamps)
+        assert back._settings == log._settings
+    with pytest.raises(ValueError, match="cannot be saved"):
+        Interactions.from_arrays([b"a", b"b"], [1, 2]).save(tmp_path / "x.npz")
+
+
+def test_id_map_checks():
+    ids = IdMap(np.array([5, 7]))
+    with pytest.raises(ValueError, match="not in this map"):
+        ids.to_internal([8])
+    assert ids.to_internal([8, 7], missing="ignore").tolist() == [-1, 1]
+    with pytest.raises(ValueError, match="< 2"):
+        ids.to_external([2])
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_native_grouping_large_and_threaded(threads):
+    rng = np.random.default_rng(0)
+    n, n_users, n_items = 400_000, 3000, 500
+    users = rng.integers(0, n_users, n).astype(np.int32)
+    items = rng.integers(0, n_items, n).astype(np.int32)
+    values = rng.random(n)
+    indptr, indices, summed, counts, _ = _core.group_events(
+        users, items, values, n_users=n_users, n_items=n_items, combine="sum",
+        num_threads=threads)
+    expected = sp.csr_matrix((values, (users, items)), shape=(n_users, n_items))
+    got = sp.csr_matrix((summed, indices, indptr), shape=(n_users, n_items))
+    assert abs(got - expected).max() < 1e-5
+    ones = sp.csr_matrix((np.ones(n), (users, items)), shape=(n_users, n_items))
+    np.testing.assert_array_equal(counts, ones.data)
+    # "last" without times keeps input order across the threads' chunks
+    order = np.arange(n, dtype=np.float64)
+    _, _, last, _, _ = _core.group_events(users, items, order, n_users=n_users,
+                                          n_items=n_items, combine="last", num_threads=threads)
+    latest = np.zeros((n_users, n_items))
+    latest[users, items] = order  # NumPy assigns repeated indices in order: the last wins
+    rows = np.repeat(np.arange(n_users), np.diff(indptr))
+    np.testing.assert_array_equal(last, latest[rows, indices])

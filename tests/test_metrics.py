@@ -1,0 +1,150 @@
+"""recfuse.metrics: hand-computed cases, the native kernels against the NumPy contract, and
+evaluate() against implicit.evaluation on the same model and data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+import recfuse
+from recfuse import _core, datasets, metrics, reference_data, split
+
+from conftest import csr_matrices
+
+
+def test_rating_errors():
+    assert metrics.rmse([1, 2, 3], [1, 2, 3]) == 0
+    assert metrics.rmse([0, 0], [3, 4]) == pytest.approx(np.sqrt(12.5))
+    assert metrics.mae([0, 0], [3, -4]) == 3.5
+    with pytest.raises(ValueError, match="one value each"):
+        metrics.rmse([1, 2], [1])
+    with pytest.raises(ValueError, match="finite"):
+        metrics.mae([1.0], [np.nan])
+
+
+def test_ranking_metrics_by_hand():
+    # user 0: test {0, 3}; list [3, 1, 0] -> hits at ranks 0 and 2
+    # user 1: test {2};    list [1, -1, -1] -> no hit
+    test = sp.csr_matrix(np.array([[1, 0, 0, 1, 0], [0, 0, 1, 0, 0]], dtype=np.float32))
+    recommended = np.array([[3, 1, 0], [1, -1, -1]])
+    got = metrics.ranking_metrics(recommended, test, per_user=True)
+    assert got["precision"] == pytest.approx(2 / (2 + 1))
+    assert got["recall"] == pytest.approx((1 + 0) / 2)
+    assert got["map"] == pytest.approx(((1 / 1 + 2 / 3) / 2 + 0) / 2)
+    dcg = 1 + 1 / np.log2(4)
+    assert got["ndcg"] == pytest.approx((dcg / (1 + 1 / np.log2(3)) + 0) / 2)
+    assert got["mrr"] == pytest.approx((1 + 0) / 2)
+    assert got["hit_rate"] == 0.5
+    # implicit's AUC, user 0: 2 positives, 3 negatives; miss at rank 1 after one hit
+    auc0 = (1 + (2 + 2) / 2 * (3 - 1)) / (2 * 3)
+    auc1 = (0 + (0 + 1) / 2 * (4 - 3)) / (1 * 4)
+    assert got["auc"] == pytest.approx((auc0 + auc1) / 2)
+    assert got["per_user"]["hits"].tolist() == [2, 0]
+    assert metrics.catalog_coverage(recommended, 5) == pytest.approx(3 / 5)
+
+
+@given(csr_matrices(max_rows=8, max_cols=12), st.integers(1, 6), st.data())
+def test_native_ranking_metrics_match_reference(test, k, data):
+    rows = np.flatnonzero(np.diff(test.indptr) > 0).astype(np.int64)
+    n_items = test.shape[1]
+    recommended = np.array([data.draw(st.lists(st.integers(-1, n_items), min_size=k, max_size=k))
+                            for _ in rows],
+                           dtype=np.int64).reshape(rows.size, k)
+    got = _core.ranking_metrics(recommended, rows, test.indptr.astype(np.int64),
+                                test.indices.astype(np.int32), n_items=n_items)
+    want = reference_data.ranking_metrics(recommended, rows, test.indptr, test.indices, n_items)
+    np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+
+
+@given(st.integers(1, 6), st.integers(1, 5), st.data())
+def test_native_diversity_matches_reference(n_rows, k, data):
+    vectors = np.array(data.draw(st.lists(st.lists(st.floats(-2, 2, width=32), min_size=3,
+                                                   max_size=3), min_size=4, max_size=4)))
+    recommended = np.array(data.draw(st.lists(st.lists(st.integers(-1, 4), min_size=k,
+                                                       max_size=k),
+                                              min_size=n_rows, max_size=n_rows)), dtype=np.int64)
+    for dtype in (np.float32, np.float64):
+        cast = vectors.astype(dtype)
+        got = _core.intra_list_diversity(recommended, cast)
+        want = reference_data.intra_list_diversity(recommended, cast)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.filterwarnings("ignore:.*(OpenBLAS|MKL|BLAS library).*:RuntimeWarning")
+def implicit_model(train):
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    model = AlternatingLeastSquares(factors=16, iterations=4, regularization=0.05,
+                                    random_state=0, num_threads=1)
+    model.fit(train, show_progress=False)
+    return model
+
+
+@pytest.mark.filterwarnings("ignore:.*(OpenBLAS|MKL|BLAS library).*:RuntimeWarning")
+def test_evaluate_matches_implicit():
+    from implicit.evaluation import ranking_metrics_at_k
+
+    matrix = datasets.synthetic_implicit(600, 150, 12_000, seed=5)
+    train, test = split.per_user_split(matrix, 0.25, seed=1)
+    model = implicit_model(train)
+    theirs = ranking_metrics_at_k(model, train, test, K=10, show_progress=False)
+    ours = metrics.evaluate(model, train, test, k=10)
+    for name in ("precision", "map", "ndcg", "auc"):
+        assert ours[name] == pytest.approx(theirs[name], rel=1e-9), name
+    assert ours["users"] == np.count_nonzero(np.diff(test.indptr))
+
+
+def test_evaluate_recfuse_model_and_old_name():
+    matrix = datasets.synthetic_implicit(400, 120, 8000, seed=2)
+    train, test = split.per_user_split(recfuse.Interactions.from_matrix(matrix), 0.2, seed=0)
+    model = recfuse.ALS(factors=16, iterations=5, random_state=0).fit(train.matrix)
+    result = metrics.evaluate(model, train, test, k=5)
+    for name in ("precision", "recall", "map", "ndcg", "auc", "mrr", "hit_rate", "coverage",
+                 "novelty", "diversity"):
+        assert np.isfinite(result[name]), name
+    assert 0 < result["precision"] <= 1 and result["k"] == 5
+    old = metrics.ranking_metrics_at_k(model, train.matrix, test.matrix, k=5)
+    assert old["precision"] == result["precision"] and old["ndcg"] == result["ndcg"]
+    # seen items are filtered: no recommended item is in the user's train row
+    ids, _ = model.recommend(np.arange(10), train.matrix[:10], k=5)
+    assert not any(set(ids[u]) & set(train.matrix[u].indices) for u in range(10))
+
+
+def test_evaluate_cold_users_and_predict():
+    train = sp.csr_matrix(np.array([[1, 0, 0], [0, 0, 0]], dtype=np.float32))
+    test = sp.csr_matrix(np.array([[0, 1, 0], [0, 0, 1]], dtype=np.float32))
+
+    class Fixed:
+        def recommend(self, users, user_items, k, filter_seen=True):
+            return np.tile([1, 2, 0][:k], (len(users), 1)), None
+
+        def predict(self, users, items):
+            return np.full(len(users), 0.5)
+
+    result = metrics.evaluate(Fixed(), train, test, k=2)
+    assert result["users"] == 2 and result["cold_users"] == 1
+    assert result["rmse"] == pytest.approx(0.5) and result["mae"] == pytest.approx(0.5)
+    skipped = metrics.evaluate(Fixed(), train, test, k=2, cold_users="skip")
+    assert skipped["users"] == 1 and skipped["precision"] == 1.0
+    with pytest.raises(ValueError, match="no train items"):
+        metrics.evaluate(Fixed(), train, test, k=2, cold_users="raise")
+
+
+def test_evaluate_bad_input():
+    matrix = datasets.synthetic_implicit(50, 20, 300, seed=0)
+    model = recfuse.ALS(factors=4, iterations=1, random_state=0).fit(matrix[:40])
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.evaluate(model, matrix, matrix[:, :10], k=3)
+    with pytest.raises(ValueError, match="model knows 40 users"):
+        metrics.evaluate(model, matrix, matrix, k=3)
+    with pytest.raises(TypeError, match="recommend"):
+        metrics.evaluate(object(), matrix, matrix)
+    with pytest.raises(TypeError, match="scipy.sparse"):
+        metrics.evaluate(model, matrix.toarray(), matrix)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        metrics.evaluate(model, matrix, matrix, k=0)
+    with pytest.raises(ValueError, match="rows for"):
+        metrics.ranking_metrics(np.zeros((2, 3), np.int64), matrix)

@@ -1,0 +1,103 @@
+"""Model files: aligned uncompressed members mapped without a copy (mmap=True), bitwise
+round trips, and clear errors for truncated, foreign, newer or pickled files."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import recfuse
+from recfuse import datasets, persistence
+
+
+@pytest.fixture(scope="module")
+def model():
+    return recfuse.ALS(factors=8, iterations=2, random_state=0).fit(
+        datasets.synthetic_implicit(200, 60, 2000, seed=0))
+
+
+def test_mmap_round_trip_is_bitwise_and_zero_copy(model, tmp_path):
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = recfuse.load(path, mmap=True)
+    for name in ("user_factors", "item_factors"):
+        array = getattr(loaded, name)
+        assert np.array_equal(array, getattr(model, name))
+        assert array.dtype == getattr(model, name).dtype
+        assert not array.flags.writeable and not array.flags.owndata  # a view of the map
+        assert isinstance(array.base, np.memmap) or isinstance(array, np.memmap)
+        assert array.ctypes.data % persistence.ALIGNMENT == 0
+    np.testing.assert_array_equal(loaded.recommend(3, k=5)[0], model.recommend(3, k=5)[0])
+    loaded.update_users([0], model._user_items[[0]])  # writers replace, never mutate, the map
+    assert np.array_equal(recfuse.load(path).user_factors, model.user_factors)
+
+
+def test_files_stay_plain_npz(model, tmp_path):
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with np.load(path, allow_pickle=False) as archive:
+        assert np.array_equal(archive["item_factors"], model.item_factors)
+    with zipfile.ZipFile(path) as archive:
+        assert {info.compress_type for info in archive.infolist()} == {zipfile.ZIP_STORED}
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".recfuse-")]  # no temp left
+
+
+def test_old_unaligned_npz_still_maps(model, tmp_path):
+    header = {"format": "recfuse", "version": 1, "model": "ALS", "params": model.get_params()}
+    path = tmp_path / "old.npz"
+    np.savez(path, __recfuse__=np.frombuffer(json.dumps(header).encode(), np.uint8),
+             user_factors=model.user_factors, item_factors=model.item_factors)
+    loaded = recfuse.load(path, mmap=True)
+    assert np.array_equal(loaded.item_factors, model.item_factors)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_bad_files(model, tmp_path, mmap):
+    path = tmp_path / "model.npz"
+    model.save(path)
+    blob = path.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(blob[: len(blob) - 200])
+    with pytest.raises(ValueError, match="truncated|foreign"):
+        recfuse.load(truncated, mmap=mmap)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, user_factors=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="not a recfuse model file"):
+        recfuse.load(foreign, mmap=mmap)
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="truncated or foreign"):
+        recfuse.load(text, mmap=mmap)
+    newer = tmp_path / "newer.npz"
+    header = {"format": "recfuse", "version": persistence.FORMAT_VERSION + 1, "model": "ALS"}
+    np.savez(newer, __recfuse__=np.frombuffer(json.dumps(header).encode(), np.uint8))
+    with pytest.raises(ValueError, match="upgrade recfuse"):
+        recfuse.load(newer, mmap=mmap)
+    pickled = tmp_path / "pickled.npz"
+    header = {"format": "recfuse", "version": 1, "model": "ALS", "params": {}}
+    np.savez(pickled, __recfuse__=np.frombuffer(json.dumps(header).encode(), np.uint8),
+             user_factors=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError):
+        recfuse.load(pickled, mmap=mmap)
+    with pytest.raises(FileNotFoundError):
+        recfuse.load(tmp_path / "absent.npz", mmap=mmap)
+
+
+def test_compressed_member_cannot_map(model, tmp_path):
+    path = tmp_path / "compressed.npz"
+    header = {"format": "recfuse", "version": 1, "model": "ALS", "params": model.get_params()}
+    np.savez_compressed(path, __recfuse__=np.frombuffer(json.dumps(header).encode(), np.uint8),
+                        user_factors=model.user_factors, item_factors=model.item_factors)
+    with pytest.raises(ValueError, match="compressed"):
+        recfuse.load(path, mmap=True)
+    assert np.array_equal(recfuse.load(path).user_factors, model.user_factors)
+
+
+def test_object_arrays_are_never_written(tmp_path):
+    with pytest.raises(ValueError, match="without pickle"):
+        persistence.save_model(tmp_path / "x.npz", "ALS", {}, {"a": np.array([None])})
+    assert not os.listdir(tmp_path)  # the temporary file is removed
