@@ -16,9 +16,14 @@ from recfuse import datasets
 from conftest import DATASETS
 
 
+# This checkout's bench/ suites, also when recfuse is installed from a wheel (as in CI).
+BENCH_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench")
+
+
 def run(*args, check_rc: int | None = 0):
     result = subprocess.run([sys.executable, "-m", "recfuse.cli", *map(str, args)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, RECFUSE_BENCH_DIR=BENCH_DIR))
     if check_rc is not None:
         assert result.returncode == check_rc, result.stderr
     return result

@@ -70,7 +70,7 @@ inline bool better(const std::pair<T, int32_t>& x, const std::pair<T, int32_t>& 
 // best score; the k-th best minus the slack becomes the threshold an item must beat.
 // Amortised O(1) per candidate for any k; candidates arrive in ascending id order, so an
 // item that ties the threshold (slack 0) ranks below the k-th and is rightly skipped.
-// Buffers may grow inside the parallel scan; the first exception is kept and rethrown.
+// Buffers may grow inside the parallel scan (see topk_search for how exceptions leave it).
 template <class T>
 struct Selection {
   using Candidate = std::pair<T, int32_t>;
@@ -82,7 +82,6 @@ struct Selection {
   std::vector<int64_t> next_excluded;        // per row: position in the query's exclusions
   std::unique_ptr<T, void (*)(void*)> tile{nullptr, std::free};  // max_rows x kPanel, aligned
   std::vector<uint32_t> bits;                                    // max_rows
-  std::exception_ptr error;
 
   // Allocates (outside any parallel region) and clears the buffers.
   void reset(int64_t count, int64_t k_, int max_rows) {
@@ -98,7 +97,6 @@ struct Selection {
     next_excluded.assign(count, 0);
     bits.resize(max_rows);
     if (!tile) tile.reset(aligned_array<T>(static_cast<int64_t>(max_rows) * TopkItems<T>::kPanel));
-    error = nullptr;
   }
 
   // Adds item j with score s (> threshold[r]) to row r.
