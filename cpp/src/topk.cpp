@@ -80,8 +80,10 @@ struct Selection {
   std::vector<T> slack;                      // per row: 0 for exact scores
   std::vector<int64_t> limit;                // per row: size at which the buffer is cut
   std::vector<int64_t> next_excluded;        // per row: position in the query's exclusions
-  std::unique_ptr<T, void (*)(void*)> tile{nullptr, std::free};  // max_rows x kPanel, aligned
-  std::vector<uint32_t> bits;                                    // max_rows
+  // The score kernel's outputs, written for every panel: each thread's on cache lines of
+  // its own (small vectors of two threads would share a line and ping-pong between cores).
+  std::unique_ptr<T, void (*)(void*)> tile{nullptr, std::free};  // max_rows x kPanel
+  std::unique_ptr<uint32_t, void (*)(void*)> bits{nullptr, std::free};  // max_rows
 
   // Allocates (outside any parallel region) and clears the buffers.
   void reset(int64_t count, int64_t k_, int max_rows) {
@@ -95,8 +97,8 @@ struct Selection {
     slack.assign(count, T(0));
     limit.assign(count, 2 * k);
     next_excluded.assign(count, 0);
-    bits.resize(max_rows);
     if (!tile) tile.reset(aligned_array<T>(static_cast<int64_t>(max_rows) * TopkItems<T>::kPanel));
+    if (!bits) bits.reset(aligned_array<uint32_t>(max_rows));
   }
 
   // Adds item j with score s (> threshold[r]) to row r.
@@ -126,7 +128,7 @@ void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
   const int d = items.d();
   const int max_rows = kern.max_rows;
   T* tile = sel.tile.get();
-  uint32_t* bits = sel.bits.data();
+  uint32_t* bits = sel.bits.get();
   if (filters.exclude_indptr != nullptr) {
     const int32_t start_id = static_cast<int32_t>(first * P);
     for (int64_t r = 0; r < rows; ++r) {
