@@ -31,7 +31,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda_check.hpp"
+#include "cuda_common.hpp"
 #include "als_cuda.hpp"
 
 namespace recfuse {
@@ -42,72 +42,6 @@ namespace {
 // ------------------------------------------------------------------------ error handling
 
 void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
-
-// ------------------------------------------------------------------------ RAII helpers
-
-template <class T>
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t count) { allocate(count); }
-  ~DeviceBuffer() { release(); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  void allocate(size_t count) {
-    release();
-    if (count == 0) return;
-    void* p = nullptr;
-    const cudaError_t status = cudaMalloc(&p, count * sizeof(T));
-    if (status != cudaSuccess) {
-      cudaGetLastError();
-      throw std::runtime_error("CUDA error in cudaMalloc of " +
-                               std::to_string(count * sizeof(T)) + " bytes: " +
-                               cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
-    }
-    ptr_ = static_cast<T*>(p);
-    count_ = count;
-  }
-
-  void upload(const T* host, size_t count, cudaStream_t stream) {
-    if (count == 0) return;
-    RECFUSE_CUDA_CHECK(
-        cudaMemcpyAsync(ptr_, host, count * sizeof(T), cudaMemcpyHostToDevice, stream));
-  }
-
-  void download(T* host, size_t count, cudaStream_t stream) const {
-    if (count == 0) return;
-    RECFUSE_CUDA_CHECK(
-        cudaMemcpyAsync(host, ptr_, count * sizeof(T), cudaMemcpyDeviceToHost, stream));
-  }
-
-  T* get() const { return ptr_; }
-  size_t size() const { return count_; }
-
- private:
-  void release() noexcept {
-    if (ptr_ != nullptr) cudaFree(ptr_);  // never throws from a destructor
-    ptr_ = nullptr;
-    count_ = 0;
-  }
-  T* ptr_ = nullptr;
-  size_t count_ = 0;
-};
-
-class Stream {
- public:
-  Stream() { RECFUSE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  ~Stream() {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return stream_; }
-  void synchronize() const { RECFUSE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
 
 // The current device, or a runtime_error that says why there is none.
 int current_device() {

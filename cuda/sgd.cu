@@ -4,50 +4,13 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda_common.hpp"
 #include "sgd_cuda.hpp"
 
 namespace recfuse {
 namespace cuda {
 
 namespace {
-
-void check(cudaError_t status, const char* what) {
-  if (status == cudaSuccess) return;
-  cudaGetLastError();  // clear a non-sticky error so that later calls start clean
-  throw std::runtime_error(std::string("CUDA error in ") + what + ": " +
-                           cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
-}
-
-#define RECFUSE_SGD_CUDA_CHECK(expr) check((expr), #expr)
-
-// A device array freed on scope exit (never throws from the destructor).
-template <class T>
-class Buffer {
- public:
-  explicit Buffer(int64_t count) : count_(count) {
-    if (count > 0) RECFUSE_SGD_CUDA_CHECK(cudaMalloc(&ptr_, count * sizeof(T)));
-  }
-  ~Buffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  void upload(const T* host) {
-    if (count_ > 0) {
-      RECFUSE_SGD_CUDA_CHECK(cudaMemcpy(ptr_, host, count_ * sizeof(T), cudaMemcpyHostToDevice));
-    }
-  }
-  void download(T* host) const {
-    if (count_ > 0) {
-      RECFUSE_SGD_CUDA_CHECK(cudaMemcpy(host, ptr_, count_ * sizeof(T), cudaMemcpyDeviceToHost));
-    }
-  }
-  T* get() const { return ptr_; }
-
- private:
-  T* ptr_ = nullptr;
-  int64_t count_;
-};
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
@@ -109,7 +72,7 @@ void launch(const int32_t* users, const int32_t* items, const T* ratings, int64_
             int blocks) {
   svd_hogwild_kernel<T, PerLane><<<blocks, 256>>>(users, items, ratings, nnz, mu, bu, bi, P, Q,
                                                   k, rates, biased, batch);
-  RECFUSE_SGD_CUDA_CHECK(cudaGetLastError());
+  RECFUSE_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
@@ -131,18 +94,21 @@ void svd_epochs_hogwild(const int32_t* users, const int32_t* items, const T* rat
                                   ") x [0, " + std::to_string(n_items) + ")");
     }
   }
-  Buffer<int32_t> d_users(nnz), d_items(nnz);
-  Buffer<T> d_ratings(nnz), d_bu(n_users), d_bi(n_items), d_P(n_users * k), d_Q(n_items * k);
-  d_users.upload(users);
-  d_items.upload(items);
-  d_ratings.upload(ratings);
-  d_bu.upload(user_bias);
-  d_bi.upload(item_bias);
-  d_P.upload(P);
-  d_Q.upload(Q);
+  // Everything on the legacy default stream, in order; the last download is waited for.
+  const auto size = [](int64_t count) { return static_cast<size_t>(count); };
+  DeviceBuffer<int32_t> d_users(size(nnz)), d_items(size(nnz));
+  DeviceBuffer<T> d_ratings(size(nnz)), d_bu(size(n_users)), d_bi(size(n_items)),
+      d_P(size(n_users * k)), d_Q(size(n_items * k));
+  d_users.upload(users, d_users.size(), nullptr);
+  d_items.upload(items, d_items.size(), nullptr);
+  d_ratings.upload(ratings, d_ratings.size(), nullptr);
+  d_bu.upload(user_bias, d_bu.size(), nullptr);
+  d_bi.upload(item_bias, d_bi.size(), nullptr);
+  d_P.upload(P, d_P.size(), nullptr);
+  d_Q.upload(Q, d_Q.size(), nullptr);
   int device = 0, sms = 1;
-  RECFUSE_SGD_CUDA_CHECK(cudaGetDevice(&device));
-  RECFUSE_SGD_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  RECFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  RECFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   const int64_t batches = (nnz + batch - 1) / batch;
   const int64_t wanted_blocks = (batches + 7) / 8;  // 8 warps per block of 256 threads
   const int64_t most_blocks = 32LL * sms;  // enough resident warps to hide memory latency
@@ -163,11 +129,12 @@ void svd_epochs_hogwild(const int32_t* users, const int32_t* items, const T* rat
       args(launch<T, 8>);
     }
   }
-  RECFUSE_SGD_CUDA_CHECK(cudaDeviceSynchronize());
-  d_bu.download(user_bias);
-  d_bi.download(item_bias);
-  d_P.download(P);
-  d_Q.download(Q);
+  RECFUSE_CUDA_CHECK(cudaDeviceSynchronize());
+  d_bu.download(user_bias, d_bu.size(), nullptr);
+  d_bi.download(item_bias, d_bi.size(), nullptr);
+  d_P.download(P, d_P.size(), nullptr);
+  d_Q.download(Q, d_Q.size(), nullptr);
+  RECFUSE_CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 
 template void svd_epochs_hogwild<float>(const int32_t*, const int32_t*, const float*, int64_t,

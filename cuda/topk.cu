@@ -39,60 +39,13 @@
 #include <string>
 #include <vector>
 
-#include "cuda_check.hpp"
+#include "cuda_common.hpp"
 #include "topk_cuda.hpp"
 
 namespace recfuse {
 namespace cuda {
 
 namespace {
-
-// ------------------------------------------------------------------------ RAII helpers
-
-template <class U>
-class Buffer {
- public:
-  Buffer() = default;
-  explicit Buffer(size_t count) { allocate(count); }
-  ~Buffer() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  void allocate(size_t count) {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-    ptr_ = nullptr;
-    if (count == 0) return;
-    void* p = nullptr;
-    const cudaError_t status = cudaMalloc(&p, count * sizeof(U));
-    if (status != cudaSuccess) {
-      cudaGetLastError();
-      throw std::runtime_error("CUDA error in cudaMalloc of " +
-                               std::to_string(count * sizeof(U)) + " bytes: " +
-                               cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
-    }
-    ptr_ = static_cast<U*>(p);
-  }
-  U* get() const { return ptr_; }
-
- private:
-  U* ptr_ = nullptr;
-};
-
-class Stream {
- public:
-  Stream() { RECFUSE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  ~Stream() {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-  }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return stream_; }
-  void synchronize() const { RECFUSE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
 
 std::atomic<int> g_path{static_cast<int>(TopkPath::Auto)};
 
@@ -669,7 +622,7 @@ struct TopkItems<T>::State {
   int device = 0;
   int sm_count = 1;
   int optin_shared = 48 * 1024;
-  Buffer<T> items, scale, bias;
+  DeviceBuffer<T> items, scale, bias;
 };
 
 template <class T>
@@ -715,11 +668,11 @@ void run_simple(const ScoreArgs<T>& a, int kk, int64_t item_chunk, cudaStream_t 
   using Key = typename Sel<T>::Key;
   const int64_t mq = a.mq, n = a.n;
   const int64_t row_stride = kk + item_chunk;
-  Buffer<Key> keys(static_cast<size_t>(mq * row_stride));
-  Buffer<int32_t> carried(static_cast<size_t>(mq * kk)), sel_ids(static_cast<size_t>(mq * kk)),
-      sorted_ids(static_cast<size_t>(mq * kk));
-  Buffer<Key> sel_keys(static_cast<size_t>(mq * kk)), sorted_keys(static_cast<size_t>(mq * kk));
-  Buffer<int> counts(static_cast<size_t>(mq)), begins(static_cast<size_t>(mq)),
+  DeviceBuffer<Key> keys(static_cast<size_t>(mq * row_stride));
+  const size_t selected = static_cast<size_t>(mq * kk);
+  DeviceBuffer<int32_t> carried(selected), sel_ids(selected), sorted_ids(selected);
+  DeviceBuffer<Key> sel_keys(selected), sorted_keys(selected);
+  DeviceBuffer<int> counts(static_cast<size_t>(mq)), begins(static_cast<size_t>(mq)),
       ends(static_cast<size_t>(mq));
   const size_t stage = tile_stage_bytes<T, Cfg>();
   bool has_prev = false;
@@ -746,7 +699,7 @@ void run_simple(const ScoreArgs<T>& a, int kk, int64_t item_chunk, cudaStream_t 
       nullptr, temp_bytes, sel_keys.get(), sorted_keys.get(), sel_ids.get(), sorted_ids.get(),
       items, static_cast<int>(mq), begins.get(), ends.get(), 0, static_cast<int>(sizeof(Key) * 8),
       stream));
-  Buffer<unsigned char> temp(std::max<size_t>(temp_bytes, 1));
+  DeviceBuffer<unsigned char> temp(std::max<size_t>(temp_bytes, 1));
   RECFUSE_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
       temp.get(), temp_bytes, sel_keys.get(), sorted_keys.get(), sel_ids.get(), sorted_ids.get(),
       items, static_cast<int>(mq), begins.get(), ends.get(), 0, static_cast<int>(sizeof(Key) * 8),
@@ -769,7 +722,7 @@ void run_fused(const ScoreArgs<T>& a, int kk, int slices, cudaStream_t stream, i
   const int P = next_pow2(kk + Cfg::TN);
   const FusedLayout L = fused_layout<T, Cfg>(P);
   const int64_t slice_len = ceil_div(ceil_div(a.n, slices), Cfg::TN) * Cfg::TN;
-  Buffer<Cand> partial(static_cast<size_t>(mq * slices * kk));
+  DeviceBuffer<Cand> partial(static_cast<size_t>(mq * slices * kk));
   const dim3 grid(static_cast<unsigned int>(ceil_div(mq, Cfg::TM)), static_cast<unsigned int>(slices));
   allow_shared(fused_topk_kernel<T, Cfg>, L.total);
   fused_topk_kernel<T, Cfg><<<grid, Cfg::kThreads, L.total, stream>>>(a, slice_len, slices, kk,
@@ -810,9 +763,9 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
   const cudaStream_t s = stream.get();
 
   // Filters: uploaded once per search (they are inputs of the caller's size).
-  Buffer<uint8_t> mask;
-  Buffer<int64_t> ex_indptr;
-  Buffer<int32_t> ex_indices;
+  DeviceBuffer<uint8_t> mask;
+  DeviceBuffer<int64_t> ex_indptr;
+  DeviceBuffer<int32_t> ex_indices;
   if (filters.mask != nullptr) {
     mask.allocate(static_cast<size_t>(n_));
     RECFUSE_CUDA_CHECK(cudaMemcpyAsync(mask.get(), filters.mask, static_cast<size_t>(n_),
@@ -864,9 +817,9 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
     chunk = std::min<int64_t>({chunk, m, 65535, INT_MAX / kk});
   }
 
-  Buffer<T> d_queries(static_cast<size_t>(chunk * d_));
-  Buffer<int64_t> d_ids(static_cast<size_t>(chunk * kk));
-  Buffer<T> d_scores(static_cast<size_t>(chunk * kk));
+  DeviceBuffer<T> d_queries(static_cast<size_t>(chunk * d_));
+  DeviceBuffer<int64_t> d_ids(static_cast<size_t>(chunk * kk));
+  DeviceBuffer<T> d_scores(static_cast<size_t>(chunk * kk));
   for (int64_t q_first = 0; q_first < m; q_first += chunk) {
     const int64_t mq = std::min(chunk, m - q_first);
     RECFUSE_CUDA_CHECK(cudaMemcpyAsync(d_queries.get(), queries + q_first * d_,

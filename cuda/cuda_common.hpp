@@ -1,0 +1,102 @@
+// What the CUDA translation units share: error handling (a failed CUDA call throws
+// std::runtime_error with the CUDA error's name and text, Python RuntimeError; a bad
+// argument std::invalid_argument, Python ValueError) and RAII owners of device memory and
+// streams.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
+namespace recfuse {
+namespace cuda {
+
+inline void check(cudaError_t status, const char* what) {
+  if (status == cudaSuccess) return;
+  cudaGetLastError();  // clear a non-sticky error so that later calls start clean
+  throw std::runtime_error(std::string("CUDA error in ") + what + ": " +
+                           cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
+}
+
+inline void expect(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument(message);
+}
+
+}  // namespace cuda
+}  // namespace recfuse
+
+#define RECFUSE_CUDA_CHECK(expr) ::recfuse::cuda::check((expr), #expr)
+
+namespace recfuse {
+namespace cuda {
+
+// A device array of T, freed on destruction (never throws from the destructor).
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t count) { allocate(count); }
+  ~DeviceBuffer() { release(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  // Replaces the array by an uninitialised one of `count` values.
+  void allocate(size_t count) {
+    release();
+    if (count == 0) return;
+    void* p = nullptr;
+    const cudaError_t status = cudaMalloc(&p, count * sizeof(T));
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("CUDA error in cudaMalloc of " +
+                               std::to_string(count * sizeof(T)) + " bytes: " +
+                               cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
+    }
+    ptr_ = static_cast<T*>(p);
+    count_ = count;
+  }
+
+  void upload(const T* host, size_t count, cudaStream_t stream) {
+    if (count == 0) return;
+    RECFUSE_CUDA_CHECK(
+        cudaMemcpyAsync(ptr_, host, count * sizeof(T), cudaMemcpyHostToDevice, stream));
+  }
+
+  void download(T* host, size_t count, cudaStream_t stream) const {
+    if (count == 0) return;
+    RECFUSE_CUDA_CHECK(
+        cudaMemcpyAsync(host, ptr_, count * sizeof(T), cudaMemcpyDeviceToHost, stream));
+  }
+
+  T* get() const { return ptr_; }
+  size_t size() const { return count_; }
+
+ private:
+  void release() noexcept {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    count_ = 0;
+  }
+  T* ptr_ = nullptr;
+  size_t count_ = 0;
+};
+
+// A non-blocking stream, destroyed on destruction.
+class Stream {
+ public:
+  Stream() { RECFUSE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~Stream() {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+  void synchronize() const { RECFUSE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+}  // namespace cuda
+}  // namespace recfuse
