@@ -29,16 +29,27 @@ def save_model(path, model_name: str, params: dict, arrays: dict[str, np.ndarray
     path = os.fspath(path)
     header = {"format": "recfuse", "version": FORMAT_VERSION, "model": model_name, "params": params}
     encoded = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    directory = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(prefix=".recfuse-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
+
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as handle:
             _write_aligned_npz(handle, {HEADER_KEY: encoded, **arrays})
-        os.replace(temporary, path)  # readers see the old file or the new one, never half
-    except BaseException:
+
+    atomic_write(path, write)
+
+
+def atomic_write(path, write) -> None:
+    """``write(temporary)`` into a new file beside ``path``, then rename it over ``path``:
+    readers see the old file or the new one, never half of one. The temporary file is gone
+    afterwards, also when ``write`` fails (the error propagates)."""
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    descriptor, temporary = tempfile.mkstemp(prefix=".recfuse-", suffix=".tmp", dir=directory)
+    os.close(descriptor)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-        raise
 
 
 def _write_aligned_npz(handle, arrays: dict[str, np.ndarray]) -> None:

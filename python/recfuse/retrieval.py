@@ -224,45 +224,40 @@ def write_recommendations(path, chunks) -> int:
     """Write ``(user_ids, item_ids, scores)`` chunks to a Parquet file, one row per
     recommendation (columns user, rank, item, score; padding dropped), atomically: a
     temporary file in the same folder renamed over ``path`` at the end. Returns the rows."""
-    import os
-    import tempfile
+    from .persistence import atomic_write
 
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as error:
         raise ImportError("writing Parquet needs pyarrow: pip install pyarrow") from error
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".recfuse-", suffix=".parquet", dir=folder)
-    os.close(handle)
     rows = 0
-    writer = None
-    try:
-        for users, ids, scores in chunks:
-            keep = ids >= 0
-            k = ids.shape[1]
-            table = pa.table({
-                "user": np.repeat(np.asarray(users, np.int64), k)[keep.ravel()],
-                "rank": np.tile(np.arange(k, dtype=np.int32), len(users))[keep.ravel()],
-                "item": ids[keep],
-                "score": scores[keep],
-            })
-            if writer is None:
-                writer = pq.ParquetWriter(temporary, table.schema)
-            writer.write_table(table)
-            rows += table.num_rows
-        if writer is None:  # no users: an empty file with the schema
-            pq.write_table(pa.table({"user": pa.array([], pa.int64()), "rank": pa.array([], pa.int32()),
-                                     "item": pa.array([], pa.int64()),
-                                     "score": pa.array([], pa.float32())}), temporary)
-        else:
-            writer.close()
-            writer = None
-        os.replace(temporary, path)
-    finally:
-        if writer is not None:
-            writer.close()
-        if os.path.exists(temporary):
-            os.remove(temporary)
+
+    def write(temporary: str) -> None:
+        nonlocal rows
+        writer = None
+        try:
+            for users, ids, scores in chunks:
+                keep = ids >= 0
+                k = ids.shape[1]
+                table = pa.table({
+                    "user": np.repeat(np.asarray(users, np.int64), k)[keep.ravel()],
+                    "rank": np.tile(np.arange(k, dtype=np.int32), len(users))[keep.ravel()],
+                    "item": ids[keep],
+                    "score": scores[keep],
+                })
+                if writer is None:
+                    writer = pq.ParquetWriter(temporary, table.schema)
+                writer.write_table(table)
+                rows += table.num_rows
+            if writer is None:  # no users: an empty file with the schema
+                pq.write_table(pa.table({"user": pa.array([], pa.int64()),
+                                         "rank": pa.array([], pa.int32()),
+                                         "item": pa.array([], pa.int64()),
+                                         "score": pa.array([], pa.float32())}), temporary)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    atomic_write(path, write)
     return rows

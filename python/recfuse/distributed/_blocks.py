@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -34,6 +33,7 @@ import scipy.sparse as sp
 
 from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
+from ..persistence import atomic_write
 
 INT64_MAX = np.iinfo(np.int64).max
 SIDES = ("users", "items")
@@ -484,16 +484,8 @@ def squared_norm(factors: np.ndarray) -> float:
 
 
 def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".recfuse-", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, write)
 
 
 def save_array(values: np.ndarray, path: str) -> str:
