@@ -31,9 +31,10 @@ def available_backends() -> list[str]:
     return [info.name for info in recfuse.backends() if info.available]
 
 
-def backend_params(names=("cuda", "cpu", "numba", "cupy", "numpy")):
-    """pytest params for each backend; unavailable ones skip with the reason."""
-    table = {info.name: info for info in recfuse.backends()}
+def backend_params(names=("cuda", "cpu", "numba", "cupy", "numpy"), family: str = "als"):
+    """pytest params for each backend of a kernel family; unavailable ones skip with the
+    reason."""
+    table = {info.name: info for info in recfuse.backends(family)}
     params = []
     for name in names:
         info = table[name]
@@ -66,6 +67,17 @@ def csr_matrices(draw, max_rows=12, max_cols=10, min_value=0.0, max_value=50.0,
                             np.array(c, dtype=np.int64))), shape=(rows, cols))
     matrix.sort_indices()
     return matrix
+
+
+@pytest.fixture(scope="module")
+def ratings():
+    """(users, items, ratings 1-5) with a rank-3 taste structure: 3,000 draws, 120 x 80."""
+    rng = np.random.default_rng(7)
+    n_users, n_items, n = 120, 80, 3000
+    users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
+    taste = rng.normal(size=(n_users, 3)) @ rng.normal(size=(3, n_items))
+    values = np.clip(np.round(3 + taste[users, items]), 1, 5)
+    return users, items, values
 
 
 @pytest.fixture

@@ -18,17 +18,10 @@ from recfuse import reference
 from recfuse._backend import resolve_backend
 from recfuse.models.explicit_als import _ratings_csr
 
+from conftest import backend_params
+
 DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
-
-
-def sgd_backends():
-    params = []
-    for info in recfuse.backends("sgd"):
-        if info.name in ("cuda", "cupy"):
-            continue
-        marks = [] if info.available else [pytest.mark.skip(reason=f"{info.name}: {info.detail}")]
-        params.append(pytest.param(info.name, marks=marks, id=info.name))
-    return params
+SGD_BACKENDS = backend_params(("cpu", "numba", "numpy"), family="sgd")
 
 
 def movielens_folds(path):
@@ -56,7 +49,7 @@ def half_sweep_problems(draw):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backend", sgd_backends())
+@pytest.mark.parametrize("backend", SGD_BACKENDS)
 @pytest.mark.parametrize("biased", [True, False])
 @given(problem=half_sweep_problems())
 def test_half_sweep_matches_reference(backend, dtype, biased, problem):
@@ -132,16 +125,6 @@ def test_native_half_sweep_rejects_inconsistent_arrays():
 
 
 # ---------------------------------------------------------------------- the model
-@pytest.fixture(scope="module")
-def ratings():
-    rng = np.random.default_rng(7)
-    n_users, n_items, n = 120, 80, 3000
-    users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
-    taste = rng.normal(size=(n_users, 3)) @ rng.normal(size=(3, n_items))
-    values = np.clip(np.round(3 + taste[users, items]), 1, 5)
-    return users, items, values
-
-
 def objective(model, users, items, values, reg):
     """Σ (r − r̂)² + Σ_u n_u λ (‖x_u‖² + b_u²) + Σ_i n_i λ (‖y_i‖² + b_i²), r̂ unclipped."""
     err = values - model.predict(users, items, clip=False)
@@ -184,7 +167,7 @@ def test_fit_is_the_reference_half_sweeps(ratings):
         np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", [b for b in sgd_backends() if b.values[0] != "cpu"])
+@pytest.mark.parametrize("backend", [b for b in SGD_BACKENDS if b.values[0] != "cpu"])
 def test_same_model_for_any_thread_count_and_backend(ratings, backend):
     users, items, values = ratings
     models = [recfuse.ExplicitALS(factors=8, iterations=3, random_state=2, num_threads=t,

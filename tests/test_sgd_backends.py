@@ -23,17 +23,10 @@ from recfuse._backend import resolve_backend
 from recfuse._sgd.common import Pattern, make_blocks
 
 TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+from conftest import backend_params
+
 DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
-
-
-def sgd_backends():
-    params = []
-    for info in recfuse.backends("sgd"):
-        if info.name in ("cuda", "cupy"):
-            continue
-        marks = [] if info.available else [pytest.mark.skip(reason=f"{info.name}: {info.detail}")]
-        params.append(pytest.param(info.name, marks=marks, id=info.name))
-    return params
+SGD_BACKENDS = backend_params(("cpu", "numba", "numpy"), family="sgd")
 
 
 class Problem:
@@ -103,7 +96,7 @@ def run_svdpp(module, p: Problem):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backend", sgd_backends())
+@pytest.mark.parametrize("backend", SGD_BACKENDS)
 @given(data=st.data(), biased=st.booleans())
 def test_svd_epoch_matches_reference(backend, dtype, data, biased):
     p = data.draw(problems(dtype))
@@ -116,7 +109,7 @@ def test_svd_epoch_matches_reference(backend, dtype, data, biased):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backend", sgd_backends())
+@pytest.mark.parametrize("backend", SGD_BACKENDS)
 @given(data=st.data(), user_major=st.booleans())
 def test_svdpp_epoch_matches_reference(backend, dtype, data, user_major):
     # Any order: user-major (one pass per user, what SVDpp uses) or block order (passes of
@@ -133,7 +126,7 @@ def test_svdpp_epoch_matches_reference(backend, dtype, data, user_major):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backend", sgd_backends())
+@pytest.mark.parametrize("backend", SGD_BACKENDS)
 @given(data=st.data(), max_tries=st.integers(1, 8))
 def test_bpr_epoch_matches_reference(backend, dtype, data, max_tries):
     p = data.draw(problems(dtype))
@@ -166,7 +159,7 @@ def larger_problem(dtype, k=32, grid=6):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backend", [b for b in sgd_backends() if b.values[0] != "numpy"])
+@pytest.mark.parametrize("backend", [b for b in SGD_BACKENDS if b.values[0] != "numpy"])
 def test_same_result_for_any_thread_count(backend, dtype):
     module = resolve_backend(backend, "sgd")
     p = larger_problem(dtype)

@@ -16,16 +16,6 @@ from recfuse._sgd.common import Pattern
 MODELS = [pytest.param(recfuse.SVD, id="SVD"), pytest.param(recfuse.SVDpp, id="SVDpp")]
 
 
-@pytest.fixture(scope="module")
-def ratings():
-    rng = np.random.default_rng(7)
-    n_users, n_items, n = 120, 80, 3000
-    users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n)
-    taste = rng.normal(size=(n_users, 3)) @ rng.normal(size=(3, n_items))
-    values = np.clip(np.round(3 + taste[users, items]), 1, 5)
-    return users, items, values
-
-
 def test_svd_fit_is_the_reference_epochs_in_the_given_order(ratings):
     users, items, values = ratings
     rng = np.random.default_rng(1)
