@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-import recfuse
 from recfuse import reference
 from recfuse._backend import resolve_backend
 from recfuse._sgd.common import Pattern, make_blocks
