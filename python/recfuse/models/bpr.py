@@ -12,7 +12,8 @@ import scipy.sparse as sp
 from .. import _validation as check
 from .._backend import resolve_backend
 from .._sgd.common import Pattern, default_grid, make_blocks
-from .sgd import MAX_FACTORS, _progress, _topk_with_bias
+from ..retrieval import ItemIndex
+from .sgd import MAX_FACTORS, _progress
 
 
 class BPR:
@@ -67,6 +68,7 @@ class BPR:
         self.item_bias: np.ndarray | None = None
         self.backend_used: str | None = None
         self._seen: sp.csr_matrix | None = None
+        self._index_cache: tuple | None = None  # (Q, bias, ItemIndex), see _index
         self._lock = threading.Lock()
 
     def fit(self, user_items: sp.csr_matrix, *, show_progress: bool = False,
@@ -119,18 +121,22 @@ class BPR:
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", P.shape[0])
         k = check.check_int(k, "k", minimum=1)
-        mask = None
-        if items is not None:
-            mask = np.zeros(Q.shape[0], dtype=bool)
-            mask[check.check_ids(items, "items", Q.shape[0])] = True
-        if exclude_items is not None:
-            mask = np.ones(Q.shape[0], dtype=bool) if mask is None else mask
-            mask[check.check_ids(exclude_items, "exclude_items", Q.shape[0])] = False
-        out_ids, out_scores = _topk_with_bias(P[ids], Q, bias, k, seen[ids] if filter_seen else None,
-                                              mask)
+        allow = None if items is None else check.check_ids(items, "items", Q.shape[0])
+        deny = None if exclude_items is None else check.check_ids(exclude_items,
+                                                                  "exclude_items", Q.shape[0])
+        out_ids, out_scores = self._index(Q, bias).search(
+            P[ids], k, exclude=seen[ids] if filter_seen else None, allow=allow, deny=deny)
         if single:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
+
+    def _index(self, Q: np.ndarray, bias: np.ndarray) -> ItemIndex:
+        """The ItemIndex of these item factors and biases, rebuilt only when fit replaced them."""
+        cached = self._index_cache
+        if cached is None or cached[0] is not Q or cached[1] is not bias:
+            cached = (Q, bias, ItemIndex(Q, item_bias=bias))
+            self._index_cache = cached
+        return cached[2]
 
     def get_params(self) -> dict:
         return {"factors": self.factors, "lr": self.lr, "reg": self.reg,

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from .. import _validation as check
 from .._backend import resolve_backend
 from .._sgd.common import Pattern, default_grid, make_blocks, user_major_order
+from ..retrieval import ItemIndex
 from .als import _progress as _tqdm_progress
 
 MAX_FACTORS = 4096
@@ -54,6 +55,8 @@ class _RatingModel:
     factors: int
     dtype: np.dtype
     _fitted: _Fitted | None
+    # (state, ItemIndex, seen matrix) for recommend, built from one fitted state on first use.
+    _retrieval_cache: tuple | None = None
 
     def _factor_count(self) -> int:
         raise NotImplementedError
@@ -96,29 +99,34 @@ class _RatingModel:
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", n_users)
         k = check.check_int(k, "k", minimum=1)
-        mask = None
-        if items is not None:
-            mask = np.zeros(n_items, dtype=bool)
-            mask[check.check_ids(items, "items", n_items)] = True
-        if exclude_items is not None:
-            mask = np.ones(n_items, dtype=bool) if mask is None else mask
-            mask[check.check_ids(exclude_items, "exclude_items", n_items)] = False
-        seen = state.seen.to_scipy(n_items)[ids] if filter_seen else None
+        allow = None if items is None else check.check_ids(items, "items", n_items)
+        deny = None if exclude_items is None else check.check_ids(exclude_items,
+                                                                  "exclude_items", n_items)
+        index, seen_all = self._retrieval(state)
+        seen = seen_all[ids] if filter_seen else None
         known_user = state.user_counts[ids] > 0
-        known_item = state.item_counts > 0
         queries = _user_vectors(state)[ids] * known_user[:, None]
         if state.biased:
             offsets = state.global_mean + np.where(known_user, state.user_bias[ids], 0)
-            item_bias = np.where(known_item, state.item_bias, 0).astype(self.dtype)
         else:
             offsets = np.where(known_user, 0.0, state.global_mean)
-            item_bias = np.zeros(n_items, dtype=self.dtype)
-        item_factors = state.item_factors * known_item[:, None]
-        out_ids, out_scores = _topk_with_bias(queries, item_factors, item_bias, k, seen, mask)
+        out_ids, out_scores = index.search(queries, k, exclude=seen, allow=allow, deny=deny)
         out_scores = out_scores + offsets[:, None].astype(out_scores.dtype)
         if single:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
+
+    def _retrieval(self, state: _Fitted):
+        """(ItemIndex of the known items' factors, biased when the model is, and the seen
+        matrix) of ``state``: built once per fit, not once per recommend call."""
+        cached = self._retrieval_cache
+        if cached is None or cached[0] is not state:
+            known_item = state.item_counts > 0
+            item_bias = np.where(known_item, state.item_bias, 0) if state.biased else None
+            index = ItemIndex(state.item_factors * known_item[:, None], item_bias=item_bias)
+            cached = (state, index, state.seen.to_scipy(known_item.size))
+            self._retrieval_cache = cached
+        return cached[1], cached[2]
 
     # ------------------------------------------------------------------ state access
     def _require_fitted(self) -> _Fitted:
@@ -576,12 +584,3 @@ def _rmse(state: _Fitted, users, items, ratings) -> float:
     return float(np.sqrt(np.mean((_estimate(state, users, items) - ratings) ** 2)))
 
 
-def _topk_with_bias(queries: np.ndarray, item_factors: np.ndarray, item_bias: np.ndarray, k: int,
-                    seen: sp.csr_matrix | None, mask: np.ndarray | None):
-    """Top-k of queries · item_factorsᵀ + item_bias per row, without seen or masked items:
-    the one place these models' recommend scores items (through recfuse.topk)."""
-    from ..retrieval import topk
-
-    allow = None if mask is None else np.flatnonzero(mask)
-    return topk(queries.astype(item_factors.dtype, copy=False), item_factors, k, exclude=seen,
-                allow=allow, item_bias=item_bias)
