@@ -73,6 +73,19 @@ def test_native_diversity_matches_reference(n_rows, k, data):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_diversity_with_subnormal_and_huge_vectors(dtype):
+    # 1/norm of a subnormal vector overflows the storage type; the unit vector must not.
+    tiny = np.finfo(dtype).smallest_subnormal
+    huge = np.finfo(dtype).max / 2
+    vectors = np.array([[0, 0, 0], [0, 0, tiny], [tiny, 0, 0], [huge, huge, 0]], dtype=dtype)
+    recommended = np.array([[0, 1], [1, 2], [1, 3], [2, 3]], dtype=np.int64)
+    got = _core.intra_list_diversity(recommended, vectors)
+    want = reference_data.intra_list_diversity(recommended, vectors)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, [1.0, 1.0, 1.0, 1 - np.sqrt(0.5)], atol=1e-5)
+
+
 @pytest.mark.filterwarnings("ignore:.*(OpenBLAS|MKL|BLAS library).*:RuntimeWarning")
 def implicit_model(train):
     from implicit.cpu.als import AlternatingLeastSquares

@@ -115,6 +115,21 @@ def test_cosine_matches_reference(backend, problem):
     _check(ids, scores, problem, item_scale=scale, queries=q)
 
 
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cosine_with_subnormal_and_huge_rows(backend, dtype):
+    tiny, huge = np.finfo(dtype).smallest_subnormal, np.finfo(dtype).max / 2
+    items = np.array([[0, 0, tiny], [huge, huge, 0], [0, 1, 0], [0, 0, 2 * huge]], dtype=dtype)
+    queries = np.array([[0, 0, 1], [tiny, tiny, 0], [huge, 0, 0]], dtype=dtype)
+    ids, scores = recfuse.topk(queries, items, 4, metric="cosine", backend=backend)
+    # The subnormal item counts as a zero vector (its 1/norm overflows the dtype); the
+    # subnormal query keeps its direction; huge rows neither overflow nor vanish.
+    np.testing.assert_array_equal(ids, [[3, 0, 1, 2], [1, 2, 0, 3], [1, 0, 2, 3]])
+    assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, [[1, 0, 0, 0], [1, np.sqrt(0.5), 0, 0],
+                                        [np.sqrt(0.5), 0, 0, 0]], atol=1e-6)
+
+
 @given(problem=topk_problems(max_n=60))
 def test_every_simd_level_and_thread_count(problem):
     from recfuse._als.cpu import _core

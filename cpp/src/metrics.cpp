@@ -89,10 +89,20 @@ void intra_list_diversity(const int64_t* recommended, int64_t n_rows, int k, con
   std::vector<T> unit(static_cast<size_t>(n_items * dim));
 #pragma omp parallel for schedule(static) num_threads(thread_count(num_threads, n_items * dim))
   for (int64_t i = 0; i < n_items; ++i) {
+    // Divide by the largest magnitude first so that neither a subnormal nor a huge
+    // vector over- or underflows on the way to its norm.
+    double largest = 0;
+    for (int64_t d = 0; d < dim; ++d)
+      largest = std::max(largest, std::abs(double(vectors[i * dim + d])));
     double s = 0;
-    for (int64_t d = 0; d < dim; ++d) s += double(vectors[i * dim + d]) * vectors[i * dim + d];
-    const T scale = s > 0 ? static_cast<T>(1.0 / std::sqrt(s)) : T(0);
-    for (int64_t d = 0; d < dim; ++d) unit[i * dim + d] = vectors[i * dim + d] * scale;
+    for (int64_t d = 0; d < dim && largest > 0; ++d) {
+      const double x = double(vectors[i * dim + d]) / largest;
+      s += x * x;
+    }
+    const double scale = s > 0 ? 1.0 / std::sqrt(s) : 0.0;
+    for (int64_t d = 0; d < dim; ++d)
+      unit[i * dim + d] =
+          largest > 0 ? static_cast<T>(double(vectors[i * dim + d]) / largest * scale) : T(0);
   }
   const int threads = thread_count(num_threads, n_rows * int64_t(k) * k * dim / 8);
 #pragma omp parallel num_threads(threads)

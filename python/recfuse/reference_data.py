@@ -99,8 +99,11 @@ def intra_list_diversity(recommended, vectors) -> np.ndarray:
     """Per row: mean over pairs of valid ids of 1 - cosine(v_a, v_b); NaN below two ids.
     A zero vector has cosine 0 with every vector."""
     vectors = np.asarray(vectors, dtype=np.float64)
-    norms = np.linalg.norm(vectors, axis=1)
-    unit = vectors / np.where(norms > 0, norms, 1.0)[:, None]
+    # Divided by the largest magnitude first: subnormal or huge rows keep their direction.
+    largest = np.abs(vectors).max(axis=1, initial=0.0)
+    scaled = vectors / np.where(largest > 0, largest, 1.0)[:, None]
+    norms = np.linalg.norm(scaled, axis=1)
+    unit = scaled / np.where(norms > 0, norms, 1.0)[:, None]
     out = np.full(len(recommended), np.nan)
     for r, ids in enumerate(np.asarray(recommended)):
         valid = ids[(ids >= 0) & (ids < len(vectors))]

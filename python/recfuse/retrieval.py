@@ -11,7 +11,8 @@ GPU keeps it on the device) and answers many. Both return ``(ids, scores)``:
 - a one-dimensional query gives one-dimensional results.
 
 The score of item j is ``q · v_j`` (``metric="dot"``) or the cosine of the angle between them
-(``metric="cosine"``; a zero vector has cosine 0 with everything), plus ``item_bias[j]`` when
+(``metric="cosine"``; a zero vector has cosine 0 with everything, and so has an item row whose
+1/norm does not fit its dtype, i.e. a row of subnormal numbers), plus ``item_bias[j]`` when
 given. Item j qualifies for a query when it is in ``allow`` (if given), not in ``deny``, not a
 stored entry of the query's row of ``exclude``, and its score is a number above -inf: an item
 whose score is NaN (a NaN or an inf in its row of the table) is never returned, and does not
@@ -66,12 +67,7 @@ class ItemIndex:
             self.bias = _vector(item_bias, "item_bias", n, self.items.dtype)
         self.scale = None
         if metric == "cosine":
-            with np.errstate(invalid="ignore", over="ignore"):
-                norms = np.sqrt(np.einsum("ij,ij->i", self.items, self.items, dtype=np.float64))
-            scale = np.zeros(n)
-            np.divide(1.0, norms, out=scale, where=norms > 0)
-            scale[np.isnan(norms)] = np.nan
-            self.scale = scale.astype(self.items.dtype)
+            self.scale = _inverse_norms(self.items).astype(self.items.dtype)
         self.backend = backend
         self._module = resolve_backend(backend, "topk")
         if storage == "bfloat16":
@@ -107,8 +103,11 @@ class ItemIndex:
         k = check.check_int(k, "k", minimum=1)
         num_threads = check.check_int(num_threads, "num_threads", minimum=0)
         if self.metric == "cosine":
-            norms = np.linalg.norm(Q.astype(np.float64), axis=1)
-            Q = (Q / np.where(norms > 0, norms, 1.0)[:, None]).astype(self.items.dtype)
+            # Queries are finite (checked): dividing by the largest magnitude first leaves
+            # 1/norm in [1/sqrt(d), 1], so even subnormal queries keep their direction.
+            largest = np.abs(Q).max(axis=1, initial=0).astype(np.float64)
+            Q = Q / np.where(largest > 0, largest, 1.0)[:, None]
+            Q = (Q * _inverse_norms(Q)[:, None]).astype(self.items.dtype)
         excluded = None if exclude is None else _exclusions(exclude, Q.shape[0], n)
         mask = _item_mask(allow, deny, n)
         m = Q.shape[0]
@@ -155,6 +154,25 @@ def _real_array(value, name: str) -> np.ndarray:
     if array.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     return array
+
+
+def _inverse_norms(rows: np.ndarray) -> np.ndarray:
+    """1 / ||row|| in float64, 0 for a zero row, NaN for a row holding NaN or inf.
+
+    Rows are divided by their largest magnitude first, so huge or subnormal rows neither
+    overflow nor underflow. A row whose 1/norm does not fit its own dtype (a float32 row of
+    subnormals) counts as a zero row: the per-item scale is stored in that dtype."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        largest = np.abs(rows).max(axis=1, initial=0).astype(np.float64)
+        usable = (largest > 0) & np.isfinite(largest)
+        safe = np.where(usable, largest, 1.0)
+        scaled = rows / safe[:, None]
+        # ||scaled|| lies in [1, sqrt(d)]: 1/norm = (1/||scaled||) / largest cannot overflow.
+        inverse = 1.0 / np.sqrt(np.einsum("ij,ij->i", scaled, scaled, dtype=np.float64)) / safe
+    inverse[~usable] = 0.0
+    inverse[inverse > np.finfo(rows.dtype).max] = 0.0
+    inverse[~np.isfinite(largest)] = np.nan
+    return inverse
 
 
 def _item_table(items) -> np.ndarray:
