@@ -187,12 +187,31 @@ def test_candidates_and_rank_match_reference(backend, precision, call, k):
     other = dict(data, item_table=prepared, item_features=None)
     assert_scores_close(model.score_candidates(candidate_ids=(indptr, ids), **other),
                         expected, bound, "prepared items")
-    # rank == score + full sort (ties by smaller id, repeats once), on the same scores.
+    # rank == score + full sort (ties by smaller id, repeats once), on the same scores;
+    # under bfloat16, the rescoring rule on the bfloat16 scores and float32's.
     top, values = model.rank(candidate_ids=(indptr, ids), k=k, **other)
-    want_ids, want_values = reference.mlp_rank_scores(
-        indptr, ids, model.score_candidates(candidate_ids=(indptr, ids), **other), k)
-    np.testing.assert_array_equal(top, want_ids)
-    np.testing.assert_array_equal(values, want_values.astype(np.float32))
+    scores = model.score_candidates(candidate_ids=(indptr, ids), **other)
+    if precision == "float32":
+        want_ids, want_values = reference.mlp_rank_scores(indptr, ids, scores, k)
+    else:
+        float32 = scorer(layers, backend)
+        exact = float32.score_candidates(candidate_ids=(indptr, ids), **dict(
+            other, item_table=float32.prepare_items(data["item_table"], data["item_features"],
+                                                    item_column=item_column)))
+        want_ids, want_values = reference.mlp_rank_rescored(indptr, ids, scores,
+                                                            lambda rows: exact[rows], k)
+    if backend == "cpu" or precision == "float32":
+        np.testing.assert_array_equal(top, want_ids)
+        np.testing.assert_array_equal(values, want_values.astype(np.float32))
+    else:  # a one-user sub-call's BLAS products may differ from the full call's in the last bit
+        assert_rank_close(top, values, want_ids, want_values)
+
+
+def assert_rank_close(top, values, want_ids, want_values, tolerance=1e-5):
+    """Scores within ``tolerance`` (relative); ids equal except where the scores tie."""
+    np.testing.assert_allclose(values, want_values, rtol=tolerance, atol=tolerance)
+    tie = np.isclose(values, want_values, rtol=tolerance, atol=tolerance)
+    assert ((top == want_ids) | tie).all()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -223,6 +242,45 @@ def test_large_batch_and_forms(backend):
     first = np.ones(order.size, bool)
     first[1:] = ids[order][1:] != ids[order][:-1]
     np.testing.assert_array_equal(top, ids[order][first][:10])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bfloat16_rank_returns_float32_ranking(backend):
+    """Under bfloat16, rank rescores a band in float32: on lists where bfloat16 alone
+    reorders the top 10, the ids and scores are float32's, and the band widens when the
+    bfloat16 error is large against the gaps."""
+    rng = np.random.default_rng(7)  # a draw where bfloat16 alone changes 2 of 8 lists
+    layers = [(W * np.float32(1.5), b, activation) for W, b, activation in
+              random_layers(rng, [48, 256, 128, 1], ["relu", "relu", "sigmoid"])]
+    fast, exact = scorer(layers, backend, "bfloat16"), scorer(layers, backend)
+    users = rng.standard_normal((8, 16)).astype(np.float32)
+    items = rng.standard_normal((3000, 16)).astype(np.float32)
+    ids = np.stack([rng.choice(3000, 500, replace=False) for _ in range(8)])
+    features = rng.standard_normal((8 * 500, 16)).astype(np.float32)
+    top, values = fast.rank(users, ids, items, candidate_features=features, k=10)
+    want, want_values = exact.rank(users, ids, items, candidate_features=features, k=10)
+    if backend == "cpu":  # the same float32 kernel, row by row: the same bits
+        np.testing.assert_array_equal(top, want)
+        np.testing.assert_array_equal(values, want_values)
+    else:
+        assert_rank_close(top, values, want, want_values)
+    rough = fast.score_candidates(users, ids, items, candidate_features=features)
+    rough_top = np.take_along_axis(ids, np.argsort(-rough, axis=1, kind="stable")[:, :10], 1)
+    assert (rough_top != want).any(), "bfloat16 alone already gives float32's lists"
+    # Scores 1 + 1e-5·rank: bfloat16 cannot tell them apart (all round to 1), the band must
+    # widen to every candidate, and float32 still orders them.
+    W1 = np.zeros((2, 1), np.float32)
+    W1[0, 0] = 1e-5
+    steep = [(W1, np.array([0.0, 1.0], np.float32), "identity"),
+             (np.eye(2, dtype=np.float32), None, "identity"),
+             (np.ones((1, 2), np.float32), None, "identity")]
+    ladder = np.arange(100, dtype=np.float32)[:, None]
+    order = rng.permutation(100)
+    top, values = scorer(steep, backend, "bfloat16").rank(np.zeros((1, 0), np.float32), order,
+                                                          ladder, k=5)
+    np.testing.assert_array_equal(top, [[99, 98, 97, 96, 95]])
+    np.testing.assert_array_equal(values, scorer(steep, backend).rank(
+        np.zeros((1, 0), np.float32), order, ladder, k=5)[1])
 
 
 def test_ties_go_to_the_smaller_id():

@@ -65,17 +65,6 @@ float activate_scalar(MlpActivation activation, float x) {
   return x;
 }
 
-// Storage of one thread's block: the gathered first-layer inputs and two activation
-// buffers, as float or as bfloat16 (uint16_t).
-struct Scratch {
-  std::vector<float> x_f32, h_f32[2];
-  std::vector<uint16_t> h_bf16[2];
-  std::vector<float> last;  // a final GEMM layer's float outputs
-  const float* add0[kMlpBlockRows];
-  const float* add1[kMlpBlockRows];
-  const float* bias_rows[kMlpBlockRows];
-};
-
 }  // namespace
 
 MlpActivation parse_mlp_activation(const std::string& name) {
@@ -192,11 +181,13 @@ MlpModel::MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision,
   }
 }
 
+// Checked once per call, so no message is built unless a check fails.
 void MlpModel::check(const MlpCandidates& c) const {
   expect(c.users >= 0 && c.indptr != nullptr, "candidates need users >= 0 and an indptr");
   expect(c.indptr[0] == 0, "indptr must start at 0");
-  for (int64_t u = 0; u < c.users; ++u)
-    expect(c.indptr[u] <= c.indptr[u + 1], "indptr must not decrease");
+  bool ordered = true;
+  for (int64_t u = 0; u < c.users; ++u) ordered &= c.indptr[u] <= c.indptr[u + 1];
+  expect(ordered, "indptr must not decrease");
   int width = c.candidate_block.width;
   for (const MlpBlock& b : c.user_blocks) {
     expect(b.data != nullptr && b.width >= 0, "user blocks need data");
@@ -216,10 +207,206 @@ void MlpModel::check(const MlpCandidates& c) const {
   expect(!gathers || c.ids != nullptr, "item blocks need candidate ids");
   if (c.ids != nullptr) {
     const int64_t total = c.indptr[c.users];
-    for (int64_t i = 0; i < total; ++i)
-      expect(c.ids[i] >= 0 && c.ids[i] < c.items,
-             "candidate id " + std::to_string(c.ids[i]) + " is outside [0, " +
-                 std::to_string(c.items) + ")");
+    int64_t low = 0, high = 0;
+    for (int64_t i = 0; i < total; ++i) {
+      low = std::min(low, c.ids[i]);
+      high = std::max(high, c.ids[i]);
+    }
+    expect(low >= 0 && (total == 0 || high < c.items),
+           "candidate id " + std::to_string(low < 0 ? low : high) + " is outside [0, " +
+               std::to_string(c.items) + ")");
+  }
+}
+
+// What every block of one call shares.
+struct MlpModel::CallPlan {
+  std::vector<float> user_part;  // users x part: b1 + W1u·[u | uf] (float32)
+  int part = 0;                  // row width of user and item parts
+  int start = 0;                 // first input column multiplied per candidate
+  int x_cols = 0, x_stride = 0;  // multiplied columns, and the gather buffer's row stride
+  kernels::MlpLayerFunction f32_gemm = nullptr, bf16_gemm = nullptr;
+};
+
+// One thread's block buffers. Kept per thread between calls (thread_local, grown when a
+// model needs more): zero-filling ~200 KB per thread per call cost about 10 µs.
+struct MlpModel::Scratch {
+  std::vector<float> x_f32, h_f32[2];
+  std::vector<uint16_t> h_bf16[2];
+  std::vector<float> last;  // a final GEMM layer's float outputs
+  int64_t rows[kMlpBlockRows];   // candidate positions of the block's rows
+  int64_t users[kMlpBlockRows];  // and their users
+  const float* add0[kMlpBlockRows];
+  const float* add1[kMlpBlockRows];
+  const float* bias_rows[kMlpBlockRows];
+};
+
+namespace {
+
+template <typename T>
+void grow(std::vector<T>& buffer, size_t size) {
+  if (buffer.size() < size) buffer.resize(size);
+}
+
+}  // namespace
+
+MlpModel::CallPlan MlpModel::plan(const MlpCandidates& c, int threads) const {
+  CallPlan p;
+  const Packed& first = layers_.front();
+  p.part = part_width();
+  p.f32_gemm = float32_layer();
+  p.bf16_gemm =
+      kernel_ == MlpKernel::Amx ? kernels::mlp_layer_amx() : kernels::mlp_layer_avx512bf16();
+  // Input columns: [user blocks | item blocks | candidate block]. Per candidate the kernel
+  // multiplies the columns from `start` (after the item blocks when an item part covers
+  // them).
+  int user_width = 0, item_width = 0;
+  for (const MlpBlock& b : c.user_blocks) user_width += b.width;
+  for (const MlpBlock& b : c.item_blocks) item_width += b.width;
+  p.start = user_width + (c.item_part != nullptr ? item_width : 0);
+  p.x_cols = input_width() - p.start;
+  p.x_stride = round_up(std::max(p.x_cols, 1), 32);
+  const int part = p.part;
+  p.user_part.resize(static_cast<size_t>(c.users) * part);
+#pragma omp parallel for num_threads(threads) schedule(static) if (c.users * user_width > 65536)
+  for (int64_t u = 0; u < c.users; ++u) {
+    float* z = p.user_part.data() + u * part;
+    std::copy(first.bias.begin(), first.bias.end(), z);
+    int column = 0;
+    for (const MlpBlock& b : c.user_blocks) {
+      const float* x = b.data + u * b.width;
+      for (int k = 0; k < b.width; ++k, ++column) {
+        const float xk = x[k];
+        const float* w = first.first_t.data() + static_cast<size_t>(column) * part;
+        for (int j = 0; j < part; ++j) z[j] += xk * w[j];
+      }
+    }
+  }
+  return p;
+}
+
+void MlpModel::run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& s, int rows,
+                         bool bf16, float* out) const {
+  const int count = layer_count();
+  // Under bfloat16 the layers between the first and the last run on the bfloat16 kernel;
+  // the first (raw features) and the last stay float32 (see recfuse/mlp.hpp).
+  auto bf16_layer = [&](int l) { return bf16 && l > 0 && l < count - 1; };
+  const size_t h_size = static_cast<size_t>(kMlpBlockRows) * std::max(max_padded_width_, 32);
+  grow(s.x_f32, static_cast<size_t>(kMlpBlockRows) * plan.x_stride);
+  grow(s.h_f32[0], h_size);
+  grow(s.h_f32[1], h_size);
+  if (bf16) {
+    grow(s.h_bf16[0], h_size);
+    grow(s.h_bf16[1], h_size);
+  }
+  grow(s.last, static_cast<size_t>(kMlpBlockRows) * kMlpPanel);
+  const int part = plan.part;
+  for (int i = 0; i < rows; ++i) {
+    s.add0[i] = plan.user_part.data() + s.users[i] * part;
+    s.add1[i] = c.item_part != nullptr ? c.item_part + c.ids[s.rows[i]] * part : nullptr;
+  }
+  // Gather the multiplied columns of each row into the block buffer.
+  for (int i = 0; i < rows; ++i) {
+    const int64_t r = s.rows[i];
+    float* x = s.x_f32.data() + static_cast<size_t>(i) * plan.x_stride;
+    if (c.item_part == nullptr) {
+      for (const MlpBlock& b : c.item_blocks) {
+        std::memcpy(x, b.data + c.ids[r] * b.width, sizeof(float) * b.width);
+        x += b.width;
+      }
+    }
+    if (c.candidate_block.width > 0)
+      std::memcpy(x, c.candidate_block.data + r * c.candidate_block.width,
+                  sizeof(float) * c.candidate_block.width);
+  }
+  // Layer after layer on the block.
+  const void* A = s.x_f32.data();
+  bool a_bf16 = false;
+  int lda = plan.x_stride;
+  for (int l = 0; l < count; ++l) {
+    const Packed& p = layers_[l];
+    if (!p.dot.empty()) {  // the final one-output layer: a dot product per row
+      for (int i = 0; i < rows; ++i) {
+        float z = p.bias[0];
+        if (a_bf16) {
+          const uint16_t* h = static_cast<const uint16_t*>(A) + static_cast<size_t>(i) * lda;
+          for (int k = 0; k < p.in; ++k) z += from_bfloat16(h[k]) * p.dot[k];
+        } else {
+          const float* h = static_cast<const float*>(A) + static_cast<size_t>(i) * lda;
+          for (int k = 0; k < p.in; ++k) z += h[k] * p.dot[k];
+        }
+        out[i] = activate_scalar(p.activation, z);
+      }
+      return;
+    }
+    MlpLayerArgs g;
+    g.A = A;
+    g.lda = lda;
+    g.rows = rows;
+    g.activation = p.activation;
+    g.panels = p.panels;
+    if (l == 0) {
+      g.K = plan.x_cols;
+      g.add0 = s.add0;
+      g.add1 = c.item_part != nullptr ? s.add1 : nullptr;
+    } else {
+      g.K = p.in;
+      for (int i = 0; i < rows; ++i) s.bias_rows[i] = p.bias.data();
+      g.add0 = s.bias_rows;
+      g.add1 = nullptr;
+    }
+    const bool in_bf16 = bf16_layer(l);
+    if (in_bf16) {
+      g.packed = p.bf16.data();
+      g.panel_stride = static_cast<int64_t>(p.bf16_pairs) * 2 * kMlpPanel;
+    } else {
+      g.packed = p.f32.data() + static_cast<size_t>(l == 0 ? plan.start : 0) * kMlpPanel;
+      g.panel_stride = static_cast<int64_t>(p.in) * kMlpPanel;
+    }
+    if (l == count - 1) {  // a single-layer model: float outputs, column 0 is the score
+      g.C = s.last.data();
+      g.ldc = kMlpPanel;
+      g.c_bf16 = false;
+      plan.f32_gemm(g);
+      for (int i = 0; i < rows; ++i) out[i] = s.last[static_cast<size_t>(i) * kMlpPanel];
+      return;
+    }
+    const bool out_bf16 = bf16_layer(l + 1);
+    g.ldc = p.panels * kMlpPanel;
+    g.c_bf16 = out_bf16 && in_bf16;
+    g.C = g.c_bf16 ? static_cast<void*>(s.h_bf16[l % 2].data()) : s.h_f32[l % 2].data();
+    (in_bf16 ? plan.bf16_gemm : plan.f32_gemm)(g);
+    if (out_bf16 && !in_bf16) {  // float32 layer before a bfloat16 one
+      kernels::mlp_rows_to_bfloat16(s.h_f32[l % 2].data(), s.h_bf16[l % 2].data(),
+                                    static_cast<int64_t>(rows) * g.ldc);
+      g.C = s.h_bf16[l % 2].data();
+    }
+    A = g.C;
+    a_bf16 = out_bf16;
+    lda = g.ldc;
+  }
+}
+
+void MlpModel::score_all(const MlpCandidates& c, const CallPlan& plan, int threads, bool bf16,
+                         float* out) const {
+  const int64_t total = c.indptr[c.users];
+  const int64_t blocks = (total + kMlpBlockRows - 1) / kMlpBlockRows;
+  const int used = static_cast<int>(std::min<int64_t>(threads, blocks));
+#pragma omp parallel num_threads(used) if (used > 1)
+  {
+    thread_local Scratch s;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t r0 = block * kMlpBlockRows;
+      const int rows = static_cast<int>(std::min<int64_t>(kMlpBlockRows, total - r0));
+      // The user of each row (users without candidates are skipped).
+      int64_t u = std::upper_bound(c.indptr, c.indptr + c.users + 1, r0) - c.indptr - 1;
+      for (int i = 0; i < rows; ++i) {
+        while (c.indptr[u + 1] <= r0 + i) ++u;
+        s.rows[i] = r0 + i;
+        s.users[i] = u;
+      }
+      run_block(c, plan, s, rows, bf16, out + r0);
+    }
   }
 }
 
@@ -234,156 +421,57 @@ void MlpModel::score(const float* X, int64_t n, int num_threads, float* out) con
 
 void MlpModel::score_candidates(const MlpCandidates& c, int num_threads, float* out) const {
   check(c);
-  const int64_t total = c.indptr[c.users];
-  if (total == 0) return;
-  const Packed& first = layers_.front();
-  const int part = part_width();
-  const int count = layer_count();
-  // Under bfloat16 the layers between the first and the last run on the bfloat16 kernel;
-  // the first (raw features) and the last stay float32 (see recfuse/mlp.hpp).
-  const bool bf16 = precision_ == MlpPrecision::Bfloat16;
-  auto bf16_layer = [&](int l) { return bf16 && l > 0 && l < count - 1; };
-  const kernels::MlpLayerFunction f32_gemm = float32_layer();
-  const kernels::MlpLayerFunction bf16_gemm =
-      kernel_ == MlpKernel::Amx ? kernels::mlp_layer_amx() : kernels::mlp_layer_avx512bf16();
-
-  // Input columns: [user blocks | item blocks | candidate block]. Per candidate the kernel
-  // multiplies the columns from `start` (after the item blocks when an item part covers
-  // them).
-  int user_width = 0, item_width = 0;
-  for (const MlpBlock& b : c.user_blocks) user_width += b.width;
-  for (const MlpBlock& b : c.item_blocks) item_width += b.width;
-  const int start = user_width + (c.item_part != nullptr ? item_width : 0);
-  const int x_cols = input_width() - start;
-  const int x_stride = round_up(std::max(x_cols, 1), 32);
-
-  // The user part of every user: b1 + W1u·[u | uf] (float32), one row of `part` floats.
-  std::vector<float> user_part(static_cast<size_t>(c.users) * part);
+  if (c.indptr[c.users] == 0) return;
   const int threads = resolve_threads(num_threads);
-#pragma omp parallel for num_threads(threads) schedule(static) if (c.users * user_width > 65536)
-  for (int64_t u = 0; u < c.users; ++u) {
-    float* z = user_part.data() + u * part;
-    std::copy(first.bias.begin(), first.bias.end(), z);
-    int column = 0;
-    for (const MlpBlock& b : c.user_blocks) {
-      const float* x = b.data + u * b.width;
-      for (int k = 0; k < b.width; ++k, ++column) {
-        const float xk = x[k];
-        const float* w = first.first_t.data() + static_cast<size_t>(column) * part;
-        for (int j = 0; j < part; ++j) z[j] += xk * w[j];
-      }
-    }
-  }
+  score_all(c, plan(c, threads), threads, precision_ == MlpPrecision::Bfloat16, out);
+}
 
-  const int64_t blocks = (total + kMlpBlockRows - 1) / kMlpBlockRows;
-  const int used = static_cast<int>(std::min<int64_t>(threads, blocks));
-#pragma omp parallel num_threads(used)
-  {
-    Scratch s;
-    const size_t h_size = static_cast<size_t>(kMlpBlockRows) * std::max(max_padded_width_, 32);
-    s.x_f32.assign(static_cast<size_t>(kMlpBlockRows) * x_stride, 0.0f);
-    s.h_f32[0].assign(h_size, 0.0f);
-    s.h_f32[1].assign(h_size, 0.0f);
-    if (bf16) {
-      s.h_bf16[0].assign(h_size, 0);
-      s.h_bf16[1].assign(h_size, 0);
+namespace {
+
+// Moves the best rows of `order` (candidate positions) to its front, by score descending,
+// then smaller id, then smaller position, and writes the first `want` of them with distinct
+// ids to `best`; returns how many it wrote (fewer when `order` runs out). A repeated id sorts
+// next to itself when its scores are equal (the same inputs); the first one counts.
+int64_t best_distinct(std::vector<int64_t>& order, const float* score, const int64_t* ids,
+                      int64_t want, int64_t* best) {
+  auto better = [&](int64_t a, int64_t b) {
+    if (score[a] != score[b]) return score[a] > score[b];
+    return ids[a] != ids[b] ? ids[a] < ids[b] : a < b;
+  };
+  const int64_t size = static_cast<int64_t>(order.size());
+  int64_t sorted = std::min(want, size), found = 0;
+  while (true) {
+    std::partial_sort(order.begin(), order.begin() + sorted, order.end(), better);
+    found = 0;
+    for (int64_t i = 0; i < sorted && found < want; ++i) {
+      if (found > 0 && ids[order[i]] == ids[best[found - 1]]) continue;
+      best[found++] = order[i];
     }
-    s.last.assign(static_cast<size_t>(kMlpBlockRows) * kMlpPanel, 0.0f);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t block = 0; block < blocks; ++block) {
-      const int64_t r0 = block * kMlpBlockRows;
-      const int rows = static_cast<int>(std::min<int64_t>(kMlpBlockRows, total - r0));
-      // The user of each row (users without candidates are skipped).
-      int64_t u = std::upper_bound(c.indptr, c.indptr + c.users + 1, r0) - c.indptr - 1;
-      for (int i = 0; i < rows; ++i) {
-        const int64_t r = r0 + i;
-        while (c.indptr[u + 1] <= r) ++u;
-        s.add0[i] = user_part.data() + u * part;
-        s.add1[i] = c.item_part != nullptr ? c.item_part + c.ids[r] * part : nullptr;
-      }
-      // Gather the multiplied columns of each row into the block buffer.
-      for (int i = 0; i < rows; ++i) {
-        const int64_t r = r0 + i;
-        float* x = s.x_f32.data() + static_cast<size_t>(i) * x_stride;
-        if (c.item_part == nullptr) {
-          for (const MlpBlock& b : c.item_blocks) {
-            std::memcpy(x, b.data + c.ids[r] * b.width, sizeof(float) * b.width);
-            x += b.width;
-          }
-        }
-        if (c.candidate_block.width > 0)
-          std::memcpy(x, c.candidate_block.data + r * c.candidate_block.width,
-                      sizeof(float) * c.candidate_block.width);
-      }
-      // Layer after layer on the block.
-      const void* A = s.x_f32.data();
-      bool a_bf16 = false;
-      int lda = x_stride;
-      for (int l = 0; l < count; ++l) {
-        const Packed& p = layers_[l];
-        if (!p.dot.empty()) {  // the final one-output layer: a dot product per row
-          for (int i = 0; i < rows; ++i) {
-            float z = p.bias[0];
-            if (a_bf16) {
-              const uint16_t* h = static_cast<const uint16_t*>(A) + static_cast<size_t>(i) * lda;
-              for (int k = 0; k < p.in; ++k) z += from_bfloat16(h[k]) * p.dot[k];
-            } else {
-              const float* h = static_cast<const float*>(A) + static_cast<size_t>(i) * lda;
-              for (int k = 0; k < p.in; ++k) z += h[k] * p.dot[k];
-            }
-            out[r0 + i] = activate_scalar(p.activation, z);
-          }
-          break;
-        }
-        MlpLayerArgs g;
-        g.A = A;
-        g.lda = lda;
-        g.rows = rows;
-        g.activation = p.activation;
-        g.panels = p.panels;
-        if (l == 0) {
-          g.K = x_cols;
-          g.add0 = s.add0;
-          g.add1 = c.item_part != nullptr ? s.add1 : nullptr;
-        } else {
-          g.K = p.in;
-          for (int i = 0; i < rows; ++i) s.bias_rows[i] = p.bias.data();
-          g.add0 = s.bias_rows;
-          g.add1 = nullptr;
-        }
-        const bool in_bf16 = bf16_layer(l);
-        if (in_bf16) {
-          g.packed = p.bf16.data();
-          g.panel_stride = static_cast<int64_t>(p.bf16_pairs) * 2 * kMlpPanel;
-        } else {
-          g.packed = p.f32.data() + static_cast<size_t>(l == 0 ? start : 0) * kMlpPanel;
-          g.panel_stride = static_cast<int64_t>(p.in) * kMlpPanel;
-        }
-        if (l == count - 1) {  // a single-layer model: float outputs, column 0 is the score
-          g.C = s.last.data();
-          g.ldc = kMlpPanel;
-          g.c_bf16 = false;
-          f32_gemm(g);
-          for (int i = 0; i < rows; ++i) out[r0 + i] = s.last[static_cast<size_t>(i) * kMlpPanel];
-          break;
-        }
-        const bool out_bf16 = bf16_layer(l + 1);
-        g.ldc = p.panels * kMlpPanel;
-        g.c_bf16 = out_bf16 && in_bf16;
-        g.C = g.c_bf16 ? static_cast<void*>(s.h_bf16[l % 2].data()) : s.h_f32[l % 2].data();
-        (in_bf16 ? bf16_gemm : f32_gemm)(g);
-        if (out_bf16 && !in_bf16) {  // float32 layer before a bfloat16 one
-          kernels::mlp_rows_to_bfloat16(s.h_f32[l % 2].data(), s.h_bf16[l % 2].data(),
-                                        static_cast<int64_t>(rows) * g.ldc);
-          g.C = s.h_bf16[l % 2].data();
-        }
-        A = g.C;
-        a_bf16 = out_bf16;
-        lda = g.ldc;
-      }
-    }
+    // Repeats left fewer than `want` ids: sort deeper.
+    if (found == want || sorted == size) return found;
+    sorted = std::min(2 * sorted, size);
   }
 }
+
+// The k best rows of a band of distinct ids by their float32 scores `exact` (aligned with
+// the band; NaN and -inf dropped), score descending then smaller id: writes their places in
+// the band to `top` and returns how many.
+int64_t top_of_band(const int64_t* band, const float* exact, int64_t size, const int64_t* ids,
+                    int64_t k, std::vector<int64_t>& places, int64_t* top) {
+  places.clear();
+  for (int64_t i = 0; i < size; ++i)
+    if (exact[i] > -std::numeric_limits<float>::infinity()) places.push_back(i);
+  const int64_t found = std::min<int64_t>(k, static_cast<int64_t>(places.size()));
+  std::partial_sort(places.begin(), places.begin() + found, places.end(),
+                    [&](int64_t a, int64_t b) {
+                      if (exact[a] != exact[b]) return exact[a] > exact[b];
+                      return ids[band[a]] < ids[band[b]];
+                    });
+  std::copy(places.begin(), places.begin() + found, top);
+  return found;
+}
+
+}  // namespace
 
 void MlpModel::rank(const MlpCandidates& c, int k, int num_threads, int64_t* ids,
                     float* scores) const {
@@ -391,41 +479,72 @@ void MlpModel::rank(const MlpCandidates& c, int k, int num_threads, int64_t* ids
   check(c);
   expect(c.ids != nullptr, "rank needs candidate ids");
   const int64_t total = c.indptr[c.users];
-  std::vector<float> all(static_cast<size_t>(total));
-  score_candidates(c, num_threads, all.data());
   const int threads = resolve_threads(num_threads);
-#pragma omp parallel num_threads(threads) if (c.users > 1)
+  const bool bf16 = precision_ == MlpPrecision::Bfloat16;
+  const CallPlan call_plan = total > 0 ? plan(c, threads) : CallPlan{};
+  // bfloat16: the rough scores that choose the band; float32: the scores.
+  std::vector<float> all(static_cast<size_t>(total));
+  if (total > 0) score_all(c, call_plan, threads, bf16, all.data());
+  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
+#pragma omp parallel num_threads(threads) if (c.users > 1 && threads > 1)
   {
-    std::vector<int64_t> order;
-#pragma omp for schedule(dynamic, 16)
+    std::vector<int64_t> order, band, picked, top(k);
+    std::vector<float> exact;  // float32 scores of the band's rows, by position in the band
+    thread_local Scratch s;
+#pragma omp for schedule(dynamic, 4)
     for (int64_t u = 0; u < c.users; ++u) {
       const int64_t begin = c.indptr[u], end = c.indptr[u + 1];
       order.clear();
       for (int64_t r = begin; r < end; ++r)
-        if (all[r] > -std::numeric_limits<float>::infinity()) order.push_back(r);  // not NaN
-      // Better: higher score, then smaller id; a repeated candidate has the same score
-      // (the same inputs give the same bits), so repeats sort next to each other.
-      auto better = [&](int64_t a, int64_t b) {
-        return all[a] > all[b] || (all[a] == all[b] && c.ids[a] < c.ids[b]);
-      };
-      // Take the best `want` in order; grow `want` when repeats left fewer than k ids.
-      int64_t want = std::min<int64_t>(k, static_cast<int64_t>(order.size()));
-      int found = 0;
-      while (true) {
-        std::partial_sort(order.begin(), order.begin() + want, order.end(), better);
-        found = 0;
-        for (int64_t i = 0; i < want && found < k; ++i) {
-          if (found > 0 && c.ids[order[i]] == ids[u * k + found - 1]) continue;
-          ids[u * k + found] = c.ids[order[i]];
-          scores[u * k + found] = all[order[i]];
-          ++found;
+        if (all[r] > kMinusInf) order.push_back(r);  // drops NaN and -inf
+      int64_t found = 0;
+      if (!bf16) {
+        found = best_distinct(order, all.data(), c.ids, k, top.data());
+        for (int64_t i = 0; i < found; ++i) {
+          ids[u * k + i] = c.ids[top[i]];
+          scores[u * k + i] = all[top[i]];
         }
-        if (found == k || want == static_cast<int64_t>(order.size())) break;
-        want = std::min<int64_t>(2 * want, static_cast<int64_t>(order.size()));
+      } else {
+        // Rescore a band of the best bfloat16 rows in float32, widening it until no row
+        // outside can reach the float32 k-th score (see recfuse/mlp.hpp).
+        int64_t want = std::max<int64_t>(2 * static_cast<int64_t>(k), kMlpRescoreMinBand);
+        int64_t rescored = 0;
+        while (true) {
+          band.resize(want);
+          const int64_t size = best_distinct(order, all.data(), c.ids, want, band.data());
+          exact.resize(size);
+          // Rows already rescored keep their place: the order of `order` only refines.
+          for (int64_t i = rescored; i < size; i += kMlpBlockRows) {
+            const int rows = static_cast<int>(std::min<int64_t>(kMlpBlockRows, size - i));
+            for (int j = 0; j < rows; ++j) {
+              s.rows[j] = band[i + j];
+              s.users[j] = u;
+            }
+            run_block(c, call_plan, s, rows, false, exact.data() + i);
+          }
+          rescored = size;
+          found = top_of_band(band.data(), exact.data(), size, c.ids, k, picked, top.data());
+          if (size < want) break;  // the band holds every candidate
+          double error = 0.0;
+          for (int64_t i = 0; i < size; ++i) {
+            const double gap = std::fabs(static_cast<double>(all[band[i]]) - exact[i]);
+            if (std::isfinite(gap)) error = std::max(error, gap);
+          }
+          if (found == k) {
+            const double kth = exact[top[k - 1]];
+            const double boundary = all[band[size - 1]];
+            if (kth - boundary > kMlpRescoreMargin * error) break;
+          }
+          want *= 2;
+        }
+        for (int64_t i = 0; i < found; ++i) {
+          ids[u * k + i] = c.ids[band[top[i]]];
+          scores[u * k + i] = exact[top[i]];
+        }
       }
-      for (int i = found; i < k; ++i) {
+      for (int64_t i = found; i < k; ++i) {
         ids[u * k + i] = -1;
-        scores[u * k + i] = -std::numeric_limits<float>::infinity();
+        scores[u * k + i] = kMinusInf;
       }
     }
   }

@@ -435,7 +435,17 @@ def bpr_sample_negatives(users, offsets, grid: int, seen: sp.csr_matrix, bin_ite
 # (here: float64); the bias is added unrounded. The first layer (raw features: rounding
 # them costs the most accuracy for the least work) and the last (the score) stay float32.
 # "float32" computes in float64 from the float32 values.
+#
+# Ranking under bfloat16 (mlp_rank_rescored) chooses and orders candidates by float32
+# scores: per user, a band of the best candidates by bfloat16 score (distinct ids) is
+# rescored in float32 and ranked by those scores. The band starts at max(2k, 16) and
+# doubles until it holds every candidate or the float32 k-th score beats the band's lowest
+# bfloat16 score by more than MLP_RESCORE_MARGIN times the largest |bfloat16 - float32| gap
+# seen in the band (a candidate outside would need a bfloat16 error that much larger than
+# any seen to belong to the top k).
 
+MLP_RESCORE_MIN_BAND = 16
+MLP_RESCORE_MARGIN = 4.0
 MLP_ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "identity")
 
 
@@ -529,6 +539,42 @@ def mlp_rank_scores(indptr, candidate_ids, scores, k: int):
         cand, s = cand[first][:k], s[first][:k]
         ids[u, : cand.size] = cand
         out[u, : cand.size] = s
+    return ids, out
+
+
+def mlp_rank_rescored(indptr, candidate_ids, rough, exact, k: int):
+    """(ids int64 users x k, scores float64 users x k): the bfloat16 ranking rule (see
+    above). ``rough``: every candidate's bfloat16 score; ``exact(positions)``: the float32
+    scores of the candidates at those positions (of the flat candidate list)."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    ids_all = np.asarray(candidate_ids, dtype=np.int64)
+    rough = np.asarray(rough, dtype=np.float64)
+    users = indptr.size - 1
+    ids = np.full((users, k), -1, dtype=np.int64)
+    out = np.full((users, k), -np.inf)
+    for u in range(users):
+        positions = np.arange(indptr[u], indptr[u + 1])
+        positions = positions[rough[positions] > -np.inf]
+        order = positions[np.lexsort((positions, ids_all[positions], -rough[positions]))]
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = ids_all[order][1:] != ids_all[order][:-1]
+        order = order[first]  # distinct ids, best bfloat16 score first
+        want = max(2 * k, MLP_RESCORE_MIN_BAND)
+        while True:
+            band = order[:want]
+            scores = np.asarray(exact(band), dtype=np.float64)
+            keep = scores > -np.inf
+            ranked = np.lexsort((ids_all[band][keep], -scores[keep]))[:k]
+            top, top_scores = band[keep][ranked], scores[keep][ranked]
+            if band.size < want:
+                break
+            gaps = np.abs(rough[band] - scores)
+            error = gaps[np.isfinite(gaps)].max(initial=0.0)
+            if top.size == k and top_scores[-1] - rough[band[-1]] > MLP_RESCORE_MARGIN * error:
+                break
+            want *= 2
+        ids[u, : top.size] = ids_all[top]
+        out[u, : top.size] = top_scores
     return ids, out
 
 # ============================================================================ explicit ALS

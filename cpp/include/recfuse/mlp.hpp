@@ -19,6 +19,12 @@
 // (weights packed as bfloat16 pairs, activations rounded, float32 accumulation); the first
 // layer and the last stay float32 (rounding raw features costs the most accuracy for the
 // least work, and the last layer is a dot product).
+//
+// rank under bfloat16 rescores a band of each user's best bfloat16 candidates exactly in
+// float32 and ranks those by their float32 scores (recfuse.reference.mlp_rank_rescored):
+// the band starts at max(2k, 16) distinct ids and doubles until the float32 k-th score
+// beats the band's lowest bfloat16 score by more than kMlpRescoreMargin times the largest
+// bfloat16 error seen in the band (or the band holds every candidate).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -33,6 +39,8 @@ enum class MlpKernel : int { Float32 = 0, Avx512Bf16 = 1, Amx = 2 };
 
 constexpr int kMlpPanel = 32;       // output columns per packed weight panel
 constexpr int kMlpBlockRows = 64;   // candidates per block (a multiple of 32: AMX tiles)
+constexpr int kMlpRescoreMinBand = 16;    // bfloat16 rank: the first band, at least
+constexpr double kMlpRescoreMargin = 4.0; // bfloat16 rank: safety factor on the seen error
 
 MlpActivation parse_mlp_activation(const std::string& name);
 const char* mlp_kernel_name(MlpKernel kernel);
@@ -87,7 +95,9 @@ class MlpModel {
   // out[c]: the score of every candidate.
   void score_candidates(const MlpCandidates& candidates, int num_threads, float* out) const;
   // Per user, the k best candidates (score descending, ties by smaller id, each id once,
-  // NaN and -inf dropped), padded with -1 / -inf: ids and scores are users x k.
+  // NaN and -inf dropped), padded with -1 / -inf: ids and scores are users x k. Under
+  // bfloat16 the candidates are chosen and ordered by float32 scores of a rescored band (see
+  // above), and the scores returned are float32's.
   void rank(const MlpCandidates& candidates, int k, int num_threads, int64_t* ids,
             float* scores) const;
   // out (items x part_width()): the first layer's item contribution, for item blocks that
@@ -107,7 +117,16 @@ class MlpModel {
     std::vector<float> dot;         // a final layer with one output: its weights (rounded
                                     // to bfloat16 under that precision)
   };
+  struct CallPlan;  // what the blocks of one call share (mlp.cpp)
+  struct Scratch;   // one thread's block buffers (mlp.cpp)
   void check(const MlpCandidates& candidates) const;
+  CallPlan plan(const MlpCandidates& candidates, int threads) const;
+  // Scores the rows s.rows[0..count) (candidate positions, of users s.users[..]) into out.
+  void run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& s, int count,
+                 bool bf16, float* out) const;
+  // out[i]: the score of candidate i, every candidate, blocks spread over threads.
+  void score_all(const MlpCandidates& c, const CallPlan& plan, int threads, bool bf16,
+                 float* out) const;
 
   std::vector<Packed> layers_;
   MlpPrecision precision_;

@@ -130,3 +130,34 @@ def rank_scores(indptr, ids, scores, k: int):
     """Per-user top-k of given scores (host arrays): the reference's full sort, float32."""
     top_ids, top_scores = reference.mlp_rank_scores(indptr, ids, scores, k)
     return top_ids, top_scores.astype(np.float32)
+
+
+def float32_twin(model: Model) -> Model:
+    """The float32 model of the same weights (what bfloat16 ranking rescores with)."""
+    return model._replace(rounded=[W for W, _, _ in model.layers], precision="float32")
+
+
+def rank_candidates(call: Candidates, scores, k: int, precision: str, score_float32):
+    """Per-user top-k of a call whose scores (host, in ``precision``) are given: a full sort
+    in float32; under bfloat16 the reference's rescoring rule, ``score_float32(call)`` giving
+    the float32 scores (host) of a one-user sub-call."""
+    if precision != "bfloat16":
+        return rank_scores(call.indptr, call.ids, scores, k)
+
+    def exact(positions):
+        if positions.size == 0:
+            return np.zeros(0, np.float32)
+        return score_float32(_subset(call, positions))
+
+    top_ids, top_scores = reference.mlp_rank_rescored(call.indptr, call.ids, scores, exact, k)
+    return top_ids, top_scores.astype(np.float32)
+
+
+def _subset(call: Candidates, positions) -> Candidates:
+    """The candidates at ``positions`` (of the flat list, all of one user) as a one-user call."""
+    user = int(np.searchsorted(call.indptr, positions[0], side="right")) - 1
+    block = call.candidate_block
+    return call._replace(
+        indptr=np.array([0, positions.size], np.int64), ids=call.ids[positions],
+        user_blocks=[b[user:user + 1] for b in call.user_blocks],
+        candidate_block=None if block is None else np.ascontiguousarray(block[positions]))

@@ -48,5 +48,8 @@ def score_candidates(model, call: Candidates, num_threads: int = 0):
 
 
 def rank(model, call: Candidates, k: int, num_threads: int = 0):
-    scores = _cupy().asnumpy(common.score_candidates(model, call))
-    return common.rank_scores(call.indptr, call.ids, np.asarray(scores), k)
+    cupy = _cupy()
+    scores = cupy.asnumpy(common.score_candidates(model, call))
+    twin = common.float32_twin(model)
+    return common.rank_candidates(call, np.asarray(scores), k, model.precision,
+                                  lambda sub: cupy.asnumpy(common.score_candidates(twin, sub)))

@@ -27,6 +27,7 @@ class Model(NamedTuple):
     codes: np.ndarray      # activation code per layer
     precision: str
     part_width: int
+    float32_twin: object = None  # bfloat16: the float32 model rank rescores with
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,7 +132,8 @@ def prepare(layers, precision: str, kernel: str = "auto") -> Model:
         rest_bias.pop()
     return Model(np.ascontiguousarray(W0.T), np.zeros(W0.shape[0], np.float32) if b0 is None else b0, rest_t, rest_bias,
                  np.array([_CODES[a] for _, _, a in layers], np.int64), precision,
-                 -(-W0.shape[0] // common.PANEL) * common.PANEL)
+                 -(-W0.shape[0] // common.PANEL) * common.PANEL,
+                 prepare(layers, "float32") if precision == "bfloat16" else None)
 
 
 def kernel_name(model) -> str:
@@ -197,4 +199,5 @@ def score_candidates(model, call: Candidates, num_threads: int = 0):
 
 def rank(model, call: Candidates, k: int, num_threads: int = 0):
     scores = _run(model, call, num_threads)
-    return common.rank_scores(call.indptr, call.ids, scores, k)
+    return common.rank_candidates(call, scores, k, model.precision,
+                                  lambda sub: _run(model.float32_twin, sub, num_threads))

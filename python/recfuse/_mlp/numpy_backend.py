@@ -43,4 +43,6 @@ def score_candidates(model, call: Candidates, num_threads: int = 0):
 
 def rank(model, call: Candidates, k: int, num_threads: int = 0):
     scores = common.score_candidates(model, call)
-    return common.rank_scores(call.indptr, call.ids, scores, k)
+    twin = common.float32_twin(model)
+    return common.rank_candidates(call, scores, k, model.precision,
+                                  lambda sub: common.score_candidates(twin, sub))
