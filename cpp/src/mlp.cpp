@@ -21,7 +21,6 @@ namespace recfuse {
 
 namespace {
 
-using kernels::from_bfloat16;
 using kernels::MlpLayerArgs;
 using kernels::to_bfloat16;  // packing
 
@@ -40,6 +39,14 @@ kernels::MlpLayerFunction float32_layer() {
     case SimdLevel::Avx512: return kernels::avx512::mlp_layer_float32();
     case SimdLevel::Avx2: return kernels::avx2::mlp_layer_float32();
     default: return kernels::generic::mlp_layer_float32();
+  }
+}
+
+kernels::MlpDotFunction float32_dot() {
+  switch (simd_level()) {
+    case SimdLevel::Avx512: return kernels::avx512::mlp_dot_float32();
+    case SimdLevel::Avx2: return kernels::avx2::mlp_dot_float32();
+    default: return kernels::generic::mlp_dot_float32();
   }
 }
 
@@ -225,6 +232,7 @@ struct MlpModel::CallPlan {
   int start = 0;                 // first input column multiplied per candidate
   int x_cols = 0, x_stride = 0;  // multiplied columns, and the gather buffer's row stride
   kernels::MlpLayerFunction f32_gemm = nullptr, bf16_gemm = nullptr;
+  kernels::MlpDotFunction f32_dot = nullptr;
 };
 
 // One thread's block buffers. Kept per thread between calls (thread_local, grown when a
@@ -254,6 +262,7 @@ MlpModel::CallPlan MlpModel::plan(const MlpCandidates& c, int threads) const {
   const Packed& first = layers_.front();
   p.part = part_width();
   p.f32_gemm = float32_layer();
+  p.f32_dot = float32_dot();
   p.bf16_gemm =
       kernel_ == MlpKernel::Amx ? kernels::mlp_layer_amx() : kernels::mlp_layer_avx512bf16();
   // Input columns: [user blocks | item blocks | candidate block]. Per candidate the kernel
@@ -320,22 +329,13 @@ void MlpModel::run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& 
   }
   // Layer after layer on the block.
   const void* A = s.x_f32.data();
-  bool a_bf16 = false;
   int lda = plan.x_stride;
   for (int l = 0; l < count; ++l) {
     const Packed& p = layers_[l];
     if (!p.dot.empty()) {  // the final one-output layer: a dot product per row
-      for (int i = 0; i < rows; ++i) {
-        float z = p.bias[0];
-        if (a_bf16) {
-          const uint16_t* h = static_cast<const uint16_t*>(A) + static_cast<size_t>(i) * lda;
-          for (int k = 0; k < p.in; ++k) z += from_bfloat16(h[k]) * p.dot[k];
-        } else {
-          const float* h = static_cast<const float*>(A) + static_cast<size_t>(i) * lda;
-          for (int k = 0; k < p.in; ++k) z += h[k] * p.dot[k];
-        }
-        out[i] = activate_scalar(p.activation, z);
-      }
+      // Its input is float32: the last layer is never a bfloat16 one.
+      plan.f32_dot(static_cast<const float*>(A), lda, rows, p.in, p.dot.data(), out);
+      for (int i = 0; i < rows; ++i) out[i] = activate_scalar(p.activation, out[i] + p.bias[0]);
       return;
     }
     MlpLayerArgs g;
@@ -381,31 +381,64 @@ void MlpModel::run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& 
       g.C = s.h_bf16[l % 2].data();
     }
     A = g.C;
-    a_bf16 = out_bf16;
     lda = g.ldc;
   }
 }
+
+namespace {
+
+// Asks for the item rows of candidates [begin, end) in L2: they are gathered by id from a
+// table that is often far larger than the caches (64 users x 1,000 candidates read 64 MB of
+// a prepared table), so the next block's rows are fetched while a block runs.
+void prefetch_item_rows(const MlpCandidates& c, int part, int64_t begin, int64_t end) {
+  if (c.ids == nullptr) return;
+  for (int64_t r = begin; r < end; ++r) {
+    if (c.item_part != nullptr) {
+      const char* row = reinterpret_cast<const char*>(c.item_part + c.ids[r] * part);
+      for (int64_t byte = 0; byte < static_cast<int64_t>(sizeof(float)) * part; byte += 64)
+        __builtin_prefetch(row + byte, 0, 2);
+      continue;
+    }
+    for (const MlpBlock& b : c.item_blocks) {
+      const char* row = reinterpret_cast<const char*>(b.data + c.ids[r] * b.width);
+      for (int64_t byte = 0; byte < static_cast<int64_t>(sizeof(float)) * b.width; byte += 64)
+        __builtin_prefetch(row + byte, 0, 2);
+    }
+  }
+}
+
+}  // namespace
 
 void MlpModel::score_all(const MlpCandidates& c, const CallPlan& plan, int threads, bool bf16,
                          float* out) const {
   const int64_t total = c.indptr[c.users];
   const int64_t blocks = (total + kMlpBlockRows - 1) / kMlpBlockRows;
-  const int used = static_cast<int>(std::min<int64_t>(threads, blocks));
+  // Threads take runs of a few blocks, so that each knows its next block (to prefetch).
+  constexpr int64_t kRun = 4;
+  const int64_t runs = (blocks + kRun - 1) / kRun;
+  const int used = static_cast<int>(std::min<int64_t>(threads, runs));
 #pragma omp parallel num_threads(used) if (used > 1)
   {
     thread_local Scratch s;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t block = 0; block < blocks; ++block) {
-      const int64_t r0 = block * kMlpBlockRows;
-      const int rows = static_cast<int>(std::min<int64_t>(kMlpBlockRows, total - r0));
-      // The user of each row (users without candidates are skipped).
-      int64_t u = std::upper_bound(c.indptr, c.indptr + c.users + 1, r0) - c.indptr - 1;
-      for (int i = 0; i < rows; ++i) {
-        while (c.indptr[u + 1] <= r0 + i) ++u;
-        s.rows[i] = r0 + i;
-        s.users[i] = u;
+    for (int64_t run = 0; run < runs; ++run) {
+      const int64_t last = std::min(blocks, (run + 1) * kRun);
+      prefetch_item_rows(c, plan.part, run * kRun * kMlpBlockRows,
+                         std::min(total, (run * kRun + 1) * kMlpBlockRows));
+      for (int64_t block = run * kRun; block < last; ++block) {
+        const int64_t r0 = block * kMlpBlockRows;
+        const int rows = static_cast<int>(std::min<int64_t>(kMlpBlockRows, total - r0));
+        if (block + 1 < last)
+          prefetch_item_rows(c, plan.part, r0 + rows, std::min(total, r0 + rows + kMlpBlockRows));
+        // The user of each row (users without candidates are skipped).
+        int64_t u = std::upper_bound(c.indptr, c.indptr + c.users + 1, r0) - c.indptr - 1;
+        for (int i = 0; i < rows; ++i) {
+          while (c.indptr[u + 1] <= r0 + i) ++u;
+          s.rows[i] = r0 + i;
+          s.users[i] = u;
+        }
+        run_block(c, plan, s, rows, bf16, out + r0);
       }
-      run_block(c, plan, s, rows, bf16, out + r0);
     }
   }
 }

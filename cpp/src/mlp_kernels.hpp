@@ -34,10 +34,14 @@ struct MlpLayerArgs {
 };
 
 using MlpLayerFunction = void (*)(const MlpLayerArgs&);
+// out[r] = Σ_{k<K} A[r][k] · w[k] for r < rows (float32; A's rows lda apart): a final
+// one-output layer, before its bias and activation.
+using MlpDotFunction = void (*)(const float* A, int lda, int rows, int K, const float* w,
+                                float* out);
 
-namespace generic { MlpLayerFunction mlp_layer_float32(); }
-namespace avx2 { MlpLayerFunction mlp_layer_float32(); }
-namespace avx512 { MlpLayerFunction mlp_layer_float32(); }
+namespace generic { MlpLayerFunction mlp_layer_float32(); MlpDotFunction mlp_dot_float32(); }
+namespace avx2 { MlpLayerFunction mlp_layer_float32(); MlpDotFunction mlp_dot_float32(); }
+namespace avx512 { MlpLayerFunction mlp_layer_float32(); MlpDotFunction mlp_dot_float32(); }
 // Null when the build has no such kernel (not x86-64).
 MlpLayerFunction mlp_layer_avx512bf16();
 MlpLayerFunction mlp_layer_amx();

@@ -7,9 +7,11 @@ namespace recfuse {
 namespace kernels {
 namespace avx2 {
 MlpLayerFunction mlp_layer_float32() { return generic::mlp_layer_float32(); }
+MlpDotFunction mlp_dot_float32() { return generic::mlp_dot_float32(); }
 }  // namespace avx2
 namespace avx512 {
 MlpLayerFunction mlp_layer_float32() { return generic::mlp_layer_float32(); }
+MlpDotFunction mlp_dot_float32() { return generic::mlp_dot_float32(); }
 }  // namespace avx512
 MlpLayerFunction mlp_layer_avx512bf16() { return nullptr; }
 MlpLayerFunction mlp_layer_amx() { return nullptr; }
