@@ -143,20 +143,22 @@ inline void bind_mlp(py::module_& m) {
              const std::optional<Array<int64_t>>& ids, int64_t items, const Blocks& user_blocks,
              const Blocks& item_blocks, const std::optional<Array<float>>& candidate_block,
              const std::optional<Array<float>>& item_part, int item_part_columns,
-             int num_threads) {
+             int num_threads, bool rough) {
             MlpCall call = mlp_call(indptr, ids, items, user_blocks, item_blocks,
                                     candidate_block, item_part, item_part_columns,
                                     model.part_width());
             Array<float> out(call.total);
             float* o = out.mutable_data();
             py::gil_scoped_release release;
-            model.score_candidates(call.candidates, num_threads, o);
+            model.score_candidates(call.candidates, num_threads, o, rough);
             return out;
           },
           py::arg("indptr").noconvert(), py::arg("ids").noconvert(), py::arg("items"),
           py::arg("user_blocks").noconvert(), py::arg("item_blocks").noconvert(),
           py::arg("candidate_block").noconvert(), py::arg("item_part").noconvert(),
-          py::arg("item_part_columns") = 0, py::arg("num_threads") = 0)
+          py::arg("item_part_columns") = 0, py::arg("num_threads") = 0,
+          py::arg("rough") = false,
+          "rough=True (bfloat16): the scores of rank's first pass, which choose its band.")
       .def(
           "rank",
           [](const MlpModel& model, const Array<int64_t>& indptr,

@@ -198,13 +198,27 @@ def test_candidates_and_rank_match_reference(backend, precision, call, k):
         exact = float32.score_candidates(candidate_ids=(indptr, ids), **dict(
             other, item_table=float32.prepare_items(data["item_table"], data["item_features"],
                                                     item_column=item_column)))
-        want_ids, want_values = reference.mlp_rank_rescored(indptr, ids, scores,
-                                                            lambda rows: exact[rows], k)
+        want_ids, want_values = reference.mlp_rank_rescored(
+            indptr, ids, rank_pass_scores(model, (indptr, ids), other), lambda rows: exact[rows], k)
     if backend == "cpu" or precision == "float32":
         np.testing.assert_array_equal(top, want_ids)
         np.testing.assert_array_equal(values, want_values.astype(np.float32))
     else:  # a one-user sub-call's BLAS products may differ from the full call's in the last bit
         assert_rank_close(top, values, want_ids, want_values)
+
+
+def rank_pass_scores(model, candidate_ids, arguments):
+    """The bfloat16 scores that choose rank's band: score_candidates's, except on the cpu
+    backend, whose rank runs the first layer's per-candidate columns in bfloat16 too."""
+    if model.backend != "cpu":
+        return model.score_candidates(candidate_ids=candidate_ids, **arguments)
+    from recfuse._mlp import cpu
+
+    call, _, _ = model._candidates(arguments["user_vectors"], candidate_ids,
+                                   arguments["item_table"], arguments.get("user_features"),
+                                   arguments.get("item_features"),
+                                   arguments.get("candidate_features"))
+    return model._model.score_candidates(*cpu._arguments(call), rough=True)
 
 
 def assert_rank_close(top, values, want_ids, want_values, tolerance=1e-5):
@@ -559,3 +573,28 @@ def test_nan_item_rows_score_nan_and_are_never_ranked(backend):
     assert set(top[:2]) == {0, 5} and (top[2:] == -1).all() and np.isneginf(values[2:]).all()
     with pytest.raises(ValueError, match="item_table must be finite"):
         model.prepare_items(items, item_column=4)
+
+
+def test_bfloat16_rank_pass_keeps_rows_apart():
+    """The cpu rank's first pass multiplies column pairs in bfloat16: a NaN item value left
+    in a thread's buffer by one call must not reach the rows of a later call whose column
+    count is odd, and NaN rows are never ranked."""
+    ok, why = _bf16_on_cpu()
+    if not ok:
+        pytest.skip(f"bfloat16 on the cpu backend: {why}")
+    rng = np.random.default_rng(6)
+    wide = MLPScorer(random_layers(rng, [8, 40, 16, 1], ["relu", "relu", "sigmoid"]),
+                     precision="bfloat16", backend="cpu")
+    odd = MLPScorer(random_layers(rng, [7, 40, 16, 1], ["relu", "relu", "sigmoid"]),
+                    precision="bfloat16", backend="cpu")
+    items = rng.standard_normal((50, 6)).astype(np.float32)
+    items[:, 5] = np.nan  # column 5 of every gathered row: the pad column of the odd call
+    user = rng.standard_normal(2).astype(np.float32)
+    ids = rng.integers(0, 50, 200)
+    top, values = wide.rank(user, ids, items, k=5, num_threads=1)
+    assert (top == -1).all() and np.isneginf(values).all()
+    clean = np.ascontiguousarray(items[:, :5])
+    top, values = odd.rank(user, ids, clean, k=5, num_threads=1)
+    want, want_values = MLPScorer(odd.layers, backend="cpu").rank(user, ids, clean, k=5)
+    np.testing.assert_array_equal(top, want)
+    np.testing.assert_array_equal(values, want_values)

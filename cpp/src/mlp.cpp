@@ -141,10 +141,13 @@ MlpModel::MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision,
     expect(l == 0 || layer.in == layers[l - 1].out,
            name + " takes " + std::to_string(layer.in) + " inputs but layer " +
                std::to_string(l - 1) + " gives " + std::to_string(layers[l - 1].out));
+    bool finite = true;  // one message, built only on failure
     for (int64_t i = 0; i < static_cast<int64_t>(layer.out) * layer.in; ++i)
-      expect(std::isfinite(layer.weight[i]), name + " weights must be finite");
+      finite &= std::isfinite(layer.weight[i]);
+    expect(finite, name + " weights must be finite");
     for (int i = 0; layer.bias != nullptr && i < layer.out; ++i)
-      expect(std::isfinite(layer.bias[i]), name + " bias must be finite");
+      finite &= std::isfinite(layer.bias[i]);
+    expect(finite, name + " bias must be finite");
 
     Packed p;
     p.in = layer.in;
@@ -166,7 +169,7 @@ MlpModel::MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision,
         for (int k = 0; k < layer.in; ++k)
           for (int j = 0; j < kMlpPanel; ++j)
             p.f32[(static_cast<size_t>(q) * layer.in + k) * kMlpPanel + j] = w(q * kMlpPanel + j, k);
-      if (bf16 && l > 0 && l < count - 1) {
+      if (bf16 && l < count - 1) {
         // Zero pair rows beyond the inputs let a kernel start at any even column and read
         // whole 32-column steps (AMX).
         p.bf16_pairs = (round_up(layer.in, 32) + 32) / 2;
@@ -233,13 +236,16 @@ struct MlpModel::CallPlan {
   int x_cols = 0, x_stride = 0;  // multiplied columns, and the gather buffer's row stride
   kernels::MlpLayerFunction f32_gemm = nullptr, bf16_gemm = nullptr;
   kernels::MlpDotFunction f32_dot = nullptr;
+  // rank's first pass under bfloat16: the first layer's per-candidate columns in bfloat16
+  // too (the user and item parts stay float32). Its scores only choose the band.
+  bool first_bf16 = false;
 };
 
 // One thread's block buffers. Kept per thread between calls (thread_local, grown when a
 // model needs more): zero-filling ~200 KB per thread per call cost about 10 µs.
 struct MlpModel::Scratch {
   std::vector<float> x_f32, h_f32[2];
-  std::vector<uint16_t> h_bf16[2];
+  std::vector<uint16_t> x_bf16, h_bf16[2];
   std::vector<float> last;  // a final GEMM layer's float outputs
   int64_t rows[kMlpBlockRows];   // candidate positions of the block's rows
   int64_t users[kMlpBlockRows];  // and their users
@@ -257,7 +263,7 @@ void grow(std::vector<T>& buffer, size_t size) {
 
 }  // namespace
 
-MlpModel::CallPlan MlpModel::plan(const MlpCandidates& c, int threads) const {
+MlpModel::CallPlan MlpModel::plan(const MlpCandidates& c, int threads, bool rough) const {
   CallPlan p;
   const Packed& first = layers_.front();
   p.part = part_width();
@@ -274,6 +280,8 @@ MlpModel::CallPlan MlpModel::plan(const MlpCandidates& c, int threads) const {
   p.start = user_width + (c.item_part != nullptr ? item_width : 0);
   p.x_cols = input_width() - p.start;
   p.x_stride = round_up(std::max(p.x_cols, 1), 32);
+  // The bfloat16 panels hold column pairs: the per-candidate columns must start on a pair.
+  p.first_bf16 = rough && p.start % 2 == 0 && !layers_.front().bf16.empty() && p.x_cols > 0;
   const int part = p.part;
   p.user_part.resize(static_cast<size_t>(c.users) * part);
 #pragma omp parallel for num_threads(threads) schedule(static) if (c.users * user_width > 65536)
@@ -298,7 +306,9 @@ void MlpModel::run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& 
   const int count = layer_count();
   // Under bfloat16 the layers between the first and the last run on the bfloat16 kernel;
   // the first (raw features) and the last stay float32 (see recfuse/mlp.hpp).
-  auto bf16_layer = [&](int l) { return bf16 && l > 0 && l < count - 1; };
+  auto bf16_layer = [&](int l) {
+    return bf16 && l < count - 1 && (l > 0 || plan.first_bf16);
+  };
   const size_t h_size = static_cast<size_t>(kMlpBlockRows) * std::max(max_padded_width_, 32);
   grow(s.x_f32, static_cast<size_t>(kMlpBlockRows) * plan.x_stride);
   grow(s.h_f32[0], h_size);
@@ -326,10 +336,19 @@ void MlpModel::run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& 
     if (c.candidate_block.width > 0)
       std::memcpy(x, c.candidate_block.data + r * c.candidate_block.width,
                   sizeof(float) * c.candidate_block.width);
+    // The bfloat16 kernel multiplies pairs: the column after an odd count must be finite
+    // (a stale NaN item value there would leak into this row).
+    if (plan.x_cols % 2 == 1) s.x_f32[static_cast<size_t>(i) * plan.x_stride + plan.x_cols] = 0.0f;
   }
   // Layer after layer on the block.
   const void* A = s.x_f32.data();
   int lda = plan.x_stride;
+  if (bf16_layer(0)) {
+    grow(s.x_bf16, static_cast<size_t>(kMlpBlockRows) * plan.x_stride);
+    kernels::mlp_rows_to_bfloat16(s.x_f32.data(), s.x_bf16.data(),
+                                  static_cast<int64_t>(rows) * plan.x_stride);
+    A = s.x_bf16.data();
+  }
   for (int l = 0; l < count; ++l) {
     const Packed& p = layers_[l];
     if (!p.dot.empty()) {  // the final one-output layer: a dot product per row
@@ -356,7 +375,7 @@ void MlpModel::run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& 
     }
     const bool in_bf16 = bf16_layer(l);
     if (in_bf16) {
-      g.packed = p.bf16.data();
+      g.packed = p.bf16.data() + static_cast<size_t>(l == 0 ? plan.start : 0) * kMlpPanel;
       g.panel_stride = static_cast<int64_t>(p.bf16_pairs) * 2 * kMlpPanel;
     } else {
       g.packed = p.f32.data() + static_cast<size_t>(l == 0 ? plan.start : 0) * kMlpPanel;
@@ -452,11 +471,13 @@ void MlpModel::score(const float* X, int64_t n, int num_threads, float* out) con
   score_candidates(c, num_threads, out);
 }
 
-void MlpModel::score_candidates(const MlpCandidates& c, int num_threads, float* out) const {
+void MlpModel::score_candidates(const MlpCandidates& c, int num_threads, float* out,
+                                bool rough) const {
   check(c);
   if (c.indptr[c.users] == 0) return;
   const int threads = resolve_threads(num_threads);
-  score_all(c, plan(c, threads), threads, precision_ == MlpPrecision::Bfloat16, out);
+  const bool bf16 = precision_ == MlpPrecision::Bfloat16;
+  score_all(c, plan(c, threads, rough && bf16), threads, bf16, out);
 }
 
 namespace {
@@ -514,7 +535,7 @@ void MlpModel::rank(const MlpCandidates& c, int k, int num_threads, int64_t* ids
   const int64_t total = c.indptr[c.users];
   const int threads = resolve_threads(num_threads);
   const bool bf16 = precision_ == MlpPrecision::Bfloat16;
-  const CallPlan call_plan = total > 0 ? plan(c, threads) : CallPlan{};
+  const CallPlan call_plan = total > 0 ? plan(c, threads, bf16) : CallPlan{};
   // bfloat16: the rough scores that choose the band; float32: the scores.
   std::vector<float> all(static_cast<size_t>(total));
   if (total > 0) score_all(c, call_plan, threads, bf16, all.data());

@@ -68,24 +68,27 @@ void tile_bf16(const MlpLayerArgs& g, int r0, const uint16_t* panel, int col) {
   for (int r = 0; r < R; ++r) finish_row<A>(g, r0 + r, col, (V)acc[r][0], (V)acc[r][1]);
 }
 
+// Every panel of rows [r, r + R): row tiles outside, as in the float32 kernel.
+template <MlpActivation A, int R>
+void row_tile_bf16(const MlpLayerArgs& g, int r) {
+  const uint16_t* packed = static_cast<const uint16_t*>(g.packed);
+  for (int p = 0; p < g.panels; ++p)
+    tile_bf16<A, R>(g, r, packed + p * g.panel_stride, p * kMlpPanel);
+}
+
 template <MlpActivation A>
 void layer_bf16(const MlpLayerArgs& g) {
-  const uint16_t* packed = static_cast<const uint16_t*>(g.packed);
-  for (int p = 0; p < g.panels; ++p) {
-    const uint16_t* panel = packed + p * g.panel_stride;
-    const int col = p * kMlpPanel;
-    int r = 0;
-    for (; r + kBf16Rows <= g.rows; r += kBf16Rows) tile_bf16<A, kBf16Rows>(g, r, panel, col);
-    switch (g.rows - r) {
-      case 1: tile_bf16<A, 1>(g, r, panel, col); break;
-      case 2: tile_bf16<A, 2>(g, r, panel, col); break;
-      case 3: tile_bf16<A, 3>(g, r, panel, col); break;
-      case 4: tile_bf16<A, 4>(g, r, panel, col); break;
-      case 5: tile_bf16<A, 5>(g, r, panel, col); break;
-      case 6: tile_bf16<A, 6>(g, r, panel, col); break;
-      case 7: tile_bf16<A, 7>(g, r, panel, col); break;
-      default: break;
-    }
+  int r = 0;
+  for (; r + kBf16Rows <= g.rows; r += kBf16Rows) row_tile_bf16<A, kBf16Rows>(g, r);
+  switch (g.rows - r) {
+    case 1: row_tile_bf16<A, 1>(g, r); break;
+    case 2: row_tile_bf16<A, 2>(g, r); break;
+    case 3: row_tile_bf16<A, 3>(g, r); break;
+    case 4: row_tile_bf16<A, 4>(g, r); break;
+    case 5: row_tile_bf16<A, 5>(g, r); break;
+    case 6: row_tile_bf16<A, 6>(g, r); break;
+    case 7: row_tile_bf16<A, 7>(g, r); break;
+    default: break;
   }
 }
 

@@ -20,8 +20,10 @@
 // layer and the last stay float32 (rounding raw features costs the most accuracy for the
 // least work, and the last layer is a dot product).
 //
-// rank under bfloat16 rescores a band of each user's best bfloat16 candidates exactly in
-// float32 and ranks those by their float32 scores (recfuse.reference.mlp_rank_rescored):
+// rank under bfloat16 scores every candidate in a rougher pass (the first layer's
+// per-candidate columns in bfloat16 too), then rescores a band of each user's best
+// candidates exactly in float32 and ranks those by their float32 scores
+// (recfuse.reference.mlp_rank_rescored, with the rough pass's scores):
 // the band starts at max(2k, 16) distinct ids and doubles until the float32 k-th score
 // beats the band's lowest bfloat16 score by more than kMlpRescoreMargin times the largest
 // bfloat16 error seen in the band (or the band holds every candidate).
@@ -92,8 +94,10 @@ class MlpModel {
 
   // out[r]: the score of each of the n rows of X (n x input_width()).
   void score(const float* X, int64_t n, int num_threads, float* out) const;
-  // out[c]: the score of every candidate.
-  void score_candidates(const MlpCandidates& candidates, int num_threads, float* out) const;
+  // out[c]: the score of every candidate. rough (bfloat16 only): the scores of rank's first
+  // pass instead, which also runs the first layer's per-candidate columns in bfloat16.
+  void score_candidates(const MlpCandidates& candidates, int num_threads, float* out,
+                        bool rough = false) const;
   // Per user, the k best candidates (score descending, ties by smaller id, each id once,
   // NaN and -inf dropped), padded with -1 / -inf: ids and scores are users x k. Under
   // bfloat16 the candidates are chosen and ordered by float32 scores of a rescored band (see
@@ -114,13 +118,12 @@ class MlpModel {
     int bf16_pairs = 0;             // pair rows per bfloat16 panel (zero padded)
     std::vector<uint16_t> bf16;     // ((p * bf16_pairs + k / 2) * kMlpPanel + j) * 2 + k % 2
     std::vector<float> first_t;     // layer 0 only: Wᵀ (in x panels * kMlpPanel) for user parts
-    std::vector<float> dot;         // a final layer with one output: its weights (rounded
-                                    // to bfloat16 under that precision)
+    std::vector<float> dot;         // a final layer with one output: its weights
   };
   struct CallPlan;  // what the blocks of one call share (mlp.cpp)
   struct Scratch;   // one thread's block buffers (mlp.cpp)
   void check(const MlpCandidates& candidates) const;
-  CallPlan plan(const MlpCandidates& candidates, int threads) const;
+  CallPlan plan(const MlpCandidates& candidates, int threads, bool rough) const;
   // Scores the rows s.rows[0..count) (candidate positions, of users s.users[..]) into out.
   void run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& s, int count,
                  bool bf16, float* out) const;
