@@ -432,8 +432,9 @@ void MlpModel::score_all(const MlpCandidates& c, const CallPlan& plan, int threa
                          float* out) const {
   const int64_t total = c.indptr[c.users];
   const int64_t blocks = (total + kMlpBlockRows - 1) / kMlpBlockRows;
-  // Threads take runs of a few blocks, so that each knows its next block (to prefetch).
-  constexpr int64_t kRun = 4;
+  // Threads take runs of two blocks, so that each knows its next block (to prefetch);
+  // short runs keep the threads balanced when one of them is descheduled.
+  constexpr int64_t kRun = 2;
   const int64_t runs = (blocks + kRun - 1) / kRun;
   const int used = static_cast<int>(std::min<int64_t>(threads, runs));
 #pragma omp parallel num_threads(used) if (used > 1)
