@@ -35,6 +35,15 @@ stay float32, which keeps most of the accuracy for a small share of the work.
 On the cpu backend it needs AVX512-BF16 (the "avx512bf16" kernel) or AMX (``kernel="amx"``,
 never chosen by itself: it has not yet run on an AMX CPU); the numba and numpy backends
 emulate it (slowly). Expect scores within about 1e-3 of float32's, relative to their scale.
+
+``rank`` under bfloat16 returns float32's ranking: it scores every candidate in bfloat16,
+then rescores a band of each user's best candidates exactly in float32 and ranks the band
+by those scores, which it returns. The band holds max(2k, 16) distinct ids and doubles until
+the float32 k-th score beats the band's lowest bfloat16 score by more than 4 times the
+largest bfloat16 error seen in the band (or until it holds every candidate); so a candidate
+is missed only if its bfloat16 error is over 4 times any seen among the band's. On the cpu
+backend this first pass also runs the first layer's per-candidate columns in bfloat16 (the
+user and prepared item parts stay float32). ``reference.mlp_rank_rescored`` states the rule.
 """
 
 from __future__ import annotations
@@ -173,7 +182,8 @@ class MLPScorer:
              num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Each user's k best candidates, ``(ids int64, scores float32)`` of shape (users, k)
         ((k,) for one user given 1-d), sorted by score, ties by smaller id, padded with -1 /
-        -inf."""
+        -inf. Under bfloat16 the lists and scores are float32's, from a rescored band (see
+        the module documentation)."""
         k = check.check_int(k, "k", minimum=1)
         call, form, _ = self._candidates(user_vectors, candidate_ids, item_table,
                                          user_features, item_features, candidate_features)

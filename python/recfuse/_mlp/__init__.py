@@ -13,7 +13,9 @@ Each module implements the contract of ``recfuse.reference.mlp_*`` through:
     (no bias): ``[blocks] @ W1[:, column:column + width].T``, zero padded on the right.
 ``score_candidates(model, call, num_threads) -> float32 (total,)``
 ``rank(model, call, k, num_threads) -> (ids int64 (users, k), scores float32 (users, k))``
-    call: a ``Candidates`` (below), validated by recfuse.ranking.
+    call: a ``Candidates`` (below), validated by recfuse.ranking. Under bfloat16:
+    ``reference.mlp_rank_rescored`` on the bfloat16 scores, rescoring in float32
+    (``common.rank_candidates`` does it for the array-module backends).
 ``kernel_name(model) -> str``, ``part_width(model) -> int``
 
 Under precision="bfloat16" every backend rounds the weights and inputs of the layers
