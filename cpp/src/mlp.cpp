@@ -281,7 +281,9 @@ MlpModel::CallPlan MlpModel::plan(const MlpCandidates& c, int threads, bool roug
   p.x_cols = input_width() - p.start;
   p.x_stride = round_up(std::max(p.x_cols, 1), 32);
   // The bfloat16 panels hold column pairs: the per-candidate columns must start on a pair.
-  p.first_bf16 = rough && p.start % 2 == 0 && !layers_.front().bf16.empty() && p.x_cols > 0;
+  // Not with AMX, which reads whole 32-column steps of the (unzeroed) gather buffer.
+  p.first_bf16 = rough && kernel_ == MlpKernel::Avx512Bf16 && p.start % 2 == 0 &&
+                 !layers_.front().bf16.empty() && p.x_cols > 0;
   const int part = p.part;
   p.user_part.resize(static_cast<size_t>(c.users) * part);
 #pragma omp parallel for num_threads(threads) schedule(static) if (c.users * user_width > 65536)
@@ -305,7 +307,8 @@ void MlpModel::run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& 
                          bool bf16, float* out) const {
   const int count = layer_count();
   // Under bfloat16 the layers between the first and the last run on the bfloat16 kernel;
-  // the first (raw features) and the last stay float32 (see recfuse/mlp.hpp).
+  // the first (raw features) and the last stay float32 (see recfuse/mlp.hpp), except that
+  // rank's first pass (plan.first_bf16) runs the first layer's multiplied columns too.
   auto bf16_layer = [&](int l) {
     return bf16 && l < count - 1 && (l > 0 || plan.first_bf16);
   };
