@@ -9,6 +9,9 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
+#include <memory>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -432,8 +435,15 @@ void prefetch_item_rows(const MlpCandidates& c, int part, int64_t begin, int64_t
 }  // namespace
 
 void MlpModel::score_all(const MlpCandidates& c, const CallPlan& plan, int threads, bool bf16,
-                         float* out) const {
+                         float* out, const UserDone& user_done) const {
   const int64_t total = c.indptr[c.users];
+  // With a user_done hook: candidates not yet scored per user; the thread that scores a
+  // user's last one calls the hook (no barrier between scoring and ranking).
+  std::unique_ptr<std::atomic<int64_t>[]> remaining;
+  if (user_done) {
+    remaining.reset(new std::atomic<int64_t>[c.users]);
+    for (int64_t u = 0; u < c.users; ++u) remaining[u].store(c.indptr[u + 1] - c.indptr[u]);
+  }
   const int64_t blocks = (total + kMlpBlockRows - 1) / kMlpBlockRows;
   // Threads take runs of two blocks, so that each knows its next block (to prefetch);
   // short runs keep the threads balanced when one of them is descheduled.
@@ -461,6 +471,13 @@ void MlpModel::score_all(const MlpCandidates& c, const CallPlan& plan, int threa
           s.users[i] = u;
         }
         run_block(c, plan, s, rows, bf16, out + r0);
+        if (!user_done) continue;
+        const int64_t first = s.users[0], last_user = s.users[rows - 1];  // the hook reuses s
+        for (u = first; u <= last_user; ++u) {
+          const int64_t mine = std::min(c.indptr[u + 1], r0 + rows) - std::max(c.indptr[u], r0);
+          if (mine > 0 && remaining[u].fetch_sub(mine, std::memory_order_acq_rel) == mine)
+            user_done(u, s);
+        }
       }
     }
   }
@@ -539,72 +556,71 @@ void MlpModel::rank(const MlpCandidates& c, int k, int num_threads, int64_t* ids
   const int64_t total = c.indptr[c.users];
   const int threads = resolve_threads(num_threads);
   const bool bf16 = precision_ == MlpPrecision::Bfloat16;
-  const CallPlan call_plan = total > 0 ? plan(c, threads, bf16) : CallPlan{};
+  for (int64_t u = 0; u < c.users; ++u) {  // padding; users with candidates fill theirs
+    std::fill(ids + u * k, ids + (u + 1) * k, -1);
+    std::fill(scores + u * k, scores + (u + 1) * k, -std::numeric_limits<float>::infinity());
+  }
+  if (total == 0) return;
+  const CallPlan call_plan = plan(c, threads, bf16);
   // bfloat16: the rough scores that choose the band; float32: the scores.
   std::vector<float> all(static_cast<size_t>(total));
-  if (total > 0) score_all(c, call_plan, threads, bf16, all.data());
-  constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
-#pragma omp parallel num_threads(threads) if (c.users > 1 && threads > 1)
-  {
-    std::vector<int64_t> order, band, picked, top(k);
-    std::vector<float> exact;  // float32 scores of the band's rows, by position in the band
-    thread_local Scratch s;
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t u = 0; u < c.users; ++u) {
-      const int64_t begin = c.indptr[u], end = c.indptr[u + 1];
-      order.clear();
-      for (int64_t r = begin; r < end; ++r)
-        if (all[r] > kMinusInf) order.push_back(r);  // drops NaN and -inf
-      int64_t found = 0;
-      if (!bf16) {
-        found = best_distinct(order, all.data(), c.ids, k, top.data());
-        for (int64_t i = 0; i < found; ++i) {
-          ids[u * k + i] = c.ids[top[i]];
-          scores[u * k + i] = all[top[i]];
-        }
-      } else {
-        // Rescore a band of the best bfloat16 rows in float32, widening it until no row
-        // outside can reach the float32 k-th score (see recfuse/mlp.hpp).
-        int64_t want = std::max<int64_t>(2 * static_cast<int64_t>(k), kMlpRescoreMinBand);
-        int64_t rescored = 0;
-        while (true) {
-          band.resize(want);
-          const int64_t size = best_distinct(order, all.data(), c.ids, want, band.data());
-          exact.resize(size);
-          // Rows already rescored keep their place: the order of `order` only refines.
-          for (int64_t i = rescored; i < size; i += kMlpBlockRows) {
-            const int rows = static_cast<int>(std::min<int64_t>(kMlpBlockRows, size - i));
-            for (int j = 0; j < rows; ++j) {
-              s.rows[j] = band[i + j];
-              s.users[j] = u;
-            }
-            run_block(c, call_plan, s, rows, false, exact.data() + i);
-          }
-          rescored = size;
-          found = top_of_band(band.data(), exact.data(), size, c.ids, k, picked, top.data());
-          if (size < want) break;  // the band holds every candidate
-          double error = 0.0;
-          for (int64_t i = 0; i < size; ++i) {
-            const double gap = std::fabs(static_cast<double>(all[band[i]]) - exact[i]);
-            if (std::isfinite(gap)) error = std::max(error, gap);
-          }
-          if (found == k) {
-            const double kth = exact[top[k - 1]];
-            const double boundary = all[band[size - 1]];
-            if (kth - boundary > kMlpRescoreMargin * error) break;
-          }
-          want *= 2;
-        }
-        for (int64_t i = 0; i < found; ++i) {
-          ids[u * k + i] = c.ids[band[top[i]]];
-          scores[u * k + i] = exact[top[i]];
-        }
-      }
-      for (int64_t i = found; i < k; ++i) {
-        ids[u * k + i] = -1;
-        scores[u * k + i] = kMinusInf;
-      }
+  // Each user is ranked by the thread that scores its last candidate.
+  score_all(c, call_plan, threads, bf16, all.data(), [&](int64_t u, Scratch& s) {
+    rank_user(c, call_plan, k, all.data(), u, s, ids + u * k, scores + u * k);
+  });
+}
+
+void MlpModel::rank_user(const MlpCandidates& c, const CallPlan& plan, int k, const float* all,
+                         int64_t u, Scratch& s, int64_t* ids, float* scores) const {
+  thread_local std::vector<int64_t> order, band, picked, top;
+  thread_local std::vector<float> exact;  // float32 scores of the band's rows, by place
+  top.resize(k);
+  order.clear();
+  for (int64_t r = c.indptr[u]; r < c.indptr[u + 1]; ++r)
+    if (all[r] > -std::numeric_limits<float>::infinity()) order.push_back(r);  // not NaN
+  if (precision_ == MlpPrecision::Float32) {
+    const int64_t found = best_distinct(order, all, c.ids, k, top.data());
+    for (int64_t i = 0; i < found; ++i) {
+      ids[i] = c.ids[top[i]];
+      scores[i] = all[top[i]];
     }
+    return;
+  }
+  // Rescore a band of the best bfloat16 rows in float32, widening it until no row outside
+  // can reach the float32 k-th score (see recfuse/mlp.hpp).
+  int64_t want = std::max<int64_t>(2 * static_cast<int64_t>(k), kMlpRescoreMinBand);
+  int64_t rescored = 0, found = 0;
+  while (true) {
+    band.resize(want);
+    const int64_t size = best_distinct(order, all, c.ids, want, band.data());
+    exact.resize(size);
+    // Rows already rescored keep their place: a wider band only extends the order.
+    for (int64_t i = rescored; i < size; i += kMlpBlockRows) {
+      const int rows = static_cast<int>(std::min<int64_t>(kMlpBlockRows, size - i));
+      for (int j = 0; j < rows; ++j) {
+        s.rows[j] = band[i + j];
+        s.users[j] = u;
+      }
+      run_block(c, plan, s, rows, false, exact.data() + i);
+    }
+    rescored = size;
+    found = top_of_band(band.data(), exact.data(), size, c.ids, k, picked, top.data());
+    if (size < want) break;  // the band holds every candidate
+    double error = 0.0;
+    for (int64_t i = 0; i < size; ++i) {
+      const double gap = std::fabs(static_cast<double>(all[band[i]]) - exact[i]);
+      if (std::isfinite(gap)) error = std::max(error, gap);
+    }
+    if (found == k) {
+      const double kth = exact[top[k - 1]];
+      const double boundary = all[band[size - 1]];
+      if (kth - boundary > kMlpRescoreMargin * error) break;
+    }
+    want *= 2;
+  }
+  for (int64_t i = 0; i < found; ++i) {
+    ids[i] = c.ids[band[top[i]]];
+    scores[i] = exact[top[i]];
   }
 }
 

@@ -29,6 +29,7 @@
 // bfloat16 error seen in the band (or the band holds every candidate).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -127,9 +128,14 @@ class MlpModel {
   // Scores the rows s.rows[0..count) (candidate positions, of users s.users[..]) into out.
   void run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& s, int count,
                  bool bf16, float* out) const;
+  // Called once per user with candidates, by the thread that scored its last one.
+  using UserDone = std::function<void(int64_t user, Scratch& scratch)>;
   // out[i]: the score of candidate i, every candidate, blocks spread over threads.
   void score_all(const MlpCandidates& c, const CallPlan& plan, int threads, bool bf16,
-                 float* out) const;
+                 float* out, const UserDone& user_done = nullptr) const;
+  // rank's work for user u once all[] holds its scores: ids and scores are its k slots.
+  void rank_user(const MlpCandidates& c, const CallPlan& plan, int k, const float* all,
+                 int64_t u, Scratch& s, int64_t* ids, float* scores) const;
 
   std::vector<Packed> layers_;
   MlpPrecision precision_;
