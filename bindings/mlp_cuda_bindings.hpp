@@ -81,6 +81,10 @@ inline void bind_mlp_cuda(py::module_& m) {
       py::arg("whole_users"),
       "For tests (host only): the chunks (user_begin, user_end, cand_begin, cand_end) a call "
       "with these candidate offsets runs in.");
+  m.def("set_mlp_chunk_limits", &rc::set_mlp_chunk_limits, py::arg("max_candidates") = 0,
+        py::arg("max_users") = 0,
+        "For tests: caps on the candidates and users of a chunk (0: none), process-wide, so "
+        "that small calls run in several chunks.");
   m.def("mlp_fused_shared_bytes", &rc::mlp_fused_shared_bytes, py::arg("x_width"),
         py::arg("width_max"),
         "Host only: the fused kernel's shared memory for x_width multiplied columns per "

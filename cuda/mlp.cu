@@ -26,6 +26,7 @@
 #include <cub/device/device_segmented_radix_sort.cuh>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <condition_variable>
@@ -55,6 +56,8 @@ constexpr int kRankThreads = 256;
 constexpr size_t kAlign = 256;      // of every region in packed device buffers
 
 using Cand = Sel<float>::Cand;
+
+std::atomic<int64_t> g_chunk_candidates{0}, g_chunk_users{0};  // set_mlp_chunk_limits
 
 size_t align_up(size_t bytes, size_t to) { return (bytes + to - 1) / to * to; }
 __host__ __device__ inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
@@ -708,6 +711,11 @@ std::vector<MlpChunk> mlp_plan_chunks(const int64_t* indptr, int64_t users,
   return chunks;
 }
 
+void set_mlp_chunk_limits(int64_t max_candidates, int64_t max_users) noexcept {
+  g_chunk_candidates.store(std::max<int64_t>(max_candidates, 0));
+  g_chunk_users.store(std::max<int64_t>(max_users, 0));
+}
+
 size_t mlp_fused_shared_bytes(int x_width, int width_max) {
   return fused_layout(x_width, width_max).total;
 }
@@ -991,6 +999,8 @@ Call plan_call(const MlpModelCuda& model, int part_width, int hidden_max,
                                   int64_t(1) << 22});
   call.max_users = std::min({kMlpScratchBudgetBytes / 4 / per_user,
                              kMlpStagingBudgetBytes / 4 / per_user_in, int64_t(1) << 22});
+  if (const int64_t cap = g_chunk_candidates.load()) call.max_candidates = std::min(call.max_candidates, cap);
+  if (const int64_t cap = g_chunk_users.load()) call.max_users = std::min(call.max_users, cap);
   call.max_candidates = std::max<int64_t>(call.max_candidates, 1);
   call.max_users = std::max<int64_t>(call.max_users, 1);
   return call;

@@ -70,6 +70,10 @@ std::vector<MlpChunk> mlp_plan_chunks(const int64_t* indptr, int64_t users,
                                       int64_t max_candidates, int64_t max_users,
                                       bool whole_users);
 
+// For tests: caps on the candidates and users of a chunk (0: none), process-wide, so that
+// small calls run in several chunks (and a user's list is scored in parts).
+void set_mlp_chunk_limits(int64_t max_candidates, int64_t max_users) noexcept;
+
 // Dynamic shared memory of the fused kernel for x_width multiplied columns per candidate and
 // hidden layers padded to width_max (a multiple of 16). Host only.
 size_t mlp_fused_shared_bytes(int x_width, int width_max);
