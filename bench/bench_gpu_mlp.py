@@ -1,6 +1,6 @@
 """GPU MLP ranking speed: recfuse's CUDA backend (fused and tiled kernels) vs torch, one run.
 
-    python bench/bench_gpu_mlp.py                   # the issue's model; 1, 64 and 256 users x 1000
+    python bench/bench_gpu_mlp.py                 # the issue's model; 1, 64, 256 users x 1000
     python bench/bench_gpu_mlp.py --budget-s 60
 
 The model of issue 5: [user 64 | item 64 | 32 features] -> 256 -> 128 -> 64 -> 1 (ReLU, sigmoid
@@ -20,7 +20,8 @@ ranks every user's candidates (k = 10) from host arrays to host results, and rep
 The peer (when torch sees the GPU): gather + concat + ``nn.Sequential`` + ``torch.topk`` in the
 same precision, from host arrays (``torch_e2e_us``) and with inputs already on the device
 (``torch_device_us``); ``top_k_overlap_with_torch`` is the mean share of each user's k ids
-that both return (a sanity check: ties and bfloat16 rounding may swap a few). Results: a Markdown table on stdout and bench/results/gpu_mlp.json.
+that both return (a sanity check: ties and bfloat16 rounding may swap a few).
+Results: a Markdown table on stdout and bench/results/gpu_mlp.json.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WIDTHS = [160, 256, 128, 64, 1]
 MODEL_FLOPS = 2 * sum(a * b for a, b in zip(WIDTHS[:-1], WIDTHS[1:]))
-EXECUTED_FLOPS = MODEL_FLOPS - 2 * 128 * 256  # user and item columns are not multiplied per candidate
+EXECUTED_FLOPS = MODEL_FLOPS - 2 * 128 * 256  # user and item columns: not per candidate
 # Dense (no sparsity) bf16 tensor-core TFLOP/s by card, from the vendors' data sheets.
 PEAK_BF16 = [("H200", 989.4), ("H100 PCIe", 756.5), ("H100 NVL", 835.5), ("H100", 989.4),
              ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0)]
@@ -183,7 +184,6 @@ def main(argv=None):
                         [len(set(a) & set(b)) / args.k for a, b in zip(mine, theirs)]))
                 rows.append(res)
                 print(json.dumps(res), flush=True)
-            del scorer, prepared
 
     print(f"\n## GPU MLP ranking on {device} (k = {args.k}; bf16 peak {peak} TFLOP/s, "
           f"torch bf16 matmul {matmul_tflops and round(matmul_tflops)} TFLOP/s)\n")

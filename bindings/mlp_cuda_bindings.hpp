@@ -101,7 +101,8 @@ inline void bind_mlp_cuda(py::module_& m) {
       "A packed MLP scorer on the current CUDA device (see recfuse.ranking.MLPScorer).\n"
       "MlpModel(weights, biases, activations, precision, kernel): kernel 'auto' (fused where the\n"
       "call fits, else tiled), 'fused' or 'tiled'.")
-      .def(py::init([](const Blocks& weights, const std::vector<std::optional<Array<float>>>& biases,
+      .def(py::init([](const Blocks& weights,
+                       const std::vector<std::optional<Array<float>>>& biases,
                        const std::vector<std::string>& activations, const std::string& precision,
                        const std::string& kernel) {
              expect(weights.size() == biases.size() && weights.size() == activations.size(),
@@ -205,7 +206,8 @@ inline void bind_mlp_cuda(py::module_& m) {
           "item_part",
           [](const rc::MlpModelCuda& model, const Blocks& item_blocks, int column) {
             expect(!item_blocks.empty(), "item_part needs at least one item block");
-            const int64_t items = item_blocks.front().ndim() == 2 ? item_blocks.front().shape(0) : -1;
+            const Array<float>& front = item_blocks.front();
+            const int64_t items = front.ndim() == 2 ? front.shape(0) : -1;
             std::vector<MlpBlock> blocks;
             for (const Array<float>& b : item_blocks) {
               expect(b.ndim() == 2 && b.shape(0) == items,

@@ -52,7 +52,7 @@ constexpr int kMaxWidth = 1 << 20;  // any layer's in and out
 constexpr int kDenseRows = 64, kDenseCols = 64, kDenseDepth = 16, kDenseThreads = 256;
 constexpr int kFusedThreads = 256;  // 8 warps
 constexpr int kFusedColumns = 128;  // columns of one FMA pass in the fused kernel
-constexpr int kRankThreads = 256;
+constexpr int kRankThreads = 512;  // a bitonic stage of 1024 candidates in one step
 constexpr size_t kAlign = 256;      // of every region in packed device buffers
 
 using Cand = Sel<float>::Cand;
@@ -443,8 +443,8 @@ __global__ void __launch_bounds__(kFusedThreads) fused_mlp_kernel(FusedArgs a) {
                        L.ldf);
       for (int e = tid; e < TM * width16; e += kFusedThreads) {
         const int r = e / width16, c = e % width16;
-        const float v = c < layer.out ? activate(layer.activation, acc[r * L.ldf + c] + layer.bias[c])
-                                      : 0.0f;
+        const float z = acc[r * L.ldf + c];
+        const float v = c < layer.out ? activate(layer.activation, z + layer.bias[c]) : 0.0f;
         put(to, next_bf16, r, c, v);
       }
     } else {
@@ -535,7 +535,8 @@ void allow_shared(Kernel kernel, size_t bytes) {
 }
 
 unsigned int blocks_for(int64_t n, int threads) {
-  return static_cast<unsigned int>(std::min<int64_t>(std::max<int64_t>(ceil_div(n, threads), 1), 65535));
+  const int64_t blocks = std::max<int64_t>(ceil_div(n, threads), 1);
+  return static_cast<unsigned int>(std::min<int64_t>(blocks, 65535));
 }
 
 // ------------------------------------------------------------------------ host helpers
@@ -916,8 +917,8 @@ MlpPath MlpModelCuda::path_for(int x_width) const {
   if (s.width_max > kMlpFusedMaxWidth)
     why = "a hidden layer is wider than " + std::to_string(kMlpFusedMaxWidth);
   else if (x_width > kMlpFusedMaxWidth)
-    why = "the call multiplies " + std::to_string(x_width) + " input columns per candidate (at most " +
-          std::to_string(kMlpFusedMaxWidth) + ")";
+    why = "the call multiplies " + std::to_string(x_width) +
+          " input columns per candidate (at most " + std::to_string(kMlpFusedMaxWidth) + ")";
   else if (mlp_fused_shared_bytes(x_width, s.width_max) > static_cast<size_t>(s.optin_shared))
     why = "it needs " + std::to_string(mlp_fused_shared_bytes(x_width, s.width_max)) +
           " bytes of shared memory, the device allows " + std::to_string(s.optin_shared);
@@ -994,12 +995,14 @@ Call plan_call(const MlpModelCuda& model, int part_width, int hidden_max,
   if (!call.fused) per_candidate += 2 * 4 * int64_t(hidden_max);
   const int64_t per_user_in = 8 + 4 * int64_t(call.user_width);
   const int64_t per_user = per_user_in + 4 * int64_t(part_width) + int64_t(rank_k) * 12;
-  call.max_candidates = std::min({kMlpScratchBudgetBytes * 3 / 4 / per_candidate,
-                                  kMlpStagingBudgetBytes * 3 / 4 / std::max<int64_t>(per_candidate_in, 1),
-                                  int64_t(1) << 22});
+  call.max_candidates =
+      std::min({kMlpScratchBudgetBytes * 3 / 4 / per_candidate,
+                kMlpStagingBudgetBytes * 3 / 4 / std::max<int64_t>(per_candidate_in, 1),
+                int64_t(1) << 22});
   call.max_users = std::min({kMlpScratchBudgetBytes / 4 / per_user,
                              kMlpStagingBudgetBytes / 4 / per_user_in, int64_t(1) << 22});
-  if (const int64_t cap = g_chunk_candidates.load()) call.max_candidates = std::min(call.max_candidates, cap);
+  if (const int64_t cap = g_chunk_candidates.load())
+    call.max_candidates = std::min(call.max_candidates, cap);
   if (const int64_t cap = g_chunk_users.load()) call.max_users = std::min(call.max_users, cap);
   call.max_candidates = std::max<int64_t>(call.max_candidates, 1);
   call.max_users = std::max<int64_t>(call.max_users, 1);
@@ -1196,12 +1199,13 @@ struct ModelRun {
         ends.push_back(c.indptr[u + 1] - ch.cand_begin);
       }
     }
+    expect(long_users.empty() || n <= INT_MAX,
+           "a user's candidate list must be shorter than 2**31 to rank it");
     const size_t smem = sizeof(Cand) * next_pow2(static_cast<int>(longest_short));
     rank_lists_kernel<<<static_cast<unsigned int>(users), kRankThreads, smem, stream>>>(
         ws.cands.get(), indptr_device, ch.cand_begin, k, ws.out_ids.get(), ws.out_scores.get());
     check(cudaGetLastError(), "rank_lists_kernel");
     if (long_users.empty()) return;
-    expect(n <= INT_MAX, "a user's candidate list must be shorter than 2**31 to rank it");
     const int segments = static_cast<int>(long_users.size());
     ws.reserve(ws.sorted, static_cast<size_t>(n));
     ws.reserve(ws.long_users, long_users.size());
@@ -1357,11 +1361,12 @@ std::shared_ptr<MlpItemPartCuda> MlpModelCuda::item_part(const std::vector<MlpBl
   Workspace& ws = **lease;
   const cudaStream_t stream = ws.stream.get();
   if (items > 0) {
-    RECFUSE_CUDA_CHECK(cudaMemsetAsync(state->part.get(), 0, sizeof(float) * items * s.part, stream));
+    RECFUSE_CUDA_CHECK(
+        cudaMemsetAsync(state->part.get(), 0, sizeof(float) * items * s.part, stream));
     const LayerDesc& first = s.layers.front();
     const int64_t row_bytes = 4 * std::max(width, 1);
-    const int64_t rows_per_chunk =
-        std::max<int64_t>(1, std::min<int64_t>(kMlpStagingBudgetBytes / row_bytes, int64_t(1) << 22));
+    const int64_t rows_per_chunk = std::max<int64_t>(
+        1, std::min<int64_t>(kMlpStagingBudgetBytes / row_bytes, int64_t(1) << 22));
     for (int64_t r0 = 0; r0 < items; r0 += rows_per_chunk) {
       const int64_t rows = std::min(rows_per_chunk, items - r0);
       size_t cursor = 0;
@@ -1399,8 +1404,9 @@ std::shared_ptr<MlpItemPartCuda> MlpModelCuda::item_part(const std::vector<MlpBl
       check(cudaGetLastError(), "dense_layer_kernel (item part)");
     }
     if (host_out != nullptr)
-      RECFUSE_CUDA_CHECK(cudaMemcpyAsync(host_out, state->part.get(), sizeof(float) * items * s.part,
-                                         cudaMemcpyDeviceToHost, stream));
+      RECFUSE_CUDA_CHECK(cudaMemcpyAsync(host_out, state->part.get(),
+                                         sizeof(float) * items * s.part, cudaMemcpyDeviceToHost,
+                                         stream));
   }
   ws.stream.synchronize();
   return std::shared_ptr<MlpItemPartCuda>(

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import recfuse
 from recfuse import reference
 from recfuse._mlp import cuda as cuda_mlp
-from recfuse.ranking import MLPScorer, PreparedItems
+from recfuse.ranking import MLPScorer
 from test_mlp import (_reference_scores, assert_scores_close, candidate_calls, error_bound, models,
                       random_layers)
 
@@ -78,7 +78,8 @@ def score_cases(draw):
     """A model with widths 1..1024 and 1..10,000 rows (fewer for the wide models)."""
     layers, width = draw(models(max_width=1024))
     widest = max(max(W.shape) for W, _, _ in layers)
-    rows = draw(st.one_of(st.integers(1, 100), st.sampled_from([31, 32, 33, 64, 65, 1000, 10_000])))
+    rows = draw(st.one_of(st.integers(1, 100),
+                          st.sampled_from([31, 32, 33, 64, 65, 1000, 10_000])))
     rows = min(rows, max(1, 400_000 // widest))
     return layers, width, rows, draw(st.integers(0, 2**32 - 1))
 
@@ -94,7 +95,8 @@ def test_score_matches_reference(kernel, precision, case):
     scores = model.score(X)
     assert scores.shape == (rows,) and scores.dtype == np.float32
     expected = reference.mlp_forward(layers, X, precision)[:, 0]
-    assert_scores_close(scores, expected, error_bound(layers, X, precision), f"{kernel} {precision}")
+    bound = error_bound(layers, X, precision)
+    assert_scores_close(scores, expected, bound, f"{kernel} {precision}")
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -316,7 +318,7 @@ def test_registered_with_a_reason():
     """'cuda' is the mlp family's first choice; when unusable it says why, and asking for it
     by name raises with that reason while auto falls back."""
     table = {info.name: info for info in recfuse.backends("mlp")}
-    assert list(table)[0] == "cuda"
+    assert next(iter(table)) == "cuda"
     available, reason = cuda_mlp.availability()
     assert table["cuda"].available == available
     layers = random_layers(np.random.default_rng(0), [3, 2, 1], ["relu", "identity"])
