@@ -561,10 +561,11 @@ class PinnedBuffer {
     if (ptr_ != nullptr) cudaFreeHost(ptr_);
     ptr_ = nullptr;
     size_ = 0;
+    const size_t grown = align_up(bytes + bytes / 4, size_t(1) << 16);
     void* p = nullptr;
-    check(cudaMallocHost(&p, bytes), "cudaMallocHost of the staging buffer");
+    check(cudaMallocHost(&p, grown), "cudaMallocHost of a staging buffer");
     ptr_ = static_cast<unsigned char*>(p);
-    size_ = bytes;
+    size_ = grown;
   }
   unsigned char* get() const { return ptr_; }
 
@@ -576,7 +577,8 @@ class PinnedBuffer {
 // What one call at a time owns: a stream, the staging buffer and device scratch.
 struct Workspace {
   Stream stream;
-  PinnedBuffer staging;
+  PinnedBuffer staging;  // uploads
+  PinnedBuffer results;  // downloads (a pageable download would block once per copy)
   DeviceBuffer<unsigned char> inputs;  // a chunk's packed inputs
   DeviceBuffer<float> items;           // a raw item table's blocks for one call
   DeviceBuffer<float> user_part, scores, act[2];
@@ -1274,10 +1276,12 @@ void MlpModelCuda::score_candidates(const MlpCandidates& c, const MlpItemPartCud
     const int64_t n = ch.cand_end - ch.cand_begin;
     ws.reserve(ws.scores, static_cast<size_t>(n));
     run.score_chunk(ch, L, items_seg, ws.scores.get());
-    RECFUSE_CUDA_CHECK(cudaMemcpyAsync(out + ch.cand_begin, ws.scores.get(), sizeof(float) * n,
+    ws.results.reserve(sizeof(float) * n);
+    RECFUSE_CUDA_CHECK(cudaMemcpyAsync(ws.results.get(), ws.scores.get(), sizeof(float) * n,
                                        cudaMemcpyDeviceToHost, ws.stream.get()));
+    ws.stream.synchronize();
+    std::memcpy(out + ch.cand_begin, ws.results.get(), sizeof(float) * n);
   }
-  ws.stream.synchronize();
 }
 
 void MlpModelCuda::rank(const MlpCandidates& c, const MlpItemPartCuda* part, int k, int64_t* ids,
@@ -1327,14 +1331,16 @@ void MlpModelCuda::rank(const MlpCandidates& c, const MlpItemPartCuda* part, int
     }
     // Every part uploaded the same users' offsets: the last upload's are on the device.
     run.rank_chunk(ch, reinterpret_cast<const int64_t*>(ws.inputs.get() + L.indptr), k);
-    RECFUSE_CUDA_CHECK(cudaMemcpyAsync(ids + ch.user_begin * k, ws.out_ids.get(),
-                                       sizeof(int64_t) * users * k, cudaMemcpyDeviceToHost,
-                                       ws.stream.get()));
-    RECFUSE_CUDA_CHECK(cudaMemcpyAsync(scores + ch.user_begin * k, ws.out_scores.get(),
-                                       sizeof(float) * users * k, cudaMemcpyDeviceToHost,
-                                       ws.stream.get()));
+    const size_t id_bytes = sizeof(int64_t) * users * k, score_bytes = sizeof(float) * users * k;
+    ws.results.reserve(id_bytes + score_bytes);
+    RECFUSE_CUDA_CHECK(cudaMemcpyAsync(ws.results.get(), ws.out_ids.get(), id_bytes,
+                                       cudaMemcpyDeviceToHost, ws.stream.get()));
+    RECFUSE_CUDA_CHECK(cudaMemcpyAsync(ws.results.get() + id_bytes, ws.out_scores.get(),
+                                       score_bytes, cudaMemcpyDeviceToHost, ws.stream.get()));
+    ws.stream.synchronize();
+    std::memcpy(ids + ch.user_begin * k, ws.results.get(), id_bytes);
+    std::memcpy(scores + ch.user_begin * k, ws.results.get() + id_bytes, score_bytes);
   }
-  ws.stream.synchronize();
 }
 
 std::shared_ptr<MlpItemPartCuda> MlpModelCuda::item_part(const std::vector<MlpBlock>& item_blocks,
