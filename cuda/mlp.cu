@@ -470,9 +470,9 @@ __global__ void make_candidates_kernel(const float* scores, const int64_t* ids, 
 }
 
 // One user's ranked list from its candidates sorted best first (n entries, those that do not
-// qualify, key 0, last): the first k entries whose id differs from the previous entry's (a
-// repeated candidate has the same inputs, hence the same score, and sorts next to itself),
-// then -1 / -inf. Every thread of the block must call it.
+// qualify, key 0, last): the first k entries whose id differs from the previous entry's (the
+// rule of recfuse.reference.mlp_rank_scores: a repeated candidate scores the same, so it sorts
+// next to itself and counts once), then -1 / -inf. Every thread of the block must call it.
 __device__ void emit_ranked(const Cand* sorted, int64_t n, int k, int64_t* ids, float* scores,
                             unsigned int* warp_counts) {
   using S = Sel<float>;
