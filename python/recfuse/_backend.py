@@ -35,6 +35,7 @@ _FAMILIES = {
         "numpy": "recfuse._sgd.numpy_backend",
     },
     "mlp": {
+        "cuda": "recfuse._mlp.cuda",
         "cpu": "recfuse._mlp.cpu",
         "numba": "recfuse._mlp.numba_backend",
         "cupy": "recfuse._mlp.cupy_backend",
