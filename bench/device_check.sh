@@ -2,6 +2,8 @@
 # On a lent GPU machine (no network): build with CUDA, run the GPU tests and the GPU
 # benchmarks, print a short table last. Meant to finish in well under 10 minutes:
 #   bash bench/device_check.sh
+# Only the MLP ranking part (tests/test_gpu_mlp.py, bench/bench_gpu_mlp.py):
+#   GPU_TESTS=tests/test_gpu_mlp.py GPU_BENCHES=bench/bench_gpu_mlp.py bash bench/device_check.sh
 # Optional: wheels in .whl/ (e.g. implicit with its GPU dependencies, for the side-by-side
 # benchmark) are installed into /tmp/site first; logs go to $OUT when it is set.
 set -uo pipefail

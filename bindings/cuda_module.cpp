@@ -15,6 +15,7 @@
 
 #include "als_cuda.hpp"
 #include "als_bindings.hpp"
+#include "mlp_cuda_bindings.hpp"
 #include "sgd_bindings.hpp"
 #include "sgd_cuda.hpp"
 #include "topk_bindings.hpp"
@@ -196,7 +197,8 @@ void bind_svd_hogwild(py::module_& m) {
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() =
-      "recfuse CUDA kernels: implicit ALS (CG and Cholesky), gram and data loss, exact top-k on the device";
+      "recfuse CUDA kernels: implicit ALS (CG and Cholesky), gram and data loss, exact top-k, "
+      "batch-Hogwild SVD and the fused MLP scorer on the device";
 
   m.def("device_count", &rc::device_count,
         "Number of CUDA devices; 0 when there is no driver or no device (never raises).");
@@ -259,4 +261,7 @@ PYBIND11_MODULE(_cuda, m) {
         }
       },
       "The current top-k path ('auto', 'simple' or 'fused').");
+
+  // The fused MLP scorer (cuda/mlp.cu; compiled, not yet run on a GPU).
+  bind_mlp_cuda(m);
 }

@@ -88,3 +88,27 @@ def test_bad_arguments_raise(cuda):
         cuda.svd_epochs_hogwild(users, items, ratings, 3.0, model[0], model[1], wide,
                                 np.zeros((200, cuda.SVD_MAX_FACTORS + 1), np.float32),
                                 (0.01,) * 5, (0.02,) * 5, True, 1)
+
+
+def test_svd_model_trains_on_the_cuda_backend(cuda):
+    import recfuse
+
+    users, items, ratings, _ = problem(np.float32, 32, n=50_000)
+    on_gpu = recfuse.SVD(factors=32, epochs=10, backend="cuda", random_state=0)
+    on_gpu.fit(users, items, ratings)
+    on_cpu = recfuse.SVD(factors=32, epochs=10, backend="cpu", random_state=0)
+    on_cpu.fit(users, items, ratings)
+    assert on_gpu.backend_used == "cuda"
+    error_gpu = np.sqrt(np.mean((on_gpu.predict(users, items, clip=False) - ratings) ** 2))
+    error_cpu = np.sqrt(np.mean((on_cpu.predict(users, items, clip=False) - ratings) ** 2))
+    assert np.isfinite(error_gpu) and error_gpu < 1.1 * error_cpu
+
+
+def test_models_without_a_cuda_kernel_pass_over_it(cuda):
+    import recfuse
+
+    users, items, ratings, _ = problem(np.float32, 8, n=2_000)
+    with pytest.raises(RuntimeError, match="no svdpp_epoch kernel"):
+        recfuse.SVDpp(factors=8, epochs=1, backend="cuda").fit(users, items, ratings)
+    model = recfuse.SVDpp(factors=8, epochs=1, backend="auto").fit(users, items, ratings)
+    assert model.backend_used != "cuda"

@@ -209,3 +209,25 @@ def test_native_kernels_reject_inconsistent_arrays():
     with pytest.raises(TypeError):
         _core.svd_epoch(**{**args, "P": P.astype(np.float32)})  # no silent conversion
     np.testing.assert_array_equal(P, p.start["P"])  # nothing ran
+
+
+def test_auto_passes_over_backends_without_the_needed_kernel(monkeypatch):
+    """A backend module may define only some of its family's functions (the CUDA SGD module
+    runs SVD only): "auto" skips it for the others, and asking for it by name says why."""
+    import types
+
+    from recfuse import _backend
+
+    real_probe = _backend._probe
+    svd_only = types.SimpleNamespace(NAME="cuda", svd_epoch=lambda *args: None)
+
+    def probe(name, family="als"):
+        if name == "cuda" and family == "sgd":
+            return svd_only, _backend.BackendInfo("cuda", True, "SVD only (a stand-in)")
+        return real_probe(name, family)
+
+    monkeypatch.setattr(_backend, "_probe", probe)
+    assert resolve_backend("auto", "sgd", needs="svd_epoch") is svd_only
+    assert resolve_backend("auto", "sgd", needs="svdpp_epoch").NAME in ("cpu", "numba", "numpy")
+    with pytest.raises(RuntimeError, match=r"'cuda' has no bpr_epoch kernel.*'numpy'"):
+        resolve_backend("cuda", "sgd", needs="bpr_epoch")

@@ -5,7 +5,9 @@ backend is used only when asked for by name (it serves machines that have CuPy a
 but no native CUDA build).
 
 Each model family ("als", "sgd", ...) has its own module per backend, with the functions
-its models call; a backend that has no module for a family is unavailable for it.
+its models call; a backend that has no module for a family is unavailable for it. A module
+may define only some of its family's functions (the CUDA SGD module runs SVD only): a model
+names the function it needs and "auto" passes over the modules that lack it.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ _FAMILIES = {
         "numpy": "recfuse._als.numpy_backend",
     },
     "sgd": {
+        "cuda": "recfuse._sgd.cuda",
         "cpu": "recfuse._sgd.cpu",
         "numba": "recfuse._sgd.numba_backend",
         "numpy": "recfuse._sgd.numpy_backend",
     },
     "mlp": {
+        "cuda": "recfuse._mlp.cuda",
         "cpu": "recfuse._mlp.cpu",
         "numba": "recfuse._mlp.numba_backend",
         "cupy": "recfuse._mlp.cupy_backend",
@@ -81,10 +85,13 @@ def _check_family(family: str) -> None:
         raise ValueError(f"family must be one of {tuple(_FAMILIES)}, got {family!r}")
 
 
-def resolve_backend(backend: str = "auto", family: str = "als") -> ModuleType:
+def resolve_backend(backend: str = "auto", family: str = "als",
+                    needs: str | None = None) -> ModuleType:
     """Return the module of ``family`` for ``backend`` ("auto" or one of ``BACKEND_NAMES``).
 
-    An explicit backend that is not available raises ``RuntimeError`` with the reason.
+    ``needs``: the name of a function the caller will use; "auto" passes over modules that
+    do not define it. An explicit backend that is not available, or lacks ``needs``, raises
+    ``RuntimeError`` with the reason.
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
@@ -94,7 +101,7 @@ def resolve_backend(backend: str = "auto", family: str = "als") -> ModuleType:
     if backend == "auto":
         for name in AUTO_ORDER:
             module, _ = _probe(name, family)
-            if module is not None:
+            if module is not None and (needs is None or hasattr(module, needs)):
                 return module
         raise RuntimeError("no recfuse backend is available")  # numpy always is
     if backend not in BACKEND_NAMES:
@@ -102,4 +109,9 @@ def resolve_backend(backend: str = "auto", family: str = "als") -> ModuleType:
     module, info = _probe(backend, family)
     if module is None:
         raise RuntimeError(f"backend {backend!r} is not available: {info.detail}")
+    if needs is not None and not hasattr(module, needs):
+        able = [name for name in BACKEND_NAMES
+                if (found := _probe(name, family)[0]) is not None and hasattr(found, needs)]
+        raise RuntimeError(f"backend {backend!r} has no {needs} kernel for the {family} family; "
+                           f"available backends that have one: {able}")
     return module

@@ -83,7 +83,8 @@ class MLPScorer:
         (in of one = out of the previous) and the last must have out = 1.
     precision : "float32" or "bfloat16"
     backend : "auto" or a backend name (see ``recfuse.backends()``)
-    kernel : "auto", or on the cpu backend "float32", "avx512bf16" or "amx"
+    kernel : "auto", or on the cpu backend "float32", "avx512bf16" or "amx", on the cuda
+        backend "fused" or "tiled" (see recfuse._mlp.cuda)
 
     >>> import numpy as np
     >>> W1 = np.array([[1.0, -1.0], [0.5, 0.5]], np.float32)

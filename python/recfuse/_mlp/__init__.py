@@ -5,7 +5,7 @@ Each module implements the contract of ``recfuse.reference.mlp_*`` through:
 ``prepare(layers, precision, kernel) -> model``
     layers: list of (W float32 C-contiguous (out, in), b float32 (out,) or None, activation
     name), checked to chain and end in one output; precision "float32" or "bfloat16";
-    kernel "auto" or a native kernel name (only the cpu backend has several).
+    kernel "auto" or a native kernel name (the cpu and cuda backends have several).
 ``score(model, inputs, num_threads) -> float32 (n,)``
     inputs: float32 C-contiguous (n, in).
 ``item_part(model, item_blocks, column, num_threads) -> float32 (items, part_width(model))``

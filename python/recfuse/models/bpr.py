@@ -80,7 +80,7 @@ class BPR:
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         n_users, n_items = matrix.shape
-        backend = resolve_backend(self.backend, "sgd")
+        backend = resolve_backend(self.backend, "sgd", needs="bpr_epoch")
         rng = np.random.default_rng(self.random_state)
         scale = 1.0 / self.factors
         P = ((rng.random((n_users, self.factors)) - 0.5) * scale).astype(self.dtype)

@@ -145,7 +145,7 @@ class ExplicitALS(_RatingModel):
             if X.shape[0] != n_users or Y.shape[0] != n_items:
                 raise ValueError(f"initial_factors must have shapes ({n_users}, {self.factors}) "
                                  f"and ({n_items}, {self.factors}), got {X.shape} and {Y.shape}")
-        backend = resolve_backend(self.backend, "sgd")
+        backend = resolve_backend(self.backend, "sgd", needs="explicit_als_half_sweep")
         by_user = _ratings_csr(users, items, values, n_users, n_items, self.dtype)
         by_item = _ratings_csr(items, users, values, n_items, n_users, self.dtype)
         global_mean = float(values.mean())  # unbiased: only the fallback for unknown ids

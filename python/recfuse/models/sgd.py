@@ -229,6 +229,7 @@ class _SgdFactorization(_RatingModel):
     """Shared fit/predict/recommend/save of SVD and SVDpp (see their docstrings)."""
 
     _NAME = ""
+    _KERNEL = ""  # the backend function an epoch calls
     _RATE_TERMS: tuple[str, ...] = ()
 
     def __init__(self, factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
@@ -306,7 +307,7 @@ class _SgdFactorization(_RatingModel):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         rng = np.random.default_rng(self.random_state)
         factors = self._initial_factors(rng, n_users, n_items, initial_factors)
-        backend = resolve_backend(self.backend, "sgd")
+        backend = resolve_backend(self.backend, "sgd", needs=self._KERNEL)
         global_mean = float(values.mean())
         blocks = self._layout(users, items, n_users, n_items, values.size, rng)
         ordered = np.ascontiguousarray(values[blocks.order], dtype=self.dtype)
@@ -385,7 +386,10 @@ class SVD(_SgdFactorization):
         give the same model with any number of threads. grid=1: one sequential pass.
     shuffle: visit the ratings of each block in a random order (fixed for the fit), or in
         the order given.
-    backend: "auto", "cpu", "numba" or "numpy" (see ``recfuse.backends("sgd")``).
+    backend: "auto", "cuda", "cpu", "numba" or "numpy" (see ``recfuse.backends("sgd")``).
+        "cuda" (chosen by "auto" where a device is present) runs batch-Hogwild SGD: warps
+        race on shared rows, so its models are not bitwise reproducible and ``grid`` only
+        sets the order of the ratings; at most ``recfuse._cuda.SVD_MAX_FACTORS`` factors.
     num_threads: CPU threads, used as given (at most ``grid``); 0: all cores, but one per
         ~50k updates of a diagonal of blocks (threads meet at a barrier after each diagonal,
         which costs more than it saves on small epochs or a loaded machine).
@@ -404,6 +408,7 @@ class SVD(_SgdFactorization):
     """
 
     _NAME = "SVD"
+    _KERNEL = "svd_epoch"
 
     def __init__(
         self,
@@ -473,6 +478,7 @@ class SVDpp(_SgdFactorization):
     """
 
     _NAME = "SVDpp"
+    _KERNEL = "svdpp_epoch"
 
     def __init__(
         self,

@@ -1,0 +1,95 @@
+"""The native CUDA MLP backend: recfuse._cuda.MlpModel (kernels in cuda/mlp.cu).
+
+The weights are packed onto the current device once, in ``prepare``. Calls take host NumPy
+arrays (the user blocks, ids and candidate features are uploaded per call, in bounded
+chunks) and return new NumPy arrays; ``rank`` keeps each user's k best on the device. A raw
+item table is uploaded whole for each call: precompute it with ``item_part``
+(``MLPScorer.prepare_items``), whose result also keeps its copy on the device.
+
+Kernels: ``"fused"`` runs the whole MLP per tile of 32 candidates in one kernel (x columns
+and hidden layers up to ``recfuse._cuda.MLP_FUSED_MAX_WIDTH`` = 256 wide; bfloat16 middle
+layers on tensor cores), ``"tiled"`` one GEMM kernel per layer (any width), ``"auto"`` the
+fused one wherever the call fits it.
+
+Not yet run on a GPU: the development machines of this module had none (its tests skip
+there with the reason). ``recfuse._cuda`` is imported only when used, so importing this
+module never fails on a machine without a driver or a CUDA build (availability:
+recfuse._als.cuda).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._als.cuda import availability  # noqa: F401 - the same probe as the ALS family
+from . import Candidates
+
+NAME = "cuda"
+KERNELS = ("auto", "fused", "tiled")
+
+
+def _module():
+    from .. import _cuda
+
+    return _cuda
+
+
+class DeviceItemPart(np.ndarray):
+    """An item part of the cuda backend: the host array of the backend contract (read-only)
+    and, in ``device_part``, its copy on the device, which calls use instead of uploading."""
+
+    device_part: object = None
+
+
+def prepare(layers, precision: str, kernel: str = "auto"):
+    if kernel not in KERNELS:
+        raise ValueError(f"the cuda backend's kernel must be one of {KERNELS}, got "
+                         f"kernel={kernel!r}")
+    weights = [W for W, _, _ in layers]
+    biases = [b for _, b, _ in layers]
+    activations = [a for _, _, a in layers]
+    return _module().MlpModel(weights, biases, activations, precision, kernel)
+
+
+def kernel_name(model) -> str:
+    return model.kernel
+
+
+def part_width(model) -> int:
+    return model.part_width
+
+
+def score(model, inputs, num_threads: int = 0):
+    return model.score(inputs)
+
+
+def item_part(model, item_blocks, column: int, num_threads: int = 0):
+    host, device = model.item_part(item_blocks, column)
+    part = host.view(DeviceItemPart)
+    part.device_part = device
+    part.flags.writeable = False  # the device copy would not follow a change
+    return part
+
+
+def _device_part(model, call: Candidates):
+    """The device copy of the call's item part (uploaded now when it has none), or None."""
+    if call.item_part is None:
+        return None
+    device = getattr(call.item_part, "device_part", None)
+    if device is None:
+        device = model.upload_item_part(np.ascontiguousarray(call.item_part, np.float32),
+                                        call.item_part_columns)
+    return device
+
+
+def _arguments(model, call: Candidates):
+    return (call.indptr, call.ids, call.items, call.user_blocks, call.item_blocks,
+            call.candidate_block, _device_part(model, call))
+
+
+def score_candidates(model, call: Candidates, num_threads: int = 0):
+    return model.score_candidates(*_arguments(model, call))
+
+
+def rank(model, call: Candidates, k: int, num_threads: int = 0):
+    return model.rank(*_arguments(model, call), k=k)
