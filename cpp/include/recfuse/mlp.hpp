@@ -133,6 +133,10 @@ class MlpModel {
   // out[i]: the score of candidate i, every candidate, blocks spread over threads.
   void score_all(const MlpCandidates& c, const CallPlan& plan, int threads, bool bf16,
                  float* out, const UserDone& user_done = nullptr) const;
+  // Float32 scores of candidates rows[0..count) of user u (the thread's own buffers when s
+  // is null).
+  void rescore_rows(const MlpCandidates& c, const CallPlan& plan, int64_t u, const int64_t* rows,
+                    int64_t count, float* out, Scratch* s = nullptr) const;
   // rank's work for user u once all[] holds its scores: ids and scores are its k slots.
   void rank_user(const MlpCandidates& c, const CallPlan& plan, int k, const float* all,
                  int64_t u, Scratch& s, int64_t* ids, float* scores) const;
