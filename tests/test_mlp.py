@@ -281,13 +281,11 @@ def test_bfloat16_rank_returns_float32_ranking(backend):
     rough = fast.score_candidates(users, ids, items, candidate_features=features)
     rough_top = np.take_along_axis(ids, np.argsort(-rough, axis=1, kind="stable")[:, :10], 1)
     assert (rough_top != want).any(), "bfloat16 alone already gives float32's lists"
-    # Scores 1 + 1e-5·rank: bfloat16 cannot tell them apart (all round to 1), the band must
-    # widen to every candidate, and float32 still orders them.
-    W1 = np.zeros((2, 1), np.float32)
-    W1[0, 0] = 1e-5
-    steep = [(W1, np.array([0.0, 1.0], np.float32), "identity"),
-             (np.eye(2, dtype=np.float32), None, "identity"),
-             (np.ones((1, 2), np.float32), None, "identity")]
+    # Scores 1 + 1e-5·id: the middle layer's bfloat16 input rounds them all to 1 (a tie,
+    # ordered by id), so the band must widen to every candidate; float32 orders them.
+    steep = [(np.array([[1e-5]], np.float32), np.array([1.0], np.float32), "identity"),
+             (np.ones((1, 1), np.float32), None, "identity"),
+             (np.ones((1, 1), np.float32), None, "identity")]
     ladder = np.arange(100, dtype=np.float32)[:, None]
     order = rng.permutation(100)
     top, values = scorer(steep, backend, "bfloat16").rank(np.zeros((1, 0), np.float32), order,
