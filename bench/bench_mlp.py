@@ -242,8 +242,8 @@ def main(argv=None) -> int:
         ratio = f"{row['vs_onnxruntime']:.2f}" if row["vs_onnxruntime"] else "-"
         print(f"| {row['case']} | {row['method']} | {row['p50_ms']:.3f} | {row['gflops']:.0f} | {ratio} |")
     if agreement_share is not None:
-        print(f"bf16 top-10 equal to float32's (ties within 1e-3): {100 * agreement_share:.1f}% of 64 users "
-              f"(bf16 scores alone, no rescoring: {100 * rough_share:.1f}%)")
+        print(f"bf16 top-10 equal to float32's (ties within 1e-3): {100 * agreement_share:.1f}% "
+              f"of 64 users (bf16 scores alone, no rescoring: {100 * rough_share:.1f}%)")
     report = dict(rows=rows, bf16_top10_agreement=agreement_share,
                   bf16_scores_alone_top10_agreement=rough_share, gemm_gflops=rate,
                   threads=THREADS, load_average=load, versions=dict(

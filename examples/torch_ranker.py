@@ -3,8 +3,9 @@
 The chain: ALS factors recall 200 candidates per user, an MLP over
 [user factors | item factors | ALS score, item popularity] ranks them, the top 10 are kept.
 The MLP is trained in PyTorch (binary cross-entropy: the user's training items against
-items ALS recalled for the user), then imported with ``MLPScorer.from_torch``; recfuse gathers the rows by id,
-runs the layers and keeps the top 10 in one native call, in float32 or bfloat16.
+items ALS recalled for the user), then imported with ``MLPScorer.from_torch``; recfuse
+gathers the rows by id, runs the layers and keeps the top 10 in one native call, in float32
+or bfloat16.
 
     pip install torch          # CPU is enough
     python examples/torch_ranker.py [--users 3000] [--epochs 3] [--precision bfloat16]
@@ -101,10 +102,10 @@ def main(argv=None) -> int:
     # recfuse's scores are PyTorch's (float32), or within bfloat16's rounding.
     first = lists[0]
     first_features = features[:first.size]
+    rows = torch.cat([torch.from_numpy(user_factors[users[:1]]).expand(first.size, -1),
+                      torch.from_numpy(item_factors[first]), torch.from_numpy(first_features)], 1)
     with torch.inference_mode():
-        expected = module(torch.cat([torch.from_numpy(user_factors[users[:1]]).expand(first.size, -1),
-                                     torch.from_numpy(item_factors[first]),
-                                     torch.from_numpy(first_features)], 1))
+        expected = module(rows)
     got = scorer.score_candidates(user_factors[users[0]], first, prepared,
                                   candidate_features=first_features)
     tolerance = 1e-4 if args.precision == "float32" else 5e-2

@@ -20,8 +20,8 @@
 // layer and the last stay float32 (rounding raw features costs the most accuracy for the
 // least work, and the last layer is a dot product).
 //
-// rank under bfloat16 scores every candidate in a rougher pass (the first layer's
-// per-candidate columns in bfloat16 too), then rescores a band of each user's best
+// rank under bfloat16 scores every candidate in a rougher pass (on the AVX512-BF16 kernel
+// the first layer's per-candidate columns in bfloat16 too), then rescores a band of each user's best
 // candidates exactly in float32 and ranks those by their float32 scores
 // (recfuse.reference.mlp_rank_rescored, with the rough pass's scores):
 // the band starts at max(2k, 16) distinct ids and doubles until the float32 k-th score
