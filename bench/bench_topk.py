@@ -19,6 +19,14 @@ answers from an ItemIndex built before timing (the table packed once, as faiss's
 
     python bench/bench_topk.py                # the default cases (a few minutes)
     python bench/bench_topk.py --full         # the whole grid of the retrieval issue
+    python bench/bench_topk.py --storage      # float32 vs bfloat16 item storage only
+
+--storage compares the two storages of recfuse alone, interleaved in one process (A B, A B,
+...): ALS factors (recfuse.ALS, 64 factors, on synthetic_implicit 20k users x 20k items x 1M
+events; 1,000 users' vectors as queries with their seen items excluded, as evaluation does)
+and Gaussian tables (1M x 64, 50k x 128). It reports queries per second, the ratio, how many
+candidates per query bfloat16 storage scored exactly, and whether both gave the same ids and
+scores bit for bit (they must).
 """
 
 from __future__ import annotations
@@ -62,8 +70,14 @@ def parse_args(argv=None):
                         help="bf16: recfuse with storage='bfloat16' (exact, re-ranked)")
     parser.add_argument("--min-time", type=float, default=0.6,
                         help="seconds of calls per library and case")
-    parser.add_argument("--output", default=os.path.join(RESULTS, "topk.json"))
-    return parser.parse_args(argv)
+    parser.add_argument("--storage", action="store_true",
+                        help="only recfuse float32 vs bfloat16 storage (see the module doc)")
+    parser.add_argument("--output", default=None,
+                        help="JSON path (default results/topk.json, or topk_storage.json)")
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = os.path.join(RESULTS, "topk_storage.json" if args.storage else "topk.json")
+    return args
 
 
 def cases(full: bool):
@@ -189,11 +203,82 @@ def agreement(ids, reference_ids) -> float:
     return sum(hits) / max(1, total)
 
 
+def als_factors(n_users: int = 20_000, n_items: int = 20_000, events: int = 1_000_000,
+                factors: int = 64):
+    """(user factors, item factors, user x item CSR) of recfuse.ALS on synthetic data."""
+    from recfuse import datasets
+
+    matrix = datasets.synthetic_implicit(n_users, n_items, events, seed=0)
+    model = recfuse.ALS(factors=factors, iterations=5, random_state=0, num_threads=THREADS)
+    model.fit(matrix)
+    return model.user_factors, model.item_factors, matrix
+
+
+def storage_cases():
+    """(name, items, queries, k, exclude) for --storage."""
+    rng = np.random.default_rng(0)
+    users, items, matrix = als_factors()
+    chosen = rng.choice(users.shape[0], 1000, replace=False)
+    seen = matrix[chosen]
+    yield "ALS 20k x 64", items, users[chosen], 10, seen
+    yield "ALS 20k x 64", items, users[chosen], 100, seen
+    yield "ALS 20k x 64", items, users[chosen[:1]], 10, seen[:1]
+    table = rng.standard_normal((1_000_000, 64), dtype=np.float32)
+    yield "Gaussian 1M x 64", table, rng.standard_normal((1, 64), dtype=np.float32), 10, None
+    yield "Gaussian 1M x 64", table, rng.standard_normal((32, 64), dtype=np.float32), 10, None
+    del table
+    table = rng.standard_normal((50_000, 128), dtype=np.float32)
+    yield "Gaussian 50k x 128", table, rng.standard_normal((1024, 128), dtype=np.float32), 10, None
+
+
+def compare_storage(args) -> int:
+    """float32 vs bfloat16 item storage, interleaved in one process (see the module doc)."""
+    from recfuse._als.cpu import _core
+
+    print(f"threads {THREADS}; bfloat16 kernel {_core.topk_bfloat16_kernel()}; "
+          f"load average {os.getloadavg()}", flush=True)
+    lines = ["| items | m | k | seen | float32 q/s | bfloat16 q/s | speed-up | exactly scored per query "
+             "| same ids and scores |", "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    report = {"threads": THREADS, "bfloat16_kernel": _core.topk_bfloat16_kernel(), "cases": []}
+    for name, V, Q, k, seen in storage_cases():
+        native = recfuse.ItemIndex(V, backend="cpu")
+        compact = recfuse.ItemIndex(V, storage="bfloat16", backend="cpu")
+        runs = {"float32": lambda: native.search(Q, k, exclude=seen, num_threads=THREADS),
+                "bfloat16": lambda: compact.search(Q, k, exclude=seen, num_threads=THREADS)}
+        before = _core.topk_bfloat16_rescored()
+        got, expected = runs["bfloat16"](), runs["float32"]()
+        rescored = (_core.topk_bfloat16_rescored() - before) / Q.shape[0]
+        same = (np.array_equal(got[0], expected[0])
+                and np.array_equal(got[1].view(np.uint32), expected[1].view(np.uint32)))
+        seconds = timed_round_robin(runs, args.min_time, rounds=5)
+        m = Q.shape[0]
+        case = {"items": name, "m": m, "k": k, "seen": seen is not None,
+                "qps": {key: m / value for key, value in seconds.items()},
+                "speedup": seconds["float32"] / seconds["bfloat16"],
+                "rescored_per_query": rescored, "identical": bool(same),
+                "load_average": os.getloadavg()}
+        report["cases"].append(case)
+        line = (f"| {name} | {m} | {k} | {'yes' if seen is not None else 'no'} | "
+                f"{case['qps']['float32']:,.0f} | {case['qps']['bfloat16']:,.0f} | "
+                f"{case['speedup']:.2f}x | {rescored:.1f} | {'yes' if same else 'NO'} |")
+        lines.append(line)
+        print(line, f"(load {case['load_average'][0]:.1f})", flush=True)
+    print()
+    print("\n".join(lines))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(THREADS)
+    if args.storage:
+        return compare_storage(args)
     versions = {"numpy": np.__version__, "recfuse": recfuse.__version__,
                 "python": platform.python_version()}
     for name in ("faiss", "implicit"):

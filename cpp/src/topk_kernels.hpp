@@ -20,7 +20,8 @@ struct TopkKernels {
   int max_rows;
   // out[i] = the score score_panel gives item ids[i] of the row-major table (n x d) for the
   // query q, bit for bit: the items are copied, 32 at a time, into a panel in `scratch`
-  // (scratch_size(d) values, 64-byte aligned) and scored by the same code.
+  // (scratch_size(d) values, 64-byte aligned, zeroed before the first call) and scored by
+  // the same code.
   void (*score_items)(const T* q, int d, const T* table, const T* scale, const T* bias,
                       const int32_t* ids, int count, T* scratch, T* out);
   static int64_t scratch_size(int d) { return (static_cast<int64_t>(d) + 3) * 32; }

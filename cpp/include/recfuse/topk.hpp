@@ -77,6 +77,8 @@ class TopkItems {
   const T* probe_panel(int64_t p) const { return probe_data_.get() + p * d_ * kPanel; }
   const T* probe_scale(int64_t p) const { return probe_scale_.get() + p * kPanel; }
   const T* probe_bias(int64_t p) const { return probe_bias_.get() + p * kPanel; }
+  // Item j's position in the probe, or -1.
+  int64_t probe_slot(int32_t j) const { return probe_slots_.empty() ? -1 : probe_slots_[j]; }
   // kPanel values each; slots past n have scale 1 and bias -inf, so they never qualify.
   const T* panel_scale(int64_t p) const { return scale_.get() + p * kPanel; }
   const T* panel_bias(int64_t p) const { return bias_.get() + p * kPanel; }
@@ -97,6 +99,7 @@ class TopkItems {
   const T* exact_ = nullptr;
   double max_growth_ = 0;
   std::vector<int32_t> probe_ids_;
+  std::vector<int16_t> probe_slots_;  // per item: its probe slot, or -1
   std::unique_ptr<T[], Free> probe_data_, probe_scale_, probe_bias_;
 };
 
