@@ -90,9 +90,12 @@ std::vector<SimdLevel> supported_simd_levels() {
 
 bool cpu_supports_avx512bf16() {
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(RECFUSE_HAVE_AVX512)
-  unsigned eax, ebx, ecx, edx;  // CPUID leaf 7, sub-leaf 1: EAX bit 5 is AVX512_BF16
-  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
-  return ((eax >> 5) & 1u) && cpu_supports(SimdLevel::Avx512);
+  static const bool supported = [] {  // asked once: CPUID can trap to a hypervisor
+    unsigned eax, ebx, ecx, edx;  // CPUID leaf 7, sub-leaf 1: EAX bit 5 is AVX512_BF16
+    if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+    return ((eax >> 5) & 1u) != 0 && cpu_supports(SimdLevel::Avx512);
+  }();
+  return supported;
 #else
   return false;
 #endif

@@ -4,15 +4,18 @@
 // whenever it fills (see Selection), visiting items in ascending id order so that an item
 // tying the current k-th score never displaces it (ties go to the smaller id). The score
 // kernel compares a whole panel with each query's k-th score at once, so most items cost
-// one vector compare;
-// only the survivors are checked against the mask and the query's sorted exclusions (one
-// forward-moving position per query). Queries are processed in chunks that bound the
-// per-thread buffers; at the end of a chunk the threads' buffers are merged per query.
+// one vector compare; only the survivors are checked against the mask and the query's sorted
+// exclusions (one forward-moving position per query). Queries are processed in chunks that
+// bound the per-thread buffers; at the end of a chunk the threads' buffers are merged per
+// query.
 //
 // bfloat16 storage: the kernel gives an upper bound of each item's float32 score (the error
-// bound below), candidates enter the buffers with it, and a cut first scores the candidates
-// it needs exactly (score_items: the float32 kernel's own code, so the scores are the float32
-// storage's bit for bit); the threshold is always an exact k-th score.
+// bound below) and candidates enter the buffers with it; a cut first scores exactly the
+// candidates it needs (score_items: the float32 kernel's own code, so the scores are the
+// float32 storage's bit for bit). Each query starts from the k-th best exact score of a
+// probe, a few hundred items likeliest to score high, scored before the scan; a threshold
+// is never above the query's true k-th best score, and an item is skipped only when its
+// bound is below it, so ids need not arrive in order.
 #include "recfuse/topk.hpp"
 
 #include <omp.h>
@@ -126,8 +129,9 @@ inline bool better(const std::pair<T, int32_t>& x, const std::pair<T, int32_t>& 
 //
 // each computed in double (relative error below d 2^-52, covered by a factor 1 + d 2^-50)
 // and rounded up to float; c_j rides in the stored bias beta' = fl_up(beta + c_j). Then the
-// kernel's U = a w1_j + b w2_j + x >= y: an item passes unless U <= the threshold, and the
-// threshold is always an exact score, so no item that could rank within the k best is lost.
+// kernel's U = a w1_j + b w2_j + x >= y: an item passes unless U < the threshold, which is
+// the k-th best exact score of k qualifying items (a thread's candidates, or the probe's),
+// so an item skipped scores below k others and no item of the k best is lost.
 //
 // The bound needs finite numbers that do not overflow: an item whose row, scale or bfloat16
 // copy is not finite, |beta| > 2^100, or (||v|| + ||v - v~||) max(1, |s|) > 2^99 gets a NaN
@@ -207,6 +211,7 @@ struct Rescorer {
   std::unique_ptr<T, void (*)(void*)> panel{nullptr, std::free};
   std::vector<int32_t> ids;
   std::vector<T> scores;
+  std::vector<T> probe_scores, heap;  // probe_thresholds
 
   void reset(const TopkItems<T>& items_, const kernels::TopkKernels<T>& kern_) {
     items = &items_;
@@ -231,8 +236,8 @@ struct Selection {
   using Candidate = std::pair<T, int32_t>;
   int64_t k = 0;
   std::vector<std::vector<Candidate>> rows;  // per row
-  std::vector<T> threshold;                  // per row: an exact k-th score; -inf before
-  std::vector<int64_t> exact;                // per row: rows[r][0, exact[r]) hold exact scores
+  std::vector<T> threshold;                  // per row: see above; -inf (or the probe's) first
+  std::vector<int64_t> exact;                // per row, bounds: rows[r][0, exact[r]) are exact
   std::vector<int64_t> next_excluded;        // per row: position in the query's exclusions
   const T* queries = nullptr;                // the chunk's queries (for rescoring)
   Rescorer<T>* rescorer = nullptr;           // bfloat16 storage: candidates hold bounds
@@ -262,11 +267,6 @@ struct Selection {
   void offer(int64_t r, T s, int32_t j) {
     auto& row = rows[r];
     row.emplace_back(s, j);
-    if (rescorer != nullptr) {  // its float row will be read when the buffer is cut
-      const int d = rescorer->items->d();
-      const char* v = reinterpret_cast<const char*>(rescorer->items->exact_items() + int64_t{j} * d);
-      for (int64_t at = 0; at < int64_t{d} * int64_t{sizeof(T)}; at += 64) __builtin_prefetch(v + at);
-    }
     if (static_cast<int64_t>(row.size()) < 2 * k) return;
     if (rescorer != nullptr) {
       settle(r, *rescorer);
@@ -275,7 +275,6 @@ struct Selection {
     std::nth_element(row.begin(), row.begin() + (k - 1), row.end(), better<T>);
     threshold[r] = row[k - 1].first;
     row.resize(k);
-    exact[r] = k;
   }
 
   // Row r's candidates [from, to) get exact scores; those that do not qualify (NaN or -inf)
@@ -307,8 +306,12 @@ struct Selection {
     auto& row = rows[r];
     int64_t& e = exact[r];
     // Upper bounds, highest first; NaN (no bound) counts as +inf.
-    auto key = [](T bound) { return std::isnan(bound) ? std::numeric_limits<T>::infinity() : bound; };
-    auto higher = [&key](const Candidate& x, const Candidate& y) { return key(x.first) > key(y.first); };
+    auto key = [](T bound) {
+      return std::isnan(bound) ? std::numeric_limits<T>::infinity() : bound;
+    };
+    auto higher = [&key](const Candidate& x, const Candidate& y) {
+      return key(x.first) > key(y.first);
+    };
     // First k exact scores: those of the highest bounds.
     while (e < k && e < static_cast<int64_t>(row.size())) {
       const int64_t take = std::min<int64_t>(k - e, static_cast<int64_t>(row.size()) - e);
@@ -321,8 +324,9 @@ struct Selection {
       floor = std::max(floor, row[k - 1].first);
     }
     // A bound below the floor rules its candidate out; the others are scored.
-    const auto open = std::partition(row.begin() + e, row.end(),
-                                     [&key, floor](const Candidate& c) { return !(key(c.first) < floor); });
+    const auto open = std::partition(row.begin() + e, row.end(), [&key, floor](const Candidate& c) {
+      return !(key(c.first) < floor);
+    });
     row.erase(open, row.end());
     rescore(r, e, static_cast<int64_t>(row.size()), work);
     if (static_cast<int64_t>(row.size()) >= k) {
@@ -341,8 +345,8 @@ template <class T>
 void probe_thresholds(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
                       const T* Q, int64_t q0, int64_t rows, int k, int64_t size,
                       const TopkFilters& filters, int threads,
-                      std::vector<Selection<T>>& selections, std::vector<T>& out,
-                      std::vector<std::exception_ptr>& errors) {
+                      std::vector<Selection<T>>& selections, std::vector<Rescorer<T>>& work,
+                      std::vector<T>& out, std::vector<std::exception_ptr>& errors) {
   constexpr int P = TopkItems<T>::kPanel;
   constexpr int kHeapMax = 16;
   const int d = items.d();
@@ -352,13 +356,18 @@ void probe_thresholds(const TopkItems<T>& items, const kernels::TopkKernels<T>& 
   out.assign(rows, -inf);
   if (size < k) return;
   const int32_t* ids = items.probe_ids();
+  const std::vector<T> no_threshold(max_rows, inf);
+  for (auto& w : work) {  // allocated here: nothing may throw out of the parallel region
+    w.probe_scores.resize(static_cast<size_t>(max_rows) * size);
+    w.heap.reserve(static_cast<size_t>(k));
+  }
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num();
-    std::vector<T> no_threshold(max_rows, inf);
-    std::vector<T> scores(static_cast<size_t>(max_rows) * size), heap;
     T* tile = selections[t].tile.get();
     uint32_t* bits = selections[t].bits.get();
+    std::vector<T>& scores = work[t].probe_scores;
+    std::vector<T>& heap = work[t].heap;
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < groups; ++g) try {
       const int64_t r0 = g * max_rows;
@@ -379,7 +388,8 @@ void probe_thresholds(const TopkItems<T>& items, const kernels::TopkKernels<T>& 
         T* row = scores.data() + i * size;
         if (filters.exclude_indptr != nullptr) {
           const int64_t query = q0 + r0 + i;
-          for (int64_t e = filters.exclude_indptr[query]; e < filters.exclude_indptr[query + 1]; ++e) {
+          const int64_t end = filters.exclude_indptr[query + 1];
+          for (int64_t e = filters.exclude_indptr[query]; e < end; ++e) {
             const int64_t slot = items.probe_slot(filters.exclude_indices[e]);
             if (slot >= 0 && slot < size) row[slot] = -inf;
           }
@@ -497,7 +507,7 @@ void finish_row(std::vector<Selection<T>>& selections, int64_t r, int k, int k_o
 
 struct PackedItem {
   double growth = 0;  // (||v|| + ||v - v~||) max(1, |s|); 0 for an item the bound does not cover
-  double promise = -std::numeric_limits<double>::infinity();  // ||v|| |s| + bias (the probe's order)
+  double promise = -std::numeric_limits<double>::infinity();  // ||v|| |s| + bias: probe order
 };
 
 // Packs an item into lane `lane` of a bfloat16 block (see the error bound above).
@@ -591,7 +601,8 @@ TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T
         }
       }
       if (!bfloat16) {
-        for (int c = 0; c < d; ++c) data[p * d * kPanel + c * kPanel + jj] = real ? items[j * d + c] : T(0);
+        for (int c = 0; c < d; ++c)
+          data[p * d * kPanel + c * kPanel + jj] = real ? items[j * d + c] : T(0);
       }
     }
   }
@@ -619,7 +630,8 @@ TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T
       const bool real = i < probe_size();
       const int64_t j = real ? probe_ids_[i] : 0;
       const int64_t p = i / kPanel, lane = i % kPanel;
-      for (int c = 0; c < d; ++c) probe_data_[p * d * kPanel + c * kPanel + lane] = real ? items[j * d + c] : T(0);
+      for (int c = 0; c < d; ++c)
+        probe_data_[p * d * kPanel + c * kPanel + lane] = real ? items[j * d + c] : T(0);
       probe_scale_[i] = real ? sc[j] : T(1);
       probe_bias_[i] = real ? bi[j] : -std::numeric_limits<T>::infinity();
     }
@@ -635,7 +647,8 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
   if constexpr (sizeof(T) == 4) {
     if (items.bfloat16()) kern16 = &bfloat16_kernel();
   }
-  const int max_rows = kern16 != nullptr ? std::max(kern16->max_rows, kern.max_rows) : kern.max_rows;
+  const int max_rows =
+      kern16 != nullptr ? std::max(kern16->max_rows, kern.max_rows) : kern.max_rows;
   const int k_out = k;  // rows are written k wide; at most n entries are ever selected
   k = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(k, items.n())));
   const int64_t panels = items.panels();
@@ -675,7 +688,7 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
     }
     if (kern16 != nullptr) {
       probe_thresholds(items, kern, queries, q0, rows, k, probe, filters, threads, selections,
-                       first_thresholds, errors);
+                       rescorers, first_thresholds, errors);
       for (auto& error : errors)
         if (error) std::rethrow_exception(error);
       for (auto& sel : selections) sel.threshold = first_thresholds;
