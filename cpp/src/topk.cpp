@@ -361,7 +361,9 @@ void probe_thresholds(const TopkItems<T>& items, const kernels::TopkKernels<T>& 
     w.probe_scores.resize(static_cast<size_t>(max_rows) * size);
     w.heap.reserve(static_cast<size_t>(k));
   }
-#pragma omp parallel num_threads(threads)
+  // No more threads than groups: a thread with nothing to do still costs a wake-up and a
+  // join, which on a busy machine can wait a whole time slice.
+#pragma omp parallel num_threads(static_cast<int>(std::min<int64_t>(threads, groups)))
   {
     const int t = omp_get_thread_num();
     T* tile = selections[t].tile.get();
@@ -707,8 +709,10 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
     }
     for (auto& error : errors)
       if (error) std::rethrow_exception(error);
-    // Merge: each query's candidates from every thread, best first, ties by smaller id.
-#pragma omp parallel for num_threads(threads) schedule(static)
+    // Merge: each query's candidates from every thread, best first, ties by smaller id (no
+    // more threads than queries: see probe_thresholds).
+#pragma omp parallel for num_threads(static_cast<int>(std::min<int64_t>(threads, rows))) \
+    schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const int t = omp_get_thread_num();
       try {
