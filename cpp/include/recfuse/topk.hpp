@@ -19,10 +19,11 @@
 // pair (an odd d gets a zero dimension); then 4 x 32 floats per block: each item's scale, its
 // bias plus a constant error term, and two error weights. The kernel computes, from the
 // bfloat16 values, an upper bound of each item's float32 score (see topk.cpp for the proof);
-// items whose bound passes the query's k-th best score are scored again, exactly as the
-// float32 storage scores them, from the float table. Results (ids and scores) are the
-// float32 storage's, bit for bit, at every SIMD level. The float table is not copied: the
-// caller keeps it alive and unchanged.
+// items whose bound reaches the query's threshold (never above its k-th best score) are
+// scored again, exactly as the float32 storage scores them, from the float table, and a
+// probe of promising items scored first gives each query its first threshold. Results (ids
+// and scores) are the float32 storage's, bit for bit, at every SIMD level. The float table
+// is not copied: the caller keeps it alive and unchanged.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
@@ -64,7 +65,9 @@ class TopkItems {
   bool bfloat16() const { return exact_ != nullptr; }
   // bfloat16 storage: block p (topk_bf16_block_units(d) values), the float table, and the
   // largest (|v_j| + |v_j - bfloat16(v_j)|) max(1, |scale_j|) over the items the bound covers.
-  const uint16_t* block16(int64_t p) const { return data16_.get() + p * topk_bf16_block_units(d_); }
+  const uint16_t* block16(int64_t p) const {
+    return data16_.get() + p * topk_bf16_block_units(d_);
+  }
   const T* exact_items() const { return exact_; }
   double max_growth() const { return max_growth_; }
   // bfloat16 storage's probe: the (at most kProbeMax) items likeliest to score high,
