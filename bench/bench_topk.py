@@ -19,6 +19,18 @@ answers from an ItemIndex built before timing (the table packed once, as faiss's
 
     python bench/bench_topk.py                # the default cases (a few minutes)
     python bench/bench_topk.py --full         # the whole grid of the retrieval issue
+    python bench/bench_topk.py --storage      # float32 vs bfloat16 item storage only
+
+--storage compares the two storages of recfuse alone, interleaved in one process (A B, A B,
+...): ALS factors (recfuse.ALS, 64 factors, on synthetic_implicit 20k users x 20k items x 1M
+events; 1 or 1,000 users' vectors as queries with their seen items excluded, as evaluation
+does; dot and cosine) and Gaussian tables (1M x 64, 50k x 128). It reports queries per
+second, the ratio, how many candidates per query bfloat16 storage scored exactly, and
+whether both gave the same ids and scores bit for bit (they must). --evaluation EVENTS adds
+recfuse.metrics.evaluate of ALS (bench_data.py's evaluation workload) with either storage.
+RECFUSE_BENCH_THREADS sets the threads (default 2).
+
+    python bench/bench_topk.py --storage --evaluation 20000000
 """
 
 from __future__ import annotations
@@ -62,8 +74,17 @@ def parse_args(argv=None):
                         help="bf16: recfuse with storage='bfloat16' (exact, re-ranked)")
     parser.add_argument("--min-time", type=float, default=0.6,
                         help="seconds of calls per library and case")
-    parser.add_argument("--output", default=os.path.join(RESULTS, "topk.json"))
-    return parser.parse_args(argv)
+    parser.add_argument("--storage", action="store_true",
+                        help="only recfuse float32 vs bfloat16 storage (see the module doc)")
+    parser.add_argument("--evaluation", type=int, default=0, metavar="EVENTS",
+                        help="with --storage: also metrics.evaluate of ALS at EVENTS events "
+                             "(bench_data.py's workload; 20000000 takes a few minutes)")
+    parser.add_argument("--output", default=None,
+                        help="JSON path (default results/topk.json, or topk_storage.json)")
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = os.path.join(RESULTS, "topk_storage.json" if args.storage else "topk.json")
+    return args
 
 
 def cases(full: bool):
@@ -189,11 +210,129 @@ def agreement(ids, reference_ids) -> float:
     return sum(hits) / max(1, total)
 
 
+def als_factors(n_users: int = 20_000, n_items: int = 20_000, events: int = 1_000_000,
+                factors: int = 64):
+    """(user factors, item factors, user x item CSR) of recfuse.ALS on synthetic data."""
+    from recfuse import datasets
+
+    matrix = datasets.synthetic_implicit(n_users, n_items, events, seed=0)
+    model = recfuse.ALS(factors=factors, iterations=5, random_state=0, num_threads=THREADS)
+    model.fit(matrix)
+    return model.user_factors, model.item_factors, matrix
+
+
+def storage_cases():
+    """(name, items, queries, k, exclude, metric) for --storage."""
+    rng = np.random.default_rng(0)
+    users, items, matrix = als_factors()
+    chosen = rng.choice(users.shape[0], 1000, replace=False)
+    seen = matrix[chosen]
+    for m in (1, 1000):
+        for k in (10, 100, 1000):
+            yield "ALS 20k x 64", items, users[chosen[:m]], k, seen[:m], "dot"
+    for k in (10, 100):
+        yield "ALS 20k x 64 cosine", items, users[chosen], k, seen, "cosine"
+    table = rng.standard_normal((1_000_000, 64), dtype=np.float32)
+    for m in (1, 32):
+        queries = rng.standard_normal((m, 64), dtype=np.float32)
+        yield "Gaussian 1M x 64", table, queries, 10, None, "dot"
+    del table
+    table = rng.standard_normal((50_000, 128), dtype=np.float32)
+    for k in (10, 100):
+        queries = rng.standard_normal((1024, 128), dtype=np.float32)
+        yield "Gaussian 50k x 128", table, queries, k, None, "dot"
+
+
+def storage_evaluation(events: int, rounds: int = 3) -> dict:
+    """recfuse.metrics.evaluate of recfuse.ALS at `events` events (bench_data.py's evaluation
+    workload: synthetic_implicit, 80/20 per-user split, 64 factors, k = 10), its item index
+    float32 then bfloat16, in turns."""
+    from recfuse import datasets, metrics, split
+    from recfuse._als.cpu import _core
+
+    n_users, n_items = min(max(events // 100, 100), 100_000), min(max(events // 400, 50), 20_000)
+    matrix = datasets.synthetic_implicit(n_users, n_items, events, seed=0)
+    train, test = split.per_user_split(matrix, 0.2, seed=0)
+    model = recfuse.ALS(factors=64, iterations=3, random_state=0, num_threads=THREADS)
+    model.fit(train)
+    indexes = {storage: recfuse.ItemIndex(model.item_factors, storage=storage, backend="cpu")
+               for storage in ("native", "bfloat16")}
+    seconds = {storage: [] for storage in indexes}
+    results, rescored = {}, 0
+    for _ in range(rounds):
+        for storage, index in indexes.items():
+            model._indexes[("item_factors", "dot")] = index  # the index ALS.recommend uses
+            before = _core.topk_bfloat16_rescored()
+            started = time.perf_counter()
+            results[storage] = metrics.evaluate(model, train, test, k=10, num_threads=THREADS)
+            seconds[storage].append(time.perf_counter() - started)
+            rescored = max(rescored, _core.topk_bfloat16_rescored() - before)
+    median = {storage: statistics.median(values) for storage, values in seconds.items()}
+    return {"events": events, "users": int(results["native"]["users"]), "seconds": median,
+            "speedup": median["native"] / median["bfloat16"],
+            "rescored_per_user": rescored / results["native"]["users"],
+            "same_metrics": all(results["native"][key] == results["bfloat16"][key]
+                                for key in results["native"]),
+            "load_average": os.getloadavg()}
+
+
+def compare_storage(args) -> int:
+    """float32 vs bfloat16 item storage, interleaved in one process (see the module doc)."""
+    from recfuse._als.cpu import _core
+
+    print(f"threads {THREADS}; bfloat16 kernel {_core.topk_bfloat16_kernel()}; "
+          f"load average {os.getloadavg()}", flush=True)
+    lines = ["| items | m | k | seen | float32 q/s | bfloat16 q/s | speed-up "
+             "| exactly scored per query | same ids and scores |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+    report = {"threads": THREADS, "bfloat16_kernel": _core.topk_bfloat16_kernel(), "cases": []}
+    for name, V, Q, k, seen, metric in storage_cases():
+        native = recfuse.ItemIndex(V, metric=metric, backend="cpu")
+        compact = recfuse.ItemIndex(V, metric=metric, storage="bfloat16", backend="cpu")
+        runs = {"float32": lambda: native.search(Q, k, exclude=seen, num_threads=THREADS),
+                "bfloat16": lambda: compact.search(Q, k, exclude=seen, num_threads=THREADS)}
+        before = _core.topk_bfloat16_rescored()
+        got, expected = runs["bfloat16"](), runs["float32"]()
+        rescored = (_core.topk_bfloat16_rescored() - before) / Q.shape[0]
+        same = (np.array_equal(got[0], expected[0])
+                and np.array_equal(got[1].view(np.uint32), expected[1].view(np.uint32)))
+        seconds = timed_round_robin(runs, args.min_time, rounds=5)
+        m = Q.shape[0]
+        case = {"items": name, "m": m, "k": k, "seen": seen is not None,
+                "qps": {key: m / value for key, value in seconds.items()},
+                "speedup": seconds["float32"] / seconds["bfloat16"],
+                "rescored_per_query": rescored, "identical": bool(same),
+                "load_average": os.getloadavg()}
+        report["cases"].append(case)
+        line = (f"| {name} | {m} | {k} | {'yes' if seen is not None else 'no'} | "
+                f"{case['qps']['float32']:,.0f} | {case['qps']['bfloat16']:,.0f} | "
+                f"{case['speedup']:.2f}x | {rescored:.1f} | {'yes' if same else 'NO'} |")
+        lines.append(line)
+        print(line, f"(load {case['load_average'][0]:.1f})", flush=True)
+    print()
+    print("\n".join(lines))
+    if args.evaluation:
+        report["evaluation"] = storage_evaluation(args.evaluation)
+        row = report["evaluation"]
+        print(f"\nmetrics.evaluate at {row['events']:,} events ({row['users']:,} users, "
+              f"k = 10): float32 {row['seconds']['native']:.2f} s, bfloat16 "
+              f"{row['seconds']['bfloat16']:.2f} s ({row['speedup']:.2f}x), "
+              f"{row['rescored_per_user']:.1f} scored exactly per user, same metrics: "
+              f"{row['same_metrics']}, load {row['load_average'][0]:.1f}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(THREADS)
+    if args.storage:
+        return compare_storage(args)
     versions = {"numpy": np.__version__, "recfuse": recfuse.__version__,
                 "python": platform.python_version()}
     for name in ("faiss", "implicit"):

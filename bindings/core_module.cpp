@@ -60,6 +60,15 @@ PYBIND11_MODULE(_core, m) {
       "set_simd_level",
       [](const std::string& name) { recfuse::set_simd_level(recfuse::parse_simd_level(name)); },
       py::arg("level"));
+  m.def("set_topk_bfloat16_kernel", &recfuse::set_topk_bfloat16_kernel, py::arg("name"),
+        "For tests and measurements: bfloat16 item storage's kernel, 'auto' (AVX512-BF16 dot "
+        "products at the avx512 SIMD level on a CPU with avx512_bf16; the default) or 'widen' "
+        "(bfloat16 widened to float at any level). Process-wide.");
+  m.def("topk_bfloat16_kernel", &recfuse::topk_bfloat16_kernel,
+        "The kernel bfloat16 item storage uses now: 'dot' or 'widen'.");
+  m.def("topk_bfloat16_rescored", &recfuse::topk_bfloat16_rescored,
+        "Candidates bfloat16 item storage has scored exactly so far, all searches together "
+        "(for measurements).");
   m.def("supported_simd_levels", [] {
     std::vector<std::string> names;
     for (auto level : recfuse::supported_simd_levels()) names.emplace_back(recfuse::simd_level_name(level));

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from topk_checks import assert_topk_matches
 
@@ -156,42 +157,158 @@ def test_every_simd_level_and_thread_count(problem):
             np.testing.assert_array_equal(ids, results[0][1])
 
 
-@given(problem=topk_problems(max_n=300), cosine=st.booleans())
-def test_bfloat16_storage_stays_exact(problem, cosine):
-    """bfloat16 storage keeps every item within its error bound and rescores in float32:
-    the result is the float32 result (exactly, on small integers)."""
+def _core_or_skip():
     from recfuse._als.cpu import _core
 
     if _core is None:
         pytest.skip("recfuse._core is not built")
+    return _core
+
+
+@contextmanager
+def _cpu_kernels(level, bfloat16_kernel="auto"):
+    """Run the block with this SIMD level and bfloat16 kernel ("auto" or "widen")."""
+    core = _core_or_skip()
+    original = core.simd_level()
+    try:
+        core.set_simd_level(level)
+        core.set_topk_bfloat16_kernel(bfloat16_kernel)
+        yield core
+    finally:
+        core.set_simd_level(original)
+        core.set_topk_bfloat16_kernel("auto")
+
+
+def _bfloat16_kernels():
+    """(SIMD level, bfloat16 kernel) pairs this CPU runs: every level widening bfloat16 to
+    float, and the AVX512-BF16 dot products ("auto" at avx512) where the CPU has them."""
+    core = _core_or_skip()
+    pairs = [(level, "widen") for level in core.supported_simd_levels()]
+    if "avx512" in core.supported_simd_levels():
+        with _cpu_kernels("avx512") as core:
+            if core.topk_bfloat16_kernel() == "dot":
+                pairs.append(("avx512", "auto"))
+    return pairs
+
+
+def _float32_problem(problem):
     problem = dict(problem, queries=problem["queries"].astype(np.float32),
                    items=problem["items"].astype(np.float32))
     if problem["item_bias"] is not None:
         problem["item_bias"] = problem["item_bias"].astype(np.float32)
-    original = _core.simd_level()
-    try:
-        for level in _core.supported_simd_levels():
-            _core.set_simd_level(level)
-            ids, scores = _run(problem, "cpu", storage="bfloat16",
-                               metric="cosine" if cosine else "dot")
-            expected = _run(problem, "cpu", metric="cosine" if cosine else "dot")
-            if not cosine:
-                _check(ids, scores, problem)
-            if problem["exact"] and not cosine:
-                np.testing.assert_array_equal(ids, expected[0])
-            # Both are float32 evaluations of the same scores: they may differ by rounding,
-            # which cancellation makes relative to the products' size, not the score's.
-            q, v = problem["queries"].astype(np.float64), problem["items"].astype(np.float64)
-            if cosine:
-                q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-300)
-                v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)
-            size = (np.abs(q) @ np.abs(v).T).max(initial=0.0)
-            if problem["item_bias"] is not None:
-                size += np.abs(problem["item_bias"]).max(initial=0.0)
-            tol = 4 * (v.shape[1] + 2) * np.finfo(np.float32).eps * size + 1e-30
-            np.testing.assert_allclose(scores, expected[1], rtol=0, atol=tol)
-    finally:
-        _core.set_simd_level(original)
+    return problem
+
+
+def _assert_bfloat16_is_native(problem, metric, threads=(1, 2, 3, 4)):
+    """storage="bfloat16" gives the ids and the scores (bit for bit) of storage="native" at
+    every SIMD level, with either bfloat16 kernel and any thread count."""
+    for level, kernel in _bfloat16_kernels():
+        with _cpu_kernels(level, kernel):
+            ids, scores = _run(problem, "cpu", metric=metric, num_threads=1)
+            for count in threads:
+                got_ids, got_scores = _run(problem, "cpu", storage="bfloat16", metric=metric,
+                                           num_threads=count)
+                context = f"level {level}, kernel {kernel}, {count} threads"
+                np.testing.assert_array_equal(got_ids, ids, err_msg=context)
+                np.testing.assert_array_equal(got_scores.view(np.uint32), scores.view(np.uint32),
+                                              err_msg=context)
+
+
+@given(problem=topk_problems(max_n=300), cosine=st.booleans())
+def test_bfloat16_storage_is_float32_storage(problem, cosine):
+    """bfloat16 storage keeps every item whose error bound reaches the k-th best score and
+    scores those exactly with the float32 kernel's own code: same ids, same scores."""
+    problem = _float32_problem(problem)
+    _assert_bfloat16_is_native(problem, "cosine" if cosine else "dot", threads=(1, 3))
+    if not cosine:
+        _check(*_run(problem, "cpu", storage="bfloat16"), problem)
+
+
+@settings(max_examples=8)
+@given(problem=topk_problems(max_n=2500, max_m=14, max_d=40, exact=False))
+def test_bfloat16_storage_with_thread_splits(problem):
+    """Tables large enough for up to four threads to split the panels; up to 14 queries (the
+    kernels' row blocks of 12 and their rest)."""
+    _assert_bfloat16_is_native(_float32_problem(problem), "dot")
+
+
+@st.composite
+def bfloat16_hard_problems(draw):
+    """float32 problems that stress the bound: near ties (items a few ulps apart, whose
+    bfloat16 copies are equal), magnitudes from subnormal to near overflow (scores that
+    overflow to inf or NaN in float32), NaN and inf entries, and large biases."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    m, n, d = draw(st.integers(1, 4)), draw(st.integers(1, 200)), draw(st.integers(1, 9))
+    kind = draw(st.sampled_from(["near ties", "magnitudes", "non-finite"]))
+    scale = 2.0 ** draw(st.sampled_from([-130, -60, 0, 60, 120]))
+    if kind == "near ties":
+        base = rng.standard_normal(d) * scale
+        steps = rng.integers(-3, 4, (n, d)) * (rng.random((n, d)) < 0.3)
+        items = base * (1 + steps * 2.0**-23)
+        queries = rng.standard_normal((m, d)) * 2.0 ** draw(st.sampled_from([-20, 0, 20]))
+    elif kind == "magnitudes":
+        rows = rng.choice([-149, -140, -127, -100, -20, 0, 20, 100, 126, 127], n)
+        items = rng.standard_normal((n, d)) * 2.0 ** rows[:, None]
+        queries = rng.standard_normal((m, d)) * 2.0 ** rng.choice([-130, -20, 0, 20, 100], m)[:, None]
+    else:
+        items = rng.standard_normal((n, d)) * scale
+        special = rng.random((n, d)) < 0.05
+        items[special] = rng.choice([np.nan, np.inf, -np.inf], special.sum())
+        queries = rng.standard_normal((m, d))
+    with np.errstate(over="ignore"):
+        items, queries = items.astype(np.float32), queries.astype(np.float32)
+    queries[~np.isfinite(queries)] = 1.0
+    bias = None
+    if draw(st.booleans()):
+        bias = (rng.standard_normal(n) * 2.0 ** draw(st.sampled_from([-20, 0, 20, 100, 120]))
+                ).astype(np.float32)
+    exclude = _exclusions(rng, m, n, 0.3) if draw(st.booleans()) else None
+    deny = rng.integers(0, n, n // 3) if draw(st.booleans()) else None
+    k = draw(st.one_of(st.integers(1, n + 3), st.just(n)))
+    return dict(queries=queries, items=items, k=k, item_bias=bias, exclude=exclude, allow=None,
+                deny=deny, exact=False)
+
+
+@given(problem=bfloat16_hard_problems(), cosine=st.booleans())
+def test_bfloat16_storage_at_the_edges(problem, cosine):
+    _assert_bfloat16_is_native(problem, "cosine" if cosine else "dot", threads=(1, 2))
+
+
+def test_bfloat16_storage_with_exact_ties_and_large_k():
+    """Many items with the same float32 score (duplicated rows): ties go to the smaller id,
+    as with float32 storage, for k below, at and above n."""
+    rng = np.random.default_rng(5)
+    items = rng.standard_normal((40, 16)).astype(np.float32)[rng.integers(0, 40, 1500)]
+    items[::7] += np.float32(2.0**-20)  # near ties beside the exact ones
+    queries = rng.standard_normal((20, 16)).astype(np.float32)
+    for k in (1, 10, 100, 1499, 1500, 1600):
+        problem = dict(queries=queries, items=items, k=k, item_bias=None,
+                       exclude=_exclusions(rng, 20, 1500, 0.2), allow=None, deny=None,
+                       exact=False)
+        _assert_bfloat16_is_native(problem, "dot", threads=(1, 4))
+
+
+@given(problem=topk_problems(max_n=100, max_m=14, exact=False))
+def test_scores_do_not_depend_on_the_batch(problem):
+    """A query's scores are the same, bit for bit, in a batch (the kernel's row blocks of up
+    to 12) and alone (one row): the premise of bfloat16 storage's exact rescoring."""
+    core = _core_or_skip()
+    problem = _float32_problem(problem)
+    index = recfuse.ItemIndex(problem["items"], item_bias=problem["item_bias"], backend="cpu")
+    for level in core.supported_simd_levels():
+        with _cpu_kernels(level):
+            ids, scores = index.search(problem["queries"], problem["k"])
+            for i, query in enumerate(problem["queries"]):
+                one_ids, one_scores = index.search(query, problem["k"])
+                np.testing.assert_array_equal(one_ids, ids[i])
+                np.testing.assert_array_equal(one_scores.view(np.uint32), scores[i].view(np.uint32))
+
+
+def test_bfloat16_kernel_choice_is_checked():
+    core = _core_or_skip()
+    with pytest.raises(ValueError, match="bfloat16 kernel must be 'auto' or 'widen', got 'fast'"):
+        core.set_topk_bfloat16_kernel("fast")
+    assert core.topk_bfloat16_kernel() in ("dot", "widen")
 
 
 def test_bfloat16_storage_needs_cpu_and_float32():

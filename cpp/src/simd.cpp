@@ -1,5 +1,9 @@
 #include "recfuse/simd.hpp"
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
@@ -82,6 +86,19 @@ std::vector<SimdLevel> supported_simd_levels() {
     if (cpu_supports(level)) out.push_back(level);
   }
   return out;
+}
+
+bool cpu_supports_avx512bf16() {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(RECFUSE_HAVE_AVX512)
+  static const bool supported = [] {  // asked once: CPUID can trap to a hypervisor
+    unsigned eax, ebx, ecx, edx;  // CPUID leaf 7, sub-leaf 1: EAX bit 5 is AVX512_BF16
+    if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+    return ((eax >> 5) & 1u) != 0 && cpu_supports(SimdLevel::Avx512);
+  }();
+  return supported;
+#else
+  return false;
+#endif
 }
 
 SimdLevel simd_level() { return static_cast<SimdLevel>(current_level().load()); }

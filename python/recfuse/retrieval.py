@@ -17,6 +17,13 @@ given. Item j qualifies for a query when it is in ``allow`` (if given), not in `
 stored entry of the query's row of ``exclude``, and its score is a number above -inf: an item
 whose score is NaN (a NaN or an inf in its row of the table) is never returned, and does not
 change the order of the others. Queries must be finite.
+
+Scores are float32 (or float64) evaluations of that formula, and the ranking is by those
+computed values. ``storage="bfloat16"`` (float32 items, cpu backend) returns the same ids and
+the same scores, bit for bit, as ``storage="native"`` on the same SIMD level: it ranks with a
+proven upper bound of each float32 score computed from bfloat16 copies of the items (and, on
+CPUs with AVX512-BF16, of the query), and scores every item whose bound reaches the k-th best
+again with the float32 kernel's own code.
 """
 
 from __future__ import annotations
@@ -44,10 +51,14 @@ class ItemIndex:
         Added to every score of item j (finite).
     metric : "dot" or "cosine"
     storage : "native" or "bfloat16"
-        "bfloat16" (float32 items, cpu backend) streams half the bytes per search: scores are
-        computed from bfloat16 copies, every item within a proven error bound of the k-th
-        best is kept, and those are scored again from the float32 table, so results are
-        still exact. The index then keeps a reference to the float32 table as well.
+        "bfloat16" (float32 items, cpu backend) streams half the bytes per search and, where
+        the CPU has AVX512-BF16, does twice the multiply-adds per instruction: each item's
+        float32 score is bounded from bfloat16 copies, and the items whose bound reaches the
+        k-th best are scored again from the float32 table with the float32 kernel's code, so
+        ids and scores equal storage="native"'s bit for bit. It pays for single queries (a
+        table read from memory) and for batches with small k; with large k (100 or more)
+        the exact rescoring can make it slower than "native". The index keeps a reference to
+        the float32 table as well.
     backend : "auto" or a backend name (see ``recfuse.backends()``)
 
     >>> import numpy as np

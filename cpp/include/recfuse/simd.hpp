@@ -16,5 +16,7 @@ void set_simd_level(SimdLevel level);
 SimdLevel parse_simd_level(const std::string& name);
 const char* simd_level_name(SimdLevel level);
 std::vector<SimdLevel> supported_simd_levels();
+// Whether this CPU runs AVX512-BF16 (vdpbf16ps) beside avx512f/bw/vl, in an x86-64 build.
+bool cpu_supports_avx512bf16();
 
 }  // namespace recfuse

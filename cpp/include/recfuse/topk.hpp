@@ -12,19 +12,33 @@
 // built: each panel's scores stay in a small tile and are compared, one vector at a time,
 // with each query's current k-th best score.
 //
-// bfloat16 storage (float items only) halves the bytes a search streams. The panels then
-// hold each value's upper 16 bits (rounded to nearest even); scores are computed in float
-// from them, every item within a proven bound of the k-th best such score is kept, and the
-// survivors are scored again from the float table, so the result is still exact. The
-// float table is not copied: the caller keeps it alive and unchanged.
+// bfloat16 storage (float items only) halves the bytes a search streams and, on a CPU with
+// AVX512-BF16, doubles the multiply-adds per instruction. Each panel is then a block of
+// bfloat16 values (rounded to nearest even, subnormals flushed to zero), pair-interleaved:
+// for each pair of dimensions, 32 items x 2 values, so that one 32-bit word holds an item's
+// pair (an odd d gets a zero dimension); then 4 x 32 floats per block: each item's scale, its
+// bias plus a constant error term, and two error weights. The kernel computes, from the
+// bfloat16 values, an upper bound of each item's float32 score (see topk.cpp for the proof);
+// items whose bound reaches the query's threshold (never above its k-th best score) are
+// scored again, exactly as the float32 storage scores them, from the float table, and a
+// probe of promising items scored first gives each query its first threshold. Results (ids
+// and scores) are the float32 storage's, bit for bit, at every SIMD level. The float table
+// is not copied: the caller keeps it alive and unchanged.
 #pragma once
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <string>
+#include <vector>
 
 namespace recfuse {
 
 constexpr int kTopkPanelBytes = 128;  // one panel row: 32 floats or 16 doubles
+
+// bfloat16 storage: uint16 units of a block's values ((d + 1) / 2 pairs x 32 items x 2), and
+// of a whole block (the values, then scale, bias + c, w1 and w2: 32 floats each).
+constexpr int64_t topk_bf16_data_units(int d) { return static_cast<int64_t>((d + 1) / 2) * 64; }
+constexpr int64_t topk_bf16_block_units(int d) { return topk_bf16_data_units(d) + 4 * 32 * 2; }
 
 // Per-query filters of one search. Any pointer may be null.
 struct TopkFilters {
@@ -49,10 +63,25 @@ class TopkItems {
   // Panel p: d rows of kPanel values (items p*kPanel ... p*kPanel + kPanel - 1).
   const T* panel(int64_t p) const { return data_.get() + p * d_ * kPanel; }
   bool bfloat16() const { return exact_ != nullptr; }
-  // bfloat16 storage: panel p, the float table, and max_j |v_j| |scale_j| (the bound's scale).
-  const uint16_t* panel16(int64_t p) const { return data16_.get() + p * d_ * kPanel; }
+  // bfloat16 storage: block p (topk_bf16_block_units(d) values), the float table, and the
+  // largest (|v_j| + |v_j - bfloat16(v_j)|) max(1, |scale_j|) over the items the bound covers.
+  const uint16_t* block16(int64_t p) const {
+    return data16_.get() + p * topk_bf16_block_units(d_);
+  }
   const T* exact_items() const { return exact_; }
-  double max_weight() const { return max_weight_; }
+  double max_growth() const { return max_growth_; }
+  // bfloat16 storage's probe: the (at most kProbeMax) items likeliest to score high,
+  // best first (largest ||v_j|| |scale_j| + bias_j: the score bound for a unit query), packed
+  // as float panels like the float32 storage. Their exact scores give each query a first
+  // threshold before the scan.
+  static constexpr int kProbeMax = 1024;
+  int64_t probe_size() const { return static_cast<int64_t>(probe_ids_.size()); }
+  const int32_t* probe_ids() const { return probe_ids_.data(); }
+  const T* probe_panel(int64_t p) const { return probe_data_.get() + p * d_ * kPanel; }
+  const T* probe_scale(int64_t p) const { return probe_scale_.get() + p * kPanel; }
+  const T* probe_bias(int64_t p) const { return probe_bias_.get() + p * kPanel; }
+  // Item j's position in the probe, or -1.
+  int64_t probe_slot(int32_t j) const { return probe_slots_.empty() ? -1 : probe_slots_[j]; }
   // kPanel values each; slots past n have scale 1 and bias -inf, so they never qualify.
   const T* panel_scale(int64_t p) const { return scale_.get() + p * kPanel; }
   const T* panel_bias(int64_t p) const { return bias_.get() + p * kPanel; }
@@ -71,7 +100,10 @@ class TopkItems {
   std::unique_ptr<T[], Free> data_, scale_, bias_;
   std::unique_ptr<uint16_t[], Free> data16_;
   const T* exact_ = nullptr;
-  double max_weight_ = 0;
+  double max_growth_ = 0;
+  std::vector<int32_t> probe_ids_;
+  std::vector<int16_t> probe_slots_;  // per item: its probe slot, or -1
+  std::unique_ptr<T[], Free> probe_data_, probe_scale_, probe_bias_;
 };
 
 // Writes m x k ids and scores (row-major). queries: m x d, finite. Threads split the item
@@ -80,5 +112,16 @@ class TopkItems {
 template <class T>
 void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
                  const TopkFilters& filters, int num_threads, int64_t* out_ids, T* out_scores);
+
+// The kernel of bfloat16 storage: "dot" (AVX512-BF16 dot products: the avx512 SIMD level on a
+// CPU with avx512_bf16) or "widen" (the bfloat16 values widened to float, at any level).
+// set_topk_bfloat16_kernel("auto") uses dot wherever it runs (the default), "widen" always
+// widens; process-wide, for tests and measurements. topk_bfloat16_kernel() names the kernel
+// searches use now.
+void set_topk_bfloat16_kernel(const std::string& name);
+std::string topk_bfloat16_kernel();
+// How many candidates bfloat16 storage has scored exactly since the process started (all
+// searches together; for measurements).
+int64_t topk_bfloat16_rescored();
 
 }  // namespace recfuse

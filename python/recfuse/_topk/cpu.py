@@ -1,7 +1,8 @@
 """The native CPU top-k backend: recfuse._core.TopkItemsFloat32/64 (C++17, OpenMP, runtime
 SIMD level). The item table is packed once into SIMD-friendly panels (a copy: the caller's
-array may change afterwards, except with bfloat16 storage, which scores its survivors again
-from the caller's float32 table)."""
+array may change afterwards, except with bfloat16 storage, which scores its candidates again
+from the caller's float32 table). bfloat16 storage runs on AVX512-BF16 dot products where the
+CPU has them (recfuse._core.topk_bfloat16_kernel() says which kernel is in use)."""
 
 from __future__ import annotations
 
