@@ -202,16 +202,20 @@ def test_ranker_with_context_over_http(model_file):
 
 
 def test_micro_batch_answers_each_k_as_if_alone(model_file):
-    from recfuse.server import Metrics, _Batcher
-
     rng = np.random.default_rng(3)
     factors = recfuse.load(model_file).item_factors.shape[1]
     layers = [(rng.standard_normal((6, 2 * factors)).astype(np.float32), None, "relu"),
               (rng.standard_normal((1, 6)).astype(np.float32), None, "identity")]
     recommender = recfuse.Recommender(model_file, recfuse.MLPScorer(layers), candidates=10)
-    batcher = _Batcher(recommender, Limits(), Metrics(), None)
-    batch = [(5, 3, None, None, None), (5, 30, None, None, None), (6, 8, [1], None, None)]
-    answers = batcher._call(batch)
-    for (user, k, exclude, _, _), (row, version, wanted) in zip(batch, answers):
-        alone = recommender.recommend(user, k, exclude)
-        assert row["items"][:wanted] == alone.ids[alone.ids >= 0].tolist() and version == 1
+    batcher = recfuse.MicroBatcher(recommender)
+    try:
+        requests = [(5, 3, None), (5, 30, None), (6, 8, [1])]
+        answers = batcher._results([recommender._request(recommender._state, user, k, exclude,
+                                                         None)
+                                    for user, k, exclude in requests])
+        for (user, k, exclude), answer in zip(requests, answers):
+            alone = recommender.recommend(user, k, exclude)
+            np.testing.assert_array_equal(answer.ids, alone.ids)
+            assert answer.version == 1
+    finally:
+        batcher.close()
