@@ -519,3 +519,46 @@ def test_batched_path_equals_the_slow_reference(problem):
                                context_features=None if problem["contexts"] is None
                                else problem["contexts"][row])
         np.testing.assert_array_equal(single.ids, got.ids[row])
+
+
+# ---------------------------------------------------------------------- the ranker with the model
+
+
+def test_ranker_files_and_swaps_change_model_and_ranker_together(als, scorer, seen, tmp_path):
+    model_path, ranker_path = tmp_path / "als.npz", tmp_path / "ranker.npz"
+    als.save(model_path)
+    scorer.save(ranker_path)
+    rec = Recommender(model_path, ranker_path, candidates=30, k=8, num_threads=1)
+    direct = Recommender(als, scorer, candidates=30, k=8, num_threads=1)
+    context = np.array([0.3, -0.2], np.float32)
+    first = rec.recommend(4, context_features=context)
+    np.testing.assert_array_equal(first.ids, direct.recommend(4, context_features=context).ids)
+    assert rec.info()["ranker_source"] == str(ranker_path) and rec.context_width == 2
+    # a new ranker comes in with the model, in one swap
+    rng = np.random.default_rng(5)
+    layers = [(rng.standard_normal((4, 2 * FACTORS + 2)).astype(np.float32), None, "relu"),
+              (rng.standard_normal((1, 4)).astype(np.float32), None, "identity")]
+    recfuse.MLPScorer(layers).save(ranker_path)
+    assert rec.swap_model(model_path, ranker=ranker_path) == 2
+    want = Recommender(als, recfuse.MLPScorer(layers), candidates=30, k=8, num_threads=1)
+    second = rec.recommend(4, context_features=context)
+    np.testing.assert_array_equal(second.ids, want.recommend(4, context_features=context).ids)
+    assert second.version == 2
+    # kept by default; a ranker file that does not load keeps both the model and its ranker
+    assert rec.swap_model(model_path) == 3
+    np.testing.assert_array_equal(rec.recommend(4, context_features=context).ids, second.ids)
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(ranker_path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable"):
+        rec.swap_model(model_path, ranker=broken)
+    assert rec.version == 3
+    # no ranker: recall order, no context any more
+    assert rec.swap_model(model_path, ranker=None) == 4
+    assert rec.context_width == 0 and set(rec.recommend(4).stages) == {"recall"}
+    # a kept ranker must fit the new model's factors
+    rec = Recommender(als, scorer, num_threads=1)
+    wider = recfuse.ALS(factors=FACTORS + 1, iterations=1, random_state=0).fit(seen)
+    with pytest.raises(ValueError, match="ranker was built for"):
+        rec.swap_model(wider)
+    with pytest.raises(TypeError, match="ranker must be"):
+        Recommender(als, ranker=3)

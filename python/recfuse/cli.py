@@ -250,7 +250,8 @@ def _serve(args) -> int:
           f"{info['items']} items){ranked} on http://{args.host}:{args.port} "
           f"({stack['http']}, {stack['loop']})", file=sys.stderr)
     serve(recommender, host=args.host, port=args.port, model_path=args.model,
-          ranker_path=args.ranker, limits=limits)
+          ranker_path=args.ranker, ranker_options={"precision": args.ranker_precision},
+          limits=limits)
     return 0
 
 

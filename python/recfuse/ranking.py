@@ -92,6 +92,7 @@ class MLPScorer:
             raise TypeError(f"kernel must be a string, got {type(kernel).__name__}")
         self._module = resolve_backend(backend, "mlp")
         self._model = self._module.prepare(self.layers, self.precision, kernel)
+        self.source: str | None = None  # the file it was read from (load_scorer)
 
     # ------------------------------------------------------------------ construction
 
@@ -401,13 +402,16 @@ def load_scorer(path, **options) -> MLPScorer:
     ``options`` (precision, backend, kernel) go to the scorer."""
     path = os.fspath(path)
     if path.lower().endswith(".onnx"):
-        return MLPScorer.from_onnx(path, **options)
+        scorer = MLPScorer.from_onnx(path, **options)
+        scorer.source = path
+        return scorer
     from .persistence import load
 
     scorer = load(path, **options)
     if not isinstance(scorer, MLPScorer):
         raise ValueError(f"{path!r} holds a {type(scorer).__name__}, not a ranker (a file "
                          f"written by MLPScorer.save, or an .onnx chain)")
+    scorer.source = path
     return scorer
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import importlib.util
 import json
 import logging
@@ -56,6 +55,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
         from error
 
 from .batching import MicroBatcher
+from .ranking import load_scorer
 from .serving import Recommender
 
 LOG = logging.getLogger("recfuse.server")
@@ -215,9 +215,11 @@ def _row(result, position: int | None = None) -> dict:
 
 
 def create_app(recommender: Recommender, *, model_path: str | None = None,
-               ranker_path: str | None = None, limits: Limits | None = None) -> Starlette:
-    """The Starlette app serving ``recommender``; /reload reloads ``model_path`` (and the
-    ranker from ``ranker_path`` when given, else the ranker being served is kept)."""
+               ranker_path: str | None = None, ranker_options: dict | None = None,
+               limits: Limits | None = None) -> Starlette:
+    """The Starlette app serving ``recommender``; /reload reloads ``model_path`` and, when
+    given, the ranker from ``ranker_path`` (``load_scorer(ranker_path, **ranker_options)``);
+    else the ranker being served is kept."""
     limits = limits or Limits()
     metrics = Metrics()
     readers = concurrent.futures.ThreadPoolExecutor(limits.workers, "recfuse-recommend")
@@ -340,11 +342,15 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         if model_path is None:
             raise _BadRequest(422, "this server was not started from a model file; nothing to "
                                    "reload")
+        def reload_files() -> int:  # in the writer thread: loading takes a while
+            if ranker_path is None:
+                return recommender.swap_model(model_path)
+            ranker = load_scorer(ranker_path, **(ranker_options or {}))
+            return recommender.swap_model(model_path, ranker=ranker)
+
         loop = asyncio.get_running_loop()
-        options = {} if ranker_path is None else {"ranker": ranker_path}
         try:
-            version = await loop.run_in_executor(
-                writers, functools.partial(recommender.swap_model, model_path, **options))
+            version = await loop.run_in_executor(writers, reload_files)
         except (ValueError, TypeError, OSError, KeyError) as error:
             raise _BadRequest(422, f"the model was not reloaded ({error}); still serving "
                                    f"version {recommender.version}") from None
@@ -396,9 +402,11 @@ def http_stack() -> dict:
 
 def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000,
           model_path: str | None = None, ranker_path: str | None = None,
-          limits: Limits | None = None, log_level: str = "warning") -> None:
-    """Run the API with uvicorn until interrupted."""
+          ranker_options: dict | None = None, limits: Limits | None = None,
+          log_level: str = "warning") -> None:
+    """Run the API with uvicorn until interrupted (``create_app`` for the arguments)."""
     import uvicorn
 
-    app = create_app(recommender, model_path=model_path, ranker_path=ranker_path, limits=limits)
+    app = create_app(recommender, model_path=model_path, ranker_path=ranker_path,
+                     ranker_options=ranker_options, limits=limits)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

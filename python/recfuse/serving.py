@@ -357,9 +357,10 @@ class Recommender:
                 "dropped_events": self.dropped_events, "ranker": model.ranker is not None,
                 "ranker_source": model.ranker_source, "context_width": model.context_width}
 
-    def _build(self, retriever, ranker) -> _Model:
+    def _build(self, retriever, ranker, factors: int | None = None) -> _Model:
         """A ready ``_Model`` from a fitted model or a model file and a ranker (an
-        ``MLPScorer`` and its source, or None); raises, changing nothing."""
+        ``MLPScorer`` and its source, or None); ``factors``: what the model must have (a
+        kept ranker was built for it). Raises, changing nothing."""
         source = "<object>"
         if isinstance(retriever, (str, os.PathLike)):
             from .persistence import load
@@ -395,6 +396,10 @@ class Recommender:
             raise TypeError(f"retriever must be a fitted recfuse.ALS, SVD, SVDpp or BPR or a "
                             f"model file path, got {type(model).__name__}")
         n_users, n_items = users.shape[0], items.shape[0]
+        if factors is not None and items.shape[1] != factors:
+            raise ValueError(f"the new model has {items.shape[1]} factors; the ranker was "
+                             f"built for {factors} (give the new model's ranker: "
+                             f"swap_model(source, ranker=...))")
         if seen is None:  # a model without its training matrix: every user counts as known
             seen = sp.csr_matrix((n_users, n_items), dtype=np.float64)
             history = np.ones(n_users, dtype=bool)
@@ -455,16 +460,14 @@ class Recommender:
         anything fails the old model stays and the error is raised. Returns the new version.
         """
         current = self._state.model
+        factors = None
         if ranker is _KEEP:
             chosen = None if current.ranker is None else (current.ranker, current.ranker_source)
+            if current.ranker is not None:
+                factors = current.item_vectors.shape[1]
         else:
             chosen = _ranker_of(ranker)
-        built = self._build(source, chosen)
-        if ranker is _KEEP and current.ranker is not None and \
-                built.item_vectors.shape[1] != current.item_vectors.shape[1]:
-            raise ValueError(f"the new model has {built.item_vectors.shape[1]} factors; the "
-                             f"ranker was built for {current.item_vectors.shape[1]} (give the "
-                             f"new model's ranker: swap_model(source, ranker=...))")
+        built = self._build(source, chosen, factors)
         with self._write_lock:
             state = _State(built)
             if replay and self._log:
@@ -1078,7 +1081,7 @@ def _ranker_of(ranker) -> tuple[MLPScorer, str] | None:
     if isinstance(ranker, MLPRanker):
         return ranker.to_scorer(), "<MLPRanker>"
     if isinstance(ranker, MLPScorer):
-        return ranker, "<object>"
+        return ranker, ranker.source or "<object>"
     if isinstance(ranker, (str, os.PathLike)):
         return load_scorer(ranker), os.fspath(ranker)
     raise TypeError(f"ranker must be a recfuse.MLPScorer, a fitted MLPRanker, a scorer file "
