@@ -19,24 +19,26 @@ Modes, each at concurrency 1, 16 and 64:
 - ``http``: ``recfuse serve MODEL [--ranker RANKER]`` (the command itself) in a child
   process (uvicorn, micro-batching; the HTTP parser and event loop it runs on are printed)
   and that many keep-alive connections from a minimal asyncio HTTP/1.1 client in this
-  process (httpx costs more than the server): client and server share the 2 cores, and the
-  CPU seconds each used per request are recorded;
+  process (httpx costs more than the server; on uvloop when it is installed): client and
+  server share the 2 cores, and the CPU time each used per request is recorded;
 - ``usual``: implicit 0.7.3 ``recommend`` (same factors, seen filtered) plus the MLP in
   PyTorch (``torch.nn.Sequential`` on the gathered/concatenated rows) when torch imports,
   else in NumPy (said in the output), from threads like ``embedded``.
 
 Each cell runs for ``--seconds`` (default 2) or ``--requests`` calls, whichever ends first.
-``observe`` latency: one event per call, then the next recommend sees it. Prints a table,
-writes bench/results/bench_serve.json. Loopback only; the machine's load (``uptime``) is
-printed before and after, because these 2 cores are shared.
+``observe`` latency: one event per call (``--observe`` calls), then the next recommend must
+exclude the item. Prints a table, writes bench/results/bench_serve.json. Loopback only; the
+machine's load (``uptime``) is printed with every row, because these 2 cores are shared.
 
-    python bench/bench_serve.py              # about 3 minutes
+    python bench/bench_serve.py                              # about 6 minutes
+    python bench/bench_serve.py --models ml-small --modes http --chains recall+rank
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -60,6 +62,7 @@ DATASETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", 
                         "datasets")
 FACTORS, CANDIDATES, K = 64, 200, 10
 CONCURRENCY = (1, 16, 64)
+CLIENT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
 def load_average() -> str:
@@ -176,7 +179,13 @@ def run_http(port: int, users, concurrency: int, seconds: float, requests: int,
              server_pid: int | None = None) -> dict:
     client_before = cpu_seconds(os.getpid())
     server_before = None if server_pid is None else cpu_seconds(server_pid)
-    latencies, elapsed = asyncio.run(_http_load(port, users, concurrency, seconds, requests))
+    load = _http_load(port, users, concurrency, seconds, requests)
+    if CLIENT_LOOP == "uvloop":  # the load generator's own CPU is taken from the server's cores
+        import uvloop
+
+        latencies, elapsed = uvloop.run(load)
+    else:
+        latencies, elapsed = asyncio.run(load)
     result = percentiles(latencies, elapsed)
     calls = max(len(latencies), 1)
     result["client_cpu_us"] = (cpu_seconds(os.getpid()) - client_before) / calls * 1e6
@@ -314,7 +323,7 @@ def main(argv=None) -> int:
     stack = http_stack()
     loads = {"before": load_average()}
     print(f"load average before: {loads['before']} (2 cores, shared); HTTP server on "
-          f"{stack['http']} + {stack['loop']}")
+          f"{stack['http']} + {stack['loop']}, client on {CLIENT_LOOP}")
     rows, observe = [], {}
     engine = ""
     with tempfile.TemporaryDirectory() as folder:
@@ -373,7 +382,7 @@ def main(argv=None) -> int:
     import uvicorn
 
     report = {"rows": rows, "observe": observe, "load_average": loads, "usual_chain": engine,
-              "http_stack": stack, "workers": args.workers,
+              "http_stack": stack, "client_loop": CLIENT_LOOP, "workers": args.workers,
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "versions": {"python": platform.python_version(), "numpy": np.__version__,
                            "implicit": implicit.__version__, "starlette": starlette.__version__,

@@ -88,6 +88,12 @@ class MicroBatcher:
         self._ready = threading.Condition(threading.Lock())
         self._incoming = 0  # announced requests not yet queued
         self._expected = 1  # the previous batch's size
+        # Workers waiting: idle ones (nothing queued), and lingering ones (the bounded wait)
+        # with the queue length they wait for. Callers wake a worker only when one of them
+        # has reason to move: a wake-up per request would hand the GIL back and forth.
+        self._idle = 0
+        self._lingering = 0
+        self._linger_until = 0
         self._closed = False
         self._wakes: set = set()  # loops with a wake-up scheduled for this turn
         self._threads = [threading.Thread(target=self._work, name=f"recfuse-batch-{n}",
@@ -106,7 +112,7 @@ class MicroBatcher:
         with self._ready:
             self._refuse_when_closed()
             self._queue.append(_Pending(request, future, None))
-            self._ready.notify()
+            self._nudge()
         return future
 
     def recommend(self, user, k: int | None = None, exclude=None,
@@ -148,7 +154,8 @@ class MicroBatcher:
         finally:
             with self._ready:
                 self._incoming -= 1
-                self._ready.notify()
+                if self._lingering:  # its target may have come down to what is queued
+                    self._ready.notify()
 
     def close(self) -> None:
         """Answer what is queued, then stop the workers; later calls raise RuntimeError."""
@@ -176,6 +183,11 @@ class MicroBatcher:
     def _wake(self, loop) -> None:
         with self._ready:
             self._wakes.discard(loop)
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake a worker if one waits for what is queued now (lock held)."""
+        if self._idle or (self._lingering and len(self._queue) >= self._linger_until):
             self._ready.notify()
 
     # ------------------------------------------------------------------ workers
@@ -184,18 +196,23 @@ class MicroBatcher:
         while True:
             with self._ready:
                 while not self._queue and not self._closed:
+                    self._idle += 1
                     self._ready.wait()
+                    self._idle -= 1
                 if not self._queue:
                     return  # closed and drained
                 deadline = None
-                while len(self._queue) < self.max_batch and not self._closed and \
-                        len(self._queue) < self._incoming + self._expected:
+                while not self._closed:
+                    target = min(self.max_batch, self._incoming + self._expected)
                     now = time.monotonic()
                     if deadline is None:
                         deadline = now + self.max_wait
-                    if now >= deadline:
+                    if len(self._queue) >= target or now >= deadline:
                         break
+                    self._lingering += 1
+                    self._linger_until = target
                     self._ready.wait(deadline - now)
+                    self._lingering -= 1
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue),
                                                                   self.max_batch))]
                 self._expected = len(batch)

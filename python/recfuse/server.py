@@ -264,28 +264,25 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         return endpoint
 
     async def recommend(request: Request) -> Response:
-        batcher = batching["batcher"]
-        with batcher.incoming():  # batches forming meanwhile wait for this one
-            body = _fields(await body_of(request), {"user", "users", "k", "exclude", "excludes",
-                                                     "context", "contexts"}, "/recommend")
-            k = _integer(body.get("k", recommender.k), "k", 1, limits.max_k)
-            width = recommender.context_width
-            if "users" not in body:
-                if "user" not in body:
-                    raise _BadRequest(422, "give 'user' (one id) or 'users' (a list of ids)")
-                user = _integer(body["user"], "user")
-                exclude = body.get("exclude")
-                if exclude is not None:
-                    exclude = _integers(exclude, "exclude", limits.max_exclude)
-                context = body.get("context")
-                if width and context is None:
-                    raise _BadRequest(422, f"context is required: a list of {width} numbers")
-                if context is not None:
-                    context = _numbers(context, "context", width)
-                answer = batcher.submit_async(user, k, exclude, context)
+        body = _fields(await body_of(request), {"user", "users", "k", "exclude", "excludes",
+                                                 "context", "contexts"}, "/recommend")
+        k = _integer(body.get("k", recommender.k), "k", 1, limits.max_k)
+        width = recommender.context_width
         if "users" in body:
             return await recommend_many(body, k, width)
-        result = await answer
+        if "user" not in body:
+            raise _BadRequest(422, "give 'user' (one id) or 'users' (a list of ids)")
+        user = _integer(body["user"], "user")
+        exclude = body.get("exclude")
+        if exclude is not None:
+            exclude = _integers(exclude, "exclude", limits.max_exclude)
+        context = body.get("context")
+        if width and context is None:
+            raise _BadRequest(422, f"context is required: a list of {width} numbers")
+        if context is not None:
+            context = _numbers(context, "context", width)
+        # the requests of one event-loop turn are queued together, with one wake-up
+        result = await batching["batcher"].submit_async(user, k, exclude, context)
         return JSONResponse({"user": user, **_row(result), "model_version": result.version})
 
     async def recommend_many(body: dict, k: int, width: int) -> Response:
