@@ -312,7 +312,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chains", default="recall,recall+rank")
     parser.add_argument("--modes", default="embedded,batcher,usual,http")
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
-    parser.add_argument("--workers", type=int, default=2,
+    parser.add_argument("--workers", type=int, default=1,
                         help="threads answering batches (the batcher and recfuse serve)")
     parser.add_argument("--observe", type=int, default=1000, help="observe calls timed")
     args = parser.parse_args(argv)

@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
     serve.add_argument("--batch-wait-ms", type=float, default=1.0,
                        help="how long a micro-batch may wait for the requests it expects")
-    serve.add_argument("--workers", type=int, default=2, help="threads answering batches")
+    serve.add_argument("--workers", type=int, default=1, help="threads answering batches")
     serve.add_argument("--threads", type=int, default=None,
                        help="CPU threads per native call (default: 1 below 100,000 items, else all)")
     serve.set_defaults(run=_serve)
