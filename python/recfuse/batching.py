@@ -224,7 +224,10 @@ class MicroBatcher:
                 self.on_batch(len(batch))
             except Exception:  # noqa: BLE001 - a metrics hook must not fail the requests
                 pass
-        answers = self._results([pending.request for pending in batch])
+        try:
+            answers = self._results([pending.request for pending in batch])
+        except Exception as error:  # noqa: BLE001 - a bug here must not leave callers waiting
+            answers = [error] * len(batch)
         by_loop: dict = {}
         for pending, answer in zip(batch, answers):
             if pending.loop is None:
@@ -248,7 +251,7 @@ class MicroBatcher:
         recommender = self.recommender
         state = recommender._state  # one model for the whole batch
         answers: list = [None] * len(requests)
-        for positions in self._groups(requests).values():
+        for positions in self._groups(requests, state).values():
             group = [requests[p] for p in positions]
             try:
                 widest = max(request.k for request in group)
@@ -273,11 +276,11 @@ class MicroBatcher:
                         answers[position] = error
         return answers
 
-    def _groups(self, requests: list) -> dict:
+    def _groups(self, requests: list, state) -> dict:
         """Positions of the requests by the recall depth their k asks for: a list is the
-        prefix of a longer one's unless k changes what is recalled (``Recommender.deep``
-        and k above ``candidates``)."""
-        deep = self.recommender.deep
+        prefix of a longer one's unless k changes what is recalled (k above ``candidates``
+        with a ranker or a reordering re-rank)."""
+        deep = self.recommender._deep(state.model)
         candidates = self.recommender.candidates
         groups: dict = {}
         for position, request in enumerate(requests):

@@ -336,13 +336,11 @@ class Recommender:
         """Columns of ``context_features`` the ranker takes (0 without a ranker)."""
         return self._state.model.context_width
 
-    @property
-    def deep(self) -> bool:
+    def _deep(self, model: _Model) -> bool:
         """Whether lists come from more than k recalled candidates (a ranker, or re-ranking
-        that reorders): then a longer list is not a prefix-extension of a shorter one's
-        recall, and calls with k above ``candidates`` recall k items instead."""
-        return self._state.model.ranker is not None or (
-            self.rerank is not None and self.rerank.reorders)
+        that reorders): then calls with k above ``candidates`` recall k items instead, and
+        their lists are not extensions of shorter ones."""
+        return model.ranker is not None or (self.rerank is not None and self.rerank.reorders)
 
     def info(self) -> dict:
         """The model answering now: version, source, kind, users, items, added items/users,
@@ -563,9 +561,7 @@ class Recommender:
                                                       model.seen_indptr[r + 1]].astype(np.int64)
                         own[position] = np.union1d(seen, extra_ids)
             threads = self._threads(model)
-            deep = model.ranker is not None or (self.rerank is not None and
-                                                self.rerank.reorders)
-            wanted = max(k, self.candidates) if deep else k
+            wanted = max(k, self.candidates) if self._deep(model) else k
             ids, scores = self._recall(model, extra, queries, offsets, base_rows, own, wanted,
                                        threads)
             code = _RECALL
