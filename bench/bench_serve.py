@@ -104,8 +104,10 @@ def million_items() -> recfuse.ALS:
 def mlp_layers() -> list:
     rng = np.random.default_rng(1)
     widths = [2 * FACTORS, 256, 64, 1]
-    return [(rng.standard_normal((o, i)).astype(np.float32) * np.sqrt(2 / i), np.zeros(o, np.float32),
-             "relu" if o > 1 else "sigmoid") for i, o in zip(widths[:-1], widths[1:])]
+    # (float32 weights: a NumPy float64 scalar would promote them, and torch would refuse)
+    return [((rng.standard_normal((o, i)) * np.sqrt(2 / i)).astype(np.float32),
+             np.zeros(o, np.float32), "relu" if o > 1 else "sigmoid")
+            for i, o in zip(widths[:-1], widths[1:])]
 
 
 def percentiles(latencies: list, seconds: float) -> dict:
@@ -120,18 +122,23 @@ def run_threads(call, users: np.ndarray, concurrency: int, seconds: float, reque
     stop = time.perf_counter() + seconds
     budget = [requests]
 
+    errors: list = []
+
     def worker(seed):
         rng = np.random.default_rng(seed)
         mine = []
-        while time.perf_counter() < stop:
-            with lock:
-                if budget[0] <= 0:
-                    break
-                budget[0] -= 1
-            user = int(rng.choice(users))
-            started = time.perf_counter()
-            call(user)
-            mine.append(time.perf_counter() - started)
+        try:
+            while time.perf_counter() < stop:
+                with lock:
+                    if budget[0] <= 0:
+                        break
+                    budget[0] -= 1
+                user = int(rng.choice(users))
+                started = time.perf_counter()
+                call(user)
+                mine.append(time.perf_counter() - started)
+        except Exception as error:  # noqa: BLE001 - raised in the main thread below
+            errors.append(error)
         with lock:
             latencies.extend(mine)
 
@@ -141,6 +148,8 @@ def run_threads(call, users: np.ndarray, concurrency: int, seconds: float, reque
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
     return percentiles(latencies, time.perf_counter() - began)
 
 
