@@ -1097,8 +1097,6 @@ def _item_rows(model: _Model, extra: _NewItems | None, item_ids: np.ndarray) -> 
 
 def _exclude_ids(value, name: str) -> np.ndarray:
     """Item ids to exclude, sorted and unique (any id >= 0: unknown ones exclude nothing)."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be item ids, got {type(value).__name__}")
     return np.unique(check.check_ids(value, name, None))
 
 
@@ -1146,9 +1144,10 @@ def _queries(state: _State, users: np.ndarray):
 def _exclusions(model: _Model | None, base_rows, own: dict, first: int, count: int, *,
                 users: int | None = None):
     """Each user's excluded ids within ``[first, first + count)``, minus ``first``, as the
-    search takes them (indptr int64, indices int32 sorted), or None when none is excluded:
-    ``own[position]`` where given, else row ``base_rows[position]`` of the model's seen
-    matrix (``model`` None: nothing else; then ``users`` is the number of users)."""
+    search takes them (indptr int64, indices int32 sorted): ``own[position]`` where given,
+    else row ``base_rows[position]`` of the model's seen matrix. With ``model`` None only
+    the ``own`` lists count (``users`` is then the number of users), and None is returned
+    when there are none."""
     m = users if base_rows is None else base_rows.size
     if not own:
         if model is None:
