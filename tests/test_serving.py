@@ -562,3 +562,21 @@ def test_ranker_files_and_swaps_change_model_and_ranker_together(als, scorer, se
         rec.swap_model(wider)
     with pytest.raises(TypeError, match="ranker must be"):
         Recommender(als, ranker=3)
+
+
+@given(row=st.dictionaries(st.integers(0, 30), st.floats(0, 5), max_size=8),
+       new=st.lists(st.tuples(st.integers(0, 35), st.floats(0, 5)), min_size=1, max_size=6))
+def test_merge_adds_events_to_a_row(row, new):
+    from recfuse.serving import _merge
+
+    items = np.array(sorted(row), dtype=np.int64)
+    weights = np.array([row[i] for i in sorted(row)])
+    new_items = np.array([i for i, _ in new], dtype=np.int64)
+    new_weights = np.array([w for _, w in new])
+    merged_items, merged_weights = _merge(items, weights, new_items, new_weights)
+    want = dict(row)
+    for item, weight in new:
+        want[item] = want.get(item, 0.0) + weight
+    assert merged_items.tolist() == sorted(want) and merged_items.dtype == np.int64
+    np.testing.assert_allclose(merged_weights, [want[i] for i in sorted(want)])
+    assert items.tolist() == sorted(row)  # the inputs stay as they were
