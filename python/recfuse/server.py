@@ -342,6 +342,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         if model_path is None:
             raise _BadRequest(422, "this server was not started from a model file; nothing to "
                                    "reload")
+
         def reload_files() -> int:  # in the writer thread: loading takes a while
             if ranker_path is None:
                 return recommender.swap_model(model_path)
