@@ -14,25 +14,31 @@ recalled, scored by an MLP [user 64 | item 64] -> 256 -> 64 -> 1, top 10 kept).
 Modes, each at concurrency 1, 16 and 64:
 
 - ``embedded``: that many threads calling ``Recommender.recommend(user)`` in a loop;
-- ``http``: ``recfuse serve`` in a child process (uvicorn, micro-batching) and that many
-  keep-alive connections from a minimal asyncio HTTP/1.1 client in this process (httpx
-  costs more than the server);
+- ``batcher``: the same threads calling ``MicroBatcher.recommend(user)`` (concurrent calls
+  answered together: one native recall and one rank call per batch);
+- ``http``: ``recfuse serve MODEL [--ranker RANKER]`` (the command itself) in a child
+  process (uvicorn, micro-batching; the HTTP parser and event loop it runs on are printed)
+  and that many keep-alive connections from a minimal asyncio HTTP/1.1 client in this
+  process (httpx costs more than the server; on uvloop when it is installed): client and
+  server share the 2 cores, and the CPU time each used per request is recorded;
 - ``usual``: implicit 0.7.3 ``recommend`` (same factors, seen filtered) plus the MLP in
   PyTorch (``torch.nn.Sequential`` on the gathered/concatenated rows) when torch imports,
   else in NumPy (said in the output), from threads like ``embedded``.
 
 Each cell runs for ``--seconds`` (default 2) or ``--requests`` calls, whichever ends first.
-``observe`` latency: one event per call, then the next recommend sees it. Prints a table,
-writes bench/results/bench_serve.json. Loopback only; the machine's load (``uptime``) is
-printed before and after, because these 2 cores are shared.
+``observe`` latency: one event per call (``--observe`` calls), then the next recommend must
+exclude the item. Prints a table, writes bench/results/bench_serve.json. Loopback only; the
+machine's load (``uptime``) is printed with every row, because these 2 cores are shared.
 
-    python bench/bench_serve.py              # about 3 minutes
+    python bench/bench_serve.py                              # about 6 minutes
+    python bench/bench_serve.py --models ml-small --modes http --chains recall+rank
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -56,6 +62,7 @@ DATASETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", 
                         "datasets")
 FACTORS, CANDIDATES, K = 64, 200, 10
 CONCURRENCY = (1, 16, 64)
+CLIENT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
 def load_average() -> str:
@@ -97,8 +104,10 @@ def million_items() -> recfuse.ALS:
 def mlp_layers() -> list:
     rng = np.random.default_rng(1)
     widths = [2 * FACTORS, 256, 64, 1]
-    return [(rng.standard_normal((o, i)).astype(np.float32) * np.sqrt(2 / i), np.zeros(o, np.float32),
-             "relu" if o > 1 else "sigmoid") for i, o in zip(widths[:-1], widths[1:])]
+    # (float32 weights: a NumPy float64 scalar would promote them, and torch would refuse)
+    return [((rng.standard_normal((o, i)) * np.sqrt(2 / i)).astype(np.float32),
+             np.zeros(o, np.float32), "relu" if o > 1 else "sigmoid")
+            for i, o in zip(widths[:-1], widths[1:])]
 
 
 def percentiles(latencies: list, seconds: float) -> dict:
@@ -113,18 +122,23 @@ def run_threads(call, users: np.ndarray, concurrency: int, seconds: float, reque
     stop = time.perf_counter() + seconds
     budget = [requests]
 
+    errors: list = []
+
     def worker(seed):
         rng = np.random.default_rng(seed)
         mine = []
-        while time.perf_counter() < stop:
-            with lock:
-                if budget[0] <= 0:
-                    break
-                budget[0] -= 1
-            user = int(rng.choice(users))
-            started = time.perf_counter()
-            call(user)
-            mine.append(time.perf_counter() - started)
+        try:
+            while time.perf_counter() < stop:
+                with lock:
+                    if budget[0] <= 0:
+                        break
+                    budget[0] -= 1
+                user = int(rng.choice(users))
+                started = time.perf_counter()
+                call(user)
+                mine.append(time.perf_counter() - started)
+        except Exception as error:  # noqa: BLE001 - raised in the main thread below
+            errors.append(error)
         with lock:
             latencies.extend(mine)
 
@@ -134,6 +148,8 @@ def run_threads(call, users: np.ndarray, concurrency: int, seconds: float, reque
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
     return percentiles(latencies, time.perf_counter() - began)
 
 
@@ -168,26 +184,43 @@ async def _http_load(port: int, users: np.ndarray, concurrency: int, seconds: fl
     return latencies, time.perf_counter() - began
 
 
-def run_http(port: int, users, concurrency: int, seconds: float, requests: int) -> dict:
-    latencies, elapsed = asyncio.run(_http_load(port, users, concurrency, seconds, requests))
-    return percentiles(latencies, elapsed)
+def run_http(port: int, users, concurrency: int, seconds: float, requests: int,
+             server_pid: int | None = None) -> dict:
+    client_before = cpu_seconds(os.getpid())
+    server_before = None if server_pid is None else cpu_seconds(server_pid)
+    load = _http_load(port, users, concurrency, seconds, requests)
+    if CLIENT_LOOP == "uvloop":  # the load generator's own CPU is taken from the server's cores
+        import uvloop
+
+        latencies, elapsed = uvloop.run(load)
+    else:
+        latencies, elapsed = asyncio.run(load)
+    result = percentiles(latencies, elapsed)
+    calls = max(len(latencies), 1)
+    result["client_cpu_us"] = (cpu_seconds(os.getpid()) - client_before) / calls * 1e6
+    if server_pid is not None:
+        result["server_cpu_us"] = (cpu_seconds(server_pid) - server_before) / calls * 1e6
+    return result
 
 
-def child_server(model_path: str, rank: bool, port: int) -> None:
-    """The server process: a Recommender (with the MLP when ``rank``) behind uvicorn."""
-    from recfuse.server import serve
-
-    ranker = recfuse.MLPScorer(mlp_layers()) if rank else None
-    recommender = recfuse.Recommender(model_path, ranker, candidates=CANDIDATES, k=K)
-    serve(recommender, host="127.0.0.1", port=port, model_path=model_path)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(model_path: str, rank: bool) -> tuple[subprocess.Popen, int]:
+def start_server(model_path: str, ranker_path: str | None,
+                 workers: int) -> tuple[subprocess.Popen, int]:
+    """``recfuse serve`` on a free loopback port, in a child process."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, __file__, "--child", model_path,
-                                "--child-rank", str(int(rank)), "--child-port", str(port)])
+    command = [sys.executable, "-m", "recfuse.cli", "serve", model_path, "--port", str(port),
+               "--k", str(K), "--candidates", str(CANDIDATES), "--workers", str(workers)]
+    if ranker_path is not None:
+        command += ["--ranker", ranker_path]
+    process = subprocess.Popen(command)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -250,7 +283,9 @@ def usual_chain(model: recfuse.ALS, rank: bool):
     return call, engine
 
 
-def observe_latency(recommender: recfuse.Recommender, users, n: int = 200) -> dict:
+def observe_latency(recommender: recfuse.Recommender, users, n: int) -> dict:
+    """One event per call (a random user and item), then the next recommend must exclude
+    the item (visible); the latency of observe alone."""
     rng = np.random.default_rng(5)
     latencies = []
     n_items = recommender.info()["items"]
@@ -261,7 +296,21 @@ def observe_latency(recommender: recfuse.Recommender, users, n: int = 200) -> di
         latencies.append(time.perf_counter() - started)
         assert item not in recommender.recommend(user).ids  # visible to the next call
     values = np.array(latencies) * 1000
-    return {"p50_ms": float(np.percentile(values, 50)), "p99_ms": float(np.percentile(values, 99))}
+    return {"p50_ms": float(np.percentile(values, 50)), "p90_ms": float(np.percentile(values, 90)),
+            "p99_ms": float(np.percentile(values, 99)), "max_ms": float(values.max()),
+            "calls": n}
+
+
+def report_row(rows: list, **row) -> None:
+    row["load"] = load_average().split()[0]
+    rows.append(row)
+    cpu = ""
+    if "server_cpu_us" in row:
+        cpu = f"  cpu/request: server {row['server_cpu_us']:5.0f} us, client " \
+              f"{row['client_cpu_us']:4.0f} us"
+    print(f"  {row['chain']:<12} {row['mode']:<9} c={row['concurrency']:<3} "
+          f"p50 {row['p50_ms']:8.2f} ms  p99 {row['p99_ms']:8.2f} ms  {row['per_s']:8.0f}/s"
+          f"{cpu}  (load {row['load']})", flush=True)
 
 
 def main(argv=None) -> int:
@@ -269,18 +318,26 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--models", default="ml-small,1M-items")
-    parser.add_argument("--child")
-    parser.add_argument("--child-rank", type=int, default=0)
-    parser.add_argument("--child-port", type=int, default=0)
+    parser.add_argument("--chains", default="recall,recall+rank")
+    parser.add_argument("--modes", default="embedded,batcher,usual,http")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    parser.add_argument("--workers", type=int, default=1,
+                        help="threads answering batches (the batcher and recfuse serve)")
+    parser.add_argument("--observe", type=int, default=1000, help="observe calls timed")
     args = parser.parse_args(argv)
-    if args.child:
-        child_server(args.child, bool(args.child_rank), args.child_port)
-        return 0
+    modes = args.modes.split(",")
+    levels = [int(level) for level in args.concurrency.split(",")]
+    from recfuse.server import http_stack
+
+    stack = http_stack()
     loads = {"before": load_average()}
-    print(f"load average before: {loads['before']} (2 cores, shared)")
+    print(f"load average before: {loads['before']} (2 cores, shared); HTTP server on "
+          f"{stack['http']} + {stack['loop']}, client on {CLIENT_LOOP}")
     rows, observe = [], {}
     engine = ""
     with tempfile.TemporaryDirectory() as folder:
+        ranker_path = os.path.join(folder, "ranker.npz")
+        recfuse.MLPScorer(mlp_layers()).save(ranker_path)
         for name in args.models.split(","):
             if name == "ml-small":
                 model, source = ml_small()
@@ -291,36 +348,42 @@ def main(argv=None) -> int:
             users = np.flatnonzero(np.diff(model._user_items.indptr) > 0)
             shape = f"{model.user_factors.shape[0]} x {model.item_factors.shape[0]}"
             print(f"\n{name} ({source}, {shape} x {FACTORS})")
-            for rank in (False, True):
-                chain = "recall+rank" if rank else "recall"
-                ranker = recfuse.MLPScorer(mlp_layers()) if rank else None
-                recommender = recfuse.Recommender(path, ranker, candidates=CANDIDATES, k=K)
+            for chain in args.chains.split(","):
+                rank = chain == "recall+rank"
+                recommender = recfuse.Recommender(path, ranker_path if rank else None,
+                                                  candidates=CANDIDATES, k=K)
                 usual, engine = usual_chain(model, rank)
-                for mode, call in (("embedded", recommender.recommend), ("usual", usual)):
-                    for concurrency in CONCURRENCY:
-                        result = run_threads(call, users, concurrency, args.seconds, args.requests)
-                        rows.append({"model": name, "chain": chain, "mode": mode,
-                                     "concurrency": concurrency, **result})
-                        print(f"  {chain:<12} {mode:<9} c={concurrency:<3} "
-                              f"p50 {result['p50_ms']:8.2f} ms  p99 {result['p99_ms']:8.2f} ms  "
-                              f"{result['per_s']:8.0f}/s", flush=True)
-                process, port = start_server(path, rank)
+                batcher = recfuse.MicroBatcher(recommender, workers=args.workers)
+                calls = {"embedded": recommender.recommend, "batcher": batcher.recommend,
+                         "usual": usual}
                 try:
-                    run_http(port, users, 4, 0.5, 200)  # warm up
-                    for concurrency in CONCURRENCY:
-                        result = run_http(port, users, concurrency, args.seconds, args.requests)
-                        rows.append({"model": name, "chain": chain, "mode": "http",
-                                     "concurrency": concurrency, **result})
-                        print(f"  {chain:<12} {'http':<9} c={concurrency:<3} "
-                              f"p50 {result['p50_ms']:8.2f} ms  p99 {result['p99_ms']:8.2f} ms  "
-                              f"{result['per_s']:8.0f}/s", flush=True)
+                    for mode in [mode for mode in modes if mode in calls]:
+                        for concurrency in levels:
+                            result = run_threads(calls[mode], users, concurrency, args.seconds,
+                                                 args.requests)
+                            report_row(rows, model=name, chain=chain, mode=mode,
+                                       concurrency=concurrency, **result)
                 finally:
-                    process.terminate()
-                    process.wait(10)
-                if not rank:
-                    observe[name] = observe_latency(recommender, users)
-                    print(f"  observe (1 event, then visible): p50 {observe[name]['p50_ms']:.3f} ms"
-                          f"  p99 {observe[name]['p99_ms']:.3f} ms")
+                    batcher.close()
+                if "http" in modes:
+                    process, port = start_server(path, ranker_path if rank else None,
+                                                 args.workers)
+                    try:
+                        run_http(port, users, 4, 0.5, 200)  # warm up
+                        for concurrency in levels:
+                            result = run_http(port, users, concurrency, args.seconds,
+                                              args.requests, process.pid)
+                            report_row(rows, model=name, chain=chain, mode="http",
+                                       concurrency=concurrency, **result)
+                    finally:
+                        process.terminate()
+                        process.wait(10)
+                if not rank and args.observe:
+                    observe[name] = result = observe_latency(recommender, users, args.observe)
+                    print(f"  observe (1 event, then visible; {args.observe} calls): p50 "
+                          f"{result['p50_ms']:.3f} ms  p90 {result['p90_ms']:.3f} ms  p99 "
+                          f"{result['p99_ms']:.3f} ms  max {result['max_ms']:.2f} ms "
+                          f"(load {load_average().split()[0]})", flush=True)
     loads["after"] = load_average()
     print(f"\nload average after: {loads['after']}; usual chain = {engine}")
     import implicit
@@ -328,6 +391,7 @@ def main(argv=None) -> int:
     import uvicorn
 
     report = {"rows": rows, "observe": observe, "load_average": loads, "usual_chain": engine,
+              "http_stack": stack, "client_loop": CLIENT_LOOP, "workers": args.workers,
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "versions": {"python": platform.python_version(), "numpy": np.__version__,
                            "implicit": implicit.__version__, "starlette": starlette.__version__,

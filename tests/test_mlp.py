@@ -596,3 +596,37 @@ def test_bfloat16_rank_pass_keeps_rows_apart():
     want, want_values = MLPScorer(odd.layers, backend="cpu").rank(user, ids, clean, k=5)
     np.testing.assert_array_equal(top, want)
     np.testing.assert_array_equal(values, want_values)
+
+
+def test_save_and_load_give_the_same_scorer(tmp_path):
+    from recfuse.ranking import load_scorer
+
+    rng = np.random.default_rng(8)
+    layers = [(rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal(5), "gelu"),
+              (rng.standard_normal((3, 5)).astype(np.float32), None, "tanh"),
+              (rng.standard_normal((1, 3)).astype(np.float32), np.zeros(1), "sigmoid")]
+    scorer = MLPScorer(layers)
+    path = tmp_path / "ranker.npz"
+    scorer.save(path)
+    loaded = recfuse.load(path)
+    assert isinstance(loaded, MLPScorer) and loaded.precision == "float32"
+    for (W, b, a), (W2, b2, a2) in zip(scorer.layers, loaded.layers):
+        np.testing.assert_array_equal(W, W2)
+        assert a == a2 and (b is None) == (b2 is None)
+        if b is not None:
+            np.testing.assert_array_equal(b, b2)
+    X = rng.standard_normal((6, 4)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.score(X), scorer.score(X))
+    assert load_scorer(path, backend="numpy").backend == "numpy"
+    # foreign, truncated and factor-model files are refused with the file named
+    als_path = tmp_path / "als.npz"
+    recfuse.ALS(factors=2, iterations=1).fit(
+        __import__("scipy.sparse").sparse.eye(4, format="csr", dtype=np.float32)).save(als_path)
+    with pytest.raises(ValueError, match="not a ranker"):
+        load_scorer(als_path)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match="not a readable recfuse model"):
+        load_scorer(truncated)
+    with pytest.raises(FileNotFoundError):
+        load_scorer(tmp_path / "missing.npz")

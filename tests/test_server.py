@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -202,16 +205,109 @@ def test_ranker_with_context_over_http(model_file):
 
 
 def test_micro_batch_answers_each_k_as_if_alone(model_file):
-    from recfuse.server import Metrics, _Batcher
-
     rng = np.random.default_rng(3)
     factors = recfuse.load(model_file).item_factors.shape[1]
     layers = [(rng.standard_normal((6, 2 * factors)).astype(np.float32), None, "relu"),
               (rng.standard_normal((1, 6)).astype(np.float32), None, "identity")]
     recommender = recfuse.Recommender(model_file, recfuse.MLPScorer(layers), candidates=10)
-    batcher = _Batcher(recommender, Limits(), Metrics(), None)
-    batch = [(5, 3, None, None, None), (5, 30, None, None, None), (6, 8, [1], None, None)]
-    answers = batcher._call(batch)
-    for (user, k, exclude, _, _), (row, version, wanted) in zip(batch, answers):
-        alone = recommender.recommend(user, k, exclude)
-        assert row["items"][:wanted] == alone.ids[alone.ids >= 0].tolist() and version == 1
+    batcher = recfuse.MicroBatcher(recommender)
+    try:
+        requests = [(5, 3, None), (5, 30, None), (6, 8, [1])]
+        answers = batcher._results([recommender._request(recommender._state, user, k, exclude,
+                                                         None)
+                                    for user, k, exclude in requests])
+        for (user, k, exclude), answer in zip(requests, answers):
+            alone = recommender.recommend(user, k, exclude)
+            np.testing.assert_array_equal(answer.ids, alone.ids)
+            assert answer.version == 1
+    finally:
+        batcher.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ranker(factors: int, seed: int) -> recfuse.MLPScorer:
+    rng = np.random.default_rng(seed)
+    return recfuse.MLPScorer([
+        (rng.standard_normal((8, 2 * factors + 1)).astype(np.float32), None, "relu"),
+        (rng.standard_normal((1, 8)).astype(np.float32), None, "identity")])
+
+
+def test_recfuse_serve_ranks_with_a_ranker_file_and_reloads_it(model_file, tmp_path):
+    factors = recfuse.load(model_file).item_factors.shape[1]
+    ranker_path = tmp_path / "ranker.npz"
+    _ranker(factors, 0).save(ranker_path)
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "recfuse.cli", "serve", str(model_file), "--port", str(port),
+             "--ranker", str(ranker_path), "--candidates", "20", "--k", "4", "--threads", "1"],
+            stdout=subprocess.DEVNULL, stderr=stderr)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = client.get("/health")
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "recfuse serve did not start"
+                time.sleep(0.1)
+        assert "ranked by" in log.read_text()
+        assert health.json()["ranker"] and health.json()["context_width"] == 1
+        assert health.json()["ranker_source"] == str(ranker_path)
+
+        def embedded(seed):
+            return recfuse.Recommender(model_file, _ranker(factors, seed), candidates=20, k=4,
+                                       num_threads=1)
+
+        def ask(user):
+            reply = client.post("/recommend", json={"user": user, "context": [user / 10]})
+            assert reply.status_code == 200, reply.text
+            return reply.json()
+
+        want = embedded(0)
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # micro-batched together
+            answers = list(pool.map(ask, range(30)))
+        for user, answer in enumerate(answers):
+            alone = want.recommend(user, context_features=[user / 10])
+            assert answer["items"] == alone.ids[alone.ids >= 0].tolist()
+            np.testing.assert_allclose(answer["scores"], alone.scores[alone.ids >= 0], rtol=1e-6)
+            assert set(answer["stages"]) <= {"rank", "popular"}
+        missing = client.post("/recommend", json={"user": 1})
+        assert missing.status_code == 422 and "context is required" in missing.json()["error"]
+        # /reload brings the new ranker file in with the model
+        _ranker(factors, 1).save(ranker_path)
+        reply = client.post("/reload")
+        assert reply.status_code == 200 and reply.json()["model_version"] == 2
+        after = ask(3)
+        alone = embedded(1).recommend(3, context_features=[0.3])
+        assert after["items"] == alone.ids[alone.ids >= 0].tolist()
+        assert after["model_version"] == 2
+        # a ranker file that does not load: 422, model and ranker kept
+        good = ranker_path.read_bytes()
+        ranker_path.write_bytes(good[:100])
+        reply = client.post("/reload")
+        assert reply.status_code == 422 and "still serving version 2" in reply.json()["error"]
+        assert ask(3) == after
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--ranker", "missing.npz"], "no model file"),
+    (["--ranker-precision", "bfloat16"], "--ranker-precision needs --ranker"),
+])
+def test_recfuse_serve_refuses_bad_ranker_options(model_file, tmp_path, arguments, message):
+    result = subprocess.run([sys.executable, "-m", "recfuse.cli", "serve", str(model_file),
+                             "--port", str(_free_port()), *arguments], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -8,6 +8,8 @@ import threading
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
 
 import recfuse
 from recfuse import reference
@@ -352,3 +354,229 @@ def test_als_update_users_is_one_snapshot_for_concurrent_readers(seen):
         thread.join()
     assert not errors, errors[:3]
     assert model.user_factors.shape[0] == model._user_items.shape[0] == N_USERS + 40
+
+
+# ---------------------------------------------------------------------- the batched path
+
+
+@st.composite
+def chain_problems(draw):
+    """A small chain with exact arithmetic (small integers everywhere, so the batched native
+    path and the float64 reference agree to the bit, ties included): factors, seen rows,
+    observed users, added items, rules, an optional ranker, a batch of requests."""
+    n_users, n_items, d = draw(st.integers(1, 7)), draw(st.integers(1, 12)), draw(st.integers(1, 3))
+    ints = lambda shape: np.array(draw(st.lists(st.integers(-2, 2), min_size=int(np.prod(shape)),
+                                                max_size=int(np.prod(shape)))),
+                                  dtype=np.float32).reshape(shape)
+    seen = draw(st.lists(st.sets(st.integers(0, n_items - 1), max_size=4), min_size=n_users,
+                         max_size=n_users))
+    added = draw(st.integers(0, 3))  # rows of the added-items table (some not filled)
+    filled = draw(st.lists(st.booleans(), min_size=added, max_size=added))
+    observed = draw(st.dictionaries(st.integers(0, n_users + 2), st.tuples(
+        st.sets(st.integers(0, n_items + added - 1), max_size=4), st.integers(-2, 2)),
+        max_size=3))
+    rules = {}
+    if draw(st.booleans()):
+        rules["deny"] = sorted(draw(st.sets(st.integers(0, n_items + added), max_size=3)))
+    if draw(st.booleans()):
+        rules["allow"] = sorted(draw(st.sets(st.integers(0, n_items + added), min_size=1,
+                                             max_size=n_items + added + 1)))
+    if draw(st.booleans()):
+        rules["item_categories"] = np.array(draw(st.lists(st.integers(0, 2), min_size=n_items,
+                                                          max_size=n_items)))
+        rules["category_cap"] = draw(st.integers(1, 2))
+    context = draw(st.integers(0, 2)) if draw(st.booleans()) else None  # None: no ranker
+    layers = None
+    if context is not None:
+        layers = [(ints((3, 2 * d + context)), ints((3,)), "relu"),
+                  (ints((1, 3)), None, "identity")]
+    m = draw(st.integers(1, 6))
+    users = draw(st.lists(st.integers(0, n_users + 3), min_size=m, max_size=m))
+    excludes = None
+    if draw(st.booleans()):
+        excludes = draw(st.lists(st.one_of(st.none(), st.lists(
+            st.integers(0, n_items + added + 1), max_size=3)), min_size=m, max_size=m))
+    return dict(n_users=n_users, n_items=n_items, d=d, users_f=ints((n_users, d)),
+                items_f=ints((n_items, d)), seen=seen, added=ints((added, d)), filled=filled,
+                observed={u: (sorted(items), off, ints((d,))) for u, (items, off) in
+                          observed.items()},
+                rules=rules, layers=layers, context=context, users=users, excludes=excludes,
+                contexts=None if context is None else ints((m, context)),
+                k=draw(st.integers(1, 8)), candidates=draw(st.integers(1, 6)),
+                offsets=ints((n_users,)) if draw(st.booleans()) else None)
+
+
+def _exact_recommender(p):
+    """A Recommender over an ALS holding the problem's integer factors, with the observed
+    users and added items installed as observe would publish them."""
+    from dataclasses import replace
+
+    from recfuse.serving import _NewItems, _User
+
+    rows = [sorted(s) for s in p["seen"]]
+    indptr = np.cumsum([0] + [len(r) for r in rows])
+    matrix = sp.csr_matrix((np.ones(indptr[-1], np.float32),
+                            np.array([i for r in rows for i in r], dtype=np.int32), indptr),
+                           shape=(p["n_users"], p["n_items"]))
+    als = recfuse.ALS(factors=p["d"])
+    als.user_factors, als.item_factors, als._user_items = p["users_f"], p["items_f"], matrix
+    ranker = None if p["layers"] is None else recfuse.MLPScorer(p["layers"])
+    rec = Recommender(als, ranker, candidates=p["candidates"], k=p["k"],
+                      rerank=Rerank(**p["rules"]) if p["rules"] else None, num_threads=1)
+    state = rec._state
+    if p["offsets"] is not None:
+        state.model = replace(state.model, user_offsets=p["offsets"].astype(np.float64))
+    for user, (items, offset, vector) in p["observed"].items():
+        state.users[user] = _User(vector, float(offset), np.array(items, dtype=np.int64),
+                                  np.ones(len(items)), bool(vector.any()))
+    if p["added"].shape[0]:
+        table = np.where(np.array(p["filled"])[:, None], p["added"], np.nan).astype(np.float32)
+        rules = rec.rerank
+        state.new_items = _NewItems(p["n_items"], table, np.array(p["filled"]),
+                                    recfuse.ItemIndex(table), None,
+                                    None if rules is None else rules.mask(p["n_items"],
+                                                                          table.shape[0]))
+    return rec
+
+
+def _slow_chain(p, rec, row):
+    """One request answered from the parts in float64, item by item (the reference path)."""
+    model, state = rec._state.model, rec._state
+    user, k = p["users"][row], p["k"]
+    exclude = set() if p["excludes"] is None or p["excludes"][row] is None else \
+        set(p["excludes"][row])
+    n, added = p["n_items"], p["added"].shape[0]
+    allowed = lambda i: ("allow" not in p["rules"] or i in p["rules"]["allow"]) and \
+        i not in p["rules"].get("deny", ())
+    cap = p["rules"].get("category_cap")
+    category = lambda i: p["rules"]["item_categories"][i] if i < n else -1
+
+    def capped(ids):
+        used, chosen = {}, []
+        for position, i in enumerate(ids):
+            c = category(i)
+            if cap is not None and c >= 0:
+                if used.get(c, 0) >= cap:
+                    continue
+                used[c] = used.get(c, 0) + 1
+            chosen.append(position)
+        return chosen[:k]
+
+    if user in p["observed"]:
+        items, offset, vector = p["observed"][user]
+        warm, seen = bool(vector.any()), set(items)
+    else:
+        warm = user < p["n_users"] and bool(p["seen"][user])
+        vector = p["users_f"][user] if user < p["n_users"] else None
+        offset = 0 if p["offsets"] is None or user >= p["n_users"] else p["offsets"][user]
+        seen = set(p["seen"][user]) if user < p["n_users"] else set()
+    if not warm:
+        counts = np.bincount([i for s in p["seen"] for i in s], minlength=n)
+        order = [i for i in sorted(range(n), key=lambda i: (-counts[i], i))
+                 if allowed(i) and i not in exclude]
+        ids = [order[c] for c in capped(order)] if cap is not None else order[:k]
+        return ids, [0.0] * len(ids), ["popular"] * len(ids)
+    table = np.vstack([p["items_f"], p["added"]]).astype(np.float64)
+    usable = [i for i in range(n + added) if (i < n or p["filled"][i - n]) and allowed(i)
+              and i not in seen and i not in exclude]
+    scores = {i: float(table[i] @ vector) + float(offset) for i in usable}
+    deep = p["layers"] is not None or cap is not None
+    recalled = sorted(usable, key=lambda i: (-scores[i], i))[:max(k, p["candidates"]) if deep
+                                                              else k]
+    stage = "recall"
+    if p["layers"] is not None:
+        context = p["contexts"][row] if p["context"] else np.zeros(0)
+        rows = np.array([np.concatenate([vector, context, table[i]]) for i in recalled])
+        ranked = reference.mlp_forward(p["layers"], rows)[:, 0] if recalled else []
+        scores = dict(zip(recalled, ranked))
+        recalled = sorted(recalled, key=lambda i: (-scores[i], i))
+        stage = "rank"
+    chosen = capped(recalled) if cap is not None else list(range(min(k, len(recalled))))
+    ids = [recalled[c] for c in chosen]
+    stages = ["rerank" if c != position else stage for position, c in enumerate(chosen)]
+    return ids, [scores[i] for i in ids], stages
+
+
+@given(problem=chain_problems())
+def test_batched_path_equals_the_slow_reference(problem):
+    rec = _exact_recommender(problem)
+    got = rec.recommend_batch(problem["users"], excludes=problem["excludes"],
+                              context_features=problem["contexts"])
+    k = problem["k"]
+    assert got.ids.shape == got.scores.shape == got.stages.shape == (len(problem["users"]), k)
+    for row in range(len(problem["users"])):
+        ids, scores, stages = _slow_chain(problem, rec, row)
+        count = len(ids)
+        context = f"row {row}: got {got.ids[row]} {got.scores[row]} {got.stages[row]}, " \
+                  f"want {ids} {scores} {stages}"
+        assert got.ids[row, :count].tolist() == ids, context
+        np.testing.assert_array_equal(got.scores[row, :count], np.float32(scores), context)
+        assert got.stages[row, :count].tolist() == stages, context
+        assert (got.ids[row, count:] == -1).all() and np.isneginf(got.scores[row, count:]).all()
+        assert (got.stages[row, count:] == "").all(), context
+        single = rec.recommend(problem["users"][row], exclude=None if problem["excludes"] is None
+                               else problem["excludes"][row],
+                               context_features=None if problem["contexts"] is None
+                               else problem["contexts"][row])
+        np.testing.assert_array_equal(single.ids, got.ids[row])
+
+
+# ---------------------------------------------------------------------- the ranker with the model
+
+
+def test_ranker_files_and_swaps_change_model_and_ranker_together(als, scorer, seen, tmp_path):
+    model_path, ranker_path = tmp_path / "als.npz", tmp_path / "ranker.npz"
+    als.save(model_path)
+    scorer.save(ranker_path)
+    rec = Recommender(model_path, ranker_path, candidates=30, k=8, num_threads=1)
+    direct = Recommender(als, scorer, candidates=30, k=8, num_threads=1)
+    context = np.array([0.3, -0.2], np.float32)
+    first = rec.recommend(4, context_features=context)
+    np.testing.assert_array_equal(first.ids, direct.recommend(4, context_features=context).ids)
+    assert rec.info()["ranker_source"] == str(ranker_path) and rec.context_width == 2
+    # a new ranker comes in with the model, in one swap
+    rng = np.random.default_rng(5)
+    layers = [(rng.standard_normal((4, 2 * FACTORS + 2)).astype(np.float32), None, "relu"),
+              (rng.standard_normal((1, 4)).astype(np.float32), None, "identity")]
+    recfuse.MLPScorer(layers).save(ranker_path)
+    assert rec.swap_model(model_path, ranker=ranker_path) == 2
+    want = Recommender(als, recfuse.MLPScorer(layers), candidates=30, k=8, num_threads=1)
+    second = rec.recommend(4, context_features=context)
+    np.testing.assert_array_equal(second.ids, want.recommend(4, context_features=context).ids)
+    assert second.version == 2
+    # kept by default; a ranker file that does not load keeps both the model and its ranker
+    assert rec.swap_model(model_path) == 3
+    np.testing.assert_array_equal(rec.recommend(4, context_features=context).ids, second.ids)
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(ranker_path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable"):
+        rec.swap_model(model_path, ranker=broken)
+    assert rec.version == 3
+    # no ranker: recall order, no context any more
+    assert rec.swap_model(model_path, ranker=None) == 4
+    assert rec.context_width == 0 and set(rec.recommend(4).stages) == {"recall"}
+    # a kept ranker must fit the new model's factors
+    rec = Recommender(als, scorer, num_threads=1)
+    wider = recfuse.ALS(factors=FACTORS + 1, iterations=1, random_state=0).fit(seen)
+    with pytest.raises(ValueError, match="ranker was built for"):
+        rec.swap_model(wider)
+    with pytest.raises(TypeError, match="ranker must be"):
+        Recommender(als, ranker=3)
+
+
+@given(row=st.dictionaries(st.integers(0, 30), st.floats(0, 5), max_size=8),
+       new=st.lists(st.tuples(st.integers(0, 35), st.floats(0, 5)), min_size=1, max_size=6))
+def test_merge_adds_events_to_a_row(row, new):
+    from recfuse.serving import _merge
+
+    items = np.array(sorted(row), dtype=np.int64)
+    weights = np.array([row[i] for i in sorted(row)])
+    new_items = np.array([i for i, _ in new], dtype=np.int64)
+    new_weights = np.array([w for _, w in new])
+    merged_items, merged_weights = _merge(items, weights, new_items, new_weights)
+    want = dict(row)
+    for item, weight in new:
+        want[item] = want.get(item, 0.0) + weight
+    assert merged_items.tolist() == sorted(want) and merged_items.dtype == np.int64
+    np.testing.assert_allclose(merged_weights, [want[i] for i in sorted(want)])
+    assert items.tolist() == sorted(row)  # the inputs stay as they were

@@ -20,8 +20,10 @@ from .ranker import MLPRanker
 from .ranking import MLPScorer, PreparedItems
 from .retrieval import ItemIndex, topk
 from .serving import Events, Recommendation, Recommender, Rerank
+from .batching import MicroBatcher
 
 __version__ = "0.1.0"
 __all__ = ["ALS", "BPR", "Events", "ExplicitALS", "IdMap", "Interactions", "ItemIndex",
-           "MLPRanker", "MLPScorer", "PreparedItems", "Recommendation", "Recommender", "Rerank",
-           "SVD", "SVDpp", "backends", "load", "resolve_backend", "topk", "__version__"]
+           "MicroBatcher", "MLPRanker", "MLPScorer", "PreparedItems", "Recommendation",
+           "Recommender", "Rerank", "SVD", "SVDpp", "backends", "load", "resolve_backend", "topk",
+           "__version__"]

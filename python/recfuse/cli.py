@@ -10,7 +10,8 @@
   recfuse bench [SUITE...]           run bench/ suites (data, als) of a source checkout; print
                                      the ratio table, write bench.json and bench.png
   recfuse info                       backends and why any is unavailable
-  recfuse serve MODEL                serve a model file over HTTP (the serve extra)
+  recfuse serve MODEL [--ranker F]   serve a model file (and a ranker file: recall + rank)
+                                     over HTTP (the serve extra)
 
 Every command takes ``--json`` (one JSON object on stdout, nothing else). Exit codes: 0 done;
 1 an unexpected failure (a bug: the traceback is printed); 2 bad arguments or input (one line
@@ -225,19 +226,32 @@ def _serve(args) -> int:
     from .serving import Recommender
 
     try:
-        from .server import Limits, serve
+        from .server import Limits, http_stack, serve
     except ImportError as error:
         print(f"recfuse serve: {error}", file=sys.stderr)
         return 2
-    recommender = Recommender(args.model, candidates=args.candidates, k=args.k,
+    ranker = None
+    if args.ranker is not None:
+        from .ranking import load_scorer
+
+        ranker = load_scorer(args.ranker, precision=args.ranker_precision)
+    elif args.ranker_precision != "float32":
+        raise ValueError("--ranker-precision needs --ranker")
+    recommender = Recommender(args.model, ranker, candidates=args.candidates, k=args.k,
                               unknown_items=args.unknown_items, num_threads=args.threads)
     limits = Limits(max_k=args.max_k, max_batch=args.max_batch,
                     max_body_bytes=args.max_body_bytes, batch_wait=args.batch_wait_ms / 1000,
                     workers=args.workers)
     info = recommender.info()
+    stack = http_stack()
+    ranked = "" if ranker is None else \
+        f", ranked by {args.ranker} ({info['context_width']} context columns)"
     print(f"recfuse serve: {info['kind']} model {args.model} ({info['users']} users x "
-          f"{info['items']} items) on http://{args.host}:{args.port}", file=sys.stderr)
-    serve(recommender, host=args.host, port=args.port, model_path=args.model, limits=limits)
+          f"{info['items']} items){ranked} on http://{args.host}:{args.port} "
+          f"({stack['http']}, {stack['loop']})", file=sys.stderr)
+    serve(recommender, host=args.host, port=args.port, model_path=args.model,
+          ranker_path=args.ranker, ranker_options={"precision": args.ranker_precision},
+          limits=limits)
     return 0
 
 
@@ -477,15 +491,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--k", type=int, default=10, help="list length when a request gives none")
-    serve.add_argument("--candidates", type=int, default=200)
+    serve.add_argument("--ranker", default=None,
+                       help="a ranker file (MLPScorer.save, or an .onnx chain): recalled "
+                            "candidates are ranked by it; /reload reloads it with the model")
+    serve.add_argument("--ranker-precision", choices=("float32", "bfloat16"), default="float32")
+    serve.add_argument("--candidates", type=int, default=200,
+                       help="items recalled per request for the ranker")
     serve.add_argument("--unknown-items", choices=("add", "reject"), default="add",
                        help="what /events does with item ids the model lacks")
     serve.add_argument("--max-k", type=int, default=1000)
     serve.add_argument("--max-batch", type=int, default=256, help="users per /recommend request")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
     serve.add_argument("--batch-wait-ms", type=float, default=1.0,
-                       help="how long a micro-batch may wait for requests being read")
-    serve.add_argument("--workers", type=int, default=2, help="threads answering batches")
+                       help="how long a micro-batch may wait for the requests it expects")
+    serve.add_argument("--workers", type=int, default=1, help="threads answering batches")
     serve.add_argument("--threads", type=int, default=None,
                        help="CPU threads per native call (default: 1 below 100,000 items, else all)")
     serve.set_defaults(run=_serve)

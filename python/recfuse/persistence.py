@@ -144,7 +144,8 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
 
 
 def load(path, *, mmap: bool = False, **overrides):
-    """Load any recfuse model saved with ``model.save(path)``.
+    """Load any recfuse model saved with ``model.save(path)`` (a factor model or an
+    ``MLPScorer``).
 
     ``mmap=True`` maps the stored arrays read-only instead of reading them (for serving:
     several processes share one copy in the page cache). ``overrides`` replace saved
@@ -154,9 +155,10 @@ def load(path, *, mmap: bool = False, **overrides):
     from .models.bpr import BPR
     from .models.explicit_als import ExplicitALS
     from .models.sgd import SVD, SVDpp
+    from .ranking import MLPScorer
 
     registry = {"ALS": ALS, "SVD": SVD, "SVDpp": SVDpp, "BPR": BPR,
-                "ExplicitALS": ExplicitALS}
+                "ExplicitALS": ExplicitALS, "MLPScorer": MLPScorer}
     header, arrays = read_model(path, mmap=mmap)
     model_name = header.get("model")
     if model_name not in registry:

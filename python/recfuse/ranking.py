@@ -103,6 +103,7 @@ class MLPScorer:
             raise TypeError(f"kernel must be a string, got {type(kernel).__name__}")
         self._module = resolve_backend(backend, "mlp")
         self._model = self._module.prepare(self.layers, self.precision, kernel)
+        self.source: str | None = None  # the file it was read from (load_scorer)
 
     # ------------------------------------------------------------------ construction
 
@@ -119,6 +120,37 @@ class MLPScorer:
         optionally followed by Relu, Gelu, Sigmoid, Tanh or Identity. Needs the ``onnx``
         package. Options go to ``MLPScorer``."""
         return cls(layers_from_onnx(path), **options)
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path) -> None:
+        """Write the layers and the precision to ``path`` (a versioned .npz, no pickle,
+        written atomically). ``recfuse.load(path)`` gives the scorer back (``backend=`` and
+        ``kernel=`` may be given there); ``recfuse serve MODEL --ranker path`` serves it."""
+        from .persistence import save_model
+
+        arrays = {}
+        for position, (W, b, _) in enumerate(self.layers):
+            arrays[f"weight_{position}"] = W
+            if b is not None:
+                arrays[f"bias_{position}"] = b
+        params = {"precision": self.precision,
+                  "activations": [activation for _, _, activation in self.layers],
+                  "biases": [b is not None for _, b, _ in self.layers]}
+        save_model(path, "MLPScorer", params, arrays)
+
+    @classmethod
+    def _from_saved(cls, params: dict, arrays: dict) -> "MLPScorer":
+        params = dict(params)
+        activations, biases = params.pop("activations", None), params.pop("biases", None)
+        if not isinstance(activations, list) or not isinstance(biases, list) or \
+                len(activations) != len(biases):
+            raise ValueError("the saved scorer's header must list one activation and one bias "
+                             "flag per layer")
+        layers = [(arrays[f"weight_{position}"], arrays[f"bias_{position}"] if has_bias else None,
+                   activation)
+                  for position, (activation, has_bias) in enumerate(zip(activations, biases))]
+        return cls(layers, **params)
 
     @property
     def input_width(self) -> int:
@@ -374,6 +406,25 @@ def _check_layers(layers) -> list:
 
 
 # ---------------------------------------------------------------------- import
+
+
+def load_scorer(path, **options) -> MLPScorer:
+    """An ``MLPScorer`` from a file: one written by ``MLPScorer.save`` (read by
+    ``recfuse.load``) or an ONNX chain (a path ending in ``.onnx``, ``MLPScorer.from_onnx``).
+    ``options`` (precision, backend, kernel) go to the scorer."""
+    path = os.fspath(path)
+    if path.lower().endswith(".onnx"):
+        scorer = MLPScorer.from_onnx(path, **options)
+        scorer.source = path
+        return scorer
+    from .persistence import load
+
+    scorer = load(path, **options)
+    if not isinstance(scorer, MLPScorer):
+        raise ValueError(f"{path!r} holds a {type(scorer).__name__}, not a ranker (a file "
+                         f"written by MLPScorer.save, or an .onnx chain)")
+    scorer.source = path
+    return scorer
 
 
 def layers_from_torch(module) -> list:

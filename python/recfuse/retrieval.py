@@ -113,21 +113,27 @@ class ItemIndex:
         Q = _queries(queries, d, self.items.dtype)
         k = check.check_int(k, "k", minimum=1)
         num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        excluded = None if exclude is None else _exclusions(exclude, Q.shape[0], n)
+        mask = _item_mask(allow, deny, n)
+        ids, scores = self._search_checked(Q, k, excluded, mask, num_threads)
+        if single:
+            return ids[0], scores[0]
+        return ids, scores
+
+    def _search_checked(self, Q: np.ndarray, k: int, excluded, mask, num_threads: int):
+        """``search`` once its arguments are checked and converted: Q (m, d) finite,
+        C-contiguous in the table's dtype; excluded None or (indptr int64 (m + 1,), indices
+        int32 sorted within each row); mask None or uint8 (n,) (``_item_mask``). For callers
+        that hold such arrays already (``recfuse.Recommender`` on every request)."""
         if self.metric == "cosine":
             # Queries are finite (checked): dividing by the largest magnitude first leaves
             # 1/norm in [1/sqrt(d), 1], so even subnormal queries keep their direction.
             largest = np.abs(Q).max(axis=1, initial=0).astype(np.float64)
             Q = Q / np.where(largest > 0, largest, 1.0)[:, None]
             Q = (Q * _inverse_norms(Q)[:, None]).astype(self.items.dtype)
-        excluded = None if exclude is None else _exclusions(exclude, Q.shape[0], n)
-        mask = _item_mask(allow, deny, n)
-        m = Q.shape[0]
-        if m == 0:
+        if Q.shape[0] == 0:
             return (np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=self.items.dtype))
-        ids, scores = self._module.search(self._table, Q, k, excluded, mask, num_threads)
-        if single:
-            return ids[0], scores[0]
-        return ids, scores
+        return self._module.search(self._table, Q, k, excluded, mask, num_threads)
 
     def __repr__(self) -> str:
         n, d = self.items.shape

@@ -1,13 +1,15 @@
 """The whole chain in one object: recall -> rank -> re-rank, updated in real time.
 
 ``Recommender(retriever, ranker=None, candidates=200, k=10, rerank=None)`` answers
-``recommend(user)`` (or ``recommend_batch(users)``, one native call for all of them):
+``recommend(user)`` (or ``recommend_batch(users)``: one native recall call and one native
+rank call for all of them; ``recfuse.MicroBatcher`` gathers concurrent single-user calls
+into such batches):
 
 1. recall: the factor model's user vector against every item through ``recfuse.ItemIndex``
    (seen items, the request's ``exclude`` and the rules' allow/deny removed), the
    ``candidates`` best (or ``k`` when there is no ranker and no re-ranking);
-2. rank: when a ranker (``recfuse.MLPScorer`` or a fitted ``recfuse.MLPRanker``) is given,
-   the candidates are scored by it, the input row being
+2. rank: when a ranker (``recfuse.MLPScorer``, a fitted ``recfuse.MLPRanker`` or a scorer
+   file) is given, the candidates are scored by it, the input row being
    ``[user vector | context_features | item vector]``, the item part prepared once per
    model (``MLPScorer.prepare_items``);
 3. re-rank (``Rerank``): maximal marginal relevance for diversity and per-category caps,
@@ -22,9 +24,9 @@ Stages: ``"popular"`` (cold start), ``"recall"`` (order and score from the facto
 score is still the recall or rank score).
 
 Cold start: a user the model does not know (an id beyond its users that has not been
-observed), one without any known interaction or one whose vector is still zero gets the most popular items (most stored
-entries in the model's training matrix, ties by smaller id), with the same exclusions,
-rules and caps, stage ``"popular"``.
+observed), one without any known interaction or one whose vector is still zero gets the
+most popular items (most stored entries in the model's training matrix, ties by smaller
+id), with the same exclusions, rules and caps, stage ``"popular"``.
 
 Real time: ``observe(events)`` folds events into the users' vectors at once: ALS re-solves
 the user against the fixed items over the whole known row (training row plus every
@@ -36,10 +38,11 @@ vector is the mean of the vectors of its first ``new_item_users`` users. Every a
 goes to a bounded log, ``pending_events()``, for the next full retrain.
 
 Concurrency: readers take no lock. A model swap (``swap_model``) builds everything aside
-and installs it by one reference assignment, so a call is answered wholly by the old model
-or wholly by the new one (``Recommendation.version`` says which); a load that fails leaves
-the old model serving. ``observe`` and ``swap_model`` are serialised by one writer lock;
-``observe`` publishes each user's new vector and seen items together, as one object.
+(the model, its item index, the ranker and its prepared items) and installs it by one
+reference assignment, so a call is answered wholly by the old model or wholly by the new
+one (``Recommendation.version`` says which); a load that fails leaves the old model
+serving. ``observe`` and ``swap_model`` are serialised by one writer lock; ``observe``
+publishes each user's new vector and seen items together, as one object.
 """
 
 from __future__ import annotations
@@ -55,16 +58,21 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _validation as check
+from ._als.common import CsrArrays
 from .models.als import ALS, fold_in, item_gram
 from .models.bpr import BPR
 from .models.sgd import SVD, SVDpp, _user_vectors
 from .ranker import MLPRanker
-from .ranking import MLPScorer
-from .retrieval import ItemIndex
+from .ranking import MLPScorer, load_scorer
+from .retrieval import ItemIndex, _item_mask
 
 STAGES = ("popular", "recall", "rank", "rerank")
+_STAGE_NAMES = np.array(("",) + STAGES)  # stage codes: 0 pads, then STAGES in order
+_POPULAR, _RECALL, _RANK, _RERANK = 1, 2, 3, 4
 UNKNOWN_ITEMS = ("add", "reject")
 SMALL_CATALOGUE = 100_000  # items; below it native calls default to one thread each
+_KEEP = object()  # swap_model(ranker=...) default: keep the ranker being served
+_NO_IDS = np.zeros(0, dtype=np.int64)
 
 
 class Recommendation(NamedTuple):
@@ -82,6 +90,15 @@ class Events(NamedTuple):
     users: np.ndarray  # int64
     items: np.ndarray  # int64
     weights: np.ndarray  # float64 (ALS: the stored value r; SVD: the rating; BPR: > 0 positive)
+
+
+class _Request(NamedTuple):
+    """One checked single-user request (``Recommender._request``)."""
+
+    user: int
+    k: int
+    exclude: np.ndarray | None  # int64, sorted, unique
+    context: np.ndarray | None  # float32 (context_width,)
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,17 @@ class Rerank:
         """Whether this re-ranking can change the ranked order (needs more than k candidates)."""
         return self.diversity is not None or self.category_cap is not None
 
+    def mask(self, first: int, count: int) -> np.ndarray | None:
+        """uint8 mask of the ids ``[first, first + count)`` that allow/deny let through
+        (None: all of them), as ``ItemIndex`` takes it."""
+        if self.allow is None and self.deny is None:
+            return None
+        allow = None if self.allow is None else \
+            self.allow[(self.allow >= first) & (self.allow < first + count)] - first
+        deny = None if self.deny is None else \
+            self.deny[(self.deny >= first) & (self.deny < first + count)] - first
+        return _item_mask(allow, deny, count)
+
 
 # ---------------------------------------------------------------------- the model, frozen
 
@@ -148,9 +176,14 @@ class _Model:
     item_bias: np.ndarray | None  # (n_items,)
     index: ItemIndex
     seen: sp.csr_matrix  # (n_users, n_items): the training rows (excluded, fold-in start)
+    seen_indptr: np.ndarray  # int64 (n_users + 1,): ``seen`` as the search takes it
+    seen_indices: np.ndarray  # int32, sorted within each row
     history: np.ndarray  # (n_users,) bool: the user has a known interaction
     popular: np.ndarray  # item ids by popularity, rules applied (the cold-start list)
-    prepared: object  # PreparedItems of the ranker, or None
+    rule_mask: np.ndarray | None  # uint8 (n_items,) of the rules' allow/deny, None: no rule
+    ranker: MLPScorer | None  # the ranker served with this model
+    ranker_source: str | None  # its file, "<object>", or None without a ranker
+    prepared: object  # PreparedItems of the ranker for these items, or None
     gram: np.ndarray | None  # ALS: YᵀY of the item vectors
     global_mean: float  # SVD: mu (cold users' offset); 0 otherwise
 
@@ -162,6 +195,17 @@ class _Model:
     def n_items(self) -> int:
         return self.item_vectors.shape[0]
 
+    @property
+    def num_threads(self) -> int:
+        """Default CPU threads per native call for this catalogue (see Recommender)."""
+        return 1 if self.n_items < SMALL_CATALOGUE else 0
+
+    @property
+    def context_width(self) -> int:
+        if self.ranker is None:
+            return 0
+        return self.ranker.input_width - 2 * self.item_vectors.shape[1]
+
 
 class _User(NamedTuple):
     """What observe learned of one user, published as one object."""
@@ -170,6 +214,7 @@ class _User(NamedTuple):
     offset: float
     items: np.ndarray  # int64 sorted: every known item (training row and observed)
     weights: np.ndarray  # float64, aligned with items (summed per item)
+    warm: bool  # the vector is not zero (a zero vector knows nothing: cold start)
 
 
 @dataclass(frozen=True)
@@ -182,6 +227,7 @@ class _NewItems:
     filled: np.ndarray  # (rows,) bool
     index: ItemIndex | None
     gram: np.ndarray | None  # ALS: YᵀY over the model's items and the filled rows
+    rule_mask: np.ndarray | None  # uint8 (rows,) of the rules' allow/deny, None: no rule
 
     @property
     def end(self) -> int:
@@ -209,8 +255,9 @@ class Recommender:
     ----------
     retriever : a fitted ``recfuse.ALS``, ``SVD``, ``SVDpp`` or ``BPR``, or the path of a
         model file (``recfuse.load``)
-    ranker : ``recfuse.MLPScorer`` or fitted ``recfuse.MLPRanker`` over
-        ``[user vector | context features | item vector]``, or None (recall order)
+    ranker : ``recfuse.MLPScorer``, a fitted ``recfuse.MLPRanker``, the path of a scorer file
+        (``MLPScorer.save``, or an ``.onnx`` chain), or None (recall order); its input row is
+        ``[user vector | context features | item vector]``
     candidates : how many items recall hands to the ranker and the re-ranking
     k : list length when ``recommend`` is not given one
     rerank : ``Rerank`` (diversity, category caps, allow/deny), or None
@@ -247,12 +294,6 @@ class Recommender:
         if rerank is not None and not isinstance(rerank, Rerank):
             raise TypeError(f"rerank must be a recfuse.Rerank or None, got {type(rerank).__name__}")
         self.rerank = rerank
-        if isinstance(ranker, MLPRanker):
-            ranker = ranker.to_scorer()
-        if ranker is not None and not isinstance(ranker, MLPScorer):
-            raise TypeError(f"ranker must be a recfuse.MLPScorer, a fitted MLPRanker or None, "
-                            f"got {type(ranker).__name__}")
-        self.ranker = ranker
         self.unknown_items = check.check_choice(unknown_items, "unknown_items", UNKNOWN_ITEMS)
         self.max_new_items = check.check_int(max_new_items, "max_new_items", minimum=0)
         self.new_item_users = check.check_int(new_item_users, "new_item_users", minimum=1)
@@ -268,17 +309,17 @@ class Recommender:
         self._logged = 0
         self.dropped_events = 0  # events pushed out of the log by max_pending_events
         self._versions = 0
-        self._state = _State(self._build(retriever))
+        self._state = _State(self._build(retriever, _ranker_of(ranker)))
 
     # ------------------------------------------------------------------ model loading
 
     @property
     def num_threads(self) -> int:
         """CPU threads per native call for the model answering now (see the parameter)."""
-        if self._threads_given is not None:
-            return self._threads_given
-        state = getattr(self, "_state", None)
-        return 1 if state is None or state.model.n_items < SMALL_CATALOGUE else 0
+        return self._threads(self._state.model)
+
+    def _threads(self, model: _Model) -> int:
+        return self._threads_given if self._threads_given is not None else model.num_threads
 
     @property
     def version(self) -> int:
@@ -286,14 +327,24 @@ class Recommender:
         return self._state.model.version
 
     @property
+    def ranker(self) -> MLPScorer | None:
+        """The ranker served with the model answering now (None: recall order)."""
+        return self._state.model.ranker
+
+    @property
     def context_width(self) -> int:
         """Columns of ``context_features`` the ranker takes (0 without a ranker)."""
-        if self.ranker is None:
-            return 0
-        return self.ranker.input_width - 2 * self._state.model.item_vectors.shape[1]
+        return self._state.model.context_width
+
+    def _deep(self, model: _Model) -> bool:
+        """Whether lists come from more than k recalled candidates (a ranker, or re-ranking
+        that reorders): then calls with k above ``candidates`` recall k items instead, and
+        their lists are not extensions of shorter ones."""
+        return model.ranker is not None or (self.rerank is not None and self.rerank.reorders)
 
     def info(self) -> dict:
-        """The model answering now: version, source, kind, users, items, added items/users."""
+        """The model answering now: version, source, kind, users, items, added items/users,
+        the ranker's source and context width."""
         state = self._state
         model = state.model
         added = 0 if state.new_items is None else int(state.new_items.filled.sum())
@@ -301,10 +352,13 @@ class Recommender:
                 "users": model.n_users, "items": model.n_items, "factors":
                 model.item_vectors.shape[1], "observed_users": len(state.users),
                 "added_items": added, "pending_events": self._logged,
-                "dropped_events": self.dropped_events, "ranker": self.ranker is not None}
+                "dropped_events": self.dropped_events, "ranker": model.ranker is not None,
+                "ranker_source": model.ranker_source, "context_width": model.context_width}
 
-    def _build(self, retriever) -> _Model:
-        """A ready ``_Model`` from a fitted model or a model file (raises, changing nothing)."""
+    def _build(self, retriever, ranker, factors: int | None = None) -> _Model:
+        """A ready ``_Model`` from a fitted model or a model file and a ranker (an
+        ``MLPScorer`` and its source, or None); ``factors``: what the model must have (a
+        kept ranker was built for it). Raises, changing nothing."""
         source = "<object>"
         if isinstance(retriever, (str, os.PathLike)):
             from .persistence import load
@@ -340,38 +394,44 @@ class Recommender:
             raise TypeError(f"retriever must be a fitted recfuse.ALS, SVD, SVDpp or BPR or a "
                             f"model file path, got {type(model).__name__}")
         n_users, n_items = users.shape[0], items.shape[0]
+        if factors is not None and items.shape[1] != factors:
+            raise ValueError(f"the new model has {items.shape[1]} factors; the ranker was "
+                             f"built for {factors} (give the new model's ranker: "
+                             f"swap_model(source, ranker=...))")
         if seen is None:  # a model without its training matrix: every user counts as known
             seen = sp.csr_matrix((n_users, n_items), dtype=np.float64)
             history = np.ones(n_users, dtype=bool)
         else:
             seen = sp.csr_matrix(seen, dtype=np.float64)
+            if not seen.has_canonical_format:
+                seen = seen.copy()
+                seen.sum_duplicates()
             history = np.diff(seen.indptr) > 0
         counts = np.bincount(seen.indices, minlength=n_items)
         popular = np.lexsort((np.arange(n_items), -counts))
         popular = popular[self._rule_mask(popular, n_items)]
-        if self.ranker is not None:
-            current = getattr(self, "_state", None)
-            if current is not None and current.model.item_vectors.shape[1] != items.shape[1]:
-                raise ValueError(f"the new model has {items.shape[1]} factors; the ranker was "
-                                 f"built for {current.model.item_vectors.shape[1]}")
-            width = self.ranker.input_width - 2 * items.shape[1]
+        scorer, ranker_source = ranker if ranker is not None else (None, None)
+        prepared = None
+        if scorer is not None:
+            width = scorer.input_width - 2 * items.shape[1]
             if width < 0:
-                raise ValueError(f"the ranker takes {self.ranker.input_width} inputs, fewer than "
+                raise ValueError(f"the ranker takes {scorer.input_width} inputs, fewer than "
                                  f"user + item vectors ({2 * items.shape[1]})")
-            prepared = self.ranker.prepare_items(  # once per model: all cores unless told
+            prepared = scorer.prepare_items(  # once per model: all cores unless told
                 items, item_column=items.shape[1] + width, num_threads=self._threads_given or 0)
-        else:
-            prepared = None
         if self.rerank is not None and self.rerank.item_categories is not None and \
                 self.rerank.item_categories.size < n_items:
             raise ValueError(f"rerank.item_categories has {self.rerank.item_categories.size} "
                              f"entries; the model has {n_items} items")
         index = ItemIndex(items, item_bias=bias, backend=model.backend)
+        rule_mask = None if self.rerank is None else self.rerank.mask(0, n_items)
+        offsets = offsets.astype(np.float64)
         with self._write_lock:
             self._versions += 1
             version = self._versions
-        return _Model(version, source, model, kind, users, offsets.astype(np.float64), items,
-                      bias, index, seen, history, popular.astype(np.int64), prepared,
+        return _Model(version, source, model, kind, users, offsets, items, bias, index, seen,
+                      seen.indptr.astype(np.int64), seen.indices.astype(np.int32), history,
+                      popular.astype(np.int64), rule_mask, scorer, ranker_source, prepared,
                       item_gram(items.astype(np.float64)) if kind == "als" else None, mean)
 
     def _rule_mask(self, ids: np.ndarray, n_items: int) -> np.ndarray:
@@ -384,16 +444,28 @@ class Recommender:
                 keep &= ~np.isin(ids, self.rerank.deny)
         return keep
 
-    def swap_model(self, source, *, replay: bool = True) -> int:
+    def swap_model(self, source, *, ranker=_KEEP, replay: bool = True) -> int:
         """Serve the model in ``source`` (a file path or a fitted model) from now on.
 
-        The new model is loaded and prepared while the old one keeps answering, then
-        installed atomically. With ``replay`` the events still in ``pending_events()`` are
-        folded into the new model (a retrain that consumed them should clear the log with
-        ``pending_events(clear=True)`` when it starts). If anything fails the old model
-        stays and the error is raised. Returns the new version.
+        ``ranker``: the ranker to serve with it (an ``MLPScorer``, a fitted ``MLPRanker``, a
+        scorer file, or None for none); by default the current one is kept (then the new
+        model must have as many factors as the old one).
+
+        The new model (and its ranker's prepared items) is loaded while the old one keeps
+        answering, then installed atomically with its ranker. With ``replay`` the events
+        still in ``pending_events()`` are folded into the new model (a retrain that consumed
+        them should clear the log with ``pending_events(clear=True)`` when it starts). If
+        anything fails the old model stays and the error is raised. Returns the new version.
         """
-        built = self._build(source)
+        current = self._state.model
+        factors = None
+        if ranker is _KEEP:
+            chosen = None if current.ranker is None else (current.ranker, current.ranker_source)
+            if current.ranker is not None:
+                factors = current.item_vectors.shape[1]
+        else:
+            chosen = _ranker_of(ranker)
+        built = self._build(source, chosen, factors)
         with self._write_lock:
             state = _State(built)
             if replay and self._log:
@@ -411,10 +483,11 @@ class Recommender:
         exclude : item ids never to return for this call (besides the seen items)
         context_features : the ranker's context columns (1-d, ``context_width`` long)
         """
-        user = _user_id(user, "user")
-        contexts = None if context_features is None else _context_rows(
-            context_features, "context_features", 1, single=True)
-        result = self.recommend_batch([user], k, None if exclude is None else [exclude], contexts)
+        state = self._state  # one model for the whole call
+        request = self._request(state, user, k, exclude, context_features)
+        result = self._answer(state, np.array([request.user], dtype=np.int64), request.k,
+                              None if request.exclude is None else [request.exclude],
+                              None if request.context is None else request.context[None, :])
         return Recommendation(result.ids[0], result.scores[0], result.stages[0], result.version)
 
     def recommend_batch(self, users, k: int | None = None, excludes=None,
@@ -425,64 +498,110 @@ class Recommender:
         context_features : (users, context_width). Returns 2-d ids, scores and stages.
         """
         state = self._state  # one model for the whole call
-        model = state.model
         ids = check.check_ids(users, "users", None)
         k = self.k if k is None else check.check_int(k, "k", minimum=1)
         m = ids.size
         if excludes is not None:
             if isinstance(excludes, (str, bytes)) or len(excludes) != m:
                 raise ValueError(f"excludes must have one entry per user ({m})")
-            excludes = [None if e is None else check.check_ids(e, f"excludes[{u}]", None)
+            excludes = [None if e is None else _exclude_ids(e, f"excludes[{u}]")
                         for u, e in enumerate(excludes)]
-        width = self.context_width
-        contexts = None
-        if self.ranker is not None and width > 0:
+        contexts = self._contexts(state.model, context_features, m)
+        return self._answer(state, ids, k, excludes, contexts)
+
+    def _request(self, state: _State, user, k, exclude, context_features) -> _Request:
+        """One user's request, checked (``recommend`` and ``MicroBatcher`` callers)."""
+        user = _user_id(user, "user")
+        k = self.k if k is None else check.check_int(k, "k", minimum=1)
+        exclude = None if exclude is None else _exclude_ids(exclude, "exclude")
+        contexts = self._contexts(state.model, None if context_features is None else
+                                  _context_rows(context_features, "context_features", 1,
+                                                single=True), 1)
+        return _Request(user, k, exclude, None if contexts is None else contexts[0])
+
+    def _contexts(self, model: _Model, context_features, m: int) -> np.ndarray | None:
+        width = model.context_width
+        if model.ranker is not None and width > 0:
             if context_features is None:
                 raise ValueError(f"context_features are required: the ranker takes {width} "
                                  "context columns")
-            contexts = _context_rows(context_features, "context_features", m, width=width)
-        elif context_features is not None and np.size(context_features):
+            return _context_rows(context_features, "context_features", m, width=width)
+        if context_features is not None and np.size(context_features):
             raise ValueError("context_features given, but the ranker takes no context columns")
+        return None
+
+    def _answer(self, state: _State, users: np.ndarray, k: int, excludes,
+                contexts) -> Recommendation:
+        """The lists of checked requests (users int64, excludes None or one sorted unique
+        int64 array or None per user, contexts None or float32 (users, width)), answered by
+        ``state`` with one native recall call (two while added items exist) and one native
+        rank call."""
+        model = state.model
+        m = users.size
         out_ids = np.full((m, k), -1, dtype=np.int64)
         out_scores = np.full((m, k), -np.inf, dtype=np.float32)
-        out_stages = np.full((m, k), "", dtype="<U7")
-        rows = [self._user_row(state, int(u)) for u in ids]
-        warm = np.array([row is not None for row in rows], dtype=bool)
-        for u in np.flatnonzero(~warm):
-            chosen = self._popular(model, k, _excluded(None, excludes, u))
-            out_ids[u, :chosen.size] = chosen
-            out_scores[u, :chosen.size] = 0.0
-            out_stages[u, :chosen.size] = "popular"
-        if warm.any():
-            which = np.flatnonzero(warm)
-            lists = self._recall(state, [rows[u] for u in which],
-                                 [excludes[u] if excludes else None for u in which], k)
-            stage = "recall"
-            if self.ranker is not None:
-                lists = self._rank(state, [rows[u] for u in which], lists,
-                                   None if contexts is None else contexts[which])
-                stage = "rank"
-            for position, u in enumerate(which):
-                item_ids, scores = lists[position]
-                chosen, moved = self._rerank(state, item_ids, scores, k)
-                count = chosen.size
-                out_ids[u, :count] = item_ids[chosen]
-                out_scores[u, :count] = scores[chosen]
-                out_stages[u, :count] = np.where(moved, "rerank", stage)
-        return Recommendation(out_ids, out_scores, out_stages, model.version)
+        codes = np.zeros((m, k), dtype=np.int8)
+        # added items before users: a user who has just seen a new item already excludes it
+        # when the item becomes searchable (observe publishes users first)
+        extra = state.new_items
+        warm, queries, offsets, base_rows, own = _queries(state, users)
+        cold = np.flatnonzero(~warm)
+        if cold.size:
+            self._answer_cold(model, cold, k, excludes, out_ids, out_scores, codes)
+        if queries.shape[0]:
+            rows = np.flatnonzero(warm)
+            if excludes is not None:
+                for position, row in enumerate(rows.tolist()):
+                    extra_ids = excludes[row]
+                    if extra_ids is not None and extra_ids.size:
+                        seen = own.get(position)
+                        if seen is None:
+                            r = base_rows[position]
+                            seen = model.seen_indices[model.seen_indptr[r]:
+                                                      model.seen_indptr[r + 1]].astype(np.int64)
+                        own[position] = np.union1d(seen, extra_ids)
+            threads = self._threads(model)
+            wanted = max(k, self.candidates) if self._deep(model) else k
+            ids, scores = self._recall(model, extra, queries, offsets, base_rows, own, wanted,
+                                       threads)
+            code = _RECALL
+            if model.ranker is not None:
+                reorders = self.rerank is not None and self.rerank.reorders
+                ids, scores = self._rank(model, extra, queries, ids,
+                                         None if contexts is None else contexts[rows],
+                                         wanted if reorders else k, threads)
+                code = _RANK
+            if self.rerank is not None and self.rerank.reorders:
+                for position, row in enumerate(rows.tolist()):
+                    keep = ids[position] >= 0
+                    item_ids, item_scores = ids[position][keep], scores[position][keep]
+                    chosen, moved = self._rerank(model, extra, item_ids, item_scores, k)
+                    count = chosen.size
+                    out_ids[row, :count] = item_ids[chosen]
+                    out_scores[row, :count] = item_scores[chosen]
+                    codes[row, :count] = np.where(moved, _RERANK, code)
+            else:
+                width = min(k, ids.shape[1])
+                out_ids[rows, :width] = ids[:, :width]
+                out_scores[rows, :width] = scores[:, :width]
+                codes[rows, :width] = np.where(ids[:, :width] >= 0, code, 0)
+        return Recommendation(out_ids, out_scores, _STAGE_NAMES[codes], model.version)
 
-    def _user_row(self, state: _State, user: int):
-        """(vector, offset, seen item ids) of a warm user, None for a cold one."""
-        observed = state.users.get(user)
-        if observed is not None:  # a zero vector (only unknown items so far) knows nothing
-            return (observed.vector, observed.offset, observed.items) if observed.vector.any() \
-                else None
-        model = state.model
-        if user >= model.n_users or not model.history[user]:
-            return None
-        seen = model.seen
-        return (model.user_vectors[user], float(model.user_offsets[user]),
-                seen.indices[seen.indptr[user]:seen.indptr[user + 1]].astype(np.int64))
+    def _answer_cold(self, model: _Model, cold: np.ndarray, k: int, excludes, out_ids,
+                     out_scores, codes) -> None:
+        """The popular lists of cold users (those without exclusions share one)."""
+        shared = None
+        for row in cold.tolist():
+            extra_ids = None if excludes is None else excludes[row]
+            if extra_ids is None or not extra_ids.size:
+                if shared is None:
+                    shared = self._popular(model, k, _NO_IDS)
+                chosen = shared
+            else:
+                chosen = self._popular(model, k, extra_ids)
+            out_ids[row, :chosen.size] = chosen
+            out_scores[row, :chosen.size] = 0.0
+            codes[row, :chosen.size] = _POPULAR
 
     def _popular(self, model: _Model, k: int, excluded: np.ndarray) -> np.ndarray:
         """The first k popular items not excluded, within the category caps."""
@@ -493,103 +612,86 @@ class Recommender:
             return order[:k]
         return order[_capped(order, self.rerank, k)]
 
-    def _recall(self, state: _State, rows, excludes, k: int):
-        """Per user (ids, scores): the recall list, best first, ties by smaller id."""
-        model = state.model
-        wanted = k
-        if self.ranker is not None or (self.rerank is not None and self.rerank.reorders):
-            wanted = max(k, self.candidates)
-        queries = np.stack([row[0] for row in rows]).astype(model.item_vectors.dtype, copy=False)
-        offsets = np.array([row[1] for row in rows])
-        excluded = [np.union1d(row[2], e) if e is not None else row[2]
-                    for row, e in zip(rows, excludes)]
-        rules = self.rerank
-        allow = None if rules is None else rules.allow
-        deny = None if rules is None else rules.deny
+    def _recall(self, model: _Model, extra: _NewItems | None, queries: np.ndarray,
+                offsets: np.ndarray, base_rows: np.ndarray, own: dict, wanted: int,
+                threads: int):
+        """(ids, scores), (users, wanted) each: the recall lists, best first, ties by smaller
+        id, padded with -1 / -inf. ``own[position]``: that user's excluded ids (sorted,
+        unique, any range) where they are not the model's seen row ``base_rows[position]``."""
+        if not np.isfinite(queries).all():
+            raise ValueError("a user vector holds NaN or inf; it cannot be searched")
         n = model.n_items
-        base_allow = None if allow is None else allow[allow < n]
-        base_deny = None if deny is None else deny[deny < n]
-        ids, scores = model.index.search(
-            queries, wanted, exclude=_exclusion_matrix(excluded, 0, n), allow=base_allow,
-            deny=base_deny, num_threads=self.num_threads)
-        extra = state.new_items
-        if extra is not None and extra.index is not None:
-            rows_extra = extra.table.shape[0]
+        excluded = _exclusions(model, base_rows, own, 0, n)
+        ids, scores = model.index._search_checked(queries, wanted, excluded, model.rule_mask,
+                                                  threads)
+        merged = extra is not None and extra.index is not None
+        if merged:
             shift = extra.first_id
-            more_ids, more_scores = extra.index.search(
-                queries, wanted, exclude=_exclusion_matrix(excluded, shift, rows_extra),
-                allow=None if allow is None else allow[(allow >= shift) & (allow < extra.end)] - shift,
-                deny=None if deny is None else deny[(deny >= shift) & (deny < extra.end)] - shift,
-                num_threads=self.num_threads)
-            more_ids = np.where(more_ids >= 0, more_ids + shift, -1)
-            ids = np.concatenate([ids, more_ids], axis=1)
+            more_ids, more_scores = extra.index._search_checked(
+                queries, wanted, _exclusions(None, None, own, shift, extra.table.shape[0],
+                                             users=queries.shape[0]),
+                extra.rule_mask, threads)
+            ids = np.concatenate([ids, np.where(more_ids >= 0, more_ids + shift, -1)], axis=1)
             scores = np.concatenate([scores, more_scores], axis=1)
-        lists = []
-        for u in range(len(rows)):
-            keep = ids[u] >= 0
-            item_ids, item_scores = ids[u][keep], scores[u][keep].astype(np.float64) + offsets[u]
-            order = np.lexsort((item_ids, -item_scores))[:wanted]
-            lists.append((item_ids[order], item_scores[order].astype(np.float32)))
-        return lists
+        if merged or offsets.any():
+            shifted = scores.astype(np.float64) + offsets[:, None]
+            order = np.lexsort((ids, -shifted), axis=-1)[:, :wanted]
+            ids = np.take_along_axis(ids, order, axis=1)
+            scores = np.take_along_axis(shifted, order, axis=1).astype(np.float32)
+        return ids, scores.astype(np.float32, copy=False)
 
-    def _rank(self, state: _State, rows, lists, contexts):
-        """The recall lists scored by the ranker, re-sorted (ties by smaller id)."""
-        model = state.model
-        users = np.stack([row[0] for row in rows]).astype(np.float32)
+    def _rank(self, model: _Model, extra: _NewItems | None, queries: np.ndarray,
+              ids: np.ndarray, contexts, keep: int, threads: int):
+        """The recall lists (users, wanted) scored by the ranker: the ``keep`` best of each,
+        ties by smaller id, NaN scores dropped, padded with -1 / -inf. One native call (two
+        while added items are among the candidates)."""
+        ranker = model.ranker
+        users = np.ascontiguousarray(queries, dtype=np.float32)
+        valid = ids >= 0
+        indptr = np.zeros(ids.shape[0] + 1, dtype=np.int64)
+        np.cumsum(valid.sum(axis=1), out=indptr[1:])
+        flat = ids[valid]
         n = model.n_items
-        candidate_ids = [item_ids for item_ids, _ in lists]
-        base = [ids[ids < n] for ids in candidate_ids]
-        scores_base = self.ranker.score_candidates(
-            users, base, model.prepared, user_features=contexts, num_threads=self.num_threads)
-        extra_parts = [ids[ids >= n] for ids in candidate_ids]
-        scores_extra = None
-        if any(part.size for part in extra_parts):
-            extra = state.new_items
-            scores_extra = self.ranker.score_candidates(
-                users, [part - extra.first_id for part in extra_parts], extra.table,
-                user_features=contexts, num_threads=self.num_threads)
-        ranked, start_base, start_extra = [], 0, 0
-        for u in range(len(lists)):
-            item_ids = np.concatenate([base[u], extra_parts[u]])
-            scores = scores_base[start_base:start_base + base[u].size]
-            start_base += base[u].size
-            if scores_extra is not None:
-                scores = np.concatenate(
-                    [scores, scores_extra[start_extra:start_extra + extra_parts[u].size]])
-                start_extra += extra_parts[u].size
-            valid = ~np.isnan(scores)
-            item_ids, scores = item_ids[valid], scores[valid]
-            order = np.lexsort((item_ids, -scores))
-            ranked.append((item_ids[order], scores[order].astype(np.float32)))
-        return ranked
+        if not flat.size or flat.max() < n:
+            return ranker.rank(users, (indptr, flat), model.prepared, user_features=contexts,
+                               k=keep, num_threads=threads)
+        # added items have no prepared rows: each table scored on its own, sorted here
+        rows = np.repeat(np.arange(ids.shape[0]), np.diff(indptr))
+        base = flat < n
+        scores = np.empty(flat.size, dtype=np.float32)
+        for part, table, shift in ((base, model.prepared, 0), (~base, extra.table, extra.first_id)):
+            part_indptr = np.zeros_like(indptr)
+            np.cumsum(np.bincount(rows[part], minlength=ids.shape[0]), out=part_indptr[1:])
+            scores[part] = ranker.score_candidates(users, (part_indptr, flat[part] - shift),
+                                                   table, user_features=contexts,
+                                                   num_threads=threads)
+        grid = np.full(ids.shape, np.nan, dtype=np.float32)
+        grid[valid] = scores
+        usable = ~np.isnan(grid)
+        order = np.lexsort((ids, np.where(usable, -grid, np.inf)), axis=-1)[:, :keep]
+        usable = np.take_along_axis(usable, order, axis=1)
+        ranked_ids = np.where(usable, np.take_along_axis(ids, order, axis=1), -1)
+        ranked = np.where(usable, np.take_along_axis(grid, order, axis=1), -np.inf)
+        if ranked_ids.shape[1] < keep:
+            pad = keep - ranked_ids.shape[1]
+            ranked_ids = np.pad(ranked_ids, ((0, 0), (0, pad)), constant_values=-1)
+            ranked = np.pad(ranked, ((0, 0), (0, pad)), constant_values=-np.inf)
+        return ranked_ids, ranked.astype(np.float32)
 
-    def _rerank(self, state: _State, item_ids: np.ndarray, scores: np.ndarray, k: int):
+    def _rerank(self, model: _Model, extra: _NewItems | None, item_ids: np.ndarray,
+                scores: np.ndarray, k: int):
         """(positions chosen in order, moved flags): MMR and caps over a sorted list."""
         rules = self.rerank
-        if rules is None or not rules.reorders:
-            chosen = np.arange(min(k, item_ids.size))
-            return chosen, np.zeros(chosen.size, dtype=bool)
         categories = None
         if rules.category_cap is not None:
             categories = _categories(rules.item_categories, item_ids)
         if rules.diversity is None:
             chosen = _capped(item_ids, rules, k)
         else:
-            vectors = self._item_rows(state, item_ids).astype(np.float64)
+            vectors = _item_rows(model, extra, item_ids).astype(np.float64)
             chosen = mmr(scores, vectors, k, rules.diversity, categories, rules.category_cap)
-        moved = chosen != _plain_positions(chosen.size)
+        moved = chosen != np.arange(chosen.size)
         return chosen, moved
-
-    def _item_rows(self, state: _State, item_ids: np.ndarray) -> np.ndarray:
-        model = state.model
-        n = model.n_items
-        rows = np.empty((item_ids.size, model.item_vectors.shape[1]), model.item_vectors.dtype)
-        base = item_ids < n
-        rows[base] = model.item_vectors[item_ids[base]]
-        if not base.all():
-            extra = state.new_items
-            rows[~base] = extra.table[item_ids[~base] - extra.first_id]
-        return rows
 
     # ------------------------------------------------------------------ observe
 
@@ -644,8 +746,9 @@ class Recommender:
         if model.kind == "bpr" and (weights <= 0).any():
             raise ValueError("weights must be > 0 for BPR (each event is a positive)")
         extra = state.new_items
-        unknown = np.unique(items[items >= n])
-        if extra is not None:
+        beyond = items >= n
+        unknown = np.unique(items[beyond]) if beyond.any() else _NO_IDS
+        if extra is not None and unknown.size:
             unknown = unknown[~((unknown < extra.end) & _filled(extra, unknown))]
         if unknown.size:
             if self.unknown_items == "reject":
@@ -654,12 +757,13 @@ class Recommender:
             if unknown.max() >= n + self.max_new_items:
                 raise ValueError(f"item id {int(unknown.max())} is beyond the items that may be "
                                  f"added (< {n + self.max_new_items}: n_items + max_new_items)")
-        order = np.argsort(users, kind="stable")
-        users, items, weights = users[order], items[order], weights[order]
-        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-        ends = np.r_[starts[1:], users.size]
+        if users.size > 1:
+            order = np.argsort(users, kind="stable")
+            users, items, weights = users[order], items[order], weights[order]
+        # each user's run of events: [begin, end)
+        bounds = [0, *(np.flatnonzero(users[1:] != users[:-1]) + 1).tolist(), users.size]
         updated = {}
-        for begin, end in zip(starts, ends):
+        for begin, end in zip(bounds[:-1], bounds[1:]):
             user = int(users[begin])
             current = state.users.get(user)
             if current is None:
@@ -673,9 +777,10 @@ class Recommender:
         else:
             vectors = {user: self._sgd_fold_in(state, user, entry) for user, entry in
                        updated.items()}
-        new_users = {user: _User(vectors[user][0], vectors[user][1], entry[1], entry[2])
+        new_users = {user: _User(vectors[user][0], vectors[user][1], entry[1], entry[2],
+                                 bool(vectors[user][0].any()))
                      for user, entry in updated.items()}
-        new_items = self._added_items(state, unknown, users, items, new_users)
+        new_items = self._added_items(state, users, items, new_users) if beyond.any() else None
         # publish: each user as one object, then the new item table as one object
         state.users.update(new_users)
         if new_items is not None:
@@ -685,35 +790,45 @@ class Recommender:
         if user < model.n_users:
             seen = model.seen
             row = slice(seen.indptr[user], seen.indptr[user + 1])
-            return _User(model.user_vectors[user].copy(), float(model.user_offsets[user]),
-                         seen.indices[row].astype(np.int64), seen.data[row].astype(np.float64))
+            vector = np.array(model.user_vectors[user])
+            return _User(vector, float(model.user_offsets[user]),
+                         seen.indices[row].astype(np.int64), seen.data[row].astype(np.float64),
+                         bool(vector.any()))
         zeros = np.zeros(model.item_vectors.shape[1], model.item_vectors.dtype)
-        return _User(zeros, model.global_mean, np.zeros(0, np.int64), np.zeros(0))
+        return _User(zeros, model.global_mean, np.zeros(0, np.int64), np.zeros(0), False)
 
     def _als_fold_in(self, state: _State, updated: dict) -> dict:
-        """One ALS user half-sweep over every updated user's whole row (items with a vector),
+        """One ALS user half-sweep over every updated user's whole row (items with a vector):
+        against the model's item table itself while the rows hold only its items, else
         against only the item rows those users touch (columns renumbered)."""
         model = state.model
         als = model.model
         extra = state.new_items
-        rows = []
-        for user, (current, merged_items, merged_weights, _, _) in updated.items():
-            usable = merged_items < model.n_items
-            if extra is not None and not usable.all():
-                usable |= (merged_items >= extra.first_id) & _filled(extra, merged_items)
-            rows.append((merged_items[usable], merged_weights[usable]))
-        touched = np.unique(np.concatenate([r[0] for r in rows])) if rows else np.zeros(0, np.int64)
+        n = model.n_items
+        rows, added = [], False
+        for current, merged_items, merged_weights, _, _ in updated.values():
+            if merged_items.size and merged_items[-1] >= n:  # (sorted) beyond the model
+                usable = merged_items < n
+                if extra is not None:
+                    usable |= (merged_items >= extra.first_id) & _filled(extra, merged_items)
+                    added = True
+                merged_items, merged_weights = merged_items[usable], merged_weights[usable]
+            rows.append((merged_items, merged_weights))
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        indptr[1:] = np.cumsum([r[0].size for r in rows])
-        columns = np.concatenate([np.searchsorted(touched, r[0]) for r in rows])
-        data = np.concatenate([r[1] for r in rows])
-        matrix = sp.csr_matrix((data.astype(als.dtype), columns.astype(np.int32), indptr),
-                               shape=(len(rows), max(touched.size, 1)))
-        table = self._item_rows(state, touched) if touched.size else \
-            np.zeros((1, model.item_vectors.shape[1]), als.dtype)
+        indptr[1:] = np.cumsum(np.fromiter((r[0].size for r in rows), np.int64, len(rows)))
+        columns = np.concatenate([r[0] for r in rows])
+        data = np.concatenate([r[1] for r in rows]).astype(als.dtype)
+        table = model.item_vectors
+        if added:
+            touched = np.unique(columns)
+            columns = np.searchsorted(touched, columns)
+            table = _item_rows(model, extra, touched)
+        matrix = CsrArrays(indptr, columns.astype(np.int32), data, (len(rows), table.shape[0]))
         gram = model.gram if extra is None or extra.gram is None else extra.gram
         start = np.stack([entry[0].vector for entry in updated.values()])
-        solved = fold_in(als, table, matrix, start, gram)
+        # a few users solve in microseconds: one thread, no team to wake on busy cores
+        threads = 1 if len(rows) < 64 else (self._threads_given or 0)
+        solved = fold_in(als, table, matrix, start, gram, num_threads=threads)
         return {user: (solved[position], 0.0) for position, user in enumerate(updated)}
 
     def _sgd_fold_in(self, state: _State, user: int, entry) -> tuple[np.ndarray, float]:
@@ -728,7 +843,7 @@ class Recommender:
         reg = trained.reg
         vector = current.vector.astype(np.float64)
         offset = current.offset
-        table = self._item_rows(state, items).astype(np.float64)
+        table = _item_rows(model, state.new_items, items).astype(np.float64)
         finite = np.isfinite(table).all(axis=1)
         table, weights, items = table[finite], weights[finite], items[finite]
         bias = np.zeros(items.size)
@@ -756,8 +871,7 @@ class Recommender:
                     vector += lr * (gradient * (q - q_neg) - reg * vector)
         return vector.astype(model.item_vectors.dtype), float(offset)
 
-    def _added_items(self, state: _State, unknown: np.ndarray, users, items,
-                     new_users: dict) -> _NewItems | None:
+    def _added_items(self, state: _State, users, items, new_users: dict) -> _NewItems | None:
         """The new item table with vectors for the items that are still gathering their
         first users (each: the mean of those users' vectors); None when nothing changed."""
         model = state.model
@@ -793,8 +907,11 @@ class Recommender:
             filled[row] = True
             state.new_item_users[item] = tuple(owners)
         index = ItemIndex(table, backend=model.model.backend)
-        return _NewItems(first, table, filled, index, gram)
+        rule_mask = None if self.rerank is None else self.rerank.mask(first, end - first)
+        return _NewItems(first, table, filled, index, gram, rule_mask)
 
+
+# ---------------------------------------------------------------------- re-ranking
 
 # ---------------------------------------------------------------------- re-ranking
 
@@ -851,10 +968,6 @@ def _categories(categories: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     """The category of each id, -1 for ids beyond the table (added items)."""
     inside = item_ids < categories.size
     return np.where(inside, categories[np.where(inside, item_ids, 0)], -1)
-
-
-def _plain_positions(count: int) -> np.ndarray:
-    return np.arange(count)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -931,12 +1044,23 @@ def _concatenate(chunks: list) -> Events:
 
 
 def _merge(items, weights, new_items, new_weights):
-    """Union of two (item, weight) rows, weights summed per item, sorted by item."""
-    all_items = np.concatenate([items, new_items])
-    merged, inverse = np.unique(all_items, return_inverse=True)
-    summed = np.bincount(inverse, weights=np.concatenate([weights, new_weights]),
-                         minlength=merged.size)
-    return merged.astype(np.int64), summed
+    """A user's row (items sorted and unique, weights aligned) with new (item, weight)
+    pairs added: weights summed per item, still sorted. New arrays; the inputs stay."""
+    if new_items.size == 1:  # the common real-time case, without np.unique's sort
+        ids, sums = new_items, new_weights
+    else:
+        ids, inverse = np.unique(new_items, return_inverse=True)
+        sums = np.bincount(inverse, weights=new_weights, minlength=ids.size)
+    positions = np.searchsorted(items, ids)
+    found = positions < items.size
+    found[found] = items[positions[found]] == ids[found]
+    merged_weights = weights.astype(np.float64)  # a copy
+    merged_weights[positions[found]] += sums[found]  # positions are distinct: ids are unique
+    fresh = ~found
+    if not fresh.any():
+        return items.astype(np.int64), merged_weights
+    return (np.insert(items.astype(np.int64, copy=False), positions[fresh], ids[fresh]),
+            np.insert(merged_weights, positions[fresh], sums[fresh]))
 
 
 def _filled(extra: _NewItems, ids: np.ndarray) -> np.ndarray:
@@ -946,20 +1070,109 @@ def _filled(extra: _NewItems, ids: np.ndarray) -> np.ndarray:
     return result
 
 
-def _excluded(row, excludes, u: int) -> np.ndarray:
-    own = np.zeros(0, np.int64) if row is None else row
-    if excludes is not None and excludes[u] is not None:
-        return np.union1d(own, excludes[u])
-    return own
+def _ranker_of(ranker) -> tuple[MLPScorer, str] | None:
+    """(scorer, source) of a ``ranker`` argument, or None for no ranker."""
+    if ranker is None:
+        return None
+    if isinstance(ranker, MLPRanker):
+        return ranker.to_scorer(), "<MLPRanker>"
+    if isinstance(ranker, MLPScorer):
+        return ranker, ranker.source or "<object>"
+    if isinstance(ranker, (str, os.PathLike)):
+        return load_scorer(ranker), os.fspath(ranker)
+    raise TypeError(f"ranker must be a recfuse.MLPScorer, a fitted MLPRanker, a scorer file "
+                    f"or None, got {type(ranker).__name__}")
 
 
-def _exclusion_matrix(excluded: list, shift: int, n: int) -> sp.csr_matrix:
-    """Rows of excluded ids (sorted) as an m x n CSR over ids [shift, shift + n)."""
-    parts = [e[(e >= shift) & (e < shift + n)] - shift for e in excluded]
-    indptr = np.zeros(len(parts) + 1, dtype=np.int64)
-    indptr[1:] = np.cumsum([p.size for p in parts])
-    indices = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
-    return sp.csr_matrix((np.ones(indices.size, np.float32), indices, indptr), shape=(len(parts), n))
+def _item_rows(model: _Model, extra: _NewItems | None, item_ids: np.ndarray) -> np.ndarray:
+    """The vectors of ``item_ids``: the model's items, then the added ones."""
+    n = model.n_items
+    rows = np.empty((item_ids.size, model.item_vectors.shape[1]), model.item_vectors.dtype)
+    base = item_ids < n
+    rows[base] = model.item_vectors[item_ids[base]]
+    if not base.all():
+        rows[~base] = extra.table[item_ids[~base] - extra.first_id]
+    return rows
+
+
+def _exclude_ids(value, name: str) -> np.ndarray:
+    """Item ids to exclude, sorted and unique (any id >= 0: unknown ones exclude nothing)."""
+    return np.unique(check.check_ids(value, name, None))
+
+
+def _queries(state: _State, users: np.ndarray):
+    """What the recall needs of a batch of users: ``(warm, queries, offsets, base_rows,
+    own)``. ``warm`` (m,) marks the users answered by the model (the others are cold); for
+    those, in order: query vectors (w, d) in the index's dtype, score offsets (w,) float64,
+    the row of the model's seen matrix that holds their exclusions (-1 for an observed user)
+    and ``own``, position -> the observed user's known item ids (sorted)."""
+    model = state.model
+    warm = np.zeros(users.size, dtype=bool)
+    inside = users < model.n_users
+    warm[inside] = model.history[users[inside]]
+    observed = {}
+    if state.users:
+        known = state.users
+        for row, user in enumerate(users.tolist()):
+            entry = known.get(user)
+            if entry is not None:
+                warm[row] = entry.warm
+                if entry.warm:
+                    observed[row] = entry
+    rows = np.flatnonzero(warm)
+    base_rows = users[rows]
+    dtype = model.index.items.dtype
+    own: dict = {}
+    if not observed:
+        queries = np.ascontiguousarray(model.user_vectors[base_rows], dtype=dtype)
+        return warm, queries, model.user_offsets[base_rows], base_rows, own
+    positions = np.searchsorted(rows, np.fromiter(observed, dtype=np.int64, count=len(observed)))
+    plain = np.ones(rows.size, dtype=bool)
+    plain[positions] = False
+    queries = np.empty((rows.size, model.item_vectors.shape[1]), dtype=dtype)
+    offsets = np.empty(rows.size)
+    queries[plain] = model.user_vectors[base_rows[plain]]
+    offsets[plain] = model.user_offsets[base_rows[plain]]
+    for position, entry in zip(positions.tolist(), observed.values()):
+        queries[position] = entry.vector
+        offsets[position] = entry.offset
+        own[position] = entry.items
+    base_rows[positions] = -1
+    return warm, queries, offsets, base_rows, own
+
+
+def _exclusions(model: _Model | None, base_rows, own: dict, first: int, count: int, *,
+                users: int | None = None):
+    """Each user's excluded ids within ``[first, first + count)``, minus ``first``, as the
+    search takes them (indptr int64, indices int32 sorted): ``own[position]`` where given,
+    else row ``base_rows[position]`` of the model's seen matrix. With ``model`` None only
+    the ``own`` lists count (``users`` is then the number of users), and None is returned
+    when there are none."""
+    m = users if base_rows is None else base_rows.size
+    if not own:
+        if model is None:
+            return None
+        starts = model.seen_indptr[base_rows]
+        lengths = model.seen_indptr[base_rows + 1] - starts
+        indptr = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        # position j of row r reads seen_indices[starts[r] + j - indptr[r]]
+        positions = np.arange(indptr[-1]) + np.repeat(starts - indptr[:-1], lengths)
+        return indptr, model.seen_indices[positions]
+    parts = []
+    for position in range(m):
+        ids = own.get(position)
+        if ids is not None:
+            low, high = np.searchsorted(ids, (first, first + count))
+            parts.append((ids[low:high] - first).astype(np.int32))
+        elif model is not None:
+            row = base_rows[position]
+            parts.append(model.seen_indices[model.seen_indptr[row]:model.seen_indptr[row + 1]])
+        else:
+            parts.append(np.zeros(0, dtype=np.int32))
+    indptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum([part.size for part in parts], out=indptr[1:])
+    return indptr, np.concatenate(parts).astype(np.int32, copy=False)
 
 
 def _unseen_item(rng, n_items: int, seen: np.ndarray, tries: int = 100) -> int:

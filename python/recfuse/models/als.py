@@ -427,22 +427,28 @@ def item_gram(item_factors: np.ndarray) -> np.ndarray:
     return item_factors.T @ item_factors
 
 
-def fold_in(model: ALS, item_factors: np.ndarray, user_items: sp.csr_matrix, start: np.ndarray,
-            gram: np.ndarray) -> np.ndarray:
+def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
+            gram: np.ndarray, *, num_threads: int | None = None) -> np.ndarray:
     """The real-time fold-in: the users' vectors re-solved against fixed items, as one user
     half-sweep of ``model`` (its solver, confidence and backend) and nothing else changed.
 
-    ``user_items`` (users x items, canonical CSR in the model dtype) holds each user's whole
-    row; ``item_factors`` may be any table whose rows the row ids index (a caller can pass
-    only the rows a user touches, with its columns renumbered) as long as ``gram`` is YᵀY
-    of the full item table. ``start`` (users x factors) is where "cg" starts (the cholesky
-    solver ignores it). Returns the new vectors (a new array).
+    ``user_items`` (users x items, canonical CSR in the model dtype: a scipy matrix or
+    ``CsrArrays``) holds each user's whole row; ``item_factors`` may be any table whose rows
+    the row ids index (a caller can pass only the rows a user touches, with its columns
+    renumbered) as long as ``gram`` is YᵀY of the full item table. ``start`` (users x
+    factors) is where "cg" starts (the cholesky solver ignores it). ``num_threads`` replaces
+    the model's for this call (a few users solve faster on one thread than a team's start
+    costs). Returns the new vectors (a new array).
     """
     vectors = np.array(start, dtype=model.dtype, order="C", copy=True)
     table = np.ascontiguousarray(item_factors, dtype=model.dtype)
     backend = resolve_backend(model.backend)
-    backend.half_sweep(CsrArrays.from_scipy(user_items, model.dtype), table, vectors,
-                       model.params, gram=np.ascontiguousarray(gram, dtype=model.dtype))
+    rows = user_items if isinstance(user_items, CsrArrays) else \
+        CsrArrays.from_scipy(user_items, model.dtype)
+    params = model.params if num_threads is None else replace(model.params,
+                                                               num_threads=num_threads)
+    backend.half_sweep(rows, table, vectors, params,
+                       gram=np.ascontiguousarray(gram, dtype=model.dtype))
     return vectors
 
 

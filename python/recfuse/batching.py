@@ -1,0 +1,300 @@
+"""Micro-batching: single-user ``recommend`` calls from many threads (or coroutines) answered
+together, by one native recall call and one native rank call per batch.
+
+``MicroBatcher(recommender)`` owns ``workers`` threads. A call is checked in the caller's
+thread (bad input raises there and never reaches a batch), queued, and answered by the next
+batch a worker takes: everything queued, up to ``max_batch`` requests. Batches form by
+themselves while the workers are busy. Besides, a worker that finds fewer requests queued
+than it expects waits up to ``max_wait`` seconds for the rest (the bounded wait) before it
+answers what it has. It expects:
+
+- the requests announced as on their way (``incoming()``: a server that has started
+  reading them), and
+- as many as its previous batch held (closed-loop callers: the threads answered by that
+  batch come back with their next request within microseconds; without the wait the first
+  of them would be answered alone and the rest would wait for that batch). A lone caller
+  therefore never waits: its previous batch held one request, itself.
+
+Each request is answered as if ``recommender.recommend(user, k, exclude, context)`` had been
+called alone, by one model version (``Recommendation.version``). Requests whose k changes
+which candidates are recalled (k above ``candidates`` with a ranker or a reordering
+re-rank) are answered by separate native calls within the batch. If a batch's native call
+fails, its requests are answered one by one, so one request cannot fail the others.
+
+Coroutines use ``await batcher.recommend_async(...)`` (or ``submit_async``): the workers are
+woken once per event-loop turn for all the requests the turn queued, and each batch wakes
+each loop once to hand the answers back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import threading
+import time
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from . import _validation as check
+from .serving import Recommendation, Recommender, _Request
+
+
+class _Pending(NamedTuple):
+    request: _Request
+    future: object  # concurrent.futures.Future, or asyncio.Future (then loop is set)
+    loop: asyncio.AbstractEventLoop | None
+
+
+class MicroBatcher:
+    """Concurrent single-user calls of ``recommender`` answered in batches.
+
+    Parameters
+    ----------
+    recommender : the ``recfuse.Recommender`` that answers
+    max_batch : at most this many requests per batch
+    max_wait : seconds a batch may wait for the requests it expects (see the module
+        documentation); 0 answers what is queued at once
+    workers : threads answering batches (each batch: one native recall and one rank call,
+        which release the GIL, so two workers use two cores)
+    on_batch : called with each batch's size (e.g. a metrics histogram), from a worker
+
+    >>> import recfuse, scipy.sparse as sp
+    >>> seen = sp.random(40, 30, density=0.2, format="csr", random_state=0, dtype="float32")
+    >>> als = recfuse.ALS(factors=4, iterations=3, random_state=0).fit(seen)
+    >>> rec = recfuse.Recommender(als, k=5)
+    >>> with recfuse.MicroBatcher(rec) as batcher:
+    ...     same = (batcher.recommend(3).ids == rec.recommend(3).ids).all()
+    >>> bool(same)
+    True
+    """
+
+    def __init__(self, recommender: Recommender, *, max_batch: int = 256,
+                 max_wait: float = 0.001, workers: int = 1,
+                 on_batch: Callable[[int], None] | None = None):
+        if not isinstance(recommender, Recommender):
+            raise TypeError(f"recommender must be a recfuse.Recommender, got "
+                            f"{type(recommender).__name__}")
+        self.recommender = recommender
+        self.max_batch = check.check_int(max_batch, "max_batch", minimum=1)
+        self.max_wait = check.check_float(max_wait, "max_wait", minimum=0.0)
+        self.workers = check.check_int(workers, "workers", minimum=1)
+        if on_batch is not None and not callable(on_batch):
+            raise TypeError(f"on_batch must be callable or None, got {type(on_batch).__name__}")
+        self.on_batch = on_batch
+        self._queue: collections.deque = collections.deque()
+        self._ready = threading.Condition(threading.Lock())
+        self._incoming = 0  # announced requests not yet queued
+        self._expected = 1  # the previous batch's size
+        # Workers waiting: idle ones (nothing queued), and lingering ones (the bounded wait)
+        # with the queue length they wait for. Callers wake a worker only when one of them
+        # has reason to move: a wake-up per request would hand the GIL back and forth.
+        self._idle = 0
+        self._lingering = 0
+        self._linger_until = 0
+        self._closed = False
+        self._wakes: set = set()  # loops with a wake-up scheduled for this turn
+        self._threads = [threading.Thread(target=self._work, name=f"recfuse-batch-{n}",
+                                          daemon=True) for n in range(self.workers)]
+        for thread in self._threads:
+            thread.start()
+
+    # ------------------------------------------------------------------ callers
+
+    def submit(self, user, k: int | None = None, exclude=None,
+               context_features=None) -> concurrent.futures.Future:
+        """Queue one request (checked now: bad input raises here); the future's result is
+        its ``Recommendation`` (1-d fields), or the error that answering it raised."""
+        request = self._check(user, k, exclude, context_features)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._ready:
+            self._refuse_when_closed()
+            self._queue.append(_Pending(request, future, None))
+            self._nudge()
+        return future
+
+    def recommend(self, user, k: int | None = None, exclude=None,
+                  context_features=None) -> Recommendation:
+        """``Recommender.recommend``, answered within a batch (blocks until then)."""
+        return self.submit(user, k, exclude, context_features).result()
+
+    def submit_async(self, user, k: int | None = None, exclude=None,
+                     context_features=None) -> asyncio.Future:
+        """``submit`` for coroutines (call it in the event loop's thread): the request is
+        queued now (checked now: bad input raises here); await the returned asyncio future
+        for its ``Recommendation``."""
+        request = self._check(user, k, exclude, context_features)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._ready:
+            self._refuse_when_closed()
+            self._queue.append(_Pending(request, future, loop))
+            # one wake-up per loop turn, after every request of the turn is queued
+            schedule = loop not in self._wakes
+            self._wakes.add(loop)
+        if schedule:
+            loop.call_soon(self._wake, loop)
+        return future
+
+    async def recommend_async(self, user, k: int | None = None, exclude=None,
+                              context_features=None) -> Recommendation:
+        """``recommend`` for coroutines: awaits the batch without blocking the loop."""
+        return await self.submit_async(user, k, exclude, context_features)
+
+    @contextlib.contextmanager
+    def incoming(self):
+        """Announce a request that is on its way (being read) for the ``with`` block's
+        duration: batches forming meanwhile wait for it (at most ``max_wait``)."""
+        with self._ready:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._ready:
+                self._incoming -= 1
+                if self._lingering:  # its target may have come down to what is queued
+                    self._ready.notify()
+
+    def close(self) -> None:
+        """Answer what is queued, then stop the workers; later calls raise RuntimeError."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def __enter__(self) -> "MicroBatcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _check(self, user, k, exclude, context_features) -> _Request:
+        recommender = self.recommender
+        return recommender._request(recommender._state, user, k, exclude, context_features)
+
+    def _refuse_when_closed(self) -> None:
+        if self._closed:
+            raise RuntimeError("this MicroBatcher is closed")
+
+    def _wake(self, loop) -> None:
+        with self._ready:
+            self._wakes.discard(loop)
+            self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake a worker if one waits for what is queued now (lock held)."""
+        if self._idle or (self._lingering and len(self._queue) >= self._linger_until):
+            self._ready.notify()
+
+    # ------------------------------------------------------------------ workers
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._idle += 1
+                    self._ready.wait()
+                    self._idle -= 1
+                if not self._queue:
+                    return  # closed and drained
+                deadline = None
+                while not self._closed:
+                    target = min(self.max_batch, self._incoming + self._expected)
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + self.max_wait
+                    if len(self._queue) >= target or now >= deadline:
+                        break
+                    self._lingering += 1
+                    self._linger_until = target
+                    self._ready.wait(deadline - now)
+                    self._lingering -= 1
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue),
+                                                                  self.max_batch))]
+                self._expected = len(batch)
+            self._answer(batch)
+
+    def _answer(self, batch: list) -> None:
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(batch))
+            except Exception:  # noqa: BLE001 - a metrics hook must not fail the requests
+                pass
+        try:
+            answers = self._results([pending.request for pending in batch])
+        except Exception as error:  # noqa: BLE001 - a bug here must not leave callers waiting
+            answers = [error] * len(batch)
+        by_loop: dict = {}
+        for pending, answer in zip(batch, answers):
+            if pending.loop is None:
+                if not pending.future.set_running_or_notify_cancel():
+                    continue
+                if isinstance(answer, BaseException):
+                    pending.future.set_exception(answer)
+                else:
+                    pending.future.set_result(answer)
+            else:
+                by_loop.setdefault(pending.loop, []).append((pending.future, answer))
+        for loop, pairs in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, pairs)
+            except RuntimeError:  # the loop is closed: nobody awaits these any more
+                pass
+
+    def _results(self, requests: list) -> list:
+        """A Recommendation (or the exception) per request: one ``_answer`` call per group
+        of requests that recall to the same depth; a failed group is retried one by one."""
+        recommender = self.recommender
+        state = recommender._state  # one model for the whole batch
+        answers: list = [None] * len(requests)
+        for positions in self._groups(requests, state).values():
+            group = [requests[p] for p in positions]
+            try:
+                widest = max(request.k for request in group)
+                excludes = None
+                if any(request.exclude is not None for request in group):
+                    excludes = [request.exclude for request in group]
+                contexts = None
+                if group[0].context is not None:
+                    contexts = np.stack([request.context for request in group])
+                result = recommender._answer(state, np.array([r.user for r in group], np.int64),
+                                             widest, excludes, contexts)
+                for row, position in enumerate(positions):
+                    k = requests[position].k
+                    answers[position] = Recommendation(result.ids[row, :k], result.scores[row, :k],
+                                                       result.stages[row, :k], result.version)
+            except Exception:  # noqa: BLE001 - answered one by one below
+                for position in positions:
+                    request = requests[position]
+                    try:
+                        answers[position] = recommender.recommend(*request)
+                    except Exception as error:  # noqa: BLE001 - handed to that request
+                        answers[position] = error
+        return answers
+
+    def _groups(self, requests: list, state) -> dict:
+        """Positions of the requests by the recall depth their k asks for: a list is the
+        prefix of a longer one's unless k changes what is recalled (k above ``candidates``
+        with a ranker or a reordering re-rank)."""
+        deep = self.recommender._deep(state.model)
+        candidates = self.recommender.candidates
+        groups: dict = {}
+        for position, request in enumerate(requests):
+            key = max(request.k, candidates) if deep else 0
+            groups.setdefault(key, []).append(position)
+        return groups
+
+
+def _deliver(pairs: list) -> None:
+    """Set the results of one batch's asyncio futures (in their loop's thread)."""
+    for future, answer in pairs:
+        if future.done():  # cancelled: the request went away
+            continue
+        if isinstance(answer, BaseException):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)

@@ -1,0 +1,203 @@
+"""recfuse.MicroBatcher: concurrent single-user calls answered together, each exactly as if
+alone; batches really form; bad input, failures, swaps and closing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import recfuse
+from recfuse import MicroBatcher, Recommender, Rerank
+
+N_USERS, N_ITEMS, FACTORS = 60, 50, 5
+
+
+@pytest.fixture(scope="module")
+def seen():
+    return sp.random(N_USERS, N_ITEMS, density=0.1, format="csr", random_state=11,
+                     dtype=np.float32) * 3
+
+
+@pytest.fixture(scope="module")
+def als(seen):
+    return recfuse.ALS(factors=FACTORS, iterations=3, solver="cholesky", random_state=0).fit(seen)
+
+
+@pytest.fixture(scope="module")
+def ranked(als):
+    rng = np.random.default_rng(4)
+    layers = [(rng.standard_normal((7, 2 * FACTORS + 2)).astype(np.float32), None, "relu"),
+              (rng.standard_normal((1, 7)).astype(np.float32), None, "identity")]
+    return Recommender(als, recfuse.MLPScorer(layers), candidates=12, k=6,
+                       rerank=Rerank(deny=[3]), num_threads=1)
+
+
+def _requests(count: int, seed: int):
+    """(user, k, exclude, context) draws: cold and unknown users, k above and below the
+    candidates, excludes or not."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        exclude = rng.choice(N_ITEMS, 3).tolist() if rng.random() < 0.4 else None
+        yield (int(rng.integers(0, N_USERS + 5)), int(rng.choice([1, 6, 20])), exclude,
+               rng.standard_normal(2).astype(np.float32))
+
+
+def _same(got, want):
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    np.testing.assert_array_equal(got.stages, want.stages)
+    assert got.version == want.version
+
+
+def test_threads_get_what_recommend_gives(ranked):
+    sizes = []
+    requests = list(_requests(400, 0))
+    answers = [None] * len(requests)
+    with MicroBatcher(ranked, max_wait=0.002, workers=2, on_batch=sizes.append) as batcher:
+        def caller(start):
+            for position in range(start, len(requests), 8):
+                answers[position] = batcher.recommend(*requests[position])
+
+        threads = [threading.Thread(target=caller, args=(start,)) for start in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for request, answer in zip(requests, answers):
+        _same(answer, ranked.recommend(*request))
+    assert sum(sizes) == len(requests)
+
+
+def test_announced_requests_are_answered_by_one_batch(ranked):
+    sizes = []
+    requests = list(_requests(12, 1))
+    with MicroBatcher(ranked, max_wait=30.0, on_batch=sizes.append) as batcher:
+        with contextlib.ExitStack() as announced:
+            for _ in requests:
+                announced.enter_context(batcher.incoming())
+            futures = [batcher.submit(*request) for request in requests]
+        answers = [future.result(timeout=30) for future in futures]
+    assert sizes == [len(requests)]  # the worker waited for every announced request
+    for request, answer in zip(requests, answers):
+        _same(answer, ranked.recommend(*request))
+
+
+def test_coroutines_share_batches(ranked):
+    sizes = []
+    requests = list(_requests(60, 2))
+
+    async def main(batcher):
+        return await asyncio.gather(*(batcher.recommend_async(*r) for r in requests))
+
+    with MicroBatcher(ranked, on_batch=sizes.append) as batcher:
+        answers = asyncio.run(main(batcher))
+    for request, answer in zip(requests, answers):
+        _same(answer, ranked.recommend(*request))
+    assert len(sizes) < len(requests)  # one loop turn queued them all: far fewer batches
+
+
+@pytest.mark.parametrize("arguments, error, message", [
+    (("3",), TypeError, "user must be an integer"),
+    ((-1,), ValueError, "user must be >= 0"),
+    ((1, 0), ValueError, "k must be >= 1"),
+    ((1, 5, ["a"]), TypeError, "exclude must hold integers"),
+    ((1, 5, None, None), ValueError, "context_features are required"),
+    ((1, 5, None, [1.0, 2.0, 3.0]), ValueError, r"shape \(1, 2\)"),
+    ((1, 5, None, [1.0, np.nan]), ValueError, "finite"),
+])
+def test_bad_input_raises_in_the_caller(ranked, arguments, error, message):
+    sizes = []
+    with MicroBatcher(ranked, on_batch=sizes.append) as batcher:
+        with pytest.raises(error, match=message):
+            batcher.submit(*arguments)
+        with pytest.raises(error, match=message):
+            asyncio.run(batcher.recommend_async(*arguments))
+        good = batcher.recommend(1, 5, None, [0.5, 0.5])
+    _same(good, ranked.recommend(1, 5, None, [0.5, 0.5]))
+    assert sizes == [1]  # the bad requests never reached a batch
+
+
+def test_one_failing_request_does_not_fail_its_batch(als):
+    class Fragile(Recommender):
+        def _answer(self, state, users, k, excludes, contexts):
+            if 13 in users.tolist():
+                raise RuntimeError("user 13 breaks the native call")
+            return super()._answer(state, users, k, excludes, contexts)
+
+    rec = Fragile(als, k=4, num_threads=1)
+    with MicroBatcher(rec, max_wait=30.0) as batcher:
+        with contextlib.ExitStack() as announced:
+            for _ in range(4):
+                announced.enter_context(batcher.incoming())
+            futures = {user: batcher.submit(user) for user in (2, 13, 7, 9)}
+        with pytest.raises(RuntimeError, match="user 13"):
+            futures[13].result(timeout=30)
+        for user in (2, 7, 9):
+            _same(futures[user].result(timeout=30), rec.recommend(user))
+
+
+def test_answers_never_mix_models_during_swaps(als, seen, tmp_path):
+    other = recfuse.ALS(factors=FACTORS, iterations=2, random_state=9).fit(seen)
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    als.save(paths[0])
+    other.save(paths[1])
+    users = np.arange(20)
+    expected = [Recommender(path, k=5).recommend_batch(users).ids for path in paths]
+    assert (expected[0] != expected[1]).any()
+    rec = Recommender(paths[0], k=5, num_threads=1)
+    errors, versions = [], []
+    stop = threading.Event()
+    with MicroBatcher(rec, workers=2) as batcher:
+        def reader(seed):
+            rng = np.random.default_rng(seed)
+            while not stop.is_set():
+                user = int(rng.choice(users))
+                got = batcher.recommend(user)
+                if not (got.ids == expected[(got.version - 1) % 2][user]).all():
+                    errors.append(f"user {user}: a mixed answer at version {got.version}")
+                versions.append(got.version)
+
+        threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(6)]
+        for thread in threads:
+            thread.start()
+        for step in range(6):
+            rec.swap_model(paths[(step + 1) % 2])
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors[:3]
+    assert len(set(versions)) >= 2
+
+
+def test_close_answers_what_is_queued_then_refuses(als):
+    rec = Recommender(als, k=3, num_threads=1)
+    batcher = MicroBatcher(rec, max_wait=30.0)
+    with batcher.incoming():  # holds the worker until close
+        futures = [batcher.submit(user) for user in range(5)]
+        closer = threading.Thread(target=batcher.close)
+        closer.start()
+        closer.join(30)
+    assert not closer.is_alive()
+    for user, future in enumerate(futures):
+        _same(future.result(timeout=1), rec.recommend(user))
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(1)
+
+
+def test_constructor_checks(als):
+    rec = Recommender(als)
+    with pytest.raises(TypeError, match="recfuse.Recommender"):
+        MicroBatcher(als)
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        MicroBatcher(rec, max_batch=0)
+    with pytest.raises(ValueError, match="max_wait must be >= 0"):
+        MicroBatcher(rec, max_wait=-1)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        MicroBatcher(rec, workers=0)
+    with pytest.raises(TypeError, match="on_batch"):
+        MicroBatcher(rec, on_batch=3)
