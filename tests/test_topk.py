@@ -321,6 +321,69 @@ def test_bfloat16_storage_needs_cpu_and_float32():
         recfuse.ItemIndex(items, storage="int8")
 
 
+def test_auto_storage_picks_by_items_per_result():
+    from recfuse import retrieval
+
+    items = np.ones((3000, 4), np.float32)
+    index = recfuse.ItemIndex(items, backend="cpu")
+    assert index.storage == "auto" and not index._tables  # nothing prepared before a search
+    assert [index.storage_for(k) for k in (1, 3, 4)] == ["bfloat16", "bfloat16", "native"]
+    assert retrieval.BFLOAT16_ITEMS_PER_RESULT * 3 <= 3000 < retrieval.BFLOAT16_ITEMS_PER_RESULT * 4
+    index.search(items[0], 2)
+    assert set(index._tables) == {"bfloat16"}  # only what a search needed
+    index.search(items[0], 10)
+    assert set(index._tables) == {"bfloat16", "native"}
+    assert recfuse.ItemIndex(items.astype(np.float64), backend="cpu").storage_for(1) == "native"
+    assert recfuse.ItemIndex(items, backend="numpy").storage_for(1) == "native"
+    assert recfuse.ItemIndex(items, storage="native", backend="cpu").storage_for(1) == "native"
+
+
+@given(problem=topk_problems(max_n=300), cosine=st.booleans())
+def test_auto_storage_is_native_storage(problem, cosine):
+    """Whichever table "auto" reads (forced to bfloat16 here by one item per result), its ids
+    and scores are the native table's, bit for bit."""
+    from recfuse import retrieval
+
+    problem = _float32_problem(problem)
+    metric = "cosine" if cosine else "dot"
+    want_ids, want_scores = _run(problem, "cpu", storage="native", metric=metric)
+    original = retrieval.BFLOAT16_ITEMS_PER_RESULT
+    retrieval.BFLOAT16_ITEMS_PER_RESULT = 1
+    try:
+        ids, scores = _run(problem, "cpu", metric=metric)
+    finally:
+        retrieval.BFLOAT16_ITEMS_PER_RESULT = original
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(scores.view(np.uint32), want_scores.view(np.uint32))
+
+
+def test_auto_storage_prepares_each_table_once_under_concurrent_searches():
+    import threading
+
+    rng = np.random.default_rng(3)
+    items = rng.standard_normal((4000, 16)).astype(np.float32)
+    index = recfuse.ItemIndex(items, backend="cpu")
+    queries = rng.standard_normal((8, 16)).astype(np.float32)
+    want = recfuse.ItemIndex(items, storage="native", backend="cpu").search(queries, 3)
+    results, errors = [], []
+
+    def search():
+        try:
+            results.append(index.search(queries, 3, num_threads=1))  # 3 <= 4000 / 1000
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=search) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(results) == 8 and set(index._tables) == {"bfloat16"}
+    for ids, scores in results:
+        np.testing.assert_array_equal(ids, want[0])
+        np.testing.assert_array_equal(scores.view(np.uint32), want[1].view(np.uint32))
+
+
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
 @pytest.mark.parametrize("n", [1, 31, 33, 700, 2100])
 def test_panel_edges_and_thread_splits(backend, n):

@@ -28,6 +28,8 @@ again with the float32 kernel's own code.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -35,7 +37,12 @@ from . import _validation as check
 from ._backend import resolve_backend
 
 METRICS = ("dot", "cosine")
-STORAGES = ("native", "bfloat16")
+STORAGES = ("auto", "native", "bfloat16")
+# storage="auto" searches the bfloat16 copies when the catalogue holds at least this many
+# items per requested result, else the float32 table. Measured on this project's CPU
+# (bench/README.md, top-k section): bfloat16 was 1.09-2.7x faster from 2,000 items per
+# result up and 0.5-0.8x at 500 and below.
+BFLOAT16_ITEMS_PER_RESULT = 1000
 
 
 class ItemIndex:
@@ -50,7 +57,7 @@ class ItemIndex:
     item_bias : array (n,), optional
         Added to every score of item j (finite).
     metric : "dot" or "cosine"
-    storage : "native" or "bfloat16"
+    storage : "auto" (default), "native" or "bfloat16"
         "bfloat16" (float32 items, cpu backend) streams half the bytes per search and, where
         the CPU has AVX512-BF16, does twice the multiply-adds per instruction: each item's
         float32 score is bounded from bfloat16 copies, and the items whose bound reaches the
@@ -58,7 +65,11 @@ class ItemIndex:
         ids and scores equal storage="native"'s bit for bit. It pays for single queries (a
         table read from memory) and for batches with small k; with large k (100 or more)
         the exact rescoring can make it slower than "native". The index keeps a reference to
-        the float32 table as well.
+        the float32 table as well. "auto" gives the same results as both: per search it uses
+        the bfloat16 copies where they are available and the catalogue holds at least
+        ``BFLOAT16_ITEMS_PER_RESULT`` items per result (n >= 1000 k), the native table
+        otherwise, each prepared at its first use (so an index that serves both small and
+        large k holds both).
     backend : "auto" or a backend name (see ``recfuse.backends()``)
 
     >>> import numpy as np
@@ -67,7 +78,7 @@ class ItemIndex:
     (array([1, 2]), array([2., 1.], dtype=float32))
     """
 
-    def __init__(self, items, *, item_bias=None, metric: str = "dot", storage: str = "native",
+    def __init__(self, items, *, item_bias=None, metric: str = "dot", storage: str = "auto",
                  backend: str = "auto"):
         self.metric = check.check_choice(metric, "metric", METRICS)
         self.storage = check.check_choice(storage, "storage", STORAGES)
@@ -81,15 +92,36 @@ class ItemIndex:
             self.scale = _inverse_norms(self.items).astype(self.items.dtype)
         self.backend = backend
         self._module = resolve_backend(backend, "topk")
-        if storage == "bfloat16":
-            if self.items.dtype != np.float32:
-                raise ValueError(f"storage='bfloat16' needs float32 items, got {self.items.dtype}")
-            if not getattr(self._module, "BFLOAT16", False):
-                raise ValueError(f"storage='bfloat16' is not available on the "
-                                 f"{self._module.NAME!r} backend (use backend='cpu')")
-            self._table = self._module.prepare(self.items, self.bias, self.scale, bfloat16=True)
-        else:
-            self._table = self._module.prepare(self.items, self.bias, self.scale)
+        self._bfloat16_possible = (self.items.dtype == np.float32
+                                   and getattr(self._module, "BFLOAT16", False))
+        if storage == "bfloat16" and self.items.dtype != np.float32:
+            raise ValueError(f"storage='bfloat16' needs float32 items, got {self.items.dtype}")
+        if storage == "bfloat16" and not self._bfloat16_possible:
+            raise ValueError(f"storage='bfloat16' is not available on the "
+                             f"{self._module.NAME!r} backend (use backend='cpu')")
+        self._tables: dict = {}  # "native" / "bfloat16" -> the backend's prepared table
+        self._tables_lock = threading.Lock()
+        if storage != "auto":
+            self._prepared(storage)
+
+    def _prepared(self, storage: str):
+        """The backend's table for ``storage`` ("native" or "bfloat16"), prepared once."""
+        table = self._tables.get(storage)
+        if table is None:
+            with self._tables_lock:  # concurrent first searches prepare it once
+                table = self._tables.get(storage)
+                if table is None:
+                    extra = {"bfloat16": True} if storage == "bfloat16" else {}
+                    table = self._module.prepare(self.items, self.bias, self.scale, **extra)
+                    self._tables[storage] = table
+        return table
+
+    def storage_for(self, k: int) -> str:
+        """The storage a search for ``k`` results reads: "native" or "bfloat16"."""
+        if self.storage != "auto":
+            return self.storage
+        many = self.items.shape[0] >= BFLOAT16_ITEMS_PER_RESULT * k
+        return "bfloat16" if self._bfloat16_possible and many else "native"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -133,7 +165,8 @@ class ItemIndex:
             Q = (Q * _inverse_norms(Q)[:, None]).astype(self.items.dtype)
         if Q.shape[0] == 0:
             return (np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=self.items.dtype))
-        return self._module.search(self._table, Q, k, excluded, mask, num_threads)
+        table = self._prepared(self.storage_for(k))
+        return self._module.search(table, Q, k, excluded, mask, num_threads)
 
     def __repr__(self) -> str:
         n, d = self.items.shape
@@ -142,7 +175,7 @@ class ItemIndex:
 
 
 def topk(queries, items, k: int, *, exclude=None, allow=None, deny=None, item_bias=None,
-         metric: str = "dot", storage: str = "native", backend: str = "auto",
+         metric: str = "dot", storage: str = "auto", backend: str = "auto",
          num_threads: int = 0):
     """Exact top-k of ``queries`` against ``items``: ``(ids, scores)``.
 
