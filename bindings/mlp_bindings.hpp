@@ -17,6 +17,37 @@
 namespace recfuse {
 namespace bindings {
 
+using MlpWeights = std::vector<Array<float>>;
+using MlpBiases = std::vector<std::optional<Array<float>>>;
+
+// The layers of Python's (weights, biases, activations) lists, checked (views: the arrays
+// must outlive them), for recfuse._core.MlpModel and recfuse._cuda.MlpModel alike.
+inline std::vector<MlpLayer> mlp_layers(const MlpWeights& weights, const MlpBiases& biases,
+                                        const std::vector<std::string>& activations) {
+  expect(weights.size() == biases.size() && weights.size() == activations.size(),
+         "weights, biases and activations must have the same length");
+  std::vector<MlpLayer> layers;
+  for (size_t l = 0; l < weights.size(); ++l) {
+    const Array<float>& w = weights[l];
+    expect(w.ndim() == 2, "weights must be 2-d, got shape " + shape_of(w));
+    const int out = static_cast<int>(w.shape(0)), in = static_cast<int>(w.shape(1));
+    const float* b = nullptr;
+    if (biases[l]) {
+      expect(biases[l]->ndim() == 1 && biases[l]->shape(0) == out,
+             "bias must have shape (" + std::to_string(out) + ",), got " + shape_of(*biases[l]));
+      b = biases[l]->data();
+    }
+    layers.push_back({w.data(), b, out, in, parse_mlp_activation(activations[l])});
+  }
+  return layers;
+}
+
+inline MlpPrecision mlp_precision(const std::string& precision) {
+  expect(precision == "float32" || precision == "bfloat16",
+         "precision must be float32 or bfloat16, got '" + precision + "'");
+  return precision == "float32" ? MlpPrecision::Float32 : MlpPrecision::Bfloat16;
+}
+
 // The candidates of one call, checked against the arrays' shapes.
 struct MlpCall {
   MlpCandidates candidates;
@@ -88,29 +119,11 @@ inline void bind_mlp(py::module_& m) {
 
   using Blocks = std::vector<Array<float>>;
   py::class_<MlpModel>(m, "MlpModel", "A packed MLP scorer (see recfuse.ranking.MLPScorer).")
-      .def(py::init([](const Blocks& weights, const std::vector<std::optional<Array<float>>>& biases,
+      .def(py::init([](const MlpWeights& weights, const MlpBiases& biases,
                        const std::vector<std::string>& activations, const std::string& precision,
                        const std::string& kernel) {
-             expect(weights.size() == biases.size() && weights.size() == activations.size(),
-                    "weights, biases and activations must have the same length");
-             std::vector<MlpLayer> layers;
-             for (size_t l = 0; l < weights.size(); ++l) {
-               const Array<float>& w = weights[l];
-               expect(w.ndim() == 2, "weights must be 2-d, got shape " + shape_of(w));
-               const int out = static_cast<int>(w.shape(0)), in = static_cast<int>(w.shape(1));
-               const float* b = nullptr;
-               if (biases[l]) {
-                 expect(biases[l]->ndim() == 1 && biases[l]->shape(0) == out,
-                        "bias must have shape (" + std::to_string(out) + ",), got " +
-                            shape_of(*biases[l]));
-                 b = biases[l]->data();
-               }
-               layers.push_back({w.data(), b, out, in, parse_mlp_activation(activations[l])});
-             }
-             expect(precision == "float32" || precision == "bfloat16",
-                    "precision must be float32 or bfloat16, got '" + precision + "'");
-             const MlpPrecision p =
-                 precision == "float32" ? MlpPrecision::Float32 : MlpPrecision::Bfloat16;
+             const std::vector<MlpLayer> layers = mlp_layers(weights, biases, activations);
+             const MlpPrecision p = mlp_precision(precision);
              const MlpKernel k = parse_mlp_kernel(kernel);
              py::gil_scoped_release release;
              return new MlpModel(layers, p, k);

@@ -18,18 +18,6 @@
 namespace recfuse {
 namespace bindings {
 
-// The activation of a name. (recfuse::parse_mlp_activation does this for _core, but it lives
-// in the CPU library, which _cuda does not link.)
-inline MlpActivation mlp_activation_of(const std::string& name) {
-  if (name == "identity") return MlpActivation::Identity;
-  if (name == "relu") return MlpActivation::Relu;
-  if (name == "gelu") return MlpActivation::Gelu;
-  if (name == "sigmoid") return MlpActivation::Sigmoid;
-  if (name == "tanh") return MlpActivation::Tanh;
-  throw std::invalid_argument(
-      "activation must be one of relu, gelu, sigmoid, tanh, identity; got '" + name + "'");
-}
-
 // A call's candidates, checked against the arrays' shapes; `part` replaces the item blocks.
 inline MlpCall mlp_cuda_call(const Array<int64_t>& indptr, const std::optional<Array<int64_t>>& ids,
                              int64_t items, const std::vector<Array<float>>& user_blocks,
@@ -101,30 +89,11 @@ inline void bind_mlp_cuda(py::module_& m) {
       "A packed MLP scorer on the current CUDA device (see recfuse.ranking.MLPScorer).\n"
       "MlpModel(weights, biases, activations, precision, kernel): kernel 'auto' (fused where the\n"
       "call fits, else tiled), 'fused' or 'tiled'.")
-      .def(py::init([](const Blocks& weights,
-                       const std::vector<std::optional<Array<float>>>& biases,
+      .def(py::init([](const MlpWeights& weights, const MlpBiases& biases,
                        const std::vector<std::string>& activations, const std::string& precision,
                        const std::string& kernel) {
-             expect(weights.size() == biases.size() && weights.size() == activations.size(),
-                    "weights, biases and activations must have the same length");
-             std::vector<MlpLayer> layers;
-             for (size_t l = 0; l < weights.size(); ++l) {
-               const Array<float>& w = weights[l];
-               expect(w.ndim() == 2, "weights must be 2-d, got shape " + shape_of(w));
-               const int out = static_cast<int>(w.shape(0)), in = static_cast<int>(w.shape(1));
-               const float* b = nullptr;
-               if (biases[l]) {
-                 expect(biases[l]->ndim() == 1 && biases[l]->shape(0) == out,
-                        "bias must have shape (" + std::to_string(out) + ",), got " +
-                            shape_of(*biases[l]));
-                 b = biases[l]->data();
-               }
-               layers.push_back({w.data(), b, out, in, mlp_activation_of(activations[l])});
-             }
-             expect(precision == "float32" || precision == "bfloat16",
-                    "precision must be float32 or bfloat16, got '" + precision + "'");
-             const MlpPrecision p =
-                 precision == "float32" ? MlpPrecision::Float32 : MlpPrecision::Bfloat16;
+             const std::vector<MlpLayer> layers = mlp_layers(weights, biases, activations);
+             const MlpPrecision p = mlp_precision(precision);
              const rc::MlpPath path = rc::parse_mlp_path(kernel);
              py::gil_scoped_release release;
              return new rc::MlpModelCuda(layers, p, path);

@@ -77,16 +77,6 @@ float activate_scalar(MlpActivation activation, float x) {
 
 }  // namespace
 
-MlpActivation parse_mlp_activation(const std::string& name) {
-  if (name == "relu") return MlpActivation::Relu;
-  if (name == "gelu") return MlpActivation::Gelu;
-  if (name == "sigmoid") return MlpActivation::Sigmoid;
-  if (name == "tanh") return MlpActivation::Tanh;
-  if (name == "identity") return MlpActivation::Identity;
-  throw std::invalid_argument(
-      "activation must be one of relu, gelu, sigmoid, tanh, identity; got '" + name + "'");
-}
-
 const char* mlp_kernel_name(MlpKernel kernel) {
   switch (kernel) {
     case MlpKernel::Float32: return "float32";

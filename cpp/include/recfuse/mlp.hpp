@@ -30,6 +30,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -45,7 +46,17 @@ constexpr int kMlpBlockRows = 64;   // candidates per block (a multiple of 32: A
 constexpr int kMlpRescoreMinBand = 16;    // bfloat16 rank: the first band, at least
 constexpr double kMlpRescoreMargin = 4.0; // bfloat16 rank: safety factor on the seen error
 
-MlpActivation parse_mlp_activation(const std::string& name);
+// The activation of a name (inline: the CUDA module, which does not link the CPU library,
+// parses layers too).
+inline MlpActivation parse_mlp_activation(const std::string& name) {
+  if (name == "relu") return MlpActivation::Relu;
+  if (name == "gelu") return MlpActivation::Gelu;
+  if (name == "sigmoid") return MlpActivation::Sigmoid;
+  if (name == "tanh") return MlpActivation::Tanh;
+  if (name == "identity") return MlpActivation::Identity;
+  throw std::invalid_argument(
+      "activation must be one of relu, gelu, sigmoid, tanh, identity; got '" + name + "'");
+}
 const char* mlp_kernel_name(MlpKernel kernel);
 MlpKernel parse_mlp_kernel(const std::string& name);
 // Whether this CPU and build can run `kernel`; `why` gets the reason when not.
