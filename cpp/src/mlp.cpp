@@ -4,10 +4,6 @@
 
 #include <omp.h>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <cpuid.h>
-#endif
-
 #include <algorithm>
 #include <atomic>
 #include <functional>
@@ -53,17 +49,6 @@ kernels::MlpDotFunction float32_dot() {
   }
 }
 
-bool cpu_has_avx512bf16() {
-#if defined(__x86_64__) || defined(_M_X64)
-  unsigned eax, ebx, ecx, edx;
-  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
-  return ((eax >> 5) & 1u) && __builtin_cpu_supports("avx512f") &&
-         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-#else
-  return false;
-#endif
-}
-
 float activate_scalar(MlpActivation activation, float x) {
   switch (activation) {
     case MlpActivation::Relu: return x < 0.0f ? 0.0f : x;
@@ -100,11 +85,11 @@ bool mlp_kernel_supported(MlpKernel kernel, std::string* why) {
     case MlpKernel::Float32: return true;
     case MlpKernel::Avx512Bf16:
       if (kernels::mlp_layer_avx512bf16() == nullptr) reason = "not built (not x86-64)";
-      else if (!cpu_has_avx512bf16()) reason = "this CPU lacks avx512_bf16";
+      else if (!cpu_supports_avx512bf16()) reason = "this CPU lacks avx512_bf16";
       break;
     case MlpKernel::Amx:
       if (kernels::mlp_layer_amx() == nullptr) reason = "not built (not x86-64)";
-      else if (!cpu_has_avx512bf16()) reason = "this CPU lacks avx512_bf16 (used beside AMX)";
+      else if (!cpu_supports_avx512bf16()) reason = "this CPU lacks avx512_bf16 (used beside AMX)";
       else if (!kernels::mlp_request_amx())
         reason = "this CPU lacks amx_tile/amx_bf16 or Linux refused tile data (arch_prctl)";
       break;

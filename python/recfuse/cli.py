@@ -58,7 +58,9 @@ def _info(args) -> int:
     try:
         from recfuse import _core
 
-        simd = {"levels": list(_core.supported_simd_levels()), "in_use": _core.simd_level()}
+        simd = {"levels": list(_core.supported_simd_levels()), "in_use": _core.simd_level(),
+                "topk_bfloat16": _core.topk_bfloat16_kernel(),
+                "mlp_kernels": {name: (ok, why) for name, ok, why in _core.mlp_kernels()}}
     except ImportError:
         pass
     if args.json:
@@ -76,6 +78,11 @@ def _info(args) -> int:
     if simd:
         print(f"\nCPU SIMD levels: {', '.join(simd['levels'])} (in use: {simd['in_use']}; "
               "force with RECFUSE_SIMD=generic|avx2|avx512)")
+        how = {"dot": "VDPBF16PS", "widen": "widened to float32"}
+        print(f"top-k bfloat16 storage: {how.get(simd['topk_bfloat16'], simd['topk_bfloat16'])}")
+        kernels = [name if ok else f"{name} (no: {why})"
+                   for name, (ok, why) in simd["mlp_kernels"].items()]
+        print(f"MLP kernels: {', '.join(kernels)}")
     print(f"CPU threads: {os.cpu_count()}; choose a backend with backend=... or RECFUSE_BACKEND")
     return 0
 
