@@ -62,6 +62,7 @@ class ExplicitALS(_RatingModel):
     """
 
     _NAME = "ExplicitALS"
+    _FACTOR_NAMES = ("user_factors", "item_factors")
 
     def __init__(
         self,
@@ -125,26 +126,10 @@ class ExplicitALS(_RatingModel):
         replaces the random start (only Y matters: the users are solved first). On bad input
         the model is left as it was.
         """
-        users, items, values, scale = check.check_ratings(users, items, ratings, rating_scale)
-        if values.size == 0:
-            raise ValueError("fit needs at least one rating, got none")
-        n_users = self._count(n_users, "n_users", users)
-        n_items = self._count(n_items, "n_items", items)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        users, items, values, scale, n_users, n_items = self._fit_arguments(
+            users, items, ratings, rating_scale, n_users, n_items, callback)
         rng = np.random.default_rng(self.random_state)
-        if initial_factors is None:
-            X = rng.normal(0.0, self.init_std, (n_users, self.factors)).astype(self.dtype)
-            Y = rng.normal(0.0, self.init_std, (n_items, self.factors)).astype(self.dtype)
-        else:
-            if not isinstance(initial_factors, (tuple, list)) or len(initial_factors) != 2:
-                raise TypeError("initial_factors must be a pair (user_factors, item_factors)")
-            X, Y = (check.check_factors(a, f"initial_factors[{n}]", dtype=self.dtype,
-                                        n_cols=self.factors)
-                    for n, a in enumerate(initial_factors))
-            if X.shape[0] != n_users or Y.shape[0] != n_items:
-                raise ValueError(f"initial_factors must have shapes ({n_users}, {self.factors}) "
-                                 f"and ({n_items}, {self.factors}), got {X.shape} and {Y.shape}")
+        X, Y = self._initial_factors(rng, n_users, n_items, initial_factors)
         backend = resolve_backend(self.backend, "sgd", needs="explicit_als_half_sweep")
         by_user = _ratings_csr(users, items, values, n_users, n_items, self.dtype)
         by_item = _ratings_csr(items, users, values, n_items, n_users, self.dtype)

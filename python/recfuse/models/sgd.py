@@ -58,6 +58,9 @@ class _RatingModel:
     # (state, ItemIndex, seen matrix) for recommend, built from one fitted state on first use.
     _retrieval_cache: tuple | None = None
 
+    init_mean = 0.0  # the factors' starting mean (SVD and SVD++ take it as a parameter)
+    _FACTOR_NAMES = ("P", "Q", "Y")  # names in initial_factors; the first _factor_count()
+
     def _factor_count(self) -> int:
         raise NotImplementedError
 
@@ -68,6 +71,37 @@ class _RatingModel:
             return needed
         value = check.check_int(value, name, minimum=needed)
         return value
+
+    def _fit_arguments(self, users, items, ratings, rating_scale, n_users, n_items, callback):
+        """fit's checks: (users, items, values, scale, n_users, n_items)."""
+        users, items, values, scale = check.check_ratings(users, items, ratings, rating_scale)
+        if values.size == 0:
+            raise ValueError("fit needs at least one rating, got none")
+        n_users = self._count(n_users, "n_users", users)
+        n_items = self._count(n_items, "n_items", items)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        return users, items, values, scale, n_users, n_items
+
+    def _initial_factors(self, rng, n_users, n_items, given):
+        """The starting factor tables: ``given`` (checked) or drawn from ``rng``."""
+        names = self._FACTOR_NAMES[: self._factor_count()]
+        rows = (n_users, n_items, n_items)
+        if given is None:
+            # Surprise's initialisation: every factor ~ Normal(init_mean, init_std). (Drawing
+            # float32 directly would halve the time of this step but change every seed's
+            # model; measured, that is a tenth of a 1M-rating fit.)
+            return [rng.normal(self.init_mean, self.init_std, (r, self.factors)).astype(self.dtype)
+                    for r in rows[: len(names)]]
+        if not isinstance(given, (tuple, list)) or len(given) != len(names):
+            raise TypeError(f"initial_factors must be a tuple {names}")
+        out = [check.check_factors(array, f"initial_factors {name}", dtype=self.dtype,
+                                   n_cols=self.factors) for name, array in zip(names, given)]
+        expected = [(r, self.factors) for r in rows[: len(names)]]
+        if [array.shape for array in out] != expected:
+            raise ValueError(f"initial_factors {names} must have shapes {expected}, got "
+                             f"{[array.shape for array in out]}")
+        return out
 
     # ------------------------------------------------------------------ prediction
     def predict(self, users, items, clip: bool = True):
@@ -298,13 +332,8 @@ class _SgdFactorization(_RatingModel):
         ``initial_factors`` replaces the random start: (P, Q) for SVD, (P, Q, Y) for SVD++.
         On bad input the model is left as it was.
         """
-        users, items, values, scale = check.check_ratings(users, items, ratings, rating_scale)
-        if values.size == 0:
-            raise ValueError("fit needs at least one rating, got none")
-        n_users = self._count(n_users, "n_users", users)
-        n_items = self._count(n_items, "n_items", items)
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        users, items, values, scale, n_users, n_items = self._fit_arguments(
+            users, items, ratings, rating_scale, n_users, n_items, callback)
         rng = np.random.default_rng(self.random_state)
         factors = self._initial_factors(rng, n_users, n_items, initial_factors)
         backend = resolve_backend(self.backend, "sgd", needs=self._KERNEL)
@@ -334,26 +363,6 @@ class _SgdFactorization(_RatingModel):
             self._fitted = fitted
             self.backend_used = backend.NAME
         return self
-
-    def _initial_factors(self, rng, n_users, n_items, given):
-        names = ("P", "Q", "Y")[: self._factor_count()]
-        rows = (n_users, n_items, n_items)
-        if given is None:
-            # Surprise's initialisation: every factor ~ Normal(init_mean, init_std). (Drawing
-            # float32 directly would halve the time of this step but change every seed's
-            # model; measured, that is a tenth of a 1M-rating fit.)
-            return [rng.normal(self.init_mean, self.init_std, (r, self.factors)).astype(self.dtype)
-                    for r in rows[: len(names)]]
-        if not isinstance(given, (tuple, list)) or len(given) != len(names):
-            raise TypeError(f"initial_factors must be a tuple {names}")
-        out = []
-        for name, array, r in zip(names, given, rows):
-            array = check.check_factors(array, f"initial_factors {name}", dtype=self.dtype,
-                                        n_cols=self.factors)
-            if array.shape[0] != r:
-                raise ValueError(f"initial_factors {name} must have {r} rows, got {array.shape}")
-            out.append(array)
-        return out
 
     # ------------------------------------------------------------------ per-model hooks
     def _layout(self, users, items, n_users, n_items, nnz, rng):
