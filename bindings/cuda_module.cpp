@@ -168,11 +168,7 @@ void bind_svd_hogwild(py::module_& m) {
                    users.size() == items.size() && users.size() == ratings.size(),
                "users, items and ratings must be 1-d of one length, got shapes " +
                    shape_of(users) + ", " + shape_of(items) + " and " + shape_of(ratings));
-        expect(P.ndim() == 2, "P must be 2-d, got shape " + shape_of(P));
-        const int64_t k = P.shape(1);
-        const int64_t n_users = factor_rows(P, k, "P"), n_items = factor_rows(Q, k, "Q");
-        check_vector(user_bias, n_users, "user_bias");
-        check_vector(item_bias, n_items, "item_bias");
+        const auto [k, n_users, n_items] = svd_shape(P, Q, user_bias, item_bias);
         const auto rates = sgd_rates<T>(lr, reg);
         const int32_t* u = users.data();
         const int32_t* i = items.data();

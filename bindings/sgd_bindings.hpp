@@ -43,6 +43,22 @@ void check_vector(Array<T>& v, int64_t n, const char* name) {
   expect(v.writeable(), std::string(name) + " must be writeable");
 }
 
+// The model tables of the SVD-style bindings, checked: P (n_users x k) and Q (n_items x k)
+// writeable, one writeable bias per row of each. Returns {k, n_users, n_items}.
+struct SvdShape {
+  int64_t k, n_users, n_items;
+};
+
+template <class T>
+SvdShape svd_shape(Array<T>& P, Array<T>& Q, Array<T>& user_bias, Array<T>& item_bias) {
+  expect(P.ndim() == 2, "P must be 2-d, got shape " + shape_of(P));
+  const int64_t k = P.shape(1);
+  const int64_t n_users = factor_rows(P, k, "P"), n_items = factor_rows(Q, k, "Q");
+  check_vector(user_bias, n_users, "user_bias");
+  check_vector(item_bias, n_items, "item_bias");
+  return {k, n_users, n_items};
+}
+
 template <class T>
 SgdRates<T> sgd_rates(const std::array<double, 5>& lr, const std::array<double, 5>& reg) {
   return {static_cast<T>(lr[0]),  static_cast<T>(lr[1]),  static_cast<T>(lr[2]),
@@ -62,11 +78,7 @@ void bind_sgd_functions(py::module_& m) {
         const BlockLayout L = block_layout(users, items, offsets, grid);
         expect(ratings.ndim() == 1 && ratings.size() == users.size(),
                "ratings must have one entry per user id, got shape " + shape_of(ratings));
-        expect(P.ndim() == 2, "P must be 2-d, got shape " + shape_of(P));
-        const int64_t k = P.shape(1);
-        const int64_t n_users = factor_rows(P, k, "P"), n_items = factor_rows(Q, k, "Q");
-        check_vector(user_bias, n_users, "user_bias");
-        check_vector(item_bias, n_items, "item_bias");
+        const auto [k, n_users, n_items] = svd_shape(P, Q, user_bias, item_bias);
         const auto rates = sgd_rates<T>(lr, reg);
         const T* r = ratings.data();
         T *bu = user_bias.mutable_data(), *bi = item_bias.mutable_data();
@@ -93,12 +105,8 @@ void bind_sgd_functions(py::module_& m) {
         const BlockLayout L = block_layout(users, items, offsets, grid);
         expect(ratings.ndim() == 1 && ratings.size() == users.size(),
                "ratings must have one entry per user id, got shape " + shape_of(ratings));
-        expect(P.ndim() == 2, "P must be 2-d, got shape " + shape_of(P));
-        const int64_t k = P.shape(1);
-        const int64_t n_users = factor_rows(P, k, "P"), n_items = factor_rows(Q, k, "Q");
+        const auto [k, n_users, n_items] = svd_shape(P, Q, user_bias, item_bias);
         expect(factor_rows(Y, k, "Y") == n_items, "Y must have as many rows as Q");
-        check_vector(user_bias, n_users, "user_bias");
-        check_vector(item_bias, n_items, "item_bias");
         expect(implicit_indptr.ndim() == 1 && implicit_indptr.size() == n_users + 1 &&
                    implicit_indices.ndim() == 1 &&
                    implicit_indices.size() == implicit_indptr.at(n_users),
