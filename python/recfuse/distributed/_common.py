@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._als.common import AlsParams
-from ..models.als import MAX_FACTORS
+from ..models.als import set_checked_settings
 from . import _blocks
 
 CHECKPOINT_FORMAT = "recfuse-distributed-als-checkpoint"
@@ -59,20 +59,10 @@ class DistributedALSBase:
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 5,
     ):
-        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
-        self.regularization = check.check_float(regularization, "regularization", minimum=0.0)
-        self.alpha = check.check_float(alpha, "alpha", minimum=0.0)
-        self.iterations = check.check_int(iterations, "iterations", minimum=0)
-        self.solver = check.check_choice(solver, "solver", ("cg", "cholesky"))
-        self.cg_steps = check.check_int(cg_steps, "cg_steps", minimum=1)
-        self.dtype = check.check_float_dtype(dtype)
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
-        self.backend = backend
-        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        set_checked_settings(self, factors, regularization, alpha, iterations, solver, cg_steps,
+                             dtype, backend, num_threads, confidence)
         self.random_state = check.check_int(random_state, "random_state", minimum=0,
                                             maximum=2**63 - 1)
-        self.confidence = check.check_choice(confidence, "confidence", ("linear", "raw"))
         self.blocks = None if blocks is None else check.check_int(blocks, "blocks", minimum=1)
         if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
             raise TypeError(f"checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}")

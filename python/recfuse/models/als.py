@@ -74,17 +74,9 @@ class ALS:
         random_state: int | np.random.Generator | None = None,
         confidence: str = "linear",
     ):
-        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
-        self.regularization = check.check_float(regularization, "regularization", minimum=0.0)
-        self.alpha = check.check_float(alpha, "alpha", minimum=0.0)
-        self.iterations = check.check_int(iterations, "iterations", minimum=0)
-        self.solver = check.check_choice(solver, "solver", ("cg", "cholesky"))
-        self.cg_steps = check.check_int(cg_steps, "cg_steps", minimum=1)
-        self.dtype = check.check_float_dtype(dtype)
-        self.backend = check.check_backend(backend)
-        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        set_checked_settings(self, factors, regularization, alpha, iterations, solver, cg_steps,
+                             dtype, backend, num_threads, confidence)
         self.random_state = check.check_random_state(random_state)
-        self.confidence = check.check_choice(confidence, "confidence", ("linear", "raw"))
         self._state = _State()
         self.backend_used: str | None = None
         self._lock = threading.Lock()  # serialises writers (fit, update_users)
@@ -420,6 +412,22 @@ class ALS:
         return (f"ALS(factors={self.factors}, regularization={self.regularization}, "
                 f"alpha={self.alpha}, iterations={self.iterations}, solver={self.solver!r}, "
                 f"dtype={self.dtype.name}, backend={self.backend!r}{fitted})")
+
+
+def set_checked_settings(model, factors, regularization, alpha, iterations, solver, cg_steps,
+                         dtype, backend, num_threads, confidence) -> None:
+    """Checks ALS's settings and sets them on ``model`` (recfuse.ALS and the distributed
+    ALS models share them)."""
+    model.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
+    model.regularization = check.check_float(regularization, "regularization", minimum=0.0)
+    model.alpha = check.check_float(alpha, "alpha", minimum=0.0)
+    model.iterations = check.check_int(iterations, "iterations", minimum=0)
+    model.solver = check.check_choice(solver, "solver", ("cg", "cholesky"))
+    model.cg_steps = check.check_int(cg_steps, "cg_steps", minimum=1)
+    model.dtype = check.check_float_dtype(dtype)
+    model.backend = check.check_backend(backend)
+    model.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+    model.confidence = check.check_choice(confidence, "confidence", ("linear", "raw"))
 
 
 def item_gram(item_factors: np.ndarray) -> np.ndarray:
