@@ -62,10 +62,18 @@ def issue_model(seed=0):
     return random_layers(rng, ISSUE_WIDTHS, ["relu", "relu", "relu", "sigmoid"])
 
 
-def check_rank(model, top, values, indptr, ids, k, **data):
-    """rank == the model's own scores + a full sort (ties by smaller id, repeats once)."""
+def check_rank(model, top, values, indptr, ids, k, raw=None, **data):
+    """rank == the model's own scores + a full sort (ties by smaller id, repeats once); under
+    bfloat16, the reference's rescoring rule with the float32 model's scores (of the ``raw``
+    inputs when ``data`` holds a prepared item table)."""
     scores = model.score_candidates(candidate_ids=(indptr, ids), **data)
-    want_ids, want_values = reference.mlp_rank_scores(indptr, ids, scores, k)
+    if model.precision == "bfloat16":
+        exact = MLPScorer(model.layers, backend="cuda", kernel=model.kernel)
+        exact_scores = exact.score_candidates(candidate_ids=(indptr, ids), **(raw or data))
+        want_ids, want_values = reference.mlp_rank_rescored(indptr, ids, scores,
+                                                            lambda at: exact_scores[at], k)
+    else:
+        want_ids, want_values = reference.mlp_rank_scores(indptr, ids, scores, k)
     np.testing.assert_array_equal(top, want_ids)
     np.testing.assert_array_equal(values, want_values.astype(np.float32))
 
@@ -118,7 +126,7 @@ def test_candidates_and_rank_match_reference(kernel, precision, call, k):
     assert_scores_close(model.score_candidates(candidate_ids=(indptr, ids), **other), expected,
                         bound, "prepared items")
     top, values = model.rank(candidate_ids=(indptr, ids), k=k, **other)
-    check_rank(model, top, values, indptr, ids, k, **other)
+    check_rank(model, top, values, indptr, ids, k, raw=data, **other)
     top, values = model.rank(candidate_ids=(indptr, ids), k=k, **data)  # raw table too
     check_rank(model, top, values, indptr, ids, k, **data)
 
@@ -312,6 +320,86 @@ def test_native_checks_and_timing():
 
 
 # ---------------------------------------------------------------------- host only (no device)
+
+
+class _HostPart:
+    """Stands in for recfuse._cuda.MlpItemPart: a prepared item part and the model it is
+    for."""
+
+    def __init__(self, owner, host, columns):
+        self.owner, self.host, self.columns = owner, np.array(host), columns
+
+
+class _HostMlpModel:
+    """Stands in for recfuse._cuda.MlpModel on the host (recfuse._mlp.common's NumPy
+    arithmetic): what the cuda backend's Python side does with it can run without a device.
+    Like the native model, it refuses an item part made for another model and has no
+    bfloat16 rescoring of its own."""
+
+    def __init__(self, weights, biases, activations, precision, kernel):
+        from recfuse._mlp import common
+        self._common = common
+        self._model = common.prepare(np, list(zip(weights, biases, activations)), precision)
+        self.kernel, self.part_width = kernel, common.part_width(self._model)
+
+    def _call(self, indptr, ids, items, user_blocks, item_blocks, candidate_block, part):
+        from recfuse._mlp import Candidates
+        if part is not None:
+            assert part.owner is self, "the item part was made by another model"
+        return Candidates(indptr, ids, items, user_blocks, item_blocks, candidate_block,
+                          None if part is None else part.host, 0 if part is None else part.columns)
+
+    def score_candidates(self, *arguments):
+        return self._common.score_candidates(self._model, self._call(*arguments))
+
+    def rank(self, *arguments, k):
+        assert self._model.precision == "float32", "bfloat16 ranking must rescore"
+        call = self._call(*arguments)
+        return self._common.rank_scores(call.indptr, call.ids,
+                                        self._common.score_candidates(self._model, call), k)
+
+    def item_part(self, item_blocks, column):
+        host = self._common.item_part(self._model, item_blocks, column)
+        return host, _HostPart(self, host, sum(b.shape[1] for b in item_blocks))
+
+    def upload_item_part(self, host, columns):
+        return _HostPart(self, host, columns)
+
+
+def test_bfloat16_rank_rescores_in_float32_on_the_host_side(monkeypatch):
+    """The cuda backend's bfloat16 rank (Python side, over a host stand-in for the native
+    model): the rule of reference.mlp_rank_rescored with a float32 twin, for raw and prepared
+    item tables, equal to the numpy backend's float32 ranking."""
+    import types
+
+    from recfuse._mlp import Candidates
+    from recfuse._mlp import numpy_backend
+
+    monkeypatch.setattr(cuda_mlp, "_module", lambda: types.SimpleNamespace(MlpModel=_HostMlpModel))
+    rng = np.random.default_rng(7)  # test_mlp's draw where bfloat16 alone reorders lists
+    layers = [(W * np.float32(1.5), b, activation) for W, b, activation in
+              random_layers(rng, [48, 256, 128, 1], ["relu", "relu", "sigmoid"])]
+    users = rng.standard_normal((8, 16)).astype(np.float32)
+    items = rng.standard_normal((3000, 16)).astype(np.float32)
+    ids = np.stack([rng.choice(3000, 500, replace=False) for _ in range(8)]).ravel()
+    features = rng.standard_normal((8 * 500, 16)).astype(np.float32)
+    indptr = np.arange(9, dtype=np.int64) * 500
+    raw = Candidates(indptr, ids, 3000, [users], [items], features, None, 0)
+    exact = numpy_backend.prepare(layers, "float32")
+    want = numpy_backend.rank(exact, raw, 10)
+    fast = cuda_mlp.prepare(layers, "bfloat16")
+    rough = reference.mlp_rank_scores(
+        indptr, ids, numpy_backend.score_candidates(numpy_backend.prepare(layers, "bfloat16"),
+                                                    raw), 10)
+    assert (rough[0] != want[0]).any(), "bfloat16 alone already gives float32's lists"
+    part = cuda_mlp.item_part(fast, [items], 16)
+    prepared = raw._replace(item_blocks=[], item_part=part, item_part_columns=16)
+    for call in (raw, prepared):
+        top, values = cuda_mlp.rank(fast, call, 10)
+        np.testing.assert_array_equal(top, want[0])
+        np.testing.assert_allclose(values, want[1], rtol=1e-6)
+    plain = cuda_mlp.prepare(layers, "float32")  # float32 ranks on the "device", no twin
+    np.testing.assert_array_equal(cuda_mlp.rank(plain, raw, 10)[0], want[0])
 
 
 def test_registered_with_a_reason():

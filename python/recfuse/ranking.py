@@ -36,10 +36,9 @@ On the cpu backend it needs AVX512-BF16 (the "avx512bf16" kernel) or AMX (``kern
 never chosen by itself: it has not yet run on an AMX CPU); the numba and numpy backends
 emulate it (slowly). Expect scores within about 1e-3 of float32's, relative to their scale.
 
-``rank`` under bfloat16 returns float32's ranking (cpu, numba, numpy and cupy backends; the
-cuda backend still ranks by its bfloat16 scores): it scores every candidate in bfloat16,
-then rescores a band of each user's best candidates exactly in float32 and ranks the band
-by those scores, which it returns. The band holds max(2k, 16) distinct ids and doubles until
+``rank`` under bfloat16 returns float32's ranking on every backend: it scores every
+candidate in bfloat16, then rescores a band of each user's best candidates exactly in float32
+and ranks the band by those scores, which it returns. The band holds max(2k, 16) distinct ids and doubles until
 the float32 k-th score beats the band's lowest bfloat16 score by more than 4 times the
 largest bfloat16 error seen in the band (or until it holds every candidate); so a candidate
 is missed only if its bfloat16 error is over 4 times any seen among the band's. On the cpu

@@ -15,8 +15,8 @@ Each module implements the contract of ``recfuse.reference.mlp_*`` through:
 ``rank(model, call, k, num_threads) -> (ids int64 (users, k), scores float32 (users, k))``
     call: a ``Candidates`` (below), validated by recfuse.ranking. Under bfloat16:
     ``reference.mlp_rank_rescored`` on the bfloat16 scores, rescoring in float32
-    (``common.rank_candidates`` does it for the array-module backends; the cuda backend
-    does not yet: it ranks by its bfloat16 scores).
+    (``common.rank_candidates`` does it for the array-module and cuda backends; the cpu
+    backend in its native code).
 ``kernel_name(model) -> str``, ``part_width(model) -> int``
 
 Under precision="bfloat16" every backend rounds the weights and inputs of the layers

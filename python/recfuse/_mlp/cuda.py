@@ -11,6 +11,13 @@ and hidden layers up to ``recfuse._cuda.MLP_FUSED_MAX_WIDTH`` = 256 wide; bfloat
 layers on tensor cores), ``"tiled"`` one GEMM kernel per layer (any width), ``"auto"`` the
 fused one wherever the call fits it.
 
+Under bfloat16, ``rank`` follows ``reference.mlp_rank_rescored`` like every other backend:
+the bfloat16 model scores every candidate on the device, then a float32 twin of the same
+weights (made with the model; its own device copy of each prepared item part) rescores each
+user's band (``common.rank_candidates``, one device call per band). That loop is on the host,
+so bfloat16 ranking costs more calls than float32 ranking, which keeps its top-k on the
+device.
+
 Not yet run on a GPU: the development machines of this module had none (its tests skip
 there with the reason). ``recfuse._cuda`` is imported only when used, so importing this
 module never fails on a machine without a driver or a CUDA build (availability:
@@ -19,10 +26,12 @@ recfuse._als.cuda).
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from .._als.cuda import availability  # noqa: F401 - the same probe as the ALS family
-from . import Candidates
+from . import Candidates, common
 
 NAME = "cuda"
 KERNELS = ("auto", "fused", "tiled")
@@ -36,9 +45,16 @@ def _module():
 
 class DeviceItemPart(np.ndarray):
     """An item part of the cuda backend: the host array of the backend contract (read-only)
-    and, in ``device_part``, its copy on the device, which calls use instead of uploading."""
+    and, in ``device_part``, its copy on the device, which calls use instead of uploading
+    (``float32_device_part``: the float32 twin's copy, under bfloat16)."""
 
     device_part: object = None
+    float32_device_part: object = None
+
+
+# bfloat16 model -> its float32 twin (a native model has no room for attributes; the twin
+# lives as long as the model does).
+_FLOAT32_TWINS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def prepare(layers, precision: str, kernel: str = "auto"):
@@ -48,7 +64,11 @@ def prepare(layers, precision: str, kernel: str = "auto"):
     weights = [W for W, _, _ in layers]
     biases = [b for _, b, _ in layers]
     activations = [a for _, _, a in layers]
-    return _module().MlpModel(weights, biases, activations, precision, kernel)
+    model = _module().MlpModel(weights, biases, activations, precision, kernel)
+    if precision == "bfloat16":
+        _FLOAT32_TWINS[model] = _module().MlpModel(weights, biases, activations, "float32",
+                                                   kernel)
+    return model
 
 
 def kernel_name(model) -> str:
@@ -67,24 +87,29 @@ def item_part(model, item_blocks, column: int, num_threads: int = 0):
     host, device = model.item_part(item_blocks, column)
     part = host.view(DeviceItemPart)
     part.device_part = device
-    part.flags.writeable = False  # the device copy would not follow a change
+    twin = _FLOAT32_TWINS.get(model)
+    if twin is not None:
+        columns = sum(block.shape[1] for block in item_blocks)
+        part.float32_device_part = twin.upload_item_part(host, columns)
+    part.flags.writeable = False  # the device copies would not follow a change
     return part
 
 
-def _device_part(model, call: Candidates):
-    """The device copy of the call's item part (uploaded now when it has none), or None."""
+def _device_part(model, call: Candidates, attribute: str = "device_part"):
+    """The device copy of the call's item part for ``model`` (``attribute`` of a prepared
+    part; uploaded now when it has none), or None."""
     if call.item_part is None:
         return None
-    device = getattr(call.item_part, "device_part", None)
+    device = getattr(call.item_part, attribute, None)
     if device is None:
         device = model.upload_item_part(np.ascontiguousarray(call.item_part, np.float32),
                                         call.item_part_columns)
     return device
 
 
-def _arguments(model, call: Candidates):
+def _arguments(model, call: Candidates, part_attribute: str = "device_part"):
     return (call.indptr, call.ids, call.items, call.user_blocks, call.item_blocks,
-            call.candidate_block, _device_part(model, call))
+            call.candidate_block, _device_part(model, call, part_attribute))
 
 
 def score_candidates(model, call: Candidates, num_threads: int = 0):
@@ -92,4 +117,17 @@ def score_candidates(model, call: Candidates, num_threads: int = 0):
 
 
 def rank(model, call: Candidates, k: int, num_threads: int = 0):
-    return model.rank(*_arguments(model, call), k=k)
+    twin = _FLOAT32_TWINS.get(model)
+    if twin is None:  # float32: the top-k runs on the device
+        return model.rank(*_arguments(model, call), k=k)
+    scores = model.score_candidates(*_arguments(model, call))
+
+    def rescore(band: Candidates):
+        if band.item_part is None and band.item_blocks:  # upload the band's rows, not the table
+            rows = band.ids
+            band = band._replace(ids=np.arange(rows.size, dtype=np.int64), items=rows.size,
+                                 item_blocks=[np.ascontiguousarray(b[rows])
+                                              for b in band.item_blocks])
+        return twin.score_candidates(*_arguments(twin, band, "float32_device_part"))
+
+    return common.rank_candidates(call, scores, k, "bfloat16", rescore)
