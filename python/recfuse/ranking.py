@@ -279,10 +279,11 @@ class MLPScorer:
                 f"the inputs are {width} columns wide (user blocks {user_width} + item blocks "
                 f"{item_width} + candidate_features {candidate_width}); the model's first "
                 f"layer takes {self.input_width}")
-        if ids.size and (ids.min() < 0 or ids.max() >= items):
-            bad = ids.min() if ids.min() < 0 else ids.max()
-            raise ValueError(f"candidate_ids must be in [0, {items}) (rows of item_table), "
-                             f"got {bad}")
+        if ids.size:
+            low, high = check.id_bounds(ids)
+            if low < 0 or high >= items:
+                raise ValueError(f"candidate_ids must be in [0, {items}) (rows of item_table), "
+                                 f"got {low if low < 0 else high}")
         call = Candidates(indptr, ids, items, user_blocks, item_blocks, candidate_block,
                           item_part, part_columns)
         return call, form, shape
@@ -309,7 +310,7 @@ def _float_matrix(value, name: str, *, columns: int | None = None, rows: int | N
         raise ValueError(f"{name} must have {rows} rows (one per row of {rows_of}), got shape "
                          f"{array.shape}")
     array = np.ascontiguousarray(array, dtype=np.float32)
-    if finite and not np.isfinite(array).all():
+    if finite and not check.all_finite(array):
         raise ValueError(f"{name} must be finite, got NaN or inf")
     return array
 
