@@ -22,7 +22,7 @@ _FLOAT32, _INT64 = np.dtype(np.float32), np.dtype(np.int64)
 def all_finite(array: np.ndarray) -> bool:
     """Whether no element of ``array`` is NaN or inf. One native pass without a temporary
     for a C-contiguous float32 array (a per-call check of 1,000 x 32 candidate features:
-    0.5 µs against NumPy's 4), ``np.isfinite(array).all()`` otherwise.
+    2.3 µs of CPU time against NumPy's 4.7), ``np.isfinite(array).all()`` otherwise.
 
     >>> all_finite(np.array([1.0, np.inf], np.float32))
     False
