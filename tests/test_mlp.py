@@ -457,6 +457,26 @@ def test_all_finite_matches_numpy(size, bad, layout):
     assert _validation.all_finite(array) == bool(np.isfinite(array).all())
 
 
+def test_all_finite_at_every_simd_level():
+    core = _native()
+    if core is None:
+        pytest.skip("recfuse._core is not built")
+    before = core.simd_level()
+    try:
+        for level in core.supported_simd_levels():
+            core.set_simd_level(level)
+            for size in (0, 1, 15, 16, 63, 64, 65, 200):
+                values = np.ones(size, np.float32)
+                assert core.all_finite(values), (level, size)
+                for position in ({0, size // 2, size - 1} if size else set()):
+                    for bad in (np.nan, np.inf, -np.inf):
+                        changed = values.copy()
+                        changed[position] = bad
+                        assert not core.all_finite(changed), (level, size, position, bad)
+    finally:
+        core.set_simd_level(before)
+
+
 @settings(max_examples=40)
 @given(ids=st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=100),
        layout=st.sampled_from(["int64", "strided", "int32"]))
