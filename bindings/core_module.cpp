@@ -14,8 +14,10 @@
 #include "data_bindings.hpp"
 #include "metrics_bindings.hpp"
 #include "recfuse/als.hpp"
+#include "recfuse/mlp.hpp"
 #include "recfuse/simd.hpp"
 #include "recfuse/topk.hpp"
+#include "recfuse/validation.hpp"
 #include "topk_bindings.hpp"
 
 namespace py = pybind11;
@@ -55,6 +57,23 @@ PYBIND11_MODULE(_core, m) {
   bind_mlp(m);
   bind_data_functions(m);
   bind_metrics_functions(m);
+  m.def(
+      "all_finite",
+      [](const Array<float>& array) { return recfuse::mlp_all_finite(array.data(), array.size()); },
+      py::arg("array").noconvert(),
+      "Whether every element of a C-contiguous float32 array is finite (one pass, no "
+      "temporary; recfuse._validation.all_finite).");
+  m.def(
+      "id_bounds",
+      [](const Array<int64_t>& ids) {
+        expect(ids.size() >= 1, "id_bounds needs at least one id");
+        int64_t low = 0, high = 0;
+        recfuse::id_bounds(ids.data(), ids.size(), &low, &high);
+        return py::make_tuple(low, high);
+      },
+      py::arg("ids").noconvert(),
+      "(smallest, largest) of a non-empty C-contiguous int64 array, in one pass "
+      "(recfuse._validation.id_bounds).");
   m.def("simd_level", [] { return std::string(recfuse::simd_level_name(recfuse::simd_level())); });
   m.def(
       "set_simd_level",

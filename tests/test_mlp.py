@@ -437,6 +437,89 @@ def test_bad_candidates():
         model.score_candidates(user, ids, items, candidate_features=features), good)
 
 
+@settings(max_examples=60)
+@given(size=st.integers(0, 200),
+       bad=st.lists(st.tuples(st.integers(0, 199), st.sampled_from(
+           [np.nan, np.inf, -np.inf, 3.4e38, -0.0, 1e-45, -1e-45])), max_size=3),
+       layout=st.sampled_from(["float32", "strided", "float64", "2-d"]))
+def test_all_finite_matches_numpy(size, bad, layout):
+    """The one-pass check rank uses on its float inputs (native at the SIMD level for
+    C-contiguous float32, NumPy otherwise) says what np.isfinite(x).all() says, wherever
+    the NaN or inf lies (the vector body or the scalar tail)."""
+    from recfuse import _validation
+
+    values = np.ones(2 * size, np.float32)
+    for position, value in bad:
+        if position < size:
+            values[2 * position] = value
+    array = {"float32": values[::2].copy(), "strided": values[::2],
+             "float64": values[::2].astype(np.float64),
+             "2-d": values[::2].copy().reshape(-1, 1)}[layout]
+    assert _validation.all_finite(array) == bool(np.isfinite(array).all())
+
+
+def test_all_finite_at_every_simd_level():
+    core = _native()
+    if core is None:
+        pytest.skip("recfuse._core is not built")
+    before = core.simd_level()
+    try:
+        for level in core.supported_simd_levels():
+            core.set_simd_level(level)
+            for size in (0, 1, 15, 16, 63, 64, 65, 200):
+                values = np.ones(size, np.float32)
+                assert core.all_finite(values), (level, size)
+                for position in ({0, size // 2, size - 1} if size else set()):
+                    for bad in (np.nan, np.inf, -np.inf):
+                        changed = values.copy()
+                        changed[position] = bad
+                        assert not core.all_finite(changed), (level, size, position, bad)
+    finally:
+        core.set_simd_level(before)
+
+
+@settings(max_examples=40)
+@given(ids=st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=100),
+       layout=st.sampled_from(["int64", "strided", "int32"]))
+def test_id_bounds_matches_numpy(ids, layout):
+    from recfuse import _validation
+
+    array = np.array(ids, np.int64)
+    if layout == "strided":
+        array = np.repeat(array, 2)[::2]
+    elif layout == "int32":
+        array = np.clip(array, -2**31, 2**31 - 1).astype(np.int32)
+    assert _validation.id_bounds(array) == (array.min(), array.max())
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_threads_split_the_rows_without_changing_scores(precision):
+    """Blocks are cut as evenly as 8-row tiles allow (1,000 rows: 13 of 64 and 3 of 56);
+    any thread count gives the same bits, row by row, and the same ranking."""
+    if _native() is None:
+        pytest.skip("recfuse._core is not built")
+    rng = np.random.default_rng(11)
+    layers = random_layers(rng, [24, 64, 32, 1], ["relu", "relu", "sigmoid"])
+    model = scorer(layers, "cpu", precision)
+    items = rng.standard_normal((300, 8)).astype(np.float32)
+    prepared = model.prepare_items(items, item_column=8)
+    for total in [1, 7, 8, 9, 56, 63, 64, 65, 127, 129, 1000, 1001]:
+        ids = rng.integers(0, 300, total)
+        users = rng.standard_normal((2, 8)).astype(np.float32)
+        split = total // 3
+        candidates = (np.array([0, split, total]), ids)
+        features = rng.standard_normal((total, 8)).astype(np.float32)
+        runs = [(model.score_candidates(users, candidates, prepared,
+                                        candidate_features=features, num_threads=threads),
+                 model.rank(users, candidates, prepared, candidate_features=features, k=5,
+                            num_threads=threads))
+                for threads in (1, 2, 3)]
+        for scores, (top, values) in runs[1:]:
+            np.testing.assert_array_equal(scores, runs[0][0], err_msg=f"{total} rows")
+            np.testing.assert_array_equal(top, runs[0][1][0], err_msg=f"{total} rows")
+            np.testing.assert_array_equal(values, runs[0][1][1], err_msg=f"{total} rows")
+
+
 # ---------------------------------------------------------------------- import
 
 

@@ -3,6 +3,7 @@
 // kernels need AVX512-BF16 (mlp_kernels_avx512bf16.cpp) or AMX (mlp_kernels_amx.cpp) and
 // are chosen when the model is built.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "recfuse/mlp.hpp"
@@ -39,9 +40,17 @@ using MlpLayerFunction = void (*)(const MlpLayerArgs&);
 using MlpDotFunction = void (*)(const float* A, int lda, int rows, int K, const float* w,
                                 float* out);
 
-namespace generic { MlpLayerFunction mlp_layer_float32(); MlpDotFunction mlp_dot_float32(); }
-namespace avx2 { MlpLayerFunction mlp_layer_float32(); MlpDotFunction mlp_dot_float32(); }
-namespace avx512 { MlpLayerFunction mlp_layer_float32(); MlpDotFunction mlp_dot_float32(); }
+// Whether none of x[0..n) is NaN or inf (the per-call check of the inputs, see mlp.hpp).
+using MlpAllFiniteFunction = bool (*)(const float* x, int64_t n);
+
+#define RECFUSE_MLP_LEVEL_KERNELS \
+  MlpLayerFunction mlp_layer_float32();  \
+  MlpDotFunction mlp_dot_float32();      \
+  MlpAllFiniteFunction mlp_all_finite();
+namespace generic { RECFUSE_MLP_LEVEL_KERNELS }
+namespace avx2 { RECFUSE_MLP_LEVEL_KERNELS }
+namespace avx512 { RECFUSE_MLP_LEVEL_KERNELS }
+#undef RECFUSE_MLP_LEVEL_KERNELS
 // Null when the build has no such kernel (not x86-64).
 MlpLayerFunction mlp_layer_avx512bf16();
 MlpLayerFunction mlp_layer_amx();

