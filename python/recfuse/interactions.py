@@ -186,6 +186,9 @@ def _factorize(values, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(int32 codes, sorted unique ids) of one id column; clear errors for missing values
     and mixed types."""
     pandas = _optional_pandas()
+    strings = _arrow_strings(values, pandas)
+    if strings is not None:
+        return _factorize_arrow_strings(strings, name)
     is_series = pandas is not None and isinstance(values, pandas.Series)
     if is_series and values.dtype.kind in "biuf":
         values, is_series = values.to_numpy(), False
@@ -228,6 +231,63 @@ def _factorize(values, name: str) -> tuple[np.ndarray, np.ndarray]:
     if uniques.size > check.INT32_MAX:
         raise ValueError(f"{name} has {uniques.size} distinct ids; at most {check.INT32_MAX}")
     return codes.astype(np.int32, copy=False), uniques
+
+
+def _arrow_strings(values, pandas):
+    """``values`` as a pyarrow ChunkedArray of string/binary (or large_) type when they are
+    held by Arrow (a pyarrow array, or a pandas Series with Arrow storage), else None."""
+    if type(values).__module__.split(".")[0] == "pyarrow":
+        chunked = values
+    elif (pandas is not None and isinstance(values, pandas.Series)
+          and (getattr(values.dtype, "storage", None) == "pyarrow"
+               or type(values.dtype).__name__ == "ArrowDtype")):
+        chunked = values.array.__arrow_array__()  # its buffers, not a copy
+    else:
+        return None
+    import pyarrow as pa
+
+    if isinstance(chunked, pa.Array):
+        chunked = pa.chunked_array([chunked])
+    if not isinstance(chunked, pa.ChunkedArray):
+        return None
+    kind = chunked.type
+    if pa.types.is_dictionary(kind):  # the ids are the values, not their codes
+        kind = kind.value_type
+        chunked = chunked.cast(kind)
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        kind = pa.large_string() if pa.types.is_string_view(kind) else pa.large_binary()
+        chunked = chunked.cast(kind)
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        return None
+    return chunked
+
+
+def _factorize_arrow_strings(chunked, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """_factorize for an Arrow column of strings or bytes: hashed natively on the Arrow
+    buffers (no Python object per event, the GIL released), only the distinct ids become
+    Python objects."""
+    import pyarrow as pa
+
+    from . import _core
+
+    if chunked.null_count:
+        raise ValueError(f"{name} has {chunked.null_count} missing values (None/NaN); every "
+                         "event needs one")
+    large = pa.types.is_large_string(chunked.type) or pa.types.is_large_binary(chunked.type)
+    offsets, data = [], []
+    for chunk in chunked.chunks:
+        if len(chunk) == 0:  # its buffers may be absent
+            continue
+        _, offset_buffer, data_buffer = chunk.buffers()
+        # a sliced chunk's strings start at its offset; its offsets index the whole buffer
+        offsets.append(np.frombuffer(offset_buffer, np.int64 if large else np.int32)[
+            chunk.offset:chunk.offset + len(chunk) + 1])
+        data.append(np.zeros(0, np.uint8) if data_buffer is None
+                    else np.frombuffer(data_buffer, np.uint8))
+    codes, first = _core.factorize_strings(offsets, data)
+    # the distinct ids as Python str (bytes for binary): what pandas.factorize gives
+    return codes, chunked.take(first).to_numpy()
 
 
 def _factorize_dense_integers(values: np.ndarray):
@@ -321,8 +381,13 @@ def _from_arrow(chunked):
         chunked = pa.chunked_array([chunked])
     if chunked.null_count:
         raise ValueError(f"a column has {chunked.null_count} missing values")
+    if pa.types.is_dictionary(chunked.type):  # the values, not their codes
+        chunked = chunked.cast(chunked.type.value_type)
     if pa.types.is_integer(chunked.type) or pa.types.is_floating(chunked.type):
         return chunked.to_numpy()
+    strings = _arrow_strings(chunked, None)
+    if strings is not None:  # kept in Arrow: _factorize numbers them natively
+        return strings
     pandas = _optional_pandas()
     return chunked.to_pandas() if pandas is not None else chunked.to_numpy()
 
