@@ -318,7 +318,7 @@ def _columns_of(source, wanted: dict[str, str | None], read_options: dict):
         get = lambda column: _from_polars(source.get_column(column))  # noqa: E731
     elif module == "pyarrow":
         available = list(source.column_names)
-        get = lambda column: _from_arrow(source.column(column))  # noqa: E731
+        get = lambda column: _from_arrow(source.column(column), column)  # noqa: E731
     elif module == "pandas":
         available = [str(c) for c in source.columns]
         get = lambda column: source[column]  # noqa: E731
@@ -369,18 +369,18 @@ def _from_polars(series):
     if series.dtype.is_numeric() or series.dtype.is_temporal():
         return series.to_numpy()
     try:  # strings and the like: through Arrow, hashed by pandas without Python objects
-        return _from_arrow(series.to_arrow())
+        return _from_arrow(series.to_arrow(), series.name)
     except ImportError:  # pragma: no cover - polars without pyarrow
         return series.to_numpy()
 
 
-def _from_arrow(chunked):
+def _from_arrow(chunked, name: str):
     import pyarrow as pa
 
     if isinstance(chunked, pa.Array):
         chunked = pa.chunked_array([chunked])
     if chunked.null_count:
-        raise ValueError(f"a column has {chunked.null_count} missing values")
+        raise ValueError(f"column {name!r} has {chunked.null_count} missing values")
     if pa.types.is_dictionary(chunked.type):  # the values, not their codes
         chunked = chunked.cast(chunked.type.value_type)
     if pa.types.is_integer(chunked.type) or pa.types.is_floating(chunked.type):
