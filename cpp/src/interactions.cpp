@@ -123,13 +123,9 @@ struct DistinctString {
 // source bytes.
 class StringTable {
  public:
-  explicit StringTable(int64_t strings) {
-    // Sized for about a quarter of the strings being distinct, within [2^12, 2^20] slots.
-    size_t buckets = size_t{1} << 12;
-    while (buckets < (size_t{1} << 20) && static_cast<int64_t>(buckets) < strings / 2)
-      buckets *= 2;
-    rebuild(buckets);
-  }
+  // Starts small and doubles: sizing it for many distinct values up front made columns
+  // with few (a sparse table, out of cache) slower than the rebuilds cost.
+  StringTable() { rebuild(size_t{1} << 12); }
 
   void prefetch(uint64_t hash) const { __builtin_prefetch(&slots_[hash & mask_]); }
 
@@ -241,7 +237,7 @@ FactorizedStrings factorize_strings(const std::vector<StringChunk>& chunks) {
   }
   FactorizedStrings out;
   out.codes.resize(static_cast<size_t>(total));
-  StringTable table(total);
+  StringTable table;
   int64_t position = 0;
   for (const StringChunk& chunk : chunks) {
     int32_t* codes = out.codes.data() + position;
