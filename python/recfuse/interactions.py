@@ -251,16 +251,15 @@ def _arrow_strings(values, pandas):
     if not isinstance(chunked, pa.ChunkedArray):
         return None
     kind = chunked.type
-    if pa.types.is_dictionary(kind):  # the ids are the values, not their codes
-        kind = kind.value_type
-        chunked = chunked.cast(kind)
-    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
-        kind = pa.large_string() if pa.types.is_string_view(kind) else pa.large_binary()
-        chunked = chunked.cast(kind)
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
-            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
-        return None
-    return chunked
+    # dictionary-encoded strings stay encoded (numbered through their dictionaries)
+    values = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if pa.types.is_string_view(values) or pa.types.is_binary_view(values):
+        kind = pa.large_string() if pa.types.is_string_view(values) else pa.large_binary()
+        return chunked.cast(kind)  # the native path reads offsets, not views
+    if (pa.types.is_string(values) or pa.types.is_large_string(values)
+            or pa.types.is_binary(values) or pa.types.is_large_binary(values)):
+        return chunked
+    return None
 
 
 def _factorize_arrow_strings(chunked, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -274,6 +273,8 @@ def _factorize_arrow_strings(chunked, name: str) -> tuple[np.ndarray, np.ndarray
     if chunked.null_count:
         raise ValueError(f"{name} has {chunked.null_count} missing values (None/NaN); every "
                          "event needs one")
+    if pa.types.is_dictionary(chunked.type):
+        return _factorize_arrow_dictionary(chunked, name)
     large = pa.types.is_large_string(chunked.type) or pa.types.is_large_binary(chunked.type)
     offsets, data = [], []
     for chunk in chunked.chunks:
@@ -288,6 +289,40 @@ def _factorize_arrow_strings(chunked, name: str) -> tuple[np.ndarray, np.ndarray
     codes, first = _core.factorize_strings(offsets, data)
     # the distinct ids as Python str (bytes for binary): what pandas.factorize gives
     return codes, chunked.take(first).to_numpy()
+
+
+def _factorize_arrow_dictionary(chunked, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """_factorize for dictionary-encoded strings: the values of the distinct dictionaries are
+    numbered (chunks read from one Parquet row group share theirs), then every event goes
+    through its chunk's dictionary (a gather); values no event uses are dropped."""
+    import pyarrow as pa
+
+    chunks = [chunk for chunk in chunked.chunks if len(chunk)]
+    dictionaries, starts, start_of = [], [], {}
+    for chunk in chunks:
+        dictionary = chunk.dictionary
+        key = (dictionary.offset, len(dictionary),
+               *(0 if b is None else b.address for b in dictionary.buffers()))
+        if key not in start_of:
+            start_of[key] = sum(len(d) for d in dictionaries)
+            dictionaries.append(dictionary)
+        starts.append(start_of[key])
+    values = pa.chunked_array(dictionaries, type=chunked.type.value_type)
+    if values.null_count:  # a null among the values: decoding tells which events have it
+        return _factorize_arrow_strings(chunked.cast(chunked.type.value_type), name)
+    value_codes, ids = _factorize_arrow_strings(values, name)
+    codes = np.empty(len(chunked), np.int32)
+    at = 0
+    for chunk, start in zip(chunks, starts):
+        np.take(value_codes[start:start + len(chunk.dictionary)], chunk.indices.to_numpy(),
+                out=codes[at:at + len(chunk)])
+        at += len(chunk)
+    used = np.zeros(ids.size, dtype=bool)
+    used[codes] = True
+    if not used.all():
+        renumber = np.cumsum(used, dtype=np.int32) - 1
+        codes, ids = renumber[codes], ids[used]
+    return codes, ids
 
 
 def _factorize_dense_integers(values: np.ndarray):
@@ -309,7 +344,9 @@ def _factorize_dense_integers(values: np.ndarray):
 def _columns_of(source, wanted: dict[str, str | None], read_options: dict):
     """Read the named columns of a DataFrame / Table / mapping / file as arrays or Series."""
     if isinstance(source, (str, os.PathLike)):
-        source = _read_file(os.fspath(source), [c for c in wanted.values() if c], read_options)
+        ids = [wanted[role] for role in ("user", "item", "event") if wanted.get(role)]
+        source = _read_file(os.fspath(source), [c for c in wanted.values() if c], read_options,
+                            ids)
     elif read_options:
         raise TypeError(f"read options {sorted(read_options)} only apply to file paths")
     module = type(source).__module__.split(".")[0]
@@ -337,7 +374,7 @@ def _columns_of(source, wanted: dict[str, str | None], read_options: dict):
     return {role: (get(column) if column is not None else None) for role, column in wanted.items()}
 
 
-def _read_file(path: str, columns: list[str], read_options: dict):
+def _read_file(path: str, columns: list[str], read_options: dict, id_columns=()):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no event log at {path!r}")
     lower = path.lower()
@@ -346,11 +383,17 @@ def _read_file(path: str, columns: list[str], read_options: dict):
             import pyarrow.parquet as pq
         except ImportError as error:  # pragma: no cover
             raise ImportError("reading Parquet needs pyarrow: pip install 'recfuse[data]'") from error
-        schema = pq.read_schema(path)
-        unknown = [c for c in columns if c not in schema.names]
+        metadata = pq.read_metadata(path)
+        names = metadata.schema.to_arrow_schema().names
+        unknown = [c for c in columns if c not in names]
         if unknown:
-            raise ValueError(f"unknown columns: {unknown}; {path!r} has {schema.names}")
-        return pq.read_table(path, columns=list(dict.fromkeys(columns)), **read_options)
+            raise ValueError(f"unknown columns: {unknown}; {path!r} has {names}")
+        options = dict(read_options)
+        if "read_dictionary" not in options:
+            coded = _dictionary_coded(metadata, id_columns)
+            if coded:  # read as Arrow dictionaries: only their values need hashing
+                options["read_dictionary"] = coded
+        return pq.read_table(path, columns=list(dict.fromkeys(columns)), **options)
     if lower.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")):
         pandas = _pandas("reading CSV")
         options = {"sep": "\t"} if ".tsv" in lower else {}
@@ -361,6 +404,25 @@ def _read_file(path: str, columns: list[str], read_options: dict):
             raise ValueError(f"unknown columns: {unknown}; {path!r} has {list(header.columns)}")
         return pandas.read_csv(path, usecols=list(dict.fromkeys(columns)), **options)
     raise ValueError(f"cannot tell the format of {path!r}: expected a .csv, .tsv or .parquet file")
+
+
+def _dictionary_coded(metadata, columns) -> list[str]:
+    """The string columns among ``columns`` whose Parquet pages are (nearly all) dictionary
+    codes: PLAIN byte arrays cost at least 4 bytes a value (the length), so a column stored in
+    fewer uncompressed bytes than 4 per value must be mostly codes. Reading such a column as a
+    dictionary skips building a string per event; one whose dictionary overflowed into PLAIN
+    pages would be re-hashed by the reader instead, so it is read as plain strings."""
+    where = {metadata.schema.column(i).path: i for i in range(metadata.num_columns)}
+    coded = []
+    for name in dict.fromkeys(columns):
+        index = where.get(name)
+        if index is None or metadata.num_row_groups == 0:
+            continue
+        parts = [metadata.row_group(g).column(index) for g in range(metadata.num_row_groups)]
+        if all(part.physical_type == "BYTE_ARRAY" and part.has_dictionary_page
+               and part.total_uncompressed_size < 4 * part.num_values for part in parts):
+            coded.append(name)
+    return coded
 
 
 def _from_polars(series):
@@ -381,13 +443,13 @@ def _from_arrow(chunked, name: str):
         chunked = pa.chunked_array([chunked])
     if chunked.null_count:
         raise ValueError(f"column {name!r} has {chunked.null_count} missing values")
+    strings = _arrow_strings(chunked, None)
+    if strings is not None:  # kept in Arrow: _factorize numbers them natively
+        return strings
     if pa.types.is_dictionary(chunked.type):  # the values, not their codes
         chunked = chunked.cast(chunked.type.value_type)
     if pa.types.is_integer(chunked.type) or pa.types.is_floating(chunked.type):
         return chunked.to_numpy()
-    strings = _arrow_strings(chunked, None)
-    if strings is not None:  # kept in Arrow: _factorize numbers them natively
-        return strings
     pandas = _optional_pandas()
     return chunked.to_pandas() if pandas is not None else chunked.to_numpy()
 
