@@ -419,3 +419,59 @@ def test_add_string_ids_from_arrow_keeps_ints():
     assert grown.user_ids.ids.tolist() == ["a", "b", "c"]
     assert grown.item_ids.ids.tolist() == ["x", "y", "z"]
     assert dense(grown) == [[0, 1, 1], [1, 0, 0], [0, 1, 0]]
+
+
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=40), st.lists(st.integers(0, 40),
+                                                                          max_size=3),
+       st.booleans())
+def test_dictionary_string_ids_match_decoded(codes, cuts, shared):
+    words = ["b", "", "é", "a", "x" * 30, "a\0"]
+    values, chunks, start = [words[c] for c in codes], [], 0
+    for stop in sorted({min(cut, len(codes)) for cut in cuts} | {len(codes)}):
+        if shared:  # one dictionary for all chunks, with values no event uses
+            dictionary = pa.array(words + ["unused"])
+            chunks.append(pa.DictionaryArray.from_arrays(pa.array(codes[start:stop], pa.int32()),
+                                                         dictionary))
+        else:  # each chunk its own dictionary, in its own order
+            chunks.append(pa.array(values[start:stop], pa.string()).dictionary_encode())
+        start = stop
+    chunked = pa.chunked_array(chunks, type=chunks[0].type)
+    got_codes, got_ids = interactions._factorize(chunked, "items")
+    want_codes, want_ids = pd.factorize(np.array(values, dtype=object), sort=True)
+    np.testing.assert_array_equal(got_codes, want_codes)
+    assert got_ids.tolist() == list(want_ids)
+
+
+def test_dictionary_ids_with_nulls():
+    # a null value inside the dictionary that an event points at is a missing id
+    dictionary = pa.array(["a", None, "b"])
+    used = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2], pa.int32()), dictionary)
+    with pytest.raises(ValueError, match="users has 1 missing values"):
+        interactions._factorize(pa.chunked_array([used]), "users")
+    unused = pa.DictionaryArray.from_arrays(pa.array([2, 0, 2], pa.int32()), dictionary)
+    codes, ids = interactions._factorize(pa.chunked_array([unused]), "users")
+    assert codes.tolist() == [1, 0, 1] and ids.tolist() == ["a", "b"]
+    with pytest.raises(ValueError, match="column 'user' has 1 missing"):
+        Interactions.from_events(pa.table({"user": pa.array(["a", None]).dictionary_encode(),
+                                           "item": [1, 2]}))
+
+
+def test_parquet_dictionary_coded_ids_are_read_as_dictionaries(tmp_path):
+    import pyarrow.parquet as parquet
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    table = pa.table({"user": [f"user{u}" for u in rng.integers(0, 5000, n)],  # many distinct
+                      "item": [f"item{i}" for i in rng.integers(0, 50, n)],  # few: dictionary
+                      "w": rng.random(n)})
+    path = tmp_path / "log.parquet"
+    # small dictionary pages: the user column overflows into PLAIN pages, the item one fits
+    parquet.write_table(table, path, dictionary_pagesize_limit=16_384, row_group_size=7000)
+    metadata = parquet.read_metadata(path)
+    assert interactions._dictionary_coded(metadata, ["user", "item", "w"]) == ["item"]
+    expected = Interactions.from_events(table, weight="w")
+    for options in (None, {"read_dictionary": ["user", "item"]}, {"read_dictionary": []}):
+        got = Interactions.from_events(path, weight="w", read_options=options)
+        assert got.user_ids == expected.user_ids and got.item_ids == expected.item_ids
+        assert (got.matrix != expected.matrix).nnz == 0
+        np.testing.assert_array_equal(got.counts, expected.counts)
