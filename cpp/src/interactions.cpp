@@ -165,7 +165,9 @@ class StringTable {
   void rebuild(size_t buckets) {
     slots_.assign(buckets, Slot{0, 0, Head()});
     mask_ = buckets - 1;
+    constexpr size_t kAhead = 16;  // prefetch the slot of a later string: overlapped misses
     for (size_t index = 0; index < distinct_.size(); ++index) {
+      if (index + kAhead < distinct_.size()) prefetch(distinct_[index + kAhead].hash);
       const DistinctString& known = distinct_[index];
       size_t bucket = known.hash & mask_;
       while (slots_[bucket].index_plus_one != 0) bucket = (bucket + 1) & mask_;
