@@ -475,3 +475,19 @@ def test_parquet_dictionary_coded_ids_are_read_as_dictionaries(tmp_path):
         assert got.user_ids == expected.user_ids and got.item_ids == expected.item_ids
         assert (got.matrix != expected.matrix).nnz == 0
         np.testing.assert_array_equal(got.counts, expected.counts)
+
+
+def test_arrow_string_id_maps_convert_on_first_use():
+    table = pa.table({"user": ["b", "a", "b"],
+                      "item": pa.array(["y", "x", "y"]).dictionary_encode()})
+    log = Interactions.from_events(table)
+    assert log.user_ids._array is None and len(log.user_ids) == 2  # not yet Python objects
+    assert log.shape == (2, 2) and dense(log) == [[1, 0], [0, 2]]
+    ids = log.user_ids.ids
+    assert ids.tolist() == ["a", "b"] and ids.dtype == object and not ids.flags.writeable
+    assert log.user_ids == IdMap(np.array(["a", "b"], dtype=object))
+    assert log.item_ids.to_internal(["y"]).tolist() == [1]
+    empty, codes = IdMap.from_values(pa.chunked_array([], type=pa.string()))
+    assert len(empty) == 0 and empty.ids.size == 0 and codes.size == 0
+    with pytest.raises(TypeError, match="ChunkedArray"):
+        IdMap(pa.array(["a"]))

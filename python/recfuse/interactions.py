@@ -65,19 +65,27 @@ class IdMap:
     """
 
     def __init__(self, ids):
+        self._index = None  # the lookup table, built on first use
+        self._arrow = None
+        if type(ids).__module__.split(".")[0] == "pyarrow":
+            # Arrow strings (from_values on an Arrow column): their Python objects are made
+            # at the first use of the ids, not when a matrix is all that is wanted
+            if not hasattr(ids, "chunks"):
+                raise TypeError(f"Arrow ids must be a ChunkedArray, got {type(ids).__name__}")
+            self._arrow, self._array = ids, None
+            return
         array = np.asarray(ids)
         if array.ndim != 1:
             raise ValueError(f"ids must be 1-d, got shape {array.shape}")
         array = array.copy()
         array.flags.writeable = False
-        self._ids = array
-        self._index = None  # the lookup table, built on first use
+        self._array = array
 
     @classmethod
     def from_values(cls, values, name: str = "ids") -> tuple["IdMap", np.ndarray]:
         """Map ``values`` (one id per event) to ints: ids numbered in sorted order.
         Returns (map, int32 codes)."""
-        codes, uniques = _factorize(values, name)
+        codes, uniques = _factorize(values, name, arrow_ids=True)
         return cls(uniques), codes
 
     @property
@@ -85,8 +93,16 @@ class IdMap:
         """The external ids in the order of their ints (read-only)."""
         return self._ids
 
+    @property
+    def _ids(self) -> np.ndarray:
+        if self._array is None:  # two threads may both convert: the same result either way
+            array = self._arrow.to_numpy()
+            array.flags.writeable = False
+            self._array = array
+        return self._array
+
     def __len__(self) -> int:
-        return self._ids.size
+        return len(self._arrow) if self._array is None else self._array.size
 
     def __eq__(self, other) -> bool:
         return isinstance(other, IdMap) and np.array_equal(self._ids, other._ids)
@@ -182,13 +198,15 @@ def _check_same_kind(known: np.ndarray, new: np.ndarray) -> None:
                         "one id column must hold one type")
 
 
-def _factorize(values, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _factorize(values, name: str, arrow_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(int32 codes, sorted unique ids) of one id column; clear errors for missing values
-    and mixed types."""
+    and mixed types. ``arrow_ids``: the ids of an Arrow string column may come back as a
+    pyarrow ChunkedArray (for IdMap, which converts them when first used)."""
     pandas = _optional_pandas()
     strings = _arrow_strings(values, pandas)
     if strings is not None:
-        return _factorize_arrow_strings(strings, name)
+        codes, ids = _factorize_arrow_strings(strings, name)
+        return codes, (ids if arrow_ids else ids.to_numpy())
     is_series = pandas is not None and isinstance(values, pandas.Series)
     if is_series and values.dtype.kind in "biuf":
         values, is_series = values.to_numpy(), False
@@ -262,10 +280,10 @@ def _arrow_strings(values, pandas):
     return None
 
 
-def _factorize_arrow_strings(chunked, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """_factorize for an Arrow column of strings or bytes: hashed natively on the Arrow
-    buffers (no Python object per event, the GIL released), only the distinct ids become
-    Python objects."""
+def _factorize_arrow_strings(chunked, name: str):
+    """_factorize for an Arrow column of strings or bytes: (int32 codes, the sorted distinct
+    ids as a ChunkedArray), hashed natively on the Arrow buffers (no Python object per event,
+    the GIL released)."""
     import pyarrow as pa
 
     from . import _core
@@ -287,11 +305,12 @@ def _factorize_arrow_strings(chunked, name: str) -> tuple[np.ndarray, np.ndarray
         data.append(np.zeros(0, np.uint8) if data_buffer is None
                     else np.frombuffer(data_buffer, np.uint8))
     codes, first = _core.factorize_strings(offsets, data)
-    # the distinct ids as Python str (bytes for binary): what pandas.factorize gives
-    return codes, chunked.take(first).to_numpy()
+    # the distinct ids, still in Arrow (to_numpy gives Python str, or bytes for binary: what
+    # pandas.factorize gives)
+    return codes, chunked.take(first)
 
 
-def _factorize_arrow_dictionary(chunked, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _factorize_arrow_dictionary(chunked, name: str):
     """_factorize for dictionary-encoded strings: the values of the distinct dictionaries are
     numbered (chunks read from one Parquet row group share theirs), then every event goes
     through its chunk's dictionary (a gather); values no event uses are dropped."""
@@ -317,11 +336,11 @@ def _factorize_arrow_dictionary(chunked, name: str) -> tuple[np.ndarray, np.ndar
         np.take(value_codes[start:start + len(chunk.dictionary)], chunk.indices.to_numpy(),
                 out=codes[at:at + len(chunk)])
         at += len(chunk)
-    used = np.zeros(ids.size, dtype=bool)
+    used = np.zeros(len(ids), dtype=bool)
     used[codes] = True
     if not used.all():
         renumber = np.cumsum(used, dtype=np.int32) - 1
-        codes, ids = renumber[codes], ids[used]
+        codes, ids = renumber[codes], ids.filter(pa.array(used))
     return codes, ids
 
 
