@@ -268,14 +268,13 @@ def _arrow_strings(values, pandas):
         chunked = pa.chunked_array([chunked])
     if not isinstance(chunked, pa.ChunkedArray):
         return None
-    kind = chunked.type
     # dictionary-encoded strings stay encoded (numbered through their dictionaries)
-    values = kind.value_type if pa.types.is_dictionary(kind) else kind
-    if pa.types.is_string_view(values) or pa.types.is_binary_view(values):
-        kind = pa.large_string() if pa.types.is_string_view(values) else pa.large_binary()
-        return chunked.cast(kind)  # the native path reads offsets, not views
-    if (pa.types.is_string(values) or pa.types.is_large_string(values)
-            or pa.types.is_binary(values) or pa.types.is_large_binary(values)):
+    kind = chunked.type.value_type if pa.types.is_dictionary(chunked.type) else chunked.type
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        wide = pa.large_string() if pa.types.is_string_view(kind) else pa.large_binary()
+        return chunked.cast(wide)  # the native path reads offsets, not views
+    if (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
         return chunked
     return None
 
@@ -592,7 +591,9 @@ class Interactions:
         pair's events; ``weighting`` and its options see ``weighted``. ``user_ids`` /
         ``item_ids`` start from existing maps; ids they lack are appended (``unknown=
         "extend"``), their events dropped (``"drop"``; ``dropped_events`` counts them), or
-        rejected (``"raise"``). ``read_options`` go to the CSV/Parquet reader.
+        rejected (``"raise"``). ``read_options`` go to the CSV/Parquet reader; without
+        ``read_dictionary`` there, Parquet id columns stored as dictionary codes are read as
+        dictionaries (string ids held by Arrow are numbered natively either way).
         """
         columns = _columns_of(source, {"user": user, "item": item, "weight": weight,
                                        "timestamp": timestamp, "event": event},
