@@ -491,3 +491,9 @@ def test_arrow_string_id_maps_convert_on_first_use():
     assert len(empty) == 0 and empty.ids.size == 0 and codes.size == 0
     with pytest.raises(TypeError, match="ChunkedArray"):
         IdMap(pa.array(["a"]))
+
+
+def test_sliced_dictionary_ids():
+    sliced = pa.array(["c", "a", "b", "a", "c", "b"]).dictionary_encode().slice(2, 3)
+    codes, ids = interactions._factorize(pa.chunked_array([sliced]), "items")
+    assert codes.tolist() == [1, 0, 2] and ids.tolist() == ["a", "b", "c"]
