@@ -70,6 +70,44 @@ inline void bind_data_functions(py::module_& m) {
       py::arg("combine") = "sum", py::arg("num_threads") = 0,
       "Group events into (user, item) pairs: returns (indptr, indices, values, counts, times "
       "or None); see recfuse.reference_data.group_events.");
+
+  m.def(
+      "factorize_strings",
+      [](const std::vector<py::array>& offsets, const std::vector<Array<uint8_t>>& data) {
+        expect(offsets.size() == data.size(),
+               "offsets and data need one array per chunk, got " +
+                   std::to_string(offsets.size()) + " and " + std::to_string(data.size()));
+        std::vector<StringChunk> chunks;
+        for (size_t c = 0; c < offsets.size(); ++c) {
+          const py::array& chunk_offsets = offsets[c];
+          const std::string which = "[" + std::to_string(c) + "]";
+          expect(chunk_offsets.ndim() == 1 && chunk_offsets.size() >= 1,
+                 "offsets" + which + " must be 1-d with at least one entry, got shape " +
+                     shape_of(chunk_offsets));
+          expect(data[c].ndim() == 1, "data" + which + " must be 1-d, got shape " +
+                                          shape_of(data[c]));
+          StringChunk chunk{data[c].data(), data[c].size(), nullptr, nullptr,
+                            chunk_offsets.size() - 1};
+          if (py::isinstance<Array<int32_t>>(chunk_offsets))
+            chunk.offsets32 = static_cast<const int32_t*>(chunk_offsets.data());
+          else if (py::isinstance<Array<int64_t>>(chunk_offsets))
+            chunk.offsets64 = static_cast<const int64_t*>(chunk_offsets.data());
+          else
+            throw py::type_error("offsets" + which + " must be a C-contiguous int32 or int64 "
+                                 "array, got dtype " + std::string(py::str(chunk_offsets.dtype())));
+          chunks.push_back(chunk);
+        }
+        FactorizedStrings result;
+        {
+          py::gil_scoped_release release;
+          result = factorize_strings(chunks);
+        }
+        return py::make_tuple(to_numpy(std::move(result.codes)), to_numpy(std::move(result.first)));
+      },
+      py::arg("offsets"), py::arg("data").noconvert(),
+      "Number the strings of a column given as Arrow-style chunks (offsets: int32 or int64, "
+      "len + 1 each; data: uint8 bytes) in sorted order: returns (int32 codes, int64 position "
+      "of the first occurrence of each distinct value, in sorted order).");
 }
 
 }  // namespace bindings

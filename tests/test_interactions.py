@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import recfuse
-from recfuse import _core, datasets, reference_data
+from recfuse import _core, datasets, interactions, reference_data
 from recfuse.interactions import IdMap, Interactions
 
 
@@ -304,3 +304,196 @@ def test_native_grouping_large_and_threaded(threads):
     latest[users, items] = order  # NumPy assigns repeated indices in order: the last wins
     rows = np.repeat(np.arange(n_users), np.diff(indptr))
     np.testing.assert_array_equal(last, latest[rows, indices])
+
+
+# ------------------------------------------------------------------ string ids through Arrow
+def arrow_chunks(values, kind, cuts):
+    """``values`` as a ChunkedArray of ``kind`` cut at ``cuts``, the chunks sliced out of
+    larger arrays (so that their offsets do not start at 0)."""
+    chunks, start = [], 0
+    for stop in sorted({min(cut, len(values)) for cut in cuts} | {len(values)}):
+        padded = pa.array(["pad"] + list(values[start:stop]) + ["pad"], type=kind)
+        chunks.append(padded.slice(1, stop - start))
+        start = stop
+    return pa.chunked_array(chunks, type=kind)
+
+
+ID_TEXT = st.sampled_from(["", "a", "a\0", "ab", "b", "é", "日本", "user12", "user123",
+                           "x" * 16, "x" * 16 + "a", "x" * 24, "x" * 24 + "\0", "x" * 25,
+                           "x" * 23 + "y", "prefix-shared-by-these-ids-1",
+                           "prefix-shared-by-these-ids-2", "prefix-shared-by-these-ids-10"])
+
+
+@given(st.lists(st.one_of(ID_TEXT, st.text(max_size=30)), min_size=1, max_size=60),
+       st.sampled_from([pa.string(), pa.large_string(), pa.binary(), pa.large_binary()]),
+       st.lists(st.integers(0, 60), max_size=4))
+def test_native_string_factorize_matches_pandas(values, kind, cuts):
+    chunked = arrow_chunks(values, kind, cuts)
+    python = np.array([v.encode() if pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+                       else v for v in values], dtype=object)
+    want_codes, want_ids = pd.factorize(python, sort=True)
+    codes, ids = interactions._factorize(chunked, "users")
+    assert codes.dtype == np.int32 and ids.dtype == object
+    np.testing.assert_array_equal(codes, want_codes)
+    assert ids.tolist() == list(want_ids)
+
+
+def test_native_string_factorize_many_distinct_and_long_ids():
+    rng = np.random.default_rng(3)
+    # enough distinct ids to grow the table several times; long ids share their first 24
+    # bytes, so equality and order are settled by the bytes after the inline head
+    short = [f"user{n}" for n in rng.integers(0, 60_000, 200_000)]
+    long = [f"{'shared-head-' * 3}{n}" for n in rng.integers(0, 3000, 20_000)]
+    for values in (short, long, short[:1000] + long[:1000]):
+        codes, ids = interactions._factorize(pa.chunked_array([pa.array(values)]), "items")
+        want_codes, want_ids = pd.factorize(np.array(values, dtype=object), sort=True)
+        np.testing.assert_array_equal(codes, want_codes)
+        assert ids.tolist() == list(want_ids)
+
+
+def test_string_id_columns_of_every_arrow_type_agree(tmp_path):
+    users = ["u2", "u1", "u2", "u3", "u1", "ü", ""]
+    items = ["i30", "i10", "i30", "i20", "i20", "i10", "i10"]
+    weights = [1.0, 4.0, 2.0, 5.0, 3.0, 1.0, 2.0]
+    expected = Interactions.from_arrays(np.array(users, dtype=object),
+                                        np.array(items, dtype=object), weights)
+    frames = {kind: pa.table({"user": pa.array(users, kind), "item": pa.array(items, kind),
+                              "w": weights})
+              for kind in (pa.string(), pa.large_string(), pa.string_view())}
+    frames["dictionary"] = pa.table({"user": pa.array(users).dictionary_encode(),
+                                     "item": pa.array(items).dictionary_encode(), "w": weights})
+    frames["chunked"] = pa.concat_tables([frames[pa.string()].slice(0, 3),
+                                          frames[pa.string()].slice(3)])
+    pq.write_table(frames[pa.string()], tmp_path / "log.parquet")
+    sources = list(frames.values()) + [
+        tmp_path / "log.parquet", frames[pa.string()].to_pandas(),  # pandas str: Arrow-backed
+        pd.DataFrame({"user": users, "item": items, "w": weights}, dtype=object).astype(
+            {"w": float}), pl.from_arrow(frames[pa.string()])]
+    for source in sources:
+        got = Interactions.from_events(source, weight="w")
+        assert got.user_ids == expected.user_ids and got.item_ids == expected.item_ids
+        assert got.user_ids.ids.dtype == object and got.user_ids.ids[0] == ""
+        assert dense(got) == dense(expected)
+        np.testing.assert_array_equal(got.counts, expected.counts)
+    # dictionary-read Parquet (the values are the ids, not the dictionary codes)
+    read = Interactions.from_events(tmp_path / "log.parquet", weight="w",
+                                    read_options={"read_dictionary": ["user", "item"]})
+    assert read.user_ids == expected.user_ids and dense(read) == dense(expected)
+
+
+def test_binary_ids_and_string_event_types_through_arrow():
+    table = pa.table({"user": pa.array([b"b", b"a", b"b"]), "item": [1, 2, 1],
+                      "kind": ["view", "buy", "view"]})
+    log = Interactions.from_events(table, event="kind", event_weights={"view": 1, "buy": 5})
+    assert log.user_ids.ids.tolist() == [b"a", b"b"]
+    assert dense(log) == [[0, 5], [2, 0]]
+
+
+def test_arrow_string_ids_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="column 'user' has 1 missing values"):
+        Interactions.from_events(pa.table({"user": ["a", None], "item": ["x", "y"]}))
+    with pytest.raises(ValueError, match="users has 1 missing values"):
+        Interactions.from_arrays(pd.Series(["a", None], dtype="str"), ["x", "y"])
+    pq.write_table(pa.table({"user": ["a", None], "item": ["x", "y"]}), tmp_path / "n.parquet")
+    with pytest.raises(ValueError, match="'user' has 1 missing"):
+        Interactions.from_events(tmp_path / "n.parquet")
+    log = Interactions.from_arrays([1, 2], [1, 2])
+    with pytest.raises(TypeError, match="string but the map holds integer"):
+        log.add(pa.table({"user": ["x"], "item": [1]}))
+    # the native kernel checks what it is given
+    with pytest.raises(ValueError, match="spans bytes"):
+        _core.factorize_strings([np.array([0, 5], np.int32)], [np.zeros(3, np.uint8)])
+    with pytest.raises(ValueError, match="spans bytes"):
+        _core.factorize_strings([np.array([2, 1], np.int64)], [np.zeros(3, np.uint8)])
+    with pytest.raises(TypeError, match="int32 or int64"):
+        _core.factorize_strings([np.array([0, 1], np.float64)], [np.zeros(3, np.uint8)])
+    with pytest.raises(ValueError, match="one array per chunk"):
+        _core.factorize_strings([np.array([0, 1], np.int32)], [])
+    codes, first = _core.factorize_strings([], [])
+    assert codes.size == 0 and first.size == 0
+
+
+def test_add_string_ids_from_arrow_keeps_ints():
+    log = Interactions.from_events(pa.table({"user": ["b", "a"], "item": ["x", "y"]}))
+    grown = log.add(pa.table({"user": ["c", "a"], "item": ["y", "z"]}))
+    assert grown.user_ids.ids.tolist() == ["a", "b", "c"]
+    assert grown.item_ids.ids.tolist() == ["x", "y", "z"]
+    assert dense(grown) == [[0, 1, 1], [1, 0, 0], [0, 1, 0]]
+
+
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=40), st.lists(st.integers(0, 40),
+                                                                          max_size=3),
+       st.booleans())
+def test_dictionary_string_ids_match_decoded(codes, cuts, shared):
+    words = ["b", "", "é", "a", "x" * 30, "a\0"]
+    values, chunks, start = [words[c] for c in codes], [], 0
+    for stop in sorted({min(cut, len(codes)) for cut in cuts} | {len(codes)}):
+        if shared:  # one dictionary for all chunks, with values no event uses
+            dictionary = pa.array(words + ["unused"])
+            chunks.append(pa.DictionaryArray.from_arrays(pa.array(codes[start:stop], pa.int32()),
+                                                         dictionary))
+        else:  # each chunk its own dictionary, in its own order
+            chunks.append(pa.array(values[start:stop], pa.string()).dictionary_encode())
+        start = stop
+    chunked = pa.chunked_array(chunks, type=chunks[0].type)
+    got_codes, got_ids = interactions._factorize(chunked, "items")
+    want_codes, want_ids = pd.factorize(np.array(values, dtype=object), sort=True)
+    np.testing.assert_array_equal(got_codes, want_codes)
+    assert got_ids.tolist() == list(want_ids)
+
+
+def test_dictionary_ids_with_nulls():
+    # a null value inside the dictionary that an event points at is a missing id
+    dictionary = pa.array(["a", None, "b"])
+    used = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2], pa.int32()), dictionary)
+    with pytest.raises(ValueError, match="users has 1 missing values"):
+        interactions._factorize(pa.chunked_array([used]), "users")
+    unused = pa.DictionaryArray.from_arrays(pa.array([2, 0, 2], pa.int32()), dictionary)
+    codes, ids = interactions._factorize(pa.chunked_array([unused]), "users")
+    assert codes.tolist() == [1, 0, 1] and ids.tolist() == ["a", "b"]
+    with pytest.raises(ValueError, match="column 'user' has 1 missing"):
+        Interactions.from_events(pa.table({"user": pa.array(["a", None]).dictionary_encode(),
+                                           "item": [1, 2]}))
+
+
+def test_parquet_dictionary_coded_ids_are_read_as_dictionaries(tmp_path):
+    import pyarrow.parquet as parquet
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    table = pa.table({"user": [f"user{u}" for u in rng.integers(0, 5000, n)],  # many distinct
+                      "item": [f"item{i}" for i in rng.integers(0, 50, n)],  # few: dictionary
+                      "w": rng.random(n)})
+    path = tmp_path / "log.parquet"
+    # small dictionary pages: the user column overflows into PLAIN pages, the item one fits
+    parquet.write_table(table, path, dictionary_pagesize_limit=16_384, row_group_size=7000)
+    metadata = parquet.read_metadata(path)
+    assert interactions._dictionary_coded(metadata, ["user", "item", "w"]) == ["item"]
+    expected = Interactions.from_events(table, weight="w")
+    for options in (None, {"read_dictionary": ["user", "item"]}, {"read_dictionary": []}):
+        got = Interactions.from_events(path, weight="w", read_options=options)
+        assert got.user_ids == expected.user_ids and got.item_ids == expected.item_ids
+        assert (got.matrix != expected.matrix).nnz == 0
+        np.testing.assert_array_equal(got.counts, expected.counts)
+
+
+def test_arrow_string_id_maps_convert_on_first_use():
+    table = pa.table({"user": ["b", "a", "b"],
+                      "item": pa.array(["y", "x", "y"]).dictionary_encode()})
+    log = Interactions.from_events(table)
+    assert log.user_ids._array is None and len(log.user_ids) == 2  # not yet Python objects
+    assert log.shape == (2, 2) and dense(log) == [[1, 0], [0, 2]]
+    ids = log.user_ids.ids
+    assert ids.tolist() == ["a", "b"] and ids.dtype == object and not ids.flags.writeable
+    assert log.user_ids == IdMap(np.array(["a", "b"], dtype=object))
+    assert log.item_ids.to_internal(["y"]).tolist() == [1]
+    empty, codes = IdMap.from_values(pa.chunked_array([], type=pa.string()))
+    assert len(empty) == 0 and empty.ids.size == 0 and codes.size == 0
+    with pytest.raises(TypeError, match="ChunkedArray"):
+        IdMap(pa.array(["a"]))
+
+
+def test_sliced_dictionary_ids():
+    sliced = pa.array(["c", "a", "b", "a", "c", "b"]).dictionary_encode().slice(2, 3)
+    codes, ids = interactions._factorize(pa.chunked_array([sliced]), "items")
+    assert codes.tolist() == [1, 0, 2] and ids.tolist() == ["a", "b", "c"]

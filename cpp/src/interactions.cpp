@@ -1,5 +1,7 @@
 // Event log -> (user, item) pairs: a counting sort by user, a sort of each user's items,
 // then one pass that combines each pair's events. O(events) memory on top of the output.
+// Also the numbering of string ids (factorize_strings): one hash pass over the column, then
+// a sort of the distinct values only.
 #include "recfuse/interactions.hpp"
 
 #include <omp.h>
@@ -9,6 +11,7 @@
 #endif
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <stdexcept>
@@ -67,7 +70,210 @@ class Scratch {
   bool mapped_ = false;
 };
 
+// ---------------------------------------------------------------- string ids
+// The first kInline bytes of a string as words, zero-padded. Two strings of one size with
+// equal heads are equal up to kInline bytes; the head is also what the hash starts from, so
+// each string's bytes are loaded once.
+constexpr int64_t kInline = 24;
+struct Head {
+  uint64_t words[kInline / 8];
+  Head() : words{} {}
+  Head(const uint8_t* bytes, int64_t size) : words{} {
+    if (size > 0) std::memcpy(words, bytes, static_cast<size_t>(std::min(size, kInline)));
+  }
+  bool operator==(const Head& other) const {
+    return words[0] == other.words[0] && words[1] == other.words[1] &&
+           words[2] == other.words[2];
+  }
+};
+
+// 64-bit hash: the size, then the head's words and any further 8-byte words, each mixed in
+// by a multiply and a rotation; MurmurHash3's 64-bit finaliser makes the low bits, which
+// pick the bucket, depend on every byte. Unkeyed: ids are data, not an attacker's choice.
+inline uint64_t hash_string(const Head& head, const uint8_t* bytes, int64_t size) {
+  constexpr uint64_t kMultiplier = 0x9E3779B97F4A7C15ull, kRound = 0xC2B2AE3D27D4EB4Full;
+  uint64_t hash = static_cast<uint64_t>(size) * kMultiplier;
+  auto mix = [&hash](uint64_t word) {
+    hash ^= word * kRound;
+    hash = ((hash << 31) | (hash >> 33)) * kMultiplier;
+  };
+  for (uint64_t word : head.words) mix(word);
+  for (int64_t at = kInline; at < size; at += 8) {
+    uint64_t word = 0;
+    std::memcpy(&word, bytes + at, static_cast<size_t>(std::min<int64_t>(8, size - at)));
+    mix(word);
+  }
+  hash ^= hash >> 33;
+  hash *= 0xFF51AFD7ED558CCDull;
+  hash ^= hash >> 33;
+  hash *= 0xC4CEB9FE1A85EC53ull;
+  return hash ^ (hash >> 33);
+}
+
+struct DistinctString {
+  const uint8_t* bytes;
+  int64_t size;
+  uint64_t hash;
+  int64_t first;  // position of its first occurrence
+};
+
+// Open addressing with linear probing, at most half full. A slot (32 bytes, half a cache
+// line) holds the string's size and head besides its index, so a lookup of an id of up to
+// 24 bytes touches one slot and nothing else; longer ones compare their tails against the
+// source bytes.
+class StringTable {
+ public:
+  // Starts small and doubles: sizing it for many distinct values up front made columns
+  // with few (a sparse table, out of cache) slower than the rebuilds cost.
+  StringTable() { rebuild(size_t{1} << 12); }
+
+  void prefetch(uint64_t hash) const { __builtin_prefetch(&slots_[hash & mask_]); }
+
+  // The index of the string among the distinct strings seen so far, adding it if new.
+  int32_t index_of(const Head& head, const uint8_t* bytes, int64_t size, uint64_t hash,
+                   int64_t position) {
+    if (2 * (distinct_.size() + 1) > slots_.size()) rebuild(2 * slots_.size());
+    for (size_t bucket = hash & mask_;; bucket = (bucket + 1) & mask_) {
+      Slot& slot = slots_[bucket];
+      if (slot.index_plus_one == 0) {
+        if (distinct_.size() >= static_cast<size_t>(std::numeric_limits<int32_t>::max()))
+          throw std::invalid_argument("factorize_strings: more than 2^31 - 1 distinct values");
+        distinct_.push_back({bytes, size, hash, position});
+        slot = {static_cast<uint32_t>(distinct_.size()), static_cast<uint32_t>(size), head};
+        return static_cast<int32_t>(distinct_.size() - 1);
+      }
+      if (slot.size != static_cast<uint32_t>(size) || !(slot.head == head)) continue;
+      const int32_t index = static_cast<int32_t>(slot.index_plus_one - 1);
+      if (size <= kInline) return index;
+      const DistinctString& known = distinct_[index];  // a long string: compare the rest
+      if (known.size == size && std::memcmp(known.bytes + kInline, bytes + kInline,
+                                            static_cast<size_t>(size - kInline)) == 0)
+        return index;
+    }
+  }
+
+  const std::vector<DistinctString>& distinct() const { return distinct_; }
+
+ private:
+  struct alignas(32) Slot {
+    uint32_t index_plus_one;  // 0: empty
+    uint32_t size;            // the low 32 bits (longer strings also compare their full size)
+    Head head;
+  };
+  static_assert(sizeof(Slot) == 32, "a slot is half a cache line");
+
+  void rebuild(size_t buckets) {
+    slots_.assign(buckets, Slot{0, 0, Head()});
+    mask_ = buckets - 1;
+    constexpr size_t kAhead = 16;  // prefetch the slot of a later string: overlapped misses
+    for (size_t index = 0; index < distinct_.size(); ++index) {
+      if (index + kAhead < distinct_.size()) prefetch(distinct_[index + kAhead].hash);
+      const DistinctString& known = distinct_[index];
+      size_t bucket = known.hash & mask_;
+      while (slots_[bucket].index_plus_one != 0) bucket = (bucket + 1) & mask_;
+      slots_[bucket] = {static_cast<uint32_t>(index + 1), static_cast<uint32_t>(known.size),
+                        Head(known.bytes, known.size)};
+    }
+  }
+
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+  std::vector<DistinctString> distinct_;
+};
+
+template <class Offset>
+void code_chunk(const StringChunk& chunk, const Offset* offsets, int64_t position,
+                StringTable& table, int32_t* codes) {
+  // Blocks of strings: hash a block and prefetch its buckets, then look them up, so that
+  // the cache misses of a block overlap instead of coming one after another.
+  constexpr int64_t kBlock = 16;
+  Head heads[kBlock];
+  uint64_t hashes[kBlock];
+  for (int64_t block = 0; block < chunk.length; block += kBlock) {
+    const int64_t count = std::min(kBlock, chunk.length - block);
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t s = block + k;
+      const int64_t begin = offsets[s], end = offsets[s + 1];
+      if (begin < 0 || end < begin || end > chunk.data_size)
+        throw std::invalid_argument(
+            "factorize_strings: string " + std::to_string(position + s) + " spans bytes [" +
+            std::to_string(begin) + ", " + std::to_string(end) + ") of a chunk of " +
+            std::to_string(chunk.data_size) + " bytes");
+      heads[k] = Head(chunk.data + begin, end - begin);
+      hashes[k] = hash_string(heads[k], chunk.data + begin, end - begin);
+      table.prefetch(hashes[k]);
+    }
+    for (int64_t k = 0; k < count; ++k) {
+      const int64_t s = block + k, begin = offsets[s];
+      codes[s] = table.index_of(heads[k], chunk.data + begin, offsets[s + 1] - begin,
+                                hashes[k], position + s);
+    }
+  }
+}
+
+// Sorting the distinct strings: a key of the first 16 bytes (big-endian, zero-padded, so
+// that integer order is byte order) and the size decides every pair of strings of up to 16
+// bytes without touching their bytes; longer ones that tie on it compare all their bytes.
+struct SortKey {
+  uint64_t high, low;
+  int64_t size;
+  int32_t index;
+};
+
+inline uint64_t big_endian(const uint8_t* bytes, int64_t size) {
+  uint64_t word = 0;
+  for (int64_t k = 0; k < std::min<int64_t>(size, 8); ++k)
+    word |= static_cast<uint64_t>(bytes[k]) << (56 - 8 * k);
+  return word;
+}
+
 }  // namespace
+
+FactorizedStrings factorize_strings(const std::vector<StringChunk>& chunks) {
+  int64_t total = 0;
+  for (const StringChunk& chunk : chunks) {
+    if (chunk.length < 0 || (chunk.offsets32 == nullptr) == (chunk.offsets64 == nullptr))
+      throw std::invalid_argument("factorize_strings: a chunk needs a length >= 0 and one "
+                                  "offsets array");
+    total += chunk.length;
+  }
+  FactorizedStrings out;
+  out.codes.resize(static_cast<size_t>(total));
+  StringTable table;
+  int64_t position = 0;
+  for (const StringChunk& chunk : chunks) {
+    int32_t* codes = out.codes.data() + position;
+    if (chunk.offsets32) code_chunk(chunk, chunk.offsets32, position, table, codes);
+    else code_chunk(chunk, chunk.offsets64, position, table, codes);
+    position += chunk.length;
+  }
+
+  // Sort the distinct values, then renumber the codes by rank.
+  const std::vector<DistinctString>& distinct = table.distinct();
+  std::vector<SortKey> order(distinct.size());
+  for (size_t index = 0; index < distinct.size(); ++index) {
+    const DistinctString& value = distinct[index];
+    order[index] = {big_endian(value.bytes, value.size),
+                    value.size > 8 ? big_endian(value.bytes + 8, value.size - 8) : 0,
+                    value.size, static_cast<int32_t>(index)};
+  }
+  std::sort(order.begin(), order.end(), [&distinct](const SortKey& a, const SortKey& b) {
+    if (a.high != b.high) return a.high < b.high;
+    if (a.low != b.low) return a.low < b.low;
+    if (a.size <= 16 || b.size <= 16) return a.size < b.size;
+    const int rest = std::memcmp(distinct[a.index].bytes + 16, distinct[b.index].bytes + 16,
+                                 static_cast<size_t>(std::min(a.size, b.size) - 16));
+    return rest != 0 ? rest < 0 : a.size < b.size;
+  });
+  std::vector<int32_t> rank(distinct.size());
+  out.first.resize(distinct.size());
+  for (size_t r = 0; r < order.size(); ++r) {
+    rank[order[r].index] = static_cast<int32_t>(r);
+    out.first[r] = distinct[order[r].index].first;
+  }
+  for (int32_t& code : out.codes) code = rank[code];
+  return out;
+}
 
 GroupedPairs group_events(const int32_t* users, const int32_t* items, const double* values,
                           const int64_t* times, const int64_t* multiplicity, int64_t n_events,

@@ -65,19 +65,27 @@ class IdMap:
     """
 
     def __init__(self, ids):
+        self._index = None  # the lookup table, built on first use
+        self._arrow = None
+        if type(ids).__module__.split(".")[0] == "pyarrow":
+            # Arrow strings (from_values on an Arrow column): their Python objects are made
+            # at the first use of the ids, not when a matrix is all that is wanted
+            if not hasattr(ids, "chunks"):
+                raise TypeError(f"Arrow ids must be a ChunkedArray, got {type(ids).__name__}")
+            self._arrow, self._array = ids, None
+            return
         array = np.asarray(ids)
         if array.ndim != 1:
             raise ValueError(f"ids must be 1-d, got shape {array.shape}")
         array = array.copy()
         array.flags.writeable = False
-        self._ids = array
-        self._index = None  # the lookup table, built on first use
+        self._array = array
 
     @classmethod
     def from_values(cls, values, name: str = "ids") -> tuple["IdMap", np.ndarray]:
         """Map ``values`` (one id per event) to ints: ids numbered in sorted order.
         Returns (map, int32 codes)."""
-        codes, uniques = _factorize(values, name)
+        codes, uniques = _factorize(values, name, arrow_ids=True)
         return cls(uniques), codes
 
     @property
@@ -85,8 +93,16 @@ class IdMap:
         """The external ids in the order of their ints (read-only)."""
         return self._ids
 
+    @property
+    def _ids(self) -> np.ndarray:
+        if self._array is None:  # two threads may both convert: the same result either way
+            array = self._arrow.to_numpy()
+            array.flags.writeable = False
+            self._array = array
+        return self._array
+
     def __len__(self) -> int:
-        return self._ids.size
+        return len(self._arrow) if self._array is None else self._array.size
 
     def __eq__(self, other) -> bool:
         return isinstance(other, IdMap) and np.array_equal(self._ids, other._ids)
@@ -182,10 +198,15 @@ def _check_same_kind(known: np.ndarray, new: np.ndarray) -> None:
                         "one id column must hold one type")
 
 
-def _factorize(values, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _factorize(values, name: str, arrow_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(int32 codes, sorted unique ids) of one id column; clear errors for missing values
-    and mixed types."""
+    and mixed types. ``arrow_ids``: the ids of an Arrow string column may come back as a
+    pyarrow ChunkedArray (for IdMap, which converts them when first used)."""
     pandas = _optional_pandas()
+    strings = _arrow_strings(values, pandas)
+    if strings is not None:
+        codes, ids = _factorize_arrow_strings(strings, name)
+        return codes, (ids if arrow_ids else ids.to_numpy())
     is_series = pandas is not None and isinstance(values, pandas.Series)
     if is_series and values.dtype.kind in "biuf":
         values, is_series = values.to_numpy(), False
@@ -230,6 +251,98 @@ def _factorize(values, name: str) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int32, copy=False), uniques
 
 
+def _arrow_strings(values, pandas):
+    """``values`` as a pyarrow ChunkedArray of string/binary (or large_) type when they are
+    held by Arrow (a pyarrow array, or a pandas Series with Arrow storage), else None."""
+    if type(values).__module__.split(".")[0] == "pyarrow":
+        chunked = values
+    elif (pandas is not None and isinstance(values, pandas.Series)
+          and (getattr(values.dtype, "storage", None) == "pyarrow"
+               or type(values.dtype).__name__ == "ArrowDtype")):
+        chunked = values.array.__arrow_array__()  # its buffers, not a copy
+    else:
+        return None
+    import pyarrow as pa
+
+    if isinstance(chunked, pa.Array):
+        chunked = pa.chunked_array([chunked])
+    if not isinstance(chunked, pa.ChunkedArray):
+        return None
+    # dictionary-encoded strings stay encoded (numbered through their dictionaries)
+    kind = chunked.type.value_type if pa.types.is_dictionary(chunked.type) else chunked.type
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        wide = pa.large_string() if pa.types.is_string_view(kind) else pa.large_binary()
+        return chunked.cast(wide)  # the native path reads offsets, not views
+    if (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        return chunked
+    return None
+
+
+def _factorize_arrow_strings(chunked, name: str):
+    """_factorize for an Arrow column of strings or bytes: (int32 codes, the sorted distinct
+    ids as a ChunkedArray), hashed natively on the Arrow buffers (no Python object per event,
+    the GIL released)."""
+    import pyarrow as pa
+
+    from . import _core
+
+    if chunked.null_count:
+        raise ValueError(f"{name} has {chunked.null_count} missing values (None/NaN); every "
+                         "event needs one")
+    if pa.types.is_dictionary(chunked.type):
+        return _factorize_arrow_dictionary(chunked, name)
+    large = pa.types.is_large_string(chunked.type) or pa.types.is_large_binary(chunked.type)
+    offsets, data = [], []
+    for chunk in chunked.chunks:
+        if len(chunk) == 0:  # its buffers may be absent
+            continue
+        _, offset_buffer, data_buffer = chunk.buffers()
+        # a sliced chunk's strings start at its offset; its offsets index the whole buffer
+        offsets.append(np.frombuffer(offset_buffer, np.int64 if large else np.int32)[
+            chunk.offset:chunk.offset + len(chunk) + 1])
+        data.append(np.zeros(0, np.uint8) if data_buffer is None
+                    else np.frombuffer(data_buffer, np.uint8))
+    codes, first = _core.factorize_strings(offsets, data)
+    # the distinct ids, still in Arrow (to_numpy gives Python str, or bytes for binary: what
+    # pandas.factorize gives)
+    return codes, chunked.take(first)
+
+
+def _factorize_arrow_dictionary(chunked, name: str):
+    """_factorize for dictionary-encoded strings: the values of the distinct dictionaries are
+    numbered (chunks read from one Parquet row group share theirs), then every event goes
+    through its chunk's dictionary (a gather); values no event uses are dropped."""
+    import pyarrow as pa
+
+    chunks = [chunk for chunk in chunked.chunks if len(chunk)]
+    dictionaries, starts, start_of = [], [], {}
+    for chunk in chunks:
+        dictionary = chunk.dictionary
+        key = (dictionary.offset, len(dictionary),
+               *(0 if b is None else b.address for b in dictionary.buffers()))
+        if key not in start_of:
+            start_of[key] = sum(len(d) for d in dictionaries)
+            dictionaries.append(dictionary)
+        starts.append(start_of[key])
+    values = pa.chunked_array(dictionaries, type=chunked.type.value_type)
+    if values.null_count:  # a null among the values: decoding tells which events have it
+        return _factorize_arrow_strings(chunked.cast(chunked.type.value_type), name)
+    value_codes, ids = _factorize_arrow_strings(values, name)
+    codes = np.empty(len(chunked), np.int32)
+    at = 0
+    for chunk, start in zip(chunks, starts):
+        np.take(value_codes[start:start + len(chunk.dictionary)], chunk.indices.to_numpy(),
+                out=codes[at:at + len(chunk)])
+        at += len(chunk)
+    used = np.zeros(len(ids), dtype=bool)
+    used[codes] = True
+    if not used.all():
+        renumber = np.cumsum(used, dtype=np.int32) - 1
+        codes, ids = renumber[codes], ids.filter(pa.array(used))
+    return codes, ids
+
+
 def _factorize_dense_integers(values: np.ndarray):
     """Integer ids: a presence table over [min, max] when that range is small (O(n), no
     hashing or sorting), else a sort."""
@@ -249,7 +362,9 @@ def _factorize_dense_integers(values: np.ndarray):
 def _columns_of(source, wanted: dict[str, str | None], read_options: dict):
     """Read the named columns of a DataFrame / Table / mapping / file as arrays or Series."""
     if isinstance(source, (str, os.PathLike)):
-        source = _read_file(os.fspath(source), [c for c in wanted.values() if c], read_options)
+        ids = [wanted[role] for role in ("user", "item", "event") if wanted.get(role)]
+        source = _read_file(os.fspath(source), [c for c in wanted.values() if c], read_options,
+                            ids)
     elif read_options:
         raise TypeError(f"read options {sorted(read_options)} only apply to file paths")
     module = type(source).__module__.split(".")[0]
@@ -258,7 +373,7 @@ def _columns_of(source, wanted: dict[str, str | None], read_options: dict):
         get = lambda column: _from_polars(source.get_column(column))  # noqa: E731
     elif module == "pyarrow":
         available = list(source.column_names)
-        get = lambda column: _from_arrow(source.column(column))  # noqa: E731
+        get = lambda column: _from_arrow(source.column(column), column)  # noqa: E731
     elif module == "pandas":
         available = [str(c) for c in source.columns]
         get = lambda column: source[column]  # noqa: E731
@@ -277,7 +392,7 @@ def _columns_of(source, wanted: dict[str, str | None], read_options: dict):
     return {role: (get(column) if column is not None else None) for role, column in wanted.items()}
 
 
-def _read_file(path: str, columns: list[str], read_options: dict):
+def _read_file(path: str, columns: list[str], read_options: dict, id_columns=()):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no event log at {path!r}")
     lower = path.lower()
@@ -286,11 +401,17 @@ def _read_file(path: str, columns: list[str], read_options: dict):
             import pyarrow.parquet as pq
         except ImportError as error:  # pragma: no cover
             raise ImportError("reading Parquet needs pyarrow: pip install 'recfuse[data]'") from error
-        schema = pq.read_schema(path)
-        unknown = [c for c in columns if c not in schema.names]
+        metadata = pq.read_metadata(path)
+        names = metadata.schema.to_arrow_schema().names
+        unknown = [c for c in columns if c not in names]
         if unknown:
-            raise ValueError(f"unknown columns: {unknown}; {path!r} has {schema.names}")
-        return pq.read_table(path, columns=list(dict.fromkeys(columns)), **read_options)
+            raise ValueError(f"unknown columns: {unknown}; {path!r} has {names}")
+        options = dict(read_options)
+        if "read_dictionary" not in options:
+            coded = _dictionary_coded(metadata, id_columns)
+            if coded:  # read as Arrow dictionaries: only their values need hashing
+                options["read_dictionary"] = coded
+        return pq.read_table(path, columns=list(dict.fromkeys(columns)), **options)
     if lower.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")):
         pandas = _pandas("reading CSV")
         options = {"sep": "\t"} if ".tsv" in lower else {}
@@ -303,24 +424,48 @@ def _read_file(path: str, columns: list[str], read_options: dict):
     raise ValueError(f"cannot tell the format of {path!r}: expected a .csv, .tsv or .parquet file")
 
 
+def _dictionary_coded(metadata, columns) -> list[str]:
+    """The string columns among ``columns`` whose Parquet pages are (nearly all) dictionary
+    codes: PLAIN byte arrays cost at least 4 bytes a value (the length), so a column stored in
+    fewer uncompressed bytes than 4 per value must be mostly codes. Reading such a column as a
+    dictionary skips building a string per event; one whose dictionary overflowed into PLAIN
+    pages would be re-hashed by the reader instead, so it is read as plain strings."""
+    where = {metadata.schema.column(i).path: i for i in range(metadata.num_columns)}
+    coded = []
+    for name in dict.fromkeys(columns):
+        index = where.get(name)
+        if index is None or metadata.num_row_groups == 0:
+            continue
+        parts = [metadata.row_group(g).column(index) for g in range(metadata.num_row_groups)]
+        if all(part.physical_type == "BYTE_ARRAY" and part.has_dictionary_page
+               and part.total_uncompressed_size < 4 * part.num_values for part in parts):
+            coded.append(name)
+    return coded
+
+
 def _from_polars(series):
     if series.null_count():
         raise ValueError(f"column {series.name!r} has {series.null_count()} missing values")
     if series.dtype.is_numeric() or series.dtype.is_temporal():
         return series.to_numpy()
     try:  # strings and the like: through Arrow, hashed by pandas without Python objects
-        return _from_arrow(series.to_arrow())
+        return _from_arrow(series.to_arrow(), series.name)
     except ImportError:  # pragma: no cover - polars without pyarrow
         return series.to_numpy()
 
 
-def _from_arrow(chunked):
+def _from_arrow(chunked, name: str):
     import pyarrow as pa
 
     if isinstance(chunked, pa.Array):
         chunked = pa.chunked_array([chunked])
     if chunked.null_count:
-        raise ValueError(f"a column has {chunked.null_count} missing values")
+        raise ValueError(f"column {name!r} has {chunked.null_count} missing values")
+    strings = _arrow_strings(chunked, None)
+    if strings is not None:  # kept in Arrow: _factorize numbers them natively
+        return strings
+    if pa.types.is_dictionary(chunked.type):  # the values, not their codes
+        chunked = chunked.cast(chunked.type.value_type)
     if pa.types.is_integer(chunked.type) or pa.types.is_floating(chunked.type):
         return chunked.to_numpy()
     pandas = _optional_pandas()
@@ -446,7 +591,9 @@ class Interactions:
         pair's events; ``weighting`` and its options see ``weighted``. ``user_ids`` /
         ``item_ids`` start from existing maps; ids they lack are appended (``unknown=
         "extend"``), their events dropped (``"drop"``; ``dropped_events`` counts them), or
-        rejected (``"raise"``). ``read_options`` go to the CSV/Parquet reader.
+        rejected (``"raise"``). ``read_options`` go to the CSV/Parquet reader; without
+        ``read_dictionary`` there, Parquet id columns stored as dictionary codes are read as
+        dictionaries (string ids held by Arrow are numbered natively either way).
         """
         columns = _columns_of(source, {"user": user, "item": item, "weight": weight,
                                        "timestamp": timestamp, "event": event},
