@@ -4,10 +4,12 @@
 
 #include <omp.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "recfuse/simd.hpp"
@@ -64,11 +66,14 @@ void check_layout(const BlockLayout& L, int64_t n_users, int64_t n_items, int k)
     }
   }
   const int64_t nnz = L.offsets[blocks];
-  bool bad = false;
-#pragma omp parallel for reduction(|| : bad) schedule(static) if (nnz > (1 << 20))
+  // Branch-free (a negative id is a huge unsigned one), so that the loop vectorises: it runs
+  // every epoch.
+  const uint64_t users = static_cast<uint64_t>(n_users), items = static_cast<uint64_t>(n_items);
+  unsigned bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static) if (nnz > (1 << 20))
   for (int64_t t = 0; t < nnz; ++t) {
-    bad = bad || L.users[t] < 0 || L.users[t] >= n_users || L.items[t] < 0 ||
-          L.items[t] >= n_items;
+    bad |= static_cast<unsigned>(static_cast<uint32_t>(L.users[t]) >= users) |
+           static_cast<unsigned>(static_cast<uint32_t>(L.items[t]) >= items);
   }
   if (bad) {
     throw std::invalid_argument("a user or item id is outside [0, " + std::to_string(n_users) +
@@ -80,16 +85,16 @@ void check_layout(const BlockLayout& L, int64_t n_users, int64_t n_items, int k)
 void check_pattern(const int64_t* indptr, const int32_t* indices, int64_t rows, int64_t cols,
                    const char* name) {
   if (indptr[0] != 0) throw std::invalid_argument(std::string(name) + " indptr must start at 0");
-  for (int64_t u = 0; u < rows; ++u) {
-    if (indptr[u + 1] < indptr[u]) {
-      throw std::invalid_argument(std::string(name) + " indptr must be non-decreasing");
-    }
-  }
+  unsigned decreasing = 0, outside = 0;  // branch-free, so that the loops vectorise
+  for (int64_t u = 0; u < rows; ++u) decreasing |= static_cast<unsigned>(indptr[u + 1] < indptr[u]);
+  if (decreasing) throw std::invalid_argument(std::string(name) + " indptr must be non-decreasing");
+  const uint64_t limit = static_cast<uint64_t>(cols);
   for (int64_t t = 0; t < indptr[rows]; ++t) {
-    if (indices[t] < 0 || indices[t] >= cols) {
-      throw std::invalid_argument(std::string(name) + " index out of range [0, " +
-                                  std::to_string(cols) + ")");
-    }
+    outside |= static_cast<unsigned>(static_cast<uint32_t>(indices[t]) >= limit);
+  }
+  if (outside) {
+    throw std::invalid_argument(std::string(name) + " index out of range [0, " +
+                                std::to_string(cols) + ")");
   }
 }
 
@@ -105,6 +110,40 @@ void for_each_block(const BlockLayout& L, int threads, const Body& body) {
       const int64_t block = static_cast<int64_t>(s) * grid + r;
       body(block, L.offsets[block], L.offsets[block + 1]);
     }  // implicit barrier: the next diagonal starts when this one is done
+  }
+}
+
+// The same, and the same result, without a barrier per diagonal. Block (r, s) (row bin r,
+// diagonal s, column bin (r + s) mod grid) touches row bin r, last touched by (r, s − 1), and
+// column bin r + s, last touched by (r + 1, s − 1): waiting for those two is enough, as every
+// earlier block that touches either bin comes before one of them (by induction on s), and no
+// later block that touches them can start before it is done. Each thread owns a contiguous
+// range of row bins and takes its blocks diagonal by diagonal, so it only ever waits for the
+// owner of the row bin after its range, whose first block of the diagonal before is the one
+// needed: a thread may run up to a diagonal ahead of its neighbour, and one that loses its
+// core for a moment holds the other up only once that slack is spent (with a barrier per
+// diagonal, every such moment stalled both).
+template <class Body>
+void for_each_block_pipelined(const BlockLayout& L, int threads, const Body& body) {
+  const int grid = L.grid;
+  std::vector<std::atomic<int>> finished(grid);  // per row bin: diagonals done
+  for (auto& count : finished) count.store(0, std::memory_order_relaxed);
+#pragma omp parallel num_threads(threads)
+  {
+    const int thread = omp_get_thread_num(), team = omp_get_num_threads();
+    const int first = static_cast<int>(static_cast<int64_t>(grid) * thread / team);
+    const int last = static_cast<int>(static_cast<int64_t>(grid) * (thread + 1) / team);
+    for (int s = 0; s < grid; ++s) {
+      for (int r = first; r < last; ++r) {
+        const std::atomic<int>& before = finished[(r + 1) % grid];
+        for (int spins = 0; before.load(std::memory_order_acquire) < s; ++spins) {
+          if (spins >= 64) std::this_thread::yield();  // let the thread we wait for have the core
+        }
+        const int64_t block = static_cast<int64_t>(s) * grid + r;
+        body(block, L.offsets[block], L.offsets[block + 1]);
+        finished[r].store(s + 1, std::memory_order_release);
+      }
+    }
   }
 }
 
@@ -310,7 +349,7 @@ int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_
   const int threads = thread_count(num_threads, grid, 2.0 * static_cast<double>(nnz));
   std::vector<int64_t> skipped_by_block(static_cast<size_t>(grid) * grid, 0);
   auto train = [&](const auto& seen) {
-    for_each_block(L, threads, [&](int64_t block, int64_t begin, int64_t end) {
+    for_each_block_pipelined(L, threads, [&](int64_t block, int64_t begin, int64_t end) {
       const int s = static_cast<int>(block / grid), r = static_cast<int>(block % grid);
       const int c = (r + s) % grid;
       const uint64_t stream = seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>(block + 1));
