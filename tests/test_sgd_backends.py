@@ -187,6 +187,46 @@ def test_every_simd_level_and_fixed_width_matches_the_reference(dtype):
         _core.set_simd_level(initial)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_items", [200, 20_000], ids=["seen-as-bits", "seen-searched"])
+def test_bpr_every_simd_level_and_fixed_width_matches_the_reference(dtype, n_items):
+    """The native BPR epoch groups neighbouring pairs that share no row, draws the negatives in
+    batches and answers "seen?" from bits (small catalogues) or by binary search (large ones):
+    every width and level must still give the reference's negatives and epoch. Users repeat
+    (300 of them for 6000 pairs), so groups are often cut short; popular items too."""
+    module = resolve_backend("cpu", "sgd")
+    from recfuse import _core
+
+    rng = np.random.default_rng(8)
+    users = rng.integers(0, 300, 6000)
+    items = np.minimum(rng.pareto(1.0, 6000) * 20, n_items - 1).astype(np.int64)
+    seen = Pattern.from_pairs(users, items, 300, n_items)
+    rows = np.repeat(np.arange(300), np.diff(seen.indptr))
+    blocks = make_blocks(rows, seen.indices, 300, n_items, 3, rng)
+    seed = 2**64 - 99
+    initial = _core.simd_level()
+    try:
+        for k in (16, 20, 32, 64, 100, 128, 37):  # the fixed-width kernels and the general one
+            P = rng.normal(0, 0.3, (300, k)).astype(dtype)
+            Q = rng.normal(0, 0.3, (n_items, k)).astype(dtype)
+            b = rng.normal(0, 0.1, n_items).astype(dtype)
+            expected_negatives = reference.bpr_sample_negatives(
+                blocks.users, blocks.offsets, 3, seen.to_scipy(n_items), blocks.bin_items,
+                blocks.bin_offsets, seed, 3)
+            expected = reference.bpr_sgd_epoch(blocks.users, blocks.items, expected_negatives, P,
+                                               Q, b, lr=0.05, reg=0.02,
+                                               order=np.flatnonzero(expected_negatives >= 0))
+            for level in _core.supported_simd_levels():
+                _core.set_simd_level(level)
+                got = P.copy(), Q.copy(), b.copy()
+                negatives = np.empty(blocks.users.size, dtype=np.int32)
+                module.bpr_epoch(blocks, seen, *got, 0.05, 0.02, seed, 3, negatives, 2)
+                np.testing.assert_array_equal(negatives, expected_negatives)
+                assert_close(got, expected, dtype)
+    finally:
+        _core.set_simd_level(initial)
+
+
 def test_native_kernels_reject_inconsistent_arrays():
     from recfuse import _core
 
