@@ -42,9 +42,10 @@ const kernels::SgdKernels<double>& sgd_kernels<double>(int k) {
 
 // Threads for an epoch of `updates` row updates. An explicit request is honoured (at most one
 // thread per block of a diagonal). With 0 (automatic): all cores, but no more than keeps
-// ~50k updates per thread between two barriers (a diagonal): shorter stretches lose more to
-// waking and joining threads than they gain, and far more when the machine is
-// oversubscribed. (recfuse.SVD times both and keeps the faster; see models/sgd.py.)
+// ~50k updates per thread per diagonal (SVD's threads meet at a barrier after each; BPR's
+// blocks wait only for the blocks before them on their bins): shorter stretches lose more
+// to waking and joining threads than they gain, and far more when the machine is
+// oversubscribed.
 int thread_count(int requested, int grid, double updates) {
   int wanted = requested > 0 ? requested : omp_get_max_threads();
   if (wanted > grid) wanted = grid;
