@@ -173,9 +173,11 @@ inline double norm_margin(int d) { return 1.0 + d * 0x1p-50; }
 struct QueryBounds {
   std::vector<uint32_t> pairs;  // rows x (d + 1) / 2, when the kernel reads bfloat16 queries
   std::vector<float> a, b;
+  const float* queries = nullptr;  // the chunk's queries (rows x d), for widening kernels
 
   void prepare(const float* Q, int64_t rows, int d, bool bfloat16_queries, double max_growth) {
     const int64_t width = (d + 1) / 2;
+    queries = Q;
     a.resize(rows);
     b.resize(rows);
     if (bfloat16_queries) pairs.assign(rows * width, 0);
@@ -437,17 +439,15 @@ void probe_thresholds(const TopkItems<T>& items, const kernels::TopkKernels<T>& 
   }
 }
 
-// Scans panels [first, last) for the queries [q0, q0 + rows) into `sel`. With bfloat16
-// storage, `bounds` holds the chunk's query weights (and bfloat16 pairs).
+// Scans panels [first, last) for the queries [q0, q0 + rows) into `sel` (float storage).
 template <class T>
-void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
-                 const kernels::TopkBf16Kernel* kern16, const QueryBounds* bounds, const T* Q,
+void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern, const T* Q,
                  int64_t q0, int64_t rows, const TopkFilters& filters, int64_t first,
                  int64_t last, Selection<T>& sel) {
   constexpr int P = TopkItems<T>::kPanel;
   const int d = items.d();
   const int64_t n = items.n();
-  const int max_rows = kern16 != nullptr ? kern16->max_rows : kern.max_rows;
+  const int max_rows = kern.max_rows;
   T* tile = sel.tile.get();
   uint32_t* bits = sel.bits.get();
   if (filters.exclude_indptr != nullptr) {
@@ -462,20 +462,8 @@ void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
     const int64_t j0 = p * P;
     for (int64_t r0 = 0; r0 < rows; r0 += max_rows) {
       const int count = static_cast<int>(std::min<int64_t>(max_rows, rows - r0));
-      if constexpr (sizeof(T) == 4) {
-        if (kern16 != nullptr) {
-          for (int i = 0; i < count; ++i) sel.adopt(r0 + i);
-          const void* q = kern16->bfloat16_queries
-                              ? static_cast<const void*>(bounds->pairs.data() + r0 * ((d + 1) / 2))
-                              : static_cast<const void*>(Q + (q0 + r0) * d);
-          kern16->score_panel(q, count, d, items.block16(p), bounds->a.data() + r0,
-                              bounds->b.data() + r0, sel.threshold.data() + r0, tile, bits);
-        }
-      }
-      if (kern16 == nullptr) {
-        kern.score_panel(Q + (q0 + r0) * d, count, d, items.panel(p), items.panel_scale(p),
-                         items.panel_bias(p), sel.threshold.data() + r0, tile, bits);
-      }
+      kern.score_panel(Q + (q0 + r0) * d, count, d, items.panel(p), items.panel_scale(p),
+                       items.panel_bias(p), sel.threshold.data() + r0, tile, bits);
       for (int i = 0; i < count; ++i) {
         uint32_t b = bits[i];
         const int64_t r = r0 + i;
@@ -484,9 +472,8 @@ void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
           b &= b - 1;
           const T s = tile[i * P + lane];
           // The threshold may have risen since the kernel compared (an earlier lane's cut).
-          // Bounds pass unless below it: it need not come from smaller ids (the probe).
-          if (kern16 != nullptr ? s < sel.threshold[r] : !(s > sel.threshold[r])) continue;
-          if (j0 + lane >= n) break;  // a bound of a padding slot (a query without bounds)
+          if (!(s > sel.threshold[r])) continue;
+          if (j0 + lane >= n) break;
           const int32_t j = static_cast<int32_t>(j0 + lane);
           if (filters.mask != nullptr && filters.mask[j] == 0) continue;
           if (filters.exclude_indptr != nullptr) {
@@ -496,6 +483,60 @@ void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
             sel.next_excluded[r] = e;
             if (e < end && filters.exclude_indices[e] == j) continue;
           }
+          sel.offer(r, s, j);
+        }
+      }
+    }
+  }
+}
+
+// bfloat16 storage: scans blocks first, first + stride, ... for the rows [row_begin, row_end)
+// of the chunk at q0 into `sel`, `max_rows` rows at a time; `bounds` holds the chunk's query
+// weights (and bfloat16 pairs). Blocks come in scan order (TopkItems::block_item), so a
+// group of rows stops at the first block from which on nothing can reach any of their
+// thresholds; ids arrive in no particular order, so exclusions are looked up.
+template <class T>
+void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern16,
+                 const QueryBounds& bounds, int64_t q0, int64_t row_begin, int64_t row_end,
+                 const TopkFilters& filters, int64_t first, int64_t stride, Selection<T>& sel) {
+  constexpr int P = TopkItems<T>::kPanel;
+  const int d = items.d();
+  const int64_t n = items.n(), panels = items.panels();
+  T* tile = sel.tile.get();
+  uint32_t* bits = sel.bits.get();
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kern16.max_rows) {
+    const int count = static_cast<int>(std::min<int64_t>(kern16.max_rows, row_end - r0));
+    const void* q = kern16.bfloat16_queries
+                        ? static_cast<const void*>(bounds.pairs.data() + r0 * ((d + 1) / 2))
+                        : static_cast<const void*>(bounds.queries + r0 * d);
+    for (int64_t p = first; p < panels; p += stride) {
+      bool open = false;  // some row may still find an item here or later
+      for (int i = 0; i < count; ++i) {
+        sel.adopt(r0 + i);
+        open = open || !items.tail_below(p, bounds.a[r0 + i], bounds.b[r0 + i],
+                                         sel.threshold[r0 + i]);
+      }
+      if (!open) break;
+      kern16.score_panel(q, count, d, items.block16(p), bounds.a.data() + r0,
+                         bounds.b.data() + r0, sel.threshold.data() + r0, tile, bits);
+      const int64_t j0 = p * P;
+      for (int i = 0; i < count; ++i) {
+        uint32_t b = bits[i];
+        const int64_t r = r0 + i;
+        while (b != 0) {
+          const int lane = __builtin_ctz(b);
+          b &= b - 1;
+          const T s = tile[i * P + lane];
+          // The threshold may have risen since the kernel compared (an earlier lane's cut);
+          // a bound passes unless below it.
+          if (s < sel.threshold[r]) continue;
+          if (j0 + lane >= n) break;  // a bound of a padding slot (a query without bounds)
+          const int32_t j = items.block_item(j0 + lane);
+          if (filters.mask != nullptr && filters.mask[j] == 0) continue;
+          if (filters.exclude_indptr != nullptr &&
+              std::binary_search(filters.exclude_indices + filters.exclude_indptr[q0 + r],
+                                 filters.exclude_indices + filters.exclude_indptr[q0 + r + 1], j))
+            continue;
           sel.offer(r, s, j);
         }
       }
@@ -632,6 +673,7 @@ TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T
     }
   }
   max_growth_ = max_growth;
+  if (bfloat16) order_blocks(promise);
   if (bfloat16) {  // the probe: the most promising items (ties: smaller id), covered ones only
     std::vector<int32_t> order(n);
     for (int64_t j = 0; j < n; ++j) order[j] = static_cast<int32_t>(j);
@@ -663,6 +705,66 @@ TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T
   }
 }
 
+// bfloat16 storage: moves the blocks' items (packed in id order) into scan order and
+// records, per block, the largest w2_j and bias_j + c_j of the items from it to the end.
+template <class T>
+void TopkItems<T>::order_blocks(const std::vector<double>& promise) {
+  constexpr int P = kPanel;
+  std::vector<int32_t> order(n_);
+  for (int64_t j = 0; j < n_; ++j) order[j] = static_cast<int32_t>(j);
+  // Uncovered items (promise -inf; their bound is NaN) first: they always pass, and behind
+  // them every block's tail bound is finite.
+  auto scanned_before = [&promise](int32_t a, int32_t b) {
+    const bool open_a = promise[a] == -std::numeric_limits<double>::infinity();
+    const bool open_b = promise[b] == -std::numeric_limits<double>::infinity();
+    if (open_a != open_b) return open_a;
+    return promise[a] > promise[b] || (promise[a] == promise[b] && a < b);
+  };
+  std::sort(order.begin(), order.end(), scanned_before);
+  const int64_t units = topk_bf16_block_units(d_), data_units = topk_bf16_data_units(d_);
+  const int64_t words = data_units / (2 * P);  // 32-bit words per item and block: the pairs
+  std::unique_ptr<uint16_t[], Free> sorted(aligned_array<uint16_t>(panels_ * units));
+  std::memcpy(sorted.get(), data16_.get(), panels_ * units * sizeof(uint16_t));  // padding
+  for (int64_t slot = 0; slot < n_; ++slot) {
+    const int64_t j = order[slot];
+    const uint32_t* from = reinterpret_cast<const uint32_t*>(data16_.get() + (j / P) * units);
+    uint32_t* to = reinterpret_cast<uint32_t*>(sorted.get() + (slot / P) * units);
+    for (int64_t t = 0; t < words; ++t) to[t * P + slot % P] = from[t * P + j % P];
+    const float* from_trailer = reinterpret_cast<const float*>(from + data_units / 2);
+    float* to_trailer = reinterpret_cast<float*>(to + data_units / 2);
+    for (int field = 0; field < 4; ++field)
+      to_trailer[field * P + slot % P] = from_trailer[field * P + j % P];
+  }
+  data16_ = std::move(sorted);
+  block_items_ = std::move(order);
+  tail_w2_.assign(panels_ + 1, 0.0f);
+  tail_bias_.assign(panels_ + 1, -std::numeric_limits<float>::infinity());
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int64_t p = panels_ - 1; p >= 0; --p) {
+    float w2 = tail_w2_[p + 1], bias = tail_bias_[p + 1];
+    const float* trailer = reinterpret_cast<const float*>(block16(p) + data_units);
+    for (int lane = 0; lane < P && p * P + lane < n_; ++lane) {
+      const bool covered = promise[block_items_[p * P + lane]] > -inf;
+      w2 = std::max(w2, covered ? trailer[3 * P + lane] : inf);
+      bias = std::max(bias, covered ? trailer[P + lane] : inf);
+    }
+    tail_w2_[p] = w2;
+    tail_bias_[p] = bias;
+  }
+}
+
+// Every item j of the tail has y_j <= ||q|| w2_j + bias_j + c_j, y_j the float32 storage's
+// score: the dot product errs by at most gamma_d ||q|| ||v|| + d 2^-150 and the epilogue by
+// gamma_2 |acc s| + u |beta| + 2^-149 (see the error bound above), which (1 + G) and c_j
+// cover; and ||q|| <= ||q'|| + ||q - q'|| <= a + b. Evaluated in double with a margin for its
+// three roundings; NaN (an unbounded query against an empty w2) never rules anything out.
+template <class T>
+bool TopkItems<T>::tail_below(int64_t p, float a, float b, float thr) const {
+  const double norm = static_cast<double>(a) + b, w2 = tail_w2_[p], bias = tail_bias_[p];
+  const double bound = norm * w2 + bias + (norm * w2 + std::fabs(bias)) * 0x1p-48;
+  return bound < thr;
+}
+
 template <class T>
 void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
                  const TopkFilters& filters, int num_threads, int64_t* out_ids, T* out_scores) {
@@ -679,6 +781,8 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
   const int64_t panels = items.panels();
   // Enough panels per thread that splitting pays; at least one thread.
   constexpr int64_t kMinPanelsPerThread = 8;
+  // bfloat16 storage: threads split the queries when each gets this many groups of rows.
+  constexpr int64_t kMinGroupsPerThread = 4;
   const int threads = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>(resolve_threads(num_threads), panels / kMinPanelsPerThread)));
   // Queries per chunk: the threads' buffers (at most 2k candidates per query) stay within
@@ -724,16 +828,43 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
         sel.shared = shared.get();
       }
     }
-    // A loop rather than omp_get_thread_num(): every range is scanned even if OpenMP gives
-    // fewer threads than asked for. Exceptions must not leave a parallel region.
+    // bfloat16 storage with enough queries: threads take groups of rows, each scanned until
+    // nothing more can reach its thresholds (groups stop at different depths: dynamic).
+    const int64_t groups = kern16 != nullptr ? (rows + kern16->max_rows - 1) / kern16->max_rows : 0;
+    if (kern16 != nullptr && threads > 1 && groups >= kMinGroupsPerThread * threads) {
+      if constexpr (sizeof(T) == 4) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int t = omp_get_thread_num();
+          const int64_t r0 = g * kern16->max_rows;
+          try {
+            scan_blocks(items, *kern16, bounds, q0, r0, std::min<int64_t>(rows, r0 + kern16->max_rows),
+                        filters, 0, 1, selections[t]);
+          } catch (...) {
+            errors[t] = std::current_exception();
+          }
+        }
+      }
+    } else {
+      // Threads split the table: ranges of panels, or with bfloat16 storage every
+      // threads-th block (the front of the scan order is where the work is). A loop rather
+      // than omp_get_thread_num(): every share is scanned even if OpenMP gives fewer threads
+      // than asked for. Exceptions must not leave a parallel region.
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
-    for (int t = 0; t < threads; ++t) {
-      const int64_t first = panels * t / threads, last = panels * (t + 1) / threads;
-      try {
-        scan_panels(items, kern, kern16, &bounds, queries, q0, rows, filters, first, last,
-                    selections[t]);
-      } catch (...) {
-        errors[t] = std::current_exception();
+      for (int t = 0; t < threads; ++t) {
+        try {
+          if constexpr (sizeof(T) == 4) {
+            if (kern16 != nullptr) {
+              scan_blocks(items, *kern16, bounds, q0, 0, rows, filters, t, threads,
+                          selections[t]);
+              continue;
+            }
+          }
+          scan_panels(items, kern, queries, q0, rows, filters, panels * t / threads,
+                      panels * (t + 1) / threads, selections[t]);
+        } catch (...) {
+          errors[t] = std::current_exception();
+        }
       }
     }
     for (auto& error : errors)

@@ -69,6 +69,15 @@ class TopkItems {
     return data16_.get() + p * topk_bf16_block_units(d_);
   }
   const T* exact_items() const { return exact_; }
+  // bfloat16 storage keeps its blocks in scan order, not in id order: first the items the
+  // bound does not cover, then the others by ||v_j|| |scale_j| + bias_j descending (ties:
+  // smaller id), so that the rest of the table falls below a query's threshold early (see
+  // tail_below). Slot s < n of the blocks (block s / kPanel, lane s % kPanel) holds item
+  // block_item(s).
+  int32_t block_item(int64_t slot) const { return block_items_[slot]; }
+  // bfloat16 storage: true when no item in blocks p, p + 1, ... scores (float32 storage's
+  // score) at least thr for any query whose bound weights (see topk.cpp) are a and b.
+  bool tail_below(int64_t p, float a, float b, float thr) const;
   double max_growth() const { return max_growth_; }
   // bfloat16 storage's probe: the (at most kProbeMax) items likeliest to score high,
   // best first (largest ||v_j|| |scale_j| + bias_j: the score bound for a unit query), packed
@@ -94,6 +103,8 @@ class TopkItems {
   struct Free {
     void operator()(void* p) const { std::free(p); }
   };
+  void order_blocks(const std::vector<double>& promise);
+
   int64_t n_;
   int d_;
   int64_t panels_;
@@ -101,6 +112,8 @@ class TopkItems {
   std::unique_ptr<uint16_t[], Free> data16_;
   const T* exact_ = nullptr;
   double max_growth_ = 0;
+  std::vector<int32_t> block_items_;
+  std::vector<float> tail_w2_, tail_bias_;  // per block: the largest w2 and bias + c from it on
   std::vector<int32_t> probe_ids_;
   std::vector<int16_t> probe_slots_;  // per item: its probe slot, or -1
   std::unique_ptr<T[], Free> probe_data_, probe_scale_, probe_bias_;
