@@ -61,6 +61,11 @@ std::atomic<int64_t>& rescored_total() {
   return total;
 }
 
+std::atomic<int64_t>& scanned_total() {
+  static std::atomic<int64_t> total{0};
+  return total;
+}
+
 bool bfloat16_dot_runs() {
   return simd_level() == SimdLevel::Avx512 && bfloat16_dot_allowed().load() &&
          cpu_supports_avx512bf16();
@@ -247,9 +252,13 @@ struct Selection {
   // its own (small vectors of two threads would share a line and ping-pong between cores).
   std::unique_ptr<T, void (*)(void*)> tile{nullptr, std::free};  // max_rows x kPanel
   std::unique_ptr<uint32_t, void (*)(void*)> bits{nullptr, std::free};  // max_rows
+  // bfloat16 storage: for the group of rows being scanned, per block and row, the lanes
+  // holding an item the row excludes (blocks x max_rows; all zero between groups).
+  std::vector<uint32_t> excluded_lanes;
 
   // Allocates (outside any parallel region) and clears the buffers.
-  void reset(int64_t count, int64_t k_, int max_rows, const T* queries_, Rescorer<T>* rescorer_) {
+  void reset(int64_t count, int64_t k_, int max_rows, const T* queries_, Rescorer<T>* rescorer_,
+             int64_t blocks) {
     k = k_;
     queries = queries_;
     rescorer = rescorer_;
@@ -263,6 +272,7 @@ struct Selection {
     next_excluded.assign(count, 0);
     if (!tile) tile.reset(aligned_array<T>(static_cast<int64_t>(max_rows) * TopkItems<T>::kPanel));
     if (!bits) bits.reset(aligned_array<uint32_t>(max_rows));
+    if (rescorer != nullptr) excluded_lanes.assign(static_cast<size_t>(blocks) * max_rows, 0);
   }
 
   // Adds item j with score (or, with bounds, upper bound) s to row r; s passed the threshold.
@@ -494,7 +504,8 @@ void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
 // of the chunk at q0 into `sel`, `max_rows` rows at a time; `bounds` holds the chunk's query
 // weights (and bfloat16 pairs). Blocks come in scan order (TopkItems::block_item), so a
 // group of rows stops at the first block from which on nothing can reach any of their
-// thresholds; ids arrive in no particular order, so exclusions are looked up.
+// thresholds; the items a row excludes are masked out of the kernel's bits (seen items
+// score high: they would pass again and again).
 template <class T>
 void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern16,
                  const QueryBounds& bounds, int64_t q0, int64_t row_begin, int64_t row_end,
@@ -504,8 +515,24 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
   const int64_t n = items.n(), panels = items.panels();
   T* tile = sel.tile.get();
   uint32_t* bits = sel.bits.get();
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kern16.max_rows) {
-    const int count = static_cast<int>(std::min<int64_t>(kern16.max_rows, row_end - r0));
+  const int max_rows = kern16.max_rows;
+  uint32_t* excluded = sel.excluded_lanes.data();
+  // Sets (on = true) or clears the lanes of the rows' excluded items.
+  auto mark_excluded = [&](int64_t r0, int count, bool on) {
+    if (filters.exclude_indptr == nullptr) return;
+    for (int i = 0; i < count; ++i) {
+      const int64_t end = filters.exclude_indptr[q0 + r0 + i + 1];
+      for (int64_t e = filters.exclude_indptr[q0 + r0 + i]; e < end; ++e) {
+        const int32_t slot = items.block_slot(filters.exclude_indices[e]);
+        uint32_t& word = excluded[(slot / P) * max_rows + i];
+        word = on ? word | (1u << (slot % P)) : 0;
+      }
+    }
+  };
+  int64_t scanned = 0;  // queries x blocks scored
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += max_rows) {
+    const int count = static_cast<int>(std::min<int64_t>(max_rows, row_end - r0));
+    mark_excluded(r0, count, true);
     const void* q = kern16.bfloat16_queries
                         ? static_cast<const void*>(bounds.pairs.data() + r0 * ((d + 1) / 2))
                         : static_cast<const void*>(bounds.queries + r0 * d);
@@ -517,11 +544,12 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
                                          sel.threshold[r0 + i]);
       }
       if (!open) break;
+      scanned += count;
       kern16.score_panel(q, count, d, items.block16(p), bounds.a.data() + r0,
                          bounds.b.data() + r0, sel.threshold.data() + r0, tile, bits);
       const int64_t j0 = p * P;
       for (int i = 0; i < count; ++i) {
-        uint32_t b = bits[i];
+        uint32_t b = bits[i] & ~excluded[p * max_rows + i];
         const int64_t r = r0 + i;
         while (b != 0) {
           const int lane = __builtin_ctz(b);
@@ -533,15 +561,13 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
           if (j0 + lane >= n) break;  // a bound of a padding slot (a query without bounds)
           const int32_t j = items.block_item(j0 + lane);
           if (filters.mask != nullptr && filters.mask[j] == 0) continue;
-          if (filters.exclude_indptr != nullptr &&
-              std::binary_search(filters.exclude_indices + filters.exclude_indptr[q0 + r],
-                                 filters.exclude_indices + filters.exclude_indptr[q0 + r + 1], j))
-            continue;
           sel.offer(r, s, j);
         }
       }
     }
+    mark_excluded(r0, count, false);
   }
+  scanned_total().fetch_add(scanned, std::memory_order_relaxed);
 }
 
 // Writes query r's result from the candidates of every thread's selection (bfloat16
@@ -621,6 +647,8 @@ void set_topk_bfloat16_kernel(const std::string& name) {
 std::string topk_bfloat16_kernel() { return bfloat16_dot_runs() ? "dot" : "widen"; }
 
 int64_t topk_bfloat16_rescored() { return rescored_total().load(std::memory_order_relaxed); }
+
+int64_t topk_bfloat16_scanned() { return scanned_total().load(std::memory_order_relaxed); }
 
 template <class T>
 TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T* scale,
@@ -736,6 +764,8 @@ void TopkItems<T>::order_blocks(const std::vector<double>& promise) {
       to_trailer[field * P + slot % P] = from_trailer[field * P + j % P];
   }
   data16_ = std::move(sorted);
+  block_slots_.resize(n_);
+  for (int64_t slot = 0; slot < n_; ++slot) block_slots_[order[slot]] = static_cast<int32_t>(slot);
   block_items_ = std::move(order);
   tail_w2_.assign(panels_ + 1, 0.0f);
   tail_bias_.assign(panels_ + 1, -std::numeric_limits<float>::infinity());
@@ -783,8 +813,11 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
   constexpr int64_t kMinPanelsPerThread = 8;
   // bfloat16 storage: threads split the queries when each gets this many groups of rows.
   constexpr int64_t kMinGroupsPerThread = 4;
-  const int threads = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>(resolve_threads(num_threads), panels / kMinPanelsPerThread)));
+  const int workers = resolve_threads(num_threads);
+  const int table_threads = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(workers, panels / kMinPanelsPerThread)));
+  // bfloat16 storage may split the queries instead (below), whatever the table's size.
+  const int threads = kern16 != nullptr ? workers : table_threads;
   // Queries per chunk: the threads' buffers (at most 2k candidates per query) stay within
   // about 64 MiB together.
   const int64_t row_bytes = 2LL * k * static_cast<int64_t>(sizeof(std::pair<T, int32_t>));
@@ -815,7 +848,7 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
     }
     for (int t = 0; t < threads; ++t) {
       selections[t].reset(rows, k, max_rows, queries + q0 * d,
-                          kern16 != nullptr ? &rescorers[t] : nullptr);
+                          kern16 != nullptr ? &rescorers[t] : nullptr, panels);
     }
     if (kern16 != nullptr) {
       probe_thresholds(items, kern, queries, q0, rows, k, probe, filters, threads, selections,
@@ -830,15 +863,16 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
     }
     // bfloat16 storage with enough queries: threads take groups of rows, each scanned until
     // nothing more can reach its thresholds (groups stop at different depths: dynamic).
-    const int64_t groups = kern16 != nullptr ? (rows + kern16->max_rows - 1) / kern16->max_rows : 0;
+    const int group_rows = kern16 != nullptr ? kern16->max_rows : 1;
+    const int64_t groups = (rows + group_rows - 1) / group_rows;
     if (kern16 != nullptr && threads > 1 && groups >= kMinGroupsPerThread * threads) {
       if constexpr (sizeof(T) == 4) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
         for (int64_t g = 0; g < groups; ++g) {
           const int t = omp_get_thread_num();
-          const int64_t r0 = g * kern16->max_rows;
+          const int64_t r0 = g * group_rows;
           try {
-            scan_blocks(items, *kern16, bounds, q0, r0, std::min<int64_t>(rows, r0 + kern16->max_rows),
+            scan_blocks(items, *kern16, bounds, q0, r0, std::min<int64_t>(rows, r0 + group_rows),
                         filters, 0, 1, selections[t]);
           } catch (...) {
             errors[t] = std::current_exception();
@@ -850,18 +884,18 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
       // threads-th block (the front of the scan order is where the work is). A loop rather
       // than omp_get_thread_num(): every share is scanned even if OpenMP gives fewer threads
       // than asked for. Exceptions must not leave a parallel region.
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-      for (int t = 0; t < threads; ++t) {
+#pragma omp parallel for num_threads(table_threads) schedule(static, 1)
+      for (int t = 0; t < table_threads; ++t) {
         try {
           if constexpr (sizeof(T) == 4) {
             if (kern16 != nullptr) {
-              scan_blocks(items, *kern16, bounds, q0, 0, rows, filters, t, threads,
+              scan_blocks(items, *kern16, bounds, q0, 0, rows, filters, t, table_threads,
                           selections[t]);
               continue;
             }
           }
-          scan_panels(items, kern, queries, q0, rows, filters, panels * t / threads,
-                      panels * (t + 1) / threads, selections[t]);
+          scan_panels(items, kern, queries, q0, rows, filters, panels * t / table_threads,
+                      panels * (t + 1) / table_threads, selections[t]);
         } catch (...) {
           errors[t] = std::current_exception();
         }

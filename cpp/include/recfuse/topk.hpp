@@ -75,6 +75,7 @@ class TopkItems {
   // tail_below). Slot s < n of the blocks (block s / kPanel, lane s % kPanel) holds item
   // block_item(s).
   int32_t block_item(int64_t slot) const { return block_items_[slot]; }
+  int32_t block_slot(int32_t j) const { return block_slots_[j]; }  // the inverse
   // bfloat16 storage: true when no item in blocks p, p + 1, ... scores (float32 storage's
   // score) at least thr for any query whose bound weights (see topk.cpp) are a and b.
   bool tail_below(int64_t p, float a, float b, float thr) const;
@@ -112,7 +113,7 @@ class TopkItems {
   std::unique_ptr<uint16_t[], Free> data16_;
   const T* exact_ = nullptr;
   double max_growth_ = 0;
-  std::vector<int32_t> block_items_;
+  std::vector<int32_t> block_items_, block_slots_;
   std::vector<float> tail_w2_, tail_bias_;  // per block: the largest w2 and bias + c from it on
   std::vector<int32_t> probe_ids_;
   std::vector<int16_t> probe_slots_;  // per item: its probe slot, or -1
@@ -136,5 +137,8 @@ std::string topk_bfloat16_kernel();
 // How many candidates bfloat16 storage has scored exactly since the process started (all
 // searches together; for measurements).
 int64_t topk_bfloat16_rescored();
+// How many (query, block) pairs bfloat16 storage's kernel has scored since the process
+// started (the rest of each query's table was ruled out by its tail bound; for measurements).
+int64_t topk_bfloat16_scanned();
 
 }  // namespace recfuse
