@@ -500,16 +500,76 @@ void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
   }
 }
 
+// bfloat16 storage, threads splitting the queries: rows [r0, r0 + count) of the chunk score
+// the probe's first `size` items exactly (the float32 storage's kernel) and start with the k
+// best that qualify as exact candidates, whose k-th best score is the first threshold; the
+// scan then skips those `size` items. An item of the k best overall that is in the probe is
+// among the probe's k best, so nothing is lost. `excluded` holds the rows' excluded lanes
+// (scan_blocks); `from` is the rows' first query.
+template <class T>
+void seed_from_probe(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
+                     const T* from, int64_t r0, int count, int64_t size,
+                     const TopkFilters& filters, const uint32_t* excluded, int excluded_rows,
+                     Selection<T>& sel) {
+  constexpr int P = TopkItems<T>::kPanel;
+  const int d = items.d();
+  const int32_t* ids = items.probe_ids();
+  const std::vector<T> no_threshold(kern.max_rows, -std::numeric_limits<T>::infinity());
+  T* tile = sel.tile.get();
+  uint32_t* bits = sel.bits.get();
+  for (int i0 = 0; i0 < count; i0 += kern.max_rows) {
+    const int rows = std::min(kern.max_rows, count - i0);
+    for (int64_t p = 0; p * P < size; ++p) {
+      kern.score_panel(from + static_cast<int64_t>(i0) * d, rows, d, items.probe_panel(p),
+                       items.probe_scale(p), items.probe_bias(p), no_threshold.data(), tile,
+                       bits);
+      const int lanes = static_cast<int>(std::min<int64_t>(P, size - p * P));
+      for (int i = 0; i < rows; ++i) {
+        uint32_t b = bits[i] & (lanes == 32 ? ~0u : (1u << lanes) - 1);  // scores > -inf
+        while (b != 0) {
+          const int lane = __builtin_ctz(b);
+          b &= b - 1;
+          const int32_t j = ids[p * P + lane];
+          const int32_t slot = items.block_slot(j);
+          if ((excluded[(slot / P) * excluded_rows + i0 + i] >> (slot % P)) & 1u) continue;
+          if (filters.mask != nullptr && filters.mask[j] == 0) continue;
+          // The row is a heap of its k best so far, the worst on top: most items fail one
+          // comparison with it.
+          auto& row = sel.rows[r0 + i0 + i];
+          const std::pair<T, int32_t> item(tile[i * P + lane], j);
+          if (static_cast<int64_t>(row.size()) < sel.k) {
+            row.push_back(item);
+            std::push_heap(row.begin(), row.end(), better<T>);
+          } else if (better(item, row.front())) {
+            std::pop_heap(row.begin(), row.end(), better<T>);
+            row.back() = item;
+            std::push_heap(row.begin(), row.end(), better<T>);
+          }
+        }
+      }
+    }
+  }
+  for (int i = 0; i < count; ++i) {
+    const int64_t r = r0 + i;
+    const auto& row = sel.rows[r];
+    if (static_cast<int64_t>(row.size()) == sel.k) sel.threshold[r] = row.front().first;
+    sel.exact[r] = static_cast<int64_t>(row.size());
+  }
+}
+
 // bfloat16 storage: scans blocks first, first + stride, ... for the rows [row_begin, row_end)
 // of the chunk at q0 into `sel`, `max_rows` rows at a time; `bounds` holds the chunk's query
 // weights (and bfloat16 pairs). Blocks come in scan order (TopkItems::block_item), so a
 // group of rows stops at the first block from which on nothing can reach any of their
 // thresholds; the items a row excludes are masked out of the kernel's bits (seen items
 // score high: they would pass again and again).
+// With seed > 0 (threads splitting the queries) each group first takes its candidates among
+// the probe's first `seed` items (seed_from_probe) and skips them in the scan.
 template <class T>
 void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern16,
-                 const QueryBounds& bounds, int64_t q0, int64_t row_begin, int64_t row_end,
-                 const TopkFilters& filters, int64_t first, int64_t stride, Selection<T>& sel) {
+                 const kernels::TopkKernels<T>& kern, const QueryBounds& bounds, int64_t q0,
+                 int64_t row_begin, int64_t row_end, const TopkFilters& filters, int64_t first,
+                 int64_t stride, int64_t seed, Selection<T>& sel) {
   constexpr int P = TopkItems<T>::kPanel;
   const int d = items.d();
   const int64_t n = items.n(), panels = items.panels();
@@ -517,22 +577,27 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
   uint32_t* bits = sel.bits.get();
   const int max_rows = kern16.max_rows;
   uint32_t* excluded = sel.excluded_lanes.data();
-  // Sets (on = true) or clears the lanes of the rows' excluded items.
-  auto mark_excluded = [&](int64_t r0, int count, bool on) {
+  // Sets the lanes of the rows' excluded items (cleared after the group, all at once: a
+  // memset of the table's words is cheaper than finding each again).
+  auto mark_excluded = [&](int64_t r0, int count) {
     if (filters.exclude_indptr == nullptr) return;
     for (int i = 0; i < count; ++i) {
       const int64_t end = filters.exclude_indptr[q0 + r0 + i + 1];
       for (int64_t e = filters.exclude_indptr[q0 + r0 + i]; e < end; ++e) {
         const int32_t slot = items.block_slot(filters.exclude_indices[e]);
-        uint32_t& word = excluded[(slot / P) * max_rows + i];
-        word = on ? word | (1u << (slot % P)) : 0;
+        excluded[(slot / P) * max_rows + i] |= 1u << (slot % P);
       }
     }
   };
   int64_t scanned = 0;  // queries x blocks scored
+  if (seed > 0) first = std::max(first, items.blocks_in_probe(seed));
   for (int64_t r0 = row_begin; r0 < row_end; r0 += max_rows) {
     const int count = static_cast<int>(std::min<int64_t>(max_rows, row_end - r0));
-    mark_excluded(r0, count, true);
+    mark_excluded(r0, count);
+    if (seed > 0) {
+      seed_from_probe(items, kern, bounds.queries + r0 * d, r0, count, seed, filters, excluded,
+                      max_rows, sel);
+    }
     const void* q = kern16.bfloat16_queries
                         ? static_cast<const void*>(bounds.pairs.data() + r0 * ((d + 1) / 2))
                         : static_cast<const void*>(bounds.queries + r0 * d);
@@ -561,11 +626,16 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
           if (j0 + lane >= n) break;  // a bound of a padding slot (a query without bounds)
           const int32_t j = items.block_item(j0 + lane);
           if (filters.mask != nullptr && filters.mask[j] == 0) continue;
+          if (seed > 0) {  // a seeded item is a candidate already
+            const int64_t in_probe = items.probe_slot(j);
+            if (in_probe >= 0 && in_probe < seed) continue;
+          }
           sel.offer(r, s, j);
         }
       }
     }
-    mark_excluded(r0, count, false);
+    if (filters.exclude_indptr != nullptr)
+      std::memset(excluded, 0, sizeof(uint32_t) * panels * max_rows);
   }
   scanned_total().fetch_add(scanned, std::memory_order_relaxed);
 }
@@ -796,6 +866,19 @@ bool TopkItems<T>::tail_below(int64_t p, float a, float b, float thr) const {
 }
 
 template <class T>
+int64_t TopkItems<T>::blocks_in_probe(int64_t size) const {
+  int64_t blocks = 0;
+  for (; blocks < panels_; ++blocks) {
+    for (int lane = 0; lane < kPanel; ++lane) {
+      const int64_t slot = blocks * kPanel + lane;
+      const int64_t in_probe = slot < n_ ? probe_slot(block_item(slot)) : -1;
+      if (in_probe < 0 || in_probe >= size) return blocks;
+    }
+  }
+  return blocks;
+}
+
+template <class T>
 void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
                  const TopkFilters& filters, int num_threads, int64_t* out_ids, T* out_scores) {
   if (k <= 0) throw std::invalid_argument("topk_search: k must be >= 1");
@@ -850,9 +933,20 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
       selections[t].reset(rows, k, max_rows, queries + q0 * d,
                           kern16 != nullptr ? &rescorers[t] : nullptr, panels);
     }
+    // bfloat16 storage with enough queries: threads take groups of rows, each seeded from
+    // the probe and scanned until nothing more can reach its thresholds (groups stop at
+    // different depths: dynamic). Otherwise threads split the table, after the probe.
+    const int group_rows = kern16 != nullptr ? kern16->max_rows : 1;
+    const int64_t groups = (rows + group_rows - 1) / group_rows;
+    const bool split_queries =
+        kern16 != nullptr && threads > 1 && groups >= kMinGroupsPerThread * threads;
     if (kern16 != nullptr) {
-      probe_thresholds(items, kern, queries, q0, rows, k, probe, filters, threads, selections,
-                       rescorers, first_thresholds, errors);
+      if (split_queries) {
+        first_thresholds.assign(rows, -std::numeric_limits<T>::infinity());
+      } else {
+        probe_thresholds(items, kern, queries, q0, rows, k, probe, filters, threads, selections,
+                         rescorers, first_thresholds, errors);
+      }
       for (auto& error : errors)
         if (error) std::rethrow_exception(error);
       for (int64_t r = 0; r < rows; ++r) shared[r].store(first_thresholds[r]);
@@ -861,19 +955,16 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
         sel.shared = shared.get();
       }
     }
-    // bfloat16 storage with enough queries: threads take groups of rows, each scanned until
-    // nothing more can reach its thresholds (groups stop at different depths: dynamic).
-    const int group_rows = kern16 != nullptr ? kern16->max_rows : 1;
-    const int64_t groups = (rows + group_rows - 1) / group_rows;
-    if (kern16 != nullptr && threads > 1 && groups >= kMinGroupsPerThread * threads) {
+    if (split_queries) {
       if constexpr (sizeof(T) == 4) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
         for (int64_t g = 0; g < groups; ++g) {
           const int t = omp_get_thread_num();
           const int64_t r0 = g * group_rows;
           try {
-            scan_blocks(items, *kern16, bounds, q0, r0, std::min<int64_t>(rows, r0 + group_rows),
-                        filters, 0, 1, selections[t]);
+            scan_blocks(items, *kern16, kern, bounds, q0, r0,
+                        std::min<int64_t>(rows, r0 + group_rows), filters, 0, 1, probe,
+                        selections[t]);
           } catch (...) {
             errors[t] = std::current_exception();
           }
@@ -889,8 +980,8 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
         try {
           if constexpr (sizeof(T) == 4) {
             if (kern16 != nullptr) {
-              scan_blocks(items, *kern16, bounds, q0, 0, rows, filters, t, table_threads,
-                          selections[t]);
+              scan_blocks(items, *kern16, kern, bounds, q0, 0, rows, filters, t, table_threads,
+                          0, selections[t]);
               continue;
             }
           }

@@ -92,6 +92,9 @@ class TopkItems {
   const T* probe_bias(int64_t p) const { return probe_bias_.get() + p * kPanel; }
   // Item j's position in the probe, or -1.
   int64_t probe_slot(int32_t j) const { return probe_slots_.empty() ? -1 : probe_slots_[j]; }
+  // bfloat16 storage: how many blocks from the first hold only items of the probe's first
+  // `size` (with the items the bound does not cover first in the scan order, none).
+  int64_t blocks_in_probe(int64_t size) const;
   // kPanel values each; slots past n have scale 1 and bias -inf, so they never qualify.
   const T* panel_scale(int64_t p) const { return scale_.get() + p * kPanel; }
   const T* panel_bias(int64_t p) const { return bias_.get() + p * kPanel; }
