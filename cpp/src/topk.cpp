@@ -15,7 +15,12 @@
 // float32 storage's bit for bit). Each query starts from the k-th best exact score of a
 // probe, a few hundred items likeliest to score high, scored before the scan; a threshold
 // is never above the query's true k-th best score, and an item is skipped only when its
-// bound is below it, so ids need not arrive in order.
+// bound is below it, so ids need not arrive in order. The blocks are therefore kept in scan
+// order, likeliest first (TopkItems::block_item), and a per-block bound of everything
+// after it (tail_below) ends a query's scan early: on ALS factors at 20M events (20k items,
+// k = 10) a query scans about 105 of 625 blocks. With many queries threads split the
+// queries (each group of rows seeded with the probe's k best, then scanned to its own
+// depth); with few they take every threads-th block.
 #include "recfuse/topk.hpp"
 
 #include <omp.h>

@@ -21,7 +21,9 @@
 // bfloat16 values, an upper bound of each item's float32 score (see topk.cpp for the proof);
 // items whose bound reaches the query's threshold (never above its k-th best score) are
 // scored again, exactly as the float32 storage scores them, from the float table, and a
-// probe of promising items scored first gives each query its first threshold. Results (ids
+// probe of promising items scored first gives each query its first threshold. The blocks
+// hold the items likeliest to score high first, so a query's scan ends where a bound of
+// the rest of the table falls below its threshold. Results (ids
 // and scores) are the float32 storage's, bit for bit, at every SIMD level. The float table
 // is not copied: the caller keeps it alive and unchanged.
 #pragma once
@@ -124,8 +126,8 @@ class TopkItems {
 };
 
 // Writes m x k ids and scores (row-major). queries: m x d, finite. Threads split the item
-// panels and merge their per-query selections; the result does not depend on num_threads
-// (0 = OpenMP's default).
+// panels (bfloat16 storage with many queries: the queries) and merge their per-query
+// selections; the result does not depend on num_threads (0 = OpenMP's default).
 template <class T>
 void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
                  const TopkFilters& filters, int num_threads, int64_t* out_ids, T* out_scores);
