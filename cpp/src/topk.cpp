@@ -582,15 +582,20 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
   uint32_t* bits = sel.bits.get();
   const int max_rows = kern16.max_rows;
   uint32_t* excluded = sel.excluded_lanes.data();
-  // Sets the lanes of the rows' excluded items (cleared after the group, all at once: a
-  // memset of the table's words is cheaper than finding each again).
-  auto mark_excluded = [&](int64_t r0, int count) {
+  // Sets (or clears) the lanes of the rows' excluded items. Many exclusions are cleared by
+  // one memset of the table's words, cheaper than finding each again.
+  auto mark_excluded = [&](int64_t r0, int count, bool set) {
     if (filters.exclude_indptr == nullptr) return;
+    const int64_t* indptr = filters.exclude_indptr + q0 + r0;
+    if (!set && (indptr[count] - indptr[0]) * 16 > panels * max_rows) {
+      std::memset(excluded, 0, sizeof(uint32_t) * panels * max_rows);
+      return;
+    }
     for (int i = 0; i < count; ++i) {
-      const int64_t end = filters.exclude_indptr[q0 + r0 + i + 1];
-      for (int64_t e = filters.exclude_indptr[q0 + r0 + i]; e < end; ++e) {
+      for (int64_t e = indptr[i]; e < indptr[i + 1]; ++e) {
         const int32_t slot = items.block_slot(filters.exclude_indices[e]);
-        excluded[(slot / P) * max_rows + i] |= 1u << (slot % P);
+        uint32_t& word = excluded[(slot / P) * max_rows + i];
+        word = set ? word | (1u << (slot % P)) : 0;
       }
     }
   };
@@ -598,7 +603,7 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
   if (seed > 0) first = std::max(first, items.blocks_in_probe(seed));
   for (int64_t r0 = row_begin; r0 < row_end; r0 += max_rows) {
     const int count = static_cast<int>(std::min<int64_t>(max_rows, row_end - r0));
-    mark_excluded(r0, count);
+    mark_excluded(r0, count, true);
     if (seed > 0) {
       seed_from_probe(items, kern, bounds.queries + r0 * d, r0, count, seed, filters, excluded,
                       max_rows, sel);
@@ -639,8 +644,7 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
         }
       }
     }
-    if (filters.exclude_indptr != nullptr)
-      std::memset(excluded, 0, sizeof(uint32_t) * panels * max_rows);
+    mark_excluded(r0, count, false);
   }
   scanned_total().fetch_add(scanned, std::memory_order_relaxed);
 }
