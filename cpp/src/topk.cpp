@@ -874,6 +874,28 @@ bool TopkItems<T>::tail_below(int64_t p, float a, float b, float thr) const {
   return bound < thr;
 }
 
+namespace {
+
+// Orders the rows of Q (rows x d) by norm, largest first (ties: smaller row), into `order`
+// (given as 0 .. rows - 1) and copies them in that order into `sorted`.
+template <class T>
+void sort_by_norm(const T* Q, int64_t rows, int d, std::vector<int64_t>& order,
+                  std::vector<T>& sorted) {
+  std::vector<double> norms(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0;
+    for (int c = 0; c < d; ++c) sum += static_cast<double>(Q[r * d + c]) * Q[r * d + c];
+    norms[r] = sum;
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&norms](int64_t a, int64_t b) { return norms[a] > norms[b]; });
+  sorted.resize(static_cast<size_t>(rows) * d);
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(sorted.data() + r * d, Q + order[r] * d, sizeof(T) * d);
+}
+
+}  // namespace
+
 template <class T>
 int64_t TopkItems<T>::blocks_in_probe(int64_t size) const {
   int64_t blocks = 0;
@@ -932,16 +954,12 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
   const int64_t probe = std::min<int64_t>(items.probe_size(), std::max<int64_t>(128, 4LL * k));
   const int d = items.d();
 
+  std::vector<int64_t> order;  // chunk row -> query - q0
+  std::vector<T> sorted_queries;
+  std::vector<int64_t> sorted_indptr;
+  std::vector<int32_t> sorted_indices;
   for (int64_t q0 = 0; q0 < m; q0 += chunk) {
     const int64_t rows = std::min(chunk, m - q0);
-    if constexpr (sizeof(T) == 4) {
-      if (kern16 != nullptr)
-        bounds.prepare(queries + q0 * d, rows, d, kern16->bfloat16_queries, items.max_growth());
-    }
-    for (int t = 0; t < threads; ++t) {
-      selections[t].reset(rows, k, max_rows, queries + q0 * d,
-                          kern16 != nullptr ? &rescorers[t] : nullptr, panels);
-    }
     // bfloat16 storage with enough queries: threads take groups of rows, each seeded from
     // the probe and scanned until nothing more can reach its thresholds (groups stop at
     // different depths: dynamic). Otherwise threads split the table, after the probe.
@@ -949,6 +967,40 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
     const int64_t groups = (rows + group_rows - 1) / group_rows;
     const bool split_queries =
         kern16 != nullptr && threads > 1 && groups >= kMinGroupsPerThread * threads;
+    // Split queries are scanned in order of their norm (a group scans as deep as its deepest
+    // row, and rows of like norms stop at like depths): chunk row r is query q0 + order[r],
+    // with its exclusions copied beside it.
+    const T* chunk_queries = queries + q0 * d;
+    TopkFilters chunk_filters = filters;
+    int64_t chunk_q0 = q0;
+    order.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) order[r] = r;
+    if (split_queries) {
+      sort_by_norm(queries + q0 * d, rows, d, order, sorted_queries);
+      chunk_queries = sorted_queries.data();
+      if (filters.exclude_indptr != nullptr) {
+        sorted_indptr.assign(1, 0);
+        sorted_indices.clear();
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t query = q0 + order[r];
+          sorted_indices.insert(sorted_indices.end(),
+                                filters.exclude_indices + filters.exclude_indptr[query],
+                                filters.exclude_indices + filters.exclude_indptr[query + 1]);
+          sorted_indptr.push_back(static_cast<int64_t>(sorted_indices.size()));
+        }
+        chunk_filters.exclude_indptr = sorted_indptr.data();
+        chunk_filters.exclude_indices = sorted_indices.data();
+      }
+      chunk_q0 = 0;
+    }
+    if constexpr (sizeof(T) == 4) {
+      if (kern16 != nullptr)
+        bounds.prepare(chunk_queries, rows, d, kern16->bfloat16_queries, items.max_growth());
+    }
+    for (int t = 0; t < threads; ++t) {
+      selections[t].reset(rows, k, max_rows, chunk_queries,
+                          kern16 != nullptr ? &rescorers[t] : nullptr, panels);
+    }
     if (kern16 != nullptr) {
       if (split_queries) {
         first_thresholds.assign(rows, -std::numeric_limits<T>::infinity());
@@ -971,8 +1023,8 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
           const int t = omp_get_thread_num();
           const int64_t r0 = g * group_rows;
           try {
-            scan_blocks(items, *kern16, kern, bounds, q0, r0,
-                        std::min<int64_t>(rows, r0 + group_rows), filters, 0, 1, probe,
+            scan_blocks(items, *kern16, kern, bounds, chunk_q0, r0,
+                        std::min<int64_t>(rows, r0 + group_rows), chunk_filters, 0, 1, probe,
                         selections[t]);
           } catch (...) {
             errors[t] = std::current_exception();
@@ -1010,8 +1062,9 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
     for (int64_t r = 0; r < rows; ++r) {
       const int t = omp_get_thread_num();
       try {
+        const int64_t query = q0 + order[r];
         finish_row(selections, r, k, k_out, kern16 != nullptr ? &rescorers[t] : nullptr,
-                   pools[t], out_ids + (q0 + r) * k_out, out_scores + (q0 + r) * k_out);
+                   pools[t], out_ids + query * k_out, out_scores + query * k_out);
       } catch (...) {
         errors[t] = std::current_exception();
       }
