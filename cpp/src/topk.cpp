@@ -257,11 +257,13 @@ struct Selection {
   // its own (small vectors of two threads would share a line and ping-pong between cores).
   std::unique_ptr<T, void (*)(void*)> tile{nullptr, std::free};  // max_rows x kPanel
   std::unique_ptr<uint32_t, void (*)(void*)> bits{nullptr, std::free};  // max_rows
-  // bfloat16 storage: for the group of rows being scanned, per block and row, the lanes
-  // holding an item the row excludes (blocks x max_rows; all zero between groups).
+  // bfloat16 storage with exclusions: for the group of rows being scanned, per block and
+  // row, the lanes holding an item the row excludes (blocks x max_rows; all zero between
+  // groups). Empty without exclusions.
   std::vector<uint32_t> excluded_lanes;
 
-  // Allocates (outside any parallel region) and clears the buffers.
+  // Allocates (outside any parallel region) and clears the buffers; `blocks`: the table's
+  // blocks when the search has exclusions (bfloat16 storage), else 0.
   void reset(int64_t count, int64_t k_, int max_rows, const T* queries_, Rescorer<T>* rescorer_,
              int64_t blocks) {
     k = k_;
@@ -277,7 +279,7 @@ struct Selection {
     next_excluded.assign(count, 0);
     if (!tile) tile.reset(aligned_array<T>(static_cast<int64_t>(max_rows) * TopkItems<T>::kPanel));
     if (!bits) bits.reset(aligned_array<uint32_t>(max_rows));
-    if (rescorer != nullptr) excluded_lanes.assign(static_cast<size_t>(blocks) * max_rows, 0);
+    excluded_lanes.assign(rescorer != nullptr ? static_cast<size_t>(blocks) * max_rows : 0, 0);
   }
 
   // Adds item j with score (or, with bounds, upper bound) s to row r; s passed the threshold.
@@ -510,7 +512,7 @@ void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
 // best that qualify as exact candidates, whose k-th best score is the first threshold; the
 // scan then skips those `size` items. An item of the k best overall that is in the probe is
 // among the probe's k best, so nothing is lost. `excluded` holds the rows' excluded lanes
-// (scan_blocks); `from` is the rows' first query.
+// (scan_blocks; null without exclusions); `from` is the rows' first query.
 template <class T>
 void seed_from_probe(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
                      const T* from, int64_t r0, int count, int64_t size,
@@ -536,7 +538,9 @@ void seed_from_probe(const TopkItems<T>& items, const kernels::TopkKernels<T>& k
           b &= b - 1;
           const int32_t j = ids[p * P + lane];
           const int32_t slot = items.block_slot(j);
-          if ((excluded[(slot / P) * excluded_rows + i0 + i] >> (slot % P)) & 1u) continue;
+          if (excluded != nullptr &&
+              ((excluded[(slot / P) * excluded_rows + i0 + i] >> (slot % P)) & 1u))
+            continue;
           if (filters.mask != nullptr && filters.mask[j] == 0) continue;
           // The row is a heap of its k best so far, the worst on top: most items fail one
           // comparison with it.
@@ -581,7 +585,7 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
   T* tile = sel.tile.get();
   uint32_t* bits = sel.bits.get();
   const int max_rows = kern16.max_rows;
-  uint32_t* excluded = sel.excluded_lanes.data();
+  uint32_t* excluded = filters.exclude_indptr != nullptr ? sel.excluded_lanes.data() : nullptr;
   // Sets (or clears) the lanes of the rows' excluded items. Many exclusions are cleared by
   // one memset of the table's words, cheaper than finding each again.
   auto mark_excluded = [&](int64_t r0, int count, bool set) {
@@ -624,7 +628,7 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
                          bounds.b.data() + r0, sel.threshold.data() + r0, tile, bits);
       const int64_t j0 = p * P;
       for (int i = 0; i < count; ++i) {
-        uint32_t b = bits[i] & ~excluded[p * max_rows + i];
+        uint32_t b = excluded != nullptr ? bits[i] & ~excluded[p * max_rows + i] : bits[i];
         const int64_t r = r0 + i;
         while (b != 0) {
           const int lane = __builtin_ctz(b);
@@ -999,7 +1003,8 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
     }
     for (int t = 0; t < threads; ++t) {
       selections[t].reset(rows, k, max_rows, chunk_queries,
-                          kern16 != nullptr ? &rescorers[t] : nullptr, panels);
+                          kern16 != nullptr ? &rescorers[t] : nullptr,
+                          filters.exclude_indptr != nullptr ? panels : 0);
     }
     if (kern16 != nullptr) {
       if (split_queries) {
