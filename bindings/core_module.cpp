@@ -88,6 +88,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("topk_bfloat16_rescored", &recfuse::topk_bfloat16_rescored,
         "Candidates bfloat16 item storage has scored exactly so far, all searches together "
         "(for measurements).");
+  m.def("topk_bfloat16_scanned", &recfuse::topk_bfloat16_scanned,
+        "(query, block of 32 items) pairs bfloat16 item storage has scored so far, all "
+        "searches together; the other blocks were ruled out by their bound (for measurements).");
   m.def("supported_simd_levels", [] {
     std::vector<std::string> names;
     for (auto level : recfuse::supported_simd_levels()) names.emplace_back(recfuse::simd_level_name(level));

@@ -161,3 +161,22 @@ def test_evaluate_bad_input():
         metrics.evaluate(model, matrix, matrix, k=0)
     with pytest.raises(ValueError, match="rows for"):
         metrics.ranking_metrics(np.zeros((2, 3), np.int64), matrix)
+
+
+@given(csr_matrices(max_rows=8, max_cols=12), st.integers(1, 6), st.data())
+def test_coverage_and_novelty_match_their_definitions(train, k, data):
+    n_users, n_items = train.shape
+    recommended = np.array(data.draw(st.lists(st.integers(-1, n_items + 1), min_size=k * 3,
+                                              max_size=k * 3)), dtype=np.int64).reshape(3, k)
+    valid = recommended[(recommended >= 0) & (recommended < n_items)]
+    assert metrics.catalog_coverage(recommended, n_items) == np.unique(valid).size / n_items
+    users_per_item = np.bincount(train.indices, minlength=n_items)
+    share = np.maximum(users_per_item[valid], 1) / max(n_users, 1)
+    want = float(np.mean(-np.log2(share))) if valid.size else 0.0
+    assert metrics.novelty(recommended, train) == pytest.approx(want, rel=1e-12)
+
+
+def test_item_counts_across_slices():
+    ids = np.random.default_rng(0).integers(0, 50, (1 << 20) + 7).astype(np.int32)
+    np.testing.assert_array_equal(metrics._count_ids(ids, 60), np.bincount(ids, minlength=60))
+    assert metrics._count_ids(ids[:0], 3).tolist() == [0, 0, 0]

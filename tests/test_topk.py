@@ -274,6 +274,61 @@ def test_bfloat16_storage_at_the_edges(problem, cosine):
     _assert_bfloat16_is_native(problem, "cosine" if cosine else "dot", threads=(1, 2))
 
 
+@st.composite
+def skewed_problems(draw):
+    """float32 problems like ALS factors: item norms spread over decades (the scan order puts
+    the large ones first and stops where the rest cannot reach a query's threshold), enough
+    queries for the threads to split them, seen items (often the best scoring), duplicate
+    rows (exact ties), and sometimes non-finite rows or large biases."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    m = draw(st.one_of(st.integers(1, 30), st.integers(96, 260)))
+    n = draw(st.one_of(st.integers(1, 100), st.integers(100, 700)))
+    d = draw(st.integers(1, 20))
+    items = rng.standard_normal((n, d)) * 2.0 ** rng.uniform(-8, 2, n)[:, None]
+    items[rng.integers(0, n, n // 5)] = items[rng.integers(0, n)]
+    if draw(st.booleans()):
+        items[rng.integers(0, n, draw(st.integers(1, 3)))] = draw(
+            st.sampled_from([np.nan, np.inf, 1e30]))
+    queries = rng.standard_normal((m, d)) * 2.0 ** rng.uniform(-4, 4, m)[:, None]
+    bias = None
+    if draw(st.booleans()):
+        bias = rng.standard_normal(n) * 2.0 ** draw(st.sampled_from([-10, 0, 110]))
+    exclude = _exclusions(rng, m, n, draw(st.sampled_from([0.0, 0.05, 0.5])),
+                          with_repeats=draw(st.booleans())) if draw(st.booleans()) else None
+    deny = rng.integers(0, n, n // 4) if draw(st.booleans()) else None
+    k = draw(st.one_of(st.integers(1, 12), st.integers(1, n + 3)))
+    with np.errstate(over="ignore"):
+        problem = dict(queries=queries.astype(np.float32), items=items.astype(np.float32), k=k,
+                       item_bias=None if bias is None else bias.astype(np.float32),
+                       exclude=exclude, allow=None, deny=deny, exact=False)
+    return problem
+
+
+@settings(max_examples=25)
+@given(problem=skewed_problems())
+def test_bfloat16_storage_stops_early_and_splits_queries(problem):
+    """The scan-order table, its tail bound and the query split of the threads (from 96
+    queries at two threads) give float32 storage's ids and scores bit for bit."""
+    _assert_bfloat16_is_native(problem, "dot", threads=(1, 2, 4))
+
+
+def test_bfloat16_storage_skips_the_tail_of_a_skewed_table():
+    """With item norms spread over decades most queries need only the first blocks."""
+    core = _core_or_skip()
+    rng = np.random.default_rng(3)
+    items = (rng.standard_normal((3200, 16)) * 2.0 ** rng.uniform(-10, 0, 3200)[:, None]
+             ).astype(np.float32)
+    queries = rng.standard_normal((200, 16)).astype(np.float32)
+    index = recfuse.ItemIndex(items, storage="bfloat16", backend="cpu")
+    before = core.topk_bfloat16_scanned()
+    ids, scores = index.search(queries, 5, num_threads=2)
+    scanned = core.topk_bfloat16_scanned() - before
+    assert 0 < scanned < 0.5 * 200 * 100  # of 100 blocks per query
+    native_ids, native_scores = recfuse.ItemIndex(items, storage="native").search(queries, 5)
+    np.testing.assert_array_equal(ids, native_ids)
+    np.testing.assert_array_equal(scores, native_scores)
+
+
 def test_bfloat16_storage_with_exact_ties_and_large_k():
     """Many items with the same float32 score (duplicated rows): ties go to the smaller id,
     as with float32 storage, for k below, at and above n."""

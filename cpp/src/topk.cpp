@@ -15,7 +15,12 @@
 // float32 storage's bit for bit). Each query starts from the k-th best exact score of a
 // probe, a few hundred items likeliest to score high, scored before the scan; a threshold
 // is never above the query's true k-th best score, and an item is skipped only when its
-// bound is below it, so ids need not arrive in order.
+// bound is below it, so ids need not arrive in order. The blocks are therefore kept in scan
+// order, likeliest first (TopkItems::block_item), and a per-block bound of everything
+// after it (tail_below) ends a query's scan early. With many queries threads split the
+// queries (groups of rows of like norms, each seeded with the probe's k best, then scanned
+// to its deepest row's depth: on ALS factors at 20M events, 20k items, k = 10, about 71 of
+// 625 blocks per query); with few they take every threads-th block.
 #include "recfuse/topk.hpp"
 
 #include <omp.h>
@@ -57,6 +62,11 @@ std::atomic<bool>& bfloat16_dot_allowed() {
 }
 
 std::atomic<int64_t>& rescored_total() {
+  static std::atomic<int64_t> total{0};
+  return total;
+}
+
+std::atomic<int64_t>& scanned_total() {
   static std::atomic<int64_t> total{0};
   return total;
 }
@@ -173,9 +183,11 @@ inline double norm_margin(int d) { return 1.0 + d * 0x1p-50; }
 struct QueryBounds {
   std::vector<uint32_t> pairs;  // rows x (d + 1) / 2, when the kernel reads bfloat16 queries
   std::vector<float> a, b;
+  const float* queries = nullptr;  // the chunk's queries (rows x d), for widening kernels
 
   void prepare(const float* Q, int64_t rows, int d, bool bfloat16_queries, double max_growth) {
     const int64_t width = (d + 1) / 2;
+    queries = Q;
     a.resize(rows);
     b.resize(rows);
     if (bfloat16_queries) pairs.assign(rows * width, 0);
@@ -245,9 +257,15 @@ struct Selection {
   // its own (small vectors of two threads would share a line and ping-pong between cores).
   std::unique_ptr<T, void (*)(void*)> tile{nullptr, std::free};  // max_rows x kPanel
   std::unique_ptr<uint32_t, void (*)(void*)> bits{nullptr, std::free};  // max_rows
+  // bfloat16 storage with exclusions: for the group of rows being scanned, per block and
+  // row, the lanes holding an item the row excludes (blocks x max_rows; all zero between
+  // groups). Empty without exclusions.
+  std::vector<uint32_t> excluded_lanes;
 
-  // Allocates (outside any parallel region) and clears the buffers.
-  void reset(int64_t count, int64_t k_, int max_rows, const T* queries_, Rescorer<T>* rescorer_) {
+  // Allocates (outside any parallel region) and clears the buffers; `blocks`: the table's
+  // blocks when the search has exclusions (bfloat16 storage), else 0.
+  void reset(int64_t count, int64_t k_, int max_rows, const T* queries_, Rescorer<T>* rescorer_,
+             int64_t blocks) {
     k = k_;
     queries = queries_;
     rescorer = rescorer_;
@@ -261,6 +279,7 @@ struct Selection {
     next_excluded.assign(count, 0);
     if (!tile) tile.reset(aligned_array<T>(static_cast<int64_t>(max_rows) * TopkItems<T>::kPanel));
     if (!bits) bits.reset(aligned_array<uint32_t>(max_rows));
+    excluded_lanes.assign(rescorer != nullptr ? static_cast<size_t>(blocks) * max_rows : 0, 0);
   }
 
   // Adds item j with score (or, with bounds, upper bound) s to row r; s passed the threshold.
@@ -437,17 +456,15 @@ void probe_thresholds(const TopkItems<T>& items, const kernels::TopkKernels<T>& 
   }
 }
 
-// Scans panels [first, last) for the queries [q0, q0 + rows) into `sel`. With bfloat16
-// storage, `bounds` holds the chunk's query weights (and bfloat16 pairs).
+// Scans panels [first, last) for the queries [q0, q0 + rows) into `sel` (float storage).
 template <class T>
-void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
-                 const kernels::TopkBf16Kernel* kern16, const QueryBounds* bounds, const T* Q,
+void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern, const T* Q,
                  int64_t q0, int64_t rows, const TopkFilters& filters, int64_t first,
                  int64_t last, Selection<T>& sel) {
   constexpr int P = TopkItems<T>::kPanel;
   const int d = items.d();
   const int64_t n = items.n();
-  const int max_rows = kern16 != nullptr ? kern16->max_rows : kern.max_rows;
+  const int max_rows = kern.max_rows;
   T* tile = sel.tile.get();
   uint32_t* bits = sel.bits.get();
   if (filters.exclude_indptr != nullptr) {
@@ -462,20 +479,8 @@ void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
     const int64_t j0 = p * P;
     for (int64_t r0 = 0; r0 < rows; r0 += max_rows) {
       const int count = static_cast<int>(std::min<int64_t>(max_rows, rows - r0));
-      if constexpr (sizeof(T) == 4) {
-        if (kern16 != nullptr) {
-          for (int i = 0; i < count; ++i) sel.adopt(r0 + i);
-          const void* q = kern16->bfloat16_queries
-                              ? static_cast<const void*>(bounds->pairs.data() + r0 * ((d + 1) / 2))
-                              : static_cast<const void*>(Q + (q0 + r0) * d);
-          kern16->score_panel(q, count, d, items.block16(p), bounds->a.data() + r0,
-                              bounds->b.data() + r0, sel.threshold.data() + r0, tile, bits);
-        }
-      }
-      if (kern16 == nullptr) {
-        kern.score_panel(Q + (q0 + r0) * d, count, d, items.panel(p), items.panel_scale(p),
-                         items.panel_bias(p), sel.threshold.data() + r0, tile, bits);
-      }
+      kern.score_panel(Q + (q0 + r0) * d, count, d, items.panel(p), items.panel_scale(p),
+                       items.panel_bias(p), sel.threshold.data() + r0, tile, bits);
       for (int i = 0; i < count; ++i) {
         uint32_t b = bits[i];
         const int64_t r = r0 + i;
@@ -484,9 +489,8 @@ void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
           b &= b - 1;
           const T s = tile[i * P + lane];
           // The threshold may have risen since the kernel compared (an earlier lane's cut).
-          // Bounds pass unless below it: it need not come from smaller ids (the probe).
-          if (kern16 != nullptr ? s < sel.threshold[r] : !(s > sel.threshold[r])) continue;
-          if (j0 + lane >= n) break;  // a bound of a padding slot (a query without bounds)
+          if (!(s > sel.threshold[r])) continue;
+          if (j0 + lane >= n) break;
           const int32_t j = static_cast<int32_t>(j0 + lane);
           if (filters.mask != nullptr && filters.mask[j] == 0) continue;
           if (filters.exclude_indptr != nullptr) {
@@ -501,6 +505,152 @@ void scan_panels(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
       }
     }
   }
+}
+
+// bfloat16 storage, threads splitting the queries: rows [r0, r0 + count) of the chunk score
+// the probe's first `size` items exactly (the float32 storage's kernel) and start with the k
+// best that qualify as exact candidates, whose k-th best score is the first threshold; the
+// scan then skips those `size` items. An item of the k best overall that is in the probe is
+// among the probe's k best, so nothing is lost. `excluded` holds the rows' excluded lanes
+// (scan_blocks; null without exclusions); `from` is the rows' first query.
+template <class T>
+void seed_from_probe(const TopkItems<T>& items, const kernels::TopkKernels<T>& kern,
+                     const T* from, int64_t r0, int count, int64_t size,
+                     const TopkFilters& filters, const uint32_t* excluded, int excluded_rows,
+                     Selection<T>& sel) {
+  constexpr int P = TopkItems<T>::kPanel;
+  const int d = items.d();
+  const int32_t* ids = items.probe_ids();
+  const std::vector<T> no_threshold(kern.max_rows, -std::numeric_limits<T>::infinity());
+  T* tile = sel.tile.get();
+  uint32_t* bits = sel.bits.get();
+  for (int i0 = 0; i0 < count; i0 += kern.max_rows) {
+    const int rows = std::min(kern.max_rows, count - i0);
+    for (int64_t p = 0; p * P < size; ++p) {
+      kern.score_panel(from + static_cast<int64_t>(i0) * d, rows, d, items.probe_panel(p),
+                       items.probe_scale(p), items.probe_bias(p), no_threshold.data(), tile,
+                       bits);
+      const int lanes = static_cast<int>(std::min<int64_t>(P, size - p * P));
+      for (int i = 0; i < rows; ++i) {
+        uint32_t b = bits[i] & (lanes == 32 ? ~0u : (1u << lanes) - 1);  // scores > -inf
+        while (b != 0) {
+          const int lane = __builtin_ctz(b);
+          b &= b - 1;
+          const int32_t j = ids[p * P + lane];
+          const int32_t slot = items.block_slot(j);
+          if (excluded != nullptr &&
+              ((excluded[(slot / P) * excluded_rows + i0 + i] >> (slot % P)) & 1u))
+            continue;
+          if (filters.mask != nullptr && filters.mask[j] == 0) continue;
+          // The row is a heap of its k best so far, the worst on top: most items fail one
+          // comparison with it.
+          auto& row = sel.rows[r0 + i0 + i];
+          const std::pair<T, int32_t> item(tile[i * P + lane], j);
+          if (static_cast<int64_t>(row.size()) < sel.k) {
+            row.push_back(item);
+            std::push_heap(row.begin(), row.end(), better<T>);
+          } else if (better(item, row.front())) {
+            std::pop_heap(row.begin(), row.end(), better<T>);
+            row.back() = item;
+            std::push_heap(row.begin(), row.end(), better<T>);
+          }
+        }
+      }
+    }
+  }
+  for (int i = 0; i < count; ++i) {
+    const int64_t r = r0 + i;
+    const auto& row = sel.rows[r];
+    if (static_cast<int64_t>(row.size()) == sel.k) sel.threshold[r] = row.front().first;
+    sel.exact[r] = static_cast<int64_t>(row.size());
+  }
+}
+
+// bfloat16 storage: scans blocks first, first + stride, ... for the rows [row_begin, row_end)
+// of the chunk at q0 into `sel`, `max_rows` rows at a time; `bounds` holds the chunk's query
+// weights (and bfloat16 pairs). Blocks come in scan order (TopkItems::block_item), so a
+// group of rows stops at the first block from which on nothing can reach any of their
+// thresholds; the items a row excludes are masked out of the kernel's bits (seen items
+// score high: they would pass again and again).
+// With seed > 0 (threads splitting the queries) each group first takes its candidates among
+// the probe's first `seed` items (seed_from_probe) and skips them in the scan.
+template <class T>
+void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern16,
+                 const kernels::TopkKernels<T>& kern, const QueryBounds& bounds, int64_t q0,
+                 int64_t row_begin, int64_t row_end, const TopkFilters& filters, int64_t first,
+                 int64_t stride, int64_t seed, Selection<T>& sel) {
+  constexpr int P = TopkItems<T>::kPanel;
+  const int d = items.d();
+  const int64_t n = items.n(), panels = items.panels();
+  T* tile = sel.tile.get();
+  uint32_t* bits = sel.bits.get();
+  const int max_rows = kern16.max_rows;
+  uint32_t* excluded = filters.exclude_indptr != nullptr ? sel.excluded_lanes.data() : nullptr;
+  // Sets (or clears) the lanes of the rows' excluded items. Many exclusions are cleared by
+  // one memset of the table's words, cheaper than finding each again.
+  auto mark_excluded = [&](int64_t r0, int count, bool set) {
+    if (filters.exclude_indptr == nullptr) return;
+    const int64_t* indptr = filters.exclude_indptr + q0 + r0;
+    if (!set && (indptr[count] - indptr[0]) * 16 > panels * max_rows) {
+      std::memset(excluded, 0, sizeof(uint32_t) * panels * max_rows);
+      return;
+    }
+    for (int i = 0; i < count; ++i) {
+      for (int64_t e = indptr[i]; e < indptr[i + 1]; ++e) {
+        const int32_t slot = items.block_slot(filters.exclude_indices[e]);
+        uint32_t& word = excluded[(slot / P) * max_rows + i];
+        word = set ? word | (1u << (slot % P)) : 0;
+      }
+    }
+  };
+  int64_t scanned = 0;  // queries x blocks scored
+  if (seed > 0) first = std::max(first, items.blocks_in_probe(seed));
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += max_rows) {
+    const int count = static_cast<int>(std::min<int64_t>(max_rows, row_end - r0));
+    mark_excluded(r0, count, true);
+    if (seed > 0) {
+      seed_from_probe(items, kern, bounds.queries + r0 * d, r0, count, seed, filters, excluded,
+                      max_rows, sel);
+    }
+    const void* q = kern16.bfloat16_queries
+                        ? static_cast<const void*>(bounds.pairs.data() + r0 * ((d + 1) / 2))
+                        : static_cast<const void*>(bounds.queries + r0 * d);
+    for (int64_t p = first; p < panels; p += stride) {
+      bool open = false;  // some row may still find an item here or later
+      for (int i = 0; i < count; ++i) {
+        sel.adopt(r0 + i);
+        open = open || !items.tail_below(p, bounds.a[r0 + i], bounds.b[r0 + i],
+                                         sel.threshold[r0 + i]);
+      }
+      if (!open) break;
+      scanned += count;
+      kern16.score_panel(q, count, d, items.block16(p), bounds.a.data() + r0,
+                         bounds.b.data() + r0, sel.threshold.data() + r0, tile, bits);
+      const int64_t j0 = p * P;
+      for (int i = 0; i < count; ++i) {
+        uint32_t b = excluded != nullptr ? bits[i] & ~excluded[p * max_rows + i] : bits[i];
+        const int64_t r = r0 + i;
+        while (b != 0) {
+          const int lane = __builtin_ctz(b);
+          b &= b - 1;
+          const T s = tile[i * P + lane];
+          // The threshold may have risen since the kernel compared (an earlier lane's cut);
+          // a bound passes unless below it.
+          if (s < sel.threshold[r]) continue;
+          if (j0 + lane >= n) break;  // a bound of a padding slot (a query without bounds)
+          const int32_t j = items.block_item(j0 + lane);
+          if (filters.mask != nullptr && filters.mask[j] == 0) continue;
+          if (seed > 0) {  // a seeded item is a candidate already
+            const int64_t in_probe = items.probe_slot(j);
+            if (in_probe >= 0 && in_probe < seed) continue;
+          }
+          sel.offer(r, s, j);
+        }
+      }
+    }
+    mark_excluded(r0, count, false);
+  }
+  scanned_total().fetch_add(scanned, std::memory_order_relaxed);
 }
 
 // Writes query r's result from the candidates of every thread's selection (bfloat16
@@ -581,6 +731,8 @@ std::string topk_bfloat16_kernel() { return bfloat16_dot_runs() ? "dot" : "widen
 
 int64_t topk_bfloat16_rescored() { return rescored_total().load(std::memory_order_relaxed); }
 
+int64_t topk_bfloat16_scanned() { return scanned_total().load(std::memory_order_relaxed); }
+
 template <class T>
 TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T* scale,
                         int num_threads, bool bfloat16)
@@ -632,6 +784,7 @@ TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T
     }
   }
   max_growth_ = max_growth;
+  if (bfloat16) order_blocks(promise);
   if (bfloat16) {  // the probe: the most promising items (ties: smaller id), covered ones only
     std::vector<int32_t> order(n);
     for (int64_t j = 0; j < n; ++j) order[j] = static_cast<int32_t>(j);
@@ -663,6 +816,103 @@ TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T
   }
 }
 
+// bfloat16 storage: moves the blocks' items (packed in id order) into scan order and
+// records, per block, the largest w2_j and bias_j + c_j of the items from it to the end.
+template <class T>
+void TopkItems<T>::order_blocks(const std::vector<double>& promise) {
+  constexpr int P = kPanel;
+  std::vector<int32_t> order(n_);
+  for (int64_t j = 0; j < n_; ++j) order[j] = static_cast<int32_t>(j);
+  // Uncovered items (promise -inf; their bound is NaN) first: they always pass, and behind
+  // them every block's tail bound is finite.
+  auto scanned_before = [&promise](int32_t a, int32_t b) {
+    const bool open_a = promise[a] == -std::numeric_limits<double>::infinity();
+    const bool open_b = promise[b] == -std::numeric_limits<double>::infinity();
+    if (open_a != open_b) return open_a;
+    return promise[a] > promise[b] || (promise[a] == promise[b] && a < b);
+  };
+  std::sort(order.begin(), order.end(), scanned_before);
+  const int64_t units = topk_bf16_block_units(d_), data_units = topk_bf16_data_units(d_);
+  const int64_t words = data_units / (2 * P);  // 32-bit words per item and block: the pairs
+  std::unique_ptr<uint16_t[], Free> sorted(aligned_array<uint16_t>(panels_ * units));
+  std::memcpy(sorted.get(), data16_.get(), panels_ * units * sizeof(uint16_t));  // padding
+  for (int64_t slot = 0; slot < n_; ++slot) {
+    const int64_t j = order[slot];
+    const uint32_t* from = reinterpret_cast<const uint32_t*>(data16_.get() + (j / P) * units);
+    uint32_t* to = reinterpret_cast<uint32_t*>(sorted.get() + (slot / P) * units);
+    for (int64_t t = 0; t < words; ++t) to[t * P + slot % P] = from[t * P + j % P];
+    const float* from_trailer = reinterpret_cast<const float*>(from + data_units / 2);
+    float* to_trailer = reinterpret_cast<float*>(to + data_units / 2);
+    for (int field = 0; field < 4; ++field)
+      to_trailer[field * P + slot % P] = from_trailer[field * P + j % P];
+  }
+  data16_ = std::move(sorted);
+  block_slots_.resize(n_);
+  for (int64_t slot = 0; slot < n_; ++slot) block_slots_[order[slot]] = static_cast<int32_t>(slot);
+  block_items_ = std::move(order);
+  tail_w2_.assign(panels_ + 1, 0.0f);
+  tail_bias_.assign(panels_ + 1, -std::numeric_limits<float>::infinity());
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int64_t p = panels_ - 1; p >= 0; --p) {
+    float w2 = tail_w2_[p + 1], bias = tail_bias_[p + 1];
+    const float* trailer = reinterpret_cast<const float*>(block16(p) + data_units);
+    for (int lane = 0; lane < P && p * P + lane < n_; ++lane) {
+      const bool covered = promise[block_items_[p * P + lane]] > -inf;
+      w2 = std::max(w2, covered ? trailer[3 * P + lane] : inf);
+      bias = std::max(bias, covered ? trailer[P + lane] : inf);
+    }
+    tail_w2_[p] = w2;
+    tail_bias_[p] = bias;
+  }
+}
+
+// Every item j of the tail has y_j <= ||q|| w2_j + bias_j + c_j, y_j the float32 storage's
+// score: the dot product errs by at most gamma_d ||q|| ||v|| + d 2^-150 and the epilogue by
+// gamma_2 |acc s| + u |beta| + 2^-149 (see the error bound above), which (1 + G) and c_j
+// cover; and ||q|| <= ||q'|| + ||q - q'|| <= a + b. Evaluated in double with a margin for its
+// three roundings; NaN (an unbounded query against an empty w2) never rules anything out.
+template <class T>
+bool TopkItems<T>::tail_below(int64_t p, float a, float b, float thr) const {
+  const double norm = static_cast<double>(a) + b, w2 = tail_w2_[p], bias = tail_bias_[p];
+  const double bound = norm * w2 + bias + (norm * w2 + std::fabs(bias)) * 0x1p-48;
+  return bound < thr;
+}
+
+namespace {
+
+// Orders the rows of Q (rows x d) by norm, largest first (ties: smaller row), into `order`
+// (given as 0 .. rows - 1) and copies them in that order into `sorted`.
+template <class T>
+void sort_by_norm(const T* Q, int64_t rows, int d, std::vector<int64_t>& order,
+                  std::vector<T>& sorted) {
+  std::vector<double> norms(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0;
+    for (int c = 0; c < d; ++c) sum += static_cast<double>(Q[r * d + c]) * Q[r * d + c];
+    norms[r] = sum;
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&norms](int64_t a, int64_t b) { return norms[a] > norms[b]; });
+  sorted.resize(static_cast<size_t>(rows) * d);
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(sorted.data() + r * d, Q + order[r] * d, sizeof(T) * d);
+}
+
+}  // namespace
+
+template <class T>
+int64_t TopkItems<T>::blocks_in_probe(int64_t size) const {
+  int64_t blocks = 0;
+  for (; blocks < panels_; ++blocks) {
+    for (int lane = 0; lane < kPanel; ++lane) {
+      const int64_t slot = blocks * kPanel + lane;
+      const int64_t in_probe = slot < n_ ? probe_slot(block_item(slot)) : -1;
+      if (in_probe < 0 || in_probe >= size) return blocks;
+    }
+  }
+  return blocks;
+}
+
 template <class T>
 void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
                  const TopkFilters& filters, int num_threads, int64_t* out_ids, T* out_scores) {
@@ -679,8 +929,13 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
   const int64_t panels = items.panels();
   // Enough panels per thread that splitting pays; at least one thread.
   constexpr int64_t kMinPanelsPerThread = 8;
-  const int threads = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>(resolve_threads(num_threads), panels / kMinPanelsPerThread)));
+  // bfloat16 storage: threads split the queries when each gets this many groups of rows.
+  constexpr int64_t kMinGroupsPerThread = 4;
+  const int workers = resolve_threads(num_threads);
+  const int table_threads = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(workers, panels / kMinPanelsPerThread)));
+  // bfloat16 storage may split the queries instead (below), whatever the table's size.
+  const int threads = kern16 != nullptr ? workers : table_threads;
   // Queries per chunk: the threads' buffers (at most 2k candidates per query) stay within
   // about 64 MiB together.
   const int64_t row_bytes = 2LL * k * static_cast<int64_t>(sizeof(std::pair<T, int32_t>));
@@ -703,19 +958,61 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
   const int64_t probe = std::min<int64_t>(items.probe_size(), std::max<int64_t>(128, 4LL * k));
   const int d = items.d();
 
+  std::vector<int64_t> order;  // chunk row -> query - q0
+  std::vector<T> sorted_queries;
+  std::vector<int64_t> sorted_indptr;
+  std::vector<int32_t> sorted_indices;
   for (int64_t q0 = 0; q0 < m; q0 += chunk) {
     const int64_t rows = std::min(chunk, m - q0);
+    // bfloat16 storage with enough queries: threads take groups of rows, each seeded from
+    // the probe and scanned until nothing more can reach its thresholds (groups stop at
+    // different depths: dynamic). Otherwise threads split the table, after the probe.
+    const int group_rows = kern16 != nullptr ? kern16->max_rows : 1;
+    const int64_t groups = (rows + group_rows - 1) / group_rows;
+    const bool split_queries =
+        kern16 != nullptr && threads > 1 && groups >= kMinGroupsPerThread * threads;
+    // Split queries are scanned in order of their norm (a group scans as deep as its deepest
+    // row, and rows of like norms stop at like depths): chunk row r is query q0 + order[r],
+    // with its exclusions copied beside it.
+    const T* chunk_queries = queries + q0 * d;
+    TopkFilters chunk_filters = filters;
+    int64_t chunk_q0 = q0;
+    order.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) order[r] = r;
+    if (split_queries) {
+      sort_by_norm(queries + q0 * d, rows, d, order, sorted_queries);
+      chunk_queries = sorted_queries.data();
+      if (filters.exclude_indptr != nullptr) {
+        sorted_indptr.assign(1, 0);
+        sorted_indices.clear();
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t query = q0 + order[r];
+          sorted_indices.insert(sorted_indices.end(),
+                                filters.exclude_indices + filters.exclude_indptr[query],
+                                filters.exclude_indices + filters.exclude_indptr[query + 1]);
+          sorted_indptr.push_back(static_cast<int64_t>(sorted_indices.size()));
+        }
+        chunk_filters.exclude_indptr = sorted_indptr.data();
+        chunk_filters.exclude_indices = sorted_indices.data();
+      }
+      chunk_q0 = 0;
+    }
     if constexpr (sizeof(T) == 4) {
       if (kern16 != nullptr)
-        bounds.prepare(queries + q0 * d, rows, d, kern16->bfloat16_queries, items.max_growth());
+        bounds.prepare(chunk_queries, rows, d, kern16->bfloat16_queries, items.max_growth());
     }
     for (int t = 0; t < threads; ++t) {
-      selections[t].reset(rows, k, max_rows, queries + q0 * d,
-                          kern16 != nullptr ? &rescorers[t] : nullptr);
+      selections[t].reset(rows, k, max_rows, chunk_queries,
+                          kern16 != nullptr ? &rescorers[t] : nullptr,
+                          filters.exclude_indptr != nullptr ? panels : 0);
     }
     if (kern16 != nullptr) {
-      probe_thresholds(items, kern, queries, q0, rows, k, probe, filters, threads, selections,
-                       rescorers, first_thresholds, errors);
+      if (split_queries) {
+        first_thresholds.assign(rows, -std::numeric_limits<T>::infinity());
+      } else {
+        probe_thresholds(items, kern, queries, q0, rows, k, probe, filters, threads, selections,
+                         rescorers, first_thresholds, errors);
+      }
       for (auto& error : errors)
         if (error) std::rethrow_exception(error);
       for (int64_t r = 0; r < rows; ++r) shared[r].store(first_thresholds[r]);
@@ -724,16 +1021,41 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
         sel.shared = shared.get();
       }
     }
-    // A loop rather than omp_get_thread_num(): every range is scanned even if OpenMP gives
-    // fewer threads than asked for. Exceptions must not leave a parallel region.
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-    for (int t = 0; t < threads; ++t) {
-      const int64_t first = panels * t / threads, last = panels * (t + 1) / threads;
-      try {
-        scan_panels(items, kern, kern16, &bounds, queries, q0, rows, filters, first, last,
-                    selections[t]);
-      } catch (...) {
-        errors[t] = std::current_exception();
+    if (split_queries) {
+      if constexpr (sizeof(T) == 4) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int t = omp_get_thread_num();
+          const int64_t r0 = g * group_rows;
+          try {
+            scan_blocks(items, *kern16, kern, bounds, chunk_q0, r0,
+                        std::min<int64_t>(rows, r0 + group_rows), chunk_filters, 0, 1, probe,
+                        selections[t]);
+          } catch (...) {
+            errors[t] = std::current_exception();
+          }
+        }
+      }
+    } else {
+      // Threads split the table: ranges of panels, or with bfloat16 storage every
+      // threads-th block (the front of the scan order is where the work is). A loop rather
+      // than omp_get_thread_num(): every share is scanned even if OpenMP gives fewer threads
+      // than asked for. Exceptions must not leave a parallel region.
+#pragma omp parallel for num_threads(table_threads) schedule(static, 1)
+      for (int t = 0; t < table_threads; ++t) {
+        try {
+          if constexpr (sizeof(T) == 4) {
+            if (kern16 != nullptr) {
+              scan_blocks(items, *kern16, kern, bounds, q0, 0, rows, filters, t, table_threads,
+                          0, selections[t]);
+              continue;
+            }
+          }
+          scan_panels(items, kern, queries, q0, rows, filters, panels * t / table_threads,
+                      panels * (t + 1) / table_threads, selections[t]);
+        } catch (...) {
+          errors[t] = std::current_exception();
+        }
       }
     }
     for (auto& error : errors)
@@ -745,8 +1067,9 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
     for (int64_t r = 0; r < rows; ++r) {
       const int t = omp_get_thread_num();
       try {
+        const int64_t query = q0 + order[r];
         finish_row(selections, r, k, k_out, kern16 != nullptr ? &rescorers[t] : nullptr,
-                   pools[t], out_ids + (q0 + r) * k_out, out_scores + (q0 + r) * k_out);
+                   pools[t], out_ids + query * k_out, out_scores + query * k_out);
       } catch (...) {
         errors[t] = std::current_exception();
       }

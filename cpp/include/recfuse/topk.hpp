@@ -21,7 +21,9 @@
 // bfloat16 values, an upper bound of each item's float32 score (see topk.cpp for the proof);
 // items whose bound reaches the query's threshold (never above its k-th best score) are
 // scored again, exactly as the float32 storage scores them, from the float table, and a
-// probe of promising items scored first gives each query its first threshold. Results (ids
+// probe of promising items scored first gives each query its first threshold. The blocks
+// hold the items likeliest to score high first, so a query's scan ends where a bound of
+// the rest of the table falls below its threshold. Results (ids
 // and scores) are the float32 storage's, bit for bit, at every SIMD level. The float table
 // is not copied: the caller keeps it alive and unchanged.
 #pragma once
@@ -69,6 +71,16 @@ class TopkItems {
     return data16_.get() + p * topk_bf16_block_units(d_);
   }
   const T* exact_items() const { return exact_; }
+  // bfloat16 storage keeps its blocks in scan order, not in id order: first the items the
+  // bound does not cover, then the others by ||v_j|| |scale_j| + bias_j descending (ties:
+  // smaller id), so that the rest of the table falls below a query's threshold early (see
+  // tail_below). Slot s < n of the blocks (block s / kPanel, lane s % kPanel) holds item
+  // block_item(s).
+  int32_t block_item(int64_t slot) const { return block_items_[slot]; }
+  int32_t block_slot(int32_t j) const { return block_slots_[j]; }  // the inverse
+  // bfloat16 storage: true when no item in blocks p, p + 1, ... scores (float32 storage's
+  // score) at least thr for any query whose bound weights (see topk.cpp) are a and b.
+  bool tail_below(int64_t p, float a, float b, float thr) const;
   double max_growth() const { return max_growth_; }
   // bfloat16 storage's probe: the (at most kProbeMax) items likeliest to score high,
   // best first (largest ||v_j|| |scale_j| + bias_j: the score bound for a unit query), packed
@@ -82,6 +94,9 @@ class TopkItems {
   const T* probe_bias(int64_t p) const { return probe_bias_.get() + p * kPanel; }
   // Item j's position in the probe, or -1.
   int64_t probe_slot(int32_t j) const { return probe_slots_.empty() ? -1 : probe_slots_[j]; }
+  // bfloat16 storage: how many blocks from the first hold only items of the probe's first
+  // `size` (with the items the bound does not cover first in the scan order, none).
+  int64_t blocks_in_probe(int64_t size) const;
   // kPanel values each; slots past n have scale 1 and bias -inf, so they never qualify.
   const T* panel_scale(int64_t p) const { return scale_.get() + p * kPanel; }
   const T* panel_bias(int64_t p) const { return bias_.get() + p * kPanel; }
@@ -94,6 +109,8 @@ class TopkItems {
   struct Free {
     void operator()(void* p) const { std::free(p); }
   };
+  void order_blocks(const std::vector<double>& promise);
+
   int64_t n_;
   int d_;
   int64_t panels_;
@@ -101,14 +118,16 @@ class TopkItems {
   std::unique_ptr<uint16_t[], Free> data16_;
   const T* exact_ = nullptr;
   double max_growth_ = 0;
+  std::vector<int32_t> block_items_, block_slots_;
+  std::vector<float> tail_w2_, tail_bias_;  // per block: the largest w2 and bias + c from it on
   std::vector<int32_t> probe_ids_;
   std::vector<int16_t> probe_slots_;  // per item: its probe slot, or -1
   std::unique_ptr<T[], Free> probe_data_, probe_scale_, probe_bias_;
 };
 
 // Writes m x k ids and scores (row-major). queries: m x d, finite. Threads split the item
-// panels and merge their per-query selections; the result does not depend on num_threads
-// (0 = OpenMP's default).
+// panels (bfloat16 storage with many queries: the queries) and merge their per-query
+// selections; the result does not depend on num_threads (0 = OpenMP's default).
 template <class T>
 void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
                  const TopkFilters& filters, int num_threads, int64_t* out_ids, T* out_scores);
@@ -123,5 +142,8 @@ std::string topk_bfloat16_kernel();
 // How many candidates bfloat16 storage has scored exactly since the process started (all
 // searches together; for measurements).
 int64_t topk_bfloat16_rescored();
+// How many (query, block) pairs bfloat16 storage's kernel has scored since the process
+// started (the rest of each query's table was ruled out by its tail bound; for measurements).
+int64_t topk_bfloat16_scanned();
 
 }  // namespace recfuse
