@@ -20,7 +20,8 @@
 // after it (tail_below) ends a query's scan early. With many queries threads split the
 // queries (groups of rows of like norms, each seeded with the probe's k best, then scanned
 // to its deepest row's depth: on ALS factors at 20M events, 20k items, k = 10, about 71 of
-// 625 blocks per query); with few they take every threads-th block.
+// 625 blocks per query); with few they take every threads-th run of 16 blocks, and score
+// every group of rows on a block while it is in cache (scan_table_share).
 #include "recfuse/topk.hpp"
 
 #include <omp.h>
@@ -566,22 +567,44 @@ void seed_from_probe(const TopkItems<T>& items, const kernels::TopkKernels<T>& k
   }
 }
 
-// bfloat16 storage: scans blocks first, first + stride, ... for the rows [row_begin, row_end)
-// of the chunk at q0 into `sel`, `max_rows` rows at a time; `bounds` holds the chunk's query
-// weights (and bfloat16 pairs). Blocks come in scan order (TopkItems::block_item), so a
-// group of rows stops at the first block from which on nothing can reach any of their
-// thresholds; the items a row excludes are masked out of the kernel's bits (seen items
-// score high: they would pass again and again).
-// With seed > 0 (threads splitting the queries) each group first takes its candidates among
-// the probe's first `seed` items (seed_from_probe) and skips them in the scan.
+// bfloat16 storage: offers row r's items of block p whose bounds passed the kernel (`bits`,
+// bounds in `tile_row`) to `sel`, except those the mask or `skip(id)` rejects.
+template <class T, class Skip>
+inline void offer_block(const TopkItems<T>& items, const TopkFilters& filters, int64_t p,
+                        int64_t r, uint32_t bits, const T* tile_row, Selection<T>& sel,
+                        Skip skip) {
+  const int64_t j0 = p * TopkItems<T>::kPanel;
+  while (bits != 0) {
+    const int lane = __builtin_ctz(bits);
+    bits &= bits - 1;
+    const T s = tile_row[lane];
+    // The threshold may have risen since the kernel compared (an earlier lane's cut); a
+    // bound passes unless below it.
+    if (s < sel.threshold[r]) continue;
+    if (j0 + lane >= items.n()) break;  // a bound of a padding slot (a query without bounds)
+    const int32_t j = items.block_item(j0 + lane);
+    if (filters.mask != nullptr && filters.mask[j] == 0) continue;
+    if (skip(j)) continue;
+    sel.offer(r, s, j);
+  }
+}
+
+// bfloat16 storage, threads splitting the queries: scans every block for the rows
+// [row_begin, row_end) of the chunk at q0 into `sel`, `max_rows` rows at a time; `bounds`
+// holds the chunk's query weights (and bfloat16 pairs). Blocks come in scan order
+// (TopkItems::block_item), so a group of rows stops at the first block from which on nothing
+// can reach any of their thresholds; the items a row excludes are masked out of the kernel's
+// bits (seen items score high: they would pass again and again).
+// With seed > 0 each group first takes its candidates among the probe's first `seed` items
+// (seed_from_probe) and skips them in the scan.
 template <class T>
 void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern16,
                  const kernels::TopkKernels<T>& kern, const QueryBounds& bounds, int64_t q0,
-                 int64_t row_begin, int64_t row_end, const TopkFilters& filters, int64_t first,
-                 int64_t stride, int64_t seed, Selection<T>& sel) {
+                 int64_t row_begin, int64_t row_end, const TopkFilters& filters, int64_t seed,
+                 Selection<T>& sel) {
   constexpr int P = TopkItems<T>::kPanel;
   const int d = items.d();
-  const int64_t n = items.n(), panels = items.panels();
+  const int64_t panels = items.panels();
   T* tile = sel.tile.get();
   uint32_t* bits = sel.bits.get();
   const int max_rows = kern16.max_rows;
@@ -604,7 +627,7 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
     }
   };
   int64_t scanned = 0;  // queries x blocks scored
-  if (seed > 0) first = std::max(first, items.blocks_in_probe(seed));
+  const int64_t first = seed > 0 ? items.blocks_in_probe(seed) : 0;
   for (int64_t r0 = row_begin; r0 < row_end; r0 += max_rows) {
     const int count = static_cast<int>(std::min<int64_t>(max_rows, row_end - r0));
     mark_excluded(r0, count, true);
@@ -615,7 +638,7 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
     const void* q = kern16.bfloat16_queries
                         ? static_cast<const void*>(bounds.pairs.data() + r0 * ((d + 1) / 2))
                         : static_cast<const void*>(bounds.queries + r0 * d);
-    for (int64_t p = first; p < panels; p += stride) {
+    for (int64_t p = first; p < panels; ++p) {
       bool open = false;  // some row may still find an item here or later
       for (int i = 0; i < count; ++i) {
         sel.adopt(r0 + i);
@@ -626,29 +649,77 @@ void scan_blocks(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern1
       scanned += count;
       kern16.score_panel(q, count, d, items.block16(p), bounds.a.data() + r0,
                          bounds.b.data() + r0, sel.threshold.data() + r0, tile, bits);
-      const int64_t j0 = p * P;
       for (int i = 0; i < count; ++i) {
-        uint32_t b = excluded != nullptr ? bits[i] & ~excluded[p * max_rows + i] : bits[i];
-        const int64_t r = r0 + i;
-        while (b != 0) {
-          const int lane = __builtin_ctz(b);
-          b &= b - 1;
-          const T s = tile[i * P + lane];
-          // The threshold may have risen since the kernel compared (an earlier lane's cut);
-          // a bound passes unless below it.
-          if (s < sel.threshold[r]) continue;
-          if (j0 + lane >= n) break;  // a bound of a padding slot (a query without bounds)
-          const int32_t j = items.block_item(j0 + lane);
-          if (filters.mask != nullptr && filters.mask[j] == 0) continue;
-          if (seed > 0) {  // a seeded item is a candidate already
-            const int64_t in_probe = items.probe_slot(j);
-            if (in_probe >= 0 && in_probe < seed) continue;
-          }
-          sel.offer(r, s, j);
-        }
+        const uint32_t b = excluded != nullptr ? bits[i] & ~excluded[p * max_rows + i] : bits[i];
+        offer_block(items, filters, p, r0 + i, b, tile + i * P, sel, [&](int32_t j) {
+          if (seed <= 0) return false;  // a seeded item is a candidate already
+          const int64_t in_probe = items.probe_slot(j);
+          return in_probe >= 0 && in_probe < seed;
+        });
       }
     }
     mark_excluded(r0, count, false);
+  }
+  scanned_total().fetch_add(scanned, std::memory_order_relaxed);
+}
+
+// bfloat16 storage, threads splitting the table (few queries): share `share` of `shares`
+// scans the runs of kRun consecutive blocks share, share + shares, ... (the front of the scan
+// order, where the work is, spread over the threads; each run one stream for the hardware
+// prefetchers), every group of the chunk's `rows` rows on a block while it is in cache. A
+// group stops at the first block from which on nothing can reach its thresholds (they only
+// rise, and later runs hold later blocks). Excluded items are looked up in the row's sorted
+// exclusions: with few queries a lookup per passing item costs less than masks of the table.
+template <class T>
+void scan_table_share(const TopkItems<T>& items, const kernels::TopkBf16Kernel& kern16,
+                      const QueryBounds& bounds, int64_t q0, int64_t rows,
+                      const TopkFilters& filters, int64_t share, int64_t shares,
+                      Selection<T>& sel) {
+  constexpr int P = TopkItems<T>::kPanel;
+  constexpr int64_t kRun = 16;
+  const int d = items.d();
+  const int64_t panels = items.panels();
+  const int max_rows = kern16.max_rows;
+  const int64_t groups = (rows + max_rows - 1) / max_rows;
+  std::vector<char> open(static_cast<size_t>(groups), 1);
+  int64_t open_groups = groups, scanned = 0;
+  T* tile = sel.tile.get();
+  uint32_t* bits = sel.bits.get();
+  for (int64_t run = share; run * kRun < panels && open_groups > 0; run += shares) {
+    const int64_t last = std::min(panels, (run + 1) * kRun);
+    for (int64_t p = run * kRun; p < last && open_groups > 0; ++p) {
+      for (int64_t g = 0; g < groups; ++g) {
+        if (!open[g]) continue;
+        const int64_t r0 = g * max_rows;
+        const int count = static_cast<int>(std::min<int64_t>(max_rows, rows - r0));
+        bool reachable = false;
+        for (int i = 0; i < count; ++i) {
+          sel.adopt(r0 + i);
+          reachable = reachable || !items.tail_below(p, bounds.a[r0 + i], bounds.b[r0 + i],
+                                                     sel.threshold[r0 + i]);
+        }
+        if (!reachable) {
+          open[g] = 0;
+          --open_groups;
+          continue;
+        }
+        scanned += count;
+        const void* q = kern16.bfloat16_queries
+                            ? static_cast<const void*>(bounds.pairs.data() + r0 * ((d + 1) / 2))
+                            : static_cast<const void*>(bounds.queries + r0 * d);
+        kern16.score_panel(q, count, d, items.block16(p), bounds.a.data() + r0,
+                           bounds.b.data() + r0, sel.threshold.data() + r0, tile, bits);
+        for (int i = 0; i < count; ++i) {
+          const int64_t query = q0 + r0 + i;
+          offer_block(items, filters, p, r0 + i, bits[i], tile + i * P, sel, [&](int32_t j) {
+            return filters.exclude_indptr != nullptr &&
+                   std::binary_search(filters.exclude_indices + filters.exclude_indptr[query],
+                                      filters.exclude_indices + filters.exclude_indptr[query + 1],
+                                      j);
+          });
+        }
+      }
+    }
   }
   scanned_total().fetch_add(scanned, std::memory_order_relaxed);
 }
@@ -1004,7 +1075,7 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
     for (int t = 0; t < threads; ++t) {
       selections[t].reset(rows, k, max_rows, chunk_queries,
                           kern16 != nullptr ? &rescorers[t] : nullptr,
-                          filters.exclude_indptr != nullptr ? panels : 0);
+                          split_queries && filters.exclude_indptr != nullptr ? panels : 0);
     }
     if (kern16 != nullptr) {
       if (split_queries) {
@@ -1029,7 +1100,7 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
           const int64_t r0 = g * group_rows;
           try {
             scan_blocks(items, *kern16, kern, bounds, chunk_q0, r0,
-                        std::min<int64_t>(rows, r0 + group_rows), chunk_filters, 0, 1, probe,
+                        std::min<int64_t>(rows, r0 + group_rows), chunk_filters, probe,
                         selections[t]);
           } catch (...) {
             errors[t] = std::current_exception();
@@ -1038,7 +1109,7 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
       }
     } else {
       // Threads split the table: ranges of panels, or with bfloat16 storage every
-      // threads-th block (the front of the scan order is where the work is). A loop rather
+      // threads-th run of blocks (the front of the scan order is where the work is). A loop rather
       // than omp_get_thread_num(): every share is scanned even if OpenMP gives fewer threads
       // than asked for. Exceptions must not leave a parallel region.
 #pragma omp parallel for num_threads(table_threads) schedule(static, 1)
@@ -1046,8 +1117,8 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
         try {
           if constexpr (sizeof(T) == 4) {
             if (kern16 != nullptr) {
-              scan_blocks(items, *kern16, kern, bounds, q0, 0, rows, filters, t, table_threads,
-                          0, selections[t]);
+              scan_table_share(items, *kern16, bounds, q0, rows, filters, t, table_threads,
+                               selections[t]);
               continue;
             }
           }
