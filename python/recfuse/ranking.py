@@ -37,13 +37,14 @@ never chosen by itself: it has not yet run on an AMX CPU); the numba and numpy b
 emulate it (slowly). Expect scores within about 1e-3 of float32's, relative to their scale.
 
 ``rank`` under bfloat16 returns float32's ranking on every backend: it scores every
-candidate in bfloat16, then rescores a band of each user's best candidates exactly in float32
-and ranks the band by those scores, which it returns. The band holds max(2k, 16) distinct ids and doubles until
-the float32 k-th score beats the band's lowest bfloat16 score by more than 4 times the
-largest bfloat16 error seen in the band (or until it holds every candidate); so a candidate
-is missed only if its bfloat16 error is over 4 times any seen among the band's. On the cpu
-backend this first pass also runs the first layer's per-candidate columns in bfloat16 (the
-user and prepared item parts stay float32). ``reference.mlp_rank_rescored`` states the rule.
+candidate in bfloat16, then rescores a band of each user's best candidates exactly in
+float32 and ranks the band by those scores, which it returns. The band holds max(2k, 16)
+distinct ids and doubles until the float32 k-th score beats the band's lowest bfloat16 score
+by more than 4 times the largest bfloat16 error seen in the band (or until it holds every
+candidate); so a candidate is missed only if its bfloat16 error is over 4 times any seen
+among the band's. On the cpu backend this first pass also runs the first layer's
+per-candidate columns in bfloat16 (the user and prepared item parts stay float32).
+``reference.mlp_rank_rescored`` states the rule.
 """
 
 from __future__ import annotations
