@@ -38,9 +38,11 @@ for tests in ${GPU_TESTS:-tests/test_gpu_*.py}; do
     > "$LOG/$name.log" 2>&1 || status=1
   echo "== $name"; grep -iE "passed|failed|error" "$LOG/$name.log" | tail -15
 done
-timeout "${TEST_TIMEOUT_S:-150}" "$PY" -m pytest -q -p no:cacheprovider tests/test_als_backends.py \
-  -k "cuda or cupy" > "$LOG/backend_tests.log" 2>&1 || status=1
-echo "== test_als_backends (cuda, cupy)"; tail -3 "$LOG/backend_tests.log"
+# The cuda and cupy parameters of the tests that run every backend (marked gpu there too).
+timeout "${TEST_TIMEOUT_S:-150}" "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+  tests/test_als_backends.py tests/test_mlp.py tests/test_sgd_backends.py tests/test_topk.py \
+  > "$LOG/backend_tests.log" 2>&1 || status=1
+echo "== backend tests (cuda, cupy)"; tail -3 "$LOG/backend_tests.log"
 mkdir -p bench/results
 for script in ${GPU_BENCHES:-bench/bench_gpu_*.py}; do
   name=$(basename "$script" .py)
