@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -86,3 +87,15 @@ def movielens_100k():
     if not os.path.isfile(os.path.join(path, "u.data")):
         pytest.skip(f"MovieLens 100K not found at {path}")
     return path
+
+
+def wait_until(condition, seconds: float = 30.0) -> bool:
+    """Polls ``condition()`` until it holds or ``seconds`` pass; returns whether it held. For
+    tests whose threads must have taken a step (on a busy machine a started thread may not
+    run for a while)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
