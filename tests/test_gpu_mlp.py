@@ -23,8 +23,8 @@ import recfuse
 from recfuse import reference
 from recfuse._mlp import cuda as cuda_mlp
 from recfuse.ranking import MLPScorer
-from test_mlp import (_reference_scores, assert_scores_close, candidate_calls, error_bound, models,
-                      random_layers)
+from test_mlp import (_reference_scores, assert_scores_close, candidate_calls,
+                      check_candidates_and_rank, error_bound, models, random_layers)
 
 KERNELS = [pytest.param(name, id=name, marks=pytest.mark.gpu) for name in ("auto", "tiled")]
 PRECISIONS = ["float32", "bfloat16"]
@@ -62,22 +62,6 @@ def issue_model(seed=0):
     return random_layers(rng, ISSUE_WIDTHS, ["relu", "relu", "relu", "sigmoid"])
 
 
-def check_rank(model, top, values, indptr, ids, k, raw=None, **data):
-    """rank == the model's own scores + a full sort (ties by smaller id, repeats once); under
-    bfloat16, the reference's rescoring rule with the float32 model's scores (of the ``raw``
-    inputs when ``data`` holds a prepared item table)."""
-    scores = model.score_candidates(candidate_ids=(indptr, ids), **data)
-    if model.precision == "bfloat16":
-        exact = MLPScorer(model.layers, backend="cuda", kernel=model.kernel)
-        exact_scores = exact.score_candidates(candidate_ids=(indptr, ids), **(raw or data))
-        want_ids, want_values = reference.mlp_rank_rescored(indptr, ids, scores,
-                                                            lambda at: exact_scores[at], k)
-    else:
-        want_ids, want_values = reference.mlp_rank_scores(indptr, ids, scores, k)
-    np.testing.assert_array_equal(top, want_ids)
-    np.testing.assert_array_equal(values, want_values.astype(np.float32))
-
-
 # ---------------------------------------------------------------------- against the reference
 
 
@@ -112,23 +96,8 @@ def test_score_matches_reference(kernel, precision, case):
 @settings(max_examples=12)
 @given(call=candidate_calls(), k=st.integers(1, 12))
 def test_candidates_and_rank_match_reference(kernel, precision, call, k):
-    layers, indptr, ids, data = call
-    model = scorer(layers, kernel, precision)
-    expected, bound = _reference_scores(layers, indptr, ids, data, precision)
-    scores = model.score_candidates(candidate_ids=(indptr, ids), **data)
-    assert scores.shape == (indptr[-1],)
-    assert_scores_close(scores, expected, bound, "gathered")
-    item_column = data["user_vectors"].shape[1] + (
-        0 if data["user_features"] is None else data["user_features"].shape[1])
-    prepared = model.prepare_items(data["item_table"], data["item_features"],
-                                   item_column=item_column)
-    other = dict(data, item_table=prepared, item_features=None)
-    assert_scores_close(model.score_candidates(candidate_ids=(indptr, ids), **other), expected,
-                        bound, "prepared items")
-    top, values = model.rank(candidate_ids=(indptr, ids), k=k, **other)
-    check_rank(model, top, values, indptr, ids, k, raw=data, **other)
-    top, values = model.rank(candidate_ids=(indptr, ids), k=k, **data)  # raw table too
-    check_rank(model, top, values, indptr, ids, k, **data)
+    check_candidates_and_rank(scorer(call[0], kernel, precision), scorer(call[0], kernel),
+                              call, k, same_bits=True)
 
 
 @pytest.mark.gpu

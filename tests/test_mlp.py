@@ -168,43 +168,57 @@ def _reference_scores(layers, indptr, ids, data, precision):
     return reference.mlp_forward(layers, X, precision)[:, 0], error_bound(layers, X, precision)
 
 
+def check_candidates_and_rank(model, float32_model, call, k, same_bits):
+    """score_candidates against the reference, with raw and with prepared item tables; rank
+    on each == score + full sort (ties by smaller id, repeats once) under float32, and under
+    bfloat16 the rescoring rule on the bfloat16 pass's scores and ``float32_model``'s (the
+    same layers in float32, its item tables prepared by itself). ``same_bits``: whether a
+    one-user sub-call scores its rows bit for bit as the full call does (else the lists
+    must agree up to ties and the scores to 1e-5)."""
+    layers, indptr, ids, data = call
+    candidate_ids = (indptr, ids)
+    expected, bound = _reference_scores(layers, indptr, ids, data, model.precision)
+    scores = model.score_candidates(candidate_ids=candidate_ids, **data)
+    assert scores.shape == (indptr[-1],)
+    assert_scores_close(scores, expected, bound, "gathered")
+    item_column = data["user_vectors"].shape[1] + (
+        0 if data["user_features"] is None else data["user_features"].shape[1])
+
+    def prepared_by(scorer_):
+        table = scorer_.prepare_items(data["item_table"], data["item_features"],
+                                      item_column=item_column)
+        return dict(data, item_table=table, item_features=None)
+
+    # The item part precomputed once gives the same scores.
+    prepared = prepared_by(model)
+    assert_scores_close(model.score_candidates(candidate_ids=candidate_ids, **prepared),
+                        expected, bound, "prepared items")
+    for arguments, exact_arguments in ((prepared, None), (data, data)):
+        top, values = model.rank(candidate_ids=candidate_ids, k=k, **arguments)
+        if model.precision == "float32":
+            own = model.score_candidates(candidate_ids=candidate_ids, **arguments)
+            want_ids, want_values = reference.mlp_rank_scores(indptr, ids, own, k)
+        else:
+            exact = float32_model.score_candidates(
+                candidate_ids=candidate_ids, **(exact_arguments or prepared_by(float32_model)))
+            want_ids, want_values = reference.mlp_rank_rescored(
+                indptr, ids, rank_pass_scores(model, candidate_ids, arguments),
+                lambda rows: exact[rows], k)
+        if same_bits:
+            np.testing.assert_array_equal(top, want_ids)
+            np.testing.assert_array_equal(values, want_values.astype(np.float32))
+        else:
+            assert_rank_close(top, values, want_ids, want_values)
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=15)
 @given(call=candidate_calls(), k=st.integers(1, 12))
 def test_candidates_and_rank_match_reference(backend, precision, call, k):
-    layers, indptr, ids, data = call
-    model = scorer(layers, backend, precision)
-    expected, bound = _reference_scores(layers, indptr, ids, data, precision)
-    scores = model.score_candidates(candidate_ids=(indptr, ids), **data)
-    assert scores.shape == (indptr[-1],)
-    assert_scores_close(scores, expected, bound, "gathered")
-    # The item part precomputed once gives the same scores.
-    item_column = data["user_vectors"].shape[1] + (
-        0 if data["user_features"] is None else data["user_features"].shape[1])
-    prepared = model.prepare_items(data["item_table"], data["item_features"],
-                                   item_column=item_column)
-    other = dict(data, item_table=prepared, item_features=None)
-    assert_scores_close(model.score_candidates(candidate_ids=(indptr, ids), **other),
-                        expected, bound, "prepared items")
-    # rank == score + full sort (ties by smaller id, repeats once), on the same scores;
-    # under bfloat16, the rescoring rule on the bfloat16 scores and float32's.
-    top, values = model.rank(candidate_ids=(indptr, ids), k=k, **other)
-    scores = model.score_candidates(candidate_ids=(indptr, ids), **other)
-    if precision == "float32":
-        want_ids, want_values = reference.mlp_rank_scores(indptr, ids, scores, k)
-    else:
-        float32 = scorer(layers, backend)
-        exact = float32.score_candidates(candidate_ids=(indptr, ids), **dict(
-            other, item_table=float32.prepare_items(data["item_table"], data["item_features"],
-                                                    item_column=item_column)))
-        want_ids, want_values = reference.mlp_rank_rescored(
-            indptr, ids, rank_pass_scores(model, (indptr, ids), other), lambda rows: exact[rows], k)
-    if backend == "cpu" or precision == "float32":
-        np.testing.assert_array_equal(top, want_ids)
-        np.testing.assert_array_equal(values, want_values.astype(np.float32))
-    else:  # a one-user sub-call's BLAS products may differ from the full call's in the last bit
-        assert_rank_close(top, values, want_ids, want_values)
+    # a BLAS backend's one-user sub-call may differ from the full call in the last bit
+    check_candidates_and_rank(scorer(call[0], backend, precision), scorer(call[0], backend),
+                              call, k, same_bits=backend == "cpu" or precision == "float32")
 
 
 def rank_pass_scores(model, candidate_ids, arguments):
