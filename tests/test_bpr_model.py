@@ -74,7 +74,7 @@ def test_fit_is_the_reference_epochs(data):
 def test_same_model_for_any_thread_count_and_backend(data, backend):
     kwargs = dict(factors=8, iterations=2, random_state=1, grid=4, dtype=np.float64)
     # 3 threads split the 4 row bins unevenly; the pipelined schedule must not care
-    runs = [recfuse.BPR(num_threads=t, backend="cpu", **kwargs).fit(data) for t in (1, 2, 3, 4)]
+    runs = [recfuse.BPR(num_threads=t, backend="cpu", **kwargs).fit(data) for t in (1, 2, 3, 4, 0)]
     for other in runs[1:]:
         np.testing.assert_array_equal(runs[0].user_factors, other.user_factors)
         np.testing.assert_array_equal(runs[0].item_factors, other.item_factors)

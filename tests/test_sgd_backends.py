@@ -167,6 +167,74 @@ def test_same_result_for_any_thread_count(backend, dtype):
             np.testing.assert_array_equal(a, b)
 
 
+def _scatter(trained, rows_at):
+    """Rows trained under renumbered ids back in the original ids (row t is id rows_at[t])."""
+    out = np.empty_like(trained)
+    out[rows_at] = trained
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", SGD_BACKENDS)
+def test_renumbered_blocks_train_the_same_model(backend, dtype):
+    """Models train on users and items renumbered bin by bin (Blocks.renumbered); mapped
+    back, the epoch must be the one the original ids give, bit for bit, and BPR must draw
+    the same negatives."""
+    module = resolve_backend(backend, "sgd")
+    p = larger_problem(dtype, k=20, grid=5)
+    b = p.blocks
+    r, U, I = b.renumbered(), b.bin_users, b.bin_items
+    np.testing.assert_array_equal(U[r.users], b.users)
+    np.testing.assert_array_equal(I[r.items], b.items)
+    bu, bi, P, Q = p.fresh("bu", "bi", "P", "Q")
+    module.svd_epoch(b, p.ratings, p.mu, bu, bi, P, Q, p.lr, p.reg, True, 2)
+    moved = [np.ascontiguousarray(a[rows]) for a, rows in zip(p.fresh("bu", "bi", "P", "Q"),
+                                                              (U, I, U, I))]
+    module.svd_epoch(r, p.ratings, p.mu, *moved, p.lr, p.reg, True, 2)
+    for got, rows, expected in zip(moved, (U, I, U, I), (bu, bi, P, Q)):
+        np.testing.assert_array_equal(_scatter(got, rows), expected)
+
+    seen = p.implicit
+    rows = np.repeat(np.arange(p.n_users), np.diff(seen.indptr))
+    pairs = make_blocks(rows, seen.indices, p.n_users, p.n_items, 4, np.random.default_rng(3))
+    r, U, I = pairs.renumbered(), pairs.bin_users, pairs.bin_items
+    P, Q, bias = p.fresh("P", "Q", "bi")
+    negatives = np.zeros(pairs.users.size, dtype=np.int32)
+    module.bpr_epoch(pairs, seen, P, Q, bias, p.lr[0], p.reg[0], 99, 3, negatives, 2)
+    moved = [np.ascontiguousarray(a[rows]) for a, rows in zip(p.fresh("P", "Q", "bi"), (U, I, I))]
+    renumbered_negatives = np.zeros_like(negatives)
+    module.bpr_epoch(r, seen.permuted(U, I), *moved, p.lr[0], p.reg[0], 99, 3,
+                     renumbered_negatives, 2)
+    drawn = renumbered_negatives >= 0
+    np.testing.assert_array_equal(drawn, negatives >= 0)
+    np.testing.assert_array_equal(I[renumbered_negatives[drawn]], negatives[drawn])
+    for got, rows, expected in zip(moved, (U, I, I), (P, Q, bias)):
+        np.testing.assert_array_equal(_scatter(got, rows), expected)
+
+
+def test_epoch_threads_keeps_the_faster_count_and_rechecks():
+    from recfuse._sgd.common import EpochThreads
+
+    fixed = EpochThreads(3, available=8)
+    assert [fixed.next() for _ in range(3)] == [3, 3, 3]
+    assert EpochThreads(0, available=1).next() == 0  # one CPU: the kernel's own choice
+    auto = EpochThreads(0, available=4)
+    seconds = {4: 1.0, 1: 3.0}  # four threads are faster ...
+    ran = []
+    for _ in range(20):
+        threads = auto.next()
+        ran.append(threads)
+        auto.record(threads, seconds[threads])
+    assert ran[:4] == [4, 1, 4, 1]
+    assert ran[4:16] == [4] * 12 and ran[16] == 1  # ... and the other is timed again at 16
+    seconds = {4: 9.0, 1: 3.0}  # the machine gets busy: four threads now lose
+    for _ in range(4):
+        threads = auto.next()
+        ran.append(threads)
+        auto.record(threads, seconds[threads])
+    assert ran[-1] == 1
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_every_simd_level_and_fixed_width_matches_the_reference(dtype):
     module = resolve_backend("cpu", "sgd")

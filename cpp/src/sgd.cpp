@@ -42,10 +42,9 @@ const kernels::SgdKernels<double>& sgd_kernels<double>(int k) {
 
 // Threads for an epoch of `updates` row updates. An explicit request is honoured (at most one
 // thread per block of a diagonal). With 0 (automatic): all cores, but no more than keeps
-// ~50k updates per thread per diagonal (SVD's threads meet at a barrier after each; BPR's
-// blocks wait only for the blocks before them on their bins): shorter stretches lose more
-// to waking and joining threads than they gain, and far more when the machine is
-// oversubscribed.
+// ~50k updates per thread per diagonal: shorter stretches lose more to handing blocks over
+// than they gain, and far more when the machine is oversubscribed. (The Python models pass
+// an explicit count: they time epochs on one thread and on all, recfuse._sgd.common.)
 int thread_count(int requested, int grid, double updates) {
   int wanted = requested > 0 ? requested : omp_get_max_threads();
   if (wanted > grid) wanted = grid;
@@ -99,24 +98,11 @@ void check_pattern(const int64_t* indptr, const int32_t* indices, int64_t rows, 
   }
 }
 
-// Runs body(block, begin, end) on every block, diagonal by diagonal; the blocks of one diagonal
-// share no row or column bin and run in parallel.
-template <class Body>
-void for_each_block(const BlockLayout& L, int threads, const Body& body) {
-  const int grid = L.grid;
-#pragma omp parallel num_threads(threads)
-  for (int s = 0; s < grid; ++s) {
-#pragma omp for schedule(dynamic, 1)
-    for (int r = 0; r < grid; ++r) {
-      const int64_t block = static_cast<int64_t>(s) * grid + r;
-      body(block, L.offsets[block], L.offsets[block + 1]);
-    }  // implicit barrier: the next diagonal starts when this one is done
-  }
-}
-
-// The same, and the same result, without a barrier per diagonal. Block (r, s) (row bin r,
-// diagonal s, column bin (r + s) mod grid) touches row bin r, last touched by (r, s − 1), and
-// column bin r + s, last touched by (r + 1, s − 1): waiting for those two is enough, as every
+// Runs body(block, begin, end) on every block, with the result of running them diagonal by
+// diagonal (the blocks of one diagonal share no row or column bin), but without a barrier per
+// diagonal. Block (r, s) (row bin r, diagonal s, column bin (r + s) mod grid) touches row bin
+// r, last touched by (r, s − 1), and column bin r + s, last touched by (r + 1, s − 1): waiting
+// for those two is enough, as every
 // earlier block that touches either bin comes before one of them (by induction on s), and no
 // later block that touches them can start before it is done. Each thread owns a contiguous
 // range of row bins and takes its blocks diagonal by diagonal, so it only ever waits for the
@@ -125,7 +111,7 @@ void for_each_block(const BlockLayout& L, int threads, const Body& body) {
 // core for a moment holds the other up only once that slack is spent (with a barrier per
 // diagonal, every such moment stalled both).
 template <class Body>
-void for_each_block_pipelined(const BlockLayout& L, int threads, const Body& body) {
+void for_each_block(const BlockLayout& L, int threads, const Body& body) {
   const int grid = L.grid;
   std::vector<std::atomic<int>> finished(grid);  // per row bin: diagonals done
   for (auto& count : finished) count.store(0, std::memory_order_relaxed);
@@ -350,7 +336,7 @@ int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_
   const int threads = thread_count(num_threads, grid, 2.0 * static_cast<double>(nnz));
   std::vector<int64_t> skipped_by_block(static_cast<size_t>(grid) * grid, 0);
   auto train = [&](const auto& seen) {
-    for_each_block_pipelined(L, threads, [&](int64_t block, int64_t begin, int64_t end) {
+    for_each_block(L, threads, [&](int64_t block, int64_t begin, int64_t end) {
       const int s = static_cast<int>(block / grid), r = static_cast<int>(block % grid);
       const int c = (r + s) % grid;
       const uint64_t stream = seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>(block + 1));

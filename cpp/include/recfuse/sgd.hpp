@@ -8,6 +8,8 @@
 // them one after the other. The caller stores the ratings grouped by block in schedule order
 // (block index s * grid + r); the epoch then equals the sequential reference over the
 // ratings in array order, whatever the number of threads. grid = 1 is plain sequential SGD.
+// Threads take the blocks without a barrier per diagonal: a block waits only for the two
+// blocks before it that touch its row bin and its column bin, which gives the same result.
 #pragma once
 #include <cstdint>
 
@@ -51,9 +53,7 @@ void svdpp_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_
 // bin_offsets[c + 1]]) and redrawn until it is not in the user's row of the seen matrix
 // (seen_indptr, seen_indices: sorted per row); after max_tries draws the pair is skipped.
 // Draws come from a generator seeded by (seed, block), so the result does not depend on the
-// thread count. Threads take the blocks without a barrier per diagonal: a block waits only for
-// the two blocks before it that touch its row bin and its column bin, which gives the same
-// result as the diagonal order. negatives_out (nnz entries) receives each pair's negative, or
+// thread count. negatives_out (nnz entries) receives each pair's negative, or
 // -1 when skipped. Returns the number of skipped pairs.
 template <class T>
 int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_t* seen_indices,

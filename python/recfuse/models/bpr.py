@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Callable
 
 import numpy as np
@@ -11,7 +12,7 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._backend import resolve_backend
-from .._sgd.common import Pattern, default_grid, make_blocks
+from .._sgd.common import EpochThreads, Pattern, default_grid, make_blocks
 from ..retrieval import ItemIndex
 from .sgd import MAX_FACTORS, _progress
 
@@ -94,17 +95,29 @@ class BPR:
                              rng)
         negatives = np.empty(users.size, dtype=np.int32)
         seed = int(rng.integers(0, 2**63))
+        # Training runs on users and items renumbered bin by bin (Blocks.renumbered).
+        train = blocks.renumbered()
+        train_seen = seen.permuted(blocks.bin_users, blocks.bin_items)
+        P_train, Q_train = P[blocks.bin_users], Q[blocks.bin_items]
+        bias_train = np.zeros(n_items, dtype=self.dtype)
+        threads = EpochThreads(self.num_threads)
         progress = _progress(self.iterations, show_progress, f"BPR ({backend.NAME})")
         try:
             for iteration in range(self.iterations):
-                skipped = backend.bpr_epoch(blocks, seen, P, Q, bias, self.lr, self.reg,
-                                            (seed + iteration) % 2**64, self.max_tries,
-                                            negatives, self.num_threads)
+                count = threads.next()
+                start = time.perf_counter()
+                skipped = backend.bpr_epoch(train, train_seen, P_train, Q_train, bias_train,
+                                            self.lr, self.reg, (seed + iteration) % 2**64,
+                                            self.max_tries, negatives, count)
+                threads.record(count, time.perf_counter() - start)
                 if callback is not None:
                     callback(iteration, skipped)
                 progress.update(1)
         finally:
             progress.close()
+        P[blocks.bin_users] = P_train
+        Q[blocks.bin_items] = Q_train
+        bias[blocks.bin_items] = bias_train
         with self._lock:
             self.user_factors, self.item_factors, self.item_bias = P, Q, bias
             self._seen = matrix

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -21,7 +22,7 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._backend import resolve_backend
-from .._sgd.common import Pattern, default_grid, make_blocks, user_major_order
+from .._sgd.common import EpochThreads, Pattern, default_grid, make_blocks, user_major_order
 from ..retrieval import ItemIndex
 from .als import _progress as _tqdm_progress
 
@@ -341,24 +342,36 @@ class _SgdFactorization(_RatingModel):
         blocks = self._layout(users, items, n_users, n_items, values.size, rng)
         ordered = np.ascontiguousarray(values[blocks.order], dtype=self.dtype)
         seen = Pattern.from_pairs(users, items, n_users, n_items)
+        # Training runs on users and items renumbered bin by bin (Blocks.renumbered).
+        rows = (blocks.bin_users, blocks.bin_items, blocks.bin_items)  # P, Q, Y
+        trained = [np.ascontiguousarray(f[r]) for f, r in zip(factors, rows)]
         user_bias = np.zeros(n_users, dtype=self.dtype)
         item_bias = np.zeros(n_items, dtype=self.dtype)
         lr, reg = self._rate_tuples()
-        run_epoch = self._epoch_runner(backend, blocks, ordered, global_mean, user_bias, item_bias,
-                                       factors, seen, lr, reg)
+        run_epoch = self._epoch_runner(backend, blocks.renumbered(), ordered, global_mean,
+                                       user_bias, item_bias, trained, lr, reg)
+
+        def state() -> _Fitted:  # in the caller's ids
+            for table, rows_at, rows_trained in zip(factors, rows, trained):
+                table[rows_at] = rows_trained
+            return self._state(global_mean, _in_order(user_bias, blocks.bin_users),
+                               _in_order(item_bias, blocks.bin_items), factors, seen, users,
+                               items, n_users, n_items, scale)
+
+        threads = EpochThreads(self.num_threads)
         progress = _progress(self.epochs, show_progress, f"{self._NAME} ({backend.NAME})")
         try:
             for epoch in range(self.epochs):
-                run_epoch()
+                count = threads.next()
+                start = time.perf_counter()
+                run_epoch(count)
+                threads.record(count, time.perf_counter() - start)
                 if callback is not None:
-                    state = self._state(global_mean, user_bias, item_bias, factors, seen, users,
-                                        items, n_users, n_items, scale)
-                    callback(epoch, _rmse(state, users, items, values))
+                    callback(epoch, _rmse(state(), users, items, values))
                 progress.update(1)
         finally:
             progress.close()
-        fitted = self._state(global_mean, user_bias, item_bias, factors, seen, users, items,
-                             n_users, n_items, scale)
+        fitted = state()
         with self._lock:
             self._fitted = fitted
             self.backend_used = backend.NAME
@@ -370,7 +383,7 @@ class _SgdFactorization(_RatingModel):
         return make_blocks(users, items, n_users, n_items, grid, rng, self.shuffle)
 
     def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
-                      seen, lr, reg) -> Callable[[], None]:
+                      lr, reg) -> Callable[[], None]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -399,9 +412,10 @@ class SVD(_SgdFactorization):
         "cuda" (chosen by "auto" where a device is present) runs batch-Hogwild SGD: warps
         race on shared rows, so its models are not bitwise reproducible and ``grid`` only
         sets the order of the ratings; at most ``recfuse._cuda.SVD_MAX_FACTORS`` factors.
-    num_threads: CPU threads, used as given (at most ``grid``); 0: all cores, but one per
-        ~50k updates of a diagonal of blocks (threads meet at a barrier after each diagonal,
-        which costs more than it saves on small epochs or a loaded machine).
+    num_threads: CPU threads, used as given (at most ``grid``); 0: the fit times epochs on
+        one thread and on all cores and keeps the faster (``recfuse._sgd.common.EpochThreads``:
+        on small data sets, or a busy machine, the threads' hand-offs can cost more than the
+        second core gains). The model is the same either way.
     random_state: seed (int) or ``numpy.random.Generator`` for the initial factors, bins and
         order.
 
@@ -459,13 +473,13 @@ class SVD(_SgdFactorization):
         return 2
 
     def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
-                      seen, lr, reg):
+                      lr, reg):
         P, Q = factors
         mean = global_mean if self.biased else 0.0
 
-        def run():
+        def run(threads: int):
             backend.svd_epoch(blocks, ratings, mean, user_bias, item_bias, P, Q, lr, reg,
-                              self.biased, self.num_threads)
+                              self.biased, threads)
 
         return run
 
@@ -533,17 +547,26 @@ class SVDpp(_SgdFactorization):
         return make_blocks(users, items, n_users, n_items, 1, rng, order=order)
 
     def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
-                      seen, lr, reg):
+                      lr, reg):
         P, Q, Y = factors
+        implicit = Pattern.from_pairs(blocks.users, blocks.items, P.shape[0], Q.shape[0])  # N(u)
 
-        def run():
-            backend.svdpp_epoch(blocks, ratings, global_mean, user_bias, item_bias, P, Q, Y, seen,
-                                lr, reg)
+        def run(threads: int):  # SVD++ runs on one thread
+            backend.svdpp_epoch(blocks, ratings, global_mean, user_bias, item_bias, P, Q, Y,
+                                implicit, lr, reg)
 
         return run
 
 
 # ---------------------------------------------------------------------- helpers
+def _in_order(trained: np.ndarray, rows_at: np.ndarray) -> np.ndarray:
+    """Rows (or values) trained under renumbered ids, back in the caller's ids: row t of
+    ``trained`` belongs to id ``rows_at[t]``."""
+    out = np.empty_like(trained)
+    out[rows_at] = trained
+    return out
+
+
 class _NoProgress:
     def update(self, n: int = 1) -> None:
         pass
