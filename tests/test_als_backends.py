@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from conftest import backend_params, csr_matrices
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import recfuse
@@ -352,6 +352,45 @@ def test_every_simd_level_matches_reference(backend, data, solver, confidence, d
     finally:
         _core.set_simd_level(original)
     assert _core.simd_level() == original
+
+
+@pytest.mark.parametrize("k", [32, 64, 128])
+@given(data=st.data(), confidence=st.sampled_from(CONFIDENCES),
+       dtype=st.sampled_from([np.float32, np.float64]), skewed=st.booleans())
+@settings(max_examples=15, deadline=None)
+def test_cholesky_rows_with_few_entries_match_the_reference(k, data, confidence, dtype, skewed):
+    """The native Cholesky path solves rows with at most k²/128 entries by the Woodbury
+    identity around YᵀY + λI (when that is well conditioned; the fixed-width kernels, k = 32,
+    64 and 128) and the others by the batched k x k solve: both must give the reference's
+    exact solve. Rows of 0 to k²/128 + 8 entries; raw confidences below 1 (a negative weight:
+    the row goes the usual way); a skewed Y (one column nearly a copy of another: YᵀY badly
+    conditioned, the identity is not used)."""
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    rows, cols, longest = 24, 6 * k, k * k // 128 + 8
+    lengths = rng.integers(0, longest + 1, rows)
+    indices = np.concatenate([np.sort(rng.choice(cols, n, replace=False)) for n in lengths])
+    if confidence == "raw":
+        values = rng.choice([-2.0, -0.5, 0.25, 0.5, 2.0, 3.0], indices.size)
+    else:
+        values = rng.integers(1, 10, indices.size).astype(np.float64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    matrix = sp.csr_matrix((values, indices, indptr), shape=(rows, cols))
+    problem = Problem(matrix, seed=seed, k=k, regularization=0.05, alpha=0.5,
+                      confidence=confidence, solver="cholesky", cg_steps=3, dtype=dtype)
+    if skewed:
+        problem.Y[:, 1] = problem.Y[:, 0] * (1 + 1e-4)
+    X, failed = problem.run(resolve_backend("cpu"))
+    expected, expected_failed = reference.als_half_sweep_counted(
+        problem.matrix, problem.Y, problem.X0, regularization=0.05, alpha=0.5,
+        confidence=confidence, solver="cholesky")
+    assert failed == expected_failed
+    solved = np.ones(rows, dtype=bool)
+    if failed:  # rows left unchanged by both: compare the others
+        solved = ~np.all(expected == problem.X0, axis=1)
+        np.testing.assert_array_equal(X[~solved], problem.X0[~solved])
+    problem.matrix, problem.X0 = problem.matrix[solved], problem.X0[solved]
+    assert_rows_match(problem, X[solved], expected[solved])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

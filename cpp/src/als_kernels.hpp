@@ -20,12 +20,21 @@ struct AlsRowKernels {
   // x (k) updated in place; scratch holds at least 3k + gather_rows * k values.
   void (*solve_cg)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y, const T* G_reg,
                    int k, T alpha, bool raw, int steps, T* x, T* scratch, int64_t gather_rows);
-  // Exact solves for the rows [first, first + count) of R into X, count <= cholesky_rows.
+  // Exact solves for the rows rows[0 .. count) of R into X, count <= cholesky_rows.
   // Rows whose system is not positive definite are left unchanged; returns their number.
   // scratch holds at least cholesky_scratch(k, cholesky_rows) values.
-  int64_t (*solve_cholesky_rows)(const CsrView<T>& R, int64_t first, int count, const T* Y,
-                                 const T* G_reg, int k, T alpha, bool raw, T* X, T* scratch);
+  int64_t (*solve_cholesky_rows)(const CsrView<T>& R, const int64_t* rows, int count,
+                                 const T* Y, const T* G_reg, int k, T alpha, bool raw, T* X,
+                                 T* scratch);
   int cholesky_rows;  // rows solved together (SIMD lanes of the batched solver)
+  // The exact solve of one row by the Woodbury identity around G_reg = LLᵀ (W: the rows of Y
+  // times L⁻ᵀ, from multiply_rows; L_inverse: L⁻¹); false, x untouched, where it does not
+  // apply (a negative weight) or fails. scratch >= nnz * nnz + 2 nnz + k. Null for the
+  // runtime-k kernels.
+  bool (*solve_woodbury)(const int32_t* cols, const T* vals, int64_t nnz, const T* W,
+                         const T* L_inverse, T alpha, bool raw, T* x, T* scratch);
+  // out[i] = Gᵀ Y[i] for the rows [begin, end), G k x k row-major. Null likewise.
+  void (*multiply_rows)(const T* G, const T* Y, int64_t begin, int64_t end, T* out);
   // G[a][a:] += Σ_{i in [begin, end)} Y[i][a] * Y[i][a:] for the rows a = first, first+stride, ...
   void (*gram_rows)(const T* Y, int64_t begin, int64_t end, int k, int first, int stride, T* G);
   // One row's term of als_data_loss; scratch >= k.
