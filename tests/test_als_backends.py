@@ -109,10 +109,16 @@ class Problem:
         P[coo.row, coo.col] = values > 0
         Y = self.Y.astype(np.float64)
         eye = self.params.regularization * np.eye(k)
-        A = np.einsum("ui,ia,ib->uab", C, Y, Y) + eye
+        def weighted_grams(weights, Z):  # Σ_i weights[u, i] z_i z_iᵀ for every row u
+            out = np.zeros((rows, k, k))
+            for u, c in enumerate(weights):
+                out[u] = (Z.T * c) @ Z
+            return out
+
+        A = weighted_grams(C, Y) + eye
         b = np.einsum("ui,ui,ia->ua", C, P, Y)
         abs_Y = np.abs(Y)
-        A_abs = np.einsum("ui,ia,ib->uab", 1.0 + np.abs(C - 1.0), abs_Y, abs_Y) + eye
+        A_abs = weighted_grams(1.0 + np.abs(C - 1.0), abs_Y) + eye
         b_abs = np.einsum("ui,ui,ia->ua", np.abs(C), P, abs_Y)
         return A, b, A_abs, b_abs
 
@@ -357,7 +363,7 @@ def test_every_simd_level_matches_reference(backend, data, solver, confidence, d
 @pytest.mark.parametrize("k", [32, 64, 128])
 @given(data=st.data(), confidence=st.sampled_from(CONFIDENCES),
        dtype=st.sampled_from([np.float32, np.float64]), skewed=st.booleans())
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=6, deadline=None)
 def test_cholesky_rows_with_few_entries_match_the_reference(k, data, confidence, dtype, skewed):
     """The native Cholesky path solves rows with at most k²/128 entries by the Woodbury
     identity around YᵀY + λI (when that is well conditioned; the fixed-width kernels, k = 32,
@@ -367,7 +373,7 @@ def test_cholesky_rows_with_few_entries_match_the_reference(k, data, confidence,
     conditioned, the identity is not used)."""
     seed = data.draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
-    rows, cols, longest = 24, 6 * k, k * k // 128 + 8
+    rows, cols, longest = 120, 5 * k, k * k // 128 + 8  # enough short rows to pay for W
     lengths = rng.integers(0, longest + 1, rows)
     indices = np.concatenate([np.sort(rng.choice(cols, n, replace=False)) for n in lengths])
     if confidence == "raw":

@@ -49,47 +49,81 @@ T* aligned_scratch(std::vector<T>& scratch) {
   return reinterpret_cast<T*>(aligned);
 }
 
-// Threads for a call of about `flops` multiply-adds: the requested number (0: all), but no
-// more than keeps ~1 MFLOP per thread, so tiny calls do not pay for waking and joining
-// threads (costly when the machine is oversubscribed).
-// A copy of an array on transparent huge pages (Linux, arrays of 4 MiB or more, and only
-// when `worth_it`), made with `threads` threads; otherwise data() is the original array.
+// `count` values on transparent huge pages when `huge` and they take 4 MiB or more (Linux),
+// else on the heap. Factor tables read in random order, once per stored entry, stop missing
+// the TLB on huge pages.
+template <class T>
+class HugePageArray {
+ public:
+  HugePageArray(size_t count, bool huge) {
+#ifdef __linux__
+    const size_t bytes = count * sizeof(T);
+    if (huge && bytes >= (size_t{4} << 20)) {
+      void* memory =
+          mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (memory != MAP_FAILED) {
+        madvise(memory, bytes, MADV_HUGEPAGE);
+        mapped_ = static_cast<T*>(memory);
+        bytes_ = bytes;
+        return;
+      }
+    }
+#else
+    (void)huge;
+#endif
+    heap_.resize(count);
+  }
+  ~HugePageArray() {
+#ifdef __linux__
+    if (mapped_ != nullptr) munmap(mapped_, bytes_);
+#endif
+  }
+  HugePageArray(const HugePageArray&) = delete;
+  HugePageArray& operator=(const HugePageArray&) = delete;
+  // Whether an array of `count` values would go on huge pages.
+  static bool qualifies(size_t count, bool huge) {
+#ifdef __linux__
+    return huge && count * sizeof(T) >= (size_t{4} << 20);
+#else
+    (void)count;
+    (void)huge;
+    return false;
+#endif
+  }
+  T* data() { return mapped_ != nullptr ? mapped_ : heap_.data(); }
+  bool on_huge_pages() const { return mapped_ != nullptr; }
+
+ private:
+  T* mapped_ = nullptr;
+  size_t bytes_ = 0;
+  std::vector<T> heap_;
+};
+
+// A copy of an array on transparent huge pages (when `worth_it` and HugePageArray puts it
+// there), made with `threads` threads; otherwise data() is the original array.
 template <class T>
 class HugePageCopy {
  public:
-  HugePageCopy(const T* source, size_t count, bool worth_it, int threads) : source_(source) {
-#ifdef __linux__
-    const size_t bytes = count * sizeof(T);
-    if (!worth_it || bytes < (size_t{4} << 20)) return;
-    void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (memory == MAP_FAILED) return;  // keep reading the original
-    madvise(memory, bytes, MADV_HUGEPAGE);
-    T* copy = static_cast<T*>(memory);
+  HugePageCopy(const T* source, size_t count, bool worth_it, int threads)
+      : source_(source),
+        copy_(HugePageArray<T>::qualifies(count, worth_it) ? count : 0, worth_it) {
+    if (!copy_.on_huge_pages()) return;
+    T* copy = copy_.data();
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (size_t i = 0; i < count; ++i) copy[i] = source[i];
-    copy_ = copy;
-    bytes_ = bytes;
-#else
-    (void)count;
-    (void)worth_it;
-    (void)threads;
-#endif
+    copied_ = true;
   }
-  ~HugePageCopy() {
-#ifdef __linux__
-    if (copy_ != nullptr) munmap(copy_, bytes_);
-#endif
-  }
-  HugePageCopy(const HugePageCopy&) = delete;
-  HugePageCopy& operator=(const HugePageCopy&) = delete;
-  const T* data() const { return copy_ != nullptr ? copy_ : source_; }
+  const T* data() { return copied_ ? copy_.data() : source_; }
 
  private:
   const T* source_;
-  T* copy_ = nullptr;
-  size_t bytes_ = 0;
+  HugePageArray<T> copy_;
+  bool copied_ = false;
 };
 
+// Threads for a call of about `flops` multiply-adds: the requested number (0: all), but no
+// more than keeps ~1 MFLOP per thread, so tiny calls do not pay for waking and joining
+// threads (costly when the machine is oversubscribed).
 int thread_count(int requested, double flops) {
   const int wanted = requested > 0 ? requested : omp_get_max_threads();
   const double useful = flops / 1e6;
@@ -184,6 +218,69 @@ std::vector<T> inverse_factor_if_well_conditioned(const std::vector<T>& G, int k
   return out;
 }
 
+// Solves the rows of R whose entries are few enough for the Woodbury identity (kernels'
+// solve_woodbury) into X, when the kernels have it, G = YᵀY + λI is well conditioned and the
+// work it saves is worth the table W = Y L⁻ᵀ it needs (cols x k² multiply-adds to make);
+// returns the other rows, to be solved the usual way (those with a negative weight among them).
+template <class T>
+std::vector<int64_t> solve_short_rows(const CsrView<T>& R, const T* Y, const std::vector<T>& G,
+                                      int k, const AlsParams<T>& params,
+                                      const kernels::AlsRowKernels<T>& kern, int threads, T* X) {
+  std::vector<int64_t> rest, short_rows;
+  const int64_t limit = kern.solve_woodbury != nullptr ? woodbury_limit(k) : -1;
+  const double kd = k;
+  double saved = 0;
+  for (int64_t u = 0; u < R.rows; ++u) {
+    const double n = static_cast<double>(R.indptr[u + 1] - R.indptr[u]);
+    if (n <= limit) {
+      short_rows.push_back(u);
+      saved += n * kd * kd / 2 + kd * kd * kd / 6 - n * n * kd / 2 - n * n * n / 6;
+    } else {
+      rest.push_back(u);
+    }
+  }
+  const std::vector<T> L_inverse = !short_rows.empty() && saved > 2 * R.cols * kd * kd
+                                       ? inverse_factor_if_well_conditioned(G, k)
+                                       : std::vector<T>();
+  if (L_inverse.empty()) {
+    rest.resize(static_cast<size_t>(R.rows));
+    for (int64_t u = 0; u < R.rows; ++u) rest[u] = u;
+    return rest;
+  }
+  std::vector<T> L_inverse_t(L_inverse.size());  // (L⁻¹)ᵀ, for multiply_rows
+  for (int a = 0; a < k; ++a) {
+    for (int c = 0; c < k; ++c) {
+      L_inverse_t[static_cast<size_t>(c) * k + a] = L_inverse[static_cast<size_t>(a) * k + c];
+    }
+  }
+  HugePageArray<T> W_array(static_cast<size_t>(R.cols) * k, R.indptr[R.rows] > 4 * R.cols);
+  T* W = W_array.data();  // row i: L⁻¹ y_i
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t begin = 0; begin < R.cols; begin += 256) {
+    const int64_t end = begin + 256 < R.cols ? begin + 256 : R.cols;
+    kern.multiply_rows(L_inverse_t.data(), Y, begin, end, W);
+  }
+  const int64_t count = static_cast<int64_t>(short_rows.size());
+  std::vector<char> solved(static_cast<size_t>(count));
+  const bool raw = params.confidence == Confidence::Raw;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> scratch(static_cast<size_t>(limit * limit + 2 * limit + k));
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t s = 0; s < count; ++s) {
+      const int64_t u = short_rows[s], start = R.indptr[u];
+      if (s + 1 < count) kernels::prefetch_row_start(R, short_rows[s + 1], W, k);
+      solved[s] = kern.solve_woodbury(R.indices + start, R.data + start, R.indptr[u + 1] - start,
+                                      W, L_inverse.data(), params.alpha, raw, X + u * k,
+                                      scratch.data());
+    }
+  }
+  for (int64_t s = 0; s < count; ++s) {
+    if (!solved[s]) rest.push_back(short_rows[s]);
+  }
+  return rest;
+}
+
 }  // namespace
 
 template <class T>
@@ -222,9 +319,8 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
   // Every stored entry reads its factor row from a random place: on huge pages those reads
   // stop missing the TLB, which more than pays for one copy of Y.
   const size_t y_count = static_cast<size_t>(R.cols) * k;
-  const HugePageCopy<T> Y_copy(Y_in, y_count, R.indptr[R.rows] > 4 * R.cols,
-                               thread_count(params.num_threads, static_cast<double>(y_count)));
-  const T* Y = Y_copy.data();
+  const bool huge = R.indptr[R.rows] > 4 * R.cols;
+  const int copy_threads = thread_count(params.num_threads, static_cast<double>(y_count));
   const bool raw = params.confidence == Confidence::Raw;
   const bool cholesky = params.solver == Solver::Cholesky;
   const double work = static_cast<double>(R.rows) * k * k * (cholesky ? k / 3.0 : 4.0) +
@@ -232,50 +328,11 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
   int64_t failed = 0;
   if (cholesky) {
     const int threads = thread_count(params.num_threads, work);
-    // Rows with few entries: the Woodbury identity around G (see woodbury_limit); the rows
-    // it leaves (a negative weight) join the others.
-    std::vector<int64_t> rows;
-    const int64_t limit = kern.solve_woodbury != nullptr ? woodbury_limit(k) : -1;
-    const std::vector<T> L_inverse =
-        limit > 0 ? inverse_factor_if_well_conditioned(G, k) : std::vector<T>();
-    if (!L_inverse.empty()) {
-      std::vector<int64_t> short_rows;
-      for (int64_t u = 0; u < R.rows; ++u) {
-        (R.indptr[u + 1] - R.indptr[u] <= limit ? short_rows : rows).push_back(u);
-      }
-      std::vector<T> L_inverse_t(L_inverse.size());  // (L⁻¹)ᵀ
-      for (int a = 0; a < k; ++a) {
-        for (int c = 0; c < k; ++c) {
-          L_inverse_t[static_cast<size_t>(c) * k + a] = L_inverse[static_cast<size_t>(a) * k + c];
-        }
-      }
-      std::vector<T> W(y_count);  // row i: L⁻¹ y_i
-#pragma omp parallel for schedule(static) num_threads(threads)
-      for (int64_t begin = 0; begin < R.cols; begin += 256) {
-        const int64_t end = begin + 256 < R.cols ? begin + 256 : R.cols;
-        kern.multiply_rows(L_inverse_t.data(), Y, begin, end, W.data());
-      }
-      const int64_t count = static_cast<int64_t>(short_rows.size());
-      std::vector<char> solved(static_cast<size_t>(count));
-#pragma omp parallel num_threads(threads)
-      {
-        std::vector<T> scratch(static_cast<size_t>(limit * limit + 2 * limit + k));
-#pragma omp for schedule(dynamic, 64)
-        for (int64_t s = 0; s < count; ++s) {
-          const int64_t u = short_rows[s], start = R.indptr[u];
-          if (s + 1 < count) kernels::prefetch_row_start(R, short_rows[s + 1], W.data(), k);
-          solved[s] = kern.solve_woodbury(R.indices + start, R.data + start,
-                                          R.indptr[u + 1] - start, W.data(), L_inverse.data(),
-                                          params.alpha, raw, X + u * k, scratch.data());
-        }
-      }
-      for (int64_t s = 0; s < count; ++s) {
-        if (!solved[s]) rows.push_back(short_rows[s]);
-      }
-    } else {
-      rows.resize(static_cast<size_t>(R.rows));
-      for (int64_t u = 0; u < R.rows; ++u) rows[u] = u;
-    }
+    // Rows with few entries first, by the Woodbury identity; its table is freed before the
+    // huge-page copy of Y is made for the rest, so the two are never held together.
+    const std::vector<int64_t> rows = solve_short_rows(R, Y_in, G, k, params, kern, threads, X);
+    HugePageCopy<T> Y_copy(Y_in, y_count, huge, copy_threads);
+    const T* Y = Y_copy.data();
     const int batch = kern.cholesky_rows;
     const int64_t total = static_cast<int64_t>(rows.size());
     const int64_t blocks = (total + batch - 1) / batch;
@@ -294,6 +351,8 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
     }
     return failed;
   }
+  HugePageCopy<T> Y_copy(Y_in, y_count, huge, copy_threads);
+  const T* Y = Y_copy.data();
   int64_t longest = 0;
   for (int64_t u = 0; u < R.rows; ++u) {
     const int64_t length = R.indptr[u + 1] - R.indptr[u];
