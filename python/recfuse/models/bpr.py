@@ -27,7 +27,8 @@ class BPR:
     with it (any stored entry counts); a pair whose ``max_tries`` draws all hit seen items
     is skipped that iteration, never trained on a seen negative. Blocks of one diagonal share
     no user and no item, so threads need no locks and the model depends on the seed and the
-    grid, not on the thread count.
+    grid, not on the thread count. ``num_threads``: used as given; 0 times the first epochs
+    on one thread and on all cores and keeps the faster (as ``recfuse.SVD`` does).
 
     Defaults follow ``implicit.bpr.BayesianPersonalizedRanking`` (factors=100, lr=0.01,
     reg=0.01, iterations=100, uniform initial factors in ±0.5/factors).

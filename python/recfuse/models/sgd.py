@@ -383,7 +383,7 @@ class _SgdFactorization(_RatingModel):
         return make_blocks(users, items, n_users, n_items, grid, rng, self.shuffle)
 
     def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
-                      lr, reg) -> Callable[[], None]:
+                      lr, reg) -> Callable[[int], None]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
