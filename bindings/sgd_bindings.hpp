@@ -67,6 +67,38 @@ SgdRates<T> sgd_rates(const std::array<double, 5>& lr, const std::array<double, 
           static_cast<T>(reg[4])};
 }
 
+inline void bind_sgd_layout(py::module_& m) {
+  m.def(
+      "sgd_block_layout",
+      [](const Array<int64_t>& users, const Array<int64_t>& items, const Array<int64_t>& order,
+         const Array<int64_t>& user_bin, const Array<int64_t>& item_bin, int grid,
+         int num_threads) {
+        const int64_t n = order.size();
+        expect(users.ndim() == 1 && items.ndim() == 1 && order.ndim() == 1 &&
+                   users.size() == n && items.size() == n,
+               "users, items and order must be 1-d of one length, got shapes " +
+                   shape_of(users) + ", " + shape_of(items) + " and " + shape_of(order));
+        expect(user_bin.ndim() == 1 && item_bin.ndim() == 1, "user_bin and item_bin must be 1-d");
+        expect(grid >= 1 && grid <= 1024, "grid must be in [1, 1024], got " + std::to_string(grid));
+        py::array_t<int32_t> users_out(n), items_out(n);
+        py::array_t<int64_t> order_out(n), offsets(static_cast<int64_t>(grid) * grid + 1);
+        int32_t *u = users_out.mutable_data(), *i = items_out.mutable_data();
+        int64_t *o = order_out.mutable_data(), *b = offsets.mutable_data();
+        {
+          py::gil_scoped_release release;
+          recfuse::sgd_block_layout(users.data(), items.data(), order.data(), n,
+                                    user_bin.data(), user_bin.size(), item_bin.data(),
+                                    item_bin.size(), grid, u, i, o, b, num_threads);
+        }
+        return py::make_tuple(users_out, items_out, order_out, offsets);
+      },
+      py::arg("users").noconvert(), py::arg("items").noconvert(), py::arg("order").noconvert(),
+      py::arg("user_bin").noconvert(), py::arg("item_bin").noconvert(), py::arg("grid"),
+      py::arg("num_threads") = 0,
+      "(users int32, items int32, order int64, offsets int64) of recfuse._sgd.common."
+      "make_blocks: entries grouped by block in schedule order, a stable counting sort.");
+}
+
 template <class T>
 void bind_sgd_functions(py::module_& m) {
   m.def(

@@ -218,3 +218,27 @@ def test_make_blocks_schedules_disjoint_blocks_and_keeps_every_entry():
             seen_items |= i
     single = make_blocks(users, items, 50, 30, 1, np.random.default_rng(2), shuffle=False)
     np.testing.assert_array_equal(single.order, np.arange(400))
+
+
+@given(n=st.integers(0, 300), n_users=st.integers(1, 40), n_items=st.integers(1, 30),
+       grid=st.integers(1, 9), shuffle=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_native_block_layout_equals_the_numpy_one(n, n_users, n_items, grid, shuffle, seed):
+    """make_blocks lays entries out natively when recfuse._core is there (a stable counting
+    sort) and with NumPy otherwise: the same blocks, order and offsets."""
+    from recfuse._sgd import common
+
+    if common._core is None:
+        pytest.skip("recfuse._core is not importable")
+    rng = np.random.default_rng(seed)
+    users, items = rng.integers(0, n_users, n), rng.integers(0, n_items, n).astype(np.int32)
+    native = make_blocks(users, items, n_users, n_items, grid, np.random.default_rng(seed),
+                         shuffle)
+    native_module, common._core = common._core, None
+    try:
+        plain = make_blocks(users, items, n_users, n_items, grid, np.random.default_rng(seed),
+                            shuffle)
+    finally:
+        common._core = native_module
+    for name in ("users", "items", "offsets", "order", "bin_items", "bin_users"):
+        np.testing.assert_array_equal(getattr(native, name), getattr(plain, name), err_msg=name)
+        assert getattr(native, name).dtype == getattr(plain, name).dtype, name

@@ -284,6 +284,75 @@ int64_t sample_block_negatives(const int32_t* users, int64_t begin, int64_t end,
 
 }  // namespace
 
+void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t* order,
+                      int64_t n, const int64_t* user_bin, int64_t n_users,
+                      const int64_t* item_bin, int64_t n_items, int grid, int32_t* users_out,
+                      int32_t* items_out, int64_t* order_out, int64_t* offsets, int num_threads) {
+  if (grid < 1) throw std::invalid_argument("grid must be >= 1, got " + std::to_string(grid));
+  const int64_t blocks = static_cast<int64_t>(grid) * grid;
+  for (int64_t b = 0; b < n_users; ++b) {
+    if (user_bin[b] < 0 || user_bin[b] >= grid) throw std::invalid_argument("user bin out of range");
+  }
+  for (int64_t b = 0; b < n_items; ++b) {
+    if (item_bin[b] < 0 || item_bin[b] >= grid) throw std::invalid_argument("item bin out of range");
+  }
+  // Each thread counts, then places, a contiguous range of positions: its entries of a block
+  // follow those of the threads before it, so the sort stays stable for any thread count.
+  const int threads = n < (1 << 20) ? 1 : (num_threads > 0 ? num_threads : omp_get_max_threads());
+  std::vector<int32_t> block_of(static_cast<size_t>(n));
+  std::vector<int64_t> counts(static_cast<size_t>(threads) * blocks, 0);
+  unsigned bad = 0;
+#pragma omp parallel num_threads(threads) reduction(| : bad)
+  {
+    const int thread = omp_get_thread_num(), team = omp_get_num_threads();
+    const int64_t first = n * thread / team, last = n * (thread + 1) / team;
+    int64_t* count = counts.data() + static_cast<size_t>(thread) * blocks;
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t i = order[t];
+      if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(n)) {
+        bad |= 1;
+        continue;
+      }
+      const int64_t u = users[i], j = items[i];
+      if (static_cast<uint64_t>(u) >= static_cast<uint64_t>(n_users) ||
+          static_cast<uint64_t>(j) >= static_cast<uint64_t>(n_items)) {
+        bad |= 2;
+        continue;
+      }
+      const int64_t row = user_bin[u], column = item_bin[j];
+      const int64_t block = (column - row + grid) % grid * grid + row;
+      block_of[t] = static_cast<int32_t>(block);
+      ++count[block];
+    }
+  }
+  if (bad & 1) throw std::invalid_argument("order must hold indices in [0, " + std::to_string(n) + ")");
+  if (bad & 2) throw std::invalid_argument("a user or item id is out of range");
+  // Cursors: block by block, thread by thread.
+  int64_t position = 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    offsets[b] = position;
+    for (int thread = 0; thread < threads; ++thread) {
+      int64_t& count = counts[static_cast<size_t>(thread) * blocks + b];
+      const int64_t next = position + count;
+      count = position;
+      position = next;
+    }
+  }
+  offsets[blocks] = position;
+#pragma omp parallel num_threads(threads)
+  {
+    const int thread = omp_get_thread_num(), team = omp_get_num_threads();
+    const int64_t first = n * thread / team, last = n * (thread + 1) / team;
+    int64_t* cursor = counts.data() + static_cast<size_t>(thread) * blocks;
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t i = order[t], p = cursor[block_of[t]]++;
+      users_out[p] = static_cast<int32_t>(users[i]);
+      items_out[p] = static_cast<int32_t>(items[i]);
+      order_out[p] = i;
+    }
+  }
+}
+
 template <class T>
 void svd_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_bias, T* item_bias,
                T* P, T* Q, int64_t n_users, int64_t n_items, int k, const SgdRates<T>& rates,

@@ -30,6 +30,18 @@ struct SgdRates {
   T reg_bu, reg_bi, reg_pu, reg_qi, reg_yj;
 };
 
+// The block layout of recfuse._sgd.common.make_blocks: the entry order[t] of the caller's
+// arrays (user users[order[t]] in row bin user_bin[user], item in column bin item_bin[item])
+// goes to block ((column − row) mod grid) · grid + row, and the entries of a block keep their
+// order in `order` (a stable counting sort). For position p of the result it writes
+// users_out[p], items_out[p] and order_out[p] (the index into the caller's arrays), and the
+// block offsets (grid · grid + 1). Throws std::invalid_argument on an id or order value out
+// of range, before writing anything.
+void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t* order,
+                      int64_t n, const int64_t* user_bin, int64_t n_users,
+                      const int64_t* item_bin, int64_t n_items, int grid, int32_t* users_out,
+                      int32_t* items_out, int64_t* order_out, int64_t* offsets, int num_threads);
+
 // One Funk SVD epoch in place. P: n_users x k, Q: n_items x k; biased = false leaves the
 // biases alone (the caller passes global_mean = 0).
 template <class T>

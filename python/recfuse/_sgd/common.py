@@ -38,6 +38,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from .._als.cpu import _core  # None when the native module is missing: NumPy paths then
+
 # Default grid: about this many ratings per block, at most MAX_GRID bins a side. The grid is
 # a function of the data only, so results do not depend on the thread count.
 RATINGS_PER_BLOCK = 1000
@@ -203,20 +205,26 @@ def make_blocks(users, items, n_users: int, n_items: int, grid: int,
     item_bin = (rng.permutation(n_items).astype(np.int64) * grid) // max(n_items, 1)
     if order is None:
         order = rng.permutation(users.size) if shuffle else np.arange(users.size)
-    row, col = user_bin[users[order]], item_bin[items[order]]
-    block = ((col - row) % grid) * grid + row
-    # A stable sort of small integers is a radix sort in NumPy: much faster than on int64.
-    key = block.astype(np.int16) if grid * grid <= np.iinfo(np.int16).max else block
-    order = order[np.argsort(key, kind="stable")]
-    offsets = np.zeros(grid * grid + 1, dtype=np.int64)
-    np.cumsum(np.bincount(block, minlength=grid * grid), out=offsets[1:])
+    if _core is not None:  # the same layout by a stable counting sort, in one native pass
+        as_int64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
+        block_users, block_items, order, offsets = _core.sgd_block_layout(
+            as_int64(users), as_int64(items), as_int64(order), user_bin, item_bin, int(grid))
+    else:
+        row, col = user_bin[users[order]], item_bin[items[order]]
+        block = ((col - row) % grid) * grid + row
+        # A stable sort of small integers is a radix sort in NumPy: much faster than on int64.
+        key = block.astype(np.int16) if grid * grid <= np.iinfo(np.int16).max else block
+        order = order[np.argsort(key, kind="stable")]
+        offsets = np.zeros(grid * grid + 1, dtype=np.int64)
+        np.cumsum(np.bincount(block, minlength=grid * grid), out=offsets[1:])
+        block_users, block_items = users[order], items[order]
     bin_items = np.argsort(item_bin, kind="stable").astype(np.int32)
     bin_users = np.argsort(user_bin, kind="stable").astype(np.int32)
     bin_offsets = np.zeros(grid + 1, dtype=np.int64)
     np.cumsum(np.bincount(item_bin, minlength=grid), out=bin_offsets[1:])
     return Blocks(
-        users=np.ascontiguousarray(users[order], dtype=np.int32),
-        items=np.ascontiguousarray(items[order], dtype=np.int32),
+        users=np.ascontiguousarray(block_users, dtype=np.int32),
+        items=np.ascontiguousarray(block_items, dtype=np.int32),
         offsets=offsets,
         grid=int(grid),
         order=order.astype(np.int64),
