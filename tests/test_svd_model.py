@@ -104,6 +104,30 @@ def test_unknown_ids_fall_back_like_surprise():
     assert np.all(unbiased.user_bias == 0)
 
 
+@pytest.mark.parametrize("cls", MODELS)
+def test_predict_in_chunks_equals_the_formula(ratings, cls, monkeypatch):
+    """predict gathers factor rows a chunk of pairs at a time (bounded memory on large
+    calls); chunk edges must not change a value, known and unknown ids mixed."""
+    from recfuse.models import sgd
+
+    users, items, values = ratings
+    model = cls(factors=6, epochs=3, random_state=2).fit(users, items, values)
+    rng = np.random.default_rng(3)
+    ask_users, ask_items = rng.integers(0, 130, 500), rng.integers(0, 90, 500)
+    whole = model.predict(ask_users, ask_items, clip=False)
+    monkeypatch.setattr(sgd, "_ESTIMATE_CHUNK", 7)
+    np.testing.assert_array_equal(model.predict(ask_users, ask_items, clip=False), whole)
+    P = sgd._user_vectors(model._fitted).astype(np.float64)
+    Q = model.item_factors.astype(np.float64)
+    known = (ask_users < 120) & (ask_items < 80)
+    known[known] &= (model._fitted.user_counts[ask_users[known]] > 0) & (
+        model._fitted.item_counts[ask_items[known]] > 0)
+    u, i = ask_users[known], ask_items[known]
+    expected = (model.global_mean + model.user_bias[u] + model.item_bias[i]
+                + np.einsum("nk,nk->n", P[u], Q[i]))
+    np.testing.assert_allclose(whole[known], expected, rtol=1e-6)
+
+
 def test_predict_clips_to_the_rating_scale():
     model = recfuse.SVD(factors=2, epochs=30, lr=0.05, random_state=0)
     model.fit([0, 1], [0, 1], [5.0, 1.0], rating_scale=(1, 5))
