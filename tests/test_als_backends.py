@@ -228,7 +228,10 @@ def loss_scale(problem: Problem, X) -> float:
     """Σ of the absolute values of every term of data_loss: what its rounding is relative to."""
     X64, Y64 = X.astype(np.float64), problem.Y.astype(np.float64)
     R = problem.csr
-    quadratic = float(np.abs(np.einsum("uk,kl,ul->u", X64, Y64.T @ Y64, X64)).sum())
+    # |x|ᵀ (|Y|ᵀ|Y|) |x|: the quadratic term's products before any cancellation (YᵀY and xᵀGx
+    # are sums of terms of both signs; their rounding scales with the absolute values).
+    abs_X, abs_Y = np.abs(X64), np.abs(Y64)
+    quadratic = float(np.einsum("uk,kl,ul->u", abs_X, abs_Y.T @ abs_Y, abs_X).sum())
     rows = np.repeat(np.arange(R.shape[0]), np.diff(R.indptr))
     d = np.einsum("nk,nk->n", X64[rows], Y64[R.indices])
     w, q = reference.confidence_weights(R.data.astype(np.float64), problem.params.alpha,
@@ -273,9 +276,12 @@ def test_data_loss_matches_numpy_backend(backend, dtype, confidence, data):
     assert abs(ours - theirs) <= LOSS_TOLERANCE[problem.dtype] * scale, (ours, theirs, scale)
     # ... and, finished by normalised_loss, it is reference.als_loss.
     finished = normalised_loss(ours, X, problem.Y, problem.csr, problem.params)
-    total_confidence = problem.matrix.shape[0] * problem.matrix.shape[1] + float(
-        reference.confidence_weights(problem.matrix.data.astype(np.float64),
-                                     problem.params.alpha, confidence)[0].sum())
+    # Σ c over all pairs as normalised_loss and reference.als_loss sum it (1 for each pair not
+    # stored, c for each stored one): 1 + Σ(c − 1) rounds tiny confidences to a total of 0.
+    stored_confidence, _ = reference.confidence_and_preference(
+        problem.matrix.data.astype(np.float64), problem.params.alpha, confidence)
+    total_confidence = (problem.matrix.shape[0] * problem.matrix.shape[1] - problem.matrix.nnz
+                        + float(stored_confidence.sum()))
     if total_confidence == 0:
         # Every cell stored with c = 0 ("raw" zeros): normalised_loss says 0.0, while
         # reference.als_loss divides 0 by 0 (a RuntimeWarning, nan). Not compared.
