@@ -136,13 +136,14 @@ class EpochThreads:
     on one thread and on all of them and keeps the faster. The block schedule makes the
     result the same for any thread count, and which count is faster depends on the data
     (on small data sets the threads' hand-offs cost more than the second core gains) and on
-    what else runs on the machine, which can change during a fit. The first four epochs
-    alternate (all, one, all, one); then the count with the lower median of its last three
-    epochs runs, and every ``RECHECK``-th epoch runs the other once, so a change of load is
-    noticed either way.
+    what else runs on the machine, which can change during a fit. The first epochs alternate
+    (all, one): one round when it shows a clear winner (``CLEAR`` times faster), two
+    otherwise; then the count with the lower median of its last three epochs runs, and every
+    ``RECHECK``-th epoch runs the other once, so a change of load is noticed either way.
     """
 
     RECHECK = 16
+    CLEAR = 1.5
 
     def __init__(self, requested: int, available: int | None = None):
         available = default_thread_count() if available is None else available
@@ -158,11 +159,15 @@ class EpochThreads:
         """The thread count for the next epoch (0 passes the choice on to the kernel)."""
         if len(self._choices) == 1:
             return self._choices[0]
-        if self._epoch < 4:
+        if self._epoch < 2 or (self._epoch < 4 and not self._clear_after_one_round()):
             return self._choices[self._epoch % 2]
         if self._epoch % self.RECHECK == 0:
             return self._choices[1] if self._best == self._choices[0] else self._choices[0]
         return self._best
+
+    def _clear_after_one_round(self) -> bool:
+        first, second = (self._times[c][0] for c in self._choices)
+        return max(first, second) > self.CLEAR * min(first, second)
 
     def record(self, threads: int, seconds: float) -> None:
         """Report how long the epoch that ran on ``threads`` took."""
