@@ -52,7 +52,7 @@ PYBIND11_MODULE(_core, m) {
   bind_als_functions<double, CpuKernels>(m, "");
   bind_topk_index<recfuse::TopkItems<float>, float>(m, "TopkItemsFloat32", "");
   bind_topk_index<recfuse::TopkItems<double>, double>(m, "TopkItemsFloat64", "");
-  bind_sgd_layout(m);
+  bind_sgd_helpers(m);
   bind_sgd_functions<float>(m);
   bind_sgd_functions<double>(m);
   bind_mlp(m);

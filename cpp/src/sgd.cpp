@@ -46,7 +46,7 @@ const kernels::SgdKernels<double>& sgd_kernels<double>(int k) {
 // than they gain, and far more when the machine is oversubscribed. (The Python models pass
 // an explicit count: they time epochs on one thread and on all, recfuse._sgd.common.)
 int thread_count(int requested, int grid, double updates) {
-  int wanted = requested > 0 ? requested : omp_get_max_threads();
+  int wanted = requested > 0 ? requested : sgd_default_threads();
   if (wanted > grid) wanted = grid;
   if (requested > 0) return wanted;
   const double useful = updates / grid / 5e4;
@@ -102,14 +102,13 @@ void check_pattern(const int64_t* indptr, const int32_t* indices, int64_t rows, 
 // diagonal (the blocks of one diagonal share no row or column bin), but without a barrier per
 // diagonal. Block (r, s) (row bin r, diagonal s, column bin (r + s) mod grid) touches row bin
 // r, last touched by (r, s − 1), and column bin r + s, last touched by (r + 1, s − 1): waiting
-// for those two is enough, as every
-// earlier block that touches either bin comes before one of them (by induction on s), and no
-// later block that touches them can start before it is done. Each thread owns a contiguous
-// range of row bins and takes its blocks diagonal by diagonal, so it only ever waits for the
-// owner of the row bin after its range, whose first block of the diagonal before is the one
-// needed: a thread may run up to a diagonal ahead of its neighbour, and one that loses its
-// core for a moment holds the other up only once that slack is spent (with a barrier per
-// diagonal, every such moment stalled both).
+// for those two is enough, as every earlier block that touches either bin comes before one of
+// them (by induction on s), and no later block that touches them can start before it is
+// done. Each thread owns a contiguous range of row bins and takes its blocks diagonal by
+// diagonal, so it only ever waits for the owner of the row bin after its range, whose first
+// block of the diagonal before is the one needed: a thread may run up to a diagonal ahead of
+// its neighbour, and one that loses its core for a moment holds the other up only once that
+// slack is spent (with a barrier per diagonal, every such moment stalled both).
 template <class Body>
 void for_each_block(const BlockLayout& L, int threads, const Body& body) {
   const int grid = L.grid;
@@ -283,6 +282,8 @@ int64_t sample_block_negatives(const int32_t* users, int64_t begin, int64_t end,
 }
 
 }  // namespace
+
+int sgd_default_threads() { return omp_get_max_threads(); }
 
 void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t* order,
                       int64_t n, const int64_t* user_bin, int64_t n_users,

@@ -30,6 +30,10 @@ struct SgdRates {
   T reg_bu, reg_bi, reg_pu, reg_qi, reg_yj;
 };
 
+// The threads num_threads = 0 stands for in the epochs below: OpenMP's default
+// (OMP_NUM_THREADS, else the CPUs this process may run on).
+int sgd_default_threads();
+
 // The block layout of recfuse._sgd.common.make_blocks: the entry order[t] of the caller's
 // arrays (user users[order[t]] in row bin user_bin[user], item in column bin item_bin[item])
 // goes to block ((column − row) mod grid) · grid + row, and the entries of a block keep their
@@ -65,8 +69,8 @@ void svdpp_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_
 // bin_offsets[c + 1]]) and redrawn until it is not in the user's row of the seen matrix
 // (seen_indptr, seen_indices: sorted per row); after max_tries draws the pair is skipped.
 // Draws come from a generator seeded by (seed, block), so the result does not depend on the
-// thread count. negatives_out (nnz entries) receives each pair's negative, or
-// -1 when skipped. Returns the number of skipped pairs.
+// thread count. negatives_out (nnz entries) receives each pair's negative, or -1 when skipped.
+// Returns the number of skipped pairs.
 template <class T>
 int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_t* seen_indices,
                   const int32_t* bin_items, const int64_t* bin_offsets, T* P, T* Q, T* item_bias,

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import NamedTuple
+import time
+from typing import Callable, NamedTuple, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -118,15 +119,12 @@ def _inverse(permutation: np.ndarray) -> np.ndarray:
 
 
 def default_thread_count() -> int:
-    """The threads ``num_threads=0`` stands for: OMP_NUM_THREADS when set (its first entry),
-    else the CPUs this process may run on, as OpenMP itself counts them."""
-    setting = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if setting.isdigit() and int(setting) > 0:
-        return int(setting)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """The threads ``num_threads=0`` stands for: OpenMP's own default, as the native epochs
+    see it (the CPU count without the native module)."""
+    return _core.sgd_default_threads() if _core is not None else (os.cpu_count() or 1)
+
+
+_Result = TypeVar("_Result")
 
 
 class EpochThreads:
@@ -154,6 +152,15 @@ class EpochThreads:
         self._times: dict[int, list[float]] = {c: [] for c in self._choices}
         self._epoch = 0
         self._best = self._choices[0]
+
+    def run(self, epoch: Callable[[int], _Result]) -> _Result:
+        """Runs ``epoch(threads)`` on the count ``next`` picks, records its time and returns
+        what it returns."""
+        threads = self.next()
+        start = time.perf_counter()
+        result = epoch(threads)
+        self.record(threads, time.perf_counter() - start)
+        return result
 
     def next(self) -> int:
         """The thread count for the next epoch (0 passes the choice on to the kernel)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from typing import Callable
 
 import numpy as np
@@ -105,12 +104,9 @@ class BPR:
         progress = _progress(self.iterations, show_progress, f"BPR ({backend.NAME})")
         try:
             for iteration in range(self.iterations):
-                count = threads.next()
-                start = time.perf_counter()
-                skipped = backend.bpr_epoch(train, train_seen, P_train, Q_train, bias_train,
-                                            self.lr, self.reg, (seed + iteration) % 2**64,
-                                            self.max_tries, negatives, count)
-                threads.record(count, time.perf_counter() - start)
+                skipped = threads.run(lambda count: backend.bpr_epoch(
+                    train, train_seen, P_train, Q_train, bias_train, self.lr, self.reg,
+                    (seed + iteration) % 2**64, self.max_tries, negatives, count))
                 if callback is not None:
                     callback(iteration, skipped)
                 progress.update(1)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -362,10 +361,7 @@ class _SgdFactorization(_RatingModel):
         progress = _progress(self.epochs, show_progress, f"{self._NAME} ({backend.NAME})")
         try:
             for epoch in range(self.epochs):
-                count = threads.next()
-                start = time.perf_counter()
-                run_epoch(count)
-                threads.record(count, time.perf_counter() - start)
+                threads.run(run_epoch)
                 if callback is not None:
                     callback(epoch, _rmse(state(), users, items, values))
                 progress.update(1)
