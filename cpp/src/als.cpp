@@ -336,7 +336,7 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
     const int batch = kern.cholesky_rows;
     const int64_t total = static_cast<int64_t>(rows.size());
     const int64_t blocks = (total + batch - 1) / batch;
-    const size_t scratch_size = static_cast<size_t>(kernels::cholesky_scratch(k, batch));
+    const size_t scratch_size = static_cast<size_t>(kernels::cholesky_scratch<T>(k, batch));
 #pragma omp parallel num_threads(threads) reduction(+ : failed)
     {
       std::vector<T> scratch(scratch_size);

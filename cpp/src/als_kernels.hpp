@@ -22,7 +22,7 @@ struct AlsRowKernels {
                    int k, T alpha, bool raw, int steps, T* x, T* scratch, int64_t gather_rows);
   // Exact solves for the rows rows[0 .. count) of R into X, count <= cholesky_rows.
   // Rows whose system is not positive definite are left unchanged; returns their number.
-  // scratch holds at least cholesky_scratch(k, cholesky_rows) values.
+  // scratch holds at least cholesky_scratch<T>(k, cholesky_rows) values.
   int64_t (*solve_cholesky_rows)(const CsrView<T>& R, const int64_t* rows, int count,
                                  const T* Y, const T* G_reg, int k, T alpha, bool raw, T* X,
                                  T* scratch);
@@ -57,9 +57,18 @@ inline void prefetch_row_start(const CsrView<T>& R, int64_t u, const T* Y, int k
   }
 }
 
+// Bytes of factor rows the Cholesky build stages at a time (twice: the rows and the rows times
+// their weights), a quarter of L1 each.
+constexpr int kStageBytes = 8192;
+
+// Values of T in the batched Cholesky's scratch (fixed k) for `rows` rows solved together.
+template <class T>
 inline long cholesky_scratch(int k, int rows) {
   const long kk = static_cast<long>(k) * k;
-  return kk + 2L * k + rows + (kk + 2L * k) * rows + 64;  // + 64: room to align the batch
+  const long stage = 2L * (kStageBytes / static_cast<long>(sizeof(T)) > 4L * k
+                               ? kStageBytes / static_cast<long>(sizeof(T))
+                               : 4L * k);
+  return kk + 2L * k + stage + rows + (kk + 2L * k) * rows + 64;  // + 64: to align the batch
 }
 
 #define RECFUSE_DECLARE_LEVEL(ns)                       \
