@@ -168,7 +168,8 @@ std::vector<T> regularised_gram(const T* Y, int64_t n, int k, const T* gram_or_n
 // factoring the k x k system, but the batched k x k solve runs nearer the machine's peak.
 // Measured on a 5M-entry power-law set (2 threads, Zen 4): k = 128 gained most with rows up to
 // 128 entries (half-sweeps 1.9 + 1.7 s -> 1.05 + 1.30 s), k = 64 with rows up to 32 (a few
-// percent); k²/128 gives both.
+// percent); k²/128 gives both. Rechecked after the tiled build and the dot blocks: k²/64 and
+// k²/256 were 2-20% slower at both sizes.
 int64_t woodbury_limit(int k) { return static_cast<int64_t>(k) * k / 128; }
 
 // L⁻¹ (lower triangular, row-major, in T) for G = LLᵀ, computed in double; empty when G is not
@@ -265,7 +266,7 @@ std::vector<int64_t> solve_short_rows(const CsrView<T>& R, const T* Y, const std
   const bool raw = params.confidence == Confidence::Raw;
 #pragma omp parallel num_threads(threads)
   {
-    std::vector<T> scratch(static_cast<size_t>(limit * limit + 2 * limit + k));
+    std::vector<T> scratch(static_cast<size_t>(kernels::woodbury_scratch(limit, k)));
 #pragma omp for schedule(dynamic, 64)
     for (int64_t s = 0; s < count; ++s) {
       const int64_t u = short_rows[s], start = R.indptr[u];

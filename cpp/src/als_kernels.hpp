@@ -29,7 +29,7 @@ struct AlsRowKernels {
   int cholesky_rows;  // rows solved together (SIMD lanes of the batched solver)
   // The exact solve of one row by the Woodbury identity around G_reg = LLᵀ (W: the rows of Y
   // times L⁻ᵀ, from multiply_rows; L_inverse: L⁻¹); false, x untouched, where it does not
-  // apply (a negative weight) or fails. scratch >= nnz * nnz + 2 nnz + k. Null for the
+  // apply (a negative weight) or fails. scratch >= woodbury_scratch(nnz, k). Null for the
   // runtime-k kernels.
   bool (*solve_woodbury)(const int32_t* cols, const T* vals, int64_t nnz, const T* W,
                          const T* L_inverse, T alpha, bool raw, T* x, T* scratch);
@@ -55,6 +55,13 @@ inline void prefetch_row_start(const CsrView<T>& R, int64_t u, const T* Y, int k
     const char* row = reinterpret_cast<const char*>(Y + static_cast<int64_t>(R.indices[t]) * k);
     for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(row + line);
   }
+}
+
+// Values of T solve_woodbury needs as scratch for a row of n entries: S (n x n), h and the
+// row's scaled table rows (n rounded up to a multiple of 4), and K more.
+inline long woodbury_scratch(long n, int k) {
+  const long padded = (n + 3) / 4 * 4;
+  return n * n + padded + k + padded * k;
 }
 
 // Bytes of factor rows the Cholesky build stages at a time (twice: the rows and the rows times
