@@ -289,10 +289,12 @@ void gram(const T* Y, int64_t n, int k, T* G, int num_threads) {
   if (k <= 0) throw std::invalid_argument("factors must be positive");
   const auto& kern = row_kernels<T>(k);
   for (int64_t i = 0; i < static_cast<int64_t>(k) * k; ++i) G[i] = 0;
-  // Each thread owns the output rows a = t, t + threads, ...; every element is summed over
-  // i in ascending order, so the result does not depend on the thread count.
+  // Each thread owns the bands of 16 output rows b = t, t + threads, ...; every element is
+  // summed over i in ascending order, so the result does not depend on the thread count.
+  constexpr int band = 16;
+  const int bands = (k + band - 1) / band;
   const int by_work = thread_count(num_threads, static_cast<double>(n) * k * k / 2);
-  const int threads = by_work < k ? by_work : k;
+  const int threads = by_work < bands ? by_work : bands;
   const int64_t block = 256;
 #pragma omp parallel num_threads(threads)
   {
@@ -300,7 +302,9 @@ void gram(const T* Y, int64_t n, int k, T* G, int num_threads) {
     const int nt = omp_get_num_threads();
     for (int64_t begin = 0; begin < n; begin += block) {
       const int64_t end = begin + block < n ? begin + block : n;
-      kern.gram_rows(Y, begin, end, k, t, nt, G);
+      for (int b = t; b < bands; b += nt) {
+        kern.gram_rows(Y, begin, end, k, b * band, (b + 1) * band < k ? (b + 1) * band : k, G);
+      }
     }
   }
   for (int a = 0; a < k; ++a) {

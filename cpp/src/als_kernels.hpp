@@ -35,8 +35,10 @@ struct AlsRowKernels {
                          const T* L_inverse, T alpha, bool raw, T* x, T* scratch);
   // out[i] = Gᵀ Y[i] for the rows [begin, end), G k x k row-major. Null likewise.
   void (*multiply_rows)(const T* G, const T* Y, int64_t begin, int64_t end, T* out);
-  // G[a][a:] += Σ_{i in [begin, end)} Y[i][a] * Y[i][a:] for the rows a = first, first+stride, ...
-  void (*gram_rows)(const T* Y, int64_t begin, int64_t end, int k, int first, int stride, T* G);
+  // G[a][a:] += Σ_{i in [begin, end)} Y[i][a] * Y[i][a:] for the rows a in [row_begin, row_end)
+  // (row_begin a multiple of 16; entries of G left of the diagonal may be written too).
+  void (*gram_rows)(const T* Y, int64_t begin, int64_t end, int k, int row_begin, int row_end,
+                    T* G);
   // One row's term of als_data_loss; scratch >= k.
   double (*data_loss_row)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y,
                           const T* G, int k, T alpha, bool raw, const T* x, T* scratch);
