@@ -59,11 +59,12 @@ inline void prefetch_row_start(const CsrView<T>& R, int64_t u, const T* Y, int k
   }
 }
 
-// Values of T solve_woodbury needs as scratch for a row of n entries: S (n x n), h and the
-// row's scaled table rows (n rounded up to a multiple of 4), and K more.
+// Values of T solve_woodbury needs as scratch for a row of n entries: S (n rows of n rounded
+// up to a multiple of 16), two vectors of that length, K values and the row's scaled table
+// rows (n rounded up to a multiple of 4).
 inline long woodbury_scratch(long n, int k) {
-  const long padded = (n + 3) / 4 * 4;
-  return n * n + padded + k + padded * k;
+  const long ld = (n + 15) / 16 * 16, padded = (n + 3) / 4 * 4;
+  return n * ld + 2 * ld + k + padded * k;
 }
 
 // Bytes of factor rows the Cholesky build stages at a time (twice: the rows and the rows times
