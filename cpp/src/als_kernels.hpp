@@ -78,7 +78,9 @@ inline long cholesky_scratch(int k, int rows) {
   const long stage = 2L * (kStageBytes / static_cast<long>(sizeof(T)) > 4L * k
                                ? kStageBytes / static_cast<long>(sizeof(T))
                                : 4L * k);
-  return kk + 2L * k + stage + rows + (kk + 2L * k) * rows + 64;  // + 64: to align the batch
+  // The stage, the interleaved systems (K x K, then two K-vectors, per row), each row's own
+  // system and right-hand side; + 64: to align the interleaved batch.
+  return stage + (kk + 2L * k) * rows + (kk + k) * rows + 64;
 }
 
 #define RECFUSE_DECLARE_LEVEL(ns)                       \
