@@ -422,6 +422,53 @@ def test_cholesky_rows_with_few_entries_match_the_reference(k, data, confidence,
         _core.set_simd_level(original)
 
 
+@pytest.mark.parametrize("k", [32, 64, 128])
+@given(data=st.data(), confidence=st.sampled_from(CONFIDENCES),
+       dtype=st.sampled_from([np.float32, np.float64]), steps=st.integers(0, 4))
+@settings(max_examples=4, deadline=None)
+def test_fixed_k_cg_matches_the_reference(k, data, confidence, dtype, steps):
+    """The native CG at k = 32, 64 and 128 runs rows of up to 128 KiB of factor rows in
+    batches (their YᵀY·p products as one tile product) and longer rows alone: both, with
+    empty rows, a batch left short and a row already at its solution, at every SIMD level,
+    and the same bits on one thread and two."""
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    batched_longest = (128 << 10) // (k * np.dtype(dtype).itemsize)
+    cols = batched_longest + 40
+    lengths = np.concatenate([rng.integers(0, 30, 27), [batched_longest, batched_longest + 1]])
+    indices = np.concatenate([np.sort(rng.choice(cols, n, replace=False)) for n in lengths])
+    if confidence == "raw":
+        values = rng.choice([-2.0, -0.5, 0.25, 0.5, 2.0, 3.0], indices.size)
+    else:
+        values = rng.integers(1, 10, indices.size).astype(np.float64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    matrix = sp.csr_matrix((values, indices, indptr), shape=(lengths.size, cols))
+    problem = Problem(matrix, seed=seed, k=k, regularization=0.05, alpha=0.5,
+                      confidence=confidence, solver="cg", cg_steps=steps, dtype=dtype)
+    empty = np.flatnonzero(lengths == 0)
+    if empty.size:  # an empty row starting at its solution, 0: r = 0, no step is taken
+        problem.X0[empty[0]] = 0
+    expected = problem.reference()
+    equations = problem.normal_equations()
+    from recfuse import _core
+
+    original = _core.simd_level()
+    try:
+        for level in _core.supported_simd_levels():
+            _core.set_simd_level(level)
+            X, failed = problem.run(resolve_backend("cpu"))
+            assert failed == 0, level
+            if empty.size:
+                np.testing.assert_array_equal(X[empty[0]], 0)
+            assert_rows_match(problem, X, expected, equations)
+    finally:
+        _core.set_simd_level(original)
+    one, two = (problem.run(resolve_backend("cpu"),
+                            params=dataclasses.replace(problem.params, num_threads=threads))[0]
+                for threads in (1, 2))
+    assert_bit_identical(one, two, "1-thread and 2-thread half-sweeps")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", backend_params())
 def test_cholesky_leaves_non_positive_definite_rows_unchanged(backend, dtype):

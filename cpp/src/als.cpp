@@ -365,14 +365,36 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
   }
   const int64_t cap = kernels::kMaxGatherBytes / (static_cast<int64_t>(k) * sizeof(T));
   const int64_t gather_rows = longest < cap ? longest : cap;
-  const size_t scratch_size = 3 * static_cast<size_t>(k) + static_cast<size_t>(gather_rows) * k;
+  // Rows short enough for the batched CG go kern.cg_rows at a time (in row order, so a row's
+  // batch does not depend on the thread count); the others, and every row of the runtime-k
+  // kernels, one at a time.
+  std::vector<int64_t> batched, alone;
+  const int64_t batch_longest =
+      kern.solve_cg_rows != nullptr ? kernels::cg_longest_row<T>(k) : -1;
+  for (int64_t u = 0; u < R.rows; ++u) {
+    (R.indptr[u + 1] - R.indptr[u] <= batch_longest ? batched : alone).push_back(u);
+  }
+  const int batch = kern.cg_rows > 0 ? kern.cg_rows : 1;
+  const int64_t batches = (static_cast<int64_t>(batched.size()) + batch - 1) / batch;
+  const int64_t items = batches + static_cast<int64_t>(alone.size());
+  const size_t single_size = 3 * static_cast<size_t>(k) + static_cast<size_t>(gather_rows) * k;
+  const size_t batch_size =
+      batches > 0 ? static_cast<size_t>(kernels::cg_batch_scratch<T>(k, batch)) : 0;
 #pragma omp parallel num_threads(thread_count(params.num_threads, work))
   {
-    std::vector<T> scratch(scratch_size);
-#pragma omp for schedule(dynamic, 64)
-    for (int64_t u = 0; u < R.rows; ++u) {
-      const int64_t start = R.indptr[u];
-      if (u + 1 < R.rows) kernels::prefetch_row_start(R, u + 1, Y, k);
+    std::vector<T> scratch(single_size > batch_size ? single_size : batch_size);
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t item = 0; item < items; ++item) {
+      if (item < batches) {
+        const int64_t first = item * batch;
+        const int64_t left = static_cast<int64_t>(batched.size()) - first;
+        const int count = static_cast<int>(left < batch ? left : batch);
+        if (item + 1 < batches) kernels::prefetch_row_start(R, batched[first + count], Y, k);
+        kern.solve_cg_rows(R, batched.data() + first, count, Y, G.data(), params.alpha, raw,
+                           params.cg_steps, X, scratch.data());
+        continue;
+      }
+      const int64_t u = alone[item - batches], start = R.indptr[u];
       kern.solve_cg(R.indices + start, R.data + start, R.indptr[u + 1] - start, Y, G.data(), k,
                     params.alpha, raw, params.cg_steps, X + u * k, scratch.data(), gather_rows);
     }

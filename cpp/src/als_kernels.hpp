@@ -20,6 +20,13 @@ struct AlsRowKernels {
   // x (k) updated in place; scratch holds at least 3k + gather_rows * k values.
   void (*solve_cg)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y, const T* G_reg,
                    int k, T alpha, bool raw, int steps, T* x, T* scratch, int64_t gather_rows);
+  // The same CG for the rows rows[0 .. count) of R into X, count <= cg_rows, each with at most
+  // cg_longest_row<T>(k) entries, in lockstep; scratch >= cg_batch_scratch<T>(k, cg_rows).
+  // A row's result does not depend on the other rows of its batch. Null for the runtime-k
+  // kernels.
+  void (*solve_cg_rows)(const CsrView<T>& R, const int64_t* rows, int count, const T* Y,
+                        const T* G_reg, T alpha, bool raw, int steps, T* X, T* scratch);
+  int cg_rows;  // rows in one solve_cg_rows call
   // Exact solves for the rows rows[0 .. count) of R into X, count <= cholesky_rows.
   // Rows whose system is not positive definite are left unchanged; returns their number.
   // scratch holds at least cholesky_scratch<T>(k, cholesky_rows) values.
@@ -65,6 +72,17 @@ inline void prefetch_row_start(const CsrView<T>& R, int64_t u, const T* Y, int k
 inline long woodbury_scratch(long n, int k) {
   const long ld = (n + 15) / 16 * 16, padded = (n + 3) / 4 * 4;
   return n * ld + 2 * ld + k + padded * k;
+}
+
+// Bytes of one row's factor rows that the batched CG copies (longer rows run alone).
+constexpr long kCgCopyBytes = 128L << 10;
+
+template <class T>
+inline long cg_longest_row(int k) { return kCgCopyBytes / (static_cast<long>(k) * sizeof(T)); }
+
+template <class T>
+inline long cg_batch_scratch(int k, int rows) {
+  return 4L * rows * k + rows * cg_longest_row<T>(k) * k;
 }
 
 // Bytes of factor rows the Cholesky build stages at a time (twice: the rows and the rows times
