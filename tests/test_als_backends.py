@@ -141,6 +141,33 @@ def problems(draw, dtype, confidence, solver, max_rows=12, max_cols=10):
     )
 
 
+def matrix_of_lengths(rng, lengths, cols, confidence):
+    """A CSR matrix whose row u holds lengths[u] distinct random columns of cols, with values
+    for the confidence: raw ones include values below 1 and negative ones."""
+    indices = np.concatenate([np.sort(rng.choice(cols, n, replace=False)) for n in lengths])
+    if confidence == "raw":
+        values = rng.choice([-2.0, -0.5, 0.25, 0.5, 2.0, 3.0], indices.size)
+    else:
+        values = rng.integers(1, 10, indices.size).astype(np.float64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    return sp.csr_matrix((values, indices, indptr), shape=(len(lengths), cols))
+
+
+def each_simd_level():
+    """Sets the native kernels to each SIMD level this machine runs, in turn; restores the
+    level it found afterwards (also when the caller's loop fails)."""
+    from recfuse import _core
+
+    original = _core.simd_level()
+    try:
+        for level in _core.supported_simd_levels():
+            _core.set_simd_level(level)
+            assert _core.simd_level() == level
+            yield level
+    finally:
+        _core.set_simd_level(original)
+
+
 # ---------------------------------------------------------------------------- comparisons
 def _norm(v) -> float:
     return float(np.linalg.norm(np.asarray(v, dtype=np.float64)))
@@ -361,15 +388,10 @@ def test_every_simd_level_matches_reference(backend, data, solver, confidence, d
     expected = problem.reference()
     gram = reference.gram(problem.Y) if use_gram else None
     original = _core.simd_level()
-    try:
-        for level in _core.supported_simd_levels():
-            _core.set_simd_level(level)
-            assert _core.simd_level() == level
-            X, failed = problem.run(module, gram=gram)
-            assert failed == 0, level
-            assert_rows_match(problem, X, expected)
-    finally:
-        _core.set_simd_level(original)
+    for level in each_simd_level():
+        X, failed = problem.run(module, gram=gram)
+        assert failed == 0, level
+        assert_rows_match(problem, X, expected)
     assert _core.simd_level() == original
 
 
@@ -387,14 +409,7 @@ def test_cholesky_rows_with_few_entries_match_the_reference(k, data, confidence,
     seed = data.draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     rows, cols, longest = 120, 5 * k, k * k // 128 + 8  # enough short rows to pay for W
-    lengths = rng.integers(0, longest + 1, rows)
-    indices = np.concatenate([np.sort(rng.choice(cols, n, replace=False)) for n in lengths])
-    if confidence == "raw":
-        values = rng.choice([-2.0, -0.5, 0.25, 0.5, 2.0, 3.0], indices.size)
-    else:
-        values = rng.integers(1, 10, indices.size).astype(np.float64)
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
-    matrix = sp.csr_matrix((values, indices, indptr), shape=(rows, cols))
+    matrix = matrix_of_lengths(rng, rng.integers(0, longest + 1, rows), cols, confidence)
     problem = Problem(matrix, seed=seed, k=k, regularization=0.05, alpha=0.5,
                       confidence=confidence, solver="cholesky", cg_steps=3, dtype=dtype)
     if skewed:
@@ -408,18 +423,11 @@ def test_cholesky_rows_with_few_entries_match_the_reference(k, data, confidence,
     solved_problem = copy.copy(problem)
     solved_problem.matrix, solved_problem.X0 = problem.matrix[solved], problem.X0[solved]
     equations = solved_problem.normal_equations()
-    from recfuse import _core
-
-    original = _core.simd_level()
-    try:
-        for level in _core.supported_simd_levels():  # each level has its own fixed-k kernels
-            _core.set_simd_level(level)
-            X, failed = problem.run(resolve_backend("cpu"))
-            assert failed == expected_failed, level
-            np.testing.assert_array_equal(X[~solved], problem.X0[~solved])
-            assert_rows_match(solved_problem, X[solved], expected[solved], equations)
-    finally:
-        _core.set_simd_level(original)
+    for level in each_simd_level():  # each level has its own fixed-k kernels
+        X, failed = problem.run(resolve_backend("cpu"))
+        assert failed == expected_failed, level
+        np.testing.assert_array_equal(X[~solved], problem.X0[~solved])
+        assert_rows_match(solved_problem, X[solved], expected[solved], equations)
 
 
 @pytest.mark.parametrize("k", [32, 64, 128])
@@ -436,13 +444,7 @@ def test_fixed_k_cg_matches_the_reference(k, data, confidence, dtype, steps):
     batched_longest = (128 << 10) // (k * np.dtype(dtype).itemsize)
     cols = batched_longest + 40
     lengths = np.concatenate([rng.integers(0, 30, 27), [batched_longest, batched_longest + 1]])
-    indices = np.concatenate([np.sort(rng.choice(cols, n, replace=False)) for n in lengths])
-    if confidence == "raw":
-        values = rng.choice([-2.0, -0.5, 0.25, 0.5, 2.0, 3.0], indices.size)
-    else:
-        values = rng.integers(1, 10, indices.size).astype(np.float64)
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
-    matrix = sp.csr_matrix((values, indices, indptr), shape=(lengths.size, cols))
+    matrix = matrix_of_lengths(rng, lengths, cols, confidence)
     problem = Problem(matrix, seed=seed, k=k, regularization=0.05, alpha=0.5,
                       confidence=confidence, solver="cg", cg_steps=steps, dtype=dtype)
     empty = np.flatnonzero(lengths == 0)
@@ -450,19 +452,12 @@ def test_fixed_k_cg_matches_the_reference(k, data, confidence, dtype, steps):
         problem.X0[empty[0]] = 0
     expected = problem.reference()
     equations = problem.normal_equations()
-    from recfuse import _core
-
-    original = _core.simd_level()
-    try:
-        for level in _core.supported_simd_levels():
-            _core.set_simd_level(level)
-            X, failed = problem.run(resolve_backend("cpu"))
-            assert failed == 0, level
-            if empty.size:
-                np.testing.assert_array_equal(X[empty[0]], 0)
-            assert_rows_match(problem, X, expected, equations)
-    finally:
-        _core.set_simd_level(original)
+    for level in each_simd_level():
+        X, failed = problem.run(resolve_backend("cpu"))
+        assert failed == 0, level
+        if empty.size:
+            np.testing.assert_array_equal(X[empty[0]], 0)
+        assert_rows_match(problem, X, expected, equations)
     one, two = (problem.run(resolve_backend("cpu"),
                             params=dataclasses.replace(problem.params, num_threads=threads))[0]
                 for threads in (1, 2))

@@ -23,7 +23,7 @@ struct AlsRowKernels {
   // The same CG for the rows rows[0 .. count) of R into X, count <= cg_rows, each with at most
   // cg_longest_row<T>(k) entries, in lockstep; scratch >= cg_batch_scratch<T>(k, cg_rows).
   // A row's result does not depend on the other rows of its batch. Null for the runtime-k
-  // kernels.
+  // kernels and where it does not pay.
   void (*solve_cg_rows)(const CsrView<T>& R, const int64_t* rows, int count, const T* Y,
                         const T* G_reg, T alpha, bool raw, int steps, T* X, T* scratch);
   int cg_rows;  // rows in one solve_cg_rows call
