@@ -394,6 +394,10 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
                            params.cg_steps, X, scratch.data());
         continue;
       }
+      const int64_t next = item - batches + 1;
+      if (next < static_cast<int64_t>(alone.size())) {
+        kernels::prefetch_row_start(R, alone[next], Y, k);
+      }
       const int64_t u = alone[item - batches], start = R.indptr[u];
       kern.solve_cg(R.indices + start, R.data + start, R.indptr[u + 1] - start, Y, G.data(), k,
                     params.alpha, raw, params.cg_steps, X + u * k, scratch.data(), gather_rows);
