@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from typing import Callable, NamedTuple, TypeVar
 
@@ -185,7 +186,8 @@ class EpochThreads:
         times.append(seconds)
         del times[:-3]
         if all(self._times.values()):
-            self._best = min(self._choices, key=lambda c: float(np.median(self._times[c])))
+            # statistics.median: np.median cost ~30 µs a call, 1 ms of a 38 ms fit on ml-100k
+            self._best = min(self._choices, key=lambda c: statistics.median(self._times[c]))
 
 
 def user_major_order(users, n_users: int, rng: np.random.Generator,
