@@ -383,7 +383,7 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
 #pragma omp parallel num_threads(thread_count(params.num_threads, work))
   {
     std::vector<T> scratch(single_size > batch_size ? single_size : batch_size);
-#pragma omp for schedule(dynamic, 8)
+#pragma omp for schedule(dynamic, 64)
     for (int64_t item = 0; item < items; ++item) {
       if (item < batches) {
         const int64_t first = item * batch;
