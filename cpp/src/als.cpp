@@ -358,22 +358,20 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
   }
   HugePageCopy<T> Y_copy(Y_in, y_count, huge, copy_threads);
   const T* Y = Y_copy.data();
-  int64_t longest = 0;
-  for (int64_t u = 0; u < R.rows; ++u) {
-    const int64_t length = R.indptr[u + 1] - R.indptr[u];
-    longest = length > longest ? length : longest;
-  }
-  const int64_t cap = kernels::kMaxGatherBytes / (static_cast<int64_t>(k) * sizeof(T));
-  const int64_t gather_rows = longest < cap ? longest : cap;
   // Rows short enough for the batched CG go kern.cg_rows at a time (in row order, so a row's
   // batch does not depend on the thread count); the others, and every row of the runtime-k
   // kernels, one at a time.
   std::vector<int64_t> batched, alone;
   const int64_t batch_longest =
       kern.solve_cg_rows != nullptr ? kernels::cg_longest_row<T>(k) : -1;
+  int64_t longest = 0;
   for (int64_t u = 0; u < R.rows; ++u) {
-    (R.indptr[u + 1] - R.indptr[u] <= batch_longest ? batched : alone).push_back(u);
+    const int64_t length = R.indptr[u + 1] - R.indptr[u];
+    longest = length > longest ? length : longest;
+    (length <= batch_longest ? batched : alone).push_back(u);
   }
+  const int64_t cap = kernels::kMaxGatherBytes / (static_cast<int64_t>(k) * sizeof(T));
+  const int64_t gather_rows = longest < cap ? longest : cap;
   const int batch = kern.cg_rows > 0 ? kern.cg_rows : 1;
   const int64_t batches = (static_cast<int64_t>(batched.size()) + batch - 1) / batch;
   const int64_t items = batches + static_cast<int64_t>(alone.size());

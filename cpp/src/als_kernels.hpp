@@ -77,8 +77,9 @@ inline long woodbury_scratch(long n, int k) {
 // Bytes of one row's factor rows that the batched CG copies (longer rows run alone).
 constexpr long kCgCopyBytes = 128L << 10;
 
+// The longest row the batched CG takes (kernels use it as a constant).
 template <class T>
-inline long cg_longest_row(int k) { return kCgCopyBytes / (static_cast<long>(k) * sizeof(T)); }
+constexpr long cg_longest_row(int k) { return kCgCopyBytes / (static_cast<long>(k) * sizeof(T)); }
 
 template <class T>
 inline long cg_batch_scratch(int k, int rows) {
@@ -89,16 +90,22 @@ inline long cg_batch_scratch(int k, int rows) {
 // their weights), a quarter of L1 each.
 constexpr int kStageBytes = 8192;
 
+// Entries the Cholesky build stages at a time: kStageBytes of factor rows, at least four
+// (kernels use it as a constant).
+template <class T>
+constexpr int staged_entries(int k) {
+  return kStageBytes / (k * static_cast<int>(sizeof(T))) > 4
+             ? kStageBytes / (k * static_cast<int>(sizeof(T)))
+             : 4;
+}
+
 // Values of T in the batched Cholesky's scratch (fixed k) for `rows` rows solved together.
 template <class T>
 inline long cholesky_scratch(int k, int rows) {
   const long kk = static_cast<long>(k) * k;
-  const long stage = 2L * (kStageBytes / static_cast<long>(sizeof(T)) > 4L * k
-                               ? kStageBytes / static_cast<long>(sizeof(T))
-                               : 4L * k);
   // The stage, the interleaved systems (K x K, then two K-vectors, per row), each row's own
   // system and right-hand side; + 64: to align the interleaved batch.
-  return stage + (kk + 2L * k) * rows + (kk + k) * rows + 64;
+  return 2L * staged_entries<T>(k) * k + (kk + 2L * k) * rows + (kk + k) * rows + 64;
 }
 
 #define RECFUSE_DECLARE_LEVEL(ns)                       \
