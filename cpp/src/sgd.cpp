@@ -297,17 +297,18 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
   for (int64_t b = 0; b < n_items; ++b) {
     if (item_bin[b] < 0 || item_bin[b] >= grid) throw std::invalid_argument("item bin out of range");
   }
-  // Each thread counts, then places, a contiguous range of positions: its entries of a block
-  // follow those of the threads before it, so the sort stays stable for any thread count.
-  const int threads = n < (1 << 20) ? 1 : (num_threads > 0 ? num_threads : omp_get_max_threads());
+  // The positions are cut into `parts` contiguous ranges, each counted, then placed, by one
+  // thread: a range's entries of a block follow those of the ranges before it, so the sort
+  // stays stable for any thread count. (Ranges follow `parts`, not the team OpenMP gives, so
+  // both passes cut them alike.)
+  const int parts = n < (1 << 20) ? 1 : (num_threads > 0 ? num_threads : omp_get_max_threads());
   std::vector<int32_t> block_of(static_cast<size_t>(n));
-  std::vector<int64_t> counts(static_cast<size_t>(threads) * blocks, 0);
+  std::vector<int64_t> counts(static_cast<size_t>(parts) * blocks, 0);
   unsigned bad = 0;
-#pragma omp parallel num_threads(threads) reduction(| : bad)
-  {
-    const int thread = omp_get_thread_num(), team = omp_get_num_threads();
-    const int64_t first = n * thread / team, last = n * (thread + 1) / team;
-    int64_t* count = counts.data() + static_cast<size_t>(thread) * blocks;
+#pragma omp parallel num_threads(parts) reduction(| : bad)
+  for (int part = omp_get_thread_num(); part < parts; part += omp_get_num_threads()) {
+    const int64_t first = n * part / parts, last = n * (part + 1) / parts;
+    int64_t* count = counts.data() + static_cast<size_t>(part) * blocks;
     for (int64_t t = first; t < last; ++t) {
       const int64_t i = order[t];
       if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(n)) {
@@ -328,23 +329,22 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
   }
   if (bad & 1) throw std::invalid_argument("order must hold indices in [0, " + std::to_string(n) + ")");
   if (bad & 2) throw std::invalid_argument("a user or item id is out of range");
-  // Cursors: block by block, thread by thread.
+  // Cursors: block by block, range by range.
   int64_t position = 0;
   for (int64_t b = 0; b < blocks; ++b) {
     offsets[b] = position;
-    for (int thread = 0; thread < threads; ++thread) {
-      int64_t& count = counts[static_cast<size_t>(thread) * blocks + b];
+    for (int part = 0; part < parts; ++part) {
+      int64_t& count = counts[static_cast<size_t>(part) * blocks + b];
       const int64_t next = position + count;
       count = position;
       position = next;
     }
   }
   offsets[blocks] = position;
-#pragma omp parallel num_threads(threads)
-  {
-    const int thread = omp_get_thread_num(), team = omp_get_num_threads();
-    const int64_t first = n * thread / team, last = n * (thread + 1) / team;
-    int64_t* cursor = counts.data() + static_cast<size_t>(thread) * blocks;
+#pragma omp parallel num_threads(parts)
+  for (int part = omp_get_thread_num(); part < parts; part += omp_get_num_threads()) {
+    const int64_t first = n * part / parts, last = n * (part + 1) / parts;
+    int64_t* cursor = counts.data() + static_cast<size_t>(part) * blocks;
     for (int64_t t = first; t < last; ++t) {
       const int64_t i = order[t], p = cursor[block_of[t]]++;
       users_out[p] = static_cast<int32_t>(users[i]);
