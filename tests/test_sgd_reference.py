@@ -242,3 +242,22 @@ def test_native_block_layout_equals_the_numpy_one(n, n_users, n_items, grid, shu
     for name in ("users", "items", "offsets", "order", "bin_items", "bin_users"):
         np.testing.assert_array_equal(getattr(native, name), getattr(plain, name), err_msg=name)
         assert getattr(native, name).dtype == getattr(plain, name).dtype, name
+
+
+def test_native_block_layout_does_not_depend_on_the_thread_count():
+    """From 2^20 entries the native layout counts and places ranges of positions on several
+    threads: any count gives the one-thread layout."""
+    from recfuse._sgd import common
+
+    if common._core is None:
+        pytest.skip("recfuse._core is not importable")
+    rng = np.random.default_rng(0)
+    n = (1 << 20) + 37
+    users, items, order = rng.integers(0, 5000, n), rng.integers(0, 3000, n), rng.permutation(n)
+    user_bin, item_bin = rng.integers(0, 8, 5000), rng.integers(0, 8, 3000)
+    one = common._core.sgd_block_layout(users, items, order, user_bin, item_bin, 8, num_threads=1)
+    for threads in (2, 3):
+        other = common._core.sgd_block_layout(users, items, order, user_bin, item_bin, 8,
+                                              num_threads=threads)
+        for a, b in zip(one, other):
+            np.testing.assert_array_equal(a, b)
