@@ -71,8 +71,9 @@ def test_fit_is_the_reference_epochs(data):
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
-def test_same_model_for_any_thread_count_and_backend(data, backend):
-    kwargs = dict(factors=8, iterations=2, random_state=1, grid=4, dtype=np.float64)
+@pytest.mark.parametrize("factors", [8, 100])  # native rows padded to 8 and 104 doubles
+def test_same_model_for_any_thread_count_and_backend(data, backend, factors):
+    kwargs = dict(factors=factors, iterations=2, random_state=1, grid=4, dtype=np.float64)
     # 3 threads split the 4 row bins unevenly; the pipelined schedule must not care
     runs = [recfuse.BPR(num_threads=t, backend="cpu", **kwargs).fit(data) for t in (1, 2, 3, 4, 0)]
     for other in runs[1:]:

@@ -244,7 +244,9 @@ def test_every_simd_level_and_fixed_width_matches_the_reference(dtype):
 
     initial = _core.simd_level()
     try:
-        for k in (16, 20, 32, 64, 100, 128, 37):  # the fixed-width kernels and the general one
+        # the fixed-width kernels (24, 104, 112: the widths fits pad 20 and 100 to) and the
+        # general one
+        for k in (16, 20, 24, 32, 64, 100, 104, 112, 128, 37):
             p = larger_problem(dtype, k=k, grid=3)
             s = p.start
             expected = reference.svd_sgd_epoch(p.blocks.users, p.blocks.items, p.ratings, p.mu,
@@ -276,7 +278,9 @@ def test_bpr_every_simd_level_and_fixed_width_matches_the_reference(dtype, n_ite
     seed = 2**64 - 99
     initial = _core.simd_level()
     try:
-        for k in (16, 20, 32, 64, 100, 128, 37):  # the fixed-width kernels and the general one
+        # the fixed-width kernels (24, 104, 112: the widths fits pad 20 and 100 to) and the
+        # general one
+        for k in (16, 20, 24, 32, 64, 100, 104, 112, 128, 37):
             P = rng.normal(0, 0.3, (300, k)).astype(dtype)
             Q = rng.normal(0, 0.3, (n_items, k)).astype(dtype)
             b = rng.normal(0, 0.1, n_items).astype(dtype)
@@ -341,3 +345,23 @@ def test_auto_passes_over_backends_without_the_needed_kernel(monkeypatch):
     assert resolve_backend("auto", "sgd", needs="svdpp_epoch").NAME in ("cpu", "numba", "numpy")
     with pytest.raises(RuntimeError, match=r"'cuda' has no bpr_epoch kernel.*'numpy'"):
         resolve_backend("cuda", "sgd", needs="bpr_epoch")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 16, 20, 100])
+def test_training_rows_are_whole_aligned_lines_for_the_native_backend(dtype, k):
+    from types import SimpleNamespace
+
+    from recfuse._sgd.common import training_rows
+
+    table = np.arange(7 * k, dtype=dtype).reshape(7, k)
+    rows = np.array([3, 0, 6, 6], dtype=np.int32)
+    out = training_rows(table, rows, SimpleNamespace(ROW_ALIGNMENT=64))
+    per_line = 64 // np.dtype(dtype).itemsize
+    assert out.shape == (4, -(-k // per_line) * per_line) and out.dtype == dtype
+    assert out.ctypes.data % 64 == 0 and out.strides[0] % 64 == 0
+    np.testing.assert_array_equal(out[:, :k], table[rows])
+    assert not out[:, k:].any()
+    plain = training_rows(table, rows, SimpleNamespace())  # no ROW_ALIGNMENT: a plain copy
+    assert plain.shape == (4, k) and plain.flags.c_contiguous
+    np.testing.assert_array_equal(plain, table[rows])

@@ -76,13 +76,29 @@ def test_same_seed_same_model_for_any_thread_count_and_rmse_falls(ratings, cls):
 
 @pytest.mark.parametrize("cls", MODELS)
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
-def test_fallback_backends_train_the_same_model(ratings, cls, backend):
+# The native fit pads rows to whole cache lines: 20 -> 24 and 100 -> 104 doubles, each with
+# its own fixed-width kernel; 4 -> 8 takes the runtime-width one.
+@pytest.mark.parametrize("factors", [4, 20, 100])
+def test_fallback_backends_train_the_same_model(ratings, cls, backend, factors):
     users, items, values = ratings[0][:600], ratings[1][:600], ratings[2][:600]
-    kwargs = dict(factors=4, epochs=2, random_state=5, dtype=np.float64, grid=3)
+    kwargs = dict(factors=factors, epochs=2, random_state=5, dtype=np.float64, grid=3)
     native = cls(backend="cpu", **kwargs).fit(users, items, values)
     other = cls(backend=backend, **kwargs).fit(users, items, values)
     np.testing.assert_allclose(other.user_factors, native.user_factors, atol=1e-10)
     np.testing.assert_allclose(other.predict(users, items), native.predict(users, items), atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("factors", [20, 100])  # float32 rows padded to 32 and 112
+def test_float32_native_fit_follows_the_numpy_backend(ratings, cls, factors):
+    users, items, values = ratings
+    kwargs = dict(factors=factors, epochs=2, random_state=4, grid=2)
+    native = cls(backend="cpu", **kwargs).fit(users, items, values)
+    other = cls(backend="numpy", **kwargs).fit(users, items, values)
+    assert native.user_factors.shape == (120, factors) and native.user_factors.dtype == np.float32
+    np.testing.assert_allclose(native.user_factors, other.user_factors, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(native.predict(users, items), other.predict(users, items),
+                               rtol=1e-5)
 
 
 def test_unknown_ids_fall_back_like_surprise():

@@ -3,6 +3,8 @@
 // templates (a copy compiled with AVX-512 flags could be the one the linker keeps).
 #pragma once
 #include <cstdint>
+#include <cstddef>
+#include <utility>
 
 #include "recfuse/sgd.hpp"
 

