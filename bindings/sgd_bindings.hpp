@@ -99,6 +99,32 @@ inline void bind_sgd_helpers(py::module_& m) {
       py::arg("num_threads") = 0,
       "(users int32, items int32, order int64, offsets int64) of recfuse._sgd.common."
       "make_blocks: entries grouped by block in schedule order, a stable counting sort.");
+
+  m.def(
+      "pairs_pattern",
+      [](const Array<int64_t>& rows, const Array<int64_t>& cols, int64_t n_rows, int64_t n_cols) {
+        expect(rows.ndim() == 1 && cols.ndim() == 1 && rows.size() == cols.size(),
+               "rows and cols must be 1-d of one length, got shapes " + shape_of(rows) + " and " +
+                   shape_of(cols));
+        expect(n_rows >= 0 && n_cols >= 0 && n_cols <= INT32_MAX,
+               "n_rows and n_cols must be >= 0 (n_cols < 2^31), got " + std::to_string(n_rows) +
+                   " and " + std::to_string(n_cols));
+        const int64_t n = rows.size();
+        py::array_t<int64_t> indptr(n_rows + 1);
+        py::array_t<int32_t> indices(n);
+        int64_t kept;
+        {
+          py::gil_scoped_release release;
+          kept = recfuse::pairs_pattern(rows.data(), cols.data(), n, n_rows, n_cols,
+                                        indptr.mutable_data(), indices.mutable_data());
+        }
+        indices.resize({kept}, false);
+        return py::make_tuple(indptr, indices);
+      },
+      py::arg("rows").noconvert(), py::arg("cols").noconvert(), py::arg("n_rows"),
+      py::arg("n_cols"),
+      "(indptr int64, indices int32): the CSR pattern of the pairs (rows[t], cols[t]), each "
+      "row's distinct columns ascending (recfuse._sgd.common.Pattern.from_pairs).");
 }
 
 template <class T>

@@ -365,3 +365,32 @@ def test_training_rows_are_whole_aligned_lines_for_the_native_backend(dtype, k):
     plain = training_rows(table, rows, SimpleNamespace())  # no ROW_ALIGNMENT: a plain copy
     assert plain.shape == (4, k) and plain.flags.c_contiguous
     np.testing.assert_array_equal(plain, table[rows])
+
+
+@given(data=st.data())
+def test_native_pairs_pattern_is_scipys(data):
+    """Pattern.from_pairs (native counting sorts) against scipy's CSR of the same pairs: rows
+    and columns that never occur, repeated pairs, no pairs at all."""
+    import scipy.sparse as sp
+
+    n_rows, n_cols = data.draw(st.integers(0, 7)), data.draw(st.integers(0, 7))
+    n = data.draw(st.integers(0, 40)) if n_rows and n_cols else 0
+    rows = np.array(data.draw(st.lists(st.integers(0, max(n_rows - 1, 0)), min_size=n, max_size=n)),
+                    dtype=np.int64)
+    cols = np.array(data.draw(st.lists(st.integers(0, max(n_cols - 1, 0)), min_size=n, max_size=n)),
+                    dtype=np.int64)
+    got = Pattern.from_pairs(rows, cols, n_rows, n_cols)
+    expected = sp.csr_matrix((np.ones(n), (rows, cols)), shape=(n_rows, n_cols))
+    expected.sum_duplicates()
+    assert got.indptr.dtype == np.int64 and got.indices.dtype == np.int32
+    np.testing.assert_array_equal(got.indptr, expected.indptr)
+    np.testing.assert_array_equal(got.indices, expected.indices)
+
+
+def test_native_pairs_pattern_rejects_ids_out_of_range():
+    from recfuse import _core
+
+    with pytest.raises(ValueError, match=r"pair 1 is \(3, 0\), outside 3 x 2"):
+        _core.pairs_pattern(np.array([0, 3]), np.array([0, 0]), 3, 2)
+    with pytest.raises(ValueError, match="one length"):
+        _core.pairs_pattern(np.array([0, 1]), np.array([0]), 3, 2)

@@ -101,6 +101,22 @@ def test_float32_native_fit_follows_the_numpy_backend(ratings, cls, factors):
                                rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_starting_factors_are_normal_draws(dtype):
+    from recfuse.models.sgd import _normal
+
+    draws = _normal(np.random.default_rng(0), (20_001, 5), 0.5, 0.1, np.dtype(dtype))  # odd count
+    assert draws.shape == (20_001, 5) and draws.dtype == dtype and np.isfinite(draws).all()
+    z = (draws.ravel().astype(np.float64) - 0.5) / 0.1
+    assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
+    # the fraction within one and two standard deviations, and a symmetric tail
+    assert abs(np.mean(np.abs(z) < 1) - 0.6827) < 0.01
+    assert abs(np.mean(np.abs(z) < 2) - 0.9545) < 0.005
+    assert abs(np.mean(z > 1) - np.mean(z < -1)) < 0.01
+    again = _normal(np.random.default_rng(0), (20_001, 5), 0.5, 0.1, np.dtype(dtype))
+    np.testing.assert_array_equal(draws, again)
+
+
 def test_unknown_ids_fall_back_like_surprise():
     users, items, values = np.array([0, 0, 1, 3]), np.array([0, 1, 1, 2]), np.array([5.0, 3, 4, 1])
     model = recfuse.SVD(factors=3, epochs=5, random_state=0).fit(users, items, values,

@@ -4,6 +4,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -352,6 +353,47 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
       order_out[p] = i;
     }
   }
+}
+
+int64_t pairs_pattern(const int64_t* rows, const int64_t* cols, int64_t n, int64_t n_rows,
+                      int64_t n_cols, int64_t* indptr, int32_t* indices) {
+  if (n_rows < 0 || n_cols < 0 || n_cols > INT32_MAX)
+    throw std::invalid_argument("pairs_pattern: bad sizes");
+  for (int64_t t = 0; t < n; ++t) {
+    if (static_cast<uint64_t>(rows[t]) >= static_cast<uint64_t>(n_rows) ||
+        static_cast<uint64_t>(cols[t]) >= static_cast<uint64_t>(n_cols))
+      throw std::invalid_argument("pair " + std::to_string(t) + " is (" + std::to_string(rows[t]) +
+                                  ", " + std::to_string(cols[t]) + "), outside " +
+                                  std::to_string(n_rows) + " x " + std::to_string(n_cols));
+  }
+  // Two counting sorts: the rows bucketed by column, then those buckets, in column order,
+  // scattered by row. Each row's columns come out ascending, repeats side by side.
+  std::vector<int64_t> start(static_cast<size_t>(n_cols) + 1, 0);
+  for (int64_t t = 0; t < n; ++t) ++start[cols[t] + 1];
+  for (int64_t c = 0; c < n_cols; ++c) start[c + 1] += start[c];
+  std::vector<int32_t> rows_by_col(static_cast<size_t>(n));
+  {
+    std::vector<int64_t> cursor(start.begin(), start.end() - 1);
+    for (int64_t t = 0; t < n; ++t) rows_by_col[cursor[cols[t]]++] = static_cast<int32_t>(rows[t]);
+  }
+  std::fill(indptr, indptr + n_rows + 1, 0);
+  for (int64_t t = 0; t < n; ++t) ++indptr[rows[t] + 1];
+  for (int64_t r = 0; r < n_rows; ++r) indptr[r + 1] += indptr[r];
+  std::vector<int64_t> cursor(indptr, indptr + n_rows);
+  for (int64_t c = 0; c < n_cols; ++c) {
+    for (int64_t e = start[c]; e < start[c + 1]; ++e) indices[cursor[rows_by_col[e]]++] = static_cast<int32_t>(c);
+  }
+  // Repeats dropped, rows closed up in place.
+  int64_t kept = 0;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const int64_t begin = indptr[r], end = indptr[r + 1];
+    indptr[r] = kept;
+    for (int64_t e = begin; e < end; ++e) {
+      if (e == begin || indices[e] != indices[e - 1]) indices[kept++] = indices[e];
+    }
+  }
+  indptr[n_rows] = kept;
+  return kept;
 }
 
 template <class T>

@@ -46,6 +46,12 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
                       const int64_t* item_bin, int64_t n_items, int grid, int32_t* users_out,
                       int32_t* items_out, int64_t* order_out, int64_t* offsets, int num_threads);
 
+// The sparsity pattern of the pairs (rows[t], cols[t]): CSR row starts (indptr, n_rows + 1)
+// and each row's distinct columns ascending (indices, room for n). Returns the number of
+// distinct pairs. Throws std::invalid_argument on an id out of range, before writing.
+int64_t pairs_pattern(const int64_t* rows, const int64_t* cols, int64_t n, int64_t n_rows,
+                      int64_t n_cols, int64_t* indptr, int32_t* indices);
+
 // One Funk SVD epoch in place. P: n_users x k, Q: n_items x k; biased = false leaves the
 // biases alone (the caller passes global_mean = 0).
 template <class T>

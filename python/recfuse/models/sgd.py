@@ -88,11 +88,8 @@ class _RatingModel:
         """The starting factor tables: ``given`` (checked) or drawn from ``rng``."""
         names = self._FACTOR_NAMES[: self._factor_count()]
         rows = (n_users, n_items, n_items)
-        if given is None:
-            # Surprise's initialisation: every factor ~ Normal(init_mean, init_std). (Drawing
-            # float32 directly would halve the time of this step but change every seed's
-            # model; measured, that is a tenth of a 1M-rating fit.)
-            return [rng.normal(self.init_mean, self.init_std, (r, self.factors)).astype(self.dtype)
+        if given is None:  # Surprise's initialisation: every factor ~ Normal(init_mean, init_std)
+            return [_normal(rng, (r, self.factors), self.init_mean, self.init_std, self.dtype)
                     for r in rows[: len(names)]]
         if not isinstance(given, (tuple, list)) or len(given) != len(names):
             raise TypeError(f"initial_factors must be a tuple {names}")
@@ -556,6 +553,30 @@ class SVDpp(_SgdFactorization):
 
 
 # ---------------------------------------------------------------------- helpers
+def _normal(rng: np.random.Generator, shape: tuple[int, int], mean: float, std: float,
+            dtype: np.dtype) -> np.ndarray:
+    """Draws of Normal(mean, std) in ``dtype``, by the Box–Muller transform of ``rng``'s
+    uniforms: z = √(−2 ln u₁) (cos 2πu₂, sin 2πu₂). NumPy's own normal sampler draws one value
+    at a time (ml-latest-small's 1M starting factors took 11-13 ms, a quarter of the SVD fit;
+    this takes 5 ms in float32)."""
+    n = shape[0] * shape[1]
+    pairs = (n + 1) // 2
+    u = rng.random(2 * pairs, dtype=dtype)
+    radius = np.log1p(-u[:pairs])  # ln(1 − u): u < 1, so 1 − u is in (0, 1]
+    radius *= -2
+    np.sqrt(radius, out=radius)
+    angle = u[pairs:]
+    angle *= dtype.type(2 * np.pi)
+    out = np.empty(2 * pairs, dtype=dtype)
+    np.cos(angle, out=out[:pairs])
+    np.sin(angle, out=out[pairs:])
+    out[:pairs] *= radius
+    out[pairs:] *= radius
+    out *= dtype.type(std)
+    out += dtype.type(mean)
+    return out[:n].reshape(shape)
+
+
 def _in_order(trained: np.ndarray, rows_at: np.ndarray) -> np.ndarray:
     """Rows (or values) trained under renumbered ids, back in the caller's ids: row t of
     ``trained`` belongs to id ``rows_at[t]``."""
