@@ -244,11 +244,14 @@ class _RatingModel:
         return model
 
     def _state(self, global_mean, user_bias, item_bias, factors, seen, users, items, n_users,
-               n_items, scale) -> _Fitted:
-        implicit = factors[2].copy() if len(factors) == 3 else None
+               n_items, scale, fresh: bool = False) -> _Fitted:
+        """The fitted state of these arrays: copies, or the arrays themselves when ``fresh``
+        (the caller made them for this state and keeps no reference)."""
+        own = (lambda a: a) if fresh else np.copy
+        implicit = own(factors[2]) if len(factors) == 3 else None
         return _Fitted(
-            global_mean=global_mean, user_bias=user_bias.copy(), item_bias=item_bias.copy(),
-            user_factors=factors[0].copy(), item_factors=factors[1].copy(),
+            global_mean=global_mean, user_bias=own(user_bias), item_bias=own(item_bias),
+            user_factors=own(factors[0]), item_factors=own(factors[1]),
             implicit_factors=implicit,
             user_implicit=None if implicit is None else _implicit_term(seen, implicit),
             user_counts=np.bincount(users, minlength=n_users).astype(np.int64),
@@ -348,12 +351,12 @@ class _SgdFactorization(_RatingModel):
         run_epoch = self._epoch_runner(backend, blocks.renumbered(), ordered, global_mean,
                                        user_bias, item_bias, trained, lr, reg)
 
-        def state() -> _Fitted:  # in the caller's ids
-            for table, rows_at, rows_trained in zip(factors, rows, trained):
-                table[rows_at] = rows_trained[:, : self.factors]
+        def state() -> _Fitted:  # in the caller's ids, in new arrays
+            tables = [_in_order(rows_trained[:, : self.factors], rows_at)
+                      for rows_at, rows_trained in zip(rows, trained)]
             return self._state(global_mean, _in_order(user_bias, blocks.bin_users),
-                               _in_order(item_bias, blocks.bin_items), factors, seen, users,
-                               items, n_users, n_items, scale)
+                               _in_order(item_bias, blocks.bin_items), tables, seen, users,
+                               items, n_users, n_items, scale, fresh=True)
 
         threads = EpochThreads(self.num_threads)
         progress = _progress(self.epochs, show_progress, f"{self._NAME} ({backend.NAME})")
@@ -580,7 +583,7 @@ def _normal(rng: np.random.Generator, shape: tuple[int, int], mean: float, std: 
 def _in_order(trained: np.ndarray, rows_at: np.ndarray) -> np.ndarray:
     """Rows (or values) trained under renumbered ids, back in the caller's ids: row t of
     ``trained`` belongs to id ``rows_at[t]``."""
-    out = np.empty_like(trained)
+    out = np.empty(trained.shape, dtype=trained.dtype)  # C order, also from a column slice
     out[rows_at] = trained
     return out
 
