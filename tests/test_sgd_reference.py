@@ -245,14 +245,14 @@ def test_native_block_layout_equals_the_numpy_one(n, n_users, n_items, grid, shu
 
 
 def test_native_block_layout_does_not_depend_on_the_thread_count():
-    """From 2^20 entries the native layout counts and places ranges of positions on several
+    """From 2^18 entries the native layout counts and places ranges of positions on several
     threads: any count gives the one-thread layout."""
     from recfuse._sgd import common
 
     if common._core is None:
         pytest.skip("recfuse._core is not importable")
     rng = np.random.default_rng(0)
-    n = (1 << 20) + 37
+    n = (1 << 18) + 37
     users, items, order = rng.integers(0, 5000, n), rng.integers(0, 3000, n), rng.permutation(n)
     user_bin, item_bin = rng.integers(0, 8, 5000), rng.integers(0, 8, 3000)
     one = common._core.sgd_block_layout(users, items, order, user_bin, item_bin, 8, num_threads=1)

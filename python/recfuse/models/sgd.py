@@ -566,8 +566,8 @@ def _normal(rng: np.random.Generator, shape: tuple[int, int], mean: float, std: 
     pairs = (n + 1) // 2
     u = rng.random(2 * pairs, dtype=dtype)
     radius = np.log1p(-u[:pairs])  # ln(1 − u): u < 1, so 1 − u is in (0, 1]
-    radius *= -2
-    np.sqrt(radius, out=radius)
+    radius *= dtype.type(-2 * std * std)
+    np.sqrt(radius, out=radius)  # std √(−2 ln(1 − u))
     angle = u[pairs:]
     angle *= dtype.type(2 * np.pi)
     out = np.empty(2 * pairs, dtype=dtype)
@@ -575,8 +575,8 @@ def _normal(rng: np.random.Generator, shape: tuple[int, int], mean: float, std: 
     np.sin(angle, out=out[pairs:])
     out[:pairs] *= radius
     out[pairs:] *= radius
-    out *= dtype.type(std)
-    out += dtype.type(mean)
+    if mean:
+        out += dtype.type(mean)
     return out[:n].reshape(shape)
 
 
