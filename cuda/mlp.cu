@@ -896,6 +896,9 @@ MlpModelCuda::MlpModelCuda(const std::vector<MlpLayer>& layers, MlpPrecision pre
   s.descs.allocate(count);
   RECFUSE_CUDA_CHECK(cudaMemcpy(s.descs.get(), s.layers.data(), sizeof(LayerDesc) * count,
                                 cudaMemcpyHostToDevice));
+  // Copies from pageable memory may return before their DMA lands, and the kernels run on
+  // non-blocking streams that do not wait for the default stream.
+  RECFUSE_CUDA_CHECK(cudaDeviceSynchronize());
   // The largest dynamic shared memory any call may ask for (a process-wide attribute: one
   // value for every model, so that models never lower it under each other).
   allow_shared(fused_mlp_kernel,
@@ -1432,9 +1435,11 @@ std::shared_ptr<MlpItemPartCuda> MlpModelCuda::upload_item_part(const float* par
   RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
   auto state = std::make_unique<MlpItemPartCuda::State>();
   state->part.allocate(count);
-  if (count > 0)
+  if (count > 0) {
     RECFUSE_CUDA_CHECK(cudaMemcpy(state->part.get(), part, sizeof(float) * count,
                                   cudaMemcpyHostToDevice));
+    RECFUSE_CUDA_CHECK(cudaDeviceSynchronize());  // as in the constructor: let the DMA land
+  }
   return std::shared_ptr<MlpItemPartCuda>(
       new MlpItemPartCuda(state_.get(), items, columns, std::move(state)));
 }

@@ -18,7 +18,10 @@
 //   tiled   any widths: one tiled GEMM kernel per layer (64 x 64 output tiles, inputs staged
 //           16 columns at a time, the gather inside the first), activations in device memory.
 // rank() scores on the device and keeps each user's k best there (the contract of
-// recfuse::MlpModel::rank): a user with at most kMlpRankSharedMax candidates is sorted by
+// recfuse::MlpModel::rank, except that a bfloat16 model ranks its bfloat16 scores as they are:
+// the float32 rescoring of the band around the k-th score is done by the caller,
+// recfuse._mlp.cuda, which therefore never calls rank on a bfloat16 model). A user with at
+// most kMlpRankSharedMax candidates is sorted by
 // one block in shared memory (topk_select.cuh's bitonic sort), a longer list by CUB's
 // segmented radix sort; only the k results per user come back to the host.
 //

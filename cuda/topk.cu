@@ -529,6 +529,9 @@ TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T
   if (bias == nullptr) fill.assign(static_cast<size_t>(n), T(0));
   RECFUSE_CUDA_CHECK(cudaMemcpy(state_->bias.get(), bias ? bias : fill.data(),
                                 static_cast<size_t>(n) * sizeof(T), cudaMemcpyHostToDevice));
+  // A copy from pageable memory may return before its DMA lands, and the searches run on
+  // non-blocking streams that do not wait for the default stream.
+  RECFUSE_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 template <class T>
