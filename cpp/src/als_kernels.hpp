@@ -51,8 +51,9 @@ struct AlsRowKernels {
                           const T* G, int k, T alpha, bool raw, const T* x, T* scratch);
 };
 
-// Prefetches the factor rows of row u's first stored entries: called for the next row while
-// the current one is solved, since the kernels' own prefetching only looks ahead within a row.
+// Prefetches the factor rows of row u's first stored entries into L2: called for the next row
+// while the current one is solved, since the kernels' own prefetching only looks ahead within
+// a row.
 // (Compiler builtins only, so any SIMD-level file may include it.)
 template <class T>
 inline void prefetch_row_start(const CsrView<T>& R, int64_t u, const T* Y, int k) {
@@ -62,7 +63,7 @@ inline void prefetch_row_start(const CsrView<T>& R, int64_t u, const T* Y, int k
   const int64_t bytes = static_cast<int64_t>(k) * static_cast<int64_t>(sizeof(T));
   for (int64_t t = begin; t < end; ++t) {
     const char* row = reinterpret_cast<const char*>(Y + static_cast<int64_t>(R.indices[t]) * k);
-    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(row + line);
+    for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(row + line, 0, 2);
   }
 }
 
