@@ -106,7 +106,7 @@ inline long cholesky_scratch(int k, int rows) {
   const long kk = static_cast<long>(k) * k;
   // The stage, the interleaved systems (K x K, then two K-vectors, per row), each row's own
   // system and right-hand side; + 64: to align the interleaved batch.
-  return 2L * staged_entries<T>(k) * k + (kk + 2L * k) * rows + (kk + k) * rows + 64;
+  return static_cast<long>(staged_entries<T>(k)) * k + (kk + 2L * k) * rows + (kk + k) * rows + 64;
 }
 
 #define RECFUSE_DECLARE_LEVEL(ns)                       \
