@@ -67,12 +67,18 @@ inline void prefetch_row_start(const CsrView<T>& R, int64_t u, const T* Y, int k
   }
 }
 
-// Values of T solve_woodbury needs as scratch for a row of n entries: S (n rows of n rounded
-// up to a multiple of 16), two vectors of that length, K values and the row's scaled table
-// rows (n rounded up to a multiple of 4).
+// solve_woodbury's layout for a row of n entries: S's rows are woodbury_ld(n) values apart (n
+// rounded up to whole vectors of every SIMD level) and its scaled table rows are padded to
+// woodbury_rows(n) (whole blocks of dot products). Static: each SIMD-level file keeps its own
+// copy, so none compiled with AVX-512 flags can be the one the linker keeps.
+static constexpr long woodbury_ld(long n) { return (n + 15) / 16 * 16; }
+static constexpr long woodbury_rows(long n) { return (n + 3) / 4 * 4; }
+
+// Values of T solve_woodbury needs as scratch for a row of n entries: S (n x woodbury_ld(n)),
+// two vectors of woodbury_ld(n), K values and the row's scaled table rows.
 inline long woodbury_scratch(long n, int k) {
-  const long ld = (n + 15) / 16 * 16, padded = (n + 3) / 4 * 4;
-  return n * ld + 2 * ld + k + padded * k;
+  const long ld = woodbury_ld(n);
+  return n * ld + 2 * ld + k + woodbury_rows(n) * k;
 }
 
 // Bytes of one row's factor rows that the batched CG copies (longer rows run alone).
@@ -87,11 +93,11 @@ inline long cg_batch_scratch(int k, int rows) {
   return 4L * rows * k + rows * cg_longest_row<T>(k) * k;
 }
 
-// Bytes of factor rows the Cholesky build stages at a time (twice: the rows and the rows times
-// their weights), a quarter of L1 each.
+// Bytes of weighted factor rows the Cholesky build stages at a time, a quarter of L1 (the
+// rows themselves are read in place).
 constexpr int kStageBytes = 8192;
 
-// Entries the Cholesky build stages at a time: kStageBytes of factor rows, at least four
+// Entries the Cholesky build stages at a time: kStageBytes of weighted rows, at least four
 // (kernels use it as a constant).
 template <class T>
 constexpr int staged_entries(int k) {
@@ -106,7 +112,8 @@ inline long cholesky_scratch(int k, int rows) {
   const long kk = static_cast<long>(k) * k;
   // The stage, the interleaved systems (K x K, then two K-vectors, per row), each row's own
   // system and right-hand side; + 64: to align the interleaved batch.
-  return static_cast<long>(staged_entries<T>(k)) * k + (kk + 2L * k) * rows + (kk + k) * rows + 64;
+  return static_cast<long>(staged_entries<T>(k)) * k + (kk + 2L * k) * rows + (kk + k) * rows +
+         64;
 }
 
 #define RECFUSE_DECLARE_LEVEL(ns)                       \
