@@ -57,8 +57,7 @@ class Pattern(NamedTuple):
     @classmethod
     def from_pairs(cls, rows, cols, n_rows: int, n_cols: int) -> "Pattern":
         if _core is not None:  # two counting sorts (scipy's sort of each row took ~10x longer)
-            as_int64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
-            return cls(*_core.pairs_pattern(as_int64(rows), as_int64(cols), int(n_rows),
+            return cls(*_core.pairs_pattern(_as_int64(rows), _as_int64(cols), int(n_rows),
                                             int(n_cols)))
         matrix = sp.csr_matrix(
             (np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n_rows, n_cols)
@@ -114,6 +113,11 @@ class Blocks(NamedTuple):
         return self._replace(users=user_rank[self.users], items=item_rank[self.items],
                              bin_items=np.arange(self.bin_items.size, dtype=np.int32),
                              bin_users=np.arange(self.bin_users.size, dtype=np.int32))
+
+
+def _as_int64(ids) -> np.ndarray:
+    """ids as the C-contiguous int64 array the native layout functions take."""
+    return np.ascontiguousarray(ids, dtype=np.int64)
 
 
 def _inverse(permutation: np.ndarray) -> np.ndarray:
@@ -247,9 +251,8 @@ def make_blocks(users, items, n_users: int, n_items: int, grid: int,
     if order is None:
         order = rng.permutation(users.size) if shuffle else np.arange(users.size)
     if _core is not None:  # the same layout by a stable counting sort, in one native pass
-        as_int64 = lambda a: np.ascontiguousarray(a, dtype=np.int64)  # noqa: E731
         block_users, block_items, order, offsets = _core.sgd_block_layout(
-            as_int64(users), as_int64(items), as_int64(order), user_bin, item_bin, int(grid))
+            _as_int64(users), _as_int64(items), _as_int64(order), user_bin, item_bin, int(grid))
     else:
         row, col = user_bin[users[order]], item_bin[items[order]]
         block = ((col - row) % grid) * grid + row
