@@ -53,10 +53,10 @@ struct AlsRowKernels {
 
 // Prefetches the factor rows of row u's first stored entries into L2: called for the next row
 // while the current one is solved, since the kernels' own prefetching only looks ahead within
-// a row.
-// (Compiler builtins only, so any SIMD-level file may include it.)
+// a row. Static: the kernels of every SIMD level call it, and each file keeps its own copy
+// (an inline one could be merged with the copy compiled with AVX-512 flags).
 template <class T>
-inline void prefetch_row_start(const CsrView<T>& R, int64_t u, const T* Y, int k) {
+static inline void prefetch_row_start(const CsrView<T>& R, int64_t u, const T* Y, int k) {
   constexpr int64_t kRowsAhead = 16;
   const int64_t begin = R.indptr[u];
   const int64_t end = R.indptr[u + 1] < begin + kRowsAhead ? R.indptr[u + 1] : begin + kRowsAhead;
