@@ -32,17 +32,29 @@ echo "build: $(( $(date +%s) - start )) s"
 status=0
 # Each step is bounded (a failing hypothesis test shrinks for a long time): TEST_TIMEOUT_S per
 # test file, BENCH_BUDGET_S per benchmark. GPU_TESTS and GPU_BENCHES choose files and order.
+# The test files run at once (one GPU and many cores: they share the card, and the lease is
+# short); the benchmarks run one after another, alone, after them.
+pids=()
+names=()
 for tests in ${GPU_TESTS:-tests/test_gpu_*.py}; do
   name=$(basename "$tests" .py)
-  timeout "${TEST_TIMEOUT_S:-150}" "$PY" -m pytest -q -m gpu -p no:cacheprovider "$tests" \
-    > "$LOG/$name.log" 2>&1 || status=1
-  echo "== $name"; grep -iE "passed|failed|error" "$LOG/$name.log" | tail -15
+  timeout "${TEST_TIMEOUT_S:-150}" "$PY" -m pytest -v -rfE -m gpu -p no:cacheprovider "$tests" \
+    > "$LOG/$name.log" 2>&1 &
+  pids+=($!); names+=("$name")
 done
 # The cuda and cupy parameters of the tests that run every backend (marked gpu there too).
-timeout "${TEST_TIMEOUT_S:-150}" "$PY" -m pytest -q -m gpu -p no:cacheprovider \
+timeout "${TEST_TIMEOUT_S:-150}" "$PY" -m pytest -v -rfE -m gpu -p no:cacheprovider \
   tests/test_als_backends.py tests/test_mlp.py tests/test_sgd_backends.py tests/test_topk.py \
-  > "$LOG/backend_tests.log" 2>&1 || status=1
-echo "== backend tests (cuda, cupy)"; tail -3 "$LOG/backend_tests.log"
+  > "$LOG/backend_tests.log" 2>&1 &
+pids+=($!); names+=(backend_tests)
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}"; rc=$?
+  [ "$rc" -eq 0 ] || status=1
+  # The logs name every test (-v); here only the failures and the count.
+  echo "== ${names[$i]} (exit ${rc})"; grep -E "^(FAILED|ERROR)" "$LOG/${names[$i]}.log" | head -15
+  tail -1 "$LOG/${names[$i]}.log"
+done
+echo "tests: $(( $(date +%s) - start )) s"
 mkdir -p bench/results
 for script in ${GPU_BENCHES:-bench/bench_gpu_*.py}; do
   name=$(basename "$script" .py)

@@ -155,19 +155,25 @@ void bind_dtype(py::module_& m, py::class_<AlsTrainer>& trainer) {
               py::arg("raw_confidence"), py::arg("cholesky"), py::arg("cg_steps"));
 }
 
-// Batch-Hogwild Funk SVD (cuda/sgd.cu; never run on a GPU yet): host arrays in, updated in place.
+// Batch-Hogwild Funk SVD (cuda/sgd.cu): host arrays in; the function updates them in place,
+// the class keeps one fit on the device between epochs.
 template <class T>
-void bind_svd_hogwild(py::module_& m) {
+void bind_svd_hogwild(py::module_& m, const char* class_name) {
+  const auto check_ratings = [](const Array<int32_t>& users, const Array<int32_t>& items,
+                                const Array<T>& ratings) {
+    expect(users.ndim() == 1 && items.ndim() == 1 && ratings.ndim() == 1 &&
+               users.size() == items.size() && users.size() == ratings.size(),
+           "users, items and ratings must be 1-d of one length, got shapes " + shape_of(users) +
+               ", " + shape_of(items) + " and " + shape_of(ratings));
+  };
   m.def(
       "svd_epochs_hogwild",
-      [](const Array<int32_t>& users, const Array<int32_t>& items, const Array<T>& ratings,
-         double global_mean, Array<T>& user_bias, Array<T>& item_bias, Array<T>& P, Array<T>& Q,
-         const std::array<double, 5>& lr, const std::array<double, 5>& reg, bool biased,
-         int epochs, int batch) {
-        expect(users.ndim() == 1 && items.ndim() == 1 && ratings.ndim() == 1 &&
-                   users.size() == items.size() && users.size() == ratings.size(),
-               "users, items and ratings must be 1-d of one length, got shapes " +
-                   shape_of(users) + ", " + shape_of(items) + " and " + shape_of(ratings));
+      [check_ratings](const Array<int32_t>& users, const Array<int32_t>& items,
+                      const Array<T>& ratings, double global_mean, Array<T>& user_bias,
+                      Array<T>& item_bias, Array<T>& P, Array<T>& Q,
+                      const std::array<double, 5>& lr, const std::array<double, 5>& reg,
+                      bool biased, int epochs, int batch) {
+        check_ratings(users, items, ratings);
         const auto [k, n_users, n_items] = svd_shape(P, Q, user_bias, item_bias);
         const auto rates = sgd_rates<T>(lr, reg);
         const int32_t* u = users.data();
@@ -186,7 +192,59 @@ void bind_svd_hogwild(py::module_& m) {
       py::arg("biased"), py::arg("epochs"), py::arg("batch") = 256,
       "`epochs` Funk SVD epochs by batch-Hogwild SGD on the current device, in place (one warp "
       "per batch of consecutive ratings; not deterministic unless one warp holds them all). "
-      "NOT YET RUN ON A GPU. lr and reg: (bu, bi, pu, qi, unused).");
+      "lr and reg: (bu, bi, pu, qi, unused).");
+
+  using Fit = rc::SvdHogwild<T>;
+  py::class_<Fit>(m, class_name,
+                  "One Funk SVD fit on the current device (batch-Hogwild): the ratings, biases "
+                  "and factors are uploaded once, trained by epochs() and copied back by "
+                  "download(). Make one with svd_hogwild(...).")
+      .def("epochs",
+           [](Fit& fit, double global_mean, const std::array<double, 5>& lr,
+              const std::array<double, 5>& reg, bool biased, int epochs, int batch) {
+             const auto rates = sgd_rates<T>(lr, reg);
+             py::gil_scoped_release release;
+             fit.epochs(static_cast<T>(global_mean), rates, biased, epochs, batch);
+           },
+           py::arg("global_mean"), py::arg("lr"), py::arg("reg"), py::arg("biased"),
+           py::arg("epochs"), py::arg("batch") = 256,
+           "Runs `epochs` epochs on the device (lr and reg: (bu, bi, pu, qi, unused)).")
+      .def("download",
+           [](const Fit& fit, Array<T>& user_bias, Array<T>& item_bias, Array<T>& P,
+              Array<T>& Q) {
+             // The shapes are the constructor's: download() writes that many values.
+             const auto [k, n_users, n_items] = svd_shape(P, Q, user_bias, item_bias);
+             expect(k == fit.factors() && n_users == fit.users() && n_items == fit.items(),
+                    "download needs arrays of the fit's shapes: P " +
+                        std::to_string(fit.users()) + " x " + std::to_string(fit.factors()) +
+                        ", Q " + std::to_string(fit.items()) + " x " +
+                        std::to_string(fit.factors()) + ", got " + shape_of(P) + " and " +
+                        shape_of(Q));
+             T *bu = user_bias.mutable_data(), *bi = item_bias.mutable_data();
+             T *p = P.mutable_data(), *q = Q.mutable_data();
+             py::gil_scoped_release release;
+             fit.download(bu, bi, p, q);
+           },
+           py::arg("user_bias").noconvert(), py::arg("item_bias").noconvert(),
+           py::arg("P").noconvert(), py::arg("Q").noconvert(),
+           "Copies the current biases and factors into these arrays (the constructor's shapes).");
+  m.def(
+      "svd_hogwild",
+      [check_ratings](const Array<int32_t>& users, const Array<int32_t>& items,
+                      const Array<T>& ratings, Array<T>& user_bias, Array<T>& item_bias,
+                      Array<T>& P, Array<T>& Q) {
+        check_ratings(users, items, ratings);
+        const auto [k, n_users, n_items] = svd_shape(P, Q, user_bias, item_bias);
+        py::gil_scoped_release release;
+        return std::make_unique<Fit>(users.data(), items.data(), ratings.data(), users.size(),
+                                     user_bias.data(), item_bias.data(), P.data(), Q.data(),
+                                     n_users, n_items, static_cast<int>(k));
+      },
+      py::arg("users").noconvert(), py::arg("items").noconvert(), py::arg("ratings").noconvert(),
+      py::arg("user_bias").noconvert(), py::arg("item_bias").noconvert(),
+      py::arg("P").noconvert(), py::arg("Q").noconvert(),
+      "A device-resident Funk SVD fit of these ratings from these starting biases and "
+      "factors (float32 or float64 throughout).");
 }
 
 }  // namespace
@@ -233,8 +291,8 @@ PYBIND11_MODULE(_cuda, m) {
   bind_topk_index<rc::TopkItems<double>, double>(m, "TopkItemsFloat64", topk_note);
   m.attr("TOPK_SEARCH_BUDGET_BYTES") = rc::kTopkSearchBudgetBytes;
   m.attr("TOPK_FUSED_MAX_K") = rc::kFusedMaxK;
-  bind_svd_hogwild<float>(m);
-  bind_svd_hogwild<double>(m);
+  bind_svd_hogwild<float>(m, "SvdHogwildFloat32");
+  bind_svd_hogwild<double>(m, "SvdHogwildFloat64");
   m.attr("SVD_MAX_FACTORS") = rc::kSvdCudaMaxFactors;
   m.def(
       "set_topk_path",

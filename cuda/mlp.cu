@@ -816,10 +816,15 @@ MlpModelCuda::MlpModelCuda(const std::vector<MlpLayer>& layers, MlpPrecision pre
                name + " takes " + std::to_string(layer.in) + " inputs but layer " +
                    std::to_string(l - 1) + " gives " + std::to_string(layers[l - 1].out));
     checked_activation(layer.activation, l);
+    // Each message is built once, after its loop: expect() takes a std::string, and building
+    // one per element cost as much as the kernels (10 ms for 64,000 candidate ids).
+    bool finite = true;
     for (int64_t i = 0; i < static_cast<int64_t>(layer.out) * layer.in; ++i)
-      expect(std::isfinite(layer.weight[i]), name + " weights must be finite");
+      finite &= std::isfinite(layer.weight[i]);
+    expect(finite, name + " weights must be finite");
     for (int i = 0; layer.bias != nullptr && i < layer.out; ++i)
-      expect(std::isfinite(layer.bias[i]), name + " bias must be finite");
+      finite &= std::isfinite(layer.bias[i]);
+    expect(finite, name + " bias must be finite");
   }
   s.precision = precision;
   s.path = path;
@@ -944,8 +949,9 @@ Call plan_call(const MlpModelCuda& model, int part_width, int hidden_max,
   expect(c.users >= 0 && c.indptr != nullptr, "candidates need users >= 0 and an indptr");
   expect(c.users < INT_MAX, "at most 2**31 - 2 users per call");
   expect(c.indptr[0] == 0, "indptr must start at 0");
-  for (int64_t u = 0; u < c.users; ++u)
-    expect(c.indptr[u] <= c.indptr[u + 1], "indptr must not decrease");
+  bool ordered = true;  // messages after the loops (see the layer checks)
+  for (int64_t u = 0; u < c.users; ++u) ordered &= c.indptr[u] <= c.indptr[u + 1];
+  expect(ordered, "indptr must not decrease");
   call.total = c.indptr[c.users];
   expect(c.item_part == nullptr, "a precomputed item part is passed as `part` on the device");
   expect(c.user_blocks.size() <= kMaxSegments, "at most 3 user blocks");
@@ -983,11 +989,14 @@ Call plan_call(const MlpModelCuda& model, int part_width, int hidden_max,
   expect(!gathers || c.ids != nullptr, "item blocks need candidate ids");
   expect(rank_k == 0 || c.ids != nullptr, "rank needs candidate ids");
   expect(c.items >= 0 && c.items <= INT_MAX, "at most 2**31 - 1 items");
-  if (c.ids != nullptr)
-    for (int64_t i = 0; i < call.total; ++i)
-      expect(c.ids[i] >= 0 && c.ids[i] < c.items,
-                 "candidate id " + std::to_string(c.ids[i]) + " is outside [0, " +
-                     std::to_string(c.items) + ")");
+  if (c.ids != nullptr) {
+    int64_t bad = -1;  // the first id out of range
+    for (int64_t i = 0; i < call.total && bad < 0; ++i)
+      if (c.ids[i] < 0 || c.ids[i] >= c.items) bad = i;
+    expect(bad < 0, bad < 0 ? std::string()
+                            : "candidate id " + std::to_string(c.ids[bad]) + " is outside [0, " +
+                                  std::to_string(c.items) + ")");
+  }
   call.x_width = (call.prepared ? 0 : call.item_width) + call.candidate_width;
   call.x_start = call.user_width + (call.prepared ? call.item_width : 0);
   call.fused = model.path_for(call.x_width) == MlpPath::Fused;
@@ -1430,8 +1439,9 @@ std::shared_ptr<MlpItemPartCuda> MlpModelCuda::upload_item_part(const float* par
              "an item part covers 0 to " + std::to_string(input_width()) + " input columns, got " +
                  std::to_string(columns));
   const size_t count = static_cast<size_t>(items) * s.part;
-  for (size_t i = 0; i < count; ++i)
-    expect(std::isfinite(part[i]), "the item part must be finite");
+  bool finite = true;
+  for (size_t i = 0; i < count; ++i) finite &= std::isfinite(part[i]);
+  expect(finite, "the item part must be finite");
   RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
   auto state = std::make_unique<MlpItemPartCuda::State>();
   state->part.allocate(count);

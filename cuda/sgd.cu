@@ -1,6 +1,8 @@
-// Batch-Hogwild Funk SVD on a CUDA device (see sgd_cuda.hpp). NOT YET RUN ON A GPU.
+// Batch-Hogwild Funk SVD on a CUDA device (see sgd_cuda.hpp).
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -15,6 +17,9 @@ namespace {
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // One warp per batch of ratings; lane l holds factors l, l + 32, ... (PerLane of them).
+// Factors and biases are read and written through L2 (__ldcg / __stcg): an SM's L1 is not
+// kept coherent with the other SMs' writes, and rows read through it went stale for the
+// whole epoch on small tables (each SM then trained its own copy; seen on an H200).
 template <class T, int PerLane>
 __global__ void svd_hogwild_kernel(const int32_t* __restrict__ users,
                                    const int32_t* __restrict__ items,
@@ -35,8 +40,8 @@ __global__ void svd_hogwild_kernel(const int32_t* __restrict__ users,
 #pragma unroll
       for (int j = 0; j < PerLane; ++j) {
         const int f = lane + 32 * j;
-        pv[j] = f < k ? p[f] : T(0);
-        qv[j] = f < k ? q[f] : T(0);
+        pv[j] = f < k ? __ldcg(p + f) : T(0);
+        qv[j] = f < k ? __ldcg(q + f) : T(0);
         dot += pv[j] * qv[j];
       }
 #pragma unroll
@@ -45,11 +50,11 @@ __global__ void svd_hogwild_kernel(const int32_t* __restrict__ users,
       }
       T err = 0;
       if (lane == 0) {
-        const T b_u = bu[u], b_i = bi[i];
+        const T b_u = __ldcg(bu + u), b_i = __ldcg(bi + i);
         err = ratings[t] - (mu + b_u + b_i + dot);
         if (biased) {
-          bu[u] = b_u + r.lr_bu * (err - r.reg_bu * b_u);
-          bi[i] = b_i + r.lr_bi * (err - r.reg_bi * b_i);
+          __stcg(bu + u, b_u + r.lr_bu * (err - r.reg_bu * b_u));
+          __stcg(bi + i, b_i + r.lr_bi * (err - r.reg_bi * b_i));
         }
       }
       err = __shfl_sync(kFullMask, err, 0);
@@ -57,8 +62,8 @@ __global__ void svd_hogwild_kernel(const int32_t* __restrict__ users,
       for (int j = 0; j < PerLane; ++j) {
         const int f = lane + 32 * j;
         if (f < k) {
-          p[f] = pv[j] + r.lr_pu * (err * qv[j] - r.reg_pu * pv[j]);
-          q[f] = qv[j] + r.lr_qi * (err * pv[j] - r.reg_qi * qv[j]);
+          __stcg(p + f, pv[j] + r.lr_pu * (err * qv[j] - r.reg_pu * pv[j]));
+          __stcg(q + f, qv[j] + r.lr_qi * (err * pv[j] - r.reg_qi * qv[j]));
         }
       }
       __syncwarp();  // this rating's writes land before the warp reads the next rows
@@ -77,66 +82,135 @@ void launch(const int32_t* users, const int32_t* items, const T* ratings, int64_
 
 }  // namespace
 
+// The device copies of one fit: ratings, biases and factors.
 template <class T>
-void svd_epochs_hogwild(const int32_t* users, const int32_t* items, const T* ratings, int64_t nnz,
-                        T global_mean, T* user_bias, T* item_bias, T* P, T* Q, int64_t n_users,
-                        int64_t n_items, int k, const SgdRates<T>& rates, bool biased,
-                        int epochs, int batch) {
+struct SvdHogwild<T>::State {
+  int64_t nnz = 0, n_users = 0, n_items = 0;
+  int k = 0, blocks = 1;
+  DeviceBuffer<int32_t> users, items;
+  DeviceBuffer<T> ratings, bu, bi, P, Q;
+};
+
+template <class T>
+SvdHogwild<T>::SvdHogwild(const int32_t* users, const int32_t* items, const T* ratings,
+                          int64_t nnz, const T* user_bias, const T* item_bias, const T* P,
+                          const T* Q, int64_t n_users, int64_t n_items, int k)
+    : state_(std::make_unique<State>()) {
   if (k < 1 || k > kSvdCudaMaxFactors) {
     throw std::invalid_argument("factors must be in [1, " + std::to_string(kSvdCudaMaxFactors) +
                                 "] on the GPU, got " + std::to_string(k));
   }
-  if (batch < 1) throw std::invalid_argument("batch must be >= 1");
-  if (epochs < 0) throw std::invalid_argument("epochs must be >= 0");
-  for (int64_t t = 0; t < nnz; ++t) {
-    if (users[t] < 0 || users[t] >= n_users || items[t] < 0 || items[t] >= n_items) {
-      throw std::invalid_argument("a user or item id is outside [0, " + std::to_string(n_users) +
-                                  ") x [0, " + std::to_string(n_items) + ")");
-    }
+  if (nnz < 0 || n_users < 0 || n_items < 0) throw std::invalid_argument("negative sizes");
+  bool in_range = true;  // one message, after the loop
+  for (int64_t t = 0; t < nnz; ++t)
+    in_range &= users[t] >= 0 && users[t] < n_users && items[t] >= 0 && items[t] < n_items;
+  if (!in_range) {
+    throw std::invalid_argument("a user or item id is outside [0, " + std::to_string(n_users) +
+                                ") x [0, " + std::to_string(n_items) + ")");
   }
-  // Everything on the legacy default stream, in order; the last download is waited for.
+  State& s = *state_;
+  s.nnz = nnz;
+  s.n_users = n_users;
+  s.n_items = n_items;
+  s.k = k;
+  // Everything on the legacy default stream, in order (kernels wait for these copies).
   const auto size = [](int64_t count) { return static_cast<size_t>(count); };
-  DeviceBuffer<int32_t> d_users(size(nnz)), d_items(size(nnz));
-  DeviceBuffer<T> d_ratings(size(nnz)), d_bu(size(n_users)), d_bi(size(n_items)),
-      d_P(size(n_users * k)), d_Q(size(n_items * k));
-  d_users.upload(users, d_users.size(), nullptr);
-  d_items.upload(items, d_items.size(), nullptr);
-  d_ratings.upload(ratings, d_ratings.size(), nullptr);
-  d_bu.upload(user_bias, d_bu.size(), nullptr);
-  d_bi.upload(item_bias, d_bi.size(), nullptr);
-  d_P.upload(P, d_P.size(), nullptr);
-  d_Q.upload(Q, d_Q.size(), nullptr);
+  s.users.allocate(size(nnz));
+  s.items.allocate(size(nnz));
+  s.ratings.allocate(size(nnz));
+  s.bu.allocate(size(n_users));
+  s.bi.allocate(size(n_items));
+  s.P.allocate(size(n_users * k));
+  s.Q.allocate(size(n_items * k));
+  s.users.upload(users, s.users.size(), nullptr);
+  s.items.upload(items, s.items.size(), nullptr);
+  s.ratings.upload(ratings, s.ratings.size(), nullptr);
+  s.bu.upload(user_bias, s.bu.size(), nullptr);
+  s.bi.upload(item_bias, s.bi.size(), nullptr);
+  s.P.upload(P, s.P.size(), nullptr);
+  s.Q.upload(Q, s.Q.size(), nullptr);
+  // The host arrays may change once this returns: a pageable copy can return before its DMA.
+  RECFUSE_CUDA_CHECK(cudaStreamSynchronize(nullptr));
   int device = 0, sms = 1;
   RECFUSE_CUDA_CHECK(cudaGetDevice(&device));
   RECFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t batches = (nnz + batch - 1) / batch;
-  const int64_t wanted_blocks = (batches + 7) / 8;  // 8 warps per block of 256 threads
-  const int64_t most_blocks = 32LL * sms;  // enough resident warps to hide memory latency
+  const int64_t resident_blocks = 32LL * sms;  // enough resident warps to hide memory latency
+  // Hogwild assumes that two warps seldom update one row at the same time: at most one warp
+  // in flight per kRowsPerWarp rows of the smaller side (else, on a small table, most
+  // updates of a row overwrite each other and training stalls).
+  constexpr int64_t kRowsPerWarp = 16;
+  const int64_t spread_blocks = (std::min(n_users, n_items) / kRowsPerWarp + 7) / 8;
+  s.blocks = static_cast<int>(std::max<int64_t>(1, std::min(resident_blocks, spread_blocks)));
+}
+
+template <class T>
+SvdHogwild<T>::~SvdHogwild() = default;
+
+template <class T>
+void SvdHogwild<T>::epochs(T global_mean, const SgdRates<T>& rates, bool biased, int epochs,
+                           int batch) {
+  if (batch < 1) throw std::invalid_argument("batch must be >= 1");
+  if (epochs < 0) throw std::invalid_argument("epochs must be >= 0");
+  State& s = *state_;
+  const int64_t batches = (s.nnz + batch - 1) / batch;
+  // 8 warps per block of 256 threads; no more warps than batches.
   const int blocks = static_cast<int>(
-      wanted_blocks < 1 ? 1 : (wanted_blocks < most_blocks ? wanted_blocks : most_blocks));
-  for (int epoch = 0; epoch < epochs; ++epoch) {
+      std::max<int64_t>(1, std::min<int64_t>(s.blocks, (batches + 7) / 8)));
+  for (int epoch = 0; epoch < epochs && s.nnz > 0; ++epoch) {
     const auto args = [&](auto launcher) {
-      launcher(d_users.get(), d_items.get(), d_ratings.get(), nnz, global_mean, d_bu.get(),
-               d_bi.get(), d_P.get(), d_Q.get(), k, rates, biased, batch, blocks);
+      launcher(s.users.get(), s.items.get(), s.ratings.get(), s.nnz, global_mean, s.bu.get(),
+               s.bi.get(), s.P.get(), s.Q.get(), s.k, rates, biased, batch, blocks);
     };
-    if (k <= 32) {
+    if (s.k <= 32) {
       args(launch<T, 1>);
-    } else if (k <= 64) {
+    } else if (s.k <= 64) {
       args(launch<T, 2>);
-    } else if (k <= 128) {
+    } else if (s.k <= 128) {
       args(launch<T, 4>);
     } else {
       args(launch<T, 8>);
     }
   }
-  RECFUSE_CUDA_CHECK(cudaDeviceSynchronize());
-  d_bu.download(user_bias, d_bu.size(), nullptr);
-  d_bi.download(item_bias, d_bi.size(), nullptr);
-  d_P.download(P, d_P.size(), nullptr);
-  d_Q.download(Q, d_Q.size(), nullptr);
+}
+
+template <class T>
+void SvdHogwild<T>::download(T* user_bias, T* item_bias, T* P, T* Q) const {
+  const State& s = *state_;
+  RECFUSE_CUDA_CHECK(cudaStreamSynchronize(nullptr));  // the epochs are done (errors surface)
+  s.bu.download(user_bias, s.bu.size(), nullptr);
+  s.bi.download(item_bias, s.bi.size(), nullptr);
+  s.P.download(P, s.P.size(), nullptr);
+  s.Q.download(Q, s.Q.size(), nullptr);
   RECFUSE_CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 
+template <class T>
+int64_t SvdHogwild<T>::users() const {
+  return state_->n_users;
+}
+
+template <class T>
+int64_t SvdHogwild<T>::items() const {
+  return state_->n_items;
+}
+
+template <class T>
+int SvdHogwild<T>::factors() const {
+  return state_->k;
+}
+
+template <class T>
+void svd_epochs_hogwild(const int32_t* users, const int32_t* items, const T* ratings, int64_t nnz,
+                        T global_mean, T* user_bias, T* item_bias, T* P, T* Q, int64_t n_users,
+                        int64_t n_items, int k, const SgdRates<T>& rates, bool biased,
+                        int epochs, int batch) {
+  SvdHogwild<T> fit(users, items, ratings, nnz, user_bias, item_bias, P, Q, n_users, n_items, k);
+  fit.epochs(global_mean, rates, biased, epochs, batch);
+  fit.download(user_bias, item_bias, P, Q);
+}
+
+template class SvdHogwild<float>;
+template class SvdHogwild<double>;
 template void svd_epochs_hogwild<float>(const int32_t*, const int32_t*, const float*, int64_t,
                                         float, float*, float*, float*, float*, int64_t, int64_t,
                                         int, const SgdRates<float>&, bool, int, int);

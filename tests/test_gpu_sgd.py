@@ -112,3 +112,44 @@ def test_models_without_a_cuda_kernel_pass_over_it(cuda):
         recfuse.SVDpp(factors=8, epochs=1, backend="cuda").fit(users, items, ratings)
     model = recfuse.SVDpp(factors=8, epochs=1, backend="auto").fit(users, items, ratings)
     assert model.backend_used != "cuda"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_device_resident_fit_is_the_reference_over_epochs(cuda, dtype):
+    """svd_hogwild keeps the model on the device between epochs() calls: with one warp
+    (batch >= nnz), three calls of one epoch each are three reference epochs, and download
+    copies the model back."""
+    users, items, ratings, start = problem(dtype, 40, n=1500)
+    mu = float(ratings.mean())
+    lr, reg = (0.01, 0.02, 0.005, 0.007, 0.0), (0.02, 0.05, 0.03, 0.01, 0.0)
+    expected = [a.copy() for a in start]
+    for _ in range(3):
+        expected = reference.svd_sgd_epoch(users, items, ratings, mu, *expected, lr=lr[:4],
+                                           reg=reg[:4])
+    host = [a.copy() for a in start]
+    fit = cuda.svd_hogwild(users, items, ratings, *host)
+    for _ in range(3):
+        fit.epochs(mu, lr, reg, True, 1, users.size)
+    np.testing.assert_array_equal(host[2], start[2])  # nothing copied back yet
+    fit.download(*host)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    for a, b in zip(host, expected):
+        np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance)
+    with pytest.raises(ValueError, match="shapes"):
+        fit.download(host[0], host[1], host[2][:, :8].copy(), host[3][:, :8].copy())
+    with pytest.raises(ValueError, match="batch"):
+        fit.epochs(mu, lr, reg, True, 1, 0)
+
+
+def test_svd_callback_sees_the_device_model(cuda):
+    """With the cuda backend the model lives on the device during fit; a callback's RMSE
+    comes from the model copied back, and the fitted model is the last epoch's."""
+    import recfuse
+
+    users, items, ratings, _ = problem(np.float32, 16, n=20_000)
+    seen = []
+    model = recfuse.SVD(factors=16, epochs=6, backend="cuda", random_state=0)
+    model.fit(users, items, ratings, callback=lambda epoch, error: seen.append(error))
+    assert len(seen) == 6 and seen[-1] < seen[0]
+    final = np.sqrt(np.mean((model.predict(users, items, clip=False) - ratings) ** 2))
+    assert final == pytest.approx(seen[-1], rel=1e-5)

@@ -728,3 +728,38 @@ def test_save_and_load_give_the_same_scorer(tmp_path):
         load_scorer(truncated)
     with pytest.raises(FileNotFoundError):
         load_scorer(tmp_path / "missing.npz")
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 60), min_size=1, max_size=8), k=st.integers(1, 12),
+       noise=st.sampled_from([0.0, 1e-3, 0.5]), seed=st.integers(0, 2**32 - 1))
+def test_batched_rescoring_is_the_reference_rule(lengths, k, noise, seed):
+    """common.rank_candidates (every user's band in one float32 call per round) returns what
+    reference.mlp_rank_rescored (one call per user and band) does: ties, repeated ids,
+    -inf and NaN rough scores, empty users, and bands that must double (large noise)."""
+    from recfuse._mlp import Candidates, common
+
+    rng = np.random.default_rng(seed)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    total = int(indptr[-1])
+    ids = rng.integers(0, 25, total).astype(np.int64)  # repeats on purpose
+    exact = np.round(rng.standard_normal(total), 1).astype(np.float32)  # ties on purpose
+    exact[rng.random(total) < 0.05] = -np.inf
+    rough = (exact + noise * rng.standard_normal(total)).astype(np.float32)
+    rough[rng.random(total) < 0.05] = -np.inf
+    rough[rng.random(total) < 0.02] = np.nan
+    call = Candidates(indptr=indptr, ids=ids, items=25, user_blocks=[np.zeros((len(lengths), 1),
+                      np.float32)], item_blocks=[], candidate_block=exact[:, None],
+                      item_part=None, item_part_columns=0)
+    calls = []
+
+    def score_float32(sub):
+        calls.append(sub.indptr.size - 1)
+        return sub.candidate_block[:, 0]
+
+    got_ids, got_scores = common.rank_candidates(call, rough, k, "bfloat16", score_float32)
+    want_ids, want_scores = reference.mlp_rank_rescored(indptr, ids, rough,
+                                                        lambda rows: exact[rows], k)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_array_equal(got_scores, want_scores.astype(np.float32))
+    assert len(calls) <= 1 + math.ceil(math.log2(max(total, 1)))  # rounds, not users

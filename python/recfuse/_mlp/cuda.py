@@ -13,14 +13,14 @@ fused one wherever the call fits it.
 
 Under bfloat16, ``rank`` follows ``reference.mlp_rank_rescored`` like every other backend:
 the bfloat16 model scores every candidate on the device, then a float32 twin of the same
-weights (made with the model; its own device copy of each prepared item part) rescores each
-user's band (``common.rank_candidates``, one device call per band). That loop is on the host,
-so bfloat16 ranking costs more calls than float32 ranking, which keeps its top-k on the
-device.
+weights (made with the model; its own device copy of each prepared item part) rescores the
+users' bands (``common.rank_candidates``: one device call per round for all users whose band
+is still open). That loop is on the host, so bfloat16 ranking costs more calls than float32
+ranking, which keeps its top-k on the device.
 
-Not yet run on a GPU: the development machines of this module had none (its tests skip
-there with the reason). ``recfuse._cuda`` is imported only when used, so importing this
-module never fails on a machine without a driver or a CUDA build (availability:
+tests/test_gpu_mlp.py checks it on a device (first run on an NVIDIA H200, 2026-11-28) and
+skips elsewhere with the reason. ``recfuse._cuda`` is imported only when used, so importing
+this module never fails on a machine without a driver or a CUDA build (availability:
 recfuse._als.cuda).
 """
 

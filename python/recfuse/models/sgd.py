@@ -352,6 +352,7 @@ class _SgdFactorization(_RatingModel):
                                        user_bias, item_bias, trained, lr, reg)
 
         def state() -> _Fitted:  # in the caller's ids, in new arrays
+            getattr(run_epoch, "sync", lambda: None)()  # a device-resident fit copies back
             tables = [_in_order(rows_trained[:, : self.factors], rows_at)
                       for rows_at, rows_trained in zip(rows, trained)]
             return self._state(global_mean, _in_order(user_bias, blocks.bin_users),
@@ -473,12 +474,30 @@ class SVD(_SgdFactorization):
                       lr, reg):
         P, Q = factors
         mean = global_mean if self.biased else 0.0
+        if hasattr(backend, "svd_trainer"):  # the data stays on the device between epochs
+            return _DeviceEpochs(backend.svd_trainer(blocks, ratings, user_bias, item_bias, P, Q),
+                                 (mean, lr, reg, self.biased), (user_bias, item_bias, P, Q))
 
         def run(threads: int):
             backend.svd_epoch(blocks, ratings, mean, user_bias, item_bias, P, Q, lr, reg,
                               self.biased, threads)
 
         return run
+
+
+class _DeviceEpochs:
+    """The epoch runner of a device-resident SVD fit: each call runs one epoch on the
+    device; ``sync()`` copies the model back into the host arrays the fit reads."""
+
+    def __init__(self, trainer, arguments: tuple, host: tuple):
+        self._trainer, self._arguments, self._host = trainer, arguments, host
+
+    def __call__(self, threads: int) -> None:
+        del threads  # the device decides its own parallelism
+        self._trainer.epochs(*self._arguments, 1)
+
+    def sync(self) -> None:
+        self._trainer.download(*self._host)
 
 
 class SVDpp(_SgdFactorization):
