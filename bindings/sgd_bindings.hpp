@@ -7,6 +7,7 @@
 #include <string>
 
 #include "als_bindings.hpp"
+#include "recfuse/random.hpp"
 #include "recfuse/sgd.hpp"
 
 namespace recfuse {
@@ -129,6 +130,33 @@ inline void bind_sgd_helpers(py::module_& m) {
 
 template <class T>
 void bind_sgd_functions(py::module_& m) {
+  m.def(
+      "normal_rows",
+      [](uint64_t seed, Array<T>& out, int k, double mean, double std,
+         const std::optional<Array<int64_t>>& source) {
+        expect(out.ndim() == 2 && out.shape(1) >= k && k >= 0,
+               "out must be 2-d with at least k = " + std::to_string(k) +
+                   " >= 0 columns, got shape " + shape_of(out));
+        const int64_t rows = out.shape(0);
+        const int64_t* src = nullptr;
+        if (source) {
+          expect(source->ndim() == 1 && source->shape(0) == rows,
+                 "source must be 1-d with one entry per row of out (" + std::to_string(rows) +
+                     "), got shape " + shape_of(*source));
+          src = source->data();
+          bool ok = true;  // one message, after the loop
+          for (int64_t r = 0; r < rows; ++r) ok &= src[r] >= 0;
+          expect(ok, "source rows must be >= 0");
+        }
+        T* o = out.mutable_data();
+        py::gil_scoped_release release;
+        recfuse::normal_rows<T>(seed, src, rows, k, out.shape(1), static_cast<T>(mean),
+                                static_cast<T>(std), o);
+      },
+      py::arg("seed"), py::arg("out").noconvert(), py::arg("k"), py::arg("mean"), py::arg("std"),
+      py::arg("source") = py::none(),
+      "Fills out (rows x width) in place: out[r, c] = mean + std * normal_at(seed, source[r] * k "
+      "+ c) for c < k, 0 beyond (recfuse.reference.normal_draws; source None: source[r] = r).");
   m.def(
       "svd_epoch",
       [](const Array<int32_t>& users, const Array<int32_t>& items, const Array<T>& ratings,

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import recfuse
 from recfuse import reference
@@ -101,20 +103,84 @@ def test_float32_native_fit_follows_the_numpy_backend(ratings, cls, factors):
                                rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_starting_factors_are_normal_draws(dtype):
-    from recfuse.models.sgd import _normal
+def test_starting_draws_are_standard_normal():
+    """reference.normal_draws (the starting factors' generator): mean, spread, the mass
+    within one and two standard deviations, symmetric tails, bounded, and a pure function
+    of (seed, index)."""
+    from scipy import stats
 
-    draws = _normal(np.random.default_rng(0), (20_001, 5), 0.5, 0.1, np.dtype(dtype))  # odd count
-    assert draws.shape == (20_001, 5) and draws.dtype == dtype and np.isfinite(draws).all()
-    z = (draws.ravel().astype(np.float64) - 0.5) / 0.1
-    assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
-    # the fraction within one and two standard deviations, and a symmetric tail
-    assert abs(np.mean(np.abs(z) < 1) - 0.6827) < 0.01
-    assert abs(np.mean(np.abs(z) < 2) - 0.9545) < 0.005
-    assert abs(np.mean(z > 1) - np.mean(z < -1)) < 0.01
-    again = _normal(np.random.default_rng(0), (20_001, 5), 0.5, 0.1, np.dtype(dtype))
-    np.testing.assert_array_equal(draws, again)
+    z = reference.normal_draws(12345, np.arange(400_001)).astype(np.float64)  # odd count
+    assert np.isfinite(z).all() and np.abs(z).max() < 5.8
+    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    assert abs(np.mean(np.abs(z) < 1) - 0.6827) < 0.005
+    assert abs(np.mean(np.abs(z) < 2) - 0.9545) < 0.003
+    assert abs(np.mean(z > 1) - np.mean(z < -1)) < 0.005
+    assert stats.kstest(z, "norm").pvalue > 1e-4
+    picked = np.array([400_000, 7, 8, 0, 7])
+    np.testing.assert_array_equal(reference.normal_draws(12345, picked), z[picked].astype(np.float32))
+    other = reference.normal_draws(12346, np.arange(1000))
+    assert abs(np.corrcoef(other, z[:1000])[0, 1]) < 0.15  # another seed, other draws
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1), rows=st.integers(0, 40), k=st.integers(0, 37),
+       pad=st.integers(0, 20), mean=st.sampled_from([0.0, 0.5, -3.0]),
+       std=st.sampled_from([0.1, 1.0, 1e-30]))
+def test_native_normal_rows_are_the_reference_at_every_simd_level(dtype, seed, rows, k, pad,
+                                                                   mean, std):
+    """_core.normal_rows draws the reference's values bit for bit, at every SIMD level, in
+    any row order (odd k puts a row's first draw at either half of a pair), zero-padded."""
+    _core = pytest.importorskip("recfuse._core")
+    table = reference.normal_table(seed, rows, k, mean, std, dtype)
+    order = np.random.default_rng(seed % 1000).permutation(rows).astype(np.int64)
+    original = _core.simd_level()
+    try:
+        for level in _core.supported_simd_levels():
+            _core.set_simd_level(level)
+            out = np.full((rows, k + pad), np.nan, dtype=dtype)
+            _core.normal_rows(seed, out, k, mean, std, order)
+            np.testing.assert_array_equal(out[:, :k], table[order])
+            assert not out[:, k:].any()
+            whole = np.empty((rows, k), dtype=dtype)
+            _core.normal_rows(seed, whole, k, mean, std)  # no source: row r is table row r
+            np.testing.assert_array_equal(whole, table)
+    finally:
+        _core.set_simd_level(original)
+
+
+def test_normal_rows_rejects_bad_arguments():
+    _core = pytest.importorskip("recfuse._core")
+    out = np.empty((4, 3), np.float32)
+    with pytest.raises(ValueError, match="at least k"):
+        _core.normal_rows(1, out, 5, 0.0, 1.0)
+    with pytest.raises(ValueError, match="one entry per row"):
+        _core.normal_rows(1, out, 3, 0.0, 1.0, np.arange(3, dtype=np.int64))
+    with pytest.raises(ValueError, match=">= 0"):
+        _core.normal_rows(1, out, 3, 0.0, 1.0, np.array([0, 1, -2, 3], dtype=np.int64))
+    with pytest.raises(TypeError):
+        _core.normal_rows(-1, out, 3, 0.0, 1.0)  # seeds are unsigned 64-bit
+    with pytest.raises(TypeError):
+        _core.normal_rows(1, out.astype(np.float64).T, 3, 0.0, 1.0)  # not C-contiguous
+
+
+@pytest.mark.parametrize("alignment", [0, 64])
+def test_normal_training_rows_are_the_table_laid_out(alignment):
+    """normal_training_rows(seed, rows, ...) is training_rows(normal_table(seed, ...), rows):
+    the native backend's padded, aligned layout and a plain one."""
+    from types import SimpleNamespace
+
+    from recfuse._sgd.common import normal_training_rows, training_rows
+
+    backend = SimpleNamespace(ROW_ALIGNMENT=alignment) if alignment else SimpleNamespace()
+    rows = np.random.default_rng(0).permutation(53)
+    for k, dtype in ((13, np.float32), (100, np.float32), (8, np.float64)):
+        expected = training_rows(reference.normal_table(99, 53, k, 0.0, 0.1, dtype), rows, backend)
+        got = normal_training_rows(99, rows, k, 0.0, 0.1, dtype, backend)
+        assert got.shape == expected.shape and got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+        if alignment:
+            assert got.ctypes.data % alignment == 0 and got.strides[0] % alignment == 0
 
 
 def test_unknown_ids_fall_back_like_surprise():

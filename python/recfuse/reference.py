@@ -210,6 +210,70 @@ def topk(queries, items, k: int, *, exclude=None, mask=None, item_bias=None, ite
         scores[i, : order.size] = S[i, order]
     return ids, scores
 
+# ============================================================================ starting factors
+# The factor models start from normal draws made by counter: normal_draws(seed, n) is a pure
+# function of the seed and the draw's index n (recfuse/random.hpp gives the definition), so
+# a native fit writes a table straight into its training layout, in any row order, and every
+# backend and SIMD level starts from the same bits. All of it is float32 arithmetic, one
+# rounding per operation, in the order below (the native kernel's order).
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _f32(value) -> np.float32:
+    return np.float32(value)
+
+
+def normal_draws(seed: int, indices) -> np.ndarray:
+    """Standard normal draws number ``indices`` (int64 >= 0) of ``seed`` (0 <= seed < 2**64),
+    float32: the Box-Muller transform of two uniforms from splitmix64 (see the comment)."""
+    n = np.asarray(indices, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = np.uint64(seed) + ((n >> np.uint64(1)) + np.uint64(1)) * _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    radius_bits = (x >> np.uint64(41)).astype(np.int32)
+    quarter = ((x >> np.uint64(38)) & np.uint64(3)).astype(np.int32)
+    angle_bits = ((x >> np.uint64(16)) & np.uint64(0x3FFFFF)).astype(np.int32)
+
+    u1 = (2 * radius_bits + 1).astype(np.float32) * _f32(2.0 ** -24)  # in (0, 1)
+    bits = u1.view(np.int32)
+    e = (bits >> 23) - 127
+    m = ((bits & 0x7FFFFF) | 0x3F800000).view(np.float32)  # u1 = m 2^e, m in [1, 2)
+    big = m > _f32(float.fromhex("0x1.6a09e6p+0"))  # m > sqrt(2): m / 2, e + 1
+    m = np.where(big, m * _f32(0.5), m)
+    e = e + big
+    s = (m - _f32(1)) / (m + _f32(1))
+    s2 = s * s
+    c3, c5, c7, c9 = (_f32(1) / _f32(d) for d in (3, 5, 7, 9))
+    series = _f32(1) + s2 * (c3 + s2 * (c5 + s2 * (c7 + s2 * c9)))
+    ln_u1 = e.astype(np.float32) * _f32(float.fromhex("0x1.62e430p-1")) + (s + s) * series
+    r = np.sqrt(ln_u1 * _f32(-2))
+
+    a = (2 * angle_bits + 1 - (1 << 22)).astype(np.float32) * \
+        _f32(float.fromhex("0x1.921fb6p-23"))  # pi/2 * 2^-23: a in (-pi/4, pi/4)
+    a2 = a * a
+    s3, s5, s7, s9 = (_f32(-1) / _f32(6), _f32(1) / _f32(120), _f32(-1) / _f32(5040),
+                      _f32(1) / _f32(362880))
+    k2, k4, k6, k8 = (_f32(-1) / _f32(2), _f32(1) / _f32(24), _f32(-1) / _f32(720),
+                      _f32(1) / _f32(40320))
+    sin_a = a * (_f32(1) + a2 * (s3 + a2 * (s5 + a2 * (s7 + a2 * s9))))
+    cos_a = _f32(1) + a2 * (k2 + a2 * (k4 + a2 * (k6 + a2 * k8)))
+    odd = (quarter & 1).astype(bool)  # (c, s) turned by quarter turns: swap for q = 1, 3
+    first, second = np.where(odd, sin_a, cos_a), np.where(odd, cos_a, sin_a)
+    first = np.where((quarter + 1) & 2, -first, first)  # negative for q = 1, 2
+    second = np.where(quarter & 2, -second, second)     # negative for q = 2, 3
+    return r * np.where((n & np.uint64(1)).astype(bool), second, first)
+
+
+def normal_table(seed: int, rows: int, k: int, mean: float, std: float, dtype) -> np.ndarray:
+    """(rows, k) starting factors: mean + std * normal_draws(seed, r * k + c), in ``dtype``
+    (the draws are float32; the scaling is done in ``dtype``)."""
+    dtype = np.dtype(dtype)
+    z = normal_draws(seed, np.arange(rows * k, dtype=np.int64)).reshape(rows, k)
+    return dtype.type(mean) + dtype.type(std) * z.astype(dtype)
+
 # ============================================================================ SGD
 # Explicit-feedback factorization (Funk SVD, SVD++) and BPR, one epoch at a time. Every
 # function takes the ratings (or triples) and an ``order``: the epoch visits entry

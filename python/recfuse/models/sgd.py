@@ -21,8 +21,8 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._backend import resolve_backend
-from .._sgd.common import (EpochThreads, Pattern, default_grid, make_blocks, training_rows,
-                           user_major_order)
+from .._sgd.common import (EpochThreads, Pattern, default_grid, make_blocks,
+                           normal_training_rows, training_rows, user_major_order)
 from ..retrieval import ItemIndex
 from .als import _progress as _tqdm_progress
 
@@ -85,12 +85,15 @@ class _RatingModel:
         return users, items, values, scale, n_users, n_items
 
     def _initial_factors(self, rng, n_users, n_items, given):
-        """The starting factor tables: ``given`` (checked) or drawn from ``rng``."""
+        """The starting factor tables: ``given`` (checked) or drawn with seeds from ``rng``
+        (Surprise's initialisation: every factor ~ Normal(init_mean, init_std); the draws are
+        ``reference.normal_table``'s)."""
         names = self._FACTOR_NAMES[: self._factor_count()]
         rows = (n_users, n_items, n_items)
-        if given is None:  # Surprise's initialisation: every factor ~ Normal(init_mean, init_std)
-            return [_normal(rng, (r, self.factors), self.init_mean, self.init_std, self.dtype)
-                    for r in rows[: len(names)]]
+        if given is None:
+            return [normal_training_rows(seed, np.arange(r), self.factors, self.init_mean,
+                                         self.init_std, self.dtype, None)
+                    for seed, r in zip(_factor_seeds(rng, len(names)), rows)]
         if not isinstance(given, (tuple, list)) or len(given) != len(names):
             raise TypeError(f"initial_factors must be a tuple {names}")
         out = [check.check_factors(array, f"initial_factors {name}", dtype=self.dtype,
@@ -336,7 +339,8 @@ class _SgdFactorization(_RatingModel):
         users, items, values, scale, n_users, n_items = self._fit_arguments(
             users, items, ratings, rating_scale, n_users, n_items, callback)
         rng = np.random.default_rng(self.random_state)
-        factors = self._initial_factors(rng, n_users, n_items, initial_factors)
+        given = (None if initial_factors is None
+                 else self._initial_factors(rng, n_users, n_items, initial_factors))
         backend = resolve_backend(self.backend, "sgd", needs=self._KERNEL)
         global_mean = float(values.mean())
         blocks = self._layout(users, items, n_users, n_items, values.size, rng)
@@ -344,7 +348,12 @@ class _SgdFactorization(_RatingModel):
         seen = Pattern.from_pairs(users, items, n_users, n_items)
         # Training runs on users and items renumbered bin by bin (Blocks.renumbered).
         rows = (blocks.bin_users, blocks.bin_items, blocks.bin_items)  # P, Q, Y
-        trained = [training_rows(f, r, backend) for f, r in zip(factors, rows)]
+        if given is None:  # drawn straight into the training layout
+            seeds = _factor_seeds(rng, self._factor_count())
+            trained = [normal_training_rows(seed, r, self.factors, self.init_mean, self.init_std,
+                                            self.dtype, backend) for seed, r in zip(seeds, rows)]
+        else:
+            trained = [training_rows(f, r, backend) for f, r in zip(given, rows)]
         user_bias = np.zeros(n_users, dtype=self.dtype)
         item_bias = np.zeros(n_items, dtype=self.dtype)
         lr, reg = self._rate_tuples()
@@ -575,28 +584,9 @@ class SVDpp(_SgdFactorization):
 
 
 # ---------------------------------------------------------------------- helpers
-def _normal(rng: np.random.Generator, shape: tuple[int, int], mean: float, std: float,
-            dtype: np.dtype) -> np.ndarray:
-    """Draws of Normal(mean, std) in ``dtype``, by the Box–Muller transform of ``rng``'s
-    uniforms: z = √(−2 ln u₁) (cos 2πu₂, sin 2πu₂). NumPy's own normal sampler draws one value
-    at a time (ml-latest-small's 1M starting factors took 11-13 ms, a quarter of the SVD fit;
-    this takes 5 ms in float32)."""
-    n = shape[0] * shape[1]
-    pairs = (n + 1) // 2
-    u = rng.random(2 * pairs, dtype=dtype)
-    radius = np.log1p(-u[:pairs])  # ln(1 − u): u < 1, so 1 − u is in (0, 1]
-    radius *= dtype.type(-2 * std * std)
-    np.sqrt(radius, out=radius)  # std √(−2 ln(1 − u))
-    angle = u[pairs:]
-    angle *= dtype.type(2 * np.pi)
-    out = np.empty(2 * pairs, dtype=dtype)
-    np.cos(angle, out=out[:pairs])
-    np.sin(angle, out=out[pairs:])
-    out[:pairs] *= radius
-    out[pairs:] *= radius
-    if mean:
-        out += dtype.type(mean)
-    return out[:n].reshape(shape)
+def _factor_seeds(rng: np.random.Generator, count: int) -> list:
+    """The seeds of a fit's starting tables (P, Q, then Y), one draw of ``rng`` each."""
+    return [int(seed) for seed in rng.integers(0, 2**63, size=count, dtype=np.int64)]
 
 
 def _in_order(trained: np.ndarray, rows_at: np.ndarray) -> np.ndarray:

@@ -1,0 +1,30 @@
+// Counter-based normal draws for starting factors.
+//
+// normal_at(seed, n), the n-th standard normal draw of a seed, is a pure function of the two
+// (no generator state), so a table can be filled in any row order and any number of threads,
+// straight into the layout a fit trains on, and every SIMD level gives the same bits (the
+// kernels are compiled without contracted multiply-adds). recfuse.reference.normal_draws is
+// the same function in NumPy. The definition, all in float32 arithmetic:
+//
+//   pair p = n / 2; h = splitmix64 output for state seed + (p + 1) * 0x9E3779B97F4A7C15
+//   u1 = (2 * (h >> 41) + 1) * 2^-24                      (23 bits, in (0, 1))
+//   quarter q = (h >> 38) & 3; f = (h >> 16) & (2^22 - 1)
+//   a = ((2f + 1) - 2^22) * (pi/2 * 2^-23)                (in (-pi/4, pi/4))
+//   r = sqrt(-2 ln u1); (c, s) = (cos a, sin a) turned by q quarter turns
+//   normal_at(seed, 2p) = r * c, normal_at(seed, 2p + 1) = r * s
+//
+// with ln by its exponent and atanh series and cos/sin by their Taylor polynomials (errors
+// below 1e-7). That is the Box-Muller transform of two uniforms; |draws| stay under 5.8.
+#pragma once
+#include <cstdint>
+
+namespace recfuse {
+
+// out (rows x ld, row-major): out[r][c] = mean + std * normal_at(seed, source[r] * k + c) for
+// c < k and 0 for k <= c < ld (padding); source == nullptr stands for source[r] = r. The
+// draws are float32 (also for T = double). Threads over rows for large tables.
+template <class T>
+void normal_rows(uint64_t seed, const int64_t* source, int64_t rows, int k, int64_t ld, T mean,
+                 T std, T* out);
+
+}  // namespace recfuse

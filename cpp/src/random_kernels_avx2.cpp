@@ -1,0 +1,14 @@
+// Normal draws for the avx2 SIMD level (compiler flags set per file in CMakeLists.txt).
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "random_kernels.hpp"
+
+namespace recfuse {
+namespace kernels {
+namespace avx2 {
+#include "random_kernels_impl.inc"
+}  // namespace avx2
+}  // namespace kernels
+}  // namespace recfuse
