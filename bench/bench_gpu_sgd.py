@@ -90,7 +90,8 @@ def main() -> int:
                      "train_rmse_5_epochs": float(np.sqrt(np.mean(error ** 2)))})
         print(rows[-1], flush=True)
     print()
-    print("| backend | device | s per epoch | updates/s | fit of 5 epochs, s | train RMSE (5 epochs) |")
+    print("| backend | device | s per epoch | updates/s | fit of 5 epochs, s "
+          "| train RMSE (5 epochs) |")
     print("|---|---|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['backend']} | {row['detail']} | {row['epoch_s']:.4f} | "

@@ -117,7 +117,8 @@ def test_starting_draws_are_standard_normal():
     assert abs(np.mean(z > 1) - np.mean(z < -1)) < 0.005
     assert stats.kstest(z, "norm").pvalue > 1e-4
     picked = np.array([400_000, 7, 8, 0, 7])
-    np.testing.assert_array_equal(reference.normal_draws(12345, picked), z[picked].astype(np.float32))
+    np.testing.assert_array_equal(reference.normal_draws(12345, picked),
+                                  z[picked].astype(np.float32))
     other = reference.normal_draws(12346, np.arange(1000))
     assert abs(np.corrcoef(other, z[:1000])[0, 1]) < 0.15  # another seed, other draws
 

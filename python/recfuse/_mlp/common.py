@@ -183,8 +183,8 @@ def rank_candidates(call: Candidates, scores, k: int, precision: str, score_floa
 def _rescoring_orders(indptr, ids_all, rough) -> list:
     """Per user, the positions of its candidates with a score above -inf, by bfloat16 score
     descending, then id, then position, less each candidate whose id is its predecessor's
-    (as in the reference). One stable sort of (user, score) packed in an integer key, then a lexsort of
-    the tied runs only (a lexsort of the whole call took 4x as long)."""
+    (as in the reference). One stable sort of (user, score) packed in an integer key, then
+    a lexsort of the tied runs only (a lexsort of the whole call took 4x as long)."""
     users = indptr.size - 1
     owner = np.repeat(np.arange(users, dtype=np.uint64), np.diff(indptr))
     positions = np.flatnonzero(rough > -np.inf)
