@@ -2,6 +2,7 @@
 // Arrays arrive with the exact dtype and C order (noconvert); the factor arrays are updated
 // in place. The GIL is released around the kernels.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <string>
@@ -75,7 +76,7 @@ inline void bind_sgd_helpers(py::module_& m) {
       "sgd_block_layout",
       [](const Array<int64_t>& users, const Array<int64_t>& items, const Array<int64_t>& order,
          const Array<int64_t>& user_bin, const Array<int64_t>& item_bin, int grid,
-         int num_threads) {
+         int num_threads, std::optional<uint64_t> shuffle_seed) {
         const int64_t n = order.size();
         expect(users.ndim() == 1 && items.ndim() == 1 && order.ndim() == 1 &&
                    users.size() == n && items.size() == n,
@@ -92,14 +93,24 @@ inline void bind_sgd_helpers(py::module_& m) {
           recfuse::sgd_block_layout(users.data(), items.data(), order.data(), n,
                                     user_bin.data(), user_bin.size(), item_bin.data(),
                                     item_bin.size(), grid, u, i, o, b, num_threads);
+          if (shuffle_seed) {
+            const int64_t blocks = static_cast<int64_t>(grid) * grid;
+            int64_t largest = 0;
+            for (int64_t k = 0; k < blocks; ++k) largest = std::max(largest, b[k + 1] - b[k]);
+            if (largest >= (int64_t(1) << 32)) {
+              throw std::invalid_argument("a block of 2^32 entries or more cannot be shuffled");
+            }
+            recfuse::sgd_shuffle_blocks(*shuffle_seed, b, blocks, u, i, o);
+          }
         }
         return py::make_tuple(users_out, items_out, order_out, offsets);
       },
       py::arg("users").noconvert(), py::arg("items").noconvert(), py::arg("order").noconvert(),
       py::arg("user_bin").noconvert(), py::arg("item_bin").noconvert(), py::arg("grid"),
-      py::arg("num_threads") = 0,
+      py::arg("num_threads") = 0, py::arg("shuffle_seed") = py::none(),
       "(users int32, items int32, order int64, offsets int64) of recfuse._sgd.common."
-      "make_blocks: entries grouped by block in schedule order, a stable counting sort.");
+      "make_blocks: entries grouped by block in schedule order, a stable counting sort, then "
+      "each block shuffled (recfuse::sgd_shuffle_blocks) when shuffle_seed is given.");
 
   m.def(
       "pairs_pattern",

@@ -235,6 +235,12 @@ def test_epoch_threads_keeps_the_faster_count_and_rechecks():
     assert ran[2:16] == [4] * 14 and ran[16] == 1  # ... and the other is timed again at 16
     run(auto, {4: 9.0, 1: 3.0}, 4, ran)  # the machine gets busy: four threads now lose
     assert ran[-1] == 1
+    short = []  # a 20-epoch fit: no recheck at 16, three epochs before the end
+    run(EpochThreads(0, available=4, total=20), seconds, 20, short)
+    assert short == [4, 1] + [4] * 18
+    longer = []  # 30 epochs: the recheck at 16 has 13 epochs after it
+    run(EpochThreads(0, available=4, total=30), seconds, 30, longer)
+    assert longer[16] == 1 and longer.count(1) == 2
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

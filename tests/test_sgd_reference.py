@@ -261,3 +261,14 @@ def test_native_block_layout_does_not_depend_on_the_thread_count():
                                               num_threads=threads)
         for a, b in zip(one, other):
             np.testing.assert_array_equal(a, b)
+    # Shuffled (blocks on several threads from 2^18 entries): NumPy's shuffle of the layout.
+    shuffled = common._core.sgd_block_layout(users, items, order, user_bin, item_bin, 8,
+                                             shuffle_seed=2**64 - 5)
+    expected = [a.copy() for a in one[:3]]
+    common.shuffle_blocks(2**64 - 5, one[3], *expected)
+    for a, b in zip(shuffled[:3], expected):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(shuffled[3], one[3])
+    for b in range(64):  # each block holds the same entries, reordered
+        block = slice(one[3][b], one[3][b + 1])
+        assert sorted(shuffled[2][block]) == sorted(one[2][block])

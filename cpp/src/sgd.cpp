@@ -1,5 +1,6 @@
 // Block scheduling and dispatch for the SGD kernels; the per-rating math lives in
 // sgd_kernels_impl.inc. See recfuse/sgd.hpp for the schedule and why it has no races.
+#include "recfuse/random.hpp"
 #include "recfuse/sgd.hpp"
 
 #include <omp.h>
@@ -352,6 +353,23 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
       users_out[p] = static_cast<int32_t>(users[i]);
       items_out[p] = static_cast<int32_t>(items[i]);
       order_out[p] = i;
+    }
+  }
+}
+
+void sgd_shuffle_blocks(uint64_t seed, const int64_t* offsets, int64_t blocks, int32_t* users,
+                        int32_t* items, int64_t* order) {
+  const int64_t n = blocks > 0 ? offsets[blocks] : 0;
+#pragma omp parallel for schedule(dynamic, 1) if (n >= (1 << 18))
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t begin = offsets[b];
+    for (int64_t i = offsets[b + 1] - begin - 1; i > 0; --i) {
+      const uint64_t p = static_cast<uint64_t>(begin + i);
+      const int64_t j = static_cast<int64_t>(((splitmix64_at(seed, p) >> 32) *
+                                              static_cast<uint64_t>(i + 1)) >> 32);
+      std::swap(users[begin + i], users[begin + j]);
+      std::swap(items[begin + i], items[begin + j]);
+      std::swap(order[begin + i], order[begin + j]);
     }
   }
 }

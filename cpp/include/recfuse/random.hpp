@@ -6,7 +6,7 @@
 // kernels are compiled without contracted multiply-adds). recfuse.reference.normal_draws is
 // the same function in NumPy. The definition, all in float32 arithmetic:
 //
-//   pair p = n / 2; h = splitmix64 output for state seed + (p + 1) * 0x9E3779B97F4A7C15
+//   pair p = n / 2; h = splitmix64_at(seed, p) (below)
 //   u1 = (2 * (h >> 41) + 1) * 2^-24                      (23 bits, in (0, 1))
 //   quarter q = (h >> 38) & 3; f = (h >> 16) & (2^22 - 1)
 //   a = ((2f + 1) - 2^22) * (pi/2 * 2^-23)                (in (-pi/4, pi/4))
@@ -19,6 +19,15 @@
 #include <cstdint>
 
 namespace recfuse {
+
+// splitmix64's output number n + 1 from state `seed` (its state after n + 1 steps, mixed):
+// the counter-based draws of normal_rows and sgd_shuffle_blocks (reference._splitmix64).
+inline uint64_t splitmix64_at(uint64_t seed, uint64_t n) {
+  uint64_t x = seed + (n + 1) * 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
 
 // out (rows x ld, row-major): out[r][c] = mean + std * normal_at(seed, source[r] * k + c) for
 // c < k and 0 for k <= c < ld (padding); source == nullptr stands for source[r] = r. The

@@ -46,6 +46,15 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
                       const int64_t* item_bin, int64_t n_items, int grid, int32_t* users_out,
                       int32_t* items_out, int64_t* order_out, int64_t* offsets, int num_threads);
 
+// Shuffles the entries of each block [offsets[b], offsets[b + 1]) of a block layout in place
+// (users, items and order alike; offsets[blocks] entries in all): a Fisher-Yates shuffle in
+// which the position at p = offsets[b] + i, for i from the block's last down to 1, swaps with
+// offsets[b] + j, j = ((splitmix64_at(seed, p) >> 32) * (i + 1)) >> 32 (blocks under 2^32
+// entries; recfuse._sgd.common.shuffle_blocks is the same in NumPy). The same result for any
+// thread count.
+void sgd_shuffle_blocks(uint64_t seed, const int64_t* offsets, int64_t blocks, int32_t* users,
+                        int32_t* items, int64_t* order);
+
 // The sparsity pattern of the pairs (rows[t], cols[t]): CSR row starts (indptr, n_rows + 1)
 // and each row's distinct columns ascending (indices, room for n). Returns the number of
 // distinct pairs. Throws std::invalid_argument on an id out of range, before writing.

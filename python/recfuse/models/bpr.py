@@ -101,7 +101,7 @@ class BPR:
         P_train = training_rows(P, blocks.bin_users, backend)
         Q_train = training_rows(Q, blocks.bin_items, backend)
         bias_train = np.zeros(n_items, dtype=self.dtype)
-        threads = EpochThreads(self.num_threads)
+        threads = EpochThreads(self.num_threads, total=self.iterations)
         progress = _progress(self.iterations, show_progress, f"BPR ({backend.NAME})")
         try:
             for iteration in range(self.iterations):

@@ -368,7 +368,7 @@ class _SgdFactorization(_RatingModel):
                                _in_order(item_bias, blocks.bin_items), tables, seen, users,
                                items, n_users, n_items, scale, fresh=True)
 
-        threads = EpochThreads(self.num_threads)
+        threads = EpochThreads(self.num_threads, total=self.epochs)
         progress = _progress(self.epochs, show_progress, f"{self._NAME} ({backend.NAME})")
         try:
             for epoch in range(self.epochs):
