@@ -6,8 +6,11 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace recfuse {
 namespace cuda {
@@ -80,6 +83,65 @@ class DeviceBuffer {
   }
   T* ptr_ = nullptr;
   size_t count_ = 0;
+};
+
+// Freed scratch that recfuse's memory pool of a device keeps for the next call instead of
+// returning it to the driver at the next synchronisation (above it, the rest goes back).
+constexpr uint64_t kScratchPoolKeepBytes = uint64_t(256) << 20;
+
+// recfuse's stream-ordered memory pool on the current device (made on first use, kept for
+// the process). Allocating from it costs no cudaMalloc and freeing no device-wide
+// synchronisation (cudaFree waits for the whole device), once a call of the same size ran.
+inline cudaMemPool_t scratch_pool() {
+  static std::mutex mutex;
+  static std::vector<cudaMemPool_t> pools;  // by device; null until made
+  int device = 0;
+  RECFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (pools.size() <= static_cast<size_t>(device)) pools.resize(device + 1, nullptr);
+  if (pools[device] == nullptr) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = device;
+    cudaMemPool_t pool = nullptr;
+    RECFUSE_CUDA_CHECK(cudaMemPoolCreate(&pool, &props));
+    uint64_t keep = kScratchPoolKeepBytes;
+    RECFUSE_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    pools[device] = pool;
+  }
+  return pools[device];
+}
+
+// Scratch device memory for work on one stream: allocated from scratch_pool() in the
+// stream's order and freed in that order when it goes out of scope (the stream must outlive
+// it: declare it after the stream). Never throws from the destructor.
+template <class T>
+class StreamBuffer {
+ public:
+  StreamBuffer(size_t count, cudaStream_t stream) : stream_(stream) {
+    if (count == 0) return;
+    void* p = nullptr;
+    const cudaError_t status =
+        cudaMallocFromPoolAsync(&p, count * sizeof(T), scratch_pool(), stream);
+    if (status != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("CUDA error in cudaMallocFromPoolAsync of " +
+                               std::to_string(count * sizeof(T)) + " bytes: " +
+                               cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
+    }
+    ptr_ = static_cast<T*>(p);
+  }
+  ~StreamBuffer() {
+    if (ptr_ != nullptr) cudaFreeAsync(ptr_, stream_);
+  }
+  StreamBuffer(const StreamBuffer&) = delete;
+  StreamBuffer& operator=(const StreamBuffer&) = delete;
+  T* get() const { return ptr_; }
+
+ private:
+  T* ptr_ = nullptr;
+  cudaStream_t stream_;
 };
 
 // A non-blocking stream, destroyed on destruction.

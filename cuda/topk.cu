@@ -546,12 +546,13 @@ void run_simple(const ScoreArgs<T>& a, int kk, int64_t item_chunk, cudaStream_t 
   using Key = typename Sel<T>::Key;
   const int64_t mq = a.mq, n = a.n;
   const int64_t row_stride = kk + item_chunk;
-  DeviceBuffer<Key> keys(static_cast<size_t>(mq * row_stride));
+  StreamBuffer<Key> keys(static_cast<size_t>(mq * row_stride), stream);
   const size_t selected = static_cast<size_t>(mq * kk);
-  DeviceBuffer<int32_t> carried(selected), sel_ids(selected), sorted_ids(selected);
-  DeviceBuffer<Key> sel_keys(selected), sorted_keys(selected);
-  DeviceBuffer<int> counts(static_cast<size_t>(mq)), begins(static_cast<size_t>(mq)),
-      ends(static_cast<size_t>(mq));
+  StreamBuffer<int32_t> carried(selected, stream), sel_ids(selected, stream),
+      sorted_ids(selected, stream);
+  StreamBuffer<Key> sel_keys(selected, stream), sorted_keys(selected, stream);
+  StreamBuffer<int> counts(static_cast<size_t>(mq), stream),
+      begins(static_cast<size_t>(mq), stream), ends(static_cast<size_t>(mq), stream);
   const size_t stage = tile_stage_bytes<T, Cfg>();
   bool has_prev = false;
   for (int64_t j_first = 0; j_first < n; j_first += item_chunk) {
@@ -577,7 +578,7 @@ void run_simple(const ScoreArgs<T>& a, int kk, int64_t item_chunk, cudaStream_t 
       nullptr, temp_bytes, sel_keys.get(), sorted_keys.get(), sel_ids.get(), sorted_ids.get(),
       items, static_cast<int>(mq), begins.get(), ends.get(), 0, static_cast<int>(sizeof(Key) * 8),
       stream));
-  DeviceBuffer<unsigned char> temp(std::max<size_t>(temp_bytes, 1));
+  StreamBuffer<unsigned char> temp(std::max<size_t>(temp_bytes, 1), stream);
   RECFUSE_CUDA_CHECK(cub::DeviceSegmentedRadixSort::SortPairsDescending(
       temp.get(), temp_bytes, sel_keys.get(), sorted_keys.get(), sel_ids.get(), sorted_ids.get(),
       items, static_cast<int>(mq), begins.get(), ends.get(), 0, static_cast<int>(sizeof(Key) * 8),
@@ -587,8 +588,7 @@ void run_simple(const ScoreArgs<T>& a, int kk, int64_t item_chunk, cudaStream_t 
                        256, 0, stream>>>(sorted_keys.get(), sorted_ids.get(), counts.get(), mq,
                                          kk, ids, scores);
   check(cudaGetLastError(), "finalize_kernel");
-  // The buffers above are freed on return: wait for the kernels that use them.
-  check(cudaStreamSynchronize(stream), "the simple top-k path");
+  // The scratch above is freed in stream order: no wait here (the caller's download waits).
 }
 
 // The fused path for one chunk of queries (kk <= kFusedMaxK).
@@ -600,7 +600,7 @@ void run_fused(const ScoreArgs<T>& a, int kk, int slices, cudaStream_t stream, i
   const int P = next_pow2(kk + Cfg::TN);
   const FusedLayout L = fused_layout<T, Cfg>(P);
   const int64_t slice_len = ceil_div(ceil_div(a.n, slices), Cfg::TN) * Cfg::TN;
-  DeviceBuffer<Cand> partial(static_cast<size_t>(mq * slices * kk));
+  StreamBuffer<Cand> partial(static_cast<size_t>(mq * slices * kk), stream);
   const dim3 grid(static_cast<unsigned int>(ceil_div(mq, Cfg::TM)), static_cast<unsigned int>(slices));
   allow_shared(fused_topk_kernel<T, Cfg>, L.total);
   fused_topk_kernel<T, Cfg><<<grid, Cfg::kThreads, L.total, stream>>>(a, slice_len, slices, kk,
@@ -612,7 +612,6 @@ void run_fused(const ScoreArgs<T>& a, int kk, int slices, cudaStream_t stream, i
   merge_slices_kernel<T><<<static_cast<unsigned int>(mq), 512, merge_bytes, stream>>>(
       partial.get(), slices, kk, P2, ids, scores);
   check(cudaGetLastError(), "merge_slices_kernel");
-  check(cudaStreamSynchronize(stream), "the fused top-k path");
 }
 
 }  // namespace
@@ -640,24 +639,24 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
   Stream stream;
   const cudaStream_t s = stream.get();
 
-  // Filters: uploaded once per search (they are inputs of the caller's size).
-  DeviceBuffer<uint8_t> mask;
-  DeviceBuffer<int64_t> ex_indptr;
-  DeviceBuffer<int32_t> ex_indices;
+  // Filters: uploaded once per search (they are inputs of the caller's size). All scratch
+  // comes from the stream-ordered pool (scratch_pool): a search of a size seen before makes
+  // no cudaMalloc and no cudaFree (which waits for the whole device).
+  const bool excluding = filters.exclude_indptr != nullptr;
+  const int64_t excluded = excluding ? filters.exclude_indptr[m] : 0;
+  StreamBuffer<uint8_t> mask(filters.mask != nullptr ? static_cast<size_t>(n_) : 0, s);
+  StreamBuffer<int64_t> ex_indptr(excluding ? static_cast<size_t>(m + 1) : 0, s);
+  StreamBuffer<int32_t> ex_indices(static_cast<size_t>(excluded), s);
   if (filters.mask != nullptr) {
-    mask.allocate(static_cast<size_t>(n_));
     RECFUSE_CUDA_CHECK(cudaMemcpyAsync(mask.get(), filters.mask, static_cast<size_t>(n_),
                                        cudaMemcpyHostToDevice, s));
   }
-  if (filters.exclude_indptr != nullptr) {
-    const int64_t nnz = filters.exclude_indptr[m];
-    ex_indptr.allocate(static_cast<size_t>(m + 1));
+  if (excluding) {
     RECFUSE_CUDA_CHECK(cudaMemcpyAsync(ex_indptr.get(), filters.exclude_indptr,
                                        sizeof(int64_t) * (m + 1), cudaMemcpyHostToDevice, s));
-    if (nnz > 0) {
-      ex_indices.allocate(static_cast<size_t>(nnz));
+    if (excluded > 0) {
       RECFUSE_CUDA_CHECK(cudaMemcpyAsync(ex_indices.get(), filters.exclude_indices,
-                                         sizeof(int32_t) * nnz, cudaMemcpyHostToDevice, s));
+                                         sizeof(int32_t) * excluded, cudaMemcpyHostToDevice, s));
     }
   }
 
@@ -695,9 +694,9 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
     chunk = std::min<int64_t>({chunk, m, 65535, INT_MAX / kk});
   }
 
-  DeviceBuffer<T> d_queries(static_cast<size_t>(chunk * d_));
-  DeviceBuffer<int64_t> d_ids(static_cast<size_t>(chunk * kk));
-  DeviceBuffer<T> d_scores(static_cast<size_t>(chunk * kk));
+  StreamBuffer<T> d_queries(static_cast<size_t>(chunk * d_), s);
+  StreamBuffer<int64_t> d_ids(static_cast<size_t>(chunk * kk), s);
+  StreamBuffer<T> d_scores(static_cast<size_t>(chunk * kk), s);
   for (int64_t q_first = 0; q_first < m; q_first += chunk) {
     const int64_t mq = std::min(chunk, m - q_first);
     RECFUSE_CUDA_CHECK(cudaMemcpyAsync(d_queries.get(), queries + q_first * d_,

@@ -16,7 +16,11 @@
 //           one warp into the query's best list of its item slice; a last kernel merges the
 //           item slices of each query.
 // Device memory of a search is bounded by kTopkSearchBudgetBytes (queries are processed in
-// chunks) except when a single query's min(k, n) results alone do not fit in it.
+// chunks) except when a single query's min(k, n) results alone do not fit in it. That
+// scratch comes from a stream-ordered pool (cuda_common.hpp's scratch_pool, which keeps up
+// to kScratchPoolKeepBytes of it between searches), so repeated searches make no cudaMalloc
+// or cudaFree; written after the last GPU run, NOT YET RUN ON A GPU (tests/test_gpu_topk.py
+// is its check).
 //
 // Errors: bad arguments throw std::invalid_argument (Python ValueError), CUDA failures throw
 // std::runtime_error carrying the CUDA error name and string.
