@@ -424,7 +424,9 @@ class SVD(_SgdFactorization):
         on small data sets, or a busy machine, the threads' hand-offs can cost more than the
         second core gains). The model is the same either way.
     random_state: seed (int) or ``numpy.random.Generator`` for the initial factors, bins and
-        order.
+        order. The starting factors are Normal(init_mean, init_std) draws made by counter
+        (``recfuse.reference.normal_draws``): the same bits on every backend and SIMD level,
+        not NumPy's generator's stream.
 
     >>> import numpy as np, recfuse
     >>> rng = np.random.default_rng(0)
