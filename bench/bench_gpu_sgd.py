@@ -1,19 +1,21 @@
-"""GPU Funk SVD: updates per second of recfuse.SVD(backend="cuda") on a synthetic rating set.
+"""GPU Funk SVD: updates per second of recfuse.SVD on the GPU backends, beside the CPU's.
 
     python bench/bench_gpu_sgd.py                       # 20M ratings (1M users x 400k items)
     python bench/bench_gpu_sgd.py --ratings 1000000 --budget-s 30   # smoke
 
 The ratings are bench_sgd.synthetic_ratings (rank-8 tastes plus noise, power-law users and
-items), the model Surprise's defaults (100 factors, lr 0.005, reg 0.02).
-The fit uploads the ratings and factors once and copies the model back at the end (one
-kernel launch per epoch). Seconds per epoch: for the CPU, the difference of a 5-epoch and a
-1-epoch fit, over 4 (set-up cancels); for the GPU, whose epochs are shorter than the noise
-of a fit's set-up, the device-resident fit itself (recfuse._cuda.svd_hogwild) is timed: 10
-epochs plus the download, less 0 epochs plus the download, over 10. ``fit_5_epochs_s`` is
-the whole ``SVD.fit`` of 5 epochs (layout, uploads and download included) for both.
-The CPU backend (all cores) fits the same data for comparison when the time budget allows.
-The training RMSE after 5 epochs is printed for both: Hogwild on the GPU must reach about
-the CPU's. Results: a Markdown table on stdout and bench/results/gpu_sgd.json.
+items), the model Surprise's defaults (100 factors, lr 0.005, reg 0.02). Backends: ``cuda``
+(native, batch-Hogwild), ``cupy`` (the fallback: the CPU's block schedule, one warp per
+block) and ``cpu`` (all cores), each when available and within the time budget.
+A fit uploads the ratings and factors once and copies the model back at the end (one
+kernel launch per epoch, a launch per diagonal of the grid for cupy). Seconds per epoch:
+the difference of a 5-epoch and a 1-epoch fit, over 4 (set-up cancels), except for
+``cuda``, whose epochs are shorter than the noise of a fit's set-up: there the
+device-resident fit itself (recfuse._cuda.svd_hogwild) is timed, 10 epochs plus the
+download, less 0 epochs plus the download, over 10. ``fit_5_epochs_s`` is the whole
+``SVD.fit`` of 5 epochs (layout, uploads and download included) for each. The training
+RMSE after 5 epochs is printed for each: Hogwild on the GPU must reach about the CPU's.
+Results: a Markdown table on stdout and bench/results/gpu_sgd.json.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def main() -> int:
     print(f"{n:,} ratings, {n // 20:,} users x {n // 50:,} items; data in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
     rows = []
-    for backend in ("cuda", "cpu"):
+    for backend in ("cuda", "cupy", "cpu"):
         info = {b.name: b for b in recfuse.backends("sgd")}[backend]
         if not info.available:
             print(f"{backend}: skipped ({info.detail})")

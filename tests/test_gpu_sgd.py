@@ -19,11 +19,15 @@ pytestmark = pytest.mark.gpu
 DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 
 
+def skip_unless_available(name: str, backend) -> None:
+    available, reason = backend.availability()
+    if not available:
+        pytest.skip(f"{name}: {reason}")
+
+
 @pytest.fixture(scope="module")
 def cuda():
-    available, reason = cuda_backend.availability()
-    if not available:
-        pytest.skip(f"cuda: {reason}")
+    skip_unless_available("cuda", cuda_backend)
     from recfuse import _cuda
 
     return _cuda
@@ -153,3 +157,49 @@ def test_svd_callback_sees_the_device_model(cuda):
     assert len(seen) == 6 and seen[-1] < seen[0]
     final = np.sqrt(np.mean((model.predict(users, items, clip=False) - ratings) ** 2))
     assert final == pytest.approx(seen[-1], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def cupy_sgd():
+    from recfuse._sgd import cupy_backend
+
+    skip_unless_available("cupy", cupy_backend)
+    return cupy_backend
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cupy_fit_follows_the_cpu_block_schedule(cupy_sgd, dtype):
+    """SVD(backend="cupy") runs the CPU's block schedule (one warp per block of a diagonal):
+    from the same starting draws it ends where the CPU fit does, up to rounding; a resident
+    fit's epochs equal svd_epoch called once per epoch."""
+    import recfuse
+    from recfuse._sgd.common import make_blocks
+
+    users, items, ratings, start = problem(dtype, 24, n=20_000)
+    fits = {name: recfuse.SVD(factors=24, epochs=8, dtype=dtype, backend=name, random_state=0)
+            .fit(users, items, ratings) for name in ("cupy", "cpu")}
+    assert fits["cupy"].backend_used == "cupy"
+    np.testing.assert_allclose(fits["cupy"].predict(users, items, clip=False),
+                               fits["cpu"].predict(users, items, clip=False),
+                               atol=1e-3 if dtype == np.float32 else 1e-9)
+
+    blocks = make_blocks(users, items, 300, 200, 4, np.random.default_rng(1))
+    ordered = np.ascontiguousarray(ratings[blocks.order])
+    lr, reg = (0.01, 0.02, 0.005, 0.007, 0.0), (0.02, 0.05, 0.03, 0.01, 0.0)
+    stepped = [a.copy() for a in start]
+    for _ in range(3):
+        cupy_sgd.svd_epoch(blocks, ordered, 3.0, *stepped, lr, reg, True, 0)
+    resident = [a.copy() for a in start]
+    fit = cupy_sgd.svd_trainer(blocks, ordered, *resident)
+    fit.epochs(3.0, lr, reg, True, 3)
+    fit.download(*resident)
+    for a, b in zip(resident, stepped):
+        np.testing.assert_array_equal(a, b)  # the same launches: the same bits
+
+
+def test_cupy_has_no_svdpp_kernel(cupy_sgd):
+    import recfuse
+
+    users, items, ratings, _ = problem(np.float32, 8, n=2_000)
+    with pytest.raises(RuntimeError, match="no svdpp_epoch kernel"):
+        recfuse.SVDpp(factors=8, epochs=1, backend="cupy").fit(users, items, ratings)

@@ -25,6 +25,8 @@ from conftest import backend_params
 
 DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 SGD_BACKENDS = backend_params(("cpu", "numba", "numpy"), family="sgd")
+# Funk SVD has a CuPy kernel too (the block schedule, one warp per block).
+SVD_BACKENDS = backend_params(("cpu", "numba", "cupy", "numpy"), family="sgd")
 
 
 class Problem:
@@ -94,7 +96,7 @@ def run_svdpp(module, p: Problem):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("backend", SGD_BACKENDS)
+@pytest.mark.parametrize("backend", SVD_BACKENDS)
 @given(data=st.data(), biased=st.booleans())
 def test_svd_epoch_matches_reference(backend, dtype, data, biased):
     p = data.draw(problems(dtype))

@@ -32,6 +32,7 @@ _FAMILIES = {
         "cuda": "recfuse._sgd.cuda",
         "cpu": "recfuse._sgd.cpu",
         "numba": "recfuse._sgd.numba_backend",
+        "cupy": "recfuse._sgd.cupy_backend",
         "numpy": "recfuse._sgd.numpy_backend",
     },
     "mlp": {
