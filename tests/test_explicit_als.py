@@ -21,7 +21,7 @@ from recfuse.models.explicit_als import _ratings_csr
 from conftest import backend_params
 
 DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
-SGD_BACKENDS = backend_params(("cpu", "numba", "numpy"), family="sgd")
+SGD_BACKENDS = backend_params(("cpu", "numba", "cupy", "numpy"), family="sgd")
 
 
 def movielens_folds(path):

@@ -55,10 +55,56 @@ def availability() -> tuple[bool, str]:
 
 # --------------------------------------------------------------------------- Cholesky kernel
 
-_CHOLESKY_SOURCE = r"""
+# A = L Lᵀ in place and the solve, for one system per block (shared with the explicit ALS
+# kernel of recfuse._sgd.cupy_backend).
+CHOLESKY_SOLVE_SOURCE = r"""
 __device__ __forceinline__ float root_of(float v) { return sqrtf(v); }
 __device__ __forceinline__ double root_of(double v) { return sqrt(v); }
 
+// A (k x k, row-major, lower triangle) = L L^T in place by all threads of the block, then
+// b = A^-1 b by warp 0. Returns false in every thread, A and b spoiled, when A is not
+// positive definite (also NaN).
+__device__ bool cholesky_solve_in_place(REAL* A, REAL* b, int k) {
+  const int tid = threadIdx.x, threads = blockDim.x;
+  for (int j = 0; j < k; ++j) {
+    const REAL d = A[(long long)j * k + j];
+    if (!(d > (REAL)0)) return false;  // every thread sees the same value and leaves
+    const REAL root = root_of(d);
+    const REAL inv = (REAL)1 / root;
+    __syncthreads();  // everyone has read A[j][j]
+    for (int i = j + tid; i < k; i += threads) {
+      REAL* a = A + (long long)i * k + j;
+      *a = i == j ? root : *a * inv;
+    }
+    __syncthreads();
+    const int n = k - j - 1;
+    for (int e = tid; e < n * n; e += threads) {
+      const int i = j + 1 + e / n, l = j + 1 + e % n;
+      if (l <= i) A[(long long)i * k + l] -= A[(long long)i * k + j] * A[(long long)l * k + j];
+    }
+    __syncthreads();
+  }
+  if (tid < 32) {
+    for (int j = 0; j < k; ++j) {  // L z = b
+      const REAL z = b[j] / A[(long long)j * k + j];
+      __syncwarp();
+      for (int i = j + 1 + tid; i < k; i += 32) b[i] -= A[(long long)i * k + j] * z;
+      if (tid == 0) b[j] = z;
+      __syncwarp();
+    }
+    for (int i = k - 1; i >= 0; --i) {  // L^T x = z
+      const REAL xi = b[i] / A[(long long)i * k + i];
+      __syncwarp();
+      for (int l = tid; l < i; l += 32) b[l] -= A[(long long)i * k + l] * xi;
+      if (tid == 0) b[i] = xi;
+      __syncwarp();
+    }
+  }
+  return true;
+}
+"""
+
+_CHOLESKY_SOURCE = CHOLESKY_SOLVE_SOURCE + r"""
 // One block per row of the batch: A = G + reg I + sum w y y^T (lower triangle, upper G
 // like the CPU), b = sum q y, A = L L^T in place, x = solve. Rows whose A is not positive
 // definite are counted and left unchanged.
@@ -92,44 +138,11 @@ extern "C" __global__ void recfuse_cholesky_rows(
     b[j] = s;
   }
   __syncthreads();
-
-  for (int j = 0; j < k; ++j) {
-    const REAL d = A[(long long)j * k + j];
-    if (!(d > (REAL)0)) {  // also NaN; every thread sees the same value and leaves
-      if (tid == 0) atomicAdd(failed, 1ULL);
-      return;
-    }
-    const REAL root = root_of(d);
-    const REAL inv = (REAL)1 / root;
-    __syncthreads();  // everyone has read A[j][j]
-    for (int i = j + tid; i < k; i += threads) {
-      REAL* a = A + (long long)i * k + j;
-      *a = i == j ? root : *a * inv;
-    }
-    __syncthreads();
-    const int n = k - j - 1;
-    for (int e = tid; e < n * n; e += threads) {
-      const int i = j + 1 + e / n, l = j + 1 + e % n;
-      if (l <= i) A[(long long)i * k + l] -= A[(long long)i * k + j] * A[(long long)l * k + j];
-    }
-    __syncthreads();
+  if (!cholesky_solve_in_place(A, b, k)) {
+    if (tid == 0) atomicAdd(failed, 1ULL);
+    return;
   }
-
   if (tid < 32) {
-    for (int j = 0; j < k; ++j) {  // L z = b
-      const REAL z = b[j] / A[(long long)j * k + j];
-      __syncwarp();
-      for (int i = j + 1 + tid; i < k; i += 32) b[i] -= A[(long long)i * k + j] * z;
-      if (tid == 0) b[j] = z;
-      __syncwarp();
-    }
-    for (int i = k - 1; i >= 0; --i) {  // L^T x = z
-      const REAL xi = b[i] / A[(long long)i * k + i];
-      __syncwarp();
-      for (int l = tid; l < i; l += 32) b[l] -= A[(long long)i * k + l] * xi;
-      if (tid == 0) b[i] = xi;
-      __syncwarp();
-    }
     for (int j = tid; j < k; j += 32) X[u * k + j] = b[j];
   }
 }
