@@ -44,7 +44,8 @@ for tests in ${GPU_TESTS:-tests/test_gpu_*.py}; do
 done
 # The cuda and cupy parameters of the tests that run every backend (marked gpu there too).
 timeout "${TEST_TIMEOUT_S:-150}" "$PY" -m pytest -v -rfE -m gpu -p no:cacheprovider \
-  tests/test_als_backends.py tests/test_mlp.py tests/test_sgd_backends.py tests/test_topk.py \
+  tests/test_als_backends.py tests/test_explicit_als.py tests/test_mlp.py \
+  tests/test_sgd_backends.py tests/test_topk.py \
   > "$LOG/backend_tests.log" 2>&1 &
 pids+=($!); names+=(backend_tests)
 for i in "${!pids[@]}"; do
