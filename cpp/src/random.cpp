@@ -2,6 +2,7 @@
 #include "recfuse/random.hpp"
 
 #include <stdexcept>
+#include <type_traits>
 
 #include "random_kernels.hpp"
 #include "recfuse/simd.hpp"
@@ -20,26 +21,28 @@ Kernel for_level(Kernel generic, Kernel avx2, Kernel avx512) {
   }
 }
 
-void check_width(int k, int64_t ld) {
-  if (k < 0 || ld < k) throw std::invalid_argument("normal_rows needs 0 <= k <= ld");
-}
-
 }  // namespace
 
-template <>
-void normal_rows<float>(uint64_t seed, const int64_t* source, int64_t rows, int k, int64_t ld,
-                        float mean, float std, float* out) {
-  check_width(k, ld);
-  for_level(&kernels::generic::normal_rows_float, &kernels::avx2::normal_rows_float,
-            &kernels::avx512::normal_rows_float)(seed, source, rows, k, ld, mean, std, out);
+template <class T>
+void normal_rows(uint64_t seed, const int64_t* source, int64_t rows, int k, int64_t ld, T mean,
+                 T std, T* out) {
+  if (k < 0 || ld < k) throw std::invalid_argument("normal_rows needs 0 <= k <= ld");
+  namespace kn = kernels;
+  const auto kernel = [] {
+    if constexpr (std::is_same_v<T, float>) {
+      return for_level(&kn::generic::normal_rows_float, &kn::avx2::normal_rows_float,
+                       &kn::avx512::normal_rows_float);
+    } else {
+      return for_level(&kn::generic::normal_rows_double, &kn::avx2::normal_rows_double,
+                       &kn::avx512::normal_rows_double);
+    }
+  }();
+  kernel(seed, source, rows, k, ld, mean, std, out);
 }
 
-template <>
-void normal_rows<double>(uint64_t seed, const int64_t* source, int64_t rows, int k, int64_t ld,
-                         double mean, double std, double* out) {
-  check_width(k, ld);
-  for_level(&kernels::generic::normal_rows_double, &kernels::avx2::normal_rows_double,
-            &kernels::avx512::normal_rows_double)(seed, source, rows, k, ld, mean, std, out);
-}
+template void normal_rows<float>(uint64_t, const int64_t*, int64_t, int, int64_t, float, float,
+                                 float*);
+template void normal_rows<double>(uint64_t, const int64_t*, int64_t, int, int64_t, double, double,
+                                  double*);
 
 }  // namespace recfuse
