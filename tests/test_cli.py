@@ -93,7 +93,10 @@ def test_errors_exit_2_with_one_line(tmp_path):
 def test_info():
     result = json.loads(run("info", "--json").stdout)
     assert any(row["name"] == "cpu" for row in result["backends"])
-    assert "backend" in run("info").stdout
+    assert set(result["families"]) == {"als", "sgd", "mlp", "topk"}
+    assert all(any(row["name"] == "numpy" for row in rows) for rows in result["families"].values())
+    text = run("info").stdout
+    assert "backend" in text and "per model family" in text
 
 
 def test_recommend_unknown_user(tmp_path):

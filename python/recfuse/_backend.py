@@ -52,6 +52,9 @@ _FAMILIES = {
 }
 
 
+FAMILIES = tuple(_FAMILIES)  # the model families, each with its own backend modules
+
+
 class BackendInfo(NamedTuple):
     name: str
     available: bool

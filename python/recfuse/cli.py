@@ -52,8 +52,14 @@ def _json_default(value):
 def _info(args) -> int:
     import recfuse
 
+    from recfuse._backend import FAMILIES
+
     rows = recfuse.backends()
     chosen = recfuse.resolve_backend("auto").NAME
+    # Which backends each model family can use here (the table above is the ALS family's;
+    # the others may lack kernels on some backends).
+    families = {family: [row for row in recfuse.backends(family) if row.available]
+                for family in FAMILIES}
     simd = None
     try:
         from recfuse import _core
@@ -66,7 +72,9 @@ def _info(args) -> int:
     if args.json:
         _emit_json(args, {"version": recfuse.__version__, "python": sys.version.split()[0],
                           "numpy": np.__version__, "auto": chosen, "cpu_threads": os.cpu_count(),
-                          "simd": simd, "backends": [row._asdict() for row in rows]})
+                          "simd": simd, "backends": [row._asdict() for row in rows],
+                          "families": {family: [row._asdict() for row in available]
+                                       for family, available in families.items()}})
         return 0
     print(f"recfuse {recfuse.__version__}  (python {sys.version.split()[0]}, numpy {np.__version__})")
     width = max(len(r.name) for r in rows)
@@ -75,6 +83,12 @@ def _info(args) -> int:
         mark = "yes" if row.available else "no"
         star = "  <- auto" if row.name == chosen else ""
         print(f"{row.name:<{width}}  {mark:<9}  {row.detail}{star}")
+    print("\nper model family (available backends; auto picks the first with the kernel):")
+    general = {row.name: row.detail for row in rows}
+    for family, available in families.items():  # a family's own note where it says more
+        names = [row.name if row.detail == general[row.name] else f"{row.name} ({row.detail})"
+                 for row in available]
+        print(f"  {family:<5} {', '.join(names)}")
     if simd:
         print(f"\nCPU SIMD levels: {', '.join(simd['levels'])} (in use: {simd['in_use']}; "
               "force with RECFUSE_SIMD=generic|avx2|avx512)")
