@@ -135,17 +135,6 @@ void for_each_block(const BlockLayout& L, int threads, const Body& body) {
   }
 }
 
-// splitmix64 (reference._splitmix64): draw m of a stream (m = 1, 2, ...) is mix(start + m γ),
-// so any draw can be computed from its position alone.
-constexpr uint64_t kSplitMixGamma = 0x9E3779B97F4A7C15ull;
-
-inline uint64_t splitmix_draw(uint64_t start, uint64_t position) {
-  uint64_t z = start + position * kSplitMixGamma;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 // Whether the sorted row [row, row + n) holds item: halving by conditional moves, no early
 // exit (the comparisons of a search in random data are coin flips; branches on them
 // mispredicted half the time).
@@ -255,7 +244,7 @@ int64_t sample_block_negatives(const int32_t* users, int64_t begin, int64_t end,
     int32_t drawn[kBatch];
     bool hit[kBatch];
     for (int a = 0; a < batch; ++a) {
-      drawn[a] = candidates[splitmix_draw(stream, position + a + 1) % n];
+      drawn[a] = candidates[splitmix64_draw(stream, position + a + 1) % n];
     }
     seen.seen_in_batch(users + t, drawn, batch, hit);
     int kept = 0;
@@ -270,7 +259,7 @@ int64_t sample_block_negatives(const int32_t* users, int64_t begin, int64_t end,
     int32_t negative = -1;
     position += 1;
     for (int attempt = 1; attempt < max_tries; ++attempt) {
-      const int32_t j = candidates[splitmix_draw(stream, ++position) % n];
+      const int32_t j = candidates[splitmix64_draw(stream, ++position) % n];
       if (!seen.contains(users[t], j)) {
         negative = j;
         break;
@@ -365,7 +354,7 @@ void sgd_shuffle_blocks(uint64_t seed, const int64_t* offsets, int64_t blocks, i
     const int64_t begin = offsets[b];
     for (int64_t i = offsets[b + 1] - begin - 1; i > 0; --i) {
       const uint64_t p = static_cast<uint64_t>(begin + i);
-      const int64_t j = static_cast<int64_t>(((splitmix64_at(seed, p) >> 32) *
+      const int64_t j = static_cast<int64_t>(((splitmix64_draw(seed, p + 1) >> 32) *
                                               static_cast<uint64_t>(i + 1)) >> 32);
       std::swap(users[begin + i], users[begin + j]);
       std::swap(items[begin + i], items[begin + j]);

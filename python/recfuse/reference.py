@@ -220,13 +220,14 @@ def topk(queries, items, k: int, *, exclude=None, mask=None, item_bias=None, ite
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def splitmix64_at(seed: int, counters) -> np.ndarray:
-    """splitmix64's output number n + 1 from state ``seed`` for each n of ``counters``
-    (uint64; recfuse/random.hpp's splitmix64_at): the counter-based draws of the starting
-    factors and of the SGD block shuffle."""
-    n = np.asarray(counters, dtype=np.uint64)
+def splitmix64_draws(start, positions) -> np.ndarray:
+    """Draw ``positions`` (1, 2, ...) of the splitmix64 streams that start at ``start``
+    (uint64 arrays or ints, broadcast): mix(start + position γ), recfuse/random.hpp's
+    splitmix64_draw. The counter-based draws of the starting factors, the SGD block shuffle
+    and the distributed initial factors (``_splitmix64`` below steps the same stream)."""
+    n = np.asarray(positions, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        x = np.uint64(seed) + (n + np.uint64(1)) * _GOLDEN
+        x = np.asarray(start, dtype=np.uint64) + n * _GOLDEN
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
@@ -240,7 +241,7 @@ def normal_draws(seed: int, indices) -> np.ndarray:
     """Standard normal draws number ``indices`` (int64 >= 0) of ``seed`` (0 <= seed < 2**64),
     float32: the Box-Muller transform of two uniforms from splitmix64 (see the comment)."""
     n = np.asarray(indices, dtype=np.uint64)
-    x = splitmix64_at(seed, n >> np.uint64(1))  # one hash per pair of draws
+    x = splitmix64_draws(seed, (n >> np.uint64(1)) + np.uint64(1))  # one hash per pair
     radius_bits = (x >> np.uint64(41)).astype(np.int32)
     quarter = ((x >> np.uint64(38)) & np.uint64(3)).astype(np.int32)
     angle_bits = ((x >> np.uint64(16)) & np.uint64(0x3FFFFF)).astype(np.int32)

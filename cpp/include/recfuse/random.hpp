@@ -6,7 +6,7 @@
 // kernels are compiled without contracted multiply-adds). recfuse.reference.normal_draws is
 // the same function in NumPy. The definition, all in float32 arithmetic:
 //
-//   pair p = n / 2; h = splitmix64_at(seed, p) (below)
+//   pair p = n / 2; h = splitmix64_draw(seed, p + 1) (below)
 //   u1 = (2 * (h >> 41) + 1) * 2^-24                      (23 bits, in (0, 1))
 //   quarter q = (h >> 38) & 3; f = (h >> 16) & (2^22 - 1)
 //   a = ((2f + 1) - 2^22) * (pi/2 * 2^-23)                (in (-pi/4, pi/4))
@@ -20,10 +20,12 @@
 
 namespace recfuse {
 
-// splitmix64's output number n + 1 from state `seed` (its state after n + 1 steps, mixed):
-// the counter-based draws of normal_rows and sgd_shuffle_blocks (reference._splitmix64).
-inline uint64_t splitmix64_at(uint64_t seed, uint64_t n) {
-  uint64_t x = seed + (n + 1) * 0x9E3779B97F4A7C15ull;
+// Draw `position` (1, 2, ...) of the splitmix64 stream that starts at state `start`:
+// mix(start + position γ), so any draw comes from its position alone. The counter-based
+// draws of normal_rows, the SGD block shuffle and BPR's negatives
+// (reference.splitmix64_draws; reference._splitmix64 steps the same stream).
+inline uint64_t splitmix64_draw(uint64_t start, uint64_t position) {
+  uint64_t x = start + position * 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);

@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import reference
-from ..reference import splitmix64_at
+from ..reference import splitmix64_draws
 from .._als.cpu import _core  # None when the native module is missing: NumPy paths then
 
 # Default grid: about this many ratings per block, at most MAX_GRID bins a side. The grid is
@@ -268,7 +268,7 @@ def shuffle_blocks(seed: int, offsets, *columns) -> None:
     swaps one by one; for builds without the native module)."""
     n = int(offsets[-1])
     positions = np.arange(n, dtype=np.uint64)
-    draws = splitmix64_at(seed, positions) >> np.uint64(32)
+    draws = splitmix64_draws(seed, positions + np.uint64(1)) >> np.uint64(32)
     block_of = np.repeat(np.arange(offsets.size - 1), np.diff(offsets))
     local = positions.astype(np.int64) - np.asarray(offsets)[block_of]  # i within the block
     with np.errstate(over="ignore"):

@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
 from ..persistence import atomic_write
+from ..reference import splitmix64_draws
 
 INT64_MAX = np.iinfo(np.int64).max
 SIDES = ("users", "items")
@@ -176,10 +177,8 @@ def merge_id_maps(*pairs: tuple[IdMap, IdMap]) -> tuple[IdMap, IdMap]:
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    """The first splitmix64 draw from each state of ``x``."""
+    return splitmix64_draws(x, 1)
 
 
 def initial_factors(ids, factors: int, seed: int, side: str, dtype=np.float32) -> np.ndarray:
