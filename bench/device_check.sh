@@ -61,7 +61,8 @@ for script in ${GPU_BENCHES:-bench/bench_gpu_*.py}; do
   name=$(basename "$script" .py)
   timeout $(( ${BENCH_BUDGET_S:-90} + 60 )) "$PY" "$script" --budget-s "${BENCH_BUDGET_S:-90}" \
     > "$LOG/$name.log" 2>&1 || status=1
-  echo "== $name"; tail -40 "$LOG/$name.log"
+  # Only the tables and skip notes here (the per-case JSON lines are in the log).
+  echo "== $name"; grep -vE '^\{' "$LOG/$name.log" | tail -40
 done
 cp bench/results/*gpu*.json "$LOG/" 2>/dev/null || true
 echo "== device check: total $(( $(date +%s) - start )) s, status ${status} =="
