@@ -300,8 +300,8 @@ def make_blocks(users, items, n_users: int, n_items: int, grid: int,
     item_bin = (rng.permutation(n_items).astype(np.int64) * grid) // max(n_items, 1)
     seed = None  # shuffled: each block's entries by a Fisher-Yates shuffle after the layout
     if order is None:
-        # (0.5 ms for ml-100k's 80k ratings, against 2.3 ms to permute them all first and
-        # lay the permutation out: a random gather)
+        # (layout and shuffle 0.8 ms for ml-100k's 80k ratings, against 2.3 ms to permute
+        # them all first and lay the permutation out: a random gather)
         seed = int(rng.integers(0, 2**63)) if shuffle else None
         order = np.arange(users.size)
     if _core is not None:  # the same layout by a stable counting sort, in one native pass
