@@ -2,7 +2,6 @@
 // Arrays arrive with the exact dtype and C order (noconvert); the factor arrays are updated
 // in place. The GIL is released around the kernels.
 #pragma once
-#include <algorithm>
 #include <array>
 #include <optional>
 #include <string>
@@ -94,13 +93,8 @@ inline void bind_sgd_helpers(py::module_& m) {
                                     user_bin.data(), user_bin.size(), item_bin.data(),
                                     item_bin.size(), grid, u, i, o, b, num_threads);
           if (shuffle_seed) {
-            const int64_t blocks = static_cast<int64_t>(grid) * grid;
-            int64_t largest = 0;
-            for (int64_t k = 0; k < blocks; ++k) largest = std::max(largest, b[k + 1] - b[k]);
-            if (largest >= (int64_t(1) << 32)) {
-              throw std::invalid_argument("a block of 2^32 entries or more cannot be shuffled");
-            }
-            recfuse::sgd_shuffle_blocks(*shuffle_seed, b, blocks, u, i, o);
+            recfuse::sgd_shuffle_blocks(*shuffle_seed, b, static_cast<int64_t>(grid) * grid, u,
+                                        i, o);
           }
         }
         return py::make_tuple(users_out, items_out, order_out, offsets);

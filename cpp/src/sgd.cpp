@@ -349,6 +349,11 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
 void sgd_shuffle_blocks(uint64_t seed, const int64_t* offsets, int64_t blocks, int32_t* users,
                         int32_t* items, int64_t* order) {
   const int64_t n = blocks > 0 ? offsets[blocks] : 0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (offsets[b + 1] - offsets[b] >= (int64_t(1) << 32)) {
+      throw std::invalid_argument("a block of 2^32 entries or more cannot be shuffled");
+    }
+  }
 #pragma omp parallel for schedule(dynamic, 1) if (n >= (1 << 18))
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t begin = offsets[b];

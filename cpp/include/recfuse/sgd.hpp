@@ -49,9 +49,9 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
 // Shuffles the entries of each block [offsets[b], offsets[b + 1]) of a block layout in place
 // (users, items and order alike; offsets[blocks] entries in all): a Fisher-Yates shuffle in
 // which the position at p = offsets[b] + i, for i from the block's last down to 1, swaps with
-// offsets[b] + j, j = ((splitmix64_draw(seed, p + 1) >> 32) * (i + 1)) >> 32 (blocks under 2^32
-// entries; recfuse._sgd.common.shuffle_blocks is the same in NumPy). The same result for any
-// thread count.
+// offsets[b] + j, j = ((splitmix64_draw(seed, p + 1) >> 32) * (i + 1)) >> 32
+// (recfuse._sgd.common.shuffle_blocks is the same in NumPy). The same result for any thread
+// count. Throws std::invalid_argument, before shuffling, for a block of 2^32 entries or more.
 void sgd_shuffle_blocks(uint64_t seed, const int64_t* offsets, int64_t blocks, int32_t* users,
                         int32_t* items, int64_t* order);
 
