@@ -26,6 +26,14 @@ inline void expect(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
 }
 
+// Throws the error of a failed allocation of `bytes` by `what` (cudaMalloc, ...).
+[[noreturn]] inline void allocation_failed(cudaError_t status, const char* what, size_t bytes) {
+  cudaGetLastError();
+  throw std::runtime_error(std::string("CUDA error in ") + what + " of " +
+                           std::to_string(bytes) + " bytes: " + cudaGetErrorName(status) + ": " +
+                           cudaGetErrorString(status));
+}
+
 }  // namespace cuda
 }  // namespace recfuse
 
@@ -50,12 +58,7 @@ class DeviceBuffer {
     if (count == 0) return;
     void* p = nullptr;
     const cudaError_t status = cudaMalloc(&p, count * sizeof(T));
-    if (status != cudaSuccess) {
-      cudaGetLastError();
-      throw std::runtime_error("CUDA error in cudaMalloc of " +
-                               std::to_string(count * sizeof(T)) + " bytes: " +
-                               cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
-    }
+    if (status != cudaSuccess) allocation_failed(status, "cudaMalloc", count * sizeof(T));
     ptr_ = static_cast<T*>(p);
     count_ = count;
   }
@@ -125,10 +128,7 @@ class StreamBuffer {
     const cudaError_t status =
         cudaMallocFromPoolAsync(&p, count * sizeof(T), scratch_pool(), stream);
     if (status != cudaSuccess) {
-      cudaGetLastError();
-      throw std::runtime_error("CUDA error in cudaMallocFromPoolAsync of " +
-                               std::to_string(count * sizeof(T)) + " bytes: " +
-                               cudaGetErrorName(status) + ": " + cudaGetErrorString(status));
+      allocation_failed(status, "cudaMallocFromPoolAsync", count * sizeof(T));
     }
     ptr_ = static_cast<T*>(p);
   }
