@@ -171,12 +171,14 @@ def test_normal_training_rows_are_the_table_laid_out(alignment):
     the native backend's padded, aligned layout and a plain one."""
     from types import SimpleNamespace
 
-    from recfuse._sgd.common import normal_training_rows, training_rows
+    from recfuse._sgd.common import normal_table, normal_training_rows, training_rows
 
     backend = SimpleNamespace(ROW_ALIGNMENT=alignment) if alignment else SimpleNamespace()
     rows = np.random.default_rng(0).permutation(53)
     for k, dtype in ((13, np.float32), (100, np.float32), (8, np.float64)):
-        expected = training_rows(reference.normal_table(99, 53, k, 0.0, 0.1, dtype), rows, backend)
+        table = reference.normal_table(99, 53, k, 0.0, 0.1, dtype)
+        np.testing.assert_array_equal(normal_table(99, 53, k, 0.0, 0.1, dtype), table)
+        expected = training_rows(table, rows, backend)
         got = normal_training_rows(99, rows, k, 0.0, 0.1, dtype, backend)
         assert got.shape == expected.shape and got.dtype == expected.dtype
         np.testing.assert_array_equal(got, expected)

@@ -159,6 +159,16 @@ def normal_training_rows(seed: int, rows: np.ndarray, k: int, mean: float, std: 
     return out
 
 
+def normal_table(seed: int, n_rows: int, k: int, mean: float, std: float, dtype) -> np.ndarray:
+    """``reference.normal_table(seed, n_rows, k, mean, std, dtype)``, drawn natively where the
+    native module is there (the starting factors of ALS, and of SGD fits given no layout)."""
+    if _core is None:
+        return reference.normal_table(seed, n_rows, k, mean, std, dtype)
+    out = np.empty((n_rows, k), dtype=dtype)
+    _core.normal_rows(seed, out, k, mean, std)
+    return out
+
+
 def _training_buffer(n_rows: int, k: int, dtype, backend) -> np.ndarray:
     """An (n_rows, width) array laid out for ``backend`` (see training_rows), zero beyond
     column k (width k without ``ROW_ALIGNMENT``)."""
@@ -308,7 +318,6 @@ def make_blocks(users, items, n_users: int, n_items: int, grid: int,
         block_users, block_items, order, offsets = _core.sgd_block_layout(
             _as_int64(users), _as_int64(items), _as_int64(order), user_bin, item_bin, int(grid),
             shuffle_seed=seed)
-        seed = None  # done there
     else:
         row, col = user_bin[users[order]], item_bin[items[order]]
         block = ((col - row) % grid) * grid + row
@@ -318,10 +327,10 @@ def make_blocks(users, items, n_users: int, n_items: int, grid: int,
         offsets = np.zeros(grid * grid + 1, dtype=np.int64)
         np.cumsum(np.bincount(block, minlength=grid * grid), out=offsets[1:])
         block_users, block_items = users[order], items[order]
-    if seed is not None:
-        block_users, block_items, order = (np.ascontiguousarray(a, dtype=d) for a, d in (
-            (block_users, np.int32), (block_items, np.int32), (order, np.int64)))
-        shuffle_blocks(seed, offsets, block_users, block_items, order)
+        if seed is not None:
+            block_users, block_items, order = (np.ascontiguousarray(a, dtype=d) for a, d in (
+                (block_users, np.int32), (block_items, np.int32), (order, np.int64)))
+            shuffle_blocks(seed, offsets, block_users, block_items, order)
     bin_items = np.argsort(item_bin, kind="stable").astype(np.int32)
     bin_users = np.argsort(user_bin, kind="stable").astype(np.int32)
     bin_offsets = np.zeros(grid + 1, dtype=np.int64)

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._backend import resolve_backend
-from .._sgd.common import (EpochThreads, Pattern, default_grid, make_blocks,
+from .._sgd.common import (EpochThreads, Pattern, default_grid, make_blocks, normal_table,
                            normal_training_rows, training_rows, user_major_order)
 from ..retrieval import ItemIndex
 from .als import _progress as _tqdm_progress
@@ -91,8 +91,7 @@ class _RatingModel:
         names = self._FACTOR_NAMES[: self._factor_count()]
         rows = (n_users, n_items, n_items)
         if given is None:
-            return [normal_training_rows(seed, np.arange(r), self.factors, self.init_mean,
-                                         self.init_std, self.dtype, None)
+            return [normal_table(seed, r, self.factors, self.init_mean, self.init_std, self.dtype)
                     for seed, r in zip(_factor_seeds(rng, len(names)), rows)]
         if not isinstance(given, (tuple, list)) or len(given) != len(names):
             raise TypeError(f"initial_factors must be a tuple {names}")
