@@ -142,78 +142,144 @@ def rank_candidates(call: Candidates, scores, k: int, precision: str, score_floa
     in float32; under bfloat16 the reference's rescoring rule (``reference.mlp_rank_rescored``)
     with every user's band rescored in one call per round: ``score_float32(sub_call)`` gives
     the float32 scores (host) of a sub-call of several users (one call per user cost a device
-    round trip each)."""
+    round trip each). A round's bookkeeping is vectorised over its users: 64 users x 1,000
+    candidates took 7-15 ms of host time per call when each user's candidates were fully
+    sorted and checked in a Python loop, against 0.44 ms for the device's bfloat16 pass."""
     if precision != "bfloat16":
         return rank_scores(call.indptr, call.ids, scores, k)
     indptr = np.asarray(call.indptr, dtype=np.int64)
     ids_all = np.asarray(call.ids, dtype=np.int64)
-    # The backends' scores are float32: ordering by them as float32 keys is exact.
-    rough = np.asarray(scores, dtype=np.float32).astype(np.float64)
+    rough = np.asarray(scores, dtype=np.float32)  # the reference's float64 of these is exact
     users = indptr.size - 1
     top_ids = np.full((users, k), -1, dtype=np.int64)
     top_scores = np.full((users, k), -np.inf, dtype=np.float32)
-    orders = _rescoring_orders(indptr, ids_all, rough)
     want = np.full(users, max(2 * k, reference.MLP_RESCORE_MIN_BAND), dtype=np.int64)
     pending = np.arange(users)
     while pending.size:  # a round: every pending user's band, rescored in one call
-        bands = [orders[u][:want[u]] for u in pending]
-        sub_call = _subset(call, pending, bands)
-        exact = (np.asarray(score_float32(sub_call), dtype=np.float64) if sub_call.ids.size
+        positions, sizes = _bands(indptr, ids_all, rough, pending, want[pending])
+        sub_call = _subset(call, pending, positions, sizes)
+        exact = (np.asarray(score_float32(sub_call), dtype=np.float64) if positions.size
                  else np.zeros(0))
-        cuts = np.cumsum([band.size for band in bands])[:-1]
-        unfinished = []
-        for u, band, band_scores in zip(pending, bands, np.split(exact, cuts)):
-            keep = band_scores > -np.inf  # the rest of the round is the reference's, per user
-            ranked = np.lexsort((ids_all[band][keep], -band_scores[keep]))[:k]
-            top, values = band[keep][ranked], band_scores[keep][ranked]
-            if band.size == want[u]:
-                gaps = np.abs(rough[band] - band_scores)
-                error = gaps[np.isfinite(gaps)].max(initial=0.0)
-                if not (top.size == k and values[-1] - rough[band[-1]]
-                        > reference.MLP_RESCORE_MARGIN * error):
-                    want[u] *= 2
-                    unfinished.append(u)
-                    continue
-            top_ids[u, :top.size] = ids_all[top]
-            top_scores[u, :top.size] = values
-        pending = np.asarray(unfinished, dtype=np.int64)
+        owner = np.repeat(np.arange(pending.size), sizes)
+        # Each user's kept band by float32 score descending, then id (stable: then band order).
+        kept = np.flatnonzero(exact > -np.inf)
+        ranked = kept[np.lexsort((ids_all[positions[kept]], -exact[kept], owner[kept]))]
+        rank = np.arange(ranked.size) - np.searchsorted(owner[ranked], owner[ranked])
+        top, top_rank = ranked[rank < k], rank[rank < k]
+        counts = np.bincount(owner[top], minlength=pending.size)
+        kth = np.full(pending.size, -np.inf)
+        kth[owner[top[top_rank == k - 1]]] = exact[top[top_rank == k - 1]]
+        # Done: the band held every candidate left, or the float32 k-th score beats the band's
+        # lowest bfloat16 score by the margin times the largest finite gap seen in the band.
+        gaps = np.abs(rough[positions].astype(np.float64) - exact)
+        gaps[~np.isfinite(gaps)] = 0.0
+        error = np.zeros(pending.size)
+        np.maximum.at(error, owner, gaps)
+        full = sizes == want[pending]
+        lowest = np.full(pending.size, np.nan)
+        lowest[full] = rough[positions[np.cumsum(sizes)[full] - 1]].astype(np.float64)
+        done = ~full | ((counts == k) & (kth - lowest > reference.MLP_RESCORE_MARGIN * error))
+        finished = done[owner[top]]
+        rows, columns, at = pending[owner[top[finished]]], top_rank[finished], top[finished]
+        top_ids[rows, columns] = ids_all[positions[at]]
+        top_scores[rows, columns] = exact[at]
+        want[pending[~done]] *= 2
+        pending = pending[~done]
     return top_ids, top_scores
 
 
-def _rescoring_orders(indptr, ids_all, rough) -> list:
-    """Per user, the positions of its candidates with a score above -inf, by bfloat16 score
-    descending, then id, then position, less each candidate whose id is its predecessor's
-    (as in the reference). One stable sort of (user, score) packed in an integer key, then
-    a lexsort of the tied runs only (a lexsort of the whole call took 4x as long)."""
-    users = indptr.size - 1
-    owner = np.repeat(np.arange(users, dtype=np.uint64), np.diff(indptr))
-    positions = np.flatnonzero(rough > -np.inf)
-    score = (rough[positions].astype(np.float32) + np.float32(0)).view(np.uint32)  # -0 is +0
-    ascending = np.where(score >> 31, ~score, score | np.uint32(1 << 31))  # float order
-    key = (owner[positions] << np.uint64(32)) | (~ascending).astype(np.uint64)
-    sorted_at = np.argsort(key, kind="stable")
-    order, key = positions[sorted_at], key[sorted_at]
-    tied = np.zeros(order.size, dtype=bool)  # members of runs of equal (user, score)
-    tied[1:] = key[1:] == key[:-1]
-    tied[:-1] |= tied[1:]
-    if tied.any():  # reorder each run by id (then position: the stable sort kept it)
-        at = np.flatnonzero(tied)
-        run = np.cumsum(~(np.concatenate([[False], key[at][1:] == key[at][:-1]])))
-        order[at] = order[at][np.lexsort((order[at], ids_all[order[at]], run))]
+def _bands(indptr, ids_all, rough, users, wants) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, sizes): per user ``users[j]``, in turn, the first ``wants[j]`` positions
+    of its candidates with a score above -inf, by bfloat16 score descending, then id, then
+    position, less each candidate whose id is its predecessor's (as in the reference).
+
+    Only a prefix is ever needed, so each user's candidates are not all sorted: the ones at
+    or above its want-th best score (a partition) are, and their order is the prefix of the
+    full one (everything below comes after them; dropping a repeated id looks only at the
+    one before). Users go in groups of one want and of lengths within a factor of two, each
+    group's scores padded into one matrix. Should the repeated ids leave a prefix short,
+    that user's candidates are all sorted."""
+    lengths = indptr[users + 1] - indptr[users]
+    # floor(log2(length)) + 1, 0 for none: the lengths of one bucket are within 2x
+    buckets = np.where(lengths > 0, np.log2(np.maximum(lengths, 1)).astype(np.int64) + 1, 0)
+    if users.size and np.all(wants == wants[0]) and np.all(buckets == buckets[0]):
+        owner, positions = _group_bands(indptr, ids_all, rough, users, int(wants[0]))
+    else:
+        owners, bands = [], []
+        for want, bucket in np.unique(np.stack([wants, buckets]), axis=1).T:
+            group = np.flatnonzero((wants == want) & (buckets == bucket))
+            row, at = _group_bands(indptr, ids_all, rough, users[group], int(want))
+            owners.append(group[row])
+            bands.append(at)
+        owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+        order = np.argsort(owner, kind="stable")
+        positions = (np.concatenate(bands) if bands else owner)[order]
+    return positions.astype(np.int64, copy=False), np.bincount(owner, minlength=users.size)
+
+
+def _group_bands(indptr, ids_all, rough, users, want: int) -> tuple[np.ndarray, np.ndarray]:
+    """_bands for users of one want whose lengths are within 2x of each other, as (row in
+    ``users``, position) pairs, ordered by row and then along each band."""
+    starts = indptr[users]
+    lengths = indptr[users + 1] - starts
+    width = int(lengths.max(initial=0))
+    if lengths.min() == width and np.all(starts == starts[0] + width * np.arange(users.size)):
+        values = rough[starts[0]:starts[0] + width * users.size].reshape(users.size, width)
+    else:  # padded with -inf
+        column = np.arange(width)
+        inside = column[None, :] < lengths[:, None]
+        values = np.full((users.size, width), -np.inf, dtype=rough.dtype)
+        values[inside] = rough[(starts[:, None] + column[None, :])[inside]]
+    values = np.where(values > -np.inf, values, -np.inf)  # NaN: not a candidate either
+    if width > want:
+        threshold = np.partition(values, width - want, axis=1)[:, width - want]
+        chosen = values >= threshold[:, None]
+        if not np.all(threshold > -np.inf):  # fewer than want candidates in some row
+            chosen &= values > -np.inf
+    else:
+        chosen = values > -np.inf
+    row, col = np.nonzero(chosen)
+    positions = starts[row] + col
+    order = np.lexsort((positions, ids_all[positions], -rough[positions], row))
+    positions, row = positions[order], row[order]
+    first = np.ones(positions.size, dtype=bool)
+    first[1:] = (ids_all[positions][1:] != ids_all[positions][:-1]) | (row[1:] != row[:-1])
+    positions, row = positions[first], row[first]
+    rank = np.arange(row.size) - np.searchsorted(row, row)
+    counts = np.bincount(row, minlength=users.size)
+    # A short prefix is the whole order unless repeated ids shortened it.
+    short = np.flatnonzero(counts < want)
+    if short.size:
+        short = short[chosen[short].sum(axis=1) < (values[short] > -np.inf).sum(axis=1)]
+    keep = rank < want
+    if not short.size:
+        return row[keep], positions[keep]
+    keep &= ~np.isin(row, short)
+    rows, at = [row[keep]], [positions[keep]]
+    for j in short:
+        band = _full_order(indptr, ids_all, rough, int(users[j]))[:want]
+        rows.append(np.full(band.size, j))
+        at.append(band)
+    row, positions = np.concatenate(rows), np.concatenate(at)
+    order = np.argsort(row, kind="stable")
+    return row[order], positions[order]
+
+
+def _full_order(indptr, ids_all, rough, user: int) -> np.ndarray:
+    """All of one user's rescoring order (the reference's sort)."""
+    positions = np.arange(indptr[user], indptr[user + 1])
+    positions = positions[rough[positions] > -np.inf]
+    order = positions[np.lexsort((positions, ids_all[positions], -rough[positions]))]
     first = np.ones(order.size, dtype=bool)
-    user = key >> np.uint64(32)
-    first[1:] = (ids_all[order][1:] != ids_all[order][:-1]) | (user[1:] != user[:-1])
-    order = order[first]
-    counts = np.bincount(owner[order].astype(np.int64), minlength=users)
-    return np.split(order, np.cumsum(counts)[:-1])
+    first[1:] = ids_all[order][1:] != ids_all[order][:-1]
+    return order[first]
 
 
-def _subset(call: Candidates, users, bands) -> Candidates:
-    """The candidates at ``bands[j]`` (positions of the flat list, all of user ``users[j]``)
-    as a call of those users, in that order."""
-    positions = np.concatenate(bands) if bands else np.zeros(0, np.int64)
-    indptr = np.zeros(len(bands) + 1, dtype=np.int64)
-    np.cumsum([band.size for band in bands], out=indptr[1:])
+def _subset(call: Candidates, users, positions, sizes) -> Candidates:
+    """The candidates at ``positions`` of the flat list (``sizes[j]`` of them for user
+    ``users[j]``, in turn) as a call of those users, in that order."""
+    indptr = np.zeros(sizes.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=indptr[1:])
     block = call.candidate_block
     return call._replace(
         indptr=indptr, ids=call.ids[positions],
