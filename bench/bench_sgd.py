@@ -110,14 +110,17 @@ def five_fold(args, rows, name):
             if library == "surprise" and (surprise is None or theirs_name is None):
                 continue
             rmse, mae, seconds = [], [], []
-            # One untimed fit on 2,000 ratings first, for both libraries: a process's first fit
-            # pays one-time costs (imports, the backend probe, thread start-up: 20-40 ms for
-            # recfuse) that would otherwise land on fold 0.
-            warm = np.flatnonzero(folds != 0)[:2000]
+            # One untimed fit first, for both libraries: a process's first fit pays one-time
+            # costs (imports, the backend probe, thread start-up: 20-40 ms for recfuse) that
+            # would otherwise land on fold 0. recfuse's is fold 0's whole fit (on 2,000
+            # ratings its grid is one block, which never starts the threads); Surprise's is
+            # on 2,000 ratings (a whole fit costs it seconds).
+            warm = np.flatnonzero(folds != 0)
             if library == "recfuse":
                 ours(random_state=0, num_threads=args.threads, **settings).fit(
                     users[warm], items[warm], ratings[warm], rating_scale=scale)
             else:
+                warm = warm[:2000]
                 getattr(surprise, theirs_name)(random_state=0).fit(surprise_data(
                     users[warm], items[warm], ratings[warm], scale).build_full_trainset())
             for fold in range(5):
@@ -138,7 +141,8 @@ def five_fold(args, rows, name):
                 mae.append(float(np.mean(np.abs(predicted - ratings[test]))))
                 seconds.append(s)
             result[library] = {"rmse": float(np.mean(rmse)), "mae": float(np.mean(mae)),
-                               "fit_s": float(np.mean(seconds))}
+                               "fit_s": float(np.mean(seconds)),
+                               "fit_s_folds": [round(x, 4) for x in seconds]}
             print(name, label, library, result[library], flush=True)
         result["load"] = load_average()
         rows.append(result)
