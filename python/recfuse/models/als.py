@@ -14,7 +14,8 @@ import scipy.sparse as sp
 from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
-from ..retrieval import ItemIndex, write_recommendations
+from ..retrieval import ItemIndex
+from ._common import FactorRetrieval, progress_bar
 
 MAX_FACTORS = 4096
 
@@ -30,7 +31,7 @@ class _State:
     item_gram: np.ndarray | None = None  # YᵀY of item_factors, computed on first fold-in
 
 
-class ALS:
+class ALS(FactorRetrieval):
     """Implicit-feedback ALS: factors X (users) and Y (items) from a users x items CSR matrix.
 
     Each stored value r_ui becomes a confidence c_ui = 1 + alpha * r_ui (``confidence=
@@ -80,7 +81,7 @@ class ALS:
         self._state = _State()
         self.backend_used: str | None = None
         self._lock = threading.Lock()  # serialises writers (fit, update_users)
-        self._indexes: dict = {}  # (attribute, metric) -> ItemIndex, see _index
+        self._recommend_cache: tuple | None = None  # (item factors, their ItemIndex)
 
     # ------------------------------------------------------------------ state
     # Each attribute reads the current snapshot; assigning one replaces the snapshot (the
@@ -174,7 +175,7 @@ class ALS:
         user_csr = CsrArrays.from_scipy(matrix, self.dtype)
         item_csr = user_csr.transpose()
         trainer = backend.make_trainer(user_csr, item_csr, X, Y, params)
-        progress = _progress(self.iterations, show_progress, f"ALS ({backend.NAME})")
+        progress = progress_bar(self.iterations, show_progress, f"ALS ({backend.NAME})")
         failed = 0
         try:
             for iteration in range(self.iterations):
@@ -273,7 +274,7 @@ class ALS:
         self._require_fitted()
         state = self._state  # one consistent snapshot: factors and seen items together
         X = state.user_factors
-        index = self._index("item_factors", "dot", state)
+        index = self._recommend_index(state)
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", X.shape[0])
         k = check.check_int(k, "k", minimum=1)
@@ -290,50 +291,6 @@ class ALS:
         if single:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
-
-    def recommend_all(self, k: int = 10, *, batch_size: int = 4096, filter_seen: bool = True,
-                      path: str | os.PathLike | None = None, show_progress: bool = False):
-        """Top k for every user, ``batch_size`` users at a time (memory stays bounded).
-
-        Without ``path``: an iterator of ``(user_ids, item_ids, scores)`` chunks, item ids and
-        scores ``len(user_ids) x k`` as from ``recommend`` (seen items of the training matrix
-        filtered when ``filter_seen``). With ``path``: writes a Parquet file (needs pyarrow)
-        with one row per recommendation, columns user, rank, item, score (padding dropped),
-        atomically, and returns the number of rows written.
-        """
-        self._require_fitted()
-        k = check.check_int(k, "k", minimum=1)
-        batch_size = check.check_int(batch_size, "batch_size", minimum=1)
-        if filter_seen:
-            self._seen_matrix(None, self.user_factors.shape[0])  # fail now, not mid-way
-        chunks = self._recommend_chunks(k, batch_size, filter_seen, show_progress)
-        if path is None:
-            return chunks
-        return write_recommendations(path, chunks)
-
-    def _recommend_chunks(self, k: int, batch_size: int, filter_seen: bool, show_progress: bool):
-        n_users = self.user_factors.shape[0]
-        progress = _progress(n_users, show_progress, "recommend_all", unit="user")
-        try:
-            for begin in range(0, n_users, batch_size):
-                users = np.arange(begin, min(n_users, begin + batch_size))
-                ids, scores = self.recommend(users, k=k, filter_seen=filter_seen)
-                progress.update(users.size)
-                yield users, ids, scores
-        finally:
-            progress.close()
-
-    def similar_items(self, item_ids, k: int = 10):
-        """The k items most similar to each item by cosine of their factors (itself first)."""
-        self._require_fitted()
-        return _similar(self._index("item_factors", "cosine"), item_ids, k, "item_ids",
-                        self.num_threads)
-
-    def similar_users(self, user_ids, k: int = 10):
-        """The k users most similar to each user by cosine of their factors (itself first)."""
-        self._require_fitted()
-        return _similar(self._index("user_factors", "cosine"), user_ids, k, "user_ids",
-                        self.num_threads)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -389,15 +346,22 @@ class ALS:
         if self.user_factors is None or self.item_factors is None:
             raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
 
-    def _index(self, attribute: str, metric: str, state: _State | None = None) -> ItemIndex:
-        """The top-k index of user_factors or item_factors (of ``state``, by default the
-        current one), rebuilt when that array changes."""
-        factors = getattr(self._state if state is None else state, attribute)
-        cached = self._indexes.get((attribute, metric))
-        if cached is None or cached.items is not factors:
-            cached = ItemIndex(factors, metric=metric, backend=self.backend)
-            self._indexes[(attribute, metric)] = cached
-        return cached
+    def _retrieval_token(self) -> tuple:
+        return (self._state,)
+
+    def _similarity_table(self, side: str) -> np.ndarray:
+        return self._state.user_factors if side == "users" else self._state.item_factors
+
+    def _check_seen_items(self) -> None:
+        self._seen_matrix(None, self.user_factors.shape[0])
+
+    def _recommend_index(self, state: _State) -> ItemIndex:
+        """The dot-product index of ``state``'s item factors, rebuilt when they change."""
+        cached = self._recommend_cache
+        if cached is None or cached[0] is not state.item_factors:
+            cached = (state.item_factors, ItemIndex(state.item_factors, backend=self.backend))
+            self._recommend_cache = cached
+        return cached[1]
 
     def _seen_matrix(self, user_items, n_rows, state: _State | None = None) -> sp.csr_matrix:
         state = self._state if state is None else state
@@ -464,16 +428,6 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
     return vectors
 
 
-def _similar(index: ItemIndex, ids, k: int, name: str, num_threads: int):
-    single = np.ndim(ids) == 0
-    rows = check.check_ids(ids, name, index.shape[0])
-    k = check.check_int(k, "k", minimum=1)
-    out_ids, out_scores = index.search(index.items[rows], k, num_threads=num_threads)
-    if single:
-        return out_ids[0], out_scores[0]
-    return out_ids, out_scores
-
-
 def _replace_rows(matrix: sp.csr_matrix, ids: np.ndarray, rows: sp.csr_matrix, n_rows: int):
     """``matrix`` grown to n_rows with the rows ``ids`` replaced by ``rows`` (a new matrix)."""
     if matrix.shape[0] < n_rows:
@@ -491,9 +445,3 @@ def _replace_rows(matrix: sp.csr_matrix, ids: np.ndarray, rows: sp.csr_matrix, n
     result.eliminate_zeros()
     result.sort_indices()
     return result
-
-
-def _progress(total: int, enabled: bool, description: str, unit: str = "it"):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=description, unit=unit)

@@ -13,10 +13,11 @@ from .. import _validation as check
 from .._backend import resolve_backend
 from .._sgd.common import EpochThreads, Pattern, default_grid, make_blocks, training_rows
 from ..retrieval import ItemIndex
-from .sgd import MAX_FACTORS, _progress
+from ._common import FactorRetrieval, progress_bar
+from .sgd import MAX_FACTORS
 
 
-class BPR:
+class BPR(FactorRetrieval):
     """BPR with item biases: score(u, i) = p_u·q_i + b_i, trained on triples (u, i, j) of a
     positive item i and a sampled negative item j (``recfuse.reference.bpr_sgd_epoch``).
 
@@ -102,7 +103,7 @@ class BPR:
         Q_train = training_rows(Q, blocks.bin_items, backend)
         bias_train = np.zeros(n_items, dtype=self.dtype)
         threads = EpochThreads(self.num_threads, total=self.iterations)
-        progress = _progress(self.iterations, show_progress, f"BPR ({backend.NAME})")
+        progress = progress_bar(self.iterations, show_progress, f"BPR ({backend.NAME})")
         try:
             for iteration in range(self.iterations):
                 skipped = threads.run(lambda count: backend.bpr_epoch(
@@ -188,6 +189,12 @@ class BPR:
     def _require_fitted(self) -> None:
         if self.user_factors is None:
             raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
+
+    def _retrieval_token(self) -> tuple:
+        return (self.user_factors, self.item_factors)
+
+    def _similarity_table(self, side: str) -> np.ndarray:
+        return self.user_factors if side == "users" else self.item_factors
 
     def __repr__(self) -> str:
         fitted = "" if self.user_factors is None else (

@@ -23,7 +23,8 @@ from .. import _validation as check
 from .._als.common import CsrArrays
 from .._backend import resolve_backend
 from .._sgd.common import Pattern
-from .sgd import MAX_FACTORS, _progress, _RatingModel, _rmse
+from ._common import progress_bar
+from .sgd import MAX_FACTORS, _RatingModel, _rmse
 
 
 class ExplicitALS(_RatingModel):
@@ -139,7 +140,7 @@ class ExplicitALS(_RatingModel):
         item_bias = np.zeros(n_items, dtype=self.dtype) if self.biased else None
         reg_bias = self.reg if self.reg_bias is None else self.reg_bias
         seen = Pattern.from_pairs(users, items, n_users, n_items)
-        progress = _progress(self.iterations, show_progress, f"ExplicitALS ({backend.NAME})")
+        progress = progress_bar(self.iterations, show_progress, f"ExplicitALS ({backend.NAME})")
         failed = 0
         try:
             for iteration in range(self.iterations):

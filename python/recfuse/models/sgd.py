@@ -24,7 +24,7 @@ from .._backend import resolve_backend
 from .._sgd.common import (EpochThreads, Pattern, default_grid, make_blocks, normal_table,
                            normal_training_rows, training_rows, user_major_order)
 from ..retrieval import ItemIndex
-from .als import _progress as _tqdm_progress
+from ._common import FactorRetrieval, progress_bar
 
 MAX_FACTORS = 4096
 
@@ -47,10 +47,11 @@ class _Fitted:
     biased: bool = True  # False: r̂ = q·p for known pairs, the global mean otherwise
 
 
-class _RatingModel:
+class _RatingModel(FactorRetrieval):
     """What every rating model shares (SVD, SVDpp, ExplicitALS): the fitted state, predict,
-    recommend and save/load. Subclasses set ``_NAME``, ``factors``, ``dtype``, ``_fitted``,
-    ``_lock`` and ``get_params``, and say how many factor tables they keep."""
+    recommend (and recommend_all, similar_items, similar_users) and save/load. Subclasses set
+    ``_NAME``, ``factors``, ``dtype``, ``backend``, ``num_threads``, ``_fitted``, ``_lock``
+    and ``get_params``, and say how many factor tables they keep."""
 
     _NAME = ""
     factors: int
@@ -161,6 +162,18 @@ class _RatingModel:
             cached = (state, index, state.seen.to_scipy(known_item.size))
             self._retrieval_cache = cached
         return cached[1], cached[2]
+
+    def _retrieval_token(self) -> tuple:
+        return (self._fitted,)
+
+    def _similarity_table(self, side: str) -> np.ndarray:
+        """The vectors similar_users / similar_items compare: a user's as recommend scores
+        with (SVD++: p_u plus its implicit term), zero for ids without training ratings
+        (their factors are only the random start)."""
+        state = self._require_fitted()
+        if side == "users":
+            return _user_vectors(state) * (state.user_counts > 0)[:, None]
+        return state.item_factors * (state.item_counts > 0)[:, None]
 
     # ------------------------------------------------------------------ state access
     def _require_fitted(self) -> _Fitted:
@@ -368,7 +381,7 @@ class _SgdFactorization(_RatingModel):
                                items, n_users, n_items, scale, fresh=True)
 
         threads = EpochThreads(self.num_threads, total=self.epochs)
-        progress = _progress(self.epochs, show_progress, f"{self._NAME} ({backend.NAME})")
+        progress = progress_bar(self.epochs, show_progress, f"{self._NAME} ({backend.NAME})")
         try:
             for epoch in range(self.epochs):
                 threads.run(run_epoch)
@@ -596,20 +609,6 @@ def _in_order(trained: np.ndarray, rows_at: np.ndarray) -> np.ndarray:
     out = np.empty(trained.shape, dtype=trained.dtype)  # C order, also from a column slice
     out[rows_at] = trained
     return out
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool, description: str):
-    """A tqdm bar, or a no-op without importing tqdm (its first import costs ~30 ms, half of
-    an ml-100k SVD fit)."""
-    return _tqdm_progress(total, enabled, description) if enabled else _NoProgress()
 
 
 def _implicit_term(seen: Pattern, Y: np.ndarray) -> np.ndarray:

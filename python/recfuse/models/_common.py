@@ -1,0 +1,110 @@
+"""What the factor models share beyond fitting: progress bars, and the retrieval calls built
+on ``recommend`` and the factor tables (``recommend_all``, ``similar_items``,
+``similar_users``)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import _validation as check
+from ..retrieval import ItemIndex, write_recommendations
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, enabled: bool, description: str, unit: str = "it"):
+    """A tqdm bar, or a no-op without importing tqdm (its first import costs ~30 ms, half of
+    an ml-100k SVD fit)."""
+    if not enabled:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit=unit)
+
+
+class FactorRetrieval:
+    """``recommend_all``, ``similar_items`` and ``similar_users`` for a factor model.
+
+    A model provides ``recommend(user_ids, k=..., filter_seen=...)`` (2-d results for a
+    batch), ``user_factors``, ``backend``, ``num_threads``, ``_require_fitted()``,
+    ``_retrieval_token()`` (objects whose identities change whenever the model is refitted
+    or its factors replaced) and ``_similarity_table(side)`` ("users" or "items": the vectors
+    compared by cosine).
+    """
+
+    def recommend_all(self, k: int = 10, *, batch_size: int = 4096, filter_seen: bool = True,
+                      path: str | os.PathLike | None = None, show_progress: bool = False):
+        """Top k for every user, ``batch_size`` users at a time (memory stays bounded).
+
+        Without ``path``: an iterator of ``(user_ids, item_ids, scores)`` chunks, item ids and
+        scores ``len(user_ids) x k`` as from ``recommend`` (seen items of the training data
+        filtered when ``filter_seen``). With ``path``: writes a Parquet file (needs pyarrow)
+        with one row per recommendation, columns user, rank, item, score (padding dropped),
+        atomically, and returns the number of rows written.
+        """
+        self._require_fitted()
+        k = check.check_int(k, "k", minimum=1)
+        batch_size = check.check_int(batch_size, "batch_size", minimum=1)
+        if filter_seen:
+            self._check_seen_items()  # fail now, not mid-way
+        chunks = self._recommend_chunks(k, batch_size, filter_seen, show_progress)
+        if path is None:
+            return chunks
+        return write_recommendations(path, chunks)
+
+    def _recommend_chunks(self, k: int, batch_size: int, filter_seen: bool, show_progress: bool):
+        n_users = self.user_factors.shape[0]
+        progress = progress_bar(n_users, show_progress, "recommend_all", unit="user")
+        try:
+            for begin in range(0, n_users, batch_size):
+                users = np.arange(begin, min(n_users, begin + batch_size))
+                ids, scores = self.recommend(users, k=k, filter_seen=filter_seen)
+                progress.update(users.size)
+                yield users, ids, scores
+        finally:
+            progress.close()
+
+    def _check_seen_items(self) -> None:
+        """Raises when ``recommend(..., filter_seen=True)`` cannot run (no seen items kept)."""
+
+    def similar_items(self, item_ids, k: int = 10):
+        """The k items most similar to each item by cosine of their factors (itself first),
+        one item (1-d results) or a batch (2-d). An item without factors (a zero vector: no
+        training data) is similar to nothing: its scores, and its own in other lists, are 0."""
+        return self._similar("items", item_ids, k, "item_ids")
+
+    def similar_users(self, user_ids, k: int = 10):
+        """The k users most similar to each user by cosine of their factors (itself first),
+        as ``similar_items``."""
+        return self._similar("users", user_ids, k, "user_ids")
+
+    def _similar(self, side: str, ids, k: int, name: str):
+        self._require_fitted()
+        index = self._cosine_index(side)
+        single = np.ndim(ids) == 0
+        rows = check.check_ids(ids, name, index.shape[0])
+        k = check.check_int(k, "k", minimum=1)
+        out_ids, out_scores = index.search(index.items[rows], k, num_threads=self.num_threads)
+        if single:
+            return out_ids[0], out_scores[0]
+        return out_ids, out_scores
+
+    def _cosine_index(self, side: str) -> ItemIndex:
+        """The cosine ItemIndex of ``_similarity_table(side)``, built once per fit."""
+        token = self._retrieval_token()
+        cache = self.__dict__.setdefault("_cosine_indexes", {})
+        cached = cache.get(side)
+        if cached is None or len(cached[0]) != len(token) or any(
+                a is not b for a, b in zip(cached[0], token)):
+            cached = (token, ItemIndex(self._similarity_table(side), metric="cosine",
+                                       backend=self.backend))
+            cache[side] = cached
+        return cached[1]

@@ -1,0 +1,149 @@
+"""recommend_all, similar_items and similar_users on every factor model (ALS, BPR, SVD,
+SVDpp, ExplicitALS): the chunks equal recommend, the similarity lists equal the reference's
+full sort of cosines over the model's vectors, ids without training data have none, bad
+arguments raise, refitting rebuilds the index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import recfuse
+from recfuse import datasets, reference
+
+N_USERS, N_ITEMS = 120, 90  # the rating models see ids up to 110 and 80 only
+
+
+def _ratings(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, 110, 2500)
+    items = rng.integers(0, 80, 2500)
+    return users, items, rng.integers(1, 6, 2500).astype(np.float64)
+
+
+def _fit(name: str, seed: int = 0):
+    if name in ("ALS", "BPR"):
+        data = datasets.synthetic_implicit(N_USERS, N_ITEMS, 2500, seed=seed)
+        cls = getattr(recfuse, name)
+        return cls(factors=8, iterations=3, random_state=seed).fit(data)
+    users, items, ratings = _ratings(seed)
+    model = getattr(recfuse, name)(factors=8, random_state=seed)
+    return model.fit(users, items, ratings, n_users=N_USERS, n_items=N_ITEMS)
+
+
+MODELS = ["ALS", "BPR", "SVD", "SVDpp", "ExplicitALS"]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def fitted(request):
+    return _fit(request.param)
+
+
+def _vectors(model, side: str) -> np.ndarray:
+    """What the lists are computed from: the model's factors, and for the rating models
+    zero where an id has no training rating (SVD++'s users with their implicit term)."""
+    if not isinstance(model, (recfuse.SVD, recfuse.SVDpp, recfuse.ExplicitALS)):
+        return model.user_factors if side == "users" else model.item_factors
+    state = model._fitted
+    if side == "items":
+        return state.item_factors * (state.item_counts > 0)[:, None]
+    vectors = state.user_factors
+    if state.user_implicit is not None:
+        vectors = vectors + state.user_implicit
+    return vectors * (state.user_counts > 0)[:, None]
+
+
+@pytest.mark.parametrize("side", ["items", "users"])
+def test_similar_lists_are_the_reference_cosine_sort(fitted, side):
+    V = _vectors(fitted, side).astype(np.float64)
+    norms = np.linalg.norm(V, axis=1)
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    call = fitted.similar_items if side == "items" else fitted.similar_users
+    ids = np.arange(0, V.shape[0], 7)
+    got_ids, got_scores = call(ids, k=6)
+    want_ids, want_scores = reference.topk(V[ids] * scale[ids, None], V, 6, item_scale=scale)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-4, atol=1e-5)
+    # The same ids, but for near ties (within float32 rounding) whose order may swap.
+    same = got_ids == want_ids
+    close = np.isclose(got_scores, want_scores, rtol=1e-4, atol=1e-5)
+    assert np.all(same | close)
+    known = norms[ids] > 0
+    assert np.all(got_ids[known, 0] == ids[known])  # itself first
+    one_ids, one_scores = call(int(ids[1]), k=6)
+    np.testing.assert_array_equal(one_ids, got_ids[1])
+    np.testing.assert_array_equal(one_scores, got_scores[1])
+
+
+@pytest.mark.parametrize("name", ["SVD", "SVDpp", "ExplicitALS"])
+def test_ids_without_training_ratings_have_no_similarities(name):
+    model = _fit(name)
+    ids, scores = model.similar_items(85, k=4)  # items 80..89 were never rated
+    np.testing.assert_array_equal(scores, 0)
+    np.testing.assert_array_equal(ids, [0, 1, 2, 3])  # all tied: smallest ids first
+    ids, scores = model.similar_items(3, k=N_ITEMS)
+    assert not np.isin(np.arange(80, 90), ids[scores != 0]).any()
+    _, scores = model.similar_users(115, k=3)
+    np.testing.assert_array_equal(scores, 0)
+
+
+def test_recommend_all_chunks_equal_recommend(fitted):
+    chunks = list(fitted.recommend_all(k=5, batch_size=50))
+    np.testing.assert_array_equal(np.concatenate([users for users, _, _ in chunks]),
+                                  np.arange(fitted.user_factors.shape[0]))
+    for users, ids, scores in chunks:
+        want_ids, want_scores = fitted.recommend(users, k=5)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(scores, want_scores)
+    unfiltered = next(iter(fitted.recommend_all(k=5, batch_size=50, filter_seen=False)))
+    np.testing.assert_array_equal(unfiltered[1], fitted.recommend(np.arange(50), k=5,
+                                                                  filter_seen=False)[0])
+
+
+def test_recommend_all_writes_parquet(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    model = _fit("SVD")
+    path = tmp_path / "svd.parquet"
+    rows = model.recommend_all(k=4, batch_size=33, path=path)
+    table = pq.read_table(path)
+    ids, _ = model.recommend(np.arange(N_USERS), k=4)
+    assert table.num_rows == rows == int((ids >= 0).sum())
+    np.testing.assert_array_equal(table.column("item").to_numpy(), ids[ids >= 0])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_arguments_and_unfitted_models_raise(name):
+    model = _fit(name)
+    with pytest.raises(ValueError, match="item_ids"):
+        model.similar_items(N_ITEMS)
+    with pytest.raises(ValueError, match="user_ids"):
+        model.similar_users(-1)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        model.similar_items(0, k=0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        model.recommend_all(batch_size=0)
+    bare = type(model)(factors=4)
+    for call in (bare.similar_items, bare.similar_users):
+        with pytest.raises(RuntimeError, match="not fitted"):
+            call(0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        bare.recommend_all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_refitting_rebuilds_the_similarity_index(name):
+    model = _fit(name)
+    before = model.similar_items(np.arange(10), k=5)
+    if name in ("ALS", "BPR"):
+        model.fit(datasets.synthetic_implicit(N_USERS, N_ITEMS, 2500, seed=1))
+    else:
+        model.fit(*_ratings(1), n_users=N_USERS, n_items=N_ITEMS)
+    after = model.similar_items(np.arange(10), k=5)
+    assert not np.array_equal(before[1], after[1])
+    fresh = type(model)(**model.get_params())
+    if name in ("ALS", "BPR"):
+        fresh.random_state = model.random_state
+        fresh.fit(datasets.synthetic_implicit(N_USERS, N_ITEMS, 2500, seed=1))
+    else:
+        fresh.random_state = model.random_state
+        fresh.fit(*_ratings(1), n_users=N_USERS, n_items=N_ITEMS)
+    for got, want in zip(after, fresh.similar_items(np.arange(10), k=5)):
+        np.testing.assert_array_equal(got, want)
