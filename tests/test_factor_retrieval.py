@@ -147,3 +147,42 @@ def test_refitting_rebuilds_the_similarity_index(name):
         fresh.fit(*_ratings(1), n_users=N_USERS, n_items=N_ITEMS)
     for got, want in zip(after, fresh.similar_items(np.arange(10), k=5)):
         np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------- matrices and Interactions in
+
+
+@pytest.mark.parametrize("name", ["SVD", "SVDpp", "ExplicitALS"])
+def test_rating_models_fit_a_matrix_or_interactions_like_the_arrays(name):
+    import scipy.sparse as sp
+
+    users, items, ratings = _ratings()
+    cls = getattr(recfuse, name)
+    want = cls(factors=8, random_state=0).fit(users, items, ratings, n_users=N_USERS,
+                                              n_items=N_ITEMS)
+    matrix = sp.coo_matrix((ratings, (users, items)), shape=(N_USERS, N_ITEMS))
+    got = cls(factors=8, random_state=0).fit(matrix)  # duplicates kept: one rating each
+    for a, b in [(got.item_factors, want.item_factors), (got.user_bias, want.user_bias)]:
+        np.testing.assert_array_equal(a, b)
+    events = recfuse.Interactions.from_arrays(users, items, ratings, combine="last")
+    merged = events.matrix.tocoo()
+    via_events = cls(factors=8, random_state=0).fit(events)
+    via_arrays = cls(factors=8, random_state=0).fit(
+        merged.row, merged.col, merged.data, n_users=events.matrix.shape[0],
+        n_items=events.matrix.shape[1])
+    np.testing.assert_array_equal(via_events.item_factors, via_arrays.item_factors)
+    assert via_events.user_factors.shape[0] == len(events.user_ids)
+    with pytest.raises(TypeError, match="users, items and ratings"):
+        cls().fit(users)
+    with pytest.raises(TypeError, match="not both"):
+        cls().fit(matrix, items, ratings)
+
+
+@pytest.mark.parametrize("name", ["ALS", "BPR"])
+def test_implicit_models_fit_interactions_as_their_matrix(name):
+    users, items, _ = _ratings()
+    events = recfuse.Interactions.from_arrays(users, items)
+    cls = getattr(recfuse, name)
+    got = cls(factors=8, iterations=2, random_state=0).fit(events)
+    want = cls(factors=8, iterations=2, random_state=0).fit(events.matrix)
+    np.testing.assert_array_equal(got.item_factors, want.item_factors)

@@ -7,9 +7,41 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import scipy.sparse as sp
 
 from .. import _validation as check
 from ..retrieval import ItemIndex, write_recommendations
+
+
+def interaction_matrix(value):
+    """The users x items matrix of an ``Interactions`` (its ``matrix``); anything else as it
+    is, for the model's own checks."""
+    from ..interactions import Interactions
+
+    return value.matrix if isinstance(value, Interactions) else value
+
+
+def rating_arrays(users, items, ratings, n_users, n_items):
+    """(users, items, ratings, n_users, n_items) for a rating model's fit, from three arrays
+    or from one users x items sparse matrix or ``Interactions`` in ``users`` (each stored
+    entry one rating, duplicates included; ``n_users``/``n_items`` default to its shape)."""
+    from ..interactions import Interactions
+
+    if not (isinstance(users, Interactions) or sp.issparse(users)):
+        if items is None or ratings is None:
+            raise TypeError("fit needs users, items and ratings, or one users x items sparse "
+                            "matrix or Interactions of ratings")
+        return users, items, ratings, n_users, n_items
+    if items is not None or ratings is not None:
+        raise TypeError("pass users, items and ratings, or one matrix or Interactions of "
+                        "ratings, not both")
+    matrix = interaction_matrix(users)
+    if matrix.ndim != 2:
+        raise ValueError(f"the ratings matrix must be 2-d, got {matrix.ndim}-d")
+    entries = matrix.tocoo()
+    return (entries.row, entries.col, entries.data,
+            matrix.shape[0] if n_users is None else n_users,
+            matrix.shape[1] if n_items is None else n_items)
 
 
 class _NoProgress:

@@ -15,7 +15,7 @@ from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
-from ._common import FactorRetrieval, progress_bar
+from ._common import FactorRetrieval, interaction_matrix, progress_bar
 
 MAX_FACTORS = 4096
 
@@ -142,7 +142,8 @@ class ALS(FactorRetrieval):
         initial_factors: tuple[np.ndarray, np.ndarray] | None = None,
         compute_loss: bool = True,
     ) -> "ALS":
-        """Train on a users x items CSR matrix and return self.
+        """Train on a users x items CSR matrix (or a ``recfuse.Interactions``: its
+        ``matrix``) and return self.
 
         ``callback(iteration, loss)`` is called after each iteration with the training
         loss of ``recfuse.reference.als_loss`` (computing it costs about one CG step; with
@@ -150,9 +151,8 @@ class ALS(FactorRetrieval):
         ``initial_factors=(X, Y)`` starts from given factors instead of random ones.
         On bad input nothing about the model changes.
         """
-        matrix = check.check_csr(
-            user_items, "user_items", dtype=self.dtype, nonnegative=self.confidence == "linear"
-        )
+        matrix = check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype,
+                                 nonnegative=self.confidence == "linear")
         n_users, n_items = matrix.shape
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")

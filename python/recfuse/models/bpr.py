@@ -13,7 +13,7 @@ from .. import _validation as check
 from .._backend import resolve_backend
 from .._sgd.common import EpochThreads, Pattern, default_grid, make_blocks, training_rows
 from ..retrieval import ItemIndex
-from ._common import FactorRetrieval, progress_bar
+from ._common import FactorRetrieval, interaction_matrix, progress_bar
 from .sgd import MAX_FACTORS
 
 
@@ -75,10 +75,11 @@ class BPR(FactorRetrieval):
 
     def fit(self, user_items: sp.csr_matrix, *, show_progress: bool = False,
             callback: Callable[[int, int], None] | None = None) -> "BPR":
-        """Train on a users x items CSR matrix and return self. ``callback(iteration,
+        """Train on a users x items CSR matrix (or a ``recfuse.Interactions``: its
+        ``matrix``) and return self. ``callback(iteration,
         skipped)`` gets the number of pairs skipped for want of an unseen negative. On bad
         input the model is left as it was."""
-        matrix = check.check_csr(user_items, "user_items", dtype=self.dtype)
+        matrix = check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         n_users, n_items = matrix.shape

@@ -108,8 +108,8 @@ class ExplicitALS(_RatingModel):
     def fit(
         self,
         users,
-        items,
-        ratings,
+        items=None,
+        ratings=None,
         *,
         rating_scale: tuple[float, float] | None = None,
         n_users: int | None = None,
@@ -120,7 +120,8 @@ class ExplicitALS(_RatingModel):
     ) -> "ExplicitALS":
         """Train on ratings (users[t], items[t], ratings[t]) and return self.
 
-        Arguments as for ``SVD.fit``: ``rating_scale`` rejects ratings outside it and bounds
+        Arguments as for ``SVD.fit`` (which also takes one sparse matrix or ``Interactions``
+        of ratings): ``rating_scale`` rejects ratings outside it and bounds
         ``predict(clip=True)``; ``n_users``/``n_items`` may declare more ids than appear;
         repeated (user, item) pairs each count as one more rating. ``callback(iteration,
         rmse)`` gets the training RMSE after each iteration; ``initial_factors=(X, Y)``

@@ -24,7 +24,7 @@ from .._backend import resolve_backend
 from .._sgd.common import (EpochThreads, Pattern, default_grid, make_blocks, normal_table,
                            normal_training_rows, training_rows, user_major_order)
 from ..retrieval import ItemIndex
-from ._common import FactorRetrieval, progress_bar
+from ._common import FactorRetrieval, progress_bar, rating_arrays
 
 MAX_FACTORS = 4096
 
@@ -76,6 +76,8 @@ class _RatingModel(FactorRetrieval):
 
     def _fit_arguments(self, users, items, ratings, rating_scale, n_users, n_items, callback):
         """fit's checks: (users, items, values, scale, n_users, n_items)."""
+        users, items, ratings, n_users, n_items = rating_arrays(users, items, ratings, n_users,
+                                                                n_items)
         users, items, values, scale = check.check_ratings(users, items, ratings, rating_scale)
         if values.size == 0:
             raise ValueError("fit needs at least one rating, got none")
@@ -328,8 +330,8 @@ class _SgdFactorization(_RatingModel):
     def fit(
         self,
         users,
-        items,
-        ratings,
+        items=None,
+        ratings=None,
         *,
         rating_scale: tuple[float, float] | None = None,
         n_users: int | None = None,
@@ -340,6 +342,10 @@ class _SgdFactorization(_RatingModel):
     ):
         """Train on ratings (users[t], items[t], ratings[t]) and return self.
 
+        The ratings may also come as one users x items sparse matrix or ``recfuse.
+        Interactions`` (e.g. ``from_events(..., weight="rating", combine="last")``) in
+        ``users``: each stored entry is a rating, and the model's ids are the matrix's rows
+        and columns (the Interactions' ``user_ids`` / ``item_ids`` map them back).
         Ids are integers >= 0; ``n_users``/``n_items`` may declare more ids than appear.
         ``rating_scale=(lowest, highest)`` rejects ratings outside it and bounds
         ``predict(clip=True)``; by default it is the range of the training ratings. Repeated
