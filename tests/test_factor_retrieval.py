@@ -186,3 +186,14 @@ def test_implicit_models_fit_interactions_as_their_matrix(name):
     got = cls(factors=8, iterations=2, random_state=0).fit(events)
     want = cls(factors=8, iterations=2, random_state=0).fit(events.matrix)
     np.testing.assert_array_equal(got.item_factors, want.item_factors)
+
+
+def test_als_fold_in_keeps_the_item_similarity_index():
+    model = _fit("ALS")
+    model.similar_items(0)
+    index = model._cosine_index("items")
+    users_before = model.similar_users(np.arange(5), k=3)
+    model.update_users([0, 1], datasets.synthetic_implicit(2, N_ITEMS, 40, seed=5))
+    assert model._cosine_index("items") is index  # the items did not change
+    users_after = model.similar_users(np.arange(5), k=3)
+    assert not np.array_equal(users_before[1], users_after[1])  # the users' index did

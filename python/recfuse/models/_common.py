@@ -67,9 +67,9 @@ class FactorRetrieval:
 
     A model provides ``recommend(user_ids, k=..., filter_seen=...)`` (2-d results for a
     batch), ``user_factors``, ``backend``, ``num_threads``, ``_require_fitted()``,
-    ``_retrieval_token()`` (objects whose identities change whenever the model is refitted
-    or its factors replaced) and ``_similarity_table(side)`` ("users" or "items": the vectors
-    compared by cosine).
+    ``_similarity_table(side)`` ("users" or "items": the vectors compared by cosine) and
+    ``_similarity_source(side)`` (an object whose identity changes whenever that table
+    would: the index is rebuilt then, and only then).
     """
 
     def recommend_all(self, k: int = 10, *, batch_size: int = 4096, filter_seen: bool = True,
@@ -130,13 +130,13 @@ class FactorRetrieval:
         return out_ids, out_scores
 
     def _cosine_index(self, side: str) -> ItemIndex:
-        """The cosine ItemIndex of ``_similarity_table(side)``, built once per fit."""
-        token = self._retrieval_token()
+        """The cosine ItemIndex of ``_similarity_table(side)``, rebuilt when its source
+        changes (an ALS fold-in of users leaves the items' index alone)."""
+        source = self._similarity_source(side)
         cache = self.__dict__.setdefault("_cosine_indexes", {})
         cached = cache.get(side)
-        if cached is None or len(cached[0]) != len(token) or any(
-                a is not b for a, b in zip(cached[0], token)):
-            cached = (token, ItemIndex(self._similarity_table(side), metric="cosine",
-                                       backend=self.backend))
+        if cached is None or cached[0] is not source:
+            cached = (source, ItemIndex(self._similarity_table(side), metric="cosine",
+                                        backend=self.backend))
             cache[side] = cached
         return cached[1]

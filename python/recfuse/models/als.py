@@ -346,11 +346,10 @@ class ALS(FactorRetrieval):
         if self.user_factors is None or self.item_factors is None:
             raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
 
-    def _retrieval_token(self) -> tuple:
-        return (self._state,)
-
     def _similarity_table(self, side: str) -> np.ndarray:
         return self._state.user_factors if side == "users" else self._state.item_factors
+
+    _similarity_source = _similarity_table  # the factor array itself
 
     def _check_seen_items(self) -> None:
         self._seen_matrix(None, self.user_factors.shape[0])

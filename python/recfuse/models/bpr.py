@@ -191,11 +191,10 @@ class BPR(FactorRetrieval):
         if self.user_factors is None:
             raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
 
-    def _retrieval_token(self) -> tuple:
-        return (self.user_factors, self.item_factors)
-
     def _similarity_table(self, side: str) -> np.ndarray:
         return self.user_factors if side == "users" else self.item_factors
+
+    _similarity_source = _similarity_table  # the factor array itself
 
     def __repr__(self) -> str:
         fitted = "" if self.user_factors is None else (

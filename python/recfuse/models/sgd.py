@@ -165,8 +165,8 @@ class _RatingModel(FactorRetrieval):
             self._retrieval_cache = cached
         return cached[1], cached[2]
 
-    def _retrieval_token(self) -> tuple:
-        return (self._fitted,)
+    def _similarity_source(self, side: str) -> _Fitted:
+        return self._fitted  # a fit replaces the whole state
 
     def _similarity_table(self, side: str) -> np.ndarray:
         """The vectors similar_users / similar_items compare: a user's as recommend scores
