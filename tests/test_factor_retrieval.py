@@ -197,3 +197,31 @@ def test_als_fold_in_keeps_the_item_similarity_index():
     assert model._cosine_index("items") is index  # the items did not change
     users_after = model.similar_users(np.arange(5), k=3)
     assert not np.array_equal(users_before[1], users_after[1])  # the users' index did
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_evaluate_and_recommend_with_given_seen_rows(name):
+    """recfuse.metrics.evaluate takes every model (the rating models and BPR had no user_items
+    and were called with the train rows in k's place); recommend filters the rows given."""
+    from recfuse import metrics
+
+    model = _fit(name)
+    train = datasets.synthetic_implicit(N_USERS, N_ITEMS, 2500, seed=0)
+    if name not in ("ALS", "BPR"):  # the rating models filter what they were fit on
+        import scipy.sparse as sp
+
+        users, items, ratings = _ratings()
+        train = sp.csr_matrix((np.ones(users.size), (users, items)), shape=(N_USERS, N_ITEMS))
+    test = datasets.synthetic_implicit(N_USERS, N_ITEMS, 600, seed=9)
+    result = metrics.evaluate(model, train, test, k=5)
+    assert 0 <= result["precision"] <= 1 and result["users"] > 0
+    users = np.arange(20)
+    np.testing.assert_array_equal(model.recommend(users, k=7, user_items=train[users])[0],
+                                  model.recommend(users, k=7)[0])
+    everything = np.ones((users.size, N_ITEMS))
+    import scipy.sparse as sp
+
+    ids, scores = model.recommend(users, k=3, user_items=sp.csr_matrix(everything))
+    np.testing.assert_array_equal(ids, -1)  # all filtered: padding only
+    with pytest.raises(ValueError, match="user_items"):
+        model.recommend(users, k=3, user_items=train[:5])

@@ -188,8 +188,8 @@ def evaluate(model, train, test, k: int = 10, *, cold_users: str = "include",
     """Recommend k items to every user with test items (items seen in ``train`` filtered)
     and score the lists; returns a dict of metrics.
 
-    ``model`` needs ``recommend(user_ids, user_items, k=..., filter_seen=True)`` (recfuse
-    models) or ``recommend(userid, user_items, N=..., filter_already_liked_items=True)``
+    ``model`` needs ``recommend(user_ids, user_items=..., k=..., filter_seen=True)`` (every
+    recfuse model) or ``recommend(userid, user_items, N=..., filter_already_liked_items=True)``
     (implicit models); with ``predict(user_ids, item_ids)`` the test values are also scored
     by RMSE and MAE. ``train`` and ``test`` are CSR matrices or ``Interactions`` of one
     shape. Users with test items but no train items (cold users) are included like
@@ -262,7 +262,9 @@ def _recommender(model):
     if "N" in parameters:
         return lambda users, rows, k: method(users, rows, N=k,
                                              filter_already_liked_items=True)[0]
-    return lambda users, rows, k: method(users, rows, k=k, filter_seen=True)[0]
+    if "user_items" in parameters:
+        return lambda users, rows, k: method(users, user_items=rows, k=k, filter_seen=True)[0]
+    return lambda users, rows, k: method(users, k=k, filter_seen=True)[0]  # its own seen items
 
 
 def _csr(data, name: str) -> sp.csr_matrix:

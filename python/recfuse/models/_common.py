@@ -21,6 +21,13 @@ def interaction_matrix(value):
     return value.matrix if isinstance(value, Interactions) else value
 
 
+def seen_rows(user_items, n_rows: int, n_items: int):
+    """``user_items`` given to ``recommend`` (a CSR matrix or ``Interactions``, one row per
+    requested user) checked as the items to filter."""
+    return check.check_csr(interaction_matrix(user_items), "user_items", dtype=np.float32,
+                           n_rows=n_rows, n_cols=n_items)
+
+
 def rating_arrays(users, items, ratings, n_users, n_items):
     """(users, items, ratings, n_users, n_items) for a rating model's fit, from three arrays
     or from one users x items sparse matrix or ``Interactions`` in ``users`` (each stored

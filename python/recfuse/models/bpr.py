@@ -13,7 +13,7 @@ from .. import _validation as check
 from .._backend import resolve_backend
 from .._sgd.common import EpochThreads, Pattern, default_grid, make_blocks, training_rows
 from ..retrieval import ItemIndex
-from ._common import FactorRetrieval, interaction_matrix, progress_bar
+from ._common import FactorRetrieval, interaction_matrix, progress_bar, seen_rows
 from .sgd import MAX_FACTORS
 
 
@@ -125,10 +125,12 @@ class BPR(FactorRetrieval):
         return self
 
     def recommend(self, user_ids, k: int = 10, filter_seen: bool = True, items=None,
-                  exclude_items=None):
+                  exclude_items=None, *, user_items=None):
         """The k best items by p_u·q_i + b_i for one user (1-d results) or a batch (2-d),
-        without the items seen in training (``filter_seen``); ``items`` restricts the
-        candidates, ``exclude_items`` removes ids. Ties by smaller item id."""
+        without the items seen in training (``filter_seen``), or those in the user's row of
+        ``user_items`` (a CSR matrix or Interactions, one row per requested user) when it is
+        given; ``items`` restricts the candidates, ``exclude_items`` removes ids. Ties by
+        smaller item id."""
         self._require_fitted()
         P, Q, bias, seen = self.user_factors, self.item_factors, self.item_bias, self._seen
         single = np.ndim(user_ids) == 0
@@ -137,8 +139,11 @@ class BPR(FactorRetrieval):
         allow = None if items is None else check.check_ids(items, "items", Q.shape[0])
         deny = None if exclude_items is None else check.check_ids(exclude_items,
                                                                   "exclude_items", Q.shape[0])
+        if filter_seen:
+            seen = seen[ids] if user_items is None else seen_rows(user_items, ids.size,
+                                                                   Q.shape[0])
         out_ids, out_scores = self._index(Q, bias).search(
-            P[ids], k, exclude=seen[ids] if filter_seen else None, allow=allow, deny=deny)
+            P[ids], k, exclude=seen if filter_seen else None, allow=allow, deny=deny)
         if single:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores

@@ -24,7 +24,7 @@ from .._backend import resolve_backend
 from .._sgd.common import (EpochThreads, Pattern, default_grid, make_blocks, normal_table,
                            normal_training_rows, training_rows, user_major_order)
 from ..retrieval import ItemIndex
-from ._common import FactorRetrieval, progress_bar, rating_arrays
+from ._common import FactorRetrieval, progress_bar, rating_arrays, seen_rows
 
 MAX_FACTORS = 4096
 
@@ -126,11 +126,13 @@ class _RatingModel(FactorRetrieval):
         return float(estimate[0]) if single else estimate
 
     def recommend(self, user_ids, k: int = 10, filter_seen: bool = True, items=None,
-                  exclude_items=None):
+                  exclude_items=None, *, user_items=None):
         """The k items with the highest predicted rating for one user (1-d results) or a
         batch (2-d). Scores are unclipped predicted ratings; ties by smaller item id.
-        ``filter_seen`` drops the items the user rated in training; ``items`` restricts the
-        candidates, ``exclude_items`` removes ids. Rows are padded with -1 / -inf."""
+        ``filter_seen`` drops the items the user rated in training, or those in the user's
+        row of ``user_items`` (a CSR matrix or Interactions, one row per requested user) when
+        it is given; ``items`` restricts the candidates, ``exclude_items`` removes ids. Rows
+        are padded with -1 / -inf."""
         state = self._require_fitted()
         n_users, n_items = state.user_counts.size, state.item_counts.size
         single = np.ndim(user_ids) == 0
@@ -140,7 +142,10 @@ class _RatingModel(FactorRetrieval):
         deny = None if exclude_items is None else check.check_ids(exclude_items,
                                                                   "exclude_items", n_items)
         index, seen_all = self._retrieval(state)
-        seen = seen_all[ids] if filter_seen else None
+        seen = None
+        if filter_seen:
+            seen = (seen_all[ids] if user_items is None
+                    else seen_rows(user_items, ids.size, n_items))
         known_user = state.user_counts[ids] > 0
         queries = _user_vectors(state)[ids] * known_user[:, None]
         if state.biased:
