@@ -1,6 +1,7 @@
-"""What the factor models share beyond fitting: progress bars, and the retrieval calls built
-on ``recommend`` and the factor tables (``recommend_all``, ``similar_items``,
-``similar_users``)."""
+"""What the factor models share beyond their training loops: the input forms they accept
+(``Interactions``, a sparse matrix of ratings, given seen rows), progress bars, and the
+retrieval calls built on ``recommend`` and the factor tables (``recommend_all``,
+``similar_items``, ``similar_users``)."""
 
 from __future__ import annotations
 
