@@ -123,3 +123,25 @@ def test_bench_errors(tmp_path):
                              text=True, env=dict(os.environ, RECFUSE_BENCH_DIR=str(tmp_path)))
     assert env_run.returncode == 2 and "no bench/ suites" in env_run.stderr
     assert "unknown suites" in run("bench", "nope", check_rc=2).stderr
+
+
+@pytest.mark.parametrize("model", ["bpr", "svd", "svdpp", "explicit-als"])
+def test_train_other_models(tmp_path, model):
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"user": rng.integers(0, 60, 2000), "item": rng.integers(0, 40, 2000),
+                          "rating": rng.integers(1, 6, 2000)})
+    frame.to_csv(tmp_path / "ratings.csv", index=False)
+    folder = tmp_path / model
+    options = ["--weight", "rating", "--combine", "last"] if model != "bpr" else []
+    trained = json.loads(run("train", tmp_path / "ratings.csv", "-o", folder, "--model", model,
+                             "--factors", 6, "--iterations", 3, *options, "--json").stdout)
+    assert trained["model"] in ("BPR", "SVD", "SVDpp", "ExplicitALS")
+    scores = json.loads(run("evaluate", folder, "--k", 5, "--json").stdout)
+    assert 0 <= scores["precision"] <= 1
+    if model != "bpr":
+        assert np.isfinite(scores["rmse"])
+    user = str(frame["user"].iloc[0])
+    recs = json.loads(run("recommend", folder, user, "--k", 3, "--json").stdout)
+    assert len(recs["recommendations"][user]) == 3
+    assert "does not apply" in run("train", tmp_path / "ratings.csv", "-o", folder, "--model",
+                                   model, "--alpha", 3, check_rc=2).stderr

@@ -148,12 +148,42 @@ def _split(interactions, method: str, fraction: float, seed: int):
     raise ValueError(f"unknown split {method!r}")
 
 
+# train --model: the class, and which options it takes as which of its parameters (an
+# option left out keeps the model's own default: e.g. SVD's 20 epochs and reg 0.02).
+MODELS = {
+    "als": ("ALS", {"factors": "factors", "iterations": "iterations",
+                    "regularization": "regularization", "alpha": "alpha"}),
+    "bpr": ("BPR", {"factors": "factors", "iterations": "iterations",
+                    "regularization": "reg", "lr": "lr"}),
+    "svd": ("SVD", {"factors": "factors", "iterations": "epochs", "regularization": "reg",
+                    "lr": "lr"}),
+    "svdpp": ("SVDpp", {"factors": "factors", "iterations": "epochs",
+                        "regularization": "reg", "lr": "lr"}),
+    "explicit-als": ("ExplicitALS", {"factors": "factors", "iterations": "iterations",
+                                     "regularization": "reg"}),
+}
+ALS_DEFAULTS = {"factors": 64, "regularization": 0.05, "alpha": 2.0}  # the demo's ALS
+
+
 def _model(args):
+    """The model --model names, with the options given (ALS: the demo's defaults). The
+    rating models (svd, svdpp, explicit-als) read each stored value as a rating: train them
+    with --weight RATING_COLUMN --combine last."""
     import recfuse
 
-    return recfuse.ALS(factors=args.factors, iterations=args.iterations,
-                       regularization=args.regularization, alpha=args.alpha,
-                       backend=args.backend, random_state=args.seed)
+    name = getattr(args, "model", "als")
+    class_name, parameters = MODELS[name]
+    for option in ("factors", "iterations", "regularization", "alpha", "lr"):
+        if getattr(args, option, None) is not None and option not in parameters:
+            raise ValueError(f"--{option} does not apply to --model {name}")
+    settings = {"backend": args.backend, "random_state": args.seed}
+    for option, parameter in parameters.items():
+        value = getattr(args, option, None)
+        if value is None and name == "als":
+            value = ALS_DEFAULTS.get(option)
+        if value is not None:
+            settings[parameter] = value
+    return getattr(recfuse, class_name)(**settings)
 
 
 METRIC_COLUMNS = ("precision", "recall", "map", "ndcg", "mrr", "auc", "coverage", "novelty")
@@ -288,15 +318,17 @@ def _train(args) -> int:
         train, test = _split(interactions, args.split, args.test_fraction, args.seed)
         say(f"split ({args.split}): train {train.nnz} pairs, test {test.nnz} pairs")
     model = _model(args)
-    model.fit(train.matrix, show_progress=not args.json)
+    model.fit(train, show_progress=not args.json)
     os.makedirs(args.output, exist_ok=True)
     model.save(os.path.join(args.output, "model.npz"))
     train.save(os.path.join(args.output, "train.npz"))
     if test is not None:
         test.save(os.path.join(args.output, "test.npz"))
     seconds = time.perf_counter() - started
-    say(f"trained ALS ({model.backend_used}) in {seconds:.2f} s; wrote {args.output}")
-    _emit_json(args, {"output": args.output, "backend": model.backend_used,
+    say(f"trained {type(model).__name__} ({model.backend_used}) in {seconds:.2f} s; wrote "
+        f"{args.output}")
+    _emit_json(args, {"output": args.output, "model": type(model).__name__,
+                      "backend": model.backend_used,
                       "users": train.n_users, "items": train.n_items, "train_pairs": train.nnz,
                       "test_pairs": None if test is None else test.nnz, "seconds": seconds})
     return 0
@@ -357,7 +389,7 @@ def _recommend(args) -> int:
     if (users < 0).any():
         raise ValueError(f"unknown user ids (not in the training data): "
                          f"{[u for u, c in zip(args.users, users) if c < 0][:10]}")
-    items, scores = model.recommend(users, train.matrix[users], k=args.k)
+    items, scores = model.recommend(users, user_items=train.matrix[users], k=args.k)
     payload = {}
     for user, row_items, row_scores in zip(args.users, items, scores):
         valid = row_items >= 0
@@ -479,11 +511,13 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sub):
         sub.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
-    def model_options(sub, iterations: int):
-        sub.add_argument("--factors", type=int, default=64)
-        sub.add_argument("--iterations", type=int, default=iterations)
-        sub.add_argument("--regularization", type=float, default=0.05)
-        sub.add_argument("--alpha", type=float, default=2.0)
+    def model_options(sub, iterations: int | None):
+        sub.add_argument("--factors", type=int, default=None if iterations is None else 64)
+        sub.add_argument("--iterations", type=int, default=iterations,
+                         help="iterations (epochs for svd/svdpp)")
+        sub.add_argument("--regularization", type=float,
+                         default=None if iterations is None else 0.05)
+        sub.add_argument("--alpha", type=float, default=None if iterations is None else 2.0)
         sub.add_argument("--backend", default="auto")
         sub.add_argument("--seed", type=int, default=0)
 
@@ -544,7 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MovieLens: keep ratings >= this")
     train.add_argument("--split", choices=("none",) + splits, default="per_user")
     train.add_argument("--test-fraction", type=float, default=0.2)
-    model_options(train, 15)
+    train.add_argument("--model", choices=tuple(MODELS), default="als",
+                       help="als (default), bpr, or a rating model (svd, svdpp, explicit-als: "
+                            "use --weight RATING --combine last); options left out keep the "
+                            "model's defaults (ALS: 64 factors, 15 iterations, "
+                            "regularization 0.05, alpha 2)")
+    train.add_argument("--lr", type=float, default=None, help="learning rate (bpr, svd, svdpp)")
+    model_options(train, None)
     common(train)
     train.set_defaults(run=_train)
 
