@@ -76,9 +76,9 @@ class BPR(FactorRetrieval):
     def fit(self, user_items: sp.csr_matrix, *, show_progress: bool = False,
             callback: Callable[[int, int], None] | None = None) -> "BPR":
         """Train on a users x items CSR matrix (or a ``recfuse.Interactions``: its
-        ``matrix``) and return self. ``callback(iteration,
-        skipped)`` gets the number of pairs skipped for want of an unseen negative. On bad
-        input the model is left as it was."""
+        ``matrix``) and return self. ``callback(iteration, skipped)`` gets the number of
+        pairs skipped for want of an unseen negative. On bad input the model is left as it
+        was."""
         matrix = check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
