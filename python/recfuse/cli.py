@@ -253,7 +253,7 @@ def _demo(args) -> int:
     _metric_table(say, results, k)
 
     user = int(np.argmax(np.diff(test.matrix.indptr)))
-    ids, scores = model.recommend(user, train.matrix[user], k=5)
+    ids, scores = model.recommend(user, user_items=train.matrix[user], k=5)
     held_out = set(test.matrix[user].indices.tolist())
     external_user = interactions.user_ids.to_external([user])[0]
     say(f"  top 5 for user {external_user} (* = in the user's held-out interactions):")
