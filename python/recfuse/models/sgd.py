@@ -347,10 +347,10 @@ class _SgdFactorization(_RatingModel):
     ):
         """Train on ratings (users[t], items[t], ratings[t]) and return self.
 
-        The ratings may also come as one users x items sparse matrix or ``recfuse.
-        Interactions`` (e.g. ``from_events(..., weight="rating", combine="last")``) in
-        ``users``: each stored entry is a rating, and the model's ids are the matrix's rows
-        and columns (the Interactions' ``user_ids`` / ``item_ids`` map them back).
+        The ratings may also come as one users x items sparse matrix or
+        ``recfuse.Interactions`` (e.g. ``from_events(..., weight="rating", combine="last")``)
+        in ``users``: each stored entry is a rating, and the model's ids are the matrix's
+        rows and columns (the Interactions' ``user_ids`` / ``item_ids`` map them back).
         Ids are integers >= 0; ``n_users``/``n_items`` may declare more ids than appear.
         ``rating_scale=(lowest, highest)`` rejects ratings outside it and bounds
         ``predict(clip=True)``; by default it is the range of the training ratings. Repeated
