@@ -25,20 +25,14 @@ const kernels::AlsRowKernels<T>& row_kernels(int k);
 
 template <>
 const kernels::AlsRowKernels<float>& row_kernels<float>(int k) {
-  switch (simd_level()) {
-    case SimdLevel::Avx512: return kernels::avx512::als_kernels_float(k);
-    case SimdLevel::Avx2: return kernels::avx2::als_kernels_float(k);
-    default: return kernels::generic::als_kernels_float(k);
-  }
+  return for_level(&kernels::generic::als_kernels_float, &kernels::avx2::als_kernels_float,
+                   &kernels::avx512::als_kernels_float)(k);
 }
 
 template <>
 const kernels::AlsRowKernels<double>& row_kernels<double>(int k) {
-  switch (simd_level()) {
-    case SimdLevel::Avx512: return kernels::avx512::als_kernels_double(k);
-    case SimdLevel::Avx2: return kernels::avx2::als_kernels_double(k);
-    default: return kernels::generic::als_kernels_double(k);
-  }
+  return for_level(&kernels::generic::als_kernels_double, &kernels::avx2::als_kernels_double,
+                   &kernels::avx512::als_kernels_double)(k);
 }
 
 // The batched Cholesky keeps vectors in its scratch: start it on a 64-byte boundary.

@@ -34,27 +34,15 @@ int resolve_threads(int num_threads) {
 }
 
 kernels::MlpLayerFunction float32_layer() {
-  switch (simd_level()) {
-    case SimdLevel::Avx512: return kernels::avx512::mlp_layer_float32();
-    case SimdLevel::Avx2: return kernels::avx2::mlp_layer_float32();
-    default: return kernels::generic::mlp_layer_float32();
-  }
+  return for_level(&kernels::generic::mlp_layer_float32, &kernels::avx2::mlp_layer_float32, &kernels::avx512::mlp_layer_float32)();
 }
 
 kernels::MlpDotFunction float32_dot() {
-  switch (simd_level()) {
-    case SimdLevel::Avx512: return kernels::avx512::mlp_dot_float32();
-    case SimdLevel::Avx2: return kernels::avx2::mlp_dot_float32();
-    default: return kernels::generic::mlp_dot_float32();
-  }
+  return for_level(&kernels::generic::mlp_dot_float32, &kernels::avx2::mlp_dot_float32, &kernels::avx512::mlp_dot_float32)();
 }
 
 kernels::MlpAllFiniteFunction float32_all_finite() {
-  switch (simd_level()) {
-    case SimdLevel::Avx512: return kernels::avx512::mlp_all_finite();
-    case SimdLevel::Avx2: return kernels::avx2::mlp_all_finite();
-    default: return kernels::generic::mlp_all_finite();
-  }
+  return for_level(&kernels::generic::mlp_all_finite, &kernels::avx2::mlp_all_finite, &kernels::avx512::mlp_all_finite)();
 }
 
 float activate_scalar(MlpActivation activation, float x) {

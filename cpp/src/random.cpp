@@ -9,20 +9,6 @@
 
 namespace recfuse {
 
-namespace {
-
-// The kernel of the SIMD level in use, among one per level.
-template <class Kernel>
-Kernel for_level(Kernel generic, Kernel avx2, Kernel avx512) {
-  switch (simd_level()) {
-    case SimdLevel::Avx512: return avx512;
-    case SimdLevel::Avx2: return avx2;
-    default: return generic;
-  }
-}
-
-}  // namespace
-
 template <class T>
 void normal_rows(uint64_t seed, const int64_t* source, int64_t rows, int k, int64_t ld, T mean,
                  T std, T* out) {

@@ -26,20 +26,14 @@ const kernels::SgdKernels<T>& sgd_kernels(int k);
 
 template <>
 const kernels::SgdKernels<float>& sgd_kernels<float>(int k) {
-  switch (simd_level()) {
-    case SimdLevel::Avx512: return kernels::avx512::sgd_kernels_float(k);
-    case SimdLevel::Avx2: return kernels::avx2::sgd_kernels_float(k);
-    default: return kernels::generic::sgd_kernels_float(k);
-  }
+  return for_level(&kernels::generic::sgd_kernels_float, &kernels::avx2::sgd_kernels_float,
+                   &kernels::avx512::sgd_kernels_float)(k);
 }
 
 template <>
 const kernels::SgdKernels<double>& sgd_kernels<double>(int k) {
-  switch (simd_level()) {
-    case SimdLevel::Avx512: return kernels::avx512::sgd_kernels_double(k);
-    case SimdLevel::Avx2: return kernels::avx2::sgd_kernels_double(k);
-    default: return kernels::generic::sgd_kernels_double(k);
-  }
+  return for_level(&kernels::generic::sgd_kernels_double, &kernels::avx2::sgd_kernels_double,
+                   &kernels::avx512::sgd_kernels_double)(k);
 }
 
 // Threads for an epoch of `updates` row updates. An explicit request is honoured (at most one

@@ -45,15 +45,13 @@ namespace {
 
 template <class T>
 const kernels::TopkKernels<T>& topk_kernels() {
-  const SimdLevel level = simd_level();
+  namespace kn = kernels;
   if constexpr (sizeof(T) == 4) {
-    if (level == SimdLevel::Avx512) return kernels::avx512::topk_kernels_float();
-    if (level == SimdLevel::Avx2) return kernels::avx2::topk_kernels_float();
-    return kernels::generic::topk_kernels_float();
+    return for_level(&kn::generic::topk_kernels_float, &kn::avx2::topk_kernels_float,
+                     &kn::avx512::topk_kernels_float)();
   } else {
-    if (level == SimdLevel::Avx512) return kernels::avx512::topk_kernels_double();
-    if (level == SimdLevel::Avx2) return kernels::avx2::topk_kernels_double();
-    return kernels::generic::topk_kernels_double();
+    return for_level(&kn::generic::topk_kernels_double, &kn::avx2::topk_kernels_double,
+                     &kn::avx512::topk_kernels_double)();
   }
 }
 

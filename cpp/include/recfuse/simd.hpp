@@ -19,4 +19,16 @@ std::vector<SimdLevel> supported_simd_levels();
 // Whether this CPU runs AVX512-BF16 (vdpbf16ps) beside avx512f/bw/vl, in an x86-64 build.
 bool cpu_supports_avx512bf16();
 
+// The one of three values (e.g. each level's kernel of a family) for the level in force.
+// Static: files compiled with a level's flags include this header too, and none of their
+// copies may be the one the linker keeps for every caller.
+template <class T>
+static inline T for_level(T generic, T avx2, T avx512) {
+  switch (simd_level()) {
+    case SimdLevel::Avx512: return avx512;
+    case SimdLevel::Avx2: return avx2;
+    default: return generic;
+  }
+}
+
 }  // namespace recfuse
