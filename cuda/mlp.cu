@@ -57,6 +57,14 @@ constexpr size_t kAlign = 256;      // of every region in packed device buffers
 
 using Cand = Sel<float>::Cand;
 
+// Whether x[0 .. n) are all finite: one branch-free pass (the caller's message is built once,
+// after it).
+bool all_finite(const float* x, int64_t n) {
+  bool finite = true;
+  for (int64_t i = 0; i < n; ++i) finite &= std::isfinite(x[i]);
+  return finite;
+}
+
 std::atomic<int64_t> g_chunk_candidates{0}, g_chunk_users{0};  // set_mlp_chunk_limits
 
 size_t align_up(size_t bytes, size_t to) { return (bytes + to - 1) / to * to; }
@@ -818,13 +826,10 @@ MlpModelCuda::MlpModelCuda(const std::vector<MlpLayer>& layers, MlpPrecision pre
     checked_activation(layer.activation, l);
     // Each message is built once, after its loop: expect() takes a std::string, and building
     // one per element cost as much as the kernels (10 ms for 64,000 candidate ids).
-    bool finite = true;
-    for (int64_t i = 0; i < static_cast<int64_t>(layer.out) * layer.in; ++i)
-      finite &= std::isfinite(layer.weight[i]);
-    expect(finite, name + " weights must be finite");
-    for (int i = 0; layer.bias != nullptr && i < layer.out; ++i)
-      finite &= std::isfinite(layer.bias[i]);
-    expect(finite, name + " bias must be finite");
+    expect(all_finite(layer.weight, static_cast<int64_t>(layer.out) * layer.in),
+           name + " weights must be finite");
+    expect(layer.bias == nullptr || all_finite(layer.bias, layer.out),
+           name + " bias must be finite");
   }
   s.precision = precision;
   s.path = path;
@@ -1439,9 +1444,7 @@ std::shared_ptr<MlpItemPartCuda> MlpModelCuda::upload_item_part(const float* par
              "an item part covers 0 to " + std::to_string(input_width()) + " input columns, got " +
                  std::to_string(columns));
   const size_t count = static_cast<size_t>(items) * s.part;
-  bool finite = true;
-  for (size_t i = 0; i < count; ++i) finite &= std::isfinite(part[i]);
-  expect(finite, "the item part must be finite");
+  expect(all_finite(part, static_cast<int64_t>(count)), "the item part must be finite");
   RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
   auto state = std::make_unique<MlpItemPartCuda::State>();
   state->part.allocate(count);
