@@ -163,6 +163,24 @@ void bind_sgd_functions(py::module_& m) {
       "Fills out (rows x width) in place: out[r, c] = mean + std * normal_at(seed, source[r] * k "
       "+ c) for c < k, 0 beyond (recfuse.reference.normal_draws; source None: source[r] = r).");
   m.def(
+      "rows_in_id_order",
+      [](Array<T>& data, int k, const Array<int32_t>& rows_at) {
+        expect(data.ndim() == 2 && k >= 0 && data.shape(1) >= k,
+               "data must be 2-d with at least k = " + std::to_string(k) +
+                   " >= 0 columns, got shape " + shape_of(data));
+        expect(data.writeable(), "data must be writeable");
+        expect(rows_at.ndim() == 1 && rows_at.shape(0) == data.shape(0),
+               "rows_at must be 1-d with one entry per row of data (" +
+                   std::to_string(data.shape(0)) + "), got shape " + shape_of(rows_at));
+        T* d = data.mutable_data();
+        py::gil_scoped_release release;
+        recfuse::rows_in_id_order<T>(d, data.shape(0), data.shape(1), k, rows_at.data());
+      },
+      py::arg("data").noconvert(), py::arg("k"), py::arg("rows_at").noconvert(),
+      "Rearranges data (rows x width; row t is id rows_at[t]'s) in place so that its first "
+      "rows * k values are the rows' first k columns packed in id order "
+      "(recfuse._sgd.common.trained_rows_in_id_order).");
+  m.def(
       "svd_epoch",
       [](const Array<int32_t>& users, const Array<int32_t>& items, const Array<T>& ratings,
          const Array<int64_t>& offsets, int grid, double global_mean, Array<T>& user_bias,

@@ -375,6 +375,43 @@ def test_training_rows_are_whole_aligned_lines_for_the_native_backend(dtype, k):
     np.testing.assert_array_equal(plain, table[rows])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_trained_rows_in_id_order_is_the_scatter(dtype, data):
+    """The end of a fit: a training buffer (row t is id rows_at[t]'s, padded or not) becomes
+    the packed table in id order, in place (a view of the same memory) or copied where the
+    padding is wide, for any permutation: fixed points, one long cycle, one row, none."""
+    from types import SimpleNamespace
+
+    from recfuse._sgd.common import trained_rows_in_id_order, training_rows
+
+    n, k = data.draw(st.integers(0, 30)), data.draw(st.integers(0, 40))
+    rows_at = np.array(data.draw(st.permutations(range(n))), dtype=np.int32)
+    table = np.arange(n * k, dtype=dtype).reshape(n, k) - 7.5
+    aligned = data.draw(st.booleans())
+    trained = training_rows(table[rows_at], np.arange(n), SimpleNamespace(ROW_ALIGNMENT=64)
+                            if aligned else SimpleNamespace())
+    out = trained_rows_in_id_order(trained, rows_at, k)
+    assert out.shape == (n, k) and out.dtype == dtype and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, table)
+    if n * k:  # in place unless the padding would waste more than a quarter
+        assert np.shares_memory(out, trained) == (4 * trained.shape[1] <= 5 * k)
+
+
+def test_native_rows_in_id_order_rejects_a_non_permutation_and_moves_nothing():
+    from recfuse import _core
+
+    data = np.arange(12, dtype=np.float32).reshape(4, 3)
+    for rows_at in ([0, 1, 1, 3], [0, 1, 2, 4], [-1, 0, 1, 2]):
+        with pytest.raises(ValueError, match="rows_at must be a permutation of 0..3"):
+            _core.rows_in_id_order(data, 2, np.array(rows_at, dtype=np.int32))
+        np.testing.assert_array_equal(data, np.arange(12, dtype=np.float32).reshape(4, 3))
+    with pytest.raises(ValueError, match="one entry per row"):
+        _core.rows_in_id_order(data, 2, np.arange(3, dtype=np.int32))
+    with pytest.raises(ValueError, match="at least k = 4"):
+        _core.rows_in_id_order(data, 4, np.arange(4, dtype=np.int32))
+
+
 @given(data=st.data())
 def test_native_pairs_pattern_is_scipys(data):
     """Pattern.from_pairs (native counting sorts) against scipy's CSR of the same pairs: rows

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -404,6 +405,39 @@ int64_t pairs_pattern(const int64_t* rows, const int64_t* cols, int64_t n, int64
 }
 
 template <class T>
+void rows_in_id_order(T* data, int64_t rows, int64_t ld, int k, const int32_t* rows_at) {
+  if (k < 0 || ld < k) throw std::invalid_argument("rows_in_id_order needs 0 <= k <= ld");
+  std::vector<uint8_t> placed(static_cast<size_t>(rows), 0);
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t id = rows_at[t];
+    if (id < 0 || id >= rows || placed[id])
+      throw std::invalid_argument("rows_at must be a permutation of 0.." + std::to_string(rows - 1) +
+                                  ", got " + std::to_string(id) + " at " + std::to_string(t));
+    placed[id] = 1;
+  }
+  std::fill(placed.begin(), placed.end(), 0);
+  const size_t width = static_cast<size_t>(k);
+  if (ld != k) {  // packed first: row t moves down (t·k <= t·ld), so forward order is safe
+    for (int64_t t = 1; t < rows; ++t)
+      std::memmove(data + t * k, data + t * ld, width * sizeof(T));
+  }
+  // Then each cycle of the permutation: `carry` holds the row that belongs at `at`.
+  std::vector<T> carry(width);
+  for (int64_t start = 0; start < rows; ++start) {
+    if (placed[start]) continue;
+    placed[start] = 1;
+    int64_t at = rows_at[start];
+    if (at == start) continue;
+    std::copy_n(data + start * k, width, carry.data());
+    for (; at != start; at = rows_at[at]) {
+      std::swap_ranges(carry.data(), carry.data() + width, data + at * k);
+      placed[at] = 1;
+    }
+    std::copy_n(carry.data(), width, data + start * k);
+  }
+}
+
+template <class T>
 void svd_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_bias, T* item_bias,
                T* P, T* Q, int64_t n_users, int64_t n_items, int k, const SgdRates<T>& rates,
                bool biased, int num_threads) {
@@ -511,6 +545,7 @@ int64_t explicit_als_half_sweep(const int64_t* indptr, const int32_t* indices, c
 }
 
 #define RECFUSE_INSTANTIATE(T)                                                                   \
+  template void rows_in_id_order<T>(T*, int64_t, int64_t, int, const int32_t*);                  \
   template void svd_epoch<T>(const BlockLayout&, const T*, T, T*, T*, T*, T*, int64_t, int64_t,  \
                              int, const SgdRates<T>&, bool, int);                                \
   template void svdpp_epoch<T>(const BlockLayout&, const T*, T, T*, T*, T*, T*, T*, int64_t,     \

@@ -11,7 +11,8 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._backend import resolve_backend
-from .._sgd.common import EpochThreads, Pattern, default_grid, make_blocks, training_rows
+from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, make_blocks,
+                           trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
 from ._common import FactorRetrieval, interaction_matrix, progress_bar, seen_rows
 from .sgd import MAX_FACTORS
@@ -88,7 +89,6 @@ class BPR(FactorRetrieval):
         scale = 1.0 / self.factors
         P = ((rng.random((n_users, self.factors)) - 0.5) * scale).astype(self.dtype)
         Q = ((rng.random((n_items, self.factors)) - 0.5) * scale).astype(self.dtype)
-        bias = np.zeros(n_items, dtype=self.dtype)
         seen = Pattern(matrix.indptr.astype(np.int64), matrix.indices.astype(np.int32))
         coo = matrix.tocoo()
         positive = coo.data > 0
@@ -115,9 +115,9 @@ class BPR(FactorRetrieval):
                 progress.update(1)
         finally:
             progress.close()
-        P[blocks.bin_users] = P_train[:, : self.factors]
-        Q[blocks.bin_items] = Q_train[:, : self.factors]
-        bias[blocks.bin_items] = bias_train
+        P = trained_rows_in_id_order(P_train, blocks.bin_users, self.factors)
+        Q = trained_rows_in_id_order(Q_train, blocks.bin_items, self.factors)
+        bias = in_id_order(bias_train, blocks.bin_items)
         with self._lock:
             self.user_factors, self.item_factors, self.item_bias = P, Q, bias
             self._seen = matrix

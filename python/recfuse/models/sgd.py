@@ -21,8 +21,9 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._backend import resolve_backend
-from .._sgd.common import (EpochThreads, Pattern, default_grid, make_blocks, normal_table,
-                           normal_training_rows, training_rows, user_major_order)
+from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, make_blocks,
+                           normal_table, normal_training_rows, trained_rows_in_id_order,
+                           training_rows, user_major_order)
 from ..retrieval import ItemIndex
 from ._common import FactorRetrieval, progress_bar, rating_arrays, seen_rows
 
@@ -383,12 +384,18 @@ class _SgdFactorization(_RatingModel):
         run_epoch = self._epoch_runner(backend, blocks.renumbered(), ordered, global_mean,
                                        user_bias, item_bias, trained, lr, reg)
 
-        def state() -> _Fitted:  # in the caller's ids, in new arrays
+        def state(final: bool = False) -> _Fitted:
+            """The model in the caller's ids: new arrays, or at the end (``final``) the
+            training buffers themselves, put in order in place."""
             getattr(run_epoch, "sync", lambda: None)()  # a device-resident fit copies back
-            tables = [_in_order(rows_trained[:, : self.factors], rows_at)
-                      for rows_at, rows_trained in zip(rows, trained)]
-            return self._state(global_mean, _in_order(user_bias, blocks.bin_users),
-                               _in_order(item_bias, blocks.bin_items), tables, seen, users,
+            if final:
+                tables = [trained_rows_in_id_order(rows_trained, rows_at, self.factors)
+                          for rows_at, rows_trained in zip(rows, trained)]
+            else:
+                tables = [in_id_order(rows_trained[:, : self.factors], rows_at)
+                          for rows_at, rows_trained in zip(rows, trained)]
+            return self._state(global_mean, in_id_order(user_bias, blocks.bin_users),
+                               in_id_order(item_bias, blocks.bin_items), tables, seen, users,
                                items, n_users, n_items, scale, fresh=True)
 
         threads = EpochThreads(self.num_threads, total=self.epochs)
@@ -401,7 +408,7 @@ class _SgdFactorization(_RatingModel):
                 progress.update(1)
         finally:
             progress.close()
-        fitted = state()
+        fitted = state(final=True)
         with self._lock:
             self._fitted = fitted
             self.backend_used = backend.NAME
@@ -612,14 +619,6 @@ class SVDpp(_SgdFactorization):
 def _factor_seeds(rng: np.random.Generator, count: int) -> list:
     """The seeds of a fit's starting tables (P, Q, then Y), one draw of ``rng`` each."""
     return [int(seed) for seed in rng.integers(0, 2**63, size=count, dtype=np.int64)]
-
-
-def _in_order(trained: np.ndarray, rows_at: np.ndarray) -> np.ndarray:
-    """Rows (or values) trained under renumbered ids, back in the caller's ids: row t of
-    ``trained`` belongs to id ``rows_at[t]``."""
-    out = np.empty(trained.shape, dtype=trained.dtype)  # C order, also from a column slice
-    out[rows_at] = trained
-    return out
 
 
 def _implicit_term(seen: Pattern, Y: np.ndarray) -> np.ndarray:
