@@ -109,13 +109,13 @@ class _Popularity:
         self.item_popularity = np.asarray((train > 0).sum(axis=0)).ravel().astype(np.float32)
 
     def recommend(self, user_ids, user_items, k=10, filter_seen=True):
-        from ._topk.numpy_backend import select_topk
+        from recfuse import topk
 
-        scores = np.tile(self.item_popularity, (len(user_ids), 1))
-        allowed = np.ones_like(scores, dtype=bool)
-        seen = user_items.tocoo()
-        allowed[seen.row, seen.col] = False
-        return select_topk(scores, k, allowed)
+        # one score per item (its popularity, as an item bias), seen items excluded by topk
+        queries = np.zeros((len(user_ids), 1), dtype=np.float32)
+        items = np.zeros((self.item_popularity.size, 1), dtype=np.float32)
+        return topk(queries, items, k, exclude=user_items if filter_seen else None,
+                    item_bias=self.item_popularity)
 
 
 def _ingest(args):
