@@ -107,6 +107,8 @@ def test_recommend_all_writes_parquet(tmp_path):
     ids, _ = model.recommend(np.arange(N_USERS), k=4)
     assert table.num_rows == rows == int((ids >= 0).sum())
     np.testing.assert_array_equal(table.column("item").to_numpy(), ids[ids >= 0])
+    with pytest.raises(IsADirectoryError, match="is a folder"):  # before any work
+        model.recommend_all(k=4, path=tmp_path)
 
 
 @pytest.mark.parametrize("name", MODELS)

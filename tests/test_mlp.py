@@ -438,6 +438,8 @@ def test_bad_candidates():
             model.score_candidates(**arguments)
     with pytest.raises(ValueError, match="k must be >= 1"):
         model.rank(user, ids, items, candidate_features=features, k=0)
+    with pytest.raises(ValueError, match="k must be <= 2147483647"):  # the kernels' int32
+        model.rank(user, ids, items, candidate_features=features, k=2**40)
     prepared = MLPScorer(_small()).prepare_items(items, item_column=2)
     with pytest.raises(ValueError, match="another MLPScorer"):
         model.score_candidates(user, ids, prepared, candidate_features=features)

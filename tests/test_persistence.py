@@ -101,3 +101,11 @@ def test_object_arrays_are_never_written(tmp_path):
     with pytest.raises(ValueError, match="without pickle"):
         persistence.save_model(tmp_path / "x.npz", "ALS", {}, {"a": np.array([None])})
     assert not os.listdir(tmp_path)  # the temporary file is removed
+
+
+def test_a_folder_or_a_missing_folder_is_refused_before_writing(model, tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder; give the path of a file"):
+        model.save(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model.save(tmp_path / "missing" / "model.npz")
+    assert not os.listdir(tmp_path)  # no temporary file left behind

@@ -521,6 +521,7 @@ def test_concurrent_searches_agree(backend):
     (lambda q, v: recfuse.topk(q[:, :3], v, 2), ValueError, "queries must have d = 4"),
     (lambda q, v: recfuse.topk(q, v, 0), ValueError, "k must be >= 1"),
     (lambda q, v: recfuse.topk(q, v, 2.5), TypeError, "k must be an integer"),
+    (lambda q, v: recfuse.topk(q, v, 2**40), ValueError, "k must be <= 2147483647"),
     (lambda q, v: recfuse.topk(q * np.nan, v, 2), ValueError, "queries must be finite"),
     (lambda q, v: recfuse.topk(q, v, 2, exclude=sp.csr_matrix((3, 5))), ValueError,
      "exclude must have shape"),

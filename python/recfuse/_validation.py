@@ -52,6 +52,16 @@ def check_int(value, name: str, *, minimum: int | None = None, maximum: int | No
     return _check_bounds(int(value), name, minimum, maximum)
 
 
+# The most results per query a search or ranking returns: the native kernels count them in
+# int32 (far more than any catalogue; rows are padded past the items that qualify).
+MAX_K = 2**31 - 1
+
+
+def check_k(k) -> int:
+    """``k``, the results per query: an integer in [1, MAX_K]."""
+    return check_int(k, "k", minimum=1, maximum=MAX_K)
+
+
 def _check_bounds(value: int, name: str, minimum: int | None, maximum: int | None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

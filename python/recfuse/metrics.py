@@ -202,7 +202,7 @@ def evaluate(model, train, test, k: int = 10, *, cold_users: str = "include",
     """
     from tqdm.auto import tqdm
 
-    k = check.check_int(k, "k", minimum=1)
+    k = check.check_k(k)
     batch_size = check.check_int(batch_size, "batch_size", minimum=1)
     check.check_choice(cold_users, "cold_users", COLD_USERS)
     train, test = _csr(train, "train"), _csr(test, "test")

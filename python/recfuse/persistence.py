@@ -40,8 +40,15 @@ def save_model(path, model_name: str, params: dict, arrays: dict[str, np.ndarray
 def atomic_write(path, write) -> None:
     """``write(temporary)`` into a new file beside ``path``, then rename it over ``path``:
     readers see the old file or the new one, never half of one. The temporary file is gone
-    afterwards, also when ``write`` fails (the error propagates)."""
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    afterwards, also when ``write`` fails (the error propagates). A ``path`` that is a folder,
+    or in a folder that does not exist, is refused before anything is written."""
+    target = os.fspath(path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"{target!r} is a folder; give the path of a file to write")
+    directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write {target!r}: the folder {directory!r} does not "
+                                f"exist")
     descriptor, temporary = tempfile.mkstemp(prefix=".recfuse-", suffix=".tmp", dir=directory)
     os.close(descriptor)
     try:

@@ -219,7 +219,7 @@ class MLPScorer:
         ((k,) for one user given 1-d), sorted by score, ties by smaller id, padded with -1 /
         -inf. Under bfloat16 the lists and scores are float32's, from a rescored band (see
         the module documentation)."""
-        k = check.check_int(k, "k", minimum=1)
+        k = check.check_k(k)
         call, form, _ = self._candidates(user_vectors, candidate_ids, item_table,
                                          user_features, item_features, candidate_features)
         num_threads = check.check_int(num_threads, "num_threads", minimum=0)

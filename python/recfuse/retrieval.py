@@ -143,7 +143,7 @@ class ItemIndex:
         n, d = self.items.shape
         single = np.ndim(queries) == 1
         Q = _queries(queries, d, self.items.dtype)
-        k = check.check_int(k, "k", minimum=1)
+        k = check.check_k(k)
         num_threads = check.check_int(num_threads, "num_threads", minimum=0)
         excluded = None if exclude is None else _exclusions(exclude, Q.shape[0], n)
         mask = _item_mask(allow, deny, n)

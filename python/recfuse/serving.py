@@ -290,7 +290,7 @@ class Recommender:
                  sgd_lr: float | None = None, max_pending_events: int = 1_000_000,
                  num_threads: int | None = None):
         self.candidates = check.check_int(candidates, "candidates", minimum=1)
-        self.k = check.check_int(k, "k", minimum=1)
+        self.k = check.check_k(k)
         if rerank is not None and not isinstance(rerank, Rerank):
             raise TypeError(f"rerank must be a recfuse.Rerank or None, got {type(rerank).__name__}")
         self.rerank = rerank
@@ -499,7 +499,7 @@ class Recommender:
         """
         state = self._state  # one model for the whole call
         ids = check.check_ids(users, "users", None)
-        k = self.k if k is None else check.check_int(k, "k", minimum=1)
+        k = self.k if k is None else check.check_k(k)
         m = ids.size
         if excludes is not None:
             if isinstance(excludes, (str, bytes)) or len(excludes) != m:
@@ -512,7 +512,7 @@ class Recommender:
     def _request(self, state: _State, user, k, exclude, context_features) -> _Request:
         """One user's request, checked (``recommend`` and ``MicroBatcher`` callers)."""
         user = _user_id(user, "user")
-        k = self.k if k is None else check.check_int(k, "k", minimum=1)
+        k = self.k if k is None else check.check_k(k)
         exclude = None if exclude is None else _exclude_ids(exclude, "exclude")
         contexts = self._contexts(state.model, None if context_features is None else
                                   _context_rows(context_features, "context_features", 1,

@@ -407,7 +407,7 @@ class DaskALS(DistributedALSBase):
         from .. import _validation as check
 
         self._require_fitted()
-        k = check.check_int(k, "k", minimum=1)
+        k = check.check_k(k)
         path = os.fspath(path)
         _clear_parts(path)
         items = self._submit(_blocks.assemble, self.n_items, *self._factors["items"])

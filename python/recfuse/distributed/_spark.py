@@ -391,7 +391,7 @@ class SparkALS(DistributedALSBase):
         from .. import _validation as check
 
         self._require_fitted()
-        k = check.check_int(k, "k", minimum=1)
+        k = check.check_k(k)
         path = os.fspath(path)
         maps = self._maps if external_ids else None
         user_type = _id_type(self._maps[0]) if external_ids else "long"

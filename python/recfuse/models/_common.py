@@ -91,7 +91,7 @@ class FactorRetrieval:
         atomically, and returns the number of rows written.
         """
         self._require_fitted()
-        k = check.check_int(k, "k", minimum=1)
+        k = check.check_k(k)
         batch_size = check.check_int(batch_size, "batch_size", minimum=1)
         if filter_seen:
             self._check_seen_items()  # fail now, not mid-way
@@ -131,7 +131,7 @@ class FactorRetrieval:
         index = self._cosine_index(side)
         single = np.ndim(ids) == 0
         rows = check.check_ids(ids, name, index.shape[0])
-        k = check.check_int(k, "k", minimum=1)
+        k = check.check_k(k)
         out_ids, out_scores = index.search(index.items[rows], k, num_threads=self.num_threads)
         if single:
             return out_ids[0], out_scores[0]

@@ -277,7 +277,7 @@ class ALS(FactorRetrieval):
         index = self._recommend_index(state)
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", X.shape[0])
-        k = check.check_int(k, "k", minimum=1)
+        k = check.check_k(k)
         seen = None
         if filter_seen:
             seen = (self._seen_matrix(None, X.shape[0], state)[ids] if user_items is None

@@ -135,7 +135,7 @@ class BPR(FactorRetrieval):
         P, Q, bias, seen = self.user_factors, self.item_factors, self.item_bias, self._seen
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", P.shape[0])
-        k = check.check_int(k, "k", minimum=1)
+        k = check.check_k(k)
         allow = None if items is None else check.check_ids(items, "items", Q.shape[0])
         deny = None if exclude_items is None else check.check_ids(exclude_items,
                                                                   "exclude_items", Q.shape[0])

@@ -138,7 +138,7 @@ class _RatingModel(FactorRetrieval):
         n_users, n_items = state.user_counts.size, state.item_counts.size
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", n_users)
-        k = check.check_int(k, "k", minimum=1)
+        k = check.check_k(k)
         allow = None if items is None else check.check_ids(items, "items", n_items)
         deny = None if exclude_items is None else check.check_ids(exclude_items,
                                                                   "exclude_items", n_items)
