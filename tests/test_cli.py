@@ -88,6 +88,9 @@ def test_errors_exit_2_with_one_line(tmp_path):
     assert "unknown columns" in columns.stderr
     assert "no model" in run("evaluate", tmp_path, check_rc=2).stderr
     run("demo", "--bogus-flag", check_rc=2)  # argparse usage errors are 2 as well
+    sizes = run("demo", "--users", "-5", check_rc=2)  # refused before the demo starts
+    assert "argument --users: expected an integer >= 1, got -5" in sizes.stderr
+    assert sizes.stdout == ""
 
 
 def test_info():

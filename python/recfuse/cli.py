@@ -31,6 +31,17 @@ import numpy as np
 EVENT_WEIGHTS = {"view": 1.0, "click": 3.0, "purchase": 10.0}
 
 
+def _count(text: str) -> int:
+    """argparse type of sizes and counts: an integer >= 1, refused before any work starts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _printer(args):
     return (lambda *a, **kw: None) if args.json else print
 
@@ -512,8 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     def model_options(sub, iterations: int | None):
-        sub.add_argument("--factors", type=int, default=None if iterations is None else 64)
-        sub.add_argument("--iterations", type=int, default=iterations,
+        sub.add_argument("--factors", type=_count, default=None if iterations is None else 64)
+        sub.add_argument("--iterations", type=_count, default=iterations,
                          help="iterations (epochs for svd/svdpp)")
         sub.add_argument("--regularization", type=float,
                          default=None if iterations is None else 0.05)
@@ -531,12 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", help="a MovieLens folder instead of the synthetic log")
     demo.add_argument("--min-rating", type=float, default=4.0,
                       help="with --data: ratings kept as implicit feedback (default 4)")
-    demo.add_argument("--users", type=int, default=20_000)
-    demo.add_argument("--items", type=int, default=5_000)
-    demo.add_argument("--events", "--nnz", type=int, default=600_000,
+    demo.add_argument("--users", type=_count, default=20_000)
+    demo.add_argument("--items", type=_count, default=5_000)
+    demo.add_argument("--events", "--nnz", type=_count, default=600_000,
                       help="events in the synthetic log (--nnz: the first demo's name)")
     demo.add_argument("--split", choices=splits, default="per_user")
-    demo.add_argument("--k", type=int, default=10)
+    demo.add_argument("--k", type=_count, default=10)
     model_options(demo, 10)
     common(demo)
     demo.set_defaults(run=_demo)
@@ -545,21 +556,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("model", help="a model file written by model.save()")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--k", type=int, default=10, help="list length when a request gives none")
+    serve.add_argument("--k", type=_count, default=10, help="list length when a request gives none")
     serve.add_argument("--ranker", default=None,
                        help="a ranker file (MLPScorer.save, or an .onnx chain): recalled "
                             "candidates are ranked by it; /reload reloads it with the model")
     serve.add_argument("--ranker-precision", choices=("float32", "bfloat16"), default="float32")
-    serve.add_argument("--candidates", type=int, default=200,
+    serve.add_argument("--candidates", type=_count, default=200,
                        help="items recalled per request for the ranker")
     serve.add_argument("--unknown-items", choices=("add", "reject"), default="add",
                        help="what /events does with item ids the model lacks")
-    serve.add_argument("--max-k", type=int, default=1000)
-    serve.add_argument("--max-batch", type=int, default=256, help="users per /recommend request")
+    serve.add_argument("--max-k", type=_count, default=1000)
+    serve.add_argument("--max-batch", type=_count, default=256, help="users per /recommend request")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
     serve.add_argument("--batch-wait-ms", type=float, default=1.0,
                        help="how long a micro-batch may wait for the requests it expects")
-    serve.add_argument("--workers", type=int, default=1, help="threads answering batches")
+    serve.add_argument("--workers", type=_count, default=1, help="threads answering batches")
     serve.add_argument("--threads", type=int, default=None,
                        help="CPU threads per native call (default: 1 below 100,000 items, else all)")
     serve.set_defaults(run=_serve)
@@ -592,14 +603,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("folder")
     evaluate.add_argument("--test", help="an event log to test on instead of FOLDER/test.npz")
     column_options(evaluate)
-    evaluate.add_argument("--k", type=int, default=10)
+    evaluate.add_argument("--k", type=_count, default=10)
     common(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
     recommend = commands.add_parser("recommend", help="top-k items for users by their ids")
     recommend.add_argument("folder")
     recommend.add_argument("users", nargs="+", help="user ids as in the event log")
-    recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--k", type=_count, default=10)
     common(recommend)
     recommend.set_defaults(run=_recommend)
 
