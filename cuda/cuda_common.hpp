@@ -95,14 +95,25 @@ constexpr uint64_t kScratchPoolKeepBytes = uint64_t(256) << 20;
 // recfuse's stream-ordered memory pool on the current device (made on first use, kept for
 // the process). Allocating from it costs no cudaMalloc and freeing no device-wide
 // synchronisation (cudaFree waits for the whole device), once a call of the same size ran.
+// Null on a device without memory pools (cudaDevAttrMemoryPoolsSupported 0: some virtualised
+// set-ups), where StreamBuffer falls back to cudaMalloc and cudaFree.
 inline cudaMemPool_t scratch_pool() {
   static std::mutex mutex;
   static std::vector<cudaMemPool_t> pools;  // by device; null until made
+  static std::vector<char> checked;         // by device: whether pools were looked for
   int device = 0;
   RECFUSE_CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mutex);
-  if (pools.size() <= static_cast<size_t>(device)) pools.resize(device + 1, nullptr);
-  if (pools[device] == nullptr) {
+  if (pools.size() <= static_cast<size_t>(device)) {
+    pools.resize(device + 1, nullptr);
+    checked.resize(device + 1, 0);
+  }
+  if (!checked[device]) {
+    checked[device] = 1;
+    int supported = 0;
+    RECFUSE_CUDA_CHECK(
+        cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device));
+    if (!supported) return nullptr;
     cudaMemPoolProps props{};
     props.allocType = cudaMemAllocationTypePinned;
     props.location.type = cudaMemLocationTypeDevice;
@@ -125,15 +136,19 @@ class StreamBuffer {
   StreamBuffer(size_t count, cudaStream_t stream) : stream_(stream) {
     if (count == 0) return;
     void* p = nullptr;
-    const cudaError_t status =
-        cudaMallocFromPoolAsync(&p, count * sizeof(T), scratch_pool(), stream);
+    cudaMemPool_t pool = scratch_pool();
+    pooled_ = pool != nullptr;
+    const cudaError_t status = pooled_
+        ? cudaMallocFromPoolAsync(&p, count * sizeof(T), pool, stream)
+        : cudaMalloc(&p, count * sizeof(T));
     if (status != cudaSuccess) {
-      allocation_failed(status, "cudaMallocFromPoolAsync", count * sizeof(T));
+      allocation_failed(status, pooled_ ? "cudaMallocFromPoolAsync" : "cudaMalloc",
+                        count * sizeof(T));
     }
     ptr_ = static_cast<T*>(p);
   }
-  ~StreamBuffer() {
-    if (ptr_ != nullptr) cudaFreeAsync(ptr_, stream_);
+  ~StreamBuffer() {  // cudaFree waits for the device, so it is in the stream's order too
+    if (ptr_ != nullptr) pooled_ ? cudaFreeAsync(ptr_, stream_) : cudaFree(ptr_);
   }
   StreamBuffer(const StreamBuffer&) = delete;
   StreamBuffer& operator=(const StreamBuffer&) = delete;
@@ -142,6 +157,7 @@ class StreamBuffer {
  private:
   T* ptr_ = nullptr;
   cudaStream_t stream_;
+  bool pooled_ = true;
 };
 
 // A non-blocking stream, destroyed on destruction.
