@@ -630,7 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command in ``argv`` (default: the process's) and return its exit status: 0,
+    or 2 for bad arguments and errors (argparse's usage errors and --help included, which
+    would otherwise end the caller's process)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         return args.run(args)
     except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError,
