@@ -227,6 +227,29 @@ def test_save_and_load_round_trip(tmp_path, ratings):
     np.testing.assert_array_equal(loaded.predict(probe_users, probe_items),
                                   model.predict(probe_users, probe_items))
     np.testing.assert_array_equal(loaded.recommend(3)[0], model.recommend(3)[0])
+    # the training ratings (for serving's fold-in) travel too, repeated pairs and all
+    for saved, fitted in zip(loaded._fitted.ratings, model._fitted.ratings):
+        np.testing.assert_array_equal(saved, fitted)
+    assert loaded._fitted.ratings[2].size == values.size
+
+
+def test_a_file_with_broken_ratings_is_refused(tmp_path, ratings):
+    from recfuse import persistence
+
+    users, items, values = ratings
+    model = recfuse.ExplicitALS(factors=4, iterations=2, random_state=0).fit(users, items, values)
+    model.save(tmp_path / "good.npz")
+    with np.load(tmp_path / "good.npz") as archive:
+        arrays = {name: archive[name] for name in archive.files if name != "__recfuse__"}
+    arrays["ratings_indices"][0] = 10**6  # an item id beyond the model's items
+    persistence.save_model(tmp_path / "bad.npz", "ExplicitALS", model.get_params(), arrays)
+    with pytest.raises(ValueError, match="saved ratings_indices must be <"):
+        recfuse.load(tmp_path / "bad.npz")
+    arrays["ratings_indices"][0] = 0
+    arrays["ratings_indptr"][1:] = arrays["ratings_indptr"][1:][::-1]  # decreasing
+    persistence.save_model(tmp_path / "bad.npz", "ExplicitALS", model.get_params(), arrays)
+    with pytest.raises(ValueError, match="not a CSR matrix of the saved users and items"):
+        recfuse.load(tmp_path / "bad.npz")
 
 
 def test_bad_input_raises_and_leaves_the_model_alone(ratings):

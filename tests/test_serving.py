@@ -203,6 +203,57 @@ def test_sgd_models_fold_in(seen):
     assert rec._state.users[user].vector @ bpr.item_factors[target] > old
 
 
+def _explicit_refit_of_user(model, users, items, ratings, user):
+    """What the Recommender's ExplicitALS fold-in must give: the reference half-sweep of the
+    user's row (every rating, repeated pairs included) against the fitted items."""
+    state = model._fitted
+    mine = users == user
+    order = np.argsort(items[mine], kind="stable")
+    row = sp.csr_matrix((ratings[mine][order], items[mine][order], [0, int(mine.sum())]),
+                        shape=(1, state.item_factors.shape[0]))
+    start = np.zeros((1, model.factors), dtype=model.dtype)
+    X, own, failed = reference.explicit_als_half_sweep(
+        row, state.item_factors, start, reg=model.reg, reg_bias=model.reg_bias,
+        global_mean=state.global_mean if model.biased else 0.0,
+        other_bias=state.item_bias if model.biased else None,
+        own_bias=np.zeros(1) if model.biased else None)
+    assert failed == 0
+    return X[0], (state.global_mean + own[0]) if model.biased else 0.0
+
+
+@pytest.mark.parametrize("biased", [True, False])
+def test_explicit_als_fold_in_is_the_exact_solve_of_the_users_ratings(biased, tmp_path):
+    rng = np.random.default_rng(1)
+    users, items = rng.integers(0, 40, 900), rng.integers(0, 30, 900)
+    ratings = rng.integers(1, 6, 900).astype(np.float64)
+    model = recfuse.ExplicitALS(factors=4, iterations=4, biased=biased, dtype=np.float64,
+                                random_state=0).fit(users, items, ratings)
+    model.save(tmp_path / "explicit.npz")
+    kept = [array.copy() for array in model._fitted.ratings]
+    for rec in (Recommender(model, k=5), Recommender(tmp_path / "explicit.npz", k=5)):
+        for user in (0, 7):
+            np.testing.assert_array_equal(rec.recommend(user).ids, model.recommend(user, k=5)[0])
+        # a known user re-rates an item twice (two more ratings), a new user rates three items
+        events = {"user": [7, 7, 55, 55, 55], "item": [3, 3, 1, 2, 2],
+                  "weight": [5.0, 4.0, 2.0, 5.0, 1.0]}
+        assert rec.observe(events) == 5
+        all_users = np.r_[users, events["user"]]
+        all_items = np.r_[items, events["item"]]
+        all_ratings = np.r_[ratings, events["weight"]]
+        for user in (7, 55):
+            vector, offset = _explicit_refit_of_user(model, all_users, all_items, all_ratings,
+                                                     user)
+            state = rec._state.users[user]
+            np.testing.assert_allclose(state.vector, vector, rtol=1e-9, atol=1e-12)
+            assert state.offset == pytest.approx(offset, rel=1e-9, abs=1e-12)
+        assert rec.recommend(55).stages[0] == "recall"
+        assert not set(rec.recommend(55).ids) & {1, 2}
+        with pytest.raises(ValueError, match=r"must lie in its rating_scale \[1.0, 5.0\]"):
+            rec.observe({"user": [7], "item": [4], "weight": [6.0]})
+    for before, after in zip(kept, model._fitted.ratings):  # the model's arrays untouched
+        np.testing.assert_array_equal(before, after)
+
+
 @pytest.mark.parametrize("events, error, message", [
     ([1, 2], TypeError, "mapping"),
     ({"user": [1]}, ValueError, "'user' and 'item'"),

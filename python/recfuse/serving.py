@@ -30,9 +30,11 @@ id), with the same exclusions, rules and caps, stage ``"popular"``.
 
 Real time: ``observe(events)`` folds events into the users' vectors at once: ALS re-solves
 the user against the fixed items over the whole known row (training row plus every
-observed event: the same system a refit of that user solves); SVD, SVD++ and BPR, which
-have no closed form, take ``sgd_steps`` SGD passes over the new events from the current
-vector (items fixed). Unknown users are added; unknown items are added (``unknown_items=
+observed event: the same system a refit of that user solves); ExplicitALS likewise re-solves
+the user's vector and bias over every rating known for them (its training ratings, which the
+model keeps, plus each event's weight as one more rating, within the model's rating scale);
+SVD, SVD++ and BPR, which have no closed form, take ``sgd_steps`` SGD passes over the new
+events from the current vector (items fixed). Unknown users are added; unknown items are added (``unknown_items=
 "add"``, ids below ``n_items + max_new_items``) or rejected (``"reject"``): an added item's
 vector is the mean of the vectors of its first ``new_item_users`` users. Every accepted event
 goes to a bounded log, ``pending_events()``, for the next full retrain.
@@ -58,9 +60,11 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _validation as check
+from ._backend import resolve_backend
 from ._als.common import CsrArrays
 from .models.als import ALS, fold_in, item_gram
 from .models.bpr import BPR
+from .models.explicit_als import ExplicitALS
 from .models.sgd import SVD, SVDpp, _user_vectors
 from .ranker import MLPRanker
 from .ranking import MLPScorer, load_scorer
@@ -168,8 +172,8 @@ class _Model:
 
     version: int
     source: str
-    model: object  # the ALS / SVD / SVDpp / BPR it came from (for its parameters)
-    kind: str  # "als", "svd" or "bpr": how observe folds events in
+    model: object  # the ALS / SVD / SVDpp / ExplicitALS / BPR it came from (its parameters)
+    kind: str  # "als", "svd", "explicit" or "bpr": how observe folds events in
     user_vectors: np.ndarray  # (n_users, d): the recall queries
     user_offsets: np.ndarray  # (n_users,) float64 added to every score (SVD: mu + b_u)
     item_vectors: np.ndarray  # (n_items, d)
@@ -186,6 +190,9 @@ class _Model:
     prepared: object  # PreparedItems of the ranker for these items, or None
     gram: np.ndarray | None  # ALS: YᵀY of the item vectors
     global_mean: float  # SVD: mu (cold users' offset); 0 otherwise
+    # ExplicitALS: ratings per (user, item) of the training set, aligned with ``seen`` (whose
+    # data are their sums): a user's re-solve counts each rating, repeated pairs included
+    seen_counts: sp.csr_matrix | None = None
 
     @property
     def n_users(self) -> int:
@@ -215,6 +222,7 @@ class _User(NamedTuple):
     items: np.ndarray  # int64 sorted: every known item (training row and observed)
     weights: np.ndarray  # float64, aligned with items (summed per item)
     warm: bool  # the vector is not zero (a zero vector knows nothing: cold start)
+    counts: np.ndarray | None = None  # ExplicitALS: ratings per item (weights: their sums)
 
 
 @dataclass(frozen=True)
@@ -253,8 +261,8 @@ class Recommender:
 
     Parameters
     ----------
-    retriever : a fitted ``recfuse.ALS``, ``SVD``, ``SVDpp`` or ``BPR``, or the path of a
-        model file (``recfuse.load``)
+    retriever : a fitted ``recfuse.ALS``, ``SVD``, ``SVDpp``, ``ExplicitALS`` or ``BPR``, or
+        the path of a model file (``recfuse.load``)
     ranker : ``recfuse.MLPScorer``, a fitted ``recfuse.MLPRanker``, the path of a scorer file
         (``MLPScorer.save``, or an ``.onnx`` chain), or None (recall order); its input row is
         ``[user vector | context features | item vector]``
@@ -366,6 +374,7 @@ class Recommender:
             source = os.fspath(retriever)
             retriever = load(source)
         model = retriever
+        seen_counts = None
         if isinstance(model, ALS):
             model._require_fitted()
             state = model._state
@@ -376,9 +385,13 @@ class Recommender:
             model._require_fitted()
             kind, users, items, bias = "bpr", model.user_factors, model.item_factors, model.item_bias
             offsets, mean, seen = np.zeros(users.shape[0]), 0.0, model._seen
-        elif isinstance(model, (SVD, SVDpp)):
+        elif isinstance(model, (SVD, SVDpp, ExplicitALS)):
             fitted = model._require_fitted()
-            kind = "svd"
+            kind = "explicit" if isinstance(model, ExplicitALS) else "svd"
+            if kind == "explicit" and fitted.ratings is None:
+                raise ValueError("this ExplicitALS model keeps no training ratings (a file "
+                                 "saved by an older recfuse), so observe could not re-solve "
+                                 "its users; refit it, or save it again after a refit")
             known_user = fitted.user_counts > 0
             known_item = (fitted.item_counts > 0)
             users = (_user_vectors(fitted) * known_user[:, None]).astype(model.dtype)
@@ -390,9 +403,19 @@ class Recommender:
             else:
                 bias, offsets = None, np.where(known_user, 0.0, mean)
             seen = fitted.seen.to_scipy(items.shape[0])
+            if kind == "explicit":  # each pair's rating sum and count
+                indptr, indices, values = fitted.ratings
+                shape = (users.shape[0], items.shape[0])
+                # copies: sum_duplicates works in place, and the arrays are the model's
+                seen = sp.csr_matrix((values.astype(np.float64), indices.copy(), indptr.copy()),
+                                     shape=shape)
+                seen_counts = sp.csr_matrix((np.ones(indices.size), indices.copy(),
+                                             indptr.copy()), shape=shape)
+                seen.sum_duplicates()
+                seen_counts.sum_duplicates()
         else:
-            raise TypeError(f"retriever must be a fitted recfuse.ALS, SVD, SVDpp or BPR or a "
-                            f"model file path, got {type(model).__name__}")
+            raise TypeError(f"retriever must be a fitted recfuse.ALS, SVD, SVDpp, ExplicitALS "
+                            f"or BPR or a model file path, got {type(model).__name__}")
         n_users, n_items = users.shape[0], items.shape[0]
         if factors is not None and items.shape[1] != factors:
             raise ValueError(f"the new model has {items.shape[1]} factors; the ranker was "
@@ -432,7 +455,8 @@ class Recommender:
         return _Model(version, source, model, kind, users, offsets, items, bias, index, seen,
                       seen.indptr.astype(np.int64), seen.indices.astype(np.int32), history,
                       popular.astype(np.int64), rule_mask, scorer, ranker_source, prepared,
-                      item_gram(items.astype(np.float64)) if kind == "als" else None, mean)
+                      item_gram(items.astype(np.float64)) if kind == "als" else None, mean,
+                      seen_counts)
 
     def _rule_mask(self, ids: np.ndarray, n_items: int) -> np.ndarray:
         """Which of ``ids`` the rules allow."""
@@ -745,6 +769,12 @@ class Recommender:
                              f"r), got {weights.min()}")
         if model.kind == "bpr" and (weights <= 0).any():
             raise ValueError("weights must be > 0 for BPR (each event is a positive)")
+        if model.kind == "explicit":
+            low, high = model.model.rating_scale
+            if weights.min() < low or weights.max() > high:
+                raise ValueError(f"weights are ratings for ExplicitALS and must lie in its "
+                                 f"rating_scale [{low}, {high}], got {weights.min()} to "
+                                 f"{weights.max()}")
         extra = state.new_items
         beyond = items >= n
         unknown = np.unique(items[beyond]) if beyond.any() else _NO_IDS
@@ -772,13 +802,19 @@ class Recommender:
                                                   weights[begin:end])
             updated[user] = (current, merged_items, merged_weights, items[begin:end],
                              weights[begin:end])
+        counts = {}  # ExplicitALS: each user's ratings per item, after these events
+        if model.kind == "explicit":
+            counts = {user: _merge(entry[0].items, entry[0].counts, entry[3],
+                                   np.ones(entry[3].size))[1] for user, entry in updated.items()}
         if model.kind == "als":
             vectors = self._als_fold_in(state, updated)
+        elif model.kind == "explicit":
+            vectors = self._explicit_fold_in(state, updated, counts)
         else:
             vectors = {user: self._sgd_fold_in(state, user, entry) for user, entry in
                        updated.items()}
         new_users = {user: _User(vectors[user][0], vectors[user][1], entry[1], entry[2],
-                                 bool(vectors[user][0].any()))
+                                 bool(vectors[user][0].any()), counts.get(user))
                      for user, entry in updated.items()}
         new_items = self._added_items(state, users, items, new_users) if beyond.any() else None
         # publish: each user as one object, then the new item table as one object
@@ -787,15 +823,18 @@ class Recommender:
             state.new_items = new_items
 
     def _initial_user(self, model: _Model, user: int) -> _User:
+        explicit = model.seen_counts is not None
         if user < model.n_users:
             seen = model.seen
             row = slice(seen.indptr[user], seen.indptr[user + 1])
             vector = np.array(model.user_vectors[user])
+            counts = model.seen_counts.data[row].astype(np.float64) if explicit else None
             return _User(vector, float(model.user_offsets[user]),
                          seen.indices[row].astype(np.int64), seen.data[row].astype(np.float64),
-                         bool(vector.any()))
+                         bool(vector.any()), counts)
         zeros = np.zeros(model.item_vectors.shape[1], model.item_vectors.dtype)
-        return _User(zeros, model.global_mean, np.zeros(0, np.int64), np.zeros(0), False)
+        return _User(zeros, model.global_mean, np.zeros(0, np.int64), np.zeros(0), False,
+                     np.zeros(0) if explicit else None)
 
     def _als_fold_in(self, state: _State, updated: dict) -> dict:
         """One ALS user half-sweep over every updated user's whole row (items with a vector):
@@ -830,6 +869,52 @@ class Recommender:
         threads = 1 if len(rows) < 64 else (self._threads_given or 0)
         solved = fold_in(als, table, matrix, start, gram, num_threads=threads)
         return {user: (solved[position], 0.0) for position, user in enumerate(updated)}
+
+    def _explicit_fold_in(self, state: _State, updated: dict, counts: dict) -> dict:
+        """ExplicitALS: each updated user re-solved exactly (vector and bias, the items fixed)
+        over every rating known for them, the training ratings and each observed event (a
+        repeated pair is one more rating, as in fit), by the model's own half-sweep kernel.
+        Items without a vector yet (added, still unfilled) are left out."""
+        model = state.model
+        explicit = model.model
+        extra = state.new_items
+        n = model.n_items
+        columns, means, lengths = [], [], []
+        for user, (_, merged_items, merged_sums, _, _) in updated.items():
+            rated = counts[user]
+            usable = merged_items < n
+            if extra is not None:
+                usable |= (merged_items >= extra.first_id) & _filled(extra, merged_items)
+            times = rated[usable].astype(np.int64)
+            columns.append(np.repeat(merged_items[usable], times))
+            means.append(np.repeat(merged_sums[usable] / rated[usable], times))
+            lengths.append(int(times.sum()))
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=indptr[1:])
+        columns = np.concatenate(columns)
+        touched = np.unique(columns)  # the item rows these users need, renumbered
+        table = np.ascontiguousarray(_item_rows(model, extra, touched), dtype=explicit.dtype)
+        matrix = CsrArrays(indptr, np.searchsorted(touched, columns).astype(np.int32),
+                           np.concatenate(means).astype(explicit.dtype),
+                           (len(lengths), touched.size))
+        biased = model.item_bias is not None
+        X = np.stack([entry[0].vector for entry in updated.values()]).astype(explicit.dtype)
+        own = other = None
+        mean = model.global_mean if biased else 0.0
+        if biased:
+            other = np.zeros(touched.size, dtype=explicit.dtype)
+            base = touched < n
+            other[base] = model.item_bias[touched[base]]  # added items: no bias
+            own = np.array([entry[0].offset - mean for entry in updated.values()],
+                           dtype=explicit.dtype)
+        backend = resolve_backend(explicit.backend, "sgd", needs="explicit_als_half_sweep")
+        reg_bias = explicit.reg if explicit.reg_bias is None else explicit.reg_bias
+        # a few users solve in microseconds: one thread, no team to wake on busy cores
+        threads = 1 if len(lengths) < 64 else (self._threads_given or 0)
+        backend.explicit_als_half_sweep(matrix, table, X, other, own, mean, explicit.reg,
+                                        reg_bias, threads)
+        return {user: (X[position], float(mean + own[position]) if biased else 0.0)
+                for position, user in enumerate(updated)}
 
     def _sgd_fold_in(self, state: _State, user: int, entry) -> tuple[np.ndarray, float]:
         """``sgd_steps`` SGD passes over this call's events of one user, items fixed:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -162,8 +163,9 @@ class ExplicitALS(_RatingModel):
             warnings.warn(f"{failed} row systems were not positive definite in "
                           f"{self.dtype.name} and kept their previous values", RuntimeWarning,
                           stacklevel=2)
-        fitted = self._snapshot(global_mean, user_bias, item_bias, X, Y, seen, users, items,
-                                n_users, n_items, scale)
+        fitted = replace(self._snapshot(global_mean, user_bias, item_bias, X, Y, seen, users,
+                                        items, n_users, n_items, scale),
+                         ratings=(by_user.indptr, by_user.indices, by_user.data))
         with self._lock:
             self._fitted = fitted
             self.backend_used = backend.NAME

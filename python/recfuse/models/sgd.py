@@ -46,6 +46,10 @@ class _Fitted:
     seen: Pattern  # the items each user rated (N(u)); for SVD++ and filter_seen
     rating_scale: tuple[float, float]
     biased: bool = True  # False: r̂ = q·p for known pairs, the global mean otherwise
+    # ExplicitALS: every training rating by user, repeated pairs kept, as (indptr int64,
+    # indices int32, values): what recfuse.Recommender re-solves a user over (training
+    # ratings plus observed ones). None for the SGD models.
+    ratings: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 class _RatingModel(FactorRetrieval):
@@ -230,6 +234,9 @@ class _RatingModel(FactorRetrieval):
         }
         if state.implicit_factors is not None:
             arrays["implicit_factors"] = state.implicit_factors
+        if state.ratings is not None:
+            arrays.update(zip(("ratings_indptr", "ratings_indices", "ratings_values"),
+                              state.ratings))
         save_model(path, self._NAME, self.get_params(), arrays)
 
     @classmethod
@@ -263,6 +270,8 @@ class _RatingModel(FactorRetrieval):
             seen=seen, rating_scale=scale, biased=getattr(model, "biased", True))
         if state.implicit_factors is not None:
             state = replace(state, user_implicit=_implicit_term(seen, state.implicit_factors))
+        if "ratings_indptr" in arrays:
+            state = replace(state, ratings=_saved_ratings(arrays, n_users, n_items, model.dtype))
         model._fitted = state
         return model
 
@@ -619,6 +628,21 @@ class SVDpp(_SgdFactorization):
 def _factor_seeds(rng: np.random.Generator, count: int) -> list:
     """The seeds of a fit's starting tables (P, Q, then Y), one draw of ``rng`` each."""
     return [int(seed) for seed in rng.integers(0, 2**63, size=count, dtype=np.int64)]
+
+
+def _saved_ratings(arrays: dict, n_users: int, n_items: int, dtype) -> tuple:
+    """A model file's ``ratings`` (``_Fitted.ratings``), checked: a CSR row index of the saved
+    users, item ids in range, finite values (repeated pairs are kept, not summed)."""
+    indptr = np.asarray(arrays["ratings_indptr"])
+    items = check.check_ids(arrays["ratings_indices"], "saved ratings_indices", n_items)
+    values = np.asarray(arrays["ratings_values"])
+    if (indptr.shape != (n_users + 1,) or indptr.dtype.kind not in "iu" or indptr[0] != 0
+            or (np.diff(indptr) < 0).any() or indptr[-1] != items.size
+            or values.shape != items.shape):
+        raise ValueError("the saved ratings are not a CSR matrix of the saved users and items")
+    if values.dtype.kind not in "fiu" or not np.isfinite(values).all():
+        raise ValueError("the saved ratings must be finite numbers")
+    return indptr.astype(np.int64), items.astype(np.int32), values.astype(dtype)
 
 
 def _implicit_term(seen: Pattern, Y: np.ndarray) -> np.ndarray:
