@@ -96,7 +96,8 @@ void bind_als_functions(py::module_& m, const std::string& note) {
       "als_half_sweep",
       [](const Array<int64_t>& indptr, const Array<int32_t>& indices, const Array<T>& data,
          const Array<T>& Y, Array<T>& X, const std::optional<Array<T>>& gram, double regularization,
-         double alpha, bool raw_confidence, bool cholesky, int cg_steps, int num_threads) {
+         double alpha, bool raw_confidence, bool cholesky, int cg_steps, int num_threads,
+         bool huge_page_copy) {
         expect(Y.ndim() == 2 && X.ndim() == 2,
                "Y and X must be 2-d, got shapes " + shape_of(Y) + " and " + shape_of(X));
         expect(X.shape(1) == Y.shape(1), "X has " + std::to_string(X.shape(1)) +
@@ -107,8 +108,9 @@ void bind_als_functions(py::module_& m, const std::string& note) {
                                          " rows but the matrix has " + std::to_string(R.rows));
         const int k = static_cast<int>(Y.shape(1));
         const T* g = optional_gram<T>(gram, k);
-        const auto params = make_params<T>(regularization, alpha, raw_confidence, cholesky,
-                                           cg_steps, num_threads);
+        auto params = make_params<T>(regularization, alpha, raw_confidence, cholesky, cg_steps,
+                                     num_threads);
+        params.huge_page_copy = huge_page_copy;
         const T* y = Y.data();
         T* x = X.mutable_data();
         py::gil_scoped_release release;
@@ -117,9 +119,10 @@ void bind_als_functions(py::module_& m, const std::string& note) {
       py::arg("indptr").noconvert(), py::arg("indices").noconvert(), py::arg("data").noconvert(),
       py::arg("Y").noconvert(), py::arg("X").noconvert(), py::arg("gram").noconvert() = py::none(),
       py::arg("regularization"), py::arg("alpha"), py::arg("raw_confidence"), py::arg("cholesky"),
-      py::arg("cg_steps"), py::arg("num_threads") = 0,
+      py::arg("cg_steps"), py::arg("num_threads") = 0, py::arg("huge_page_copy") = true,
       ("Re-solve every row of X in place; returns the number of rows left unchanged because "
-       "their system was not positive definite." + note).c_str());
+       "their system was not positive definite. huge_page_copy=False: Y already lives on huge "
+       "pages (huge_page_table), do not copy it there (CPU)." + note).c_str());
 
   m.def(
       "als_data_loss",

@@ -75,6 +75,34 @@ PYBIND11_MODULE(_core, m) {
       py::arg("ids").noconvert(),
       "(smallest, largest) of a non-empty C-contiguous int64 array, in one pass "
       "(recfuse._validation.id_bounds).");
+  m.def(
+      "huge_page_table",
+      [](int64_t rows, int64_t cols, const std::string& dtype) -> py::object {
+        expect(rows >= 0 && cols >= 0, "rows and cols must be >= 0, got " +
+                                           std::to_string(rows) + " and " + std::to_string(cols));
+        expect(dtype == "float32" || dtype == "float64",
+               "dtype must be 'float32' or 'float64', got '" + dtype + "'");
+        const py::ssize_t item = dtype == "float32" ? 4 : 8;
+        const size_t bytes = static_cast<size_t>(rows) * static_cast<size_t>(cols) * item;
+        void* memory = recfuse::huge_page_alloc(bytes);
+        if (memory == nullptr) return py::none();
+        struct Mapping {
+          void* memory;
+          size_t bytes;
+        };
+        py::capsule owner(new Mapping{memory, bytes}, [](void* pointer) {
+          auto* mapping = static_cast<Mapping*>(pointer);
+          recfuse::huge_page_free(mapping->memory, mapping->bytes);
+          delete mapping;
+        });
+        return py::array(py::dtype(dtype), {rows, cols}, {cols * item, item}, memory, owner);
+      },
+      py::arg("rows"), py::arg("cols"), py::arg("dtype"),
+      "An uninitialised C-order (rows, cols) table of 'float32' or 'float64' on transparent "
+      "huge pages (recfuse::huge_page_alloc; freed with the last array using it), or None "
+      "where that does not apply (not Linux, under 4 MiB): ALS fits keep their factor tables "
+      "there so that the half-sweeps' random row reads stop missing the TLB without a copy "
+      "per half-sweep (als_half_sweep(..., huge_page_copy=False)).");
   m.def("simd_level", [] { return std::string(recfuse::simd_level_name(recfuse::simd_level())); });
   m.def(
       "set_simd_level",

@@ -557,3 +557,34 @@ def test_cupy_engine_arithmetic_on_the_host(data, dtype, confidence):
     loss = engine.data_loss(csr, X_ref, problem.Y)
     expected = numpy_backend.data_loss(problem.csr, X_ref, problem.Y, problem.params)
     assert loss == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_cpu_fit_keeps_large_tables_on_huge_pages_with_the_same_result():
+    """The cpu trainer moves factor tables of 4 MiB or more onto huge pages once per fit and
+    tells the half-sweeps not to copy them there again: the same bits as the plain trainer."""
+    from recfuse._als import cpu
+    from recfuse._als.common import HostTrainer
+
+    if cpu._core is None:
+        pytest.skip(cpu._IMPORT_ERROR)
+    assert cpu._core.huge_page_table(10, 10, "float32") is None  # under 4 MiB: no mapping
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        cpu._core.huge_page_table(10, 10, "int8")
+    matrix = sp.random(8192, 300, density=0.02, format="csr", random_state=0,
+                       dtype=np.float32) * 3  # users' table 8192 x 128 floats: 4 MiB
+    R = CsrArrays.from_scipy(matrix, np.float32)
+    rng = np.random.default_rng(0)
+    X = rng.random((8192, 128), dtype=np.float32) * 0.01
+    Y = rng.random((300, 128), dtype=np.float32) * 0.01
+    params = AlsParams(regularization=0.1, alpha=2.0, confidence="linear", solver="cg",
+                       cg_steps=3, num_threads=0)
+    plain = HostTrainer(cpu, R, R.transpose(), X.copy(), Y.copy(), params)
+    huge = cpu.make_trainer(R, R.transpose(), X.copy(), Y.copy(), params)
+    for trainer in (plain, huge):
+        for _ in range(2):
+            trainer.sweep_users()
+            trainer.sweep_items()
+    on_huge_pages = huge._x_huge if sys.platform.startswith("linux") else False
+    assert huge._x_huge == on_huge_pages and not huge._y_huge
+    for a, b in zip(plain.factors(), huge.factors()):
+        np.testing.assert_array_equal(a, b)

@@ -43,76 +43,76 @@ T* aligned_scratch(std::vector<T>& scratch) {
   return reinterpret_cast<T*>(aligned);
 }
 
-// `count` values on transparent huge pages when `huge` and they take 4 MiB or more (Linux),
-// else on the heap. Factor tables read in random order, once per stored entry, stop missing
-// the TLB on huge pages.
+}  // namespace
+
+void* huge_page_alloc(size_t bytes) {
+#ifdef __linux__
+  if (bytes < (size_t{4} << 20)) return nullptr;
+  void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) return nullptr;
+  madvise(memory, bytes, MADV_HUGEPAGE);
+  return memory;
+#else
+  (void)bytes;
+  return nullptr;
+#endif
+}
+
+void huge_page_free(void* pointer, size_t bytes) {
+#ifdef __linux__
+  if (pointer != nullptr) munmap(pointer, bytes);
+#else
+  (void)pointer;
+  (void)bytes;
+#endif
+}
+
+namespace {
+
+// `count` values on transparent huge pages when `huge` and huge_page_alloc gives them, else
+// on the heap. Factor tables read in random order, once per stored entry, stop missing the
+// TLB on huge pages.
 template <class T>
 class HugePageArray {
  public:
-  HugePageArray(size_t count, bool huge) {
-#ifdef __linux__
-    const size_t bytes = count * sizeof(T);
-    if (huge && bytes >= (size_t{4} << 20)) {
-      void* memory =
-          mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (memory != MAP_FAILED) {
-        madvise(memory, bytes, MADV_HUGEPAGE);
-        mapped_ = static_cast<T*>(memory);
-        bytes_ = bytes;
-        return;
-      }
-    }
-#else
-    (void)huge;
-#endif
-    heap_.resize(count);
+  HugePageArray(size_t count, bool huge) : bytes_(count * sizeof(T)) {
+    if (huge) mapped_ = static_cast<T*>(huge_page_alloc(bytes_));
+    if (mapped_ == nullptr) heap_.resize(count);
   }
-  ~HugePageArray() {
-#ifdef __linux__
-    if (mapped_ != nullptr) munmap(mapped_, bytes_);
-#endif
-  }
+  ~HugePageArray() { huge_page_free(mapped_, bytes_); }
   HugePageArray(const HugePageArray&) = delete;
   HugePageArray& operator=(const HugePageArray&) = delete;
-  // Whether an array of `count` values would go on huge pages.
-  static bool qualifies(size_t count, bool huge) {
-#ifdef __linux__
-    return huge && count * sizeof(T) >= (size_t{4} << 20);
-#else
-    (void)count;
-    (void)huge;
-    return false;
-#endif
-  }
   T* data() { return mapped_ != nullptr ? mapped_ : heap_.data(); }
   bool on_huge_pages() const { return mapped_ != nullptr; }
 
  private:
+  size_t bytes_;
   T* mapped_ = nullptr;
-  size_t bytes_ = 0;
   std::vector<T> heap_;
 };
 
-// A copy of an array on transparent huge pages (when `worth_it` and HugePageArray puts it
-// there), made with `threads` threads; otherwise data() is the original array.
+// A copy of an array on transparent huge pages (when `worth_it` and huge_page_alloc gives
+// them), made with `threads` threads; otherwise data() is the original array.
 template <class T>
 class HugePageCopy {
  public:
   HugePageCopy(const T* source, size_t count, bool worth_it, int threads)
-      : source_(source),
-        copy_(HugePageArray<T>::qualifies(count, worth_it) ? count : 0, worth_it) {
-    if (!copy_.on_huge_pages()) return;
-    T* copy = copy_.data();
+      : source_(source), bytes_(count * sizeof(T)) {
+    T* copy = worth_it ? static_cast<T*>(huge_page_alloc(bytes_)) : nullptr;
+    if (copy == nullptr) return;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (size_t i = 0; i < count; ++i) copy[i] = source[i];
-    copied_ = true;
+    copy_ = copy;
   }
-  const T* data() { return copied_ ? copy_.data() : source_; }
+  ~HugePageCopy() { huge_page_free(copy_, bytes_); }
+  HugePageCopy(const HugePageCopy&) = delete;
+  HugePageCopy& operator=(const HugePageCopy&) = delete;
+  const T* data() const { return copy_ != nullptr ? copy_ : source_; }
 
  private:
   const T* source_;
-  HugePageArray<T> copy_;
-  bool copied_ = false;
+  size_t bytes_;
+  T* copy_ = nullptr;
 };
 
 // Threads for a call of about `flops` multiply-adds: the requested number (0: all), but no
@@ -318,7 +318,7 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
   // Every stored entry reads its factor row from a random place: on huge pages those reads
   // stop missing the TLB, which more than pays for one copy of Y.
   const size_t y_count = static_cast<size_t>(R.cols) * k;
-  const bool huge = R.indptr[R.rows] > 4 * R.cols;
+  const bool huge = params.huge_page_copy && R.indptr[R.rows] > 4 * R.cols;
   const int copy_threads = thread_count(params.num_threads, static_cast<double>(y_count));
   const bool raw = params.confidence == Confidence::Raw;
   const bool cholesky = params.solver == Solver::Cholesky;

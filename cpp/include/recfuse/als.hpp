@@ -5,6 +5,7 @@
 // where, for a stored value r: Linear confidence c = 1 + alpha r, Raw confidence c = |r|;
 // w = c - 1 and q = c when r > 0, else 0.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 namespace recfuse {
@@ -30,7 +31,17 @@ struct AlsParams {
   Solver solver = Solver::ConjugateGradient;
   int cg_steps = 3;
   int num_threads = 0;  // 0: OpenMP's default
+  // Whether a half-sweep may first copy Y onto transparent huge pages (when its rows are read
+  // often enough to pay for it). False when Y already lives there (huge_page_alloc): a fit
+  // that keeps both tables on huge pages pays no copy, and no fresh pages, per half-sweep.
+  bool huge_page_copy = true;
 };
+
+// Memory for a table of `bytes` read in random order, on transparent huge pages where that
+// applies (Linux, 4 MiB or more: mmap + madvise(MADV_HUGEPAGE)); nullptr otherwise, and the
+// caller uses ordinary memory. Release it with huge_page_free(pointer, bytes).
+void* huge_page_alloc(std::size_t bytes);
+void huge_page_free(void* pointer, std::size_t bytes);
 
 // G = YᵀY (k x k, full symmetric, row-major). Deterministic for any thread count.
 template <class T>

@@ -23,12 +23,14 @@ def availability() -> tuple[bool, str]:
     return True, f"SIMD level {_core.simd_level()}"
 
 
-def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None) -> int:
+def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None, *,
+               huge_page_copy: bool = True) -> int:
     return _core.als_half_sweep(
         R.indptr, R.indices, R.data, Y, X, gram,
         regularization=params.regularization, alpha=params.alpha,
         raw_confidence=params.raw_confidence, cholesky=params.cholesky,
         cg_steps=params.cg_steps, num_threads=params.num_threads,
+        huge_page_copy=huge_page_copy,
     )
 
 
@@ -40,4 +42,36 @@ def data_loss(R: CsrArrays, X, Y, params: AlsParams) -> float:
 
 
 def make_trainer(user_items: CsrArrays, item_users: CsrArrays, X, Y, params: AlsParams):
-    return HostTrainer(sys.modules[__name__], user_items, item_users, X, Y, params)
+    return HugePageTrainer(user_items, item_users, X, Y, params)
+
+
+class HugePageTrainer(HostTrainer):
+    """The host trainer with both factor tables kept on transparent huge pages for the whole
+    fit (``_core.huge_page_table``, tables of 4 MiB or more on Linux), so that no half-sweep
+    copies its fixed table there first. Each half-sweep reads that table's rows in random
+    order, once per stored entry, and on huge pages those reads stop missing the TLB; the
+    copy per half-sweep that bought this cost more than the reads gained at k = 64 on this
+    VM, whose first touches of fresh pages are slow (5M entries, CG, per iteration: 223 ms
+    with the copy, 211 ms without huge pages). The fitted factors are these tables."""
+
+    def __init__(self, user_items: CsrArrays, item_users: CsrArrays, X, Y, params: AlsParams):
+        X, self._x_huge = _on_huge_pages(X)
+        Y, self._y_huge = _on_huge_pages(Y)
+        super().__init__(sys.modules[__name__], user_items, item_users, X, Y, params)
+
+    def sweep_users(self) -> int:
+        return half_sweep(self._user_items, self._Y, self._X, self._params,
+                          huge_page_copy=not self._y_huge)
+
+    def sweep_items(self) -> int:
+        return half_sweep(self._item_users, self._X, self._Y, self._params,
+                          huge_page_copy=not self._x_huge)
+
+
+def _on_huge_pages(table):
+    """(a copy of ``table`` on huge pages, True), or (``table``, False) where none is given."""
+    copy = _core.huge_page_table(table.shape[0], table.shape[1], table.dtype.name)
+    if copy is None:
+        return table, False
+    copy[...] = table
+    return copy, True
