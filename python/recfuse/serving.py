@@ -34,10 +34,11 @@ observed event: the same system a refit of that user solves); ExplicitALS likewi
 the user's vector and bias over every rating known for them (its training ratings, which the
 model keeps, plus each event's weight as one more rating, within the model's rating scale);
 SVD, SVD++ and BPR, which have no closed form, take ``sgd_steps`` SGD passes over the new
-events from the current vector (items fixed). Unknown users are added; unknown items are added (``unknown_items=
-"add"``, ids below ``n_items + max_new_items``) or rejected (``"reject"``): an added item's
-vector is the mean of the vectors of its first ``new_item_users`` users. Every accepted event
-goes to a bounded log, ``pending_events()``, for the next full retrain.
+events from the current vector (items fixed). Unknown users are added; unknown items are
+added (``unknown_items="add"``, ids below ``n_items + max_new_items``) or rejected
+(``"reject"``): an added item's vector is the mean of the vectors of its first
+``new_item_users`` users. Every accepted event goes to a bounded log, ``pending_events()``,
+for the next full retrain.
 
 Concurrency: readers take no lock. A model swap (``swap_model``) builds everything aside
 (the model, its item index, the ranker and its prepared items) and installs it by one
