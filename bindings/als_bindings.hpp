@@ -97,7 +97,7 @@ void bind_als_functions(py::module_& m, const std::string& note) {
       [](const Array<int64_t>& indptr, const Array<int32_t>& indices, const Array<T>& data,
          const Array<T>& Y, Array<T>& X, const std::optional<Array<T>>& gram, double regularization,
          double alpha, bool raw_confidence, bool cholesky, int cg_steps, int num_threads,
-         bool huge_page_copy) {
+         bool huge_page_copy, std::optional<Array<T>>& woodbury_table) {
         expect(Y.ndim() == 2 && X.ndim() == 2,
                "Y and X must be 2-d, got shapes " + shape_of(Y) + " and " + shape_of(X));
         expect(X.shape(1) == Y.shape(1), "X has " + std::to_string(X.shape(1)) +
@@ -111,6 +111,13 @@ void bind_als_functions(py::module_& m, const std::string& note) {
         auto params = make_params<T>(regularization, alpha, raw_confidence, cholesky, cg_steps,
                                      num_threads);
         params.huge_page_copy = huge_page_copy;
+        if (woodbury_table) {
+          expect(woodbury_table->writeable() && woodbury_table->size() >= Y.size(),
+                 "woodbury_table must be writeable with room for Y's " +
+                     std::to_string(Y.size()) + " values, got shape " +
+                     shape_of(*woodbury_table));
+          params.woodbury_table = woodbury_table->mutable_data();
+        }
         const T* y = Y.data();
         T* x = X.mutable_data();
         py::gil_scoped_release release;
@@ -120,9 +127,12 @@ void bind_als_functions(py::module_& m, const std::string& note) {
       py::arg("Y").noconvert(), py::arg("X").noconvert(), py::arg("gram").noconvert() = py::none(),
       py::arg("regularization"), py::arg("alpha"), py::arg("raw_confidence"), py::arg("cholesky"),
       py::arg("cg_steps"), py::arg("num_threads") = 0, py::arg("huge_page_copy") = true,
+      py::arg("woodbury_table").noconvert() = py::none(),
       ("Re-solve every row of X in place; returns the number of rows left unchanged because "
-       "their system was not positive definite. huge_page_copy=False: Y already lives on huge "
-       "pages (huge_page_table), do not copy it there (CPU)." + note).c_str());
+       "their system was not positive definite. CPU layout hints: huge_page_copy=False: Y "
+       "already lives on huge pages (huge_page_table), do not copy it there; woodbury_table: "
+       "scratch of at least Y.size values that the Cholesky solver's Woodbury rows use instead "
+       "of fresh memory." + note).c_str());
 
   m.def(
       "als_data_loss",

@@ -559,9 +559,11 @@ def test_cupy_engine_arithmetic_on_the_host(data, dtype, confidence):
     assert loss == pytest.approx(expected, rel=1e-6, abs=1e-9)
 
 
-def test_cpu_fit_keeps_large_tables_on_huge_pages_with_the_same_result():
+@pytest.mark.parametrize("solver", ["cg", "cholesky"])
+def test_cpu_fit_keeps_large_tables_on_huge_pages_with_the_same_result(solver):
     """The cpu trainer moves factor tables of 4 MiB or more onto huge pages once per fit and
-    tells the half-sweeps not to copy them there again: the same bits as the plain trainer."""
+    tells the half-sweeps not to copy them there again, and gives the Cholesky solver's
+    Woodbury rows one table for the fit: the same bits as the plain trainer."""
     from recfuse._als import cpu
     from recfuse._als.common import HostTrainer
 
@@ -576,7 +578,7 @@ def test_cpu_fit_keeps_large_tables_on_huge_pages_with_the_same_result():
     rng = np.random.default_rng(0)
     X = rng.random((8192, 128), dtype=np.float32) * 0.01
     Y = rng.random((300, 128), dtype=np.float32) * 0.01
-    params = AlsParams(regularization=0.1, alpha=2.0, confidence="linear", solver="cg",
+    params = AlsParams(regularization=0.1, alpha=2.0, confidence="linear", solver=solver,
                        cg_steps=3, num_threads=0)
     plain = HostTrainer(cpu, R, R.transpose(), X.copy(), Y.copy(), params)
     huge = cpu.make_trainer(R, R.transpose(), X.copy(), Y.copy(), params)
@@ -586,5 +588,8 @@ def test_cpu_fit_keeps_large_tables_on_huge_pages_with_the_same_result():
             trainer.sweep_items()
     on_huge_pages = huge._x_huge if sys.platform.startswith("linux") else False
     assert huge._x_huge == on_huge_pages and not huge._y_huge
+    assert (huge._woodbury is not None) == (solver == "cholesky")
     for a, b in zip(plain.factors(), huge.factors()):
         np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="woodbury_table must be writeable with room for"):
+        cpu.half_sweep(R, Y, X, params, woodbury_table=np.empty(10, np.float32))

@@ -248,8 +248,10 @@ std::vector<int64_t> solve_short_rows(const CsrView<T>& R, const T* Y, const std
       L_inverse_t[static_cast<size_t>(c) * k + a] = L_inverse[static_cast<size_t>(a) * k + c];
     }
   }
-  HugePageArray<T> W_array(static_cast<size_t>(R.cols) * k, R.indptr[R.rows] > 4 * R.cols);
-  T* W = W_array.data();  // row i: L⁻¹ y_i
+  T* const given = params.woodbury_table;
+  HugePageArray<T> W_array(given != nullptr ? 0 : static_cast<size_t>(R.cols) * k,
+                           R.indptr[R.rows] > 4 * R.cols);
+  T* W = given != nullptr ? given : W_array.data();  // row i: L⁻¹ y_i
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t begin = 0; begin < R.cols; begin += 256) {
     const int64_t end = begin + 256 < R.cols ? begin + 256 : R.cols;

@@ -35,6 +35,10 @@ struct AlsParams {
   // often enough to pay for it). False when Y already lives there (huge_page_alloc): a fit
   // that keeps both tables on huge pages pays no copy, and no fresh pages, per half-sweep.
   bool huge_page_copy = true;
+  // Cholesky: room for at least Y's rows x k values that the rows solved by the Woodbury
+  // identity use for their table (L⁻¹ y_i), or nullptr (each half-sweep maps its own). A
+  // fit passes one it keeps, so that no half-sweep pays for fresh pages.
+  T* woodbury_table = nullptr;
 };
 
 // Memory for a table of `bytes` read in random order, on transparent huge pages where that
