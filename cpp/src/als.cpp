@@ -83,7 +83,6 @@ class HugePageArray {
   HugePageArray(const HugePageArray&) = delete;
   HugePageArray& operator=(const HugePageArray&) = delete;
   T* data() { return mapped_ != nullptr ? mapped_ : heap_.data(); }
-  bool on_huge_pages() const { return mapped_ != nullptr; }
 
  private:
   size_t bytes_;

@@ -81,8 +81,18 @@ class HugePageTrainer(HostTrainer):
                           huge_page_copy=not self._x_huge, woodbury_table=self._woodbury)
 
 
+def factor_table(rows: int, cols: int, dtype) -> np.ndarray:
+    """A new (rows, cols) table for a fit's factors: on huge pages where
+    ``_core.huge_page_table`` gives them, so that the trainer need not copy it there."""
+    table = _core.huge_page_table(rows, cols, np.dtype(dtype).name)
+    return np.empty((rows, cols), dtype=dtype) if table is None else table
+
+
 def _on_huge_pages(table):
-    """(a copy of ``table`` on huge pages, True), or (``table``, False) where none is given."""
+    """(``table`` on huge pages, True): itself when ``factor_table`` put it there (its base is
+    the capsule that unmaps it), else a copy; or (``table``, False) where none is given."""
+    if type(table.base).__name__ == "PyCapsule":
+        return table, True
     copy = _core.huge_page_table(table.shape[0], table.shape[1], table.dtype.name)
     if copy is None:
         return table, False

@@ -186,13 +186,17 @@ def normal_training_rows(seed: int, rows: np.ndarray, k: int, mean: float, std: 
     return out
 
 
-def normal_table(seed: int, n_rows: int, k: int, mean: float, std: float, dtype) -> np.ndarray:
+def normal_table(seed: int, n_rows: int, k: int, mean: float, std: float, dtype,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """``reference.normal_table(seed, n_rows, k, mean, std, dtype)``, drawn natively where the
-    native module is there (the starting factors of ALS, and of SGD fits given no layout)."""
+    native module is there (the starting factors of ALS, and of SGD fits given no layout),
+    into ``out`` (a C-order (n_rows, k) array of ``dtype``) when given."""
+    if out is None:
+        out = np.empty((n_rows, k), dtype=dtype)
     if _core is None:
-        return reference.normal_table(seed, n_rows, k, mean, std, dtype)
-    out = np.empty((n_rows, k), dtype=dtype)
-    _core.normal_rows(seed, out, k, mean, std)
+        out[...] = reference.normal_table(seed, n_rows, k, mean, std, dtype)
+    else:
+        _core.normal_rows(seed, out, k, mean, std)
     return out
 
 

@@ -122,16 +122,34 @@ class ALS(FactorRetrieval):
             num_threads=self.num_threads,
         )
 
-    def _initial_factors(self, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-        """Normal(0, 0.01²) starting factors, drawn by counter (``reference.normal_table``;
-        natively ~50 ms for 150k x 64 values with a cold allocation, where NumPy's generator
-        took 135 ms)."""
+    def _starting_factors(self, n_users: int, n_items: int, given,
+                          table: Callable) -> list[np.ndarray]:
+        """[X, Y] to start a fit from, in new arrays made by ``table(rows, cols, dtype)`` (the
+        backend's factor_table: huge pages for the cpu backend, so no second copy is made):
+        Normal(0, 0.01²) draws by counter (``reference.normal_table``; natively ~50 ms for
+        150k x 64 values with a cold allocation, where NumPy's generator took 135 ms), or
+        ``given`` (a pair) checked and copied."""
         from .._sgd.common import normal_table
 
-        rng = np.random.default_rng(self.random_state)
-        seeds = rng.integers(0, 2**63, size=2, dtype=np.int64)
-        return tuple(normal_table(int(seed), n, self.factors, 0.0, 0.01, self.dtype)
-                     for seed, n in zip(seeds, (n_users, n_items)))
+        k = self.factors
+        if given is None:
+            rng = np.random.default_rng(self.random_state)
+            seeds = rng.integers(0, 2**63, size=2, dtype=np.int64)
+            return [normal_table(int(seed), n, k, 0.0, 0.01, self.dtype,
+                                 out=table(n, k, self.dtype))
+                    for seed, n in zip(seeds, (n_users, n_items))]
+        if not isinstance(given, (tuple, list)) or len(given) != 2:
+            raise TypeError("initial_factors must be a pair (user_factors, item_factors)")
+        X, Y = (check.check_factors(given[side], f"initial_factors[{side}]", dtype=self.dtype,
+                                    n_cols=k, copy=False) for side in (0, 1))
+        if X.shape[0] != n_users or Y.shape[0] != n_items:
+            raise ValueError(
+                f"initial_factors must have shapes ({n_users}, {k}) and ({n_items}, {k}), "
+                f"got {X.shape} and {Y.shape}"
+            )
+        start = [table(n_users, k, self.dtype), table(n_items, k, self.dtype)]
+        start[0][...], start[1][...] = X, Y
+        return start
 
     def fit(
         self,
@@ -156,25 +174,15 @@ class ALS(FactorRetrieval):
         n_users, n_items = matrix.shape
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        if initial_factors is None:
-            X, Y = self._initial_factors(n_users, n_items)
-        else:
-            if not isinstance(initial_factors, (tuple, list)) or len(initial_factors) != 2:
-                raise TypeError("initial_factors must be a pair (user_factors, item_factors)")
-            X = check.check_factors(initial_factors[0], "initial_factors[0]", dtype=self.dtype,
-                                    n_cols=self.factors)
-            Y = check.check_factors(initial_factors[1], "initial_factors[1]", dtype=self.dtype,
-                                    n_cols=self.factors)
-            if X.shape[0] != n_users or Y.shape[0] != n_items:
-                raise ValueError(
-                    f"initial_factors must have shapes ({n_users}, {self.factors}) and "
-                    f"({n_items}, {self.factors}), got {X.shape} and {Y.shape}"
-                )
         backend = resolve_backend(self.backend)
+        table = getattr(backend, "factor_table", None) or (lambda n, k, t: np.empty((n, k), t))
+        start = self._starting_factors(n_users, n_items, initial_factors, table)
         params = self.params
         user_csr = CsrArrays.from_scipy(matrix, self.dtype)
         item_csr = user_csr.transpose()
-        trainer = backend.make_trainer(user_csr, item_csr, X, Y, params)
+        # The starting tables reach the trainer as its only references, so that one that
+        # moves them (onto huge pages, a device) frees each as soon as it is moved.
+        trainer = backend.make_trainer(user_csr, item_csr, start.pop(0), start.pop(0), params)
         progress = progress_bar(self.iterations, show_progress, f"ALS ({backend.NAME})")
         failed = 0
         try:
