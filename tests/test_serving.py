@@ -189,8 +189,10 @@ def test_sgd_models_fold_in(seen):
     np.testing.assert_allclose(first.scores, want_scores, rtol=1e-5)
     item = int(want_ids[-1])
     before = rec._state.users.get(user)
-    rec.observe({"user": [user], "item": [item], "weight": [1.0]})  # a low rating
+    rec.observe({"user": [user], "item": [item], "weight": [svd.rating_scale[0]]})  # the lowest
     assert item not in rec.recommend(user).ids
+    with pytest.raises(ValueError, match=r"ratings for SVD and must lie in its rating_scale"):
+        rec.observe({"user": [user], "item": [item], "weight": [9.0]})
     state = rec._state.users[user]
     assert before is None and state.vector @ svd.item_factors[item] + state.offset < \
         svd.user_factors[user] @ svd.item_factors[item] + svd.global_mean + svd.user_bias[user]
@@ -248,7 +250,7 @@ def test_explicit_als_fold_in_is_the_exact_solve_of_the_users_ratings(biased, tm
             assert state.offset == pytest.approx(offset, rel=1e-9, abs=1e-12)
         assert rec.recommend(55).stages[0] == "recall"
         assert not set(rec.recommend(55).ids) & {1, 2}
-        with pytest.raises(ValueError, match=r"must lie in its rating_scale \[1.0, 5.0\]"):
+        with pytest.raises(ValueError, match=r"ExplicitALS and must lie in its rating_scale \[1.0, 5.0\]"):
             rec.observe({"user": [7], "item": [4], "weight": [6.0]})
     for before, after in zip(kept, model._fitted.ratings):  # the model's arrays untouched
         np.testing.assert_array_equal(before, after)

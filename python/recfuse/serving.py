@@ -34,11 +34,11 @@ observed event: the same system a refit of that user solves); ExplicitALS likewi
 the user's vector and bias over every rating known for them (its training ratings, which the
 model keeps, plus each event's weight as one more rating, within the model's rating scale);
 SVD, SVD++ and BPR, which have no closed form, take ``sgd_steps`` SGD passes over the new
-events from the current vector (items fixed). Unknown users are added; unknown items are
-added (``unknown_items="add"``, ids below ``n_items + max_new_items``) or rejected
-(``"reject"``): an added item's vector is the mean of the vectors of its first
-``new_item_users`` users. Every accepted event goes to a bounded log, ``pending_events()``,
-for the next full retrain.
+events from the current vector (items fixed; the rating models take ratings within their
+rating scale). Unknown users are added; unknown items are added (``unknown_items="add"``,
+ids below ``n_items + max_new_items``) or rejected (``"reject"``): an added item's vector is
+the mean of the vectors of its first ``new_item_users`` users. Every accepted event goes to
+a bounded log, ``pending_events()``, for the next full retrain.
 
 Concurrency: readers take no lock. A model swap (``swap_model``) builds everything aside
 (the model, its item index, the ranker and its prepared items) and installs it by one
@@ -770,12 +770,12 @@ class Recommender:
                              f"r), got {weights.min()}")
         if model.kind == "bpr" and (weights <= 0).any():
             raise ValueError("weights must be > 0 for BPR (each event is a positive)")
-        if model.kind == "explicit":
+        if model.kind in ("svd", "explicit"):  # as the model's own fit checks them
             low, high = model.model.rating_scale
             if weights.min() < low or weights.max() > high:
-                raise ValueError(f"weights are ratings for ExplicitALS and must lie in its "
-                                 f"rating_scale [{low}, {high}], got {weights.min()} to "
-                                 f"{weights.max()}")
+                raise ValueError(f"weights are ratings for {type(model.model).__name__} and "
+                                 f"must lie in its rating_scale [{low}, {high}], got "
+                                 f"{weights.min()} to {weights.max()}")
         extra = state.new_items
         beyond = items >= n
         unknown = np.unique(items[beyond]) if beyond.any() else _NO_IDS
