@@ -824,7 +824,7 @@ class Recommender:
             state.new_items = new_items
 
     def _initial_user(self, model: _Model, user: int) -> _User:
-        explicit = model.seen_counts is not None
+        explicit = model.kind == "explicit"
         if user < model.n_users:
             seen = model.seen
             row = slice(seen.indptr[user], seen.indptr[user + 1])
@@ -848,10 +848,8 @@ class Recommender:
         rows, added = [], False
         for current, merged_items, merged_weights, _, _ in updated.values():
             if merged_items.size and merged_items[-1] >= n:  # (sorted) beyond the model
-                usable = merged_items < n
-                if extra is not None:
-                    usable |= (merged_items >= extra.first_id) & _filled(extra, merged_items)
-                    added = True
+                usable = _with_vectors(n, extra, merged_items)
+                added = added or extra is not None
                 merged_items, merged_weights = merged_items[usable], merged_weights[usable]
             rows.append((merged_items, merged_weights))
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -866,10 +864,14 @@ class Recommender:
         matrix = CsrArrays(indptr, columns.astype(np.int32), data, (len(rows), table.shape[0]))
         gram = model.gram if extra is None or extra.gram is None else extra.gram
         start = np.stack([entry[0].vector for entry in updated.values()])
-        # a few users solve in microseconds: one thread, no team to wake on busy cores
-        threads = 1 if len(rows) < 64 else (self._threads_given or 0)
-        solved = fold_in(als, table, matrix, start, gram, num_threads=threads)
+        solved = fold_in(als, table, matrix, start, gram,
+                         num_threads=self._fold_in_threads(len(rows)))
         return {user: (solved[position], 0.0) for position, user in enumerate(updated)}
+
+    def _fold_in_threads(self, users: int) -> int:
+        """Threads for re-solving ``users`` users: a few solve in microseconds, so one thread,
+        no team to wake on busy cores."""
+        return 1 if users < 64 else (self._threads_given or 0)
 
     def _explicit_fold_in(self, state: _State, updated: dict, counts: dict) -> dict:
         """ExplicitALS: each updated user re-solved exactly (vector and bias, the items fixed)
@@ -883,9 +885,7 @@ class Recommender:
         columns, means, lengths = [], [], []
         for user, (_, merged_items, merged_sums, _, _) in updated.items():
             rated = counts[user]
-            usable = merged_items < n
-            if extra is not None:
-                usable |= (merged_items >= extra.first_id) & _filled(extra, merged_items)
+            usable = _with_vectors(n, extra, merged_items)
             times = rated[usable].astype(np.int64)
             columns.append(np.repeat(merged_items[usable], times))
             means.append(np.repeat(merged_sums[usable] / rated[usable], times))
@@ -910,10 +910,8 @@ class Recommender:
                            dtype=explicit.dtype)
         backend = resolve_backend(explicit.backend, "sgd", needs="explicit_als_half_sweep")
         reg_bias = explicit.reg if explicit.reg_bias is None else explicit.reg_bias
-        # a few users solve in microseconds: one thread, no team to wake on busy cores
-        threads = 1 if len(lengths) < 64 else (self._threads_given or 0)
         backend.explicit_als_half_sweep(matrix, table, X, other, own, mean, explicit.reg,
-                                        reg_bias, threads)
+                                        reg_bias, self._fold_in_threads(len(lengths)))
         return {user: (X[position], float(mean + own[position]) if biased else 0.0)
                 for position, user in enumerate(updated)}
 
@@ -1147,6 +1145,14 @@ def _merge(items, weights, new_items, new_weights):
         return items.astype(np.int64), merged_weights
     return (np.insert(items.astype(np.int64, copy=False), positions[fresh], ids[fresh]),
             np.insert(merged_weights, positions[fresh], sums[fresh]))
+
+
+def _with_vectors(n_items: int, extra: _NewItems | None, ids: np.ndarray) -> np.ndarray:
+    """Which of ``ids`` have a vector: the model's items, and added ones already filled."""
+    usable = ids < n_items
+    if extra is not None:
+        usable |= (ids >= extra.first_id) & _filled(extra, ids)
+    return usable
 
 
 def _filled(extra: _NewItems, ids: np.ndarray) -> np.ndarray:
