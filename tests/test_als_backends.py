@@ -561,9 +561,9 @@ def test_cupy_engine_arithmetic_on_the_host(data, dtype, confidence):
 
 @pytest.mark.parametrize("solver", ["cg", "cholesky"])
 def test_cpu_fit_keeps_large_tables_on_huge_pages_with_the_same_result(solver):
-    """The cpu trainer moves factor tables of 4 MiB or more onto huge pages once per fit and
-    tells the half-sweeps not to copy them there again, and gives the Cholesky solver's
-    Woodbury rows one table for the fit: the same bits as the plain trainer."""
+    """Factor tables of 4 MiB or more go on huge pages for the whole fit (factor_table), the
+    cpu trainer tells the half-sweeps not to copy them there again and gives the Cholesky
+    solver's Woodbury rows one table for the fit: the same bits as the plain trainer."""
     from recfuse._als import cpu
     from recfuse._als.common import HostTrainer
 
@@ -581,7 +581,9 @@ def test_cpu_fit_keeps_large_tables_on_huge_pages_with_the_same_result(solver):
     params = AlsParams(regularization=0.1, alpha=2.0, confidence="linear", solver=solver,
                        cg_steps=3, num_threads=0)
     plain = HostTrainer(cpu, R, R.transpose(), X.copy(), Y.copy(), params)
-    huge = cpu.make_trainer(R, R.transpose(), X.copy(), Y.copy(), params)
+    tables = [cpu.factor_table(*table.shape, table.dtype) for table in (X, Y)]
+    tables[0][...], tables[1][...] = X, Y
+    huge = cpu.make_trainer(R, R.transpose(), tables[0], tables[1], params)
     for trainer in (plain, huge):
         for _ in range(2):
             trainer.sweep_users()

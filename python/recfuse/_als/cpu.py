@@ -50,9 +50,9 @@ def make_trainer(user_items: CsrArrays, item_users: CsrArrays, X, Y, params: Als
 
 
 class HugePageTrainer(HostTrainer):
-    """The host trainer with both factor tables kept on transparent huge pages for the whole
-    fit (``_core.huge_page_table``, tables of 4 MiB or more on Linux), so that no half-sweep
-    copies its fixed table there first. Each half-sweep reads that table's rows in random
+    """The host trainer for factor tables that live on transparent huge pages for the whole
+    fit (``factor_table``: tables of 4 MiB or more on Linux), so that no half-sweep copies its
+    fixed table there first. Each half-sweep reads that table's rows in random
     order, once per stored entry, and on huge pages those reads stop missing the TLB; the
     copy per half-sweep that bought this cost more than the reads gained at k = 64 on this
     VM, whose first touches of fresh pages are slow (5M entries, CG, per iteration: 223 ms
@@ -62,14 +62,11 @@ class HugePageTrainer(HostTrainer):
     k = 128)."""
 
     def __init__(self, user_items: CsrArrays, item_users: CsrArrays, X, Y, params: AlsParams):
-        X, self._x_huge = _on_huge_pages(X)
-        Y, self._y_huge = _on_huge_pages(Y)
+        # X and Y come from factor_table (ALS.fit): those of 4 MiB or more are on huge pages
+        self._x_huge, self._y_huge = _on_huge_pages(X), _on_huge_pages(Y)
         self._woodbury = None
         if params.cholesky:
-            rows = max(X.shape[0], Y.shape[0])
-            self._woodbury = _core.huge_page_table(rows, X.shape[1], X.dtype.name)
-            if self._woodbury is None:
-                self._woodbury = np.empty((rows, X.shape[1]), dtype=X.dtype)
+            self._woodbury = factor_table(max(X.shape[0], Y.shape[0]), X.shape[1], X.dtype)
         super().__init__(sys.modules[__name__], user_items, item_users, X, Y, params)
 
     def sweep_users(self) -> int:
@@ -88,13 +85,7 @@ def factor_table(rows: int, cols: int, dtype) -> np.ndarray:
     return np.empty((rows, cols), dtype=dtype) if table is None else table
 
 
-def _on_huge_pages(table):
-    """(``table`` on huge pages, True): itself when ``factor_table`` put it there (its base is
-    the capsule that unmaps it), else a copy; or (``table``, False) where none is given."""
-    if type(table.base).__name__ == "PyCapsule":
-        return table, True
-    copy = _core.huge_page_table(table.shape[0], table.shape[1], table.dtype.name)
-    if copy is None:
-        return table, False
-    copy[...] = table
-    return copy, True
+def _on_huge_pages(table) -> bool:
+    """Whether ``factor_table`` put ``table`` on huge pages (its base is the capsule that
+    unmaps them)."""
+    return type(table.base).__name__ == "PyCapsule"

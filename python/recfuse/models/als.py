@@ -180,8 +180,8 @@ class ALS(FactorRetrieval):
         params = self.params
         user_csr = CsrArrays.from_scipy(matrix, self.dtype)
         item_csr = user_csr.transpose()
-        # The starting tables reach the trainer as its only references, so that one that
-        # moves them (onto huge pages, a device) frees each as soon as it is moved.
+        # The starting tables reach the trainer as their only references: a device trainer
+        # that uploads them lets the host copies go for the rest of the fit.
         trainer = backend.make_trainer(user_csr, item_csr, start.pop(0), start.pop(0), params)
         progress = progress_bar(self.iterations, show_progress, f"ALS ({backend.NAME})")
         failed = 0
