@@ -100,16 +100,11 @@ constexpr uint64_t kScratchPoolKeepBytes = uint64_t(256) << 20;
 inline cudaMemPool_t scratch_pool() {
   static std::mutex mutex;
   static std::vector<cudaMemPool_t> pools;  // by device; null until made
-  static std::vector<char> checked;         // by device: whether pools were looked for
   int device = 0;
   RECFUSE_CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mutex);
-  if (pools.size() <= static_cast<size_t>(device)) {
-    pools.resize(device + 1, nullptr);
-    checked.resize(device + 1, 0);
-  }
-  if (!checked[device]) {
-    checked[device] = 1;
+  if (pools.size() <= static_cast<size_t>(device)) pools.resize(device + 1, nullptr);
+  if (pools[device] == nullptr) {
     int supported = 0;
     RECFUSE_CUDA_CHECK(
         cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device));
