@@ -306,6 +306,11 @@ def test_unknown_or_unavailable_backend(data):
         (lambda m: _with_value(m, np.inf), ValueError, "finite"),
         (lambda m: _with_value(m, -1.0), ValueError, "non-negative"),
         (lambda m: m.astype(np.complex64), TypeError, "real numbers"),
+        (lambda m: _with_value(m, 1e300), ValueError, "beyond its range"),  # inf as float32
+        (lambda m: _with_index(m, m.shape[1]), ValueError, r"column indices outside \[0, 120\)"),
+        (lambda m: _with_index(m, -1), ValueError, "column indices outside"),
+        (lambda m: _with_indptr(m, 1, 10**6), ValueError, "malformed indptr"),
+        (lambda m: _with_indptr(m, -1, 0), ValueError, "malformed indptr"),
     ],
 )
 def test_fit_rejects_bad_matrices_and_keeps_model(fitted, data, make, error, match):
@@ -320,6 +325,48 @@ def _with_value(matrix, value):
     bad = matrix.copy().astype(np.float64)
     bad.data[0] = value
     return bad
+
+
+def _with_index(matrix, index):
+    """A CSR matrix whose first stored entry has column ``index`` (scipy does not check it;
+    its own methods would read and write out of bounds)."""
+    indices = matrix.indices.astype(np.int64)
+    indices[0] = index
+    return sp.csr_matrix((matrix.data, indices, matrix.indptr), shape=matrix.shape)
+
+
+def _with_indptr(matrix, position, value):
+    indptr = matrix.indptr.astype(np.int64)
+    indptr[position] = value
+    return sp.csr_matrix((matrix.data, matrix.indices, indptr), shape=matrix.shape)
+
+
+def test_a_diverging_fit_raises_and_keeps_the_model(fitted, data):
+    before = fitted.user_factors.copy()
+    huge = data.copy()
+    huge.data[:] = 1e30  # finite confidences, whose sums overflow float32
+    with pytest.raises(ValueError, match="ALS diverged"):
+        fitted.fit(huge)
+    with pytest.raises(ValueError, match="fold-in diverged"):
+        fitted.update_users([0], huge[0])
+    np.testing.assert_array_equal(fitted.user_factors, before)
+
+
+def test_update_users_keeps_the_other_users_stored_entries():
+    """A stored zero is a seen item (as in fit); replacing one user's row keeps every other
+    row's entries, zeros included."""
+    ui = sp.csr_matrix((np.array([2.0, 0.0, 1.0, 1.0], np.float32), np.array([0, 1, 2, 3]),
+                        np.array([0, 2, 3, 4])), shape=(3, 5))
+    model = recfuse.ALS(factors=2, iterations=2, random_state=0).fit(ui)
+    before = model.recommend(0, k=5)[0]
+    assert 1 not in before
+    model.update_users([2, 5], sp.csr_matrix(np.array([[0, 1, 0, 0, 1], [1, 0, 0, 0, 0]],
+                                                      np.float32)))
+    np.testing.assert_array_equal(model.recommend(0, k=5)[0], before)
+    seen = model._state.user_items
+    assert seen.shape == (6, 5) and seen.nnz == 6
+    assert seen[0].indices.tolist() == [0, 1] and seen[1].indices.tolist() == [2]
+    assert seen[2].indices.tolist() == [1, 4] and seen[5].indices.tolist() == [0]
 
 
 def test_fit_accepts_unsorted_duplicates_and_int_data(data):

@@ -227,3 +227,19 @@ def test_evaluate_and_recommend_with_given_seen_rows(name):
     np.testing.assert_array_equal(ids, -1)  # all filtered: padding only
     with pytest.raises(ValueError, match="user_items"):
         model.recommend(users, k=3, user_items=train[:5])
+
+
+def test_models_pickle_and_deep_copy(fitted):
+    """A pickled model (multiprocessing, Surprise's dump, deepcopy) answers as the original,
+    with a writer lock and index caches of its own."""
+    import copy
+    import pickle
+
+    expected = fitted.recommend([3, 7], k=5), fitted.similar_items([2], k=4)
+    for clone in (pickle.loads(pickle.dumps(fitted)), copy.deepcopy(fitted)):
+        assert clone._lock is not fitted._lock
+        for got, want in zip((clone.recommend([3, 7], k=5), clone.similar_items([2], k=4)),
+                             expected):
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    assert type(pickle.loads(pickle.dumps(type(fitted)()))) is type(fitted)  # unfitted too

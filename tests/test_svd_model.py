@@ -252,6 +252,60 @@ def test_recommend_ranks_by_predicted_rating_without_seen_items(ratings, cls):
     assert sorted(only[:2].tolist()) == [1, 2] and only[2] == -1
 
 
+@pytest.mark.parametrize("cls", [recfuse.SVD, recfuse.ExplicitALS])
+def test_unbiased_recommend_scores_unknown_items_and_users_as_predict(ratings, cls):
+    """Unbiased: q_i·p_u for a known user and item, μ otherwise (Surprise's fallback), in
+    recommend as in predict, for items and users without training ratings too."""
+    users, items, values = ratings
+    model = cls(factors=4, biased=False, random_state=0).fit(users, items, values, n_users=125,
+                                                            n_items=85)
+    for user in (4, 122):  # known, then without ratings
+        ids, scores = model.recommend(user, k=85, filter_seen=False)
+        np.testing.assert_allclose(scores, model.predict(np.full(85, user), ids, clip=False),
+                                   rtol=1e-5)
+        assert sorted(ids.tolist()) == list(range(85))
+    ids, scores = model.recommend(122, k=4, items=[84, 3, 81, 7])
+    np.testing.assert_array_equal(ids, [3, 7, 81, 84])  # all tie at μ: id order
+    np.testing.assert_allclose(scores, model.global_mean)
+    both, _ = model.recommend([4, 122], k=5)
+    np.testing.assert_array_equal(both[0], model.recommend(4, k=5)[0])
+    np.testing.assert_array_equal(both[1], model.recommend(122, k=5)[0])
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_a_diverging_fit_or_unrepresentable_ratings_raise(ratings, cls):
+    users, items, values = ratings
+    model = cls(factors=4, epochs=2, random_state=0).fit(users, items, values)
+    before = model.user_factors.copy()
+    with pytest.raises(ValueError, match="diverged: the trained values hold NaN or inf"):
+        cls(factors=4, epochs=20, lr=50.0, random_state=0).fit(users, items, values)
+    with pytest.raises(ValueError, match="beyond its range"):
+        model.fit(users, items, np.where(values == 5, 1e300, values))
+    np.testing.assert_array_equal(model.user_factors, before)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("user_bias", lambda a: a[:-1], "saved user_bias must hold"),
+    ("item_bias", lambda a: np.where(np.arange(a.size) == 0, np.nan, a), "saved item_bias"),
+    ("global_mean", lambda a: np.array([np.inf]), "saved global_mean"),
+    ("user_counts", lambda a: a - 10**6, "non-negative"),
+    ("seen_indices", lambda a: np.where(np.arange(a.size) == 0, 10**8, a), "column indices"),
+    ("seen_indptr", lambda a: a[::-1].copy(), "malformed indptr"),
+])
+def test_a_tampered_model_file_is_refused(tmp_path, ratings, field, value, match):
+    from recfuse import persistence
+
+    users, items, values = ratings
+    model = recfuse.SVDpp(factors=4, epochs=2, random_state=0).fit(users, items, values)
+    model.save(tmp_path / "good.npz")
+    header, arrays = persistence.read_model(tmp_path / "good.npz")
+    arrays = dict(arrays)
+    arrays[field] = value(np.asarray(arrays[field]))
+    persistence.save_model(tmp_path / "bad.npz", "SVDpp", model.get_params(), arrays)
+    with pytest.raises(ValueError, match=match):
+        recfuse.load(tmp_path / "bad.npz")
+
+
 @pytest.mark.parametrize("cls", MODELS)
 def test_save_and_load_round_trip(tmp_path, ratings, cls):
     users, items, values = ratings

@@ -127,10 +127,14 @@ def check_csr(
         raise ValueError(f"{name} has {cols} columns; at most {INT32_MAX} are supported")
     if matrix.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {matrix.dtype}")
-    data = np.asarray(matrix.data)
-    if data.size and not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise ValueError(f"{name} must hold finite values, got {bad} NaN/inf entries")
+    # scipy builds a CSR matrix from given arrays without looking at them; its own methods
+    # (sum_duplicates, tocsc) read and write out of bounds on a malformed one.
+    nnz = check_csr_arrays(matrix.indptr, matrix.indices, rows, cols, name,
+                           data_size=np.asarray(matrix.data).size)
+    if nnz < matrix.indices.size:  # arrays longer than the entries (scipy allows it): trimmed
+        matrix = sp.csr_matrix((matrix.data[:nnz], matrix.indices[:nnz], matrix.indptr),
+                               shape=matrix.shape)
+    data = finite_in(np.asarray(matrix.data), dtype, name)
     if nonnegative and data.size and data.min() < 0:
         raise ValueError(
             f"{name} must hold non-negative values (confidence 1 + alpha * r), got min {data.min()}"
@@ -141,6 +145,61 @@ def check_csr(
     if matrix.dtype != dtype:
         matrix = matrix.astype(dtype)
     return sp.csr_matrix(matrix)
+
+
+def csr_from_arrays(data, indices, indptr, shape, name: str, *, dtype: np.dtype,
+                    n_rows: int | None = None, n_cols: int | None = None) -> sp.csr_matrix:
+    """The CSR matrix of arrays read from a file, checked (check_csr) after its structure
+    was checked here: scipy would take malformed arrays as they are."""
+    shape = tuple(np.asarray(shape).reshape(-1).tolist())
+    if len(shape) != 2 or not all(isinstance(v, int) and v >= 0 for v in shape):
+        raise ValueError(f"{name} must have a shape of two integers >= 0, got {shape}")
+    check_csr_arrays(indptr, indices, shape[0], shape[1], name, data_size=np.asarray(data).size)
+    return check_csr(sp.csr_matrix((data, indices, indptr), shape=shape), name, dtype=dtype,
+                     n_rows=n_rows, n_cols=n_cols)
+
+
+def check_csr_arrays(indptr, indices, n_rows: int, n_cols: int | None, name: str, *,
+                     data_size: int | None = None) -> int:
+    """Check that ``(indptr, indices)`` describe ``n_rows`` CSR rows: indptr 1-d of n_rows + 1
+    integers from 0, never decreasing, at most len(indices) (and len(data)); the entries'
+    indices in [0, n_cols) when n_cols is given. Returns the number of entries, indptr[-1]."""
+    indptr, indices = np.asarray(indptr), np.asarray(indices)
+    if indptr.shape != (n_rows + 1,) or indptr.dtype.kind not in "iu":
+        raise ValueError(f"{name} must have an indptr of {n_rows + 1} integers (rows + 1), got "
+                         f"shape {indptr.shape} and dtype {indptr.dtype}")
+    if indices.ndim != 1 or (indices.size and indices.dtype.kind not in "iu"):
+        raise ValueError(f"{name} must have 1-d integer indices, got shape {indices.shape} and "
+                         f"dtype {indices.dtype}")
+    nnz = int(indptr[-1])
+    if indptr[0] != 0 or (np.diff(indptr) < 0).any():
+        raise ValueError(f"{name} has a malformed indptr: it must start at 0 and never "
+                         f"decrease, got {indptr[0]} ... {nnz}")
+    stored = indices.size if data_size is None else min(indices.size, data_size)
+    if nnz > stored:
+        raise ValueError(f"{name} has a malformed indptr: it ends at {nnz}, past its "
+                         f"{indices.size} indices" + (
+                             "" if data_size is None else f" and {data_size} values"))
+    if n_cols is not None and nnz:
+        low, high = id_bounds(np.ascontiguousarray(indices[:nnz], np.int64)) if \
+            indices.dtype.kind == "i" else (int(indices[:nnz].min()), int(indices[:nnz].max()))
+        if low < 0 or high >= n_cols:
+            raise ValueError(f"{name} has column indices outside [0, {n_cols}): got "
+                             f"{low if low < 0 else high}")
+    return nnz
+
+
+def finite_in(values: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+    """``values`` as ``dtype``, which must hold them all as finite numbers (no NaN or inf,
+    and none of float64's large values that overflow float32)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = values.astype(dtype, copy=False)
+    if cast.size and not all_finite(cast):
+        bad = int((~np.isfinite(cast)).sum())
+        beyond = "" if values.dtype == cast.dtype or not np.isfinite(values).all() else \
+            f" as {dtype} (values beyond its range, {np.finfo(dtype).max:.3g})"
+        raise ValueError(f"{name} must hold finite values, got {bad} NaN/inf{beyond}")
+    return cast
 
 
 def check_ids(ids, name: str, upper: int | None, *, allow_new: bool = False) -> np.ndarray:
@@ -169,16 +228,16 @@ def check_factors(array, name: str, *, dtype: np.dtype, n_cols: int | None = Non
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     if n_cols is not None and array.shape[1] != n_cols:
         raise ValueError(f"{name} must have {n_cols} columns, got shape {array.shape}")
-    if array.size and not np.isfinite(array).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-    if not copy:
-        return np.ascontiguousarray(array, dtype=dtype)
-    return np.array(array, dtype=dtype, order="C", copy=True)
+    cast = finite_in(array, dtype, name)
+    if cast is not array:  # already a fresh array
+        return np.ascontiguousarray(cast)
+    return np.array(array, order="C", copy=True) if copy else np.ascontiguousarray(array)
 
 
-def check_ratings(users, items, ratings, rating_scale=None):
-    """Validate (user, item, rating) triples; returns (users int64, items int64, ratings
-    float64, scale) where scale is ``rating_scale`` as floats, or (min, max) of the ratings."""
+def check_ratings(users, items, ratings, rating_scale=None, dtype=np.float64):
+    """Validate (user, item, rating) triples for a model of ``dtype`` (the ratings must be
+    finite in it); returns (users int64, items int64, ratings float64, scale) where scale is
+    ``rating_scale`` as floats, or (min, max) of the ratings."""
     users = check_ids(users, "users", INT32_MAX)
     items = check_ids(items, "items", INT32_MAX)
     values = np.asarray(ratings)
@@ -190,8 +249,7 @@ def check_ratings(users, items, ratings, rating_scale=None):
         raise ValueError(f"users, items and ratings must have the same length, got "
                          f"{users.size}, {items.size} and {values.size}")
     values = values.astype(np.float64)
-    if values.size and not np.isfinite(values).all():
-        raise ValueError(f"ratings must be finite, got {int((~np.isfinite(values)).sum())} NaN/inf")
+    finite_in(values, np.dtype(dtype), "ratings")
     if rating_scale is None:
         scale = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     else:

@@ -6,6 +6,7 @@ retrieval calls built on ``recommend`` and the factor tables (``recommend_all``,
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,10 +47,20 @@ def rating_arrays(users, items, ratings, n_users, n_items):
     matrix = interaction_matrix(users)
     if matrix.ndim != 2:
         raise ValueError(f"the ratings matrix must be 2-d, got {matrix.ndim}-d")
+    if sp.issparse(matrix) and matrix.format == "csr":  # tocoo trusts its structure
+        check.check_csr_arrays(matrix.indptr, matrix.indices, *matrix.shape, "the ratings matrix",
+                               data_size=np.asarray(matrix.data).size)
     entries = matrix.tocoo()
     return (entries.row, entries.col, entries.data,
             matrix.shape[0] if n_users is None else n_users,
             matrix.shape[1] if n_items is None else n_items)
+
+
+def check_trained(model: str, arrays, hint: str) -> None:
+    """Raise ValueError when a fit's result (arrays; None for an absent one) holds NaN or inf:
+    it diverged. The caller has not stored it yet, so the model is left as it was."""
+    if not all(check.all_finite(np.asarray(array)) for array in arrays if array is not None):
+        raise ValueError(f"{model} diverged: the trained values hold NaN or inf; {hint}")
 
 
 class _NoProgress:
@@ -78,7 +89,22 @@ class FactorRetrieval:
     ``_similarity_table(side)`` ("users" or "items": the vectors compared by cosine) and
     ``_similarity_source(side)`` (an object whose identity changes whenever that table
     would: the index is rebuilt then, and only then).
+
+    Models pickle (``copy.deepcopy``, multiprocessing, Surprise's ``dump`` and parallel
+    ``cross_validate``) without their writer lock and index caches, which are made anew.
+    Files written with ``save`` are the portable, safe form: ``recfuse.load`` never unpickles.
     """
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        for name in [name for name in state if name.endswith("_cache")]:
+            state[name] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def recommend_all(self, k: int = 10, *, batch_size: int = 4096, filter_seen: bool = True,
                       path: str | os.PathLike | None = None, show_progress: bool = False):
@@ -116,8 +142,9 @@ class FactorRetrieval:
         """Raises when ``recommend(..., filter_seen=True)`` cannot run (no seen items kept)."""
 
     def similar_items(self, item_ids, k: int = 10):
-        """The k items most similar to each item by cosine of their factors (itself first),
-        one item (1-d results) or a batch (2-d). An item without factors (a zero vector: no
+        """The k items most similar to each item by cosine of their factors (itself first,
+        unless another item's cosine ties at 1: ties go to the smaller id), one item (1-d
+        results) or a batch (2-d). An item without factors (a zero vector: no
         training data) is similar to nothing: its scores, and its own in other lists, are 0."""
         return self._similar("items", item_ids, k, "item_ids")
 
@@ -141,7 +168,9 @@ class FactorRetrieval:
         """The cosine ItemIndex of ``_similarity_table(side)``, rebuilt when its source
         changes (an ALS fold-in of users leaves the items' index alone)."""
         source = self._similarity_source(side)
-        cache = self.__dict__.setdefault("_cosine_indexes", {})
+        cache = self.__dict__.get("_cosine_cache")  # {side: (source, index)}
+        if cache is None:
+            cache = self.__dict__["_cosine_cache"] = {}
         cached = cache.get(side)
         if cached is None or cached[0] is not source:
             cached = (source, ItemIndex(self._similarity_table(side), metric="cosine",

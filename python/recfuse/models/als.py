@@ -15,7 +15,7 @@ from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
-from ._common import FactorRetrieval, interaction_matrix, progress_bar
+from ._common import FactorRetrieval, check_trained, interaction_matrix, progress_bar
 
 MAX_FACTORS = 4096
 
@@ -199,6 +199,7 @@ class ALS(FactorRetrieval):
         finally:
             progress.close()
         X, Y = trainer.factors()
+        check_trained("ALS", (X, Y), "lower alpha or scale down the values of user_items")
         if failed:
             warnings.warn(
                 f"{failed} row systems were not positive definite and kept their previous "
@@ -248,6 +249,7 @@ class ALS(FactorRetrieval):
             if gram is None:
                 gram = item_gram(state.item_factors)
             start = fold_in(self, state.item_factors, matrix, start, gram)
+            check_trained("the fold-in", (start,), "scale down the values of user_items")
             grown = max(known, int(ids.max()) + 1) if ids.size else known
             if grown > known:
                 factors = np.zeros((grown, self.factors), dtype=self.dtype)
@@ -340,12 +342,10 @@ class ALS(FactorRetrieval):
                                 n_cols=model.factors, copy=False)
         seen = None
         if "seen_indptr" in arrays:
-            shape = tuple(int(v) for v in arrays["seen_shape"])
-            seen = sp.csr_matrix(
-                (arrays["seen_data"], arrays["seen_indices"], arrays["seen_indptr"]), shape=shape
-            )
-            seen = check.check_csr(seen, "saved seen matrix", dtype=model.dtype,
-                                   n_rows=X.shape[0], n_cols=Y.shape[0])
+            seen = check.csr_from_arrays(
+                arrays["seen_data"], arrays["seen_indices"], arrays["seen_indptr"],
+                arrays["seen_shape"], "saved seen matrix", dtype=model.dtype,
+                n_rows=X.shape[0], n_cols=Y.shape[0])
         model._state = _State(X, Y, seen, None)
         return model
 
@@ -436,19 +436,27 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
 
 
 def _replace_rows(matrix: sp.csr_matrix, ids: np.ndarray, rows: sp.csr_matrix, n_rows: int):
-    """``matrix`` grown to n_rows with the rows ``ids`` replaced by ``rows`` (a new matrix)."""
-    if matrix.shape[0] < n_rows:
-        matrix = sp.vstack(
-            [matrix, sp.csr_matrix((n_rows - matrix.shape[0], matrix.shape[1]), dtype=matrix.dtype)],
-            format="csr",
-        )
-    keep = np.ones(n_rows, dtype=bool)
-    keep[ids] = False
-    placed = sp.csr_matrix(
-        (np.ones(ids.size, dtype=matrix.dtype), (ids, np.arange(ids.size))), shape=(n_rows, ids.size)
-    )
-    result = sp.diags(keep.astype(matrix.dtype)) @ matrix + placed @ rows.astype(matrix.dtype)
-    result = sp.csr_matrix(result)
-    result.eliminate_zeros()
-    result.sort_indices()
-    return result
+    """``matrix`` grown to n_rows with the rows ``ids`` (no id twice) replaced by ``rows``: a
+    new matrix that keeps every stored entry of the other rows (a stored zero still counts
+    as seen). Entries are moved by index arithmetic, in O(nnz)."""
+    old_rows, old_counts = matrix.shape[0], np.diff(matrix.indptr)
+    new_counts = np.diff(rows.indptr)
+    counts = np.zeros(n_rows, np.int64)
+    counts[:old_rows] = old_counts
+    counts[ids] = new_counts
+    indptr = np.zeros(n_rows + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    indices = np.empty(indptr[-1], matrix.indices.dtype)
+    data = np.empty(indptr[-1], matrix.dtype)
+    kept_rows = np.ones(old_rows, bool)
+    kept_rows[ids[ids < old_rows]] = False
+    kept = np.repeat(kept_rows, old_counts)
+    # an entry moves by its row's change of start
+    to = np.arange(matrix.indptr[-1]) + np.repeat(indptr[:old_rows] - matrix.indptr[:-1],
+                                                  old_counts)
+    indices[to[kept]] = matrix.indices[kept]
+    data[to[kept]] = matrix.data[kept]
+    to = np.arange(rows.indptr[-1]) + np.repeat(indptr[ids] - rows.indptr[:-1], new_counts)
+    indices[to] = rows.indices
+    data[to] = rows.data
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, matrix.shape[1]))

@@ -14,7 +14,8 @@ from .._backend import resolve_backend
 from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, make_blocks,
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
-from ._common import FactorRetrieval, interaction_matrix, progress_bar, seen_rows
+from ._common import (FactorRetrieval, check_trained, interaction_matrix, progress_bar,
+                      seen_rows)
 from .sgd import MAX_FACTORS
 
 
@@ -118,6 +119,7 @@ class BPR(FactorRetrieval):
         P = trained_rows_in_id_order(P_train, blocks.bin_users, self.factors)
         Q = trained_rows_in_id_order(Q_train, blocks.bin_items, self.factors)
         bias = in_id_order(bias_train, blocks.bin_items)
+        check_trained("BPR", (P, Q, bias), "lower lr or raise reg")
         with self._lock:
             self.user_factors, self.item_factors, self.item_bias = P, Q, bias
             self._seen = matrix
@@ -184,11 +186,10 @@ class BPR(FactorRetrieval):
         bias = np.asarray(arrays["item_bias"], dtype=model.dtype)
         if bias.shape != (Q.shape[0],):
             raise ValueError(f"item_bias must have shape ({Q.shape[0]},), got {bias.shape}")
-        shape = tuple(int(v) for v in arrays["seen_shape"])
-        seen = sp.csr_matrix((arrays["seen_data"], arrays["seen_indices"], arrays["seen_indptr"]),
-                             shape=shape)
-        model._seen = check.check_csr(seen, "saved seen matrix", dtype=model.dtype,
-                                      n_rows=P.shape[0], n_cols=Q.shape[0])
+        model._seen = check.csr_from_arrays(
+            arrays["seen_data"], arrays["seen_indices"], arrays["seen_indptr"],
+            arrays["seen_shape"], "saved seen matrix", dtype=model.dtype, n_rows=P.shape[0],
+            n_cols=Q.shape[0])
         model.user_factors, model.item_factors, model.item_bias = P, Q, bias
         return model
 

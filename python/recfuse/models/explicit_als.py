@@ -24,7 +24,7 @@ from .. import _validation as check
 from .._als.common import CsrArrays
 from .._backend import resolve_backend
 from .._sgd.common import Pattern
-from ._common import progress_bar
+from ._common import check_trained, progress_bar
 from .sgd import MAX_FACTORS, _RatingModel, _rmse
 
 
@@ -166,6 +166,8 @@ class ExplicitALS(_RatingModel):
         fitted = replace(self._snapshot(global_mean, user_bias, item_bias, X, Y, seen, users,
                                         items, n_users, n_items, scale),
                          ratings=(by_user.indptr, by_user.indices, by_user.data))
+        check_trained("ExplicitALS", (X, Y, user_bias, item_bias),
+                      "raise regularization or scale down the ratings")
         with self._lock:
             self._fitted = fitted
             self.backend_used = backend.NAME

@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
-import scipy.sparse as sp
 
 from .. import _validation as check
 from .._backend import resolve_backend
@@ -25,7 +24,7 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            normal_table, normal_training_rows, trained_rows_in_id_order,
                            training_rows, user_major_order)
 from ..retrieval import ItemIndex
-from ._common import FactorRetrieval, progress_bar, rating_arrays, seen_rows
+from ._common import FactorRetrieval, check_trained, progress_bar, rating_arrays, seen_rows
 
 MAX_FACTORS = 4096
 
@@ -83,7 +82,8 @@ class _RatingModel(FactorRetrieval):
         """fit's checks: (users, items, values, scale, n_users, n_items)."""
         users, items, ratings, n_users, n_items = rating_arrays(users, items, ratings, n_users,
                                                                 n_items)
-        users, items, values, scale = check.check_ratings(users, items, ratings, rating_scale)
+        users, items, values, scale = check.check_ratings(users, items, ratings, rating_scale,
+                                                          self.dtype)
         if values.size == 0:
             raise ValueError("fit needs at least one rating, got none")
         n_users = self._count(n_users, "n_users", users)
@@ -158,19 +158,39 @@ class _RatingModel(FactorRetrieval):
         else:
             offsets = np.where(known_user, 0.0, state.global_mean)
         out_ids, out_scores = index.search(queries, k, exclude=seen, allow=allow, deny=deny)
+        if not state.biased and not known_user.all():
+            self._unknown_users_tie(state, ~known_user, k, seen, allow, deny, out_ids, out_scores)
         out_scores = out_scores + offsets[:, None].astype(out_scores.dtype)
         if single:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
 
+    def _unknown_users_tie(self, state: _Fitted, unknown, k, seen, allow, deny, out_ids,
+                           out_scores) -> None:
+        """Unbiased models predict μ for every item of a user without training ratings: such
+        rows are ties, in id order, written into the results (before the offset μ is added)."""
+        rows = np.flatnonzero(unknown)
+        zeros = np.zeros((state.item_counts.size, 1), self.dtype)  # every score 0: id order
+        ids, scores = ItemIndex(zeros, backend=self.backend).search(
+            np.zeros((rows.size, 1), self.dtype), k, exclude=None if seen is None else seen[rows],
+            allow=allow, deny=deny)
+        out_ids[rows], out_scores[rows] = ids, scores
+
     def _retrieval(self, state: _Fitted):
-        """(ItemIndex of the known items' factors, biased when the model is, and the seen
-        matrix) of ``state``: built once per fit, not once per recommend call."""
+        """(ItemIndex of the known items' factors and the seen matrix) of ``state``: built once
+        per fit, not once per recommend call. The index's item bias is the part of a
+        prediction that depends on the item alone: b_i for known items (biased models), μ for
+        items without training ratings (unbiased models, whose known users' scores are then
+        q_i·p_u or μ)."""
         cached = self._retrieval_cache
         if cached is None or cached[0] is not state:
             known_item = state.item_counts > 0
-            item_bias = np.where(known_item, state.item_bias, 0) if state.biased else None
-            index = ItemIndex(state.item_factors * known_item[:, None], item_bias=item_bias)
+            if state.biased:
+                item_bias = np.where(known_item, state.item_bias, 0)
+            else:
+                item_bias = np.where(known_item, 0, state.global_mean).astype(self.dtype)
+            index = ItemIndex(state.item_factors * known_item[:, None], item_bias=item_bias,
+                              backend=self.backend)
             cached = (state, index, state.seen.to_scipy(known_item.size))
             self._retrieval_cache = cached
         return cached[1], cached[2]
@@ -253,20 +273,26 @@ class _RatingModel(FactorRetrieval):
                                                dtype=model.dtype, n_cols=model.factors))
         if P.shape[0] != n_users or any(f.shape[0] != n_items for f in factors[1:]):
             raise ValueError("saved factors do not match the saved user and item counts")
-        seen_matrix = sp.csr_matrix(
-            (np.ones(arrays["seen_indices"].size), arrays["seen_indices"], arrays["seen_indptr"]),
-            shape=(n_users, n_items))
-        seen_matrix = check.check_csr(seen_matrix, "saved seen matrix", dtype=np.float64)
+        seen_matrix = check.csr_from_arrays(
+            np.ones(arrays["seen_indices"].size), arrays["seen_indices"], arrays["seen_indptr"],
+            (n_users, n_items), "saved seen matrix", dtype=np.float64)
         seen = Pattern(seen_matrix.indptr.astype(np.int64), seen_matrix.indices.astype(np.int32))
         scale = check.check_rating_scale(tuple(float(v) for v in arrays["rating_scale"]))
+        global_mean = check.finite_in(np.asarray(arrays["global_mean"]).reshape(-1), model.dtype,
+                                      "saved global_mean")
+        if global_mean.size != 1:
+            raise ValueError(f"saved global_mean must hold one value, got {global_mean.size}")
+        counts = [np.asarray(arrays[name]) for name in ("user_counts", "item_counts")]
+        if any(c.ndim != 1 or (c.size and (c.dtype.kind not in "iu" or c.min() < 0))
+               for c in counts):
+            raise ValueError("saved user_counts and item_counts must be 1-d non-negative integers")
         state = _Fitted(
-            global_mean=float(arrays["global_mean"][0]),
-            user_bias=np.asarray(arrays["user_bias"], dtype=model.dtype),
-            item_bias=np.asarray(arrays["item_bias"], dtype=model.dtype),
+            global_mean=float(global_mean[0]),
+            user_bias=_saved_vector(arrays, "user_bias", n_users, model.dtype),
+            item_bias=_saved_vector(arrays, "item_bias", n_items, model.dtype),
             user_factors=P, item_factors=Q,
             implicit_factors=factors[2] if len(factors) == 3 else None, user_implicit=None,
-            user_counts=np.asarray(arrays["user_counts"], dtype=np.int64),
-            item_counts=np.asarray(arrays["item_counts"], dtype=np.int64),
+            user_counts=counts[0].astype(np.int64), item_counts=counts[1].astype(np.int64),
             seen=seen, rating_scale=scale, biased=getattr(model, "biased", True))
         if state.implicit_factors is not None:
             state = replace(state, user_implicit=_implicit_term(seen, state.implicit_factors))
@@ -418,6 +444,10 @@ class _SgdFactorization(_RatingModel):
         finally:
             progress.close()
         fitted = state(final=True)
+        check_trained(self._NAME, (fitted.user_factors, fitted.item_factors, fitted.user_bias,
+                                   fitted.item_bias) + (() if fitted.implicit_factors is None
+                                                         else (fitted.implicit_factors,)),
+                      "lower lr or raise reg")
         with self._lock:
             self._fitted = fitted
             self.backend_used = backend.NAME
@@ -630,18 +660,25 @@ def _factor_seeds(rng: np.random.Generator, count: int) -> list:
     return [int(seed) for seed in rng.integers(0, 2**63, size=count, dtype=np.int64)]
 
 
+def _saved_vector(arrays: dict, name: str, size: int, dtype) -> np.ndarray:
+    """A model file's per-user or per-item vector ``name``: ``size`` finite values."""
+    vector = np.asarray(arrays[name])
+    if vector.shape != (size,) or vector.dtype.kind not in "fiu":
+        raise ValueError(f"saved {name} must hold {size} numbers, got shape {vector.shape} and "
+                         f"dtype {vector.dtype}")
+    return check.finite_in(vector, dtype, f"saved {name}").copy()
+
+
 def _saved_ratings(arrays: dict, n_users: int, n_items: int, dtype) -> tuple:
     """A model file's ``ratings`` (``_Fitted.ratings``), checked: a CSR row index of the saved
     users, item ids in range, finite values (repeated pairs are kept, not summed)."""
-    indptr = np.asarray(arrays["ratings_indptr"])
-    items = check.check_ids(arrays["ratings_indices"], "saved ratings_indices", n_items)
+    indptr, items = np.asarray(arrays["ratings_indptr"]), np.asarray(arrays["ratings_indices"])
     values = np.asarray(arrays["ratings_values"])
-    if (indptr.shape != (n_users + 1,) or indptr.dtype.kind not in "iu" or indptr[0] != 0
-            or (np.diff(indptr) < 0).any() or indptr[-1] != items.size
-            or values.shape != items.shape):
+    nnz = check.check_csr_arrays(indptr, items, n_users, n_items, "the saved ratings",
+                                 data_size=values.size)
+    if nnz != items.size or values.shape != items.shape or values.dtype.kind not in "fiu":
         raise ValueError("the saved ratings are not a CSR matrix of the saved users and items")
-    if values.dtype.kind not in "fiu" or not np.isfinite(values).all():
-        raise ValueError("the saved ratings must be finite numbers")
+    values = check.finite_in(values, dtype, "the saved ratings")
     return indptr.astype(np.int64), items.astype(np.int32), values.astype(dtype)
 
 
