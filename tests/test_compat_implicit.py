@@ -493,6 +493,237 @@ def test_partial_fit_users_and_items_like_implicit(pair, matrix, disliked):
     assert_same_results(got, expected, rtol=0, atol=1e-3 * float(np.abs(expected[1][:3]).max()))
 
 
+# ---------------------------------------------------------------------------- explain
+# Differences relative to the largest contribution, over every (user, item) pair of the
+# liked-only, partly disliked and integer matrices with implicit's factors. implicit forms
+# each (c − 1) y yᵀ in float32 and adds it in float64; the adapter forms them in float64:
+# observed <= 2.6e-6 (float32 factors) and 2e-14 (float64), bounds 1e-4 and 1e-10. The
+# order of the contributions was the same everywhere.
+EXPLAIN_TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
+
+
+@pytest.fixture(scope="module", params=[np.float32, np.float64], ids=["float32", "float64"])
+def explain_pair(request, matrix):
+    """A fitted implicit model of dtype request.param and ours holding exactly its factors."""
+    dtype = request.param
+    _, theirs = fit_pair(matrix, use_cg=False, dtype=dtype)
+    ours = AlternatingLeastSquares(use_gpu=False, **dict(SETTINGS, use_cg=False, dtype=dtype))
+    ours.user_factors = theirs.user_factors.copy()
+    ours.item_factors = theirs.item_factors.copy()
+    return ours, theirs, EXPLAIN_TOLERANCE[dtype]
+
+
+def assert_same_explanation(got, expected, rtol, user_weights=True):
+    total, top, weights = got
+    total_b, top_b, weights_b = expected
+    scale = max([abs(s) for _, s in top_b] + [1e-30])
+    assert isinstance(total, float) and abs(total - total_b) <= rtol * scale
+    assert isinstance(top, list) and [i for i, _ in top] == [i for i, _ in top_b]
+    assert all(isinstance(i, np.integer) and isinstance(s, float) for i, s in top)
+    np.testing.assert_allclose([s for _, s in top], [s for _, s in top_b], rtol=0,
+                               atol=rtol * scale)
+    if user_weights:  # cho_factor's (factor, lower): the factor's other triangle is A itself
+        assert weights[1] == weights_b[1] and weights[0].shape == weights_b[0].shape
+        np.testing.assert_allclose(weights[0], weights_b[0], rtol=0,
+                                   atol=rtol * np.abs(weights_b[0]).max())
+
+
+@pytest.mark.parametrize("N", [1, 3, 10, N_ITEMS + 5])
+@pytest.mark.parametrize("which", ["liked", "disliked", "int64", "float64"])
+def test_explain_like_implicit(explain_pair, matrix, disliked, which, N):
+    """Liked, never seen and recommended items, N below and beyond the user's items; the
+    disliked items (confidence < 0) shape the system but are not contributions. As in
+    implicit, confidences keep the matrix's dtype (float64 for integers): not rounded to
+    float32 as for fitting (the float64 case would show it)."""
+    ours, theirs, rtol = explain_pair
+    user_items = {"liked": matrix, "disliked": disliked, "int64": matrix.astype(np.int64),
+                  "float64": disliked.astype(np.float64) / 3}[which]
+    for userid in (0, 4, 33, 69):
+        row = user_items[userid]
+        unseen = np.setdiff1d(np.arange(N_ITEMS), row.indices)[:2]
+        top_rec = theirs.recommend(userid, row, N=1)[0][0]
+        for itemid in (row.indices[0], row.indices[-1], *unseen, top_rec):
+            got = ours.explain(userid, user_items, itemid, N=N)
+            expected = theirs.explain(userid, user_items, itemid, N=N)
+            assert_same_explanation(got, expected, rtol)
+            assert len(got[1]) == min(N, int((row.data >= 0).sum()))
+            assert not {i for i, _ in got[1]} & set(row.indices[row.data < 0])
+
+
+def test_explain_total_is_the_recalculated_score(explain_pair, disliked):
+    """total_score is the item's score for the user recalculated from the same row."""
+    ours, theirs, _ = explain_pair
+    for userid in (2, 5, 40):
+        row = disliked[userid]
+        x = ours.recalculate_user(userid, row)
+        ids, scores = theirs.recommend(userid, row, N=N_ITEMS, filter_already_liked_items=False,
+                                       recalculate_user=True)
+        for itemid, score in zip(ids[:4], scores[:4]):
+            total, top, _ = ours.explain(userid, disliked, itemid, N=0)
+            assert top == []
+            np.testing.assert_allclose(total, x @ ours.item_factors[itemid], rtol=1e-4)
+            np.testing.assert_allclose(total, score, rtol=1e-4)
+
+
+def test_explain_user_weights_are_reused_and_interchangeable(explain_pair, disliked):
+    ours, theirs, rtol = explain_pair
+    userid = 7
+    _, _, mine = ours.explain(userid, disliked, 3)
+    _, _, implicits = theirs.explain(userid, disliked, 3)
+    assert mine[0].dtype == implicits[0].dtype == np.float64
+    for itemid in (3, 11, 48):
+        expected = theirs.explain(userid, disliked, itemid, N=2)
+        for weights in (mine, implicits, list(mine)):
+            got = ours.explain(userid, disliked, itemid, user_weights=weights, N=2)
+            assert got[2][0] is weights[0]  # returned as given, not recomputed
+            assert_same_explanation(got, expected, rtol, user_weights=False)
+        assert_same_explanation(theirs.explain(userid, disliked, itemid, user_weights=mine,
+                                               N=2), expected, rtol)
+
+
+def test_explain_users_without_items_or_outside_the_model(explain_pair, matrix):
+    """Only user_items is read, not the user's factors: an empty row gives (0.0, []) and
+    YᵀY + λI's factor, a row past the model's users is explained like any other."""
+    ours, theirs, rtol = explain_pair
+    user_items = sp.vstack([matrix, sp.csr_matrix((1, N_ITEMS)), matrix[9]], format="csr")
+    for userid in (N_USERS, N_USERS + 1):
+        got = ours.explain(userid, user_items, 5)
+        expected = theirs.explain(userid, user_items, 5)
+        assert_same_explanation(got, expected, rtol)
+    assert ours.explain(N_USERS, user_items, 5)[:2] == (0.0, [])
+    # a matrix from before items were added (fewer columns) is fine, as in implicit
+    narrow = matrix[:, :40].tocsr()
+    assert_same_explanation(ours.explain(3, narrow, 45), theirs.explain(3, narrow, 45), rtol)
+
+
+def test_explain_ties_and_zero_confidences():
+    """Equal contributions come out larger itemid first (implicit's heap of (score, id)
+    pairs); a stored 0 is a contribution of 0 and counts as confidence 0 in the system."""
+    ours, theirs = tied_model_pair()
+    for model in (ours, theirs):
+        model.regularization = 1.0
+    user_items = sp.csr_matrix(np.array([[2, 2, 0, 2, 1, 1, 0, 2, 0, 0, 3] + [0] * 19],
+                                        dtype=np.float32))
+    user_items.data[user_items.indices == 4] = 0  # an explicitly stored zero
+    for itemid in range(30):
+        for N in (4, 10):
+            got = ours.explain(0, user_items, itemid, N=N)
+            expected = theirs.explain(0, user_items, itemid, N=N)
+            assert_same_explanation(got, expected, 1e-5)
+    assert (4, 0.0) in ours.explain(0, user_items, 0, N=10)[1]
+
+
+def test_explain_coo_input_warns_like_implicit(pair, matrix):
+    ours, theirs = pair
+    with pytest.warns(compat.ParameterWarning):
+        got = ours.explain(1, matrix.tocoo(), 2)
+    assert_same_explanation(got, theirs.explain(1, matrix, 2), 1e-4)
+
+
+def test_explain_validation(pair, matrix):
+    ours, theirs = pair
+    # implicit raised IndexError (row past user_items, item past the model), TypeError or
+    # ValueError (arrays, malformed user_weights): both kinds still catch ours
+    for error in (IndexError, ValueError):
+        with pytest.raises(error, match="userid must be < 70"):
+            ours.explain(N_USERS, matrix, 0)
+        with pytest.raises(error, match="userid must be < 1"):
+            ours.explain(4, matrix[4], 0)  # explain wants the whole matrix, not the row
+        with pytest.raises(error, match="itemid must be < 50"):
+            ours.explain(0, matrix, N_ITEMS)
+    with pytest.raises(IndexError):
+        theirs.explain(N_USERS, matrix, 0)
+    for error in (TypeError, ValueError):
+        with pytest.raises(error, match="userid must be a single id"):
+            ours.explain([0, 1], matrix, 0)
+        with pytest.raises(error, match="itemid must be a single id"):
+            ours.explain(0, matrix, np.array([1, 2]))
+        with pytest.raises(error, match="user_weights must be the .factor, lower. pair"):
+            ours.explain(0, matrix, 1, user_weights=np.eye(K))
+    with pytest.raises(ValueError, match=r"user_weights\[0\] must have shape \(6, 6\)"):
+        ours.explain(0, matrix, 1, user_weights=(np.eye(K + 1), False))
+    with pytest.raises(TypeError, match="lower"):
+        ours.explain(0, matrix, 1, user_weights=(np.eye(K), "no"))
+    with pytest.raises(ValueError, match="userid must be >= 0"):
+        ours.explain(-1, matrix, 0)
+    with pytest.raises(ValueError, match="N must be >= 0"):
+        ours.explain(0, matrix, 0, N=-1)
+    with pytest.raises(TypeError, match="N must be an integer"):
+        ours.explain(0, matrix, 0, N=2.5)
+    with pytest.raises(TypeError, match="user_items"):
+        ours.explain(0, matrix.toarray(), 0)
+    with pytest.raises(ValueError, match="columns"):
+        ours.explain(0, sp.hstack([matrix, matrix], format="csr"), 0)
+    with pytest.raises(RuntimeError, match="item_factors"):
+        AlternatingLeastSquares(use_gpu=False).explain(0, matrix, 0)
+
+
+# ---------------------------------------------------------------------------- deprecated
+def warning_of(call):
+    """(result, the one DeprecationWarning's message) of call()."""
+    with pytest.warns(DeprecationWarning) as record:
+        result = call()
+    deprecations = [w for w in record if issubclass(w.category, DeprecationWarning)]
+    assert len(deprecations) == 1
+    return result, str(deprecations[0].message)
+
+
+@pytest.mark.parametrize("selected", [[44, 2, 17, 5, 30, 9], list(range(49, 20, -2)),
+                                      [4, 8, 8, 1]], ids=["six", "fifteen", "repeated"])
+@pytest.mark.parametrize("recalculate_user", [False, True])
+def test_rank_items_like_implicit(pair, matrix, selected, recalculate_user):
+    """implicit 0.7.3 forwards to recommend with items= and its default N=10: more selected
+    items than that are cut to the best 10; the user's own items are not filtered."""
+    ours, theirs = pair
+    got, message = warning_of(lambda: ours.rank_items(4, matrix[4], selected, recalculate_user))
+    expected, implicits = warning_of(
+        lambda: theirs.rank_items(4, matrix[4], selected, recalculate_user))
+    assert message == implicits
+    assert got[0].shape == (min(10, len(selected)),)
+    assert_same_results(got, expected, rtol=1e-5, atol=1e-5 if recalculate_user else 1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(N=4, filter_already_liked_items=False),
+                                    dict(filter_items=[0, 3, 7]), dict(recalculate_user=True),
+                                    dict(users_items_offset=30, N=3,
+                                         filter_already_liked_items=False)],
+                         ids=["plain", "keep-liked", "filter-items", "recalculate", "offset"])
+def test_recommend_all_like_implicit(pair, matrix, kwargs):
+    """The ids of recommend for every row of user_items (the users from the offset on)."""
+    ours, theirs = pair
+    rows = matrix[:40] if "users_items_offset" in kwargs else matrix
+    got, message = warning_of(lambda: ours.recommend_all(rows, **kwargs))
+    expected, implicits = warning_of(lambda: theirs.recommend_all(rows, **kwargs))
+    assert message == implicits
+    assert got.dtype == expected.dtype and got.shape == (40 if rows is not matrix else N_USERS,
+                                                         kwargs.get("N", 10))
+    if kwargs.get("recalculate_user"):  # recalculated factors: near-equal scores may swap
+        assert (got == expected).mean() > 0.95
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_recommend_all_validation(pair, matrix):
+    ours, theirs = pair
+    # implicit's padded user_items then has more rows than users: ValueError in both
+    for model in (ours, theirs):
+        with pytest.warns(DeprecationWarning), pytest.raises(ValueError):
+            model.recommend_all(matrix[:40], users_items_offset=30)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="users_items_offset"):
+        ours.recommend_all(matrix[:40], users_items_offset=30, filter_already_liked_items=False,
+                           recalculate_user=True)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="users_items_offset"):
+        ours.recommend_all(matrix, users_items_offset=-1, filter_already_liked_items=False)
+    for error in (IndexError, ValueError):  # more rows than users
+        with pytest.warns(DeprecationWarning), pytest.raises(error, match="userid"):
+            ours.recommend_all(sp.vstack([matrix, matrix[:2]], format="csr"))
+    for error in (TypeError, ValueError):
+        with pytest.warns(DeprecationWarning), pytest.raises(error, match="user_items"):
+            ours.recommend_all(matrix.toarray())
+        with pytest.warns(DeprecationWarning), pytest.raises(error, match="CSR"):
+            ours.recommend_all(matrix.tocoo())  # recommend wants CSR when filtering
+
+
 # ---------------------------------------------------------------------------- persistence
 def test_save_load_round_trip(matrix, tmp_path):
     model, _ = fit_pair(matrix, use_cg=True, calculate_training_loss=True, random_state=21)

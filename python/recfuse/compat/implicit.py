@@ -24,6 +24,17 @@ What is kept from implicit 0.7.3 (and checked against it in tests/test_compat_im
   stay in the results with the score ``-numpy.finfo(dtype).max`` (implicit does not drop
   them); when ``N`` exceeds the number of candidates the rest is id 0 with score 0. Equal
   scores come out in the order of implicit's heap selection (``implicit/cpu/select.h``).
+* ``explain(userid, user_items, itemid)`` reads row ``userid`` of the whole users x items
+  matrix (not ``user_items[userid]`` as ``recommend`` does) and returns implicit's
+  ``(total_score, top_contributions, user_weights)``: ``user_weights`` is
+  ``scipy.linalg.cho_factor``'s ``(factor, lower)`` of the user's system, interchangeable
+  with implicit's; disliked items shape that system but contribute nothing.
+* ``rank_items`` and ``recommend_all``, deprecated in implicit 0.7, warn as there
+  (DeprecationWarning, the same message) and answer as there: ``rank_items`` returns at most
+  10 of ``selected_items`` (implicit forwards to ``recommend`` with its default ``N``), and
+  ``recommend_all(..., users_items_offset > 0)`` raises ValueError unless both
+  ``filter_already_liked_items`` and ``recalculate_user`` are False (implicit pads
+  ``user_items`` with that many empty rows, which its ``recommend`` then refuses).
 
 Where this differs from implicit 0.7.3:
 
@@ -38,7 +49,8 @@ Where this differs from implicit 0.7.3:
 * A wrong argument raises TypeError or ValueError naming it. Where implicit raised
   ValueError for the wrong kind of object, or IndexError for an id outside the model, the
   error's class derives from both, so existing ``except`` clauses still catch it. Negative
-  ids are refused (NumPy indexing in implicit would count them from the end).
+  ids are refused (NumPy indexing in implicit would count them from the end), and so is
+  ``explain(..., N < 0)`` (implicit returns no contributions).
 * ``save`` writes recfuse's versioned ``.npz`` (no pickle), which ``recfuse.load`` also
   reads as a ``recfuse.ALS``; ``load`` reads those files and files written by implicit's
   ``save``. A ``random_state`` that is not an integer is not saved.
@@ -56,10 +68,11 @@ import time
 import warnings
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 
 from .. import _validation as check
-from .. import persistence
+from .. import persistence, reference
 from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
 from .._topk.numpy_backend import SCORE_BLOCK_BYTES
@@ -185,6 +198,42 @@ def _id_list(value, name: str, upper: int) -> np.ndarray:
         raise ValueError(f"{name} must not be empty")
     _ids(array, name, upper)
     return array
+
+
+def _one_id(value, name: str, upper: int | None) -> int:
+    """A single id, for ``explain``: implicit indexes with it directly and fails on arrays
+    (TypeError for userid, ValueError for itemid), so a non-scalar is an error of both kinds."""
+    if np.ndim(value) != 0:
+        raise CompatTypeError(f"{name} must be a single id, got shape {np.shape(value)}")
+    return int(_ids(value, name, upper)[0])
+
+
+def _csr_row(matrix: sp.csr_matrix, row: int, name: str) -> sp.csr_matrix:
+    """Row ``row`` of a CSR matrix as a 1 x columns CSR matrix, checking only what reading it
+    needs (the row's entries are checked by whoever uses them)."""
+    rows, cols = matrix.shape
+    check.check_csr_arrays(matrix.indptr, matrix.indices, rows, None, name,
+                           data_size=np.asarray(matrix.data).size)
+    start, end = int(matrix.indptr[row]), int(matrix.indptr[row + 1])
+    return sp.csr_matrix((matrix.data[start:end], matrix.indices[start:end], [0, end - start]),
+                         shape=(1, cols))
+
+
+def _cholesky_pair(value, n_factors: int):
+    """``user_weights`` for ``explain``: the ``(factor, lower)`` pair of ``cho_factor``."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        # implicit's cho_solve fails to unpack anything else, with a ValueError
+        raise CompatTypeError(
+            "user_weights must be the (factor, lower) pair that explain returns "
+            f"(scipy.linalg.cho_factor's result), got {type(value).__name__}"
+        )
+    factor, lower = np.asarray(value[0]), _check_flag(value[1], "user_weights[1] (lower)")
+    if factor.dtype.kind not in "fiu":
+        raise TypeError(f"user_weights[0] must hold real numbers, got dtype {factor.dtype}")
+    if factor.shape != (n_factors, n_factors):
+        raise ValueError(f"user_weights[0] must have shape ({n_factors}, {n_factors}) (factors "
+                         f"x factors), got {factor.shape}")
+    return factor, lower
 
 
 def _nonempty(value) -> bool:
@@ -471,14 +520,16 @@ class AlternatingLeastSquares:
         solved = self._solve_rows(rows, fixed, fixed_name)
         return solved[0] if single else solved
 
-    def _confidence_rows(self, matrix, name: str, n_cols: int) -> sp.csr_matrix:
-        """As implicit's recalculate_*: scale by alpha in the matrix's dtype, then float32."""
+    def _confidence_rows(self, matrix, name: str, n_cols: int,
+                         dtype=np.float32) -> sp.csr_matrix:
+        """As implicit's recalculate_*: scale by alpha in the matrix's dtype, then float32
+        (``dtype=None``: kept in that dtype, as implicit's explain does)."""
         matrix = _as_csr(matrix, name)
         work = matrix.dtype if matrix.dtype.kind == "f" else np.dtype(np.float64)
         matrix = _widen(check.check_csr(matrix, name, dtype=work), name, n_cols)
         if self.alpha != 1.0:
             matrix = self.alpha * matrix
-        return matrix.astype(np.float32)
+        return matrix if dtype is None else matrix.astype(dtype)
 
     def _solve_rows(self, rows: sp.csr_matrix, fixed: np.ndarray, fixed_name: str) -> np.ndarray:
         engine = self._engine()
@@ -664,6 +715,101 @@ class AlternatingLeastSquares:
         if subset is not None:
             ids = subset[ids]
         return ids, scores
+
+    # ------------------------------------------------------------------ explanation
+    def explain(self, userid, user_items, itemid, user_weights=None, N: int = 10):
+        """Why ``itemid`` scores as it does for ``userid`` (Hu, Koren and Volinsky 2008, §5).
+
+        ``user_items`` is the users x items matrix; the user's items are its row ``userid``
+        (as in implicit; ``recommend`` takes ``user_items[userid]`` instead), scaled by alpha
+        into confidences c_j. The user's stored factors are not used, so any row can be
+        explained. With W = (YᵀY + λI + Σ_j (|c_j| − 1) y_j y_jᵀ)⁻¹, the user's system,
+        item j contributes s_j = c_j · y_iᵀ W y_j for every c_j >= 0 (a disliked item shapes
+        W but contributes nothing).
+
+        Returns ``(total_score, top_contributions, user_weights)``: the sum of all s_j, which
+        is the score ``recommend(..., recalculate_user=True)`` gives the item; the N largest
+        ``(itemid, s_j)`` pairs, largest first (equal scores: larger itemid first), fewer when
+        the user has fewer items; and W's Cholesky factor as ``scipy.linalg.cho_factor``
+        returns it. Passing that back as ``user_weights`` (for the same user and items)
+        skips the factorisation; implicit's own ``user_weights`` work too. A system that is
+        not positive definite raises ``numpy.linalg.LinAlgError`` (a ValueError), as there.
+        """
+        item_factors = self._table("item_factors")
+        N = check.check_int(N, "N", minimum=0)
+        itemid = _one_id(itemid, "itemid", item_factors.shape[0])
+        userid = _one_id(userid, "userid", None)
+        user_items = _as_csr(user_items, "user_items")
+        if userid >= user_items.shape[0]:
+            raise CompatIndexError(f"userid must be < {user_items.shape[0]} (the rows of "
+                                   f"user_items, the users x items matrix), got {userid}")
+        row = self._confidence_rows(_csr_row(user_items, userid, "user_items"), "user_items",
+                                    item_factors.shape[0], dtype=None)
+        confidence = row.data
+        liked_factors = item_factors[row.indices].astype(np.float64)
+        n_factors = item_factors.shape[1]
+        if user_weights is None:
+            extra, _ = reference.confidence_weights(confidence, 1.0, "raw")  # |c| - 1
+            system = (self.YtY + self._engine().regularization * np.eye(n_factors)
+                      + (liked_factors.T * extra) @ liked_factors)
+            user_weights = scipy.linalg.cho_factor(system)
+        else:
+            user_weights = _cholesky_pair(user_weights, n_factors)
+        weighted_item = scipy.linalg.cho_solve(user_weights, item_factors[itemid])
+
+        kept = confidence >= 0
+        ids = row.indices[kept]
+        scores = (liked_factors[kept] @ weighted_item) * confidence[kept]
+        # implicit's heap orders (score, itemid) pairs: ties go to the larger itemid
+        top = np.lexsort((ids, scores))[::-1][:N]
+        return scores.sum(), [(ids[j], scores[j]) for j in top], user_weights
+
+    # ------------------------------------------------------------------ deprecated in implicit
+    def rank_items(self, userid, user_items, selected_items, recalculate_user: bool = False):
+        """Deprecated (as in implicit 0.7): use ``recommend(..., items=selected_items)``.
+
+        implicit 0.7.3 forwards to ``recommend`` with ``items=selected_items``,
+        ``filter_already_liked_items=False`` and the default ``N=10``, so at most 10 of the
+        selected items come back, best first; so does this.
+        """
+        warnings.warn("rank_items is deprecated. Use recommend with the 'items' parameter "
+                      "instead", DeprecationWarning, stacklevel=2)
+        return self.recommend(userid, user_items, recalculate_user=recalculate_user,
+                              items=selected_items, filter_already_liked_items=False)
+
+    def recommend_all(
+        self,
+        user_items,
+        N: int = 10,
+        recalculate_user: bool = False,
+        filter_already_liked_items: bool = True,
+        filter_items=None,
+        users_items_offset: int = 0,
+    ) -> np.ndarray:
+        """Deprecated (as in implicit 0.7): use ``recommend`` with an array of user ids.
+
+        The ids (no scores) of ``recommend(userids, user_items, ...)`` for every row of
+        ``user_items``, whose rows are the users ``users_items_offset`` onwards.
+        """
+        warnings.warn("recommend_all is deprecated. Use recommend with an array of userids "
+                      "instead", DeprecationWarning, stacklevel=2)
+        if not sp.issparse(user_items):
+            raise CompatTypeError(
+                "user_items must be a scipy.sparse CSR matrix (users x items), got "
+                f"{type(user_items).__module__}.{type(user_items).__name__}"
+            )
+        offset = check.check_int(users_items_offset, "users_items_offset", minimum=0)
+        if offset and (filter_already_liked_items or recalculate_user):
+            raise ValueError(
+                "users_items_offset > 0 needs filter_already_liked_items=False and "
+                "recalculate_user=False: implicit 0.7.3 pads user_items with that many empty "
+                "rows, and recommend then refuses more rows than users"
+            )
+        userids = np.arange(user_items.shape[0]) + offset
+        ids, _ = self.recommend(userids, user_items, N=N,
+                                filter_already_liked_items=filter_already_liked_items,
+                                filter_items=filter_items, recalculate_user=recalculate_user)
+        return ids
 
     # ------------------------------------------------------------------ cached quantities
     def _cached(self, key: str, table_name: str, compute):
