@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import re
 
 import numpy as np
 import pytest
@@ -119,6 +120,31 @@ def test_reference_rank_is_a_full_sort_with_ties_and_repeats():
     top, values = reference.mlp_rank_scores(indptr, ids, scores, 3)
     np.testing.assert_array_equal(top, [[2, 9, 4], [-1, -1, -1], [0, 3, -1]])
     np.testing.assert_array_equal(values, [[2, 2, 1], [-np.inf] * 3, [0, 0, -np.inf]])
+    # a repeat that scores differently (its own candidate features) counts at its best
+    top, values = reference.mlp_rank_scores([0, 4], [7, 1, 7, 2], [3.0, 0.5, 0.0, 2.0], 4)
+    np.testing.assert_array_equal(top, [[7, 2, 1, -1]])
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_counts_a_repeated_id_once_at_its_best(backend, precision):
+    """Repeats of an id with their own candidate features score differently: rank keeps each
+    id once, at its best score, wherever the repeats sit in the list."""
+    rng = np.random.default_rng(11)
+    layers = random_layers(rng, [3, 8, 1], ["relu", "identity"])
+    model = scorer(layers, backend, precision)
+    items = rng.standard_normal((5, 1)).astype(np.float32)
+    users = rng.standard_normal((3, 1)).astype(np.float32)
+    ids = rng.integers(0, 5, (3, 40))
+    features = rng.standard_normal((3, 40, 1)).astype(np.float32)
+    float32 = scorer(layers, backend)  # bfloat16's rank returns float32's ranking
+    scores = float32.score_candidates(users, ids, items, candidate_features=features)
+    top, values = model.rank(users, ids, items, candidate_features=features, k=4)
+    for u in range(3):
+        best = {int(i): max(scores[u][ids[u] == i]) for i in np.unique(ids[u])}
+        want = sorted(best, key=lambda i: (-best[i], i))[:4]
+        assert len(set(top[u].tolist())) == 4
+        assert_rank_close(top[u], values[u], np.array(want), np.array([best[i] for i in want]))
 
 
 # ---------------------------------------------------------------------- against the reference
@@ -405,6 +431,17 @@ def test_bad_options():
         MLPScorer(_small(), backend="tpu")
     with pytest.raises(ValueError, match="kernel"):
         MLPScorer(_small(), backend="numpy", kernel="amx")
+    core = _native()
+    amx = None if core is None else {n: why for n, ok, why in core.mlp_kernels() if not ok}.get("amx")
+    if amx:  # the message says why, from the CPU probe
+        with pytest.raises(ValueError, match=f"MLP kernel amx is unavailable: {re.escape(amx)}"):
+            MLPScorer(_small(), precision="bfloat16", backend="cpu", kernel="amx")
+    for options, error, match in [
+            (dict(hidden=8), TypeError, "hidden must be a sequence"),
+            (dict(random_state=-1), ValueError, "random_state must be >= 0"),
+            (dict(random_state=1.5), TypeError, "random_state must be an integer")]:
+        with pytest.raises(error, match=match):
+            recfuse.MLPRanker(**options)
 
 
 def test_bad_candidates():
@@ -428,6 +465,14 @@ def test_bad_candidates():
         (dict(user_vectors=np.array([np.nan, 1.0])), ValueError, "user_vectors must be finite"),
         (dict(user_vectors=np.ones((2, 2))), ValueError, "1-d candidate_ids is one user's"),
         (dict(candidate_ids=(np.array([0, 2]), ids)), ValueError, "end at len"),
+        (dict(candidate_ids=(np.array([0, 4]), ids)), ValueError, "malformed indptr"),
+        (dict(candidate_ids=np.array([2**63, 1, 2], np.uint64)), ValueError,
+         r"below 2\*\*63, got 9223372036854775808"),
+        (dict(user_vectors=np.ones((2, 2)), candidate_ids=[[0, 1], 2]), ValueError,
+         "ragged sequence"),
+        (dict(user_vectors=np.ones((2, 2)), candidate_ids=np.array([[0, 1, 2], [3, 4, 5]]),
+          candidate_features=np.ones((3, 2, 2), np.float32)), ValueError,
+         r"shape \(2, 3, 'f'\) \(users x candidates x features\), got \(3, 2, 2\)"),
         (dict(item_table=np.ones(10)), ValueError, "item_table must be 2-d"),
     ]
     for change, error, match in cases:
@@ -440,6 +485,8 @@ def test_bad_candidates():
         model.rank(user, ids, items, candidate_features=features, k=0)
     with pytest.raises(ValueError, match="k must be <= 2147483647"):  # the kernels' int32
         model.rank(user, ids, items, candidate_features=features, k=2**40)
+    with pytest.raises(ValueError, match="num_threads must be <= 65536"):
+        model.rank(user, ids, items, candidate_features=features, k=2, num_threads=2**40)
     prepared = MLPScorer(_small()).prepare_items(items, item_column=2)
     with pytest.raises(ValueError, match="another MLPScorer"):
         model.score_candidates(user, ids, prepared, candidate_features=features)

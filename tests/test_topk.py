@@ -522,7 +522,9 @@ def test_concurrent_searches_agree(backend):
     (lambda q, v: recfuse.topk(q, v, 0), ValueError, "k must be >= 1"),
     (lambda q, v: recfuse.topk(q, v, 2.5), TypeError, "k must be an integer"),
     (lambda q, v: recfuse.topk(q, v, 2**40), ValueError, "k must be <= 2147483647"),
-    (lambda q, v: recfuse.topk(q * np.nan, v, 2), ValueError, "queries must be finite"),
+    (lambda q, v: recfuse.topk(q * np.nan, v, 2), ValueError, "queries must hold finite"),
+    (lambda q, v: recfuse.topk(q.astype(np.float64) * 1e39, v, 2), ValueError,
+     "queries must hold finite values, got 8 NaN/inf as float32"),
     (lambda q, v: recfuse.topk(q, v, 2, exclude=sp.csr_matrix((3, 5))), ValueError,
      "exclude must have shape"),
     (lambda q, v: recfuse.topk(q, v, 2, exclude=np.zeros((2, 5))), TypeError,
@@ -532,7 +534,9 @@ def test_concurrent_searches_agree(backend):
     (lambda q, v: recfuse.topk(q, v, 2, item_bias=np.zeros(4)), ValueError,
      r"item_bias must have shape \(5,\)"),
     (lambda q, v: recfuse.topk(q, v, 2, item_bias=np.full(5, np.nan)), ValueError,
-     "item_bias must be finite"),
+     "item_bias must hold finite"),
+    (lambda q, v: recfuse.topk(q, v, 2, item_bias=np.full(5, 1e39)), ValueError,
+     "item_bias must hold finite values, got 5 NaN/inf as float32"),
     (lambda q, v: recfuse.topk(q, v, 2, metric="l2"), ValueError, "metric must be one of"),
     (lambda q, v: recfuse.topk(q, v[None], 2), ValueError, "items must be 2-d"),
     (lambda q, v: recfuse.topk(q.astype(str), v, 2), TypeError, "queries must hold real"),
@@ -543,3 +547,14 @@ def test_bad_input_is_named(call, error, message):
     items = np.ones((5, 4), np.float32)
     with pytest.raises(error, match=message):
         call(queries, items)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_cosine_keeps_the_direction_of_values_beyond_float32(backend):
+    """Cosine is scale-free: float64 queries beyond float32's range and float32 rows whose
+    dot products would overflow still give cosines in [-1, 1], ordered as the reference."""
+    items = np.array([[3e38, 3e38], [1.0, 0.0], [0.0, 1.0]], np.float32)
+    ids, scores = recfuse.topk(np.array([1e39, 1e39]), items, 3, metric="cosine",
+                               backend=backend)
+    np.testing.assert_array_equal(ids, [0, 1, 2])
+    np.testing.assert_allclose(scores, [1.0, np.sqrt(0.5), np.sqrt(0.5)], rtol=1e-6)

@@ -13,6 +13,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <unordered_set>
 
 #include "mlp_kernels.hpp"
 
@@ -106,8 +107,9 @@ MlpModel::MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision,
   expect(bf16 == (kernel != MlpKernel::Float32),
          std::string("kernel ") + mlp_kernel_name(kernel) + " does not compute " +
              (bf16 ? "bfloat16" : "float32"));
-  std::string why;
-  expect(mlp_kernel_supported(kernel, &why),
+  std::string why;  // filled before the message is built (argument order is unspecified)
+  const bool supported = mlp_kernel_supported(kernel, &why);
+  expect(supported,
          std::string("MLP kernel ") + mlp_kernel_name(kernel) + " is unavailable: " + why);
   const int count = static_cast<int>(layers.size());
   for (int l = 0; l < count; ++l) {
@@ -483,47 +485,62 @@ void MlpModel::score_candidates(const MlpCandidates& c, int num_threads, float* 
 
 namespace {
 
-// Moves the best rows of `order` (candidate positions) to its front, by score descending,
-// then smaller id, then smaller position, and writes the first `want` of them with distinct
-// ids to `best`; returns how many it wrote (fewer when `order` runs out). A repeated id sorts
-// next to itself when its scores are equal (the same inputs); the first one counts.
-int64_t best_distinct(std::vector<int64_t>& order, const float* score, const int64_t* ids,
-                      int64_t want, int64_t* best) {
-  auto better = [&](int64_t a, int64_t b) {
-    if (score[a] != score[b]) return score[a] > score[b];
-    return ids[a] != ids[b] ? ids[a] < ids[b] : a < b;
-  };
+// Writes to `best` the first `want` rows (candidate positions, or places of a band) of
+// `order` with distinct ids, ordered by `better` (a strict total order: score descending,
+// then smaller id, then smaller row), and returns how many (fewer when `order` runs out). A
+// repeated id counts once, at its first (best) place; repeats differ in score when their
+// candidate features do. Sorts a prefix of `order` (all of it when repeats require).
+template <class Better, class IdOf>
+int64_t first_distinct(std::vector<int64_t>& order, const Better& better, const IdOf& id_of,
+                       int64_t want, int64_t* best) {
+  thread_local std::unordered_set<int64_t> taken;
   const int64_t size = static_cast<int64_t>(order.size());
   int64_t sorted = std::min(want, size), found = 0;
   while (true) {
     std::partial_sort(order.begin(), order.begin() + sorted, order.end(), better);
+    taken.clear();
     found = 0;
-    for (int64_t i = 0; i < sorted && found < want; ++i) {
-      if (found > 0 && ids[order[i]] == ids[best[found - 1]]) continue;
-      best[found++] = order[i];
-    }
-    // Repeats left fewer than `want` ids: sort deeper.
+    for (int64_t i = 0; i < sorted && found < want; ++i)
+      if (taken.insert(id_of(order[i])).second) best[found++] = order[i];
     if (found == want || sorted == size) return found;
-    sorted = std::min(2 * sorted, size);
+    sorted = std::min(2 * sorted, size);  // repeats left fewer than `want` ids: sort deeper
   }
 }
 
-// The k best rows of a band of distinct ids by their float32 scores `exact` (aligned with
-// the band; NaN and -inf dropped), score descending then smaller id: writes their places in
-// the band to `top` and returns how many.
+// Rows ordered by score descending, then smaller id, then smaller row.
+struct BetterRow {
+  const float* score;
+  const int64_t* ids;
+  bool operator()(int64_t a, int64_t b) const {
+    if (score[a] != score[b]) return score[a] > score[b];
+    return ids[a] != ids[b] ? ids[a] < ids[b] : a < b;
+  }
+};
+
+// The first `want` rows of `order` by BetterRow (repeated ids included) copied to `best`;
+// returns how many (fewer when `order` runs out).
+int64_t best_rows(std::vector<int64_t>& order, const float* score, const int64_t* ids,
+                  int64_t want, int64_t* best) {
+  const int64_t found = std::min<int64_t>(want, static_cast<int64_t>(order.size()));
+  std::partial_sort(order.begin(), order.begin() + found, order.end(), BetterRow{score, ids});
+  std::copy(order.begin(), order.begin() + found, best);
+  return found;
+}
+
+// The k best distinct ids of a band by their float32 scores `exact` (aligned with the band;
+// NaN and -inf dropped), score descending then smaller id, each id at its best place:
+// writes their places in the band to `top` and returns how many.
 int64_t top_of_band(const int64_t* band, const float* exact, int64_t size, const int64_t* ids,
                     int64_t k, std::vector<int64_t>& places, int64_t* top) {
   places.clear();
   for (int64_t i = 0; i < size; ++i)
     if (exact[i] > -std::numeric_limits<float>::infinity()) places.push_back(i);
-  const int64_t found = std::min<int64_t>(k, static_cast<int64_t>(places.size()));
-  std::partial_sort(places.begin(), places.begin() + found, places.end(),
-                    [&](int64_t a, int64_t b) {
-                      if (exact[a] != exact[b]) return exact[a] > exact[b];
-                      return ids[band[a]] < ids[band[b]];
-                    });
-  std::copy(places.begin(), places.begin() + found, top);
-  return found;
+  auto id_of = [&](int64_t place) { return ids[band[place]]; };
+  auto better = [&](int64_t a, int64_t b) {
+    if (exact[a] != exact[b]) return exact[a] > exact[b];
+    return id_of(a) != id_of(b) ? id_of(a) < id_of(b) : a < b;
+  };
+  return first_distinct(places, better, id_of, k, top);
 }
 
 }  // namespace
@@ -573,7 +590,8 @@ void MlpModel::rank_user(const MlpCandidates& c, const CallPlan& plan, int k, co
   for (int64_t r = c.indptr[u]; r < c.indptr[u + 1]; ++r)
     if (all[r] > -std::numeric_limits<float>::infinity()) order.push_back(r);  // not NaN
   if (precision_ == MlpPrecision::Float32) {
-    const int64_t found = best_distinct(order, all, c.ids, k, top.data());
+    const int64_t found = first_distinct(
+        order, BetterRow{all, c.ids}, [&](int64_t row) { return c.ids[row]; }, k, top.data());
     for (int64_t i = 0; i < found; ++i) {
       ids[i] = c.ids[top[i]];
       scores[i] = all[top[i]];
@@ -586,7 +604,7 @@ void MlpModel::rank_user(const MlpCandidates& c, const CallPlan& plan, int k, co
   int64_t rescored = 0, found = 0;
   while (true) {
     band.resize(want);
-    const int64_t size = best_distinct(order, all, c.ids, want, band.data());
+    const int64_t size = best_rows(order, all, c.ids, want, band.data());
     exact.resize(size);
     // Rows already rescored keep their place: a wider band only extends the order. With one
     // user the band is the call's last work: half of its rows go to a task, which a thread

@@ -62,6 +62,15 @@ def check_k(k) -> int:
     return check_int(k, "k", minimum=1, maximum=MAX_K)
 
 
+# The most threads a call may ask for (0 = all cores); the native code counts them in int.
+MAX_THREADS = 1 << 16
+
+
+def check_threads(num_threads, name: str = "num_threads") -> int:
+    """``num_threads``: an integer in [0, MAX_THREADS], 0 meaning all cores."""
+    return check_int(num_threads, name, minimum=0, maximum=MAX_THREADS)
+
+
 def _check_bounds(value: int, name: str, minimum: int | None, maximum: int | None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -202,14 +211,26 @@ def finite_in(values: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
     return cast
 
 
-def check_ids(ids, name: str, upper: int | None, *, allow_new: bool = False) -> np.ndarray:
-    """Return ``ids`` as a 1-d int64 array; every id must be in [0, upper) unless allow_new."""
-    array = np.asarray(ids)
-    if array.ndim > 1:
-        raise ValueError(f"{name} must be an integer or a 1-d array of integers, got shape {array.shape}")
+def int64_array(value, name: str) -> np.ndarray:
+    """``value`` as a C-contiguous int64 array of its shape: integers only, none beyond int64
+    (a uint64 id past it would wrap to a negative one)."""
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # a ragged nesting of sequences
+        raise ValueError(f"{name} must be an array of integers, got a ragged sequence") from error
     if array.size and array.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
-    array = array.astype(np.int64).reshape(-1)
+    if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must hold ids below 2**63, got {array.max()}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def check_ids(ids, name: str, upper: int | None, *, allow_new: bool = False) -> np.ndarray:
+    """Return ``ids`` as a 1-d int64 array; every id must be in [0, upper) unless allow_new."""
+    array = int64_array(ids, name)
+    if array.ndim > 1:
+        raise ValueError(f"{name} must be an integer or a 1-d array of integers, got shape {array.shape}")
+    array = array.reshape(-1)
     if array.size and array.min() < 0:
         raise ValueError(f"{name} must be >= 0, got {array.min()}")
     if not allow_new and upper is not None and array.size and array.max() >= upper:

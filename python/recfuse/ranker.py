@@ -69,6 +69,9 @@ class MLPRanker:
     def __init__(self, hidden=(64, 32), *, activation: str = "relu", negatives: int = 4,
                  epochs: int = 5, batch_size: int = 1024, learning_rate: float = 1e-3,
                  l2: float = 0.0, random_state: int | None = None):
+        if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+            raise TypeError(f"hidden must be a sequence of layer widths, e.g. (64, 32), got "
+                            f"{type(hidden).__name__} {hidden!r}")
         self.hidden = tuple(check.check_int(w, "hidden width", minimum=1) for w in hidden)
         self.activation = check.check_choice(activation, "activation", HIDDEN_ACTIVATIONS)
         self.negatives = check.check_int(negatives, "negatives", minimum=1)
@@ -76,7 +79,7 @@ class MLPRanker:
         self.batch_size = check.check_int(batch_size, "batch_size", minimum=1)
         self.learning_rate = check.check_float(learning_rate, "learning_rate", minimum=0, strict=True)
         self.l2 = check.check_float(l2, "l2", minimum=0)
-        self.random_state = random_state
+        self.random_state = check.check_random_state(random_state)
         self.weights: list[np.ndarray] = []
         self.biases: list[np.ndarray] = []
         self.losses: list[float] = []  # mean loss of each epoch
@@ -99,6 +102,9 @@ class MLPRanker:
                                  f"{name}s of user_items), got shape {block.shape}")
         U = np.concatenate(user_blocks, axis=1)
         V = np.concatenate(item_blocks, axis=1)
+        if U.shape[1] + V.shape[1] == 0:
+            raise ValueError("the user and item factors and features have no columns: the "
+                             "ranker needs at least one input")
         rng = np.random.default_rng(self.random_state)
         widths = [U.shape[1] + V.shape[1], *self.hidden, 1]
         self.weights = [(rng.standard_normal((o, i)) * np.sqrt(2.0 / i)).astype(np.float32)
@@ -169,7 +175,9 @@ class MLPRanker:
         """The logits of the rows of X (the concatenated input rows), for checks."""
         if not self.weights:
             raise RuntimeError("the ranker is not fitted: call fit first")
-        return self._forward(np.asarray(X, np.float32))[1][-1][:, 0]
+        X = check.check_factors(X, "X", dtype=np.dtype(np.float32),
+                                n_cols=self.weights[0].shape[1], copy=False)
+        return self._forward(X)[1][-1][:, 0]
 
     def to_scorer(self, *, precision: str = "float32", backend: str = "auto") -> MLPScorer:
         """An MLPScorer of the trained model; its score is the probability (sigmoid)."""

@@ -22,10 +22,13 @@ Candidates come in one of these forms (``candidate_ids``):
 ``candidate_features`` has one row per candidate in that (flattened) order. User vectors and
 features must be finite (checked); ``item_table`` and ``item_features`` are not checked on
 each call (that would read the whole table): a candidate whose item row holds NaN or inf
-gets a NaN (or inf) score, which ``rank`` never returns. ``prepare_items`` checks them once.
+gets whatever IEEE arithmetic makes of it: mostly NaN, which ``rank`` never returns, but
+saturating activations can turn an inf into a finite score, and backends and precisions
+may differ there. ``prepare_items`` checks them once; keep them finite.
 
 ``rank`` keeps, per user, the k best candidates: score descending, ties by the smaller id,
-each id once (a repeated candidate counts once), NaN scores dropped; rows are padded with
+each id once (a repeated candidate counts once, at its best score: repeats score
+differently when their candidate features differ), NaN scores dropped; rows are padded with
 id -1 and score -inf. It equals ``score_candidates`` followed by a full sort.
 
 precision="bfloat16" (chosen explicitly, never silently) runs the layers between the first
@@ -39,7 +42,7 @@ emulate it (slowly). Expect scores within about 1e-3 of float32's, relative to t
 ``rank`` under bfloat16 returns float32's ranking on every backend: it scores every
 candidate in bfloat16, then rescores a band of each user's best candidates exactly in
 float32 and ranks the band by those scores, which it returns. The band holds max(2k, 16)
-distinct ids and doubles until the float32 k-th score beats the band's lowest bfloat16 score
+candidates and doubles until the float32 k-th score beats the band's lowest bfloat16 score
 by more than 4 times the largest bfloat16 error seen in the band (or until it holds every
 candidate); so a candidate is missed only if its bfloat16 error is over 4 times any seen
 among the band's. On the cpu backend this first pass also runs the first layer's
@@ -176,7 +179,7 @@ class MLPScorer:
         """The score of each row of ``inputs`` (n, input_width) (or one row (input_width,))."""
         single = np.ndim(inputs) == 1
         X = _float_matrix(inputs, "inputs", columns=self.input_width, allow_1d=True)
-        num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        num_threads = check.check_threads(num_threads)
         scores = self._module.score(self._model, X, num_threads)
         return scores[0] if single else scores
 
@@ -194,7 +197,7 @@ class MLPScorer:
         columns = sum(block.shape[1] for block in blocks)
         item_column = check.check_int(item_column, "item_column", minimum=0,
                                       maximum=self.input_width - columns)
-        num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        num_threads = check.check_threads(num_threads)
         part = self._module.item_part(self._model, blocks, item_column, num_threads)
         return PreparedItems(part, table.shape[0], item_column, columns, self._model)
 
@@ -206,7 +209,7 @@ class MLPScorer:
         ragged forms. See the module documentation for the input row and the forms."""
         call, form, shape = self._candidates(user_vectors, candidate_ids, item_table,
                                              user_features, item_features, candidate_features)
-        num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        num_threads = check.check_threads(num_threads)
         scores = self._module.score_candidates(self._model, call, num_threads)
         if form == "dense":
             return scores.reshape(shape)
@@ -222,7 +225,7 @@ class MLPScorer:
         k = check.check_k(k)
         call, form, _ = self._candidates(user_vectors, candidate_ids, item_table,
                                          user_features, item_features, candidate_features)
-        num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        num_threads = check.check_threads(num_threads)
         ids, scores = self._module.rank(self._model, call, k, num_threads)
         if form == "single":
             return ids[0], scores[0]
@@ -270,6 +273,10 @@ class MLPScorer:
         if candidate_features is not None:
             features = np.asarray(candidate_features)
             if form == "dense" and features.ndim == 3:
+                if features.shape[:2] != shape:
+                    raise ValueError(f"candidate_features as a 3-d array must have shape "
+                                     f"{shape + ('f',)} (users x candidates x features), "
+                                     f"got {features.shape}")
                 features = features.reshape(total, features.shape[2])
             candidate_block = _float_matrix(features, "candidate_features", rows=total,
                                             rows_of="candidates")
@@ -316,29 +323,17 @@ def _float_matrix(value, name: str, *, columns: int | None = None, rows: int | N
     return array
 
 
-def _ids(value, name: str) -> np.ndarray:
-    array = np.asarray(value)
-    if array.size and array.dtype.kind not in "iu":
-        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
-    return np.ascontiguousarray(array, dtype=np.int64)
-
-
 def _candidate_lists(candidate_ids, users: int, single_user: bool):
     """(indptr int64, ids int64, form, dense shape) of the candidate forms."""
     if isinstance(candidate_ids, tuple):
         if len(candidate_ids) != 2:
             raise ValueError(f"candidate_ids as a tuple must be (indptr, ids), got "
                              f"{len(candidate_ids)} items")
-        indptr = _ids(candidate_ids[0], "candidate_ids indptr")
-        ids = _ids(candidate_ids[1], "candidate_ids ids")
-        if indptr.shape != (users + 1,):
-            raise ValueError(f"candidate_ids indptr must have shape ({users + 1},) (users + 1), "
-                             f"got {indptr.shape}")
-        if ids.ndim != 1:
-            raise ValueError(f"candidate_ids ids must be 1-d, got shape {ids.shape}")
-        if indptr[0] != 0 or indptr[-1] != ids.size or (np.diff(indptr) < 0).any():
-            raise ValueError(f"candidate_ids indptr must start at 0, not decrease and end at "
-                             f"len(ids) = {ids.size}")
+        indptr = check.int64_array(candidate_ids[0], "candidate_ids indptr")
+        ids = check.int64_array(candidate_ids[1], "candidate_ids ids")
+        if check.check_csr_arrays(indptr, ids, users, None, "candidate_ids") != ids.size:
+            raise ValueError(f"candidate_ids has a malformed indptr: it must end at len(ids) = "
+                             f"{ids.size}, got {indptr[-1]}")
         return indptr, ids, "ragged", None
     if isinstance(candidate_ids, list) and (
             (candidate_ids and all(np.ndim(part) == 1 for part in candidate_ids))
@@ -346,13 +341,13 @@ def _candidate_lists(candidate_ids, users: int, single_user: bool):
         if len(candidate_ids) != users:
             raise ValueError(f"candidate_ids as a list must have one entry per user ({users}), "
                              f"got {len(candidate_ids)}")
-        parts = [_ids(part, f"candidate_ids[{u}]").reshape(-1) for u, part in
+        parts = [check.int64_array(part, f"candidate_ids[{u}]").reshape(-1) for u, part in
                  enumerate(candidate_ids)]
         indptr = np.zeros(users + 1, np.int64)
         indptr[1:] = np.cumsum([part.size for part in parts])
         ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         return indptr, np.ascontiguousarray(ids, np.int64), "ragged", None
-    ids = _ids(candidate_ids, "candidate_ids")
+    ids = check.int64_array(candidate_ids, "candidate_ids")
     if ids.ndim == 1:
         if users != 1:
             raise ValueError(f"a 1-d candidate_ids is one user's list, but user_vectors has "

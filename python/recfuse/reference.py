@@ -500,8 +500,9 @@ def bpr_sample_negatives(users, offsets, grid: int, seen: sp.csr_matrix, bin_ite
 # user u owns candidate_ids[indptr[u]:indptr[u + 1]] (a user may have none).
 #
 # Ranking keeps, per user, the k best candidates by score descending, ties by the smaller
-# item id, each id once (a repeated candidate counts once), and only candidates whose score
-# is a number above -inf; rows are padded with id -1 and score -inf.
+# item id, each id once (a repeated candidate counts once, at its best score: repeats differ
+# when their candidate features do), and only candidates whose score is a number above
+# -inf; rows are padded with id -1 and score -inf.
 #
 # precision="bfloat16" rounds the weights and the input of every layer between the first
 # and the last to bfloat16 (nearest, ties to even) and accumulates the products exactly
@@ -510,8 +511,8 @@ def bpr_sample_negatives(users, offsets, grid: int, seen: sp.csr_matrix, bin_ite
 # "float32" computes in float64 from the float32 values.
 #
 # Ranking under bfloat16 (mlp_rank_rescored) chooses and orders candidates by float32
-# scores: per user, a band of the best candidates by bfloat16 score (distinct ids) is
-# rescored in float32 and ranked by those scores. The band starts at max(2k, 16) and
+# scores: per user, a band of the best candidates by bfloat16 score (repeated ids
+# included) is rescored in float32 and ranked by those scores (each id at its best). The band starts at max(2k, 16) and
 # doubles until it holds every candidate or the float32 k-th score beats the band's lowest
 # bfloat16 score by more than MLP_RESCORE_MARGIN times the largest |bfloat16 - float32| gap
 # seen in the band (a candidate outside would need a bfloat16 error that much larger than
@@ -607,12 +608,16 @@ def mlp_rank_scores(indptr, candidate_ids, scores, k: int):
         cand, s = cand[keep], s[keep]
         order = np.lexsort((cand, -s))
         cand, s = cand[order], s[order]
-        first = np.ones(cand.size, dtype=bool)
-        first[1:] = cand[1:] != cand[:-1]  # a repeated id sorts next to itself (same score)
+        first = _first_of_each(cand)
         cand, s = cand[first][:k], s[first][:k]
         ids[u, : cand.size] = cand
         out[u, : cand.size] = s
     return ids, out
+
+
+def _first_of_each(ids: np.ndarray) -> np.ndarray:
+    """The sorted positions of each distinct value's first occurrence in ``ids``."""
+    return np.sort(np.unique(ids, return_index=True)[1])
 
 
 def mlp_rank_rescored(indptr, candidate_ids, rough, exact, k: int):
@@ -629,15 +634,13 @@ def mlp_rank_rescored(indptr, candidate_ids, rough, exact, k: int):
         positions = np.arange(indptr[u], indptr[u + 1])
         positions = positions[rough[positions] > -np.inf]
         order = positions[np.lexsort((positions, ids_all[positions], -rough[positions]))]
-        first = np.ones(order.size, dtype=bool)
-        first[1:] = ids_all[order][1:] != ids_all[order][:-1]
-        order = order[first]  # distinct ids, best bfloat16 score first
         want = max(2 * k, MLP_RESCORE_MIN_BAND)
         while True:
-            band = order[:want]
+            band = order[:want]  # best bfloat16 score first
             scores = np.asarray(exact(band), dtype=np.float64)
             keep = scores > -np.inf
-            ranked = np.lexsort((ids_all[band][keep], -scores[keep]))[:k]
+            ranked = np.lexsort((ids_all[band][keep], -scores[keep]))
+            ranked = ranked[_first_of_each(ids_all[band][keep][ranked])][:k]
             top, top_scores = band[keep][ranked], scores[keep][ranked]
             if band.size < want:
                 break

@@ -89,6 +89,7 @@ class ItemIndex:
             self.bias = _vector(item_bias, "item_bias", n, self.items.dtype)
         self.scale = None
         if metric == "cosine":
+            self.items = _within_dot_range(self.items)
             self.scale = _inverse_norms(self.items).astype(self.items.dtype)
         self.backend = backend
         self._module = resolve_backend(backend, "topk")
@@ -142,9 +143,9 @@ class ItemIndex:
         """
         n, d = self.items.shape
         single = np.ndim(queries) == 1
-        Q = _queries(queries, d, self.items.dtype)
+        Q = _queries(queries, d, self.items.dtype, self.metric)
         k = check.check_k(k)
-        num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        num_threads = check.check_threads(num_threads)
         excluded = None if exclude is None else _exclusions(exclude, Q.shape[0], n)
         mask = _item_mask(allow, deny, n)
         ids, scores = self._search_checked(Q, k, excluded, mask, num_threads)
@@ -225,6 +226,22 @@ def _inverse_norms(rows: np.ndarray) -> np.ndarray:
     return inverse
 
 
+def _within_dot_range(rows: np.ndarray) -> np.ndarray:
+    """``rows``, with those whose dot product with a unit vector could overflow their dtype
+    (largest magnitude above max / (2 sqrt(d))) scaled down by a power of two, exactly: a
+    cosine index multiplies each dot product by the row's 1/norm, which stays the same
+    cosine. A copy only when some row is scaled."""
+    limit = float(np.finfo(rows.dtype).max) / (2.0 * np.sqrt(rows.shape[1]))
+    with np.errstate(invalid="ignore"):
+        largest = np.abs(rows).max(axis=1, initial=0).astype(np.float64)
+    big = np.isfinite(largest) & (largest > limit)
+    if not big.any():
+        return rows
+    rows = rows.copy()
+    rows[big] *= np.exp2(-np.ceil(np.log2(largest[big] / limit)))[:, None].astype(rows.dtype)
+    return rows
+
+
 def _item_table(items) -> np.ndarray:
     array = _real_array(items, "items")
     if array.ndim != 2:
@@ -241,12 +258,13 @@ def _vector(value, name: str, n: int, dtype) -> np.ndarray:
     array = _real_array(value, name)
     if array.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},) (one value per item), got {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-    return np.ascontiguousarray(array, dtype=dtype)
+    return np.ascontiguousarray(check.finite_in(array, dtype, name))
 
 
-def _queries(queries, d: int, dtype) -> np.ndarray:
+def _queries(queries, d: int, dtype, metric: str) -> np.ndarray:
+    """The queries as an m x d C-contiguous array of ``dtype``, finite in it. Cosine queries
+    are divided by their largest magnitude first, in their own precision: they keep their
+    direction even when their values are beyond ``dtype``'s range."""
     array = _real_array(queries, "queries")
     if array.ndim == 1:
         array = array[None, :]
@@ -254,9 +272,10 @@ def _queries(queries, d: int, dtype) -> np.ndarray:
         raise ValueError(f"queries must be 1-d (d,) or 2-d (m x d), got shape {array.shape}")
     if array.shape[1] != d:
         raise ValueError(f"queries must have d = {d} columns like items, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError("queries must be finite, got NaN or inf")
-    return np.ascontiguousarray(array, dtype=dtype)
+    if metric == "cosine" and array.size and array.dtype != dtype and check.all_finite(array):
+        largest = np.abs(array).max(axis=1).astype(np.float64)
+        array = array / np.where(largest > 0, largest, 1.0)[:, None]
+    return np.ascontiguousarray(check.finite_in(array, dtype, "queries"))
 
 
 def _exclusions(exclude, m: int, n: int):

@@ -23,8 +23,8 @@
 // rank under bfloat16 scores every candidate in a rougher pass (on the AVX512-BF16 kernel
 // the first layer's per-candidate columns in bfloat16 too), then rescores a band of each user's best
 // candidates exactly in float32 and ranks those by their float32 scores
-// (recfuse.reference.mlp_rank_rescored, with the rough pass's scores):
-// the band starts at max(2k, 16) distinct ids and doubles until the float32 k-th score
+// (recfuse.reference.mlp_rank_rescored, with the rough pass's scores): the band starts at
+// max(2k, 16) candidates (repeated ids included) and doubles until the float32 k-th score
 // beats the band's lowest bfloat16 score by more than kMlpRescoreMargin times the largest
 // bfloat16 error seen in the band (or the band holds every candidate).
 #pragma once
@@ -115,8 +115,8 @@ class MlpModel {
   // pass instead, which also runs the first layer's per-candidate columns in bfloat16.
   void score_candidates(const MlpCandidates& candidates, int num_threads, float* out,
                         bool rough = false) const;
-  // Per user, the k best candidates (score descending, ties by smaller id, each id once,
-  // NaN and -inf dropped), padded with -1 / -inf: ids and scores are users x k. Under
+  // Per user, the k best candidates (score descending, ties by smaller id, each id once at
+  // its best score, NaN and -inf dropped), padded with -1 / -inf: ids and scores are users x k. Under
   // bfloat16 the candidates are chosen and ordered by float32 scores of a rescored band (see
   // above), and the scores returned are float32's.
   void rank(const MlpCandidates& candidates, int k, int num_threads, int64_t* ids,

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .._validation import check_csr_arrays
 from .common import AlsParams, CsrArrays, HostTrainer
 
 NAME = "numba"
@@ -293,23 +294,11 @@ def _check_arrays(R: CsrArrays, Y, X) -> int:
         raise ValueError("factors must be positive")
     if X.shape[1] != k:
         raise ValueError(f"X has {X.shape[1]} columns but Y has {k}")
-    indptr, indices = R.indptr, R.indices
-    if indptr.ndim != 1 or indptr.size < 1:
-        raise ValueError("indptr must be 1-d with at least one entry")
-    if X.shape[0] != indptr.size - 1:
-        raise ValueError(f"X has {X.shape[0]} rows but the matrix has {indptr.size - 1}")
-    if indptr[0] != 0:
-        raise ValueError("CSR indptr must start at 0")
-    if np.any(np.diff(indptr) < 0):
-        raise ValueError("CSR indptr must be non-decreasing")
-    nnz = int(indptr[-1])
-    if indices.size != nnz or R.data.size != nnz:
-        raise ValueError(
-            f"indptr[-1] ({nnz}), len(indices) ({indices.size}) and len(data) ({R.data.size}) "
-            "must agree"
-        )
-    if nnz and (int(indices.min()) < 0 or int(indices.max()) >= Y.shape[0]):
-        raise ValueError(f"CSR column index out of range [0, {Y.shape[0]})")
+    nnz = check_csr_arrays(R.indptr, R.indices, X.shape[0], Y.shape[0], "the matrix (X's rows "
+                           "x Y's rows)", data_size=R.data.size)
+    if R.indices.size != nnz or R.data.size != nnz:
+        raise ValueError(f"indptr[-1] ({nnz}), len(indices) ({R.indices.size}) and len(data) "
+                         f"({R.data.size}) must agree")
     return k
 
 

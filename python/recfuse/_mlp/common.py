@@ -161,9 +161,12 @@ def rank_candidates(call: Candidates, scores, k: int, precision: str, score_floa
         exact = (np.asarray(score_float32(sub_call), dtype=np.float64) if positions.size
                  else np.zeros(0))
         owner = np.repeat(np.arange(pending.size), sizes)
-        # Each user's kept band by float32 score descending, then id (stable: then band order).
+        # Each user's kept band by float32 score descending, then id (stable: then band
+        # order), each id at its first (best) place.
         kept = np.flatnonzero(exact > -np.inf)
         ranked = kept[np.lexsort((ids_all[positions[kept]], -exact[kept], owner[kept]))]
+        pair = owner[ranked] * (int(ids_all.max(initial=0)) + 1) + ids_all[positions[ranked]]
+        ranked = ranked[np.sort(np.unique(pair, return_index=True)[1])]
         rank = np.arange(ranked.size) - np.searchsorted(owner[ranked], owner[ranked])
         top, top_rank = ranked[rank < k], rank[rank < k]
         counts = np.bincount(owner[top], minlength=pending.size)
@@ -191,14 +194,12 @@ def rank_candidates(call: Candidates, scores, k: int, precision: str, score_floa
 def _bands(indptr, ids_all, rough, users, wants) -> tuple[np.ndarray, np.ndarray]:
     """(positions, sizes): per user ``users[j]``, in turn, the first ``wants[j]`` positions
     of its candidates with a score above -inf, by bfloat16 score descending, then id, then
-    position, less each candidate whose id is its predecessor's (as in the reference).
+    position (as in the reference; repeated ids included).
 
     Only a prefix is ever needed, so each user's candidates are not all sorted: the ones at
     or above its want-th best score (a partition) are, and their order is the prefix of the
-    full one (everything below comes after them; dropping a repeated id looks only at the
-    one before). Users go in groups of one want and of lengths within a factor of two, each
-    group's scores padded into one matrix. Should the repeated ids leave a prefix short,
-    that user's candidates are all sorted."""
+    full one (everything below comes after them). Users go in groups of one want and of
+    lengths within a factor of two, each group's scores padded into one matrix."""
     lengths = indptr[users + 1] - indptr[users]
     # floor(log2(length)) + 1, 0 for none: the lengths of one bucket are within 2x
     buckets = np.where(lengths > 0, np.log2(np.maximum(lengths, 1)).astype(np.int64) + 1, 0)
@@ -242,37 +243,8 @@ def _group_bands(indptr, ids_all, rough, users, want: int) -> tuple[np.ndarray, 
     positions = starts[row] + col
     order = np.lexsort((positions, ids_all[positions], -rough[positions], row))
     positions, row = positions[order], row[order]
-    first = np.ones(positions.size, dtype=bool)
-    first[1:] = (ids_all[positions][1:] != ids_all[positions][:-1]) | (row[1:] != row[:-1])
-    positions, row = positions[first], row[first]
-    rank = np.arange(row.size) - np.searchsorted(row, row)
-    counts = np.bincount(row, minlength=users.size)
-    # A short prefix is the whole order unless repeated ids shortened it.
-    short = np.flatnonzero(counts < want)
-    if short.size:
-        short = short[chosen[short].sum(axis=1) < (values[short] > -np.inf).sum(axis=1)]
-    keep = rank < want
-    if not short.size:
-        return row[keep], positions[keep]
-    keep &= ~np.isin(row, short)
-    rows, at = [row[keep]], [positions[keep]]
-    for j in short:
-        band = _full_order(indptr, ids_all, rough, int(users[j]))[:want]
-        rows.append(np.full(band.size, j))
-        at.append(band)
-    row, positions = np.concatenate(rows), np.concatenate(at)
-    order = np.argsort(row, kind="stable")
-    return row[order], positions[order]
-
-
-def _full_order(indptr, ids_all, rough, user: int) -> np.ndarray:
-    """All of one user's rescoring order (the reference's sort)."""
-    positions = np.arange(indptr[user], indptr[user + 1])
-    positions = positions[rough[positions] > -np.inf]
-    order = positions[np.lexsort((positions, ids_all[positions], -rough[positions]))]
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = ids_all[order][1:] != ids_all[order][:-1]
-    return order[first]
+    keep = np.arange(row.size) - np.searchsorted(row, row) < want  # rank along the band
+    return row[keep], positions[keep]
 
 
 def _subset(call: Candidates, users, positions, sizes) -> Candidates:

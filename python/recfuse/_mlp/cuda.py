@@ -2,7 +2,8 @@
 
 The weights are packed onto the current device once, in ``prepare``. Calls take host NumPy
 arrays (the user blocks, ids and candidate features are uploaded per call, in bounded
-chunks) and return new NumPy arrays; ``rank`` keeps each user's k best on the device. A raw
+chunks) and return new NumPy arrays; ``rank`` keeps each user's k best on the device (on the host when
+the call has per-candidate features, whose repeats of an id may score differently). A raw
 item table is uploaded whole for each call: precompute it with ``item_part``
 (``MLPScorer.prepare_items``), whose result also keeps its copy on the device.
 
@@ -118,9 +119,13 @@ def score_candidates(model, call: Candidates, num_threads: int = 0):
 
 def rank(model, call: Candidates, k: int, num_threads: int = 0):
     twin = _FLOAT32_TWINS.get(model)
-    if twin is None:  # float32: the top-k runs on the device
+    if twin is None and call.candidate_block is None:
+        # float32: the top-k runs on the device, where a repeated id sorts next to itself
+        # (the same inputs score the same), which is how its kernel drops repeats.
         return model.rank(*_arguments(model, call), k=k)
     scores = model.score_candidates(*_arguments(model, call))
+    if twin is None:  # repeats with their own candidate features: each id at its best score
+        return common.rank_scores(call.indptr, call.ids, scores, k)
 
     def rescore(band: Candidates):
         if band.item_part is None and band.item_blocks:  # upload the band's rows, not the table

@@ -401,7 +401,7 @@ def set_checked_settings(model, factors, regularization, alpha, iterations, solv
     model.cg_steps = check.check_int(cg_steps, "cg_steps", minimum=1)
     model.dtype = check.check_float_dtype(dtype)
     model.backend = check.check_backend(backend)
-    model.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+    model.num_threads = check.check_threads(num_threads)
     model.confidence = check.check_choice(confidence, "confidence", ("linear", "raw"))
 
 

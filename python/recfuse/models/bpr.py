@@ -65,7 +65,7 @@ class BPR(FactorRetrieval):
         self.grid = check.check_int(grid, "grid", minimum=0, maximum=1024)
         self.max_tries = check.check_int(max_tries, "max_tries", minimum=1)
         self.backend = check.check_backend(backend)
-        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        self.num_threads = check.check_threads(num_threads)
         self.random_state = check.check_random_state(random_state)
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None

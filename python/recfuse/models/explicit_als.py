@@ -90,7 +90,7 @@ class ExplicitALS(_RatingModel):
         self.init_std = check.check_float(init_std, "init_std", minimum=0.0)
         self.dtype = check.check_float_dtype(dtype)
         self.backend = check.check_backend(backend)
-        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        self.num_threads = check.check_threads(num_threads)
         self.random_state = check.check_random_state(random_state)
         self.backend_used: str | None = None
         self._fitted = None

@@ -345,7 +345,7 @@ class _SgdFactorization(_RatingModel):
             raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
         self.shuffle = bool(shuffle)
         self.backend = check.check_backend(backend)
-        self.num_threads = check.check_int(num_threads, "num_threads", minimum=0)
+        self.num_threads = check.check_threads(num_threads)
         self.random_state = check.check_random_state(random_state)
         self.backend_used: str | None = None
         self._fitted: _Fitted | None = None
