@@ -651,6 +651,46 @@ def test_from_onnx_matches_onnxruntime(tmp_path):
         MLPScorer.from_onnx(bad)
 
 
+def test_from_onnx_follows_the_data_flow(tmp_path):
+    """A 2-d (1, out) bias and a Constant scalar bias are read; a node off the chain (an
+    unused branch) is refused rather than folded into the model."""
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(9)
+    W0 = rng.standard_normal((5, 3)).astype(np.float32)
+    b0 = rng.standard_normal((1, 5)).astype(np.float32)
+    W1 = rng.standard_normal((5, 1)).astype(np.float32)
+
+    def save(nodes, name):
+        graph = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+            [numpy_helper.from_array(W0, "W0"), numpy_helper.from_array(b0, "b0"),
+             numpy_helper.from_array(W1, "W1")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+        model.ir_version = 9
+        onnx.save(model, str(tmp_path / name))
+        return tmp_path / name
+
+    chain = save([helper.make_node("Gemm", ["x", "W0", "b0"], ["h"], transB=1),
+                  helper.make_node("Relu", ["h"], ["r"]),
+                  helper.make_node("Constant", [], ["c"], value_float=0.25),
+                  helper.make_node("MatMul", ["r", "W1"], ["m"]),
+                  helper.make_node("Add", ["m", "c"], ["y"])], "chain.onnx")
+    X = rng.standard_normal((50, 3)).astype(np.float32)
+    expected = ort.InferenceSession(str(chain), providers=["CPUExecutionProvider"]).run(
+        None, {"x": X})[0][:, 0]
+    model = MLPScorer.from_onnx(chain)
+    np.testing.assert_allclose(model.score(X), expected, rtol=1e-5, atol=1e-5)
+    branch = save([helper.make_node("Gemm", ["x", "W0", "b0"], ["h"], transB=1),
+                   helper.make_node("Sigmoid", ["h"], ["unused"]),
+                   helper.make_node("MatMul", ["h", "W1"], ["y"])], "branch.onnx")
+    with pytest.raises(ValueError, match="must read the chain's value 'unused'"):
+        MLPScorer.from_onnx(branch)
+
+
 # ---------------------------------------------------------------------- MLPRanker
 
 

@@ -475,7 +475,9 @@ def layers_from_torch(module) -> list:
 
 
 def layers_from_onnx(path) -> list:
-    """(W, b, activation) layers of an ONNX chain (see MLPScorer.from_onnx)."""
+    """(W, b, activation) layers of an ONNX chain (see MLPScorer.from_onnx): the graph's
+    nodes must pass one value from the graph's input to its output, each node reading the
+    value the one before it wrote (weights and biases are initializers or Constants)."""
     try:
         import onnx
         from onnx import numpy_helper
@@ -485,36 +487,53 @@ def layers_from_onnx(path) -> list:
     graph = model.graph
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     for node in graph.node:
-        if node.op_type == "Constant":
-            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        if node.op_type == "Constant" and node.attribute:
+            value = onnx.helper.get_attribute_value(node.attribute[0])
+            constants[node.output[0]] = (numpy_helper.to_array(value)
+                                         if isinstance(value, onnx.TensorProto) else value)
+    inputs = [value.name for value in graph.input if value.name not in constants]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise ValueError(f"from_onnx reads a graph of one input and one output, got inputs "
+                         f"{inputs} and {len(graph.output)} outputs")
     activations = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu",
                    "Identity": "identity"}
     layers: list = []
+    current = inputs[0]  # the chain's value: the tensor the next node must read
     open_layer = False
     pending_matmul = None  # a MatMul's weight (out, in) waiting for its Add
     for position, node in enumerate(graph.node):
         where = f"node {position} ({node.op_type} {node.name!r})"
-        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Constant":
             continue
+        data = [name for name in node.input if name and name not in constants]
+        if data != [current] or len(node.output) != 1:
+            raise ValueError(f"{where} must read the chain's value {current!r} (and weights) "
+                             f"and write one output; it reads {list(node.input)}: from_onnx "
+                             f"reads a chain, not a graph with branches")
+        current = node.output[0]
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Gemm":
-            if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0 or \
-                    attributes.get("beta", 1.0) != 1.0:
-                raise ValueError(f"{where}: only Gemm with transA=0, alpha=1, beta=1 is supported")
+            if node.input[0] != data[0] or attributes.get("transA", 0) or \
+                    attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0:
+                raise ValueError(f"{where}: only Gemm(x, W, b) with transA=0, alpha=1, beta=1 "
+                                 f"is supported")
             W = _onnx_constant(constants, node.input[1], where)
             W = W if attributes.get("transB", 0) else W.T
             b = _onnx_constant(constants, node.input[2], where) if len(node.input) > 2 and \
                 node.input[2] else None
-            layers.append([W, None if b is None else np.broadcast_to(b, (W.shape[0],)), "identity"])
-            open_layer = True
+            layers.append([W, None if b is None else _onnx_bias(b, W.shape[0], where),
+                           "identity"])
+            open_layer, pending_matmul = True, None
         elif node.op_type == "MatMul":
+            if node.input[0] != data[0]:
+                raise ValueError(f"{where}: only MatMul(x, W) is supported")
             pending_matmul = _onnx_constant(constants, node.input[1], where).T
             layers.append([pending_matmul, None, "identity"])
             open_layer = True
         elif node.op_type == "Add" and pending_matmul is not None:
             name = node.input[1] if node.input[1] in constants else node.input[0]
-            b = _onnx_constant(constants, name, where)
-            layers[-1][1] = np.broadcast_to(b, (pending_matmul.shape[0],))
+            layers[-1][1] = _onnx_bias(_onnx_constant(constants, name, where),
+                                       pending_matmul.shape[0], where)
             pending_matmul = None
         elif node.op_type in activations:
             if node.op_type == "Gelu" and attributes.get("approximate", "none") != "none":
@@ -522,16 +541,26 @@ def layers_from_onnx(path) -> list:
             if not open_layer:
                 raise ValueError(f"{where}: an activation must follow a Gemm or MatMul")
             layers[-1][2] = activations[node.op_type]
-            open_layer = False
-            pending_matmul = None
+            open_layer, pending_matmul = False, None
         else:
             raise ValueError(f"{where} is not supported: from_onnx reads chains of Gemm (or "
                              f"MatMul + Add) and Relu, Gelu, Sigmoid, Tanh, Identity")
-        if node.op_type in ("Gemm",):
-            pending_matmul = None
     if not layers:
         raise ValueError("the ONNX graph has no Gemm or MatMul node")
+    if current != graph.output[0].name:
+        raise ValueError(f"the chain ends at {current!r}, but the graph's output is "
+                         f"{graph.output[0].name!r}")
     return [tuple(layer) for layer in layers]
+
+
+def _onnx_bias(b: np.ndarray, out: int, where: str) -> np.ndarray:
+    """A bias of ``out`` values (shape (out,), (1, out) or a scalar broadcast)."""
+    if b.size == 1:
+        return np.full(out, b.reshape(-1)[0], dtype=np.float32)
+    if b.size != out or b.ndim > 2 or (b.ndim == 2 and b.shape[0] != 1):
+        raise ValueError(f"{where}: a bias must have {out} values (shape ({out},) or (1, {out})), "
+                         f"got shape {b.shape}")
+    return b.reshape(out)
 
 
 def _onnx_constant(constants: dict, name: str, where: str) -> np.ndarray:
