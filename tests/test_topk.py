@@ -558,3 +558,15 @@ def test_cosine_keeps_the_direction_of_values_beyond_float32(backend):
                                backend=backend)
     np.testing.assert_array_equal(ids, [0, 1, 2])
     np.testing.assert_allclose(scores, [1.0, np.sqrt(0.5), np.sqrt(0.5)], rtol=1e-6)
+
+
+def test_results_beyond_memory_are_refused_up_front():
+    """Rows are padded to k: a k whose results cannot fit this machine's memory raises
+    MemoryError naming k instead of an allocation the system would kill the process for."""
+    items = np.ones((5, 4), np.float32)
+    with pytest.raises(MemoryError, match="lower k"):
+        recfuse.topk(np.ones((1000, 4), np.float32), items, 2**31 - 1)
+    model = recfuse.MLPScorer([(np.ones((1, 8), np.float32), None, "identity")])
+    with pytest.raises(MemoryError, match="lower k"):
+        model.rank(np.ones((1000, 4), np.float32), np.zeros((1000, 2), np.int64), items,
+                   k=2**31 - 1)

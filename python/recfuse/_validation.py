@@ -5,6 +5,7 @@ shape or value."""
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 import scipy.sparse as sp
@@ -69,6 +70,19 @@ MAX_THREADS = 1 << 16
 def check_threads(num_threads, name: str = "num_threads") -> int:
     """``num_threads``: an integer in [0, MAX_THREADS], 0 meaning all cores."""
     return check_int(num_threads, name, minimum=0, maximum=MAX_THREADS)
+
+
+def check_result_size(rows: int, k: int, bytes_per_result: int = 12) -> None:
+    """Refuse results of ``rows`` x ``k`` (padded) that could not fit this machine's memory:
+    MemoryError naming k, rather than an allocation the system kills the process for."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: no bound
+        return
+    if rows * k * bytes_per_result > memory:
+        raise MemoryError(f"k = {k} results for {rows} queries need "
+                          f"{rows * k * bytes_per_result / 2**30:.1f} GiB (rows are padded "
+                          f"to k), more than this machine's {memory / 2**30:.1f} GiB: lower k")
 
 
 def _check_bounds(value: int, name: str, minimum: int | None, maximum: int | None) -> int:

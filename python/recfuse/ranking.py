@@ -226,6 +226,7 @@ class MLPScorer:
         call, form, _ = self._candidates(user_vectors, candidate_ids, item_table,
                                          user_features, item_features, candidate_features)
         num_threads = check.check_threads(num_threads)
+        check.check_result_size(call.indptr.size - 1, k)
         ids, scores = self._module.rank(self._model, call, k, num_threads)
         if form == "single":
             return ids[0], scores[0]

@@ -145,6 +145,7 @@ class ItemIndex:
         single = np.ndim(queries) == 1
         Q = _queries(queries, d, self.items.dtype, self.metric)
         k = check.check_k(k)
+        check.check_result_size(Q.shape[0], k, 8 + self.items.dtype.itemsize)
         num_threads = check.check_threads(num_threads)
         excluded = None if exclude is None else _exclusions(exclude, Q.shape[0], n)
         mask = _item_mask(allow, deny, n)
