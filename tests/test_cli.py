@@ -143,8 +143,55 @@ def test_train_other_models(tmp_path, model):
     assert 0 <= scores["precision"] <= 1
     if model != "bpr":
         assert np.isfinite(scores["rmse"])
+        text = run("evaluate", folder, "--k", 5).stdout  # the text output has them too
+        assert f"  rmse       {scores['rmse']:.4f}\n" in text
+        assert f"  mae        {scores['mae']:.4f}\n" in text
+    else:
+        assert "rmse" not in run("evaluate", folder, "--k", 5).stdout
     user = str(frame["user"].iloc[0])
     recs = json.loads(run("recommend", folder, user, "--k", 3, "--json").stdout)
     assert len(recs["recommendations"][user]) == 3
     assert "does not apply" in run("train", tmp_path / "ratings.csv", "-o", folder, "--model",
                                    model, "--alpha", 3, check_rc=2).stderr
+
+
+def test_train_refuses_an_output_it_cannot_write_before_any_work(tmp_path):
+    frame = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 2, 3, 1]})
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    (tmp_path / "a_file").write_text("keep me")
+    (tmp_path / "folder" / "model.npz").mkdir(parents=True)
+    for output, message in [
+            (tmp_path / "a_file", f"--output {str(tmp_path / 'a_file')!r} is a file"),
+            (tmp_path / "a_file" / "sub", "is under the file"),
+            (tmp_path / "folder", "holds folders named ['model.npz']")]:
+        result = run("train", tmp_path / "log.csv", "-o", output, "--split", "none",
+                     check_rc=2)
+        assert result.stderr.startswith("recfuse train: error: ") and message in result.stderr
+        assert result.stderr.count("\n") == 1 and result.stdout == ""  # nothing ran
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_train_names_a_bad_event_weights_option(tmp_path):
+    log = pd.DataFrame(datasets.synthetic_event_log(20, 10, 200, seed=0))
+    log.to_csv(tmp_path / "log.csv", index=False)
+    for value, message in [("{bad", "argument --event-weights: expected a JSON object of "
+                                    "weights per event type"),
+                           ("[1, 2]", "argument --event-weights: expected a JSON object")]:
+        result = run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--event", "event",
+                     "--event-weights", value, check_rc=2)
+        assert message in result.stderr and result.stdout == ""
+    result = run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--event-weights",
+                 '{"view": 1}', check_rc=2)
+    assert "--event-weights needs --event" in result.stderr
+
+
+def test_json_output_writes_null_for_non_finite_numbers():
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    # a log too small for any test pair: no AUC, no diversity
+    out = run("demo", "--users", 3, "--items", 2, "--events", 5, "--factors", 2,
+              "--iterations", 1, "--json").stdout
+    result = json.loads(out, parse_constant=refuse)
+    assert result["als"]["auc"] is None and result["als"]["diversity"] is None
+    assert result["als"]["precision"] == 0.0

@@ -68,3 +68,23 @@ def test_parallel_grid_and_unfitted_errors(dataset):
         SVD().predict("1", "2")
     with pytest.raises(ValueError, match="lr must be > 0"):
         SVD(lr_all=0)
+
+
+@pytest.mark.parametrize("algorithm, options", [(SVD, {"biased": True}),
+                                                (SVD, {"biased": False}), (SVDpp, {})])
+def test_prediction_details_are_surprises(dataset, algorithm, options):
+    trainset = dataset.build_full_trainset()
+    kwargs = dict(n_factors=6, n_epochs=3, random_state=1, **options)
+    ours = algorithm(**kwargs).fit(trainset)
+    theirs = getattr(surprise, algorithm.__name__)(**kwargs).fit(trainset)
+    probes = [("1", "2", None), ("3", "999", 4.0), ("999", "5", None), ("999", "998", 2.0)]
+    for uid, iid, r in probes:
+        mine, reference = ours.predict(uid, iid, r), theirs.predict(uid, iid, r)
+        assert mine.details == reference.details, (uid, iid)
+        assert mine.est == pytest.approx(reference.est, abs=0.05 if algorithm is SVDpp
+                                         else 1e-9), (uid, iid)
+    testset = [(uid, iid, r if r is not None else 3.0) for uid, iid, r in probes]
+    mine, reference = ours.test(testset), theirs.test(testset)
+    assert [p.details for p in mine] == [p.details for p in reference]
+    mine[2].details["reason"] = "changed"  # each prediction has its own details
+    assert mine[3].details == reference[3].details

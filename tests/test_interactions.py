@@ -497,3 +497,95 @@ def test_sliced_dictionary_ids():
     sliced = pa.array(["c", "a", "b", "a", "c", "b"]).dictionary_encode().slice(2, 3)
     codes, ids = interactions._factorize(pa.chunked_array([sliced]), "items")
     assert codes.tolist() == [1, 0, 2] and ids.tolist() == ["a", "b", "c"]
+
+
+def _resaved(source, path, change_header=None, change_arrays=None):
+    """The Interactions file ``source`` written again to ``path`` with its header or arrays
+    changed (a tampered or damaged file)."""
+    import json
+
+    from recfuse import persistence
+
+    with np.load(source) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(arrays.pop(persistence.HEADER_KEY).tobytes())
+    if change_header:
+        change_header(header)
+    if change_arrays:
+        change_arrays(arrays)
+    np.savez(path, **{persistence.HEADER_KEY: np.frombuffer(json.dumps(header).encode(),
+                                                            np.uint8)}, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_load_refuses_damaged_files(tmp_path, mmap):
+    log = Interactions.from_arrays(["a", "a", "b"], ["x", "y", "x"], [1.0, 2.0, 3.0])
+    log.save(tmp_path / "log.npz")
+    cases = [
+        ({"change_arrays": lambda a: a["indices"].__setitem__(0, 7)},
+         r"the pairs of .* has column indices outside \[0, 2\): got 7"),
+        ({"change_arrays": lambda a: a.update(counts=a["counts"][:2])},
+         "must have 3 entries in each array"),
+        ({"change_arrays": lambda a: a.update(user_ids=np.array(["a", "a"]))},
+         "ids must be distinct"),
+        ({"change_header": lambda h: h["params"].update(weighting="bogus")},
+         r"malformed header: weighting must be one of \('none', "),
+        ({"change_header": lambda h: h["params"].update(weighting="bm25",
+                                                         weighting_options={"k1": -1})},
+         "malformed header: k1 must be >= 0.0"),
+        ({"change_header": lambda h: h["params"].update(colour="red")},
+         r"malformed header: unknown settings \['colour'\]"),
+    ]
+    for position, (change, message) in enumerate(cases):
+        path = _resaved(tmp_path / "log.npz", tmp_path / f"bad{position}.npz", **change)
+        with pytest.raises(ValueError, match=message):
+            Interactions.load(path, mmap=mmap)
+
+
+def test_weighting_names_are_checked_everywhere():
+    log = Interactions.from_arrays(["a", "b"], ["x", "x"])
+    with pytest.raises(ValueError, match=r"weighting must be one of \('none', "):
+        log.weighted("bm26")
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        interactions._weigh(log, "bogus", {})  # never silently bm25
+
+
+def test_input_errors_name_the_argument():
+    with pytest.raises(ValueError, match="half_life must be seconds, a timedelta or a duration "
+                                         "string like '30D' or '12h', got 'abc'"):
+        Interactions.from_arrays([1], [1], timestamps=[1], half_life="abc")
+    with pytest.raises(TypeError, match="users must be a 1-d sequence with one value per event "
+                                        r"\(a list, an array, a Series\), got int 1"):
+        Interactions.from_arrays(1, 2)
+    with pytest.raises(TypeError, match="items must be a 1-d sequence .* got str 'ab'"):
+        Interactions.from_arrays([1, 2], "ab")
+    with pytest.raises(TypeError, match="weights must be a 1-d sequence .* got float"):
+        Interactions.from_arrays([1, 2], [1, 2], 1.5)
+    log = Interactions.from_arrays(["a"], ["x"])
+    with pytest.raises(TypeError, match="add\\(\\) without a source takes the arrays users=, "
+                                        r"items=.* got \['item', 'user'\], missing "
+                                        r"\['users', 'items'\]"):
+        log.add(user=["a"], item=["x"])
+    with pytest.raises(TypeError, match=r"got \['items', 'users', 'weight'\]"):
+        log.add(users=["a"], items=["x"], weight=[2.0])
+    assert log.add(users=["a"], items=["x"]).matrix.toarray().tolist() == [[2.0]]
+
+
+def test_id_maps_refuse_repeated_ids():
+    with pytest.raises(ValueError, match=r"ids must be distinct .* e.g. \['a'\]"):
+        IdMap(["a", "a"])
+    with pytest.raises(ValueError, match=r"e.g. \[3\]"):
+        IdMap(np.array([3, 1, 3]))
+    with pytest.raises(ValueError, match=r"e.g. \['b'\]"):
+        IdMap(pa.chunked_array([["b", "a"], ["b"]]))
+    assert IdMap(["b", "a"]).to_internal(["a"]).tolist() == [1]
+
+
+def test_a_list_of_mixed_id_types_is_refused_as_documented():
+    with pytest.raises(TypeError, match=r"users mixes id types \(mixed-integer\)"):
+        Interactions.from_arrays(["a", 1, "b"], [1, 2, 3])
+    with pytest.raises(TypeError, match="items mixes id types"):
+        Interactions.from_arrays([1, 2], ("x", b"y"))
+    assert Interactions.from_arrays(["b", "a"], [1, 2]).user_ids.ids.tolist() == ["a", "b"]
+    assert Interactions.from_arrays((2, 1), [1.5, 2]).item_ids.ids.tolist() == [1.5, 2.0]

@@ -180,3 +180,15 @@ def test_item_counts_across_slices():
     ids = np.random.default_rng(0).integers(0, 50, (1 << 20) + 7).astype(np.int32)
     np.testing.assert_array_equal(metrics._count_ids(ids, 60), np.bincount(ids, minlength=60))
     assert metrics._count_ids(ids[:0], 3).tolist() == [0, 0, 0]
+
+
+def test_ranking_metrics_refuses_a_list_that_repeats_an_item():
+    test = sp.csr_matrix(np.array([[1, 0, 0, 1, 0], [0, 1, 0, 0, 0]], np.float32))
+    with pytest.raises(ValueError, match="recommended must not repeat an item id within a row "
+                                         r"\(-1 pads a short list\), got row 0 with item 3"):
+        metrics.ranking_metrics(np.array([[3, 3], [1, 1]]), test)
+    with pytest.raises(ValueError, match="got row 1 with item 4 twice"):
+        metrics.ranking_metrics(np.array([[3, 0, 1], [4, 2, 4]]), test)
+    padded = metrics.ranking_metrics(np.array([[3, -1, -1], [1, -1, -1]]), test)  # padding
+    assert padded["precision"] == pytest.approx(2 / 3)  # 2 hits of min(3, 2) + min(3, 1)
+    assert padded["recall"] == pytest.approx(0.75) and padded["hit_rate"] == 1.0

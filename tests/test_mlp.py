@@ -467,7 +467,7 @@ def test_bad_candidates():
         (dict(candidate_ids=(np.array([0, 2]), ids)), ValueError, "end at len"),
         (dict(candidate_ids=(np.array([0, 4]), ids)), ValueError, "malformed indptr"),
         (dict(candidate_ids=np.array([2**63, 1, 2], np.uint64)), ValueError,
-         r"below 2\*\*63, got 9223372036854775808"),
+         r"within int64 \(ids below 2\*\*63\), got 9223372036854775808"),
         (dict(user_vectors=np.ones((2, 2)), candidate_ids=[[0, 1], 2]), ValueError,
          "ragged sequence"),
         (dict(user_vectors=np.ones((2, 2)), candidate_ids=np.array([[0, 1, 2], [3, 4, 5]]),

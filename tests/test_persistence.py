@@ -109,3 +109,45 @@ def test_a_folder_or_a_missing_folder_is_refused_before_writing(model, tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         model.save(tmp_path / "missing" / "model.npz")
     assert not os.listdir(tmp_path)  # no temporary file left behind
+
+
+def _tampered(model, tmp_path, change) -> str:
+    """``model`` saved, then its header rewritten by ``change(header)``."""
+    path = tmp_path / "tampered.npz"
+    model.save(path)
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(arrays[persistence.HEADER_KEY].tobytes())
+    change(header)
+    arrays[persistence.HEADER_KEY] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h: h.update(model=[1]), r'"model" must be the name of a model class, got \[1\]'),
+    (lambda h: h.update(model=None), '"model" must be the name of a model class, got None'),
+    (lambda h: h.update(params=[1, 2]), '"params" must be an object of parameter names and '
+                                        r'values, got list \[1, 2\]'),
+    (lambda h: h.update(params="abc"), '"params" must be an object .* got str'),
+    (lambda h: h["params"].update(bogus=1), r'"params" name \[\'bogus\'\], which ALS does not '
+                                            r"take; expected among \['alpha', "),
+    (lambda h: h.update(version=True), '"version" must be a positive integer, got True'),
+    (lambda h: h.update(version="1"), '"version" must be a positive integer'),
+    (lambda h: h.update(version=0), '"version" must be a positive integer, got 0'),
+])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_malformed_header_is_a_value_error(model, tmp_path, change, message, mmap):
+    path = _tampered(model, tmp_path, change)
+    with pytest.raises(ValueError, match=f"{str(path)!r} has a malformed header: {message}"):
+        recfuse.load(path, mmap=mmap)
+
+
+def test_options_a_model_does_not_take_are_refused_by_name(model, tmp_path):
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with pytest.raises(ValueError, match=r"holds a ALS model, which takes no \['precision'\]"):
+        recfuse.load(path, precision="float32")
+    assert recfuse.load(path, backend="numpy").backend == "numpy"
+    with pytest.raises(ValueError, match="holds a ALS, not a ranker"):  # as Recommender says
+        recfuse.Recommender(path, ranker=path)

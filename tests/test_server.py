@@ -129,6 +129,20 @@ def test_events_are_visible_and_kept_after_a_rejected_request(server):
     ("/events", b'{"user": ' + str(list(range(101))).encode() + b', "item": [1]}', 422,
      "at most 100"),
     ("/reload", b'{"path": "/etc/passwd"}', 422, "unknown fields"),
+    # ids beyond int64 and weights beyond what the model takes: 422 naming the field
+    ("/recommend", b'{"user": 100000000000000000000000000000}', 422,
+     "user must be <= 9223372036854775807"),
+    ("/recommend", b'{"users": [1, 100000000000000000000000000000]}', 422,
+     "users must hold ids <= 9223372036854775807"),
+    ("/recommend", b'{"user": 1, "exclude": [9223372036854775808]}', 422,
+     "exclude must hold ids <="),
+    ("/events", b'{"user": [100000000000000000000000], "item": [1]}', 422,
+     "user must hold ids <= 9223372036854775807"),
+    ("/events", b'{"user": [1], "item": [2147483648]}', 422, "item must be < 2147483647"),
+    ("/events", b'{"user": [1], "item": [2], "weight": [1e308]}', 422,
+     "weight must be at most 1.84e+19"),
+    ("/events", b'{"user": [1], "item": [2], "weight": [1' + b"0" * 400 + b']}', 422,
+     "within float64's range"),
 ])
 def test_bad_input_is_answered_clearly(server, path, payload, status, message):
     pending = server.client.get("/health").json()["pending_events"]
@@ -175,6 +189,28 @@ def test_unknown_items_added_when_the_setting_says_so(model_file):
         items = running.client.post("/recommend", json={"user": 3, "k": 61}).json()["items"]
         assert N_ITEMS in items
         assert running.client.post("/reload").status_code == 422  # no model file to reload
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("kind", ["BPR", "SVD"])
+def test_unknown_items_of_sgd_models_are_added_over_http(kind, tmp_path):
+    seen = sp.random(N_USERS, N_ITEMS, density=0.1, format="csr", random_state=5,
+                     dtype=np.float32)
+    if kind == "BPR":
+        model = recfuse.BPR(factors=4, iterations=2, random_state=0).fit(seen)
+    else:
+        coo = seen.tocoo()
+        model = recfuse.SVD(factors=4, epochs=2, random_state=0).fit(coo.row, coo.col,
+                                                                   np.ceil(coo.data * 4 + 1))
+    running = Running(create_app(recfuse.Recommender(model, k=N_ITEMS + 1, num_threads=1)))
+    try:
+        reply = running.client.post("/events", json={"user": [1, 2], "item": [N_ITEMS] * 2,
+                                                     "weight": [3, 3]})
+        assert reply.status_code == 200, reply.text
+        assert running.client.get("/health").json()["added_items"] == 1
+        items = running.client.post("/recommend", json={"user": 3, "k": 61}).json()["items"]
+        assert N_ITEMS in items
     finally:
         running.stop()
 
@@ -311,3 +347,57 @@ def test_recfuse_serve_refuses_bad_ranker_options(model_file, tmp_path, argument
                              "--port", str(_free_port()), *arguments], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def _serve_fails(model_file, tmp_path, *arguments):
+    return subprocess.run([sys.executable, "-m", "recfuse.cli", "serve", str(model_file),
+                           *arguments], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--port", "99999"], "argument --port: expected an integer from 1 to 65535, got 99999"),
+    (["--port", "-1"], "argument --port: expected an integer from 1 to 65535, got -1"),
+    (["--batch-wait-ms", "-5"], "argument --batch-wait-ms: expected a finite number >= 0"),
+    (["--batch-wait-ms", "nan"], "argument --batch-wait-ms: expected a finite number >= 0"),
+    (["--max-body-bytes", "-5"], "argument --max-body-bytes: expected an integer >= 1"),
+    (["--threads", "-2"], "argument --threads: expected an integer >= 0"),
+    (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' does not resolve"),
+])
+def test_recfuse_serve_refuses_bad_arguments_with_one_line(model_file, tmp_path, arguments,
+                                                           message):
+    result = _serve_fails(model_file, tmp_path, *arguments)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    # one error line, the last (argparse's own errors print the usage above it)
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith("recfuse serve: error: ") and "Traceback" not in result.stderr
+    assert sum(line.startswith("recfuse serve: error") for line in lines) == 1
+
+
+def test_recfuse_serve_refuses_a_busy_port_and_a_model_as_ranker(model_file, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = _serve_fails(model_file, tmp_path, "--port", port)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (f"recfuse serve: error: cannot listen on --host 127.0.0.1 --port "
+                             f"{port}: Address already in use\n")
+    coo = sp.random(N_USERS, N_ITEMS, density=0.1, format="coo", random_state=5)
+    recfuse.SVD(factors=3, epochs=1, random_state=0).fit(
+        coo.row, coo.col, np.ceil(coo.data * 4 + 1)).save(tmp_path / "SVD.npz")
+    for precision in ("float32", "bfloat16"):
+        result = _serve_fails(model_file, tmp_path, "--port", str(_free_port()), "--ranker",
+                              "SVD.npz", "--ranker-precision", precision)
+        assert result.returncode == 2 and result.stderr == (
+            "recfuse serve: error: 'SVD.npz' holds a SVD, not a ranker (a file written by "
+            "MLPScorer.save, or an .onnx chain)\n"), result.stderr
+
+
+def test_limits_are_checked():
+    with pytest.raises(ValueError, match="batch_wait must be >= 0.0, got -0.005"):
+        Limits(batch_wait=-0.005)
+    with pytest.raises(ValueError, match="max_body_bytes must be >= 1, got -5"):
+        Limits(max_body_bytes=-5)
+    with pytest.raises(TypeError, match="workers must be an integer"):
+        Limits(workers=1.5)

@@ -260,8 +260,8 @@ def test_explicit_als_fold_in_is_the_exact_solve_of_the_users_ratings(biased, tm
     ([1, 2], TypeError, "mapping"),
     ({"user": [1]}, ValueError, "'user' and 'item'"),
     ({"user": [1], "item": [2], "extra": 1}, ValueError, "unknown fields"),
-    ({"user": [1.5], "item": [2]}, TypeError, "integer ids"),
-    ({"user": ["a"], "item": [2]}, TypeError, "integer ids"),
+    ({"user": [1.5], "item": [2]}, TypeError, "events user must hold integers, got dtype float64"),
+    ({"user": ["a"], "item": [2]}, TypeError, "events user must hold integers, got dtype <U1"),
     ({"user": [1, 2], "item": [2]}, ValueError, "same length"),
     ({"user": [-1], "item": [2]}, ValueError, ">= 0"),
     ({"user": [1], "item": [2], "weight": [np.nan]}, ValueError, "finite"),
@@ -638,3 +638,81 @@ def test_merge_adds_events_to_a_row(row, new):
     assert merged_items.tolist() == sorted(want) and merged_items.dtype == np.int64
     np.testing.assert_allclose(merged_weights, [want[i] for i in sorted(want)])
     assert items.tolist() == sorted(row)  # the inputs stay as they were
+
+
+@pytest.mark.parametrize("kind", ["SVD", "SVDpp", "BPR"])
+def test_sgd_models_add_unknown_items_as_als_does(seen, kind):
+    coo = seen.tocoo()
+    if kind == "BPR":
+        model = recfuse.BPR(factors=4, iterations=3, random_state=0).fit(seen)
+    else:
+        model = getattr(recfuse, kind)(factors=4, epochs=3, random_state=0).fit(
+            coo.row, coo.col, np.ceil(coo.data + 1))
+    rating = 3.0 if kind != "BPR" else 1.0
+    rec = Recommender(model, k=N_ITEMS + 5, new_item_users=2, max_new_items=10)
+    new_item = N_ITEMS + 2
+    assert rec.observe({"user": [1, 2, 3, 1], "item": [new_item, new_item, new_item, 5],
+                        "weight": [rating] * 4}) == 4
+    assert rec.info()["added_items"] == 1
+    first_users = [rec._state.users[u].vector for u in (1, 2)]  # after their fold-in
+    np.testing.assert_allclose(rec._state.new_items.table[2], np.mean(first_users, axis=0),
+                               rtol=1e-5)
+    assert new_item in rec.recommend(10).ids  # searchable for the others
+    assert new_item not in rec.recommend(1).ids and 5 not in rec.recommend(1).ids
+    assert rec.pending_events().items.tolist() == [new_item, new_item, new_item, 5]
+    rec.observe({"user": [4], "item": [new_item], "weight": [rating]})  # now has a vector
+
+
+def test_observe_refuses_weights_that_overflow_the_fold_in(als):
+    rec = Recommender(als, k=5)
+    before = rec.recommend(5)
+    bound = np.sqrt(np.finfo(np.float32).max)
+    for weight in (1e30, 1e308, -1e30):
+        with pytest.raises(ValueError, match=r"events weight must be at most 1.84e\+19 in "
+                                             r"magnitude for a float32 model"):
+            rec.observe({"user": [5, 6], "item": [1, 2], "weight": [1.0, weight]})
+    assert rec.pending_events().users.size == 0 and not rec._state.users
+    # the largest weight taken still gives a finite vector; a sum beyond it is refused
+    rec.observe({"user": [5], "item": [7], "weight": [bound]})
+    assert np.isfinite(rec._state.users[5].vector).all()
+    with pytest.raises(ValueError, match="user 5's summed weight of an item would reach"):
+        rec.observe({"user": [5], "item": [7], "weight": [bound]})
+    assert rec.pending_events().users.size == 1
+    assert rec.recommend(5).stages[0] == "recall" and before.ids.size == 5
+    wide = Recommender(recfuse.ALS(factors=3, iterations=1, dtype=np.float64,
+                                   random_state=0).fit(als._user_items), k=5)
+    wide.observe({"user": [5], "item": [1], "weight": [1e30]})  # fine in float64
+    with pytest.raises(ValueError, match=r"at most 1.34e\+154 in magnitude for a float64"):
+        wide.observe({"user": [5], "item": [1], "weight": [1e200]})
+
+
+def test_observe_refuses_a_fold_in_that_overflows_anyway(seen):
+    coo = seen.tocoo()
+    svd = recfuse.SVD(factors=4, epochs=3, random_state=0).fit(coo.row, coo.col,
+                                                             np.ceil(coo.data + 1))
+    rec = Recommender(svd, k=5, sgd_lr=1e30)  # SGD steps that diverge to inf
+    with pytest.raises(ValueError, match=r"the fold-in diverged: the trained values hold NaN "
+                                         r"or inf; .*, or sgd_lr too high; nothing was applied"):
+        rec.observe({"user": [3], "item": [4], "weight": [5.0]})
+    assert not rec._state.users and rec.pending_events().users.size == 0
+    assert np.isfinite(rec.recommend(3).scores).all()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda rec: rec.recommend(10**30), r"user must be <= 9223372036854775807"),
+    (lambda rec: rec.recommend(2**63), r"user must be <= 9223372036854775807"),
+    (lambda rec: rec.recommend_batch([1, 10**30]), r"users must hold integers within int64"),
+    (lambda rec: rec.recommend(1, exclude=[10**30]), r"exclude must hold integers within int64"),
+    (lambda rec: rec.observe({"user": [10**23], "item": [1]}),
+     r"events user must hold integers within int64"),
+    (lambda rec: rec.observe({"user": np.array([2**63], np.uint64), "item": [1]}),
+     r"events user must hold integers within int64"),
+    (lambda rec: rec.observe({"user": [1], "item": [-10**23]}),
+     r"events item must hold integers within int64"),
+])
+def test_ids_beyond_int64_are_refused_by_name(als, call, message):
+    rec = Recommender(als, k=5)
+    with pytest.raises(ValueError, match=message):
+        call(rec)
+    assert rec.pending_events().users.size == 0
+    assert rec.recommend(2**63 - 1).stages[0] == "popular"  # the largest id is a cold user

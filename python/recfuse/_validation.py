@@ -227,16 +227,29 @@ def finite_in(values: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
 
 def int64_array(value, name: str) -> np.ndarray:
     """``value`` as a C-contiguous int64 array of its shape: integers only, none beyond int64
-    (a uint64 id past it would wrap to a negative one)."""
+    (a uint64 id past it would wrap to a negative one; Python ints past it make an object
+    array)."""
     try:
         array = np.asarray(value)
     except ValueError as error:  # a ragged nesting of sequences
         raise ValueError(f"{name} must be an array of integers, got a ragged sequence") from error
+    if array.dtype.kind == "O" and array.size:
+        values = array.reshape(-1).tolist()
+        if all(type(v) is int for v in values):
+            _within_int64(min(values), max(values), name)
+            return np.array(values, dtype=np.int64).reshape(array.shape)
     if array.size and array.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
-    if array.dtype.kind == "u" and array.size and array.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} must hold ids below 2**63, got {array.max()}")
+    if array.dtype.kind == "u" and array.size:
+        _within_int64(0, int(array.max()), name)
     return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _within_int64(low: int, high: int, name: str) -> None:
+    bounds = np.iinfo(np.int64)
+    if low < bounds.min or high > bounds.max:
+        raise ValueError(f"{name} must hold integers within int64 (ids below 2**63), got "
+                         f"{low if low < bounds.min else high}")
 
 
 def check_ids(ids, name: str, upper: int | None, *, allow_new: bool = False) -> np.ndarray:

@@ -13,7 +13,8 @@
   recfuse serve MODEL [--ranker F]   serve a model file (and a ranker file: recall + rank)
                                      over HTTP (the serve extra)
 
-Every command takes ``--json`` (one JSON object on stdout, nothing else). Exit codes: 0 done;
+Every command takes ``--json`` (one JSON object on stdout, nothing else; a number that is
+not finite, e.g. an AUC without any pair to compare, is written as null). Exit codes: 0 done;
 1 an unexpected failure (a bug: the traceback is printed); 2 bad arguments or input (one line
 ``recfuse <command>: error: ...`` on stderr).
 """
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -31,15 +34,50 @@ import numpy as np
 EVENT_WEIGHTS = {"view": 1.0, "click": 3.0, "purchase": 10.0}
 
 
-def _count(text: str) -> int:
-    """argparse type of sizes and counts: an integer >= 1, refused before any work starts."""
+def _integer_in(low: int, high: int | None = None):
+    """argparse type: an integer in [low, high] (no upper bound when None), refused before
+    any work starts."""
+    expected = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+_count = _integer_in(1)  # sizes and counts
+_port = _integer_in(1, 65535)
+
+
+def _non_negative(text: str) -> float:
+    """argparse type of durations: a finite number >= 0."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
+
+
+def _event_weights(text: str) -> dict:
+    """argparse type of --event-weights: a JSON object of event type -> weight."""
+    try:
+        weights = json.loads(text)
+    except json.JSONDecodeError as error:
+        example = json.dumps({"view": 1, "click": 3})
+        raise argparse.ArgumentTypeError(f"expected a JSON object of weights per event type, "
+                                         f"e.g. '{example}', got {text!r} ({error})") from None
+    if not isinstance(weights, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of weights per event type, "
+                                         f"got {type(weights).__name__} {text!r}")
+    return weights
 
 
 def _printer(args):
@@ -48,15 +86,23 @@ def _printer(args):
 
 def _emit_json(args, payload: dict) -> None:
     if args.json:
-        print(json.dumps(payload, default=_json_default))
+        print(json.dumps(_plain_json(payload), allow_nan=False))
 
 
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
+def _plain_json(value):
+    """``value`` with NumPy values as Python ones and non-finite floats as None: JSON has no
+    NaN or Infinity (json.dumps would write them, and strict parsers refuse them)."""
+    if isinstance(value, dict):
+        return {key: _plain_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(item) for item in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+        return _plain_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 # ---------------------------------------------------------------------------- info
@@ -138,7 +184,9 @@ def _ingest(args):
         return datasets.load_movielens(args.data, min_rating=args.min_rating)
     event_weights = None
     if args.event:
-        event_weights = json.loads(args.event_weights) if args.event_weights else EVENT_WEIGHTS
+        event_weights = args.event_weights if args.event_weights is not None else EVENT_WEIGHTS
+    elif args.event_weights is not None:
+        raise ValueError("--event-weights needs --event (the event type column)")
     return Interactions.from_events(args.data, user=args.user, item=args.item,
                                     weight=args.weight, timestamp=args.timestamp,
                                     event=args.event, event_weights=event_weights,
@@ -285,42 +333,62 @@ def _demo(args) -> int:
 
 
 def _serve(args) -> int:
+    import socket
+
     from .serving import Recommender
 
     try:
-        from .server import Limits, http_stack, serve
+        from .server import Limits, http_stack, listening_socket, serve
     except ImportError as error:
         print(f"recfuse serve: {error}", file=sys.stderr)
         return 2
-    ranker = None
-    if args.ranker is not None:
-        from .ranking import load_scorer
-
-        ranker = load_scorer(args.ranker, precision=args.ranker_precision)
-    elif args.ranker_precision != "float32":
+    if args.ranker is None and args.ranker_precision != "float32":
         raise ValueError("--ranker-precision needs --ranker")
-    recommender = Recommender(args.model, ranker, candidates=args.candidates, k=args.k,
-                              unknown_items=args.unknown_items, num_threads=args.threads)
-    limits = Limits(max_k=args.max_k, max_batch=args.max_batch,
-                    max_body_bytes=args.max_body_bytes, batch_wait=args.batch_wait_ms / 1000,
-                    workers=args.workers)
-    info = recommender.info()
-    stack = http_stack()
-    ranked = "" if ranker is None else \
-        f", ranked by {args.ranker} ({info['context_width']} context columns)"
-    print(f"recfuse serve: {info['kind']} model {args.model} ({info['users']} users x "
-          f"{info['items']} items){ranked} on http://{args.host}:{args.port} "
-          f"({stack['http']}, {stack['loop']})", file=sys.stderr)
-    serve(recommender, host=args.host, port=args.port, model_path=args.model,
-          ranker_path=args.ranker, ranker_options={"precision": args.ranker_precision},
-          limits=limits)
+    try:  # first: a busy port or a wrong host fails at once, before any file is read
+        sock = listening_socket(args.host, args.port)
+    except socket.gaierror as error:
+        raise ValueError(f"--host {args.host!r} does not resolve: {error.strerror}") from None
+    except OSError as error:
+        raise ValueError(f"cannot listen on --host {args.host} --port {args.port}: "
+                         f"{error.strerror or error}") from None
+    with sock:
+        ranker = None
+        if args.ranker is not None:
+            ranker = _ranker_file(args.ranker, args.ranker_precision)
+        recommender = Recommender(args.model, ranker, candidates=args.candidates, k=args.k,
+                                  unknown_items=args.unknown_items, num_threads=args.threads)
+        limits = Limits(max_k=args.max_k, max_batch=args.max_batch,
+                        max_body_bytes=args.max_body_bytes,
+                        batch_wait=args.batch_wait_ms / 1000, workers=args.workers)
+        info = recommender.info()
+        stack = http_stack()
+        ranked = "" if ranker is None else \
+            f", ranked by {args.ranker} ({info['context_width']} context columns)"
+        print(f"recfuse serve: {info['kind']} model {args.model} ({info['users']} users x "
+              f"{info['items']} items){ranked} on http://{args.host}:{args.port} "
+              f"({stack['http']}, {stack['loop']})", file=sys.stderr)
+        serve(recommender, host=args.host, port=args.port, model_path=args.model,
+              ranker_path=args.ranker, ranker_options={"precision": args.ranker_precision},
+              limits=limits, sock=sock)
     return 0
+
+
+def _ranker_file(path: str, precision: str):
+    """The scorer in the --ranker file at ``precision``. Read first as it was saved, so that
+    a file of another model is refused as ``Recommender(ranker=path)`` refuses it ("holds a
+    SVD, not a ranker"); read again only when the precision differs (scorer files are
+    small)."""
+    from .ranking import load_scorer
+
+    scorer = load_scorer(path)
+    return scorer if scorer.precision == precision else load_scorer(path, precision=precision)
 
 
 # ---------------------------------------------------------------------------- train / evaluate / recommend
 def _train(args) -> int:
     say = _printer(args)
     started = time.perf_counter()
+    _check_output_folder(args.output)
     interactions = _ingest(args)
     say(f"ingested {interactions}")
     if args.split == "none":
@@ -330,11 +398,15 @@ def _train(args) -> int:
         say(f"split ({args.split}): train {train.nnz} pairs, test {test.nnz} pairs")
     model = _model(args)
     model.fit(train, show_progress=not args.json)
-    os.makedirs(args.output, exist_ok=True)
-    model.save(os.path.join(args.output, "model.npz"))
-    train.save(os.path.join(args.output, "train.npz"))
-    if test is not None:
-        test.save(os.path.join(args.output, "test.npz"))
+    try:
+        os.makedirs(args.output, exist_ok=True)
+        model.save(os.path.join(args.output, "model.npz"))
+        train.save(os.path.join(args.output, "train.npz"))
+        if test is not None:
+            test.save(os.path.join(args.output, "test.npz"))
+    except OSError as error:
+        raise ValueError(f"--output {args.output!r}: cannot write the model folder: "
+                         f"{error}") from None
     seconds = time.perf_counter() - started
     say(f"trained {type(model).__name__} ({model.backend_used}) in {seconds:.2f} s; wrote "
         f"{args.output}")
@@ -343,6 +415,32 @@ def _train(args) -> int:
                       "users": train.n_users, "items": train.n_items, "train_pairs": train.nnz,
                       "test_pairs": None if test is None else test.nnz, "seconds": seconds})
     return 0
+
+
+FOLDER_FILES = ("model.npz", "train.npz", "test.npz")  # what train writes in --output
+
+
+def _check_output_folder(path: str) -> None:
+    """Refuse an --output that could not be written, before any work starts: the path or
+    its nearest existing parent must be a folder that takes a file (tried with a temporary
+    one), and the files train writes must not be folders."""
+    target = os.path.abspath(path)
+    existing = target
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "is a file" if existing == target else f"is under the file {existing!r}"
+        raise ValueError(f"--output {path!r} {what}; give a folder to write the model into")
+    try:  # a real write (what os.access says is not what root, or a read-only mount, gets)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(f"--output {path!r}: cannot write in the folder {existing!r}: "
+                         f"{error.strerror or error}") from None
+    blocked = [name for name in FOLDER_FILES if os.path.isdir(os.path.join(target, name))]
+    if blocked:
+        raise ValueError(f"--output {path!r} holds folders named {blocked}, where the model "
+                         f"files go")
 
 
 def _load_folder(folder: str):
@@ -380,8 +478,9 @@ def _evaluate(args) -> int:
     say(f"evaluated {result['users']} users ({result['cold_users']} without train items) "
         f"in {result['seconds']:.2f} s:")
     for name in ("precision", "recall", "map", "ndcg", "mrr", "hit_rate", "auc", "coverage",
-                 "novelty", "diversity"):
-        say(f"  {name:<10} {result[name]:.4f}")
+                 "novelty", "diversity", "rmse", "mae"):
+        if name in result:  # rmse and mae: the rating models (those with predict)
+            say(f"  {name:<10} {result[name]:.4f}")
     _emit_json(args, result)
     return 0
 
@@ -555,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a model file over HTTP (needs the serve extra)")
     serve.add_argument("model", help="a model file written by model.save()")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--k", type=_count, default=10, help="list length when a request gives none")
     serve.add_argument("--ranker", default=None,
                        help="a ranker file (MLPScorer.save, or an .onnx chain): recalled "
@@ -567,11 +666,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what /events does with item ids the model lacks")
     serve.add_argument("--max-k", type=_count, default=1000)
     serve.add_argument("--max-batch", type=_count, default=256, help="users per /recommend request")
-    serve.add_argument("--max-body-bytes", type=int, default=1 << 20)
-    serve.add_argument("--batch-wait-ms", type=float, default=1.0,
+    serve.add_argument("--max-body-bytes", type=_count, default=1 << 20)
+    serve.add_argument("--batch-wait-ms", type=_non_negative, default=1.0,
                        help="how long a micro-batch may wait for the requests it expects")
     serve.add_argument("--workers", type=_count, default=1, help="threads answering batches")
-    serve.add_argument("--threads", type=int, default=None,
+    serve.add_argument("--threads", type=_integer_in(0), default=None,
                        help="CPU threads per native call (default: 1 below 100,000 items, else all)")
     serve.set_defaults(run=_serve)
 
@@ -581,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     column_options(train)
     train.add_argument("--timestamp", default=None, help="time column")
     train.add_argument("--event", default=None, help="event type column")
-    train.add_argument("--event-weights", default=None,
+    train.add_argument("--event-weights", type=_event_weights, default=None,
                        help='JSON weights per event type (default {"view": 1, "click": 3, '
                             '"purchase": 10})')
     train.add_argument("--combine", choices=("sum", "max", "last", "count"), default="sum")

@@ -57,7 +57,7 @@ def _optional_pandas():
 # ---------------------------------------------------------------------------- id maps
 class IdMap:
     """External ids <-> dense ints 0..n-1. Immutable: ``extend`` returns a new map in which
-    every existing id keeps its int.
+    every existing id keeps its int. The ids must be distinct (ValueError otherwise).
 
     >>> ids = IdMap(np.array(["a", "b"]))
     >>> ids.extend(["c", "a"]).to_internal(["c", "a"]).tolist()
@@ -65,6 +65,41 @@ class IdMap:
     """
 
     def __init__(self, ids):
+        self._set(ids)
+        self._check_distinct()
+
+    @classmethod
+    def _distinct(cls, ids) -> "IdMap":
+        """A map of ids known to be distinct (a factorization's uniques): not checked again."""
+        id_map = cls.__new__(cls)
+        id_map._set(ids)
+        return id_map
+
+    def _check_distinct(self) -> None:
+        if self._array is None:  # Arrow strings
+            import pyarrow.compute as pc
+
+            if pc.count_distinct(self._arrow).as_py() == len(self._arrow):
+                return
+            array = self._ids
+        else:
+            array = self._array
+        pandas = _optional_pandas()
+        if pandas is not None:
+            index = pandas.Index(array)
+            if index.is_unique:
+                self._index = index  # the lookup table, built anyway at the first lookup
+                return
+            repeated = index[index.duplicated()].unique()[:5].tolist()
+        else:  # pragma: no cover - the NumPy path without pandas
+            values, counts = np.unique(array, return_counts=True)
+            if values.size == array.size:
+                return
+            repeated = values[counts > 1][:5].tolist()
+        raise ValueError(f"ids must be distinct (one int per id), got repeated ids, e.g. "
+                         f"{repeated}")
+
+    def _set(self, ids) -> None:
         self._index = None  # the lookup table, built on first use
         self._arrow = None
         if type(ids).__module__.split(".")[0] == "pyarrow":
@@ -86,7 +121,7 @@ class IdMap:
         """Map ``values`` (one id per event) to ints: ids numbered in sorted order.
         Returns (map, int32 codes)."""
         codes, uniques = _factorize(values, name, arrow_ids=True)
-        return cls(uniques), codes
+        return cls._distinct(uniques), codes
 
     @property
     def ids(self) -> np.ndarray:
@@ -140,7 +175,7 @@ class IdMap:
         if new.size == 0:
             return self
         _, uniques = _factorize(new, "ids")
-        return IdMap(np.concatenate([self._ids, uniques]))
+        return IdMap._distinct(np.concatenate([self._ids, uniques]))
 
     def _lookup(self, values: np.ndarray) -> np.ndarray:
         if len(self) == 0 or values.size == 0:
@@ -211,7 +246,7 @@ def _factorize(values, name: str, arrow_ids: bool = False) -> tuple[np.ndarray, 
     if is_series and values.dtype.kind in "biuf":
         values, is_series = values.to_numpy(), False
     if not is_series:
-        values = np.asarray(values)
+        values = _list_ids(values) if isinstance(values, (list, tuple)) else np.asarray(values)
         if values.ndim != 1:
             raise ValueError(f"{name} must be 1-d, got shape {values.shape}")
     if len(values) == 0:
@@ -249,6 +284,18 @@ def _factorize(values, name: str, arrow_ids: bool = False) -> tuple[np.ndarray, 
     if uniques.size > check.INT32_MAX:
         raise ValueError(f"{name} has {uniques.size} distinct ids; at most {check.INT32_MAX}")
     return codes.astype(np.int32, copy=False), uniques
+
+
+def _list_ids(values) -> np.ndarray:
+    """A list of ids as an array. NumPy makes strings of a list that mixes strings with
+    other types (["a", 1] -> ["a", "1"]); such a list stays objects here, so that the
+    mixed types are refused as in any other column."""
+    array = np.asarray(values)
+    if array.ndim == 1 and array.dtype.kind in "US" and not (
+            all(isinstance(v, str) for v in values) or all(isinstance(v, bytes) for v in values)):
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+    return array
 
 
 def _arrow_strings(values, pandas):
@@ -472,6 +519,14 @@ def _from_arrow(chunked, name: str):
     return chunked.to_pandas() if pandas is not None else chunked.to_numpy()
 
 
+def _is_column(column) -> bool:
+    """Whether ``column`` can be a column of events: sized and not a scalar (a string, a
+    0-d array)."""
+    if isinstance(column, (str, bytes)) or not hasattr(column, "__len__"):
+        return False
+    return not (isinstance(column, np.ndarray) and column.ndim == 0)
+
+
 def _numeric(column, name: str) -> np.ndarray:
     array = np.asarray(column)
     if array.dtype.kind not in "biuf":
@@ -533,7 +588,11 @@ def _seconds(value, name: str) -> float:
     elif hasattr(value, "total_seconds"):
         seconds = value.total_seconds()
     elif isinstance(value, str):
-        seconds = _pandas("parsing durations").Timedelta(value).total_seconds()
+        try:
+            seconds = _pandas("parsing durations").Timedelta(value).total_seconds()
+        except ValueError as error:
+            raise ValueError(f"{name} must be seconds, a timedelta or a duration string like "
+                             f"'30D' or '12h', got {value!r} ({error})") from None
     else:
         raise TypeError(f"{name} must be seconds, a timedelta or a string like '30D', "
                         f"got {type(value).__name__}")
@@ -628,6 +687,11 @@ class Interactions:
         source's buffers (e.g. a Parquet table read here) can be freed before grouping."""
         check.check_choice(combine, "combine", COMBINE)
         check.check_choice(unknown, "unknown", UNKNOWN)
+        for name, column in columns.items():
+            if column is not None and not _is_column(column):
+                raise TypeError(f"{name}s must be a 1-d sequence with one value per event "
+                                f"(a list, an array, a Series), got {type(column).__name__} "
+                                f"{column!r:.40}")
         n = len(columns["user"])
         if n == 0:
             raise ValueError("the event log is empty: no events to build interactions from")
@@ -692,8 +756,8 @@ class Interactions:
         matrix = check.check_csr(sp.csr_matrix(matrix) if sp.issparse(matrix) else matrix,
                                  "matrix", dtype=np.float32)
         rows, cols = matrix.shape
-        user_ids = user_ids if user_ids is not None else IdMap(np.arange(rows))
-        item_ids = item_ids if item_ids is not None else IdMap(np.arange(cols))
+        user_ids = user_ids if user_ids is not None else IdMap._distinct(np.arange(rows))
+        item_ids = item_ids if item_ids is not None else IdMap._distinct(np.arange(cols))
         if len(user_ids) != rows or len(item_ids) != cols:
             raise ValueError(f"id maps of {len(user_ids)} users and {len(item_ids)} items do "
                              f"not fit a matrix of shape {matrix.shape}")
@@ -732,6 +796,8 @@ class Interactions:
             options["half_life"] = self._settings["half_life"]
             if self._settings["fixed_reference"]:
                 options["reference_time"] = np.datetime64(self._settings["reference_time"], "ns")
+        if source is None:
+            _check_added_arrays(columns_or_arrays)
         options.update(columns_or_arrays)
         if source is not None:
             new = Interactions.from_events(source, **options)
@@ -851,11 +917,7 @@ class Interactions:
           ``implicit.nearest_neighbours.bm25_weight`` / ``tfidf_weight`` on the users x items
           matrix (idf = log(n_users) - log1p(users of the item)).
         """
-        check.check_choice(weighting, "weighting", WEIGHTING)
-        allowed = {"bm25": {"k1", "b"}}.get(weighting, set())
-        if set(options) - allowed:
-            raise TypeError(f"weighting {weighting!r} takes options {sorted(allowed)}, got "
-                            f"{sorted(options)}")
+        _check_weighting(weighting, options)
         result = self._replace()
         result._settings.update(weighting=weighting, weighting_options=dict(options))
         _weigh(result, weighting, options)  # validate now, not at the first .matrix
@@ -915,15 +977,17 @@ class Interactions:
         from .persistence import read_model
 
         header, arrays = read_model(path, mmap=mmap)
+        path = os.fspath(path)
         if header.get("model") != "Interactions":
-            raise ValueError(f"{os.fspath(path)!r} holds a {header.get('model')!r}, "
-                             "not Interactions")
+            raise ValueError(f"{path!r} holds a {header.get('model')!r}, not Interactions")
+        settings = _saved_settings(path, header.get("params", {}))
         try:
-            return cls(IdMap(arrays["user_ids"]), IdMap(arrays["item_ids"]), arrays["indptr"],
-                       arrays["indices"], arrays["values"], arrays["counts"],
-                       arrays.get("times"), settings=header.get("params", {}))
+            user_ids, item_ids = IdMap(arrays["user_ids"]), IdMap(arrays["item_ids"])
+            _check_saved_pairs(path, arrays, len(user_ids), len(item_ids))
+            return cls(user_ids, item_ids, arrays["indptr"], arrays["indices"], arrays["values"],
+                       arrays["counts"], arrays.get("times"), settings=settings)
         except KeyError as error:
-            raise ValueError(f"{os.fspath(path)!r} is missing the array {error}") from error
+            raise ValueError(f"{path!r} is missing the array {error}") from error
 
     # ------------------------------------------------------------------ helpers
     def _replace(self, **arrays) -> "Interactions":
@@ -948,7 +1012,8 @@ class Interactions:
         new_item = np.full(self.n_items, -1, dtype=np.int64)
         new_item[items] = np.arange(items.size)
         indptr = np.concatenate([[0], np.cumsum(per_user[users])])
-        result = Interactions(IdMap(self.user_ids.ids[users]), IdMap(self.item_ids.ids[items]),
+        result = Interactions(IdMap._distinct(self.user_ids.ids[users]),
+                              IdMap._distinct(self.item_ids.ids[items]),
                               indptr, new_item[self._indices], self._values, self._counts,
                               self._times, settings=self._settings)
         return result  # item order is kept, so rows stay sorted
@@ -957,6 +1022,37 @@ class Interactions:
 _DEFAULT_SETTINGS = {"combine": "sum", "weighting": "none", "weighting_options": {},
                      "half_life": None, "reference_time": None, "fixed_reference": False,
                      "columns": None, "event_weights": None}
+
+
+def _saved_settings(path: str, settings: dict) -> dict:
+    """The settings of an Interactions file's header, checked as the constructors check
+    them (ValueError naming the file)."""
+    unknown = sorted(set(settings) - set(_DEFAULT_SETTINGS))
+    try:
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}; expected among "
+                             f"{sorted(_DEFAULT_SETTINGS)}")
+        full = dict(_DEFAULT_SETTINGS, **settings)
+        check.check_choice(full["combine"], "combine", COMBINE)
+        if not isinstance(full["weighting_options"], dict):
+            raise TypeError(f"weighting_options must be an object, got "
+                            f"{type(full['weighting_options']).__name__}")
+        _check_weighting(full["weighting"], full["weighting_options"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path!r} has a malformed header: {error}") from None
+    return settings
+
+
+def _check_saved_pairs(path: str, arrays: dict, n_users: int, n_items: int) -> None:
+    """The pair arrays of an Interactions file: a CSR layout of n_users rows whose columns
+    are items of the map, one value, count (and time) per pair."""
+    nnz = check.check_csr_arrays(arrays["indptr"], arrays["indices"], n_users, n_items,
+                                 f"the pairs of {path!r}")
+    sizes = {name: np.asarray(arrays[name]).size for name in ("indices", "values", "counts",
+                                                              "times") if name in arrays}
+    if any(size != nnz for size in sizes.values()):
+        raise ValueError(f"the pairs of {path!r} must have {nnz} entries in each array, got "
+                         f"{sizes}")
 
 
 def _both(first, second, *, parallel: bool):
@@ -990,6 +1086,19 @@ def _map_ids(values, id_map: IdMap | None, name: str, extend: bool) -> tuple[IdM
     return extended, extended._lookup(array).astype(np.int32)
 
 
+ADDED_ARRAYS = ("users", "items", "weights", "timestamps", "events")  # add() without a source
+
+
+def _check_added_arrays(arrays: dict) -> None:
+    """``add(users=..., items=..., ...)``: the names from_arrays takes its columns by."""
+    unknown = sorted(set(arrays) - set(ADDED_ARRAYS))
+    missing = [name for name in ("users", "items") if name not in arrays]
+    if unknown or missing:
+        raise TypeError(f"add() without a source takes the arrays users=, items= and optionally "
+                        f"weights=, timestamps=, events= (as from_arrays); got "
+                        f"{sorted(arrays)}" + (f", missing {missing}" if missing else ""))
+
+
 def _event_type_weights(events, event_weights) -> np.ndarray:
     if event_weights is None:
         raise ValueError("an event column needs event_weights, e.g. "
@@ -1005,6 +1114,17 @@ def _event_type_weights(events, event_weights) -> np.ndarray:
     table = np.array([check.check_float(event_weights[t], f"event_weights[{t!r}]")
                       for t in types.tolist()], dtype=np.float64)
     return table[codes]
+
+
+def _check_weighting(weighting, options: dict) -> None:
+    """A weighting name of WEIGHTING and the options it takes (bm25: k1 and b >= 0)."""
+    check.check_choice(weighting, "weighting", WEIGHTING)
+    allowed = {"bm25": {"k1", "b"}}.get(weighting, set())
+    if set(options) - allowed:
+        raise TypeError(f"weighting {weighting!r} takes options {sorted(allowed)}, got "
+                        f"{sorted(options)}")
+    for name in sorted(options):
+        check.check_float(options[name], name, minimum=0.0)
 
 
 def _weigh(interactions: Interactions, weighting: str, options: dict) -> np.ndarray:
@@ -1028,6 +1148,8 @@ def _weigh(interactions: Interactions, weighting: str, options: dict) -> np.ndar
         if values.size and values.min() < 0:
             raise ValueError(f"tfidf weighting needs non-negative values, got min {values.min()}")
         return np.sqrt(values) * idf[interactions._indices]
+    if weighting != "bm25":  # weighted() and load() refuse other names first
+        raise ValueError(f"weighting must be one of {WEIGHTING}, got {weighting!r}")
     k1 = check.check_float(options.get("k1", 100.0), "k1", minimum=0.0)
     b = check.check_float(options.get("b", 0.8), "b", minimum=0.0)
     row_sums = np.bincount(interactions.user_codes, weights=values,

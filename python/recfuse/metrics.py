@@ -75,7 +75,8 @@ def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
                     num_threads: int = 0) -> dict:
     """Ranking metrics of given top-k lists against a test matrix.
 
-    ``recommended`` is (n, k) item ids (-1 pads a short list) for the test rows ``users``
+    ``recommended`` is (n, k) item ids (-1 pads a short list; no other id may appear twice
+    in a row) for the test rows ``users``
     (default: every row of ``test`` with items, in order). Returns precision, recall, map,
     ndcg, auc, mrr, hit_rate (and, with ``per_user``, a ``per_user`` dict of arrays).
 
@@ -100,12 +101,27 @@ def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
     if rows.size and (np.diff(test.indptr)[rows] == 0).any():
         raise ValueError("every evaluated user needs at least one test item; "
                          f"users {rows[np.diff(test.indptr)[rows] == 0][:5].tolist()} have none")
+    _check_no_repeats(ids)
     table = _core.ranking_metrics(np.ascontiguousarray(ids, dtype=np.int64),
                                   np.ascontiguousarray(rows, dtype=np.int64),
                                   test.indptr.astype(np.int64, copy=False),
                                   test.indices.astype(np.int32, copy=False),
                                   n_items=test.shape[1], num_threads=num_threads)
     return _aggregate(table, per_user)
+
+
+def _check_no_repeats(ids: np.ndarray) -> None:
+    """A list that names an item twice would count its hit twice (precision above 1): one
+    sort of the rows, then neighbours compared; the -1 padding may repeat."""
+    if ids.shape[1] < 2:
+        return
+    ordered = np.sort(ids, axis=1)
+    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != -1)
+    if repeated.any():
+        row, column = np.argwhere(repeated)[0]
+        raise ValueError(f"recommended must not repeat an item id within a row (-1 pads a "
+                         f"short list), got row {int(row)} with item {int(ordered[row, column])} "
+                         f"twice")
 
 
 def _aggregate(table: np.ndarray, per_user: bool) -> dict:

@@ -10,6 +10,7 @@ still reads them.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import struct
@@ -118,7 +119,9 @@ def _map_members(path: str, handle, archive: zipfile.ZipFile) -> dict[str, np.nd
 
 
 def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
-    """Return (header, arrays); ValueError for a truncated, foreign or newer file.
+    """Return (header, arrays); ValueError for a truncated, foreign or newer file, or one
+    whose header is malformed ("version" not a positive integer, "model" not a string,
+    "params" not an object).
 
     ``mmap=True`` returns the arrays as read-only memory maps of the file (no copy; pages
     are read when touched); the file must not be changed while they are in use.
@@ -144,10 +147,29 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
     if not isinstance(header, dict) or header.get("format") != "recfuse":
         raise ValueError(f"{path!r} is not a recfuse model file (bad header)")
     version = header.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ValueError(f"{path!r} has format version {version!r}; this recfuse reads up to "
                          f"{FORMAT_VERSION}: upgrade recfuse")
+    _check_header(path, header)
     return header, arrays
+
+
+def _check_header(path: str, header: dict) -> None:
+    """The fields every header has, of the right types; ValueError naming the field."""
+    version = header.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        _malformed(path, f'"version" must be a positive integer, got {version!r:.60}')
+    if not isinstance(header.get("model"), str):
+        _malformed(path, f'"model" must be the name of a model class, got '
+                         f'{header.get("model")!r:.60}')
+    params = header.get("params", {})
+    if not isinstance(params, dict):
+        _malformed(path, f'"params" must be an object of parameter names and values, got '
+                         f'{type(params).__name__} {params!r:.60}')
+
+
+def _malformed(path: str, what: str):
+    raise ValueError(f"{path!r} has a malformed header: {what}")
 
 
 def load(path, *, mmap: bool = False, **overrides):
@@ -156,7 +178,8 @@ def load(path, *, mmap: bool = False, **overrides):
 
     ``mmap=True`` maps the stored arrays read-only instead of reading them (for serving:
     several processes share one copy in the page cache). ``overrides`` replace saved
-    constructor parameters (e.g. ``backend="cpu"``).
+    constructor parameters (e.g. ``backend="cpu"``). A parameter the stored model does not
+    take, in the file's header or in ``overrides``, is a ValueError naming it.
     """
     from .models.als import ALS
     from .models.bpr import BPR
@@ -167,12 +190,36 @@ def load(path, *, mmap: bool = False, **overrides):
     registry = {"ALS": ALS, "SVD": SVD, "SVDpp": SVDpp, "BPR": BPR,
                 "ExplicitALS": ExplicitALS, "MLPScorer": MLPScorer}
     header, arrays = read_model(path, mmap=mmap)
-    model_name = header.get("model")
+    path = os.fspath(path)
+    model_name = header["model"]
     if model_name not in registry:
-        raise ValueError(f"{os.fspath(path)!r} holds an unknown model type {model_name!r}")
+        raise ValueError(f"{path!r} holds an unknown model type {model_name!r}; this recfuse "
+                         f"reads {sorted(registry)}")
+    model_class = registry[model_name]
+    accepted = _saved_params(model_class)
     params = dict(header.get("params", {}))
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        _malformed(path, f'"params" name {unknown}, which {model_name} does not take; '
+                         f'expected among {sorted(accepted)}')
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        raise ValueError(f"{path!r} holds a {model_name} model, which takes no {unknown}; "
+                         f"its parameters are {sorted(accepted)}")
     params.update(overrides)
     try:
-        return registry[model_name]._from_saved(params, arrays)
+        return model_class._from_saved(params, arrays)
     except KeyError as error:
-        raise ValueError(f"{os.fspath(path)!r} is missing the array {error}") from error
+        raise ValueError(f"{path!r} is missing the array {error}") from error
+
+
+# Header params that are not constructor arguments: a scorer's layer layout.
+_LAYOUT_PARAMS = {"MLPScorer": {"activations", "biases"}}
+
+
+def _saved_params(model_class) -> set:
+    """The parameter names a file of ``model_class`` may hold: its constructor's settings
+    (the arguments with a default) and its layout fields."""
+    settings = {name for name, parameter in inspect.signature(model_class).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
+    return settings | _LAYOUT_PARAMS.get(model_class.__name__, set())

@@ -39,9 +39,10 @@ import importlib.util
 import json
 import logging
 import math
+import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -55,11 +56,13 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
     raise ImportError('the HTTP server needs the serve extra: pip install "recfuse[serve]"') \
         from error
 
+from . import _validation as check
 from .batching import MicroBatcher
 from .ranking import load_scorer
 from .serving import Recommender
 
 LOG = logging.getLogger("recfuse.server")
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -78,6 +81,13 @@ class Limits:
     # threads answering /recommend batches: one leaves the other core to the event loop
     # (two gave smaller batches and more thread hand-offs at concurrency 16 on 2 cores)
     workers: int = 1
+
+    def __post_init__(self):
+        for entry in fields(self):
+            if entry.name == "batch_wait":
+                check.check_float(self.batch_wait, "batch_wait", minimum=0.0)
+            else:
+                check.check_int(getattr(self, entry.name), entry.name, minimum=1)
 
 
 class _BadRequest(Exception):
@@ -165,12 +175,17 @@ class Metrics:
 # ---------------------------------------------------------------------- request checks
 
 
+INT64_MAX = 2**63 - 1  # ids are int64: larger integers are refused here, by name
+
+
 def _integer(value, name: str, minimum: int = 0, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _BadRequest(422, f"{name} must be an integer, got {type(value).__name__}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise _BadRequest(422, f"{name} must be {bound}, got {value}")
+    if value > INT64_MAX:
+        raise _BadRequest(422, f"{name} must be <= {INT64_MAX} (ids are int64), got {value}")
     return value
 
 
@@ -182,6 +197,18 @@ def _integers(value, name: str, limit: int) -> list:
     for entry in value:
         if isinstance(entry, bool) or not isinstance(entry, int) or entry < 0:
             raise _BadRequest(422, f"{name} must hold integers >= 0, got {entry!r:.40}")
+        if entry > INT64_MAX:
+            raise _BadRequest(422, f"{name} must hold ids <= {INT64_MAX} (int64), got {entry}")
+    return value
+
+
+def _weights(value: list) -> list:
+    """/events weights: numbers that fit a float64 (JSON allows integers of any size)."""
+    for entry in value:
+        if isinstance(entry, bool) or not isinstance(entry, (int, float)) or (
+                isinstance(entry, int) and abs(entry) > _FLOAT64_MAX):
+            raise _BadRequest(422, f"weight must hold numbers (within float64's range), got "
+                                   f"{entry!r:.40}")
     return value
 
 
@@ -326,8 +353,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                 raise _BadRequest(422, f"{name} has {len(value)} entries; at most "
                                        f"{limits.max_events} events are accepted per request")
             if name == "weight":
-                if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-                    raise _BadRequest(422, "weight must be numbers")
+                _weights(value)
             else:
                 _integers(value, name, limits.max_events)
             columns[name] = np.array(value, dtype=np.float64 if name == "weight" else np.int64)
@@ -401,17 +427,42 @@ def http_stack() -> dict:
             "loop": "uvloop" if found["uvloop"] else "asyncio"}
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host`` (a name or an address) and ``port`` (0..65535), for
+    ``serve``. Raises ``socket.gaierror`` when the host does not resolve, ``OSError`` when
+    the address cannot be bound (e.g. the port is in use)."""
+    port = check.check_int(port, "port", minimum=0, maximum=65535)
+    family, kind, protocol, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, protocol)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000,
           model_path: str | None = None, ranker_path: str | None = None,
           ranker_options: dict | None = None, limits: Limits | None = None,
-          log_level: str = "warning") -> None:
-    """Run the API with uvicorn until interrupted (``create_app`` for the arguments)."""
+          log_level: str = "warning", sock: socket.socket | None = None) -> None:
+    """Run the API with uvicorn until interrupted (``create_app`` for the arguments) on
+    ``sock`` (``listening_socket``; by default one bound to ``host`` and ``port`` here)."""
     import uvicorn
 
     app = create_app(recommender, model_path=model_path, ranker_path=ranker_path,
                      ranker_options=ranker_options, limits=limits)
+    if sock is None:
+        sock = listening_socket(host, port)
     # Everything loaded so far lives as long as the process: out of the cyclic collector's
     # sight, so its full passes stop walking it (3.5% -> 1% of the server's CPU samples).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+    try:
+        with sock:
+            uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # as uvicorn.run: Ctrl-C ends the server quietly
+        pass

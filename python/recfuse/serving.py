@@ -37,8 +37,10 @@ SVD, SVD++ and BPR, which have no closed form, take ``sgd_steps`` SGD passes ove
 events from the current vector (items fixed; the rating models take ratings within their
 rating scale). Unknown users are added; unknown items are added (``unknown_items="add"``,
 ids below ``n_items + max_new_items``) or rejected (``"reject"``): an added item's vector is
-the mean of the vectors of its first ``new_item_users`` users. Every accepted event goes to
-a bounded log, ``pending_events()``, for the next full retrain.
+the mean of the vectors of its first ``new_item_users`` users (for every model kind; until
+it has one, its events count as seen but are left out of the users' fold-in). Weights are
+bounded by the square root of the model dtype's largest value (``observe``). Every accepted
+event goes to a bounded log, ``pending_events()``, for the next full retrain.
 
 Concurrency: readers take no lock. A model swap (``swap_model``) builds everything aside
 (the model, its item index, the ranker and its prepared items) and installs it by one
@@ -64,6 +66,7 @@ from . import _validation as check
 from ._backend import resolve_backend
 from ._als.common import CsrArrays
 from .models.als import ALS, fold_in, item_gram
+from .models._common import check_trained
 from .models.bpr import BPR
 from .models.explicit_als import ExplicitALS
 from .models.sgd import SVD, SVDpp, _user_vectors
@@ -78,6 +81,7 @@ UNKNOWN_ITEMS = ("add", "reject")
 SMALL_CATALOGUE = 100_000  # items; below it native calls default to one thread each
 _KEEP = object()  # swap_model(ranker=...) default: keep the ranker being served
 _NO_IDS = np.zeros(0, dtype=np.int64)
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 class Recommendation(NamedTuple):
@@ -311,8 +315,7 @@ class Recommender:
                                                                     strict=True)
         self.max_pending_events = check.check_int(max_pending_events, "max_pending_events",
                                                   minimum=0)
-        self._threads_given = None if num_threads is None else check.check_int(
-            num_threads, "num_threads", minimum=0)
+        self._threads_given = None if num_threads is None else check.check_threads(num_threads)
         self._write_lock = threading.Lock()
         self._log: collections.deque = collections.deque()  # Events chunks, oldest first
         self._logged = 0
@@ -724,8 +727,12 @@ class Recommender:
         """Fold events into the model at once; returns how many were accepted.
 
         events : a mapping with "user", "item" and optionally "weight" (default 1), each a
-            sequence (or a scalar), or ``Events``. All are checked first: on any error
-            nothing is applied (earlier calls' events stay).
+            sequence (or a scalar), or ``Events``. A weight's magnitude may be at most the
+            square root of the model dtype's largest value (1.8e19 for float32, 1.3e154 for
+            float64; for ALS also each user's summed weight of an item), as the fold-in
+            squares it. All are checked first: on any error nothing is applied (earlier
+            calls' events stay); a fold-in that overflows anyway (NaN or inf in a vector) is
+            refused the same way.
         The next ``recommend`` sees the new vectors and excludes the new items.
         """
         users, items, weights = _events(events)
@@ -765,6 +772,11 @@ class Recommender:
         """Fold events into ``state`` (writer lock held): compute everything, then publish."""
         model = state.model
         n = model.n_items
+        bound = _weight_bound(model.item_vectors.dtype)
+        if weights.size and np.abs(weights).max() > bound:
+            raise ValueError(f"events weight must be at most {bound:.3g} in magnitude for a "
+                             f"{model.item_vectors.dtype} model (the fold-in squares it), got "
+                             f"{weights[np.argmax(np.abs(weights))]:.3g}")
         if model.kind == "als" and model.model.confidence == "linear" and (weights < 0).any():
             raise ValueError(f"weights must be >= 0 for this ALS model (confidence 1 + alpha * "
                              f"r), got {weights.min()}")
@@ -801,6 +813,11 @@ class Recommender:
                 current = self._initial_user(model, user)
             merged_items, merged_weights = _merge(current.items, current.weights, items[begin:end],
                                                   weights[begin:end])
+            if model.kind == "als" and merged_weights.size and \
+                    np.abs(merged_weights).max() > bound:  # ALS solves with the sums
+                raise ValueError(f"events weight: user {user}'s summed weight of an item would "
+                                 f"reach {np.abs(merged_weights).max():.3g}, beyond the "
+                                 f"{bound:.3g} a {model.item_vectors.dtype} model takes")
             updated[user] = (current, merged_items, merged_weights, items[begin:end],
                              weights[begin:end])
         counts = {}  # ExplicitALS: each user's ratings per item, after these events
@@ -814,6 +831,12 @@ class Recommender:
         else:
             vectors = {user: self._sgd_fold_in(state, user, entry) for user, entry in
                        updated.items()}
+        # never published: a NaN vector would fail that user's every request
+        check_trained("the fold-in", (np.stack([v for v, _ in vectors.values()]),
+                                      np.array([offset for _, offset in vectors.values()])),
+                      f"the events' weights are too large for this model"
+                      f"{'' if self.sgd_lr is None else ', or sgd_lr too high'}; nothing was "
+                      f"applied")
         new_users = {user: _User(vectors[user][0], vectors[user][1], entry[1], entry[2],
                                  bool(vectors[user][0].any()), counts.get(user))
                      for user, entry in updated.items()}
@@ -919,7 +942,7 @@ class Recommender:
         """``sgd_steps`` SGD passes over this call's events of one user, items fixed:
         SVD/SVD++: squared error of offset + p·q_i + b_i against the rating (the user bias
         learns too when the model is biased); BPR: the pairwise loss against uniformly drawn
-        unseen items of the model."""
+        unseen items of the model. Events of items without a vector yet are left out."""
         model = state.model
         trained = model.model
         current, merged_items, _, items, weights = entry
@@ -927,33 +950,37 @@ class Recommender:
         reg = trained.reg
         vector = current.vector.astype(np.float64)
         offset = current.offset
+        # as in the ALS fold-in: items without a vector yet (added, still unfilled) are left
+        # out; they get theirs from their first users afterwards (_added_items)
+        usable = _with_vectors(model.n_items, state.new_items, items)
+        items, weights = items[usable], weights[usable]
         table = _item_rows(model, state.new_items, items).astype(np.float64)
-        finite = np.isfinite(table).all(axis=1)
-        table, weights, items = table[finite], weights[finite], items[finite]
         bias = np.zeros(items.size)
         if model.item_bias is not None:
             base = items < model.n_items
             bias[base] = model.item_bias[items[base]]
         rng = np.random.default_rng(user)
         biased = model.kind == "svd" and model.item_bias is not None
-        for _ in range(self.sgd_steps):
-            for t in rng.permutation(items.size):
-                q = table[t]
-                if model.kind == "svd":
-                    error = weights[t] - (offset + vector @ q + bias[t])
-                    if biased:
-                        offset += lr * (error - reg * (offset - model.global_mean))
-                    vector += lr * (error * q - reg * vector)
-                else:
-                    negative = _unseen_item(rng, model.n_items, merged_items)
-                    if negative < 0:
-                        continue
-                    q_neg = model.item_vectors[negative].astype(np.float64)
-                    b_neg = 0.0 if model.item_bias is None else float(model.item_bias[negative])
-                    x = vector @ (q - q_neg) + bias[t] - b_neg
-                    gradient = 1.0 / (1.0 + np.exp(x))
-                    vector += lr * (gradient * (q - q_neg) - reg * vector)
-        return vector.astype(model.item_vectors.dtype), float(offset)
+        # a step that overflows gives inf/NaN, which _apply refuses: no warning here
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(self.sgd_steps):
+                for t in rng.permutation(items.size):
+                    q = table[t]
+                    if model.kind == "svd":
+                        error = weights[t] - (offset + vector @ q + bias[t])
+                        if biased:
+                            offset += lr * (error - reg * (offset - model.global_mean))
+                        vector += lr * (error * q - reg * vector)
+                    else:
+                        negative = _unseen_item(rng, model.n_items, merged_items)
+                        if negative < 0:
+                            continue
+                        q_neg = model.item_vectors[negative].astype(np.float64)
+                        b_neg = 0.0 if model.item_bias is None else float(model.item_bias[negative])
+                        x = vector @ (q - q_neg) + bias[t] - b_neg
+                        gradient = 1.0 / (1.0 + np.exp(x))
+                        vector += lr * (gradient * (q - q_neg) - reg * vector)
+            return vector.astype(model.item_vectors.dtype), float(offset)
 
     def _added_items(self, state: _State, users, items, new_users: dict) -> _NewItems | None:
         """The new item table with vectors for the items that are still gathering their
@@ -1062,7 +1089,16 @@ def _user_id(value, name: str) -> int:
         raise TypeError(f"{name} must be an integer id, got {type(value).__name__} {value!r:.40}")
     if int(value) < 0:
         raise ValueError(f"{name} must be >= 0, got {int(value)}")
+    if int(value) > _INT64_MAX:
+        raise ValueError(f"{name} must be <= {_INT64_MAX} (ids are int64), got {int(value)}")
     return int(value)
+
+
+def _weight_bound(dtype) -> float:
+    """The largest weight magnitude ``observe`` takes for a model of ``dtype``: the square
+    root of its largest finite value (1.8e19 in float32, 1.3e154 in float64), since the
+    fold-in squares the weights (a solve's residual norms) and larger ones overflow there."""
+    return float(np.sqrt(np.finfo(dtype).max))
 
 
 def _context_rows(value, name: str, rows: int, *, width: int | None = None,
@@ -1096,13 +1132,8 @@ def _events(events) -> Events:
     else:
         raise TypeError(f"events must be a mapping with user/item/weight or recfuse.Events, "
                         f"got {type(events).__name__}")
-    users = np.atleast_1d(np.asarray(users))
-    items = np.atleast_1d(np.asarray(items))
-    for name, array in (("user", users), ("item", items)):
-        if array.size and (array.dtype.kind not in "iu"):
-            raise TypeError(f"events {name} must be integer ids, got dtype {array.dtype}")
-    users = check.check_ids(users, "events user", check.INT32_MAX)
-    items = check.check_ids(items, "events item", check.INT32_MAX)
+    users = check.check_ids(np.atleast_1d(users), "events user", check.INT32_MAX)
+    items = check.check_ids(np.atleast_1d(items), "events item", check.INT32_MAX)
     if users.size != items.size:
         raise ValueError(f"events user and item must have the same length, got {users.size} "
                          f"and {items.size}")

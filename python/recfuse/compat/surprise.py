@@ -102,11 +102,13 @@ class _SurpriseAdapter:
             inner_i = self.trainset.to_inner_iid(iid)
         except ValueError:
             inner_i = "UKN__" + str(iid)
-        est = self.estimate(inner_u, inner_i)
+        details = self._impossible(inner_u, inner_i)
+        est = self.default_prediction() if details["was_impossible"] else \
+            self.estimate(inner_u, inner_i)
         if clip:
             low, high = self.trainset.rating_scale
             est = min(high, max(low, est))
-        prediction = Prediction(uid, iid, r_ui, est, {"was_impossible": False})
+        prediction = Prediction(uid, iid, r_ui, est, details)
         if verbose:
             print(prediction)
         return prediction
@@ -119,10 +121,17 @@ class _SurpriseAdapter:
                           for uid, _, _ in testset], dtype=np.int64)
         items = np.array([self._inner(self.trainset.to_inner_iid, iid, self._unknown_item())
                           for _, iid, _ in testset], dtype=np.int64)
-        estimates = np.clip(self._model.predict(users, items, clip=False),
-                            *self.trainset.rating_scale) if len(testset) else []
-        predictions = [Prediction(uid, iid, r_ui, float(est), {"was_impossible": False})
-                       for (uid, iid, r_ui), est in zip(testset, estimates)]
+        estimates = self._model.predict(users, items, clip=False) if len(testset) else \
+            np.zeros(0)
+        details = [{"was_impossible": False}] * len(testset)  # copied below where it differs
+        if self._can_be_impossible():
+            impossible = (users >= self.trainset.n_users) | (items >= self.trainset.n_items)
+            estimates = np.where(impossible, self.default_prediction(), estimates)
+            details = [self._impossible_details() if flag else {"was_impossible": False}
+                       for flag in impossible.tolist()]
+        estimates = np.clip(estimates, *self.trainset.rating_scale)
+        predictions = [Prediction(uid, iid, r_ui, float(est), dict(detail))
+                       for (uid, iid, r_ui), est, detail in zip(testset, estimates, details)]
         if verbose:
             for prediction in predictions:
                 print(prediction)
@@ -149,6 +158,25 @@ class _SurpriseAdapter:
         return None if self._model.item_factors is None else self._model.item_factors.copy()
 
     # ------------------------------------------------------------------ helpers
+    def _can_be_impossible(self) -> bool:
+        """Surprise's SVD without biases cannot estimate for an unknown user or item (its
+        estimate raises PredictionImpossible); biased SVD and SVD++ always can."""
+        return False
+
+    @staticmethod
+    def _impossible_details() -> dict:
+        return {"was_impossible": True, "reason": "User and item are unknown."}
+
+    def _impossible(self, inner_u, inner_i) -> dict:
+        """The details of a prediction for inner ids ('UKN__' strings for unknown ids), as
+        ``surprise.AlgoBase.predict`` sets them: then it falls back to
+        ``default_prediction()``, the training mean."""
+        known = isinstance(inner_u, (numbers.Integral, np.integer)) and \
+            isinstance(inner_i, (numbers.Integral, np.integer))
+        if self._can_be_impossible() and not known:
+            return self._impossible_details()
+        return {"was_impossible": False}
+
     @staticmethod
     def _inner(convert, raw, unknown):
         try:
@@ -182,6 +210,9 @@ class SVD(_SurpriseAdapter):
                      reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi)
         super().__init__(n_factors, n_epochs, init_mean, init_std_dev, lr_all, reg_all, rates,
                          random_state, verbose, grid, num_threads, {"biased": biased})
+
+    def _can_be_impossible(self) -> bool:
+        return not self.biased
 
 
 class SVDpp(_SurpriseAdapter):
