@@ -243,3 +243,16 @@ def test_models_pickle_and_deep_copy(fitted):
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1])
     assert type(pickle.loads(pickle.dumps(type(fitted)()))) is type(fitted)  # unfitted too
+
+
+def test_recommend_searches_on_the_models_backend():
+    """recommend's index uses the model's backend (backend="numpy" never reaches native code)."""
+    for name in MODELS:
+        model = _fit(name)
+        model.backend = "numpy"  # as if fitted with it
+        model.__setstate__(model.__getstate__())  # drops the index caches
+        model.recommend(3, k=5)
+        indexes = [part for key, cached in vars(model).items()
+                   if key.endswith("_cache") and isinstance(cached, tuple)
+                   for part in cached if type(part).__name__ == "ItemIndex"]
+        assert indexes and all(index._module.NAME == "numpy" for index in indexes), name

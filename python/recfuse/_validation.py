@@ -204,8 +204,9 @@ def check_csr_arrays(indptr, indices, n_rows: int, n_cols: int | None, name: str
                          f"{indices.size} indices" + (
                              "" if data_size is None else f" and {data_size} values"))
     if n_cols is not None and nnz:
-        low, high = id_bounds(np.ascontiguousarray(indices[:nnz], np.int64)) if \
-            indices.dtype.kind == "i" else (int(indices[:nnz].min()), int(indices[:nnz].max()))
+        entries = indices[:nnz]  # read in place: a widened copy would cost memory at fit
+        low, high = id_bounds(entries) if entries.dtype == np.int64 else \
+            (int(entries.min()), int(entries.max()))
         if low < 0 or high >= n_cols:
             raise ValueError(f"{name} has column indices outside [0, {n_cols}): got "
                              f"{low if low < 0 else high}")

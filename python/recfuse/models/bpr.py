@@ -154,7 +154,7 @@ class BPR(FactorRetrieval):
         """The ItemIndex of these item factors and biases, rebuilt only when fit replaced them."""
         cached = self._index_cache
         if cached is None or cached[0] is not Q or cached[1] is not bias:
-            cached = (Q, bias, ItemIndex(Q, item_bias=bias))
+            cached = (Q, bias, ItemIndex(Q, item_bias=bias, backend=self.backend))
             self._index_cache = cached
         return cached[2]
 
