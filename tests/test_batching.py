@@ -201,6 +201,8 @@ def test_constructor_checks(als):
         MicroBatcher(rec, max_batch=0)
     with pytest.raises(ValueError, match="max_wait must be >= 0"):
         MicroBatcher(rec, max_wait=-1)
+    with pytest.raises(ValueError, match="max_wait must be <="):  # the worker's wait would fail
+        MicroBatcher(rec, max_wait=1e10)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         MicroBatcher(rec, workers=0)
     with pytest.raises(TypeError, match="on_batch"):

@@ -195,3 +195,9 @@ def test_json_output_writes_null_for_non_finite_numbers():
     result = json.loads(out, parse_constant=refuse)
     assert result["als"]["auc"] is None and result["als"]["diversity"] is None
     assert result["als"]["precision"] == 0.0
+
+
+def test_demo_refuses_sizes_beyond_the_machine_with_one_line():
+    result = run("demo", "--users", 10, "--items", 10, "--events", 10**14, check_rc=2)
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and "n_events = 100000000000000 needs" in err[0]

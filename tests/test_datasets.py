@@ -69,3 +69,38 @@ def test_load_movielens_dat_format(tmp_path):
 def test_load_movielens_missing_folder_says_where(tmp_path):
     with pytest.raises(FileNotFoundError, match="grouplens.org"):
         datasets.load_movielens(tmp_path / "nothing-here")
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: datasets.synthetic_implicit(10, 10, 10, seed=-1), ValueError, "seed must be >= 0"),
+    (lambda: datasets.synthetic_implicit(10, 10, 10, seed="a"), TypeError,
+     "seed must be an integer"),
+    (lambda: datasets.synthetic_implicit(10**11, 10, 10), ValueError, "n_users must be <="),
+    (lambda: datasets.synthetic_implicit(10, 10, 10**14), MemoryError, "nnz = "),
+    (lambda: datasets.synthetic_explicit(10, 10, 10, activity_exponent=-1), ValueError,
+     "activity_exponent must be >= 0"),
+    (lambda: datasets.synthetic_event_log(10, 10, 10**14), MemoryError, "n_events = "),
+    (lambda: datasets.train_test_split_per_user(np.ones((3, 3))), TypeError,
+     "matrix must be a scipy.sparse matrix"),
+])
+def test_generators_refuse_bad_arguments_up_front(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_an_integer_exponent_is_a_float_exponent():
+    """1 / rank ** 5 in int64 overflowed (division by zero): ints are taken as floats."""
+    as_int = datasets.synthetic_implicit(2000, 50, 3000, activity_exponent=5, seed=1)
+    as_float = datasets.synthetic_implicit(2000, 50, 3000, activity_exponent=5.0, seed=1)
+    assert (as_int != as_float).nnz == 0
+
+
+def test_movielens_100k_reader_takes_one_line_and_refuses_an_empty_file(tmp_path):
+    (tmp_path / "u.data").write_text("1\t2\t3\t4\n")
+    matrix = datasets.load_movielens_100k(tmp_path)
+    assert matrix.shape == (1, 2) and matrix[0, 1] == 3
+    (tmp_path / "u.data").write_text("")
+    with pytest.raises(ValueError, match="tab-separated lines"):
+        datasets.load_movielens_100k(tmp_path)
+    with pytest.raises(TypeError, match="min_rating must be a real number"):
+        datasets.load_movielens_100k(tmp_path, min_rating="4")

@@ -277,6 +277,28 @@ def test_bad_arguments_raise_clear_errors(client):
         DaskALS(broadcast="always")
     with pytest.raises(RuntimeError, match="not fitted"):
         DaskALS().to_local()
+    with pytest.raises(TypeError, match="client must be a distributed.Client"):
+        DaskALS().fit(ddf, "user", "item", client="scheduler:8786")
+    fitted = DaskALS(**PARAMS).fit(ddf, "user", "item", "weight")
+    with pytest.raises(TypeError, match="path must be a folder path"):
+        fitted.recommend_all(3, path=None)
+
+
+def test_a_failed_refit_leaves_the_model_as_it_was(client, tmp_path):
+    """A refit on other data whose checkpoint folder holds another fit's checkpoint raises
+    after the new data was set up; the model must still be the first fit, whole."""
+    _, frame = _events(n_users=60, n_items=40, nnz=500)
+    model = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, checkpoint_every=1, **PARAMS)
+    model.fit(dd.from_pandas(frame, npartitions=2), "user", "item", "weight")
+    before = model.to_local()
+    _, other = _events(n_users=90, n_items=30, nnz=500, seed=1)
+    with pytest.raises(ValueError, match="belongs to another fit"):
+        model.fit(dd.from_pandas(other, npartitions=2), "user", "item", "weight")
+    after = model.to_local()
+    assert (model.n_users, model.n_items) == before.user_factors.shape[0:1] + \
+        before.item_factors.shape[0:1]
+    np.testing.assert_array_equal(after.user_factors, before.user_factors)
+    np.testing.assert_array_equal(after.item_factors, before.item_factors)
 
 
 # ---------------------------------------------------------------------------- faults

@@ -40,10 +40,22 @@ def test_ranking_metrics_by_hand():
     assert got["hit_rate"] == 0.5
     # implicit's AUC, user 0: 2 positives, 3 negatives; miss at rank 1 after one hit
     auc0 = (1 + (2 + 2) / 2 * (3 - 1)) / (2 * 3)
-    auc1 = (0 + (0 + 1) / 2 * (4 - 3)) / (1 * 4)
+    auc1 = (0 + (0 + 1) / 2 * (4 - 1)) / (1 * 4)  # one listed negative: the -1s are no items
     assert got["auc"] == pytest.approx((auc0 + auc1) / 2)
     assert got["per_user"]["hits"].tolist() == [2, 0]
     assert metrics.catalog_coverage(recommended, 5) == pytest.approx(3 / 5)
+
+
+def test_padding_changes_no_metric_and_auc_stays_in_0_1():
+    test = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 1, 0, 0]], dtype=np.float32))
+    lists = np.array([[3, 1], [2, 0]])
+    plain = metrics.ranking_metrics(lists, test, per_user=True)
+    for pad in (1, 4):
+        padded = np.hstack([lists, np.full((2, pad), -1)])
+        got = metrics.ranking_metrics(padded, test, per_user=True)
+        np.testing.assert_allclose(got["per_user"]["auc"], plain["per_user"]["auc"])
+    empty = metrics.ranking_metrics(np.full((2, 3), -1), test, per_user=True)["per_user"]["auc"]
+    np.testing.assert_allclose(empty, 0.5)  # nothing listed: every positive half above
 
 
 @given(csr_matrices(max_rows=8, max_cols=12), st.integers(1, 6), st.data())

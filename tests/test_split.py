@@ -73,6 +73,15 @@ def test_temporal_cut(log, fraction):
     assert (train._times < 10 * 10**9).all() and (test._times >= 10 * 10**9).all()
 
 
+def test_bad_split_arguments_are_named():
+    matrix = datasets.synthetic_implicit(50, 20, 300, seed=0)
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        split.random_split(matrix, 0.2, seed=-1)
+    log = Interactions.from_arrays([0, 1], [1, 0], timestamps=[1, 2])
+    with pytest.raises(TypeError, match="cut must be one time"):
+        split.temporal_split(log, [1, 2])
+
+
 def test_drop_cold_and_matrices():
     matrix = datasets.synthetic_implicit(200, 80, 3000, seed=0)
     train, test = split.per_user_split(matrix, 0.3, seed=0)

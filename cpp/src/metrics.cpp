@@ -52,14 +52,14 @@ void ranking_metrics(const int64_t* recommended, int64_t n_rows, int k, const in
     double hits = 0, average_precision = 0, dcg = 0, auc = 0, misses = 0, reciprocal = 0;
     for (int rank = 0; rank < k; ++rank) {
       const int64_t id = ids[rank];
-      const bool hit = id >= 0 && id < n_items &&
-                       std::binary_search(first, last, static_cast<int32_t>(id));
+      const bool item = id >= 0 && id < n_items;  // -1 pads a short list: no item at all
+      const bool hit = item && std::binary_search(first, last, static_cast<int32_t>(id));
       if (hit) {
         hits += 1;
         average_precision += hits / (rank + 1.0);
         dcg += discount[rank];
         if (reciprocal == 0) reciprocal = 1.0 / (rank + 1.0);
-      } else {
+      } else if (item) {
         misses += 1;
         auc += hits;  // positives ranked above this negative
       }

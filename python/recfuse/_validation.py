@@ -75,11 +75,8 @@ def check_threads(num_threads, name: str = "num_threads") -> int:
 def check_result_size(rows: int, k: int, bytes_per_result: int = 12) -> None:
     """Refuse results of ``rows`` x ``k`` (padded) that could not fit this machine's memory:
     MemoryError naming k, rather than an allocation the system kills the process for."""
-    try:
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system: no bound
-        return
-    if rows * k * bytes_per_result > memory:
+    memory = physical_memory()
+    if memory is not None and rows * k * bytes_per_result > memory:
         raise MemoryError(f"k = {k} results for {rows} queries need "
                           f"{rows * k * bytes_per_result / 2**30:.1f} GiB (rows are padded "
                           f"to k), more than this machine's {memory / 2**30:.1f} GiB: lower k")
@@ -328,8 +325,31 @@ def check_backend(backend) -> str:
     return backend
 
 
-def check_random_state(random_state):
+def check_random_state(random_state, name: str = "random_state"):
     """None, a seed >= 0, or a numpy.random.Generator, returned as given."""
     if random_state is not None and not isinstance(random_state, np.random.Generator):
-        check_int(random_state, "random_state", minimum=0)
+        check_int(random_state, name, minimum=0)
     return random_state
+
+
+def seeded_rng(seed, name: str = "seed") -> np.random.Generator:
+    """``numpy.random.default_rng(seed)`` once ``seed`` is checked (check_random_state)."""
+    return np.random.default_rng(check_random_state(seed, name))
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_count_fits(count: int, name: str, bytes_each: int) -> int:
+    """``count`` things of ``bytes_each`` bytes must fit this machine's memory: MemoryError
+    naming ``name`` up front, rather than an allocation the system kills the process for."""
+    memory = physical_memory()
+    if memory is not None and count * bytes_each > memory:
+        raise MemoryError(f"{name} = {count} needs {count * bytes_each / 2**30:.1f} GiB, more "
+                          f"than this machine's {memory / 2**30:.1f} GiB")
+    return count

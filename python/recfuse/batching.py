@@ -80,6 +80,9 @@ class MicroBatcher:
         self.recommender = recommender
         self.max_batch = check.check_int(max_batch, "max_batch", minimum=1)
         self.max_wait = check.check_float(max_wait, "max_wait", minimum=0.0)
+        if self.max_wait > threading.TIMEOUT_MAX:  # the worker's timed wait would raise
+            raise ValueError(f"max_wait must be <= {threading.TIMEOUT_MAX:.3g} seconds, got "
+                             f"{self.max_wait:.3g}")
         self.workers = check.check_int(workers, "workers", minimum=1)
         if on_batch is not None and not callable(on_batch):
             raise TypeError(f"on_batch must be callable or None, got {type(on_batch).__name__}")

@@ -738,8 +738,8 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     try:
         return args.run(args)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError,
-            json.JSONDecodeError) as error:
+    except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError, MemoryError,
+            json.JSONDecodeError) as error:  # MemoryError: sizes refused before allocating
         print(f"recfuse {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ where you unpacked them, e.g. ``load_movielens("~/data/ml-100k")``.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -38,15 +39,15 @@ def synthetic_implicit(
     >>> m.shape, m.nnz
     ((100, 50), 1000)
     """
-    n_users = check.check_int(n_users, "n_users", minimum=1)
-    n_items = check.check_int(n_items, "n_items", minimum=1)
-    nnz = check.check_int(nnz, "nnz", minimum=0)
+    n_users, n_items, nnz = _sizes(n_users, n_items, nnz, "nnz")
     clusters = min(check.check_int(clusters, "clusters", minimum=1), n_items)
     affinity = check.check_float(affinity, "affinity", minimum=0.0)
     if affinity > 1:
         raise ValueError(f"affinity must be in [0, 1], got {affinity}")
     dtype = check.check_float_dtype(dtype)
-    rng = np.random.default_rng(seed)
+    rng = check.seeded_rng(seed)
+    popularity_exponent = _exponent(popularity_exponent, "popularity_exponent")
+    activity_exponent = _exponent(activity_exponent, "activity_exponent")
 
     item_weight = 1.0 / np.arange(1, n_items + 1) ** popularity_exponent
     item_weight = item_weight[rng.permutation(n_items)]  # popularity unrelated to id order
@@ -116,8 +117,11 @@ def train_test_split_per_user(matrix: sp.csr_matrix, test_fraction: float = 0.2,
     test_fraction = check.check_float(test_fraction, "test_fraction", minimum=0.0)
     if test_fraction >= 1:
         raise ValueError(f"test_fraction must be < 1, got {test_fraction}")
-    coo = matrix.tocoo()
-    rng = np.random.default_rng(seed)
+    if not sp.issparse(matrix):
+        raise TypeError(f"matrix must be a scipy.sparse matrix (users x items), got "
+                        f"{type(matrix).__module__}.{type(matrix).__name__}")
+    coo = check.check_csr(matrix.tocsr(), "matrix", dtype=matrix.dtype).tocoo()
+    rng = check.seeded_rng(seed)
     is_test = rng.random(coo.nnz) < test_fraction
     def part(mask):
         return sp.csr_matrix((coo.data[mask], (coo.row[mask], coo.col[mask])), shape=matrix.shape)
@@ -130,13 +134,20 @@ def load_movielens_100k(path, min_rating: float | None = None):
     ``min_rating`` keeps only ratings >= it (e.g. 4 for implicit-feedback experiments).
     Raises FileNotFoundError naming where to get the data when the folder is missing.
     """
+    if min_rating is not None:
+        min_rating = check.check_float(min_rating, "min_rating")
     file = os.path.join(os.path.expanduser(os.fspath(path)), "u.data")
     if not os.path.isfile(file):
         raise FileNotFoundError(
             f"MovieLens 100K not found: expected {file!r}. Download ml-100k.zip from GroupLens "
             "(https://grouplens.org/datasets/movielens/) and unpack it there."
         )
-    raw = np.loadtxt(file, dtype=np.int64, delimiter="\t")
+    with warnings.catch_warnings():  # an empty file: refused below, with its name
+        warnings.simplefilter("ignore", UserWarning)
+        raw = np.loadtxt(file, dtype=np.int64, delimiter="\t", ndmin=2)
+    if raw.shape[0] == 0 or raw.shape[1] < 3:
+        raise ValueError(f"{file!r} must hold tab-separated lines of user, item, rating (and "
+                         f"time), got {raw.shape[0]} lines of {raw.shape[1]} fields")
     users, items, ratings = raw[:, 0] - 1, raw[:, 1] - 1, raw[:, 2].astype(np.float32)
     keep = ratings >= min_rating if min_rating is not None else np.ones(ratings.size, dtype=bool)
     shape = (int(users.max()) + 1, int(items.max()) + 1)
@@ -171,15 +182,14 @@ def synthetic_explicit(
     """
     from . import _core
 
-    n_users = check.check_int(n_users, "n_users", minimum=1)
-    n_items = check.check_int(n_items, "n_items", minimum=1)
-    n_ratings = check.check_int(n_ratings, "n_ratings", minimum=0)
+    n_users, n_items, n_ratings = _sizes(n_users, n_items, n_ratings, "n_ratings")
     factors = check.check_int(factors, "factors", minimum=1)
+    check.check_count_fits((n_users + n_items) * factors, "factors", 16)
     noise = check.check_float(noise, "noise", minimum=0.0)
     dtype = check.check_float_dtype(dtype)
-    rng = np.random.default_rng(seed)
-    user_p = _power_law(n_users, activity_exponent, rng)
-    item_p = _power_law(n_items, popularity_exponent, rng)
+    rng = check.seeded_rng(seed)
+    user_p = _power_law(n_users, _exponent(activity_exponent, "activity_exponent"), rng)
+    item_p = _power_law(n_items, _exponent(popularity_exponent, "popularity_exponent"), rng)
     target = min(n_ratings, n_users * n_items)
     users = np.zeros(0, np.int32)
     items = np.zeros(0, np.int32)
@@ -233,13 +243,11 @@ def synthetic_event_log(
     >>> sorted(log), len(log["user"])
     (['event', 'item', 'timestamp', 'user'], 20)
     """
-    n_users = check.check_int(n_users, "n_users", minimum=1)
-    n_items = check.check_int(n_items, "n_items", minimum=1)
-    n_events = check.check_int(n_events, "n_events", minimum=0)
+    n_users, n_items, n_events = _sizes(n_users, n_items, n_events, "n_events")
     clusters = min(check.check_int(clusters, "clusters", minimum=1), n_items)
     affinity = check.check_float(affinity, "affinity", minimum=0.0)
     days = check.check_float(days, "days", minimum=0.0, strict=True)
-    rng = np.random.default_rng(seed)
+    rng = check.seeded_rng(seed)
     sampler = _ClusteredSampler(rng, _power_law(n_users, 0.6, rng), _power_law(n_items, 0.8, rng),
                                 rng.integers(0, clusters, n_users),
                                 rng.integers(0, clusters, n_items), affinity)
@@ -259,6 +267,24 @@ def _labels(prefix: str, ids: np.ndarray, count: int) -> np.ndarray:
     """``prefix`` + the id as text for each id in [0, count): the count labels made once and
     gathered (8x faster than formatting 600k ids one by one; the same strings and dtype)."""
     return np.char.add(prefix, np.arange(count).astype(str))[ids]
+
+
+def _sizes(n_users, n_items, count, count_name: str) -> tuple[int, int, int]:
+    """(n_users, n_items, count) checked: ids within int32 (what the models take), and the
+    generator's arrays (about 32 bytes per user, item and event) within this machine's
+    memory, refused up front rather than by the allocator."""
+    n_users = check.check_int(n_users, "n_users", minimum=1, maximum=check.INT32_MAX)
+    n_items = check.check_int(n_items, "n_items", minimum=1, maximum=check.INT32_MAX)
+    count = check.check_int(count, count_name, minimum=0)
+    for value, name in ((n_users, "n_users"), (n_items, "n_items"), (count, count_name)):
+        check.check_count_fits(value, name, 32)
+    return n_users, n_items, count
+
+
+def _exponent(value, name: str) -> float:
+    """A power-law exponent: a float (an int would be raised to the power in int64 and
+    overflow) >= 0."""
+    return check.check_float(value, name, minimum=0.0)
 
 
 def _power_law(n: int, exponent: float, rng) -> np.ndarray:

@@ -78,7 +78,9 @@ def ranking_metrics(recommended, rows, test_indptr, test_indices, n_items: int) 
         hits = misses = 0
         average_precision = dcg = auc = reciprocal = 0.0
         for rank, item in enumerate(ids.tolist()):
-            if 0 <= item < n_items and item in liked:
+            if not 0 <= item < n_items:  # -1 pads a short list: no item at all
+                continue
+            if item in liked:
                 hits += 1
                 average_precision += hits / (rank + 1)
                 dcg += 1 / np.log2(rank + 2)

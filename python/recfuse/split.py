@@ -34,7 +34,7 @@ def random_split(data, test_fraction: float = 0.2, *, seed: int = 0, drop_cold: 
     """A random ``test_fraction`` of all pairs (exactly round(fraction x pairs)) to test."""
     interactions, as_matrix = _as_interactions(data)
     fraction = _fraction(test_fraction)
-    rng = np.random.default_rng(seed)
+    rng = check.seeded_rng(seed)
     test = np.zeros(interactions.nnz, dtype=bool)
     test[rng.permutation(interactions.nnz)[: int(round(fraction * interactions.nnz))]] = True
     return _finish(interactions, test, drop_cold, as_matrix)
@@ -47,7 +47,7 @@ def per_user_split(data, test_fraction: float = 0.2, *, seed: int = 0, min_train
     interactions, as_matrix = _as_interactions(data)
     fraction = _fraction(test_fraction)
     min_train = check.check_int(min_train, "min_train", minimum=0)
-    rng = np.random.default_rng(seed)
+    rng = check.seeded_rng(seed)
     per_user = np.diff(interactions._indptr)
     wanted = np.minimum(np.floor(fraction * per_user + 0.5), np.maximum(per_user - min_train, 0))
     rank = _rank_within_user(interactions, rng.random(interactions.nnz))
@@ -62,7 +62,7 @@ def leave_last_n(data, n: int = 1, *, min_train: int = 1, seed: int = 0,
     interactions, as_matrix = _as_interactions(data, need_times="leave_last_n")
     n = check.check_int(n, "n", minimum=1)
     min_train = check.check_int(min_train, "min_train", minimum=0)
-    rng = np.random.default_rng(seed)
+    rng = check.seeded_rng(seed)
     per_user = np.diff(interactions._indptr)
     # rank 0 = the latest pair; ties by a random key
     rank = _rank_within_user(interactions, rng.random(interactions.nnz), -interactions._times)
@@ -85,6 +85,9 @@ def temporal_split(data, cut=None, *, test_fraction: float | None = None,
         position = min(int(np.ceil((1 - fraction) * times.size)), times.size - 1)
         cut_ns = ordered[position] if fraction > 0 else np.iinfo(np.int64).max
     else:
+        if np.ndim(cut) != 0:
+            raise TypeError(f"cut must be one time (a datetime, a string or seconds since the "
+                            f"epoch), got {type(cut).__name__} of shape {np.shape(cut)}")
         cut_ns = int(_times_ns(np.atleast_1d(np.asarray(cut)), "cut")[0])
     return _finish(interactions, times >= cut_ns, drop_cold, as_matrix)
 

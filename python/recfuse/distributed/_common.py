@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -86,6 +87,18 @@ class DistributedALSBase:
                 "num_threads": self.num_threads, "confidence": self.confidence}
 
     # ------------------------------------------------------------------ checkpoints
+    @contextlib.contextmanager
+    def _all_or_nothing(self):
+        """A fit that raises (bad data, a foreign checkpoint, a lost cluster) leaves the model
+        as it was: the attributes it replaced are put back."""
+        before = dict(self.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
     def _fingerprint(self, n_users, n_items, user_blocks, item_blocks, user_stats) -> dict:
         """What must match for a checkpoint to belong to this fit."""
         params = {key: value for key, value in self.get_params().items()

@@ -145,11 +145,14 @@ class DaskALS(DistributedALSBase):
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         client = client if client is not None else distributed.default_client()
-        self._client = client
-        started = time.perf_counter()
-        self._setup(ddf, user_col, item_col, weight_col)
-        self.setup_seconds = time.perf_counter() - started
-        self._train(resume, show_progress, callback, compute_loss)
+        if not isinstance(client, distributed.Client):
+            raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
+        with self._all_or_nothing():
+            self._client = client
+            started = time.perf_counter()
+            self._setup(ddf, user_col, item_col, weight_col)
+            self.setup_seconds = time.perf_counter() - started
+            self._train(resume, show_progress, callback, compute_loss)
         return self
 
     def _submit(self, func, *args, **kwargs):
@@ -408,6 +411,9 @@ class DaskALS(DistributedALSBase):
 
         self._require_fitted()
         k = check.check_k(k)
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a folder path (str or os.PathLike), got "
+                            f"{type(path).__name__}")
         path = os.fspath(path)
         _clear_parts(path)
         items = self._submit(_blocks.assemble, self.n_items, *self._factors["items"])

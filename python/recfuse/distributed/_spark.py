@@ -222,13 +222,19 @@ class SparkALS(DistributedALSBase):
             callback: Callable[[int, float | None], None] | None = None) -> "SparkALS":
         """Train on the rows of the Spark DataFrame ``df``; see ``DaskALS.fit``
         (``callback(iteration, None)``: SparkALS does not compute the training loss)."""
-        _, F = _require_spark()
+        _require_spark()
         if not _is_spark_frame(df):
             raise TypeError(f"df must be a pyspark DataFrame, got {type(df).__module__}."
                             f"{type(df).__name__}")
         check_columns(df.columns, user_col, item_col, weight_col, "df")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        with self._all_or_nothing():
+            self._fit(df, user_col, item_col, weight_col, resume, show_progress, callback)
+        return self
+
+    def _fit(self, df, user_col, item_col, weight_col, resume, show_progress, callback) -> None:
+        """fit once its arguments are checked (under _all_or_nothing)."""
         self._spark = df.sparkSession
         columns = [user_col, item_col] + ([weight_col] if weight_col is not None else [])
         df = df.select(*columns)
@@ -265,7 +271,7 @@ class SparkALS(DistributedALSBase):
         fingerprint = self._fingerprint(n_users, n_items, user_blocks, item_blocks,
                                         stats["users"])
         self._train(fingerprint, resume, show_progress, callback)
-        return self
+
 
     def _default_parallelism(self) -> int:
         value = self._spark.conf.get("spark.default.parallelism", None)
