@@ -256,3 +256,24 @@ def test_recommend_searches_on_the_models_backend():
                    if key.endswith("_cache") and isinstance(cached, tuple)
                    for part in cached if type(part).__name__ == "ItemIndex"]
         assert indexes and all(index._module.NAME == "numpy" for index in indexes), name
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_recommend_all_answers_from_the_model_at_the_call(name):
+    """A refit between chunks (other data, fewer users) changes nothing in an iteration
+    already started: every chunk comes from the model as it was when recommend_all ran."""
+    model = _fit(name, seed=0)
+    expected = list(model.recommend_all(k=3, batch_size=32))
+    chunks = model.recommend_all(k=3, batch_size=32)
+    first = next(chunks)
+    if name in ("ALS", "BPR"):
+        model.fit(datasets.synthetic_implicit(40, N_ITEMS, 500, seed=1))
+    else:
+        users, items, ratings = _ratings(1)
+        model.fit(users % 40, items, ratings)
+    got = [first, *chunks]
+    assert len(got) == len(expected)
+    for (u, ids, scores), (u0, ids0, scores0) in zip(got, expected):
+        np.testing.assert_array_equal(u, u0)
+        np.testing.assert_array_equal(ids, ids0)
+        np.testing.assert_array_equal(scores, scores0)

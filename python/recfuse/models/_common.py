@@ -112,16 +112,22 @@ class FactorRetrieval:
 
         Without ``path``: an iterator of ``(user_ids, item_ids, scores)`` chunks, item ids and
         scores ``len(user_ids) x k`` as from ``recommend`` (seen items of the training data
-        filtered when ``filter_seen``). With ``path``: writes a Parquet file (needs pyarrow)
+        filtered when ``filter_seen``), every chunk from the model as it was at this call,
+        whatever a concurrent fit or fold-in does meanwhile. With ``path``: writes a Parquet file (needs pyarrow)
         with one row per recommendation, columns user, rank, item, score (padding dropped),
         atomically, and returns the number of rows written.
         """
         self._require_fitted()
         k = check.check_k(k)
         batch_size = check.check_int(batch_size, "batch_size", minimum=1)
+        # Every chunk from one fitted state: writers (fit, update_users) replace the state
+        # under this lock, and the snapshot keeps the state of this moment.
+        with self._lock:
+            snapshot = object.__new__(type(self))
+            snapshot.__dict__.update(self.__dict__)
         if filter_seen:
-            self._check_seen_items()  # fail now, not mid-way
-        chunks = self._recommend_chunks(k, batch_size, filter_seen, show_progress)
+            snapshot._check_seen_items()  # fail now, not mid-way
+        chunks = snapshot._recommend_chunks(k, batch_size, filter_seen, show_progress)
         if path is None:
             return chunks
         return write_recommendations(path, chunks)
