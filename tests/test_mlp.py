@@ -127,23 +127,24 @@ def test_reference_rank_is_a_full_sort_with_ties_and_repeats():
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_rank_counts_a_repeated_id_once_at_its_best(backend, precision):
+@pytest.mark.parametrize("k, n_items", [(4, 5), (80, 150)])  # few results, and many
+def test_rank_counts_a_repeated_id_once_at_its_best(backend, precision, k, n_items):
     """Repeats of an id with their own candidate features score differently: rank keeps each
     id once, at its best score, wherever the repeats sit in the list."""
     rng = np.random.default_rng(11)
     layers = random_layers(rng, [3, 8, 1], ["relu", "identity"])
     model = scorer(layers, backend, precision)
-    items = rng.standard_normal((5, 1)).astype(np.float32)
+    items = rng.standard_normal((n_items, 1)).astype(np.float32)
     users = rng.standard_normal((3, 1)).astype(np.float32)
-    ids = rng.integers(0, 5, (3, 40))
-    features = rng.standard_normal((3, 40, 1)).astype(np.float32)
+    ids = rng.integers(0, n_items, (3, 8 * n_items))
+    features = rng.standard_normal((3, 8 * n_items, 1)).astype(np.float32)
     float32 = scorer(layers, backend)  # bfloat16's rank returns float32's ranking
     scores = float32.score_candidates(users, ids, items, candidate_features=features)
-    top, values = model.rank(users, ids, items, candidate_features=features, k=4)
+    top, values = model.rank(users, ids, items, candidate_features=features, k=k)
     for u in range(3):
         best = {int(i): max(scores[u][ids[u] == i]) for i in np.unique(ids[u])}
-        want = sorted(best, key=lambda i: (-best[i], i))[:4]
-        assert len(set(top[u].tolist())) == 4
+        want = sorted(best, key=lambda i: (-best[i], i))[:k]
+        assert len(set(top[u].tolist())) == k
         assert_rank_close(top[u], values[u], np.array(want), np.array([best[i] for i in want]))
 
 

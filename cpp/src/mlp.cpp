@@ -493,7 +493,16 @@ namespace {
 template <class Better, class IdOf>
 int64_t first_distinct(std::vector<int64_t>& order, const Better& better, const IdOf& id_of,
                        int64_t want, int64_t* best) {
-  thread_local std::unordered_set<int64_t> taken;
+  // Few wanted (the usual k): a scan of those found; many: a hash set, made for the call (a
+  // thread_local one would keep the buckets of its largest call, and clear() walks them).
+  constexpr int64_t kScanned = 64;
+  std::unordered_set<int64_t> taken;
+  auto first_time = [&](int64_t id, int64_t found) {
+    if (want > kScanned) return taken.insert(id).second;
+    for (int64_t j = 0; j < found; ++j)
+      if (id_of(best[j]) == id) return false;
+    return true;
+  };
   const int64_t size = static_cast<int64_t>(order.size());
   int64_t sorted = std::min(want, size), found = 0;
   while (true) {
@@ -501,7 +510,7 @@ int64_t first_distinct(std::vector<int64_t>& order, const Better& better, const 
     taken.clear();
     found = 0;
     for (int64_t i = 0; i < sorted && found < want; ++i)
-      if (taken.insert(id_of(order[i])).second) best[found++] = order[i];
+      if (first_time(id_of(order[i]), found)) best[found++] = order[i];
     if (found == want || sorted == size) return found;
     sorted = std::min(2 * sorted, size);  // repeats left fewer than `want` ids: sort deeper
   }
