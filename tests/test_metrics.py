@@ -204,3 +204,20 @@ def test_ranking_metrics_refuses_a_list_that_repeats_an_item():
     padded = metrics.ranking_metrics(np.array([[3, -1, -1], [1, -1, -1]]), test)  # padding
     assert padded["precision"] == pytest.approx(2 / 3)  # 2 hits of min(3, 2) + min(3, 1)
     assert padded["recall"] == pytest.approx(0.75) and padded["hit_rate"] == 1.0
+
+
+def test_evaluate_an_implicit_style_model_whose_lists_run_short():
+    """implicit-style models fill a list short of candidates with item 0 again: evaluate
+    asks for at most the catalogue and counts each item once (no precision above 1)."""
+    from recfuse.compat.implicit import AlternatingLeastSquares
+
+    matrix = datasets.synthetic_implicit(50, 12, 300, seed=0)
+    train, test = datasets.train_test_split_per_user(matrix, 0.3, seed=0)
+    model = AlternatingLeastSquares(factors=4, iterations=2, random_state=0)
+    model.fit(train, show_progress=False)
+    for k in (10, 15):
+        result = metrics.evaluate(model, train, test, k=k)
+        assert 0 <= result["precision"] <= 1 and 0 <= result["auc"] <= 1
+    ids = np.array([[3, 0, 0, -1, 0]])
+    rows, columns = metrics._repeats(ids)
+    assert rows.tolist() == [0, 0] and sorted(columns.tolist()) == [2, 4]

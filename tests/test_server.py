@@ -140,7 +140,7 @@ def test_events_are_visible_and_kept_after_a_rejected_request(server):
      "user must hold ids <= 9223372036854775807"),
     ("/events", b'{"user": [1], "item": [2147483648]}', 422, "item must be < 2147483647"),
     ("/events", b'{"user": [1], "item": [2], "weight": [1e308]}', 422,
-     "weight must be at most 1.84e+19"),
+     "beyond the 1.84e+19 a float32 ALS model takes"),
     ("/events", b'{"user": [1], "item": [2], "weight": [1' + b"0" * 400 + b']}', 422,
      "within float64's range"),
 ])
@@ -355,9 +355,15 @@ def _serve_fails(model_file, tmp_path, *arguments):
                           cwd=tmp_path)
 
 
+def test_recfuse_serve_port_0_asks_for_any_free_port():
+    from recfuse import cli
+
+    assert cli.build_parser().parse_args(["serve", "model.npz", "--port", "0"]).port == 0
+
+
 @pytest.mark.parametrize("arguments, message", [
-    (["--port", "99999"], "argument --port: expected an integer from 1 to 65535, got 99999"),
-    (["--port", "-1"], "argument --port: expected an integer from 1 to 65535, got -1"),
+    (["--port", "99999"], "argument --port: expected an integer from 0 to 65535, got 99999"),
+    (["--port", "-1"], "argument --port: expected an integer from 0 to 65535, got -1"),
     (["--batch-wait-ms", "-5"], "argument --batch-wait-ms: expected a finite number >= 0"),
     (["--batch-wait-ms", "nan"], "argument --batch-wait-ms: expected a finite number >= 0"),
     (["--max-body-bytes", "-5"], "argument --max-body-bytes: expected an integer >= 1"),

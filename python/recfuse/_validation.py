@@ -17,6 +17,7 @@ except ImportError:  # pragma: no cover - only when the package was not built
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INT32_MAX = np.iinfo(np.int32).max
+INT64_MAX = int(np.iinfo(np.int64).max)  # ids are int64: larger integers are refused
 _FLOAT32, _INT64 = np.dtype(np.float32), np.dtype(np.int64)
 
 
@@ -159,11 +160,11 @@ def check_csr(
         raise ValueError(
             f"{name} must hold non-negative values (confidence 1 + alpha * r), got min {data.min()}"
         )
+    if data is not matrix.data:  # the values cast once, sharing the index arrays
+        matrix = sp.csr_matrix((data, matrix.indices, matrix.indptr), shape=matrix.shape)
     if not matrix.has_canonical_format:
         matrix = matrix.copy()
         matrix.sum_duplicates()  # sorts indices and adds repeated (row, col) entries
-    if matrix.dtype != dtype:
-        matrix = matrix.astype(dtype)
     return sp.csr_matrix(matrix)
 
 
@@ -244,10 +245,9 @@ def int64_array(value, name: str) -> np.ndarray:
 
 
 def _within_int64(low: int, high: int, name: str) -> None:
-    bounds = np.iinfo(np.int64)
-    if low < bounds.min or high > bounds.max:
+    if low < -INT64_MAX - 1 or high > INT64_MAX:
         raise ValueError(f"{name} must hold integers within int64 (ids below 2**63), got "
-                         f"{low if low < bounds.min else high}")
+                         f"{low if low < -INT64_MAX - 1 else high}")
 
 
 def check_ids(ids, name: str, upper: int | None, *, allow_new: bool = False) -> np.ndarray:

@@ -52,7 +52,7 @@ def _integer_in(low: int, high: int | None = None):
 
 
 _count = _integer_in(1)  # sizes and counts
-_port = _integer_in(1, 65535)
+_port = _integer_in(0, 65535)  # 0: any free port (the one bound is printed)
 
 
 def _non_negative(text: str) -> float:
@@ -364,10 +364,11 @@ def _serve(args) -> int:
         stack = http_stack()
         ranked = "" if ranker is None else \
             f", ranked by {args.ranker} ({info['context_width']} context columns)"
+        port = sock.getsockname()[1]  # the one bound, also when --port 0 asked for any
         print(f"recfuse serve: {info['kind']} model {args.model} ({info['users']} users x "
-              f"{info['items']} items){ranked} on http://{args.host}:{args.port} "
+              f"{info['items']} items){ranked} on http://{args.host}:{port} "
               f"({stack['http']}, {stack['loop']})", file=sys.stderr)
-        serve(recommender, host=args.host, port=args.port, model_path=args.model,
+        serve(recommender, host=args.host, port=port, model_path=args.model,
               ranker_path=args.ranker, ranker_options={"precision": args.ranker_precision},
               limits=limits, sock=sock)
     return 0

@@ -111,17 +111,25 @@ def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
 
 
 def _check_no_repeats(ids: np.ndarray) -> None:
-    """A list that names an item twice would count its hit twice (precision above 1): one
-    sort of the rows, then neighbours compared; the -1 padding may repeat."""
-    if ids.shape[1] < 2:
-        return
-    ordered = np.sort(ids, axis=1)
-    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != -1)
-    if repeated.any():
-        row, column = np.argwhere(repeated)[0]
+    """A list that names an item twice would count its hit twice (precision above 1); the -1
+    padding may repeat."""
+    rows, columns = _repeats(ids)
+    if rows.size:
         raise ValueError(f"recommended must not repeat an item id within a row (-1 pads a "
-                         f"short list), got row {int(row)} with item {int(ordered[row, column])} "
-                         f"twice")
+                         f"short list), got row {int(rows[0])} with item "
+                         f"{int(ids[rows[0], columns[0]])} twice")
+
+
+def _repeats(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of each later occurrence of an id already in its row (not -1): one
+    stable sort of the rows, then neighbours compared."""
+    if ids.shape[1] < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.argsort(ids, axis=1, kind="stable")
+    ordered = np.take_along_axis(ids, order, axis=1)
+    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != -1)
+    rows, at = np.nonzero(repeated)
+    return rows, order[rows, at + 1]
 
 
 def _aggregate(table: np.ndarray, per_user: bool) -> dict:
@@ -238,15 +246,18 @@ def evaluate(model, train, test, k: int = 10, *, cold_users: str = "include",
     if cold_users == "skip":
         users = np.setdiff1d(users, cold, assume_unique=True)
     ids = np.full((users.size, k), -1, dtype=np.int64)
+    asked = min(k, test.shape[1])  # the rest stays -1 (implicit models pad with item 0)
     progress = tqdm(total=users.size, disable=not show_progress, desc="evaluate", unit="user")
     try:
         for begin in range(0, users.size, batch_size):
             batch = users[begin:begin + batch_size]
-            got = np.asarray(recommend(batch, train[batch], k))
+            got = np.asarray(recommend(batch, train[batch], asked))
             ids[begin:begin + batch.size, : got.shape[1]] = got.reshape(batch.size, -1)[:, :k]
             progress.update(batch.size)
     finally:
         progress.close()
+    # implicit models fill a list short of candidates (most items seen) with item 0 again
+    ids[_repeats(ids)] = -1
     result = ranking_metrics(ids, test, users, num_threads=num_threads)
     result["coverage"] = catalog_coverage(ids, test.shape[1]) if ids.size else 0.0
     result["novelty"] = novelty(ids, train)

@@ -608,14 +608,14 @@ def mlp_rank_scores(indptr, candidate_ids, scores, k: int):
         cand, s = cand[keep], s[keep]
         order = np.lexsort((cand, -s))
         cand, s = cand[order], s[order]
-        first = _first_of_each(cand)
+        first = first_occurrences(cand)
         cand, s = cand[first][:k], s[first][:k]
         ids[u, : cand.size] = cand
         out[u, : cand.size] = s
     return ids, out
 
 
-def _first_of_each(ids: np.ndarray) -> np.ndarray:
+def first_occurrences(ids: np.ndarray) -> np.ndarray:
     """The sorted positions of each distinct value's first occurrence in ``ids``."""
     return np.sort(np.unique(ids, return_index=True)[1])
 
@@ -640,7 +640,7 @@ def mlp_rank_rescored(indptr, candidate_ids, rough, exact, k: int):
             scores = np.asarray(exact(band), dtype=np.float64)
             keep = scores > -np.inf
             ranked = np.lexsort((ids_all[band][keep], -scores[keep]))
-            ranked = ranked[_first_of_each(ids_all[band][keep][ranked])][:k]
+            ranked = ranked[first_occurrences(ids_all[band][keep][ranked])][:k]
             top, top_scores = band[keep][ranked], scores[keep][ranked]
             if band.size < want:
                 break

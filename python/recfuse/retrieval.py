@@ -152,22 +152,21 @@ class ItemIndex:
         num_threads = check.check_threads(num_threads)
         excluded = None if exclude is None else _exclusions(exclude, Q.shape[0], n)
         mask = _item_mask(allow, deny, n)
-        ids, scores = self._search_checked(Q, k, excluded, mask, num_threads)
+        ids, scores = self._search_checked(Q, k, excluded, mask, num_threads, unit=True)
         if single:
             return ids[0], scores[0]
         return ids, scores
 
-    def _search_checked(self, Q: np.ndarray, k: int, excluded, mask, num_threads: int):
+    def _search_checked(self, Q: np.ndarray, k: int, excluded, mask, num_threads: int,
+                        unit: bool = False):
         """``search`` once its arguments are checked and converted: Q (m, d) finite,
-        C-contiguous in the table's dtype; excluded None or (indptr int64 (m + 1,), indices
-        int32 sorted within each row); mask None or uint8 (n,) (``_item_mask``). For callers
-        that hold such arrays already (``recfuse.Recommender`` on every request)."""
-        if self.metric == "cosine":
-            # Queries are finite (checked): dividing by the largest magnitude first leaves
-            # 1/norm in [1/sqrt(d), 1], so even subnormal queries keep their direction.
-            largest = np.abs(Q).max(axis=1, initial=0).astype(np.float64)
-            Q = Q / np.where(largest > 0, largest, 1.0)[:, None]
-            Q = (Q * _inverse_norms(Q)[:, None]).astype(self.items.dtype)
+        C-contiguous in the table's dtype (``unit``: rows already of length 1 where the
+        metric is cosine, as ``_queries`` makes them); excluded None or (indptr int64
+        (m + 1,), indices int32 sorted within each row); mask None or uint8 (n,)
+        (``_item_mask``). For callers that hold such arrays already (``recfuse.Recommender``
+        on every request)."""
+        if self.metric == "cosine" and not unit:
+            Q = _unit_rows(Q).astype(self.items.dtype)
         if Q.shape[0] == 0:
             return (np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=self.items.dtype))
         table = self._prepared(self.storage_for(k))
@@ -267,8 +266,8 @@ def _vector(value, name: str, n: int, dtype) -> np.ndarray:
 
 def _queries(queries, d: int, dtype, metric: str) -> np.ndarray:
     """The queries as an m x d C-contiguous array of ``dtype``, finite in it. Cosine queries
-    are divided by their largest magnitude first, in their own precision: they keep their
-    direction even when their values are beyond ``dtype``'s range."""
+    are scaled to length 1 first, in float64 (``_unit_rows``): they keep their direction even
+    when their values are beyond ``dtype``'s range."""
     array = _real_array(queries, "queries")
     if array.ndim == 1:
         array = array[None, :]
@@ -276,10 +275,18 @@ def _queries(queries, d: int, dtype, metric: str) -> np.ndarray:
         raise ValueError(f"queries must be 1-d (d,) or 2-d (m x d), got shape {array.shape}")
     if array.shape[1] != d:
         raise ValueError(f"queries must have d = {d} columns like items, got shape {array.shape}")
-    if metric == "cosine" and array.size and array.dtype != dtype and check.all_finite(array):
-        largest = np.abs(array).max(axis=1).astype(np.float64)
-        array = array / np.where(largest > 0, largest, 1.0)[:, None]
+    if metric == "cosine" and array.size and check.all_finite(array):
+        array = _unit_rows(array)
     return np.ascontiguousarray(check.finite_in(array, dtype, "queries"))
+
+
+def _unit_rows(Q: np.ndarray) -> np.ndarray:
+    """The finite rows of Q scaled to length 1 (zero rows stay zero), computed in float64.
+    Dividing by the largest magnitude first leaves 1/norm in [1/sqrt(d), 1], so even
+    subnormal rows, or rows beyond the table's dtype, keep their direction."""
+    largest = np.abs(Q).max(axis=1, initial=0).astype(np.float64)
+    Q = Q / np.where(largest > 0, largest, 1.0)[:, None]
+    return Q * _inverse_norms(Q)[:, None]
 
 
 def _exclusions(exclude, m: int, n: int):

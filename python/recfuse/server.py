@@ -175,7 +175,6 @@ class Metrics:
 # ---------------------------------------------------------------------- request checks
 
 
-INT64_MAX = 2**63 - 1  # ids are int64: larger integers are refused here, by name
 
 
 def _integer(value, name: str, minimum: int = 0, maximum: int | None = None) -> int:
@@ -184,8 +183,8 @@ def _integer(value, name: str, minimum: int = 0, maximum: int | None = None) -> 
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
         raise _BadRequest(422, f"{name} must be {bound}, got {value}")
-    if value > INT64_MAX:
-        raise _BadRequest(422, f"{name} must be <= {INT64_MAX} (ids are int64), got {value}")
+    if value > check.INT64_MAX:
+        raise _BadRequest(422, f"{name} must be <= {check.INT64_MAX} (ids are int64), got {value}")
     return value
 
 
@@ -197,8 +196,8 @@ def _integers(value, name: str, limit: int) -> list:
     for entry in value:
         if isinstance(entry, bool) or not isinstance(entry, int) or entry < 0:
             raise _BadRequest(422, f"{name} must hold integers >= 0, got {entry!r:.40}")
-        if entry > INT64_MAX:
-            raise _BadRequest(422, f"{name} must hold ids <= {INT64_MAX} (int64), got {entry}")
+        if entry > check.INT64_MAX:
+            raise _BadRequest(422, f"{name} must hold ids <= {check.INT64_MAX} (int64), got {entry}")
     return value
 
 

@@ -38,8 +38,8 @@ events from the current vector (items fixed; the rating models take ratings with
 rating scale). Unknown users are added; unknown items are added (``unknown_items="add"``,
 ids below ``n_items + max_new_items``) or rejected (``"reject"``): an added item's vector is
 the mean of the vectors of its first ``new_item_users`` users (for every model kind; until
-it has one, its events count as seen but are left out of the users' fold-in). Weights are
-bounded by the square root of the model dtype's largest value (``observe``). Every accepted
+it has one, its events count as seen but are left out of the users' fold-in). ALS weights
+are bounded by the square root of the model dtype's largest value (``observe``). Every accepted
 event goes to a bounded log, ``pending_events()``, for the next full retrain.
 
 Concurrency: readers take no lock. A model swap (``swap_model``) builds everything aside
@@ -81,7 +81,6 @@ UNKNOWN_ITEMS = ("add", "reject")
 SMALL_CATALOGUE = 100_000  # items; below it native calls default to one thread each
 _KEEP = object()  # swap_model(ranker=...) default: keep the ranker being served
 _NO_IDS = np.zeros(0, dtype=np.int64)
-_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 class Recommendation(NamedTuple):
@@ -727,10 +726,10 @@ class Recommender:
         """Fold events into the model at once; returns how many were accepted.
 
         events : a mapping with "user", "item" and optionally "weight" (default 1), each a
-            sequence (or a scalar), or ``Events``. A weight's magnitude may be at most the
-            square root of the model dtype's largest value (1.8e19 for float32, 1.3e154 for
-            float64; for ALS also each user's summed weight of an item), as the fold-in
-            squares it. All are checked first: on any error nothing is applied (earlier
+            sequence (or a scalar), or ``Events``. For ALS, each user's summed weight of an
+            item may be at most the square root of the model dtype's largest value (1.8e19
+            for float32, 1.3e154 for float64), as the fold-in squares it; the rating models
+            take ratings within their scale. All are checked first: on any error nothing is applied (earlier
             calls' events stay); a fold-in that overflows anyway (NaN or inf in a vector) is
             refused the same way.
         The next ``recommend`` sees the new vectors and excludes the new items.
@@ -772,11 +771,6 @@ class Recommender:
         """Fold events into ``state`` (writer lock held): compute everything, then publish."""
         model = state.model
         n = model.n_items
-        bound = _weight_bound(model.item_vectors.dtype)
-        if weights.size and np.abs(weights).max() > bound:
-            raise ValueError(f"events weight must be at most {bound:.3g} in magnitude for a "
-                             f"{model.item_vectors.dtype} model (the fold-in squares it), got "
-                             f"{weights[np.argmax(np.abs(weights))]:.3g}")
         if model.kind == "als" and model.model.confidence == "linear" and (weights < 0).any():
             raise ValueError(f"weights must be >= 0 for this ALS model (confidence 1 + alpha * "
                              f"r), got {weights.min()}")
@@ -813,11 +807,8 @@ class Recommender:
                 current = self._initial_user(model, user)
             merged_items, merged_weights = _merge(current.items, current.weights, items[begin:end],
                                                   weights[begin:end])
-            if model.kind == "als" and merged_weights.size and \
-                    np.abs(merged_weights).max() > bound:  # ALS solves with the sums
-                raise ValueError(f"events weight: user {user}'s summed weight of an item would "
-                                 f"reach {np.abs(merged_weights).max():.3g}, beyond the "
-                                 f"{bound:.3g} a {model.item_vectors.dtype} model takes")
+            if model.kind == "als":  # its solve squares the (summed) weights
+                _check_weight_bound(merged_weights, user, model.item_vectors.dtype)
             updated[user] = (current, merged_items, merged_weights, items[begin:end],
                              weights[begin:end])
         counts = {}  # ExplicitALS: each user's ratings per item, after these events
@@ -832,8 +823,8 @@ class Recommender:
             vectors = {user: self._sgd_fold_in(state, user, entry) for user, entry in
                        updated.items()}
         # never published: a NaN vector would fail that user's every request
-        check_trained("the fold-in", (np.stack([v for v, _ in vectors.values()]),
-                                      np.array([offset for _, offset in vectors.values()])),
+        check_trained("the fold-in", [vector for vector, _ in vectors.values()] +
+                      [np.float64(offset) for _, offset in vectors.values()],
                       f"the events' weights are too large for this model"
                       f"{'' if self.sgd_lr is None else ', or sgd_lr too high'}; nothing was "
                       f"applied")
@@ -1089,16 +1080,24 @@ def _user_id(value, name: str) -> int:
         raise TypeError(f"{name} must be an integer id, got {type(value).__name__} {value!r:.40}")
     if int(value) < 0:
         raise ValueError(f"{name} must be >= 0, got {int(value)}")
-    if int(value) > _INT64_MAX:
-        raise ValueError(f"{name} must be <= {_INT64_MAX} (ids are int64), got {int(value)}")
+    if int(value) > check.INT64_MAX:
+        raise ValueError(f"{name} must be <= {check.INT64_MAX} (ids are int64), got {int(value)}")
     return int(value)
 
 
-def _weight_bound(dtype) -> float:
-    """The largest weight magnitude ``observe`` takes for a model of ``dtype``: the square
-    root of its largest finite value (1.8e19 in float32, 1.3e154 in float64), since the
-    fold-in squares the weights (a solve's residual norms) and larger ones overflow there."""
-    return float(np.sqrt(np.finfo(dtype).max))
+# The largest (summed) event weight an ALS fold-in of each dtype takes: the square root of
+# the dtype's largest value (1.8e19 in float32, 1.3e154 in float64), since the solve squares
+# the weights (its residual norms) and larger ones overflow there.
+_WEIGHT_BOUNDS = {np.dtype(t): float(np.sqrt(np.finfo(t).max)) for t in (np.float32, np.float64)}
+
+
+def _check_weight_bound(weights: np.ndarray, user: int, dtype) -> None:
+    bound = _WEIGHT_BOUNDS[np.dtype(dtype)]
+    if weights.size and not (weights.max() <= bound and weights.min() >= -bound):
+        largest = float(np.abs(weights).max())
+        raise ValueError(f"events weight: user {user}'s summed weight of an item would reach "
+                         f"{largest:.3g}, beyond the {bound:.3g} a {np.dtype(dtype)} ALS model "
+                         f"takes (the fold-in squares it)")
 
 
 def _context_rows(value, name: str, rows: int, *, width: int | None = None,

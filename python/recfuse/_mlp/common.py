@@ -166,7 +166,7 @@ def rank_candidates(call: Candidates, scores, k: int, precision: str, score_floa
         kept = np.flatnonzero(exact > -np.inf)
         ranked = kept[np.lexsort((ids_all[positions[kept]], -exact[kept], owner[kept]))]
         pair = owner[ranked] * (int(ids_all.max(initial=0)) + 1) + ids_all[positions[ranked]]
-        ranked = ranked[np.sort(np.unique(pair, return_index=True)[1])]
+        ranked = ranked[reference.first_occurrences(pair)]
         rank = np.arange(ranked.size) - np.searchsorted(owner[ranked], owner[ranked])
         top, top_rank = ranked[rank < k], rank[rank < k]
         counts = np.bincount(owner[top], minlength=pending.size)
