@@ -63,6 +63,7 @@ class _RatingModel(FactorRetrieval):
     _fitted: _Fitted | None
     # (state, ItemIndex, seen matrix) for recommend, built from one fitted state on first use.
     _retrieval_cache: tuple | None = None
+    _ties_cache: tuple | None = None  # (state, an all-zero ItemIndex): unbiased cold users
 
     init_mean = 0.0  # the factors' starting mean (SVD and SVD++ take it as a parameter)
     _FACTOR_NAMES = ("P", "Q", "Y")  # names in initial_factors; the first _factor_count()
@@ -170,8 +171,11 @@ class _RatingModel(FactorRetrieval):
         """Unbiased models predict μ for every item of a user without training ratings: such
         rows are ties, in id order, written into the results (before the offset μ is added)."""
         rows = np.flatnonzero(unknown)
-        zeros = np.zeros((state.item_counts.size, 1), self.dtype)  # every score 0: id order
-        ids, scores = ItemIndex(zeros, backend=self.backend).search(
+        cached = self._ties_cache
+        if cached is None or cached[0] is not state:  # every score 0: id order
+            zeros = np.zeros((state.item_counts.size, 1), self.dtype)
+            cached = self._ties_cache = (state, ItemIndex(zeros, backend=self.backend))
+        ids, scores = cached[1].search(
             np.zeros((rows.size, 1), self.dtype), k, exclude=None if seen is None else seen[rows],
             allow=allow, deny=deny)
         out_ids[rows], out_scores[rows] = ids, scores
