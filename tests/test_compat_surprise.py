@@ -60,6 +60,18 @@ def test_cross_validate_with_surprises_own_loop(dataset):
         np.testing.assert_allclose(mine["test_mae"], reference["test_mae"], atol=tolerance)
 
 
+def test_parallel_cross_validate(dataset):
+    """n_jobs=2 sends the algorithm to worker processes (pickled in memory): the serial
+    answers."""
+    from surprise.model_selection import KFold, cross_validate
+
+    folds = KFold(n_splits=2, random_state=0)
+    algorithm = SVD(n_factors=5, n_epochs=5, random_state=0)
+    serial = cross_validate(algorithm, dataset, measures=["rmse"], cv=folds)
+    parallel = cross_validate(algorithm, dataset, measures=["rmse"], cv=folds, n_jobs=2)
+    np.testing.assert_allclose(parallel["test_rmse"], serial["test_rmse"])
+
+
 def test_parallel_grid_and_unfitted_errors(dataset):
     trainset = dataset.build_full_trainset()
     fast = SVD(n_factors=8, n_epochs=5, random_state=0, grid=4, num_threads=2).fit(trainset)
