@@ -524,14 +524,15 @@ def _slow_chain(p, rec, row):
         items, offset, vector = p["observed"][user]
         warm, seen = bool(vector.any()), set(items)
     else:
-        warm = user < p["n_users"] and bool(p["seen"][user])
         vector = p["users_f"][user] if user < p["n_users"] else None
+        # a training user with a zero vector has nothing to search with: cold
+        warm = user < p["n_users"] and bool(p["seen"][user]) and bool(vector.any())
         offset = 0 if p["offsets"] is None or user >= p["n_users"] else p["offsets"][user]
         seen = set(p["seen"][user]) if user < p["n_users"] else set()
-    if not warm:
+    if not warm:  # the popular items the user has not seen nor excluded
         counts = np.bincount([i for s in p["seen"] for i in s], minlength=n)
         order = [i for i in sorted(range(n), key=lambda i: (-counts[i], i))
-                 if allowed(i) and i not in exclude]
+                 if allowed(i) and i not in exclude and i not in seen]
         ids = [order[c] for c in capped(order)] if cap is not None else order[:k]
         return ids, [0.0] * len(ids), ["popular"] * len(ids)
     table = np.vstack([p["items_f"], p["added"]]).astype(np.float64)
@@ -718,3 +719,55 @@ def test_ids_beyond_int64_are_refused_by_name(als, call, message):
         call(rec)
     assert rec.pending_events().users.size == 0
     assert rec.recommend(2**63 - 1).stages[0] == "popular"  # the largest id is a cold user
+
+
+def test_unbiased_rating_models_recall_as_the_model_predicts():
+    """Unbiased SVD / ExplicitALS predict μ for items without ratings: the recall stage
+    ranks them there too, as the model's recommend does."""
+    users = np.array([0, 0, 1, 1, 2, 2, 3])
+    items = np.array([0, 1, 1, 3, 0, 3, 4])  # item 2 never rated
+    ratings = np.array([5.0, 4, 3, 4, 2, 5, 4])
+    for cls in (recfuse.SVD, recfuse.ExplicitALS):
+        model = cls(factors=2, biased=False, random_state=0, num_threads=1).fit(
+            users, items, ratings, rating_scale=(1, 5))
+        got = Recommender(model, k=3).recommend(0)
+        want_ids, want_scores = model.recommend(0, k=3)
+        np.testing.assert_array_equal(got.ids, want_ids)
+        np.testing.assert_allclose(got.scores, want_scores, rtol=1e-6)
+        assert got.ids[0] == 2 and got.scores[0] == pytest.approx(model.predict(0, 2, clip=False))
+
+
+def test_cold_users_are_not_sent_what_they_have_seen():
+    """A user answered from the popular list (a zero vector: dislikes only, or a training
+    row of stored zeros) never gets back the items it has seen."""
+    matrix = sp.random(30, 20, density=0.2, format="csr", random_state=0, dtype=np.float64)
+    raw = recfuse.ALS(factors=4, iterations=3, random_state=0, confidence="raw",
+                      num_threads=1).fit(matrix)
+    rec = Recommender(raw, k=3)
+    top = rec.recommend(100).ids
+    rec.observe({"user": [100, 100], "item": top[:2], "weight": [-1.0, -1.0]})
+    after = rec.recommend(100)
+    assert (after.stages == "popular").all() and not set(top[:2]) & set(after.ids.tolist())
+    zeros = matrix.tolil()
+    zeros.rows[5], zeros.data[5] = [2, 7], [0.0, 0.0]
+    exact = recfuse.ALS(factors=4, iterations=3, random_state=0, solver="cholesky",
+                        num_threads=1).fit(zeros.tocsr())
+    assert not exact.user_factors[5].any()
+    answer = Recommender(exact, k=4).recommend(5)
+    assert (answer.stages == "popular").all() and not {2, 7} & set(answer.ids.tolist())
+
+
+def test_offset_scores_tie_by_the_smaller_id():
+    """μ + b_u added after the search can round scores that were apart to a tie: the
+    lists are ordered again, ties by the smaller id, in the model and the Recommender."""
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 300, 20000), rng.integers(0, 2000, 20000)
+    model = recfuse.SVD(factors=4, random_state=0, num_threads=1).fit(
+        users, items, rng.integers(1, 6, 20000).astype(float), rating_scale=(1, 5))
+    served = Recommender(model, k=2000).recommend_batch(np.arange(300))
+    ids, scores = model.recommend(np.arange(300), k=2000)
+    np.testing.assert_array_equal(served.ids, ids)
+    for row_ids, row_scores in ((ids, scores), (served.ids, served.scores)):
+        valid = row_ids[:, 1:] >= 0
+        tie = (row_scores[:, 1:] == row_scores[:, :-1]) & valid
+        assert not (tie & (row_ids[:, 1:] < row_ids[:, :-1])).any()

@@ -178,6 +178,16 @@ class ItemIndex:
                 f"storage={self.storage!r}, backend={self._module.NAME!r})")
 
 
+def by_score_then_id(ids: np.ndarray, scores: np.ndarray, keep: int | None = None):
+    """Rows of (ids, scores) ordered by score descending, ties by smaller id, padding (-1,
+    -inf) last; the first ``keep`` of each. For results whose scores changed after the
+    search (an offset added, lists merged): values that were apart can round to a tie."""
+    order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int64).max), -scores), axis=-1)
+    if keep is not None:
+        order = order[:, :keep]
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
 def topk(queries, items, k: int, *, exclude=None, allow=None, deny=None, item_bias=None,
          metric: str = "dot", storage: str = "auto", backend: str = "auto",
          num_threads: int = 0):

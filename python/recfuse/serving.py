@@ -72,7 +72,7 @@ from .models.explicit_als import ExplicitALS
 from .models.sgd import SVD, SVDpp, _user_vectors
 from .ranker import MLPRanker
 from .ranking import MLPScorer, load_scorer
-from .retrieval import ItemIndex, _item_mask
+from .retrieval import ItemIndex, _item_mask, by_score_then_id
 
 STAGES = ("popular", "recall", "rank", "rerank")
 _STAGE_NAMES = np.array(("",) + STAGES)  # stage codes: 0 pads, then STAGES in order
@@ -378,6 +378,7 @@ class Recommender:
             retriever = load(source)
         model = retriever
         seen_counts = None
+        search_bias = None  # the recall index's item bias, when it is not ``bias``
         if isinstance(model, ALS):
             model._require_fitted()
             state = model._state
@@ -405,6 +406,8 @@ class Recommender:
                 offsets = mean + np.where(known_user, fitted.user_bias, 0).astype(np.float64)
             else:
                 bias, offsets = None, np.where(known_user, 0.0, mean)
+                # as the model's recommend and predict: μ for items without ratings
+                search_bias = np.where(known_item, 0.0, mean).astype(model.dtype)
             seen = fitted.seen.to_scipy(items.shape[0])
             if kind == "explicit":  # each pair's rating sum and count
                 indptr, indices, values = fitted.ratings
@@ -433,6 +436,9 @@ class Recommender:
                 seen = seen.copy()
                 seen.sum_duplicates()
             history = np.diff(seen.indptr) > 0
+        # a user whose vector is zero (e.g. a row of stored zeros) has nothing to search
+        # with: answered from the popular list, as a cold user
+        history &= np.any(users != 0, axis=1)
         counts = np.bincount(seen.indices, minlength=n_items)
         popular = np.lexsort((np.arange(n_items), -counts))
         popular = popular[self._rule_mask(popular, n_items)]
@@ -449,7 +455,8 @@ class Recommender:
                 self.rerank.item_categories.size < n_items:
             raise ValueError(f"rerank.item_categories has {self.rerank.item_categories.size} "
                              f"entries; the model has {n_items} items")
-        index = ItemIndex(items, item_bias=bias, backend=model.backend)
+        index = ItemIndex(items, item_bias=bias if search_bias is None else search_bias,
+                          backend=model.backend)
         rule_mask = None if self.rerank is None else self.rerank.mask(0, n_items)
         offsets = offsets.astype(np.float64)
         with self._write_lock:
@@ -574,7 +581,7 @@ class Recommender:
         warm, queries, offsets, base_rows, own = _queries(state, users)
         cold = np.flatnonzero(~warm)
         if cold.size:
-            self._answer_cold(model, cold, k, excludes, out_ids, out_scores, codes)
+            self._answer_cold(state, users, cold, k, excludes, out_ids, out_scores, codes)
         if queries.shape[0]:
             rows = np.flatnonzero(warm)
             if excludes is not None:
@@ -614,18 +621,30 @@ class Recommender:
                 codes[rows, :width] = np.where(ids[:, :width] >= 0, code, 0)
         return Recommendation(out_ids, out_scores, _STAGE_NAMES[codes], model.version)
 
-    def _answer_cold(self, model: _Model, cold: np.ndarray, k: int, excludes, out_ids,
-                     out_scores, codes) -> None:
-        """The popular lists of cold users (those without exclusions share one)."""
+    def _answer_cold(self, state: _State, users: np.ndarray, cold: np.ndarray, k: int,
+                     excludes, out_ids, out_scores, codes) -> None:
+        """The popular lists of cold users, less what each has seen (its training row, its
+        observed items) and its request's exclusions; those with neither share one list."""
+        model = state.model
         shared = None
         for row in cold.tolist():
+            user = int(users[row])
+            entry = state.users.get(user)
+            if entry is not None:
+                known = entry.items
+            elif user < model.n_users:
+                known = model.seen_indices[model.seen_indptr[user]:model.seen_indptr[user + 1]]
+            else:
+                known = _NO_IDS
             extra_ids = None if excludes is None else excludes[row]
-            if extra_ids is None or not extra_ids.size:
+            if extra_ids is not None and extra_ids.size:
+                known = np.concatenate([known, extra_ids])
+            if not known.size:
                 if shared is None:
                     shared = self._popular(model, k, _NO_IDS)
                 chosen = shared
             else:
-                chosen = self._popular(model, k, extra_ids)
+                chosen = self._popular(model, k, known)
             out_ids[row, :chosen.size] = chosen
             out_scores[row, :chosen.size] = 0.0
             codes[row, :chosen.size] = _POPULAR
@@ -660,11 +679,9 @@ class Recommender:
                 extra.rule_mask, threads)
             ids = np.concatenate([ids, np.where(more_ids >= 0, more_ids + shift, -1)], axis=1)
             scores = np.concatenate([scores, more_scores], axis=1)
-        if merged or offsets.any():
-            shifted = scores.astype(np.float64) + offsets[:, None]
-            order = np.lexsort((ids, -shifted), axis=-1)[:, :wanted]
-            ids = np.take_along_axis(ids, order, axis=1)
-            scores = np.take_along_axis(shifted, order, axis=1).astype(np.float32)
+        if merged or offsets.any():  # ordered by the scores returned (float32)
+            shifted = (scores.astype(np.float64) + offsets[:, None]).astype(np.float32)
+            ids, scores = by_score_then_id(ids, shifted, wanted)
         return ids, scores.astype(np.float32, copy=False)
 
     def _rank(self, model: _Model, extra: _NewItems | None, queries: np.ndarray,

@@ -23,7 +23,7 @@ from .._backend import resolve_backend
 from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, make_blocks,
                            normal_table, normal_training_rows, trained_rows_in_id_order,
                            training_rows, user_major_order)
-from ..retrieval import ItemIndex
+from ..retrieval import ItemIndex, by_score_then_id
 from ._common import FactorRetrieval, check_trained, progress_bar, rating_arrays, seen_rows
 
 MAX_FACTORS = 4096
@@ -155,13 +155,17 @@ class _RatingModel(FactorRetrieval):
         known_user = state.user_counts[ids] > 0
         queries = _user_vectors(state)[ids] * known_user[:, None]
         if state.biased:
-            offsets = state.global_mean + np.where(known_user, state.user_bias[ids], 0)
+            offsets = state.global_mean + np.where(known_user, state.user_bias[ids],
+                                                   0).astype(np.float64)
         else:
             offsets = np.where(known_user, 0.0, state.global_mean)
         out_ids, out_scores = index.search(queries, k, exclude=seen, allow=allow, deny=deny)
         if not state.biased and not known_user.all():
             self._unknown_users_tie(state, ~known_user, k, seen, allow, deny, out_ids, out_scores)
-        out_scores = out_scores + offsets[:, None].astype(out_scores.dtype)
+        # the offsets (added in float64, as recfuse.Recommender does) can round scores that
+        # were apart to a tie: ordered again, ties by id
+        out_ids, out_scores = by_score_then_id(
+            out_ids, (out_scores + offsets[:, None]).astype(out_scores.dtype))
         if single:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
