@@ -589,3 +589,17 @@ def test_a_list_of_mixed_id_types_is_refused_as_documented():
         Interactions.from_arrays([1, 2], ("x", b"y"))
     assert Interactions.from_arrays(["b", "a"], [1, 2]).user_ids.ids.tolist() == ["a", "b"]
     assert Interactions.from_arrays((2, 1), [1.5, 2]).item_ids.ids.tolist() == [1.5, 2.0]
+
+
+def test_added_ids_of_another_numeric_dtype_keep_the_maps_ids():
+    """uint64 and int64 ids together would become float64 in NumPy and change the large
+    existing ids: new ids are cast to the map's dtype when they fit exactly, else refused."""
+    big = np.array([3, 2**63 + 5, 2**63 + 5000], np.uint64)
+    log = Interactions.from_arrays(big, [1, 1, 2])
+    grown = log.add(users=np.array([10], np.int64), items=[1])
+    assert grown.user_ids.ids.dtype == np.uint64
+    assert grown.user_ids.to_external([0, 1, 2, 3]).tolist() == [3, 2**63 + 5, 2**63 + 5000, 10]
+    with pytest.raises(TypeError, match="do not all fit the map's uint64 ids exactly"):
+        log.add(users=np.array([-1], np.int64), items=[1])
+    close = Interactions.from_arrays(np.array([2**63 + 5, 2**63 + 7], np.uint64), [1, 2])
+    assert close.user_ids.ids.tolist() == [2**63 + 5, 2**63 + 7]  # the dense path

@@ -111,3 +111,14 @@ def test_bad_input():
         split.temporal_split(timed)
     with pytest.raises(ValueError, match="do not parse"):
         split.temporal_split(timed, "not a date")
+
+
+@pytest.mark.parametrize("n, fraction", [(10, 0.7), (100, 0.57), (100, 0.58), (1000, 0.85),
+                                         (10, 0.1), (7, 0.5)])
+def test_temporal_fraction_counts_exactly(n, fraction):
+    """floor(fraction · n) of n distinct times go to test, whatever the float rounding of
+    the product (0.57 · 100 = 56.99999999999999)."""
+    log = Interactions.from_arrays(np.arange(n), np.zeros(n, np.int64),
+                                   timestamps=np.arange(n) * 100)
+    _, test = split.temporal_split(log, test_fraction=fraction)
+    assert test.nnz == int(np.floor(round(fraction * n, 9)))

@@ -175,7 +175,11 @@ class IdMap:
         if new.size == 0:
             return self
         _, uniques = _factorize(new, "ids")
-        return IdMap._distinct(np.concatenate([self._ids, uniques]))
+        known = self._ids
+        if isinstance(known, np.ndarray) and known.dtype.kind in "iuf" and \
+                uniques.dtype != known.dtype:
+            uniques = _exactly_as(uniques, known.dtype)  # else NumPy promotes, e.g. to float64
+        return IdMap._distinct(np.concatenate([known, uniques]))
 
     def _lookup(self, values: np.ndarray) -> np.ndarray:
         if len(self) == 0 or values.size == 0:
@@ -225,6 +229,17 @@ def _id_kind(values: np.ndarray) -> str:
 def _same_kind(a: np.ndarray, b: np.ndarray) -> bool:
     ka, kb = _id_kind(a), _id_kind(b)
     return ka == kb or "empty" in (ka, kb) or {ka, kb} <= {"integer", "floating"}
+
+
+def _exactly_as(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Numeric ids as ``dtype`` (a map's), refused when one would not keep its value: the
+    existing ids must never change (uint64 and int64 ids together would become float64)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        cast = values.astype(dtype)
+    if cast.tolist() != values.tolist():
+        raise TypeError(f"new ids of dtype {values.dtype} do not all fit the map's {dtype} ids "
+                        f"exactly; one id column must hold one type")
+    return cast
 
 
 def _check_same_kind(known: np.ndarray, new: np.ndarray) -> None:
@@ -400,7 +415,8 @@ def _factorize_dense_integers(values: np.ndarray):
         present[offsets] = True
         uniques = np.flatnonzero(present)
         table = np.cumsum(present, dtype=np.int32 if uniques.size < 2**31 else np.int64) - 1
-        return table[offsets], (uniques + low).astype(values.dtype)
+        # in the ids' dtype: a uint64 low past int64 does not fit uniques' int64
+        return table[offsets], uniques.astype(values.dtype) + values.dtype.type(low)
     uniques, codes = np.unique(values, return_inverse=True)
     return codes, uniques
 

@@ -82,7 +82,10 @@ def temporal_split(data, cut=None, *, test_fraction: float | None = None,
     if cut is None:
         fraction = _fraction(test_fraction)
         ordered = np.sort(times)
-        position = min(int(np.ceil((1 - fraction) * times.size)), times.size - 1)
+        # floor(fraction · n) pairs from the end; rounded to 9 places first, so that
+        # 0.57 · 100 = 56.99999999999999 counts as 57
+        position = min(times.size - int(np.floor(round(fraction * times.size, 9))),
+                       times.size - 1)
         cut_ns = ordered[position] if fraction > 0 else np.iinfo(np.int64).max
     else:
         if np.ndim(cut) != 0:
