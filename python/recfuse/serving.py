@@ -25,8 +25,9 @@ score is still the recall or rank score).
 
 Cold start: a user the model does not know (an id beyond its users that has not been
 observed), one without any known interaction or one whose vector is still zero gets the
-most popular items (most stored entries in the model's training matrix, ties by smaller
-id), with the same exclusions, rules and caps, stage ``"popular"``.
+most popular items it has not seen (most stored entries in the model's training matrix,
+ties by smaller id; its training row and observed items left out), with the same
+exclusions, rules and caps, stage ``"popular"``.
 
 Real time: ``observe(events)`` folds events into the users' vectors at once: ALS re-solves
 the user against the fixed items over the whole known row (training row plus every
