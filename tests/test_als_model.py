@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import recfuse
@@ -555,3 +555,28 @@ def test_item_index_follows_new_factors(data):
     after = model.recommend(0, k=5, filter_seen=False)
     n = model.item_factors.shape[0]
     np.testing.assert_array_equal(after[0], n - 1 - before[0])
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=60, deadline=None)
+def test_replacing_rows_keeps_every_other_entry(seed):
+    """update_users' seen matrix: rows ``ids`` replaced, the matrix grown, every other stored
+    entry (zeros included) kept in place; against a dense rebuild."""
+    from recfuse.models.als import _replace_rows
+
+    rng = np.random.default_rng(seed)
+    old, cols = int(rng.integers(0, 8)), int(rng.integers(1, 6))
+    matrix = sp.random(old, cols, density=0.5, format="csr", random_state=rng)
+    matrix.data[rng.random(matrix.data.size) < 0.2] = 0  # stored zeros are seen items
+    n_rows = old + int(rng.integers(1, 4))
+    ids = rng.permutation(n_rows)[: int(rng.integers(0, n_rows + 1))]
+    rows = sp.random(ids.size, cols, density=0.5, format="csr", random_state=rng)
+    want = sp.vstack([matrix, sp.csr_matrix((n_rows - old, cols))]).tolil()
+    for position, row in enumerate(ids):
+        want.rows[row], want.data[row] = rows[position].indices.tolist(), rows[position].data.tolist()
+    got = _replace_rows(matrix, ids, rows, n_rows)
+    assert got.shape == (n_rows, cols) and got.has_sorted_indices
+    want = want.tocsr()
+    np.testing.assert_array_equal(got.indptr, want.indptr)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.data, want.data)

@@ -230,6 +230,11 @@ class ALS(FactorRetrieval):
         and replaces what the model knows of those users. Ids beyond the known users add new
         users (rows in between start at zero). The model's solver is used: "cg" starts from
         each user's current vector (zero for a new user). Returns the new vectors.
+
+        Readers keep a consistent model meanwhile: the user table and the seen matrix are
+        new arrays (a copy of each; about 8 ms for one user of a 100k x 50k, 5M-entry
+        model). A serving process that folds events in one by one should use
+        ``recfuse.Recommender.observe``, which changes only the users concerned.
         """
         self._require_fitted()
         ids = check.check_ids(user_ids, "user_ids", None, allow_new=True)
@@ -438,25 +443,29 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
 def _replace_rows(matrix: sp.csr_matrix, ids: np.ndarray, rows: sp.csr_matrix, n_rows: int):
     """``matrix`` grown to n_rows with the rows ``ids`` (no id twice) replaced by ``rows``: a
     new matrix that keeps every stored entry of the other rows (a stored zero still counts
-    as seen). Entries are moved by index arithmetic, in O(nnz)."""
-    old_rows, old_counts = matrix.shape[0], np.diff(matrix.indptr)
-    new_counts = np.diff(rows.indptr)
+    as seen). The kept rows between two replaced ones are one run of entries, copied whole
+    (a fold-in of one user into 5M entries: 80 ms by per-entry index arithmetic)."""
+    old_rows, old_indptr = matrix.shape[0], matrix.indptr
     counts = np.zeros(n_rows, np.int64)
-    counts[:old_rows] = old_counts
-    counts[ids] = new_counts
+    counts[:old_rows] = np.diff(old_indptr)
+    counts[ids] = np.diff(rows.indptr)
     indptr = np.zeros(n_rows + 1, np.int64)
     np.cumsum(counts, out=indptr[1:])
     indices = np.empty(indptr[-1], matrix.indices.dtype)
     data = np.empty(indptr[-1], matrix.dtype)
-    kept_rows = np.ones(old_rows, bool)
-    kept_rows[ids[ids < old_rows]] = False
-    kept = np.repeat(kept_rows, old_counts)
-    # an entry moves by its row's change of start
-    to = np.arange(matrix.indptr[-1]) + np.repeat(indptr[:old_rows] - matrix.indptr[:-1],
-                                                  old_counts)
-    indices[to[kept]] = matrix.indices[kept]
-    data[to[kept]] = matrix.data[kept]
-    to = np.arange(rows.indptr[-1]) + np.repeat(indptr[ids] - rows.indptr[:-1], new_counts)
-    indices[to] = rows.indices
-    data[to] = rows.data
+
+    def place(target: int, source_indices, source_data) -> None:
+        indices[target:target + source_indices.size] = source_indices
+        data[target:target + source_data.size] = source_data
+
+    first = 0  # the first row of the current run of kept rows
+    for replaced in [*np.sort(ids).tolist(), n_rows]:
+        end = min(replaced, old_rows)
+        if end > first:
+            begin, stop = old_indptr[first], old_indptr[end]
+            place(indptr[first], matrix.indices[begin:stop], matrix.data[begin:stop])
+        first = replaced + 1
+    for position, row in enumerate(ids.tolist()):
+        begin, stop = rows.indptr[position], rows.indptr[position + 1]
+        place(indptr[row], rows.indices[begin:stop], rows.data[begin:stop])
     return sp.csr_matrix((data, indices, indptr), shape=(n_rows, matrix.shape[1]))
