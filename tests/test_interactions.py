@@ -603,3 +603,11 @@ def test_added_ids_of_another_numeric_dtype_keep_the_maps_ids():
         log.add(users=np.array([-1], np.int64), items=[1])
     close = Interactions.from_arrays(np.array([2**63 + 5, 2**63 + 7], np.uint64), [1, 2])
     assert close.user_ids.ids.tolist() == [2**63 + 5, 2**63 + 7]  # the dense path
+
+
+def test_a_malformed_sparse_matrix_is_refused_before_conversion():
+    """scipy's CSC -> CSR conversion writes out of bounds on row indices past the shape."""
+    by_column = sp.csc_matrix((np.ones(4, np.float32), np.array([0, 10**8, 2, -10**8], np.int32),
+                               np.array([0, 2, 4, 4])), shape=(5, 3))
+    with pytest.raises(ValueError, match=r"matrix has row indices outside \[0, 5\)"):
+        Interactions.from_matrix(by_column)

@@ -221,3 +221,14 @@ def test_evaluate_an_implicit_style_model_whose_lists_run_short():
     ids = np.array([[3, 0, 0, -1, 0]])
     rows, columns = metrics._repeats(ids)
     assert rows.tolist() == [0, 0] and sorted(columns.tolist()) == [2, 4]
+
+
+def test_malformed_sparse_inputs_are_refused_before_scipy_touches_them():
+    bad_indptr = sp.csr_matrix((np.ones(3), np.array([1, 2, 3], np.int32), np.array([0, 3, 1, 3])),
+                               shape=(3, 5))
+    with pytest.raises(ValueError, match="test has a malformed indptr"):
+        metrics.ranking_metrics(np.array([[0, 1], [1, 2], [2, 3]]), bad_indptr)
+    by_column = sp.csc_matrix((np.ones(4, np.float32), np.array([0, 10**8, 2, -10**8], np.int32),
+                               np.array([0, 2, 4, 4])), shape=(5, 3))
+    with pytest.raises(ValueError, match="train has row indices outside"):
+        metrics.novelty(np.array([[0, 1]]), by_column)

@@ -771,3 +771,8 @@ def test_offset_scores_tie_by_the_smaller_id():
         valid = row_ids[:, 1:] >= 0
         tie = (row_scores[:, 1:] == row_scores[:, :-1]) & valid
         assert not (tie & (row_ids[:, 1:] < row_ids[:, :-1])).any()
+
+
+def test_a_k_beyond_memory_is_refused_up_front(als):
+    with pytest.raises(MemoryError, match="lower k"):
+        Recommender(als, k=5).recommend(0, k=2**31 - 1)

@@ -570,3 +570,21 @@ def test_results_beyond_memory_are_refused_up_front():
     with pytest.raises(MemoryError, match="lower k"):
         model.rank(np.ones((1000, 4), np.float32), np.zeros((1000, 2), np.int64), items,
                    k=2**31 - 1)
+
+
+@pytest.mark.parametrize("storage", ["native", "bfloat16"])
+def test_malformed_exclusions_are_refused_before_the_kernels(storage):
+    """scipy builds a sparse matrix from given index arrays without checking them: an index
+    past the items (or a malformed CSC converted to CSR) must be refused, never read."""
+    items = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
+    index = recfuse.ItemIndex(items, storage=storage)
+    query = np.ones((1, 16), np.float32)
+    for bad in (10**9, -2**31):
+        exclude = sp.csr_matrix((np.ones(1, np.float32), np.array([bad], np.int32),
+                                 np.array([0, 1])), shape=(1, 3000))
+        with pytest.raises(ValueError, match=r"exclude has column indices outside \[0, 3000\)"):
+            index.search(query, 3, exclude=exclude)
+    by_column = sp.csc_matrix((np.ones(2, np.float32), np.array([0, 10**8], np.int32),
+                               np.r_[0, 2, np.full(2999, 2)]), shape=(1, 3000))
+    with pytest.raises(ValueError, match="exclude has row indices outside"):
+        index.search(query, 3, exclude=by_column)

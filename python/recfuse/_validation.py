@@ -4,6 +4,7 @@ shape or value."""
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 
@@ -168,6 +169,38 @@ def check_csr(
     return sp.csr_matrix(matrix)
 
 
+def to_csr(matrix, name: str):
+    """``matrix`` (a scipy sparse matrix or array of any format) in CSR, its index structure
+    checked first (``check_sparse_structure``)."""
+    return check_sparse_structure(matrix, name).tocsr()
+
+
+def check_sparse_structure(matrix, name: str):
+    """``matrix`` (any scipy sparse format), returned once its index arrays are checked
+    against its shape: scipy's conversions and methods trust them and read or write out of
+    bounds on malformed ones (an index past the shape, a decreasing indptr)."""
+    if not sp.issparse(matrix):
+        raise TypeError(f"{name} must be a scipy.sparse matrix, got "
+                        f"{type(matrix).__module__}.{type(matrix).__name__}")
+    rows, cols = matrix.shape
+    if matrix.format in ("csr", "csc"):
+        by_row = matrix.format == "csr"
+        check_csr_arrays(matrix.indptr, matrix.indices, rows if by_row else cols,
+                         cols if by_row else rows, name,
+                         data_size=np.asarray(matrix.data).size,
+                         minor="column" if by_row else "row")
+    elif matrix.format == "bsr":
+        block_rows, block_cols = matrix.blocksize
+        check_csr_arrays(matrix.indptr, matrix.indices, rows // block_rows, cols // block_cols,
+                         name, data_size=np.asarray(matrix.data).shape[0])
+    elif matrix.format == "coo":
+        for coordinates, size, axis in ((matrix.row, rows, "row"), (matrix.col, cols, "column")):
+            coordinates = np.asarray(coordinates)
+            if coordinates.size and (coordinates.min() < 0 or coordinates.max() >= size):
+                raise ValueError(f"{name} has {axis} indices outside [0, {size})")
+    return matrix
+
+
 def csr_from_arrays(data, indices, indptr, shape, name: str, *, dtype: np.dtype,
                     n_rows: int | None = None, n_cols: int | None = None) -> sp.csr_matrix:
     """The CSR matrix of arrays read from a file, checked (check_csr) after its structure
@@ -181,7 +214,7 @@ def csr_from_arrays(data, indices, indptr, shape, name: str, *, dtype: np.dtype,
 
 
 def check_csr_arrays(indptr, indices, n_rows: int, n_cols: int | None, name: str, *,
-                     data_size: int | None = None) -> int:
+                     data_size: int | None = None, minor: str = "column") -> int:
     """Check that ``(indptr, indices)`` describe ``n_rows`` CSR rows: indptr 1-d of n_rows + 1
     integers from 0, never decreasing, at most len(indices) (and len(data)); the entries'
     indices in [0, n_cols) when n_cols is given. Returns the number of entries, indptr[-1]."""
@@ -206,7 +239,7 @@ def check_csr_arrays(indptr, indices, n_rows: int, n_cols: int | None, name: str
         low, high = id_bounds(entries) if entries.dtype == np.int64 else \
             (int(entries.min()), int(entries.max()))
         if low < 0 or high >= n_cols:
-            raise ValueError(f"{name} has column indices outside [0, {n_cols}): got "
+            raise ValueError(f"{name} has {minor} indices outside [0, {n_cols}): got "
                              f"{low if low < 0 else high}")
     return nnz
 
@@ -337,8 +370,9 @@ def seeded_rng(seed, name: str = "seed") -> np.random.Generator:
     return np.random.default_rng(check_random_state(seed, name))
 
 
+@functools.lru_cache(maxsize=1)
 def physical_memory() -> int | None:
-    """This machine's memory in bytes, or None where the system does not say."""
+    """This machine's memory in bytes, or None where the system does not say (asked once)."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):

@@ -769,7 +769,8 @@ class Interactions:
     def from_matrix(cls, matrix, *, user_ids: IdMap | None = None,
                     item_ids: IdMap | None = None) -> "Interactions":
         """Wrap a users x items sparse matrix (ids 0..n-1 unless maps are given)."""
-        matrix = check.check_csr(sp.csr_matrix(matrix) if sp.issparse(matrix) else matrix,
+        matrix = check.check_csr(sp.csr_matrix(check.to_csr(matrix, "matrix"))
+                                 if sp.issparse(matrix) else matrix,
                                  "matrix", dtype=np.float32)
         rows, cols = matrix.shape
         user_ids = user_ids if user_ids is not None else IdMap._distinct(np.arange(rows))

@@ -307,7 +307,7 @@ def _exclusions(exclude, m: int, n: int):
     if exclude.shape != (m, n):
         raise ValueError(f"exclude must have shape ({m}, {n}) (queries x items), got "
                          f"{exclude.shape}")
-    E = exclude.tocsr()
+    E = check.to_csr(exclude, "exclude")
     if not E.has_sorted_indices:
         E = E.copy()
         E.sort_indices()

@@ -571,6 +571,7 @@ class Recommender:
         int64 array or None per user, contexts None or float32 (users, width)), answered by
         ``state`` with one native recall call (two while added items exist) and one native
         rank call."""
+        check.check_result_size(users.size, k, 8 + 4 + 1)  # ids, scores, stage codes
         model = state.model
         m = users.size
         out_ids = np.full((m, k), -1, dtype=np.int64)

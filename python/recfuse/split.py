@@ -100,7 +100,7 @@ def _as_interactions(data, need_times: str | None = None):
     if isinstance(data, Interactions):
         interactions, as_matrix = data, False
     elif sp.issparse(data):
-        interactions, as_matrix = Interactions.from_matrix(data.tocsr()), True
+        interactions, as_matrix = Interactions.from_matrix(data), True
     else:
         raise TypeError(f"data must be recfuse.Interactions or a scipy.sparse matrix, got "
                         f"{type(data).__module__}.{type(data).__name__}")

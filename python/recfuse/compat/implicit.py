@@ -170,7 +170,7 @@ def _as_csr(matrix, name: str):
         )
     if matrix.format != "csr":
         start = time.perf_counter()
-        converted = matrix.tocsr()
+        converted = check.to_csr(matrix, name)
         warnings.warn(
             f"{name}: expected a CSR matrix, got {matrix.format.upper()}; converting it to CSR "
             f"took {time.perf_counter() - start:.3f} seconds",
@@ -606,6 +606,7 @@ class AlternatingLeastSquares:
         """
         self._require_fitted()
         N = check.check_int(N, "N", minimum=1)
+        check.check_result_size(np.size(userid), N)
         item_factors = self._table("item_factors", convert=False)
         n_items = item_factors.shape[0]
         single = np.ndim(userid) == 0
@@ -661,6 +662,7 @@ class AlternatingLeastSquares:
         """
         self._require_fitted()
         N = check.check_int(N, "N", minimum=1)
+        check.check_result_size(np.size(itemid), N)
         factors = self._table("item_factors", convert=False)
         norms = self.item_norms
         if recalculate_item:
@@ -684,6 +686,7 @@ class AlternatingLeastSquares:
         """The N users most similar to ``userid`` by cosine of the factors (itself included)."""
         self._require_fitted()
         N = check.check_int(N, "N", minimum=1)
+        check.check_result_size(np.size(userid), N)
         factors = self._table("user_factors", convert=False)
         norms = self.user_norms
         rows = _ids(userid, "userid", factors.shape[0])

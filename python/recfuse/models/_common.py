@@ -47,9 +47,8 @@ def rating_arrays(users, items, ratings, n_users, n_items):
     matrix = interaction_matrix(users)
     if matrix.ndim != 2:
         raise ValueError(f"the ratings matrix must be 2-d, got {matrix.ndim}-d")
-    if sp.issparse(matrix) and matrix.format == "csr":  # tocoo trusts its structure
-        check.check_csr_arrays(matrix.indptr, matrix.indices, *matrix.shape, "the ratings matrix",
-                               data_size=np.asarray(matrix.data).size)
+    if sp.issparse(matrix):  # tocoo trusts the index structure: checked first
+        check.check_sparse_structure(matrix, "the ratings matrix")
     entries = matrix.tocoo()
     return (entries.row, entries.col, entries.data,
             matrix.shape[0] if n_users is None else n_users,
