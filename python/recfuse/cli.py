@@ -3,17 +3,19 @@
   recfuse demo [--data FOLDER]       the whole chain on an embedded synthetic event log (or a
                                      MovieLens folder): ingest, split, train, evaluate
   recfuse train DATA -o DIR          ingest an event log (CSV/Parquet file or MovieLens folder),
-                                     split it, train ALS; writes DIR/model.npz, DIR/train.npz
-                                     and DIR/test.npz
+                                     split it, train ALS (or --model bpr, svd, svdpp,
+                                     explicit-als); writes DIR/model.npz, DIR/train.npz and
+                                     DIR/test.npz (none with --split none)
   recfuse evaluate DIR               score DIR's model on its test set (or --test DATA)
   recfuse recommend DIR USER...      top-k items for users, by their original ids
   recfuse bench [SUITE...]           run bench/ suites (data, als) of a source checkout; print
-                                     the ratio table, write bench.json and bench.png
+                                     the ratio table, write bench.json (and bench.png with
+                                     matplotlib)
   recfuse info                       backends and why any is unavailable
   recfuse serve MODEL [--ranker F]   serve a model file (and a ranker file: recall + rank)
                                      over HTTP (the serve extra)
 
-Every command takes ``--json`` (one JSON object on stdout, nothing else; a number that is
+Every command but ``serve`` takes ``--json`` (one JSON object on stdout, nothing else; a number that is
 not finite, e.g. an AUC without any pair to compare, is written as null). Exit codes: 0 done;
 1 an unexpected failure (a bug: the traceback is printed); 2 bad arguments or input (one line
 ``recfuse <command>: error: ...`` on stderr).
@@ -730,9 +732,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command in ``argv`` (default: the process's) and return its exit status: 0,
-    or 2 for bad arguments and errors (argparse's usage errors and --help included, which
-    would otherwise end the caller's process)."""
+    """Run the command in ``argv`` (default: the process's) and return its exit status: 0
+    (done, or ``--help``), 2 for bad arguments and input errors (argparse's exits are
+    caught, which would otherwise end the caller's process); any other exception propagates
+    (exit status 1 from the console script)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:

@@ -172,7 +172,7 @@ def synthetic_explicit(
     Users are drawn by activity and items by popularity (power laws with the given
     exponents), pairs are distinct. Each rating is round(3.5 + b_u + b_i + p_u·q_i + ε)
     clipped to [1, 5], with biases b ~ N(0, 0.3²) (popular items a little better),
-    ``factors``-dimensional p_u, q_i ~ N(0, 1/sqrt(factors)) and ε ~ N(0, noise²), so a
+    ``factors``-dimensional p_u, q_i ~ N(0, 1/factors) and ε ~ N(0, noise²), so a
     rating model can beat the global mean. Exactly ``n_ratings`` entries unless the matrix is
     nearly dense; deterministic for a seed; about a second per 10M ratings.
 

@@ -847,14 +847,17 @@ class Interactions:
     # ------------------------------------------------------------------ views
     @property
     def shape(self) -> tuple[int, int]:
+        """(users, items): the shape of ``matrix``."""
         return len(self.user_ids), len(self.item_ids)
 
     @property
     def n_users(self) -> int:
+        """The number of users (rows)."""
         return len(self.user_ids)
 
     @property
     def n_items(self) -> int:
+        """The number of items (columns)."""
         return len(self.item_ids)
 
     @property

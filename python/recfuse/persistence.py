@@ -27,6 +27,8 @@ HEADER_KEY = "__recfuse__"
 
 
 def save_model(path, model_name: str, params: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Write a model file: ``arrays`` and a JSON header (format, version, ``model_name``,
+    ``params``) in one .npz, atomically; ``read_model`` reads it back."""
     path = os.fspath(path)
     header = {"format": "recfuse", "version": FORMAT_VERSION, "model": model_name, "params": params}
     encoded = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)

@@ -68,7 +68,7 @@ class MLPRanker:
 
     def __init__(self, hidden=(64, 32), *, activation: str = "relu", negatives: int = 4,
                  epochs: int = 5, batch_size: int = 1024, learning_rate: float = 1e-3,
-                 l2: float = 0.0, random_state: int | None = None):
+                 l2: float = 0.0, random_state: int | np.random.Generator | None = None):
         if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
             raise TypeError(f"hidden must be a sequence of layer widths, e.g. (64, 32), got "
                             f"{type(hidden).__name__} {hidden!r}")

@@ -13,7 +13,8 @@ layer has one output, the score. For candidate c of user u with item id i the in
 
 Candidates come in one of these forms (``candidate_ids``):
 
-- a 1-d array: one user's candidates (``user_vectors`` 1-d, or one row); scores are 1-d;
+- a 1-d array: one user's candidates (``user_vectors`` 1-d, or one row); scores are 1-d
+  when ``user_vectors`` is 1-d, (1, c) when it is one row;
 - a 2-d array (users x c): every user has c candidates; scores are (users, c);
 - a tuple ``(indptr, ids)``, CSR-like: user u owns ``ids[indptr[u]:indptr[u + 1]]`` (users
   may have none); scores are flat, aligned with ``ids``;
@@ -158,14 +159,17 @@ class MLPScorer:
 
     @property
     def input_width(self) -> int:
+        """The width of an input row: the first layer's inputs."""
         return self.layers[0][0].shape[1]
 
     @property
     def backend(self) -> str:
+        """The backend that runs this scorer ("cpu", "cuda", ...)."""
         return self._module.NAME
 
     @property
     def kernel(self) -> str:
+        """The kernel its calls use (e.g. "float32", "avx512bf16")."""
         return self._module.kernel_name(self._model)
 
     def __repr__(self) -> str:

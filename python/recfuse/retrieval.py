@@ -129,6 +129,7 @@ class ItemIndex:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(items, d) of the table."""
         return self.items.shape
 
     def search(self, queries, k: int, *, exclude=None, allow=None, deny=None,

@@ -54,6 +54,7 @@ publishes each user's new vector and seen items together, as one object.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import numbers
 import os
 import threading
@@ -1139,7 +1140,7 @@ def _events(events) -> Events:
     """Events from a mapping (user, item, weight) or an Events tuple, checked."""
     if isinstance(events, Events):
         users, items, weights = events
-    elif isinstance(events, dict):
+    elif isinstance(events, collections.abc.Mapping):
         unknown = set(events) - {"user", "item", "weight"}
         if unknown:
             raise ValueError(f"events has unknown fields {sorted(unknown)}; expected user, item "

@@ -116,9 +116,9 @@ class MlpModel {
   void score_candidates(const MlpCandidates& candidates, int num_threads, float* out,
                         bool rough = false) const;
   // Per user, the k best candidates (score descending, ties by smaller id, each id once at
-  // its best score, NaN and -inf dropped), padded with -1 / -inf: ids and scores are users x k. Under
-  // bfloat16 the candidates are chosen and ordered by float32 scores of a rescored band (see
-  // above), and the scores returned are float32's.
+  // its best score, NaN and -inf dropped), padded with -1 / -inf: ids and scores are
+  // users x k. Under bfloat16 the candidates are chosen and ordered by float32 scores of a
+  // rescored band (see above), and the scores returned are float32's.
   void rank(const MlpCandidates& candidates, int k, int num_threads, int64_t* ids,
             float* scores) const;
   // out (items x part_width()): the first layer's item contribution, for item blocks that

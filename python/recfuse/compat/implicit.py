@@ -410,9 +410,9 @@ class AlternatingLeastSquares:
         )
 
     def to_recfuse(self) -> ALS:
-        """This model as a ``recfuse.ALS`` (confidence="raw"; the same factors, copied).
-
-        Its ``fit`` takes the matrix already multiplied by alpha.
+        """This model as a ``recfuse.ALS`` (confidence="raw"; the same factor arrays, shared
+        rather than copied). It keeps no training matrix: pass ``user_items=`` to its
+        ``recommend``. Its ``fit`` takes the matrix already multiplied by alpha.
         """
         engine = self._engine()
         if self.user_factors is not None and self.item_factors is not None:

@@ -88,6 +88,7 @@ class ALS(FactorRetrieval):
     # item gram is dropped when the items change).
     @property
     def user_factors(self) -> np.ndarray | None:
+        """The user vectors (users x factors; None before fit). Assigning one replaces the table."""
         return self._state.user_factors
 
     @user_factors.setter
@@ -96,6 +97,7 @@ class ALS(FactorRetrieval):
 
     @property
     def item_factors(self) -> np.ndarray | None:
+        """The item vectors (items x factors; None before fit). Assigning one replaces the table."""
         return self._state.item_factors
 
     @item_factors.setter
@@ -113,6 +115,7 @@ class ALS(FactorRetrieval):
     # ------------------------------------------------------------------ training
     @property
     def params(self) -> AlsParams:
+        """The solver settings the backends' half-sweeps take."""
         return AlsParams(
             regularization=self.regularization,
             alpha=self.alpha,
@@ -324,6 +327,7 @@ class ALS(FactorRetrieval):
         save_model(path, "ALS", self.get_params(), arrays)
 
     def get_params(self) -> dict:
+        """The constructor arguments, as model files keep them."""
         return {
             "factors": self.factors,
             "regularization": self.regularization,

@@ -159,6 +159,7 @@ class BPR(FactorRetrieval):
         return cached[2]
 
     def get_params(self) -> dict:
+        """The constructor arguments, as model files keep them."""
         return {"factors": self.factors, "lr": self.lr, "reg": self.reg,
                 "iterations": self.iterations, "dtype": self.dtype.name, "grid": self.grid,
                 "max_tries": self.max_tries, "backend": self.backend,
@@ -179,10 +180,11 @@ class BPR(FactorRetrieval):
     @classmethod
     def _from_saved(cls, params: dict, arrays: dict) -> "BPR":
         model = cls(**params)
+        # copy=False: a file loaded with mmap=True keeps its tables mapped (read-only)
         P = check.check_factors(arrays["user_factors"], "user_factors", dtype=model.dtype,
-                                n_cols=model.factors)
+                                n_cols=model.factors, copy=False)
         Q = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
-                                n_cols=model.factors)
+                                n_cols=model.factors, copy=False)
         bias = np.asarray(arrays["item_bias"], dtype=model.dtype)
         if bias.shape != (Q.shape[0],):
             raise ValueError(f"item_bias must have shape ({Q.shape[0]},), got {bias.shape}")

@@ -47,7 +47,7 @@ class ExplicitALS(_RatingModel):
     reg_bias: λ for the biases (None: ``reg``).
     init_std: the item factors start ~ Normal(0, init_std) (the users are solved first).
     dtype: float32 (default) or float64, for the factors and all arithmetic.
-    backend: "auto", "cpu", "numba" or "numpy" (``recfuse.backends("sgd")``).
+    backend: "auto", "cpu", "numba", "cupy" or "numpy" (``recfuse.backends("sgd")``).
     num_threads: CPU threads; 0 uses all cores. Results do not depend on it (every row is
         solved independently).
     random_state: seed (int) or ``numpy.random.Generator`` for the initial factors.
@@ -97,6 +97,7 @@ class ExplicitALS(_RatingModel):
         self._lock = threading.Lock()
 
     def get_params(self) -> dict:
+        """The constructor arguments, as model files keep them."""
         return {
             "factors": self.factors, "iterations": self.iterations, "reg": self.reg,
             "biased": self.biased, "reg_bias": self.reg_bias, "init_std": self.init_std,

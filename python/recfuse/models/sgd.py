@@ -224,26 +224,32 @@ class _RatingModel(FactorRetrieval):
 
     @property
     def global_mean(self) -> float | None:
+        """μ, the mean training rating (None before fit)."""
         return None if self._fitted is None else self._fitted.global_mean
 
     @property
     def user_bias(self) -> np.ndarray | None:
+        """b_u per user (zeros when unbiased; None before fit)."""
         return None if self._fitted is None else self._fitted.user_bias
 
     @property
     def item_bias(self) -> np.ndarray | None:
+        """b_i per item (zeros when unbiased; None before fit)."""
         return None if self._fitted is None else self._fitted.item_bias
 
     @property
     def user_factors(self) -> np.ndarray | None:
+        """p_u per user (users x factors; None before fit)."""
         return None if self._fitted is None else self._fitted.user_factors
 
     @property
     def item_factors(self) -> np.ndarray | None:
+        """q_i per item (items x factors; None before fit)."""
         return None if self._fitted is None else self._fitted.item_factors
 
     @property
     def rating_scale(self) -> tuple[float, float] | None:
+        """(lowest, highest) rating: what fit checked and predict clips to."""
         return None if self._fitted is None else self._fitted.rating_scale
 
     # ------------------------------------------------------------------ persistence
@@ -271,14 +277,16 @@ class _RatingModel(FactorRetrieval):
     def _from_saved(cls, params: dict, arrays: dict):
         model = cls(**params)
         n_users, n_items = arrays["user_counts"].size, arrays["item_counts"].size
+        # copy=False: a file loaded with mmap=True keeps its tables mapped (read-only)
         P = check.check_factors(arrays["user_factors"], "user_factors", dtype=model.dtype,
-                                n_cols=model.factors)
+                                n_cols=model.factors, copy=False)
         Q = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
-                                n_cols=model.factors)
+                                n_cols=model.factors, copy=False)
         factors = [P, Q]
         if model._factor_count() == 3:
             factors.append(check.check_factors(arrays["implicit_factors"], "implicit_factors",
-                                               dtype=model.dtype, n_cols=model.factors))
+                                               dtype=model.dtype, n_cols=model.factors,
+                                               copy=False))
         if P.shape[0] != n_users or any(f.shape[0] != n_items for f in factors[1:]):
             raise ValueError("saved factors do not match the saved user and item counts")
         seen_matrix = check.csr_from_arrays(
@@ -368,6 +376,7 @@ class _SgdFactorization(_RatingModel):
         return lr, reg
 
     def get_params(self) -> dict:
+        """The constructor arguments, as model files keep them."""
         return {
             "factors": self.factors, "epochs": self.epochs, "lr": self.lr, "reg": self.reg,
             "init_mean": self.init_mean, "init_std": self.init_std, **self.rates,
@@ -492,7 +501,8 @@ class SVD(_SgdFactorization):
         give the same model with any number of threads. grid=1: one sequential pass.
     shuffle: visit the ratings of each block in a random order (fixed for the fit), or in
         the order given.
-    backend: "auto", "cuda", "cpu", "numba" or "numpy" (see ``recfuse.backends("sgd")``).
+    backend: "auto", "cuda", "cpu", "numba", "cupy" or "numpy" (see
+        ``recfuse.backends("sgd")``).
         "cuda" (chosen by "auto" where a device is present) runs batch-Hogwild SGD: warps
         race on shared rows, so its models are not bitwise reproducible and ``grid`` only
         sets the order of the ratings; at most ``recfuse._cuda.SVD_MAX_FACTORS`` factors.
@@ -553,6 +563,7 @@ class SVD(_SgdFactorization):
                          shuffle, backend, num_threads, random_state)
 
     def get_params(self) -> dict:
+        """The constructor arguments, as model files keep them."""
         return {**super().get_params(), "biased": self.biased}
 
     def _factor_count(self) -> int:
@@ -601,7 +612,8 @@ class SVDpp(_SgdFactorization):
     after each rating. A pass touches the y_j of all the user's items, so passes cannot run
     side by side without races: SVD++ trains on one thread (``num_threads`` is unused).
     ``grid`` is ignored; ``shuffle=False`` keeps each user's ratings in the order given.
-    The other parameters are those of ``SVD`` (plus ``lr_yj``/``reg_yj``).
+    The other parameters are those of ``SVD`` but ``biased`` (SVD++ is always biased), plus
+    ``lr_yj``/``reg_yj``.
     """
 
     _NAME = "SVDpp"
@@ -640,6 +652,7 @@ class SVDpp(_SgdFactorization):
 
     @property
     def implicit_factors(self) -> np.ndarray | None:
+        """SVD++'s y_j per item (items x factors; None before fit)."""
         return None if self._fitted is None else self._fitted.implicit_factors
 
     def _factor_count(self) -> int:
