@@ -72,6 +72,26 @@ def test_parallel_cross_validate(dataset):
     np.testing.assert_allclose(parallel["test_rmse"], serial["test_rmse"])
 
 
+def test_a_diverging_grid_point_is_scored_as_surprise_scores_it(dataset):
+    """Surprise trains on to NaN/inf at a learning rate too high and clips the predictions;
+    a grid search over such a point finishes with Surprise's numbers, and the adapter keeps
+    Surprise's resolved per-parameter rates."""
+    from surprise.model_selection import GridSearchCV, KFold
+
+    grid = {"n_factors": [3], "n_epochs": [5], "lr_all": [0.005, 0.5], "random_state": [0]}
+    results = []
+    for algorithm in (surprise.SVD, SVD):
+        search = GridSearchCV(algorithm, grid, measures=["rmse"], cv=KFold(2, random_state=0))
+        search.fit(dataset)
+        results.append(search.cv_results["mean_test_rmse"])
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-9)
+    diverged = SVD(n_factors=3, n_epochs=5, lr_all=0.5, random_state=0).fit(
+        dataset.build_full_trainset())
+    assert not np.isfinite(diverged.pu).all()  # the point the grid had to get through
+    resolved = SVD(n_factors=5, reg_bu=0.1)
+    assert (resolved.lr_bu, resolved.reg_bu, resolved.reg_qi) == (0.005, 0.1, 0.02)
+
+
 def test_parallel_grid_and_unfitted_errors(dataset):
     trainset = dataset.build_full_trainset()
     fast = SVD(n_factors=8, n_epochs=5, random_state=0, grid=4, num_threads=2).fit(trainset)

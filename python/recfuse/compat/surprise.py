@@ -16,6 +16,14 @@ predictions agree with ``surprise.SVD`` to rounding. Pass ``grid=0`` (or a grid 
 ``num_threads`` for the parallel block-scheduled epochs instead. ``SVDpp`` uses
 recfuse.SVDpp's one-implicit-sum-per-user-pass epochs (see its docstring), which differ
 from Surprise's per-rating order by second-order terms; its RMSE is as good.
+
+Where they differ from Surprise: ``n_factors=0`` and negative regularisation are refused
+(ValueError) where Surprise trains; ``Prediction`` is a NamedTuple of the same fields (it
+unpacks and works with ``surprise.accuracy``, but prints as a tuple); ``est`` is always a
+float; and ``estimate`` for unknown ids returns the fallback ``predict`` would give instead
+of raising Surprise's ``PredictionImpossible``. A learning rate high enough to diverge
+trains on to NaN/inf and predicts the clipped bounds, as Surprise does (recfuse's own
+models raise instead).
 """
 
 from __future__ import annotations
@@ -51,6 +59,13 @@ def _surprise_rng(random_state):
                      f"instance, got {type(random_state)}")
 
 
+def _surprise_clip(estimates, low, high):
+    """Surprise's clipping, ``max(low, min(high, est))`` in that order, so that a diverged
+    model's NaN estimate becomes ``high`` as there (NumPy's clip would keep NaN)."""
+    capped = np.where(estimates < high, estimates, high)
+    return np.where(capped > low, capped, low)
+
+
 class _SurpriseAdapter:
     _MODEL: type = _RecfuseSVD
 
@@ -59,14 +74,18 @@ class _SurpriseAdapter:
         self.n_factors, self.n_epochs = n_factors, n_epochs
         self.init_mean, self.init_std_dev = init_mean, init_std_dev
         self.lr_all, self.reg_all = lr_all, reg_all
-        for name, value in rates.items():
-            setattr(self, name, value)
+        for name, value in rates.items():  # resolved, as Surprise keeps them
+            setattr(self, name, value if value is not None else
+                    lr_all if name.startswith("lr") else reg_all)
         self.random_state, self.verbose = random_state, verbose
         self.grid, self.num_threads = grid, num_threads
         self._model = self._MODEL(
             factors=n_factors, epochs=n_epochs, lr=lr_all, reg=reg_all, init_mean=init_mean,
             init_std=init_std_dev, dtype=np.float64, grid=grid, shuffle=False,
             num_threads=num_threads, **rates, **extra)
+        # Surprise trains on to NaN/inf when its learning rate is too high (a grid search
+        # then scores that point and goes on); recfuse's own models refuse such a fit.
+        self._model._refuse_divergence = False
         self.trainset = None
 
     # ------------------------------------------------------------------ Surprise's API
@@ -106,8 +125,7 @@ class _SurpriseAdapter:
         est = self.default_prediction() if details["was_impossible"] else \
             self.estimate(inner_u, inner_i)
         if clip:
-            low, high = self.trainset.rating_scale
-            est = min(high, max(low, est))
+            est = float(_surprise_clip(np.float64(est), *self.trainset.rating_scale))
         prediction = Prediction(uid, iid, r_ui, est, details)
         if verbose:
             print(prediction)
@@ -129,7 +147,7 @@ class _SurpriseAdapter:
             estimates = np.where(impossible, self.default_prediction(), estimates)
             details = [self._impossible_details() if flag else {"was_impossible": False}
                        for flag in impossible.tolist()]
-        estimates = np.clip(estimates, *self.trainset.rating_scale)
+        estimates = _surprise_clip(estimates, *self.trainset.rating_scale)
         predictions = [Prediction(uid, iid, r_ui, float(est), dict(detail))
                        for (uid, iid, r_ui), est, detail in zip(testset, estimates, details)]
         if verbose:

@@ -64,6 +64,9 @@ class _RatingModel(FactorRetrieval):
     # (state, ItemIndex, seen matrix) for recommend, built from one fitted state on first use.
     _retrieval_cache: tuple | None = None
     _ties_cache: tuple | None = None  # (state, an all-zero ItemIndex): unbiased cold users
+    # A fit that diverges (NaN or inf) raises; compat.surprise turns this off, as Surprise
+    # keeps such a model.
+    _refuse_divergence = True
 
     init_mean = 0.0  # the factors' starting mean (SVD and SVD++ take it as a parameter)
     _FACTOR_NAMES = ("P", "Q", "Y")  # names in initial_factors; the first _factor_count()
@@ -461,10 +464,11 @@ class _SgdFactorization(_RatingModel):
         finally:
             progress.close()
         fitted = state(final=True)
-        check_trained(self._NAME, (fitted.user_factors, fitted.item_factors, fitted.user_bias,
-                                   fitted.item_bias) + (() if fitted.implicit_factors is None
-                                                         else (fitted.implicit_factors,)),
-                      "lower lr or raise reg")
+        if self._refuse_divergence:
+            check_trained(self._NAME, (fitted.user_factors, fitted.item_factors,
+                                       fitted.user_bias, fitted.item_bias) +
+                          (() if fitted.implicit_factors is None else (fitted.implicit_factors,)),
+                          "lower lr or raise reg")
         with self._lock:
             self._fitted = fitted
             self.backend_used = backend.NAME
