@@ -117,9 +117,6 @@ def train_test_split_per_user(matrix: sp.csr_matrix, test_fraction: float = 0.2,
     test_fraction = check.check_float(test_fraction, "test_fraction", minimum=0.0)
     if test_fraction >= 1:
         raise ValueError(f"test_fraction must be < 1, got {test_fraction}")
-    if not sp.issparse(matrix):
-        raise TypeError(f"matrix must be a scipy.sparse matrix (users x items), got "
-                        f"{type(matrix).__module__}.{type(matrix).__name__}")
     coo = check.check_csr(check.to_csr(matrix, "matrix"), "matrix", dtype=matrix.dtype).tocoo()
     rng = check.seeded_rng(seed)
     is_test = rng.random(coo.nnz) < test_fraction

@@ -155,6 +155,7 @@ def rank_candidates(call: Candidates, scores, k: int, precision: str, score_floa
     top_scores = np.full((users, k), -np.inf, dtype=np.float32)
     want = np.full(users, max(2 * k, reference.MLP_RESCORE_MIN_BAND), dtype=np.int64)
     pending = np.arange(users)
+    id_span = int(ids_all.max(initial=0)) + 1  # (owner, id) pairs as one int64 key
     while pending.size:  # a round: every pending user's band, rescored in one call
         positions, sizes = _bands(indptr, ids_all, rough, pending, want[pending])
         sub_call = _subset(call, pending, positions, sizes)
@@ -165,7 +166,7 @@ def rank_candidates(call: Candidates, scores, k: int, precision: str, score_floa
         # order), each id at its first (best) place.
         kept = np.flatnonzero(exact > -np.inf)
         ranked = kept[np.lexsort((ids_all[positions[kept]], -exact[kept], owner[kept]))]
-        pair = owner[ranked] * (int(ids_all.max(initial=0)) + 1) + ids_all[positions[ranked]]
+        pair = owner[ranked] * id_span + ids_all[positions[ranked]]
         ranked = ranked[reference.first_occurrences(pair)]
         rank = np.arange(ranked.size) - np.searchsorted(owner[ranked], owner[ranked])
         top, top_rank = ranked[rank < k], rank[rank < k]
