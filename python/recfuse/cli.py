@@ -15,10 +15,10 @@
   recfuse serve MODEL [--ranker F]   serve a model file (and a ranker file: recall + rank)
                                      over HTTP (the serve extra)
 
-Every command but ``serve`` takes ``--json`` (one JSON object on stdout, nothing else; a number that is
-not finite, e.g. an AUC without any pair to compare, is written as null). Exit codes: 0 done;
-1 an unexpected failure (a bug: the traceback is printed); 2 bad arguments or input (one line
-``recfuse <command>: error: ...`` on stderr).
+Every command but ``serve`` takes ``--json`` (one JSON object on stdout, nothing else; a
+number that is not finite, e.g. an AUC without any pair to compare, is written as null).
+Exit codes: 0 done; 1 an unexpected failure (a bug: the traceback is printed); 2 bad
+arguments or input (one line ``recfuse <command>: error: ...`` on stderr).
 """
 
 from __future__ import annotations

@@ -22,9 +22,11 @@ Scores are float32 (or float64) evaluations of that formula, and the ranking is 
 computed values. Where a dot product overflows partway (values near the dtype's largest),
 the evaluation order decides between inf (ranked first) and NaN (never returned), and that
 order differs between backends and SIMD levels (fused multiply-adds keep products
-unrounded): keep the tables' values well inside the dtype's range. ``storage="bfloat16"`` (float32 items, cpu backend) returns the same ids and
-the same scores, bit for bit, as ``storage="native"`` on the same SIMD level: it ranks with a
-proven upper bound of each float32 score computed from bfloat16 copies of the items (and, on
+unrounded): keep the tables' values well inside the dtype's range.
+
+``storage="bfloat16"`` (float32 items, cpu backend) returns the same ids and the same
+scores, bit for bit, as ``storage="native"`` on the same SIMD level: it ranks with a proven
+upper bound of each float32 score computed from bfloat16 copies of the items (and, on
 CPUs with AVX512-BF16, of the query), and scores every item whose bound reaches the k-th best
 again with the float32 kernel's own code.
 """

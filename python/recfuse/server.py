@@ -197,7 +197,8 @@ def _integers(value, name: str, limit: int) -> list:
         if isinstance(entry, bool) or not isinstance(entry, int) or entry < 0:
             raise _BadRequest(422, f"{name} must hold integers >= 0, got {entry!r:.40}")
         if entry > check.INT64_MAX:
-            raise _BadRequest(422, f"{name} must hold ids <= {check.INT64_MAX} (int64), got {entry}")
+            raise _BadRequest(422, f"{name} must hold ids <= {check.INT64_MAX} (int64), got "
+                                   f"{entry}")
     return value
 
 

@@ -749,9 +749,9 @@ class Recommender:
             sequence (or a scalar), or ``Events``. For ALS, each user's summed weight of an
             item may be at most the square root of the model dtype's largest value (1.8e19
             for float32, 1.3e154 for float64), as the fold-in squares it; the rating models
-            take ratings within their scale. All are checked first: on any error nothing is applied (earlier
-            calls' events stay); a fold-in that overflows anyway (NaN or inf in a vector) is
-            refused the same way.
+            take ratings within their scale. All are checked first: on any error nothing is
+            applied (earlier calls' events stay); a fold-in that overflows anyway (NaN or inf
+            in a vector) is refused the same way.
         The next ``recommend`` sees the new vectors and excludes the new items.
         """
         users, items, weights = _events(events)

@@ -2,9 +2,9 @@
 
 The weights are packed onto the current device once, in ``prepare``. Calls take host NumPy
 arrays (the user blocks, ids and candidate features are uploaded per call, in bounded
-chunks) and return new NumPy arrays; ``rank`` keeps each user's k best on the device (on the host when
-the call has per-candidate features, whose repeats of an id may score differently). A raw
-item table is uploaded whole for each call: precompute it with ``item_part``
+chunks) and return new NumPy arrays; ``rank`` keeps each user's k best on the device (on
+the host when the call has per-candidate features, whose repeats of an id may score
+differently). A raw item table is uploaded whole for each call: precompute it with ``item_part``
 (``MLPScorer.prepare_items``), whose result also keeps its copy on the device.
 
 Kernels: ``"fused"`` runs the whole MLP per tile of 32 candidates in one kernel (x columns

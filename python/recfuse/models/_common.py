@@ -112,9 +112,9 @@ class FactorRetrieval:
         Without ``path``: an iterator of ``(user_ids, item_ids, scores)`` chunks, item ids and
         scores ``len(user_ids) x k`` as from ``recommend`` (seen items of the training data
         filtered when ``filter_seen``), every chunk from the model as it was at this call,
-        whatever a concurrent fit or fold-in does meanwhile. With ``path``: writes a Parquet file (needs pyarrow)
-        with one row per recommendation, columns user, rank, item, score (padding dropped),
-        atomically, and returns the number of rows written.
+        whatever a concurrent fit or fold-in does meanwhile. With ``path``: writes a Parquet
+        file (needs pyarrow) with one row per recommendation, columns user, rank, item, score
+        (padding dropped), atomically, and returns the number of rows written.
         """
         self._require_fitted()
         k = check.check_k(k)
