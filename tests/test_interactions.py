@@ -122,6 +122,19 @@ def test_native_grouping_rejects_bad_codes():
         _core.group_events(np.zeros(1, np.int32), np.array([5], np.int32), n_users=1, n_items=2)
 
 
+def test_weights_beyond_float32_are_refused_not_stored_as_inf():
+    big = float(np.finfo(np.float32).max)
+    with pytest.raises(ValueError, match="user 'b' and item 2 overflows float32"):
+        Interactions.from_arrays(["a", "b", "b"], [5, 2, 2], [1.0, big, big])  # their sum
+    with pytest.raises(ValueError, match="user 1 and item 2 overflows float32"):
+        Interactions.from_arrays([1], [2], [1e39])  # finite, but not as float32
+    log = Interactions.from_arrays([1], [2], [big])
+    with pytest.raises(ValueError, match="overflows float32"):
+        log.add(users=[1], items=[2], weights=[big])
+    assert log.values.tolist() == [big]  # unchanged
+    assert Interactions.from_arrays([1, 1], [2, 2], [big, big], combine="max").values[0] == big
+
+
 # ------------------------------------------------------------------ weighting
 def test_event_weights_and_half_life():
     df = frame()
@@ -611,3 +624,42 @@ def test_a_malformed_sparse_matrix_is_refused_before_conversion():
                                np.array([0, 2, 4, 4])), shape=(5, 3))
     with pytest.raises(ValueError, match=r"matrix has row indices outside \[0, 5\)"):
         Interactions.from_matrix(by_column)
+
+
+# ------------------------------------------------------------------ timestamp range
+@pytest.mark.parametrize("times", [
+    np.array(["3000-01-01", "2020-01-01"], "datetime64[s]"),  # was 1830-11-23
+    np.array(["1600-01-01"], "datetime64[D]"),
+    np.array(["3000"], "datetime64[Y]"),
+    ["3000-01-01"],  # parsed by pandas in microseconds
+    [1e12],  # seconds: was NaT
+    [-2**63],  # abs(int64 min) < 0 let it through: was 1970-01-01
+])
+def test_times_beyond_int64_nanoseconds_are_refused(times, tmp_path):
+    with pytest.raises(ValueError, match="outside int64 nanoseconds|overflow int64 nanoseconds"):
+        Interactions.from_arrays([1] * len(times), [1] * len(times), timestamps=times)
+    table = pa.table({"user": [1], "item": [1],
+                      "t": pa.array(np.array(["3000-01-01"], "datetime64[us]"))})
+    pq.write_table(table, tmp_path / "log.parquet")
+    with pytest.raises(ValueError, match="outside int64 nanoseconds"):
+        Interactions.from_events(tmp_path / "log.parquet", timestamp="t")
+
+
+def test_times_at_the_edges_of_int64_nanoseconds_are_kept():
+    edges = np.array(["1677-09-21T00:12:44", "2262-04-11T23:47:16"], "datetime64[s]")
+    log = Interactions.from_arrays([1, 2], [1, 1], timestamps=edges)
+    seconds_of = log.timestamps.view(np.int64) // 10**9  # (NumPy's own ns -> s cast is off here)
+    assert seconds_of.tolist() == edges.view(np.int64).tolist()
+    seconds = Interactions.from_arrays([1, 2], [1, 1], timestamps=[-9223372036, 9223372036])
+    np.testing.assert_array_equal(seconds.timestamps, log.timestamps)
+
+
+def test_iso_times_of_mixed_precision_parse():
+    """pandas infers one format from the first string; later ISO 8601 times with a time of
+    day, fractional seconds or an offset were refused as unparseable."""
+    log = Interactions.from_arrays([1, 1, 1], [1, 2, 3], timestamps=[
+        "2020-01-01", "2020-01-02 10:00:00.5", "2020-01-03T00:00:00+01:00"])
+    assert log.timestamps.tolist() == [np.datetime64(t, "ns").item() for t in (
+        "2020-01-01T00:00", "2020-01-02T10:00:00.5", "2020-01-02T23:00")]
+    with pytest.raises(ValueError, match="1 values do not parse as times, e.g. \\['junk'\\]"):
+        Interactions.from_arrays([1, 1], [1, 2], timestamps=["2020-01-01", "junk"])

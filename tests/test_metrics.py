@@ -206,6 +206,20 @@ def test_ranking_metrics_refuses_a_list_that_repeats_an_item():
     assert padded["recall"] == pytest.approx(0.75) and padded["hit_rate"] == 1.0
 
 
+def test_ranking_metrics_refuses_ids_outside_the_test_items():
+    """An id past test's columns means another item numbering: an error, not a silent miss."""
+    test = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 1, 0, 0]], np.float32))
+    with pytest.raises(ValueError, match=r"item ids in \[0, 4\) \(test's columns\) or -1 "
+                                         r"for padding, got 1 others, e.g. \[4\]"):
+        metrics.ranking_metrics(np.array([[3, 4], [1, -1]]), test)
+    with pytest.raises(ValueError, match=r"got 1 others, e.g. \[-2\]"):
+        metrics.ranking_metrics(np.array([[3, 0], [1, -2]]), test)
+    with pytest.raises(ValueError, match="e.g. \\[18446744073709551615\\]"):
+        metrics.ranking_metrics(np.array([[3, 0], [1, 2**64 - 1]], dtype=np.uint64), test)
+    assert metrics.ranking_metrics(np.array([[3, 0], [1, 2]], dtype=np.uint64),
+                                   test)["hit_rate"] == 1.0
+
+
 def test_evaluate_an_implicit_style_model_whose_lists_run_short():
     """implicit-style models fill a list short of candidates with item 0 again: evaluate
     asks for at most the catalogue and counts each item once (no precision above 1)."""
@@ -232,3 +246,25 @@ def test_malformed_sparse_inputs_are_refused_before_scipy_touches_them():
                                np.array([0, 2, 4, 4])), shape=(5, 3))
     with pytest.raises(ValueError, match="train has row indices outside"):
         metrics.novelty(np.array([[0, 1]]), by_column)
+
+
+def test_coverage_novelty_and_diversity_take_empty_lists_and_refuse_non_integer_ids():
+    train = sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 0]], np.float32))
+    assert metrics.catalog_coverage([], 3) == 0.0  # was NumPy's IndexError (float64 [])
+    assert metrics.novelty([], train) == 0.0
+    assert metrics.catalog_coverage(np.array([[0, 2]], np.uint32), 3) == pytest.approx(2 / 3)
+    for call in (lambda ids: metrics.catalog_coverage(ids, 3),
+                 lambda ids: metrics.novelty(ids, train),
+                 lambda ids: metrics.intra_list_diversity(ids, np.eye(3))):
+        with pytest.raises(TypeError, match="recommended must hold item ids \\(integers\\), "
+                                            "got dtype float64"):
+            call(np.array([[0.0, 1.5]]))
+
+
+def test_diversity_refuses_non_finite_item_vectors():
+    # a NaN vector used to count as a zero vector: cosine 0, diversity 1
+    vectors = np.array([[np.nan, 0.0], [1.0, 1.0]])
+    with pytest.raises(ValueError, match="item_vectors must be finite, got 1 NaN/inf values"):
+        metrics.intra_list_diversity(np.array([[0, 1]]), vectors)
+    assert metrics.intra_list_diversity(np.array([[0, 1]]), np.array([[1, 0], [1, 1]])) == \
+        pytest.approx(1 - np.sqrt(0.5))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -122,3 +123,31 @@ def test_temporal_fraction_counts_exactly(n, fraction):
                                    timestamps=np.arange(n) * 100)
     _, test = split.temporal_split(log, test_fraction=fraction)
     assert test.nnz == int(np.floor(round(fraction * n, 9)))
+
+
+@pytest.mark.parametrize("n, fraction", [(10, 0.05), (3, 0.2), (100, 0.001), (1, 0.5)])
+def test_temporal_fraction_below_one_pair_tests_nothing(n, fraction):
+    """floor(fraction · n) = 0 pairs to test: the cut used to fall on the latest time and
+    test it (with n = 1, the whole log)."""
+    log = Interactions.from_arrays(np.arange(n), np.zeros(n, np.int64),
+                                   timestamps=np.arange(n) * 100)
+    train, test = split.temporal_split(log, test_fraction=fraction)
+    assert (train.nnz, test.nnz) == (n, 0)
+
+
+def test_temporal_fraction_of_no_pairs():
+    """An empty part of an earlier split splits again into two empty parts (was an
+    IndexError)."""
+    log = Interactions.from_arrays([1, 2], [1, 2], timestamps=[1, 2])
+    empty = log.subset(np.zeros(log.nnz, dtype=bool))
+    train, test = split.temporal_split(empty, test_fraction=0.5)
+    assert (train.nnz, test.nnz) == (0, 0) and train.shape == test.shape == log.shape
+
+
+def test_both_random_splits_round_half_up_as_the_exact_product_would():
+    """0.25 x 2 pairs = 0.5 and 0.7 x 45 = 31.499999999999996 in floating point (exactly 31.5):
+    one and 32 pairs to test, in random_split and in per_user_split alike."""
+    for fraction, n, want in ((0.25, 2, 1), (0.7, 45, 32), (0.5, 5, 3)):
+        matrix = sp.csr_matrix(np.ones((1, n), np.float32))
+        assert split.random_split(matrix, fraction)[1].nnz == want
+        assert split.per_user_split(matrix, fraction, min_train=0)[1].nnz == want

@@ -571,26 +571,56 @@ def _times_ns(column, name: str = "timestamps") -> np.ndarray:
         raise ValueError(f"{name} must be 1-d, got shape {array.shape}")
     kind = array.dtype.kind
     if kind == "M":
-        result = array.astype("datetime64[ns]").view(np.int64)
         if np.isnat(array).any():
             raise ValueError(f"{name} has {int(np.isnat(array).sum())} missing times (NaT)")
-        return result
+        unit, count = np.datetime_data(array.dtype)
+        if unit in ("Y", "M"):  # calendar units: as days first (exact for any real date)
+            array, unit, count = array.astype("datetime64[D]"), "D", 1
+        step = np.timedelta64(count, unit) / np.timedelta64(1, "ns")
+        if step > 1:
+            # a coarser unit (s, us, D, ...): the cast to ns multiplies, and wraps silently
+            # past int64 (3000-01-01 became 1830-11-23)
+            limit = np.iinfo(np.int64).max // int(step)
+            steps = array.view(np.int64)
+            beyond = (steps > limit) | (steps < -limit)
+            if beyond.any():
+                raise ValueError(f"{name} has {int(beyond.sum())} times outside int64 "
+                                 f"nanoseconds (1677-09-21 to 2262-04-11), e.g. "
+                                 f"{array[beyond][:3].astype(str).tolist()}")
+        return array.astype("datetime64[ns]").view(np.int64)
     if kind in "iu":
-        if array.size and np.abs(array).max() > np.iinfo(np.int64).max // _NS_PER_SECOND:
-            raise ValueError(f"{name} as seconds since the epoch overflow (max {array.max()})")
+        limit = np.iinfo(np.int64).max // _NS_PER_SECOND
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if low < -limit or high > limit:  # not np.abs: abs(int64 min) is int64 min
+            raise ValueError(f"{name} as seconds since the epoch overflow int64 nanoseconds: "
+                             f"expected within ±{limit}, got {high if high > limit else low}")
         return array.astype(np.int64) * _NS_PER_SECOND
     if kind == "f":
         if not np.isfinite(array).all():
             raise ValueError(f"{name} has {int((~np.isfinite(array)).sum())} NaN/inf values")
-        return np.round(array * _NS_PER_SECOND).astype(np.int64)
+        nanoseconds = np.round(array * _NS_PER_SECOND)
+        beyond = np.abs(nanoseconds) >= 2.0**63  # the cast would give int64 min (NaT)
+        if beyond.any():
+            raise ValueError(f"{name} as seconds since the epoch overflow int64 nanoseconds: "
+                             f"expected within ±{np.iinfo(np.int64).max // _NS_PER_SECOND}, "
+                             f"got {array[beyond][0]}")
+        return nanoseconds.astype(np.int64)
     if kind in "OUS":
         pandas = _pandas("parsing timestamps")
-        parsed = pandas.to_datetime(pandas.Series(array), errors="coerce", utc=True)
+        strings = pandas.Series(array)
+        parsed = pandas.to_datetime(strings, errors="coerce", utc=True)
         bad = parsed.isna().to_numpy()
+        if bad.any():
+            # pandas infers one format from the first value: ISO 8601 times of another
+            # precision or offset ("2020-01-01 10:00" after "2020-01-01") would not fit it
+            iso = pandas.to_datetime(strings, errors="coerce", utc=True, format="ISO8601")
+            if not iso.isna().any():
+                parsed, bad = iso, iso.isna().to_numpy()
         if bad.any():
             raise ValueError(f"{name}: {int(bad.sum())} values do not parse as times, e.g. "
                              f"{array[bad][:3].tolist()}")
-        return parsed.dt.tz_localize(None).to_numpy("datetime64[ns]").view(np.int64)
+        # in pandas' unit, checked against the nanosecond range like any datetime64
+        return _times_ns(parsed.dt.tz_localize(None).to_numpy(), name)
     raise TypeError(f"{name} must be datetimes, numbers (seconds since the epoch) or strings, "
                     f"got dtype {array.dtype}")
 
@@ -792,6 +822,13 @@ class Interactions:
             None if times is None else np.ascontiguousarray(times, dtype=np.int64),
             None if multiplicity is None else np.ascontiguousarray(multiplicity, np.int64),
             n_users=len(user_map), n_items=len(item_map), combine=settings["combine"])
+        if not check.all_finite(combined):  # finite weights, or their sum, beyond float32
+            pair = int(np.flatnonzero(~np.isfinite(combined))[0])
+            user = user_map.ids[int(np.searchsorted(indptr, pair, side="right")) - 1]
+            raise ValueError(f"the combined weight of user {_plain(user)!r} and item "
+                             f"{_plain(item_map.ids[indices[pair]])!r} overflows float32 (values "
+                             f"are stored as float32: at most "
+                             f"{float(np.finfo(np.float32).max):.4g}); scale the weights down")
         return cls(user_map, item_map, indptr, indices, combined, counts, pair_times,
                    settings=settings)
 

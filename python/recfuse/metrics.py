@@ -75,8 +75,8 @@ def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
                     num_threads: int = 0) -> dict:
     """Ranking metrics of given top-k lists against a test matrix.
 
-    ``recommended`` is (n, k) item ids (-1 pads a short list; no other id may appear twice
-    in a row) for the test rows ``users``
+    ``recommended`` is (n, k) item ids, each in [0, test's columns) or -1 (which pads a short
+    list; no other id may appear twice in a row), for the test rows ``users``
     (default: every row of ``test`` with items, in order). Returns precision, recall, map,
     ndcg, auc, mrr, hit_rate (and, with ``per_user``, a ``per_user`` dict of arrays).
 
@@ -101,6 +101,7 @@ def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
     if rows.size and (np.diff(test.indptr)[rows] == 0).any():
         raise ValueError("every evaluated user needs at least one test item; "
                          f"users {rows[np.diff(test.indptr)[rows] == 0][:5].tolist()} have none")
+    _check_ids_in_range(ids, test.shape[1])
     _check_no_repeats(ids)
     table = _core.ranking_metrics(np.ascontiguousarray(ids, dtype=np.int64),
                                   np.ascontiguousarray(rows, dtype=np.int64),
@@ -108,6 +109,18 @@ def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
                                   test.indices.astype(np.int32, copy=False),
                                   n_items=test.shape[1], num_threads=num_threads)
     return _aggregate(table, per_user)
+
+
+def _check_ids_in_range(ids: np.ndarray, n_items: int) -> None:
+    """An id past the test matrix's items (or below the -1 padding) means the lists and the
+    matrix use different item numberings: refused rather than counted as a miss."""
+    if ids.size == 0:
+        return
+    low, high = ids.min(), ids.max()
+    if low < -1 or high >= n_items:
+        bad = ids[(ids < -1) | (ids >= n_items)]
+        raise ValueError(f"recommended must hold item ids in [0, {n_items}) (test's columns) or "
+                         f"-1 for padding, got {bad.size} others, e.g. {bad[:3].tolist()}")
 
 
 def _check_no_repeats(ids: np.ndarray) -> None:
@@ -154,7 +167,7 @@ def _aggregate(table: np.ndarray, per_user: bool) -> dict:
 def catalog_coverage(recommended, n_items: int) -> float:
     """Distinct valid item ids in ``recommended`` / ``n_items``."""
     n_items = check.check_int(n_items, "n_items", minimum=1)
-    ids = np.asarray(recommended).reshape(-1)
+    ids = _item_ids(recommended)
     valid = ids[(ids >= 0) & (ids < n_items)]
     recommended_once = np.zeros(n_items, dtype=bool)  # cheaper than np.unique's sort or hash
     recommended_once[valid] = True
@@ -166,13 +179,25 @@ def novelty(recommended, train) -> float:
     with item i (at least 1/n_users, so unseen items count as the rarest)."""
     train = _csr(train, "train")
     n_users, n_items = train.shape
-    ids = np.asarray(recommended).reshape(-1)
+    ids = _item_ids(recommended)
     valid = ids[(ids >= 0) & (ids < n_items)]
     if valid.size == 0:
         return 0.0
     users_per_item = _count_ids(train.indices, n_items)
     share = np.maximum(users_per_item[valid], 1) / max(n_users, 1)
     return float(np.mean(-np.log2(share)))
+
+
+def _item_ids(recommended) -> np.ndarray:
+    """``recommended`` as a flat array of integer item ids (an empty list, e.g. ``[]``, holds
+    none whatever its dtype); TypeError for any other dtype rather than NumPy's IndexError
+    (or a float id silently truncated) when the ids index the items."""
+    ids = np.asarray(recommended).reshape(-1)
+    if ids.size == 0:
+        return ids.astype(np.int64)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"recommended must hold item ids (integers), got dtype {ids.dtype}")
+    return ids
 
 
 def _count_ids(ids: np.ndarray, n: int) -> np.ndarray:
@@ -196,9 +221,14 @@ def intra_list_diversity(recommended, item_vectors, *, num_threads: int = 0) -> 
         raise ValueError(f"item_vectors must be 2-d (items x dim), got shape {vectors.shape}")
     if vectors.dtype not in (np.float32, np.float64):
         vectors = vectors.astype(np.float64)
+    if not check.all_finite(vectors):  # a NaN vector would count as orthogonal to every other
+        raise ValueError(f"item_vectors must be finite, got "
+                         f"{int((~np.isfinite(vectors)).sum())} NaN/inf values")
     ids = np.asarray(recommended)
     if ids.ndim != 2:
         raise ValueError(f"recommended must be 2-d (users x k), got shape {ids.shape}")
+    if ids.size and ids.dtype.kind not in "iu":
+        raise TypeError(f"recommended must hold item ids (integers), got dtype {ids.dtype}")
     per_list = _core.intra_list_diversity(np.ascontiguousarray(ids, dtype=np.int64),
                                           np.ascontiguousarray(vectors), num_threads=num_threads)
     finite = per_list[np.isfinite(per_list)]

@@ -11,7 +11,9 @@ Every split assigns each stored (user, item) pair to exactly one side, keeps the
 
 With timestamps, a pair's time is that of its latest event, so the time-based splits never
 train on anything later than what they test (per user, or globally for the cut).
-``drop_cold=True`` also removes test pairs whose user or item has no pair in train.
+``drop_cold=True`` also removes test pairs whose user or item has no pair in train. A CSR
+matrix comes back as two CSR matrices of its shape whose values are float32 (Interactions'
+storage), whatever its own dtype.
 
 >>> import recfuse
 >>> from recfuse import split
@@ -31,28 +33,35 @@ from .interactions import Interactions, _times_ns
 
 
 def random_split(data, test_fraction: float = 0.2, *, seed: int = 0, drop_cold: bool = False):
-    """A random ``test_fraction`` of all pairs (exactly round(fraction x pairs)) to test."""
+    """A random ``test_fraction`` of all pairs (exactly fraction x pairs, rounded half up) to
+    test."""
     interactions, as_matrix = _as_interactions(data)
     fraction = _fraction(test_fraction)
     rng = check.seeded_rng(seed)
     test = np.zeros(interactions.nnz, dtype=bool)
-    test[rng.permutation(interactions.nnz)[: int(round(fraction * interactions.nnz))]] = True
+    test[rng.permutation(interactions.nnz)[: int(_rounded_count(fraction, interactions.nnz))]] = True
     return _finish(interactions, test, drop_cold, as_matrix)
 
 
 def per_user_split(data, test_fraction: float = 0.2, *, seed: int = 0, min_train: int = 1,
                    drop_cold: bool = False):
-    """A random round(fraction x n_u) of each user's n_u pairs to test, leaving at least
-    ``min_train`` of them in train."""
+    """A random fraction x n_u (rounded half up) of each user's n_u pairs to test, leaving at
+    least ``min_train`` of them in train."""
     interactions, as_matrix = _as_interactions(data)
     fraction = _fraction(test_fraction)
     min_train = check.check_int(min_train, "min_train", minimum=0)
     rng = check.seeded_rng(seed)
     per_user = np.diff(interactions._indptr)
-    wanted = np.minimum(np.floor(fraction * per_user + 0.5), np.maximum(per_user - min_train, 0))
+    wanted = np.minimum(_rounded_count(fraction, per_user), np.maximum(per_user - min_train, 0))
     rank = _rank_within_user(interactions, rng.random(interactions.nnz))
     test = rank < np.repeat(wanted, per_user)
     return _finish(interactions, test, drop_cold, as_matrix)
+
+
+def _rounded_count(fraction: float, n):
+    """fraction x n rounded half up (both random splits round alike), the product rounded to 9
+    places first so that 0.7 x 45 = 31.499999999999996 counts as the exact 31.5 (32 pairs)."""
+    return np.floor(np.round(fraction * np.asarray(n, dtype=np.float64), 9) + 0.5)
 
 
 def leave_last_n(data, n: int = 1, *, min_train: int = 1, seed: int = 0,
@@ -74,7 +83,8 @@ def temporal_split(data, cut=None, *, test_fraction: float | None = None,
                    drop_cold: bool = False):
     """Pairs whose time is >= ``cut`` to test, the rest to train. ``cut`` is a datetime,
     a string pandas parses, or seconds since the epoch; or give ``test_fraction`` to cut
-    at that quantile of the pair times (pairs at the cut time all go to test)."""
+    at the time of the floor(fraction x pairs)-th latest pair (pairs at the cut time all go
+    to test; none when fraction x pairs < 1)."""
     interactions, as_matrix = _as_interactions(data, need_times="temporal_split")
     if (cut is None) == (test_fraction is None):
         raise ValueError("give exactly one of cut and test_fraction")
@@ -83,10 +93,10 @@ def temporal_split(data, cut=None, *, test_fraction: float | None = None,
         fraction = _fraction(test_fraction)
         ordered = np.sort(times)
         # floor(fraction · n) pairs from the end; rounded to 9 places first, so that
-        # 0.57 · 100 = 56.99999999999999 counts as 57
-        position = min(times.size - int(np.floor(round(fraction * times.size, 9))),
-                       times.size - 1)
-        cut_ns = ordered[position] if fraction > 0 else np.iinfo(np.int64).max
+        # 0.57 · 100 = 56.99999999999999 counts as 57. None of them (fraction · n < 1, or no
+        # pairs at all): a cut after every time.
+        count = int(np.floor(round(fraction * times.size, 9)))
+        cut_ns = ordered[times.size - count] if count else np.iinfo(np.int64).max
     else:
         if np.ndim(cut) != 0:
             raise TypeError(f"cut must be one time (a datetime, a string or seconds since the "
