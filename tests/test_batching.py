@@ -193,6 +193,21 @@ def test_close_answers_what_is_queued_then_refuses(als):
         batcher.submit(1)
 
 
+def test_a_hook_that_raises_loses_no_request(als):
+    rec = Recommender(als, k=4)
+    raised = []
+
+    def hook(size: int) -> None:
+        raised.append(size)
+        raise (SystemExit, KeyboardInterrupt, RuntimeError)[(len(raised) - 1) % 3]("hook")
+
+    with MicroBatcher(rec, on_batch=hook) as batcher:  # one worker: it must survive each
+        for user in (1, 2, 3, 4):
+            got = batcher.submit(user).result(timeout=60)
+            np.testing.assert_array_equal(got.ids, rec.recommend(user).ids)
+    assert len(raised) == 4
+
+
 def test_constructor_checks(als):
     rec = Recommender(als)
     with pytest.raises(TypeError, match="recfuse.Recommender"):

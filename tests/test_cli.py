@@ -171,6 +171,33 @@ def test_train_refuses_an_output_it_cannot_write_before_any_work(tmp_path):
     assert (tmp_path / "a_file").read_text() == "keep me"
 
 
+def test_train_writes_the_model_folder_whole_or_not_at_all(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(5)
+    pd.DataFrame({"user": rng.integers(0, 30, 400), "item": rng.integers(0, 20, 400)}).to_csv(
+        tmp_path / "log.csv", index=False)
+    folder = tmp_path / "m"
+    run("train", tmp_path / "log.csv", "-o", folder, "--factors", 2, "--iterations", 1)
+    files = {name: (folder / name).read_bytes() for name in ("model.npz", "train.npz",
+                                                             "test.npz")}
+    # user ids Arrow reads as bytes cannot be saved: found after the model is trained
+    pq.write_table(pa.table({"user": pa.array([b"u%d" % u for u in rng.integers(0, 30, 400)]),
+                             "item": pa.array(rng.integers(0, 20, 400))}),
+                   tmp_path / "bytes.parquet")
+    failed = run("train", tmp_path / "bytes.parquet", "-o", folder, "--factors", 2,
+                 "--iterations", 1, check_rc=2)
+    assert "cannot be saved" in failed.stderr
+    assert sorted(os.listdir(folder)) == sorted(files)  # no new model beside the old data
+    assert all((folder / name).read_bytes() == data for name, data in files.items())
+    # without a split the old test.npz goes: it belongs to the earlier training
+    run("train", tmp_path / "log.csv", "-o", folder, "--split", "none", "--factors", 2,
+        "--iterations", 1)
+    assert sorted(os.listdir(folder)) == ["model.npz", "train.npz"]
+    assert "has no test.npz" in run("evaluate", folder, check_rc=2).stderr
+
+
 def test_train_names_a_bad_event_weights_option(tmp_path):
     log = pd.DataFrame(datasets.synthetic_event_log(20, 10, 200, seed=0))
     log.to_csv(tmp_path / "log.csv", index=False)

@@ -111,6 +111,41 @@ def test_a_folder_or_a_missing_folder_is_refused_before_writing(model, tmp_path)
     assert not os.listdir(tmp_path)  # no temporary file left behind
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_saved_files_get_the_permissions_of_a_plain_write(model, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        fresh = tmp_path / "fresh.npz"
+        model.save(fresh)  # readable by a serving process of another user, as open() makes it
+        assert os.stat(fresh).st_mode & 0o777 == 0o644
+        shared = tmp_path / "shared.npz"
+        shared.write_bytes(b"old")
+        os.chmod(shared, 0o640)
+        model.save(shared)  # a file replaced keeps its permissions
+        assert os.stat(shared).st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
+    assert recfuse.load(shared).item_factors.shape == model.item_factors.shape
+
+
+def test_a_save_that_fails_part_way_keeps_the_old_file(model, tmp_path, monkeypatch):
+    path = tmp_path / "model.npz"
+    model.save(path)
+    old = path.read_bytes()
+    write_array, calls = np.lib.format.write_array, []
+
+    def disk_full(*arguments, **options):  # the third array does not fit
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return write_array(*arguments, **options)
+
+    monkeypatch.setattr(np.lib.format, "write_array", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        recfuse.ALS(factors=8, iterations=1, random_state=1).fit(model._user_items).save(path)
+    assert path.read_bytes() == old and os.listdir(tmp_path) == ["model.npz"]
+
+
 def _tampered(model, tmp_path, change) -> str:
     """``model`` saved, then its header rewritten by ``change(header)``."""
     path = tmp_path / "tampered.npz"

@@ -177,6 +177,28 @@ def test_added_items_and_the_reject_setting(als, seen):
     np.testing.assert_array_equal(strict.recommend(1).ids, before.ids)
 
 
+def test_observe_that_fails_adding_an_item_keeps_no_part_of_it(als, monkeypatch):
+    from recfuse import serving
+
+    rec = Recommender(als, new_item_users=1)
+    new_item = N_ITEMS + 3
+    real = serving.ItemIndex
+
+    def failing(*arguments, **options):  # e.g. out of memory building the added items' index
+        raise MemoryError("no room for the index")
+
+    monkeypatch.setattr(serving, "ItemIndex", failing)
+    with pytest.raises(MemoryError):
+        rec.observe({"user": [7], "item": [new_item]})
+    monkeypatch.setattr(serving, "ItemIndex", real)
+    assert rec._state.users == {} and rec._state.new_items is None
+    assert rec._state.new_item_users == {} and rec.pending_events().users.size == 0
+    # the item's first user is the next one observed, and it gets that user's vector
+    rec.observe({"user": [8], "item": [new_item]})
+    assert rec._state.new_item_users == {new_item: (8,)} and rec.info()["added_items"] == 1
+    np.testing.assert_array_equal(rec._state.new_items.table[3], rec._state.users[8].vector)
+
+
 def test_sgd_models_fold_in(seen):
     coo = seen.tocoo()
     svd = recfuse.SVD(factors=4, epochs=5, random_state=0).fit(coo.row, coo.col,
@@ -328,6 +350,22 @@ def test_swap_keeps_old_model_on_failure_and_replays(als, seen, tmp_path):
     after = rec.recommend(2)  # the pending event was replayed into the new model
     assert after.version == 2 and 40 not in after.ids
     np.testing.assert_array_equal(after.ids, before.ids)
+
+
+def test_swap_that_fails_in_the_replay_changes_nothing(als, seen):
+    coo = seen.tocoo()
+    svd = recfuse.SVD(factors=4, epochs=2, random_state=0).fit(coo.row, coo.col,
+                                                             np.ones(coo.nnz), rating_scale=(1, 5))
+    rec = Recommender(als)
+    rec.observe({"user": [2], "item": [40], "weight": [9.0]})  # not a rating SVD takes
+    before = rec.recommend(2)
+    with pytest.raises(ValueError, match="rating_scale"):
+        rec.swap_model(svd)
+    assert rec.version == 1 and rec.info()["kind"] == "als"
+    assert rec.pending_events().weights.tolist() == [9.0]
+    np.testing.assert_array_equal(rec.recommend(2).ids, before.ids)
+    # the failed swap used up no version: the next one is 2 (+1 per swap)
+    assert rec.swap_model(svd, replay=False) == 2 and rec.recommend(2).version == 2
 
 
 def test_concurrent_readers_observe_and_swaps_never_mix(als, seen, tmp_path):

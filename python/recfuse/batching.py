@@ -59,7 +59,8 @@ class MicroBatcher:
         documentation); 0 answers what is queued at once
     workers : threads answering batches (each batch: one native recall and one rank call,
         which release the GIL, so two workers use two cores)
-    on_batch : called with each batch's size (e.g. a metrics histogram), from a worker
+    on_batch : called with each batch's size (e.g. a metrics histogram), from a worker;
+        whatever it raises is ignored
 
     >>> import recfuse, scipy.sparse as sp
     >>> seen = sp.random(40, 30, density=0.2, format="csr", random_state=0, dtype="float32")
@@ -223,9 +224,12 @@ class MicroBatcher:
 
     def _answer(self, batch: list) -> None:
         if self.on_batch is not None:
+            # A metrics hook must not fail the requests, nor end this worker with the batch
+            # taken (SystemExit, KeyboardInterrupt): its callers, and every later request
+            # once no worker is left, would wait forever.
             try:
                 self.on_batch(len(batch))
-            except Exception:  # noqa: BLE001 - a metrics hook must not fail the requests
+            except BaseException:  # noqa: BLE001
                 pass
         try:
             answers = self._results([pending.request for pending in batch])

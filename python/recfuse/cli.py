@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -321,7 +322,7 @@ def _demo(args) -> int:
     items = interactions.item_ids.to_external(ids[ids >= 0])
     for item_id, item, score in zip(ids, items, scores):
         mark = " *" if int(item_id) in held_out else ""
-        say(f"    item {str(item):>10}  score {float(score):.4f}{mark}")
+        say(f"    {str(item):>10}  score {float(score):.4f}{mark}")
     total = time.perf_counter() - started
     say("  timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items()))
     say(f"done in {total:.2f} s")
@@ -402,11 +403,7 @@ def _train(args) -> int:
     model = _model(args)
     model.fit(train, show_progress=not args.json)
     try:
-        os.makedirs(args.output, exist_ok=True)
-        model.save(os.path.join(args.output, "model.npz"))
-        train.save(os.path.join(args.output, "train.npz"))
-        if test is not None:
-            test.save(os.path.join(args.output, "test.npz"))
+        _write_folder(args.output, dict(zip(FOLDER_FILES, (model, train, test))))
     except OSError as error:
         raise ValueError(f"--output {args.output!r}: cannot write the model folder: "
                          f"{error}") from None
@@ -421,6 +418,28 @@ def _train(args) -> int:
 
 
 FOLDER_FILES = ("model.npz", "train.npz", "test.npz")  # what train writes in --output
+
+
+def _write_folder(folder: str, files: dict) -> None:
+    """Save each object of ``files`` (file name -> object with ``save(path)``, or None) in
+    ``folder``, all of them or none: every file is written aside first (in a temporary
+    folder inside ``folder``) and renamed into place only once all are written; a file
+    whose object is None is removed. A failure (an id that cannot be saved, a full disk)
+    leaves the folder as it was, never a new model beside the old training data."""
+    os.makedirs(folder, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".recfuse-train-", dir=folder)
+    try:
+        for name, value in files.items():
+            if value is not None:
+                value.save(os.path.join(staging, name))
+        for name, value in files.items():
+            target = os.path.join(folder, name)
+            if value is not None:
+                os.replace(os.path.join(staging, name), target)
+            elif os.path.isfile(target):  # from an earlier training: it would not match
+                os.unlink(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _check_output_folder(path: str) -> None:

@@ -10,11 +10,13 @@ still reads them.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
+import secrets
+import stat
 import struct
-import tempfile
 import zipfile
 
 import numpy as np
@@ -44,7 +46,9 @@ def atomic_write(path, write) -> None:
     """``write(temporary)`` into a new file beside ``path``, then rename it over ``path``:
     readers see the old file or the new one, never half of one. The temporary file is gone
     afterwards, also when ``write`` fails (the error propagates). A ``path`` that is a folder,
-    or in a folder that does not exist, is refused before anything is written."""
+    or in a folder that does not exist, is refused before anything is written. The file gets
+    the permissions a plain ``open(path, "w")`` would give it: those of the file it replaces,
+    or for a new file the default (0o666 less the umask; not mkstemp's owner-only 0o600)."""
     target = os.fspath(path)
     if os.path.isdir(target):
         raise IsADirectoryError(f"{target!r} is a folder; give the path of a file to write")
@@ -52,14 +56,28 @@ def atomic_write(path, write) -> None:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {target!r}: the folder {directory!r} does not "
                                 f"exist")
-    descriptor, temporary = tempfile.mkstemp(prefix=".recfuse-", suffix=".tmp", dir=directory)
-    os.close(descriptor)
+    temporary = _new_file(directory)
     try:
         write(temporary)
+        if os.path.isfile(target):
+            with contextlib.suppress(OSError):  # best effort (a file system without modes)
+                os.chmod(temporary, stat.S_IMODE(os.stat(target).st_mode))
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _new_file(directory: str) -> str:
+    """A new empty file ``.recfuse-*.tmp`` in ``directory``, created with mode 0o666 (less
+    the umask, as for any new file)."""
+    while True:
+        name = os.path.join(directory, f".recfuse-{secrets.token_hex(8)}.tmp")
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return name
+        except FileExistsError:  # pragma: no cover - 64 random bits taken
+            continue
 
 
 def _write_aligned_npz(handle, arrays: dict[str, np.ndarray]) -> None:

@@ -58,7 +58,7 @@ import collections.abc
 import numbers
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -321,8 +321,9 @@ class Recommender:
         self._log: collections.deque = collections.deque()  # Events chunks, oldest first
         self._logged = 0
         self.dropped_events = 0  # events pushed out of the log by max_pending_events
-        self._versions = 0
+        self._versions = 0  # the version of the model installed last
         self._state = _State(self._build(retriever, _ranker_of(ranker)))
+        self._versions = self._state.model.version
 
     # ------------------------------------------------------------------ model loading
 
@@ -461,9 +462,7 @@ class Recommender:
                           backend=model.backend)
         rule_mask = None if self.rerank is None else self.rerank.mask(0, n_items)
         offsets = offsets.astype(np.float64)
-        with self._write_lock:
-            self._versions += 1
-            version = self._versions
+        version = self._versions + 1  # swap_model numbers it again when it installs it
         return _Model(version, source, model, kind, users, offsets, items, bias, index, seen,
                       seen.indptr.astype(np.int64), seen.indices.astype(np.int32), history,
                       popular.astype(np.int64), rule_mask, scorer, ranker_source, prepared,
@@ -503,11 +502,15 @@ class Recommender:
             chosen = _ranker_of(ranker)
         built = self._build(source, chosen, factors)
         with self._write_lock:
+            # numbered here: a swap that fails (e.g. in the replay) uses up no version, and
+            # of two concurrent swaps the one installed last has the higher version
+            built = replace(built, version=self._versions + 1)
             state = _State(built)
             if replay and self._log:
                 events = _concatenate(list(self._log))
                 self._apply(state, *events)
             self._state = state
+            self._versions = built.version
         return built.version
 
     # ------------------------------------------------------------------ recommend
@@ -851,11 +854,13 @@ class Recommender:
         new_users = {user: _User(vectors[user][0], vectors[user][1], entry[1], entry[2],
                                  bool(vectors[user][0].any()), counts.get(user))
                      for user, entry in updated.items()}
-        new_items = self._added_items(state, users, items, new_users) if beyond.any() else None
-        # publish: each user as one object, then the new item table as one object
+        added = self._added_items(state, users, items, new_users) if beyond.any() else None
+        # publish: each user as one object, then the new item table as one object (and, for
+        # the writer alone, the added items' first users)
         state.users.update(new_users)
-        if new_items is not None:
-            state.new_items = new_items
+        if added is not None:
+            state.new_item_users.update(added[1])
+            state.new_items = added[0]
 
     def _initial_user(self, model: _Model, user: int) -> _User:
         explicit = model.kind == "explicit"
@@ -993,9 +998,12 @@ class Recommender:
                         vector += lr * (gradient * (q - q_neg) - reg * vector)
             return vector.astype(model.item_vectors.dtype), float(offset)
 
-    def _added_items(self, state: _State, users, items, new_users: dict) -> _NewItems | None:
+    def _added_items(self, state: _State, users, items,
+                     new_users: dict) -> tuple[_NewItems, dict] | None:
         """The new item table with vectors for the items that are still gathering their
-        first users (each: the mean of those users' vectors); None when nothing changed."""
+        first users (each: the mean of those users' vectors), and those items' first users
+        (item id -> user ids) for ``state.new_item_users``; None when nothing changed.
+        ``state`` is left as it is: the caller publishes both."""
         model = state.model
         extra = state.new_items
         growing = [int(i) for i in np.unique(items[items >= model.n_items])
@@ -1011,6 +1019,7 @@ class Recommender:
         if extra is not None:
             table[:extra.table.shape[0]] = extra.table
             filled[:extra.filled.size] = extra.filled
+        first_users = {}
         for item in growing:
             owners = list(state.new_item_users.get(item, ()))
             for user in users[items == item]:
@@ -1027,10 +1036,10 @@ class Recommender:
                 gram += np.outer(vector, vector)
             table[row] = vector
             filled[row] = True
-            state.new_item_users[item] = tuple(owners)
+            first_users[item] = tuple(owners)
         index = ItemIndex(table, backend=model.model.backend)
         rule_mask = None if self.rerank is None else self.rerank.mask(first, end - first)
-        return _NewItems(first, table, filled, index, gram, rule_mask)
+        return _NewItems(first, table, filled, index, gram, rule_mask), first_users
 
 
 # ---------------------------------------------------------------------- re-ranking
