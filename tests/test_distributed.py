@@ -4,6 +4,7 @@ LocalCluster: same factors from the same start, same recommendations, faults and
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import threading
 import time
@@ -395,3 +396,52 @@ def test_a_failed_iteration_resumes_from_the_last_checkpoint(client, tmp_path, m
     model.fit(dd.from_pandas(frame, npartitions=3), "user", "item", "weight")
     assert len(calls) == 6  # iterations 3 and 4 ran again from the checkpoint of iteration 2
     _assert_same_factors(model, _local_fit(matrix, iterations=4), 1e-10)
+
+
+def _fail_block_one(name):
+    """Patch ``_blocks.<name>`` in a worker process to raise for block 1 (the workers look
+    the function up by name when a task arrives)."""
+    from recfuse.distributed import _blocks as blocks
+
+    original = getattr(blocks, name)
+    blocks.__dict__.setdefault("_original_" + name, original)
+
+    def failing(*args):
+        if any(isinstance(a, str) and a.endswith("part-00001.parquet") for a in args):
+            raise OSError("disk full (simulated)")
+        return original(*args)
+
+    setattr(blocks, name, failing)
+
+
+def _restore(name):
+    from recfuse.distributed import _blocks as blocks
+
+    setattr(blocks, name, blocks.__dict__.pop("_original_" + name))
+
+
+def _files(folder):
+    root = pathlib.Path(folder)
+    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+
+def test_a_save_or_recommend_all_that_fails_part_way_keeps_the_earlier_output(client, tmp_path):
+    matrix, frame = _events()
+    model = DaskALS(dtype=np.float64, **PARAMS).fit(dd.from_pandas(frame, npartitions=3),
+                                                    "user", "item", "weight")
+    model.save(tmp_path / "model")
+    model.recommend_all(3, path=tmp_path / "recs")
+    before = {"model": _files(tmp_path / "model"), "recs": _files(tmp_path / "recs")}
+    for name, call in (("write_factor_part", lambda: model.save(tmp_path / "model")),
+                       ("recommend_block", lambda: model.recommend_all(
+                           3, path=tmp_path / "recs"))):
+        client.run(_fail_block_one, name)
+        try:
+            with pytest.raises(OSError, match="disk full"):
+                call()
+        finally:
+            client.run(_restore, name)
+    assert _files(tmp_path / "model") == before["model"]  # nothing lost, no staging left
+    assert _files(tmp_path / "recs") == before["recs"]
+    assert model.recommend_all(3, path=tmp_path / "recs") == pd.read_parquet(
+        tmp_path / "recs").shape[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
 import time
 from typing import Callable
 
@@ -157,6 +159,15 @@ class DaskALS(DistributedALSBase):
 
     def _submit(self, func, *args, **kwargs):
         return self._client.submit(func, *args, **kwargs)
+
+    def _gather_writes(self, jobs: list) -> list:
+        """The results of jobs that write files into a staging folder, once every one of them
+        has ended: after a failure the others must not still be writing when the folder is
+        removed."""
+        from distributed import wait
+
+        wait(jobs)
+        return self._client.gather(jobs)
 
     def _tree(self, func, futures: list):
         """Reduce futures pairwise-ish (``TREE_FAN_IN`` at a time) on the workers."""
@@ -383,22 +394,34 @@ class DaskALS(DistributedALSBase):
         """Write the factors as partitioned Parquet: ``users/part-*.parquet`` and
         ``items/part-*.parquet`` (one file per block, written by the workers: ``path`` must be
         reachable from all of them) with the external id (``id``, or ``id_int`` and ``id_str``
-        when both kinds occur) and ``factors`` (a fixed-size list), plus ``model.json``."""
+        when both kinds occur) and ``factors`` (a fixed-size list), plus ``model.json``.
+
+        Everything is written into a staging folder inside ``path`` first and moved into
+        place once all of it is written: a save that fails (a worker lost, a full disk) leaves
+        an earlier save at ``path`` as it was."""
         self._require_fitted()
         path = os.fspath(path)
         client = self._client
-        jobs = []
-        for side, n_total, index in (("users", self.n_users, 0), ("items", self.n_items, 1)):
-            id_map = self._submit(_getitem, self._maps, index)
-            futures = self._factors[side]
-            folder = os.path.join(path, side)
-            _clear_parts(folder)
-            jobs += [self._submit(_blocks.write_factor_part, f, n_total, len(futures), b, id_map,
-                                  os.path.join(folder, f"part-{b:05d}.parquet"), pure=False)
-                     for b, f in enumerate(futures)]
-        client.gather(jobs)
-        maps = self._id_maps()
-        self._save_model_json(path, maps[0], maps[1])
+        staging = _staging_folder(path)
+        try:
+            jobs = []
+            for side, n_total, index in (("users", self.n_users, 0), ("items", self.n_items, 1)):
+                id_map = self._submit(_getitem, self._maps, index)
+                futures = self._factors[side]
+                folder = os.path.join(staging, side)
+                os.mkdir(folder)
+                jobs += [self._submit(_blocks.write_factor_part, f, n_total, len(futures), b,
+                                      id_map, os.path.join(folder, f"part-{b:05d}.parquet"),
+                                      pure=False)
+                         for b, f in enumerate(futures)]
+            self._gather_writes(jobs)
+            maps = self._id_maps()
+            self._save_model_json(staging, maps[0], maps[1])
+            for side in ("users", "items"):
+                _replace_parts(os.path.join(staging, side), os.path.join(path, side))
+            os.replace(os.path.join(staging, "model.json"), os.path.join(path, "model.json"))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     def recommend_all(self, k: int = 10, *, path: str | os.PathLike, filter_seen: bool = True,
                       external_ids: bool = True) -> int:
@@ -406,7 +429,9 @@ class DaskALS(DistributedALSBase):
         item factors with ``recfuse.topk`` (seen items excluded when ``filter_seen``), written
         by the workers as ``path/part-*.parquet`` with columns user, rank, item, score (ids
         external unless ``external_ids=False``; ``user_int``/``user_str`` and ``item_int``/
-        ``item_str`` when a side mixes kinds). Returns the number of rows written."""
+        ``item_str`` when a side mixes kinds). Returns the number of rows written. Like
+        ``save``, the parts are staged and replace an earlier run's only once all are
+        written."""
         from .. import _validation as check
 
         self._require_fitted()
@@ -415,15 +440,20 @@ class DaskALS(DistributedALSBase):
             raise TypeError(f"path must be a folder path (str or os.PathLike), got "
                             f"{type(path).__name__}")
         path = os.fspath(path)
-        _clear_parts(path)
-        items = self._submit(_blocks.assemble, self.n_items, *self._factors["items"])
-        maps = self._maps if external_ids else None
-        jobs = [self._submit(_blocks.recommend_block, block, x, items, k, bool(filter_seen), maps,
-                             os.path.join(path, f"part-{b:05d}.parquet"), self.backend,
-                             self.num_threads, pure=False)
-                for b, (block, x) in enumerate(zip(self._rating_blocks["users"],
-                                                   self._factors["users"]))]
-        return int(sum(self._client.gather(jobs)))
+        staging = _staging_folder(path)
+        try:
+            items = self._submit(_blocks.assemble, self.n_items, *self._factors["items"])
+            maps = self._maps if external_ids else None
+            jobs = [self._submit(_blocks.recommend_block, block, x, items, k, bool(filter_seen),
+                                 maps, os.path.join(staging, f"part-{b:05d}.parquet"),
+                                 self.backend, self.num_threads, pure=False)
+                    for b, (block, x) in enumerate(zip(self._rating_blocks["users"],
+                                                       self._factors["users"]))]
+            rows = int(sum(self._gather_writes(jobs)))
+            _replace_parts(staging, path)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return rows
 
     def __repr__(self) -> str:
         fitted = "" if self.n_users is None else (
@@ -433,9 +463,21 @@ class DaskALS(DistributedALSBase):
                 f"dtype={self.dtype.name}{fitted})")
 
 
-def _clear_parts(folder: str) -> None:
-    """Create ``folder`` and remove ``part-*.parquet`` files a previous run left there."""
+def _staging_folder(path: str) -> str:
+    """A new empty folder ``.recfuse-staging-*`` inside ``path`` (created too), for the
+    workers to write into (a leading dot: Parquet readers of ``path`` skip it)."""
+    os.makedirs(path, exist_ok=True)
+    staging = os.path.join(path, f".recfuse-staging-{secrets.token_hex(8)}")
+    os.mkdir(staging)
+    return staging
+
+
+def _replace_parts(staged: str, folder: str) -> None:
+    """Make ``folder``'s ``part-*.parquet`` files those of ``staged``: the old ones removed, the
+    new ones moved in (renames within one file system)."""
     os.makedirs(folder, exist_ok=True)
     for name in os.listdir(folder):
         if name.startswith("part-") and name.endswith(".parquet"):
             os.remove(os.path.join(folder, name))
+    for name in sorted(os.listdir(staged)):
+        os.replace(os.path.join(staged, name), os.path.join(folder, name))
