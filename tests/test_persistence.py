@@ -128,6 +128,22 @@ def test_saved_files_get_the_permissions_of_a_plain_write(model, tmp_path):
     assert recfuse.load(shared).item_factors.shape == model.item_factors.shape
 
 
+def test_a_save_through_a_symbolic_link_keeps_the_link_and_syncs(model, tmp_path, monkeypatch):
+    real = tmp_path / "releases" / "model-1.npz"
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    link = tmp_path / "current.npz"
+    link.symlink_to(real)
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd))[1])
+    model.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(real)  # written through the link
+    assert recfuse.load(real).item_factors.shape == model.item_factors.shape
+    assert len(synced) == 2  # the new file's data, then its folder's entry
+    assert sorted(p.name for p in real.parent.iterdir()) == ["model-1.npz"]  # no temporary
+
+
 def test_a_save_that_fails_part_way_keeps_the_old_file(model, tmp_path, monkeypatch):
     path = tmp_path / "model.npz"
     model.save(path)

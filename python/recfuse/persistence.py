@@ -48,8 +48,13 @@ def atomic_write(path, write) -> None:
     afterwards, also when ``write`` fails (the error propagates). A ``path`` that is a folder,
     or in a folder that does not exist, is refused before anything is written. The file gets
     the permissions a plain ``open(path, "w")`` would give it: those of the file it replaces,
-    or for a new file the default (0o666 less the umask; not mkstemp's owner-only 0o600)."""
+    or for a new file the default (0o666 less the umask; not mkstemp's owner-only 0o600). A
+    ``path`` that is a symbolic link is written through: the file it points to is replaced,
+    the link stays. The new file's data reach the disk (fsync) before the rename, so that a
+    power loss leaves the old file or the whole new one, not an empty one."""
     target = os.fspath(path)
+    if os.path.islink(target):
+        target = os.path.realpath(target)
     if os.path.isdir(target):
         raise IsADirectoryError(f"{target!r} is a folder; give the path of a file to write")
     directory = os.path.dirname(os.path.abspath(target))
@@ -62,10 +67,25 @@ def atomic_write(path, write) -> None:
         if os.path.isfile(target):
             with contextlib.suppress(OSError):  # best effort (a file system without modes)
                 os.chmod(temporary, stat.S_IMODE(os.stat(target).st_mode))
-        os.replace(temporary, path)
+        _sync(temporary)
+        os.replace(temporary, target)
+        _sync(directory)  # the rename itself
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def _sync(path: str) -> None:
+    """fsync a file or folder, where the platform and file system allow it (best effort)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. a folder on Windows
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _new_file(directory: str) -> str:
