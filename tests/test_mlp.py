@@ -609,6 +609,24 @@ def test_from_torch_matches_pytorch():
         MLPScorer.from_torch(nn.Linear(4, 1))
 
 
+def test_from_torch_skips_identity_wherever_it_stands():
+    """nn.Identity is a no-op like Dropout: between a Linear and its activation it must not
+    close the layer (the activation after it was refused)."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
+    torch.manual_seed(1)
+    nn = torch.nn
+    module = nn.Sequential(nn.Identity(), nn.Linear(6, 8), nn.Identity(), nn.ReLU(),
+                           nn.Identity(), nn.Linear(8, 1), nn.Identity(), nn.Sigmoid()).eval()
+    X = torch.randn(50, 6)
+    with torch.no_grad():
+        expected = module(X).numpy()[:, 0]
+    model = MLPScorer.from_torch(module)
+    assert [a for _, _, a in model.layers] == ["relu", "sigmoid"]
+    np.testing.assert_allclose(model.score(X.numpy()), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"module \[2\] Tanh: an activation must follow"):
+        MLPScorer.from_torch(nn.Sequential(nn.Linear(6, 1), nn.ReLU(), nn.Tanh()))
+
+
 def _onnx_chain(tmp_path, rng, ops):
     """An ONNX file: x -> Gemm/MatMul+Add layers with activations, and the layers."""
     onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
@@ -692,6 +710,98 @@ def test_from_onnx_follows_the_data_flow(tmp_path):
         MLPScorer.from_onnx(branch)
 
 
+def _save_onnx(tmp_path, name, nodes, arrays, *, in_width, opset=20, domains=()):
+    """An ONNX file of ``nodes`` from x (n, in_width) to y (n, 1), ``arrays`` as initializers."""
+    onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", in_width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+        [numpy_helper.from_array(array, name) for name, array in arrays.items()])
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / name))
+    return tmp_path / name
+
+
+def _onnxruntime_scores(path, X):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": X})[0][:, 0]
+
+
+def test_from_onnx_reads_string_attributes_and_skips_identity(tmp_path):
+    """Gelu's approximate attribute (a string: bytes in the proto) given as 'none' is the
+    exact form, 'tanh' is refused by name; Identity nodes (which exporters put before
+    outputs) are skipped wherever they stand, also between a MatMul and its Add."""
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    from onnx import helper
+
+    rng = np.random.default_rng(11)
+    arrays = {"W0": rng.standard_normal((8, 5)).astype(np.float32),
+              "b0": rng.standard_normal(8).astype(np.float32),
+              "W1": rng.standard_normal((8, 1)).astype(np.float32),
+              "b1": rng.standard_normal(1).astype(np.float32)}
+
+    def nodes(approximate):
+        return [helper.make_node("Gemm", ["x", "W0", "b0"], ["h"], transB=1),
+                helper.make_node("Identity", ["h"], ["h1"]),
+                helper.make_node("Gelu", ["h1"], ["g"], approximate=approximate),
+                helper.make_node("Identity", ["g"], ["g1"]),
+                helper.make_node("MatMul", ["g1", "W1"], ["m"]),
+                helper.make_node("Identity", ["m"], ["m1"]),
+                helper.make_node("Add", ["m1", "b1"], ["z"]),
+                helper.make_node("Sigmoid", ["z"], ["s"]),
+                helper.make_node("Identity", ["s"], ["y"])]
+
+    exact = _save_onnx(tmp_path, "exact.onnx", nodes("none"), arrays, in_width=5)
+    X = rng.standard_normal((60, 5)).astype(np.float32)
+    model = MLPScorer.from_onnx(exact)
+    assert [a for _, _, a in model.layers] == ["gelu", "sigmoid"]
+    assert model.layers[1][1] is not None  # the Add after Identity is the bias
+    np.testing.assert_allclose(model.score(X), _onnxruntime_scores(exact, X), rtol=1e-5,
+                               atol=1e-6)
+    tanh = _save_onnx(tmp_path, "tanh.onnx", nodes("tanh"), arrays, in_width=5)
+    with pytest.raises(ValueError, match=r"Gelu\(approximate='tanh'\) is not supported"):
+        MLPScorer.from_onnx(tanh)
+
+
+def test_from_onnx_refuses_other_domains_and_names_gemm_attributes(tmp_path):
+    """An operator of another domain is not the standard one of its name: refused, naming
+    the domain (com.microsoft's Gelu, the exact form, is read); a Gemm with alpha, beta or
+    transA other than the defaults is refused, saying what it has."""
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    from onnx import helper
+
+    rng = np.random.default_rng(12)
+    arrays = {"W0": rng.standard_normal((6, 4)).astype(np.float32),
+              "W1": rng.standard_normal((1, 6)).astype(np.float32)}
+
+    def save(name, activation, domain="", **gemm):
+        return _save_onnx(tmp_path, name, [
+            helper.make_node("Gemm", ["x", "W0"], ["h"], transB=1, **gemm),
+            helper.make_node(activation, ["h"], ["r"], domain=domain),
+            helper.make_node("Gemm", ["r", "W1"], ["y"], transB=1)], arrays, in_width=4,
+            opset=17, domains=[domain] if domain else ())
+
+    with pytest.raises(ValueError, match=r"Relu ''\) is of domain 'example.custom'"):
+        MLPScorer.from_onnx(save("custom.onnx", "Relu", "example.custom"))
+    microsoft = save("microsoft.onnx", "Gelu", "com.microsoft")
+    X = rng.standard_normal((40, 4)).astype(np.float32)
+    model = MLPScorer.from_onnx(microsoft)
+    assert [a for _, _, a in model.layers] == ["gelu", "identity"]
+    np.testing.assert_allclose(model.score(X), _onnxruntime_scores(microsoft, X), rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match=r"got Gemm\(x, W0\) with transA=0, alpha=2.0, beta=1"):
+        MLPScorer.from_onnx(save("alpha.onnx", "Relu", alpha=2.0))
+    with pytest.raises(ValueError, match="transA=1"):
+        MLPScorer.from_onnx(save("trans.onnx", "Relu", transA=1))
+    with pytest.raises(ValueError, match=r"Erf '.*export with opset_version=20"):
+        MLPScorer.from_onnx(save("erf.onnx", "Erf"))  # how an old exporter's GELU starts
+
+
 # ---------------------------------------------------------------------- MLPRanker
 
 
@@ -742,6 +852,80 @@ def test_ranker_learns_and_exports():
         recfuse.MLPRanker().fit(seen, P[:10], Q)
     with pytest.raises(RuntimeError, match="not fitted"):
         recfuse.MLPRanker().to_scorer()
+
+
+def test_ranker_negatives_are_items_the_user_has_not_seen(monkeypatch):
+    """One-hot factors name each training row's (user, item): every negative is unseen, and a
+    user who has seen every item trains on positives only."""
+    import scipy.sparse as sp
+
+    users, items = 12, 9
+    dense = sp.random(users, items, density=0.5, random_state=1).toarray() > 0
+    dense[3] = True  # user 3 has seen everything
+    dense[5] = False
+    dense[5, 0] = True  # user 5: one item
+    seen = sp.csr_matrix(dense.astype(np.float32))
+    batches = []
+    original = recfuse.MLPRanker._loss_and_gradients
+
+    def recording(self, X, y):
+        batches.append((X.copy(), y.copy()))
+        return original(self, X, y)
+
+    monkeypatch.setattr(recfuse.MLPRanker, "_loss_and_gradients", recording)
+    recfuse.MLPRanker(hidden=(4,), epochs=3, negatives=4, batch_size=25,
+                      random_state=0).fit(seen, np.eye(users), np.eye(items))
+    X = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    u, i = X[:, :users].argmax(1), X[:, users:].argmax(1)
+    assert dense[u[y == 1], i[y == 1]].all() and (y == 1).sum() == 3 * seen.nnz
+    assert not dense[u[y == 0], i[y == 0]].any()  # no seen item among the negatives
+    assert (y == 0).sum() > 0.95 * 4 * 3 * (seen.nnz - users)  # few dropped (user 3's)
+    assert not ((u == 3) & (y == 0)).any()
+    assert ((u == 5) & (y == 0)).sum() == 3 * 4  # every draw redrawn until unseen
+
+
+def test_ranker_fit_that_fails_keeps_the_trained_ranker(monkeypatch):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    seen = sp.random(30, 20, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    P, Q = rng.standard_normal((30, 4)), rng.standard_normal((20, 4))
+    ranker = recfuse.MLPRanker(hidden=(8,), epochs=3, batch_size=40, random_state=0)
+    ranker.fit(seen, P, Q)
+    weights, biases, losses = ([w.copy() for w in ranker.weights],
+                               [b.copy() for b in ranker.biases], list(ranker.losses))
+
+    def unchanged():
+        assert all(np.array_equal(a, b) for a, b in zip(weights, ranker.weights))
+        assert all(np.array_equal(a, b) for a, b in zip(biases, ranker.biases))
+        assert ranker.losses == losses
+
+    # bad input found after the checks of the factors
+    with pytest.raises(ValueError, match="no stored entries"):
+        ranker.fit(sp.csr_matrix((30, 20), dtype=np.float32), P, Q)
+    unchanged()
+    # interrupted part-way (Ctrl-C during the second step)
+    adam, steps = recfuse.MLPRanker._adam, []
+
+    def interrupted(self, *arguments):
+        steps.append(1)
+        if len(steps) == 2:
+            raise KeyboardInterrupt
+        return adam(self, *arguments)
+
+    monkeypatch.setattr(recfuse.MLPRanker, "_adam", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ranker.fit(seen, P * 2, Q)
+    monkeypatch.setattr(recfuse.MLPRanker, "_adam", adam)
+    unchanged()
+    # a fit that diverges raises instead of keeping NaN weights
+    diverging = recfuse.MLPRanker(hidden=(8,), epochs=3, learning_rate=1e30, random_state=0)
+    with np.errstate(all="ignore"), pytest.raises(ValueError, match="diverged"):
+        diverging.fit(seen, P * 1e30, Q * 1e30)
+    assert diverging.weights == [] and diverging.losses == []
+    unchanged()
+    assert ranker.to_scorer(backend="numpy").input_width == 8
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

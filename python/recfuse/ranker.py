@@ -14,9 +14,12 @@ with the factors of a fitted factor model (e.g. ``recfuse.ALS``). ``to_scorer`` 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from . import _validation as check
+from .models._common import check_trained
 from .ranking import MLPScorer
 
 HIDDEN_ACTIVATIONS = ("relu", "tanh", "gelu")
@@ -45,6 +48,30 @@ def _slope(name: str, z: np.ndarray) -> np.ndarray:
     return (cdf + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)).astype(np.float32)
 
 
+# Redraws of a negative that hit a seen item before it is dropped (a user who has seen all
+# but a few items then trains on fewer negatives; one who has seen every item, on none).
+_NEGATIVE_REDRAWS = 20
+
+
+def _unseen_items(users: np.ndarray, n_items: int, seen_keys: np.ndarray, rng):
+    """(items, unseen): a uniform random item for each of ``users``, redrawn while the user
+    has it (``seen_keys``: user * n_items + item of every stored entry, sorted); ``unseen`` is
+    False where every redraw hit a seen item."""
+    def seen(items):
+        keys = users * n_items + items
+        at = np.minimum(np.searchsorted(seen_keys, keys), seen_keys.size - 1)
+        return seen_keys[at] == keys
+
+    items = rng.integers(0, n_items, users.size)
+    hit = seen(items)
+    for _ in range(_NEGATIVE_REDRAWS):
+        if not hit.any():
+            break
+        items[hit] = rng.integers(0, n_items, int(hit.sum()))
+        hit = seen(items)
+    return items, ~hit
+
+
 class MLPRanker:
     """A binary-cross-entropy MLP over [user | item] factors (and optional side features).
 
@@ -52,7 +79,8 @@ class MLPRanker:
     ----------
     hidden : widths of the hidden layers
     activation : "relu", "tanh" or "gelu" for the hidden layers
-    negatives : random items per positive
+    negatives : items per positive drawn uniformly among those the user has not interacted
+        with (redrawn while seen; a user who has seen every item gets none)
     epochs, batch_size, learning_rate : Adam on mini-batches of positives and their negatives
     l2 : weight decay added to the gradient of every weight matrix
     random_state : seed of the initial weights, the sampling and the order
@@ -86,7 +114,11 @@ class MLPRanker:
 
     def fit(self, user_items, user_factors, item_factors, user_features=None,
             item_features=None) -> "MLPRanker":
-        """Train on the stored entries of ``user_items`` (users x items, CSR) as positives."""
+        """Train on the stored entries of ``user_items`` (users x items, CSR) as positives.
+
+        Training runs aside: on bad input, an error or an interrupt (e.g. Ctrl-C) part-way,
+        or a fit that diverges (NaN or inf weights: ValueError), the ranker keeps the
+        weights, biases and losses it had."""
         R = check.check_csr(user_items, "user_items", dtype=np.dtype(np.float32))
         users, items = R.shape
         user_blocks = [check.check_factors(user_factors, "user_factors", dtype=np.float32)]
@@ -105,18 +137,20 @@ class MLPRanker:
         if U.shape[1] + V.shape[1] == 0:
             raise ValueError("the user and item factors and features have no columns: the "
                              "ranker needs at least one input")
-        rng = np.random.default_rng(self.random_state)
-        widths = [U.shape[1] + V.shape[1], *self.hidden, 1]
-        self.weights = [(rng.standard_normal((o, i)) * np.sqrt(2.0 / i)).astype(np.float32)
-                        for i, o in zip(widths[:-1], widths[1:])]
-        self.biases = [np.zeros(o, np.float32) for o in widths[1:]]
-        moments = [[np.zeros_like(p), np.zeros_like(p)] for p in self.weights + self.biases]
         pos_users = np.repeat(np.arange(users), np.diff(R.indptr))
         pos_items = R.indices.astype(np.int64)
         if pos_users.size == 0:
             raise ValueError("user_items has no stored entries: nothing to learn from")
+        seen_keys = np.sort(pos_users * items + pos_items)  # (user, item) as one sorted key
+        rng = np.random.default_rng(self.random_state)
+        widths = [U.shape[1] + V.shape[1], *self.hidden, 1]
+        trainer = copy.copy(self)  # trains its own lists; self changes only at the end
+        trainer.weights = [(rng.standard_normal((o, i)) * np.sqrt(2.0 / i)).astype(np.float32)
+                           for i, o in zip(widths[:-1], widths[1:])]
+        trainer.biases = [np.zeros(o, np.float32) for o in widths[1:]]
+        trainer.losses = []
+        moments = [[np.zeros_like(p), np.zeros_like(p)] for p in trainer.weights + trainer.biases]
         step = 0
-        self.losses = []
         per_batch = max(1, self.batch_size // (1 + self.negatives))
         for _ in range(self.epochs):
             order = rng.permutation(pos_users.size)
@@ -127,15 +161,21 @@ class MLPRanker:
                 i = np.repeat(pos_items[chosen], 1 + self.negatives)
                 negative = np.ones(u.size, bool)
                 negative[:: 1 + self.negatives] = False
-                i[negative] = rng.integers(0, items, int(negative.sum()))
+                i[negative], unseen = _unseen_items(u[negative], items, seen_keys, rng)
+                keep = ~negative
+                keep[negative] = unseen
+                u, i, negative = u[keep], i[keep], negative[keep]
                 y = (~negative).astype(np.float32)
                 X = np.concatenate([U[u], V[i]], axis=1)
-                loss, grads = self._loss_and_gradients(X, y)
+                loss, grads = trainer._loss_and_gradients(X, y)
                 total += loss * y.size
                 count += y.size
                 step += 1
-                self._adam(grads, moments, step)
-            self.losses.append(total / count)
+                trainer._adam(grads, moments, step)
+            trainer.losses.append(total / count)
+        check_trained("MLPRanker", trainer.weights + trainer.biases,
+                      "lower learning_rate or scale down the factors and features")
+        self.weights, self.biases, self.losses = trainer.weights, trainer.biases, trainer.losses
         return self
 
     def _forward(self, X):

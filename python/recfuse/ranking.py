@@ -115,15 +115,16 @@ class MLPScorer:
     @classmethod
     def from_torch(cls, module, **options) -> "MLPScorer":
         """A scorer from a ``torch.nn.Sequential`` of Linear layers, each optionally followed
-        by ReLU, GELU (approximate="none"), Sigmoid, Tanh or Identity (Dropout is skipped:
-        scoring is inference). Options go to ``MLPScorer``."""
+        by ReLU, GELU (approximate="none"), Sigmoid or Tanh (Identity and Dropout are
+        skipped wherever they stand: scoring is inference). Options go to ``MLPScorer``."""
         return cls(layers_from_torch(module), **options)
 
     @classmethod
     def from_onnx(cls, path, **options) -> "MLPScorer":
         """A scorer from an ONNX file holding a chain of Gemm (or MatMul + Add) nodes, each
-        optionally followed by Relu, Gelu, Sigmoid, Tanh or Identity. Needs the ``onnx``
-        package. Options go to ``MLPScorer``."""
+        optionally followed by Relu, Gelu (approximate="none"), Sigmoid or Tanh (Identity
+        nodes are skipped wherever they stand); operators of the standard domain only, and
+        com.microsoft's Gelu. Needs the ``onnx`` package. Options go to ``MLPScorer``."""
         return cls(layers_from_onnx(path), **options)
 
     # ------------------------------------------------------------------ files
@@ -459,15 +460,13 @@ def layers_from_torch(module) -> list:
             b = None if child.bias is None else child.bias.detach().cpu().to(torch.float32).numpy()
             layers.append([W, b, "identity"])
             open_layer = True
-        elif isinstance(child, nn.Dropout):
-            continue
+        elif isinstance(child, nn.Dropout) or kind is nn.Identity:
+            continue  # no-ops at inference: the open Linear still takes its activation
         elif kind in names:
             if kind is nn.GELU and child.approximate != "none":
                 raise ValueError(f"{where}: GELU(approximate={child.approximate!r}) is not "
                                  f"supported; only the exact erf form (approximate='none')")
             if not open_layer:
-                if kind is nn.Identity:
-                    continue
                 raise ValueError(f"{where}: an activation must follow a Linear layer")
             layers[-1][2] = names[kind]
             open_layer = False
@@ -500,14 +499,17 @@ def layers_from_onnx(path) -> list:
     if len(inputs) != 1 or len(graph.output) != 1:
         raise ValueError(f"from_onnx reads a graph of one input and one output, got inputs "
                          f"{inputs} and {len(graph.output)} outputs")
-    activations = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu",
-                   "Identity": "identity"}
+    activations = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu"}
     layers: list = []
     current = inputs[0]  # the chain's value: the tensor the next node must read
     open_layer = False
     pending_matmul = None  # a MatMul's weight (out, in) waiting for its Add
     for position, node in enumerate(graph.node):
         where = f"node {position} ({node.op_type} {node.name!r})"
+        if node.domain not in ("", "ai.onnx") and \
+                (node.domain, node.op_type) != ("com.microsoft", "Gelu"):  # the exact erf form
+            raise ValueError(f"{where} is of domain {node.domain!r}, which is not supported: "
+                             f"from_onnx reads the standard ONNX operators (domain '')")
         if node.op_type == "Constant":
             continue
         data = [name for name in node.input if name and name not in constants]
@@ -517,11 +519,15 @@ def layers_from_onnx(path) -> list:
                              f"reads a chain, not a graph with branches")
         current = node.output[0]
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attributes = {name: value.decode() if isinstance(value, bytes) else value
+                      for name, value in attributes.items()}  # string attributes come as bytes
         if node.op_type == "Gemm":
-            if node.input[0] != data[0] or attributes.get("transA", 0) or \
-                    attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0:
+            trans_a, alpha, beta = (attributes.get("transA", 0), attributes.get("alpha", 1.0),
+                                    attributes.get("beta", 1.0))
+            if node.input[0] != data[0] or trans_a or alpha != 1.0 or beta != 1.0:
                 raise ValueError(f"{where}: only Gemm(x, W, b) with transA=0, alpha=1, beta=1 "
-                                 f"is supported")
+                                 f"is supported, got Gemm({', '.join(node.input)}) with "
+                                 f"transA={trans_a}, alpha={alpha}, beta={beta}")
             W = _onnx_constant(constants, node.input[1], where)
             W = W if attributes.get("transB", 0) else W.T
             b = _onnx_constant(constants, node.input[2], where) if len(node.input) > 2 and \
@@ -540,16 +546,24 @@ def layers_from_onnx(path) -> list:
             layers[-1][1] = _onnx_bias(_onnx_constant(constants, name, where),
                                        pending_matmul.shape[0], where)
             pending_matmul = None
+        elif node.op_type == "Identity":
+            continue  # passes the value on: the open layer still takes its bias or activation
         elif node.op_type in activations:
-            if node.op_type == "Gelu" and attributes.get("approximate", "none") != "none":
-                raise ValueError(f"{where}: Gelu(approximate='tanh') is not supported")
+            approximate = attributes.get("approximate", "none")
+            if node.op_type == "Gelu" and approximate != "none":
+                raise ValueError(f"{where}: Gelu(approximate={approximate!r}) is not supported; "
+                                 f"only the exact erf form (approximate='none')")
             if not open_layer:
                 raise ValueError(f"{where}: an activation must follow a Gemm or MatMul")
             layers[-1][2] = activations[node.op_type]
             open_layer, pending_matmul = False, None
         else:
+            # below opset 20 exporters write GELU as x * 0.5 * (1 + Erf(x / √2))
+            hint = (" (a GELU exported below opset 20 becomes Div, Erf, Add and Mul nodes: "
+                    "export with opset_version=20 or later for one Gelu node)"
+                    if node.op_type in ("Div", "Erf", "Mul") else "")
             raise ValueError(f"{where} is not supported: from_onnx reads chains of Gemm (or "
-                             f"MatMul + Add) and Relu, Gelu, Sigmoid, Tanh, Identity")
+                             f"MatMul + Add) and Relu, Gelu, Sigmoid, Tanh, Identity{hint}")
     if not layers:
         raise ValueError("the ONNX graph has no Gemm or MatMul node")
     if current != graph.output[0].name:
