@@ -156,6 +156,33 @@ def test_disliked_items_give_implicits_factors(disliked, use_cg, dtype):
     assert relative_difference(liked.user_factors, theirs.user_factors) > 100 * tolerance
 
 
+@pytest.mark.parametrize("use_cg", [False, True], ids=["cholesky", "cg"])
+def test_users_and_items_without_entries_get_zero_factors(matrix, use_cg):
+    """implicit's solvers set the factors of a row without stored entries to zero in every
+    sweep (so such an item scores 0 and is similar to nothing). With Cholesky the rest still
+    agrees within the usual bound; with CG implicit zeroes the item in every sweep and the
+    adapter after the fit (see the module docstring), so there only the zeros are compared."""
+    holes = matrix.tolil()
+    holes[3, :] = 0
+    holes[:, 8] = 0
+    holes = holes.tocsr()
+    holes.eliminate_zeros()
+    ours, theirs = fit_pair(holes, use_cg=use_cg)
+    for model in (ours, theirs):
+        assert not model.user_factors[3].any() and not model.item_factors[8].any()
+    if not use_cg:
+        tolerance = TOLERANCE[np.float32, False]
+        assert relative_difference(ours.user_factors, theirs.user_factors) < tolerance
+        assert relative_difference(ours.item_factors, theirs.item_factors) < tolerance
+    drawn = AlternatingLeastSquares(**dict(SETTINGS, use_cg=use_cg), use_gpu=False, random_state=3)
+    drawn.fit(holes, show_progress=False)
+    assert not drawn.user_factors[3].any() and not drawn.item_factors[8].any()
+    # without iterations implicit keeps the starting factors, those rows included
+    ours, theirs = fit_pair(holes, use_cg=use_cg, iterations=0)
+    np.testing.assert_array_equal(ours.user_factors, theirs.user_factors)
+    np.testing.assert_array_equal(ours.item_factors, theirs.item_factors)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not compat.HAS_CUDA, reason="recfuse's cuda backend is not available")
 @pytest.mark.parametrize("use_cg", [False, True], ids=["cholesky", "cg"])
@@ -821,7 +848,7 @@ def test_fit_validation(matrix):
 
 
 def test_retrieval_validation(pair, matrix):
-    ours, _ = pair
+    ours, theirs = pair
     # implicit raised ValueError / IndexError in these cases: both still catch them
     for error in (TypeError, ValueError):
         with pytest.raises(error, match="user_items"):
@@ -835,6 +862,14 @@ def test_retrieval_validation(pair, matrix):
             ours.recommend(0, matrix[0], items=[1, N_ITEMS])
     with pytest.raises(ValueError, match="userid must be >= 0"):
         ours.similar_users(-1)
+    # implicit raises IndexError for negative ids in items too: ours is both kinds
+    with pytest.raises(IndexError):
+        theirs.recommend(0, matrix[0], items=[1, -1])
+    for error in (IndexError, ValueError):
+        with pytest.raises(error, match="items must be >= 0"):
+            ours.recommend(0, matrix[0], items=[1, -1])
+        with pytest.raises(error, match="itemid must be >= 0"):
+            ours.similar_items(-1)
     with pytest.raises(ValueError, match="Can't set both"):
         ours.recommend(0, matrix[0], items=[1, 2], filter_items=np.array([3, 4]))
     with pytest.raises(ValueError, match="N"):

@@ -12,8 +12,10 @@ is not imported: any object with the ``Trainset`` methods used below will do.
 ``SVD`` reproduces Surprise's model: the same initial factors (drawn from
 ``random_state`` exactly as Surprise draws them), the ratings in Surprise's order
 (``trainset.all_ratings()``, one sequential pass: ``grid=1``) and float64 arithmetic, so
-predictions agree with ``surprise.SVD`` to rounding. Pass ``grid=0`` (or a grid size) and
-``num_threads`` for the parallel block-scheduled epochs instead. ``SVDpp`` uses
+predictions agree with ``surprise.SVD`` to rounding (not bit for bit: factors drift apart
+by ~1e-15 over the epochs, so an RMSE compared with ``==`` against Surprise's, as in its
+own ``test_sanity_checks``, can differ in the last digit). Pass ``grid=0`` (or a grid
+size) and ``num_threads`` for the parallel block-scheduled epochs instead. ``SVDpp`` uses
 recfuse.SVDpp's one-implicit-sum-per-user-pass epochs (see its docstring), which differ
 from Surprise's per-rating order by second-order terms; its RMSE is as good.
 
