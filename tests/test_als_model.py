@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import zipfile
@@ -415,6 +416,41 @@ def test_recommend_rejects_bad_arguments(fitted, data):
         fitted.similar_items(n_items)
     with pytest.raises(RuntimeError, match="not fitted"):
         recfuse.ALS().recommend(0)
+
+
+@pytest.mark.parametrize("filter_seen", [True, False])
+def test_recommend_with_k_in_the_user_items_place_says_so(fitted, filter_seen):
+    """recommend(user, 5): the second argument is user_items (implicit's order), not k as
+    in the other models; an integer there is refused with the fix, also when filter_seen
+    would otherwise ignore it."""
+    with pytest.raises(TypeError, match=r"second argument is user_items .* as k=5"):
+        fitted.recommend(0, 5, filter_seen=filter_seen)
+    with pytest.raises(TypeError, match="second argument is user_items"):
+        fitted.recommend(0, np.int64(5))
+
+
+def test_user_items_may_be_interactions_as_in_fit_and_the_other_models(fitted, data):
+    """recommend, update_users and loss take a recfuse.Interactions where they take a CSR
+    matrix (its ``matrix``), as fit and BPR/SVD's recommend do."""
+    rows = recfuse.Interactions.from_matrix(data[[2, 5]])
+    for a, b in zip(fitted.recommend([2, 5], user_items=rows, k=4),
+                    fitted.recommend([2, 5], user_items=data[[2, 5]], k=4)):
+        np.testing.assert_array_equal(a, b)
+    assert fitted.loss(recfuse.Interactions.from_matrix(data)) == fitted.loss(data)
+    model = copy.deepcopy(fitted)
+    np.testing.assert_array_equal(model.update_users([2, 5], rows),
+                                  copy.deepcopy(fitted).update_users([2, 5], data[[2, 5]]))
+
+
+@pytest.mark.parametrize("random_state", [np.random.RandomState(0), 1.5, "7", True])
+def test_random_state_of_the_wrong_kind_says_what_is_taken(random_state):
+    message = (r"random_state must be an integer >= 0, a numpy.random.Generator or None, "
+               rf"got {type(random_state).__name__}")
+    with pytest.raises(TypeError, match=message):
+        recfuse.ALS(random_state=random_state)
+    if isinstance(random_state, np.random.RandomState):
+        with pytest.raises(TypeError, match=r"default_rng\(seed\)"):
+            recfuse.BPR(random_state=random_state)
 
 
 def test_update_users_rejects_bad_input_and_keeps_model(fitted, data):

@@ -228,3 +228,19 @@ def test_demo_refuses_sizes_beyond_the_machine_with_one_line():
     result = run("demo", "--users", 10, "--items", 10, "--events", 10**14, check_rc=2)
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and "n_events = 100000000000000 needs" in err[0]
+
+
+def test_every_command_and_option_is_described():
+    """``recfuse COMMAND --help`` says what the command does and what each option is."""
+    import argparse
+
+    from recfuse.cli import build_parser
+
+    parser = build_parser()
+    assert "``" not in parser.description  # plain text, not reStructuredText
+    commands = next(action for action in parser._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        assert sub.description, f"recfuse {name} --help has no description"
+        undescribed = [action.dest for action in sub._actions if not action.help]
+        assert not undescribed, f"recfuse {name}: options without help: {undescribed}"

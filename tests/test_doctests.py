@@ -1,4 +1,4 @@
-"""The docstring examples of the data-path modules run as tests."""
+"""The docstring examples of the public modules run as tests."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ import doctest
 
 import pytest
 
-from recfuse import datasets, interactions, metrics, reference_data, split
+import recfuse
+from recfuse import (_backend, batching, datasets, interactions, metrics, reference_data,
+                     retrieval, serving, split)
+from recfuse.compat import surprise
+from recfuse.models import als, bpr, explicit_als, sgd
+
+MODULES = [recfuse, _backend, batching, datasets, interactions, metrics, reference_data,
+           retrieval, serving, split, surprise, als, bpr, explicit_als, sgd]
 
 
-@pytest.mark.parametrize("module", [datasets, interactions, metrics, reference_data, split],
-                         ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0

@@ -25,6 +25,18 @@ def test_rating_errors():
         metrics.mae([1.0], [np.nan])
 
 
+@pytest.mark.parametrize("function", [metrics.rmse, metrics.mae])
+def test_rating_errors_of_the_wrong_type_are_type_errors(function):
+    """Strings are not ratings (NumPy would read "1.5" as a number and fail on "a" with a
+    ValueError that names neither argument)."""
+    with pytest.raises(TypeError, match="y_true must hold real numbers, got dtype <U1"):
+        function(["a"], [1.0])
+    with pytest.raises(TypeError, match="y_pred must hold real numbers, got dtype <U3"):
+        function([1.0], ["1.5"])
+    with pytest.raises(TypeError, match="y_pred must hold real numbers, got object values"):
+        function([1.0], [object()])
+
+
 def test_ranking_metrics_by_hand():
     # user 0: test {0, 3}; list [3, 1, 0] -> hits at ranks 0 and 2
     # user 1: test {2};    list [1, -1, -1] -> no hit

@@ -814,3 +814,22 @@ def test_offset_scores_tie_by_the_smaller_id():
 def test_a_k_beyond_memory_is_refused_up_front(als):
     with pytest.raises(MemoryError, match="lower k"):
         Recommender(als, k=5).recommend(0, k=2**31 - 1)
+
+
+def test_recommend_takes_the_user_id_forms_the_models_take(als):
+    """A NumPy integer and a 0-d integer array are user ids, as in ``ALS.recommend``; a
+    0-d float array is still refused by type."""
+    rec = Recommender(als, k=4)
+    expected = rec.recommend(3).ids
+    np.testing.assert_array_equal(rec.recommend(np.int64(3)).ids, expected)
+    np.testing.assert_array_equal(rec.recommend(np.array(3)).ids, expected)
+    with pytest.raises(TypeError, match="user must be an integer id"):
+        rec.recommend(np.array(3.0))
+
+
+def test_recommend_batch_names_excludes_of_the_wrong_kind(als):
+    rec = Recommender(als, k=4)
+    with pytest.raises(TypeError, match="excludes must be a sequence .* got int"):
+        rec.recommend_batch([1, 2], excludes=5)
+    with pytest.raises(ValueError, match=r"one entry per user \(2\), got 1"):
+        rec.recommend_batch([1, 2], excludes=[[1]])

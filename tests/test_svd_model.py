@@ -360,6 +360,28 @@ def test_bad_input_raises_and_leaves_the_model_alone(ratings, cls):
             cls(backend="cuda").fit(users, items, values)
 
 
+@pytest.mark.parametrize("cls", MODELS)
+def test_rating_scale_may_be_a_numpy_pair(ratings, cls):
+    users, items, values = ratings
+    model = cls(factors=2, epochs=1, random_state=0)
+    model.fit(users, items, values, rating_scale=np.array([1, 5]))
+    assert model.rating_scale == (1.0, 5.0)
+    with pytest.raises(TypeError, match="rating_scale must be a pair"):
+        model.fit(users, items, values, rating_scale=np.array([1, 3, 5]))
+
+
+@pytest.mark.parametrize("args, message", [
+    ((np.ones((3, 3)),), r"got users \(numpy.ndarray\) without items and ratings; a dense "
+                         r"matrix is not read as ratings"),
+    ((np.arange(3), np.arange(3)), r"got users \(numpy.ndarray\) without ratings$"),
+])
+def test_fit_without_all_three_arrays_says_what_came(args, message):
+    with pytest.raises(TypeError, match=message):
+        recfuse.SVD().fit(*args)
+    with pytest.raises(TypeError, match=message):
+        recfuse.ExplicitALS().fit(*args)
+
+
 def movielens_folds(path):
     raw = np.loadtxt(os.path.join(path, "u.data"), dtype=np.int64)
     users, items, values = raw[:, 0] - 1, raw[:, 1] - 1, raw[:, 2].astype(np.float64)

@@ -541,6 +541,12 @@ def test_concurrent_searches_agree(backend):
     (lambda q, v: recfuse.topk(q, v[None], 2), ValueError, "items must be 2-d"),
     (lambda q, v: recfuse.topk(q.astype(str), v, 2), TypeError, "queries must hold real"),
     (lambda q, v: recfuse.topk(q, v, 2, backend="tpu"), ValueError, "backend must be"),
+    (lambda q, v: recfuse.topk(sp.csr_matrix(q), v, 2), TypeError,
+     r"queries must be a dense array, got a scipy.sparse csr matrix; .*\.toarray\(\)"),
+    (lambda q, v: recfuse.ItemIndex(sp.coo_matrix(v)), TypeError,
+     "items must be a dense array, got a scipy.sparse coo matrix"),
+    (lambda q, v: recfuse.topk(q, v, 2, item_bias=sp.csr_matrix(np.ones((1, 5)))), TypeError,
+     "item_bias must be a dense array"),
 ])
 def test_bad_input_is_named(call, error, message):
     queries = np.ones((2, 4), np.float32)

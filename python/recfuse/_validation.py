@@ -342,6 +342,10 @@ def check_ratings(users, items, ratings, rating_scale=None, dtype=np.float64):
 
 
 def check_rating_scale(rating_scale) -> tuple[float, float]:
+    """``rating_scale``: a pair (lowest, highest) of finite numbers, lowest < highest, as a
+    tuple, a list or a NumPy array of two."""
+    if isinstance(rating_scale, np.ndarray) and rating_scale.ndim == 1:
+        rating_scale = tuple(rating_scale.tolist())
     if not isinstance(rating_scale, (tuple, list)) or len(rating_scale) != 2:
         raise TypeError(f"rating_scale must be a pair (lowest, highest), got {rating_scale!r}")
     low = check_float(rating_scale[0], "rating_scale[0]")
@@ -361,6 +365,13 @@ def check_backend(backend) -> str:
 def check_random_state(random_state, name: str = "random_state"):
     """None, a seed >= 0, or a numpy.random.Generator, returned as given."""
     if random_state is not None and not isinstance(random_state, np.random.Generator):
+        if isinstance(random_state, (bool, np.bool_)) or \
+                not isinstance(random_state, numbers.Integral):
+            kind = type(random_state).__name__
+            raise TypeError(f"{name} must be an integer >= 0, a numpy.random.Generator or "
+                            f"None, got {kind} {random_state!r:.60}" +
+                            ("; pass numpy.random.default_rng(seed) instead"
+                             if isinstance(random_state, np.random.RandomState) else ""))
         check_int(random_state, name, minimum=0)
     return random_state
 

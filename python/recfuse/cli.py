@@ -1,4 +1,4 @@
-"""The ``recfuse`` command.
+"""recfuse from the command line: train, evaluate, recommend and serve.
 
   recfuse demo [--data FOLDER]       the whole chain on an embedded synthetic event log (or a
                                      MovieLens folder): ingest, split, train, evaluate
@@ -15,10 +15,11 @@
   recfuse serve MODEL [--ranker F]   serve a model file (and a ranker file: recall + rank)
                                      over HTTP (the serve extra)
 
-Every command but ``serve`` takes ``--json`` (one JSON object on stdout, nothing else; a
+Every command but serve takes --json (one JSON object on stdout, nothing else; a
 number that is not finite, e.g. an AUC without any pair to compare, is written as null).
 Exit codes: 0 done; 1 an unexpected failure (a bug: the traceback is printed); 2 bad
-arguments or input (one line ``recfuse <command>: error: ...`` on stderr).
+arguments or input (one line "recfuse <command>: error: ..." on stderr).
+`recfuse COMMAND --help` describes each command's options.
 """
 
 from __future__ import annotations
@@ -644,14 +645,25 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
     def model_options(sub, iterations: int | None):
-        sub.add_argument("--factors", type=_count, default=None if iterations is None else 64)
+        # demo trains ALS with fixed defaults; train leaves out what is not given (the
+        # model's own defaults, ALS_DEFAULTS for ALS)
+        default = " (default %(default)s)" if iterations is not None else ""
+        sub.add_argument("--factors", type=_count, default=None if iterations is None else 64,
+                         help="size of the latent vectors" + default)
         sub.add_argument("--iterations", type=_count, default=iterations,
-                         help="iterations (epochs for svd/svdpp)")
+                         help="ALS iterations" + default if iterations is not None else
+                         "iterations (epochs for svd/svdpp)")
         sub.add_argument("--regularization", type=float,
-                         default=None if iterations is None else 0.05)
-        sub.add_argument("--alpha", type=float, default=None if iterations is None else 2.0)
-        sub.add_argument("--backend", default="auto")
-        sub.add_argument("--seed", type=int, default=0)
+                         default=None if iterations is None else 0.05,
+                         help="ALS regularization lambda" + default if iterations is not None
+                         else "regularization lambda (reg of bpr, svd, svdpp, explicit-als)")
+        sub.add_argument("--alpha", type=float, default=None if iterations is None else 2.0,
+                         help="ALS confidence scale: c = 1 + alpha * value" + default)
+        sub.add_argument("--backend", default="auto",
+                         help="auto, cuda, cpu, numba, cupy or numpy (`recfuse info` lists "
+                              "those usable here; default %(default)s)")
+        sub.add_argument("--seed", type=int, default=0,
+                         help="seed of the split and the model's start (default %(default)s)")
 
     def column_options(sub):
         sub.add_argument("--user", default="user", help="user id column (default: user)")
@@ -659,36 +671,53 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--weight", default=None, help="numeric weight column")
 
     splits = ("per_user", "random", "leave_last", "temporal")
-    demo = commands.add_parser("demo", help="the whole chain on an embedded synthetic event log")
+    split_help = ("how the test pairs are held out: per_user (a fraction of each user's), "
+                  "random, leave_last (each user's latest) or temporal (the latest; these "
+                  "two need timestamps)")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=summary)
+
+    demo = command("demo", "the whole chain on an embedded synthetic event log")
     demo.add_argument("--data", help="a MovieLens folder instead of the synthetic log")
     demo.add_argument("--min-rating", type=float, default=4.0,
                       help="with --data: ratings kept as implicit feedback (default 4)")
-    demo.add_argument("--users", type=_count, default=20_000)
-    demo.add_argument("--items", type=_count, default=5_000)
+    demo.add_argument("--users", type=_count, default=20_000,
+                      help="users in the synthetic log (default %(default)s)")
+    demo.add_argument("--items", type=_count, default=5_000,
+                      help="items in the synthetic log (default %(default)s)")
     demo.add_argument("--events", "--nnz", type=_count, default=600_000,
                       help="events in the synthetic log (--nnz: the first demo's name)")
-    demo.add_argument("--split", choices=splits, default="per_user")
-    demo.add_argument("--k", type=_count, default=10)
+    demo.add_argument("--split", choices=splits, default="per_user",
+                      help=split_help + " (default %(default)s)")
+    demo.add_argument("--k", type=_count, default=10,
+                      help="length of the lists evaluated (default %(default)s)")
     model_options(demo, 10)
     common(demo)
     demo.set_defaults(run=_demo)
 
-    serve = commands.add_parser("serve", help="serve a model file over HTTP (needs the serve extra)")
+    serve = command("serve", "serve a model file over HTTP (needs the serve extra)")
     serve.add_argument("model", help="a model file written by model.save()")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default %(default)s)")
+    serve.add_argument("--port", type=_port, default=8000,
+                       help="port to listen on; 0: any free one (default %(default)s)")
     serve.add_argument("--k", type=_count, default=10, help="list length when a request gives none")
     serve.add_argument("--ranker", default=None,
                        help="a ranker file (MLPScorer.save, or an .onnx chain): recalled "
                             "candidates are ranked by it; /reload reloads it with the model")
-    serve.add_argument("--ranker-precision", choices=("float32", "bfloat16"), default="float32")
+    serve.add_argument("--ranker-precision", choices=("float32", "bfloat16"), default="float32",
+                       help="the ranker's arithmetic; bfloat16 needs a CPU with avx512_bf16 "
+                            "(default %(default)s)")
     serve.add_argument("--candidates", type=_count, default=200,
                        help="items recalled per request for the ranker")
     serve.add_argument("--unknown-items", choices=("add", "reject"), default="add",
                        help="what /events does with item ids the model lacks")
-    serve.add_argument("--max-k", type=_count, default=1000)
+    serve.add_argument("--max-k", type=_count, default=1000,
+                       help="largest k a request may ask for (default %(default)s)")
     serve.add_argument("--max-batch", type=_count, default=256, help="users per /recommend request")
-    serve.add_argument("--max-body-bytes", type=_count, default=1 << 20)
+    serve.add_argument("--max-body-bytes", type=_count, default=1 << 20,
+                       help="largest request body in bytes (default %(default)s)")
     serve.add_argument("--batch-wait-ms", type=_non_negative, default=1.0,
                        help="how long a micro-batch may wait for the requests it expects")
     serve.add_argument("--workers", type=_count, default=1, help="threads answering batches")
@@ -696,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU threads per native call (default: 1 below 100,000 items, else all)")
     serve.set_defaults(run=_serve)
 
-    train = commands.add_parser("train", help="ingest, split and train; write a model folder")
+    train = command("train", "ingest, split and train; write a model folder")
     train.add_argument("data", help="an event log (.csv/.tsv/.parquet) or a MovieLens folder")
     train.add_argument("-o", "--output", required=True, help="folder to write")
     column_options(train)
@@ -705,11 +734,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--event-weights", type=_event_weights, default=None,
                        help='JSON weights per event type (default {"view": 1, "click": 3, '
                             '"purchase": 10})')
-    train.add_argument("--combine", choices=("sum", "max", "last", "count"), default="sum")
+    train.add_argument("--combine", choices=("sum", "max", "last", "count"), default="sum",
+                       help="how the events of one (user, item) pair make its value "
+                            "(default %(default)s)")
     train.add_argument("--min-rating", type=float, default=None,
                        help="MovieLens: keep ratings >= this")
-    train.add_argument("--split", choices=("none",) + splits, default="per_user")
-    train.add_argument("--test-fraction", type=float, default=0.2)
+    train.add_argument("--split", choices=("none",) + splits, default="per_user",
+                       help=split_help + "; none: train on everything (default %(default)s)")
+    train.add_argument("--test-fraction", type=float, default=0.2,
+                       help="share held out by per_user, random and temporal (default "
+                            "%(default)s)")
     train.add_argument("--model", choices=tuple(MODELS), default="als",
                        help="als (default), bpr, or a rating model (svd, svdpp, explicit-als: "
                             "use --weight RATING --combine last); options left out keep the "
@@ -720,22 +754,24 @@ def build_parser() -> argparse.ArgumentParser:
     common(train)
     train.set_defaults(run=_train)
 
-    evaluate = commands.add_parser("evaluate", help="score a trained model folder")
-    evaluate.add_argument("folder")
+    evaluate = command("evaluate", "score a trained model folder")
+    evaluate.add_argument("folder", help="a folder written by `recfuse train`")
     evaluate.add_argument("--test", help="an event log to test on instead of FOLDER/test.npz")
     column_options(evaluate)
-    evaluate.add_argument("--k", type=_count, default=10)
+    evaluate.add_argument("--k", type=_count, default=10,
+                          help="length of the lists evaluated (default %(default)s)")
     common(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
-    recommend = commands.add_parser("recommend", help="top-k items for users by their ids")
-    recommend.add_argument("folder")
+    recommend = command("recommend", "top-k items for users by their ids")
+    recommend.add_argument("folder", help="a folder written by `recfuse train`")
     recommend.add_argument("users", nargs="+", help="user ids as in the event log")
-    recommend.add_argument("--k", type=_count, default=10)
+    recommend.add_argument("--k", type=_count, default=10,
+                           help="items per user (default %(default)s)")
     common(recommend)
     recommend.set_defaults(run=_recommend)
 
-    bench = commands.add_parser("bench", help="run bench/ suites and print the ratio table")
+    bench = command("bench", "run bench/ suites and print the ratio table")
     bench.add_argument("suites", nargs="*", metavar="SUITE",
                        help=f"one or more of {sorted(BENCH_SUITES)} (default data)")
     bench.add_argument("--quick", action="store_true", help="small sizes, one repeat")
@@ -744,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(bench)
     bench.set_defaults(run=_bench)
 
-    info = commands.add_parser("info", help="print the backends and why any is unavailable")
+    info = command("info", "print the backends and why any is unavailable")
     common(info)
     info.set_defaults(run=_info)
     return parser

@@ -58,8 +58,8 @@ def mae(y_true, y_pred) -> float:
 
 
 def _paired(y_true, y_pred):
-    truth = np.asarray(y_true, dtype=np.float64).reshape(-1)
-    predicted = np.asarray(y_pred, dtype=np.float64).reshape(-1)
+    truth, predicted = (_ratings_of(values, name)
+                        for values, name in ((y_true, "y_true"), (y_pred, "y_pred")))
     if truth.shape != predicted.shape:
         raise ValueError(f"y_true and y_pred must have one value each per rating, got "
                          f"{truth.size} and {predicted.size}")
@@ -68,6 +68,19 @@ def _paired(y_true, y_pred):
     if not (np.isfinite(truth).all() and np.isfinite(predicted).all()):
         raise ValueError("y_true and y_pred must be finite (NaN/inf found)")
     return truth, predicted
+
+
+def _ratings_of(values, name: str) -> np.ndarray:
+    """``values`` as a flat float64 array; TypeError unless they are numbers (strings are
+    not read as numbers; an object array must hold values that convert, None as NaN)."""
+    array = np.asarray(values)
+    if array.size and array.dtype.kind not in "biufO":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    try:
+        return array.astype(np.float64).reshape(-1)
+    except (TypeError, ValueError):  # an object array holding something else
+        raise TypeError(f"{name} must hold real numbers, got "
+                        f"{type(array.reshape(-1)[0]).__name__} values") from None
 
 
 # ---------------------------------------------------------------------------- ranking

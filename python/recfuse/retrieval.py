@@ -135,7 +135,7 @@ class ItemIndex:
         return self.items.shape
 
     def search(self, queries, k: int, *, exclude=None, allow=None, deny=None,
-               num_threads: int = 0):
+               num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The k best qualifying items for each query: ``(ids, scores)``.
 
         queries : array (m, d) or (d,)
@@ -193,7 +193,7 @@ def by_score_then_id(ids: np.ndarray, scores: np.ndarray, keep: int | None = Non
 
 def topk(queries, items, k: int, *, exclude=None, allow=None, deny=None, item_bias=None,
          metric: str = "dot", storage: str = "auto", backend: str = "auto",
-         num_threads: int = 0):
+         num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``queries`` against ``items``: ``(ids, scores)``.
 
     One-call form of ``ItemIndex(items, item_bias=..., metric=..., storage=..., backend=...)
@@ -215,6 +215,9 @@ def topk(queries, items, k: int, *, exclude=None, allow=None, deny=None, item_bi
 
 
 def _real_array(value, name: str) -> np.ndarray:
+    if sp.issparse(value):  # np.asarray would make a 0-d object array of it
+        raise TypeError(f"{name} must be a dense array, got a scipy.sparse {value.format} "
+                        f"matrix; convert it with .toarray()")
     array = np.asarray(value)
     if array.dtype.kind == "f" and array.dtype.itemsize < 4:  # float16: computed in float32
         return array.astype(np.float32)

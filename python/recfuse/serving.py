@@ -541,8 +541,13 @@ class Recommender:
         k = self.k if k is None else check.check_k(k)
         m = ids.size
         if excludes is not None:
-            if isinstance(excludes, (str, bytes)) or len(excludes) != m:
-                raise ValueError(f"excludes must have one entry per user ({m})")
+            if isinstance(excludes, (str, bytes)) or not isinstance(excludes,
+                                                                    collections.abc.Sized):
+                raise TypeError(f"excludes must be a sequence of one id sequence (or None) per "
+                                f"user, got {type(excludes).__name__}")
+            if len(excludes) != m:
+                raise ValueError(f"excludes must have one entry per user ({m}), got "
+                                 f"{len(excludes)}")
             excludes = [None if e is None else _exclude_ids(e, f"excludes[{u}]")
                         for u, e in enumerate(excludes)]
         contexts = self._contexts(state.model, context_features, m)
@@ -1105,6 +1110,8 @@ def _categories(categories: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
 
 
 def _user_id(value, name: str) -> int:
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
+        value = value[()]  # a 0-d integer array (np.array(3)), as the models' recommend take
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer id, got {type(value).__name__} {value!r:.40}")
     if int(value) < 0:

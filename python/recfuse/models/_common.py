@@ -38,8 +38,15 @@ def rating_arrays(users, items, ratings, n_users, n_items):
 
     if not (isinstance(users, Interactions) or sp.issparse(users)):
         if items is None or ratings is None:
-            raise TypeError("fit needs users, items and ratings, or one users x items sparse "
-                            "matrix or Interactions of ratings")
+            missing = " and ".join(name for name, value in (("items", items),
+                                                            ("ratings", ratings))
+                                   if value is None)
+            hint = "; a dense matrix is not read as ratings: pass scipy.sparse.csr_matrix(it)" \
+                if np.ndim(users) == 2 else ""
+            raise TypeError(f"fit needs users, items and ratings, or one users x items sparse "
+                            f"matrix or Interactions of ratings, got users "
+                            f"({type(users).__module__}.{type(users).__name__}) without "
+                            f"{missing}{hint}")
         return users, items, ratings, n_users, n_items
     if items is not None or ratings is not None:
         raise TypeError("pass users, items and ratings, or one matrix or Interactions of "
@@ -146,14 +153,14 @@ class FactorRetrieval:
     def _check_seen_items(self) -> None:
         """Raises when ``recommend(..., filter_seen=True)`` cannot run (no seen items kept)."""
 
-    def similar_items(self, item_ids, k: int = 10):
+    def similar_items(self, item_ids, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The k items most similar to each item by cosine of their factors (itself first,
         unless another item's cosine ties at 1: ties go to the smaller id), one item (1-d
         results) or a batch (2-d). An item without factors (a zero vector: no
         training data) is similar to nothing: its scores, and its own in other lists, are 0."""
         return self._similar("items", item_ids, k, "item_ids")
 
-    def similar_users(self, user_ids, k: int = 10):
+    def similar_users(self, user_ids, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The k users most similar to each user by cosine of their factors (itself first),
         as ``similar_items``."""
         return self._similar("users", user_ids, k, "user_ids")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import warnings
@@ -244,7 +245,7 @@ class ALS(FactorRetrieval):
         if np.unique(ids).size != ids.size:
             raise ValueError("user_ids must not repeat an id")
         matrix = check.check_csr(
-            user_items, "user_items", dtype=self.dtype, n_rows=ids.size,
+            interaction_matrix(user_items), "user_items", dtype=self.dtype, n_rows=ids.size,
             n_cols=self.item_factors.shape[0], nonnegative=self.confidence == "linear",
         )
         with self._lock:
@@ -280,15 +281,22 @@ class ALS(FactorRetrieval):
         filter_seen: bool = True,
         items=None,
         exclude_items=None,
-    ):
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The k best items for one user (1-d results) or a batch of users (2-d results).
 
         Scores are x_u·y_i, descending, ties broken by smaller item id. ``filter_seen``
-        drops the items in the user's row of ``user_items`` (one row per requested user) or,
+        drops the items in the user's row of ``user_items`` (a CSR matrix or Interactions,
+        one row per requested user) or,
         when it is None, of the training matrix. ``items`` restricts the candidates to those
         ids; ``exclude_items`` removes ids for every user. Rows with fewer than k candidates
         are padded with id -1 and score -inf. Safe to call from many threads at once.
         """
+        if isinstance(user_items, numbers.Integral) and not isinstance(user_items,
+                                                                         (bool, np.bool_)):
+            # recommend(user, 5): the other models' second argument is k, ALS's user_items
+            raise TypeError(f"user_items must be a scipy.sparse CSR matrix or None, got int "
+                            f"{user_items}: ALS.recommend's second argument is user_items (as "
+                            f"in implicit); pass the list length as k={user_items}")
         self._require_fitted()
         state = self._state  # one consistent snapshot: factors and seen items together
         X = state.user_factors
@@ -386,8 +394,8 @@ class ALS(FactorRetrieval):
                 raise ValueError("pass user_items: the model keeps no training matrix "
                                  "(needed for filter_seen and loss)")
             return state.user_items
-        return check.check_csr(user_items, "user_items", dtype=self.dtype, n_rows=n_rows,
-                               n_cols=state.item_factors.shape[0])
+        return check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype,
+                               n_rows=n_rows, n_cols=state.item_factors.shape[0])
 
     def __repr__(self) -> str:
         fitted = "" if self.user_factors is None else (

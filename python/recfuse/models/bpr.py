@@ -127,7 +127,7 @@ class BPR(FactorRetrieval):
         return self
 
     def recommend(self, user_ids, k: int = 10, filter_seen: bool = True, items=None,
-                  exclude_items=None, *, user_items=None):
+                  exclude_items=None, *, user_items=None) -> tuple[np.ndarray, np.ndarray]:
         """The k best items by p_u·q_i + b_i for one user (1-d results) or a batch (2-d),
         without the items seen in training (``filter_seen``), or those in the user's row of
         ``user_items`` (a CSR matrix or Interactions, one row per requested user) when it is

@@ -135,7 +135,7 @@ class _RatingModel(FactorRetrieval):
         return float(estimate[0]) if single else estimate
 
     def recommend(self, user_ids, k: int = 10, filter_seen: bool = True, items=None,
-                  exclude_items=None, *, user_items=None):
+                  exclude_items=None, *, user_items=None) -> tuple[np.ndarray, np.ndarray]:
         """The k items with the highest predicted rating for one user (1-d results) or a
         batch (2-d). Scores are unclipped predicted ratings; ties by smaller item id.
         ``filter_seen`` drops the items the user rated in training, or those in the user's
