@@ -91,6 +91,12 @@ def test_errors_exit_2_with_one_line(tmp_path):
     sizes = run("demo", "--users", "-5", check_rc=2)  # refused before the demo starts
     assert "argument --users: expected an integer >= 1, got -5" in sizes.stderr
     assert sizes.stdout == ""
+    for option, value, expected in (("--seed", "-1", "an integer >= 0, got -1"),
+                                    ("--alpha", "nan", "a finite number >= 0, got nan"),
+                                    ("--regularization", "-1", "a finite number >= 0, got -1")):
+        refused = run("demo", option, value, check_rc=2)  # named as options, before any work
+        assert f"argument {option}: expected {expected}" in refused.stderr
+        assert refused.stdout == ""
 
 
 def test_info():

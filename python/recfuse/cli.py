@@ -56,11 +56,12 @@ def _integer_in(low: int, high: int | None = None):
 
 
 _count = _integer_in(1)  # sizes and counts
+_seed = _integer_in(0)
 _port = _integer_in(0, 65535)  # 0: any free port (the one bound is printed)
 
 
 def _non_negative(text: str) -> float:
-    """argparse type of durations: a finite number >= 0."""
+    """argparse type of durations and model weights: a finite number >= 0."""
     try:
         value = float(text)
     except ValueError:
@@ -653,16 +654,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--iterations", type=_count, default=iterations,
                          help="ALS iterations" + default if iterations is not None else
                          "iterations (epochs for svd/svdpp)")
-        sub.add_argument("--regularization", type=float,
+        sub.add_argument("--regularization", type=_non_negative,
                          default=None if iterations is None else 0.05,
                          help="ALS regularization lambda" + default if iterations is not None
                          else "regularization lambda (reg of bpr, svd, svdpp, explicit-als)")
-        sub.add_argument("--alpha", type=float, default=None if iterations is None else 2.0,
+        sub.add_argument("--alpha", type=_non_negative,
+                         default=None if iterations is None else 2.0,
                          help="ALS confidence scale: c = 1 + alpha * value" + default)
         sub.add_argument("--backend", default="auto",
                          help="auto, cuda, cpu, numba, cupy or numpy (`recfuse info` lists "
                               "those usable here; default %(default)s)")
-        sub.add_argument("--seed", type=int, default=0,
+        sub.add_argument("--seed", type=_seed, default=0,
                          help="seed of the split and the model's start (default %(default)s)")
 
     def column_options(sub):
