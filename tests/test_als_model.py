@@ -616,3 +616,11 @@ def test_replacing_rows_keeps_every_other_entry(seed):
     np.testing.assert_array_equal(got.indptr, want.indptr)
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_array_equal(got.data, want.data)
+
+
+def test_repr_names_what_makes_another_model():
+    assert "cg_steps=3, confidence='raw'" in repr(recfuse.ALS(confidence="raw"))
+    assert "cg_steps" not in repr(recfuse.ALS(solver="cholesky"))
+    assert "biased=False" in repr(recfuse.SVD(biased=False))
+    assert "biased" not in repr(recfuse.SVD()) and "dtype=float64" in repr(
+        recfuse.BPR(dtype=np.float64))

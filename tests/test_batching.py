@@ -222,3 +222,14 @@ def test_constructor_checks(als):
         MicroBatcher(rec, workers=0)
     with pytest.raises(TypeError, match="on_batch"):
         MicroBatcher(rec, on_batch=3)
+
+
+def test_repr_says_what_answers():
+    seen = sp.random(40, 30, density=0.2, format="csr", random_state=0, dtype="float32")
+    recommender = recfuse.Recommender(recfuse.ALS(factors=4, iterations=1).fit(seen), k=5)
+    assert repr(recommender) == ("Recommender(version 1: als model from <object>, 40 users x "
+                                 "30 items, k=5)")
+    with recfuse.MicroBatcher(recommender, workers=2) as batcher:
+        assert repr(batcher) == (f"MicroBatcher(max_batch=256, max_wait=0.001, workers=2, "
+                                 f"answering {recommender!r})")
+    assert ", closed, answering" in repr(batcher)

@@ -170,6 +170,11 @@ class MicroBatcher:
             if thread is not threading.current_thread():
                 thread.join()
 
+    def __repr__(self) -> str:
+        closed = ", closed" if self._closed else ""
+        return (f"MicroBatcher(max_batch={self.max_batch}, max_wait={self.max_wait}, "
+                f"workers={self.workers}{closed}, answering {self.recommender!r})")
+
     def __enter__(self) -> "MicroBatcher":
         return self
 

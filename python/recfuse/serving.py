@@ -369,6 +369,13 @@ class Recommender:
                 "dropped_events": self.dropped_events, "ranker": model.ranker is not None,
                 "ranker_source": model.ranker_source, "context_width": model.context_width}
 
+    def __repr__(self) -> str:
+        info = self.info()
+        ranker = f", ranker ({info['context_width']} context columns)" if info["ranker"] else ""
+        return (f"Recommender(version {info['version']}: {info['kind']} model from "
+                f"{info['source']}, {info['users']} users x {info['items']} items, "
+                f"k={self.k}{ranker})")
+
     def _build(self, retriever, ranker, factors: int | None = None) -> _Model:
         """A ready ``_Model`` from a fitted model or a model file and a ranker (an
         ``MLPScorer`` and its source, or None); ``factors``: what the model must have (a

@@ -401,9 +401,11 @@ class ALS(FactorRetrieval):
         fitted = "" if self.user_factors is None else (
             f", fitted on {self.user_factors.shape[0]} users x {self.item_factors.shape[0]} items"
         )
+        steps = f", cg_steps={self.cg_steps}" if self.solver == "cg" else ""
+        raw = ", confidence='raw'" if self.confidence == "raw" else ""  # another model
         return (f"ALS(factors={self.factors}, regularization={self.regularization}, "
-                f"alpha={self.alpha}, iterations={self.iterations}, solver={self.solver!r}, "
-                f"dtype={self.dtype.name}, backend={self.backend!r}{fitted})")
+                f"alpha={self.alpha}, iterations={self.iterations}, solver={self.solver!r}"
+                f"{steps}{raw}, dtype={self.dtype.name}, backend={self.backend!r}{fitted})")
 
 
 def set_checked_settings(model, factors, regularization, alpha, iterations, solver, cg_steps,

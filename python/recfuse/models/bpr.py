@@ -208,4 +208,5 @@ class BPR(FactorRetrieval):
         fitted = "" if self.user_factors is None else (
             f", fitted on {self.user_factors.shape[0]} users x {self.item_factors.shape[0]} items")
         return (f"BPR(factors={self.factors}, lr={self.lr}, reg={self.reg}, "
-                f"iterations={self.iterations}, backend={self.backend!r}{fitted})")
+                f"iterations={self.iterations}, dtype={self.dtype.name}, "
+                f"backend={self.backend!r}{fitted})")

@@ -487,8 +487,10 @@ class _SgdFactorization(_RatingModel):
         state = self._fitted
         fitted = "" if state is None else (
             f", fitted on {state.user_counts.size} users x {state.item_counts.size} items")
+        unbiased = "" if getattr(self, "biased", True) else ", biased=False"
         return (f"{self._NAME}(factors={self.factors}, epochs={self.epochs}, lr={self.lr}, "
-                f"reg={self.reg}, dtype={self.dtype.name}, backend={self.backend!r}{fitted})")
+                f"reg={self.reg}{unbiased}, dtype={self.dtype.name}, "
+                f"backend={self.backend!r}{fitted})")
 
 
 class SVD(_SgdFactorization):
