@@ -594,3 +594,16 @@ def test_malformed_exclusions_are_refused_before_the_kernels(storage):
                                np.r_[0, 2, np.full(2999, 2)]), shape=(1, 3000))
     with pytest.raises(ValueError, match="exclude has row indices outside"):
         index.search(query, 3, exclude=by_column)
+
+
+def test_allow_and_deny_take_boolean_masks_of_the_items():
+    items = np.random.default_rng(4).standard_normal((20, 4)).astype(np.float32)
+    mask = np.zeros(20, dtype=bool)
+    mask[[3, 5, 7]] = True
+    for option in ("allow", "deny"):
+        by_mask = recfuse.topk(items[:3], items, 4, **{option: mask})
+        by_ids = recfuse.topk(items[:3], items, 4, **{option: [3, 5, 7]})
+        np.testing.assert_array_equal(by_mask[0], by_ids[0])
+        with pytest.raises(ValueError, match=f"{option} as a boolean mask must have one entry "
+                                             r"per item \(20\), got shape \(5,\)"):
+            recfuse.topk(items[:3], items, 4, **{option: mask[:5]})

@@ -143,8 +143,8 @@ class ItemIndex:
         exclude : scipy sparse matrix (m, n), optional
             Per-query items never to return (e.g. the items a user has seen): every stored
             entry counts, whatever its value.
-        allow, deny : sequences of item ids, optional
-            Only ``allow`` may be returned; ``deny`` never is (repeats are fine).
+        allow, deny : sequences of item ids (repeats are fine) or boolean masks of the n
+            items, optional. Only ``allow`` may be returned; ``deny`` never is.
         num_threads : int, 0 = all cores (CPU backends)
         """
         n, d = self.items.shape
@@ -328,10 +328,21 @@ def _item_mask(allow, deny, n: int):
     mask = np.ones(n, dtype=np.uint8)
     if allow is not None:
         mask[:] = 0
-        mask[check.check_ids(allow, "allow", n)] = 1
+        mask[_listed(allow, "allow", n)] = 1
     if deny is not None:
-        mask[check.check_ids(deny, "deny", n)] = 0
+        mask[_listed(deny, "deny", n)] = 0
     return mask
+
+
+def _listed(ids, name: str, n: int) -> np.ndarray:
+    """Item ids of an ``allow``/``deny`` argument: ids, or a boolean mask of all n items."""
+    array = np.asarray(ids) if not isinstance(ids, np.ndarray) else ids
+    if array.dtype == np.bool_ and array.size:
+        if array.shape != (n,):
+            raise ValueError(f"{name} as a boolean mask must have one entry per item ({n}), "
+                             f"got shape {array.shape}")
+        return np.flatnonzero(array)
+    return check.check_ids(ids, name, n)
 
 
 def write_recommendations(path, chunks) -> int:
