@@ -100,6 +100,11 @@ def split_id_kinds(column: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray
 class IdMap:
     """External ids <-> dense ints 0..n-1: integers ascending, then strings ascending.
 
+    The distributed fits' id map, built from the columns of a distributed frame (per
+    partition, then merged: ``from_column``, ``merge``). Not ``recfuse.IdMap``, the map of
+    ``Interactions``, which has another interface (``to_internal``, ``to_external``,
+    ``extend``).
+
     >>> m = IdMap.from_column(pd.Series([5, "b", 2, "a", 5], dtype=object), "user")
     >>> len(m), m.dense(pd.Series(["a", 2]), "user").tolist(), m.external([0, 3]).tolist()
     (4, [2, 0], [2, 'b'])
