@@ -32,18 +32,21 @@ from . import _validation as check
 from .interactions import Interactions, _times_ns
 
 
-def random_split(data, test_fraction: float = 0.2, *, seed: int = 0, drop_cold: bool = False):
+def random_split(data, test_fraction: float = 0.2, *,
+                 seed: int | np.random.Generator | None = 0, drop_cold: bool = False):
     """A random ``test_fraction`` of all pairs (exactly fraction x pairs, rounded half up) to
     test."""
     interactions, as_matrix = _as_interactions(data)
     fraction = _fraction(test_fraction)
     rng = check.seeded_rng(seed)
     test = np.zeros(interactions.nnz, dtype=bool)
-    test[rng.permutation(interactions.nnz)[: int(_rounded_count(fraction, interactions.nnz))]] = True
+    count = int(_rounded_count(fraction, interactions.nnz))
+    test[rng.permutation(interactions.nnz)[:count]] = True
     return _finish(interactions, test, drop_cold, as_matrix)
 
 
-def per_user_split(data, test_fraction: float = 0.2, *, seed: int = 0, min_train: int = 1,
+def per_user_split(data, test_fraction: float = 0.2, *,
+                   seed: int | np.random.Generator | None = 0, min_train: int = 1,
                    drop_cold: bool = False):
     """A random fraction x n_u (rounded half up) of each user's n_u pairs to test, leaving at
     least ``min_train`` of them in train."""
@@ -64,7 +67,8 @@ def _rounded_count(fraction: float, n):
     return np.floor(np.round(fraction * np.asarray(n, dtype=np.float64), 9) + 0.5)
 
 
-def leave_last_n(data, n: int = 1, *, min_train: int = 1, seed: int = 0,
+def leave_last_n(data, n: int = 1, *, min_train: int = 1,
+                 seed: int | np.random.Generator | None = 0,
                  drop_cold: bool = False):
     """Each user's ``n`` latest pairs to test (users with fewer than n + ``min_train`` pairs
     stay wholly in train). Pairs with equal times are ordered at random (seeded)."""
