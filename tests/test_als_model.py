@@ -47,6 +47,23 @@ def test_loss_decreases_and_matches_reference(data, solver, dtype):
     assert model.loss() == pytest.approx(expected, rel=1e-4)
 
 
+def test_loss_takes_assigned_tables_of_any_layout(fitted, data):
+    """The factor setters keep what they are given: loss() passed it to the kernel as it was
+    (pybind11's "incompatible function arguments" for a Fortran, strided, big-endian or
+    float64 table of a float32 model)."""
+    expected = fitted.loss()
+    X, Y = fitted.user_factors, fitted.item_factors
+    for change in (np.asfortranarray, lambda a: a[::-1].copy()[::-1],
+                   lambda a: a.astype(">f4"), lambda a: a.astype(np.float64)):
+        model = copy.deepcopy(fitted)
+        model.user_factors, model.item_factors = change(X), change(Y)
+        assert model.loss() == expected
+    model = copy.deepcopy(fitted)
+    model.item_factors = Y * np.nan
+    with pytest.raises(ValueError, match="item_factors must hold finite values"):
+        model.loss()
+
+
 def test_fit_equals_reference_sweeps(data):
     rng = np.random.default_rng(5)
     X0 = rng.standard_normal((data.shape[0], 6)) * 0.1
@@ -624,3 +641,23 @@ def test_repr_names_what_makes_another_model():
     assert "biased=False" in repr(recfuse.SVD(biased=False))
     assert "biased" not in repr(recfuse.SVD()) and "dtype=float64" in repr(
         recfuse.BPR(dtype=np.float64))
+
+
+@pytest.mark.parametrize("solver", ["cg", "cholesky"])
+def test_users_and_items_without_entries_end_at_exactly_zero(solver):
+    """Their systems' solution is 0: CG only approaches it, and the noise it leaves would
+    order the empty items by rounding instead of by id among the ties at score 0."""
+    matrix = datasets.synthetic_implicit(300, 120, 3000, seed=0).tolil()
+    matrix[:, 110:] = 0
+    matrix[290:, :] = 0
+    matrix = matrix.tocsr()
+    matrix.eliminate_zeros()
+    model = recfuse.ALS(factors=8, iterations=4, solver=solver, random_state=0).fit(matrix)
+    assert not model.item_factors[110:].any() and not model.user_factors[290:].any()
+    assert model.item_factors[:110].any(axis=1).all()
+    ids, scores = model.recommend(0, k=120, filter_seen=False)
+    tied = ids[scores == 0]
+    assert set(range(110, 120)) <= set(tied.tolist())
+    np.testing.assert_array_equal(tied, np.sort(tied))  # ties at 0 by smaller id
+    untouched = recfuse.ALS(factors=8, iterations=0, random_state=0).fit(matrix)
+    assert untouched.item_factors[110:].any()  # no iterations: the start is kept

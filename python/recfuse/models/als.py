@@ -171,7 +171,9 @@ class ALS(FactorRetrieval):
         loss of ``recfuse.reference.als_loss`` (computing it costs about one CG step; with
         ``compute_loss=False`` the callback gets None instead).
         ``initial_factors=(X, Y)`` starts from given factors instead of random ones.
-        On bad input nothing about the model changes.
+        Users and items without any stored entry end with zero vectors (their systems'
+        solution; with ``iterations=0`` the start is kept). On bad input nothing about the
+        model changes.
         """
         matrix = check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype,
                                  nonnegative=self.confidence == "linear")
@@ -204,6 +206,12 @@ class ALS(FactorRetrieval):
             progress.close()
         X, Y = trainer.factors()
         check_trained("ALS", (X, Y), "lower alpha or scale down the values of user_items")
+        if self.iterations:
+            # A row without entries solves (YᵀY + λI) x = 0: x = 0, which the Cholesky solve
+            # gives and CG only approaches (~1e-13): exact zeros keep such items tied at 0,
+            # in id order, rather than ordered by rounding.
+            X[np.diff(user_csr.indptr) == 0] = 0
+            Y[np.diff(item_csr.indptr) == 0] = 0
         if failed:
             warnings.warn(
                 f"{failed} row systems were not positive definite and kept their previous "
@@ -219,13 +227,14 @@ class ALS(FactorRetrieval):
     def loss(self, user_items: sp.csr_matrix | None = None) -> float:
         """The training loss (``recfuse.reference.als_loss``) of the current factors."""
         self._require_fitted()
-        matrix = self._seen_matrix(user_items, self.user_factors.shape[0])
+        state = self._state
+        # Assigned tables may be of any layout or dtype: the kernel takes C-order model dtype.
+        X, Y = (check.check_factors(table, name, dtype=self.dtype, copy=False) for table, name
+                in ((state.user_factors, "user_factors"), (state.item_factors, "item_factors")))
+        matrix = self._seen_matrix(user_items, X.shape[0], state)
         backend = resolve_backend(self.backend)
         R = CsrArrays.from_scipy(matrix, self.dtype)
-        return normalised_loss(
-            backend.data_loss(R, self.user_factors, self.item_factors, self.params),
-            self.user_factors, self.item_factors, R, self.params,
-        )
+        return normalised_loss(backend.data_loss(R, X, Y, self.params), X, Y, R, self.params)
 
     def update_users(self, user_ids, user_items: sp.csr_matrix) -> np.ndarray:
         """Recompute the vectors of ``user_ids`` from their rows in ``user_items``, items fixed.
