@@ -102,6 +102,15 @@ def test_parallel_grid_and_unfitted_errors(dataset):
         SVD(lr_all=0)
 
 
+@pytest.mark.parametrize("algorithm", [SVD, SVDpp])
+def test_unfitted_default_prediction_and_estimate(algorithm):
+    # as predict and test: not an AttributeError on the missing trainset
+    with pytest.raises(RuntimeError, match="not fitted"):
+        algorithm().default_prediction()
+    with pytest.raises(RuntimeError, match="not fitted"):
+        algorithm().estimate("UKN__1", 0)
+
+
 @pytest.mark.parametrize("algorithm, options", [(SVD, {"biased": True}),
                                                 (SVD, {"biased": False}), (SVDpp, {})])
 def test_prediction_details_are_surprises(dataset, algorithm, options):

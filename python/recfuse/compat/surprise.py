@@ -107,6 +107,8 @@ class _SurpriseAdapter:
 
     def estimate(self, u, i) -> float:
         """The unclipped estimate for inner ids (Surprise passes 'UKN__' strings for unknown)."""
+        if self.trainset is None:
+            raise RuntimeError("the model is not fitted: call fit(trainset) first")
         inner_u = u if isinstance(u, (numbers.Integral, np.integer)) else self._unknown_user()
         inner_i = i if isinstance(i, (numbers.Integral, np.integer)) else self._unknown_item()
         return float(self._model.predict(int(inner_u), int(inner_i), clip=False))
@@ -158,6 +160,8 @@ class _SurpriseAdapter:
         return predictions
 
     def default_prediction(self) -> float:
+        if self.trainset is None:
+            raise RuntimeError("the model is not fitted: call fit(trainset) first")
         return self.trainset.global_mean
 
     # ------------------------------------------------------------------ Surprise's attributes
