@@ -58,6 +58,22 @@ def test_ranking_metrics_by_hand():
     assert metrics.catalog_coverage(recommended, 5) == pytest.approx(3 / 5)
 
 
+def test_ranking_metrics_take_a_test_matrix_with_strided_index_arrays():
+    """scipy keeps the index arrays it is given: a strided (or big-endian) indices array
+    reached the native kernel as it was, which refused it with pybind11's argument error."""
+    test = sp.random(30, 20, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    rows = np.flatnonzero(np.diff(test.indptr) > 0)
+    recommended = np.stack([np.random.default_rng(int(r)).permutation(20)[:4] for r in rows])
+    expected = metrics.ranking_metrics(recommended, test, per_user=True)
+    spaced = np.repeat(test.indices, 2)
+    for indices in (spaced[::2], test.indices.astype(">i4")):
+        other = sp.csr_matrix((test.data, test.indices, test.indptr), shape=test.shape)
+        other.indices = indices  # as scipy keeps them (its constructor may copy)
+        got = metrics.ranking_metrics(recommended, other, per_user=True)
+        for name, values in expected["per_user"].items():
+            np.testing.assert_array_equal(got["per_user"][name], values)
+
+
 def test_padding_changes_no_metric_and_auc_stays_in_0_1():
     test = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 1, 0, 0]], dtype=np.float32))
     lists = np.array([[3, 1], [2, 0]])
@@ -271,6 +287,24 @@ def test_coverage_novelty_and_diversity_take_empty_lists_and_refuse_non_integer_
         with pytest.raises(TypeError, match="recommended must hold item ids \\(integers\\), "
                                             "got dtype float64"):
             call(np.array([[0.0, 1.5]]))
+
+
+def test_diversity_refuses_complex_item_vectors():
+    # astype(float64) dropped the imaginary parts with no more than a ComplexWarning
+    vectors = np.array([[1.0, 1j], [1.0, 0.0]])
+    with pytest.raises(TypeError, match="item_vectors must hold real numbers, got dtype "
+                                        "complex128"):
+        metrics.intra_list_diversity(np.array([[0, 1]]), vectors)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_diversity_of_big_endian_vectors_is_that_of_native_ones(dtype):
+    # a big-endian float32 table was widened to float64: another rounding than float32's
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((200, 16)).astype(dtype)
+    recommended = np.stack([rng.permutation(200)[:10] for _ in range(20)])
+    assert metrics.intra_list_diversity(recommended, vectors.astype(vectors.dtype.newbyteorder(
+        ">"))) == metrics.intra_list_diversity(recommended, vectors)
 
 
 def test_diversity_refuses_non_finite_item_vectors():

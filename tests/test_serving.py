@@ -3,6 +3,7 @@ fold-in against a refit of the user, added users and items, bad input, concurren
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -175,6 +176,30 @@ def test_added_items_and_the_reject_setting(als, seen):
         strict.observe({"user": [1, 1], "item": [2, N_ITEMS]})
     assert strict.pending_events().users.size == 0
     np.testing.assert_array_equal(strict.recommend(1).ids, before.ids)
+
+
+@pytest.mark.parametrize("kind", ["als", "bpr"])
+def test_assigned_factor_tables_of_any_layout_serve_as_the_fitted_ones(als, seen, kind):
+    """ALS and BPR keep assigned factor tables as they are: a big-endian one reached the
+    weight bound of observe as a dtype it did not know (KeyError)."""
+    if kind == "als":
+        model = als
+    else:
+        model = recfuse.BPR(factors=FACTORS, iterations=2, random_state=0).fit(seen)
+    events = {"user": np.array([3, 3, N_USERS + 1]), "item": np.array([1, 2, 5])}
+    users = np.array([3, 5, N_USERS + 1])
+    expected = Recommender(model, k=5)
+    expected.observe(events)
+    expected = expected.recommend_batch(users)
+    for change in (lambda a: a.astype(">f4"), np.asfortranarray, lambda a: a.astype(np.float64)):
+        other = copy.deepcopy(model)
+        other.user_factors, other.item_factors = (change(model.user_factors),
+                                                  change(model.item_factors))
+        recommender = Recommender(other, k=5)
+        recommender.observe(events)
+        got = recommender.recommend_batch(users)
+        np.testing.assert_array_equal(got.ids, expected.ids)
+        np.testing.assert_array_equal(got.scores, expected.scores)
 
 
 def test_observe_that_fails_adding_an_item_keeps_no_part_of_it(als, monkeypatch):

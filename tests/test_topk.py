@@ -607,3 +607,35 @@ def test_allow_and_deny_take_boolean_masks_of_the_items():
         with pytest.raises(ValueError, match=f"{option} as a boolean mask must have one entry "
                                              r"per item \(20\), got shape \(5,\)"):
             recfuse.topk(items[:3], items, 4, **{option: mask[:5]})
+
+
+@pytest.mark.parametrize("layout", ["big-endian", "fortran", "strided", "reversed", "misaligned",
+                                    "read-only"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_any_layout_of_the_items_gives_the_same_results(layout, dtype):
+    """A big-endian float64 table is float64 (it was searched as float32), and every other
+    layout of the same values gives the same ids, scores and dtype."""
+    rng = np.random.default_rng(5)
+    items = rng.standard_normal((300, 8)).astype(dtype)
+    queries = rng.standard_normal((4, 8)).astype(dtype)
+    if layout == "big-endian":
+        other = items.astype(items.dtype.newbyteorder(">"))
+    elif layout == "fortran":
+        other = np.asfortranarray(items)
+    elif layout == "strided":
+        other = np.repeat(items, 2, axis=1)[:, ::2]
+    elif layout == "reversed":
+        other = items[::-1].copy()[::-1]
+    elif layout == "misaligned":
+        other = np.frombuffer(bytearray(items.nbytes + 1), dtype, items.size, 1).reshape(
+            items.shape)
+        other[...] = items
+    else:
+        other = items.copy()
+        other.flags.writeable = False
+    for metric in ("dot", "cosine"):
+        expected = recfuse.topk(queries, items, 5, metric=metric)
+        got = recfuse.topk(queries, other, 5, metric=metric)
+        assert got[1].dtype == dtype
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])

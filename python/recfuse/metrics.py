@@ -118,8 +118,8 @@ def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
     _check_no_repeats(ids)
     table = _core.ranking_metrics(np.ascontiguousarray(ids, dtype=np.int64),
                                   np.ascontiguousarray(rows, dtype=np.int64),
-                                  test.indptr.astype(np.int64, copy=False),
-                                  test.indices.astype(np.int32, copy=False),
+                                  np.ascontiguousarray(test.indptr, dtype=np.int64),
+                                  np.ascontiguousarray(test.indices, dtype=np.int32),
                                   n_items=test.shape[1], num_threads=num_threads)
     return _aggregate(table, per_user)
 
@@ -232,8 +232,11 @@ def intra_list_diversity(recommended, item_vectors, *, num_threads: int = 0) -> 
     vectors = np.asarray(item_vectors)
     if vectors.ndim != 2:
         raise ValueError(f"item_vectors must be 2-d (items x dim), got shape {vectors.shape}")
+    if vectors.dtype.kind not in "biufO":  # complex: astype would drop the imaginary parts
+        raise TypeError(f"item_vectors must hold real numbers, got dtype {vectors.dtype}")
+    native = np.dtype(vectors.dtype.type)  # a big-endian float32 table stays float32
     if vectors.dtype not in (np.float32, np.float64):
-        vectors = vectors.astype(np.float64)
+        vectors = vectors.astype(native if native in check.FLOAT_DTYPES else np.float64)
     if not check.all_finite(vectors):  # a NaN vector would count as orthogonal to every other
         raise ValueError(f"item_vectors must be finite, got "
                          f"{int((~np.isfinite(vectors)).sum())} NaN/inf values")

@@ -269,7 +269,8 @@ def _item_table(items) -> np.ndarray:
         raise ValueError(f"items must have at least one column, got shape {array.shape}")
     if array.shape[0] > check.INT32_MAX:
         raise ValueError(f"items must have at most {check.INT32_MAX} rows, got {array.shape[0]}")
-    dtype = array.dtype if array.dtype in check.FLOAT_DTYPES else np.dtype(np.float32)
+    native = np.dtype(array.dtype.type)  # native byte order: '>f8' stays float64
+    dtype = native if native in check.FLOAT_DTYPES else np.dtype(np.float32)
     return np.ascontiguousarray(array, dtype=dtype)
 
 

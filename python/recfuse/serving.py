@@ -432,6 +432,9 @@ class Recommender:
         else:
             raise TypeError(f"retriever must be a fitted recfuse.ALS, SVD, SVDpp, ExplicitALS "
                             f"or BPR or a model file path, got {type(model).__name__}")
+        if kind in ("als", "bpr"):  # assigned tables: any layout, byte order or dtype
+            users, items = (check.check_factors(table, name, dtype=model.dtype, copy=False)
+                            for table, name in ((users, "user_factors"), (items, "item_factors")))
         n_users, n_items = users.shape[0], items.shape[0]
         if factors is not None and items.shape[1] != factors:
             raise ValueError(f"the new model has {items.shape[1]} factors; the ranker was "
