@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -415,3 +416,25 @@ def test_tuned_recipe_reaches_0_905(movielens_100k):
         predicted = model.predict(users[test], items[test])
         errors.append(np.sqrt(np.mean((predicted - values[test]) ** 2)))
     assert 0.895 <= np.mean(errors) <= 0.905, errors
+
+
+def test_one_ratings_matrix_trains_one_model_whatever_its_format():
+    """The ratings go in row-major order for any sparse format or storage order (unsorted
+    CSR indices, CSC, COO), so the same matrix gives the same model."""
+    rng = np.random.default_rng(0)
+    matrix = sp.random(50, 40, density=0.3, format="csr", random_state=0,
+                       data_rvs=lambda n: rng.integers(1, 6, n).astype(float))
+    unsorted = matrix.copy()
+    for row in range(unsorted.shape[0]):
+        span = slice(unsorted.indptr[row], unsorted.indptr[row + 1])
+        unsorted.indices[span], unsorted.data[span] = (unsorted.indices[span][::-1].copy(),
+                                                       unsorted.data[span][::-1].copy())
+    unsorted.has_sorted_indices = False
+    coo = matrix.tocoo()
+    shuffled = np.random.default_rng(1).permutation(coo.nnz)
+    coo = sp.coo_matrix((coo.data[shuffled], (coo.row[shuffled], coo.col[shuffled])),
+                        shape=coo.shape)
+    want = recfuse.SVD(factors=4, epochs=3, random_state=0).fit(matrix, rating_scale=(1, 5))
+    for other in (unsorted, matrix.tocsc(), coo):
+        got = recfuse.SVD(factors=4, epochs=3, random_state=0).fit(other, rating_scale=(1, 5))
+        np.testing.assert_array_equal(got.user_factors, want.user_factors)

@@ -33,7 +33,8 @@ def seen_rows(user_items, n_rows: int, n_items: int):
 def rating_arrays(users, items, ratings, n_users, n_items):
     """(users, items, ratings, n_users, n_items) for a rating model's fit, from three arrays
     or from one users x items sparse matrix or ``Interactions`` in ``users`` (each stored
-    entry one rating, duplicates included; ``n_users``/``n_items`` default to its shape)."""
+    entry one rating, duplicates included, taken in row-major order whatever the matrix's
+    format; ``n_users``/``n_items`` default to its shape)."""
     from ..interactions import Interactions
 
     if not (isinstance(users, Interactions) or sp.issparse(users)):
@@ -57,7 +58,13 @@ def rating_arrays(users, items, ratings, n_users, n_items):
     if sp.issparse(matrix):  # tocoo trusts the index structure: checked first
         check.check_sparse_structure(matrix, "the ratings matrix")
     entries = matrix.tocoo()
-    return (entries.row, entries.col, entries.data,
+    rows, cols, data = entries.row, entries.col, entries.data
+    if not (matrix.format == "csr" and matrix.has_sorted_indices):
+        # the order of the ratings shapes the fit: row-major whatever the format or storage
+        # order (a stable sort: duplicates keep theirs), so that one matrix trains one model
+        order = np.lexsort((cols, rows))
+        rows, cols, data = rows[order], cols[order], data[order]
+    return (rows, cols, data,
             matrix.shape[0] if n_users is None else n_users,
             matrix.shape[1] if n_items is None else n_items)
 
