@@ -143,6 +143,12 @@ def test_events_are_visible_and_kept_after_a_rejected_request(server):
      "beyond the 1.84e+19 a float32 ALS model takes"),
     ("/events", b'{"user": [1], "item": [2], "weight": [1' + b"0" * 400 + b']}', 422,
      "within float64's range"),
+    # nested past the JSON decoder's recursion limit: the client's fault, not a 500
+    ("/recommend", b'{"user": ' + b"[" * 2000 + b"]" * 2000 + b"}", 400, "too deeply"),
+    # one user's fields with the batch's: the exclude list would be ignored
+    ("/recommend", b'{"users": [1], "exclude": [2]}', 422, "not both: got ['exclude', 'users']"),
+    ("/recommend", b'{"user": 1, "excludes": [[2]]}', 422, "not both: got ['user', 'excludes']"),
+    ("/recommend", b'{"user": 1, "users": [2]}', 422, "not both"),
 ])
 def test_bad_input_is_answered_clearly(server, path, payload, status, message):
     pending = server.client.get("/health").json()["pending_events"]
@@ -155,8 +161,22 @@ def test_bad_input_is_answered_clearly(server, path, payload, status, message):
 
 
 def test_wrong_routes_and_methods(server):
-    assert server.client.get("/recommend").status_code == 405
-    assert server.client.get("/nowhere").status_code == 404
+    wrong = server.client.get("/recommend")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"  # HTTP requires it
+    assert wrong.json()["error"] == "GET /recommend is not allowed; expected POST"
+    missing = server.client.get("/nowhere")
+    assert missing.status_code == 404 and "no route /nowhere" in missing.json()["error"]
+    assert "'/recommend'" in missing.json()["error"]
+
+
+def _unknown_compression(good: bytes) -> bytes:
+    """The model file with its first member marked as compressed by a method zipfile lacks
+    (zipfile raises NotImplementedError for it)."""
+    data = bytearray(good)
+    for signature, offset in ((b"PK\x01\x02", 10), (b"PK\x03\x04", 8)):  # central, local
+        at = data.find(signature) + offset
+        data[at:at + 2] = (99).to_bytes(2, "little")
+    return bytes(data)
 
 
 def test_reload_keeps_the_old_model_when_the_file_is_corrupt(server, model_file):
@@ -164,10 +184,12 @@ def test_reload_keeps_the_old_model_when_the_file_is_corrupt(server, model_file)
     server.client.post("/events", json={"user": 2, "item": 3})
     before = server.client.post("/recommend", json={"user": 2}).json()
     try:
-        model_file.write_bytes(good[: len(good) // 3])
-        reply = server.client.post("/reload")
-        assert reply.status_code == 422 and "still serving version 1" in reply.json()["error"]
-        assert server.client.post("/recommend", json={"user": 2}).json() == before
+        for corrupt in (good[: len(good) // 3], _unknown_compression(good)):
+            model_file.write_bytes(corrupt)
+            reply = server.client.post("/reload")
+            assert reply.status_code == 422, reply.text
+            assert "still serving version 1" in reply.json()["error"]
+            assert server.client.post("/recommend", json={"user": 2}).json() == before
     finally:
         model_file.write_bytes(good)
     reply = server.client.post("/reload")
@@ -236,6 +258,12 @@ def test_ranker_with_context_over_http(model_file):
         assert missing.status_code == 422 and "context is required" in missing.json()["error"]
         wrong = running.client.post("/recommend", json={"user": 5, "context": [1, "x"]})
         assert wrong.status_code == 422 and "2 finite numbers" in wrong.json()["error"]
+        # an integer beyond float64 (JSON allows any size): 422, not an OverflowError's 500
+        for body in (b'{"user": 5, "context": [1, 1' + b"0" * 400 + b']}',
+                     b'{"users": [5], "contexts": [[-1' + b"0" * 400 + b', 0]]}'):
+            huge = running.client.post("/recommend", content=body)
+            assert huge.status_code == 422 and "2 finite numbers" in huge.json()["error"], \
+                huge.text
     finally:
         running.stop()
 
@@ -369,6 +397,8 @@ def test_recfuse_serve_port_0_asks_for_any_free_port():
     (["--max-body-bytes", "-5"], "argument --max-body-bytes: expected an integer >= 1"),
     (["--threads", "-2"], "argument --threads: expected an integer >= 0"),
     (["--host", "no-such-host.invalid"], "--host 'no-such-host.invalid' does not resolve"),
+    # else every request that gives no k would be refused with 422
+    (["--k", "20", "--max-k", "10"], "--k 20 exceeds --max-k 10"),
 ])
 def test_recfuse_serve_refuses_bad_arguments_with_one_line(model_file, tmp_path, arguments,
                                                            message):
@@ -400,6 +430,12 @@ def test_recfuse_serve_refuses_a_busy_port_and_a_model_as_ranker(model_file, tmp
             "MLPScorer.save, or an .onnx chain)\n"), result.stderr
 
 
+def test_create_app_refuses_a_default_k_above_max_k(model_file):
+    recommender = recfuse.Recommender(model_file, k=20, num_threads=1)
+    with pytest.raises(ValueError, match=r"k \(20, the list length .*exceeds max_k \(10\)"):
+        create_app(recommender, limits=Limits(max_k=10))
+
+
 def test_limits_are_checked():
     with pytest.raises(ValueError, match="batch_wait must be >= 0.0, got -0.005"):
         Limits(batch_wait=-0.005)
@@ -407,3 +443,94 @@ def test_limits_are_checked():
         Limits(max_body_bytes=-5)
     with pytest.raises(TypeError, match="workers must be an integer"):
         Limits(workers=1.5)
+
+
+def _requests_total(client, route: str) -> dict:
+    """{status: count} of recfuse_requests_total for ``route``, from /metrics."""
+    counts = {}
+    for line in client.get("/metrics").text.splitlines():
+        prefix = f'recfuse_requests_total{{route="{route}",status="'
+        if line.startswith(prefix):
+            status, count = line[len(prefix):].split('"} ')
+            counts[int(status)] = int(count)
+    return counts
+
+
+def test_a_client_leaving_mid_body_is_no_server_error(server):
+    before = _requests_total(server.client, "/recommend")
+    port = server.client.base_url.port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as half:
+        half.sendall(b'POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"us')
+    deadline = time.monotonic() + 10
+    while sum(_requests_total(server.client, "/recommend").values()) == sum(before.values()):
+        assert time.monotonic() < deadline, "the abandoned request was never recorded"
+        time.sleep(0.05)
+    after = _requests_total(server.client, "/recommend")
+    assert after.get(500, 0) == before.get(500, 0), after  # not logged as a bug
+    assert after.get(400, 0) == before.get(400, 0) + 1
+    assert server.client.post("/recommend", json={"user": 3}).status_code == 200
+
+
+_SERVE_SCRIPT = """
+import sys, recfuse
+from recfuse.server import listening_socket, serve
+sock = listening_socket("127.0.0.1", 0)
+print(sock.getsockname()[1], flush=True)
+serve(recfuse.Recommender(sys.argv[1], k=5, num_threads=1), sock=sock, shutdown_timeout=0.5)
+"""
+
+
+def test_sigterm_ends_the_server_despite_a_client_stuck_mid_request(model_file):
+    import signal
+
+    process = subprocess.Popen([sys.executable, "-c", _SERVE_SCRIPT, str(model_file)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(process.stdout.readline())
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 120
+            while True:  # bound at once, listening once the model is loaded
+                try:
+                    assert client.get("/health").status_code == 200
+                    break
+                except httpx.TransportError:
+                    assert process.poll() is None, process.stderr.read()
+                    assert time.monotonic() < deadline, "the server did not start"
+                    time.sleep(0.1)
+            stuck = socket.create_connection(("127.0.0.1", port), timeout=60)
+            stuck.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                          b"Expect: 100-continue\r\n\r\n")
+            # the server asks for the body once the app reads it: the request is in flight
+            assert stuck.recv(4096).startswith(b"HTTP/1.1 100")
+            stuck.sendall(b"{")
+            process.send_signal(signal.SIGTERM)
+            # uvicorn's default waits for the stuck request forever
+            process.wait(60)
+        with stuck:
+            reply = b""
+            while chunk := stuck.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 503") and b"shutting down" in reply, reply
+        stderr = process.stderr.read()
+        assert "Traceback" not in stderr, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_app_mounted_in_another_answers_single_users(model_file):
+    # a mounted app's lifespan is not run: the micro-batcher starts with the first request
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    recommender = recfuse.Recommender(model_file, k=5, num_threads=1)
+    running = Running(Starlette(routes=[Mount("/api", app=create_app(recommender))]))
+    try:
+        reply = running.client.post("/api/recommend", json={"user": 3})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["items"] == recommender.recommend(3).ids.tolist()
+    finally:
+        running.stop()

@@ -349,6 +349,8 @@ def _serve(args) -> int:
         return 2
     if args.ranker is None and args.ranker_precision != "float32":
         raise ValueError("--ranker-precision needs --ranker")
+    if args.k > args.max_k:  # every request that gives no k would be refused
+        raise ValueError(f"--k {args.k} exceeds --max-k {args.max_k}")
     try:  # first: a busy port or a wrong host fails at once, before any file is read
         sock = listening_socket(args.host, args.port)
     except socket.gaierror as error:

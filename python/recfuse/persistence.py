@@ -181,7 +181,10 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
                 arrays = _map_members(path, handle, archive.zip)
             else:
                 arrays = {name: archive[name] for name in archive.files if name != HEADER_KEY}
-    except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    # RuntimeError: zipfile's answer to a member it cannot open (NotImplementedError for an
+    # unknown compression method or strong encryption, RuntimeError for encryption)
+    except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError, json.JSONDecodeError,
+            RuntimeError) as error:
         raise ValueError(f"{path!r} is not a readable recfuse model file "
                          f"(truncated or foreign): {error}") from error
     if not isinstance(header, dict) or header.get("format") != "recfuse":

@@ -17,10 +17,11 @@ Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
 - ``GET /metrics`` -> Prometheus text: requests by route and status, latency histograms,
   micro-batch sizes, model version, pending and dropped events.
 
-Status codes: 400 malformed JSON, 413 body over ``max_body_bytes``, 422 a well-formed
-request that is wrong (types, ranges, limits, unknown items under ``unknown_items=
-"reject"``, a model file that does not load), 404/405 unknown route or method, 500 a bug
-(logged; the server keeps running).
+Status codes: 400 malformed JSON (or a body cut short by the client), 413 body over
+``max_body_bytes``, 422 a well-formed request that is wrong (types, ranges, limits, unknown
+items under ``unknown_items="reject"``, a model file that does not load), 404/405 unknown
+route or method, 503 a request unfinished when shutdown's grace period ends (``serve``), 500
+a bug (logged; the server keeps running).
 
 Micro-batching: single-user requests go to a ``recfuse.MicroBatcher`` (``workers`` threads,
 at most ``max_micro_batch`` requests per batch, a bounded wait of ``batch_wait`` seconds;
@@ -49,7 +50,7 @@ import numpy as np
 try:
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
 except ImportError as error:  # pragma: no cover - exercised without the extra
@@ -216,9 +217,11 @@ def _numbers(value, name: str, width: int) -> list:
     if width == 0:
         raise _BadRequest(422, f"{name} given, but the ranker takes no context columns")
     if not isinstance(value, list) or len(value) != width or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in value):
-        raise _BadRequest(422, f"{name} must be a list of {width} finite numbers")
+            isinstance(v, (int, float)) and not isinstance(v, bool) and (
+                abs(v) <= _FLOAT64_MAX if isinstance(v, int) else math.isfinite(v))
+            for v in value):  # (math.isfinite overflows on integers beyond float64)
+        raise _BadRequest(422, f"{name} must be a list of {width} finite numbers, got "
+                               f"{value!r:.40}")
     return value
 
 
@@ -251,10 +254,13 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
     given, the ranker from ``ranker_path`` (``load_scorer(ranker_path, **ranker_options)``);
     else the ranker being served is kept."""
     limits = limits or Limits()
+    if recommender.k > limits.max_k:  # else every request that gives no k would be refused
+        raise ValueError(f"the recommender's k ({recommender.k}, the list length of requests "
+                         f"that give none) exceeds max_k ({limits.max_k})")
     metrics = Metrics()
     readers = concurrent.futures.ThreadPoolExecutor(limits.workers, "recfuse-recommend")
     writers = concurrent.futures.ThreadPoolExecutor(1, "recfuse-write")
-    batching: dict = {}  # "batcher": the MicroBatcher, while the app runs
+    batching: dict = {}  # "batcher": the MicroBatcher, once started (batcher())
 
     async def body_of(request: Request):
         declared = request.headers.get("content-length")
@@ -274,6 +280,9 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as error:
             raise _BadRequest(400, f"the body is not valid JSON: {error}") from None
+        except RecursionError:  # e.g. [[[[...]]]] 100k deep: the client's input, not a bug
+            raise _BadRequest(400, "the body nests JSON arrays or objects too deeply; "
+                                   "expected a flat object") from None
 
     def timed(route: str, handler):
         async def endpoint(request: Request) -> Response:
@@ -282,6 +291,12 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                 response = await handler(request)
             except _BadRequest as error:
                 response = JSONResponse({"error": error.message}, status_code=error.status)
+            except ClientDisconnect:  # it went away mid-body: nobody to answer, nothing to log
+                response = JSONResponse({"error": "the client disconnected before its body "
+                                                  "was complete"}, status_code=400)
+            except asyncio.CancelledError:  # serve's shutdown_timeout ran out on this one
+                response = JSONResponse({"error": "the server is shutting down"},
+                                        status_code=503)
             except (ValueError, TypeError) as error:  # the recommender refused the input
                 response = JSONResponse({"error": str(error)}, status_code=422)
             except Exception as error:  # noqa: BLE001 - the server must keep running
@@ -296,6 +311,11 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
     async def recommend(request: Request) -> Response:
         body = _fields(await body_of(request), {"user", "users", "k", "exclude", "excludes",
                                                  "context", "contexts"}, "/recommend")
+        single = sorted({"user", "exclude", "context"} & set(body))
+        many = sorted({"users", "excludes", "contexts"} & set(body))
+        if single and many:  # one of them would be ignored: an exclude list, say
+            raise _BadRequest(422, f"give 'user' (with 'exclude', 'context') or 'users' (with "
+                                   f"'excludes', 'contexts'), not both: got {single + many}")
         k = _integer(body.get("k", recommender.k), "k", 1, limits.max_k)
         width = recommender.context_width
         if "users" in body:
@@ -312,7 +332,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         if context is not None:
             context = _numbers(context, "context", width)
         # the requests of one event-loop turn are queued together, with one wake-up
-        result = await batching["batcher"].submit_async(user, k, exclude, context)
+        result = await batcher().submit_async(user, k, exclude, context)
         return JSONResponse({"user": user, **_row(result), "model_version": result.version})
 
     async def recommend_many(body: dict, k: int, width: int) -> Response:
@@ -391,13 +411,27 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                                  media_type="text/plain; version=0.0.4")
 
     async def http_error(request: Request, error: HTTPException) -> Response:
-        return JSONResponse({"error": error.detail}, status_code=error.status_code)
+        message, path = error.detail, request.url.path
+        if error.status_code == 404:
+            message = f"no route {path}; expected one of {[route.path for route in routes]}"
+        elif error.status_code == 405 and error.headers and "Allow" in error.headers:
+            message = f"{request.method} {path} is not allowed; expected {error.headers['Allow']}"
+        # a 405 keeps its Allow header (HTTP requires it)
+        return JSONResponse({"error": message}, status_code=error.status_code,
+                            headers=error.headers)
+
+    def batcher() -> MicroBatcher:
+        """The MicroBatcher: started by the lifespan, or by the first request when the app
+        runs without its lifespan (mounted in another app, whose lifespan does not reach it)."""
+        if "batcher" not in batching:
+            batching["batcher"] = MicroBatcher(
+                recommender, max_batch=limits.max_micro_batch, max_wait=limits.batch_wait,
+                workers=limits.workers, on_batch=metrics.record_batch)
+        return batching["batcher"]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batching["batcher"] = MicroBatcher(
-            recommender, max_batch=limits.max_micro_batch, max_wait=limits.batch_wait,
-            workers=limits.workers, on_batch=metrics.record_batch)
+        batcher()
         try:
             yield
         finally:
@@ -447,11 +481,15 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000,
           model_path: str | None = None, ranker_path: str | None = None,
           ranker_options: dict | None = None, limits: Limits | None = None,
-          log_level: str = "warning", sock: socket.socket | None = None) -> None:
+          log_level: str = "warning", sock: socket.socket | None = None,
+          shutdown_timeout: float = 10.0) -> None:
     """Run the API with uvicorn until interrupted (``create_app`` for the arguments) on
-    ``sock`` (``listening_socket``; by default one bound to ``host`` and ``port`` here)."""
+    ``sock`` (``listening_socket``; by default one bound to ``host`` and ``port`` here).
+    On SIGTERM or SIGINT, requests in flight get ``shutdown_timeout`` seconds to finish
+    (a client that stops halfway through its request would hold the exit forever)."""
     import uvicorn
 
+    shutdown_timeout = check.check_float(shutdown_timeout, "shutdown_timeout", minimum=0.0)
     app = create_app(recommender, model_path=model_path, ranker_path=ranker_path,
                      ranker_options=ranker_options, limits=limits)
     if sock is None:
@@ -460,7 +498,8 @@ def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000
     # sight, so its full passes stop walking it (3.5% -> 1% of the server's CPU samples).
     gc.collect()
     gc.freeze()
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=shutdown_timeout)
     try:
         with sock:
             uvicorn.Server(config).run(sockets=[sock])
