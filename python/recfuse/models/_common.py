@@ -33,8 +33,8 @@ def seen_rows(user_items, n_rows: int, n_items: int):
 def rating_arrays(users, items, ratings, n_users, n_items):
     """(users, items, ratings, n_users, n_items) for a rating model's fit, from three arrays
     or from one users x items sparse matrix or ``Interactions`` in ``users`` (each stored
-    entry one rating, duplicates included, taken in row-major order whatever the matrix's
-    format; ``n_users``/``n_items`` default to its shape)."""
+    entry one rating, duplicates included; in row-major order, but for a COO matrix, taken
+    in its own order as arrays would be; ``n_users``/``n_items`` default to its shape)."""
     from ..interactions import Interactions
 
     if not (isinstance(users, Interactions) or sp.issparse(users)):
@@ -59,9 +59,10 @@ def rating_arrays(users, items, ratings, n_users, n_items):
         check.check_sparse_structure(matrix, "the ratings matrix")
     entries = matrix.tocoo()
     rows, cols, data = entries.row, entries.col, entries.data
-    if not (matrix.format == "csr" and matrix.has_sorted_indices):
-        # the order of the ratings shapes the fit: row-major whatever the format or storage
-        # order (a stable sort: duplicates keep theirs), so that one matrix trains one model
+    if matrix.format != "coo" and not (matrix.format == "csr" and matrix.has_sorted_indices):
+        # the order of the ratings shapes the fit: row-major whatever the compressed format
+        # or storage order (unsorted CSR, CSC, ...), so that one matrix trains one model; a
+        # COO matrix is a list of entries, taken in its order like three arrays
         order = np.lexsort((cols, rows))
         rows, cols, data = rows[order], cols[order], data[order]
     return (rows, cols, data,
