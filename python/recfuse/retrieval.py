@@ -15,7 +15,8 @@ The score of item j is ``q · v_j`` (``metric="dot"``) or the cosine of the angl
 1/norm does not fit its dtype, i.e. a row of subnormal numbers), plus ``item_bias[j]`` when
 given. Item j qualifies for a query when it is in ``allow`` (if given), not in ``deny``, not a
 stored entry of the query's row of ``exclude``, and its score is a number above -inf: an item
-whose score is NaN (a NaN or an inf in its row of the table) is never returned, and does not
+whose score is NaN (a NaN in its row of the table; an inf too under ``"cosine"``, while under
+``"dot"`` an inf gives a score of +-inf unless it meets a zero) is never returned, and does not
 change the order of the others. Queries must be finite.
 
 Scores are float32 (or float64) evaluations of that formula, and the ranking is by those
