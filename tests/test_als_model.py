@@ -661,3 +661,96 @@ def test_users_and_items_without_entries_end_at_exactly_zero(solver):
     np.testing.assert_array_equal(tied, np.sort(tied))  # ties at 0 by smaller id
     untouched = recfuse.ALS(factors=8, iterations=0, random_state=0).fit(matrix)
     assert untouched.item_factors[110:].any()  # no iterations: the start is kept
+
+
+# ---------------------------------------------------------------- writers landing mid-call
+
+
+class _WritersLand(recfuse.ALS):
+    """ALS whose reads of its state, while the writer lock is free, run ``land()`` after the
+    ``skip`` first such reads (once): what another thread's fit or fold-in publishing between
+    two of a caller's reads does, made deterministic. A writer cannot publish while the lock
+    is held, so no landing happens then."""
+
+    def __init__(self, *args, **kwargs):
+        self.published, self.land, self.skip, self._landing = [], None, 0, False
+        super().__init__(*args, **kwargs)
+
+    @property
+    def _state(self):
+        state = self.__dict__["_state"]
+        if self.land is not None and not self._landing and not self._lock.locked():
+            if self.skip:
+                self.skip -= 1
+            else:
+                land, self.land, self._landing = self.land, None, True
+                try:
+                    land()
+                finally:
+                    self._landing = False
+        return state
+
+    @_state.setter
+    def _state(self, value):
+        self.__dict__["_state"] = value
+        self.published.append(value)
+
+
+def test_save_writes_one_state_while_fold_ins_land(tmp_path):
+    """save read the factors and the seen matrix one attribute at a time: a fold-in adding a
+    user between the reads gave a file whose seen matrix had more rows than its factors (load
+    refused it) or factors of one state and seen rows of another."""
+    data = datasets.synthetic_implicit(40, 30, 300, seed=4)
+    for skip in range(4):
+        model = _WritersLand(factors=4, iterations=1, random_state=0).fit(data)
+        model.skip = skip
+        model.land = lambda: model.update_users([model.user_factors.shape[0]], data[[0]])
+        model.save(tmp_path / "model.npz")
+        loaded = recfuse.load(tmp_path / "model.npz")
+        assert any(np.array_equal(loaded.user_factors, state.user_factors)
+                   and loaded._user_items.shape == state.user_items.shape
+                   and (loaded._user_items != state.user_items).nnz == 0
+                   for state in model.published if state.user_factors is not None), skip
+
+
+def test_update_users_checks_the_row_against_the_state_it_folds_into():
+    """update_users checked the row's width against the items before taking the writer lock:
+    a fit on a larger catalogue landing in between had the row folded into the new items,
+    a write no order of the two calls accepts (update then fit drops it, fit then update
+    refuses it)."""
+    small = datasets.synthetic_implicit(40, 30, 300, seed=4)
+    large = datasets.synthetic_implicit(50, 45, 400, seed=5)
+    for skip in range(4):
+        model = _WritersLand(factors=4, iterations=1, random_state=0).fit(small)
+        model.skip = skip
+        model.land = lambda: model.fit(large)
+        try:
+            model.update_users([3], small[[3]])
+        except ValueError as error:  # the fit landed first: the row no longer fits
+            assert "must have 45 columns" in str(error), skip
+        else:  # the fold-in was applied: to the catalogue its row was made for
+            assert model.item_factors.shape[0] == 30, skip
+
+
+def test_an_assignment_during_a_fold_in_is_not_lost(monkeypatch):
+    """The factor setters replaced the state without the writer lock: an assignment made while
+    update_users was solving was overwritten by the fold-in's publication (built from the
+    state before it). Now the assignment waits for the fold-in, and is kept."""
+    from recfuse.models import als
+
+    data = datasets.synthetic_implicit(40, 30, 300, seed=4)
+    model = recfuse.ALS(factors=4, iterations=1, random_state=0).fit(data)
+    doubled = model.item_factors * 2
+    assigner = threading.Thread(target=setattr, args=(model, "item_factors", doubled))
+    solve = als.fold_in
+
+    def assigned_meanwhile(*args, **kwargs):
+        assigner.start()
+        assigner.join(0.2)  # finishes at once without the lock; waits for it with the lock
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(als, "fold_in", assigned_meanwhile)
+    vectors = model.update_users([3], data[[3]])
+    assigner.join()
+    assert model.item_factors is doubled
+    np.testing.assert_array_equal(model.user_factors[3], vectors[0])

@@ -114,3 +114,26 @@ def test_recommend_save_load_and_bad_input(tmp_path, data):
             recfuse.BPR(**kwargs)
     with pytest.raises(ValueError, match="user_ids must be <"):
         model.recommend(10**6)
+
+
+def test_save_writes_the_tables_of_one_fit(tmp_path):
+    """save read the seen matrix, then (after a call) the factor tables: a fit on other data
+    landing in between (here inside get_params, as another thread's would) gave a file mixing
+    two fits, which load refused."""
+    first = datasets.synthetic_implicit(60, 40, 500, seed=1)
+    other = datasets.synthetic_implicit(45, 30, 400, seed=2)
+
+    class FitLands(recfuse.BPR):
+        def get_params(self):
+            if self.__dict__.pop("land", False):
+                self.fit(other)
+            return super().get_params()
+
+    model = FitLands(factors=4, iterations=1, random_state=0, backend="cpu").fit(first)
+    expected = (model.user_factors, model.item_factors, model.item_bias)
+    model.land = True
+    model.save(tmp_path / "model.npz")
+    loaded = recfuse.load(tmp_path / "model.npz")
+    for got, want in zip((loaded.user_factors, loaded.item_factors, loaded.item_bias), expected):
+        np.testing.assert_array_equal(got, want)
+    assert (loaded._seen != first).nnz == 0

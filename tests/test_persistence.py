@@ -36,6 +36,28 @@ def test_mmap_round_trip_is_bitwise_and_zero_copy(model, tmp_path):
     assert np.array_equal(recfuse.load(path).user_factors, model.user_factors)
 
 
+def test_mmap_load_while_a_save_replaces_the_file_maps_the_file_it_opened(model, tmp_path,
+                                                                          monkeypatch):
+    """A save (atomic rename) landing while load(mmap=True) reads the members: the arrays are
+    mapped from the file that was opened, at its offsets. Mapped by path, they came from the
+    new file at the old file's offsets (garbage values, or a ValueError)."""
+    path, other = tmp_path / "model.npz", tmp_path / "other.npz"
+    model.save(path)
+    recfuse.ALS(factors=8, iterations=1, random_state=1).fit(
+        datasets.synthetic_implicit(150, 40, 900, seed=1)).save(other)
+    map_members = persistence._map_members
+
+    def replaced_meanwhile(*args):
+        os.replace(other, path)  # another process's save renames its file over the path
+        return map_members(*args)
+
+    monkeypatch.setattr(persistence, "_map_members", replaced_meanwhile)
+    loaded = recfuse.load(path, mmap=True)
+    for name in ("user_factors", "item_factors"):
+        assert np.array_equal(getattr(loaded, name), getattr(model, name))
+    assert (loaded._user_items != model._user_items).nnz == 0
+
+
 def test_files_stay_plain_npz(model, tmp_path):
     path = tmp_path / "model.npz"
     model.save(path)

@@ -153,7 +153,9 @@ def _map_members(path: str, handle, archive: zipfile.ZipFile) -> dict[str, np.nd
         if nbytes == 0:
             arrays[name] = np.empty(shape, dtype=dtype)
             continue
-        arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+        # mapped through the open handle, not the path: a save that renames a new file over
+        # ``path`` meanwhile must not give arrays of that file at offsets read from this one
+        arrays[name] = np.memmap(handle, dtype=dtype, mode="r", offset=offset, shape=shape,
                                  order="F" if fortran else "C")
     return arrays
 

@@ -81,7 +81,7 @@ class ALS(FactorRetrieval):
         self.random_state = check.check_random_state(random_state)
         self._state = _State()
         self.backend_used: str | None = None
-        self._lock = threading.Lock()  # serialises writers (fit, update_users)
+        self._lock = threading.Lock()  # serialises writers (fit, update_users, the setters)
         self._recommend_cache: tuple | None = None  # (item factors, their ItemIndex)
 
     # ------------------------------------------------------------------ state
@@ -94,7 +94,8 @@ class ALS(FactorRetrieval):
 
     @user_factors.setter
     def user_factors(self, value) -> None:
-        self._state = replace(self._state, user_factors=value)
+        with self._lock:  # a writer: a fold-in under way must not drop the assignment
+            self._state = replace(self._state, user_factors=value)
 
     @property
     def item_factors(self) -> np.ndarray | None:
@@ -103,7 +104,8 @@ class ALS(FactorRetrieval):
 
     @item_factors.setter
     def item_factors(self, value) -> None:
-        self._state = replace(self._state, item_factors=value, item_gram=None)
+        with self._lock:
+            self._state = replace(self._state, item_factors=value, item_gram=None)
 
     @property
     def _user_items(self) -> sp.csr_matrix | None:
@@ -111,7 +113,8 @@ class ALS(FactorRetrieval):
 
     @_user_items.setter
     def _user_items(self, value) -> None:
-        self._state = replace(self._state, user_items=value)
+        with self._lock:
+            self._state = replace(self._state, user_items=value)
 
     # ------------------------------------------------------------------ training
     @property
@@ -253,12 +256,15 @@ class ALS(FactorRetrieval):
         ids = check.check_ids(user_ids, "user_ids", None, allow_new=True)
         if np.unique(ids).size != ids.size:
             raise ValueError("user_ids must not repeat an id")
-        matrix = check.check_csr(
-            interaction_matrix(user_items), "user_items", dtype=self.dtype, n_rows=ids.size,
-            n_cols=self.item_factors.shape[0], nonnegative=self.confidence == "linear",
-        )
         with self._lock:
             state = self._state
+            # checked against the items of the state folded into: a fit that lands before
+            # the lock may change them
+            matrix = check.check_csr(
+                interaction_matrix(user_items), "user_items", dtype=self.dtype,
+                n_rows=ids.size, n_cols=state.item_factors.shape[0],
+                nonnegative=self.confidence == "linear",
+            )
             known = state.user_factors.shape[0]
             start = np.zeros((ids.size, self.factors), dtype=self.dtype)
             old = ids < known
@@ -333,13 +339,15 @@ class ALS(FactorRetrieval):
         from ..persistence import save_model
 
         self._require_fitted()
-        arrays = {"user_factors": self.user_factors, "item_factors": self.item_factors}
-        if self._user_items is not None:
+        state = self._state  # one snapshot: a concurrent fold-in or fit must not tear the file
+        arrays = {"user_factors": state.user_factors, "item_factors": state.item_factors}
+        seen = state.user_items
+        if seen is not None:
             arrays.update(
-                seen_indptr=self._user_items.indptr.astype(np.int64),
-                seen_indices=self._user_items.indices.astype(np.int32),
-                seen_data=self._user_items.data,
-                seen_shape=np.array(self._user_items.shape, dtype=np.int64),
+                seen_indptr=seen.indptr.astype(np.int64),
+                seen_indices=seen.indices.astype(np.int32),
+                seen_data=seen.data,
+                seen_shape=np.array(seen.shape, dtype=np.int64),
             )
         save_model(path, "ALS", self.get_params(), arrays)
 

@@ -170,10 +170,11 @@ class BPR(FactorRetrieval):
         from ..persistence import save_model
 
         self._require_fitted()
-        seen = self._seen
+        with self._lock:  # the tables of one fit: fit replaces the four under this lock
+            P, Q, bias, seen = self.user_factors, self.item_factors, self.item_bias, self._seen
         save_model(path, "BPR", self.get_params(), {
-            "user_factors": self.user_factors, "item_factors": self.item_factors,
-            "item_bias": self.item_bias, "seen_indptr": seen.indptr.astype(np.int64),
+            "user_factors": P, "item_factors": Q,
+            "item_bias": bias, "seen_indptr": seen.indptr.astype(np.int64),
             "seen_indices": seen.indices.astype(np.int32), "seen_data": seen.data,
             "seen_shape": np.array(seen.shape, dtype=np.int64)})
 
