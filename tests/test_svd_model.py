@@ -307,14 +307,16 @@ def test_a_tampered_model_file_is_refused(tmp_path, ratings, field, value, match
         recfuse.load(tmp_path / "bad.npz")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cls", MODELS)
-def test_save_and_load_round_trip(tmp_path, ratings, cls):
+def test_save_and_load_round_trip(tmp_path, ratings, cls, dtype):
     users, items, values = ratings
-    model = cls(factors=4, epochs=3, random_state=0, dtype=np.float64).fit(users, items, values)
+    model = cls(factors=4, epochs=3, random_state=0, dtype=dtype).fit(users, items, values)
     path = tmp_path / "model.npz"
     model.save(path)
     loaded = recfuse.load(path)
     assert type(loaded) is cls and loaded.get_params() == model.get_params()
+    assert loaded.global_mean == model.global_mean  # float64 in both (float32 rounded it)
     probe_users, probe_items = np.array([0, 5, 500]), np.array([3, 79, 2])
     np.testing.assert_array_equal(loaded.predict(probe_users, probe_items),
                                   model.predict(probe_users, probe_items))

@@ -297,8 +297,10 @@ class _RatingModel(FactorRetrieval):
             (n_users, n_items), "saved seen matrix", dtype=np.float64)
         seen = Pattern(seen_matrix.indptr.astype(np.int64), seen_matrix.indices.astype(np.int32))
         scale = check.check_rating_scale(tuple(float(v) for v in arrays["rating_scale"]))
-        global_mean = check.finite_in(np.asarray(arrays["global_mean"]).reshape(-1), model.dtype,
-                                      "saved global_mean")
+        # kept in float64, as fit keeps it (the model's dtype only bounds it): a save and load
+        # must not move the scores
+        global_mean = np.asarray(arrays["global_mean"], dtype=np.float64).reshape(-1)
+        check.finite_in(global_mean, model.dtype, "saved global_mean")
         if global_mean.size != 1:
             raise ValueError(f"saved global_mean must hold one value, got {global_mean.size}")
         counts = [np.asarray(arrays[name]) for name in ("user_counts", "item_counts")]
