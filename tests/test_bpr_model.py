@@ -4,6 +4,8 @@ bad input."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -137,3 +139,38 @@ def test_save_writes_the_tables_of_one_fit(tmp_path):
     for got, want in zip((loaded.user_factors, loaded.item_factors, loaded.item_bias), expected):
         np.testing.assert_array_equal(got, want)
     assert (loaded._seen != first).nnz == 0
+
+
+def test_recommend_reads_the_tables_of_one_fit():
+    """recommend read the user table, then the item table and biases: another thread's fit
+    landing in between answered with one fit's users against another's items."""
+    first = datasets.synthetic_implicit(60, 40, 500, seed=1)
+    other = datasets.synthetic_implicit(60, 30, 400, seed=2)
+
+    class FitLands(recfuse.BPR):
+        """The n-th read of user_factors after arming (``land = n``) starts a fit on other
+        data in another thread and gives it a moment to land."""
+
+        @property
+        def user_factors(self):
+            table = self.__dict__["_P"]
+            self.__dict__["land"] = self.__dict__.get("land", 0) - 1
+            if self.__dict__["land"] == 0:
+                refit = threading.Thread(target=self.fit, args=(other,))
+                refit.start()
+                refit.join(timeout=0.5)  # lands unless recommend holds the writer lock
+                self.__dict__["refit"] = refit
+            return table
+
+        @user_factors.setter
+        def user_factors(self, value):
+            self.__dict__["_P"] = value
+
+    settings = dict(factors=4, iterations=1, random_state=0, backend="cpu")
+    answers = [recfuse.BPR(**settings).fit(data).recommend([0, 1, 2], k=5)
+               for data in (first, other)]  # before or after the refit: both are consistent
+    model = FitLands(**settings).fit(first)
+    model.land = 2  # _require_fitted reads it first; then the read that takes the tables
+    got = model.recommend([0, 1, 2], k=5)
+    model.refit.join()
+    assert any(all(np.array_equal(a, b) for a, b in zip(got, answer)) for answer in answers)

@@ -134,7 +134,8 @@ class BPR(FactorRetrieval):
         given; ``items`` restricts the candidates, ``exclude_items`` removes ids. Ties by
         smaller item id."""
         self._require_fitted()
-        P, Q, bias, seen = self.user_factors, self.item_factors, self.item_bias, self._seen
+        with self._lock:  # the tables of one fit (fit publishes the four under this lock)
+            P, Q, bias, seen = self.user_factors, self.item_factors, self.item_bias, self._seen
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", P.shape[0])
         k = check.check_k(k)
