@@ -250,3 +250,27 @@ def test_every_command_and_option_is_described():
         assert sub.description, f"recfuse {name} --help has no description"
         undescribed = [action.dest for action in sub._actions if not action.help]
         assert not undescribed, f"recfuse {name}: options without help: {undescribed}"
+
+
+def test_train_reads_ids_as_written_and_names_broken_files(tmp_path):
+    """"007" and "7" were merged into user 7; a MovieLens ratings.csv without its header lost
+    its first rating and one in another order swapped users and movies without a word;
+    --min-rating on an event log was ignored; parse errors did not say which file."""
+    (tmp_path / "log.csv").write_text("user,item\n007,10\n7,20\n007,30\n7,30\n")
+    folder = tmp_path / "model"
+    trained = json.loads(run("train", tmp_path / "log.csv", "-o", folder, "--split", "none",
+                             "--factors", 2, "--iterations", 1, "--json").stdout)
+    assert trained["users"] == 2 and trained["items"] == 3
+    recs = json.loads(run("recommend", folder, "007", "--k", 3, "--json").stdout)
+    assert [r["item"] for r in recs["recommendations"]["007"]] == [20]  # 10 and 30 are seen
+    ignored = run("train", tmp_path / "log.csv", "-o", folder, "--min-rating", 4, check_rc=2)
+    assert "--min-rating filters the ratings of a MovieLens folder" in ignored.stderr
+    broken = {"ratings.csv": "1,10,4.0,964982703\n2,10,3.5,964982704\n",
+              "u.data": "1\t10\t4\t881250949\n2\t10\n"}
+    for name, text in broken.items():
+        movielens = tmp_path / name.replace(".", "_")
+        movielens.mkdir()
+        (movielens / name).write_text(text)
+        refused = run("train", movielens, "-o", tmp_path / "m", check_rc=2)
+        line, = refused.stderr.strip().splitlines()
+        assert f"{str(movielens / name)!r} is not a MovieLens ratings file" in line

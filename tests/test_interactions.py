@@ -663,3 +663,53 @@ def test_iso_times_of_mixed_precision_parse():
         "2020-01-01T00:00", "2020-01-02T10:00:00.5", "2020-01-02T23:00")]
     with pytest.raises(ValueError, match="1 values do not parse as times, e.g. \\['junk'\\]"):
         Interactions.from_arrays([1, 1], [1, 2], timestamps=["2020-01-01", "junk"])
+
+
+# ------------------------------------------------------------------ event log files as users have them
+def test_csv_ids_are_their_text(tmp_path):
+    """pandas reads "007", " 7" and "7" as one int 7: three users became one, and ids past
+    64 bits were a traceback. An id is its text; a column of plain integers keeps int ids."""
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,big\n007,10,18446744073709551615\n7,20,1\n 7,10,1\n")
+    log = Interactions.from_events(path)
+    assert log.user_ids.ids.tolist() == [" 7", "007", "7"] and log.n_events == 3
+    assert log.item_ids.ids.dtype == np.int64 and log.item_ids.ids.tolist() == [10, 20]
+    assert Interactions.from_events(path, item="big").item_ids.ids.dtype == np.uint64
+    path.write_text("user,item\n99999999999999999999,1.0\n1,1\n")
+    huge = Interactions.from_events(path)
+    assert huge.user_ids.ids.tolist() == ["1", "99999999999999999999"]
+    assert huge.item_ids.ids.tolist() == ["1", "1.0"]
+    # matched against string ids (an evaluation file of a model trained on them): kept as text
+    path.write_text("user,item\n7,10\n")
+    test = Interactions.from_events(path, user_ids=log.user_ids, item_ids=IdMap(["10"]),
+                                    unknown="drop")
+    assert test.dropped_events == 0 and test.matrix.nnz == 1
+    typed = Interactions.from_events(path, read_options={"dtype": {"user": str}})
+    assert typed.user_ids.ids.tolist() == ["7"]  # the caller's dtype wins
+
+
+def test_python_ints_past_int64_are_not_merged_as_floats():
+    log = Interactions.from_arrays([2**63 + 1, 2**63 + 2, 1], [1, 2, 3])
+    assert log.n_users == 3 and log.user_ids.ids.dtype == np.uint64
+    with pytest.raises(ValueError, match="integers from 1 to 1180591620717411303424"):
+        Interactions.from_arrays(pd.Series([2**70, 1], dtype=object), [1, 2])
+
+
+def test_unreadable_files_and_bad_cells_name_the_file(tmp_path):
+    files = {"empty.csv": b"", "quote.csv": b'user,item\n1,10\n"2,20\n',
+             "latin1.csv": b"user,item\nJos\xe9,x\n", "junk.parquet": b"not parquet"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f"cannot read '.*{name}' as"):
+            Interactions.from_events(tmp_path / name)
+    cells = {"user,item\n1,10\n,20\n": (ValueError, "users has 1 missing values"),
+             "user,item,w\n1,10,1\n2,20,abc\n": (TypeError, "e.g. 'abc' at row 1"),
+             "user,item,t\n1,10,2020-01-01\n2,20,\n": (ValueError, "timestamps has 1 missing")}
+    for text, (error, message) in cells.items():
+        (tmp_path / "log.csv").write_text(text)
+        weight, timestamp = ("w" if ",w" in text else None), ("t" if ",t" in text else None)
+        with pytest.raises(error, match=f"log.csv': .*{message}"):
+            Interactions.from_events(tmp_path / "log.csv", weight=weight, timestamp=timestamp)
+    (tmp_path / "semi.csv").write_text("user;item\n1;10\n")
+    with pytest.raises(ValueError, match="separated by ';'"):
+        Interactions.from_events(tmp_path / "semi.csv")

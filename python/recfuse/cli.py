@@ -187,6 +187,9 @@ def _ingest(args):
 
     if os.path.isdir(args.data):
         return datasets.load_movielens(args.data, min_rating=args.min_rating)
+    if args.min_rating is not None:  # else every event would be kept without a word
+        raise ValueError(f"--min-rating filters the ratings of a MovieLens folder, not the event "
+                         f"log {args.data!r}; filter its rows first")
     event_weights = None
     if args.event:
         event_weights = args.event_weights if args.event_weights is not None else EVENT_WEIGHTS

@@ -142,7 +142,12 @@ def load_movielens_100k(path, min_rating: float | None = None):
         )
     with warnings.catch_warnings():  # an empty file: refused below, with its name
         warnings.simplefilter("ignore", UserWarning)
-        raw = np.loadtxt(file, dtype=np.int64, delimiter="\t", ndmin=2)
+        try:
+            raw = np.loadtxt(file, dtype=np.int64, delimiter="\t", ndmin=2)
+        except ValueError as error:  # a short line, a word for a number
+            detail = str(error).split("; use `usecols`")[0]  # NumPy's advice, not ours
+            raise ValueError(f"{file!r} must hold tab-separated lines of user, item, rating "
+                             f"(and time): {detail}") from None
     if raw.shape[0] == 0 or raw.shape[1] < 3:
         raise ValueError(f"{file!r} must hold tab-separated lines of user, item, rating (and "
                          f"time), got {raw.shape[0]} lines of {raw.shape[1]} fields")
@@ -342,16 +347,41 @@ def load_movielens(path, *, min_rating: float | None = None, weighting: str = "n
                                     timestamp="timestamp", combine="last", weighting=weighting)
 
 
+_MOVIELENS_HEADER = ["userId", "movieId", "rating", "timestamp"]  # ratings.csv's first line
+
+
 def _read_ratings(file: str, separator: str, header: bool):
+    """The ratings of a MovieLens file; one that is not (a line without its four fields, a
+    word for a number, ratings.csv without MovieLens' header) is a ValueError naming it."""
     import io
 
     import pandas as pd
 
     names = ["user", "item", "rating", "timestamp"]
     dtypes = {"user": np.int64, "item": np.int64, "rating": np.float32, "timestamp": np.int64}
-    if separator == "::":  # the C parser takes one-character separators only
-        with open(file, "rb") as handle:
-            data = io.BytesIO(handle.read().replace(b"::", b"\t"))
-        return pd.read_csv(data, sep="\t", names=names, dtype=dtypes, usecols=range(4))
-    return pd.read_csv(file, sep=separator, names=names, header=0 if header else None,
-                       dtype=dtypes, usecols=range(4))
+    expected = ({"\t": "tab", ",": "comma"}.get(separator, repr(separator))
+                + "-separated lines of user, movie, rating, time"
+                + (f" under the header {','.join(_MOVIELENS_HEADER)}" if header else ""))
+    try:
+        if separator == "::":  # the C parser takes one-character separators only
+            with open(file, "rb") as handle:
+                data = io.BytesIO(handle.read().replace(b"::", b"\t"))
+            frame = pd.read_csv(data, sep="\t", names=names, dtype=dtypes, usecols=range(4))
+        else:
+            if header:  # else a file without it loses its first rating, one in another order
+                with open(file, encoding="utf-8-sig") as handle:  # mixes users and movies
+                    found = handle.readline().rstrip("\r\n")
+                if found.split(separator)[:4] != _MOVIELENS_HEADER:
+                    raise ValueError(f"the first line is {found[:80]!r}")
+            frame = pd.read_csv(file, sep=separator, names=names, header=0 if header else None,
+                                dtype=dtypes, usecols=range(4))
+        unrated = np.flatnonzero(frame["rating"].isna().to_numpy())
+        if unrated.size:
+            raise ValueError(f"{unrated.size} lines have no rating, e.g. line "
+                             f"{int(unrated[0]) + 1 + header}")
+    except (OSError, ValueError) as error:  # pandas' parse errors are ValueErrors
+        raise ValueError(f"{file!r} is not a MovieLens ratings file (expected {expected}): "
+                         f"{error}") from None
+    if frame.empty:
+        raise ValueError(f"{file!r} holds no ratings")
+    return frame

@@ -23,6 +23,7 @@ only when a DataFrame, a Table or a file is read.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import numbers
 from collections.abc import Mapping
@@ -289,7 +290,7 @@ def _factorize(values, name: str, arrow_ids: bool = False) -> tuple[np.ndarray, 
         codes, uniques = pandas.factorize(values, sort=True)
         uniques = np.asarray(uniques)
         if uniques.dtype == object and kind in ("integer", "floating") and uniques.size:
-            uniques = uniques.astype(np.int64 if kind == "integer" else np.float64)
+            uniques = _object_numbers(uniques, kind, name)
         # strings stay Python objects: converting millions to fixed-width NumPy strings costs
         # more than the rest of the ingestion; save() converts them
     else:  # pragma: no cover - the NumPy path without pandas
@@ -310,7 +311,26 @@ def _list_ids(values) -> np.ndarray:
             all(isinstance(v, str) for v in values) or all(isinstance(v, bytes) for v in values)):
         array = np.empty(len(values), dtype=object)
         array[:] = values
+    elif array.ndim == 1 and array.dtype.kind == "f" and not any(
+            isinstance(v, (float, np.floating)) for v in values):
+        # ints past int64 among others: NumPy makes floats of them, which would merge ids
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
     return array
+
+
+def _object_numbers(uniques: np.ndarray, kind: str, name: str) -> np.ndarray:
+    """Distinct ids held as Python numbers, in a NumPy dtype: float64, or int64 (uint64 past
+    it). Integers beyond 64 bits are refused: as floats, distinct ids would merge."""
+    if kind != "integer":
+        return uniques.astype(np.float64)
+    for dtype in (np.int64, np.uint64):
+        try:
+            return uniques.astype(dtype)
+        except OverflowError:
+            continue
+    raise ValueError(f"{name} holds integers from {uniques.min()} to {uniques.max()}: expected "
+                     f"them within int64 or uint64; use strings for such ids")
 
 
 def _arrow_strings(values, pandas):
@@ -422,12 +442,13 @@ def _factorize_dense_integers(values: np.ndarray):
 
 
 # ---------------------------------------------------------------------------- columns
-def _columns_of(source, wanted: dict[str, str | None], read_options: dict):
-    """Read the named columns of a DataFrame / Table / mapping / file as arrays or Series."""
+def _columns_of(source, wanted: dict[str, str | None], read_options: dict, keep_text=()):
+    """Read the named columns of a DataFrame / Table / mapping / file as arrays or Series
+    (``keep_text``: CSV id columns kept as text, see _read_file)."""
     if isinstance(source, (str, os.PathLike)):
         ids = [wanted[role] for role in ("user", "item", "event") if wanted.get(role)]
         source = _read_file(os.fspath(source), [c for c in wanted.values() if c], read_options,
-                            ids)
+                            ids, [wanted["user"], wanted["item"]], keep_text)
     elif read_options:
         raise TypeError(f"read options {sorted(read_options)} only apply to file paths")
     module = type(source).__module__.split(".")[0]
@@ -455,7 +476,12 @@ def _columns_of(source, wanted: dict[str, str | None], read_options: dict):
     return {role: (get(column) if column is not None else None) for role, column in wanted.items()}
 
 
-def _read_file(path: str, columns: list[str], read_options: dict, id_columns=()):
+def _read_file(path: str, columns: list[str], read_options: dict, id_columns=(),
+               text_ids=(), keep_text=()):
+    """The columns of a CSV or Parquet file; a file a reader cannot parse is a ValueError
+    naming it. CSV id columns (``text_ids``) are read as text, then as integers when every id
+    is written plainly (see _plain_integers), unless in ``keep_text`` or typed by
+    ``read_options`` (dtype, converters)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no event log at {path!r}")
     lower = path.lower()
@@ -464,7 +490,10 @@ def _read_file(path: str, columns: list[str], read_options: dict, id_columns=())
             import pyarrow.parquet as pq
         except ImportError as error:  # pragma: no cover
             raise ImportError("reading Parquet needs pyarrow: pip install 'recfuse[data]'") from error
-        metadata = pq.read_metadata(path)
+        try:
+            metadata = pq.read_metadata(path)
+        except (OSError, ValueError) as error:  # not Parquet, or cut short
+            raise ValueError(f"cannot read {path!r} as Parquet: {error}") from None
         names = metadata.schema.to_arrow_schema().names
         unknown = [c for c in columns if c not in names]
         if unknown:
@@ -474,17 +503,87 @@ def _read_file(path: str, columns: list[str], read_options: dict, id_columns=())
             coded = _dictionary_coded(metadata, id_columns)
             if coded:  # read as Arrow dictionaries: only their values need hashing
                 options["read_dictionary"] = coded
-        return pq.read_table(path, columns=list(dict.fromkeys(columns)), **options)
+        try:
+            return pq.read_table(path, columns=list(dict.fromkeys(columns)), **options)
+        except (OSError, ValueError) as error:  # a corrupt page
+            raise ValueError(f"cannot read {path!r} as Parquet: {error}") from None
     if lower.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")):
         pandas = _pandas("reading CSV")
         options = {"sep": "\t"} if ".tsv" in lower else {}
         options.update(read_options)
-        header = pandas.read_csv(path, nrows=0, **options)
+        try:  # empty, not UTF-8, a quote left open: pandas' ValueErrors
+            header = pandas.read_csv(path, nrows=0, **options)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read {path!r} as CSV: {error}") from None
         unknown = [c for c in columns if c not in header.columns]
         if unknown:
-            raise ValueError(f"unknown columns: {unknown}; {path!r} has {list(header.columns)}")
-        return pandas.read_csv(path, usecols=list(dict.fromkeys(columns)), **options)
+            names = list(header.columns)
+            other = [sep for sep in (";", "\t", "|") if len(names) == 1 and sep in str(names[0])]
+            hint = (f" (one column: are its fields separated by {other[0]!r}? pass "
+                    f"read_options={{'sep': {other[0]!r}}}"
+                    f"{', or name the file .tsv' if other[0] == chr(9) else ''})" if other else "")
+            raise ValueError(f"unknown columns: {unknown}; {path!r} has {names}{hint}")
+        dtype, typed = options.get("dtype"), set(options.get("converters") or ())
+        text = [c for c in dict.fromkeys(text_ids) if c not in typed]
+        if isinstance(dtype, Mapping):
+            text = [c for c in text if c not in dtype]
+        elif dtype is not None:  # one dtype for every column: the caller's choice
+            text = []
+        if text:
+            # pyarrow's reader, when no pandas-only option is asked for, keeps the text in
+            # Arrow (3M events: 0.65 s against 2.2 s for Python strings)
+            arrow = not read_options and importlib.util.find_spec("pyarrow") is not None
+            kind = "string[pyarrow]" if arrow else str
+            options["dtype"] = {**(dtype or {}), **{c: kind for c in text}}
+            if arrow:
+                options["engine"] = "pyarrow"
+        try:
+            frame = pandas.read_csv(path, usecols=list(dict.fromkeys(columns)), **options)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read {path!r} as CSV: {error}") from None
+        for column in text:
+            if column not in keep_text:
+                frame[column] = _plain_integers(frame[column])
+        return frame
     raise ValueError(f"cannot tell the format of {path!r}: expected a .csv, .tsv or .parquet file")
+
+
+def _plain_integers(column):
+    """A CSV id column read as text, as integers (int64, or uint64 past it) when every id is
+    an integer written as str(int) writes it, else the text itself: an id is the text in the
+    file, so "007", "7", " 7" and "7.0" are four ids (pandas would read them all as 7), while
+    a column of plain integers keeps int ids."""
+    if getattr(column.dtype, "storage", None) == "pyarrow":
+        return _plain_integers_arrow(column)
+    plain = column.str.fullmatch(r"0|-?[1-9][0-9]*")
+    if not plain.eq(True).all():  # missing values (NaN) stay: refused with their count
+        return column
+    for dtype in (np.int64, np.uint64):
+        try:
+            return column.to_numpy().astype(dtype)
+        except (OverflowError, ValueError):
+            continue
+    return column
+
+
+def _plain_integers_arrow(column):
+    """_plain_integers for text held by Arrow, in Arrow's kernels: the integers the text
+    casts to, when writing them back gives the same text (the cast alone reads "007", "-0"
+    and "0x1A" as numbers)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = column.array.__arrow_array__()
+    if text.null_count or len(text) == 0:  # missing values stay: refused with their count
+        return column
+    for dtype in (pa.int64(), pa.uint64()):
+        try:
+            ints = pc.cast(text, dtype)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # not integers, or past int64
+            continue
+        same = pc.all(pc.equal(pc.cast(ints, text.type), text)).as_py()
+        return ints.to_numpy() if same else column
+    return column
 
 
 def _dictionary_coded(metadata, columns) -> list[str]:
@@ -546,13 +645,28 @@ def _is_column(column) -> bool:
 def _numeric(column, name: str) -> np.ndarray:
     array = np.asarray(column)
     if array.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}")
+        raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}"
+                        f"{_first_non_number(array)}")
     array = array.astype(np.float64, copy=False)
     bad = ~np.isfinite(array)
     if bad.any():
         raise ValueError(f"{name} has {int(bad.sum())} NaN/inf values (first at row "
                          f"{int(np.flatnonzero(bad)[0])}); drop or fill them first")
     return array
+
+
+def _first_non_number(array: np.ndarray) -> str:
+    """For a message, e.g. " (e.g. 'abc' at row 3)": the first value of a column that is not
+    a number and does not read as one (else the first value: numbers held as text)."""
+    values = array.tolist() if array.ndim == 1 else []
+    for row, value in enumerate(values):  # a scan in Python, only on the way to an error
+        if isinstance(value, numbers.Real):
+            continue
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            return f" (e.g. {value!r} at row {row})"
+    return f" (e.g. {values[0]!r} at row 0)" if values else ""
 
 
 def _times_ns(column, name: str = "timestamps") -> np.ndarray:
@@ -608,6 +722,10 @@ def _times_ns(column, name: str = "timestamps") -> np.ndarray:
     if kind in "OUS":
         pandas = _pandas("parsing timestamps")
         strings = pandas.Series(array)
+        missing = strings.isna().to_numpy()  # empty cells, "NA": not "values that do not parse"
+        if missing.any():
+            raise ValueError(f"{name} has {int(missing.sum())} missing values (first at row "
+                             f"{int(np.flatnonzero(missing)[0])}); every event needs one")
         parsed = pandas.to_datetime(strings, errors="coerce", utc=True)
         bad = parsed.isna().to_numpy()
         if bad.any():
@@ -698,15 +816,28 @@ class Interactions:
         "extend"``), their events dropped (``"drop"``; ``dropped_events`` counts them), or
         rejected (``"raise"``). ``read_options`` go to the CSV/Parquet reader; without
         ``read_dictionary`` there, Parquet id columns stored as dictionary codes are read as
-        dictionaries (string ids held by Arrow are numbered natively either way).
+        dictionaries (string ids held by Arrow are numbered natively either way). The user and
+        item ids of a CSV file are its text: a column of integers written plainly (``7``,
+        ``-3``, no leading zero, sign or space) gives int ids, any other column string ids, so
+        ``007`` and ``7`` are two ids (read as text too where ``user_ids``/``item_ids`` hold
+        strings; a ``dtype`` or ``converters`` in ``read_options`` overrides this).
         """
+        # the ids of a CSV file are read as text; matched to maps of string ids they stay text
+        keep_text = [column for column, ids in ((user, user_ids), (item, item_ids))
+                     if isinstance(ids, IdMap) and len(ids) and _id_kind(ids.ids) == "string"]
         columns = _columns_of(source, {"user": user, "item": item, "weight": weight,
                                        "timestamp": timestamp, "event": event},
-                              dict(read_options or {}))
-        result = cls._from_columns(
-            columns, combine=combine, event_weights=event_weights, half_life=half_life,
-            reference_time=reference_time, weighting=weighting, user_ids=user_ids,
-            item_ids=item_ids, unknown=unknown, **weighting_options)
+                              dict(read_options or {}), keep_text)
+        try:
+            result = cls._from_columns(
+                columns, combine=combine, event_weights=event_weights, half_life=half_life,
+                reference_time=reference_time, weighting=weighting, user_ids=user_ids,
+                item_ids=item_ids, unknown=unknown, **weighting_options)
+        except (TypeError, ValueError) as error:  # a missing id, a word for a weight, ...
+            if type(error) not in (TypeError, ValueError) or \
+                    not isinstance(source, (str, os.PathLike)):
+                raise
+            raise type(error)(f"{os.fspath(source)!r}: {error}") from error  # which file
         # remembered so that add(more_events) reads new data the same way
         result._settings["columns"] = {"user": user, "item": item, "weight": weight,
                                        "timestamp": timestamp, "event": event}
