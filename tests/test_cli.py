@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import recfuse
 from recfuse import datasets
 
 from conftest import DATASETS
@@ -274,3 +275,14 @@ def test_train_reads_ids_as_written_and_names_broken_files(tmp_path):
         refused = run("train", movielens, "-o", tmp_path / "m", check_rc=2)
         line, = refused.stderr.strip().splitlines()
         assert f"{str(movielens / name)!r} is not a MovieLens ratings file" in line
+
+
+def test_train_reads_a_folder_of_parquet_files(tmp_path):
+    pytest.importorskip("pyarrow")
+    (tmp_path / "log").mkdir()
+    for part in range(2):
+        pd.DataFrame({"user": [1 + part, 2], "item": [10, 20 + part]}).to_parquet(
+            tmp_path / "log" / f"part-{part:05d}.parquet")
+    run("train", tmp_path / "log", "-o", tmp_path / "m", "--split", "none", "--factors", 2,
+        "--iterations", 1)
+    assert recfuse.load(tmp_path / "m" / "model.npz").user_factors.shape == (2, 2)

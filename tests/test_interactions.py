@@ -713,3 +713,17 @@ def test_unreadable_files_and_bad_cells_name_the_file(tmp_path):
     (tmp_path / "semi.csv").write_text("user;item\n1;10\n")
     with pytest.raises(ValueError, match="separated by ';'"):
         Interactions.from_events(tmp_path / "semi.csv")
+
+
+def test_a_folder_of_parquet_files_reads_as_one_log(tmp_path):
+    """A dataset written in parts (Spark, Dask; hive partition folders) is one event log."""
+    pytest.importorskip("pyarrow")
+    for day, frame in (("1", {"user": ["a", "b"], "item": [1, 2]}),
+                       ("2", {"user": ["c", "a"], "item": [3, 1]})):
+        (tmp_path / "log" / f"day={day}").mkdir(parents=True)
+        pd.DataFrame(frame).to_parquet(tmp_path / "log" / f"day={day}" / "part-0.parquet")
+    log = Interactions.from_events(tmp_path / "log")
+    assert log.user_ids.ids.tolist() == ["a", "b", "c"] and log.n_events == 4
+    assert log.matrix[0, log.item_ids.to_internal([1])[0]] == 2  # a's two events on item 1
+    with pytest.raises(ValueError, match=r"unknown columns: \['w'\]"):
+        Interactions.from_events(tmp_path / "log", weight="w")

@@ -2,10 +2,10 @@
 
   recfuse demo [--data FOLDER]       the whole chain on an embedded synthetic event log (or a
                                      MovieLens folder): ingest, split, train, evaluate
-  recfuse train DATA -o DIR          ingest an event log (CSV/Parquet file or MovieLens folder),
-                                     split it, train ALS (or --model bpr, svd, svdpp,
-                                     explicit-als); writes DIR/model.npz, DIR/train.npz and
-                                     DIR/test.npz (none with --split none)
+  recfuse train DATA -o DIR          ingest an event log (CSV/Parquet file, Parquet folder or
+                                     MovieLens folder), split it, train ALS (or --model bpr,
+                                     svd, svdpp, explicit-als); writes DIR/model.npz,
+                                     DIR/train.npz and DIR/test.npz (none with --split none)
   recfuse evaluate DIR               score DIR's model on its test set (or --test DATA)
   recfuse recommend DIR USER...      top-k items for users, by their original ids
   recfuse bench [SUITE...]           run bench/ suites (data, als) of a source checkout; print
@@ -181,11 +181,15 @@ class _Popularity:
 
 
 def _ingest(args):
-    """Interactions from ``args.data`` (a MovieLens folder or an event-log file)."""
+    """Interactions from ``args.data`` (a MovieLens folder, an event-log file or a folder of
+    Parquet files)."""
     from recfuse import datasets
-    from recfuse.interactions import Interactions
+    from recfuse.interactions import Interactions, _parquet_files
 
-    if os.path.isdir(args.data):
+    movielens = ("u.data", "ratings.dat", "ratings.csv")
+    if os.path.isdir(args.data) and (
+            any(os.path.isfile(os.path.join(args.data, name)) for name in movielens)
+            or not _parquet_files(args.data)):
         return datasets.load_movielens(args.data, min_rating=args.min_rating)
     if args.min_rating is not None:  # else every event would be kept without a word
         raise ValueError(f"--min-rating filters the ratings of a MovieLens folder, not the event "
@@ -733,7 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     train = command("train", "ingest, split and train; write a model folder")
-    train.add_argument("data", help="an event log (.csv/.tsv/.parquet) or a MovieLens folder")
+    train.add_argument("data", help="an event log (.csv/.tsv/.parquet file, or a folder of "
+                                    "Parquet files) or a MovieLens folder")
     train.add_argument("-o", "--output", required=True, help="folder to write")
     column_options(train)
     train.add_argument("--timestamp", default=None, help="time column")

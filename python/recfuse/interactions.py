@@ -482,6 +482,8 @@ def _read_file(path: str, columns: list[str], read_options: dict, id_columns=(),
     naming it. CSV id columns (``text_ids``) are read as text, then as integers when every id
     is written plainly (see _plain_integers), unless in ``keep_text`` or typed by
     ``read_options`` (dtype, converters)."""
+    if os.path.isdir(path) and _parquet_files(path):
+        return _read_parquet_folder(path, columns, read_options)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no event log at {path!r}")
     lower = path.lower()
@@ -546,6 +548,33 @@ def _read_file(path: str, columns: list[str], read_options: dict, id_columns=(),
                 frame[column] = _plain_integers(frame[column])
         return frame
     raise ValueError(f"cannot tell the format of {path!r}: expected a .csv, .tsv or .parquet file")
+
+
+def _parquet_files(folder: str) -> bool:
+    """Whether ``folder`` (or a folder inside it: hive partitions) holds Parquet files."""
+    return any(name.endswith((".parquet", ".pq")) for _, _, names in os.walk(folder)
+               for name in names)
+
+
+def _read_parquet_folder(path: str, columns: list[str], read_options: dict):
+    """The columns of a folder of Parquet files (a dataset written in parts, e.g. by Spark or
+    Dask; hive partition folders included) as one table."""
+    try:
+        import pyarrow.dataset as ds
+    except ImportError as error:  # pragma: no cover
+        raise ImportError("reading Parquet needs pyarrow: pip install 'recfuse[data]'") from error
+    try:
+        dataset = ds.dataset(path, format="parquet", partitioning="hive",
+                             exclude_invalid_files=False, **read_options)
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(f"cannot read {path!r} as a Parquet dataset: {error}") from None
+    unknown = [c for c in columns if c not in dataset.schema.names]
+    if unknown:
+        raise ValueError(f"unknown columns: {unknown}; {path!r} has {dataset.schema.names}")
+    try:
+        return dataset.to_table(columns=list(dict.fromkeys(columns)))
+    except (OSError, ValueError) as error:  # a corrupt part
+        raise ValueError(f"cannot read {path!r} as a Parquet dataset: {error}") from None
 
 
 def _plain_integers(column):
@@ -802,7 +831,8 @@ class Interactions:
                     unknown: str = "extend", read_options: dict | None = None,
                     **weighting_options) -> "Interactions":
         """Read an event log from a pandas/polars DataFrame, a pyarrow Table, a mapping of
-        column name -> array, or a .csv/.tsv/.parquet path.
+        column name -> array, or a .csv/.tsv/.parquet path, or a folder of Parquet files
+        (a dataset written in parts; hive partition folders included).
 
         ``user``/``item`` name the id columns; ``weight`` a numeric column (1 per event
         without it); ``timestamp`` a time column (datetimes, strings pandas can parse, or
