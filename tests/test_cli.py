@@ -286,3 +286,14 @@ def test_train_reads_a_folder_of_parquet_files(tmp_path):
     run("train", tmp_path / "log", "-o", tmp_path / "m", "--split", "none", "--factors", 2,
         "--iterations", 1)
     assert recfuse.load(tmp_path / "m" / "model.npz").user_factors.shape == (2, 2)
+
+
+def test_event_weights_name_numeric_event_types_by_their_digits(tmp_path):
+    """JSON keys are strings: {"1": 1, "2": 5} weighs the event types 1 and 2 of a numeric
+    column (they had no weight, and the run stopped)."""
+    (tmp_path / "log.csv").write_text("user,item,type\n1,10,1\n2,20,2\n1,20,2\n")
+    run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--event", "type",
+        "--event-weights", '{"1": 1, "2": 5}', "--split", "none", "--factors", 2,
+        "--iterations", 1)
+    train = recfuse.Interactions.load(tmp_path / "m" / "train.npz")
+    assert sorted(train.matrix.data.tolist()) == [1.0, 5.0, 5.0]

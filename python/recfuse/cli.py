@@ -82,7 +82,10 @@ def _event_weights(text: str) -> dict:
     if not isinstance(weights, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object of weights per event type, "
                                          f"got {type(weights).__name__} {text!r}")
-    return weights
+    # JSON keys are strings: "1" also names the event type 1 of a numeric column
+    numbered = {int(key): value for key, value in weights.items()
+                if key.lstrip("-").isdigit() and str(int(key)) == key}
+    return {**weights, **numbered}
 
 
 def _printer(args):
@@ -379,8 +382,9 @@ def _serve(args) -> int:
         ranked = "" if ranker is None else \
             f", ranked by {args.ranker} ({info['context_width']} context columns)"
         port = sock.getsockname()[1]  # the one bound, also when --port 0 asked for any
+        host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
         print(f"recfuse serve: {info['kind']} model {args.model} ({info['users']} users x "
-              f"{info['items']} items){ranked} on http://{args.host}:{port} "
+              f"{info['items']} items){ranked} on http://{host}:{port} "
               f"({stack['http']}, {stack['loop']})", file=sys.stderr)
         serve(recommender, host=args.host, port=port, model_path=args.model,
               ranker_path=args.ranker, ranker_options={"precision": args.ranker_precision},
