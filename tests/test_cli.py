@@ -297,3 +297,15 @@ def test_event_weights_name_numeric_event_types_by_their_digits(tmp_path):
         "--iterations", 1)
     train = recfuse.Interactions.load(tmp_path / "m" / "train.npz")
     assert sorted(train.matrix.data.tolist()) == [1.0, 5.0, 5.0]
+
+
+def test_sep_reads_a_csv_file_of_another_separator(tmp_path):
+    (tmp_path / "log.csv").write_text("user;item\n007;10\n7;20\n")
+    hint = run("train", tmp_path / "log.csv", "-o", tmp_path / "m", check_rc=2)
+    assert "separated by ';'" in hint.stderr and "--sep" in hint.stderr
+    run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--sep", ";", "--split", "none",
+        "--factors", 2, "--iterations", 1)
+    assert recfuse.Interactions.load(tmp_path / "m" / "train.npz").user_ids.ids.tolist() == [
+        "007", "7"]
+    assert "--sep applies to CSV files" in run("train", tmp_path / "m", "-o", tmp_path / "n",
+                                               "--sep", ";", check_rc=2).stderr

@@ -193,6 +193,9 @@ def _ingest(args):
     if os.path.isdir(args.data) and (
             any(os.path.isfile(os.path.join(args.data, name)) for name in movielens)
             or not _parquet_files(args.data)):
+        if args.sep is not None:
+            raise ValueError(f"--sep applies to CSV files, not the MovieLens folder "
+                             f"{args.data!r} (its format is known)")
         return datasets.load_movielens(args.data, min_rating=args.min_rating)
     if args.min_rating is not None:  # else every event would be kept without a word
         raise ValueError(f"--min-rating filters the ratings of a MovieLens folder, not the event "
@@ -205,7 +208,17 @@ def _ingest(args):
     return Interactions.from_events(args.data, user=args.user, item=args.item,
                                     weight=args.weight, timestamp=args.timestamp,
                                     event=args.event, event_weights=event_weights,
-                                    combine=args.combine)
+                                    combine=args.combine,
+                                    read_options=_csv_options(args, args.data))
+
+
+def _csv_options(args, path: str) -> dict:
+    """read_options for an event-log file: --sep, which applies to CSV files only."""
+    if args.sep is None:
+        return {}
+    if os.path.isdir(path) or not path.lower().endswith((".csv", ".tsv", ".txt", ".gz")):
+        raise ValueError(f"--sep applies to CSV files, not {path!r}")
+    return {"sep": args.sep}
 
 
 def _split(interactions, method: str, fraction: float, seed: int):
@@ -500,7 +513,8 @@ def _evaluate(args) -> int:
     if args.test:
         test = Interactions.from_events(args.test, user=args.user, item=args.item,
                                         weight=args.weight, user_ids=train.user_ids,
-                                        item_ids=train.item_ids, unknown="drop")
+                                        item_ids=train.item_ids, unknown="drop",
+                                        read_options=_csv_options(args, args.test))
         say(f"test: {test.nnz} pairs; {test.dropped_events} events of users or items unknown "
             "to the model left out")
     else:
@@ -684,6 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--user", default="user", help="user id column (default: user)")
         sub.add_argument("--item", default="item", help="item id column (default: item)")
         sub.add_argument("--weight", default=None, help="numeric weight column")
+        sub.add_argument("--sep", default=None,
+                         help="field separator of a CSV file, e.g. ';' (default: a comma; a "
+                              "tab for .tsv files)")
 
     splits = ("per_user", "random", "leave_last", "temporal")
     split_help = ("how the test pairs are held out: per_user (a fraction of each user's), "

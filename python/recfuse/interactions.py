@@ -522,7 +522,7 @@ def _read_file(path: str, columns: list[str], read_options: dict, id_columns=(),
             names = list(header.columns)
             other = [sep for sep in (";", "\t", "|") if len(names) == 1 and sep in str(names[0])]
             hint = (f" (one column: are its fields separated by {other[0]!r}? pass "
-                    f"read_options={{'sep': {other[0]!r}}}"
+                    f"read_options={{'sep': {other[0]!r}}}, or --sep on the command line"
                     f"{', or name the file .tsv' if other[0] == chr(9) else ''})" if other else "")
             raise ValueError(f"unknown columns: {unknown}; {path!r} has {names}{hint}")
         dtype, typed = options.get("dtype"), set(options.get("converters") or ())
