@@ -347,6 +347,15 @@ def test_recommend_bad_input(als, scorer):
         Recommender(object())
 
 
+def test_item_categories_past_int64_are_refused_not_wrapped():
+    """A uint64 category past int64 wrapped to a negative one, which means no category:
+    its items escaped the cap."""
+    with pytest.raises(ValueError, match="item_categories must hold integers within int64"):
+        Rerank(item_categories=np.array([2**63, 2**63], dtype=np.uint64), category_cap=1)
+    rules = Rerank(item_categories=np.array([2**40, 2**40], dtype=np.uint64), category_cap=1)
+    assert rules.item_categories.dtype == np.int64 and (rules.item_categories == 2**40).all()
+
+
 def test_pending_log_is_bounded_and_clears(als):
     rec = Recommender(als, max_pending_events=5)
     for user in range(4):
@@ -798,6 +807,27 @@ def test_unbiased_rating_models_recall_as_the_model_predicts():
         np.testing.assert_array_equal(got.ids, want_ids)
         np.testing.assert_allclose(got.scores, want_scores, rtol=1e-6)
         assert got.ids[0] == 2 and got.scores[0] == pytest.approx(model.predict(0, 2, clip=False))
+
+
+def test_unbiased_svd_users_added_by_observe_score_as_known_users():
+    """An unbiased SVD predicts q·p for a known user (μ for items without ratings): a user
+    that observe adds (or a training user without ratings) is known from then on, and its
+    scores and fold-in leave out μ (it was counted once more: 2μ for the unrated item)."""
+    users = np.array([0, 0, 1, 1, 2, 2, 3])
+    items = np.array([0, 1, 1, 3, 0, 3, 4])  # item 2 never rated
+    ratings = np.array([5.0, 4, 3, 4, 2, 5, 4])
+    model = recfuse.SVD(factors=2, biased=False, random_state=0, num_threads=1).fit(
+        users, items, ratings, rating_scale=(1, 5), n_users=6)
+    rec = Recommender(model, k=5)
+    rec.observe({"user": [9, 5], "item": [1, 0], "weight": [5.0, 2.0]})
+    known = model._require_fitted().item_counts > 0
+    for user in (9, 5):
+        got = rec.recommend(user)
+        vector = rec._state.users[user].vector
+        want = np.where(known, model.item_factors @ vector, model.global_mean)
+        valid = got.ids >= 0
+        np.testing.assert_allclose(got.scores[valid], want[got.ids[valid]], rtol=1e-5)
+        assert rec._state.users[user].offset == 0.0
 
 
 def test_cold_users_are_not_sent_what_they_have_seen():

@@ -7,17 +7,20 @@ into such batches):
 
 1. recall: the factor model's user vector against every item through ``recfuse.ItemIndex``
    (seen items, the request's ``exclude`` and the rules' allow/deny removed), the
-   ``candidates`` best (or ``k`` when there is no ranker and no re-ranking);
+   ``max(candidates, k)`` best (``k`` when there is no ranker and no re-ranking that
+   reorders: neither ``diversity`` nor ``category_cap``);
 2. rank: when a ranker (``recfuse.MLPScorer``, a fitted ``recfuse.MLPRanker`` or a scorer
    file) is given, the candidates are scored by it, the input row being
    ``[user vector | context_features | item vector]``, the item part prepared once per
    model (``MLPScorer.prepare_items``);
 3. re-rank (``Rerank``): maximal marginal relevance for diversity and per-category caps,
-   greedy, over the ranked list.
+   greedy, over the ranked list: only the candidates take part, so when the caps leave
+   fewer than k of them the list is shorter (padded).
 
 Results (``Recommendation``) hold ids, scores, the stage that placed each item and the
 model version that answered. Ordering follows ``recfuse.topk``: score descending, ties by
-smaller id; rows are padded with id -1, score -inf and stage "".
+smaller id (except where re-ranking moved items, and in popular lists); rows are padded with
+id -1, score -inf and stage "" (a list is shorter than k when fewer items qualify).
 
 Stages: ``"popular"`` (cold start), ``"recall"`` (order and score from the factor model),
 ``"rank"`` (from the ranker), ``"rerank"`` (diversity or a cap moved it to this position; the
@@ -26,8 +29,9 @@ score is still the recall or rank score).
 Cold start: a user the model does not know (an id beyond its users that has not been
 observed), one without any known interaction or one whose vector is still zero gets the
 most popular items it has not seen (most stored entries in the model's training matrix,
-ties by smaller id; its training row and observed items left out), with the same
-exclusions, rules and caps, stage ``"popular"``.
+a repeated pair once, ties by smaller id; its training row and observed items left out;
+items added by ``observe`` are not among them), with the same exclusions, rules and caps
+(not diversity), in that order, score 0, stage ``"popular"``.
 
 Real time: ``observe(events)`` folds events into the users' vectors at once: ALS re-solves
 the user against the fixed items over the whole known row (training row plus every
@@ -117,12 +121,17 @@ class Rerank:
 
     diversity : MMR's lambda in [0, 1], or None for no diversity. Each next item maximises
         ``lambda * relevance - (1 - lambda) * max cosine(item, items already chosen)``, the
-        relevance being the score rescaled to [0, 1] over the user's candidates; 1 keeps the
-        ranked order, 0 picks for novelty alone.
-    item_categories : one integer category per item (n_items,), for ``category_cap``;
-        items beyond it (added later) have no category and no cap.
+        relevance being the score rescaled to [0, 1] over the user's candidates (all 1 when
+        they score alike) and the cosine of a zero vector 0; ties go to the better-ranked
+        item, so 1 keeps the ranked order and 0, picking for novelty alone, still starts with
+        the best one. Cold users' popular lists take no diversity.
+    item_categories : one integer category per item (n_items entries or more), for
+        ``category_cap``; a negative value is no category, and ids past its end (items
+        added later) have no category: no cap holds them.
     category_cap : at most this many items of one category in a list.
-    allow, deny : item ids; only ``allow`` may be recommended, ``deny`` never is.
+    allow, deny : item ids (repeats and ids no item has are harmless); only ``allow`` may be
+        recommended (an empty ``allow``: nothing), ``deny`` never is; both hold for items
+        added later and for the popular lists too.
     """
 
     diversity: float | None = None
@@ -146,7 +155,9 @@ class Rerank:
             if categories.ndim != 1 or (categories.size and categories.dtype.kind not in "iu"):
                 raise TypeError(f"item_categories must be a 1-d integer array, got dtype "
                                 f"{categories.dtype} shape {categories.shape}")
-            object.__setattr__(self, "item_categories", categories.astype(np.int64))
+            # int64_array: a uint64 category past int64 would wrap to a negative one (none)
+            object.__setattr__(self, "item_categories",
+                               check.int64_array(categories, "item_categories"))
         for name in ("allow", "deny"):
             value = getattr(self, name)
             if value is not None:
@@ -992,6 +1003,9 @@ class Recommender:
             bias[base] = model.item_bias[items[base]]
         rng = np.random.default_rng(user)
         biased = model.kind == "svd" and model.item_bias is not None
+        if model.kind == "svd" and not biased:
+            # unbiased: r̂ = q·p once the user is known (μ was only its cold users' estimate)
+            offset = 0.0
         # a step that overflows gives inf/NaN, which _apply refuses: no warning here
         with np.errstate(over="ignore", invalid="ignore"):
             for _ in range(self.sgd_steps):
