@@ -383,6 +383,28 @@ def test_every_simd_level_and_kernel():
                             error_bound(layers, X, "bfloat16"), name)
 
 
+@pytest.mark.parametrize("backend", backend_params(("numba",), family="mlp"))
+def test_numba_kernel_loads_from_the_disk_cache_in_a_new_process(backend):
+    """The second process to score finds the kernel in Numba's disk cache (compiled once,
+    ~8 s here): a kernel that captured its helpers as closure variables hashed to a new
+    cache key in every process, compiled again and added one more entry to the cache."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, recfuse\n"
+        "from recfuse._mlp import numba_backend\n"
+        "layers = [(np.ones((3, 2), np.float32), None, 'gelu'),\n"
+        "          (np.ones((1, 3), np.float32), None, 'identity')]\n"
+        "recfuse.MLPScorer(layers, backend='numba').score(np.ones((4, 2), np.float32))\n"
+        "stats = numba_backend._kernels()[1].stats\n"
+        "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                           text=True).stdout.split() for _ in range(2)]
+    assert runs[1] == ["1", "0"], runs
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_concurrent_calls(backend):
     rng = np.random.default_rng(11)

@@ -333,6 +333,35 @@ def test_native_kernels_reject_inconsistent_arrays():
     np.testing.assert_array_equal(P, p.start["P"])  # nothing ran
 
 
+
+@pytest.mark.parametrize("backend", backend_params(("numba",), family="sgd"))
+def test_numba_fits_compile_before_they_time_their_epochs(backend):
+    """EpochThreads times the first epochs to choose a thread count: a JIT backend's compile
+    (or load from its disk cache) must happen before, in ``warm_up``, with the very types the
+    epochs use (no second compile in them). Timed, it made the first epoch on all cores look
+    hundreds of times slower, and fits of under 32 epochs kept one thread. A fresh process:
+    this one's kernels may be compiled already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, scipy.sparse as sp, recfuse\n"
+        "from recfuse._sgd import common, numba_backend\n"
+        "kernels = numba_backend._kernels()\n"
+        "def compiled():\n"
+        "    return [len(f.signatures) for f in (kernels.svd, kernels.svdpp, kernels.bpr)]\n"
+        "seen, run = [], common.EpochThreads.run\n"
+        "common.EpochThreads.run = lambda self, epoch: (seen.append(compiled()), run(self, epoch))[1]\n"
+        "users, items, ratings = [0, 1, 2, 0], [0, 1, 2, 2], [1.0, 2.0, 3.0, 4.0]\n"
+        "recfuse.SVD(factors=2, epochs=1, backend='numba').fit(users, items, ratings)\n"
+        "recfuse.SVDpp(factors=2, epochs=1, backend='numba').fit(users, items, ratings)\n"
+        "recfuse.BPR(factors=2, iterations=1, backend='numba').fit(\n"
+        "    sp.csr_matrix((ratings, (users, items)), shape=(3, 3)))\n"
+        "seen.append(compiled())\n"
+        "assert seen == [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]], seen\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
 def test_auto_passes_over_backends_without_the_needed_kernel(monkeypatch):
     """A backend module may define only some of its family's functions (the CUDA SGD module
     runs SVD only): "auto" skips it for the others, and asking for it by name says why."""

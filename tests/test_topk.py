@@ -498,6 +498,27 @@ def test_no_queries_and_float16_items():
     assert ids.tolist() == [2] and scores.dtype == np.float32
 
 
+@pytest.mark.parametrize("backend", backend_params(("numba",), family="topk"))
+def test_numba_kernel_loads_from_the_disk_cache_in_a_new_process(backend):
+    """The second process to search finds the kernel in Numba's disk cache (compiled once,
+    ~7 s here): a kernel that captured its helpers as closure variables hashed to a new
+    cache key in every process, compiled again and added one more entry to the cache."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, recfuse\n"
+        "from recfuse._topk import numba_backend\n"
+        "recfuse.topk(np.ones((2, 3), np.float32), np.ones((5, 3), np.float32), 2,\n"
+        "             backend='numba')\n"
+        "stats = numba_backend._kernel()[1].stats\n"
+        "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                           text=True).stdout.split() for _ in range(2)]
+    assert runs[1] == ["1", "0"], runs
+
+
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_concurrent_searches_agree(backend):
     rng = np.random.default_rng(3)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -37,9 +38,12 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def availability() -> tuple[bool, str]:
     try:
         import numba
-    except ImportError:
+    except ModuleNotFoundError as error:
+        if error.name != "numba":  # installed, but a module it needs is not (llvmlite)
+            return False, f"numba failed to import: {type(error).__name__}: {error}"
         return False, "numba is not installed (pip install recfuse[numba])"
     except Exception as error:  # a broken installation must not break backend discovery
+        # (numba raises ImportError for a NumPy it does not support: it is installed)
         return False, f"numba failed to import: {type(error).__name__}: {error}"
     return True, f"numba {getattr(numba, '__version__', 'unknown version')}"
 
@@ -265,18 +269,35 @@ def _kernels() -> SimpleNamespace:
     )
 
 
+# Numba's workqueue threading layer (the one left where neither TBB nor OpenMP loads, e.g.
+# macOS without libomp) aborts the process when two Python threads run parallel regions at
+# once: there, calls take turns.
+_WORKQUEUE_TURN = threading.RLock()
+
+
+def _turn(numba):
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # not chosen yet: the first parallel region, maybe this call's, picks it
+        layer = None
+    return _WORKQUEUE_TURN if layer in (None, "workqueue") else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def _thread_count(numba, num_threads: int):
-    """Run Numba's parallel regions on ``num_threads`` threads (0: leave the setting alone)."""
-    if num_threads <= 0:
-        yield
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(int(num_threads), numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+    """Run Numba's parallel regions on ``num_threads`` threads (0: leave the setting alone),
+    one call at a time where the threading layer is not thread-safe. Every parallel kernel
+    call of the Numba backends goes through here."""
+    with _turn(numba):
+        if num_threads <= 0:
+            yield
+            return
+        previous = numba.get_num_threads()
+        numba.set_num_threads(min(int(num_threads), numba.config.NUMBA_NUM_THREADS))
+        try:
+            yield
+        finally:
+            numba.set_num_threads(previous)
 
 
 def _check_arrays(R: CsrArrays, Y, X) -> int:

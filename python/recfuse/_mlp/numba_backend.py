@@ -32,83 +32,11 @@ class Model(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    import math
-
     import numba
-    from numba import prange
 
-    @numba.njit(cache=True)
-    def round_bf16(h):
-        flat = h.reshape(-1).view(np.uint32)
-        for i in range(flat.size):
-            b = flat[i]
-            if (b & np.uint32(0x7FFFFFFF)) <= np.uint32(0x7F800000):
-                wide = np.uint64(b) + np.uint64(0x7FFF) + np.uint64((b >> np.uint32(16)) & np.uint32(1))
-                flat[i] = np.uint32(wide & np.uint64(0xFFFF0000))
+    from . import numba_kernels  # imports numba: only when the backend is used
 
-    @numba.njit(cache=True)
-    def activate(h, code):
-        for i in range(h.shape[0]):
-            for j in range(h.shape[1]):
-                x = h[i, j]
-                if code == 1:
-                    h[i, j] = 0.0 if x < 0 else x
-                elif code == 2:
-                    h[i, j] = 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
-                elif code == 3:
-                    h[i, j] = 1.0 / (1.0 + math.exp(-x)) if x > -80.0 else math.exp(x)
-                elif code == 4:
-                    h[i, j] = math.tanh(x)
-
-    @numba.njit(cache=True)
-    def layers_after_first(z, rest_t, rest_bias, codes, bf16):
-        """Activate the first layer's sums z and run the later layers (one block); under
-        bfloat16 the inputs of the middle layers are rounded."""
-        activate(z, codes[0])
-        h = z
-        for layer in range(len(rest_t)):
-            if bf16 and layer < len(rest_t) - 1:
-                round_bf16(h)
-            h2 = np.dot(h, rest_t[layer])
-            for i in range(h2.shape[0]):
-                h2[i] += rest_bias[layer]
-            activate(h2, codes[layer + 1])
-            h = h2
-        return h[:, 0].copy()
-
-    @numba.njit(parallel=True, cache=True)
-    def forward(row_user, ids, user_part, item_part, use_item_part, item_blocks, n_item_blocks,
-                cand, cand_width, W0, rest_t, rest_bias, codes, bf16, out):
-        total = row_user.size
-        blocks = (total + 63) // 64
-        K0 = W0.shape[0]
-        H1 = W0.shape[1]
-        for block in prange(blocks):
-            r0 = block * 64
-            n = min(total, r0 + 64) - r0
-            X = np.zeros((n, max(K0, 1)), np.float32)
-            for i in range(n):
-                r = r0 + i
-                col = 0
-                for b in range(n_item_blocks):
-                    B = item_blocks[b]
-                    w = B.shape[1]
-                    X[i, col:col + w] = B[ids[r]]
-                    col += w
-                if cand_width > 0:
-                    X[i, col:col + cand_width] = cand[r]
-            if K0 > 0:
-                z = np.dot(X, W0)
-            else:
-                z = np.zeros((n, H1), np.float32)
-            for i in range(n):
-                for j in range(H1):
-                    z[i, j] += user_part[row_user[r0 + i], j]
-                    if use_item_part:
-                        z[i, j] += item_part[ids[r0 + i], j]
-            out[r0:r0 + n] = layers_after_first(z, rest_t, rest_bias, codes, bf16)
-
-    return numba, forward
+    return numba, numba_kernels.forward
 
 
 def prepare(layers, precision: str, kernel: str = "auto") -> Model:

@@ -24,6 +24,9 @@ num_threads) -> int``
     ``R`` a ``recfuse._als.common.CsrArrays`` of ratings (rows x cols), ``X`` (and
     ``own_bias`` when biased) rewritten; both biases None when unbiased. Returns the number
     of rows left unchanged because their system was not positive definite.
+``warm_up(kernel, dtype)`` (optional)
+    compile the epoch function named ``kernel`` for ``dtype`` (a JIT backend); the fits call
+    it before they time their epochs (``EpochThreads``).
 
 Arrays are validated and converted before they reach a backend: ids int32, offsets
 int64, ratings and factors C-contiguous in the model dtype.

@@ -224,6 +224,28 @@ def _kernels() -> SimpleNamespace:
                            bpr=jit(bpr), explicit_als=jit(explicit_als))
 
 
+def warm_up(kernel: str, dtype) -> None:
+    """Compile ``kernel`` ("svd_epoch", "svdpp_epoch" or "bpr_epoch") for ``dtype`` now (or
+    load it from Numba's disk cache) and start Numba's threads, by running it on an empty
+    problem. The fits call this before they time their epochs (``common.EpochThreads``):
+    timed, the compile made the first epoch on all cores look hundreds of times slower than
+    the next on one thread (426 ms against 0.5 ms), and a fit of under 32 epochs kept one
+    thread to the end."""
+    dtype = np.dtype(dtype)
+    ids, none, table = np.zeros(0, np.int32), np.zeros(0, dtype), np.zeros((1, 1), dtype)
+    two = np.zeros(2, np.int64)
+    blocks = Blocks(ids, ids, two, 1, np.zeros(0, np.int64), ids, two, ids)
+    rates = (0.0,) * 5
+    if kernel == "svd_epoch":
+        svd_epoch(blocks, none, 0.0, none, none, table, table.copy(), rates, rates, True, 0)
+    elif kernel == "svdpp_epoch":
+        svdpp_epoch(blocks, none, 0.0, none, none, table, table.copy(), table.copy(),
+                    Pattern(two, ids), rates, rates)
+    elif kernel == "bpr_epoch":
+        bpr_epoch(blocks, Pattern(two, ids), table, table.copy(), np.zeros(1, dtype), 0.0, 0.0,
+                  0, 1, ids.copy(), 0)
+
+
 def svd_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, lr, reg, biased,
               num_threads) -> None:
     kernels = _kernels()

@@ -104,6 +104,8 @@ class BPR(FactorRetrieval):
         P_train = training_rows(P, blocks.bin_users, backend)
         Q_train = training_rows(Q, blocks.bin_items, backend)
         bias_train = np.zeros(n_items, dtype=self.dtype)
+        if hasattr(backend, "warm_up"):  # a JIT backend compiles now, not in a timed epoch
+            backend.warm_up("bpr_epoch", self.dtype)
         threads = EpochThreads(self.num_threads, total=self.iterations)
         progress = progress_bar(self.iterations, show_progress, f"BPR ({backend.NAME})")
         try:

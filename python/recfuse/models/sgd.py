@@ -455,6 +455,8 @@ class _SgdFactorization(_RatingModel):
                                in_id_order(item_bias, blocks.bin_items), tables, seen, users,
                                items, n_users, n_items, scale, fresh=True)
 
+        if hasattr(backend, "warm_up"):  # a JIT backend compiles now, not in a timed epoch
+            backend.warm_up(self._KERNEL, self.dtype)
         threads = EpochThreads(self.num_threads, total=self.epochs)
         progress = progress_bar(self.epochs, show_progress, f"{self._NAME} ({backend.NAME})")
         try:
