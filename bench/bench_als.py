@@ -8,14 +8,16 @@ Both libraries get the same matrix, the same starting factors, regularization, a
 iterations, solver and thread count. implicit's confidence is the stored value itself,
 so it is handed C = 1 + alpha*R (recfuse gets R and applies c = 1 + alpha*r): the same
 systems are solved. Peers run at their best: OPENBLAS_CORETYPE=SkylakeX is set before
-import for the OpenBLAS that scipy and implicit use (without it, it falls back to slow
-generic kernels on this processor).
+import for the OpenBLAS that scipy and implicit use (numpy 2.4.6's and scipy 1.17.1's
+OpenBLAS 0.3.31 detect SkylakeX on this processor by themselves; older builds may not).
 
 The floor (flops one iteration must do, both half-sweeps):
   Cholesky: 2·nnz·(k² + 2k) + (users + items)·k³/3
   CG (3 steps): 9·(users + items)·k² + 32·nnz·k
 Seconds per iteration are the median over the iterations of one fit (each library's own
-per-iteration callback; the first iteration also pays for transposing the matrix in both).
+per-iteration callback; recfuse's first interval includes its set-up and transpose,
+implicit's callbacks exclude its transpose, made before its loop: with 3 iterations the
+median leaves recfuse's first out).
 Results go to bench/results/als.json and a Markdown table on stdout.
 """
 

@@ -109,6 +109,13 @@ def ingestion_rows(sizes, repeats: int, folder: str) -> list[dict]:
             hand_s, hand_peak, hand = measure(lambda: ingest_by_hand(path), repeats)
             ours_s, ours_peak, ours = measure(lambda: ingest_recfuse(path), repeats)
             assert hand.nnz == ours.nnz and np.isclose(hand.sum(), ours.sum())
+            # ids are numbered differently (first appearance vs sorted order): compare what a
+            # renumbering keeps, the shape and the multisets of per-user and per-item pair counts
+            hand_coo, ours_coo = hand.tocoo(), ours.tocoo()
+            assert hand.shape == ours.shape
+            for side in ("row", "col"):
+                assert np.array_equal(np.sort(np.bincount(getattr(hand_coo, side))),
+                                      np.sort(np.bincount(getattr(ours_coo, side)))), side
             rows.append({"events": n_events, "ids": "string" if string_ids else "int64",
                          "pairs": int(ours.nnz), "shape": list(ours.shape),
                          "file_mib": os.path.getsize(path) / 2**20,
@@ -145,12 +152,22 @@ def evaluation_rows(sizes, repeats: int, k: int = 10, factors: int = 64) -> list
         users = np.flatnonzero(np.diff(test.indptr) > 0)
         lists = np.concatenate([theirs.recommend(users[b:b + 1000], train[users[b:b + 1000]],
                                                  N=k)[0] for b in range(0, users.size, 1000)])
-        kernel_s, _, _ = measure(lambda: metrics.ranking_metrics(lists, test, users), runs)
+        kernel_s, _, kernel_result = measure(lambda: metrics.ranking_metrics(lists, test, users),
+                                             runs)
+        # the README says all of them give the same metrics: measure how far apart they are
+        names = ("precision", "map", "ndcg", "auc")
+        difference = max(abs(float(other[n]) - float(implicit_result[n]))
+                         for other in (ours_result, shared_result, kernel_result)
+                         for n in names if n in other)
+        if difference > 1e-12:
+            print(f"evaluate {n_events}: metrics differ from implicit's by up to {difference:.2e}",
+                  file=sys.stderr)
         rows.append({
             "events": n_events, "shape": [n_users, n_items], "test_users": int(users.size),
             "implicit_seconds": implicit_s, "recfuse_seconds": ours_s,
             "recfuse_on_implicit_model_seconds": shared_s, "metric_kernel_seconds": kernel_s,
             "speedup": implicit_s / ours_s, "implicit_peak_mib": implicit_peak / 2**20,
+            "max_metric_difference": difference,
             "recfuse_peak_mib": ours_peak / 2**20,
             "implicit": {n: implicit_result[n] for n in ("precision", "map", "ndcg", "auc")},
             "recfuse": {n: ours_result[n] for n in ("precision", "map", "ndcg", "auc")},

@@ -10,11 +10,14 @@ this machine's memory read bandwidth measured in the same run), for large batche
 run).
 
 Peers at their best: faiss and numpy use OpenBLAS with OPENBLAS_CORETYPE=SkylakeX (faiss's
-bundled OpenBLAS does not recognise this processor and otherwise runs slow SSE3 kernels) and
-the same thread count; faiss answers from an IndexFlatIP (built before timing); exclusion for
-faiss and numpy means asking for k + (the largest seen count) and dropping seen ids, or
-writing -inf into the score matrix, respectively; implicit answers through its ALS model's
-``recommend`` (filter_already_liked_items) with its factors set to the same table. recfuse
+bundled OpenBLAS 0.3.15 takes this Zen 4 for "Zen", i.e. AVX2 kernels; numpy's 0.3.31 detects
+SkylakeX by itself) and the same thread count; faiss answers from an IndexFlatIP (built before
+timing); exclusion for faiss and numpy means asking for k + (the largest seen count) and
+dropping seen ids (vectorised), or writing -inf into the score matrix, respectively; implicit
+answers through its ALS model's ``recommend`` (filter_already_liked_items) with its factors
+set to the same table and its own THREADS threads, timed with a THREADS-thread and with a
+single-threaded BLAS (what implicit asks for: its batches run faster so, its single queries
+slower), the faster counting (``implicit_blas_threads`` in the JSON says which). recfuse
 answers from an ItemIndex built before timing (the table packed once, as faiss's index is).
 
     python bench/bench_topk.py                # the default cases (a few minutes)
@@ -36,6 +39,7 @@ RECFUSE_BENCH_THREADS sets the threads (default 2).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -106,24 +110,30 @@ def timed(function, min_time: float) -> float:
     return statistics.median(times)
 
 
-def timed_round_robin(runs: dict, min_time: float, rounds: int = 3) -> dict:
+def timed_round_robin(runs: dict, min_time: float, rounds: int = 3,
+                      settings: dict | None = None) -> dict:
     """Median seconds per call of each library, measured in turns (A B C, A B C, ...) so that
     a change in the machine's load affects every library alike (these machines are shared).
     Each turn starts after a pause, so that the previous library's thread pool (OpenBLAS,
     OpenMP: they spin for a while after each call) has gone idle, and is a burst of calls
-    lasting at least min_time / rounds, of which the first is not counted."""
+    lasting at least min_time / rounds, of which the first is not counted. ``settings`` maps
+    a library to a context manager factory its turns (and warm-up) run under (implicit: a
+    single-threaded BLAS, its own recommended setting), entered outside the timed calls."""
+    settings = settings or {}
     times = {name: [] for name in runs}
-    for run in runs.values():
-        run()  # warm-up
+    for name, run in runs.items():
+        with settings.get(name, contextlib.nullcontext)():
+            run()  # warm-up
     for _ in range(rounds):
         for name, run in runs.items():
             time.sleep(0.3)
-            run()
-            started = time.perf_counter()
-            while len(times[name]) < 3 or time.perf_counter() - started < min_time / rounds:
-                begin = time.perf_counter()
+            with settings.get(name, contextlib.nullcontext)():
                 run()
-                times[name].append(time.perf_counter() - begin)
+                started = time.perf_counter()
+                while len(times[name]) < 3 or time.perf_counter() - started < min_time / rounds:
+                    begin = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - begin)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -174,11 +184,18 @@ def make_faiss(V, k, seen):
         scores, ids = index.search(Q, k + extra)
         if seen is None:
             return ids, scores
-        out = np.full((Q.shape[0], k), -1, np.int64)
-        for i in range(Q.shape[0]):  # drop seen ids, keep the first k
-            row = ids[i]
-            keep = row[~np.isin(row, seen.indices[seen.indptr[i]:seen.indptr[i + 1]])][:k]
-            out[i, : keep.size] = keep
+        # Drop seen ids and keep the first k, vectorised (a per-query Python loop of np.isin
+        # cost faiss about a third of its time at 1,024 queries): `seen` has sorted indices, so
+        # row * n + id is a sorted key array that one searchsorted probes for every result.
+        n = V.shape[0]
+        seen_keys = np.repeat(np.arange(Q.shape[0], dtype=np.int64) * n,
+                              np.diff(seen.indptr)) + seen.indices
+        keys = np.arange(Q.shape[0], dtype=np.int64)[:, None] * n + ids
+        found = np.minimum(np.searchsorted(seen_keys, keys), max(seen_keys.size - 1, 0))
+        drop = (seen_keys[found] == keys) & (ids >= 0) if seen_keys.size else ids < -1
+        first = np.argsort(drop, axis=1, kind="stable")[:, :k]  # kept ids first, in order
+        out = np.take_along_axis(ids, first, axis=1)
+        out[np.take_along_axis(drop, first, axis=1)] = -1  # fewer than k left (not here)
         return out, None
 
     return search
@@ -376,13 +393,24 @@ def main(argv=None) -> int:
             runs["faiss"] = lambda: faiss_search(Q)
         if "implicit" in args.libraries and not str(versions["implicit"]).startswith("unavail"):
             implicit_search = make_implicit(V, k, seen, m)
-            runs["implicit"] = lambda: implicit_search(Q)
+            runs["implicit"] = lambda: implicit_search(Q)  # BLAS on THREADS threads
+            runs["implicit_blas1"] = runs["implicit"]  # the same, BLAS on one thread
         reference_ids = numpy_topk(Q, V, k, seen)[0]
         case = {"n": n, "d": d, "m": m, "k": k, "seen_per_query": SEEN_PER_QUERY if exclude else 0,
                 "qps": {}, "agreement": {}}
-        for name, seconds in timed_round_robin(runs, args.min_time).items():
+        # implicit parallelises over queries with its own threads and warns unless BLAS is
+        # single-threaded (under load its batches ran 1.4-3x slower with a THREADS-thread
+        # BLAS), while a single query has nothing to split but the BLAS call (2026-11-29: 912
+        # q/s with two BLAS threads, 370 with one): both are timed, the faster is its figure.
+        settings = {"implicit_blas1": lambda: threadpool_limits(1, user_api="blas")}
+        for name, seconds in timed_round_robin(runs, args.min_time, settings=settings).items():
             case["qps"][name] = m / seconds
             case["agreement"][name] = agreement(runs[name]()[0], reference_ids)
+        if "implicit_blas1" in case["qps"]:
+            one = case["qps"].pop("implicit_blas1")
+            case["implicit_blas_threads"] = 1 if one > case["qps"]["implicit"] else THREADS
+            case["qps"]["implicit"] = max(one, case["qps"]["implicit"])
+            case["agreement"].pop("implicit_blas1")
         seconds = m / case["qps"]["recfuse"]
         case["recfuse_gbs"] = V.nbytes / seconds / 1e9
         case["recfuse_gflops"] = 2.0 * m * n * d / seconds / 1e9
