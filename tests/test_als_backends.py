@@ -565,6 +565,19 @@ def test_numba_availability_tells_a_missing_numba_from_a_broken_one(monkeypatch,
     assert not ok and text.startswith(detail), text
 
 
+def test_numba_older_than_the_extra_asks_is_not_offered(monkeypatch):
+    pytest.importorskip("numba")
+    import numba
+
+    from recfuse._als import numba_backend
+
+    monkeypatch.setattr(numba, "__version__", "0.58.1")
+    ok, text = numba_backend.availability()
+    assert not ok and text.startswith("numba 0.58.1 is older than 0.60"), text
+    monkeypatch.setattr(numba, "__version__", "0.61.0rc1")
+    assert numba_backend.availability()[0]
+
+
 @pytest.mark.parametrize("backend", backend_params(("numba",)))
 def test_numba_calls_from_several_threads_under_the_workqueue_layer(backend):
     """Numba's workqueue threading layer (where neither TBB nor OpenMP loads) aborts the

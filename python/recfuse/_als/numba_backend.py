@@ -35,6 +35,9 @@ _CG_TOLERANCE = 1e-20  # recfuse.reference.CG_TOLERANCE, compared in the arrays'
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+MIN_NUMBA = (0, 60)  # as pyproject.toml's numba extra asks
+
+
 def availability() -> tuple[bool, str]:
     try:
         import numba
@@ -45,7 +48,12 @@ def availability() -> tuple[bool, str]:
     except Exception as error:  # a broken installation must not break backend discovery
         # (numba raises ImportError for a NumPy it does not support: it is installed)
         return False, f"numba failed to import: {type(error).__name__}: {error}"
-    return True, f"numba {getattr(numba, '__version__', 'unknown version')}"
+    version = getattr(numba, "__version__", "unknown version")
+    numbers = [int(part) for part in version.split(".")[:2] if part.isdigit()]
+    if len(numbers) == 2 and tuple(numbers) < MIN_NUMBA:  # its kernels use newer features
+        return False, (f"numba {version} is older than {'.'.join(map(str, MIN_NUMBA))} "
+                       f"(pip install -U 'recfuse[numba]')")
+    return True, f"numba {version}"
 
 
 @functools.lru_cache(maxsize=None)

@@ -53,7 +53,9 @@ def layers_after_first(z, rest_t, rest_bias, codes, bf16):
         h = h2
     return h[:, 0].copy()
 
-@numba.njit(parallel=True, cache=True)
+# nogil: concurrent MLPScorer calls from Python threads run side by side, as the ALS, SGD and
+# top-k kernels do
+@numba.njit(parallel=True, nogil=True, cache=True)
 def forward(row_user, ids, user_part, item_part, use_item_part, item_blocks, n_item_blocks,
             cand, cand_width, W0, rest_t, rest_bias, codes, bf16, out):
     total = row_user.size
