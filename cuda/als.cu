@@ -58,13 +58,11 @@ int optin_shared_bytes(int device) {
   return bytes;
 }
 
-// Lets `kernel` use `bytes` of dynamic shared memory (the default cap is 48 KiB).
+// Lets `kernel` use `bytes` of dynamic shared memory (the default cap is 48 KiB); never lowers
+// what a concurrent call with a larger k set (cuda_common.hpp).
 template <class Kernel>
 void allow_shared(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024) {
-    RECFUSE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(bytes)));
-  }
+  raise_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
 }
 
 unsigned int grid_for(int64_t blocks) {

@@ -7,9 +7,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace recfuse {
@@ -41,6 +43,26 @@ inline void expect(bool ok, const std::string& message) {
 
 namespace recfuse {
 namespace cuda {
+
+// Lets `kernel` launch with `bytes` of dynamic shared memory on the current device (above the
+// default 48 KiB it needs cudaFuncAttributeMaxDynamicSharedMemorySize). The attribute belongs
+// to the kernel and device, not to a call, and calls run on several threads at once: it is
+// only ever raised, to the largest size asked for so far. (Setting each call's own size let a
+// call that needs less lower it between another thread's setting and launch, whose launch then
+// failed with cudaErrorInvalidValue.)
+inline void raise_dynamic_shared(const void* kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return;
+  int device = 0;
+  RECFUSE_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> raised;  // (kernel, device) -> bytes
+  std::lock_guard<std::mutex> lock(mutex);
+  size_t& current = raised[{kernel, device}];
+  if (bytes <= current) return;
+  RECFUSE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(bytes)));
+  current = bytes;
+}
 
 // A device array of T, freed on destruction (never throws from the destructor).
 template <class T>

@@ -478,11 +478,10 @@ merge_slices_kernel(const typename Sel<T>::Cand* partial, int slices, int kk, in
 
 constexpr int kMergeCapacity = 4096;  // slices * kk <= this (merge_slices_kernel's shared sort)
 
+// Raised only, never lowered under a concurrent search with a larger k (cuda_common.hpp).
 template <class Kernel>
 void allow_shared(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    RECFUSE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(bytes)));
+  raise_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
 }
 
 }  // namespace

@@ -11,6 +11,8 @@ device.
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -239,6 +241,38 @@ def test_beyond_one_item_chunk(name):
         ref_ids, ref_scores = reference.topk(queries, items, k)
         np.testing.assert_array_equal(ids, ref_ids)
         np.testing.assert_array_equal(scores, ref_scores)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_concurrent_searches_with_different_k(dtype):
+    """Searches on several threads, k = 8 and 200 on the fused path (tall tiles): their
+    kernels need different dynamic shared memory above 48 KiB. Setting each launch's own size
+    let a k = 8 search lower the limit between a k = 200 search's setting and its launch
+    (cudaErrorInvalidValue); the limit is now only raised. Written without a GPU: NOT YET RUN
+    on one."""
+    module, _ = backend("cuda-fused")
+    from recfuse import _cuda
+
+    rng = np.random.default_rng(11)
+    m, n, d = 64, 4096, 8  # m > 32: tall tiles; n / (16 * 64) = 4 item slices
+    queries, items = integers(rng, (m, d), dtype), integers(rng, (n, d), dtype)
+    expected = {k: reference.topk(queries, items, k) for k in (8, 200)}
+    _cuda.set_topk_path("fused")
+    try:
+        table = module.prepare(np.ascontiguousarray(items))
+
+        def search(i):
+            k = 8 if i % 2 else 200
+            return k, module.search(table, queries, k)
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(search, range(60)))
+    finally:
+        _cuda.set_topk_path("auto")
+    for k, (ids, scores) in results:
+        np.testing.assert_array_equal(ids, expected[k][0])
+        np.testing.assert_array_equal(scores.astype(np.float64), expected[k][1])
 
 
 @pytest.mark.gpu
