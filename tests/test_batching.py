@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import threading
 
 import numpy as np
@@ -191,6 +192,21 @@ def test_close_answers_what_is_queued_then_refuses(als):
         _same(future.result(timeout=1), rec.recommend(user))
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(1)
+
+
+def test_a_batcher_dropped_without_close_ends_its_workers(als):
+    # a long-running process that drops batchers (an app served without its lifespan, a
+    # forgotten close) must not keep their threads, and the recommender they hold, for ever
+    rec = Recommender(als, k=3, num_threads=1)
+    threads = []
+    for round in range(5):
+        batcher = MicroBatcher(rec, workers=2)
+        future = batcher.submit(round)  # queued: the request keeps the batcher until answered
+        threads += batcher._threads
+        del batcher
+        _same(future.result(timeout=60), rec.recommend(round))
+    gc.collect()
+    assert wait_until(lambda: not any(thread.is_alive() for thread in threads))
 
 
 def test_a_hook_that_raises_loses_no_request(als):

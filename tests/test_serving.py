@@ -366,6 +366,24 @@ def test_pending_log_is_bounded_and_clears(als):
     assert rec.pending_events().users.size == 0
 
 
+def test_pending_log_keeps_few_arrays_of_its_own(als):
+    # one-event observes, the real-time case: the log must not grow one chunk (three small
+    # arrays, ~700 bytes) per event up to its bound, nor keep the caller's arrays
+    rec = Recommender(als, max_pending_events=1000)
+    buffer = np.arange(10_000)  # a caller's reused buffer, observed through views
+    for step in range(3000):
+        buffer[:2] = (step % N_USERS, step % N_ITEMS)
+        rec.observe(recfuse.Events(buffer[0:1], buffer[1:2], np.ones(1)))
+    assert len(rec._log) <= 12  # O(log n) chunks
+    assert all(part.base is None or part.base is not buffer
+               for chunk in rec._log for part in chunk)
+    events = rec.pending_events()
+    steps = np.arange(2000, 3000)
+    assert events.users.tolist() == (steps % N_USERS).tolist()
+    assert events.items.tolist() == (steps % N_ITEMS).tolist()
+    assert rec.dropped_events == 2000 and rec.info()["pending_events"] == 1000
+
+
 def test_swap_keeps_old_model_on_failure_and_replays(als, seen, tmp_path):
     good = tmp_path / "good.npz"
     als.save(good)

@@ -34,6 +34,7 @@ import concurrent.futures
 import contextlib
 import threading
 import time
+import weakref
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -46,6 +47,7 @@ class _Pending(NamedTuple):
     request: _Request
     future: object  # concurrent.futures.Future, or asyncio.Future (then loop is set)
     loop: asyncio.AbstractEventLoop | None
+    batcher: "MicroBatcher"  # kept alive while the request is queued (see _work)
 
 
 class MicroBatcher:
@@ -89,7 +91,8 @@ class MicroBatcher:
             raise TypeError(f"on_batch must be callable or None, got {type(on_batch).__name__}")
         self.on_batch = on_batch
         self._queue: collections.deque = collections.deque()
-        self._ready = threading.Condition(threading.Lock())
+        # reentrant: the finalizer (below) takes it, and may run in a thread that holds it
+        self._ready = threading.Condition(threading.RLock())
         self._incoming = 0  # announced requests not yet queued
         self._expected = 1  # the previous batch's size
         # Workers waiting: idle ones (nothing queued), and lingering ones (the bounded wait)
@@ -100,8 +103,14 @@ class MicroBatcher:
         self._linger_until = 0
         self._closed = False
         self._wakes: set = set()  # loops with a wake-up scheduled for this turn
-        self._threads = [threading.Thread(target=self._work, name=f"recfuse-batch-{n}",
-                                          daemon=True) for n in range(self.workers)]
+        # The workers hold this batcher only while they have work: one dropped without
+        # close() is collected, and its finalizer ends them (as ThreadPoolExecutor's).
+        dropped = threading.Event()
+        weakref.finalize(self, _stop_workers, self._ready, dropped)
+        self._threads = [threading.Thread(target=_work, args=(weakref.ref(self), self._ready,
+                                                              dropped),
+                                          name=f"recfuse-batch-{n}", daemon=True)
+                         for n in range(self.workers)]
         for thread in self._threads:
             thread.start()
 
@@ -115,7 +124,7 @@ class MicroBatcher:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._ready:
             self._refuse_when_closed()
-            self._queue.append(_Pending(request, future, None))
+            self._queue.append(_Pending(request, future, None, self))
             self._nudge()
         return future
 
@@ -134,7 +143,7 @@ class MicroBatcher:
         future = loop.create_future()
         with self._ready:
             self._refuse_when_closed()
-            self._queue.append(_Pending(request, future, loop))
+            self._queue.append(_Pending(request, future, loop, self))
             # one wake-up per loop turn, after every request of the turn is queued
             schedule = loop not in self._wakes
             self._wakes.add(loop)
@@ -201,31 +210,24 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------ workers
 
-    def _work(self) -> None:
-        while True:
-            with self._ready:
-                while not self._queue and not self._closed:
-                    self._idle += 1
-                    self._ready.wait()
-                    self._idle -= 1
-                if not self._queue:
-                    return  # closed and drained
-                deadline = None
-                while not self._closed:
-                    target = min(self.max_batch, self._incoming + self._expected)
-                    now = time.monotonic()
-                    if deadline is None:
-                        deadline = now + self.max_wait
-                    if len(self._queue) >= target or now >= deadline:
-                        break
-                    self._lingering += 1
-                    self._linger_until = target
-                    self._ready.wait(deadline - now)
-                    self._lingering -= 1
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue),
-                                                                  self.max_batch))]
-                self._expected = len(batch)
-            self._answer(batch)
+    def _take(self) -> list:
+        """The next batch, from a non-empty queue (lock held): after the bounded wait for
+        the requests expected, up to ``max_batch`` of those queued."""
+        deadline = None
+        while not self._closed:
+            target = min(self.max_batch, self._incoming + self._expected)
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.max_wait
+            if len(self._queue) >= target or now >= deadline:
+                break
+            self._lingering += 1
+            self._linger_until = target
+            self._ready.wait(deadline - now)
+            self._lingering -= 1
+        batch = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch))]
+        self._expected = len(batch)
+        return batch
 
     def _answer(self, batch: list) -> None:
         if self.on_batch is not None:
@@ -299,6 +301,36 @@ class MicroBatcher:
             key = max(request.k, candidates) if deep else 0
             groups.setdefault(key, []).append(position)
         return groups
+
+
+def _work(ref, ready: threading.Condition, dropped: threading.Event) -> None:
+    """A worker of the MicroBatcher ``ref`` refers to (weakly): answers batches until it is
+    closed and drained, or collected (``dropped``, set by its finalizer). It waits for work
+    holding no reference to it, so that a batcher nobody holds any more is collected."""
+    while True:
+        with ready:
+            batcher = ref()
+            while batcher is not None and not batcher._queue and not batcher._closed:
+                batcher._idle += 1
+                batcher = None  # may run the finalizer, here: ``ready`` is reentrant
+                if dropped.is_set():
+                    return
+                ready.wait()
+                batcher = ref()
+                if batcher is not None:
+                    batcher._idle -= 1
+            if batcher is None or not batcher._queue:
+                return  # collected, or closed and drained
+            batch = batcher._take()
+        batcher._answer(batch)
+        del batch  # its requests hold the batcher (_Pending.batcher): not while idle
+
+
+def _stop_workers(ready: threading.Condition, dropped: threading.Event) -> None:
+    """A collected MicroBatcher's finalizer: its idle workers wake and end."""
+    dropped.set()
+    with ready:
+        ready.notify_all()
 
 
 def _deliver(pairs: list) -> None:

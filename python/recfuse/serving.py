@@ -802,8 +802,15 @@ class Recommender:
         return events
 
     def _remember(self, events: Events) -> None:
-        self._log.append(events)
+        """Log ``events``: a copy (the caller's arrays may be reused, or views of larger
+        ones), merged with the newest chunks as a binary counter merges (each chunk smaller
+        than the one before it): a million one-event calls log ~20 arrays of 24 bytes an
+        event, not a million small ones of ~700 bytes, each event copied O(log n) times."""
         self._logged += events.users.size
+        events = Events(*(np.array(part) for part in events))
+        while self._log and self._log[-1].users.size <= events.users.size:
+            events = _concatenate([self._log.pop(), events])
+        self._log.append(events)
         while self._logged > self.max_pending_events:
             oldest = self._log[0]
             surplus = self._logged - self.max_pending_events
