@@ -99,3 +99,13 @@ def wait_until(condition, seconds: float = 30.0) -> bool:
             return False
         time.sleep(0.001)
     return True
+
+
+def numba_cache_counts(code: str) -> list[list[str]]:
+    """Run ``code``, which prints its Numba kernel's cache hits and misses, in two fresh
+    processes one after the other: the second must find what the first compiled."""
+    import subprocess
+    import sys
+
+    return [subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                           text=True).stdout.split() for _ in range(2)]

@@ -26,7 +26,7 @@ import recfuse
 from recfuse import reference
 from recfuse.ranking import MLPScorer
 
-from conftest import backend_params
+from conftest import backend_params, numba_cache_counts
 
 BACKENDS = backend_params(("cpu", "numba", "cupy", "numpy"))
 SLOPE = {"relu": 1.0, "identity": 1.0, "tanh": 1.0, "sigmoid": 0.25, "gelu": 1.13}
@@ -388,9 +388,6 @@ def test_numba_kernel_loads_from_the_disk_cache_in_a_new_process(backend):
     """The second process to score finds the kernel in Numba's disk cache (compiled once,
     ~8 s here): a kernel that captured its helpers as closure variables hashed to a new
     cache key in every process, compiled again and added one more entry to the cache."""
-    import subprocess
-    import sys
-
     code = (
         "import numpy as np, recfuse\n"
         "from recfuse._mlp import numba_backend\n"
@@ -400,8 +397,7 @@ def test_numba_kernel_loads_from_the_disk_cache_in_a_new_process(backend):
         "stats = numba_backend._kernels()[1].stats\n"
         "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
     )
-    runs = [subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                           text=True).stdout.split() for _ in range(2)]
+    runs = numba_cache_counts(code)
     assert runs[1] == ["1", "0"], runs
 
 

@@ -18,7 +18,7 @@ from topk_checks import assert_topk_matches
 
 import recfuse
 from recfuse import retrieval
-from conftest import backend_params
+from conftest import backend_params, numba_cache_counts
 
 HOST_BACKENDS = backend_params(("cpu", "numba", "numpy"))
 
@@ -503,9 +503,6 @@ def test_numba_kernel_loads_from_the_disk_cache_in_a_new_process(backend):
     """The second process to search finds the kernel in Numba's disk cache (compiled once,
     ~7 s here): a kernel that captured its helpers as closure variables hashed to a new
     cache key in every process, compiled again and added one more entry to the cache."""
-    import subprocess
-    import sys
-
     code = (
         "import numpy as np, recfuse\n"
         "from recfuse._topk import numba_backend\n"
@@ -514,8 +511,7 @@ def test_numba_kernel_loads_from_the_disk_cache_in_a_new_process(backend):
         "stats = numba_backend._kernel()[1].stats\n"
         "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
     )
-    runs = [subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                           text=True).stdout.split() for _ in range(2)]
+    runs = numba_cache_counts(code)
     assert runs[1] == ["1", "0"], runs
 
 
