@@ -309,3 +309,9 @@ def test_sep_reads_a_csv_file_of_another_separator(tmp_path):
         "007", "7"]
     assert "--sep applies to CSV files" in run("train", tmp_path / "m", "-o", tmp_path / "n",
                                                "--sep", ";", check_rc=2).stderr
+
+
+def test_serve_bounds_its_event_log_by_an_option():
+    refused = run("serve", "model.npz", "--max-pending-events", "-1", check_rc=2)
+    assert "argument --max-pending-events: expected an integer >= 0, got -1" in refused.stderr
+    assert "--max-pending-events" in run("serve", "--help").stdout

@@ -386,7 +386,8 @@ def _serve(args) -> int:
         if args.ranker is not None:
             ranker = _ranker_file(args.ranker, args.ranker_precision)
         recommender = Recommender(args.model, ranker, candidates=args.candidates, k=args.k,
-                                  unknown_items=args.unknown_items, num_threads=args.threads)
+                                  unknown_items=args.unknown_items, num_threads=args.threads,
+                                  max_pending_events=args.max_pending_events)
         limits = Limits(max_k=args.max_k, max_batch=args.max_batch,
                         max_body_bytes=args.max_body_bytes,
                         batch_wait=args.batch_wait_ms / 1000, workers=args.workers)
@@ -745,6 +746,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="items recalled per request for the ranker")
     serve.add_argument("--unknown-items", choices=("add", "reject"), default="add",
                        help="what /events does with item ids the model lacks")
+    serve.add_argument("--max-pending-events", type=_integer_in(0), default=1_000_000,
+                       help="events from /events kept logged for the next retrain (the "
+                            "newest; older ones are dropped, both counted in /metrics; "
+                            "default %(default)s)")
     serve.add_argument("--max-k", type=_count, default=1000,
                        help="largest k a request may ask for (default %(default)s)")
     serve.add_argument("--max-batch", type=_count, default=256, help="users per /recommend request")
