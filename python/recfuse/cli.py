@@ -189,13 +189,11 @@ def _ingest(args):
     from recfuse import datasets
     from recfuse.interactions import Interactions, _parquet_files
 
-    movielens = ("u.data", "ratings.dat", "ratings.csv")
+    read_options = _csv_options(args, args.data)  # --sep: CSV files only
     if os.path.isdir(args.data) and (
-            any(os.path.isfile(os.path.join(args.data, name)) for name in movielens)
+            any(os.path.isfile(os.path.join(args.data, name))
+                for name, _, _ in datasets._MOVIELENS_FILES)
             or not _parquet_files(args.data)):
-        if args.sep is not None:
-            raise ValueError(f"--sep applies to CSV files, not the MovieLens folder "
-                             f"{args.data!r} (its format is known)")
         return datasets.load_movielens(args.data, min_rating=args.min_rating)
     if args.min_rating is not None:  # else every event would be kept without a word
         raise ValueError(f"--min-rating filters the ratings of a MovieLens folder, not the event "
@@ -208,8 +206,7 @@ def _ingest(args):
     return Interactions.from_events(args.data, user=args.user, item=args.item,
                                     weight=args.weight, timestamp=args.timestamp,
                                     event=args.event, event_weights=event_weights,
-                                    combine=args.combine,
-                                    read_options=_csv_options(args, args.data))
+                                    combine=args.combine, read_options=read_options)
 
 
 def _csv_options(args, path: str) -> dict:
