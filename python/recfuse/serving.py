@@ -807,10 +807,12 @@ class Recommender:
         than the one before it): a million one-event calls log ~20 arrays of 24 bytes an
         event, not a million small ones of ~700 bytes, each event copied O(log n) times."""
         self._logged += events.users.size
-        events = Events(*(np.array(part) for part in events))
-        while self._log and self._log[-1].users.size <= events.users.size:
-            events = _concatenate([self._log.pop(), events])
-        self._log.append(events)
+        chunks, size = [events], events.users.size
+        while self._log and self._log[-1].users.size <= size:
+            chunks.append(self._log.pop())
+            size += chunks[-1].users.size
+        # one new array each, in log order (a lone chunk copied the same way)
+        self._log.append(_concatenate(chunks[::-1]))
         while self._logged > self.max_pending_events:
             oldest = self._log[0]
             surplus = self._logged - self.max_pending_events
