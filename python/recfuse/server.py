@@ -203,11 +203,17 @@ def _integers(value, name: str, limit: int) -> list:
     return value
 
 
+def _in_float64(value) -> bool:
+    """Whether a JSON value is a number a float64 holds (JSON allows integers of any size;
+    a float may still be inf or NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        not isinstance(value, int) or abs(value) <= _FLOAT64_MAX)
+
+
 def _weights(value: list) -> list:
-    """/events weights: numbers that fit a float64 (JSON allows integers of any size)."""
+    """/events weights: numbers that fit a float64."""
     for entry in value:
-        if isinstance(entry, bool) or not isinstance(entry, (int, float)) or (
-                isinstance(entry, int) and abs(entry) > _FLOAT64_MAX):
+        if not _in_float64(entry):
             raise _BadRequest(422, f"weight must hold numbers (within float64's range), got "
                                    f"{entry!r:.40}")
     return value
@@ -217,9 +223,7 @@ def _numbers(value, name: str, width: int) -> list:
     if width == 0:
         raise _BadRequest(422, f"{name} given, but the ranker takes no context columns")
     if not isinstance(value, list) or len(value) != width or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and (
-                abs(v) <= _FLOAT64_MAX if isinstance(v, int) else math.isfinite(v))
-            for v in value):  # (math.isfinite overflows on integers beyond float64)
+            _in_float64(v) and math.isfinite(v) for v in value):
         raise _BadRequest(422, f"{name} must be a list of {width} finite numbers, got "
                                f"{value!r:.40}")
     return value
