@@ -338,7 +338,7 @@ def _item_mask(allow, deny, n: int):
 
 def _listed(ids, name: str, n: int) -> np.ndarray:
     """Item ids of an ``allow``/``deny`` argument: ids, or a boolean mask of all n items."""
-    array = np.asarray(ids) if not isinstance(ids, np.ndarray) else ids
+    array = np.asarray(ids)
     if array.dtype == np.bool_ and array.size:
         if array.shape != (n,):
             raise ValueError(f"{name} as a boolean mask must have one entry per item ({n}), "

@@ -136,8 +136,7 @@ class BPR(FactorRetrieval):
         given; ``items`` restricts the candidates, ``exclude_items`` removes ids. Ties by
         smaller item id."""
         self._require_fitted()
-        with self._lock:  # the tables of one fit (fit publishes the four under this lock)
-            P, Q, bias, seen = self.user_factors, self.item_factors, self.item_bias, self._seen
+        P, Q, bias, seen = self._tables()
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", P.shape[0])
         k = check.check_k(k)
@@ -152,6 +151,12 @@ class BPR(FactorRetrieval):
         if single:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
+
+    def _tables(self) -> tuple:
+        """(user factors, item factors, item bias, seen matrix) of one fit: fit publishes the
+        four under the writer lock, so they are read under it."""
+        with self._lock:
+            return self.user_factors, self.item_factors, self.item_bias, self._seen
 
     def _index(self, Q: np.ndarray, bias: np.ndarray) -> ItemIndex:
         """The ItemIndex of these item factors and biases, rebuilt only when fit replaced them."""
@@ -173,8 +178,7 @@ class BPR(FactorRetrieval):
         from ..persistence import save_model
 
         self._require_fitted()
-        with self._lock:  # the tables of one fit: fit replaces the four under this lock
-            P, Q, bias, seen = self.user_factors, self.item_factors, self.item_bias, self._seen
+        P, Q, bias, seen = self._tables()
         save_model(path, "BPR", self.get_params(), {
             "user_factors": P, "item_factors": Q,
             "item_bias": bias, "seen_indptr": seen.indptr.astype(np.int64),
