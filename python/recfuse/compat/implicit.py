@@ -457,9 +457,9 @@ class AlternatingLeastSquares:
         Y = self._starting_factors("item_factors", n_items, random_state)
         # implicit's solvers set the factors of a user or item without any stored entry to
         # zero in every sweep. Users are swept first: theirs start at zero, where recfuse's
-        # solvers keep them. Items' are zeroed after the fit (see the module docstring).
+        # solvers keep them. Items' are zeroed at the end of the fit, by recfuse.ALS.fit as
+        # for any row without entries (see the module docstring).
         swept = self.iterations > 0  # with no iterations implicit keeps the starting factors
-        empty_items = swept & (np.bincount(matrix.indices, minlength=n_items) == 0)
         empty_users = swept & (np.diff(matrix.indptr) == 0)
         if empty_users.any():
             X = X.copy()  # set factors stay as they are until the fit has succeeded
@@ -473,7 +473,6 @@ class AlternatingLeastSquares:
         if self.calculate_training_loss and progress["loss"] is not None:
             log.info("Final training loss %.4f", progress["loss"])
         self.user_factors, self.item_factors = engine.user_factors, engine.item_factors
-        self.item_factors[empty_items] = 0
         self._cache.clear()
         if np.isnan(self.user_factors).any() or np.isnan(self.item_factors).any():
             raise ModelFitError("NaN encountered in factors")
