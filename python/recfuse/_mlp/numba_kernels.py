@@ -23,6 +23,7 @@ def round_bf16(h):
             wide = np.uint64(b) + np.uint64(0x7FFF) + np.uint64((b >> np.uint32(16)) & np.uint32(1))
             flat[i] = np.uint32(wide & np.uint64(0xFFFF0000))
 
+
 @numba.njit(cache=True)
 def activate(h, code):
     for i in range(h.shape[0]):
@@ -36,6 +37,7 @@ def activate(h, code):
                 h[i, j] = 1.0 / (1.0 + math.exp(-x)) if x > -80.0 else math.exp(x)
             elif code == 4:
                 h[i, j] = math.tanh(x)
+
 
 @numba.njit(cache=True)
 def layers_after_first(z, rest_t, rest_bias, codes, bf16):
@@ -52,6 +54,7 @@ def layers_after_first(z, rest_t, rest_bias, codes, bf16):
         activate(h2, codes[layer + 1])
         h = h2
     return h[:, 0].copy()
+
 
 # nogil: concurrent MLPScorer calls from Python threads run side by side, as the ALS, SGD and
 # top-k kernels do
