@@ -58,13 +58,6 @@ int optin_shared_bytes(int device) {
   return bytes;
 }
 
-// Lets `kernel` use `bytes` of dynamic shared memory (the default cap is 48 KiB); never lowers
-// what a concurrent call with a larger k set (cuda_common.hpp).
-template <class Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-  raise_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
-}
-
 unsigned int grid_for(int64_t blocks) {
   if (blocks < 1) return 1;
   return static_cast<unsigned int>(std::min<int64_t>(blocks, INT_MAX));

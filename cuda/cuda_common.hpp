@@ -64,6 +64,12 @@ inline void raise_dynamic_shared(const void* kernel, size_t bytes) {
   current = bytes;
 }
 
+// raise_dynamic_shared for a __global__ function, as the kernels' launch code passes it.
+template <class Kernel>
+void allow_shared(Kernel kernel, size_t bytes) {
+  raise_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
+}
+
 // A device array of T, freed on destruction (never throws from the destructor).
 template <class T>
 class DeviceBuffer {

@@ -535,13 +535,6 @@ rank_sorted_kernel(const Cand* sorted, const int64_t* indptr, int64_t base, cons
   emit_ranked(sorted + begin, count, k, out_ids + u * k, out_scores + u * k, warp_counts);
 }
 
-template <class Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-  if (bytes > 48 * 1024)
-    RECFUSE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(bytes)));
-}
-
 unsigned int blocks_for(int64_t n, int threads) {
   const int64_t blocks = std::max<int64_t>(ceil_div(n, threads), 1);
   return static_cast<unsigned int>(std::min<int64_t>(blocks, 65535));

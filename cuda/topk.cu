@@ -478,12 +478,6 @@ merge_slices_kernel(const typename Sel<T>::Cand* partial, int slices, int kk, in
 
 constexpr int kMergeCapacity = 4096;  // slices * kk <= this (merge_slices_kernel's shared sort)
 
-// Raised only, never lowered under a concurrent search with a larger k (cuda_common.hpp).
-template <class Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-  raise_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
-}
-
 }  // namespace
 
 void set_topk_path(TopkPath path) noexcept { g_path.store(static_cast<int>(path)); }
