@@ -7,8 +7,8 @@
 Both libraries get the same matrix, the same starting factors, regularization, alpha,
 iterations, solver and thread count. implicit's confidence is the stored value itself,
 so it is handed C = 1 + alpha*R (recfuse gets R and applies c = 1 + alpha*r): the same
-systems are solved. Peers run at their best: OPENBLAS_CORETYPE=SkylakeX is set before
-import for the OpenBLAS that scipy and implicit use (numpy 2.4.6's and scipy 1.17.1's
+systems are solved. Peers run at their best: on CPUs with AVX-512, OPENBLAS_CORETYPE=SkylakeX
+is set before import (bench/openblas_env.py) for the OpenBLAS that scipy and implicit use (numpy 2.4.6's and scipy 1.17.1's
 OpenBLAS 0.3.31 detect SkylakeX on this processor by themselves; older builds may not).
 
 The floor (flops one iteration must do, both half-sweeps):
@@ -31,7 +31,9 @@ import sys
 import threading
 import time
 
-os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+from openblas_env import prefer_avx512_openblas  # noqa: E402
+
+prefer_avx512_openblas()
 # implicit asks for a single-threaded BLAS (it parallelises over rows itself).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 

@@ -33,7 +33,9 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+from openblas_env import prefer_avx512_openblas  # noqa: E402
+
+prefer_avx512_openblas()
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402

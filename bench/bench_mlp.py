@@ -44,7 +44,9 @@ import tempfile
 import time
 
 THREADS = int(os.environ.get("RECFUSE_BENCH_THREADS", "2"))
-os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+from openblas_env import prefer_avx512_openblas  # noqa: E402
+
+prefer_avx512_openblas()
 for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = str(THREADS)
 

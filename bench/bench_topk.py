@@ -9,9 +9,9 @@ this machine's memory read bandwidth measured in the same run), for large batche
 (achieved GFLOP/s, beside numpy's float32 GEMM rate on the same shapes, measured in the same
 run).
 
-Peers at their best: faiss and numpy use OpenBLAS with OPENBLAS_CORETYPE=SkylakeX (faiss's
-bundled OpenBLAS 0.3.15 takes this Zen 4 for "Zen", i.e. AVX2 kernels; numpy's 0.3.31 detects
-SkylakeX by itself) and the same thread count; faiss answers from an IndexFlatIP (built before
+Peers at their best: faiss and numpy use OpenBLAS with OPENBLAS_CORETYPE=SkylakeX on CPUs
+with AVX-512 (faiss's bundled OpenBLAS 0.3.15 takes a Zen 4 for "Zen", i.e. AVX2 kernels;
+numpy's 0.3.31 detects SkylakeX by itself; bench/openblas_env.py) and the same thread count; faiss answers from an IndexFlatIP (built before
 timing); exclusion for faiss and numpy means asking for k + (the largest seen count) and
 dropping seen ids (vectorised), or writing -inf into the score matrix, respectively; implicit
 answers through its ALS model's ``recommend`` (filter_already_liked_items) with its factors
@@ -48,7 +48,9 @@ import sys
 import time
 
 THREADS = int(os.environ.get("RECFUSE_BENCH_THREADS", "2"))
-os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+from openblas_env import prefer_avx512_openblas  # noqa: E402
+
+prefer_avx512_openblas()
 for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = str(THREADS)
 
