@@ -8,8 +8,9 @@ Both libraries get the same matrix, the same starting factors, regularization, a
 iterations, solver and thread count. implicit's confidence is the stored value itself,
 so it is handed C = 1 + alpha*R (recfuse gets R and applies c = 1 + alpha*r): the same
 systems are solved. Peers run at their best: on CPUs with AVX-512, OPENBLAS_CORETYPE=SkylakeX
-is set before import (bench/openblas_env.py) for the OpenBLAS that scipy and implicit use (numpy 2.4.6's and scipy 1.17.1's
-OpenBLAS 0.3.31 detect SkylakeX on this processor by themselves; older builds may not).
+is set before import (bench/openblas_env.py) for the OpenBLAS that scipy and implicit use
+(numpy 2.4.6's and scipy 1.17.1's OpenBLAS 0.3.31 detect SkylakeX on a Zen 4 by themselves;
+older builds may not).
 
 The floor (flops one iteration must do, both half-sweeps):
   Cholesky: 2·nnz·(k² + 2k) + (users + items)·k³/3
