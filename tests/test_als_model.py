@@ -754,3 +754,31 @@ def test_an_assignment_during_a_fold_in_is_not_lost(monkeypatch):
     assigner.join()
     assert model.item_factors is doubled
     np.testing.assert_array_equal(model.user_factors[3], vectors[0])
+
+
+def test_save_refuses_assigned_tables_that_load_would_refuse(data, tmp_path):
+    """Assigned tables of another width than ``factors``, or of other row counts than the
+    seen matrix, were written; the file then failed to load ("a file that later fails")."""
+    path = tmp_path / "model.npz"
+    for name, table, message in [
+            ("user_factors", np.ones((300, 6), np.float32), "must have 4 columns"),
+            ("user_factors", np.ones((305, 4), np.float32), "for 305 users and 120 items"),
+            ("item_factors", np.full((120, 4), np.nan, np.float32), "finite")]:
+        model = recfuse.ALS(factors=4, iterations=1, random_state=0).fit(data)
+        setattr(model, name, table)
+        with pytest.raises(ValueError, match=f"cannot save: .*{message}"):
+            model.save(path)
+        assert not path.exists()
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_file_with_part_of_the_seen_matrix_is_refused(fitted, tmp_path, mmap):
+    """Without seen_indptr the other three seen arrays were ignored: the model loaded
+    without its training matrix, and recommend (filter_seen) then failed."""
+    path = tmp_path / "model.npz"
+    fitted.save(path)
+    with np.load(path) as archive:
+        members = {name: archive[name] for name in archive.files if name != "seen_indptr"}
+    np.savez(path, **members)
+    with pytest.raises(ValueError, match=r"seen matrix lacks \['seen_indptr'\]"):
+        recfuse.load(path, mmap=mmap)

@@ -4,6 +4,7 @@ bad input."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -174,3 +175,51 @@ def test_recommend_reads_the_tables_of_one_fit():
     got = model.recommend([0, 1, 2], k=5)
     model.refit.join()
     assert any(all(np.array_equal(a, b) for a, b in zip(got, answer)) for answer in answers)
+
+
+def _rewritten(path, **arrays):
+    """The model file at ``path`` with ``arrays`` replacing (or adding) members."""
+    with np.load(path) as archive:
+        members = {name: archive[name] for name in archive.files}
+    members.update(arrays)
+    np.savez(path, **members)
+    return path
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_file_whose_item_bias_is_not_finite_is_refused_at_load(tmp_path, data, mmap):
+    """The item bias was cast unchecked: NaN, or float64 values past float32's range, loaded
+    and every later recommend failed."""
+    model = recfuse.BPR(factors=4, iterations=1, random_state=0).fit(data)
+    n_items = model.item_factors.shape[0]
+    for bias, message in [(np.full(n_items, np.nan, np.float32), f"got {n_items} NaN/inf"),
+                          (np.full(n_items, 1e300), "beyond its range"),
+                          (np.zeros((n_items, 1), np.float32), f"must hold {n_items} numbers")]:
+        path = tmp_path / "bpr.npz"
+        model.save(path)
+        with pytest.raises(ValueError, match=f"cannot be loaded: item_bias .*{message}"):
+            recfuse.load(_rewritten(path, item_bias=bias), mmap=mmap)
+
+
+def test_save_refuses_assigned_tables_that_load_would_refuse(tmp_path, data):
+    """Tables assigned by hand (another width than ``factors``, other row counts than the
+    seen matrix, non-finite values) were written, and the file then failed to load."""
+    model = recfuse.BPR(factors=4, iterations=1, random_state=0).fit(data)
+    n_users, n_items = model.user_factors.shape[0], model.item_factors.shape[0]
+    path = tmp_path / "bpr.npz"
+    for name, table, message in [
+            ("user_factors", np.ones((n_users, 6), np.float32), "must have 4 columns"),
+            ("item_factors", np.ones((n_items + 2, 4), np.float32),
+             f"for {n_users} users and {n_items + 2} items"),
+            ("user_factors", np.full((n_users, 4), np.inf, np.float32), "finite"),
+            ("item_bias", np.zeros(n_items + 1, np.float32), "item_bias must hold"),
+            ("item_bias", np.full(n_items, np.nan, np.float32), "item_bias must hold finite")]:
+        fresh = recfuse.BPR(factors=4, iterations=1, random_state=0).fit(data)
+        setattr(fresh, name, table)
+        with pytest.raises(ValueError, match=f"cannot save: .*{message}"):
+            fresh.save(path)
+        assert not os.listdir(tmp_path)  # nothing written
+    model.user_factors = model.user_factors.astype(np.float64)  # any real table load takes
+    model.save(path)
+    np.testing.assert_array_equal(recfuse.load(path).user_factors,
+                                  model.user_factors.astype(np.float32))

@@ -224,3 +224,151 @@ def test_options_a_model_does_not_take_are_refused_by_name(model, tmp_path):
     assert recfuse.load(path, backend="numpy").backend == "numpy"
     with pytest.raises(ValueError, match="holds a ALS, not a ranker"):  # as Recommender says
         recfuse.Recommender(path, ranker=path)
+
+
+# ---------------------------------------------------------------- forged and odd files
+
+
+def _npy(shape, descr="<f4", data=b"") -> bytes:
+    """A .npy member whose header declares ``shape`` and ``descr``, followed by ``data``
+    (however long it is)."""
+    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    header += b" " * ((-(10 + len(header) + 1)) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data
+
+
+def _forged(tmp_path, members: dict, name="forged.npz"):
+    """A zip of ``members`` (name: bytes) beside a valid ALS header of factors=4."""
+    header = {"format": "recfuse", "version": 1, "model": "ALS", "params": {"factors": 4}}
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(persistence.HEADER_KEY + ".npy",
+                         _npy((len(json.dumps(header)),), "|u1", json.dumps(header).encode()))
+        for member, blob in members.items():
+            archive.writestr(member, blob)
+    return path
+
+
+_TABLE = np.ones((3, 4), np.float32).tobytes()
+
+
+@pytest.mark.parametrize("shape", [(10**10, 4), (2**62, 2**62), (2**32, 2**32, 4)])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_forged_array_size_is_refused_before_allocating(tmp_path, shape, mmap):
+    """np.load allocates the size a member's header declares before reading it: 40 GB (or
+    an int64 overflow) from a file of 1 kB was a MemoryError or an attempt to allocate."""
+    path = _forged(tmp_path, {"user_factors.npy": _npy(shape, data=_TABLE),
+                              "item_factors.npy": _npy((3, 4), data=_TABLE)})
+    with pytest.raises(ValueError, match=r"truncated or damaged: member 'user_factors' "
+                                         r"declares an array of shape"):
+        recfuse.load(path, mmap=mmap)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_forged_header_size_is_refused_before_allocating(tmp_path, mmap):
+    path = tmp_path / "header.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(persistence.HEADER_KEY + ".npy", _npy((10**11,), "|u1", b"{}"))
+    with pytest.raises(ValueError, match="member '__recfuse__' declares an array"):
+        recfuse.load(path, mmap=mmap)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_an_array_shorter_than_its_header_declares_is_refused(tmp_path, mmap):
+    """With mmap=True its bytes were checked against the file's end, not the member's: the
+    map took the next member's bytes (zip headers) as factor values, silently."""
+    path = _forged(tmp_path, {"user_factors.npy": _npy((3, 4), data=_TABLE[:20]),
+                              "item_factors.npy": _npy((3, 4), data=_TABLE)})
+    with pytest.raises(ValueError, match="truncated or damaged: member 'user_factors'"):
+        recfuse.load(path, mmap=mmap)
+
+
+@pytest.mark.parametrize("shape", [(-3, 4), (True, 4)])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_malformed_shape_is_refused_by_name(tmp_path, shape, mmap):
+    path = _forged(tmp_path, {"user_factors.npy": _npy(shape, data=_TABLE),
+                              "item_factors.npy": _npy((3, 4), data=_TABLE)})
+    with pytest.raises(ValueError, match="member 'user_factors' declares a malformed shape"):
+        recfuse.load(path, mmap=mmap)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_member_that_is_no_array_is_refused_alike_with_and_without_mmap(model, tmp_path,
+                                                                          mmap):
+    """A zip with other members: np.load gave such a member as bytes (the model then said
+    "user_factors must be 2-d, got shape ()"), the mapping a bare numpy error."""
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("readme.txt", b"hello")
+    with pytest.raises(ValueError, match=r"member 'readme.txt' is not a .npy array"):
+        recfuse.load(path, mmap=mmap)
+    garbage = _forged(tmp_path, {"user_factors.npy": b"garbage",
+                                 "item_factors.npy": _npy((3, 4), data=_TABLE)})
+    with pytest.raises(ValueError, match=r"member 'user_factors' is not a .npy array"):
+        recfuse.load(garbage, mmap=mmap)
+
+
+@pytest.mark.parametrize("descr", ["<c8", "|b1", "<M8[s]", "|V4"])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_arrays_of_other_than_numbers_are_a_value_error_naming_the_file(tmp_path, descr,
+                                                                        mmap):
+    """Complex, bool, date or raw-byte factors in a file were a TypeError without the file."""
+    itemsize = np.dtype(descr).itemsize
+    path = _forged(tmp_path, {"user_factors.npy": _npy((3, 4), descr, b"\x01" * 12 * itemsize),
+                              "item_factors.npy": _npy((3, 4), data=_TABLE)})
+    with pytest.raises(ValueError, match=f"{str(path)!r}: the array 'user_factors' holds"):
+        recfuse.load(path, mmap=mmap)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda h: h["params"].update(factors="4"), "factors must be an integer, got str"),
+    (lambda h: h["params"].update(dtype="int8"), "dtype must be float32 or float64"),
+    (lambda h: h["params"].update(backend=3), "backend must be a string"),
+])
+def test_a_header_setting_of_the_wrong_type_is_a_value_error_naming_the_file(
+        model, tmp_path, change, message):
+    path = _tampered(model, tmp_path, change)
+    with pytest.raises(ValueError, match=f"{str(path)!r} holds a ALS that cannot be "
+                                         f"loaded: {message}"):
+        recfuse.load(path)
+    with pytest.raises(TypeError):  # an override of the wrong type: the caller's argument
+        recfuse.load(tmp_path / "tampered.npz", num_threads="2")
+
+
+def test_a_compressed_member_that_declares_an_impossible_size_is_refused(model, tmp_path):
+    """A deflated member whose directory entry claims more than deflate can expand its bytes
+    to (~1032:1): a lie about its size, refused before np.load reads it."""
+    path = tmp_path / "compressed.npz"
+    header = {"format": "recfuse", "version": 1, "model": "ALS", "params": model.get_params()}
+    np.savez_compressed(path, __recfuse__=np.frombuffer(json.dumps(header).encode(), np.uint8),
+                        user_factors=model.user_factors, item_factors=model.item_factors)
+    blob = bytearray(path.read_bytes())
+    entry = blob.find(b"PK\x01\x02")  # the central directory's entries
+    while bytes(blob[entry + 46:entry + 46 + 16]) != b"user_factors.npy":
+        entry = blob.find(b"PK\x01\x02", entry + 4)
+        assert entry >= 0
+    blob[entry + 24:entry + 28] = (2**32 - 2).to_bytes(4, "little")  # uncompressed: 4 GB
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="damaged: member 'user_factors' declares 4294967294"):
+        recfuse.load(path)
+
+
+# ---------------------------------------------------------------- paths
+
+
+def test_paths_that_name_no_file_are_refused_clearly(model, tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    with pytest.raises(FileNotFoundError, match="empty path"):
+        model.save("")  # wrote a temporary into the parent folder, then failed renaming it
+    with pytest.raises(IsADirectoryError, match="ends with a path separator"):
+        model.save("new" + os.sep)
+    with pytest.raises(FileNotFoundError, match="it is a folder"):
+        recfuse.load(tmp_path)
+    assert os.listdir(tmp_path) == ["work"] and not os.listdir(tmp_path / "work")
+    model.save(b"bytes.npz")  # a bytes path, as open() takes (was a TypeError)
+    assert np.array_equal(recfuse.load(b"bytes.npz", mmap=True).item_factors,
+                          model.item_factors)
+    model.save("plain")  # no suffix added: the file is where it was asked to be
+    assert np.array_equal(recfuse.load("plain").user_factors, model.user_factors)

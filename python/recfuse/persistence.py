@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import os
 import secrets
 import stat
@@ -31,7 +32,7 @@ HEADER_KEY = "__recfuse__"
 def save_model(path, model_name: str, params: dict, arrays: dict[str, np.ndarray]) -> None:
     """Write a model file: ``arrays`` and a JSON header (format, version, ``model_name``,
     ``params``) in one .npz, atomically; ``read_model`` reads it back."""
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
     header = {"format": "recfuse", "version": FORMAT_VERSION, "model": model_name, "params": params}
     encoded = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
 
@@ -52,7 +53,12 @@ def atomic_write(path, write) -> None:
     ``path`` that is a symbolic link is written through: the file it points to is replaced,
     the link stays. The new file's data reach the disk (fsync) before the rename, so that a
     power loss leaves the old file or the whole new one, not an empty one."""
-    target = os.fspath(path)
+    target = os.fsdecode(os.fspath(path))  # bytes too: the temporary's name is a str
+    if not target:
+        raise FileNotFoundError("cannot write to an empty path; give the path of a file")
+    if target.endswith(os.sep) or (os.altsep and target.endswith(os.altsep)):
+        raise IsADirectoryError(f"{target!r} ends with a path separator, so it names a folder; "
+                                "give the path of a file to write")
     if os.path.islink(target):
         target = os.path.realpath(target)
     if os.path.isdir(target):
@@ -122,12 +128,69 @@ def _write_aligned_npz(handle, arrays: dict[str, np.ndarray]) -> None:
                                           allow_pickle=False)
 
 
+# The largest ratio of a deflated member's size to its compressed size that deflate can give
+# (~1032:1, for long runs of one byte): a member that declares more is lying about its size.
+_DEFLATE_MAX_RATIO = 1032
+
+
+def _member_name(filename: str) -> str:
+    return filename[:-4] if filename.endswith(".npy") else filename
+
+
+def _read_npy_header(path: str, name: str, fp) -> tuple[tuple, bool, np.dtype]:
+    """(shape, fortran, dtype) of the .npy header at ``fp``'s position; ValueError naming the
+    member when it is not one."""
+    try:
+        version = np.lib.format.read_magic(fp)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unknown .npy format version {version}")
+        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                  else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = reader(fp)
+    except ValueError as error:
+        raise ValueError(f"{path!r}: member {name!r} is not a .npy array ({error})") from error
+    if any(isinstance(side, bool) or side < 0 for side in shape):
+        raise ValueError(f"{path!r}: member {name!r} declares a malformed shape {shape}")
+    if dtype.hasobject:
+        raise ValueError(f"{path!r}: member {name!r} holds Python objects (pickle); refused")
+    return shape, fortran, dtype
+
+
+def _data_size(shape: tuple, dtype: np.dtype) -> int:
+    """Bytes of an array's data, in Python integers (no int64 overflow for a forged shape)."""
+    return math.prod(shape) * dtype.itemsize
+
+
+def _check_members(path: str, archive: zipfile.ZipFile, size: int) -> None:
+    """Every member is a .npy array whose declared data fit in the member's bytes (and the
+    member in the file): a forged or truncated header is a ValueError naming the member
+    before anything is allocated for it (np.load allocates the declared size first)."""
+    for info in archive.infolist():
+        name = _member_name(info.filename)
+        if info.compress_type == zipfile.ZIP_STORED:
+            if info.compress_size != info.file_size or \
+                    info.header_offset + info.compress_size > size:
+                raise ValueError(f"{path!r} is truncated or damaged: member {name!r} declares "
+                                 f"{info.file_size} bytes, more than the file holds")
+        elif info.compress_type == zipfile.ZIP_DEFLATED and \
+                info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 1024:
+            raise ValueError(f"{path!r} is damaged: member {name!r} declares {info.file_size} "
+                             f"bytes from {info.compress_size} compressed ones")
+        with archive.open(info) as member:
+            shape, _, dtype = _read_npy_header(path, name, member)
+            declared = member.tell() + _data_size(shape, dtype)
+        if declared > info.file_size:
+            raise ValueError(f"{path!r} is truncated or damaged: member {name!r} declares an "
+                             f"array of shape {shape} and dtype {dtype} ({declared} bytes with "
+                             f"its header), the member holds {info.file_size}")
+
+
 def _map_members(path: str, handle, archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
     """Each stored .npy member of an open archive as a read-only memory map."""
     size = os.fstat(handle.fileno()).st_size
     arrays = {}
     for info in archive.infolist():
-        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        name = _member_name(info.filename)
         if name == HEADER_KEY:
             continue
         if info.compress_type != zipfile.ZIP_STORED:
@@ -138,18 +201,17 @@ def _map_members(path: str, handle, archive: zipfile.ZipFile) -> dict[str, np.nd
         if len(local) != 30 or local[:4] != b"PK\x03\x04":
             raise ValueError(f"{path!r}: the zip entry of {name!r} is damaged")
         name_length, extra_length = struct.unpack("<HH", local[26:30])
-        handle.seek(info.header_offset + 30 + name_length + extra_length)
-        version = np.lib.format.read_magic(handle)
-        reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                  else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = reader(handle)
-        if dtype.hasobject:
-            raise ValueError(f"{path!r}: member {name!r} holds Python objects (pickle); refused")
+        start = info.header_offset + 30 + name_length + extra_length
+        handle.seek(start)
+        shape, fortran, dtype = _read_npy_header(path, name, handle)
         offset = handle.tell()
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if offset + nbytes > size:
-            raise ValueError(f"{path!r} is truncated: {name!r} needs bytes up to "
-                             f"{offset + nbytes}, the file has {size}")
+        nbytes = _data_size(shape, dtype)
+        # the member's own bytes, not the file's: past them lie other members and the zip
+        # directory, which a forged shape would otherwise map as values
+        end = min(start + info.file_size, size)
+        if offset + nbytes > end:
+            raise ValueError(f"{path!r} is truncated or damaged: {name!r} needs bytes up to "
+                             f"{offset + nbytes}, its member ends at {end}")
         if nbytes == 0:
             arrays[name] = np.empty(shape, dtype=dtype)
             continue
@@ -168,7 +230,10 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
     ``mmap=True`` returns the arrays as read-only memory maps of the file (no copy; pages
     are read when touched); the file must not be changed while they are in use.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
+    if os.path.isdir(path):  # FileNotFoundError, as for any path without a model file
+        raise FileNotFoundError(f"no model file at {path!r}: it is a folder; give the path "
+                                f"of a model file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no model file at {path!r}")
     if not zipfile.is_zipfile(path):  # else np.load would try it as .npy or pickle
@@ -178,6 +243,7 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
         with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
             if HEADER_KEY not in archive.files:
                 raise ValueError(f"{path!r} is not a recfuse model file (no {HEADER_KEY} header)")
+            _check_members(path, archive.zip, os.fstat(handle.fileno()).st_size)
             header = json.loads(archive[HEADER_KEY].tobytes().decode("utf-8"))
             if mmap:
                 arrays = _map_members(path, handle, archive.zip)
@@ -235,7 +301,7 @@ def load(path, *, mmap: bool = False, **overrides):
     registry = {"ALS": ALS, "SVD": SVD, "SVDpp": SVDpp, "BPR": BPR,
                 "ExplicitALS": ExplicitALS, "MLPScorer": MLPScorer}
     header, arrays = read_model(path, mmap=mmap)
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))
     model_name = header["model"]
     if model_name not in registry:
         raise ValueError(f"{path!r} holds an unknown model type {model_name!r}; this recfuse "
@@ -251,11 +317,22 @@ def load(path, *, mmap: bool = False, **overrides):
     if unknown:
         raise ValueError(f"{path!r} holds a {model_name} model, which takes no {unknown}; "
                          f"its parameters are {sorted(accepted)}")
+    for name, array in arrays.items():
+        if array.dtype.kind not in "iuf":  # bool, complex, text, dates, records: not a model's
+            raise ValueError(f"{path!r}: the array {name!r} holds {array.dtype} values; a "
+                             f"{model_name} file holds real numbers")
     params.update(overrides)
     try:
         return model_class._from_saved(params, arrays)
     except KeyError as error:
         raise ValueError(f"{path!r} is missing the array {error}") from error
+    except (TypeError, ValueError) as error:
+        # the file's header or arrays: a ValueError naming the file (with overrides given,
+        # the error may be about one of them, the caller's argument: raised as it is)
+        if overrides or str(error).startswith(repr(path)):
+            raise
+        raise ValueError(f"{path!r} holds a {model_name} that cannot be loaded: "
+                         f"{error}") from error
 
 
 # Header params that are not constructor arguments: a scorer's layer layout.

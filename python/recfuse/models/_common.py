@@ -77,6 +77,27 @@ def check_trained(model: str, arrays, hint: str) -> None:
         raise ValueError(f"{model} diverged: the trained values hold NaN or inf; {hint}")
 
 
+def saveable_tables(model, user_factors, item_factors, seen_shape) -> tuple:
+    """(user_factors, item_factors) of a factor model that ``save`` is about to write,
+    checked as ``recfuse.load`` checks them (finite, ``model.factors`` columns, in the
+    model's dtype) and against the seen matrix's shape: tables assigned by hand that the
+    saved file could not be loaded with are a ValueError before anything is written."""
+    try:
+        tables = tuple(check.check_factors(table, name, dtype=model.dtype,
+                                           n_cols=model.factors, copy=False)
+                       for table, name in ((user_factors, "user_factors"),
+                                           (item_factors, "item_factors")))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"cannot save: {error} (the model's factors is {model.factors}; "
+                         f"assign tables that match it)") from error
+    if seen_shape is not None and tuple(seen_shape) != (tables[0].shape[0],
+                                                        tables[1].shape[0]):
+        raise ValueError(f"cannot save: the factor tables are for {tables[0].shape[0]} users "
+                         f"and {tables[1].shape[0]} items, the seen matrix for "
+                         f"{seen_shape[0]} and {seen_shape[1]}")
+    return tables
+
+
 class _NoProgress:
     def update(self, n: int = 1) -> None:
         pass

@@ -16,7 +16,8 @@ from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
-from ._common import FactorRetrieval, check_trained, interaction_matrix, progress_bar
+from ._common import (FactorRetrieval, check_trained, interaction_matrix, progress_bar,
+                      saveable_tables)
 
 MAX_FACTORS = 4096
 
@@ -340,8 +341,12 @@ class ALS(FactorRetrieval):
 
         self._require_fitted()
         state = self._state  # one snapshot: a concurrent fold-in or fit must not tear the file
-        arrays = {"user_factors": state.user_factors, "item_factors": state.item_factors}
         seen = state.user_items
+        # assigned tables are checked as load will check them: a clear error now, not a file
+        # that cannot be loaded
+        X, Y = saveable_tables(self, state.user_factors, state.item_factors,
+                               None if seen is None else seen.shape)
+        arrays = {"user_factors": X, "item_factors": Y}
         if seen is not None:
             arrays.update(
                 seen_indptr=seen.indptr.astype(np.int64),
@@ -375,7 +380,11 @@ class ALS(FactorRetrieval):
         Y = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
                                 n_cols=model.factors, copy=False)
         seen = None
-        if "seen_indptr" in arrays:
+        names = ("seen_data", "seen_indices", "seen_indptr", "seen_shape")
+        if any(name in arrays for name in names):  # all four, or none (no seen matrix kept)
+            missing = [name for name in names if name not in arrays]
+            if missing:
+                raise ValueError(f"the saved seen matrix lacks {missing}")
             seen = check.csr_from_arrays(
                 arrays["seen_data"], arrays["seen_indices"], arrays["seen_indptr"],
                 arrays["seen_shape"], "saved seen matrix", dtype=model.dtype,

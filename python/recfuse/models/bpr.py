@@ -15,8 +15,18 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
 from ._common import (FactorRetrieval, check_trained, interaction_matrix, progress_bar,
-                      seen_rows)
+                      saveable_tables, seen_rows)
 from .sgd import MAX_FACTORS
+
+
+def _checked_item_bias(bias, n_items: int, dtype) -> np.ndarray:
+    """``bias`` as ``n_items`` finite values of ``dtype``, checked as the factors are (a NaN,
+    or a float64 value beyond float32, would fail every later recommend); else ValueError."""
+    bias = np.asarray(bias)
+    if bias.shape != (n_items,) or bias.dtype.kind not in "fiu":
+        raise ValueError(f"item_bias must hold {n_items} numbers, got shape {bias.shape} and "
+                         f"dtype {bias.dtype}")
+    return check.finite_in(bias, dtype, "item_bias")
 
 
 class BPR(FactorRetrieval):
@@ -179,6 +189,13 @@ class BPR(FactorRetrieval):
 
         self._require_fitted()
         P, Q, bias, seen = self._tables()
+        # assigned tables are checked as load will check them: a clear error now, not a file
+        # that cannot be loaded
+        P, Q = saveable_tables(self, P, Q, seen.shape)
+        try:
+            bias = _checked_item_bias(bias, Q.shape[0], self.dtype)
+        except ValueError as error:
+            raise ValueError(f"cannot save: {error}") from error
         save_model(path, "BPR", self.get_params(), {
             "user_factors": P, "item_factors": Q,
             "item_bias": bias, "seen_indptr": seen.indptr.astype(np.int64),
@@ -193,9 +210,7 @@ class BPR(FactorRetrieval):
                                 n_cols=model.factors, copy=False)
         Q = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
                                 n_cols=model.factors, copy=False)
-        bias = np.asarray(arrays["item_bias"], dtype=model.dtype)
-        if bias.shape != (Q.shape[0],):
-            raise ValueError(f"item_bias must have shape ({Q.shape[0]},), got {bias.shape}")
+        bias = _checked_item_bias(arrays["item_bias"], Q.shape[0], model.dtype)
         model._seen = check.csr_from_arrays(
             arrays["seen_data"], arrays["seen_indices"], arrays["seen_indptr"],
             arrays["seen_shape"], "saved seen matrix", dtype=model.dtype, n_rows=P.shape[0],

@@ -317,7 +317,11 @@ class _RatingModel(FactorRetrieval):
             seen=seen, rating_scale=scale, biased=getattr(model, "biased", True))
         if state.implicit_factors is not None:
             state = replace(state, user_implicit=_implicit_term(seen, state.implicit_factors))
-        if "ratings_indptr" in arrays:
+        names = ("ratings_indptr", "ratings_indices", "ratings_values")
+        if any(name in arrays for name in names):  # all three, or none (an older file)
+            missing = [name for name in names if name not in arrays]
+            if missing:
+                raise ValueError(f"the saved ratings lack {missing}")
             state = replace(state, ratings=_saved_ratings(arrays, n_users, n_items, model.dtype))
         model._fitted = state
         return model
