@@ -302,7 +302,85 @@ def test_a_failed_refit_leaves_the_model_as_it_was(client, tmp_path):
     np.testing.assert_array_equal(after.item_factors, before.item_factors)
 
 
+def test_weights_beyond_float32_and_a_diverging_fit_raise_and_keep_the_model(client):
+    """As recfuse.ALS: weights are checked finite in the model's dtype, and a fit whose
+    factors end up NaN/inf raises (it used to return, and to_local/recommend_all failed
+    later with unrelated errors) and leaves the earlier fit in place."""
+    _, frame = _events(n_users=30, n_items=20, nnz=200)
+    model = DaskALS(dtype=np.float32, **PARAMS)
+    model.fit(dd.from_pandas(frame, npartitions=2), "user", "item", "weight")
+    before = model.to_local(with_seen=False).user_factors
+    beyond = frame.assign(weight=frame["weight"].where(frame.index != 1, 1e39))
+    with pytest.raises(ValueError, match="beyond the range of float32"):
+        model.fit(dd.from_pandas(beyond, npartitions=2), "user", "item", "weight")
+    huge = frame.assign(weight=frame["weight"].where(frame.index != 1, 1e30))
+    with pytest.raises(ValueError, match="diverged"):
+        model.fit(dd.from_pandas(huge, npartitions=2), "user", "item", "weight")
+    np.testing.assert_array_equal(model.to_local(with_seen=False).user_factors, before)
+
+
 # ---------------------------------------------------------------------------- faults
+
+
+def test_rating_digest_does_not_depend_on_the_block_layout():
+    from recfuse.distributed import _blocks
+
+    matrix, frame = _events(n_users=40, n_items=30, nnz=300)
+    users, items = frame["user"].to_numpy(), frame["item"].to_numpy()
+    weights = frame["weight"].to_numpy()
+
+    def digest(n_blocks, w=weights, i=items):
+        return _blocks.combine_digests(
+            _blocks.build_block("users", b, 40, n_blocks, 1, np.float64,
+                                (users[users % n_blocks == b], i[users % n_blocks == b],
+                                 w[users % n_blocks == b])).digest()
+            for b in range(n_blocks))
+
+    assert digest(1) == digest(3) == digest(7)
+    assert digest(3) != digest(3, i=(items + 1) % 30)  # same shape, count and weight sum
+    assert digest(3) != digest(3, w=weights[::-1])
+
+
+def test_a_checkpoint_of_other_data_with_the_same_shape_and_counts_is_refused(client, tmp_path):
+    """Unweighted data of the same shape and count (so the same weight sum): the checkpoint
+    fingerprint used to match, and the fit silently returned the other data's factors."""
+    _, frame = _events(n_users=30, n_items=20, nnz=200)
+    first = frame[["user", "item"]]
+    other = first.assign(item=(first["item"] + 1) % 20)
+    params = dict(PARAMS, iterations=2)
+    DaskALS(checkpoint_dir=tmp_path, checkpoint_every=1, **params).fit(
+        dd.from_pandas(first, npartitions=2), "user", "item")
+    with pytest.raises(ValueError, match="belongs to another fit"):
+        DaskALS(checkpoint_dir=tmp_path, checkpoint_every=1, **params).fit(
+            dd.from_pandas(other, npartitions=2), "user", "item")
+
+
+def test_a_new_driver_resumes_with_another_block_count(client, tmp_path):
+    """The default block count is the worker count, which changes when a cluster loses or
+    gains workers: a new driver must still resume (it used to refuse the checkpoint as
+    another fit's), and to the same factors."""
+    matrix, frame = _events()
+    ddf = dd.from_pandas(frame, npartitions=3)
+    params = dict(PARAMS, iterations=4)
+
+    class DriverLost(Exception):
+        pass
+
+    def die_after_second(iteration, loss):
+        if iteration == 1:
+            raise DriverLost
+
+    with pytest.raises(DriverLost):
+        DaskALS(dtype=np.float64, blocks=3, checkpoint_dir=tmp_path, checkpoint_every=2,
+                **params).fit(ddf, "user", "item", "weight", callback=die_after_second)
+    for blocks in (2, 5):
+        resumed = DaskALS(dtype=np.float64, blocks=blocks, checkpoint_dir=tmp_path,
+                          checkpoint_every=10, **params)
+        resumed.fit(ddf, "user", "item", "weight")
+        assert resumed.resumed_from == 2
+        _assert_same_factors(resumed, _local_fit(matrix, iterations=4), 1e-10)
+
+
 
 
 def test_driver_lost_resumes_from_checkpoint(client, tmp_path):

@@ -118,3 +118,50 @@ def test_bad_arguments(spark):
         SparkALS().fit(df, "user", "thing")
     with pytest.raises(RuntimeError, match="not fitted"):
         SparkALS().to_local()
+
+
+def test_weights_beyond_float32_and_a_diverging_fit_raise(spark):
+    """As recfuse.ALS: weights are checked finite in the model's dtype, and a fit whose
+    factors end up NaN/inf raises instead of returning them."""
+    _, frame = _events()
+    params = dict(PARAMS, dtype=np.float32)
+    beyond = frame.assign(weight=frame["weight"].where(frame.index != 1, 1e39))
+    with pytest.raises(Exception, match="beyond the range of float32"):
+        SparkALS(iterations=1, **params).fit(spark.createDataFrame(beyond), "user", "item",
+                                             "weight")
+    huge = frame.assign(weight=frame["weight"].where(frame.index != 1, 1e30))
+    with pytest.raises(ValueError, match="diverged"):
+        SparkALS(iterations=1, **params).fit(spark.createDataFrame(huge), "user", "item",
+                                             "weight")
+
+
+def test_checkpoints_refuse_other_data_and_resume_with_another_block_count(spark, tmp_path):
+    """Unweighted data of the same shape and count used to pass for the checkpoint's data (the
+    fit returned the other data's factors); a new driver with another block count used to be
+    refused."""
+    matrix, frame = _events()
+    df = spark.createDataFrame(frame)
+
+    class DriverLost(Exception):
+        pass
+
+    def die(iteration, loss):
+        if iteration == 0:
+            raise DriverLost
+
+    with pytest.raises(DriverLost):
+        SparkALS(iterations=2, blocks=3, checkpoint_dir=tmp_path, checkpoint_every=1,
+                 **PARAMS).fit(df, "user", "item", "weight", callback=die)
+    model = SparkALS(iterations=2, blocks=2, checkpoint_dir=tmp_path, checkpoint_every=5,
+                     **PARAMS).fit(df, "user", "item", "weight")
+    assert model.resumed_from == 1
+    _assert_same(model, _local_fit(matrix, 2))
+
+    unweighted = tmp_path / "unweighted"
+    pairs = frame[["user", "item"]]
+    SparkALS(iterations=1, checkpoint_dir=unweighted, checkpoint_every=1, **PARAMS).fit(
+        spark.createDataFrame(pairs), "user", "item")
+    other = spark.createDataFrame(pairs.assign(item=(pairs["item"] + 1) % matrix.shape[1]))
+    with pytest.raises(ValueError, match="belongs to another fit"):
+        SparkALS(iterations=1, checkpoint_dir=unweighted, checkpoint_every=1, **PARAMS).fit(
+            other, "user", "item")

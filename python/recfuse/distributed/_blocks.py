@@ -242,13 +242,19 @@ def _weights(frame: pd.DataFrame, weight_col: str | None, dtype, nonnegative: bo
     if column.dtype.kind not in "biuf":
         raise TypeError(f"weight_col {weight_col!r} must hold numbers, got dtype {column.dtype}")
     values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-    if not np.isfinite(values).all():
-        bad = int((~np.isfinite(values)).sum())
-        raise ValueError(f"weight_col {weight_col!r} holds {bad} NaN/inf/missing weights")
+    # finite in the model's dtype, as recfuse.ALS checks them: a float64 1e39 is inf in float32
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = values.astype(dtype)
+    if not np.isfinite(cast).all():
+        bad = int((~np.isfinite(cast)).sum())
+        beyond = "" if not np.isfinite(values).all() else \
+            f" (values beyond the range of {np.dtype(dtype).name}, {np.finfo(dtype).max:.3g})"
+        raise ValueError(f"weight_col {weight_col!r} holds {bad} NaN/inf/missing weights"
+                         + beyond)
     if nonnegative and values.size and values.min() < 0:
         raise ValueError(f"weight_col {weight_col!r} must be >= 0 with confidence='linear' "
                          f"(c = 1 + alpha * w), got min {values.min()}")
-    return values.astype(dtype)
+    return cast
 
 
 def _split(keys: np.ndarray, n_blocks: int, *arrays: np.ndarray) -> list[tuple[np.ndarray, ...]]:
@@ -297,8 +303,23 @@ class RatingBlock:
 
     def stats(self) -> dict:
         return {"nnz": self.nnz, "rows": self.rows.shape[0], "weight_sum":
-                float(self.rows.data.sum(dtype=np.float64)),
+                float(self.rows.data.sum(dtype=np.float64)), "digest": self.digest(),
                 "sources": {c: int(pos.size) for c, (pos, _) in self.sources.items()}}
+
+    def digest(self) -> int:
+        """A hash of the block's entries as (global row, global column, value) triples, summed
+        modulo 2**64: the same for the same ratings whatever the block layout, so the digests
+        of all blocks of a side add up to a fingerprint of the whole matrix (a checkpoint of
+        other data with the same shape, count and sum of values must not pass for this one)."""
+        R = self.rows
+        counts = np.diff(np.asarray(R.indptr, dtype=np.int64))
+        rows = (np.repeat(np.arange(R.shape[0], dtype=np.uint64), counts)
+                * np.uint64(self.n_blocks) + np.uint64(self.block))
+        columns = self.needed[np.asarray(R.indices)].astype(np.uint64)
+        values = np.asarray(R.data, dtype=np.float64).view(np.uint64)
+        with np.errstate(over="ignore"):
+            mixed = _splitmix64(_splitmix64(_splitmix64(rows) ^ columns) ^ values)
+            return int(mixed.sum(dtype=np.uint64))
 
     def outlinks(self, source: int) -> np.ndarray:
         return self.sources[source][1]
@@ -484,7 +505,43 @@ def squared_norm(factors: np.ndarray) -> float:
     return float(np.square(factors, dtype=np.float64).sum())
 
 
+def all_finite(factors: np.ndarray) -> bool:
+    """Whether a factor block holds no NaN or inf (a fit that diverged)."""
+    return bool(np.isfinite(factors).all())
+
+
+def combine_digests(digests) -> int:
+    """The digests of a side's blocks (``RatingBlock.digest``) as one, modulo 2**64."""
+    return int(sum(int(d) for d in digests) % 2**64)
+
+
 # ---------------------------------------------------------------------------- files
+
+
+def checkpoint_path(folder: str, side: str, block: int) -> str:
+    """The .npy file of one factor block in a checkpoint folder."""
+    return os.path.join(folder, f"{side}-{block:05d}.npy")
+
+
+def load_checkpoint_block(folder: str, side: str, n_total: int, n_blocks: int, block: int,
+                          saved_blocks: int) -> np.ndarray:
+    """Block ``block`` of ``n_blocks`` of ``side`` from a checkpoint written with
+    ``saved_blocks`` blocks per side: the file itself when the layouts agree, else its rows
+    gathered from the saved blocks (a new driver may run with another block count, e.g. one
+    per worker on a cluster that lost or gained workers; the vectors do not depend on it)."""
+    if saved_blocks == n_blocks:
+        return load_array(checkpoint_path(folder, side, block))
+    ids = block_ids(n_total, n_blocks, block)
+    out = None
+    for source in range(saved_blocks):
+        mask = ids % saved_blocks == source
+        if not mask.any():
+            continue
+        values = load_array(checkpoint_path(folder, side, source))
+        if out is None:
+            out = np.empty((ids.size, values.shape[1]), dtype=values.dtype)
+        out[mask] = values[ids[mask] // saved_blocks]
+    return out
 
 
 def _atomic_write(path: str, write) -> None:

@@ -106,10 +106,13 @@ class DistributedALSBase:
         return {"params": params, "random_state": self.random_state, "n_users": n_users,
                 "n_items": n_items, "user_blocks": user_blocks, "item_blocks": item_blocks,
                 "nnz": sum(s["nnz"] for s in user_stats),
-                "weight_sum": float(sum(s["weight_sum"] for s in user_stats))}
+                "weight_sum": float(sum(s["weight_sum"] for s in user_stats)),
+                "digest": _blocks.combine_digests(s["digest"] for s in user_stats)}
 
-    def _read_checkpoint(self, fingerprint: dict) -> tuple[int, str] | None:
-        """(completed iterations, folder) of the checkpoint in checkpoint_dir, or None."""
+    def _read_checkpoint(self, fingerprint: dict) -> tuple[int, str, dict] | None:
+        """(completed iterations, folder, {side: its block count}) of the checkpoint in
+        checkpoint_dir, or None. The block counts may differ from this fit's (they do not
+        change the vectors): ``_blocks.load_checkpoint_block`` re-blocks."""
         if self.checkpoint_dir is None:
             return None
         path = os.path.join(self.checkpoint_dir, CHECKPOINT_FILE)
@@ -124,14 +127,24 @@ class DistributedALSBase:
             raise ValueError(f"{path!r} is not a recfuse distributed ALS checkpoint")
         if document.get("version", 0) > CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint {path!r} is of a newer format: upgrade recfuse")
-        if document.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+        stored = document.get("fingerprint")
+        wanted = json.loads(json.dumps(fingerprint))
+        layout = ("user_blocks", "item_blocks")  # the block layout: any will do
+        if not isinstance(stored, dict) or not all(
+                isinstance(stored.get(key), int) and stored[key] >= 1 for key in layout):
+            raise ValueError(f"checkpoint {path!r} is malformed (no block counts)")
+        if "digest" not in stored:  # written before fingerprints had a digest
+            wanted.pop("digest", None)
+        if ({k: v for k, v in stored.items() if k not in layout}
+                != {k: v for k, v in wanted.items() if k not in layout}):
             raise ValueError(
-                f"checkpoint {path!r} belongs to another fit (other data, parameters or "
-                "block counts); remove it or fit with resume=False")
+                f"checkpoint {path!r} belongs to another fit (other data or parameters); "
+                "remove it or fit with resume=False")
         iteration = int(document["iteration"])
         if iteration > self.iterations:  # a longer fit's checkpoint: not a state of this one
             return None
-        return iteration, os.path.join(self.checkpoint_dir, document["folder"])
+        return (iteration, os.path.join(self.checkpoint_dir, document["folder"]),
+                {"users": stored["user_blocks"], "items": stored["item_blocks"]})
 
     def _commit_checkpoint(self, iteration: int, folder: str, fingerprint: dict) -> None:
         """Point checkpoint.json at ``folder`` (whose blocks are written), drop older folders."""
@@ -148,7 +161,7 @@ class DistributedALSBase:
 
     @staticmethod
     def _block_path(folder: str, side: str, block: int) -> str:
-        return os.path.join(folder, f"{side}-{block:05d}.npy")
+        return _blocks.checkpoint_path(folder, side, block)
 
     def _save_model_json(self, path: str, user_map, item_map) -> None:
         _blocks.save_json({"format": "recfuse-distributed-als", "version": 1, "model": "ALS",

@@ -229,20 +229,21 @@ class DaskALS(DistributedALSBase):
                        for b in range(len(self._rating_blocks[side]))]
                 for side, n_total in (("users", self.n_users), ("items", self.n_items))}
 
-    def _load(self, folder: str) -> dict[str, list]:
-        return {side: [self._submit(_blocks.load_array, self._block_path(folder, side, b),
+    def _load(self, folder: str, saved_blocks: dict[str, int]) -> dict[str, list]:
+        return {side: [self._submit(_blocks.load_checkpoint_block, folder, side, n_total,
+                                    len(self._rating_blocks[side]), b, saved_blocks[side],
                                     pure=False)
                        for b in range(len(self._rating_blocks[side]))]
-                for side in ("users", "items")}
+                for side, n_total in (("users", self.n_users), ("items", self.n_items))}
 
     def _start(self, resume: bool) -> tuple[int, dict[str, list]]:
         """(iteration to start at, factor futures): the last checkpoint or the initial ones."""
         found = self._read_checkpoint(self._fingerprint_now) if resume else None
         if found is None:
             return 0, self._initial()
-        iteration, folder = found
+        iteration, folder, saved_blocks = found
         logger.info("resuming from the checkpoint of iteration %d in %s", iteration, folder)
-        return iteration, self._load(folder)
+        return iteration, self._load(folder, saved_blocks)
 
     def _half_sweep(self, side: str, solving: list, fixed: list, fixed_total: int,
                     task=_blocks.solve_block) -> list:
@@ -335,6 +336,11 @@ class DaskALS(DistributedALSBase):
                     callback(iteration - 1, self._loss(factors) if compute_loss else None)
         finally:
             progress.close()
+        finite = self._client.gather([self._submit(_blocks.all_finite, f)
+                                      for f in factors["users"] + factors["items"]])
+        if not all(finite):  # as recfuse.ALS: raise, and _all_or_nothing keeps the old model
+            raise ValueError("DaskALS diverged: the trained factors hold NaN or inf; lower "
+                             "alpha or scale down the weights")
         self._factors = factors
 
     def transfer_plan(self) -> dict:

@@ -71,6 +71,8 @@ def _build(side, key, n_total, n_blocks, n_other_blocks, dtype):
             yield pd.DataFrame({"block": [int(block)],
                                 "payload": [_blocks.block_to_bytes(built, n_other_blocks)],
                                 "nnz": [stats["nnz"]], "weight_sum": [stats["weight_sum"]],
+                                # a uint64 (Spark's long is signed): as its decimal digits
+                                "digest": [str(stats["digest"])],
                                 "sources": [sorted(stats["sources"])]})
     return run
 
@@ -137,19 +139,29 @@ def _save(folder, side):
     def run(batches):
         for frame in batches:
             for block, payload in zip(frame["block"], frame["payload"]):
-                path = os.path.join(folder, f"{side}-{int(block):05d}.npy")
+                path = _blocks.checkpoint_path(folder, side, int(block))
                 _blocks.save_array(_blocks.array_from_bytes(payload), path)
                 yield pd.DataFrame({"block": [int(block)], "payload": [path.encode()]})
     return run
 
 
-def _load(folder, side):
+def _load(folder, side, n_total, n_blocks, saved_blocks):
     def run(batches):
         for frame in batches:
             for block in frame["block"]:
-                path = os.path.join(folder, f"{side}-{int(block):05d}.npy")
-                yield pd.DataFrame({"block": [int(block)], "payload": [
-                    _blocks.array_to_bytes(_blocks.load_array(path))]})
+                values = _blocks.load_checkpoint_block(folder, side, n_total, n_blocks,
+                                                       int(block), saved_blocks)
+                yield pd.DataFrame({"block": [int(block)],
+                                    "payload": [_blocks.array_to_bytes(values)]})
+    return run
+
+
+def _finite():
+    def run(batches):
+        for frame in batches:
+            for block, payload in zip(frame["block"], frame["payload"]):
+                yield pd.DataFrame({"block": [int(block)], "finite": [
+                    _blocks.all_finite(_blocks.array_from_bytes(payload))]})
     return run
 
 
@@ -257,11 +269,12 @@ class SparkALS(DistributedALSBase):
                 ("items", "ib", n_items, item_blocks, user_blocks)):
             built = encoded.repartition(n_own, key).mapInPandas(
                 _build(side, key, n_total, n_own, n_other, self.dtype),
-                "block int, payload binary, nnz long, weight_sum double, sources array<int>",
+                "block int, payload binary, nnz long, weight_sum double, digest string, "
+                "sources array<int>",
             ).cache()
-            table = built.select("block", "nnz", "weight_sum").toPandas()
-            stats[side] = [{"nnz": int(n), "weight_sum": float(w)}
-                           for _, n, w in sorted(table.itertuples(index=False))]
+            table = built.select("block", "nnz", "weight_sum", "digest").toPandas()
+            stats[side] = [{"nnz": int(n), "weight_sum": float(w), "digest": int(d)}
+                           for _, n, w, d in sorted(table.itertuples(index=False))]
             ratings[side] = built.select("block", "payload")
         self.n_users, self.n_items = n_users, n_items
         self._maps, self._ratings = maps, ratings
@@ -291,9 +304,11 @@ class SparkALS(DistributedALSBase):
                          side, self.dtype), BLOCK_SCHEMA).localCheckpoint()
                 for side, n_total in (("users", self.n_users), ("items", self.n_items))}
             return 0, factors
-        iteration, folder = found
+        iteration, folder, saved_blocks = found
         return iteration, {side: self._block_ids(side).mapInPandas(
-            _load(folder, side), BLOCK_SCHEMA).localCheckpoint() for side in ("users", "items")}
+            _load(folder, side, n_total, self._blocks_count[side], saved_blocks[side]),
+            BLOCK_SCHEMA).localCheckpoint()
+            for side, n_total in (("users", self.n_users), ("items", self.n_items))}
 
     def _half_sweep(self, side: str, solving, fixed):
         from pyspark.sql import functions as F
@@ -339,6 +354,11 @@ class SparkALS(DistributedALSBase):
                     callback(iteration - 1, None)
         finally:
             progress.close()
+        finite = [flag for side in ("users", "items") for flag in factors[side].mapInPandas(
+            _finite(), "block int, finite boolean").toPandas()["finite"]]
+        if not all(finite):  # as recfuse.ALS: raise, and _all_or_nothing keeps the old model
+            raise ValueError("SparkALS diverged: the trained factors hold NaN or inf; lower "
+                             "alpha or scale down the weights")
         self._factors = factors
 
     # ------------------------------------------------------------------ results
