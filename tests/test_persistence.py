@@ -372,3 +372,24 @@ def test_paths_that_name_no_file_are_refused_clearly(model, tmp_path, monkeypatc
                           model.item_factors)
     model.save("plain")  # no suffix added: the file is where it was asked to be
     assert np.array_equal(recfuse.load("plain").user_factors, model.user_factors)
+
+
+def test_a_model_saved_with_a_backend_this_machine_lacks_loads_with_auto(model, tmp_path,
+                                                                          monkeypatch):
+    from recfuse import _backend
+
+    monkeypatch.setattr(model, "backend", "cupy")  # as if trained on a GPU host
+    path = tmp_path / "gpu_model.npz"
+    model.save(path)
+    rows = [info._replace(available=False, detail="not on this host") if info.name == "cupy"
+            else info for info in _backend.backends("topk")]
+    monkeypatch.setattr(_backend, "backends", lambda family="als": rows)
+    with pytest.warns(RuntimeWarning, match="backend='cupy', which is not available here "
+                                            r"\(not on this host\)"):
+        loaded = recfuse.load(path)
+    assert loaded.backend == "auto"
+    expected = recfuse.load(path, backend="cpu")  # an explicit choice: no warning, as asked
+    assert expected.backend == "cpu"
+    users = np.arange(3)
+    for got, want in zip(loaded.recommend(users, k=5), expected.recommend(users, k=5)):
+        np.testing.assert_array_equal(got, want)

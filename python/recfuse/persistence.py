@@ -18,6 +18,7 @@ import os
 import secrets
 import stat
 import struct
+import warnings
 import zipfile
 
 import numpy as np
@@ -283,6 +284,23 @@ def _malformed(path: str, what: str):
     raise ValueError(f"{path!r} has a malformed header: {what}")
 
 
+def _fall_back_from_unavailable_backend(path: str, params: dict, overrides: dict) -> None:
+    """A model saved with an explicit backend that this machine lacks (trained on a GPU,
+    served on a CPU host) is loaded with backend="auto" and a RuntimeWarning naming the
+    reason, instead of a model whose every call fails; ``load(..., backend=...)`` chooses."""
+    from ._backend import BACKEND_NAMES, backends
+
+    saved = params.get("backend")
+    if "backend" in overrides or saved not in BACKEND_NAMES:
+        return
+    info = next(row for row in backends("topk") if row.name == saved)
+    if not info.available:
+        warnings.warn(f"{path!r} was saved with backend={saved!r}, which is not available here "
+                      f"({info.detail}); loaded with backend='auto' (pass backend=... to "
+                      f"recfuse.load to choose one)", RuntimeWarning, stacklevel=3)
+        params["backend"] = "auto"
+
+
 def load(path, *, mmap: bool = False, **overrides):
     """Load any recfuse model saved with ``model.save(path)`` (a factor model or an
     ``MLPScorer``).
@@ -290,7 +308,9 @@ def load(path, *, mmap: bool = False, **overrides):
     ``mmap=True`` maps the stored arrays read-only instead of reading them (for serving:
     several processes share one copy in the page cache). ``overrides`` replace saved
     constructor parameters (e.g. ``backend="cpu"``). A parameter the stored model does not
-    take, in the file's header or in ``overrides``, is a ValueError naming it.
+    take, in the file's header or in ``overrides``, is a ValueError naming it. A model saved
+    with a backend this machine lacks (``backend="cuda"`` on a host without a GPU) loads with
+    ``backend="auto"`` and a RuntimeWarning, unless ``overrides`` name a backend.
     """
     from .models.als import ALS
     from .models.bpr import BPR
@@ -321,6 +341,7 @@ def load(path, *, mmap: bool = False, **overrides):
         if array.dtype.kind not in "iuf":  # bool, complex, text, dates, records: not a model's
             raise ValueError(f"{path!r}: the array {name!r} holds {array.dtype} values; a "
                              f"{model_name} file holds real numbers")
+    _fall_back_from_unavailable_backend(path, params, overrides)
     params.update(overrides)
     try:
         return model_class._from_saved(params, arrays)
