@@ -355,6 +355,18 @@ def test_a_checkpoint_of_other_data_with_the_same_shape_and_counts_is_refused(cl
             dd.from_pandas(other, npartitions=2), "user", "item")
 
 
+class DriverLost(Exception):
+    """The driver process dying mid-fit, raised from a fit's callback."""
+
+
+def dies_after(iteration: int):
+    """A fit callback that raises DriverLost once ``iteration`` (0-based) has finished."""
+    def callback(done, loss):
+        if done == iteration:
+            raise DriverLost
+    return callback
+
+
 def test_a_new_driver_resumes_with_another_block_count(client, tmp_path):
     """The default block count is the worker count, which changes when a cluster loses or
     gains workers: a new driver must still resume (it used to refuse the checkpoint as
@@ -363,16 +375,9 @@ def test_a_new_driver_resumes_with_another_block_count(client, tmp_path):
     ddf = dd.from_pandas(frame, npartitions=3)
     params = dict(PARAMS, iterations=4)
 
-    class DriverLost(Exception):
-        pass
-
-    def die_after_second(iteration, loss):
-        if iteration == 1:
-            raise DriverLost
-
     with pytest.raises(DriverLost):
         DaskALS(dtype=np.float64, blocks=3, checkpoint_dir=tmp_path, checkpoint_every=2,
-                **params).fit(ddf, "user", "item", "weight", callback=die_after_second)
+                **params).fit(ddf, "user", "item", "weight", callback=dies_after(1))
     for blocks in (2, 5):
         resumed = DaskALS(dtype=np.float64, blocks=blocks, checkpoint_dir=tmp_path,
                           checkpoint_every=10, **params)
@@ -381,23 +386,14 @@ def test_a_new_driver_resumes_with_another_block_count(client, tmp_path):
         _assert_same_factors(resumed, _local_fit(matrix, iterations=4), 1e-10)
 
 
-
-
 def test_driver_lost_resumes_from_checkpoint(client, tmp_path):
     matrix, frame = _events()
     ddf = dd.from_pandas(frame, npartitions=3)
     params = dict(PARAMS, iterations=5)
 
-    class DriverLost(Exception):
-        pass
-
-    def die_after_third(iteration, loss):
-        if iteration == 2:
-            raise DriverLost
-
     first = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, checkpoint_every=2, **params)
     with pytest.raises(DriverLost):
-        first.fit(ddf, "user", "item", "weight", callback=die_after_third)
+        first.fit(ddf, "user", "item", "weight", callback=dies_after(2))
     resumed = DaskALS(dtype=np.float64, checkpoint_dir=tmp_path, checkpoint_every=2, **params)
     resumed.fit(ddf, "user", "item", "weight")
     assert resumed.resumed_from == 2

@@ -86,21 +86,26 @@ def test_fit_and_recommend_all_equal_the_local_ones(spark, tmp_path):
     np.testing.assert_array_equal(np.stack(users["factors"].to_numpy()), local.user_factors)
 
 
+class DriverLost(Exception):
+    """The driver process dying mid-fit, raised from a fit's callback."""
+
+
+def dies_after(iteration: int):
+    """A fit callback that raises DriverLost once ``iteration`` (0-based) has finished."""
+    def callback(done, loss):
+        if done == iteration:
+            raise DriverLost
+    return callback
+
+
 def test_string_ids_and_resume_after_a_lost_driver(spark, tmp_path):
     matrix, frame = _events()
     named = frame.assign(user=[f"user-{u:04d}" for u in frame["user"]])
     df = spark.createDataFrame(named)
 
-    class DriverLost(Exception):
-        pass
-
-    def die(iteration, loss):
-        if iteration == 0:
-            raise DriverLost
-
     with pytest.raises(DriverLost):
         SparkALS(iterations=2, checkpoint_dir=tmp_path, checkpoint_every=1, **PARAMS).fit(
-            df, "user", "item", "weight", callback=die)
+            df, "user", "item", "weight", callback=dies_after(0))
     model = SparkALS(iterations=2, checkpoint_dir=tmp_path, checkpoint_every=1, barrier=True,
                      **PARAMS)
     model.fit(df, "user", "item", "weight")
@@ -142,16 +147,9 @@ def test_checkpoints_refuse_other_data_and_resume_with_another_block_count(spark
     matrix, frame = _events()
     df = spark.createDataFrame(frame)
 
-    class DriverLost(Exception):
-        pass
-
-    def die(iteration, loss):
-        if iteration == 0:
-            raise DriverLost
-
     with pytest.raises(DriverLost):
         SparkALS(iterations=2, blocks=3, checkpoint_dir=tmp_path, checkpoint_every=1,
-                 **PARAMS).fit(df, "user", "item", "weight", callback=die)
+                 **PARAMS).fit(df, "user", "item", "weight", callback=dies_after(0))
     model = SparkALS(iterations=2, blocks=2, checkpoint_dir=tmp_path, checkpoint_every=5,
                      **PARAMS).fit(df, "user", "item", "weight")
     assert model.resumed_from == 1
