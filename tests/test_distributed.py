@@ -17,6 +17,7 @@ import scipy.sparse as sp
 import recfuse
 from recfuse import datasets
 from recfuse.distributed import DaskALS, IdMap, initial_factors
+from driver_loss import DriverLost, dies_after
 
 dask = pytest.importorskip("dask", reason="dask is not installed")
 dd = pytest.importorskip("dask.dataframe", reason="dask[dataframe] is not installed")
@@ -353,18 +354,6 @@ def test_a_checkpoint_of_other_data_with_the_same_shape_and_counts_is_refused(cl
     with pytest.raises(ValueError, match="belongs to another fit"):
         DaskALS(checkpoint_dir=tmp_path, checkpoint_every=1, **params).fit(
             dd.from_pandas(other, npartitions=2), "user", "item")
-
-
-class DriverLost(Exception):
-    """The driver process dying mid-fit, raised from a fit's callback."""
-
-
-def dies_after(iteration: int):
-    """A fit callback that raises DriverLost once ``iteration`` (0-based) has finished."""
-    def callback(done, loss):
-        if done == iteration:
-            raise DriverLost
-    return callback
 
 
 def test_a_new_driver_resumes_with_another_block_count(client, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import recfuse
 from recfuse import datasets
 from recfuse.distributed import SparkALS, initial_factors
+from driver_loss import DriverLost, dies_after
 
 pytest.importorskip("pyspark", reason="pyspark is not installed (pip install 'recfuse[spark]')")
 pytest.importorskip("pyarrow", reason="pyarrow is not installed")
@@ -84,18 +85,6 @@ def test_fit_and_recommend_all_equal_the_local_ones(spark, tmp_path):
     model.save(tmp_path / "model")
     users = pd.read_parquet(tmp_path / "model" / "users").sort_values("id")
     np.testing.assert_array_equal(np.stack(users["factors"].to_numpy()), local.user_factors)
-
-
-class DriverLost(Exception):
-    """The driver process dying mid-fit, raised from a fit's callback."""
-
-
-def dies_after(iteration: int):
-    """A fit callback that raises DriverLost once ``iteration`` (0-based) has finished."""
-    def callback(done, loss):
-        if done == iteration:
-            raise DriverLost
-    return callback
 
 
 def test_string_ids_and_resume_after_a_lost_driver(spark, tmp_path):
