@@ -320,6 +320,39 @@ def test_weights_beyond_float32_and_a_diverging_fit_raise_and_keep_the_model(cli
     np.testing.assert_array_equal(model.to_local(with_seen=False).user_factors, before)
 
 
+def test_row_systems_that_are_not_positive_definite_are_reported_as_by_als(client):
+    """recfuse.ALS warns when row systems cannot be solved; the block solves used to drop
+    their count, and DaskALS said nothing."""
+    # regularization=0 and fewer items than factors: every user's system is singular, and
+    # rounding decides which ones the Cholesky factorisation gives up on (the Gram is summed
+    # in another order here than in recfuse.ALS, so only "some" can be compared).
+    rows = pd.DataFrame({"user": np.repeat(np.arange(40), 2), "item": np.tile([0, 1, 2, 3], 20),
+                         "weight": np.arange(80) % 3 + 1.0})
+    with pytest.warns(RuntimeWarning, match=r"^\d+ row systems were not positive definite and "
+                      r"kept their previous vectors; use regularization > 0$"):
+        DaskALS(dtype=np.float64, solver="cholesky", **dict(PARAMS, regularization=0.0)).fit(
+            dd.from_pandas(rows, npartitions=2), "user", "item", "weight")
+    # A count that does not depend on rounding: a weight whose confidence 1 + alpha * w
+    # overflows makes its user's and its item's systems NaN in every half-sweep (they keep
+    # their vectors), 2 per iteration, here as in recfuse.ALS.
+    matrix, frame = _events(n_users=40, n_items=30, nnz=300)
+    frame.loc[5, "weight"] = 1e308
+    matrix = sp.csr_matrix((frame["weight"], (frame["user"], frame["item"])), shape=matrix.shape)
+    params = dict(solver="cholesky", iterations=2)
+    with pytest.warns(RuntimeWarning, match="not positive definite") as local_warnings:
+        reference = _local_fit(matrix, **params)
+    for blocks in (None, 3):
+        with pytest.warns(RuntimeWarning, match="not positive definite") as caught:
+            model = DaskALS(dtype=np.float64, blocks=blocks, **dict(PARAMS, **params)).fit(
+                dd.from_pandas(frame, npartitions=2), "user", "item", "weight")
+        assert [str(w.message) for w in caught if "definite" in str(w.message)] == [
+            str(w.message) for w in local_warnings if "definite" in str(w.message)] == [
+            "4 row systems were not positive definite and kept their previous vectors; "
+            "use regularization > 0"]
+        assert {w.filename for w in caught if "definite" in str(w.message)} == {__file__}
+        _assert_same_factors(model, reference, 1e-10)
+
+
 # ---------------------------------------------------------------------------- faults
 
 

@@ -53,12 +53,12 @@ def _events():
     return matrix, frame
 
 
-def _local_fit(matrix, iterations):
+def _local_fit(matrix, iterations, **options):
     n_users, n_items = matrix.shape
     start = (initial_factors(np.arange(n_users), 6, 7, "users", np.float64),
              initial_factors(np.arange(n_items), 6, 7, "items", np.float64))
     params = {key: value for key, value in PARAMS.items() if key != "random_state"}
-    return recfuse.ALS(iterations=iterations, backend="cpu", **params).fit(
+    return recfuse.ALS(iterations=iterations, backend="cpu", **params, **options).fit(
         matrix, initial_factors=start)
 
 
@@ -152,3 +152,94 @@ def test_checkpoints_refuse_other_data_and_resume_with_another_block_count(spark
     with pytest.raises(ValueError, match="belongs to another fit"):
         SparkALS(iterations=1, checkpoint_dir=unweighted, checkpoint_every=1, **PARAMS).fit(
             other, "user", "item")
+
+
+def test_row_systems_that_are_not_positive_definite_are_reported_as_by_als(spark):
+    """recfuse.ALS warns when row systems cannot be solved; SparkALS dropped the count."""
+    # A weight whose confidence 1 + alpha * w overflows makes its user's and its item's
+    # systems NaN in every half-sweep (they keep their vectors): 2 per iteration, whatever
+    # the rounding, here as in recfuse.ALS.
+    matrix, frame = _events()
+    frame.loc[5, "weight"] = 1e308
+    matrix = matrix.tocsr(copy=True)
+    matrix[frame.loc[5, "user"], frame.loc[5, "item"]] = 1e308
+    with pytest.warns(RuntimeWarning, match="not positive definite") as local_warnings:
+        reference = _local_fit(matrix, 2, solver="cholesky")
+    with pytest.warns(RuntimeWarning, match="not positive definite") as caught:
+        model = SparkALS(iterations=2, blocks=3, solver="cholesky", **PARAMS).fit(
+            spark.createDataFrame(frame), "user", "item", "weight")
+    messages = [[str(w.message) for w in found if "definite" in str(w.message)]
+                for found in (caught, local_warnings)]
+    assert messages[0] == messages[1] == [
+        "4 row systems were not positive definite and kept their previous vectors; "
+        "use regularization > 0"]
+    assert {w.filename for w in caught if "definite" in str(w.message)} == {__file__}
+    _assert_same(model, reference)
+
+
+def _jobs(spark) -> int:
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup())
+
+
+def test_columns_resolve_as_in_spark_and_weight_types_are_checked_on_the_driver(spark, tmp_path):
+    """Column names were matched case-sensitively (Spark's are not, by default); text or
+    decimal weights failed only in the Python workers (decimals are numbers: now cast to
+    double); recommend_all(path=None) gave os.fspath's TypeError."""
+    from pyspark.sql import functions as F
+
+    matrix, frame = _events()
+    df = spark.createDataFrame(frame.rename(columns={"user": "User", "weight": "Weight"}))
+    decimal = df.withColumn("Weight", F.col("Weight").cast("decimal(12,0)"))
+    model = SparkALS(iterations=1, **PARAMS).fit(decimal, "user", "ITEM", "weight")
+    _assert_same(model, _local_fit(matrix, 1))
+    with pytest.raises(TypeError, match="path must be a folder path"):
+        model.recommend_all(3, path=None)
+
+    spark.conf.set("spark.sql.caseSensitive", "true")
+    try:
+        with pytest.raises(ValueError, match=r"user_col 'user' is not a column of df; its "
+                           r"columns are \['User', 'item', 'Weight'\]"):
+            SparkALS(iterations=1, **PARAMS).fit(df, "user", "item", "Weight")
+    finally:
+        spark.conf.unset("spark.sql.caseSensitive")
+    with pytest.raises(ValueError, match=r"item_col 'item' is ambiguous.*\['item', 'ITEM'\]"):
+        SparkALS(iterations=1, **PARAMS).fit(df.select("*", F.col("item").alias("ITEM")),
+                                             "User", "item")
+
+    jobs = _jobs(spark)
+    for kind in ("string", "date", "binary"):
+        with pytest.raises(TypeError, match=f"weight_col 'Weight' must hold numbers, got "
+                           f"Spark type {kind}"):
+            SparkALS(iterations=1, **PARAMS).fit(
+                df.withColumn("Weight", F.lit(None).cast(kind)), "User", "item", "weight")
+    assert _jobs(spark) == jobs  # refused before any job ran
+
+
+def test_a_new_fit_releases_the_data_the_last_one_cached(spark):
+    """Each fit caches its rating blocks and out-links; they used to stay cached for the
+    life of the session."""
+    from pyspark import StorageLevel
+
+    _, frame = _events()
+    df = spark.createDataFrame(frame)
+    model = SparkALS(iterations=1, **PARAMS).fit(df, "user", "item", "weight")
+    first = list(model._cached)
+    assert len(first) == 4 and all(f.storageLevel != StorageLevel.NONE for f in first)
+    model.fit(df, "user", "item", "weight")  # the same data: its own cache entries
+    second = list(model._cached)
+    assert all(f.storageLevel == StorageLevel.NONE for f in first)
+    assert all(f.storageLevel != StorageLevel.NONE for f in second)
+
+    failed = []
+
+    def dies(iteration, loss):
+        failed.extend(model._cached)
+        raise DriverLost
+
+    with pytest.raises(DriverLost):
+        model.fit(df, "user", "item", "weight", callback=dies)
+    assert len(failed) == 4 and all(f.storageLevel == StorageLevel.NONE for f in failed)
+    # the model is still the second fit, its data cached
+    assert len(model._cached) == 4 and all(a is b for a, b in zip(model._cached, second))
+    assert all(f.storageLevel != StorageLevel.NONE for f in second)
+    model.to_local()

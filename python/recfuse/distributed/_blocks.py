@@ -463,6 +463,14 @@ def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, param
     The fixed side comes either as ``full`` (the broadcast array of every vector) or as
     ``pieces``, a list of ``(source block, rows)`` from the out-link exchange.
     """
+    return solve_block_counted(block, factors, gram, params, backend, full, pieces)[0]
+
+
+def solve_block_counted(block: RatingBlock, factors: np.ndarray, gram: np.ndarray,
+                        params: AlsParams, backend: str, full=None,
+                        pieces=None) -> tuple[np.ndarray, int]:
+    """``solve_block`` and the number of the block's row systems that were not positive
+    definite (their rows kept their vectors; ``recfuse.ALS`` warns about them)."""
     from threadpoolctl import threadpool_limits
 
     dtype = factors.dtype
@@ -470,10 +478,10 @@ def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, param
     out = np.array(factors, dtype=dtype, order="C", copy=True)
     threads = worker_threads(params.num_threads)
     with threadpool_limits(threads or None):
-        resolve_backend(backend).half_sweep(block.rows, fixed, out,
-                                            replace(params, num_threads=threads),
-                                            gram=np.ascontiguousarray(gram, dtype=dtype))
-    return out
+        failed = resolve_backend(backend).half_sweep(block.rows, fixed, out,
+                                                     replace(params, num_threads=threads),
+                                                     gram=np.ascontiguousarray(gram, dtype=dtype))
+    return out, int(failed)
 
 
 def block_loss(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, params: AlsParams,

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _blocks
 from .._validation import check_int
+from ..models.als import warn_failed_systems
 from ._common import DistributedALSBase, check_columns
 
 logger = logging.getLogger("recfuse.distributed")
@@ -154,7 +155,8 @@ class DaskALS(DistributedALSBase):
             started = time.perf_counter()
             self._setup(ddf, user_col, item_col, weight_col)
             self.setup_seconds = time.perf_counter() - started
-            self._train(resume, show_progress, callback, compute_loss)
+            failed = self._train(resume, show_progress, callback, compute_loss)
+        warn_failed_systems(failed, stacklevel=2)
         return self
 
     def _submit(self, func, *args, **kwargs):
@@ -275,16 +277,28 @@ class DaskALS(DistributedALSBase):
         penalty = self.regularization * (sum(p[2] for p in parts) + item_norm)
         return (data + penalty) / total_confidence if total_confidence else 0.0
 
-    def _iterate(self, factors: dict[str, list]) -> dict[str, list]:
+    def _solve(self, side: str, solving: list, fixed: list, fixed_total: int):
+        """The half-sweep of ``side``: (new factor futures, futures of each block's count of
+        row systems that were not positive definite)."""
+        solved = self._half_sweep(side, solving, fixed, fixed_total,
+                                  task=_blocks.solve_block_counted)
+        return ([self._submit(_getitem, s, 0) for s in solved],
+                [self._submit(_getitem, s, 1) for s in solved])
+
+    def _iterate(self, factors: dict[str, list]) -> tuple[dict[str, list], int]:
+        """One iteration: (the new factor futures, how many row systems were not positive
+        definite)."""
         from distributed import wait
 
-        users = self._half_sweep("users", factors["users"], factors["items"], self.n_items)
-        items = self._half_sweep("items", factors["items"], users, self.n_users)
+        users, users_failed = self._solve("users", factors["users"], factors["items"],
+                                          self.n_items)
+        items, items_failed = self._solve("items", factors["items"], users, self.n_users)
         wait(users + items)
         for future in users + items:
             if future.status == "error":
                 future.result()  # raises the task's error here
-        return {"users": users, "items": items}
+        return {"users": users, "items": items}, sum(self._client.gather(users_failed
+                                                                          + items_failed))
 
     def _checkpoint(self, iteration: int, factors: dict[str, list]) -> dict[str, list]:
         """Write the factors, commit the JSON, and continue from the written blocks (so a lost
@@ -302,19 +316,21 @@ class DaskALS(DistributedALSBase):
                        for path, f in zip(paths[side], factors[side])]
                 for side in factors}
 
-    def _train(self, resume: bool, show_progress: bool, callback, compute_loss: bool) -> None:
+    def _train(self, resume: bool, show_progress: bool, callback, compute_loss: bool) -> int:
+        """Run the iterations; returns how many row systems were not positive definite."""
         from tqdm.auto import tqdm
 
         recoverable = _recoverable_errors()
         iteration, factors = self._start(resume)
         self.resumed_from = iteration if iteration else None
         retries, wrote_checkpoint = 0, False
+        failed = {}  # iteration -> its count (an iteration run again after a failure: once)
         progress = tqdm(total=self.iterations, initial=min(iteration, self.iterations),
                         disable=not show_progress, desc="DaskALS", unit="it")
         try:
             while iteration < self.iterations:
                 try:
-                    factors = self._iterate(factors)
+                    factors, failed[iteration] = self._iterate(factors)
                     iteration += 1
                     if self.checkpoint_dir is not None and iteration % self.checkpoint_every == 0:
                         factors = self._checkpoint(iteration, factors)
@@ -342,6 +358,7 @@ class DaskALS(DistributedALSBase):
             raise ValueError("DaskALS diverged: the trained factors hold NaN or inf; lower "
                              "alpha or scale down the weights")
         self._factors = factors
+        return sum(failed.values())
 
     def transfer_plan(self) -> dict:
         """What one half-sweep of each side moves, if every block sat on its own worker:
@@ -407,7 +424,6 @@ class DaskALS(DistributedALSBase):
         an earlier save at ``path`` as it was."""
         self._require_fitted()
         path = os.fspath(path)
-        client = self._client
         staging = _staging_folder(path)
         try:
             jobs = []

@@ -4,15 +4,20 @@ runs on classic Spark and under Spark Connect alike."""
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from . import _blocks
+from ..models.als import warn_failed_systems
 from ._common import DistributedALSBase, check_columns
 
 BLOCK_SCHEMA = "block int, payload binary"
+# A solved factor block, with how many of its row systems were not positive definite (the
+# next job that reads the block anyway, a Gram or the final check, collects the counts).
+SOLVED_SCHEMA = "block int, payload binary, failed long"
 
 
 def _require_spark():
@@ -32,6 +37,61 @@ def _is_spark_frame(frame) -> bool:
     except Exception:  # noqa: BLE001 - connect dependencies not installed
         return False
     return isinstance(frame, ConnectDataFrame)
+
+
+def _column(name: str):
+    """The column named exactly ``name`` (quoted: dots and backticks are part of the name)."""
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def _resolve_columns(df, user_col, item_col, weight_col) -> tuple:
+    """The names of ``df``'s columns that the arguments name, checked (``check_columns``), as
+    Spark resolves them: ignoring case unless ``spark.sql.caseSensitive`` is true; and
+    whether the weight column is a decimal (to be cast to double). Reads the schema only
+    (no job): a weight column that does not hold numbers is refused here, on the driver."""
+    from pyspark.sql.types import BooleanType, DecimalType, NumericType
+
+    fields = df.schema.fields
+    names = [field.name for field in fields]
+    sensitive = str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).lower()
+    sensitive = sensitive == "true"
+
+    def resolve(argument, value):
+        if not isinstance(value, str):
+            return value  # check_columns says what is wrong with it
+        same = [name for name in names if (name == value if sensitive
+                                           else name.lower() == value.lower())]
+        if len(same) > 1:
+            how = "" if sensitive else \
+                " (Spark compares column names ignoring case: spark.sql.caseSensitive is false)"
+            raise ValueError(f"{argument} {value!r} is ambiguous: df has several columns of "
+                             f"that name, {same}{how}")
+        return same[0] if same else value
+
+    user_col, item_col = resolve("user_col", user_col), resolve("item_col", item_col)
+    if weight_col is not None:
+        weight_col = resolve("weight_col", weight_col)
+    check_columns(names, user_col, item_col, weight_col, "df")
+    decimal = False
+    if weight_col is not None:
+        kind = fields[names.index(weight_col)].dataType
+        if isinstance(kind, DecimalType):
+            decimal = True
+        elif not isinstance(kind, (NumericType, BooleanType)):
+            raise TypeError(f"weight_col {weight_col!r} must hold numbers, got Spark type "
+                            f"{kind.simpleString()}")
+    return user_col, item_col, weight_col, decimal
+
+
+def _unpersist(frames) -> None:
+    """Release cached DataFrames (best effort: a stopped session has nothing left to free)."""
+    for frame in frames:
+        try:
+            frame.unpersist()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _rows(frames) -> pd.DataFrame:
@@ -99,12 +159,19 @@ def _initial(n_total, n_blocks, factors, seed, side, dtype):
     return run
 
 
+def _failed(frame) -> list:
+    """The ``failed`` counts of factor blocks (0 for blocks that were not solved: initial or
+    loaded from a checkpoint)."""
+    return list(frame["failed"]) if "failed" in frame else [0] * len(frame)
+
+
 def _gram():
     def run(batches):
         for frame in batches:
-            for payload in frame["payload"]:
+            for payload, failed in zip(frame["payload"], _failed(frame)):
                 gram = _blocks.partial_gram(_blocks.array_from_bytes(payload))
-                yield pd.DataFrame({"block": [0], "payload": [_blocks.array_to_bytes(gram)]})
+                yield pd.DataFrame({"block": [0], "payload": [_blocks.array_to_bytes(gram)],
+                                    "failed": [int(failed)]})
     return run
 
 
@@ -128,10 +195,12 @@ def _solve(gram, params, backend):
                 block = _blocks.block_from_bytes(payload)
                 received = [(int(p["src"]), _blocks.array_from_bytes(p["piece"]))
                             for p in pieces]
-                new = _blocks.solve_block(block, _blocks.array_from_bytes(factors), gram,
-                                          params, backend, pieces=received)
+                new, failed = _blocks.solve_block_counted(
+                    block, _blocks.array_from_bytes(factors), gram, params, backend,
+                    pieces=received)
                 yield pd.DataFrame({"block": [int(block_id)],
-                                    "payload": [_blocks.array_to_bytes(new)]})
+                                    "payload": [_blocks.array_to_bytes(new)],
+                                    "failed": [failed]})
     return run
 
 
@@ -159,9 +228,10 @@ def _load(folder, side, n_total, n_blocks, saved_blocks):
 def _finite():
     def run(batches):
         for frame in batches:
-            for block, payload in zip(frame["block"], frame["payload"]):
+            for block, payload, failed in zip(frame["block"], frame["payload"], _failed(frame)):
                 yield pd.DataFrame({"block": [int(block)], "finite": [
-                    _blocks.all_finite(_blocks.array_from_bytes(payload))]})
+                    _blocks.all_finite(_blocks.array_from_bytes(payload))],
+                    "failed": [int(failed)]})
     return run
 
 
@@ -228,31 +298,54 @@ class SparkALS(DistributedALSBase):
         self._maps = None
         self._ratings = {}
         self._factors = {}
+        self._cached = []  # the DataFrames this model cached (its ratings and out-links)
 
     def fit(self, df, user_col: str, item_col: str, weight_col: str | None = None, *,
             resume: bool = True, show_progress: bool = False,
             callback: Callable[[int, float | None], None] | None = None) -> "SparkALS":
         """Train on the rows of the Spark DataFrame ``df``; see ``DaskALS.fit``
-        (``callback(iteration, None)``: SparkALS does not compute the training loss)."""
+        (``callback(iteration, None)``: SparkALS does not compute the training loss).
+
+        Column names are resolved as Spark resolves them (ignoring case unless
+        ``spark.sql.caseSensitive`` is true). The weight column must be of a numeric (or
+        boolean) Spark type; decimals are cast to double. The DataFrames that an earlier fit
+        of this model cached are released once this one has replaced them."""
         _require_spark()
         if not _is_spark_frame(df):
             raise TypeError(f"df must be a pyspark DataFrame, got {type(df).__module__}."
                             f"{type(df).__name__}")
-        check_columns(df.columns, user_col, item_col, weight_col, "df")
+        user_col, item_col, weight_col, decimal = _resolve_columns(df, user_col, item_col,
+                                                                   weight_col)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        with self._all_or_nothing():
-            self._fit(df, user_col, item_col, weight_col, resume, show_progress, callback)
+        previous, cached = self._cached, []
+        try:
+            with self._all_or_nothing():
+                failed = self._fit(df, user_col, item_col, weight_col, decimal, resume,
+                                   show_progress, callback, cached)
+        except BaseException:
+            _unpersist(cached)  # this fit's own; the model keeps the previous fit's
+            raise
+        _unpersist(previous)  # replaced by this fit's
+        warn_failed_systems(failed, stacklevel=2)
         return self
 
-    def _fit(self, df, user_col, item_col, weight_col, resume, show_progress, callback) -> None:
-        """fit once its arguments are checked (under _all_or_nothing)."""
+    def _fit(self, df, user_col, item_col, weight_col, decimal, resume, show_progress,
+             callback, cached: list) -> int:
+        """fit once its arguments are checked (under _all_or_nothing); the DataFrames it
+        caches go into ``cached``. Returns how many row systems were not positive definite."""
+        from pyspark.sql import functions as F
+
         self._spark = df.sparkSession
-        columns = [user_col, item_col] + ([weight_col] if weight_col is not None else [])
+        columns = [_column(user_col), _column(item_col)]
+        if weight_col is not None:
+            weight = _column(weight_col)
+            columns.append(weight.cast("double").alias(weight_col) if decimal else weight)
         df = df.select(*columns)
         # The distinct ids are collected on the driver (one column each) and travel to the
         # tasks with the encoding function.
-        maps = tuple(_blocks.IdMap.from_column(df.select(c).distinct().toPandas()[c], c)
+        maps = tuple(_blocks.IdMap.from_column(df.select(_column(c)).distinct().toPandas()[c],
+                                               c)
                      for c in (user_col, item_col))
         n_users, n_items = len(maps[0]), len(maps[1])
         if n_users == 0:
@@ -264,6 +357,10 @@ class SparkALS(DistributedALSBase):
                     self.confidence == "linear"),
             "u long, i long, w double, ub int, ib int")
         stats, ratings = {}, {}
+        # This fit's own token in the cached plans: a plan equal to one that another fit
+        # (of this model or another) cached would share its cache entry, and be released
+        # with it.
+        token = F.lit(secrets.token_hex(8))
         for side, key, n_total, n_own, n_other in (
                 ("users", "ub", n_users, user_blocks, item_blocks),
                 ("items", "ib", n_items, item_blocks, user_blocks)):
@@ -271,7 +368,8 @@ class SparkALS(DistributedALSBase):
                 _build(side, key, n_total, n_own, n_other, self.dtype),
                 "block int, payload binary, nnz long, weight_sum double, digest string, "
                 "sources array<int>",
-            ).cache()
+            ).withColumn("fit", token).cache()
+            cached.append(built)
             table = built.select("block", "nnz", "weight_sum", "digest").toPandas()
             stats[side] = [{"nnz": int(n), "weight_sum": float(w), "digest": int(d)}
                            for _, n, w, d in sorted(table.itertuples(index=False))]
@@ -281,9 +379,11 @@ class SparkALS(DistributedALSBase):
         self._blocks_count = {"users": user_blocks, "items": item_blocks}
         self._outlinks = {side: ratings[side].mapInPandas(
             _outlinks(), "src int, dst int, rows binary").cache() for side in ratings}
+        cached.extend(self._outlinks.values())
+        self._cached = cached
         fingerprint = self._fingerprint(n_users, n_items, user_blocks, item_blocks,
                                         stats["users"])
-        self._train(fingerprint, resume, show_progress, callback)
+        return self._train(fingerprint, resume, show_progress, callback)
 
 
     def _default_parallelism(self) -> int:
@@ -311,11 +411,12 @@ class SparkALS(DistributedALSBase):
             for side, n_total in (("users", self.n_users), ("items", self.n_items))}
 
     def _half_sweep(self, side: str, solving, fixed):
+        """(the solved blocks of ``side``, how many row systems were not positive definite
+        when ``fixed`` was solved: read along with its Gram)."""
         from pyspark.sql import functions as F
 
-        grams = [_blocks.array_from_bytes(p)
-                 for p in fixed.mapInPandas(_gram(), BLOCK_SCHEMA).toPandas()["payload"]]
-        gram = _blocks.add(*grams)
+        table = fixed.mapInPandas(_gram(), SOLVED_SCHEMA).toPandas()
+        gram = _blocks.add(*[_blocks.array_from_bytes(p) for p in table["payload"]])
         pieces = fixed.join(self._outlinks[side], fixed["block"] == F.col("src")).select(
             "block", "dst", "payload", "rows").mapInPandas(
                 _take(), "dst int, src int, piece binary")
@@ -324,8 +425,9 @@ class SparkALS(DistributedALSBase):
         inputs = (self._ratings[side]
                   .join(solving.withColumnRenamed("payload", "factors"), "block")
                   .join(grouped.withColumnRenamed("dst", "block"), "block"))
-        return inputs.mapInPandas(_solve(gram, self.params, self.backend), BLOCK_SCHEMA,
-                                  barrier=self.barrier).localCheckpoint()
+        return (inputs.mapInPandas(_solve(gram, self.params, self.backend), SOLVED_SCHEMA,
+                                   barrier=self.barrier).localCheckpoint(),
+                int(table["failed"].sum()))
 
     def _checkpoint(self, iteration: int, factors, fingerprint) -> None:
         folder = self._checkpoint_folder(iteration)
@@ -333,17 +435,21 @@ class SparkALS(DistributedALSBase):
             frame.mapInPandas(_save(folder, side), BLOCK_SCHEMA).collect()
         self._commit_checkpoint(iteration, folder, fingerprint)
 
-    def _train(self, fingerprint, resume, show_progress, callback) -> None:
+    def _train(self, fingerprint, resume, show_progress, callback) -> int:
+        """Run the iterations; returns how many row systems were not positive definite."""
         from tqdm.auto import tqdm
 
         iteration, factors = self._start(fingerprint, resume)
+        failed = 0  # of the solved blocks read so far (each is read once more, below)
         self.resumed_from = iteration if iteration else None
         progress = tqdm(total=self.iterations, initial=min(iteration, self.iterations),
                         disable=not show_progress, desc="SparkALS", unit="it")
         try:
             while iteration < self.iterations:
-                users = self._half_sweep("users", factors["users"], factors["items"])
-                items = self._half_sweep("items", factors["items"], users)
+                users, items_failed = self._half_sweep("users", factors["users"],
+                                                       factors["items"])
+                items, users_failed = self._half_sweep("items", factors["items"], users)
+                failed += items_failed + users_failed  # last iteration's items, these users
                 factors = {"users": users, "items": items}
                 iteration += 1
                 if self.checkpoint_dir is not None and iteration % self.checkpoint_every == 0:
@@ -354,12 +460,15 @@ class SparkALS(DistributedALSBase):
                     callback(iteration - 1, None)
         finally:
             progress.close()
-        finite = [flag for side in ("users", "items") for flag in factors[side].mapInPandas(
-            _finite(), "block int, finite boolean").toPandas()["finite"]]
-        if not all(finite):  # as recfuse.ALS: raise, and _all_or_nothing keeps the old model
+        checks = {side: factors[side].mapInPandas(
+            _finite(), "block int, finite boolean, failed long").toPandas()
+            for side in ("users", "items")}
+        if not all(all(table["finite"]) for table in checks.values()):
+            # as recfuse.ALS: raise, and _all_or_nothing keeps the old model
             raise ValueError("SparkALS diverged: the trained factors hold NaN or inf; lower "
                              "alpha or scale down the weights")
         self._factors = factors
+        return failed + int(checks["items"]["failed"].sum())  # the last items: read here only
 
     # ------------------------------------------------------------------ results
     def _require_fitted(self) -> None:
@@ -418,6 +527,9 @@ class SparkALS(DistributedALSBase):
 
         self._require_fitted()
         k = check.check_k(k)
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a folder path (str or os.PathLike), got "
+                            f"{type(path).__name__}")
         path = os.fspath(path)
         maps = self._maps if external_ids else None
         user_type = _id_type(self._maps[0]) if external_ids else "long"

@@ -33,6 +33,19 @@ class _State:
     item_gram: np.ndarray | None = None  # YᵀY of item_factors, computed on first fold-in
 
 
+def warn_failed_systems(failed: int, stacklevel: int) -> None:
+    """The RuntimeWarning of a fit (``ALS``, ``DaskALS``, ``SparkALS``) in which ``failed``
+    row systems over its half-sweeps were not positive definite; ``stacklevel`` as for
+    ``warnings.warn`` from the caller."""
+    if failed:
+        warnings.warn(
+            f"{failed} row systems were not positive definite and kept their previous "
+            "vectors; use regularization > 0",
+            RuntimeWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
 class ALS(FactorRetrieval):
     """Implicit-feedback ALS: factors X (users) and Y (items) from a users x items CSR matrix.
 
@@ -216,13 +229,7 @@ class ALS(FactorRetrieval):
             # in id order, rather than ordered by rounding.
             X[np.diff(user_csr.indptr) == 0] = 0
             Y[np.diff(item_csr.indptr) == 0] = 0
-        if failed:
-            warnings.warn(
-                f"{failed} row systems were not positive definite and kept their previous "
-                "vectors; use regularization > 0",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        warn_failed_systems(failed, stacklevel=2)
         with self._lock:
             self._state = _State(X, Y, matrix, None)
             self.backend_used = backend.NAME
