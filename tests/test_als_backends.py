@@ -672,3 +672,25 @@ def test_cpu_fit_keeps_large_tables_on_huge_pages_with_the_same_result(solver):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="woodbury_table must be writeable with room for"):
         cpu.half_sweep(R, Y, X, params, woodbury_table=np.empty(10, np.float32))
+
+
+def test_a_recfuse_simd_the_cpu_cannot_run_leaves_numpy_fits_working():
+    """Under an unsupported or misspelt RECFUSE_SIMD the cpu backend is unavailable and every
+    SIMD-dispatched native call raises; an ALS fit on the numpy backend must still run, with
+    the starting factors of reference.normal_table (they were drawn by the native kernel
+    whenever the module was built, and the fit raised the cpu's SIMD error)."""
+    import os
+
+    code = (
+        "import numpy as np, scipy.sparse as sp, recfuse\n"
+        "from recfuse import reference\n"
+        "from recfuse._sgd.common import normal_table\n"
+        "assert not [b for b in recfuse.backends() if b.name == 'cpu'][0].available\n"
+        "np.testing.assert_array_equal(normal_table(5, 7, 3, 0.0, 0.1, np.float32),\n"
+        "                              reference.normal_table(5, 7, 3, 0.0, 0.1, np.float32))\n"
+        "R = sp.random(30, 20, density=0.2, format='csr', random_state=0)\n"
+        "model = recfuse.ALS(factors=4, iterations=1, backend='numpy').fit(R)\n"
+        "assert np.isfinite(model.user_factors).all()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "RECFUSE_SIMD": "bogus"})

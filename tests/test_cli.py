@@ -109,6 +109,14 @@ def test_info():
     assert "backend" in text and "per model family" in text
 
 
+def test_info_under_a_simd_level_the_cpu_cannot_run_prints_the_table(monkeypatch):
+    monkeypatch.setenv("RECFUSE_SIMD", "bogus")  # it stopped with the level's error instead
+    text = run("info").stdout
+    (cpu,) = [line for line in text.splitlines() if line.startswith("cpu ")]
+    assert "no" in cpu.split() and "RECFUSE_SIMD: " in cpu and "bogus" in cpu
+    assert "per model family" in text
+
+
 def test_recommend_unknown_user(tmp_path):
     frame = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 2, 3, 1]})
     frame.to_csv(tmp_path / "log.csv", index=False)

@@ -656,3 +656,36 @@ def test_any_layout_of_the_items_gives_the_same_results(layout, dtype):
         assert got[1].dtype == dtype
         np.testing.assert_array_equal(got[0], expected[0])
         np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_a_recfuse_simd_the_cpu_cannot_run_leaves_the_other_backends_working():
+    """An unsupported or misspelt RECFUSE_SIMD makes every SIMD-dispatched native call raise:
+    recfuse.backends() then reports the cpu backend unavailable and "auto" passes over it. The
+    other backends must still search (the input checks they share used the native one-pass
+    finiteness check unconditionally, so backend='numpy' raised the cpu's SIMD error)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, recfuse\n"
+        "from recfuse import reference\n"
+        "(cpu,) = [b for b in recfuse.backends('topk') if b.name == 'cpu']\n"
+        "assert not cpu.available and 'bogus' in cpu.detail, cpu\n"
+        "rng = np.random.default_rng(0)\n"
+        "items = rng.standard_normal((50, 7)).astype(np.float32)\n"
+        "queries = rng.standard_normal((3, 7)).astype(np.float32)\n"
+        "ids, scores = recfuse.topk(queries, items, 4, backend='numpy')\n"
+        "assert (ids == reference.topk(queries, items, 4)[0]).all()\n"
+        "try:\n"
+        "    recfuse.topk(queries * np.nan, items, 4, backend='numpy')\n"
+        "except ValueError as error:\n"
+        "    assert 'queries must hold finite' in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('NaN queries were accepted')\n"
+        "layers = [(np.ones((1, 7), np.float32), None, 'identity')]\n"
+        "scores = recfuse.MLPScorer(layers, backend='numpy').score(queries)\n"
+        "assert np.allclose(scores, queries.sum(axis=1), atol=1e-5)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "RECFUSE_SIMD": "bogus"})

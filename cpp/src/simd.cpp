@@ -39,7 +39,12 @@ bool cpu_supports(SimdLevel level) {
 SimdLevel initial_level() {
   const char* env = std::getenv("RECFUSE_SIMD");
   if (env != nullptr && *env != '\0') {
-    SimdLevel wanted = parse_simd_level(env);
+    SimdLevel wanted;
+    try {
+      wanted = parse_simd_level(env);
+    } catch (const std::invalid_argument& error) {  // name the variable the value came from
+      throw std::invalid_argument(std::string("RECFUSE_SIMD: ") + error.what());
+    }
     if (!cpu_supports(wanted)) {
       throw std::invalid_argument(std::string("RECFUSE_SIMD=") + env +
                                   " is not supported by this CPU or build; supported up to " +

@@ -16,6 +16,28 @@ try:  # the one-pass checks below; NumPy's when the native module is not built
 except ImportError:  # pragma: no cover - only when the package was not built
     _native = None
 
+_native_ready = False  # set once a native call is known to work
+
+
+def _native_usable() -> bool:
+    """Whether the native one-pass checks can run. They dispatch by SIMD level, and an
+    unsupported or misspelt RECFUSE_SIMD makes every native call raise; the cpu backend is
+    then reported unavailable (recfuse.backends()) and the other backends, which validate
+    their input here too, must still work: they get NumPy's checks. Once the level has been
+    read it cannot become unusable (set_simd_level refuses what the CPU lacks), so success is
+    remembered; a failure is asked again (RECFUSE_SIMD may be corrected in the process)."""
+    global _native_ready
+    if _native_ready:
+        return True
+    if _native is None:
+        return False
+    try:
+        _native.simd_level()
+    except ValueError:
+        return False
+    _native_ready = True
+    return True
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INT32_MAX = np.iinfo(np.int32).max
 INT64_MAX = int(np.iinfo(np.int64).max)  # ids are int64: larger integers are refused
@@ -30,7 +52,7 @@ def all_finite(array: np.ndarray) -> bool:
     >>> all_finite(np.array([1.0, np.inf], np.float32))
     False
     """
-    if _native is not None and array.dtype is _FLOAT32 and array.flags.c_contiguous:
+    if array.dtype is _FLOAT32 and array.flags.c_contiguous and _native_usable():
         return _native.all_finite(array)
     return bool(np.isfinite(array).all())
 
@@ -42,7 +64,7 @@ def id_bounds(ids: np.ndarray) -> tuple[int, int]:
     >>> id_bounds(np.array([3, -1, 7]))
     (-1, 7)
     """
-    if _native is not None and ids.dtype is _INT64 and ids.flags.c_contiguous:
+    if ids.dtype is _INT64 and ids.flags.c_contiguous and _native_usable():
         return _native.id_bounds(ids)
     return int(ids.min()), int(ids.max())
 

@@ -134,6 +134,8 @@ def _info(args) -> int:
                 "mlp_kernels": {name: (ok, why) for name, ok, why in _core.mlp_kernels()}}
     except ImportError:
         pass
+    except ValueError:  # RECFUSE_SIMD names a level this CPU cannot run: the cpu row says so
+        pass
     if args.json:
         _emit_json(args, {"version": recfuse.__version__, "python": sys.version.split()[0],
                           "numpy": np.__version__, "auto": chosen, "cpu_threads": os.cpu_count(),

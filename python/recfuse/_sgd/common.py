@@ -46,6 +46,7 @@ import scipy.sparse as sp
 from .. import reference
 from ..reference import splitmix64_draws
 from .._als.cpu import _core  # None when the native module is missing: NumPy paths then
+from .._validation import _native_usable
 
 # Default grid: about this many ratings per block, at most MAX_GRID bins a side. The grid is
 # a function of the data only, so results do not depend on the thread count.
@@ -180,7 +181,7 @@ def normal_training_rows(seed: int, rows: np.ndarray, k: int, mean: float, std: 
     27 ms SVD set-up on ml-latest-small went to drawing 1M values with NumPy and copying
     them into the layout; this takes 1-2 ms)."""
     dtype = np.dtype(dtype)
-    if _core is None:
+    if not _native_usable():  # not built, or RECFUSE_SIMD names a level it cannot run
         table = reference.normal_table(seed, int(rows.max(initial=-1)) + 1, k, mean, std, dtype)
         return training_rows(table, rows, backend)
     # normal_rows writes the padding too, and its threads share the first touches of the pages
@@ -196,7 +197,7 @@ def normal_table(seed: int, n_rows: int, k: int, mean: float, std: float, dtype,
     into ``out`` (a C-order (n_rows, k) array of ``dtype``) when given."""
     if out is None:
         out = np.empty((n_rows, k), dtype=dtype)
-    if _core is None:
+    if not _native_usable():  # not built, or RECFUSE_SIMD names a level it cannot run
         out[...] = reference.normal_table(seed, n_rows, k, mean, std, dtype)
     else:
         _core.normal_rows(seed, out, k, mean, std)
