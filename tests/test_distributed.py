@@ -408,6 +408,35 @@ def test_a_new_driver_resumes_with_another_block_count(client, tmp_path):
         _assert_same_factors(resumed, _local_fit(matrix, iterations=4), 1e-10)
 
 
+def test_a_new_driver_resumes_fractional_weights_with_another_block_count(client, tmp_path):
+    """The fingerprint's weight sum adds the blocks' float sums, whose rounding depends on
+    the block layout: with weights that are not whole numbers a re-blocked resume was
+    refused as "another fit" (the digest already pins every value exactly)."""
+    matrix, frame = _events()
+    frame = frame.assign(weight=frame["weight"] * 0.1 + 1 / 3)
+    matrix = sp.csr_matrix((frame["weight"], (frame["user"], frame["item"])), shape=matrix.shape)
+    from recfuse.distributed import _blocks
+
+    users, items = frame["user"].to_numpy(), frame["item"].to_numpy()
+    sums = {float(sum(_blocks.build_block(
+        "users", b, matrix.shape[0], n, 1, np.float64,
+        (users[users % n == b], items[users % n == b],
+         frame["weight"].to_numpy()[users % n == b])).stats()["weight_sum"]
+        for b in range(n))) for n in (3, 2, 5)}
+    assert len(sums) > 1  # the layouts' sums differ in their last bits
+    ddf = dd.from_pandas(frame, npartitions=3)
+    params = dict(PARAMS, iterations=4)
+    with pytest.raises(DriverLost):
+        DaskALS(dtype=np.float64, blocks=3, checkpoint_dir=tmp_path, checkpoint_every=2,
+                **params).fit(ddf, "user", "item", "weight", callback=dies_after(1))
+    for blocks in (2, 5):
+        resumed = DaskALS(dtype=np.float64, blocks=blocks, checkpoint_dir=tmp_path,
+                          checkpoint_every=10, **params)
+        resumed.fit(ddf, "user", "item", "weight")
+        assert resumed.resumed_from == 2
+        _assert_same_factors(resumed, _local_fit(matrix, iterations=4), 1e-10)
+
+
 def test_driver_lost_resumes_from_checkpoint(client, tmp_path):
     matrix, frame = _events()
     ddf = dd.from_pandas(frame, npartitions=3)

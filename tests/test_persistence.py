@@ -381,9 +381,15 @@ def test_a_model_saved_with_a_backend_this_machine_lacks_loads_with_auto(model, 
     monkeypatch.setattr(model, "backend", "cupy")  # as if trained on a GPU host
     path = tmp_path / "gpu_model.npz"
     model.save(path)
-    rows = [info._replace(available=False, detail="not on this host") if info.name == "cupy"
-            else info for info in _backend.backends("topk")]
-    monkeypatch.setattr(_backend, "backends", lambda family="als": rows)
+    probe = _backend._probe
+
+    def lacking_cupy(name, family="als"):
+        module, info = probe(name, family)
+        if name == "cupy":
+            return None, info._replace(available=False, detail="not on this host")
+        return module, info
+
+    monkeypatch.setattr(_backend, "_probe", lacking_cupy)
     with pytest.warns(RuntimeWarning, match="backend='cupy', which is not available here "
                                             r"\(not on this host\)"):
         loaded = recfuse.load(path)
@@ -393,3 +399,50 @@ def test_a_model_saved_with_a_backend_this_machine_lacks_loads_with_auto(model, 
     users = np.arange(3)
     for got, want in zip(loaded.recommend(users, k=5), expected.recommend(users, k=5)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_loading_a_model_saved_with_a_backend_probes_that_backend_only(model, tmp_path):
+    """The check for a saved backend this machine lacks read the whole backend table, which
+    imports every optional backend: the first load of a model saved with backend="cpu"
+    imported numba (~0.3 s) in a process that never uses it."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba")
+    if not any(info.name == "cpu" and info.available for info in recfuse.backends("topk")):
+        pytest.skip("the cpu backend is not available here")
+    path = tmp_path / "cpu_model.npz"
+    model.save(path)
+    recfuse.load(path, backend="cpu").save(path)  # a copy saved with backend="cpu"
+    assert persistence.read_model(path)[0]["params"]["backend"] == "cpu"
+    code = ("import sys, warnings; warnings.simplefilter('error'); import recfuse; "
+            "assert 'numba' not in sys.modules, 'recfuse imported numba'; "
+            f"recfuse.load({str(path)!r}); print(sorted(m for m in ('numba', 'cupy') "
+            "if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k not in ("RECFUSE_BACKEND", "RECFUSE_SIMD")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, check=True, timeout=120)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_load_opens_each_member_once(model, tmp_path, monkeypatch, mmap):
+    """The member checks before np.load opened and parsed every member's header, then
+    np.load opened and parsed it again: ~0.6 ms (+50%) on each load of a small model. Each
+    member is read once now (mmap=True: the JSON header only, the arrays are mapped)."""
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        members = len(archive.infolist())
+    opened = []
+    original = zipfile.ZipFile.open
+
+    def counting_open(self, name, *args, **kwargs):
+        opened.append(getattr(name, "filename", name))
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", counting_open)
+    loaded = recfuse.load(path, mmap=mmap)
+    assert len(opened) == (1 if mmap else members), opened
+    np.testing.assert_array_equal(loaded.user_factors, model.user_factors)
+    np.testing.assert_array_equal(loaded.item_factors, model.item_factors)

@@ -162,28 +162,57 @@ def _data_size(shape: tuple, dtype: np.dtype) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-def _check_members(path: str, archive: zipfile.ZipFile, size: int) -> None:
-    """Every member is a .npy array whose declared data fit in the member's bytes (and the
-    member in the file): a forged or truncated header is a ValueError naming the member
-    before anything is allocated for it (np.load allocates the declared size first)."""
-    for info in archive.infolist():
-        name = _member_name(info.filename)
-        if info.compress_type == zipfile.ZIP_STORED:
-            if info.compress_size != info.file_size or \
-                    info.header_offset + info.compress_size > size:
-                raise ValueError(f"{path!r} is truncated or damaged: member {name!r} declares "
-                                 f"{info.file_size} bytes, more than the file holds")
-        elif info.compress_type == zipfile.ZIP_DEFLATED and \
-                info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 1024:
-            raise ValueError(f"{path!r} is damaged: member {name!r} declares {info.file_size} "
-                             f"bytes from {info.compress_size} compressed ones")
-        with archive.open(info) as member:
-            shape, _, dtype = _read_npy_header(path, name, member)
-            declared = member.tell() + _data_size(shape, dtype)
+def _check_zip_entry(path: str, name: str, info: zipfile.ZipInfo, size: int) -> None:
+    """The sizes the zip directory gives a member are possible ones (from the directory
+    only, nothing read): a stored member within the file, a deflated one not beyond
+    deflate's ratio."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size != info.file_size or \
+                info.header_offset + info.compress_size > size:
+            raise ValueError(f"{path!r} is truncated or damaged: member {name!r} declares "
+                             f"{info.file_size} bytes, more than the file holds")
+    elif info.compress_type == zipfile.ZIP_DEFLATED and \
+            info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 1024:
+        raise ValueError(f"{path!r} is damaged: member {name!r} declares {info.file_size} "
+                         f"bytes from {info.compress_size} compressed ones")
+
+
+# Bytes read per call when a member is read into its array (as np.load reads, in pieces).
+_READ_CHUNK = 1 << 20
+
+
+def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo,
+                 size: int) -> np.ndarray:
+    """One .npy member as an array, its header read once: a forged or truncated header is a
+    ValueError naming the member before anything is allocated for it (np.load allocates the
+    declared size first, then parses each header a second time)."""
+    name = _member_name(info.filename)
+    _check_zip_entry(path, name, info, size)
+    with archive.open(info) as member:
+        shape, fortran, dtype = _read_npy_header(path, name, member)
+        nbytes = _data_size(shape, dtype)
+        declared = member.tell() + nbytes
         if declared > info.file_size:
             raise ValueError(f"{path!r} is truncated or damaged: member {name!r} declares an "
                              f"array of shape {shape} and dtype {dtype} ({declared} bytes with "
                              f"its header), the member holds {info.file_size}")
+        array = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
+        if nbytes:
+            view = memoryview(array.reshape(-1).view(np.uint8))
+            done = 0
+            while done < nbytes:
+                got = member.readinto(view[done:done + _READ_CHUNK])
+                if not got:
+                    raise ValueError(f"{path!r} is truncated or damaged: member {name!r} "
+                                     f"ends after {done} of its {nbytes} bytes of data")
+                done += got
+    return array.T if fortran else array
+
+
+def _read_members(path: str, archive: zipfile.ZipFile, size: int) -> dict[str, np.ndarray]:
+    """Every member of an open archive as an array (``_read_member``), by member name."""
+    return {_member_name(info.filename): _read_member(path, archive, info, size)
+            for info in archive.infolist()}
 
 
 def _map_members(path: str, handle, archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
@@ -194,6 +223,7 @@ def _map_members(path: str, handle, archive: zipfile.ZipFile) -> dict[str, np.nd
         name = _member_name(info.filename)
         if name == HEADER_KEY:
             continue
+        _check_zip_entry(path, name, info, size)
         if info.compress_type != zipfile.ZIP_STORED:
             raise ValueError(f"{path!r}: member {name!r} is compressed and cannot be mapped; "
                              "load it with mmap=False")
@@ -211,8 +241,9 @@ def _map_members(path: str, handle, archive: zipfile.ZipFile) -> dict[str, np.nd
         # directory, which a forged shape would otherwise map as values
         end = min(start + info.file_size, size)
         if offset + nbytes > end:
-            raise ValueError(f"{path!r} is truncated or damaged: {name!r} needs bytes up to "
-                             f"{offset + nbytes}, its member ends at {end}")
+            raise ValueError(f"{path!r} is truncated or damaged: member {name!r} declares an "
+                             f"array of shape {shape} and dtype {dtype} (bytes up to "
+                             f"{offset + nbytes}), its member ends at {end}")
         if nbytes == 0:
             arrays[name] = np.empty(shape, dtype=dtype)
             continue
@@ -241,15 +272,19 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
         raise ValueError(f"{path!r} is not a readable recfuse model file (truncated or "
                          "foreign): not a zip archive")
     try:
-        with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
-            if HEADER_KEY not in archive.files:
+        with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+            size = os.fstat(handle.fileno()).st_size
+            infos = {_member_name(info.filename): info for info in archive.infolist()}
+            if HEADER_KEY not in infos:
                 raise ValueError(f"{path!r} is not a recfuse model file (no {HEADER_KEY} header)")
-            _check_members(path, archive.zip, os.fstat(handle.fileno()).st_size)
-            header = json.loads(archive[HEADER_KEY].tobytes().decode("utf-8"))
+            # each header is read once: here with the member's data, or by _map_members
             if mmap:
-                arrays = _map_members(path, handle, archive.zip)
+                header_array = _read_member(path, archive, infos[HEADER_KEY], size)
+                arrays = _map_members(path, handle, archive)
             else:
-                arrays = {name: archive[name] for name in archive.files if name != HEADER_KEY}
+                arrays = _read_members(path, archive, size)
+                header_array = arrays.pop(HEADER_KEY)
+            header = json.loads(header_array.tobytes().decode("utf-8"))
     # RuntimeError: zipfile's answer to a member it cannot open (NotImplementedError for an
     # unknown compression method or strong encryption, RuntimeError for encryption)
     except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError, json.JSONDecodeError,
@@ -288,12 +323,14 @@ def _fall_back_from_unavailable_backend(path: str, params: dict, overrides: dict
     """A model saved with an explicit backend that this machine lacks (trained on a GPU,
     served on a CPU host) is loaded with backend="auto" and a RuntimeWarning naming the
     reason, instead of a model whose every call fails; ``load(..., backend=...)`` chooses."""
-    from ._backend import BACKEND_NAMES, backends
+    from ._backend import BACKEND_NAMES, _probe
 
     saved = params.get("backend")
     if "backend" in overrides or saved not in BACKEND_NAMES:
         return
-    info = next(row for row in backends("topk") if row.name == saved)
+    # the saved backend's row only: the whole table (backends()) would import every optional
+    # backend (numba, cupy) on the first load, ~0.3 s for a model saved with backend="cpu"
+    info = _probe(saved, "topk")[1]
     if not info.available:
         warnings.warn(f"{path!r} was saved with backend={saved!r}, which is not available here "
                       f"({info.detail}); loaded with backend='auto' (pass backend=... to "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 
@@ -135,8 +136,17 @@ class DistributedALSBase:
             raise ValueError(f"checkpoint {path!r} is malformed (no block counts)")
         if "digest" not in stored:  # written before fingerprints had a digest
             wanted.pop("digest", None)
-        if ({k: v for k, v in stored.items() if k not in layout}
-                != {k: v for k, v in wanted.items() if k not in layout}):
+        # The weight sum adds the blocks' float64 sums, whose rounding depends on the block
+        # layout: compared to a relative 1e-9 (the digest, when there is one, pins every value
+        # exactly), else a re-blocked resume of weights that are not whole numbers is refused.
+        ignored = layout + ("weight_sum",)
+        stored_sum, wanted_sum = stored.get("weight_sum"), wanted.get("weight_sum")
+        same_sum = (stored_sum == wanted_sum or (
+            isinstance(stored_sum, (int, float)) and not isinstance(stored_sum, bool)
+            and isinstance(wanted_sum, (int, float))
+            and math.isclose(stored_sum, wanted_sum, rel_tol=1e-9)))
+        if not same_sum or ({k: v for k, v in stored.items() if k not in ignored}
+                            != {k: v for k, v in wanted.items() if k not in ignored}):
             raise ValueError(
                 f"checkpoint {path!r} belongs to another fit (other data or parameters); "
                 "remove it or fit with resume=False")
