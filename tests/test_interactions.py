@@ -727,3 +727,74 @@ def test_a_folder_of_parquet_files_reads_as_one_log(tmp_path):
     assert log.matrix[0, log.item_ids.to_internal([1])[0]] == 2  # a's two events on item 1
     with pytest.raises(ValueError, match=r"unknown columns: \['w'\]"):
         Interactions.from_events(tmp_path / "log", weight="w")
+
+
+# ------------------------------------------------------------------ hunt: sources and dtypes
+def test_polars_lazyframe_and_arrow_dataset_sources(tmp_path):
+    import pyarrow.dataset as ds
+
+    df = pd.DataFrame({"user": ["b", "a", "b"], "item": [1, 2, 1], "extra": [0, 0, 0]})
+    expected = Interactions.from_events(df)
+    lazy = pl.from_pandas(df).lazy()
+    got = Interactions.from_events(lazy)
+    assert got.user_ids == expected.user_ids and dense(got) == dense(expected)
+    with pytest.raises(ValueError, match="unknown columns: user='who'"):
+        Interactions.from_events(lazy, user="who")
+    pq.write_table(pa.Table.from_pandas(df), tmp_path / "x.parquet")
+    got = Interactions.from_events(ds.dataset(tmp_path))
+    assert got.user_ids == expected.user_ids and dense(got) == dense(expected)
+
+
+def test_duplicate_column_names_are_named():
+    df = pd.DataFrame([[1, 2, 3], [4, 5, 6]], columns=["user", "item", "user"])
+    with pytest.raises(ValueError, match="several columns named user='user'"):
+        Interactions.from_events(df)
+    table = pa.Table.from_arrays([pa.array([1, 2]), pa.array([3, 4]), pa.array([5, 6])],
+                                 names=["user", "item", "user"])
+    with pytest.raises(ValueError, match="several columns named user='user'"):
+        Interactions.from_events(table)
+
+
+def test_pandas_columns_labelled_by_ints():
+    df = pd.DataFrame(np.array([[1, 3], [2, 4]]))  # labels 0 and 1
+    for user, item in ((0, 1), ("0", "1")):
+        log = Interactions.from_events(df, user=user, item=item)
+        assert log.user_ids.ids.tolist() == [1, 2] and log.item_ids.ids.tolist() == [3, 4]
+
+
+def test_decimal_weights_from_arrow_polars_pandas():
+    from decimal import Decimal
+
+    values = [Decimal("1.5"), Decimal("2"), Decimal("3")]
+    base = {"user": [1, 2, 1], "item": [1, 2, 1]}
+    sources = [pa.table({**base, "w": pa.array(values)}), pl.DataFrame({**base, "w": values}),
+               pd.DataFrame({**base, "w": pd.array(values, dtype=pd.ArrowDtype(
+                   pa.decimal128(5, 2)))})]
+    for source in sources:
+        assert dense(Interactions.from_events(source, weight="w")) == [[4.5, 0], [0, 2]]
+
+
+def test_categorical_ids_of_mixed_types_are_refused():
+    df = pd.DataFrame({"user": pd.Categorical([1, "1", 1]), "item": [1, 2, 1]})
+    with pytest.raises(TypeError, match="users mixes id types"):
+        Interactions.from_events(df)
+    # an unused category of another type does not matter
+    df = pd.DataFrame({"user": pd.Categorical(["a", "b"], categories=["a", "b", 1]),
+                       "item": [1, 1]})
+    assert Interactions.from_events(df).user_ids.ids.tolist() == ["a", "b"]
+
+
+def test_list_of_bools_and_ints_does_not_merge_true_with_1():
+    with pytest.raises(TypeError, match="users mixes id types"):
+        Interactions.from_events({"user": [True, 1, 2], "item": [1, 2, 1]})
+    assert Interactions.from_arrays([True, False], [1, 2]).user_ids.ids.tolist() == [False, True]
+
+
+def test_errors_name_the_column_and_nullable_weights_count_missing():
+    df = pd.DataFrame({"uid": pd.array([1, None, 1], dtype="Int64"), "item": [1, 2, 1],
+                       "w": pd.array([True, None, True], dtype="boolean")})
+    with pytest.raises(ValueError, match=r"users has 1 missing values.*\(column 'uid'\)"):
+        Interactions.from_events(df, user="uid")
+    df["uid"] = [1, 2, 1]
+    with pytest.raises(ValueError, match=r"weights has 1 NaN/inf values.*\(column 'w'\)"):
+        Interactions.from_events(df, user="uid", weight="w")

@@ -269,8 +269,15 @@ def _factorize(values, name: str, arrow_ids: bool = False) -> tuple[np.ndarray, 
         return np.zeros(0, np.int32), np.asarray(values)[:0]
     if is_series:
         missing = int(values.isna().sum())
-        kind = (pandas.api.types.infer_dtype(values, skipna=False)
-                if values.dtype == object else None)
+        if values.dtype == object:
+            kind = pandas.api.types.infer_dtype(values, skipna=False)
+        elif isinstance(values.dtype, pandas.CategoricalDtype) and \
+                values.dtype.categories.dtype == object:
+            # the categories in use, checked like an object column (1 and "1" are two types)
+            used = values.cat.categories[np.unique(values.cat.codes[values.cat.codes >= 0])]
+            kind = pandas.api.types.infer_dtype(used, skipna=True)
+        else:
+            kind = None
     else:
         kind = _id_kind(values)
         if values.dtype.kind == "f":
@@ -314,6 +321,11 @@ def _list_ids(values) -> np.ndarray:
     elif array.ndim == 1 and array.dtype.kind == "f" and not any(
             isinstance(v, (float, np.floating)) for v in values):
         # ints past int64 among others: NumPy makes floats of them, which would merge ids
+        array = np.empty(len(values), dtype=object)
+        array[:] = values
+    elif array.ndim == 1 and array.dtype.kind in "iuf" and any(
+            isinstance(v, (bool, np.bool_)) for v in values):
+        # True among numbers: NumPy makes it 1, which would merge it with the id 1
         array = np.empty(len(values), dtype=object)
         array[:] = values
     return array
@@ -452,14 +464,39 @@ def _columns_of(source, wanted: dict[str, str | None], read_options: dict, keep_
     elif read_options:
         raise TypeError(f"read options {sorted(read_options)} only apply to file paths")
     module = type(source).__module__.split(".")[0]
+    names = [c for c in dict.fromkeys(wanted.values()) if c is not None]
+    available = None
+    if module == "polars" and hasattr(source, "collect") and not hasattr(source, "get_column"):
+        # a LazyFrame: only the wanted columns are computed (unknown ones raise below)
+        schema = source.collect_schema().names()
+        if all(name in schema for name in names):
+            source = source.select(names).collect()
+        else:
+            available = schema
+    if module == "pyarrow" and not hasattr(source, "column_names") and hasattr(source, "to_table"):
+        # a pyarrow.dataset.Dataset: only the wanted columns are read
+        if all(name in source.schema.names for name in names):
+            source = source.to_table(columns=names)
+        else:
+            available = source.schema.names
     if module == "polars":
-        available = list(source.columns)
+        if available is None:
+            available = list(source.columns)
         get = lambda column: _from_polars(source.get_column(column))  # noqa: E731
     elif module == "pyarrow":
-        available = list(source.column_names)
+        if available is None:
+            available = list(source.column_names)
         get = lambda column: _from_arrow(source.column(column), column)  # noqa: E731
     elif module == "pandas":
-        available = [str(c) for c in source.columns]
+        # a label that is not a string (a frame made from an array has 0, 1, ...) is found
+        # by itself or by its text (the text the CLI passes)
+        labels = {}
+        for label in source.columns:
+            labels.setdefault(label, label)
+            labels.setdefault(str(label), label)
+        available = list(source.columns)
+        wanted = {role: labels.get(column, column) if column is not None else None
+                  for role, column in wanted.items()}
         get = lambda column: source[column]  # noqa: E731
     elif isinstance(source, Mapping):
         available = list(source.keys())
@@ -473,6 +510,11 @@ def _columns_of(source, wanted: dict[str, str | None], read_options: dict, keep_
                if column is not None and column not in available]
     if missing:
         raise ValueError(f"unknown columns: {', '.join(missing)}; the data has {available}")
+    repeated = [f"{role}={column!r}" for role, column in wanted.items()
+                if column is not None and available.count(column) > 1]
+    if repeated:  # one of them would be a guess (pandas gives a 2-d frame, Arrow a KeyError)
+        raise ValueError(f"the data has several columns named {', '.join(repeated)}; "
+                         f"rename them so that each name is one column (columns: {available})")
     return {role: (get(column) if column is not None else None) for role, column in wanted.items()}
 
 
@@ -672,7 +714,16 @@ def _is_column(column) -> bool:
 
 
 def _numeric(column, name: str) -> np.ndarray:
+    pandas = _optional_pandas()
+    if pandas is not None and isinstance(column, pandas.Series) and \
+            not isinstance(column.dtype, np.dtype) and column.dtype.kind in "biuf":
+        # nullable Int64/boolean/Float64 or Arrow numbers: a missing value is NaN (counted
+        # below), not an object that is "not a number"
+        column = column.to_numpy(dtype=np.float64, na_value=np.nan)
     array = np.asarray(column)
+    if array.dtype == object and array.size and \
+            _pandas("object weights").api.types.infer_dtype(array, skipna=False) == "decimal":
+        array = array.astype(np.float64)  # an Arrow/polars/SQL decimal column: numbers
     if array.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}"
                         f"{_first_non_number(array)}")
@@ -864,10 +915,19 @@ class Interactions:
                 reference_time=reference_time, weighting=weighting, user_ids=user_ids,
                 item_ids=item_ids, unknown=unknown, **weighting_options)
         except (TypeError, ValueError) as error:  # a missing id, a word for a weight, ...
-            if type(error) not in (TypeError, ValueError) or \
-                    not isinstance(source, (str, os.PathLike)):
+            if type(error) not in (TypeError, ValueError):
                 raise
-            raise type(error)(f"{os.fspath(source)!r}: {error}") from error  # which file
+            # the messages name the role ("weights has ..."): the column it was read from too
+            message = str(error)
+            role = {"users": user, "items": item, "weights": weight, "timestamps": timestamp,
+                    "events": event}.get(message.split(" ", 1)[0].rstrip(":"))
+            if role is not None:
+                message = f"{message} (column {role!r})"
+            if isinstance(source, (str, os.PathLike)):
+                message = f"{os.fspath(source)!r}: {message}"  # which file
+            if message == str(error):
+                raise
+            raise type(error)(message) from error
         # remembered so that add(more_events) reads new data the same way
         result._settings["columns"] = {"user": user, "item": item, "weight": weight,
                                        "timestamp": timestamp, "event": event}
