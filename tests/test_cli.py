@@ -323,3 +323,33 @@ def test_serve_bounds_its_event_log_by_an_option():
     refused = run("serve", "model.npz", "--max-pending-events", "-1", check_rc=2)
     assert "argument --max-pending-events: expected an integer >= 0, got -1" in refused.stderr
     assert "--max-pending-events" in run("serve", "--help").stdout
+
+
+@pytest.mark.parametrize("model", ["svd", "svdpp", "explicit-als"])
+def test_rating_model_of_equal_ratings_saves_a_folder_that_loads(tmp_path, model):
+    # fit infers the rating scale (min, max) = (1, 1) from an event log without a rating
+    # column; load refused that scale ("lowest < highest"), so the folder train wrote could
+    # not be evaluated nor recommended from
+    frame = pd.DataFrame({"user": ["a", "a", "b", "b", "c", "c"],
+                          "item": ["x", "y", "x", "z", "y", "z"]})
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    folder = tmp_path / model
+    run("train", tmp_path / "log.csv", "-o", folder, "--model", model, "--split", "none",
+        "--factors", 2, "--iterations", 2)
+    recs = json.loads(run("recommend", folder, "a", "--k", 5, "--json").stdout)
+    assert [entry["item"] for entry in recs["recommendations"]["a"]] == ["z"]
+    loaded = recfuse.load(str(folder / "model.npz"))
+    assert loaded.rating_scale == (1.0, 1.0)
+
+
+def test_folder_without_training_data_names_the_missing_file(tmp_path):
+    frame = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 2, 3, 1]})
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--factors", 2,
+        "--iterations", 1)
+    os.unlink(tmp_path / "m" / "train.npz")
+    for command in ("recommend", "evaluate"):
+        extra = [1] if command == "recommend" else []
+        error = run(command, tmp_path / "m", *extra, check_rc=2).stderr
+        assert "no training data" in error and "train.npz" in error, error
+        assert "model file" not in error and "Traceback" not in error

@@ -363,17 +363,19 @@ def check_ratings(users, items, ratings, rating_scale=None, dtype=np.float64):
     return users, items, values, scale
 
 
-def check_rating_scale(rating_scale) -> tuple[float, float]:
+def check_rating_scale(rating_scale, *, strict: bool = True) -> tuple[float, float]:
     """``rating_scale``: a pair (lowest, highest) of finite numbers, lowest < highest, as a
-    tuple, a list or a NumPy array of two."""
+    tuple, a list or a NumPy array of two. ``strict=False`` also takes lowest == highest:
+    the scale a fit infers from ratings that are all equal (a saved model's, on load)."""
     if isinstance(rating_scale, np.ndarray) and rating_scale.ndim == 1:
         rating_scale = tuple(rating_scale.tolist())
     if not isinstance(rating_scale, (tuple, list)) or len(rating_scale) != 2:
         raise TypeError(f"rating_scale must be a pair (lowest, highest), got {rating_scale!r}")
     low = check_float(rating_scale[0], "rating_scale[0]")
     high = check_float(rating_scale[1], "rating_scale[1]")
-    if not low < high:
-        raise ValueError(f"rating_scale must have lowest < highest, got {rating_scale!r}")
+    if not (low < high if strict else low <= high):
+        relation = "<" if strict else "<="
+        raise ValueError(f"rating_scale must have lowest {relation} highest, got {rating_scale!r}")
     return low, high
 
 

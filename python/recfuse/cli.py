@@ -501,7 +501,11 @@ def _load_folder(folder: str):
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"no model in {folder!r}: expected {model_path!r} "
                                 "(made by `recfuse train DATA -o FOLDER`)")
-    return recfuse.load(model_path, mmap=True), Interactions.load(os.path.join(folder, "train.npz"))
+    train_path = os.path.join(folder, "train.npz")
+    if not os.path.isfile(train_path):  # else Interactions.load says "no model file at ..."
+        raise FileNotFoundError(f"{folder!r} has a model but no training data: expected "
+                                f"{train_path!r} (written beside model.npz by `recfuse train`)")
+    return recfuse.load(model_path, mmap=True), Interactions.load(train_path)
 
 
 def _evaluate(args) -> int:

@@ -296,7 +296,9 @@ class _RatingModel(FactorRetrieval):
             np.ones(arrays["seen_indices"].size), arrays["seen_indices"], arrays["seen_indptr"],
             (n_users, n_items), "saved seen matrix", dtype=np.float64)
         seen = Pattern(seen_matrix.indptr.astype(np.int64), seen_matrix.indices.astype(np.int32))
-        scale = check.check_rating_scale(tuple(float(v) for v in arrays["rating_scale"]))
+        # fit infers (min, max) of the ratings, equal when they all are: such a model loads
+        scale = check.check_rating_scale(tuple(float(v) for v in arrays["rating_scale"]),
+                                         strict=False)
         # kept in float64, as fit keeps it (the model's dtype only bounds it): a save and load
         # must not move the scores
         global_mean = np.asarray(arrays["global_mean"], dtype=np.float64).reshape(-1)
