@@ -310,25 +310,34 @@ def _factorize(values, name: str, arrow_ids: bool = False) -> tuple[np.ndarray, 
 
 
 def _list_ids(values) -> np.ndarray:
-    """A list of ids as an array. NumPy makes strings of a list that mixes strings with
-    other types (["a", 1] -> ["a", "1"]); such a list stays objects here, so that the
-    mixed types are refused as in any other column."""
+    """A list of ids as an array, kept as Python objects wherever NumPy's conversion would
+    merge or mistype them: a list that mixes strings with other types (["a", 1] -> ["a",
+    "1"]; refused as mixed types, as in any other column), ints past int64 among others
+    (made floats) and True among numbers (made 1)."""
     array = np.asarray(values)
-    if array.ndim == 1 and array.dtype.kind in "US" and not (
-            all(isinstance(v, str) for v in values) or all(isinstance(v, bytes) for v in values)):
-        array = np.empty(len(values), dtype=object)
-        array[:] = values
-    elif array.ndim == 1 and array.dtype.kind == "f" and not any(
-            isinstance(v, (float, np.floating)) for v in values):
-        # ints past int64 among others: NumPy makes floats of them, which would merge ids
-        array = np.empty(len(values), dtype=object)
-        array[:] = values
-    elif array.ndim == 1 and array.dtype.kind in "iuf" and any(
-            isinstance(v, (bool, np.bool_)) for v in values):
-        # True among numbers: NumPy makes it 1, which would merge it with the id 1
+    if array.ndim != 1:
+        return array
+    kind = array.dtype.kind
+    merged = (
+        (kind in "US" and not (all(isinstance(v, str) for v in values)
+                               or all(isinstance(v, bytes) for v in values)))
+        or (kind == "f" and not any(isinstance(v, (float, np.floating)) for v in values))
+        or (kind in "iuf" and any(isinstance(v, (bool, np.bool_)) for v in values)))
+    if merged:
         array = np.empty(len(values), dtype=object)
         array[:] = values
     return array
+
+
+def _wide_integers(values: np.ndarray) -> np.ndarray | None:
+    """``values`` (Python ints, or their text) as int64, or uint64 past int64; None when
+    they fit neither (or are not integers)."""
+    for dtype in (np.int64, np.uint64):
+        try:
+            return values.astype(dtype)
+        except (OverflowError, ValueError):
+            continue
+    return None
 
 
 def _object_numbers(uniques: np.ndarray, kind: str, name: str) -> np.ndarray:
@@ -336,13 +345,11 @@ def _object_numbers(uniques: np.ndarray, kind: str, name: str) -> np.ndarray:
     it). Integers beyond 64 bits are refused: as floats, distinct ids would merge."""
     if kind != "integer":
         return uniques.astype(np.float64)
-    for dtype in (np.int64, np.uint64):
-        try:
-            return uniques.astype(dtype)
-        except OverflowError:
-            continue
-    raise ValueError(f"{name} holds integers from {uniques.min()} to {uniques.max()}: expected "
-                     f"them within int64 or uint64; use strings for such ids")
+    integers = _wide_integers(uniques)
+    if integers is None:
+        raise ValueError(f"{name} holds integers from {uniques.min()} to {uniques.max()}: "
+                         f"expected them within int64 or uint64; use strings for such ids")
+    return integers
 
 
 def _arrow_strings(values, pandas):
@@ -629,12 +636,8 @@ def _plain_integers(column):
     plain = column.str.fullmatch(r"0|-?[1-9][0-9]*")
     if not plain.eq(True).all():  # missing values (NaN) stay: refused with their count
         return column
-    for dtype in (np.int64, np.uint64):
-        try:
-            return column.to_numpy().astype(dtype)
-        except (OverflowError, ValueError):
-            continue
-    return column
+    integers = _wide_integers(column.to_numpy())
+    return column if integers is None else integers
 
 
 def _plain_integers_arrow(column):
