@@ -77,16 +77,34 @@ def check_trained(model: str, arrays, hint: str) -> None:
         raise ValueError(f"{model} diverged: the trained values hold NaN or inf; {hint}")
 
 
+def saved_factor_tables(model, user_factors, item_factors) -> tuple:
+    """(user_factors, item_factors) as a model file must hold them: finite, ``model.factors``
+    columns, in the model's dtype; not copied where they are so already (a file loaded with
+    mmap=True keeps its tables mapped, read-only)."""
+    return tuple(check.check_factors(table, name, dtype=model.dtype, n_cols=model.factors,
+                                     copy=False)
+                 for table, name in ((user_factors, "user_factors"),
+                                     (item_factors, "item_factors")))
+
+
+def saved_group(arrays, names: tuple[str, ...], what: str) -> bool:
+    """Whether a model file's ``arrays`` hold the group ``names`` (all of them, or none: not
+    kept, or an older file); part of them is a ValueError naming what ``what`` lacks."""
+    if not any(name in arrays for name in names):
+        return False
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise ValueError(f"{what} lacks {missing}")
+    return True
+
+
 def saveable_tables(model, user_factors, item_factors, seen_shape) -> tuple:
     """(user_factors, item_factors) of a factor model that ``save`` is about to write,
-    checked as ``recfuse.load`` checks them (finite, ``model.factors`` columns, in the
-    model's dtype) and against the seen matrix's shape: tables assigned by hand that the
-    saved file could not be loaded with are a ValueError before anything is written."""
+    checked as ``recfuse.load`` checks them (``saved_factor_tables``) and against the seen
+    matrix's shape: tables assigned by hand that the saved file could not be loaded with are
+    a ValueError before anything is written."""
     try:
-        tables = tuple(check.check_factors(table, name, dtype=model.dtype,
-                                           n_cols=model.factors, copy=False)
-                       for table, name in ((user_factors, "user_factors"),
-                                           (item_factors, "item_factors")))
+        tables = saved_factor_tables(model, user_factors, item_factors)
     except (TypeError, ValueError) as error:
         raise ValueError(f"cannot save: {error} (the model's factors is {model.factors}; "
                          f"assign tables that match it)") from error

@@ -17,7 +17,7 @@ from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
 from ._common import (FactorRetrieval, check_trained, interaction_matrix, progress_bar,
-                      saveable_tables)
+                      saveable_tables, saved_factor_tables, saved_group)
 
 MAX_FACTORS = 4096
 
@@ -382,16 +382,10 @@ class ALS(FactorRetrieval):
     def _from_saved(cls, params: dict, arrays: dict) -> "ALS":
         model = cls(**params)
         # No copy: arrays read with mmap=True stay mapped (writers replace, never mutate, them).
-        X = check.check_factors(arrays["user_factors"], "user_factors", dtype=model.dtype,
-                                n_cols=model.factors, copy=False)
-        Y = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
-                                n_cols=model.factors, copy=False)
+        X, Y = saved_factor_tables(model, arrays["user_factors"], arrays["item_factors"])
         seen = None
-        names = ("seen_data", "seen_indices", "seen_indptr", "seen_shape")
-        if any(name in arrays for name in names):  # all four, or none (no seen matrix kept)
-            missing = [name for name in names if name not in arrays]
-            if missing:
-                raise ValueError(f"the saved seen matrix lacks {missing}")
+        if saved_group(arrays, ("seen_data", "seen_indices", "seen_indptr", "seen_shape"),
+                       "the saved seen matrix"):
             seen = check.csr_from_arrays(
                 arrays["seen_data"], arrays["seen_indices"], arrays["seen_indptr"],
                 arrays["seen_shape"], "saved seen matrix", dtype=model.dtype,

@@ -15,7 +15,7 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
 from ._common import (FactorRetrieval, check_trained, interaction_matrix, progress_bar,
-                      saveable_tables, seen_rows)
+                      saveable_tables, saved_factor_tables, seen_rows)
 from .sgd import MAX_FACTORS
 
 
@@ -206,10 +206,7 @@ class BPR(FactorRetrieval):
     def _from_saved(cls, params: dict, arrays: dict) -> "BPR":
         model = cls(**params)
         # copy=False: a file loaded with mmap=True keeps its tables mapped (read-only)
-        P = check.check_factors(arrays["user_factors"], "user_factors", dtype=model.dtype,
-                                n_cols=model.factors, copy=False)
-        Q = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
-                                n_cols=model.factors, copy=False)
+        P, Q = saved_factor_tables(model, arrays["user_factors"], arrays["item_factors"])
         bias = _checked_item_bias(arrays["item_bias"], Q.shape[0], model.dtype)
         model._seen = check.csr_from_arrays(
             arrays["seen_data"], arrays["seen_indices"], arrays["seen_indptr"],

@@ -24,7 +24,8 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            normal_table, normal_training_rows, trained_rows_in_id_order,
                            training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
-from ._common import FactorRetrieval, check_trained, progress_bar, rating_arrays, seen_rows
+from ._common import (FactorRetrieval, check_trained, progress_bar, rating_arrays,
+                      saved_factor_tables, saved_group, seen_rows)
 
 MAX_FACTORS = 4096
 
@@ -280,11 +281,8 @@ class _RatingModel(FactorRetrieval):
     def _from_saved(cls, params: dict, arrays: dict):
         model = cls(**params)
         n_users, n_items = arrays["user_counts"].size, arrays["item_counts"].size
-        # copy=False: a file loaded with mmap=True keeps its tables mapped (read-only)
-        P = check.check_factors(arrays["user_factors"], "user_factors", dtype=model.dtype,
-                                n_cols=model.factors, copy=False)
-        Q = check.check_factors(arrays["item_factors"], "item_factors", dtype=model.dtype,
-                                n_cols=model.factors, copy=False)
+        # not copied: a file loaded with mmap=True keeps its tables mapped (read-only)
+        P, Q = saved_factor_tables(model, arrays["user_factors"], arrays["item_factors"])
         factors = [P, Q]
         if model._factor_count() == 3:
             factors.append(check.check_factors(arrays["implicit_factors"], "implicit_factors",
@@ -319,11 +317,8 @@ class _RatingModel(FactorRetrieval):
             seen=seen, rating_scale=scale, biased=getattr(model, "biased", True))
         if state.implicit_factors is not None:
             state = replace(state, user_implicit=_implicit_term(seen, state.implicit_factors))
-        names = ("ratings_indptr", "ratings_indices", "ratings_values")
-        if any(name in arrays for name in names):  # all three, or none (an older file)
-            missing = [name for name in names if name not in arrays]
-            if missing:
-                raise ValueError(f"the saved ratings lack {missing}")
+        if saved_group(arrays, ("ratings_indptr", "ratings_indices", "ratings_values"),
+                       "the saved ratings"):
             state = replace(state, ratings=_saved_ratings(arrays, n_users, n_items, model.dtype))
         model._fitted = state
         return model
