@@ -457,20 +457,14 @@ def _fixed_rows(block: RatingBlock, factors: np.ndarray, full, pieces) -> np.nda
 
 
 def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, params: AlsParams,
-                backend: str, full=None, pieces=None) -> np.ndarray:
-    """One block's half-sweep: new vectors for the block's rows (a new array).
+                backend: str, full=None, pieces=None) -> tuple[np.ndarray, int]:
+    """One block's half-sweep: (new vectors for the block's rows, a new array; how many of
+    its row systems were not positive definite: those rows kept their vectors, and
+    ``recfuse.ALS`` warns about them).
 
     The fixed side comes either as ``full`` (the broadcast array of every vector) or as
     ``pieces``, a list of ``(source block, rows)`` from the out-link exchange.
     """
-    return solve_block_counted(block, factors, gram, params, backend, full, pieces)[0]
-
-
-def solve_block_counted(block: RatingBlock, factors: np.ndarray, gram: np.ndarray,
-                        params: AlsParams, backend: str, full=None,
-                        pieces=None) -> tuple[np.ndarray, int]:
-    """``solve_block`` and the number of the block's row systems that were not positive
-    definite (their rows kept their vectors; ``recfuse.ALS`` warns about them)."""
     from threadpoolctl import threadpool_limits
 
     dtype = factors.dtype
@@ -516,6 +510,14 @@ def squared_norm(factors: np.ndarray) -> float:
 def all_finite(factors: np.ndarray) -> bool:
     """Whether a factor block holds no NaN or inf (a fit that diverged)."""
     return bool(np.isfinite(factors).all())
+
+
+def check_converged(engine: str, finite) -> None:
+    """ValueError, as recfuse.ALS raises, when a block's ``all_finite`` flag in ``finite``
+    is false: the fit diverged (and the engine keeps its earlier model)."""
+    if not all(finite):
+        raise ValueError(f"{engine} diverged: the trained factors hold NaN or inf; lower "
+                         "alpha or scale down the weights")
 
 
 def combine_digests(digests) -> int:

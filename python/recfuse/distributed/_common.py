@@ -169,10 +169,6 @@ class DistributedALSBase:
     def _checkpoint_folder(self, iteration: int) -> str:
         return os.path.join(self.checkpoint_dir, f"iteration-{iteration:06d}")
 
-    @staticmethod
-    def _block_path(folder: str, side: str, block: int) -> str:
-        return _blocks.checkpoint_path(folder, side, block)
-
     def _save_model_json(self, path: str, user_map, item_map) -> None:
         _blocks.save_json({"format": "recfuse-distributed-als", "version": 1, "model": "ALS",
                            "params": self.get_params(), "n_users": self.n_users,

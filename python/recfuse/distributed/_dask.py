@@ -248,7 +248,7 @@ class DaskALS(DistributedALSBase):
         return iteration, self._load(folder, saved_blocks)
 
     def _half_sweep(self, side: str, solving: list, fixed: list, fixed_total: int,
-                    task=_blocks.solve_block) -> list:
+                    task) -> list:
         """``task`` (a block solve, or the block loss) on every block of ``side``, with the
         fixed side's Gram and vectors delivered by broadcast or by the exchange."""
         gram = self._tree(_blocks.add, [self._submit(_blocks.partial_gram, f) for f in fixed])
@@ -280,8 +280,7 @@ class DaskALS(DistributedALSBase):
     def _solve(self, side: str, solving: list, fixed: list, fixed_total: int):
         """The half-sweep of ``side``: (new factor futures, futures of each block's count of
         row systems that were not positive definite)."""
-        solved = self._half_sweep(side, solving, fixed, fixed_total,
-                                  task=_blocks.solve_block_counted)
+        solved = self._half_sweep(side, solving, fixed, fixed_total, task=_blocks.solve_block)
         return ([self._submit(_getitem, s, 0) for s in solved],
                 [self._submit(_getitem, s, 1) for s in solved])
 
@@ -304,7 +303,7 @@ class DaskALS(DistributedALSBase):
         """Write the factors, commit the JSON, and continue from the written blocks (so a lost
         block is read back rather than recomputed from the start)."""
         folder = self._checkpoint_folder(iteration)
-        paths = {side: [self._submit(_blocks.save_array, f, self._block_path(folder, side, b),
+        paths = {side: [self._submit(_blocks.save_array, f, _blocks.checkpoint_path(folder, side, b),
                                      pure=False) for b, f in enumerate(futures)]
                  for side, futures in factors.items()}
         self._client.gather(paths["users"] + paths["items"])
@@ -352,11 +351,9 @@ class DaskALS(DistributedALSBase):
                     callback(iteration - 1, self._loss(factors) if compute_loss else None)
         finally:
             progress.close()
-        finite = self._client.gather([self._submit(_blocks.all_finite, f)
-                                      for f in factors["users"] + factors["items"]])
-        if not all(finite):  # as recfuse.ALS: raise, and _all_or_nothing keeps the old model
-            raise ValueError("DaskALS diverged: the trained factors hold NaN or inf; lower "
-                             "alpha or scale down the weights")
+        # as recfuse.ALS: a fit that diverged raises, and _all_or_nothing keeps the old model
+        _blocks.check_converged("DaskALS", self._client.gather(
+            [self._submit(_blocks.all_finite, f) for f in factors["users"] + factors["items"]]))
         self._factors = factors
         return sum(failed.values())
 

@@ -195,7 +195,7 @@ def _solve(gram, params, backend):
                 block = _blocks.block_from_bytes(payload)
                 received = [(int(p["src"]), _blocks.array_from_bytes(p["piece"]))
                             for p in pieces]
-                new, failed = _blocks.solve_block_counted(
+                new, failed = _blocks.solve_block(
                     block, _blocks.array_from_bytes(factors), gram, params, backend,
                     pieces=received)
                 yield pd.DataFrame({"block": [int(block_id)],
@@ -463,10 +463,9 @@ class SparkALS(DistributedALSBase):
         checks = {side: factors[side].mapInPandas(
             _finite(), "block int, finite boolean, failed long").toPandas()
             for side in ("users", "items")}
-        if not all(all(table["finite"]) for table in checks.values()):
-            # as recfuse.ALS: raise, and _all_or_nothing keeps the old model
-            raise ValueError("SparkALS diverged: the trained factors hold NaN or inf; lower "
-                             "alpha or scale down the weights")
+        # as recfuse.ALS: a fit that diverged raises, and _all_or_nothing keeps the old model
+        _blocks.check_converged("SparkALS", [flag for table in checks.values()
+                                             for flag in table["finite"]])
         self._factors = factors
         return failed + int(checks["items"]["failed"].sum())  # the last items: read here only
 
