@@ -215,7 +215,9 @@ def _csv_options(args, path: str) -> dict:
     """read_options for an event-log file: --sep, which applies to CSV files only."""
     if args.sep is None:
         return {}
-    if os.path.isdir(path) or not path.lower().endswith((".csv", ".tsv", ".txt", ".gz")):
+    from recfuse.interactions import CSV_SUFFIXES
+
+    if os.path.isdir(path) or not path.lower().endswith(CSV_SUFFIXES):
         raise ValueError(f"--sep applies to CSV files, not {path!r}")
     return {"sep": args.sep}
 

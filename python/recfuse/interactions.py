@@ -525,6 +525,10 @@ def _columns_of(source, wanted: dict[str, str | None], read_options: dict, keep_
     return {role: (get(column) if column is not None else None) for role, column in wanted.items()}
 
 
+# The file names read as CSV (a tab separates the fields of ".tsv" ones).
+CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")
+
+
 def _read_file(path: str, columns: list[str], read_options: dict, id_columns=(),
                text_ids=(), keep_text=()):
     """The columns of a CSV or Parquet file; a file a reader cannot parse is a ValueError
@@ -558,7 +562,7 @@ def _read_file(path: str, columns: list[str], read_options: dict, id_columns=(),
             return pq.read_table(path, columns=list(dict.fromkeys(columns)), **options)
         except (OSError, ValueError) as error:  # a corrupt page
             raise ValueError(f"cannot read {path!r} as Parquet: {error}") from None
-    if lower.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")):
+    if lower.endswith(CSV_SUFFIXES):
         pandas = _pandas("reading CSV")
         options = {"sep": "\t"} if ".tsv" in lower else {}
         options.update(read_options)
