@@ -12,8 +12,9 @@ run).
 Peers at their best: faiss and numpy use OpenBLAS with OPENBLAS_CORETYPE=SkylakeX on CPUs
 with AVX-512 (faiss's bundled OpenBLAS 0.3.15 takes a Zen 4 for "Zen", i.e. AVX2 kernels;
 numpy's 0.3.31 detects SkylakeX by itself; bench/openblas_env.py) and the same thread count;
-faiss answers from an IndexFlatIP (built before timing); exclusion for faiss and numpy means asking for k + (the largest seen count) and
-dropping seen ids (vectorised), or writing -inf into the score matrix, respectively; implicit
+faiss answers from an IndexFlatIP (built before timing); exclusion for faiss and numpy
+means asking for k + (the largest seen count) and dropping seen ids (vectorised), or writing
+-inf into the score matrix, respectively; implicit
 answers through its ALS model's ``recommend`` (filter_already_liked_items) with its factors
 set to the same table and its own THREADS threads, timed with a THREADS-thread and with a
 single-threaded BLAS (what implicit asks for: its batches run faster so, its single queries
