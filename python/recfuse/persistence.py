@@ -215,9 +215,10 @@ def _read_members(path: str, archive: zipfile.ZipFile, size: int) -> dict[str, n
             for info in archive.infolist()}
 
 
-def _map_members(path: str, handle, archive: zipfile.ZipFile) -> dict[str, np.ndarray]:
-    """Each stored .npy member of an open archive as a read-only memory map."""
-    size = os.fstat(handle.fileno()).st_size
+def _map_members(path: str, handle, archive: zipfile.ZipFile,
+                 size: int) -> dict[str, np.ndarray]:
+    """Each stored .npy member of an open archive (of ``size`` bytes) as a read-only memory
+    map."""
     arrays = {}
     for info in archive.infolist():
         name = _member_name(info.filename)
@@ -280,7 +281,7 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
             # each header is read once: here with the member's data, or by _map_members
             if mmap:
                 header_array = _read_member(path, archive, infos[HEADER_KEY], size)
-                arrays = _map_members(path, handle, archive)
+                arrays = _map_members(path, handle, archive, size)
             else:
                 arrays = _read_members(path, archive, size)
                 header_array = arrays.pop(HEADER_KEY)
