@@ -129,3 +129,37 @@ def test_prediction_details_are_surprises(dataset, algorithm, options):
     assert [p.details for p in mine] == [p.details for p in reference]
     mine[2].details["reason"] = "changed"  # each prediction has its own details
     assert mine[3].details == reference[3].details
+
+
+@pytest.mark.parametrize("algorithm", [SVD, SVDpp])
+def test_ratings_outside_the_readers_scale_train_as_in_surprise(algorithm):
+    """Surprise's rating_scale only clips the predictions: a Reader whose scale does not
+    cover the data (the default (1, 5) for 0.5-5 or 0-10 ratings) still trains. The adapter
+    refused such a trainset (ValueError from recfuse's own rating_scale check)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"user": rng.integers(0, 30, 500), "item": rng.integers(0, 20, 500),
+                          "rating": rng.integers(0, 11, 500) / 2})  # 0 to 5 by halves
+    data = surprise.Dataset.load_from_df(frame, surprise.Reader(rating_scale=(1, 5)))
+    trainset = data.build_full_trainset()
+    kwargs = dict(n_factors=4, n_epochs=3, random_state=0)
+    ours = algorithm(**kwargs).fit(trainset)
+    theirs = getattr(surprise, algorithm.__name__)(**kwargs).fit(trainset)
+    tolerance = 1e-9 if algorithm is SVD else 0.05
+    for uid, iid in [(1, 2), (3, 99), (99, 4)]:
+        for clip in (True, False):
+            mine, reference = ours.predict(uid, iid, clip=clip), theirs.predict(uid, iid, clip=clip)
+            assert mine.est == pytest.approx(reference.est, abs=tolerance), (uid, iid, clip)
+    estimates = [p.est for p in ours.test(trainset.build_testset())]
+    assert min(estimates) >= 1 and max(estimates) <= 5  # clipped to the Reader's scale
+
+
+def test_test_takes_any_iterable_of_triples(dataset):
+    """Surprise's test() reads the testset once; the vectorised one read it three times and
+    took its len(): a generator (or an iterator) raised TypeError."""
+    algorithm = SVD(n_factors=4, n_epochs=2, random_state=0).fit(dataset.build_full_trainset())
+    testset = dataset.build_full_trainset().build_testset()[:20] + [("999", "5", 3.0)]
+    expected = algorithm.test(testset)
+    for given in (iter(testset), (triple for triple in testset), tuple(testset)):
+        assert algorithm.test(given) == expected

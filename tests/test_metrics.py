@@ -314,3 +314,29 @@ def test_diversity_refuses_non_finite_item_vectors():
         metrics.intra_list_diversity(np.array([[0, 1]]), vectors)
     assert metrics.intra_list_diversity(np.array([[0, 1]]), np.array([[1, 0], [1, 1]])) == \
         pytest.approx(1 - np.sqrt(0.5))
+
+
+def test_diversity_refuses_ids_without_an_item_vector():
+    """An id past the vector table was skipped as if the list were shorter: a table of
+    another numbering (or of fewer items) gave a silent, wrong diversity."""
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"item ids in \[0, 3\) \(item_vectors' rows\) or -1 "
+                                         r"for padding, got 1 others, e.g. \[5\]"):
+        metrics.intra_list_diversity(np.array([[0, 1, 5]]), vectors)
+    with pytest.raises(ValueError, match=r"e.g. \[-2\]"):
+        metrics.intra_list_diversity(np.array([[0, -2]]), vectors)
+    # -1 pads a short list, as in ranking_metrics
+    assert metrics.intra_list_diversity(np.array([[0, 1, -1]]), vectors) == pytest.approx(1.0)
+
+
+def test_evaluate_refuses_item_vectors_of_another_item_count():
+    matrix = datasets.synthetic_implicit(60, 20, 500, seed=0)
+    train, test = split.per_user_split(matrix, 0.3, seed=0)
+    model = recfuse.ALS(factors=4, iterations=1, random_state=0).fit(train)
+    for rows in (12, 21):
+        with pytest.raises(ValueError, match=rf"item_vectors must have one row per item \(20, "
+                                             rf"test's columns\), got shape \({rows}, 3\)"):
+            metrics.evaluate(model, train, test, k=5, item_vectors=np.ones((rows, 3)))
+    vectors = np.random.default_rng(0).normal(size=(20, 3))
+    result = metrics.evaluate(model, train, test, k=5, item_vectors=vectors)
+    assert 0 < result["diversity"] <= 2

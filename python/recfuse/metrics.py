@@ -124,7 +124,7 @@ def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
     return _aggregate(table, per_user)
 
 
-def _check_ids_in_range(ids: np.ndarray, n_items: int) -> None:
+def _check_ids_in_range(ids: np.ndarray, n_items: int, items: str = "test's columns") -> None:
     """An id past the test matrix's items (or below the -1 padding) means the lists and the
     matrix use different item numberings: refused rather than counted as a miss."""
     if ids.size == 0:
@@ -132,7 +132,7 @@ def _check_ids_in_range(ids: np.ndarray, n_items: int) -> None:
     low, high = ids.min(), ids.max()
     if low < -1 or high >= n_items:
         bad = ids[(ids < -1) | (ids >= n_items)]
-        raise ValueError(f"recommended must hold item ids in [0, {n_items}) (test's columns) or "
+        raise ValueError(f"recommended must hold item ids in [0, {n_items}) ({items}) or "
                          f"-1 for padding, got {bad.size} others, e.g. {bad[:3].tolist()}")
 
 
@@ -226,7 +226,9 @@ def _count_ids(ids: np.ndarray, n: int) -> np.ndarray:
 
 def intra_list_diversity(recommended, item_vectors, *, num_threads: int = 0) -> float:
     """Mean over lists of the mean pairwise 1 - cosine similarity of their items' vectors
-    (lists with fewer than two valid items are left out)."""
+    (lists with fewer than two items are left out; -1 pads a short list). An id without a
+    row in ``item_vectors`` is refused (ValueError): the lists and the table number the
+    items differently."""
     from . import _core
 
     vectors = np.asarray(item_vectors)
@@ -245,6 +247,7 @@ def intra_list_diversity(recommended, item_vectors, *, num_threads: int = 0) -> 
         raise ValueError(f"recommended must be 2-d (users x k), got shape {ids.shape}")
     if ids.size and ids.dtype.kind not in "iu":
         raise TypeError(f"recommended must hold item ids (integers), got dtype {ids.dtype}")
+    _check_ids_in_range(ids, vectors.shape[0], "item_vectors' rows")
     per_list = _core.intra_list_diversity(np.ascontiguousarray(ids, dtype=np.int64),
                                           np.ascontiguousarray(vectors), num_threads=num_threads)
     finite = per_list[np.isfinite(per_list)]
@@ -265,7 +268,10 @@ def evaluate(model, train, test, k: int = 10, *, cold_users: str = "include",
     shape. Users with test items but no train items (cold users) are included like
     implicit.evaluation does (``cold_users="include"``), left out (``"skip"``) or refused
     (``"raise"``); their count is returned as ``cold_users``. ``item_vectors`` for
-    diversity default to the model's ``item_factors``.
+    diversity (one row per item) default to the model's ``item_factors``. With k above the
+    number of items the model is asked for every item and each counts once, where
+    implicit.evaluation asks for k and counts its padding (item 0 again) as recommendations
+    (its precision can then exceed 1).
 
     Keys: precision, recall, map, ndcg, auc, mrr, hit_rate, coverage, novelty, diversity,
     (rmse, mae), k, users, cold_users.
@@ -280,6 +286,9 @@ def evaluate(model, train, test, k: int = 10, *, cold_users: str = "include",
         raise ValueError(f"train and test must have one shape (same users and items), got "
                          f"{train.shape} and {test.shape}")
     recommend = _recommender(model)
+    if item_vectors is not None and np.shape(item_vectors)[:1] != (test.shape[1],):
+        raise ValueError(f"item_vectors must have one row per item ({test.shape[1]}, test's "
+                         f"columns), got shape {np.shape(item_vectors)}")
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     known = getattr(model, "user_factors", None)
     if known is not None and users.size and users.max() >= known.shape[0]:

@@ -17,7 +17,10 @@ by ~1e-15 over the epochs, so an RMSE compared with ``==`` against Surprise's, a
 own ``test_sanity_checks``, can differ in the last digit). Pass ``grid=0`` (or a grid
 size) and ``num_threads`` for the parallel block-scheduled epochs instead. ``SVDpp`` uses
 recfuse.SVDpp's one-implicit-sum-per-user-pass epochs (see its docstring), which differ
-from Surprise's per-rating order by second-order terms; its RMSE is as good.
+from Surprise's per-rating order by second-order terms; its RMSE is as good. A user who
+rated one item more than once (Surprise keeps every line of the data) has that item once
+in recfuse.SVDpp's implicit sum, where Surprise's sum and its 1/sqrt(|N(u)|) count every
+copy.
 
 Where they differ from Surprise: ``n_factors=0`` and negative regularisation are refused
 (ValueError) where Surprise trains; ``Prediction`` is a NamedTuple of the same fields (it
@@ -94,12 +97,18 @@ class _SurpriseAdapter:
     def fit(self, trainset):
         """Train on a ``surprise.Trainset`` (inner ids, ratings in ``all_ratings()`` order)."""
         triples = np.array(list(trainset.all_ratings()), dtype=np.float64).reshape(-1, 3)
+        # Surprise's rating_scale only bounds the predictions (``predict`` and ``test`` clip to
+        # it here too): ratings outside it train as given, so the model's scale covers both.
+        scale = tuple(trainset.rating_scale)
+        ratings = triples[np.isfinite(triples[:, 2]), 2]  # a NaN is refused by fit, as such
+        if ratings.size:
+            scale = (min(scale[0], ratings.min()), max(scale[1], ratings.max()))
         rng = _surprise_rng(self.random_state)
         shapes = [trainset.n_users] + [trainset.n_items] * (len(self._factor_names()) - 1)
         initial = [rng.normal(self.init_mean, self.init_std_dev, (n, self.n_factors))
                    for n in shapes]
         self._model.fit(triples[:, 0].astype(np.int64), triples[:, 1].astype(np.int64),
-                        triples[:, 2], rating_scale=tuple(trainset.rating_scale),
+                        triples[:, 2], rating_scale=scale,
                         n_users=trainset.n_users, n_items=trainset.n_items,
                         show_progress=bool(self.verbose), initial_factors=tuple(initial))
         self.trainset = trainset
@@ -136,9 +145,11 @@ class _SurpriseAdapter:
         return prediction
 
     def test(self, testset, verbose=False) -> list[Prediction]:
-        """Predictions for (uid, iid, r_ui) triples (vectorised; same results as one by one)."""
+        """Predictions for (uid, iid, r_ui) triples, any iterable of them as in Surprise
+        (vectorised; same results as one by one)."""
         if self.trainset is None:
             raise RuntimeError("the model is not fitted: call fit(trainset) first")
+        testset = list(testset)  # read three times below: a generator would be spent
         users = np.array([self._inner(self.trainset.to_inner_uid, uid, self._unknown_user())
                           for uid, _, _ in testset], dtype=np.int64)
         items = np.array([self._inner(self.trainset.to_inner_iid, iid, self._unknown_item())
