@@ -264,6 +264,14 @@ def test_ranker_with_context_over_http(model_file):
             huge = running.client.post("/recommend", content=body)
             assert huge.status_code == 422 and "2 finite numbers" in huge.json()["error"], \
                 huge.text
+        # a float64 beyond float32's range: it overflowed the cast to the ranker's input
+        # (a RuntimeWarning, a 500 where warnings are errors)
+        for body, field in (({"user": 5, "context": [1e300, 0]}, "context"),
+                            ({"users": [5], "contexts": [[0, -1e39]]}, "contexts[0]")):
+            beyond = running.client.post("/recommend", json=body)
+            assert beyond.status_code == 422, beyond.text
+            assert f"{field} must be a list of 2 finite numbers (within float32's range)" in \
+                beyond.json()["error"]
     finally:
         running.stop()
 

@@ -906,3 +906,83 @@ def test_recommend_batch_names_excludes_of_the_wrong_kind(als):
         rec.recommend_batch([1, 2], excludes=5)
     with pytest.raises(ValueError, match=r"one entry per user \(2\), got 1"):
         rec.recommend_batch([1, 2], excludes=[[1]])
+
+
+class _WriterAtReadN:
+    """Makes a Recommender's observe publish at the ``n``-th time a reader reads what observe
+    publishes (``users``, ``new_items``, ``published``): every interleaving of one writer with
+    a reader, deterministically, without threads."""
+
+    def __init__(self, rec, events, n):
+        self.rec, self.events, self.left = rec, events, n
+        state = rec._state
+        outer = self
+
+        class Interleaved(type(state)):
+            def __getattribute__(self, name):
+                value = object.__getattribute__(self, name)
+                if name in ("users", "new_items", "published") and outer.left:
+                    outer.left -= 1
+                    if not outer.left:
+                        outer.rec.observe(outer.events)  # reads the state too: left is 0
+                return value
+
+        state.__class__ = Interleaved
+
+
+@pytest.mark.parametrize("read", range(1, 7))
+@pytest.mark.parametrize("user, events", [
+    (500, {"user": [500], "item": [70]}),  # a cold user's first event, a popular item
+    (1, {"user": [0, 1], "item": [90, 0]}),  # user 0 adds item 90, which user 1 would get
+], ids=["cold-user", "added-item"])
+def test_an_observe_published_mid_answer_gives_the_answer_before_or_after_it(als, user,
+                                                                            events, read):
+    """A reader takes no lock: an observe call published while it reads the state must
+    leave it the whole list of either side. It got a cold user's popular list less the
+    item observed meanwhile (the user's entry read twice), and a user's new vector without
+    the item another user of the same call added (the added items read before the users)."""
+    def fresh():
+        rec = Recommender(als, k=5, num_threads=1)
+        rec.observe({"user": [119], "item": [3]})  # someone else, so the users are looked up
+        return rec
+
+    before = fresh().recommend(user).ids.tolist()
+    after_rec = fresh()
+    after_rec.observe(events)
+    after = after_rec.recommend(user).ids.tolist()
+    assert before != after and (user != 1 or 90 in after)  # the scenarios bite
+    rec = fresh()
+    writer = _WriterAtReadN(rec, events, read)
+    got = rec.recommend(user).ids.tolist()
+    assert got in (before, after), (got, before, after)
+    if writer.left:  # the reader read less than that: the events come afterwards
+        writer.left = 0
+        rec.observe(events)
+    assert rec.recommend(user).ids.tolist() == after
+
+
+@pytest.mark.parametrize("excludes", [{0: [9]}, {9}], ids=["dict", "set"])
+def test_recommend_batch_refuses_excludes_without_an_order(als, excludes):
+    """A dict is Sized: its keys were taken for the users' exclude lists (user 1 got item 9,
+    the item it asked to exclude, and item 0 was excluded instead)."""
+    rec = Recommender(als, k=4)
+    with pytest.raises(TypeError, match=f"excludes must be a sequence .* got "
+                                        f"{type(excludes).__name__}"):
+        rec.recommend_batch([1], excludes=excludes)
+    assert 9 not in rec.recommend_batch([1], excludes=[[9]]).ids
+
+
+def test_context_features_beyond_float32_or_ragged_are_refused_by_name(als, scorer):
+    """A float64 context beyond float32's range overflowed the cast (a RuntimeWarning, then
+    "NaN or inf"), and a ragged batch got NumPy's own message, naming nothing."""
+    rec = Recommender(als, scorer, k=4)
+    with pytest.raises(ValueError, match=r"context_features must hold finite values, got 1 "
+                                         r"NaN/inf as float32 \(values beyond its range"):
+        rec.recommend(1, context_features=[1e300, 0.0])
+    with pytest.raises(ValueError, match="context_features must hold finite values"):
+        rec.recommend_batch([1, 2], context_features=[[0.0, 1.0], [np.inf, 0.0]])
+    with pytest.raises(ValueError, match=r"context_features must have shape \(2, 2\), got a "
+                                         r"ragged sequence"):
+        rec.recommend_batch([1, 2], context_features=[[0.0, 1.0], [1.0]])
+    np.testing.assert_array_equal(  # the largest float32 is still a context
+        rec.recommend(1, context_features=[3.4e38, 0.0]).ids.shape, (4,))

@@ -64,6 +64,7 @@ from .serving import Recommender
 
 LOG = logging.getLogger("recfuse.server")
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -220,12 +221,13 @@ def _weights(value: list) -> list:
 
 
 def _numbers(value, name: str, width: int) -> list:
+    """A context row: ``width`` finite numbers within float32's range (the ranker's input)."""
     if width == 0:
         raise _BadRequest(422, f"{name} given, but the ranker takes no context columns")
     if not isinstance(value, list) or len(value) != width or not all(
-            _in_float64(v) and math.isfinite(v) for v in value):
-        raise _BadRequest(422, f"{name} must be a list of {width} finite numbers, got "
-                               f"{value!r:.40}")
+            _in_float64(v) and math.isfinite(v) and abs(v) <= _FLOAT32_MAX for v in value):
+        raise _BadRequest(422, f"{name} must be a list of {width} finite numbers (within "
+                               f"float32's range), got {value!r:.40}")
     return value
 
 

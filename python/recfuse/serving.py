@@ -52,7 +52,9 @@ Concurrency: readers take no lock. A model swap (``swap_model``) builds everythi
 reference assignment, so a call is answered wholly by the old model or wholly by the new
 one (``Recommendation.version`` says which); a load that fails leaves the old model
 serving. ``observe`` and ``swap_model`` are serialised by one writer lock; ``observe``
-publishes each user's new vector and seen items together, as one object.
+publishes each user's new vector and seen items together, as one object, and a call reads
+what observe published as of one moment (it reads again when an observe call published
+meanwhile), so its answer is the one from before that call or the one from after it.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ import collections.abc
 import numbers
 import os
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -262,12 +265,15 @@ class _NewItems:
 @dataclass
 class _State:
     """The model plus what was observed since it was loaded; swapped as one reference.
-    ``users`` entries and ``new_items`` are replaced (never changed) by the writer."""
+    ``users`` entries and ``new_items`` are replaced (never changed) by the writer, which
+    counts ``published`` up before and after each observe call's publication (odd while one
+    is under way), so that readers can take a view of both from one moment (``_observed``)."""
 
     model: _Model
     users: dict = field(default_factory=dict)  # user id -> _User
     new_items: _NewItems | None = None
     new_item_users: dict = field(default_factory=dict)  # item id -> its first users (writer only)
+    published: int = 0
 
 
 # ---------------------------------------------------------------------- the recommender
@@ -562,8 +568,10 @@ class Recommender:
         k = self.k if k is None else check.check_k(k)
         m = ids.size
         if excludes is not None:
-            if isinstance(excludes, (str, bytes)) or not isinstance(excludes,
-                                                                    collections.abc.Sized):
+            # a mapping or a set is Sized too, but has no order to align with the users (a
+            # dict's keys would be taken for the exclude lists)
+            if isinstance(excludes, (str, bytes, collections.abc.Mapping, collections.abc.Set)) \
+                    or not isinstance(excludes, collections.abc.Sized):
                 raise TypeError(f"excludes must be a sequence of one id sequence (or None) per "
                                 f"user, got {type(excludes).__name__}")
             if len(excludes) != m:
@@ -607,13 +615,14 @@ class Recommender:
         out_ids = np.full((m, k), -1, dtype=np.int64)
         out_scores = np.full((m, k), -np.inf, dtype=np.float32)
         codes = np.zeros((m, k), dtype=np.int8)
-        # added items before users: a user who has just seen a new item already excludes it
-        # when the item becomes searchable (observe publishes users first)
-        extra = state.new_items
-        warm, queries, offsets, base_rows, own = _queries(state, users)
+        # the added items and the users' entries as of one moment: never a user's vector
+        # from after an observe call with the item table from before it (nor the reverse)
+        extra, entries = _observed(state, users)
+        warm, queries, offsets, base_rows, own = _queries(state.model, users, entries)
         cold = np.flatnonzero(~warm)
         if cold.size:
-            self._answer_cold(state, users, cold, k, excludes, out_ids, out_scores, codes)
+            self._answer_cold(state.model, users, cold, k, excludes, entries, out_ids,
+                              out_scores, codes)
         if queries.shape[0]:
             rows = np.flatnonzero(warm)
             if excludes is not None:
@@ -653,15 +662,15 @@ class Recommender:
                 codes[rows, :width] = np.where(ids[:, :width] >= 0, code, 0)
         return Recommendation(out_ids, out_scores, _STAGE_NAMES[codes], model.version)
 
-    def _answer_cold(self, state: _State, users: np.ndarray, cold: np.ndarray, k: int,
-                     excludes, out_ids, out_scores, codes) -> None:
+    def _answer_cold(self, model: _Model, users: np.ndarray, cold: np.ndarray, k: int,
+                     excludes, entries: dict, out_ids, out_scores, codes) -> None:
         """The popular lists of cold users, less what each has seen (its training row, its
-        observed items) and its request's exclusions; those with neither share one list."""
-        model = state.model
+        observed items: ``entries``, as ``_observed`` read them) and its request's
+        exclusions; those with neither share one list."""
         shared = None
         for row in cold.tolist():
             user = int(users[row])
-            entry = state.users.get(user)
+            entry = entries.get(row)
             if entry is not None:
                 known = entry.items
             elif user < model.n_users:
@@ -891,11 +900,16 @@ class Recommender:
                      for user, entry in updated.items()}
         added = self._added_items(state, users, items, new_users) if beyond.any() else None
         # publish: each user as one object, then the new item table as one object (and, for
-        # the writer alone, the added items' first users)
-        state.users.update(new_users)
-        if added is not None:
-            state.new_item_users.update(added[1])
-            state.new_items = added[0]
+        # the writer alone, the added items' first users); ``published`` is odd meanwhile,
+        # so a reader that overlaps this reads again (_observed)
+        state.published += 1
+        try:
+            state.users.update(new_users)
+            if added is not None:
+                state.new_item_users.update(added[1])
+                state.new_items = added[0]
+        finally:
+            state.published += 1
 
     def _initial_user(self, model: _Model, user: int) -> _User:
         explicit = model.kind == "explicit"
@@ -1171,18 +1185,20 @@ def _check_weight_bound(weights: np.ndarray, user: int, dtype) -> None:
 
 def _context_rows(value, name: str, rows: int, *, width: int | None = None,
                   single: bool = False) -> np.ndarray:
-    array = np.asarray(value)
+    expected = f"({rows}, {width if width is not None else 'w'})"
+    try:
+        array = np.asarray(value)
+    except ValueError:  # a ragged nesting of sequences
+        raise ValueError(f"{name} must have shape {expected}, got a ragged sequence") from None
     if array.dtype.kind not in "fiu" or array.dtype == bool:
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     if single and array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2 or array.shape[0] != rows or (width is not None and array.shape[1] != width):
-        expected = f"({rows}, {width if width is not None else 'w'})"
         raise ValueError(f"{name} must have shape {expected}, got {array.shape}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf")
-    return array
+    # finite as float32: a float64 beyond its range would overflow the cast (to inf, with a
+    # RuntimeWarning that -W error turns into the error raised)
+    return np.ascontiguousarray(check.finite_in(array, np.dtype(np.float32), name))
 
 
 def _events(events) -> Events:
@@ -1291,25 +1307,41 @@ def _exclude_ids(value, name: str) -> np.ndarray:
     return np.unique(check.check_ids(value, name, None))
 
 
-def _queries(state: _State, users: np.ndarray):
+def _observed(state: _State, users: np.ndarray) -> tuple[_NewItems | None, dict]:
+    """What observe has published for a batch of users, as of one moment: ``(new_items,
+    entries)``, ``entries`` mapping the position of each user that has been observed to its
+    ``_User``. Read again while an observe call publishes (``_State.published``): a user's
+    vector from after a call never meets the added items from before it, nor the reverse."""
+    while True:
+        published = state.published
+        extra = state.new_items
+        entries = {}
+        if state.users:
+            known = state.users
+            for row, user in enumerate(users.tolist()):
+                entry = known.get(user)
+                if entry is not None:
+                    entries[row] = entry
+        if published % 2 == 0 and state.published == published:
+            return extra, entries
+        time.sleep(0)  # let the writer finish publishing
+
+
+def _queries(model: _Model, users: np.ndarray, entries: dict):
     """What the recall needs of a batch of users: ``(warm, queries, offsets, base_rows,
     own)``. ``warm`` (m,) marks the users answered by the model (the others are cold); for
     those, in order: query vectors (w, d) in the index's dtype, score offsets (w,) float64,
     the row of the model's seen matrix that holds their exclusions (-1 for an observed user)
-    and ``own``, position -> the observed user's known item ids (sorted)."""
-    model = state.model
+    and ``own``, position -> the observed user's known item ids (sorted). ``entries``:
+    position -> the observed users' ``_User`` (``_observed``)."""
     warm = np.zeros(users.size, dtype=bool)
     inside = users < model.n_users
     warm[inside] = model.history[users[inside]]
     observed = {}
-    if state.users:
-        known = state.users
-        for row, user in enumerate(users.tolist()):
-            entry = known.get(user)
-            if entry is not None:
-                warm[row] = entry.warm
-                if entry.warm:
-                    observed[row] = entry
+    for row, entry in entries.items():
+        warm[row] = entry.warm
+        if entry.warm:
+            observed[row] = entry
     rows = np.flatnonzero(warm)
     base_rows = users[rows]
     dtype = model.index.items.dtype
