@@ -480,7 +480,12 @@ def test_update_users_rejects_bad_input_and_keeps_model(fitted, data):
         fitted.update_users([0, 0], data[:2])
     with pytest.raises(ValueError, match="user_ids must be >= 0"):
         fitted.update_users([-1], data[:1])
+    # an id far past the known users: the table cannot grow that far (numpy's allocation
+    # error named no argument)
+    with pytest.raises(ValueError, match="user_ids reach 1099511627776"):
+        fitted.update_users([2**40], data[:1])
     np.testing.assert_array_equal(fitted.user_factors, before)
+    assert fitted.recommend(0, k=3)[0].shape == (3,)  # the seen matrix kept its rows
 
 
 # ---------------------------------------------------------------- backends and CLI

@@ -283,15 +283,19 @@ class ALS(FactorRetrieval):
             start = fold_in(self, state.item_factors, matrix, start, gram)
             check_trained("the fold-in", (start,), "scale down the values of user_items")
             grown = max(known, int(ids.max()) + 1) if ids.size else known
-            if grown > known:
+            try:
+                # a copy either way: readers keep a consistent old array
                 factors = np.zeros((grown, self.factors), dtype=self.dtype)
                 factors[:known] = state.user_factors
-            else:
-                factors = state.user_factors.copy()  # readers keep a consistent old array
-            factors[ids] = start
-            seen = state.user_items
-            if seen is not None:
-                seen = _replace_rows(seen, ids, matrix, grown)
+                factors[ids] = start
+                seen = state.user_items
+                if seen is not None:
+                    seen = _replace_rows(seen, ids, matrix, grown)
+            except MemoryError:
+                raise ValueError(
+                    f"user_ids reach {grown - 1}: the user table would grow from {known} to "
+                    f"{grown} rows, more than can be allocated; new users take the ids after "
+                    f"the known ones") from None
             self._state = _State(factors, state.item_factors, seen, gram)
         return start
 
