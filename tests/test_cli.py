@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import recfuse
-from recfuse import datasets
+from recfuse import datasets, split
 
 from conftest import DATASETS
 
@@ -72,6 +72,8 @@ def test_train_evaluate_recommend(tmp_path):
     frame.iloc[:500].to_csv(tmp_path / "test.csv", index=False)
     other = json.loads(run("evaluate", folder, "--test", tmp_path / "test.csv", "--json").stdout)
     assert other["users"] > 0
+    # what the text says of the --test log, the JSON says too
+    assert other["test_pairs"] > 0 and other["dropped_events"] >= 0
     user = str(frame["user"].iloc[0])
     recs = json.loads(run("recommend", folder, user, "--k", 4, "--json").stdout)
     assert len(recs["recommendations"][user]) == 4
@@ -231,12 +233,12 @@ def test_json_output_writes_null_for_non_finite_numbers():
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")
 
-    # a log too small for any test pair: no AUC, no diversity
-    out = run("demo", "--users", 3, "--items", 2, "--events", 5, "--factors", 2,
+    # three items: the lists hold at most one unseen item each, so no diversity (a log too
+    # small for any test pair is refused now: test_an_empty_test_set_is_refused_everywhere)
+    out = run("demo", "--users", 5, "--items", 3, "--events", 200, "--factors", 2,
               "--iterations", 1, "--json").stdout
     result = json.loads(out, parse_constant=refuse)
-    assert result["als"]["auc"] is None and result["als"]["diversity"] is None
-    assert result["als"]["precision"] == 0.0
+    assert result["als"]["diversity"] is None and result["als"]["users"] > 0
 
 
 def test_demo_refuses_sizes_beyond_the_machine_with_one_line():
@@ -345,11 +347,182 @@ def test_rating_model_of_equal_ratings_saves_a_folder_that_loads(tmp_path, model
 def test_folder_without_training_data_names_the_missing_file(tmp_path):
     frame = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 2, 3, 1]})
     frame.to_csv(tmp_path / "log.csv", index=False)
-    run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--factors", 2,
-        "--iterations", 1)
+    run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--split", "random",
+        "--test-fraction", 0.4, "--factors", 2, "--iterations", 1)  # 0.2 holds none out
     os.unlink(tmp_path / "m" / "train.npz")
     for command in ("recommend", "evaluate"):
         extra = [1] if command == "recommend" else []
         error = run(command, tmp_path / "m", *extra, check_rc=2).stderr
         assert "no training data" in error and "train.npz" in error, error
         assert "model file" not in error and "Traceback" not in error
+
+
+def _one_line_error(result, command: str, *expected: str) -> str:
+    """The stderr of a refused run: one "recfuse COMMAND: error: ..." line holding each of
+    ``expected``, nothing on stdout (refused before any work printed anything)."""
+    line, = result.stderr.strip().splitlines()
+    assert line.startswith(f"recfuse {command}: error: ") and "Traceback" not in result.stderr
+    for text in expected:
+        assert text in line, line
+    assert result.stdout == ""
+    return line
+
+
+def _movielens_100k_folder(path):
+    """A tiny ml-100k-like folder: u.data of user, item, rating, time (tab-separated)."""
+    rng = np.random.default_rng(7)
+    path.mkdir()
+    lines = {(int(u), int(i)) for u, i in zip(rng.integers(1, 30, 400), rng.integers(1, 25, 400))}
+    (path / "u.data").write_text("".join(f"{u}\t{i}\t{1 + (u * i) % 5}\t{880000000 + n}\n"
+                                         for n, (u, i) in enumerate(sorted(lines))))
+    return path
+
+
+def test_movielens_folder_refuses_the_options_of_event_logs(tmp_path):
+    """--weight, --combine, --user, --item (and --timestamp, --event, --event-weights) were
+    ignored without a word for a MovieLens folder, whose columns are fixed."""
+    folder = _movielens_100k_folder(tmp_path / "ml")
+    for options, named in [(["--weight", "rating"], "--weight applies"),
+                           (["--combine", "max"], "--combine applies"),
+                           (["--user", "u", "--item", "i"], "--user, --item apply"),
+                           (["--timestamp", "t"], "--timestamp applies"),
+                           (["--event", "e", "--event-weights", '{"e": 2}'],
+                            "--event, --event-weights apply")]:
+        refused = run("train", folder, "-o", tmp_path / "m", *options, check_rc=2)
+        _one_line_error(refused, "train", named, "CSV/Parquet event logs only",
+                        repr(str(folder)))
+    assert not (tmp_path / "m").exists()
+    trained = json.loads(run("train", folder, "-o", tmp_path / "m", "--factors", 2,
+                             "--iterations", 1, "--json").stdout)
+    assert trained["train_pairs"] > 0 and trained["test_pairs"] > 0
+    assert "are refused for it" in " ".join(run("train", "--help").stdout.split())  # as said
+
+
+def test_split_options_are_refused_before_the_data_is_read(tmp_path):
+    """--test-fraction was checked by the split, after the whole log was read (and 0 was let
+    through); --test-fraction with a split that ignores it, and a split needing times
+    without --timestamp, likewise only after (or never). A missing file shows the order:
+    the option is named, not the file."""
+    missing = tmp_path / "not-read.csv"
+    for options, expected in [
+            (["--test-fraction", "0"], "use --split none"),
+            (["--test-fraction", "1"], "argument --test-fraction: expected a number between 0 "
+                                       "and 1"),
+            (["--test-fraction", "nan"], "argument --test-fraction"),
+            (["--test-fraction", "0.3", "--split", "none"],
+             "--test-fraction applies to --split per_user, random and temporal"),
+            (["--test-fraction", "0.3", "--split", "leave_last", "--timestamp", "t"],
+             "not --split leave_last"),
+            (["--split", "temporal"], "--split temporal needs timestamps"),
+            (["--split", "leave_last"], "name the time column"),
+            (["--min-rating", "nan"], "argument --min-rating: expected a finite number"),
+            (["--model", "bpr", "--lr", "-1"], "argument --lr: expected a number > 0"),
+            (["--backend", "bogus"], "backend must be"),
+            (["--model", "bpr", "--alpha", "2"], "--alpha does not apply")]:
+        refused = run("train", missing, "-o", tmp_path / "m", *options, check_rc=2)
+        assert expected in refused.stderr and refused.stdout == "", (options, refused.stderr)
+        assert "not-read.csv' not found" not in refused.stderr \
+            and "No such file" not in refused.stderr
+
+
+def test_an_empty_test_set_is_refused_everywhere(tmp_path):
+    """A split that held out nothing (--test-fraction 0 was accepted; a tiny log holds
+    nothing out at 0.2) trained and wrote an empty test.npz; evaluate (and demo) then gave
+    metrics of no pair: 0 and AUC nan. Now train and demo refuse it after the split (before
+    training), evaluate refuses an empty test set, from test.npz or --test."""
+    (tmp_path / "log.csv").write_text("user,item,t\n1,10,1\n1,20,2\n2,10,3\n2,30,4\n")
+    refused = run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--timestamp", "t",
+                  "--split", "temporal", "--test-fraction", "0.1", "--json", check_rc=2)
+    _one_line_error(refused, "train", "held out no pair of the 4",
+                    "a larger --test-fraction, or --split none")
+    assert not (tmp_path / "m").exists()  # nothing trained, nothing written
+    tiny = run("demo", "--users", 3, "--items", 2, "--events", 5, "--json", check_rc=2)
+    _one_line_error(tiny, "demo", "held out no pair")
+    run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--split", "none", "--factors", 2,
+        "--iterations", 1)
+    (tmp_path / "strangers.csv").write_text("user,item\n7,10\n8,20\n")
+    strangers = run("evaluate", tmp_path / "m", "--test", tmp_path / "strangers.csv",
+                    check_rc=2)
+    _one_line_error(strangers, "evaluate", "has a user and an item the model knows (2 left out)")
+    # a folder an earlier recfuse wrote with --test-fraction 0
+    train = recfuse.Interactions.load(tmp_path / "m" / "train.npz")
+    split.per_user_split(train, 0.0)[1].save(tmp_path / "m" / "test.npz")
+    empty = run("evaluate", tmp_path / "m", "--json", check_rc=2)
+    _one_line_error(empty, "evaluate", "holds no test pair", "--test DATA")
+
+
+def test_recommend_lists_each_user_once_in_text_and_json(tmp_path):
+    """`recommend DIR 1 1` printed user 1 twice in text, once in --json (a dict key); "01"
+    and "1" (user 1 of integer ids) were two JSON keys; an id beyond 64 bits was a
+    traceback."""
+    frame = pd.DataFrame({"user": [1, 1, 2, 2, 3, 3], "item": [1, 2, 2, 3, 1, 3]})
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--split", "none", "--factors", 2,
+        "--iterations", 1)
+    asked = ("2", "1", "01", "2")
+    text = run("recommend", tmp_path / "m", *asked, "--k", 2).stdout.splitlines()
+    listed = json.loads(run("recommend", tmp_path / "m", *asked, "--k", 2, "--json").stdout)
+    assert [line.split(":")[0] for line in text] == ["user 2", "user 1"]
+    assert list(listed["recommendations"]) == ["2", "1"]
+    for line, (user, entries) in zip(text, listed["recommendations"].items()):
+        assert line == f"user {user}: " + ", ".join(f"{e['item']} ({e['score']:.3f})"
+                                                    for e in entries)
+    huge = run("recommend", tmp_path / "m", "99999999999999999999", check_rc=2)
+    _one_line_error(huge, "recommend", "64-bit integers")
+
+
+def test_evaluate_refuses_column_options_without_a_test_log(tmp_path):
+    """--user, --item, --weight and --sep describe the --test log; without one they were
+    ignored without a word."""
+    refused = run("evaluate", tmp_path / "m", "--user", "who", "--sep", ";", check_rc=2)
+    _one_line_error(refused, "evaluate", "--user, --sep apply to the --test log only")
+
+
+def test_demo_refuses_options_it_would_ignore_before_any_work(tmp_path):
+    """--min-rating without --data, and the synthetic log's sizes with --data, were ignored;
+    an unusable --backend was refused only after the log was made, ingested and split (here
+    the sizes would be refused first, were the log made before the model)."""
+    for options, expected in [(["--min-rating", "3"], "--min-rating filters the ratings of a "
+                                                      "MovieLens folder: it needs --data"),
+                              (["--data", tmp_path, "--users", "5", "--events", "9"],
+                               "--users, --events size the synthetic log, not the MovieLens"),
+                              (["--backend", "bogus", "--events", str(10**14)],
+                               "backend must be")]:
+        _one_line_error(run("demo", *options, check_rc=2), "demo", expected)
+
+
+def test_a_stdout_closed_early_ends_quietly():
+    """`recfuse info | head -1`, once the reader was gone, ended in a BrokenPipeError
+    traceback (exit status 1, as for a bug); now 141, as a shell reports SIGPIPE, and
+    nothing on stderr. The reader is closed before the start: every write fails."""
+    for command in (["info"], ["info", "--json"]):
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            result = subprocess.run([sys.executable, "-m", "recfuse.cli", *command],
+                                    stdout=writer, stderr=subprocess.PIPE, text=True,
+                                    timeout=300)
+        finally:
+            os.close(writer)
+        assert result.returncode == 141 and result.stderr == "", result.stderr
+
+
+def test_bench_names_a_bad_output_or_script_args_in_one_line(tmp_path):
+    """A file as --output was a FileExistsError traceback (exit status 1); unbalanced
+    quotes in --script-args said "No closing quotation" without naming the option."""
+    (tmp_path / "a_file").write_text("")
+    _one_line_error(run("bench", "--output", tmp_path / "a_file", check_rc=2), "bench",
+                    "--output", "cannot make the results folder")
+    _one_line_error(run("bench", "--script-args", "'x", "--output", tmp_path, check_rc=2),
+                    "bench", "--script-args", "No closing quotation")
+
+
+def test_serve_without_its_extra_says_error_like_every_command():
+    """A failed import of the server printed "recfuse serve: ..." without the "error:" of
+    every other refusal (the CLI's stated one-line form)."""
+    code = ("import sys; sys.modules['recfuse.server'] = None; from recfuse.cli import main; "
+            "sys.exit(main(['serve', 'model.npz']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2
+    _one_line_error(result, "serve", "recfuse.server")

@@ -18,7 +18,8 @@
 Every command but serve takes --json (one JSON object on stdout, nothing else; a
 number that is not finite, e.g. an AUC without any pair to compare, is written as null).
 Exit codes: 0 done; 1 an unexpected failure (a bug: the traceback is printed); 2 bad
-arguments or input (one line "recfuse <command>: error: ..." on stderr).
+arguments or input (one line "recfuse <command>: error: ..." on stderr, given before any
+slow work where the arguments alone tell); 141 stdout closed early (`recfuse ... | head`).
 `recfuse COMMAND --help` describes each command's options.
 """
 
@@ -68,6 +69,41 @@ def _non_negative(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """argparse type of --min-rating: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """argparse type of --lr: a finite number > 0."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _test_fraction(text: str) -> float:
+    """argparse type of --test-fraction: a number between 0 and 1, both excluded (0 would
+    hold out nothing, and every metric would be computed on no pair)."""
+    expected = "a number between 0 and 1 (both excluded)"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number between 0 and 1 (both excluded), "
+                                         "got 0; to train on every pair, use --split none")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
     return value
 
 
@@ -185,30 +221,71 @@ class _Popularity:
                     item_bias=self.item_popularity)
 
 
-def _ingest(args):
-    """Interactions from ``args.data`` (a MovieLens folder, an event-log file or a folder of
-    Parquet files)."""
-    from recfuse import datasets
-    from recfuse.interactions import Interactions, _parquet_files
+# the columns of an event log when --user, --item, --combine are not given
+LOG_DEFAULTS = {"user": "user", "item": "item", "combine": "sum"}
+# what a MovieLens folder fixes itself (users, movies, ratings, times): refused for one
+LOG_ONLY_OPTIONS = ("user", "item", "weight", "combine", "timestamp", "event", "event_weights")
 
-    read_options = _csv_options(args, args.data)  # --sep: CSV files only
-    if os.path.isdir(args.data) and (
-            any(os.path.isfile(os.path.join(args.data, name))
-                for name, _, _ in datasets._MOVIELENS_FILES)
-            or not _parquet_files(args.data)):
+
+def _data_kind(path: str) -> str:
+    """"movielens" for a folder with a MovieLens ratings file, "log" for an event-log file or
+    a folder of Parquet files, "folder" for a folder of neither (load_movielens names what
+    it lacks). Looks at names only: nothing is read."""
+    from recfuse import datasets
+    from recfuse.interactions import _parquet_files
+
+    if not os.path.isdir(path):
+        return "log"
+    if any(os.path.isfile(os.path.join(path, name)) for name, _, _ in datasets._MOVIELENS_FILES):
+        return "movielens"
+    return "log" if _parquet_files(path) else "folder"
+
+
+def _check_data_options(args) -> str:
+    """Refuse, before anything is read, the options that ``args.data`` would ignore or that
+    the split cannot honour; returns the data's kind (see _data_kind)."""
+    kind = _data_kind(args.data)
+    _csv_options(args, args.data)  # --sep: CSV files only
+    if kind == "movielens":
+        given = [f"--{name.replace('_', '-')}" for name in LOG_ONLY_OPTIONS
+                 if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
+                             f"to CSV/Parquet event logs only, not the MovieLens folder "
+                             f"{args.data!r} (its users, movies, ratings and times are read "
+                             f"as they are)")
+    elif kind == "log":
+        if args.min_rating is not None:  # else every event would be kept without a word
+            raise ValueError(f"--min-rating filters the ratings of a MovieLens folder, not the "
+                             f"event log {args.data!r}; filter its rows first")
+        if args.event_weights is not None and not args.event:
+            raise ValueError("--event-weights needs --event (the event type column)")
+        if args.split in ("temporal", "leave_last") and args.timestamp is None:
+            raise ValueError(f"--split {args.split} needs timestamps: name the time column of "
+                             f"{args.data!r} with --timestamp")
+    if args.test_fraction is not None and args.split in ("none", "leave_last"):
+        raise ValueError(f"--test-fraction applies to --split per_user, random and temporal, "
+                         f"not --split {args.split}")
+    return kind
+
+
+def _ingest(args, kind: str):
+    """Interactions from ``args.data`` (a MovieLens folder, an event-log file or a folder of
+    Parquet files), its options checked by _check_data_options."""
+    from recfuse import datasets
+    from recfuse.interactions import Interactions
+
+    if kind != "log":
         return datasets.load_movielens(args.data, min_rating=args.min_rating)
-    if args.min_rating is not None:  # else every event would be kept without a word
-        raise ValueError(f"--min-rating filters the ratings of a MovieLens folder, not the event "
-                         f"log {args.data!r}; filter its rows first")
     event_weights = None
     if args.event:
         event_weights = args.event_weights if args.event_weights is not None else EVENT_WEIGHTS
-    elif args.event_weights is not None:
-        raise ValueError("--event-weights needs --event (the event type column)")
-    return Interactions.from_events(args.data, user=args.user, item=args.item,
-                                    weight=args.weight, timestamp=args.timestamp,
-                                    event=args.event, event_weights=event_weights,
-                                    combine=args.combine, read_options=read_options)
+    columns = {name: default if getattr(args, name) is None else getattr(args, name)
+               for name, default in LOG_DEFAULTS.items()}
+    return Interactions.from_events(args.data, **columns, weight=args.weight,
+                                    timestamp=args.timestamp, event=args.event,
+                                    event_weights=event_weights,
+                                    read_options=_csv_options(args, args.data))
 
 
 def _csv_options(args, path: str) -> dict:
@@ -220,6 +297,17 @@ def _csv_options(args, path: str) -> dict:
     if os.path.isdir(path) or not path.lower().endswith(CSV_SUFFIXES):
         raise ValueError(f"--sep applies to CSV files, not {path!r}")
     return {"sep": args.sep}
+
+
+TEST_FRACTION = 0.2  # train's --test-fraction when not given, the demo's always
+
+
+def _check_held_out(test, interactions, advice: str) -> None:
+    """Refuse a split that held out nothing (too few pairs per user, or too few pairs for
+    the fraction): its metrics would be those of no pair (0, and NaN for AUC)."""
+    if test.nnz == 0:
+        raise ValueError(f"the split held out no pair of the {interactions.nnz} (too few to "
+                         f"hold any out): nothing to evaluate on; use {advice}")
 
 
 def _split(interactions, method: str, fraction: float, seed: int):
@@ -256,14 +344,18 @@ ALS_DEFAULTS = {"factors": 64, "regularization": 0.05, "alpha": 2.0}  # the demo
 def _model(args):
     """The model --model names, with the options given (ALS: the demo's defaults). The
     rating models (svd, svdpp, explicit-als) read each stored value as a rating: train them
-    with --weight RATING_COLUMN --combine last."""
+    with --weight RATING_COLUMN --combine last on an event log (a MovieLens folder's values
+    are its ratings). Refuses an option the model lacks and an unusable backend."""
     import recfuse
+    from recfuse._backend import resolve_backend
 
     name = getattr(args, "model", "als")
     class_name, parameters = MODELS[name]
     for option in ("factors", "iterations", "regularization", "alpha", "lr"):
         if getattr(args, option, None) is not None and option not in parameters:
             raise ValueError(f"--{option} does not apply to --model {name}")
+    # an unusable backend refused now, not by fit once the data is read and split
+    resolve_backend(args.backend, "als" if name == "als" else "sgd")
     settings = {"backend": args.backend, "random_state": args.seed}
     for option, parameter in parameters.items():
         value = getattr(args, option, None)
@@ -286,6 +378,10 @@ def _metric_table(say, rows: dict[str, dict], k: int) -> None:
 
 
 # ---------------------------------------------------------------------------- demo
+DEMO_SIZES = {"--users": 20_000, "--items": 5_000, "--events": 600_000}  # the synthetic log
+DEMO_MIN_RATING = 4.0  # with --data: ratings >= it are the implicit feedback
+
+
 def _demo(args) -> int:
     from recfuse import datasets
     from recfuse.interactions import Interactions
@@ -302,10 +398,24 @@ def _demo(args) -> int:
         clock = now
         return timings[name]
 
+    synthetic = {"--users": args.users, "--items": args.items, "--events": args.events}
     if args.data:
-        say(f"recfuse demo: MovieLens from {args.data} (ratings >= {args.min_rating} as "
+        given = [option for option, value in synthetic.items() if value is not None]
+        if given:  # else the MovieLens folder would be read without a word about them
+            raise ValueError(f"{', '.join(given)} {'sizes' if len(given) == 1 else 'size'} the "
+                             f"synthetic log, not the MovieLens folder --data {args.data!r}")
+        min_rating = DEMO_MIN_RATING if args.min_rating is None else args.min_rating
+    elif args.min_rating is not None:
+        raise ValueError("--min-rating filters the ratings of a MovieLens folder: it needs "
+                         "--data FOLDER")
+    else:
+        args.users, args.items, args.events = (
+            DEMO_SIZES[option] if value is None else value for option, value in synthetic.items())
+    model = _model(args)  # its backend refused before the data is made
+    if args.data:
+        say(f"recfuse demo: MovieLens from {args.data} (ratings >= {min_rating} as "
             "implicit feedback)")
-        interactions = datasets.load_movielens(args.data, min_rating=args.min_rating)
+        interactions = datasets.load_movielens(args.data, min_rating=min_rating)
         lap("ingest")
         source = f"MovieLens {args.data}"
     else:
@@ -318,12 +428,11 @@ def _demo(args) -> int:
         lap("ingest")
         source = "synthetic event log"
     say(f"  ingest: {interactions}  [{timings['ingest']:.2f} s]")
-    train, test = _split(interactions, args.split, 0.2, args.seed)
+    train, test = _split(interactions, args.split, TEST_FRACTION, args.seed)
     lap("split")
     say(f"  split ({args.split}): train {train.nnz} pairs, test {test.nnz} pairs  "
         f"[{timings['split']:.2f} s]")
-
-    model = _model(args)
+    _check_held_out(test, interactions, "more events per user (--events, or --data FOLDER)")
     losses: list = []
     model.fit(train.matrix, show_progress=not args.json,
               callback=lambda it, loss: losses.append(loss))
@@ -366,11 +475,7 @@ def _serve(args) -> int:
 
     from .serving import Recommender
 
-    try:
-        from .server import Limits, http_stack, listening_socket, serve
-    except ImportError as error:
-        print(f"recfuse serve: {error}", file=sys.stderr)
-        return 2
+    from .server import Limits, http_stack, listening_socket, serve  # ImportError: rc 2 in main
     if args.ranker is None and args.ranker_precision != "float32":
         raise ValueError("--ranker-precision needs --ranker")
     if args.k > args.max_k:  # every request that gives no k would be refused
@@ -423,14 +528,19 @@ def _train(args) -> int:
     say = _printer(args)
     started = time.perf_counter()
     _check_output_folder(args.output)
-    interactions = _ingest(args)
+    kind = _check_data_options(args)
+    model = _model(args)  # its options and backend refused before the data is read
+    interactions = _ingest(args, kind)
     say(f"ingested {interactions}")
     if args.split == "none":
         train, test = interactions, None
     else:
-        train, test = _split(interactions, args.split, args.test_fraction, args.seed)
+        fraction = TEST_FRACTION if args.test_fraction is None else args.test_fraction
+        train, test = _split(interactions, args.split, fraction, args.seed)
         say(f"split ({args.split}): train {train.nnz} pairs, test {test.nnz} pairs")
-    model = _model(args)
+        _check_held_out(test, interactions,
+                        ("a larger --test-fraction, or " if args.split != "leave_last" else "")
+                        + "--split none to train on every pair")
     model.fit(train, show_progress=not args.json)
     try:
         _write_folder(args.output, dict(zip(FOLDER_FILES, (model, train, test))))
@@ -515,12 +625,27 @@ def _evaluate(args) -> int:
     from recfuse.metrics import evaluate
 
     say = _printer(args)
-    model, train = _load_folder(args.folder)
     if args.test:
-        test = Interactions.from_events(args.test, user=args.user, item=args.item,
-                                        weight=args.weight, user_ids=train.user_ids,
-                                        item_ids=train.item_ids, unknown="drop",
-                                        read_options=_csv_options(args, args.test))
+        read_options = _csv_options(args, args.test)  # --sep: CSV files only
+    else:
+        given = [f"--{name}" for name in ("user", "item", "weight", "sep")
+                 if getattr(args, name) is not None]
+        if given:  # they describe the columns of a --test log; test.npz has none
+            raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
+                             f"to the --test log only (FOLDER/test.npz is read as it is)")
+    model, train = _load_folder(args.folder)
+    extra = {}
+    if args.test:
+        columns = {name: LOG_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
+                   for name in ("user", "item")}
+        test = Interactions.from_events(args.test, **columns, weight=args.weight,
+                                        user_ids=train.user_ids, item_ids=train.item_ids,
+                                        unknown="drop", read_options=read_options)
+        if test.nnz == 0:
+            raise ValueError(f"no event of --test {args.test!r} has a user and an item the "
+                             f"model knows ({test.dropped_events} left out): nothing to "
+                             f"evaluate on")
+        extra = {"test_pairs": test.nnz, "dropped_events": test.dropped_events}
         say(f"test: {test.nnz} pairs; {test.dropped_events} events of users or items unknown "
             "to the model left out")
     else:
@@ -529,6 +654,9 @@ def _evaluate(args) -> int:
             raise FileNotFoundError(f"{args.folder!r} has no test.npz (trained with --split "
                                     "none); pass --test DATA")
         test = Interactions.load(path)
+        if test.nnz == 0:  # written by a recfuse that let --test-fraction 0 through
+            raise ValueError(f"{path!r} holds no test pair: nothing to evaluate on; pass "
+                             f"--test DATA")
     started = time.perf_counter()
     result = evaluate(model, train, test, k=args.k, show_progress=not args.json)
     result["seconds"] = time.perf_counter() - started
@@ -538,7 +666,7 @@ def _evaluate(args) -> int:
                  "novelty", "diversity", "rmse", "mae"):
         if name in result:  # rmse and mae: the rating models (those with predict)
             say(f"  {name:<10} {result[name]:.4f}")
-    _emit_json(args, result)
+    _emit_json(args, {**result, **extra})
     return 0
 
 
@@ -550,17 +678,23 @@ def _recommend(args) -> int:
     if ids.dtype.kind in "iu":
         try:
             wanted = wanted.astype(np.int64)
-        except ValueError as error:
-            raise ValueError(f"user ids of this model are integers, got {args.users}") from error
+        except (ValueError, OverflowError) as error:  # a word, or beyond 64 bits
+            raise ValueError(f"user ids of this model are 64-bit integers, got "
+                             f"{args.users[:10]}") from error
     users = train.user_ids.to_internal(wanted, missing="ignore")
     if (users < 0).any():
         raise ValueError(f"unknown user ids (not in the training data): "
                          f"{[u for u, c in zip(args.users, users) if c < 0][:10]}")
+    # each user once, in the order first asked, under the model's own id ("01" is user 1)
+    _, first = np.unique(users, return_index=True)
+    users = users[np.sort(first)]
     items, scores = model.recommend(users, user_items=train.matrix[users], k=args.k)
     payload = {}
-    for user, row_items, row_scores in zip(args.users, items, scores):
+    for user, row_items, row_scores in zip(train.user_ids.to_external(users).tolist(), items,
+                                           scores):
         valid = row_items >= 0
         external = train.item_ids.to_external(row_items[valid])
+        user = str(user)  # a JSON key
         payload[user] = [{"item": item, "score": float(score)}
                          for item, score in zip(external.tolist(), row_scores[valid])]
         say(f"user {user}: " + ", ".join(f"{e['item']} ({e['score']:.3f})"
@@ -612,16 +746,24 @@ def _bench(args) -> int:
     unknown = [suite for suite in args.suites if suite not in BENCH_SUITES]
     if unknown:
         raise ValueError(f"unknown suites {unknown}; choose from {sorted(BENCH_SUITES)}")
+    try:
+        script_args = shlex.split(args.script_args or "")
+    except ValueError as error:  # "No closing quotation"
+        raise ValueError(f"--script-args {args.script_args!r}: {error}") from None
     folder = _bench_folder()
     output = os.path.abspath(args.output or os.path.join(folder, "results"))
-    os.makedirs(output, exist_ok=True)
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as error:  # a file there, or no right to write
+        raise ValueError(f"--output {output!r}: cannot make the results folder: "
+                         f"{error.strerror or error}") from None
     environment = dict(os.environ, RECFUSE_BENCH_RESULTS=output)
     rows, failures = [], []
     for suite in args.suites:
         script, quick, results_file = BENCH_SUITES[suite]
         command = [sys.executable, os.path.join(folder, script)]
         command += quick if args.quick else []
-        command += shlex.split(args.script_args or "")
+        command += script_args
         say(f"running {' '.join(command[1:])} ...")
         done = subprocess.run(command, env=environment, stdout=subprocess.PIPE,
                               stderr=None if not args.json else subprocess.DEVNULL, text=True)
@@ -700,13 +842,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=_seed, default=0,
                          help="seed of the split and the model's start (default %(default)s)")
 
-    def column_options(sub):
-        sub.add_argument("--user", default="user", help="user id column (default: user)")
-        sub.add_argument("--item", default="item", help="item id column (default: item)")
-        sub.add_argument("--weight", default=None, help="numeric weight column")
+    def column_options(sub, of: str):
+        # None when not given: train refuses them for a MovieLens folder, evaluate without
+        # --test (nothing would read them)
+        sub.add_argument("--user", default=None, help=f"user id column of {of} (default: user)")
+        sub.add_argument("--item", default=None, help=f"item id column of {of} (default: item)")
+        sub.add_argument("--weight", default=None, help=f"numeric weight column of {of}")
         sub.add_argument("--sep", default=None,
-                         help="field separator of a CSV file, e.g. ';' (default: a comma; a "
-                              "tab for .tsv files)")
+                         help=f"field separator of {of} when a CSV file, e.g. ';' (default: a "
+                              f"comma; a tab for .tsv files)")
 
     splits = ("per_user", "random", "leave_last", "temporal")
     split_help = ("how the test pairs are held out: per_user (a fraction of each user's), "
@@ -718,14 +862,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "the whole chain on an embedded synthetic event log")
     demo.add_argument("--data", help="a MovieLens folder instead of the synthetic log")
-    demo.add_argument("--min-rating", type=float, default=4.0,
-                      help="with --data: ratings kept as implicit feedback (default 4)")
-    demo.add_argument("--users", type=_count, default=20_000,
-                      help="users in the synthetic log (default %(default)s)")
-    demo.add_argument("--items", type=_count, default=5_000,
-                      help="items in the synthetic log (default %(default)s)")
-    demo.add_argument("--events", "--nnz", type=_count, default=600_000,
-                      help="events in the synthetic log (--nnz: the first demo's name)")
+    # None when not given: --min-rating is refused without --data, the sizes with it
+    demo.add_argument("--min-rating", type=_finite, default=None,
+                      help=f"with --data: ratings kept as implicit feedback (default "
+                           f"{DEMO_MIN_RATING:g})")
+    demo.add_argument("--users", type=_count, default=None,
+                      help=f"users in the synthetic log (default {DEMO_SIZES['--users']})")
+    demo.add_argument("--items", type=_count, default=None,
+                      help=f"items in the synthetic log (default {DEMO_SIZES['--items']})")
+    demo.add_argument("--events", "--nnz", type=_count, default=None,
+                      help=f"events in the synthetic log (default {DEMO_SIZES['--events']}; "
+                           f"--nnz: the first demo's name)")
     demo.add_argument("--split", choices=splits, default="per_user",
                       help=split_help + " (default %(default)s)")
     demo.add_argument("--k", type=_count, default=10,
@@ -769,30 +916,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command("train", "ingest, split and train; write a model folder")
     train.add_argument("data", help="an event log (.csv/.tsv/.parquet file, or a folder of "
-                                    "Parquet files) or a MovieLens folder")
+                                    "Parquet files) or a MovieLens folder (its users, movies, "
+                                    "ratings and times as they are: the options of event "
+                                    "logs, --user to --event-weights, are refused for it)")
     train.add_argument("-o", "--output", required=True, help="folder to write")
-    column_options(train)
-    train.add_argument("--timestamp", default=None, help="time column")
-    train.add_argument("--event", default=None, help="event type column")
+    column_options(train, "an event log")
+    train.add_argument("--timestamp", default=None,
+                       help="time column of an event log (needed by --split temporal and "
+                            "leave_last)")
+    train.add_argument("--event", default=None, help="event type column of an event log")
     train.add_argument("--event-weights", type=_event_weights, default=None,
                        help='JSON weights per event type (default {"view": 1, "click": 3, '
                             '"purchase": 10})')
-    train.add_argument("--combine", choices=("sum", "max", "last", "count"), default="sum",
-                       help="how the events of one (user, item) pair make its value "
-                            "(default %(default)s)")
-    train.add_argument("--min-rating", type=float, default=None,
-                       help="MovieLens: keep ratings >= this")
+    train.add_argument("--combine", choices=("sum", "max", "last", "count"), default=None,
+                       help="how the events of one (user, item) pair of an event log make its "
+                            "value (default sum)")
+    train.add_argument("--min-rating", type=_finite, default=None,
+                       help="MovieLens folder: keep ratings >= this (default: all)")
     train.add_argument("--split", choices=("none",) + splits, default="per_user",
                        help=split_help + "; none: train on everything (default %(default)s)")
-    train.add_argument("--test-fraction", type=float, default=0.2,
-                       help="share held out by per_user, random and temporal (default "
-                            "%(default)s)")
+    train.add_argument("--test-fraction", type=_test_fraction, default=None,
+                       help=f"share held out by per_user, random and temporal, between 0 and "
+                            f"1 (default {TEST_FRACTION}; a split that holds out no pair is "
+                            f"refused)")
     train.add_argument("--model", choices=tuple(MODELS), default="als",
                        help="als (default), bpr, or a rating model (svd, svdpp, explicit-als: "
-                            "use --weight RATING --combine last); options left out keep the "
+                            "use --weight RATING --combine last on an event log; a MovieLens "
+                            "folder gives its ratings); options left out keep the "
                             "model's defaults (ALS: 64 factors, 15 iterations, "
                             "regularization 0.05, alpha 2)")
-    train.add_argument("--lr", type=float, default=None, help="learning rate (bpr, svd, svdpp)")
+    train.add_argument("--lr", type=_positive, default=None,
+                       help="learning rate (bpr, svd, svdpp)")
     model_options(train, None)
     common(train)
     train.set_defaults(run=_train)
@@ -800,7 +954,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = command("evaluate", "score a trained model folder")
     evaluate.add_argument("folder", help="a folder written by `recfuse train`")
     evaluate.add_argument("--test", help="an event log to test on instead of FOLDER/test.npz")
-    column_options(evaluate)
+    column_options(evaluate, "the --test log")
     evaluate.add_argument("--k", type=_count, default=10,
                           help="length of the lists evaluated (default %(default)s)")
     common(evaluate)
@@ -808,7 +962,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     recommend = command("recommend", "top-k items for users by their ids")
     recommend.add_argument("folder", help="a folder written by `recfuse train`")
-    recommend.add_argument("users", nargs="+", help="user ids as in the event log")
+    recommend.add_argument("users", nargs="+",
+                           help="user ids as in the event log; each is listed once, under "
+                                "the model's own id (01 is user 1 of integer ids)")
     recommend.add_argument("--k", type=_count, default=10,
                            help="items per user (default %(default)s)")
     common(recommend)
@@ -832,14 +988,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command in ``argv`` (default: the process's) and return its exit status: 0
     (done, or ``--help``), 2 for bad arguments and input errors (argparse's exits are
-    caught, which would otherwise end the caller's process); any other exception propagates
-    (exit status 1 from the console script)."""
+    caught, which would otherwise end the caller's process), 141 when stdout was closed
+    before the end; any other exception propagates (exit status 1 from the console
+    script)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 2
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, where a closed stdout is caught, not at the exit
+        return status
+    except BrokenPipeError:  # stdout closed before the end (`recfuse ... | head`): no
+        # traceback; stdout goes to devnull so that the exit's own flush fails no more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a shell reports a command ended by SIGPIPE (128 + 13)
     except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError, MemoryError,
             json.JSONDecodeError) as error:  # MemoryError: sizes refused before allocating
         print(f"recfuse {args.command}: error: {error}", file=sys.stderr)
