@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -519,6 +520,50 @@ def test_bad_candidates():
         model.score_candidates(user, ids, items, candidate_features=features), good)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scorer_keeps_its_own_copy_of_the_weights(backend, tmp_path):
+    """Weights and biases changed in place after construction change nothing: the numpy and
+    numba backends used to score with the caller's arrays (the cpu backend with its packed
+    copy), and ``save`` wrote whatever they held by then."""
+    rng = np.random.default_rng(21)
+    layers = random_layers(rng, [6, 5, 1], ["relu", "identity"])
+    originals = [(W.copy(), None if b is None else b.copy(), a) for W, b, a in layers]
+    model = scorer(layers, backend)
+    X = rng.standard_normal((4, 6)).astype(np.float32)
+    before = model.score(X)
+    for W, b, _ in layers:
+        W *= 3
+        if b is not None:
+            b += 1
+    np.testing.assert_array_equal(model.score(X), before)
+    model.save(tmp_path / "scorer.npz")
+    for (W, b, _), (W0, b0, _) in zip(recfuse.load(tmp_path / "scorer.npz").layers, originals):
+        np.testing.assert_array_equal(W, W0)
+        assert (b is None) == (b0 is None) and (b is None or np.array_equal(b, b0))
+
+
+def test_errors_say_what_the_input_is():
+    """A float64 input beyond float32's range is named as such (it was "got NaN or inf",
+    with a RuntimeWarning, for finite values); item blocks wider than the whole first layer
+    say so (it was "item_column must be <= -2, got 0")."""
+    model = MLPScorer(_small())
+    user = np.full(2, 1e39)
+    items = np.ones((10, 2), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning on the way
+        with pytest.raises(ValueError, match=r"user_vectors must be finite in float32, got "
+                                             r"values beyond its range \(±3.4e\+38\)"):
+            model.score_candidates(user, np.array([1]), items,
+                                   candidate_features=np.ones((1, 2)))
+        with pytest.raises(ValueError, match=r"inputs must be finite, got NaN or inf$"):
+            model.score(np.array([1.0, 2, 3, np.inf, 5, 6]))
+    with pytest.raises(ValueError, match="item_table is 8 columns wide, but the model's first "
+                                         "layer takes 6 inputs in all"):
+        model.prepare_items(np.ones((10, 8), np.float32), item_column=0)
+    with pytest.raises(ValueError, match="item_table and item_features are 7 columns wide"):
+        model.prepare_items(items, np.ones((10, 5)), item_column=0)
+
+
 @settings(max_examples=60)
 @given(size=st.integers(0, 200),
        bad=st.lists(st.tuples(st.integers(0, 199), st.sampled_from(
@@ -820,6 +865,24 @@ def test_from_onnx_refuses_other_domains_and_names_gemm_attributes(tmp_path):
         MLPScorer.from_onnx(save("erf.onnx", "Erf"))  # how an old exporter's GELU starts
 
 
+def test_from_onnx_refuses_unreadable_files_with_a_value_error(tmp_path):
+    """A truncated, foreign or empty .onnx is a ValueError naming the file (it was protobuf's
+    DecodeError, which ``recfuse serve``'s reload and the CLI do not catch)."""
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    from recfuse.ranking import load_scorer
+
+    path = _onnx_chain(tmp_path, np.random.default_rng(13), ["Relu", "Tanh", "Sigmoid"])
+    data = path.read_bytes()
+    assert MLPScorer.from_onnx(path).input_width == 12
+    for name, content, match in [("truncated.onnx", data[:len(data) // 2], "not a readable"),
+                                 ("foreign.onnx", b"PK\x03\x04 not a model" * 8, "not a readable"),
+                                 ("empty.onnx", b"", "holds no ONNX graph")]:
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{re.escape(repr(str(bad)))} .*{match}"):
+            load_scorer(bad)
+
+
 # ---------------------------------------------------------------------- MLPRanker
 
 
@@ -843,6 +906,29 @@ def test_ranker_gradients_match_finite_differences():
             down = ranker._loss_and_gradients(X, y)[0]
             parameter[index] = saved
             assert abs((up - down) / 2e-2 - grad[index]) < 2e-3, (activation, index)
+
+
+def test_ranker_fits_confident_logits_without_overflow():
+    """Logits far below zero (large factors) are ordinary: the gradient's sigmoid was
+    1 / (1 + exp(-logit)), whose exp overflowed (a RuntimeWarning, an error here) below -88;
+    it gives the same probabilities without."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(14)
+    seen = sp.random(50, 40, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    P, Q = rng.standard_normal((50, 8)) * 30, rng.standard_normal((40, 8)) * 30
+    ranker = recfuse.MLPRanker(hidden=(16,), epochs=2, learning_rate=1e-2, random_state=0)
+    ranker.fit(seen, P, Q)
+    X = np.concatenate([np.repeat(P, 40, 0), np.tile(Q, (50, 1))], 1).astype(np.float32)
+    assert ranker.predict_logits(X).min() < -89  # the range the old form overflowed in
+    assert np.isfinite(ranker.losses).all()
+    from scipy.special import expit
+
+    linear = recfuse.MLPRanker(hidden=())  # logit = x: the bias gradient is mean(sigmoid - y)
+    linear.weights, linear.biases = [np.ones((1, 1), np.float32)], [np.zeros(1, np.float32)]
+    logits = np.array([-1000, -89, -10, 0, 10, 89, 1000], np.float32)
+    _, grads = linear._loss_and_gradients(logits[:, None], np.zeros(7, np.float32))
+    np.testing.assert_allclose(grads[-1], [expit(logits.astype(np.float64)).mean()], rtol=1e-6)
 
 
 def test_ranker_learns_and_exports():
@@ -963,6 +1049,33 @@ def test_nan_item_rows_score_nan_and_are_never_ranked(backend):
         model.prepare_items(items, item_column=4)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inf_item_rows_follow_ieee_without_warnings(backend, precision):
+    """Item rows holding inf, or values whose products overflow, score what IEEE arithmetic
+    makes of them on every backend, silently (warnings are errors here): the numpy backend
+    warned on overflow and inf * 0, and bfloat16 ranking (numba, numpy) on inf - inf when
+    two candidates scored +inf."""
+    W = np.array([[1.0, 2.0]], np.float32)  # score = 1 + 2 * item: 2 * 3e38 overflows
+    steep = [(W, None, "identity"), (np.ones((1, 1), np.float32), None, "identity"),
+             (np.ones((1, 1), np.float32), None, "identity")]
+    model = scorer(steep, backend, precision)
+    items = np.array([[np.inf], [1.0], [2.0], [np.inf], [3e38], [-np.inf]], np.float32)
+    user = np.ones(1, np.float32)
+    ids = np.arange(6)
+    scores = model.score_candidates(user, ids, items)
+    np.testing.assert_array_equal(scores, [np.inf, 3, 5, np.inf, np.inf, -np.inf])
+    top, values = model.rank(user, ids, items, k=5)
+    np.testing.assert_array_equal(top, [0, 3, 4, 2, 1])
+    np.testing.assert_array_equal(values, [np.inf, np.inf, np.inf, 5, 3])
+    rng = np.random.default_rng(15)
+    layers = random_layers(rng, [4, 8, 6, 1], ["gelu", "relu", "sigmoid"])
+    model = scorer(layers, backend, precision)
+    items = rng.standard_normal((5, 2)).astype(np.float32)
+    items[1, 0], items[3] = np.inf, 3e38  # inf * 0 (NaN) and overflow in the first layer
+    model.rank(np.ones(2, np.float32), ids[:5], items, k=5)
+
+
 def test_bfloat16_rank_pass_keeps_rows_apart():
     """The cpu rank's first pass multiplies column pairs in bfloat16: a NaN item value left
     in a thread's buffer by one call must not reach the rows of a later call whose column
@@ -1055,3 +1168,15 @@ def test_batched_rescoring_is_the_reference_rule(lengths, k, noise, seed):
     np.testing.assert_array_equal(got_ids, want_ids)
     np.testing.assert_array_equal(got_scores, want_scores.astype(np.float32))
     assert len(calls) <= 1 + math.ceil(math.log2(max(total, 1)))  # rounds, not users
+
+
+def test_reference_rescored_rank_takes_infinite_scores_silently():
+    """The reference's bfloat16 ranking rule with two candidates at +inf: their gap is
+    inf - inf, a NaN to drop (it warned, an error where warnings are), and the tie goes to
+    the smaller id."""
+    n = 2 * reference.MLP_RESCORE_MIN_BAND  # more than the first band
+    rough = np.r_[np.inf, np.inf, np.arange(n - 2.0)]
+    ids, scores = reference.mlp_rank_rescored(np.array([0, n]), np.r_[6, 5, 10 + np.arange(n - 2)],
+                                              rough, lambda positions: rough[positions], 3)
+    np.testing.assert_array_equal(ids, [[5, 6, 10 + n - 3]])
+    np.testing.assert_array_equal(scores, [[np.inf, np.inf, n - 3.0]])

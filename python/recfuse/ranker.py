@@ -192,7 +192,10 @@ class MLPRanker:
         inputs, sums = self._forward(X)
         logit = sums[-1][:, 0]
         loss = float(np.mean(np.logaddexp(0, logit) - y * logit))
-        delta = ((1 / (1 + np.exp(-logit)) - y) / y.size)[:, None].astype(np.float32)
+        # sigmoid(logit) as exp(-log(1 + e^-logit)): 1 / (1 + exp(-logit)) overflowed, with a
+        # RuntimeWarning (an error where warnings are), for logits below about -88
+        probability = np.exp(-np.logaddexp(0, -logit))
+        delta = ((probability - y) / y.size)[:, None].astype(np.float32)
         grads_w, grads_b = [], []
         for layer in range(len(self.weights) - 1, -1, -1):
             grads_w.append(delta.T @ inputs[layer] + self.l2 * self.weights[layer])

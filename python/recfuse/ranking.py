@@ -200,6 +200,10 @@ class MLPScorer:
             blocks.append(_float_matrix(item_features, "item_features", rows=table.shape[0],
                                         rows_of="item_table"))
         columns = sum(block.shape[1] for block in blocks)
+        if columns > self.input_width:  # else the bound below reads "item_column must be <= -2"
+            named = "item_table and item_features are" if len(blocks) > 1 else "item_table is"
+            raise ValueError(f"{named} {columns} columns wide, but the model's first layer takes "
+                             f"{self.input_width} inputs in all")
         item_column = check.check_int(item_column, "item_column", minimum=0,
                                       maximum=self.input_width - columns)
         num_threads = check.check_threads(num_threads)
@@ -323,8 +327,16 @@ def _float_matrix(value, name: str, *, columns: int | None = None, rows: int | N
     if rows is not None and array.shape[0] != rows:
         raise ValueError(f"{name} must have {rows} rows (one per row of {rows_of}), got shape "
                          f"{array.shape}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
+    wide = array if array.dtype != np.float32 else None
+    if wide is not None and finite:
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: said below
+            array = np.ascontiguousarray(array, dtype=np.float32)
+    else:  # unchecked tables keep NumPy's overflow warning
+        array = np.ascontiguousarray(array, dtype=np.float32)
     if finite and not check.all_finite(array):
+        if wide is not None and np.isfinite(wide).all():
+            raise ValueError(f"{name} must be finite in float32, got values beyond its range "
+                             f"(±{np.finfo(np.float32).max:.3g}), which become inf")
         raise ValueError(f"{name} must be finite, got NaN or inf")
     return array
 
@@ -379,7 +391,10 @@ def _dense_indptr(users: int, per_user: int) -> np.ndarray:
 
 
 def _check_layers(layers) -> list:
-    """The layers as (W float32 (out, in), b float32 (out,) or None, activation)."""
+    """The layers as (W float32 (out, in), b float32 (out,) or None, activation): copies,
+    never the caller's arrays (the numpy and numba backends keep the arrays they are given,
+    so weights changed in place after construction would change their scores, and what
+    ``save`` writes, but not the cpu backend's packed copy)."""
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
         raise TypeError("layers must be a non-empty sequence of (weight, bias, activation)")
     checked = []
@@ -392,7 +407,7 @@ def _check_layers(layers) -> list:
         if W.dtype.kind not in "fiu" or W.ndim != 2 or 0 in W.shape:
             raise ValueError(f"{name} weight must be a non-empty 2-d real array (out, in), got "
                              f"dtype {W.dtype} shape {W.shape}")
-        W = np.ascontiguousarray(W, dtype=np.float32)
+        W = np.array(W, dtype=np.float32, order="C")  # a copy (see above)
         if not np.isfinite(W).all():
             raise ValueError(f"{name} weight must be finite, got {int((~np.isfinite(W)).sum())} "
                              f"NaN/inf (after conversion to float32)")
@@ -402,7 +417,7 @@ def _check_layers(layers) -> list:
             if b.dtype.kind not in "fiu" or b.shape != (W.shape[0],):
                 raise ValueError(f"{name} bias must be a real array of shape ({W.shape[0]},), "
                                  f"got dtype {b.dtype} shape {b.shape}")
-            b = np.ascontiguousarray(b, dtype=np.float32)
+            b = np.array(b, dtype=np.float32, order="C")  # a copy
             if not np.isfinite(b).all():
                 raise ValueError(f"{name} bias must be finite, got NaN/inf")
         if activation not in ACTIVATIONS:
@@ -487,7 +502,16 @@ def layers_from_onnx(path) -> list:
         from onnx import numpy_helper
     except ImportError as error:
         raise ImportError("from_onnx needs the onnx package: pip install onnx") from error
-    model = onnx.load(os.fspath(path))
+    from google.protobuf.message import DecodeError  # protobuf: a dependency of onnx
+
+    path = os.fspath(path)
+    try:
+        model = onnx.load(path)
+    except DecodeError as error:  # protobuf's own: the CLI and serve's reload catch ValueError
+        raise ValueError(f"{path!r} is not a readable ONNX model (truncated or foreign): "
+                         f"{error}") from error
+    if not model.HasField("graph"):  # an empty file parses as an empty ModelProto
+        raise ValueError(f"{path!r} holds no ONNX graph (an empty or foreign file)")
     graph = model.graph
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     for node in graph.node:

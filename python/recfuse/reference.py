@@ -644,10 +644,11 @@ def mlp_rank_rescored(indptr, candidate_ids, rough, exact, k: int):
             top, top_scores = band[keep][ranked], scores[keep][ranked]
             if band.size < want:
                 break
-            gaps = np.abs(rough[band] - scores)
-            error = gaps[np.isfinite(gaps)].max(initial=0.0)
-            if top.size == k and top_scores[-1] - rough[band[-1]] > MLP_RESCORE_MARGIN * error:
-                break
+            with np.errstate(invalid="ignore"):  # inf - inf: a NaN gap (dropped), not done
+                gaps = np.abs(rough[band] - scores)
+                error = gaps[np.isfinite(gaps)].max(initial=0.0)
+                if top.size == k and top_scores[-1] - rough[band[-1]] > MLP_RESCORE_MARGIN * error:
+                    break
             want *= 2
         ids[u, : top.size] = ids_all[top]
         out[u, : top.size] = top_scores

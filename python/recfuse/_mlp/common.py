@@ -4,6 +4,7 @@ is built for large calls."""
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -13,6 +14,19 @@ from . import Candidates
 
 PANEL = 32  # item parts are padded like the native kernel's (recfuse._core part_width)
 CHUNK_ROWS = 16384
+
+
+def _ieee(function):
+    """``function`` with NumPy's overflow and invalid-value warnings off: scores follow IEEE
+    arithmetic silently, as the native kernels' do (an item row holding inf, which is not
+    checked per call, or products that overflow give inf or NaN scores, which rank drops);
+    the warnings were errors where warnings are. (A new errstate per call: one errstate
+    object cannot be entered twice, nested or from two threads.)"""
+    @functools.wraps(function)
+    def quiet(*arguments):
+        with np.errstate(over="ignore", invalid="ignore"):
+            return function(*arguments)
+    return quiet
 
 
 class Model(NamedTuple):
@@ -73,6 +87,7 @@ def _rest(model: Model, z, first: int = 0):
     return h[:, 0]
 
 
+@_ieee
 def score(model: Model, inputs):
     xp = model.xp
     X = xp.asarray(inputs)
@@ -84,6 +99,7 @@ def score(model: Model, inputs):
     return out
 
 
+@_ieee
 def item_part(model: Model, item_blocks, column: int):
     xp = model.xp
     W = model.layers[0][0]
@@ -93,6 +109,7 @@ def item_part(model: Model, item_blocks, column: int):
     return part
 
 
+@_ieee
 def score_candidates(model: Model, call: Candidates):
     xp = model.xp
     W, b, _ = model.layers[0]
@@ -175,14 +192,16 @@ def rank_candidates(call: Candidates, scores, k: int, precision: str, score_floa
         kth[owner[top[top_rank == k - 1]]] = exact[top[top_rank == k - 1]]
         # Done: the band held every candidate left, or the float32 k-th score beats the band's
         # lowest bfloat16 score by the margin times the largest finite gap seen in the band.
-        gaps = np.abs(rough[positions].astype(np.float64) - exact)
+        with np.errstate(invalid="ignore"):  # inf - inf: a NaN gap, dropped below
+            gaps = np.abs(rough[positions].astype(np.float64) - exact)
         gaps[~np.isfinite(gaps)] = 0.0
         error = np.zeros(pending.size)
         np.maximum.at(error, owner, gaps)
         full = sizes == want[pending]
         lowest = np.full(pending.size, np.nan)
         lowest[full] = rough[positions[np.cumsum(sizes)[full] - 1]].astype(np.float64)
-        done = ~full | ((counts == k) & (kth - lowest > reference.MLP_RESCORE_MARGIN * error))
+        with np.errstate(invalid="ignore"):  # inf - inf: not done, the band widens
+            done = ~full | ((counts == k) & (kth - lowest > reference.MLP_RESCORE_MARGIN * error))
         finished = done[owner[top]]
         rows, columns, at = pending[owner[top[finished]]], top_rank[finished], top[finished]
         top_ids[rows, columns] = ids_all[positions[at]]
