@@ -404,6 +404,19 @@ def test_swap_keeps_old_model_on_failure_and_replays(als, seen, tmp_path):
     np.testing.assert_array_equal(after.ids, before.ids)
 
 
+def test_info_names_the_backend_the_recall_runs_on(als, seen):
+    """info() (and so /health) says which backend answers: after a load that fell back from
+    a backend missing here, that is the only place it shows besides the load's warning."""
+    rec = Recommender(als)
+    from recfuse._backend import resolve_backend
+
+    assert rec.info()["backend"] == resolve_backend("auto", "topk").NAME  # resolved here
+    numpy_model = recfuse.ALS(factors=FACTORS, iterations=2, backend="numpy",
+                              random_state=0).fit(seen)
+    rec.swap_model(numpy_model, replay=False)
+    assert rec.info()["backend"] == "numpy"
+
+
 def test_swap_that_fails_in_the_replay_changes_nothing(als, seen):
     coo = seen.tocoo()
     svd = recfuse.SVD(factors=4, epochs=2, random_state=0).fit(coo.row, coo.col,

@@ -13,7 +13,7 @@ Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
 - ``POST /reload`` -> reloads the model file the server was started with, and its ranker
   file when it was started with one (``swap_model``, atomic: model and ranker change
   together); a file that fails to load answers 422 and the old ones keep serving.
-- ``GET /health`` -> the model's version, sizes, ranker and the event log's length.
+- ``GET /health`` -> the model's version, backend, sizes, ranker and the event log's length.
 - ``GET /metrics`` -> Prometheus text: requests by route and status, latency histograms,
   micro-batch sizes, model version, pending and dropped events.
 

@@ -374,13 +374,14 @@ class Recommender:
         return model.ranker is not None or (self.rerank is not None and self.rerank.reorders)
 
     def info(self) -> dict:
-        """The model answering now: version, source, kind, users, items, added items/users,
-        the ranker's source and context width."""
+        """The model answering now: version, source, kind, the backend its recall runs on
+        (after a load that fell back from a missing one, the one it fell back to), users,
+        items, added items/users, the ranker's source and context width."""
         state = self._state
         model = state.model
         added = 0 if state.new_items is None else int(state.new_items.filled.sum())
         return {"version": model.version, "source": model.source, "kind": model.kind,
-                "users": model.n_users, "items": model.n_items, "factors":
+                "backend": model.index._module.NAME, "users": model.n_users, "items": model.n_items, "factors":
                 model.item_vectors.shape[1], "observed_users": len(state.users),
                 "added_items": added, "pending_events": self._logged,
                 "dropped_events": self.dropped_events, "ranker": model.ranker is not None,
