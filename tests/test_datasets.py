@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -90,8 +91,10 @@ def test_generators_refuse_bad_arguments_up_front(call, error, match):
 
 def test_an_integer_exponent_is_a_float_exponent():
     """1 / rank ** 5 in int64 overflowed (division by zero): ints are taken as floats."""
-    as_int = datasets.synthetic_implicit(2000, 50, 3000, activity_exponent=5, seed=1)
-    as_float = datasets.synthetic_implicit(2000, 50, 3000, activity_exponent=5.0, seed=1)
+    with pytest.warns(UserWarning, match="made 205 entries of the 3000"):  # steep: short
+        as_int = datasets.synthetic_implicit(2000, 50, 3000, activity_exponent=5, seed=1)
+    with pytest.warns(UserWarning, match="made 205 entries of the 3000"):
+        as_float = datasets.synthetic_implicit(2000, 50, 3000, activity_exponent=5.0, seed=1)
     assert (as_int != as_float).nnz == 0
 
 
@@ -104,3 +107,126 @@ def test_movielens_100k_reader_takes_one_line_and_refuses_an_empty_file(tmp_path
         datasets.load_movielens_100k(tmp_path)
     with pytest.raises(TypeError, match="min_rating must be a real number"):
         datasets.load_movielens_100k(tmp_path, min_rating="4")
+
+
+@pytest.mark.parametrize("generator, name", [(datasets.synthetic_implicit, "nnz"),
+                                             (datasets.synthetic_explicit, "n_ratings")])
+def test_generators_say_when_steep_exponents_leave_them_short(generator, name):
+    """Documented as exact unless nearly dense, both gave 46-51k of 60k entries at the
+    default sizes with exponents 1.5 (3% dense) without a word: now a UserWarning says so."""
+    with pytest.warns(UserWarning, match=rf"{generator.__name__} made \d+ entries of the "
+                                         rf"60000 asked for \({name}\).*lower"):
+        short = generator(2000, 1000, 60_000, popularity_exponent=1.5, activity_exponent=1.5)
+    assert 0 < short.nnz < 60_000
+    assert generator(2000, 1000, 60_000).nnz == 60_000  # the defaults: exact, no warning
+
+
+@pytest.mark.parametrize("generator", [datasets.synthetic_implicit, datasets.synthetic_explicit])
+def test_a_huge_exponent_gives_zero_weights_without_numpy_warnings(generator):
+    """rank ** 1e6 overflowed float64 with a RuntimeWarning (an error under -W error); the
+    weights are 0 there, as before, and only the shortfall is reported."""
+    with pytest.warns(UserWarning, match="made") as caught:
+        matrix = generator(50, 50, 100, popularity_exponent=1e6, seed=0)
+    assert all(w.category is UserWarning for w in caught), [str(w.message) for w in caught]
+    assert 0 < matrix.nnz < 100
+
+
+def test_synthetic_event_log_checks_affinity_and_days():
+    """affinity 2 was taken (synthetic_implicit refuses it); days past 2262 gave times that
+    Interactions refuses, and past ~1e14 days int64 overflow (garbage times, unsorted)."""
+    with pytest.raises(ValueError, match=r"affinity must be in \[0, 1\], got 2.0"):
+        datasets.synthetic_event_log(10, 5, 20, affinity=2.0)
+    with pytest.raises(ValueError, match=r"days must be <= 87028 \(.*2262-04-11.*\), got 1e\+16"):
+        datasets.synthetic_event_log(10, 5, 20, days=1e16)
+    log = datasets.synthetic_event_log(10, 5, 200, days=87028, seed=0)
+    assert (log["timestamp"][1:] >= log["timestamp"][:-1]).all()
+    assert Interactions.from_events(log, timestamp="timestamp").n_events == 200
+
+
+def _ratings_folder(tmp_path, name, content: bytes):
+    folder = tmp_path / name.replace(".", "_")
+    folder.mkdir()
+    (folder / name).write_bytes(content)
+    return folder
+
+
+CSV_HEADER = b"userId,movieId,rating,timestamp\n"
+
+
+@pytest.mark.parametrize("name, content, match", [
+    # inf came through to Interactions ("weights has 1 NaN/inf values", no file named);
+    # 1e50 overflowed float32 in pandas' parser (a RuntimeWarning) and then did the same
+    ("ratings.csv", CSV_HEADER + b"1,10,4.0,100\n2,10,inf,200\n",
+     r"ratings.csv' is not a MovieLens ratings file .*1 ratings are not finite float32 "
+     r"numbers, e.g. inf on line 3"),
+    ("ratings.csv", CSV_HEADER + b"1,10,1e50,100\n",
+     "1 ratings are not finite float32 numbers, e.g. 1e\\+50 on line 2"),
+    # an id beyond int64: pandas' OverflowError, uncaught
+    ("ratings.csv", CSV_HEADER + b"99999999999999999999,10,4.0,100\n",
+     r"ratings.csv' is not a MovieLens ratings file .*a number beyond int64"),
+    ("ratings.dat", b"1::99999999999999999999::4::100\n", "a number beyond int64"),
+])
+def test_load_movielens_refuses_bad_numbers_naming_the_file(tmp_path, name, content, match):
+    with pytest.raises(ValueError, match=match):
+        datasets.load_movielens(_ratings_folder(tmp_path, name, content))
+
+
+@pytest.mark.parametrize("name", ["ml-100k", "ml-latest-small"])
+def test_load_movielens_min_rating_that_keeps_nothing(name):
+    """A min_rating above every rating gave Interactions' "the event log is empty" (no file,
+    no min_rating); 1e300 also overflowed float32 in the comparison (a RuntimeWarning)."""
+    path = os.path.join(DATASETS, name)
+    if not os.path.isdir(path):
+        pytest.skip(f"{name} not found at {path}")
+    lowest = {"ml-100k": "1", "ml-latest-small": "0.5"}[name]
+    for min_rating in (5.5, 1e300):
+        with pytest.raises(ValueError, match=rf"min_rating = {re.escape(str(min_rating))} keeps "
+                                             rf"none of the \d+ ratings in .*{name}.* \(they "
+                                             rf"range from {lowest} to 5\)"):
+            datasets.load_movielens(path, min_rating=min_rating)
+    assert datasets.load_movielens(path, min_rating=5).matrix.data.min() == 5
+
+
+def test_load_movielens_checks_min_rating_and_path_before_reading(tmp_path):
+    """min_rating was checked after the whole file was read; a path that is not path-like
+    was os.fspath's TypeError (no argument named); the ratings file itself was "no
+    MovieLens ratings in '.../u.data'"."""
+    folder = _ratings_folder(tmp_path, "ratings.csv", b"not read")
+    with pytest.raises(TypeError, match="min_rating must be a real number"):
+        datasets.load_movielens(folder, min_rating="4")
+    for loader in (datasets.load_movielens, datasets.load_movielens_100k):
+        with pytest.raises(TypeError, match="path must be a str or os.PathLike naming a "
+                                            "MovieLens folder, got int 3"):
+            loader(3)
+        with pytest.raises(ValueError, match=r"path must be the folder that holds the MovieLens "
+                                             r"ratings file, got the file .*ratings.csv'"):
+            loader(folder / "ratings.csv")
+
+
+@pytest.mark.parametrize("content, match", [
+    # id 0 became row -1: scipy's "negative axis 0 index: -1"
+    (b"0\t1\t5\t1\n", r"user ids must be in \[1, 2147483647\], got 0 on line 1"),
+    (b"1\t1\t5\t1\n2\t-4\t5\t1\n", r"item ids must be in \[1, 2147483647\], got -4 on line 2"),
+    # a huge id: a CSR of 10**12 rows (NumPy's MemoryError for 7.3 TiB, or the OOM killer)
+    (b"1000000000000\t1\t5\t1\n", r"user ids must be in \[1, 2147483647\], got 1000000000000"),
+])
+def test_movielens_100k_reader_refuses_ids_outside_its_range(tmp_path, content, match):
+    with pytest.raises(ValueError, match=r"u.data' must hold tab-separated lines .*" + match):
+        datasets.load_movielens_100k(_ratings_folder(tmp_path, "u.data", content))
+
+
+def test_movielens_100k_reader_keeps_the_latest_rating_of_a_pair_and_reads_a_bom(tmp_path):
+    """A pair rated twice was summed (4 + 2 = 6, outside 1..5); load_movielens keeps the
+    latest. A byte-order mark made the first id "\\ufeff1" (load_movielens reads it)."""
+    content = b"\xef\xbb\xbf1\t1\t2\t50\n1\t1\t4\t10\n2\t3\t1\t7\n2\t3\t5\t7\n"
+    folder = _ratings_folder(tmp_path, "u.data", content)
+    matrix = datasets.load_movielens_100k(folder)
+    assert matrix.shape == (2, 3) and matrix.has_canonical_format
+    assert matrix.toarray().tolist() == [[2, 0, 0], [0, 0, 5]]  # time 50 > 10; same time: later line
+    log = datasets.load_movielens(folder)
+    assert log.matrix.toarray().tolist() == [[2, 0], [0, 5]]
+    # min_rating filters first (as load_movielens does); the shape is of every line
+    liked = datasets.load_movielens_100k(folder, min_rating=4)
+    assert liked.shape == (2, 3) and liked.toarray().tolist() == [[4, 0, 0], [0, 0, 5]]
+    assert datasets.load_movielens(folder, min_rating=4).matrix.toarray().tolist() == [[4, 0],
+                                                                                       [0, 5]]

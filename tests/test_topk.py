@@ -564,6 +564,24 @@ def test_concurrent_searches_agree(backend):
      "items must be a dense array, got a scipy.sparse coo matrix"),
     (lambda q, v: recfuse.topk(q, v, 2, item_bias=sp.csr_matrix(np.ones((1, 5)))), TypeError,
      "item_bias must be a dense array"),
+    # ragged sequences: NumPy's "inhomogeneous shape" error named no argument
+    (lambda q, v: recfuse.topk([[1, 2, 3, 4], [1]], v, 2), ValueError,
+     "queries must be an array of real numbers, got a ragged sequence"),
+    (lambda q, v: recfuse.topk(q, [[1, 2, 3, 4], [1]], 2), ValueError,
+     "items must be an array of real numbers, got a ragged sequence"),
+    (lambda q, v: recfuse.topk(q, v, 2, item_bias=[0, 0, 0, 0, [1]]), ValueError,
+     "item_bias must be an array of real numbers, got a ragged sequence"),
+    # a single query of the wrong length is named by its own shape, not (1, d)
+    (lambda q, v: recfuse.topk(q[0, :3], v, 2), ValueError,
+     r"queries must have d = 4 columns like items, got shape \(3,\)$"),
+    # sets, iterators and sparse rows: "must hold integers, got dtype object" before
+    (lambda q, v: recfuse.topk(q, v, 2, allow={1, 2}), TypeError,
+     r"allow must be a sequence or array of item ids, or a boolean mask of the 5 items, "
+     r"got set; pass sorted\(\.\.\.\)"),
+    (lambda q, v: recfuse.topk(q, v, 2, deny=iter([1, 2])), TypeError,
+     "deny must be a sequence or array of item ids.* got list_iterator"),
+    (lambda q, v: recfuse.topk(q, v, 2, allow=sp.csr_matrix(np.ones((1, 5), bool))), TypeError,
+     r"allow must be .* got csr_matrix; convert it with .toarray\(\).ravel\(\)"),
 ])
 def test_bad_input_is_named(call, error, message):
     queries = np.ones((2, 4), np.float32)

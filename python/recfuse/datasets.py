@@ -33,7 +33,10 @@ def synthetic_implicit(
     exponents). Items fall into ``clusters`` groups and every user has a favourite group: a
     fraction ``affinity`` of the user's events go to that group, the rest anywhere. Repeated
     (user, item) draws add up, so values are counts >= 1. Exactly ``nnz`` stored entries
-    unless the matrix is nearly dense. Deterministic for a given seed.
+    unless the pairs that can be drawn run out: the matrix is nearly dense, or steep
+    exponents (1.5 and above, for the default sizes) put almost all the probability on a few
+    users and items. The draws then stop after a bounded number of rounds and a UserWarning
+    says how many entries were made. Deterministic for a given seed.
 
     >>> m = synthetic_implicit(100, 50, 1000, seed=1)
     >>> m.shape, m.nnz
@@ -41,17 +44,16 @@ def synthetic_implicit(
     """
     n_users, n_items, nnz = _sizes(n_users, n_items, nnz, "nnz")
     clusters = min(check.check_int(clusters, "clusters", minimum=1), n_items)
-    affinity = check.check_float(affinity, "affinity", minimum=0.0)
-    if affinity > 1:
-        raise ValueError(f"affinity must be in [0, 1], got {affinity}")
+    affinity = _affinity(affinity)
     dtype = check.check_float_dtype(dtype)
     rng = check.seeded_rng(seed)
     popularity_exponent = _exponent(popularity_exponent, "popularity_exponent")
     activity_exponent = _exponent(activity_exponent, "activity_exponent")
 
-    item_weight = 1.0 / np.arange(1, n_items + 1) ** popularity_exponent
+    with np.errstate(over="ignore"):  # a rank ** exponent beyond float64: weight 0
+        item_weight = 1.0 / np.arange(1, n_items + 1) ** popularity_exponent
+        user_weight = 1.0 / np.arange(1, n_users + 1) ** activity_exponent
     item_weight = item_weight[rng.permutation(n_items)]  # popularity unrelated to id order
-    user_weight = 1.0 / np.arange(1, n_users + 1) ** activity_exponent
     user_weight = user_weight[rng.permutation(n_users)]
 
     item_cluster = rng.integers(0, clusters, n_items)
@@ -77,7 +79,19 @@ def synthetic_implicit(
             (coo.data[keep], (coo.row[keep], coo.col[keep])), shape=(n_users, n_items)
         )
     matrix.sum_duplicates()
+    _warn_if_short("synthetic_implicit", matrix.nnz, nnz, target, "nnz")
     return matrix
+
+
+def _warn_if_short(function: str, made: int, asked: int, target: int, name: str) -> None:
+    """A UserWarning when a generator made fewer distinct pairs than ``target`` (``asked``,
+    or every pair of the matrix when fewer)."""
+    if made < target:
+        warnings.warn(f"{function} made {made} entries of the {asked} asked for ({name}): "
+                      f"repeated draws of the same pairs ran out of rounds; lower "
+                      f"popularity_exponent / activity_exponent (steep power laws put nearly "
+                      f"all draws on a few users and items) or {name}", UserWarning,
+                      stacklevel=3)
 
 
 class _ClusteredSampler:
@@ -129,32 +143,50 @@ def train_test_split_per_user(matrix: sp.csr_matrix, test_fraction: float = 0.2,
 def load_movielens_100k(path, min_rating: float | None = None):
     """Read ml-100k's ``u.data`` into a users x items CSR of ratings (ids shifted to 0-based).
 
-    ``min_rating`` keeps only ratings >= it (e.g. 4 for implicit-feedback experiments).
-    Raises FileNotFoundError naming where to get the data when the folder is missing.
+    ``min_rating`` keeps only ratings >= it (e.g. 4 for implicit-feedback experiments). A
+    (user, item) pair rated twice keeps its latest rating (the larger time, then the later
+    line), as ``load_movielens`` does. Raises FileNotFoundError naming where to get the data
+    when the folder is missing, ValueError naming the file when it is not u.data's format
+    (ids from 1 to 2**31 - 1).
     """
     if min_rating is not None:
         min_rating = check.check_float(min_rating, "min_rating")
-    file = os.path.join(os.path.expanduser(os.fspath(path)), "u.data")
+    file = os.path.join(_folder(path), "u.data")
     if not os.path.isfile(file):
         raise FileNotFoundError(
             f"MovieLens 100K not found: expected {file!r}. Download ml-100k.zip from GroupLens "
             "(https://grouplens.org/datasets/movielens/) and unpack it there."
         )
+    expected = f"{file!r} must hold tab-separated lines of user, item, rating (and time)"
     with warnings.catch_warnings():  # an empty file: refused below, with its name
         warnings.simplefilter("ignore", UserWarning)
         try:
-            raw = np.loadtxt(file, dtype=np.int64, delimiter="\t", ndmin=2)
+            raw = np.loadtxt(file, dtype=np.int64, delimiter="\t", ndmin=2,
+                             encoding="utf-8-sig")  # a byte-order mark is not part of an id
         except ValueError as error:  # a short line, a word for a number
             detail = str(error).split("; use `usecols`")[0]  # NumPy's advice, not ours
-            raise ValueError(f"{file!r} must hold tab-separated lines of user, item, rating "
-                             f"(and time): {detail}") from None
+            raise ValueError(f"{expected}: {detail}") from None
     if raw.shape[0] == 0 or raw.shape[1] < 3:
-        raise ValueError(f"{file!r} must hold tab-separated lines of user, item, rating (and "
-                         f"time), got {raw.shape[0]} lines of {raw.shape[1]} fields")
-    users, items, ratings = raw[:, 0] - 1, raw[:, 1] - 1, raw[:, 2].astype(np.float32)
-    keep = ratings >= min_rating if min_rating is not None else np.ones(ratings.size, dtype=bool)
-    shape = (int(users.max()) + 1, int(items.max()) + 1)
-    return sp.csr_matrix((ratings[keep], (users[keep], items[keep])), shape=shape)
+        raise ValueError(f"{expected}, got {raw.shape[0]} lines of {raw.shape[1]} fields")
+    for column, name in ((0, "user"), (1, "item")):
+        ids = raw[:, column]
+        bad = np.flatnonzero((ids < 1) | (ids > check.INT32_MAX))
+        if bad.size:
+            raise ValueError(f"{expected}: {name} ids must be in [1, {check.INT32_MAX}], got "
+                             f"{ids[bad[0]]} on line {bad[0] + 1}")
+    shape = (int(raw[:, 0].max()), int(raw[:, 1].max()))  # of every line, kept or not
+    check.check_count_fits(shape[0], "the largest user id", 8)  # the CSR's row pointers
+    if min_rating is not None:
+        raw = raw[raw[:, 2] >= min_rating]
+    users, items = raw[:, 0] - 1, raw[:, 1] - 1
+    # Each pair's latest rating: by pair, then time (when given), then line; the last of each.
+    times = raw[:, 3] if raw.shape[1] > 3 else np.zeros(raw.shape[0], np.int64)
+    order = np.lexsort((times, items, users))
+    users, items, times = users[order], items[order], times[order]
+    last = np.ones(order.size, dtype=bool)
+    last[:-1] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
+    ratings = raw[order[last], 2].astype(np.float32)
+    return sp.csr_matrix((ratings, (users[last], items[last])), shape=shape)
 
 
 # ---------------------------------------------------------------------------- explicit ratings
@@ -176,8 +208,10 @@ def synthetic_explicit(
     exponents), pairs are distinct. Each rating is round(3.5 + b_u + b_i + p_u·q_i + ε)
     clipped to [1, 5], with biases b ~ N(0, 0.3²) (popular items a little better),
     ``factors``-dimensional p_u, q_i ~ N(0, 1/factors) and ε ~ N(0, noise²), so a
-    rating model can beat the global mean. Exactly ``n_ratings`` entries unless the matrix is
-    nearly dense; deterministic for a seed; about a second per 10M ratings.
+    rating model can beat the global mean. Exactly ``n_ratings`` entries unless the pairs that
+    can be drawn run out (a nearly dense matrix, or steep exponents: a UserWarning then says
+    how many were made, as ``synthetic_implicit``); deterministic for a seed; about a second
+    per 10M ratings.
 
     >>> m = synthetic_explicit(100, 50, 1000, seed=1)
     >>> m.shape, m.nnz, float(m.data.min()) >= 1, float(m.data.max()) <= 5
@@ -224,6 +258,7 @@ def synthetic_explicit(
             raw += rng.normal(0, noise, u.size).astype(np.float32)
         ratings[begin:begin + u.size] = np.clip(np.rint(raw), 1, 5)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=n_users))])
+    _warn_if_short("synthetic_explicit", users.size, n_ratings, target, "n_ratings")
     return sp.csr_matrix((ratings, items, indptr), shape=(n_users, n_items))
 
 
@@ -248,14 +283,18 @@ def synthetic_event_log(
     """
     n_users, n_items, n_events = _sizes(n_users, n_items, n_events, "n_events")
     clusters = min(check.check_int(clusters, "clusters", minimum=1), n_items)
-    affinity = check.check_float(affinity, "affinity", minimum=0.0)
+    affinity = _affinity(affinity)
     days = check.check_float(days, "days", minimum=0.0, strict=True)
+    if days > _EVENT_LOG_MAX_DAYS:
+        raise ValueError(f"days must be <= {_EVENT_LOG_MAX_DAYS} (times from "
+                         f"{_EVENT_LOG_START} up to {_NANOSECOND_TIMES_END}, the last "
+                         f"datetime64[ns] that pandas and Interactions read), got {days}")
     rng = check.seeded_rng(seed)
     sampler = _ClusteredSampler(rng, _power_law(n_users, 0.6, rng), _power_law(n_items, 0.8, rng),
                                 rng.integers(0, clusters, n_users),
                                 rng.integers(0, clusters, n_items), affinity)
     users, items = sampler.draw(n_events)
-    start = np.datetime64("2024-01-01T00:00:00", "s")
+    start = _EVENT_LOG_START
     seconds = np.sort(rng.random(n_events) * days * 86400).astype(np.int64)
     kinds = np.array(["view", "click", "purchase"])
     return {
@@ -264,6 +303,19 @@ def synthetic_event_log(
         "timestamp": start + seconds.astype("timedelta64[s]"),
         "event": kinds[np.searchsorted([0.80, 0.95], rng.random(n_events), side="right")],
     }
+
+
+_EVENT_LOG_START = np.datetime64("2024-01-01T00:00:00", "s")
+_NANOSECOND_TIMES_END = np.datetime64(np.iinfo(np.int64).max, "ns").astype("datetime64[s]")
+_EVENT_LOG_MAX_DAYS = int((_NANOSECOND_TIMES_END - _EVENT_LOG_START).astype(np.int64) // 86400)
+
+
+def _affinity(value) -> float:
+    """The share of a user's events inside the favourite cluster: a number in [0, 1]."""
+    affinity = check.check_float(value, "affinity", minimum=0.0)
+    if affinity > 1:
+        raise ValueError(f"affinity must be in [0, 1], got {affinity}")
+    return affinity
 
 
 def _labels(prefix: str, ids: np.ndarray, count: int) -> np.ndarray:
@@ -291,8 +343,10 @@ def _exponent(value, name: str) -> float:
 
 
 def _power_law(n: int, exponent: float, rng) -> np.ndarray:
-    """Zipf-like probabilities 1/rank^exponent in a random order."""
-    weight = 1.0 / np.arange(1, n + 1) ** exponent
+    """Zipf-like probabilities 1/rank^exponent in a random order (0 where rank^exponent is
+    beyond float64)."""
+    with np.errstate(over="ignore"):
+        weight = 1.0 / np.arange(1, n + 1) ** exponent
     weight = weight[rng.permutation(n)]
     return weight / weight.sum()
 
@@ -328,7 +382,9 @@ def load_movielens(path, *, min_rating: float | None = None, weighting: str = "n
     """
     from .interactions import Interactions
 
-    folder = os.path.expanduser(os.fspath(path))
+    if min_rating is not None:  # checked before any data is read
+        min_rating = check.check_float(min_rating, "min_rating")
+    folder = _folder(path)
     for name, separator, header in _MOVIELENS_FILES:
         file = os.path.join(folder, name)
         if os.path.isfile(file):
@@ -341,10 +397,29 @@ def load_movielens(path, *, min_rating: float | None = None, weighting: str = "n
         )
     frame = _read_ratings(file, separator, header)
     if min_rating is not None:
-        min_rating = check.check_float(min_rating, "min_rating")
-        frame = frame[frame["rating"] >= min_rating]
+        ratings = frame["rating"].to_numpy(np.float64)  # float32 would overflow for 1e300
+        kept = ratings >= min_rating
+        if not kept.any():
+            raise ValueError(f"min_rating = {min_rating} keeps none of the {ratings.size} "
+                             f"ratings in {file!r} (they range from {ratings.min():g} to "
+                             f"{ratings.max():g})")
+        frame = frame[kept]
     return Interactions.from_events(frame, user="user", item="item", weight="rating",
                                     timestamp="timestamp", combine="last", weighting=weighting)
+
+
+def _folder(path) -> str:
+    """``path`` (a str or os.PathLike, ``~`` expanded) of a folder: a TypeError for anything
+    else, a ValueError for the path of a file (the ratings file itself, say)."""
+    try:
+        folder = os.path.expanduser(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike naming a MovieLens folder, got "
+                        f"{type(path).__name__} {path!r:.60}") from None
+    if os.path.isfile(folder):
+        raise ValueError(f"path must be the folder that holds the MovieLens ratings file, got "
+                         f"the file {folder!r}: pass {os.path.dirname(folder) or '.'!r}")
+    return folder
 
 
 _MOVIELENS_HEADER = ["userId", "movieId", "rating", "timestamp"]  # ratings.csv's first line
@@ -358,7 +433,8 @@ def _read_ratings(file: str, separator: str, header: bool):
     import pandas as pd
 
     names = ["user", "item", "rating", "timestamp"]
-    dtypes = {"user": np.int64, "item": np.int64, "rating": np.float32, "timestamp": np.int64}
+    # ratings read as float64: a value beyond float32 is refused below, not cast to inf
+    dtypes = {"user": np.int64, "item": np.int64, "rating": np.float64, "timestamp": np.int64}
     expected = ({"\t": "tab", ",": "comma"}.get(separator, repr(separator))
                 + "-separated lines of user, movie, rating, time"
                 + (f" under the header {','.join(_MOVIELENS_HEADER)}" if header else ""))
@@ -375,13 +451,21 @@ def _read_ratings(file: str, separator: str, header: bool):
                     raise ValueError(f"the first line is {found[:80]!r}")
             frame = pd.read_csv(file, sep=separator, names=names, header=0 if header else None,
                                 dtype=dtypes, usecols=range(4))
-        unrated = np.flatnonzero(frame["rating"].isna().to_numpy())
+        ratings = frame["rating"].to_numpy()
+        unrated = np.flatnonzero(np.isnan(ratings))
         if unrated.size:
             raise ValueError(f"{unrated.size} lines have no rating, e.g. line "
                              f"{int(unrated[0]) + 1 + header}")
-    except (OSError, ValueError) as error:  # pandas' parse errors are ValueErrors
+        beyond = np.flatnonzero(~(np.abs(ratings) <= np.finfo(np.float32).max))
+        if beyond.size:
+            raise ValueError(f"{beyond.size} ratings are not finite float32 numbers, e.g. "
+                             f"{ratings[beyond[0]]} on line {int(beyond[0]) + 1 + header}")
+        frame["rating"] = ratings.astype(np.float32)
+    except (OSError, ValueError, OverflowError) as error:  # pandas' parse errors: ValueErrors,
+        # an id beyond int64: OverflowError
+        detail = f"a number beyond int64 ({error})" if isinstance(error, OverflowError) else error
         raise ValueError(f"{file!r} is not a MovieLens ratings file (expected {expected}): "
-                         f"{error}") from None
+                         f"{detail}") from None
     if frame.empty:
         raise ValueError(f"{file!r} holds no ratings")
     return frame

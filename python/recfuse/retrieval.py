@@ -149,8 +149,8 @@ class ItemIndex:
         num_threads : int, 0 = all cores (CPU backends)
         """
         n, d = self.items.shape
-        single = np.ndim(queries) == 1
         Q = _queries(queries, d, self.items.dtype, self.metric)
+        single = np.ndim(queries) == 1  # once _queries has refused a ragged sequence
         k = check.check_k(k)
         check.check_result_size(Q.shape[0], k, 8 + self.items.dtype.itemsize)
         num_threads = check.check_threads(num_threads)
@@ -219,7 +219,11 @@ def _real_array(value, name: str) -> np.ndarray:
     if sp.issparse(value):  # np.asarray would make a 0-d object array of it
         raise TypeError(f"{name} must be a dense array, got a scipy.sparse {value.format} "
                         f"matrix; convert it with .toarray()")
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # a ragged nesting of sequences
+        raise ValueError(f"{name} must be an array of real numbers, got a ragged sequence "
+                         f"(rows of different lengths)") from error
     if array.dtype.kind == "f" and array.dtype.itemsize < 4:  # float16: computed in float32
         return array.astype(np.float32)
     if array.dtype.kind not in "fiu":
@@ -287,12 +291,12 @@ def _queries(queries, d: int, dtype, metric: str) -> np.ndarray:
     are scaled to length 1 first, in float64 (``_unit_rows``): they keep their direction even
     when their values are beyond ``dtype``'s range."""
     array = _real_array(queries, "queries")
+    if array.ndim not in (1, 2):
+        raise ValueError(f"queries must be 1-d (d,) or 2-d (m x d), got shape {array.shape}")
+    if array.shape[-1] != d:
+        raise ValueError(f"queries must have d = {d} columns like items, got shape {array.shape}")
     if array.ndim == 1:
         array = array[None, :]
-    if array.ndim != 2:
-        raise ValueError(f"queries must be 1-d (d,) or 2-d (m x d), got shape {array.shape}")
-    if array.shape[1] != d:
-        raise ValueError(f"queries must have d = {d} columns like items, got shape {array.shape}")
     if metric == "cosine" and array.size and check.all_finite(array):
         array = _unit_rows(array)
     return np.ascontiguousarray(check.finite_in(array, dtype, "queries"))
@@ -338,6 +342,13 @@ def _item_mask(allow, deny, n: int):
 
 def _listed(ids, name: str, n: int) -> np.ndarray:
     """Item ids of an ``allow``/``deny`` argument: ids, or a boolean mask of all n items."""
+    if sp.issparse(ids) or isinstance(ids, (set, frozenset, dict)) or (
+            not hasattr(ids, "__len__") and hasattr(ids, "__iter__")):
+        # np.asarray would make a 0-d object array of it ("must hold integers, got object")
+        raise TypeError(f"{name} must be a sequence or array of item ids, or a boolean mask of "
+                        f"the {n} items, got {type(ids).__name__}" +
+                        ("; pass sorted(...) or list(...)" if not sp.issparse(ids) else
+                         "; convert it with .toarray().ravel()"))
     array = np.asarray(ids)
     if array.dtype == np.bool_ and array.size:
         if array.shape != (n,):
