@@ -668,6 +668,42 @@ def test_users_and_items_without_entries_end_at_exactly_zero(solver):
     assert untouched.item_factors[110:].any()  # no iterations: the start is kept
 
 
+@pytest.mark.parametrize("backend", ["cpu", "numba", "numpy"])
+@pytest.mark.parametrize("confidence", ["linear", "raw"])
+def test_rows_without_a_positive_value_end_at_exactly_zero(backend, confidence):
+    """A row whose stored values are all zero (or, under "raw", <= 0) has p = 0 throughout:
+    its solution is 0 as for an empty row. CG left ~1e-13 noise there, and cosine similarity
+    normalises noise into a direction: such an item came out 0.8 similar to others."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    dense = datasets.synthetic_implicit(40, 12, 150, seed=1).toarray()
+    dense[:, 11] = 0
+    dense[35:, :] = 0
+    rows, cols = np.nonzero(dense)
+    values = dense[rows, cols]
+    # item 11 and users 35.. hold only stored non-positive values
+    low = 0.0 if confidence == "linear" else -2.0
+    rows = np.r_[rows, [0, 1, 35, 36, 36]]
+    cols = np.r_[cols, [11, 11, 2, 3, 11]]
+    values = np.r_[values, [0.0, low, low, 0.0, low]].astype(np.float32)
+    matrix = sp.csr_matrix((values, (rows, cols)), shape=dense.shape)
+    results = {}
+    for solver in ("cg", "cholesky"):
+        model = recfuse.ALS(factors=4, iterations=3, solver=solver, confidence=confidence,
+                            backend=backend, random_state=0).fit(matrix)
+        assert not model.item_factors[11].any() and not model.user_factors[35:].any()
+        assert model.item_factors[:11].any(axis=1).all()
+        ids, scores = model.similar_items(11, k=3)
+        np.testing.assert_array_equal(ids, [0, 1, 2])  # similar to nothing: ties at 0 by id
+        np.testing.assert_array_equal(scores, [0, 0, 0])
+        results[solver] = model
+    # a fold-in of such a row (or an empty one) gives the zero vector too, whatever the solver
+    for model in results.values():
+        folded = sp.csr_matrix(([0.0, low], ([0, 1], [4, 5])), shape=(2, 12), dtype=np.float32)
+        vectors = model.update_users([3, 40], folded)
+        assert not vectors.any() and not model.user_factors[[3, 40]].any()
+
+
 # ---------------------------------------------------------------- writers landing mid-call
 
 

@@ -223,3 +223,14 @@ def test_save_refuses_assigned_tables_that_load_would_refuse(tmp_path, data):
     model.save(path)
     np.testing.assert_array_equal(recfuse.load(path).user_factors,
                                   model.user_factors.astype(np.float32))
+
+
+def test_recommend_with_user_items_in_the_k_place_says_so(data):
+    """recommend(user, user_items[user]) is implicit's order; BPR's second argument is k (as
+    for every model but ALS): the message says where the rows go."""
+    model = recfuse.BPR(factors=4, iterations=1, random_state=0).fit(data)
+    for rows in (data[3], recfuse.Interactions.from_matrix(data[3])):
+        with pytest.raises(TypeError, match=r"second argument is k .*user_items="):
+            model.recommend(3, rows)
+    with pytest.raises(TypeError, match="filter_seen must be a bool"):
+        model.recommend(3, 5, data[3])

@@ -277,3 +277,77 @@ def test_recommend_all_answers_from_the_model_at_the_call(name):
         np.testing.assert_array_equal(u, u0)
         np.testing.assert_array_equal(ids, ids0)
         np.testing.assert_array_equal(scores, scores0)
+
+
+@pytest.mark.parametrize("name", ["ALS", "BPR"])
+def test_assigned_tables_that_the_seen_matrix_does_not_fit_say_so(name):
+    """Factor tables assigned by hand for more users (or other items) than the training
+    matrix kept for filter_seen: recommend raised scipy's IndexError "index (121) out of
+    range", or the index's complaint about its "exclude" argument, for a user it knows."""
+    import scipy.sparse as sp
+
+    model = _fit(name)
+    users, k = model.user_factors.shape
+    expected = model.recommend(3, k=4)
+    model.user_factors = np.vstack([model.user_factors, np.ones((2, k), model.dtype)])
+    for call in (lambda: model.recommend(users + 1, k=4), lambda: model.recommend(3, k=4),
+                 lambda: model.recommend_all(k=4)):
+        with pytest.raises(ValueError, match=f"seen matrix kept from training is {users} "
+                                             f"users x {N_ITEMS} items, the factor tables are "
+                                             f"for {users + 2} users"):
+            call()
+    # without the kept matrix nothing needs it: given rows, or no filtering
+    ids, _ = model.recommend(3, k=4, user_items=sp.csr_matrix((1, N_ITEMS)))
+    assert ids.shape == (4,)
+    np.testing.assert_array_equal(model.recommend([3], k=4, filter_seen=False)[0].shape, (1, 4))
+    model.user_factors = model.user_factors[:users]
+    np.testing.assert_array_equal(model.recommend(3, k=4)[0], expected[0])
+    if name == "ALS":  # BPR's item biases say first that they do not fit other items
+        model.item_factors = np.vstack([model.item_factors, np.ones((1, k), model.dtype)])
+        with pytest.raises(ValueError, match=f"for {users} users x {N_ITEMS + 1} items"):
+            model.recommend(3, k=4)
+        with pytest.raises(ValueError, match="seen matrix kept from training"):
+            model.loss()
+
+
+@pytest.mark.parametrize("name", ["ALS", "BPR"])
+def test_recommend_and_similar_lists_search_on_the_models_threads(name, monkeypatch):
+    """num_threads=1 means one thread for the searches too: BPR.recommend searched on all
+    cores (the index's default, 0) whatever the model's num_threads."""
+    from recfuse.retrieval import ItemIndex
+
+    model = _fit(name)
+    model.num_threads = 1
+    seen = []
+    search = ItemIndex.search
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("num_threads", 0))
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(ItemIndex, "search", spy)
+    model.recommend([1, 2], k=3)
+    model.recommend(1, k=3, filter_seen=False)
+    model.similar_items(1, k=3)
+    model.similar_users([1], k=3)
+    assert seen == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("name", ["ALS", "BPR"])
+def test_filter_seen_must_be_a_bool(name):
+    """filter_seen was read by its truth value: None or "no" quietly chose, and an array of
+    per-user flags (or a matrix in its place) failed with NumPy's "truth value of an array
+    is ambiguous"."""
+    import scipy.sparse as sp
+
+    model = _fit(name)
+    filtered = model.recommend([1, 2], k=4)
+    for flag in (True, np.True_, 1):
+        np.testing.assert_array_equal(model.recommend([1, 2], k=4, filter_seen=flag)[0],
+                                      filtered[0])
+    for flag in (None, "no", np.array([True, False]), sp.csr_matrix((1, N_ITEMS)), 2):
+        with pytest.raises(TypeError, match=f"filter_seen must be a bool, got "
+                                            f"{type(flag).__name__}"):
+            model.recommend([1, 2], k=4, filter_seen=flag)
+        with pytest.raises(TypeError, match="filter_seen must be a bool"):
+            model.recommend_all(k=4, filter_seen=flag)  # now, not at the first chunk

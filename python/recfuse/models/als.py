@@ -16,8 +16,9 @@ from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
-from ._common import (FactorRetrieval, check_trained, interaction_matrix, progress_bar,
-                      saveable_tables, saved_factor_tables, saved_group)
+from ._common import (FactorRetrieval, check_flag, check_trained, interaction_matrix,
+                      progress_bar, saveable_tables, saved_factor_tables, saved_group,
+                      stored_seen)
 
 MAX_FACTORS = 4096
 
@@ -188,9 +189,10 @@ class ALS(FactorRetrieval):
         loss of ``recfuse.reference.als_loss`` (computing it costs about one CG step; with
         ``compute_loss=False`` the callback gets None instead).
         ``initial_factors=(X, Y)`` starts from given factors instead of random ones.
-        Users and items without any stored entry end with zero vectors (their systems'
-        solution; with ``iterations=0`` the start is kept). On bad input nothing about the
-        model changes.
+        Users and items without a positive stored value (no entry, or only zeros; under
+        ``confidence="raw"`` also negatives) end with zero vectors (their systems' exact
+        solution, whatever the solver; with ``iterations=0`` the start is kept). On bad
+        input nothing about the model changes.
         """
         matrix = check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype,
                                  nonnegative=self.confidence == "linear")
@@ -224,11 +226,13 @@ class ALS(FactorRetrieval):
         X, Y = trainer.factors()
         check_trained("ALS", (X, Y), "lower alpha or scale down the values of user_items")
         if self.iterations:
-            # A row without entries solves (YᵀY + λI) x = 0: x = 0, which the Cholesky solve
-            # gives and CG only approaches (~1e-13): exact zeros keep such items tied at 0,
-            # in id order, rather than ordered by rounding.
-            X[np.diff(user_csr.indptr) == 0] = 0
-            Y[np.diff(item_csr.indptr) == 0] = 0
+            # A row without a positive entry (none stored, or only stored zeros, or under
+            # "raw" only values <= 0) has p = 0 throughout: its system's right-hand side is 0
+            # and so is its solution, which the Cholesky solve gives and CG only approaches
+            # (~1e-13): exact zeros keep such items tied at 0, in id order, rather than
+            # ordered by rounding (and similar to nothing, not to whatever the noise points at).
+            X[rows_without_positive(user_csr)] = 0
+            Y[rows_without_positive(item_csr)] = 0
         warn_failed_systems(failed, stacklevel=2)
         with self._lock:
             self._state = _State(X, Y, matrix, None)
@@ -253,7 +257,8 @@ class ALS(FactorRetrieval):
         This is the real-time fold-in: ``user_items`` has one row per id (n_items columns)
         and replaces what the model knows of those users. Ids beyond the known users add new
         users (rows in between start at zero). The model's solver is used: "cg" starts from
-        each user's current vector (zero for a new user). Returns the new vectors.
+        each user's current vector (zero for a new user); a row without a positive value
+        gets the zero vector, its exact solution, as in ``fit``. Returns the new vectors.
 
         Readers keep a consistent model meanwhile: the user table and the seen matrix are
         new arrays (a copy of each; about 8 ms for one user of a 100k x 50k, 5M-entry
@@ -331,6 +336,7 @@ class ALS(FactorRetrieval):
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", X.shape[0])
         k = check.check_k(k)
+        filter_seen = check_flag(filter_seen, "filter_seen")
         seen = None
         if filter_seen:
             seen = (self._seen_matrix(None, X.shape[0], state)[ids] if user_items is None
@@ -424,7 +430,7 @@ class ALS(FactorRetrieval):
             if state.user_items is None:
                 raise ValueError("pass user_items: the model keeps no training matrix "
                                  "(needed for filter_seen and loss)")
-            return state.user_items
+            return stored_seen(state.user_items, n_rows, state.item_factors.shape[0])
         return check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype,
                                n_rows=n_rows, n_cols=state.item_factors.shape[0])
 
@@ -471,7 +477,8 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
     renumbered) as long as ``gram`` is YᵀY of the full item table. ``start`` (users x
     factors) is where "cg" starts (the cholesky solver ignores it). ``num_threads`` replaces
     the model's for this call (a few users solve faster on one thread than a team's start
-    costs). Returns the new vectors (a new array).
+    costs). A row without a positive value gets the zero vector, its exact solution, as
+    in ``fit``. Returns the new vectors (a new array).
     """
     vectors = np.array(start, dtype=model.dtype, order="C", copy=True)
     table = np.ascontiguousarray(item_factors, dtype=model.dtype)
@@ -482,7 +489,22 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
                                                                num_threads=num_threads)
     backend.half_sweep(rows, table, vectors, params,
                        gram=np.ascontiguousarray(gram, dtype=model.dtype))
+    # as in fit: a row without a positive entry solves to exactly 0 (CG from the current
+    # vector would keep a shrunken copy of what the user no longer has)
+    vectors[rows_without_positive(rows)] = 0
     return vectors
+
+
+def rows_without_positive(rows: CsrArrays) -> np.ndarray:
+    """A boolean mask of the rows of ``rows`` that store no value > 0 (p = 0 throughout: their
+    ALS solution is the zero vector, whatever the confidences)."""
+    indptr = rows.indptr
+    positive = rows.data[:rows.nnz] > 0
+    if positive.all():  # the common case: only the rows without entries
+        return np.diff(indptr) == 0
+    before = np.zeros(positive.size + 1, np.int64)  # positive entries before each position
+    np.cumsum(positive, out=before[1:])
+    return before[indptr[1:]] == before[indptr[:-1]]
 
 
 def _replace_rows(matrix: sp.csr_matrix, ids: np.ndarray, rows: sp.csr_matrix, n_rows: int):

@@ -14,8 +14,8 @@ from .._backend import resolve_backend
 from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, make_blocks,
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
-from ._common import (FactorRetrieval, check_trained, interaction_matrix, progress_bar,
-                      saveable_tables, saved_factor_tables, seen_rows)
+from ._common import (FactorRetrieval, check_flag, check_trained, interaction_matrix,
+                      progress_bar, saveable_tables, saved_factor_tables, seen_rows, stored_seen)
 from .sgd import MAX_FACTORS
 
 
@@ -145,19 +145,26 @@ class BPR(FactorRetrieval):
         ``user_items`` (a CSR matrix or Interactions, one row per requested user) when it is
         given; ``items`` restricts the candidates, ``exclude_items`` removes ids. Ties by
         smaller item id."""
+        if sp.issparse(interaction_matrix(k)):  # a matrix or an Interactions
+            # recommend(user, user_items): implicit's order; here the second argument is k
+            raise TypeError(f"k must be an integer, got {type(k).__name__}: BPR.recommend's "
+                            f"second argument is k (implicit's is user_items); pass the rows "
+                            f"to filter as user_items=")
         self._require_fitted()
         P, Q, bias, seen = self._tables()
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", P.shape[0])
         k = check.check_k(k)
+        filter_seen = check_flag(filter_seen, "filter_seen")
         allow = None if items is None else check.check_ids(items, "items", Q.shape[0])
         deny = None if exclude_items is None else check.check_ids(exclude_items,
                                                                   "exclude_items", Q.shape[0])
         if filter_seen:
-            seen = seen[ids] if user_items is None else seen_rows(user_items, ids.size,
-                                                                   Q.shape[0])
+            seen = stored_seen(seen, P.shape[0], Q.shape[0])[ids] if user_items is None \
+                else seen_rows(user_items, ids.size, Q.shape[0])
         out_ids, out_scores = self._index(Q, bias).search(
-            P[ids], k, exclude=seen if filter_seen else None, allow=allow, deny=deny)
+            P[ids], k, exclude=seen if filter_seen else None, allow=allow, deny=deny,
+            num_threads=self.num_threads)
         if single:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
@@ -218,6 +225,9 @@ class BPR(FactorRetrieval):
     def _require_fitted(self) -> None:
         if self.user_factors is None:
             raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
+
+    def _check_seen_items(self) -> None:
+        stored_seen(self._seen, self.user_factors.shape[0], self.item_factors.shape[0])
 
     def _similarity_table(self, side: str) -> np.ndarray:
         return self.user_factors if side == "users" else self.item_factors
