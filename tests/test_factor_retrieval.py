@@ -333,7 +333,7 @@ def test_recommend_and_similar_lists_search_on_the_models_threads(name, monkeypa
     assert seen == [1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("name", ["ALS", "BPR"])
+@pytest.mark.parametrize("name", MODELS)
 def test_filter_seen_must_be_a_bool(name):
     """filter_seen was read by its truth value: None or "no" quietly chose, and an array of
     per-user flags (or a matrix in its place) failed with NumPy's "truth value of an array

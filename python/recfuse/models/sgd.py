@@ -24,7 +24,7 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            normal_table, normal_training_rows, trained_rows_in_id_order,
                            training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
-from ._common import (FactorRetrieval, check_trained, progress_bar, rating_arrays,
+from ._common import (FactorRetrieval, check_flag, check_trained, progress_bar, rating_arrays,
                       saved_factor_tables, saved_group, seen_rows)
 
 MAX_FACTORS = 4096
@@ -148,6 +148,7 @@ class _RatingModel(FactorRetrieval):
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", n_users)
         k = check.check_k(k)
+        filter_seen = check_flag(filter_seen, "filter_seen")
         allow = None if items is None else check.check_ids(items, "items", n_items)
         deny = None if exclude_items is None else check.check_ids(exclude_items,
                                                                   "exclude_items", n_items)
