@@ -169,7 +169,7 @@ def test_train_other_models(tmp_path, model):
     recs = json.loads(run("recommend", folder, user, "--k", 3, "--json").stdout)
     assert len(recs["recommendations"][user]) == 3
     assert "does not apply" in run("train", tmp_path / "ratings.csv", "-o", folder, "--model",
-                                   model, "--alpha", 3, check_rc=2).stderr
+                                   model, "--alpha", 3, *options, check_rc=2).stderr
 
 
 def test_train_refuses_an_output_it_cannot_write_before_any_work(tmp_path):
@@ -329,19 +329,31 @@ def test_serve_bounds_its_event_log_by_an_option():
 
 @pytest.mark.parametrize("model", ["svd", "svdpp", "explicit-als"])
 def test_rating_model_of_equal_ratings_saves_a_folder_that_loads(tmp_path, model):
-    # fit infers the rating scale (min, max) = (1, 1) from an event log without a rating
-    # column; load refused that scale ("lowest < highest"), so the folder train wrote could
-    # not be evaluated nor recommended from
+    # fit infers the rating scale (min, max) = (4, 4) from ratings that are all equal; load
+    # refused that scale ("lowest < highest"), so the folder train wrote could not be
+    # evaluated nor recommended from
     frame = pd.DataFrame({"user": ["a", "a", "b", "b", "c", "c"],
-                          "item": ["x", "y", "x", "z", "y", "z"]})
+                          "item": ["x", "y", "x", "z", "y", "z"], "rating": 4})
     frame.to_csv(tmp_path / "log.csv", index=False)
     folder = tmp_path / model
     run("train", tmp_path / "log.csv", "-o", folder, "--model", model, "--split", "none",
-        "--factors", 2, "--iterations", 2)
+        "--weight", "rating", "--combine", "last", "--factors", 2, "--iterations", 2)
     recs = json.loads(run("recommend", folder, "a", "--k", 5, "--json").stdout)
     assert [entry["item"] for entry in recs["recommendations"]["a"]] == ["z"]
     loaded = recfuse.load(str(folder / "model.npz"))
-    assert loaded.rating_scale == (1.0, 1.0)
+    assert loaded.rating_scale == (4.0, 4.0)
+
+
+@pytest.mark.parametrize("model", ["svd", "svdpp", "explicit-als"])
+def test_rating_model_on_an_event_log_needs_its_rating_column(tmp_path, model):
+    # without --weight every value is an event count (all 1 here): the model trained on
+    # them, and evaluate reported an RMSE of 0
+    frame = pd.DataFrame({"user": ["a", "a", "b"], "item": ["x", "y", "x"], "rating": 5})
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    error = _one_line_error(run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--model",
+                                model, "--split", "none", check_rc=2), "train",
+                            f"--model {model} predicts ratings", "--weight rating")
+    assert not (tmp_path / "m").exists(), error
 
 
 def test_folder_without_training_data_names_the_missing_file(tmp_path):

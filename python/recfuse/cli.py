@@ -18,8 +18,9 @@
 Every command but serve takes --json (one JSON object on stdout, nothing else; a
 number that is not finite, e.g. an AUC without any pair to compare, is written as null).
 Exit codes: 0 done; 1 an unexpected failure (a bug: the traceback is printed); 2 bad
-arguments or input (one line "recfuse <command>: error: ..." on stderr, given before any
-slow work where the arguments alone tell); 141 stdout closed early (`recfuse ... | head`).
+arguments or input (one line "recfuse <command>: error: ..." on stderr, after argparse's
+usage when an option itself is wrong; given before any slow work where the arguments alone
+tell); 141 stdout closed early (`recfuse ... | head`).
 `recfuse COMMAND --help` describes each command's options.
 """
 
@@ -260,6 +261,11 @@ def _check_data_options(args) -> str:
                              f"event log {args.data!r}; filter its rows first")
         if args.event_weights is not None and not args.event:
             raise ValueError("--event-weights needs --event (the event type column)")
+        model = getattr(args, "model", "als")
+        if model in RATING_MODELS and args.weight is None:  # else counts would be the ratings
+            raise ValueError(f"--model {model} predicts ratings: name the rating column of "
+                             f"{args.data!r} with --weight (e.g. --weight rating --combine "
+                             f"last); without it every value is a count of events")
         if args.split in ("temporal", "leave_last") and args.timestamp is None:
             raise ValueError(f"--split {args.split} needs timestamps: name the time column of "
                              f"{args.data!r} with --timestamp")
@@ -338,6 +344,7 @@ MODELS = {
     "explicit-als": ("ExplicitALS", {"factors": "factors", "iterations": "iterations",
                                      "regularization": "reg"}),
 }
+RATING_MODELS = ("svd", "svdpp", "explicit-als")  # --model values that predict ratings
 ALS_DEFAULTS = {"factors": 64, "regularization": 0.05, "alpha": 2.0}  # the demo's ALS
 
 
