@@ -11,11 +11,15 @@ the shared splitmix64 streams: they must be identical.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
+import recfuse
 from recfuse import reference
 from recfuse._backend import resolve_backend
 from recfuse._sgd.common import Pattern, make_blocks
@@ -468,3 +472,17 @@ def test_native_pairs_pattern_rejects_ids_out_of_range():
         _core.pairs_pattern(np.array([0, 3]), np.array([0, 0]), 3, 2)
     with pytest.raises(ValueError, match="one length"):
         _core.pairs_pattern(np.array([0, 1]), np.array([0]), 3, 2)
+
+
+@pytest.mark.parametrize("backend", SGD_BACKENDS)
+def test_a_diverging_bpr_fit_is_the_documented_error_whatever_numpys_error_mode(backend):
+    # The numpy backend ran BPR's reference epoch under the caller's NumPy error mode:
+    # np.seterr(all="raise") gave FloatingPointError and -W error a RuntimeWarning, where the
+    # native and Numba backends gave BPR's "diverged" ValueError (SVD and SVD++:
+    # test_svd_model.py).
+    matrix = sp.random(50, 40, density=0.2, format="csr", random_state=0)
+    for mode in ("raise", "warn"):
+        with np.errstate(all=mode), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match="BPR diverged"):
+                recfuse.BPR(factors=4, lr=1e30, backend=backend, random_state=0).fit(matrix)

@@ -5,6 +5,7 @@ bad input, and MovieLens 100K quality."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -285,6 +286,26 @@ def test_a_diverging_fit_or_unrepresentable_ratings_raise(ratings, cls):
     np.testing.assert_array_equal(model.user_factors, before)
 
 
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("backend", ["cpu", "numba", "numpy"])
+def test_divergence_is_the_documented_error_on_every_backend_whatever_numpys_error_mode(
+        ratings, cls, backend):
+    # The numpy backend ran the reference epochs under the caller's NumPy error mode: under
+    # np.seterr(all="raise") a diverging fit raised FloatingPointError, under -W error a
+    # RuntimeWarning, where the native and Numba backends gave the documented ValueError.
+    if not next(b for b in recfuse.backends("sgd") if b.name == backend).available:
+        pytest.skip(f"{backend} is not available")
+    users, items, values = ratings
+    model = cls(factors=4, epochs=2, random_state=0, backend=backend).fit(users, items, values)
+    before = model.predict(users, items)
+    for raise_or_warn in ("raise", "warn"):
+        with np.errstate(all=raise_or_warn), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match="diverged: the trained values hold NaN or inf"):
+                model.fit(users, items, values * 1e30)
+    np.testing.assert_array_equal(model.predict(users, items), before)
+
+
 @pytest.mark.parametrize("field, value, match", [
     ("user_bias", lambda a: a[:-1], "saved user_bias must hold"),
     ("item_bias", lambda a: np.where(np.arange(a.size) == 0, np.nan, a), "saved item_bias"),
@@ -292,6 +313,14 @@ def test_a_diverging_fit_or_unrepresentable_ratings_raise(ratings, cls):
     ("user_counts", lambda a: a - 10**6, "non-negative"),
     ("seen_indices", lambda a: np.where(np.arange(a.size) == 0, 10**8, a), "column indices"),
     ("seen_indptr", lambda a: a[::-1].copy(), "malformed indptr"),
+    # counts that wrapped to negatives in int64, and counts that disagreed with the seen
+    # matrix (users with seen items treated as unknown), loaded without a word
+    ("item_counts", lambda a: a.astype(np.uint64) + np.uint64(2**63), "within int64"),
+    ("user_counts", lambda a: np.where(np.arange(a.size) == 4, 0, a),
+     r"user_counts must be > 0 exactly where the saved seen matrix has entries, got "
+     r"user_counts\[4\] = 0"),
+    ("item_counts", lambda a: np.where(np.arange(a.size) == 0, 0, a),
+     "item_counts must be > 0 exactly"),
 ])
 def test_a_tampered_model_file_is_refused(tmp_path, ratings, field, value, match):
     from recfuse import persistence
@@ -361,6 +390,34 @@ def test_bad_input_raises_and_leaves_the_model_alone(ratings, cls):
     if not next(b for b in recfuse.backends() if b.name == "cuda").available:
         with pytest.raises(RuntimeError, match="backend 'cuda' is not available"):
             cls(backend="cuda").fit(users, items, values)
+
+
+@pytest.mark.parametrize("cls", MODELS + [pytest.param(recfuse.ExplicitALS, id="ExplicitALS")])
+def test_flags_are_bools_and_initial_factors_errors_say_what_came(ratings, cls):
+    # predict(clip=...) and fit(show_progress=...) were read by truth value: clip="no" or
+    # clip=None chose silently (a string clipped), clip=np.array([True, False]) failed with
+    # NumPy's "truth value of an array is ambiguous"; a wrong count of initial_factors did
+    # not say what came.
+    users, items, values = ratings
+    model = cls(factors=2, random_state=0).fit(users, items, values)
+    before = model.user_factors.copy()
+    probe = (np.array([0, 1, 2]), np.array([3, 4, 5]))
+    for clip in ("no", None, np.array([True, False]), 2, 0.0):
+        with pytest.raises(TypeError, match="clip must be a bool, got"):
+            model.predict(*probe, clip=clip)
+    for clip in (True, np.True_, 1):
+        np.testing.assert_array_equal(model.predict(*probe, clip=clip), model.predict(*probe))
+    np.testing.assert_array_equal(model.predict(*probe, clip=0),
+                                  model.predict(*probe, clip=False))
+    for show_progress in ("no", None):
+        with pytest.raises(TypeError, match="show_progress must be a bool, got"):
+            model.fit(users, items, values, show_progress=show_progress)
+    for given, got in (((before,), r"got tuple of 1 arrays"),
+                       ({"P": before}, r"got dict$"),
+                       ([before] * 4, r"got list of 4 arrays")):
+        with pytest.raises(TypeError, match=r"initial_factors must be a tuple \(.*\), " + got):
+            model.fit(users, items, values, initial_factors=given)
+    np.testing.assert_array_equal(model.user_factors, before)
 
 
 @pytest.mark.parametrize("cls", MODELS)

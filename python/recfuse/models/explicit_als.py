@@ -131,7 +131,7 @@ class ExplicitALS(_RatingModel):
         the model is left as it was.
         """
         users, items, values, scale, n_users, n_items = self._fit_arguments(
-            users, items, ratings, rating_scale, n_users, n_items, callback)
+            users, items, ratings, rating_scale, n_users, n_items, callback, show_progress)
         rng = np.random.default_rng(self.random_state)
         X, Y = self._initial_factors(rng, n_users, n_items, initial_factors)
         backend = resolve_backend(self.backend, "sgd", needs="explicit_als_half_sweep")

@@ -83,7 +83,8 @@ class _RatingModel(FactorRetrieval):
         value = check.check_int(value, name, minimum=needed)
         return value
 
-    def _fit_arguments(self, users, items, ratings, rating_scale, n_users, n_items, callback):
+    def _fit_arguments(self, users, items, ratings, rating_scale, n_users, n_items, callback,
+                       show_progress):
         """fit's checks: (users, items, values, scale, n_users, n_items)."""
         users, items, ratings, n_users, n_items = rating_arrays(users, items, ratings, n_users,
                                                                 n_items)
@@ -95,6 +96,7 @@ class _RatingModel(FactorRetrieval):
         n_items = self._count(n_items, "n_items", items)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        check_flag(show_progress, "show_progress")
         return users, items, values, scale, n_users, n_items
 
     def _initial_factors(self, rng, n_users, n_items, given):
@@ -107,7 +109,9 @@ class _RatingModel(FactorRetrieval):
             return [normal_table(seed, r, self.factors, self.init_mean, self.init_std, self.dtype)
                     for seed, r in zip(_factor_seeds(rng, len(names)), rows)]
         if not isinstance(given, (tuple, list)) or len(given) != len(names):
-            raise TypeError(f"initial_factors must be a tuple {names}")
+            got = (f"{type(given).__name__} of {len(given)} arrays"
+                   if isinstance(given, (tuple, list)) else type(given).__name__)
+            raise TypeError(f"initial_factors must be a tuple {names}, got {got}")
         out = [check.check_factors(array, f"initial_factors {name}", dtype=self.dtype,
                                    n_cols=self.factors) for name, array in zip(names, given)]
         expected = [(r, self.factors) for r in rows[: len(names)]]
@@ -122,9 +126,11 @@ class _RatingModel(FactorRetrieval):
 
         Unknown ids (beyond the training ids, or without training ratings) fall back as in
         Surprise: the global mean, plus the bias of whichever of user and item is known; the
-        factor term only when both are. ``clip`` bounds the result by the rating scale.
+        factor term only when both are. ``clip`` (a bool) bounds the result by the rating
+        scale.
         """
         state = self._require_fitted()
+        clip = check_flag(clip, "clip")
         single = np.ndim(users) == 0 and np.ndim(items) == 0
         u = check.check_ids(users, "users", None, allow_new=True)
         i = check.check_ids(items, "items", None, allow_new=True)
@@ -305,9 +311,19 @@ class _RatingModel(FactorRetrieval):
         if global_mean.size != 1:
             raise ValueError(f"saved global_mean must hold one value, got {global_mean.size}")
         counts = [np.asarray(arrays[name]) for name in ("user_counts", "item_counts")]
-        if any(c.ndim != 1 or (c.size and (c.dtype.kind not in "iu" or c.min() < 0))
+        if any(c.ndim != 1 or (c.size and (c.dtype.kind not in "iu" or c.min() < 0
+                                           or c.max() > np.iinfo(np.int64).max))
                for c in counts):
-            raise ValueError("saved user_counts and item_counts must be 1-d non-negative integers")
+            raise ValueError("saved user_counts and item_counts must be 1-d non-negative integers "
+                             "(within int64)")
+        # a count > 0 is what makes an id known (predict's fallbacks, recommend's scores): it
+        # must mark exactly the users and items that have entries in the seen matrix
+        rated = (np.diff(seen.indptr) > 0, np.bincount(seen.indices, minlength=n_items) > 0)
+        for name, count, has in zip(("user_counts", "item_counts"), counts, rated):
+            if not np.array_equal(count > 0, has):
+                wrong = int(np.flatnonzero((count > 0) != has)[0])
+                raise ValueError(f"saved {name} must be > 0 exactly where the saved seen matrix "
+                                 f"has entries, got {name}[{wrong}] = {count[wrong]}")
         state = _Fitted(
             global_mean=float(global_mean[0]),
             user_bias=_saved_vector(arrays, "user_bias", n_users, model.dtype),
@@ -420,7 +436,7 @@ class _SgdFactorization(_RatingModel):
         On bad input the model is left as it was.
         """
         users, items, values, scale, n_users, n_items = self._fit_arguments(
-            users, items, ratings, rating_scale, n_users, n_items, callback)
+            users, items, ratings, rating_scale, n_users, n_items, callback, show_progress)
         rng = np.random.default_rng(self.random_state)
         given = (None if initial_factors is None
                  else self._initial_factors(rng, n_users, n_items, initial_factors))
