@@ -494,3 +494,18 @@ def test_one_ratings_matrix_trains_one_model_whatever_its_format():
     for other in (unsorted, matrix.tocsc(), matrix.tocsc().todok()):
         got = recfuse.SVD(factors=4, epochs=3, random_state=0).fit(other, rating_scale=(1, 5))
         np.testing.assert_array_equal(got.user_factors, want.user_factors)
+
+
+@pytest.mark.parametrize("cls", [recfuse.SVD, recfuse.ExplicitALS])
+def test_counts_below_the_ratings_matrix_shape_are_refused(cls):
+    """n_users / n_items smaller than a ratings matrix's shape (but above its largest rated
+    id) dropped its last, empty rows or columns without a word."""
+    matrix = sp.csr_matrix(np.array([[5.0, 0, 3], [0, 4, 0], [0, 0, 0]]))
+    model = cls(factors=2, random_state=0)
+    for given, message in [({"n_users": 2}, r"n_users must be at least the ratings matrix's "
+                                            r"rows \(3\), got 2"),
+                           ({"n_items": 2}, r"n_items must be at least the ratings matrix's "
+                                            r"columns \(3\), got 2")]:
+        with pytest.raises(ValueError, match=message):
+            model.fit(matrix, **given)
+    assert model.fit(matrix, n_users=4).user_factors.shape == (4, 2)  # more ids: as asked

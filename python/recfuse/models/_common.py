@@ -89,9 +89,15 @@ def rating_arrays(users, items, ratings, n_users, n_items):
         # COO matrix is a list of entries, taken in its order like three arrays
         order = np.lexsort((cols, rows))
         rows, cols, data = rows[order], cols[order], data[order]
-    return (rows, cols, data,
-            matrix.shape[0] if n_users is None else n_users,
-            matrix.shape[1] if n_items is None else n_items)
+    counts = []
+    for name, given, size in (("n_users", n_users, matrix.shape[0]),
+                              ("n_items", n_items, matrix.shape[1])):
+        given = size if given is None else check.check_int(given, name, minimum=0)
+        if given < size:  # else the matrix's last rows or columns would be dropped unsaid
+            raise ValueError(f"{name} must be at least the ratings matrix's "
+                             f"{'rows' if name == 'n_users' else 'columns'} ({size}), got {given}")
+        counts.append(given)
+    return (rows, cols, data, *counts)
 
 
 def check_trained(model: str, arrays, hint: str) -> None:
