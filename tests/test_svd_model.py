@@ -509,3 +509,15 @@ def test_counts_below_the_ratings_matrix_shape_are_refused(cls):
         with pytest.raises(ValueError, match=message):
             model.fit(matrix, **given)
     assert model.fit(matrix, n_users=4).user_factors.shape == (4, 2)  # more ids: as asked
+
+
+@pytest.mark.parametrize("cls", [recfuse.SVD, recfuse.SVDpp])
+def test_a_start_beyond_the_dtype_is_refused_by_name(cls):
+    """init_std too large for float32 made infinite starting factors, which fit refused
+    as a divergence ("lower lr or raise reg"), naming neither parameter."""
+    with pytest.raises(ValueError, match="init_mean and init_std must keep the starting "
+                                         "factors finite in float32"):
+        cls(init_std=1e38)
+    with pytest.raises(ValueError, match="finite in float64"):
+        cls(init_mean=-1e308, init_std=1e308, dtype=np.float64)
+    assert cls(init_std=1e38, dtype=np.float64).init_std == 1e38

@@ -379,6 +379,11 @@ class _SgdFactorization(_RatingModel):
                 value = check.check_float(value, name, minimum=0.0, strict=strict)
             self.rates[name] = value
         self.dtype = check.check_float_dtype(dtype)
+        largest = float(np.finfo(self.dtype).max)
+        if abs(self.init_mean) + 6 * self.init_std > largest:  # draws reach ~5.8 sd
+            raise ValueError(f"init_mean and init_std must keep the starting factors finite in "
+                             f"{self.dtype.name} (|init_mean| + 6 init_std <= {largest:.3g}), "
+                             f"got {init_mean} and {init_std}")
         self.grid = check.check_int(grid, "grid", minimum=0, maximum=1024)
         if not isinstance(shuffle, (bool, np.bool_)):
             raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
