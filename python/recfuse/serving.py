@@ -381,8 +381,9 @@ class Recommender:
         model = state.model
         added = 0 if state.new_items is None else int(state.new_items.filled.sum())
         return {"version": model.version, "source": model.source, "kind": model.kind,
-                "backend": model.index._module.NAME, "users": model.n_users, "items": model.n_items, "factors":
-                model.item_vectors.shape[1], "observed_users": len(state.users),
+                "backend": model.index._module.NAME, "users": model.n_users,
+                "items": model.n_items, "factors": model.item_vectors.shape[1],
+                "observed_users": len(state.users),
                 "added_items": added, "pending_events": self._logged,
                 "dropped_events": self.dropped_events, "ranker": model.ranker is not None,
                 "ranker_source": model.ranker_source, "context_width": model.context_width}
