@@ -243,3 +243,145 @@ def test_kernels_keep_the_dtype(dtype):
     for confidence in CONFIDENCES:
         w, q = reference.confidence_weights(values, 2.0, confidence)
         assert w.dtype == dtype and q.dtype == dtype
+
+
+# ---------------------------------------------------------------------------- input reading
+def dense_row_solution(dense_values, stored, Y, regularization, alpha, confidence):
+    """x_u = (Yᵀ C_u Y + λI)⁻¹ Yᵀ C_u p_u per row, from dense float64 arrays: ``dense_values``
+    the matrix's values (repeated entries summed), ``stored`` which cells hold an entry."""
+    Y = np.asarray(Y, np.float64)
+    if confidence == "raw":
+        C = np.where(stored, np.abs(dense_values), 1.0)
+    else:
+        C = np.where(stored, 1.0 + alpha * dense_values, 1.0)
+    P = (dense_values > 0).astype(np.float64)
+    return np.array([np.linalg.solve(Y.T @ (C[u][:, None] * Y) + regularization * np.eye(Y.shape[1]),
+                                     Y.T @ (C[u] * P[u])) for u in range(C.shape[0])])
+
+
+@pytest.mark.parametrize("confidence", CONFIDENCES)
+def test_half_sweep_and_loss_read_integer_values_as_numbers_not_truncated_confidences(confidence):
+    # 1 + 0.5 * r is 1.5 or 2.5 for r = 1, 3: computed in the integer dtype it became 1 or 2.
+    rng = np.random.default_rng(11)
+    values = np.array([[1, 0, 3, 0, 2], [0, 5, 0, 0, 1]])
+    Y = rng.standard_normal((5, 2))
+    X0 = rng.standard_normal((2, 2))
+    as_int, as_float = sp.csr_matrix(values), sp.csr_matrix(values.astype(np.float64))
+    assert as_int.dtype.kind == "i"
+    expected = dense_row_solution(values.astype(np.float64), values != 0, Y, 0.1, 0.5, confidence)
+    for solver in ("cholesky", "cg"):
+        got = reference.als_half_sweep(as_int, Y, X0, regularization=0.1, alpha=0.5,
+                                       confidence=confidence, solver=solver, cg_steps=2)
+        np.testing.assert_array_equal(got, reference.als_half_sweep(
+            as_float, Y, X0, regularization=0.1, alpha=0.5, confidence=confidence,
+            solver=solver, cg_steps=2))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    c, _ = reference.confidence_and_preference(np.array([1, 3]), 0.5, confidence)
+    np.testing.assert_array_equal(c, [1.5, 2.5] if confidence == "linear" else [1.0, 3.0])
+    assert reference.als_loss(as_int, X0, Y, regularization=0.1, alpha=0.5,
+                              confidence=confidence) == pytest.approx(reference.als_loss(
+        as_float, X0, Y, regularization=0.1, alpha=0.5, confidence=confidence), rel=1e-15)
+
+
+def test_half_sweep_computes_in_the_factors_dtype_whatever_the_matrix_dtype():
+    # float64 values with float32 factors: the documented arithmetic is float32 throughout
+    # (the backends cast the values first), so it equals the sweep of the float32 matrix.
+    rng = np.random.default_rng(12)
+    matrix = sp.random(6, 8, density=0.5, format="csr", random_state=rng) * 7.3
+    Y = rng.standard_normal((8, 3)).astype(np.float32)
+    X0 = rng.standard_normal((6, 3)).astype(np.float32)
+    for solver in ("cholesky", "cg"):
+        np.testing.assert_array_equal(
+            reference.als_half_sweep(matrix, Y, X0, regularization=0.1, solver=solver),
+            reference.als_half_sweep(matrix.astype(np.float32), Y, X0, regularization=0.1,
+                                     solver=solver))
+
+
+@pytest.mark.parametrize("confidence", CONFIDENCES)
+def test_repeated_entries_are_one_entry_holding_their_sum_in_sweep_and_loss(confidence):
+    # Row 0 stores column 0 twice (1 and 2) and column 2 once; row 1 stores column 3 as 2 and
+    # -2 (summed: a stored 0). Before, the sweep counted every copy (target c p twice) and the
+    # loss kept only the last copy: the two disagreed with each other and with the matrix.
+    rng = np.random.default_rng(13)
+    data = np.array([1.0, 2.0, 4.0, 2.0, -2.0])
+    indices = np.array([0, 0, 2, 3, 3])
+    matrix = sp.csr_matrix((data, indices, np.array([0, 3, 5])), shape=(2, 4))
+    assert not matrix.has_canonical_format
+    summed = np.array([[3.0, 0, 4.0, 0], [0, 0, 0, 0.0]])
+    stored = np.array([[True, False, True, False], [False, False, False, True]])
+    Y = rng.standard_normal((4, 2))
+    X0 = rng.standard_normal((2, 2))
+    canonical = matrix.copy()
+    canonical.sum_duplicates()
+    options = dict(regularization=0.2, alpha=0.7, confidence=confidence)
+    got = reference.als_half_sweep(matrix, Y, X0, solver="cholesky", **options)
+    np.testing.assert_allclose(got, dense_row_solution(summed, stored, Y, 0.2, 0.7, confidence),
+                               rtol=1e-12, atol=1e-12)
+    for solver in ("cholesky", "cg"):
+        np.testing.assert_array_equal(
+            reference.als_half_sweep(matrix, Y, X0, solver=solver, **options),
+            reference.als_half_sweep(canonical, Y, X0, solver=solver, **options))
+    assert reference.als_loss(matrix, X0, Y, **options) == reference.als_loss(canonical, X0, Y,
+                                                                              **options)
+    assert matrix.indices.tolist() == indices.tolist(), "the input was modified"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("confidence", CONFIDENCES)
+def test_half_sweep_cg_is_textbook_cg_on_the_dense_normal_equations(dtype, confidence):
+    """n steps of CG from X0 on (Yᵀ C_u Y + λI) x = Yᵀ C_u p_u, the system built densely."""
+    rng = np.random.default_rng(14)
+    values = sp.random(5, 9, density=0.4, format="csr", random_state=rng) * 6
+    if confidence == "raw":
+        values.data[::2] *= -1
+    values = values.astype(dtype)
+    Y = rng.standard_normal((9, 3)).astype(dtype)
+    X0 = rng.standard_normal((5, 3)).astype(dtype)
+    dense = values.toarray().astype(np.float64)
+    stored = (abs(values) + sp.csr_matrix((np.ones(values.nnz), values.indices, values.indptr),
+                                          shape=values.shape)).toarray() != 0
+    C = np.where(stored, np.abs(dense) if confidence == "raw" else 1 + 1.5 * dense, 1.0)
+    P = (dense > 0).astype(np.float64)
+    Y64 = Y.astype(np.float64)
+    for steps in (1, 2):
+        got = reference.als_half_sweep(values, Y, X0, regularization=0.3, alpha=1.5,
+                                       confidence=confidence, solver="cg", cg_steps=steps)
+        for u in range(5):
+            A = Y64.T @ np.diag(C[u]) @ Y64 + 0.3 * np.eye(3)
+            x = X0[u].astype(np.float64)
+            r = Y64.T @ (C[u] * P[u]) - A @ x
+            d = r.copy()
+            for _ in range(steps):
+                step = (r @ r) / (d @ A @ d)
+                x, r_new = x + step * d, r - step * (A @ d)
+                d, r = r_new + (r_new @ r_new) / (r @ r) * d, r_new
+            tolerance = 1e-10 if dtype == np.float64 else 1e-4
+            np.testing.assert_allclose(got[u], x, rtol=tolerance, atol=tolerance)
+
+
+# ---------------------------------------------------------------------------- MLP activations
+@pytest.mark.parametrize("name", ["relu", "gelu", "sigmoid", "tanh", "identity"])
+def test_mlp_activation_matches_torch_including_infinities(name):
+    torch = pytest.importorskip("torch")
+    modules = {"relu": torch.nn.ReLU(), "gelu": torch.nn.GELU(), "sigmoid": torch.nn.Sigmoid(),
+               "tanh": torch.nn.Tanh(), "identity": torch.nn.Identity()}
+    x = np.r_[np.linspace(-12, 12, 241), [-1e4, -800.0, 800.0, 1e4, -np.inf, np.inf, np.nan]]
+    got = reference.mlp_activation(name, x)  # no warning (warnings are errors here)
+    expected = modules[name](torch.tensor(x, dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-14, atol=1e-15, equal_nan=True)
+
+
+# ---------------------------------------------------------------------------- ranking metrics
+def test_ranking_metrics_of_a_hand_computed_list():
+    from recfuse import reference_data
+
+    # 10 items, test items {1, 4, 7}; the list 4, 2, 1 then a -1 pad (k = 4).
+    table = reference_data.ranking_metrics(np.array([[4, 2, 1, -1]]), [0], np.array([0, 3]),
+                                           np.array([1, 4, 7]), 10)
+    got = dict(zip(reference_data.RANKING_COLUMNS, table[0]))
+    # AUC over the 3 x 7 (positive, negative) pairs: 4 beats all 7 negatives, 1 beats the 6
+    # unlisted ones, 7 (unlisted) loses to 2 and ties the 6 unlisted negatives: (7 + 6 + 3) / 21.
+    expected = dict(hits=2, relevant=3, average_precision=(1 / 1 + 2 / 3) / 3,
+                    ndcg=(1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3) + 1 / np.log2(4)),
+                    auc=16 / 21, reciprocal_rank=1.0, recall=2 / 3, hit=1.0)
+    assert got == pytest.approx(expected, rel=1e-14)

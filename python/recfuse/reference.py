@@ -17,7 +17,10 @@ with, for each stored entry ``r_ui`` (``confidence="linear"``, the default)::
 which is ``(YᵀY + Yᵀ(C_u − I)Y + λI) x_u = Yᵀ C_u p_u``. ``confidence="raw"`` reproduces
 the convention of the ``implicit`` package, where the stored value is the confidence
 itself: ``c_ui = |r_ui|``, ``p_ui = [r_ui > 0]`` (negative values mean "disliked").
-Entries that are not stored have ``c = 1`` and ``p = 0``.
+Entries that are not stored have ``c = 1`` and ``p = 0``. ``R`` is read as scipy reads it:
+repeated (u, i) entries of a non-canonical matrix are one entry holding their sum (what the
+models' input validation makes of them, and what the backends are given), and the stored
+values are taken in ``Y``'s dtype (integer values included: no confidence is truncated).
 
 ``solver="cholesky"`` solves exactly; a row whose system is not positive definite (possible
 only with regularization 0 or negative values) keeps its previous vector, and
@@ -56,6 +59,8 @@ CONFIDENCE_MODES = ("linear", "raw")
 def confidence_and_preference(values: np.ndarray, alpha: float, confidence: str = "linear"):
     """Return ``(c, p)`` for stored values: the confidence and the preference [r > 0]."""
     values = np.asarray(values)
+    if values.dtype.kind != "f":  # integer or bool values: confidences like 1 + 0.5 * 3 are not
+        values = values.astype(np.float64)  # whole numbers, so never computed in (or cast to) ints
     if confidence == "linear":
         c = 1 + alpha * values
     elif confidence == "raw":
@@ -69,6 +74,14 @@ def confidence_weights(values: np.ndarray, alpha: float, confidence: str = "line
     """Return ``(w, q)`` for stored values: the extra weight ``c - 1`` and the target ``c * p``."""
     c, p = confidence_and_preference(values, alpha, confidence)
     return (c - 1).astype(c.dtype), (c * p).astype(c.dtype)
+
+
+def canonical_csr(R, dtype) -> sp.csr_matrix:
+    """A canonical copy of ``R`` with values in ``dtype``: repeated (row, col) entries summed
+    (stored zeros kept), indices sorted."""
+    matrix = sp.csr_matrix(R, dtype=dtype, copy=True)
+    matrix.sum_duplicates()
+    return matrix
 
 
 def gram(Y: np.ndarray) -> np.ndarray:
@@ -113,6 +126,7 @@ def als_half_sweep_counted(R, Y, X, *, regularization, alpha=1.0, confidence="li
     dtype = Y.dtype
     failed = 0
     X = np.array(X, dtype=dtype, copy=True)
+    R = canonical_csr(R, dtype)
     G = gram(Y)
     for u in range(R.shape[0]):
         A, b = _row_system(R, u, Y, G, dtype.type(regularization), dtype.type(alpha), confidence)
@@ -165,7 +179,7 @@ def als_loss(
     full = X64 @ Y64.T  # every (u, i) prediction; the reference can afford it
     c = np.ones_like(full)
     p = np.zeros_like(full)
-    coo = R.tocoo()
+    coo = canonical_csr(R, np.float64).tocoo()  # one entry per (u, i): duplicates summed
     c[coo.row, coo.col], p[coo.row, coo.col] = confidence_and_preference(
         coo.data.astype(np.float64), alpha, confidence)
     total = (c * (p - full) ** 2).sum() + regularization * ((X64**2).sum() + (Y64**2).sum())
@@ -531,7 +545,8 @@ def mlp_activation(name: str, x: np.ndarray) -> np.ndarray:
     if name == "gelu":
         from scipy.special import erf
 
-        return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+        with np.errstate(invalid="ignore"):  # -inf * 0 at x = -inf: NaN, as torch's GELU
+            return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
     if name == "sigmoid":
         with np.errstate(over="ignore"):
             return 1.0 / (1.0 + np.exp(-x))
