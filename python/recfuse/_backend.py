@@ -12,7 +12,6 @@ names the function it needs and "auto" passes over the modules that lack it.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from types import ModuleType
@@ -61,8 +60,26 @@ class BackendInfo(NamedTuple):
     detail: str  # why not, when unavailable; what it runs on, when available
 
 
-@functools.lru_cache(maxsize=None)
+_probed: dict[tuple[str, str], tuple[ModuleType | None, BackendInfo]] = {}
+
+
 def _probe(name: str, family: str = "als") -> tuple[ModuleType | None, BackendInfo]:
+    """The module of ``family`` for backend ``name`` (None when unavailable) and its table row,
+    probed once, except a cpu backend found unavailable: a misspelt or unsupported
+    RECFUSE_SIMD makes it so until the variable is corrected in the process, as
+    ``_validation._native_usable`` allows, and the row and "auto" must then follow (asking
+    again is cheap: the module is imported, the native level check raises at once). Once a
+    level is in use it stays, whatever the variable says later."""
+    key = (name, family)
+    found = _probed.get(key)
+    if found is None:
+        found = _probe_now(name, family)
+        if found[0] is not None or name != "cpu":
+            found = _probed.setdefault(key, found)  # threads probing at once share one answer
+    return found
+
+
+def _probe_now(name: str, family: str) -> tuple[ModuleType | None, BackendInfo]:
     if name not in _FAMILIES[family]:
         return None, BackendInfo(name, False, f"no {family} kernels for this backend")
     try:
@@ -85,6 +102,9 @@ def backends(family: str = "als") -> list[BackendInfo]:
 
 
 def _check_family(family: str) -> None:
+    if not isinstance(family, str):
+        raise TypeError(f"family must be a string, one of {tuple(_FAMILIES)}, got "
+                        f"{type(family).__name__} {family!r:.60}")
     if family not in _FAMILIES:
         raise ValueError(f"family must be one of {tuple(_FAMILIES)}, got {family!r}")
 
@@ -94,14 +114,18 @@ def resolve_backend(backend: str = "auto", family: str = "als",
     """Return the module of ``family`` for ``backend`` ("auto" or one of ``BACKEND_NAMES``).
 
     ``needs``: the name of a function the caller will use; "auto" passes over modules that
-    do not define it. An explicit backend that is not available, or lacks ``needs``, raises
-    ``RuntimeError`` with the reason.
+    do not define it. ``backend="auto"`` takes ``RECFUSE_BACKEND`` when it is set, as if given
+    by name (its errors then name the variable: the caller passed no backend). An explicit
+    backend that is not available, or lacks ``needs``, raises ``RuntimeError`` with the
+    reason.
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
     _check_family(family)
+    source = ""  # where the name came from, for the errors: the argument, or the variable
     if backend == "auto":
         backend = os.environ.get("RECFUSE_BACKEND", "auto") or "auto"
+        source = " (from RECFUSE_BACKEND)" if backend != "auto" else ""
     if backend == "auto":
         for name in AUTO_ORDER:
             module, _ = _probe(name, family)
@@ -109,13 +133,14 @@ def resolve_backend(backend: str = "auto", family: str = "als",
                 return module
         raise RuntimeError("no recfuse backend is available")  # numpy always is
     if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
+        raise ValueError(f"backend{source} must be 'auto' or one of {BACKEND_NAMES}, got "
+                         f"{backend!r}")
     module, info = _probe(backend, family)
     if module is None:
-        raise RuntimeError(f"backend {backend!r} is not available: {info.detail}")
+        raise RuntimeError(f"backend {backend!r}{source} is not available: {info.detail}")
     if needs is not None and not hasattr(module, needs):
         able = [name for name in BACKEND_NAMES
                 if (found := _probe(name, family)[0]) is not None and hasattr(found, needs)]
-        raise RuntimeError(f"backend {backend!r} has no {needs} kernel for the {family} family; "
-                           f"available backends that have one: {able}")
+        raise RuntimeError(f"backend {backend!r}{source} has no {needs} kernel for the {family} "
+                           f"family; available backends that have one: {able}")
     return module

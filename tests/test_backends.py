@@ -1,0 +1,131 @@
+"""Backend choice: RECFUSE_BACKEND, RECFUSE_SIMD changed in the process, the family argument,
+and the first resolution from several threads. Cases that depend on the environment at
+import or on fresh caches run in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import recfuse
+from recfuse import _backend
+
+
+def _run(code: str, **env) -> None:
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300,
+                   env={**os.environ, **env})
+
+
+@pytest.fixture
+def tiny():
+    return sp.random(20, 15, density=0.3, format="csr", random_state=0, dtype=np.float32)
+
+
+def _entry_points(tiny):
+    """Each public entry point that resolves a backend, called with backend="auto"."""
+    queries, items = np.ones((1, 3), np.float32), np.ones((5, 3), np.float32)
+    layers = [(np.ones((1, 3), np.float32), None, "identity")]
+    return {
+        "ALS": lambda: recfuse.ALS(factors=2, iterations=1).fit(tiny),
+        "BPR": lambda: recfuse.BPR(factors=2, iterations=1).fit(tiny),
+        "SVD": lambda: recfuse.SVD(factors=2, epochs=1).fit([0, 1], [0, 1], [1.0, 2.0]),
+        "ExplicitALS": lambda: recfuse.ExplicitALS(factors=2, iterations=1).fit(
+            [0, 1], [0, 1], [1.0, 2.0]),
+        "topk": lambda: recfuse.topk(queries, items, 2),
+        "ItemIndex": lambda: recfuse.ItemIndex(items),
+        "MLPScorer": lambda: recfuse.MLPScorer(layers),
+    }
+
+
+def test_a_misspelt_recfuse_backend_is_named_in_the_error(monkeypatch, tiny):
+    """RECFUSE_BACKEND=CPU raised "backend must be 'auto' or one of ..., got 'CPU'" from
+    calls that were given no backend at all: the error must say where the name came from."""
+    monkeypatch.setenv("RECFUSE_BACKEND", "CPU")
+    for call in _entry_points(tiny).values():
+        with pytest.raises(ValueError, match=r"backend \(from RECFUSE_BACKEND\) must be 'auto' "
+                                             r"or one of .*got 'CPU'"):
+            call()
+
+
+def test_an_unavailable_recfuse_backend_is_named_in_the_error(monkeypatch, tiny):
+    missing = [row for row in recfuse.backends() if not row.available]
+    if not missing:
+        pytest.skip("every backend is available here")
+    monkeypatch.setenv("RECFUSE_BACKEND", missing[0].name)
+    for call in _entry_points(tiny).values():
+        with pytest.raises(RuntimeError, match=rf"backend '{missing[0].name}' \(from "
+                                               rf"RECFUSE_BACKEND\) is not available: "):
+            call()
+
+
+def test_a_recfuse_backend_lacking_the_kernel_is_named_in_the_error(monkeypatch):
+    monkeypatch.setenv("RECFUSE_BACKEND", "numpy")
+    with pytest.raises(RuntimeError, match=r"backend 'numpy' \(from RECFUSE_BACKEND\) has no "
+                                           r"no_such_epoch kernel for the sgd family"):
+        _backend.resolve_backend("auto", "sgd", needs="no_such_epoch")
+
+
+def test_an_explicit_backend_error_does_not_blame_the_variable(monkeypatch):
+    monkeypatch.setenv("RECFUSE_BACKEND", "numpy")
+    with pytest.raises(ValueError) as raised:
+        _backend.resolve_backend("CPU", "als")
+    assert "RECFUSE_BACKEND" not in str(raised.value) and "got 'CPU'" in str(raised.value)
+    assert _backend.resolve_backend("auto", "topk").NAME == "numpy"  # the variable still works
+
+
+def test_backends_refuses_a_family_that_is_not_a_string():
+    """backends(["als"]) raised TypeError: unhashable type: 'list'."""
+    with pytest.raises(TypeError, match=r"family must be a string, one of .*got list \['als'\]"):
+        recfuse.backends(["als"])
+    with pytest.raises(ValueError, match="family must be one of .*got 'ALS'"):
+        recfuse.backends("ALS")
+
+
+def test_correcting_recfuse_simd_in_the_process_makes_the_cpu_backend_available_again():
+    """A misspelt RECFUSE_SIMD makes the cpu backend unavailable; once the variable is
+    corrected the native calls work again (_validation._native_usable asks again), but the
+    backend table kept the first probe's failure: backends() still said the cpu backend was
+    unavailable, naming the old value, and "auto" passed over it."""
+    pytest.importorskip("recfuse._core")
+    code = (
+        "import os, recfuse\n"
+        "cpu = lambda family: [b for b in recfuse.backends(family) if b.name == 'cpu'][0]\n"
+        "assert not cpu('als').available and 'bogus' in cpu('als').detail, cpu('als')\n"
+        "assert recfuse.resolve_backend('auto', 'topk').NAME != 'cpu'\n"
+        "os.environ['RECFUSE_SIMD'] = 'generic'\n"
+        "for family in ('als', 'sgd', 'topk', 'mlp'):\n"
+        "    assert cpu(family).available and 'generic' in cpu(family).detail, cpu(family)\n"
+        "    assert recfuse.resolve_backend('auto', family).NAME == 'cpu'\n"
+        "os.environ['RECFUSE_SIMD'] = 'bogus'  # too late: the level in use stays\n"
+        "assert cpu('als').available and 'generic' in cpu('als').detail, cpu('als')\n"
+    )
+    _run(code, RECFUSE_SIMD="bogus")
+
+
+def test_threads_resolving_auto_at_once_on_first_use_agree():
+    """The first resolution probes and imports backend modules lazily; threads doing it at
+    once must all get a working module and leave no spurious failure in the table."""
+    code = (
+        "import threading, recfuse\n"
+        "from recfuse._backend import resolve_backend, FAMILIES\n"
+        "barrier = threading.Barrier(8)\n"
+        "results = {}\n"
+        "def work(index):\n"
+        "    family = FAMILIES[index % len(FAMILIES)]\n"
+        "    barrier.wait()\n"
+        "    results[index] = (family, resolve_backend('auto', family).NAME)\n"
+        "threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]\n"
+        "[thread.start() for thread in threads]\n"
+        "[thread.join() for thread in threads]\n"
+        "assert len(results) == 8, results\n"
+        "for family, name in results.values():\n"
+        "    assert name == resolve_backend('auto', family).NAME, (family, name)\n"
+        "    row = [b for b in recfuse.backends(family) if b.name == name][0]\n"
+        "    assert row.available, row\n"
+    )
+    _run(code)
