@@ -129,3 +129,25 @@ def test_threads_resolving_auto_at_once_on_first_use_agree():
         "    assert row.available, row\n"
     )
     _run(code)
+
+
+def test_an_oversized_openmp_default_does_not_crash_the_native_calls():
+    """num_threads=0 stood for OpenMP's default team size unbounded: OMP_NUM_THREADS=100000
+    made the top-k's table packing ask for 100000 threads and the interpreter crashed
+    (SIGSEGV). The default is now capped at the processors this process may use."""
+    pytest.importorskip("recfuse._core", reason="recfuse._core is not built")
+    code = (
+        "import numpy as np, scipy.sparse as sp, recfuse\n"
+        "from recfuse._sgd.common import default_thread_count\n"
+        "items = np.random.default_rng(0).standard_normal((20000, 16)).astype(np.float32)\n"
+        "ids, _ = recfuse.topk(items[:2], items, 3, metric='cosine', backend='cpu',\n"
+        "                      num_threads=2)\n"
+        "assert ids[:, 0].tolist() == [0, 1], ids\n"
+        "data = sp.random(300, 200, density=0.05, format='csr', random_state=0) * 5\n"
+        "recfuse.ALS(factors=4, iterations=1, backend='cpu').fit(data)\n"
+        "import os\n"
+        "assert 1 <= default_thread_count() <= (os.cpu_count() or 1), default_thread_count()\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="100000"))
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -3,6 +3,7 @@
 // Also the numbering of string ids (factorize_strings): one hash pass over the column, then
 // a sort of the distinct values only.
 #include "recfuse/interactions.hpp"
+#include "recfuse/threads.hpp"
 
 #include <omp.h>
 
@@ -22,7 +23,7 @@ namespace recfuse {
 namespace {
 
 int thread_count(int requested, int64_t work) {
-  int threads = requested > 0 ? requested : omp_get_max_threads();
+  int threads = requested > 0 ? requested : default_threads();
   // Below ~64k events per thread the fork costs more than it saves.
   const int64_t useful = std::max<int64_t>(1, work / 65536);
   return static_cast<int>(std::min<int64_t>(threads, useful));

@@ -1,5 +1,6 @@
 // Per-user ranking metrics and intra-list diversity, one user per loop iteration.
 #include "recfuse/metrics.hpp"
+#include "recfuse/threads.hpp"
 
 #include <omp.h>
 
@@ -15,7 +16,7 @@ namespace recfuse {
 namespace {
 
 int thread_count(int requested, int64_t work) {
-  int threads = requested > 0 ? requested : omp_get_max_threads();
+  int threads = requested > 0 ? requested : default_threads();
   const int64_t useful = std::max<int64_t>(1, work / 4096);
   return static_cast<int>(std::min<int64_t>(threads, useful));
 }

@@ -1,6 +1,7 @@
 // The fused MLP scorer (see recfuse/mlp.hpp): packing, the per-block pipeline, threads,
 // and the per-user top-k of rank.
 #include "recfuse/mlp.hpp"
+#include "recfuse/threads.hpp"
 
 #include <omp.h>
 
@@ -31,7 +32,7 @@ void expect(bool ok, const std::string& message) {
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 int resolve_threads(int num_threads) {
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
+  return num_threads > 0 ? num_threads : default_threads();
 }
 
 kernels::MlpLayerFunction float32_layer() {

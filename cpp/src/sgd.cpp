@@ -2,6 +2,7 @@
 // sgd_kernels_impl.inc. See recfuse/sgd.hpp for the schedule and why it has no races.
 #include "recfuse/random.hpp"
 #include "recfuse/sgd.hpp"
+#include "recfuse/threads.hpp"
 
 #include <omp.h>
 
@@ -269,7 +270,7 @@ int64_t sample_block_negatives(const int32_t* users, int64_t begin, int64_t end,
 
 }  // namespace
 
-int sgd_default_threads() { return omp_get_max_threads(); }
+int sgd_default_threads() { return default_threads(); }
 
 void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t* order,
                       int64_t n, const int64_t* user_bin, int64_t n_users,
@@ -288,7 +289,7 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
   // stays stable for any thread count. (Ranges follow `parts`, not the team OpenMP gives, so
   // both passes cut them alike.)
   // From 2^18 entries two threads paid (1M entries: 43 -> 25 ms); below, one.
-  const int parts = n < (1 << 18) ? 1 : (num_threads > 0 ? num_threads : omp_get_max_threads());
+  const int parts = n < (1 << 18) ? 1 : (num_threads > 0 ? num_threads : default_threads());
   std::vector<int32_t> block_of(static_cast<size_t>(n));
   std::vector<int64_t> counts(static_cast<size_t>(parts) * blocks, 0);
   unsigned bad = 0;
@@ -524,7 +525,7 @@ int64_t explicit_als_half_sweep(const int64_t* indptr, const int32_t* indices, c
   // Threads: the requested number, but no more than keeps ~1M multiply-adds per thread.
   const double d = k + 1.0;
   const double work = static_cast<double>(indptr[rows]) * d * d / 2 + rows * d * d * d / 6;
-  int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  int threads = num_threads > 0 ? num_threads : default_threads();
   if (work / 1e6 < threads) threads = work < 1e6 ? 1 : static_cast<int>(work / 1e6);
   const size_t scratch_size = static_cast<size_t>(kernels::explicit_als_scratch(k));
   int64_t failed = 0;

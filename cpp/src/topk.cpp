@@ -23,6 +23,7 @@
 // 625 blocks per query); with few they take every threads-th run of 16 blocks, and score
 // every group of rows on a block while it is in cache (scan_table_share).
 #include "recfuse/topk.hpp"
+#include "recfuse/threads.hpp"
 
 #include <omp.h>
 
@@ -92,7 +93,7 @@ T* aligned_array(int64_t count) {
 }
 
 int resolve_threads(int num_threads) {
-  return num_threads > 0 ? num_threads : omp_get_max_threads();
+  return num_threads > 0 ? num_threads : default_threads();
 }
 
 // (s, a) ranks below (t, b): lower score, or the same score and a larger id.

@@ -224,8 +224,9 @@ def _training_buffer(n_rows: int, k: int, dtype, backend,
 
 
 def default_thread_count() -> int:
-    """The threads ``num_threads=0`` stands for: OpenMP's own default, as the native epochs
-    see it (the CPU count without the native module)."""
+    """The threads ``num_threads=0`` stands for: OpenMP's default capped at the processors
+    this process may use, as the native epochs see it (recfuse/threads.hpp; the CPU count
+    without the native module)."""
     return _core.sgd_default_threads() if _core is not None else (os.cpu_count() or 1)
 
 
