@@ -151,3 +151,26 @@ def test_an_oversized_openmp_default_does_not_crash_the_native_calls():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300, env=dict(os.environ, OMP_NUM_THREADS="100000"))
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("make", [lambda b: recfuse.ALS(backend=b),
+                                  lambda b: recfuse.BPR(backend=b),
+                                  lambda b: recfuse.SVD(backend=b),
+                                  lambda b: recfuse.ExplicitALS(backend=b)])
+def test_a_misspelt_backend_is_refused_when_given(make, tmp_path):
+    """backend="CPU" was stored as given and failed at the first fit or recommend; on
+    recfuse.load(path, backend="CPU") that was after the load had returned."""
+    for name in ("CPU", "bogus", ""):
+        with pytest.raises(ValueError, match=r"backend must be 'auto' or one of \("):
+            make(name)
+    assert make("cuda").backend == "cuda"  # a backend this host lacks: refused only when used
+    data = sp.random(20, 15, density=0.3, format="csr", random_state=0) * 4
+    model = make("auto")
+    if isinstance(model, (recfuse.ALS, recfuse.BPR)):
+        model.fit(data)
+    else:
+        coo = data.tocoo()
+        model.fit(coo.row, coo.col, np.ceil(coo.data))
+    model.save(tmp_path / "model.npz")
+    with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
+        recfuse.load(tmp_path / "model.npz", backend="CPU")

@@ -119,6 +119,17 @@ def test_info_under_a_simd_level_the_cpu_cannot_run_prints_the_table(monkeypatch
     assert "per model family" in text
 
 
+def test_info_under_an_unusable_backend_variable_prints_the_table(monkeypatch):
+    # it stopped with RECFUSE_BACKEND's error, without the table that says which backends run
+    monkeypatch.setenv("RECFUSE_BACKEND", "bogus")
+    result = run("info", check_rc=2)
+    assert "per model family" in result.stdout and "<- auto" not in result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "recfuse info: error: backend (from RECFUSE_BACKEND) must be")
+    listed = json.loads(run("info", "--json", check_rc=2).stdout)
+    assert listed["auto"] is None and any(row["name"] == "cpu" for row in listed["backends"])
+
+
 def test_recommend_unknown_user(tmp_path):
     frame = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 2, 3, 1]})
     frame.to_csv(tmp_path / "log.csv", index=False)

@@ -556,3 +556,18 @@ def test_a_save_or_recommend_all_that_fails_part_way_keeps_the_earlier_output(cl
     assert _files(tmp_path / "recs") == before["recs"]
     assert model.recommend_all(3, path=tmp_path / "recs") == pd.read_parquet(
         tmp_path / "recs").shape[0]
+
+
+def test_worker_threads_variable_is_checked_by_name(monkeypatch):
+    """RECFUSE_WORKER_THREADS (the block solves' threads outside a Dask worker, e.g. on a
+    Spark executor) gave a bare "invalid literal for int()" that named no variable."""
+    from recfuse.distributed._blocks import worker_threads
+
+    assert worker_threads(3) == 3
+    for value, expected in (("", 0), ("4", 4), (" 2 ", 2)):
+        monkeypatch.setenv("RECFUSE_WORKER_THREADS", value)
+        assert worker_threads(0) == expected
+    for value in ("x", "-1", "1.5"):
+        monkeypatch.setenv("RECFUSE_WORKER_THREADS", value)
+        with pytest.raises(ValueError, match="RECFUSE_WORKER_THREADS must be an integer >= 0"):
+            worker_threads(0)

@@ -380,9 +380,14 @@ def check_rating_scale(rating_scale, *, strict: bool = True) -> tuple[float, flo
 
 
 def check_backend(backend) -> str:
-    """A backend name (checked against the registry when it is used)."""
+    """A backend name: "auto" or one of recfuse's backends (whether it can run here is
+    checked when it is used, so that a model made for a GPU host can be built elsewhere)."""
+    from ._backend import BACKEND_NAMES
+
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend != "auto" and backend not in BACKEND_NAMES:
+        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
     return backend
 
 

@@ -157,7 +157,10 @@ def _info(args) -> int:
     from recfuse._backend import FAMILIES
 
     rows = recfuse.backends()
-    chosen = recfuse.resolve_backend("auto").NAME
+    try:
+        chosen, unusable = recfuse.resolve_backend("auto").NAME, None
+    except (ValueError, RuntimeError) as error:  # RECFUSE_BACKEND names one that cannot run:
+        chosen, unusable = None, str(error)      # the table still shows why, then the error
     # Which backends each model family can use here (the table above is the ALS family's;
     # the others may lack kernels on some backends).
     families = {family: [row for row in recfuse.backends(family) if row.available]
@@ -179,7 +182,7 @@ def _info(args) -> int:
                           "simd": simd, "backends": [row._asdict() for row in rows],
                           "families": {family: [row._asdict() for row in available]
                                        for family, available in families.items()}})
-        return 0
+        return _unusable_choice(unusable)
     print(f"recfuse {recfuse.__version__}  (python {sys.version.split()[0]}, numpy {np.__version__})")
     width = max(len(r.name) for r in rows)
     print(f"\n{'backend':<{width}}  available  detail")
@@ -202,7 +205,16 @@ def _info(args) -> int:
                    for name, (ok, why) in simd["mlp_kernels"].items()]
         print(f"MLP kernels: {', '.join(kernels)}")
     print(f"CPU threads: {os.cpu_count()}; choose a backend with backend=... or RECFUSE_BACKEND")
-    return 0
+    return _unusable_choice(unusable)
+
+
+def _unusable_choice(error: str | None) -> int:
+    """info's exit status: 0, or 2 after the error line when RECFUSE_BACKEND names a backend
+    that cannot run here (every call given no backend would fail with it)."""
+    if error is None:
+        return 0
+    print(f"recfuse info: error: {error}", file=sys.stderr)
+    return 2
 
 
 # ---------------------------------------------------------------------------- shared steps

@@ -442,7 +442,16 @@ def worker_threads(num_threads: int) -> int:
 
         return int(get_worker().state.nthreads)
     except Exception:  # noqa: BLE001 - not on a Dask worker
-        return int(os.environ.get("RECFUSE_WORKER_THREADS", "0"))
+        pass
+    value = os.environ.get("RECFUSE_WORKER_THREADS", "").strip() or "0"
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = -1
+    if threads < 0:  # a worker's misconfiguration: said once it runs, not a bare int() error
+        raise ValueError(f"RECFUSE_WORKER_THREADS must be an integer >= 0 (0: all cores), got "
+                         f"{value!r}")
+    return threads
 
 
 def _fixed_rows(block: RatingBlock, factors: np.ndarray, full, pieces) -> np.ndarray:
