@@ -317,9 +317,12 @@ def test_data_loss_matches_numpy_backend(backend, dtype, confidence, data):
     total_confidence = (problem.matrix.shape[0] * problem.matrix.shape[1] - problem.matrix.nnz
                         + float(stored_confidence.sum()))
     if total_confidence == 0:
-        # Every cell stored with c = 0 ("raw" zeros): normalised_loss says 0.0, while
-        # reference.als_loss divides 0 by 0 (a RuntimeWarning, nan). Not compared.
+        # Every cell stored with c = 0 ("raw" zeros): no confidence to normalise by, and
+        # normalised_loss and reference.als_loss both say 0.0.
         assert finished == 0.0
+        assert reference.als_loss(problem.matrix, X, problem.Y,
+                                  regularization=problem.params.regularization,
+                                  alpha=problem.params.alpha, confidence=confidence) == 0.0
         return
     expected = reference.als_loss(problem.matrix, X, problem.Y,
                                   regularization=problem.params.regularization,
