@@ -798,3 +798,106 @@ def test_errors_name_the_column_and_nullable_weights_count_missing():
     df["uid"] = [1, 2, 1]
     with pytest.raises(ValueError, match=r"weights has 1 NaN/inf values.*\(column 'w'\)"):
         Interactions.from_events(df, user="uid", weight="w")
+
+
+def test_id_lookups_refuse_a_list_of_mixed_types_instead_of_merging_them():
+    # np.asarray(["a", 1]) is ["a", "1"] and np.asarray([True, 2]) is [1, 2]: looked up as
+    # such, the int 1 found the string id "1" and True found the int id 1
+    with pytest.raises(TypeError, match=r"ids mix types \(mixed-integer\)"):
+        IdMap(["1", "a"]).to_internal(["a", 1])
+    with pytest.raises(TypeError, match="ids mix types"):
+        IdMap([1, 2]).to_internal([True, 2], missing="ignore")
+    with pytest.raises(TypeError, match="ids mix types"):
+        IdMap([1, 2]).to_internal(np.array([1, "2"], dtype=object))
+    assert IdMap([1, 2]).to_internal([1, 2.0]).tolist() == [0, 1]
+    assert IdMap(["1", "a"]).to_internal([1], missing="ignore").tolist() == [-1]
+
+
+def test_an_empty_id_map_takes_ids_of_any_type():
+    # IdMap([]) holds float64: extending it refused strings and made ints floats
+    assert IdMap([]).extend(["b", "a"]).ids.tolist() == ["a", "b"]
+    ints = IdMap([]).extend([3, 1])
+    assert ints.ids.dtype.kind == "i" and ints.ids.tolist() == [1, 3]
+    log = Interactions.from_arrays(["u"], [7], user_ids=IdMap([]), item_ids=IdMap([]))
+    assert log.user_ids.ids.tolist() == ["u"] and log.item_ids.ids.dtype.kind == "i"
+
+
+def test_string_ids_ending_in_nul_are_refused_at_save_not_lost_at_load(tmp_path):
+    # fixed-width NumPy strings drop trailing NULs: "a\0" was saved as "a", a file that did
+    # not load (with "a" too) or came back with another id
+    log = Interactions.from_arrays(pd.Series(["a\x00", "a"], dtype=object), [1, 2])
+    with pytest.raises(ValueError, match=r"user ids ending in NUL .* e.g. 'a\\x00'"):
+        log.save(tmp_path / "log.npz")
+    assert not (tmp_path / "log.npz").exists()
+    log = Interactions.from_arrays([1, 2], pd.Series(["", "x\x00y"], dtype=object))
+    log.save(tmp_path / "log.npz")
+    assert Interactions.load(tmp_path / "log.npz").item_ids == log.item_ids
+
+
+def test_from_matrix_refuses_id_maps_that_are_not_idmaps():
+    matrix = sp.csr_matrix(np.eye(2, dtype=np.float32))
+    with pytest.raises(TypeError, match="user_ids must be an IdMap, got list"):
+        Interactions.from_matrix(matrix, user_ids=["a", "b"])
+    with pytest.raises(TypeError, match="item_ids must be an IdMap, got ndarray"):
+        Interactions.from_matrix(matrix, item_ids=np.array([1, 2]))
+    log = Interactions.from_matrix(matrix, user_ids=IdMap(["a", "b"]))
+    assert log.to_frame()["user"].tolist() == ["a", "b"]
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_load_refuses_damaged_settings_and_pair_values(tmp_path, mmap):
+    # these loaded as if fine, then add() failed with an unrelated TypeError or the matrix
+    # held NaN, negative counts or truncated ones
+    log = Interactions.from_events({"user": ["a", "b"], "item": ["x", "y"], "t": [1, 2],
+                                    "e": ["v", "c"]}, timestamp="t", event="e",
+                                   event_weights={"v": 1, "c": 3}, half_life=10)
+    log.save(tmp_path / "log.npz")
+    params = lambda **changed: {"change_header": lambda h: h["params"].update(changed)}
+    arrays = lambda **changed: {"change_arrays": lambda a: a.update(changed)}
+    cases = [
+        (params(half_life="x"), "malformed header: half_life must be a real number"),
+        (params(half_life=-1.0), r"malformed header: half_life must be > 0.0"),
+        (params(reference_time="x"), "malformed header: reference_time must be an integer"),
+        (params(fixed_reference="yes"), "malformed header: fixed_reference must be true or"),
+        (params(columns="abc"), "malformed header: columns must be an object with the keys"),
+        (params(event_weights=5), "malformed header: event_weights must be a list of"),
+        (params(event_weights=[["v"]]), "malformed header: event_weights must be a list of"),
+        (params(event_weights=[["v", "heavy"]]), r"header: event_weights\[.v.\] must be a real"),
+        (arrays(values=np.array([np.nan, 1], np.float32)), "values must be finite real"),
+        (arrays(values=np.array(["1", "2"])), "values must be finite real numbers"),
+        (arrays(counts=np.array([1.5, 1.0])), "counts must be integers >= 1"),
+        (arrays(counts=np.array([0, 1], np.int32)), "counts must be integers >= 1"),
+        (arrays(times=np.array([1.5, 2.0])), "times must be integers"),
+    ]
+    for position, (change, message) in enumerate(cases):
+        path = _resaved(tmp_path / "log.npz", tmp_path / f"bad{position}.npz", **change)
+        with pytest.raises(ValueError, match=message):
+            Interactions.load(path, mmap=mmap)
+    back = Interactions.load(tmp_path / "log.npz", mmap=mmap)
+    assert back._settings == log._settings
+    more = back.add({"user": ["c"], "item": ["x"], "t": [3], "e": ["c"]})
+    assert more.n_events == 3
+
+
+def test_the_pair_arrays_it_hands_out_are_read_only():
+    # values, counts and timestamps were its own arrays, writable: writing one changed these
+    # "immutable" Interactions and the matrix already built from them
+    log = Interactions.from_arrays(["a", "b"], [1, 2], timestamps=[1, 2])
+    assert log.matrix[0, 0] == 1
+    for array in (log.values, log.counts, log.timestamps):
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = array[1]
+    assert log.matrix[0, 0] == 1 and log.counts.tolist() == [1, 1]
+    assert log.filter().values.tolist() == [1, 1]
+
+
+def test_id_lookups_refuse_sets_and_iterators_by_name():
+    ids = IdMap([1, 2])
+    for values, name in (({1, 2}, "set"), ((i for i in [1]), "generator"), ({1: 2}, "dict")):
+        with pytest.raises(TypeError, match=f"ids must be one id or a 1-d sequence .* got {name}"):
+            ids.to_internal(values, missing="ignore")
+        with pytest.raises(TypeError, match=f"got {name}"):
+            ids.extend(values)
+    assert ids.to_internal(2).tolist() == [1] and IdMap(["ab"]).to_internal("ab").tolist() == [0]
+    assert IdMap(["ab"]).to_internal(np.array("ab")).tolist() == [0]
+    assert ids.to_internal(np.array(2)).tolist() == ids.to_internal(np.int64(2)).tolist() == [1]

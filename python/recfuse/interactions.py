@@ -26,7 +26,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -154,6 +154,10 @@ class IdMap:
         ids) or ``"ignore"`` (-1 for them)."""
         check.check_choice(missing, "missing", ("raise", "ignore"))
         values = _as_id_array(values)
+        kind = _id_kind(values)
+        if kind.startswith("mixed"):  # else e.g. 1 would be looked up as "1" in ["a", 1]
+            raise TypeError(f"ids mix types ({kind}); look up ids of one type (no None), as "
+                            f"the map holds {_id_kind(self._ids)} ids")
         codes = self._lookup(values)
         if missing == "raise" and (codes < 0).any():
             unknown = np.asarray(values)[codes < 0]
@@ -171,6 +175,8 @@ class IdMap:
         values = _as_id_array(values)
         if values.size == 0:
             return self
+        if len(self) == 0:  # its dtype (e.g. float64 of IdMap([])) says nothing of the ids
+            return IdMap._distinct(_factorize(values, "ids")[1])
         _check_same_kind(self._ids, values)
         new = values[self._lookup(values) < 0]
         if new.size == 0:
@@ -202,9 +208,13 @@ class IdMap:
 
 
 def _as_id_array(values) -> np.ndarray:
+    if isinstance(values, (set, frozenset, Mapping, Iterator)):  # else one id of type set
+        raise TypeError(f"ids must be one id or a 1-d sequence (a list, an array, a Series), "
+                        f"got {type(values).__name__}")
     if np.ndim(values) == 0:
-        values = [values]
-    array = np.asarray(values)
+        values = values.reshape(1) if isinstance(values, np.ndarray) else [values]
+    # a list's ids as Python objects where NumPy would merge their types (["a", 1] -> "1")
+    array = _list_ids(values) if isinstance(values, (list, tuple)) else np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"ids must be a 1-d sequence, got shape {array.shape}")
     return array
@@ -1031,6 +1041,9 @@ class Interactions:
                                  if sp.issparse(matrix) else matrix,
                                  "matrix", dtype=np.float32)
         rows, cols = matrix.shape
+        for name, ids in (("user_ids", user_ids), ("item_ids", item_ids)):
+            if ids is not None and not isinstance(ids, IdMap):
+                raise TypeError(f"{name} must be an IdMap, got {type(ids).__name__}")
         user_ids = user_ids if user_ids is not None else IdMap._distinct(np.arange(rows))
         item_ids = item_ids if item_ids is not None else IdMap._distinct(np.arange(cols))
         if len(user_ids) != rows or len(item_ids) != cols:
@@ -1137,19 +1150,20 @@ class Interactions:
 
     @property
     def counts(self) -> np.ndarray:
-        """Events of each stored pair, aligned with ``matrix.data``."""
-        return self._counts
+        """Events of each stored pair, aligned with ``matrix.data`` (read-only)."""
+        return _read_only(self._counts)
 
     @property
     def timestamps(self) -> np.ndarray | None:
         """Latest event time of each stored pair (datetime64[ns], aligned with
-        ``matrix.data``), or None without timestamps."""
-        return None if self._times is None else self._times.view("datetime64[ns]")
+        ``matrix.data``, read-only), or None without timestamps."""
+        return None if self._times is None else _read_only(self._times.view("datetime64[ns]"))
 
     @property
     def values(self) -> np.ndarray:
-        """Combined values before weighting (float32, aligned with ``matrix.data``)."""
-        return self._values
+        """Combined values before weighting (float32, aligned with ``matrix.data``;
+        read-only: ``matrix`` may share them)."""
+        return _read_only(self._values)
 
     @property
     def user_codes(self) -> np.ndarray:
@@ -1323,9 +1337,40 @@ def _saved_settings(path: str, settings: dict) -> dict:
             raise TypeError(f"weighting_options must be an object, got "
                             f"{type(full['weighting_options']).__name__}")
         _check_weighting(full["weighting"], full["weighting_options"])
+        _check_saved_decay(full)
+        columns = full["columns"]
+        if columns is not None and not (isinstance(columns, dict)
+                                        and set(columns) == set(_COLUMN_ROLES)):
+            raise TypeError(f"columns must be an object with the keys {list(_COLUMN_ROLES)}, "
+                            f"got {columns!r:.80}")
+        event_weights = full["event_weights"]
+        if event_weights is not None:
+            if not (isinstance(event_weights, list) and all(
+                    isinstance(pair, list) and len(pair) == 2
+                    and isinstance(pair[0], (str, int, float)) for pair in event_weights)):
+                raise TypeError(f"event_weights must be a list of [event type, weight] pairs, "
+                                f"got {event_weights!r:.80}")
+            for key, value in event_weights:
+                check.check_float(value, f"event_weights[{key!r}]")
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path!r} has a malformed header: {error}") from None
     return settings
+
+
+def _check_saved_decay(settings: dict) -> None:
+    """half_life (None, or seconds > 0 with the reference time in int ns) and
+    fixed_reference of saved settings."""
+    if settings["half_life"] is not None:
+        check.check_float(settings["half_life"], "half_life", minimum=0.0, strict=True)
+        check.check_int(settings["reference_time"], "reference_time")
+    elif settings["reference_time"] is not None:
+        check.check_int(settings["reference_time"], "reference_time")
+    if not isinstance(settings["fixed_reference"], bool):
+        raise TypeError(f"fixed_reference must be true or false, got "
+                        f"{settings['fixed_reference']!r}")
+
+
+_COLUMN_ROLES = ("user", "item", "weight", "timestamp", "event")
 
 
 def _check_saved_pairs(path: str, arrays: dict, n_users: int, n_items: int) -> None:
@@ -1338,6 +1383,20 @@ def _check_saved_pairs(path: str, arrays: dict, n_users: int, n_items: int) -> N
     if any(size != nnz for size in sizes.values()):
         raise ValueError(f"the pairs of {path!r} must have {nnz} entries in each array, got "
                          f"{sizes}")
+    values, counts = np.asarray(arrays["values"]), np.asarray(arrays["counts"])
+    if values.dtype.kind not in "fiu":
+        raise ValueError(f"the pairs of {path!r}: values must be finite real numbers, got "
+                         f"dtype {values.dtype}")
+    if not check.all_finite(values):
+        raise ValueError(f"the pairs of {path!r}: values must be finite real numbers, got "
+                         f"{int((~np.isfinite(values)).sum())} NaN/inf")
+    if counts.dtype.kind not in "iu" or (counts.size and counts.min() < 1):
+        raise ValueError(f"the pairs of {path!r}: counts must be integers >= 1 (events per "
+                         f"pair), got dtype {counts.dtype}"
+                         + (f", min {counts.min()}" if counts.dtype.kind in "iu" else ""))
+    if "times" in arrays and np.asarray(arrays["times"]).dtype.kind not in "iu":
+        raise ValueError(f"the pairs of {path!r}: times must be integers (ns since the "
+                         f"epoch), got dtype {np.asarray(arrays['times']).dtype}")
 
 
 def _both(first, second, *, parallel: bool):
@@ -1350,6 +1409,13 @@ def _both(first, second, *, parallel: bool):
     with ThreadPoolExecutor(max_workers=2) as pool:
         other = pool.submit(second)
         return first(), other.result()
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of one of the pair arrays (Interactions are immutable)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _plain(value):
@@ -1449,6 +1515,11 @@ def _saveable(ids: np.ndarray, name: str) -> np.ndarray:
     if ids.dtype.kind in "biufUM":
         return ids
     if ids.dtype.kind == "O" and _id_kind(ids) in ("string", "empty"):
+        # NumPy's fixed-width strings drop trailing NULs: "a\0" would be read back as "a"
+        ending = next((value for value in ids.tolist() if value.endswith("\x00")), None)
+        if ending is not None:
+            raise ValueError(f"{name} ending in NUL ('\\x00') cannot be saved: the file's "
+                             f"fixed-width strings drop trailing NULs, e.g. {ending!r}")
         return ids.astype(str)
     raise ValueError(f"{name} of type {_id_kind(ids)} cannot be saved without pickle; "
                      "use integer or string ids")
