@@ -17,6 +17,8 @@ import os
 from types import ModuleType
 from typing import NamedTuple
 
+from ._validation import check_backend
+
 BACKEND_NAMES = ("cuda", "cpu", "numba", "cupy", "numpy")
 AUTO_ORDER = ("cuda", "cpu", "numba", "numpy")
 _FAMILIES = {
@@ -119,22 +121,19 @@ def resolve_backend(backend: str = "auto", family: str = "als",
     backend that is not available, or lacks ``needs``, raises ``RuntimeError`` with the
     reason.
     """
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    check_backend(backend)
     _check_family(family)
     source = ""  # where the name came from, for the errors: the argument, or the variable
     if backend == "auto":
         backend = os.environ.get("RECFUSE_BACKEND", "auto") or "auto"
         source = " (from RECFUSE_BACKEND)" if backend != "auto" else ""
+        check_backend(backend, source)
     if backend == "auto":
         for name in AUTO_ORDER:
             module, _ = _probe(name, family)
             if module is not None and (needs is None or hasattr(module, needs)):
                 return module
         raise RuntimeError("no recfuse backend is available")  # numpy always is
-    if backend not in BACKEND_NAMES:
-        raise ValueError(f"backend{source} must be 'auto' or one of {BACKEND_NAMES}, got "
-                         f"{backend!r}")
     module, info = _probe(backend, family)
     if module is None:
         raise RuntimeError(f"backend {backend!r}{source} is not available: {info.detail}")

@@ -379,15 +379,27 @@ def check_rating_scale(rating_scale, *, strict: bool = True) -> tuple[float, flo
     return low, high
 
 
-def check_backend(backend) -> str:
+def check_flag(value, name: str) -> bool:
+    """``value`` as a bool: True, False (NumPy's too) or the integers 1 and 0; anything else
+    (None, a string, an array of per-user flags, a matrix passed in the wrong place) is a
+    TypeError, not read by its truth value."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral)
+                                               and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r:.60}")
+
+
+def check_backend(backend, source: str = "") -> str:
     """A backend name: "auto" or one of recfuse's backends (whether it can run here is
-    checked when it is used, so that a model made for a GPU host can be built elsewhere)."""
+    checked when it is used, so that a model made for a GPU host can be built elsewhere).
+    ``source``, for the errors: where the name came from (" (from RECFUSE_BACKEND)")."""
     from ._backend import BACKEND_NAMES
 
     if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+        raise TypeError(f"backend{source} must be a string, got {type(backend).__name__}")
     if backend != "auto" and backend not in BACKEND_NAMES:
-        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
+        raise ValueError(f"backend{source} must be 'auto' or one of {BACKEND_NAMES}, got "
+                         f"{backend!r}")
     return backend
 
 

@@ -165,12 +165,6 @@ def _check_seed(random_state) -> None:
         raise ValueError(f"random_state must be >= 0, got {random_state}")
 
 
-def _check_flag(value, name: str) -> bool:
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-
-
 def _as_csr(matrix, name: str):
     """``implicit.utils.check_csr``: other sparse formats are converted, with a warning."""
     if not sp.issparse(matrix):
@@ -241,7 +235,7 @@ def _cholesky_pair(value, n_factors: int):
             "user_weights must be the (factor, lower) pair that explain returns "
             f"(scipy.linalg.cho_factor's result), got {type(value).__name__}"
         )
-    factor, lower = np.asarray(value[0]), _check_flag(value[1], "user_weights[1] (lower)")
+    factor, lower = np.asarray(value[0]), check.check_flag(value[1], "user_weights[1] (lower)")
     if factor.dtype.kind not in "fiu":
         raise TypeError(f"user_weights[0] must hold real numbers, got dtype {factor.dtype}")
     if factor.shape != (n_factors, n_factors):
@@ -380,11 +374,11 @@ class AlternatingLeastSquares:
         self.regularization = regularization
         self.alpha = alpha
         self.dtype = check.check_float_dtype(dtype)
-        self.use_native = _check_flag(use_native, "use_native")
-        self.use_cg = _check_flag(use_cg, "use_cg")
-        self.use_gpu = _check_flag(use_gpu, "use_gpu")
+        self.use_native = check.check_flag(use_native, "use_native")
+        self.use_cg = check.check_flag(use_cg, "use_cg")
+        self.use_gpu = check.check_flag(use_gpu, "use_gpu")
         self.iterations = iterations
-        self.calculate_training_loss = _check_flag(calculate_training_loss,
+        self.calculate_training_loss = check.check_flag(calculate_training_loss,
                                                    "calculate_training_loss")
         self.num_threads = num_threads
         _check_seed(random_state)

@@ -5,7 +5,6 @@ retrieval calls built on ``recommend`` and the factor tables (``recommend_all``,
 
 from __future__ import annotations
 
-import numbers
 import os
 import threading
 
@@ -29,16 +28,6 @@ def seen_rows(user_items, n_rows: int, n_items: int):
     requested user) checked as the items to filter."""
     return check.check_csr(interaction_matrix(user_items), "user_items", dtype=np.float32,
                            n_rows=n_rows, n_cols=n_items)
-
-
-def check_flag(value, name: str) -> bool:
-    """``value`` as a bool: True, False (NumPy's too) or the integers 1 and 0; anything else
-    (None, a string, an array of per-user flags, a matrix passed in the wrong place) is a
-    TypeError, not read by its truth value."""
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral)
-                                               and value in (0, 1)):
-        return bool(value)
-    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r:.60}")
 
 
 def stored_seen(seen: sp.csr_matrix, n_users: int, n_items: int) -> sp.csr_matrix:
@@ -203,7 +192,7 @@ class FactorRetrieval:
         self._require_fitted()
         k = check.check_k(k)
         batch_size = check.check_int(batch_size, "batch_size", minimum=1)
-        filter_seen = check_flag(filter_seen, "filter_seen")
+        filter_seen = check.check_flag(filter_seen, "filter_seen")
         # Every chunk from one fitted state: writers (fit, update_users) replace the state
         # under this lock, and the snapshot keeps the state of this moment.
         with self._lock:

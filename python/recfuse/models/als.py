@@ -16,7 +16,7 @@ from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
-from ._common import (FactorRetrieval, check_flag, check_trained, interaction_matrix,
+from ._common import (FactorRetrieval, check_trained, interaction_matrix,
                       progress_bar, saveable_tables, saved_factor_tables, saved_group,
                       stored_seen)
 
@@ -336,7 +336,7 @@ class ALS(FactorRetrieval):
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", X.shape[0])
         k = check.check_k(k)
-        filter_seen = check_flag(filter_seen, "filter_seen")
+        filter_seen = check.check_flag(filter_seen, "filter_seen")
         seen = None
         if filter_seen:
             seen = (self._seen_matrix(None, X.shape[0], state)[ids] if user_items is None

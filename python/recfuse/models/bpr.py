@@ -14,7 +14,7 @@ from .._backend import resolve_backend
 from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, make_blocks,
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
-from ._common import (FactorRetrieval, check_flag, check_trained, interaction_matrix,
+from ._common import (FactorRetrieval, check_trained, interaction_matrix,
                       progress_bar, saveable_tables, saved_factor_tables, seen_rows, stored_seen)
 from .sgd import MAX_FACTORS
 
@@ -155,7 +155,7 @@ class BPR(FactorRetrieval):
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", P.shape[0])
         k = check.check_k(k)
-        filter_seen = check_flag(filter_seen, "filter_seen")
+        filter_seen = check.check_flag(filter_seen, "filter_seen")
         allow = None if items is None else check.check_ids(items, "items", Q.shape[0])
         deny = None if exclude_items is None else check.check_ids(exclude_items,
                                                                   "exclude_items", Q.shape[0])

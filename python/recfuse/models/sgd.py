@@ -24,7 +24,7 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            normal_table, normal_training_rows, trained_rows_in_id_order,
                            training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
-from ._common import (FactorRetrieval, check_flag, check_trained, progress_bar, rating_arrays,
+from ._common import (FactorRetrieval, check_trained, progress_bar, rating_arrays,
                       saved_factor_tables, saved_group, seen_rows)
 
 MAX_FACTORS = 4096
@@ -96,7 +96,7 @@ class _RatingModel(FactorRetrieval):
         n_items = self._count(n_items, "n_items", items)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        check_flag(show_progress, "show_progress")
+        check.check_flag(show_progress, "show_progress")
         return users, items, values, scale, n_users, n_items
 
     def _initial_factors(self, rng, n_users, n_items, given):
@@ -130,7 +130,7 @@ class _RatingModel(FactorRetrieval):
         scale.
         """
         state = self._require_fitted()
-        clip = check_flag(clip, "clip")
+        clip = check.check_flag(clip, "clip")
         single = np.ndim(users) == 0 and np.ndim(items) == 0
         u = check.check_ids(users, "users", None, allow_new=True)
         i = check.check_ids(items, "items", None, allow_new=True)
@@ -154,7 +154,7 @@ class _RatingModel(FactorRetrieval):
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", n_users)
         k = check.check_k(k)
-        filter_seen = check_flag(filter_seen, "filter_seen")
+        filter_seen = check.check_flag(filter_seen, "filter_seen")
         allow = None if items is None else check.check_ids(items, "items", n_items)
         deny = None if exclude_items is None else check.check_ids(exclude_items,
                                                                   "exclude_items", n_items)
