@@ -119,7 +119,7 @@ class HugePageCopy {
 // more than keeps ~1 MFLOP per thread, so tiny calls do not pay for waking and joining
 // threads (costly when the machine is oversubscribed).
 int thread_count(int requested, double flops) {
-  const int wanted = requested > 0 ? requested : default_threads();
+  const int wanted = resolve_threads(requested);
   const double useful = flops / 1e6;
   return useful < 1 ? 1 : (useful < wanted ? static_cast<int>(useful) : wanted);
 }

@@ -23,7 +23,7 @@ namespace recfuse {
 namespace {
 
 int thread_count(int requested, int64_t work) {
-  int threads = requested > 0 ? requested : default_threads();
+  int threads = resolve_threads(requested);
   // Below ~64k events per thread the fork costs more than it saves.
   const int64_t useful = std::max<int64_t>(1, work / 65536);
   return static_cast<int>(std::min<int64_t>(threads, useful));

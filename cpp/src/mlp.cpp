@@ -31,10 +31,6 @@ void expect(bool ok, const std::string& message) {
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-int resolve_threads(int num_threads) {
-  return num_threads > 0 ? num_threads : default_threads();
-}
-
 kernels::MlpLayerFunction float32_layer() {
   return for_level(&kernels::generic::mlp_layer_float32, &kernels::avx2::mlp_layer_float32, &kernels::avx512::mlp_layer_float32)();
 }

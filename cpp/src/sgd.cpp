@@ -44,7 +44,7 @@ const kernels::SgdKernels<double>& sgd_kernels<double>(int k) {
 // than they gain, and far more when the machine is oversubscribed. (The Python models pass
 // an explicit count: they time epochs on one thread and on all, recfuse._sgd.common.)
 int thread_count(int requested, int grid, double updates) {
-  int wanted = requested > 0 ? requested : sgd_default_threads();
+  int wanted = resolve_threads(requested);
   if (wanted > grid) wanted = grid;
   if (requested > 0) return wanted;
   const double useful = updates / grid / 5e4;
@@ -289,7 +289,7 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
   // stays stable for any thread count. (Ranges follow `parts`, not the team OpenMP gives, so
   // both passes cut them alike.)
   // From 2^18 entries two threads paid (1M entries: 43 -> 25 ms); below, one.
-  const int parts = n < (1 << 18) ? 1 : (num_threads > 0 ? num_threads : default_threads());
+  const int parts = n < (1 << 18) ? 1 : resolve_threads(num_threads);
   std::vector<int32_t> block_of(static_cast<size_t>(n));
   std::vector<int64_t> counts(static_cast<size_t>(parts) * blocks, 0);
   unsigned bad = 0;
@@ -525,7 +525,7 @@ int64_t explicit_als_half_sweep(const int64_t* indptr, const int32_t* indices, c
   // Threads: the requested number, but no more than keeps ~1M multiply-adds per thread.
   const double d = k + 1.0;
   const double work = static_cast<double>(indptr[rows]) * d * d / 2 + rows * d * d * d / 6;
-  int threads = num_threads > 0 ? num_threads : default_threads();
+  int threads = resolve_threads(num_threads);
   if (work / 1e6 < threads) threads = work < 1e6 ? 1 : static_cast<int>(work / 1e6);
   const size_t scratch_size = static_cast<size_t>(kernels::explicit_als_scratch(k));
   int64_t failed = 0;

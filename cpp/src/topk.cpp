@@ -92,10 +92,6 @@ T* aligned_array(int64_t count) {
   return static_cast<T*>(p);
 }
 
-int resolve_threads(int num_threads) {
-  return num_threads > 0 ? num_threads : default_threads();
-}
-
 // (s, a) ranks below (t, b): lower score, or the same score and a larger id.
 template <class T>
 inline bool worse(T s, int32_t a, T t, int32_t b) {

@@ -15,4 +15,7 @@ inline int default_threads() {
   return std::max(1, std::min(omp_get_max_threads(), omp_get_num_procs()));
 }
 
+// A call's num_threads: as requested, or default_threads() for 0.
+inline int resolve_threads(int requested) { return requested > 0 ? requested : default_threads(); }
+
 }  // namespace recfuse
