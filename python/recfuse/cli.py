@@ -62,12 +62,17 @@ _seed = _integer_in(0)
 _port = _integer_in(0, 65535)  # 0: any free port (the one bound is printed)
 
 
+def _number(text: str, expected: str) -> float:
+    """``text`` as a float, else argparse's error saying that ``expected`` was expected."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
 def _non_negative(text: str) -> float:
     """argparse type of durations and model weights: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    value = _number(text, "a number >= 0")
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
@@ -75,10 +80,7 @@ def _non_negative(text: str) -> float:
 
 def _finite(text: str) -> float:
     """argparse type of --min-rating: a finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = _number(text, "a number")
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
@@ -96,13 +98,10 @@ def _test_fraction(text: str) -> float:
     """argparse type of --test-fraction: a number between 0 and 1, both excluded (0 would
     hold out nothing, and every metric would be computed on no pair)."""
     expected = "a number between 0 and 1 (both excluded)"
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    value = _number(text, expected)
     if value == 0:
-        raise argparse.ArgumentTypeError("expected a number between 0 and 1 (both excluded), "
-                                         "got 0; to train on every pair, use --split none")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got 0; to train on every pair, "
+                                         f"use --split none")
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
     return value
@@ -240,6 +239,18 @@ LOG_DEFAULTS = {"user": "user", "item": "item", "combine": "sum"}
 LOG_ONLY_OPTIONS = ("user", "item", "weight", "combine", "timestamp", "event", "event_weights")
 
 
+def _options_given(args, names) -> list[str]:
+    """The options among ``names`` (argparse's dest names) given on the command line, as
+    written there (``--event-weights``); they default to None."""
+    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) is not None]
+
+
+def _log_columns(args, names) -> dict:
+    """The event log's column options among ``names``: as given, else ``LOG_DEFAULTS``."""
+    return {name: LOG_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
+            for name in names}
+
+
 def _data_kind(path: str) -> str:
     """"movielens" for a folder with a MovieLens ratings file, "log" for an event-log file or
     a folder of Parquet files, "folder" for a folder of neither (load_movielens names what
@@ -260,8 +271,7 @@ def _check_data_options(args) -> str:
     kind = _data_kind(args.data)
     _csv_options(args, args.data)  # --sep: CSV files only
     if kind == "movielens":
-        given = [f"--{name.replace('_', '-')}" for name in LOG_ONLY_OPTIONS
-                 if getattr(args, name) is not None]
+        given = _options_given(args, LOG_ONLY_OPTIONS)
         if given:
             raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
                              f"to CSV/Parquet event logs only, not the MovieLens folder "
@@ -298,11 +308,9 @@ def _ingest(args, kind: str):
     event_weights = None
     if args.event:
         event_weights = args.event_weights if args.event_weights is not None else EVENT_WEIGHTS
-    columns = {name: default if getattr(args, name) is None else getattr(args, name)
-               for name, default in LOG_DEFAULTS.items()}
-    return Interactions.from_events(args.data, **columns, weight=args.weight,
-                                    timestamp=args.timestamp, event=args.event,
-                                    event_weights=event_weights,
+    return Interactions.from_events(args.data, **_log_columns(args, LOG_DEFAULTS),
+                                    weight=args.weight, timestamp=args.timestamp,
+                                    event=args.event, event_weights=event_weights,
                                     read_options=_csv_options(args, args.data))
 
 
@@ -647,19 +655,17 @@ def _evaluate(args) -> int:
     if args.test:
         read_options = _csv_options(args, args.test)  # --sep: CSV files only
     else:
-        given = [f"--{name}" for name in ("user", "item", "weight", "sep")
-                 if getattr(args, name) is not None]
+        given = _options_given(args, ("user", "item", "weight", "sep"))
         if given:  # they describe the columns of a --test log; test.npz has none
             raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
                              f"to the --test log only (FOLDER/test.npz is read as it is)")
     model, train = _load_folder(args.folder)
     extra = {}
     if args.test:
-        columns = {name: LOG_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
-                   for name in ("user", "item")}
-        test = Interactions.from_events(args.test, **columns, weight=args.weight,
-                                        user_ids=train.user_ids, item_ids=train.item_ids,
-                                        unknown="drop", read_options=read_options)
+        test = Interactions.from_events(args.test, **_log_columns(args, ("user", "item")),
+                                        weight=args.weight, user_ids=train.user_ids,
+                                        item_ids=train.item_ids, unknown="drop",
+                                        read_options=read_options)
         if test.nnz == 0:
             raise ValueError(f"no event of --test {args.test!r} has a user and an item the "
                              f"model knows ({test.dropped_events} left out): nothing to "
