@@ -101,6 +101,16 @@ def wait_until(condition, seconds: float = 30.0) -> bool:
     return True
 
 
+def run_python(code: str, **env: str) -> None:
+    """Run ``code`` in a fresh interpreter with ``env`` added to the environment (settings
+    read at import, such as RECFUSE_SIMD); its failure fails the test."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300,
+                   env={**os.environ, **env})
+
+
 def numba_cache_counts(code: str) -> list[list[str]]:
     """Run ``code``, which prints its Numba kernel's cache hits and misses, in two fresh
     processes one after the other: the second must find what the first compiled."""

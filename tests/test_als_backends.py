@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import backend_params, csr_matrices
+from conftest import backend_params, csr_matrices, run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -532,7 +531,7 @@ def test_numba_availability_never_imports_numba_with_recfuse():
         "assert detail.startswith('numba ') if ok else detail.startswith(\n"
         "    ('numba is not installed', 'numba failed to import')), detail\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_python(code)
 
 
 
@@ -586,8 +585,6 @@ def test_numba_calls_from_several_threads_under_the_workqueue_layer(backend):
     """Numba's workqueue threading layer (where neither TBB nor OpenMP loads) aborts the
     process when two threads run parallel regions at once; the Numba backends' calls take
     turns there (every one goes through _thread_count). A fresh process forced onto it."""
-    import os
-
     code = (
         "import threading, numpy as np, numba, recfuse\n"
         "rng = np.random.default_rng(0)\n"
@@ -603,8 +600,7 @@ def test_numba_calls_from_several_threads_under_the_workqueue_layer(backend):
         "assert numba.threading_layer() == 'workqueue'\n"
         "assert len(results) == 120 and all((r == results[0]).all() for r in results)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   env={**os.environ, "NUMBA_THREADING_LAYER": "workqueue"})
+    run_python(code, NUMBA_THREADING_LAYER="workqueue")
 
 def test_numba_backend_is_registered():
     (info,) = [b for b in recfuse.backends() if b.name == "numba"]
@@ -682,8 +678,6 @@ def test_a_recfuse_simd_the_cpu_cannot_run_leaves_numpy_fits_working():
     SIMD-dispatched native call raises; an ALS fit on the numpy backend must still run, with
     the starting factors of reference.normal_table (they were drawn by the native kernel
     whenever the module was built, and the fit raised the cpu's SIMD error)."""
-    import os
-
     code = (
         "import numpy as np, scipy.sparse as sp, recfuse\n"
         "from recfuse import reference\n"
@@ -695,5 +689,4 @@ def test_a_recfuse_simd_the_cpu_cannot_run_leaves_numpy_fits_working():
         "model = recfuse.ALS(factors=4, iterations=1, backend='numpy').fit(R)\n"
         "assert np.isfinite(model.user_factors).all()\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   env={**os.environ, "RECFUSE_SIMD": "bogus"})
+    run_python(code, RECFUSE_SIMD="bogus")

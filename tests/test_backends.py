@@ -15,10 +15,7 @@ import scipy.sparse as sp
 import recfuse
 from recfuse import _backend
 
-
-def _run(code: str, **env) -> None:
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300,
-                   env={**os.environ, **env})
+from conftest import run_python
 
 
 @pytest.fixture
@@ -104,7 +101,7 @@ def test_correcting_recfuse_simd_in_the_process_makes_the_cpu_backend_available_
         "os.environ['RECFUSE_SIMD'] = 'bogus'  # too late: the level in use stays\n"
         "assert cpu('als').available and 'generic' in cpu('als').detail, cpu('als')\n"
     )
-    _run(code, RECFUSE_SIMD="bogus")
+    run_python(code, RECFUSE_SIMD="bogus")
 
 
 def test_threads_resolving_auto_at_once_on_first_use_agree():
@@ -128,7 +125,7 @@ def test_threads_resolving_auto_at_once_on_first_use_agree():
         "    row = [b for b in recfuse.backends(family) if b.name == name][0]\n"
         "    assert row.available, row\n"
     )
-    _run(code)
+    run_python(code)
 
 
 def test_an_oversized_openmp_default_does_not_crash_the_native_calls():

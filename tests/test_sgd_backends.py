@@ -25,7 +25,7 @@ from recfuse._backend import resolve_backend
 from recfuse._sgd.common import Pattern, make_blocks
 
 TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
-from conftest import backend_params
+from conftest import backend_params, run_python
 
 DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 SGD_BACKENDS = backend_params(("cpu", "numba", "numpy"), family="sgd")
@@ -345,9 +345,6 @@ def test_numba_fits_compile_before_they_time_their_epochs(backend):
     epochs use (no second compile in them). Timed, it made the first epoch on all cores look
     hundreds of times slower, and fits of under 32 epochs kept one thread. A fresh process:
     this one's kernels may be compiled already."""
-    import subprocess
-    import sys
-
     code = (
         "import numpy as np, scipy.sparse as sp, recfuse\n"
         "from recfuse._sgd import common, numba_backend\n"
@@ -364,7 +361,7 @@ def test_numba_fits_compile_before_they_time_their_epochs(backend):
         "seen.append(compiled())\n"
         "assert seen == [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1]], seen\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_python(code)
 
 def test_auto_passes_over_backends_without_the_needed_kernel(monkeypatch):
     """A backend module may define only some of its family's functions (the CUDA SGD module

@@ -18,7 +18,7 @@ from topk_checks import assert_topk_matches
 
 import recfuse
 from recfuse import retrieval
-from conftest import backend_params, numba_cache_counts
+from conftest import backend_params, numba_cache_counts, run_python
 
 HOST_BACKENDS = backend_params(("cpu", "numba", "numpy"))
 
@@ -681,10 +681,6 @@ def test_a_recfuse_simd_the_cpu_cannot_run_leaves_the_other_backends_working():
     recfuse.backends() then reports the cpu backend unavailable and "auto" passes over it. The
     other backends must still search (the input checks they share used the native one-pass
     finiteness check unconditionally, so backend='numpy' raised the cpu's SIMD error)."""
-    import os
-    import subprocess
-    import sys
-
     code = (
         "import numpy as np, recfuse\n"
         "from recfuse import reference\n"
@@ -705,5 +701,4 @@ def test_a_recfuse_simd_the_cpu_cannot_run_leaves_the_other_backends_working():
         "scores = recfuse.MLPScorer(layers, backend='numpy').score(queries)\n"
         "assert np.allclose(scores, queries.sum(axis=1), atol=1e-5)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True,
-                   env={**os.environ, "RECFUSE_SIMD": "bogus"})
+    run_python(code, RECFUSE_SIMD="bogus")
