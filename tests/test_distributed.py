@@ -108,6 +108,32 @@ def test_initial_factors_depend_only_on_the_id():
     assert abs(float(whole.std()) - 0.01) < 0.002
 
 
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: initial_factors([-1], 4, 0, "users"), ValueError, "ids must be >= 0"),
+    (lambda: initial_factors(np.array([2, -1]), 4, 0, "users"), ValueError, "ids must be >= 0"),
+    (lambda: initial_factors([1.5], 4, 0, "users"), TypeError, "ids must hold integers"),
+    (lambda: initial_factors([True], 4, 0, "users"), TypeError, "ids must hold integers"),
+    (lambda: initial_factors([[1, 2]], 4, 0, "users"), ValueError, "ids must be an integer or"),
+    (lambda: initial_factors([1], 0, 0, "users"), ValueError, "factors must be >= 1"),
+    (lambda: initial_factors([1], True, 0, "users"), TypeError, "factors must be an integer"),
+    (lambda: initial_factors([1], 4, -1, "users"), ValueError, "seed must be >= 0"),
+    (lambda: initial_factors([1], 4, 1.5, "users"), TypeError, "seed must be an integer"),
+    (lambda: initial_factors([1], 4, 0, "user"), ValueError, "side must be one of"),
+    (lambda: initial_factors([1], 4, 0, "users", dtype=np.int64), TypeError,
+     "dtype must be float32 or float64"),
+    (lambda: IdMap.from_column(pd.Series([5, 2, 9]), "user").external([-1]), ValueError,
+     "dense must be >= 0"),
+    (lambda: IdMap.from_column(pd.Series([5, 2, 9]), "user").external([3]), ValueError,
+     "dense must be < 3"),
+])
+def test_initial_factors_and_id_map_check_their_arguments(call, error, match):
+    """A negative id (wrapped around to a huge one), a float id, factors <= 0 (an empty
+    table), a fractional seed or an integer dtype (all zeros) used to give a result; a
+    negative dense id gave the last external id."""
+    with pytest.raises(error, match=match):
+        call()
+
+
 # ---------------------------------------------------------------------------- fit
 
 
@@ -286,6 +312,48 @@ def test_bad_arguments_raise_clear_errors(client):
         fitted.recommend_all(3, path=None)
 
 
+def test_flags_and_paths_are_checked_by_name(client, tmp_path):
+    """Flags were read by their truth value (recommend_all(filter_seen=None) silently kept
+    the seen items, resume="no" resumed) where recfuse.ALS.recommend_all refuses them; save
+    (path=None or bytes) gave os.fspath's and os.path.join's errors, naming no argument."""
+    _, frame = _events(n_users=30, n_items=20, nnz=200)
+    ddf = dd.from_pandas(frame, npartitions=2)
+    with pytest.raises(TypeError, match="resume must be a bool, got str 'no'"):
+        DaskALS(**PARAMS).fit(ddf, "user", "item", resume="no")
+    with pytest.raises(TypeError, match="compute_loss must be a bool"):
+        DaskALS(**PARAMS).fit(ddf, "user", "item", compute_loss=None)
+    model = DaskALS(**PARAMS).fit(ddf, "user", "item")
+    for flag in ("filter_seen", "external_ids"):
+        with pytest.raises(TypeError, match=f"{flag} must be a bool, got NoneType"):
+            model.recommend_all(3, path=tmp_path / "recs", **{flag: None})
+    with pytest.raises(TypeError, match="with_seen must be a bool"):
+        model.to_local(with_seen="yes")
+    for path in (None, os.fsencode(tmp_path / "model")):
+        with pytest.raises(TypeError, match="path must be a folder path"):
+            model.save(path)
+    with pytest.raises(TypeError, match="checkpoint_dir must be a folder path"):
+        DaskALS(checkpoint_dir=os.fsencode(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_model_whose_client_closed_says_so(tmp_path):
+    """The factors live on the fit's cluster: once its client is closed, to_local, user_ids,
+    save and recommend_all raised Dask's FutureCancelledError "cancelled for reason:
+    unknown" or ClosedClientError (after creating the output folder)."""
+    _, frame = _events(n_users=30, n_items=20, nnz=200)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0", silence_logs=40) as cluster:
+        with distributed.Client(cluster) as own_client:
+            model = DaskALS(**PARAMS).fit(dd.from_pandas(frame, npartitions=2), "user",
+                                          "item", client=own_client)
+            assert model.to_local().user_factors.shape == (30, PARAMS["factors"])
+    for call in (model.to_local, lambda: model.user_ids, lambda: model.save(tmp_path / "m"),
+                 lambda: model.recommend_all(3, path=tmp_path / "r")):
+        with pytest.raises(RuntimeError, match="client this model was fitted with is closed"):
+            call()
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_failed_refit_leaves_the_model_as_it_was(client, tmp_path):
     """A refit on other data whose checkpoint folder holds another fit's checkpoint raises
     after the new data was set up; the model must still be the first fit, whole."""
@@ -353,6 +421,46 @@ def test_row_systems_that_are_not_positive_definite_are_reported_as_by_als(clien
         _assert_same_factors(model, reference, 1e-10)
 
 
+@pytest.mark.parametrize("confidence", ["linear", "raw"])
+def test_users_and_items_without_a_positive_weight_end_with_zero_vectors_as_in_als(
+        client, confidence):
+    """recfuse.ALS sets the vectors of rows without a positive value (only zeros; under
+    "raw" also negatives) to their exact solution, zero, after the last iteration; the
+    distributed fits kept CG's approximation (an item 1.5e-6 away, against the 1e-10
+    promised), and such items were ranked by rounding noise rather than tied at 0."""
+    _, frame = _events(n_users=30, n_items=20, nnz=200)
+    low = 0.0 if confidence == "linear" else -1.0
+    frame.loc[frame["user"] == 3, "weight"] = low
+    frame.loc[frame["item"] == 4, "weight"] = low
+    matrix = sp.csr_matrix((frame["weight"], (frame["user"], frame["item"])), shape=(30, 20))
+    reference = _local_fit(matrix, confidence=confidence)
+    assert not reference.user_factors[3].any() and not reference.item_factors[4].any()
+    model = DaskALS(dtype=np.float64, confidence=confidence, blocks=3, **PARAMS).fit(
+        dd.from_pandas(frame, npartitions=2), "user", "item", "weight")
+    local = model.to_local()
+    assert not local.user_factors[3].any() and not local.item_factors[4].any()
+    _assert_same_factors(model, reference, 1e-10)
+
+
+def test_a_fit_whose_warning_is_an_error_keeps_the_model(client):
+    """recfuse.ALS warns about unsolvable row systems before it replaces its model, so under
+    warnings-as-errors the failed fit changes nothing; DaskALS warned after, and the model
+    was the new fit's although fit raised."""
+    import warnings
+
+    _, frame = _events(n_users=40, n_items=30, nnz=300)
+    params = dict(PARAMS, solver="cholesky", iterations=1)
+    model = DaskALS(dtype=np.float64, **params).fit(dd.from_pandas(frame, npartitions=2),
+                                                    "user", "item", "weight")
+    before = model.to_local().user_factors
+    frame.loc[5, "weight"] = 1e308  # its user's and item's systems fail (see above)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning, match="not positive definite"):
+            model.fit(dd.from_pandas(frame, npartitions=2), "user", "item", "weight")
+    np.testing.assert_array_equal(model.to_local().user_factors, before)
+
+
 # ---------------------------------------------------------------------------- faults
 
 
@@ -387,6 +495,28 @@ def test_a_checkpoint_of_other_data_with_the_same_shape_and_counts_is_refused(cl
     with pytest.raises(ValueError, match="belongs to another fit"):
         DaskALS(checkpoint_dir=tmp_path, checkpoint_every=1, **params).fit(
             dd.from_pandas(other, npartitions=2), "user", "item")
+
+
+def test_a_malformed_checkpoint_file_is_a_clear_error(client, tmp_path):
+    """checkpoint.json that is valid JSON but not a checkpoint's document (a list, a missing
+    or non-integer iteration) raised AttributeError, KeyError or int()'s error."""
+    import json
+
+    _, frame = _events(n_users=30, n_items=20, nnz=200)
+    ddf = dd.from_pandas(frame, npartitions=1)
+    model = DaskALS(checkpoint_dir=tmp_path, checkpoint_every=1, **dict(PARAMS, iterations=1))
+    model.fit(ddf, "user", "item")
+    path = tmp_path / "checkpoint.json"
+    good = json.loads(path.read_text())
+    for document, match in (([1, 2], "is not a recfuse distributed ALS checkpoint"),
+                            ({k: v for k, v in good.items() if k != "iteration"}, "malformed"),
+                            (dict(good, iteration="1"), "malformed"),
+                            (dict(good, folder=None), "malformed")):
+        path.write_text(json.dumps(document))
+        with pytest.raises(ValueError, match=match):
+            model.fit(ddf, "user", "item")
+    path.write_text(json.dumps(good))
+    assert model.fit(ddf, "user", "item").resumed_from == 1
 
 
 @pytest.mark.parametrize("fractional", [False, True])

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import recfuse
 from recfuse import datasets
@@ -243,3 +244,34 @@ def test_a_new_fit_releases_the_data_the_last_one_cached(spark):
     assert len(model._cached) == 4 and all(a is b for a, b in zip(model._cached, second))
     assert all(f.storageLevel != StorageLevel.NONE for f in second)
     model.to_local()
+
+
+def test_rows_without_a_positive_weight_end_at_zero_and_flags_and_paths_are_checked(
+        spark, tmp_path):
+    """As recfuse.ALS, users and items without a positive weight end with zero vectors (CG's
+    approximation was kept: up to 1e-6 away). Flags were read by truth value (barrier="no"
+    ran barrier stages, filter_seen=None kept seen items), and save(None) gave os.fspath's
+    error."""
+    matrix, frame = _events()
+    frame.loc[frame["user"] == 3, "weight"] = -1.0
+    frame.loc[frame["item"] == 4, "weight"] = -1.0
+    matrix = sp.csr_matrix((frame["weight"], (frame["user"], frame["item"])), shape=matrix.shape)
+    reference = _local_fit(matrix, 2, confidence="raw")
+    assert not reference.user_factors[3].any() and not reference.item_factors[4].any()
+    model = SparkALS(iterations=2, blocks=3, confidence="raw", **PARAMS).fit(
+        spark.createDataFrame(frame), "user", "item", "weight")
+    local = _assert_same(model, reference)
+    assert not local.user_factors[3].any() and not local.item_factors[4].any()
+
+    with pytest.raises(TypeError, match="barrier must be a bool, got str 'no'"):
+        SparkALS(barrier="no")
+    with pytest.raises(TypeError, match="resume must be a bool"):
+        SparkALS(**PARAMS).fit(spark.createDataFrame(frame), "user", "item", resume="no")
+    for flag in ("filter_seen", "external_ids"):
+        with pytest.raises(TypeError, match=f"{flag} must be a bool, got NoneType"):
+            model.recommend_all(3, path=tmp_path / "recs", **{flag: None})
+    with pytest.raises(TypeError, match="with_seen must be a bool"):
+        model.to_local(with_seen="yes")
+    with pytest.raises(TypeError, match="path must be a folder path"):
+        model.save(None)
+    assert os.listdir(tmp_path) == []

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
 from ..persistence import atomic_write
@@ -153,8 +154,9 @@ class IdMap:
         return out
 
     def external(self, dense) -> np.ndarray:
-        """External ids of dense ids: int64 when every id is an integer, else objects."""
-        dense = np.asarray(dense, dtype=np.int64)
+        """External ids of dense ids (in [0, len(self))): int64 when every id is an integer,
+        else objects."""
+        dense = check.check_ids(dense, "dense", len(self))  # a negative one wrapped around
         has_int, has_str = self.kinds
         if not has_str:
             return self.integers[dense]
@@ -198,9 +200,14 @@ def initial_factors(ids, factors: int, seed: int, side: str, dtype=np.float32) -
     >>> bool(np.array_equal(a[1], initial_factors([1], 4, seed=0, side="users")[0]))
     True
     """
-    if side not in SIDES:
-        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-    ids = np.asarray(ids, dtype=np.uint64).reshape(-1, 1)
+    from ..models.als import MAX_FACTORS
+
+    ids = check.check_ids(ids, "ids", None)  # dense ids: integers >= 0, one dimension
+    factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
+    seed = check.check_int(seed, "seed", minimum=0, maximum=2**63 - 1)  # as random_state
+    side = check.check_choice(side, "side", SIDES)
+    dtype = check.check_float_dtype(dtype)
+    ids = ids.astype(np.uint64).reshape(-1, 1)
     pairs = (factors + 1) // 2  # one 64-bit hash gives two uniforms, Box-Muller two normals
     column = np.arange(pairs, dtype=np.uint64).reshape(1, -1)
     with np.errstate(over="ignore"):
@@ -519,6 +526,20 @@ def squared_norm(factors: np.ndarray) -> float:
 def all_finite(factors: np.ndarray) -> bool:
     """Whether a factor block holds no NaN or inf (a fit that diverged)."""
     return bool(np.isfinite(factors).all())
+
+
+def zero_rows_without_positive(factors: np.ndarray, block: RatingBlock) -> np.ndarray:
+    """``factors`` of ``block``'s rows with the rows that store no value > 0 set to zero, as
+    ``recfuse.ALS.fit`` sets them after its last iteration (their exact solution, which CG
+    only approaches; the same array when there is no such row, else a new one)."""
+    from ..models.als import rows_without_positive
+
+    unrated = rows_without_positive(block.rows)
+    if not unrated.any():
+        return factors
+    out = factors.copy()
+    out[unrated] = 0
+    return out
 
 
 def check_converged(engine: str, finite) -> None:

@@ -66,9 +66,8 @@ class DistributedALSBase:
         self.random_state = check.check_int(random_state, "random_state", minimum=0,
                                             maximum=2**63 - 1)
         self.blocks = None if blocks is None else check.check_int(blocks, "blocks", minimum=1)
-        if checkpoint_dir is not None and not isinstance(checkpoint_dir, (str, os.PathLike)):
-            raise TypeError(f"checkpoint_dir must be a path, got {type(checkpoint_dir).__name__}")
-        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.checkpoint_dir = None if checkpoint_dir is None else \
+            folder_path(checkpoint_dir, "checkpoint_dir")
         self.checkpoint_every = check.check_int(checkpoint_every, "checkpoint_every", minimum=1)
         self.n_users: int | None = None
         self.n_items: int | None = None
@@ -124,10 +123,17 @@ class DistributedALSBase:
                 document = json.load(handle)
         except (OSError, json.JSONDecodeError) as error:
             raise ValueError(f"checkpoint {path!r} is unreadable: {error}") from error
-        if document.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path!r} is not a recfuse distributed ALS checkpoint")
-        if document.get("version", 0) > CHECKPOINT_VERSION:
+        version, iteration, folder = (document.get("version", 0), document.get("iteration"),
+                                      document.get("folder"))
+        if isinstance(version, int) and not isinstance(version, bool) and \
+                version > CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint {path!r} is of a newer format: upgrade recfuse")
+        if not (isinstance(version, int) and isinstance(iteration, int) and iteration >= 0
+                and not isinstance(iteration, bool) and isinstance(folder, str) and folder):
+            raise ValueError(f"checkpoint {path!r} is malformed (its version, iteration or "
+                             f"folder is missing or not of its type)")
         stored = document.get("fingerprint")
         wanted = json.loads(json.dumps(fingerprint))
         layout = ("user_blocks", "item_blocks")  # the block layout: any will do
@@ -150,10 +156,9 @@ class DistributedALSBase:
             raise ValueError(
                 f"checkpoint {path!r} belongs to another fit (other data or parameters); "
                 "remove it or fit with resume=False")
-        iteration = int(document["iteration"])
         if iteration > self.iterations:  # a longer fit's checkpoint: not a state of this one
             return None
-        return (iteration, os.path.join(self.checkpoint_dir, document["folder"]),
+        return (iteration, os.path.join(self.checkpoint_dir, folder),
                 {"users": stored["user_blocks"], "items": stored["item_blocks"]})
 
     def _commit_checkpoint(self, iteration: int, folder: str, fingerprint: dict) -> None:
@@ -201,6 +206,17 @@ class DistributedALSBase:
     def _require_fitted(self) -> None:
         if self.n_users is None:
             raise RuntimeError("the model is not fitted: call fit() first")
+
+
+def folder_path(path, name: str = "path") -> str:
+    """``path`` (a str or an ``os.PathLike`` of one) as a str; anything else (None, bytes)
+    is a TypeError naming ``name``, not ``os.fspath``'s or ``os.path.join``'s."""
+    if isinstance(path, (str, os.PathLike)):
+        path = os.fspath(path)
+        if isinstance(path, str):
+            return path
+    raise TypeError(f"{name} must be a folder path (str or os.PathLike), got "
+                    f"{type(path).__name__}")
 
 
 def check_columns(columns, user_col, item_col, weight_col, frame_name: str) -> None:

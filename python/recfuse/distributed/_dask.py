@@ -12,9 +12,9 @@ from typing import Callable
 import numpy as np
 
 from . import _blocks
-from .._validation import check_int
+from .._validation import check_flag, check_int
 from ..models.als import warn_failed_systems
-from ._common import DistributedALSBase, check_columns
+from ._common import DistributedALSBase, check_columns, folder_path
 
 logger = logging.getLogger("recfuse.distributed")
 
@@ -129,7 +129,8 @@ class DaskALS(DistributedALSBase):
 
         ``ddf``: a dask DataFrame; ``user_col`` / ``item_col``: id columns (integers,
         strings or a mix; nulls are an error); ``weight_col``: the interaction strength r
-        (None: 1 for every row). Rows repeating a (user, item) pair add up.
+        (None: 1 for every row). Rows repeating a (user, item) pair add up. As in
+        ``recfuse.ALS``, users and items without a positive weight end with zero vectors.
         ``client``: a ``distributed.Client`` (default: the current one).
         ``resume``: continue from the checkpoint in ``checkpoint_dir`` when there is one
         (it must come from the same data and parameters). ``callback(iteration, loss)``
@@ -147,6 +148,9 @@ class DaskALS(DistributedALSBase):
                             f"{ddf.dtypes[weight_col]}")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        resume = check_flag(resume, "resume")
+        show_progress = check_flag(show_progress, "show_progress")
+        compute_loss = check_flag(compute_loss, "compute_loss")
         client = client if client is not None else distributed.default_client()
         if not isinstance(client, distributed.Client):
             raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
@@ -156,7 +160,8 @@ class DaskALS(DistributedALSBase):
             self._setup(ddf, user_col, item_col, weight_col)
             self.setup_seconds = time.perf_counter() - started
             failed = self._train(resume, show_progress, callback, compute_loss)
-        warn_failed_systems(failed, stacklevel=2)
+            # inside: as in recfuse.ALS, a warning turned into an error keeps the old model
+            warn_failed_systems(failed, stacklevel=2)
         return self
 
     def _submit(self, func, *args, **kwargs):
@@ -354,6 +359,10 @@ class DaskALS(DistributedALSBase):
         # as recfuse.ALS: a fit that diverged raises, and _all_or_nothing keeps the old model
         _blocks.check_converged("DaskALS", self._client.gather(
             [self._submit(_blocks.all_finite, f) for f in factors["users"] + factors["items"]]))
+        if self.iterations:  # as recfuse.ALS: rows without a positive value end at zero
+            factors = {side: [self._submit(_blocks.zero_rows_without_positive, f, block)
+                              for f, block in zip(futures, self._rating_blocks[side])]
+                       for side, futures in factors.items()}
         self._factors = factors
         return sum(failed.values())
 
@@ -383,9 +392,19 @@ class DaskALS(DistributedALSBase):
         if not self._factors:
             raise RuntimeError("the model is not fitted: call fit() first")
 
+    def _live_client(self):
+        """The client of the fit, which holds the factors and ratings on its cluster; a
+        closed one is a clear error (Dask's is a cancelled future "for reason: unknown")."""
+        if self._client.status in ("closing", "closed"):
+            raise RuntimeError(
+                "the client this model was fitted with is closed (or lost its cluster), and the "
+                "factors and ratings lived on that cluster: fit again with an open client "
+                "(collect them with to_local() or save() before closing the client)")
+        return self._client
+
     def _id_maps(self):
         if self._maps_local is None:
-            self._maps_local = self._client.gather(self._maps)
+            self._maps_local = self._live_client().gather(self._maps)
         return self._maps_local
 
     @property
@@ -404,8 +423,9 @@ class DaskALS(DistributedALSBase):
     def to_local(self, with_seen: bool = True):
         """Collect the factors into a regular ``recfuse.ALS`` (dense ids; see ``user_ids``,
         ``item_ids``). ``with_seen`` also collects the training matrix (for filter_seen)."""
+        with_seen = check_flag(with_seen, "with_seen")
         self._require_fitted()
-        client = self._client
+        client = self._live_client()
         seen = client.gather(self._rating_blocks["users"]) if with_seen else None
         return self._local_model(client.gather(self._factors["users"]),
                                  client.gather(self._factors["items"]), seen)
@@ -420,7 +440,8 @@ class DaskALS(DistributedALSBase):
         place once all of it is written: a save that fails (a worker lost, a full disk) leaves
         an earlier save at ``path`` as it was."""
         self._require_fitted()
-        path = os.fspath(path)
+        path = folder_path(path)
+        self._live_client()
         staging = _staging_folder(path)
         try:
             jobs = []
@@ -455,15 +476,15 @@ class DaskALS(DistributedALSBase):
 
         self._require_fitted()
         k = check.check_k(k)
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a folder path (str or os.PathLike), got "
-                            f"{type(path).__name__}")
-        path = os.fspath(path)
+        filter_seen = check.check_flag(filter_seen, "filter_seen")
+        external_ids = check.check_flag(external_ids, "external_ids")
+        path = folder_path(path)
+        self._live_client()
         staging = _staging_folder(path)
         try:
             items = self._submit(_blocks.assemble, self.n_items, *self._factors["items"])
             maps = self._maps if external_ids else None
-            jobs = [self._submit(_blocks.recommend_block, block, x, items, k, bool(filter_seen),
+            jobs = [self._submit(_blocks.recommend_block, block, x, items, k, filter_seen,
                                  maps, os.path.join(staging, f"part-{b:05d}.parquet"),
                                  self.backend, self.num_threads, pure=False)
                     for b, (block, x) in enumerate(zip(self._rating_blocks["users"],

@@ -12,7 +12,8 @@ import pandas as pd
 
 from . import _blocks
 from ..models.als import warn_failed_systems
-from ._common import DistributedALSBase, check_columns
+from .._validation import check_flag
+from ._common import DistributedALSBase, check_columns, folder_path
 
 BLOCK_SCHEMA = "block int, payload binary"
 # A solved factor block, with how many of its row systems were not positive definite (the
@@ -235,6 +236,18 @@ def _finite():
     return run
 
 
+def _zero_unrated():
+    def run(batches):
+        for frame in batches:
+            for block, payload, factors in zip(frame["block"], frame["payload"],
+                                               frame["factors"]):
+                values = _blocks.zero_rows_without_positive(
+                    _blocks.array_from_bytes(factors), _blocks.block_from_bytes(payload))
+                yield pd.DataFrame({"block": [int(block)],
+                                    "payload": [_blocks.array_to_bytes(values)]})
+    return run
+
+
 def _factor_rows(n_total, n_blocks, id_map):
     def run(batches):
         for frame in batches:
@@ -293,7 +306,7 @@ class SparkALS(DistributedALSBase):
     def __init__(self, factors: int = 64, regularization: float = 0.01, alpha: float = 1.0,
                  iterations: int = 15, *, barrier: bool = False, **kwargs):
         super().__init__(factors, regularization, alpha, iterations, **kwargs)
-        self.barrier = bool(barrier)
+        self.barrier = check_flag(barrier, "barrier")
         self._spark = None
         self._maps = None
         self._ratings = {}
@@ -318,16 +331,19 @@ class SparkALS(DistributedALSBase):
                                                                    weight_col)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        resume = check_flag(resume, "resume")
+        show_progress = check_flag(show_progress, "show_progress")
         previous, cached = self._cached, []
         try:
             with self._all_or_nothing():
                 failed = self._fit(df, user_col, item_col, weight_col, decimal, resume,
                                    show_progress, callback, cached)
+                # inside: as in recfuse.ALS, a warning turned into an error keeps the old model
+                warn_failed_systems(failed, stacklevel=2)
         except BaseException:
             _unpersist(cached)  # this fit's own; the model keeps the previous fit's
             raise
         _unpersist(previous)  # replaced by this fit's
-        warn_failed_systems(failed, stacklevel=2)
         return self
 
     def _fit(self, df, user_col, item_col, weight_col, decimal, resume, show_progress,
@@ -437,6 +453,7 @@ class SparkALS(DistributedALSBase):
 
     def _train(self, fingerprint, resume, show_progress, callback) -> int:
         """Run the iterations; returns how many row systems were not positive definite."""
+        from pyspark.sql import functions as F
         from tqdm.auto import tqdm
 
         iteration, factors = self._start(fingerprint, resume)
@@ -466,6 +483,11 @@ class SparkALS(DistributedALSBase):
         # as recfuse.ALS: a fit that diverged raises, and _all_or_nothing keeps the old model
         _blocks.check_converged("SparkALS", [flag for table in checks.values()
                                              for flag in table["finite"]])
+        if self.iterations:  # as recfuse.ALS: rows without a positive value end at zero
+            factors = {side: self._ratings[side].join(
+                factors[side].select("block", F.col("payload").alias("factors")), "block"
+            ).mapInPandas(_zero_unrated(), BLOCK_SCHEMA).localCheckpoint()
+                for side in ("users", "items")}
         self._factors = factors
         return failed + int(checks["items"]["failed"].sum())  # the last items: read here only
 
@@ -492,6 +514,7 @@ class SparkALS(DistributedALSBase):
 
     def to_local(self, with_seen: bool = True):
         """Collect into a regular ``recfuse.ALS`` (see ``DaskALS.to_local``)."""
+        with_seen = check_flag(with_seen, "with_seen")
         self._require_fitted()
         users = [_blocks.array_from_bytes(p) for p in self._collect_blocks(self._factors["users"])]
         items = [_blocks.array_from_bytes(p) for p in self._collect_blocks(self._factors["items"])]
@@ -505,7 +528,7 @@ class SparkALS(DistributedALSBase):
         (columns id, factors) plus ``model.json`` (``path`` must be reachable from the driver
         for the JSON file)."""
         self._require_fitted()
-        path = os.fspath(path)
+        path = folder_path(path)
         element = "float" if self.dtype == np.float32 else "double"
         for side, n_total, id_map in (("users", self.n_users, self._maps[0]),
                                       ("items", self.n_items, self._maps[1])):
@@ -526,10 +549,9 @@ class SparkALS(DistributedALSBase):
 
         self._require_fitted()
         k = check.check_k(k)
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a folder path (str or os.PathLike), got "
-                            f"{type(path).__name__}")
-        path = os.fspath(path)
+        filter_seen = check_flag(filter_seen, "filter_seen")
+        external_ids = check_flag(external_ids, "external_ids")
+        path = folder_path(path)
         maps = self._maps if external_ids else None
         user_type = _id_type(self._maps[0]) if external_ids else "long"
         item_type = _id_type(self._maps[1]) if external_ids else "long"
@@ -543,7 +565,7 @@ class SparkALS(DistributedALSBase):
             self._factors["users"].withColumnRenamed("payload", "factors"), "block"
         ).crossJoin(items)
         inputs.mapInPandas(
-            _recommend(self.n_items, k, bool(filter_seen), maps, self.backend, self.num_threads),
+            _recommend(self.n_items, k, filter_seen, maps, self.backend, self.num_threads),
             f"user {user_type}, rank int, item {item_type}, score {score}",
         ).write.mode("overwrite").parquet(path)
         return int(self._spark.read.parquet(path).count())
