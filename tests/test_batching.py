@@ -143,6 +143,31 @@ def test_one_failing_request_does_not_fail_its_batch(als):
             _same(futures[user].result(timeout=30), rec.recommend(user))
 
 
+def test_a_request_that_raises_system_exit_fails_only_itself(als):
+    # SystemExit is no Exception: it ended the worker with the batch taken, and the batch's
+    # callers and every later request waited forever
+    class Exiting(Recommender):
+        def _answer(self, state, users, k, excludes, contexts):
+            if 13 in users.tolist():
+                raise SystemExit("user 13 exits")
+            return super()._answer(state, users, k, excludes, contexts)
+
+    rec = Exiting(als, k=4, num_threads=1)
+    with MicroBatcher(rec, max_wait=30.0) as batcher:
+        with contextlib.ExitStack() as announced:
+            for _ in range(4):
+                announced.enter_context(batcher.incoming())
+            futures = {user: batcher.submit(user) for user in (2, 13, 7, 9)}
+        with pytest.raises(SystemExit, match="user 13"):  # as recommend(13) alone raises
+            futures[13].result(timeout=30)
+        for user in (2, 7, 9):
+            _same(futures[user].result(timeout=30), rec.recommend(user))
+        # the worker lives on (four requests: as many as the batch before, which it awaits)
+        later = {user: batcher.submit(user) for user in (5, 6, 8, 10)}
+        for user, future in later.items():
+            _same(future.result(timeout=30), rec.recommend(user))
+
+
 def test_answers_never_mix_models_during_swaps(als, seen, tmp_path):
     other = recfuse.ALS(factors=FACTORS, iterations=2, random_state=9).fit(seen)
     paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
@@ -192,6 +217,32 @@ def test_close_answers_what_is_queued_then_refuses(als):
         _same(future.result(timeout=1), rec.recommend(user))
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(1)
+
+
+def test_workers_closing_from_the_hook_at_once_end(als):
+    # each worker's close joined the other worker, itself in close joining the first: both
+    # waited for ever, their requests unanswered
+    rec = Recommender(als, k=3, num_threads=1)
+    in_the_hook, both_in_a_batch = threading.Event(), threading.Barrier(2)
+    batchers = []
+
+    def hook(size: int) -> None:
+        in_the_hook.set()
+        both_in_a_batch.wait(timeout=30)
+        batchers[0].close()
+
+    batcher = MicroBatcher(rec, workers=2, max_wait=0, on_batch=hook)
+    batchers.append(batcher)
+    first = batcher.submit(1)
+    assert in_the_hook.wait(30)  # one worker took it and waits in the hook for the other
+    second = batcher.submit(2)
+    _same(first.result(timeout=30), rec.recommend(1))
+    _same(second.result(timeout=30), rec.recommend(2))
+    for thread in batcher._threads:
+        thread.join(30)
+        assert not thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(3)
 
 
 def test_a_batcher_dropped_without_close_ends_its_workers(als):

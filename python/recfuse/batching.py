@@ -171,13 +171,16 @@ class MicroBatcher:
                     self._ready.notify()
 
     def close(self) -> None:
-        """Answer what is queued, then stop the workers; later calls raise RuntimeError."""
+        """Answer what is queued, then stop the workers; later calls raise RuntimeError.
+        Called from a worker (``on_batch``, the recommender) it returns at once: the workers
+        answer what is queued all the same."""
         with self._ready:
             self._closed = True
             self._ready.notify_all()
+        if threading.current_thread() in self._threads:
+            return  # joining the others could wait for ever: one may be closing, joining this
         for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join()
+            thread.join()
 
     def __repr__(self) -> str:
         closed = ", closed" if self._closed else ""
@@ -240,7 +243,7 @@ class MicroBatcher:
                 pass
         try:
             answers = self._results([pending.request for pending in batch])
-        except Exception as error:  # noqa: BLE001 - a bug here must not leave callers waiting
+        except BaseException as error:  # noqa: BLE001 - a bug here must not leave callers waiting
             answers = [error] * len(batch)
         by_loop: dict = {}
         for pending, answer in zip(batch, answers):
@@ -281,12 +284,14 @@ class MicroBatcher:
                     k = requests[position].k
                     answers[position] = Recommendation(result.ids[row, :k], result.scores[row, :k],
                                                        result.stages[row, :k], result.version)
-            except Exception:  # noqa: BLE001 - answered one by one below
+            # BaseException: a recommender that raises SystemExit (as the hook, in _answer)
+            # must not end this worker with the batch taken: its callers would wait forever
+            except BaseException:  # noqa: BLE001 - answered one by one below
                 for position in positions:
                     request = requests[position]
                     try:
                         answers[position] = recommender.recommend(*request)
-                    except Exception as error:  # noqa: BLE001 - handed to that request
+                    except BaseException as error:  # noqa: BLE001 - handed to that request
                         answers[position] = error
         return answers
 
