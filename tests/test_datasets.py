@@ -215,6 +215,31 @@ def test_movielens_100k_reader_refuses_ids_outside_its_range(tmp_path, content, 
         datasets.load_movielens_100k(_ratings_folder(tmp_path, "u.data", content))
 
 
+@pytest.mark.parametrize("name, content, line", [
+    ("u.data", b"1\t10\t5\t100\n2\t10\t4\t200\t7\n", 2),  # one line longer
+    ("u.data", b"1\t10\t5\t100\t7\n2\t10\t4\t200\t8\n", 1),  # every line
+    ("ratings.dat", b"1::10::5::100\n1::20::3::200::9\n", 2),
+    ("ratings.csv", CSV_HEADER + b"1,10,4.0,100\n2,10,3.5,200,x\n", 3),
+])
+def test_load_movielens_refuses_lines_with_more_than_four_fields(tmp_path, name, content, line):
+    """load_movielens read the first four fields and dropped the rest, where
+    load_movielens_100k refused a u.data whose lines have different numbers of fields
+    (both refuse any line with more than four now)."""
+    folder = _ratings_folder(tmp_path, name, content)
+    with pytest.raises(ValueError, match=rf"{name}' is not a MovieLens ratings file \(expected "
+                                         rf".*\): \d+ lines have more than four fields, e.g. "
+                                         rf"line {line}$"):
+        datasets.load_movielens(folder)
+    if name == "u.data":
+        with pytest.raises(ValueError, match=r"u.data' must hold tab-separated lines of user, "
+                                             r"item, rating \(and time\)"):
+            datasets.load_movielens_100k(folder)
+    # the same lines cut to four fields are read
+    separator = {"u.data": b"\t", "ratings.dat": b"::", "ratings.csv": b","}[name]
+    four = b"\n".join(separator.join(text.split(separator)[:4]) for text in content.split(b"\n"))
+    (folder / name).write_bytes(four)
+    assert datasets.load_movielens(folder).nnz == 2
+
 def test_movielens_100k_reader_keeps_the_latest_rating_of_a_pair_and_reads_a_bom(tmp_path):
     """A pair rated twice was summed (4 + 2 = 6, outside 1..5); load_movielens keeps the
     latest. A byte-order mark made the first id "\\ufeff1" (load_movielens reads it)."""

@@ -282,6 +282,29 @@ def test_bad_input_raises_and_leaves_the_model_alone(ratings):
         recfuse.ExplicitALS(backend="cuda").fit(users, items, values)
 
 
+@pytest.mark.parametrize("backend", SGD_BACKENDS)
+def test_float32_refuses_ratings_whose_normal_equations_overflow(ratings, backend):
+    # Scaled to max |r| = 1e20 the native float32 solves overflowed (systems "not positive
+    # definite", then "diverged"; the first failures are at ~1.8e19 = √(float32 max)).
+    users, items, values = ratings
+    model = recfuse.ExplicitALS(factors=4, iterations=2, backend=backend, random_state=0)
+    model.fit(users, items, values)
+    before = model.user_factors.copy()
+    longest = max(np.bincount(users).max(), np.bincount(items).max())
+    for top in (1e20, 1.01 * np.sqrt(np.finfo(np.float32).max / longest)):
+        with pytest.raises(ValueError, match=r"ratings are too large for dtype=float32.*"
+                                             r"dtype=np.float64 or rescale"):
+            model.fit(users, items, values / 5 * top)
+    np.testing.assert_array_equal(model.user_factors, before)
+    # Just inside the bound, and in float64 far beyond it, the fit is good.
+    scaled = values / 5 * (0.99 * np.sqrt(np.finfo(np.float32).max / longest))
+    for dtype, data in [(np.float32, scaled), (np.float64, values / 5 * 1e20)]:
+        model = recfuse.ExplicitALS(factors=4, iterations=3, dtype=dtype, backend=backend,
+                                    random_state=0).fit(users, items, data)
+        error = model.predict(users, items, clip=False) - data
+        assert np.sqrt(np.mean(error ** 2)) < 0.5 * np.abs(data).max()
+
+
 def test_movielens_100k_five_fold_rmse(movielens_100k):
     # Defaults (factors=32, reg=0.1, 15 iterations), the folds of the SVD test: measured
     # 0.9144 (SVD: 0.933). The band catches a broken solver, not a small regression.

@@ -63,6 +63,19 @@ def test_ids_round_trip_and_sorted_numbering():
     assert log.n_events == 6
 
 
+
+def test_len_is_the_stored_pairs():
+    """len() is nnz: one per stored (user, item) pair, whatever number of events each
+    combines (n_events), aligned with counts, values, to_frame and subset masks."""
+    log = Interactions.from_events(frame(), weight="rating")
+    assert len(log) == log.nnz == 5 and log.n_events == 6
+    assert len(log) == log.counts.size == log.values.size == log.matrix.nnz
+    assert len(log.subset(np.arange(len(log)) % 2 == 0)) == 3
+    assert len(log.add(users=["u9"], items=[10])) == 6
+    empty = log.subset(np.zeros(len(log), dtype=bool))
+    assert len(empty) == 0 and not empty and empty.shape == log.shape
+    assert len(Interactions.from_matrix(sp.csr_matrix(np.eye(3, dtype=np.float32)))) == 3
+
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "é", ""]), st.integers(-3, 3)),
                 min_size=1, max_size=30))
 def test_matches_scipy_sum(events):

@@ -458,6 +458,11 @@ def test_bad_options():
             MLPScorer(_small(), precision="bfloat16", backend="cpu", kernel="amx")
     for options, error, match in [
             (dict(hidden=8), TypeError, "hidden must be a sequence"),
+            (dict(hidden=np.array(8)), TypeError, "hidden must be a sequence"),  # 0-d
+            (dict(hidden={32, 16}), TypeError, "hidden must be a sequence"),  # no order
+            # an array compared elementwise: ambiguous truth value, or (one element) passed
+            (dict(activation=np.array(["relu", "relu"])), TypeError, "activation must be one of"),
+            (dict(activation=np.array(["relu"])), TypeError, "activation must be one of"),
             (dict(random_state=-1), ValueError, "random_state must be >= 0"),
             (dict(random_state=1.5), TypeError, "random_state must be an integer")]:
         with pytest.raises(error, match=match):
@@ -541,6 +546,36 @@ def test_scorer_keeps_its_own_copy_of_the_weights(backend, tmp_path):
         np.testing.assert_array_equal(W, W0)
         assert (b is None) == (b0 is None) and (b is None or np.array_equal(b, b0))
 
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scorer_layers_are_read_only(backend, tmp_path):
+    """``layers`` used to hand out the arrays the numpy and numba backends score with (the
+    cpu backend keeps a packed copy): a weight changed in place through it changed what
+    ``layers`` and ``save`` showed and, on some backends only, the scores. Writes raise."""
+    rng = np.random.default_rng(22)
+    model = scorer(random_layers(rng, [6, 5, 1], ["relu", "identity"]), backend)
+    X = rng.standard_normal((4, 6)).astype(np.float32)
+    before = model.score(X)
+    expected = reference.mlp_forward(model.layers, X)[:, 0]
+    for W, b, _ in model.layers:
+        assert not W.flags.writeable and (b is None or not b.flags.writeable)
+        with pytest.raises(ValueError, match="read-only"):
+            W *= 3
+        with pytest.raises(ValueError, match="read-only"):
+            W[0, 0] = 1.0
+        if b is not None:
+            with pytest.raises(ValueError, match="read-only"):
+                b += 1
+    with pytest.raises(TypeError):
+        model.layers[0] = model.layers[1]
+    np.testing.assert_array_equal(model.score(X), before)
+    np.testing.assert_allclose(before, expected, rtol=1e-5, atol=1e-6)
+    # A scorer built from them (or saved and loaded) has its own writable copies.
+    copy = MLPScorer(model.layers, backend=model.backend)
+    np.testing.assert_array_equal(copy.score(X), before)
+    model.save(tmp_path / "scorer.npz")
+    np.testing.assert_array_equal(recfuse.load(tmp_path / "scorer.npz").score(X), before)
 
 def test_errors_say_what_the_input_is():
     """A float64 input beyond float32's range is named as such (it was "got NaN or inf",
@@ -954,6 +989,8 @@ def test_ranker_learns_and_exports():
     assert (positive[:, None] > negative[None, :]).mean() > 0.65  # chance: 0.5
     with pytest.raises(ValueError, match="must have 200 rows"):
         recfuse.MLPRanker().fit(seen, P[:10], Q)
+    with pytest.raises(TypeError, match="user_factors must be a 2-d array, got None"):
+        recfuse.MLPRanker().fit(seen, recfuse.ALS().user_factors, Q)  # a model not fitted
     with pytest.raises(RuntimeError, match="not fitted"):
         recfuse.MLPRanker().to_scorer()
 
@@ -1030,6 +1067,37 @@ def test_ranker_fit_that_fails_keeps_the_trained_ranker(monkeypatch):
     assert diverging.weights == [] and diverging.losses == []
     unchanged()
     assert ranker.to_scorer(backend="numpy").input_width == 8
+
+
+def test_ranker_fit_refuses_sizes_beyond_memory():
+    """Widths or negatives far beyond memory are a MemoryError naming them, before any
+    allocation (an allocation that fits the address space is one the system kills the
+    process for), and leave a fitted ranker as it was."""
+    import scipy.sparse as sp
+
+    from recfuse._validation import physical_memory
+
+    if physical_memory() is None:
+        pytest.skip("this system does not say how much memory it has")
+    rng = np.random.default_rng(3)
+    seen = sp.random(30, 20, density=0.3, format="csr", random_state=0, dtype=np.float32)
+    P, Q = rng.standard_normal((30, 4)), rng.standard_normal((20, 4))
+    ranker = recfuse.MLPRanker(hidden=(8,), epochs=1, random_state=0).fit(seen, P, Q)
+    weights = [w.copy() for w in ranker.weights]
+    for options, match in [(dict(hidden=(2**40,)), "weights of hidden"),
+                           (dict(hidden=(2**20, 2**20, 2**20)), "weights of hidden"),
+                           (dict(negatives=2**40), "1 \\+ negatives"),
+                           (dict(negatives=2**62), "1 \\+ negatives")]:
+        with pytest.raises(MemoryError, match=match):
+            recfuse.MLPRanker(**options).fit(seen, P, Q)
+        for name, value in options.items():
+            setattr(ranker, name, value)
+        with pytest.raises(MemoryError, match=match):
+            ranker.fit(seen, P, Q)
+        ranker.hidden, ranker.negatives = (8,), 4
+        assert all(np.array_equal(a, b) for a, b in zip(weights, ranker.weights))
+    # a batch_size beyond the positives is only as large as they are
+    recfuse.MLPRanker(hidden=(8,), epochs=1, batch_size=2**62).fit(seen, P, Q)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

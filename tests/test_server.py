@@ -317,7 +317,7 @@ def test_recfuse_serve_ranks_with_a_ranker_file_and_reloads_it(model_file, tmp_p
     log = tmp_path / "serve.log"
     with open(log, "wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "recfuse.cli", "serve", str(model_file), "--port", str(port),
+            [sys.executable, "-m", "recfuse", "serve", str(model_file), "--port", str(port),
              "--ranker", str(ranker_path), "--candidates", "20", "--k", "4", "--threads", "1"],
             stdout=subprocess.DEVNULL, stderr=stderr)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
@@ -379,14 +379,14 @@ def test_recfuse_serve_ranks_with_a_ranker_file_and_reloads_it(model_file, tmp_p
     (["--ranker-precision", "bfloat16"], "--ranker-precision needs --ranker"),
 ])
 def test_recfuse_serve_refuses_bad_ranker_options(model_file, tmp_path, arguments, message):
-    result = subprocess.run([sys.executable, "-m", "recfuse.cli", "serve", str(model_file),
+    result = subprocess.run([sys.executable, "-m", "recfuse", "serve", str(model_file),
                              "--port", str(_free_port()), *arguments], capture_output=True,
                             text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 def _serve_fails(model_file, tmp_path, *arguments):
-    return subprocess.run([sys.executable, "-m", "recfuse.cli", "serve", str(model_file),
+    return subprocess.run([sys.executable, "-m", "recfuse", "serve", str(model_file),
                            *arguments], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
 
@@ -528,6 +528,37 @@ def test_sigterm_ends_the_server_despite_a_client_stuck_mid_request(model_file):
         process.stdout.close()
         process.stderr.close()
 
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_recfuse_serve_exits_0_after_a_graceful_shutdown(model_file, tmp_path, signal_name):
+    """uvicorn raises the signal again after its graceful shutdown: SIGTERM, with its
+    default handler back in place, then ended ``recfuse serve`` with status 143 (-15 here)."""
+    import signal
+
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "recfuse", "serve", str(model_file), "--port", str(port),
+             "--threads", "1"], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    assert client.get("/health").status_code == 200
+                    break
+                except httpx.TransportError:
+                    assert process.poll() is None, log.read_text()
+                    assert time.monotonic() < deadline, "recfuse serve did not start"
+                    time.sleep(0.1)
+        process.send_signal(getattr(signal, signal_name))
+        assert process.wait(60) == 0, log.read_text()
+        assert "Traceback" not in log.read_text(), log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 def test_app_mounted_in_another_answers_single_users(model_file):
     # a mounted app's lifespan is not run: the micro-batcher starts with the first request

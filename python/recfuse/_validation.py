@@ -126,6 +126,10 @@ def check_float(value, name: str, *, minimum: float | None = None, strict: bool 
 
 
 def check_choice(value, name: str, choices) -> str:
+    """``value`` when it is one of the strings ``choices``."""
+    if not isinstance(value, str):  # an array would compare elementwise
+        raise TypeError(f"{name} must be one of {tuple(choices)}, got {type(value).__name__} "
+                        f"{value!r}")
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
@@ -322,6 +326,8 @@ def check_factors(array, name: str, *, dtype: np.dtype, n_cols: int | None = Non
                   copy: bool = True) -> np.ndarray:
     """A finite 2-d float array as a C-contiguous copy in ``dtype`` (``copy=False``: the
     array itself when it already is one, e.g. a read-only memory map)."""
+    if array is None:  # e.g. the factors of a model not fitted yet
+        raise TypeError(f"{name} must be a 2-d array, got None")
     array = np.asarray(array)
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-d, got shape {array.shape}")

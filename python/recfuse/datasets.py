@@ -147,7 +147,8 @@ def load_movielens_100k(path, min_rating: float | None = None):
     (user, item) pair rated twice keeps its latest rating (the larger time, then the later
     line), as ``load_movielens`` does. Raises FileNotFoundError naming where to get the data
     when the folder is missing, ValueError naming the file when it is not u.data's format
-    (ids from 1 to 2**31 - 1).
+    (ids from 1 to 2**31 - 1; three or four fields a line, more are refused as
+    ``load_movielens`` refuses them).
     """
     if min_rating is not None:
         min_rating = check.check_float(min_rating, "min_rating")
@@ -166,7 +167,7 @@ def load_movielens_100k(path, min_rating: float | None = None):
         except ValueError as error:  # a short line, a word for a number
             detail = str(error).split("; use `usecols`")[0]  # NumPy's advice, not ours
             raise ValueError(f"{expected}: {detail}") from None
-    if raw.shape[0] == 0 or raw.shape[1] < 3:
+    if raw.shape[0] == 0 or not 3 <= raw.shape[1] <= 4:  # more: not u.data (as load_movielens)
         raise ValueError(f"{expected}, got {raw.shape[0]} lines of {raw.shape[1]} fields")
     for column, name in ((0, "user"), (1, "item")):
         ids = raw[:, column]
@@ -374,7 +375,8 @@ def load_movielens(path, *, min_rating: float | None = None, weighting: str = "n
     Ids are MovieLens' own user and movie ids (ints), values the ratings (0.5..5), and
     timestamps the rating times. ``min_rating`` keeps ratings >= it (e.g. 4 for implicit
     feedback). Nothing is downloaded: a missing folder raises FileNotFoundError saying where
-    to get the data.
+    to get the data. A file that is not MovieLens' format (a line without its four fields or
+    with more, a word for a number) is a ValueError naming the file and the line.
 
     >>> log = load_movielens("~/data/ml-100k")          # doctest: +SKIP
     >>> log.shape                                       # doctest: +SKIP
@@ -426,13 +428,14 @@ _MOVIELENS_HEADER = ["userId", "movieId", "rating", "timestamp"]  # ratings.csv'
 
 
 def _read_ratings(file: str, separator: str, header: bool):
-    """The ratings of a MovieLens file; one that is not (a line without its four fields, a
-    word for a number, ratings.csv without MovieLens' header) is a ValueError naming it."""
+    """The ratings of a MovieLens file; one that is not (a line without its four fields or
+    with more, a word for a number, ratings.csv without MovieLens' header) is a ValueError
+    naming it."""
     import io
 
     import pandas as pd
 
-    names = ["user", "item", "rating", "timestamp"]
+    names = ["user", "item", "rating", "timestamp", "more"]  # more: a fifth field, refused
     # ratings read as float64: a value beyond float32 is refused below, not cast to inf
     dtypes = {"user": np.int64, "item": np.int64, "rating": np.float64, "timestamp": np.int64}
     expected = ({"\t": "tab", ",": "comma"}.get(separator, repr(separator))
@@ -442,15 +445,19 @@ def _read_ratings(file: str, separator: str, header: bool):
         if separator == "::":  # the C parser takes one-character separators only
             with open(file, "rb") as handle:
                 data = io.BytesIO(handle.read().replace(b"::", b"\t"))
-            frame = pd.read_csv(data, sep="\t", names=names, dtype=dtypes, usecols=range(4))
+            frame = pd.read_csv(data, sep="\t", names=names, dtype=dtypes)
         else:
             if header:  # else a file without it loses its first rating, one in another order
                 with open(file, encoding="utf-8-sig") as handle:  # mixes users and movies
                     found = handle.readline().rstrip("\r\n")
                 if found.split(separator)[:4] != _MOVIELENS_HEADER:
                     raise ValueError(f"the first line is {found[:80]!r}")
-            frame = pd.read_csv(file, sep=separator, names=names, header=0 if header else None,
-                                dtype=dtypes, usecols=range(4))
+            frame = pd.read_csv(file, sep=separator, names=names, header=None,
+                                skiprows=1 if header else 0, dtype=dtypes)  # checked above
+        longer = np.flatnonzero(frame.pop("more").notna().to_numpy())
+        if longer.size:  # a sixth field after the first line is pandas' "Expected 5 fields"
+            raise ValueError(f"{longer.size} lines have more than four fields, e.g. line "
+                             f"{int(longer[0]) + 1 + header}")
         ratings = frame["rating"].to_numpy()
         unrated = np.flatnonzero(np.isnan(ratings))
         if unrated.size:
@@ -463,7 +470,8 @@ def _read_ratings(file: str, separator: str, header: bool):
         frame["rating"] = ratings.astype(np.float32)
     except (OSError, ValueError, OverflowError) as error:  # pandas' parse errors: ValueErrors,
         # an id beyond int64: OverflowError
-        detail = f"a number beyond int64 ({error})" if isinstance(error, OverflowError) else error
+        detail = (f"a number beyond int64 ({error})" if isinstance(error, OverflowError)
+                  else str(error).strip())  # pandas' parser errors end in blank lines
         raise ValueError(f"{file!r} is not a MovieLens ratings file (expected {expected}): "
                          f"{detail}") from None
     if frame.empty:

@@ -870,7 +870,8 @@ class Interactions:
 
     Attributes: ``matrix`` (CSR users x items, float32, weighted), ``transpose`` (items x
     users), ``user_ids`` / ``item_ids`` (``IdMap``), ``counts`` and ``timestamps`` (events and
-    latest event time of each stored pair, aligned with ``matrix.data``).
+    latest event time of each stored pair, aligned with ``matrix.data``). ``len()`` is the
+    number of stored pairs (``nnz``).
     """
 
     def __init__(self, user_ids: IdMap, item_ids: IdMap, indptr, indices, values, counts,
@@ -1147,6 +1148,12 @@ class Interactions:
     def n_events(self) -> int:
         """Events combined into the pairs."""
         return int(self._counts.sum())
+
+    def __len__(self) -> int:
+        """``nnz``: the stored (user, item) pairs, the rows of ``to_frame`` and the length of
+        ``counts``, ``values`` and a ``subset`` mask (``n_events`` counts the events they
+        combine). An Interactions without pairs is falsy."""
+        return self.nnz
 
     @property
     def counts(self) -> np.ndarray:

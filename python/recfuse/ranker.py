@@ -2,9 +2,9 @@
 
 ``MLPRanker`` learns to tell a user's interactions from random items: positives are the
 stored entries of a users x items matrix, each with ``negatives`` items drawn uniformly at
-random (an item the user has seen may be drawn: with large catalogues that is rare and is
-what most samplers do); the loss is binary cross-entropy on the logit, minimised by Adam on
-mini-batches. The input row of (u, i) is the one ``MLPScorer.score_candidates`` gathers::
+random among those the user has not interacted with (a draw of a seen item is redrawn, up
+to 20 times, then dropped); the loss is binary cross-entropy on the logit, minimised by Adam
+on mini-batches. The input row of (u, i) is the one ``MLPScorer.score_candidates`` gathers::
 
     [user_factors[u] | user_features[u] | item_factors[i] | item_features[i]]
 
@@ -97,7 +97,10 @@ class MLPRanker:
     def __init__(self, hidden=(64, 32), *, activation: str = "relu", negatives: int = 4,
                  epochs: int = 5, batch_size: int = 1024, learning_rate: float = 1e-3,
                  l2: float = 0.0, random_state: int | np.random.Generator | None = None):
-        if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__"):
+        # a set or a dict has no order of layers (a set drops repeated widths); a 0-d array
+        # has __iter__ but iterating it raises
+        if isinstance(hidden, (str, bytes, set, frozenset, dict)) or \
+                not hasattr(hidden, "__iter__") or getattr(hidden, "ndim", 1) == 0:
             raise TypeError(f"hidden must be a sequence of layer widths, e.g. (64, 32), got "
                             f"{type(hidden).__name__} {hidden!r}")
         self.hidden = tuple(check.check_int(w, "hidden width", minimum=1) for w in hidden)
@@ -144,6 +147,15 @@ class MLPRanker:
         seen_keys = np.sort(pos_users * items + pos_items)  # (user, item) as one sorted key
         rng = np.random.default_rng(self.random_state)
         widths = [U.shape[1] + V.shape[1], *self.hidden, 1]
+        per_batch = max(1, self.batch_size // (1 + self.negatives))
+        # refused up front (MemoryError naming the options) rather than allocations the
+        # system kills the process for: the weights with their Adam moments and gradients,
+        # and a batch's rows with their activations
+        check.check_count_fits(sum(i * o + o for i, o in zip(widths[:-1], widths[1:])),
+                               "the weights of hidden", 40)
+        check.check_count_fits(min(per_batch, pos_users.size) * (1 + self.negatives),
+                               "the rows of a batch (batch_size, or 1 + negatives)",
+                               8 * widths[0] + 16 * sum(widths[1:]) + 40)
         trainer = copy.copy(self)  # trains its own lists; self changes only at the end
         trainer.weights = [(rng.standard_normal((o, i)) * np.sqrt(2.0 / i)).astype(np.float32)
                            for i, o in zip(widths[:-1], widths[1:])]
@@ -151,7 +163,6 @@ class MLPRanker:
         trainer.losses = []
         moments = [[np.zeros_like(p), np.zeros_like(p)] for p in trainer.weights + trainer.biases]
         step = 0
-        per_batch = max(1, self.batch_size // (1 + self.negatives))
         for _ in range(self.epochs):
             order = rng.permutation(pos_users.size)
             total, count = 0.0, 0

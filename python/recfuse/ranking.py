@@ -92,6 +92,10 @@ class MLPScorer:
     kernel : "auto", or on the cpu backend "float32", "avx512bf16" or "amx", on the cuda
         backend "fused" or "tiled" (see recfuse._mlp.cuda)
 
+    ``layers`` holds the checked layers (float32 copies of the arrays given) as a tuple of
+    read-only arrays: the scorer scores with exactly these weights, so they cannot be changed
+    in place; build a new scorer from changed copies instead.
+
     >>> import numpy as np
     >>> W1 = np.array([[1.0, -1.0], [0.5, 0.5]], np.float32)
     >>> W2 = np.array([[1.0, 2.0]], np.float32)
@@ -103,11 +107,15 @@ class MLPScorer:
     def __init__(self, layers, *, precision: str = "float32", backend: str = "auto",
                  kernel: str = "auto"):
         self.precision = check.check_choice(precision, "precision", PRECISIONS)
-        self.layers = _check_layers(layers)
+        checked = _check_layers(layers)
         if not isinstance(kernel, str):
             raise TypeError(f"kernel must be a string, got {type(kernel).__name__}")
         self._module = resolve_backend(backend, "mlp")
-        self._model = self._module.prepare(self.layers, self.precision, kernel)
+        self._model = self._module.prepare(checked, self.precision, kernel)
+        # Read-only views of the weights packed above: writing to them in place raises
+        # instead of leaving the scores (and the cpu backend's packed copy) behind.
+        self.layers = tuple((_read_only(W), None if b is None else _read_only(b), activation)
+                            for W, b, activation in checked)
         self.source: str | None = None  # the file it was read from (load_scorer)
 
     # ------------------------------------------------------------------ construction
@@ -388,6 +396,12 @@ def _dense_indptr(users: int, per_user: int) -> np.ndarray:
     indptr = np.arange(users + 1, dtype=np.int64) * per_user
     indptr.flags.writeable = False
     return indptr
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _check_layers(layers) -> list:

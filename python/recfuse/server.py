@@ -40,6 +40,7 @@ import importlib.util
 import json
 import logging
 import math
+import signal
 import socket
 import threading
 import time
@@ -492,7 +493,9 @@ def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000
     """Run the API with uvicorn until interrupted (``create_app`` for the arguments) on
     ``sock`` (``listening_socket``; by default one bound to ``host`` and ``port`` here).
     On SIGTERM or SIGINT, requests in flight get ``shutdown_timeout`` seconds to finish
-    (a client that stops halfway through its request would hold the exit forever)."""
+    (a client that stops halfway through its request would hold the exit forever), then
+    ``serve`` returns: the signal does not end the process afterwards (``recfuse serve``
+    exits 0), unless a SIGTERM handler of the caller's own was in place (it is called)."""
     import uvicorn
 
     shutdown_timeout = check.check_float(shutdown_timeout, "shutdown_timeout", minimum=0.0)
@@ -507,7 +510,34 @@ def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=shutdown_timeout)
     try:
-        with sock:
+        with sock, _sigterm_returns():
             uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:  # as uvicorn.run: Ctrl-C ends the server quietly
+    except (KeyboardInterrupt, _Terminated):  # as uvicorn.run: Ctrl-C ends the server quietly
         pass
+
+
+class _Terminated(BaseException):
+    """A SIGTERM that ended ``serve`` (not an Exception: nothing on the way may catch it)."""
+
+
+@contextlib.contextmanager
+def _sigterm_returns():
+    """After a graceful shutdown uvicorn raises the signal that asked for it again, once its
+    own handler is gone: with the default SIGTERM handler the process then dies of it
+    (status 143) after a clean exit. Meanwhile a handler raising ``_Terminated`` stands in
+    for the default one (in the main thread only, and only over the default one), so that
+    the signal, re-raised or arriving before uvicorn listens for it, ends ``serve`` by an
+    exception ``serve`` catches."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

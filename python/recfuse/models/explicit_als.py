@@ -128,15 +128,19 @@ class ExplicitALS(_RatingModel):
         repeated (user, item) pairs each count as one more rating. ``callback(iteration,
         rmse)`` gets the training RMSE after each iteration; ``initial_factors=(X, Y)``
         replaces the random start (only Y matters: the users are solved first). On bad input
-        the model is left as it was.
+        the model is left as it was. In float32, ratings whose normal equations could
+        overflow (max |rating|² x the most ratings of one user or item above float32's
+        largest value, 3.4e38: |ratings| above ~1.8e19, less for long rows) are refused
+        with a ValueError: fit them with ``dtype=np.float64`` or rescale them.
         """
         users, items, values, scale, n_users, n_items = self._fit_arguments(
             users, items, ratings, rating_scale, n_users, n_items, callback, show_progress)
         rng = np.random.default_rng(self.random_state)
         X, Y = self._initial_factors(rng, n_users, n_items, initial_factors)
-        backend = resolve_backend(self.backend, "sgd", needs="explicit_als_half_sweep")
         by_user = _ratings_csr(users, items, values, n_users, n_items, self.dtype)
         by_item = _ratings_csr(items, users, values, n_items, n_users, self.dtype)
+        _check_sums_fit(values, by_user, by_item, self.dtype)
+        backend = resolve_backend(self.backend, "sgd", needs="explicit_als_half_sweep")
         global_mean = float(values.mean())  # unbiased: only the fallback for unknown ids
         kernel_mean = global_mean if self.biased else 0.0
         user_bias = np.zeros(n_users, dtype=self.dtype) if self.biased else None
@@ -189,6 +193,29 @@ class ExplicitALS(_RatingModel):
         return (f"ExplicitALS(factors={self.factors}, iterations={self.iterations}, "
                 f"reg={self.reg}, biased={self.biased}, dtype={self.dtype.name}, "
                 f"backend={self.backend!r}{fitted})")
+
+
+def _check_sums_fit(values, by_user, by_item, dtype) -> None:
+    """Refuse float32 ratings whose normal equations could overflow. A row's system sums
+    products of its ratings and the other side's factors, which grow like the ratings: up to
+    about max|r|² x the row's length. Past float32's largest value the solves fail (systems
+    "not positive definite", then a diverged model). On the cpu backend the first failures
+    were at max|r| ≈ 1.8e19 = √3.4e38 for short rows, down to 7.5e17 for rows of 20,000
+    unbiased ratings of one sign; the bound max|r|² x (longest row or column) <= 3.4e38 was
+    5x to 50x below them in max|r|. Backend-independent: the numpy backend, which solves in
+    float64, is refused as well."""
+    if dtype != np.float32:
+        return
+    largest = float(np.finfo(np.float32).max)
+    top = float(np.abs(values).max())
+    longest = int(max(np.diff(by_user.indptr).max(), np.diff(by_item.indptr).max()))
+    if top * top * longest > largest:
+        raise ValueError(f"ratings are too large for dtype=float32: the normal equations sum "
+                         f"up to max|ratings|² x the most ratings of one user or item "
+                         f"({top:.3g}² x {longest} = {top * top * longest:.3g}), more than "
+                         f"float32's largest value {largest:.3g}; use dtype=np.float64 or "
+                         f"rescale the ratings (max|ratings| <= {np.sqrt(largest / longest):.3g}"
+                         f" here)")
 
 
 def _ratings_csr(rows, cols, values, n_rows: int, n_cols: int, dtype) -> CsrArrays:
