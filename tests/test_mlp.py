@@ -1060,6 +1060,18 @@ def test_ranker_fit_that_fails_keeps_the_trained_ranker(monkeypatch):
         ranker.fit(seen, P * 2, Q)
     monkeypatch.setattr(recfuse.MLPRanker, "_adam", adam)
     unchanged()
+    # stopped by its callback after the first epoch
+    def stop(epoch, loss):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ranker.fit(seen, P * 2, Q, callback=stop)
+    unchanged()
+    with pytest.raises(TypeError, match="callback must be callable"):
+        ranker.fit(seen, P, Q, callback=1)
+    with pytest.raises(TypeError, match="show_progress"):
+        ranker.fit(seen, P, Q, show_progress="no")
+    unchanged()
     # a fit that diverges raises instead of keeping NaN weights
     diverging = recfuse.MLPRanker(hidden=(8,), epochs=3, learning_rate=1e30, random_state=0)
     with np.errstate(all="ignore"), pytest.raises(ValueError, match="diverged"):
@@ -1067,6 +1079,26 @@ def test_ranker_fit_that_fails_keeps_the_trained_ranker(monkeypatch):
     assert diverging.weights == [] and diverging.losses == []
     unchanged()
     assert ranker.to_scorer(backend="numpy").input_width == 8
+
+
+def test_ranker_fit_reports_progress_and_each_epochs_loss(capsys):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(4)
+    seen = sp.random(40, 25, density=0.2, format="csr", random_state=1, dtype=np.float32)
+    P, Q = rng.standard_normal((40, 4)), rng.standard_normal((25, 4))
+    options = dict(hidden=(6,), epochs=3, batch_size=25, random_state=0)
+    quiet = recfuse.MLPRanker(**options).fit(seen, P, Q)
+    assert capsys.readouterr().err == ""
+    reported = []
+    shown = recfuse.MLPRanker(**options).fit(seen, P, Q, show_progress=True,
+                                             callback=lambda e, loss: reported.append((e, loss)))
+    batches = 3 * -(-seen.nnz // (25 // 5))  # positives per batch: batch_size / (1 + 4)
+    assert f"{batches}/{batches}" in capsys.readouterr().err
+    assert reported == list(enumerate(shown.losses)) and len(reported) == 3
+    # neither changes the training
+    assert shown.losses == quiet.losses
+    assert all(np.array_equal(a, b) for a, b in zip(shown.weights, quiet.weights))
 
 
 def test_ranker_fit_refuses_sizes_beyond_memory():

@@ -15,11 +15,12 @@ with the factors of a fitted factor model (e.g. ``recfuse.ALS``). ``to_scorer`` 
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import numpy as np
 
 from . import _validation as check
-from .models._common import check_trained
+from .models._common import check_trained, progress_bar
 from .ranking import MLPScorer
 
 HIDDEN_ACTIVATIONS = ("relu", "tanh", "gelu")
@@ -116,12 +117,18 @@ class MLPRanker:
         self.losses: list[float] = []  # mean loss of each epoch
 
     def fit(self, user_items, user_factors, item_factors, user_features=None,
-            item_features=None) -> "MLPRanker":
+            item_features=None, *, show_progress: bool = False,
+            callback: Callable[[int, float], None] | None = None) -> "MLPRanker":
         """Train on the stored entries of ``user_items`` (users x items, CSR) as positives.
 
-        Training runs aside: on bad input, an error or an interrupt (e.g. Ctrl-C) part-way,
-        or a fit that diverges (NaN or inf weights: ValueError), the ranker keeps the
-        weights, biases and losses it had."""
+        ``show_progress``: a progress bar over the mini-batches of all epochs, with the
+        running loss; ``callback(epoch, loss)`` gets each epoch's mean loss (``losses``).
+        Training runs aside: on bad input, an error or an interrupt (e.g. Ctrl-C) part-way
+        (raised by the callback too), or a fit that diverges (NaN or inf weights:
+        ValueError), the ranker keeps the weights, biases and losses it had."""
+        check.check_flag(show_progress, "show_progress")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         R = check.check_csr(user_items, "user_items", dtype=np.dtype(np.float32))
         users, items = R.shape
         user_blocks = [check.check_factors(user_factors, "user_factors", dtype=np.float32)]
@@ -163,31 +170,49 @@ class MLPRanker:
         trainer.losses = []
         moments = [[np.zeros_like(p), np.zeros_like(p)] for p in trainer.weights + trainer.biases]
         step = 0
-        for _ in range(self.epochs):
-            order = rng.permutation(pos_users.size)
-            total, count = 0.0, 0
-            for start in range(0, order.size, per_batch):
-                chosen = order[start:start + per_batch]
-                u = np.repeat(pos_users[chosen], 1 + self.negatives)
-                i = np.repeat(pos_items[chosen], 1 + self.negatives)
-                negative = np.ones(u.size, bool)
-                negative[:: 1 + self.negatives] = False
-                i[negative], unseen = _unseen_items(u[negative], items, seen_keys, rng)
-                keep = ~negative
-                keep[negative] = unseen
-                u, i, negative = u[keep], i[keep], negative[keep]
-                y = (~negative).astype(np.float32)
-                X = np.concatenate([U[u], V[i]], axis=1)
-                loss, grads = trainer._loss_and_gradients(X, y)
-                total += loss * y.size
-                count += y.size
-                step += 1
-                trainer._adam(grads, moments, step)
-            trainer.losses.append(total / count)
+        batches = -(-pos_users.size // per_batch)
+        progress = progress_bar(self.epochs * batches, show_progress, "MLPRanker", "batch")
+        try:
+            for epoch in range(self.epochs):
+                trainer._epoch(U, V, pos_users, pos_items, items, seen_keys, per_batch, rng,
+                               moments, step, progress)
+                step += batches
+                if callback is not None:
+                    callback(epoch, trainer.losses[-1])
+        finally:
+            progress.close()
         check_trained("MLPRanker", trainer.weights + trainer.biases,
                       "lower learning_rate or scale down the factors and features")
         self.weights, self.biases, self.losses = trainer.weights, trainer.biases, trainer.losses
         return self
+
+    def _epoch(self, U, V, pos_users, pos_items, items, seen_keys, per_batch, rng, moments,
+               step, progress) -> None:
+        """One pass over the positives in random order, in mini-batches of ``per_batch``
+        positives with their sampled negatives; Adam's step count continues from ``step``;
+        appends the epoch's mean loss to ``losses``."""
+        order = rng.permutation(pos_users.size)
+        total, count = 0.0, 0
+        for start in range(0, order.size, per_batch):
+            chosen = order[start:start + per_batch]
+            u = np.repeat(pos_users[chosen], 1 + self.negatives)
+            i = np.repeat(pos_items[chosen], 1 + self.negatives)
+            negative = np.ones(u.size, bool)
+            negative[:: 1 + self.negatives] = False
+            i[negative], unseen = _unseen_items(u[negative], items, seen_keys, rng)
+            keep = ~negative
+            keep[negative] = unseen
+            u, i, negative = u[keep], i[keep], negative[keep]
+            y = (~negative).astype(np.float32)
+            X = np.concatenate([U[u], V[i]], axis=1)
+            loss, grads = self._loss_and_gradients(X, y)
+            total += loss * y.size
+            count += y.size
+            step += 1
+            self._adam(grads, moments, step)
+            progress.update(1)
+            progress.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+        self.losses.append(total / count)
 
     def _forward(self, X):
         inputs, sums = [X], []

@@ -139,6 +139,9 @@ class _NoProgress:
     def update(self, n: int = 1) -> None:
         pass
 
+    def set_postfix(self, **values) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
