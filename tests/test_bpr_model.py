@@ -12,6 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 import recfuse
+from conftest import wait_until
 from recfuse import datasets, reference
 
 
@@ -175,6 +176,62 @@ def test_recommend_reads_the_tables_of_one_fit():
     got = model.recommend([0, 1, 2], k=5)
     model.refit.join()
     assert any(all(np.array_equal(a, b) for a, b in zip(got, answer)) for answer in answers)
+
+
+
+def test_a_copy_taken_while_a_fit_publishes_holds_one_fit():
+    """copy.deepcopy / pickle (__getstate__) copied the attributes without the writer lock
+    that fit publishes its four tables under, one by one: a copy taken by another thread
+    between two of them held the new fit's users with the old fit's items and bias."""
+    import copy
+
+    first = datasets.synthetic_implicit(60, 40, 500, seed=1)
+    other = datasets.synthetic_implicit(60, 40, 400, seed=2)
+    waiting = threading.Event()
+
+    class Announcing:
+        """The writer lock, saying when a thread other than its holder waits for it."""
+
+        def __init__(self):
+            self.lock, self.owner = threading.Lock(), None
+
+        def __enter__(self):
+            if self.owner is not None and self.owner != threading.get_ident():
+                waiting.set()
+            self.lock.acquire()
+            self.owner = threading.get_ident()
+
+        def __exit__(self, *exc):
+            self.owner = None
+            self.lock.release()
+
+    copies, copiers = [], []
+
+    class CopiedMidPublication(recfuse.BPR):
+        armed = False
+
+        def __setattr__(self, name, value):
+            if name == "item_factors" and CopiedMidPublication.armed:  # users already set
+                CopiedMidPublication.armed = False
+                copier = threading.Thread(target=lambda: copies.append(copy.deepcopy(self)))
+                copier.start()
+                # the copy is taken now, or waits for the lock (then: after the publication)
+                assert wait_until(lambda: copies or waiting.is_set())
+                copiers.append(copier)
+            object.__setattr__(self, name, value)
+
+    settings = dict(factors=4, iterations=1, random_state=0, backend="cpu")
+    fits = [recfuse.BPR(**settings).fit(data) for data in (first, other)]
+    model = CopiedMidPublication(**settings).fit(first)
+    model._lock = Announcing()
+    CopiedMidPublication.armed = True
+    model.fit(other)
+    copiers[0].join(30)
+    (copied,) = copies
+    tables = ("user_factors", "item_factors", "item_bias")
+    assert any(all(np.array_equal(getattr(copied, t), getattr(fit, t)) for t in tables)
+               for fit in fits), [[np.array_equal(getattr(copied, t), getattr(fit, t))
+                                   for t in tables] for fit in fits]
 
 
 def _rewritten(path, **arrays):

@@ -999,3 +999,117 @@ def test_context_features_beyond_float32_or_ragged_are_refused_by_name(als, scor
         rec.recommend_batch([1, 2], context_features=[[0.0, 1.0], [1.0]])
     np.testing.assert_array_equal(  # the largest float32 is still a context
         rec.recommend(1, context_features=[3.4e38, 0.0]).ids.shape, (4,))
+
+
+class _OwnedLock:
+    """A model's writer lock that knows which thread holds it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.owner = None
+
+    def __enter__(self):
+        self._lock.acquire()
+        self.owner = threading.get_ident()
+        return self
+
+    def __exit__(self, *exc):
+        self.owner = None
+        self._lock.release()
+
+
+def test_a_bpr_refit_while_the_recommender_reads_it_gives_one_whole_fit(seen):
+    """Recommender(bpr) (and swap_model(bpr)) read the user table, item table, item bias and
+    seen matrix one by one, without the writer lock BPR publishes its four tables under: a
+    refit landing between the reads (a trainer thread refitting the object it swaps in)
+    served the old fit's users against the new fit's items, bias and seen rows. The refit
+    is simulated where the reader reads the item table: it lands there unless the reader
+    holds the lock, when it would wait."""
+    other = sp.random(N_USERS, N_ITEMS, density=0.08, format="csr", random_state=9,
+                      dtype=np.float32) * 4
+    bpr = recfuse.BPR(factors=FACTORS, iterations=5, random_state=0).fit(seen)
+    lock = bpr._lock = _OwnedLock()
+    fits = [(bpr.user_factors, bpr.item_factors, bpr.item_bias)]
+
+    class RefitOnItemRead(recfuse.BPR):
+        armed = True
+
+        def __getattribute__(self, name):
+            if name == "item_factors" and RefitOnItemRead.armed and \
+                    lock.owner != threading.get_ident():
+                RefitOnItemRead.armed = False
+                recfuse.BPR.fit(self, other)
+                fits.append((self.user_factors, self.item_factors, self.item_bias))
+            return object.__getattribute__(self, name)
+
+    bpr.__class__ = RefitOnItemRead
+    model = Recommender(bpr, k=5)._state.model
+    RefitOnItemRead.armed = False
+    served = (model.user_vectors, model.item_vectors, model.item_bias)
+    assert any(all(a is b for a, b in zip(served, fit)) for fit in fits), \
+        [[a is b for a, b in zip(served, fit)] for fit in fits]
+
+
+def test_a_swap_keeping_the_ranker_does_not_put_back_one_a_concurrent_swap_replaced(
+        als, seen, scorer):
+    """swap_model(model) keeps "the current ranker": it read it before building, so a swap
+    with ranker=r2 installed meanwhile was undone (the keeping swap, installed last,
+    brought the old ranker back: an outcome of neither order of the two calls)."""
+    other = recfuse.ALS(factors=FACTORS, iterations=2, regularization=0.1, solver="cholesky",
+                        random_state=7).fit(seen)
+    r2 = recfuse.MLPScorer([(W * 2, b, activation) for W, b, activation in scorer.layers])
+    rec = Recommender(als, ranker=scorer, k=5)
+    building, go, replacing = threading.Event(), threading.Event(), threading.Event()
+    real_build = rec._build
+
+    def build(source, ranker, factors=None):
+        if source is other:  # the keeping swap, with the current ranker read
+            building.set()
+            assert go.wait(30)
+        return real_build(source, ranker, factors)
+
+    class Announcing:  # says when the replacing swap waits for the swap lock, if there is one
+        def __init__(self, lock):
+            self.lock = lock
+
+        def __enter__(self):
+            if threading.current_thread().name == "replacing":
+                replacing.set()
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc):
+            return self.lock.__exit__(*exc)
+
+    rec._build = build
+    rec._swap_lock = Announcing(getattr(rec, "_swap_lock", threading.Lock()))
+    keeping = threading.Thread(target=rec.swap_model, args=(other,))
+    keeping.start()
+    assert building.wait(30)
+    done = threading.Event()
+    replace_thread = threading.Thread(
+        target=lambda: (rec.swap_model(als, ranker=r2), done.set()), name="replacing")
+    replace_thread.start()
+    assert wait_until(lambda: done.is_set() or replacing.is_set())
+    go.set()
+    keeping.join(30)
+    replace_thread.join(30)
+    assert not keeping.is_alive() and not replace_thread.is_alive()
+    assert rec.version == 3 and rec.ranker is r2
+
+
+def test_observe_checks_ratings_against_the_served_fit_not_a_later_refit():
+    """observe checked ratings against the model object's rating scale as it is now: after
+    a refit of that object on another scale (a trainer refitting it in another thread, to
+    swap it in next), a 9 was folded into the served 1-5 model, and valid ratings could be
+    refused."""
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 50, 1500), rng.integers(0, 40, 1500)
+    svd = recfuse.SVD(factors=4, epochs=3, random_state=0).fit(
+        users, items, rng.integers(1, 6, 1500), rating_scale=(1, 5))
+    rec = Recommender(svd, k=5)
+    svd.fit(users, items, rng.integers(6, 11, 1500), rating_scale=(6, 10))
+    with pytest.raises(ValueError, match=r"must lie in its rating_scale \[1.0, 5.0\], got 9.0"):
+        rec.observe({"user": [3], "item": [7], "weight": [9.0]})
+    assert rec.observe({"user": [3], "item": [7], "weight": [2.0]}) == 1
+    assert rec.swap_model(svd, replay=False) == 2  # the refit, served: its scale now
+    assert rec.observe({"user": [3], "item": [7], "weight": [9.0]}) == 1

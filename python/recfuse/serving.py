@@ -51,10 +51,12 @@ Concurrency: readers take no lock. A model swap (``swap_model``) builds everythi
 (the model, its item index, the ranker and its prepared items) and installs it by one
 reference assignment, so a call is answered wholly by the old model or wholly by the new
 one (``Recommendation.version`` says which); a load that fails leaves the old model
-serving. ``observe`` and ``swap_model`` are serialised by one writer lock; ``observe``
-publishes each user's new vector and seen items together, as one object, and a call reads
-what observe published as of one moment (it reads again when an observe call published
-meanwhile), so its answer is the one from before that call or the one from after it.
+serving. Concurrent ``swap_model`` calls run one at a time (a swap that keeps the current
+ranker keeps the one installed last). ``observe`` and the installation of a swapped model
+are serialised by one writer lock; ``observe`` publishes each user's new vector and seen
+items together, as one object, and a call reads what observe published as of one moment
+(it reads again when an observe call published meanwhile), so its answer is the one from
+before that call or the one from after it.
 """
 
 from __future__ import annotations
@@ -213,6 +215,9 @@ class _Model:
     # ExplicitALS: ratings per (user, item) of the training set, aligned with ``seen`` (whose
     # data are their sums): a user's re-solve counts each rating, repeated pairs included
     seen_counts: sp.csr_matrix | None = None
+    # SVD, SVD++, ExplicitALS: the fit's (lowest, highest) rating, which observe checks
+    # events against (kept here: a refit of the model object must not change it)
+    rating_scale: tuple[float, float] | None = None
 
     @property
     def n_users(self) -> int:
@@ -335,6 +340,7 @@ class Recommender:
                                                   minimum=0)
         self._threads_given = None if num_threads is None else check.check_threads(num_threads)
         self._write_lock = threading.Lock()
+        self._swap_lock = threading.Lock()  # serialises swap_model calls (see there)
         self._log: collections.deque = collections.deque()  # Events chunks, oldest first
         self._logged = 0
         self.dropped_events = 0  # events pushed out of the log by max_pending_events
@@ -406,7 +412,7 @@ class Recommender:
             source = os.fspath(retriever)
             retriever = load(source)
         model = retriever
-        seen_counts = None
+        seen_counts = rating_scale = None
         search_bias = None  # the recall index's item bias, when it is not ``bias``
         if isinstance(model, ALS):
             model._require_fitted()
@@ -416,8 +422,9 @@ class Recommender:
             seen = state.user_items
         elif isinstance(model, BPR):
             model._require_fitted()
-            kind, users, items, bias = "bpr", model.user_factors, model.item_factors, model.item_bias
-            offsets, mean, seen = np.zeros(users.shape[0]), 0.0, model._seen
+            # the four tables of one fit (a refit in another thread may land between reads)
+            users, items, bias, seen = model._tables()
+            kind, offsets, mean = "bpr", np.zeros(users.shape[0]), 0.0
         elif isinstance(model, (SVD, SVDpp, ExplicitALS)):
             fitted = model._require_fitted()
             kind = "explicit" if isinstance(model, ExplicitALS) else "svd"
@@ -430,6 +437,7 @@ class Recommender:
             users = (_user_vectors(fitted) * known_user[:, None]).astype(model.dtype)
             items = (fitted.item_factors * known_item[:, None]).astype(model.dtype)
             mean = float(fitted.global_mean)
+            rating_scale = fitted.rating_scale
             if fitted.biased:
                 bias = np.where(known_item, fitted.item_bias, 0).astype(model.dtype)
                 offsets = mean + np.where(known_user, fitted.user_bias, 0).astype(np.float64)
@@ -496,7 +504,7 @@ class Recommender:
                       seen.indptr.astype(np.int64), seen.indices.astype(np.int32), history,
                       popular.astype(np.int64), rule_mask, scorer, ranker_source, prepared,
                       item_gram(items.astype(np.float64)) if kind == "als" else None, mean,
-                      seen_counts)
+                      seen_counts, rating_scale)
 
     def _rule_mask(self, ids: np.ndarray, n_items: int) -> np.ndarray:
         """Which of ``ids`` the rules allow."""
@@ -521,25 +529,26 @@ class Recommender:
         them should clear the log with ``pending_events(clear=True)`` when it starts). If
         anything fails the old model stays and the error is raised. Returns the new version.
         """
-        current = self._state.model
-        factors = None
-        if ranker is _KEEP:
-            chosen = None if current.ranker is None else (current.ranker, current.ranker_source)
-            if current.ranker is not None:
+        chosen = None if ranker is _KEEP else _ranker_of(ranker)
+        # one swap at a time, from reading the current ranker to installing: a swap that keeps
+        # "the current ranker" must not put back the one a concurrent swap has just replaced
+        # (observe takes only the writer lock, so it goes on meanwhile)
+        with self._swap_lock:
+            current = self._state.model
+            factors = None
+            if ranker is _KEEP and current.ranker is not None:
+                chosen = (current.ranker, current.ranker_source)
                 factors = current.item_vectors.shape[1]
-        else:
-            chosen = _ranker_of(ranker)
-        built = self._build(source, chosen, factors)
-        with self._write_lock:
-            # numbered here: a swap that fails (e.g. in the replay) uses up no version, and
-            # of two concurrent swaps the one installed last has the higher version
-            built = replace(built, version=self._versions + 1)
-            state = _State(built)
-            if replay and self._log:
-                events = _concatenate(list(self._log))
-                self._apply(state, *events)
-            self._state = state
-            self._versions = built.version
+            built = self._build(source, chosen, factors)
+            with self._write_lock:
+                # numbered here: a swap that fails (e.g. in the replay) uses up no version
+                built = replace(built, version=self._versions + 1)
+                state = _State(built)
+                if replay and self._log:
+                    events = _concatenate(list(self._log))
+                    self._apply(state, *events)
+                self._state = state
+                self._versions = built.version
         return built.version
 
     # ------------------------------------------------------------------ recommend
@@ -846,7 +855,7 @@ class Recommender:
         if model.kind == "bpr" and (weights <= 0).any():
             raise ValueError("weights must be > 0 for BPR (each event is a positive)")
         if model.kind in ("svd", "explicit"):  # as the model's own fit checks them
-            low, high = model.model.rating_scale
+            low, high = model.rating_scale  # the served fit's, not a later refit's
             if weights.min() < low or weights.max() > high:
                 raise ValueError(f"weights are ratings for {type(model.model).__name__} and "
                                  f"must lie in its rating_scale [{low}, {high}], got "

@@ -5,6 +5,7 @@ retrieval calls built on ``recommend`` and the factor tables (``recommend_all``,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -171,7 +172,11 @@ class FactorRetrieval:
     """
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
+        lock = self.__dict__.get("_lock")
+        # under the writer lock: a fit publishes its tables under it (BPR: four attributes,
+        # one by one), and a copy taken meanwhile would mix two fits
+        with lock if lock is not None else contextlib.nullcontext():
+            state = self.__dict__.copy()
         state.pop("_lock", None)
         for name in [name for name in state if name.endswith("_cache")]:
             state[name] = None
