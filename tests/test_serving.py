@@ -1113,3 +1113,22 @@ def test_observe_checks_ratings_against_the_served_fit_not_a_later_refit():
     assert rec.observe({"user": [3], "item": [7], "weight": [2.0]}) == 1
     assert rec.swap_model(svd, replay=False) == 2  # the refit, served: its scale now
     assert rec.observe({"user": [3], "item": [7], "weight": [9.0]}) == 1
+
+
+def test_pending_events_saved_and_observed_after_a_restart_give_the_same_users(tmp_path):
+    """The README's restart recipe: the log written with np.savez and observed by a new
+    Recommender re-solves each ALS user over the same whole row (exact under Cholesky)."""
+    seen = sp.random(60, 40, density=0.15, format="csr", random_state=0, dtype=np.float32)
+    als = recfuse.ALS(factors=6, iterations=4, solver="cholesky", random_state=0).fit(seen)
+    before = recfuse.Recommender(als, k=5)
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # new users (60-69) among them
+        before.observe({"user": rng.integers(0, 70, 10), "item": rng.integers(0, 40, 10),
+                        "weight": rng.integers(1, 4, 10)})
+    np.savez(tmp_path / "events.npz", **before.pending_events()._asdict())
+    after = recfuse.Recommender(als, k=5)
+    assert after.observe(recfuse.Events(**np.load(tmp_path / "events.npz"))) == 30
+    for user in range(70):
+        a, b = before.recommend(user), after.recommend(user)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
