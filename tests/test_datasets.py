@@ -255,3 +255,29 @@ def test_movielens_100k_reader_keeps_the_latest_rating_of_a_pair_and_reads_a_bom
     assert liked.shape == (2, 3) and liked.toarray().tolist() == [[4, 0, 0], [0, 0, 5]]
     assert datasets.load_movielens(folder, min_rating=4).matrix.toarray().tolist() == [[4, 0],
                                                                                        [0, 5]]
+
+
+@pytest.mark.parametrize("name, content, line", [
+    # a short line: pandas' "Integer column has NA values in column 3" named no line
+    ("u.data", b"1\t10\t5\t100\n2\t10\t4\n", 2),
+    ("ratings.dat", b"1::10::5::100\n1::20::3\n", 2),
+    ("ratings.csv", CSV_HEADER + b"1,10,4.0,100\n2,10,3.5\n", 3),
+    # a word for a number: "invalid literal for int() with base 10: 'abc'", no line either
+    ("u.data", b"1\t10\t5\t100\n\n2\tabc\t4\t200\n", 3),
+    ("ratings.csv", CSV_HEADER + b"1,10,4.0,100\n2,10,x,200\n", 3),
+])
+def test_load_movielens_names_the_line_it_cannot_read(tmp_path, name, content, line):
+    """The docstring's promise: a line without its four fields, or a word for a number, is a
+    ValueError naming the file and the line."""
+    with pytest.raises(ValueError, match=rf"{name}' is not a MovieLens ratings file \(expected "
+                                         rf".*\): .*, e.g. line {line}$"):
+        datasets.load_movielens(_ratings_folder(tmp_path, name, content))
+
+
+def test_movielens_100k_reader_names_a_line_when_every_line_has_five_fields(tmp_path):
+    """The README: both readers refuse a line of more than four fields naming the file and the
+    line; load_movielens_100k said only "got 2 lines of 5 fields" when every line had five."""
+    folder = _ratings_folder(tmp_path, "u.data", b"1\t10\t5\t100\t7\n2\t10\t4\t200\t8\n")
+    with pytest.raises(ValueError, match=r"u.data' must hold .*, got 2 lines of 5 fields, "
+                                         r"e.g. line 1$"):
+        datasets.load_movielens_100k(folder)

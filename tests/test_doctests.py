@@ -7,13 +7,13 @@ import doctest
 import pytest
 
 import recfuse
-from recfuse import (_backend, batching, datasets, interactions, metrics, reference_data,
-                     retrieval, serving, split)
+from recfuse import (_backend, batching, datasets, interactions, metrics, ranker, ranking,
+                     reference_data, retrieval, serving, split)
 from recfuse.compat import surprise
 from recfuse.models import als, bpr, explicit_als, sgd
 
-MODULES = [recfuse, _backend, batching, datasets, interactions, metrics, reference_data,
-           retrieval, serving, split, surprise, als, bpr, explicit_als, sgd]
+MODULES = [recfuse, _backend, batching, datasets, interactions, metrics, ranker, ranking,
+           reference_data, retrieval, serving, split, surprise, als, bpr, explicit_als, sgd]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

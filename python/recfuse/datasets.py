@@ -168,7 +168,9 @@ def load_movielens_100k(path, min_rating: float | None = None):
             detail = str(error).split("; use `usecols`")[0]  # NumPy's advice, not ours
             raise ValueError(f"{expected}: {detail}") from None
     if raw.shape[0] == 0 or not 3 <= raw.shape[1] <= 4:  # more: not u.data (as load_movielens)
-        raise ValueError(f"{expected}, got {raw.shape[0]} lines of {raw.shape[1]} fields")
+        # loadtxt has checked that every line has as many fields: the first is one of them
+        first = ", e.g. line 1" if raw.shape[0] else ""
+        raise ValueError(f"{expected}, got {raw.shape[0]} lines of {raw.shape[1]} fields{first}")
     for column, name in ((0, "user"), (1, "item")):
         ids = raw[:, column]
         bad = np.flatnonzero((ids < 1) | (ids > check.INT32_MAX))
@@ -374,9 +376,11 @@ def load_movielens(path, *, min_rating: float | None = None, weighting: str = "n
 
     Ids are MovieLens' own user and movie ids (ints), values the ratings (0.5..5), and
     timestamps the rating times. ``min_rating`` keeps ratings >= it (e.g. 4 for implicit
-    feedback). Nothing is downloaded: a missing folder raises FileNotFoundError saying where
-    to get the data. A file that is not MovieLens' format (a line without its four fields or
-    with more, a word for a number) is a ValueError naming the file and the line.
+    feedback). ``weighting`` is that of ``Interactions.weighted`` ("none": the ratings); a
+    pair rated twice keeps its latest rating. Nothing is downloaded: a missing folder raises
+    FileNotFoundError saying where to get the data. A file that is not MovieLens' format (a
+    line without its four fields or with more, a word for a number) is a ValueError naming
+    the file and the line.
 
     >>> log = load_movielens("~/data/ml-100k")          # doctest: +SKIP
     >>> log.shape                                       # doctest: +SKIP
@@ -472,8 +476,36 @@ def _read_ratings(file: str, separator: str, header: bool):
         # an id beyond int64: OverflowError
         detail = (f"a number beyond int64 ({error})" if isinstance(error, OverflowError)
                   else str(error).strip())  # pandas' parser errors end in blank lines
+        if isinstance(error, ValueError) and "line" not in detail:
+            # pandas names the column ("Integer column has NA values in column 3": a short
+            # line), or only the value ("invalid literal for int()"): find the line
+            line = _first_unreadable_line(file, separator, header)
+            if line is not None:
+                detail = f"{detail}, e.g. line {line}"
         raise ValueError(f"{file!r} is not a MovieLens ratings file (expected {expected}): "
                          f"{detail}") from None
     if frame.empty:
         raise ValueError(f"{file!r} holds no ratings")
     return frame
+
+
+def _first_unreadable_line(file: str, separator: str, header: bool) -> int | None:
+    """The number (from 1, a header counted) of the first line of a MovieLens ratings file
+    that is not four fields (int user, int movie, a rating, int time), to point a parse
+    error at it; None when every line reads. Only called once the fast parser has failed."""
+    try:
+        with open(file, encoding="utf-8-sig", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                text = line.rstrip("\r\n")
+                if (header and number == 1) or not text.strip():  # pandas skips blank lines
+                    continue
+                fields = text.split(separator)
+                try:
+                    if len(fields) != 4:
+                        return number
+                    int(fields[0]), int(fields[1]), float(fields[2]), int(fields[3])
+                except ValueError:
+                    return number
+    except OSError:
+        return None
+    return None

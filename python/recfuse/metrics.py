@@ -92,6 +92,7 @@ def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
     list; no other id may appear twice in a row), for the test rows ``users``
     (default: every row of ``test`` with items, in order). Returns precision, recall, map,
     ndcg, auc, mrr, hit_rate (and, with ``per_user``, a ``per_user`` dict of arrays).
+    ``num_threads``: threads of the native computation (0: all cores).
 
     >>> import numpy as np, scipy.sparse as sp
     >>> test = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 1, 0, 0]], dtype=np.float32))
@@ -228,7 +229,8 @@ def intra_list_diversity(recommended, item_vectors, *, num_threads: int = 0) -> 
     """Mean over lists of the mean pairwise 1 - cosine similarity of their items' vectors
     (lists with fewer than two items are left out; -1 pads a short list). An id without a
     row in ``item_vectors`` is refused (ValueError): the lists and the table number the
-    items differently."""
+    items differently. ``recommended`` is 2-d (lists x k); ``num_threads``: threads of the
+    native computation (0: all cores)."""
     from . import _core
 
     vectors = np.asarray(item_vectors)
@@ -271,7 +273,9 @@ def evaluate(model, train, test, k: int = 10, *, cold_users: str = "include",
     diversity (one row per item) default to the model's ``item_factors``. With k above the
     number of items the model is asked for every item and each counts once, where
     implicit.evaluation asks for k and counts its padding (item 0 again) as recommendations
-    (its precision can then exceed 1).
+    (its precision can then exceed 1). Users are asked ``batch_size`` at a time;
+    ``show_progress`` shows a tqdm bar; ``num_threads`` is for the native metrics (0: all
+    cores).
 
     Keys: precision, recall, map, ndcg, auc, mrr, hit_rate, coverage, novelty, diversity,
     (rmse, mae), k, users, cold_users.

@@ -557,6 +557,7 @@ class Recommender:
                   context_features=None) -> Recommendation:
         """One user's list: ``Recommendation`` with 1-d ids, scores and stages.
 
+        k : list length (None: the Recommender's ``k``)
         exclude : item ids never to return for this call (besides the seen items)
         context_features : the ranker's context columns (1-d, ``context_width`` long)
         """
@@ -571,8 +572,9 @@ class Recommender:
                         context_features=None) -> Recommendation:
         """Lists for many users in one native recall call and one ranking call.
 
-        users : 1-d integer ids; excludes : None or one id sequence (or None) per user;
-        context_features : (users, context_width). Returns 2-d ids, scores and stages.
+        users : 1-d integer ids; k : list length (None: the Recommender's ``k``); excludes :
+        None or one id sequence (or None) per user; context_features : (users,
+        context_width). Returns 2-d ids, scores and stages.
         """
         state = self._state  # one model for the whole call
         ids = check.check_ids(users, "users", None)

@@ -63,11 +63,14 @@ class ALS(FactorRetrieval):
     iterations: full sweeps (users then items) done by ``fit``.
     solver: "cg" (``cg_steps`` conjugate-gradient steps from the previous vector) or
         "cholesky" (exact solve).
+    cg_steps: CG steps per row and half-sweep under ``solver="cg"`` (default 3).
     dtype: float32 or float64: factors and all arithmetic.
     backend: "auto", "cuda", "cpu", "numba", "cupy" or "numpy" (see ``recfuse.backends()``).
     num_threads: CPU threads for native work; 0 uses all cores.
     random_state: seed (int) or ``numpy.random.Generator`` for the initial factors. The same
         seed, backend and thread count give the same factors.
+    confidence: "linear" (default: c = 1 + alpha * r, values must be >= 0) or "raw"
+        (c = |r|, alpha unused; negative values mean "disliked").
 
     >>> import recfuse, scipy.sparse as sp
     >>> user_items = sp.random(30, 20, density=0.2, format="csr", random_state=1)

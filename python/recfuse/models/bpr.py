@@ -45,6 +45,16 @@ class BPR(FactorRetrieval):
     Defaults follow ``implicit.bpr.BayesianPersonalizedRanking`` (factors=100, lr=0.01,
     reg=0.01, iterations=100, uniform initial factors in ±0.5/factors).
 
+    Parameters
+    ----------
+    factors, lr, reg, iterations: size of the vectors, SGD step, L2 regularisation, epochs.
+    dtype: float32 (default) or float64, for the factors and all arithmetic.
+    grid: bins a side of the block grid (0: from the number of positive pairs).
+    max_tries: draws of a negative before the pair is skipped for the iteration.
+    backend: "auto", "cpu", "numba" or "numpy" (see ``recfuse.backends("sgd")``).
+    num_threads: see above.
+    random_state: seed (int) or ``numpy.random.Generator`` for the factors, bins and draws.
+
     >>> import recfuse, scipy.sparse as sp
     >>> user_items = sp.random(60, 40, density=0.1, format="csr", random_state=0)
     >>> model = recfuse.BPR(factors=8, iterations=5, random_state=0).fit(user_items)

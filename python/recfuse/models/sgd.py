@@ -646,7 +646,8 @@ class SVDpp(_SgdFactorization):
     side by side without races: SVD++ trains on one thread (``num_threads`` is unused).
     ``grid`` is ignored; ``shuffle=False`` keeps each user's ratings in the order given.
     The other parameters are those of ``SVD`` but ``biased`` (SVD++ is always biased), plus
-    ``lr_yj``/``reg_yj``.
+    ``lr_yj``/``reg_yj``; its backends are "cpu", "numba" and "numpy" (no cuda or cupy kernel:
+    ``backend="auto"`` passes over them, naming either raises RuntimeError).
     """
 
     _NAME = "SVDpp"
