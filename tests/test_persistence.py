@@ -8,6 +8,7 @@ import os
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import recfuse
@@ -446,3 +447,64 @@ def test_load_opens_each_member_once(model, tmp_path, monkeypatch, mmap):
     assert len(opened) == (1 if mmap else members), opened
     np.testing.assert_array_equal(loaded.user_factors, model.user_factors)
     np.testing.assert_array_equal(loaded.item_factors, model.item_factors)
+
+
+# ---------------------------------------------------------------------- round trips of
+# legitimate objects: what was saved loads back and behaves as before
+
+def _same_interactions(a, b) -> None:
+    assert repr(a) == repr(b) and a._settings == b._settings
+    assert a.user_ids.ids.tolist() == b.user_ids.ids.tolist()
+    assert a.item_ids.ids.tolist() == b.item_ids.ids.tolist()
+    for name in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(a.matrix, name), getattr(b.matrix, name))
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_interactions_weighted_with_numpy_scalar_options_save_and_load(tmp_path, mmap):
+    # options from a NumPy grid (np.float32, np.int64) were kept as given, and save failed:
+    # "Object of type float32 is not JSON serializable"
+    base = recfuse.Interactions.from_arrays(["a", "b", "a", "c"], ["x", "y", "y", "x"],
+                                            [1.0, 2.0, 3.0, 4.0])
+    for interactions in (base.weighted("bm25", k1=np.float32(1.5), b=np.int64(1)),
+                         recfuse.Interactions.from_arrays(["a", "b"], ["x", "y"],
+                                                          weighting="bm25", k1=np.int32(3))):
+        path = tmp_path / "interactions.npz"
+        interactions.save(path)
+        loaded = recfuse.Interactions.load(path, mmap=mmap)
+        _same_interactions(interactions, loaded)
+        more = {"users": ["a", "d"], "items": ["y", "x"], "weights": [1.0, 5.0]}
+        _same_interactions(interactions.add(**more), loaded.add(**more))
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_interactions_from_events_with_numpy_or_tuple_column_labels_save_and_load(tmp_path,
+                                                                                 mmap):
+    # a NumPy integer label made save fail (not JSON serializable); a tuple label (a
+    # MultiIndex column) came back as a list, and add(frame) then raised "unhashable type"
+    frames = [(pd.DataFrame({10: ["a", "b"], 20: ["x", "y"]}), np.int64(10), np.int64(20)),
+              (pd.DataFrame({("e", "u"): ["a", "b"], ("e", "i"): ["x", "y"]}), ("e", "u"),
+               ("e", "i"))]
+    for frame, user, item in frames:
+        interactions = recfuse.Interactions.from_events(frame, user=user, item=item)
+        path = tmp_path / "interactions.npz"
+        interactions.save(path)
+        loaded = recfuse.Interactions.load(path, mmap=mmap)
+        _same_interactions(interactions, loaded)
+        more = frame.iloc[::-1].copy()
+        more.iloc[0, 0] = "c"
+        _same_interactions(interactions.add(more), loaded.add(more))
+
+
+def test_load_scorer_reads_a_bytes_path_as_save_and_load_do(tmp_path):
+    # save(b"...") and recfuse.load(b"...") work; load_scorer(b"...") raised "endswith first
+    # arg must be bytes"
+    from recfuse.ranking import load_scorer
+
+    scorer = recfuse.MLPScorer([(np.array([[1.0, -2.0, 0.5]], np.float32), None, "identity")])
+    path = os.fsencode(tmp_path / "ranker.npz")
+    scorer.save(path)
+    loaded = load_scorer(path)
+    X = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(loaded.score(X), scorer.score(X))
+    assert loaded.source == os.fsdecode(path)

@@ -947,8 +947,10 @@ class Interactions:
                 raise
             raise type(error)(message) from error
         # remembered so that add(more_events) reads new data the same way
-        result._settings["columns"] = {"user": user, "item": item, "weight": weight,
-                                       "timestamp": timestamp, "event": event}
+        # as plain values: the settings are saved as JSON (a NumPy integer label is not)
+        result._settings["columns"] = {"user": _plain(user), "item": _plain(item),
+                                       "weight": _plain(weight), "timestamp": _plain(timestamp),
+                                       "event": _plain(event)}
         return result
 
     @classmethod
@@ -1225,7 +1227,9 @@ class Interactions:
         """
         _check_weighting(weighting, options)
         result = self._replace()
-        result._settings.update(weighting=weighting, weighting_options=dict(options))
+        # plain values (np.float32(1.5) -> 1.5): the settings are saved as JSON
+        result._settings.update(weighting=weighting, weighting_options={
+            name: _plain(value) for name, value in options.items()})
         _weigh(result, weighting, options)  # validate now, not at the first .matrix
         return result
 
@@ -1361,6 +1365,9 @@ def _saved_settings(path: str, settings: dict) -> dict:
                 check.check_float(value, f"event_weights[{key!r}]")
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path!r} has a malformed header: {error}") from None
+    if columns is not None:  # JSON writes a tuple label (a MultiIndex column) as a list
+        settings = dict(settings, columns={role: tuple(label) if isinstance(label, list)
+                                           else label for role, label in columns.items()})
     return settings
 
 
