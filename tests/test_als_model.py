@@ -823,3 +823,40 @@ def test_a_file_with_part_of_the_seen_matrix_is_refused(fitted, tmp_path, mmap):
     np.savez(path, **members)
     with pytest.raises(ValueError, match=r"seen matrix lacks \['seen_indptr'\]"):
         recfuse.load(path, mmap=mmap)
+
+
+def test_shapes_beyond_memory_or_int32_are_refused_before_allocating():
+    """A CSR matrix declared far wider or taller than its few entries: its factor tables
+    that cannot fit memory are a MemoryError naming the rows and columns, before anything is
+    allocated (they were NumPy's "Unable to allocate 64.0 GiB", or below the system's
+    overcommit limit tables the OOM killer ends the process for); more than 2**31 - 1 rows
+    is a ValueError (the transpose's int32 column indices would wrap). Run under a 6 GiB
+    address-space limit, the machine taken to have 8 GiB."""
+    from conftest import run_python
+
+    run_python("""
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+import numpy as np, scipy.sparse as sp, pytest, recfuse
+import recfuse._validation as check
+check.physical_memory = lambda: 8 << 30
+ones = np.ones(3, np.float32)
+wide = sp.csr_matrix((ones, ([0, 1, 4], [0, 5, 2**31 - 2])), shape=(5, 2**31 - 1))
+small = sp.random(30, 20, density=0.2, format="csr", random_state=0, dtype="float32")
+for cls in (recfuse.ALS, recfuse.BPR):
+    model = cls(factors=8, iterations=1, random_state=0).fit(small)
+    before = model.user_factors.copy()
+    with pytest.raises(MemoryError, match="columns \\\\(items\\\\) = 2147483647"):
+        model.fit(wide)
+    tall = sp.csr_matrix((ones, ([0, 1, 2], [0, 1, 2])), shape=(3, 3))
+    tall._shape = (2**30, 3)  # as declared, without its 8 GiB of row pointers
+    with pytest.raises(MemoryError, match="rows \\\\(users\\\\) = 1073741824"):
+        model.fit(tall)
+    np.testing.assert_array_equal(model.user_factors, before)
+    tall = sp.csr_matrix((ones[:1], ([0], [1])), shape=(3, 5))
+    tall._shape = (2**31 + 1, 5)  # no 16 GiB row pointers needed to be refused
+    check.physical_memory = lambda: 1 << 50
+    with pytest.raises(ValueError, match="2147483649 rows; at most 2147483647"):
+        model.fit(tall)
+    check.physical_memory = lambda: 8 << 30
+""")

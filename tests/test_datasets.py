@@ -281,3 +281,39 @@ def test_movielens_100k_reader_names_a_line_when_every_line_has_five_fields(tmp_
     with pytest.raises(ValueError, match=r"u.data' must hold .*, got 2 lines of 5 fields, "
                                          r"e.g. line 1$"):
         datasets.load_movielens_100k(folder)
+
+
+def test_generator_sizes_are_checked_together_and_event_labels_by_their_real_size(
+        monkeypatch):
+    """Sizes were each checked against memory at 32 bytes, alone: two of them each within
+    memory but not together passed, and synthetic_event_log made a 100-byte label (and an
+    84-byte string) for every id of the catalogue, drawn or not, and ~300 bytes per event:
+    on a 23.5 GiB machine synthetic_event_log(2**27, 2**27, 10) passed the check and asked
+    for 2 x 25 GiB of labels. Now the sizes are checked together (the event log at its real
+    cost per event), and only the drawn ids are labelled: the same strings and dtype."""
+    import recfuse._validation as check
+
+    monkeypatch.setattr(check, "physical_memory", lambda: 1 << 30)
+
+    def allocating(*arguments, **options):
+        raise AssertionError("the generator was allocating")
+
+    monkeypatch.setattr(datasets, "_power_law", allocating)
+    monkeypatch.setattr(datasets.np, "arange", allocating)
+    for call, match in (
+            (lambda: datasets.synthetic_implicit(2**24, 2**24, 10),
+             "n_users = 16777216 and n_items = 16777216"),
+            (lambda: datasets.synthetic_explicit(2**24, 2**24, 10, factors=1),
+             "n_users = 16777216 and n_items = 16777216"),
+            (lambda: datasets.synthetic_event_log(10, 10, 2**22), "n_events = 4194304"),
+            (lambda: datasets.synthetic_event_log(2**24, 2**24, 10), "n_items = 16777216")):
+        with pytest.raises(MemoryError, match=match):
+            call()
+    monkeypatch.undo()
+    for sizes in ((1000, 500, 100), (10, 10, 1000), (5000, 3, 20)):
+        log = datasets.synthetic_event_log(*sizes, seed=3)
+        for column, prefix, count in (("user", "user", sizes[0]), ("item", "item", sizes[1])):
+            ids = np.array([int(label[len(prefix):]) for label in log[column]])
+            every = np.char.add(prefix, np.arange(count).astype(str))
+            assert log[column].dtype == every.dtype
+            np.testing.assert_array_equal(log[column], every[ids])

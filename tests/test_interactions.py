@@ -914,3 +914,46 @@ def test_id_lookups_refuse_sets_and_iterators_by_name():
     assert ids.to_internal(2).tolist() == [1] and IdMap(["ab"]).to_internal("ab").tolist() == [0]
     assert IdMap(["ab"]).to_internal(np.array("ab")).tolist() == [0]
     assert ids.to_internal(np.array(2)).tolist() == ids.to_internal(np.int64(2)).tolist() == [1]
+
+
+def test_half_life_decay_of_times_at_both_ends_of_the_range():
+    """The decay's ``times - reference`` was an int64 subtraction: events in 1677 and a
+    reference in 2262 are ~2**64 ns apart, which wrapped to +2 ns, so the oldest event kept
+    weight 1 (instead of 0.987 for a half-life of 1e12 s, or 2.8e-6 for 1e9 s). Exact
+    (float64) whatever the distance; ordinary times are unchanged bit for bit."""
+    low, high = np.iinfo(np.int64).min + 1, np.iinfo(np.int64).max
+    times = np.array([low, 0, high], dtype="datetime64[ns]")
+    for half_life, reference in ((1e12, None), (1e9, None),
+                                 (1e9, np.datetime64(high, "ns"))):
+        it = Interactions.from_arrays([0, 1, 2], [0, 1, 2], timestamps=times,
+                                      half_life=half_life, reference_time=reference)
+        expected = 0.5 ** ((high - np.array([low, 0, high], dtype=object)) /
+                           (half_life * 10**9))
+        np.testing.assert_allclose(it.matrix.diagonal(), expected.astype(float), rtol=1e-6)
+    ordinary = np.array([1_600_000_000, 1_600_050_000, 1_700_000_000]) * 10**9
+    it = Interactions.from_arrays([0, 1, 2], [0, 1, 2], timestamps=ordinary.view(
+        "datetime64[ns]"), half_life=86400.0)
+    exact = np.exp2((ordinary - ordinary.max()) / (86400.0 * 10**9)).astype(np.float32)
+    np.testing.assert_array_equal(it.matrix.diagonal(), exact)
+
+
+def test_times_beyond_float64_nanoseconds_are_the_documented_error_without_warnings():
+    """Float seconds such as 1e300 (timestamps, a temporal_split cut) overflowed to inf in
+    the conversion to nanoseconds with NumPy's RuntimeWarning first (an error under
+    ``-W error``), and a reference_time before the events overflowed exp2 the same way,
+    before the ValueError that says what is wrong."""
+    import warnings
+
+    from recfuse.split import temporal_split
+
+    times = np.array([0, 5, 10], dtype="datetime64[s]")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="overflow int64 nanoseconds"):
+            Interactions.from_arrays([0, 1], [0, 1], timestamps=[0.0, 1e300])
+        it = Interactions.from_arrays([0, 1, 2], [0, 1, 2], timestamps=times)
+        with pytest.raises(ValueError, match="cut as seconds since the epoch overflow"):
+            temporal_split(it, cut=1e300)
+        with pytest.raises(ValueError, match="overflows float32"):
+            Interactions.from_arrays([0, 1], [0, 1], timestamps=times[:2], half_life=1.0,
+                                     reference_time=np.datetime64(-2**62, "ns"))

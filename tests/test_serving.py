@@ -1132,3 +1132,28 @@ def test_pending_events_saved_and_observed_after_a_restart_give_the_same_users(t
         a, b = before.recommend(user), after.recommend(user)
         np.testing.assert_array_equal(a.ids, b.ids)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_observe_refuses_an_item_id_whose_added_rows_cannot_fit_memory(als, monkeypatch):
+    """Added items live in a table with a row per id from n_items up to the largest: with a
+    large max_new_items, one event for an id far beyond the catalogue made a table of that
+    many rows (NumPy's "Unable to allocate 4.00 GiB" for id 2**28, or a table the OOM killer
+    ends the process for). It is a MemoryError naming the id, before anything is allocated
+    or changed."""
+    import recfuse._validation as check
+
+    rec = Recommender(als, max_new_items=2**40)
+    monkeypatch.setattr(check, "physical_memory", lambda: 1 << 30)
+
+    def allocating(*arguments, **options):
+        raise AssertionError("the added items' table was being made")
+
+    monkeypatch.setattr(Recommender, "_added_items", allocating)
+    far = N_ITEMS + 2**26
+    with pytest.raises(MemoryError, match=f"item id {far} would add {2**26 + 1} item rows"):
+        rec.observe({"user": [7], "item": [far]})
+    assert rec._state.users == {} and rec._state.new_items is None
+    assert rec.pending_events().users.size == 0
+    monkeypatch.undo()
+    assert rec.observe({"user": [7], "item": [N_ITEMS + 5]}) == 1  # near ids still fine
+    assert rec.info()["added_items"] == 1

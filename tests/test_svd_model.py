@@ -521,3 +521,65 @@ def test_a_start_beyond_the_dtype_is_refused_by_name(cls):
     with pytest.raises(ValueError, match="finite in float64"):
         cls(init_mean=-1e308, init_std=1e308, dtype=np.float64)
     assert cls(init_std=1e38, dtype=np.float64).init_std == 1e38
+
+
+def test_declared_sizes_beyond_memory_are_refused_before_allocating():
+    """n_users / n_items (declared, or a ratings matrix's shape) whose tables cannot fit this
+    machine's memory are a MemoryError naming them, before anything is allocated: they were
+    NumPy's "Unable to allocate 16.0 GiB" (after ~30 s of work for n_users=2**28) or, below
+    the system's overcommit limit, tables the OOM killer ends the process for. The model is
+    left as it was. Run under an 6 GiB address-space limit (and a machine taken to have
+    8 GiB), so that a missing check fails there instead of filling memory."""
+    from conftest import run_python
+
+    run_python("""
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+import numpy as np, scipy.sparse as sp, pytest, recfuse
+import recfuse._validation as check
+check.physical_memory = lambda: 8 << 30
+rng = np.random.default_rng(0)
+u, i, r = rng.integers(0, 30, 300), rng.integers(0, 20, 300), rng.integers(1, 6, 300) * 1.0
+for cls, options in ((recfuse.SVD, {"epochs": 1}), (recfuse.SVDpp, {"epochs": 1}),
+                     (recfuse.ExplicitALS, {"iterations": 1})):
+    model = cls(factors=8, random_state=0, **options).fit(u, i, r)
+    before = model.predict(u, i)
+    for sizes, match in (({"n_users": 2**31 - 1}, "n_users = 2147483647"),
+                         ({"n_items": 2**31 - 1}, "n_items = 2147483647"),
+                         ({"n_users": 2**27, "n_items": 2**27}, "n_users = 134217728 and "
+                                                                "n_items = 134217728")):
+        with pytest.raises(MemoryError, match=match):
+            model.fit(u, i, r, **sizes)
+    wide = sp.csr_matrix((np.ones(3), ([0, 1, 2], [0, 1, 2**31 - 2])), shape=(3, 2**31 - 1))
+    with pytest.raises(MemoryError, match="n_items = 2147483647"):
+        model.fit(wide)
+    np.testing.assert_array_equal(model.predict(u, i), before)
+""")
+
+
+@pytest.mark.parametrize("cls", [recfuse.SVD, recfuse.SVDpp, recfuse.ExplicitALS])
+def test_ratings_whose_sum_overflows_float64_keep_a_finite_global_mean(cls):
+    """Ratings near float64's largest value: the global mean was ``values.mean()``, whose
+    sum overflowed to inf (NaN with both signs) with NumPy's RuntimeWarning, and the model
+    was presented as fitted with every prediction inf or NaN (SVD with epochs=0, or unbiased;
+    with training, a "diverged" error for a model whose errors r - μ are all 0). The mean of
+    finite ratings lies between them: it is computed without overflowing."""
+    users, items = np.arange(6) % 3, np.arange(6) % 2
+    options = {"iterations": 0} if cls is recfuse.ExplicitALS else {"epochs": 0}
+    for ratings in (np.full(6, 1.7e308), np.array([1.7e308, -1.7e308] * 3)):
+        model = cls(factors=2, dtype=np.float64, random_state=0, **options)
+        try:
+            model.fit(users, items, ratings)
+        except ValueError as error:  # a refusal is fine; an inf or NaN model is not
+            assert "diverged" in str(error)
+            continue
+        assert np.isfinite(model.global_mean)
+        assert model.global_mean == pytest.approx(ratings.mean(dtype=np.longdouble)
+                                                  if ratings[0] == ratings[1] else 0.0,
+                                                  abs=1e292)
+        assert np.isfinite(model.predict(users, items)).all()
+    same = cls(factors=2, dtype=np.float64, random_state=0, **options).fit(
+        users, items, np.full(6, 1.7e308))
+    assert same.global_mean == 1.7e308
+    if cls is not recfuse.ExplicitALS:  # no error to learn from: predicts the ratings
+        assert same.predict(0, 0) == 1.7e308

@@ -173,6 +173,8 @@ def check_csr(
         raise ValueError(f"{name} must have {n_cols} columns, got shape {matrix.shape}")
     if cols > INT32_MAX:
         raise ValueError(f"{name} has {cols} columns; at most {INT32_MAX} are supported")
+    if rows > INT32_MAX:  # row ids become int32 column indices of the transpose (ALS)
+        raise ValueError(f"{name} has {rows} rows; at most {INT32_MAX} are supported")
     if matrix.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {matrix.dtype}")
     # scipy builds a CSR matrix from given arrays without looking at them; its own methods
@@ -440,8 +442,18 @@ def physical_memory() -> int | None:
 def check_count_fits(count: int, name: str, bytes_each: int) -> int:
     """``count`` things of ``bytes_each`` bytes must fit this machine's memory: MemoryError
     naming ``name`` up front, rather than an allocation the system kills the process for."""
-    memory = physical_memory()
-    if memory is not None and count * bytes_each > memory:
-        raise MemoryError(f"{name} = {count} needs {count * bytes_each / 2**30:.1f} GiB, more "
-                          f"than this machine's {memory / 2**30:.1f} GiB")
+    check_counts_fit((count, name, bytes_each))
     return count
+
+
+def check_counts_fit(*counts: tuple[int, str, int]) -> None:
+    """``check_count_fits`` for arrays that live together: ``(count, name, bytes_each)``
+    triples whose sizes add up (a user table and an item table), so that two sizes each
+    within memory but not both are refused too; MemoryError naming every argument."""
+    memory = physical_memory()
+    total = sum(count * bytes_each for count, _, bytes_each in counts)
+    if memory is not None and total > memory:
+        names = " and ".join(f"{name} = {count}" for count, name, _ in counts)
+        verb = "needs" if len(counts) == 1 else "need"
+        raise MemoryError(f"{names} {verb} {total / 2**30:.1f} GiB, more than this machine's "
+                          f"{memory / 2**30:.1f} GiB")

@@ -284,7 +284,8 @@ def synthetic_event_log(
     >>> sorted(log), len(log["user"])
     (['event', 'item', 'timestamp', 'user'], 20)
     """
-    n_users, n_items, n_events = _sizes(n_users, n_items, n_events, "n_events")
+    # an event: its times, type and two labels of 100 bytes each (and their making)
+    n_users, n_items, n_events = _sizes(n_users, n_items, n_events, "n_events", 400)
     clusters = min(check.check_int(clusters, "clusters", minimum=1), n_items)
     affinity = _affinity(affinity)
     days = check.check_float(days, "days", minimum=0.0, strict=True)
@@ -322,20 +323,27 @@ def _affinity(value) -> float:
 
 
 def _labels(prefix: str, ids: np.ndarray, count: int) -> np.ndarray:
-    """``prefix`` + the id as text for each id in [0, count): the count labels made once and
-    gathered (8x faster than formatting 600k ids one by one; the same strings and dtype)."""
-    return np.char.add(prefix, np.arange(count).astype(str))[ids]
+    """``prefix`` + the id as text for each id in [0, count): the labels made once and
+    gathered (8x faster than formatting 600k ids one by one; the same strings and dtype),
+    for the ids drawn only when they are fewer than ``count`` (a label takes 100 bytes and
+    more: 2**27 users drawn by 10 events must not cost 25 GiB of labels)."""
+    if count <= ids.size:
+        return np.char.add(prefix, np.arange(count).astype(str))[ids]
+    drawn, positions = np.unique(ids, return_inverse=True)
+    return np.char.add(prefix, drawn.astype(str))[positions]
 
 
-def _sizes(n_users, n_items, count, count_name: str) -> tuple[int, int, int]:
+def _sizes(n_users, n_items, count, count_name: str,
+           count_bytes: int = 32) -> tuple[int, int, int]:
     """(n_users, n_items, count) checked: ids within int32 (what the models take), and the
-    generator's arrays (about 32 bytes per user, item and event) within this machine's
-    memory, refused up front rather than by the allocator."""
+    generator's arrays (about 40 bytes per user and item, ``count_bytes`` per event: they
+    live together, so their sum) within this machine's memory, refused up front rather
+    than by the allocator."""
     n_users = check.check_int(n_users, "n_users", minimum=1, maximum=check.INT32_MAX)
     n_items = check.check_int(n_items, "n_items", minimum=1, maximum=check.INT32_MAX)
     count = check.check_int(count, count_name, minimum=0)
-    for value, name in ((n_users, "n_users"), (n_items, "n_items"), (count, count_name)):
-        check.check_count_fits(value, name, 32)
+    check.check_counts_fit((n_users, "n_users", 40), (n_items, "n_items", 40),
+                           (count, count_name, count_bytes))
     return n_users, n_items, count
 
 

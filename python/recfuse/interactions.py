@@ -809,7 +809,8 @@ def _times_ns(column, name: str = "timestamps") -> np.ndarray:
     if kind == "f":
         if not np.isfinite(array).all():
             raise ValueError(f"{name} has {int((~np.isfinite(array)).sum())} NaN/inf values")
-        nanoseconds = np.round(array * _NS_PER_SECOND)
+        with np.errstate(over="ignore"):  # beyond float64 (1e300 s): inf, refused below
+            nanoseconds = np.round(array * _NS_PER_SECOND)
         beyond = np.abs(nanoseconds) >= 2.0**63  # the cast would give int64 min (NaT)
         if beyond.any():
             raise ValueError(f"{name} as seconds since the epoch overflow int64 nanoseconds: "
@@ -838,6 +839,18 @@ def _times_ns(column, name: str = "timestamps") -> np.ndarray:
         return _times_ns(parsed.dt.tz_localize(None).to_numpy(), name)
     raise TypeError(f"{name} must be datetimes, numbers (seconds since the epoch) or strings, "
                     f"got dtype {array.dtype}")
+
+
+def _ns_from(times: np.ndarray, reference: int) -> np.ndarray:
+    """``times - reference`` (int64 nanoseconds) as float64, exact where the int64
+    difference is: times at both ends of the range (1677 and 2262) are 2**64 ns apart, which
+    int64 wraps around to a small number of the wrong sign."""
+    difference = times - np.int64(reference)
+    wrapped = (difference < 0) != (times < reference)
+    result = difference.astype(np.float64)
+    if wrapped.any():
+        result[wrapped] = times[wrapped].astype(np.float64) - float(reference)
+    return result
 
 
 def _seconds(value, name: str) -> float:
@@ -1008,7 +1021,8 @@ class Interactions:
             seconds = _seconds(half_life, "half_life")
             reference = (int(times.max()) if reference_time is None
                          else int(_times_ns(np.atleast_1d(np.asarray(reference_time)))[0]))
-            decay = np.exp2((times - reference) / (seconds * _NS_PER_SECOND))
+            with np.errstate(over="ignore"):  # events after the reference: weights > 1
+                decay = np.exp2(_ns_from(times, reference) / (seconds * _NS_PER_SECOND))
             values = decay if values is None else values * decay
             settings.update(half_life=seconds, reference_time=reference,
                             fixed_reference=reference_time is not None)

@@ -874,6 +874,7 @@ class Recommender:
             if unknown.max() >= n + self.max_new_items:
                 raise ValueError(f"item id {int(unknown.max())} is beyond the items that may be "
                                  f"added (< {n + self.max_new_items}: n_items + max_new_items)")
+            _check_new_rows_fit(model, int(unknown.max()))
         if users.size > 1:
             order = np.argsort(users, kind="stable")
             users, items, weights = users[order], items[order], weights[order]
@@ -1253,6 +1254,21 @@ def _concatenate(chunks: list) -> Events:
     if not chunks:
         return Events(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
     return Events(*(np.concatenate(parts) for parts in zip(*chunks)))
+
+
+def _check_new_rows_fit(model: _Model, top: int) -> None:
+    """Added items live in a table of rows ``n_items .. top`` (a row per id up to the
+    largest, each with a copy in its search index): an id far beyond the catalogue that a
+    large ``max_new_items`` lets in must not become a table this machine cannot hold."""
+    rows = top + 1 - model.n_items
+    vectors = model.item_vectors
+    need = rows * (2 * vectors.shape[1] * vectors.dtype.itemsize + 2)
+    memory = check.physical_memory()
+    if memory is not None and need > memory:
+        raise MemoryError(f"item id {top} would add {rows} item rows (ids {model.n_items} to "
+                          f"{top}: {need / 2**30:.1f} GiB), more than this machine's "
+                          f"{memory / 2**30:.1f} GiB; lower max_new_items or add items with "
+                          f"ids next to the catalogue's")
 
 
 def _merge(items, weights, new_items, new_weights):

@@ -24,6 +24,21 @@ def interaction_matrix(value):
     return value.matrix if isinstance(value, Interactions) else value
 
 
+def check_tables_fit(user_items, factors: int, bytes_per_value: int) -> None:
+    """Refuse, before ``user_items`` is read or anything allocated, a users x items shape
+    whose factor tables (``factors`` values of ``bytes_per_value`` bytes per user and per
+    item, and the row pointers) could not fit this machine's memory: a MemoryError naming
+    the matrix's rows and columns, not the allocator's (or the system's OOM killer's) answer
+    to a shape declared far beyond the entries (a CSR of 2**31 rows holding 3 entries)."""
+    matrix = interaction_matrix(user_items)
+    if not sp.issparse(matrix) or len(matrix.shape) != 2:
+        return  # the model's own checks say what is wrong
+    rows, cols = (int(size) for size in matrix.shape)
+    each = factors * bytes_per_value + 16
+    check.check_counts_fit((rows, "user_items' rows (users)", each),
+                           (cols, "user_items' columns (items)", each))
+
+
 def seen_rows(user_items, n_rows: int, n_items: int):
     """``user_items`` given to ``recommend`` (a CSR matrix or ``Interactions``, one row per
     requested user) checked as the items to filter."""

@@ -16,7 +16,7 @@ from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
-from ._common import (FactorRetrieval, check_trained, interaction_matrix,
+from ._common import (FactorRetrieval, check_tables_fit, check_trained, interaction_matrix,
                       progress_bar, saveable_tables, saved_factor_tables, saved_group,
                       stored_seen)
 
@@ -197,6 +197,7 @@ class ALS(FactorRetrieval):
         solution, whatever the solver; with ``iterations=0`` the start is kept). On bad
         input nothing about the model changes.
         """
+        check_tables_fit(user_items, self.factors, np.dtype(self.dtype).itemsize)
         matrix = check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype,
                                  nonnegative=self.confidence == "linear")
         n_users, n_items = matrix.shape

@@ -14,7 +14,7 @@ from .._backend import resolve_backend
 from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, make_blocks,
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
-from ._common import (FactorRetrieval, check_trained, interaction_matrix,
+from ._common import (FactorRetrieval, check_tables_fit, check_trained, interaction_matrix,
                       progress_bar, saveable_tables, saved_factor_tables, seen_rows, stored_seen)
 from .sgd import MAX_FACTORS
 
@@ -101,6 +101,8 @@ class BPR(FactorRetrieval):
         ``matrix``) and return self. ``callback(iteration, skipped)`` gets the number of
         pairs skipped for want of an unseen negative. On bad input the model is left as it
         was."""
+        # the starting tables are drawn in float64 and then cast
+        check_tables_fit(user_items, self.factors, 8 + np.dtype(self.dtype).itemsize)
         matrix = check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")

@@ -25,7 +25,7 @@ from .._als.common import CsrArrays
 from .._backend import resolve_backend
 from .._sgd.common import Pattern
 from ._common import check_trained, progress_bar
-from .sgd import MAX_FACTORS, _RatingModel, _rmse
+from .sgd import MAX_FACTORS, _RatingModel, _rmse, mean_of
 
 
 class ExplicitALS(_RatingModel):
@@ -141,7 +141,7 @@ class ExplicitALS(_RatingModel):
         by_item = _ratings_csr(items, users, values, n_items, n_users, self.dtype)
         _check_sums_fit(values, by_user, by_item, self.dtype)
         backend = resolve_backend(self.backend, "sgd", needs="explicit_als_half_sweep")
-        global_mean = float(values.mean())  # unbiased: only the fallback for unknown ids
+        global_mean = mean_of(values)  # unbiased: only the fallback for unknown ids
         kernel_mean = global_mean if self.biased else 0.0
         user_bias = np.zeros(n_users, dtype=self.dtype) if self.biased else None
         item_bias = np.zeros(n_items, dtype=self.dtype) if self.biased else None

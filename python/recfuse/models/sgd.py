@@ -30,6 +30,18 @@ from ._common import (FactorRetrieval, check_trained, progress_bar, rating_array
 MAX_FACTORS = 4096
 
 
+def mean_of(values: np.ndarray) -> float:
+    """The mean of finite float64 ``values``, finite whatever their size: ``values.mean()``
+    sums first, and ratings near float64's largest (1e308) overflow that sum to inf (or to
+    NaN with both signs), a global mean that would make every prediction inf or NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = float(values.mean())
+    if not np.isfinite(mean):  # divided by the largest magnitude first: the sum fits
+        scale = float(np.abs(values).max())
+        mean = float((values / scale).mean()) * scale
+    return mean
+
+
 @dataclass(frozen=True)
 class _Fitted:
     """Everything fit learns; replaced as a whole so readers always see one consistent model."""
@@ -94,6 +106,12 @@ class _RatingModel(FactorRetrieval):
             raise ValueError("fit needs at least one rating, got none")
         n_users = self._count(n_users, "n_users", users)
         n_items = self._count(n_items, "n_items", items)
+        # the tables of every user and item (factors, bias, counts, seen row pointers): a
+        # declared size far beyond the data is refused here, not by the allocator mid-fit
+        factor_bytes = self.factors * np.dtype(self.dtype).itemsize
+        check.check_counts_fit((n_users, "n_users", factor_bytes + 32),
+                               (n_items, "n_items", (self._factor_count() - 1) * factor_bytes
+                                + 32))
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         check.check_flag(show_progress, "show_progress")
@@ -446,7 +464,7 @@ class _SgdFactorization(_RatingModel):
         given = (None if initial_factors is None
                  else self._initial_factors(rng, n_users, n_items, initial_factors))
         backend = resolve_backend(self.backend, "sgd", needs=self._KERNEL)
-        global_mean = float(values.mean())
+        global_mean = mean_of(values)
         blocks = self._layout(users, items, n_users, n_items, values.size, rng)
         ordered = np.ascontiguousarray(values[blocks.order], dtype=self.dtype)
         seen = Pattern.from_pairs(users, items, n_users, n_items)
