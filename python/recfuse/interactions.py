@@ -1086,7 +1086,9 @@ class Interactions:
             raise ValueError(f"the combined weight of user {_plain(user)!r} and item "
                              f"{_plain(item_map.ids[indices[pair]])!r} overflows float32 (values "
                              f"are stored as float32: at most "
-                             f"{float(np.finfo(np.float32).max):.4g}); scale the weights down")
+                             f"{float(np.finfo(np.float32).max):.4g}); scale the weights "
+                             f"down (with half_life: or check reference_time, after which "
+                             f"weights grow without bound)")
         return cls(user_map, item_map, indptr, indices, combined, counts, pair_times,
                    settings=settings)
 

@@ -228,7 +228,8 @@ class ALS(FactorRetrieval):
         finally:
             progress.close()
         X, Y = trainer.factors()
-        check_trained("ALS", (X, Y), "lower alpha or scale down the values of user_items")
+        check_trained("ALS", (X, Y), "lower alpha or regularization, scale down the values of "
+                      "user_items, or use dtype=np.float64")
         if self.iterations:
             # A row without a positive entry (none stored, or only stored zeros, or under
             # "raw" only values <= 0) has p = 0 throughout: its system's right-hand side is 0
