@@ -34,7 +34,7 @@ import sys
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import backend_params, csr_matrices, run_python
+from conftest import backend_params, csr_matrices, examples, run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -401,7 +401,7 @@ def test_every_simd_level_matches_reference(backend, data, solver, confidence, d
 @given(data=st.data(), confidence=st.sampled_from(CONFIDENCES),
        dtype=st.sampled_from([np.float32, np.float64]), skewed=st.booleans(),
        heavy=st.booleans())
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=examples(6), deadline=None)
 def test_cholesky_rows_with_few_entries_match_the_reference(k, data, confidence, dtype, skewed,
                                                             heavy):
     """The native Cholesky path solves rows with at most k²/128 entries by the Woodbury
@@ -440,7 +440,7 @@ def test_cholesky_rows_with_few_entries_match_the_reference(k, data, confidence,
 @pytest.mark.parametrize("k", [32, 64, 128])
 @given(data=st.data(), confidence=st.sampled_from(CONFIDENCES),
        dtype=st.sampled_from([np.float32, np.float64]), steps=st.integers(0, 4))
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=examples(4), deadline=None)
 def test_fixed_k_cg_matches_the_reference(k, data, confidence, dtype, steps):
     """The native CG at k = 32, 64 and 128 runs rows of up to 128 KiB of factor rows in
     batches (their YᵀY·p products as one tile product) and longer rows alone: both, with

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import recfuse
+from conftest import examples
 from recfuse import datasets, reference
 
 
@@ -616,7 +617,7 @@ def test_item_index_follows_new_factors(data):
 
 
 @given(seed=st.integers(0, 2**32 - 1))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 def test_replacing_rows_keeps_every_other_entry(seed):
     """update_users' seen matrix: rows ``ids`` replaced, the matrix grown, every other stored
     entry (zeros included) kept in place; against a dense rebuild."""

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import recfuse
+from conftest import examples
 from recfuse import reference
 from recfuse._mlp import cuda as cuda_mlp
 from recfuse.ranking import MLPScorer
@@ -78,7 +79,7 @@ def score_cases(draw):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("kernel", KERNELS)
-@settings(max_examples=12)
+@settings(max_examples=examples(12))
 @given(case=score_cases())
 def test_score_matches_reference(kernel, precision, case):
     layers, width, rows, seed = case
@@ -93,7 +94,7 @@ def test_score_matches_reference(kernel, precision, case):
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("kernel", KERNELS)
-@settings(max_examples=12)
+@settings(max_examples=examples(12))
 @given(call=candidate_calls(), k=st.integers(1, 12))
 def test_candidates_and_rank_match_reference(kernel, precision, call, k):
     check_candidates_and_rank(scorer(call[0], kernel, precision), scorer(call[0], kernel),
@@ -424,7 +425,7 @@ def test_native_layer_checks_come_before_any_cuda_call(weights, biases, activati
             cuda.MlpModel([np.ones((1, 3), np.float32)], [None], ["relu"], "float32", "auto")
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(counts=st.lists(st.one_of(st.just(0), st.integers(1, 12), st.integers(30, 80)), max_size=30),
        max_candidates=st.integers(1, 70), max_users=st.integers(1, 8), whole=st.booleans())
 def test_chunk_plans(counts, max_candidates, max_users, whole):

@@ -27,7 +27,7 @@ import recfuse
 from recfuse import reference
 from recfuse.ranking import MLPScorer
 
-from conftest import backend_params, numba_cache_counts
+from conftest import backend_params, examples, numba_cache_counts
 
 BACKENDS = backend_params(("cpu", "numba", "cupy", "numpy"))
 SLOPE = {"relu": 1.0, "identity": 1.0, "tanh": 1.0, "sigmoid": 0.25, "gelu": 1.13}
@@ -154,7 +154,7 @@ def test_rank_counts_a_repeated_id_once_at_its_best(backend, precision, k, n_ite
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(model=models(), rows=st.integers(1, 150), seed=st.integers(0, 2**32 - 1))
 def test_score_matches_reference(backend, precision, model, rows, seed):
     layers, width = model
@@ -241,7 +241,7 @@ def check_candidates_and_rank(model, float32_model, call, k, same_bits):
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("backend", BACKENDS)
-@settings(max_examples=15)
+@settings(max_examples=examples(15))
 @given(call=candidate_calls(), k=st.integers(1, 12))
 def test_candidates_and_rank_match_reference(backend, precision, call, k):
     # a BLAS backend's one-user sub-call may differ from the full call in the last bit
@@ -599,7 +599,7 @@ def test_errors_say_what_the_input_is():
         model.prepare_items(items, np.ones((10, 5)), item_column=0)
 
 
-@settings(max_examples=60)
+@settings(max_examples=examples(60))
 @given(size=st.integers(0, 200),
        bad=st.lists(st.tuples(st.integers(0, 199), st.sampled_from(
            [np.nan, np.inf, -np.inf, 3.4e38, -0.0, 1e-45, -1e-45])), max_size=3),
@@ -640,7 +640,7 @@ def test_all_finite_at_every_simd_level():
         core.set_simd_level(before)
 
 
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(ids=st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=100),
        layout=st.sampled_from(["int64", "strided", "int32"]))
 def test_id_bounds_matches_numpy(ids, layout):
@@ -1235,7 +1235,7 @@ def test_save_and_load_give_the_same_scorer(tmp_path):
         load_scorer(tmp_path / "missing.npz")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(lengths=st.lists(st.integers(0, 60), min_size=1, max_size=8), k=st.integers(1, 12),
        noise=st.sampled_from([0.0, 1e-3, 0.5]), seed=st.integers(0, 2**32 - 1))
 def test_batched_rescoring_is_the_reference_rule(lengths, k, noise, seed):

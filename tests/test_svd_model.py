@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import recfuse
+from conftest import examples
 from recfuse import reference
 from recfuse._sgd.common import Pattern
 
@@ -126,7 +127,7 @@ def test_starting_draws_are_standard_normal():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(seed=st.integers(0, 2**64 - 1), rows=st.integers(0, 40), k=st.integers(0, 37),
        pad=st.integers(0, 20), mean=st.sampled_from([0.0, 0.5, -3.0]),
        std=st.sampled_from([0.1, 1.0, 1e-30]))

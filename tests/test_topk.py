@@ -18,7 +18,7 @@ from topk_checks import assert_topk_matches
 
 import recfuse
 from recfuse import retrieval
-from conftest import backend_params, numba_cache_counts, run_python
+from conftest import backend_params, examples, numba_cache_counts, run_python
 
 HOST_BACKENDS = backend_params(("cpu", "numba", "numpy"))
 
@@ -224,7 +224,7 @@ def test_bfloat16_storage_is_float32_storage(problem, cosine):
         _check(*_run(problem, "cpu", storage="bfloat16"), problem)
 
 
-@settings(max_examples=8)
+@settings(max_examples=examples(8))
 @given(problem=topk_problems(max_n=2500, max_m=14, max_d=40, exact=False))
 def test_bfloat16_storage_with_thread_splits(problem):
     """Tables large enough for up to four threads to split the panels; up to 14 queries (the
@@ -304,7 +304,7 @@ def skewed_problems(draw):
     return problem
 
 
-@settings(max_examples=25)
+@settings(max_examples=examples(25))
 @given(problem=skewed_problems())
 def test_bfloat16_storage_stops_early_and_splits_queries(problem):
     """The scan-order table, its tail bound and the query split of the threads (from 96
