@@ -846,6 +846,8 @@ def _ns_from(times: np.ndarray, reference: int) -> np.ndarray:
     difference is: times at both ends of the range (1677 and 2262) are 2**64 ns apart, which
     int64 wraps around to a small number of the wrong sign."""
     difference = times - np.int64(reference)
+    if times.size == 0 or max(int(times.max()) - reference, reference - int(times.min())) < 2**63:
+        return difference.astype(np.float64)  # no difference wrapped (the usual case)
     wrapped = (difference < 0) != (times < reference)
     result = difference.astype(np.float64)
     if wrapped.any():

@@ -73,9 +73,10 @@ def _surprise_clip(estimates, low, high):
 
 class _SurpriseAdapter:
     _MODEL: type = _RecfuseSVD
+    _RATES: tuple[str, ...] = ()  # Surprise's per-parameter rates, resolved attributes
 
     def __init__(self, n_factors, n_epochs, init_mean, init_std_dev, lr_all, reg_all, rates,
-                 random_state, verbose, grid, num_threads, extra):
+                 random_state, verbose, grid, num_threads):
         self.n_factors, self.n_epochs = n_factors, n_epochs
         self.init_mean, self.init_std_dev = init_mean, init_std_dev
         self.lr_all, self.reg_all = lr_all, reg_all
@@ -84,14 +85,25 @@ class _SurpriseAdapter:
                     lr_all if name.startswith("lr") else reg_all)
         self.random_state, self.verbose = random_state, verbose
         self.grid, self.num_threads = grid, num_threads
-        self._model = self._MODEL(
-            factors=n_factors, epochs=n_epochs, lr=lr_all, reg=reg_all, init_mean=init_mean,
-            init_std=init_std_dev, dtype=np.float64, grid=grid, shuffle=False,
-            num_threads=num_threads, **rates, **extra)
+        self._model = self._new_model()  # checks the arguments now; fit builds a fresh one
+        self.trainset = None
+
+    def _new_model(self):
+        """A recfuse model from the attributes as they are now: Surprise's ``fit`` reads
+        ``self.n_epochs``, ``self.lr_bu``... when it runs, so one set after construction
+        (``algo.n_epochs = 5``) counts, as there."""
+        model = self._MODEL(
+            factors=self.n_factors, epochs=self.n_epochs, lr=self.lr_all, reg=self.reg_all,
+            init_mean=self.init_mean, init_std=self.init_std_dev, dtype=np.float64,
+            grid=self.grid, shuffle=False, num_threads=self.num_threads,
+            **{name: getattr(self, name) for name in self._RATES}, **self._extra())
         # Surprise trains on to NaN/inf when its learning rate is too high (a grid search
         # then scores that point and goes on); recfuse's own models refuse such a fit.
-        self._model._refuse_divergence = False
-        self.trainset = None
+        model._refuse_divergence = False
+        return model
+
+    def _extra(self) -> dict:
+        return {}
 
     # ------------------------------------------------------------------ Surprise's API
     def fit(self, trainset):
@@ -103,15 +115,15 @@ class _SurpriseAdapter:
         ratings = triples[np.isfinite(triples[:, 2]), 2]  # a NaN is refused by fit, as such
         if ratings.size:
             scale = (min(scale[0], ratings.min()), max(scale[1], ratings.max()))
+        model = self._new_model()
         rng = _surprise_rng(self.random_state)
         shapes = [trainset.n_users] + [trainset.n_items] * (len(self._factor_names()) - 1)
         initial = [rng.normal(self.init_mean, self.init_std_dev, (n, self.n_factors))
                    for n in shapes]
-        self._model.fit(triples[:, 0].astype(np.int64), triples[:, 1].astype(np.int64),
-                        triples[:, 2], rating_scale=scale,
-                        n_users=trainset.n_users, n_items=trainset.n_items,
-                        show_progress=bool(self.verbose), initial_factors=tuple(initial))
-        self.trainset = trainset
+        model.fit(triples[:, 0].astype(np.int64), triples[:, 1].astype(np.int64), triples[:, 2],
+                  rating_scale=scale, n_users=trainset.n_users, n_items=trainset.n_items,
+                  show_progress=bool(self.verbose), initial_factors=tuple(initial))
+        self._model, self.trainset = model, trainset
         return self
 
     def estimate(self, u, i) -> float:
@@ -236,6 +248,8 @@ class SVD(_SurpriseAdapter):
     >>> algo = SVD(n_factors=10, n_epochs=5, random_state=0)   # then algo.fit(trainset)
     """
 
+    _RATES = ("lr_bu", "lr_bi", "lr_pu", "lr_qi", "reg_bu", "reg_bi", "reg_pu", "reg_qi")
+
     def __init__(self, n_factors=100, n_epochs=20, biased=True, init_mean=0, init_std_dev=0.1,
                  lr_all=0.005, reg_all=0.02, lr_bu=None, lr_bi=None, lr_pu=None, lr_qi=None,
                  reg_bu=None, reg_bi=None, reg_pu=None, reg_qi=None, random_state=None,
@@ -244,7 +258,10 @@ class SVD(_SurpriseAdapter):
         rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, reg_bu=reg_bu,
                      reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi)
         super().__init__(n_factors, n_epochs, init_mean, init_std_dev, lr_all, reg_all, rates,
-                         random_state, verbose, grid, num_threads, {"biased": biased})
+                         random_state, verbose, grid, num_threads)
+
+    def _extra(self) -> dict:
+        return {"biased": self.biased}
 
     def _can_be_impossible(self) -> bool:
         return not self.biased
@@ -255,6 +272,8 @@ class SVDpp(_SurpriseAdapter):
     module docstring). ``cache_ratings`` is accepted and ignored."""
 
     _MODEL = _RecfuseSVDpp
+    _RATES = ("lr_bu", "lr_bi", "lr_pu", "lr_qi", "lr_yj", "reg_bu", "reg_bi", "reg_pu",
+              "reg_qi", "reg_yj")
 
     def __init__(self, n_factors=20, n_epochs=20, init_mean=0, init_std_dev=0.1, lr_all=0.007,
                  reg_all=0.02, lr_bu=None, lr_bi=None, lr_pu=None, lr_qi=None, lr_yj=None,
@@ -264,7 +283,7 @@ class SVDpp(_SurpriseAdapter):
         rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, lr_yj=lr_yj,
                      reg_bu=reg_bu, reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi, reg_yj=reg_yj)
         super().__init__(n_factors, n_epochs, init_mean, init_std_dev, lr_all, reg_all, rates,
-                         random_state, verbose, 1, num_threads, {})
+                         random_state, verbose, 1, num_threads)
 
     @property
     def yj(self):
