@@ -791,6 +791,31 @@ def test_load_reads_implicits_files(pair, tmp_path):
     assert (loaded.factors, loaded.alpha, loaded.use_cg) == (K, 2.0, False)
 
 
+def test_implicit_reads_our_files_with_the_models_settings(matrix, tmp_path):
+    """A model saved here and loaded by implicit itself (training moved to recfuse, serving
+    left on implicit): implicit's load sets every member of the archive as an attribute of
+    a default model, and the file held only the factor tables, so the loaded model had
+    factors=100, regularization=0.01, alpha=1.0... and its recalculate_user /
+    partial_fit_users solved other systems than the trained model's."""
+    model, _ = fit_pair(matrix, use_cg=False, random_state=5)
+    model.cg_steps = 2
+    model.save(tmp_path / "ours.npz")
+    theirs = ImplicitALS.load(str(tmp_path / "ours.npz"))
+    for name in ("factors", "regularization", "alpha", "use_native", "use_cg", "cg_steps",
+                 "iterations", "calculate_training_loss", "num_threads", "random_state"):
+        assert getattr(theirs, name) == getattr(model, name), name
+    assert theirs.dtype == model.dtype
+    np.testing.assert_array_equal(theirs.user_factors, model.user_factors)
+    rows = matrix[USERS]
+    np.testing.assert_allclose(theirs.recalculate_user(USERS, rows),
+                               model.recalculate_user(USERS, rows), rtol=1e-4, atol=1e-5)
+    assert_same_results(model.recommend(USERS, rows, recalculate_user=True),
+                        theirs.recommend(USERS, rows, recalculate_user=True), atol=1e-5,
+                        rtol=1e-4)
+    # still a recfuse model file (numbers only: recfuse.load refuses text and bool arrays)
+    assert isinstance(recfuse.load(tmp_path / "ours.npz"), recfuse.ALS)
+
+
 def test_unfitted_round_trip_and_bad_files(tmp_path):
     AlternatingLeastSquares(factors=3, random_state=4).save(tmp_path / "empty.npz")
     loaded = AlternatingLeastSquares.load(tmp_path / "empty.npz")

@@ -163,3 +163,59 @@ def test_test_takes_any_iterable_of_triples(dataset):
     expected = algorithm.test(testset)
     for given in (iter(testset), (triple for triple in testset), tuple(testset)):
         assert algorithm.test(given) == expected
+
+
+@pytest.mark.parametrize("algorithm", [SVD, SVDpp])
+def test_attributes_set_after_construction_count_as_in_surprise(dataset, algorithm):
+    """Surprise's fit reads self.n_epochs, self.n_factors, self.lr_bu... when it runs; the
+    adapter built its recfuse model in __init__, so algo.n_epochs = 3 was silently ignored
+    and algo.n_factors = 7 failed ("initial_factors P must have 5 columns")."""
+    trainset = dataset.build_full_trainset()
+    changes = [("n_epochs", 3), ("n_factors", 7), ("lr_bu", 0.05), ("reg_qi", 0.3)]
+    if algorithm is SVD:
+        changes.append(("biased", False))
+    testset = trainset.build_testset()[:100]
+    for name, value in changes:
+        ours = algorithm(n_factors=5, n_epochs=6, random_state=0)
+        setattr(ours, name, value)
+        ours.fit(trainset)
+        built = algorithm(**{"n_factors": 5, "n_epochs": 6, "random_state": 0, name: value})
+        built.fit(trainset)
+        assert ours.test(testset) == built.test(testset), name
+        if algorithm is SVD:  # the same model as Surprise's, mutated the same way
+            theirs = surprise.SVD(n_factors=5, n_epochs=6, random_state=0)
+            setattr(theirs, name, value)
+            theirs.fit(trainset)
+            np.testing.assert_allclose(ours.pu, theirs.pu, atol=1e-9, err_msg=name)
+            np.testing.assert_allclose(ours.bu, theirs.bu, atol=1e-9, err_msg=name)
+            np.testing.assert_allclose([p.est for p in ours.test(testset)],
+                                       [p.est for p in theirs.test(testset)], atol=1e-9,
+                                       err_msg=name)
+
+
+def test_predictions_print_as_surprises(dataset, capsys):
+    ours = SVD(n_factors=3, n_epochs=2, random_state=0).fit(dataset.build_full_trainset())
+    theirs = surprise.SVD(n_factors=3, n_epochs=2, random_state=0).fit(
+        dataset.build_full_trainset())
+    for probe in [("1", "2", None), ("999", "5", 4.0)]:
+        assert str(ours.predict(*probe)) == str(theirs.predict(*probe))
+        ours.predict(*probe, verbose=True)
+        mine = capsys.readouterr().out
+        theirs.predict(*probe, verbose=True)
+        assert mine == capsys.readouterr().out
+
+
+@pytest.mark.parametrize("algorithm, options", [(SVDpp, {}), (SVD, {"grid": 4})])
+def test_a_seed_reproduces_the_fit(dataset, algorithm, options):
+    """Surprise's only randomness is the initial factors, drawn from random_state. The
+    adapter's SVD++ also visited the users in an order recfuse.SVDpp drew from its own
+    unseeded generator (and SVD with grid != 1 laid the ratings out so): two fits with
+    random_state=0 gave different predictions. SVD++ now visits the users in id order, as
+    Surprise does, and a grid's layout is drawn from random_state."""
+    trainset = dataset.build_full_trainset()
+    testset = trainset.build_testset()[:200]
+    first, second = (algorithm(n_factors=5, n_epochs=3, random_state=0, **options).fit(trainset)
+                     for _ in range(2))
+    assert first.test(testset) == second.test(testset)
+    refit = first.fit(trainset)  # an int seed: the same start again, as in Surprise
+    assert refit.test(testset) == second.test(testset)

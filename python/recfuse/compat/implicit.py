@@ -63,7 +63,22 @@ Where this differs from implicit 0.7.3:
   zero, so neither is affected.
 * ``save`` writes recfuse's versioned ``.npz`` (no pickle), which ``recfuse.load`` also
   reads as a ``recfuse.ALS``; ``load`` reads those files and files written by implicit's
-  ``save``. A ``random_state`` that is not an integer is not saved.
+  ``save``. A ``random_state`` that is not an integer is not saved. implicit's own ``load``
+  reads the file too, with the model's settings (``factors``, ``regularization``,
+  ``alpha``...; ``use_native``/``use_cg``/``calculate_training_loss`` as 0/1), but not its
+  ``dtype`` (recfuse files hold numbers only): a float64 model loaded by implicit needs
+  ``model.dtype = numpy.dtype("float64")`` before ``recalculate_user``/``partial_fit_*``.
+* ``fit(show_progress=True)`` shows recfuse's progress bar, without implicit's ``loss=``
+  postfix under ``calculate_training_loss`` (the loss reaches the callback and the log as
+  there). Calls before ``fit`` raise RuntimeError "not fitted" (implicit fails on ``None``).
+* Only ``AlternatingLeastSquares`` is offered, and on it not implicit's ``solver`` property
+  (the solver function; ``use_cg``/``use_native`` choose here). implicit's other models
+  (``bpr.BayesianPersonalizedRanking``, ``lmf.LogisticMatrixFactorization``,
+  ``nearest_neighbours.*Recommender``, ``approximate_als.*``) have no adapter: ``recfuse.BPR``
+  is recfuse's BPR (its own API). implicit's functions that take a model
+  (``implicit.evaluation.precision_at_k``, ``ranking_metrics_at_k``...) work with this one,
+  and its matrix helpers (``evaluation.train_test_split``, ``nearest_neighbours.bm25_weight``)
+  with the matrices it fits on. ``to_cpu`` (only on implicit's GPU model) returns a copy.
 """
 
 from __future__ import annotations
@@ -931,6 +946,23 @@ class AlternatingLeastSquares:
             "random_state": int(seed) if isinstance(seed, numbers.Integral) else None,
         }
         arrays[COMPAT_KEY] = np.frombuffer(json.dumps(settings).encode("utf-8"), dtype=np.uint8)
+        # implicit's own save is numpy.savez of its attributes, which its load sets back on a
+        # new model: written too, so that implicit reads this file with the model's settings
+        # (not its defaults: factors=100, regularization=0.01, alpha=1.0...). As numbers only,
+        # which recfuse.load requires: the flags as 0/1, and no dtype (see the docstring).
+        arrays.update(
+            factors=np.asarray(params["factors"], dtype=np.int64),
+            regularization=np.asarray(params["regularization"], dtype=np.float64),
+            alpha=np.asarray(self.alpha, dtype=np.float64),
+            use_native=np.asarray(self.use_native, dtype=np.int64),
+            use_cg=np.asarray(self.use_cg, dtype=np.int64),
+            cg_steps=np.asarray(params["cg_steps"], dtype=np.int64),
+            iterations=np.asarray(params["iterations"], dtype=np.int64),
+            calculate_training_loss=np.asarray(self.calculate_training_loss, dtype=np.int64),
+            num_threads=np.asarray(params["num_threads"], dtype=np.int64),
+        )
+        if settings["random_state"] is not None:
+            arrays["random_state"] = np.asarray(settings["random_state"])
         if hasattr(fileobj_or_path, "write"):
             with tempfile.TemporaryDirectory(prefix="recfuse-") as directory:
                 path = os.path.join(directory, "model.npz")

@@ -15,18 +15,31 @@ is not imported: any object with the ``Trainset`` methods used below will do.
 predictions agree with ``surprise.SVD`` to rounding (not bit for bit: factors drift apart
 by ~1e-15 over the epochs, so an RMSE compared with ``==`` against Surprise's, as in its
 own ``test_sanity_checks``, can differ in the last digit). Pass ``grid=0`` (or a grid
-size) and ``num_threads`` for the parallel block-scheduled epochs instead. ``SVDpp`` uses
-recfuse.SVDpp's one-implicit-sum-per-user-pass epochs (see its docstring), which differ
-from Surprise's per-rating order by second-order terms; its RMSE is as good. A user who
+size) and ``num_threads`` for the parallel block-scheduled epochs instead (their random
+layout drawn from ``random_state`` after the factors, so a seed still fixes the fit).
+``SVDpp`` uses recfuse.SVDpp's one-implicit-sum-per-user-pass epochs (see its docstring),
+visiting the users in Surprise's order (inner id order; recfuse.SVDpp itself shuffles
+them), which differ from Surprise's per-rating updates by second-order terms; its RMSE is
+as good. A user who
 rated one item more than once (Surprise keeps every line of the data) has that item once
 in recfuse.SVDpp's implicit sum, where Surprise's sum and its 1/sqrt(|N(u)|) count every
 copy.
 
-Where they differ from Surprise: ``n_factors=0`` and negative regularisation are refused
-(ValueError) where Surprise trains; ``Prediction`` is a NamedTuple of the same fields (it
-unpacks and works with ``surprise.accuracy``, but prints as a tuple); ``est`` is always a
-float; and ``estimate`` for unknown ids returns the fallback ``predict`` would give instead
-of raising Surprise's ``PredictionImpossible``. A learning rate high enough to diverge
+As in Surprise, ``fit`` reads the attributes when it runs: ``algo.n_epochs = 5`` or
+``algo.lr_bu = 0.01`` set after construction count (``lr_all``/``reg_all`` only resolve the
+per-parameter rates at construction, as there).
+
+Where they differ from Surprise: ``n_factors=0``, learning rates <= 0 and negative
+regularisation are refused (ValueError) where Surprise trains; ``Prediction`` is a
+NamedTuple of the same fields that prints as Surprise's (it unpacks and works with
+``surprise.accuracy``, but is not an instance of ``surprise.Prediction``); ``est`` is always
+a float (Surprise's is the int bound when clipped to an int scale); ``estimate`` for
+unknown ids returns the fallback ``predict`` would give instead of raising Surprise's
+``PredictionImpossible``; ``pu``/``qi``/``bu``/``bi``/``yj`` are read-only copies (None
+before ``fit``, where Surprise has no such attribute): writing into them does not change
+the model; ``verbose=True`` shows a progress bar (on stderr) instead of Surprise's
+"Processing epoch N" lines; Surprise's other ``AlgoBase`` members (``compute_baselines``,
+``get_neighbors``, ``sim_options``) are not there. A learning rate high enough to diverge
 trains on to NaN/inf and predicts the clipped bounds, as Surprise does (recfuse's own
 models raise instead).
 """
@@ -40,6 +53,7 @@ import numpy as np
 
 from ..models.sgd import SVD as _RecfuseSVD
 from ..models.sgd import SVDpp as _RecfuseSVDpp
+from .._sgd.common import make_blocks
 
 
 class Prediction(NamedTuple):
@@ -50,6 +64,11 @@ class Prediction(NamedTuple):
     r_ui: float | None
     est: float
     details: dict
+
+    def __str__(self):  # Surprise's, which predict/test(verbose=True) print
+        text = f"user: {self.uid:<10} item: {self.iid:<10} "
+        text += "r_ui = None   " if self.r_ui is None else f"r_ui = {self.r_ui:1.2f}   "
+        return text + f"est = {self.est:1.2f}   " + str(self.details)
 
 
 def _surprise_rng(random_state):
@@ -71,6 +90,16 @@ def _surprise_clip(estimates, low, high):
     return np.where(capped > low, capped, low)
 
 
+class _SurpriseOrderSVDpp(_RecfuseSVDpp):
+    """recfuse.SVDpp visiting the users in id order, each user's ratings as given: Surprise's
+    order (``all_ratings()`` is user-major), where recfuse.SVDpp draws a random user order
+    from its own seed, which a Surprise ``random_state`` does not fix."""
+
+    def _layout(self, users, items, n_users, n_items, nnz, rng):
+        order = np.argsort(users, kind="stable")
+        return make_blocks(users, items, n_users, n_items, 1, rng, order=order)
+
+
 class _SurpriseAdapter:
     _MODEL: type = _RecfuseSVD
     _RATES: tuple[str, ...] = ()  # Surprise's per-parameter rates, resolved attributes
@@ -88,14 +117,14 @@ class _SurpriseAdapter:
         self._model = self._new_model()  # checks the arguments now; fit builds a fresh one
         self.trainset = None
 
-    def _new_model(self):
+    def _new_model(self, seed=None):
         """A recfuse model from the attributes as they are now: Surprise's ``fit`` reads
         ``self.n_epochs``, ``self.lr_bu``... when it runs, so one set after construction
         (``algo.n_epochs = 5``) counts, as there."""
         model = self._MODEL(
             factors=self.n_factors, epochs=self.n_epochs, lr=self.lr_all, reg=self.reg_all,
             init_mean=self.init_mean, init_std=self.init_std_dev, dtype=np.float64,
-            grid=self.grid, shuffle=False, num_threads=self.num_threads,
+            grid=self.grid, shuffle=False, num_threads=self.num_threads, random_state=seed,
             **{name: getattr(self, name) for name in self._RATES}, **self._extra())
         # Surprise trains on to NaN/inf when its learning rate is too high (a grid search
         # then scores that point and goes on); recfuse's own models refuse such a fit.
@@ -115,11 +144,13 @@ class _SurpriseAdapter:
         ratings = triples[np.isfinite(triples[:, 2]), 2]  # a NaN is refused by fit, as such
         if ratings.size:
             scale = (min(scale[0], ratings.min()), max(scale[1], ratings.max()))
-        model = self._new_model()
         rng = _surprise_rng(self.random_state)
         shapes = [trainset.n_users] + [trainset.n_items] * (len(self._factor_names()) - 1)
         initial = [rng.normal(self.init_mean, self.init_std_dev, (n, self.n_factors))
                    for n in shapes]
+        # A grid other than 1 lays the ratings out at random: from random_state too, so that a
+        # seed reproduces the fit (grid=1, Surprise's order, draws nothing more).
+        model = self._new_model(int(rng.randint(2**31 - 1)) if self.grid != 1 else None)
         model.fit(triples[:, 0].astype(np.int64), triples[:, 1].astype(np.int64), triples[:, 2],
                   rating_scale=scale, n_users=trainset.n_users, n_items=trainset.n_items,
                   show_progress=bool(self.verbose), initial_factors=tuple(initial))
@@ -271,7 +302,7 @@ class SVDpp(_SurpriseAdapter):
     """``surprise.SVDpp`` computed by recfuse.SVDpp (one implicit sum per user pass; see the
     module docstring). ``cache_ratings`` is accepted and ignored."""
 
-    _MODEL = _RecfuseSVDpp
+    _MODEL = _SurpriseOrderSVDpp
     _RATES = ("lr_bu", "lr_bi", "lr_pu", "lr_qi", "lr_yj", "reg_bu", "reg_bi", "reg_pu",
               "reg_qi", "reg_yj")
 
