@@ -367,6 +367,18 @@ def test_rating_model_on_an_event_log_needs_its_rating_column(tmp_path, model):
     assert not (tmp_path / "m").exists(), error
 
 
+@pytest.mark.parametrize("model", ["svd", "svdpp", "explicit-als"])
+def test_rating_model_refuses_event_type_weights(tmp_path, model):
+    # with --event each rating was multiplied by its event type's weight (a 5 became 50)
+    frame = pd.DataFrame({"user": ["a", "a", "b"], "item": ["x", "y", "x"], "rating": 5,
+                          "event": "purchase"})
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    _one_line_error(run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--model", model,
+                        "--weight", "rating", "--combine", "last", "--event", "event",
+                        "--split", "none", check_rc=2), "train", "--event", f"--model {model}")
+    assert not (tmp_path / "m").exists()
+
+
 def test_folder_without_training_data_names_the_missing_file(tmp_path):
     frame = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 2, 3, 1]})
     frame.to_csv(tmp_path / "log.csv", index=False)
@@ -549,3 +561,128 @@ def test_serve_without_its_extra_says_error_like_every_command():
                             timeout=300)
     assert result.returncode == 2
     _one_line_error(result, "serve", "recfuse.server")
+
+
+def test_recommend_gives_a_user_without_training_pairs_the_most_popular_items(tmp_path):
+    # user 9's events are the latest: the temporal split holds them all out, so the model
+    # learnt nothing of 9 (ALS would score every item 0 and list the smallest ids)
+    rows = [(user, item, time) for time, (user, item) in enumerate(
+        (u, i) for u in range(1, 7) for i in (30, 20, 10) if (u + i) % 4)]
+    rows += [(u, 30, 50 + u) for u in range(1, 4)] + [(9, 10, 100), (9, 20, 101)]
+    pd.DataFrame(rows, columns=["user", "item", "ts"]).to_csv(tmp_path / "log.csv", index=False)
+    folder = tmp_path / "m"
+    run("train", tmp_path / "log.csv", "-o", folder, "--split", "temporal", "--timestamp", "ts",
+        "--test-fraction", 0.25, "--factors", 2, "--iterations", 2)
+    train = recfuse.Interactions.load(folder / "train.npz")
+    assert train.matrix[train.user_ids.to_internal(np.array([9]))].nnz == 0
+    result = json.loads(run("recommend", folder, 9, 1, "--k", 2, "--json").stdout)
+    counts = np.bincount(train.matrix.indices, minlength=train.n_items)
+    popular = train.item_ids.to_external(np.argsort(-counts, kind="stable")[:2]).tolist()
+    assert [entry["item"] for entry in result["recommendations"]["9"]] == popular
+    assert result["popular"] == ["9"]
+    text = run("recommend", folder, 9, "--k", 2).stdout
+    assert text.startswith("user 9 (no training pair: the most popular items): ")
+
+
+def test_demo_json_carries_the_top_list_the_text_prints():
+    options = ("demo", "--users", 300, "--items", 100, "--events", 5000, "--factors", 4,
+               "--iterations", 2)
+    text = run(*options).stdout
+    top = json.loads(run(*options, "--json").stdout)["top"]
+    assert f"top 5 for user {top['user']} " in text
+    assert len(top["items"]) == 5
+    for entry in top["items"]:
+        mark = " *" if entry["held_out"] else ""
+        assert f"{entry['item']:>10}  score {entry['score']:.4f}{mark}\n" in text
+
+
+def test_evaluate_test_log_of_a_rating_model_reads_its_ratings(tmp_path):
+    # a rating model's RMSE/MAE on a --test log compare ratings, read as the training data's
+    # were (column and rule for repeated pairs), not counts of events nor sums of ratings
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"user": rng.integers(0, 20, 400), "item": rng.integers(0, 15, 400),
+                          "stars": rng.integers(1, 6, 400)})
+    frame.to_csv(tmp_path / "log.csv", index=False)
+    folder = tmp_path / "m"
+    run("train", tmp_path / "log.csv", "-o", folder, "--model", "svd", "--weight", "stars",
+        "--combine", "last", "--factors", 2, "--iterations", 2)
+    model = recfuse.load(folder / "model.npz")
+    train = recfuse.Interactions.load(folder / "train.npz")
+    test = recfuse.Interactions.from_events(tmp_path / "log.csv", weight="stars",
+                                            combine="last", user_ids=train.user_ids,
+                                            item_ids=train.item_ids, unknown="drop")
+    from recfuse.metrics import evaluate
+
+    expected = evaluate(model, train, test)
+    got = json.loads(run("evaluate", folder, "--test", tmp_path / "log.csv", "--json").stdout)
+    assert got["rmse"] == pytest.approx(expected["rmse"])
+    assert got["mae"] == pytest.approx(expected["mae"])
+    assert "ratings of column 'stars'" in run("evaluate", folder, "--test",
+                                              tmp_path / "log.csv").stdout
+
+
+INTERRUPTING_CHILD = """
+import os, signal, sys
+import recfuse
+from recfuse import cli
+where = sys.argv.pop(1)
+if where == "fit":  # Ctrl-C while training
+    def fit(self, *args, **kwargs):
+        raise KeyboardInterrupt
+    recfuse.ALS.fit = fit
+else:  # Ctrl-C after the first file is renamed from the staging folder into the folder
+    real = os.replace
+    def replace(source, target):
+        real(source, target)
+        if ".recfuse-train-" in str(source) and ".recfuse-train-" not in str(target) \
+                and not getattr(replace, "sent", False):
+            replace.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+    os.replace = replace
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_an_interrupted_train_says_so_and_leaves_its_folder_whole(tmp_path):
+    rng = np.random.default_rng(6)
+    for name in ("a.csv", "b.csv"):
+        pd.DataFrame({"user": rng.integers(0, 30, 300), "item": rng.integers(0, 20, 300)}
+                     ).to_csv(tmp_path / name, index=False)
+    folder = tmp_path / "m"
+    run("train", tmp_path / "a.csv", "-o", folder, "--factors", 2, "--iterations", 1)
+    old = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    for where in ("fit", "rename"):
+        result = subprocess.run([sys.executable, "-c", INTERRUPTING_CHILD, where, "train",
+                                 str(tmp_path / "b.csv"), "-o", str(folder), "--factors", "2",
+                                 "--iterations", "1", "--json"],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 130 and result.stderr == "recfuse train: interrupted\n"
+        now = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+        assert now.keys() == old.keys()
+        if where == "fit":  # the folder as it was
+            assert now == old
+        else:  # the renames ran to their end before the interruption took effect
+            assert all(now[name] != old[name] for name in old)
+
+
+def test_serve_of_a_model_folder_names_its_model_file(tmp_path):
+    pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 2, 3, 1]}).to_csv(
+        tmp_path / "log.csv", index=False)
+    folder = tmp_path / "m"
+    run("train", tmp_path / "log.csv", "-o", folder, "--split", "none", "--factors", 2,
+        "--iterations", 1)
+    result = run("serve", folder, "--port", 0, check_rc=2)
+    assert result.stderr.startswith("recfuse serve: error: ")
+    assert repr(str(folder / "model.npz")) in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_demo_shows_the_top_list_of_a_user_the_model_knows(tmp_path):
+    # user 9 rated last: a temporal split holds out all of 9's ratings, the most of anyone's
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    rows = [(u, i, 880000000 + 8 * u + i) for u in range(1, 7) for i in range(1, 9)]
+    rows += [(9, i, 890000000 + i) for i in range(1, 7)]
+    (folder / "u.data").write_text("".join(f"{u}\t{i}\t5\t{t}\n" for u, i, t in rows))
+    result = json.loads(run("demo", "--data", folder, "--split", "temporal", "--factors", 2,
+                            "--iterations", 2, "--json").stdout)
+    assert result["top"]["user"] != 9

@@ -7,7 +7,8 @@
                                      svd, svdpp, explicit-als); writes DIR/model.npz,
                                      DIR/train.npz and DIR/test.npz (none with --split none)
   recfuse evaluate DIR               score DIR's model on its test set (or --test DATA)
-  recfuse recommend DIR USER...      top-k items for users, by their original ids
+  recfuse recommend DIR USER...      top-k items for users, by their original ids (the most
+                                     popular ones for a user without training pairs)
   recfuse bench [SUITE...]           run bench/ suites (data, als) of a source checkout; print
                                      the ratio table, write bench.json (and bench.png with
                                      matplotlib)
@@ -20,7 +21,8 @@ number that is not finite, e.g. an AUC without any pair to compare, is written a
 Exit codes: 0 done; 1 an unexpected failure (a bug: the traceback is printed); 2 bad
 arguments or input (one line "recfuse <command>: error: ..." on stderr, after argparse's
 usage when an option itself is wrong; given before any slow work where the arguments alone
-tell); 141 stdout closed early (`recfuse ... | head`).
+tell); 130 interrupted (Ctrl-C; serve stops cleanly with 0); 141 stdout closed early
+(`recfuse ... | head`).
 `recfuse COMMAND --help` describes each command's options.
 """
 
@@ -31,8 +33,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -288,6 +292,11 @@ def _check_data_options(args) -> str:
             raise ValueError(f"--model {model} predicts ratings: name the rating column of "
                              f"{args.data!r} with --weight (e.g. --weight rating --combine "
                              f"last); without it every value is a count of events")
+        if model in RATING_MODELS and args.event is not None:  # else ratings x type weights
+            raise ValueError(f"--event weighs events by type (for als and bpr); --model {model} "
+                             f"reads its --weight column as ratings, which the type weights "
+                             f"would multiply (a 5 of a purchase would be 50): leave --event "
+                             f"out, or filter the log's rows by type first")
         if args.split in ("temporal", "leave_last") and args.timestamp is None:
             raise ValueError(f"--split {args.split} needs timestamps: name the time column of "
                              f"{args.data!r} with --timestamp")
@@ -476,15 +485,20 @@ def _demo(args) -> int:
         f"items filtered)  [{timings['evaluate']:.2f} s]:")
     _metric_table(say, results, k)
 
-    user = int(np.argmax(np.diff(test.matrix.indptr)))
+    # the user with the most held-out pairs among those with training pairs (a temporal
+    # split holds all of some users' pairs out: the model knows nothing of them)
+    held = np.diff(test.matrix.indptr) * (np.diff(train.matrix.indptr) > 0)
+    user = int(np.argmax(held if held.any() else np.diff(test.matrix.indptr)))
     ids, scores = model.recommend(user, user_items=train.matrix[user], k=5)
     held_out = set(test.matrix[user].indices.tolist())
     external_user = interactions.user_ids.to_external([user])[0]
     say(f"  top 5 for user {external_user} (* = in the user's held-out interactions):")
     items = interactions.item_ids.to_external(ids[ids >= 0])
+    top = []  # the same list in the JSON
     for item_id, item, score in zip(ids, items, scores):
         mark = " *" if int(item_id) in held_out else ""
         say(f"    {str(item):>10}  score {float(score):.4f}{mark}")
+        top.append({"item": item, "score": float(score), "held_out": bool(mark)})
     total = time.perf_counter() - started
     say("  timings: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timings.items()))
     say(f"done in {total:.2f} s")
@@ -492,6 +506,7 @@ def _demo(args) -> int:
                       "pairs": interactions.nnz, "train_pairs": train.nnz,
                       "test_pairs": test.nnz, "metrics": results, "timings": timings,
                       "total_seconds": total,
+                      "top": {"user": external_user, "items": top},
                       # the first demo's keys, kept for scripts that read them
                       "als": results["ALS"], "popularity": results["popularity"]})
     return 0
@@ -500,6 +515,11 @@ def _demo(args) -> int:
 def _serve(args) -> int:
     import socket
 
+    folder_model = os.path.join(args.model, "model.npz")
+    if os.path.isdir(args.model) and os.path.isfile(folder_model):  # `recfuse train`'s folder
+        raise ValueError(f"{args.model!r} is a model folder: serve its model file, "
+                         f"{folder_model!r} (requests then name users and items by their rows "
+                         f"in the folder's train.npz, not by the ids of the event log)")
     from .serving import Recommender
 
     from .server import Limits, http_stack, listening_socket, serve  # ImportError: rc 2 in main
@@ -592,21 +612,33 @@ def _write_folder(folder: str, files: dict) -> None:
     ``folder``, all of them or none: every file is written aside first (in a temporary
     folder inside ``folder``) and renamed into place only once all are written; a file
     whose object is None is removed. A failure (an id that cannot be saved, a full disk)
-    leaves the folder as it was, never a new model beside the old training data."""
+    leaves the folder as it was, never a new model beside the old training data; Ctrl-C or
+    SIGTERM during the renames takes effect once they are done."""
     os.makedirs(folder, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".recfuse-train-", dir=folder)
+    pending: list[int] = []  # signals held during the renames
     try:
         for name, value in files.items():
             if value is not None:
                 value.save(os.path.join(staging, name))
-        for name, value in files.items():
-            target = os.path.join(folder, name)
-            if value is not None:
-                os.replace(os.path.join(staging, name), target)
-            elif os.path.isfile(target):  # from an earlier training: it would not match
-                os.unlink(target)
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+            previous = {number: signal.signal(number, lambda got, _: pending.append(got))
+                        for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for name, value in files.items():
+                target = os.path.join(folder, name)
+                if value is not None:
+                    os.replace(os.path.join(staging, name), target)
+                elif os.path.isfile(target):  # from an earlier training: it would not match
+                    os.unlink(target)
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, signal.SIG_DFL if handler is None else handler)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if pending:
+        signal.raise_signal(pending[0])  # KeyboardInterrupt, or the end SIGTERM asked for
 
 
 def _check_output_folder(path: str) -> None:
@@ -662,17 +694,31 @@ def _evaluate(args) -> int:
     model, train = _load_folder(args.folder)
     extra = {}
     if args.test:
+        weight, combine, ratings = args.weight, LOG_DEFAULTS["combine"], ""
+        if callable(getattr(model, "predict", None)):
+            # RMSE and MAE compare ratings: read them as the training data's were (its
+            # rating column unless --weight names another, its rule for repeated pairs),
+            # not as counts of events
+            settings = getattr(train, "_settings", {})
+            if weight is None:
+                weight = (settings.get("columns") or {}).get("weight")
+            if weight is None:
+                raise ValueError(f"{type(model).__name__} predicts ratings: name the rating "
+                                 f"column of --test {args.test!r} with --weight")
+            combine = settings.get("combine", combine)
+            extra = {"weight": weight, "combine": combine}
+            ratings = f" (ratings of column {weight!r}, repeated pairs combined by {combine})"
         test = Interactions.from_events(args.test, **_log_columns(args, ("user", "item")),
-                                        weight=args.weight, user_ids=train.user_ids,
-                                        item_ids=train.item_ids, unknown="drop",
-                                        read_options=read_options)
+                                        weight=weight, combine=combine,
+                                        user_ids=train.user_ids, item_ids=train.item_ids,
+                                        unknown="drop", read_options=read_options)
         if test.nnz == 0:
             raise ValueError(f"no event of --test {args.test!r} has a user and an item the "
                              f"model knows ({test.dropped_events} left out): nothing to "
                              f"evaluate on")
-        extra = {"test_pairs": test.nnz, "dropped_events": test.dropped_events}
-        say(f"test: {test.nnz} pairs; {test.dropped_events} events of users or items unknown "
-            "to the model left out")
+        extra.update(test_pairs=test.nnz, dropped_events=test.dropped_events)
+        say(f"test: {test.nnz} pairs{ratings}; {test.dropped_events} events of users or "
+            "items unknown to the model left out")
     else:
         path = os.path.join(args.folder, "test.npz")
         if not os.path.isfile(path):
@@ -714,17 +760,30 @@ def _recommend(args) -> int:
     _, first = np.unique(users, return_index=True)
     users = users[np.sort(first)]
     items, scores = model.recommend(users, user_items=train.matrix[users], k=args.k)
-    payload = {}
-    for user, row_items, row_scores in zip(train.user_ids.to_external(users).tolist(), items,
-                                           scores):
+    # A user without any training pair (all of theirs held out by the split) has no vector
+    # the model learnt: ALS scores every item 0 (a list of the smallest ids), BPR keeps its
+    # random start. Such users get the most popular items instead, as the serving layer's
+    # cold start gives them (most training pairs first, ties by smaller id; score 0).
+    cold = np.diff(train.matrix.indptr)[users] == 0
+    if cold.any():
+        counts = np.bincount(train.matrix.indices, minlength=train.n_items)
+        popular = np.argsort(-counts, kind="stable")[:args.k]
+        items[cold] = -1
+        items[cold, :popular.size] = popular
+        scores[cold] = 0.0
+    payload, popular_users = {}, []
+    for user, row_items, row_scores, is_cold in zip(
+            train.user_ids.to_external(users).tolist(), items, scores, cold):
         valid = row_items >= 0
         external = train.item_ids.to_external(row_items[valid])
         user = str(user)  # a JSON key
         payload[user] = [{"item": item, "score": float(score)}
                          for item, score in zip(external.tolist(), row_scores[valid])]
-        say(f"user {user}: " + ", ".join(f"{e['item']} ({e['score']:.3f})"
-                                         for e in payload[user]))
-    _emit_json(args, {"k": args.k, "recommendations": payload})
+        if is_cold:
+            popular_users.append(user)
+        say(f"user {user}" + (" (no training pair: the most popular items)" if is_cold else "")
+            + ": " + ", ".join(f"{e['item']} ({e['score']:.3f})" for e in payload[user]))
+    _emit_json(args, {"k": args.k, "recommendations": payload, "popular": popular_users})
     return 0
 
 
@@ -966,9 +1025,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"refused)")
     train.add_argument("--model", choices=tuple(MODELS), default="als",
                        help="als (default), bpr, or a rating model (svd, svdpp, explicit-als: "
-                            "use --weight RATING --combine last on an event log; a MovieLens "
-                            "folder gives its ratings); options left out keep the "
-                            "model's defaults (ALS: 64 factors, 15 iterations, "
+                            "use --weight RATING --combine last on an event log, without "
+                            "--event; a MovieLens folder gives its ratings); options left "
+                            "out keep the model's defaults (ALS: 64 factors, 15 iterations, "
                             "regularization 0.05, alpha 2)")
     train.add_argument("--lr", type=_positive, default=None,
                        help="learning rate (bpr, svd, svdpp)")
@@ -978,7 +1037,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = command("evaluate", "score a trained model folder")
     evaluate.add_argument("folder", help="a folder written by `recfuse train`")
-    evaluate.add_argument("--test", help="an event log to test on instead of FOLDER/test.npz")
+    evaluate.add_argument("--test", help="an event log to test on instead of FOLDER/test.npz "
+                                         "(for a rating model, its ratings are read as the "
+                                         "training data's: same rating column unless --weight, "
+                                         "same rule for repeated pairs)")
     column_options(evaluate, "the --test log")
     evaluate.add_argument("--k", type=_count, default=10,
                           help="length of the lists evaluated (default %(default)s)")
@@ -989,7 +1051,8 @@ def build_parser() -> argparse.ArgumentParser:
     recommend.add_argument("folder", help="a folder written by `recfuse train`")
     recommend.add_argument("users", nargs="+",
                            help="user ids as in the event log; each is listed once, under "
-                                "the model's own id (01 is user 1 of integer ids)")
+                                "the model's own id (01 is user 1 of integer ids); one without "
+                                "training pairs (all held out) gets the most popular items")
     recommend.add_argument("--k", type=_count, default=10,
                            help="items per user (default %(default)s)")
     common(recommend)
@@ -1013,9 +1076,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command in ``argv`` (default: the process's) and return its exit status: 0
     (done, or ``--help``), 2 for bad arguments and input errors (argparse's exits are
-    caught, which would otherwise end the caller's process), 141 when stdout was closed
-    before the end; any other exception propagates (exit status 1 from the console
-    script)."""
+    caught, which would otherwise end the caller's process), 130 when interrupted (Ctrl-C),
+    141 when stdout was closed before the end; any other exception propagates (exit
+    status 1 from the console script)."""
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:
@@ -1028,6 +1091,10 @@ def main(argv: list[str] | None = None) -> int:
         # traceback; stdout goes to devnull so that the exit's own flush fails no more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a shell reports a command ended by SIGPIPE (128 + 13)
+    except KeyboardInterrupt:  # Ctrl-C (train writes its folder whole or not at all): one
+        # line, no traceback
+        print(f"recfuse {args.command}: interrupted", file=sys.stderr)
+        return 130  # as a shell reports a command ended by SIGINT (128 + 2)
     except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError, MemoryError,
             json.JSONDecodeError) as error:  # MemoryError: sizes refused before allocating
         print(f"recfuse {args.command}: error: {error}", file=sys.stderr)
