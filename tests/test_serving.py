@@ -491,6 +491,31 @@ def test_mmr_extremes():
     assert mmr(scores, vectors, 3, 1.0, np.array([0, 0, 1]), 1).tolist() == [0, 2]
 
 
+def test_mmr_ties_go_to_the_better_ranked_despite_rounding():
+    """Cosines came from unit vectors: [1, 1] . [1, -1] gave 2.2e-17, not 0, so a zero vector
+    (cosine 0) beat the better-ranked orthogonal item, and an exact duplicate of a chosen
+    vector looked less similar (0.9999999999999998) than another one (1.0)."""
+    orthogonal = np.array([[1.0, -1.0], [1.0, 1.0], [0.0, 0.0]])
+    assert mmr(np.array([3.0, 2.0, 1.0]), orthogonal, 3, 0.0).tolist() == [0, 1, 2]
+    vectors = np.array([[0.0, -1.0], [1.0, -1.0], [-1.0, -1.0], [0.0, 1.0], [0.0, 1.0],
+                        [1.0, -1.0]])
+    categories = np.array([1, -1, 1, 2, -1, -1])
+    assert mmr(np.zeros(6, np.float32), vectors, 8, 0.0, categories, 2).tolist() == \
+        [0, 3, 1, 2, 4, 5]
+
+
+def test_mmr_relevance_of_extreme_scores():
+    """The rescaling ran in float32: 3e38 - (-3e38) overflowed to inf, and infinite scores
+    made NaN relevances, so items past the overflow won over more novel ones."""
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    scores = np.array([3e38, 2e38, -3e38], dtype=np.float32)
+    assert mmr(scores, vectors, 3, 0.5).tolist() == [0, 2, 1]
+    assert mmr(scores, vectors, 3, 0.0).tolist() == [0, 2, 1]
+    infinite = np.array([np.inf, np.inf, 1.0], dtype=np.float32)
+    assert mmr(infinite, vectors, 3, 0.4).tolist() == [0, 2, 1]
+    assert mmr(infinite, vectors, 3, 1.0).tolist() == [0, 1, 2]
+
+
 def test_als_update_users_is_one_snapshot_for_concurrent_readers(seen):
     model = recfuse.ALS(factors=4, iterations=2, random_state=0).fit(seen)
     errors = []

@@ -127,13 +127,13 @@ class Rerank:
     diversity : MMR's lambda in [0, 1], or None for no diversity. Each next item maximises
         ``lambda * relevance - (1 - lambda) * max cosine(item, items already chosen)``, the
         relevance being the score rescaled to [0, 1] over the user's candidates (all 1 when
-        they score alike) and the cosine of a zero vector 0; ties go to the better-ranked
-        item, so 1 keeps the ranked order and 0, picking for novelty alone, still starts with
-        the best one. Cold users' popular lists take no diversity.
+        they score alike) and the cosine of a zero vector 0; ties (values within 1e-12) go to
+        the better-ranked item, so 1 keeps the ranked order and 0, picking for novelty
+        alone, still starts with the best one. Cold users' popular lists take no diversity.
     item_categories : one integer category per item (n_items entries or more), for
         ``category_cap``; a negative value is no category, and ids past its end (items
         added later) have no category: no cap holds them.
-    category_cap : at most this many items of one category in a list.
+    category_cap : at most this many items of one category in a list (an integer >= 1).
     allow, deny : item ids (repeats and ids no item has are harmless); only ``allow`` may be
         recommended (an empty ``allow``: nothing), ``deny`` never is; both hold for items
         added later and for the popular lists too.
@@ -1117,15 +1117,18 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
         categories: np.ndarray | None = None, cap: int | None = None) -> np.ndarray:
     """Maximal marginal relevance: positions of up to k of the candidates (given best first),
     each maximising ``diversity * relevance - (1 - diversity) * max cosine to those chosen``
-    (relevance: scores rescaled to [0, 1]; ties to the earlier candidate), never more than
-    ``cap`` of one category (``categories[i] < 0``: none)."""
+    (relevance: scores rescaled to [0, 1] in float64, an infinite score counting as the
+    largest or smallest; ties, values within ``_MMR_TIE`` of each other, to the earlier
+    candidate), never more than ``cap`` of one category (``categories[i] < 0``: none)."""
     count = scores.size
     if count == 0:
         return np.zeros(0, dtype=np.int64)
+    # float64: in float32, 3e38 - (-3e38) overflowed; +-inf would make NaN relevances
+    scores = np.clip(np.asarray(scores, dtype=np.float64), -1e300, 1e300)
     low, high = float(scores.min()), float(scores.max())
     relevance = (scores - low) / (high - low) if high > low else np.ones(count)
+    vectors = np.asarray(vectors, dtype=np.float64)  # cosines equal to ~1e-16, not float32's 1e-7
     norms = np.linalg.norm(vectors, axis=1)
-    unit = vectors / np.where(norms > 0, norms, 1.0)[:, None]
     closest = np.zeros(count)  # max cosine to the chosen ones
     available = np.ones(count, dtype=bool)
     used: dict = {}
@@ -1133,7 +1136,9 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
     while len(chosen) < k and available.any():
         value = diversity * relevance - (1 - diversity) * closest
         value[~available] = -np.inf
-        pick = int(np.argmax(value))
+        # the earliest within rounding of the best: equal cosines computed two ways differ
+        # in the last bits, which must not decide a tie against the better-ranked item
+        pick = int(np.argmax(value >= value.max() - _MMR_TIE))
         chosen.append(pick)
         available[pick] = False
         if cap is not None and categories[pick] >= 0:
@@ -1141,8 +1146,16 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
             used[category] = used.get(category, 0) + 1
             if used[category] >= cap:
                 available &= categories != category
-        closest = np.maximum(closest, unit @ unit[pick]) if len(chosen) > 1 else unit @ unit[pick]
+        # the dot product over the norms (0 for a zero vector): orthogonal integer vectors
+        # give exactly 0, which unit vectors did not
+        scale = norms * norms[pick]
+        cosine = np.divide(vectors @ vectors[pick], scale, out=np.zeros(count),
+                           where=scale > 0)
+        closest = np.maximum(closest, cosine) if len(chosen) > 1 else cosine
     return np.array(chosen, dtype=np.int64)
+
+
+_MMR_TIE = 1e-12  # MMR values this close count as equal (ties to the better-ranked item)
 
 
 def _capped(item_ids: np.ndarray, rules: Rerank, k: int) -> np.ndarray:
