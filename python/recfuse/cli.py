@@ -766,8 +766,9 @@ def _recommend(args) -> int:
     # cold start gives them (most training pairs first, ties by smaller id; score 0).
     cold = np.diff(train.matrix.indptr)[users] == 0
     if cold.any():
-        counts = np.bincount(train.matrix.indices, minlength=train.n_items)
-        popular = np.argsort(-counts, kind="stable")[:args.k]
+        from .serving import popular_items
+
+        popular = popular_items(train.matrix, train.n_items)[:args.k]
         items[cold] = -1
         items[cold, :popular.size] = popular
         scores[cold] = 0.0

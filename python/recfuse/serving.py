@@ -479,8 +479,7 @@ class Recommender:
         # a user whose vector is zero (e.g. a row of stored zeros) has nothing to search
         # with: answered from the popular list, as a cold user
         history &= np.any(users != 0, axis=1)
-        counts = np.bincount(seen.indices, minlength=n_items)
-        popular = np.lexsort((np.arange(n_items), -counts))
+        popular = popular_items(seen, n_items)
         popular = popular[self._rule_mask(popular, n_items)]
         scorer, ranker_source = ranker if ranker is not None else (None, None)
         prepared = None
@@ -1267,6 +1266,13 @@ def _concatenate(chunks: list) -> Events:
     if not chunks:
         return Events(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
     return Events(*(np.concatenate(parts) for parts in zip(*chunks)))
+
+
+def popular_items(seen: sp.csr_matrix, n_items: int) -> np.ndarray:
+    """All ``n_items`` item ids, most popular first: most stored entries in ``seen`` (a
+    users x items training matrix), ties by smaller id. The cold-start order."""
+    counts = np.bincount(seen.indices, minlength=n_items)
+    return np.lexsort((np.arange(n_items), -counts))
 
 
 def _check_new_rows_fit(model: _Model, top: int) -> None:
