@@ -387,6 +387,14 @@ def check_rating_scale(rating_scale, *, strict: bool = True) -> tuple[float, flo
     return low, high
 
 
+def read_only_view(array: np.ndarray) -> np.ndarray:
+    """A read-only view of ``array`` (an object's own data handed out: a write in place
+    raises instead of changing the object behind its back)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def check_flag(value, name: str) -> bool:
     """``value`` as a bool: True, False (NumPy's too) or the integers 1 and 0; anything else
     (None, a string, an array of per-user flags, a matrix passed in the wrong place) is a

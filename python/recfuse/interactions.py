@@ -1178,19 +1178,21 @@ class Interactions:
     @property
     def counts(self) -> np.ndarray:
         """Events of each stored pair, aligned with ``matrix.data`` (read-only)."""
-        return _read_only(self._counts)
+        return check.read_only_view(self._counts)
 
     @property
     def timestamps(self) -> np.ndarray | None:
         """Latest event time of each stored pair (datetime64[ns], aligned with
         ``matrix.data``, read-only), or None without timestamps."""
-        return None if self._times is None else _read_only(self._times.view("datetime64[ns]"))
+        if self._times is None:
+            return None
+        return check.read_only_view(self._times.view("datetime64[ns]"))
 
     @property
     def values(self) -> np.ndarray:
         """Combined values before weighting (float32, aligned with ``matrix.data``;
         read-only: ``matrix`` may share them)."""
-        return _read_only(self._values)
+        return check.read_only_view(self._values)
 
     @property
     def user_codes(self) -> np.ndarray:
@@ -1441,13 +1443,6 @@ def _both(first, second, *, parallel: bool):
     with ThreadPoolExecutor(max_workers=2) as pool:
         other = pool.submit(second)
         return first(), other.result()
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    """A read-only view of one of the pair arrays (Interactions are immutable)."""
-    view = array.view()
-    view.flags.writeable = False
-    return view
 
 
 def _plain(value):

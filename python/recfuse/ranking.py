@@ -114,7 +114,8 @@ class MLPScorer:
         self._model = self._module.prepare(checked, self.precision, kernel)
         # Read-only views of the weights packed above: writing to them in place raises
         # instead of leaving the scores (and the cpu backend's packed copy) behind.
-        self.layers = tuple((_read_only(W), None if b is None else _read_only(b), activation)
+        self.layers = tuple((check.read_only_view(W),
+                             None if b is None else check.read_only_view(b), activation)
                             for W, b, activation in checked)
         self.source: str | None = None  # the file it was read from (load_scorer)
 
@@ -396,12 +397,6 @@ def _dense_indptr(users: int, per_user: int) -> np.ndarray:
     indptr = np.arange(users + 1, dtype=np.int64) * per_user
     indptr.flags.writeable = False
     return indptr
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    view = array.view()
-    view.flags.writeable = False
-    return view
 
 
 def _check_layers(layers) -> list:
