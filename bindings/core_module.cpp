@@ -16,6 +16,7 @@
 #include "recfuse/als.hpp"
 #include "recfuse/mlp.hpp"
 #include "recfuse/simd.hpp"
+#include "recfuse/threads.hpp"
 #include "recfuse/topk.hpp"
 #include "recfuse/validation.hpp"
 #include "topk_bindings.hpp"
@@ -103,6 +104,14 @@ PYBIND11_MODULE(_core, m) {
       "where that does not apply (not Linux, under 4 MiB): ALS fits keep their factor tables "
       "there so that the half-sweeps' random row reads stop missing the TLB without a copy "
       "per half-sweep (als_half_sweep(..., huge_page_copy=False)).");
+  m.def("default_threads", &recfuse::default_threads,
+        "The threads num_threads=0 stands for in every native call: OpenMP's default capped "
+        "at the processors this process may use; 1 in a process forked after native threads "
+        "had started (recfuse/threads.hpp).");
+  m.def("forked_after_threads", &recfuse::forked_after_threads,
+        "Whether this process was forked after native calls had started threads, so that "
+        "every native call here runs on one thread (GNU libgomp's threads do not survive "
+        "fork).");
   m.def("simd_level", [] { return std::string(recfuse::simd_level_name(recfuse::simd_level())); });
   m.def(
       "set_simd_level",

@@ -69,8 +69,6 @@ SgdRates<T> sgd_rates(const std::array<double, 5>& lr, const std::array<double, 
 }
 
 inline void bind_sgd_helpers(py::module_& m) {
-  m.def("sgd_default_threads", &recfuse::sgd_default_threads,
-        "The threads num_threads=0 stands for in the SGD epochs (OpenMP's default).");
   m.def(
       "sgd_block_layout",
       [](const Array<int64_t>& users, const Array<int64_t>& items, const Array<int64_t>& order,

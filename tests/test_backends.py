@@ -171,3 +171,85 @@ def test_a_misspelt_backend_is_refused_when_given(make, tmp_path):
     model.save(tmp_path / "model.npz")
     with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
         recfuse.load(tmp_path / "model.npz", backend="CPU")
+
+
+_FORKED_CHILD_SCRIPT = """
+import os, sys
+import numpy as np
+import recfuse
+from recfuse import _core
+from recfuse.datasets import synthetic_explicit, synthetic_implicit
+from recfuse.metrics import evaluate
+
+def in_child(check):
+    # Runs check() in a forked child; its exit status says whether check passed.
+    pid = os.fork()
+    if pid == 0:
+        try:
+            check()
+        except BaseException as error:
+            print(f"child failed: {error!r}", file=sys.stderr, flush=True)
+            os._exit(1)
+        os._exit(0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+def untouched():
+    # Forked before any native call asked for threads: a child keeps them.
+    assert not _core.forked_after_threads()
+    recfuse.topk(items[:4], items, 5, backend="cpu", num_threads=2)
+
+rng = np.random.default_rng(0)
+items = rng.standard_normal((30000, 32)).astype(np.float32)
+assert in_child(untouched) == 0
+
+# The parent starts OpenMP's threads in every native family, then forks.
+train = synthetic_implicit(400, 300, 6000, seed=1)
+explicit = synthetic_explicit(300, 200, 5000, seed=2).tocoo()
+users, rated, ratings = explicit.row, explicit.col, explicit.data
+ids, scores = recfuse.topk(items[:8], items, 10, backend="cpu", num_threads=2)
+als = recfuse.ALS(factors=8, iterations=2, backend="cpu", num_threads=2, random_state=0).fit(train)
+svd = recfuse.SVD(factors=8, epochs=3, backend="cpu", num_threads=2, random_state=0)
+svd.fit(users, rated, ratings)
+scorer = recfuse.MLPScorer([(rng.standard_normal((16, 8)).astype(np.float32),
+                             np.zeros(16, np.float32), "relu"),
+                            (rng.standard_normal((1, 16)).astype(np.float32),
+                             np.zeros(1, np.float32), "identity")])
+inputs = rng.standard_normal((5000, 8)).astype(np.float32)
+mlp_scores = scorer.score(inputs, num_threads=2)
+grouped = recfuse.Interactions.from_events({"user": users, "item": rated})
+quality = evaluate(als, train, train, k=5)
+
+def forked():
+    assert _core.forked_after_threads() and _core.default_threads() == 1
+    for threads in (0, 2):
+        got = recfuse.topk(items[:8], items, 10, backend="cpu", num_threads=threads)
+        assert np.array_equal(got[0], ids) and np.array_equal(got[1], scores)
+        assert np.array_equal(scorer.score(inputs, num_threads=threads), mlp_scores)
+    again = recfuse.ALS(factors=8, iterations=2, backend="cpu", num_threads=2,
+                        random_state=0).fit(train)
+    assert np.array_equal(again.item_factors, als.item_factors)  # whatever the thread count
+    refit = recfuse.SVD(factors=8, epochs=3, backend="cpu", num_threads=2, random_state=0)
+    refit.fit(users, rated, ratings)
+    assert np.array_equal(refit.predict(users, rated), svd.predict(users, rated))
+    recfuse.BPR(factors=8, iterations=2, backend="cpu", num_threads=2).fit(train)
+    assert recfuse.Interactions.from_events({"user": users, "item": rated}).nnz == grouped.nnz
+    assert evaluate(als, train, train, k=5) == quality
+
+assert in_child(forked) == 0
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_native_calls_in_a_process_forked_after_threads_started():
+    """A process forked (os.fork, multiprocessing's "fork" start method, a pre-forking
+    server) after native calls had run on several threads hung at its first native call:
+    GNU libgomp still counted its parent's threads, which do not survive fork. Such a child
+    now runs native calls on one thread, with the same results."""
+    pytest.importorskip("recfuse._core", reason="recfuse._core is not built")
+    try:
+        done = subprocess.run([sys.executable, "-c", _FORKED_CHILD_SCRIPT], capture_output=True,
+                              text=True, timeout=240)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"a forked child's native call hung: {hung.stderr!r}"[-2000:])
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -136,7 +136,8 @@ void check_csr(const CsrView<T>& R) {
   }
   const int64_t nnz = R.indptr[R.rows];
   bool bad = false;
-#pragma omp parallel for reduction(|| : bad) schedule(static) if (nnz > (1 << 20))
+#pragma omp parallel for reduction(|| : bad) schedule(static) num_threads(default_threads()) \
+    if (nnz > (1 << 20))
   for (int64_t t = 0; t < nnz; ++t) bad = bad || R.indices[t] < 0 || R.indices[t] >= R.cols;
   if (bad) {
     throw std::invalid_argument("CSR column index out of range [0, " + std::to_string(R.cols) +

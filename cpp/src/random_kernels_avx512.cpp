@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "random_kernels.hpp"
+#include "recfuse/threads.hpp"
 
 namespace recfuse {
 namespace kernels {

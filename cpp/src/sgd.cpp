@@ -68,7 +68,8 @@ void check_layout(const BlockLayout& L, int64_t n_users, int64_t n_items, int k)
   // every epoch.
   const uint64_t users = static_cast<uint64_t>(n_users), items = static_cast<uint64_t>(n_items);
   unsigned bad = 0;
-#pragma omp parallel for reduction(| : bad) schedule(static) if (nnz > (1 << 20))
+#pragma omp parallel for reduction(| : bad) schedule(static) num_threads(default_threads()) \
+    if (nnz > (1 << 20))
   for (int64_t t = 0; t < nnz; ++t) {
     bad |= static_cast<unsigned>(static_cast<uint32_t>(L.users[t]) >= users) |
            static_cast<unsigned>(static_cast<uint32_t>(L.items[t]) >= items);
@@ -270,8 +271,6 @@ int64_t sample_block_negatives(const int32_t* users, int64_t begin, int64_t end,
 
 }  // namespace
 
-int sgd_default_threads() { return default_threads(); }
-
 void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t* order,
                       int64_t n, const int64_t* user_bin, int64_t n_users,
                       const int64_t* item_bin, int64_t n_items, int grid, int32_t* users_out,
@@ -350,7 +349,7 @@ void sgd_shuffle_blocks(uint64_t seed, const int64_t* offsets, int64_t blocks, i
       throw std::invalid_argument("a block of 2^32 entries or more cannot be shuffled");
     }
   }
-#pragma omp parallel for schedule(dynamic, 1) if (n >= (1 << 18))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(default_threads()) if (n >= (1 << 18))
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t begin = offsets[b];
     for (int64_t i = offsets[b + 1] - begin - 1; i > 0; --i) {

@@ -168,10 +168,11 @@ def _info(args) -> int:
     # the others may lack kernels on some backends).
     families = {family: [row for row in recfuse.backends(family) if row.available]
                 for family in FAMILIES}
-    simd = None
+    simd, threads, forked = None, os.cpu_count(), False
     try:
         from recfuse import _core
 
+        threads, forked = _core.default_threads(), _core.forked_after_threads()
         simd = {"levels": list(_core.supported_simd_levels()), "in_use": _core.simd_level(),
                 "topk_bfloat16": _core.topk_bfloat16_kernel(),
                 "mlp_kernels": {name: (ok, why) for name, ok, why in _core.mlp_kernels()}}
@@ -182,6 +183,7 @@ def _info(args) -> int:
     if args.json:
         _emit_json(args, {"version": recfuse.__version__, "python": sys.version.split()[0],
                           "numpy": np.__version__, "auto": chosen, "cpu_threads": os.cpu_count(),
+                          "native_threads": threads, "forked_after_threads": forked,
                           "simd": simd, "backends": [row._asdict() for row in rows],
                           "families": {family: [row._asdict() for row in available]
                                        for family, available in families.items()}})
@@ -207,7 +209,10 @@ def _info(args) -> int:
         kernels = [name if ok else f"{name} (no: {why})"
                    for name, (ok, why) in simd["mlp_kernels"].items()]
         print(f"MLP kernels: {', '.join(kernels)}")
-    print(f"CPU threads: {os.cpu_count()}; choose a backend with backend=... or RECFUSE_BACKEND")
+    print(f"CPU threads: {os.cpu_count()}; native calls use {threads} by default (num_threads=0)"
+          + (", one after a fork: this process was forked after native threads had started"
+             if forked else ""))
+    print("choose a backend with backend=... or RECFUSE_BACKEND")
     return _unusable_choice(unusable)
 
 

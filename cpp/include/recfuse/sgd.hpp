@@ -30,10 +30,6 @@ struct SgdRates {
   T reg_bu, reg_bi, reg_pu, reg_qi, reg_yj;
 };
 
-// The threads num_threads = 0 stands for in the epochs below: OpenMP's default
-// (OMP_NUM_THREADS, else the CPUs this process may run on).
-int sgd_default_threads();
-
 // The block layout of recfuse._sgd.common.make_blocks: the entry order[t] of the caller's
 // arrays (user users[order[t]] in row bin user_bin[user], item in column bin item_bin[item])
 // goes to block ((column − row) mod grid) · grid + row, and the entries of a block keep their

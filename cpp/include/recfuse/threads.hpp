@@ -1,21 +1,24 @@
-// The thread count that num_threads = 0 ("all cores") stands for in every native call.
+// The thread count of every native parallel region: num_threads = 0 ("all cores"), explicit
+// requests, and the one-thread rule in processes forked after OpenMP started its threads.
 #pragma once
-
-#include <omp.h>
-
-#include <algorithm>
 
 namespace recfuse {
 
 // OpenMP's default team size (OMP_NUM_THREADS, else the processors), but never more than the
 // processors this process may run on: with OMP_NUM_THREADS=100000 the top-k packing asked
 // libgomp for a team of 100000 and the interpreter crashed, where no call had asked for
-// more than a few.
-inline int default_threads() {
-  return std::max(1, std::min(omp_get_max_threads(), omp_get_num_procs()));
-}
+// more than a few. 1 in a process forked after a team started (see forked_after_threads).
+int default_threads();
 
-// A call's num_threads: as requested, or default_threads() for 0.
-inline int resolve_threads(int requested) { return requested > 0 ? requested : default_threads(); }
+// A call's num_threads: as requested, or default_threads() for 0; 1 in a process forked
+// after a team started. Every parallel region takes its size from here or default_threads().
+int resolve_threads(int requested);
+
+// True in a process forked (os.fork, multiprocessing's "fork" start method, a pre-forking
+// server) from one whose native calls had asked for more than one thread: GNU libgomp keeps
+// its parent's thread pool in its books but the threads do not survive fork, so the child's
+// first parallel region would wait for them for ever. Such a child runs every region on one
+// thread.
+bool forked_after_threads();
 
 }  // namespace recfuse

@@ -227,7 +227,7 @@ def default_thread_count() -> int:
     """The threads ``num_threads=0`` stands for: OpenMP's default capped at the processors
     this process may use, as the native epochs see it (recfuse/threads.hpp; the CPU count
     without the native module)."""
-    return _core.sgd_default_threads() if _core is not None else (os.cpu_count() or 1)
+    return _core.default_threads() if _core is not None else (os.cpu_count() or 1)
 
 
 _Result = TypeVar("_Result")
