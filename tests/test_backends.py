@@ -253,3 +253,28 @@ def test_native_calls_in_a_process_forked_after_threads_started():
     except subprocess.TimeoutExpired as hung:
         pytest.fail(f"a forked child's native call hung: {hung.stderr!r}"[-2000:])
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "150000 100000\n"}, 2),                     # v2 at the root: 1.5 CPUs
+    ({"cpu.max": "max 100000\n"}, 0),                        # v2, no quota
+    ({"kube/pod/cpu.max": "100000 100000\n", "cpu.max": "400000 100000\n"}, 1),  # own group
+    ({"kube/pod/cpu.max": "max 100000\n", "cpu.max": "300000 100000\n"}, 3),
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0),
+    ({"cpu.max": "garbage\n"}, 0),
+    ({"cpu.max": "99999999999999999999999 1\n"}, 0),         # out of range: no limit read
+    ({}, 0),
+])
+def test_cgroup_cpu_quota_caps_the_default_thread_count(tmp_path, files, expected):
+    """num_threads=0 stood for every processor of the host inside a container limited by a
+    CPU quota (docker --cpus, Kubernetes limits): libgomp reads the affinity, not the quota,
+    so a 2-CPU pod on a 64-core node ran 64 threads. The quota now caps the default."""
+    core = pytest.importorskip("recfuse._core", reason="recfuse._core is not built")
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "self").write_text("12:cpu,cpuacct:/kube/pod\n0::/kube/pod\n")
+    assert core.cgroup_cpu_limit(str(tmp_path), str(tmp_path / "self")) == expected
+    limit = core.cgroup_cpu_limit("/sys/fs/cgroup", "/proc/self/cgroup")
+    assert 1 <= core.default_threads() <= (limit or os.cpu_count() or 1)

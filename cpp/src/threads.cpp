@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <fstream>
+#include <sstream>
+#include <string>
 
 namespace recfuse {
 namespace {
@@ -33,9 +36,56 @@ bool forked_after_threads() {
   return forked_child.load(std::memory_order_relaxed);
 }
 
+namespace {
+
+// quota / period rounded up (1.5 CPUs: 2 threads), 0 unless both are positive.
+int ceil_ratio(long long quota, long long period) {
+  if (quota <= 0 || period <= 0) return 0;
+  return static_cast<int>(std::min<long long>((quota + period - 1) / period, 1 << 20));
+}
+
+// cgroup v2's "<quota> <period>" or "max <period>".
+int cpu_max_limit(const std::string& path) {
+  std::ifstream file(path);
+  std::string quota;
+  long long period = 0;
+  if (!(file >> quota >> period) || quota == "max") return 0;
+  try {
+    return ceil_ratio(std::stoll(quota), period);
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+long long read_number(const std::string& path) {
+  std::ifstream file(path);
+  long long value = 0;
+  return file >> value ? value : 0;
+}
+
+}  // namespace
+
+int cgroup_cpu_limit(const std::string& root, const std::string& self_cgroup) {
+  // v2: the process's own group ("0::/path" in /proc/self/cgroup), then the root as mounted
+  // (inside a container's cgroup namespace the container's group is the root).
+  std::ifstream groups(self_cgroup);
+  for (std::string line; std::getline(groups, line);) {
+    if (line.rfind("0::", 0) == 0 && line.size() > 4) {
+      if (const int limit = cpu_max_limit(root + line.substr(3) + "/cpu.max")) return limit;
+    }
+  }
+  if (const int limit = cpu_max_limit(root + "/cpu.max")) return limit;
+  // v1: the cpu controller's CFS quota (-1: none).
+  return ceil_ratio(read_number(root + "/cpu/cpu.cfs_quota_us"),
+                    read_number(root + "/cpu/cpu.cfs_period_us"));
+}
+
 int default_threads() {
   if (forked_after_threads()) return 1;
-  return noted(std::max(1, std::min(omp_get_max_threads(), omp_get_num_procs())));
+  static const int quota = cgroup_cpu_limit("/sys/fs/cgroup", "/proc/self/cgroup");
+  int threads = std::min(omp_get_max_threads(), omp_get_num_procs());
+  if (quota > 0) threads = std::min(threads, quota);
+  return noted(std::max(1, threads));
 }
 
 int resolve_threads(int requested) {

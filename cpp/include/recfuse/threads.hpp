@@ -2,13 +2,23 @@
 // requests, and the one-thread rule in processes forked after OpenMP started its threads.
 #pragma once
 
+#include <string>
+
 namespace recfuse {
 
 // OpenMP's default team size (OMP_NUM_THREADS, else the processors), but never more than the
-// processors this process may run on: with OMP_NUM_THREADS=100000 the top-k packing asked
-// libgomp for a team of 100000 and the interpreter crashed, where no call had asked for
-// more than a few. 1 in a process forked after a team started (see forked_after_threads).
+// processors this process may run on (its CPU affinity, and the CPU quota of its cgroup:
+// docker --cpus, Kubernetes CPU limits, which libgomp does not read): with
+// OMP_NUM_THREADS=100000 the top-k packing asked libgomp for a team of 100000 and the
+// interpreter crashed, where no call had asked for more than a few. 1 in a process forked
+// after a team started (see forked_after_threads).
 int default_threads();
+
+// The CPUs a cgroup CPU quota allows, rounded up, or 0 where none is set or readable:
+// cgroup v2's cpu.max in the process's own group (from the "0::" line of `self_cgroup`,
+// normally /proc/self/cgroup) or at `root` (normally /sys/fs/cgroup), else cgroup v1's
+// cpu/cpu.cfs_quota_us over cpu/cpu.cfs_period_us at `root`. Read once by default_threads.
+int cgroup_cpu_limit(const std::string& root, const std::string& self_cgroup);
 
 // A call's num_threads: as requested, or default_threads() for 0; 1 in a process forked
 // after a team started. Every parallel region takes its size from here or default_threads().
