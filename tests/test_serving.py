@@ -1182,3 +1182,28 @@ def test_observe_refuses_an_item_id_whose_added_rows_cannot_fit_memory(als, monk
     monkeypatch.undo()
     assert rec.observe({"user": [7], "item": [N_ITEMS + 5]}) == 1  # near ids still fine
     assert rec.info()["added_items"] == 1
+
+
+def test_settings_are_checked_when_assigned_and_rerank_is_fixed(als):
+    """Settings assigned after construction were stored unchecked (``rec.k = 0`` failed the
+    next request, far from the assignment), and ``rec.rerank = ...`` was taken by some steps
+    and not by the allow/deny lists built into the served model."""
+    rec = Recommender(als, k=5, rerank=Rerank(deny=[1]), max_pending_events=10)
+    rec.k = 7
+    assert rec.recommend(3).ids.shape == (7,)
+    for name, bad, error in [("k", 0, ValueError), ("candidates", -1, ValueError),
+                             ("unknown_items", "maybe", ValueError), ("sgd_lr", -1.0, ValueError),
+                             ("sgd_steps", 1.5, TypeError), ("max_new_items", "3", TypeError),
+                             ("new_item_users", 0, ValueError),
+                             ("max_pending_events", None, TypeError)]:
+        before = getattr(rec, name)
+        with pytest.raises(error, match=name):
+            setattr(rec, name, bad)
+        assert getattr(rec, name) == before
+    with pytest.raises(AttributeError, match="fixed at construction"):
+        rec.rerank = None
+    assert rec.rerank.deny.tolist() == [1]
+    rec.observe({"user": [0] * 8, "item": list(range(8))})
+    rec.max_pending_events = 3  # the next observe keeps only the newest 3 events
+    rec.observe({"user": [1], "item": [2]})
+    assert len(rec.pending_events()) == 3 and rec.dropped_events == 6

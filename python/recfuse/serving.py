@@ -68,7 +68,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -284,6 +284,24 @@ class _State:
 # ---------------------------------------------------------------------- the recommender
 
 
+class _Setting:
+    """A Recommender setting that may be changed while it serves: every assignment (the
+    constructor's too) is checked by ``check(value, name)``, so a bad value is refused where
+    it is given rather than failing the requests that read it."""
+
+    def __init__(self, check: Callable[[Any, str], Any]):
+        self._check = check
+
+    def __set_name__(self, owner, name: str) -> None:
+        self._name, self._slot = name, "_" + name
+
+    def __get__(self, recommender, owner=None):
+        return self if recommender is None else getattr(recommender, self._slot)
+
+    def __set__(self, recommender, value) -> None:
+        setattr(recommender, self._slot, self._check(value, self._name))
+
+
 class Recommender:
     """Recall -> rank -> re-rank in one call, safe from many threads, updated in real time.
 
@@ -308,6 +326,10 @@ class Recommender:
         and barriers cost more than they save (on 2 loaded cores: p99 4.5 ms with 1 thread
         vs 68 ms with 2 at 9,724 items), all cores above
 
+    The settings from ``candidates`` to ``max_pending_events`` may be assigned while the
+    Recommender serves (checked as here; each call reads each setting once); ``rerank`` is
+    fixed, since its rules are built into the served model's item lists.
+
     >>> import recfuse, scipy.sparse as sp
     >>> seen = sp.random(40, 30, density=0.2, format="csr", random_state=0, dtype="float32")
     >>> als = recfuse.ALS(factors=4, iterations=3, random_state=0).fit(seen)
@@ -320,24 +342,32 @@ class Recommender:
     False
     """
 
+    candidates = _Setting(lambda value, name: check.check_int(value, name, minimum=1))
+    k = _Setting(lambda value, name: check.check_k(value))
+    unknown_items = _Setting(lambda value, name: check.check_choice(value, name, UNKNOWN_ITEMS))
+    max_new_items = _Setting(lambda value, name: check.check_int(value, name, minimum=0))
+    new_item_users = _Setting(lambda value, name: check.check_int(value, name, minimum=1))
+    sgd_steps = _Setting(lambda value, name: check.check_int(value, name, minimum=1))
+    sgd_lr = _Setting(lambda value, name: None if value is None else
+                      check.check_float(value, name, minimum=0, strict=True))
+    max_pending_events = _Setting(lambda value, name: check.check_int(value, name, minimum=0))
+
     def __init__(self, retriever, ranker=None, candidates: int = 200, k: int = 10,
                  rerank: Rerank | None = None, *, unknown_items: str = "add",
                  max_new_items: int = 100_000, new_item_users: int = 20, sgd_steps: int = 10,
                  sgd_lr: float | None = None, max_pending_events: int = 1_000_000,
                  num_threads: int | None = None):
-        self.candidates = check.check_int(candidates, "candidates", minimum=1)
-        self.k = check.check_k(k)
+        self.candidates = candidates
+        self.k = k
         if rerank is not None and not isinstance(rerank, Rerank):
             raise TypeError(f"rerank must be a recfuse.Rerank or None, got {type(rerank).__name__}")
-        self.rerank = rerank
-        self.unknown_items = check.check_choice(unknown_items, "unknown_items", UNKNOWN_ITEMS)
-        self.max_new_items = check.check_int(max_new_items, "max_new_items", minimum=0)
-        self.new_item_users = check.check_int(new_item_users, "new_item_users", minimum=1)
-        self.sgd_steps = check.check_int(sgd_steps, "sgd_steps", minimum=1)
-        self.sgd_lr = None if sgd_lr is None else check.check_float(sgd_lr, "sgd_lr", minimum=0,
-                                                                    strict=True)
-        self.max_pending_events = check.check_int(max_pending_events, "max_pending_events",
-                                                  minimum=0)
+        self._rerank_rules = rerank
+        self.unknown_items = unknown_items
+        self.max_new_items = max_new_items
+        self.new_item_users = new_item_users
+        self.sgd_steps = sgd_steps
+        self.sgd_lr = sgd_lr
+        self.max_pending_events = max_pending_events
         self._threads_given = None if num_threads is None else check.check_threads(num_threads)
         self._write_lock = threading.Lock()
         self._swap_lock = threading.Lock()  # serialises swap_model calls (see there)
@@ -357,6 +387,18 @@ class Recommender:
 
     def _threads(self, model: _Model) -> int:
         return self._threads_given if self._threads_given is not None else model.num_threads
+
+    @property
+    def rerank(self) -> Rerank | None:
+        """The re-ranking rules, fixed at construction: their allow/deny lists and categories
+        are built into each served model (a new Recommender serves other rules)."""
+        return self._rerank_rules
+
+    @rerank.setter
+    def rerank(self, value) -> None:
+        raise AttributeError("rerank is fixed at construction (its allow/deny lists and "
+                             "categories are built into the served model's item lists): "
+                             "make a new Recommender to serve other rules")
 
     @property
     def version(self) -> int:
@@ -834,9 +876,10 @@ class Recommender:
             size += chunks[-1].users.size
         # one new array each, in log order (a lone chunk copied the same way)
         self._log.append(_concatenate(chunks[::-1]))
-        while self._logged > self.max_pending_events:
+        keep = self.max_pending_events
+        while self._logged > keep:
             oldest = self._log[0]
-            surplus = self._logged - self.max_pending_events
+            surplus = self._logged - keep
             if oldest.users.size <= surplus:
                 self._log.popleft()
                 self._logged -= oldest.users.size
@@ -870,9 +913,10 @@ class Recommender:
             if self.unknown_items == "reject":
                 raise ValueError(f"unknown item ids {unknown[:5].tolist()} (the model has "
                                  f"{n} items; unknown_items='reject')")
-            if unknown.max() >= n + self.max_new_items:
+            limit = n + self.max_new_items
+            if unknown.max() >= limit:
                 raise ValueError(f"item id {int(unknown.max())} is beyond the items that may be "
-                                 f"added (< {n + self.max_new_items}: n_items + max_new_items)")
+                                 f"added (< {limit}: n_items + max_new_items)")
             _check_new_rows_fit(model, int(unknown.max()))
         if users.size > 1:
             order = np.argsort(users, kind="stable")
@@ -1024,7 +1068,8 @@ class Recommender:
         model = state.model
         trained = model.model
         current, merged_items, _, items, weights = entry
-        lr = self.sgd_lr if self.sgd_lr is not None else trained.lr
+        lr = self.sgd_lr
+        lr = trained.lr if lr is None else lr
         reg = trained.reg
         vector = current.vector.astype(np.float64)
         offset = current.offset
@@ -1071,8 +1116,9 @@ class Recommender:
         ``state`` is left as it is: the caller publishes both."""
         model = state.model
         extra = state.new_items
+        wanted = self.new_item_users
         growing = [int(i) for i in np.unique(items[items >= model.n_items])
-                   if len(state.new_item_users.get(int(i), ())) < self.new_item_users]
+                   if len(state.new_item_users.get(int(i), ())) < wanted]
         if not growing:
             return None
         d = model.item_vectors.shape[1]
@@ -1088,7 +1134,7 @@ class Recommender:
         for item in growing:
             owners = list(state.new_item_users.get(item, ()))
             for user in users[items == item]:
-                if len(owners) < self.new_item_users and int(user) not in owners:
+                if len(owners) < wanted and int(user) not in owners:
                     owners.append(int(user))
             vectors = [new_users[u].vector if u in new_users else state.users[u].vector
                        for u in owners if u in new_users or u in state.users]
