@@ -7,9 +7,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 #include "recfuse/als.hpp"
 
@@ -24,6 +26,36 @@ using Array = py::array_t<T, py::array::c_style>;
 inline void expect(bool ok, const std::string& message) {
   if (!ok) throw std::invalid_argument(message);
 }
+
+// Releases the GIL for the scope of a native call, as py::gil_scoped_release (which the
+// bindings use only through this). A thread whose call ends while the interpreter is
+// finalizing (a daemon thread, e.g. a MicroBatcher worker, still in a native call at exit)
+// must not take the GIL back: CPython ends such a thread with pthread_exit, whose unwinding
+// through gil_scoped_release's noexcept destructor calls std::terminate ("terminate called
+// without an active exception", the process aborted with status 134 after a clean exit). It
+// waits here for the process to end instead (what CPython 3.14 does itself). The check and
+// the re-acquisition are not atomic: a finalization that starts between them still ends the
+// thread as before, a window of a few instructions rather than the whole call.
+class ReleaseGil {
+ public:
+  ReleaseGil() = default;
+  ReleaseGil(const ReleaseGil&) = delete;
+  ReleaseGil& operator=(const ReleaseGil&) = delete;
+  ~ReleaseGil() {  // runs before release_'s destructor takes the GIL back
+    if (finalizing())
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  }
+
+ private:
+  static bool finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing() != 0;
+#else
+    return _Py_IsFinalizing() != 0;
+#endif
+  }
+  py::gil_scoped_release release_;
+};
 
 inline std::string shape_of(const py::array& a) {
   std::string s = "(";
@@ -85,7 +117,7 @@ void bind_als_functions(py::module_& m, const std::string& note) {
         const T* y = Y.data();
         T* g = G.mutable_data();
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           Kernels::gram(y, Y.shape(0), k, g, num_threads);
         }
         return G;
@@ -120,7 +152,7 @@ void bind_als_functions(py::module_& m, const std::string& note) {
         }
         const T* y = Y.data();
         T* x = X.mutable_data();
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return Kernels::half_sweep(R, y, k, g, x, params);
       },
       py::arg("indptr").noconvert(), py::arg("indices").noconvert(), py::arg("data").noconvert(),
@@ -149,7 +181,7 @@ void bind_als_functions(py::module_& m, const std::string& note) {
         const T* g = optional_gram<T>(gram, k);
         const T* x = X.data();
         const T* y = Y.data();
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return Kernels::data_loss(
             R, x, y, k, g, static_cast<T>(alpha),
             raw_confidence ? recfuse::Confidence::Raw : recfuse::Confidence::Linear, num_threads);

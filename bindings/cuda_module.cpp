@@ -36,7 +36,7 @@ class AlsTrainer {
   int64_t sweep_users() {
     return std::visit(
         [](auto& t) {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           return t->sweep_users();
         },
         impl_);
@@ -45,7 +45,7 @@ class AlsTrainer {
   int64_t sweep_items() {
     return std::visit(
         [](auto& t) {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           return t->sweep_items();
         },
         impl_);
@@ -54,7 +54,7 @@ class AlsTrainer {
   double data_loss() {
     return std::visit(
         [](auto& t) {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           return t->data_loss();
         },
         impl_);
@@ -69,7 +69,7 @@ class AlsTrainer {
           T* x = X.mutable_data();
           T* y = Y.mutable_data();
           {
-            py::gil_scoped_release release;
+            ReleaseGil release;
             t->factors(x, y);
           }
           return py::make_tuple(std::move(X), std::move(Y));
@@ -119,7 +119,7 @@ std::unique_ptr<AlsTrainer> make_trainer(
   const T* y = Y.data();
   std::unique_ptr<rc::AlsTrainer<T>> trainer;
   {
-    py::gil_scoped_release release;
+    ReleaseGil release;
     trainer = std::make_unique<rc::AlsTrainer<T>>(R, Rt, x, y, k, params);
   }
   return std::make_unique<AlsTrainer>(std::move(trainer));
@@ -181,7 +181,7 @@ void bind_svd_hogwild(py::module_& m, const char* class_name) {
         const T* r = ratings.data();
         T *bu = user_bias.mutable_data(), *bi = item_bias.mutable_data();
         T *p = P.mutable_data(), *q = Q.mutable_data();
-        py::gil_scoped_release release;
+        ReleaseGil release;
         rc::svd_epochs_hogwild<T>(u, i, r, users.size(), static_cast<T>(global_mean), bu, bi, p,
                                   q, n_users, n_items, static_cast<int>(k), rates, biased,
                                   epochs, batch);
@@ -203,7 +203,7 @@ void bind_svd_hogwild(py::module_& m, const char* class_name) {
            [](Fit& fit, double global_mean, const std::array<double, 5>& lr,
               const std::array<double, 5>& reg, bool biased, int epochs, int batch) {
              const auto rates = sgd_rates<T>(lr, reg);
-             py::gil_scoped_release release;
+             ReleaseGil release;
              fit.epochs(static_cast<T>(global_mean), rates, biased, epochs, batch);
            },
            py::arg("global_mean"), py::arg("lr"), py::arg("reg"), py::arg("biased"),
@@ -222,7 +222,7 @@ void bind_svd_hogwild(py::module_& m, const char* class_name) {
                         shape_of(Q));
              T *bu = user_bias.mutable_data(), *bi = item_bias.mutable_data();
              T *p = P.mutable_data(), *q = Q.mutable_data();
-             py::gil_scoped_release release;
+             ReleaseGil release;
              fit.download(bu, bi, p, q);
            },
            py::arg("user_bias").noconvert(), py::arg("item_bias").noconvert(),
@@ -235,7 +235,7 @@ void bind_svd_hogwild(py::module_& m, const char* class_name) {
                       Array<T>& P, Array<T>& Q) {
         check_ratings(users, items, ratings);
         const auto [k, n_users, n_items] = svd_shape(P, Q, user_bias, item_bias);
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return std::make_unique<Fit>(users.data(), items.data(), ratings.data(), users.size(),
                                      user_bias.data(), item_bias.data(), P.data(), Q.data(),
                                      n_users, n_items, static_cast<int>(k));

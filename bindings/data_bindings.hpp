@@ -55,7 +55,7 @@ inline void bind_data_functions(py::module_& m) {
         const int32_t* i = items.data();
         GroupedPairs pairs;
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           pairs = group_events(u, i, v, t, w, n, n_users, n_items, mode, num_threads);
         }
         py::object grouped_times = py::none();
@@ -99,7 +99,7 @@ inline void bind_data_functions(py::module_& m) {
         }
         FactorizedStrings result;
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           result = factorize_strings(chunks);
         }
         return py::make_tuple(to_numpy(std::move(result.codes)), to_numpy(std::move(result.first)));

@@ -27,7 +27,7 @@ void bind_intra_list_diversity(py::module_& m) {
         const int k = static_cast<int>(recommended.shape(1));
         const int64_t n_items = vectors.shape(0), dim = vectors.shape(1);
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           recfuse::intra_list_diversity<T>(ids, n_rows, k, v, n_items, dim, o, num_threads);
         }
         return out;
@@ -62,7 +62,7 @@ inline void bind_metrics_functions(py::module_& m) {
         double* o = out.mutable_data();
         const int k = static_cast<int>(recommended.shape(1));
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           recfuse::ranking_metrics(ids, n_rows, k, r, indptr, indices, n_test_rows, n_items, o,
                                    num_threads);
         }

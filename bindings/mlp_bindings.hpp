@@ -125,7 +125,7 @@ inline void bind_mlp(py::module_& m) {
              const std::vector<MlpLayer> layers = mlp_layers(weights, biases, activations);
              const MlpPrecision p = mlp_precision(precision);
              const MlpKernel k = parse_mlp_kernel(kernel);
-             py::gil_scoped_release release;
+             ReleaseGil release;
              return new MlpModel(layers, p, k);
            }),
            py::arg("weights").noconvert(), py::arg("biases").noconvert(), py::arg("activations"),
@@ -145,7 +145,7 @@ inline void bind_mlp(py::module_& m) {
             Array<float> out(n);
             const float* x = X.data();
             float* o = out.mutable_data();
-            py::gil_scoped_release release;
+            ReleaseGil release;
             model.score(x, n, num_threads, o);
             return out;
           },
@@ -162,7 +162,7 @@ inline void bind_mlp(py::module_& m) {
                                     model.part_width());
             Array<float> out(call.total);
             float* o = out.mutable_data();
-            py::gil_scoped_release release;
+            ReleaseGil release;
             model.score_candidates(call.candidates, num_threads, o, rough);
             return out;
           },
@@ -189,7 +189,7 @@ inline void bind_mlp(py::module_& m) {
             int64_t* i = out_ids.mutable_data();
             float* s = out_scores.mutable_data();
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               model.rank(call.candidates, k, num_threads, i, s);
             }
             return py::make_tuple(out_ids, out_scores);
@@ -211,7 +211,7 @@ inline void bind_mlp(py::module_& m) {
             }
             Array<float> out({items, static_cast<int64_t>(model.part_width())});
             float* o = out.mutable_data();
-            py::gil_scoped_release release;
+            ReleaseGil release;
             model.item_part(blocks, items, column, num_threads, o);
             return out;
           },

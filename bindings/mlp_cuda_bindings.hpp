@@ -95,7 +95,7 @@ inline void bind_mlp_cuda(py::module_& m) {
              const std::vector<MlpLayer> layers = mlp_layers(weights, biases, activations);
              const MlpPrecision p = mlp_precision(precision);
              const rc::MlpPath path = rc::parse_mlp_path(kernel);
-             py::gil_scoped_release release;
+             ReleaseGil release;
              return new rc::MlpModelCuda(layers, p, path);
            }),
            py::arg("weights").noconvert(), py::arg("biases").noconvert(), py::arg("activations"),
@@ -125,7 +125,7 @@ inline void bind_mlp_cuda(py::module_& m) {
             Array<float> out(n);
             const float* x = X.data();
             float* o = out.mutable_data();
-            py::gil_scoped_release release;
+            ReleaseGil release;
             model.score(x, n, o);
             return out;
           },
@@ -140,7 +140,7 @@ inline void bind_mlp_cuda(py::module_& m) {
                                          candidate_block, part, model.part_width());
             Array<float> out(call.total);
             float* o = out.mutable_data();
-            py::gil_scoped_release release;
+            ReleaseGil release;
             model.score_candidates(call.candidates, part, o);
             return out;
           },
@@ -162,7 +162,7 @@ inline void bind_mlp_cuda(py::module_& m) {
             int64_t* i = out_ids.mutable_data();
             float* s = out_scores.mutable_data();
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               model.rank(call.candidates, part, k, i, s);
             }
             return py::make_tuple(out_ids, out_scores);
@@ -187,7 +187,7 @@ inline void bind_mlp_cuda(py::module_& m) {
             float* o = host.mutable_data();
             std::shared_ptr<Part> part;
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               part = model.item_part(blocks, items, column, o);
             }
             return py::make_tuple(host, part);
@@ -203,7 +203,7 @@ inline void bind_mlp_cuda(py::module_& m) {
                        "), got " + shape_of(part));
             const float* p = part.data();
             const int64_t items = part.shape(0);
-            py::gil_scoped_release release;
+            ReleaseGil release;
             return model.upload_item_part(p, items, columns);
           },
           py::arg("part").noconvert(), py::arg("columns"),
@@ -216,7 +216,7 @@ inline void bind_mlp_cuda(py::module_& m) {
              const Part* part, int k, int repeats) {
             MlpCall call = mlp_cuda_call(indptr, ids, items, user_blocks, item_blocks,
                                          candidate_block, part, model.part_width());
-            py::gil_scoped_release release;
+            ReleaseGil release;
             return model.time_device(call.candidates, part, k, repeats);
           },
           py::arg("indptr").noconvert(), py::arg("ids").noconvert(), py::arg("items"),

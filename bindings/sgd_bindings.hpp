@@ -86,7 +86,7 @@ inline void bind_sgd_helpers(py::module_& m) {
         int32_t *u = users_out.mutable_data(), *i = items_out.mutable_data();
         int64_t *o = order_out.mutable_data(), *b = offsets.mutable_data();
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           recfuse::sgd_block_layout(users.data(), items.data(), order.data(), n,
                                     user_bin.data(), user_bin.size(), item_bin.data(),
                                     item_bin.size(), grid, u, i, o, b, num_threads);
@@ -118,7 +118,7 @@ inline void bind_sgd_helpers(py::module_& m) {
         py::array_t<int32_t> indices(n);
         int64_t kept;
         {
-          py::gil_scoped_release release;
+          ReleaseGil release;
           kept = recfuse::pairs_pattern(rows.data(), cols.data(), n, n_rows, n_cols,
                                         indptr.mutable_data(), indices.mutable_data());
         }
@@ -152,7 +152,7 @@ void bind_sgd_functions(py::module_& m) {
           expect(ok, "source rows must be >= 0");
         }
         T* o = out.mutable_data();
-        py::gil_scoped_release release;
+        ReleaseGil release;
         recfuse::normal_rows<T>(seed, src, rows, k, out.shape(1), static_cast<T>(mean),
                                 static_cast<T>(std), o);
       },
@@ -171,7 +171,7 @@ void bind_sgd_functions(py::module_& m) {
                "rows_at must be 1-d with one entry per row of data (" +
                    std::to_string(data.shape(0)) + "), got shape " + shape_of(rows_at));
         T* d = data.mutable_data();
-        py::gil_scoped_release release;
+        ReleaseGil release;
         recfuse::rows_in_id_order<T>(d, data.shape(0), data.shape(1), k, rows_at.data());
       },
       py::arg("data").noconvert(), py::arg("k"), py::arg("rows_at").noconvert(),
@@ -192,7 +192,7 @@ void bind_sgd_functions(py::module_& m) {
         const T* r = ratings.data();
         T *bu = user_bias.mutable_data(), *bi = item_bias.mutable_data();
         T *p = P.mutable_data(), *q = Q.mutable_data();
-        py::gil_scoped_release release;
+        ReleaseGil release;
         recfuse::svd_epoch<T>(L, r, static_cast<T>(global_mean), bu, bi, p, q, n_users, n_items,
                               static_cast<int>(k), rates, biased, num_threads);
       },
@@ -224,7 +224,7 @@ void bind_sgd_functions(py::module_& m) {
         const T* r = ratings.data();
         T *bu = user_bias.mutable_data(), *bi = item_bias.mutable_data();
         T *p = P.mutable_data(), *q = Q.mutable_data(), *y = Y.mutable_data();
-        py::gil_scoped_release release;
+        ReleaseGil release;
         recfuse::svdpp_epoch<T>(L, r, static_cast<T>(global_mean), bu, bi, p, q, y, n_users,
                                 n_items, static_cast<int>(k), implicit_indptr.data(),
                                 implicit_indices.data(), rates);
@@ -259,7 +259,7 @@ void bind_sgd_functions(py::module_& m) {
                "bin_offsets must have grid + 1 entries ending at len(bin_items)");
         T *p = P.mutable_data(), *q = Q.mutable_data(), *b = item_bias.mutable_data();
         int32_t* out = negatives.mutable_data();
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return recfuse::bpr_epoch<T>(L, seen_indptr.data(), seen_indices.data(), bin_items.data(),
                                      bin_offsets.data(), p, q, b, n_users, n_items,
                                      static_cast<int>(k), static_cast<T>(lr), static_cast<T>(reg),
@@ -300,7 +300,7 @@ void bind_sgd_functions(py::module_& m) {
         }
         const T* y = Y.data();
         T* x = X.mutable_data();
-        py::gil_scoped_release release;
+        ReleaseGil release;
         return recfuse::explicit_als_half_sweep<T>(
             R.indptr, R.indices, R.data, R.rows, R.cols, y, ob, static_cast<T>(global_mean),
             static_cast<int>(k), static_cast<T>(reg), static_cast<T>(reg_bias), x, wb,

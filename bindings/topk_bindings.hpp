@@ -39,7 +39,7 @@ void bind_topk_index(py::module_& m, const char* class_name, const std::string& 
              const T* b = optional_vector<T>(bias, n, "bias");
              const T* s = optional_vector<T>(scale, n, "scale");
              const T* v = items.data();
-             py::gil_scoped_release release;
+             ReleaseGil release;
              return new Index(v, n, d, b, s, num_threads, bfloat16);
            }),
            py::arg("items").noconvert(), py::arg("bias").noconvert() = py::none(),
@@ -85,7 +85,7 @@ void bind_topk_index(py::module_& m, const char* class_name, const std::string& 
             int64_t* out_ids = ids.mutable_data();
             T* out_scores = scores.mutable_data();
             {
-              py::gil_scoped_release release;
+              ReleaseGil release;
               index.search(q, m, k, filters, num_threads, out_ids, out_scores);
             }
             return py::make_tuple(ids, scores);

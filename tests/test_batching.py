@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import sys
 import threading
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 import recfuse
-from conftest import wait_until
+from conftest import available_backends, wait_until
 from recfuse import MicroBatcher, Recommender, Rerank
 
 N_USERS, N_ITEMS, FACTORS = 60, 50, 5
@@ -282,3 +283,69 @@ def test_repr_says_what_answers():
         assert repr(batcher) == (f"MicroBatcher(max_batch=256, max_wait=0.001, workers=2, "
                                  f"answering {recommender!r})")
     assert ", closed, answering" in repr(batcher)
+
+
+_EXIT_MID_BATCH_CHILD = r"""
+import sys, time
+import numpy as np, recfuse
+from recfuse._topk import cpu
+
+rng = np.random.default_rng(0)
+als = recfuse.ALS(factors=32)
+als.user_factors = rng.standard_normal((500, 32), dtype=np.float32)
+als.item_factors = rng.standard_normal((300_000, 32), dtype=np.float32)
+batcher = recfuse.MicroBatcher(recfuse.Recommender(als, k=5, num_threads=1), max_batch=500)
+with batcher._ready:  # all queued before the worker takes any: one batch (never closed)
+    futures = [batcher.submit(user) for user in range(500)]
+worker = batcher._threads[0]
+
+
+def in_native_call():
+    frame = sys._current_frames().get(worker.ident)
+    return frame is not None and frame.f_code is cpu.search.__code__
+
+
+class UntilTheCallEnds:
+    # Collected while the interpreter finalizes: waits until the worker's native call has
+    # ended (its thread stops running), so that the call ends during finalization.
+    def __init__(self, tid):
+        self.stat = f"/proc/self/task/{tid}/stat"
+
+    def __del__(self, sleep=time.sleep, is_finalizing=sys.is_finalizing, open=open):
+        assert is_finalizing()
+        for _ in range(12000):
+            try:
+                with open(self.stat) as handle:
+                    state = handle.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                return  # the thread has ended
+            if state not in "RD":
+                return
+            sleep(0.01)
+
+
+for _ in range(60000):
+    if in_native_call():
+        break
+    time.sleep(0.001)
+else:
+    sys.exit("the worker never reached its native call")
+waiter = UntilTheCallEnds(worker.native_id)
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_open_batcher_mid_batch_at_exit_ends_the_process_cleanly():
+    # A worker is a daemon thread: a native call it is in when the interpreter exits ends
+    # during finalization. Taking the GIL back then made CPython end the thread inside a
+    # noexcept destructor: "terminate called without an active exception", status 134.
+    import subprocess
+
+    if "cpu" not in available_backends():
+        pytest.skip("needs the native cpu backend")
+    done = subprocess.run([sys.executable, "-c", _EXIT_MID_BATCH_CHILD], capture_output=True,
+                          text=True, timeout=300)
+    assert done.stdout == "exiting\n", done.stderr
+    assert "terminate called" not in done.stderr
+    assert done.returncode == 0, done.stderr
