@@ -94,6 +94,7 @@ def test_id_map_reads_pandas_id_dtypes(column, expected):
     (pd.Series([True, False]), TypeError),
     (pd.Series([1.5, 2.0]), TypeError),
     (pd.Series([1, 2.5], dtype=object), TypeError),
+    (pd.Series([2**63, 1], dtype="uint64"), ValueError),  # NumPy 1.x let 2**63 through
 ])
 def test_id_map_rejects_missing_and_unsupported_ids(column, error):
     with pytest.raises(error, match="user"):

@@ -357,7 +357,8 @@ def test_native_string_factorize_matches_pandas(values, kind, cuts):
     chunked = arrow_chunks(values, kind, cuts)
     python = np.array([v.encode() if pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
                        else v for v in values], dtype=object)
-    want_codes, want_ids = pd.factorize(python, sort=True)
+    want_ids = sorted(set(python.tolist()))  # not pd.factorize: pandas 2 hashes "a\0" as "a"
+    want_codes = [want_ids.index(value) for value in python.tolist()]
     codes, ids = interactions._factorize(chunked, "users")
     assert codes.dtype == np.int32 and ids.dtype == object
     np.testing.assert_array_equal(codes, want_codes)
@@ -463,7 +464,8 @@ def test_dictionary_string_ids_match_decoded(codes, cuts, shared):
         start = stop
     chunked = pa.chunked_array(chunks, type=chunks[0].type)
     got_codes, got_ids = interactions._factorize(chunked, "items")
-    want_codes, want_ids = pd.factorize(np.array(values, dtype=object), sort=True)
+    want_ids = sorted(set(values))  # not pd.factorize: pandas 2 hashes "a\0" as "a"
+    want_codes = [want_ids.index(value) for value in values]
     np.testing.assert_array_equal(got_codes, want_codes)
     assert got_ids.tolist() == list(want_ids)
 
@@ -649,7 +651,10 @@ def test_a_malformed_sparse_matrix_is_refused_before_conversion():
     [-2**63],  # abs(int64 min) < 0 let it through: was 1970-01-01
 ])
 def test_times_beyond_int64_nanoseconds_are_refused(times, tmp_path):
-    with pytest.raises(ValueError, match="outside int64 nanoseconds|overflow int64 nanoseconds"):
+    match = "outside int64 nanoseconds|overflow int64 nanoseconds"
+    if isinstance(times[0], str) and int(pd.__version__.split(".")[0]) < 3:
+        match = "do not parse as times"  # pandas 2 parses strings in nanoseconds only: NaT
+    with pytest.raises(ValueError, match=match):
         Interactions.from_arrays([1] * len(times), [1] * len(times), timestamps=times)
     table = pa.table({"user": [1], "item": [1],
                       "t": pa.array(np.array(["3000-01-01"], "datetime64[us]"))})

@@ -70,7 +70,8 @@ def split_id_kinds(column: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray
         raise TypeError(f"{name} holds booleans; ids must be integers or strings")
     if kind == "u":
         values = column.to_numpy()
-        if values.size and values.max() > INT64_MAX:
+        # int(): NumPy < 2 compares a uint64 with a Python int in float64 (2**63 passed)
+        if values.size and int(values.max()) > INT64_MAX:
             raise ValueError(f"{name} holds ids above the int64 range")
         return np.zeros(n, bool), values.astype(np.int64), np.empty(0, object)
     if kind == "i":

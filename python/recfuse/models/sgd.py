@@ -329,8 +329,9 @@ class _RatingModel(FactorRetrieval):
         if global_mean.size != 1:
             raise ValueError(f"saved global_mean must hold one value, got {global_mean.size}")
         counts = [np.asarray(arrays[name]) for name in ("user_counts", "item_counts")]
+        # int(): NumPy < 2 compares a uint64 with a Python int in float64 (2**63 + 1 passed)
         if any(c.ndim != 1 or (c.size and (c.dtype.kind not in "iu" or c.min() < 0
-                                           or c.max() > np.iinfo(np.int64).max))
+                                           or int(c.max()) > np.iinfo(np.int64).max))
                for c in counts):
             raise ValueError("saved user_counts and item_counts must be 1-d non-negative integers "
                              "(within int64)")
