@@ -7,9 +7,13 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from ._typing import Integer
 
 try:  # the one-pass checks below; NumPy's when the native module is not built
     from . import _core as _native
@@ -324,7 +328,7 @@ def check_ids(ids, name: str, upper: int | None, *, allow_new: bool = False) -> 
     return array
 
 
-def check_factors(array, name: str, *, dtype: np.dtype, n_cols: int | None = None,
+def check_factors(array, name: str, *, dtype: np.dtype, n_cols: Integer | None = None,
                   copy: bool = True) -> np.ndarray:
     """A finite 2-d float array as a C-contiguous copy in ``dtype`` (``copy=False``: the
     array itself when it already is one, e.g. a read-only memory map)."""

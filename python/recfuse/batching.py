@@ -35,12 +35,19 @@ import contextlib
 import threading
 import time
 import weakref
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
 from . import _validation as check
 from .serving import Recommendation, Recommender, _Request
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from numpy.typing import ArrayLike
+
+    from ._typing import Integer
 
 
 class _Pending(NamedTuple):
@@ -116,25 +123,29 @@ class MicroBatcher:
 
     # ------------------------------------------------------------------ callers
 
-    def submit(self, user, k: int | None = None, exclude=None,
-               context_features=None) -> concurrent.futures.Future:
+    def submit(self, user: Integer, k: Integer | None = None, exclude: ArrayLike | None = None,
+               context_features: ArrayLike | None = None
+               ) -> concurrent.futures.Future[Recommendation]:
         """Queue one request (checked now: bad input raises here); the future's result is
         its ``Recommendation`` (1-d fields), or the error that answering it raised."""
         request = self._check(user, k, exclude, context_features)
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future[Recommendation] = concurrent.futures.Future()
         with self._ready:
             self._refuse_when_closed()
             self._queue.append(_Pending(request, future, None, self))
             self._nudge()
         return future
 
-    def recommend(self, user, k: int | None = None, exclude=None,
-                  context_features=None) -> Recommendation:
+    def recommend(self, user: Integer, k: Integer | None = None,
+                  exclude: ArrayLike | None = None,
+                  context_features: ArrayLike | None = None) -> Recommendation:
         """``Recommender.recommend``, answered within a batch (blocks until then)."""
         return self.submit(user, k, exclude, context_features).result()
 
-    def submit_async(self, user, k: int | None = None, exclude=None,
-                     context_features=None) -> asyncio.Future:
+    def submit_async(self, user: Integer, k: Integer | None = None,
+                     exclude: ArrayLike | None = None,
+                     context_features: ArrayLike | None = None
+                     ) -> asyncio.Future[Recommendation]:
         """``submit`` for coroutines (call it in the event loop's thread): the request is
         queued now (checked now: bad input raises here); await the returned asyncio future
         for its ``Recommendation``."""
@@ -151,13 +162,14 @@ class MicroBatcher:
             loop.call_soon(self._wake, loop)
         return future
 
-    async def recommend_async(self, user, k: int | None = None, exclude=None,
-                              context_features=None) -> Recommendation:
+    async def recommend_async(self, user: Integer, k: Integer | None = None,
+                              exclude: ArrayLike | None = None,
+                              context_features: ArrayLike | None = None) -> Recommendation:
         """``recommend`` for coroutines: awaits the batch without blocking the loop."""
         return await self.submit_async(user, k, exclude, context_features)
 
     @contextlib.contextmanager
-    def incoming(self):
+    def incoming(self) -> Iterator[None]:
         """Announce a request that is on its way (being read) for the ``with`` block's
         duration: batches forming meanwhile wait for it (at most ``max_wait``)."""
         with self._ready:
@@ -190,7 +202,7 @@ class MicroBatcher:
     def __enter__(self) -> "MicroBatcher":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _check(self, user, k, exclude, context_features) -> _Request:

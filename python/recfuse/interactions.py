@@ -27,11 +27,18 @@ import importlib.util
 import os
 import numbers
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from . import _validation as check
+
+if TYPE_CHECKING:
+    import pandas
+    from numpy.typing import ArrayLike
+
+    from ._typing import Integer, SparseMatrix
 
 COMBINE = ("sum", "max", "last", "count")
 WEIGHTING = ("none", "binary", "count", "log1p", "bm25", "tfidf")
@@ -65,7 +72,7 @@ class IdMap:
     [2, 0]
     """
 
-    def __init__(self, ids):
+    def __init__(self, ids: ArrayLike) -> None:
         self._set(ids)
         self._check_distinct()
 
@@ -118,7 +125,7 @@ class IdMap:
         self._array = array
 
     @classmethod
-    def from_values(cls, values, name: str = "ids") -> tuple["IdMap", np.ndarray]:
+    def from_values(cls, values: ArrayLike, name: str = "ids") -> tuple["IdMap", np.ndarray]:
         """Map ``values`` (one id per event) to ints: ids numbered in sorted order.
         Returns (map, int32 codes)."""
         codes, uniques = _factorize(values, name, arrow_ids=True)
@@ -149,7 +156,7 @@ class IdMap:
         head = ", ".join(repr(v) for v in self._ids[:3].tolist())
         return f"IdMap({len(self)} ids: {head}{', ...' if len(self) > 3 else ''})"
 
-    def to_internal(self, values, *, missing: str = "raise") -> np.ndarray:
+    def to_internal(self, values: ArrayLike, *, missing: str = "raise") -> np.ndarray:
         """Ints of external ids (int64). ``missing="raise"`` (ValueError naming the unknown
         ids) or ``"ignore"`` (-1 for them)."""
         check.check_choice(missing, "missing", ("raise", "ignore"))
@@ -165,12 +172,12 @@ class IdMap:
                              f"{unknown[:5].tolist()}")
         return codes
 
-    def to_external(self, codes) -> np.ndarray:
+    def to_external(self, codes: ArrayLike) -> np.ndarray:
         """External ids of ints (an IndexError-free check: ValueError for ints out of range)."""
         codes = check.check_ids(codes, "codes", len(self))
         return self._ids[codes]
 
-    def extend(self, values) -> "IdMap":
+    def extend(self, values: ArrayLike) -> "IdMap":
         """A map with the ids of ``values`` not yet known appended (in sorted order)."""
         values = _as_id_array(values)
         if values.size == 0:
@@ -908,14 +915,14 @@ class Interactions:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_events(cls, source, *, user: str = "user", item: str = "item",
+    def from_events(cls, source: Any, *, user: str = "user", item: str = "item",
                     weight: str | None = None, timestamp: str | None = None,
                     event: str | None = None, combine: str = "sum",
-                    event_weights: Mapping | None = None, half_life=None,
-                    reference_time=None, weighting: str = "none",
+                    event_weights: Mapping[Any, float] | None = None, half_life: Any = None,
+                    reference_time: Any = None, weighting: str = "none",
                     user_ids: IdMap | None = None, item_ids: IdMap | None = None,
-                    unknown: str = "extend", read_options: dict | None = None,
-                    **weighting_options) -> "Interactions":
+                    unknown: str = "extend", read_options: dict[str, Any] | None = None,
+                    **weighting_options: Any) -> "Interactions":
         """Read an event log from a pandas/polars DataFrame, a pyarrow Table, a mapping of
         column name -> array, or a .csv/.tsv/.parquet path, or a folder of Parquet files
         (a dataset written in parts; hive partition folders included).
@@ -971,11 +978,12 @@ class Interactions:
         return result
 
     @classmethod
-    def from_arrays(cls, users, items, weights=None, timestamps=None, events=None, *,
-                    combine: str = "sum", event_weights: Mapping | None = None,
-                    half_life=None, reference_time=None, weighting: str = "none",
+    def from_arrays(cls, users: ArrayLike, items: ArrayLike, weights: ArrayLike | None = None,
+                    timestamps: ArrayLike | None = None, events: ArrayLike | None = None, *,
+                    combine: str = "sum", event_weights: Mapping[Any, float] | None = None,
+                    half_life: Any = None, reference_time: Any = None, weighting: str = "none",
                     user_ids: IdMap | None = None, item_ids: IdMap | None = None,
-                    unknown: str = "extend", **weighting_options) -> "Interactions":
+                    unknown: str = "extend", **weighting_options: Any) -> "Interactions":
         """The same as ``from_events`` from one array (or pandas Series) per column."""
         return cls._from_columns(
             {"user": users, "item": items, "weight": weights, "timestamp": timestamps,
@@ -1055,7 +1063,7 @@ class Interactions:
         return result
 
     @classmethod
-    def from_matrix(cls, matrix, *, user_ids: IdMap | None = None,
+    def from_matrix(cls, matrix: SparseMatrix, *, user_ids: IdMap | None = None,
                     item_ids: IdMap | None = None) -> "Interactions":
         """Wrap a users x items sparse matrix (ids 0..n-1 unless maps are given)."""
         matrix = check.check_csr(sp.csr_matrix(check.to_csr(matrix, "matrix"))
@@ -1097,7 +1105,7 @@ class Interactions:
                    settings=settings)
 
     # ------------------------------------------------------------------ growing
-    def add(self, source=None, **columns_or_arrays) -> "Interactions":
+    def add(self, source: Any = None, **columns_or_arrays: Any) -> "Interactions":
         """These pairs plus new events: ``add(df, user=..., item=..., ...)`` like
         ``from_events`` or ``add(users=..., items=..., weights=..., timestamps=..., events=...)``
         like ``from_arrays``. New users and items are appended to the id maps (existing ints
@@ -1219,7 +1227,7 @@ class Interactions:
             self._transpose = self.matrix.T.tocsr()
         return self._transpose
 
-    def to_frame(self):
+    def to_frame(self) -> pandas.DataFrame:
         """The pairs as a pandas DataFrame: user, item (external ids), value (weighted),
         count and, with timestamps, timestamp."""
         pandas = _pandas("to_frame")
@@ -1238,7 +1246,7 @@ class Interactions:
                 f"{', with timestamps' if self._times is not None else ''})")
 
     # ------------------------------------------------------------------ transforms
-    def weighted(self, weighting: str = "none", **options) -> "Interactions":
+    def weighted(self, weighting: str = "none", **options: Any) -> "Interactions":
         """The same pairs with another weighting of ``matrix``:
 
         - ``none``: the combined values; ``binary``: 1; ``count``: events per pair;
@@ -1266,7 +1274,7 @@ class Interactions:
         result = self.subset(keep)
         return result._compact() if compact else result
 
-    def k_core(self, k: int, *, compact: bool = True) -> "Interactions":
+    def k_core(self, k: Integer, *, compact: bool = True) -> "Interactions":
         """The largest subset in which every user and every item has at least ``k`` pairs
         (filters repeated until nothing changes)."""
         k = check.check_int(k, "k", minimum=1)
@@ -1278,7 +1286,7 @@ class Interactions:
             current = current.subset(keep)
         return current._compact() if compact else current
 
-    def subset(self, keep) -> "Interactions":
+    def subset(self, keep: ArrayLike) -> "Interactions":
         """The pairs where the boolean mask ``keep`` (one per stored pair) is True; same id
         maps."""
         keep = np.asarray(keep)
@@ -1292,7 +1300,7 @@ class Interactions:
                              times=None if self._times is None else self._times[keep])
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write to one file (versioned; arrays stored so ``load(mmap=True)`` maps them)."""
         from .persistence import save_model
 
@@ -1304,7 +1312,7 @@ class Interactions:
         save_model(path, "Interactions", self._settings, arrays)
 
     @classmethod
-    def load(cls, path, *, mmap: bool = False) -> "Interactions":
+    def load(cls, path: str | os.PathLike[str], *, mmap: bool = False) -> "Interactions":
         """Read a file written by ``save`` (``mmap=True`` maps the arrays read-only)."""
         from .persistence import read_model
 

@@ -24,6 +24,7 @@ recommended items' vectors (the model's item factors by default).
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,12 +33,17 @@ from . import _validation as check
 from .interactions import Interactions
 from .reference_data import RANKING_COLUMNS
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ._typing import Integer, SparseMatrix
+
 COLD_USERS = ("include", "skip", "raise")
 _COLUMN = {name: index for index, name in enumerate(RANKING_COLUMNS)}
 
 
 # ---------------------------------------------------------------------------- rating errors
-def rmse(y_true, y_pred) -> float:
+def rmse(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Root mean squared error of predictions against true ratings.
 
     >>> rmse([1, 2, 3], [1, 2, 5])
@@ -47,7 +53,7 @@ def rmse(y_true, y_pred) -> float:
     return float(np.sqrt(np.mean((truth - predicted) ** 2)))
 
 
-def mae(y_true, y_pred) -> float:
+def mae(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Mean absolute error of predictions against true ratings.
 
     >>> mae([1, 2, 3], [1, 2, 5])
@@ -84,8 +90,21 @@ def _ratings_of(values, name: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- ranking
-def ranking_metrics(recommended, test, users=None, *, per_user: bool = False,
-                    num_threads: int = 0) -> dict:
+@overload
+def ranking_metrics(recommended: ArrayLike, test: SparseMatrix | Interactions,
+                    users: ArrayLike | None = None, *, per_user: Literal[False] = False,
+                    num_threads: Integer = 0) -> dict[str, float]: ...
+
+
+@overload
+def ranking_metrics(recommended: ArrayLike, test: SparseMatrix | Interactions,
+                    users: ArrayLike | None = None, *, per_user: bool,
+                    num_threads: Integer = 0) -> dict[str, Any]: ...
+
+
+def ranking_metrics(recommended: ArrayLike, test: SparseMatrix | Interactions,
+                    users: ArrayLike | None = None, *, per_user: bool = False,
+                    num_threads: Integer = 0) -> dict[str, Any]:
     """Ranking metrics of given top-k lists against a test matrix.
 
     ``recommended`` is (n, k) item ids, each in [0, test's columns) or -1 (which pads a short
@@ -178,7 +197,7 @@ def _aggregate(table: np.ndarray, per_user: bool) -> dict:
     return result
 
 
-def catalog_coverage(recommended, n_items: int) -> float:
+def catalog_coverage(recommended: ArrayLike, n_items: Integer) -> float:
     """Distinct valid item ids in ``recommended`` / ``n_items``."""
     n_items = check.check_int(n_items, "n_items", minimum=1)
     ids = _item_ids(recommended)
@@ -188,7 +207,7 @@ def catalog_coverage(recommended, n_items: int) -> float:
     return float(np.count_nonzero(recommended_once) / n_items)
 
 
-def novelty(recommended, train) -> float:
+def novelty(recommended: ArrayLike, train: SparseMatrix | Interactions) -> float:
     """Mean self-information -log2(p_i) of the recommended items, p_i = share of train users
     with item i (at least 1/n_users, so unseen items count as the rarest)."""
     train = _csr(train, "train")
@@ -225,7 +244,8 @@ def _count_ids(ids: np.ndarray, n: int) -> np.ndarray:
     return counts
 
 
-def intra_list_diversity(recommended, item_vectors, *, num_threads: int = 0) -> float:
+def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
+                         num_threads: Integer = 0) -> float:
     """Mean over lists of the mean pairwise 1 - cosine similarity of their items' vectors
     (lists with fewer than two items are left out; -1 pads a short list). An id without a
     row in ``item_vectors`` is refused (ValueError): the lists and the table number the
@@ -257,9 +277,10 @@ def intra_list_diversity(recommended, item_vectors, *, num_threads: int = 0) -> 
 
 
 # ---------------------------------------------------------------------------- protocol
-def evaluate(model, train, test, k: int = 10, *, cold_users: str = "include",
-             batch_size: int = 1000, item_vectors=None, show_progress: bool = False,
-             num_threads: int = 0) -> dict:
+def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix | Interactions,
+             k: Integer = 10, *, cold_users: str = "include", batch_size: Integer = 1000,
+             item_vectors: ArrayLike | None = None, show_progress: bool = False,
+             num_threads: Integer = 0) -> dict[str, float]:
     """Recommend k items to every user with test items (items seen in ``train`` filtered)
     and score the lists; returns a dict of metrics.
 
@@ -331,7 +352,9 @@ def evaluate(model, train, test, k: int = 10, *, cold_users: str = "include",
     return result
 
 
-def ranking_metrics_at_k(model, train, test, k: int = 10, batch_size: int = 1024) -> dict:
+def ranking_metrics_at_k(model: Any, train: SparseMatrix | Interactions,
+                         test: SparseMatrix | Interactions, k: Integer = 10,
+                         batch_size: Integer = 1024) -> dict[str, float]:
     """``evaluate`` under its earlier name (precision and ndcg among the keys)."""
     return evaluate(model, train, test, k, batch_size=batch_size)
 

@@ -20,8 +20,12 @@ import stat
 import struct
 import warnings
 import zipfile
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ._typing import PathLike
 
 ALIGNMENT = 64
 _PADDING_EXTRA_ID = 0xD935  # the id zipalign uses for alignment padding
@@ -339,7 +343,9 @@ def _fall_back_from_unavailable_backend(path: str, params: dict, overrides: dict
         params["backend"] = "auto"
 
 
-def load(path, *, mmap: bool = False, **overrides):
+# Typed Any: which model (ALS, SVD, SVDpp, ExplicitALS, BPR or MLPScorer) is known only once
+# the file is read; a union would make callers narrow it before every use.
+def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
     """Load any recfuse model saved with ``model.save(path)`` (a factor model or an
     ``MLPScorer``).
 

@@ -15,13 +15,21 @@ with the factors of a fitted factor model (e.g. ``recfuse.ALS``). ``to_scorer`` 
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from . import _validation as check
 from .models._common import check_trained, progress_bar
 from .ranking import MLPScorer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import scipy.sparse as sp
+    from numpy.typing import ArrayLike
+
+    from ._typing import Integer, RandomState
 
 HIDDEN_ACTIVATIONS = ("relu", "tanh", "gelu")
 
@@ -95,9 +103,10 @@ class MLPRanker:
     8
     """
 
-    def __init__(self, hidden=(64, 32), *, activation: str = "relu", negatives: int = 4,
-                 epochs: int = 5, batch_size: int = 1024, learning_rate: float = 1e-3,
-                 l2: float = 0.0, random_state: int | np.random.Generator | None = None):
+    def __init__(self, hidden: Iterable[Integer] = (64, 32), *, activation: str = "relu",
+                 negatives: Integer = 4, epochs: Integer = 5, batch_size: Integer = 1024,
+                 learning_rate: float = 1e-3, l2: float = 0.0,
+                 random_state: RandomState = None) -> None:
         # a set or a dict has no order of layers (a set drops repeated widths); a 0-d array
         # has __iter__ but iterating it raises
         if isinstance(hidden, (str, bytes, set, frozenset, dict)) or \
@@ -111,13 +120,14 @@ class MLPRanker:
         self.batch_size = check.check_int(batch_size, "batch_size", minimum=1)
         self.learning_rate = check.check_float(learning_rate, "learning_rate", minimum=0, strict=True)
         self.l2 = check.check_float(l2, "l2", minimum=0)
-        self.random_state = check.check_random_state(random_state)
+        self.random_state: RandomState = check.check_random_state(random_state)
         self.weights: list[np.ndarray] = []
         self.biases: list[np.ndarray] = []
         self.losses: list[float] = []  # mean loss of each epoch
 
-    def fit(self, user_items, user_factors, item_factors, user_features=None,
-            item_features=None, *, show_progress: bool = False,
+    def fit(self, user_items: sp.csr_matrix | sp.csr_array, user_factors: ArrayLike,
+            item_factors: ArrayLike, user_features: ArrayLike | None = None,
+            item_features: ArrayLike | None = None, *, show_progress: bool = False,
             callback: Callable[[int, float], None] | None = None) -> "MLPRanker":
         """Train on the stored entries of ``user_items`` (users x items, CSR) as positives.
 
@@ -250,7 +260,7 @@ class MLPRanker:
             v_hat = v / (1 - beta2**step)
             parameter -= (self.learning_rate * m_hat / (np.sqrt(v_hat) + eps)).astype(np.float32)
 
-    def predict_logits(self, X) -> np.ndarray:
+    def predict_logits(self, X: ArrayLike) -> np.ndarray:
         """The logits of the rows of X (the concatenated input rows), for checks."""
         if not self.weights:
             raise RuntimeError("the ranker is not fitted: call fit first")

@@ -55,13 +55,27 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, overload
 
 import numpy as np
 
 from . import _validation as check
 from ._backend import resolve_backend
 from ._mlp import Candidates
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from numpy.typing import ArrayLike
+
+    from ._typing import Integer, PathLike
+
+    # One dense layer as MLPScorer takes it: (W (out, in), b (out,) or None, activation).
+    # A [W, b, activation] list is taken too.
+    Layer: TypeAlias = tuple[ArrayLike, ArrayLike | None, str] | list[Any]
+    # candidate_ids: one user's ids (1-d), users x c ids (2-d), (indptr, ids) or one array
+    # of ids per user.
+    CandidateIds: TypeAlias = ArrayLike | tuple[ArrayLike, ArrayLike] | list[ArrayLike]
 
 ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "identity")
 PRECISIONS = ("float32", "bfloat16")
@@ -104,8 +118,11 @@ class MLPScorer:
     array([4.], dtype=float32)
     """
 
-    def __init__(self, layers, *, precision: str = "float32", backend: str = "auto",
-                 kernel: str = "auto"):
+    # (W float32 (out, in), b float32 (out,) or None, activation), read-only
+    layers: tuple[tuple[np.ndarray, np.ndarray | None, str], ...]
+
+    def __init__(self, layers: Sequence[Layer], *, precision: str = "float32",
+                 backend: str = "auto", kernel: str = "auto") -> None:
         self.precision = check.check_choice(precision, "precision", PRECISIONS)
         checked = _check_layers(layers)
         if not isinstance(kernel, str):
@@ -122,14 +139,14 @@ class MLPScorer:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_torch(cls, module, **options) -> "MLPScorer":
+    def from_torch(cls, module: Any, **options: Any) -> "MLPScorer":
         """A scorer from a ``torch.nn.Sequential`` of Linear layers, each optionally followed
         by ReLU, GELU (approximate="none"), Sigmoid or Tanh (Identity and Dropout are
         skipped wherever they stand: scoring is inference). Options go to ``MLPScorer``."""
         return cls(layers_from_torch(module), **options)
 
     @classmethod
-    def from_onnx(cls, path, **options) -> "MLPScorer":
+    def from_onnx(cls, path: PathLike, **options: Any) -> "MLPScorer":
         """A scorer from an ONNX file holding a chain of Gemm (or MatMul + Add) nodes, each
         optionally followed by Relu, Gelu (approximate="none"), Sigmoid or Tanh (Identity
         nodes are skipped wherever they stand); operators of the standard domain only, and
@@ -138,7 +155,7 @@ class MLPScorer:
 
     # ------------------------------------------------------------------ files
 
-    def save(self, path) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the layers and the precision to ``path`` (a versioned .npz, no pickle,
         written atomically). ``recfuse.load(path)`` gives the scorer back (``backend=`` and
         ``kernel=`` may be given there); ``recfuse serve MODEL --ranker path`` serves it."""
@@ -189,7 +206,17 @@ class MLPScorer:
 
     # ------------------------------------------------------------------ scoring
 
-    def score(self, inputs, *, num_threads: int = 0) -> np.ndarray:
+    @overload
+    def score(self, inputs: Sequence[float], *, num_threads: Integer = 0) -> np.float32: ...
+
+    @overload
+    def score(self, inputs: Sequence[Sequence[float]], *, num_threads: Integer = 0
+              ) -> np.ndarray: ...
+
+    @overload
+    def score(self, inputs: ArrayLike, *, num_threads: Integer = 0) -> Any: ...
+
+    def score(self, inputs: ArrayLike, *, num_threads: Integer = 0) -> Any:
         """The score of each row of ``inputs`` (n, input_width) (or one row (input_width,))."""
         single = np.ndim(inputs) == 1
         X = _float_matrix(inputs, "inputs", columns=self.input_width, allow_1d=True)
@@ -197,8 +224,8 @@ class MLPScorer:
         scores = self._module.score(self._model, X, num_threads)
         return scores[0] if single else scores
 
-    def prepare_items(self, item_table, item_features=None, *, item_column: int,
-                      num_threads: int = 0) -> PreparedItems:
+    def prepare_items(self, item_table: ArrayLike, item_features: ArrayLike | None = None, *,
+                      item_column: Integer, num_threads: Integer = 0) -> PreparedItems:
         """Precompute the first layer's item contribution for every item, once (at model
         load): later calls that pass the result as ``item_table`` multiply only the
         per-candidate columns. ``item_column`` is where the item vector starts in the input
@@ -219,9 +246,12 @@ class MLPScorer:
         part = self._module.item_part(self._model, blocks, item_column, num_threads)
         return PreparedItems(part, table.shape[0], item_column, columns, self._model)
 
-    def score_candidates(self, user_vectors, candidate_ids, item_table, user_features=None,
-                         item_features=None, candidate_features=None, *,
-                         num_threads: int = 0) -> np.ndarray:
+    def score_candidates(self, user_vectors: ArrayLike, candidate_ids: CandidateIds,
+                         item_table: ArrayLike | PreparedItems,
+                         user_features: ArrayLike | None = None,
+                         item_features: ArrayLike | None = None,
+                         candidate_features: ArrayLike | None = None, *,
+                         num_threads: Integer = 0) -> np.ndarray:
         """Scores of every user's candidates, gathered by id inside the kernel: 1-d for one
         user, (users, c) for a 2-d ``candidate_ids``, flat (aligned with the ids) for the
         ragged forms. See the module documentation for the input row and the forms."""
@@ -233,9 +263,11 @@ class MLPScorer:
             return scores.reshape(shape)
         return scores
 
-    def rank(self, user_vectors, candidate_ids, item_table, user_features=None,
-             item_features=None, candidate_features=None, *, k: int,
-             num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def rank(self, user_vectors: ArrayLike, candidate_ids: CandidateIds,
+             item_table: ArrayLike | PreparedItems, user_features: ArrayLike | None = None,
+             item_features: ArrayLike | None = None,
+             candidate_features: ArrayLike | None = None, *, k: Integer,
+             num_threads: Integer = 0) -> tuple[np.ndarray, np.ndarray]:
         """Each user's k best candidates, ``(ids int64, scores float32)`` of shape (users, k)
         ((k,) for one user given 1-d), sorted by score, ties by smaller id, padded with -1 /
         -inf. Under bfloat16 the lists and scores are float32's, from a rescored band (see

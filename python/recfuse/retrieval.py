@@ -35,12 +35,18 @@ again with the float32 kernel's own code.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from . import _validation as check
 from ._backend import resolve_backend
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ._typing import Integer, SparseMatrix
 
 METRICS = ("dot", "cosine")
 STORAGES = ("auto", "native", "bfloat16")
@@ -84,8 +90,8 @@ class ItemIndex:
     (array([1, 2]), array([2., 1.], dtype=float32))
     """
 
-    def __init__(self, items, *, item_bias=None, metric: str = "dot", storage: str = "auto",
-                 backend: str = "auto"):
+    def __init__(self, items: ArrayLike, *, item_bias: ArrayLike | None = None,
+                 metric: str = "dot", storage: str = "auto", backend: str = "auto") -> None:
         self.metric = check.check_choice(metric, "metric", METRICS)
         self.storage = check.check_choice(storage, "storage", STORAGES)
         self.items = _item_table(items)
@@ -123,7 +129,7 @@ class ItemIndex:
                     self._tables[storage] = table
         return table
 
-    def storage_for(self, k: int) -> str:
+    def storage_for(self, k: Integer) -> str:
         """The storage a search for ``k`` results reads: "native" or "bfloat16"."""
         if self.storage != "auto":
             return self.storage
@@ -135,8 +141,9 @@ class ItemIndex:
         """(items, d) of the table."""
         return self.items.shape
 
-    def search(self, queries, k: int, *, exclude=None, allow=None, deny=None,
-               num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: ArrayLike, k: Integer, *, exclude: SparseMatrix | None = None,
+               allow: ArrayLike | None = None, deny: ArrayLike | None = None,
+               num_threads: Integer = 0) -> tuple[np.ndarray, np.ndarray]:
         """The k best qualifying items for each query: ``(ids, scores)``.
 
         queries : array (m, d) or (d,)
@@ -192,9 +199,11 @@ def by_score_then_id(ids: np.ndarray, scores: np.ndarray, keep: int | None = Non
     return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
-def topk(queries, items, k: int, *, exclude=None, allow=None, deny=None, item_bias=None,
+def topk(queries: ArrayLike, items: ArrayLike, k: Integer, *,
+         exclude: SparseMatrix | None = None, allow: ArrayLike | None = None,
+         deny: ArrayLike | None = None, item_bias: ArrayLike | None = None,
          metric: str = "dot", storage: str = "auto", backend: str = "auto",
-         num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+         num_threads: Integer = 0) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``queries`` against ``items``: ``(ids, scores)``.
 
     One-call form of ``ItemIndex(items, item_bias=..., metric=..., storage=..., backend=...)

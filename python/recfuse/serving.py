@@ -68,7 +68,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -84,6 +84,32 @@ from .models.sgd import SVD, SVDpp, _user_vectors
 from .ranker import MLPRanker
 from .ranking import MLPScorer, load_scorer
 from .retrieval import ItemIndex, _item_mask, by_score_then_id
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Generic, TypeAlias, TypeVar, overload
+
+    from numpy.typing import ArrayLike
+
+    from ._typing import Integer, PathLike
+
+    # What Recommender serves: a fitted model, or the path of a model file (recfuse.load).
+    Retriever: TypeAlias = ALS | SVD | SVDpp | ExplicitALS | BPR | PathLike
+    # A ranker: an MLPScorer, a fitted MLPRanker, a scorer file (or .onnx chain), or None.
+    Ranker: TypeAlias = MLPScorer | MLPRanker | PathLike | None
+
+    _Get = TypeVar("_Get")
+    _Set = TypeVar("_Set")
+
+    class _Checked(Generic[_Get, _Set]):
+        """A ``_Setting`` as type checkers see it: reads give _Get, assignments take _Set."""
+
+        @overload
+        def __get__(self, recommender: None, owner: Any = None) -> _Checked[_Get, _Set]: ...
+        @overload
+        def __get__(self, recommender: object, owner: Any = None) -> _Get: ...
+        def __get__(self, recommender: object, owner: Any = None) -> Any: ...
+        def __set__(self, recommender: object, value: _Set) -> None: ...
 
 STAGES = ("popular", "recall", "rank", "rerank")
 _STAGE_NAMES = np.array(("",) + STAGES)  # stage codes: 0 pads, then STAGES in order
@@ -145,7 +171,15 @@ class Rerank:
     allow: np.ndarray | None = None
     deny: np.ndarray | None = None
 
-    def __post_init__(self):
+    if TYPE_CHECKING:
+        # The constructor takes any array-like (lists of ids, ...) and NumPy integers; the
+        # fields hold what __post_init__ made of them (int64 arrays, an int, a float).
+        def __init__(self, diversity: float | None = None,
+                     item_categories: ArrayLike | None = None,
+                     category_cap: Integer | None = None, allow: ArrayLike | None = None,
+                     deny: ArrayLike | None = None) -> None: ...
+
+    def __post_init__(self) -> None:
         if self.diversity is not None:
             value = check.check_float(self.diversity, "diversity", minimum=0.0)
             if value > 1:
@@ -342,21 +376,39 @@ class Recommender:
     False
     """
 
-    candidates = _Setting(lambda value, name: check.check_int(value, name, minimum=1))
-    k = _Setting(lambda value, name: check.check_k(value))
-    unknown_items = _Setting(lambda value, name: check.check_choice(value, name, UNKNOWN_ITEMS))
-    max_new_items = _Setting(lambda value, name: check.check_int(value, name, minimum=0))
-    new_item_users = _Setting(lambda value, name: check.check_int(value, name, minimum=1))
-    sgd_steps = _Setting(lambda value, name: check.check_int(value, name, minimum=1))
-    sgd_lr = _Setting(lambda value, name: None if value is None else
-                      check.check_float(value, name, minimum=0, strict=True))
-    max_pending_events = _Setting(lambda value, name: check.check_int(value, name, minimum=0))
+    # The settings as type checkers see them on an instance (the _Setting descriptors below
+    # check each assignment and hold the checked value).
+    candidates: _Checked[int, Integer]
+    k: _Checked[int, Integer]
+    unknown_items: _Checked[str, str]
+    max_new_items: _Checked[int, Integer]
+    new_item_users: _Checked[int, Integer]
+    sgd_steps: _Checked[int, Integer]
+    sgd_lr: _Checked[float | None, float | None]
+    max_pending_events: _Checked[int, Integer]
 
-    def __init__(self, retriever, ranker=None, candidates: int = 200, k: int = 10,
-                 rerank: Rerank | None = None, *, unknown_items: str = "add",
-                 max_new_items: int = 100_000, new_item_users: int = 20, sgd_steps: int = 10,
-                 sgd_lr: float | None = None, max_pending_events: int = 1_000_000,
-                 num_threads: int | None = None):
+    candidates = _Setting(  # type: ignore[assignment]
+        lambda value, name: check.check_int(value, name, minimum=1))
+    k = _Setting(lambda value, name: check.check_k(value))  # type: ignore[assignment]
+    unknown_items = _Setting(  # type: ignore[assignment]
+        lambda value, name: check.check_choice(value, name, UNKNOWN_ITEMS))
+    max_new_items = _Setting(  # type: ignore[assignment]
+        lambda value, name: check.check_int(value, name, minimum=0))
+    new_item_users = _Setting(  # type: ignore[assignment]
+        lambda value, name: check.check_int(value, name, minimum=1))
+    sgd_steps = _Setting(  # type: ignore[assignment]
+        lambda value, name: check.check_int(value, name, minimum=1))
+    sgd_lr = _Setting(lambda value, name: None if value is None else  # type: ignore[assignment]
+                      check.check_float(value, name, minimum=0, strict=True))
+    max_pending_events = _Setting(  # type: ignore[assignment]
+        lambda value, name: check.check_int(value, name, minimum=0))
+
+    def __init__(self, retriever: Retriever, ranker: Ranker = None, candidates: Integer = 200,
+                 k: Integer = 10, rerank: Rerank | None = None, *, unknown_items: str = "add",
+                 max_new_items: Integer = 100_000, new_item_users: Integer = 20,
+                 sgd_steps: Integer = 10, sgd_lr: float | None = None,
+                 max_pending_events: Integer = 1_000_000,
+                 num_threads: Integer | None = None) -> None:
         self.candidates = candidates
         self.k = k
         if rerank is not None and not isinstance(rerank, Rerank):
@@ -421,7 +473,7 @@ class Recommender:
         their lists are not extensions of shorter ones."""
         return model.ranker is not None or (self.rerank is not None and self.rerank.reorders)
 
-    def info(self) -> dict:
+    def info(self) -> dict[str, Any]:
         """The model answering now: version, source, kind, the backend its recall runs on
         (after a load that fell back from a missing one, the one it fell back to), users,
         items, added items/users, the ranker's source and context width."""
@@ -557,7 +609,9 @@ class Recommender:
                 keep &= ~np.isin(ids, self.rerank.deny)
         return keep
 
-    def swap_model(self, source, *, ranker=_KEEP, replay: bool = True) -> int:
+    def swap_model(self, source: Retriever, *,
+                   ranker: Ranker = _KEEP,  # type: ignore[assignment]  # _KEEP: the current one
+                   replay: bool = True) -> int:
         """Serve the model in ``source`` (a file path or a fitted model) from now on.
 
         ``ranker``: the ranker to serve with it (an ``MLPScorer``, a fitted ``MLPRanker``, a
@@ -594,8 +648,9 @@ class Recommender:
 
     # ------------------------------------------------------------------ recommend
 
-    def recommend(self, user, k: int | None = None, exclude=None,
-                  context_features=None) -> Recommendation:
+    def recommend(self, user: Integer, k: Integer | None = None,
+                  exclude: ArrayLike | None = None,
+                  context_features: ArrayLike | None = None) -> Recommendation:
         """One user's list: ``Recommendation`` with 1-d ids, scores and stages.
 
         k : list length (None: the Recommender's ``k``)
@@ -609,8 +664,9 @@ class Recommender:
                               None if request.context is None else request.context[None, :])
         return Recommendation(result.ids[0], result.scores[0], result.stages[0], result.version)
 
-    def recommend_batch(self, users, k: int | None = None, excludes=None,
-                        context_features=None) -> Recommendation:
+    def recommend_batch(self, users: ArrayLike, k: Integer | None = None,
+                        excludes: Sequence[ArrayLike | None] | None = None,
+                        context_features: ArrayLike | None = None) -> Recommendation:
         """Lists for many users in one native recall call and one ranking call.
 
         users : 1-d integer ids; k : list length (None: the Recommender's ``k``); excludes :
@@ -834,7 +890,7 @@ class Recommender:
 
     # ------------------------------------------------------------------ observe
 
-    def observe(self, events) -> int:
+    def observe(self, events: Events | Mapping[str, ArrayLike | None]) -> int:
         """Fold events into the model at once; returns how many were accepted.
 
         events : a mapping with "user", "item" and optionally "weight" (default 1), each a

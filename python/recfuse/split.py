@@ -25,15 +25,34 @@ storage), whatever its own dtype.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, overload
+
 import numpy as np
 import scipy.sparse as sp
 
 from . import _validation as check
 from .interactions import Interactions, _times_ns
 
+if TYPE_CHECKING:
+    from ._typing import Integer, RandomState, SparseMatrix
 
-def random_split(data, test_fraction: float = 0.2, *,
-                 seed: int | np.random.Generator | None = 0, drop_cold: bool = False):
+# Each split returns (train, test) in the form given: two Interactions, or for a sparse matrix
+# two CSR matrices (the overloads say so to type checkers).
+
+
+@overload
+def random_split(data: Interactions, test_fraction: float = 0.2, *, seed: RandomState = 0,
+                 drop_cold: bool = False) -> tuple[Interactions, Interactions]: ...
+
+
+@overload
+def random_split(data: SparseMatrix, test_fraction: float = 0.2, *, seed: RandomState = 0,
+                 drop_cold: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]: ...
+
+
+def random_split(data: Interactions | SparseMatrix, test_fraction: float = 0.2, *,
+                 seed: RandomState = 0, drop_cold: bool = False
+                 ) -> tuple[Interactions, Interactions] | tuple[sp.csr_matrix, sp.csr_matrix]:
     """A random ``test_fraction`` of all pairs (exactly fraction x pairs, rounded half up) to
     test."""
     interactions, as_matrix = _as_interactions(data)
@@ -45,9 +64,21 @@ def random_split(data, test_fraction: float = 0.2, *,
     return _finish(interactions, test, drop_cold, as_matrix)
 
 
-def per_user_split(data, test_fraction: float = 0.2, *,
-                   seed: int | np.random.Generator | None = 0, min_train: int = 1,
-                   drop_cold: bool = False):
+@overload
+def per_user_split(data: Interactions, test_fraction: float = 0.2, *, seed: RandomState = 0,
+                   min_train: Integer = 1, drop_cold: bool = False
+                   ) -> tuple[Interactions, Interactions]: ...
+
+
+@overload
+def per_user_split(data: SparseMatrix, test_fraction: float = 0.2, *, seed: RandomState = 0,
+                   min_train: Integer = 1, drop_cold: bool = False
+                   ) -> tuple[sp.csr_matrix, sp.csr_matrix]: ...
+
+
+def per_user_split(data: Interactions | SparseMatrix, test_fraction: float = 0.2, *,
+                   seed: RandomState = 0, min_train: Integer = 1, drop_cold: bool = False
+                   ) -> tuple[Interactions, Interactions] | tuple[sp.csr_matrix, sp.csr_matrix]:
     """A random fraction x n_u (rounded half up) of each user's n_u pairs to test, leaving at
     least ``min_train`` of them in train."""
     interactions, as_matrix = _as_interactions(data)
@@ -67,9 +98,9 @@ def _rounded_count(fraction: float, n):
     return np.floor(np.round(fraction * np.asarray(n, dtype=np.float64), 9) + 0.5)
 
 
-def leave_last_n(data, n: int = 1, *, min_train: int = 1,
-                 seed: int | np.random.Generator | None = 0,
-                 drop_cold: bool = False):
+def leave_last_n(data: Interactions, n: Integer = 1, *, min_train: Integer = 1,
+                 seed: RandomState = 0, drop_cold: bool = False
+                 ) -> tuple[Interactions, Interactions]:  # a matrix has no times: refused
     """Each user's ``n`` latest pairs to test (users with fewer than n + ``min_train`` pairs
     stay wholly in train). Pairs with equal times are ordered at random (seeded)."""
     interactions, as_matrix = _as_interactions(data, need_times="leave_last_n")
@@ -83,8 +114,10 @@ def leave_last_n(data, n: int = 1, *, min_train: int = 1,
     return _finish(interactions, eligible & (rank < n), drop_cold, as_matrix)
 
 
-def temporal_split(data, cut=None, *, test_fraction: float | None = None,
-                   drop_cold: bool = False):
+def temporal_split(data: Interactions,  # a matrix has no times: refused
+                   cut: Any = None, *,  # a datetime, np.datetime64, str or seconds, or None
+                   test_fraction: float | None = None, drop_cold: bool = False
+                   ) -> tuple[Interactions, Interactions]:
     """Pairs whose time is >= ``cut`` to test, the rest to train. ``cut`` is a datetime,
     a string pandas parses, or seconds since the epoch; or give ``test_fraction`` to cut
     at the time of the floor(fraction x pairs)-th latest pair (pairs at the cut time all go

@@ -91,6 +91,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import scipy.linalg
@@ -102,6 +103,17 @@ from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
 from .._topk.numpy_backend import SCORE_BLOCK_BYTES
 from ..models.als import ALS
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from .._typing import Integer, SparseMatrix
+
+    # implicit's random_state: None, a seed, a RandomState or a Generator.
+    ImplicitRandomState: TypeAlias = (int | np.integer[Any] | np.random.RandomState
+                                      | np.random.Generator | None)
 
 __all__ = [
     "AlternatingLeastSquares",
@@ -373,18 +385,18 @@ class AlternatingLeastSquares:
 
     def __init__(
         self,
-        factors: int = 100,
+        factors: Integer = 100,
         regularization: float = 0.01,
         alpha: float = 1.0,
-        dtype=np.float32,
+        dtype: DTypeLike = np.float32,
         use_native: bool = True,
         use_cg: bool = True,
         use_gpu: bool = HAS_CUDA,
-        iterations: int = 15,
+        iterations: Integer = 15,
         calculate_training_loss: bool = False,
-        num_threads: int = 0,
-        random_state=None,
-    ):
+        num_threads: Integer = 0,
+        random_state: ImplicitRandomState = None,
+    ) -> None:
         self.factors = factors
         self.regularization = regularization
         self.alpha = alpha
@@ -444,7 +456,8 @@ class AlternatingLeastSquares:
         return engine
 
     # ------------------------------------------------------------------ training
-    def fit(self, user_items, show_progress: bool = True, callback=None) -> None:
+    def fit(self, user_items: SparseMatrix, show_progress: bool = True,
+            callback: Callable[[int, float, float | None], None] | None = None) -> None:
         """Factorise the users x items CSR matrix of confidences (see the module docstring).
 
         ``callback(iteration, elapsed_seconds, loss)`` runs after each iteration; ``loss`` is
@@ -527,7 +540,7 @@ class AlternatingLeastSquares:
 
         return relay
 
-    def recalculate_user(self, userid, user_items):
+    def recalculate_user(self, userid: ArrayLike, user_items: SparseMatrix) -> np.ndarray:
         """Factors for ``userid`` (an id or ids) from their rows of ``user_items``, not stored.
 
         Solved exactly from zero against the item factors, as implicit does; the ids
@@ -535,7 +548,7 @@ class AlternatingLeastSquares:
         """
         return self._recalculate(userid, "userid", user_items, "user_items", "item_factors")
 
-    def recalculate_item(self, itemid, item_users):
+    def recalculate_item(self, itemid: ArrayLike, item_users: SparseMatrix) -> np.ndarray:
         """Factors for ``itemid`` from their rows of ``item_users`` (items x users), not stored."""
         return self._recalculate(itemid, "itemid", item_users, "item_users", "user_factors")
 
@@ -586,7 +599,7 @@ class AlternatingLeastSquares:
             )
         return solved
 
-    def partial_fit_users(self, userids, user_items) -> None:
+    def partial_fit_users(self, userids: ArrayLike, user_items: SparseMatrix) -> None:
         """Recompute (and store) the factors of ``userids`` from their rows of ``user_items``.
 
         Ids beyond the known users grow the table; rows in between start at zero.
@@ -594,7 +607,7 @@ class AlternatingLeastSquares:
         self._partial_fit(userids, "userids", user_items, "user_items", "user_factors",
                           self.recalculate_user)
 
-    def partial_fit_items(self, itemids, item_users) -> None:
+    def partial_fit_items(self, itemids: ArrayLike, item_users: SparseMatrix) -> None:
         """Recompute (and store) the factors of ``itemids`` from their rows of ``item_users``."""
         self._partial_fit(itemids, "itemids", item_users, "item_users", "item_factors",
                           self.recalculate_item)
@@ -621,14 +634,14 @@ class AlternatingLeastSquares:
     # ------------------------------------------------------------------ retrieval
     def recommend(
         self,
-        userid,
-        user_items,
-        N: int = 10,
+        userid: ArrayLike,
+        user_items: SparseMatrix | None,
+        N: Integer = 10,
         filter_already_liked_items: bool = True,
-        filter_items=None,
+        filter_items: ArrayLike | None = None,
         recalculate_user: bool = False,
-        items=None,
-    ):
+        items: ArrayLike | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The N best items for a user id (1-d results) or an array of ids (2-d results).
 
         ``user_items`` has one row per requested user (``user_items[userid]``); it is needed
@@ -685,8 +698,10 @@ class AlternatingLeastSquares:
             ids = items[ids]
         return ids, scores
 
-    def similar_items(self, itemid, N: int = 10, recalculate_item: bool = False, item_users=None,
-                      filter_items=None, items=None):
+    def similar_items(self, itemid: ArrayLike, N: Integer = 10, recalculate_item: bool = False,
+                      item_users: SparseMatrix | None = None,
+                      filter_items: ArrayLike | None = None, items: ArrayLike | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """The N items most similar to ``itemid`` by cosine of the factors (itself included).
 
         ``recalculate_item`` computes the item's factors from ``item_users`` (one row per
@@ -714,7 +729,9 @@ class AlternatingLeastSquares:
         return self._similar(factor, norm, factors, norms, N, filter_items, "filter_items",
                              items, "items")
 
-    def similar_users(self, userid, N: int = 10, filter_users=None, users=None):
+    def similar_users(self, userid: ArrayLike, N: Integer = 10,
+                      filter_users: ArrayLike | None = None, users: ArrayLike | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """The N users most similar to ``userid`` by cosine of the factors (itself included)."""
         self._require_fitted()
         N = check.check_int(N, "N", minimum=1)
@@ -800,7 +817,9 @@ class AlternatingLeastSquares:
         return scores.sum(), [(ids[j], scores[j]) for j in top], user_weights
 
     # ------------------------------------------------------------------ deprecated in implicit
-    def rank_items(self, userid, user_items, selected_items, recalculate_user: bool = False):
+    def rank_items(self, userid: ArrayLike, user_items: SparseMatrix | None,
+                   selected_items: ArrayLike, recalculate_user: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
         """Deprecated (as in implicit 0.7): use ``recommend(..., items=selected_items)``.
 
         implicit 0.7.3 forwards to ``recommend`` with ``items=selected_items``,
@@ -814,12 +833,12 @@ class AlternatingLeastSquares:
 
     def recommend_all(
         self,
-        user_items,
-        N: int = 10,
+        user_items: SparseMatrix,
+        N: Integer = 10,
         recalculate_user: bool = False,
         filter_already_liked_items: bool = True,
-        filter_items=None,
-        users_items_offset: int = 0,
+        filter_items: ArrayLike | None = None,
+        users_items_offset: Integer = 0,
     ) -> np.ndarray:
         """Deprecated (as in implicit 0.7): use ``recommend`` with an array of user ids.
 
@@ -923,7 +942,7 @@ class AlternatingLeastSquares:
         return other
 
     # ------------------------------------------------------------------ persistence
-    def save(self, fileobj_or_path) -> None:
+    def save(self, fileobj_or_path: Any) -> None:  # a path, or a binary file object
         """Write the model as a recfuse model file (versioned .npz, no pickle).
 
         A path gets ``.npz`` appended when it lacks it (as ``numpy.savez`` does for implicit).
@@ -973,7 +992,7 @@ class AlternatingLeastSquares:
         persistence.save_model(_npz_path(fileobj_or_path), "ALS", params, arrays)
 
     @classmethod
-    def load(cls, fileobj_or_path) -> "AlternatingLeastSquares":
+    def load(cls, fileobj_or_path: Any) -> "AlternatingLeastSquares":  # path or file
         """Read a model written by ``save`` (or by implicit's own ``save``)."""
         if hasattr(fileobj_or_path, "read"):
             with tempfile.TemporaryDirectory(prefix="recfuse-") as directory:

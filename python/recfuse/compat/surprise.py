@@ -47,13 +47,24 @@ models raise instead).
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from ..models.sgd import SVD as _RecfuseSVD
 from ..models.sgd import SVDpp as _RecfuseSVDpp
 from .._sgd.common import make_blocks
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import TypeAlias
+
+    from typing_extensions import Self
+
+    from .._typing import Integer
+
+    # Surprise's random_state: None (NumPy's global RandomState), a seed or a RandomState.
+    SurpriseRandomState: TypeAlias = int | np.integer[Any] | np.random.RandomState | None
 
 
 class Prediction(NamedTuple):
@@ -63,7 +74,7 @@ class Prediction(NamedTuple):
     iid: object
     r_ui: float | None
     est: float
-    details: dict
+    details: dict[str, Any]
 
     def __str__(self):  # Surprise's, which predict/test(verbose=True) print
         text = f"user: {self.uid:<10} item: {self.iid:<10} "
@@ -135,7 +146,7 @@ class _SurpriseAdapter:
         return {}
 
     # ------------------------------------------------------------------ Surprise's API
-    def fit(self, trainset):
+    def fit(self, trainset: Any) -> Self:
         """Train on a ``surprise.Trainset`` (inner ids, ratings in ``all_ratings()`` order)."""
         triples = np.array(list(trainset.all_ratings()), dtype=np.float64).reshape(-1, 3)
         # Surprise's rating_scale only bounds the predictions (``predict`` and ``test`` clip to
@@ -157,7 +168,7 @@ class _SurpriseAdapter:
         self._model, self.trainset = model, trainset
         return self
 
-    def estimate(self, u, i) -> float:
+    def estimate(self, u: Any, i: Any) -> float:
         """The unclipped estimate for inner ids (Surprise passes 'UKN__' strings for unknown)."""
         if self.trainset is None:
             raise RuntimeError("the model is not fitted: call fit(trainset) first")
@@ -165,7 +176,8 @@ class _SurpriseAdapter:
         inner_i = i if isinstance(i, (numbers.Integral, np.integer)) else self._unknown_item()
         return float(self._model.predict(int(inner_u), int(inner_i), clip=False))
 
-    def predict(self, uid, iid, r_ui=None, clip=True, verbose=False) -> Prediction:
+    def predict(self, uid: Any, iid: Any, r_ui: float | None = None, clip: bool = True,
+                verbose: bool = False) -> Prediction:
         """Prediction for raw ids, as ``surprise.AlgoBase.predict``."""
         if self.trainset is None:
             raise RuntimeError("the model is not fitted: call fit(trainset) first")
@@ -187,7 +199,8 @@ class _SurpriseAdapter:
             print(prediction)
         return prediction
 
-    def test(self, testset, verbose=False) -> list[Prediction]:
+    def test(self, testset: Iterable[tuple[Any, Any, float | None]], verbose: bool = False
+             ) -> list[Prediction]:
         """Predictions for (uid, iid, r_ui) triples, any iterable of them as in Surprise
         (vectorised; same results as one by one)."""
         if self.trainset is None:
@@ -220,19 +233,19 @@ class _SurpriseAdapter:
 
     # ------------------------------------------------------------------ Surprise's attributes
     @property
-    def bu(self):
+    def bu(self) -> np.ndarray | None:
         return None if self._model.user_bias is None else self._model.user_bias.copy()
 
     @property
-    def bi(self):
+    def bi(self) -> np.ndarray | None:
         return None if self._model.item_bias is None else self._model.item_bias.copy()
 
     @property
-    def pu(self):
+    def pu(self) -> np.ndarray | None:
         return None if self._model.user_factors is None else self._model.user_factors.copy()
 
     @property
-    def qi(self):
+    def qi(self) -> np.ndarray | None:
         return None if self._model.item_factors is None else self._model.item_factors.copy()
 
     # ------------------------------------------------------------------ helpers
@@ -281,10 +294,14 @@ class SVD(_SurpriseAdapter):
 
     _RATES = ("lr_bu", "lr_bi", "lr_pu", "lr_qi", "reg_bu", "reg_bi", "reg_pu", "reg_qi")
 
-    def __init__(self, n_factors=100, n_epochs=20, biased=True, init_mean=0, init_std_dev=0.1,
-                 lr_all=0.005, reg_all=0.02, lr_bu=None, lr_bi=None, lr_pu=None, lr_qi=None,
-                 reg_bu=None, reg_bi=None, reg_pu=None, reg_qi=None, random_state=None,
-                 verbose=False, *, grid=1, num_threads=0):
+    def __init__(self, n_factors: Integer = 100, n_epochs: Integer = 20, biased: bool = True,
+                 init_mean: float = 0, init_std_dev: float = 0.1, lr_all: float = 0.005,
+                 reg_all: float = 0.02, lr_bu: float | None = None, lr_bi: float | None = None,
+                 lr_pu: float | None = None, lr_qi: float | None = None,
+                 reg_bu: float | None = None, reg_bi: float | None = None,
+                 reg_pu: float | None = None, reg_qi: float | None = None,
+                 random_state: SurpriseRandomState = None, verbose: bool = False, *,
+                 grid: Integer = 1, num_threads: Integer = 0) -> None:
         self.biased = biased
         rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, reg_bu=reg_bu,
                      reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi)
@@ -306,10 +323,15 @@ class SVDpp(_SurpriseAdapter):
     _RATES = ("lr_bu", "lr_bi", "lr_pu", "lr_qi", "lr_yj", "reg_bu", "reg_bi", "reg_pu",
               "reg_qi", "reg_yj")
 
-    def __init__(self, n_factors=20, n_epochs=20, init_mean=0, init_std_dev=0.1, lr_all=0.007,
-                 reg_all=0.02, lr_bu=None, lr_bi=None, lr_pu=None, lr_qi=None, lr_yj=None,
-                 reg_bu=None, reg_bi=None, reg_pu=None, reg_qi=None, reg_yj=None,
-                 random_state=None, verbose=False, cache_ratings=False, *, num_threads=0):
+    def __init__(self, n_factors: Integer = 20, n_epochs: Integer = 20, init_mean: float = 0,
+                 init_std_dev: float = 0.1, lr_all: float = 0.007, reg_all: float = 0.02,
+                 lr_bu: float | None = None, lr_bi: float | None = None,
+                 lr_pu: float | None = None, lr_qi: float | None = None,
+                 lr_yj: float | None = None, reg_bu: float | None = None,
+                 reg_bi: float | None = None, reg_pu: float | None = None,
+                 reg_qi: float | None = None, reg_yj: float | None = None,
+                 random_state: SurpriseRandomState = None, verbose: bool = False,
+                 cache_ratings: bool = False, *, num_threads: Integer = 0) -> None:
         self.cache_ratings = cache_ratings
         rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, lr_yj=lr_yj,
                      reg_bu=reg_bu, reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi, reg_yj=reg_yj)
@@ -317,7 +339,7 @@ class SVDpp(_SurpriseAdapter):
                          random_state, verbose, 1, num_threads)
 
     @property
-    def yj(self):
+    def yj(self) -> np.ndarray | None:
         factors = self._model.implicit_factors
         return None if factors is None else factors.copy()
 

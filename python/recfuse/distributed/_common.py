@@ -7,6 +7,7 @@ import json
 import math
 import os
 import shutil
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -15,6 +16,11 @@ from .. import _validation as check
 from .._als.common import AlsParams
 from ..models.als import set_checked_settings
 from . import _blocks
+
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
+    from ..models.als import ALS
 
 CHECKPOINT_FORMAT = "recfuse-distributed-als-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -43,6 +49,18 @@ class DistributedALSBase:
     checkpoint_every: iterations between checkpoints.
     """
 
+    # the settings shared with recfuse.ALS, as checked by the constructor (set_checked_settings)
+    factors: int
+    regularization: float
+    alpha: float
+    iterations: int
+    solver: str
+    cg_steps: int
+    dtype: np.dtype[Any]
+    backend: str
+    num_threads: int
+    confidence: str
+
     def __init__(
         self,
         factors: int = 64,
@@ -52,7 +70,7 @@ class DistributedALSBase:
         *,
         solver: str = "cg",
         cg_steps: int = 3,
-        dtype=np.float32,
+        dtype: DTypeLike = np.float32,
         backend: str = "auto",
         num_threads: int = 0,
         random_state: int = 0,
@@ -79,7 +97,7 @@ class DistributedALSBase:
                          confidence=self.confidence, solver=self.solver,
                          cg_steps=self.cg_steps, num_threads=self.num_threads)
 
-    def get_params(self) -> dict:
+    def get_params(self) -> dict[str, Any]:
         """The constructor arguments of the equivalent ``recfuse.ALS``."""
         return {"factors": self.factors, "regularization": self.regularization,
                 "alpha": self.alpha, "iterations": self.iterations, "solver": self.solver,
@@ -182,7 +200,8 @@ class DistributedALSBase:
                            "item_id_kinds": list(item_map.kinds)},
                           os.path.join(path, "model.json"))
 
-    def _local_model(self, user_blocks: list, item_blocks: list, seen_blocks: list | None):
+    def _local_model(self, user_blocks: list, item_blocks: list, seen_blocks: list | None
+                     ) -> ALS:
         """A ``recfuse.ALS`` from gathered factor blocks (and user rating blocks)."""
         from ..models.als import ALS
 

@@ -7,7 +7,7 @@ import os
 import secrets
 import shutil
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from . import _blocks
 from .._validation import check_flag, check_int
 from ..models.als import warn_failed_systems
 from ._common import DistributedALSBase, check_columns, folder_path
+
+if TYPE_CHECKING:
+    from ..models.als import ALS
 
 logger = logging.getLogger("recfuse.distributed")
 
@@ -121,8 +124,8 @@ class DaskALS(DistributedALSBase):
         self.setup_seconds: float | None = None  # id maps + rating blocks, in the last fit
 
     # ------------------------------------------------------------------ fit
-    def fit(self, ddf, user_col: str, item_col: str, weight_col: str | None = None, *,
-            client=None, resume: bool = True, show_progress: bool = False,
+    def fit(self, ddf: Any, user_col: str, item_col: str, weight_col: str | None = None, *,
+            client: Any = None, resume: bool = True, show_progress: bool = False,
             callback: Callable[[int, float | None], None] | None = None,
             compute_loss: bool = True) -> "DaskALS":
         """Train on the rows of ``ddf`` and return self.
@@ -420,7 +423,7 @@ class DaskALS(DistributedALSBase):
         self._require_fitted()
         return self._id_maps()[1].external(np.arange(self.n_items))
 
-    def to_local(self, with_seen: bool = True):
+    def to_local(self, with_seen: bool = True) -> ALS:
         """Collect the factors into a regular ``recfuse.ALS`` (dense ids; see ``user_ids``,
         ``item_ids``). ``with_seen`` also collects the training matrix (for filter_seen)."""
         with_seen = check_flag(with_seen, "with_seen")
@@ -430,7 +433,7 @@ class DaskALS(DistributedALSBase):
         return self._local_model(client.gather(self._factors["users"]),
                                  client.gather(self._factors["items"]), seen)
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the factors as partitioned Parquet: ``users/part-*.parquet`` and
         ``items/part-*.parquet`` (one file per block, written by the workers: ``path`` must be
         reachable from all of them) with the external id (``id``, or ``id_int`` and ``id_str``
@@ -463,8 +466,8 @@ class DaskALS(DistributedALSBase):
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def recommend_all(self, k: int = 10, *, path: str | os.PathLike, filter_seen: bool = True,
-                      external_ids: bool = True) -> int:
+    def recommend_all(self, k: int = 10, *, path: str | os.PathLike[str],
+                      filter_seen: bool = True, external_ids: bool = True) -> int:
         """Top k items of every user, computed per user block against a broadcast copy of the
         item factors with ``recfuse.topk`` (seen items excluded when ``filter_seen``), written
         by the workers as ``path/part-*.parquet`` with columns user, rank, item, score (ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,9 @@ from . import _blocks
 from ..models.als import warn_failed_systems
 from .._validation import check_flag
 from ._common import DistributedALSBase, check_columns, folder_path
+
+if TYPE_CHECKING:
+    from ..models.als import ALS
 
 BLOCK_SCHEMA = "block int, payload binary"
 # A solved factor block, with how many of its row systems were not positive definite (the
@@ -313,7 +316,7 @@ class SparkALS(DistributedALSBase):
         self._factors = {}
         self._cached = []  # the DataFrames this model cached (its ratings and out-links)
 
-    def fit(self, df, user_col: str, item_col: str, weight_col: str | None = None, *,
+    def fit(self, df: Any, user_col: str, item_col: str, weight_col: str | None = None, *,
             resume: bool = True, show_progress: bool = False,
             callback: Callable[[int, float | None], None] | None = None) -> "SparkALS":
         """Train on the rows of the Spark DataFrame ``df``; see ``DaskALS.fit``
@@ -512,7 +515,7 @@ class SparkALS(DistributedALSBase):
         self._require_fitted()
         return self._maps[1].external(np.arange(self.n_items))
 
-    def to_local(self, with_seen: bool = True):
+    def to_local(self, with_seen: bool = True) -> ALS:
         """Collect into a regular ``recfuse.ALS`` (see ``DaskALS.to_local``)."""
         with_seen = check_flag(with_seen, "with_seen")
         self._require_fitted()
@@ -523,7 +526,7 @@ class SparkALS(DistributedALSBase):
             seen = [_blocks.block_from_bytes(p) for p in self._collect_blocks(self._ratings["users"])]
         return self._local_model(users, items, seen)
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the factors with Spark as Parquet folders ``path/users`` and ``path/items``
         (columns id, factors) plus ``model.json`` (``path`` must be reachable from the driver
         for the JSON file)."""
@@ -538,8 +541,8 @@ class SparkALS(DistributedALSBase):
             ).write.mode("overwrite").parquet(os.path.join(path, side))
         self._save_model_json(path, *self._maps)
 
-    def recommend_all(self, k: int = 10, *, path: str | os.PathLike, filter_seen: bool = True,
-                      external_ids: bool = True) -> int:
+    def recommend_all(self, k: int = 10, *, path: str | os.PathLike[str],
+                      filter_seen: bool = True, external_ids: bool = True) -> int:
         """Top k items of every user written with Spark as Parquet at ``path`` (columns user,
         rank, item, score), per user block against all item blocks (joined to every user
         block). Returns the number of rows written."""

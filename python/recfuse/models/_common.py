@@ -8,12 +8,20 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 import scipy.sparse as sp
 
 from .. import _validation as check
 from ..retrieval import ItemIndex, write_recommendations
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from numpy.typing import ArrayLike
+
+    from .._typing import Integer, PathLike
 
 
 def interaction_matrix(value):
@@ -201,8 +209,20 @@ class FactorRetrieval:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def recommend_all(self, k: int = 10, *, batch_size: int = 4096, filter_seen: bool = True,
-                      path: str | os.PathLike | None = None, show_progress: bool = False):
+    @overload
+    def recommend_all(self, k: Integer = 10, *, batch_size: Integer = 4096,
+                      filter_seen: bool = True, path: None = None, show_progress: bool = False
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]: ...
+
+    @overload
+    def recommend_all(self, k: Integer = 10, *, batch_size: Integer = 4096,
+                      filter_seen: bool = True, path: PathLike, show_progress: bool = False
+                      ) -> int: ...
+
+    def recommend_all(self, k: Integer = 10, *, batch_size: Integer = 4096,
+                      filter_seen: bool = True, path: PathLike | None = None,
+                      show_progress: bool = False
+                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]] | int:
         """Top k for every user, ``batch_size`` users at a time (memory stays bounded).
 
         Without ``path``: an iterator of ``(user_ids, item_ids, scores)`` chunks, item ids and
@@ -243,19 +263,21 @@ class FactorRetrieval:
     def _check_seen_items(self) -> None:
         """Raises when ``recommend(..., filter_seen=True)`` cannot run (no seen items kept)."""
 
-    def similar_items(self, item_ids, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def similar_items(self, item_ids: ArrayLike, k: Integer = 10
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """The k items most similar to each item by cosine of their factors (itself first,
         unless another item's cosine ties at 1: ties go to the smaller id), one item (1-d
         results) or a batch (2-d). An item without factors (a zero vector: no
         training data) is similar to nothing: its scores, and its own in other lists, are 0."""
         return self._similar("items", item_ids, k, "item_ids")
 
-    def similar_users(self, user_ids, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    def similar_users(self, user_ids: ArrayLike, k: Integer = 10
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """The k users most similar to each user by cosine of their factors (itself first),
         as ``similar_items``."""
         return self._similar("users", user_ids, k, "user_ids")
 
-    def _similar(self, side: str, ids, k: int, name: str):
+    def _similar(self, side: str, ids, k: Integer, name: str):
         self._require_fitted()
         index = self._cosine_index(side)
         single = np.ndim(ids) == 0

@@ -7,7 +7,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,6 +19,11 @@ from ..retrieval import ItemIndex
 from ._common import (FactorRetrieval, check_tables_fit, check_trained, interaction_matrix,
                       progress_bar, saveable_tables, saved_factor_tables, saved_group,
                       stored_seen)
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from .._typing import Integer, PathLike, RandomState, UserItems
 
 MAX_FACTORS = 4096
 
@@ -80,23 +85,35 @@ class ALS(FactorRetrieval):
     ((3,), True)
     """
 
+    # the settings, as checked by the constructor (set_checked_settings)
+    factors: int
+    regularization: float
+    alpha: float
+    iterations: int
+    solver: str
+    cg_steps: int
+    dtype: np.dtype[Any]
+    backend: str
+    num_threads: int
+    confidence: str
+
     def __init__(
         self,
-        factors: int = 64,
+        factors: Integer = 64,
         regularization: float = 0.01,
         alpha: float = 1.0,
-        iterations: int = 15,
+        iterations: Integer = 15,
         solver: str = "cg",
-        cg_steps: int = 3,
-        dtype=np.float32,
+        cg_steps: Integer = 3,
+        dtype: DTypeLike = np.float32,
         backend: str = "auto",
-        num_threads: int = 0,
-        random_state: int | np.random.Generator | None = None,
+        num_threads: Integer = 0,
+        random_state: RandomState = None,
         confidence: str = "linear",
-    ):
+    ) -> None:
         set_checked_settings(self, factors, regularization, alpha, iterations, solver, cg_steps,
                              dtype, backend, num_threads, confidence)
-        self.random_state = check.check_random_state(random_state)
+        self.random_state: RandomState = check.check_random_state(random_state)
         self._state = _State()
         self.backend_used: str | None = None
         self._lock = threading.Lock()  # serialises writers (fit, update_users, the setters)
@@ -178,11 +195,11 @@ class ALS(FactorRetrieval):
 
     def fit(
         self,
-        user_items: sp.csr_matrix,
+        user_items: UserItems,
         *,
         show_progress: bool = False,
         callback: Callable[[int, float | None], None] | None = None,
-        initial_factors: tuple[np.ndarray, np.ndarray] | None = None,
+        initial_factors: tuple[ArrayLike, ArrayLike] | None = None,
         compute_loss: bool = True,
     ) -> "ALS":
         """Train on a users x items CSR matrix (or a ``recfuse.Interactions``: its
@@ -244,7 +261,7 @@ class ALS(FactorRetrieval):
             self.backend_used = backend.NAME
         return self
 
-    def loss(self, user_items: sp.csr_matrix | None = None) -> float:
+    def loss(self, user_items: UserItems | None = None) -> float:
         """The training loss (``recfuse.reference.als_loss``) of the current factors."""
         self._require_fitted()
         state = self._state
@@ -256,7 +273,7 @@ class ALS(FactorRetrieval):
         R = CsrArrays.from_scipy(matrix, self.dtype)
         return normalised_loss(backend.data_loss(R, X, Y, self.params), X, Y, R, self.params)
 
-    def update_users(self, user_ids, user_items: sp.csr_matrix) -> np.ndarray:
+    def update_users(self, user_ids: ArrayLike, user_items: UserItems) -> np.ndarray:
         """Recompute the vectors of ``user_ids`` from their rows in ``user_items``, items fixed.
 
         This is the real-time fold-in: ``user_items`` has one row per id (n_items columns)
@@ -312,12 +329,12 @@ class ALS(FactorRetrieval):
     # ------------------------------------------------------------------ retrieval
     def recommend(
         self,
-        user_ids,
-        user_items: sp.csr_matrix | None = None,
-        k: int = 10,
+        user_ids: ArrayLike,
+        user_items: UserItems | None = None,
+        k: Integer = 10,
         filter_seen: bool = True,
-        items=None,
-        exclude_items=None,
+        items: ArrayLike | None = None,
+        exclude_items: ArrayLike | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k best items for one user (1-d results) or a batch of users (2-d results).
 
@@ -357,7 +374,7 @@ class ALS(FactorRetrieval):
         return out_ids, out_scores
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the model to ``path`` (a versioned .npz; no pickle). Atomic."""
         from ..persistence import save_model
 
@@ -378,7 +395,7 @@ class ALS(FactorRetrieval):
             )
         save_model(path, "ALS", self.get_params(), arrays)
 
-    def get_params(self) -> dict:
+    def get_params(self) -> dict[str, Any]:
         """The constructor arguments, as model files keep them."""
         return {
             "factors": self.factors,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,6 +17,11 @@ from ..retrieval import ItemIndex
 from ._common import (FactorRetrieval, check_tables_fit, check_trained, interaction_matrix,
                       progress_bar, saveable_tables, saved_factor_tables, seen_rows, stored_seen)
 from .sgd import MAX_FACTORS
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from .._typing import Integer, PathLike, RandomState, UserItems
 
 
 def _checked_item_bias(bias, n_items: int, dtype) -> np.ndarray:
@@ -65,18 +70,18 @@ class BPR(FactorRetrieval):
 
     def __init__(
         self,
-        factors: int = 100,
+        factors: Integer = 100,
         lr: float = 0.01,
         reg: float = 0.01,
-        iterations: int = 100,
+        iterations: Integer = 100,
         *,
-        dtype=np.float32,
-        grid: int = 0,
-        max_tries: int = 100,
+        dtype: DTypeLike = np.float32,
+        grid: Integer = 0,
+        max_tries: Integer = 100,
         backend: str = "auto",
-        num_threads: int = 0,
-        random_state: int | np.random.Generator | None = None,
-    ):
+        num_threads: Integer = 0,
+        random_state: RandomState = None,
+    ) -> None:
         self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
         self.lr = check.check_float(lr, "lr", minimum=0.0, strict=True)
         self.reg = check.check_float(reg, "reg", minimum=0.0)
@@ -86,7 +91,7 @@ class BPR(FactorRetrieval):
         self.max_tries = check.check_int(max_tries, "max_tries", minimum=1)
         self.backend = check.check_backend(backend)
         self.num_threads = check.check_threads(num_threads)
-        self.random_state = check.check_random_state(random_state)
+        self.random_state: RandomState = check.check_random_state(random_state)
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None
         self.item_bias: np.ndarray | None = None
@@ -95,7 +100,7 @@ class BPR(FactorRetrieval):
         self._index_cache: tuple | None = None  # (Q, bias, ItemIndex), see _index
         self._lock = threading.Lock()
 
-    def fit(self, user_items: sp.csr_matrix, *, show_progress: bool = False,
+    def fit(self, user_items: UserItems, *, show_progress: bool = False,
             callback: Callable[[int, int], None] | None = None) -> "BPR":
         """Train on a users x items CSR matrix (or a ``recfuse.Interactions``: its
         ``matrix``) and return self. ``callback(iteration, skipped)`` gets the number of
@@ -150,8 +155,9 @@ class BPR(FactorRetrieval):
             self.backend_used = backend.NAME
         return self
 
-    def recommend(self, user_ids, k: int = 10, filter_seen: bool = True, items=None,
-                  exclude_items=None, *, user_items=None) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(self, user_ids: ArrayLike, k: Integer = 10, filter_seen: bool = True,
+                  items: ArrayLike | None = None, exclude_items: ArrayLike | None = None, *,
+                  user_items: UserItems | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k best items by p_u·q_i + b_i for one user (1-d results) or a batch (2-d),
         without the items seen in training (``filter_seen``), or those in the user's row of
         ``user_items`` (a CSR matrix or Interactions, one row per requested user) when it is
@@ -195,14 +201,14 @@ class BPR(FactorRetrieval):
             self._index_cache = cached
         return cached[2]
 
-    def get_params(self) -> dict:
+    def get_params(self) -> dict[str, Any]:
         """The constructor arguments, as model files keep them."""
         return {"factors": self.factors, "lr": self.lr, "reg": self.reg,
                 "iterations": self.iterations, "dtype": self.dtype.name, "grid": self.grid,
                 "max_tries": self.max_tries, "backend": self.backend,
                 "num_threads": self.num_threads}
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the model to ``path`` (a versioned .npz; no pickle). Atomic."""
         from ..persistence import save_model
 

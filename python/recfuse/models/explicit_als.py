@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import replace
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -26,6 +26,12 @@ from .._backend import resolve_backend
 from .._sgd.common import Pattern
 from ._common import check_trained, progress_bar
 from .sgd import MAX_FACTORS, _RatingModel, _rmse, mean_of
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from .._typing import Integer, RandomState, SparseMatrix
+    from ..interactions import Interactions
 
 
 class ExplicitALS(_RatingModel):
@@ -68,17 +74,17 @@ class ExplicitALS(_RatingModel):
 
     def __init__(
         self,
-        factors: int = 32,
-        iterations: int = 15,
+        factors: Integer = 32,
+        iterations: Integer = 15,
         reg: float = 0.1,
         biased: bool = True,
         reg_bias: float | None = None,
         init_std: float = 0.1,
-        dtype=np.float32,
+        dtype: DTypeLike = np.float32,
         backend: str = "auto",
-        num_threads: int = 0,
-        random_state: int | np.random.Generator | None = None,
-    ):
+        num_threads: Integer = 0,
+        random_state: RandomState = None,
+    ) -> None:
         self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
         self.iterations = check.check_int(iterations, "iterations", minimum=0)
         self.reg = check.check_float(reg, "reg", minimum=0.0, strict=True)
@@ -91,12 +97,12 @@ class ExplicitALS(_RatingModel):
         self.dtype = check.check_float_dtype(dtype)
         self.backend = check.check_backend(backend)
         self.num_threads = check.check_threads(num_threads)
-        self.random_state = check.check_random_state(random_state)
+        self.random_state: RandomState = check.check_random_state(random_state)
         self.backend_used: str | None = None
         self._fitted = None
         self._lock = threading.Lock()
 
-    def get_params(self) -> dict:
+    def get_params(self) -> dict[str, Any]:
         """The constructor arguments, as model files keep them."""
         return {
             "factors": self.factors, "iterations": self.iterations, "reg": self.reg,
@@ -109,16 +115,16 @@ class ExplicitALS(_RatingModel):
 
     def fit(
         self,
-        users,
-        items=None,
-        ratings=None,
+        users: ArrayLike | SparseMatrix | Interactions,
+        items: ArrayLike | None = None,
+        ratings: ArrayLike | None = None,
         *,
         rating_scale: tuple[float, float] | None = None,
-        n_users: int | None = None,
-        n_items: int | None = None,
+        n_users: Integer | None = None,
+        n_items: Integer | None = None,
         show_progress: bool = False,
         callback: Callable[[int, float], None] | None = None,
-        initial_factors: tuple[np.ndarray, np.ndarray] | None = None,
+        initial_factors: tuple[ArrayLike, ArrayLike] | None = None,
     ) -> "ExplicitALS":
         """Train on ratings (users[t], items[t], ratings[t]) and return self.
 

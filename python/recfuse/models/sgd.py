@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, overload
 
 import numpy as np
 
@@ -26,6 +26,13 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
 from ..retrieval import ItemIndex, by_score_then_id
 from ._common import (FactorRetrieval, check_trained, progress_bar, rating_arrays,
                       saved_factor_tables, saved_group, seen_rows)
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike, DTypeLike
+    from typing_extensions import Self
+
+    from .._typing import Integer, PathLike, RandomState, SparseMatrix, UserItems
+    from ..interactions import Interactions
 
 MAX_FACTORS = 4096
 
@@ -96,7 +103,9 @@ class _RatingModel(FactorRetrieval):
         return value
 
     def _fit_arguments(self, users, items, ratings, rating_scale, n_users, n_items, callback,
-                       show_progress):
+                       show_progress
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float], int,
+                                  int]:
         """fit's checks: (users, items, values, scale, n_users, n_items)."""
         users, items, ratings, n_users, n_items = rating_arrays(users, items, ratings, n_users,
                                                                 n_items)
@@ -139,7 +148,14 @@ class _RatingModel(FactorRetrieval):
         return out
 
     # ------------------------------------------------------------------ prediction
-    def predict(self, users, items, clip: bool = True):
+    @overload
+    def predict(self, users: Integer, items: Integer, clip: bool = True) -> float: ...
+
+    @overload
+    def predict(self, users: ArrayLike, items: ArrayLike, clip: bool = True) -> np.ndarray: ...
+
+    def predict(self, users: ArrayLike, items: ArrayLike, clip: bool = True
+                ) -> float | np.ndarray:
         """Predicted ratings for pairs (users[t], items[t]); a float for one pair.
 
         Unknown ids (beyond the training ids, or without training ratings) fall back as in
@@ -159,8 +175,9 @@ class _RatingModel(FactorRetrieval):
             estimate = np.clip(estimate, *state.rating_scale)
         return float(estimate[0]) if single else estimate
 
-    def recommend(self, user_ids, k: int = 10, filter_seen: bool = True, items=None,
-                  exclude_items=None, *, user_items=None) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(self, user_ids: ArrayLike, k: Integer = 10, filter_seen: bool = True,
+                  items: ArrayLike | None = None, exclude_items: ArrayLike | None = None, *,
+                  user_items: UserItems | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k items with the highest predicted rating for one user (1-d results) or a
         batch (2-d). Scores are unclipped predicted ratings; ties by smaller item id.
         ``filter_seen`` drops the items the user rated in training, or those in the user's
@@ -282,7 +299,7 @@ class _RatingModel(FactorRetrieval):
         return None if self._fitted is None else self._fitted.rating_scale
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the model to ``path`` (a versioned .npz; no pickle). Atomic."""
         from ..persistence import save_model
 
@@ -422,7 +439,7 @@ class _SgdFactorization(_RatingModel):
                     for t in ("bu", "bi", "pu", "qi", "yj"))
         return lr, reg
 
-    def get_params(self) -> dict:
+    def get_params(self) -> dict[str, Any]:
         """The constructor arguments, as model files keep them."""
         return {
             "factors": self.factors, "epochs": self.epochs, "lr": self.lr, "reg": self.reg,
@@ -434,17 +451,17 @@ class _SgdFactorization(_RatingModel):
     # ------------------------------------------------------------------ training
     def fit(
         self,
-        users,
-        items=None,
-        ratings=None,
+        users: ArrayLike | SparseMatrix | Interactions,
+        items: ArrayLike | None = None,
+        ratings: ArrayLike | None = None,
         *,
         rating_scale: tuple[float, float] | None = None,
-        n_users: int | None = None,
-        n_items: int | None = None,
+        n_users: Integer | None = None,
+        n_items: Integer | None = None,
         show_progress: bool = False,
         callback: Callable[[int, float], None] | None = None,
-        initial_factors: tuple[np.ndarray, ...] | None = None,
-    ):
+        initial_factors: tuple[ArrayLike, ...] | None = None,
+    ) -> Self:
         """Train on ratings (users[t], items[t], ratings[t]) and return self.
 
         The ratings may also come as one users x items sparse matrix or
@@ -583,8 +600,8 @@ class SVD(_SgdFactorization):
 
     def __init__(
         self,
-        factors: int = 100,
-        epochs: int = 20,
+        factors: Integer = 100,
+        epochs: Integer = 20,
         lr: float = 0.005,
         reg: float = 0.02,
         biased: bool = True,
@@ -599,13 +616,13 @@ class SVD(_SgdFactorization):
         reg_bi: float | None = None,
         reg_pu: float | None = None,
         reg_qi: float | None = None,
-        dtype=np.float32,
-        grid: int = 0,
+        dtype: DTypeLike = np.float32,
+        grid: Integer = 0,
         shuffle: bool = True,
         backend: str = "auto",
-        num_threads: int = 0,
-        random_state: int | np.random.Generator | None = None,
-    ):
+        num_threads: Integer = 0,
+        random_state: RandomState = None,
+    ) -> None:
         if not isinstance(biased, (bool, np.bool_)):
             raise TypeError(f"biased must be a bool, got {type(biased).__name__}")
         self.biased = bool(biased)
@@ -614,7 +631,7 @@ class SVD(_SgdFactorization):
         super().__init__(factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
                          shuffle, backend, num_threads, random_state)
 
-    def get_params(self) -> dict:
+    def get_params(self) -> dict[str, Any]:
         """The constructor arguments, as model files keep them."""
         return {**super().get_params(), "biased": self.biased}
 
@@ -674,8 +691,8 @@ class SVDpp(_SgdFactorization):
 
     def __init__(
         self,
-        factors: int = 20,
-        epochs: int = 20,
+        factors: Integer = 20,
+        epochs: Integer = 20,
         lr: float = 0.007,
         reg: float = 0.02,
         init_mean: float = 0.0,
@@ -691,13 +708,13 @@ class SVDpp(_SgdFactorization):
         reg_pu: float | None = None,
         reg_qi: float | None = None,
         reg_yj: float | None = None,
-        dtype=np.float32,
-        grid: int = 0,
+        dtype: DTypeLike = np.float32,
+        grid: Integer = 0,
         shuffle: bool = True,
         backend: str = "auto",
-        num_threads: int = 0,
-        random_state: int | np.random.Generator | None = None,
-    ):
+        num_threads: Integer = 0,
+        random_state: RandomState = None,
+    ) -> None:
         rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, lr_yj=lr_yj,
                      reg_bu=reg_bu, reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi, reg_yj=reg_yj)
         super().__init__(factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
