@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._als.common import AlsParams
-from ..models.als import set_checked_settings
+from ..models.als import AlsSettings, set_checked_settings
 from . import _blocks
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.json"
 
 
-class DistributedALSBase:
+class DistributedALSBase(AlsSettings):
     """Parameters and driver-side helpers common to the distributed ALS front ends.
 
     The model is that of ``recfuse.ALS`` (same confidence, solvers and contract); see the
@@ -48,18 +48,6 @@ class DistributedALSBase:
         (None: no checkpoints).
     checkpoint_every: iterations between checkpoints.
     """
-
-    # the settings shared with recfuse.ALS, as checked by the constructor (set_checked_settings)
-    factors: int
-    regularization: float
-    alpha: float
-    iterations: int
-    solver: str
-    cg_steps: int
-    dtype: np.dtype[Any]
-    backend: str
-    num_threads: int
-    confidence: str
 
     def __init__(
         self,

@@ -52,7 +52,23 @@ def warn_failed_systems(failed: int, stacklevel: int) -> None:
         )
 
 
-class ALS(FactorRetrieval):
+class AlsSettings:
+    """The settings recfuse.ALS and the distributed ALS models share, as their constructors
+    check and set them (``set_checked_settings``); for type checkers."""
+
+    factors: int
+    regularization: float
+    alpha: float
+    iterations: int
+    solver: str
+    cg_steps: int
+    dtype: np.dtype[Any]
+    backend: str
+    num_threads: int
+    confidence: str
+
+
+class ALS(FactorRetrieval, AlsSettings):
     """Implicit-feedback ALS: factors X (users) and Y (items) from a users x items CSR matrix.
 
     Each stored value r_ui becomes a confidence c_ui = 1 + alpha * r_ui (``confidence=
@@ -84,18 +100,6 @@ class ALS(FactorRetrieval):
     >>> ids.shape, bool(scores[0] >= scores[1] >= scores[2])
     ((3,), True)
     """
-
-    # the settings, as checked by the constructor (set_checked_settings)
-    factors: int
-    regularization: float
-    alpha: float
-    iterations: int
-    solver: str
-    cg_steps: int
-    dtype: np.dtype[Any]
-    backend: str
-    num_threads: int
-    confidence: str
 
     def __init__(
         self,
