@@ -232,6 +232,33 @@ def test_update_users_adds_new_users(data):
     assert 1 not in ids and 7 not in ids  # the new user's items count as seen
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_update_users_does_not_depend_on_blas_threads(dtype):
+    """The fold-in's YᵀY came from NumPy's BLAS (``item_factors.T @ item_factors``), whose
+    sums OpenBLAS orders by its own thread count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS):
+    update_users, and a Recommender's observe, gave other vectors with 1 BLAS thread than
+    with 2, whatever num_threads said. It is now the native gram a fit uses, so folding
+    every user in is exactly the fit's user half-sweep."""
+    from threadpoolctl import threadpool_limits
+
+    from recfuse._als import cpu
+    from recfuse._als.common import CsrArrays
+
+    data = datasets.synthetic_implicit(400, 1200, 8000, seed=4)
+    model = recfuse.ALS(factors=32, iterations=1, solver="cholesky", dtype=dtype,
+                        random_state=0, backend="cpu").fit(data)
+    ids = np.arange(data.shape[0])
+    folded = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            folded.append(copy.deepcopy(model).update_users(ids, data))
+    np.testing.assert_array_equal(folded[0], folded[1])
+    # the fit's own half-sweep (its gram computed natively) gives the same bits
+    X = model.user_factors.copy()
+    cpu.half_sweep(CsrArrays.from_scipy(data, dtype), model.item_factors, X, model.params)
+    np.testing.assert_array_equal(folded[0], X)
+
+
 # ---------------------------------------------------------------- persistence
 
 
@@ -528,6 +555,17 @@ def test_callback_without_loss(data):
     recfuse.ALS(factors=4, iterations=2, random_state=0).fit(
         data, callback=lambda it, loss: seen.append((it, loss)), compute_loss=False)
     assert seen == [(0, None), (1, None)]
+
+
+def test_compute_loss_must_be_a_bool(data):
+    # read by its truth value before: compute_loss="no" computed the loss
+    seen = []
+    for flag in ("no", None, 2):
+        with pytest.raises(TypeError, match=f"compute_loss must be a bool, got "
+                                            f"{type(flag).__name__}"):
+            recfuse.ALS(factors=4, iterations=1).fit(
+                data, callback=lambda it, loss: seen.append(loss), compute_loss=flag)
+    assert seen == []
 
 
 def test_movielens_100k_quality(movielens_100k):

@@ -274,6 +274,24 @@ def test_every_command_and_option_is_described():
         assert not undescribed, f"recfuse {name}: options without help: {undescribed}"
 
 
+def test_every_option_with_a_default_says_it():
+    """Most options said "(default ...)" in --help, but serve's --k, --candidates,
+    --unknown-items, --max-batch, --batch-wait-ms and --workers did not."""
+    import argparse
+
+    from recfuse.cli import build_parser
+
+    commands = next(action for action in build_parser()._actions
+                    if isinstance(action, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        silent = [action.option_strings[0] for action in sub._actions
+                  if action.option_strings and action.default not in (None, False)
+                  and action.default is not argparse.SUPPRESS and "default" not in action.help]
+        assert not silent, f"recfuse {name} --help: options that hide their default: {silent}"
+    help_text = " ".join(run("serve", "--help").stdout.split())
+    assert "(default 200)" in help_text and "(default 1.0)" in help_text
+
+
 def test_train_reads_ids_as_written_and_names_broken_files(tmp_path):
     """"007" and "7" were merged into user 7; a MovieLens ratings.csv without its header lost
     its first rating and one in another order swapped users and movies without a word;

@@ -491,6 +491,24 @@ def test_recalculate_like_implicit(pair, matrix, use_cg):
                                atol=1e-4 * np.abs(theirs.item_factors).max())
 
 
+def test_recalculate_user_does_not_depend_on_blas_threads():
+    """The gram of recalculate_user / partial_fit_users came from NumPy's BLAS (``table.T @
+    table``), whose sums OpenBLAS orders by its own thread count: the vectors changed in
+    their last bits with OMP_NUM_THREADS / OPENBLAS_NUM_THREADS. It is the native gram now."""
+    from threadpoolctl import threadpool_limits
+
+    data = synthetic_implicit(300, 1200, 6000, seed=2).astype(np.float32)
+    model = AlternatingLeastSquares(factors=32, iterations=1, random_state=0)
+    model.fit(data, show_progress=False)
+    users = np.arange(40)
+    solved = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            # a copy: its gram is not cached yet
+            solved.append(model.to_cpu().recalculate_user(users, data[users]))
+    np.testing.assert_array_equal(solved[0], solved[1])
+
+
 def test_partial_fit_users_and_items_like_implicit(pair, matrix, disliked):
     ours, theirs = pair
     ours, theirs = ours.to_cpu(), ImplicitALS(**dict(SETTINGS, use_cg=False))

@@ -219,3 +219,23 @@ def test_a_seed_reproduces_the_fit(dataset, algorithm, options):
     assert first.test(testset) == second.test(testset)
     refit = first.fit(trainset)  # an int seed: the same start again, as in Surprise
     assert refit.test(testset) == second.test(testset)
+
+
+@pytest.mark.parametrize("algorithm", [SVD, SVDpp])
+def test_repr_and_attribute_docs(dataset, algorithm):
+    # as recfuse's own models and compat.implicit's: the settings, and the data once fitted
+    # (it printed as <recfuse.compat.surprise.SVD object at 0x...>); the Surprise attributes
+    # say what they hold
+    algo = algorithm(n_factors=3, n_epochs=2, random_state=0)
+    name = algorithm.__name__
+    biased = ", biased=True" if algorithm is SVD else ""
+    expected = (f"recfuse.compat.surprise.{name}(n_factors=3, n_epochs=2{biased}, "
+                f"lr_all={algo.lr_all}, reg_all=0.02, random_state=0)")
+    assert repr(algo) == expected
+    trainset = dataset.build_full_trainset()
+    algo.fit(trainset)
+    assert repr(algo) == (expected[:-1] + f", fitted on {trainset.n_users} users x "
+                                           f"{trainset.n_items} items)")
+    for attribute in ("bu", "bi", "pu", "qi", "default_prediction") + \
+            (("yj",) if algorithm is SVDpp else ()):
+        assert getattr(algorithm, attribute).__doc__, attribute

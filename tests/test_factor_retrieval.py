@@ -351,3 +351,21 @@ def test_filter_seen_must_be_a_bool(name):
             model.recommend([1, 2], k=4, filter_seen=flag)
         with pytest.raises(TypeError, match="filter_seen must be a bool"):
             model.recommend_all(k=4, filter_seen=flag)  # now, not at the first chunk
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_show_progress_must_be_a_bool(name):
+    """show_progress was checked by the rating models' fit only: ALS and BPR read "no" by its
+    truth value (and drew a progress bar), and recommend_all took anything."""
+    model = _fit(name)
+    data = (datasets.synthetic_implicit(N_USERS, N_ITEMS, 2500, seed=0)
+            if name in ("ALS", "BPR") else _ratings())
+    arguments = (data,) if name in ("ALS", "BPR") else data
+    for flag in (None, "no", np.array([True, False]), 2):
+        with pytest.raises(TypeError, match=f"show_progress must be a bool, got "
+                                            f"{type(flag).__name__}"):
+            type(model)(factors=4).fit(*arguments, show_progress=flag)
+        with pytest.raises(TypeError, match="show_progress must be a bool"):
+            model.recommend_all(k=4, show_progress=flag)  # now, not at the first chunk
+    chunks = list(model.recommend_all(k=4, show_progress=np.False_))
+    assert sum(users.size for users, _, _ in chunks) == model.user_factors.shape[0]

@@ -340,3 +340,46 @@ def test_evaluate_refuses_item_vectors_of_another_item_count():
     vectors = np.random.default_rng(0).normal(size=(20, 3))
     result = metrics.evaluate(model, train, test, k=5, item_vectors=vectors)
     assert 0 < result["diversity"] <= 2
+
+
+def test_num_threads_and_flags_are_checked_as_everywhere_else():
+    # as the models, topk and MLPScorer check them: a negative num_threads is a ValueError
+    # naming it (it was passed on as "all cores"), a string a TypeError naming it (not the
+    # bindings' list of overloads), and a flag that is not a bool a TypeError (not read by
+    # its truth value)
+    test = sp.csr_matrix(np.array([[1, 0, 0, 1], [0, 1, 0, 0]], dtype=np.float32))
+    lists = np.array([[3, 1], [2, 0]])
+    matrix = datasets.synthetic_implicit(40, 20, 300, seed=0)
+    model = recfuse.ALS(factors=4, iterations=1, random_state=0).fit(matrix)
+    calls = {
+        "ranking_metrics": lambda **kw: metrics.ranking_metrics(lists, test, **kw),
+        "intra_list_diversity": lambda **kw: metrics.intra_list_diversity(lists, np.eye(4),
+                                                                          **kw),
+        "evaluate": lambda **kw: metrics.evaluate(model, matrix, matrix, k=3, **kw),
+        "ranking_metrics_at_k": lambda **kw: metrics.ranking_metrics_at_k(model, matrix,
+                                                                          matrix, 3, **kw),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="num_threads must be >= 0, got -1"):
+            call(num_threads=-1)
+        with pytest.raises(TypeError, match="num_threads must be an integer, got str"):
+            call(num_threads="2")
+        assert call(num_threads=1) == call(num_threads=0), name
+    with pytest.raises(TypeError, match="per_user must be a bool"):
+        metrics.ranking_metrics(lists, test, per_user="yes")
+    for name in ("evaluate", "ranking_metrics_at_k"):
+        with pytest.raises(TypeError, match="show_progress must be a bool"):
+            calls[name](show_progress="yes")
+
+
+def test_ranking_metrics_at_k_takes_implicit_s_keywords():
+    # implicit.evaluation.ranking_metrics_at_k(model, train, test, K=10, show_progress=True,
+    # num_threads=1): the same call runs here
+    matrix = datasets.synthetic_implicit(60, 20, 500, seed=0)
+    train, test = split.per_user_split(matrix, 0.3, seed=0)
+    model = recfuse.ALS(factors=4, iterations=1, random_state=0).fit(train)
+    expected = metrics.evaluate(model, train, test, k=5)
+    assert metrics.ranking_metrics_at_k(model, train, test, K=5, show_progress=False,
+                                        num_threads=1) == expected
+    with pytest.raises(TypeError, match=r"give k or K \(implicit.s name\), not both"):
+        metrics.ranking_metrics_at_k(model, train, test, 5, K=5)

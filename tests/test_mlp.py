@@ -995,6 +995,45 @@ def test_ranker_learns_and_exports():
         recfuse.MLPRanker().to_scorer()
 
 
+def test_ranker_repr_shows_its_settings_and_fitted_layers():
+    # every other public object has one (MLPScorer's shows its widths); the ranker printed
+    # as <recfuse.ranker.MLPRanker object at 0x...>
+    import scipy.sparse as sp
+
+    ranker = recfuse.MLPRanker(hidden=(8, 4), epochs=1, learning_rate=1e-2, random_state=0)
+    assert repr(ranker) == ("MLPRanker(hidden=(8, 4), activation='relu', negatives=4, "
+                            "epochs=1, batch_size=1024, learning_rate=0.01, l2=0.0)")
+    # get_params, as the factor models have: the settings of an unfitted twin
+    twin = recfuse.MLPRanker(**ranker.get_params())
+    assert repr(twin) == repr(ranker) and twin.get_params() == ranker.get_params()
+    assert ranker.get_params()["random_state"] == 0 and type(
+        recfuse.MLPRanker(random_state=np.int64(3)).get_params()["random_state"]) is int
+    rng = np.random.default_rng(0)
+    seen = sp.random(30, 20, density=0.2, format="csr", random_state=0)
+    ranker.fit(seen, rng.standard_normal((30, 3)), rng.standard_normal((20, 3)))
+    assert repr(ranker).endswith("l2=0.0, fitted: 6 -> 8 -> 4 -> 1)")
+    # PreparedItems printed its whole table and the scorer's packed model, as a tuple does
+    prepared = ranker.to_scorer(backend="numpy").prepare_items(
+        rng.standard_normal((20, 3)).astype(np.float32), item_column=3)
+    assert repr(prepared) == "PreparedItems(20 items, item_column=3, columns=3)"
+
+
+def test_ranker_fits_interactions_as_the_models_do():
+    # every factor model's fit takes a recfuse.Interactions (its matrix); the ranker that
+    # trains on the same data refused it ("must be a scipy.sparse CSR matrix")
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    seen = sp.random(30, 20, density=0.2, format="csr", random_state=0, dtype=np.float32)
+    P, Q = rng.standard_normal((30, 3)), rng.standard_normal((20, 3))
+    from_matrix = recfuse.MLPRanker(hidden=(4,), epochs=2, random_state=0).fit(seen, P, Q)
+    from_log = recfuse.MLPRanker(hidden=(4,), epochs=2, random_state=0).fit(
+        recfuse.Interactions.from_matrix(seen), P, Q)
+    assert from_log.losses == from_matrix.losses
+    for mine, theirs in zip(from_log.weights, from_matrix.weights):
+        np.testing.assert_array_equal(mine, theirs)
+
+
 def test_ranker_negatives_are_items_the_user_has_not_seen(monkeypatch):
     """One-hot factors name each training row's (user, item): every negative is unseen, and a
     user who has seen every item trains on positives only."""

@@ -508,3 +508,63 @@ def test_load_scorer_reads_a_bytes_path_as_save_and_load_do(tmp_path):
     X = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(loaded.score(X), scorer.score(X))
     assert loaded.source == os.fsdecode(path)
+
+
+def test_each_loader_names_the_other_for_a_file_it_does_not_read(model, tmp_path):
+    # recfuse.load read an Interactions file as "an unknown model type 'Interactions'", and
+    # Interactions.load a model file as "holds a 'ALS', not Interactions": both now say which
+    # function reads it
+    log = recfuse.Interactions.from_matrix(datasets.synthetic_implicit(20, 10, 60, seed=0))
+    log.save(tmp_path / "log.npz")
+    model.save(tmp_path / "model.npz")
+    with pytest.raises(ValueError, match=r"an Interactions file: read it with "
+                                         r"recfuse\.Interactions\.load"):
+        recfuse.load(tmp_path / "log.npz")
+    with pytest.raises(ValueError, match=r"holds a 'ALS', not Interactions: read it with "
+                                         r"recfuse\.load"):
+        recfuse.Interactions.load(tmp_path / "model.npz")
+
+
+@pytest.mark.parametrize("flag", ["yes", None, 2, np.array([True])])
+def test_mmap_must_be_a_bool(model, tmp_path, flag):
+    # read by its truth value before: mmap="no" mapped the file
+    model.save(tmp_path / "model.npz")
+    recfuse.Interactions.from_matrix(datasets.synthetic_implicit(20, 10, 60, seed=0)).save(
+        tmp_path / "log.npz")
+    with pytest.raises(TypeError, match=f"mmap must be a bool, got {type(flag).__name__}"):
+        recfuse.load(tmp_path / "model.npz", mmap=flag)
+    with pytest.raises(TypeError, match=f"mmap must be a bool, got {type(flag).__name__}"):
+        recfuse.Interactions.load(tmp_path / "log.npz", mmap=flag)
+
+
+def _refit(model, matrix):
+    if isinstance(model, (recfuse.ALS, recfuse.BPR)):
+        return model.fit(matrix)
+    coo = matrix.tocoo()
+    return model.fit(coo.row, coo.col, np.clip(coo.data, 1, 5))
+
+
+@pytest.mark.parametrize("make", [
+    lambda seed: recfuse.ALS(factors=4, iterations=2, random_state=seed),
+    lambda seed: recfuse.BPR(factors=4, iterations=2, random_state=seed),
+    lambda seed: recfuse.SVD(factors=4, epochs=2, random_state=seed),
+    lambda seed: recfuse.SVDpp(factors=4, epochs=2, random_state=seed),
+    lambda seed: recfuse.ExplicitALS(factors=4, iterations=2, random_state=seed),
+], ids=["ALS", "BPR", "SVD", "SVDpp", "ExplicitALS"])
+@pytest.mark.parametrize("seed", [7, np.int64(7)], ids=["int", "numpy-int"])
+def test_a_loaded_model_keeps_its_seed_and_refits_as_the_original(make, seed, tmp_path):
+    """The model file dropped random_state: a loaded model had None, so its refit drew fresh
+    entropy and differed from the original's refit (and from every other run's)."""
+    matrix = datasets.synthetic_implicit(60, 40, 500, seed=3)
+    model = _refit(make(seed), matrix)
+    model.save(tmp_path / "model.npz")
+    loaded = recfuse.load(tmp_path / "model.npz")
+    assert loaded.random_state == 7 and loaded.get_params() == model.get_params()
+    _refit(model, matrix)
+    _refit(loaded, matrix)
+    np.testing.assert_array_equal(loaded.user_factors, model.user_factors)
+    np.testing.assert_array_equal(loaded.item_factors, model.item_factors)
+    # a Generator's state cannot be kept: the file says None, as for random_state=None
+    with_generator = _refit(make(np.random.default_rng(7)), matrix)
+    with_generator.save(tmp_path / "generator.npz")
+    assert recfuse.load(tmp_path / "generator.npz").random_state is None

@@ -366,6 +366,16 @@ def test_pending_log_is_bounded_and_clears(als):
     assert rec.pending_events().users.size == 0
 
 
+def test_pending_events_clear_must_be_a_bool(als):
+    # read by its truth value before: clear="no" emptied the log
+    rec = Recommender(als)
+    rec.observe({"user": [1], "item": [2]})
+    for flag in ("no", None, 2):
+        with pytest.raises(TypeError, match=f"clear must be a bool, got {type(flag).__name__}"):
+            rec.pending_events(clear=flag)
+    assert rec.pending_events().users.tolist() == [1]
+
+
 def test_pending_log_keeps_few_arrays_of_its_own(als):
     # one-event observes, the real-time case: the log must not grow one chunk (three small
     # arrays, ~700 bytes) per event up to its bound, nor keep the caller's arrays

@@ -152,3 +152,25 @@ def test_both_random_splits_round_half_up_as_the_exact_product_would():
         matrix = sp.csr_matrix(np.ones((1, n), np.float32))
         assert split.random_split(matrix, fraction)[1].nnz == want
         assert split.per_user_split(matrix, fraction, min_train=0)[1].nnz == want
+
+
+def test_random_state_is_another_name_for_seed():
+    """The models, MLPRanker and the splits of scikit-learn and implicit call the seed
+    random_state; the splits here took only seed= (TypeError: unexpected keyword)."""
+    log = Interactions.from_arrays(np.repeat(np.arange(20), 5), np.tile(np.arange(5), 20),
+                                   timestamps=np.repeat(np.arange(5), 20))
+    for function, options in ((split.random_split, {"test_fraction": 0.3}),
+                              (split.per_user_split, {"test_fraction": 0.3}),
+                              (split.leave_last_n, {"n": 1})):
+        for seed in (3, np.random.default_rng(3)):
+            by_seed = function(log, seed=seed, **options)
+            again = np.random.default_rng(3) if not isinstance(seed, int) else seed
+            by_name = function(log, random_state=again, **options)
+            assert pairs(by_seed[1]) == pairs(by_name[1]), function.__name__
+        with pytest.raises(TypeError, match="give seed or random_state"):
+            function(log, seed=1, random_state=2, **options)
+        with pytest.raises(TypeError, match="random_state must be an integer >= 0"):
+            function(log, random_state="x", **options)
+    matrix = datasets.synthetic_implicit(30, 20, 200, seed=0)
+    assert (split.per_user_split(matrix, 0.2, random_state=1)[1]
+            != split.per_user_split(matrix, 0.2, seed=1)[1]).nnz == 0

@@ -977,7 +977,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to listen on (default %(default)s)")
     serve.add_argument("--port", type=_port, default=8000,
                        help="port to listen on; 0: any free one (default %(default)s)")
-    serve.add_argument("--k", type=_count, default=10, help="list length when a request gives none")
+    serve.add_argument("--k", type=_count, default=10,
+                       help="list length when a request gives none (default %(default)s)")
     serve.add_argument("--ranker", default=None,
                        help="a ranker file (MLPScorer.save, or an .onnx chain): recalled "
                             "candidates are ranked by it; /reload reloads it with the model")
@@ -985,21 +986,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the ranker's arithmetic; bfloat16 needs a CPU with avx512_bf16 "
                             "(default %(default)s)")
     serve.add_argument("--candidates", type=_count, default=200,
-                       help="items recalled per request for the ranker")
+                       help="items recalled per request for the ranker (default %(default)s)")
     serve.add_argument("--unknown-items", choices=("add", "reject"), default="add",
-                       help="what /events does with item ids the model lacks")
+                       help="what /events does with item ids the model lacks (default %(default)s)")
     serve.add_argument("--max-pending-events", type=_integer_in(0), default=1_000_000,
                        help="events from /events kept logged for the next retrain (the "
                             "newest; older ones are dropped, both counted in /metrics; "
                             "default %(default)s)")
     serve.add_argument("--max-k", type=_count, default=1000,
                        help="largest k a request may ask for (default %(default)s)")
-    serve.add_argument("--max-batch", type=_count, default=256, help="users per /recommend request")
+    serve.add_argument("--max-batch", type=_count, default=256,
+                       help="users per /recommend request (default %(default)s)")
     serve.add_argument("--max-body-bytes", type=_count, default=1 << 20,
                        help="largest request body in bytes (default %(default)s)")
     serve.add_argument("--batch-wait-ms", type=_non_negative, default=1.0,
-                       help="how long a micro-batch may wait for the requests it expects")
-    serve.add_argument("--workers", type=_count, default=1, help="threads answering batches")
+                       help="how long a micro-batch may wait for the requests it "
+                            "expects (default %(default)s)")
+    serve.add_argument("--workers", type=_count, default=1,
+                       help="threads answering batches (default %(default)s)")
     serve.add_argument("--threads", type=_integer_in(0), default=None,
                        help="CPU threads per native call (default: 1 below 100,000 items, else all)")
     serve.set_defaults(run=_serve)

@@ -1319,7 +1319,8 @@ class Interactions:
         header, arrays = read_model(path, mmap=mmap)
         path = os.fspath(path)
         if header.get("model") != "Interactions":
-            raise ValueError(f"{path!r} holds a {header.get('model')!r}, not Interactions")
+            raise ValueError(f"{path!r} holds a {header.get('model')!r}, not Interactions: "
+                             f"read it with recfuse.load(path)")
         settings = _saved_settings(path, header.get("params", {}))
         try:
             user_ids, item_ids = IdMap(arrays["user_ids"]), IdMap(arrays["item_ids"])

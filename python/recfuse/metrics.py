@@ -121,6 +121,8 @@ def ranking_metrics(recommended: ArrayLike, test: SparseMatrix | Interactions,
     """
     from . import _core
 
+    num_threads = check.check_threads(num_threads)
+    per_user = check.check_flag(per_user, "per_user")
     test = _csr(test, "test")
     ids = np.asarray(recommended)
     if ids.ndim != 2 or ids.shape[1] < 1:
@@ -253,6 +255,7 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
     native computation (0: all cores)."""
     from . import _core
 
+    num_threads = check.check_threads(num_threads)
     vectors = np.asarray(item_vectors)
     if vectors.ndim != 2:
         raise ValueError(f"item_vectors must be 2-d (items x dim), got shape {vectors.shape}")
@@ -306,6 +309,8 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
     k = check.check_k(k)
     batch_size = check.check_int(batch_size, "batch_size", minimum=1)
     check.check_choice(cold_users, "cold_users", COLD_USERS)
+    show_progress = check.check_flag(show_progress, "show_progress")
+    num_threads = check.check_threads(num_threads)
     train, test = _csr(train, "train"), _csr(test, "test")
     if train.shape != test.shape:
         raise ValueError(f"train and test must have one shape (same users and items), got "
@@ -354,9 +359,22 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
 
 def ranking_metrics_at_k(model: Any, train: SparseMatrix | Interactions,
                          test: SparseMatrix | Interactions, k: Integer = 10,
-                         batch_size: Integer = 1024) -> dict[str, float]:
-    """``evaluate`` under its earlier name (precision and ndcg among the keys)."""
-    return evaluate(model, train, test, k, batch_size=batch_size)
+                         batch_size: Integer = 1024, *, K: Integer | None = None,
+                         show_progress: bool = False, num_threads: Integer = 0
+                         ) -> dict[str, float]:
+    """``evaluate`` under its earlier name (precision and ndcg among the keys); returns its
+    dict.
+
+    It also takes the keywords of ``implicit.evaluation.ranking_metrics_at_k``: ``K`` (the
+    list length, another name for ``k``: giving both is a TypeError), ``show_progress`` and
+    ``num_threads`` (as for ``evaluate``), so a call written for implicit runs unchanged.
+    """
+    if K is not None:
+        if k != 10:
+            raise TypeError(f"give k or K (implicit's name), not both: got k={k!r} and K={K!r}")
+        k = K
+    return evaluate(model, train, test, k, batch_size=batch_size, show_progress=show_progress,
+                    num_threads=num_threads)
 
 
 def _recommender(model):

@@ -267,6 +267,9 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
     ``mmap=True`` returns the arrays as read-only memory maps of the file (no copy; pages
     are read when touched); the file must not be changed while they are in use.
     """
+    from ._validation import check_flag
+
+    mmap = check_flag(mmap, "mmap")  # not read by its truth value ("no" would map)
     path = os.fsdecode(os.fspath(path))
     if os.path.isdir(path):  # FileNotFoundError, as for any path without a model file
         raise FileNotFoundError(f"no model file at {path!r}: it is a folder; give the path "
@@ -367,6 +370,9 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
     header, arrays = read_model(path, mmap=mmap)
     path = os.fsdecode(os.fspath(path))
     model_name = header["model"]
+    if model_name == "Interactions":
+        raise ValueError(f"{path!r} is an Interactions file: read it with "
+                         f"recfuse.Interactions.load(path)")
     if model_name not in registry:
         raise ValueError(f"{path!r} holds an unknown model type {model_name!r}; this recfuse "
                          f"reads {sorted(registry)}")

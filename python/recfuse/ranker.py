@@ -15,21 +15,20 @@ with the factors of a fitted factor model (e.g. ``recfuse.ALS``). ``to_scorer`` 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from . import _validation as check
-from .models._common import check_trained, progress_bar
+from .models._common import check_trained, interaction_matrix, progress_bar, saved_seed
 from .ranking import MLPScorer
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    import scipy.sparse as sp
     from numpy.typing import ArrayLike
 
-    from ._typing import Integer, RandomState
+    from ._typing import Integer, RandomState, UserItems
 
 HIDDEN_ACTIVATIONS = ("relu", "tanh", "gelu")
 
@@ -92,7 +91,11 @@ class MLPRanker:
         with (redrawn while seen; a user who has seen every item gets none)
     epochs, batch_size, learning_rate : Adam on mini-batches of positives and their negatives
     l2 : weight decay added to the gradient of every weight matrix
-    random_state : seed of the initial weights, the sampling and the order
+    random_state : seed of the initial weights, the sampling and the order. Training runs on
+        NumPy's matrix products, so the weights also follow the BLAS's rounding, which
+        OpenBLAS varies with its thread count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS): for
+        weights that do not depend on it, fit under
+        ``threadpoolctl.threadpool_limits(1, "blas")``
 
     >>> import numpy as np, scipy.sparse as sp
     >>> rng = np.random.default_rng(0)
@@ -125,11 +128,12 @@ class MLPRanker:
         self.biases: list[np.ndarray] = []
         self.losses: list[float] = []  # mean loss of each epoch
 
-    def fit(self, user_items: sp.csr_matrix | sp.csr_array, user_factors: ArrayLike,
+    def fit(self, user_items: UserItems, user_factors: ArrayLike,
             item_factors: ArrayLike, user_features: ArrayLike | None = None,
             item_features: ArrayLike | None = None, *, show_progress: bool = False,
             callback: Callable[[int, float], None] | None = None) -> "MLPRanker":
-        """Train on the stored entries of ``user_items`` (users x items, CSR) as positives.
+        """Train on the stored entries of ``user_items`` (users x items, CSR, or a
+        ``recfuse.Interactions``: its ``matrix``) as positives; returns self.
 
         ``show_progress``: a progress bar over the mini-batches of all epochs, with the
         running loss; ``callback(epoch, loss)`` gets each epoch's mean loss (``losses``).
@@ -139,7 +143,8 @@ class MLPRanker:
         check.check_flag(show_progress, "show_progress")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        R = check.check_csr(user_items, "user_items", dtype=np.dtype(np.float32))
+        R = check.check_csr(interaction_matrix(user_items), "user_items",
+                            dtype=np.dtype(np.float32))
         users, items = R.shape
         user_blocks = [check.check_factors(user_factors, "user_factors", dtype=np.float32)]
         if user_features is not None:
@@ -276,3 +281,21 @@ class MLPRanker:
         layers = [(W, b, "sigmoid" if layer == count - 1 else self.activation)
                   for layer, (W, b) in enumerate(zip(self.weights, self.biases))]
         return MLPScorer(layers, precision=precision, backend=backend)
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments, as the factor models' ``get_params`` give theirs
+        (``random_state`` an int seed, or None for None or a ``numpy.random.Generator``):
+        ``MLPRanker(**ranker.get_params())`` is an unfitted ranker of the same settings."""
+        return {"hidden": self.hidden, "activation": self.activation,
+                "negatives": self.negatives, "epochs": self.epochs,
+                "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                "l2": self.l2, "random_state": saved_seed(self.random_state)}
+
+    def __repr__(self) -> str:
+        weights = self.weights
+        fitted = "" if not weights else ", fitted: " + " -> ".join(
+            [str(weights[0].shape[1])] + [str(W.shape[0]) for W in weights])
+        return (f"MLPRanker(hidden={self.hidden}, activation={self.activation!r}, "
+                f"negatives={self.negatives}, epochs={self.epochs}, "
+                f"batch_size={self.batch_size}, learning_rate={self.learning_rate}, "
+                f"l2={self.l2}{fitted})")

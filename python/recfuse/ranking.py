@@ -92,6 +92,10 @@ class PreparedItems(NamedTuple):
     columns: int          # input columns covered (item vector + item features)
     owner: object         # the packed model of the scorer that made it
 
+    def __repr__(self) -> str:  # not the arrays and the packed model, as a tuple's would
+        return (f"PreparedItems({self.items} items, item_column={self.item_column}, "
+                f"columns={self.columns})")
+
 
 class MLPScorer:
     """A dense-layer scorer packed once for its backend.

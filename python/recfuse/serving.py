@@ -913,6 +913,7 @@ class Recommender:
     def pending_events(self, clear: bool = False) -> Events:
         """The logged events (oldest first, at most ``max_pending_events``); ``clear``
         empties the log (events observed afterwards are kept for the next retrain)."""
+        clear = check.check_flag(clear, "clear")
         with self._write_lock:
             events = _concatenate(list(self._log))
             if clear:

@@ -42,22 +42,26 @@ if TYPE_CHECKING:
 
 @overload
 def random_split(data: Interactions, test_fraction: float = 0.2, *, seed: RandomState = 0,
-                 drop_cold: bool = False) -> tuple[Interactions, Interactions]: ...
+                 drop_cold: bool = False, random_state: RandomState = None
+                 ) -> tuple[Interactions, Interactions]: ...
 
 
 @overload
 def random_split(data: SparseMatrix, test_fraction: float = 0.2, *, seed: RandomState = 0,
-                 drop_cold: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]: ...
+                 drop_cold: bool = False, random_state: RandomState = None
+                 ) -> tuple[sp.csr_matrix, sp.csr_matrix]: ...
 
 
 def random_split(data: Interactions | SparseMatrix, test_fraction: float = 0.2, *,
-                 seed: RandomState = 0, drop_cold: bool = False
+                 seed: RandomState = 0, drop_cold: bool = False,
+                 random_state: RandomState = None
                  ) -> tuple[Interactions, Interactions] | tuple[sp.csr_matrix, sp.csr_matrix]:
     """A random ``test_fraction`` of all pairs (exactly fraction x pairs, rounded half up) to
-    test."""
+    test. ``random_state``: another name for ``seed`` (as in the models, scikit-learn and
+    implicit)."""
     interactions, as_matrix = _as_interactions(data)
     fraction = _fraction(test_fraction)
-    rng = check.seeded_rng(seed)
+    rng = _rng(seed, random_state)
     test = np.zeros(interactions.nnz, dtype=bool)
     count = int(_rounded_count(fraction, interactions.nnz))
     test[rng.permutation(interactions.nnz)[:count]] = True
@@ -66,25 +70,26 @@ def random_split(data: Interactions | SparseMatrix, test_fraction: float = 0.2, 
 
 @overload
 def per_user_split(data: Interactions, test_fraction: float = 0.2, *, seed: RandomState = 0,
-                   min_train: Integer = 1, drop_cold: bool = False
-                   ) -> tuple[Interactions, Interactions]: ...
+                   min_train: Integer = 1, drop_cold: bool = False,
+                   random_state: RandomState = None) -> tuple[Interactions, Interactions]: ...
 
 
 @overload
 def per_user_split(data: SparseMatrix, test_fraction: float = 0.2, *, seed: RandomState = 0,
-                   min_train: Integer = 1, drop_cold: bool = False
-                   ) -> tuple[sp.csr_matrix, sp.csr_matrix]: ...
+                   min_train: Integer = 1, drop_cold: bool = False,
+                   random_state: RandomState = None) -> tuple[sp.csr_matrix, sp.csr_matrix]: ...
 
 
 def per_user_split(data: Interactions | SparseMatrix, test_fraction: float = 0.2, *,
-                   seed: RandomState = 0, min_train: Integer = 1, drop_cold: bool = False
+                   seed: RandomState = 0, min_train: Integer = 1, drop_cold: bool = False,
+                   random_state: RandomState = None
                    ) -> tuple[Interactions, Interactions] | tuple[sp.csr_matrix, sp.csr_matrix]:
     """A random fraction x n_u (rounded half up) of each user's n_u pairs to test, leaving at
-    least ``min_train`` of them in train."""
+    least ``min_train`` of them in train. ``random_state``: another name for ``seed``."""
     interactions, as_matrix = _as_interactions(data)
     fraction = _fraction(test_fraction)
     min_train = check.check_int(min_train, "min_train", minimum=0)
-    rng = check.seeded_rng(seed)
+    rng = _rng(seed, random_state)
     per_user = np.diff(interactions._indptr)
     wanted = np.minimum(_rounded_count(fraction, per_user), np.maximum(per_user - min_train, 0))
     rank = _rank_within_user(interactions, rng.random(interactions.nnz))
@@ -99,14 +104,16 @@ def _rounded_count(fraction: float, n):
 
 
 def leave_last_n(data: Interactions, n: Integer = 1, *, min_train: Integer = 1,
-                 seed: RandomState = 0, drop_cold: bool = False
+                 seed: RandomState = 0, drop_cold: bool = False,
+                 random_state: RandomState = None
                  ) -> tuple[Interactions, Interactions]:  # a matrix has no times: refused
     """Each user's ``n`` latest pairs to test (users with fewer than n + ``min_train`` pairs
-    stay wholly in train). Pairs with equal times are ordered at random (seeded)."""
+    stay wholly in train). Pairs with equal times are ordered at random (seeded;
+    ``random_state`` is another name for ``seed``)."""
     interactions, as_matrix = _as_interactions(data, need_times="leave_last_n")
     n = check.check_int(n, "n", minimum=1)
     min_train = check.check_int(min_train, "min_train", minimum=0)
-    rng = check.seeded_rng(seed)
+    rng = _rng(seed, random_state)
     per_user = np.diff(interactions._indptr)
     # rank 0 = the latest pair; ties by a random key
     rank = _rank_within_user(interactions, rng.random(interactions.nnz), -interactions._times)
@@ -143,6 +150,17 @@ def temporal_split(data: Interactions,  # a matrix has no times: refused
 
 
 # ---------------------------------------------------------------------------- helpers
+def _rng(seed, random_state) -> np.random.Generator:
+    """The generator of ``seed``, or of ``random_state`` (the models' name for it, and
+    scikit-learn's and implicit's) when that is given; both given is a TypeError."""
+    if random_state is None:
+        return check.seeded_rng(seed)
+    if not (isinstance(seed, int) and seed == 0):  # seed left at its default
+        raise TypeError(f"give seed or random_state (another name for it), not both: got "
+                        f"seed={seed!r:.60} and random_state={random_state!r:.60}")
+    return check.seeded_rng(random_state, "random_state")
+
+
 def _as_interactions(data, need_times: str | None = None):
     if isinstance(data, Interactions):
         interactions, as_matrix = data, False

@@ -38,6 +38,12 @@ def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None, *,
     )
 
 
+def gram(Y, num_threads: int = 0):
+    """YᵀY (k x k, Y's dtype: float32 or float64, C-contiguous): the kernel a half-sweep
+    given no gram uses; the same bits for any thread count."""
+    return _core.gram(Y, num_threads=num_threads)
+
+
 def data_loss(R: CsrArrays, X, Y, params: AlsParams) -> float:
     return _core.als_data_loss(
         R.indptr, R.indices, R.data, X, Y, None,

@@ -102,7 +102,7 @@ from .. import persistence, reference
 from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
 from .._topk.numpy_backend import SCORE_BLOCK_BYTES
-from ..models.als import ALS
+from ..models.als import ALS, item_gram
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -896,7 +896,9 @@ class AlternatingLeastSquares:
         return self._gram("user_factors")
 
     def _gram(self, table_name: str) -> np.ndarray:
-        return self._cached(f"{table_name}_gram", table_name, lambda table: table.T @ table)
+        # natively (models.als.item_gram): the same bits for any BLAS or OpenMP thread count
+        return self._cached(f"{table_name}_gram", table_name,
+                            lambda table: item_gram(table, self.num_threads))
 
     def _table(self, name: str, convert: bool = True) -> np.ndarray:
         """A factor table; for the solvers a C-contiguous array of the model dtype."""

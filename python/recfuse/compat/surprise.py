@@ -227,6 +227,8 @@ class _SurpriseAdapter:
         return predictions
 
     def default_prediction(self) -> float:
+        """The training mean, Surprise's fallback when a prediction is impossible; raises
+        RuntimeError before ``fit``."""
         if self.trainset is None:
             raise RuntimeError("the model is not fitted: call fit(trainset) first")
         return self.trainset.global_mean
@@ -234,18 +236,24 @@ class _SurpriseAdapter:
     # ------------------------------------------------------------------ Surprise's attributes
     @property
     def bu(self) -> np.ndarray | None:
+        """The user biases b_u by inner id (a copy; None before ``fit``)."""
         return None if self._model.user_bias is None else self._model.user_bias.copy()
 
     @property
     def bi(self) -> np.ndarray | None:
+        """The item biases b_i by inner id (a copy; None before ``fit``)."""
         return None if self._model.item_bias is None else self._model.item_bias.copy()
 
     @property
     def pu(self) -> np.ndarray | None:
+        """The user factors p_u, users x n_factors by inner id (a copy; None before
+        ``fit``)."""
         return None if self._model.user_factors is None else self._model.user_factors.copy()
 
     @property
     def qi(self) -> np.ndarray | None:
+        """The item factors q_i, items x n_factors by inner id (a copy; None before
+        ``fit``)."""
         return None if self._model.item_factors is None else self._model.item_factors.copy()
 
     # ------------------------------------------------------------------ helpers
@@ -283,6 +291,14 @@ class _SurpriseAdapter:
 
     def _factor_names(self) -> tuple[str, ...]:
         return ("pu", "qi")
+
+    def __repr__(self) -> str:
+        biased = f", biased={self.biased}" if hasattr(self, "biased") else ""
+        fitted = "" if self.trainset is None else (
+            f", fitted on {self.trainset.n_users} users x {self.trainset.n_items} items")
+        return (f"recfuse.compat.surprise.{type(self).__name__}(n_factors={self.n_factors}, "
+                f"n_epochs={self.n_epochs}{biased}, lr_all={self.lr_all}, "
+                f"reg_all={self.reg_all}, random_state={self.random_state!r}{fitted})")
 
 
 class SVD(_SurpriseAdapter):
@@ -340,6 +356,8 @@ class SVDpp(_SurpriseAdapter):
 
     @property
     def yj(self) -> np.ndarray | None:
+        """SVD++'s implicit item factors y_j, items x n_factors by inner id (a copy; None
+        before ``fit``)."""
         factors = self._model.implicit_factors
         return None if factors is None else factors.copy()
 

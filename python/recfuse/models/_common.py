@@ -120,6 +120,15 @@ def check_trained(model: str, arrays, hint: str) -> None:
         raise ValueError(f"{model} diverged: the trained values hold NaN or inf; {hint}")
 
 
+def saved_seed(random_state) -> int | None:
+    """``random_state`` as ``get_params`` and model files keep it: an integer seed as a plain
+    int (JSON has no NumPy integers), so that a loaded model refits as the original does;
+    None for None or a ``numpy.random.Generator``, whose state a file does not hold (the
+    loaded model then draws fresh entropy at its next fit, as random_state=None does)."""
+    return None if random_state is None or isinstance(random_state, np.random.Generator) \
+        else int(random_state)
+
+
 def saved_factor_tables(model, user_factors, item_factors) -> tuple:
     """(user_factors, item_factors) as a model file must hold them: finite, ``model.factors``
     columns, in the model's dtype; not copied where they are so already (a file loaded with
@@ -236,6 +245,7 @@ class FactorRetrieval:
         k = check.check_k(k)
         batch_size = check.check_int(batch_size, "batch_size", minimum=1)
         filter_seen = check.check_flag(filter_seen, "filter_seen")
+        show_progress = check.check_flag(show_progress, "show_progress")
         # Every chunk from one fitted state: writers (fit, update_users) replace the state
         # under this lock, and the snapshot keeps the state of this moment.
         with self._lock:

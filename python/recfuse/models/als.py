@@ -18,7 +18,7 @@ from .._backend import resolve_backend
 from ..retrieval import ItemIndex
 from ._common import (FactorRetrieval, check_tables_fit, check_trained, interaction_matrix,
                       progress_bar, saveable_tables, saved_factor_tables, saved_group,
-                      stored_seen)
+                      saved_seed, stored_seen)
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
@@ -89,7 +89,8 @@ class ALS(FactorRetrieval, AlsSettings):
     backend: "auto", "cuda", "cpu", "numba", "cupy" or "numpy" (see ``recfuse.backends()``).
     num_threads: CPU threads for native work; 0 uses all cores.
     random_state: seed (int) or ``numpy.random.Generator`` for the initial factors. The same
-        seed, backend and thread count give the same factors.
+        seed, backend and SIMD level give the same factors, whatever the thread count; a
+        Generator is drawn from (each fit advances it). Model files keep an int seed.
     confidence: "linear" (default: c = 1 + alpha * r, values must be >= 0) or "raw"
         (c = |r|, alpha unused; negative values mean "disliked").
 
@@ -224,6 +225,8 @@ class ALS(FactorRetrieval, AlsSettings):
         n_users, n_items = matrix.shape
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        show_progress = check.check_flag(show_progress, "show_progress")
+        compute_loss = check.check_flag(compute_loss, "compute_loss")
         backend = resolve_backend(self.backend)
         table = getattr(backend, "factor_table", None) or (lambda n, k, t: np.empty((n, k), t))
         start = self._starting_factors(n_users, n_items, initial_factors, table)
@@ -310,7 +313,7 @@ class ALS(FactorRetrieval, AlsSettings):
             start[old] = state.user_factors[ids[old]]
             gram = state.item_gram
             if gram is None:
-                gram = item_gram(state.item_factors)
+                gram = item_gram(state.item_factors, self.num_threads)
             start = fold_in(self, state.item_factors, matrix, start, gram)
             check_trained("the fold-in", (start,), "scale down the values of user_items")
             grown = max(known, int(ids.max()) + 1) if ids.size else known
@@ -412,6 +415,7 @@ class ALS(FactorRetrieval, AlsSettings):
             "backend": self.backend,
             "num_threads": self.num_threads,
             "confidence": self.confidence,
+            "random_state": saved_seed(self.random_state),
         }
 
     @classmethod
@@ -487,9 +491,22 @@ def set_checked_settings(model, factors, regularization, alpha, iterations, solv
     model.confidence = check.check_choice(confidence, "confidence", ("linear", "raw"))
 
 
-def item_gram(item_factors: np.ndarray) -> np.ndarray:
-    """YᵀY, the part of every user's system that does not depend on the user."""
-    return item_factors.T @ item_factors
+def item_gram(item_factors: np.ndarray, num_threads: int = 0) -> np.ndarray:
+    """YᵀY, the part of every user's system that does not depend on the user, in the table's
+    dtype. Computed by the native kernel where the cpu backend is available: the gram a CPU
+    fit's half-sweep makes for itself, each element summed over the rows in ascending order,
+    so the same bits for any thread count. NumPy's product (the fallback) is not: OpenBLAS
+    orders its sums by its own thread count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS), which
+    made fold-ins differ in their last bits from one setting to another."""
+    table = np.asarray(item_factors)
+    if table.dtype in (np.float32, np.float64):
+        try:
+            cpu = resolve_backend("cpu")
+        except RuntimeError:  # not built, or RECFUSE_SIMD names a level this CPU lacks
+            pass
+        else:
+            return cpu.gram(np.ascontiguousarray(table), num_threads)
+    return table.T @ table
 
 
 def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,

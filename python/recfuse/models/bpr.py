@@ -15,7 +15,8 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
 from ._common import (FactorRetrieval, check_tables_fit, check_trained, interaction_matrix,
-                      progress_bar, saveable_tables, saved_factor_tables, seen_rows, stored_seen)
+                      progress_bar, saveable_tables, saved_factor_tables, saved_seed, seen_rows,
+                      stored_seen)
 from .sgd import MAX_FACTORS
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class BPR(FactorRetrieval):
         matrix = check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+        show_progress = check.check_flag(show_progress, "show_progress")
         n_users, n_items = matrix.shape
         backend = resolve_backend(self.backend, "sgd", needs="bpr_epoch")
         rng = np.random.default_rng(self.random_state)
@@ -206,7 +208,7 @@ class BPR(FactorRetrieval):
         return {"factors": self.factors, "lr": self.lr, "reg": self.reg,
                 "iterations": self.iterations, "dtype": self.dtype.name, "grid": self.grid,
                 "max_tries": self.max_tries, "backend": self.backend,
-                "num_threads": self.num_threads}
+                "num_threads": self.num_threads, "random_state": saved_seed(self.random_state)}
 
     def save(self, path: PathLike) -> None:
         """Write the model to ``path`` (a versioned .npz; no pickle). Atomic."""

@@ -24,7 +24,7 @@ from .. import _validation as check
 from .._als.common import CsrArrays
 from .._backend import resolve_backend
 from .._sgd.common import Pattern
-from ._common import check_trained, progress_bar
+from ._common import check_trained, progress_bar, saved_seed
 from .sgd import MAX_FACTORS, _RatingModel, _rmse, mean_of
 
 if TYPE_CHECKING:
@@ -108,6 +108,7 @@ class ExplicitALS(_RatingModel):
             "factors": self.factors, "iterations": self.iterations, "reg": self.reg,
             "biased": self.biased, "reg_bias": self.reg_bias, "init_std": self.init_std,
             "dtype": self.dtype.name, "backend": self.backend, "num_threads": self.num_threads,
+            "random_state": saved_seed(self.random_state),
         }
 
     def _factor_count(self) -> int:

@@ -25,7 +25,7 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
 from ._common import (FactorRetrieval, check_trained, progress_bar, rating_arrays,
-                      saved_factor_tables, saved_group, seen_rows)
+                      saved_factor_tables, saved_group, saved_seed, seen_rows)
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
@@ -446,6 +446,7 @@ class _SgdFactorization(_RatingModel):
             "init_mean": self.init_mean, "init_std": self.init_std, **self.rates,
             "dtype": self.dtype.name, "grid": self.grid, "shuffle": self.shuffle,
             "backend": self.backend, "num_threads": self.num_threads,
+            "random_state": saved_seed(self.random_state),
         }
 
     # ------------------------------------------------------------------ training
