@@ -262,6 +262,11 @@ def test_native_calls_in_a_process_forked_after_threads_started():
     ({"kube/pod/cpu.max": "max 100000\n", "cpu.max": "300000 100000\n"}, 3),
     ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
     ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, 0),
+    ({"kube/cpu.max": "100000 100000\n", "kube/pod/cpu.max": "300000 100000\n"}, 1),  # parent
+    ({"cpu/kube/pod/cpu.cfs_quota_us": "250000\n",                         # v1 own group
+      "cpu/kube/pod/cpu.cfs_period_us": "100000\n"}, 3),
+    ({"cpu/kube/pod/cpu.cfs_quota_us": "250000\n", "cpu/kube/pod/cpu.cfs_period_us": "100000\n",
+      "cpu.max": "100000 100000\n"}, 1),                                   # v1 and v2: smaller
     ({"cpu.max": "garbage\n"}, 0),
     ({"cpu.max": "99999999999999999999999 1\n"}, 0),         # out of range: no limit read
     ({}, 0),
@@ -278,3 +283,30 @@ def test_cgroup_cpu_quota_caps_the_default_thread_count(tmp_path, files, expecte
     assert core.cgroup_cpu_limit(str(tmp_path), str(tmp_path / "self")) == expected
     limit = core.cgroup_cpu_limit("/sys/fs/cgroup", "/proc/self/cgroup")
     assert 1 <= core.default_threads() <= (limit or os.cpu_count() or 1)
+
+
+def test_a_cgroup_v1_quota_on_the_process_group_caps_the_default_threads(tmp_path):
+    """End to end where the machine allows it (root, cgroup v1's cpu controller mounted
+    writable): a process in a group limited to half a CPU runs native calls on one thread.
+    The first version read only the quota at the mount's root, not the process's group."""
+    core = pytest.importorskip("recfuse._core", reason="recfuse._core is not built")
+    mount = "/sys/fs/cgroup/cpu"
+    if not os.access(os.path.join(mount, "cgroup.procs"), os.W_OK) or \
+            not os.path.exists(os.path.join(mount, "cpu.cfs_quota_us")):
+        pytest.skip("needs a writable cgroup v1 cpu controller (root)")
+    if core.default_threads() < 2:
+        pytest.skip("this process already runs on one thread")
+    group = os.path.join(mount, f"recfuse-test-{os.getpid()}")
+    os.mkdir(group)
+    try:
+        with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as quota:
+            quota.write("50000")  # half of the default 100000 µs period
+        code = ("import os, sys\n"
+                f"open({os.path.join(group, 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+                "from recfuse import _core\n"
+                "print(_core.default_threads())\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-2000:]
+    finally:
+        os.rmdir(group)  # its one process has ended

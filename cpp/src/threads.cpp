@@ -44,9 +44,9 @@ int ceil_ratio(long long quota, long long period) {
   return static_cast<int>(std::min<long long>((quota + period - 1) / period, 1 << 20));
 }
 
-// cgroup v2's "<quota> <period>" or "max <period>".
-int cpu_max_limit(const std::string& path) {
-  std::ifstream file(path);
+// cgroup v2's "<quota> <period>" or "max <period>" in `dir`/cpu.max.
+int cpu_max_limit(const std::string& dir) {
+  std::ifstream file(dir + "/cpu.max");
   std::string quota;
   long long period = 0;
   if (!(file >> quota >> period) || quota == "max") return 0;
@@ -63,21 +63,54 @@ long long read_number(const std::string& path) {
   return file >> value ? value : 0;
 }
 
+// cgroup v1's CFS quota in `dir` (-1: none).
+int cfs_quota_limit(const std::string& dir) {
+  return ceil_ratio(read_number(dir + "/cpu.cfs_quota_us"),
+                    read_number(dir + "/cpu.cfs_period_us"));
+}
+
+// The smallest limit of `group` (a path such as "/a/b", "/" or "") and its ancestors under
+// `dir`, down to `dir` itself; 0 where none is limited (absent files do not limit).
+int smallest_limit(const std::string& dir, std::string group, int (*limit_in)(const std::string&)) {
+  int smallest = 0;
+  for (;;) {
+    const int limit = limit_in(dir + group);
+    if (limit > 0 && (smallest == 0 || limit < smallest)) smallest = limit;
+    if (group.empty()) return smallest;
+    const size_t slash = group.rfind('/');
+    group = slash == std::string::npos ? "" : group.substr(0, slash);
+  }
+}
+
+// Whether the comma-separated controllers of a cgroup v1 line include `name`.
+bool has_controller(const std::string& controllers, const std::string& name) {
+  std::stringstream list(controllers);
+  for (std::string each; std::getline(list, each, ',');) {
+    if (each == name) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 int cgroup_cpu_limit(const std::string& root, const std::string& self_cgroup) {
-  // v2: the process's own group ("0::/path" in /proc/self/cgroup), then the root as mounted
-  // (inside a container's cgroup namespace the container's group is the root).
+  // The process's groups ("0::/path" for v2, "N:cpu,...:/path" for v1). Without a cgroup
+  // namespace they name the group's place under `root`; inside a container's namespace (or
+  // a v1 container whose own group is mounted as the root) the root is its group, which the
+  // walk down to `root` reads as well.
+  std::string v2_group, v1_group;
   std::ifstream groups(self_cgroup);
   for (std::string line; std::getline(groups, line);) {
-    if (line.rfind("0::", 0) == 0 && line.size() > 4) {
-      if (const int limit = cpu_max_limit(root + line.substr(3) + "/cpu.max")) return limit;
-    }
+    const size_t first = line.find(':'), second = line.find(':', first + 1);
+    if (first == std::string::npos || second == std::string::npos) continue;
+    const std::string controllers = line.substr(first + 1, second - first - 1);
+    const std::string path = line.substr(second + 1);
+    if (line.compare(0, first, "0") == 0 && controllers.empty()) v2_group = path;
+    if (has_controller(controllers, "cpu")) v1_group = path;
   }
-  if (const int limit = cpu_max_limit(root + "/cpu.max")) return limit;
-  // v1: the cpu controller's CFS quota (-1: none).
-  return ceil_ratio(read_number(root + "/cpu/cpu.cfs_quota_us"),
-                    read_number(root + "/cpu/cpu.cfs_period_us"));
+  const int v2 = smallest_limit(root, v2_group, cpu_max_limit);
+  const int v1 = smallest_limit(root + "/cpu", v1_group, cfs_quota_limit);
+  return v1 > 0 && (v2 == 0 || v1 < v2) ? v1 : v2;
 }
 
 int default_threads() {

@@ -14,10 +14,10 @@ namespace recfuse {
 // after a team started (see forked_after_threads).
 int default_threads();
 
-// The CPUs a cgroup CPU quota allows, rounded up, or 0 where none is set or readable:
-// cgroup v2's cpu.max in the process's own group (from the "0::" line of `self_cgroup`,
-// normally /proc/self/cgroup) or at `root` (normally /sys/fs/cgroup), else cgroup v1's
-// cpu/cpu.cfs_quota_us over cpu/cpu.cfs_period_us at `root`. Read once by default_threads.
+// The CPUs a cgroup CPU quota allows, rounded up, or 0 where none is set or readable: the
+// smallest of cgroup v2's cpu.max and cgroup v1's cpu.cfs_quota_us / cpu.cfs_period_us over
+// the process's group (from `self_cgroup`, normally /proc/self/cgroup), its ancestors and
+// `root` itself (normally /sys/fs/cgroup; v1 under root/cpu). Read once by default_threads.
 int cgroup_cpu_limit(const std::string& root, const std::string& self_cgroup);
 
 // A call's num_threads: as requested, or default_threads() for 0; 1 in a process forked
