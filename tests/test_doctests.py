@@ -47,3 +47,18 @@ def test_submodules_are_attributes_after_a_bare_import():
             "    assert \"no attribute 'no_such_name'\" in str(e)\n"
             "else:\n    raise SystemExit('no AttributeError')\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compat_adapters_are_attributes_after_a_bare_import():
+    """The README names ``recfuse.compat.surprise.SVD``; after ``import recfuse`` alone,
+    ``recfuse.compat.surprise`` (and ``recfuse.compat.implicit``) raised AttributeError."""
+    import subprocess
+    import sys
+
+    code = ("import recfuse\n"
+            "assert recfuse.compat.surprise.SVD and recfuse.compat.surprise.SVDpp\n"
+            "assert recfuse.compat.implicit.AlternatingLeastSquares\n"
+            "try:\n    recfuse.compat.no_such_name\nexcept AttributeError as e:\n"
+            "    assert \"no attribute 'no_such_name'\" in str(e)\n"
+            "else:\n    raise SystemExit('no AttributeError')\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -72,12 +72,8 @@ __all__ = ["ALS", "BPR", "Events", "ExplicitALS", "IdMap", "Interactions", "Item
 # The submodules the README uses as ``recfuse.<name>``, imported on first access (``import
 # recfuse`` alone does not load them); hidden from type checkers, which would otherwise take
 # any misspelt attribute of the package for one of these.
-_SUBMODULES = ("compat", "datasets", "distributed", "metrics", "reference", "split")
-
 if not _TYPE_CHECKING:
-    def __getattr__(name: str):
-        if name in _SUBMODULES:
-            import importlib
+    from ._lazy import submodule_getattr as _submodule_getattr
 
-            return importlib.import_module(f"{__name__}.{name}")
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    __getattr__ = _submodule_getattr(__name__, ("compat", "datasets", "distributed", "metrics",
+                                                "reference", "split"))

@@ -16,3 +16,12 @@
 
 The adapters do not import the packages they imitate; those need not be installed.
 """
+
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+# The adapters as ``recfuse.compat.<name>`` after ``import recfuse`` alone, imported on first
+# access (as recfuse's own submodules; hidden from type checkers likewise).
+if not _TYPE_CHECKING:
+    from .._lazy import submodule_getattr as _submodule_getattr
+
+    __getattr__ = _submodule_getattr(__name__, ("implicit", "surprise"))
