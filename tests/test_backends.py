@@ -310,3 +310,25 @@ def test_a_cgroup_v1_quota_on_the_process_group_caps_the_default_threads(tmp_pat
         assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-2000:]
     finally:
         os.rmdir(group)  # its one process has ended
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_one_thread_search_starts_no_thread_team():
+    """recfuse.topk(..., num_threads=1) packed its item table on every core (the packing was
+    not given the call's num_threads), so a process that only ever asked for one thread
+    still started OpenMP's team, and its forked children ran on one thread."""
+    pytest.importorskip("recfuse._core", reason="recfuse._core is not built")
+    code = (
+        "import os, numpy as np, recfuse\n"
+        "from recfuse import _core\n"
+        "items = np.random.default_rng(0).standard_normal((50000, 32)).astype(np.float32)\n"
+        "for metric in ('dot', 'cosine'):\n"
+        "    recfuse.topk(items[:3], items, 10, metric=metric, backend='cpu', num_threads=1)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(1 if _core.forked_after_threads() else 0)\n"
+        "assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, 'a team was started'\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -117,15 +117,17 @@ class ItemIndex:
         if storage != "auto":
             self._prepared(storage)
 
-    def _prepared(self, storage: str):
-        """The backend's table for ``storage`` ("native" or "bfloat16"), prepared once."""
+    def _prepared(self, storage: str, num_threads: int = 0):
+        """The backend's table for ``storage`` ("native" or "bfloat16"), prepared once (by
+        the first search, on its ``num_threads``)."""
         table = self._tables.get(storage)
         if table is None:
             with self._tables_lock:  # concurrent first searches prepare it once
                 table = self._tables.get(storage)
                 if table is None:
                     extra = {"bfloat16": True} if storage == "bfloat16" else {}
-                    table = self._module.prepare(self.items, self.bias, self.scale, **extra)
+                    table = self._module.prepare(self.items, self.bias, self.scale,
+                                                 num_threads=num_threads, **extra)
                     self._tables[storage] = table
         return table
 
@@ -180,7 +182,7 @@ class ItemIndex:
             Q = _unit_rows(Q).astype(self.items.dtype)
         if Q.shape[0] == 0:
             return (np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=self.items.dtype))
-        table = self._prepared(self.storage_for(k))
+        table = self._prepared(self.storage_for(k), num_threads)
         return self._module.search(table, Q, k, excluded, mask, num_threads)
 
     def __repr__(self) -> str:

@@ -14,9 +14,10 @@ NAME = "cpu"
 BFLOAT16 = True  # supports ItemIndex(storage="bfloat16")
 
 
-def prepare(items: np.ndarray, bias=None, scale=None, bfloat16: bool = False):
+def prepare(items: np.ndarray, bias=None, scale=None, num_threads: int = 0,
+            bfloat16: bool = False):
     cls = _core.TopkItemsFloat32 if items.dtype == np.float32 else _core.TopkItemsFloat64
-    return cls(items, bias, scale, bfloat16=bfloat16)
+    return cls(items, bias, scale, num_threads=num_threads, bfloat16=bfloat16)
 
 
 def search(table, queries: np.ndarray, k: int, exclude=None, mask=None, num_threads=0):

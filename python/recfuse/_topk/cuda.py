@@ -24,7 +24,7 @@ def _module():
     return _cuda
 
 
-def prepare(items: np.ndarray, bias=None, scale=None):
+def prepare(items: np.ndarray, bias=None, scale=None, num_threads: int = 0):  # no host threads
     cuda = _module()
     cls = cuda.TopkItemsFloat32 if items.dtype == np.float32 else cuda.TopkItemsFloat64
     return cls(items, bias, scale)

@@ -47,7 +47,7 @@ class Table(NamedTuple):
     dtype: np.dtype
 
 
-def prepare(items: np.ndarray, bias=None, scale=None) -> Table:
+def prepare(items: np.ndarray, bias=None, scale=None, num_threads: int = 0) -> Table:
     cp = _cupy()
     return Table(cp.asarray(items), None if bias is None else cp.asarray(bias),
                  None if scale is None else cp.asarray(scale), items.shape[0], items.dtype)

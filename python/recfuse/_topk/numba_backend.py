@@ -25,7 +25,7 @@ class Table(NamedTuple):
     scale: np.ndarray
 
 
-def prepare(items: np.ndarray, bias=None, scale=None) -> Table:
+def prepare(items: np.ndarray, bias=None, scale=None, num_threads: int = 0) -> Table:
     n = items.shape[0]
     return Table(items,
                  np.zeros(n, items.dtype) if bias is None else bias,

@@ -62,7 +62,7 @@ class Table(NamedTuple):
     scale: np.ndarray | None
 
 
-def prepare(items: np.ndarray, bias=None, scale=None) -> Table:
+def prepare(items: np.ndarray, bias=None, scale=None, num_threads: int = 0) -> Table:
     return Table(items, bias, scale)
 
 
