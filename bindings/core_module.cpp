@@ -104,7 +104,7 @@ PYBIND11_MODULE(_core, m) {
       "where that does not apply (not Linux, under 4 MiB): ALS fits keep their factor tables "
       "there so that the half-sweeps' random row reads stop missing the TLB without a copy "
       "per half-sweep (als_half_sweep(..., huge_page_copy=False)).");
-  m.def("default_threads", &recfuse::default_threads,
+  m.def("default_threads", &recfuse::available_threads,
         "The threads num_threads=0 stands for in every native call: OpenMP's default capped "
         "at the processors this process may use; 1 in a process forked after native threads "
         "had started (recfuse/threads.hpp).");

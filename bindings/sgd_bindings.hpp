@@ -92,7 +92,7 @@ inline void bind_sgd_helpers(py::module_& m) {
                                     item_bin.size(), grid, u, i, o, b, num_threads);
           if (shuffle_seed) {
             recfuse::sgd_shuffle_blocks(*shuffle_seed, b, static_cast<int64_t>(grid) * grid, u,
-                                        i, o);
+                                        i, o, num_threads);
           }
         }
         return py::make_tuple(users_out, items_out, order_out, offsets);
@@ -136,7 +136,7 @@ void bind_sgd_functions(py::module_& m) {
   m.def(
       "normal_rows",
       [](uint64_t seed, Array<T>& out, int k, double mean, double std,
-         const std::optional<Array<int64_t>>& source) {
+         const std::optional<Array<int64_t>>& source, int num_threads) {
         expect(out.ndim() == 2 && out.shape(1) >= k && k >= 0,
                "out must be 2-d with at least k = " + std::to_string(k) +
                    " >= 0 columns, got shape " + shape_of(out));
@@ -154,10 +154,10 @@ void bind_sgd_functions(py::module_& m) {
         T* o = out.mutable_data();
         ReleaseGil release;
         recfuse::normal_rows<T>(seed, src, rows, k, out.shape(1), static_cast<T>(mean),
-                                static_cast<T>(std), o);
+                                static_cast<T>(std), o, num_threads);
       },
       py::arg("seed"), py::arg("out").noconvert(), py::arg("k"), py::arg("mean"), py::arg("std"),
-      py::arg("source") = py::none(),
+      py::arg("source") = py::none(), py::arg("num_threads") = 0,
       "Fills out (rows x width) in place: out[r, c] = mean + std * normal_at(seed, source[r] * k "
       "+ c) for c < k, 0 beyond (recfuse.reference.normal_draws; source None: source[r] = r).");
   m.def(

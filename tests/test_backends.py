@@ -313,22 +313,37 @@ def test_a_cgroup_v1_quota_on_the_process_group_caps_the_default_threads(tmp_pat
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
-def test_a_one_thread_search_starts_no_thread_team():
-    """recfuse.topk(..., num_threads=1) packed its item table on every core (the packing was
-    not given the call's num_threads), so a process that only ever asked for one thread
-    still started OpenMP's team, and its forked children ran on one thread."""
+def test_calls_given_one_thread_start_no_thread_team():
+    """Calls given num_threads=1 ran parts of their work on every core: the top-k's table
+    packing, the fits' starting draws, the SGD block layout and shuffle, and the input
+    scans of the ALS and SGD kernels took OpenMP's default. So a process that only ever
+    asked for one thread started OpenMP's team (and lost its forked children's threads)."""
     pytest.importorskip("recfuse._core", reason="recfuse._core is not built")
     code = (
-        "import os, numpy as np, recfuse\n"
+        "import os, numpy as np, scipy.sparse as sp, recfuse\n"
         "from recfuse import _core\n"
-        "items = np.random.default_rng(0).standard_normal((50000, 32)).astype(np.float32)\n"
+        "from recfuse.metrics import evaluate\n"
+        "rng = np.random.default_rng(0)\n"
+        "items = rng.standard_normal((50000, 32)).astype(np.float32)\n"
         "for metric in ('dot', 'cosine'):\n"
         "    recfuse.topk(items[:3], items, 10, metric=metric, backend='cpu', num_threads=1)\n"
+        "n = 1_200_000  # past the input scans' threshold for threads\n"
+        "users, cols = rng.integers(0, 20000, n), rng.integers(0, 5000, n)\n"
+        "ratings = rng.integers(1, 6, n).astype(np.float32)\n"
+        "matrix = sp.csr_matrix((ratings, (users, cols)), shape=(20000, 5000))\n"
+        "one = dict(backend='cpu', num_threads=1, random_state=0)\n"
+        "als = recfuse.ALS(factors=8, iterations=1, **one).fit(matrix)\n"
+        "recfuse.BPR(factors=8, iterations=1, **one).fit(matrix[:2000])\n"
+        "recfuse.SVD(factors=8, epochs=1, **one).fit(users, cols, ratings)\n"
+        "recfuse.SVDpp(factors=4, epochs=1, **one).fit(users[:20000], cols[:20000],\n"
+        "                                             ratings[:20000])\n"
+        "recfuse.ExplicitALS(factors=8, iterations=1, **one).fit(users, cols, ratings)\n"
+        "evaluate(als, matrix[:500], matrix[:500], k=5, num_threads=1)\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
         "    os._exit(1 if _core.forked_after_threads() else 0)\n"
         "assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, 'a team was started'\n"
         "print('ok')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=240)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -125,7 +125,7 @@ int thread_count(int requested, double flops) {
 }
 
 template <class T>
-void check_csr(const CsrView<T>& R) {
+void check_csr(const CsrView<T>& R, int num_threads) {
   if (R.rows < 0 || R.cols < 0) throw std::invalid_argument("CSR shape must be non-negative");
   if (R.indptr[0] != 0) throw std::invalid_argument("CSR indptr must start at 0");
   for (int64_t u = 0; u < R.rows; ++u) {
@@ -136,8 +136,8 @@ void check_csr(const CsrView<T>& R) {
   }
   const int64_t nnz = R.indptr[R.rows];
   bool bad = false;
-#pragma omp parallel for reduction(|| : bad) schedule(static) num_threads(default_threads()) \
-    if (nnz > (1 << 20))
+#pragma omp parallel for reduction(|| : bad) schedule(static) \
+    num_threads(resolve_threads(num_threads)) if (nnz > (1 << 20))
   for (int64_t t = 0; t < nnz; ++t) bad = bad || R.indices[t] < 0 || R.indices[t] >= R.cols;
   if (bad) {
     throw std::invalid_argument("CSR column index out of range [0, " + std::to_string(R.cols) +
@@ -314,7 +314,7 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
                        const AlsParams<T>& params) {
   if (k <= 0) throw std::invalid_argument("factors must be positive");
   if (params.cg_steps < 0) throw std::invalid_argument("cg_steps must be >= 0");
-  check_csr(R);
+  check_csr(R, params.num_threads);
   const auto& kern = row_kernels<T>(k);
   const std::vector<T> G =
       regularised_gram(Y_in, R.cols, k, gram_or_null, params.regularization, params.num_threads);
@@ -405,7 +405,7 @@ template <class T>
 double als_data_loss(const CsrView<T>& R, const T* X, const T* Y, int k, const T* gram_or_null,
                      T alpha, Confidence confidence, int num_threads) {
   if (k <= 0) throw std::invalid_argument("factors must be positive");
-  check_csr(R);
+  check_csr(R, num_threads);
   const auto& kern = row_kernels<T>(k);
   const std::vector<T> G = regularised_gram(Y, R.cols, k, gram_or_null, T(0), num_threads);
   std::vector<double> per_row(static_cast<size_t>(R.rows));

@@ -9,9 +9,10 @@ namespace kernels {
 #define RECFUSE_DECLARE_RANDOM_LEVEL(ns)                                                    \
   namespace ns {                                                                            \
   void normal_rows_float(uint64_t seed, const int64_t* source, int64_t rows, int k,         \
-                         int64_t ld, float mean, float std, float* out);                    \
+                         int64_t ld, float mean, float std, float* out, int num_threads);   \
   void normal_rows_double(uint64_t seed, const int64_t* source, int64_t rows, int k,        \
-                          int64_t ld, double mean, double std, double* out);                \
+                          int64_t ld, double mean, double std, double* out,                 \
+                          int num_threads);                                                 \
   }
 RECFUSE_DECLARE_RANDOM_LEVEL(generic)
 RECFUSE_DECLARE_RANDOM_LEVEL(avx2)

@@ -52,7 +52,8 @@ int thread_count(int requested, int grid, double updates) {
   return wanted;
 }
 
-void check_layout(const BlockLayout& L, int64_t n_users, int64_t n_items, int k) {
+void check_layout(const BlockLayout& L, int64_t n_users, int64_t n_items, int k,
+                  int num_threads) {
   if (k <= 0) throw std::invalid_argument("factors must be positive, got " + std::to_string(k));
   if (L.grid <= 0) throw std::invalid_argument("grid must be positive");
   const int64_t blocks = static_cast<int64_t>(L.grid) * L.grid;
@@ -68,8 +69,8 @@ void check_layout(const BlockLayout& L, int64_t n_users, int64_t n_items, int k)
   // every epoch.
   const uint64_t users = static_cast<uint64_t>(n_users), items = static_cast<uint64_t>(n_items);
   unsigned bad = 0;
-#pragma omp parallel for reduction(| : bad) schedule(static) num_threads(default_threads()) \
-    if (nnz > (1 << 20))
+#pragma omp parallel for reduction(| : bad) schedule(static) \
+    num_threads(resolve_threads(num_threads)) if (nnz > (1 << 20))
   for (int64_t t = 0; t < nnz; ++t) {
     bad |= static_cast<unsigned>(static_cast<uint32_t>(L.users[t]) >= users) |
            static_cast<unsigned>(static_cast<uint32_t>(L.items[t]) >= items);
@@ -342,14 +343,15 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
 }
 
 void sgd_shuffle_blocks(uint64_t seed, const int64_t* offsets, int64_t blocks, int32_t* users,
-                        int32_t* items, int64_t* order) {
+                        int32_t* items, int64_t* order, int num_threads) {
   const int64_t n = blocks > 0 ? offsets[blocks] : 0;
   for (int64_t b = 0; b < blocks; ++b) {
     if (offsets[b + 1] - offsets[b] >= (int64_t(1) << 32)) {
       throw std::invalid_argument("a block of 2^32 entries or more cannot be shuffled");
     }
   }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(default_threads()) if (n >= (1 << 18))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(resolve_threads(num_threads)) \
+    if (n >= (1 << 18))
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t begin = offsets[b];
     for (int64_t i = offsets[b + 1] - begin - 1; i > 0; --i) {
@@ -441,7 +443,7 @@ template <class T>
 void svd_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_bias, T* item_bias,
                T* P, T* Q, int64_t n_users, int64_t n_items, int k, const SgdRates<T>& rates,
                bool biased, int num_threads) {
-  check_layout(L, n_users, n_items, k);
+  check_layout(L, n_users, n_items, k, num_threads);
   const auto& kern = sgd_kernels<T>(k);
   const int64_t nnz = L.offsets[static_cast<int64_t>(L.grid) * L.grid];
   const int threads = thread_count(num_threads, L.grid, static_cast<double>(nnz));
@@ -456,7 +458,7 @@ void svdpp_epoch(const BlockLayout& L, const T* ratings, T global_mean, T* user_
                  T* item_bias, T* P, T* Q, T* Y, int64_t n_users, int64_t n_items, int k,
                  const int64_t* implicit_indptr, const int32_t* implicit_indices,
                  const SgdRates<T>& rates) {
-  check_layout(L, n_users, n_items, k);
+  check_layout(L, n_users, n_items, k, 1);  // the epoch itself is sequential
   check_pattern(implicit_indptr, implicit_indices, n_users, n_items, "implicit");
   const auto& kern = sgd_kernels<T>(k);
   const int64_t nnz = L.offsets[static_cast<int64_t>(L.grid) * L.grid];
@@ -478,7 +480,7 @@ int64_t bpr_epoch(const BlockLayout& L, const int64_t* seen_indptr, const int32_
                   const int32_t* bin_items, const int64_t* bin_offsets, T* P, T* Q, T* item_bias,
                   int64_t n_users, int64_t n_items, int k, T lr, T reg, uint64_t seed,
                   int max_tries, int32_t* negatives_out, int num_threads) {
-  check_layout(L, n_users, n_items, k);
+  check_layout(L, n_users, n_items, k, num_threads);
   if (max_tries < 1) throw std::invalid_argument("max_tries must be >= 1");
   check_pattern(seen_indptr, seen_indices, n_users, n_items, "seen");
   check_pattern(bin_offsets, bin_items, L.grid, n_items, "bin");

@@ -113,13 +113,15 @@ int cgroup_cpu_limit(const std::string& root, const std::string& self_cgroup) {
   return v1 > 0 && (v2 == 0 || v1 < v2) ? v1 : v2;
 }
 
-int default_threads() {
+int available_threads() {
   if (forked_after_threads()) return 1;
   static const int quota = cgroup_cpu_limit("/sys/fs/cgroup", "/proc/self/cgroup");
   int threads = std::min(omp_get_max_threads(), omp_get_num_procs());
   if (quota > 0) threads = std::min(threads, quota);
-  return noted(std::max(1, threads));
+  return std::max(1, threads);
 }
+
+int default_threads() { return noted(available_threads()); }
 
 int resolve_threads(int requested) {
   if (forked_after_threads()) return 1;

@@ -33,9 +33,10 @@ inline uint64_t splitmix64_draw(uint64_t start, uint64_t position) {
 
 // out (rows x ld, row-major): out[r][c] = mean + std * normal_at(seed, source[r] * k + c) for
 // c < k and 0 for k <= c < ld (padding); source == nullptr stands for source[r] = r. The
-// draws are float32 (also for T = double). Threads over rows for large tables.
+// draws are float32 (also for T = double). Threads over rows for large tables (num_threads as
+// resolve_threads takes it; the same bits for any count).
 template <class T>
 void normal_rows(uint64_t seed, const int64_t* source, int64_t rows, int k, int64_t ld, T mean,
-                 T std, T* out);
+                 T std, T* out, int num_threads);
 
 }  // namespace recfuse

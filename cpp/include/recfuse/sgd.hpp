@@ -49,7 +49,7 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
 // (recfuse._sgd.common.shuffle_blocks is the same in NumPy). The same result for any thread
 // count. Throws std::invalid_argument, before shuffling, for a block of 2^32 entries or more.
 void sgd_shuffle_blocks(uint64_t seed, const int64_t* offsets, int64_t blocks, int32_t* users,
-                        int32_t* items, int64_t* order);
+                        int32_t* items, int64_t* order, int num_threads);
 
 // The sparsity pattern of the pairs (rows[t], cols[t]): CSR row starts (indptr, n_rows + 1)
 // and each row's distinct columns ascending (indices, room for n). Returns the number of

@@ -14,6 +14,10 @@ namespace recfuse {
 // after a team started (see forked_after_threads).
 int default_threads();
 
+// default_threads() as a question (for reports): asks for no team, so a process that only
+// asks keeps its forked children's threads.
+int available_threads();
+
 // The CPUs a cgroup CPU quota allows, rounded up, or 0 where none is set or readable: the
 // smallest of cgroup v2's cpu.max and cgroup v1's cpu.cfs_quota_us / cpu.cfs_period_us over
 // the process's group (from `self_cgroup`, normally /proc/self/cgroup), its ancestors and

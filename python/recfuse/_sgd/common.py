@@ -175,7 +175,7 @@ def trained_rows_in_id_order(trained: np.ndarray, rows_at: np.ndarray, k: int) -
 
 
 def normal_training_rows(seed: int, rows: np.ndarray, k: int, mean: float, std: float, dtype,
-                         backend) -> np.ndarray:
+                         backend, num_threads: int = 0) -> np.ndarray:
     """``training_rows(reference.normal_table(seed, n, k, mean, std, dtype), rows, backend)``
     without the table: the native kernel draws each row straight into its place (18 ms of a
     27 ms SVD set-up on ml-latest-small went to drawing 1M values with NumPy and copying
@@ -186,12 +186,12 @@ def normal_training_rows(seed: int, rows: np.ndarray, k: int, mean: float, std: 
         return training_rows(table, rows, backend)
     # normal_rows writes the padding too, and its threads share the first touches of the pages
     out = _training_buffer(rows.size, k, dtype, backend, zero_padding=False)
-    _core.normal_rows(seed, out, k, mean, std, _as_int64(rows))
+    _core.normal_rows(seed, out, k, mean, std, _as_int64(rows), num_threads=num_threads)
     return out
 
 
 def normal_table(seed: int, n_rows: int, k: int, mean: float, std: float, dtype,
-                 out: np.ndarray | None = None) -> np.ndarray:
+                 out: np.ndarray | None = None, num_threads: int = 0) -> np.ndarray:
     """``reference.normal_table(seed, n_rows, k, mean, std, dtype)``, drawn natively where the
     native module is there (the starting factors of ALS, and of SGD fits given no layout),
     into ``out`` (a C-order (n_rows, k) array of ``dtype``) when given."""
@@ -200,7 +200,7 @@ def normal_table(seed: int, n_rows: int, k: int, mean: float, std: float, dtype,
     if not _native_usable():  # not built, or RECFUSE_SIMD names a level it cannot run
         out[...] = reference.normal_table(seed, n_rows, k, mean, std, dtype)
     else:
-        _core.normal_rows(seed, out, k, mean, std)
+        _core.normal_rows(seed, out, k, mean, std, num_threads=num_threads)
     return out
 
 
@@ -334,7 +334,8 @@ def default_grid(nnz: int) -> int:
 
 
 def make_blocks(users, items, n_users: int, n_items: int, grid: int,
-                rng: np.random.Generator, shuffle: bool = True, order=None) -> Blocks:
+                rng: np.random.Generator, shuffle: bool = True, order=None,
+                num_threads: int = 0) -> Blocks:
     """Cut the entries (users[t], items[t]) into grid x grid blocks.
 
     Users and items go to bins by a random permutation (so bins hold similar numbers of
@@ -355,7 +356,7 @@ def make_blocks(users, items, n_users: int, n_items: int, grid: int,
     if _core is not None:  # the same layout by a stable counting sort, in one native pass
         block_users, block_items, order, offsets = _core.sgd_block_layout(
             _as_int64(users), _as_int64(items), _as_int64(order), user_bin, item_bin, int(grid),
-            shuffle_seed=seed)
+            num_threads=num_threads, shuffle_seed=seed)
     else:
         row, col = user_bin[users[order]], item_bin[items[order]]
         block = ((col - row) % grid) * grid + row

@@ -108,7 +108,8 @@ class _SurpriseOrderSVDpp(_RecfuseSVDpp):
 
     def _layout(self, users, items, n_users, n_items, nnz, rng):
         order = np.argsort(users, kind="stable")
-        return make_blocks(users, items, n_users, n_items, 1, rng, order=order)
+        return make_blocks(users, items, n_users, n_items, 1, rng, order=order,
+                           num_threads=self.num_threads)
 
 
 class _SurpriseAdapter:

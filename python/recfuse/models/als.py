@@ -183,7 +183,7 @@ class ALS(FactorRetrieval, AlsSettings):
             rng = np.random.default_rng(self.random_state)
             seeds = rng.integers(0, 2**63, size=2, dtype=np.int64)
             return [normal_table(int(seed), n, k, 0.0, 0.01, self.dtype,
-                                 out=table(n, k, self.dtype))
+                                 out=table(n, k, self.dtype), num_threads=self.num_threads)
                     for seed, n in zip(seeds, (n_users, n_items))]
         if not isinstance(given, (tuple, list)) or len(given) != 2:
             raise TypeError("initial_factors must be a pair (user_factors, item_factors)")

@@ -124,7 +124,7 @@ class BPR(FactorRetrieval):
         positive = coo.data > 0
         users, items = coo.row[positive], coo.col[positive]
         blocks = make_blocks(users, items, n_users, n_items, self.grid or default_grid(users.size),
-                             rng)
+                             rng, num_threads=self.num_threads)
         negatives = np.empty(users.size, dtype=np.int32)
         seed = int(rng.integers(0, 2**63))
         # Training runs on users and items renumbered bin by bin (Blocks.renumbered).

@@ -133,7 +133,8 @@ class _RatingModel(FactorRetrieval):
         names = self._FACTOR_NAMES[: self._factor_count()]
         rows = (n_users, n_items, n_items)
         if given is None:
-            return [normal_table(seed, r, self.factors, self.init_mean, self.init_std, self.dtype)
+            return [normal_table(seed, r, self.factors, self.init_mean, self.init_std, self.dtype,
+                                 num_threads=self.num_threads)
                     for seed, r in zip(_factor_seeds(rng, len(names)), rows)]
         if not isinstance(given, (tuple, list)) or len(given) != len(names):
             got = (f"{type(given).__name__} of {len(given)} arrays"
@@ -492,7 +493,8 @@ class _SgdFactorization(_RatingModel):
         if given is None:  # drawn straight into the training layout
             seeds = _factor_seeds(rng, self._factor_count())
             trained = [normal_training_rows(seed, r, self.factors, self.init_mean, self.init_std,
-                                            self.dtype, backend) for seed, r in zip(seeds, rows)]
+                                            self.dtype, backend, self.num_threads)
+                       for seed, r in zip(seeds, rows)]
         else:
             trained = [training_rows(f, r, backend) for f, r in zip(given, rows)]
         user_bias = np.zeros(n_users, dtype=self.dtype)
@@ -541,7 +543,8 @@ class _SgdFactorization(_RatingModel):
     # ------------------------------------------------------------------ per-model hooks
     def _layout(self, users, items, n_users, n_items, nnz, rng):
         grid = self.grid or default_grid(nnz)
-        return make_blocks(users, items, n_users, n_items, grid, rng, self.shuffle)
+        return make_blocks(users, items, n_users, n_items, grid, rng, self.shuffle,
+                           num_threads=self.num_threads)
 
     def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
                       lr, reg) -> Callable[[int], None]:
@@ -732,7 +735,8 @@ class SVDpp(_SgdFactorization):
     def _layout(self, users, items, n_users, n_items, nnz, rng):
         # One block, each user's ratings together: one pass per user and epoch.
         order = user_major_order(users, n_users, rng, self.shuffle)
-        return make_blocks(users, items, n_users, n_items, 1, rng, order=order)
+        return make_blocks(users, items, n_users, n_items, 1, rng, order=order,
+                           num_threads=self.num_threads)
 
     def _epoch_runner(self, backend, blocks, ratings, global_mean, user_bias, item_bias, factors,
                       lr, reg):
