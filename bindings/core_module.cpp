@@ -111,7 +111,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("cgroup_cpu_limit", &recfuse::cgroup_cpu_limit, py::arg("root"), py::arg("self_cgroup"),
         "The CPUs a cgroup CPU quota allows under `root` (normally /sys/fs/cgroup) for the "
         "groups listed in `self_cgroup` (normally /proc/self/cgroup), rounded up; 0 for none "
-        "(recfuse/threads.hpp; default_threads reads it once).");
+        "(recfuse/threads.hpp; read once for num_threads=0).");
   m.def("forked_after_threads", &recfuse::forked_after_threads,
         "Whether this process was forked after native calls had started threads, so that "
         "every native call here runs on one thread (GNU libgomp's threads do not survive "

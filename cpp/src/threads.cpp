@@ -19,7 +19,7 @@ std::atomic<bool> forked_child{false};
 void on_fork_child() {
   if (!team_requested.load(std::memory_order_relaxed)) return;
   forked_child.store(true, std::memory_order_relaxed);
-  omp_set_num_threads(1);  // regions that rely on the default team size
+  omp_set_num_threads(1);  // for a parallel region without a num_threads clause, if any
 }
 
 const bool fork_handler_installed = pthread_atfork(nullptr, nullptr, &on_fork_child) == 0;
@@ -29,14 +29,8 @@ int noted(int threads) {
   return threads;
 }
 
-}  // namespace
-
-bool forked_after_threads() {
-  (void)fork_handler_installed;
-  return forked_child.load(std::memory_order_relaxed);
-}
-
-namespace {
+// The tighter of two CPU limits, where 0 stands for none.
+int tighter(int a, int b) { return a > 0 && (b == 0 || a < b) ? a : b; }
 
 // quota / period rounded up (1.5 CPUs: 2 threads), 0 unless both are positive.
 int ceil_ratio(long long quota, long long period) {
@@ -74,8 +68,7 @@ int cfs_quota_limit(const std::string& dir) {
 int smallest_limit(const std::string& dir, std::string group, int (*limit_in)(const std::string&)) {
   int smallest = 0;
   for (;;) {
-    const int limit = limit_in(dir + group);
-    if (limit > 0 && (smallest == 0 || limit < smallest)) smallest = limit;
+    smallest = tighter(limit_in(dir + group), smallest);
     if (group.empty()) return smallest;
     const size_t slash = group.rfind('/');
     group = slash == std::string::npos ? "" : group.substr(0, slash);
@@ -108,9 +101,13 @@ int cgroup_cpu_limit(const std::string& root, const std::string& self_cgroup) {
     if (line.compare(0, first, "0") == 0 && controllers.empty()) v2_group = path;
     if (has_controller(controllers, "cpu")) v1_group = path;
   }
-  const int v2 = smallest_limit(root, v2_group, cpu_max_limit);
-  const int v1 = smallest_limit(root + "/cpu", v1_group, cfs_quota_limit);
-  return v1 > 0 && (v2 == 0 || v1 < v2) ? v1 : v2;
+  return tighter(smallest_limit(root, v2_group, cpu_max_limit),
+                 smallest_limit(root + "/cpu", v1_group, cfs_quota_limit));
+}
+
+bool forked_after_threads() {
+  (void)fork_handler_installed;
+  return forked_child.load(std::memory_order_relaxed);
 }
 
 int available_threads() {
@@ -121,11 +118,9 @@ int available_threads() {
   return std::max(1, threads);
 }
 
-int default_threads() { return noted(available_threads()); }
-
 int resolve_threads(int requested) {
   if (forked_after_threads()) return 1;
-  return requested > 0 ? noted(requested) : default_threads();
+  return noted(requested > 0 ? requested : available_threads());
 }
 
 }  // namespace recfuse

@@ -6,27 +6,25 @@
 
 namespace recfuse {
 
-// OpenMP's default team size (OMP_NUM_THREADS, else the processors), but never more than the
-// processors this process may run on (its CPU affinity, and the CPU quota of its cgroup:
-// docker --cpus, Kubernetes CPU limits, which libgomp does not read): with
-// OMP_NUM_THREADS=100000 the top-k packing asked libgomp for a team of 100000 and the
-// interpreter crashed, where no call had asked for more than a few. 1 in a process forked
-// after a team started (see forked_after_threads).
-int default_threads();
+// A call's num_threads: as requested, or for 0 ("all cores") OpenMP's default team size
+// (OMP_NUM_THREADS, else the processors), but never more than the processors this process may
+// run on (its CPU affinity, and the CPU quota of its cgroup: docker --cpus, Kubernetes CPU
+// limits, which libgomp does not read): with OMP_NUM_THREADS=100000 the top-k packing asked
+// libgomp for a team of 100000 and the interpreter crashed, where no call had asked for more
+// than a few. 1 in a process forked after a team started (see forked_after_threads). Every
+// parallel region takes its size from here.
+int resolve_threads(int requested);
 
-// default_threads() as a question (for reports): asks for no team, so a process that only
-// asks keeps its forked children's threads.
+// What num_threads = 0 stands for, as a question (for reports): asks for no team, so a
+// process that only asks keeps its forked children's threads.
 int available_threads();
 
 // The CPUs a cgroup CPU quota allows, rounded up, or 0 where none is set or readable: the
 // smallest of cgroup v2's cpu.max and cgroup v1's cpu.cfs_quota_us / cpu.cfs_period_us over
 // the process's group (from `self_cgroup`, normally /proc/self/cgroup), its ancestors and
-// `root` itself (normally /sys/fs/cgroup; v1 under root/cpu). Read once by default_threads.
+// `root` itself (normally /sys/fs/cgroup; v1 under root/cpu). Read once by
+// available_threads.
 int cgroup_cpu_limit(const std::string& root, const std::string& self_cgroup);
-
-// A call's num_threads: as requested, or default_threads() for 0; 1 in a process forked
-// after a team started. Every parallel region takes its size from here or default_threads().
-int resolve_threads(int requested);
 
 // True in a process forked (os.fork, multiprocessing's "fork" start method, a pre-forking
 // server) from one whose native calls had asked for more than one thread: GNU libgomp keeps
