@@ -683,17 +683,6 @@ def test_an_interrupted_train_says_so_and_leaves_its_folder_whole(tmp_path):
             assert all(now[name] != old[name] for name in old)
 
 
-def test_serve_of_a_model_folder_names_its_model_file(tmp_path):
-    pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [1, 2, 2, 3, 1]}).to_csv(
-        tmp_path / "log.csv", index=False)
-    folder = tmp_path / "m"
-    run("train", tmp_path / "log.csv", "-o", folder, "--split", "none", "--factors", 2,
-        "--iterations", 1)
-    result = run("serve", folder, "--port", 0, check_rc=2)
-    assert result.stderr.startswith("recfuse serve: error: ")
-    assert repr(str(folder / "model.npz")) in result.stderr and result.stderr.count("\n") == 1
-
-
 def test_demo_shows_the_top_list_of_a_user_the_model_knows(tmp_path):
     # user 9 rated last: a temporal split holds out all of 9's ratings, the most of anyone's
     folder = tmp_path / "ml"

@@ -573,3 +573,201 @@ def test_app_mounted_in_another_answers_single_users(model_file):
         assert reply.json()["items"] == recommender.recommend(3).ids.tolist()
     finally:
         running.stop()
+
+
+# ---------------------------------------------------------------------- ids of the log
+
+def _log(extra: bool = False) -> recfuse.Interactions:
+    """A log with string user ids and integer item ids; ``extra`` adds a user ("a00") and
+    an item (999) that sort first, so every row of the other users and items moves by one."""
+    rng = np.random.default_rng(3)
+    users = [f"u{u:02d}" for u in rng.integers(0, 40, 600)]
+    items = (1000 + 7 * rng.integers(0, 30, 600)).tolist()
+    if extra:
+        users += ["a00", "a00", "u01"]
+        items += [999, 1000, 999]
+    return recfuse.Interactions.from_arrays(users, items)
+
+
+def _named(result, train, position=None, added=()) -> list:
+    """An embedded Recommendation's items, as the ids of ``train``'s log, then ``added``."""
+    ids = result.ids if position is None else result.ids[position]
+    known = train.item_ids.ids.tolist() + list(added)
+    return [known[row] for row in ids[ids >= 0].tolist()]
+
+
+def test_requests_and_answers_name_users_and_items_by_the_ids_of_the_log():
+    train = _log()
+    model = recfuse.ALS(factors=4, iterations=3, random_state=0).fit(train)
+    served = recfuse.Recommender(model, k=5, num_threads=1)
+    embedded = recfuse.Recommender(model, k=5, num_threads=1)
+    row = {user: position for position, user in enumerate(train.user_ids.ids.tolist())}
+    running = Running(create_app(served, ids=train, limits=Limits(max_k=100)))
+    try:
+        client = running.client
+        assert client.get("/health").json()["ids"] == "training log"
+        reply = client.post("/recommend", json={"user": "u05"}).json()
+        want = embedded.recommend(row["u05"])
+        assert reply["user"] == "u05" and reply["items"] == _named(want, train)
+        np.testing.assert_allclose(reply["scores"], want.scores, rtol=1e-6)
+        assert all(isinstance(item, int) for item in reply["items"])
+        # exclusions by id (one the model lacks is no error: it cannot be recommended)
+        first = reply["items"][0]
+        excluded = client.post("/recommend", json={"user": "u05", "exclude": [first, 5]})
+        assert excluded.status_code == 200 and first not in excluded.json()["items"]
+        # a batch, with a user the model does not know: the popular list, named by ids
+        many = client.post("/recommend", json={"users": ["u05", "u07", "ghost"],
+                                               "excludes": [None, [first], []]}).json()
+        both = embedded.recommend_batch([row["u05"], row["u07"]], excludes=[None, [
+            int(train.item_ids.to_internal([first])[0])]])
+        assert [r["user"] for r in many["results"]] == ["u05", "u07", "ghost"]
+        assert [r["items"] for r in many["results"][:2]] == [_named(both, train, p)
+                                                             for p in range(2)]
+        ghost = many["results"][2]
+        assert set(ghost["stages"]) == {"popular"}
+        assert ghost["items"] == _named(embedded.recommend(10 ** 9), train)
+        # ids of the wrong type: 422 naming what the log holds
+        for body, message in (({"user": 5}, "user must hold user ids of the training log "
+                                            "(strings), got int 5"),
+                              ({"users": ["u01", 2]}, "users must hold user ids"),
+                              ({"user": "u01", "exclude": ["1000"]},
+                               "exclude must hold item ids of the training log (integers "
+                               "from -9223372036854775808 to 9223372036854775807), got str"),
+                              ({"user": "u01", "exclude": [2 ** 63]}, "exclude must hold")):
+            wrong = client.post("/recommend", json=body)
+            assert wrong.status_code == 422 and message in wrong.json()["error"], wrong.text
+        # events of a new user and a new item: both get rows, answers name them by id
+        reply = client.post("/events", json={"user": ["new", "new"], "item": [1000, 5]})
+        assert reply.status_code == 200 and reply.json()["accepted"] == 2
+        new = client.post("/recommend", json={"user": "new", "k": 100}).json()
+        assert set(new["stages"]) == {"recall"} and not {1000, 5} & set(new["items"])
+        assert client.post("/events", json={"user": ["u01", "u02", "u03"],
+                                            "item": [5, 5, 5]}).status_code == 200
+        listed = client.post("/recommend", json={"user": "u04", "k": 100}).json()["items"]
+        assert 5 in listed and len(listed) == len(set(listed))
+        bad = client.post("/events", json={"user": ["u01"], "item": ["x"]})
+        assert bad.status_code == 422 and "item must hold item ids" in bad.json()["error"]
+        health = client.get("/health").json()
+        assert health["added_items"] == 1 and health["pending_events"] == 5
+    finally:
+        running.stop()
+    rejecting = recfuse.Recommender(model, k=5, unknown_items="reject", num_threads=1)
+    running = Running(create_app(rejecting, ids=(train.user_ids, train.item_ids)))
+    try:
+        refused = running.client.post("/events", json={"user": ["u01", "u01"],
+                                                       "item": [1000, 5]})
+        assert refused.status_code == 422, refused.text
+        assert "unknown item ids [5]" in refused.json()["error"]
+        assert running.client.get("/health").json()["pending_events"] == 0
+    finally:
+        running.stop()
+
+
+def test_create_app_refuses_ids_that_do_not_fit_the_model(model_file, tmp_path):
+    served = recfuse.Recommender(model_file, num_threads=1)
+    with pytest.raises(ValueError, match="the ids name 40 users and 30 items; the "
+                                         "recommender's model has 80 users x 60 items"):
+        create_app(served, ids=_log())
+    with pytest.raises(ValueError, match="model_path must be a model folder"):
+        create_app(served, ids=_log(), model_path=str(model_file))
+    with pytest.raises(ValueError, match="is a model folder: give its training data as ids"):
+        create_app(served, model_path=str(tmp_path))
+    with pytest.raises(TypeError, match="ids must be the training Interactions"):
+        create_app(served, ids={"users": []})
+    floats = recfuse.Interactions.from_arrays(np.arange(80) + 0.5, np.arange(80) % 60)
+    with pytest.raises(ValueError, match="user ids are floating; requests name ids in JSON"):
+        create_app(served, ids=floats)
+
+
+def _save_folder(folder, train, seed: int):
+    model = recfuse.ALS(factors=4, iterations=3, random_state=seed).fit(train)
+    model.save(folder / "model.npz")
+    train.save(folder / "train.npz")
+    return model
+
+
+def test_reload_of_a_model_folder_replays_the_events_by_their_ids(tmp_path):
+    from recfuse.persistence import load_folder
+
+    first = _log()
+    _save_folder(tmp_path, first, 0)
+    model, ids = load_folder(tmp_path)
+    running = Running(create_app(recfuse.Recommender(model, k=5, num_threads=1),
+                                 model_path=str(tmp_path), ids=ids))
+    try:
+        client = running.client
+        events = {"user": ["zz", "u03", "zz"], "item": [1007, 1014, 77]}
+        assert client.post("/events", json=events).status_code == 200
+        # retrained on a log with one more user and item that sort first: every row moves
+        second = _log(extra=True)
+        retrained = _save_folder(tmp_path, second, 1)
+        reply = client.post("/reload")
+        assert reply.status_code == 200 and reply.json()["model_version"] == 2, reply.text
+        health = client.get("/health").json()
+        assert health["users"] == second.n_users and health["source"] == str(tmp_path)
+        want = recfuse.Recommender(retrained, k=5, num_threads=1)
+        users = second.user_ids.to_internal(["u03"]).tolist()
+        want.observe({"user": [second.n_users, users[0], second.n_users],
+                      "item": [*second.item_ids.to_internal([1007, 1014]).tolist(),
+                               second.n_items]})
+        for user, row in (("zz", second.n_users), ("u03", users[0]),
+                          ("a00", int(second.user_ids.to_internal(["a00"])[0]))):
+            answer = client.post("/recommend", json={"user": user}).json()
+            assert answer["items"] == _named(want.recommend(row), second, added=[77]), user
+            assert answer["model_version"] == 2
+        # the new item 77 kept its id after the renumbering, and more events still land
+        assert client.post("/events", json={"user": ["u05"], "item": [77]}).status_code == 200
+        assert 77 not in client.post("/recommend", json={"user": "u05", "k": 100}).json()["items"]
+        # a folder whose model and training data disagree: 422, the old model and ids stay
+        before = client.post("/recommend", json={"user": "zz"}).json()
+        _log().save(tmp_path / "train.npz")
+        refused = client.post("/reload")
+        assert refused.status_code == 422, refused.text
+        assert "the ids name 40 users and 30 items" in refused.json()["error"]
+        assert client.post("/recommend", json={"user": "zz"}).json() == before
+    finally:
+        running.stop()
+
+
+def test_recfuse_serve_of_a_model_folder_answers_as_recfuse_recommend(tmp_path):
+    log = _log().to_frame()
+    log.to_csv(tmp_path / "log.csv", index=False)
+    folder = tmp_path / "m"
+    cli = [sys.executable, "-m", "recfuse"]
+    subprocess.run([*cli, "train", str(tmp_path / "log.csv"), "-o", str(folder), "--split",
+                    "none", "--factors", "4", "--iterations", "3"], check=True,
+                   capture_output=True, timeout=300)
+    printed = subprocess.run([*cli, "recommend", str(folder), "u05", "u07",
+                              "--k", "6", "--json"], check=True, capture_output=True,
+                             text=True, timeout=300)
+    import json
+
+    want = json.loads(printed.stdout)["recommendations"]
+    port = _free_port()
+    log_file = tmp_path / "serve.log"
+    with open(log_file, "wb") as stderr:
+        process = subprocess.Popen([*cli, "serve", str(folder), "--port", str(port), "--k",
+                                    "6", "--threads", "1"], stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                client.get("/health")
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, log_file.read_text()
+                assert time.monotonic() < deadline, "recfuse serve did not start"
+                time.sleep(0.1)
+        assert "named by the ids of its training log" in log_file.read_text()
+        for user in ("u05", "u07"):
+            reply = client.post("/recommend", json={"user": user}).json()
+            assert reply["items"] == [entry["item"] for entry in want[user]], user
+            np.testing.assert_allclose(reply["scores"], [e["score"] for e in want[user]],
+                                       rtol=1e-5)
+        assert client.post("/reload").json()["model_version"] == 2
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(30)

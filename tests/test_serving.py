@@ -443,6 +443,38 @@ def test_swap_that_fails_in_the_replay_changes_nothing(als, seen):
     assert rec.swap_model(svd, replay=False) == 2 and rec.recommend(2).version == 2
 
 
+def test_a_swap_renumbers_the_logged_events_for_a_model_of_other_rows(als, seen):
+    """replay=function: the log, renumbered, is replayed and becomes the log; a function
+    that fails (or a replay that fails after it) leaves the model and the log as they were."""
+    rec = Recommender(als)
+    rec.observe({"user": [2, 5], "item": [40, 41], "weight": [1.0, 2.0]})
+    flipped = N_USERS - 1  # the new model's rows: users in reverse order
+    reversed_model = recfuse.ALS(factors=FACTORS, iterations=4, regularization=0.1,
+                                 solver="cholesky", random_state=0).fit(seen[::-1])
+    seen_by = []
+
+    def renumber(events):
+        seen_by.append(events.users.tolist())
+        return {"user": flipped - events.users, "item": events.items, "weight": events.weights}
+
+    def fails(events):
+        raise ValueError("no such id")
+
+    for bad, error, message in ((fails, ValueError, "no such id"),
+                                (lambda events: {"user": events.users}, ValueError,
+                                 "'user' and 'item'"),
+                                (None, TypeError, "replay must be a bool")):
+        with pytest.raises(error, match=message):
+            rec.swap_model(reversed_model, replay=bad)
+        assert rec.version == 1 and rec.pending_events().users.tolist() == [2, 5]
+    assert rec.swap_model(reversed_model, replay=renumber) == 2 and seen_by == [[2, 5]]
+    assert rec.pending_events().users.tolist() == [flipped - 2, flipped - 5]
+    want = Recommender(reversed_model)
+    want.observe({"user": [flipped - 2, flipped - 5], "item": [40, 41], "weight": [1.0, 2.0]})
+    for user in (flipped - 2, flipped - 5, 0):
+        np.testing.assert_array_equal(rec.recommend(user).ids, want.recommend(user).ids)
+
+
 def test_concurrent_readers_observe_and_swaps_never_mix(als, seen, tmp_path):
     other = recfuse.ALS(factors=FACTORS, iterations=2, regularization=0.1, solver="cholesky",
                         random_state=7).fit(seen)

@@ -520,11 +520,7 @@ def _demo(args) -> int:
 def _serve(args) -> int:
     import socket
 
-    folder_model = os.path.join(args.model, "model.npz")
-    if os.path.isdir(args.model) and os.path.isfile(folder_model):  # `recfuse train`'s folder
-        raise ValueError(f"{args.model!r} is a model folder: serve its model file, "
-                         f"{folder_model!r} (requests then name users and items by their rows "
-                         f"in the folder's train.npz, not by the ids of the event log)")
+    from .persistence import load_folder
     from .serving import Recommender
 
     from .server import Limits, http_stack, listening_socket, serve  # ImportError: rc 2 in main
@@ -543,7 +539,10 @@ def _serve(args) -> int:
         ranker = None
         if args.ranker is not None:
             ranker = _ranker_file(args.ranker, args.ranker_precision)
-        recommender = Recommender(args.model, ranker, candidates=args.candidates, k=args.k,
+        model, ids = args.model, None
+        if os.path.isdir(args.model):  # `recfuse train`'s folder: served by the log's ids
+            model, ids = load_folder(args.model)
+        recommender = Recommender(model, ranker, candidates=args.candidates, k=args.k,
                                   unknown_items=args.unknown_items, num_threads=args.threads,
                                   max_pending_events=args.max_pending_events)
         limits = Limits(max_k=args.max_k, max_batch=args.max_batch,
@@ -555,12 +554,13 @@ def _serve(args) -> int:
             f", ranked by {args.ranker} ({info['context_width']} context columns)"
         port = sock.getsockname()[1]  # the one bound, also when --port 0 asked for any
         host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
+        named = "the rows of the model" if ids is None else "the ids of its training log"
         print(f"recfuse serve: {info['kind']} model {args.model} ({info['users']} users x "
-              f"{info['items']} items){ranked} on http://{host}:{port} "
+              f"{info['items']} items, named by {named}){ranked} on http://{host}:{port} "
               f"({stack['http']}, {stack['loop']})", file=sys.stderr)
         serve(recommender, host=args.host, port=port, model_path=args.model,
               ranker_path=args.ranker, ranker_options={"precision": args.ranker_precision},
-              limits=limits, sock=sock)
+              limits=limits, sock=sock, ids=ids)
     return 0
 
 
@@ -669,24 +669,10 @@ def _check_output_folder(path: str) -> None:
                          f"files go")
 
 
-def _load_folder(folder: str):
-    import recfuse
-    from recfuse.interactions import Interactions
-
-    model_path = os.path.join(folder, "model.npz")
-    if not os.path.isfile(model_path):
-        raise FileNotFoundError(f"no model in {folder!r}: expected {model_path!r} "
-                                "(made by `recfuse train DATA -o FOLDER`)")
-    train_path = os.path.join(folder, "train.npz")
-    if not os.path.isfile(train_path):  # else Interactions.load says "no model file at ..."
-        raise FileNotFoundError(f"{folder!r} has a model but no training data: expected "
-                                f"{train_path!r} (written beside model.npz by `recfuse train`)")
-    return recfuse.load(model_path, mmap=True), Interactions.load(train_path)
-
-
 def _evaluate(args) -> int:
     from recfuse.interactions import Interactions
     from recfuse.metrics import evaluate
+    from recfuse.persistence import load_folder
 
     say = _printer(args)
     if args.test:
@@ -696,7 +682,7 @@ def _evaluate(args) -> int:
         if given:  # they describe the columns of a --test log; test.npz has none
             raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
                              f"to the --test log only (FOLDER/test.npz is read as it is)")
-    model, train = _load_folder(args.folder)
+    model, train = load_folder(args.folder, mmap=True)
     extra = {}
     if args.test:
         weight, combine, ratings = args.weight, LOG_DEFAULTS["combine"], ""
@@ -747,8 +733,10 @@ def _evaluate(args) -> int:
 
 
 def _recommend(args) -> int:
+    from recfuse.persistence import load_folder
+
     say = _printer(args)
-    model, train = _load_folder(args.folder)
+    model, train = load_folder(args.folder, mmap=True)
     ids = train.user_ids.ids
     wanted = np.asarray(args.users)
     if ids.dtype.kind in "iu":
@@ -971,8 +959,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(demo)
     demo.set_defaults(run=_demo)
 
-    serve = command("serve", "serve a model file over HTTP (needs the serve extra)")
-    serve.add_argument("model", help="a model file written by model.save()")
+    serve = command("serve", "serve a model folder or file over HTTP (needs the serve extra)")
+    serve.add_argument("model", help="a model folder written by `recfuse train` (requests "
+                                     "name users and items by the ids of its training log), "
+                                     "or a model file written by model.save() (by its rows)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default %(default)s)")
     serve.add_argument("--port", type=_port, default=8000,

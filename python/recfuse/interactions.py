@@ -109,6 +109,7 @@ class IdMap:
 
     def _set(self, ids) -> None:
         self._index = None  # the lookup table, built on first use
+        self._kind = None  # kind, found on first use
         self._arrow = None
         if type(ids).__module__.split(".")[0] == "pyarrow":
             # Arrow strings (from_values on an Arrow column): their Python objects are made
@@ -147,6 +148,14 @@ class IdMap:
     def __len__(self) -> int:
         return len(self._arrow) if self._array is None else self._array.size
 
+    @property
+    def kind(self) -> str:
+        """What the ids are: "integer", "string", "floating", "bytes", "datetime" (pandas'
+        ``infer_dtype`` names), or "empty" for a map of no ids."""
+        if self._kind is None:  # found once: for object ids it reads every id
+            self._kind = _id_kind(self._ids) if len(self) else "empty"
+        return self._kind
+
     def __eq__(self, other) -> bool:
         return isinstance(other, IdMap) and np.array_equal(self._ids, other._ids)
 
@@ -164,7 +173,7 @@ class IdMap:
         kind = _id_kind(values)
         if kind.startswith("mixed"):  # else e.g. 1 would be looked up as "1" in ["a", 1]
             raise TypeError(f"ids mix types ({kind}); look up ids of one type (no None), as "
-                            f"the map holds {_id_kind(self._ids)} ids")
+                            f"the map holds {self.kind} ids")
         codes = self._lookup(values)
         if missing == "raise" and (codes < 0).any():
             unknown = np.asarray(values)[codes < 0]
@@ -184,7 +193,7 @@ class IdMap:
             return self
         if len(self) == 0:  # its dtype (e.g. float64 of IdMap([])) says nothing of the ids
             return IdMap._distinct(_factorize(values, "ids")[1])
-        _check_same_kind(self._ids, values)
+        _check_same_kind(self.kind, values)
         new = values[self._lookup(values) < 0]
         if new.size == 0:
             return self
@@ -198,12 +207,15 @@ class IdMap:
     def _lookup(self, values: np.ndarray) -> np.ndarray:
         if len(self) == 0 or values.size == 0:
             return np.full(values.size, -1, dtype=np.int64)
-        if not _same_kind(self._ids, values):
+        if not _same_kind(self.kind, values):
             return np.full(values.size, -1, dtype=np.int64)
         pandas = _optional_pandas()
         if pandas is not None:
             if self._index is None:
                 self._index = pandas.Index(self._ids)
+            if values.size <= _FEW_IDS:  # e.g. one request's users: ~1 us each, not ~100 us
+                return np.fromiter((self._position(value) for value in values.tolist()),
+                                   np.int64, values.size)
             return self._index.get_indexer(values).astype(np.int64, copy=False)
         if self._index is None:  # pragma: no cover - the NumPy path without pandas
             order = np.argsort(self._ids, kind="stable")
@@ -212,6 +224,18 @@ class IdMap:
         position = np.clip(np.searchsorted(sorted_ids, values), 0, len(self) - 1)
         found = sorted_ids[position] == values
         return np.where(found, order[position], -1).astype(np.int64)
+
+
+    def _position(self, value) -> int:
+        """The int of one id, -1 when unknown (pandas lookup table built)."""
+        try:
+            position = self._index.get_loc(value)
+        except (KeyError, TypeError, ValueError):  # TypeError/ValueError: an unhashable key
+            return -1
+        return position if isinstance(position, int) else -1
+
+
+_FEW_IDS = 16  # lookups of at most this many ids go one by one (get_indexer's fixed cost)
 
 
 def _as_id_array(values) -> np.ndarray:
@@ -244,8 +268,9 @@ def _id_kind(values: np.ndarray) -> str:
     return kind
 
 
-def _same_kind(a: np.ndarray, b: np.ndarray) -> bool:
-    ka, kb = _id_kind(a), _id_kind(b)
+def _same_kind(known: str, values: np.ndarray) -> bool:
+    """Whether ``values`` can be looked up among ids of kind ``known`` (an IdMap's)."""
+    ka, kb = known, _id_kind(values)
     return ka == kb or "empty" in (ka, kb) or {ka, kb} <= {"integer", "floating"}
 
 
@@ -260,9 +285,9 @@ def _exactly_as(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return cast
 
 
-def _check_same_kind(known: np.ndarray, new: np.ndarray) -> None:
+def _check_same_kind(known: str, new: np.ndarray) -> None:
     if not _same_kind(known, new):
-        raise TypeError(f"new ids are {_id_kind(new)} but the map holds {_id_kind(known)} ids; "
+        raise TypeError(f"new ids are {_id_kind(new)} but the map holds {known} ids; "
                         "one id column must hold one type")
 
 
@@ -947,7 +972,7 @@ class Interactions:
         """
         # the ids of a CSV file are read as text; matched to maps of string ids they stay text
         keep_text = [column for column, ids in ((user, user_ids), (item, item_ids))
-                     if isinstance(ids, IdMap) and len(ids) and _id_kind(ids.ids) == "string"]
+                     if isinstance(ids, IdMap) and len(ids) and ids.kind == "string"]
         columns = _columns_of(source, {"user": user, "item": item, "weight": weight,
                                        "timestamp": timestamp, "event": event},
                               dict(read_options or {}), keep_text)
@@ -1469,7 +1494,7 @@ def _map_ids(values, id_map: IdMap | None, name: str, extend: bool) -> tuple[IdM
         raise TypeError(f"{name} id map must be an IdMap, got {type(id_map).__name__}")
     _, uniques = _factorize(values, name)  # the same checks: missing values, mixed types
     if len(id_map):
-        _check_same_kind(id_map.ids, uniques)
+        _check_same_kind(id_map.kind, uniques)
     extended = id_map.extend(uniques) if extend else id_map
     array = values.to_numpy() if hasattr(values, "to_numpy") else np.asarray(values)
     return extended, extended._lookup(array).astype(np.int32)

@@ -26,6 +26,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ._typing import PathLike
+    from .interactions import Interactions
 
 ALIGNMENT = 64
 _PADDING_EXTRA_ID = 0xD935  # the id zipalign uses for alignment padding
@@ -404,6 +405,24 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
             raise
         raise ValueError(f"{path!r} holds a {model_name} that cannot be loaded: "
                          f"{error}") from error
+
+
+def load_folder(folder: PathLike, *, mmap: bool = False) -> tuple[Any, Interactions]:
+    """The model and the training data of a model folder (``recfuse train``'s output:
+    ``model.npz`` and ``train.npz``): ``(model, interactions)``, whose ``user_ids`` and
+    ``item_ids`` name the model's rows by the ids of the event log. ``mmap`` as ``load``."""
+    from .interactions import Interactions
+
+    folder = os.fsdecode(os.fspath(folder))
+    model_path = os.path.join(folder, "model.npz")
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(f"no model in {folder!r}: expected {model_path!r} "
+                                "(made by `recfuse train DATA -o FOLDER`)")
+    train_path = os.path.join(folder, "train.npz")
+    if not os.path.isfile(train_path):  # else Interactions.load says "no model file at ..."
+        raise FileNotFoundError(f"{folder!r} has a model but no training data: expected "
+                                f"{train_path!r} (written beside model.npz by `recfuse train`)")
+    return load(model_path, mmap=mmap), Interactions.load(train_path)
 
 
 # Header params that are not constructor arguments: a scorer's layer layout.

@@ -1,6 +1,14 @@
 """An HTTP JSON API over a ``recfuse.Recommender`` (Starlette + uvicorn: ``pip install
 "recfuse[serve]"``), started by ``recfuse serve MODEL`` or ``create_app(recommender)``.
 
+Users and items are named by the model's rows (ints >= 0: a server of a model file), or by
+the ids of the training log (integers or strings, as the log had them: a server of a model
+folder written by ``recfuse train``, or ``create_app(..., ids=training_data)``). With ids,
+users and items first met in /events are added (items as ``unknown_items`` says), an
+unknown user gets the popular list, unknown ids in exclude lists are ignored, and /reload
+of the folder replays the logged events by their ids into the new model, whatever rows its
+training gave them.
+
 Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
 
 - ``POST /recommend`` ``{"user": 3, "k": 10, "exclude": [1, 2], "context": [0.5, 1.0]}``
@@ -10,18 +18,20 @@ Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
   answered by one native call (micro-batching, below).
 - ``POST /events`` ``{"user": [...], "item": [...], "weight": [...]}`` (or scalars) ->
   ``{"accepted", "pending_events", "model_version"}``; visible to the next /recommend.
-- ``POST /reload`` -> reloads the model file the server was started with, and its ranker
-  file when it was started with one (``swap_model``, atomic: model and ranker change
-  together); a file that fails to load answers 422 and the old ones keep serving.
-- ``GET /health`` -> the model's version, backend, sizes, ranker and the event log's length.
+- ``POST /reload`` -> reloads the model file (or folder) the server was started with, and
+  its ranker file when it was started with one (``swap_model``, atomic: model and ranker
+  change together); a file that fails to load answers 422 and the old ones keep serving.
+- ``GET /health`` -> the model's version, backend, sizes, ranker, the event log's length and
+  how ids are named (``"ids"``: "rows" or "training log").
 - ``GET /metrics`` -> Prometheus text: requests by route and status, latency histograms,
   micro-batch sizes, model version, pending and dropped events.
 
 Status codes: 400 malformed JSON (or a body cut short by the client), 413 body over
 ``max_body_bytes``, 422 a well-formed request that is wrong (types, ranges, limits, unknown
 items under ``unknown_items="reject"``, a model file that does not load), 404/405 unknown
-route or method, 503 a request unfinished when shutdown's grace period ends (``serve``), 500
-a bug (logged; the server keeps running).
+route or method, 503 a request unfinished when shutdown's grace period ends (``serve``) or
+one whose model kept being reloaded while it was answered, 500 a bug (logged; the server
+keeps running).
 
 Micro-batching: single-user requests go to a ``recfuse.MicroBatcher`` (``workers`` threads,
 at most ``max_micro_batch`` requests per batch, a bounded wait of ``batch_wait`` seconds;
@@ -40,6 +50,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import signal
 import socket
 import threading
@@ -60,12 +71,16 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
 
 from . import _validation as check
 from .batching import MicroBatcher
+from .interactions import IdMap, Interactions
+from .persistence import load_folder
 from .ranking import load_scorer
-from .serving import Recommender
+from .serving import Events, Recommender
 
 LOG = logging.getLogger("recfuse.server")
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_UNKNOWN_USER = check.INT64_MAX  # a row no user is given: the Recommender's cold start
+_MODEL_CHANGES = 1000  # retries of a request whose model was swapped while it was mapped
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -175,9 +190,158 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------- ids
+
+
+class _Rows:
+    """Requests and answers name users and items by the model's rows (a server started
+    from a model file): ints >= 0, the same in every model version."""
+
+    version = None  # any: a row is the same user or item after a swap
+
+    def user(self, value, name: str):
+        return _integer(value, name)
+
+    def check(self, values: list, name: str, kind: str) -> list:
+        for entry in values:
+            if isinstance(entry, bool) or not isinstance(entry, int) or entry < 0:
+                raise _BadRequest(422, f"{name} must hold integers >= 0, got {entry!r:.40}")
+            if entry > check.INT64_MAX:
+                raise _BadRequest(422, f"{name} must hold ids <= {check.INT64_MAX} (int64), "
+                                       f"got {entry}")
+        return values
+
+    def rows(self, kind: str, values: list) -> np.ndarray:
+        return np.array(values, dtype=np.int64)
+
+    def admit(self, users: list, items: list, recommender: Recommender):
+        """The rows of /events' users and items (the Recommender judges unknown ones)."""
+        return self.rows("user", users), self.rows("item", items)
+
+    def external(self, kind: str, rows: np.ndarray) -> list:
+        return rows.tolist()
+
+
+class _Ids:
+    """Requests and answers name users and items by the ids of the training log (a server
+    started from a model folder, or given ``ids``), mapped to the rows of one model version:
+    the training data's ``IdMap``s, then the users and items first met in /events after
+    them, given the next rows in order of arrival. Grown by the writer thread alone (a row
+    once given is never given to another id); a reader sees an id being added or not yet,
+    both answers being right (an unknown user gets the popular list)."""
+
+    def __init__(self, users: IdMap, items: IdMap) -> None:
+        self.version: int | None = None  # of the model these rows belong to, once installed
+        self.maps = {"user": users, "item": items}
+        for kind, id_map in self.maps.items():
+            if id_map.kind not in ("integer", "string"):
+                raise ValueError(f"the training data's {kind} ids are {id_map.kind}; requests "
+                                 f"name ids in JSON, as integers or strings")
+        self.added: dict = {"user": {}, "item": {}}  # id -> row, past the map's rows
+        self.added_ids: dict = {"user": [], "item": []}  # row - len(map) -> id
+
+    @classmethod
+    def of(cls, ids) -> "_Ids":
+        if isinstance(ids, Interactions):
+            return cls(ids.user_ids, ids.item_ids)
+        if isinstance(ids, tuple) and len(ids) == 2 and all(isinstance(m, IdMap) for m in ids):
+            return cls(*ids)
+        raise TypeError(f"ids must be the training Interactions (or a pair of IdMaps: users, "
+                        f"items), got {type(ids).__name__}")
+
+    def check_sizes(self, users: int, items: int, source: str) -> None:
+        sizes = len(self.maps["user"]), len(self.maps["item"])
+        if sizes != (users, items):
+            raise ValueError(f"the ids name {sizes[0]} users and {sizes[1]} items; {source} "
+                             f"has {users} users x {items} items (a model and training data "
+                             f"of different trainings?)")
+
+    def user(self, value, name: str):
+        return self.check([value], name, "user")[0]
+
+    def check(self, values: list, name: str, kind: str) -> list:
+        id_map = self.maps[kind]
+        if id_map.kind == "string":
+            wanted, low, high = str, None, None
+        else:  # the map's integer type bounds what it can hold
+            dtype = id_map.ids.dtype
+            bounds = np.iinfo(dtype if dtype.kind in "iu" else np.int64)
+            wanted, low, high = int, int(bounds.min), int(bounds.max)
+        for entry in values:
+            if isinstance(entry, bool) or not isinstance(entry, wanted) or (
+                    low is not None and not low <= entry <= high):
+                expected = "strings" if low is None else f"integers from {low} to {high}"
+                raise _BadRequest(422, f"{name} must hold {kind} ids of the training log "
+                                       f"({expected}), got {type(entry).__name__} "
+                                       f"{entry!r:.40}")
+        return values
+
+    def rows(self, kind: str, values: list) -> np.ndarray:
+        """The rows of ``values`` (checked ids), -1 where an id has none."""
+        rows = self.maps[kind].to_internal(values, missing="ignore") if values else \
+            np.zeros(0, np.int64)
+        added = self.added[kind]
+        for position in np.flatnonzero(rows < 0).tolist():
+            rows[position] = added.get(values[position], -1)
+        return rows
+
+    def admit(self, users: list, items: list, recommender: Recommender):
+        """The rows of /events' users and items (writer only): new users are added; new
+        items as ``recommender.unknown_items`` says, within its ``max_new_items``. A row
+        is given before the events are observed, and kept should observe refuse them."""
+        user_rows, item_rows = self.rows("user", users), self.rows("item", items)
+        unknown = item_rows < 0
+        if unknown.any():
+            new_items = {items[p] for p in np.flatnonzero(unknown).tolist()}
+            if recommender.unknown_items == "reject":
+                raise _BadRequest(422, f"unknown item ids {sorted(new_items)[:5]} (not in the "
+                                       f"training data; unknown_items='reject')")
+            room = recommender.max_new_items - len(self.added_ids["item"])
+            if len(new_items) > room:
+                raise _BadRequest(422, f"{len(new_items)} new item ids, room for {room} more "
+                                       f"(max_new_items {recommender.max_new_items})")
+            self.add("item", items, item_rows)
+        self.add("user", users, user_rows)
+        return user_rows, item_rows
+
+    def add(self, kind: str, values: list, rows: np.ndarray) -> None:
+        """Give the ids without a row (``rows`` -1, updated) the next rows (writer only)."""
+        added, order = self.added[kind], self.added_ids[kind]
+        first = len(self.maps[kind])
+        for position in np.flatnonzero(rows < 0).tolist():
+            value = values[position]
+            row = added.get(value)
+            if row is None:
+                row = first + len(order)
+                order.append(value)  # before the dict: a reader finding the row finds its id
+                added[value] = row
+            rows[position] = row
+
+    def external(self, kind: str, rows: np.ndarray) -> list:
+        """The ids of rows (each a known or added row)."""
+        id_map, order = self.maps[kind], self.added_ids[kind]
+        first = len(id_map)
+        known = iter(id_map.ids[rows[rows < first]].tolist())
+        return [next(known) if row < first else order[row - first] for row in rows.tolist()]
+
+    def renumbered(self, new: "_Ids", add_items: bool):
+        """A ``swap_model(replay=...)`` function: logged events from this version's rows to
+        ``new``'s, ids it lacks added (items only with ``add_items``: else their events are
+        left out, as the new model would refuse them)."""
+        def renumber(events: Events) -> Events:
+            users = self.external("user", events.users)
+            items = self.external("item", events.items)
+            user_rows, item_rows = new.rows("user", users), new.rows("item", items)
+            new.add("user", users, user_rows)
+            if add_items:
+                new.add("item", items, item_rows)
+            keep = item_rows >= 0
+            return Events(user_rows[keep], item_rows[keep], events.weights[keep])
+
+        return renumber
+
+
 # ---------------------------------------------------------------------- request checks
-
-
 
 
 def _integer(value, name: str, minimum: int = 0, maximum: int | None = None) -> int:
@@ -191,18 +355,13 @@ def _integer(value, name: str, minimum: int = 0, maximum: int | None = None) -> 
     return value
 
 
-def _integers(value, name: str, limit: int) -> list:
+def _id_list(value, name: str, limit: int, naming, kind: str) -> list:
+    """A list of at most ``limit`` user or item (``kind``) ids, as ``naming`` names them."""
     if not isinstance(value, list):
-        raise _BadRequest(422, f"{name} must be a list of integers, got {type(value).__name__}")
+        raise _BadRequest(422, f"{name} must be a list of ids, got {type(value).__name__}")
     if len(value) > limit:
         raise _BadRequest(422, f"{name} has {len(value)} entries; at most {limit} are accepted")
-    for entry in value:
-        if isinstance(entry, bool) or not isinstance(entry, int) or entry < 0:
-            raise _BadRequest(422, f"{name} must hold integers >= 0, got {entry!r:.40}")
-        if entry > check.INT64_MAX:
-            raise _BadRequest(422, f"{name} must hold ids <= {check.INT64_MAX} (int64), got "
-                                   f"{entry}")
-    return value
+    return naming.check(value, name, kind)
 
 
 def _in_float64(value) -> bool:
@@ -242,13 +401,13 @@ def _fields(body, allowed: set, name: str) -> dict:
     return body
 
 
-def _row(result, position: int | None = None) -> dict:
+def _row(result, naming, position: int | None = None) -> dict:
     ids, scores, stages = result.ids, result.scores, result.stages
     if position is not None:
         ids, scores, stages = ids[position], scores[position], stages[position]
     keep = ids >= 0
-    return {"items": ids[keep].tolist(), "scores": scores[keep].astype(float).tolist(),
-            "stages": stages[keep].tolist()}
+    return {"items": naming.external("item", ids[keep]),
+            "scores": scores[keep].astype(float).tolist(), "stages": stages[keep].tolist()}
 
 
 # ---------------------------------------------------------------------- the app
@@ -256,14 +415,40 @@ def _row(result, position: int | None = None) -> dict:
 
 def create_app(recommender: Recommender, *, model_path: str | None = None,
                ranker_path: str | None = None, ranker_options: dict | None = None,
-               limits: Limits | None = None) -> Starlette:
-    """The Starlette app serving ``recommender``; /reload reloads ``model_path`` and, when
-    given, the ranker from ``ranker_path`` (``load_scorer(ranker_path, **ranker_options)``);
-    else the ranker being served is kept."""
+               limits: Limits | None = None,
+               ids: Interactions | tuple[IdMap, IdMap] | None = None) -> Starlette:
+    """The Starlette app serving ``recommender``.
+
+    ``ids``: None (requests and answers name users and items by the model's rows), or the
+    training data (``Interactions``, or a pair of ``IdMap``: users, items) whose ids name
+    the model's rows: requests then name users and items by those ids (the event log's,
+    integers or strings), and users and items first met in /events are added.
+
+    /reload reloads ``model_path``, a model file, or with ``ids`` a model folder
+    (``recfuse train``'s: its model.npz with the ids of its train.npz; the logged events
+    are replayed by their ids, whatever rows the new training gave them), and, when given,
+    the ranker from ``ranker_path`` (``load_scorer(ranker_path, **ranker_options)``); else
+    the ranker being served is kept."""
     limits = limits or Limits()
     if recommender.k > limits.max_k:  # else every request that gives no k would be refused
         raise ValueError(f"the recommender's k ({recommender.k}, the list length of requests "
                          f"that give none) exceeds max_k ({limits.max_k})")
+    folder = model_path is not None and os.path.isdir(model_path)
+    if ids is None and folder:
+        raise ValueError(f"model_path {model_path!r} is a model folder: give its training "
+                         f"data as ids (recfuse.persistence.load_folder reads both), so that "
+                         f"requests name users and items by its ids")
+    if ids is not None and model_path is not None and not folder:
+        raise ValueError(f"with ids, model_path must be a model folder (model.npz and "
+                         f"train.npz), so that /reload reads the ids with the model; got the "
+                         f"file {model_path!r}")
+    naming: dict = {"now": _Rows()}  # "now": how requests name users and items
+    if ids is not None:
+        named = _Ids.of(ids)
+        info = recommender.info()
+        named.check_sizes(info["users"], info["items"], "the recommender's model")
+        named.version = info["version"]
+        naming["now"] = named
     metrics = Metrics()
     readers = concurrent.futures.ThreadPoolExecutor(limits.workers, "recfuse-recommend")
     writers = concurrent.futures.ThreadPoolExecutor(1, "recfuse-write")
@@ -329,26 +514,35 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
             return await recommend_many(body, k, width)
         if "user" not in body:
             raise _BadRequest(422, "give 'user' (one id) or 'users' (a list of ids)")
-        user = _integer(body["user"], "user")
+        user = naming["now"].user(body["user"], "user")
         exclude = body.get("exclude")
         if exclude is not None:
-            exclude = _integers(exclude, "exclude", limits.max_exclude)
+            exclude = _id_list(exclude, "exclude", limits.max_exclude, naming["now"], "item")
         context = body.get("context")
         if width and context is None:
             raise _BadRequest(422, f"context is required: a list of {width} numbers")
         if context is not None:
             context = _numbers(context, "context", width)
-        # the requests of one event-loop turn are queued together, with one wake-up
-        result = await batcher().submit_async(user, k, exclude, context)
-        return JSONResponse({"user": user, **_row(result), "model_version": result.version})
+        for _ in range(_MODEL_CHANGES):
+            named = naming["now"]
+            row = int(_user_rows(named, [user])[0])
+            rows = None if exclude is None else _item_rows(named, exclude)
+            # the requests of one event-loop turn are queued together, with one wake-up
+            result = await batcher().submit_async(row, k, rows, context)
+            if named.version in (None, result.version):
+                return JSONResponse({"user": user, **_row(result, named),
+                                     "model_version": result.version})
+            await asyncio.sleep(0.001)  # a reload is installing its ids
+        raise _BadRequest(503, "the model kept changing during the request; try again")
 
     async def recommend_many(body: dict, k: int, width: int) -> Response:
-        users = _integers(body["users"], "users", limits.max_batch)
+        users = _id_list(body["users"], "users", limits.max_batch, naming["now"], "user")
         excludes = body.get("excludes")
         if excludes is not None:
             if not isinstance(excludes, list) or len(excludes) != len(users):
                 raise _BadRequest(422, "excludes must be a list with one list per user")
-            excludes = [None if e is None else _integers(e, f"excludes[{p}]", limits.max_exclude)
+            excludes = [None if e is None else
+                        _id_list(e, f"excludes[{p}]", limits.max_exclude, naming["now"], "item")
                         for p, e in enumerate(excludes)]
         contexts = body.get("contexts")
         if width and contexts is None:
@@ -358,11 +552,23 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                 raise _BadRequest(422, "contexts must be a list with one list per user")
             contexts = np.array([_numbers(c, f"contexts[{p}]", width)
                                  for p, c in enumerate(contexts)], dtype=np.float32)
+
+        def answer():
+            for _ in range(_MODEL_CHANGES):
+                named = naming["now"]
+                rows = [None if e is None else _item_rows(named, e) for e in excludes] \
+                    if excludes is not None else None
+                result = recommender.recommend_batch(_user_rows(named, users), k, rows,
+                                                     contexts)
+                if named.version in (None, result.version):
+                    return named, result
+                time.sleep(0.001)  # a reload is installing its ids
+            raise _BadRequest(503, "the model kept changing during the request; try again")
+
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(readers, recommender.recommend_batch, users, k,
-                                            excludes, contexts)
+        named, result = await loop.run_in_executor(readers, answer)
         metrics.record_batch(len(users))
-        return JSONResponse({"results": [{"user": u, **_row(result, p)}
+        return JSONResponse({"results": [{"user": u, **_row(result, named, p)}
                                          for p, u in enumerate(users)],
                              "model_version": result.version})
 
@@ -380,15 +586,19 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                 raise _BadRequest(422, f"{name} has {len(value)} entries; at most "
                                        f"{limits.max_events} events are accepted per request")
             if name == "weight":
-                _weights(value)
+                columns[name] = np.array(_weights(value), dtype=np.float64)
             else:
-                _integers(value, name, limits.max_events)
-            columns[name] = np.array(value, dtype=np.float64 if name == "weight" else np.int64)
+                columns[name] = naming["now"].check(value, name, name)
         loop = asyncio.get_running_loop()
-        accepted = await loop.run_in_executor(writers, recommender.observe, columns)
+        accepted = await loop.run_in_executor(writers, observe, columns)
         info = recommender.info()
         return JSONResponse({"accepted": accepted, "pending_events": info["pending_events"],
                              "model_version": info["version"]})
+
+    def observe(columns: dict) -> int:
+        """/events in the writer thread (which alone adds ids, and installs reloads)."""
+        users, items = naming["now"].admit(columns["user"], columns["item"], recommender)
+        return recommender.observe({**columns, "user": users, "item": items})
 
     async def reload(request: Request) -> Response:
         _fields(await body_of(request), set(), "/reload")
@@ -397,10 +607,20 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                                    "reload")
 
         def reload_files() -> int:  # in the writer thread: loading takes a while
-            if ranker_path is None:
-                return recommender.swap_model(model_path)
-            ranker = load_scorer(ranker_path, **(ranker_options or {}))
-            return recommender.swap_model(model_path, ranker=ranker)
+            options = {}
+            if ranker_path is not None:
+                options["ranker"] = load_scorer(ranker_path, **(ranker_options or {}))
+            if not folder:
+                return recommender.swap_model(model_path, **options)
+            model, train = load_folder(model_path)
+            named = _Ids.of(train)
+            named.check_sizes(model.user_factors.shape[0], model.item_factors.shape[0],
+                              f"{model_path!r}'s model.npz")
+            renumber = naming["now"].renumbered(named, recommender.unknown_items == "add")
+            version = recommender.swap_model(model, replay=renumber, **options)
+            named.version = version
+            naming["now"] = named
+            return version
 
         loop = asyncio.get_running_loop()
         try:
@@ -411,7 +631,11 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         return JSONResponse({"model_version": version})
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", **recommender.info()})
+        info = recommender.info()
+        if folder:  # the model object loaded from it
+            info["source"] = model_path
+        return JSONResponse({"status": "ok", **info,
+                             "ids": "rows" if ids is None else "training log"})
 
     async def prometheus(request: Request) -> Response:
         return PlainTextResponse(metrics.render(recommender),
@@ -460,6 +684,19 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
     return app
 
 
+def _user_rows(named, users: list) -> np.ndarray:
+    """The rows of users; an unknown user gets a row no user has (the popular list)."""
+    rows = named.rows("user", users)
+    rows[rows < 0] = _UNKNOWN_USER
+    return rows
+
+
+def _item_rows(named, items: list) -> np.ndarray:
+    """The rows of items to exclude; unknown ones left out (they cannot be recommended)."""
+    rows = named.rows("item", items)
+    return rows[rows >= 0]
+
+
 def http_stack() -> dict:
     """What uvicorn runs on here: {"http": "httptools" or "h11", "loop": "uvloop" or
     "asyncio"} (the faster ones come with the serve extra; uvicorn falls back by itself)."""
@@ -489,7 +726,8 @@ def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000
           model_path: str | None = None, ranker_path: str | None = None,
           ranker_options: dict | None = None, limits: Limits | None = None,
           log_level: str = "warning", sock: socket.socket | None = None,
-          shutdown_timeout: float = 10.0) -> None:
+          shutdown_timeout: float = 10.0,
+          ids: Interactions | tuple[IdMap, IdMap] | None = None) -> None:
     """Run the API with uvicorn until interrupted (``create_app`` for the arguments) on
     ``sock`` (``listening_socket``; by default one bound to ``host`` and ``port`` here).
     On SIGTERM or SIGINT, requests in flight get ``shutdown_timeout`` seconds to finish
@@ -500,7 +738,7 @@ def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000
 
     shutdown_timeout = check.check_float(shutdown_timeout, "shutdown_timeout", minimum=0.0)
     app = create_app(recommender, model_path=model_path, ranker_path=ranker_path,
-                     ranker_options=ranker_options, limits=limits)
+                     ranker_options=ranker_options, limits=limits, ids=ids)
     if sock is None:
         sock = listening_socket(host, port)
     # Everything loaded so far lives as long as the process: out of the cyclic collector's

@@ -611,7 +611,7 @@ class Recommender:
 
     def swap_model(self, source: Retriever, *,
                    ranker: Ranker = _KEEP,  # type: ignore[assignment]  # _KEEP: the current one
-                   replay: bool = True) -> int:
+                   replay: bool | Callable[[Events], Events] = True) -> int:
         """Serve the model in ``source`` (a file path or a fitted model) from now on.
 
         ``ranker``: the ranker to serve with it (an ``MLPScorer``, a fitted ``MLPRanker``, a
@@ -621,9 +621,17 @@ class Recommender:
         The new model (and its ranker's prepared items) is loaded while the old one keeps
         answering, then installed atomically with its ranker. With ``replay`` the events
         still in ``pending_events()`` are folded into the new model (a retrain that consumed
-        them should clear the log with ``pending_events(clear=True)`` when it starts). If
-        anything fails the old model stays and the error is raised. Returns the new version.
+        them should clear the log with ``pending_events(clear=True)`` when it starts).
+        ``replay`` may also be a function that renumbers the logged ``Events`` for the new
+        model, when its rows name other users or items than the old one's (a retrain on a
+        log whose ids were numbered anew): called once, writer lock held, with every logged
+        event; what it returns is replayed and becomes the log. If anything fails (the
+        function included) the old model and the log stay and the error is raised. Returns
+        the new version.
         """
+        renumber = replay if callable(replay) else None
+        if renumber is None:
+            replay = check.check_flag(replay, "replay")
         chosen = None if ranker is _KEEP else _ranker_of(ranker)
         # one swap at a time, from reading the current ranker to installing: a swap that keeps
         # "the current ranker" must not put back the one a concurrent swap has just replaced
@@ -639,10 +647,18 @@ class Recommender:
                 # numbered here: a swap that fails (e.g. in the replay) uses up no version
                 built = replace(built, version=self._versions + 1)
                 state = _State(built)
+                log = None
                 if replay and self._log:
                     events = _concatenate(list(self._log))
+                    if renumber is not None:
+                        # a copy: the function's arrays stay the caller's
+                        events = log = _concatenate([_events(renumber(events))])
                     self._apply(state, *events)
                 self._state = state
+                if log is not None:  # one chunk: the log in the new model's numbers
+                    self._log.clear()
+                    self._log.append(log)
+                    self._logged = log.users.size
                 self._versions = built.version
         return built.version
 
