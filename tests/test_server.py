@@ -771,3 +771,60 @@ def test_recfuse_serve_of_a_model_folder_answers_as_recfuse_recommend(tmp_path):
         client.close()
         process.terminate()
         process.wait(30)
+
+
+def test_answers_during_reloads_that_renumber_are_those_of_the_model_that_answered(tmp_path):
+    """A request maps its ids with the rows of one model version: were it answered by a
+    model of other rows (a reload installed meanwhile), it would get another user's list.
+    Answers while reloads alternate two numberings each match their model_version's."""
+    from recfuse.persistence import load_folder
+
+    trainings = [_log(), _log(extra=True)]
+    folders = []
+    for position, train in enumerate(trainings):
+        folders.append(tmp_path / str(position))
+        folders[-1].mkdir()
+        _save_folder(folders[-1], train, position)
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    for name in ("model.npz", "train.npz"):
+        (serving / name).write_bytes((folders[0] / name).read_bytes())
+    want = {}
+    for position, (folder, train) in enumerate(zip(folders, trainings)):
+        model, _ = load_folder(folder)
+        embedded = recfuse.Recommender(model, k=5, num_threads=1)
+        rows = train.user_ids.to_internal(["u05", "u06"]).tolist()
+        want[position] = [_named(embedded.recommend(row), train) for row in rows]
+    assert want[0] != want[1]
+    model, ids = load_folder(serving)
+    running = Running(create_app(recfuse.Recommender(model, k=5, num_threads=1),
+                                 model_path=str(serving), ids=ids))
+    stop = threading.Event()
+    wrong = []
+
+    def ask():
+        while not stop.is_set():
+            one = running.client.post("/recommend", json={"user": "u05"}).json()
+            many = running.client.post("/recommend", json={"users": ["u05", "u06"]}).json()
+            for version, items in ((one["model_version"], [one["items"]]),
+                                   (many["model_version"], [r["items"] for r in
+                                                            many["results"]])):
+                expected = want[(version - 1) % 2]  # version 1: the first training
+                if items != expected[:len(items)]:
+                    wrong.append((version, items))
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            askers = [pool.submit(ask) for _ in range(3)]
+            for reload in range(1, 9):
+                for name in ("model.npz", "train.npz"):
+                    (serving / name).write_bytes((folders[reload % 2] / name).read_bytes())
+                assert running.client.post("/reload").json()["model_version"] == reload + 1
+                time.sleep(0.05)
+            stop.set()
+            for asker in askers:
+                asker.result()
+        assert not wrong, wrong[:3]
+    finally:
+        stop.set()
+        running.stop()
