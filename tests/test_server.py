@@ -309,6 +309,18 @@ def _ranker(factors: int, seed: int) -> recfuse.MLPScorer:
         (rng.standard_normal((1, 8)).astype(np.float32), None, "identity")])
 
 
+def _health_once_started(client, process, log):
+    """/health of a `recfuse serve` process, once it listens (its stderr in ``log``)."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return client.get("/health")
+        except httpx.TransportError:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "recfuse serve did not start"
+            time.sleep(0.1)
+
+
 def test_recfuse_serve_ranks_with_a_ranker_file_and_reloads_it(model_file, tmp_path):
     factors = recfuse.load(model_file).item_factors.shape[1]
     ranker_path = tmp_path / "ranker.npz"
@@ -322,15 +334,7 @@ def test_recfuse_serve_ranks_with_a_ranker_file_and_reloads_it(model_file, tmp_p
             stdout=subprocess.DEVNULL, stderr=stderr)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                health = client.get("/health")
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "recfuse serve did not start"
-                time.sleep(0.1)
+        health = _health_once_started(client, process, log)
         assert "ranked by" in log.read_text()
         assert health.json()["ranker"] and health.json()["context_width"] == 1
         assert health.json()["ranker_source"] == str(ranker_path)
@@ -751,15 +755,7 @@ def test_recfuse_serve_of_a_model_folder_answers_as_recfuse_recommend(tmp_path):
                                    stderr=stderr)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client.get("/health")
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, log_file.read_text()
-                assert time.monotonic() < deadline, "recfuse serve did not start"
-                time.sleep(0.1)
+        _health_once_started(client, process, log_file)
         assert "named by the ids of its training log" in log_file.read_text()
         for user in ("u05", "u07"):
             reply = client.post("/recommend", json={"user": user}).json()
