@@ -105,6 +105,10 @@ def test_events_are_visible_and_kept_after_a_rejected_request(server):
     bad = server.client.post("/events", json={"user": [6, 7], "item": [2, N_ITEMS + 1]})
     assert bad.status_code == 422 and "unknown item" in bad.json()["error"]
     assert server.client.get("/health").json()["pending_events"] == pending
+    logged = server.client.get("/events").json()
+    assert (logged["user"][-1], logged["item"][-1], logged["weight"][-1]) == (6, first[0], 3.0)
+    assert len(logged["user"]) == pending
+    assert server.client.request("DELETE", "/events", json={"all": 1}).status_code == 422
 
 
 @pytest.mark.parametrize("path, payload, status, message", [
@@ -721,6 +725,14 @@ def test_reload_of_a_model_folder_replays_the_events_by_their_ids(tmp_path):
             assert answer["model_version"] == 2
         # the new item 77 kept its id after the renumbering, and more events still land
         assert client.post("/events", json={"user": ["u05"], "item": [77]}).status_code == 200
+        # the log, for the next retrain, by ids: DELETE takes it, GET only reads it
+        logged = {"user": ["zz", "u03", "zz", "u05"], "item": [1007, 1014, 77, 77],
+                  "weight": [1.0] * 4, "dropped_events": 0, "model_version": 2}
+        assert client.get("/events").json() == logged
+        assert client.delete("/events").json() == logged
+        assert client.get("/events").json()["user"] == []
+        assert client.post("/events", json={"user": "zz", "item": 1000}).status_code == 200
+        assert client.get("/events").json()["item"] == [1000]
         assert 77 not in client.post("/recommend", json={"user": "u05", "k": 100}).json()["items"]
         # a folder whose model and training data disagree: 422, the old model and ids stay
         before = client.post("/recommend", json={"user": "zz"}).json()

@@ -18,6 +18,9 @@ Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
   answered by one native call (micro-batching, below).
 - ``POST /events`` ``{"user": [...], "item": [...], "weight": [...]}`` (or scalars) ->
   ``{"accepted", "pending_events", "model_version"}``; visible to the next /recommend.
+- ``GET /events`` -> the logged events (the newest ``max_pending_events``), oldest first,
+  for the next retrain: ``{"user", "item", "weight", "dropped_events", "model_version"}``;
+  ``DELETE /events`` answers the same and empties the log (events arriving later are kept).
 - ``POST /reload`` -> reloads the model file (or folder) the server was started with, and
   its ranker file when it was started with one (``swap_model``, atomic: model and ranker
   change together); a file that fails to load answers 422 and the old ones keep serving.
@@ -573,6 +576,8 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                              "model_version": result.version})
 
     async def events(request: Request) -> Response:
+        if request.method != "POST":
+            return await logged(request)
         body = _fields(await body_of(request), {"user", "item", "weight"}, "/events")
         if "user" not in body or "item" not in body:
             raise _BadRequest(422, "events need 'user' and 'item' (lists of ids, or one id each)")
@@ -594,6 +599,23 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         info = recommender.info()
         return JSONResponse({"accepted": accepted, "pending_events": info["pending_events"],
                              "model_version": info["version"]})
+
+    async def logged(request: Request) -> Response:
+        """GET: the logged events (by the ids requests use); DELETE: the same, taken out of
+        the log (for a retrain: events arriving meanwhile stay for the next one)."""
+        _fields(await body_of(request), set(), f"{request.method} /events")
+
+        def read() -> dict:  # in the writer thread: rows and ids of one model version
+            taken = recommender.pending_events(clear=request.method == "DELETE")
+            named = naming["now"]
+            return {"user": named.external("user", taken.users),
+                    "item": named.external("item", taken.items),
+                    "weight": taken.weights.tolist(),
+                    "dropped_events": recommender.dropped_events,
+                    "model_version": recommender.version}
+
+        loop = asyncio.get_running_loop()
+        return JSONResponse(await loop.run_in_executor(writers, read))
 
     def observe(columns: dict) -> int:
         """/events in the writer thread (which alone adds ids, and installs reloads)."""
@@ -672,7 +694,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
 
     routes = [
         Route("/recommend", timed("/recommend", recommend), methods=["POST"]),
-        Route("/events", timed("/events", events), methods=["POST"]),
+        Route("/events", timed("/events", events), methods=["POST", "GET", "DELETE"]),
         Route("/reload", timed("/reload", reload), methods=["POST"]),
         Route("/health", timed("/health", health), methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
