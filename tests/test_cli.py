@@ -410,6 +410,21 @@ def test_folder_without_training_data_names_the_missing_file(tmp_path):
         assert "model file" not in error and "Traceback" not in error
 
 
+def test_a_folder_of_two_trainings_is_refused_not_misread(tmp_path):
+    """`recfuse train` renames its files one by one: a reader between two renames got the
+    model of one training with the ids of another (same sizes: every row another user's)."""
+    for name, items in (("a", [1, 2, 2, 3, 1]), ("b", [2, 1, 3, 3, 1])):
+        pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": items}).to_csv(
+            tmp_path / f"{name}.csv", index=False)
+        run("train", tmp_path / f"{name}.csv", "-o", tmp_path / name, "--split", "none",
+            "--factors", 2, "--iterations", 1)
+    os.replace(tmp_path / "b" / "train.npz", tmp_path / "a" / "train.npz")
+    for command in ("recommend", "evaluate"):
+        extra = [1] if command == "recommend" else ["--test", tmp_path / "a.csv"]
+        _one_line_error(run(command, tmp_path / "a", *extra, check_rc=2), command,
+                        "model.npz (3 users x 3 items) was not trained on train.npz")
+
+
 def _one_line_error(result, command: str, *expected: str) -> str:
     """The stderr of a refused run: one "recfuse COMMAND: error: ..." line holding each of
     ``expected``, nothing on stdout (refused before any work printed anything)."""

@@ -739,7 +739,7 @@ def test_reload_of_a_model_folder_replays_the_events_by_their_ids(tmp_path):
         _log().save(tmp_path / "train.npz")
         refused = client.post("/reload")
         assert refused.status_code == 422, refused.text
-        assert "the ids name 40 users and 30 items" in refused.json()["error"]
+        assert "was not trained on train.npz" in refused.json()["error"]
         assert client.post("/recommend", json={"user": "zz"}).json() == before
     finally:
         running.stop()

@@ -422,7 +422,39 @@ def load_folder(folder: PathLike, *, mmap: bool = False) -> tuple[Any, Interacti
     if not os.path.isfile(train_path):  # else Interactions.load says "no model file at ..."
         raise FileNotFoundError(f"{folder!r} has a model but no training data: expected "
                                 f"{train_path!r} (written beside model.npz by `recfuse train`)")
-    return load(model_path, mmap=mmap), Interactions.load(train_path)
+    model, train = load(model_path, mmap=mmap), Interactions.load(train_path)
+    _check_trained_on(model, train, folder)
+    return model, train
+
+
+def _check_trained_on(model, train: Interactions, folder: str) -> None:
+    """Refuse a folder whose model was not trained on its train.npz: a ``recfuse train``
+    into it renames its files one after another, so a reader between two renames would get
+    a model and ids of two trainings (rows naming other users: silently wrong answers)."""
+    from .models.bpr import BPR
+    from .models.explicit_als import ExplicitALS
+    from .models.sgd import SVD, SVDpp
+    from .models.als import ALS
+
+    if isinstance(model, ALS):
+        seen = model._user_items
+    elif isinstance(model, BPR):
+        seen = model._tables()[3]
+    elif isinstance(model, (SVD, SVDpp, ExplicitALS)):
+        seen = model._require_fitted().seen.to_scipy(model.item_factors.shape[0])
+    else:
+        raise ValueError(f"{folder!r}: model.npz holds a {type(model).__name__}, not a factor "
+                         f"model that `recfuse train` writes")
+    matrix = train.matrix
+    sizes = (model.user_factors.shape[0], model.item_factors.shape[0])
+    same = sizes == matrix.shape and (seen is None or (
+        seen.shape == matrix.shape and np.array_equal(seen.indptr, matrix.indptr)
+        and np.array_equal(seen.sorted_indices().indices, matrix.sorted_indices().indices)))
+    if not same:
+        raise ValueError(f"{folder!r}: model.npz ({sizes[0]} users x {sizes[1]} items) was "
+                         f"not trained on train.npz ({matrix.shape[0]} x {matrix.shape[1]}): "
+                         f"files of two trainings (one writing the folder now?); read it again "
+                         f"once `recfuse train` is done")
 
 
 # Header params that are not constructor arguments: a scorer's layer layout.

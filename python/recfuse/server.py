@@ -634,10 +634,8 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                 options["ranker"] = load_scorer(ranker_path, **(ranker_options or {}))
             if not folder:
                 return recommender.swap_model(model_path, **options)
-            model, train = load_folder(model_path)
+            model, train = load_folder(model_path)  # refused unless trained on train
             named = _Ids.of(train)
-            named.check_sizes(model.user_factors.shape[0], model.item_factors.shape[0],
-                              f"{model_path!r}'s model.npz")
             renumber = naming["now"].renumbered(named, recommender.unknown_items == "add")
             version = recommender.swap_model(model, replay=renumber, **options)
             named.version = version
