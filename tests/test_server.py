@@ -610,7 +610,9 @@ def test_requests_and_answers_name_users_and_items_by_the_ids_of_the_log():
     served = recfuse.Recommender(model, k=5, num_threads=1)
     embedded = recfuse.Recommender(model, k=5, num_threads=1)
     row = {user: position for position, user in enumerate(train.user_ids.ids.tolist())}
-    running = Running(create_app(served, ids=train, limits=Limits(max_k=100)))
+    app = create_app(served, ids=train, limits=Limits(max_k=100))
+    served_ids = app.state.naming["now"]
+    running = Running(app)
     try:
         client = running.client
         assert client.get("/health").json()["ids"] == "training log"
@@ -655,6 +657,11 @@ def test_requests_and_answers_name_users_and_items_by_the_ids_of_the_log():
         assert 5 in listed and len(listed) == len(set(listed))
         bad = client.post("/events", json={"user": ["u01"], "item": ["x"]})
         assert bad.status_code == 422 and "item must hold item ids" in bad.json()["error"]
+        uneven = client.post("/events", json={"user": "lone", "item": [1000, 9]})
+        assert uneven.status_code == 422, uneven.text
+        assert uneven.json()["error"] == ("events user, item must have the same length, "
+                                          "got 1, 2")
+        assert "lone" not in served_ids.added["user"] and 9 not in served_ids.added["item"]
         health = client.get("/health").json()
         assert health["added_items"] == 1 and health["pending_events"] == 5
     finally:

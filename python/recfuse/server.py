@@ -594,6 +594,10 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                 columns[name] = np.array(_weights(value), dtype=np.float64)
             else:
                 columns[name] = naming["now"].check(value, name, name)
+        lengths = [len(column) for column in columns.values()]
+        if len(set(lengths)) > 1:  # before any id is given a row
+            raise _BadRequest(422, f"events {', '.join(columns)} must have the same length, "
+                                   f"got {', '.join(map(str, lengths))}")
         loop = asyncio.get_running_loop()
         accepted = await loop.run_in_executor(writers, observe, columns)
         info = recommender.info()
@@ -700,6 +704,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error},
                     lifespan=lifespan)
     app.state.recommender = recommender
+    app.state.naming = naming  # "now": the ids (or rows) requests use
     app.state.metrics = metrics
     return app
 
