@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from . import _validation as check
-from .models._common import check_trained, interaction_matrix, progress_bar, saved_seed
+from .models._common import (EstimatorParams, check_trained, interaction_matrix, param_seed,
+                             progress_bar)
 from .ranking import MLPScorer
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def _unseen_items(users: np.ndarray, n_items: int, seen_keys: np.ndarray, rng):
     return items, ~hit
 
 
-class MLPRanker:
+class MLPRanker(EstimatorParams):
     """A binary-cross-entropy MLP over [user | item] factors (and optional side features).
 
     Parameters
@@ -97,6 +98,11 @@ class MLPRanker:
         weights that do not depend on it, fit under
         ``threadpoolctl.threadpool_limits(1, "blas")``
 
+    ``get_params``/``set_params`` follow scikit-learn's estimator protocol
+    (``sklearn.base.clone`` works). A fitted ranker keeps its weights until the next
+    ``fit``, which uses the new parameters; its ``activation``, which the weights were
+    trained with, can only change while it is unfitted (``set_params`` refuses another).
+
     >>> import numpy as np, scipy.sparse as sp
     >>> rng = np.random.default_rng(0)
     >>> seen = sp.random(30, 20, density=0.2, format="csr", random_state=0)
@@ -106,24 +112,24 @@ class MLPRanker:
     8
     """
 
+    # the constructor's settings, as it checks and sets them (_checked_params)
+    hidden: tuple[int, ...]
+    activation: str
+    negatives: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    l2: float
+    random_state: RandomState
+
     def __init__(self, hidden: Iterable[Integer] = (64, 32), *, activation: str = "relu",
                  negatives: Integer = 4, epochs: Integer = 5, batch_size: Integer = 1024,
                  learning_rate: float = 1e-3, l2: float = 0.0,
                  random_state: RandomState = None) -> None:
-        # a set or a dict has no order of layers (a set drops repeated widths); a 0-d array
-        # has __iter__ but iterating it raises
-        if isinstance(hidden, (str, bytes, set, frozenset, dict)) or \
-                not hasattr(hidden, "__iter__") or getattr(hidden, "ndim", 1) == 0:
-            raise TypeError(f"hidden must be a sequence of layer widths, e.g. (64, 32), got "
-                            f"{type(hidden).__name__} {hidden!r}")
-        self.hidden = tuple(check.check_int(w, "hidden width", minimum=1) for w in hidden)
-        self.activation = check.check_choice(activation, "activation", HIDDEN_ACTIVATIONS)
-        self.negatives = check.check_int(negatives, "negatives", minimum=1)
-        self.epochs = check.check_int(epochs, "epochs", minimum=1)
-        self.batch_size = check.check_int(batch_size, "batch_size", minimum=1)
-        self.learning_rate = check.check_float(learning_rate, "learning_rate", minimum=0, strict=True)
-        self.l2 = check.check_float(l2, "l2", minimum=0)
-        self.random_state: RandomState = check.check_random_state(random_state)
+        self._set_checked(dict(
+            hidden=hidden, activation=activation, negatives=negatives, epochs=epochs,
+            batch_size=batch_size, learning_rate=learning_rate, l2=l2,
+            random_state=random_state))
         self.weights: list[np.ndarray] = []
         self.biases: list[np.ndarray] = []
         self.losses: list[float] = []  # mean loss of each epoch
@@ -282,14 +288,41 @@ class MLPRanker:
                   for layer, (W, b) in enumerate(zip(self.weights, self.biases))]
         return MLPScorer(layers, precision=precision, backend=backend)
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, as the factor models' ``get_params`` give theirs
-        (``random_state`` an int seed, or None for None or a ``numpy.random.Generator``):
+    def _params(self) -> dict[str, Any]:
+        """The constructor arguments (``get_params``), as the factor models give theirs:
         ``MLPRanker(**ranker.get_params())`` is an unfitted ranker of the same settings."""
         return {"hidden": self.hidden, "activation": self.activation,
                 "negatives": self.negatives, "epochs": self.epochs,
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                "l2": self.l2, "random_state": saved_seed(self.random_state)}
+                "l2": self.l2, "random_state": param_seed(self.random_state)}
+
+    def _checked_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The constructor's checks: the attributes ``params`` set."""
+        hidden = params["hidden"]
+        # a set or a dict has no order of layers (a set drops repeated widths); a 0-d array
+        # has __iter__ but iterating it raises
+        if isinstance(hidden, (str, bytes, set, frozenset, dict)) or \
+                not hasattr(hidden, "__iter__") or getattr(hidden, "ndim", 1) == 0:
+            raise TypeError(f"hidden must be a sequence of layer widths, e.g. (64, 32), got "
+                            f"{type(hidden).__name__} {hidden!r}")
+        widths = tuple(check.check_int(w, "hidden width", minimum=1) for w in hidden)
+        if type(hidden) is tuple and all(type(w) is int for w in hidden):
+            widths = hidden  # the very tuple given (sklearn.base.clone checks it)
+        return {
+            "hidden": widths,
+            "activation": check.check_choice(params["activation"], "activation",
+                                             HIDDEN_ACTIVATIONS),
+            "negatives": check.check_int(params["negatives"], "negatives", minimum=1),
+            "epochs": check.check_int(params["epochs"], "epochs", minimum=1),
+            "batch_size": check.check_int(params["batch_size"], "batch_size", minimum=1),
+            "learning_rate": check.check_float(params["learning_rate"], "learning_rate",
+                                               minimum=0, strict=True),
+            "l2": check.check_float(params["l2"], "l2", minimum=0),
+            "random_state": check.check_random_state(params["random_state"]),
+        }
+
+    def _fit_shaped(self) -> dict[str, str]:
+        return {"activation": "weights"} if self.weights else {}
 
     def __repr__(self) -> str:
         weights = self.weights

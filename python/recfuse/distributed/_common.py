@@ -14,7 +14,8 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._als.common import AlsParams
-from ..models.als import AlsSettings, set_checked_settings
+from ..models._common import EstimatorParams
+from ..models.als import AlsSettings, checked_settings, settings_params
 from . import _blocks
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.json"
 
 
-class DistributedALSBase(AlsSettings):
+class DistributedALSBase(EstimatorParams, AlsSettings):
     """Parameters and driver-side helpers common to the distributed ALS front ends.
 
     The model is that of ``recfuse.ALS`` (same confidence, solvers and contract); see the
@@ -47,6 +48,10 @@ class DistributedALSBase(AlsSettings):
     checkpoint_dir: folder reachable from the driver and every worker for checkpoints
         (None: no checkpoints).
     checkpoint_every: iterations between checkpoints.
+
+    ``get_params``/``set_params`` follow scikit-learn's estimator protocol (the parameters
+    of the subclass's constructor, these included); on a fitted model ``set_params``
+    refuses a new ``factors`` or ``dtype``, which shape its fitted tables.
     """
 
     def __init__(
@@ -67,14 +72,16 @@ class DistributedALSBase(AlsSettings):
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 5,
     ):
-        set_checked_settings(self, factors, regularization, alpha, iterations, solver, cg_steps,
-                             dtype, backend, num_threads, confidence)
-        self.random_state = check.check_int(random_state, "random_state", minimum=0,
-                                            maximum=2**63 - 1)
-        self.blocks = None if blocks is None else check.check_int(blocks, "blocks", minimum=1)
-        self.checkpoint_dir = None if checkpoint_dir is None else \
-            folder_path(checkpoint_dir, "checkpoint_dir")
-        self.checkpoint_every = check.check_int(checkpoint_every, "checkpoint_every", minimum=1)
+        self.random_state: int
+        self.blocks: int | None
+        self.checkpoint_dir: str | None
+        self.checkpoint_every: int
+        # the subclass checks and sets its own parameters (_check_own_params) after these
+        self.__dict__.update(self._checked_common(dict(
+            factors=factors, regularization=regularization, alpha=alpha, iterations=iterations,
+            solver=solver, cg_steps=cg_steps, dtype=dtype, backend=backend,
+            num_threads=num_threads, random_state=random_state, confidence=confidence,
+            blocks=blocks, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)))
         self.n_users: int | None = None
         self.n_items: int | None = None
         self.resumed_from: int | None = None  # iteration a fit resumed from (None: from start)
@@ -85,12 +92,46 @@ class DistributedALSBase(AlsSettings):
                          confidence=self.confidence, solver=self.solver,
                          cg_steps=self.cg_steps, num_threads=self.num_threads)
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments of the equivalent ``recfuse.ALS``."""
-        return {"factors": self.factors, "regularization": self.regularization,
-                "alpha": self.alpha, "iterations": self.iterations, "solver": self.solver,
-                "cg_steps": self.cg_steps, "dtype": self.dtype.name, "backend": self.backend,
-                "num_threads": self.num_threads, "confidence": self.confidence}
+    def _own_params(self) -> dict[str, Any]:
+        """The subclass's own constructor parameters (``get_params``), as it has them."""
+        return {}
+
+    def _check_own_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The attributes the subclass's own parameters in ``params`` set, checked (its
+        constructor and ``set_params`` both check them here)."""
+        return {}
+
+    def _params(self) -> dict[str, Any]:
+        """The constructor arguments (``get_params``)."""
+        return {**settings_params(self), "random_state": self.random_state,
+                "blocks": self.blocks, "checkpoint_dir": self.checkpoint_dir,
+                "checkpoint_every": self.checkpoint_every, **self._own_params()}
+
+    def _checked_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**self._checked_common(params), **self._check_own_params(params)}
+
+    def _checked_common(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The attributes the parameters of this class in ``params`` set, checked."""
+        blocks, folder = params["blocks"], params["checkpoint_dir"]
+        return {
+            **checked_settings(params),
+            "random_state": check.check_int(params["random_state"], "random_state", minimum=0,
+                                            maximum=2**63 - 1),
+            "blocks": None if blocks is None else check.check_int(blocks, "blocks", minimum=1),
+            "checkpoint_dir": None if folder is None else folder_path(folder, "checkpoint_dir"),
+            "checkpoint_every": check.check_int(params["checkpoint_every"], "checkpoint_every",
+                                                minimum=1),
+        }
+
+    def _als_params(self) -> dict[str, Any]:
+        """The constructor arguments of the equivalent ``recfuse.ALS`` (without its
+        ``random_state``), as the model has them now."""
+        return settings_params(self)
+
+    def _fit_shaped(self) -> dict[str, str]:
+        if self.n_users is None:  # not fitted
+            return {}
+        return {"factors": f"tables ({self.factors} columns)", "dtype": "tables"}
 
     # ------------------------------------------------------------------ checkpoints
     @contextlib.contextmanager
@@ -107,7 +148,7 @@ class DistributedALSBase(AlsSettings):
 
     def _fingerprint(self, n_users, n_items, user_blocks, item_blocks, user_stats) -> dict:
         """What must match for a checkpoint to belong to this fit."""
-        params = {key: value for key, value in self.get_params().items()
+        params = {key: value for key, value in self._als_params().items()
                   if key not in ("iterations", "backend", "num_threads")}
         return {"params": params, "random_state": self.random_state, "n_users": n_users,
                 "n_items": n_items, "user_blocks": user_blocks, "item_blocks": item_blocks,
@@ -182,7 +223,7 @@ class DistributedALSBase(AlsSettings):
 
     def _save_model_json(self, path: str, user_map, item_map) -> None:
         _blocks.save_json({"format": "recfuse-distributed-als", "version": 1, "model": "ALS",
-                           "params": self.get_params(), "n_users": self.n_users,
+                           "params": self._als_params(), "n_users": self.n_users,
                            "n_items": self.n_items,
                            "user_id_kinds": list(user_map.kinds),
                            "item_id_kinds": list(item_map.kinds)},
@@ -208,7 +249,7 @@ class DistributedALSBase(AlsSettings):
             arrays.update(seen_indptr=seen.indptr.astype(np.int64),
                           seen_indices=seen.indices.astype(np.int32), seen_data=seen.data,
                           seen_shape=np.array(seen.shape, dtype=np.int64))
-        return ALS._from_saved(self.get_params(), arrays)
+        return ALS._from_saved(self._als_params(), arrays)
 
     def _require_fitted(self) -> None:
         if self.n_users is None:

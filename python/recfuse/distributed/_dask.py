@@ -112,16 +112,26 @@ class DaskALS(DistributedALSBase):
                  iterations: int = 15, *, broadcast: str = "smaller", max_retries: int = 2,
                  **kwargs):
         super().__init__(factors, regularization, alpha, iterations, **kwargs)
-        if broadcast not in ("smaller", "never"):
-            raise ValueError(f"broadcast must be 'smaller' or 'never', got {broadcast!r}")
-        self.broadcast = broadcast
-        self.max_retries = check_int(max_retries, "max_retries", minimum=0)
+        self.broadcast: str
+        self.max_retries: int
+        self.__dict__.update(self._check_own_params({"broadcast": broadcast,
+                                                     "max_retries": max_retries}))
         self._client = None
         self._maps = None  # future of (user IdMap, item IdMap)
         self._maps_local = None
         self._rating_blocks: dict[str, list] = {}
         self._factors: dict[str, list] = {}
         self.setup_seconds: float | None = None  # id maps + rating blocks, in the last fit
+
+    def _own_params(self) -> dict[str, Any]:
+        return {"broadcast": self.broadcast, "max_retries": self.max_retries}
+
+    def _check_own_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        broadcast = params["broadcast"]
+        if broadcast not in ("smaller", "never"):
+            raise ValueError(f"broadcast must be 'smaller' or 'never', got {broadcast!r}")
+        return {"broadcast": broadcast,
+                "max_retries": check_int(params["max_retries"], "max_retries", minimum=0)}
 
     # ------------------------------------------------------------------ fit
     def fit(self, ddf: Any, user_col: str, item_col: str, weight_col: str | None = None, *,

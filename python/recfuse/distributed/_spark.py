@@ -309,12 +309,19 @@ class SparkALS(DistributedALSBase):
     def __init__(self, factors: int = 64, regularization: float = 0.01, alpha: float = 1.0,
                  iterations: int = 15, *, barrier: bool = False, **kwargs):
         super().__init__(factors, regularization, alpha, iterations, **kwargs)
-        self.barrier = check_flag(barrier, "barrier")
+        self.barrier: bool
+        self.__dict__.update(self._check_own_params({"barrier": barrier}))
         self._spark = None
         self._maps = None
         self._ratings = {}
         self._factors = {}
         self._cached = []  # the DataFrames this model cached (its ratings and out-links)
+
+    def _own_params(self) -> dict[str, Any]:
+        return {"barrier": self.barrier}
+
+    def _check_own_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"barrier": check_flag(params["barrier"], "barrier")}
 
     def fit(self, df: Any, user_col: str, item_col: str, weight_col: str | None = None, *,
             resume: bool = True, show_progress: bool = False,

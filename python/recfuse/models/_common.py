@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from numpy.typing import ArrayLike
+    from typing_extensions import Self
 
     from .._typing import Integer, PathLike
 
@@ -121,12 +122,112 @@ def check_trained(model: str, arrays, hint: str) -> None:
 
 
 def saved_seed(random_state) -> int | None:
-    """``random_state`` as ``get_params`` and model files keep it: an integer seed as a plain
-    int (JSON has no NumPy integers), so that a loaded model refits as the original does;
+    """``random_state`` as model files keep it: an integer seed as a plain int (JSON has no
+    NumPy integers), so that a loaded model refits as the original does;
     None for None or a ``numpy.random.Generator``, whose state a file does not hold (the
     loaded model then draws fresh entropy at its next fit, as random_state=None does)."""
     return None if random_state is None or isinstance(random_state, np.random.Generator) \
         else int(random_state)
+
+
+def param_seed(random_state):
+    """``random_state`` as ``get_params`` gives it: an integer seed as a plain int (the very
+    int given, when it is one), None or the ``numpy.random.Generator`` itself."""
+    return random_state if random_state is None or \
+        isinstance(random_state, np.random.Generator) else int(random_state)
+
+
+class EstimatorParams:
+    """scikit-learn's estimator protocol over a model's constructor parameters:
+    ``get_params`` and ``set_params``, so that ``sklearn.base.clone`` and scikit-learn's
+    model selection (``GridSearchCV``...) can copy and configure the model.
+
+    A class provides ``_params()`` (its constructor parameters by name, as ``get_params``
+    gives them) and ``_checked_params(params)`` (the attributes that a full set of
+    parameters sets, each checked as the constructor checks it: the constructor and
+    ``set_params`` both go through it, so a value is refused by both or by neither). A
+    fitted model gives the parameters its fitted state was shaped by in ``_fit_shaped()``:
+    ``set_params`` refuses new values of those.
+    """
+
+    def _params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _checked_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _fit_shaped(self) -> dict[str, str]:
+        """The parameters that shape the model's fitted state, each with what it shapes
+        (e.g. ``"tables (64 columns)"``): none while the model is not fitted."""
+        return {}
+
+    def _set_checked(self, params: dict[str, Any], *, keep_fit: bool = False) -> None:
+        """Check ``params`` (every constructor parameter) and set the attributes they give:
+        nothing is set unless every value is valid. ``keep_fit`` (``set_params``): a new value
+        of a parameter that shapes the fitted state (``_fit_shaped``) is refused too."""
+        attributes = self._checked_params(params)
+        lock = self.__dict__.get("_lock")
+        with lock if lock is not None else contextlib.nullcontext():
+            if keep_fit:
+                self._refuse_fit_shaped(attributes)
+            for name, value in attributes.items():
+                setattr(self, name, value)
+
+    def _refuse_fit_shaped(self, attributes: dict[str, Any]) -> None:
+        """ValueError naming each parameter that shapes the fitted state to which
+        ``attributes`` (checked) give a value other than the model's."""
+        refused = {name: what for name, what in self._fit_shaped().items()
+                   if attributes[name] != getattr(self, name)}
+        if not refused:
+            return
+        current = self._params()
+        made = "; ".join(f"{name} shapes the fitted {what}, made with {name}={current[name]!r}"
+                         for name, what in refused.items())
+        wanted = ", ".join(f"{name}={getattr(value, 'name', value)!r}"  # a dtype by its name
+                           for name, value in attributes.items() if name in refused)
+        raise ValueError(f"{type(self).__name__} is fitted: {made}: set "
+                         f"{'it' if len(refused) == 1 else 'them'} on an unfitted copy, "
+                         f"sklearn.base.clone(model).set_params({wanted}), or make a new "
+                         f"model, and fit that")
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters by name, each value as the constructor keeps it: the
+        value given (the very object: ``sklearn.base.clone`` checks it), or for another
+        spelling of it its plain form (a NumPy integer as int, a dtype as its name, a
+        ``pathlib.Path`` as str); ``random_state`` an int seed, None or the
+        ``numpy.random.Generator`` given. ``type(model)(**model.get_params())`` is an
+        unfitted model of the same settings. ``deep`` is taken as scikit-learn passes it and
+        changes nothing: recfuse's models hold no sub-estimators."""
+        check.check_flag(deep, "deep")
+        return self._params()
+
+    def set_params(self, **params: Any) -> Self:
+        """Set constructor parameters by name (scikit-learn's ``set_params``) and return self.
+
+        Each value is checked as the constructor checks it, with the constructor's error
+        (TypeError or ValueError naming the parameter); a name the constructor does not take
+        is a ValueError naming it and listing the valid ones. All or nothing: when any name
+        or value is refused, no parameter changes.
+
+        On a fitted model, the settings that shape its fitted state (``factors``, ``dtype``,
+        and where the model has them ``biased`` or ``activation``) keep their values: a new
+        value is a ValueError (the same value is accepted). To try another, set it on an
+        unfitted copy (``sklearn.base.clone(model).set_params(...)``) or a new model, and
+        fit that. The other parameters can change on a fitted model, which keeps its fitted
+        state; they take effect where they are read: at the next fit, and for the settings
+        that ``update_users`` or ``recommend`` read (``backend``, ``num_threads``, the ALS
+        solver's settings), at once. An unfitted model takes every valid value. Not to be
+        called while a fit of the same model runs.
+        """
+        current = self.get_params()
+        unknown = [name for name in params if name not in current]
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no parameter "
+                             f"{', '.join(map(repr, unknown))}; its parameters are "
+                             f"{', '.join(current)}")
+        if params:
+            self._set_checked({**current, **params}, keep_fit=True)
+        return self
 
 
 def saved_factor_tables(model, user_factors, item_factors) -> tuple:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, replace
@@ -16,9 +17,9 @@ from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
-from ._common import (FactorRetrieval, check_tables_fit, check_trained, interaction_matrix,
-                      progress_bar, saveable_tables, saved_factor_tables, saved_group,
-                      saved_seed, stored_seen)
+from ._common import (EstimatorParams, FactorRetrieval, check_tables_fit, check_trained,
+                      interaction_matrix, param_seed, progress_bar, saveable_tables,
+                      saved_factor_tables, saved_group, saved_seed, stored_seen)
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
@@ -54,7 +55,7 @@ def warn_failed_systems(failed: int, stacklevel: int) -> None:
 
 class AlsSettings:
     """The settings recfuse.ALS and the distributed ALS models share, as their constructors
-    check and set them (``set_checked_settings``); for type checkers."""
+    check them (``checked_settings``); for type checkers."""
 
     factors: int
     regularization: float
@@ -68,7 +69,7 @@ class AlsSettings:
     confidence: str
 
 
-class ALS(FactorRetrieval, AlsSettings):
+class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
     """Implicit-feedback ALS: factors X (users) and Y (items) from a users x items CSR matrix.
 
     Each stored value r_ui becomes a confidence c_ui = 1 + alpha * r_ui (``confidence=
@@ -94,6 +95,9 @@ class ALS(FactorRetrieval, AlsSettings):
     confidence: "linear" (default: c = 1 + alpha * r, values must be >= 0) or "raw"
         (c = |r|, alpha unused; negative values mean "disliked").
 
+    ``get_params``/``set_params`` follow scikit-learn's estimator protocol
+    (``sklearn.base.clone`` works); see ``set_params`` for what it does to a fitted model.
+
     >>> import recfuse, scipy.sparse as sp
     >>> user_items = sp.random(30, 20, density=0.2, format="csr", random_state=1)
     >>> model = recfuse.ALS(factors=4, iterations=2, random_state=0).fit(user_items)
@@ -116,9 +120,11 @@ class ALS(FactorRetrieval, AlsSettings):
         random_state: RandomState = None,
         confidence: str = "linear",
     ) -> None:
-        set_checked_settings(self, factors, regularization, alpha, iterations, solver, cg_steps,
-                             dtype, backend, num_threads, confidence)
-        self.random_state: RandomState = check.check_random_state(random_state)
+        self.random_state: RandomState
+        self._set_checked(dict(
+            factors=factors, regularization=regularization, alpha=alpha, iterations=iterations,
+            solver=solver, cg_steps=cg_steps, dtype=dtype, backend=backend,
+            num_threads=num_threads, random_state=random_state, confidence=confidence))
         self._state = _State()
         self.backend_used: str | None = None
         self._lock = threading.Lock()  # serialises writers (fit, update_users, the setters)
@@ -400,23 +406,21 @@ class ALS(FactorRetrieval, AlsSettings):
                 seen_data=seen.data,
                 seen_shape=np.array(seen.shape, dtype=np.int64),
             )
-        save_model(path, "ALS", self.get_params(), arrays)
+        save_model(path, "ALS", {**self.get_params(),
+                                 "random_state": saved_seed(self.random_state)}, arrays)
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, as model files keep them."""
-        return {
-            "factors": self.factors,
-            "regularization": self.regularization,
-            "alpha": self.alpha,
-            "iterations": self.iterations,
-            "solver": self.solver,
-            "cg_steps": self.cg_steps,
-            "dtype": self.dtype.name,
-            "backend": self.backend,
-            "num_threads": self.num_threads,
-            "confidence": self.confidence,
-            "random_state": saved_seed(self.random_state),
-        }
+    def _params(self) -> dict[str, Any]:
+        """The constructor arguments (``get_params``)."""
+        return {**settings_params(self), "random_state": param_seed(self.random_state)}
+
+    def _checked_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**checked_settings(params),
+                "random_state": check.check_random_state(params["random_state"])}
+
+    def _fit_shaped(self) -> dict[str, str]:
+        if self.user_factors is None or self.item_factors is None:  # not fitted
+            return {}
+        return {"factors": f"tables ({self.factors} columns)", "dtype": "tables"}
 
     @classmethod
     def _from_saved(cls, params: dict, arrays: dict) -> "ALS":
@@ -475,20 +479,34 @@ class ALS(FactorRetrieval, AlsSettings):
                 f"{steps}{raw}, dtype={self.dtype.name}, backend={self.backend!r}{fitted})")
 
 
-def set_checked_settings(model, factors, regularization, alpha, iterations, solver, cg_steps,
-                         dtype, backend, num_threads, confidence) -> None:
-    """Checks ALS's settings and sets them on ``model`` (recfuse.ALS and the distributed
-    ALS models share them)."""
-    model.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
-    model.regularization = check.check_float(regularization, "regularization", minimum=0.0)
-    model.alpha = check.check_float(alpha, "alpha", minimum=0.0)
-    model.iterations = check.check_int(iterations, "iterations", minimum=0)
-    model.solver = check.check_choice(solver, "solver", ("cg", "cholesky"))
-    model.cg_steps = check.check_int(cg_steps, "cg_steps", minimum=1)
-    model.dtype = check.check_float_dtype(dtype)
-    model.backend = check.check_backend(backend)
-    model.num_threads = check.check_threads(num_threads)
-    model.confidence = check.check_choice(confidence, "confidence", ("linear", "raw"))
+def checked_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """ALS's settings in ``params`` (by name; recfuse.ALS and the distributed ALS models
+    share them), checked: the attributes they set, the ``dtype`` a ``numpy.dtype``."""
+    return {
+        "factors": check.check_int(params["factors"], "factors", minimum=1,
+                                   maximum=MAX_FACTORS),
+        "regularization": check.check_float(params["regularization"], "regularization",
+                                            minimum=0.0),
+        "alpha": check.check_float(params["alpha"], "alpha", minimum=0.0),
+        "iterations": check.check_int(params["iterations"], "iterations", minimum=0),
+        "solver": check.check_choice(params["solver"], "solver", ("cg", "cholesky")),
+        "cg_steps": check.check_int(params["cg_steps"], "cg_steps", minimum=1),
+        "dtype": check.check_float_dtype(params["dtype"]),
+        "backend": check.check_backend(params["backend"]),
+        "num_threads": check.check_threads(params["num_threads"]),
+        "confidence": check.check_choice(params["confidence"], "confidence",
+                                         ("linear", "raw")),
+    }
+
+
+def settings_params(model: AlsSettings) -> dict[str, Any]:
+    """``model``'s ALS settings as ``get_params`` and model files give them (the ``dtype``
+    by its name, interned: the same str object each time, as ``sklearn.base.clone`` checks)."""
+    return {"factors": model.factors, "regularization": model.regularization,
+            "alpha": model.alpha, "iterations": model.iterations, "solver": model.solver,
+            "cg_steps": model.cg_steps, "dtype": sys.intern(model.dtype.name),
+            "backend": model.backend, "num_threads": model.num_threads,
+            "confidence": model.confidence}
 
 
 def item_gram(item_factors: np.ndarray, num_threads: int = 0) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -14,9 +15,9 @@ from .._backend import resolve_backend
 from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, make_blocks,
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
-from ._common import (FactorRetrieval, check_tables_fit, check_trained, interaction_matrix,
-                      progress_bar, saveable_tables, saved_factor_tables, saved_seed, seen_rows,
-                      stored_seen)
+from ._common import (EstimatorParams, FactorRetrieval, check_tables_fit, check_trained,
+                      interaction_matrix, param_seed, progress_bar, saveable_tables,
+                      saved_factor_tables, saved_seed, seen_rows, stored_seen)
 from .sgd import MAX_FACTORS
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def _checked_item_bias(bias, n_items: int, dtype) -> np.ndarray:
     return check.finite_in(bias, dtype, "item_bias")
 
 
-class BPR(FactorRetrieval):
+class BPR(EstimatorParams, FactorRetrieval):
     """BPR with item biases: score(u, i) = p_u·q_i + b_i, trained on triples (u, i, j) of a
     positive item i and a sampled negative item j (``recfuse.reference.bpr_sgd_epoch``).
 
@@ -61,6 +62,9 @@ class BPR(FactorRetrieval):
     num_threads: see above.
     random_state: seed (int) or ``numpy.random.Generator`` for the factors, bins and draws.
 
+    ``get_params``/``set_params`` follow scikit-learn's estimator protocol
+    (``sklearn.base.clone`` works); see ``set_params`` for what it does to a fitted model.
+
     >>> import recfuse, scipy.sparse as sp
     >>> user_items = sp.random(60, 40, density=0.1, format="csr", random_state=0)
     >>> model = recfuse.BPR(factors=8, iterations=5, random_state=0).fit(user_items)
@@ -68,6 +72,18 @@ class BPR(FactorRetrieval):
     >>> ids.shape
     (5,)
     """
+
+    # the constructor's settings, as it checks and sets them (_checked_params)
+    factors: int
+    lr: float
+    reg: float
+    iterations: int
+    dtype: np.dtype
+    grid: int
+    max_tries: int
+    backend: str
+    num_threads: int
+    random_state: RandomState
 
     def __init__(
         self,
@@ -83,16 +99,10 @@ class BPR(FactorRetrieval):
         num_threads: Integer = 0,
         random_state: RandomState = None,
     ) -> None:
-        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
-        self.lr = check.check_float(lr, "lr", minimum=0.0, strict=True)
-        self.reg = check.check_float(reg, "reg", minimum=0.0)
-        self.iterations = check.check_int(iterations, "iterations", minimum=0)
-        self.dtype = check.check_float_dtype(dtype)
-        self.grid = check.check_int(grid, "grid", minimum=0, maximum=1024)
-        self.max_tries = check.check_int(max_tries, "max_tries", minimum=1)
-        self.backend = check.check_backend(backend)
-        self.num_threads = check.check_threads(num_threads)
-        self.random_state: RandomState = check.check_random_state(random_state)
+        self._set_checked(dict(
+            factors=factors, lr=lr, reg=reg, iterations=iterations, dtype=dtype, grid=grid,
+            max_tries=max_tries, backend=backend, num_threads=num_threads,
+            random_state=random_state))
         self.user_factors: np.ndarray | None = None
         self.item_factors: np.ndarray | None = None
         self.item_bias: np.ndarray | None = None
@@ -203,12 +213,33 @@ class BPR(FactorRetrieval):
             self._index_cache = cached
         return cached[2]
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, as model files keep them."""
+    def _params(self) -> dict[str, Any]:
+        """The constructor arguments (``get_params``)."""
         return {"factors": self.factors, "lr": self.lr, "reg": self.reg,
-                "iterations": self.iterations, "dtype": self.dtype.name, "grid": self.grid,
-                "max_tries": self.max_tries, "backend": self.backend,
-                "num_threads": self.num_threads, "random_state": saved_seed(self.random_state)}
+                "iterations": self.iterations, "dtype": sys.intern(self.dtype.name),
+                "grid": self.grid, "max_tries": self.max_tries, "backend": self.backend,
+                "num_threads": self.num_threads, "random_state": param_seed(self.random_state)}
+
+    def _checked_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The constructor's checks: the attributes ``params`` set."""
+        return {
+            "factors": check.check_int(params["factors"], "factors", minimum=1,
+                                       maximum=MAX_FACTORS),
+            "lr": check.check_float(params["lr"], "lr", minimum=0.0, strict=True),
+            "reg": check.check_float(params["reg"], "reg", minimum=0.0),
+            "iterations": check.check_int(params["iterations"], "iterations", minimum=0),
+            "dtype": check.check_float_dtype(params["dtype"]),
+            "grid": check.check_int(params["grid"], "grid", minimum=0, maximum=1024),
+            "max_tries": check.check_int(params["max_tries"], "max_tries", minimum=1),
+            "backend": check.check_backend(params["backend"]),
+            "num_threads": check.check_threads(params["num_threads"]),
+            "random_state": check.check_random_state(params["random_state"]),
+        }
+
+    def _fit_shaped(self) -> dict[str, str]:
+        if self.user_factors is None:  # not fitted
+            return {}
+        return {"factors": f"tables ({self.factors} columns)", "dtype": "tables"}
 
     def save(self, path: PathLike) -> None:
         """Write the model to ``path`` (a versioned .npz; no pickle). Atomic."""
@@ -223,7 +254,8 @@ class BPR(FactorRetrieval):
             bias = _checked_item_bias(bias, Q.shape[0], self.dtype)
         except ValueError as error:
             raise ValueError(f"cannot save: {error}") from error
-        save_model(path, "BPR", self.get_params(), {
+        save_model(path, "BPR", {**self.get_params(),
+                                 "random_state": saved_seed(self.random_state)}, {
             "user_factors": P, "item_factors": Q,
             "item_bias": bias, "seen_indptr": seen.indptr.astype(np.int64),
             "seen_indices": seen.indices.astype(np.int32), "seen_data": seen.data,

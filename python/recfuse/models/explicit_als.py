@@ -13,6 +13,7 @@ without a learning rate for ``SVD`` users, not an option that would switch off h
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 from dataclasses import replace
@@ -24,7 +25,7 @@ from .. import _validation as check
 from .._als.common import CsrArrays
 from .._backend import resolve_backend
 from .._sgd.common import Pattern
-from ._common import check_trained, progress_bar, saved_seed
+from ._common import check_trained, param_seed, progress_bar
 from .sgd import MAX_FACTORS, _RatingModel, _rmse, mean_of
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ class ExplicitALS(_RatingModel):
         solved independently).
     random_state: seed (int) or ``numpy.random.Generator`` for the initial factors.
 
-    ``predict``, ``recommend`` (through ``recfuse.topk``, bias-aware), ``save`` and unknown-id
+    ``predict``, ``recommend`` (through ``recfuse.topk``, bias-aware), ``save``,
+    ``get_params``/``set_params`` (scikit-learn's estimator protocol) and unknown-id
     handling are those of ``recfuse.SVD``.
 
     >>> import numpy as np, recfuse
@@ -71,6 +73,15 @@ class ExplicitALS(_RatingModel):
 
     _NAME = "ExplicitALS"
     _FACTOR_NAMES = ("user_factors", "item_factors")
+    # the constructor's settings, as it checks and sets them (_checked_params)
+    iterations: int
+    reg: float
+    biased: bool
+    reg_bias: float | None
+    init_std: float
+    backend: str
+    num_threads: int
+    random_state: RandomState
 
     def __init__(
         self,
@@ -85,31 +96,43 @@ class ExplicitALS(_RatingModel):
         num_threads: Integer = 0,
         random_state: RandomState = None,
     ) -> None:
-        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
-        self.iterations = check.check_int(iterations, "iterations", minimum=0)
-        self.reg = check.check_float(reg, "reg", minimum=0.0, strict=True)
-        if not isinstance(biased, (bool, np.bool_)):
-            raise TypeError(f"biased must be a bool, got {type(biased).__name__}")
-        self.biased = bool(biased)
-        self.reg_bias = None if reg_bias is None else check.check_float(reg_bias, "reg_bias",
-                                                                        minimum=0.0)
-        self.init_std = check.check_float(init_std, "init_std", minimum=0.0)
-        self.dtype = check.check_float_dtype(dtype)
-        self.backend = check.check_backend(backend)
-        self.num_threads = check.check_threads(num_threads)
-        self.random_state: RandomState = check.check_random_state(random_state)
+        self._set_checked(dict(
+            factors=factors, iterations=iterations, reg=reg, biased=biased, reg_bias=reg_bias,
+            init_std=init_std, dtype=dtype, backend=backend, num_threads=num_threads,
+            random_state=random_state))
         self.backend_used: str | None = None
         self._fitted = None
         self._lock = threading.Lock()
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, as model files keep them."""
+    def _params(self) -> dict[str, Any]:
+        """The constructor arguments (``get_params``)."""
         return {
             "factors": self.factors, "iterations": self.iterations, "reg": self.reg,
             "biased": self.biased, "reg_bias": self.reg_bias, "init_std": self.init_std,
-            "dtype": self.dtype.name, "backend": self.backend, "num_threads": self.num_threads,
-            "random_state": saved_seed(self.random_state),
+            "dtype": sys.intern(self.dtype.name), "backend": self.backend,
+            "num_threads": self.num_threads, "random_state": param_seed(self.random_state),
         }
+
+    def _checked_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The constructor's checks: the attributes ``params`` set."""
+        biased, reg_bias = params["biased"], params["reg_bias"]
+        checked: dict[str, Any] = {
+            "factors": check.check_int(params["factors"], "factors", minimum=1,
+                                       maximum=MAX_FACTORS),
+            "iterations": check.check_int(params["iterations"], "iterations", minimum=0),
+            "reg": check.check_float(params["reg"], "reg", minimum=0.0, strict=True)}
+        if not isinstance(biased, (bool, np.bool_)):
+            raise TypeError(f"biased must be a bool, got {type(biased).__name__}")
+        checked.update(
+            biased=bool(biased),
+            reg_bias=None if reg_bias is None else check.check_float(reg_bias, "reg_bias",
+                                                                     minimum=0.0),
+            init_std=check.check_float(params["init_std"], "init_std", minimum=0.0),
+            dtype=check.check_float_dtype(params["dtype"]),
+            backend=check.check_backend(params["backend"]),
+            num_threads=check.check_threads(params["num_threads"]),
+            random_state=check.check_random_state(params["random_state"]))
+        return checked
 
     def _factor_count(self) -> int:
         return 2

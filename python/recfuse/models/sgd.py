@@ -12,6 +12,7 @@ order given, which is Surprise's own order when they come from ``Trainset.all_ra
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, overload
@@ -24,8 +25,9 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            normal_table, normal_training_rows, trained_rows_in_id_order,
                            training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
-from ._common import (FactorRetrieval, check_trained, progress_bar, rating_arrays,
-                      saved_factor_tables, saved_group, saved_seed, seen_rows)
+from ._common import (EstimatorParams, FactorRetrieval, check_trained, param_seed,
+                      progress_bar, rating_arrays, saved_factor_tables, saved_group, saved_seed,
+                      seen_rows)
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
@@ -71,15 +73,17 @@ class _Fitted:
     ratings: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
-class _RatingModel(FactorRetrieval):
+class _RatingModel(EstimatorParams, FactorRetrieval):
     """What every rating model shares (SVD, SVDpp, ExplicitALS): the fitted state, predict,
-    recommend (and recommend_all, similar_items, similar_users) and save/load. Subclasses set
-    ``_NAME``, ``factors``, ``dtype``, ``backend``, ``num_threads``, ``_fitted``, ``_lock``
-    and ``get_params``, and say how many factor tables they keep."""
+    recommend (and recommend_all, similar_items, similar_users), save/load and
+    get_params/set_params. Subclasses set ``_NAME``, ``factors``, ``dtype``, ``backend``,
+    ``num_threads``, ``random_state``, ``_fitted`` and ``_lock``, give ``_params`` and
+    ``_checked_params`` (``EstimatorParams``), and say how many factor tables they keep."""
 
     _NAME = ""
     factors: int
     dtype: np.dtype
+    random_state: RandomState
     _fitted: _Fitted | None
     # (state, ItemIndex, seen matrix) for recommend, built from one fitted state on first use.
     _retrieval_cache: tuple | None = None
@@ -318,7 +322,16 @@ class _RatingModel(FactorRetrieval):
         if state.ratings is not None:
             arrays.update(zip(("ratings_indptr", "ratings_indices", "ratings_values"),
                               state.ratings))
-        save_model(path, self._NAME, self.get_params(), arrays)
+        save_model(path, self._NAME, {**self.get_params(),
+                                      "random_state": saved_seed(self.random_state)}, arrays)
+
+    def _fit_shaped(self) -> dict[str, str]:
+        if self._fitted is None:  # not fitted
+            return {}
+        shaped = {"factors": f"tables ({self.factors} columns)", "dtype": "tables"}
+        if hasattr(self, "biased"):  # SVD, ExplicitALS
+            shaped["biased"] = "tables"
+        return shaped
 
     @classmethod
     def _from_saved(cls, params: dict, arrays: dict):
@@ -401,33 +414,23 @@ class _SgdFactorization(_RatingModel):
     _KERNEL = ""  # the backend function an epoch calls
     _RATE_TERMS: tuple[str, ...] = ()
 
-    def __init__(self, factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
-                 shuffle, backend, num_threads, random_state):
-        self.factors = check.check_int(factors, "factors", minimum=1, maximum=MAX_FACTORS)
-        self.epochs = check.check_int(epochs, "epochs", minimum=0)
-        self.lr = check.check_float(lr, "lr", minimum=0.0, strict=True)
-        self.reg = check.check_float(reg, "reg", minimum=0.0)
-        self.init_mean = check.check_float(init_mean, "init_mean")
-        self.init_std = check.check_float(init_std, "init_std", minimum=0.0)
-        self.rates = {}
-        for name, value in rates.items():  # per-term overrides: lr_bu=..., reg_qi=...
-            if value is not None:
-                strict = name.startswith("lr_")
-                value = check.check_float(value, name, minimum=0.0, strict=strict)
-            self.rates[name] = value
-        self.dtype = check.check_float_dtype(dtype)
-        largest = float(np.finfo(self.dtype).max)
-        if abs(self.init_mean) + 6 * self.init_std > largest:  # draws reach ~5.8 sd
-            raise ValueError(f"init_mean and init_std must keep the starting factors finite in "
-                             f"{self.dtype.name} (|init_mean| + 6 init_std <= {largest:.3g}), "
-                             f"got {init_mean} and {init_std}")
-        self.grid = check.check_int(grid, "grid", minimum=0, maximum=1024)
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
-        self.shuffle = bool(shuffle)
-        self.backend = check.check_backend(backend)
-        self.num_threads = check.check_threads(num_threads)
-        self.random_state = check.check_random_state(random_state)
+    _RATES: tuple[str, ...] = ()  # the per-term overrides the constructor takes
+    # the constructor's settings, as it checks and sets them (_checked_params)
+    epochs: int
+    lr: float
+    reg: float
+    init_mean: float
+    init_std: float
+    rates: dict[str, Any]  # lr_bu=..., reg_qi=...: a float or None
+    grid: int
+    shuffle: bool
+    backend: str
+    num_threads: int
+    random_state: RandomState
+
+    def __init__(self, params: dict[str, Any]):
+        """``params``: every constructor argument by name (the subclass's)."""
+        self._set_checked(params)
         self.backend_used: str | None = None
         self._fitted: _Fitted | None = None
         self._lock = threading.Lock()
@@ -440,15 +443,58 @@ class _SgdFactorization(_RatingModel):
                     for t in ("bu", "bi", "pu", "qi", "yj"))
         return lr, reg
 
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, as model files keep them."""
-        return {
+    def _params(self) -> dict[str, Any]:
+        """The constructor arguments (``get_params``)."""
+        params = {
             "factors": self.factors, "epochs": self.epochs, "lr": self.lr, "reg": self.reg,
             "init_mean": self.init_mean, "init_std": self.init_std, **self.rates,
-            "dtype": self.dtype.name, "grid": self.grid, "shuffle": self.shuffle,
+            "dtype": sys.intern(self.dtype.name), "grid": self.grid, "shuffle": self.shuffle,
             "backend": self.backend, "num_threads": self.num_threads,
-            "random_state": saved_seed(self.random_state),
+            "random_state": param_seed(self.random_state),
         }
+        if hasattr(self, "biased"):
+            params["biased"] = self.biased
+        return params
+
+    def _checked_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The constructor's checks: the attributes ``params`` set."""
+        checked: dict[str, Any] = {}
+        if "biased" in params:  # SVD
+            biased = params["biased"]
+            if not isinstance(biased, (bool, np.bool_)):
+                raise TypeError(f"biased must be a bool, got {type(biased).__name__}")
+            checked["biased"] = bool(biased)
+        checked.update(
+            factors=check.check_int(params["factors"], "factors", minimum=1,
+                                    maximum=MAX_FACTORS),
+            epochs=check.check_int(params["epochs"], "epochs", minimum=0),
+            lr=check.check_float(params["lr"], "lr", minimum=0.0, strict=True),
+            reg=check.check_float(params["reg"], "reg", minimum=0.0))
+        init_mean = check.check_float(params["init_mean"], "init_mean")
+        init_std = check.check_float(params["init_std"], "init_std", minimum=0.0)
+        rates = {}
+        for name in self._RATES:  # per-term overrides: lr_bu=..., reg_qi=...
+            value = params[name]
+            if value is not None:
+                strict = name.startswith("lr_")
+                value = check.check_float(value, name, minimum=0.0, strict=strict)
+            rates[name] = value
+        dtype = check.check_float_dtype(params["dtype"])
+        largest = float(np.finfo(dtype).max)
+        if abs(init_mean) + 6 * init_std > largest:  # draws reach ~5.8 sd
+            raise ValueError(f"init_mean and init_std must keep the starting factors finite in "
+                             f"{dtype.name} (|init_mean| + 6 init_std <= {largest:.3g}), "
+                             f"got {params['init_mean']} and {params['init_std']}")
+        shuffle = params["shuffle"]
+        grid = check.check_int(params["grid"], "grid", minimum=0, maximum=1024)
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
+        checked.update(
+            init_mean=init_mean, init_std=init_std, rates=rates, dtype=dtype, grid=grid,
+            shuffle=bool(shuffle), backend=check.check_backend(params["backend"]),
+            num_threads=check.check_threads(params["num_threads"]),
+            random_state=check.check_random_state(params["random_state"]))
+        return checked
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -588,6 +634,9 @@ class SVD(_SgdFactorization):
         (``recfuse.reference.normal_draws``): the same bits on every backend and SIMD level,
         not NumPy's generator's stream.
 
+    ``get_params``/``set_params`` follow scikit-learn's estimator protocol
+    (``sklearn.base.clone`` works); see ``set_params`` for what it does to a fitted model.
+
     >>> import numpy as np, recfuse
     >>> rng = np.random.default_rng(0)
     >>> users, items = rng.integers(0, 50, 2000), rng.integers(0, 40, 2000)
@@ -601,6 +650,8 @@ class SVD(_SgdFactorization):
 
     _NAME = "SVD"
     _KERNEL = "svd_epoch"
+    _RATES = ("lr_bu", "lr_bi", "lr_pu", "lr_qi", "reg_bu", "reg_bi", "reg_pu", "reg_qi")
+    biased: bool
 
     def __init__(
         self,
@@ -627,17 +678,12 @@ class SVD(_SgdFactorization):
         num_threads: Integer = 0,
         random_state: RandomState = None,
     ) -> None:
-        if not isinstance(biased, (bool, np.bool_)):
-            raise TypeError(f"biased must be a bool, got {type(biased).__name__}")
-        self.biased = bool(biased)
-        rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, reg_bu=reg_bu,
-                     reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi)
-        super().__init__(factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
-                         shuffle, backend, num_threads, random_state)
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor arguments, as model files keep them."""
-        return {**super().get_params(), "biased": self.biased}
+        super().__init__(dict(
+            factors=factors, epochs=epochs, lr=lr, reg=reg, biased=biased, init_mean=init_mean,
+            init_std=init_std, lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi,
+            reg_bu=reg_bu, reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi, dtype=dtype, grid=grid,
+            shuffle=shuffle, backend=backend, num_threads=num_threads,
+            random_state=random_state))
 
     def _factor_count(self) -> int:
         return 2
@@ -687,11 +733,14 @@ class SVDpp(_SgdFactorization):
     ``grid`` is ignored; ``shuffle=False`` keeps each user's ratings in the order given.
     The other parameters are those of ``SVD`` but ``biased`` (SVD++ is always biased), plus
     ``lr_yj``/``reg_yj``; its backends are "cpu", "numba" and "numpy" (no cuda or cupy kernel:
-    ``backend="auto"`` passes over them, naming either raises RuntimeError).
+    ``backend="auto"`` passes over them, naming either raises RuntimeError). ``predict``,
+    ``recommend``, ``save`` and ``get_params``/``set_params`` are those of ``SVD``.
     """
 
     _NAME = "SVDpp"
     _KERNEL = "svdpp_epoch"
+    _RATES = ("lr_bu", "lr_bi", "lr_pu", "lr_qi", "lr_yj", "reg_bu", "reg_bi", "reg_pu",
+              "reg_qi", "reg_yj")
 
     def __init__(
         self,
@@ -719,10 +768,12 @@ class SVDpp(_SgdFactorization):
         num_threads: Integer = 0,
         random_state: RandomState = None,
     ) -> None:
-        rates = dict(lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, lr_yj=lr_yj,
-                     reg_bu=reg_bu, reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi, reg_yj=reg_yj)
-        super().__init__(factors, epochs, lr, reg, init_mean, init_std, rates, dtype, grid,
-                         shuffle, backend, num_threads, random_state)
+        super().__init__(dict(
+            factors=factors, epochs=epochs, lr=lr, reg=reg, init_mean=init_mean,
+            init_std=init_std, lr_bu=lr_bu, lr_bi=lr_bi, lr_pu=lr_pu, lr_qi=lr_qi, lr_yj=lr_yj,
+            reg_bu=reg_bu, reg_bi=reg_bi, reg_pu=reg_pu, reg_qi=reg_qi, reg_yj=reg_yj,
+            dtype=dtype, grid=grid, shuffle=shuffle, backend=backend, num_threads=num_threads,
+            random_state=random_state))
 
     @property
     def implicit_factors(self) -> np.ndarray | None:
