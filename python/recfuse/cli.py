@@ -13,8 +13,10 @@
                                      the ratio table, write bench.json (and bench.png with
                                      matplotlib)
   recfuse info                       backends and why any is unavailable
-  recfuse serve MODEL [--ranker F]   serve a model file (and a ranker file: recall + rank)
-                                     over HTTP (the serve extra)
+  recfuse serve DIR|MODEL [--ranker F]
+                                     serve DIR's model by its log's ids (or a model file by
+                                     its rows; a ranker file: recall + rank) over HTTP (the
+                                     serve extra)
 
 Every command but serve takes --json (one JSON object on stdout, nothing else; a
 number that is not finite, e.g. an AUC without any pair to compare, is written as null).
