@@ -21,6 +21,9 @@ Modes, each at concurrency 1, 16 and 64:
   and that many keep-alive connections from a minimal asyncio HTTP/1.1 client in this
   process (httpx costs more than the server; on uvloop when it is installed): client and
   server share the 2 cores, and the CPU time each used per request is recorded;
+- ``http-ids``: the same, serving a model folder (``recfuse serve DIR``: model.npz and a
+  train.npz naming users "user0", "user1"... and items "item0"...) and asked by those
+  string ids: what naming users and items by the log's ids costs over rows;
 - ``usual``: implicit 0.7.3 ``recommend`` (same factors, seen filtered) plus the MLP in
   PyTorch (``torch.nn.Sequential`` on the gathered/concatenated rows) when torch imports,
   else in NumPy (said in the output), from threads like ``embedded``.
@@ -32,6 +35,7 @@ machine's load (``uptime``) is printed with every row, because these 2 cores are
 
     python bench/bench_serve.py                              # about 6 minutes
     python bench/bench_serve.py --models ml-small --modes http --chains recall+rank
+    python bench/bench_serve.py --modes http,http-ids --chains recall   # rows vs log ids
 """
 
 from __future__ import annotations
@@ -154,7 +158,7 @@ def run_threads(call, users: np.ndarray, concurrency: int, seconds: float, reque
 
 
 async def _http_load(port: int, users: np.ndarray, concurrency: int, seconds: float,
-                     requests: int) -> tuple[list, float]:
+                     requests: int, named) -> tuple[list, float]:
     latencies: list = []
     budget = [requests]
     stop = time.perf_counter() + seconds
@@ -165,7 +169,7 @@ async def _http_load(port: int, users: np.ndarray, concurrency: int, seconds: fl
         try:
             while time.perf_counter() < stop and budget[0] > 0:
                 budget[0] -= 1
-                body = json.dumps({"user": int(rng.choice(users))}).encode()
+                body = json.dumps({"user": named(int(rng.choice(users)))}).encode()
                 started = time.perf_counter()
                 writer.write(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: "
                              b"application/json\r\nContent-Length: " + str(len(body)).encode() +
@@ -185,10 +189,11 @@ async def _http_load(port: int, users: np.ndarray, concurrency: int, seconds: fl
 
 
 def run_http(port: int, users, concurrency: int, seconds: float, requests: int,
-             server_pid: int | None = None) -> dict:
+             server_pid: int | None = None, named=int) -> dict:
+    """``named``: a user's row -> the id requests name it by."""
     client_before = cpu_seconds(os.getpid())
     server_before = None if server_pid is None else cpu_seconds(server_pid)
-    load = _http_load(port, users, concurrency, seconds, requests)
+    load = _http_load(port, users, concurrency, seconds, requests, named)
     if CLIENT_LOOP == "uvloop":  # the load generator's own CPU is taken from the server's cores
         import uvloop
 
@@ -232,6 +237,22 @@ def start_server(model_path: str, ranker_path: str | None,
             time.sleep(0.2)
     process.kill()
     raise RuntimeError("the server did not start in 120 s")
+
+
+def id_folder(folder: str, name: str, model: recfuse.ALS) -> str:
+    """A model folder of ``model`` whose train.npz names users "user0".. and items
+    "item0".. (strings, as an event log would), written once per model."""
+    path = os.path.join(folder, f"{name}-ids")
+    if not os.path.isdir(path):
+        os.mkdir(path)
+        model.save(os.path.join(path, "model.npz"))
+        n_users, n_items = model._user_items.shape
+        recfuse.Interactions.from_matrix(
+            model._user_items,
+            user_ids=recfuse.IdMap(np.array([f"user{u}" for u in range(n_users)], object)),
+            item_ids=recfuse.IdMap(np.array([f"item{i}" for i in range(n_items)], object)),
+        ).save(os.path.join(path, "train.npz"))
+    return path
 
 
 def usual_chain(model: recfuse.ALS, rank: bool):
@@ -319,7 +340,7 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--models", default="ml-small,1M-items")
     parser.add_argument("--chains", default="recall,recall+rank")
-    parser.add_argument("--modes", default="embedded,batcher,usual,http")
+    parser.add_argument("--modes", default="embedded,batcher,usual,http,http-ids")
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     parser.add_argument("--workers", type=int, default=1,
                         help="threads answering batches (the batcher and recfuse serve)")
@@ -374,15 +395,18 @@ def main(argv=None) -> int:
                                        concurrency=concurrency, **result)
                 finally:
                     batcher.close()
-                if "http" in modes:
-                    process, port = start_server(path, ranker_path if rank else None,
+                for mode in [mode for mode in modes if mode.startswith("http")]:
+                    served, named = path, int
+                    if mode == "http-ids":
+                        served, named = id_folder(folder, name, model), "user{}".format
+                    process, port = start_server(served, ranker_path if rank else None,
                                                  args.workers)
                     try:
-                        run_http(port, users, 4, 0.5, 200)  # warm up
+                        run_http(port, users, 4, 0.5, 200, named=named)  # warm up
                         for concurrency in levels:
                             result = run_http(port, users, concurrency, args.seconds,
-                                              args.requests, process.pid)
-                            report_row(rows, model=name, chain=chain, mode="http",
+                                              args.requests, process.pid, named)
+                            report_row(rows, model=name, chain=chain, mode=mode,
                                        concurrency=concurrency, **result)
                     finally:
                         process.terminate()
