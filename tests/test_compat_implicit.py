@@ -689,6 +689,12 @@ def test_explain_validation(pair, matrix):
         ours.explain(0, matrix, 1, user_weights=(np.eye(K + 1), False))
     with pytest.raises(TypeError, match="lower"):
         ours.explain(0, matrix, 1, user_weights=(np.eye(K), "no"))
+    # SciPy >= 1.18's cho_factor returns lower as a 0-d bool array: the same as the bool
+    factor = ours.explain(0, matrix, 1)[2][0]
+    assert ours.explain(0, matrix, 1, user_weights=(factor, np.array(False)))[:2] == \
+        ours.explain(0, matrix, 1, user_weights=(factor, False))[:2]
+    with pytest.raises(TypeError, match="lower"):  # per-user flags are not one flag
+        ours.explain(0, matrix, 1, user_weights=(factor, np.array([False])))
     with pytest.raises(ValueError, match="userid must be >= 0"):
         ours.explain(-1, matrix, 0)
     with pytest.raises(ValueError, match="N must be >= 0"):

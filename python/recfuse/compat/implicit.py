@@ -262,7 +262,10 @@ def _cholesky_pair(value, n_factors: int):
             "user_weights must be the (factor, lower) pair that explain returns "
             f"(scipy.linalg.cho_factor's result), got {type(value).__name__}"
         )
-    factor, lower = np.asarray(value[0]), check.check_flag(value[1], "user_weights[1] (lower)")
+    lower = value[1]
+    if isinstance(lower, np.ndarray) and lower.shape == () and lower.dtype == np.bool_:
+        lower = lower[()]  # SciPy >= 1.18's cho_factor gives lower as a 0-d bool array
+    factor, lower = np.asarray(value[0]), check.check_flag(lower, "user_weights[1] (lower)")
     if factor.dtype.kind not in "fiu":
         raise TypeError(f"user_weights[0] must hold real numbers, got dtype {factor.dtype}")
     if factor.shape != (n_factors, n_factors):
