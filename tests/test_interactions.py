@@ -840,7 +840,7 @@ _ID_VALUES = st.one_of(st.integers(-5, 40), st.integers(-2 ** 70, 2 ** 70),
 def test_a_few_ids_are_looked_up_as_many_are(ints, wanted):
     """Lookups of up to 16 ids go one by one (a server's requests), more through one
     vectorised call: the same ints (or the same error) either way."""
-    id_map = IdMap(np.arange(0, 40, 3) if ints else np.array(["a", "7", "b\0", "c"]))
+    id_map = IdMap(np.arange(0, 40, 3) if ints else np.array(["a", "7", "b\0", "c"], object))
 
     def looked_up(values):
         try:
@@ -851,6 +851,9 @@ def test_a_few_ids_are_looked_up_as_many_are(ints, wanted):
     padded = list(wanted) + [wanted[0] if wanted else 3] * 20  # past the one-by-one path
     few, many = looked_up(wanted), looked_up(padded)
     assert few == (many if isinstance(many, str) else many[:len(wanted)])
+    # position: one id at a time, as to_internal of that id alone
+    assert [id_map.position(value) for value in wanted] == [looked_up([value])[0]
+                                                            for value in wanted]
 
 
 def test_an_id_map_knows_its_kind_once():
