@@ -239,7 +239,6 @@ class IdMap:
         found = sorted_ids[position] == values
         return np.where(found, order[position], -1).astype(np.int64)
 
-
     def _position(self, value) -> int:
         """The int of one id, -1 when unknown (pandas lookup table built)."""
         try:

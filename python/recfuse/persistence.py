@@ -431,10 +431,10 @@ def _check_trained_on(model, train: Interactions, folder: str) -> None:
     """Refuse a folder whose model was not trained on its train.npz: a ``recfuse train``
     into it renames its files one after another, so a reader between two renames would get
     a model and ids of two trainings (rows naming other users: silently wrong answers)."""
+    from .models.als import ALS
     from .models.bpr import BPR
     from .models.explicit_als import ExplicitALS
     from .models.sgd import SVD, SVDpp
-    from .models.als import ALS
 
     if isinstance(model, ALS):
         seen = model._user_items

@@ -625,9 +625,9 @@ class Recommender:
         ``replay`` may also be a function that renumbers the logged ``Events`` for the new
         model, when its rows name other users or items than the old one's (a retrain on a
         log whose ids were numbered anew): called once, writer lock held, with every logged
-        event; what it returns is replayed and becomes the log. If anything fails (the
-        function included) the old model and the log stay and the error is raised. Returns
-        the new version.
+        event; what it returns (``Events``, or a mapping as ``observe`` takes) is replayed
+        and becomes the log. If anything fails (the function included) the old model and the
+        log stay and the error is raised. Returns the new version.
         """
         renumber = replay if callable(replay) else None
         if renumber is None:
