@@ -189,10 +189,9 @@ class IdMap:
         if kind == "string" and not isinstance(value, str) or kind == "integer" and (
                 isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real)):
             return -1  # as to_internal: strings among strings, numbers among integers
-        if kind not in ("string", "integer") or _optional_pandas() is None:
+        if self._index is None or isinstance(self._index, tuple) or \
+                kind not in ("string", "integer"):  # the table built, or other kinds
             return int(self.to_internal([value], missing="ignore")[0])
-        if self._index is None:
-            self._index = _optional_pandas().Index(self._ids)
         return self._position(value)
 
     def to_external(self, codes: ArrayLike) -> np.ndarray:

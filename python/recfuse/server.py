@@ -282,12 +282,12 @@ class _Ids:
 
     def rows(self, kind: str, values: list) -> np.ndarray:
         """The rows of ``values`` (checked ids), -1 where an id has none."""
-        id_map = self.maps[kind]
+        id_map, added = self.maps[kind], self.added[kind]
         if len(values) <= _FEW_IDS:  # one request's: one by one, each ~1 us (checked ids)
-            rows = np.fromiter(map(id_map.position, values), np.int64, len(values))
-        else:
-            rows = id_map.to_internal(values, missing="ignore")
-        added = self.added[kind]
+            found = [id_map.position(value) for value in values]
+            return np.array([row if row >= 0 else added.get(value, -1)
+                             for row, value in zip(found, values)], dtype=np.int64)
+        rows = id_map.to_internal(values, missing="ignore")
         for position in np.flatnonzero(rows < 0).tolist():
             rows[position] = added.get(values[position], -1)
         return rows
@@ -328,6 +328,8 @@ class _Ids:
         """The ids of rows (each a known or added row)."""
         id_map, order = self.maps[kind], self.added_ids[kind]
         first = len(id_map)
+        if not order:  # no id added: every row is the map's
+            return id_map.ids[rows].tolist()
         known = iter(id_map.ids[rows[rows < first]].tolist())
         return [next(known) if row < first else order[row - first] for row in rows.tolist()]
 
