@@ -14,7 +14,7 @@ import scipy.sparse as sp
 
 from .. import _validation as check
 from .._als.common import AlsParams
-from ..models._common import EstimatorParams
+from ..models._common import EstimatorParams, shaped_tables
 from ..models.als import AlsSettings, checked_settings, settings_params
 from . import _blocks
 
@@ -131,7 +131,7 @@ class DistributedALSBase(EstimatorParams, AlsSettings):
     def _fit_shaped(self) -> dict[str, str]:
         if self.n_users is None:  # not fitted
             return {}
-        return {"factors": f"tables ({self.factors} columns)", "dtype": "tables"}
+        return shaped_tables(self.factors)
 
     # ------------------------------------------------------------------ checkpoints
     @contextlib.contextmanager

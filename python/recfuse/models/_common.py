@@ -6,7 +6,6 @@ retrieval calls built on ``recommend`` and the factor tables (``recommend_all``,
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from typing import TYPE_CHECKING, Any, overload
 
@@ -161,6 +160,12 @@ class EstimatorParams:
         (e.g. ``"tables (64 columns)"``): none while the model is not fitted."""
         return {}
 
+    def _saved_params(self) -> dict[str, Any]:
+        """``get_params()`` as model files keep them (``random_state`` by ``saved_seed``)."""
+        params = self.get_params()
+        params["random_state"] = saved_seed(params["random_state"])
+        return params
+
     def _set_checked(self, params: dict[str, Any], *, keep_fit: bool = False) -> None:
         """Check ``params`` (every constructor parameter) and set the attributes they give:
         nothing is set unless every value is valid. ``keep_fit`` (``set_params``): a new value
@@ -228,6 +233,12 @@ class EstimatorParams:
         if params:
             self._set_checked({**current, **params}, keep_fit=True)
         return self
+
+
+def shaped_tables(factors: int) -> dict[str, str]:
+    """A fitted factor model's ``_fit_shaped``: its ``factors`` and ``dtype`` shaped its
+    tables (of ``factors`` columns)."""
+    return {"factors": f"tables ({factors} columns)", "dtype": "tables"}
 
 
 def saved_factor_tables(model, user_factors, item_factors) -> tuple:

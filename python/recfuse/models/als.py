@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-import os
 import sys
 import threading
 import warnings
@@ -19,7 +18,7 @@ from .._backend import resolve_backend
 from ..retrieval import ItemIndex
 from ._common import (EstimatorParams, FactorRetrieval, check_tables_fit, check_trained,
                       interaction_matrix, param_seed, progress_bar, saveable_tables,
-                      saved_factor_tables, saved_group, saved_seed, stored_seen)
+                      saved_factor_tables, saved_group, shaped_tables, stored_seen)
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
@@ -406,8 +405,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
                 seen_data=seen.data,
                 seen_shape=np.array(seen.shape, dtype=np.int64),
             )
-        save_model(path, "ALS", {**self.get_params(),
-                                 "random_state": saved_seed(self.random_state)}, arrays)
+        save_model(path, "ALS", self._saved_params(), arrays)
 
     def _params(self) -> dict[str, Any]:
         """The constructor arguments (``get_params``)."""
@@ -420,7 +418,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
     def _fit_shaped(self) -> dict[str, str]:
         if self.user_factors is None or self.item_factors is None:  # not fitted
             return {}
-        return {"factors": f"tables ({self.factors} columns)", "dtype": "tables"}
+        return shaped_tables(self.factors)
 
     @classmethod
     def _from_saved(cls, params: dict, arrays: dict) -> "ALS":

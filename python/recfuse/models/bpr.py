@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable
@@ -17,7 +16,7 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
 from ..retrieval import ItemIndex
 from ._common import (EstimatorParams, FactorRetrieval, check_tables_fit, check_trained,
                       interaction_matrix, param_seed, progress_bar, saveable_tables,
-                      saved_factor_tables, saved_seed, seen_rows, stored_seen)
+                      saved_factor_tables, seen_rows, shaped_tables, stored_seen)
 from .sgd import MAX_FACTORS
 
 if TYPE_CHECKING:
@@ -239,7 +238,7 @@ class BPR(EstimatorParams, FactorRetrieval):
     def _fit_shaped(self) -> dict[str, str]:
         if self.user_factors is None:  # not fitted
             return {}
-        return {"factors": f"tables ({self.factors} columns)", "dtype": "tables"}
+        return shaped_tables(self.factors)
 
     def save(self, path: PathLike) -> None:
         """Write the model to ``path`` (a versioned .npz; no pickle). Atomic."""
@@ -254,8 +253,7 @@ class BPR(EstimatorParams, FactorRetrieval):
             bias = _checked_item_bias(bias, Q.shape[0], self.dtype)
         except ValueError as error:
             raise ValueError(f"cannot save: {error}") from error
-        save_model(path, "BPR", {**self.get_params(),
-                                 "random_state": saved_seed(self.random_state)}, {
+        save_model(path, "BPR", self._saved_params(), {
             "user_factors": P, "item_factors": Q,
             "item_bias": bias, "seen_indptr": seen.indptr.astype(np.int64),
             "seen_indices": seen.indices.astype(np.int32), "seen_data": seen.data,

@@ -11,7 +11,6 @@ order given, which is Surprise's own order when they come from ``Trainset.all_ra
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from dataclasses import dataclass, replace
@@ -26,8 +25,8 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
 from ._common import (EstimatorParams, FactorRetrieval, check_trained, param_seed,
-                      progress_bar, rating_arrays, saved_factor_tables, saved_group, saved_seed,
-                      seen_rows)
+                      progress_bar, rating_arrays, saved_factor_tables, saved_group, seen_rows,
+                      shaped_tables)
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
@@ -322,13 +321,12 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
         if state.ratings is not None:
             arrays.update(zip(("ratings_indptr", "ratings_indices", "ratings_values"),
                               state.ratings))
-        save_model(path, self._NAME, {**self.get_params(),
-                                      "random_state": saved_seed(self.random_state)}, arrays)
+        save_model(path, self._NAME, self._saved_params(), arrays)
 
     def _fit_shaped(self) -> dict[str, str]:
         if self._fitted is None:  # not fitted
             return {}
-        shaped = {"factors": f"tables ({self.factors} columns)", "dtype": "tables"}
+        shaped = shaped_tables(self.factors)
         if hasattr(self, "biased"):  # SVD, ExplicitALS
             shaped["biased"] = "tables"
         return shaped
