@@ -447,9 +447,13 @@ def _check_trained_on(model, train: Interactions, folder: str) -> None:
                          f"model that `recfuse train` writes")
     matrix = train.matrix
     sizes = (model.user_factors.shape[0], model.item_factors.shape[0])
+
+    def columns(csr):  # each row's columns in order (sorted copies only where they are not)
+        return (csr if csr.has_sorted_indices else csr.sorted_indices()).indices
+
     same = sizes == matrix.shape and (seen is None or (
         seen.shape == matrix.shape and np.array_equal(seen.indptr, matrix.indptr)
-        and np.array_equal(seen.sorted_indices().indices, matrix.sorted_indices().indices)))
+        and np.array_equal(columns(seen), columns(matrix))))
     if not same:
         raise ValueError(f"{folder!r}: model.npz ({sizes[0]} users x {sizes[1]} items) was "
                          f"not trained on train.npz ({matrix.shape[0]} x {matrix.shape[1]}): "

@@ -74,7 +74,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
 
 from . import _validation as check
 from .batching import MicroBatcher
-from .interactions import IdMap, Interactions
+from .interactions import _FEW_IDS, IdMap, Interactions
 from .persistence import load_folder
 from .ranking import load_scorer
 from .serving import Events, Recommender
@@ -84,7 +84,6 @@ _FLOAT64_MAX = float(np.finfo(np.float64).max)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _UNKNOWN_USER = check.INT64_MAX  # a row no user is given: the Recommender's cold start
 _MODEL_CHANGES = 1000  # retries of a request whose model was swapped while it was mapped
-_FEW_IDS = 16  # lists of at most this many ids are looked up one by one
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
