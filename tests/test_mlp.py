@@ -900,6 +900,48 @@ def test_from_onnx_refuses_other_domains_and_names_gemm_attributes(tmp_path):
         MLPScorer.from_onnx(save("erf.onnx", "Erf"))  # how an old exporter's GELU starts
 
 
+
+def test_from_onnx_adds_an_add_after_a_gemm_to_its_bias(tmp_path):
+    """Exporters write a layer's bias as Gemm(x, W) then Add, and some add a second bias to
+    a Gemm's own: each Add before the activation sums into the layer's bias (as ONNX
+    Runtime computes it). An Add after the activation is no layer's bias: refused."""
+    pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")
+    from onnx import helper
+
+    rng = np.random.default_rng(13)
+    arrays = {"W0": rng.standard_normal((6, 4)).astype(np.float32),
+              "b0": rng.standard_normal(6).astype(np.float32),
+              "c0": rng.standard_normal((1, 6)).astype(np.float32),
+              "W1": rng.standard_normal((1, 6)).astype(np.float32),
+              "b1": rng.standard_normal(1).astype(np.float32)}
+    X = rng.standard_normal((40, 4)).astype(np.float32)
+    no_bias = _save_onnx(tmp_path, "no_bias.onnx", [
+        helper.make_node("Gemm", ["x", "W0"], ["h"], transB=1),
+        helper.make_node("Add", ["b0", "h"], ["z"]),
+        helper.make_node("Relu", ["z"], ["r"]),
+        helper.make_node("Gemm", ["r", "W1"], ["g"], transB=1),
+        helper.make_node("Add", ["g", "b1"], ["y"])], arrays, in_width=4)
+    two_biases = _save_onnx(tmp_path, "two_biases.onnx", [
+        helper.make_node("Gemm", ["x", "W0", "b0"], ["h"], transB=1),
+        helper.make_node("Add", ["h", "c0"], ["z"]),
+        helper.make_node("Tanh", ["z"], ["r"]),
+        helper.make_node("Gemm", ["r", "W1", "b1"], ["y"], transB=1)], arrays, in_width=4)
+    for path in (no_bias, two_biases):
+        model = MLPScorer.from_onnx(path)
+        assert all(b is not None for _, b, _ in model.layers)
+        np.testing.assert_allclose(model.score(X), _onnxruntime_scores(path, X), rtol=1e-5,
+                                   atol=1e-5)
+    np.testing.assert_allclose(MLPScorer.from_onnx(two_biases).layers[0][1],
+                               arrays["b0"] + arrays["c0"][0], rtol=1e-6)
+    after = _save_onnx(tmp_path, "after.onnx", [
+        helper.make_node("Gemm", ["x", "W0", "b0"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Add", ["r", "c0"], ["z"]),
+        helper.make_node("Gemm", ["z", "W1"], ["y"], transB=1)], arrays, in_width=4)
+    with pytest.raises(ValueError, match=r"Add ''\) is not supported.*between a Gemm or "
+                                         r"MatMul and its activation"):
+        MLPScorer.from_onnx(after)
+
 def test_from_onnx_refuses_unreadable_files_with_a_value_error(tmp_path):
     """A truncated, foreign or empty .onnx is a ValueError naming the file (it was protobuf's
     DecodeError, which ``recfuse serve``'s reload and the CLI do not catch)."""

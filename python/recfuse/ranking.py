@@ -151,9 +151,10 @@ class MLPScorer:
 
     @classmethod
     def from_onnx(cls, path: PathLike, **options: Any) -> "MLPScorer":
-        """A scorer from an ONNX file holding a chain of Gemm (or MatMul + Add) nodes, each
-        optionally followed by Relu, Gelu (approximate="none"), Sigmoid or Tanh (Identity
-        nodes are skipped wherever they stand); operators of the standard domain only, and
+        """A scorer from an ONNX file holding a chain of Gemm or MatMul nodes, each
+        optionally followed by Adds of constants (they sum into the layer's bias) and by
+        Relu, Gelu (approximate="none"), Sigmoid or Tanh (Identity nodes are skipped
+        wherever they stand); operators of the standard domain only, and
         com.microsoft's Gelu. Needs the ``onnx`` package. Options go to ``MLPScorer``."""
         return cls(layers_from_onnx(path), **options)
 
@@ -571,8 +572,7 @@ def layers_from_onnx(path) -> list:
     activations = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu"}
     layers: list = []
     current = inputs[0]  # the chain's value: the tensor the next node must read
-    open_layer = False
-    pending_matmul = None  # a MatMul's weight (out, in) waiting for its Add
+    open_layer = False  # a Gemm or MatMul read, no activation yet: an Add adds to its bias
     for position, node in enumerate(graph.node):
         where = f"node {position} ({node.op_type} {node.name!r})"
         if node.domain not in ("", "ai.onnx") and \
@@ -603,18 +603,18 @@ def layers_from_onnx(path) -> list:
                 node.input[2] else None
             layers.append([W, None if b is None else _onnx_bias(b, W.shape[0], where),
                            "identity"])
-            open_layer, pending_matmul = True, None
+            open_layer = True
         elif node.op_type == "MatMul":
             if node.input[0] != data[0]:
                 raise ValueError(f"{where}: only MatMul(x, W) is supported")
-            pending_matmul = _onnx_constant(constants, node.input[1], where).T
-            layers.append([pending_matmul, None, "identity"])
+            layers.append([_onnx_constant(constants, node.input[1], where).T, None, "identity"])
             open_layer = True
-        elif node.op_type == "Add" and pending_matmul is not None:
+        elif node.op_type == "Add" and open_layer:
+            # a MatMul's bias, or one added to a Gemm's (exporters write both): they sum
             name = node.input[1] if node.input[1] in constants else node.input[0]
-            layers[-1][1] = _onnx_bias(_onnx_constant(constants, name, where),
-                                       pending_matmul.shape[0], where)
-            pending_matmul = None
+            out = layers[-1][0].shape[0]
+            bias = _onnx_bias(_onnx_constant(constants, name, where), out, where)
+            layers[-1][1] = bias if layers[-1][1] is None else layers[-1][1] + bias
         elif node.op_type == "Identity":
             continue  # passes the value on: the open layer still takes its bias or activation
         elif node.op_type in activations:
@@ -625,14 +625,17 @@ def layers_from_onnx(path) -> list:
             if not open_layer:
                 raise ValueError(f"{where}: an activation must follow a Gemm or MatMul")
             layers[-1][2] = activations[node.op_type]
-            open_layer, pending_matmul = False, None
+            open_layer = False
         else:
             # below opset 20 exporters write GELU as x * 0.5 * (1 + Erf(x / √2))
             hint = (" (a GELU exported below opset 20 becomes Div, Erf, Add and Mul nodes: "
                     "export with opset_version=20 or later for one Gelu node)"
-                    if node.op_type in ("Div", "Erf", "Mul") else "")
+                    if node.op_type in ("Div", "Erf", "Mul") else
+                    " (an Add is read as a bias only between a Gemm or MatMul and its "
+                    "activation)" if node.op_type == "Add" else "")
             raise ValueError(f"{where} is not supported: from_onnx reads chains of Gemm (or "
-                             f"MatMul + Add) and Relu, Gelu, Sigmoid, Tanh, Identity{hint}")
+                             f"MatMul), Adds of their biases, Relu, Gelu, Sigmoid, Tanh and "
+                             f"Identity{hint}")
     if not layers:
         raise ValueError("the ONNX graph has no Gemm or MatMul node")
     if current != graph.output[0].name:
