@@ -63,6 +63,8 @@ class BPR(EstimatorParams, FactorRetrieval):
 
     ``get_params``/``set_params`` follow scikit-learn's estimator protocol
     (``sklearn.base.clone`` works); see ``set_params`` for what it does to a fitted model.
+    ``backend_used`` names the backend that ran the last ``fit`` (None on a model read
+    by ``recfuse.load``, which ran none).
 
     >>> import recfuse, scipy.sparse as sp
     >>> user_items = sp.random(60, 40, density=0.1, format="csr", random_state=0)

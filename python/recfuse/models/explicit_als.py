@@ -60,8 +60,8 @@ class ExplicitALS(_RatingModel):
     random_state: seed (int) or ``numpy.random.Generator`` for the initial factors.
 
     ``predict``, ``recommend`` (through ``recfuse.topk``, bias-aware), ``save``,
-    ``get_params``/``set_params`` (scikit-learn's estimator protocol) and unknown-id
-    handling are those of ``recfuse.SVD``.
+    ``get_params``/``set_params`` (scikit-learn's estimator protocol), ``backend_used``
+    and unknown-id handling are those of ``recfuse.SVD``.
 
     >>> import numpy as np, recfuse
     >>> rng = np.random.default_rng(0)

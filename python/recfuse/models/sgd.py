@@ -634,6 +634,8 @@ class SVD(_SgdFactorization):
 
     ``get_params``/``set_params`` follow scikit-learn's estimator protocol
     (``sklearn.base.clone`` works); see ``set_params`` for what it does to a fitted model.
+    ``backend_used`` names the backend that ran the last ``fit`` (None on a model read
+    by ``recfuse.load``, which ran none).
 
     >>> import numpy as np, recfuse
     >>> rng = np.random.default_rng(0)
