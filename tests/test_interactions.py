@@ -856,6 +856,22 @@ def test_a_few_ids_are_looked_up_as_many_are(ints, wanted):
                                                             for value in wanted]
 
 
+@pytest.mark.parametrize("unit", ["ns", "s", "D"])
+def test_a_few_datetime_ids_are_found(unit):
+    # one by one, datetime64 ids went through tolist(): ints of nanoseconds (or dates) that
+    # the DatetimeIndex never found, so extend appended known ids again (a map of repeated
+    # ids) and a log's add() of a known datetime user failed in group_events
+    known = np.array(["2020-01-01", "2021-01-01"], f"datetime64[{unit}]")
+    id_map = IdMap(known)
+    wanted = np.array(["2021-01-01", "2022-01-01"], f"datetime64[{unit}]")
+    assert id_map.to_internal(wanted, missing="ignore").tolist() == [1, -1]
+    assert id_map.to_internal(np.tile(wanted, 10), missing="ignore")[:2].tolist() == [1, -1]
+    assert id_map.position(known[0]) == 0
+    assert id_map.extend(wanted).ids.tolist() == [*known.tolist(), wanted[1].item()]
+    log = Interactions.from_arrays(known, [1, 2]).add(users=known[:1], items=[2])
+    assert log.shape == (2, 2) and log.matrix.toarray().tolist() == [[1, 1], [0, 1]]
+
+
 def test_an_id_map_knows_its_kind_once():
     strings = IdMap(np.array(["b", "a"], dtype=object))
     assert strings.kind == "string" and IdMap([3, 1]).kind == "integer"

@@ -696,6 +696,32 @@ def test_requests_and_answers_name_users_and_items_by_the_ids_of_the_log():
         running.stop()
 
 
+def test_string_ids_that_json_cannot_answer_are_refused_before_anything_is_done():
+    """JSON may escape a lone surrogate ("\\ud800"), which no answer can encode as UTF-8:
+    such an id is refused as bad input (422, naming it), not accepted into the log, where
+    every GET /events failed afterwards and DELETE /events emptied the log and then failed."""
+    train = _log()
+    model = recfuse.ALS(factors=4, iterations=3, random_state=0).fit(train)
+    app = create_app(recfuse.Recommender(model, k=5, num_threads=1), ids=train)
+    running = Running(app)
+    try:
+        client = running.client
+        headers = {"content-type": "application/json"}
+        for path, raw in (("/recommend", b'{"user": "\\ud800x"}'),
+                          ("/recommend", b'{"users": ["u01", "\\udfff"]}'),
+                          ("/events", b'{"user": ["u01", "\\ud800"], "item": [1000, 1007]}')):
+            reply = client.post(path, content=raw, headers=headers)
+            assert reply.status_code == 422, (path, reply.text)
+            assert "valid Unicode" in reply.json()["error"], reply.text
+        reply = client.post("/events", content=b'{"user": ["u01"], "item": [1000]}')
+        assert reply.status_code == 200 and reply.json()["pending_events"] == 1
+        taken = client.delete("/events")
+        assert taken.status_code == 200 and taken.json()["user"] == ["u01"], taken.text
+        assert "\ud800" not in app.state.naming["now"].added["user"]
+    finally:
+        running.stop()
+
+
 def test_create_app_refuses_ids_that_do_not_fit_the_model(model_file, tmp_path):
     served = recfuse.Recommender(model_file, num_threads=1)
     with pytest.raises(ValueError, match="the ids name 40 users and 30 items; the "
@@ -710,6 +736,24 @@ def test_create_app_refuses_ids_that_do_not_fit_the_model(model_file, tmp_path):
     floats = recfuse.Interactions.from_arrays(np.arange(80) + 0.5, np.arange(80) % 60)
     with pytest.raises(ValueError, match="user ids are floating; requests name ids in JSON"):
         create_app(served, ids=floats)
+
+
+def test_create_app_refuses_a_recommender_that_added_rows_the_ids_do_not_name():
+    """A Recommender that observed new users or items by rows (before create_app) holds
+    rows no id names: answers naming its added items and GET /events failed (500), and the
+    next new id would have been given an observed user's row (its vector and history)."""
+    train = _log()
+    model = recfuse.ALS(factors=4, iterations=3, random_state=0).fit(train)
+    for events in ({"user": [40], "item": [2]}, {"user": [3], "item": [30]}):
+        rec = recfuse.Recommender(model, k=5, num_threads=1)
+        rec.observe(events)
+        rec.pending_events(clear=True)  # the log emptied: the rows stay
+        with pytest.raises(ValueError, match="has observed users or items beyond the "
+                                             "training data's rows"):
+            create_app(rec, ids=train)
+    rec = recfuse.Recommender(model, k=5, num_threads=1)
+    rec.observe({"user": [3], "item": [2]})  # rows the ids name: served
+    create_app(rec, ids=train)
 
 
 def _save_folder(folder, train, seed: int):

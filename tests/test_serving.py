@@ -303,6 +303,35 @@ def test_explicit_als_fold_in_is_the_exact_solve_of_the_users_ratings(biased, tm
         np.testing.assert_array_equal(before, after)
 
 
+def test_explicit_als_observe_refuses_the_float32_ratings_fit_refuses():
+    """fit refuses float32 ratings with max|r|² x (most ratings of a user or item) above
+    float32's largest value; observe refuses the same ratings (nothing applied), however
+    wide the rating_scale, and takes those a refit would take."""
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 20, 200), rng.integers(0, 15, 200)
+    ratings = rng.integers(1, 6, 200).astype(np.float64)
+    wide = (-1e30, 1e30)
+    model = recfuse.ExplicitALS(factors=3, iterations=2, random_state=0).fit(
+        users, items, ratings, rating_scale=wide)
+    for big in (1e19, -1e25):
+        with pytest.raises(ValueError, match="ratings are too large for dtype=float32"):
+            recfuse.ExplicitALS(factors=3, iterations=2).fit(
+                np.r_[users, 0], np.r_[items, 0], np.r_[ratings, big], rating_scale=wide)
+        rec = Recommender(model, k=5, num_threads=1)
+        before = rec.recommend(0)
+        with pytest.raises(ValueError, match=r"events weight \(user 3\): ratings are too "
+                                             r"large for dtype=float32.*rescale the ratings"):
+            rec.observe({"user": [0, 3], "item": [0, 1], "weight": [4.0, big]})
+        assert rec.pending_events().users.size == 0 and not rec._state.users
+        np.testing.assert_array_equal(rec.recommend(0).ids, before.ids)
+    rec = Recommender(model, k=5, num_threads=1)
+    assert rec.observe({"user": [0, 99], "item": [0, 1], "weight": [1e17, -1e17]}) == 2
+    in64 = recfuse.ExplicitALS(factors=3, iterations=2, dtype=np.float64, random_state=0).fit(
+        users, items, ratings, rating_scale=wide)
+    assert Recommender(in64, k=5, num_threads=1).observe(
+        {"user": [0], "item": [0], "weight": [1e25]}) == 1
+
+
 @pytest.mark.parametrize("events, error, message", [
     ([1, 2], TypeError, "mapping"),
     ({"user": [1]}, ValueError, "'user' and 'item'"),

@@ -227,7 +227,9 @@ class IdMap:
             if self._index is None:
                 self._index = pandas.Index(self._ids)
             if values.size <= _FEW_IDS:  # e.g. one request's users: ~1 us each, not ~100 us
-                return np.fromiter((self._position(value) for value in values.tolist()),
+                # (datetime64 as NumPy scalars: tolist() gives ints or dates, never found)
+                listed = list(values) if values.dtype.kind in "mM" else values.tolist()
+                return np.fromiter((self._position(value) for value in listed),
                                    np.int64, values.size)
             return self._index.get_indexer(values).astype(np.int64, copy=False)
         if self._index is None:  # pragma: no cover - the NumPy path without pandas

@@ -277,6 +277,12 @@ class _Ids:
                 raise _BadRequest(422, f"{name} must hold {kind} ids of the training log "
                                        f"({expected}), got {type(entry).__name__} "
                                        f"{entry!r:.40}")
+            if low is None and not entry.isascii():  # answers and the log echo it as UTF-8
+                try:
+                    entry.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate, which JSON lets "\ud800" be
+                    raise _BadRequest(422, f"{name} must hold {kind} ids of valid Unicode (no "
+                                           f"lone surrogate), got {entry!r:.40}") from None
         return values
 
     def rows(self, kind: str, values: list) -> np.ndarray:
@@ -455,6 +461,11 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         named = _Ids.of(ids)
         info = recommender.info()
         named.check_sizes(info["users"], info["items"], "the recommender's model")
+        state = recommender._state  # rows no id names: answers could not name them
+        if state.new_items is not None or any(row >= info["users"] for row in state.users):
+            raise ValueError("the recommender has observed users or items beyond the training "
+                             "data's rows, which no id names; serve by ids a Recommender that "
+                             "observed none, and give it the events by ids (POST /events)")
         named.version = info["version"]
         naming["now"] = named
     metrics = Metrics()

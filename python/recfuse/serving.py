@@ -79,7 +79,7 @@ from ._als.common import CsrArrays
 from .models.als import ALS, fold_in, item_gram
 from .models._common import check_trained
 from .models.bpr import BPR
-from .models.explicit_als import ExplicitALS
+from .models.explicit_als import ExplicitALS, check_float32_sums
 from .models.sgd import SVD, SVDpp, _user_vectors
 from .ranker import MLPRanker
 from .ranking import MLPScorer, load_scorer
@@ -252,6 +252,8 @@ class _Model:
     # SVD, SVD++, ExplicitALS: the fit's (lowest, highest) rating, which observe checks
     # events against (kept here: a refit of the model object must not change it)
     rating_scale: tuple[float, float] | None = None
+    # ExplicitALS: the most ratings of one user or item in training (fit's float32 bound)
+    longest_ratings: int = 0
 
     @property
     def n_users(self) -> int:
@@ -507,6 +509,7 @@ class Recommender:
             retriever = load(source)
         model = retriever
         seen_counts = rating_scale = None
+        longest = 0
         search_bias = None  # the recall index's item bias, when it is not ``bias``
         if isinstance(model, ALS):
             model._require_fitted()
@@ -550,6 +553,8 @@ class Recommender:
                                              indptr.copy()), shape=shape)
                 seen.sum_duplicates()
                 seen_counts.sum_duplicates()
+                longest = int(max(np.diff(indptr).max(initial=0),
+                                  np.bincount(indices).max(initial=0)))
         else:
             raise TypeError(f"retriever must be a fitted recfuse.ALS, SVD, SVDpp, ExplicitALS "
                             f"or BPR or a model file path, got {type(model).__name__}")
@@ -597,7 +602,7 @@ class Recommender:
                       seen.indptr.astype(np.int64), seen.indices.astype(np.int32), history,
                       popular.astype(np.int64), rule_mask, scorer, ranker_source, prepared,
                       item_gram(items.astype(np.float64)) if kind == "als" else None, mean,
-                      seen_counts, rating_scale)
+                      seen_counts, rating_scale, longest)
 
     def _rule_mask(self, ids: np.ndarray, n_items: int) -> np.ndarray:
         """Which of ``ids`` the rules allow."""
@@ -913,9 +918,10 @@ class Recommender:
             sequence (or a scalar), or ``Events``. For ALS, each user's summed weight of an
             item may be at most the square root of the model dtype's largest value (1.8e19
             for float32, 1.3e154 for float64), as the fold-in squares it; the rating models
-            take ratings within their scale. All are checked first: on any error nothing is
-            applied (earlier calls' events stay); a fold-in that overflows anyway (NaN or inf
-            in a vector) is refused the same way.
+            take ratings within their scale (a float32 ExplicitALS only those its fit takes:
+            max|rating|² x the most ratings of a user or item <= 3.4e38). All are checked
+            first: on any error nothing is applied (earlier calls' events stay); a fold-in
+            that overflows anyway (NaN or inf in a vector) is refused the same way.
         The next ``recommend`` sees the new vectors and excludes the new items.
         """
         users, items, weights = _events(events)
@@ -1012,6 +1018,8 @@ class Recommender:
         if model.kind == "explicit":
             counts = {user: _merge(entry[0].items, entry[0].counts, entry[3],
                                    np.ones(entry[3].size))[1] for user, entry in updated.items()}
+            if model.item_vectors.dtype == np.float32:  # as fit: its solves would overflow
+                _check_ratings_fit(updated, counts, model.longest_ratings)
         if model.kind == "als":
             vectors = self._als_fold_in(state, updated)
         elif model.kind == "explicit":
@@ -1326,6 +1334,17 @@ def _check_weight_bound(weights: np.ndarray, user: int, dtype) -> None:
         raise ValueError(f"events weight: user {user}'s summed weight of an item would reach "
                          f"{largest:.3g}, beyond the {bound:.3g} a {np.dtype(dtype)} ALS model "
                          f"takes (the fold-in squares it)")
+
+
+def _check_ratings_fit(updated: dict, counts: dict, longest: int) -> None:
+    """ExplicitALS in float32: refuse the ratings its fit refuses, over each updated user's
+    ratings (a repeated pair's mean standing for its ratings) and row length, with the
+    training's longest row or column."""
+    for user, (_, _, merged_sums, _, new_weights) in updated.items():
+        rated = counts[user]
+        top = float(max(np.abs(new_weights).max(initial=0.0),
+                        np.abs(merged_sums / np.maximum(rated, 1)).max(initial=0.0)))
+        check_float32_sums(top, max(int(rated.sum()), longest), f"events weight (user {user}): ")
 
 
 def _context_rows(value, name: str, rows: int, *, width: int | None = None,

@@ -236,12 +236,17 @@ def _check_sums_fit(values, by_user, by_item, dtype) -> None:
     float64, is refused as well."""
     if dtype != np.float32:
         return
-    largest = float(np.finfo(np.float32).max)
-    top = float(np.abs(values).max())
     longest = int(max(np.diff(by_user.indptr).max(), np.diff(by_item.indptr).max()))
+    check_float32_sums(float(np.abs(values).max()), longest)
+
+
+def check_float32_sums(top: float, longest: int, where: str = "") -> None:
+    """Refuse ratings of largest magnitude ``top`` in rows or columns of up to ``longest``
+    ratings where float32 normal equations could overflow (``_check_sums_fit``)."""
+    largest = float(np.finfo(np.float32).max)
     if top * top * longest > largest:
-        raise ValueError(f"ratings are too large for dtype=float32: the normal equations sum "
-                         f"up to max|ratings|² x the most ratings of one user or item "
+        raise ValueError(f"{where}ratings are too large for dtype=float32: the normal equations "
+                         f"sum up to max|ratings|² x the most ratings of one user or item "
                          f"({top:.3g}² x {longest} = {top * top * longest:.3g}), more than "
                          f"float32's largest value {largest:.3g}; use dtype=np.float64 or "
                          f"rescale the ratings (max|ratings| <= {np.sqrt(largest / longest):.3g}"
