@@ -160,13 +160,15 @@ def test_observe_equals_refit_of_the_user(als, seen, tmp_path):
 def test_added_items_and_the_reject_setting(als, seen):
     rec = Recommender(als, k=N_ITEMS + 5, new_item_users=2, max_new_items=10)
     new_item = N_ITEMS + 2
-    rec.observe({"user": [1, 2, 3], "item": [new_item] * 3})
-    vectors = [rec._state.users[u].vector for u in (1, 2)]  # its first two users
+    rec.observe({"user": [1, 2, 3], "item": [new_item] * 3, "weight": [2.0, 0.5, 1.0]})
     table = rec._state.new_items.table
-    np.testing.assert_allclose(table[2], np.mean(vectors, axis=0), rtol=1e-5)
+    np.testing.assert_allclose(table[2], _new_item_solve(als, rec, new_item, {1: 2.0, 2: 0.5}),
+                               rtol=2e-4, atol=2e-6)
     assert np.isnan(table[0]).all()  # ids not seen yet are never returned
     other = rec.recommend(10)
     assert new_item in other.ids and N_ITEMS not in other.ids and N_ITEMS + 1 not in other.ids
+    np.testing.assert_allclose(other.scores[other.ids == new_item],
+                               rec._state.model.user_vectors[10] @ table[2], rtol=1e-5)
     assert new_item not in rec.recommend(1).ids  # seen by user 1
     with pytest.raises(ValueError, match="beyond the items"):
         rec.observe({"user": [1], "item": [N_ITEMS + 10]})
@@ -176,6 +178,43 @@ def test_added_items_and_the_reject_setting(als, seen):
         strict.observe({"user": [1, 1], "item": [2, N_ITEMS]})
     assert strict.pending_events().users.size == 0
     np.testing.assert_array_equal(strict.recommend(1).ids, before.ids)
+
+
+def _new_item_solve(als, rec, item, weights):
+    """The reference's item half-sweep for one added item: its first users' weights, the
+    users' table with those users' current vectors (the others as trained)."""
+    users = np.array(rec._state.model.user_vectors, dtype=np.float64)
+    for user in weights:
+        users[user] = rec._state.users[user].vector
+    row = sp.csr_matrix((list(weights.values()), list(weights), [0, len(weights)]),
+                        shape=(1, users.shape[0]))
+    return reference.als_half_sweep(row, users, np.zeros((1, users.shape[1])),
+                                    regularization=als.regularization, alpha=als.alpha,
+                                    solver="cholesky", confidence=als.confidence)[0]
+
+
+def test_one_users_event_does_not_put_a_new_item_in_every_list(seen):
+    """ALS user vectors are on another scale than item vectors (here ~20x longer): a new
+    item's vector made of the mean of its first users' vectors scored above the whole
+    catalogue for nearly everyone after one event. The item's own solve scores like an item
+    that user alone has, and an item whose users all observe the new one becomes that item."""
+    als = recfuse.ALS(factors=FACTORS, iterations=8, regularization=0.05, alpha=5.0,
+                      random_state=0).fit(seen)
+    rec = Recommender(als, k=5, num_threads=1, new_item_users=N_USERS)
+    new_item = N_ITEMS
+    rec.observe({"user": [0], "item": [new_item]})
+    assert sum(new_item in rec.recommend(u).ids for u in range(1, N_USERS)) <= N_USERS // 10
+    np.testing.assert_allclose(rec._state.new_items.table[0],
+                               _new_item_solve(als, rec, new_item, {0: 1.0}), rtol=2e-4,
+                               atol=2e-6)
+    twin = Recommender(als, k=5, num_threads=1, new_item_users=N_USERS)
+    item = int(np.argmax(np.diff(seen.tocsc().indptr)))  # the most popular item's users
+    owners = seen.tocsc()[:, item].indices  # all observe the new item, with their weights
+    twin.observe({"user": owners, "item": [new_item] * owners.size,
+                  "weight": seen[owners, item].toarray().ravel()})
+    # fitted vectors are a fixed point up to the fit's last half-sweep: close, not equal
+    vector, fitted = twin._state.new_items.table[0], als.item_factors[item]
+    assert vector @ fitted / np.linalg.norm(vector) / np.linalg.norm(fitted) > 0.99
 
 
 @pytest.mark.parametrize("kind", ["als", "bpr"])
@@ -218,10 +257,12 @@ def test_observe_that_fails_adding_an_item_keeps_no_part_of_it(als, monkeypatch)
     monkeypatch.setattr(serving, "ItemIndex", real)
     assert rec._state.users == {} and rec._state.new_items is None
     assert rec._state.new_item_users == {} and rec.pending_events().users.size == 0
-    # the item's first user is the next one observed, and it gets that user's vector
+    # the item's first user is the next one observed, and its vector is solved from that user
     rec.observe({"user": [8], "item": [new_item]})
     assert rec._state.new_item_users == {new_item: (8,)} and rec.info()["added_items"] == 1
-    np.testing.assert_array_equal(rec._state.new_items.table[3], rec._state.users[8].vector)
+    np.testing.assert_allclose(rec._state.new_items.table[3],
+                               _new_item_solve(als, rec, new_item, {8: 1.0}), rtol=2e-4,
+                               atol=2e-6)
 
 
 def test_sgd_models_fold_in(seen):
@@ -1042,7 +1083,8 @@ class _WriterAtReadN:
 @pytest.mark.parametrize("read", range(1, 7))
 @pytest.mark.parametrize("user, events", [
     (500, {"user": [500], "item": [70]}),  # a cold user's first event, a popular item
-    (1, {"user": [0, 1], "item": [90, 0]}),  # user 0 adds item 90, which user 1 would get
+    # 20 users add item 90, which user 1 (observed in the same call) then gets
+    (1, {"user": [*range(2, 22), 1], "item": [90] * 20 + [0], "weight": [4.0] * 20 + [1.0]}),
 ], ids=["cold-user", "added-item"])
 def test_an_observe_published_mid_answer_gives_the_answer_before_or_after_it(als, user,
                                                                             events, read):

@@ -41,11 +41,13 @@ model keeps, plus each event's weight as one more rating, within the model's rat
 SVD, SVD++ and BPR, which have no closed form, take ``sgd_steps`` SGD passes over the new
 events from the current vector (items fixed; the rating models take ratings within their
 rating scale). Unknown users are added; unknown items are added (``unknown_items="add"``,
-ids below ``n_items + max_new_items``) or rejected (``"reject"``): an added item's vector is
-the mean of the vectors of its first ``new_item_users`` users (for every model kind; until
-it has one, its events count as seen but are left out of the users' fold-in). ALS weights
-are bounded by the square root of the model dtype's largest value (``observe``). Every accepted
-event goes to a bounded log, ``pending_events()``, for the next full retrain.
+ids below ``n_items + max_new_items``) or rejected (``"reject"``): an added item's vector
+comes from its first ``new_item_users`` users (ALS: the exact solve of the item's system
+against their vectors, as a refit of that item would; the other kinds: the mean of their
+vectors; until it has one, its events count as seen but are left out of the users'
+fold-in). ALS weights are bounded by the square root of the model dtype's largest value
+(``observe``). Every accepted event goes to a bounded log, ``pending_events()``, for the
+next full retrain.
 
 Concurrency: readers take no lock. A model swap (``swap_model``) builds everything aside
 (the model, its item index, the ranker and its prepared items) and installs it by one
@@ -83,6 +85,7 @@ from .models.explicit_als import ExplicitALS, check_float32_sums
 from .models.sgd import SVD, SVDpp, _user_vectors
 from .ranker import MLPRanker
 from .ranking import MLPScorer, load_scorer
+from .reference import confidence_and_preference
 from .retrieval import ItemIndex, _item_mask, by_score_then_id
 
 if TYPE_CHECKING:
@@ -315,6 +318,7 @@ class _State:
     new_items: _NewItems | None = None
     new_item_users: dict = field(default_factory=dict)  # item id -> its first users (writer only)
     published: int = 0
+    user_gram: np.ndarray | None = None  # ALS: XᵀX of the trained users, float64 (writer only)
 
 
 # ---------------------------------------------------------------------- the recommender
@@ -353,7 +357,8 @@ class Recommender:
     rerank : ``Rerank`` (diversity, category caps, allow/deny), or None
     unknown_items : "add" or "reject": what ``observe`` does with an item id the model lacks
     max_new_items : added item ids must be below ``n_items + max_new_items``
-    new_item_users : an added item's vector is the mean of its first this-many users' vectors
+    new_item_users : how many first users of an added item set its vector (ALS: the item's
+        exact solve against their vectors; the other kinds: the mean of their vectors)
     sgd_steps, sgd_lr : SGD passes and step size of the fold-in of SVD/SVD++/BPR (the
         model's ``lr`` when None)
     max_pending_events : the event log keeps the newest this-many events
@@ -1192,8 +1197,9 @@ class Recommender:
     def _added_items(self, state: _State, users, items,
                      new_users: dict) -> tuple[_NewItems, dict] | None:
         """The new item table with vectors for the items that are still gathering their
-        first users (each: the mean of those users' vectors), and those items' first users
-        (item id -> user ids) for ``state.new_item_users``; None when nothing changed.
+        first users (each from those users: ``_als_item_vector``, or their mean vector), and
+        those items' first users (item id -> user ids) for ``state.new_item_users``; None
+        when nothing changed.
         ``state`` is left as it is: the caller publishes both."""
         model = state.model
         extra = state.new_items
@@ -1217,9 +1223,11 @@ class Recommender:
             for user in users[items == item]:
                 if len(owners) < wanted and int(user) not in owners:
                     owners.append(int(user))
-            vectors = [new_users[u].vector if u in new_users else state.users[u].vector
-                       for u in owners if u in new_users or u in state.users]
-            vector = np.mean(np.stack(vectors).astype(np.float64), axis=0)
+            entries = [new_users[u] if u in new_users else state.users[u] for u in owners]
+            if model.kind == "als":
+                vector = self._als_item_vector(state, item, owners, entries)
+            else:
+                vector = np.mean(np.stack([e.vector for e in entries]).astype(np.float64), axis=0)
             row = item - first
             if gram is not None:
                 if filled[row]:
@@ -1232,6 +1240,31 @@ class Recommender:
         index = ItemIndex(table, backend=model.model.backend)
         rule_mask = None if self.rerank is None else self.rerank.mask(first, end - first)
         return _NewItems(first, table, filled, index, gram, rule_mask), first_users
+
+    @staticmethod
+    def _als_item_vector(state: _State, item: int, owners: list, entries: list) -> np.ndarray:
+        """ALS: an added item's vector, the exact solve of the item's own system with the
+        users fixed, (XᵀX + Σ_u (c_ui − 1) x_u x_uᵀ + λI) y = Σ_u c_ui p_ui x_u, over its
+        first users' summed weights and current vectors (every other user in XᵀX by its
+        trained vector), in float64. A mean of user vectors is on the users' scale, not the
+        items': one user's event put a new item in nearly every list."""
+        model = state.model
+        als = model.model
+        if state.user_gram is None:  # once per model, when its first item is added
+            state.user_gram = item_gram(model.user_vectors).astype(np.float64)
+        weights = np.array([e.weights[np.searchsorted(e.items, item)] for e in entries])
+        c, p = confidence_and_preference(weights, als.alpha, als.confidence)
+        X = np.stack([e.vector for e in entries]).astype(np.float64)
+        trained = np.array([u for u in owners if u < model.n_users], dtype=np.int64)
+        old = model.user_vectors[trained].astype(np.float64)
+        system = state.user_gram - old.T @ old + (X.T * c) @ X
+        system[np.diag_indices_from(system)] += als.regularization
+        if not p.any():  # no positive: the exact solution is zero, as in fit
+            return np.zeros(X.shape[1])
+        try:
+            return np.linalg.solve(system, X.T @ (c * p))
+        except np.linalg.LinAlgError:  # regularization 0 and fewer users than factors
+            return np.linalg.lstsq(system, X.T @ (c * p), rcond=None)[0]
 
 
 # ---------------------------------------------------------------------- re-ranking
