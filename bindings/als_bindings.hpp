@@ -35,15 +35,28 @@ inline void expect(bool ok, const std::string& message) {
 // without an active exception", the process aborted with status 134 after a clean exit). It
 // waits here for the process to end instead (what CPython 3.14 does itself). The check and
 // the re-acquisition are not atomic: a finalization that starts between them still ends the
-// thread as before, a window of a few instructions rather than the whole call.
+// thread as before, a window of a few instructions rather than the whole call. The thread
+// that finalizes (the main thread, under Py_RunMain) is not ended: a call it makes then (a
+// __del__ run by the last collection) takes the GIL back; waiting there hung the exit.
 class ReleaseGil {
  public:
   ReleaseGil() = default;
   ReleaseGil(const ReleaseGil&) = delete;
   ReleaseGil& operator=(const ReleaseGil&) = delete;
   ~ReleaseGil() {  // runs before release_'s destructor takes the GIL back
-    if (finalizing())
+    if (finalizing() && PyThread_get_thread_ident() != main_thread_ident())
       for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  }
+
+  // Each module's init records the main thread (threading.main_thread(), whichever thread
+  // imports the module); until then no thread counts as the main one.
+  static unsigned long& main_thread_ident() {
+    static unsigned long ident = 0;
+    return ident;
+  }
+  static void record_main_thread() {
+    main_thread_ident() =
+        py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
   }
 
  private:

@@ -48,6 +48,7 @@ struct CpuKernels {
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
+  recfuse::bindings::ReleaseGil::record_main_thread();
   m.doc() = "recfuse native CPU kernels (C++17, OpenMP, runtime SIMD dispatch)";
   bind_als_functions<float, CpuKernels>(m, "");
   bind_als_functions<double, CpuKernels>(m, "");

@@ -250,6 +250,7 @@ void bind_svd_hogwild(py::module_& m, const char* class_name) {
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
+  recfuse::bindings::ReleaseGil::record_main_thread();
   m.doc() =
       "recfuse CUDA kernels: implicit ALS (CG and Cholesky), gram and data loss, exact top-k, "
       "batch-Hogwild SVD and the fused MLP scorer on the device";

@@ -54,8 +54,10 @@ inline void raise_dynamic_shared(const void* kernel, size_t bytes) {
   if (bytes <= 48 * 1024) return;
   int device = 0;
   RECFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, size_t> raised;  // (kernel, device) -> bytes
+  // never destroyed: exit() runs static destructors while a daemon thread (a MicroBatcher
+  // worker) may still be in a native call that launches a kernel
+  static std::mutex& mutex = *new std::mutex;
+  static auto& raised = *new std::map<std::pair<const void*, int>, size_t>;  // (kernel, device)
   std::lock_guard<std::mutex> lock(mutex);
   size_t& current = raised[{kernel, device}];
   if (bytes <= current) return;
@@ -126,8 +128,9 @@ constexpr uint64_t kScratchPoolKeepBytes = uint64_t(256) << 20;
 // Null on a device without memory pools (cudaDevAttrMemoryPoolsSupported 0: some virtualised
 // set-ups), where StreamBuffer falls back to cudaMalloc and cudaFree.
 inline cudaMemPool_t scratch_pool() {
-  static std::mutex mutex;
-  static std::vector<cudaMemPool_t> pools;  // by device; null until made
+  // never destroyed, as raise_dynamic_shared's: a search may still take scratch at exit
+  static std::mutex& mutex = *new std::mutex;
+  static auto& pools = *new std::vector<cudaMemPool_t>;  // by device; null until made
   int device = 0;
   RECFUSE_CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mutex);

@@ -349,3 +349,34 @@ def test_an_open_batcher_mid_batch_at_exit_ends_the_process_cleanly():
     assert done.stdout == "exiting\n", done.stderr
     assert "terminate called" not in done.stderr
     assert done.returncode == 0, done.stderr
+
+
+_NATIVE_CALL_IN_FINAL_COLLECTION = """
+import numpy as np
+from recfuse import _core
+
+X = np.ones((10, 4), np.float32)
+_core.gram(X)  # pybind11 imports what it needs for arrays on its first call
+
+
+class Late:
+    def __del__(self, gram=_core.gram, X=X):  # bound now: imports fail at that point
+        print("collected", float(gram(X)[0, 0]), flush=True)
+
+
+keep = Late()
+keep.cycle = keep  # left to the collection the interpreter's finalization runs
+"""
+
+
+def test_a_native_call_of_the_finalizing_thread_returns():
+    # A thread whose native call ends during finalization waits for the process to end
+    # (CPython would end it inside a noexcept destructor); the finalizing thread itself
+    # waited too: a native call in a __del__ of the last collection hung the exit.
+    import subprocess
+
+    if "cpu" not in available_backends():
+        pytest.skip("needs the native cpu backend")
+    done = subprocess.run([sys.executable, "-c", _NATIVE_CALL_IN_FINAL_COLLECTION],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout == "collected 10.0\n" and done.returncode == 0, done.stderr
