@@ -398,6 +398,85 @@ def test_a_diverging_fit_raises_and_keeps_the_model(fitted, data):
     np.testing.assert_array_equal(fitted.user_factors, before)
 
 
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_update_items_equals_the_item_half_sweep_row(data, solver):
+    """The item side of the fold-in: rows of the items' users, solved against the fixed
+    user table as the fit's item half-sweep solves them (exact under Cholesky)."""
+    model = recfuse.ALS(factors=8, iterations=3, solver=solver, dtype=np.float64,
+                        random_state=2, backend="cpu").fit(data)
+    users_before = model.user_factors.copy()
+    rows = data.T.tocsr()[[4, 11]]
+    start = model.item_factors[[4, 11]].copy()
+    new = model.update_items([4, 11], rows)
+    expected = reference.als_half_sweep(rows, model.user_factors, start,
+                                        regularization=model.regularization, alpha=model.alpha,
+                                        solver=solver, cg_steps=model.cg_steps)
+    np.testing.assert_allclose(new, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.item_factors[[4, 11]], expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(model.user_factors, users_before)
+    if solver == "cholesky":  # exact: the full item half-sweep gives the same rows
+        full = reference.als_half_sweep(data.T.tocsr(), model.user_factors, model.item_factors,
+                                        regularization=model.regularization, alpha=model.alpha,
+                                        solver="cholesky")
+        np.testing.assert_allclose(model.item_factors[[4, 11]], full[[4, 11]], rtol=1e-8)
+
+
+def test_update_items_adds_new_items_and_replaces_their_users(data):
+    """A new item gets a vector from its users and counts as seen by them; an updated
+    item's users are replaced in the seen matrix (every other entry kept); the next user
+    fold-in solves against the new item table (its YᵀY recomputed)."""
+    model = recfuse.ALS(factors=8, iterations=3, solver="cholesky", random_state=0).fit(data)
+    model.update_users([0], data[0])  # the fold-ins' YᵀY is now computed and kept
+    n_users, n_items = data.shape
+    fans = data.T.tocsr()[3].indices  # every user of item 3 has the new item too
+    row = sp.csr_matrix((data.T.tocsr()[3].data, fans, [0, fans.size]), shape=(1, n_users))
+    replaced = sp.csr_matrix(([1.0], ([0], [0])), shape=(1, n_users))
+    model.update_items([n_items + 1, 5], sp.vstack([row, replaced]).tocsr())
+    assert model.item_factors.shape == (n_items + 2, 8)
+    assert np.all(model.item_factors[n_items] == 0)  # the id in between: no users, no vector
+    cosine = (model.item_factors[n_items + 1] @ model.item_factors[3]
+              / np.linalg.norm(model.item_factors[n_items + 1])
+              / np.linalg.norm(model.item_factors[3]))
+    assert cosine > 0.99  # the same users: the same item, up to the fit's last sweep
+    seen = model._state.user_items
+    assert seen.shape == (n_users, n_items + 2) and seen.has_sorted_indices
+    expected = data.tolil()
+    expected[:, 5] = 0
+    expected[0, 5] = 1.0
+    np.testing.assert_array_equal(seen[:, :n_items].toarray(), expected.toarray())
+    assert sorted(seen[:, n_items + 1].tocoo().row.tolist()) == sorted(fans.tolist())
+    user = int(fans[0])
+    ids, _ = model.recommend(user, k=n_items + 2)
+    assert n_items + 1 not in ids and 3 not in ids  # seen by that user
+    row = data[user].copy()
+    row.resize((1, n_items + 2))  # the user's row over the grown catalogue
+    model.update_users([user], row)
+    full = reference.als_half_sweep(row, model.item_factors, np.zeros((1, 8)),
+                                    regularization=model.regularization, alpha=model.alpha,
+                                    solver="cholesky")
+    np.testing.assert_allclose(model.user_factors[user], full[0], rtol=2e-4, atol=2e-6)
+
+
+def test_update_items_rejects_bad_input_and_keeps_model(fitted, data):
+    items, users, seen = fitted.item_factors.copy(), fitted.user_factors.copy(), fitted._user_items
+    columns = data.T.tocsr()
+    with pytest.raises(ValueError, match="item_users must have 2 rows"):
+        fitted.update_items([0, 1], columns[:1])
+    with pytest.raises(ValueError, match="item_users must have .*columns"):
+        fitted.update_items([0], sp.csr_matrix((1, 3)))
+    with pytest.raises(ValueError, match="item_ids must not repeat"):
+        fitted.update_items([0, 0], columns[:2])
+    with pytest.raises(ValueError, match="item_ids must be >= 0"):
+        fitted.update_items([-1], columns[:1])
+    with pytest.raises(ValueError, match="item_users must hold non-negative values"):
+        fitted.update_items([0], -columns[:1])
+    with pytest.raises(ValueError, match="item_ids reach 1099511627776"):
+        fitted.update_items([2**40], columns[:1])
+    np.testing.assert_array_equal(fitted.item_factors, items)
+    np.testing.assert_array_equal(fitted.user_factors, users)
+    assert fitted._user_items is seen
+
+
 def test_update_users_keeps_the_other_users_stored_entries():
     """A stored zero is a seen item (as in fit); replacing one user's row keeps every other
     row's entries, zeros included."""

@@ -220,7 +220,7 @@ class EstimatorParams:
         unfitted copy (``sklearn.base.clone(model).set_params(...)``) or a new model, and
         fit that. The other parameters can change on a fitted model, which keeps its fitted
         state; they take effect where they are read: at the next fit, and for the settings
-        that ``update_users`` or ``recommend`` read (``backend``, ``num_threads``, the ALS
+        that fold-ins or ``recommend`` read (``backend``, ``num_threads``, the ALS
         solver's settings), at once. An unfitted model takes every valid value. Not to be
         called while a fit of the same model runs.
         """

@@ -128,7 +128,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             num_threads=num_threads, random_state=random_state, confidence=confidence))
         self._state = _State()
         self.backend_used: str | None = None
-        self._lock = threading.Lock()  # serialises writers (fit, update_users, the setters)
+        self._lock = threading.Lock()  # serialises writers (fit, update_users/items, setters)
         self._recommend_cache: tuple | None = None  # (item factors, their ItemIndex)
 
     # ------------------------------------------------------------------ state
@@ -301,43 +301,75 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         model). A serving process that folds events in one by one should use
         ``recfuse.Recommender.observe``, which changes only the users concerned.
         """
+        return self._update_rows(user_ids, user_items, "user")
+
+    def update_items(self, item_ids: ArrayLike,
+                     item_users: sp.csr_matrix | sp.csr_array) -> np.ndarray:
+        """Recompute the vectors of ``item_ids`` from their users, users fixed: the item side
+        of ``update_users`` (implicit's ``partial_fit_items``), e.g. for an item added to
+        the catalogue with its first interactions.
+
+        ``item_users`` is a CSR matrix with one row per id (n_users columns), the items'
+        columns of the training matrix: it replaces what the model knows of those items'
+        users. Ids beyond the known items add new items (items in between get zero vectors
+        and no users). The model's solver is used: "cg" starts from each item's current
+        vector (zero for a new item); an item without a positive value gets the zero vector.
+        Returns the new vectors. User vectors are not changed.
+
+        Readers keep a consistent model meanwhile: the item table and the seen matrix are
+        new arrays (the seen matrix goes through its transpose: 0.13-0.2 s for one item of
+        a 100k x 50k, 5M-entry model, against 12-17 ms for one user by ``update_users``).
+        """
+        return self._update_rows(item_ids, item_users, "item")
+
+    def _update_rows(self, ids: ArrayLike, rows: Any, side: str) -> np.ndarray:
+        """``update_users`` (side "user") or ``update_items`` ("item"): the rows of one side
+        re-solved against the other side's fixed table, then installed as a new state."""
         self._require_fitted()
-        ids = check.check_ids(user_ids, "user_ids", None, allow_new=True)
+        other = "item" if side == "user" else "user"
+        ids = check.check_ids(ids, f"{side}_ids", None, allow_new=True)
         if np.unique(ids).size != ids.size:
-            raise ValueError("user_ids must not repeat an id")
+            raise ValueError(f"{side}_ids must not repeat an id")
         with self._lock:
             state = self._state
-            # checked against the items of the state folded into: a fit that lands before
-            # the lock may change them
+            own_table, fixed = ((state.user_factors, state.item_factors) if side == "user"
+                                else (state.item_factors, state.user_factors))
+            # checked against the table of the state folded into: a fit that lands before
+            # the lock may change it
             matrix = check.check_csr(
-                interaction_matrix(user_items), "user_items", dtype=self.dtype,
-                n_rows=ids.size, n_cols=state.item_factors.shape[0],
+                interaction_matrix(rows) if side == "user" else rows, f"{side}_{other}s",
+                dtype=self.dtype, n_rows=ids.size, n_cols=fixed.shape[0],
                 nonnegative=self.confidence == "linear",
             )
-            known = state.user_factors.shape[0]
+            known = own_table.shape[0]
             start = np.zeros((ids.size, self.factors), dtype=self.dtype)
             old = ids < known
-            start[old] = state.user_factors[ids[old]]
-            gram = state.item_gram
+            start[old] = own_table[ids[old]]
+            gram = state.item_gram if side == "user" else None
             if gram is None:
-                gram = item_gram(state.item_factors, self.num_threads)
-            start = fold_in(self, state.item_factors, matrix, start, gram)
-            check_trained("the fold-in", (start,), "scale down the values of user_items")
+                gram = item_gram(fixed, self.num_threads)
+            start = fold_in(self, fixed, matrix, start, gram)
+            check_trained("the fold-in", (start,), f"scale down the values of {side}_{other}s")
             grown = max(known, int(ids.max()) + 1) if ids.size else known
             try:
                 # a copy either way: readers keep a consistent old array
                 factors = np.zeros((grown, self.factors), dtype=self.dtype)
-                factors[:known] = state.user_factors
+                factors[:known] = own_table
                 factors[ids] = start
                 seen = state.user_items
-                if seen is not None:
+                if seen is not None and side == "user":
                     seen = _replace_rows(seen, ids, matrix, grown)
+                elif seen is not None:
+                    seen = _replace_rows(seen.T.tocsr(), ids, matrix, grown).T.tocsr()
             except MemoryError:
                 raise ValueError(
-                    f"user_ids reach {grown - 1}: the user table would grow from {known} to "
-                    f"{grown} rows, more than can be allocated; new users take the ids after "
+                    f"{side}_ids reach {grown - 1}: the {side} table would grow from {known} to "
+                    f"{grown} rows, more than can be allocated; new {side}s take the ids after "
                     f"the known ones") from None
-            self._state = _State(factors, state.item_factors, seen, gram)
+            if side == "user":
+                self._state = _State(factors, state.item_factors, seen, gram)
+            else:
+                self._state = _State(state.user_factors, factors, seen, None)
         return start
 
     # ------------------------------------------------------------------ retrieval
