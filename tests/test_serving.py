@@ -881,27 +881,94 @@ def test_merge_adds_events_to_a_row(row, new):
     assert items.tolist() == sorted(row)  # the inputs stay as they were
 
 
-@pytest.mark.parametrize("kind", ["SVD", "SVDpp", "BPR"])
+@pytest.mark.parametrize("kind", ["SVD", "SVDpp", "ExplicitALS", "BPR"])
 def test_sgd_models_add_unknown_items_as_als_does(seen, kind):
+    """Rating models: an added item's vector and bias are the exact solve of its first
+    users' ratings against their vectors and offsets (the reference's explicit item
+    half-sweep, weighted λ; SVD with reg_qi and reg_bi), so the scores follow the ratings;
+    BPR: the mean of its first users' vectors. Searchable for the others, seen by its users."""
     coo = seen.tocoo()
     if kind == "BPR":
         model = recfuse.BPR(factors=4, iterations=3, random_state=0).fit(seen)
+    elif kind == "ExplicitALS":
+        model = recfuse.ExplicitALS(factors=4, iterations=3, reg=0.1, reg_bias=0.05,
+                                    random_state=0).fit(coo.row, coo.col, np.ceil(coo.data + 1))
     else:
-        model = getattr(recfuse, kind)(factors=4, epochs=3, random_state=0).fit(
+        model = getattr(recfuse, kind)(factors=4, epochs=3, reg_qi=0.05, random_state=0).fit(
             coo.row, coo.col, np.ceil(coo.data + 1))
     rating = 3.0 if kind != "BPR" else 1.0
     rec = Recommender(model, k=N_ITEMS + 5, new_item_users=2, max_new_items=10)
     new_item = N_ITEMS + 2
+    ratings = [rating, rating + 1, rating, rating] if kind != "BPR" else [rating] * 4
     assert rec.observe({"user": [1, 2, 3, 1], "item": [new_item, new_item, new_item, 5],
-                        "weight": [rating] * 4}) == 4
+                        "weight": ratings}) == 4
     assert rec.info()["added_items"] == 1
-    first_users = [rec._state.users[u].vector for u in (1, 2)]  # after their fold-in
-    np.testing.assert_allclose(rec._state.new_items.table[2], np.mean(first_users, axis=0),
-                               rtol=1e-5)
+    extra = rec._state.new_items
+    first_users = [rec._state.users[u] for u in (1, 2)]  # after their fold-in
+    if kind == "BPR":
+        np.testing.assert_allclose(extra.table[2], np.mean([u.vector for u in first_users],
+                                                           axis=0), rtol=1e-5)
+    else:
+        if kind == "ExplicitALS":
+            reg, reg_bias = 0.1, 0.05
+        else:
+            reg, reg_bias = 0.05, model.reg
+        mean = rec._state.model.global_mean
+        X = np.stack([u.vector for u in first_users]).astype(np.float64)
+        own = np.zeros(1)
+        vector, bias, _ = reference.explicit_als_half_sweep(
+            sp.csr_matrix(([rating, rating + 1], [0, 1], [0, 2]), shape=(1, 2)), X,
+            np.zeros((1, 4)), reg=reg, reg_bias=reg_bias, global_mean=mean,
+            other_bias=np.array([u.offset - mean for u in first_users]), own_bias=own)
+        np.testing.assert_allclose(extra.table[2], vector[0], rtol=2e-4, atol=2e-6)
+        np.testing.assert_allclose(extra.bias[2], bias[0], rtol=2e-4, atol=2e-6)
+        other = rec.recommend(10)
+        np.testing.assert_allclose(  # the item's score: offset + bias + x·y, as any item's
+            other.scores[other.ids == new_item],
+            rec._state.model.user_offsets[10] + extra.bias[2]
+            + rec._state.model.user_vectors[10] @ extra.table[2], rtol=1e-5)
     assert new_item in rec.recommend(10).ids  # searchable for the others
     assert new_item not in rec.recommend(1).ids and 5 not in rec.recommend(1).ids
     assert rec.pending_events().items.tolist() == [new_item, new_item, new_item, 5]
     rec.observe({"user": [4], "item": [new_item], "weight": [rating]})  # now has a vector
+
+
+@pytest.mark.parametrize("kind", ["SVD", "ExplicitALS"])
+def test_a_new_items_ratings_decide_where_it_ranks(seen, kind):
+    """The same first users rating a new item 1 or 5 stars: with their mean vector the two
+    items were the same and ranked the same; from its ratings, the 5-star item scores above
+    the 1-star one for everyone (its bias), and a user rating it later is folded in against
+    its vector and bias (ExplicitALS: the exact solve of that user's ratings)."""
+    coo = seen.tocoo()
+    ratings = np.ceil(coo.data + 1)
+    model = getattr(recfuse, kind)(factors=4, random_state=0, dtype=np.float64,
+                                   **({"epochs": 5} if kind == "SVD" else {"iterations": 4})
+                                   ).fit(coo.row, coo.col, ratings, rating_scale=(1, 5))
+    new_item, raters = N_ITEMS, list(range(8))
+    score = {}
+    for stars in (1.0, 5.0):
+        # its 8 first users set it (user 20, below, rates it after: the item stays)
+        rec = Recommender(model, k=N_ITEMS + 1, num_threads=1, new_item_users=8)
+        rec.observe({"user": raters, "item": [new_item] * 8, "weight": [stars] * 8})
+        lists = rec.recommend_batch(np.arange(8, N_USERS))
+        score[stars] = lists.scores[lists.ids == new_item]
+        assert rec._state.new_items.bias[0] < 0 if stars == 1.0 else rec._state.new_items.bias[0] > 0
+    assert (score[5.0] > score[1.0]).all()
+    if kind == "ExplicitALS":  # user 20 rates the added item: refit of that user, items fixed
+        rec.observe({"user": [20], "item": [new_item], "weight": [4.0]})
+        mine = coo.row == 20
+        items = np.r_[coo.col[mine], new_item]
+        table = np.r_[rec._state.model.item_vectors, rec._state.new_items.table]
+        bias = np.r_[rec._state.model.item_bias, rec._state.new_items.bias]
+        R = sp.csr_matrix((np.r_[ratings[mine], 4.0], items, [0, items.size]),
+                          shape=(1, N_ITEMS + 1))
+        mean = model.global_mean
+        vector, own, _ = reference.explicit_als_half_sweep(
+            R, table, np.zeros((1, 4)), reg=model.reg, reg_bias=model.reg_bias,
+            global_mean=mean, other_bias=bias, own_bias=np.zeros(1))
+        np.testing.assert_allclose(rec._state.users[20].vector, vector[0], rtol=1e-8,
+                                   atol=1e-10)
+        assert rec._state.users[20].offset == pytest.approx(mean + own[0], rel=1e-8)
 
 
 def test_observe_refuses_weights_that_overflow_the_fold_in(als):

@@ -42,10 +42,12 @@ SVD, SVD++ and BPR, which have no closed form, take ``sgd_steps`` SGD passes ove
 events from the current vector (items fixed; the rating models take ratings within their
 rating scale). Unknown users are added; unknown items are added (``unknown_items="add"``,
 ids below ``n_items + max_new_items``) or rejected (``"reject"``): an added item's vector
-comes from its first ``new_item_users`` users (ALS: the exact solve of the item's system
-against their vectors, as a refit of that item would; the other kinds: the mean of their
-vectors; until it has one, its events count as seen but are left out of the users'
-fold-in). ALS weights are bounded by the square root of the model dtype's largest value
+comes from its first ``new_item_users`` users, the users fixed: ALS, the exact solve of the
+item's system against their vectors, as a refit of that item would; SVD, SVD++ and
+ExplicitALS, the exact solve of their ratings of it for its vector and bias (ExplicitALS's
+item half-sweep, where SVD's SGD updates of the item come to rest); BPR, the mean of their
+vectors. Until it has one, its events count as seen but are left out of the users'
+fold-in. ALS weights are bounded by the square root of the model dtype's largest value
 (``observe``). Every accepted event goes to a bounded log, ``pending_events()``, for the
 next full retrain.
 
@@ -300,6 +302,7 @@ class _NewItems:
     index: ItemIndex | None
     gram: np.ndarray | None  # ALS: YᵀY over the model's items and the filled rows
     rule_mask: np.ndarray | None  # uint8 (rows,) of the rules' allow/deny, None: no rule
+    bias: np.ndarray | None = None  # (rows,) biased SVD/SVD++/ExplicitALS: the items' biases
 
     @property
     def end(self) -> int:
@@ -317,6 +320,8 @@ class _State:
     users: dict = field(default_factory=dict)  # user id -> _User
     new_items: _NewItems | None = None
     new_item_users: dict = field(default_factory=dict)  # item id -> its first users (writer only)
+    # rating models: item id -> (users, ratings) of its first users' events (writer only)
+    new_item_ratings: dict = field(default_factory=dict)
     published: int = 0
     user_gram: np.ndarray | None = None  # ALS: XᵀX of the trained users, float64 (writer only)
 
@@ -357,8 +362,8 @@ class Recommender:
     rerank : ``Rerank`` (diversity, category caps, allow/deny), or None
     unknown_items : "add" or "reject": what ``observe`` does with an item id the model lacks
     max_new_items : added item ids must be below ``n_items + max_new_items``
-    new_item_users : how many first users of an added item set its vector (ALS: the item's
-        exact solve against their vectors; the other kinds: the mean of their vectors)
+    new_item_users : how many first users of an added item set its vector (ALS, SVD, SVD++,
+        ExplicitALS: the item's exact solve against them; BPR: the mean of their vectors)
     sgd_steps, sgd_lr : SGD passes and step size of the fold-in of SVD/SVD++/BPR (the
         model's ``lr`` when None)
     max_pending_events : the event log keeps the newest this-many events
@@ -1041,7 +1046,8 @@ class Recommender:
         new_users = {user: _User(vectors[user][0], vectors[user][1], entry[1], entry[2],
                                  bool(vectors[user][0].any()), counts.get(user))
                      for user, entry in updated.items()}
-        added = self._added_items(state, users, items, new_users) if beyond.any() else None
+        added = (self._added_items(state, users, items, weights, new_users) if beyond.any()
+                 else None)
         # publish: each user as one object, then the new item table as one object (and, for
         # the writer alone, the added items' first users); ``published`` is odd meanwhile,
         # so a reader that overlaps this reads again (_observed)
@@ -1050,6 +1056,7 @@ class Recommender:
             state.users.update(new_users)
             if added is not None:
                 state.new_item_users.update(added[1])
+                state.new_item_ratings.update(added[2])
                 state.new_items = added[0]
         finally:
             state.published += 1
@@ -1136,7 +1143,9 @@ class Recommender:
         if biased:
             other = np.zeros(touched.size, dtype=explicit.dtype)
             base = touched < n
-            other[base] = model.item_bias[touched[base]]  # added items: no bias
+            other[base] = model.item_bias[touched[base]]
+            if extra is not None and extra.bias is not None:
+                other[~base] = extra.bias[touched[~base] - extra.first_id]
             own = np.array([entry[0].offset - mean for entry in updated.values()],
                            dtype=explicit.dtype)
         backend = resolve_backend(explicit.backend, "sgd", needs="explicit_als_half_sweep")
@@ -1168,6 +1177,9 @@ class Recommender:
         if model.item_bias is not None:
             base = items < model.n_items
             bias[base] = model.item_bias[items[base]]
+            extra = state.new_items
+            if extra is not None and extra.bias is not None:
+                bias[~base] = extra.bias[items[~base] - extra.first_id]
         rng = np.random.default_rng(user)
         biased = model.kind == "svd" and model.item_bias is not None
         if model.kind == "svd" and not biased:
@@ -1194,13 +1206,14 @@ class Recommender:
                         vector += lr * (gradient * (q - q_neg) - reg * vector)
             return vector.astype(model.item_vectors.dtype), float(offset)
 
-    def _added_items(self, state: _State, users, items,
-                     new_users: dict) -> tuple[_NewItems, dict] | None:
-        """The new item table with vectors for the items that are still gathering their
-        first users (each from those users: ``_als_item_vector``, or their mean vector), and
-        those items' first users (item id -> user ids) for ``state.new_item_users``; None
-        when nothing changed.
-        ``state`` is left as it is: the caller publishes both."""
+    def _added_items(self, state: _State, users, items, weights,
+                     new_users: dict) -> tuple[_NewItems, dict, dict] | None:
+        """The new item table with vectors (and biases) for the items that are still
+        gathering their first users (each from those users: ``_als_item_vector``,
+        ``_rating_item_vector``, or BPR's mean of their vectors), those items' first users
+        (item id -> user ids) for ``state.new_item_users`` and, for the rating models, their
+        ratings for ``state.new_item_ratings``; None when nothing changed. ``state`` is left
+        as it is: the caller publishes them."""
         model = state.model
         extra = state.new_items
         wanted = self.new_item_users
@@ -1214,21 +1227,36 @@ class Recommender:
         table = np.full((end - first, d), np.nan, dtype=model.item_vectors.dtype)
         filled = np.zeros(end - first, dtype=bool)
         gram = None if model.gram is None else (model.gram if extra is None else extra.gram).copy()
+        rated = model.kind in ("svd", "explicit")
+        bias = (np.zeros(end - first, dtype=model.item_vectors.dtype)
+                if rated and model.item_bias is not None else None)
         if extra is not None:
             table[:extra.table.shape[0]] = extra.table
             filled[:extra.filled.size] = extra.filled
-        first_users = {}
+            if bias is not None:
+                bias[:extra.bias.size] = extra.bias
+        first_users, first_ratings = {}, {}
         for item in growing:
             owners = list(state.new_item_users.get(item, ()))
             for user in users[items == item]:
                 if len(owners) < wanted and int(user) not in owners:
                     owners.append(int(user))
             entries = [new_users[u] if u in new_users else state.users[u] for u in owners]
+            row = item - first
             if model.kind == "als":
                 vector = self._als_item_vector(state, item, owners, entries)
+            elif rated:  # every rating its first users gave it, this call's included
+                ours = (items == item) & np.isin(users, owners)
+                before = state.new_item_ratings.get(item, (_NO_IDS, np.zeros(0)))
+                raters, ratings = np.r_[before[0], users[ours]], np.r_[before[1], weights[ours]]
+                first_ratings[item] = (raters, ratings)
+                rows = [new_users[u] if u in new_users else state.users[u]
+                        for u in raters.tolist()]
+                vector, offset = self._rating_item_vector(state, rows, ratings)
+                if bias is not None:
+                    bias[row] = offset
             else:
                 vector = np.mean(np.stack([e.vector for e in entries]).astype(np.float64), axis=0)
-            row = item - first
             if gram is not None:
                 if filled[row]:
                     old = table[row].astype(np.float64)
@@ -1237,9 +1265,10 @@ class Recommender:
             table[row] = vector
             filled[row] = True
             first_users[item] = tuple(owners)
-        index = ItemIndex(table, backend=model.model.backend)
+        index = ItemIndex(table, item_bias=bias, backend=model.model.backend)
         rule_mask = None if self.rerank is None else self.rerank.mask(first, end - first)
-        return _NewItems(first, table, filled, index, gram, rule_mask), first_users
+        return (_NewItems(first, table, filled, index, gram, rule_mask, bias), first_users,
+                first_ratings)
 
     @staticmethod
     def _als_item_vector(state: _State, item: int, owners: list, entries: list) -> np.ndarray:
@@ -1265,6 +1294,36 @@ class Recommender:
             return np.linalg.solve(system, X.T @ (c * p))
         except np.linalg.LinAlgError:  # regularization 0 and fewer users than factors
             return np.linalg.lstsq(system, X.T @ (c * p), rcond=None)[0]
+
+    @staticmethod
+    def _rating_item_vector(state: _State, users: list, ratings: np.ndarray):
+        """SVD, SVD++, ExplicitALS: an added item's (vector, bias), the exact solve of its
+        ratings against its raters' vectors and offsets (μ + b_u), users fixed: ExplicitALS's
+        item half-sweep, min Σ (r − offset_u − b − x_uᵀy)² + n (λ|y|² + λ_b b²) over its
+        n ratings, which is also where SVD's SGD updates of the item come to rest (with
+        reg_qi, reg_bi). A mean of user vectors ignored the ratings: an item its first users
+        rated 1 star looked like one they rated 5. In float64; bias 0 when unbiased."""
+        model = state.model
+        trained = model.model
+        if model.kind == "explicit":
+            reg = trained.reg
+            reg_bias = reg if trained.reg_bias is None else trained.reg_bias
+        else:  # SVD's rates: (bu, bi, pu, qi, yj)
+            _, regs = trained._rate_tuples()
+            reg_bias, reg = regs[1], regs[3]
+        Z = np.stack([user.vector for user in users]).astype(np.float64)
+        target = ratings - np.array([user.offset for user in users])
+        diagonal = np.full(Z.shape[1], float(reg))
+        biased = model.item_bias is not None
+        if biased:
+            Z = np.c_[Z, np.ones(len(users))]
+            diagonal = np.r_[diagonal, float(reg_bias)]
+        system = Z.T @ Z + len(users) * np.diag(diagonal)
+        try:
+            solution = np.linalg.solve(system, Z.T @ target)
+        except np.linalg.LinAlgError:  # reg 0 and fewer ratings than factors
+            solution = np.linalg.lstsq(system, Z.T @ target, rcond=None)[0]
+        return solution[:model.item_vectors.shape[1]], float(solution[-1]) if biased else 0.0
 
 
 # ---------------------------------------------------------------------- re-ranking
