@@ -477,6 +477,26 @@ def test_update_items_rejects_bad_input_and_keeps_model(fitted, data):
     assert fitted._user_items is seen
 
 
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_fold_ins_refuse_tables_assigned_with_other_rows_than_the_seen_matrix(data, side):
+    """A table assigned by hand with more rows than the kept seen matrix has: the fold-in's
+    rows reach past the seen matrix, which then held indices beyond its columns (update_items
+    crashed the process in scipy's transpose, update_users kept the corrupt matrix). Refused,
+    the model unchanged."""
+    model = recfuse.ALS(factors=4, iterations=2, random_state=0, backend="cpu").fit(data)
+    n_users, n_items = data.shape
+    grown = {"user": "item", "item": "user"}[side]  # the fixed side, given 5 more rows
+    table = getattr(model, f"{grown}_factors")
+    setattr(model, f"{grown}_factors", np.r_[table, np.ones((5, 4), table.dtype)])
+    seen, own = model._user_items, getattr(model, f"{side}_factors").copy()
+    width = (n_items if side == "user" else n_users) + 5
+    row = sp.csr_matrix(([1.0, 1.0], [0, width - 1], [0, 2]), shape=(1, width))
+    with pytest.raises(ValueError, match="seen matrix.*assigned by hand"):
+        getattr(model, f"update_{side}s")([0], row)
+    assert model._user_items is seen
+    np.testing.assert_array_equal(getattr(model, f"{side}_factors"), own)
+
+
 def test_update_users_keeps_the_other_users_stored_entries():
     """A stored zero is a seen item (as in fit); replacing one user's row keeps every other
     row's entries, zeros included."""

@@ -971,6 +971,66 @@ def test_a_new_items_ratings_decide_where_it_ranks(seen, kind):
         assert rec._state.users[20].offset == pytest.approx(mean + own[0], rel=1e-8)
 
 
+def test_a_first_users_later_events_of_a_new_item_still_set_it(als, seen):
+    """Each event of its first users sets an added item (their summed weights, or every
+    rating they gave it), whenever it comes: once the item had its ``new_item_users``
+    users, their later events of it were left out, so with one first user an ALS item first
+    seen with weight 0 stayed a zero vector for good, and an SVD item rated 1 then 5 by the
+    same user stayed a 1-star item (both events in one call gave the 5-star one its due)."""
+    rec = Recommender(als, new_item_users=1, num_threads=1)
+    rec.observe({"user": [3], "item": [N_ITEMS], "weight": [0.0]})
+    assert not rec._state.new_items.table[0].any()  # no positive yet: the zero vector
+    rec.observe({"user": [3], "item": [N_ITEMS], "weight": [2.0]})
+    np.testing.assert_allclose(rec._state.new_items.table[0],
+                               _new_item_solve(als, rec, N_ITEMS, {3: 2.0}), rtol=2e-4,
+                               atol=2e-6)
+    rec.observe({"user": [4], "item": [N_ITEMS]})  # not a first user: the item stays
+    np.testing.assert_allclose(rec._state.new_items.table[0],
+                               _new_item_solve(als, rec, N_ITEMS, {3: 2.0}), rtol=2e-4,
+                               atol=2e-6)
+    coo = seen.tocoo()
+    svd = recfuse.SVD(factors=4, epochs=3, dtype=np.float64, random_state=0).fit(
+        coo.row, coo.col, np.ceil(coo.data + 1), rating_scale=(1, 5))
+    rec = Recommender(svd, new_item_users=1, num_threads=1)
+    rec.observe({"user": [3], "item": [N_ITEMS], "weight": [1.0]})
+    rec.observe({"user": [3], "item": [N_ITEMS], "weight": [5.0]})
+    user, mean = rec._state.users[3], rec._state.model.global_mean
+    vector, bias, _ = reference.explicit_als_half_sweep(  # both ratings, the user as now
+        sp.csr_matrix(([1.0, 5.0], [0, 0], [0, 2]), shape=(1, 1)), user.vector[None, :],
+        np.zeros((1, 4)), reg=svd.reg, global_mean=mean,
+        other_bias=np.array([user.offset - mean]), own_bias=np.zeros(1))
+    np.testing.assert_allclose(rec._state.new_items.table[0], vector[0], rtol=1e-8, atol=1e-10)
+    assert rec._state.new_items.bias[0] == pytest.approx(bias[0], rel=1e-8)
+
+
+def test_a_new_items_solve_without_regularization_is_the_least_norm_one(seen):
+    """Regularization 0 and fewer first users than factors: the new item's system is
+    singular, which np.linalg.solve does not notice (it answered rounding noise, entries of
+    1e1-1e3 along the users' null space that decided where the item ranked for everyone
+    else); the least-norm solution (lstsq) is the one meant."""
+    coo = seen.tocoo()
+    svd = recfuse.SVD(factors=4, epochs=3, reg=0.0, biased=False, random_state=0).fit(
+        coo.row, coo.col, np.ceil(coo.data + 1))
+    rec = Recommender(svd, new_item_users=3, num_threads=1)
+    rec.observe({"user": [1, 2], "item": [N_ITEMS] * 2, "weight": [4.0, 2.0]})
+    Z = np.stack([rec._state.users[u].vector for u in (1, 2)]).astype(np.float64)
+    target = np.array([4.0, 2.0]) - [rec._state.users[u].offset for u in (1, 2)]
+    np.testing.assert_allclose(rec._state.new_items.table[0],
+                               np.linalg.lstsq(Z, target, rcond=None)[0], rtol=1e-4, atol=1e-6)
+    with pytest.warns(RuntimeWarning, match="not positive definite"):  # 5 users, 8 factors
+        als = recfuse.ALS(factors=8, iterations=3, regularization=0.0, solver="cholesky",
+                          dtype=np.float64, random_state=0).fit(seen[:5])
+    rec = Recommender(als, new_item_users=3, num_threads=1)
+    rec.observe({"user": [1, 2], "item": [N_ITEMS] * 2})
+    X = np.array(als.user_factors)
+    for user in (1, 2):
+        X[user] = rec._state.users[user].vector
+    c = np.where(np.isin(np.arange(5), [1, 2]), 1 + als.alpha, 1.0)
+    A, b = (X.T * c) @ X, X.T @ (c * (c > 1))
+    np.testing.assert_allclose(rec._state.new_items.table[0],
+                               np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-6, atol=1e-9)
+
+
 def test_observe_refuses_weights_that_overflow_the_fold_in(als):
     rec = Recommender(als, k=5)
     before = rec.recommend(5)

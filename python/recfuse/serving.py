@@ -1209,16 +1209,19 @@ class Recommender:
     def _added_items(self, state: _State, users, items, weights,
                      new_users: dict) -> tuple[_NewItems, dict, dict] | None:
         """The new item table with vectors (and biases) for the items that are still
-        gathering their first users (each from those users: ``_als_item_vector``,
-        ``_rating_item_vector``, or BPR's mean of their vectors), those items' first users
-        (item id -> user ids) for ``state.new_item_users`` and, for the rating models, their
-        ratings for ``state.new_item_ratings``; None when nothing changed. ``state`` is left
-        as it is: the caller publishes them."""
+        gathering their first users or that one of those has events of in this call (each
+        from those users: ``_als_item_vector``, ``_rating_item_vector``, or BPR's mean of
+        their vectors), those items' first users (item id -> user ids) for
+        ``state.new_item_users`` and, for the rating models, their ratings for
+        ``state.new_item_ratings``; None when nothing changed. ``state`` is left as it is:
+        the caller publishes them."""
         model = state.model
         extra = state.new_items
         wanted = self.new_item_users
+        # still gathering first users, or one of them has events of it here (they sum in)
         growing = [int(i) for i in np.unique(items[items >= model.n_items])
-                   if len(state.new_item_users.get(int(i), ())) < wanted]
+                   if len(state.new_item_users.get(int(i), ())) < wanted
+                   or np.isin(users[items == i], state.new_item_users.get(int(i), ())).any()]
         if not growing:
             return None
         d = model.item_vectors.shape[1]
@@ -1290,10 +1293,11 @@ class Recommender:
         system[np.diag_indices_from(system)] += als.regularization
         if not p.any():  # no positive: the exact solution is zero, as in fit
             return np.zeros(X.shape[1])
-        try:
+        if als.regularization > 0:  # positive definite
             return np.linalg.solve(system, X.T @ (c * p))
-        except np.linalg.LinAlgError:  # regularization 0 and fewer users than factors
-            return np.linalg.lstsq(system, X.T @ (c * p), rcond=None)[0]
+        # regularization 0 and fewer users than factors: singular, which solve does not
+        # notice (it answers a solution plus rounding noise): the least-norm one
+        return np.linalg.lstsq(system, X.T @ (c * p), rcond=None)[0]
 
     @staticmethod
     def _rating_item_vector(state: _State, users: list, ratings: np.ndarray):
@@ -1318,11 +1322,13 @@ class Recommender:
         if biased:
             Z = np.c_[Z, np.ones(len(users))]
             diagonal = np.r_[diagonal, float(reg_bias)]
-        system = Z.T @ Z + len(users) * np.diag(diagonal)
-        try:
-            solution = np.linalg.solve(system, Z.T @ target)
-        except np.linalg.LinAlgError:  # reg 0 and fewer ratings than factors
-            solution = np.linalg.lstsq(system, Z.T @ target, rcond=None)[0]
+        if diagonal.all():  # positive definite
+            solution = np.linalg.solve(Z.T @ Z + len(users) * np.diag(diagonal), Z.T @ target)
+        else:  # a reg of 0: singular with fewer ratings than factors, which solve does not
+            # notice (it answers rounding noise): the least-norm solution, ranks read from Z
+            stacked = np.r_[Z, np.diag(np.sqrt(len(users) * diagonal))]
+            solution = np.linalg.lstsq(stacked, np.r_[target, np.zeros(Z.shape[1])],
+                                       rcond=None)[0]
         return solution[:model.item_vectors.shape[1]], float(solution[-1]) if biased else 0.0
 
 

@@ -334,6 +334,13 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             state = self._state
             own_table, fixed = ((state.user_factors, state.item_factors) if side == "user"
                                 else (state.item_factors, state.user_factors))
+            kept = state.user_items
+            if kept is not None and kept.shape[1 if side == "user" else 0] != fixed.shape[0]:
+                # the rows' indices (the fixed side's ids) would reach past it: corrupt
+                raise ValueError(
+                    f"the seen matrix kept from training is {kept.shape[0]} users x "
+                    f"{kept.shape[1]} items, the {other} table has {fixed.shape[0]} rows "
+                    f"(assigned by hand?): update_{side}s cannot update it; refit the model")
             # checked against the table of the state folded into: a fit that lands before
             # the lock may change it
             matrix = check.check_csr(
