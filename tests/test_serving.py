@@ -1003,6 +1003,14 @@ def test_a_first_users_later_events_of_a_new_item_still_set_it(als, seen):
     assert rec._state.new_items.bias[0] == pytest.approx(bias[0], rel=1e-8)
 
 
+def test_an_added_items_first_users_are_the_first_to_arrive(als):
+    """Within one call too: the events were sorted by user first, so the lowest user ids
+    became an item's first users, whatever came first."""
+    rec = Recommender(als, new_item_users=2, num_threads=1)
+    rec.observe({"user": [9, 7, 3, 9], "item": [N_ITEMS + 1, N_ITEMS, N_ITEMS, N_ITEMS]})
+    assert rec._state.new_item_users == {N_ITEMS: (7, 3), N_ITEMS + 1: (9,)}
+
+
 def test_a_new_items_solve_without_regularization_is_the_least_norm_one(seen):
     """Regularization 0 and fewer first users than factors: the new item's system is
     singular, which np.linalg.solve does not notice (it answered rounding noise, entries of

@@ -1007,6 +1007,7 @@ class Recommender:
                 raise ValueError(f"item id {int(unknown.max())} is beyond the items that may be "
                                  f"added (< {limit}: n_items + max_new_items)")
             _check_new_rows_fit(model, int(unknown.max()))
+        arrival = users, items, weights  # an added item's first users: in this order
         if users.size > 1:
             order = np.argsort(users, kind="stable")
             users, items, weights = users[order], items[order], weights[order]
@@ -1046,8 +1047,7 @@ class Recommender:
         new_users = {user: _User(vectors[user][0], vectors[user][1], entry[1], entry[2],
                                  bool(vectors[user][0].any()), counts.get(user))
                      for user, entry in updated.items()}
-        added = (self._added_items(state, users, items, weights, new_users) if beyond.any()
-                 else None)
+        added = (self._added_items(state, *arrival, new_users) if beyond.any() else None)
         # publish: each user as one object, then the new item table as one object (and, for
         # the writer alone, the added items' first users); ``published`` is odd meanwhile,
         # so a reader that overlaps this reads again (_observed)
