@@ -201,23 +201,32 @@ def test_similar_items_cosine(fitted):
 # ---------------------------------------------------------------- fold-in
 
 
+@pytest.mark.parametrize("side", ["user", "item"])
 @pytest.mark.parametrize("solver", ["cholesky", "cg"])
-def test_update_users_equals_half_sweep_row(data, solver):
+def test_fold_ins_equal_the_half_sweep_row(data, solver, side):
+    """update_users and update_items: the rows solved against the other side's fixed table
+    as the fit's half-sweep of that side solves them (exact under Cholesky); the other
+    side's table is not changed."""
     model = recfuse.ALS(factors=8, iterations=3, solver=solver, dtype=np.float64,
                         random_state=2, backend="cpu").fit(data)
-    rows = data[[5, 9]]
-    start = model.user_factors[[5, 9]].copy()
-    new = model.update_users([5, 9], rows)
-    expected = reference.als_half_sweep(rows, model.item_factors, start,
+    matrix = data if side == "user" else data.T.tocsr()
+    own, other = (("user_factors", "item_factors") if side == "user" else
+                  ("item_factors", "user_factors"))
+    fixed = getattr(model, other).copy()
+    rows = matrix[[5, 9]]
+    start = getattr(model, own)[[5, 9]].copy()
+    new = getattr(model, f"update_{side}s")([5, 9], rows)
+    expected = reference.als_half_sweep(rows, fixed, start,
                                         regularization=model.regularization, alpha=model.alpha,
                                         solver=solver, cg_steps=model.cg_steps)
     np.testing.assert_allclose(new, expected, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(model.user_factors[[5, 9]], expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(getattr(model, own)[[5, 9]], expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(getattr(model, other), fixed)
     if solver == "cholesky":  # exact: the full half-sweep gives the same rows
-        full = reference.als_half_sweep(data, model.item_factors, model.user_factors,
+        full = reference.als_half_sweep(matrix, fixed, getattr(model, own),
                                         regularization=model.regularization, alpha=model.alpha,
                                         solver="cholesky")
-        np.testing.assert_allclose(model.user_factors[[5, 9]], full[[5, 9]], rtol=1e-8)
+        np.testing.assert_allclose(getattr(model, own)[[5, 9]], full[[5, 9]], rtol=1e-8)
 
 
 def test_update_users_adds_new_users(data):
@@ -398,29 +407,6 @@ def test_a_diverging_fit_raises_and_keeps_the_model(fitted, data):
     np.testing.assert_array_equal(fitted.user_factors, before)
 
 
-@pytest.mark.parametrize("solver", ["cholesky", "cg"])
-def test_update_items_equals_the_item_half_sweep_row(data, solver):
-    """The item side of the fold-in: rows of the items' users, solved against the fixed
-    user table as the fit's item half-sweep solves them (exact under Cholesky)."""
-    model = recfuse.ALS(factors=8, iterations=3, solver=solver, dtype=np.float64,
-                        random_state=2, backend="cpu").fit(data)
-    users_before = model.user_factors.copy()
-    rows = data.T.tocsr()[[4, 11]]
-    start = model.item_factors[[4, 11]].copy()
-    new = model.update_items([4, 11], rows)
-    expected = reference.als_half_sweep(rows, model.user_factors, start,
-                                        regularization=model.regularization, alpha=model.alpha,
-                                        solver=solver, cg_steps=model.cg_steps)
-    np.testing.assert_allclose(new, expected, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(model.item_factors[[4, 11]], expected, rtol=1e-9, atol=1e-12)
-    np.testing.assert_array_equal(model.user_factors, users_before)
-    if solver == "cholesky":  # exact: the full item half-sweep gives the same rows
-        full = reference.als_half_sweep(data.T.tocsr(), model.user_factors, model.item_factors,
-                                        regularization=model.regularization, alpha=model.alpha,
-                                        solver="cholesky")
-        np.testing.assert_allclose(model.item_factors[[4, 11]], full[[4, 11]], rtol=1e-8)
-
-
 def test_update_items_adds_new_items_and_replaces_their_users(data):
     """A new item gets a vector from its users and counts as seen by them; an updated
     item's users are replaced in the seen matrix (every other entry kept); the next user
@@ -455,26 +441,6 @@ def test_update_items_adds_new_items_and_replaces_their_users(data):
                                     regularization=model.regularization, alpha=model.alpha,
                                     solver="cholesky")
     np.testing.assert_allclose(model.user_factors[user], full[0], rtol=2e-4, atol=2e-6)
-
-
-def test_update_items_rejects_bad_input_and_keeps_model(fitted, data):
-    items, users, seen = fitted.item_factors.copy(), fitted.user_factors.copy(), fitted._user_items
-    columns = data.T.tocsr()
-    with pytest.raises(ValueError, match="item_users must have 2 rows"):
-        fitted.update_items([0, 1], columns[:1])
-    with pytest.raises(ValueError, match="item_users must have .*columns"):
-        fitted.update_items([0], sp.csr_matrix((1, 3)))
-    with pytest.raises(ValueError, match="item_ids must not repeat"):
-        fitted.update_items([0, 0], columns[:2])
-    with pytest.raises(ValueError, match="item_ids must be >= 0"):
-        fitted.update_items([-1], columns[:1])
-    with pytest.raises(ValueError, match="item_users must hold non-negative values"):
-        fitted.update_items([0], -columns[:1])
-    with pytest.raises(ValueError, match="item_ids reach 1099511627776"):
-        fitted.update_items([2**40], columns[:1])
-    np.testing.assert_array_equal(fitted.item_factors, items)
-    np.testing.assert_array_equal(fitted.user_factors, users)
-    assert fitted._user_items is seen
 
 
 @pytest.mark.parametrize("side", ["user", "item"])
@@ -597,22 +563,30 @@ def test_random_state_of_the_wrong_kind_says_what_is_taken(random_state):
             recfuse.BPR(random_state=random_state)
 
 
-def test_update_users_rejects_bad_input_and_keeps_model(fitted, data):
-    before = fitted.user_factors.copy()
-    with pytest.raises(ValueError, match="user_items must have 2 rows"):
-        fitted.update_users([0, 1], data[:1])
-    with pytest.raises(ValueError, match="columns"):
-        fitted.update_users([0], sp.csr_matrix((1, 3)))
-    with pytest.raises(ValueError, match="must not repeat"):
-        fitted.update_users([0, 0], data[:2])
-    with pytest.raises(ValueError, match="user_ids must be >= 0"):
-        fitted.update_users([-1], data[:1])
-    # an id far past the known users: the table cannot grow that far (numpy's allocation
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_fold_ins_reject_bad_input_and_keep_the_model(fitted, data, side):
+    other = "item" if side == "user" else "user"
+    update = getattr(fitted, f"update_{side}s")
+    rows = data if side == "user" else data.T.tocsr()
+    users, items, seen = fitted.user_factors.copy(), fitted.item_factors.copy(), fitted._user_items
+    with pytest.raises(ValueError, match=f"{side}_{other}s must have 2 rows"):
+        update([0, 1], rows[:1])
+    with pytest.raises(ValueError, match=f"{side}_{other}s must have .*columns"):
+        update([0], sp.csr_matrix((1, 3)))
+    with pytest.raises(ValueError, match=f"{side}_ids must not repeat"):
+        update([0, 0], rows[:2])
+    with pytest.raises(ValueError, match=f"{side}_ids must be >= 0"):
+        update([-1], rows[:1])
+    with pytest.raises(ValueError, match=f"{side}_{other}s must hold non-negative values"):
+        update([0], -rows[:1])
+    # an id far past the known rows: the table cannot grow that far (numpy's allocation
     # error named no argument)
-    with pytest.raises(ValueError, match="user_ids reach 1099511627776"):
-        fitted.update_users([2**40], data[:1])
-    np.testing.assert_array_equal(fitted.user_factors, before)
-    assert fitted.recommend(0, k=3)[0].shape == (3,)  # the seen matrix kept its rows
+    with pytest.raises(ValueError, match=f"{side}_ids reach 1099511627776"):
+        update([2**40], rows[:1])
+    np.testing.assert_array_equal(fitted.user_factors, users)
+    np.testing.assert_array_equal(fitted.item_factors, items)
+    assert fitted._user_items is seen
+    assert fitted.recommend(0, k=3)[0].shape == (3,)
 
 
 # ---------------------------------------------------------------- backends and CLI
