@@ -810,6 +810,17 @@ def test_reload_of_a_model_folder_replays_the_events_by_their_ids(tmp_path):
         assert refused.status_code == 422, refused.text
         assert "was not trained on train.npz" in refused.json()["error"]
         assert client.post("/recommend", json={"user": "zz"}).json() == before
+        # a retrain whose log names items by strings: the logged ids (ints) and requests
+        # could not name them (the replay gave them rows as new string-less ids): refused
+        renamed = recfuse.Interactions.from_matrix(
+            second.matrix, user_ids=second.user_ids,
+            item_ids=recfuse.IdMap(np.array([f"i{v}" for v in second.item_ids.ids], object)))
+        _save_folder(tmp_path, renamed, 2)
+        refused = client.post("/reload")
+        assert refused.status_code == 422, refused.text
+        assert "names items by string ids, the served model by integer ids" in \
+            refused.json()["error"]
+        assert client.post("/recommend", json={"user": "zz"}).json() == before
     finally:
         running.stop()
 

@@ -543,6 +543,11 @@ def test_a_swap_renumbers_the_logged_events_for_a_model_of_other_rows(als, seen)
     want.observe({"user": [flipped - 2, flipped - 5], "item": [40, 41], "weight": [1.0, 2.0]})
     for user in (flipped - 2, flipped - 5, 0):
         np.testing.assert_array_equal(rec.recommend(user).ids, want.recommend(user).ids)
+    # events the function leaves out (their item gone from the new model) count as dropped
+    assert rec.dropped_events == 0
+    rec.swap_model(als, replay=lambda events: recfuse.Events(*(a[:1] for a in events)))
+    assert rec.dropped_events == 1 and rec.pending_events().users.tolist() == [flipped - 2]
+    assert rec.info()["dropped_events"] == 1
 
 
 def test_concurrent_readers_observe_and_swaps_never_mix(als, seen, tmp_path):

@@ -655,8 +655,14 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
             if not folder:
                 return recommender.swap_model(model_path, **options)
             model, train = load_folder(model_path)  # refused unless trained on train
-            named = _Ids.of(train)
-            renumber = naming["now"].renumbered(named, recommender.unknown_items == "add")
+            named, current = _Ids.of(train), naming["now"]
+            for kind in ("user", "item"):  # requests and the log name ids of one kind
+                now, then = named.maps[kind].kind, current.maps[kind].kind
+                if now != then:
+                    raise ValueError(f"the folder's training data names {kind}s by {now} "
+                                     f"ids, the served model by {then} ids; restart the "
+                                     f"server to change the kind of ids")
+            renumber = current.renumbered(named, recommender.unknown_items == "add")
             version = recommender.swap_model(model, replay=renumber, **options)
             named.version = version
             naming["now"] = named

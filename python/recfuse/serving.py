@@ -641,8 +641,9 @@ class Recommender:
         model, when its rows name other users or items than the old one's (a retrain on a
         log whose ids were numbered anew): called once, writer lock held, with every logged
         event; what it returns (``Events``, or a mapping as ``observe`` takes) is replayed
-        and becomes the log. If anything fails (the function included) the old model and the
-        log stay and the error is raised. Returns the new version.
+        and becomes the log (events it leaves out count in ``dropped_events``). If anything
+        fails (the function included) the old model and the log stay and the error is
+        raised. Returns the new version.
         """
         renumber = replay if callable(replay) else None
         if renumber is None:
@@ -663,13 +664,16 @@ class Recommender:
                 built = replace(built, version=self._versions + 1)
                 state = _State(built)
                 log = None
+                left_out = 0  # events the function did not renumber (e.g. unknown items)
                 if replay and self._log:
                     events = _concatenate(list(self._log))
                     if renumber is not None:
                         # a copy: the function's arrays stay the caller's
-                        events = log = _concatenate([_events(renumber(events))])
+                        log = _concatenate([_events(renumber(events))])
+                        left_out, events = events.users.size - log.users.size, log
                     self._apply(state, *events)
                 self._state = state
+                self.dropped_events += max(left_out, 0)
                 if log is not None:  # one chunk: the log in the new model's numbers
                     self._log.clear()
                     self._log.append(log)
