@@ -436,7 +436,10 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
     ``ids``: None (requests and answers name users and items by the model's rows), or the
     training data (``Interactions``, or a pair of ``IdMap``: users, items) whose ids name
     the model's rows: requests then name users and items by those ids (the event log's,
-    integers or strings), and users and items first met in /events are added.
+    integers or strings), and users and items first met in /events are added. The ids
+    name the rows of one model version: with ``ids``, swap models through /reload only (a
+    ``recommender.swap_model`` called directly leaves the ids naming the old version's
+    rows, and requests answer 503 until a /reload).
 
     /reload reloads ``model_path``, a model file, or with ``ids`` a model folder
     (``recfuse train``'s: its model.npz with the ids of its train.npz; the logged events
