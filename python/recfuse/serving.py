@@ -1051,7 +1051,7 @@ class Recommender:
         new_users = {user: _User(vectors[user][0], vectors[user][1], entry[1], entry[2],
                                  bool(vectors[user][0].any()), counts.get(user))
                      for user, entry in updated.items()}
-        added = (self._added_items(state, *arrival, new_users) if beyond.any() else None)
+        added = self._added_items(state, *arrival, new_users) if beyond.any() else None
         # publish: each user as one object, then the new item table as one object (and, for
         # the writer alone, the added items' first users); ``published`` is odd meanwhile,
         # so a reader that overlaps this reads again (_observed)
@@ -1259,9 +1259,9 @@ class Recommender:
                 first_ratings[item] = (raters, ratings)
                 rows = [new_users[u] if u in new_users else state.users[u]
                         for u in raters.tolist()]
-                vector, offset = self._rating_item_vector(state, rows, ratings)
+                vector, item_bias = self._rating_item_vector(state, rows, ratings)
                 if bias is not None:
-                    bias[row] = offset
+                    bias[row] = item_bias
             else:
                 vector = np.mean(np.stack([e.vector for e in entries]).astype(np.float64), axis=0)
             if gram is not None:
