@@ -900,7 +900,6 @@ def test_from_onnx_refuses_other_domains_and_names_gemm_attributes(tmp_path):
         MLPScorer.from_onnx(save("erf.onnx", "Erf"))  # how an old exporter's GELU starts
 
 
-
 def test_from_onnx_adds_an_add_after_a_gemm_to_its_bias(tmp_path):
     """Exporters write a layer's bias as Gemm(x, W) then Add, and some add a second bias to
     a Gemm's own: each Add before the activation sums into the layer's bias (as ONNX
@@ -941,6 +940,7 @@ def test_from_onnx_adds_an_add_after_a_gemm_to_its_bias(tmp_path):
     with pytest.raises(ValueError, match=r"Add ''\) is not supported.*between a Gemm or "
                                          r"MatMul and its activation"):
         MLPScorer.from_onnx(after)
+
 
 def test_from_onnx_refuses_unreadable_files_with_a_value_error(tmp_path):
     """A truncated, foreign or empty .onnx is a ValueError naming the file (it was protobuf's

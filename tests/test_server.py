@@ -756,6 +756,31 @@ def test_create_app_refuses_a_recommender_that_added_rows_the_ids_do_not_name():
     create_app(rec, ids=train)
 
 
+def test_a_model_swapped_past_the_ids_is_refused_until_a_reload(tmp_path):
+    """A swap_model called directly leaves the ids naming the old version's rows: /recommend
+    answered 503, but /events applied and read events by the old rows (other users' rows
+    in the new model); both now answer 503 until /reload installs ids with the model."""
+    train = _log()
+    model = _save_folder(tmp_path, train, 0)
+    rec = recfuse.Recommender(model, k=5, num_threads=1)
+    running = Running(create_app(rec, model_path=str(tmp_path), ids=train))
+    try:
+        client = running.client
+        assert client.post("/events", json={"user": ["u03"], "item": [1007]}).status_code == 200
+        rec.swap_model(recfuse.ALS(factors=4, iterations=3, random_state=5).fit(train))
+        for reply in (client.post("/events", json={"user": ["u03"], "item": [1014]}),
+                      client.get("/events"), client.delete("/events"),
+                      client.post("/recommend", json={"user": "u03"})):
+            assert reply.status_code == 503, reply.text
+        assert "POST /reload" in reply.json()["error"] or "try again" in reply.json()["error"]
+        assert rec.pending_events().users.size == 1  # the refused events left nothing
+        assert client.post("/reload").status_code == 200
+        assert client.get("/events").json()["user"] == ["u03"]
+        assert client.post("/events", json={"user": ["u03"], "item": [1014]}).status_code == 200
+    finally:
+        running.stop()
+
+
 def _save_folder(folder, train, seed: int):
     model = recfuse.ALS(factors=4, iterations=3, random_state=seed).fit(train)
     model.save(folder / "model.npz")

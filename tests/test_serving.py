@@ -548,6 +548,9 @@ def test_a_swap_renumbers_the_logged_events_for_a_model_of_other_rows(als, seen)
     rec.swap_model(als, replay=lambda events: recfuse.Events(*(a[:1] for a in events)))
     assert rec.dropped_events == 1 and rec.pending_events().users.tolist() == [flipped - 2]
     assert rec.info()["dropped_events"] == 1
+    # and when it leaves out every event (ALS failed on the empty replay: IndexError)
+    assert rec.swap_model(als, replay=lambda events: recfuse.Events(*(a[:0] for a in events)))
+    assert rec.dropped_events == 2 and rec.pending_events().users.size == 0
 
 
 def test_concurrent_readers_observe_and_swaps_never_mix(als, seen, tmp_path):
@@ -1014,6 +1017,20 @@ def test_an_added_items_first_users_are_the_first_to_arrive(als):
     rec = Recommender(als, new_item_users=2, num_threads=1)
     rec.observe({"user": [9, 7, 3, 9], "item": [N_ITEMS + 1, N_ITEMS, N_ITEMS, N_ITEMS]})
     assert rec._state.new_item_users == {N_ITEMS: (7, 3), N_ITEMS + 1: (9,)}
+
+
+def test_an_added_item_whose_solve_overflows_the_table_is_refused(seen):
+    """A rating beyond float32 (a model fitted with so wide a rating_scale) solved to an
+    item vector of inf once stored in the table: refused like a fold-in that overflows,
+    with nothing applied and no warning."""
+    coo = seen.tocoo()
+    svd = recfuse.SVD(factors=4, epochs=3, random_state=0).fit(
+        coo.row, coo.col, np.ceil(coo.data + 1), rating_scale=(-1e300, 1e300))
+    rec = Recommender(svd, num_threads=1)
+    with pytest.raises(ValueError, match="an added item's solve diverged.*nothing was applied"):
+        rec.observe({"user": [1], "item": [N_ITEMS], "weight": [1e39]})
+    assert rec._state.new_items is None and rec.pending_events().users.size == 0
+    assert not rec._state.users and rec.info()["added_items"] == 0
 
 
 def test_a_new_items_solve_without_regularization_is_the_least_norm_one(seen):

@@ -184,7 +184,8 @@ class Metrics:
             "# TYPE recfuse_model_version gauge", f"recfuse_model_version {info['version']}",
             "# HELP recfuse_pending_events Events logged for the next retrain.",
             "# TYPE recfuse_pending_events gauge", f"recfuse_pending_events {info['pending_events']}",
-            "# HELP recfuse_dropped_events_total Events pushed out of the bounded log.",
+            "# HELP recfuse_dropped_events_total Events pushed out of the bounded log, or "
+            "left out by a reload's renumbering.",
             "# TYPE recfuse_dropped_events_total counter",
             f"recfuse_dropped_events_total {info['dropped_events']}",
             "# HELP recfuse_observed_users Users updated in real time since the model loaded.",
@@ -439,7 +440,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
     integers or strings), and users and items first met in /events are added. The ids
     name the rows of one model version: with ``ids``, swap models through /reload only (a
     ``recommender.swap_model`` called directly leaves the ids naming the old version's
-    rows, and requests answer 503 until a /reload).
+    rows, and /recommend and /events answer 503 until a /reload).
 
     /reload reloads ``model_path``, a model file, or with ``ids`` a model folder
     (``recfuse train``'s: its model.npz with the ids of its train.npz; the logged events
@@ -465,7 +466,8 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         info = recommender.info()
         named.check_sizes(info["users"], info["items"], "the recommender's model")
         state = recommender._state  # rows no id names: answers could not name them
-        if state.new_items is not None or any(row >= info["users"] for row in state.users):
+        # list(): one step under the GIL, while an observe may be adding users
+        if state.new_items is not None or any(row >= info["users"] for row in list(state.users)):
             raise ValueError("the recommender has observed users or items beyond the training "
                              "data's rows, which no id names; serve by ids a Recommender that "
                              "observed none, and give it the events by ids (POST /events)")
@@ -629,8 +631,8 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         _fields(await body_of(request), set(), f"{request.method} /events")
 
         def read() -> dict:  # in the writer thread: rows and ids of one model version
+            named = current_naming(naming["now"])
             taken = recommender.pending_events(clear=request.method == "DELETE")
-            named = naming["now"]
             return {"user": named.external("user", taken.users),
                     "item": named.external("item", taken.items),
                     "weight": taken.weights.tolist(),
@@ -640,9 +642,18 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         loop = asyncio.get_running_loop()
         return JSONResponse(await loop.run_in_executor(writers, read))
 
+    def current_naming(named):
+        """``named`` when its ids name the rows of the model now served (writer thread)."""
+        if named.version not in (None, recommender.version):
+            raise _BadRequest(503, f"the ids name the rows of model version {named.version}, "
+                                   f"the model served is version {recommender.version} (swapped "
+                                   f"without /reload); POST /reload")
+        return named
+
     def observe(columns: dict) -> int:
         """/events in the writer thread (which alone adds ids, and installs reloads)."""
-        users, items = naming["now"].admit(columns["user"], columns["item"], recommender)
+        named = current_naming(naming["now"])
+        users, items = named.admit(columns["user"], columns["item"], recommender)
         return recommender.observe({**columns, "user": users, "item": items})
 
     async def reload(request: Request) -> Response:

@@ -437,7 +437,9 @@ class Recommender:
         self._swap_lock = threading.Lock()  # serialises swap_model calls (see there)
         self._log: collections.deque = collections.deque()  # Events chunks, oldest first
         self._logged = 0
-        self.dropped_events = 0  # events pushed out of the log by max_pending_events
+        # events pushed out of the log by max_pending_events, or left out by a swap's
+        # renumbering function
+        self.dropped_events = 0
         self._versions = 0  # the version of the model installed last
         self._state = _State(self._build(retriever, _ranker_of(ranker)))
         self._versions = self._state.model.version
@@ -671,7 +673,8 @@ class Recommender:
                         # a copy: the function's arrays stay the caller's
                         log = _concatenate([_events(renumber(events))])
                         left_out, events = events.users.size - log.users.size, log
-                    self._apply(state, *events)
+                    if events.users.size:  # the function may have left every event out
+                        self._apply(state, *events)
                 self._state = state
                 self.dropped_events += max(left_out, 0)
                 if log is not None:  # one chunk: the log in the new model's numbers
@@ -932,8 +935,9 @@ class Recommender:
             sequence (or a scalar), or ``Events``. For ALS, each user's summed weight of an
             item may be at most the square root of the model dtype's largest value (1.8e19
             for float32, 1.3e154 for float64), as the fold-in squares it; the rating models
-            take ratings within their scale (a float32 ExplicitALS only those its fit takes:
-            max|rating|² x the most ratings of a user or item <= 3.4e38). All are checked
+            take ratings within their scale (a float32 ExplicitALS, as its fit: max|rating|² x
+            the user's ratings, or the training's longest row or column, <= 3.4e38, per
+            user; a retrain over every user's ratings may still refuse more). All are checked
             first: on any error nothing is applied (earlier calls' events stay); a fold-in
             that overflows anyway (NaN or inf in a vector) is refused the same way.
         The next ``recommend`` sees the new vectors and excludes the new items.
@@ -1148,8 +1152,7 @@ class Recommender:
             other = np.zeros(touched.size, dtype=explicit.dtype)
             base = touched < n
             other[base] = model.item_bias[touched[base]]
-            if extra is not None and extra.bias is not None:
-                other[~base] = extra.bias[touched[~base] - extra.first_id]
+            other[~base] = _added_bias(extra, touched[~base])
             own = np.array([entry[0].offset - mean for entry in updated.values()],
                            dtype=explicit.dtype)
         backend = resolve_backend(explicit.backend, "sgd", needs="explicit_als_half_sweep")
@@ -1181,9 +1184,7 @@ class Recommender:
         if model.item_bias is not None:
             base = items < model.n_items
             bias[base] = model.item_bias[items[base]]
-            extra = state.new_items
-            if extra is not None and extra.bias is not None:
-                bias[~base] = extra.bias[items[~base] - extra.first_id]
+            bias[~base] = _added_bias(state.new_items, items[~base])
         rng = np.random.default_rng(user)
         biased = model.kind == "svd" and model.item_bias is not None
         if model.kind == "svd" and not biased:
@@ -1217,8 +1218,8 @@ class Recommender:
         from those users: ``_als_item_vector``, ``_rating_item_vector``, or BPR's mean of
         their vectors), those items' first users (item id -> user ids) for
         ``state.new_item_users`` and, for the rating models, their ratings for
-        ``state.new_item_ratings``; None when nothing changed. ``state`` is left as it is:
-        the caller publishes them."""
+        ``state.new_item_ratings``; None when nothing changed. ``state`` is left as it is
+        (but for its ``user_gram`` cache): the caller publishes them."""
         model = state.model
         extra = state.new_items
         wanted = self.new_item_users
@@ -1243,35 +1244,44 @@ class Recommender:
             if bias is not None:
                 bias[:extra.bias.size] = extra.bias
         first_users, first_ratings = {}, {}
-        for item in growing:
-            owners = list(state.new_item_users.get(item, ()))
-            for user in users[items == item]:
-                if len(owners) < wanted and int(user) not in owners:
-                    owners.append(int(user))
-            entries = [new_users[u] if u in new_users else state.users[u] for u in owners]
-            row = item - first
-            if model.kind == "als":
-                vector = self._als_item_vector(state, item, owners, entries)
-            elif rated:  # every rating its first users gave it, this call's included
-                ours = (items == item) & np.isin(users, owners)
-                before = state.new_item_ratings.get(item, (_NO_IDS, np.zeros(0)))
-                raters, ratings = np.r_[before[0], users[ours]], np.r_[before[1], weights[ours]]
-                first_ratings[item] = (raters, ratings)
-                rows = [new_users[u] if u in new_users else state.users[u]
-                        for u in raters.tolist()]
-                vector, item_bias = self._rating_item_vector(state, rows, ratings)
-                if bias is not None:
-                    bias[row] = item_bias
-            else:
-                vector = np.mean(np.stack([e.vector for e in entries]).astype(np.float64), axis=0)
-            if gram is not None:
-                if filled[row]:
-                    old = table[row].astype(np.float64)
-                    gram -= np.outer(old, old)
-                gram += np.outer(vector, vector)
-            table[row] = vector
-            filled[row] = True
-            first_users[item] = tuple(owners)
+
+        def entry_of(user: int) -> _User:  # as of this call: new vectors over published ones
+            return new_users[user] if user in new_users else state.users[user]
+
+        # a solve too large for the table's dtype gives inf, which the check below refuses
+        with np.errstate(over="ignore", invalid="ignore"):
+            for item in growing:
+                owners = list(state.new_item_users.get(item, ()))
+                for user in users[items == item]:
+                    if len(owners) < wanted and int(user) not in owners:
+                        owners.append(int(user))
+                entries = [entry_of(u) for u in owners]
+                row = item - first
+                if model.kind == "als":
+                    vector = self._als_item_vector(state, item, owners, entries)
+                elif rated:  # every rating its first users gave it, this call's included
+                    ours = (items == item) & np.isin(users, owners)
+                    before = state.new_item_ratings.get(item, (_NO_IDS, np.zeros(0)))
+                    raters, ratings = np.r_[before[0], users[ours]], np.r_[before[1], weights[ours]]
+                    first_ratings[item] = (raters, ratings)
+                    vector, item_bias = self._rating_item_vector(
+                        state, [entry_of(u) for u in raters.tolist()], ratings)
+                    if bias is not None:
+                        bias[row] = item_bias
+                else:
+                    vector = np.mean(np.stack([e.vector for e in entries]).astype(np.float64),
+                                     axis=0)
+                if gram is not None:
+                    if filled[row]:
+                        old = table[row].astype(np.float64)
+                        gram -= np.outer(old, old)
+                    gram += np.outer(vector, vector)
+                table[row] = vector
+                filled[row] = True
+                first_users[item] = tuple(owners)
+        # never published: a NaN or inf vector would fail every search of the added items
+        check_trained("an added item's solve", [table[filled], bias],
+                      "the events' weights are too large for this model; nothing was applied")
         index = ItemIndex(table, item_bias=bias, backend=model.model.backend)
         rule_mask = None if self.rerank is None else self.rerank.mask(first, end - first)
         return (_NewItems(first, table, filled, index, gram, rule_mask, bias), first_users,
@@ -1287,26 +1297,27 @@ class Recommender:
         model = state.model
         als = model.model
         if state.user_gram is None:  # once per model, when its first item is added
-            state.user_gram = item_gram(model.user_vectors).astype(np.float64)
+            state.user_gram = _gram64(model.user_vectors)
         weights = np.array([e.weights[np.searchsorted(e.items, item)] for e in entries])
         c, p = confidence_and_preference(weights, als.alpha, als.confidence)
         X = np.stack([e.vector for e in entries]).astype(np.float64)
-        trained = np.array([u for u in owners if u < model.n_users], dtype=np.int64)
-        old = model.user_vectors[trained].astype(np.float64)
+        known = np.array([u for u in owners if u < model.n_users], dtype=np.int64)
+        old = model.user_vectors[known].astype(np.float64)
         system = state.user_gram - old.T @ old + (X.T * c) @ X
         system[np.diag_indices_from(system)] += als.regularization
         if not p.any():  # no positive: the exact solution is zero, as in fit
             return np.zeros(X.shape[1])
         if als.regularization > 0:  # positive definite
             return np.linalg.solve(system, X.T @ (c * p))
-        # regularization 0 and fewer users than factors: singular, which solve does not
-        # notice (it answers a solution plus rounding noise): the least-norm one
+        # regularization 0: singular where the users' vectors span fewer dimensions than
+        # the factors, which solve does not notice (it answers rounding noise): least norm
         return np.linalg.lstsq(system, X.T @ (c * p), rcond=None)[0]
 
     @staticmethod
-    def _rating_item_vector(state: _State, users: list, ratings: np.ndarray):
+    def _rating_item_vector(state: _State, raters: list, ratings: np.ndarray):
         """SVD, SVD++, ExplicitALS: an added item's (vector, bias), the exact solve of its
-        ratings against its raters' vectors and offsets (μ + b_u), users fixed: ExplicitALS's
+        ``ratings`` (each by the user whose ``_User`` entry stands at its place in
+        ``raters``) against their vectors and offsets (μ + b_u), users fixed: ExplicitALS's
         item half-sweep, min Σ (r − offset_u − b − x_uᵀy)² + n (λ|y|² + λ_b b²) over its
         n ratings, which is also where SVD's SGD updates of the item come to rest (with
         reg_qi, reg_bi). A mean of user vectors ignored the ratings: an item its first users
@@ -1319,18 +1330,18 @@ class Recommender:
         else:  # SVD's rates: (bu, bi, pu, qi, yj)
             _, regs = trained._rate_tuples()
             reg_bias, reg = regs[1], regs[3]
-        Z = np.stack([user.vector for user in users]).astype(np.float64)
-        target = ratings - np.array([user.offset for user in users])
+        Z = np.stack([rater.vector for rater in raters]).astype(np.float64)
+        target = ratings - np.array([rater.offset for rater in raters])
         diagonal = np.full(Z.shape[1], float(reg))
         biased = model.item_bias is not None
         if biased:
-            Z = np.c_[Z, np.ones(len(users))]
+            Z = np.c_[Z, np.ones(len(raters))]
             diagonal = np.r_[diagonal, float(reg_bias)]
         if diagonal.all():  # positive definite
-            solution = np.linalg.solve(Z.T @ Z + len(users) * np.diag(diagonal), Z.T @ target)
+            solution = np.linalg.solve(Z.T @ Z + len(raters) * np.diag(diagonal), Z.T @ target)
         else:  # a reg of 0: singular with fewer ratings than factors, which solve does not
             # notice (it answers rounding noise): the least-norm solution, ranks read from Z
-            stacked = np.r_[Z, np.diag(np.sqrt(len(users) * diagonal))]
+            stacked = np.r_[Z, np.diag(np.sqrt(len(raters) * diagonal))]
             solution = np.linalg.lstsq(stacked, np.r_[target, np.zeros(Z.shape[1])],
                                        rcond=None)[0]
         return solution[:model.item_vectors.shape[1]], float(solution[-1]) if biased else 0.0
@@ -1436,6 +1447,22 @@ def _check_weight_bound(weights: np.ndarray, user: int, dtype) -> None:
         raise ValueError(f"events weight: user {user}'s summed weight of an item would reach "
                          f"{largest:.3g}, beyond the {bound:.3g} a {np.dtype(dtype)} ALS model "
                          f"takes (the fold-in squares it)")
+
+
+def _gram64(table: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
+    """XᵀX summed in float64, a block of rows at a time (no float64 copy of the table)."""
+    gram = np.zeros((table.shape[1], table.shape[1]))
+    for begin in range(0, table.shape[0], rows):
+        block = np.asarray(table[begin:begin + rows], dtype=np.float64)
+        gram += block.T @ block
+    return gram
+
+
+def _added_bias(extra: _NewItems | None, ids: np.ndarray) -> np.ndarray:
+    """The biases of added items ``ids`` (zero where the model kind keeps none)."""
+    if extra is None or extra.bias is None:
+        return np.zeros(ids.size)
+    return extra.bias[ids - extra.first_id]
 
 
 def _check_ratings_fit(updated: dict, counts: dict, longest: int) -> None:
