@@ -643,9 +643,11 @@ class Recommender:
         model, when its rows name other users or items than the old one's (a retrain on a
         log whose ids were numbered anew): called once, writer lock held, with every logged
         event; what it returns (``Events``, or a mapping as ``observe`` takes) is replayed
-        and becomes the log (events it leaves out count in ``dropped_events``). If anything
-        fails (the function included) the old model and the log stay and the error is
-        raised. Returns the new version.
+        and becomes the log (events it leaves out count in ``dropped_events``). Events of
+        added items that the settings of now refuse (``unknown_items``, ``max_new_items``
+        changed since ``observe`` took them) are not replayed; they stay in the log. If
+        anything fails (the function included) the old model and the log stay and the error
+        is raised. Returns the new version.
         """
         renumber = replay if callable(replay) else None
         if renumber is None:
@@ -667,12 +669,20 @@ class Recommender:
                 state = _State(built)
                 log = None
                 left_out = 0  # events the function did not renumber (e.g. unknown items)
+                self._trim_log()
                 if replay and self._log:
                     events = _concatenate(list(self._log))
                     if renumber is not None:
                         # a copy: the function's arrays stay the caller's
                         log = _concatenate([_events(renumber(events))])
                         left_out, events = events.users.size - log.users.size, log
+                    # events of added items the settings of now refuse (unknown_items,
+                    # max_new_items changed since observe took them) stay in the log only
+                    n = built.n_items
+                    limit = n + self.max_new_items if self.unknown_items == "add" else n
+                    replayable = events.items < limit
+                    if not replayable.all():
+                        events = Events(*(part[replayable] for part in events))
                     if events.users.size:  # the function may have left every event out
                         self._apply(state, *events)
                 self._state = state
@@ -955,6 +965,7 @@ class Recommender:
         empties the log (events observed afterwards are kept for the next retrain)."""
         clear = check.check_flag(clear, "clear")
         with self._write_lock:
+            self._trim_log()  # max_pending_events may have been lowered since the last event
             events = _concatenate(list(self._log))
             if clear:
                 self._log.clear()
@@ -973,6 +984,10 @@ class Recommender:
             size += chunks[-1].users.size
         # one new array each, in log order (a lone chunk copied the same way)
         self._log.append(_concatenate(chunks[::-1]))
+        self._trim_log()
+
+    def _trim_log(self) -> None:
+        """Drop the oldest logged events beyond ``max_pending_events`` (writer lock held)."""
         keep = self.max_pending_events
         while self._logged > keep:
             oldest = self._log[0]
