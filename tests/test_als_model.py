@@ -407,6 +407,31 @@ def test_a_diverging_fit_raises_and_keeps_the_model(fitted, data):
     np.testing.assert_array_equal(fitted.user_factors, before)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(0, 3), st.integers(0, 2**31),
+       st.floats(0, 1), st.floats(0, 1))
+def test_update_items_replaces_columns_as_a_transpose_would(n_rows, n_cols, grow, seed,
+                                                            density, new_density):
+    """The seen matrix's columns replaced in place of a transpose there and back (which cost
+    ~4x as much at 5M entries): the same indptr, indices and data, stored zeros kept, empty
+    rows and columns, ids past the old columns, none replaced."""
+    from recfuse.models.als import _replace_columns, _replace_rows
+
+    rng = np.random.default_rng(seed)
+    matrix = sp.random(n_rows, n_cols, density=density, format="csr", random_state=rng,
+                       dtype=np.float32)
+    matrix.data[::3] = 0  # stored zeros are seen items too
+    width = n_cols + grow
+    ids = rng.permutation(width)[:rng.integers(0, width + 1)].astype(np.int64)
+    columns = sp.random(ids.size, n_rows, density=new_density, format="csr", random_state=rng,
+                        dtype=np.float32)
+    got = _replace_columns(matrix, ids, columns, width)
+    want = _replace_rows(matrix.T.tocsr(), ids, columns, width).T.tocsr()
+    assert got.shape == want.shape == (n_rows, width) and got.has_sorted_indices
+    for part in ("indptr", "indices", "data"):
+        np.testing.assert_array_equal(getattr(got, part), getattr(want, part))
+
+
 def test_update_items_adds_new_items_and_replaces_their_users(data):
     """A new item gets a vector from its users and counts as seen by them; an updated
     item's users are replaced in the seen matrix (every other entry kept); the next user
