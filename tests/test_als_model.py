@@ -432,6 +432,25 @@ def test_update_items_replaces_columns_as_a_transpose_would(n_rows, n_cols, grow
         np.testing.assert_array_equal(getattr(got, part), getattr(want, part))
 
 
+@pytest.mark.parametrize("width", [2**31 + 6, 2**62 + 7])
+def test_update_items_replaces_columns_past_int32_and_large_keys(width):
+    """An item id past int32 (update_items takes any int64 id) widens the int32 indices
+    instead of wrapping to a negative column, and rows x width past int64 (2**62 columns
+    here) does not overflow the (row, column) keys the entries are merged by."""
+    from recfuse.models.als import _replace_columns
+
+    matrix = sp.csr_matrix(np.arange(1, 13, dtype=np.float32).reshape(4, 3))
+    assert matrix.indices.dtype == np.int32
+    ids = np.array([width - 1, 1], dtype=np.int64)
+    columns = sp.csr_matrix(np.array([[1, 0, 1, 1], [0, 5, 0, 5]], dtype=np.float32))
+    got = _replace_columns(matrix, ids, columns, width)
+    last = width - 1
+    assert got.shape == (4, width)
+    assert got.indptr.tolist() == [0, 3, 6, 9, 13]
+    assert got.indices.tolist() == [0, 2, last, 0, 1, 2, 0, 2, last, 0, 1, 2, last]
+    assert got.data.tolist() == [1, 3, 1, 4, 5, 6, 7, 9, 1, 10, 5, 12, 1]
+
+
 def test_update_items_adds_new_items_and_replaces_their_users(data):
     """A new item gets a vector from its users and counts as seen by them; an updated
     item's users are replaced in the seen matrix (every other entry kept); the next user

@@ -629,15 +629,21 @@ def _replace_columns(matrix: sp.csr_matrix, ids: np.ndarray, columns: sp.csr_mat
     new_rows, new_cols, new_data = gained.row.astype(np.int64), ids[gained.col], gained.data
     order = np.lexsort((new_cols, new_rows))
     new_rows, new_cols, new_data = new_rows[order], new_cols[order], new_data[order]
-    # where each new entry goes among the kept ones (their keys ascend, as CSR's entries do)
+    # where each new entry goes among the kept ones (their keys ascend, as CSR's entries do);
+    # a column past the old ones follows its row's kept entries: keys of old_cols + 1
+    # columns, which row * n_cols would overflow for an id near 2**63 / n_rows
     kept_rows = np.repeat(np.arange(n_rows, dtype=np.int64), counts)
-    at = np.searchsorted(kept_rows * n_cols + kept_cols, new_rows * n_cols + new_cols)
+    width = old_cols + 1
+    at = np.searchsorted(kept_rows * width + kept_cols,
+                         new_rows * width + np.minimum(new_cols, old_cols))
     counts += np.bincount(new_rows, minlength=n_rows)
     out_indptr = np.zeros(n_rows + 1, np.int64)
     np.cumsum(counts, out=out_indptr[1:])
     is_new = np.zeros(out_indptr[-1], dtype=bool)
     is_new[at + np.arange(at.size)] = True
-    out_indices = np.empty(out_indptr[-1], indices.dtype)
+    # int64 for ids past int32 (update_items takes any id), not wrapped to negative ones
+    wide = n_cols - 1 > np.iinfo(indices.dtype).max
+    out_indices = np.empty(out_indptr[-1], np.int64 if wide else indices.dtype)
     out_data = np.empty(out_indptr[-1], data.dtype)
     out_indices[is_new], out_data[is_new] = new_cols, new_data
     out_indices[~is_new], out_data[~is_new] = kept_cols, kept_data
