@@ -756,6 +756,24 @@ def test_create_app_refuses_a_recommender_that_added_rows_the_ids_do_not_name():
     create_app(rec, ids=train)
 
 
+def test_refused_events_name_the_user_by_its_id():
+    """A weight beyond what the fold-in takes was refused naming the user's row ("user 3"),
+    which a client naming users by the log's ids cannot read: it names the id now."""
+    train = _log()
+    model = recfuse.ALS(factors=4, iterations=3, random_state=0).fit(train)
+    running = Running(create_app(recfuse.Recommender(model, k=5, num_threads=1), ids=train))
+    try:
+        row = int(train.user_ids.to_internal(["u07"])[0])
+        reply = running.client.post("/events", json={"user": ["u07"], "item": [1000],
+                                                     "weight": [1e30]})
+        assert reply.status_code == 422, reply.text
+        error = reply.json()["error"]
+        assert "user 'u07''s summed weight of an item would reach 1e+30" in error, error
+        assert f"user {row}" not in error
+    finally:
+        running.stop()
+
+
 def test_a_model_swapped_past_the_ids_is_refused_until_a_reload(tmp_path):
     """A swap_model called directly leaves the ids naming the old version's rows: /recommend
     answered 503, but /events applied and read events by the old rows (other users' rows

@@ -77,7 +77,7 @@ from .batching import MicroBatcher
 from .interactions import _FEW_IDS, IdMap, Interactions
 from .persistence import load_folder
 from .ranking import load_scorer
-from .serving import Events, Recommender
+from .serving import Events, Recommender, UserEventError
 
 LOG = logging.getLogger("recfuse.server")
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
@@ -654,7 +654,11 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         """/events in the writer thread (which alone adds ids, and installs reloads)."""
         named = current_naming(naming["now"])
         users, items = named.admit(columns["user"], columns["item"], recommender)
-        return recommender.observe({**columns, "user": users, "item": items})
+        try:
+            return recommender.observe({**columns, "user": users, "item": items})
+        except UserEventError as error:  # by the user's id, not its row
+            name = named.external("user", np.array([error.user], dtype=np.int64))[0]
+            raise _BadRequest(422, error.naming(repr(name))) from None
 
     async def reload(request: Request) -> Response:
         _fields(await body_of(request), set(), "/reload")

@@ -1456,13 +1456,27 @@ def _user_id(value, name: str) -> int:
 _WEIGHT_BOUNDS = {np.dtype(t): float(np.sqrt(np.finfo(t).max)) for t in (np.float32, np.float64)}
 
 
+class UserEventError(ValueError):
+    """Events refused for what they would do to one user's vector; ``user`` is the user's
+    row, and ``naming(name)`` the message naming the user otherwise (a server that speaks
+    the log's ids says which id)."""
+
+    def __init__(self, user: int, before: str, after: str) -> None:
+        self.user, self._before, self._after = user, before, after
+        super().__init__(self.naming(str(user)))
+
+    def naming(self, name: str) -> str:
+        return f"{self._before}{name}{self._after}"
+
+
 def _check_weight_bound(weights: np.ndarray, user: int, dtype) -> None:
     bound = _WEIGHT_BOUNDS[np.dtype(dtype)]
     if weights.size and not (weights.max() <= bound and weights.min() >= -bound):
         largest = float(np.abs(weights).max())
-        raise ValueError(f"events weight: user {user}'s summed weight of an item would reach "
-                         f"{largest:.3g}, beyond the {bound:.3g} a {np.dtype(dtype)} ALS model "
-                         f"takes (the fold-in squares it)")
+        raise UserEventError(user, "events weight: user ",
+                             f"'s summed weight of an item would reach {largest:.3g}, beyond "
+                             f"the {bound:.3g} a {np.dtype(dtype)} ALS model takes (the "
+                             f"fold-in squares it)")
 
 
 def _gram64(table: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
@@ -1489,7 +1503,10 @@ def _check_ratings_fit(updated: dict, counts: dict, longest: int) -> None:
         rated = counts[user]
         top = float(max(np.abs(new_weights).max(initial=0.0),
                         np.abs(merged_sums / np.maximum(rated, 1)).max(initial=0.0)))
-        check_float32_sums(top, max(int(rated.sum()), longest), f"events weight (user {user}): ")
+        try:
+            check_float32_sums(top, max(int(rated.sum()), longest))
+        except ValueError as error:
+            raise UserEventError(user, "events weight (user ", f"): {error}") from None
 
 
 def _context_rows(value, name: str, rows: int, *, width: int | None = None,
