@@ -1,10 +1,14 @@
 #include "recfuse/threads.hpp"
 
+#include <fcntl.h>
 #include <omp.h>
 #include <pthread.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -38,23 +42,44 @@ int ceil_ratio(long long quota, long long period) {
   return static_cast<int>(std::min<long long>((quota + period - 1) / period, 1 << 20));
 }
 
+// The start of a small file ("" when it cannot be read), by read(2): no stream's formatted
+// input, whose locale facets crashed (a null ctype facet) in a process whose libstdc++ was
+// another than this module's (an NVIDIA PyTorch image's Python, 2026-11-29).
+std::string read_head(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  char buffer[256];
+  const ssize_t got = ::read(fd, buffer, sizeof buffer - 1);
+  ::close(fd);
+  return got > 0 ? std::string(buffer, static_cast<size_t>(got)) : "";
+}
+
+// The integer at `text`'s start after blanks; `*end` past it (== text when there is none,
+// or when it is beyond long long).
+long long leading_number(const char* text, const char** end) {
+  char* stop = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text, &stop, 10);
+  *end = errno == ERANGE ? text : stop;
+  return value;
+}
+
 // cgroup v2's "<quota> <period>" or "max <period>" in `dir`/cpu.max.
 int cpu_max_limit(const std::string& dir) {
-  std::ifstream file(dir + "/cpu.max");
-  std::string quota;
-  long long period = 0;
-  if (!(file >> quota >> period) || quota == "max") return 0;
-  try {
-    return ceil_ratio(std::stoll(quota), period);
-  } catch (const std::exception&) {
-    return 0;
-  }
+  const std::string text = read_head(dir + "/cpu.max");
+  const char* end = nullptr;
+  const long long quota = leading_number(text.c_str(), &end);
+  if (end == text.c_str()) return 0;  // "max" (no quota) or nothing readable
+  const char* rest = end;
+  const long long period = leading_number(rest, &end);
+  return end == rest ? 0 : ceil_ratio(quota, period);
 }
 
 long long read_number(const std::string& path) {
-  std::ifstream file(path);
-  long long value = 0;
-  return file >> value ? value : 0;
+  const std::string text = read_head(path);
+  const char* end = nullptr;
+  const long long value = leading_number(text.c_str(), &end);
+  return end == text.c_str() ? 0 : value;
 }
 
 // cgroup v1's CFS quota in `dir` (-1: none).
