@@ -363,11 +363,10 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
                 factors = np.zeros((grown, self.factors), dtype=self.dtype)
                 factors[:known] = own_table
                 factors[ids] = start
-                seen = state.user_items
-                if seen is not None and side == "user":
-                    seen = _replace_rows(seen, ids, matrix, grown)
-                elif seen is not None:
-                    seen = _replace_columns(seen, ids, matrix, grown)
+                seen = kept
+                if seen is not None:
+                    replace = _replace_rows if side == "user" else _replace_columns
+                    seen = replace(seen, ids, matrix, grown)
             except MemoryError:
                 raise ValueError(
                     f"{side}_ids reach {grown - 1}: the {side} table would grow from {known} to "
