@@ -1174,9 +1174,8 @@ class Recommender:
             own = np.array([entry[0].offset - mean for entry in updated.values()],
                            dtype=explicit.dtype)
         backend = resolve_backend(explicit.backend, "sgd", needs="explicit_als_half_sweep")
-        reg_bias = explicit.reg if explicit.reg_bias is None else explicit.reg_bias
         backend.explicit_als_half_sweep(matrix, table, X, other, own, mean, explicit.reg,
-                                        reg_bias, self._fold_in_threads(len(lengths)))
+                                        explicit.bias_reg, self._fold_in_threads(len(lengths)))
         return {user: (X[position], float(mean + own[position]) if biased else 0.0)
                 for position, user in enumerate(updated)}
 
@@ -1341,8 +1340,7 @@ class Recommender:
         model = state.model
         trained = model.model
         if model.kind == "explicit":
-            reg = trained.reg
-            reg_bias = reg if trained.reg_bias is None else trained.reg_bias
+            reg, reg_bias = trained.reg, trained.bias_reg
         else:  # SVD's rates: (bu, bi, pu, qi, yj)
             _, regs = trained._rate_tuples()
             reg_bias, reg = regs[1], regs[3]

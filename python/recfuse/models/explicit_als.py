@@ -134,6 +134,11 @@ class ExplicitALS(_RatingModel):
             random_state=check.check_random_state(params["random_state"]))
         return checked
 
+    @property
+    def bias_reg(self) -> float:
+        """The regularization of the biases: ``reg_bias``, or ``reg`` when it is None."""
+        return self.reg if self.reg_bias is None else self.reg_bias
+
     def _factor_count(self) -> int:
         return 2
 
@@ -175,7 +180,7 @@ class ExplicitALS(_RatingModel):
         kernel_mean = global_mean if self.biased else 0.0
         user_bias = np.zeros(n_users, dtype=self.dtype) if self.biased else None
         item_bias = np.zeros(n_items, dtype=self.dtype) if self.biased else None
-        reg_bias = self.reg if self.reg_bias is None else self.reg_bias
+        reg_bias = self.bias_reg
         seen = Pattern.from_pairs(users, items, n_users, n_items)
         progress = progress_bar(self.iterations, show_progress, f"ExplicitALS ({backend.NAME})")
         failed = 0
