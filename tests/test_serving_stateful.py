@@ -506,15 +506,14 @@ class _ServingMachine(RuleBasedStateMachine):
         extra = state.new_items
         assert self.rec.info()["added_items"] == len(self.ref.added)
         for item, vector in self.ref.added.items():
-            row = item - extra.first_id
-            assert extra.filled[row]
-            np.testing.assert_allclose(extra.table[row], vector, rtol=1e-6, atol=1e-9,
-                                       err_msg=f"added item {item}'s vector")
-            if extra.bias is not None:
-                assert extra.bias[row] == pytest.approx(self.ref.added_bias[item], rel=1e-6,
-                                                        abs=1e-9)
+            assert extra.has(np.array([item]))[0]
+            np.testing.assert_allclose(extra.vectors(np.array([item]))[0], vector, rtol=1e-6,
+                                       atol=1e-9, err_msg=f"added item {item}'s vector")
+            if item in self.ref.added_bias:
+                assert extra.biases(np.array([item]))[0] == pytest.approx(
+                    self.ref.added_bias[item], rel=1e-6, abs=1e-9)
         if extra is not None:
-            assert int(extra.filled.sum()) == len(self.ref.added)
+            assert extra.count == len(self.ref.added)
         self._check_log(self.rec.pending_events())
         assert self.rec.info()["dropped_events"] == self.ref.dropped
         assert self.rec.version == self.version

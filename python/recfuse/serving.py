@@ -88,7 +88,7 @@ from .models.sgd import SVD, SVDpp, _user_vectors
 from .ranker import MLPRanker
 from .ranking import MLPScorer, load_scorer
 from .reference import confidence_and_preference
-from .retrieval import ItemIndex, _item_mask, by_score_then_id
+from .retrieval import ItemIndex, by_score_then_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -212,16 +212,21 @@ class Rerank:
         """Whether this re-ranking can change the ranked order (needs more than k candidates)."""
         return self.diversity is not None or self.category_cap is not None
 
-    def mask(self, first: int, count: int) -> np.ndarray | None:
-        """uint8 mask of the ids ``[first, first + count)`` that allow/deny let through
-        (None: all of them), as ``ItemIndex`` takes it."""
+    def allows(self, ids: np.ndarray) -> np.ndarray:
+        """Which of the item ``ids`` allow/deny let through (bool, aligned with ``ids``)."""
+        keep = np.ones(ids.size, dtype=bool)
+        if self.allow is not None:
+            keep &= np.isin(ids, self.allow)
+        if self.deny is not None:
+            keep &= ~np.isin(ids, self.deny)
+        return keep
+
+    def mask(self, ids: np.ndarray) -> np.ndarray | None:
+        """``allows(ids)`` as the uint8 mask ``ItemIndex`` takes, None where every item is
+        let through."""
         if self.allow is None and self.deny is None:
             return None
-        allow = None if self.allow is None else \
-            self.allow[(self.allow >= first) & (self.allow < first + count)] - first
-        deny = None if self.deny is None else \
-            self.deny[(self.deny >= first) & (self.deny < first + count)] - first
-        return _item_mask(allow, deny, count)
+        return self.allows(ids).view(np.uint8)
 
 
 # ---------------------------------------------------------------------- the model, frozen
@@ -295,21 +300,141 @@ class _User(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _NewItems:
-    """Items added by observe: rows ``first_id + r`` of ``table`` (NaN rows: ids not yet
-    seen, never returned). Replaced as a whole when it changes."""
+class _AddedRows:
+    """Vectors of some added items, row r holding item ``ids[r]``, and their search index."""
 
-    first_id: int
+    ids: np.ndarray  # int64 (rows,), sorted
     table: np.ndarray  # (rows, d)
-    filled: np.ndarray  # (rows,) bool
-    index: ItemIndex | None
-    gram: np.ndarray | None  # ALS: YᵀY over the model's items and the filled rows
-    rule_mask: np.ndarray | None  # uint8 (rows,) of the rules' allow/deny, None: no rule
-    bias: np.ndarray | None = None  # (rows,) biased SVD/SVD++/ExplicitALS: the items' biases
+    bias: np.ndarray | None  # (rows,): biased SVD/SVD++/ExplicitALS; None otherwise
+    rules: np.ndarray | None  # uint8 (rows,) of the rules' allow/deny, None: no rule
+    index: ItemIndex
 
-    @property
-    def end(self) -> int:
-        return self.first_id + self.table.shape[0]
+    @classmethod
+    def of(cls, ids: np.ndarray, table: np.ndarray, bias: np.ndarray | None,
+           rerank: Rerank | None, backend: str) -> _AddedRows:
+        return cls(ids, table, bias, None if rerank is None else rerank.mask(ids),
+                   ItemIndex(table, item_bias=bias, backend=backend))
+
+    def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, found): the row of each of ``ids`` (valid where ``found``)."""
+        rows = np.searchsorted(self.ids, ids)
+        found = rows < self.ids.size
+        found[found] = self.ids[rows[found]] == ids[found]
+        return rows, found
+
+    def excluded(self, own: dict, users: int):
+        """Each of ``users`` users' excluded ids among these rows, as the search takes them
+        (indptr int64, row numbers int32 sorted): ``own[position]`` (sorted ids) where
+        given; None when no user has any."""
+        if not own:
+            return None
+        parts = [np.zeros(0, dtype=np.int32)] * users
+        for position, ids in own.items():
+            rows, found = self.find(ids)
+            parts[position] = rows[found].astype(np.int32)  # sorted: ids and self.ids are
+        indptr = np.zeros(users + 1, dtype=np.int64)
+        np.cumsum([part.size for part in parts], out=indptr[1:])
+        return indptr, np.concatenate(parts)
+
+
+def _with_rows(rows: _AddedRows | None, ids: np.ndarray, table: np.ndarray,
+               bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(ids, table, bias) of ``rows`` with the rows of ``ids`` (sorted, unique) added or
+    replaced by ``table`` / ``bias``: new arrays."""
+    if rows is None:
+        return ids, table, bias
+    merged = np.union1d(rows.ids, ids)
+    old, new = np.searchsorted(merged, rows.ids), np.searchsorted(merged, ids)
+    out = np.empty((merged.size, table.shape[1]), dtype=table.dtype)
+    out[old], out[new] = rows.table, table
+    out_bias = None
+    if bias is not None:
+        out_bias = np.empty(merged.size, dtype=bias.dtype)
+        out_bias[old], out_bias[new] = rows.bias, bias
+    return merged, out, out_bias
+
+
+def _recent_limit(settled: int) -> int:
+    """How many rows the recent tier of ``_NewItems`` may hold over ``settled`` settled ones
+    before they are folded together: a change copies the recent tier, a fold both, so about
+    sqrt(settled) balances the two (100,000 added items: 632 rows)."""
+    return max(256, 2 * int(np.sqrt(settled)))
+
+
+@dataclass(frozen=True)
+class _NewItems:
+    """Items added by observe, with their vectors (and biases), replaced as a whole when one
+    changes. Two tiers, so that a change copies and re-indexes little: ``recent`` holds the
+    rows set since the last fold (at most ``_recent_limit`` of the settled count), which a
+    change copies; ``settled`` the others, copied only when the recent rows fold into it. An
+    item in both is ``recent``'s: ``settled_mask`` hides its old row from searches."""
+
+    settled: _AddedRows | None
+    recent: _AddedRows | None
+    settled_mask: np.ndarray | None  # uint8 (settled rows,): rules, and not superseded
+    gram: np.ndarray | None  # ALS: YᵀY over the model's items and the added ones
+    count: int  # how many items were added
+
+    def tiers(self) -> list[tuple[_AddedRows, np.ndarray | None]]:
+        """(rows, search mask) of each tier there is, settled first."""
+        tiers = [] if self.settled is None else [(self.settled, self.settled_mask)]
+        return tiers + ([] if self.recent is None else [(self.recent, self.recent.rules)])
+
+    def has(self, ids: np.ndarray) -> np.ndarray:
+        """Which of the item ``ids`` were added (have a vector)."""
+        had = np.zeros(ids.size, dtype=bool)
+        for rows, _ in self.tiers():
+            had |= rows.find(ids)[1]
+        return had
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors of the added items ``ids``."""
+        return self._gather(ids, "table")
+
+    def biases(self, ids: np.ndarray) -> np.ndarray:
+        """The biases of the added items ``ids`` (0 for a model without them)."""
+        if self.tiers()[0][0].bias is None:
+            return np.zeros(ids.size)
+        return self._gather(ids, "bias")
+
+    def _gather(self, ids: np.ndarray, part: str) -> np.ndarray:
+        first = getattr(self.tiers()[0][0], part)
+        out = np.empty((ids.size,) + first.shape[1:], dtype=first.dtype)
+        for rows, _ in self.tiers():  # recent last: its rows win
+            at, found = rows.find(ids)
+            out[found] = getattr(rows, part)[at[found]]
+        return out
+
+    def search(self, queries: np.ndarray, wanted: int, own: dict, threads: int):
+        """(ids, scores) of each query's ``wanted`` best added items, each tier's lists side
+        by side (unordered between them; padded with -1 / -inf), ``own[position]`` excluded."""
+        ids, scores = [], []
+        for rows, mask in self.tiers():
+            found, found_scores = rows.index._search_checked(
+                queries, wanted, rows.excluded(own, queries.shape[0]), mask, threads)
+            ids.append(np.where(found >= 0, rows.ids[np.maximum(found, 0)], -1))
+            scores.append(found_scores)
+        return np.concatenate(ids, axis=1), np.concatenate(scores, axis=1)
+
+    def changed(self, ids: np.ndarray, table: np.ndarray, bias: np.ndarray | None,
+                gram: np.ndarray | None, rerank: Rerank | None, backend: str) -> _NewItems:
+        """These items with the rows of ``ids`` (sorted, unique) added or set to ``table`` /
+        ``bias``, and ``gram``: a new object (the tiers it shares are not changed)."""
+        settled = self.settled
+        ids, table, bias = _with_rows(self.recent, ids, table, bias)
+        if ids.size > _recent_limit(0 if settled is None else settled.ids.size):
+            settled = _AddedRows.of(*_with_rows(settled, ids, table, bias), rerank, backend)
+            return _NewItems(settled, None, settled.rules, gram, int(settled.ids.size))
+        recent = _AddedRows.of(ids, table, bias, rerank, backend)
+        if settled is None:
+            return _NewItems(None, recent, None, gram, int(ids.size))
+        mask = settled.rules
+        at, superseded = settled.find(ids)
+        if superseded.any():
+            mask = np.ones(settled.ids.size, np.uint8) if mask is None else mask.copy()
+            mask[at[superseded]] = 0
+        return _NewItems(settled, recent, mask, gram,
+                         int(settled.ids.size + ids.size - superseded.sum()))
 
 
 @dataclass
@@ -495,7 +620,7 @@ class Recommender:
         items, added items/users, the ranker's source and context width."""
         state = self._state
         model = state.model
-        added = 0 if state.new_items is None else int(state.new_items.filled.sum())
+        added = 0 if state.new_items is None else state.new_items.count
         return {"version": model.version, "source": model.source, "kind": model.kind,
                 "backend": model.index._module.NAME, "users": model.n_users,
                 "items": model.n_items, "factors": model.item_vectors.shape[1],
@@ -593,7 +718,8 @@ class Recommender:
         # with: answered from the popular list, as a cold user
         history &= np.any(users != 0, axis=1)
         popular = popular_items(seen, n_items)
-        popular = popular[self._rule_mask(popular, n_items)]
+        if self.rerank is not None:
+            popular = popular[self.rerank.allows(popular)]
         scorer, ranker_source = ranker if ranker is not None else (None, None)
         prepared = None
         if scorer is not None:
@@ -609,7 +735,7 @@ class Recommender:
                              f"entries; the model has {n_items} items")
         index = ItemIndex(items, item_bias=bias if search_bias is None else search_bias,
                           backend=model.backend)
-        rule_mask = None if self.rerank is None else self.rerank.mask(0, n_items)
+        rule_mask = None if self.rerank is None else self.rerank.mask(np.arange(n_items))
         offsets = offsets.astype(np.float64)
         version = self._versions + 1  # swap_model numbers it again when it installs it
         return _Model(version, source, model, kind, users, offsets, items, bias, index, seen,
@@ -618,16 +744,6 @@ class Recommender:
                       item_gram(items.astype(np.float64)) if kind == "als" else None, mean,
                       seen_counts, rating_scale, longest,
                       _gram64(users) if kind == "als" else None)
-
-    def _rule_mask(self, ids: np.ndarray, n_items: int) -> np.ndarray:
-        """Which of ``ids`` the rules allow."""
-        keep = np.ones(ids.size, dtype=bool)
-        if self.rerank is not None:
-            if self.rerank.allow is not None:
-                keep &= np.isin(ids, self.rerank.allow)
-            if self.rerank.deny is not None:
-                keep &= ~np.isin(ids, self.rerank.deny)
-        return keep
 
     def swap_model(self, source: Retriever, *,
                    ranker: Ranker = _KEEP,  # type: ignore[assignment]  # _KEEP: the current one
@@ -768,8 +884,8 @@ class Recommender:
                 contexts) -> Recommendation:
         """The lists of checked requests (users int64, excludes None or one sorted unique
         int64 array or None per user, contexts None or float32 (users, width)), answered by
-        ``state`` with one native recall call (two while added items exist) and one native
-        rank call."""
+        ``state`` with one native recall call (and one per tier of added items, two at most)
+        and one native rank call."""
         check.check_result_size(users.size, k, 8 + 4 + 1)  # ids, scores, stage codes
         model = state.model
         m = users.size
@@ -868,18 +984,13 @@ class Recommender:
         unique, any range) where they are not the model's seen row ``base_rows[position]``."""
         if not np.isfinite(queries).all():
             raise ValueError("a user vector holds NaN or inf; it cannot be searched")
-        n = model.n_items
-        excluded = _exclusions(model, base_rows, own, 0, n)
+        excluded = _exclusions(model, base_rows, own)
         ids, scores = model.index._search_checked(queries, wanted, excluded, model.rule_mask,
                                                   threads)
-        merged = extra is not None and extra.index is not None
+        merged = extra is not None
         if merged:
-            shift = extra.first_id
-            more_ids, more_scores = extra.index._search_checked(
-                queries, wanted, _exclusions(None, None, own, shift, extra.table.shape[0],
-                                             users=queries.shape[0]),
-                extra.rule_mask, threads)
-            ids = np.concatenate([ids, np.where(more_ids >= 0, more_ids + shift, -1)], axis=1)
+            more_ids, more_scores = extra.search(queries, wanted, own, threads)
+            ids = np.concatenate([ids, more_ids], axis=1)
             scores = np.concatenate([scores, more_scores], axis=1)
         if merged or offsets.any():  # ordered by the scores returned (float32)
             shifted = (scores.astype(np.float64) + offsets[:, None]).astype(np.float32)
@@ -905,11 +1016,14 @@ class Recommender:
         rows = np.repeat(np.arange(ids.shape[0]), np.diff(indptr))
         base = flat < n
         scores = np.empty(flat.size, dtype=np.float32)
-        for part, table, shift in ((base, model.prepared, 0), (~base, extra.table, extra.first_id)):
+        added = np.unique(flat[~base])  # their vectors gathered into a table of their own
+        for part, table, table_rows in ((base, model.prepared, flat[base]),
+                                        (~base, extra.vectors(added),
+                                         np.searchsorted(added, flat[~base]))):
             part_indptr = np.zeros_like(indptr)
             np.cumsum(np.bincount(rows[part], minlength=ids.shape[0]), out=part_indptr[1:])
-            scores[part] = ranker.score_candidates(users, (part_indptr, flat[part] - shift),
-                                                   table, user_features=contexts,
+            scores[part] = ranker.score_candidates(users, (part_indptr, table_rows), table,
+                                                   user_features=contexts,
                                                    num_threads=threads)
         grid = np.full(ids.shape, np.nan, dtype=np.float32)
         grid[valid] = scores
@@ -1023,7 +1137,7 @@ class Recommender:
         beyond = items >= n
         unknown = np.unique(items[beyond]) if beyond.any() else _NO_IDS
         if extra is not None and unknown.size:
-            unknown = unknown[~((unknown < extra.end) & _filled(extra, unknown))]
+            unknown = unknown[~extra.has(unknown)]
         if unknown.size:
             if self.unknown_items == "reject":
                 raise ValueError(f"unknown item ids {unknown[:5].tolist()} (the model has "
@@ -1032,7 +1146,6 @@ class Recommender:
             if unknown.max() >= limit:
                 raise ValueError(f"item id {int(unknown.max())} is beyond the items that may be "
                                  f"added (< {limit}: n_items + max_new_items)")
-            _check_new_rows_fit(model, int(unknown.max()))
         arrival = users, items, weights  # an added item's first users: in this order
         if users.size > 1:
             order = np.argsort(users, kind="stable")
@@ -1230,10 +1343,10 @@ class Recommender:
 
     def _added_items(self, state: _State, users, items, weights,
                      new_users: dict) -> tuple[_NewItems, dict, dict] | None:
-        """The new item table with vectors (and biases) for the items that are still
-        gathering their first users or that one of those has events of in this call (each
-        from those users: ``_als_item_vector``, ``_rating_item_vector``, or BPR's mean of
-        their vectors), those items' first users (item id -> user ids) for
+        """The added items (``_NewItems``) with new vectors (and biases) for the items
+        that are still gathering their first users or that one of those has events of in
+        this call (each from those users: ``_als_item_vector``, ``_rating_item_vector``, or
+        BPR's mean of their vectors), those items' first users (item id -> user ids) for
         ``state.new_item_users`` and, for the rating models, their ratings for
         ``state.new_item_ratings``; None when nothing changed. ``state`` is left as it is:
         the caller publishes them."""
@@ -1246,20 +1359,10 @@ class Recommender:
                    or np.isin(users[items == i], state.new_item_users.get(int(i), ())).any()]
         if not growing:
             return None
-        d = model.item_vectors.shape[1]
-        first = model.n_items
-        end = max(extra.end if extra is not None else first, max(growing) + 1)
-        table = np.full((end - first, d), np.nan, dtype=model.item_vectors.dtype)
-        filled = np.zeros(end - first, dtype=bool)
         gram = None if model.gram is None else (model.gram if extra is None else extra.gram).copy()
         rated = model.kind in ("svd", "explicit")
-        bias = (np.zeros(end - first, dtype=model.item_vectors.dtype)
-                if rated and model.item_bias is not None else None)
-        if extra is not None:
-            table[:extra.table.shape[0]] = extra.table
-            filled[:extra.filled.size] = extra.filled
-            if bias is not None:
-                bias[:extra.bias.size] = extra.bias
+        biased = rated and model.item_bias is not None
+        vectors, biases = [], []
         first_users, first_ratings = {}, {}
 
         def entry_of(user: int) -> _User:  # as of this call: new vectors over published ones
@@ -1273,7 +1376,7 @@ class Recommender:
                     if len(owners) < wanted and int(user) not in owners:
                         owners.append(int(user))
                 entries = [entry_of(u) for u in owners]
-                row = item - first
+                item_bias = 0.0
                 if model.kind == "als":
                     vector = self._als_item_vector(state, item, owners, entries)
                 elif rated:  # every rating its first users gave it, this call's included
@@ -1283,26 +1386,28 @@ class Recommender:
                     first_ratings[item] = (raters, ratings)
                     vector, item_bias = self._rating_item_vector(
                         state, [entry_of(u) for u in raters.tolist()], ratings)
-                    if bias is not None:
-                        bias[row] = item_bias
                 else:
                     vector = np.mean(np.stack([e.vector for e in entries]).astype(np.float64),
                                      axis=0)
                 if gram is not None:
-                    if filled[row]:
-                        old = table[row].astype(np.float64)
+                    if extra is not None and extra.has(np.array([item]))[0]:
+                        old = extra.vectors(np.array([item]))[0].astype(np.float64)
                         gram -= np.outer(old, old)
                     gram += np.outer(vector, vector)
-                table[row] = vector
-                filled[row] = True
+                vectors.append(vector)
+                biases.append(item_bias)
                 first_users[item] = tuple(owners)
+            dtype = model.item_vectors.dtype
+            table = np.array(vectors, dtype=dtype)  # growing is sorted and unique
+            bias = np.array(biases, dtype=dtype) if biased else None
         # never published: a NaN or inf vector would fail every search of the added items
-        check_trained("an added item's solve", [table[filled], bias],
+        check_trained("an added item's solve", [table, bias],
                       "the events' weights are too large for this model; nothing was applied")
-        index = ItemIndex(table, item_bias=bias, backend=model.model.backend)
-        rule_mask = None if self.rerank is None else self.rerank.mask(first, end - first)
-        return (_NewItems(first, table, filled, index, gram, rule_mask, bias), first_users,
-                first_ratings)
+        if extra is None:
+            extra = _NewItems(None, None, None, None, 0)
+        changed = extra.changed(np.array(growing, dtype=np.int64), table, bias, gram,
+                                self.rerank, model.model.backend)
+        return changed, first_users, first_ratings
 
     @staticmethod
     def _als_item_vector(state: _State, item: int, owners: list, entries: list) -> np.ndarray:
@@ -1488,9 +1593,7 @@ def _gram64(table: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
 
 def _added_bias(extra: _NewItems | None, ids: np.ndarray) -> np.ndarray:
     """The biases of added items ``ids`` (zero where the model kind keeps none)."""
-    if extra is None or extra.bias is None:
-        return np.zeros(ids.size)
-    return extra.bias[ids - extra.first_id]
+    return np.zeros(ids.size) if extra is None or not ids.size else extra.biases(ids)
 
 
 def _check_ratings_fit(updated: dict, counts: dict, longest: int) -> None:
@@ -1573,21 +1676,6 @@ def popular_items(seen: sp.csr_matrix, n_items: int) -> np.ndarray:
     return np.lexsort((np.arange(n_items), -counts))
 
 
-def _check_new_rows_fit(model: _Model, top: int) -> None:
-    """Added items live in a table of rows ``n_items .. top`` (a row per id up to the
-    largest, each with a copy in its search index): an id far beyond the catalogue that a
-    large ``max_new_items`` lets in must not become a table this machine cannot hold."""
-    rows = top + 1 - model.n_items
-    vectors = model.item_vectors
-    need = rows * (2 * vectors.shape[1] * vectors.dtype.itemsize + 2)
-    memory = check.physical_memory()
-    if memory is not None and need > memory:
-        raise MemoryError(f"item id {top} would add {rows} item rows (ids {model.n_items} to "
-                          f"{top}: {need / 2**30:.1f} GiB), more than this machine's "
-                          f"{memory / 2**30:.1f} GiB; lower max_new_items or add items with "
-                          f"ids next to the catalogue's")
-
-
 def _merge(items, weights, new_items, new_weights):
     """A user's row (items sorted and unique, weights aligned) with new (item, weight)
     pairs added: weights summed per item, still sorted. New arrays; the inputs stay."""
@@ -1609,18 +1697,11 @@ def _merge(items, weights, new_items, new_weights):
 
 
 def _with_vectors(n_items: int, extra: _NewItems | None, ids: np.ndarray) -> np.ndarray:
-    """Which of ``ids`` have a vector: the model's items, and added ones already filled."""
+    """Which of ``ids`` have a vector: the model's items, and the added ones."""
     usable = ids < n_items
-    if extra is not None:
-        usable |= (ids >= extra.first_id) & _filled(extra, ids)
+    if extra is not None and not usable.all():
+        usable[~usable] = extra.has(ids[~usable])
     return usable
-
-
-def _filled(extra: _NewItems, ids: np.ndarray) -> np.ndarray:
-    inside = (ids >= extra.first_id) & (ids < extra.end)
-    result = np.zeros(ids.size, dtype=bool)
-    result[inside] = extra.filled[ids[inside] - extra.first_id]
-    return result
 
 
 def _ranker_of(ranker) -> tuple[MLPScorer, str] | None:
@@ -1644,7 +1725,7 @@ def _item_rows(model: _Model, extra: _NewItems | None, item_ids: np.ndarray) -> 
     base = item_ids < n
     rows[base] = model.item_vectors[item_ids[base]]
     if not base.all():
-        rows[~base] = extra.table[item_ids[~base] - extra.first_id]
+        rows[~base] = extra.vectors(item_ids[~base])
     return rows
 
 
@@ -1710,17 +1791,12 @@ def _queries(model: _Model, users: np.ndarray, entries: dict):
     return warm, queries, offsets, base_rows, own
 
 
-def _exclusions(model: _Model | None, base_rows, own: dict, first: int, count: int, *,
-                users: int | None = None):
-    """Each user's excluded ids within ``[first, first + count)``, minus ``first``, as the
-    search takes them (indptr int64, indices int32 sorted): ``own[position]`` where given,
-    else row ``base_rows[position]`` of the model's seen matrix. With ``model`` None only
-    the ``own`` lists count (``users`` is then the number of users), and None is returned
-    when there are none."""
-    m = users if base_rows is None else base_rows.size
+def _exclusions(model: _Model, base_rows, own: dict):
+    """Each user's excluded ids among the model's items, as the search takes them (indptr
+    int64, indices int32 sorted): ``own[position]`` where given, else row
+    ``base_rows[position]`` of the model's seen matrix."""
+    m = base_rows.size
     if not own:
-        if model is None:
-            return None
         starts = model.seen_indptr[base_rows]
         lengths = model.seen_indptr[base_rows + 1] - starts
         indptr = np.zeros(m + 1, dtype=np.int64)
@@ -1732,13 +1808,10 @@ def _exclusions(model: _Model | None, base_rows, own: dict, first: int, count: i
     for position in range(m):
         ids = own.get(position)
         if ids is not None:
-            low, high = np.searchsorted(ids, (first, first + count))
-            parts.append((ids[low:high] - first).astype(np.int32))
-        elif model is not None:
+            parts.append(ids[:np.searchsorted(ids, model.n_items)].astype(np.int32))
+        else:
             row = base_rows[position]
             parts.append(model.seen_indices[model.seen_indptr[row]:model.seen_indptr[row + 1]])
-        else:
-            parts.append(np.zeros(0, dtype=np.int32))
     indptr = np.zeros(m + 1, dtype=np.int64)
     np.cumsum([part.size for part in parts], out=indptr[1:])
     return indptr, np.concatenate(parts).astype(np.int32, copy=False)
