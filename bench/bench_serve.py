@@ -30,12 +30,15 @@ Modes, each at concurrency 1, 16 and 64:
 
 Each cell runs for ``--seconds`` (default 2) or ``--requests`` calls, whichever ends first.
 ``observe`` latency: one event per call (``--observe`` calls), then the next recommend must
-exclude the item. Prints a table, writes bench/results/bench_serve.json. Loopback only; the
-machine's load (``uptime``) is printed with every row, because these 2 cores are shared.
+exclude the item; with ``--new-items N``, N calls that add items in real time. Prints a
+table, writes bench/results/bench_serve.json. Loopback only; the machine's load
+(``uptime``) is printed with every row, because these 2 cores are shared.
 
     python bench/bench_serve.py                              # about 6 minutes
     python bench/bench_serve.py --models ml-small --modes http --chains recall+rank
     python bench/bench_serve.py --modes http,http-ids --chains recall   # rows vs log ids
+    python bench/bench_serve.py --models ml-small --modes embedded --chains recall \
+        --concurrency 1 --new-items 20000                     # items added in real time
 """
 
 from __future__ import annotations
@@ -322,6 +325,34 @@ def observe_latency(recommender: recfuse.Recommender, users, n: int) -> dict:
             "calls": n}
 
 
+def new_items_latency(recommender: recfuse.Recommender, users, n: int) -> dict:
+    """Items added in real time: ``n`` one-event calls, alternately a new item id and an
+    event of one of the last 2,000 added (its first users gathering, so its vector is
+    solved again), a recommend every 10th call; observe's latency over the last 1,000
+    calls, when about n / 2 items have been added."""
+    rng = np.random.default_rng(6)
+    first = recommender.info()["items"] + recommender.info()["added_items"]
+    latencies, added = [], 0
+    started = time.perf_counter()
+    for call in range(n):
+        user = int(rng.choice(users))
+        if call % 2 == 0 or added < 10:
+            item, added = first + added, added + 1
+        else:
+            item = first + int(rng.integers(max(0, added - 2000), added))
+        begin = time.perf_counter()
+        recommender.observe({"user": [user], "item": [item]})
+        latencies.append(time.perf_counter() - begin)
+        if call % 10 == 0:
+            recommender.recommend(user)
+    total = time.perf_counter() - started
+    last = np.array(latencies[-1000:]) * 1000
+    return {"calls": n, "added_items": recommender.info()["added_items"],
+            "total_s": total, "last_1000_p50_ms": float(np.percentile(last, 50)),
+            "last_1000_p99_ms": float(np.percentile(last, 99)),
+            "max_ms": float(np.max(latencies) * 1000)}
+
+
 def report_row(rows: list, **row) -> None:
     row["load"] = load_average().split()[0]
     rows.append(row)
@@ -345,6 +376,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=1,
                         help="threads answering batches (the batcher and recfuse serve)")
     parser.add_argument("--observe", type=int, default=1000, help="observe calls timed")
+    parser.add_argument("--new-items", type=int, default=0,
+                        help="one-event calls adding items in real time (0: none; 20000 "
+                             "adds ~14,000 items, about 20 s)")
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
     levels = [int(level) for level in args.concurrency.split(",")]
@@ -354,7 +388,7 @@ def main(argv=None) -> int:
     loads = {"before": load_average()}
     print(f"load average before: {loads['before']} (2 cores, shared); HTTP server on "
           f"{stack['http']} + {stack['loop']}, client on {CLIENT_LOOP}")
-    rows, observe, same_lists = [], {}, {}
+    rows, observe, new_items, same_lists = [], {}, {}, {}
     engine = ""
     with tempfile.TemporaryDirectory() as folder:
         ranker_path = os.path.join(folder, "ranker.npz")
@@ -417,14 +451,22 @@ def main(argv=None) -> int:
                           f"{result['p50_ms']:.3f} ms  p90 {result['p90_ms']:.3f} ms  p99 "
                           f"{result['p99_ms']:.3f} ms  max {result['max_ms']:.2f} ms "
                           f"(load {load_average().split()[0]})", flush=True)
+                if not rank and args.new_items:
+                    new_items[name] = result = new_items_latency(recommender, users,
+                                                                 args.new_items)
+                    print(f"  observe adding items ({result['calls']} calls, "
+                          f"{result['added_items']} items added): {result['total_s']:.1f} s, "
+                          f"last 1,000 calls p50 {result['last_1000_p50_ms']:.3f} ms  p99 "
+                          f"{result['last_1000_p99_ms']:.3f} ms, max {result['max_ms']:.1f} ms "
+                          f"(load {load_average().split()[0]})", flush=True)
     loads["after"] = load_average()
     print(f"\nload average after: {loads['after']}; usual chain = {engine}")
     import implicit
     import starlette
     import uvicorn
 
-    report = {"rows": rows, "observe": observe, "load_average": loads, "usual_chain": engine,
-              "usual_chain_equal_lists": same_lists,
+    report = {"rows": rows, "observe": observe, "new_items": new_items, "load_average": loads,
+              "usual_chain": engine, "usual_chain_equal_lists": same_lists,
               "http_stack": stack, "client_loop": CLIENT_LOOP, "workers": args.workers,
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "versions": {"python": platform.python_version(), "numpy": np.__version__,
