@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import recfuse
+from recfuse import serving
 from recfuse.serving import Recommender, Rerank
 
 N_USERS, N_ITEMS, D = 30, 20, 3
@@ -360,12 +361,16 @@ class _ServingMachine(RuleBasedStateMachine):
     bad_weight = None  # a weight observe must refuse
     max_pending = 1_000_000
     rule_lists = None  # Rerank's allow / deny, as a dict of lists
+    recent_limit = None  # rows the added items' recent tier holds before a fold (None: as served)
 
     def _rerank(self):
         return None if self.rule_lists is None else Rerank(**self.rule_lists)
 
     def __init__(self):
         super().__init__()
+        self._limit = serving._recent_limit
+        if self.recent_limit is not None:  # put back by teardown
+            serving._recent_limit = lambda settled: self.recent_limit
         self.rec = Recommender(self.model, k=K, max_new_items=MAX_NEW,
                                new_item_users=FIRST_USERS, num_threads=1,
                                max_pending_events=self.max_pending,
@@ -519,6 +524,10 @@ class _ServingMachine(RuleBasedStateMachine):
         assert self.rec.version == self.version
 
 
+    def teardown(self):
+        serving._recent_limit = self._limit
+
+
 class AlsMachine(_ServingMachine):
     model = ALS_MODEL
     reference_class = _AlsReference
@@ -550,6 +559,14 @@ class UnbiasedExplicitMachine(ExplicitMachine):
     model = UNBIASED_MODEL
 
 
+class AlsFoldingMachine(AlsRulesMachine):
+    recent_limit = 1  # added items fold into the settled tier at nearly every change
+
+
+class ExplicitFoldingMachine(ExplicitMachine):
+    recent_limit = 1
+
+
 _SETTINGS = settings(max_examples=50, stateful_step_count=20, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow,
                                             HealthCheck.filter_too_much])
@@ -566,6 +583,10 @@ TestAlsAllowServing = AlsAllowMachine.TestCase
 TestAlsAllowServing.settings = settings(_SETTINGS, max_examples=20)
 TestUnbiasedExplicitServing = UnbiasedExplicitMachine.TestCase
 TestUnbiasedExplicitServing.settings = settings(_SETTINGS, max_examples=20)
+TestAlsFoldingServing = AlsFoldingMachine.TestCase
+TestAlsFoldingServing.settings = settings(_SETTINGS, max_examples=20)
+TestExplicitFoldingServing = ExplicitFoldingMachine.TestCase
+TestExplicitFoldingServing.settings = settings(_SETTINGS, max_examples=20)
 
 
 # ---------------------------------------------------------------------- what it found
