@@ -65,26 +65,18 @@ def split():
     return train, users[~old][order], items[~old][order]
 
 
-def quality(user_vectors, item_vectors, item_bias, excluded: sp.csr_matrix, held_out, n_new):
-    """auc, shown, hits (module docstring) of a model's vectors."""
-    scores = user_vectors.astype(np.float64) @ item_vectors.astype(np.float64).T
-    if item_bias is not None:
-        scores += item_bias
+def quality(lists, n_users: int, held_out: list, first_new: int) -> dict:
+    """auc, shown, hits (module docstring) of ``lists(users, k)``: every user's full list of
+    the items not excluded (ids, best first, padded with -1), as recommend answers."""
+    ids = lists(np.arange(n_users), first_new + NEW_ITEMS)
     auc = []
     for user, item in held_out:
-        row = scores[user].copy()
-        row[excluded.indices[excluded.indptr[user]:excluded.indptr[user + 1]]] = np.nan
-        row[item] = np.nan
-        others = row[~np.isnan(row)]
-        own = scores[user, item]
-        auc.append(np.mean(others < own) + 0.5 * np.mean(others == own))
-    masked = scores.copy()
-    rows = np.repeat(np.arange(excluded.shape[0]), np.diff(excluded.indptr))
-    masked[rows, excluded.indices] = -np.inf
-    top = np.argpartition(-masked, TOP, axis=1)[:, :TOP]
-    first_new = item_vectors.shape[0] - n_new
-    shown = [(user, int(item)) for user in range(top.shape[0]) for item in top[user]
-             if item >= first_new]
+        row = ids[user][ids[user] >= 0]
+        below = row.size - 1 - int(np.flatnonzero(row == item)[0])  # the items it beats
+        auc.append(below / (row.size - 1))
+    top = ids[:, :TOP]
+    at_user, at_slot = np.nonzero(top >= first_new)
+    shown = list(zip(at_user.tolist(), top[at_user, at_slot].tolist()))
     held = set(held_out)
     return {"auc": float(np.mean(auc)), "shown": len(shown),
             "hits": sum(pair in held for pair in shown)}
@@ -120,21 +112,12 @@ def main() -> int:
         cols = np.r_[train.nonzero()[1], [p[1] for p in pairs]]
         seen = sp.csr_matrix((np.ones(rows.size), (rows, cols)),
                              shape=(n_users, kept + NEW_ITEMS))
-        # served: the Recommender's users (observed ones re-solved) and items (added ones)
-        state = recommender._state
-        new_ids = np.arange(kept, kept + NEW_ITEMS)
-        served_users = np.array(state.model.user_vectors, dtype=np.float64)
-        for user, entry in state.users.items():
-            served_users[user] = entry.vector
-        served_items = np.r_[state.model.item_vectors, state.new_items.vectors(new_ids)]
-        bias = None
-        if state.model.item_bias is not None:
-            bias = np.r_[state.model.item_bias, state.new_items.biases(new_ids)]
-        results = {"served": quality(served_users, served_items, bias, seen, held_out,
-                                     NEW_ITEMS)}
         refit = make().fit(seen.astype(np.float32))
-        results["refit"] = quality(refit.user_factors, refit.item_factors,
-                                   getattr(refit, "item_bias", None), seen, held_out, NEW_ITEMS)
+        results = {
+            "served": quality(lambda ids, k: recommender.recommend_batch(ids, k=k).ids,
+                              n_users, held_out, kept),
+            "refit": quality(lambda ids, k: refit.recommend(ids, user_items=seen, k=k)[0],
+                             n_users, held_out, kept)}
         report["models"][name] = dict(results, held_out=len(held_out))
         for kind, result in results.items():
             print(f"| {name} | {kind} | {result['auc']:.3f} | {result['shown']:,} of "
