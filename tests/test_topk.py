@@ -393,6 +393,34 @@ def test_auto_storage_picks_by_items_per_result():
     assert recfuse.ItemIndex(items, storage="native", backend="cpu").storage_for(1) == "native"
 
 
+def test_auto_storage_takes_bfloat16_from_fewer_items_per_result_on_skewed_norms():
+    """Trained factors' norms are skewed (popular items are longer), which lets the bfloat16
+    search stop early: "auto" takes it from BFLOAT16_SKEWED_ITEMS_PER_RESULT items per
+    result there, and keeps BFLOAT16_ITEMS_PER_RESULT for flat norms, for cosine (every
+    item of length 1) and for tables holding NaN."""
+    from recfuse import retrieval
+
+    rng = np.random.default_rng(0)
+    flat = rng.standard_normal((3000, 8)).astype(np.float32)
+    skewed = flat * (1.0 / np.arange(1, 3001, dtype=np.float32) ** 0.5)[:, None]
+    assert retrieval.BFLOAT16_SKEWED_ITEMS_PER_RESULT * 6 <= 3000
+    assert 3000 < retrieval.BFLOAT16_ITEMS_PER_RESULT * 4
+    index = recfuse.ItemIndex(skewed, backend="cpu")
+    assert [index.storage_for(k) for k in (3, 4, 6, 7)] == ["bfloat16"] * 3 + ["native"]
+    assert recfuse.ItemIndex(flat, backend="cpu").storage_for(4) == "native"
+    assert recfuse.ItemIndex(skewed, metric="cosine", backend="cpu").storage_for(4) == "native"
+    broken = skewed.copy()
+    broken[5, 0] = np.nan
+    assert recfuse.ItemIndex(broken, backend="cpu").storage_for(4) == "native"
+    assert recfuse.ItemIndex(skewed, storage="native", backend="cpu").storage_for(4) == "native"
+    ids, scores = index.search(skewed[:5], 4)  # the same answer from either table
+    want_ids, want_scores = recfuse.ItemIndex(skewed, storage="native", backend="cpu").search(
+        skewed[:5], 4)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(scores, want_scores)
+    assert set(index._tables) == {"bfloat16"}
+
+
 @given(problem=topk_problems(max_n=300), cosine=st.booleans())
 def test_auto_storage_is_native_storage(problem, cosine):
     """Whichever table "auto" reads (forced to bfloat16 here by one item per result), its ids

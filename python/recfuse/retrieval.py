@@ -55,6 +55,15 @@ STORAGES = ("auto", "native", "bfloat16")
 # (bench/README.md, top-k section): bfloat16 was 1.09-2.7x faster from 2,000 items per
 # result up and 0.5-0.8x at 500 and below.
 BFLOAT16_ITEMS_PER_RESULT = 1000
+# ... and from half as many when the items' norms are skewed (the 99th percentile at least
+# SKEWED_NORMS times the median, as in trained factors, whose popular items are longer;
+# Gaussian tables: 1.2): the bfloat16 search scans the longest items first and stops where
+# a bound of the rest falls below the k-th best. Trained ALS factors on the 2-core Zen 3,
+# one thread, bfloat16 against float32: 5,000 items, k = 10: 2.5x (1 query) and 1.45x (32);
+# 10,000, k = 100: 1.2-1.3x; 300,000, k = 1,000: 7.2x and 1.04x; 2,000-3,000 items, k = 10,
+# batches: 0.15-0.37x (bench/README.md, "auto storage on trained factors").
+BFLOAT16_SKEWED_ITEMS_PER_RESULT = 500
+SKEWED_NORMS = 2.0
 
 
 class ItemIndex:
@@ -79,7 +88,8 @@ class ItemIndex:
         the exact rescoring can make it slower than "native". The index keeps a reference to
         the float32 table as well. "auto" gives the same results as both: per search it uses
         the bfloat16 copies where they are available and the catalogue holds at least
-        ``BFLOAT16_ITEMS_PER_RESULT`` items per result (n >= 1000 k), the native table
+        ``BFLOAT16_ITEMS_PER_RESULT`` items per result (n >= 1000 k), or half as many when
+        the items' norms are skewed (trained factors; the metric "dot"), the native table
         otherwise, each prepared at its first use (so an index that serves both small and
         large k holds both).
     backend : "auto" or a backend name (see ``recfuse.backends()``)
@@ -112,6 +122,7 @@ class ItemIndex:
         if storage == "bfloat16" and not self._bfloat16_possible:
             raise ValueError(f"storage='bfloat16' is not available on the "
                              f"{self._module.NAME!r} backend (use backend='cpu')")
+        self._skewed: bool | None = None  # the norms' skew, measured when a search asks
         self._tables: dict = {}  # "native" / "bfloat16" -> the backend's prepared table
         self._tables_lock = threading.Lock()
         if storage != "auto":
@@ -135,8 +146,14 @@ class ItemIndex:
         """The storage a search for ``k`` results reads: "native" or "bfloat16"."""
         if self.storage != "auto":
             return self.storage
-        many = self.items.shape[0] >= BFLOAT16_ITEMS_PER_RESULT * k
-        return "bfloat16" if self._bfloat16_possible and many else "native"
+        n = self.items.shape[0]
+        if not self._bfloat16_possible or n < BFLOAT16_SKEWED_ITEMS_PER_RESULT * k:
+            return "native"
+        if n >= BFLOAT16_ITEMS_PER_RESULT * k:
+            return "bfloat16"
+        if self._skewed is None:  # once (a race measures it twice, alike)
+            self._skewed = self.metric == "dot" and _skewed_norms(self.items)
+        return "bfloat16" if self._skewed else "native"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -240,6 +257,19 @@ def _real_array(value, name: str) -> np.ndarray:
     if array.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     return array
+
+
+def _skewed_norms(items: np.ndarray, sample: int = 1 << 16) -> bool:
+    """Whether the 99th percentile of the rows' norms is at least ``SKEWED_NORMS`` times
+    their median (over at most ``sample`` evenly spaced rows). Zero rows count; non-finite
+    ones make it False."""
+    rows = items[:: max(1, items.shape[0] // sample)].astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+    if not np.isfinite(norms).all():
+        return False
+    high, middle = np.percentile(norms, [99, 50])
+    return bool(high >= SKEWED_NORMS * middle and high > 0)
 
 
 def _inverse_norms(rows: np.ndarray) -> np.ndarray:
