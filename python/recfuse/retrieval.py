@@ -147,10 +147,12 @@ class ItemIndex:
         if self.storage != "auto":
             return self.storage
         n = self.items.shape[0]
-        if not self._bfloat16_possible or n < BFLOAT16_SKEWED_ITEMS_PER_RESULT * k:
+        if not self._bfloat16_possible:
             return "native"
         if n >= BFLOAT16_ITEMS_PER_RESULT * k:
             return "bfloat16"
+        if n < BFLOAT16_SKEWED_ITEMS_PER_RESULT * k:
+            return "native"
         if self._skewed is None:  # once (a race measures it twice, alike)
             self._skewed = self.metric == "dot" and _skewed_norms(self.items)
         return "bfloat16" if self._skewed else "native"

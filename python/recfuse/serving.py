@@ -221,9 +221,13 @@ class Rerank:
             keep &= ~np.isin(ids, self.deny)
         return keep
 
-    def mask(self, ids: np.ndarray) -> np.ndarray | None:
-        """``allows(ids)`` as the uint8 mask ``ItemIndex`` takes, None where every item is
-        let through."""
+    def mask(self, first: int, count: int) -> np.ndarray | None:
+        """uint8 mask of the ids ``[first, first + count)`` that allow/deny let through
+        (None: all of them), as ``ItemIndex`` takes it."""
+        return self._mask_of(np.arange(first, first + count))
+
+    def _mask_of(self, ids: np.ndarray) -> np.ndarray | None:
+        """``mask`` of any item ``ids``: ``allows(ids)`` as uint8, None without rules."""
         if self.allow is None and self.deny is None:
             return None
         return self.allows(ids).view(np.uint8)
@@ -312,7 +316,7 @@ class _AddedRows:
     @classmethod
     def of(cls, ids: np.ndarray, table: np.ndarray, bias: np.ndarray | None,
            rerank: Rerank | None, backend: str) -> _AddedRows:
-        return cls(ids, table, bias, None if rerank is None else rerank.mask(ids),
+        return cls(ids, table, bias, None if rerank is None else rerank._mask_of(ids),
                    ItemIndex(table, item_bias=bias, backend=backend))
 
     def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -406,15 +410,20 @@ class _NewItems:
         return out
 
     def search(self, queries: np.ndarray, wanted: int, own: dict, threads: int):
-        """(ids, scores) of each query's ``wanted`` best added items, each tier's lists side
-        by side (unordered between them; padded with -1 / -inf), ``own[position]`` excluded."""
+        """(ids, scores) of each query's ``wanted`` best added items (best first, ties by
+        smaller id, padded with -1 / -inf), ``own[position]`` excluded: the same lists
+        whichever tier holds which item (cut here on the search's own scores, before the
+        caller adds offsets that can round two of them to a tie)."""
         ids, scores = [], []
         for rows, mask in self.tiers():
             found, found_scores = rows.index._search_checked(
                 queries, wanted, rows.excluded(own, queries.shape[0]), mask, threads)
             ids.append(np.where(found >= 0, rows.ids[np.maximum(found, 0)], -1))
             scores.append(found_scores)
-        return np.concatenate(ids, axis=1), np.concatenate(scores, axis=1)
+        if len(ids) == 1:
+            return ids[0], scores[0]
+        return by_score_then_id(np.concatenate(ids, axis=1), np.concatenate(scores, axis=1),
+                                wanted)
 
     def changed(self, ids: np.ndarray, table: np.ndarray, bias: np.ndarray | None,
                 gram: np.ndarray | None, rerank: Rerank | None, backend: str) -> _NewItems:
@@ -735,7 +744,7 @@ class Recommender:
                              f"entries; the model has {n_items} items")
         index = ItemIndex(items, item_bias=bias if search_bias is None else search_bias,
                           backend=model.backend)
-        rule_mask = None if self.rerank is None else self.rerank.mask(np.arange(n_items))
+        rule_mask = None if self.rerank is None else self.rerank.mask(0, n_items)
         offsets = offsets.astype(np.float64)
         version = self._versions + 1  # swap_model numbers it again when it installs it
         return _Model(version, source, model, kind, users, offsets, items, bias, index, seen,
