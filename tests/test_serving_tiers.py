@@ -478,15 +478,16 @@ def test_auto_storage_on_skewed_tables_is_native_storage(problem):
         pytest.skip("no cpu backend")
     p = problem
     answers = []
-    for storage in ("auto", "native"):
-        index = recfuse.ItemIndex(p["items"], item_bias=p["bias"], storage=storage,
-                                  backend="cpu")
-        answers.append(index.search(p["queries"], p["k"], exclude=p["exclude"],
-                                    allow=p["allow"], deny=p["deny"],
-                                    num_threads=p["threads"]))
-        if storage == "auto":
-            skewed = retrieval._skewed_norms(p["items"])
-            assert index.storage_for(p["k"]) == ("bfloat16" if skewed else "native")
+    with patch.object(retrieval, "BFLOAT16_MIN_ITEMS", 0):  # small tables, as large ones
+        for storage in ("auto", "native"):
+            index = recfuse.ItemIndex(p["items"], item_bias=p["bias"], storage=storage,
+                                      backend="cpu")
+            answers.append(index.search(p["queries"], p["k"], exclude=p["exclude"],
+                                        allow=p["allow"], deny=p["deny"],
+                                        num_threads=p["threads"]))
+            if storage == "auto":
+                skewed = retrieval._skewed_norms(p["items"])
+                assert index.storage_for(p["k"]) == ("bfloat16" if skewed else "native")
     (ids, scores), (want_ids, want_scores) = answers
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(scores.view(np.uint32), want_scores.view(np.uint32))
@@ -511,9 +512,11 @@ def test_skew_is_measured_over_the_rows_a_search_returns_from():
     assert not retrieval._skewed_norms(broken)
     index = recfuse.ItemIndex(many, backend="cpu")
     if index._bfloat16_possible:
-        assert index.storage_for(3) == "bfloat16" and index.storage_for(4) == "bfloat16"
-        queries = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
-        got = index.search(queries, 3)
+        with patch.object(retrieval, "BFLOAT16_MIN_ITEMS", 0):
+            assert index.storage_for(3) == "bfloat16" and index.storage_for(4) == "bfloat16"
+            queries = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+            got = index.search(queries, 3)
+            assert set(index._tables) == {"bfloat16"}
         want = recfuse.ItemIndex(many, storage="native", backend="cpu").search(queries, 3)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
@@ -528,5 +531,6 @@ def test_one_item_per_result_still_forces_bfloat16_on_a_small_table():
     index = recfuse.ItemIndex(items, backend="cpu")
     if not index._bfloat16_possible:
         pytest.skip("no bfloat16 storage on this backend")
-    with patch.object(retrieval, "BFLOAT16_ITEMS_PER_RESULT", 1):
+    with patch.object(retrieval, "BFLOAT16_ITEMS_PER_RESULT", 1), \
+            patch.object(retrieval, "BFLOAT16_MIN_ITEMS", 0):
         assert index.storage_for(1) == "bfloat16"  # 300 >= 1 x 1

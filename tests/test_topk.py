@@ -379,11 +379,13 @@ def test_bfloat16_storage_needs_cpu_and_float32():
 def test_auto_storage_picks_by_items_per_result():
     from recfuse import retrieval
 
-    items = np.ones((3000, 4), np.float32)
+    items = np.ones((6000, 4), np.float32)
     index = recfuse.ItemIndex(items, backend="cpu")
     assert index.storage == "auto" and not index._tables  # nothing prepared before a search
-    assert [index.storage_for(k) for k in (1, 3, 4)] == ["bfloat16", "bfloat16", "native"]
-    assert retrieval.BFLOAT16_ITEMS_PER_RESULT * 3 <= 3000 < retrieval.BFLOAT16_ITEMS_PER_RESULT * 4
+    assert [index.storage_for(k) for k in (1, 6, 7)] == ["bfloat16", "bfloat16", "native"]
+    assert retrieval.BFLOAT16_ITEMS_PER_RESULT * 6 <= 6000 < retrieval.BFLOAT16_ITEMS_PER_RESULT * 7
+    assert recfuse.ItemIndex(items[:4000], backend="cpu").storage_for(1) == "native"  # small
+    assert 4000 < retrieval.BFLOAT16_MIN_ITEMS <= 6000
     index.search(items[0], 2)
     assert set(index._tables) == {"bfloat16"}  # only what a search needed
     index.search(items[0], 10)
@@ -401,21 +403,21 @@ def test_auto_storage_takes_bfloat16_from_fewer_items_per_result_on_skewed_norms
     from recfuse import retrieval
 
     rng = np.random.default_rng(0)
-    flat = rng.standard_normal((3000, 8)).astype(np.float32)
-    skewed = flat * (1.0 / np.arange(1, 3001, dtype=np.float32) ** 0.5)[:, None]
-    assert retrieval.BFLOAT16_SKEWED_ITEMS_PER_RESULT * 6 <= 3000
-    assert 3000 < retrieval.BFLOAT16_ITEMS_PER_RESULT * 4
+    flat = rng.standard_normal((6000, 8)).astype(np.float32)
+    skewed = flat * (1.0 / np.arange(1, 6001, dtype=np.float32) ** 0.5)[:, None]
+    assert retrieval.BFLOAT16_SKEWED_ITEMS_PER_RESULT * 12 <= 6000
+    assert 6000 < retrieval.BFLOAT16_ITEMS_PER_RESULT * 7
     index = recfuse.ItemIndex(skewed, backend="cpu")
-    assert [index.storage_for(k) for k in (3, 4, 6, 7)] == ["bfloat16"] * 3 + ["native"]
-    assert recfuse.ItemIndex(flat, backend="cpu").storage_for(4) == "native"
-    assert recfuse.ItemIndex(skewed, metric="cosine", backend="cpu").storage_for(4) == "native"
+    assert [index.storage_for(k) for k in (6, 7, 12, 13)] == ["bfloat16"] * 3 + ["native"]
+    assert recfuse.ItemIndex(flat, backend="cpu").storage_for(7) == "native"
+    assert recfuse.ItemIndex(skewed, metric="cosine", backend="cpu").storage_for(7) == "native"
     broken = skewed.copy()
     broken[5, 0] = np.nan
-    assert recfuse.ItemIndex(broken, backend="cpu").storage_for(4) == "native"
-    assert recfuse.ItemIndex(skewed, storage="native", backend="cpu").storage_for(4) == "native"
-    ids, scores = index.search(skewed[:5], 4)  # the same answer from either table
+    assert recfuse.ItemIndex(broken, backend="cpu").storage_for(7) == "native"
+    assert recfuse.ItemIndex(skewed, storage="native", backend="cpu").storage_for(7) == "native"
+    ids, scores = index.search(skewed[:5], 7)  # the same answer from either table
     want_ids, want_scores = recfuse.ItemIndex(skewed, storage="native", backend="cpu").search(
-        skewed[:5], 4)
+        skewed[:5], 7)
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(scores, want_scores)
     assert set(index._tables) == {"bfloat16"}
@@ -430,12 +432,12 @@ def test_auto_storage_is_native_storage(problem, cosine):
     problem = _float32_problem(problem)
     metric = "cosine" if cosine else "dot"
     want_ids, want_scores = _run(problem, "cpu", storage="native", metric=metric)
-    original = retrieval.BFLOAT16_ITEMS_PER_RESULT
-    retrieval.BFLOAT16_ITEMS_PER_RESULT = 1
+    original = retrieval.BFLOAT16_ITEMS_PER_RESULT, retrieval.BFLOAT16_MIN_ITEMS
+    retrieval.BFLOAT16_ITEMS_PER_RESULT, retrieval.BFLOAT16_MIN_ITEMS = 1, 0
     try:
         ids, scores = _run(problem, "cpu", metric=metric)
     finally:
-        retrieval.BFLOAT16_ITEMS_PER_RESULT = original
+        retrieval.BFLOAT16_ITEMS_PER_RESULT, retrieval.BFLOAT16_MIN_ITEMS = original
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(scores.view(np.uint32), want_scores.view(np.uint32))
 
@@ -444,7 +446,7 @@ def test_auto_storage_prepares_each_table_once_under_concurrent_searches():
     import threading
 
     rng = np.random.default_rng(3)
-    items = rng.standard_normal((4000, 16)).astype(np.float32)
+    items = rng.standard_normal((6000, 16)).astype(np.float32)
     index = recfuse.ItemIndex(items, backend="cpu")
     queries = rng.standard_normal((8, 16)).astype(np.float32)
     want = recfuse.ItemIndex(items, storage="native", backend="cpu").search(queries, 3)
@@ -452,7 +454,7 @@ def test_auto_storage_prepares_each_table_once_under_concurrent_searches():
 
     def search():
         try:
-            results.append(index.search(queries, 3, num_threads=1))  # 3 <= 4000 / 1000
+            results.append(index.search(queries, 3, num_threads=1))  # 3 <= 6000 / 1000
         except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 

@@ -64,6 +64,11 @@ BFLOAT16_ITEMS_PER_RESULT = 1000
 # batches: 0.15-0.37x (bench/README.md, "auto storage on trained factors").
 BFLOAT16_SKEWED_ITEMS_PER_RESULT = 500
 SKEWED_NORMS = 2.0
+# ... and never below this many items: on small tables the bfloat16 search's fixed work per
+# query (the probe of the likeliest items, scored exactly) outweighs the scan. Trained ALS
+# factors, batches of 4-256 queries: 500-1,000 items 0.02-0.12x, 2,500 items 0.5-0.7x
+# (1.6-1.9x for 1-4 queries), 4,000 items (k = 8) 1.2-2.4x.
+BFLOAT16_MIN_ITEMS = 4096
 
 
 class ItemIndex:
@@ -89,8 +94,8 @@ class ItemIndex:
         the float32 table as well. "auto" gives the same results as both: per search it uses
         the bfloat16 copies where they are available and the catalogue holds at least
         ``BFLOAT16_ITEMS_PER_RESULT`` items per result (n >= 1000 k), or half as many when
-        the items' norms are skewed (trained factors; the metric "dot"), the native table
-        otherwise, each prepared at its first use (so an index that serves both small and
+        the items' norms are skewed (trained factors; the metric "dot"), and at least
+        ``BFLOAT16_MIN_ITEMS`` items (4096), the native table otherwise, each prepared at its first use (so an index that serves both small and
         large k holds both).
     backend : "auto" or a backend name (see ``recfuse.backends()``)
 
@@ -147,7 +152,7 @@ class ItemIndex:
         if self.storage != "auto":
             return self.storage
         n = self.items.shape[0]
-        if not self._bfloat16_possible:
+        if not self._bfloat16_possible or n < BFLOAT16_MIN_ITEMS:
             return "native"
         if n >= BFLOAT16_ITEMS_PER_RESULT * k:
             return "bfloat16"
