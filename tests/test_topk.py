@@ -442,6 +442,35 @@ def test_auto_storage_is_native_storage(problem, cosine):
     np.testing.assert_array_equal(scores.view(np.uint32), want_scores.view(np.uint32))
 
 
+def test_auto_storage_answers_zero_queries_from_the_native_table():
+    """A zero query ties every item: the bfloat16 search scored each one exactly (ALS gives
+    a user without a positive the zero vector: recommending for 4,096 users of whom 13% had
+    one took 503 ms against 48). "auto" answers those rows from the float32 table, the
+    others from the bfloat16 one, with the same ids and scores as storage="native" and
+    each row's own exclusions."""
+    from recfuse import _core
+
+    rng = np.random.default_rng(4)
+    items = rng.standard_normal((6000, 8)).astype(np.float32)
+    index = recfuse.ItemIndex(items, item_bias=np.zeros(6000, np.float32), backend="cpu")
+    if index.storage_for(5) != "bfloat16":
+        pytest.skip("no bfloat16 storage on this backend")
+    queries = rng.standard_normal((7, 8)).astype(np.float32)
+    queries[[0, 3, 4]] = 0
+    exclude = sp.csr_matrix((np.ones(5), ([0, 1, 3, 3, 6], [0, 9, 1, 2, 5])), shape=(7, 6000))
+    before = _core.topk_bfloat16_rescored()
+    ids, scores = index.search(queries, 5, exclude=exclude, deny=[3])
+    assert _core.topk_bfloat16_rescored() - before < 1000  # not every item of three rows
+    want = recfuse.ItemIndex(items, item_bias=np.zeros(6000, np.float32), storage="native",
+                             backend="cpu").search(queries, 5, exclude=exclude, deny=[3])
+    np.testing.assert_array_equal(ids, want[0])
+    np.testing.assert_array_equal(scores.view(np.uint32), want[1].view(np.uint32))
+    assert ids[0].tolist() == [1, 2, 4, 5, 6] and ids[3].tolist() == [0, 4, 5, 6, 7]
+    assert set(index._tables) == {"native", "bfloat16"}
+    ids, _ = index.search(np.zeros((2, 8), np.float32), 3)  # zero rows only
+    assert ids.tolist() == [[0, 1, 2]] * 2
+
+
 def test_auto_storage_prepares_each_table_once_under_concurrent_searches():
     import threading
 
