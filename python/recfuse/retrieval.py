@@ -392,8 +392,8 @@ def _exclusions(exclude, m: int, n: int):
 
 
 def _rows_of(excluded, rows: np.ndarray):
-    """The exclusions (indptr, indices) of the queries where ``rows`` (bool) is True, or
-    None for None."""
+    """The rows ``rows`` (positions, or a bool mask) of exclusions (indptr, indices), as a
+    new (indptr int64, indices); None for None."""
     if excluded is None:
         return None
     indptr, indices = excluded

@@ -88,7 +88,7 @@ from .models.sgd import SVD, SVDpp, _user_vectors
 from .ranker import MLPRanker
 from .ranking import MLPScorer, load_scorer
 from .reference import confidence_and_preference
-from .retrieval import ItemIndex, by_score_then_id
+from .retrieval import ItemIndex, _rows_of, by_score_then_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -1806,13 +1806,7 @@ def _exclusions(model: _Model, base_rows, own: dict):
     ``base_rows[position]`` of the model's seen matrix."""
     m = base_rows.size
     if not own:
-        starts = model.seen_indptr[base_rows]
-        lengths = model.seen_indptr[base_rows + 1] - starts
-        indptr = np.zeros(m + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        # position j of row r reads seen_indices[starts[r] + j - indptr[r]]
-        positions = np.arange(indptr[-1]) + np.repeat(starts - indptr[:-1], lengths)
-        return indptr, model.seen_indices[positions]
+        return _rows_of((model.seen_indptr, model.seen_indices), base_rows)
     parts = []
     for position in range(m):
         ids = own.get(position)
