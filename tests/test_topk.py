@@ -435,11 +435,41 @@ def test_auto_storage_is_native_storage(problem, cosine):
     original = retrieval.BFLOAT16_ITEMS_PER_RESULT, retrieval.BFLOAT16_MIN_ITEMS
     retrieval.BFLOAT16_ITEMS_PER_RESULT, retrieval.BFLOAT16_MIN_ITEMS = 1, 0
     try:
-        ids, scores = _run(problem, "cpu", metric=metric)
+        index = recfuse.ItemIndex(problem["items"], item_bias=problem["item_bias"],
+                                  metric=metric, backend="cpu")  # auto
+        ids, scores = index.search(problem["queries"], problem["k"],
+                                   exclude=problem["exclude"], allow=problem["allow"],
+                                   deny=problem["deny"])
     finally:
         retrieval.BFLOAT16_ITEMS_PER_RESULT, retrieval.BFLOAT16_MIN_ITEMS = original
     np.testing.assert_array_equal(ids, want_ids)
     np.testing.assert_array_equal(scores.view(np.uint32), want_scores.view(np.uint32))
+
+
+def test_the_one_call_form_reads_the_float32_table():
+    """recfuse.topk builds an index for one call: the bfloat16 copies it prepared under
+    "auto" cost more than that call's search (100,000 x 64 trained factors, one query: 42
+    ms against 3.6), so "auto" reads the float32 table there; "bfloat16" is still taken
+    when asked for."""
+    from unittest.mock import patch
+
+    from recfuse import retrieval
+
+    items = np.random.default_rng(0).standard_normal((6000, 4)).astype(np.float32)
+    prepared = []
+    real = retrieval.ItemIndex._prepared
+
+    def recording(index, storage, num_threads=0):
+        prepared.append(storage)
+        return real(index, storage, num_threads)
+
+    with patch.object(retrieval.ItemIndex, "_prepared", recording):
+        recfuse.topk(items[:2], items, 3, backend="cpu")
+        assert set(prepared) == {"native"}
+        if recfuse.ItemIndex(items, backend="cpu").storage_for(3) == "bfloat16":
+            prepared.clear()
+            recfuse.topk(items[:2], items, 3, storage="bfloat16", backend="cpu")
+            assert set(prepared) == {"bfloat16"}
 
 
 def test_auto_storage_answers_zero_queries_from_the_native_table():
