@@ -1039,6 +1039,8 @@ def test_added_items_answer_alike_whatever_tier_holds_them(seen, als, kind, monk
             if limit == 3:  # both tiers in use, and an item set again in the recent one
                 assert extra.settled is not None and extra.recent is not None
                 assert extra.settled_mask is not None and not extra.settled_mask.all()
+            # prepared by the writer (observe), not by the first request after a change
+            assert all(rows.index._tables for rows, _ in extra.tiers())
             added = np.arange(N_ITEMS, N_ITEMS + 25)[extra.has(np.arange(N_ITEMS, N_ITEMS + 25))]
             lists = rec.recommend_batch(np.arange(N_USERS + 5))
             answers.append((added, extra.vectors(added), extra.biases(added), lists.ids,
