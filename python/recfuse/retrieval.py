@@ -261,8 +261,10 @@ def topk(queries: ArrayLike, items: ArrayLike, k: Integer, *,
     >>> topk(np.array([[1, 0]], dtype=np.float32), items, k=2)
     (array([[0, 2]]), array([[1., 1.]], dtype=float32))
     """
-    index = ItemIndex(items, item_bias=item_bias, metric=metric,
-                      storage="native" if storage == "auto" else storage, backend=backend)
+    index = ItemIndex(items, item_bias=item_bias, metric=metric, storage=storage,
+                      backend=backend)
+    if index.storage == "auto":  # set after construction: the table is then packed by the
+        index.storage = "native"  # search, on its num_threads (a constructor packs on all)
     return index.search(queries, k, exclude=exclude, allow=allow, deny=deny,
                         num_threads=num_threads)
 
