@@ -384,8 +384,8 @@ def test_auto_storage_picks_by_items_per_result():
     assert index.storage == "auto" and not index._tables  # nothing prepared before a search
     assert [index.storage_for(k) for k in (1, 6, 7)] == ["bfloat16", "bfloat16", "native"]
     assert retrieval.BFLOAT16_ITEMS_PER_RESULT * 6 <= 6000 < retrieval.BFLOAT16_ITEMS_PER_RESULT * 7
-    assert recfuse.ItemIndex(items[:4000], backend="cpu").storage_for(1) == "native"  # small
-    assert 4000 < retrieval.BFLOAT16_MIN_ITEMS <= 6000
+    assert recfuse.ItemIndex(items[:999], backend="cpu").storage_for(1) == "native"  # small
+    assert 999 < retrieval.BFLOAT16_MIN_ITEMS <= 6000
     index.search(items[0], 2)
     assert set(index._tables) == {"bfloat16"}  # only what a search needed
     index.search(items[0], 10)

@@ -59,16 +59,13 @@ BFLOAT16_ITEMS_PER_RESULT = 1000
 # SKEWED_NORMS times the median, as in trained factors, whose popular items are longer;
 # Gaussian tables: 1.2): the bfloat16 search scans the longest items first and stops where
 # a bound of the rest falls below the k-th best. Trained ALS factors on the 2-core Zen 3,
-# one thread, bfloat16 against float32: 5,000 items, k = 10: 2.5x (1 query) and 1.45x (32);
-# 10,000, k = 100: 1.2-1.3x; 300,000, k = 1,000: 7.2x and 1.04x; 2,000-3,000 items, k = 10,
-# batches: 0.15-0.37x (bench/README.md, "auto storage on trained factors").
+# one thread, float32 time / bfloat16 time for 1 to 256 queries: 5,000 items, k = 10:
+# 1.08-2.7x; 10,000, k = 100: 1.04-1.26x; 300,000, k = 1,000: 7.2x (1 query), 1.04x (32);
+# 500 items, k = 1: 0.90-1.05x (bench/README.md, "auto storage on trained factors").
 BFLOAT16_SKEWED_ITEMS_PER_RESULT = 500
 SKEWED_NORMS = 2.0
-# ... and never below this many items: on small tables the bfloat16 search's fixed work per
-# query (the probe of the likeliest items, scored exactly) outweighs the scan. Trained ALS
-# factors, batches of 4-256 queries: 500-1,000 items 0.02-0.12x, 2,500 items 0.5-0.7x
-# (1.6-1.9x for 1-4 queries), 4,000 items (k = 8) 1.2-2.4x.
-BFLOAT16_MIN_ITEMS = 4096
+# ... and never below this many items (the plain rule's smallest table, at k = 1).
+BFLOAT16_MIN_ITEMS = 1000
 
 
 class ItemIndex:
@@ -96,7 +93,7 @@ class ItemIndex:
         where they are available and the catalogue holds at least
         ``BFLOAT16_ITEMS_PER_RESULT`` items per result (n >= 1000 k), or half as many when
         the items' norms are skewed (trained factors; the metric "dot"), and at least
-        ``BFLOAT16_MIN_ITEMS`` items (4096), the native table otherwise (and for zero
+        ``BFLOAT16_MIN_ITEMS`` items (1000), the native table otherwise (and for zero
         queries), each prepared at its first use (so an index that serves both holds both).
     backend : "auto" or a backend name (see ``recfuse.backends()``)
 
