@@ -670,10 +670,13 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
     const int64_t tm = few ? WideCfg::TM : TallCfg::TM, tn = few ? WideCfg::TN : TallCfg::TN;
     chunk = std::min<int64_t>(m, 4096);
     chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, budget / 4 / query_bytes));
-    // Enough blocks for two waves of the device, at least 16 tiles per slice, and all of a
-    // query's lists within the merge kernel's capacity.
+    // Enough blocks for two waves of the device, at least 2 tiles per slice, and all of a
+    // query's lists within the merge kernel's capacity. (At least 16 tiles per slice gave a
+    // single query on 50,000 items 12 blocks for the H200's 132 SMs: 65 GB/s of the table,
+    // as if each block streamed ~5 GB/s; 1M items, 244 blocks: 567 GB/s. 2 tiles: 97 and
+    // 409 blocks. Not yet run on a device.)
     const int64_t want = ceil_div(4 * static_cast<int64_t>(state_->sm_count), ceil_div(chunk, tm));
-    const int64_t most = std::min<int64_t>(kMergeCapacity / kk, std::max<int64_t>(1, n_ / (16 * tn)));
+    const int64_t most = std::min<int64_t>(kMergeCapacity / kk, std::max<int64_t>(1, n_ / (2 * tn)));
     slices = static_cast<int>(std::max<int64_t>(1, std::min(want, most)));
     // partial lists: chunk * slices * kk candidates (<= 4096 * 4096 * 16 bytes = 256 MiB)
   } else {

@@ -255,7 +255,7 @@ def test_concurrent_searches_with_different_k(dtype):
     from recfuse import _cuda
 
     rng = np.random.default_rng(11)
-    m, n, d = 64, 4096, 8  # m > 32: tall tiles; n / (16 * 64) = 4 item slices
+    m, n, d = 64, 4096, 8  # m > 32: tall tiles; n / (2 * 64) = 32 item slices
     queries, items = integers(rng, (m, d), dtype), integers(rng, (n, d), dtype)
     expected = {k: reference.topk(queries, items, k) for k in (8, 200)}
     _cuda.set_topk_path("fused")
