@@ -593,6 +593,7 @@ void run_fused(const ScoreArgs<T>& a, int kk, int slices, cudaStream_t stream, i
   const int P = next_pow2(kk + Cfg::TN);
   const FusedLayout L = fused_layout<T, Cfg>(P);
   const int64_t slice_len = ceil_div(ceil_div(a.n, slices), Cfg::TN) * Cfg::TN;
+  slices = static_cast<int>(ceil_div(a.n, slice_len));  // whole tiles: no slice past the items
   StreamBuffer<Cand> partial(static_cast<size_t>(mq * slices * kk), stream);
   const dim3 grid(static_cast<unsigned int>(ceil_div(mq, Cfg::TM)), static_cast<unsigned int>(slices));
   allow_shared(fused_topk_kernel<T, Cfg>, L.total);
@@ -673,8 +674,9 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
     // Enough blocks for two waves of the device, at least 2 tiles per slice, and all of a
     // query's lists within the merge kernel's capacity. (At least 16 tiles per slice gave a
     // single query on 50,000 items 12 blocks for the H200's 132 SMs: 65 GB/s of the table,
-    // as if each block streamed ~5 GB/s; 1M items, 244 blocks: 567 GB/s. 2 tiles: 97 and
-    // 409 blocks. Not yet run on a device.)
+    // as if each block streamed ~5 GB/s; 1M items, 244 blocks: 567 GB/s. 2 tiles: 66 and
+    // 391 blocks, once run_fused drops the slices that whole tiles leave empty. Not yet run
+    // on a device.)
     const int64_t want = ceil_div(4 * static_cast<int64_t>(state_->sm_count), ceil_div(chunk, tm));
     const int64_t most = std::min<int64_t>(kMergeCapacity / kk, std::max<int64_t>(1, n_ / (2 * tn)));
     slices = static_cast<int>(std::max<int64_t>(1, std::min(want, most)));
