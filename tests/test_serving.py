@@ -732,7 +732,6 @@ def _exact_recommender(p):
     """A Recommender over an ALS holding the problem's integer factors, with the observed
     users and added items installed as observe would publish them."""
     from dataclasses import replace
-
     from unittest.mock import patch
 
     from recfuse import serving
