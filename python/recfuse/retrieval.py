@@ -213,7 +213,7 @@ class ItemIndex:
             if zero.any():
                 ids = np.empty((Q.shape[0], k), dtype=np.int64)
                 scores = np.empty((Q.shape[0], k), dtype=self.items.dtype)
-                for rows, part in ((zero, "native"), (~zero, "bfloat16")):
+                for rows, part in ((zero, "native"), (np.logical_not(zero), "bfloat16")):
                     if rows.any():
                         ids[rows], scores[rows] = self._module.search(
                             self._prepared(part, num_threads), np.ascontiguousarray(Q[rows]),
