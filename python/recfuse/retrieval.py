@@ -209,7 +209,7 @@ class ItemIndex:
             # a zero query ties every item (score 0, or the bias): the bfloat16 search scores
             # each one exactly (1,000 items: 160 us against 17), the float32 one takes the
             # first ids; ALS gives a user without a positive the zero vector. Same answers.
-            zero: np.ndarray = ~Q.any(axis=1)
+            zero = np.asarray(~Q.any(axis=1))
             if zero.any():
                 ids = np.empty((Q.shape[0], k), dtype=np.int64)
                 scores = np.empty((Q.shape[0], k), dtype=self.items.dtype)
