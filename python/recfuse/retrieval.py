@@ -120,16 +120,20 @@ class ItemIndex:
         self._module = resolve_backend(backend, "topk")
         self._bfloat16_possible = (self.items.dtype == np.float32
                                    and getattr(self._module, "BFLOAT16", False))
-        if storage == "bfloat16" and self.items.dtype != np.float32:
-            raise ValueError(f"storage='bfloat16' needs float32 items, got {self.items.dtype}")
-        if storage == "bfloat16" and not self._bfloat16_possible:
-            raise ValueError(f"storage='bfloat16' is not available on the "
-                             f"{self._module.NAME!r} backend (use backend='cpu')")
+        self._check_storage(self.storage)
         self._skewed: bool | None = None  # the norms' skew, measured when a search asks
         self._tables: dict = {}  # "native" / "bfloat16" -> the backend's prepared table
         self._tables_lock = threading.Lock()
         if storage != "auto":
             self._prepared(storage)
+
+    def _check_storage(self, storage: str) -> None:
+        """Refuses a ``storage`` (one of STORAGES) this table or backend cannot have."""
+        if storage == "bfloat16" and self.items.dtype != np.float32:
+            raise ValueError(f"storage='bfloat16' needs float32 items, got {self.items.dtype}")
+        if storage == "bfloat16" and not self._bfloat16_possible:
+            raise ValueError(f"storage='bfloat16' is not available on the "
+                             f"{self._module.NAME!r} backend (use backend='cpu')")
 
     def _prepared(self, storage: str, num_threads: int = 0):
         """The backend's table for ``storage`` ("native" or "bfloat16"), prepared once (by
@@ -258,10 +262,12 @@ def topk(queries: ArrayLike, items: ArrayLike, k: Integer, *,
     >>> topk(np.array([[1, 0]], dtype=np.float32), items, k=2)
     (array([[0, 2]]), array([[1., 1.]], dtype=float32))
     """
-    index = ItemIndex(items, item_bias=item_bias, metric=metric, storage=storage,
-                      backend=backend)
-    if index.storage == "auto":  # set after construction: the table is then packed by the
-        index.storage = "native"  # search, on its num_threads (a constructor packs on all)
+    storage = check.check_choice(storage, "storage", STORAGES)
+    index = ItemIndex(items, item_bias=item_bias, metric=metric, backend=backend)
+    index._check_storage(storage)
+    # set after construction: the search then packs the table on its num_threads (a
+    # constructor given a storage packs it at once, on every core)
+    index.storage = "native" if storage == "auto" else storage
     return index.search(queries, k, exclude=exclude, allow=allow, deny=deny,
                         num_threads=num_threads)
 
@@ -289,7 +295,7 @@ def _skewed_norms(items: np.ndarray, sample: int = 1 << 16) -> bool:
     """Whether the 99th percentile of the rows' norms is at least ``SKEWED_NORMS`` times
     their median (over at most ``sample`` evenly spaced rows). Zero rows count; non-finite
     ones make it False."""
-    rows = items[:: max(1, items.shape[0] // sample)].astype(np.float64)
+    rows = items[:: max(1, -(-items.shape[0] // sample))].astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))
     if not np.isfinite(norms).all():
