@@ -315,7 +315,8 @@ def test_a_cgroup_v1_quota_on_the_process_group_caps_the_default_threads(tmp_pat
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_calls_given_one_thread_start_no_thread_team():
     """Calls given num_threads=1 ran parts of their work on every core: the top-k's table
-    packing, the fits' starting draws, the SGD block layout and shuffle, and the input
+    packing (also recfuse.topk given a storage, packed by the index's constructor), the
+    fits' starting draws, the SGD block layout and shuffle, and the input
     scans of the ALS and SGD kernels took OpenMP's default. So a process that only ever
     asked for one thread started OpenMP's team (and lost its forked children's threads)."""
     pytest.importorskip("recfuse._core", reason="recfuse._core is not built")
@@ -327,6 +328,8 @@ def test_calls_given_one_thread_start_no_thread_team():
         "items = rng.standard_normal((50000, 32)).astype(np.float32)\n"
         "for metric in ('dot', 'cosine'):\n"
         "    recfuse.topk(items[:3], items, 10, metric=metric, backend='cpu', num_threads=1)\n"
+        "for storage in ('native', 'bfloat16'):  # given, not 'auto'\n"
+        "    recfuse.topk(items[:3], items, 10, storage=storage, backend='cpu', num_threads=1)\n"
         "n = 1_200_000  # past the input scans' threshold for threads\n"
         "users, cols = rng.integers(0, 20000, n), rng.integers(0, 5000, n)\n"
         "ratings = rng.integers(1, 6, n).astype(np.float32)\n"

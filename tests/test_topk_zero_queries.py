@@ -4,8 +4,6 @@ table (and the other rows from bfloat16), ``retrieval._rows_of``, ``recfuse.topk
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from contextlib import contextmanager
 from unittest import mock
@@ -629,24 +627,3 @@ def test_skewed_norms_reads_at_most_sample_rows():
     with mock.patch.object(retrieval.np, "percentile", spy):
         retrieval._skewed_norms(np.ones((7, 2), np.float32), sample=4)
     assert sizes and sizes[0] <= 4, sizes
-
-
-@pytest.mark.parametrize("storage", ["auto", "native", "bfloat16"])
-def test_topk_one_call_given_one_thread_starts_no_team(storage):
-    """recfuse.topk given a storage packed the table in the ItemIndex constructor, on every
-    core: a num_threads=1 call started OpenMP's team."""
-    pytest.importorskip("recfuse._core")
-    code = (
-        "import os, numpy as np, recfuse\n"
-        "from recfuse import _core\n"
-        "items = np.random.default_rng(0).standard_normal((50000, 32)).astype(np.float32)\n"
-        f"recfuse.topk(items[:3], items, 10, storage={storage!r}, backend='cpu', "
-        "num_threads=1)\n"
-        "pid = os.fork()\n"
-        "if pid == 0:\n"
-        "    os._exit(1 if _core.forked_after_threads() else 0)\n"
-        "print('team' if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) else 'ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok"
