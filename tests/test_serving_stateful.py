@@ -571,22 +571,22 @@ _SETTINGS = settings(max_examples=50, stateful_step_count=20, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow,
                                             HealthCheck.filter_too_much])
 
-TestAlsServing = AlsMachine.TestCase
-TestAlsServing.settings = _SETTINGS
-TestExplicitServing = ExplicitMachine.TestCase
-TestExplicitServing.settings = settings(_SETTINGS, max_examples=30)
-TestAlsShortLogServing = AlsShortLogMachine.TestCase
-TestAlsShortLogServing.settings = settings(_SETTINGS, max_examples=20)
-TestAlsRulesServing = AlsRulesMachine.TestCase
-TestAlsRulesServing.settings = settings(_SETTINGS, max_examples=20)
-TestAlsAllowServing = AlsAllowMachine.TestCase
-TestAlsAllowServing.settings = settings(_SETTINGS, max_examples=20)
-TestUnbiasedExplicitServing = UnbiasedExplicitMachine.TestCase
-TestUnbiasedExplicitServing.settings = settings(_SETTINGS, max_examples=20)
-TestAlsFoldingServing = AlsFoldingMachine.TestCase
-TestAlsFoldingServing.settings = settings(_SETTINGS, max_examples=20)
-TestExplicitFoldingServing = ExplicitFoldingMachine.TestCase
-TestExplicitFoldingServing.settings = settings(_SETTINGS, max_examples=20)
+
+def _test_case(machine: type, max_examples: int):
+    """The machine's pytest case, run on ``max_examples`` examples."""
+    case = machine.TestCase
+    case.settings = settings(_SETTINGS, max_examples=max_examples)
+    return case
+
+
+TestAlsServing = _test_case(AlsMachine, 50)
+TestExplicitServing = _test_case(ExplicitMachine, 30)
+TestAlsShortLogServing = _test_case(AlsShortLogMachine, 20)
+TestAlsRulesServing = _test_case(AlsRulesMachine, 20)
+TestAlsAllowServing = _test_case(AlsAllowMachine, 20)
+TestUnbiasedExplicitServing = _test_case(UnbiasedExplicitMachine, 20)
+TestAlsFoldingServing = _test_case(AlsFoldingMachine, 20)
+TestExplicitFoldingServing = _test_case(ExplicitFoldingMachine, 20)
 
 
 # ---------------------------------------------------------------------- what it found
