@@ -336,13 +336,11 @@ class _AddedRows:
         given; None when no user has any."""
         if not own:
             return None
-        parts = [np.zeros(0, dtype=np.int32)] * users
+        parts = [_NO_IDS] * users
         for position, ids in own.items():
             rows, found = self.find(ids)
-            parts[position] = rows[found].astype(np.int32)  # sorted: ids and self.ids are
-        indptr = np.zeros(users + 1, dtype=np.int64)
-        np.cumsum([part.size for part in parts], out=indptr[1:])
-        return indptr, np.concatenate(parts)
+            parts[position] = rows[found]  # sorted: ids and self.ids are
+        return _stacked(parts)
 
 
 def _with_rows(rows: _AddedRows | None, ids: np.ndarray, table: np.ndarray,
@@ -1819,11 +1817,17 @@ def _exclusions(model: _Model, base_rows, own: dict):
     for position in range(m):
         ids = own.get(position)
         if ids is not None:
-            parts.append(ids[:np.searchsorted(ids, model.n_items)].astype(np.int32))
+            parts.append(ids[:np.searchsorted(ids, model.n_items)])
         else:
             row = base_rows[position]
             parts.append(model.seen_indices[model.seen_indptr[row]:model.seen_indptr[row + 1]])
-    indptr = np.zeros(m + 1, dtype=np.int64)
+    return _stacked(parts)
+
+
+def _stacked(parts: list):
+    """Rows given as arrays of sorted ids, as the search takes them: (indptr int64, indices
+    int32)."""
+    indptr = np.zeros(len(parts) + 1, dtype=np.int64)
     np.cumsum([part.size for part in parts], out=indptr[1:])
     return indptr, np.concatenate(parts).astype(np.int32, copy=False)
 
