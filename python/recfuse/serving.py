@@ -1373,7 +1373,6 @@ class Recommender:
                    or np.isin(users[items == i], state.new_item_users.get(int(i), ())).any()]
         if not growing:
             return None
-        gram = None if model.gram is None else (model.gram if extra is None else extra.gram).copy()
         rated = model.kind in ("svd", "explicit")
         biased = rated and model.item_bias is not None
         vectors, biases = [], []
@@ -1403,11 +1402,6 @@ class Recommender:
                 else:
                     vector = np.mean(np.stack([e.vector for e in entries]).astype(np.float64),
                                      axis=0)
-                if gram is not None:
-                    if extra is not None and extra.has(np.array([item]))[0]:
-                        old = extra.vectors(np.array([item]))[0].astype(np.float64)
-                        gram -= np.outer(old, old)
-                    gram += np.outer(vector, vector)
                 vectors.append(vector)
                 biases.append(item_bias)
                 first_users[item] = tuple(owners)
@@ -1417,11 +1411,20 @@ class Recommender:
         # never published: a NaN or inf vector would fail every search of the added items
         check_trained("an added item's solve", [table, bias],
                       "the events' weights are too large for this model; nothing was applied")
+        ids = np.array(growing, dtype=np.int64)
+        gram = None
+        if model.gram is not None:  # YᵀY over the items as served: the old rows out, the new in
+            gram = model.gram if extra is None else extra.gram
+            if extra is not None:
+                old = extra.vectors(ids[extra.has(ids)]).astype(np.float64)
+                gram = gram - old.T @ old
+            new = table.astype(np.float64)
+            gram = gram + new.T @ new
         if extra is None:
             extra = _NewItems(None, None, None, None, 0)
         wanted = max(self.k, self.candidates) if self._deep(model) else self.k
-        changed = extra.changed(np.array(growing, dtype=np.int64), table, bias, gram,
-                                self.rerank, model.model.backend, wanted, self._threads(model))
+        changed = extra.changed(ids, table, bias, gram, self.rerank, model.model.backend,
+                                wanted, self._threads(model))
         return changed, first_users, first_ratings
 
     @staticmethod
