@@ -43,9 +43,11 @@ inline std::vector<MlpLayer> mlp_layers(const MlpWeights& weights, const MlpBias
 }
 
 inline MlpPrecision mlp_precision(const std::string& precision) {
-  expect(precision == "float32" || precision == "bfloat16",
-         "precision must be float32 or bfloat16, got '" + precision + "'");
-  return precision == "float32" ? MlpPrecision::Float32 : MlpPrecision::Bfloat16;
+  expect(precision == "float32" || precision == "bfloat16" || precision == "int8",
+         "precision must be float32, bfloat16 or int8, got '" + precision + "'");
+  return precision == "float32"    ? MlpPrecision::Float32
+         : precision == "bfloat16" ? MlpPrecision::Bfloat16
+                                   : MlpPrecision::Int8;
 }
 
 // The candidates of one call, checked against the arrays' shapes.
@@ -108,14 +110,15 @@ inline void bind_mlp(py::module_& m) {
       "mlp_kernels",
       [] {
         std::vector<py::tuple> rows;
-        for (MlpKernel kernel : {MlpKernel::Float32, MlpKernel::Avx512Bf16, MlpKernel::Amx}) {
+        for (MlpKernel kernel :
+             {MlpKernel::Float32, MlpKernel::Avx512Bf16, MlpKernel::Amx, MlpKernel::Int8}) {
           std::string why;
           const bool ok = mlp_kernel_supported(kernel, &why);
           rows.push_back(py::make_tuple(mlp_kernel_name(kernel), ok, why));
         }
         return rows;
       },
-      "[(name, supported, why not)] for the MLP kernels float32, avx512bf16, amx.");
+      "[(name, supported, why not)] for the MLP kernels float32, avx512bf16, amx, int8.");
 
   using Blocks = std::vector<Array<float>>;
   py::class_<MlpModel>(m, "MlpModel", "A packed MLP scorer (see recfuse.ranking.MLPScorer).")

@@ -94,6 +94,8 @@ inline void bind_mlp_cuda(py::module_& m) {
                        const std::string& kernel) {
              const std::vector<MlpLayer> layers = mlp_layers(weights, biases, activations);
              const MlpPrecision p = mlp_precision(precision);
+             expect(p != MlpPrecision::Int8,
+                    "precision 'int8' has no CUDA kernel yet: use float32 or bfloat16 here");
              const rc::MlpPath path = rc::parse_mlp_path(kernel);
              ReleaseGil release;
              return new rc::MlpModelCuda(layers, p, path);

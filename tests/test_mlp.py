@@ -5,7 +5,9 @@ Tolerances (``error_bound``): rounding errors are treated as independent, so the
 as root sums of squares. Each layer adds, relative to the root sum of squares of its
 products w·h, 4·√in·2⁻²⁴ (float32 accumulation) plus, in the layers that bfloat16 rounds
 (between the first and the last), 2⁻⁹ (either side may round an input the other way when
-it lies near a rounding boundary), and 1e-6 for the activations' polynomial approximations; errors pass
+it lies near a rounding boundary), in the layers that int8 quantizes one quantization step of
+the input row times the root sum of squares of the weight row (the same reason), and 1e-6
+for the activations' polynomial approximations; errors pass
 through later layers by |W| (root sum of squares) times the activation's slope (≤ 1.13).
 The bound is four times that, plus 1e-6: about 1e-5 of the output scale in float32 and
 5e-3 in bfloat16. (A worst-case bound would be vacuous for deep wide models.)
@@ -30,6 +32,7 @@ from recfuse.ranking import MLPScorer
 from conftest import backend_params, examples, numba_cache_counts
 
 BACKENDS = backend_params(("cpu", "numba", "cupy", "numpy"))
+PRECISIONS = ["float32", "bfloat16", "int8"]
 SLOPE = {"relu": 1.0, "identity": 1.0, "tanh": 1.0, "sigmoid": 0.25, "gelu": 1.13}
 
 
@@ -54,6 +57,8 @@ def scorer(layers, backend, precision="float32", **options) -> MLPScorer:
         ok, why = _bf16_on_cpu()
         if not ok:
             pytest.skip(f"bfloat16 on the cpu backend: {why}")
+    if backend == "cuda" and precision == "int8":
+        pytest.skip("int8 has no CUDA kernel (tested: test_int8_is_refused_by_the_cuda_backend)")
     return MLPScorer(layers, precision=precision, backend=backend, **options)
 
 
@@ -73,9 +78,15 @@ def error_bound(layers, X, precision):
     for position, (W, b, activation) in enumerate(layers):
         W64 = W.astype(np.float64)
         rms = np.sqrt(np.square(h) @ np.square(W64).T)  # the typical size of the sum's terms
-        rounded = precision == "bfloat16" and 0 < position < len(layers) - 1
+        middle = 0 < position < len(layers) - 1
+        rounded = precision == "bfloat16" and middle
         relative = 4 * math.sqrt(W.shape[1]) * 2.0**-24 + (2.0**-9 if rounded else 0)
-        e = SLOPE[activation] * (np.sqrt(np.square(e) @ np.square(W64).T) + relative * rms + 1e-6)
+        step = 0.0  # int8: one quantization step of each input row, through the weight rows
+        if precision == "int8" and middle:
+            step = (np.abs(h).max(axis=1, keepdims=True) / 127) * np.sqrt(
+                np.square(W64).sum(axis=1))[None, :]
+        e = SLOPE[activation] * (np.sqrt(np.square(e) @ np.square(W64).T) + relative * rms
+                                 + step + 1e-6)
         h = reference.mlp_activation(activation, h @ W64.T + (0 if b is None else b))
     return 4.0 * e[:, 0] + 1e-6
 
@@ -126,7 +137,7 @@ def test_reference_rank_is_a_full_sort_with_ties_and_repeats():
     np.testing.assert_array_equal(top, [[7, 2, 1, -1]])
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k, n_items", [(4, 5), (80, 150)])  # few results, and many
 def test_rank_counts_a_repeated_id_once_at_its_best(backend, precision, k, n_items):
@@ -152,7 +163,7 @@ def test_rank_counts_a_repeated_id_once_at_its_best(backend, precision, k, n_ite
 # ---------------------------------------------------------------------- against the reference
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=examples(15))
 @given(model=models(), rows=st.integers(1, 150), seed=st.integers(0, 2**32 - 1))
@@ -239,7 +250,7 @@ def check_candidates_and_rank(model, float32_model, call, k, same_bits):
             assert_rank_close(top, values, want_ids, want_values)
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=examples(15))
 @given(call=candidate_calls(), k=st.integers(1, 12))
@@ -371,8 +382,16 @@ def test_every_simd_level_and_kernel():
             assert_scores_close(scores, expected, error_bound(layers, X, "float32"), level)
     finally:
         core.set_simd_level(before)
+    int8 = reference.mlp_forward(layers, X, "int8")[:, 0]
+    try:
+        for level in core.supported_simd_levels():  # the int8 kernel: scalar, then AVX2
+            core.set_simd_level(level)
+            scores = MLPScorer(layers, backend="cpu", precision="int8").score(X)
+            assert_scores_close(scores, int8, error_bound(layers, X, "int8"), "int8 " + level)
+    finally:
+        core.set_simd_level(before)
     for name, ok, why in core.mlp_kernels():
-        if name == "float32":
+        if name in ("float32", "int8"):
             continue
         if not ok:
             with pytest.raises(ValueError, match="unavailable|needs"):
@@ -382,6 +401,84 @@ def test_every_simd_level_and_kernel():
         assert model.kernel == name
         assert_scores_close(model.score(X), reference.mlp_forward(layers, X, "bfloat16")[:, 0],
                             error_bound(layers, X, "bfloat16"), name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=examples(10))
+@given(width=st.sampled_from([1, 2, 3, 15, 16, 17, 33, 64, 255, 1024]),
+       rows=st.integers(1, 70), seed=st.integers(0, 2**32 - 1))
+def test_int8_layers_quantize_exactly_as_the_reference(backend, width, rows, seed):
+    """With an identity first layer the int8 layer's input rows are the given floats, so
+    every backend quantizes exactly the reference's values (no rounding boundary to fall on
+    either side of) and only float32 rounding separates it from the reference; the int8
+    answer itself is far from float32's (the kernel did quantize). Rows include zeros, one
+    value, ties at a rounding boundary (x.5 steps) and extreme magnitudes."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((rows, width)).astype(np.float32)
+    X[0] = 0.0  # a zero row: scale 0
+    if rows > 1:
+        X[1] = 0.0
+        X[1, -1] = -3.0  # one value: q = -127
+    if rows > 2:  # m = 127, so x · 127 / m = x: exact halves, rounded to even
+        X[2] = (np.arange(width) % 7 - 3.5).astype(np.float32)
+        X[2, 0] = 127.0
+    if rows > 3:
+        X[3] *= np.float32(1e30)
+    if rows > 4:
+        X[4] *= np.float32(1e-30)
+    W2 = (rng.standard_normal((40, width)) / math.sqrt(width)).astype(np.float32)
+    layers = [(np.eye(width, dtype=np.float32), None, "identity"),
+              (W2, (0.1 * rng.standard_normal(40)).astype(np.float32), "identity"),
+              ((rng.standard_normal((1, 40)) / 7).astype(np.float32), None, "identity")]
+    scale = 1.0 + np.abs(X).max(axis=1).astype(np.float64)  # the scores' size
+    got = scorer(layers, backend, "int8").score(X) / scale
+    want = reference.mlp_forward(layers, X, "int8")[:, 0] / scale
+    float32 = reference.mlp_forward(layers, X)[:, 0] / scale
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * math.sqrt(width))
+    q, row_scale = reference.quantize_int8_rows(X)
+    assert (np.abs(q) <= 127).all() and row_scale[0] == 0 and not q[0].any()
+    if rows > 1:
+        assert q[1, -1] == -127 and not q[1, :-1].any() and row_scale[1] == np.float32(3 / 127)
+    if rows > 2:
+        even = {-3.5: -4, -2.5: -2, -1.5: -2, -0.5: 0, 0.5: 0, 1.5: 2, 2.5: 2}
+        assert [even[x] for x in X[2, 1:].tolist()] == q[2, 1:].tolist()
+    if rows > 6 and width > 15:
+        assert np.abs(want - float32).max() > 1e-3  # the int8 answer is not float32's
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int8_rows_holding_nan_or_inf_score_nan(backend):
+    """A middle layer's input row holding NaN or inf quantizes to zeros with scale NaN: its
+    score is NaN (float32 may give inf there; the module docstring lets precisions differ on
+    non-finite item rows), rank drops it, and no warning is raised."""
+    rng = np.random.default_rng(5)
+    layers = random_layers(rng, [4, 8, 6, 1], ["identity", "relu", "sigmoid"])
+    model = scorer(layers, backend, "int8")
+    items = rng.standard_normal((5, 2)).astype(np.float32)
+    items[1, 0], items[3, 1] = np.inf, np.nan
+    user = np.ones(2, np.float32)
+    scores = model.score_candidates(user, np.arange(5), items)
+    assert np.isnan(scores[[1, 3]]).all() and np.isfinite(scores[[0, 2, 4]]).all()
+    top, values = model.rank(user, np.arange(5), items, k=5)
+    assert set(top[:3].tolist()) == {0, 2, 4} and (top[3:] == -1).all()
+
+
+def test_int8_kernel_and_precision_must_agree():
+    if _native() is None:
+        pytest.skip("recfuse._core is not built")
+    with pytest.raises(ValueError, match="kernel float32 does not compute int8"):
+        MLPScorer(_small(), precision="int8", backend="cpu", kernel="float32")
+    with pytest.raises(ValueError, match="kernel int8 does not compute float32"):
+        MLPScorer(_small(), precision="float32", backend="cpu", kernel="int8")
+    assert MLPScorer(_small(), precision="int8", backend="cpu").kernel == "int8"
+
+
+def test_int8_is_refused_by_the_cuda_backend():
+    """No CUDA int8 kernel yet: the cuda backend says so before it touches a device."""
+    from recfuse._mlp import cuda
+
+    with pytest.raises(ValueError, match="precision='int8' has no CUDA kernel yet"):
+        cuda.prepare([(np.ones((1, 2), np.float32), None, "identity")], "int8")
 
 
 @pytest.mark.parametrize("backend", backend_params(("numba",), family="mlp"))
@@ -658,7 +755,7 @@ def test_id_bounds_matches_numpy(ids, layout):
     assert _validation.id_bounds(array) == (array.min(), array.max())
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_threads_split_the_rows_without_changing_scores(precision):
     """Blocks are cut as evenly as 8-row tiles allow (1,000 rows: 13 of 64 and 3 of 56);
     any thread count gives the same bits, row by row, and the same ranking."""

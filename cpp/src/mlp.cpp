@@ -43,6 +43,14 @@ kernels::MlpAllFiniteFunction float32_all_finite() {
   return for_level(&kernels::generic::mlp_all_finite, &kernels::avx2::mlp_all_finite, &kernels::avx512::mlp_all_finite)();
 }
 
+kernels::MlpLayerFunction int8_layer() {
+  return for_level(&kernels::generic::mlp_layer_int8, &kernels::avx2::mlp_layer_int8, &kernels::avx512::mlp_layer_int8)();
+}
+
+kernels::MlpQuantizeFunction int8_quantize() {
+  return for_level(&kernels::generic::mlp_quantize_int8, &kernels::avx2::mlp_quantize_int8, &kernels::avx512::mlp_quantize_int8)();
+}
+
 float activate_scalar(MlpActivation activation, float x) {
   switch (activation) {
     case MlpActivation::Relu: return x < 0.0f ? 0.0f : x;
@@ -63,6 +71,7 @@ const char* mlp_kernel_name(MlpKernel kernel) {
     case MlpKernel::Float32: return "float32";
     case MlpKernel::Avx512Bf16: return "avx512bf16";
     case MlpKernel::Amx: return "amx";
+    case MlpKernel::Int8: return "int8";
   }
   return "unknown";
 }
@@ -71,14 +80,17 @@ MlpKernel parse_mlp_kernel(const std::string& name) {
   if (name == "float32") return MlpKernel::Float32;
   if (name == "avx512bf16") return MlpKernel::Avx512Bf16;
   if (name == "amx") return MlpKernel::Amx;
-  throw std::invalid_argument("MLP kernel must be one of float32, avx512bf16, amx; got '" +
+  if (name == "int8") return MlpKernel::Int8;
+  throw std::invalid_argument("MLP kernel must be one of float32, avx512bf16, amx, int8; got '" +
                               name + "'");
 }
 
 bool mlp_kernel_supported(MlpKernel kernel, std::string* why) {
   std::string reason;
   switch (kernel) {
-    case MlpKernel::Float32: return true;
+    case MlpKernel::Float32:
+    case MlpKernel::Int8:  // scalar below the avx2 level
+      return true;
     case MlpKernel::Avx512Bf16:
       if (kernels::mlp_layer_avx512bf16() == nullptr) reason = "not built (not x86-64)";
       else if (!cpu_supports_avx512bf16()) reason = "this CPU lacks avx512_bf16";
@@ -101,9 +113,13 @@ MlpModel::MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision,
   expect(layers.back().out == 1, "the last layer must have one output (the score), got " +
                                      std::to_string(layers.back().out));
   const bool bf16 = precision == MlpPrecision::Bfloat16;
-  expect(bf16 == (kernel != MlpKernel::Float32),
+  const bool int8 = precision == MlpPrecision::Int8;
+  const MlpPrecision computed = kernel == MlpKernel::Float32 ? MlpPrecision::Float32
+                                : kernel == MlpKernel::Int8  ? MlpPrecision::Int8
+                                                             : MlpPrecision::Bfloat16;
+  expect(computed == precision,
          std::string("kernel ") + mlp_kernel_name(kernel) + " does not compute " +
-             (bf16 ? "bfloat16" : "float32"));
+             (bf16 ? "bfloat16" : int8 ? "int8" : "float32"));
   std::string why;  // filled before the message is built (argument order is unspecified)
   const bool supported = mlp_kernel_supported(kernel, &why);
   expect(supported,
@@ -154,6 +170,20 @@ MlpModel::MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision,
             for (int j = 0; j < kMlpPanel; ++j)
               p.bf16[((static_cast<size_t>(q) * p.bf16_pairs + k / 2) * kMlpPanel + j) * 2 +
                      k % 2] = to_bfloat16(w(q * kMlpPanel + j, k));
+      }
+      if (int8 && l > 0 && l < count - 1) {  // each output column's weights: one int8 row
+        p.int8_pairs = (layer.in + 1) / 2;
+        p.int8.assign(static_cast<size_t>(p.panels) * p.int8_pairs * 2 * kMlpPanel, 0);
+        p.int8_scale.assign(width, 0.0f);
+        std::vector<int16_t> row(2 * p.int8_pairs);
+        for (int j = 0; j < layer.out; ++j) {
+          kernels::quantize_int8_row(layer.weight + static_cast<int64_t>(j) * layer.in,
+                                     layer.in, row.data(), p.int8_scale[j]);
+          const int q = j / kMlpPanel, jj = j % kMlpPanel;
+          for (int k = 0; k < layer.in; ++k)
+            p.int8[((static_cast<size_t>(q) * p.int8_pairs + k / 2) * kMlpPanel + jj) * 2 +
+                   k % 2] = row[k];
+        }
       }
       max_padded_width_ = std::max(max_padded_width_, width);
     }
@@ -209,7 +239,8 @@ struct MlpModel::CallPlan {
   int part = 0;                  // row width of user and item parts
   int start = 0;                 // first input column multiplied per candidate
   int x_cols = 0, x_stride = 0;  // multiplied columns, and the gather buffer's row stride
-  kernels::MlpLayerFunction f32_gemm = nullptr, bf16_gemm = nullptr;
+  kernels::MlpLayerFunction f32_gemm = nullptr, bf16_gemm = nullptr, int8_gemm = nullptr;
+  kernels::MlpQuantizeFunction int8_quantize = nullptr;
   kernels::MlpDotFunction f32_dot = nullptr;
   // rank's first pass under bfloat16: the first layer's per-candidate columns in bfloat16
   // too (the user and item parts stay float32). Its scores only choose the band.
@@ -221,6 +252,8 @@ struct MlpModel::CallPlan {
 struct MlpModel::Scratch {
   std::vector<float> x_f32, h_f32[2];
   std::vector<uint16_t> x_bf16, h_bf16[2];
+  std::vector<int16_t> h_int8;  // an int8 layer's quantized input
+  float int8_scale[kMlpBlockRows];
   std::vector<float> last;  // a final GEMM layer's float outputs
   int64_t rows[kMlpBlockRows];   // candidate positions of the block's rows
   int64_t users[kMlpBlockRows];  // and their users
@@ -246,6 +279,8 @@ MlpModel::CallPlan MlpModel::plan(const MlpCandidates& c, int threads, bool roug
   p.f32_dot = float32_dot();
   p.bf16_gemm =
       kernel_ == MlpKernel::Amx ? kernels::mlp_layer_amx() : kernels::mlp_layer_avx512bf16();
+  p.int8_gemm = int8_layer();
+  p.int8_quantize = int8_quantize();
   // Input columns: [user blocks | item blocks | candidate block]. Per candidate the kernel
   // multiplies the columns from `start` (after the item blocks when an item part covers
   // them).
@@ -279,14 +314,18 @@ MlpModel::CallPlan MlpModel::plan(const MlpCandidates& c, int threads, bool roug
 }
 
 void MlpModel::run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& s, int rows,
-                         bool bf16, float* out) const {
+                         bool reduced, float* out) const {
   const int count = layer_count();
+  const bool bf16 = reduced && precision_ == MlpPrecision::Bfloat16;
+  const bool int8 = reduced && precision_ == MlpPrecision::Int8;
   // Under bfloat16 the layers between the first and the last run on the bfloat16 kernel;
   // the first (raw features) and the last stay float32 (see recfuse/mlp.hpp), except that
   // rank's first pass (plan.first_bf16) runs the first layer's multiplied columns too.
+  // Under int8 the same middle layers quantize their float32 input and output float32.
   auto bf16_layer = [&](int l) {
     return bf16 && l < count - 1 && (l > 0 || plan.first_bf16);
   };
+  auto int8_layer = [&](int l) { return int8 && l > 0 && l < count - 1; };
   const size_t h_size = static_cast<size_t>(kMlpBlockRows) * std::max(max_padded_width_, 32);
   grow(s.x_f32, static_cast<size_t>(kMlpBlockRows) * plan.x_stride);
   grow(s.h_f32[0], h_size);
@@ -295,6 +334,7 @@ void MlpModel::run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& 
     grow(s.h_bf16[0], h_size);
     grow(s.h_bf16[1], h_size);
   }
+  if (int8) grow(s.h_int8, h_size);
   grow(s.last, static_cast<size_t>(kMlpBlockRows) * kMlpPanel);
   const int part = plan.part;
   for (int i = 0; i < rows; ++i) {
@@ -351,6 +391,24 @@ void MlpModel::run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& 
       g.add0 = s.bias_rows;
       g.add1 = nullptr;
     }
+    if (int8_layer(l)) {  // quantize the float32 input rows, then the integer products
+      const int ldq = round_up(p.in, 2);
+      plan.int8_quantize(static_cast<const float*>(A), lda, rows, p.in, s.h_int8.data(), ldq,
+                         s.int8_scale);
+      g.A = s.h_int8.data();
+      g.lda = ldq;
+      g.a_scale = s.int8_scale;
+      g.w_scale = p.int8_scale.data();
+      g.packed = p.int8.data();
+      g.panel_stride = static_cast<int64_t>(p.int8_pairs) * 2 * kMlpPanel;
+      g.ldc = p.panels * kMlpPanel;
+      g.c_bf16 = false;
+      g.C = s.h_f32[l % 2].data();
+      plan.int8_gemm(g);
+      A = g.C;
+      lda = g.ldc;
+      continue;
+    }
     const bool in_bf16 = bf16_layer(l);
     if (in_bf16) {
       g.packed = p.bf16.data() + static_cast<size_t>(l == 0 ? plan.start : 0) * kMlpPanel;
@@ -406,7 +464,7 @@ void prefetch_item_rows(const MlpCandidates& c, int part, int64_t begin, int64_t
 
 }  // namespace
 
-void MlpModel::score_all(const MlpCandidates& c, const CallPlan& plan, int threads, bool bf16,
+void MlpModel::score_all(const MlpCandidates& c, const CallPlan& plan, int threads, bool reduced,
                          float* out, const UserDone& user_done) const {
   const int64_t total = c.indptr[c.users];
   // With a user_done hook: candidates not yet scored per user; the thread that scores a
@@ -449,7 +507,7 @@ void MlpModel::score_all(const MlpCandidates& c, const CallPlan& plan, int threa
           s.rows[i] = r0 + i;
           s.users[i] = u;
         }
-        run_block(c, plan, s, rows, bf16, out + r0);
+        run_block(c, plan, s, rows, reduced, out + r0);
         if (!user_done) continue;
         const int64_t first = s.users[0], last_user = s.users[rows - 1];  // the hook reuses s
         for (u = first; u <= last_user; ++u) {
@@ -476,8 +534,8 @@ void MlpModel::score_candidates(const MlpCandidates& c, int num_threads, float* 
   check(c);
   if (c.indptr[c.users] == 0) return;
   const int threads = resolve_threads(num_threads);
-  const bool bf16 = precision_ == MlpPrecision::Bfloat16;
-  score_all(c, plan(c, threads, rough && bf16), threads, bf16, out);
+  const bool reduced = precision_ != MlpPrecision::Float32;
+  score_all(c, plan(c, threads, rough && reduced), threads, reduced, out);
 }
 
 namespace {
@@ -558,17 +616,17 @@ void MlpModel::rank(const MlpCandidates& c, int k, int num_threads, int64_t* ids
   expect(c.ids != nullptr, "rank needs candidate ids");
   const int64_t total = c.indptr[c.users];
   const int threads = resolve_threads(num_threads);
-  const bool bf16 = precision_ == MlpPrecision::Bfloat16;
+  const bool reduced = precision_ != MlpPrecision::Float32;
   for (int64_t u = 0; u < c.users; ++u) {  // padding; users with candidates fill theirs
     std::fill(ids + u * k, ids + (u + 1) * k, -1);
     std::fill(scores + u * k, scores + (u + 1) * k, -std::numeric_limits<float>::infinity());
   }
   if (total == 0) return;
-  const CallPlan call_plan = plan(c, threads, bf16);
-  // bfloat16: the rough scores that choose the band; float32: the scores.
+  const CallPlan call_plan = plan(c, threads, reduced);
+  // bfloat16 or int8: the rough scores that choose the band; float32: the scores.
   std::vector<float> all(static_cast<size_t>(total));
   // Each user is ranked by the thread that scores its last candidate.
-  score_all(c, call_plan, threads, bf16, all.data(), [&](int64_t u, Scratch& s) {
+  score_all(c, call_plan, threads, reduced, all.data(), [&](int64_t u, Scratch& s) {
     rank_user(c, call_plan, k, all.data(), u, s, ids + u * k, scores + u * k);
   });
 }
@@ -604,7 +662,7 @@ void MlpModel::rank_user(const MlpCandidates& c, const CallPlan& plan, int k, co
     }
     return;
   }
-  // Rescore a band of the best bfloat16 rows in float32, widening it until no row outside
+  // Rescore a band of the best rough (bfloat16 or int8) rows in float32, widening it until no row outside
   // can reach the float32 k-th score (see recfuse/mlp.hpp).
   int64_t want = std::max<int64_t>(2 * static_cast<int64_t>(k), kMlpRescoreMinBand);
   int64_t rescored = 0, found = 0;

@@ -9,11 +9,15 @@ namespace avx2 {
 MlpLayerFunction mlp_layer_float32() { return generic::mlp_layer_float32(); }
 MlpDotFunction mlp_dot_float32() { return generic::mlp_dot_float32(); }
 MlpAllFiniteFunction mlp_all_finite() { return generic::mlp_all_finite(); }
+MlpLayerFunction mlp_layer_int8() { return generic::mlp_layer_int8(); }
+MlpQuantizeFunction mlp_quantize_int8() { return generic::mlp_quantize_int8(); }
 }  // namespace avx2
 namespace avx512 {
 MlpLayerFunction mlp_layer_float32() { return generic::mlp_layer_float32(); }
 MlpDotFunction mlp_dot_float32() { return generic::mlp_dot_float32(); }
 MlpAllFiniteFunction mlp_all_finite() { return generic::mlp_all_finite(); }
+MlpLayerFunction mlp_layer_int8() { return generic::mlp_layer_int8(); }
+MlpQuantizeFunction mlp_quantize_int8() { return generic::mlp_quantize_int8(); }
 }  // namespace avx512
 MlpLayerFunction mlp_layer_avx512bf16() { return nullptr; }
 MlpLayerFunction mlp_layer_amx() { return nullptr; }

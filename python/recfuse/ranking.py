@@ -40,13 +40,23 @@ On the cpu backend it needs AVX512-BF16 (the "avx512bf16" kernel) or AMX (``kern
 never chosen by itself: it has not yet run on an AMX CPU); the numba and numpy backends
 emulate it (slowly). Expect scores within about 1e-3 of float32's, relative to their scale.
 
-``rank`` under bfloat16 returns float32's ranking on every backend: it scores every
-candidate in bfloat16, then rescores a band of each user's best candidates exactly in
+precision="int8" (also explicit) runs the same middle layers on int8 values: each weight
+row quantized once (symmetric, scale max |w| / 127), each candidate's input row of such a
+layer per call the same way, the products summed exactly, the sum scaled back to float32
+before the bias and activation (``reference.quantize_int8_rows``). On the cpu backend its
+kernel multiplies the int8 values as 16-bit pairs (AVX2's vpmaddwd: twice the float32 FMA's
+work per instruction; scalar code on CPUs without AVX2), so it runs on any x86-64 CPU of the
+last decade; the numba, numpy and cupy backends emulate it in float32, the cuda backend has
+no int8 kernel yet (an error says so). Expect scores within about 1e-2 of float32's,
+relative to their scale.
+
+``rank`` under bfloat16 or int8 returns float32's ranking on every backend: it scores every
+candidate in that precision, then rescores a band of each user's best candidates exactly in
 float32 and ranks the band by those scores, which it returns. The band holds max(2k, 16)
-candidates and doubles until the float32 k-th score beats the band's lowest bfloat16 score
-by more than 4 times the largest bfloat16 error seen in the band (or until it holds every
-candidate); so a candidate is missed only if its bfloat16 error is over 4 times any seen
-among the band's. On the cpu backend this first pass also runs the first layer's
+candidates and doubles until the float32 k-th score beats the band's lowest rough score
+by more than 4 times the largest rough-score error seen in the band (or until it holds every
+candidate); so a candidate is missed only if its error is over 4 times any seen
+among the band's. On the cpu backend the bfloat16 first pass also runs the first layer's
 per-candidate columns in bfloat16 (the user and prepared item parts stay float32).
 ``reference.mlp_rank_rescored`` states the rule.
 """
@@ -78,7 +88,7 @@ if TYPE_CHECKING:
     CandidateIds: TypeAlias = ArrayLike | tuple[ArrayLike, ArrayLike] | list[ArrayLike]
 
 ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "identity")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 class PreparedItems(NamedTuple):
@@ -105,9 +115,9 @@ class MLPScorer:
     layers : sequence of (W, b, activation)
         W (out, in), b (out,) or None, activation name; consecutive layers must chain
         (in of one = out of the previous) and the last must have out = 1.
-    precision : "float32" or "bfloat16"
+    precision : "float32", "bfloat16" or "int8" (see the module docstring)
     backend : "auto" or a backend name (see ``recfuse.backends()``)
-    kernel : "auto", or on the cpu backend "float32", "avx512bf16" or "amx", on the cuda
+    kernel : "auto", or on the cpu backend "float32", "avx512bf16", "amx" or "int8", on the cuda
         backend "fused" or "tiled" (see recfuse._mlp.cuda)
 
     ``layers`` holds the checked layers (float32 copies of the arrays given) as a tuple of

@@ -524,8 +524,12 @@ def bpr_sample_negatives(users, offsets, grid: int, seen: sp.csr_matrix, bin_ite
 # them costs the most accuracy for the least work) and the last (the score) stay float32.
 # "float32" computes in float64 from the float32 values.
 #
-# Ranking under bfloat16 (mlp_rank_rescored) chooses and orders candidates by float32
-# scores: per user, a band of the best candidates by bfloat16 score (repeated ids
+# precision="int8" quantizes the same middle layers (quantize_int8_rows): each weight row
+# once, each input row of such a layer per candidate; the layer's output is the exact
+# integer sum of products times (input row's scale x weight row's scale), plus the bias.
+#
+# Ranking under bfloat16 or int8 (mlp_rank_rescored) chooses and orders candidates by
+# float32 scores: per user, a band of the best candidates by bfloat16 score (repeated ids
 # included) is rescored in float32 and ranked by those scores (each id at its best). The
 # band starts at max(2k, 16) and doubles until it holds every candidate or the float32
 # k-th score beats the band's lowest bfloat16 score by more than MLP_RESCORE_MARGIN times
@@ -566,15 +570,45 @@ def round_to_bfloat16(x) -> np.ndarray:
     return np.where(np.isnan(x), np.float32(np.nan), out)
 
 
+INT8_ZERO_ROW = 2.0**-120  # below this largest magnitude a row quantizes to zeros
+
+
+def quantize_int8_rows(x, xp=np) -> tuple[np.ndarray, np.ndarray]:
+    """(q, scale): each row of the float32 matrix x in int8 values (as float32) and its
+    scale, so that x ≈ q * scale[:, None]. In float32: m = max |x|, q = rint(x * (127 / m))
+    (ties to even) clipped to [-127, 127], scale = m / 127. A row whose m is below
+    INT8_ZERO_ROW is zeros with scale 0; a row holding NaN or inf is zeros with scale NaN
+    (its outputs are NaN). ``xp``: the array module (NumPy, or CuPy for its backend)."""
+    x = xp.asarray(x, dtype=xp.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = xp.abs(x).max(axis=1) if x.shape[1] else xp.zeros(x.shape[0], xp.float32)
+        finite = xp.isfinite(x).all(axis=1)
+        scaled = finite & (m >= xp.float32(INT8_ZERO_ROW))
+        inverse = xp.float32(127) / xp.where(scaled, m, xp.float32(1))
+        q = xp.clip(xp.rint(x * inverse[:, None]), -127, 127).astype(xp.float32)
+        q[~scaled] = 0
+        scale = xp.where(scaled, m / xp.float32(127),
+                         xp.where(finite, xp.float32(0), xp.float32(xp.nan)))
+    return q, scale.astype(xp.float32)
+
+
 def mlp_forward(layers, X, precision: str = "float32") -> np.ndarray:
     """The model's outputs for the rows of X (n x in), in float64: (n, out_last)."""
     h = np.asarray(X, dtype=np.float64)
     for position, (W, b, activation) in enumerate(layers):
         W = np.asarray(W, dtype=np.float32)
-        if precision == "bfloat16" and 0 < position < len(layers) - 1:
+        middle = 0 < position < len(layers) - 1
+        if precision == "bfloat16" and middle:
             W = round_to_bfloat16(W)
             h = round_to_bfloat16(h.astype(np.float32))
-        z = np.asarray(h, np.float64) @ W.astype(np.float64).T
+        if precision == "int8" and middle:
+            q, scale = quantize_int8_rows(h.astype(np.float32))
+            q_w, scale_w = quantize_int8_rows(W)
+            with np.errstate(invalid="ignore"):  # NaN rows: NaN outputs
+                z = (q.astype(np.float64) @ q_w.astype(np.float64).T) * (
+                    scale[:, None] * scale_w[None, :]).astype(np.float64)
+        else:
+            z = np.asarray(h, np.float64) @ W.astype(np.float64).T
         if b is not None:
             z = z + np.asarray(b, np.float32).astype(np.float64)
         h = mlp_activation(activation, z)
@@ -636,8 +670,8 @@ def first_occurrences(ids: np.ndarray) -> np.ndarray:
 
 
 def mlp_rank_rescored(indptr, candidate_ids, rough, exact, k: int):
-    """(ids int64 users x k, scores float64 users x k): the bfloat16 ranking rule (see
-    above). ``rough``: every candidate's bfloat16 score; ``exact(positions)``: the float32
+    """(ids int64 users x k, scores float64 users x k): the bfloat16 and int8 ranking rule
+    (see above). ``rough``: every candidate's bfloat16 (int8) score; ``exact(positions)``: the float32
     scores of the candidates at those positions (of the flat candidate list)."""
     indptr = np.asarray(indptr, dtype=np.int64)
     ids_all = np.asarray(candidate_ids, dtype=np.int64)

@@ -20,13 +20,22 @@
 // layer and the last stay float32 (rounding raw features costs the most accuracy for the
 // least work, and the last layer is a dot product).
 //
-// rank under bfloat16 scores every candidate in a rougher pass (on the AVX512-BF16 kernel
-// the first layer's per-candidate columns in bfloat16 too), then rescores a band of each user's best
-// candidates exactly in float32 and ranks those by their float32 scores
+// Under int8 the same middle layers run on integers: each weight row (output column j) is
+// quantized symmetrically once, s_j = max_k |W[j][k]| / 127, q = rint(W[j][k] · 127 / max),
+// and each candidate's input row of such a layer per call, the same way (a row holding NaN
+// or inf gets scale NaN, so its score is NaN); the products are summed exactly in int32
+// and the layer's output is float(Σ q_x q_w) · (s_x · s_j) + bias, activated, in float32
+// (recfuse.reference.quantize_int8_rows states the rule). The AVX2 kernel multiplies the
+// int8 values as 16-bit pairs (vpmaddwd: 16 products and 8 sums an instruction, twice the
+// float32 FMA's work); other CPUs run a scalar kernel.
+//
+// rank under bfloat16 or int8 scores every candidate in a rougher pass (on the AVX512-BF16
+// kernel the first layer's per-candidate columns in bfloat16 too), then rescores a band of
+// each user's best candidates exactly in float32 and ranks those by their float32 scores
 // (recfuse.reference.mlp_rank_rescored, with the rough pass's scores): the band starts at
 // max(2k, 16) candidates (repeated ids included) and doubles until the float32 k-th score
-// beats the band's lowest bfloat16 score by more than kMlpRescoreMargin times the largest
-// bfloat16 error seen in the band (or the band holds every candidate).
+// beats the band's lowest rough score by more than kMlpRescoreMargin times the largest
+// rough-pass error seen in the band (or the band holds every candidate).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -37,14 +46,15 @@
 namespace recfuse {
 
 enum class MlpActivation : int { Identity = 0, Relu = 1, Gelu = 2, Sigmoid = 3, Tanh = 4 };
-enum class MlpPrecision : int { Float32 = 0, Bfloat16 = 1 };
-// Which kernels compute the layers. Float32 uses the runtime SIMD level (simd_level()).
-enum class MlpKernel : int { Float32 = 0, Avx512Bf16 = 1, Amx = 2 };
+enum class MlpPrecision : int { Float32 = 0, Bfloat16 = 1, Int8 = 2 };
+// Which kernels compute the layers. Float32 and Int8 use the runtime SIMD level
+// (simd_level(): the int8 kernel is AVX2's from that level up, scalar below).
+enum class MlpKernel : int { Float32 = 0, Avx512Bf16 = 1, Amx = 2, Int8 = 3 };
 
 constexpr int kMlpPanel = 32;       // output columns per packed weight panel
 constexpr int kMlpBlockRows = 64;   // candidates per block (a multiple of 32: AMX tiles)
-constexpr int kMlpRescoreMinBand = 16;    // bfloat16 rank: the first band, at least
-constexpr double kMlpRescoreMargin = 4.0; // bfloat16 rank: safety factor on the seen error
+constexpr int kMlpRescoreMinBand = 16;    // bfloat16/int8 rank: the first band, at least
+constexpr double kMlpRescoreMargin = 4.0; // bfloat16/int8 rank: safety factor on the seen error
 
 // The activation of a name (inline: the CUDA module, which does not link the CPU library,
 // parses layers too).
@@ -117,7 +127,7 @@ class MlpModel {
                         bool rough = false) const;
   // Per user, the k best candidates (score descending, ties by smaller id, each id once at
   // its best score, NaN and -inf dropped), padded with -1 / -inf: ids and scores are
-  // users x k. Under bfloat16 the candidates are chosen and ordered by float32 scores of a
+  // users x k. Under bfloat16 and int8 the candidates are chosen and ordered by float32 scores of a
   // rescored band (see above), and the scores returned are float32's.
   void rank(const MlpCandidates& candidates, int k, int num_threads, int64_t* ids,
             float* scores) const;
@@ -134,6 +144,9 @@ class MlpModel {
     std::vector<float> f32;         // panel p, row k, column j: (p * in + k) * kMlpPanel + j
     int bf16_pairs = 0;             // pair rows per bfloat16 panel (zero padded)
     std::vector<uint16_t> bf16;     // ((p * bf16_pairs + k / 2) * kMlpPanel + j) * 2 + k % 2
+    int int8_pairs = 0;             // pair rows per int8 panel ((in + 1) / 2)
+    std::vector<int16_t> int8;      // int8 values as int16, laid out as bf16
+    std::vector<float> int8_scale;  // per output column (panels * kMlpPanel; 0 beyond out)
     std::vector<float> first_t;     // layer 0 only: Wᵀ (in x panels * kMlpPanel) for user parts
     std::vector<float> dot;         // a final layer with one output: its weights
   };
@@ -142,12 +155,13 @@ class MlpModel {
   void check(const MlpCandidates& candidates) const;
   CallPlan plan(const MlpCandidates& candidates, int threads, bool rough) const;
   // Scores the rows s.rows[0..count) (candidate positions, of users s.users[..]) into out.
+  // reduced: the middle layers in the model's precision (bfloat16 or int8), else float32.
   void run_block(const MlpCandidates& c, const CallPlan& plan, Scratch& s, int count,
-                 bool bf16, float* out) const;
+                 bool reduced, float* out) const;
   // Called once per user with candidates, by the thread that scored its last one.
   using UserDone = std::function<void(int64_t user, Scratch& scratch)>;
   // out[i]: the score of candidate i, every candidate, blocks spread over threads.
-  void score_all(const MlpCandidates& c, const CallPlan& plan, int threads, bool bf16,
+  void score_all(const MlpCandidates& c, const CallPlan& plan, int threads, bool reduced,
                  float* out, const UserDone& user_done = nullptr) const;
   // Float32 scores of candidates rows[0..count) of user u (the thread's own buffers when s
   // is null).

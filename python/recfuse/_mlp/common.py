@@ -31,7 +31,8 @@ def _ieee(function):
 
 class Model(NamedTuple):
     layers: list          # (W (out, in), b (out,), activation) as xp float32 arrays
-    rounded: list         # W, rounded to bfloat16 (as float32) in the middle layers under bf16
+    rounded: list         # W as multiplied: in the middle layers bfloat16-rounded, or int8 values
+    scales: list          # int8: the middle layers' weight-row scales (None elsewhere)
     precision: str
     xp: object
 
@@ -39,15 +40,32 @@ class Model(NamedTuple):
 def prepare(xp, layers, precision: str) -> Model:
     host = [(W, np.zeros(W.shape[0], np.float32) if b is None else b, a) for W, b, a in layers]
     moved = [(xp.asarray(W), xp.asarray(b), a) for W, b, a in host]
-    middle = range(1, len(host) - 1) if precision == "bfloat16" else range(0)
-    rounded = [xp.asarray(reference.round_to_bfloat16(W)) if i in middle else xp.asarray(W)
-               for i, (W, _, _) in enumerate(host)]
-    return Model(moved, rounded, precision, xp)
+    rounded, scales = [], []
+    for position, (W, _, _) in enumerate(host):
+        scale = None
+        if 0 < position < len(host) - 1 and precision == "bfloat16":
+            W = reference.round_to_bfloat16(W)
+        elif 0 < position < len(host) - 1 and precision == "int8":
+            W, scale = reference.quantize_int8_rows(W)
+        rounded.append(xp.asarray(W))
+        scales.append(None if scale is None else xp.asarray(scale))
+    return Model(moved, rounded, scales, precision, xp)
 
 
 def part_width(model: Model) -> int:
     out = model.layers[0][0].shape[0]
     return -(-out // PANEL) * PANEL
+
+
+def _dense(model: Model, h, layer: int):
+    """Layer ``layer``'s sums (before its activation) for the rows h, in the model's
+    precision (reference.mlp_forward)."""
+    b = model.layers[layer][1]
+    scale_w = model.scales[layer]
+    if scale_w is None:
+        return _round(model, h, layer) @ model.rounded[layer].T + b
+    q, scale = reference.quantize_int8_rows(h, model.xp)  # int8: exact integer sums
+    return (q @ model.rounded[layer].T) * (scale[:, None] * scale_w[None, :]) + b
 
 
 def _round(model: Model, x, layer: int):
@@ -82,8 +100,7 @@ def _rest(model: Model, z, first: int = 0):
     xp = model.xp
     h = _activate(xp, model.layers[first][2], z)
     for layer in range(first + 1, len(model.layers)):
-        _, b, activation = model.layers[layer]
-        h = _activate(xp, activation, _round(model, h, layer) @ model.rounded[layer].T + b)
+        h = _activate(xp, model.layers[layer][2], _dense(model, h, layer))
     return h[:, 0]
 
 
@@ -150,19 +167,20 @@ def rank_scores(indptr, ids, scores, k: int):
 
 
 def float32_twin(model: Model) -> Model:
-    """The float32 model of the same weights (what bfloat16 ranking rescores with)."""
-    return model._replace(rounded=[W for W, _, _ in model.layers], precision="float32")
+    """The float32 model of the same weights (what bfloat16 and int8 ranking rescore with)."""
+    return model._replace(rounded=[W for W, _, _ in model.layers],
+                          scales=[None] * len(model.layers), precision="float32")
 
 
 def rank_candidates(call: Candidates, scores, k: int, precision: str, score_float32):
     """Per-user top-k of a call whose scores (host, in ``precision``) are given: a full sort
-    in float32; under bfloat16 the reference's rescoring rule (``reference.mlp_rank_rescored``)
+    in float32; under bfloat16 and int8 the reference's rescoring rule (``reference.mlp_rank_rescored``)
     with every user's band rescored in one call per round: ``score_float32(sub_call)`` gives
     the float32 scores (host) of a sub-call of several users (one call per user cost a device
     round trip each). A round's bookkeeping is vectorised over its users: 64 users x 1,000
     candidates took 7-15 ms of host time per call when each user's candidates were fully
     sorted and checked in a Python loop, against 0.44 ms for the device's bfloat16 pass."""
-    if precision != "bfloat16":
+    if precision == "float32":
         return rank_scores(call.indptr, call.ids, scores, k)
     indptr = np.asarray(call.indptr, dtype=np.int64)
     ids_all = np.asarray(call.ids, dtype=np.int64)

@@ -1,5 +1,5 @@
 """The native CPU MLP backend: recfuse._core.MlpModel (C++17, OpenMP, runtime SIMD level;
-AVX512-BF16 or AMX kernels for bfloat16)."""
+AVX512-BF16 or AMX kernels for bfloat16; the int8 kernel on AVX2, scalar below it)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ NAME = "cpu"
 
 def prepare(layers, precision: str, kernel: str = "auto"):
     if kernel == "auto":
-        kernel = "float32" if precision == "float32" else "avx512bf16"
+        kernel = {"float32": "float32", "bfloat16": "avx512bf16", "int8": "int8"}[precision]
         # AMX is never picked by itself: that kernel has not yet run on an AMX CPU.
     supported = {name: (ok, why) for name, ok, why in _core.mlp_kernels()}
     if precision == "bfloat16" and kernel == "avx512bf16" and not supported[kernel][0]:

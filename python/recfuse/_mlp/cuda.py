@@ -62,6 +62,10 @@ def prepare(layers, precision: str, kernel: str = "auto"):
     if kernel not in KERNELS:
         raise ValueError(f"the cuda backend's kernel must be one of {KERNELS}, got "
                          f"kernel={kernel!r}")
+    if precision == "int8":
+        raise ValueError("precision='int8' has no CUDA kernel yet: use backend='cpu' (or "
+                         "'cupy', int8 emulated in float32 on the device), or precision "
+                         "'float32' / 'bfloat16' on the cuda backend")
     weights = [W for W, _, _ in layers]
     biases = [b for _, b, _ in layers]
     activations = [a for _, _, a in layers]

@@ -40,17 +40,51 @@ def activate(h, code):
 
 
 @numba.njit(cache=True)
-def layers_after_first(z, rest_t, rest_bias, codes, bf16):
-    """Activate the first layer's sums z and run the later layers (one block); under
-    bfloat16 the inputs of the middle layers are rounded."""
+def quantize_int8(h):
+    """(q, scale): reference.quantize_int8_rows of the rows of h (float32)."""
+    n, K = h.shape
+    q = np.zeros((n, K), np.float32)
+    scale = np.zeros(n, np.float32)
+    for i in range(n):
+        m = np.float32(0.0)
+        finite = True
+        for k in range(K):
+            x = h[i, k]
+            finite = finite and np.isfinite(x)
+            if abs(x) > m:
+                m = abs(x)
+        if not finite:
+            scale[i] = np.nan
+        elif m >= np.float32(2.0**-120):
+            inverse = np.float32(127.0) / m
+            for k in range(K):
+                q[i, k] = min(max(np.rint(h[i, k] * inverse), np.float32(-127.0)),
+                              np.float32(127.0))
+            scale[i] = m / np.float32(127.0)
+    return q, scale
+
+
+@numba.njit(cache=True)
+def layers_after_first(z, rest_t, rest_bias, rest_scale, codes, mode):
+    """Activate the first layer's sums z and run the later layers (one block); the middle
+    layers' inputs are rounded to bfloat16 (mode 1) or quantized to int8 (mode 2)."""
     activate(z, codes[0])
     h = z
     for layer in range(len(rest_t)):
-        if bf16 and layer < len(rest_t) - 1:
+        middle = layer < len(rest_t) - 1
+        if mode == 1 and middle:
             round_bf16(h)
-        h2 = np.dot(h, rest_t[layer])
-        for i in range(h2.shape[0]):
-            h2[i] += rest_bias[layer]
+        if mode == 2 and middle:
+            q, scale = quantize_int8(h)
+            h2 = np.dot(q, rest_t[layer])
+            scale_w = rest_scale[layer]
+            for i in range(h2.shape[0]):
+                for j in range(h2.shape[1]):
+                    h2[i, j] = h2[i, j] * (scale[i] * scale_w[j]) + rest_bias[layer][j]
+        else:
+            h2 = np.dot(h, rest_t[layer])
+            for i in range(h2.shape[0]):
+                h2[i] += rest_bias[layer]
         activate(h2, codes[layer + 1])
         h = h2
     return h[:, 0].copy()
@@ -60,7 +94,7 @@ def layers_after_first(z, rest_t, rest_bias, codes, bf16):
 # top-k kernels do
 @numba.njit(parallel=True, nogil=True, cache=True)
 def forward(row_user, ids, user_part, item_part, use_item_part, item_blocks, n_item_blocks,
-            cand, cand_width, W0, rest_t, rest_bias, codes, bf16, out):
+            cand, cand_width, W0, rest_t, rest_bias, rest_scale, codes, mode, out):
     total = row_user.size
     blocks = (total + 63) // 64
     K0 = W0.shape[0]
@@ -88,4 +122,4 @@ def forward(row_user, ids, user_part, item_part, use_item_part, item_blocks, n_i
                 z[i, j] += user_part[row_user[r0 + i], j]
                 if use_item_part:
                     z[i, j] += item_part[ids[r0 + i], j]
-        out[r0:r0 + n] = layers_after_first(z, rest_t, rest_bias, codes, bf16)
+        out[r0:r0 + n] = layers_after_first(z, rest_t, rest_bias, rest_scale, codes, mode)
