@@ -7,9 +7,9 @@ candidates. Cases: 1 user x 1,000 candidates and 64 users x 1,000 candidates.
 Each row is one way to get the scores of the case, timed as p50 over repeats (rounds
 interleave the methods so drift hits them alike):
 
-- recfuse f32 / bf16, gather: ``MLPScorer.score_candidates(users, ids, item_table,
+- recfuse f32 / bf16 / int8, gather: ``MLPScorer.score_candidates(users, ids, item_table,
   candidate_features=...)``: gather by id, every layer, in one native call;
-- recfuse f32 / bf16, prepared: the same with ``prepare_items`` done once at load (the first
+- recfuse f32 / bf16 / int8, prepared: the same with ``prepare_items`` done once at load (the first
   layer's item columns precomputed per item), so per candidate only the 32 feature columns
   of the first layer are multiplied;
 - recfuse rank: the prepared call with the top-10 per user fused in;
@@ -23,11 +23,12 @@ interleave the methods so drift hits them alike):
 All peers use the same thread count (``RECFUSE_BENCH_THREADS``, default 2; torch through
 ``torch.set_num_threads``, under ``torch.inference_mode``). GFLOP/s counts the full model's
 flops per candidate (2·(160·256 + 256·128 + 128·64 + 64)), whatever a method skips; the
-machine's float32 GEMM rate is NumPy's (OpenBLAS) on 2048³ in the same run. bf16 agreement:
-the share of the 64 users whose bf16 top-10 list (``rank``, which rescores a band in float32)
-equals float32's, where two items whose float32 scores lie within 1e-3 count as a tie (either
-order, or either one, is equal); beside it, the same share for the top 10 of the bf16 scores
-alone (``score_candidates``, no rescoring).
+machine's float32 GEMM rate is NumPy's (OpenBLAS) on 2048³ in the same run. bf16 (int8)
+agreement: the share of the 64 users whose bf16 (int8) top-10 list (``rank``, which rescores
+a band in float32) equals float32's, where two items whose float32 scores lie within 1e-3
+count as a tie (either order, or either one, is equal); beside it, the same share for the
+top 10 of the bf16 (int8) scores alone (``score_candidates``, no rescoring). bf16 rows need
+AVX512-BF16 or AMX; int8 runs on any CPU (AVX2 kernel, scalar without AVX2).
 
     python bench/bench_mlp.py            # about a minute
 """
@@ -143,12 +144,13 @@ def main(argv=None) -> int:
     items = rng.standard_normal((ITEMS, DIM)).astype(np.float32)
     f32 = recfuse.MLPScorer(layers, precision="float32", backend="cpu")
     prepared32 = f32.prepare_items(items, item_column=DIM)
-    try:  # bfloat16 needs AVX512-BF16 or AMX on the cpu backend
-        bf16 = recfuse.MLPScorer(layers, precision="bfloat16", backend="cpu")
-        prepared16 = bf16.prepare_items(items, item_column=DIM)
-    except ValueError as error:
-        bf16 = prepared16 = None
-        print(f"bfloat16 rows skipped: {error}", file=sys.stderr)
+    reduced = {}  # short name: (scorer, its prepared items)
+    for short, precision in (("bf16", "bfloat16"), ("int8", "int8")):
+        try:  # bfloat16 needs AVX512-BF16 or AMX on the cpu backend
+            model = recfuse.MLPScorer(layers, precision=precision, backend="cpu")
+            reduced[short] = (model, model.prepare_items(items, item_column=DIM))
+        except ValueError as error:
+            print(f"{precision} rows skipped: {error}", file=sys.stderr)
 
     peers = {}
     try:
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
         print("onnxruntime not installed: ONNX Runtime rows skipped", file=sys.stderr)
 
     rows = []
-    agreement_share = rough_share = None
+    agreements = {}  # short name: (rank's share, the rough scores' share)
     for users in (1, 64):
         U = rng.standard_normal((users, DIM)).astype(np.float32)
         ids = rng.integers(0, ITEMS, (users, CANDIDATES))
@@ -183,13 +185,15 @@ def main(argv=None) -> int:
             "recfuse f32 prepared": lambda: f32.score_candidates(U, ids, prepared32, candidate_features=features),
             "recfuse f32 prepared + rank10": lambda: f32.rank(U, ids, prepared32, candidate_features=features, k=10),
         }
-        if bf16 is not None:
-            methods["recfuse bf16 gather"] = lambda: bf16.score_candidates(
-                U, ids, items, candidate_features=features)
-            methods["recfuse bf16 prepared"] = lambda: bf16.score_candidates(
-                U, ids, prepared16, candidate_features=features)
-            methods["recfuse bf16 prepared + rank10"] = lambda: bf16.rank(
-                U, ids, prepared16, candidate_features=features, k=10)
+        for short, (model, prepared) in reduced.items():
+            methods[f"recfuse {short} gather"] = (lambda model=model: model.score_candidates(
+                U, ids, items, candidate_features=features))
+            methods[f"recfuse {short} prepared"] = (
+                lambda model=model, prepared=prepared: model.score_candidates(
+                    U, ids, prepared, candidate_features=features))
+            methods[f"recfuse {short} prepared + rank10"] = (
+                lambda model=model, prepared=prepared: model.rank(
+                    U, ids, prepared, candidate_features=features, k=10))
         if torch is not None:
             X_t, U_t, ids_t, F_t = (torch.from_numpy(X), torch.from_numpy(U),
                                     torch.from_numpy(ids.ravel()), torch.from_numpy(features))
@@ -216,7 +220,7 @@ def main(argv=None) -> int:
             np.testing.assert_allclose(torch_gather().numpy()[:, 0], reference, atol=1e-5)
         if session is not None:
             np.testing.assert_allclose(methods["onnxruntime"]()[0][:, 0], reference, atol=1e-5)
-        # recfuse's own timed float32 paths too (bfloat16 is judged by the agreement below)
+        # recfuse's own timed float32 paths too (bf16 and int8 are judged by the agreement below)
         np.testing.assert_allclose(methods["recfuse f32 prepared"]().ravel(), reference, atol=1e-5)
         best = np.full((users, ITEMS), -np.inf, np.float32)  # an id's best score (rank's rule)
         np.maximum.at(best, (np.repeat(np.arange(users), CANDIDATES), ids.ravel()), reference)
@@ -240,16 +244,17 @@ def main(argv=None) -> int:
             rows.append(dict(case=f"{users} x {CANDIDATES}", method=name, p50_ms=p50 * 1e3,
                              gflops=flops / p50 / 1e9, vs_onnxruntime=(base / p50) if base else None,
                              samples=len(times[name])))
-        if users == 64 and bf16 is not None:
-            top32, _ = f32.rank(U, ids, prepared32, candidate_features=features, k=10)
-            top16, _ = bf16.rank(U, ids, prepared16, candidate_features=features, k=10)
+        top32, _ = f32.rank(U, ids, prepared32, candidate_features=features, k=10)
+        for short, (model, prepared) in reduced.items():
+            if users != 64:
+                continue
+            top, _ = model.rank(U, ids, prepared, candidate_features=features, k=10)
             # an id repeated among a user's candidates (about 5 per 1,000 here) counts at its
-            # best score, as rank keeps it; a plain assignment kept the last repeat's score
-            full = best
-            agreement_share = agreement(top32, full, top16)
-            rough = bf16.score_candidates(U, ids, prepared16, candidate_features=features)
+            # best score, as rank keeps it (`best`); a plain assignment kept the last repeat's
+            rough = model.score_candidates(U, ids, prepared, candidate_features=features)
             order = np.lexsort((ids, -rough), axis=1)[:, :10]  # score, then smaller id
-            rough_share = agreement(top32, full, np.take_along_axis(ids, order, 1))
+            agreements[short] = (agreement(top32, best, top),
+                                 agreement(top32, best, np.take_along_axis(ids, order, 1)))
 
     rate = gemm_rate()
     load = os.getloadavg()
@@ -260,14 +265,17 @@ def main(argv=None) -> int:
     for row in rows:
         ratio = f"{row['vs_onnxruntime']:.2f}" if row["vs_onnxruntime"] else "-"
         print(f"| {row['case']} | {row['method']} | {row['p50_ms']:.3f} | {row['gflops']:.0f} | {ratio} |")
-    if agreement_share is not None:
-        print(f"bf16 top-10 equal to float32's (ties within 1e-3): {100 * agreement_share:.1f}% "
-              f"of 64 users (bf16 scores alone, no rescoring: {100 * rough_share:.1f}%)")
-    report = dict(rows=rows, bf16_top10_agreement=agreement_share,
-                  bf16_scores_alone_top10_agreement=rough_share, gemm_gflops=rate,
+    for short, (ranked, alone) in agreements.items():
+        print(f"{short} top-10 equal to float32's (ties within 1e-3): {100 * ranked:.1f}% "
+              f"of 64 users ({short} scores alone, no rescoring: {100 * alone:.1f}%)")
+    report = dict(rows=rows, gemm_gflops=rate, **{
+                  f"{short}_top10_agreement": ranked for short, (ranked, _) in agreements.items()},
+                  **{f"{short}_scores_alone_top10_agreement": alone
+                     for short, (_, alone) in agreements.items()},
                   threads=THREADS, load_average=load, versions=dict(
                       recfuse=recfuse.__version__, numpy=np.__version__, python=platform.python_version(),
-                      **peers), kernels=dict(f32=f32.kernel, bf16=bf16.kernel if bf16 is not None else None))
+                      **peers), kernels=dict(f32=f32.kernel, **{
+                      short: model.kernel for short, (model, _) in reduced.items()}))
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as handle:
         json.dump(report, handle, indent=2)

@@ -172,6 +172,9 @@ MlpModel::MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision,
                      k % 2] = to_bfloat16(w(q * kMlpPanel + j, k));
       }
       if (int8 && l > 0 && l < count - 1) {  // each output column's weights: one int8 row
+        expect(static_cast<int64_t>(layer.in) * 127 * 127 <= INT32_MAX,
+               name + " has " + std::to_string(layer.in) +
+                   " inputs: int8 layers take at most 133144 (their sums must fit int32)");
         p.int8_pairs = (layer.in + 1) / 2;
         p.int8.assign(static_cast<size_t>(p.panels) * p.int8_pairs * 2 * kMlpPanel, 0);
         p.int8_scale.assign(width, 0.0f);

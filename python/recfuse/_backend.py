@@ -112,11 +112,12 @@ def _check_family(family: str) -> None:
 
 
 def resolve_backend(backend: str = "auto", family: str = "als",
-                    needs: str | None = None) -> ModuleType:
+                    needs: str | None = None, precision: str | None = None) -> ModuleType:
     """Return the module of ``family`` for ``backend`` ("auto" or one of ``BACKEND_NAMES``).
 
     ``needs``: the name of a function the caller will use; "auto" passes over modules that
-    do not define it. ``backend="auto"`` takes ``RECFUSE_BACKEND`` when it is set, as if given
+    do not define it. ``precision``: "auto" also passes over modules whose ``PRECISIONS``
+    (where a module declares them) lack it; an explicit backend's own code refuses it. ``backend="auto"`` takes ``RECFUSE_BACKEND`` when it is set, as if given
     by name (its errors then name the variable: the caller passed no backend). An explicit
     backend that is not available, or lacks ``needs``, raises ``RuntimeError`` with the
     reason.
@@ -131,7 +132,8 @@ def resolve_backend(backend: str = "auto", family: str = "als",
     if backend == "auto":
         for name in AUTO_ORDER:
             module, _ = _probe(name, family)
-            if module is not None and (needs is None or hasattr(module, needs)):
+            if module is not None and (needs is None or hasattr(module, needs)) and (
+                    precision is None or precision in getattr(module, "PRECISIONS", (precision,))):
                 return module
         raise RuntimeError("no recfuse backend is available")  # numpy always is
     module, info = _probe(backend, family)

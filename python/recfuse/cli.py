@@ -974,7 +974,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ranker", default=None,
                        help="a ranker file (MLPScorer.save, or an .onnx chain): recalled "
                             "candidates are ranked by it; /reload reloads it with the model")
-    serve.add_argument("--ranker-precision", choices=("float32", "bfloat16"), default="float32",
+    serve.add_argument("--ranker-precision", choices=("float32", "bfloat16", "int8"),
+                       default="float32",
                        help="the ranker's arithmetic; bfloat16 needs a CPU with avx512_bf16 "
                             "(default %(default)s)")
     serve.add_argument("--candidates", type=_count, default=200,

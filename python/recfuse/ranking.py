@@ -44,11 +44,16 @@ precision="int8" (also explicit) runs the same middle layers on int8 values: eac
 row quantized once (symmetric, scale max |w| / 127), each candidate's input row of such a
 layer per call the same way, the products summed exactly, the sum scaled back to float32
 before the bias and activation (``reference.quantize_int8_rows``). On the cpu backend its
-kernel multiplies the int8 values as 16-bit pairs (AVX2's vpmaddwd: twice the float32 FMA's
-work per instruction; scalar code on CPUs without AVX2), so it runs on any x86-64 CPU of the
-last decade; the numba, numpy and cupy backends emulate it in float32, the cuda backend has
-no int8 kernel yet (an error says so). Expect scores within about 1e-2 of float32's,
-relative to their scale.
+kernel multiplies the int8 values as 16-bit pairs (AVX2's vpmaddwd, 16 multiply-adds an
+instruction against the float32 FMA's 8; scalar code on CPUs without AVX2). Whether that is
+faster depends on the CPU: on a Zen 3, which issues one such instruction a cycle and two
+FMAs, int8 runs at float32's speed (bench/README.md, "int8 MLP layers"). The numba, numpy
+and cupy backends emulate it in float32; the cuda backend has no int8 kernel yet (an error
+says so; backend="auto" passes over it). A middle layer takes at most 133,144 inputs (its
+integer sums fit 32 bits). A candidate whose middle-layer input holds inf or NaN (a
+first-layer overflow, or a non-finite item row) scores NaN, which ``rank`` drops, where
+float32 may give it a number. Expect scores within about 1e-2 of float32's, relative to
+their scale.
 
 ``rank`` under bfloat16 or int8 returns float32's ranking on every backend: it scores every
 candidate in that precision, then rescores a band of each user's best candidates exactly in
@@ -139,9 +144,18 @@ class MLPScorer:
                  backend: str = "auto", kernel: str = "auto") -> None:
         self.precision = check.check_choice(precision, "precision", PRECISIONS)
         checked = _check_layers(layers)
+        if self.precision == "int8":
+            from .reference import INT8_MAX_INPUTS
+
+            for position, (W, _, _) in enumerate(checked[1:-1], start=1):
+                if W.shape[1] > INT8_MAX_INPUTS:
+                    raise ValueError(
+                        f"precision='int8' takes at most {INT8_MAX_INPUTS} inputs per middle "
+                        f"layer (its integer sums must fit 32 bits); layer {position} has "
+                        f"{W.shape[1]}")
         if not isinstance(kernel, str):
             raise TypeError(f"kernel must be a string, got {type(kernel).__name__}")
-        self._module = resolve_backend(backend, "mlp")
+        self._module = resolve_backend(backend, "mlp", precision=self.precision)
         self._model = self._module.prepare(checked, self.precision, kernel)
         # Read-only views of the weights packed above: writing to them in place raises
         # instead of leaving the scores (and the cpu backend's packed copy) behind.

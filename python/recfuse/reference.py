@@ -571,6 +571,7 @@ def round_to_bfloat16(x) -> np.ndarray:
 
 
 INT8_ZERO_ROW = 2.0**-120  # below this largest magnitude a row quantizes to zeros
+INT8_MAX_INPUTS = (2**31 - 1) // 127**2  # 133,144: an int8 layer's exact sum fits int32
 
 
 def quantize_int8_rows(x, xp=np) -> tuple[np.ndarray, np.ndarray]:

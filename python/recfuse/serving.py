@@ -1026,30 +1026,27 @@ class Recommender:
         if not flat.size or flat.max() < n:
             return ranker.rank(users, (indptr, flat), model.prepared, user_features=contexts,
                                k=keep, num_threads=threads)
-        # added items have no prepared rows: each table scored on its own, sorted here
+        # Added items have no prepared rows: each table ranked on its own, the two lists
+        # merged (the best `keep` of the union are among each table's best `keep`). rank, not
+        # score_candidates and a sort: under bfloat16 and int8 rank returns float32's ranking.
         rows = np.repeat(np.arange(ids.shape[0]), np.diff(indptr))
         base = flat < n
-        scores = np.empty(flat.size, dtype=np.float32)
         added = np.unique(flat[~base])  # their vectors gathered into a table of their own
-        for part, table, table_rows in ((base, model.prepared, flat[base]),
-                                        (~base, extra.vectors(added),
-                                         np.searchsorted(added, flat[~base]))):
+        lists = []
+        for part, table, table_rows, id_of in (
+                (base, model.prepared, flat[base], None),
+                (~base, extra.vectors(added), np.searchsorted(added, flat[~base]), added)):
             part_indptr = np.zeros_like(indptr)
             np.cumsum(np.bincount(rows[part], minlength=ids.shape[0]), out=part_indptr[1:])
-            scores[part] = ranker.score_candidates(users, (part_indptr, table_rows), table,
-                                                   user_features=contexts,
-                                                   num_threads=threads)
-        grid = np.full(ids.shape, np.nan, dtype=np.float32)
-        grid[valid] = scores
-        usable = ~np.isnan(grid)
-        order = np.lexsort((ids, np.where(usable, -grid, np.inf)), axis=-1)[:, :keep]
-        usable = np.take_along_axis(usable, order, axis=1)
-        ranked_ids = np.where(usable, np.take_along_axis(ids, order, axis=1), -1)
-        ranked = np.where(usable, np.take_along_axis(grid, order, axis=1), -np.inf)
-        if ranked_ids.shape[1] < keep:
-            pad = keep - ranked_ids.shape[1]
-            ranked_ids = np.pad(ranked_ids, ((0, 0), (0, pad)), constant_values=-1)
-            ranked = np.pad(ranked, ((0, 0), (0, pad)), constant_values=-np.inf)
+            part_ids, part_scores = ranker.rank(users, (part_indptr, table_rows), table,
+                                                user_features=contexts, k=keep,
+                                                num_threads=threads)
+            if id_of is not None:  # rows of the added table back to item ids
+                part_ids = np.where(part_ids >= 0, id_of[np.maximum(part_ids, 0)], -1)
+            lists.append((part_ids, part_scores))
+        ranked_ids, ranked = by_score_then_id(np.concatenate([lists[0][0], lists[1][0]], axis=1),
+                                              np.concatenate([lists[0][1], lists[1][1]], axis=1),
+                                              keep)
         return ranked_ids, ranked.astype(np.float32)
 
     def _rerank(self, model: _Model, extra: _NewItems | None, item_ids: np.ndarray,

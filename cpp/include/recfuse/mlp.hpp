@@ -26,8 +26,9 @@
 // or inf gets scale NaN, so its score is NaN); the products are summed exactly in int32
 // and the layer's output is float(Σ q_x q_w) · (s_x · s_j) + bias, activated, in float32
 // (recfuse.reference.quantize_int8_rows states the rule). The AVX2 kernel multiplies the
-// int8 values as 16-bit pairs (vpmaddwd: 16 products and 8 sums an instruction, twice the
-// float32 FMA's work); other CPUs run a scalar kernel.
+// int8 values as 16-bit pairs (vpmaddwd: 16 multiply-adds an instruction, an FMA does 8; a
+// Zen 3 issues one a cycle against two FMAs, so there int8 runs at float32's speed); other
+// CPUs run a scalar kernel.
 //
 // rank under bfloat16 or int8 scores every candidate in a rougher pass (on the AVX512-BF16
 // kernel the first layer's per-candidate columns in bfloat16 too), then rescores a band of

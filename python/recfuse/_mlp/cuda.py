@@ -36,6 +36,7 @@ from . import Candidates, common
 
 NAME = "cuda"
 KERNELS = ("auto", "fused", "tiled")
+PRECISIONS = ("float32", "bfloat16")  # backend="auto" passes over this one for the others
 
 
 def _module():

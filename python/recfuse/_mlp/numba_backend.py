@@ -83,6 +83,7 @@ def part_width(model) -> int:
     return model.part_width
 
 
+@common._ieee  # the first layer's NumPy products follow IEEE silently, as on every backend
 def _run(model: Model, call: Candidates, num_threads: int):
     from numba.typed import List
 
@@ -126,6 +127,7 @@ def score(model, inputs, num_threads: int = 0):
     return _run(model, call, num_threads)
 
 
+@common._ieee
 def item_part(model, item_blocks, column: int, num_threads: int = 0):
     X = np.concatenate(item_blocks, axis=1)
     part = np.zeros((X.shape[0], model.part_width), np.float32)
