@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "recfuse/mlp.hpp"
 #include "recfuse/simd.hpp"
@@ -77,6 +78,20 @@ MlpLayerFunction mlp_layer_amx();
 void mlp_rows_to_bfloat16(const float* src, uint16_t* dst, int64_t count);
 // Requests AMX tile data permission for the process (Linux arch_prctl); false when refused.
 bool mlp_request_amx();
+
+// kernel(std::integral_constant<MlpActivation, A>{}) for A = activation: each layer kernel
+// is a template on its activation (the epilogue inlined), chosen once per call here.
+template <class Kernel>
+inline void with_activation(MlpActivation activation, Kernel&& kernel) {
+  using A = MlpActivation;
+  switch (activation) {
+    case A::Relu: kernel(std::integral_constant<A, A::Relu>{}); break;
+    case A::Gelu: kernel(std::integral_constant<A, A::Gelu>{}); break;
+    case A::Sigmoid: kernel(std::integral_constant<A, A::Sigmoid>{}); break;
+    case A::Tanh: kernel(std::integral_constant<A, A::Tanh>{}); break;
+    case A::Identity: kernel(std::integral_constant<A, A::Identity>{}); break;
+  }
+}
 
 // float -> bfloat16, round to nearest even (NaN stays NaN).
 inline uint16_t to_bfloat16(float x) {

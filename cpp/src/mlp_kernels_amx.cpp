@@ -102,13 +102,7 @@ void layer_tiles(const MlpLayerArgs& g) {
 }
 
 void layer_amx(const MlpLayerArgs& g) {
-  switch (g.activation) {
-    case MlpActivation::Relu: layer_tiles<MlpActivation::Relu>(g); break;
-    case MlpActivation::Gelu: layer_tiles<MlpActivation::Gelu>(g); break;
-    case MlpActivation::Sigmoid: layer_tiles<MlpActivation::Sigmoid>(g); break;
-    case MlpActivation::Tanh: layer_tiles<MlpActivation::Tanh>(g); break;
-    case MlpActivation::Identity: layer_tiles<MlpActivation::Identity>(g); break;
-  }
+  with_activation(g.activation, [&](auto a) { layer_tiles<decltype(a)::value>(g); });
 }
 
 }  // namespace

@@ -79,13 +79,7 @@ void layer_int8(const MlpLayerArgs& g) {
 }
 
 void layer_int8_any(const MlpLayerArgs& g) {
-  switch (g.activation) {
-    case MlpActivation::Relu: layer_int8<MlpActivation::Relu>(g); break;
-    case MlpActivation::Gelu: layer_int8<MlpActivation::Gelu>(g); break;
-    case MlpActivation::Sigmoid: layer_int8<MlpActivation::Sigmoid>(g); break;
-    case MlpActivation::Tanh: layer_int8<MlpActivation::Tanh>(g); break;
-    case MlpActivation::Identity: layer_int8<MlpActivation::Identity>(g); break;
-  }
+  with_activation(g.activation, [&](auto a) { layer_int8<decltype(a)::value>(g); });
 }
 
 // Eight values of a row: x · inverse rounded to nearest even (cvtps's default mode) and

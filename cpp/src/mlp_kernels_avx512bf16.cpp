@@ -99,13 +99,7 @@ void layer_bf16(const MlpLayerArgs& g) {
 }
 
 void layer_avx512bf16(const MlpLayerArgs& g) {
-  switch (g.activation) {
-    case MlpActivation::Relu: layer_bf16<MlpActivation::Relu>(g); break;
-    case MlpActivation::Gelu: layer_bf16<MlpActivation::Gelu>(g); break;
-    case MlpActivation::Sigmoid: layer_bf16<MlpActivation::Sigmoid>(g); break;
-    case MlpActivation::Tanh: layer_bf16<MlpActivation::Tanh>(g); break;
-    case MlpActivation::Identity: layer_bf16<MlpActivation::Identity>(g); break;
-  }
+  with_activation(g.activation, [&](auto a) { layer_bf16<decltype(a)::value>(g); });
 }
 
 }  // namespace
