@@ -207,6 +207,16 @@ def _reference_scores(layers, indptr, ids, data, precision):
     return reference.mlp_forward(layers, X, precision)[:, 0], error_bound(layers, X, precision)
 
 
+def prepared_arguments(scorer_, data):
+    """A call's keyword arguments ``data`` with the item table (and item features) replaced
+    by ``scorer_``'s prepared items."""
+    item_column = data["user_vectors"].shape[1] + (
+        0 if data["user_features"] is None else data["user_features"].shape[1])
+    table = scorer_.prepare_items(data["item_table"], data["item_features"],
+                                  item_column=item_column)
+    return dict(data, item_table=table, item_features=None)
+
+
 def check_candidates_and_rank(model, float32_model, call, k, same_bits):
     """score_candidates against the reference, with raw and with prepared item tables; rank
     on each == score + full sort (ties by smaller id, repeats once) under float32, and under
@@ -220,13 +230,9 @@ def check_candidates_and_rank(model, float32_model, call, k, same_bits):
     scores = model.score_candidates(candidate_ids=candidate_ids, **data)
     assert scores.shape == (indptr[-1],)
     assert_scores_close(scores, expected, bound, "gathered")
-    item_column = data["user_vectors"].shape[1] + (
-        0 if data["user_features"] is None else data["user_features"].shape[1])
 
     def prepared_by(scorer_):
-        table = scorer_.prepare_items(data["item_table"], data["item_features"],
-                                      item_column=item_column)
-        return dict(data, item_table=table, item_features=None)
+        return prepared_arguments(scorer_, data)
 
     # The item part precomputed once gives the same scores.
     prepared = prepared_by(model)

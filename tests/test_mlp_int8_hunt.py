@@ -29,7 +29,7 @@ from recfuse import reference
 from recfuse.ranking import MLPScorer, load_scorer
 
 from conftest import backend_params
-from test_mlp import assert_scores_close, error_bound, random_layers
+from test_mlp import assert_scores_close, error_bound, prepared_arguments, random_layers
 
 BACKENDS = backend_params(("cpu", "numba", "numpy"), family="mlp")
 ACTIVATIONS = reference.MLP_ACTIVATIONS
@@ -436,16 +436,9 @@ def test_cpu_int8_rank_is_float32_rank_bit_for_bit(call):
     want, want_values = exact.rank(candidate_ids=candidates, k=k, **data)
     np.testing.assert_array_equal(top, want)
     np.testing.assert_array_equal(values, want_values)
-    column = data["user_vectors"].shape[1] + (
-        0 if data["user_features"] is None else data["user_features"].shape[1])
-
-    def prepared(scorer):
-        table = scorer.prepare_items(data["item_table"], data["item_features"],
-                                     item_column=column)
-        return dict(data, item_table=table, item_features=None)
-
-    top, values = fast.rank(candidate_ids=candidates, k=k, **prepared(fast))
-    want, want_values = exact.rank(candidate_ids=candidates, k=k, **prepared(exact))
+    top, values = fast.rank(candidate_ids=candidates, k=k, **prepared_arguments(fast, data))
+    want, want_values = exact.rank(candidate_ids=candidates, k=k,
+                                   **prepared_arguments(exact, data))
     np.testing.assert_array_equal(top, want)
     np.testing.assert_array_equal(values, want_values)
     X = reference.mlp_gather(data["user_vectors"], indptr, ids, data["item_table"],
