@@ -534,3 +534,151 @@ def test_one_item_per_result_still_forces_bfloat16_on_a_small_table():
     with patch.object(retrieval, "BFLOAT16_ITEMS_PER_RESULT", 1), \
             patch.object(retrieval, "BFLOAT16_MIN_ITEMS", 0):
         assert index.storage_for(1) == "bfloat16"  # 300 >= 1 x 1
+
+
+# ---------------------------------------------------------------------- folds on a thread
+
+
+def _background(model, variant: str, limit: int, **options) -> Recommender:
+    """A Recommender whose added items fold on the fold thread from the first one, once the
+    recent tier holds more than ``limit`` rows (the test patches _recent_limit while it
+    observes)."""
+    ranker, rerank, candidates = _rules(variant)
+    rec = Recommender(model, ranker, candidates=candidates, k=N_ITEMS + ADDED + 2,
+                      rerank=rerank, new_item_users=2, num_threads=1, **options)
+    rec._background_fold_items = 0
+    return rec
+
+
+def _join(rec: Recommender) -> None:
+    thread = rec._fold_thread
+    if thread is not None:
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+@contextmanager
+def _gated_folds():
+    """Fold threads wait at the start of their work until the test sets the gate."""
+    gate, started = threading.Event(), threading.Event()
+    real = _NewItems.folded
+
+    def folded(self, *options):
+        started.set()
+        assert gate.wait(10)
+        return real(self, *options)
+
+    with patch.object(_NewItems, "folded", folded):
+        yield gate, started
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), kind=st.sampled_from(sorted(MODELS)),
+       variant=st.sampled_from(["plain", "rules", "ranker_mmr"]), limit=st.sampled_from([0, 1, 2]))
+def test_folds_on_their_thread_change_no_vector_or_list(data, kind, variant, limit):
+    """Folded by the fold thread, whenever it lands (joined after some calls, not after
+    others), the added items give the state and the lists of items that never fold."""
+    calls = data.draw(event_streams(kind))
+    joins = data.draw(st.lists(st.booleans(), min_size=len(calls), max_size=len(calls)))
+    want = _snapshot(_served(MODELS[kind], variant, calls, NEVER))
+    with _recent_limit(limit):
+        rec = _background(MODELS[kind], variant, limit)
+        for events, join in zip(calls, joins):
+            rec.observe(events)
+            if join:
+                _join(rec)
+    _assert_same(_snapshot(rec), want, f"{kind} {variant}, limit {limit}, before the join")
+    _join(rec)
+    _assert_same(_snapshot(rec), want, f"{kind} {variant}, limit {limit}, joined")
+
+
+@pytest.mark.parametrize("kind", ["als", "svd"])
+def test_rows_set_while_the_fold_thread_works_stay_recent(kind):
+    """The fold thread folds the recent rows of the moment it started; rows set before it
+    publishes (an item set again, a new item) stay in the recent tier, hiding their settled
+    rows, and everything served is as if nothing had folded."""
+    low = 0 if kind == "als" else 1
+    first = [{"user": [1, 2], "item": [N_ITEMS, N_ITEMS + 1], "weight": [3.0, 4.0]},
+             {"user": [3], "item": [N_ITEMS + 2], "weight": [5.0]}]
+    later = [{"user": [4, 5], "item": [N_ITEMS, N_ITEMS + 3], "weight": [low + 1.0, 2.0]}]
+    want = _snapshot(_served(MODELS[kind], "rules", first + later, NEVER))
+    with _gated_folds() as (gate, started), _recent_limit(2):
+        rec = _background(MODELS[kind], "rules", 2)
+        for events in first:
+            rec.observe(events)
+        assert started.wait(10)  # three recent rows: the fold thread took them
+        before = rec._state.new_items
+        for events in later:
+            rec.observe(events)  # sets item N_ITEMS again and adds N_ITEMS + 3
+        _assert_same(_snapshot(rec), want, "while the fold thread waits")
+        gate.set()
+        _join(rec)
+    extra = rec._state.new_items
+    assert extra.settled is not before.settled
+    np.testing.assert_array_equal(extra.settled.ids, np.arange(N_ITEMS, N_ITEMS + 3))
+    np.testing.assert_array_equal(extra.recent.ids, [N_ITEMS, N_ITEMS + 3])
+    # N_ITEMS is recent's, N_ITEMS + 1 denied by the rules
+    assert extra.settled_mask.tolist() == [0, 0, 1]
+    _assert_same(_snapshot(rec), want, "after the fold thread published")
+
+
+def test_a_fold_thread_outrun_by_a_swap_or_an_inline_fold_publishes_nothing():
+    """The fold thread publishes only onto the state it started from, with the settled tier
+    it started from: a swap (a new state) or a fold by a change past the backlog (a new
+    settled tier) makes it drop its work."""
+    calls = [{"user": [u], "item": [N_ITEMS + u]} for u in range(1, 20)]  # 19 new items
+    with _gated_folds() as (gate, started), _recent_limit(1):
+        rec = _background(MODELS["als"], "plain", 1)
+        rec.observe(calls[0])
+        rec.observe(calls[1])
+        assert started.wait(10)
+        state = rec._state
+        rec.swap_model(MODELS["als"])  # replays the log into a new state
+        assert rec._state is not state
+        gate.set()
+        _join(rec)
+    assert state.new_items.recent is not None  # the old state: left as it was
+    reference = _served(MODELS["als"], "plain", calls[:2], NEVER)
+    reference.swap_model(MODELS["als"])
+    _assert_same(_snapshot(rec), _snapshot(reference), "after the swap")
+
+    with _gated_folds() as (gate, started), _recent_limit(1):
+        rec = _background(MODELS["als"], "plain", 1)
+        for events in calls[:3]:
+            rec.observe(events)
+        assert started.wait(10)
+        stale = rec._state.new_items.settled
+        for events in calls[3:12]:  # recent past 8 x its limit: a change folds at once
+            rec.observe(events)
+        inline = rec._state.new_items.settled
+        assert inline is not stale
+        gate.set()
+        _join(rec)
+    assert rec._state.new_items.settled is inline  # the thread's fold of 2 rows: dropped
+    want = _snapshot(_served(MODELS["als"], "plain", calls[:12], NEVER))
+    _assert_same(_snapshot(rec), want, "after the inline fold")
+
+
+def test_a_failed_fold_thread_leaves_the_items_and_the_next_fold_runs(caplog):
+    """A fold thread that fails logs it and changes nothing served; a later one publishes."""
+    calls = [{"user": [u], "item": [N_ITEMS + u % ADDED]} for u in range(1, 8)]
+    real = _NewItems.folded
+    failures = []
+
+    def folded(self, *options):
+        if not failures:
+            failures.append(1)
+            raise MemoryError("no room for the folded tier")
+        return real(self, *options)
+
+    with patch.object(_NewItems, "folded", folded), _recent_limit(1):
+        rec = _background(MODELS["als"], "plain", 1)
+        for events in calls:
+            rec.observe(events)
+            _join(rec)
+    assert failures and not rec._folding
+    assert "folding the added items' recent rows failed" in caplog.text
+    assert "no room for the folded tier" in caplog.text
+    assert rec._state.new_items.settled is not None  # a later fold thread published
+    want = _snapshot(_served(MODELS["als"], "plain", calls, NEVER))
+    _assert_same(_snapshot(rec), want, "after a failed fold")

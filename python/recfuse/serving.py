@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import logging
 import numbers
 import os
 import threading
@@ -367,6 +368,29 @@ def _recent_limit(settled: int) -> int:
     return max(256, 2 * int(np.sqrt(settled)))
 
 
+# From this many added items a fold runs on a thread of its own (Recommender._fold_later),
+# not inside the observe call that outgrew the recent tier: it copies and re-indexes every
+# row (50,000 rows of 64 factors: ~40 ms, the longest observe call of a run). The recent tier
+# meanwhile keeps taking rows, up to _FOLD_BACKLOG times its limit, past which a change folds
+# at once (a fold thread that fell that far behind).
+_BACKGROUND_FOLD_ITEMS = 10_000
+_log = logging.getLogger("recfuse.serving")
+_FOLD_BACKLOG = 8
+
+
+def _folded(settled: _AddedRows | None, ids: np.ndarray, table: np.ndarray,
+            bias: np.ndarray | None, rerank: Rerank | None, backend: str, ready_for: int,
+            threads: int) -> _AddedRows:
+    """The settled tier with the rows of ``ids`` added or replaced: a new one, indexed."""
+    return _AddedRows.of(*_with_rows(settled, ids, table, bias), rerank, backend, ready_for,
+                         threads)
+
+
+def _bits(values: np.ndarray) -> np.ndarray:
+    """``values`` as unsigned integers of the same width: equal bits, equal numbers."""
+    return values.view(f"u{values.dtype.itemsize}")
+
+
 @dataclass(frozen=True)
 class _NewItems:
     """Items added by observe, with their vectors (and biases), replaced as a whole when one
@@ -427,17 +451,23 @@ class _NewItems:
         return by_score_then_id(np.concatenate(ids, axis=1), np.concatenate(scores, axis=1),
                                 wanted)
 
+    def outgrown(self) -> bool:
+        """Whether the recent tier holds more rows than its limit (a fold is due)."""
+        settled = 0 if self.settled is None else self.settled.ids.size
+        return self.recent is not None and self.recent.ids.size > _recent_limit(settled)
+
     def changed(self, ids: np.ndarray, table: np.ndarray, bias: np.ndarray | None,
                 gram: np.ndarray | None, rerank: Rerank | None, backend: str,
-                ready_for: int = 10, threads: int = 1) -> _NewItems:
+                ready_for: int = 10, threads: int = 1, backlog: int = 1) -> _NewItems:
         """These items with the rows of ``ids`` (sorted, unique) added or set to ``table`` /
-        ``bias``, and ``gram``: a new object (the tiers it shares are not changed). New
+        ``bias``, and ``gram``: a new object (the tiers it shares are not changed). The
+        recent rows fold into the settled tier here once they number more than ``backlog``
+        times their limit (1; more when a fold thread does it, see _FOLD_BACKLOG). New
         tiers' indexes are prepared for searches of ``ready_for`` results."""
         settled = self.settled
         ids, table, bias = _with_rows(self.recent, ids, table, bias)
-        if ids.size > _recent_limit(0 if settled is None else settled.ids.size):
-            settled = _AddedRows.of(*_with_rows(settled, ids, table, bias), rerank, backend,
-                                    ready_for, threads)
+        if ids.size > backlog * _recent_limit(0 if settled is None else settled.ids.size):
+            settled = _folded(settled, ids, table, bias, rerank, backend, ready_for, threads)
             return _NewItems(settled, None, settled.rules, gram, int(settled.ids.size))
         recent = _AddedRows.of(ids, table, bias, rerank, backend, ready_for, threads)
         if settled is None:
@@ -449,6 +479,41 @@ class _NewItems:
             mask[at[superseded]] = 0
         return _NewItems(settled, recent, mask, gram,
                          int(settled.ids.size + ids.size - superseded.sum()))
+
+    def folded(self, rerank: Rerank | None, backend: str, ready_for: int,
+               threads: int) -> _NewItems:
+        """These items with the recent rows folded into the settled tier: a new object."""
+        recent = self.recent
+        settled = _folded(self.settled, recent.ids, recent.table, recent.bias, rerank, backend,
+                          ready_for, threads)
+        return _NewItems(settled, None, settled.rules, self.gram, self.count)
+
+    def rebased(self, before: _NewItems, folded: _NewItems, rerank: Rerank | None,
+                backend: str, ready_for: int, threads: int) -> _NewItems:
+        """These items on ``folded``'s settled tier, ``folded`` being ``before.folded(...)``
+        and ``before`` an earlier state of these items with the same settled tier (no fold
+        between): the recent rows ``before`` held with the same bits are in it; the rows
+        set since stay recent and hide their settled rows. Same vectors as ``self``."""
+        recent, old = self.recent, before.recent
+        at, same = old.find(recent.ids)
+        same[same] = (_bits(recent.table[same]) == _bits(old.table[at[same]])).all(axis=1)
+        if recent.bias is not None:
+            same[same] = _bits(recent.bias[same]) == _bits(old.bias[at[same]])
+        settled = folded.settled
+        if same.all():
+            return _NewItems(settled, None, settled.rules, self.gram, self.count)
+        rest = recent
+        if same.any():
+            keep = ~same
+            rest = _AddedRows.of(recent.ids[keep], recent.table[keep],
+                                 None if recent.bias is None else recent.bias[keep], rerank,
+                                 backend, ready_for, threads)
+        mask = settled.rules
+        at, superseded = settled.find(rest.ids)
+        if superseded.any():
+            mask = np.ones(settled.ids.size, np.uint8) if mask is None else mask.copy()
+            mask[at[superseded]] = 0
+        return _NewItems(settled, rest, mask, self.gram, self.count)
 
 
 @dataclass
@@ -576,6 +641,9 @@ class Recommender:
         self._threads_given = None if num_threads is None else check.check_threads(num_threads)
         self._write_lock = threading.Lock()
         self._swap_lock = threading.Lock()  # serialises swap_model calls (see there)
+        self._folding = False  # a fold thread is at work (_fold_later)
+        self._fold_thread: threading.Thread | None = None
+        self._background_fold_items = _BACKGROUND_FOLD_ITEMS  # tests change it per instance
         self._log: collections.deque = collections.deque()  # Events chunks, oldest first
         self._logged = 0
         # events pushed out of the log by max_pending_events, or left out by a swap's
@@ -1210,6 +1278,8 @@ class Recommender:
                 state.new_items = added[0]
         finally:
             state.published += 1
+        if added is not None:
+            self._fold_later(state)
 
     def _initial_user(self, model: _Model, user: int) -> _User:
         explicit = model.kind == "explicit"
@@ -1419,10 +1489,57 @@ class Recommender:
             gram = gram + new.T @ new
         if extra is None:
             extra = _NewItems(None, None, None, None, 0)
-        wanted = max(self.k, self.candidates) if self._deep(model) else self.k
+        backlog = _FOLD_BACKLOG if extra.count >= self._background_fold_items else 1
         changed = extra.changed(ids, table, bias, gram, self.rerank, model.model.backend,
-                                wanted, self._threads(model))
+                                self._ready_for(model), self._threads(model), backlog)
         return changed, first_users, first_ratings
+
+    def _ready_for(self, model: _Model) -> int:
+        """The list length searches of the added items are prepared for."""
+        return max(self.k, self.candidates) if self._deep(model) else self.k
+
+    def _fold_later(self, state: _State) -> None:
+        """Start a fold of the added items' recent rows on a thread of its own when their
+        tier outgrew its limit and they number _BACKGROUND_FOLD_ITEMS or more (writer lock
+        held; one such thread at a time). The thread builds the folded tiers without any
+        lock, then publishes them (writer lock) unless the state moved on: a swap, or a fold
+        by a change (a backlog past _FOLD_BACKLOG). Rows set meanwhile stay recent."""
+        extra = state.new_items
+        if (self._folding or extra is None or extra.count < self._background_fold_items
+                or not extra.outgrown()):
+            return
+        self._folding = True
+        model = state.model
+        options = (self.rerank, model.model.backend, self._ready_for(model), self._threads(model))
+        thread = threading.Thread(target=self._fold, args=(state, extra, options),
+                                  name="recfuse-fold", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (e.g. at interpreter exit): fold later
+            self._folding = False
+            return
+        self._fold_thread = thread
+
+    def _fold(self, state: _State, before: _NewItems, options: tuple) -> None:
+        """The fold thread's work (see _fold_later). A failure (e.g. no memory for the new
+        tier) changes nothing served: it is logged, and the next outgrown tier tries again
+        (or a change folds at once past the backlog)."""
+        try:
+            folded = before.folded(*options)
+            with self._write_lock:
+                now = state.new_items
+                if self._state is state and now is not None and now.settled is before.settled:
+                    rebased = now.rebased(before, folded, *options) if now.recent else folded
+                    state.published += 1  # as observe publishes (see _observed)
+                    try:
+                        state.new_items = rebased
+                    finally:
+                        state.published += 1
+        except Exception:
+            _log.warning("folding the added items' recent rows failed; they stay recent",
+                         exc_info=True)
+        finally:
+            self._folding = False
 
     @staticmethod
     def _als_item_vector(state: _State, item: int, owners: list, entries: list) -> np.ndarray:
