@@ -484,6 +484,8 @@ class _NewItems:
                threads: int) -> _NewItems:
         """These items with the recent rows folded into the settled tier: a new object."""
         recent = self.recent
+        if recent is None:
+            return self
         settled = _folded(self.settled, recent.ids, recent.table, recent.bias, rerank, backend,
                           ready_for, threads)
         return _NewItems(settled, None, settled.rules, self.gram, self.count)
@@ -495,9 +497,11 @@ class _NewItems:
         between): the recent rows ``before`` held with the same bits are in it; the rows
         set since stay recent and hide their settled rows. Same vectors as ``self``."""
         recent, old = self.recent, before.recent
+        if recent is None or old is None:  # nothing recent now, or nothing was folded
+            return folded if recent is None else self
         at, same = old.find(recent.ids)
         same[same] = (_bits(recent.table[same]) == _bits(old.table[at[same]])).all(axis=1)
-        if recent.bias is not None:
+        if recent.bias is not None and old.bias is not None:
             same[same] = _bits(recent.bias[same]) == _bits(old.bias[at[same]])
         settled = folded.settled
         if same.all():
@@ -1529,7 +1533,7 @@ class Recommender:
             with self._write_lock:
                 now = state.new_items
                 if self._state is state and now is not None and now.settled is before.settled:
-                    rebased = now.rebased(before, folded, *options) if now.recent else folded
+                    rebased = now.rebased(before, folded, *options)
                     state.published += 1  # as observe publishes (see _observed)
                     try:
                         state.new_items = rebased
