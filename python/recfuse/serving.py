@@ -496,14 +496,13 @@ class _NewItems:
         and ``before`` an earlier state of these items with the same settled tier (no fold
         between): the recent rows ``before`` held with the same bits are in it; the rows
         set since stay recent and hide their settled rows. Same vectors as ``self``."""
-        recent, old = self.recent, before.recent
-        if recent is None or old is None:  # nothing recent now, or nothing was folded
+        recent, old, settled = self.recent, before.recent, folded.settled
+        if recent is None or old is None or settled is None:  # nothing recent, or folded
             return folded if recent is None else self
         at, same = old.find(recent.ids)
         same[same] = (_bits(recent.table[same]) == _bits(old.table[at[same]])).all(axis=1)
         if recent.bias is not None and old.bias is not None:
             same[same] = _bits(recent.bias[same]) == _bits(old.bias[at[same]])
-        settled = folded.settled
         if same.all():
             return _NewItems(settled, None, settled.rules, self.gram, self.count)
         rest = recent
