@@ -72,6 +72,7 @@ import numbers
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
@@ -375,6 +376,42 @@ def _recent_limit(settled: int) -> int:
 # at once (a fold thread that fell that far behind).
 _BACKGROUND_FOLD_ITEMS = 10_000
 _log = logging.getLogger("recfuse.serving")
+
+# Forking (pre-forking servers): every Recommender's writer lock is taken around a fork, so
+# that no publication is half done in the child (held at most _FORK_WAIT_S seconds each: a
+# long swap replay does not stall the fork longer); the child gets fresh locks (the
+# parent's other threads, a fold thread among them, do not exist there) and no fold thread.
+_RECOMMENDERS: weakref.WeakSet = weakref.WeakSet()
+_FORK_WAIT_S = 1.0
+_held_over_fork: list = []
+
+
+def _before_fork() -> None:
+    for recommender in list(_RECOMMENDERS):
+        if recommender._write_lock.acquire(timeout=_FORK_WAIT_S):
+            _held_over_fork.append(recommender)
+
+
+def _after_fork_in_parent() -> None:
+    for recommender in _held_over_fork:
+        recommender._write_lock.release()
+    _held_over_fork.clear()
+
+
+def _after_fork_in_child() -> None:
+    _held_over_fork.clear()
+    for recommender in list(_RECOMMENDERS):
+        recommender._write_lock = threading.Lock()
+        recommender._swap_lock = threading.Lock()
+        recommender._folding, recommender._fold_thread = False, None
+        state = recommender._state
+        if state.published % 2:  # a publication the lock wait gave up on: let readers read
+            state.published += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 _FOLD_BACKLOG = 8
 
 
@@ -654,6 +691,7 @@ class Recommender:
         self.dropped_events = 0
         self._versions = 0  # the version of the model installed last
         self._state = _State(self._build(retriever, _ranker_of(ranker)))
+        _RECOMMENDERS.add(self)
         self._versions = self._state.model.version
 
     # ------------------------------------------------------------------ model loading
@@ -1514,12 +1552,14 @@ class Recommender:
         self._folding = True
         model = state.model
         options = (self.rerank, model.model.backend, self._ready_for(model), self._threads(model))
-        thread = threading.Thread(target=self._fold, args=(state, extra, options),
-                                  name="recfuse-fold", daemon=True)
         try:
+            thread = threading.Thread(target=self._fold, args=(state, extra, options),
+                                      name="recfuse-fold", daemon=True)
             thread.start()
-        except RuntimeError:  # no thread to be had (e.g. at interpreter exit): fold later
+        except Exception:  # no thread to be had (interpreter exit, memory): a later call
+            # tries again, and past the backlog a change folds at once; observe goes on
             self._folding = False
+            _log.warning("could not start a thread to fold the added items", exc_info=True)
             return
         self._fold_thread = thread
 
