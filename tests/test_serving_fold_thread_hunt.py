@@ -698,8 +698,8 @@ def test_pending_events_cleared_and_settings_changed_while_the_fold_waits():
 
 
 def test_the_shipped_thresholds_fold_on_the_thread_as_never_folding():
-    """The shipped ``_BACKGROUND_FOLD_ITEMS`` (10,000) and ``_recent_limit`` (256 rows at
-    10,000 settled): 10,050 items added in one call (an inline fold), then 350 calls
+    """The shipped ``_BACKGROUND_FOLD_ITEMS`` and ``_recent_limit``: that many items and
+    50 more added in one call (an inline fold), then 350 calls
     setting items again and adding more (fold threads from then on): the vectors, gram and
     lists are those of never folding."""
     rng = np.random.default_rng(0)

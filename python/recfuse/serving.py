@@ -371,10 +371,13 @@ def _recent_limit(settled: int) -> int:
 
 # From this many added items a fold runs on a thread of its own (Recommender._fold_later),
 # not inside the observe call that outgrew the recent tier: it copies and re-indexes every
-# row (50,000 rows of 64 factors: ~40 ms, the longest observe call of a run). The recent tier
+# row (50,000 rows of 64 factors: ~40 ms, the longest observe call of a run; 10,000: 7-14
+# ms). Below it a fold is short, and a thread would contend for the GIL with the writer for
+# little: from 0, 1,000, 2,000 and 10,000 items, 1,000 gave the fewest observe calls over 4
+# ms (bench/README, "Folds on a thread of their own"). The recent tier
 # meanwhile keeps taking rows, up to _FOLD_BACKLOG times its limit, past which a change folds
 # at once (a fold thread that fell that far behind).
-_BACKGROUND_FOLD_ITEMS = 10_000
+_BACKGROUND_FOLD_ITEMS = 1_000
 _log = logging.getLogger("recfuse.serving")
 
 # Forking (pre-forking servers): every Recommender's writer lock is taken around a fork, so
