@@ -877,3 +877,45 @@ def test_a_child_forked_while_the_fold_thread_folds_folds_on_threads():
     on a thread again; now the child starts with no fold thread."""
     out = _forked("folding")
     assert "child status 0" in out, out
+
+
+_SWAP_FORK_SCRIPT = """
+import os, threading, time
+from recfuse.serving import Recommender
+from test_serving_tiers import MODELS, N_ITEMS
+rec = Recommender(MODELS["als"], k=5, new_item_users=2, num_threads=1)
+rec.observe({"user": [1], "item": [N_ITEMS]})
+inside = threading.Event()
+def slow_renumbering(events):  # a swap's replay function: the swap and writer locks held
+    inside.set()
+    time.sleep(3)
+    return events
+threading.Thread(target=rec.swap_model, args=(MODELS["als"],),
+                 kwargs={"replay": slow_renumbering}, daemon=True).start()
+assert inside.wait(10)
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    done = threading.Event()
+    def work():
+        rec.observe({"user": [2], "item": [3]})
+        rec.swap_model(MODELS["als"])
+        rec.recommend(2)
+        done.set()
+    threading.Thread(target=work, daemon=True).start()
+    os._exit(0 if done.wait(10) else 3)
+waited = time.perf_counter() - started
+print("fork waited", round(waited, 1), "child status",
+      os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_child_forked_during_a_swap_can_observe_and_swap():
+    """Forked while another thread swaps (its replay function running, the swap and writer
+    locks held): the fork waits a while for the writer lock, and the child, which has no
+    such thread, gets fresh locks: it observes, swaps and recommends (it hung before)."""
+    done = subprocess.run([sys.executable, "-c", _SWAP_FORK_SCRIPT], capture_output=True,
+                          text=True, timeout=90, cwd=TESTS, env=_ENV)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "child status 0" in done.stdout, done.stdout  # 3: its observe or swap hung

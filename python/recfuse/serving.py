@@ -378,12 +378,14 @@ def _recent_limit(settled: int) -> int:
 # meanwhile keeps taking rows, up to _FOLD_BACKLOG times its limit, past which a change folds
 # at once (a fold thread that fell that far behind).
 _BACKGROUND_FOLD_ITEMS = 1_000
+_FOLD_BACKLOG = 8
 _log = logging.getLogger("recfuse.serving")
 
 # Forking (pre-forking servers): every Recommender's writer lock is taken around a fork, so
-# that no publication is half done in the child (held at most _FORK_WAIT_S seconds each: a
-# long swap replay does not stall the fork longer); the child gets fresh locks (the
-# parent's other threads, a fold thread among them, do not exist there) and no fold thread.
+# that no publication is half done in the child (waited for at most _FORK_WAIT_S seconds
+# each: a long swap replay does not stall the fork longer). In the child, the locks that
+# threads it does not have held (the wait gave up; a swap under way) are replaced, and no
+# fold thread is at work.
 _RECOMMENDERS: weakref.WeakSet = weakref.WeakSet()
 _FORK_WAIT_S = 1.0
 _held_over_fork: list = []
@@ -402,20 +404,22 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    _held_over_fork.clear()
+    held = {id(recommender) for recommender in _held_over_fork}
+    _after_fork_in_parent()
     for recommender in list(_RECOMMENDERS):
-        recommender._write_lock = threading.Lock()
-        recommender._swap_lock = threading.Lock()
+        if id(recommender) not in held:
+            recommender._write_lock = threading.Lock()
+            state = recommender._state
+            if state.published % 2:  # a publication cut short: let the readers read
+                state.published += 1
+        if recommender._swap_lock.locked():
+            recommender._swap_lock = threading.Lock()
         recommender._folding, recommender._fold_thread = False, None
-        state = recommender._state
-        if state.published % 2:  # a publication the lock wait gave up on: let readers read
-            state.published += 1
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)
-_FOLD_BACKLOG = 8
 
 
 def _folded(settled: _AddedRows | None, ids: np.ndarray, table: np.ndarray,
