@@ -529,12 +529,13 @@ def bpr_sample_negatives(users, offsets, grid: int, seen: sp.csr_matrix, bin_ite
 # integer sum of products times (input row's scale x weight row's scale), plus the bias.
 #
 # Ranking under bfloat16 or int8 (mlp_rank_rescored) chooses and orders candidates by
-# float32 scores: per user, a band of the best candidates by bfloat16 score (repeated ids
-# included) is rescored in float32 and ranked by those scores (each id at its best). The
-# band starts at max(2k, 16) and doubles until it holds every candidate or the float32
-# k-th score beats the band's lowest bfloat16 score by more than MLP_RESCORE_MARGIN times
-# the largest |bfloat16 - float32| gap seen in the band (a candidate outside would need a
-# bfloat16 error that much larger than any seen to belong to the top k).
+# float32 scores: per user, a band of the best candidates by their rough (bfloat16 or int8)
+# score (repeated ids included) is rescored in float32 and ranked by those scores (each id
+# at its best). The band starts at max(2k, 16) and doubles until it holds every candidate
+# or the float32 k-th score beats the band's lowest rough score by more than
+# MLP_RESCORE_MARGIN times the largest |rough - float32| gap seen in the band (a candidate
+# outside would need a rough-score error that much larger than any seen to belong to the
+# top k).
 
 MLP_RESCORE_MIN_BAND = 16
 MLP_RESCORE_MARGIN = 4.0
