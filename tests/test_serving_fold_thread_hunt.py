@@ -31,8 +31,9 @@ from hypothesis import strategies as st
 
 from recfuse import serving
 from recfuse.serving import Recommender, Rerank, _NewItems
-from test_serving_tiers import (D, MODELS, N_ITEMS, N_USERS, NEVER, _gated_folds, _join,
-                                _recent_limit, _rules)
+from test_serving_tiers import (D, MODELS, N_ITEMS, N_USERS, NEVER, _assert_same,
+                                _gated_folds, _join, _recent_limit,
+                                _recommender)
 
 _NO_IDS = np.zeros(0, np.int64)
 MANY = 40  # these tests add item ids N_ITEMS .. N_ITEMS + MANY - 1
@@ -58,14 +59,9 @@ def no_thread_exceptions():
 
 def _make(kind: str, variant: str = "plain", background: bool = True, k: int = FULL,
           **options) -> Recommender:
-    """A Recommender over MODELS[kind]; ``background``: its folds run on the fold thread
-    from the first added item on (once the patched _recent_limit is outgrown)."""
-    ranker, rerank, candidates = _rules(variant)
-    rec = Recommender(MODELS[kind], ranker, candidates=candidates, k=k, rerank=rerank,
-                      new_item_users=2, num_threads=1, **options)
-    if background:
-        rec._background_fold_items = 0
-    return rec
+    """test_serving_tiers._recommender over MODELS[kind], folding on the fold thread by
+    default, lists as long as these tests' catalogue."""
+    return _recommender(MODELS[kind], variant, k, background, **options)
 
 
 def _calls(rng, kind: str, count: int, size: int = 2, added: float = 0.75) -> list:
@@ -101,24 +97,6 @@ def _state(rec: Recommender, ks=(1, 5, FULL)) -> dict:
     single = rec.recommend(3, k=5, exclude=[N_ITEMS + 1])
     snap["single"] = (single.ids, single.scores, single.stages)
     return snap
-
-
-def _assert_same(got: dict, want: dict, where: str) -> None:
-    assert got.keys() == want.keys(), where
-    for key, value in want.items():
-        if isinstance(value, tuple):
-            assert len(got[key]) == len(value), f"{where}: {key}"
-            for a, b in zip(got[key], value):
-                if isinstance(b, np.ndarray) and b.dtype.kind == "f":  # to the bit
-                    assert a.dtype == b.dtype, f"{where}: {key}"
-                    np.testing.assert_array_equal(a.view(f"u{a.itemsize}"),
-                                                  b.view(f"u{b.itemsize}"), err_msg=f"{where}: {key}")
-                else:
-                    np.testing.assert_array_equal(a, b, err_msg=f"{where}: {key}")
-        elif isinstance(value, np.ndarray):
-            np.testing.assert_array_equal(got[key], value, err_msg=f"{where}: {key}")
-        else:
-            assert got[key] == value, f"{where}: {key}"
 
 
 @contextmanager
@@ -563,9 +541,13 @@ def test_a_fold_thread_whose_rebase_fails_changes_nothing(caplog):
     assert rec._state.new_items.settled is not None
 
 
-def test_no_thread_to_be_had_folds_later():
-    """Thread.start raising RuntimeError ("can't start new thread"): observe still succeeds
-    and logs its events, the flag is reset, and the next outgrown tier starts a thread."""
+@pytest.mark.parametrize("error", [RuntimeError("can't start new thread"),
+                                   MemoryError("cannot allocate the thread")])
+def test_a_thread_start_that_fails_leaves_observe_whole(error):
+    """Thread.start raising (RuntimeError "can't start new thread", or CPython's MemoryError
+    when start_new_thread cannot allocate; a MemoryError escaped observe after its events
+    were published, unlogged, and left _folding True for good): observe still succeeds and
+    logs its events, the flag is reset, and the next outgrown tier starts a thread."""
     calls = [{"user": [u], "item": [N_ITEMS + u]} for u in range(1, 12)]
     real_start = threading.Thread.start
     refused = []
@@ -573,7 +555,7 @@ def test_no_thread_to_be_had_folds_later():
     def start(self):
         if self.name == "recfuse-fold" and not refused:
             refused.append(self)
-            raise RuntimeError("can't start new thread")
+            raise error
         return real_start(self)
 
     with _recent_limit(NEVER):
@@ -583,44 +565,17 @@ def test_no_thread_to_be_had_folds_later():
     with patch.object(threading.Thread, "start", start), _recent_limit(1), \
             _counted("rebased") as published:
         rec = _make("als")
-        for events in calls:
-            rec.observe(events)
-            _join(rec)
-    assert refused and published and not rec._folding
-    _assert_same(_state(rec), _state(reference), "after a refused thread")
-
-
-def test_a_thread_start_that_fails_otherwise_leaves_observe_whole():
-    """A thread start that raises anything (CPython's start_new_thread raises MemoryError
-    when it cannot allocate) escaped observe after its events were published, unlogged, and
-    left _folding True for good; now it is logged and the next outgrown tier tries again."""
-    calls = [{"user": [u], "item": [N_ITEMS + u]} for u in range(1, 12)]
-    real_start = threading.Thread.start
-    refused = []
-
-    def start(self):
-        if self.name == "recfuse-fold" and not refused:
-            refused.append(self)
-            raise MemoryError("cannot allocate the thread")
-        return real_start(self)
-
-    with _recent_limit(NEVER):
-        reference = _make("als", background=False)
-        for events in calls:
-            reference.observe(events)
-    with patch.object(threading.Thread, "start", start), _recent_limit(1):
-        rec = _make("als")
         outcomes = []
         for events in calls:
             try:
                 rec.observe(events)
                 outcomes.append("ok")
-            except MemoryError:
+            except type(error):
                 outcomes.append("refused")
                 # observe promises: on an error nothing was applied
                 assert rec.info()["added_items"] == len(outcomes) - 1
             _join(rec)
-    assert refused
+    assert refused and published
     assert outcomes == ["ok"] * len(calls)  # no event lost nor doubled by a retry
     assert not rec._folding and rec._state.new_items.settled is not None
     _assert_same(_state(rec), _state(reference), "after a thread that failed to start")

@@ -115,11 +115,23 @@ def _rules(variant: str):
     }[variant]
 
 
-def _served(model, variant, calls, limit, **options):
+def _recommender(model, variant: str, k: int = N_ITEMS + ADDED + 2, background: bool = False,
+                 **options) -> Recommender:
+    """A Recommender over ``model`` with the chain of ``variant``; with ``background`` its
+    added items fold on the fold thread from the first one on (else inside observe, below
+    _BACKGROUND_FOLD_ITEMS), once the recent tier outgrows _recent_limit (which the tests
+    patch while they observe)."""
     ranker, rerank, candidates = _rules(variant)
+    rec = Recommender(model, ranker, candidates=candidates, k=k, rerank=rerank,
+                      new_item_users=2, num_threads=1, **options)
+    if background:
+        rec._background_fold_items = 0
+    return rec
+
+
+def _served(model, variant, calls, limit, **options):
     with _recent_limit(limit):
-        rec = Recommender(model, ranker, candidates=candidates, k=N_ITEMS + ADDED + 2,
-                          rerank=rerank, new_item_users=2, num_threads=1, **options)
+        rec = _recommender(model, variant, **options)
         for events in calls:
             rec.observe(events)
     return rec
@@ -145,11 +157,19 @@ def _snapshot(rec: Recommender) -> dict:
 
 
 def _assert_same(got: dict, want: dict, where: str) -> None:
+    """The snapshots agree: arrays equal, float arrays to the bit (dtype too)."""
     assert got.keys() == want.keys(), where
     for key, value in want.items():
         if isinstance(value, tuple):
+            assert len(got[key]) == len(value), f"{where}: {key}"
             for a, b in zip(got[key], value):
-                np.testing.assert_array_equal(a, b, err_msg=f"{where}: {key}")
+                if isinstance(b, np.ndarray) and b.dtype.kind == "f":  # to the bit
+                    assert a.dtype == b.dtype, f"{where}: {key}"
+                    np.testing.assert_array_equal(a.view(f"u{a.itemsize}"),
+                                                  b.view(f"u{b.itemsize}"),
+                                                  err_msg=f"{where}: {key}")
+                else:
+                    np.testing.assert_array_equal(a, b, err_msg=f"{where}: {key}")
         elif isinstance(value, np.ndarray):
             np.testing.assert_array_equal(got[key], value, err_msg=f"{where}: {key}")
         else:
@@ -539,17 +559,6 @@ def test_one_item_per_result_still_forces_bfloat16_on_a_small_table():
 # ---------------------------------------------------------------------- folds on a thread
 
 
-def _background(model, variant: str, limit: int, **options) -> Recommender:
-    """A Recommender whose added items fold on the fold thread from the first one, once the
-    recent tier holds more than ``limit`` rows (the test patches _recent_limit while it
-    observes)."""
-    ranker, rerank, candidates = _rules(variant)
-    rec = Recommender(model, ranker, candidates=candidates, k=N_ITEMS + ADDED + 2,
-                      rerank=rerank, new_item_users=2, num_threads=1, **options)
-    rec._background_fold_items = 0
-    return rec
-
-
 def _join(rec: Recommender) -> None:
     thread = rec._fold_thread
     if thread is not None:
@@ -582,7 +591,7 @@ def test_folds_on_their_thread_change_no_vector_or_list(data, kind, variant, lim
     joins = data.draw(st.lists(st.booleans(), min_size=len(calls), max_size=len(calls)))
     want = _snapshot(_served(MODELS[kind], variant, calls, NEVER))
     with _recent_limit(limit):
-        rec = _background(MODELS[kind], variant, limit)
+        rec = _recommender(MODELS[kind], variant, background=True)
         for events, join in zip(calls, joins):
             rec.observe(events)
             if join:
@@ -603,7 +612,7 @@ def test_rows_set_while_the_fold_thread_works_stay_recent(kind):
     later = [{"user": [4, 5], "item": [N_ITEMS, N_ITEMS + 3], "weight": [low + 1.0, 2.0]}]
     want = _snapshot(_served(MODELS[kind], "rules", first + later, NEVER))
     with _gated_folds() as (gate, started), _recent_limit(2):
-        rec = _background(MODELS[kind], "rules", 2)
+        rec = _recommender(MODELS[kind], "rules", background=True)
         for events in first:
             rec.observe(events)
         assert started.wait(10)  # three recent rows: the fold thread took them
@@ -628,7 +637,7 @@ def test_a_fold_thread_outrun_by_a_swap_or_an_inline_fold_publishes_nothing():
     settled tier) makes it drop its work."""
     calls = [{"user": [u], "item": [N_ITEMS + u]} for u in range(1, 20)]  # 19 new items
     with _gated_folds() as (gate, started), _recent_limit(1):
-        rec = _background(MODELS["als"], "plain", 1)
+        rec = _recommender(MODELS["als"], "plain", background=True)
         rec.observe(calls[0])
         rec.observe(calls[1])
         assert started.wait(10)
@@ -643,7 +652,7 @@ def test_a_fold_thread_outrun_by_a_swap_or_an_inline_fold_publishes_nothing():
     _assert_same(_snapshot(rec), _snapshot(reference), "after the swap")
 
     with _gated_folds() as (gate, started), _recent_limit(1):
-        rec = _background(MODELS["als"], "plain", 1)
+        rec = _recommender(MODELS["als"], "plain", background=True)
         for events in calls[:3]:
             rec.observe(events)
         assert started.wait(10)
@@ -672,7 +681,7 @@ def test_a_failed_fold_thread_leaves_the_items_and_the_next_fold_runs(caplog):
         return real(self, *options)
 
     with patch.object(_NewItems, "folded", folded), _recent_limit(1):
-        rec = _background(MODELS["als"], "plain", 1)
+        rec = _recommender(MODELS["als"], "plain", background=True)
         for events in calls:
             rec.observe(events)
             _join(rec)
