@@ -93,6 +93,24 @@ inline void with_activation(MlpActivation activation, Kernel&& kernel) {
   }
 }
 
+// tile(std::integral_constant<int, R>{}, r) over rows [0, rows): tiles of Max rows from
+// r = 0, then one tile of the rows left (R < Max): each layer kernel's row tiles keep R
+// rows' accumulators in registers, so R is a template argument.
+template <int R, class Tile>
+inline void last_row_tile(int left, int r, Tile& tile) {
+  if constexpr (R >= 1) {
+    if (left == R) tile(std::integral_constant<int, R>{}, r);
+    else last_row_tile<R - 1>(left, r, tile);
+  }
+}
+
+template <int Max, class Tile>
+inline void over_row_tiles(int rows, Tile&& tile) {
+  int r = 0;
+  for (; r + Max <= rows; r += Max) tile(std::integral_constant<int, Max>{}, r);
+  last_row_tile<Max - 1>(rows - r, r, tile);
+}
+
 // float -> bfloat16, round to nearest even (NaN stays NaN).
 inline uint16_t to_bfloat16(float x) {
   uint32_t bits;

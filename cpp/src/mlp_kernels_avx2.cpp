@@ -66,16 +66,8 @@ void row_tile_int8(const MlpLayerArgs& g, int r) {
 
 template <MlpActivation A>
 void layer_int8(const MlpLayerArgs& g) {
-  int r = 0;
-  for (; r + kInt8Rows <= g.rows; r += kInt8Rows) row_tile_int8<A, kInt8Rows>(g, r);
-  switch (g.rows - r) {
-    case 1: row_tile_int8<A, 1>(g, r); break;
-    case 2: row_tile_int8<A, 2>(g, r); break;
-    case 3: row_tile_int8<A, 3>(g, r); break;
-    case 4: row_tile_int8<A, 4>(g, r); break;
-    case 5: row_tile_int8<A, 5>(g, r); break;
-    default: break;
-  }
+  over_row_tiles<kInt8Rows>(g.rows,
+                    [&](auto R, int r) { row_tile_int8<A, decltype(R)::value>(g, r); });
 }
 
 void layer_int8_any(const MlpLayerArgs& g) {

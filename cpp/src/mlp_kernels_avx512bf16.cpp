@@ -84,18 +84,8 @@ void row_tile_bf16(const MlpLayerArgs& g, int r) {
 
 template <MlpActivation A>
 void layer_bf16(const MlpLayerArgs& g) {
-  int r = 0;
-  for (; r + kBf16Rows <= g.rows; r += kBf16Rows) row_tile_bf16<A, kBf16Rows>(g, r);
-  switch (g.rows - r) {
-    case 1: row_tile_bf16<A, 1>(g, r); break;
-    case 2: row_tile_bf16<A, 2>(g, r); break;
-    case 3: row_tile_bf16<A, 3>(g, r); break;
-    case 4: row_tile_bf16<A, 4>(g, r); break;
-    case 5: row_tile_bf16<A, 5>(g, r); break;
-    case 6: row_tile_bf16<A, 6>(g, r); break;
-    case 7: row_tile_bf16<A, 7>(g, r); break;
-    default: break;
-  }
+  over_row_tiles<kBf16Rows>(g.rows,
+                    [&](auto R, int r) { row_tile_bf16<A, decltype(R)::value>(g, r); });
 }
 
 void layer_avx512bf16(const MlpLayerArgs& g) {
