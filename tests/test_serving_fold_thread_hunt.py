@@ -238,6 +238,25 @@ def _rating_vector(state, raters, ratings):
     return np.array([0.05, 0.1, -0.07])[:D] * ratings[0], float(ratings[-1]) / 10
 
 
+def _across_a_fold(rec: Recommender, first: list, later: list, gate=None, started=None,
+                   between=lambda: None) -> dict:
+    """Observe ``first``; with ``started`` (``_gated_folds``) wait until a fold thread took
+    those rows; ``between()``; observe ``later``; the snapshot (``_state``) then; with
+    ``gate`` let the fold thread publish, and join it."""
+    for events in first:
+        rec.observe(events)
+    if started is not None:
+        assert started.wait(10)
+    between()
+    for events in later:
+        rec.observe(events)
+    snap = _state(rec)
+    if gate is not None:
+        gate.set()
+        _join(rec)
+    return snap
+
+
 @pytest.mark.parametrize("kind", ["als", "als64"])
 def test_items_set_again_with_the_same_or_other_bits_while_the_fold_runs(kind):
     """While a fold thread holds the recent rows of the moment it started, some of them are
@@ -252,20 +271,12 @@ def test_items_set_again_with_the_same_or_other_bits_while_the_fold_runs(kind):
 
     def serve(rec, gate=None, started=None):
         scale = {}
+
+        def new_bits():  # N_ITEMS: same bits again; N_ITEMS + 1 and + 3: new ones
+            scale.update({N_ITEMS + 1: 2.0, N_ITEMS + 3: -1.0})
+
         with patch.object(Recommender, "_als_item_vector", _als_vector(scale)):
-            for events in first:
-                rec.observe(events)
-            if started is not None:
-                assert started.wait(10)
-            scale[N_ITEMS + 1] = 2.0  # N_ITEMS: same bits again; N_ITEMS + 1: new ones
-            scale[N_ITEMS + 3] = -1.0
-            for events in later:
-                rec.observe(events)
-            snap = _state(rec)
-            if gate is not None:
-                gate.set()
-                _join(rec)
-        return snap
+            return _across_a_fold(rec, first, later, gate, started, new_bits)
 
     with _recent_limit(NEVER):
         reference = _make(kind, "rules", background=False)
@@ -296,17 +307,7 @@ def test_a_bias_set_again_alone_keeps_the_row_recent(kind):
 
     def serve(rec, gate=None, started=None):
         with patch.object(Recommender, "_rating_item_vector", staticmethod(_rating_vector)):
-            for events in first:
-                rec.observe(events)
-            if started is not None:
-                assert started.wait(10)
-            for events in later:
-                rec.observe(events)
-            snap = _state(rec)
-            if gate is not None:
-                gate.set()
-                _join(rec)
-        return snap
+            return _across_a_fold(rec, first, later, gate, started)
 
     with _recent_limit(NEVER):
         want = serve(_make(kind, "rules", background=False))
