@@ -5,12 +5,15 @@
 //   gram_partial_kernel / gram_reduce_kernel
 //       G = YᵀY in 32 x 32 output tiles (upper block triangle only), the rows of Y split
 //       into fixed slices whose partial sums are added in slice order: deterministic.
-//   cg_kernel<T, C>
-//       one 128-thread block per row. Each warp walks a quarter of the row's stored
+//   cg_kernel<T, C, W>
+//       one block of W warps per row. Each warp walks a 1/W share of the row's stored
 //       entries holding y_i and the search direction in registers (C values per lane,
 //       32 C >= k), so d = y_i·p is a register dot product plus a butterfly reduction;
-//       the four warps' partial Σ w d y_i meet in shared memory, where the dense G·p
-//       and the CG vector updates happen (x, r, p live in shared memory).
+//       the warps' partial Σ w d y_i meet in shared memory, where the dense G·p and the
+//       CG vector updates happen (x, r, p live in shared memory). Rows of at least
+//       kCgLongRow entries get blocks of cg_long_warps<T, C>() warps (up to 32), the
+//       rest blocks of 4: a popular item's row (98k entries in MovieLens-20M's shape)
+//       walked by four warps alone, four times a sweep, outlasted the whole rest of it.
 //   cholesky_kernel
 //       one 256-thread block per row. A_u = G + λI + Σ w y yᵀ is built in shared memory
 //       64 x 64 tile by tile (each thread a 4 x 4 register tile over staged entries),
@@ -220,17 +223,17 @@ void launch_gram(const T* Y, int64_t n, int k, T* G, T* G_reg, T reg, T* workspa
 
 // ------------------------------------------------------------------------ conjugate gradient
 
-constexpr int kCgWarps = 4;
-constexpr int kCgThreads = 32 * kCgWarps;
+constexpr int kCgWarps = 4;          // warps per row for all but the longest rows
+constexpr int64_t kCgLongRow = 2048;  // stored entries from which a row gets more warps
 
-template <class T>
+template <class T, int W>
 __device__ __forceinline__ T block_sum(T v, T* red) {
   v = warp_sum(v);
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
   __syncthreads();
   T total = T(0);
 #pragma unroll
-  for (int w = 0; w < kCgWarps; ++w) total += red[w];
+  for (int w = 0; w < W; ++w) total += red[w];
   __syncthreads();  // red may be written again right after
   return total;
 }
@@ -245,7 +248,7 @@ __device__ __forceinline__ T dense_times(const T* __restrict__ G, const T* v, in
 
 // part[warp][:] = Σ_{the warp's entries} coef_i y_i, with d_i = y_i·v and
 // coef = q - w d (residual) or w d (A p). Lanes hold element j = lane + 32 s.
-template <class T, int C>
+template <class T, int C, int W>
 __device__ __forceinline__ void sparse_pass(const SweepArgs<T>& a, int64_t start, int64_t end,
                                             const T* v_s, bool residual, T* part) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -259,12 +262,12 @@ __device__ __forceinline__ void sparse_pass(const SweepArgs<T>& a, int64_t start
   }
   int64_t t = start + warp;
   // Two entries per round so that their loads and reductions overlap.
-  for (; t + kCgWarps < end; t += 2 * kCgWarps) {
+  for (; t + W < end; t += 2 * W) {
     const T* y0 = a.Y + static_cast<int64_t>(__ldg(a.indices + t)) * k;
-    const T* y1 = a.Y + static_cast<int64_t>(__ldg(a.indices + t + kCgWarps)) * k;
+    const T* y1 = a.Y + static_cast<int64_t>(__ldg(a.indices + t + W)) * k;
     T w0, q0, w1, q1;
     confidence(__ldg(a.data + t), a.alpha, a.raw, w0, q0);
-    confidence(__ldg(a.data + t + kCgWarps), a.alpha, a.raw, w1, q1);
+    confidence(__ldg(a.data + t + W), a.alpha, a.raw, w1, q1);
     T e0[C], e1[C];
     T d0 = T(0), d1 = T(0);
 #pragma unroll
@@ -319,68 +322,78 @@ constexpr int cg_min_blocks() {
   return sizeof(T) * C <= 16 ? 8 : (sizeof(T) * C <= 32 ? 4 : 1);
 }
 
-// recfuse.reference.conjugate_gradient for every row, from the current X.
+// Warps per long row: the threads that cg_min_blocks plans on an SM, in one block, so a
+// thread has the same registers as in the 4-warp blocks (4 when those are one a SM: no
+// long-row blocks then).
 template <class T, int C>
-__global__ void __launch_bounds__(kCgThreads, cg_min_blocks<T, C>()) cg_kernel(SweepArgs<T> a) {
+constexpr int cg_long_warps() {
+  return kCgWarps * cg_min_blocks<T, C>();
+}
+
+// recfuse.reference.conjugate_gradient for every row, from the current X.
+template <class T, int C, int W>
+__global__ void __launch_bounds__(32 * W, W == kCgWarps ? cg_min_blocks<T, C>() : 1)
+    cg_kernel(SweepArgs<T> a) {
+  constexpr int kThreads = 32 * W;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int k = a.k, tid = threadIdx.x;
   T* x_s = reinterpret_cast<T*>(smem_raw);
   T* r_s = x_s + k;
   T* p_s = r_s + k;
-  T* part = p_s + k;              // kCgWarps x k, then row 0 holds A p
-  T* red = part + kCgWarps * k;  // kCgWarps
+  T* part = p_s + k;              // W x k, then row 0 holds A p
+  T* red = part + W * k;  // W
   const T tolerance = cg_tolerance<T>();
   for (int64_t slot = blockIdx.x; slot < a.rows; slot += gridDim.x) {
     const int64_t u = a.order != nullptr ? a.order[slot] : slot;
     const int64_t start = a.indptr[u], end = a.indptr[u + 1];
     T* x = a.X + u * k;
-    for (int j = tid; j < k; j += kCgThreads) x_s[j] = x[j];
+    for (int j = tid; j < k; j += kThreads) x_s[j] = x[j];
     __syncthreads();
     // r = b - A x = Σ (q - w d) y - (G + λI) x;  p = r
-    sparse_pass<T, C>(a, start, end, x_s, true, part);
+    sparse_pass<T, C, W>(a, start, end, x_s, true, part);
     __syncthreads();
     T local = T(0);
-    for (int j = tid; j < k; j += kCgThreads) {
+    for (int j = tid; j < k; j += kThreads) {
       T r = -dense_times(a.G, x_s, j, k);
-      for (int w = 0; w < kCgWarps; ++w) r += part[w * k + j];
+      for (int w = 0; w < W; ++w) r += part[w * k + j];
       r_s[j] = r;
       p_s[j] = r;
       local += r * r;
     }
-    T rs_old = block_sum(local, red);
+    T rs_old = block_sum<T, W>(local, red);
     if (rs_old < tolerance) continue;  // x unchanged (block_sum ended with a barrier)
     for (int it = 0; it < a.cg_steps; ++it) {
-      sparse_pass<T, C>(a, start, end, p_s, false, part);
+      sparse_pass<T, C, W>(a, start, end, p_s, false, part);
       __syncthreads();
       local = T(0);
-      for (int j = tid; j < k; j += kCgThreads) {
+      for (int j = tid; j < k; j += kThreads) {
         T ap = dense_times(a.G, p_s, j, k);
-        for (int w = 0; w < kCgWarps; ++w) ap += part[w * k + j];
+        for (int w = 0; w < W; ++w) ap += part[w * k + j];
         part[j] = ap;  // only this thread reads or writes column j
         local += p_s[j] * ap;
       }
-      const T step = rs_old / block_sum(local, red);
+      const T step = rs_old / block_sum<T, W>(local, red);
       local = T(0);
-      for (int j = tid; j < k; j += kCgThreads) {
+      for (int j = tid; j < k; j += kThreads) {
         x_s[j] += step * p_s[j];
         r_s[j] -= step * part[j];
         local += r_s[j] * r_s[j];
       }
-      const T rs_new = block_sum(local, red);
+      const T rs_new = block_sum<T, W>(local, red);
       if (rs_new < tolerance) break;
       const T beta = rs_new / rs_old;
-      for (int j = tid; j < k; j += kCgThreads) p_s[j] = r_s[j] + beta * p_s[j];
+      for (int j = tid; j < k; j += kThreads) p_s[j] = r_s[j] + beta * p_s[j];
       __syncthreads();
       rs_old = rs_new;
     }
-    for (int j = tid; j < k; j += kCgThreads) x[j] = x_s[j];
+    for (int j = tid; j < k; j += kThreads) x[j] = x_s[j];
     __syncthreads();
   }
 }
 
 template <class T>
-size_t cg_shared_bytes(int k) {
-  return (static_cast<size_t>(3 + kCgWarps) * k + kCgWarps) * sizeof(T);
+size_t cg_shared_bytes(int k, int warps) {
+  return (static_cast<size_t>(3 + warps) * k + warps) * sizeof(T);
 }
 
 // Values per lane: the smallest power of two with 32 C >= k.
@@ -390,23 +403,38 @@ int cg_chunks(int k) {
   return chunks;
 }
 
-template <class T, int C>
-void launch_cg_chunks(const SweepArgs<T>& a, cudaStream_t stream) {
-  const size_t smem = cg_shared_bytes<T>(a.k);
-  allow_shared(cg_kernel<T, C>, smem);
-  cg_kernel<T, C><<<grid_for(a.rows), kCgThreads, smem, stream>>>(a);
+template <class T, int C, int W>
+void launch_cg_blocks(const SweepArgs<T>& a, cudaStream_t stream) {
+  if (a.rows == 0) return;
+  const size_t smem = cg_shared_bytes<T>(a.k, W);
+  allow_shared(cg_kernel<T, C, W>, smem);
+  cg_kernel<T, C, W><<<grid_for(a.rows), 32 * W, smem, stream>>>(a);
   check_launch("cg_kernel");
 }
 
+// The first long_rows rows of a.order (the longest) in large blocks, then the rest.
+template <class T, int C>
+void launch_cg_chunks(const SweepArgs<T>& a, int64_t long_rows, cudaStream_t stream) {
+  constexpr int kLongWarps = cg_long_warps<T, C>();
+  if (kLongWarps == kCgWarps) long_rows = 0;
+  SweepArgs<T> head = a, rest = a;
+  head.rows = long_rows;
+  rest.order = a.order + long_rows;
+  rest.rows = a.rows - long_rows;
+  launch_cg_blocks<T, C, kLongWarps>(head, stream);
+  launch_cg_blocks<T, C, kCgWarps>(rest, stream);
+}
+
+// a.order must be set; its first long_rows rows are those of kCgLongRow entries or more.
 template <class T>
-void launch_cg(const SweepArgs<T>& a, cudaStream_t stream) {
+void launch_cg(const SweepArgs<T>& a, int64_t long_rows, cudaStream_t stream) {
   switch (cg_chunks(a.k)) {
-    case 1: return launch_cg_chunks<T, 1>(a, stream);
-    case 2: return launch_cg_chunks<T, 2>(a, stream);
-    case 4: return launch_cg_chunks<T, 4>(a, stream);
-    case 8: return launch_cg_chunks<T, 8>(a, stream);
-    case 16: return launch_cg_chunks<T, 16>(a, stream);
-    case 32: return launch_cg_chunks<T, 32>(a, stream);
+    case 1: return launch_cg_chunks<T, 1>(a, long_rows, stream);
+    case 2: return launch_cg_chunks<T, 2>(a, long_rows, stream);
+    case 4: return launch_cg_chunks<T, 4>(a, long_rows, stream);
+    case 8: return launch_cg_chunks<T, 8>(a, long_rows, stream);
+    case 16: return launch_cg_chunks<T, 16>(a, long_rows, stream);
+    case 32: return launch_cg_chunks<T, 32>(a, long_rows, stream);
     default:
       throw std::invalid_argument("the CUDA CG solver supports at most " +
                                   std::to_string(cg_max_factors()) + " factors, got " +
@@ -694,6 +722,7 @@ struct DeviceCsr {
   int64_t rows = 0;
   int64_t cols = 0;
   int64_t nnz = 0;
+  int64_t long_rows = 0;  // rows of kCgLongRow entries or more: the head of order
 
   void upload(const CsrView<T>& R, cudaStream_t stream) {
     rows = R.rows;
@@ -704,6 +733,9 @@ struct DeviceCsr {
     std::stable_sort(host_order.begin(), host_order.end(), [&](int64_t l, int64_t r) {
       return R.indptr[l + 1] - R.indptr[l] > R.indptr[r + 1] - R.indptr[r];
     });
+    long_rows = std::partition_point(host_order.begin(), host_order.end(), [&](int64_t u) {
+                  return R.indptr[u + 1] - R.indptr[u] >= kCgLongRow;
+                }) - host_order.begin();
     indptr.allocate(static_cast<size_t>(rows) + 1);
     indices.allocate(static_cast<size_t>(nnz));
     data.allocate(static_cast<size_t>(nnz));
@@ -746,7 +778,7 @@ int64_t run_sweep(const DeviceCsr<T>& R, const T* Y, int k, const T* G_reg, T* X
     RECFUSE_CUDA_CHECK(cudaStreamSynchronize(stream));
     return static_cast<int64_t>(host_failed);
   }
-  launch_cg(a, stream);
+  launch_cg(a, R.long_rows, stream);
   RECFUSE_CUDA_CHECK(cudaStreamSynchronize(stream));
   return 0;
 }

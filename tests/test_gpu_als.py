@@ -199,6 +199,42 @@ def test_half_sweep_matches_reference(name, dtype, confidence, solver, case, k):
     assert_close_with_drift(X, expected32, expected64, dtype, f"{name} {solver} X")
 
 
+# The CUDA CG kernel gives rows of 2,048 stored entries or more blocks of up to 32 warps
+# (cuda/als.cu, kCgLongRow); the lengths straddle that edge, k the warp counts (32 for
+# k <= 128 in float32 or 64 in float64, 16 up to twice that, none past it).
+LONG_ROW_LENGTHS = (5000, 2048, 2047, 10, 0, 2049)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("k", [7, 64, 128, 256])
+def test_rows_past_the_long_row_edge_match_reference(name, dtype, solver, k):
+    backend = gpu_backend(name)
+    rng = np.random.default_rng(k)
+    cols = 6000
+    rows = [np.sort(rng.choice(cols, size=n, replace=False)) for n in LONG_ROW_LENGTHS]
+    matrix = sp.csr_matrix(
+        (rng.uniform(0.5, 20.0, sum(LONG_ROW_LENGTHS)), np.concatenate(rows),
+         np.concatenate([[0], np.cumsum(LONG_ROW_LENGTHS)])),
+        shape=(len(LONG_ROW_LENGTHS), cols),
+    )
+    Y64 = rng.standard_normal((cols, k)) / np.sqrt(k)
+    X64 = rng.standard_normal((len(LONG_ROW_LENGTHS), k)) / np.sqrt(k)
+    params = AlsParams(REGULARIZATION, 2.0, "linear", solver, 3, 0)
+    X = X64.astype(dtype)
+    backend.half_sweep(CsrArrays.from_scipy(matrix, dtype), Y64.astype(dtype), X, params)
+    expected = {
+        t: reference.als_half_sweep(matrix.astype(t), Y64.astype(t), X64.astype(t),
+                                    regularization=REGULARIZATION, alpha=2.0,
+                                    confidence="linear", solver=solver, cg_steps=3)
+        for t in (np.float32, np.float64)
+    }
+    assert_close_with_drift(X, expected[np.float32], expected[np.float64], dtype,
+                            f"{name} {solver} k={k}")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
