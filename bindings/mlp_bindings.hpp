@@ -107,6 +107,34 @@ inline MlpCall mlp_call(const Array<int64_t>& indptr, const std::optional<Array<
 
 inline void bind_mlp(py::module_& m) {
   m.def(
+      "mlp_rank_scores",
+      [](const Array<int64_t>& indptr, const Array<int64_t>& ids, const Array<float>& scores,
+         int k, int num_threads) {
+        expect(k >= 1, "k must be >= 1, got " + std::to_string(k));
+        expect(indptr.ndim() == 1 && indptr.shape(0) >= 1,
+               "indptr must be 1-d with at least one entry, got shape " + shape_of(indptr));
+        const int64_t users = indptr.shape(0) - 1, total = indptr.data()[users];
+        expect(ids.ndim() == 1 && ids.shape(0) == total,
+               "ids must have shape (" + std::to_string(total) + ",), got " + shape_of(ids));
+        expect(scores.ndim() == 1 && scores.shape(0) == total,
+               "scores must have shape (" + std::to_string(total) + ",), got " +
+                   shape_of(scores));
+        Array<int64_t> out_ids({users, static_cast<int64_t>(k)});
+        Array<float> out_scores({users, static_cast<int64_t>(k)});
+        int64_t* i = out_ids.mutable_data();
+        float* s = out_scores.mutable_data();
+        {
+          ReleaseGil release;
+          mlp_rank_scores(users, indptr.data(), ids.data(), scores.data(), k, num_threads, i, s);
+        }
+        return py::make_tuple(out_ids, out_scores);
+      },
+      py::arg("indptr").noconvert(), py::arg("ids").noconvert(), py::arg("scores").noconvert(),
+      py::arg("k"), py::arg("num_threads") = 0,
+      "(ids int64 users x k, scores float32 users x k): each user's k best distinct candidate "
+      "ids by the given float32 scores (recfuse.reference.mlp_rank_scores; padded with -1 / "
+      "-inf). The host ranking of backends that score elsewhere.");
+  m.def(
       "mlp_kernels",
       [] {
         std::vector<py::tuple> rows;

@@ -137,6 +137,58 @@ def test_reference_rank_is_a_full_sort_with_ties_and_repeats():
     np.testing.assert_array_equal(top, [[7, 2, 1, -1]])
 
 
+_SCORE_VALUES = [0.0, -0.0, 1.0, 1.0, -2.5, 3.0e38, -3.0e38, np.inf, -np.inf, np.nan, 1e-45]
+
+
+@st.composite
+def _scored_lists(draw):
+    """(indptr, ids, float32 scores, k): empty users, repeated ids, tied and special scores."""
+    sizes = draw(st.lists(st.integers(0, 40), min_size=0, max_size=6))
+    total = sum(sizes)
+    ids = np.array(draw(st.lists(st.integers(0, draw(st.integers(0, 50))), min_size=total,
+                                 max_size=total)), dtype=np.int64)
+    scores = np.array(draw(st.lists(st.one_of(st.sampled_from(_SCORE_VALUES),
+                                              st.floats(-10, 10, width=32)),
+                                    min_size=total, max_size=total)), dtype=np.float32)
+    indptr = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+    return indptr, ids, scores, draw(st.integers(1, 60))
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(_scored_lists(), st.sampled_from([1, 2]))
+def test_native_rank_of_given_scores_matches_reference(lists, num_threads):
+    """_core.mlp_rank_scores (how the cuda, cupy, numba and numpy backends rank scores on
+    the host) is the reference's full sort to the bit: ties by id, repeats at their best,
+    NaN and -inf dropped, short lists padded."""
+    from recfuse import _core
+
+    indptr, ids, scores, k = lists
+    top, values = _core.mlp_rank_scores(indptr, ids, scores, k, num_threads)
+    want_top, want_values = reference.mlp_rank_scores(indptr, ids, scores, k)
+    np.testing.assert_array_equal(top, want_top)
+    np.testing.assert_array_equal(values, want_values.astype(np.float32))
+    assert top.shape == values.shape == (indptr.size - 1, k) and values.dtype == np.float32
+
+
+def test_native_rank_of_given_scores_refuses_bad_input():
+    from recfuse import _core
+
+    indptr, ids, scores = np.array([0, 2], np.int64), np.array([1, 2], np.int64), np.ones(2,
+                                                                                      np.float32)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        _core.mlp_rank_scores(indptr, ids, scores, 0)
+    with pytest.raises(ValueError, match=r"ids must have shape \(2,\), got \(3,\)"):
+        _core.mlp_rank_scores(indptr, np.arange(3), scores, 1)
+    with pytest.raises(ValueError, match=r"scores must have shape \(2,\)"):
+        _core.mlp_rank_scores(indptr, ids, np.ones(1, np.float32), 1)
+    with pytest.raises(ValueError, match="must not decrease"):
+        _core.mlp_rank_scores(np.array([0, 2, 1, 2], np.int64), ids, scores, 1)
+    with pytest.raises(ValueError, match="starting at 0"):
+        _core.mlp_rank_scores(np.array([1, 2], np.int64), ids, scores, 1)
+    with pytest.raises(TypeError):  # float64 scores are not converted silently
+        _core.mlp_rank_scores(indptr, ids, np.ones(2), 1)
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k, n_items", [(4, 5), (80, 150)])  # few results, and many

@@ -610,7 +610,55 @@ int64_t top_of_band(const int64_t* band, const float* exact, int64_t size, const
   return first_distinct(places, better, id_of, k, top);
 }
 
+// The float32 rule for one user whose scores (rows indptr[u].. of `all`) are known: its k
+// best distinct ids into ids / scores (k slots, already padded); `order` is scratch.
+void rank_scored_user(const int64_t* indptr, const int64_t* candidate_ids, const float* all,
+                      int64_t u, int k, std::vector<int64_t>& order, std::vector<int64_t>& top,
+                      int64_t* ids, float* scores) {
+  top.resize(k);
+  order.clear();
+  for (int64_t r = indptr[u]; r < indptr[u + 1]; ++r)
+    if (all[r] > -std::numeric_limits<float>::infinity()) order.push_back(r);  // not NaN
+  const int64_t found =
+      first_distinct(order, BetterRow{all, candidate_ids},
+                     [&](int64_t row) { return candidate_ids[row]; }, k, top.data());
+  for (int64_t i = 0; i < found; ++i) {
+    ids[i] = candidate_ids[top[i]];
+    scores[i] = all[top[i]];
+  }
+}
+
+// ids / scores (users x k) all -1 / -inf: the padding of every ranking.
+void pad_ranking(int64_t users, int k, int64_t* ids, float* scores) {
+  std::fill(ids, ids + users * k, int64_t{-1});
+  std::fill(scores, scores + users * k, -std::numeric_limits<float>::infinity());
+}
+
 }  // namespace
+
+void mlp_rank_scores(int64_t users, const int64_t* indptr, const int64_t* candidate_ids,
+                     const float* scores, int k, int num_threads, int64_t* ids, float* out) {
+  expect(k >= 1, "k must be >= 1, got " + std::to_string(k));
+  expect(users >= 0 && indptr != nullptr && indptr[0] == 0,
+         "indptr must hold users + 1 offsets starting at 0");
+  bool ordered = true;
+  for (int64_t u = 0; u < users; ++u) ordered &= indptr[u] <= indptr[u + 1];
+  expect(ordered, "indptr must not decrease");
+  pad_ranking(users, k, ids, out);
+  const int64_t total = indptr[users];
+  if (total == 0) return;
+  // About 1 µs a user per 1,000 candidates: threads only where there is work for them.
+  const int threads = static_cast<int>(
+      std::min<int64_t>(resolve_threads(num_threads), std::max<int64_t>(1, total / 16384)));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<int64_t> order, top;
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t u = 0; u < users; ++u)
+      rank_scored_user(indptr, candidate_ids, scores, u, k, order, top, ids + u * k,
+                       out + u * k);
+  }
+}
 
 void MlpModel::rank(const MlpCandidates& c, int k, int num_threads, int64_t* ids,
                     float* scores) const {
@@ -620,10 +668,7 @@ void MlpModel::rank(const MlpCandidates& c, int k, int num_threads, int64_t* ids
   const int64_t total = c.indptr[c.users];
   const int threads = resolve_threads(num_threads);
   const bool reduced = precision_ != MlpPrecision::Float32;
-  for (int64_t u = 0; u < c.users; ++u) {  // padding; users with candidates fill theirs
-    std::fill(ids + u * k, ids + (u + 1) * k, -1);
-    std::fill(scores + u * k, scores + (u + 1) * k, -std::numeric_limits<float>::infinity());
-  }
+  pad_ranking(c.users, k, ids, scores);  // users with candidates fill theirs
   if (total == 0) return;
   const CallPlan call_plan = plan(c, threads, reduced);
   // bfloat16 or int8: the rough scores that choose the band; float32: the scores.
@@ -652,19 +697,12 @@ void MlpModel::rank_user(const MlpCandidates& c, const CallPlan& plan, int k, co
                          int64_t u, Scratch& s, int64_t* ids, float* scores) const {
   thread_local std::vector<int64_t> order, band, picked, top;
   thread_local std::vector<float> exact;  // float32 scores of the band's rows, by place
+  if (precision_ == MlpPrecision::Float32)
+    return rank_scored_user(c.indptr, c.ids, all, u, k, order, top, ids, scores);
   top.resize(k);
   order.clear();
   for (int64_t r = c.indptr[u]; r < c.indptr[u + 1]; ++r)
     if (all[r] > -std::numeric_limits<float>::infinity()) order.push_back(r);  // not NaN
-  if (precision_ == MlpPrecision::Float32) {
-    const int64_t found = first_distinct(
-        order, BetterRow{all, c.ids}, [&](int64_t row) { return c.ids[row]; }, k, top.data());
-    for (int64_t i = 0; i < found; ++i) {
-      ids[i] = c.ids[top[i]];
-      scores[i] = all[top[i]];
-    }
-    return;
-  }
   // Rescore a band of the best rough (bfloat16 or int8) rows in float32, widening it until no row outside
   // can reach the float32 k-th score (see recfuse/mlp.hpp).
   int64_t want = std::max<int64_t>(2 * static_cast<int64_t>(k), kMlpRescoreMinBand);

@@ -107,6 +107,13 @@ struct MlpCandidates {
   const float* item_part = nullptr;
 };
 
+// Per user, the k best distinct candidate ids by scores computed elsewhere: MlpModel::rank's
+// float32 rule (score descending, ties by smaller id, each id once at its best score, NaN
+// and -inf dropped), recfuse.reference.mlp_rank_scores on float32. For the backends that
+// score on a device and rank on the host. ids and out are users x k, padded with -1 / -inf.
+void mlp_rank_scores(int64_t users, const int64_t* indptr, const int64_t* candidate_ids,
+                     const float* scores, int k, int num_threads, int64_t* ids, float* out);
+
 class MlpModel {
  public:
   // The last layer must have one output (the score). Throws std::invalid_argument for

@@ -161,9 +161,14 @@ def score_candidates(model: Model, call: Candidates):
 
 
 def rank_scores(indptr, ids, scores, k: int):
-    """Per-user top-k of given scores (host arrays): the reference's full sort, float32."""
-    top_ids, top_scores = reference.mlp_rank_scores(indptr, ids, scores, k)
-    return top_ids, top_scores.astype(np.float32)
+    """Per-user top-k of given float32 scores (host arrays): the reference's full sort
+    (``reference.mlp_rank_scores``), run natively over users (the reference's loop took 20
+    ms of host time for 64 users x 1,000 candidates, against 0.6 ms on a GPU to score them)."""
+    from .. import _core
+
+    return _core.mlp_rank_scores(np.ascontiguousarray(indptr, dtype=np.int64),
+                                 np.ascontiguousarray(ids, dtype=np.int64),
+                                 np.ascontiguousarray(scores, dtype=np.float32), k)
 
 
 def float32_twin(model: Model) -> Model:
