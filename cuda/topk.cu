@@ -15,7 +15,10 @@
 //       ids / scores with padding.
 //   fused_topk_kernel<T, Cfg>   (fused path, kk <= kFusedMaxK)
 //       a block owns TM queries x one item slice; per item tile the scores stay in
-//       registers; those above the query's current kk-th best go to the query's queue in
+//       registers (up to 8 queries, score_tile_warp: thread t scores item t of the tile for
+//       every query, each warp staging its own 32 rows without block barriers; more
+//       queries, score_tile: the block stages TM x TN tiles); those above the query's
+//       current kk-th best go to the query's queue in
 //       shared memory; a full queue is merged by one warp (bitonic sort of list + queue)
 //       into the query's best list of this slice, kept in global memory (L2-resident).
 //   merge_slices_kernel<T>      (fused path)
@@ -68,6 +71,11 @@ struct TileCfg {
 };
 using WideCfg = TileCfg<8, 256, 2, 4>;  // few queries: every item is read once per 8 queries
 using TallCfg = TileCfg<64, 64, 4, 4>;  // many queries: 16 FMAs per 2 shared loads
+// At most 8 queries (fused path): thread t scores item t of the tile for all TM queries, each
+// warp staging its own 32 items (score_tile_warp: no block barrier while scoring).
+template <int TM>
+using NarrowCfg = TileCfg<TM, 256, TM, 1>;
+constexpr int kWarpDims = 32;  // dimensions a warp stages per step in score_tile_warp
 
 template <class T>
 struct ScoreArgs {
@@ -84,9 +92,19 @@ struct ScoreArgs {
   const int32_t* exclude_indices;  // sorted within each row
 };
 
+// score_tile_warp's stage of one warp: its 32 items' rows (kWarpDims + 1 apart: no bank
+// conflicts when lane l reads row l) and the TM queries, kWarpDims dimensions of each.
+template <class Cfg>
+__host__ __device__ constexpr int warp_stage_elems() {
+  return 32 * (kWarpDims + 1) + Cfg::TM * kWarpDims;
+}
+
 template <class T, class Cfg>
 __host__ __device__ constexpr size_t tile_stage_bytes() {
-  return align16(sizeof(T) * Cfg::BK * (Cfg::TM + 1)) + align16(sizeof(T) * Cfg::BK * (Cfg::TN + 1));
+  return Cfg::TY == 1
+             ? align16(sizeof(T) * (Cfg::kThreads / 32) * warp_stage_elems<Cfg>())
+             : align16(sizeof(T) * Cfg::BK * (Cfg::TM + 1)) +
+                   align16(sizeof(T) * Cfg::BK * (Cfg::TN + 1));
 }
 
 // acc = Q[q0 : q0+TM] · V[j0 : j0+TN]ᵀ; rows outside [0, mq) and items outside [0, j_end)
@@ -131,6 +149,47 @@ __device__ __forceinline__ void score_tile(const ScoreArgs<T>& a, int64_t q0, in
         for (int j = 0; j < Cfg::RN; ++j) acc[i][j] += qv[i] * vv[j];
     }
     __syncthreads();  // the stage is overwritten next step
+  }
+}
+
+// score_tile's contract for the one-row-group tiles (TY == 1, RN == 1: thread t scores item
+// j0 + t for every query of the tile) without block barriers: each warp stages its own 32
+// items, kWarpDims dimensions at a time, with row-wise coalesced loads (lane = dimension),
+// then lane l sums item j0 + 32 warp + l's products in dimension order, as score_tile does
+// (the same bits). For a single query the block-wide stages of 8-query tiles streamed about
+// 2.5 GB/s a block (1.1 TB/s for the H200, 23% of its DRAM bandwidth; bench/README).
+template <class T, class Cfg>
+__device__ __forceinline__ void score_tile_warp(const ScoreArgs<T>& a, int64_t q0, int64_t j0,
+                                                int64_t j_end, T* stage,
+                                                T (&acc)[Cfg::RM][Cfg::RN]) {
+  static_assert(Cfg::TY == 1 && Cfg::RN == 1 && Cfg::TN == Cfg::kThreads, "one item a thread");
+  constexpr int TM = Cfg::TM, D = kWarpDims, LD = kWarpDims + 1;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  T* rows = stage + warp * warp_stage_elems<Cfg>();  // 32 x LD
+  T* qs = rows + 32 * LD;                            // TM x D
+  const int64_t first = j0 + 32 * warp;              // the warp's first item
+#pragma unroll
+  for (int i = 0; i < TM; ++i) acc[i][0] = T(0);
+  for (int k0 = 0; k0 < a.d; k0 += D) {
+    const int dim = k0 + lane;
+    const bool in_d = dim < a.d;
+    T v[32];  // all loads first: 32 rows in flight per lane
+#pragma unroll
+    for (int r = 0; r < 32; ++r)
+      v[r] = in_d && first + r < j_end ? a.items[(first + r) * a.d + dim] : T(0);
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+      qs[i * D + lane] = in_d && q0 + i < a.mq ? a.queries[(q0 + i) * a.d + dim] : T(0);
+#pragma unroll
+    for (int r = 0; r < 32; ++r) rows[r * LD + lane] = v[r];
+    __syncwarp();
+#pragma unroll 8
+    for (int c = 0; c < D; ++c) {
+      const T x = rows[lane * LD + c];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) acc[i][0] += qs[i * D + c] * x;
+    }
+    __syncwarp();  // the stage is written again next step
   }
 }
 
@@ -316,17 +375,22 @@ struct FusedLayout {
   size_t stage, thr, cnt, flag, queue, scratch, total;
 };
 
+// The score stage and the warps' merge buffers (scratch) share their bytes: merges run only
+// between the candidates of a tile and the scoring of the next, both behind a barrier
+// (66 KB a block became 49 KB for 8-query tiles: 4 blocks an SM instead of 3).
 template <class T, class Cfg>
 __host__ __device__ FusedLayout fused_layout(int P) {
   using Cand = typename Sel<T>::Cand;
   FusedLayout L{};
+  const size_t stage = tile_stage_bytes<T, Cfg>();
+  const size_t scratch = align16(sizeof(Cand) * (Cfg::kThreads / 32) * P);
   L.stage = 0;
-  L.thr = L.stage + tile_stage_bytes<T, Cfg>();
+  L.scratch = 0;
+  L.thr = stage > scratch ? stage : scratch;
   L.cnt = L.thr + align16(sizeof(Cand) * Cfg::TM);
   L.flag = L.cnt + align16(sizeof(int) * Cfg::TM);
   L.queue = L.flag + 16;
-  L.scratch = L.queue + align16(sizeof(Cand) * Cfg::TM * Cfg::TN);  // queue capacity TN
-  L.total = L.scratch + align16(sizeof(Cand) * (Cfg::kThreads / 32) * P);
+  L.total = L.queue + align16(sizeof(Cand) * Cfg::TM * Cfg::TN);  // queue capacity TN
   return L;
 }
 
@@ -396,7 +460,8 @@ fused_topk_kernel(ScoreArgs<T> a, int64_t slice_len, int slices, int kk, int P,
   const int tx = tid % Cfg::TX, ty = tid / Cfg::TX;
   for (int64_t j0 = j_begin; j0 < j_end; j0 += TN) {  // block-uniform loop
     T acc[Cfg::RM][Cfg::RN];
-    score_tile<T, Cfg>(a, q0, j0, j_end, Qs, Vs, acc);
+    if constexpr (Cfg::TY == 1) score_tile_warp<T, Cfg>(a, q0, j0, j_end, Qs, acc);
+    else score_tile<T, Cfg>(a, q0, j0, j_end, Qs, Vs, acc);
     // Candidates of this thread: above the current threshold, then the filters.
     Cand cand[Cfg::RM][Cfg::RN];
     unsigned int pending = 0;
@@ -656,10 +721,20 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
 
   // The path and the chunk of queries processed at once (device memory <= the budget).
   const TopkPath mode = topk_path();
-  const bool few = m <= 32;  // WideCfg: each item read once per 8 queries
-  const size_t fused_shared =
-      few ? fused_layout<T, WideCfg>(next_pow2(kk + WideCfg::TN)).total
-          : fused_layout<T, TallCfg>(next_pow2(kk + TallCfg::TN)).total;
+  // The fused path's tiles: up to 8 queries NarrowCfg (the smallest TM that holds them),
+  // up to 32 WideCfg (each item read once per 8 queries), more TallCfg.
+  const int narrow = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : m <= 8 ? 8 : 0;
+  const bool few = m <= 32;
+  auto fused_bytes = [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    return fused_layout<T, Cfg>(next_pow2(kk + Cfg::TN)).total;
+  };
+  const size_t fused_shared = narrow == 1   ? fused_bytes(NarrowCfg<1>{})
+                              : narrow == 2 ? fused_bytes(NarrowCfg<2>{})
+                              : narrow == 4 ? fused_bytes(NarrowCfg<4>{})
+                              : narrow == 8 ? fused_bytes(NarrowCfg<8>{})
+                              : few         ? fused_bytes(WideCfg{})
+                                            : fused_bytes(TallCfg{});
   const bool fused = mode != TopkPath::Simple && kk <= kFusedMaxK &&
                      fused_shared <= static_cast<size_t>(state_->optin_shared);
   const int64_t budget = kTopkSearchBudgetBytes;
@@ -668,7 +743,8 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
   int64_t chunk = 0, item_chunk = 0;
   int slices = 1;
   if (fused) {
-    const int64_t tm = few ? WideCfg::TM : TallCfg::TM, tn = few ? WideCfg::TN : TallCfg::TN;
+    const int64_t tm = narrow ? narrow : few ? WideCfg::TM : TallCfg::TM;
+    const int64_t tn = few ? WideCfg::TN : TallCfg::TN;  // NarrowCfg's too
     chunk = std::min<int64_t>(m, 4096);
     chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, budget / 4 / query_bytes));
     // Enough blocks for two waves of the device, at least 2 tiles per slice, and all of a
@@ -703,8 +779,17 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
                          state_->scale.get(), state_->bias.get(), mask.get(),
                          ex_indptr.get(), ex_indices.get()};
     if (fused) {
-      if (few) run_fused<T, WideCfg>(a, kk, slices, s, d_ids.get(), d_scores.get());
-      else run_fused<T, TallCfg>(a, kk, slices, s, d_ids.get(), d_scores.get());
+      int64_t* ids = d_ids.get();
+      T* scores = d_scores.get();
+      switch (narrow) {  // one chunk when narrow: m <= 8
+        case 1: run_fused<T, NarrowCfg<1>>(a, kk, slices, s, ids, scores); break;
+        case 2: run_fused<T, NarrowCfg<2>>(a, kk, slices, s, ids, scores); break;
+        case 4: run_fused<T, NarrowCfg<4>>(a, kk, slices, s, ids, scores); break;
+        case 8: run_fused<T, NarrowCfg<8>>(a, kk, slices, s, ids, scores); break;
+        default:
+          if (few) run_fused<T, WideCfg>(a, kk, slices, s, ids, scores);
+          else run_fused<T, TallCfg>(a, kk, slices, s, ids, scores);
+      }
     } else {
       if (mq <= 32) run_simple<T, WideCfg>(a, kk, item_chunk, s, d_ids.get(), d_scores.get());
       else run_simple<T, TallCfg>(a, kk, item_chunk, s, d_ids.get(), d_scores.get());

@@ -11,7 +11,9 @@
 //           one block per query radix-selects the k-th key and keeps the items above it
 //           plus the smallest-id ties; the survivors are carried into the next item chunk
 //           and finally sorted (stable, by key descending: ties stay in id order).
-//   fused   k <= kFusedMaxK: the score tile stays in registers; scores above the query's
+//   fused   k <= kFusedMaxK: the score tile stays in registers (up to 8 queries: one item a
+//           thread, each warp staging its own rows; more: tiles of 8 or 64 queries staged by
+//           the whole block); scores above the query's
 //           current k-th best go to a per-query candidate queue in shared memory, merged by
 //           one warp into the query's best list of its item slice; a last kernel merges the
 //           item slices of each query.
@@ -19,8 +21,7 @@
 // chunks) except when a single query's min(k, n) results alone do not fit in it. That
 // scratch comes from a stream-ordered pool (cuda_common.hpp's scratch_pool, which keeps up
 // to kScratchPoolKeepBytes of it between searches), so repeated searches make no cudaMalloc
-// or cudaFree; written after the last GPU run, NOT YET RUN ON A GPU (tests/test_gpu_topk.py
-// is its check).
+// or cudaFree.
 //
 // Errors: bad arguments throw std::invalid_argument (Python ValueError), CUDA failures throw
 // std::runtime_error carrying the CUDA error name and string.

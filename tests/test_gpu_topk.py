@@ -123,6 +123,24 @@ def test_many_items_many_ties(name, dtype, k):
 
 
 @pytest.mark.parametrize("name", GPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8])
+def test_few_queries_on_many_items(name, dtype, m):
+    """Up to 8 queries: the fused path's one-item-a-thread tiles (each warp stages its own
+    rows, kWarpDims = 32 dimensions a step): d below, at and past one step, ragged; many
+    slices; ties, exclusions, a mask and a bias."""
+    backend(name)
+    rng = np.random.default_rng(m)
+    n = 20011
+    for d in (3, 32, 70):
+        queries, items = integers(rng, (m, d), dtype, -2, 3), integers(rng, (n, d), dtype, -2, 3)
+        E = (rng.random((m, n)) < 0.01).astype(np.float64)
+        for k in (1, 10, 100, 256):
+            check(name, queries, items, k, exclude=sp.csr_matrix(E), mask=rng.random(n) < 0.95,
+                  bias=integers(rng, n, dtype, -1, 2))
+
+
+@pytest.mark.parametrize("name", GPU)
 @pytest.mark.parametrize("m", [1, 33, 70])
 def test_batches_and_wide_tiles(name, m):
     """m = 1 (wide tiles), 33 (tall tiles, ragged), 70 (two tall tiles); d not a multiple of 16."""
