@@ -22,7 +22,8 @@
 //       shared memory; a full queue is merged by one warp (bitonic sort of list + queue)
 //       into the query's best list of this slice, kept in global memory (L2-resident).
 //   merge_slices_kernel<T>      (fused path)
-//       one block per query: bitonic sort of all slices' lists, first kk written out.
+//       one block per query: the candidates of all slices' lists at least as good as the
+//       best of their kk-th entries, bitonic-sorted; the first kk written out.
 //
 // Ties: every candidate carries its id; selection compares (key, -id) lexicographically, so
 // the order is total and deterministic. In the simple path the survivors are kept in id
@@ -518,21 +519,54 @@ fused_topk_kernel(ScoreArgs<T> a, int64_t slice_len, int slices, int kk, int P,
   merge_rows(1);  // flush what is left in the queues
 }
 
-// One block per query row r: the best kk of its `slices` lists (slices * kk <= P2 entries).
+// One block of kMergeThreads per query row r: the best kk of its `slices` lists (each best
+// first, kk entries padded with empty ones; slices * kk <= P2 entries). Only the candidates
+// at least as good as the floor, the best of the lists' kk-th entries, are sorted: the
+// floor's list alone holds kk candidates that good, so the kk best of all are among them
+// (an empty floor keeps everything). Sorting all 4,096 candidates of a single query took 41
+// µs of its 171 on an H200 (bench/README, "Device check of 2026-11-30").
+constexpr int kMergeThreads = 512;
+
 template <class T>
-__global__ void __launch_bounds__(512)
+__global__ void __launch_bounds__(kMergeThreads)
 merge_slices_kernel(const typename Sel<T>::Cand* partial, int slices, int kk, int P2,
                     int64_t* ids, T* scores) {
   using S = Sel<T>;
   using Cand = typename S::Cand;
   extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ Cand floors[kMergeThreads];
+  __shared__ unsigned int warp_counts[32];
   Cand* s = reinterpret_cast<Cand*>(smem);
+  const int tid = threadIdx.x;
   const int64_t r = blockIdx.x;
   const int total = slices * kk;
   const Cand* lists = partial + r * total;
-  for (int e = threadIdx.x; e < P2; e += blockDim.x) s[e] = e < total ? lists[e] : S::empty();
+  Cand floor = S::empty();
+  for (int slice = tid; slice < slices; slice += kMergeThreads) {
+    const Cand last = lists[static_cast<int64_t>(slice) * kk + kk - 1];
+    if (S::better(last, floor)) floor = last;
+  }
+  floors[tid] = floor;
   __syncthreads();
-  bitonic_sort_best_first<T>(s, P2, threadIdx.x, blockDim.x, BlockSync());
+  for (int stride = kMergeThreads / 2; stride > 0; stride >>= 1) {
+    if (tid < stride && S::better(floors[tid + stride], floors[tid])) floors[tid] = floors[tid + stride];
+    __syncthreads();
+  }
+  floor = floors[0];
+  int kept = 0;  // candidates at least as good as the floor, compacted to s in list order
+  for (int first = 0; first < total; first += kMergeThreads) {  // block-uniform
+    const int e = first + tid;
+    const Cand c = e < total ? lists[e] : S::empty();
+    const bool keep = e < total && !S::better(floor, c);
+    unsigned int count = 0;
+    const unsigned int slot = kept + block_exclusive_count(keep, warp_counts, count);
+    if (keep) s[slot] = c;
+    kept += static_cast<int>(count);
+  }
+  const int P = next_pow2(kept);  // <= P2: kept <= total
+  for (int e = kept + tid; e < P; e += kMergeThreads) s[e] = S::empty();
+  __syncthreads();
+  bitonic_sort_best_first<T>(s, P, tid, kMergeThreads, BlockSync());
   for (int c = threadIdx.x; c < kk; c += blockDim.x) {
     const Cand best = s[c];
     const auto key = S::key(best);
@@ -668,7 +702,7 @@ void run_fused(const ScoreArgs<T>& a, int kk, int slices, cudaStream_t stream, i
   const int P2 = next_pow2(slices * kk);
   const size_t merge_bytes = sizeof(Cand) * P2;
   allow_shared(merge_slices_kernel<T>, merge_bytes);
-  merge_slices_kernel<T><<<static_cast<unsigned int>(mq), 512, merge_bytes, stream>>>(
+  merge_slices_kernel<T><<<static_cast<unsigned int>(mq), kMergeThreads, merge_bytes, stream>>>(
       partial.get(), slices, kk, P2, ids, scores);
   check(cudaGetLastError(), "merge_slices_kernel");
 }

@@ -398,3 +398,29 @@ def test_selection_emulation(data):
     merged = _bitonic_best_first(cands + [(0, 0)] * (P - n))[:kk]
     merged_ids = [-c[1] for c in merged if c[0] != 0]
     np.testing.assert_array_equal(merged_ids, ref)
+
+
+@given(data=st.data())
+def test_merge_floor_emulation(data):
+    """merge_slices_kernel sorts only the candidates at least as good as the best of the
+    slices' kk-th entries: on (key, -id) tuples, with ties of keys, slices holding fewer
+    than kk qualifying items (padded with empty (0, 0) entries) and empty slices, the kk
+    best it keeps are those of a sort of everything."""
+    kk = data.draw(st.integers(1, 8))
+    slices = data.draw(st.integers(1, 6))
+    lists, everything, next_id = [], [], 0
+    for _ in range(slices):
+        keys = data.draw(st.lists(st.integers(1, 4), max_size=12))
+        cands = [(key, -(next_id + j)) for j, key in enumerate(keys)]
+        next_id += len(keys)
+        everything += cands
+        best = sorted(cands, reverse=True)[:kk]
+        lists.append(best + [(0, 0)] * (kk - len(best)))
+    floor = max(lst[kk - 1] for lst in lists)
+    kept = [c for lst in lists for c in lst if not floor > c]
+    P = 2
+    while P < len(kept):
+        P *= 2
+    merged = _bitonic_best_first(kept + [(0, 0)] * (P - len(kept)))[:kk]
+    want = sorted(everything, reverse=True)[:kk]
+    assert [c for c in merged if c != (0, 0)] == want
