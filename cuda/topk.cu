@@ -575,7 +575,23 @@ merge_slices_kernel(const typename Sel<T>::Cand* partial, int slices, int kk, in
   }
 }
 
-constexpr int kMergeCapacity = 4096;  // slices * kk <= this (merge_slices_kernel's shared sort)
+// slices * kk <= kMergeCapacity, merge_slices_kernel's usual share of shared memory; up to
+// merge_capacity() when fewer slices would leave SMs idle (large k, few queries).
+constexpr int kMergeCapacity = 4096;
+constexpr int kMergeMaxCapacity = 16384;
+
+// The most candidates a query's merge can hold in the device's shared memory (a power of
+// two from kMergeCapacity to kMergeMaxCapacity; every one of them when the floor keeps all).
+template <class T>
+int64_t merge_capacity(int optin_shared) {
+  using Cand = typename Sel<T>::Cand;
+  const size_t fixed = sizeof(Cand) * kMergeThreads + 1024;  // floors, warp counts, slack
+  int64_t capacity = kMergeCapacity;
+  while (capacity < kMergeMaxCapacity &&
+         fixed + sizeof(Cand) * 2 * capacity <= static_cast<size_t>(optin_shared))
+    capacity *= 2;
+  return capacity;
+}
 
 }  // namespace
 
@@ -786,11 +802,17 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
     // single query on 50,000 items 12 blocks for the H200's 132 SMs: 65 GB/s of the table,
     // as if each block streamed ~5 GB/s; 1M items, 244 blocks: 567 GB/s. 2 tiles: 66 and
     // 391 blocks, once run_fused drops the slices that whole tiles leave empty: 165 and
-    // 736 GB/s on the H200. The merge capacity still caps k = 100 at 40 slices.)
-    const int64_t want = ceil_div(4 * static_cast<int64_t>(state_->sm_count), ceil_div(chunk, tm));
-    const int64_t most = std::min<int64_t>(kMergeCapacity / kk, std::max<int64_t>(1, n_ / (2 * tn)));
+    // 736 GB/s on the H200. kMergeCapacity / kk gave one query at k = 100 40 slices: 40
+    // blocks for 132 SMs, 577 µs on 1M x 64 against 126 at k = 10; up to one slice an SM
+    // now, as the merge's shared memory allows.)
+    const int64_t sms = state_->sm_count;
+    const int64_t want = ceil_div(4 * sms, ceil_div(chunk, tm));
+    const int64_t merge_most = std::max<int64_t>(
+        kMergeCapacity / kk, std::min<int64_t>(sms, merge_capacity<T>(state_->optin_shared) / kk));
+    const int64_t most = std::min<int64_t>(merge_most, std::max<int64_t>(1, n_ / (2 * tn)));
     slices = static_cast<int>(std::max<int64_t>(1, std::min(want, most)));
-    // partial lists: chunk * slices * kk candidates (<= 4096 * 4096 * 16 bytes = 256 MiB)
+    // partial lists: chunk * slices * kk candidates, where chunk * want is about 4 * SMs * TM (
+    // 33,792 on 132 SMs), times 256 * 16 bytes: about 140 MB at most
   } else {
     item_chunk = std::min<int64_t>(n_, int64_t(1) << 22);
     const int64_t key_bytes = sizeof(typename Sel<T>::Key);
