@@ -88,7 +88,7 @@ from .models.bpr import BPR
 from .models.explicit_als import ExplicitALS, check_float32_sums
 from .models.sgd import SVD, SVDpp, _user_vectors
 from .ranker import MLPRanker
-from .ranking import MLPScorer, load_scorer
+from .ranking import MLPScorer, PreparedItems, load_scorer
 from .reference import confidence_and_preference
 from .retrieval import ItemIndex, _rows_of, by_score_then_id
 
@@ -244,7 +244,7 @@ class _Model:
 
     version: int
     source: str
-    model: object  # the ALS / SVD / SVDpp / ExplicitALS / BPR it came from (its parameters)
+    model: Any  # the ALS / SVD / SVDpp / ExplicitALS / BPR it came from (its parameters)
     kind: str  # "als", "svd", "explicit" or "bpr": how observe folds events in
     user_vectors: np.ndarray  # (n_users, d): the recall queries
     user_offsets: np.ndarray  # (n_users,) float64 added to every score (SVD: mu + b_u)
@@ -259,7 +259,7 @@ class _Model:
     rule_mask: np.ndarray | None  # uint8 (n_items,) of the rules' allow/deny, None: no rule
     ranker: MLPScorer | None  # the ranker served with this model
     ranker_source: str | None  # its file, "<object>", or None without a ranker
-    prepared: object  # PreparedItems of the ranker for these items, or None
+    prepared: PreparedItems | None  # of the ranker for these items
     gram: np.ndarray | None  # ALS: YᵀY of the item vectors
     global_mean: float  # SVD: mu (cold users' offset); 0 otherwise
     # ExplicitALS: ratings per (user, item) of the training set, aligned with ``seen`` (whose

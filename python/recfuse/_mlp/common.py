@@ -5,7 +5,7 @@ is built for large calls."""
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -34,7 +34,7 @@ class Model(NamedTuple):
     rounded: list         # W as multiplied: in the middle layers bfloat16-rounded, or int8 values
     scales: list          # int8: the middle layers' weight-row scales (None elsewhere)
     precision: str
-    xp: object
+    xp: Any  # the array module: numpy or cupy
 
 
 def prepare(xp, layers, precision: str) -> Model:
