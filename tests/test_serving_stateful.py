@@ -622,6 +622,30 @@ def test_a_swap_after_a_settings_change_replays_what_the_settings_take(setting):
     assert rec.pending_events().items.tolist() == [N_ITEMS, 3]
 
 
+@pytest.mark.parametrize("setting", ["unknown_items", "max_new_items"])
+def test_a_swap_reads_each_setting_once(setting):
+    """swap_model read unknown_items and max_new_items twice, in its filter of the logged
+    events and again in their replay: a change from another thread between the two reads
+    (here: a setting that answers "add" or 10 to its first read, "reject" or 0 after)
+    failed the swap, against the class's promise that a call reads each setting once."""
+    served = {"unknown_items": ("add", "reject"), "max_new_items": (10, 0)}[setting]
+
+    class Changing(Recommender):
+        reads = 0
+
+    def read(self):
+        type(self).reads += 1
+        return served[0] if type(self).reads == 1 else served[1]
+
+    setattr(Changing, setting, property(read, lambda self, value: None))
+    rec = Changing(ALS_MODEL, k=K, num_threads=1)
+    rec.observe({"user": [0, 1], "item": [N_ITEMS, 3]})  # first read: "add" / 10
+    Changing.reads = 0
+    assert rec.swap_model(ALS_MODEL) == 2  # raised ValueError on the replay's own read
+    assert Changing.reads == 1
+    assert rec.info()["added_items"] == 1 and set(rec._state.users) == {0, 1}
+
+
 def test_lowering_max_pending_events_bounds_the_log_at_once():
     """The log was trimmed only by the next observe: until then pending_events() returned
     more than max_pending_events events and a swap replayed them all."""

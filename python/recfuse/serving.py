@@ -926,14 +926,16 @@ class Recommender:
                         log = _concatenate([_events(renumber(events))])
                         left_out, events = events.users.size - log.users.size, log
                     # events of added items the settings of now refuse (unknown_items,
-                    # max_new_items changed since observe took them) stay in the log only
+                    # max_new_items changed since observe took them) stay in the log only;
+                    # each setting read once, for this filter and the replay alike
+                    unknown_items, max_new_items = self.unknown_items, self.max_new_items
                     n = built.n_items
-                    limit = n + self.max_new_items if self.unknown_items == "add" else n
+                    limit = n + max_new_items if unknown_items == "add" else n
                     replayable = events.items < limit
                     if not replayable.all():
                         events = Events(*(part[replayable] for part in events))
                     if events.users.size:  # the function may have left every event out
-                        self._apply(state, *events)
+                        self._apply(state, *events, unknown_items, max_new_items)
                 self._state = state
                 self.dropped_events += max(left_out, 0)
                 if log is not None:  # one chunk: the log in the new model's numbers
@@ -1200,7 +1202,8 @@ class Recommender:
         if users.size == 0:
             return 0
         with self._write_lock:
-            self._apply(self._state, users, items, weights)
+            self._apply(self._state, users, items, weights, self.unknown_items,
+                        self.max_new_items)
             self._remember(Events(users, items, weights))
         return int(users.size)
 
@@ -1245,8 +1248,10 @@ class Recommender:
                 self._logged -= surplus
                 self.dropped_events += surplus
 
-    def _apply(self, state: _State, users, items, weights) -> None:
-        """Fold events into ``state`` (writer lock held): compute everything, then publish."""
+    def _apply(self, state: _State, users, items, weights, unknown_items: str,
+               max_new_items: int) -> None:
+        """Fold events into ``state`` (writer lock held): compute everything, then publish.
+        ``unknown_items`` and ``max_new_items``: the settings as the caller read them."""
         model = state.model
         n = model.n_items
         if model.kind == "als" and model.model.confidence == "linear" and (weights < 0).any():
@@ -1266,10 +1271,10 @@ class Recommender:
         if extra is not None and unknown.size:
             unknown = unknown[~extra.has(unknown)]
         if unknown.size:
-            if self.unknown_items == "reject":
+            if unknown_items == "reject":
                 raise ValueError(f"unknown item ids {unknown[:5].tolist()} (the model has "
                                  f"{n} items; unknown_items='reject')")
-            limit = n + self.max_new_items
+            limit = n + max_new_items
             if unknown.max() >= limit:
                 raise ValueError(f"item id {int(unknown.max())} is beyond the items that may be "
                                  f"added (< {limit}: n_items + max_new_items)")
