@@ -23,7 +23,7 @@
 //       into the query's best list of this slice, kept in global memory (L2-resident).
 //   merge_slices_kernel<T>      (fused path)
 //       one block per query: the candidates of all slices' lists at least as good as the
-//       best of their kk-th entries, bitonic-sorted; the first kk written out.
+//       kk-th best of a sample of their heads, bitonic-sorted; the first kk written out.
 //
 // Ties: every candidate carries its id; selection compares (key, -id) lexicographically, so
 // the order is total and deterministic. In the simple path the survivors are kept in id
@@ -520,39 +520,37 @@ fused_topk_kernel(ScoreArgs<T> a, int64_t slice_len, int slices, int kk, int P,
 }
 
 // One block of kMergeThreads per query row r: the best kk of its `slices` lists (each best
-// first, kk entries padded with empty ones; slices * kk <= P2 entries). Only the candidates
-// at least as good as the floor, the best of the lists' kk-th entries, are sorted: the
-// floor's list alone holds kk candidates that good, so the kk best of all are among them
-// (an empty floor keeps everything). Sorting all 4,096 candidates of a single query took 41
-// µs of its 171 on an H200 (bench/README, "Device check of 2026-11-30").
+// first, kk entries padded with empty ones), in s (dynamic shared memory for
+// next_pow2(slices * kk) candidates). Only the candidates at least as good as a floor are
+// sorted: the kk-th best of a sample, the first ceil(kk / slices) entries of every list. The
+// sample holds kk candidates that good, so the kk best of all are among them (an empty
+// floor keeps everything). Sorting all 4,096 candidates of a single query took 41 µs of its
+// 171 on an H200; the best of the lists' kk-th entries, a floor tried first, kept about 3 of
+// every 4 candidates of random scores (each list's kk-th is about as good as the others').
 constexpr int kMergeThreads = 512;
 
 template <class T>
 __global__ void __launch_bounds__(kMergeThreads)
-merge_slices_kernel(const typename Sel<T>::Cand* partial, int slices, int kk, int P2,
-                    int64_t* ids, T* scores) {
+merge_slices_kernel(const typename Sel<T>::Cand* partial, int slices, int kk, int64_t* ids,
+                    T* scores) {
   using S = Sel<T>;
   using Cand = typename S::Cand;
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ Cand floors[kMergeThreads];
   __shared__ unsigned int warp_counts[32];
   Cand* s = reinterpret_cast<Cand*>(smem);
   const int tid = threadIdx.x;
   const int64_t r = blockIdx.x;
   const int total = slices * kk;
   const Cand* lists = partial + r * total;
-  Cand floor = S::empty();
-  for (int slice = tid; slice < slices; slice += kMergeThreads) {
-    const Cand last = lists[static_cast<int64_t>(slice) * kk + kk - 1];
-    if (S::better(last, floor)) floor = last;
-  }
-  floors[tid] = floor;
+  // The floor: the kk-th best of the sample (slices * per >= kk entries, <= total).
+  const int per = (kk + slices - 1) / slices;
+  const int sampled = slices * per, P_sample = next_pow2(sampled);
+  for (int e = tid; e < P_sample; e += kMergeThreads)
+    s[e] = e < sampled ? lists[static_cast<int64_t>(e / per) * kk + e % per] : S::empty();
   __syncthreads();
-  for (int stride = kMergeThreads / 2; stride > 0; stride >>= 1) {
-    if (tid < stride && S::better(floors[tid + stride], floors[tid])) floors[tid] = floors[tid + stride];
-    __syncthreads();
-  }
-  floor = floors[0];
+  bitonic_sort_best_first<T>(s, P_sample, tid, kMergeThreads, BlockSync());
+  const Cand floor = s[kk - 1];
+  __syncthreads();  // every thread has read the floor before s is written again
   int kept = 0;  // candidates at least as good as the floor, compacted to s in list order
   for (int first = 0; first < total; first += kMergeThreads) {  // block-uniform
     const int e = first + tid;
@@ -563,11 +561,11 @@ merge_slices_kernel(const typename Sel<T>::Cand* partial, int slices, int kk, in
     if (keep) s[slot] = c;
     kept += static_cast<int>(count);
   }
-  const int P = next_pow2(kept);  // <= P2: kept <= total
+  const int P = next_pow2(kept);  // <= next_pow2(total): kept <= total
   for (int e = kept + tid; e < P; e += kMergeThreads) s[e] = S::empty();
   __syncthreads();
   bitonic_sort_best_first<T>(s, P, tid, kMergeThreads, BlockSync());
-  for (int c = threadIdx.x; c < kk; c += blockDim.x) {
+  for (int c = tid; c < kk; c += kMergeThreads) {
     const Cand best = s[c];
     const auto key = S::key(best);
     ids[r * kk + c] = key == 0 ? -1 : S::id(best);
@@ -585,7 +583,7 @@ constexpr int kMergeMaxCapacity = 16384;
 template <class T>
 int64_t merge_capacity(int optin_shared) {
   using Cand = typename Sel<T>::Cand;
-  const size_t fixed = sizeof(Cand) * kMergeThreads + 1024;  // floors, warp counts, slack
+  const size_t fixed = 1024;  // warp counts, slack
   int64_t capacity = kMergeCapacity;
   while (capacity < kMergeMaxCapacity &&
          fixed + sizeof(Cand) * 2 * capacity <= static_cast<size_t>(optin_shared))
@@ -719,7 +717,7 @@ void run_fused(const ScoreArgs<T>& a, int kk, int slices, cudaStream_t stream, i
   const size_t merge_bytes = sizeof(Cand) * P2;
   allow_shared(merge_slices_kernel<T>, merge_bytes);
   merge_slices_kernel<T><<<static_cast<unsigned int>(mq), kMergeThreads, merge_bytes, stream>>>(
-      partial.get(), slices, kk, P2, ids, scores);
+      partial.get(), slices, kk, ids, scores);
   check(cudaGetLastError(), "merge_slices_kernel");
 }
 
@@ -811,8 +809,8 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
         kMergeCapacity / kk, std::min<int64_t>(sms, merge_capacity<T>(state_->optin_shared) / kk));
     const int64_t most = std::min<int64_t>(merge_most, std::max<int64_t>(1, n_ / (2 * tn)));
     slices = static_cast<int>(std::max<int64_t>(1, std::min(want, most)));
-    // partial lists: chunk * slices * kk candidates, where chunk * want is about 4 * SMs * TM (
-    // 33,792 on 132 SMs), times 256 * 16 bytes: about 140 MB at most
+    // partial lists: chunk * slices * kk candidates, where chunk * want is about 4 * SMs * TM
+    // plus chunk: at most about 170 MB (float64, kk = 256, 4,096 queries; 151 MB on 132 SMs)
   } else {
     item_chunk = std::min<int64_t>(n_, int64_t(1) << 22);
     const int64_t key_bytes = sizeof(typename Sel<T>::Key);

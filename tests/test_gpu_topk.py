@@ -141,6 +141,25 @@ def test_few_queries_on_many_items(name, dtype, m):
 
 
 @pytest.mark.parametrize("name", GPU)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [100, 256])
+def test_one_query_many_slices_at_large_k(name, dtype, k):
+    """One query on 2**17 items at k = 100 and 256: one slice an SM (up to what the merge's
+    shared memory holds: 16,384 float32 or 8,192 float64 candidates), and small integer
+    scores whose ties make the merge's floor keep most of them."""
+    backend(name)
+    rng = np.random.default_rng(k)
+    n, d = 1 << 17, 4
+    queries, items = integers(rng, (1, d), dtype, -2, 3), integers(rng, (n, d), dtype, -2, 3)
+    E = (rng.random((1, n)) < 0.01).astype(np.float64)
+    check(name, queries, items, k, exclude=sp.csr_matrix(E), mask=rng.random(n) < 0.95,
+          bias=integers(rng, n, dtype, -1, 2))
+    queries = rng.standard_normal((1, d)).astype(dtype)  # and distinct scores
+    items = rng.standard_normal((n, d)).astype(dtype)
+    check(name, queries, items, k, exact=False)
+
+
+@pytest.mark.parametrize("name", GPU)
 @pytest.mark.parametrize("m", [1, 33, 70])
 def test_batches_and_wide_tiles(name, m):
     """m = 1 (wide tiles), 33 (tall tiles, ragged), 70 (two tall tiles); d not a multiple of 16."""
@@ -402,12 +421,12 @@ def test_selection_emulation(data):
 
 @given(data=st.data())
 def test_merge_floor_emulation(data):
-    """merge_slices_kernel sorts only the candidates at least as good as the best of the
-    slices' kk-th entries: on (key, -id) tuples, with ties of keys, slices holding fewer
-    than kk qualifying items (padded with empty (0, 0) entries) and empty slices, the kk
-    best it keeps are those of a sort of everything."""
+    """merge_slices_kernel sorts only the candidates at least as good as its floor, the kk-th
+    best of the first ceil(kk / slices) entries of every list: on (key, -id) tuples, with
+    ties of keys, slices holding fewer than kk qualifying items (padded with empty (0, 0)
+    entries) and empty slices, the kk best it keeps are those of a sort of everything."""
     kk = data.draw(st.integers(1, 8))
-    slices = data.draw(st.integers(1, 6))
+    slices = data.draw(st.integers(1, 12))
     lists, everything, next_id = [], [], 0
     for _ in range(slices):
         keys = data.draw(st.lists(st.integers(1, 4), max_size=12))
@@ -416,7 +435,12 @@ def test_merge_floor_emulation(data):
         everything += cands
         best = sorted(cands, reverse=True)[:kk]
         lists.append(best + [(0, 0)] * (kk - len(best)))
-    floor = max(lst[kk - 1] for lst in lists)
+    per = -(-kk // slices)
+    sample = [c for lst in lists for c in lst[:per]]
+    P = 2
+    while P < len(sample):
+        P *= 2
+    floor = _bitonic_best_first(sample + [(0, 0)] * (P - len(sample)))[kk - 1]
     kept = [c for lst in lists for c in lst if not floor > c]
     P = 2
     while P < len(kept):
