@@ -4,6 +4,8 @@
 #   bash bench/device_check.sh
 # Only the MLP ranking part (tests/test_gpu_mlp.py, bench/bench_gpu_mlp.py):
 #   GPU_TESTS=tests/test_gpu_mlp.py GPU_BENCHES=bench/bench_gpu_mlp.py bash bench/device_check.sh
+# GPU_BENCHES=none runs no benchmark; PROFILE=1 ends with bench/profile_gpu.py (each kernel's
+# device time of a GPU MLP rank and top-k call).
 # Optional: wheels in .whl/ (e.g. implicit with its GPU dependencies, for the side-by-side
 # benchmark) are installed into /tmp/site first; logs go to $OUT when it is set.
 set -uo pipefail
@@ -57,13 +59,20 @@ for i in "${!pids[@]}"; do
 done
 echo "tests: $(( $(date +%s) - start )) s"
 mkdir -p bench/results
-for script in ${GPU_BENCHES:-bench/bench_gpu_*.py}; do
+benches="${GPU_BENCHES:-bench/bench_gpu_*.py}"
+[ "$benches" = none ] && benches=""
+for script in $benches; do
   name=$(basename "$script" .py)
   timeout $(( ${BENCH_BUDGET_S:-90} + 60 )) "$PY" "$script" --budget-s "${BENCH_BUDGET_S:-90}" \
     > "$LOG/$name.log" 2>&1 || status=1
   # Only the tables and skip notes here (the per-case JSON lines are in the log).
   echo "== $name"; grep -vE '^\{' "$LOG/$name.log" | tail -40
 done
+if [ "${PROFILE:-0}" = 1 ]; then
+  echo "== profile_gpu"
+  timeout 120 "$PY" bench/profile_gpu.py > "$LOG/profile_gpu.log" 2>&1 || status=1
+  grep -vE "UserWarning|_warn_once" "$LOG/profile_gpu.log" | tail -40
+fi
 cp bench/results/*gpu*.json "$LOG/" 2>/dev/null || true
 echo "== device check: total $(( $(date +%s) - start )) s, status ${status} =="
 exit ${status}
