@@ -839,7 +839,8 @@ def test_reload_of_a_model_folder_replays_the_events_by_their_ids(tmp_path):
         assert client.post("/events", json={"user": ["u05"], "item": [77]}).status_code == 200
         # the log, for the next retrain, by ids: DELETE takes it, GET only reads it
         logged = {"user": ["zz", "u03", "zz", "u05"], "item": [1007, 1014, 77, 77],
-                  "weight": [1.0] * 4, "dropped_events": 0, "model_version": 2}
+                  "weight": [1.0] * 4, "call": [0, 0, 0, 1], "dropped_events": 0,
+                  "model_version": 2}
         assert client.get("/events").json() == logged
         assert client.delete("/events").json() == logged
         assert client.get("/events").json()["user"] == []

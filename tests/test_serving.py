@@ -1538,4 +1538,4 @@ def test_settings_are_checked_when_assigned_and_rerank_is_fixed(als):
     rec.observe({"user": [0] * 8, "item": list(range(8))})
     rec.max_pending_events = 3  # the next observe keeps only the newest 3 events
     rec.observe({"user": [1], "item": [2]})
-    assert len(rec.pending_events()) == 3 and rec.dropped_events == 6
+    assert rec.pending_events().users.size == 3 and rec.dropped_events == 6

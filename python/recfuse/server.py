@@ -19,7 +19,8 @@ Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
 - ``POST /events`` ``{"user": [...], "item": [...], "weight": [...]}`` (or scalars) ->
   ``{"accepted", "pending_events", "model_version"}``; visible to the next /recommend.
 - ``GET /events`` -> the logged events (the newest ``max_pending_events``), oldest first,
-  for the next retrain: ``{"user", "item", "weight", "dropped_events", "model_version"}``;
+  for the next retrain: ``{"user", "item", "weight", "call", "dropped_events",
+  "model_version"}`` (``call`` numbers the observe call of each event);
   ``DELETE /events`` answers the same and empties the log (events arriving later are kept).
 - ``POST /reload`` -> reloads the model file (or folder) the server was started with, and
   its ranker file when it was started with one (``swap_model``, atomic: model and ranker
@@ -351,7 +352,8 @@ class _Ids:
             if add_items:
                 new.add("item", items, item_rows)
             keep = item_rows >= 0
-            return Events(user_rows[keep], item_rows[keep], events.weights[keep])
+            return Events(user_rows[keep], item_rows[keep], events.weights[keep],
+                          None if events.calls is None else events.calls[keep])
 
         return renumber
 
@@ -636,6 +638,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
             return {"user": named.external("user", taken.users),
                     "item": named.external("item", taken.items),
                     "weight": taken.weights.tolist(),
+                    "call": taken.calls.tolist(),  # the observe call of each
                     "dropped_events": recommender.dropped_events,
                     "model_version": recommender.version}
 

@@ -137,11 +137,16 @@ class Recommendation(NamedTuple):
 
 
 class Events(NamedTuple):
-    """Events as three aligned arrays (the form ``pending_events`` returns)."""
+    """Events as aligned arrays (the form ``pending_events`` returns).
+
+    ``calls`` numbers the ``observe`` call each event came in (int64, non-decreasing), or is
+    None: one call. ``observe`` replays events with calls as the calls went (see there).
+    """
 
     users: np.ndarray  # int64
     items: np.ndarray  # int64
     weights: np.ndarray  # float64 (ALS: the stored value r; SVD: the rating; BPR: > 0 positive)
+    calls: np.ndarray | None = None  # int64
 
 
 class _Request(NamedTuple):
@@ -693,6 +698,7 @@ class Recommender:
         self._background_fold_items = _BACKGROUND_FOLD_ITEMS  # tests change it per instance
         self._log: collections.deque = collections.deque()  # Events chunks, oldest first
         self._logged = 0
+        self._calls = 0  # observe calls numbered so far (the log's Events.calls)
         # events pushed out of the log by max_pending_events, or left out by a swap's
         # renumbering function
         self.dropped_events = 0
@@ -886,13 +892,15 @@ class Recommender:
 
         The new model (and its ranker's prepared items) is loaded while the old one keeps
         answering, then installed atomically with its ranker. With ``replay`` the events
-        still in ``pending_events()`` are folded into the new model (a retrain that consumed
-        them should clear the log with ``pending_events(clear=True)`` when it starts).
-        ``replay`` may also be a function that renumbers the logged ``Events`` for the new
-        model, when its rows name other users or items than the old one's (a retrain on a
-        log whose ids were numbered anew): called once, writer lock held, with every logged
-        event; what it returns (``Events``, or a mapping as ``observe`` takes) is replayed
-        and becomes the log (events it leaves out count in ``dropped_events``). Events of
+        still in ``pending_events()`` are folded into the new model as their calls went
+        (see ``observe``; a retrain that consumed them should clear the log with
+        ``pending_events(clear=True)`` when it starts). ``replay`` may also be a function
+        that renumbers the logged ``Events`` for the new model, when its rows name other
+        users or items than the old one's (a retrain on a log whose ids were numbered anew):
+        called once, writer lock held, with every logged event; what it returns (``Events``,
+        or a mapping as ``observe`` takes; keep ``calls``, or its events count as one call)
+        is replayed and becomes the log (events it leaves out count in
+        ``dropped_events``). Events of
         added items that the settings of now refuse (``unknown_items``, ``max_new_items``
         changed since ``observe`` took them) are not replayed; they stay in the log. If
         anything fails (the function included) the old model and the log stay and the error
@@ -923,7 +931,12 @@ class Recommender:
                     events = _concatenate(list(self._log))
                     if renumber is not None:
                         # a copy: the function's arrays stay the caller's
-                        log = _concatenate([_events(renumber(events))])
+                        renumbered = _events(renumber(events))
+                        if renumbered.calls is None:  # numbers not kept: one call, the next
+                            renumbered = renumbered._replace(calls=np.full(
+                                renumbered.users.size, self._calls, np.int64))
+                            self._calls += 1
+                        log = _concatenate([renumbered])
                         left_out, events = events.users.size - log.users.size, log
                     # events of added items the settings of now refuse (unknown_items,
                     # max_new_items changed since observe took them) stay in the log only;
@@ -935,7 +948,10 @@ class Recommender:
                     if not replayable.all():
                         events = Events(*(part[replayable] for part in events))
                     if events.users.size:  # the function may have left every event out
-                        self._apply(state, *events, unknown_items, max_new_items)
+                        calls = self._calls
+                        for group in self._replay_groups(state, events):
+                            self._apply(state, *group[:3], unknown_items, max_new_items)
+                        self._calls = calls  # the log keeps its numbers
                 self._state = state
                 self.dropped_events += max(left_out, 0)
                 if log is not None:  # one chunk: the log in the new model's numbers
@@ -1197,15 +1213,60 @@ class Recommender:
             first: on any error nothing is applied (earlier calls' events stay); a fold-in
             that overflows anyway (NaN or inf in a vector) is refused the same way.
         The next ``recommend`` sees the new vectors and excludes the new items.
+
+        Events with ``calls`` (``pending_events()`` of this or another process: a restart's
+        replay) are folded in as those calls were, so that the users come back as they
+        were (exactly under ALS's Cholesky and ExplicitALS): the calls run together up to
+        each one that changed the added items' table, whose next call was solved against
+        the new table. Each such group is checked and applied whole; an error stops the
+        replay there (the groups before it stay applied and logged).
         """
-        users, items, weights = _events(events)
-        if users.size == 0:
+        events = _events(events)
+        if events.users.size == 0:
             return 0
         with self._write_lock:
-            self._apply(self._state, users, items, weights, self.unknown_items,
-                        self.max_new_items)
-            self._remember(Events(users, items, weights))
-        return int(users.size)
+            unknown_items, max_new_items = self.unknown_items, self.max_new_items
+            for group in self._replay_groups(self._state, events):
+                self._apply(self._state, *group[:3], unknown_items, max_new_items)
+                self._remember(group)
+        return int(events.users.size)
+
+    def _replay_groups(self, state: _State, events: Events) -> list[Events]:
+        """``events`` cut after every call (``events.calls``) that changes the added items'
+        table (``_added_items``: an item still gathering its first users, or one of those
+        users' events of it), each group's calls renumbered as this Recommender's next
+        ones. Within a group every user is solved once over its whole row against one item
+        table, as each call of it would have been: the users of the call after a change
+        were solved against the changed table (and YᵀY). Writer lock held."""
+        users, items, weights, calls = events
+        size = users.size
+        if calls is None:
+            calls = np.zeros(size, np.int64)
+        starts = np.flatnonzero(np.r_[True, calls[1:] != calls[:-1]])
+        # as this Recommender's calls: consecutive numbers from the next one
+        numbered = self._calls + np.cumsum(np.r_[True, calls[1:] != calls[:-1]]) - 1
+        self._calls += starts.size
+        n = state.model.n_items
+        cuts = []
+        if starts.size > 1 and (items >= n).any():
+            wanted = self.new_item_users
+            owners: dict[int, list[int]] = {}  # each added item's first users, as they go
+            for begin, end in zip(starts.tolist(), [*starts[1:].tolist(), size]):
+                beyond = items[begin:end] >= n
+                call_items, call_users = items[begin:end][beyond], users[begin:end][beyond]
+                changed = False
+                for item in np.unique(call_items).tolist():
+                    first = owners.setdefault(item, list(state.new_item_users.get(item, ())))
+                    theirs = call_users[call_items == item].tolist()
+                    changed = changed or len(first) < wanted or bool(set(theirs) & set(first))
+                    for user in theirs:
+                        if len(first) < wanted and user not in first:
+                            first.append(user)
+                if changed and end < size:
+                    cuts.append(end)
+        bounds = [0, *cuts, size]
+        return [Events(users[a:b], items[a:b], weights[a:b], numbered[a:b])
+                for a, b in zip(bounds[:-1], bounds[1:])]
 
     def pending_events(self, clear: bool = False) -> Events:
         """The logged events (oldest first, at most ``max_pending_events``); ``clear``
@@ -1816,17 +1877,18 @@ def _context_rows(value, name: str, rows: int, *, width: int | None = None,
 
 
 def _events(events) -> Events:
-    """Events from a mapping (user, item, weight) or an Events tuple, checked."""
+    """Events from a mapping (user, item, weight, call) or an Events tuple, checked."""
     if isinstance(events, Events):
-        users, items, weights = events
+        users, items, weights, calls = events
     elif isinstance(events, collections.abc.Mapping):
-        unknown = set(events) - {"user", "item", "weight"}
+        unknown = set(events) - {"user", "item", "weight", "call"}
         if unknown:
             raise ValueError(f"events has unknown fields {sorted(unknown)}; expected user, item "
-                             f"and optionally weight")
+                             f"and optionally weight and call")
         if "user" not in events or "item" not in events:
             raise ValueError("events must have the fields 'user' and 'item'")
         users, items, weights = events["user"], events["item"], events.get("weight")
+        calls = events.get("call")
     else:
         raise TypeError(f"events must be a mapping with user/item/weight or recfuse.Events, "
                         f"got {type(events).__name__}")
@@ -1847,12 +1909,25 @@ def _events(events) -> Events:
                              f"{weights.size}")
         if not np.isfinite(weights).all():
             raise ValueError("events weight must be finite, got NaN or inf")
-    return Events(users, items, weights)
+    if calls is not None:
+        calls = np.atleast_1d(np.asarray(calls))
+        if calls.size and calls.dtype.kind not in "iu":
+            raise TypeError(f"events calls must be integers, got dtype {calls.dtype}")
+        calls = calls.astype(np.int64).reshape(-1)
+        if calls.size != users.size:
+            raise ValueError(f"events calls must have one value per event ({users.size}), got "
+                             f"{calls.size}")
+        if (np.diff(calls) < 0).any():
+            raise ValueError("events calls must not decrease (they number the observe calls "
+                             "in the order they came)")
+    return Events(users, items, weights, calls)
 
 
 def _concatenate(chunks: list) -> Events:
+    """One Events of logged chunks (each with its calls)."""
     if not chunks:
-        return Events(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+        return Events(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
+                      np.zeros(0, np.int64))
     return Events(*(np.concatenate(parts) for parts in zip(*chunks)))
 
 
