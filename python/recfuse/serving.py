@@ -1240,8 +1240,9 @@ class Recommender:
         were solved against the changed table (and YᵀY). Writer lock held."""
         users, items, weights, calls = events
         size = users.size
-        if calls is None:
-            calls = np.zeros(size, np.int64)
+        if calls is None:  # one call (observe's usual case: no more numpy calls than this)
+            self._calls += 1
+            return [Events(users, items, weights, np.full(size, self._calls - 1, np.int64))]
         starts = np.flatnonzero(np.r_[True, calls[1:] != calls[:-1]])
         # as this Recommender's calls: consecutive numbers from the next one
         numbered = self._calls + np.cumsum(np.r_[True, calls[1:] != calls[:-1]]) - 1
