@@ -1901,27 +1901,28 @@ def _events(events) -> Events:
     if weights is None:
         weights = np.ones(users.size)
     else:
-        weights = np.atleast_1d(np.asarray(weights))
-        if weights.size and weights.dtype.kind not in "fiu":
-            raise TypeError(f"events weight must be real numbers, got dtype {weights.dtype}")
-        weights = weights.astype(np.float64).reshape(-1)
-        if weights.size != users.size:
-            raise ValueError(f"events weight must have one value per event ({users.size}), got "
-                             f"{weights.size}")
+        weights = _per_event(weights, "weight", "fiu", "real numbers", np.float64, users.size)
         if not np.isfinite(weights).all():
             raise ValueError("events weight must be finite, got NaN or inf")
     if calls is not None:
-        calls = np.atleast_1d(np.asarray(calls))
-        if calls.size and calls.dtype.kind not in "iu":
-            raise TypeError(f"events calls must be integers, got dtype {calls.dtype}")
-        calls = calls.astype(np.int64).reshape(-1)
-        if calls.size != users.size:
-            raise ValueError(f"events calls must have one value per event ({users.size}), got "
-                             f"{calls.size}")
+        calls = _per_event(calls, "calls", "iu", "integers", np.int64, users.size)
         if (np.diff(calls) < 0).any():
             raise ValueError("events calls must not decrease (they number the observe calls "
                              "in the order they came)")
     return Events(users, items, weights, calls)
+
+
+def _per_event(values, name: str, kinds: str, kinds_said: str, dtype, size: int) -> np.ndarray:
+    """``values`` as a 1-d ``dtype`` array of one value per event (``size``), checked: of a
+    NumPy kind in ``kinds`` (``kinds_said`` in the message)."""
+    array = np.atleast_1d(np.asarray(values))
+    if array.size and array.dtype.kind not in kinds:
+        raise TypeError(f"events {name} must be {kinds_said}, got dtype {array.dtype}")
+    array = array.astype(dtype).reshape(-1)
+    if array.size != size:
+        raise ValueError(f"events {name} must have one value per event ({size}), got "
+                         f"{array.size}")
+    return array
 
 
 def _concatenate(chunks: list) -> Events:
