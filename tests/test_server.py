@@ -111,6 +111,35 @@ def test_events_are_visible_and_kept_after_a_rejected_request(server):
     assert server.client.request("DELETE", "/events", json={"all": 1}).status_code == 422
 
 
+def test_a_restarted_server_takes_back_the_log_call_by_call(model_file):
+    """GET /events answers each event's call; POST /events with them replays the log as the
+    calls went, so a restarted server's users are those of the one before, added items
+    included (one POST of the whole log without calls would land them near, not on)."""
+    def started():
+        recommender = recfuse.Recommender(model_file, k=5, num_threads=1)
+        return recommender, Running(create_app(recommender, limits=Limits(max_events=100)))
+
+    before, first = started()
+    try:
+        for call in ({"user": [1], "item": [N_ITEMS]}, {"user": [2, 3], "item": [4, 5]},
+                     {"user": [1], "item": [6]}):
+            assert first.client.post("/events", json=call).status_code == 200
+        logged = first.client.get("/events").json()
+    finally:
+        first.stop()
+    assert logged["call"] == [0, 1, 1, 2]
+    after, second = started()
+    try:
+        replay = {name: logged[name] for name in ("user", "item", "weight", "call")}
+        assert second.client.post("/events", json=replay).json()["accepted"] == 4
+    finally:
+        second.stop()
+    assert set(after._state.users) == set(before._state.users)
+    for user, entry in before._state.users.items():
+        np.testing.assert_allclose(after._state.users[user].vector, entry.vector, rtol=1e-6,
+                                   atol=1e-9, err_msg=f"user {user}")
+
+
 @pytest.mark.parametrize("path, payload, status, message", [
     ("/recommend", b"{not json", 400, "not valid JSON"),
     ("/recommend", b"[1, 2]", 422, "JSON object"),
@@ -128,6 +157,8 @@ def test_events_are_visible_and_kept_after_a_rejected_request(server):
     ("/events", b'{"user": [1]}', 422, "need 'user' and 'item'"),
     ("/events", b'{"user": [1], "item": ["a"]}', 422, "integers"),
     ("/events", b'{"user": [1], "item": [2], "weight": ["x"]}', 422, "numbers"),
+    ("/events", b'{"user": [1], "item": [2], "call": [1.5]}', 422, "call must hold integers"),
+    ("/events", b'{"user": [1, 2], "item": [2, 3], "call": [1, 0]}', 422, "must not decrease"),
     ("/events", b'{"user": [1, 2], "item": [2]}', 422, "same length"),
     ("/events", b'{"user": [1], "item": [2], "weight": [-1]}', 422, ">= 0"),
     ("/events", b'{"user": ' + str(list(range(101))).encode() + b', "item": [1]}', 422,

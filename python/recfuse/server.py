@@ -17,7 +17,9 @@ Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
   ``{"results": [...], "model_version"}``. Single-user requests arriving together are
   answered by one native call (micro-batching, below).
 - ``POST /events`` ``{"user": [...], "item": [...], "weight": [...]}`` (or scalars) ->
-  ``{"accepted", "pending_events", "model_version"}``; visible to the next /recommend.
+  ``{"accepted", "pending_events", "model_version"}``; visible to the next /recommend. With
+  ``"call"`` (as ``GET /events`` answers it) the events are replayed as those calls went
+  (``Recommender.observe``): how a restarted server takes back the log of the one before.
 - ``GET /events`` -> the logged events (the newest ``max_pending_events``), oldest first,
   for the next retrain: ``{"user", "item", "weight", "call", "dropped_events",
   "model_version"}`` (``call`` numbers the observe call of each event);
@@ -388,6 +390,16 @@ def _in_float64(value) -> bool:
         not isinstance(value, int) or abs(value) <= _FLOAT64_MAX)
 
 
+def _calls(value: list) -> list:
+    """/events calls (GET /events' "call", for a replay): integers an int64 holds."""
+    for entry in value:
+        if not (isinstance(entry, int) and not isinstance(entry, bool)
+                and -2**63 <= entry < 2**63):
+            raise _BadRequest(422, f"call must hold integers (within int64's range), got "
+                                   f"{entry!r:.40}")
+    return value
+
+
 def _weights(value: list) -> list:
     """/events weights: numbers that fit a float64."""
     for entry in value:
@@ -601,11 +613,11 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
     async def events(request: Request) -> Response:
         if request.method != "POST":
             return await logged(request)
-        body = _fields(await body_of(request), {"user", "item", "weight"}, "/events")
+        body = _fields(await body_of(request), {"user", "item", "weight", "call"}, "/events")
         if "user" not in body or "item" not in body:
             raise _BadRequest(422, "events need 'user' and 'item' (lists of ids, or one id each)")
         columns = {}
-        for name in ("user", "item", "weight"):
+        for name in ("user", "item", "weight", "call"):
             if name not in body:
                 continue
             value = body[name]
@@ -615,6 +627,8 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                                        f"{limits.max_events} events are accepted per request")
             if name == "weight":
                 columns[name] = np.array(_weights(value), dtype=np.float64)
+            elif name == "call":
+                columns[name] = np.array(_calls(value), dtype=np.int64)
             else:
                 columns[name] = naming["now"].check(value, name, name)
         lengths = [len(column) for column in columns.values()]

@@ -935,7 +935,9 @@ class Recommender:
                         if renumbered.calls is None:  # numbers not kept: one call, the next
                             renumbered = renumbered._replace(calls=np.full(
                                 renumbered.users.size, self._calls, np.int64))
-                            self._calls += 1
+                        # the next observe calls numbered after the function's last
+                        if renumbered.users.size:
+                            self._calls = max(self._calls, int(renumbered.calls[-1]) + 1)
                         log = _concatenate([renumbered])
                         left_out, events = events.users.size - log.users.size, log
                     # events of added items the settings of now refuse (unknown_items,
@@ -1218,15 +1220,22 @@ class Recommender:
         replay) are folded in as those calls were, so that the users come back as they
         were (exactly under ALS's Cholesky and ExplicitALS): the calls run together up to
         each one that changed the added items' table, whose next call was solved against
-        the new table. Each such group is checked and applied whole; an error stops the
-        replay there (the groups before it stay applied and logged).
+        the new table. The whole replay's weights and item ids are checked first, as
+        above; a fold-in of a later group that overflows anyway stops the replay there (the
+        groups before it stay applied and logged). Exact up to the rounding of each user's
+        summed weights (a group sums them before adding them to the row), and for a log
+        that holds every event since the model was loaded (``max_pending_events`` may have
+        cut its oldest call short).
         """
         events = _events(events)
         if events.users.size == 0:
             return 0
         with self._write_lock:
             unknown_items, max_new_items = self.unknown_items, self.max_new_items
-            for group in self._replay_groups(self._state, events):
+            groups = self._replay_groups(self._state, events)
+            if len(groups) > 1:  # what can be checked for the whole replay, before any group
+                self._check_events(self._state, *events[:3], unknown_items, max_new_items)
+            for group in groups:
                 self._apply(self._state, *group[:3], unknown_items, max_new_items)
                 self._remember(group)
         return int(events.users.size)
@@ -1310,10 +1319,11 @@ class Recommender:
                 self._logged -= surplus
                 self.dropped_events += surplus
 
-    def _apply(self, state: _State, users, items, weights, unknown_items: str,
-               max_new_items: int) -> None:
-        """Fold events into ``state`` (writer lock held): compute everything, then publish.
-        ``unknown_items`` and ``max_new_items``: the settings as the caller read them."""
+    @staticmethod
+    def _check_events(state: _State, users, items, weights, unknown_items: str,
+                      max_new_items: int) -> None:
+        """What ``_apply`` refuses before it computes anything: weights the model does not
+        take, and item ids that may not be added (``unknown_items``, ``max_new_items``)."""
         model = state.model
         n = model.n_items
         if model.kind == "als" and model.model.confidence == "linear" and (weights < 0).any():
@@ -1340,6 +1350,15 @@ class Recommender:
             if unknown.max() >= limit:
                 raise ValueError(f"item id {int(unknown.max())} is beyond the items that may be "
                                  f"added (< {limit}: n_items + max_new_items)")
+
+    def _apply(self, state: _State, users, items, weights, unknown_items: str,
+               max_new_items: int) -> None:
+        """Fold events into ``state`` (writer lock held): compute everything, then publish.
+        ``unknown_items`` and ``max_new_items``: the settings as the caller read them."""
+        self._check_events(state, users, items, weights, unknown_items, max_new_items)
+        model = state.model
+        n = model.n_items
+        beyond = items >= n
         arrival = users, items, weights  # an added item's first users: in this order
         if users.size > 1:
             order = np.argsort(users, kind="stable")
@@ -1905,8 +1924,11 @@ def _events(events) -> Events:
         if not np.isfinite(weights).all():
             raise ValueError("events weight must be finite, got NaN or inf")
     if calls is not None:
-        calls = _per_event(calls, "calls", "iu", "integers", np.int64, users.size)
-        if (np.diff(calls) < 0).any():
+        given = np.atleast_1d(np.asarray(calls))
+        if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"events calls must fit in int64, got {given.max()}")
+        calls = _per_event(given, "calls", "iu", "integers", np.int64, users.size)
+        if (calls[1:] < calls[:-1]).any():  # np.diff would overflow on far-apart numbers
             raise ValueError("events calls must not decrease (they number the observe calls "
                              "in the order they came)")
     return Events(users, items, weights, calls)
