@@ -19,7 +19,8 @@ Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
 - ``POST /events`` ``{"user": [...], "item": [...], "weight": [...]}`` (or scalars) ->
   ``{"accepted", "pending_events", "model_version"}``; visible to the next /recommend. With
   ``"call"`` (as ``GET /events`` answers it) the events are replayed as those calls went
-  (``Recommender.observe``): how a restarted server takes back the log of the one before.
+  (``Recommender.observe``): how a restarted server takes back the log of the one before
+  (a log longer than a request takes is sent in parts cut between calls, oldest first).
 - ``GET /events`` -> the logged events (the newest ``max_pending_events``), oldest first,
   for the next retrain: ``{"user", "item", "weight", "call", "dropped_events",
   "model_version"}`` (``call`` numbers the observe call of each event);

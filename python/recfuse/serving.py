@@ -932,12 +932,12 @@ class Recommender:
                     if renumber is not None:
                         # a copy: the function's arrays stay the caller's
                         renumbered = _events(renumber(events))
-                        if renumbered.calls is None:  # numbers not kept: one call, the next
-                            renumbered = renumbered._replace(calls=np.full(
-                                renumbered.users.size, self._calls, np.int64))
-                        # the next observe calls numbered after the function's last
-                        if renumbered.users.size:
-                            self._calls = max(self._calls, int(renumbered.calls[-1]) + 1)
+                        numbers = renumbered.calls
+                        if numbers is None:  # numbers not kept: one call, the next
+                            numbers = np.full(renumbered.users.size, self._calls, np.int64)
+                            renumbered = renumbered._replace(calls=numbers)
+                        if numbers.size:  # the next observe calls numbered after its last
+                            self._calls = max(self._calls, int(numbers[-1]) + 1)
                         log = _concatenate([renumbered])
                         left_out, events = events.users.size - log.users.size, log
                     # events of added items the settings of now refuse (unknown_items,
