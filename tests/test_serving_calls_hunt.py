@@ -6,7 +6,7 @@ added-item vectors and first users as ``old``, which observed the same calls one
 Every reference here is an independent sequential replay (a fresh Recommender observing
 the calls one at a time, in order), never the implementation's grouping.
 
-The bugs it found are fixed (their tests below pass); one known limit stays a strict xfail.
+The bugs it found are fixed (their tests below pass).
 """
 
 from __future__ import annotations
@@ -348,11 +348,11 @@ def test_a_replay_beyond_max_new_items_applies_nothing():
     assert not new._state.users and not new._state.new_item_users
 
 
-@pytest.mark.xfail(strict=True, reason="a known limit (Recommender.observe): a replay sums a "
-                   "user's weights of an item over a whole group (w0 + (a + b)) where the calls "
-                   "summed them one call at a time ((w0 + a) + b); with large cancelling weights "
-                   "(confidence='raw') the rows differ by whole units")
-def test_a_replay_sums_a_users_weights_per_group():
+def test_a_replay_sums_a_users_weights_as_the_calls_did():
+    """A replay summed a user's weights of an item over a whole group (w0 + (a + b)) where
+    the calls had summed them one call at a time ((w0 + a) + b): with large cancelling
+    weights (confidence='raw') the rows differed by whole units. _merge adds each weight
+    in the events' order now."""
     model = recfuse.ALS(factors=t.D, iterations=3, regularization=0.1, alpha=2.0,
                         confidence="raw", solver="cholesky", dtype=np.float64,
                         random_state=0).fit(t.IMPLICIT)

@@ -1222,10 +1222,9 @@ class Recommender:
         each one that changed the added items' table, whose next call was solved against
         the new table. The whole replay's weights and item ids are checked first, as
         above; a fold-in of a later group that overflows anyway stops the replay there (the
-        groups before it stay applied and logged). Exact up to the rounding of each user's
-        summed weights (a group sums them before adding them to the row), and for a log
-        that holds every event since the model was loaded (``max_pending_events`` may have
-        cut its oldest call short).
+        groups before it stay applied and logged). Exact for a log that holds every event
+        since the model was loaded (``max_pending_events`` may have cut its oldest call
+        short).
         """
         events = _events(events)
         if events.users.size == 0:
@@ -1964,22 +1963,25 @@ def popular_items(seen: sp.csr_matrix, n_items: int) -> np.ndarray:
 
 def _merge(items, weights, new_items, new_weights):
     """A user's row (items sorted and unique, weights aligned) with new (item, weight)
-    pairs added: weights summed per item, still sorted. New arrays; the inputs stay."""
-    if new_items.size == 1:  # the common real-time case, without np.unique's sort
-        ids, sums = new_items, new_weights
-    else:
-        ids, inverse = np.unique(new_items, return_inverse=True)
-        sums = np.bincount(inverse, weights=new_weights, minlength=ids.size)
+    pairs added, still sorted: each weight added to its item's in the pairs' order, as
+    calls of one pair each would add them (so a replay that folds several calls in at
+    once sums to the same bits). New arrays; the inputs stay."""
+    ids = new_items if new_items.size == 1 else np.unique(new_items)
     positions = np.searchsorted(items, ids)
     found = positions < items.size
     found[found] = items[positions[found]] == ids[found]
-    merged_weights = weights.astype(np.float64)  # a copy
-    merged_weights[positions[found]] += sums[found]  # positions are distinct: ids are unique
+    merged_items = items.astype(np.int64)  # copies
+    merged_weights = weights.astype(np.float64)
     fresh = ~found
-    if not fresh.any():
-        return items.astype(np.int64), merged_weights
-    return (np.insert(items.astype(np.int64, copy=False), positions[fresh], ids[fresh]),
-            np.insert(merged_weights, positions[fresh], sums[fresh]))
+    if fresh.any():  # new items start at 0.0: 0.0 + w is w
+        merged_items = np.insert(merged_items, positions[fresh], ids[fresh])
+        merged_weights = np.insert(merged_weights, positions[fresh], 0.0)
+    at = np.searchsorted(merged_items, new_items)
+    if new_items.size == 1:  # the common real-time case
+        merged_weights[at] += new_weights
+    else:
+        np.add.at(merged_weights, at, new_weights)  # unbuffered, in the pairs' order
+    return merged_items, merged_weights
 
 
 def _with_vectors(n_items: int, extra: _NewItems | None, ids: np.ndarray) -> np.ndarray:
