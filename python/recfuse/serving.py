@@ -950,10 +950,9 @@ class Recommender:
                     if not replayable.all():
                         events = Events(*(part[replayable] for part in events))
                     if events.users.size:  # the function may have left every event out
-                        calls = self._calls
-                        for group in self._replay_groups(state, events):
+                        # (the groups' numbers are not kept: the log keeps its own)
+                        for group in self._replay_groups(state, events, self._calls):
                             self._apply(state, *group[:3], unknown_items, max_new_items)
-                        self._calls = calls  # the log keeps its numbers
                 self._state = state
                 self.dropped_events += max(left_out, 0)
                 if log is not None:  # one chunk: the log in the new model's numbers
@@ -1231,7 +1230,8 @@ class Recommender:
             return 0
         with self._write_lock:
             unknown_items, max_new_items = self.unknown_items, self.max_new_items
-            groups = self._replay_groups(self._state, events)
+            groups = self._replay_groups(self._state, events, self._calls)
+            self._calls = int(groups[-1].calls[-1]) + 1
             if len(groups) > 1:  # what can be checked for the whole replay, before any group
                 self._check_events(self._state, *events[:3], unknown_items, max_new_items)
             for group in groups:
@@ -1239,22 +1239,20 @@ class Recommender:
                 self._remember(group)
         return int(events.users.size)
 
-    def _replay_groups(self, state: _State, events: Events) -> list[Events]:
+    def _replay_groups(self, state: _State, events: Events, first: int) -> list[Events]:
         """``events`` cut after every call (``events.calls``) that changes the added items'
         table (``_added_items``: an item still gathering its first users, or one of those
-        users' events of it), each group's calls renumbered as this Recommender's next
-        ones. Within a group every user is solved once over its whole row against one item
-        table, as each call of it would have been: the users of the call after a change
-        were solved against the changed table (and YᵀY). Writer lock held."""
+        users' events of it), the calls renumbered consecutively from ``first``. Within a
+        group every user is solved once over its whole row against one item table, as each
+        call of it would have been: the users of the call after a change were solved
+        against the changed table (and YᵀY). Writer lock held."""
         users, items, weights, calls = events
         size = users.size
         if calls is None:  # one call (observe's usual case: no more numpy calls than this)
-            self._calls += 1
-            return [Events(users, items, weights, np.full(size, self._calls - 1, np.int64))]
-        starts = np.flatnonzero(np.r_[True, calls[1:] != calls[:-1]])
-        # as this Recommender's calls: consecutive numbers from the next one
-        numbered = self._calls + np.cumsum(np.r_[True, calls[1:] != calls[:-1]]) - 1
-        self._calls += starts.size
+            return [Events(users, items, weights, np.full(size, first, np.int64))]
+        new_call = np.r_[True, calls[1:] != calls[:-1]]
+        starts = np.flatnonzero(new_call)
+        numbered = first + np.cumsum(new_call) - 1
         n = state.model.n_items
         cuts = []
         if starts.size > 1 and (items >= n).any():
