@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from recfuse import serving
 from recfuse.serving import Recommender, Rerank, _NewItems
 from test_serving_tiers import (D, MODELS, N_ITEMS, N_USERS, NEVER, _assert_same,
-                                _gated_folds, _join, _recent_limit,
+                                _gated_folds, _join, _readers, _recent_limit,
                                 _recommender)
 
 _NO_IDS = np.zeros(0, np.int64)
@@ -177,29 +177,19 @@ def test_readers_answer_a_published_prefix_while_fold_threads_land(kind, variant
     for position, key in enumerate(answers):
         prefixes.setdefault(key, []).append(position)
     done, started = [0], [0]
-    stop, errors, reads = threading.Event(), [], [0]
     with _recent_limit(limit), _counted("rebased") as published:
         rec = _make(kind, variant, k=8)
 
-        def reader():
-            try:
-                while not stop.is_set():
-                    low = done[0]
-                    key = _answer_key(rec)
-                    added = rec.info()["added_items"]
-                    high = started[0]
-                    matches = [p for p in prefixes.get(key, []) if low <= p <= high]
-                    assert matches, f"an answer of no prefix in [{low}, {high}]"
-                    assert added in counts[low:high + 1], (added, low, high)
-                    reads[0] += 1
-            except Exception as error:  # noqa: BLE001 - reported below
-                errors.append(error)
-                stop.set()
+        def read(thread):
+            low = done[0]
+            key = _answer_key(rec)
+            added = rec.info()["added_items"]
+            high = started[0]
+            matches = [p for p in prefixes.get(key, []) if low <= p <= high]
+            assert matches, f"an answer of no prefix in [{low}, {high}]"
+            assert added in counts[low:high + 1], (added, low, high)
 
-        readers = [threading.Thread(target=reader) for _ in range(2)]
-        for thread in readers:
-            thread.start()
-        try:
+        with _readers(read, 2) as (stop, reads):
             for step, events in enumerate(calls):
                 started[0] = step + 1
                 rec.observe(events)
@@ -211,11 +201,6 @@ def test_readers_answer_a_published_prefix_while_fold_threads_land(kind, variant
                     time.sleep(0.002)
             _join(rec)
             time.sleep(0.02)
-        finally:
-            stop.set()
-            for thread in readers:
-                thread.join()
-    assert not errors, errors[0]
     assert reads[0] > 0 and len(published) >= 5
     assert _answer_key(rec) == answers[-1]
 
@@ -710,6 +695,20 @@ def test_a_dropped_recommender_is_collected_once_its_fold_thread_ends():
     assert alive() is None
 
 
+# The two scripts below stall a fold thread in _NewItems.<name> (their ``stalled``): a
+# Recommender whose two added items fold on the thread, and, when ``name`` is "rebased", a
+# change since, so that the thread's publication rebases (the writer lock held) while an
+# observe on a thread of its own waits for that lock.
+_FOLD_AT_WORK = """
+setattr(_NewItems, name, stalled)
+rec = Recommender(MODELS["als"], k=5, new_item_users=2, num_threads=1)
+rec._background_fold_items = 0
+rec.observe({"user": [1], "item": [N_ITEMS]})
+rec.observe({"user": [2], "item": [N_ITEMS + 1]})
+if name == "rebased":
+    threading.Thread(target=rec.observe, args=({"user": [3], "item": [N_ITEMS + 2]},),
+                     daemon=True).start()"""
+
 _EXIT_SCRIPT = """
 import sys, threading, time
 import numpy as np
@@ -734,15 +733,7 @@ def stalled(self, *args):
     else:
         time.sleep(60)
     return real(self, *args)
-setattr(_NewItems, name, stalled)
-rec = Recommender(MODELS["als"], k=5, new_item_users=2, num_threads=1)
-rec._background_fold_items = 0
-rec.observe({"user": [1], "item": [N_ITEMS]})
-rec.observe({"user": [2], "item": [N_ITEMS + 1]})
-if where == "rebased":  # a change since: the thread stalls holding the writer lock, and
-    # an observe on a thread of its own waits for that lock at exit
-    threading.Thread(target=rec.observe, args=({"user": [3], "item": [N_ITEMS + 2]},),
-                     daemon=True).start()
+""" + _FOLD_AT_WORK + """
 assert started.wait(20)
 time.sleep(0.05)
 assert rec._fold_thread.is_alive()
@@ -779,14 +770,7 @@ def stalled(self, *args):
     started.set()
     gate.wait(5)
     return real(self, *args)
-setattr(_NewItems, name, stalled)
-rec = Recommender(MODELS["als"], k=5, new_item_users=2, num_threads=1)
-rec._background_fold_items = 0
-rec.observe({"user": [1], "item": [N_ITEMS]})
-rec.observe({"user": [2], "item": [N_ITEMS + 1]})
-if where == "publishing":  # a change since: the thread's publication rebases (lock held)
-    threading.Thread(target=rec.observe, args=({"user": [3], "item": [N_ITEMS + 2]},),
-                     daemon=True).start()
+""" + _FOLD_AT_WORK + """
 assert started.wait(10)
 time.sleep(0.1)
 pid = os.fork()  # a pre-forking server forks its workers

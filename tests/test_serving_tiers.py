@@ -81,6 +81,34 @@ def _recent_limit(limit: int):
         yield
 
 
+@contextmanager
+def _readers(read, count: int):
+    """``count`` threads calling ``read(thread)`` without pause until the block ends (or
+    one of them fails, which sets the yielded ``stop`` event). Yields ``(stop, reads)``,
+    reads[0] counting the calls that returned; raises the first reader's error at the end."""
+    stop, errors, reads = threading.Event(), [], [0]
+
+    def loop(thread: int):
+        try:
+            while not stop.is_set():
+                read(thread)
+                reads[0] += 1
+        except Exception as error:  # noqa: BLE001 - raised below
+            errors.append(error)
+            stop.set()
+
+    threads = [threading.Thread(target=loop, args=(thread,)) for thread in range(count)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield stop, reads
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors[0]
+
+
 @st.composite
 def event_streams(draw, kind: str):
     """Observe calls of 1-4 events: old, new and never-trained users; base items and ids
@@ -363,7 +391,6 @@ def test_concurrent_readers_while_a_writer_folds():
     with _recent_limit(1):
         rec = Recommender(MODELS["als"], ranker, candidates=12, k=8, rerank=rerank,
                           new_item_users=2, num_threads=1)
-        stop, errors, reads = threading.Event(), [], [0]
         limit = N_ITEMS + 60
 
         def check(ids, excluded):
@@ -372,26 +399,19 @@ def test_concurrent_readers_while_a_writer_folds():
             assert not np.isin(valid, [N_ITEMS + 1, 3, excluded]).any(), ids
             assert (valid < limit).all(), ids
 
-        def reader(seed):
-            rng = np.random.default_rng(seed)
-            try:
-                while not stop.is_set():
-                    users = rng.integers(0, N_USERS + 6, 5)
-                    excluded = int(N_ITEMS + rng.integers(0, 60))
-                    batch = rec.recommend_batch(users, excludes=[[excluded]] * 5)
-                    for row in batch.ids:
-                        check(row, excluded)
-                    check(rec.recommend(int(users[0]), exclude=[excluded]).ids, excluded)
-                    reads[0] += 1
-            except Exception as error:  # noqa: BLE001 - reported below
-                errors.append(error)
-                stop.set()
+        generators = [np.random.default_rng(seed) for seed in range(3)]  # one per reader
 
-        threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(3)]
-        for thread in threads:
-            thread.start()
+        def read(thread):
+            rng = generators[thread]
+            users = rng.integers(0, N_USERS + 6, 5)
+            excluded = int(N_ITEMS + rng.integers(0, 60))
+            batch = rec.recommend_batch(users, excludes=[[excluded]] * 5)
+            for row in batch.ids:
+                check(row, excluded)
+            check(rec.recommend(int(users[0]), exclude=[excluded]).ids, excluded)
+
         rng = np.random.default_rng(9)
-        try:
+        with _readers(read, 3) as (stop, reads):
             for _ in range(150):
                 rec.observe({"user": rng.integers(0, N_USERS + 6, 2),
                              "item": N_ITEMS + rng.integers(0, 60, 2)})
@@ -400,11 +420,6 @@ def test_concurrent_readers_while_a_writer_folds():
             waited = time.monotonic() + 10  # a loaded machine: let each reader answer once
             while reads[0] < 3 and not stop.is_set() and time.monotonic() < waited:
                 time.sleep(0.01)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join()
-    assert not errors, errors[0]
     assert reads[0] > 0
 
 
