@@ -62,6 +62,15 @@ float activate_scalar(MlpActivation activation, float x) {
   return x;
 }
 
+// Candidate lists' offsets: users + 1 of them, from 0, not decreasing.
+void check_offsets(int64_t users, const int64_t* indptr) {
+  expect(users >= 0 && indptr != nullptr, "candidates need users >= 0 and an indptr");
+  expect(indptr[0] == 0, "indptr must hold users + 1 offsets starting at 0");
+  bool ordered = true;
+  for (int64_t u = 0; u < users; ++u) ordered &= indptr[u] <= indptr[u + 1];
+  expect(ordered, "indptr must not decrease");
+}
+
 }  // namespace
 
 bool mlp_all_finite(const float* x, int64_t n) { return float32_all_finite()(x, n); }
@@ -201,11 +210,7 @@ MlpModel::MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision,
 
 // Checked once per call, so no message is built unless a check fails.
 void MlpModel::check(const MlpCandidates& c) const {
-  expect(c.users >= 0 && c.indptr != nullptr, "candidates need users >= 0 and an indptr");
-  expect(c.indptr[0] == 0, "indptr must start at 0");
-  bool ordered = true;
-  for (int64_t u = 0; u < c.users; ++u) ordered &= c.indptr[u] <= c.indptr[u + 1];
-  expect(ordered, "indptr must not decrease");
+  check_offsets(c.users, c.indptr);
   int width = c.candidate_block.width;
   for (const MlpBlock& b : c.user_blocks) {
     expect(b.data != nullptr && b.width >= 0, "user blocks need data");
@@ -610,15 +615,21 @@ int64_t top_of_band(const int64_t* band, const float* exact, int64_t size, const
   return first_distinct(places, better, id_of, k, top);
 }
 
+// order = user u's rows (indptr[u]..) whose score in `all` is neither NaN nor -inf.
+void ranked_rows(const int64_t* indptr, const float* all, int64_t u,
+                 std::vector<int64_t>& order) {
+  order.clear();
+  for (int64_t r = indptr[u]; r < indptr[u + 1]; ++r)
+    if (all[r] > -std::numeric_limits<float>::infinity()) order.push_back(r);  // not NaN
+}
+
 // The float32 rule for one user whose scores (rows indptr[u].. of `all`) are known: its k
 // best distinct ids into ids / scores (k slots, already padded); `order` is scratch.
 void rank_scored_user(const int64_t* indptr, const int64_t* candidate_ids, const float* all,
                       int64_t u, int k, std::vector<int64_t>& order, std::vector<int64_t>& top,
                       int64_t* ids, float* scores) {
   top.resize(k);
-  order.clear();
-  for (int64_t r = indptr[u]; r < indptr[u + 1]; ++r)
-    if (all[r] > -std::numeric_limits<float>::infinity()) order.push_back(r);  // not NaN
+  ranked_rows(indptr, all, u, order);
   const int64_t found =
       first_distinct(order, BetterRow{all, candidate_ids},
                      [&](int64_t row) { return candidate_ids[row]; }, k, top.data());
@@ -639,11 +650,7 @@ void pad_ranking(int64_t users, int k, int64_t* ids, float* scores) {
 void mlp_rank_scores(int64_t users, const int64_t* indptr, const int64_t* candidate_ids,
                      const float* scores, int k, int num_threads, int64_t* ids, float* out) {
   expect(k >= 1, "k must be >= 1, got " + std::to_string(k));
-  expect(users >= 0 && indptr != nullptr && indptr[0] == 0,
-         "indptr must hold users + 1 offsets starting at 0");
-  bool ordered = true;
-  for (int64_t u = 0; u < users; ++u) ordered &= indptr[u] <= indptr[u + 1];
-  expect(ordered, "indptr must not decrease");
+  check_offsets(users, indptr);
   pad_ranking(users, k, ids, out);
   const int64_t total = indptr[users];
   if (total == 0) return;
@@ -700,9 +707,7 @@ void MlpModel::rank_user(const MlpCandidates& c, const CallPlan& plan, int k, co
   if (precision_ == MlpPrecision::Float32)
     return rank_scored_user(c.indptr, c.ids, all, u, k, order, top, ids, scores);
   top.resize(k);
-  order.clear();
-  for (int64_t r = c.indptr[u]; r < c.indptr[u + 1]; ++r)
-    if (all[r] > -std::numeric_limits<float>::infinity()) order.push_back(r);  // not NaN
+  ranked_rows(c.indptr, all, u, order);
   // Rescore a band of the best rough (bfloat16 or int8) rows in float32, widening it until no row outside
   // can reach the float32 k-th score (see recfuse/mlp.hpp).
   int64_t want = std::max<int64_t>(2 * static_cast<int64_t>(k), kMlpRescoreMinBand);
