@@ -697,6 +697,19 @@ void run_simple(const ScoreArgs<T>& a, int kk, int64_t item_chunk, cudaStream_t 
   // The scratch above is freed in stream order: no wait here (the caller's download waits).
 }
 
+// fn(Cfg{}) with the fused path's tiles for a search of m queries: up to 8 NarrowCfg (the
+// smallest TM that holds them: one chunk), up to 32 WideCfg (each item read once per 8
+// queries), more TallCfg.
+template <class Fn>
+auto with_fused_cfg(int64_t m, Fn&& fn) {
+  if (m <= 1) return fn(NarrowCfg<1>{});
+  if (m <= 2) return fn(NarrowCfg<2>{});
+  if (m <= 4) return fn(NarrowCfg<4>{});
+  if (m <= 8) return fn(NarrowCfg<8>{});
+  if (m <= 32) return fn(WideCfg{});
+  return fn(TallCfg{});
+}
+
 // The fused path for one chunk of queries (kk <= kFusedMaxK).
 template <class T, class Cfg>
 void run_fused(const ScoreArgs<T>& a, int kk, int slices, cudaStream_t stream, int64_t* ids,
@@ -769,20 +782,10 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
 
   // The path and the chunk of queries processed at once (device memory <= the budget).
   const TopkPath mode = topk_path();
-  // The fused path's tiles: up to 8 queries NarrowCfg (the smallest TM that holds them),
-  // up to 32 WideCfg (each item read once per 8 queries), more TallCfg.
-  const int narrow = m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : m <= 8 ? 8 : 0;
-  const bool few = m <= 32;
-  auto fused_bytes = [&](auto cfg) {
+  const size_t fused_shared = with_fused_cfg(m, [&](auto cfg) {
     using Cfg = decltype(cfg);
     return fused_layout<T, Cfg>(next_pow2(kk + Cfg::TN)).total;
-  };
-  const size_t fused_shared = narrow == 1   ? fused_bytes(NarrowCfg<1>{})
-                              : narrow == 2 ? fused_bytes(NarrowCfg<2>{})
-                              : narrow == 4 ? fused_bytes(NarrowCfg<4>{})
-                              : narrow == 8 ? fused_bytes(NarrowCfg<8>{})
-                              : few         ? fused_bytes(WideCfg{})
-                                            : fused_bytes(TallCfg{});
+  });
   const bool fused = mode != TopkPath::Simple && kk <= kFusedMaxK &&
                      fused_shared <= static_cast<size_t>(state_->optin_shared);
   const int64_t budget = kTopkSearchBudgetBytes;
@@ -791,8 +794,8 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
   int64_t chunk = 0, item_chunk = 0;
   int slices = 1;
   if (fused) {
-    const int64_t tm = narrow ? narrow : few ? WideCfg::TM : TallCfg::TM;
-    const int64_t tn = few ? WideCfg::TN : TallCfg::TN;  // NarrowCfg's too
+    const int64_t tm = with_fused_cfg(m, [](auto cfg) { return int64_t{decltype(cfg)::TM}; });
+    const int64_t tn = with_fused_cfg(m, [](auto cfg) { return int64_t{decltype(cfg)::TN}; });
     chunk = std::min<int64_t>(m, 4096);
     chunk = std::max<int64_t>(1, std::min<int64_t>(chunk, budget / 4 / query_bytes));
     // Enough blocks for two waves of the device, at least 2 tiles per slice, and all of a
@@ -833,17 +836,9 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
                          state_->scale.get(), state_->bias.get(), mask.get(),
                          ex_indptr.get(), ex_indices.get()};
     if (fused) {
-      int64_t* ids = d_ids.get();
-      T* scores = d_scores.get();
-      switch (narrow) {  // one chunk when narrow: m <= 8
-        case 1: run_fused<T, NarrowCfg<1>>(a, kk, slices, s, ids, scores); break;
-        case 2: run_fused<T, NarrowCfg<2>>(a, kk, slices, s, ids, scores); break;
-        case 4: run_fused<T, NarrowCfg<4>>(a, kk, slices, s, ids, scores); break;
-        case 8: run_fused<T, NarrowCfg<8>>(a, kk, slices, s, ids, scores); break;
-        default:
-          if (few) run_fused<T, WideCfg>(a, kk, slices, s, ids, scores);
-          else run_fused<T, TallCfg>(a, kk, slices, s, ids, scores);
-      }
+      with_fused_cfg(m, [&](auto cfg) {
+        run_fused<T, decltype(cfg)>(a, kk, slices, s, d_ids.get(), d_scores.get());
+      });
     } else {
       if (mq <= 32) run_simple<T, WideCfg>(a, kk, item_chunk, s, d_ids.get(), d_scores.get());
       else run_simple<T, TallCfg>(a, kk, item_chunk, s, d_ids.get(), d_scores.get());
