@@ -256,9 +256,9 @@ def test_every_simd_level_and_fixed_width_matches_the_reference(dtype):
 
     initial = _core.simd_level()
     try:
-        # the fixed-width kernels (24, 104, 112: the widths fits pad 20 and 100 to) and the
-        # general one
-        for k in (16, 20, 24, 32, 64, 100, 104, 112, 128, 37):
+        # the fixed-width kernels (24, 104, 112: the widths fits pad 20 and 100 to), the
+        # whole-vector one (48, 96, 256; 24 floats) and the general one (37)
+        for k in (16, 20, 24, 32, 48, 64, 96, 100, 104, 112, 128, 256, 37):
             p = larger_problem(dtype, k=k, grid=3)
             s = p.start
             expected = reference.svd_sgd_epoch(p.blocks.users, p.blocks.items, p.ratings, p.mu,
@@ -291,8 +291,8 @@ def test_bpr_every_simd_level_and_fixed_width_matches_the_reference(dtype, n_ite
     initial = _core.simd_level()
     try:
         # the fixed-width kernels (24, 104, 112: the widths fits pad 20 and 100 to) and the
-        # general one
-        for k in (16, 20, 24, 32, 64, 100, 104, 112, 128, 37):
+        # general one (37, and the padded widths between the fixed ones: 48, 96, 256)
+        for k in (16, 20, 24, 32, 48, 64, 96, 100, 104, 112, 128, 256, 37):
             P = rng.normal(0, 0.3, (300, k)).astype(dtype)
             Q = rng.normal(0, 0.3, (n_items, k)).astype(dtype)
             b = rng.normal(0, 0.1, n_items).astype(dtype)
