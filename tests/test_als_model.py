@@ -1016,3 +1016,9 @@ for cls in (recfuse.ALS, recfuse.BPR):
         model.fit(tall)
     check.physical_memory = lambda: 8 << 30
 """)
+
+
+def test_repr_with_one_table_assigned_by_hand():
+    model = recfuse.ALS(factors=2)
+    model.user_factors = np.ones((3, 2), dtype=np.float32)  # the item table still to come
+    assert repr(model).startswith("ALS(") and "fitted on" not in repr(model)

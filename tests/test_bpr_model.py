@@ -291,3 +291,15 @@ def test_recommend_with_user_items_in_the_k_place_says_so(data):
             model.recommend(3, rows)
     with pytest.raises(TypeError, match="filter_seen must be a bool"):
         model.recommend(3, 5, data[3])
+
+
+def test_one_table_assigned_by_hand_is_not_a_fitted_model():
+    # item_factors still None: repr says so, and every query is refused as not fitted (it
+    # used to fail on None inside recommend, or with a dtype error in similar_items)
+    model = recfuse.BPR(factors=2)
+    model.user_factors = np.ones((3, 2), dtype=np.float32)
+    assert repr(model).startswith("BPR(") and "fitted on" not in repr(model)
+    for call in (lambda: model.recommend(0), lambda: list(model.recommend_all(2)),
+                 lambda: model.similar_items(0)):
+        with pytest.raises(RuntimeError, match="not fitted"):
+            call()

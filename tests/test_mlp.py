@@ -1520,3 +1520,15 @@ def test_reference_rescored_rank_takes_infinite_scores_silently():
                                               rough, lambda positions: rough[positions], 3)
     np.testing.assert_array_equal(ids, [[5, 6, 10 + n - 3]])
     np.testing.assert_array_equal(scores, [[np.inf, np.inf, n - 3.0]])
+
+
+def test_ranker_overflow_message_names_the_dtype():
+    import scipy.sparse as sp
+
+    from recfuse.ranker import MLPRanker
+
+    seen = sp.random(30, 20, density=0.2, format="csr", random_state=0)
+    users = np.ones((30, 4))
+    users[0, 0] = 1e300  # finite in float64, inf in float32
+    with pytest.raises(ValueError, match=r"NaN/inf as float32 \(values beyond its range"):
+        MLPRanker(epochs=1).fit(seen, users, np.ones((20, 4)))

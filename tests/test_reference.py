@@ -385,3 +385,14 @@ def test_ranking_metrics_of_a_hand_computed_list():
                     ndcg=(1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3) + 1 / np.log2(4)),
                     auc=16 / 21, reciprocal_rank=1.0, recall=2 / 3, hit=1.0)
     assert got == pytest.approx(expected, rel=1e-14)
+
+
+def test_explicit_half_sweep_takes_both_biases_or_neither():
+    R = sp.csr_matrix(np.array([[5.0, 0.0], [0.0, 0.0]]))  # row 1 has no entries
+    Y, X = np.ones((2, 2)), np.zeros((2, 2))
+    for given in (dict(other_bias=np.zeros(2)), dict(own_bias=np.zeros(2))):
+        with pytest.raises(ValueError, match="both given"):
+            reference.explicit_als_half_sweep(R, Y, X, reg=0.1, **given)
+    X2, own, failed = reference.explicit_als_half_sweep(R, Y, X, reg=0.1, other_bias=np.zeros(2),
+                                                        own_bias=np.zeros(2))
+    assert failed == 0 and own[1] == 0 and not X2[1].any()

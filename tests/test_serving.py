@@ -1539,3 +1539,14 @@ def test_settings_are_checked_when_assigned_and_rerank_is_fixed(als):
     rec.max_pending_events = 3  # the next observe keeps only the newest 3 events
     rec.observe({"user": [1], "item": [2]})
     assert rec.pending_events().users.size == 3 and rec.dropped_events == 6
+
+
+def test_mmr_refuses_a_cap_without_categories_and_mismatched_shapes():
+    scores, vectors = np.array([3.0, 2.0, 1.0]), np.eye(3)
+    with pytest.raises(ValueError, match="cap needs categories"):
+        mmr(scores, vectors, 2, 0.5, cap=1)
+    with pytest.raises(ValueError, match="one category per candidate"):
+        mmr(scores, vectors, 2, 0.5, np.array([0, 1]), 1)
+    with pytest.raises(ValueError, match=r"scores \(n,\) and vectors \(n, d\)"):
+        mmr(scores, np.eye(2), 2, 0.5)
+    assert mmr(scores, vectors, 2, 0.5, np.array([0, 0, 1]), 1).tolist() == [0, 2]

@@ -13,6 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 
 if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
     from ._typing import Integer
 
 try:  # the one-pass checks below; NumPy's when the native module is not built
@@ -153,7 +155,7 @@ def check_csr(
     matrix,
     name: str,
     *,
-    dtype: np.dtype,
+    dtype: DTypeLike,
     n_cols: int | None = None,
     n_rows: int | None = None,
     nonnegative: bool = False,
@@ -233,7 +235,7 @@ def check_sparse_structure(matrix, name: str):
     return matrix
 
 
-def csr_from_arrays(data, indices, indptr, shape, name: str, *, dtype: np.dtype,
+def csr_from_arrays(data, indices, indptr, shape, name: str, *, dtype: DTypeLike,
                     n_rows: int | None = None, n_cols: int | None = None) -> sp.csr_matrix:
     """The CSR matrix of arrays read from a file, checked (check_csr) after its structure
     was checked here: scipy would take malformed arrays as they are."""
@@ -276,9 +278,10 @@ def check_csr_arrays(indptr, indices, n_rows: int, n_cols: int | None, name: str
     return nnz
 
 
-def finite_in(values: np.ndarray, dtype: np.dtype, name: str) -> np.ndarray:
+def finite_in(values: np.ndarray, dtype: DTypeLike, name: str) -> np.ndarray:
     """``values`` as ``dtype``, which must hold them all as finite numbers (no NaN or inf,
     and none of float64's large values that overflow float32)."""
+    dtype = np.dtype(dtype)  # a type (np.float32) would print as "<class 'numpy.float32'>"
     with np.errstate(over="ignore", invalid="ignore"):
         cast = values.astype(dtype, copy=False)
     if cast.size and not all_finite(cast):
@@ -328,7 +331,7 @@ def check_ids(ids, name: str, upper: int | None, *, allow_new: bool = False) -> 
     return array
 
 
-def check_factors(array, name: str, *, dtype: np.dtype, n_cols: Integer | None = None,
+def check_factors(array, name: str, *, dtype: DTypeLike, n_cols: Integer | None = None,
                   copy: bool = True) -> np.ndarray:
     """A finite 2-d float array as a C-contiguous copy in ``dtype`` (``copy=False``: the
     array itself when it already is one, e.g. a read-only memory map)."""

@@ -27,7 +27,7 @@ import importlib.util
 import os
 import numbers
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -71,6 +71,13 @@ class IdMap:
     >>> ids.extend(["c", "a"]).to_internal(["c", "a"]).tolist()
     [2, 0]
     """
+
+    _array: np.ndarray | None  # None while the ids are Arrow strings not yet converted
+    _arrow: Any  # those Arrow ids (a pyarrow.ChunkedArray), else None
+    # the lookup table, built on first use: a pandas.Index (without pandas, the order and
+    # the sorted ids)
+    _index: Any
+    _kind: str | None  # found on first use
 
     def __init__(self, ids: ArrayLike) -> None:
         self._set(ids)
@@ -159,7 +166,7 @@ class IdMap:
     def __eq__(self, other) -> bool:
         return isinstance(other, IdMap) and np.array_equal(self._ids, other._ids)
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # unhashable: __eq__ compares the ids
 
     def __repr__(self) -> str:
         head = ", ".join(repr(v) for v in self._ids[:3].tolist())
@@ -475,7 +482,9 @@ def _factorize_arrow_dictionary(chunked, name: str):
     import pyarrow as pa
 
     chunks = [chunk for chunk in chunked.chunks if len(chunk)]
-    dictionaries, starts, start_of = [], [], {}
+    dictionaries: list[Any] = []  # pyarrow arrays
+    starts: list[int] = []
+    start_of: dict[tuple, int] = {}
     for chunk in chunks:
         dictionary = chunk.dictionary
         key = (dictionary.offset, len(dictionary),
@@ -555,7 +564,7 @@ def _columns_of(source, wanted: dict[str, str | None], read_options: dict, keep_
     elif module == "pandas":
         # a label that is not a string (a frame made from an array has 0, 1, ...) is found
         # by itself or by its text (the text the CLI passes)
-        labels = {}
+        labels: dict[Any, Any] = {}
         for label in source.columns:
             labels.setdefault(label, label)
             labels.setdefault(str(label), label)
@@ -837,7 +846,8 @@ def _times_ns(column, name: str = "timestamps") -> np.ndarray:
         unit, count = np.datetime_data(array.dtype)
         if unit in ("Y", "M"):  # calendar units: as days first (exact for any real date)
             array, unit, count = array.astype("datetime64[D]"), "D", 1
-        step = np.timedelta64(count, unit) / np.timedelta64(1, "ns")
+        # cast: datetime_data's stub gives a str, timedelta64's wants a unit Literal
+        step = np.timedelta64(count, cast(Any, unit)) / np.timedelta64(1, "ns")
         if step > 1:
             # a coarser unit (s, us, D, ...): the cast to ns multiplies, and wraps silently
             # past int64 (3000-01-01 became 1830-11-23)
@@ -1345,9 +1355,10 @@ class Interactions:
         """Write to one file (versioned; arrays stored so ``load(mmap=True)`` maps them)."""
         from .persistence import save_model
 
-        arrays = {"indptr": self._indptr, "indices": self._indices, "values": self._values,
-                  "counts": self._counts, "user_ids": _saveable(self.user_ids.ids, "user ids"),
-                  "item_ids": _saveable(self.item_ids.ids, "item ids")}
+        arrays: dict[str, np.ndarray] = {
+            "indptr": self._indptr, "indices": self._indices, "values": self._values,
+            "counts": self._counts, "user_ids": _saveable(self.user_ids.ids, "user ids"),
+            "item_ids": _saveable(self.item_ids.ids, "item ids")}
         if self._times is not None:
             arrays["times"] = self._times
         save_model(path, "Interactions", self._settings, arrays)
@@ -1401,9 +1412,9 @@ class Interactions:
         return result  # item order is kept, so rows stay sorted
 
 
-_DEFAULT_SETTINGS = {"combine": "sum", "weighting": "none", "weighting_options": {},
-                     "half_life": None, "reference_time": None, "fixed_reference": False,
-                     "columns": None, "event_weights": None}
+_DEFAULT_SETTINGS: dict[str, Any] = {
+    "combine": "sum", "weighting": "none", "weighting_options": {}, "half_life": None,
+    "reference_time": None, "fixed_reference": False, "columns": None, "event_weights": None}
 
 
 def _saved_settings(path: str, settings: dict) -> dict:

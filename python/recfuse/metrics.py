@@ -185,7 +185,7 @@ def _aggregate(table: np.ndarray, per_user: bool) -> dict:
     relevant = column("relevant").sum()
     mean = lambda name: float(column(name).mean()) if table.shape[0] else 0.0  # noqa: E731
     auc = column("auc")
-    result = {
+    result: dict[str, Any] = {
         "precision": float(column("hits").sum() / relevant) if relevant else 0.0,
         "recall": mean("recall"),
         "map": mean("average_precision"),

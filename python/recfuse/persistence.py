@@ -20,7 +20,7 @@ import stat
 import struct
 import warnings
 import zipfile
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -193,7 +193,8 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo,
     declared size first, then parses each header a second time)."""
     name = _member_name(info.filename)
     _check_zip_entry(path, name, info, size)
-    with archive.open(info) as member:
+    # ZipFile.open's stubs say IO[bytes]; reading a member gives a ZipExtFile (readinto)
+    with cast(zipfile.ZipExtFile, archive.open(info)) as member:
         shape, fortran, dtype = _read_npy_header(path, name, member)
         nbytes = _data_size(shape, dtype)
         declared = member.tell() + nbytes
@@ -203,7 +204,7 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo,
                              f"its header), the member holds {info.file_size}")
         array = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
         if nbytes:
-            view = memoryview(array.reshape(-1).view(np.uint8))
+            view = array.reshape(-1).view(np.uint8).data  # the bytes, as a memoryview
             done = 0
             while done < nbytes:
                 got = member.readinto(view[done:done + _READ_CHUNK])
@@ -366,8 +367,8 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
     from .models.sgd import SVD, SVDpp
     from .ranking import MLPScorer
 
-    registry = {"ALS": ALS, "SVD": SVD, "SVDpp": SVDpp, "BPR": BPR,
-                "ExplicitALS": ExplicitALS, "MLPScorer": MLPScorer}
+    registry: dict[str, type[Any]] = {"ALS": ALS, "SVD": SVD, "SVDpp": SVDpp, "BPR": BPR,
+                                      "ExplicitALS": ExplicitALS, "MLPScorer": MLPScorer}
     header, arrays = read_model(path, mmap=mmap)
     path = os.fsdecode(os.fspath(path))
     model_name = header["model"]
@@ -441,12 +442,16 @@ def _check_trained_on(model, train: Interactions, folder: str) -> None:
     elif isinstance(model, BPR):
         seen = model._tables()[3]
     elif isinstance(model, (SVD, SVDpp, ExplicitALS)):
-        seen = model._require_fitted().seen.to_scipy(model.item_factors.shape[0])
+        fitted = model._require_fitted()
+        seen = fitted.seen.to_scipy(fitted.item_factors.shape[0])
     else:
         raise ValueError(f"{folder!r}: model.npz holds a {type(model).__name__}, not a factor "
                          f"model that `recfuse train` writes")
     matrix = train.matrix
-    sizes = (model.user_factors.shape[0], model.item_factors.shape[0])
+    user_factors, item_factors = model.user_factors, model.item_factors
+    # load refuses a factor model file without both tables (check_factors)
+    assert user_factors is not None and item_factors is not None
+    sizes = (user_factors.shape[0], item_factors.shape[0])
 
     def columns(csr):  # each row's columns in order (sorted copies only where they are not)
         return (csr if csr.has_sorted_indices else csr.sorted_indices()).indices

@@ -460,14 +460,14 @@ def _dense_indptr(users: int, per_user: int) -> np.ndarray:
     return indptr
 
 
-def _check_layers(layers) -> list:
+def _check_layers(layers) -> list[tuple[np.ndarray, np.ndarray | None, str]]:
     """The layers as (W float32 (out, in), b float32 (out,) or None, activation): copies,
     never the caller's arrays (the numpy and numba backends keep the arrays they are given,
     so weights changed in place after construction would change their scores, and what
     ``save`` writes, but not the cpu backend's packed copy)."""
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
         raise TypeError("layers must be a non-empty sequence of (weight, bias, activation)")
-    checked = []
+    checked: list[tuple[np.ndarray, np.ndarray | None, str]] = []
     for position, layer in enumerate(layers):
         name = f"layers[{position}]"
         if not isinstance(layer, (tuple, list)) or len(layer) != 3:

@@ -733,8 +733,11 @@ def explicit_als_half_sweep(R: sp.csr_matrix, Y, X, *, reg: float, reg_bias: flo
     dtype = np.asarray(X).dtype
     X = np.array(X, dtype=dtype)
     Y64 = np.asarray(Y, dtype=np.float64)
-    biased = other_bias is not None
+    if (other_bias is None) != (own_bias is None):
+        raise ValueError("explicit_als_half_sweep is biased with other_bias and own_bias "
+                         "both given, unbiased with neither; got one of them")
     own = None if own_bias is None else np.array(own_bias, dtype=dtype)
+    biased = own is not None
     k = Y64.shape[1]
     reg_bias = reg if reg_bias is None else reg_bias
     diagonal = np.r_[np.full(k, float(reg)), [float(reg_bias)] if biased else []]
@@ -744,7 +747,7 @@ def explicit_als_half_sweep(R: sp.csr_matrix, Y, X, *, reg: float, reg_bias: flo
         values = np.asarray(R.data[R.indptr[u]:R.indptr[u + 1]], dtype=np.float64)
         if cols.size == 0:
             X[u] = 0
-            if biased:
+            if own is not None:
                 own[u] = 0
             continue
         Z = Y64[cols]
@@ -760,6 +763,6 @@ def explicit_als_half_sweep(R: sp.csr_matrix, Y, X, *, reg: float, reg_bias: flo
             continue
         w = np.linalg.solve(L.T, np.linalg.solve(L, Z.T @ target))
         X[u] = w[:k]
-        if biased:
+        if own is not None:
             own[u] = w[k]
     return X, own, failed

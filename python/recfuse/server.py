@@ -63,6 +63,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -82,6 +83,9 @@ from .interactions import _FEW_IDS, IdMap, Interactions
 from .persistence import load_folder
 from .ranking import load_scorer
 from .serving import Events, Recommender, UserEventError
+
+if TYPE_CHECKING:
+    from starlette.types import HTTPExceptionHandler
 
 LOG = logging.getLogger("recfuse.server")
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
@@ -154,7 +158,7 @@ class _Histogram:
 class Metrics:
     """Request counters and histograms, rendered as Prometheus text."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: dict = {}  # (route, status) -> count
         self.latency: dict = {}  # route -> _Histogram
@@ -269,6 +273,9 @@ class _Ids:
 
     def check(self, values: list, name: str, kind: str) -> list:
         id_map = self.maps[kind]
+        wanted: type[Any]  # str or int (entry: str when low is None, else int)
+        low: int | None  # low and high: both None (strings) or both ints
+        high: int | None
         if id_map.kind == "string":
             wanted, low, high = str, None, None
         else:  # the map's integer type bounds what it can hold
@@ -650,6 +657,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         def read() -> dict:  # in the writer thread: rows and ids of one model version
             named = current_naming(naming["now"])
             taken = recommender.pending_events(clear=request.method == "DELETE")
+            assert taken.calls is not None  # the log numbers the calls of its events
             return {"user": named.external("user", taken.users),
                     "item": named.external("item", taken.items),
                     "weight": taken.weights.tolist(),
@@ -685,7 +693,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                                    "reload")
 
         def reload_files() -> int:  # in the writer thread: loading takes a while
-            options = {}
+            options: dict[str, Any] = {}
             if ranker_path is not None:
                 options["ranker"] = load_scorer(ranker_path, **(ranker_options or {}))
             if not folder:
@@ -759,8 +767,9 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         Route("/health", timed("/health", health), methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error},
-                    lifespan=lifespan)
+    # starlette types a handler as taking any Exception; it calls this one with its class's
+    handlers = {HTTPException: cast("HTTPExceptionHandler", http_error)}
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.recommender = recommender
     app.state.naming = naming  # "now": the ids (or rows) requests use
     app.state.metrics = metrics
@@ -828,8 +837,9 @@ def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000
     # sight, so its full passes stop walking it (3.5% -> 1% of the server's CPU samples).
     gc.collect()
     gc.freeze()
+    # uvicorn annotates the timeout int but passes it to asyncio.wait_for (a float is fine)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=shutdown_timeout)
+                            timeout_graceful_shutdown=cast(int, shutdown_timeout))
     try:
         with sock, _sigterm_returns():
             uvicorn.Server(config).run(sockets=[sock])

@@ -790,6 +790,7 @@ class Recommender:
             model._require_fitted()
             state = model._state
             kind, users, items, bias = "als", state.user_factors, state.item_factors, None
+            assert users is not None and items is not None  # _require_fitted
             offsets, mean = np.zeros(users.shape[0]), 0.0
             seen = state.user_items
         elif isinstance(model, BPR):
@@ -819,6 +820,7 @@ class Recommender:
                 search_bias = np.where(known_item, 0.0, mean).astype(model.dtype)
             seen = fitted.seen.to_scipy(items.shape[0])
             if kind == "explicit":  # each pair's rating sum and count
+                assert fitted.ratings is not None  # refused above
                 indptr, indices, values = fitted.ratings
                 shape = (users.shape[0], items.shape[0])
                 # copies: sum_duplicates works in place, and the arrays are the model's
@@ -909,7 +911,8 @@ class Recommender:
         renumber = replay if callable(replay) else None
         if renumber is None:
             replay = check.check_flag(replay, "replay")
-        chosen = None if ranker is _KEEP else _ranker_of(ranker)
+        chosen: tuple[MLPScorer, str | None] | None = \
+            None if ranker is _KEEP else _ranker_of(ranker)
         # one swap at a time, from reading the current ranker to installing: a swap that keeps
         # "the current ranker" must not put back the one a concurrent swap has just replaced
         # (observe takes only the writer lock, so it goes on meanwhile)
@@ -948,7 +951,10 @@ class Recommender:
                     limit = n + max_new_items if unknown_items == "add" else n
                     replayable = events.items < limit
                     if not replayable.all():
-                        events = Events(*(part[replayable] for part in events))
+                        calls = events.calls
+                        assert calls is not None  # the log's events carry their calls
+                        events = Events(events.users[replayable], events.items[replayable],
+                                        events.weights[replayable], calls[replayable])
                     if events.users.size:  # the function may have left every event out
                         # (the groups' numbers are not kept: the log keeps its own)
                         for group in self._replay_groups(state, events, self._calls):
@@ -1137,7 +1143,7 @@ class Recommender:
         ids, scores = model.index._search_checked(queries, wanted, excluded, model.rule_mask,
                                                   threads)
         merged = extra is not None
-        if merged:
+        if extra is not None:
             more_ids, more_scores = extra.search(queries, wanted, own, threads)
             ids = np.concatenate([ids, more_ids], axis=1)
             scores = np.concatenate([scores, more_scores], axis=1)
@@ -1151,7 +1157,9 @@ class Recommender:
         """The recall lists (users, wanted) scored by the ranker: the ``keep`` best of each,
         ties by smaller id, NaN scores dropped, padded with -1 / -inf. One native call (two
         while added items are among the candidates)."""
-        ranker = model.ranker
+        ranker, prepared = model.ranker, model.prepared
+        # called with a ranker only; _build prepares the items whenever there is one
+        assert ranker is not None and prepared is not None
         users = np.ascontiguousarray(queries, dtype=np.float32)
         valid = ids >= 0
         indptr = np.zeros(ids.shape[0] + 1, dtype=np.int64)
@@ -1159,7 +1167,7 @@ class Recommender:
         flat = ids[valid]
         n = model.n_items
         if not flat.size or flat.max() < n:
-            return ranker.rank(users, (indptr, flat), model.prepared, user_features=contexts,
+            return ranker.rank(users, (indptr, flat), prepared, user_features=contexts,
                                k=keep, num_threads=threads)
         # Added items have no prepared rows: each table ranked on its own, the two lists
         # merged (the best `keep` of the union are among each table's best `keep`). rank, not
@@ -1167,9 +1175,10 @@ class Recommender:
         rows = np.repeat(np.arange(ids.shape[0]), np.diff(indptr))
         base = flat < n
         added = np.unique(flat[~base])  # their vectors gathered into a table of their own
+        assert extra is not None  # ids past the model's items come from its search
         lists = []
         for part, table, table_rows, id_of in (
-                (base, model.prepared, flat[base], None),
+                (base, prepared, flat[base], None),
                 (~base, extra.vectors(added), np.searchsorted(added, flat[~base]), added)):
             part_indptr = np.zeros_like(indptr)
             np.cumsum(np.bincount(rows[part], minlength=ids.shape[0]), out=part_indptr[1:])
@@ -1188,8 +1197,10 @@ class Recommender:
                 scores: np.ndarray, k: int):
         """(positions chosen in order, moved flags): MMR and caps over a sorted list."""
         rules = self.rerank
+        assert rules is not None  # called for a Rerank that reorders only
         categories = None
         if rules.category_cap is not None:
+            assert rules.item_categories is not None  # Rerank takes both or neither
             categories = _categories(rules.item_categories, item_ids)
         if rules.diversity is None:
             chosen = _capped(item_ids, rules, k)
@@ -1231,7 +1242,9 @@ class Recommender:
         with self._write_lock:
             unknown_items, max_new_items = self.unknown_items, self.max_new_items
             groups = self._replay_groups(self._state, events, self._calls)
-            self._calls = int(groups[-1].calls[-1]) + 1
+            last_calls = groups[-1].calls
+            assert last_calls is not None  # _replay_groups numbers every group's calls
+            self._calls = int(last_calls[-1]) + 1
             if len(groups) > 1:  # what can be checked for the whole replay, before any group
                 self._check_events(self._state, *events[:3], unknown_items, max_new_items)
             for group in groups:
@@ -1263,12 +1276,14 @@ class Recommender:
                 call_items, call_users = items[begin:end][beyond], users[begin:end][beyond]
                 changed = False
                 for item in np.unique(call_items).tolist():
-                    first = owners.setdefault(item, list(state.new_item_users.get(item, ())))
+                    first_users = owners.setdefault(
+                        item, list(state.new_item_users.get(item, ())))
                     theirs = call_users[call_items == item].tolist()
-                    changed = changed or len(first) < wanted or bool(set(theirs) & set(first))
+                    changed = changed or len(first_users) < wanted or \
+                        bool(set(theirs) & set(first_users))
                     for user in theirs:
-                        if len(first) < wanted and user not in first:
-                            first.append(user)
+                        if len(first_users) < wanted and user not in first_users:
+                            first_users.append(user)
                 if changed and end < size:
                     cuts.append(end)
         bounds = [0, *cuts, size]
@@ -1329,6 +1344,7 @@ class Recommender:
         if model.kind == "bpr" and (weights <= 0).any():
             raise ValueError("weights must be > 0 for BPR (each event is a positive)")
         if model.kind in ("svd", "explicit"):  # as the model's own fit checks them
+            assert model.rating_scale is not None  # _build keeps the rating models' scale
             low, high = model.rating_scale  # the served fit's, not a later refit's
             if weights.min() < low or weights.max() > high:
                 raise ValueError(f"weights are ratings for {type(model.model).__name__} and "
@@ -1418,7 +1434,10 @@ class Recommender:
             seen = model.seen
             row = slice(seen.indptr[user], seen.indptr[user + 1])
             vector = np.array(model.user_vectors[user])
-            counts = model.seen_counts.data[row].astype(np.float64) if explicit else None
+            counts = None
+            if explicit:
+                assert model.seen_counts is not None  # _build counts ExplicitALS's ratings
+                counts = model.seen_counts.data[row].astype(np.float64)
             return _User(vector, float(model.user_offsets[user]),
                          seen.indices[row].astype(np.int64), seen.data[row].astype(np.float64),
                          bool(vector.any()), counts)
@@ -1452,6 +1471,7 @@ class Recommender:
             table = _item_rows(model, extra, touched)
         matrix = CsrArrays(indptr, columns.astype(np.int32), data, (len(rows), table.shape[0]))
         gram = model.gram if extra is None or extra.gram is None else extra.gram
+        assert gram is not None  # _build makes an ALS model's YᵀY
         start = np.stack([entry[0].vector for entry in updated.values()])
         solved = fold_in(als, table, matrix, start, gram,
                          num_threads=self._fold_in_threads(len(rows)))
@@ -1471,37 +1491,38 @@ class Recommender:
         explicit = model.model
         extra = state.new_items
         n = model.n_items
-        columns, means, lengths = [], [], []
+        column_parts, means, lengths = [], [], []
         for user, (_, merged_items, merged_sums, _, _) in updated.items():
             rated = counts[user]
             usable = _with_vectors(n, extra, merged_items)
             times = rated[usable].astype(np.int64)
-            columns.append(np.repeat(merged_items[usable], times))
+            column_parts.append(np.repeat(merged_items[usable], times))
             means.append(np.repeat(merged_sums[usable] / rated[usable], times))
             lengths.append(int(times.sum()))
         indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
-        columns = np.concatenate(columns)
+        columns = np.concatenate(column_parts)
         touched = np.unique(columns)  # the item rows these users need, renumbered
         table = np.ascontiguousarray(_item_rows(model, extra, touched), dtype=explicit.dtype)
         matrix = CsrArrays(indptr, np.searchsorted(touched, columns).astype(np.int32),
                            np.concatenate(means).astype(explicit.dtype),
                            (len(lengths), touched.size))
-        biased = model.item_bias is not None
+        item_bias = model.item_bias
+        biased = item_bias is not None
         X = np.stack([entry[0].vector for entry in updated.values()]).astype(explicit.dtype)
         own = other = None
         mean = model.global_mean if biased else 0.0
-        if biased:
+        if item_bias is not None:
             other = np.zeros(touched.size, dtype=explicit.dtype)
             base = touched < n
-            other[base] = model.item_bias[touched[base]]
+            other[base] = item_bias[touched[base]]
             other[~base] = _added_bias(extra, touched[~base])
             own = np.array([entry[0].offset - mean for entry in updated.values()],
                            dtype=explicit.dtype)
         backend = resolve_backend(explicit.backend, "sgd", needs="explicit_als_half_sweep")
         backend.explicit_als_half_sweep(matrix, table, X, other, own, mean, explicit.reg,
                                         explicit.bias_reg, self._fold_in_threads(len(lengths)))
-        return {user: (X[position], float(mean + own[position]) if biased else 0.0)
+        return {user: (X[position], float(mean + own[position]) if own is not None else 0.0)
                 for position, user in enumerate(updated)}
 
     def _sgd_fold_in(self, state: _State, user: int, entry) -> tuple[np.ndarray, float]:
@@ -1613,6 +1634,7 @@ class Recommender:
         gram = None
         if model.gram is not None:  # YᵀY over the items as served: the old rows out, the new in
             gram = model.gram if extra is None else extra.gram
+            assert gram is not None  # an ALS model's added items carry their YᵀY (changed)
             if extra is not None:
                 old = extra.vectors(ids[extra.has(ids)]).astype(np.float64)
                 gram = gram - old.T @ old
@@ -1688,6 +1710,7 @@ class Recommender:
         X = np.stack([e.vector for e in entries]).astype(np.float64)
         known = np.array([u for u in owners if u < model.n_users], dtype=np.int64)
         old = model.user_vectors[known].astype(np.float64)
+        assert model.user_gram is not None  # _build makes an ALS model's XᵀX
         system = model.user_gram - old.T @ old + (X.T * c) @ X
         system[np.diag_indices_from(system)] += als.regularization
         if not p.any():  # no positive: the exact solution is zero, as in fit
@@ -1742,8 +1765,20 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
     each maximising ``diversity * relevance - (1 - diversity) * max cosine to those chosen``
     (relevance: scores rescaled to [0, 1] in float64, an infinite score counting as the
     largest or smallest; ties, values within ``_MMR_TIE`` of each other, to the earlier
-    candidate), never more than ``cap`` of one category (``categories[i] < 0``: none)."""
+    candidate), never more than ``cap`` of one category (``categories[i] < 0``: none).
+    ``cap`` needs ``categories``; ``vectors`` has one row per score."""
+    scores, vectors = np.asarray(scores), np.asarray(vectors)
     count = scores.size
+    if scores.ndim != 1 or vectors.ndim != 2 or vectors.shape[0] != count:
+        raise ValueError(f"mmr needs scores (n,) and vectors (n, d), got {scores.shape} and "
+                         f"{vectors.shape}")
+    if cap is not None:
+        if categories is None:
+            raise ValueError("mmr's cap needs categories (one per candidate)")
+        categories = np.asarray(categories)
+        if categories.shape != (count,):
+            raise ValueError(f"mmr needs one category per candidate ({count}), got "
+                             f"{categories.shape}")
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     # float64: in float32, 3e38 - (-3e38) overflowed; +-inf would make NaN relevances
@@ -1755,7 +1790,7 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
     closest = np.zeros(count)  # max cosine to the chosen ones
     available = np.ones(count, dtype=bool)
     used: dict = {}
-    chosen = []
+    chosen: list[int] = []
     while len(chosen) < k and available.any():
         value = diversity * relevance - (1 - diversity) * closest
         value[~available] = -np.inf
@@ -1764,7 +1799,7 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
         pick = int(np.argmax(value >= value.max() - _MMR_TIE))
         chosen.append(pick)
         available[pick] = False
-        if cap is not None and categories[pick] >= 0:
+        if cap is not None and categories is not None and categories[pick] >= 0:
             category = int(categories[pick])
             used[category] = used.get(category, 0) + 1
             if used[category] >= cap:
@@ -1783,6 +1818,8 @@ _MMR_TIE = 1e-12  # MMR values this close count as equal (ties to the better-ran
 
 def _capped(item_ids: np.ndarray, rules: Rerank, k: int) -> np.ndarray:
     """Positions of the first k items (in order) within the category cap."""
+    # called when rules.category_cap is set; Rerank takes item_categories with it
+    assert rules.item_categories is not None
     categories = _categories(rules.item_categories, item_ids)
     used: dict = {}
     chosen = []
@@ -1895,6 +1932,8 @@ def _context_rows(value, name: str, rows: int, *, width: int | None = None,
 
 def _events(events) -> Events:
     """Events from a mapping (user, item, weight, call) or an Events tuple, checked."""
+    weights: ArrayLike | None
+    calls: ArrayLike | None
     if isinstance(events, Events):
         users, items, weights, calls = events
     elif isinstance(events, collections.abc.Mapping):
@@ -2011,6 +2050,7 @@ def _item_rows(model: _Model, extra: _NewItems | None, item_ids: np.ndarray) -> 
     base = item_ids < n
     rows[base] = model.item_vectors[item_ids[base]]
     if not base.all():
+        assert extra is not None  # callers pass ids past the model's items only from extra
         rows[~base] = extra.vectors(item_ids[~base])
     return rows
 

@@ -111,7 +111,7 @@ def _run(model: Model, call: Candidates, num_threads: int):
     cand = call.candidate_block if call.candidate_block is not None else np.zeros((1, 1), np.float32)
     cand_width = 0 if call.candidate_block is None else cand.shape[1]
     item_part = call.item_part if call.item_part is not None else np.zeros((1, 1), np.float32)
-    ids = call.ids if call.ids is not None else np.zeros(total, np.int64)
+    ids = call.ids
     with _thread_count(numba, num_threads):
         forward(row_user, ids, user_part.astype(np.float32), item_part,
                 call.item_part is not None, blocks, count, cand, cand_width,
@@ -123,7 +123,9 @@ def _run(model: Model, call: Candidates, num_threads: int):
 
 def score(model, inputs, num_threads: int = 0):
     n = inputs.shape[0]
-    call = Candidates(np.array([0, n], np.int64), None, 0, [], [], inputs, None, 0)
+    # every input given as a candidate row: the ids index no item block
+    call = Candidates(np.array([0, n], np.int64), np.zeros(n, np.int64), 0, [], [], inputs,
+                      None, 0)
     return _run(model, call, num_threads)
 
 

@@ -22,7 +22,7 @@ inputs whose scores are subnormal (|s| < 1.2e-38); float64 is not affected.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,10 +39,14 @@ def _cupy():
     return cupy
 
 
+# A cupy.ndarray (cupy has no type information, so mypy sees it as Any).
+_CupyArray = Any
+
+
 class Table(NamedTuple):
-    items: object  # cupy n x d
-    bias: object   # cupy n or None
-    scale: object  # cupy n or None
+    items: _CupyArray  # n x d
+    bias: _CupyArray | None   # n
+    scale: _CupyArray | None  # n
     n: int
     dtype: np.dtype
 

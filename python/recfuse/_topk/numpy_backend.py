@@ -34,9 +34,8 @@ def select_topk(scores: np.ndarray, k: int, allowed: np.ndarray | None = None):
         scores[~allowed] = -np.inf
     for row in range(m):
         s = scores[row]
-        candidates = np.flatnonzero(s > -np.inf)
-        if candidates.size == n:
-            candidates = None
+        qualifying = np.flatnonzero(s > -np.inf)
+        candidates = None if qualifying.size == n else qualifying  # None: all of them
         count = n if candidates is None else candidates.size
         take = min(k, count)
         if take == 0:

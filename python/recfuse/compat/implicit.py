@@ -498,6 +498,7 @@ class AlternatingLeastSquares:
         if self.calculate_training_loss and progress["loss"] is not None:
             log.info("Final training loss %.4f", progress["loss"])
         self.user_factors, self.item_factors = engine.user_factors, engine.item_factors
+        assert self.user_factors is not None and self.item_factors is not None  # fit returned
         self._cache.clear()
         if np.isnan(self.user_factors).any() or np.isnan(self.item_factors).any():
             raise ModelFitError("NaN encountered in factors")
@@ -659,7 +660,7 @@ class AlternatingLeastSquares:
         n_items = item_factors.shape[0]
         single = np.ndim(userid) == 0
         if filter_already_liked_items or recalculate_user:
-            if not sp.issparse(user_items) or user_items.format != "csr":
+            if user_items is None or not sp.issparse(user_items) or user_items.format != "csr":
                 raise CompatTypeError(
                     "user_items needs to be a CSR sparse matrix with one row per user in userid "
                     "(filter_already_liked_items or recalculate_user is set), got "
@@ -715,6 +716,7 @@ class AlternatingLeastSquares:
         check.check_result_size(np.size(itemid), N)
         factors = self._table("item_factors", convert=False)
         norms = self.item_norms
+        norm: Any  # the query's norm (a scalar), or an array of one per query
         if recalculate_item:
             if item_users is None:
                 raise ValueError("recalculate_item=True needs item_users")

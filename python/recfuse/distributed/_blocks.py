@@ -115,7 +115,7 @@ class IdMap:
     def __init__(self, integers: np.ndarray, strings: np.ndarray):
         self.integers = np.asarray(integers, dtype=np.int64)  # sorted, unique
         self.strings = np.asarray(strings, dtype=object)  # sorted, unique str
-        self._indexes = None
+        self._indexes: tuple[pd.Index, pd.Index] | None = None
 
     @classmethod
     def from_column(cls, column: pd.Series, name: str) -> "IdMap":
@@ -320,7 +320,8 @@ class RatingBlock:
         of all blocks of a side add up to a fingerprint of the whole matrix (a checkpoint of
         other data with the same shape, count and sum of values must not pass for this one)."""
         R = self.rows
-        counts = np.diff(np.asarray(R.indptr, dtype=np.int64))
+        # annotated: NumPy's stubs pick diff's datetime overload here (a timedelta64 result)
+        counts: np.ndarray = np.diff(np.asarray(R.indptr, dtype=np.int64))
         rows = (np.repeat(np.arange(R.shape[0], dtype=np.uint64), counts)
                 * np.uint64(self.n_blocks) + np.uint64(self.block))
         columns = self.needed[np.asarray(R.indices)].astype(np.uint64)
@@ -582,6 +583,7 @@ def load_checkpoint_block(folder: str, side: str, n_total: int, n_blocks: int, b
         if out is None:
             out = np.empty((ids.size, values.shape[1]), dtype=values.dtype)
         out[mask] = values[ids[mask] // saved_blocks]
+    assert out is not None  # ids is not empty: a side has no more blocks than rows
     return out
 
 

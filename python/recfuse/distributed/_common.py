@@ -210,15 +210,18 @@ class DistributedALSBase(EstimatorParams, AlsSettings):
 
     def _commit_checkpoint(self, iteration: int, folder: str, fingerprint: dict) -> None:
         """Point checkpoint.json at ``folder`` (whose blocks are written), drop older folders."""
+        root = self.checkpoint_dir
+        assert root is not None  # checkpoints are written only with a checkpoint_dir
         _blocks.save_json({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                            "iteration": iteration, "folder": os.path.basename(folder),
                            "fingerprint": fingerprint},
-                          os.path.join(self.checkpoint_dir, CHECKPOINT_FILE))
-        for name in os.listdir(self.checkpoint_dir):
+                          os.path.join(root, CHECKPOINT_FILE))
+        for name in os.listdir(root):
             if name.startswith("iteration-") and name != os.path.basename(folder):
-                shutil.rmtree(os.path.join(self.checkpoint_dir, name), ignore_errors=True)
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
     def _checkpoint_folder(self, iteration: int) -> str:
+        assert self.checkpoint_dir is not None  # as _commit_checkpoint
         return os.path.join(self.checkpoint_dir, f"iteration-{iteration:06d}")
 
     def _save_model_json(self, path: str, user_map, item_map) -> None:
@@ -234,17 +237,18 @@ class DistributedALSBase(EstimatorParams, AlsSettings):
         """A ``recfuse.ALS`` from gathered factor blocks (and user rating blocks)."""
         from ..models.als import ALS
 
-        arrays = {"user_factors": _blocks.assemble(self.n_users, *user_blocks),
-                  "item_factors": _blocks.assemble(self.n_items, *item_blocks)}
+        n_users, n_items = self._fitted_sizes()
+        arrays = {"user_factors": _blocks.assemble(n_users, *user_blocks),
+                  "item_factors": _blocks.assemble(n_items, *item_blocks)}
         if seen_blocks is not None:
             n_blocks = len(seen_blocks)
             parts = []
             for block in seen_blocks:
-                coo = block.seen(self.n_items).tocoo()
+                coo = block.seen(n_items).tocoo()
                 parts.append((coo.row.astype(np.int64) * n_blocks + block.block, coo.col,
                               coo.data))
             rows, cols, data = (np.concatenate([p[i] for p in parts]) for i in range(3))
-            seen = sp.csr_matrix((data, (rows, cols)), shape=(self.n_users, self.n_items))
+            seen = sp.csr_matrix((data, (rows, cols)), shape=(n_users, n_items))
             seen.sort_indices()
             arrays.update(seen_indptr=seen.indptr.astype(np.int64),
                           seen_indices=seen.indices.astype(np.int32), seen_data=seen.data,
@@ -254,6 +258,12 @@ class DistributedALSBase(EstimatorParams, AlsSettings):
     def _require_fitted(self) -> None:
         if self.n_users is None:
             raise RuntimeError("the model is not fitted: call fit() first")
+
+    def _fitted_sizes(self) -> tuple[int, int]:
+        """(n_users, n_items), for code that runs after a fit's setup set them (the fit's own
+        steps, or a method that called _require_fitted)."""
+        assert self.n_users is not None and self.n_items is not None
+        return self.n_users, self.n_items
 
 
 def folder_path(path, name: str = "path") -> str:

@@ -116,7 +116,7 @@ class DaskALS(DistributedALSBase):
         self.max_retries: int
         self.__dict__.update(self._check_own_params({"broadcast": broadcast,
                                                      "max_retries": max_retries}))
-        self._client = None
+        self._client: Any = None  # the fit's distributed.Client (an untyped package)
         self._maps = None  # future of (user IdMap, item IdMap)
         self._maps_local = None
         self._rating_blocks: dict[str, list] = {}
@@ -285,13 +285,14 @@ class DaskALS(DistributedALSBase):
 
     def _loss(self, factors: dict[str, list]) -> float:
         """``recfuse.reference.als_loss`` of the current factors, summed over user blocks."""
+        n_users, n_items = self._fitted_sizes()
         parts = self._client.gather(self._half_sweep(
-            "users", factors["users"], factors["items"], self.n_items, task=_blocks.block_loss))
+            "users", factors["users"], factors["items"], n_items, task=_blocks.block_loss))
         item_norm = sum(self._client.gather(
             [self._submit(_blocks.squared_norm, f) for f in factors["items"]]))
         data = sum(p[0] for p in parts)
         nnz = sum(s["nnz"] for s in self._stats["users"])
-        total_confidence = self.n_users * self.n_items - nnz + sum(p[1] for p in parts)
+        total_confidence = n_users * n_items - nnz + sum(p[1] for p in parts)
         penalty = self.regularization * (sum(p[2] for p in parts) + item_norm)
         return (data + penalty) / total_confidence if total_confidence else 0.0
 
@@ -307,9 +308,9 @@ class DaskALS(DistributedALSBase):
         definite)."""
         from distributed import wait
 
-        users, users_failed = self._solve("users", factors["users"], factors["items"],
-                                          self.n_items)
-        items, items_failed = self._solve("items", factors["items"], users, self.n_users)
+        n_users, n_items = self._fitted_sizes()
+        users, users_failed = self._solve("users", factors["users"], factors["items"], n_items)
+        items, items_failed = self._solve("items", factors["items"], users, n_users)
         wait(users + items)
         for future in users + items:
             if future.status == "error":
@@ -386,9 +387,10 @@ class DaskALS(DistributedALSBase):
         whole fixed side to every block) or "exchange" (each block gets the vectors it
         references). Blocks that share a worker move less."""
         super()._require_fitted()
+        n_users, n_items = self._fitted_sizes()
         size = self.factors * self.dtype.itemsize
         plan = {}
-        for side, n_fixed in (("users", self.n_items), ("items", self.n_users)):
+        for side, n_fixed in (("users", n_items), ("items", n_users)):
             stats = self._stats[side]
             if self._broadcast[side]:
                 vectors = n_fixed * len(stats)
@@ -425,13 +427,13 @@ class DaskALS(DistributedALSBase):
         """External user ids in dense order: row u of ``to_local().user_factors`` is
         ``user_ids[u]``."""
         self._require_fitted()
-        return self._id_maps()[0].external(np.arange(self.n_users))
+        return self._id_maps()[0].external(np.arange(self._fitted_sizes()[0]))
 
     @property
     def item_ids(self) -> np.ndarray:
         """External item ids in dense order (rows of ``to_local().item_factors``)."""
         self._require_fitted()
-        return self._id_maps()[1].external(np.arange(self.n_items))
+        return self._id_maps()[1].external(np.arange(self._fitted_sizes()[1]))
 
     def to_local(self, with_seen: bool = True) -> ALS:
         """Collect the factors into a regular ``recfuse.ALS`` (dense ids; see ``user_ids``,

@@ -59,8 +59,8 @@ def _resolve_columns(df, user_col, item_col, weight_col) -> tuple:
 
     fields = df.schema.fields
     names = [field.name for field in fields]
-    sensitive = str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).lower()
-    sensitive = sensitive == "true"
+    setting = df.sparkSession.conf.get("spark.sql.caseSensitive", "false")
+    sensitive = str(setting).lower() == "true"
 
     def resolve(argument, value):
         if not isinstance(value, str):
@@ -311,11 +311,12 @@ class SparkALS(DistributedALSBase):
         super().__init__(factors, regularization, alpha, iterations, **kwargs)
         self.barrier: bool
         self.__dict__.update(self._check_own_params({"barrier": barrier}))
-        self._spark = None
-        self._maps = None
-        self._ratings = {}
-        self._factors = {}
-        self._cached = []  # the DataFrames this model cached (its ratings and out-links)
+        # the fit's SparkSession, and the DataFrames below (pyspark is untyped)
+        self._spark: Any = None
+        self._maps: tuple[_blocks.IdMap, ...] | None = None  # (users, items)
+        self._ratings: dict[str, Any] = {}
+        self._factors: dict[str, Any] = {}
+        self._cached: list[Any] = []  # the DataFrames it cached (its ratings and out-links)
 
     def _own_params(self) -> dict[str, Any]:
         return {"barrier": self.barrier}
@@ -343,7 +344,8 @@ class SparkALS(DistributedALSBase):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         resume = check_flag(resume, "resume")
         show_progress = check_flag(show_progress, "show_progress")
-        previous, cached = self._cached, []
+        previous = self._cached
+        cached: list[Any] = []
         try:
             with self._all_or_nothing():
                 failed = self._fit(df, user_col, item_col, weight_col, decimal, resume,
@@ -507,6 +509,10 @@ class SparkALS(DistributedALSBase):
         if not self._factors:
             raise RuntimeError("the model is not fitted: call fit() first")
 
+    def _id_maps(self) -> tuple[_blocks.IdMap, ...]:
+        assert self._maps is not None  # callers run after _require_fitted
+        return self._maps
+
     @staticmethod
     def _collect_blocks(frame) -> list:
         table = frame.toPandas().sort_values("block")
@@ -515,12 +521,12 @@ class SparkALS(DistributedALSBase):
     @property
     def user_ids(self) -> np.ndarray:
         self._require_fitted()
-        return self._maps[0].external(np.arange(self.n_users))
+        return self._id_maps()[0].external(np.arange(self._fitted_sizes()[0]))
 
     @property
     def item_ids(self) -> np.ndarray:
         self._require_fitted()
-        return self._maps[1].external(np.arange(self.n_items))
+        return self._id_maps()[1].external(np.arange(self._fitted_sizes()[1]))
 
     def to_local(self, with_seen: bool = True) -> ALS:
         """Collect into a regular ``recfuse.ALS`` (see ``DaskALS.to_local``)."""
@@ -540,13 +546,14 @@ class SparkALS(DistributedALSBase):
         self._require_fitted()
         path = folder_path(path)
         element = "float" if self.dtype == np.float32 else "double"
-        for side, n_total, id_map in (("users", self.n_users, self._maps[0]),
-                                      ("items", self.n_items, self._maps[1])):
+        maps = self._id_maps()
+        for side, n_total, id_map in (("users", self.n_users, maps[0]),
+                                      ("items", self.n_items, maps[1])):
             self._factors[side].mapInPandas(
                 _factor_rows(n_total, self._blocks_count[side], id_map),
                 f"id {_id_type(id_map)}, factors array<{element}>",
             ).write.mode("overwrite").parquet(os.path.join(path, side))
-        self._save_model_json(path, *self._maps)
+        self._save_model_json(path, *maps)
 
     def recommend_all(self, k: int = 10, *, path: str | os.PathLike[str],
                       filter_seen: bool = True, external_ids: bool = True) -> int:
@@ -562,9 +569,9 @@ class SparkALS(DistributedALSBase):
         filter_seen = check_flag(filter_seen, "filter_seen")
         external_ids = check_flag(external_ids, "external_ids")
         path = folder_path(path)
-        maps = self._maps if external_ids else None
-        user_type = _id_type(self._maps[0]) if external_ids else "long"
-        item_type = _id_type(self._maps[1]) if external_ids else "long"
+        maps = self._id_maps() if external_ids else None
+        user_type = _id_type(maps[0]) if maps is not None else "long"
+        item_type = _id_type(maps[1]) if maps is not None else "long"
         score = "float" if self.dtype == np.float32 else "double"
         # The item blocks travel as data (one row, joined to every user block), not inside
         # the function: under Spark Connect a function is part of the plan, which has a size

@@ -315,6 +315,22 @@ class FactorRetrieval:
     Files written with ``save`` are the portable, safe form: ``recfuse.load`` never unpickles.
     """
 
+    if TYPE_CHECKING:  # what the model provides (above); declared for type checkers only
+        backend: str
+        num_threads: int
+
+        @property
+        def user_factors(self) -> np.ndarray | None: ...
+
+        def recommend(self, user_ids: ArrayLike, *, k: Integer = 10, filter_seen: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray]: ...
+
+        def _require_fitted(self) -> object: ...
+
+        def _similarity_table(self, side: str) -> np.ndarray: ...
+
+        def _similarity_source(self, side: str) -> object: ...
+
     def __getstate__(self) -> dict:
         lock = self.__dict__.get("_lock")
         # under the writer lock: a fit publishes its tables under it (BPR: four attributes,
@@ -371,7 +387,9 @@ class FactorRetrieval:
         return write_recommendations(path, chunks)
 
     def _recommend_chunks(self, k: int, batch_size: int, filter_seen: bool, show_progress: bool):
-        n_users = self.user_factors.shape[0]
+        table = self.user_factors
+        assert table is not None  # a snapshot of a model recommend_all found fitted
+        n_users = table.shape[0]
         progress = progress_bar(n_users, show_progress, "recommend_all", unit="user")
         try:
             for begin in range(0, n_users, batch_size):

@@ -334,6 +334,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             state = self._state
             own_table, fixed = ((state.user_factors, state.item_factors) if side == "user"
                                 else (state.item_factors, state.user_factors))
+            assert own_table is not None and fixed is not None  # _require_fitted
             kept = state.user_items
             if kept is not None and kept.shape[1 if side == "user" else 0] != fixed.shape[0]:
                 # the rows' indices (the fixed side's ids) would reach past it: corrupt
@@ -406,6 +407,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         self._require_fitted()
         state = self._state  # one consistent snapshot: factors and seen items together
         X = state.user_factors
+        assert X is not None  # _require_fitted
         index = self._recommend_index(state)
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", X.shape[0])
@@ -481,35 +483,42 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
 
     def _similarity_table(self, side: str) -> np.ndarray:
-        return self._state.user_factors if side == "users" else self._state.item_factors
+        table = self._state.user_factors if side == "users" else self._state.item_factors
+        assert table is not None  # callers run after _require_fitted
+        return table
 
     _similarity_source = _similarity_table  # the factor array itself
 
     def _check_seen_items(self) -> None:
-        self._seen_matrix(None, self.user_factors.shape[0])
+        X = self.user_factors
+        assert X is not None  # recommend_all called _require_fitted
+        self._seen_matrix(None, X.shape[0])
 
     def _recommend_index(self, state: _State) -> ItemIndex:
         """The dot-product index of ``state``'s item factors, rebuilt when they change."""
         cached = self._recommend_cache
         if cached is None or cached[0] is not state.item_factors:
+            assert state.item_factors is not None  # recommend called _require_fitted
             cached = (state.item_factors, ItemIndex(state.item_factors, backend=self.backend))
             self._recommend_cache = cached
         return cached[1]
 
     def _seen_matrix(self, user_items, n_rows, state: _State | None = None) -> sp.csr_matrix:
         state = self._state if state is None else state
+        Y = state.item_factors
+        assert Y is not None  # callers run after _require_fitted
         if user_items is None:
             if state.user_items is None:
                 raise ValueError("pass user_items: the model keeps no training matrix "
                                  "(needed for filter_seen and loss)")
-            return stored_seen(state.user_items, n_rows, state.item_factors.shape[0])
+            return stored_seen(state.user_items, n_rows, Y.shape[0])
         return check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype,
-                               n_rows=n_rows, n_cols=state.item_factors.shape[0])
+                               n_rows=n_rows, n_cols=Y.shape[0])
 
     def __repr__(self) -> str:
-        fitted = "" if self.user_factors is None else (
-            f", fitted on {self.user_factors.shape[0]} users x {self.item_factors.shape[0]} items"
-        )
+        X, Y = self.user_factors, self.item_factors
+        fitted = "" if X is None or Y is None else (
+            f", fitted on {X.shape[0]} users x {Y.shape[0]} items")
         steps = f", cg_steps={self.cg_steps}" if self.solver == "cg" else ""
         raw = ", confidence='raw'" if self.confidence == "raw" else ""  # another model
         return (f"ALS(factors={self.factors}, regularization={self.regularization}, "
@@ -547,7 +556,7 @@ def settings_params(model: AlsSettings) -> dict[str, Any]:
             "confidence": model.confidence}
 
 
-def item_gram(item_factors: np.ndarray, num_threads: int = 0) -> np.ndarray:
+def item_gram(item_factors: np.ndarray, num_threads: Integer = 0) -> np.ndarray:
     """YᵀY, the part of every user's system that does not depend on the user, in the table's
     dtype. Computed by the native kernel where the cpu backend is available: the gram a CPU
     fit's half-sweep makes for itself, each element summed over the rows in ascending order,

@@ -274,21 +274,28 @@ class BPR(EstimatorParams, FactorRetrieval):
         model.user_factors, model.item_factors, model.item_bias = P, Q, bias
         return model
 
-    def _require_fitted(self) -> None:
-        if self.user_factors is None:
+    def _require_fitted(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user factors, item factors); RuntimeError unless both are there (a table
+        assigned by hand without the other is not a fitted model)."""
+        P, Q = self.user_factors, self.item_factors
+        if P is None or Q is None:
             raise RuntimeError("the model is not fitted: call fit() or recfuse.load() first")
+        return P, Q
 
     def _check_seen_items(self) -> None:
-        stored_seen(self._seen, self.user_factors.shape[0], self.item_factors.shape[0])
+        P, Q = self._require_fitted()
+        stored_seen(self._seen, P.shape[0], Q.shape[0])
 
     def _similarity_table(self, side: str) -> np.ndarray:
-        return self.user_factors if side == "users" else self.item_factors
+        P, Q = self._require_fitted()
+        return P if side == "users" else Q
 
     _similarity_source = _similarity_table  # the factor array itself
 
     def __repr__(self) -> str:
-        fitted = "" if self.user_factors is None else (
-            f", fitted on {self.user_factors.shape[0]} users x {self.item_factors.shape[0]} items")
+        P, Q = self.user_factors, self.item_factors
+        fitted = "" if P is None or Q is None else (
+            f", fitted on {P.shape[0]} users x {Q.shape[0]} items")
         return (f"BPR(factors={self.factors}, lr={self.lr}, reg={self.reg}, "
                 f"iterations={self.iterations}, dtype={self.dtype.name}, "
                 f"backend={self.backend!r}{fitted})")

@@ -92,7 +92,8 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
     _refuse_divergence = True
 
     init_mean = 0.0  # the factors' starting mean (SVD and SVD++ take it as a parameter)
-    _FACTOR_NAMES = ("P", "Q", "Y")  # names in initial_factors; the first _factor_count()
+    # names in initial_factors; the first _factor_count()
+    _FACTOR_NAMES: tuple[str, ...] = ("P", "Q", "Y")
 
     def _factor_count(self) -> int:
         raise NotImplementedError
@@ -253,7 +254,7 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
             self._retrieval_cache = cached
         return cached[1], cached[2]
 
-    def _similarity_source(self, side: str) -> _Fitted:
+    def _similarity_source(self, side: str) -> _Fitted | None:
         return self._fitted  # a fit replaces the whole state
 
     def _similarity_table(self, side: str) -> np.ndarray:
