@@ -690,3 +690,59 @@ def test_a_recfuse_simd_the_cpu_cannot_run_leaves_numpy_fits_working():
         "assert np.isfinite(model.user_factors).all()\n"
     )
     run_python(code, RECFUSE_SIMD="bogus")
+
+
+def test_training_width_pads_unspecialised_widths_below_128():
+    from recfuse._als.cpu import training_width
+
+    def width(k, solver="cg", regularization=0.01):
+        return training_width(k, AlsParams(regularization=regularization, alpha=1.0,
+                                           confidence="linear", solver=solver, cg_steps=3,
+                                           num_threads=0))
+
+    assert [width(k) for k in (1, 10, 32, 33, 64, 65, 100, 128, 129, 200)] == \
+        [32, 32, 32, 64, 64, 128, 128, 128, 129, 200]
+    assert [width(k, "cholesky") for k in (4, 15, 16, 48, 100, 129)] == [4, 15, 32, 64, 128, 129]
+    # λ = 0: a padded block of the Cholesky system would be singular (CG does not factor it)
+    assert width(100, "cholesky", regularization=0.0) == 100
+    assert width(100, "cg", regularization=0.0) == 128
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("solver", ["cg", "cholesky"])
+@pytest.mark.parametrize("k", [20, 48, 100])
+def test_padded_training_gives_the_unpadded_fit(solver, k, dtype):
+    """The cpu trainer trains unspecialised widths on tables padded with zero columns to the
+    next specialised width: the padding stays exactly zero, and the fit is the one the plain
+    loops at width k give (up to rounding), on short rows (the Woodbury path of the Cholesky
+    solver, which float32's condition limit would refuse if it counted the padding) and long
+    ones."""
+    from recfuse._als import cpu
+    from recfuse._als.common import HostTrainer
+
+    if cpu._core is None:
+        pytest.skip(cpu._IMPORT_ERROR)
+    rng = np.random.default_rng(k)
+    lengths = np.concatenate([rng.integers(0, 8, 300), rng.integers(50, 200, 40)])
+    matrix = matrix_of_lengths(rng, lengths, 400, "linear").astype(dtype)
+    R = CsrArrays.from_scipy(matrix, dtype)
+    # YᵀY ~ 400 I against λ = 0.05: the padded block alone would put G's condition number
+    # near 1e4, past the Woodbury guard's float32 limit, which counts only the columns Y uses
+    X = (rng.standard_normal((matrix.shape[0], k)) * 0.1).astype(dtype)
+    Y = rng.standard_normal((matrix.shape[1], k)).astype(dtype)
+    params = AlsParams(regularization=0.05, alpha=2.0, confidence="linear", solver=solver,
+                       cg_steps=3, num_threads=0)
+    plain = HostTrainer(cpu, R, R.transpose(), X.copy(), Y.copy(), params)
+    padded = cpu.make_trainer(R, R.transpose(), X.copy(), Y.copy(), params)
+    assert padded._X.shape[1] == cpu.training_width(k, params) > k
+    # float32: one half-sweep (a second from slightly different tables moves CG's rounding
+    # differences by up to 1e-3); float64: two iterations
+    sweeps = 1 if dtype == np.float32 else 4
+    for trainer in (plain, padded):
+        for sweep in range(sweeps):
+            assert (trainer.sweep_items() if sweep % 2 else trainer.sweep_users()) == 0
+    assert not padded._X[:, k:].any() and not padded._Y[:, k:].any()
+    for a, b in zip(plain.factors(), padded.factors()):
+        assert b.shape == a.shape and b.flags.c_contiguous
+        tolerance = 1e-4 if dtype == np.float32 else 1e-9
+        np.testing.assert_allclose(b, a, rtol=0, atol=tolerance * np.abs(a).max())

@@ -170,11 +170,20 @@ int64_t woodbury_limit(int k) { return static_cast<int64_t>(k) * k / 128; }
 // L⁻¹ (lower triangular, row-major, in T) for G = LLᵀ, computed in double; empty when G is not
 // positive definite or its condition number (1-norm) is above what the Woodbury identity
 // tolerates in T: it subtracts a correction from G⁻¹b, so G's conditioning multiplies the
-// rounding errors.
+// rounding errors. The condition is taken over the dimensions Y uses: a zero column of Y
+// (G: λ on the diagonal, zeros beside it; the padding of recfuse._als.cpu.training_width)
+// takes no part in any row's solve, whose solution there is exactly 0, but with λ small
+// against YᵀY it would make G look ill conditioned and turn the Woodbury path off.
 template <class T>
-std::vector<T> inverse_factor_if_well_conditioned(const std::vector<T>& G, int k) {
+std::vector<T> inverse_factor_if_well_conditioned(const std::vector<T>& G, int k, T reg) {
   const double limit = sizeof(T) == 4 ? 1e3 : 1e10;
   const size_t kk = static_cast<size_t>(k);
+  std::vector<size_t> used;  // the dimensions of Y's nonzero columns
+  for (size_t a = 0; a < kk; ++a) {
+    bool zero_column = G[a * kk + a] == reg;
+    for (size_t b = 0; b < kk && zero_column; ++b) zero_column = b == a || G[a * kk + b] == 0;
+    if (!zero_column) used.push_back(a);
+  }
   std::vector<double> Lf(kk * kk, 0.0), Li(kk * kk, 0.0);
   for (size_t j = 0; j < kk; ++j) {  // G = LLᵀ
     for (size_t i = j; i < kk; ++i) {
@@ -195,11 +204,12 @@ std::vector<T> inverse_factor_if_well_conditioned(const std::vector<T>& G, int k
       Li[i * kk + c] = value / Lf[i * kk + i];
     }
   }
-  // ‖G‖₁ ‖G⁻¹‖₁ with G⁻¹ = L⁻ᵀL⁻¹: entry (a, c) = Σ_{p >= max(a, c)} Li[p][a] Li[p][c].
+  // ‖G‖₁ ‖G⁻¹‖₁ over the used dimensions (G and G⁻¹ have no entries between them and the
+  // others), with G⁻¹ = L⁻ᵀL⁻¹: entry (a, c) = Σ_{p >= max(a, c)} Li[p][a] Li[p][c].
   double norm = 0, inverse_norm = 0;
-  for (size_t c = 0; c < kk; ++c) {
+  for (const size_t c : used) {
     double column = 0, inverse_column = 0;
-    for (size_t a = 0; a < kk; ++a) {
+    for (const size_t a : used) {
       column += std::fabs(static_cast<double>(G[a * kk + c]));
       double entry = 0;
       for (size_t p = a > c ? a : c; p < kk; ++p) entry += Li[p * kk + a] * Li[p * kk + c];
@@ -235,9 +245,10 @@ std::vector<int64_t> solve_short_rows(const CsrView<T>& R, const T* Y, const std
       rest.push_back(u);
     }
   }
-  const std::vector<T> L_inverse = !short_rows.empty() && saved > 2 * R.cols * kd * kd
-                                       ? inverse_factor_if_well_conditioned(G, k)
-                                       : std::vector<T>();
+  const std::vector<T> L_inverse =
+      !short_rows.empty() && saved > 2 * R.cols * kd * kd
+          ? inverse_factor_if_well_conditioned(G, k, params.regularization)
+          : std::vector<T>();
   if (L_inverse.empty()) {
     rest.resize(static_cast<size_t>(R.rows));
     for (int64_t u = 0; u < R.rows; ++u) rest[u] = u;
