@@ -62,10 +62,10 @@ def training_width(k: int, params: AlsParams) -> int:
     column of the fixed table gives every row's system a row and column of zeros plus λ on
     the diagonal, and a zero right-hand side there, so the column stays exactly zero and the
     others solve the k-column system (up to rounding). Per iteration on 1M entries (50k x
-    20k, float32): CG k = 10 94 -> 51 ms, 48 202 -> 110, 80 360 -> 277, 100 440 -> 302, 112
-    608 -> 268; Cholesky 48 750 -> 273, 100 2928 -> 1225, 112 3577 -> 856. The Cholesky
-    solver keeps k below 16 (k = 4: 46 ms against 83 padded) and needs λ > 0 (the padded
-    block would be singular); CG pads any such k."""
+    20k, float32): CG k = 10 94 -> 51 ms, 48 202 -> 110, 100 360 -> 246; Cholesky k = 48 750
+    -> 273, 100 1974 -> 360 (bench/README.md, "Unspecialised widths train padded"). The
+    Cholesky solver keeps k below 16 (k = 4: 46 ms against 83 padded) and needs λ > 0 (the
+    padded block would be singular); CG pads any such k."""
     if k in SPECIALISED_WIDTHS or k > SPECIALISED_WIDTHS[-1]:
         return k
     if params.cholesky and (k < 16 or params.regularization <= 0):
@@ -84,8 +84,9 @@ class HugePageTrainer(HostTrainer):
     order, once per stored entry, and on huge pages those reads stop missing the TLB; the
     copy per half-sweep that bought this cost more than the reads gained at k = 64 on this
     VM, whose first touches of fresh pages are slow (5M entries, CG, per iteration: 223 ms
-    with the copy, 211 ms without huge pages). The fitted factors are these tables. The
-    Cholesky solver's short rows (Woodbury) also get one table for the fit instead of fresh
+    with the copy, 211 ms without huge pages). The fitted factors are these tables, or at a
+    padded width (``training_width``) copies of their first k columns. The Cholesky solver's
+    short rows (Woodbury) also get one table for the fit instead of fresh
     memory per half-sweep (5M entries, paired: 3% less time per iteration at k = 64, 6% at
     k = 128)."""
 
