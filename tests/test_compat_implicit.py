@@ -929,3 +929,16 @@ def test_retrieval_validation(pair, matrix):
         ours.recalculate_user(0, sp.hstack([matrix[0], matrix[0]], format="csr"))
     with pytest.raises(RuntimeError, match="not fitted"):
         AlternatingLeastSquares().recommend(0, matrix[0])
+
+
+def test_gram_refuses_a_thread_count_set_after_construction():
+    from recfuse.compat.implicit import AlternatingLeastSquares
+
+    model = AlternatingLeastSquares(factors=4)
+    model.item_factors = np.ones((5, 4), dtype=np.float32)
+    for value, error in ((-3, ValueError), ("2", TypeError), (2.5, TypeError)):
+        model.num_threads = value
+        with pytest.raises(error, match="num_threads"):
+            model.YtY
+    model.num_threads = 2
+    np.testing.assert_array_equal(model.YtY, np.full((4, 4), 5, dtype=np.float32))

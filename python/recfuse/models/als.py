@@ -564,6 +564,7 @@ def item_gram(item_factors: np.ndarray, num_threads: Integer = 0) -> np.ndarray:
     orders its sums by its own thread count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS), which
     made fold-ins differ in their last bits from one setting to another."""
     table = np.asarray(item_factors)
+    num_threads = check.check_threads(num_threads)  # e.g. a model's, set after construction
     if table.dtype in (np.float32, np.float64):
         try:
             cpu = resolve_backend("cpu")
