@@ -160,6 +160,24 @@ def test_fit_equals_single_machine_fit(client, broadcast, blocks):
         assert plan["users"]["vectors"] == expected
 
 
+@pytest.mark.parametrize("solver", ["cg", "cholesky"])
+def test_padded_widths_fit_as_single_machine(client, solver):
+    """At a width the cpu kernels do not specialise (k = 20), each block's half-sweep pads
+    its tables and Gram to 32 columns, as the single-machine trainer pads its tables: the
+    same factors (and k columns)."""
+    from recfuse._als.cpu import training_width
+    from recfuse._als.common import AlsParams
+
+    assert training_width(20, AlsParams(0.1, 2.0, "linear", solver, 3, 0)) == 32
+    matrix, frame = _events()
+    params = dict(PARAMS, factors=20, solver=solver)
+    model = DaskALS(dtype=np.float64, **params)
+    model.fit(dd.from_pandas(frame, npartitions=3), "user", "item", "weight")
+    reference = _local_fit(matrix, **params)
+    assert model.to_local().user_factors.shape == (matrix.shape[0], 20)
+    _assert_same_factors(model, reference, 1e-9 * float(np.abs(reference.user_factors).max()))
+
+
 def test_callback_reports_the_local_training_loss(client):
     matrix, frame = _events()
     distributed_losses, local_losses = [], []

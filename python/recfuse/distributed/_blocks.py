@@ -485,15 +485,32 @@ def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, param
     """
     from threadpoolctl import threadpool_limits
 
-    dtype = factors.dtype
+    dtype, k = factors.dtype, factors.shape[1]
+    module = resolve_backend(backend)
+    # the cpu backend's specialised widths: both tables and the Gram zero-padded, which
+    # leaves the solution as it is (recfuse._als.cpu.training_width)
+    width = module.training_width(k, params) if hasattr(module, "training_width") else k
     fixed = _fixed_rows(block, factors, full, pieces)
-    out = np.array(factors, dtype=dtype, order="C", copy=True)
+    gram = np.ascontiguousarray(gram, dtype=dtype)
+    if width == k:
+        out = np.array(factors, dtype=dtype, order="C", copy=True)
+    else:
+        fixed, out = _padded_columns(fixed, width), _padded_columns(factors, width)
+        gram = np.pad(gram, ((0, width - k), (0, width - k)))
     threads = worker_threads(params.num_threads)
     with threadpool_limits(threads or None):
-        failed = resolve_backend(backend).half_sweep(block.rows, fixed, out,
-                                                     replace(params, num_threads=threads),
-                                                     gram=np.ascontiguousarray(gram, dtype=dtype))
+        failed = module.half_sweep(block.rows, fixed, out, replace(params, num_threads=threads),
+                                   gram=gram)
+    if width != k:
+        out = np.ascontiguousarray(out[:, :k])
     return out, int(failed)
+
+
+def _padded_columns(table: np.ndarray, width: int) -> np.ndarray:
+    """A new C-ordered copy of ``table`` with zero columns added up to ``width``."""
+    out = np.zeros((table.shape[0], width), dtype=table.dtype)
+    out[:, :table.shape[1]] = table
+    return out
 
 
 def block_loss(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, params: AlsParams,
