@@ -406,7 +406,7 @@ def test_cholesky_rows_with_few_entries_match_the_reference(k, data, confidence,
                                                             heavy):
     """The native Cholesky path solves rows with at most k²/128 entries by the Woodbury
     identity around YᵀY + λI (when that is well conditioned; the fixed-width kernels, k = 32,
-    64 and 128) and the others by the batched k x k solve: both must give the reference's
+    64 and 128; 256 below) and the others by the batched k x k solve: both must give the reference's
     exact solve. Rows of 0 to k²/128 + 8 entries; raw confidences below 1 (a negative weight:
     the row goes the usual way); a skewed Y (one column nearly a copy of another: YᵀY badly
     conditioned, the identity is not used); heavy weights (every third entry 1e6 times
@@ -437,12 +437,32 @@ def test_cholesky_rows_with_few_entries_match_the_reference(k, data, confidence,
         assert_rows_match(solved_problem, X[solved], expected[solved], equations)
 
 
-@pytest.mark.parametrize("k", [32, 64, 128])
+@pytest.mark.parametrize("confidence", CONFIDENCES)
+def test_cholesky_at_256_matches_the_reference(confidence):
+    """The k = 256 kernels (a fit at 129..255 factors trains padded to them): short rows by
+    the Woodbury identity, the others by the batched solve, at every SIMD level; one example
+    (the reference check of a 256 x 256 system per row is slow)."""
+    k, rng = 256, np.random.default_rng(256)
+    matrix = matrix_of_lengths(rng, rng.integers(0, k * k // 128 + 8, 120), 5 * k, confidence)
+    problem = Problem(matrix, seed=3, k=k, regularization=0.05, alpha=0.5,
+                      confidence=confidence, solver="cholesky", cg_steps=3, dtype=np.float32)
+    expected, expected_failed = reference.als_half_sweep_counted(
+        problem.matrix, problem.Y, problem.X0, regularization=0.05, alpha=0.5,
+        confidence=confidence, solver="cholesky")
+    assert expected_failed == 0
+    equations = problem.normal_equations()
+    for level in each_simd_level():
+        X, failed = problem.run(resolve_backend("cpu"))
+        assert failed == 0, level
+        assert_rows_match(problem, X, expected, equations)
+
+
+@pytest.mark.parametrize("k", [32, 64, 128, 256])
 @given(data=st.data(), confidence=st.sampled_from(CONFIDENCES),
        dtype=st.sampled_from([np.float32, np.float64]), steps=st.integers(0, 4))
 @settings(max_examples=examples(4), deadline=None)
 def test_fixed_k_cg_matches_the_reference(k, data, confidence, dtype, steps):
-    """The native CG at k = 32, 64 and 128 runs rows of up to 128 KiB of factor rows in
+    """The native CG at k = 32, 64, 128 and 256 runs rows of up to 128 KiB of factor rows in
     batches (their YᵀY·p products as one tile product) and longer rows alone: both, with
     empty rows, a batch left short and a row already at its solution, at every SIMD level,
     and the same bits on one thread and two."""
@@ -700,9 +720,10 @@ def test_training_width_pads_unspecialised_widths_below_128():
                                            confidence="linear", solver=solver, cg_steps=3,
                                            num_threads=0))
 
-    assert [width(k) for k in (1, 10, 32, 33, 64, 65, 100, 128, 129, 200)] == \
-        [32, 32, 32, 64, 64, 128, 128, 128, 129, 200]
-    assert [width(k, "cholesky") for k in (4, 15, 16, 48, 100, 129)] == [4, 15, 32, 64, 128, 129]
+    assert [width(k) for k in (1, 10, 32, 33, 64, 65, 100, 128, 129, 175, 176, 255, 256, 257)] \
+        == [32, 32, 32, 64, 64, 128, 128, 128, 129, 175, 256, 256, 256, 257]
+    assert [width(k, "cholesky") for k in (4, 15, 16, 48, 100, 129, 200, 300)] == \
+        [4, 15, 32, 64, 128, 256, 256, 300]
     # λ = 0: a padded block of the Cholesky system would be singular (CG does not factor it)
     assert width(100, "cholesky", regularization=0.0) == 100
     assert width(100, "cg", regularization=0.0) == 128
