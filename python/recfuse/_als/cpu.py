@@ -52,29 +52,30 @@ def data_loss(R: CsrArrays, X, Y, params: AlsParams) -> float:
 
 
 # The row widths the native kernels specialise (rows held in registers, register-tiled
-# systems, the batched CG, the Woodbury path for short rows); other widths take plain loops.
-SPECIALISED_WIDTHS = (32, 64, 128, 256)
+# systems, the batched CG, the Woodbury path for short rows) and a fit pads to; other widths
+# take plain loops. The kernels also specialise 256, which fits at 129..255 are not padded
+# to: on 1M entries at k = 200 it cut a Cholesky iteration from 12.9 to 2.9 s where the
+# Woodbury path applied, but not where YᵀY was too badly conditioned for it (11.7 s: the
+# lane-batched 256 x 256 systems overflow L2), and the tables, 1.3-2x the factors, took the
+# fit's memory to 1.9-2.2x CSR + CSRᵀ + factors, past issue 2's 1.5.
+PADDED_WIDTHS = (32, 64, 128)
 
 
 def training_width(k: int, params: AlsParams) -> int:
-    """The width a fit's tables train at: k, or for a k below 256 that the kernels do not
+    """The width a fit's tables train at: k, or for a k below 128 that the kernels do not
     specialise, the next width they do, the extra columns zero. That is the same fit: a zero
     column of the fixed table gives every row's system a row and column of zeros plus λ on
     the diagonal, and a zero right-hand side there, so the column stays exactly zero and the
     others solve the k-column system (up to rounding). Per iteration on 1M entries (50k x
-    20k, float32): CG k = 10 94 -> 51 ms, 48 202 -> 110, 100 360 -> 246, 200 1351 -> 1067;
-    Cholesky k = 48 750 -> 273, 100 1974 -> 360, 200 12888 -> 2936 (bench/README.md,
-    "Unspecialised widths train padded"). The Cholesky solver keeps k below 16 (k = 4: 46 ms
-    against 83 padded) and needs λ > 0 (the padded block would be singular); CG keeps k
-    below 176 past 128 (k = 144: 553 ms against 770 at 256; 180: 1143 against 906)."""
-    if k in SPECIALISED_WIDTHS or k > SPECIALISED_WIDTHS[-1]:
+    20k, float32): CG k = 10 94 -> 51 ms, 48 202 -> 110, 100 360 -> 246; Cholesky k = 48 750
+    -> 273, 100 1974 -> 360 (bench/README.md, "Unspecialised widths train padded"). The
+    Cholesky solver keeps k below 16 (k = 4: 46 ms against 83 padded) and needs λ > 0 (the
+    padded block would be singular); CG pads any such k."""
+    if k in PADDED_WIDTHS or k > PADDED_WIDTHS[-1]:
         return k
     if params.cholesky and (k < 16 or params.regularization <= 0):
         return k
-    width = next(width for width in SPECIALISED_WIDTHS if width > k)
-    if not params.cholesky and width == 256 and k < 176:
-        return k
-    return width
+    return next(width for width in PADDED_WIDTHS if width > k)
 
 
 def make_trainer(user_items: CsrArrays, item_users: CsrArrays, X, Y, params: AlsParams):
