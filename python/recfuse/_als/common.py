@@ -98,6 +98,19 @@ def normalised_loss(data_loss: float, X, Y, R: CsrArrays, params: AlsParams) -> 
     return (data_loss + penalty) / total_confidence if total_confidence else 0.0
 
 
+def resized_columns(table: np.ndarray, width: int, allocate=None) -> np.ndarray:
+    """A new C-ordered table of ``width`` columns: ``table``'s first ones, then zeros (the
+    zero padding of recfuse._als.cpu.training_width, or cutting it off). ``allocate(rows,
+    cols, dtype)`` makes the new array (default: np.empty)."""
+    rows = table.shape[0]
+    out = (np.empty((rows, width), dtype=table.dtype) if allocate is None
+           else allocate(rows, width, table.dtype))
+    common = min(width, table.shape[1])
+    out[:, :common] = table[:, :common]
+    out[:, common:] = 0
+    return out
+
+
 class HostTrainer:
     """Trainer for backends that work on host arrays: two half-sweeps per iteration."""
 

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from .common import AlsParams, CsrArrays, HostTrainer
+from .common import AlsParams, CsrArrays, HostTrainer, resized_columns
 
 NAME = "cpu"
 
@@ -131,11 +131,7 @@ class HugePageTrainer(HostTrainer):
 
 def _padded(table: np.ndarray, width: int) -> np.ndarray:
     """A new factor_table of ``width`` columns: ``table``'s, then zeros (or cut to width)."""
-    out = factor_table(table.shape[0], width, table.dtype)
-    common = min(width, table.shape[1])
-    out[:, :common] = table[:, :common]
-    out[:, common:] = 0
-    return out
+    return resized_columns(table, width, factor_table)
 
 
 def factor_table(rows: int, cols: int, dtype) -> np.ndarray:

@@ -32,7 +32,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .. import _validation as check
-from .._als.common import AlsParams, CsrArrays
+from .._als.common import AlsParams, CsrArrays, resized_columns
 from .._backend import resolve_backend
 from ..persistence import atomic_write
 from ..reference import splitmix64_draws
@@ -495,7 +495,7 @@ def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, param
     if width == k:
         out = np.array(factors, dtype=dtype, order="C", copy=True)
     else:
-        fixed, out = _padded_columns(fixed, width), _padded_columns(factors, width)
+        fixed, out = resized_columns(fixed, width), resized_columns(factors, width)
         gram = np.pad(gram, ((0, width - k), (0, width - k)))
     threads = worker_threads(params.num_threads)
     with threadpool_limits(threads or None):
@@ -504,13 +504,6 @@ def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, param
     if width != k:
         out = np.ascontiguousarray(out[:, :k])
     return out, int(failed)
-
-
-def _padded_columns(table: np.ndarray, width: int) -> np.ndarray:
-    """A new C-ordered copy of ``table`` with zero columns added up to ``width``."""
-    out = np.zeros((table.shape[0], width), dtype=table.dtype)
-    out[:, :table.shape[1]] = table
-    return out
 
 
 def block_loss(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, params: AlsParams,
