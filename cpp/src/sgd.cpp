@@ -310,7 +310,9 @@ void sgd_block_layout(const int64_t* users, const int64_t* items, const int64_t*
         continue;
       }
       const int64_t row = user_bin[u], column = item_bin[j];
-      const int64_t block = (column - row + grid) % grid * grid + row;
+      int64_t diagonal = column - row;  // (column - row) mod grid, without a division
+      diagonal += diagonal < 0 ? grid : 0;
+      const int64_t block = diagonal * grid + row;
       block_of[t] = static_cast<int32_t>(block);
       ++count[block];
     }

@@ -88,9 +88,9 @@ def check_int(value, name: str, *, minimum: int | None = None, maximum: int | No
 MAX_K = 2**31 - 1
 
 
-def check_k(k) -> int:
+def check_k(k, name: str = "k") -> int:
     """``k``, the results per query: an integer in [1, MAX_K]."""
-    return check_int(k, "k", minimum=1, maximum=MAX_K)
+    return check_int(k, name, minimum=1, maximum=MAX_K)
 
 
 # The most threads a call may ask for (0 = all cores); the native code counts them in int.
@@ -292,14 +292,21 @@ def finite_in(values: np.ndarray, dtype: DTypeLike, name: str) -> np.ndarray:
     return cast
 
 
+def array_of(value, name: str, what: str = "an array") -> np.ndarray:
+    """``np.asarray(value)``, with an error that names the argument ("{name} must be
+    {what}") for a ragged nesting of sequences, where NumPy's names none."""
+    try:
+        return np.asarray(value)
+    except ValueError as error:
+        raise ValueError(f"{name} must be {what}, got a ragged sequence (rows of different "
+                         f"lengths)") from error
+
+
 def int64_array(value, name: str) -> np.ndarray:
     """``value`` as a C-contiguous int64 array of its shape: integers only, none beyond int64
     (a uint64 id past it would wrap to a negative one; Python ints past it make an object
     array)."""
-    try:
-        array = np.asarray(value)
-    except ValueError as error:  # a ragged nesting of sequences
-        raise ValueError(f"{name} must be an array of integers, got a ragged sequence") from error
+    array = array_of(value, name, "an array of integers")
     if array.dtype.kind == "O" and array.size:
         values = array.reshape(-1).tolist()
         if all(type(v) is int for v in values):

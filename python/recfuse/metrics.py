@@ -49,8 +49,8 @@ def rmse(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     >>> rmse([1, 2, 3], [1, 2, 5])
     1.1547005383792515
     """
-    truth, predicted = _paired(y_true, y_pred)
-    return float(np.sqrt(np.mean((truth - predicted) ** 2)))
+    errors, scale = _errors(y_true, y_pred)
+    return float(np.sqrt(np.mean(errors ** 2))) * scale
 
 
 def mae(y_true: ArrayLike, y_pred: ArrayLike) -> float:
@@ -59,8 +59,19 @@ def mae(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     >>> mae([1, 2, 3], [1, 2, 5])
     0.6666666666666666
     """
+    errors, scale = _errors(y_true, y_pred)
+    return float(np.mean(np.abs(errors))) * scale
+
+
+def _errors(y_true, y_pred) -> tuple[np.ndarray, float]:
+    """(errors / scale, scale) of the paired ratings: scale 1, unless squares or sums of the
+    errors would overflow float64 (errors near 1e154 and beyond), when the errors come
+    divided by the largest value, so that rmse and mae stay finite wherever they are."""
     truth, predicted = _paired(y_true, y_pred)
-    return float(np.mean(np.abs(truth - predicted)))
+    largest = max(float(np.abs(truth).max()), float(np.abs(predicted).max()))
+    if largest < 1e150:
+        return truth - predicted, 1.0
+    return truth / largest - predicted / largest, largest
 
 
 def _paired(y_true, y_pred):
@@ -79,7 +90,7 @@ def _paired(y_true, y_pred):
 def _ratings_of(values, name: str) -> np.ndarray:
     """``values`` as a flat float64 array; TypeError unless they are numbers (strings are
     not read as numbers; an object array must hold values that convert, None as NaN)."""
-    array = np.asarray(values)
+    array = check.array_of(values, name, "an array of real numbers")
     if array.size and array.dtype.kind not in "biufO":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     try:
@@ -124,7 +135,7 @@ def ranking_metrics(recommended: ArrayLike, test: SparseMatrix | Interactions,
     num_threads = check.check_threads(num_threads)
     per_user = check.check_flag(per_user, "per_user")
     test = _csr(test, "test")
-    ids = np.asarray(recommended)
+    ids = check.array_of(recommended, "recommended", "an array of item ids")
     if ids.ndim != 2 or ids.shape[1] < 1:
         raise ValueError(f"recommended must be 2-d (users x k), got shape {ids.shape}")
     if ids.size and ids.dtype.kind not in "iu":
@@ -227,7 +238,7 @@ def _item_ids(recommended) -> np.ndarray:
     """``recommended`` as a flat array of integer item ids (an empty list, e.g. ``[]``, holds
     none whatever its dtype); TypeError for any other dtype rather than NumPy's IndexError
     (or a float id silently truncated) when the ids index the items."""
-    ids = np.asarray(recommended).reshape(-1)
+    ids = check.array_of(recommended, "recommended", "an array of item ids").reshape(-1)
     if ids.size == 0:
         return ids.astype(np.int64)
     if ids.dtype.kind not in "iu":
@@ -256,7 +267,7 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
     from . import _core
 
     num_threads = check.check_threads(num_threads)
-    vectors = np.asarray(item_vectors)
+    vectors = check.array_of(item_vectors, "item_vectors", "an array of real numbers")
     if vectors.ndim != 2:
         raise ValueError(f"item_vectors must be 2-d (items x dim), got shape {vectors.shape}")
     if vectors.dtype.kind not in "biufO":  # complex: astype would drop the imaginary parts
@@ -267,7 +278,7 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
     if not check.all_finite(vectors):  # a NaN vector would count as orthogonal to every other
         raise ValueError(f"item_vectors must be finite, got "
                          f"{int((~np.isfinite(vectors)).sum())} NaN/inf values")
-    ids = np.asarray(recommended)
+    ids = check.array_of(recommended, "recommended", "an array of item ids")
     if ids.ndim != 2:
         raise ValueError(f"recommended must be 2-d (users x k), got shape {ids.shape}")
     if ids.size and ids.dtype.kind not in "iu":
@@ -293,7 +304,8 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
     by RMSE and MAE. ``train`` and ``test`` are CSR matrices or ``Interactions`` of one
     shape. Users with test items but no train items (cold users) are included like
     implicit.evaluation does (``cold_users="include"``), left out (``"skip"``) or refused
-    (``"raise"``); their count is returned as ``cold_users``. ``item_vectors`` for
+    (``"raise"``); their count is returned as ``cold_users``. RMSE and MAE cover the
+    evaluated users' test values (NaN when there are none). ``item_vectors`` for
     diversity (one row per item) default to the model's ``item_factors``. With k above the
     number of items the model is asked for every item and each counts once, where
     implicit.evaluation asks for k and counts its padding (item 0 again) as recommendations
@@ -336,12 +348,19 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
     try:
         for begin in range(0, users.size, batch_size):
             batch = users[begin:begin + batch_size]
-            got = np.asarray(recommend(batch, train[batch], asked))
-            ids[begin:begin + batch.size, : got.shape[1]] = got.reshape(batch.size, -1)[:, :k]
+            rows = train[batch]
+            got = np.asarray(recommend(batch, rows, asked)).reshape(batch.size, -1)[:, :k]
+            if got.size and got.dtype.kind not in "iu":  # not truncated into ids
+                raise TypeError(f"model.recommend must return integer item ids, got dtype "
+                                f"{got.dtype}")
+            # implicit models fill a list short of unseen items with the seen ones (score
+            # -FLT_MAX): not recommendations
+            got = np.where(_stored_in(rows, got), -1, got)
+            ids[begin:begin + batch.size, : got.shape[1]] = got
             progress.update(batch.size)
     finally:
         progress.close()
-    # implicit models fill a list short of candidates (most items seen) with item 0 again
+    # some implicit versions fill a short list with item 0 again instead
     ids[_repeats(ids)] = -1
     result = ranking_metrics(ids, test, users, num_threads=num_threads)
     result["coverage"] = catalog_coverage(ids, test.shape[1]) if ids.size else 0.0
@@ -349,30 +368,47 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
     vectors = item_vectors if item_vectors is not None else getattr(model, "item_factors", None)
     result["diversity"] = (intra_list_diversity(ids, vectors, num_threads=num_threads)
                            if vectors is not None and ids.size else float("nan"))
-    if callable(getattr(model, "predict", None)):
-        coo = test.tocoo()
-        predicted = model.predict(coo.row, coo.col)
-        result["rmse"], result["mae"] = rmse(coo.data, predicted), mae(coo.data, predicted)
+    if callable(getattr(model, "predict", None)):  # the evaluated users' test values
+        coo = test[users].tocoo()
+        result["rmse"] = result["mae"] = float("nan")  # no test values: nothing to compare
+        if coo.nnz:
+            predicted = model.predict(users[coo.row], coo.col)
+            result["rmse"], result["mae"] = rmse(coo.data, predicted), mae(coo.data, predicted)
     result.update(k=k, users=int(users.size), cold_users=int(cold.size))
     return result
 
 
+def _stored_in(matrix: sp.csr_matrix, ids: np.ndarray) -> np.ndarray:
+    """Where ``ids[r, c]`` is a column stored in ``matrix``'s row r (canonical CSR: each row's
+    columns ascending, so the (row, column) keys of the entries come sorted)."""
+    n_cols = np.int64(matrix.shape[1])
+    keys = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    keys = keys * n_cols + matrix.indices
+    if keys.size == 0:
+        return np.zeros(ids.shape, dtype=bool)
+    wanted = np.arange(ids.shape[0], dtype=np.int64)[:, None] * n_cols + ids
+    found = keys[np.minimum(np.searchsorted(keys, wanted), keys.size - 1)] == wanted
+    return found & (ids >= 0) & (ids < n_cols)
+
+
 def ranking_metrics_at_k(model: Any, train: SparseMatrix | Interactions,
-                         test: SparseMatrix | Interactions, k: Integer = 10,
+                         test: SparseMatrix | Interactions, k: Integer | None = None,
                          batch_size: Integer = 1024, *, K: Integer | None = None,
                          show_progress: bool = False, num_threads: Integer = 0
                          ) -> dict[str, float]:
     """``evaluate`` under its earlier name (precision and ndcg among the keys); returns its
-    dict.
+    dict. ``k`` defaults to 10.
 
     It also takes the keywords of ``implicit.evaluation.ranking_metrics_at_k``: ``K`` (the
     list length, another name for ``k``: giving both is a TypeError), ``show_progress`` and
     ``num_threads`` (as for ``evaluate``), so a call written for implicit runs unchanged.
     """
     if K is not None:
-        if k != 10:
+        if k is not None:
             raise TypeError(f"give k or K (implicit's name), not both: got k={k!r} and K={K!r}")
-        k = K
+        k = check.check_k(K, "K")
+    elif k is None:
+        k = 10
     return evaluate(model, train, test, k, batch_size=batch_size, show_progress=show_progress,
                     num_threads=num_threads)
 

@@ -279,11 +279,7 @@ def _real_array(value, name: str) -> np.ndarray:
     if sp.issparse(value):  # np.asarray would make a 0-d object array of it
         raise TypeError(f"{name} must be a dense array, got a scipy.sparse {value.format} "
                         f"matrix; convert it with .toarray()")
-    try:
-        array = np.asarray(value)
-    except ValueError as error:  # a ragged nesting of sequences
-        raise ValueError(f"{name} must be an array of real numbers, got a ragged sequence "
-                         f"(rows of different lengths)") from error
+    array = check.array_of(value, name, "an array of real numbers")
     if array.dtype.kind == "f" and array.dtype.itemsize < 4:  # float16: computed in float32
         return array.astype(np.float32)
     if array.dtype.kind not in "fiu":
