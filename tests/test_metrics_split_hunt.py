@@ -193,6 +193,11 @@ BAD_CALLS = {  # name: (call, error, message that names the argument)
     "float k": (lambda: M.evaluate(object(), TEST, TEST, k=2.0), TypeError, "k must be"),
     "cold_users": (lambda: M.evaluate(object(), TEST, TEST, cold_users="drop"), ValueError,
                    "cold_users"),
+    "crossed shapes": (lambda: M.rmse(np.arange(6.0).reshape(2, 3),
+                                      np.arange(6.0).reshape(3, 2)), ValueError, "one shape"),
+    "repeat in a list": (lambda: M.intra_list_diversity([[0, 0]], np.eye(2)), ValueError,
+                         "recommended must not repeat"),
+    "novelty id past items": (lambda: M.novelty([[0, 4]], TEST), ValueError, "recommended"),
 }
 
 

@@ -75,11 +75,18 @@ def _errors(y_true, y_pred) -> tuple[np.ndarray, float]:
 
 
 def _paired(y_true, y_pred):
+    """The ratings as two flat float64 arrays of one length. Shapes must match up to axes of
+    length 1 (a column (n, 1) pairs with (n,)): (2, 3) against (3, 2) has six values each
+    but no pairing of them."""
     truth, predicted = (_ratings_of(values, name)
                         for values, name in ((y_true, "y_true"), (y_pred, "y_pred")))
-    if truth.shape != predicted.shape:
+    if truth.size != predicted.size:
         raise ValueError(f"y_true and y_pred must have one value each per rating, got "
                          f"{truth.size} and {predicted.size}")
+    shapes = [tuple(n for n in np.shape(values) if n != 1) for values in (y_true, y_pred)]
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"y_true and y_pred must have one shape (up to axes of length 1), "
+                         f"got {np.shape(y_true)} and {np.shape(y_pred)}")
     if truth.size == 0:
         raise ValueError("no ratings to compare")
     if not (np.isfinite(truth).all() and np.isfinite(predicted).all()):
@@ -222,11 +229,13 @@ def catalog_coverage(recommended: ArrayLike, n_items: Integer) -> float:
 
 def novelty(recommended: ArrayLike, train: SparseMatrix | Interactions) -> float:
     """Mean self-information -log2(p_i) of the recommended items, p_i = share of train users
-    with item i (at least 1/n_users, so unseen items count as the rarest)."""
+    with item i (at least 1/n_users, so unseen items count as the rarest). Ids are in
+    [0, train's columns), or -1 (padding, left out)."""
     train = _csr(train, "train")
     n_users, n_items = train.shape
     ids = _item_ids(recommended)
-    valid = ids[(ids >= 0) & (ids < n_items)]
+    _check_ids_in_range(ids, n_items, "train's columns")
+    valid = ids[ids >= 0]
     if valid.size == 0:
         return 0.0
     users_per_item = _count_ids(train.indices, n_items)
@@ -262,7 +271,7 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
     """Mean over lists of the mean pairwise 1 - cosine similarity of their items' vectors
     (lists with fewer than two items are left out; -1 pads a short list). An id without a
     row in ``item_vectors`` is refused (ValueError): the lists and the table number the
-    items differently. ``recommended`` is 2-d (lists x k); ``num_threads``: threads of the
+    items differently; so is an id twice in a list. ``recommended`` is 2-d (lists x k); ``num_threads``: threads of the
     native computation (0: all cores)."""
     from . import _core
 
@@ -284,6 +293,7 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
     if ids.size and ids.dtype.kind not in "iu":
         raise TypeError(f"recommended must hold item ids (integers), got dtype {ids.dtype}")
     _check_ids_in_range(ids, vectors.shape[0], "item_vectors' rows")
+    _check_no_repeats(ids)  # a repeat would count as a pair of identical items
     per_list = _core.intra_list_diversity(np.ascontiguousarray(ids, dtype=np.int64),
                                           np.ascontiguousarray(vectors), num_threads=num_threads)
     finite = per_list[np.isfinite(per_list)]
