@@ -255,6 +255,33 @@ def test_recommend_ranks_by_predicted_rating_without_seen_items(ratings, cls):
     assert sorted(only[:2].tolist()) == [1, 2] and only[2] == -1
 
 
+def test_svd_builds_the_seen_items_on_first_use(ratings):
+    """fit leaves N(u) to the first recommend (or save, or pickle): then it is the pattern
+    of the training pairs, the same for concurrent first uses, and the caller's arrays may
+    change after fit."""
+    import pickle
+    import threading
+
+    users, items, values = (np.array(a) for a in ratings)
+    model = recfuse.SVD(factors=8, epochs=2, random_state=0).fit(users, items, values)
+    expected = Pattern.from_pairs(users, items, 120, 80)
+    lazy = model._fitted.seen
+    assert lazy._pattern is None  # not built by fit
+    users[:] = 0  # the pattern is of the pairs fit saw
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(lazy.pattern)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(result is results[0] for result in results) and len(results) == 4
+    for got in (lazy, pickle.loads(pickle.dumps(lazy))):
+        np.testing.assert_array_equal(got.indptr, expected.indptr)
+        np.testing.assert_array_equal(got.indices, expected.indices)
+    ids, _ = model.recommend(4, k=70)
+    assert not set(ids.tolist()) & set(expected.indices[expected.indptr[4]:expected.indptr[5]])
+
+
 @pytest.mark.parametrize("cls", [recfuse.SVD, recfuse.ExplicitALS])
 def test_unbiased_recommend_scores_unknown_items_and_users_as_predict(ratings, cls):
     """Unbiased: q_i·p_u for a known user and item, μ otherwise (Surprise's fallback), in

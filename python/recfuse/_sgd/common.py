@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import threading
 import time
 from typing import Callable, NamedTuple, TypeVar
 
@@ -85,6 +86,42 @@ class Pattern(NamedTuple):
     def to_scipy(self, n_cols: int) -> sp.csr_matrix:
         data = np.ones(self.indices.size, dtype=np.float64)
         return sp.csr_matrix((data, self.indices, self.indptr), shape=(self.indptr.size - 1, n_cols))
+
+
+class PairsPattern:
+    """``Pattern.from_pairs(rows, cols, n_rows, n_cols)``, built on first use (``indptr``,
+    ``indices``, ``to_scipy`` as Pattern's). A rating model's N(u) is needed by recommend,
+    save and SVD++, but most SVD fits are only asked to predict (cross-validation): building
+    it at fit cost 0.85 ms of a ~30 ms SVD fit on ml-latest-small (80k ratings). Until then
+    it holds the pairs, which must be arrays the caller no longer changes."""
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int):
+        self._pairs: tuple | None = (rows, cols, int(n_rows), int(n_cols))
+        self._pattern: Pattern | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def pattern(self) -> Pattern:
+        with self._lock:  # concurrent first uses build it once
+            if self._pattern is None:
+                assert self._pairs is not None
+                self._pattern = Pattern.from_pairs(*self._pairs)
+                self._pairs = None
+            return self._pattern
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return self.pattern.indptr
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self.pattern.indices
+
+    def to_scipy(self, n_cols: int) -> sp.csr_matrix:
+        return self.pattern.to_scipy(n_cols)
+
+    def __reduce__(self):  # pickled (joblib's workers) as the built Pattern: no lock
+        return Pattern, tuple(self.pattern)
 
 
 class Blocks(NamedTuple):

@@ -20,9 +20,9 @@ import numpy as np
 
 from .. import _validation as check
 from .._backend import resolve_backend
-from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, make_blocks,
-                           normal_table, normal_training_rows, trained_rows_in_id_order,
-                           training_rows, user_major_order)
+from .._sgd.common import (EpochThreads, PairsPattern, Pattern, default_grid, in_id_order,
+                           make_blocks, normal_table, normal_training_rows,
+                           trained_rows_in_id_order, training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
 from ._common import (EstimatorParams, FactorRetrieval, check_trained, param_seed,
                       progress_bar, rating_arrays, saved_factor_tables, saved_group, seen_rows,
@@ -63,7 +63,7 @@ class _Fitted:
     user_implicit: np.ndarray | None  # SVD++ only: z_u = |N(u)|^(-1/2) Σ_{j∈N(u)} y_j
     user_counts: np.ndarray  # training ratings per user; 0 means unknown
     item_counts: np.ndarray
-    seen: Pattern  # the items each user rated (N(u)); for SVD++ and filter_seen
+    seen: Pattern | PairsPattern  # the items each user rated (N(u)); for SVD++ and filter_seen
     rating_scale: tuple[float, float]
     biased: bool = True  # False: r̂ = q·p for known pairs, the global mean otherwise
     # ExplicitALS: every training rating by user, repeated pairs kept, as (indptr int64,
@@ -532,7 +532,8 @@ class _SgdFactorization(_RatingModel):
         global_mean = mean_of(values)
         blocks = self._layout(users, items, n_users, n_items, values.size, rng)
         ordered = np.ascontiguousarray(values[blocks.order], dtype=self.dtype)
-        seen = Pattern.from_pairs(users, items, n_users, n_items)
+        # built on first use, from the layout's own copies of the pairs
+        seen = PairsPattern(blocks.users, blocks.items, n_users, n_items)
         # Training runs on users and items renumbered bin by bin (Blocks.renumbered).
         rows = (blocks.bin_users, blocks.bin_items, blocks.bin_items)  # P, Q, Y
         if given is None:  # drawn straight into the training layout
