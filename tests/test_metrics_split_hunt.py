@@ -15,46 +15,30 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recfuse import metrics, split
+from recfuse import metrics, reference_data, split
+from recfuse.reference_data import RANKING_COLUMNS
 from recfuse.interactions import Interactions
 
 HUNT = settings(max_examples=80, deadline=None)
 
 
 # ------------------------------------------------------------------ oracles
-def user_row(ids, liked, n_items):
-    """One user's numbers from the metrics module docstring; k is the list's width (-1
-    padding included, as implicit's K), -1 is no item, AUC as implicit computes it."""
-    hits = misses = below = 0
-    ap = dcg = rr = 0.0
-    for rank, item in enumerate(ids):
-        if item == -1:
-            continue
-        if item in liked:
-            hits += 1
-            ap += hits / (rank + 1)
-            dcg += 1 / math.log2(rank + 2)
-            rr = rr or 1 / (rank + 1)
-        else:
-            misses += 1
-            below += hits  # positives ranked above this negative
-    pos, neg = len(liked), n_items - len(liked)
-    relevant = min(len(ids), pos)
-    ideal = sum(1 / math.log2(r + 2) for r in range(relevant))
-    auc = (below + (hits + pos) / 2 * (neg - misses)) / (pos * neg) if neg else math.nan
-    return {"hits": hits, "relevant": relevant, "map": ap / relevant, "ndcg": dcg / ideal,
-            "auc": auc, "mrr": rr, "recall": hits / pos, "hit": float(hits > 0)}
-
-
 def oracle_ranking(lists, liked_sets, n_items):
-    rows = [user_row(list(ids), liked, n_items) for ids, liked in zip(lists, liked_sets)]
+    """The metrics module docstring's aggregation of the reference's per-user numbers
+    (recfuse.reference_data.ranking_metrics: loops over each list)."""
+    liked = [sorted(s) for s in liked_sets]
+    indptr = np.cumsum([0] + [len(s) for s in liked])
+    indices = np.array([i for s in liked for i in s], dtype=np.int64)
+    table = reference_data.ranking_metrics(np.asarray(lists, dtype=np.int64),
+                                           np.arange(len(liked)), indptr, indices, n_items)
+    rows = [dict(zip(RANKING_COLUMNS, row)) for row in table.tolist()] if liked else []
     mean = lambda key: sum(r[key] for r in rows) / len(rows) if rows else 0.0  # noqa: E731
     relevant = sum(r["relevant"] for r in rows)
     aucs = [r["auc"] for r in rows if not math.isnan(r["auc"])]
     return {"precision": sum(r["hits"] for r in rows) / relevant if relevant else 0.0,
-            "recall": mean("recall"), "map": mean("map"), "ndcg": mean("ndcg"),
-            "auc": sum(aucs) / len(aucs) if aucs else math.nan, "mrr": mean("mrr"),
-            "hit_rate": mean("hit")}
+            "recall": mean("recall"), "map": mean("average_precision"), "ndcg": mean("ndcg"),
+            "auc": sum(aucs) / len(aucs) if aucs else math.nan,
+            "mrr": mean("reciprocal_rank"), "hit_rate": mean("hit")}
 
 
 def oracle_diversity(lists, vectors):
