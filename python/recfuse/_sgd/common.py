@@ -407,8 +407,10 @@ def make_blocks(users, items, n_users: int, n_items: int, grid: int,
             block_users, block_items, order = (np.ascontiguousarray(a, dtype=d) for a, d in (
                 (block_users, np.int32), (block_items, np.int32), (order, np.int64)))
             shuffle_blocks(seed, offsets, block_users, block_items, order)
-    bin_items = np.argsort(item_bin, kind="stable").astype(np.int32)
-    bin_users = np.argsort(user_bin, kind="stable").astype(np.int32)
+    # bins < 2^15: int16 keys make the stable sort a radix sort (ml-latest-small's 9.7k items:
+    # 0.35 -> 0.11 ms)
+    bin_items = np.argsort(item_bin.astype(np.int16), kind="stable").astype(np.int32)
+    bin_users = np.argsort(user_bin.astype(np.int16), kind="stable").astype(np.int32)
     bin_offsets = np.zeros(grid + 1, dtype=np.int64)
     np.cumsum(np.bincount(item_bin, minlength=grid), out=bin_offsets[1:])
     return Blocks(
