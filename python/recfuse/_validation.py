@@ -260,7 +260,8 @@ def check_csr_arrays(indptr, indices, n_rows: int, n_cols: int | None, name: str
         raise ValueError(f"{name} must have 1-d integer indices, got shape {indices.shape} and "
                          f"dtype {indices.dtype}")
     nnz = int(indptr[-1])
-    if indptr[0] != 0 or (np.diff(indptr) < 0).any():
+    # compared, not differenced: np.diff of unsigned integers wraps and is never < 0
+    if indptr[0] != 0 or (indptr[1:] < indptr[:-1]).any():
         raise ValueError(f"{name} has a malformed indptr: it must start at 0 and never "
                          f"decrease, got {indptr[0]} ... {nnz}")
     stored = indices.size if data_size is None else min(indices.size, data_size)

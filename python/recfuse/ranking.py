@@ -208,6 +208,15 @@ class MLPScorer:
                 len(activations) != len(biases):
             raise ValueError("the saved scorer's header must list one activation and one bias "
                              "flag per layer")
+        if not all(isinstance(flag, bool) for flag in biases):  # "no" is not read as true
+            raise ValueError(f"the saved scorer's bias flags must be true or false, got "
+                             f"{biases!r:.80}")
+        used = {f"weight_{position}" for position in range(len(biases))} | {
+            f"bias_{position}" for position, has_bias in enumerate(biases) if has_bias}
+        unused = sorted(set(arrays) - used)
+        if unused:  # save writes none: a layer flagged unbiased beside its bias, say
+            raise ValueError(f"the saved scorer holds arrays its header's layers do not use: "
+                             f"{unused[:5]}")
         layers = [(arrays[f"weight_{position}"], arrays[f"bias_{position}"] if has_bias else None,
                    activation)
                   for position, (activation, has_bias) in enumerate(zip(activations, biases))]
