@@ -357,6 +357,11 @@ def _factorize(values, name: str, arrow_ids: bool = False) -> tuple[np.ndarray, 
     if not is_series and values.dtype.kind in "iu":
         codes, uniques = _factorize_dense_integers(values)
     elif pandas is not None:
+        if is_series and isinstance(values.dtype, pandas.CategoricalDtype):
+            # numbered by the ids' sorted order, as every other column (and Arrow's
+            # dictionaries), not by the order the categories were declared in
+            values = values.cat.remove_unused_categories()
+            values = values.cat.reorder_categories(values.cat.categories.sort_values())
         codes, uniques = pandas.factorize(values, sort=True)
         uniques = np.asarray(uniques)
         if uniques.dtype == object and kind in ("integer", "floating") and uniques.size:
@@ -516,13 +521,17 @@ def _factorize_dense_integers(values: np.ndarray):
     hashing or sorting), else a sort."""
     low, high = int(values.min()), int(values.max())
     if high - low <= 4 * values.size + 1024:
-        offsets = values - low if low else values
+        # differences of ids narrower than 64 bits in int64: in int8, 100 - (-100) wraps to -56
+        wide = values if values.dtype.itemsize == 8 else values.astype(np.int64)
+        offsets = wide - low if low else wide
         present = np.zeros(high - low + 1, dtype=bool)
         present[offsets] = True
         uniques = np.flatnonzero(present)
         table = np.cumsum(present, dtype=np.int32 if uniques.size < 2**31 else np.int64) - 1
-        # in the ids' dtype: a uint64 low past int64 does not fit uniques' int64
-        return table[offsets], uniques.astype(values.dtype) + values.dtype.type(low)
+        # in the ids' dtype (a uint64 low past int64 does not fit uniques' int64): the
+        # uniques are ids, so they fit it
+        return table[offsets], (uniques.astype(wide.dtype) + wide.dtype.type(low)).astype(
+            values.dtype)
     uniques, codes = np.unique(values, return_inverse=True)
     return codes, uniques
 
@@ -789,6 +798,28 @@ def _is_column(column) -> bool:
     return not (isinstance(column, np.ndarray) and column.ndim == 0)
 
 
+# pandas.api.types.infer_dtype's names of columns of Python numbers (Decimal: Arrow, polars
+# and SQL decimal columns)
+_NUMBER_KINDS = ("integer", "floating", "mixed-integer-float", "decimal")
+
+
+def _numbers_in_objects(array: np.ndarray) -> np.ndarray | None:
+    """An object array whose values are all real numbers (Python ints and floats, Decimals,
+    as a column read through pandas can hold them) as int64 when all are integers that fit
+    it, else float64; None when it holds anything else."""
+    if array.dtype != object or not array.size:
+        return None
+    kind = _pandas("object columns").api.types.infer_dtype(array, skipna=False)
+    if kind not in _NUMBER_KINDS:
+        return None
+    if kind == "integer":
+        try:
+            return array.astype(np.int64)
+        except OverflowError:
+            pass
+    return array.astype(np.float64)
+
+
 def _numeric(column, name: str) -> np.ndarray:
     pandas = _optional_pandas()
     if pandas is not None and isinstance(column, pandas.Series) and \
@@ -797,9 +828,9 @@ def _numeric(column, name: str) -> np.ndarray:
         # below), not an object that is "not a number"
         column = column.to_numpy(dtype=np.float64, na_value=np.nan)
     array = np.asarray(column)
-    if array.dtype == object and array.size and \
-            _pandas("object weights").api.types.infer_dtype(array, skipna=False) == "decimal":
-        array = array.astype(np.float64)  # an Arrow/polars/SQL decimal column: numbers
+    numbers = _numbers_in_objects(array)
+    if numbers is not None:
+        array = numbers
     if array.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}"
                         f"{_first_non_number(array)}")
@@ -839,6 +870,9 @@ def _times_ns(column, name: str = "timestamps") -> np.ndarray:
     array = np.asarray(column)
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-d, got shape {array.shape}")
+    numbers = _numbers_in_objects(array)
+    if numbers is not None:  # seconds, as in a numeric column (to_datetime would read ns)
+        array = numbers
     kind = array.dtype.kind
     if kind == "M":
         if np.isnat(array).any():
@@ -1116,7 +1150,8 @@ class Interactions:
     @classmethod
     def from_matrix(cls, matrix: SparseMatrix, *, user_ids: IdMap | None = None,
                     item_ids: IdMap | None = None) -> "Interactions":
-        """Wrap a users x items sparse matrix (ids 0..n-1 unless maps are given)."""
+        """Wrap a copy of a users x items sparse matrix (ids 0..n-1 unless maps are
+        given)."""
         matrix = check.check_csr(sp.csr_matrix(check.to_csr(matrix, "matrix"))
                                  if sp.issparse(matrix) else matrix,
                                  "matrix", dtype=np.float32)
@@ -1129,7 +1164,10 @@ class Interactions:
         if len(user_ids) != rows or len(item_ids) != cols:
             raise ValueError(f"id maps of {len(user_ids)} users and {len(item_ids)} items do "
                              f"not fit a matrix of shape {matrix.shape}")
-        return cls(user_ids, item_ids, matrix.indptr, matrix.indices, matrix.data,
+        # copies: the caller's matrix may share its arrays (float32 with int32 indices), and
+        # an Interactions never changes
+        return cls(user_ids, item_ids, np.array(matrix.indptr, dtype=np.int64),
+                   np.array(matrix.indices, dtype=np.int32), np.array(matrix.data),
                    np.ones(matrix.nnz, np.int32))
 
     @classmethod
