@@ -19,7 +19,12 @@ What is kept from implicit 0.7.3 (and checked against it in tests/test_compat_im
   entry ends the fit with zero factors, as implicit's solvers set them (it scores 0 and is
   similar to nothing); with ``iterations=0`` the starting factors are kept, as there.
 * ``recalculate_user``/``recalculate_item`` (and so ``partial_fit_*`` and ``recommend(...,
-  recalculate_user=True)``) solve each row exactly (Cholesky) from zero, whatever ``use_cg``.
+  recalculate_user=True)``) solve each row exactly (Cholesky) from zero, whatever ``use_cg``;
+  a row system that is not positive definite raises ValueError there and in a Cholesky
+  ``fit``, as implicit's ``posv`` does (``recfuse.ALS`` warns instead).
+* ``user_items`` may be narrower than the model (ids added since) or wider (a catalogue
+  grown since the fit) as long as it stores only the model's items; a stored item past them
+  is the IndexError below.
 * ``recommend``/``similar_items``/``similar_users`` return exactly ``N`` results per query
   (``min(N, len(items))`` for ``recommend(items=...)``), ids ``int32`` (with ``items=``/
   ``users=``, the dtype of ``numpy.array(items)``), scores in the factors' dtype. Excluded items
@@ -289,13 +294,16 @@ def _heap_select(scores: np.ndarray, k: int):
     score those admitted (fewer than k columns at or above that score before them) are
     evicted oldest first: the last ``k - above`` admitted ones remain. Equal scores are
     listed larger column first. Rows shorter than k leave zeros (id 0, score 0) at the end,
-    as implicit's preallocated output does.
+    as implicit's preallocated output does. NaN scores rank below all others.
     """
     rows, cols = scores.shape
     ids = np.zeros((rows, k), dtype=np.int32)
     best = np.zeros((rows, k), dtype=scores.dtype)
+    # NaN (a NaN factor, or cosine of overflowing factors) ranks below every number: as a
+    # partition key it would take the k-th place and leave the rows' results as padding
+    keys = np.where(np.isnan(scores), -np.inf, scores) if np.isnan(scores).any() else scores
     for row in range(rows):
-        s = scores[row]
+        s = keys[row]
         if cols <= k:
             chosen = np.arange(cols)
         else:
@@ -310,7 +318,7 @@ def _heap_select(scores: np.ndarray, k: int):
         order = np.lexsort((chosen, s[chosen]))[::-1]
         chosen = chosen[order]
         ids[row, : chosen.size] = chosen
-        best[row, : chosen.size] = s[chosen]
+        best[row, : chosen.size] = scores[row, chosen]
     return ids, best
 
 
@@ -358,6 +366,22 @@ def _remap_filter(items: np.ndarray, liked: sp.csr_matrix) -> sp.csr_matrix:
 
 
 # ---------------------------------------------------------------------------- the model
+def _refuse_failed_systems(failed: int) -> None:
+    """implicit's answer to row systems that are not positive definite (Cholesky with
+    regularization 0 and rank-deficient factors): ValueError, where recfuse warns."""
+    if failed:
+        raise ValueError(f"{failed} row systems were not positive definite (implicit: posv "
+                         f"failed). Try increasing the regularization parameter.")
+
+
+class _FitEngine(ALS):
+    """recfuse.ALS as this adapter fits with it: failed row systems raise
+    (``_refuse_failed_systems``), and the model keeps its factors."""
+
+    def _report_failed_systems(self, failed: int) -> None:
+        _refuse_failed_systems(failed)
+
+
 class AlternatingLeastSquares:
     """Alternating least squares for implicit feedback with implicit 0.7's API.
 
@@ -431,10 +455,11 @@ class AlternatingLeastSquares:
             return "numpy"
         return next(name for name in ("cpu", "numba", "numpy") if not _unavailable(name))
 
-    def _engine(self) -> ALS:
-        """The recfuse model that does the fitting, with this model's current settings."""
+    def _engine(self, cls: type[ALS] = ALS) -> ALS:
+        """The recfuse model that does the fitting (a ``cls``), with this model's current
+        settings."""
         dtype = check.check_float_dtype(self.dtype)
-        return ALS(
+        return cls(
             factors=self.factors,
             regularization=self.regularization,
             alpha=self.alpha,  # recfuse ignores alpha with confidence="raw"; fit scales instead
@@ -477,7 +502,7 @@ class AlternatingLeastSquares:
             callback = self.fit_callback
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        engine = self._engine()
+        engine = self._engine(_FitEngine)
         X = self._starting_factors("user_factors", n_users, random_state)
         Y = self._starting_factors("item_factors", n_items, random_state)
         # implicit's solvers set the factors of a user or item without any stored entry to
@@ -594,13 +619,7 @@ class AlternatingLeastSquares:
         backend = resolve_backend(engine.backend)
         failed = backend.half_sweep(CsrArrays.from_scipy(rows, engine.dtype), fixed, solved,
                                     params, gram=self._gram(fixed_name))
-        if failed:
-            warnings.warn(
-                f"{failed} row systems were not positive definite and were left at zero; "
-                "use regularization > 0",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+        _refuse_failed_systems(failed)
         return solved
 
     def partial_fit_users(self, userids: ArrayLike, user_items: SparseMatrix) -> None:
@@ -1106,11 +1125,14 @@ def _norms(table: np.ndarray) -> np.ndarray:
 
 
 def _widen(matrix, name: str, n_cols: int):
-    """A CSR matrix with n_cols columns: fewer are fine (a matrix from before partial_fit_*
-    added ids, which implicit accepts), more are an error."""
+    """A CSR matrix with n_cols columns, as implicit takes any width: fewer (a matrix from
+    before partial_fit_* added ids) or more (a catalogue grown since the fit) as long as
+    every stored column is an id of the model; one that is not is implicit's IndexError."""
     if matrix.shape[1] > n_cols:
-        raise ValueError(f"{name} must have at most {n_cols} columns (the ids in the model), "
-                         f"got shape {matrix.shape}")
+        if matrix.nnz and int(matrix.indices.max()) >= n_cols:
+            raise CompatIndexError(f"{name} stores an entry in column "
+                                   f"{int(matrix.indices.max())}, past the {n_cols} columns "
+                                   f"the model has ids for")
     if matrix.shape[1] == n_cols:
         return matrix
     return sp.csr_matrix((matrix.data, matrix.indices, matrix.indptr),

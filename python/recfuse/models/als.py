@@ -269,11 +269,16 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             # ordered by rounding (and similar to nothing, not to whatever the noise points at).
             X[rows_without_positive(user_csr)] = 0
             Y[rows_without_positive(item_csr)] = 0
-        warn_failed_systems(failed, stacklevel=2)
+        self._report_failed_systems(failed)
         with self._lock:
             self._state = _State(X, Y, matrix, None)
             self.backend_used = backend.NAME
         return self
+
+    def _report_failed_systems(self, failed: int) -> None:
+        """What fit does, before it keeps its result, about ``failed`` row systems that were
+        not positive definite: warn (recfuse.compat.implicit raises, as implicit does)."""
+        warn_failed_systems(failed, stacklevel=4)
 
     def loss(self, user_items: UserItems | None = None) -> float:
         """The training loss (``recfuse.reference.als_loss``) of the current factors."""
