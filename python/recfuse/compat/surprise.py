@@ -29,8 +29,9 @@ As in Surprise, ``fit`` reads the attributes when it runs: ``algo.n_epochs = 5``
 ``algo.lr_bu = 0.01`` set after construction count (``lr_all``/``reg_all`` only resolve the
 per-parameter rates at construction, as there).
 
-Where they differ from Surprise: ``n_factors=0``, learning rates <= 0 and negative
-regularisation are refused (ValueError) where Surprise trains; ``Prediction`` is a
+Where they differ from Surprise: ``n_factors=0`` or above 4,096, learning rates <= 0 and
+negative regularisation are refused (ValueError) where Surprise trains; so is a string
+for ``biased`` (TypeError: "no" would be true; numbers and None are read as there); ``Prediction`` is a
 NamedTuple of the same fields that prints as Surprise's (it unpacks and works with
 ``surprise.accuracy``, but is not an instance of ``surprise.Prediction``); ``est`` is always
 a float (Surprise's is the int bound when clipped to an int scale); ``estimate`` for
@@ -133,8 +134,13 @@ class _SurpriseAdapter:
         """A recfuse model from the attributes as they are now: Surprise's ``fit`` reads
         ``self.n_epochs``, ``self.lr_bu``... when it runs, so one set after construction
         (``algo.n_epochs = 5``) counts, as there."""
+        # Surprise runs range(n_epochs) epochs: none for a negative count
+        epochs = self.n_epochs
+        if isinstance(epochs, (numbers.Integral, np.integer)) and not isinstance(epochs, bool):
+            epochs = max(0, int(epochs))
         model = self._MODEL(
-            factors=self.n_factors, epochs=self.n_epochs, lr=self.lr_all, reg=self.reg_all,
+            factors=self.n_factors, epochs=epochs, lr=self._overall("lr"),
+            reg=self._overall("reg"),
             init_mean=self.init_mean, init_std=self.init_std_dev, dtype=np.float64,
             grid=self.grid, shuffle=False, num_threads=self.num_threads, random_state=seed,
             **{name: getattr(self, name) for name in self._RATES}, **self._extra())
@@ -142,6 +148,14 @@ class _SurpriseAdapter:
         # then scores that point and goes on); recfuse's own models refuse such a fit.
         model._refuse_divergence = False
         return model
+
+    def _overall(self, prefix: str):
+        """``lr_all`` or ``reg_all``; when None (Surprise never reads it once every
+        per-parameter rate is given), one of those rates, which the model uses instead."""
+        value = getattr(self, f"{prefix}_all")
+        if value is None:
+            value = next(getattr(self, name) for name in self._RATES if name.startswith(prefix))
+        return value
 
     def _extra(self) -> dict:
         return {}
@@ -163,8 +177,10 @@ class _SurpriseAdapter:
         # A grid other than 1 lays the ratings out at random: from random_state too, so that a
         # seed reproduces the fit (grid=1, Surprise's order, draws nothing more).
         model = self._new_model(int(rng.randint(2**31 - 1)) if self.grid != 1 else None)
+        # (one value, lowest == highest: "likes" data; the model takes it from the ratings)
         model.fit(triples[:, 0].astype(np.int64), triples[:, 1].astype(np.int64), triples[:, 2],
-                  rating_scale=scale, n_users=trainset.n_users, n_items=trainset.n_items,
+                  rating_scale=scale if scale[0] < scale[1] else None,
+                  n_users=trainset.n_users, n_items=trainset.n_items,
                   show_progress=bool(self.verbose), initial_factors=tuple(initial))
         self._model, self.trainset = model, trainset
         return self
@@ -326,7 +342,11 @@ class SVD(_SurpriseAdapter):
                          random_state, verbose, grid, num_threads)
 
     def _extra(self) -> dict:
-        return {"biased": self.biased}
+        # Surprise reads biased by truth value: 0, 1 and None (a grid {"biased": [0, 1]})
+        biased = self.biased
+        if biased is None or (isinstance(biased, numbers.Number) and not isinstance(biased, bool)):
+            biased = bool(biased)
+        return {"biased": biased}
 
     def _can_be_impossible(self) -> bool:
         return not self.biased
