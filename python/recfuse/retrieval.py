@@ -44,7 +44,7 @@ from . import _validation as check
 from ._backend import resolve_backend
 
 if TYPE_CHECKING:
-    from numpy.typing import ArrayLike
+    from numpy.typing import ArrayLike, DTypeLike
 
     from ._typing import Integer, SparseMatrix
 
@@ -442,10 +442,11 @@ def _listed(ids, name: str, n: int) -> np.ndarray:
     return check.check_ids(ids, name, n)
 
 
-def write_recommendations(path, chunks) -> int:
+def write_recommendations(path, chunks, score_dtype: DTypeLike = np.float32) -> int:
     """Write ``(user_ids, item_ids, scores)`` chunks to a Parquet file, one row per
     recommendation (columns user, rank, item, score; padding dropped), atomically: a
-    temporary file in the same folder renamed over ``path`` at the end. Returns the rows."""
+    temporary file in the same folder renamed over ``path`` at the end. Returns the rows.
+    ``score_dtype``: the scores' column type, also of a file without rows."""
     from .persistence import atomic_write
 
     try:
@@ -476,7 +477,8 @@ def write_recommendations(path, chunks) -> int:
                 pq.write_table(pa.table({"user": pa.array([], pa.int64()),
                                          "rank": pa.array([], pa.int32()),
                                          "item": pa.array([], pa.int64()),
-                                         "score": pa.array([], pa.float32())}), temporary)
+                                         "score": pa.array(np.zeros(0, score_dtype))}),
+                               temporary)
         finally:
             if writer is not None:
                 writer.close()

@@ -232,7 +232,16 @@ class EstimatorParams:
                              f"{', '.join(current)}")
         if params:
             self._set_checked({**current, **params}, keep_fit=True)
+            if "backend" in params:  # the search indexes built on the old one
+                for name in _cache_names(self.__dict__):
+                    self.__dict__[name] = None
         return self
+
+
+def _cache_names(attributes: dict) -> list[str]:
+    """The attributes that hold what a model builds on first use from its fitted state and
+    settings (search indexes: ``*_cache``, each None or empty when dropped)."""
+    return [name for name in attributes if name.endswith("_cache")]
 
 
 def shaped_tables(factors: int) -> dict[str, str]:
@@ -338,7 +347,7 @@ class FactorRetrieval:
         with lock if lock is not None else contextlib.nullcontext():
             state = self.__dict__.copy()
         state.pop("_lock", None)
-        for name in [name for name in state if name.endswith("_cache")]:
+        for name in _cache_names(state):
             state[name] = None
         return state
 
@@ -384,7 +393,7 @@ class FactorRetrieval:
         chunks = snapshot._recommend_chunks(k, batch_size, filter_seen, show_progress)
         if path is None:
             return chunks
-        return write_recommendations(path, chunks)
+        return write_recommendations(path, chunks, self.dtype)
 
     def _recommend_chunks(self, k: int, batch_size: int, filter_seen: bool, show_progress: bool):
         table = self.user_factors

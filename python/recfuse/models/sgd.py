@@ -210,13 +210,24 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
                                                    0).astype(np.float64)
         else:
             offsets = np.where(known_user, 0.0, state.global_mean)
-        out_ids, out_scores = index.search(queries, k, exclude=seen, allow=allow, deny=deny)
-        if not state.biased and not known_user.all():
-            self._unknown_users_tie(state, ~known_user, k, seen, allow, deny, out_ids, out_scores)
-        # the offsets (added in float64, as recfuse.Recommender does) can round scores that
-        # were apart to a tie: ordered again, ties by id
-        out_ids, out_scores = by_score_then_id(
-            out_ids, (out_scores + offsets[:, None]).astype(out_scores.dtype))
+        # The offsets (added in float64, as recfuse.Recommender does) can round scores that
+        # were apart to a tie, which may reach past the k-th: the search takes one more, and
+        # more while a row's last candidate still ties with its k-th (rounding keeps the
+        # order, so ties after it are a run), then the candidates go in order again.
+        fetched = k + 1 if k < n_items else k
+        while True:
+            out_ids, out_scores = index.search(queries, fetched, exclude=seen, allow=allow,
+                                               deny=deny, num_threads=self.num_threads)
+            if not state.biased and not known_user.all():
+                self._unknown_users_tie(state, ~known_user, fetched, seen, allow, deny,
+                                        out_ids, out_scores)
+            out_scores = (out_scores + offsets[:, None]).astype(out_scores.dtype)
+            last, kth = out_scores[:, fetched - 1], out_scores[:, k - 1]
+            if fetched == k or fetched == n_items or not ((last == kth) & (kth > -np.inf)).any():
+                break
+            fetched = min(2 * fetched, n_items)
+        out_ids, out_scores = by_score_then_id(out_ids, out_scores)
+        out_ids, out_scores = out_ids[:, :k], out_scores[:, :k]
         if single:
             return out_ids[0], out_scores[0]
         return out_ids, out_scores
@@ -232,7 +243,7 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
             cached = self._ties_cache = (state, ItemIndex(zeros, backend=self.backend))
         ids, scores = cached[1].search(
             np.zeros((rows.size, 1), self.dtype), k, exclude=None if seen is None else seen[rows],
-            allow=allow, deny=deny)
+            allow=allow, deny=deny, num_threads=self.num_threads)
         out_ids[rows], out_scores[rows] = ids, scores
 
     def _retrieval(self, state: _Fitted):
