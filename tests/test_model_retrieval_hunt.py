@@ -295,6 +295,16 @@ def test_recommend_all_rows_equal_per_user_recommend(name, filter_seen, tmp_path
             np.testing.assert_array_equal(table.column(column).to_numpy(), values)
 
 
+@pytest.mark.parametrize("name", ["ALS", "SVD"])
+def test_recommend_all_refuses_results_past_memory_at_the_call(name, tmp_path):
+    model = tiny_model(name)
+    with pytest.raises(MemoryError, match="lower k"):
+        model.recommend_all(2**31 - 1, batch_size=4)  # the iterator, before its first chunk
+    with pytest.raises(MemoryError, match="lower k"):
+        model.recommend_all(2**31 - 1, path=tmp_path / "never.parquet")
+    assert not (tmp_path / "never.parquet").exists()
+
+
 def test_parquet_schema_does_not_depend_on_the_user_count(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     schemas = []

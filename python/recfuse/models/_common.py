@@ -381,6 +381,7 @@ class FactorRetrieval:
         self._require_fitted()
         k = check.check_k(k)
         batch_size = check.check_int(batch_size, "batch_size", minimum=1)
+        check.check_result_size(min(batch_size, len(self.user_factors)), k)  # now, not mid-way
         filter_seen = check.check_flag(filter_seen, "filter_seen")
         show_progress = check.check_flag(show_progress, "show_progress")
         # Every chunk from one fitted state: writers (fit, update_users) replace the state
@@ -414,9 +415,10 @@ class FactorRetrieval:
 
     def similar_items(self, item_ids: ArrayLike, k: Integer = 10
                       ) -> tuple[np.ndarray, np.ndarray]:
-        """The k items most similar to each item by cosine of their factors (itself first,
-        unless another item's cosine ties at 1: ties go to the smaller id), one item (1-d
-        results) or a batch (2-d). An item without factors (a zero vector: no
+        """The k items most similar to each item by cosine of their factors, one item (1-d
+        results) or a batch (2-d): itself first, unless another item's computed cosine is as
+        high (a parallel vector's can round to 1 or just above it; ties go to the smaller
+        id). An item without factors (a zero vector: no
         training data) is similar to nothing: its scores, and its own in other lists, are 0."""
         return self._similar("items", item_ids, k, "item_ids")
 
