@@ -295,7 +295,7 @@ def test_recommend_all_rows_equal_per_user_recommend(name, filter_seen, tmp_path
             np.testing.assert_array_equal(table.column(column).to_numpy(), values)
 
 
-@pytest.mark.parametrize("name", ["ALS", "SVD"])
+@pytest.mark.parametrize("name", ["ALS-cg", "SVD"])
 def test_recommend_all_refuses_results_past_memory_at_the_call(name, tmp_path):
     model = tiny_model(name)
     with pytest.raises(MemoryError, match="lower k"):
