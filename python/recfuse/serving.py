@@ -158,7 +158,7 @@ class _Request(NamedTuple):
     context: np.ndarray | None  # float32 (context_width,)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq and hash below: the fields hold arrays
 class Rerank:
     """Re-ranking of the ranked candidates, and the business rules.
 
@@ -175,6 +175,9 @@ class Rerank:
     allow, deny : item ids (repeats and ids no item has are harmless); only ``allow`` may be
         recommended (an empty ``allow``: nothing), ``deny`` never is; both hold for items
         added later and for the popular lists too.
+
+    The rules are fixed at construction: the arrays are read-only copies. Two Rerank are
+    equal (and hash alike) when their rules are.
     """
 
     diversity: float | None = None
@@ -207,12 +210,26 @@ class Rerank:
                 raise TypeError(f"item_categories must be a 1-d integer array, got dtype "
                                 f"{categories.dtype} shape {categories.shape}")
             # int64_array: a uint64 category past int64 would wrap to a negative one (none)
-            object.__setattr__(self, "item_categories",
-                               check.int64_array(categories, "item_categories"))
+            object.__setattr__(self, "item_categories", check.read_only_view(
+                np.array(check.int64_array(categories, "item_categories"))))
         for name in ("allow", "deny"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, np.unique(check.check_ids(value, name, None)))
+                object.__setattr__(self, name, check.read_only_view(
+                    np.unique(check.check_ids(value, name, None))))
+
+    def _rules(self) -> tuple:
+        return (self.diversity, self.category_cap) + tuple(
+            None if array is None else array.tobytes()
+            for array in (self.item_categories, self.allow, self.deny))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Rerank):
+            return NotImplemented
+        return self._rules() == other._rules()
+
+    def __hash__(self) -> int:
+        return hash(self._rules())
 
     @property
     def reorders(self) -> bool:
@@ -1772,7 +1789,16 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
     if scores.ndim != 1 or vectors.ndim != 2 or vectors.shape[0] != count:
         raise ValueError(f"mmr needs scores (n,) and vectors (n, d), got {scores.shape} and "
                          f"{vectors.shape}")
+    k = check.check_int(k, "k", minimum=0)
+    diversity = check.check_float(diversity, "diversity", minimum=0.0)
+    if diversity > 1:
+        raise ValueError(f"diversity must be in [0, 1] (MMR's lambda), got {diversity}")
+    if np.isnan(scores).any():  # a NaN would make every relevance NaN, the order arbitrary
+        raise ValueError("mmr's scores must not be NaN")
+    if not check.all_finite(np.asarray(vectors, dtype=np.float64)):
+        raise ValueError("mmr's vectors must be finite (no NaN or inf)")
     if cap is not None:
+        cap = check.check_int(cap, "cap", minimum=1)
         if categories is None:
             raise ValueError("mmr's cap needs categories (one per candidate)")
         categories = np.asarray(categories)
@@ -1786,6 +1812,10 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
     low, high = float(scores.min()), float(scores.max())
     relevance = (scores - low) / (high - low) if high > low else np.ones(count)
     vectors = np.asarray(vectors, dtype=np.float64)  # cosines equal to ~1e-16, not float32's 1e-7
+    # each row scaled by a power of two (exactly) to a largest magnitude in [0.5, 1): the
+    # products of rows near 1e200 would overflow, those of subnormal rows underflow
+    exponents = np.frexp(np.abs(vectors).max(axis=1, initial=0.0))[1]
+    vectors = np.ldexp(vectors, -exponents[:, None])
     norms = np.linalg.norm(vectors, axis=1)
     closest = np.zeros(count)  # max cosine to the chosen ones
     available = np.ones(count, dtype=bool)
