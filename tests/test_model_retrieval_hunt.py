@@ -295,6 +295,13 @@ def test_recommend_all_rows_equal_per_user_recommend(name, filter_seen, tmp_path
             np.testing.assert_array_equal(table.column(column).to_numpy(), values)
 
 
+def test_hand_assigned_tables_of_two_widths_are_named():
+    model = tiny_model("ALS-cg")
+    model.user_factors = np.ones((model.user_factors.shape[0], F + 1), np.float32)
+    with pytest.raises(ValueError, match="user_factors and item_factors must have one number"):
+        model.recommend(0)
+
+
 @pytest.mark.parametrize("name", ["ALS-cg", "SVD"])
 def test_recommend_all_refuses_results_past_memory_at_the_call(name, tmp_path):
     model = tiny_model(name)

@@ -172,7 +172,7 @@ class Rerank:
         ``category_cap``; a negative value is no category, and ids past its end (items
         added later) have no category: no cap holds them.
     category_cap : at most this many items of one category in a list (an integer >= 1).
-    allow, deny : item ids (repeats and ids no item has are harmless); only ``allow`` may be
+    allow, deny : item ids >= 0 (repeats and ids no item has are harmless); only ``allow`` may be
         recommended (an empty ``allow``: nothing), ``deny`` never is; both hold for items
         added later and for the popular lists too.
 

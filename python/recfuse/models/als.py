@@ -414,6 +414,9 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         X = state.user_factors
         assert X is not None  # _require_fitted
         index = self._recommend_index(state)
+        if np.ndim(X) != 2 or np.shape(X)[1] != index.shape[1]:  # tables assigned by hand
+            raise ValueError(f"user_factors and item_factors must have one number of columns "
+                             f"(factors), got shapes {np.shape(X)} and {index.shape}")
         single = np.ndim(user_ids) == 0
         ids = check.check_ids(user_ids, "user_ids", X.shape[0])
         k = check.check_k(k)
