@@ -31,6 +31,7 @@ tell); 130 interrupted (Ctrl-C; serve stops cleanly with 0); 141 stdout closed e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -66,6 +68,16 @@ def _integer_in(low: int, high: int | None = None):
 _count = _integer_in(1)  # sizes and counts
 _seed = _integer_in(0)
 _port = _integer_in(0, 65535)  # 0: any free port (the one bound is printed)
+_list_length = _integer_in(1, 2**31 - 1)  # k: recfuse._validation.MAX_K
+_workers = _integer_in(1, 4096)  # threads, each a Thread object: bounded before serving
+
+
+def _path(text: str) -> str:
+    """argparse type: a path, not the empty string (which would stand for the folder the
+    command runs in, or for the option left out)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    return text
 
 
 def _number(text: str, expected: str) -> float:
@@ -257,9 +269,14 @@ def _options_given(args, names) -> list[str]:
 
 
 def _log_columns(args, names) -> dict:
-    """The event log's column options among ``names``: as given, else ``LOG_DEFAULTS``."""
-    return {name: LOG_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
-            for name in names}
+    """The event log's column options among ``names``: as given, else ``LOG_DEFAULTS``; the
+    user and the item column must be two columns."""
+    columns = {name: LOG_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
+               for name in names}
+    if "user" in columns and columns.get("user") == columns.get("item"):
+        raise ValueError(f"--user and --item name one column, {columns['user']!r}: give the "
+                         f"user and the item id columns")
+    return columns
 
 
 def _data_kind(path: str) -> str:
@@ -313,6 +330,18 @@ def _check_data_options(args) -> str:
     return kind
 
 
+@contextlib.contextmanager
+def _warnings_unless_it_fails():
+    """Hold the warnings of a step (pandas' about a separator or unparsable times) and show
+    them only when it succeeds: when it fails, its error line is the whole story."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                               warning.lineno)
+
+
 def _ingest(args, kind: str):
     """Interactions from ``args.data`` (a MovieLens folder, an event-log file or a folder of
     Parquet files), its options checked by _check_data_options."""
@@ -324,10 +353,11 @@ def _ingest(args, kind: str):
     event_weights = None
     if args.event:
         event_weights = args.event_weights if args.event_weights is not None else EVENT_WEIGHTS
-    return Interactions.from_events(args.data, **_log_columns(args, LOG_DEFAULTS),
-                                    weight=args.weight, timestamp=args.timestamp,
-                                    event=args.event, event_weights=event_weights,
-                                    read_options=_csv_options(args, args.data))
+    with _warnings_unless_it_fails():
+        return Interactions.from_events(args.data, **_log_columns(args, LOG_DEFAULTS),
+                                        weight=args.weight, timestamp=args.timestamp,
+                                        event=args.event, event_weights=event_weights,
+                                        read_options=_csv_options(args, args.data))
 
 
 def _csv_options(args, path: str) -> dict:
@@ -595,6 +625,9 @@ def _train(args) -> int:
         _check_held_out(test, interactions,
                         ("a larger --test-fraction, or " if args.split != "leave_last" else "")
                         + "--split none to train on every pair")
+        if train.nnz == 0:
+            raise ValueError(f"the split held out all {interactions.nnz} pairs: nothing to "
+                             f"train on; use a smaller --test-fraction")
     model.fit(train, show_progress=not args.json)
     try:
         _write_folder(args.output, dict(zip(FOLDER_FILES, (model, train, test))))
@@ -621,7 +654,23 @@ def _write_folder(folder: str, files: dict) -> None:
     whose object is None is removed. A failure (an id that cannot be saved, a full disk)
     leaves the folder as it was, never a new model beside the old training data; Ctrl-C or
     SIGTERM during the renames takes effect once they are done."""
+    created = []  # the folders made here, deepest last: removed again if the write fails
+    missing = os.path.abspath(folder)
+    while not os.path.exists(missing):
+        created.append(missing)
+        missing = os.path.dirname(missing)
     os.makedirs(folder, exist_ok=True)
+    try:
+        _write_files(folder, files)
+    except BaseException:
+        for path in created:  # deepest first; only while empty
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        raise
+
+
+def _write_files(folder: str, files: dict) -> None:
+    """_write_folder's writes, into the existing ``folder``."""
     staging = tempfile.mkdtemp(prefix=".recfuse-train-", dir=folder)
     pending: list[int] = []  # signals held during the renames
     try:
@@ -845,12 +894,17 @@ def _bench(args) -> int:
         command += quick if args.quick else []
         command += script_args
         say(f"running {' '.join(command[1:])} ...")
+        results_path = os.path.join(output, results_file)
+        before = os.stat(results_path).st_mtime_ns if os.path.isfile(results_path) else None
         done = subprocess.run(command, env=environment, stdout=subprocess.PIPE,
                               stderr=None if not args.json else subprocess.DEVNULL, text=True)
         if done.returncode != 0:
             failures.append(f"{suite} (exit {done.returncode})")
             continue
-        with open(os.path.join(output, results_file)) as handle:
+        if not os.path.isfile(results_path) or os.stat(results_path).st_mtime_ns == before:
+            failures.append(f"{suite} (wrote no {results_file})")  # not an earlier run's
+            continue
+        with open(results_path) as handle:
             rows += [dict(row, suite=suite) for row in _ratio_rows(suite, json.load(handle))]
     summary = {"rows": rows, "failed": failures, "output": output}
     with open(os.path.join(output, "bench.json"), "w") as handle:
@@ -938,10 +992,15 @@ def build_parser() -> argparse.ArgumentParser:
                   "two need timestamps)")
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=summary, description=summary)
+        sub = commands.add_parser(name, help=summary, description=summary)
+        command_parsers[name] = sub
+        return sub
+
+    command_parsers: dict[str, argparse.ArgumentParser] = {}
+    parser.set_defaults(command_parsers=command_parsers)  # main's errors under a command
 
     demo = command("demo", "the whole chain on an embedded synthetic event log")
-    demo.add_argument("--data", help="a MovieLens folder instead of the synthetic log")
+    demo.add_argument("--data", type=_path, help="a MovieLens folder instead of the synthetic log")
     # None when not given: --min-rating is refused without --data, the sizes with it
     demo.add_argument("--min-rating", type=_finite, default=None,
                       help=f"with --data: ratings kept as implicit feedback (default "
@@ -955,30 +1014,31 @@ def build_parser() -> argparse.ArgumentParser:
                            f"--nnz: the first demo's name)")
     demo.add_argument("--split", choices=splits, default="per_user",
                       help=split_help + " (default %(default)s)")
-    demo.add_argument("--k", type=_count, default=10,
+    demo.add_argument("--k", type=_list_length, default=10,
                       help="length of the lists evaluated (default %(default)s)")
     model_options(demo, 10)
     common(demo)
     demo.set_defaults(run=_demo)
 
     serve = command("serve", "serve a model folder or file over HTTP (needs the serve extra)")
-    serve.add_argument("model", help="a model folder written by `recfuse train` (requests "
+    serve.add_argument("model", type=_path,
+                       help="a model folder written by `recfuse train` (requests "
                                      "name users and items by the ids of its training log), "
                                      "or a model file written by model.save() (by its rows)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default %(default)s)")
     serve.add_argument("--port", type=_port, default=8000,
                        help="port to listen on; 0: any free one (default %(default)s)")
-    serve.add_argument("--k", type=_count, default=10,
+    serve.add_argument("--k", type=_list_length, default=10,
                        help="list length when a request gives none (default %(default)s)")
-    serve.add_argument("--ranker", default=None,
+    serve.add_argument("--ranker", type=_path, default=None,
                        help="a ranker file (MLPScorer.save, or an .onnx chain): recalled "
                             "candidates are ranked by it; /reload reloads it with the model")
     serve.add_argument("--ranker-precision", choices=("float32", "bfloat16", "int8"),
                        default="float32",
                        help="the ranker's arithmetic; bfloat16 needs a CPU with avx512_bf16 "
                             "(default %(default)s)")
-    serve.add_argument("--candidates", type=_count, default=200,
+    serve.add_argument("--candidates", type=_list_length, default=200,
                        help="items recalled per request for the ranker (default %(default)s)")
     serve.add_argument("--unknown-items", choices=("add", "reject"), default="add",
                        help="what /events does with item ids the model lacks (default %(default)s)")
@@ -986,7 +1046,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="events from /events kept logged for the next retrain (the "
                             "newest; older ones are dropped, both counted in /metrics; "
                             "default %(default)s)")
-    serve.add_argument("--max-k", type=_count, default=1000,
+    serve.add_argument("--max-k", type=_list_length, default=1000,
                        help="largest k a request may ask for (default %(default)s)")
     serve.add_argument("--max-batch", type=_count, default=256,
                        help="users per /recommend request (default %(default)s)")
@@ -995,18 +1055,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-wait-ms", type=_non_negative, default=1.0,
                        help="how long a micro-batch may wait for the requests it "
                             "expects (default %(default)s)")
-    serve.add_argument("--workers", type=_count, default=1,
-                       help="threads answering batches (default %(default)s)")
+    serve.add_argument("--workers", type=_workers, default=1,
+                       help="threads answering batches, up to 4096 (default %(default)s)")
     serve.add_argument("--threads", type=_integer_in(0), default=None,
                        help="CPU threads per native call (default: 1 below 100,000 items, else all)")
     serve.set_defaults(run=_serve)
 
     train = command("train", "ingest, split and train; write a model folder")
-    train.add_argument("data", help="an event log (.csv/.tsv/.parquet file, or a folder of "
-                                    "Parquet files) or a MovieLens folder (its users, movies, "
-                                    "ratings and times as they are: the options of event "
-                                    "logs, --user to --event-weights, are refused for it)")
-    train.add_argument("-o", "--output", required=True, help="folder to write")
+    train.add_argument("data", type=_path,
+                       help="an event log (.csv/.tsv/.parquet file, or a folder of Parquet "
+                            "files) or a MovieLens folder (its users, movies, ratings and "
+                            "times as they are: the options of event logs, --user to "
+                            "--event-weights, are refused for it)")
+    train.add_argument("-o", "--output", type=_path, required=True, help="folder to write")
     column_options(train, "an event log")
     train.add_argument("--timestamp", default=None,
                        help="time column of an event log (needed by --split temporal and "
@@ -1039,24 +1100,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     evaluate = command("evaluate", "score a trained model folder")
-    evaluate.add_argument("folder", help="a folder written by `recfuse train`")
-    evaluate.add_argument("--test", help="an event log to test on instead of FOLDER/test.npz "
-                                         "(for a rating model, its ratings are read as the "
-                                         "training data's: same rating column unless --weight, "
-                                         "same rule for repeated pairs)")
+    evaluate.add_argument("folder", type=_path, help="a folder written by `recfuse train`")
+    evaluate.add_argument("--test", type=_path,
+                          help="an event log to test on instead of FOLDER/test.npz (for a "
+                               "rating model, its ratings are read as the training data's: "
+                               "same rating column unless --weight, same rule for repeated "
+                               "pairs)")
     column_options(evaluate, "the --test log")
-    evaluate.add_argument("--k", type=_count, default=10,
+    evaluate.add_argument("--k", type=_list_length, default=10,
                           help="length of the lists evaluated (default %(default)s)")
     common(evaluate)
     evaluate.set_defaults(run=_evaluate)
 
     recommend = command("recommend", "top-k items for users by their ids")
-    recommend.add_argument("folder", help="a folder written by `recfuse train`")
+    recommend.add_argument("folder", type=_path, help="a folder written by `recfuse train`")
     recommend.add_argument("users", nargs="+",
                            help="user ids as in the event log; each is listed once, under "
                                 "the model's own id (01 is user 1 of integer ids); one without "
                                 "training pairs (all held out) gets the most popular items")
-    recommend.add_argument("--k", type=_count, default=10,
+    recommend.add_argument("--k", type=_list_length, default=10,
                            help="items per user (default %(default)s)")
     common(recommend)
     recommend.set_defaults(run=_recommend)
@@ -1065,7 +1127,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("suites", nargs="*", metavar="SUITE",
                        help=f"one or more of {sorted(BENCH_SUITES)} (default data)")
     bench.add_argument("--quick", action="store_true", help="small sizes, one repeat")
-    bench.add_argument("--output", help="folder for the JSON and PNG (default bench/results)")
+    bench.add_argument("--output", type=_path,
+                       help="folder for the JSON and PNG (default bench/results)")
     bench.add_argument("--script-args", help="more arguments for every suite's script, quoted")
     common(bench)
     bench.set_defaults(run=_bench)
@@ -1083,7 +1146,10 @@ def main(argv: list[str] | None = None) -> int:
     141 when stdout was closed before the end; any other exception propagates (exit
     status 1 from the console script)."""
     try:
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:  # as the command's own error ("recfuse demo: error: ..."), its usage
+            args.command_parsers[args.command].error(
+                f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 2
     try:

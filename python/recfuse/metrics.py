@@ -352,6 +352,7 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
                          "pass cold_users='include' or 'skip'")
     if cold_users == "skip":
         users = np.setdiff1d(users, cold, assume_unique=True)
+    check.check_result_size(users.size, k, 8)  # MemoryError naming k, before allocating
     ids = np.full((users.size, k), -1, dtype=np.int64)
     asked = min(k, test.shape[1])  # the rest stays -1 (implicit models pad with item 0)
     progress = tqdm(total=users.size, disable=not show_progress, desc="evaluate", unit="user")

@@ -279,7 +279,7 @@ def _check_stored_crc(path: str, name: str, handle, start: int, info: zipfile.Zi
     crc = 0
     if info.file_size:
         crc = zlib.crc32(np.memmap(handle, dtype=np.uint8, mode="r", offset=start,
-                                   shape=(info.file_size,)))
+                                   shape=(info.file_size,)).data)
     if crc != info.CRC:
         raise ValueError(f"{path!r} is damaged: member {name!r} fails its CRC-32 check")
 

@@ -798,8 +798,8 @@ def http_stack() -> dict:
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host`` (a name or an address) and ``port`` (0..65535), for
-    ``serve``. Raises ``socket.gaierror`` when the host does not resolve, ``OSError`` when
+    """A TCP socket bound to ``host`` (a name or an address) and ``port`` (0..65535) and
+    listening, for ``serve``. Raises ``socket.gaierror`` when the host does not resolve, ``OSError`` when
     the address cannot be bound (e.g. the port is in use)."""
     port = check.check_int(port, "port", minimum=0, maximum=65535)
     family, kind, protocol, _, address = socket.getaddrinfo(
@@ -808,6 +808,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         sock.bind(address)
+        # listening already: a client that connects as soon as the address is named is
+        # queued, not refused (uvicorn's backlog, which it sets again when it serves)
+        sock.listen(2048)
     except OSError:
         sock.close()
         raise

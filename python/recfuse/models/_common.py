@@ -327,6 +327,7 @@ class FactorRetrieval:
     if TYPE_CHECKING:  # what the model provides (above); declared for type checkers only
         backend: str
         num_threads: int
+        dtype: np.dtype
 
         @property
         def user_factors(self) -> np.ndarray | None: ...
@@ -381,7 +382,9 @@ class FactorRetrieval:
         self._require_fitted()
         k = check.check_k(k)
         batch_size = check.check_int(batch_size, "batch_size", minimum=1)
-        check.check_result_size(min(batch_size, len(self.user_factors)), k)  # now, not mid-way
+        users = self.user_factors
+        assert users is not None  # _require_fitted
+        check.check_result_size(min(batch_size, users.shape[0]), k)  # now, not mid-way
         filter_seen = check.check_flag(filter_seen, "filter_seen")
         show_progress = check.check_flag(show_progress, "show_progress")
         # Every chunk from one fitted state: writers (fit, update_users) replace the state
