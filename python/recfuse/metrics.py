@@ -271,8 +271,8 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
     """Mean over lists of the mean pairwise 1 - cosine similarity of their items' vectors
     (lists with fewer than two items are left out; -1 pads a short list). An id without a
     row in ``item_vectors`` is refused (ValueError): the lists and the table number the
-    items differently; so is an id twice in a list. ``recommended`` is 2-d (lists x k); ``num_threads``: threads of the
-    native computation (0: all cores)."""
+    items differently; so is an id twice in a list. ``recommended`` is 2-d (lists x k);
+    ``num_threads``: threads of the native computation (0: all cores)."""
     from . import _core
 
     num_threads = check.check_threads(num_threads)

@@ -799,8 +799,8 @@ def http_stack() -> dict:
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host`` (a name or an address) and ``port`` (0..65535) and
-    listening, for ``serve``. Raises ``socket.gaierror`` when the host does not resolve, ``OSError`` when
-    the address cannot be bound (e.g. the port is in use)."""
+    listening, for ``serve``. Raises ``socket.gaierror`` when the host does not resolve,
+    ``OSError`` when the address cannot be bound (e.g. the port is in use)."""
     port = check.check_int(port, "port", minimum=0, maximum=65535)
     family, kind, protocol, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
