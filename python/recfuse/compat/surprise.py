@@ -32,17 +32,17 @@ per-parameter rates at construction, as there).
 Where they differ from Surprise: ``n_factors=0`` or above 4,096, learning rates <= 0 and
 negative regularisation are refused (ValueError) where Surprise trains; so is a string
 for ``biased`` (TypeError: "no" would be true; numbers and None are read as there);
-``Prediction`` is a NamedTuple of the same fields that prints as Surprise's (it unpacks
-and works with ``surprise.accuracy``, but is not an instance of ``surprise.Prediction``);
-``est`` is always a float (Surprise's is the int bound when clipped to an int scale); ``estimate`` for
-unknown ids returns the fallback ``predict`` would give instead of raising Surprise's
-``PredictionImpossible``; ``pu``/``qi``/``bu``/``bi``/``yj`` are read-only copies (None
-before ``fit``, where Surprise has no such attribute): writing into them does not change
-the model; ``verbose=True`` shows a progress bar (on stderr) instead of Surprise's
+``Prediction`` is a NamedTuple of the same fields that prints as Surprise's (it unpacks and
+works with ``surprise.accuracy``, but is not an instance of ``surprise.Prediction``);
+``est`` is always a float (Surprise's is the int bound when clipped to an int scale);
+``estimate`` for unknown ids returns the fallback ``predict`` would give instead of raising
+Surprise's ``PredictionImpossible``; ``pu``/``qi``/``bu``/``bi``/``yj`` are read-only copies
+(None before ``fit``, where Surprise has no such attribute): writing into them does not
+change the model; ``verbose=True`` shows a progress bar (on stderr) instead of Surprise's
 "Processing epoch N" lines; Surprise's other ``AlgoBase`` members (``compute_baselines``,
 ``get_neighbors``, ``sim_options``) are not there. A learning rate high enough to diverge
-trains on to NaN/inf and predicts the clipped bounds, as Surprise does (recfuse's own
-models raise instead).
+trains on to NaN/inf and predicts the clipped bounds, as Surprise does (recfuse's own models
+raise instead).
 """
 
 from __future__ import annotations
