@@ -295,6 +295,16 @@ def test_recommend_all_rows_equal_per_user_recommend(name, filter_seen, tmp_path
             np.testing.assert_array_equal(table.column(column).to_numpy(), values)
 
 
+@pytest.mark.parametrize("name", IMPLICIT + RATING)
+def test_user_items_are_checked_also_when_not_filtering(name):
+    model = tiny_model(name)
+    n_items = model.item_factors.shape[0]
+    wrong = sp.csr_matrix(np.ones((2, n_items), np.float32))  # two rows for one user
+    for filter_seen in (True, False):
+        with pytest.raises(ValueError, match="user_items"):
+            model.recommend([0], k=2, filter_seen=filter_seen, user_items=wrong)
+
+
 def test_hand_assigned_tables_of_two_widths_are_named():
     model = tiny_model("ALS-cg")
     model.user_factors = np.ones((model.user_factors.shape[0], F + 1), np.float32)

@@ -425,6 +425,8 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         if filter_seen:
             seen = (self._seen_matrix(None, X.shape[0], state)[ids] if user_items is None
                     else self._seen_matrix(user_items, ids.size, state))
+        elif user_items is not None:  # unused, but a wrong one is a mistake to name
+            self._seen_matrix(user_items, ids.size, state)
         n_items = index.shape[0]
         allow = None if items is None else check.check_ids(items, "items", n_items)
         deny = None if exclude_items is None else check.check_ids(exclude_items, "exclude_items",

@@ -193,6 +193,8 @@ class BPR(EstimatorParams, FactorRetrieval):
         if filter_seen:
             seen = stored_seen(seen, P.shape[0], Q.shape[0])[ids] if user_items is None \
                 else seen_rows(user_items, ids.size, Q.shape[0])
+        elif user_items is not None:  # unused, but a wrong one is a mistake to name
+            seen_rows(user_items, ids.size, Q.shape[0])
         out_ids, out_scores = self._index(Q, bias).search(
             P[ids], k, exclude=seen if filter_seen else None, allow=allow, deny=deny,
             num_threads=self.num_threads)

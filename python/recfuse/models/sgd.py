@@ -203,6 +203,8 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
         if filter_seen:
             seen = (seen_all[ids] if user_items is None
                     else seen_rows(user_items, ids.size, n_items))
+        elif user_items is not None:  # unused, but a wrong one is a mistake to name
+            seen_rows(user_items, ids.size, n_items)
         known_user = state.user_counts[ids] > 0
         queries = _user_vectors(state)[ids] * known_user[:, None]
         if state.biased:
