@@ -231,7 +231,11 @@ def test_train_names_a_bad_event_weights_option(tmp_path):
     log.to_csv(tmp_path / "log.csv", index=False)
     for value, message in [("{bad", "argument --event-weights: expected a JSON object of "
                                     "weights per event type"),
-                           ("[1, 2]", "argument --event-weights: expected a JSON object")]:
+                           ("[1, 2]", "argument --event-weights: expected a JSON object"),
+                           ('{"view": -1}', "expected finite weights >= 0 per event type, "
+                                            "got -1 for 'view'"),
+                           ('{"view": "1"}', "got '1' for 'view'"),
+                           ('{"view": true}', "got True for 'view'")]:
         result = run("train", tmp_path / "log.csv", "-o", tmp_path / "m", "--event", "event",
                      "--event-weights", value, check_rc=2)
         assert message in result.stderr and result.stdout == ""

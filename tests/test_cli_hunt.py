@@ -159,7 +159,7 @@ BAD = [
     ("train {log} -o {out} --model explicit-als --weight rating --combine last --lr 0.1",
      "--lr does not apply to --model explicit-als", True),
     ("train {log} -o {out} --event event --event-weights {nan_weights}",
-     "must be finite, got nan", True),
+     "expected finite weights >= 0 per event type, got nan for 'view'", True),
     ("train {ml} -o {out} --min-rating 100", "keeps none of the", True),
     ("evaluate", "the following arguments are required: folder", True),
     ("evaluate {log}", "no model in", True),

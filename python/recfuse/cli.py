@@ -136,6 +136,12 @@ def _event_weights(text: str) -> dict:
     if not isinstance(weights, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object of weights per event type, "
                                          f"got {type(weights).__name__} {text!r}")
+    for kind, weight in weights.items():  # the models trained here (als, bpr) read a value
+        # as an amount of interest: a negative one is refused by their fit, after the ingest
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or \
+                not math.isfinite(weight) or weight < 0:
+            raise argparse.ArgumentTypeError(f"expected finite weights >= 0 per event type, "
+                                             f"got {weight!r} for {kind!r}")
     # JSON keys are strings: "1" also names the event type 1 of a numeric column
     numbered = {int(key): value for key, value in weights.items()
                 if key.lstrip("-").isdigit() and str(int(key)) == key}
