@@ -45,6 +45,8 @@ import warnings
 
 import numpy as np
 
+from ._validation import MAX_K
+
 EVENT_WEIGHTS = {"view": 1.0, "click": 3.0, "purchase": 10.0}
 
 
@@ -68,7 +70,7 @@ def _integer_in(low: int, high: int | None = None):
 _count = _integer_in(1)  # sizes and counts
 _seed = _integer_in(0)
 _port = _integer_in(0, 65535)  # 0: any free port (the one bound is printed)
-_list_length = _integer_in(1, 2**31 - 1)  # k: recfuse._validation.MAX_K
+_list_length = _integer_in(1, MAX_K)  # k
 _workers = _integer_in(1, 4096)  # threads, each a Thread object: bounded before serving
 
 
@@ -1028,9 +1030,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve", "serve a model folder or file over HTTP (needs the serve extra)")
     serve.add_argument("model", type=_path,
-                       help="a model folder written by `recfuse train` (requests "
-                                     "name users and items by the ids of its training log), "
-                                     "or a model file written by model.save() (by its rows)")
+                       help="a model folder written by `recfuse train` (requests name users "
+                            "and items by the ids of its training log), or a model file "
+                            "written by model.save() (by its rows)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default %(default)s)")
     serve.add_argument("--port", type=_port, default=8000,

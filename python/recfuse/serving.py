@@ -196,10 +196,7 @@ class Rerank:
 
     def __post_init__(self) -> None:
         if self.diversity is not None:
-            value = check.check_float(self.diversity, "diversity", minimum=0.0)
-            if value > 1:
-                raise ValueError(f"diversity must be in [0, 1] (MMR's lambda), got {value}")
-            object.__setattr__(self, "diversity", value)
+            object.__setattr__(self, "diversity", _checked_diversity(self.diversity))
         if (self.item_categories is None) != (self.category_cap is None):
             raise ValueError("item_categories and category_cap go together: give both or neither")
         if self.category_cap is not None:
@@ -1790,12 +1787,14 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
         raise ValueError(f"mmr needs scores (n,) and vectors (n, d), got {scores.shape} and "
                          f"{vectors.shape}")
     k = check.check_int(k, "k", minimum=0)
-    diversity = check.check_float(diversity, "diversity", minimum=0.0)
-    if diversity > 1:
-        raise ValueError(f"diversity must be in [0, 1] (MMR's lambda), got {diversity}")
+    diversity = _checked_diversity(diversity)
+    # float64: in float32, 3e38 - (-3e38) overflowed, and cosines are equal to ~1e-16, not
+    # float32's 1e-7
+    scores = np.asarray(scores, dtype=np.float64)
+    vectors = np.asarray(vectors, dtype=np.float64)
     if np.isnan(scores).any():  # a NaN would make every relevance NaN, the order arbitrary
         raise ValueError("mmr's scores must not be NaN")
-    if not check.all_finite(np.asarray(vectors, dtype=np.float64)):
+    if not check.all_finite(vectors):
         raise ValueError("mmr's vectors must be finite (no NaN or inf)")
     if cap is not None:
         cap = check.check_int(cap, "cap", minimum=1)
@@ -1807,11 +1806,9 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
                              f"{categories.shape}")
     if count == 0:
         return np.zeros(0, dtype=np.int64)
-    # float64: in float32, 3e38 - (-3e38) overflowed; +-inf would make NaN relevances
-    scores = np.clip(np.asarray(scores, dtype=np.float64), -1e300, 1e300)
+    scores = np.clip(scores, -1e300, 1e300)  # +-inf would make NaN relevances
     low, high = float(scores.min()), float(scores.max())
     relevance = (scores - low) / (high - low) if high > low else np.ones(count)
-    vectors = np.asarray(vectors, dtype=np.float64)  # cosines equal to ~1e-16, not float32's 1e-7
     # each row scaled by a power of two (exactly) to a largest magnitude in [0.5, 1): the
     # products of rows near 1e200 would overflow, those of subnormal rows underflow
     exponents = np.frexp(np.abs(vectors).max(axis=1, initial=0.0))[1]
@@ -1844,6 +1841,14 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
 
 
 _MMR_TIE = 1e-12  # MMR values this close count as equal (ties to the better-ranked item)
+
+
+def _checked_diversity(value) -> float:
+    """MMR's lambda (``Rerank``'s and ``mmr``'s ``diversity``): a number in [0, 1]."""
+    value = check.check_float(value, "diversity", minimum=0.0)
+    if value > 1:
+        raise ValueError(f"diversity must be in [0, 1] (MMR's lambda), got {value}")
+    return value
 
 
 def _capped(item_ids: np.ndarray, rules: Rerank, k: int) -> np.ndarray:

@@ -301,7 +301,8 @@ def _heap_select(scores: np.ndarray, k: int):
     best = np.zeros((rows, k), dtype=scores.dtype)
     # NaN (a NaN factor, or cosine of overflowing factors) ranks below every number: as a
     # partition key it would take the k-th place and leave the rows' results as padding
-    keys = np.where(np.isnan(scores), -np.inf, scores) if np.isnan(scores).any() else scores
+    nan = np.isnan(scores)
+    keys = np.where(nan, -np.inf, scores) if nan.any() else scores
     for row in range(rows):
         s = keys[row]
         if cols <= k:
