@@ -173,7 +173,8 @@ def test_row_systems_that_are_not_positive_definite_are_reported_as_by_als(spark
                 for found in (caught, local_warnings)]
     assert messages[0] == messages[1] == [
         "4 row systems were not positive definite and kept their previous vectors; "
-        "use regularization > 0"]
+        "their sums overflowed the dtype: lower alpha, scale down the values of "
+        "user_items, or use dtype=np.float64"]
     assert {w.filename for w in caught if "definite" in str(w.message)} == {__file__}
     _assert_same(model, reference)
 

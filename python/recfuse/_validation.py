@@ -191,16 +191,36 @@ def check_csr(
         matrix = sp.csr_matrix((matrix.data[:nnz], matrix.indices[:nnz], matrix.indptr),
                                shape=matrix.shape)
     data = finite_in(np.asarray(matrix.data), dtype, name)
-    if nonnegative and data.size and data.min() < 0:
-        raise ValueError(
-            f"{name} must hold non-negative values (confidence 1 + alpha * r), got min {data.min()}"
-        )
     if data is not matrix.data:  # the values cast once, sharing the index arrays
         matrix = sp.csr_matrix((data, matrix.indices, matrix.indptr), shape=matrix.shape)
     if not matrix.has_canonical_format:
         matrix = matrix.copy()
         matrix.sum_duplicates()  # sorts indices and adds repeated (row, col) entries
+        data = matrix.data  # the values a model reads are the sums: checked as such
+        if data.size and not all_finite(data):
+            raise ValueError(f"{name} must hold finite values once its repeated entries are "
+                             f"added up, got {int((~np.isfinite(data)).sum())} sums beyond "
+                             f"{np.dtype(dtype)} ({np.finfo(dtype).max:.3g})")
+    if nonnegative and data.size and data.min() < 0:
+        raise ValueError(
+            f"{name} must hold non-negative values (confidence 1 + alpha * r), got min {data.min()}"
+        )
     return sp.csr_matrix(matrix)
+
+
+def unshared_csr(matrix: sp.csr_matrix, given) -> sp.csr_matrix:
+    """``matrix`` (``check_csr``'s result for the caller's ``given``) with a copy of each
+    array it shares with ``given``: for a model to keep after its fit, which must not change
+    when the caller later refills its own matrix. Models call it once their training
+    buffers are freed, so the copies do not raise a fit's peak memory."""
+    arrays = [mine.copy() if np.may_share_memory(mine, theirs) else mine
+              for mine, theirs in zip((matrix.data, matrix.indices, matrix.indptr),
+                                      (given.data, given.indices, given.indptr))]
+    if all(a is b for a, b in zip(arrays, (matrix.data, matrix.indices, matrix.indptr))):
+        return matrix
+    kept = sp.csr_matrix(tuple(arrays), shape=matrix.shape)
+    kept.has_canonical_format = True  # as matrix was: not for scipy to look at again
+    return kept
 
 
 def to_csr(matrix, name: str):

@@ -22,8 +22,9 @@ repeated (u, i) entries of a non-canonical matrix are one entry holding their su
 models' input validation makes of them, and what the backends are given), and the stored
 values are taken in ``Y``'s dtype (integer values included: no confidence is truncated).
 
-``solver="cholesky"`` solves exactly; a row whose system is not positive definite (possible
-only with regularization 0 or negative values) keeps its previous vector, and
+``solver="cholesky"`` solves exactly; a row whose system is not positive definite (with
+regularization 0 or negative values, or when its sums overflow the dtype) keeps its previous
+vector, and
 ``als_half_sweep_counted`` reports how many did. ``solver="cg"`` runs ``cg_steps`` steps of
 conjugate gradient from the current ``x_u`` (the algorithm below, step for step), and
 stops early when the squared residual norm falls below ``CG_TOLERANCE``.

@@ -174,7 +174,8 @@ class DaskALS(DistributedALSBase):
             self.setup_seconds = time.perf_counter() - started
             failed = self._train(resume, show_progress, callback, compute_loss)
             # inside: as in recfuse.ALS, a warning turned into an error keeps the old model
-            warn_failed_systems(failed, stacklevel=2)
+            warn_failed_systems(failed, stacklevel=2,
+                                    regularization=self.regularization)
         return self
 
     def _submit(self, func, *args, **kwargs):

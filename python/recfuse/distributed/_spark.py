@@ -351,7 +351,8 @@ class SparkALS(DistributedALSBase):
                 failed = self._fit(df, user_col, item_col, weight_col, decimal, resume,
                                    show_progress, callback, cached)
                 # inside: as in recfuse.ALS, a warning turned into an error keeps the old model
-                warn_failed_systems(failed, stacklevel=2)
+                warn_failed_systems(failed, stacklevel=2,
+                                    regularization=self.regularization)
         except BaseException:
             _unpersist(cached)  # this fit's own; the model keeps the previous fit's
             raise

@@ -94,6 +94,8 @@ def rating_arrays(users, items, ratings, n_users, n_items):
         raise ValueError(f"the ratings matrix must be 2-d, got {matrix.ndim}-d")
     if sp.issparse(matrix):  # tocoo trusts the index structure: checked first
         check.check_sparse_structure(matrix, "the ratings matrix")
+    if not matrix.dtype.isnative:  # scipy's conversions refuse a non-native byte order
+        matrix = matrix.astype(matrix.dtype.newbyteorder("="))
     entries = matrix.tocoo()
     rows, cols, data = entries.row, entries.col, entries.data
     if matrix.format != "coo" and not (matrix.format == "csr" and matrix.has_sorted_indices):
@@ -111,6 +113,22 @@ def rating_arrays(users, items, ratings, n_users, n_items):
                              f"{'rows' if name == 'n_users' else 'columns'} ({size}), got {given}")
         counts.append(given)
     return (rows, cols, data, *counts)
+
+
+def check_start_fits(init_mean: float, init_std, dtype) -> float:
+    """``init_std`` checked (a float >= 0) and returned, once Normal(init_mean, init_std)
+    starting factors are sure to be finite in ``dtype``: the draws reach ~5.8 sd."""
+    init_std = check.check_float(init_std, "init_std", minimum=0.0)
+    dtype = check.check_float_dtype(dtype)
+    largest = float(np.finfo(dtype).max)
+    if abs(init_mean) + 6 * init_std > largest:
+        if init_mean == 0:
+            raise ValueError(f"init_std must keep the starting factors finite in {dtype.name} "
+                             f"(6 init_std <= {largest:.3g}), got {init_std}")
+        raise ValueError(f"init_mean and init_std must keep the starting factors finite in "
+                         f"{dtype.name} (|init_mean| + 6 init_std <= {largest:.3g}), "
+                         f"got {init_mean} and {init_std}")
+    return init_std
 
 
 def check_trained(model: str, arrays, hint: str) -> None:

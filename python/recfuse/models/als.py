@@ -39,14 +39,18 @@ class _State:
     item_gram: np.ndarray | None = None  # YᵀY of item_factors, computed on first fold-in
 
 
-def warn_failed_systems(failed: int, stacklevel: int) -> None:
+def warn_failed_systems(failed: int, stacklevel: int, regularization: float) -> None:
     """The RuntimeWarning of a fit (``ALS``, ``DaskALS``, ``SparkALS``) in which ``failed``
     row systems over its half-sweeps were not positive definite; ``stacklevel`` as for
-    ``warnings.warn`` from the caller."""
+    ``warnings.warn`` from the caller. With ``regularization`` > 0 a system fails only when
+    its sums overflow the dtype (confidences 1 + alpha·r too large), and the advice says so."""
     if failed:
+        advice = ("use regularization > 0" if not regularization > 0 else
+                  "their sums overflowed the dtype: lower alpha, scale down the values of "
+                  "user_items, or use dtype=np.float64")
         warnings.warn(
             f"{failed} row systems were not positive definite and kept their previous "
-            "vectors; use regularization > 0",
+            f"vectors; {advice}",
             RuntimeWarning,
             stacklevel=stacklevel + 1,
         )
@@ -227,7 +231,8 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         input nothing about the model changes.
         """
         check_tables_fit(user_items, self.factors, np.dtype(self.dtype).itemsize)
-        matrix = check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype,
+        given = interaction_matrix(user_items)
+        matrix = check.check_csr(given, "user_items", dtype=self.dtype,
                                  nonnegative=self.confidence == "linear")
         n_users, n_items = matrix.shape
         if callback is not None and not callable(callback):
@@ -270,6 +275,8 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             X[rows_without_positive(user_csr)] = 0
             Y[rows_without_positive(item_csr)] = 0
         self._report_failed_systems(failed)
+        del trainer, user_csr, item_csr  # the seen matrix's copy takes the transpose's memory
+        matrix = check.unshared_csr(matrix, given)
         with self._lock:
             self._state = _State(X, Y, matrix, None)
             self.backend_used = backend.NAME
@@ -278,7 +285,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
     def _report_failed_systems(self, failed: int) -> None:
         """What fit does, before it keeps its result, about ``failed`` row systems that were
         not positive definite: warn (recfuse.compat.implicit raises, as implicit does)."""
-        warn_failed_systems(failed, stacklevel=4)
+        warn_failed_systems(failed, stacklevel=4, regularization=self.regularization)
 
     def loss(self, user_items: UserItems | None = None) -> float:
         """The training loss (``recfuse.reference.als_loss``) of the current factors."""

@@ -120,7 +120,8 @@ class BPR(EstimatorParams, FactorRetrieval):
         was."""
         # the starting tables are drawn in float64 and then cast
         check_tables_fit(user_items, self.factors, 8 + np.dtype(self.dtype).itemsize)
-        matrix = check.check_csr(interaction_matrix(user_items), "user_items", dtype=self.dtype)
+        given = interaction_matrix(user_items)
+        matrix = check.check_csr(given, "user_items", dtype=self.dtype)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         show_progress = check.check_flag(show_progress, "show_progress")
@@ -162,6 +163,7 @@ class BPR(EstimatorParams, FactorRetrieval):
         Q = trained_rows_in_id_order(Q_train, blocks.bin_items, self.factors)
         bias = in_id_order(bias_train, blocks.bin_items)
         check_trained("BPR", (P, Q, bias), "lower lr or raise reg")
+        matrix = check.unshared_csr(matrix, given)
         with self._lock:
             self.user_factors, self.item_factors, self.item_bias = P, Q, bias
             self._seen = matrix

@@ -25,7 +25,7 @@ from .. import _validation as check
 from .._als.common import CsrArrays
 from .._backend import resolve_backend
 from .._sgd.common import Pattern
-from ._common import check_trained, param_seed, progress_bar
+from ._common import check_start_fits, check_trained, param_seed, progress_bar
 from .sgd import MAX_FACTORS, _RatingModel, _rmse, mean_of
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ class ExplicitALS(_RatingModel):
             biased=bool(biased),
             reg_bias=None if reg_bias is None else check.check_float(reg_bias, "reg_bias",
                                                                      minimum=0.0),
-            init_std=check.check_float(params["init_std"], "init_std", minimum=0.0),
+            init_std=check_start_fits(0.0, params["init_std"], params["dtype"]),
             dtype=check.check_float_dtype(params["dtype"]),
             backend=check.check_backend(params["backend"]),
             num_threads=check.check_threads(params["num_threads"]),
@@ -170,12 +170,14 @@ class ExplicitALS(_RatingModel):
         """
         users, items, values, scale, n_users, n_items = self._fit_arguments(
             users, items, ratings, rating_scale, n_users, n_items, callback, show_progress)
-        rng = np.random.default_rng(self.random_state)
-        X, Y = self._initial_factors(rng, n_users, n_items, initial_factors)
         by_user = _ratings_csr(users, items, values, n_users, n_items, self.dtype)
         by_item = _ratings_csr(items, users, values, n_items, n_users, self.dtype)
-        _check_sums_fit(values, by_user, by_item, self.dtype)
+        _check_sums_fit(values, by_user, by_item, self.dtype,
+                        None if initial_factors is not None else self.init_std)
         backend = resolve_backend(self.backend, "sgd", needs="explicit_als_half_sweep")
+        # drawn once every check has passed: a refused fit leaves a Generator where it was
+        rng = np.random.default_rng(self.random_state)
+        X, Y = self._initial_factors(rng, n_users, n_items, initial_factors)
         global_mean = mean_of(values)  # unbiased: only the fallback for unknown ids
         kernel_mean = global_mean if self.biased else 0.0
         user_bias = np.zeros(n_users, dtype=self.dtype) if self.biased else None
@@ -230,7 +232,7 @@ class ExplicitALS(_RatingModel):
                 f"backend={self.backend!r}{fitted})")
 
 
-def _check_sums_fit(values, by_user, by_item, dtype) -> None:
+def _check_sums_fit(values, by_user, by_item, dtype, init_std: float | None) -> None:
     """Refuse float32 ratings whose normal equations could overflow. A row's system sums
     products of its ratings and the other side's factors, which grow like the ratings: up to
     about max|r|² x the row's length. Past float32's largest value the solves fail (systems
@@ -238,10 +240,19 @@ def _check_sums_fit(values, by_user, by_item, dtype) -> None:
     were at max|r| ≈ 1.8e19 = √3.4e38 for short rows, down to 7.5e17 for rows of 20,000
     unbiased ratings of one sign; the bound max|r|² x (longest row or column) <= 3.4e38 was
     5x to 50x below them in max|r|. Backend-independent: the numpy backend, which solves in
-    float64, is refused as well."""
+    float64, is refused as well. The first half-sweep's systems sum the drawn starting
+    factors' products likewise (draws reach ~6 ``init_std``; None: the start is given)."""
+    longest = int(max(np.diff(by_user.indptr).max(initial=0),
+                      np.diff(by_item.indptr).max(initial=0)))
+    largest = float(np.finfo(dtype).max)
+    if init_std is not None and (6 * init_std) ** 2 * longest > largest:
+        raise ValueError(f"init_std is too large for dtype={np.dtype(dtype).name}: the first "
+                         f"normal equations sum up to (6 init_std)² x the most ratings of one "
+                         f"user or item ({longest}), more than its largest value "
+                         f"{largest:.3g}; use init_std <= {np.sqrt(largest / longest) / 6:.3g}, "
+                         f"got {init_std}")
     if dtype != np.float32:
         return
-    longest = int(max(np.diff(by_user.indptr).max(), np.diff(by_item.indptr).max()))
     check_float32_sums(float(np.abs(values).max()), longest)
 
 

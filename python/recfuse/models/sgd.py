@@ -24,9 +24,9 @@ from .._sgd.common import (EpochThreads, PairsPattern, Pattern, default_grid, in
                            make_blocks, normal_table, normal_training_rows,
                            trained_rows_in_id_order, training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
-from ._common import (EstimatorParams, FactorRetrieval, check_trained, param_seed,
-                      progress_bar, rating_arrays, saved_factor_tables, saved_group, seen_rows,
-                      shaped_tables)
+from ._common import (EstimatorParams, FactorRetrieval, check_start_fits, check_trained,
+                      param_seed, progress_bar, rating_arrays, saved_factor_tables, saved_group,
+                      seen_rows, shaped_tables)
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
@@ -483,7 +483,7 @@ class _SgdFactorization(_RatingModel):
             lr=check.check_float(params["lr"], "lr", minimum=0.0, strict=True),
             reg=check.check_float(params["reg"], "reg", minimum=0.0))
         init_mean = check.check_float(params["init_mean"], "init_mean")
-        init_std = check.check_float(params["init_std"], "init_std", minimum=0.0)
+        init_std = check_start_fits(init_mean, params["init_std"], params["dtype"])
         rates = {}
         for name in self._RATES:  # per-term overrides: lr_bu=..., reg_qi=...
             value = params[name]
@@ -492,11 +492,6 @@ class _SgdFactorization(_RatingModel):
                 value = check.check_float(value, name, minimum=0.0, strict=strict)
             rates[name] = value
         dtype = check.check_float_dtype(params["dtype"])
-        largest = float(np.finfo(dtype).max)
-        if abs(init_mean) + 6 * init_std > largest:  # draws reach ~5.8 sd
-            raise ValueError(f"init_mean and init_std must keep the starting factors finite in "
-                             f"{dtype.name} (|init_mean| + 6 init_std <= {largest:.3g}), "
-                             f"got {params['init_mean']} and {params['init_std']}")
         shuffle = params["shuffle"]
         grid = check.check_int(params["grid"], "grid", minimum=0, maximum=1024)
         if not isinstance(shuffle, (bool, np.bool_)):
