@@ -279,8 +279,9 @@ class MicroBatcher:
         of requests that recall to the same depth; a failed group is retried one by one."""
         recommender = self.recommender
         state = recommender._state  # one model for the whole batch
+        candidates = recommender.candidates  # and one setting (it may be assigned meanwhile)
         answers: list = [None] * len(requests)
-        for positions in self._groups(requests, state).values():
+        for positions in self._groups(requests, state, candidates).values():
             group = [requests[p] for p in positions]
             try:
                 widest = max(request.k for request in group)
@@ -291,7 +292,7 @@ class MicroBatcher:
                 if group[0].context is not None:
                     contexts = np.stack([request.context for request in group])
                 result = recommender._answer(state, np.array([r.user for r in group], np.int64),
-                                             widest, excludes, contexts)
+                                             widest, excludes, contexts, candidates)
                 for row, position in enumerate(positions):
                     k = requests[position].k
                     answers[position] = Recommendation(result.ids[row, :k], result.scores[row, :k],
@@ -307,12 +308,11 @@ class MicroBatcher:
                         answers[position] = error
         return answers
 
-    def _groups(self, requests: list, state) -> dict:
+    def _groups(self, requests: list, state, candidates: int) -> dict:
         """Positions of the requests by the recall depth their k asks for: a list is the
         prefix of a longer one's unless k changes what is recalled (k above ``candidates``
         with a ranker or a reordering re-rank)."""
         deep = self.recommender._deep(state.model)
-        candidates = self.recommender.candidates
         groups: dict = {}
         for position, request in enumerate(requests):
             key = max(request.k, candidates) if deep else 0
@@ -355,6 +355,10 @@ def _deliver(pairs: list) -> None:
     for future, answer in pairs:
         if future.done():  # cancelled: the request went away
             continue
+        if isinstance(answer, StopIteration):  # which asyncio futures refuse (TypeError)
+            error = RuntimeError(f"the recommender raised StopIteration: {answer}")
+            error.__cause__ = answer
+            answer = error
         if isinstance(answer, BaseException):
             future.set_exception(answer)
         else:

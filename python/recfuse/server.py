@@ -12,7 +12,8 @@ training gave them.
 Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
 
 - ``POST /recommend`` ``{"user": 3, "k": 10, "exclude": [1, 2], "context": [0.5, 1.0]}``
-  -> ``{"user", "items", "scores", "stages", "model_version"}`` (padding dropped), or
+  -> ``{"user", "items", "scores", "stages", "model_version"}`` (padding dropped; a score
+  that is not a finite number, a ranker's overflow, is null: JSON has no inf), or
   ``{"users": [...], "k", "excludes": [[...], ...], "contexts": [[...], ...]}`` ->
   ``{"results": [...], "model_version"}``. Single-user requests arriving together are
   answered by one native call (micro-batching, below).
@@ -114,7 +115,10 @@ class Limits:
     def __post_init__(self):
         for entry in fields(self):
             if entry.name == "batch_wait":
-                check.check_float(self.batch_wait, "batch_wait", minimum=0.0)
+                wait = check.check_float(self.batch_wait, "batch_wait", minimum=0.0)
+                if wait > threading.TIMEOUT_MAX:  # the MicroBatcher's timed wait would raise
+                    raise ValueError(f"batch_wait must be <= {threading.TIMEOUT_MAX:.3g} "
+                                     f"seconds, got {wait}")
             else:
                 check.check_int(getattr(self, entry.name), entry.name, minimum=1)
 
@@ -230,6 +234,12 @@ class _Rows:
         """The rows of /events' users and items (the Recommender judges unknown ones)."""
         return self.rows("user", users), self.rows("item", items)
 
+    def mark(self) -> None:
+        """No ids are added here (``_Ids.mark``)."""
+
+    def forget_since(self, mark) -> None:
+        """No ids are added here (``_Ids.forget_since``)."""
+
     def external(self, kind: str, rows: np.ndarray) -> list:
         return rows.tolist()
 
@@ -312,7 +322,8 @@ class _Ids:
     def admit(self, users: list, items: list, recommender: Recommender):
         """The rows of /events' users and items (writer only): new users are added; new
         items as ``recommender.unknown_items`` says, within its ``max_new_items``. A row
-        is given before the events are observed, and kept should observe refuse them."""
+        is given before the events are observed, and taken back (``forget_since``) should
+        observe refuse them."""
         user_rows, item_rows = self.rows("user", users), self.rows("item", items)
         unknown = item_rows < 0
         if unknown.any():
@@ -327,6 +338,20 @@ class _Ids:
             self.add("item", items, item_rows)
         self.add("user", users, user_rows)
         return user_rows, item_rows
+
+    def mark(self) -> tuple[int, int]:
+        """Where the added ids stand now, for ``forget_since``."""
+        return len(self.added_ids["user"]), len(self.added_ids["item"])
+
+    def forget_since(self, mark: tuple[int, int]) -> None:
+        """Take back the rows given since ``mark`` (writer only): their events were refused,
+        and a refused batch must not use up ``max_new_items``. A reader that met such a row
+        meanwhile got a row the model does not know (an unknown user's popular list)."""
+        for kind, kept in zip(("user", "item"), mark):
+            added, order = self.added[kind], self.added_ids[kind]
+            while len(order) > kept:
+                del added[order[-1]]  # the dict first: a reader finding a row finds its id
+                order.pop()
 
     def add(self, kind: str, values: list, rows: np.ndarray) -> None:
         """Give the ids without a row (``rows`` -1, updated) the next rows (writer only)."""
@@ -443,8 +468,12 @@ def _row(result, naming, position: int | None = None) -> dict:
     if position is not None:
         ids, scores, stages = ids[position], scores[position], stages[position]
     keep = ids >= 0
-    return {"items": naming.external("item", ids[keep]),
-            "scores": scores[keep].astype(float).tolist(), "stages": stages[keep].tolist()}
+    values = scores[keep].astype(float)
+    listed = values.tolist()
+    if not np.isfinite(values).all():  # a ranker's overflow: JSON has no inf, null stands in
+        listed = [value if math.isfinite(value) else None for value in listed]
+    return {"items": naming.external("item", ids[keep]), "scores": listed,
+            "stages": stages[keep].tolist()}
 
 
 # ---------------------------------------------------------------------- the app
@@ -496,9 +525,18 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         named.version = info["version"]
         naming["now"] = named
     metrics = Metrics()
-    readers = concurrent.futures.ThreadPoolExecutor(limits.workers, "recfuse-recommend")
-    writers = concurrent.futures.ThreadPoolExecutor(1, "recfuse-write")
     batching: dict = {}  # "batcher": the MicroBatcher, once started (batcher())
+    pools: dict = {}  # "readers", "writers": the thread pools, once started (pool())
+
+    def pool(name: str) -> concurrent.futures.ThreadPoolExecutor:
+        """The /recommend readers' pool, or the one writer thread of /events, /reload and the
+        log (so that one thread alone adds ids and installs models): started on first use,
+        and again after a lifespan's end shut them (an app whose lifespan runs twice)."""
+        if name not in pools:  # the event loop's thread alone calls this
+            workers = limits.workers if name == "readers" else 1
+            prefix = "recfuse-recommend" if name == "readers" else "recfuse-write"
+            pools[name] = concurrent.futures.ThreadPoolExecutor(workers, prefix)
+        return pools[name]
 
     async def body_of(request: Request):
         declared = request.headers.get("content-length")
@@ -597,7 +635,8 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
             if not isinstance(contexts, list) or len(contexts) != len(users):
                 raise _BadRequest(422, "contexts must be a list with one list per user")
             contexts = np.array([_numbers(c, f"contexts[{p}]", width)
-                                 for p, c in enumerate(contexts)], dtype=np.float32)
+                                 for p, c in enumerate(contexts)],
+                                dtype=np.float32).reshape(len(users), width)
 
         def answer():
             for _ in range(_MODEL_CHANGES):
@@ -612,7 +651,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
             raise _BadRequest(503, "the model kept changing during the request; try again")
 
         loop = asyncio.get_running_loop()
-        named, result = await loop.run_in_executor(readers, answer)
+        named, result = await loop.run_in_executor(pool("readers"), answer)
         metrics.record_batch(len(users))
         return JSONResponse({"results": [{"user": u, **_row(result, named, p)}
                                          for p, u in enumerate(users)],
@@ -644,7 +683,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
             raise _BadRequest(422, f"events {', '.join(columns)} must have the same length, "
                                    f"got {', '.join(map(str, lengths))}")
         loop = asyncio.get_running_loop()
-        accepted = await loop.run_in_executor(writers, observe, columns)
+        accepted = await loop.run_in_executor(pool("writers"), observe, columns)
         info = recommender.info()
         return JSONResponse({"accepted": accepted, "pending_events": info["pending_events"],
                              "model_version": info["version"]})
@@ -666,7 +705,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                     "model_version": recommender.version}
 
         loop = asyncio.get_running_loop()
-        return JSONResponse(await loop.run_in_executor(writers, read))
+        return JSONResponse(await loop.run_in_executor(pool("writers"), read))
 
     def current_naming(named):
         """``named`` when its ids name the rows of the model now served (writer thread)."""
@@ -679,12 +718,17 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
     def observe(columns: dict) -> int:
         """/events in the writer thread (which alone adds ids, and installs reloads)."""
         named = current_naming(naming["now"])
+        mark = named.mark()
         users, items = named.admit(columns["user"], columns["item"], recommender)
         try:
             return recommender.observe({**columns, "user": users, "item": items})
         except UserEventError as error:  # by the user's id, not its row
             name = named.external("user", np.array([error.user], dtype=np.int64))[0]
+            named.forget_since(mark)
             raise _BadRequest(422, error.naming(repr(name))) from None
+        except BaseException:
+            named.forget_since(mark)  # a refused batch changes nothing: not even the ids
+            raise
 
     async def reload(request: Request) -> Response:
         _fields(await body_of(request), set(), "/reload")
@@ -714,7 +758,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
 
         loop = asyncio.get_running_loop()
         try:
-            version = await loop.run_in_executor(writers, reload_files)
+            version = await loop.run_in_executor(pool("writers"), reload_files)
         except (ValueError, TypeError, OSError, KeyError) as error:
             raise _BadRequest(422, f"the model was not reloaded ({error}); still serving "
                                    f"version {recommender.version}") from None
@@ -757,8 +801,8 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
             yield
         finally:
             batching.pop("batcher").close()
-            readers.shutdown(wait=False)
-            writers.shutdown(wait=False)
+            for name in list(pools):
+                pools.pop(name).shutdown(wait=False)
 
     routes = [
         Route("/recommend", timed("/recommend", recommend), methods=["POST"]),

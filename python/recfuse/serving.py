@@ -1050,11 +1050,12 @@ class Recommender:
         return None
 
     def _answer(self, state: _State, users: np.ndarray, k: int, excludes,
-                contexts) -> Recommendation:
+                contexts, candidates: int | None = None) -> Recommendation:
         """The lists of checked requests (users int64, excludes None or one sorted unique
         int64 array or None per user, contexts None or float32 (users, width)), answered by
         ``state`` with one native recall call (and one per tier of added items, two at most)
-        and one native rank call."""
+        and one native rank call; ``candidates``: the setting as the caller read it (None:
+        read it now)."""
         check.check_result_size(users.size, k, 8 + 4 + 1)  # ids, scores, stage codes
         model = state.model
         m = users.size
@@ -1082,7 +1083,8 @@ class Recommender:
                                                       model.seen_indptr[r + 1]].astype(np.int64)
                         own[position] = np.union1d(seen, extra_ids)
             threads = self._threads(model)
-            wanted = max(k, self.candidates) if self._deep(model) else k
+            depth = self.candidates if candidates is None else candidates
+            wanted = max(k, depth) if self._deep(model) else k
             ids, scores = self._recall(model, extra, queries, offsets, base_rows, own, wanted,
                                        threads)
             code = _RECALL
@@ -1962,7 +1964,12 @@ def _context_rows(value, name: str, rows: int, *, width: int | None = None,
         raise ValueError(f"{name} must have shape {expected}, got {array.shape}")
     # finite as float32: a float64 beyond its range would overflow the cast (to inf, with a
     # RuntimeWarning that -W error turns into the error raised)
-    return np.ascontiguousarray(check.finite_in(array, np.dtype(np.float32), name))
+    rows_of = check.finite_in(array, np.dtype(np.float32), name)
+    if isinstance(value, np.ndarray) and np.may_share_memory(rows_of, value):
+        # the caller's own array: a queued request (MicroBatcher.submit) must not change
+        # when the caller refills it
+        return rows_of.copy(order="C")
+    return np.ascontiguousarray(rows_of)
 
 
 def _events(events) -> Events:
