@@ -32,6 +32,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import contextvars
 import threading
 import time
 import weakref
@@ -48,6 +49,12 @@ if TYPE_CHECKING:
     from numpy.typing import ArrayLike
 
     from ._typing import Integer
+
+
+# The announcement (MicroBatcher.incoming) the current thread or coroutine is inside: a
+# one-item list holding its batcher, emptied once its request is queued.
+_ANNOUNCED: contextvars.ContextVar[list | None] = contextvars.ContextVar("_ANNOUNCED",
+                                                                         default=None)
 
 
 class _Pending(NamedTuple):
@@ -133,6 +140,7 @@ class MicroBatcher:
         with self._ready:
             self._refuse_when_closed()
             self._queue.append(_Pending(request, future, None, self))
+            self._arrived()
             self._nudge()
         return future
 
@@ -155,6 +163,7 @@ class MicroBatcher:
         with self._ready:
             self._refuse_when_closed()
             self._queue.append(_Pending(request, future, loop, self))
+            self._arrived()
             # one wake-up per loop turn, after every request of the turn is queued
             schedule = loop not in self._wakes
             self._wakes.add(loop)
@@ -171,16 +180,30 @@ class MicroBatcher:
     @contextlib.contextmanager
     def incoming(self) -> Iterator[None]:
         """Announce a request that is on its way (being read) for the ``with`` block's
-        duration: batches forming meanwhile wait for it (at most ``max_wait``)."""
+        duration: batches forming meanwhile wait for it (at most ``max_wait``). The first
+        request this thread (or coroutine) queues inside the block is the one announced:
+        from then on it counts as queued, not as on its way."""
+        announcement = [self]  # emptied when its request is queued (_arrived)
         with self._ready:
             self._incoming += 1
+        token = _ANNOUNCED.set(announcement)
         try:
             yield
         finally:
+            _ANNOUNCED.reset(token)
             with self._ready:
-                self._incoming -= 1
+                if announcement:  # it never came: no longer on its way
+                    announcement.clear()
+                    self._incoming -= 1
                 if self._lingering:  # its target may have come down to what is queued
                     self._ready.notify()
+
+    def _arrived(self) -> None:
+        """A request was queued (lock held): the caller's announcement of it, if any, ends."""
+        announcement = _ANNOUNCED.get()
+        if announcement and announcement[0] is self:
+            announcement.clear()
+            self._incoming -= 1
 
     def close(self) -> None:
         """Answer what is queued, then stop the workers; later calls raise RuntimeError.

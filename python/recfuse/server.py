@@ -592,7 +592,8 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         if single and many:  # one of them would be ignored: an exclude list, say
             raise _BadRequest(422, f"give 'user' (with 'exclude', 'context') or 'users' (with "
                                    f"'excludes', 'contexts'), not both: got {single + many}")
-        k = _integer(body.get("k", recommender.k), "k", 1, limits.max_k)
+        given = body.get("k")  # null: not given, as for exclude and context
+        k = _integer(recommender.k if given is None else given, "k", 1, limits.max_k)
         width = recommender.context_width
         if "users" in body:
             return await recommend_many(body, k, width)

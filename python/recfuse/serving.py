@@ -1260,11 +1260,12 @@ class Recommender:
             groups = self._replay_groups(self._state, events, self._calls)
             last_calls = groups[-1].calls
             assert last_calls is not None  # _replay_groups numbers every group's calls
-            self._calls = int(last_calls[-1]) + 1
             if len(groups) > 1:  # what can be checked for the whole replay, before any group
                 self._check_events(self._state, *events[:3], unknown_items, max_new_items)
-            for group in groups:
+            for position, group in enumerate(groups):
                 self._apply(self._state, *group[:3], unknown_items, max_new_items)
+                if position == 0:  # numbers are used up by calls applied, not refused ones
+                    self._calls = int(last_calls[-1]) + 1
                 self._remember(group)
         return int(events.users.size)
 
