@@ -178,7 +178,8 @@ class ItemIndex:
         k : int >= 1 (larger than the number of items pads every row)
         exclude : scipy sparse matrix (m, n), optional
             Per-query items never to return (e.g. the items a user has seen): every stored
-            entry counts, whatever its value.
+            entry counts, whatever its value (but for a DIA matrix, whose diagonals store the
+            zeros between its entries: its nonzero values count, as scipy converts it).
         allow, deny : sequences of item ids (repeats are fine) or boolean masks of the n
             items, optional. Only ``allow`` may be returned; ``deny`` never is.
         num_threads : int, 0 = all cores (CPU backends)
