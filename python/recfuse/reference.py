@@ -121,14 +121,16 @@ def als_half_sweep(
 
 
 def als_half_sweep_counted(R, Y, X, *, regularization, alpha=1.0, confidence="linear",
-                           solver="cg", cg_steps=3) -> tuple[np.ndarray, int]:
+                           solver="cg", cg_steps=3, fixed_gram=None) -> tuple[np.ndarray, int]:
     """``als_half_sweep`` that also returns the number of rows left unchanged (Cholesky rows
-    whose system is not positive definite)."""
+    whose system is not positive definite). ``fixed_gram``: the YᵀY to use instead of
+    ``Y``'s own, when ``Y`` holds only some of the fixed side's rows (a block of a
+    distributed fit, whose Gram covers the whole side)."""
     dtype = Y.dtype
     failed = 0
     X = np.array(X, dtype=dtype, copy=True)
     R = canonical_csr(R, dtype)
-    G = gram(Y)
+    G = gram(Y) if fixed_gram is None else np.asarray(fixed_gram, dtype=dtype)
     for u in range(R.shape[0]):
         A, b = _row_system(R, u, Y, G, dtype.type(regularization), dtype.type(alpha), confidence)
         if solver == "cholesky":

@@ -9,7 +9,8 @@ A backend module (``recfuse._als.<name>``) defines:
 ``half_sweep(R, Y, X, params, gram=None) -> int``
     re-solve every row of the host NumPy array ``X`` in place against ``Y``
     (the contract of ``recfuse.reference.als_half_sweep``); returns the number of rows left
-    unchanged because their system was not positive definite.
+    unchanged because their system was not positive definite. ``gram``: the YᵀY to use
+    (k x k, the model dtype) instead of ``Y``'s own, as a distributed block gives it.
 ``data_loss(R, X, Y, params) -> float``
     Σ_u [x_uᵀ YᵀY x_u + Σ_i (q_ui − 2 q_ui d_ui + w_ui d_ui²)] with d_ui = x_u·y_i, summed in
     float64 (the products may be in the model dtype):

@@ -24,6 +24,7 @@ def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None) -> int:
         confidence=params.confidence,
         solver=params.solver,
         cg_steps=params.cg_steps,
+        fixed_gram=gram,
     )
     return failed
 

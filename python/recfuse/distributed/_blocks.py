@@ -59,11 +59,11 @@ def split_id_kinds(column: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray
     ``string_ids`` (object array of str) those where it is True. Missing ids, booleans and
     other types raise with the column's name.
     """
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        column = column.astype(column.cat.categories.dtype)
-    missing = int(column.isna().sum())
+    missing = int(column.isna().sum())  # before a categorical's cast, which a NaN would fail
     if missing:
         raise ValueError(f"{name} has {missing} missing (null/NaN) ids")
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        column = column.astype(column.cat.categories.dtype)
     n = len(column)
     kind = column.dtype.kind
     if kind == "b":
@@ -341,11 +341,12 @@ class RatingBlock:
 
 
 def build_block(side: str, block: int, n_total: int, n_blocks: int, n_other_blocks: int, dtype,
-                *pieces) -> RatingBlock:
+                *pieces, weight_col: str | None = None) -> RatingBlock:
     """Concatenate one block's triples from every partition into a ``RatingBlock``.
 
     Repeated (user, item) pairs add up, as in ``recfuse.ALS`` (a user spread over many
-    partitions ends up in one block all the same).
+    partitions ends up in one block all the same), and their sums must be finite in
+    ``dtype`` as each weight was (``weight_col`` names the column in the error).
     """
     own, other = (0, 1) if side == "users" else (1, 0)
     parts = [p for p in pieces if p[0].size]
@@ -360,6 +361,11 @@ def build_block(side: str, block: int, n_total: int, n_blocks: int, n_other_bloc
         (weights, (rows_global // n_blocks, np.searchsorted(needed, cols_global))),
         shape=(n_rows, needed.size), dtype=dtype)
     matrix.sum_duplicates()
+    if matrix.data.size and not np.isfinite(matrix.data).all():
+        bad = int((~np.isfinite(matrix.data)).sum())
+        raise ValueError(f"weight_col {weight_col!r}: the weights of repeated (user, item) "
+                         f"rows add up beyond the range of {np.dtype(dtype).name} "
+                         f"({np.finfo(dtype).max:.3g}) for {bad} pairs")
     return RatingBlock(side, block, n_blocks, CsrArrays.from_scipy(matrix, dtype), needed,
                        _sources(needed, n_other_blocks))
 

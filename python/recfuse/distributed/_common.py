@@ -272,6 +272,8 @@ def folder_path(path, name: str = "path") -> str:
     if isinstance(path, (str, os.PathLike)):
         path = os.fspath(path)
         if isinstance(path, str):
+            if not path:  # os.makedirs("") says only "No such file or directory: ''"
+                raise ValueError(f"{name} must name a folder, got an empty path")
             return path
     raise TypeError(f"{name} must be a folder path (str or os.PathLike), got "
                     f"{type(path).__name__}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -128,7 +129,7 @@ class DaskALS(DistributedALSBase):
 
     def _check_own_params(self, params: dict[str, Any]) -> dict[str, Any]:
         broadcast = params["broadcast"]
-        if broadcast not in ("smaller", "never"):
+        if not isinstance(broadcast, str) or broadcast not in ("smaller", "never"):
             raise ValueError(f"broadcast must be 'smaller' or 'never', got {broadcast!r}")
         return {"broadcast": broadcast,
                 "max_retries": check_int(params["max_retries"], "max_retries", minimum=0)}
@@ -167,6 +168,8 @@ class DaskALS(DistributedALSBase):
         client = client if client is not None else distributed.default_client()
         if not isinstance(client, distributed.Client):
             raise TypeError(f"client must be a distributed.Client, got {type(client).__name__}")
+        if client.status in ("closing", "closed"):
+            raise RuntimeError("client is closed: fit needs an open distributed.Client")
         with self._all_or_nothing():
             self._client = client
             started = time.perf_counter()
@@ -220,7 +223,8 @@ class DaskALS(DistributedALSBase):
                 ("items", 1, n_items, item_blocks, user_blocks)):
             blocks[side] = [
                 self._submit(_blocks.build_block, side, b, n_total, n_own, n_other, self.dtype,
-                             *[self._submit(_blocks.pick, p, own, b) for p in pieces])
+                             *[self._submit(_blocks.pick, p, own, b) for p in pieces],
+                             weight_col=weight_col)
                 for b in range(n_own)]
         stats = {side: self._client.gather([self._submit(_stats, b) for b in futures])
                  for side, futures in blocks.items()}
@@ -458,8 +462,7 @@ class DaskALS(DistributedALSBase):
         self._require_fitted()
         path = folder_path(path)
         self._live_client()
-        staging = _staging_folder(path)
-        try:
+        with _staged(path) as staging:
             jobs = []
             for side, n_total, index in (("users", self.n_users, 0), ("items", self.n_items, 1)):
                 id_map = self._submit(_getitem, self._maps, index)
@@ -476,8 +479,6 @@ class DaskALS(DistributedALSBase):
             for side in ("users", "items"):
                 _replace_parts(os.path.join(staging, side), os.path.join(path, side))
             os.replace(os.path.join(staging, "model.json"), os.path.join(path, "model.json"))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
 
     def recommend_all(self, k: int = 10, *, path: str | os.PathLike[str],
                       filter_seen: bool = True, external_ids: bool = True) -> int:
@@ -496,8 +497,7 @@ class DaskALS(DistributedALSBase):
         external_ids = check.check_flag(external_ids, "external_ids")
         path = folder_path(path)
         self._live_client()
-        staging = _staging_folder(path)
-        try:
+        with _staged(path) as staging:
             items = self._submit(_blocks.assemble, self.n_items, *self._factors["items"])
             maps = self._maps if external_ids else None
             jobs = [self._submit(_blocks.recommend_block, block, x, items, k, filter_seen,
@@ -507,8 +507,6 @@ class DaskALS(DistributedALSBase):
                                                        self._factors["users"]))]
             rows = int(sum(self._gather_writes(jobs)))
             _replace_parts(staging, path)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         return rows
 
     def __repr__(self) -> str:
@@ -519,13 +517,25 @@ class DaskALS(DistributedALSBase):
                 f"dtype={self.dtype.name}{fitted})")
 
 
-def _staging_folder(path: str) -> str:
+@contextlib.contextmanager
+def _staged(path: str):
     """A new empty folder ``.recfuse-staging-*`` inside ``path`` (created too), for the
-    workers to write into (a leading dot: Parquet readers of ``path`` skip it)."""
+    workers to write into (a leading dot: Parquet readers of ``path`` skip it); removed at
+    the end, and ``path`` with it when this call created it and the writing failed."""
+    created = not os.path.isdir(path)
     os.makedirs(path, exist_ok=True)
     staging = os.path.join(path, f".recfuse-staging-{secrets.token_hex(8)}")
     os.mkdir(staging)
-    return staging
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):  # only while empty
+                os.rmdir(path)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _replace_parts(staged: str, folder: str) -> None:

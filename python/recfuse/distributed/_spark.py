@@ -118,7 +118,7 @@ def _encode(maps, user_col, item_col, weight_col, user_blocks, item_blocks, dtyp
     return run
 
 
-def _build(side, key, n_total, n_blocks, n_other_blocks, dtype):
+def _build(side, key, n_total, n_blocks, n_other_blocks, dtype, weight_col):
     def run(batches):
         frame = _rows(batches)
         if frame is None:
@@ -130,7 +130,7 @@ def _build(side, key, n_total, n_blocks, n_other_blocks, dtype):
             piece = (group["u"].to_numpy(np.int64), group["i"].to_numpy(np.int64),
                      group["w"].to_numpy(np.float64))
             built = _blocks.build_block(side, int(block), n_total, n_blocks, n_other_blocks,
-                                        dtype, piece)
+                                        dtype, piece, weight_col=weight_col)
             stats = built.stats()
             yield pd.DataFrame({"block": [int(block)],
                                 "payload": [_blocks.block_to_bytes(built, n_other_blocks)],
@@ -394,7 +394,7 @@ class SparkALS(DistributedALSBase):
                 ("users", "ub", n_users, user_blocks, item_blocks),
                 ("items", "ib", n_items, item_blocks, user_blocks)):
             built = encoded.repartition(n_own, key).mapInPandas(
-                _build(side, key, n_total, n_own, n_other, self.dtype),
+                _build(side, key, n_total, n_own, n_other, self.dtype, weight_col),
                 "block int, payload binary, nnz long, weight_sum double, digest string, "
                 "sources array<int>",
             ).withColumn("fit", token).cache()
