@@ -350,3 +350,22 @@ def test_calls_given_one_thread_start_no_thread_team():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_the_largest_thread_count_accepted_does_not_crash_the_interpreter():
+    """num_threads accepts up to 2**16, and the native kernels used to start that many
+    OpenMP threads: 65,536 crashed the process (segfault). They now run at most 8 per
+    processor (at least 64), with the same results. In a child process, so that a crash
+    fails this test rather than ending the run."""
+    code = ("import numpy as np, recfuse, scipy.sparse as sp\n"
+            "items = np.random.default_rng(0).random((500, 64), dtype=np.float32)\n"
+            "ids, _ = recfuse.topk(items[:3], items, 5, num_threads=65536)\n"
+            "assert (ids == recfuse.topk(items[:3], items, 5, num_threads=1)[0]).all()\n"
+            "index = recfuse.ItemIndex(items, storage='bfloat16')\n"
+            "index.search(items[:3], 5, num_threads=65536)\n"
+            "m = sp.random(40, 30, density=0.2, format='csr', random_state=0, dtype=np.float32)\n"
+            "recfuse.ALS(factors=4, iterations=1, num_threads=65536).fit(m)\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -143,9 +143,17 @@ int available_threads() {
   return std::max(1, threads);
 }
 
+// An explicit count is used as given up to this many threads per processor (and at least
+// kFewestCapped): beyond, threads only cost, each an OpenMP stack and per-thread scratch, and
+// 65,536 of them crashed the process on a 2-core machine (num_threads goes up to 2^16).
+constexpr int kThreadsPerProcessor = 8;
+constexpr int kFewestCapped = 64;
+
 int resolve_threads(int requested) {
   if (forked_after_threads()) return 1;
-  return noted(requested > 0 ? requested : available_threads());
+  if (requested <= 0) return noted(available_threads());
+  const int most = std::max(kFewestCapped, kThreadsPerProcessor * omp_get_num_procs());
+  return noted(std::min(requested, most));
 }
 
 }  // namespace recfuse

@@ -98,7 +98,8 @@ MAX_THREADS = 1 << 16
 
 
 def check_threads(num_threads, name: str = "num_threads") -> int:
-    """``num_threads``: an integer in [0, MAX_THREADS], 0 meaning all cores."""
+    """``num_threads``: an integer in [0, MAX_THREADS], 0 meaning all cores. The native
+    kernels run at most 8 threads per processor (at least 64) whatever the count asked."""
     return check_int(num_threads, name, minimum=0, maximum=MAX_THREADS)
 
 
