@@ -754,3 +754,23 @@ def test_bfloat16_storage_refuses_tables_and_backends_it_cannot_serve():
         with pytest.raises(ValueError, match=f"not available on the '{backend}' backend"):
             recfuse.topk(items[:1], items.astype(np.float32), 2, storage="bfloat16",
                          backend=backend)
+
+
+@pytest.mark.parametrize("metric", ["dot", "cosine"])
+@pytest.mark.parametrize("storage", ["auto", "native", "bfloat16"])
+def test_an_index_pickles_and_copies_to_one_that_searches_alike(metric, storage):
+    """ItemIndex could not be pickled or deep-copied ("cannot pickle 'module' object"): it
+    is now rebuilt from its table and settings, and searches as the original does."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(3)
+    items = (rng.standard_normal((2000, 24)) * 100).astype(np.float32)
+    index = recfuse.ItemIndex(items, item_bias=rng.random(2000).astype(np.float32),
+                              metric=metric, storage=storage, backend="cpu")
+    queries = rng.standard_normal((4, 24)).astype(np.float32)
+    want = index.search(queries, 9)
+    for other in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
+        got = other.search(queries, 9)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])

@@ -127,6 +127,11 @@ class ItemIndex:
         if storage != "auto":
             self._prepared(storage)
 
+    def __reduce__(self):
+        """Pickled (and copied) as its table and settings: the copy prepares its own search
+        tables (and resolves backend="auto" where it is loaded), as a new index would."""
+        return (_index_from, (self.items, self.bias, self.metric, self.storage, self.backend))
+
     def _check_storage(self, storage: str) -> None:
         """Refuses a ``storage`` (one of STORAGES) this table or backend cannot have."""
         if storage == "bfloat16" and self.items.dtype != np.float32:
@@ -334,6 +339,11 @@ def _within_dot_range(rows: np.ndarray) -> np.ndarray:
     rows = rows.copy()
     rows[big] *= np.exp2(-np.ceil(np.log2(largest[big] / limit)))[:, None].astype(rows.dtype)
     return rows
+
+
+def _index_from(items, bias, metric: str, storage: str, backend: str) -> ItemIndex:
+    """The ItemIndex an ``ItemIndex.__reduce__`` describes."""
+    return ItemIndex(items, item_bias=bias, metric=metric, storage=storage, backend=backend)
 
 
 def _item_table(items) -> np.ndarray:
