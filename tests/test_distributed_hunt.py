@@ -449,3 +449,17 @@ def test_a_failed_recommend_all_leaves_no_folder_it_created(client, tmp_path):
 def test_broadcast_must_be_a_string():
     with pytest.raises(ValueError, match="broadcast must be 'smaller' or 'never'"):
         DaskALS(broadcast=np.array(["smaller"]))
+
+
+def test_a_fitted_model_refuses_to_pickle_by_saying_how_to_collect_it(client):
+    """A fitted DaskALS failed to pickle with "cannot pickle '_asyncio.Task'"; an unfitted
+    one pickles as its settings."""
+    import copy
+    import pickle
+
+    fresh = DaskALS(**PARAMS)
+    assert repr(pickle.loads(pickle.dumps(fresh))) == repr(copy.deepcopy(fresh)) == repr(fresh)
+    model = _dask(_frame())
+    for attempt in (lambda: pickle.dumps(model), lambda: copy.deepcopy(model)):
+        with pytest.raises(TypeError, match="to_local"):
+            attempt()

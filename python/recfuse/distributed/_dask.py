@@ -412,6 +412,15 @@ class DaskALS(DistributedALSBase):
         if not self._factors:
             raise RuntimeError("the model is not fitted: call fit() first")
 
+    def __getstate__(self) -> dict:
+        """An unfitted model pickles (and copies) as its settings; a fitted one holds its
+        factors and ratings on its cluster, which no copy can take along."""
+        if self._client is not None:
+            raise TypeError("a fitted DaskALS keeps its factors on its Dask cluster and "
+                            "cannot be pickled or copied: collect it with to_local() (a "
+                            "recfuse.ALS, which pickles) or save() it")
+        return self.__dict__.copy()
+
     def _live_client(self):
         """The client of the fit, which holds the factors and ratings on its cluster; a
         closed one is a clear error (Dask's is a cancelled future "for reason: unknown")."""
