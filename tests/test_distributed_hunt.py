@@ -463,3 +463,15 @@ def test_a_fitted_model_refuses_to_pickle_by_saying_how_to_collect_it(client):
     for attempt in (lambda: pickle.dumps(model), lambda: copy.deepcopy(model)):
         with pytest.raises(TypeError, match="to_local"):
             attempt()
+
+
+def test_recommend_all_over_a_catalogue_every_user_has_seen_writes_readable_files(client,
+                                                                                   tmp_path):
+    """Every user having seen every item, recommend_all wrote no file at all (reading the
+    folder then failed), where recfuse.ALS.recommend_all writes an empty Parquet file."""
+    rows = pd.DataFrame({"user": np.repeat([0, 1, 2], 2), "item": np.tile([0, 1], 3),
+                         "weight": 1.0})
+    model = _dask(rows)
+    assert model.recommend_all(5, path=tmp_path / "recs") == 0
+    read = pd.read_parquet(tmp_path / "recs")
+    assert len(read) == 0 and {"user", "rank", "item", "score"} <= set(read.columns)

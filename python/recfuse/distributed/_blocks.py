@@ -671,13 +671,13 @@ def write_factor_part(factors: np.ndarray, n_total: int, n_blocks: int, block: i
 def recommend_block(block: RatingBlock, factors: np.ndarray, items: np.ndarray, k: int,
                     filter_seen: bool, maps: tuple[IdMap, IdMap] | None, path: str,
                     backend: str, num_threads: int) -> int:
-    """``recommend_table`` written to one Parquet file, atomically (nothing for an empty
-    table); returns the rows written."""
+    """``recommend_table`` written to one Parquet file, atomically (an empty table too: a
+    catalogue every user has seen gives files that read as no rows, as recfuse.ALS's
+    recommend_all writes, not a folder without any); returns the rows written."""
     import pyarrow.parquet as pq
 
     table = recommend_table(block, factors, items, k, filter_seen, maps, backend, num_threads)
-    if table.num_rows:
-        _atomic_write(path, lambda temporary: pq.write_table(table, temporary))
+    _atomic_write(path, lambda temporary: pq.write_table(table, temporary))
     return table.num_rows
 
 
