@@ -169,22 +169,22 @@ def load_movielens_100k(path: str | os.PathLike[str], min_rating: float | None =
     expected = f"{file!r} must hold tab-separated lines of user, item, rating (and time)"
     with warnings.catch_warnings():  # an empty file: refused below, with its name
         warnings.simplefilter("ignore", UserWarning)
-        try:
-            raw = np.loadtxt(file, dtype=np.int64, delimiter="\t", ndmin=2,
+        try:  # comments=None: a '#' is not a comment in u.data, but a broken line
+            raw = np.loadtxt(file, dtype=np.int64, delimiter="\t", ndmin=2, comments=None,
                              encoding="utf-8-sig")  # a byte-order mark is not part of an id
-        except ValueError as error:  # a short line, a word for a number
-            detail = str(error).split("; use `usecols`")[0]  # NumPy's advice, not ours
+        except ValueError as error:  # a short line, a word for a number: found by line
+            detail = _first_bad_u_data_line(file) or str(error).split("; use `usecols`")[0]
             raise ValueError(f"{expected}: {detail}") from None
     if raw.shape[0] == 0 or not 3 <= raw.shape[1] <= 4:  # more: not u.data (as load_movielens)
         # loadtxt has checked that every line has as many fields: the first is one of them
-        first = ", e.g. line 1" if raw.shape[0] else ""
+        first = f", e.g. line {_u_data_line(file, 0)}" if raw.shape[0] else ""
         raise ValueError(f"{expected}, got {raw.shape[0]} lines of {raw.shape[1]} fields{first}")
     for column, name in ((0, "user"), (1, "item")):
         ids = raw[:, column]
         bad = np.flatnonzero((ids < 1) | (ids > check.INT32_MAX))
         if bad.size:
             raise ValueError(f"{expected}: {name} ids must be in [1, {check.INT32_MAX}], got "
-                             f"{ids[bad[0]]} on line {bad[0] + 1}")
+                             f"{ids[bad[0]]} on line {_u_data_line(file, int(bad[0]))}")
     shape = (int(raw[:, 0].max()), int(raw[:, 1].max()))  # of every line, kept or not
     check.check_count_fits(shape[0], "the largest user id", 8)  # the CSR's row pointers
     if min_rating is not None:
@@ -396,8 +396,9 @@ def load_movielens(path: str | os.PathLike[str], *, min_rating: float | None = N
     feedback). ``weighting`` is that of ``Interactions.weighted`` ("none": the ratings); a
     pair rated twice keeps its latest rating. Nothing is downloaded: a missing folder raises
     FileNotFoundError saying where to get the data. A file that is not MovieLens' format (a
-    line without its four fields or with more, a word for a number) is a ValueError naming
-    the file and the line.
+    line without its four fields or with more, a word for a number, a time beyond
+    ±9223372036 seconds) is a ValueError naming the file and the line; a separator ending a
+    line (an empty fifth field) ends it, and blank lines are skipped.
 
     >>> log = load_movielens("~/data/ml-100k")          # doctest: +SKIP
     >>> log.shape                                       # doctest: +SKIP
@@ -431,11 +432,54 @@ def load_movielens(path: str | os.PathLike[str], *, min_rating: float | None = N
                                     timestamp="timestamp", combine="last", weighting=weighting)
 
 
+def _u_data_lines(file: str):
+    """(number from 1, text) of the lines of a u.data file that np.loadtxt reads (not the
+    empty ones)."""
+    with open(file, encoding="utf-8-sig", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.rstrip("\r\n")
+            if text:
+                yield number, text
+
+
+def _u_data_line(file: str, row: int) -> int | None:
+    """The line number of np.loadtxt's row ``row`` of a u.data file."""
+    for position, (number, _) in enumerate(_u_data_lines(file)):
+        if position == row:
+            return number
+    return None
+
+
+def _first_bad_u_data_line(file: str) -> str | None:
+    """Why the first line of a u.data file that np.loadtxt cannot read is not u.data's, and
+    its number ("line N: ..."); None when each reads (NumPy's message stands then)."""
+    fields_per_line = None
+    with open(file, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return f"line {number} is not utf-8 text ({error.reason} at byte {error.start})"
+    for number, text in _u_data_lines(file):
+        fields = text.split("\t")
+        if not 3 <= len(fields) <= 4:
+            return f"line {number} has {len(fields)} fields"
+        if fields_per_line is not None and len(fields) != fields_per_line:
+            return f"line {number} has {len(fields)} fields, the lines before it {fields_per_line}"
+        fields_per_line = len(fields)
+        for field in fields:
+            try:
+                int(field)
+            except ValueError:
+                return f"line {number} holds {field[:40]!r}, not an integer"
+    return None
+
+
 def _folder(path) -> str:
     """``path`` (a str or os.PathLike, ``~`` expanded) of a folder: a TypeError for anything
     else, a ValueError for the path of a file (the ratings file itself, say)."""
     try:
-        folder = os.path.expanduser(os.fspath(path))
+        folder = os.path.expanduser(os.fsdecode(os.fspath(path)))  # bytes as recfuse.load
     except TypeError:
         raise TypeError(f"path must be a str or os.PathLike naming a MovieLens folder, got "
                         f"{type(path).__name__} {path!r:.60}") from None
@@ -446,6 +490,9 @@ def _folder(path) -> str:
 
 
 _MOVIELENS_HEADER = ["userId", "movieId", "rating", "timestamp"]  # ratings.csv's first line
+# The latest time (seconds since the epoch, either sign) that nanoseconds in int64 hold, as
+# Interactions keeps times.
+_LATEST_SECOND = np.iinfo(np.int64).max // 10**9
 
 
 def _read_ratings(file: str, separator: str, header: bool):
@@ -465,8 +512,12 @@ def _read_ratings(file: str, separator: str, header: bool):
     try:
         if separator == "::":  # the C parser takes one-character separators only
             with open(file, "rb") as handle:
-                data = io.BytesIO(handle.read().replace(b"::", b"\t"))
-            frame = pd.read_csv(data, sep="\t", names=names, dtype=dtypes)
+                content = handle.read()
+            if b"\t" in content:  # it would become a separator: a field too many or too few
+                line = content.count(b"\n", 0, content.index(b"\t")) + 1
+                raise ValueError(f"line {line} holds a tab, which ratings.dat's fields never do")
+            frame = pd.read_csv(io.BytesIO(content.replace(b"::", b"\t")), sep="\t",
+                                names=names, dtype=dtypes)
         else:
             if header:  # else a file without it loses its first rating, one in another order
                 with open(file, encoding="utf-8-sig") as handle:  # mixes users and movies
@@ -475,20 +526,29 @@ def _read_ratings(file: str, separator: str, header: bool):
                     raise ValueError(f"the first line is {found[:80]!r}")
             frame = pd.read_csv(file, sep=separator, names=names, header=None,
                                 skiprows=1 if header else 0, dtype=dtypes)  # checked above
+        def line(rows) -> str:  # of the first of the rows (pandas' numbers skip blank lines)
+            found = _line_of_row(file, int(rows[0]), separator, header)
+            return "?" if found is None else str(found)
+
         longer = np.flatnonzero(frame.pop("more").notna().to_numpy())
         if longer.size:  # a sixth field after the first line is pandas' "Expected 5 fields"
             raise ValueError(f"{longer.size} lines have more than four fields, e.g. line "
-                             f"{int(longer[0]) + 1 + header}")
+                             f"{line(longer)}")
         ratings = frame["rating"].to_numpy()
         unrated = np.flatnonzero(np.isnan(ratings))
         if unrated.size:
-            raise ValueError(f"{unrated.size} lines have no rating, e.g. line "
-                             f"{int(unrated[0]) + 1 + header}")
+            raise ValueError(f"{unrated.size} lines have no rating, e.g. line {line(unrated)}")
         beyond = np.flatnonzero(~(np.abs(ratings) <= np.finfo(np.float32).max))
         if beyond.size:
             raise ValueError(f"{beyond.size} ratings are not finite float32 numbers, e.g. "
-                             f"{ratings[beyond[0]]} on line {int(beyond[0]) + 1 + header}")
+                             f"{ratings[beyond[0]]} on line {line(beyond)}")
         frame["rating"] = ratings.astype(np.float32)
+        times = frame["timestamp"].to_numpy()
+        late = np.flatnonzero(np.abs(times) > _LATEST_SECOND)  # as times in nanoseconds
+        if late.size:
+            raise ValueError(f"{late.size} times are beyond ±{_LATEST_SECOND} seconds since "
+                             f"the epoch (milliseconds?), e.g. {times[late[0]]} on line "
+                             f"{line(late)}")
     except (OSError, ValueError, OverflowError) as error:  # pandas' parse errors: ValueErrors,
         # an id beyond int64: OverflowError
         detail = (f"a number beyond int64 ({error})" if isinstance(error, OverflowError)
@@ -506,23 +566,43 @@ def _read_ratings(file: str, separator: str, header: bool):
     return frame
 
 
+def _data_lines(file: str, separator: str, header: bool):
+    """(number from 1, text) of each line of a MovieLens ratings file that pandas reads as a
+    row: not the header, nor a blank line (empty, or spaces without a separator)."""
+    with open(file, encoding="utf-8-sig", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.rstrip("\r\n")
+            if (header and number == 1) or (not text.strip() and separator not in text):
+                continue
+            yield number, text
+
+
+def _line_of_row(file: str, row: int, separator: str, header: bool) -> int | None:
+    """The line number of pandas' row ``row`` of a MovieLens ratings file (None: unreadable)."""
+    try:
+        for position, (number, _) in enumerate(_data_lines(file, separator, header)):
+            if position == row:
+                return number
+    except OSError:
+        return None
+    return None
+
+
 def _first_unreadable_line(file: str, separator: str, header: bool) -> int | None:
     """The number (from 1, a header counted) of the first line of a MovieLens ratings file
     that is not four fields (int user, int movie, a rating, int time), to point a parse
     error at it; None when every line reads. Only called once the fast parser has failed."""
     try:
-        with open(file, encoding="utf-8-sig", errors="replace") as handle:
-            for number, line in enumerate(handle, start=1):
-                text = line.rstrip("\r\n")
-                if (header and number == 1) or not text.strip():  # pandas skips blank lines
-                    continue
-                fields = text.split(separator)
-                try:
-                    if len(fields) != 4:
-                        return number
-                    int(fields[0]), int(fields[1]), float(fields[2]), int(fields[3])
-                except ValueError:
+        for number, text in _data_lines(file, separator, header):
+            fields = text.split(separator)
+            if len(fields) == 5 and not fields[4]:  # a separator ending the line ends it
+                fields = fields[:4]
+            try:
+                if len(fields) != 4:
                     return number
+                int(fields[0]), int(fields[1]), float(fields[2]), int(fields[3])
+            except ValueError:
+                return number
     except OSError:
         return None
     return None
