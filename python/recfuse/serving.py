@@ -322,6 +322,7 @@ class _User(NamedTuple):
     weights: np.ndarray  # float64, aligned with items (summed per item)
     warm: bool  # the vector is not zero (a zero vector knows nothing: cold start)
     counts: np.ndarray | None = None  # ExplicitALS: ratings per item (weights: their sums)
+    updates: int = 0  # observe calls (replay groups) that updated it: seeds BPR's draws
 
 
 @dataclass(frozen=True)
@@ -606,8 +607,10 @@ class _Setting:
     constructor's too) is checked by ``check(value, name)``, so a bad value is refused where
     it is given rather than failing the requests that read it."""
 
-    def __init__(self, check: Callable[[Any, str], Any]):
+    def __init__(self, check: Callable[[Any, str], Any],
+                 then: Callable[[Any], None] | None = None):
         self._check = check
+        self._then = then  # called with the recommender after each assignment
 
     def __set_name__(self, owner, name: str) -> None:
         self._name, self._slot = name, "_" + name
@@ -617,6 +620,8 @@ class _Setting:
 
     def __set__(self, recommender, value) -> None:
         setattr(recommender, self._slot, self._check(value, self._name))
+        if self._then is not None:
+            self._then(recommender)
 
 
 class Recommender:
@@ -685,7 +690,8 @@ class Recommender:
     sgd_lr = _Setting(lambda value, name: None if value is None else  # type: ignore[assignment]
                       check.check_float(value, name, minimum=0, strict=True))
     max_pending_events = _Setting(  # type: ignore[assignment]
-        lambda value, name: check.check_int(value, name, minimum=0))
+        lambda value, name: check.check_int(value, name, minimum=0),
+        lambda recommender: recommender._trim_log_now())
 
     def __init__(self, retriever: Retriever, ranker: Ranker = None, candidates: Integer = 200,
                  k: Integer = 10, rerank: Rerank | None = None, *, unknown_items: str = "add",
@@ -1262,6 +1268,7 @@ class Recommender:
             assert last_calls is not None  # _replay_groups numbers every group's calls
             if len(groups) > 1:  # what can be checked for the whole replay, before any group
                 self._check_events(self._state, *events[:3], unknown_items, max_new_items)
+                self._updated_rows(self._state, *events[:3])  # the sums after every call
             for position, group in enumerate(groups):
                 self._apply(self._state, *group[:3], unknown_items, max_new_items)
                 if position == 0:  # numbers are used up by calls applied, not refused ones
@@ -1311,8 +1318,7 @@ class Recommender:
         """The logged events (oldest first, at most ``max_pending_events``); ``clear``
         empties the log (events observed afterwards are kept for the next retrain)."""
         clear = check.check_flag(clear, "clear")
-        with self._write_lock:
-            self._trim_log()  # max_pending_events may have been lowered since the last event
+        with self._write_lock:  # (the log is trimmed whenever max_pending_events is assigned)
             events = _concatenate(list(self._log))
             if clear:
                 self._log.clear()
@@ -1332,6 +1338,14 @@ class Recommender:
         # one new array each, in log order (a lone chunk copied the same way)
         self._log.append(_concatenate(chunks[::-1]))
         self._trim_log()
+
+    def _trim_log_now(self) -> None:
+        """``max_pending_events`` was assigned: the log trimmed to it at once, so that
+        ``info()`` and ``dropped_events`` follow (none yet in the constructor)."""
+        lock = getattr(self, "_write_lock", None)
+        if lock is not None:
+            with lock:
+                self._trim_log()
 
     def _trim_log(self) -> None:
         """Drop the oldest logged events beyond ``max_pending_events`` (writer lock held)."""
@@ -1381,15 +1395,11 @@ class Recommender:
                 raise ValueError(f"item id {int(unknown.max())} is beyond the items that may be "
                                  f"added (< {limit}: n_items + max_new_items)")
 
-    def _apply(self, state: _State, users, items, weights, unknown_items: str,
-               max_new_items: int) -> None:
-        """Fold events into ``state`` (writer lock held): compute everything, then publish.
-        ``unknown_items`` and ``max_new_items``: the settings as the caller read them."""
-        self._check_events(state, users, items, weights, unknown_items, max_new_items)
+    def _updated_rows(self, state: _State, users, items, weights) -> tuple[dict, dict]:
+        """Each user's row after the events (user -> (current _User, merged items, merged
+        weights, the events' items, their weights)) and, for ExplicitALS, each user's ratings
+        per item; the sums checked as the model takes them (writer lock held)."""
         model = state.model
-        n = model.n_items
-        beyond = items >= n
-        arrival = users, items, weights  # an added item's first users: in this order
         if users.size > 1:
             order = np.argsort(users, kind="stable")
             users, items, weights = users[order], items[order], weights[order]
@@ -1413,13 +1423,26 @@ class Recommender:
                                    np.ones(entry[3].size))[1] for user, entry in updated.items()}
             if model.item_vectors.dtype == np.float32:  # as fit: its solves would overflow
                 _check_ratings_fit(updated, counts, model.longest_ratings)
+        return updated, counts
+
+    def _apply(self, state: _State, users, items, weights, unknown_items: str,
+               max_new_items: int) -> None:
+        """Fold events into ``state`` (writer lock held): compute everything, then publish.
+        ``unknown_items`` and ``max_new_items``: the settings as the caller read them."""
+        self._check_events(state, users, items, weights, unknown_items, max_new_items)
+        model = state.model
+        n = model.n_items
+        beyond = items >= n
+        arrival = users, items, weights  # an added item's first users: in this order
+        updated, counts = self._updated_rows(state, users, items, weights)
         if model.kind == "als":
             vectors = self._als_fold_in(state, updated)
         elif model.kind == "explicit":
             vectors = self._explicit_fold_in(state, updated, counts)
-        else:
-            vectors = {user: self._sgd_fold_in(state, user, entry) for user, entry in
-                       updated.items()}
+        else:  # each setting read once for the call, as for every other setting
+            steps, lr = self.sgd_steps, self.sgd_lr
+            vectors = {user: self._sgd_fold_in(state, user, entry, steps, lr)
+                       for user, entry in updated.items()}
         # never published: a NaN vector would fail that user's every request
         check_trained("the fold-in", [vector for vector, _ in vectors.values()] +
                       [np.float64(offset) for _, offset in vectors.values()],
@@ -1427,7 +1450,8 @@ class Recommender:
                       f"{'' if self.sgd_lr is None else ', or sgd_lr too high'}; nothing was "
                       f"applied")
         new_users = {user: _User(vectors[user][0], vectors[user][1], entry[1], entry[2],
-                                 bool(vectors[user][0].any()), counts.get(user))
+                                 bool(vectors[user][0].any()), counts.get(user),
+                                 entry[0].updates + 1)
                      for user, entry in updated.items()}
         added = self._added_items(state, *arrival, new_users) if beyond.any() else None
         # publish: each user as one object, then the new item table as one object (and, for
@@ -1542,15 +1566,19 @@ class Recommender:
         return {user: (X[position], float(mean + own[position]) if own is not None else 0.0)
                 for position, user in enumerate(updated)}
 
-    def _sgd_fold_in(self, state: _State, user: int, entry) -> tuple[np.ndarray, float]:
-        """``sgd_steps`` SGD passes over this call's events of one user, items fixed:
-        SVD/SVD++: squared error of offset + p·q_i + b_i against the rating (the user bias
-        learns too when the model is biased); BPR: the pairwise loss against uniformly drawn
-        unseen items of the model. Events of items without a vector yet are left out."""
+    @staticmethod
+    def _sgd_fold_in(state: _State, user: int, entry, steps: int,
+                     lr: float | None) -> tuple[np.ndarray, float]:
+        """``steps`` SGD passes (``sgd_steps``, at ``sgd_lr``: None, the model's lr) over
+        this call's events of one user, items fixed: SVD/SVD++: squared error of offset +
+        p·q_i + b_i against the rating (the user bias learns too when the model is biased);
+        BPR: the pairwise loss against uniformly drawn unseen items of the model, drawn
+        afresh for each of the user's updates (seeded by the user and its update count, so
+        that a replay of the log draws them again). Events of items without a vector yet
+        are left out."""
         model = state.model
         trained = model.model
         current, merged_items, _, items, weights = entry
-        lr = self.sgd_lr
         lr = trained.lr if lr is None else lr
         reg = trained.reg
         vector = current.vector.astype(np.float64)
@@ -1565,14 +1593,14 @@ class Recommender:
             base = items < model.n_items
             bias[base] = model.item_bias[items[base]]
             bias[~base] = _added_bias(state.new_items, items[~base])
-        rng = np.random.default_rng(user)
+        rng = np.random.default_rng((user, current.updates))
         biased = model.kind == "svd" and model.item_bias is not None
         if model.kind == "svd" and not biased:
             # unbiased: r̂ = q·p once the user is known (μ was only its cold users' estimate)
             offset = 0.0
         # a step that overflows gives inf/NaN, which _apply refuses: no warning here
         with np.errstate(over="ignore", invalid="ignore"):
-            for _ in range(self.sgd_steps):
+            for _ in range(steps):
                 for t in rng.permutation(items.size):
                     q = table[t]
                     if model.kind == "svd":
@@ -1732,8 +1760,13 @@ class Recommender:
         system[np.diag_indices_from(system)] += als.regularization
         if not p.any():  # no positive: the exact solution is zero, as in fit
             return np.zeros(X.shape[1])
-        if als.regularization > 0:  # positive definite
-            return np.linalg.solve(system, X.T @ (c * p))
+        if als.regularization > 0:  # positive definite, unless rounding says otherwise
+            try:
+                return np.linalg.solve(system, X.T @ (c * p))
+            except np.linalg.LinAlgError:  # weights so large that λ is lost in rounding
+                raise ValueError(f"the events' weights of added item {item} are too large to "
+                                 f"solve its vector (its system is singular in float64); "
+                                 f"nothing was applied") from None
         # regularization 0: singular where the users' vectors span fewer dimensions than
         # the factors, which solve does not notice (it answers rounding noise): least norm
         return np.linalg.lstsq(system, X.T @ (c * p), rcond=None)[0]
