@@ -277,9 +277,13 @@ def test_raw_confidence_takes_negative_weights_as_confidence_without_preference(
 
 def _sgd_reference(model, vector, offset, item, rating, times, steps, n_items=NI):
     """``steps`` passes over ``times`` equal events (item, rating) from (vector, offset):
-    Funk SVD's update of the user with the items fixed, the model's lr and reg; the user
-    bias (offset - mu) learns when the model is biased."""
+    Funk SVD's update of the user with the items fixed, the model's rates of the user terms
+    (lr_pu, reg_pu for the vector; lr_bu, reg_bu for the bias, each lr and reg when not
+    given); the user bias (offset - mu) learns when the model is biased."""
     fitted = model._fitted
+    lr_pu, lr_bu = (model.rates.get(name) or model.lr for name in ("lr_pu", "lr_bu"))
+    reg_pu, reg_bu = (model.reg if model.rates.get(name) is None else model.rates[name]
+                      for name in ("reg_pu", "reg_bu"))
     q = np.asarray(fitted.item_factors[item], np.float64)
     mu = float(fitted.global_mean)
     b = float(fitted.item_bias[item]) if fitted.biased else 0.0
@@ -289,8 +293,8 @@ def _sgd_reference(model, vector, offset, item, rating, times, steps, n_items=NI
     for _ in range(steps * times):
         error = rating - (offset + p @ q + b)
         if fitted.biased:
-            offset += model.lr * (error - model.reg * (offset - mu))
-        p = p + model.lr * (error * q - model.reg * p)
+            offset += lr_bu * (error - reg_bu * (offset - mu))
+        p = p + lr_pu * (error * q - reg_pu * p)
     return p, offset
 
 
@@ -903,3 +907,18 @@ def test_bpr_fold_ins_draw_fresh_negatives_in_each_call(monkeypatch):
         rec.observe({"user": [user], "item": [item]})
     assert len(draws) == 10
     assert len(set(draws)) > 1, f"every call drew negative {draws[0]}"
+
+
+def test_an_svd_fold_in_takes_the_user_terms_own_rates():
+    """SVD's user fold-in used lr and reg for the vector and the bias alike, ignoring
+    lr_pu / reg_pu / lr_bu / reg_bu (an added item's solve used reg_qi / reg_bi)."""
+    users, items, ratings = RATINGS
+    model = recfuse.SVD(factors=D, epochs=5, random_state=0, lr_pu=0.02, reg_pu=0.3,
+                        lr_bu=0.001, reg_bu=0.0, dtype=np.float64).fit(users, items, ratings)
+    rec = _rec(model, sgd_steps=2)
+    start = _sgd_start(model, 3)
+    vector, offset = _sgd_reference(model, *start, 5, 4.0, 1, 2)
+    rec.observe({"user": [3], "item": [5], "weight": [4.0]})
+    entry = rec._state.users[3]
+    np.testing.assert_allclose(entry.vector, vector, rtol=1e-7, atol=1e-10)
+    assert entry.offset == pytest.approx(offset, rel=1e-9, abs=1e-12)

@@ -641,8 +641,9 @@ class Recommender:
     max_new_items : added item ids must be below ``n_items + max_new_items``
     new_item_users : how many first users of an added item set its vector (ALS, SVD, SVD++,
         ExplicitALS: the item's exact solve against them; BPR: the mean of their vectors)
-    sgd_steps, sgd_lr : SGD passes and step size of the fold-in of SVD/SVD++/BPR (the
-        model's ``lr`` when None)
+    sgd_steps, sgd_lr : SGD passes and step size of the fold-in of SVD/SVD++/BPR (when None,
+        the model's: SVD/SVD++ update the user's vector at ``lr_pu`` and bias at ``lr_bu``,
+        regularised by ``reg_pu`` and ``reg_bu``, each ``lr``/``reg`` unless set)
     max_pending_events : the event log keeps the newest this-many events
     num_threads : CPU threads per native call (0: all cores); None (default): 1 below
         ``SMALL_CATALOGUE`` items, where calls run side by side and a thread team's start
@@ -1579,8 +1580,13 @@ class Recommender:
         model = state.model
         trained = model.model
         current, merged_items, _, items, weights = entry
-        lr = trained.lr if lr is None else lr
-        reg = trained.reg
+        if model.kind == "svd":  # the user terms' own rates: lr_bu, lr_pu; reg_bu, reg_pu
+            rates, regs = trained._rate_tuples()
+            lr_bias, lr_vector = (rates[0], rates[2]) if lr is None else (lr, lr)
+            reg_bias, reg_vector = regs[0], regs[2]
+        else:
+            lr_bias = lr_vector = trained.lr if lr is None else lr
+            reg_bias = reg_vector = trained.reg
         vector = current.vector.astype(np.float64)
         offset = current.offset
         # as in the ALS fold-in: items without a vector yet (added, still unfilled) are left
@@ -1606,8 +1612,8 @@ class Recommender:
                     if model.kind == "svd":
                         error = weights[t] - (offset + vector @ q + bias[t])
                         if biased:
-                            offset += lr * (error - reg * (offset - model.global_mean))
-                        vector += lr * (error * q - reg * vector)
+                            offset += lr_bias * (error - reg_bias * (offset - model.global_mean))
+                        vector += lr_vector * (error * q - reg_vector * vector)
                     else:
                         negative = _unseen_item(rng, model.n_items, merged_items)
                         if negative < 0:
@@ -1616,7 +1622,7 @@ class Recommender:
                         b_neg = 0.0 if model.item_bias is None else float(model.item_bias[negative])
                         x = vector @ (q - q_neg) + bias[t] - b_neg
                         gradient = 1.0 / (1.0 + np.exp(x))
-                        vector += lr * (gradient * (q - q_neg) - reg * vector)
+                        vector += lr_vector * (gradient * (q - q_neg) - reg_vector * vector)
             return vector.astype(model.item_vectors.dtype), float(offset)
 
     def _added_items(self, state: _State, users, items, weights,
