@@ -256,7 +256,8 @@ class MLPScorer:
 
     def score(self, inputs: ArrayLike, *, num_threads: Integer = 0) -> Any:
         """The score of each row of ``inputs`` (n, input_width) (or one row (input_width,))."""
-        single = np.ndim(inputs) == 1
+        inputs = check.array_of(inputs, "inputs", "a 2-d array of real numbers")
+        single = inputs.ndim == 1
         X = _float_matrix(inputs, "inputs", columns=self.input_width, allow_1d=True)
         num_threads = check.check_threads(num_threads)
         scores = self._module.score(self._model, X, num_threads)
@@ -325,7 +326,8 @@ class MLPScorer:
     def _candidates(self, user_vectors, candidate_ids, item_table, user_features,
                     item_features, candidate_features):
         """(Candidates, form, dense shape) after checking every argument."""
-        single_user = np.ndim(user_vectors) == 1
+        user_vectors = check.array_of(user_vectors, "user_vectors", "a 2-d array of real numbers")
+        single_user = user_vectors.ndim == 1
         U = _float_matrix(user_vectors, "user_vectors", allow_1d=True)
         users = U.shape[0]
         indptr, ids, form, shape = _candidate_lists(candidate_ids, users, single_user)
@@ -360,7 +362,8 @@ class MLPScorer:
         candidate_block = None
         candidate_width = 0
         if candidate_features is not None:
-            features = np.asarray(candidate_features)
+            features = check.array_of(candidate_features, "candidate_features",
+                                      "an array of real numbers")
             if form == "dense" and features.ndim == 3:
                 if features.shape[:2] != shape:
                     raise ValueError(f"candidate_features as a 3-d array must have shape "
@@ -393,7 +396,7 @@ def _float_matrix(value, name: str, *, columns: int | None = None, rows: int | N
                   rows_of: str = "", allow_1d: bool = False, finite: bool = True) -> np.ndarray:
     """A float32 C-contiguous 2-d array (a copy only when the input is not one), checked to
     be finite unless ``finite=False`` (tables read only at the candidates' rows)."""
-    array = np.asarray(value)
+    array = check.array_of(value, name, "a 2-d array of real numbers")
     if array.dtype.kind not in "fiu" or array.dtype.kind == "b":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     if array.ndim == 1 and allow_1d:
@@ -482,24 +485,26 @@ def _check_layers(layers) -> list[tuple[np.ndarray, np.ndarray | None, str]]:
         if not isinstance(layer, (tuple, list)) or len(layer) != 3:
             raise TypeError(f"{name} must be a (weight, bias, activation) triple, got {layer!r:.80}")
         weight, bias, activation = layer
-        W = np.asarray(weight)
+        W = check.array_of(weight, f"{name} weight", "a 2-d real array (out, in)")
         if W.dtype.kind not in "fiu" or W.ndim != 2 or 0 in W.shape:
             raise ValueError(f"{name} weight must be a non-empty 2-d real array (out, in), got "
                              f"dtype {W.dtype} shape {W.shape}")
-        W = np.array(W, dtype=np.float32, order="C")  # a copy (see above)
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
+            W = np.array(W, dtype=np.float32, order="C")  # a copy (see above)
         if not np.isfinite(W).all():
             raise ValueError(f"{name} weight must be finite, got {int((~np.isfinite(W)).sum())} "
                              f"NaN/inf (after conversion to float32)")
         b = None
         if bias is not None:
-            b = np.asarray(bias)
+            b = check.array_of(bias, f"{name} bias", "a 1-d real array")
             if b.dtype.kind not in "fiu" or b.shape != (W.shape[0],):
                 raise ValueError(f"{name} bias must be a real array of shape ({W.shape[0]},), "
                                  f"got dtype {b.dtype} shape {b.shape}")
-            b = np.array(b, dtype=np.float32, order="C")  # a copy
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
+                b = np.array(b, dtype=np.float32, order="C")  # a copy
             if not np.isfinite(b).all():
                 raise ValueError(f"{name} bias must be finite, got NaN/inf")
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise ValueError(f"{name} activation must be one of {ACTIVATIONS}, got {activation!r}")
         if checked and checked[-1][0].shape[0] != W.shape[1]:
             raise ValueError(f"{name} takes {W.shape[1]} inputs but layers[{position - 1}] gives "

@@ -195,7 +195,6 @@ def rank_candidates(call: Candidates, scores, k: int, precision: str, score_floa
     top_scores = np.full((users, k), -np.inf, dtype=np.float32)
     want = np.full(users, max(2 * k, reference.MLP_RESCORE_MIN_BAND), dtype=np.int64)
     pending = np.arange(users)
-    id_span = int(ids_all.max(initial=0)) + 1  # (owner, id) pairs as one int64 key
     while pending.size:  # a round: every pending user's band, rescored in one call
         positions, sizes = _bands(indptr, ids_all, rough, pending, want[pending])
         sub_call = _subset(call, pending, positions, sizes)
@@ -206,8 +205,7 @@ def rank_candidates(call: Candidates, scores, k: int, precision: str, score_floa
         # order), each id at its first (best) place.
         kept = np.flatnonzero(exact > -np.inf)
         ranked = kept[np.lexsort((ids_all[positions[kept]], -exact[kept], owner[kept]))]
-        pair = owner[ranked] * id_span + ids_all[positions[ranked]]
-        ranked = ranked[reference.first_occurrences(pair)]
+        ranked = ranked[_first_pairs(owner[ranked], ids_all[positions[ranked]])]
         rank = np.arange(ranked.size) - np.searchsorted(owner[ranked], owner[ranked])
         top, top_rank = ranked[rank < k], rank[rank < k]
         counts = np.bincount(owner[top], minlength=pending.size)
@@ -300,3 +298,14 @@ def _subset(call: Candidates, users, positions, sizes) -> Candidates:
         indptr=indptr, ids=call.ids[positions],
         user_blocks=[np.ascontiguousarray(b[users]) for b in call.user_blocks],
         candidate_block=None if block is None else np.ascontiguousarray(block[positions]))
+
+
+def _first_pairs(owners: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The sorted positions of each distinct (owner, id) pair's first occurrence: as
+    ``reference.first_occurrences`` of one key per pair, but without forming owner * span +
+    id, which wraps in int64 for ids near 2**63 / users (then users collided)."""
+    order = np.lexsort((np.arange(owners.size), ids, owners))
+    sorted_owners, sorted_ids = owners[order], ids[order]
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = (sorted_owners[1:] != sorted_owners[:-1]) | (sorted_ids[1:] != sorted_ids[:-1])
+    return np.sort(order[first])
