@@ -1152,6 +1152,7 @@ class Interactions:
                     item_ids: IdMap | None = None) -> "Interactions":
         """Wrap a copy of a users x items sparse matrix (ids 0..n-1 unless maps are
         given)."""
+        given = matrix
         matrix = check.check_csr(sp.csr_matrix(check.to_csr(matrix, "matrix"))
                                  if sp.issparse(matrix) else matrix,
                                  "matrix", dtype=np.float32)
@@ -1164,10 +1165,12 @@ class Interactions:
         if len(user_ids) != rows or len(item_ids) != cols:
             raise ValueError(f"id maps of {len(user_ids)} users and {len(item_ids)} items do "
                              f"not fit a matrix of shape {matrix.shape}")
-        # copies: the caller's matrix may share its arrays (float32 with int32 indices), and
-        # an Interactions never changes
-        return cls(user_ids, item_ids, np.array(matrix.indptr, dtype=np.int64),
-                   np.array(matrix.indices, dtype=np.int32), np.array(matrix.data),
+        # copies of what the caller's CSR matrix shares with it (float32 with int32
+        # indices: every array), as an Interactions never changes; the rest is already new
+        if given.format == "csr":
+            matrix = check.unshared_csr(matrix, given)
+        return cls(user_ids, item_ids, np.asarray(matrix.indptr, dtype=np.int64),
+                   np.asarray(matrix.indices, dtype=np.int32), matrix.data,
                    np.ones(matrix.nnz, np.int32))
 
     @classmethod
