@@ -145,9 +145,7 @@ def test_an_oversized_openmp_default_does_not_crash_the_native_calls():
         "import os\n"
         "assert 1 <= default_thread_count() <= (os.cpu_count() or 1), default_thread_count()\n"
         "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="100000"))
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    _child_prints_ok(code, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="100000"))
 
 
 @pytest.mark.parametrize("make", [lambda b: recfuse.ALS(backend=b),
@@ -347,9 +345,7 @@ def test_calls_given_one_thread_start_no_thread_team():
         "    os._exit(1 if _core.forked_after_threads() else 0)\n"
         "assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, 'a team was started'\n"
         "print('ok')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=240)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    _child_prints_ok(code, timeout=240)
 
 
 def test_the_largest_thread_count_accepted_does_not_crash_the_interpreter():
@@ -366,6 +362,11 @@ def test_the_largest_thread_count_accepted_does_not_crash_the_interpreter():
             "m = sp.random(40, 30, density=0.2, format='csr', random_state=0, dtype=np.float32)\n"
             "recfuse.ALS(factors=4, iterations=1, num_threads=65536).fit(m)\n"
             "print('ok')\n")
+    _child_prints_ok(code, timeout=300)
+
+
+def _child_prints_ok(code: str, timeout: float, env: dict | None = None) -> None:
+    """Run ``code`` in a new interpreter, which must exit 0 having printed "ok"."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=timeout, env=env)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
