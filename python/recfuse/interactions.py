@@ -221,7 +221,11 @@ class IdMap:
         known = self._ids
         if isinstance(known, np.ndarray) and known.dtype.kind in "iuf" and \
                 uniques.dtype != known.dtype:
-            uniques = _exactly_as(uniques, known.dtype)  # else NumPy promotes, e.g. to float64
+            wider = _integers_holding(known, uniques)
+            if wider is not None:  # an int32 map given 2**40: both as a dtype holding both
+                known, uniques = known.astype(wider), uniques.astype(wider)
+            else:
+                uniques = _exactly_as(uniques, known.dtype)  # else NumPy promotes, to float64
         return IdMap._distinct(np.concatenate([known, uniques]))
 
     def _lookup(self, values: np.ndarray) -> np.ndarray:
@@ -274,7 +278,9 @@ def _as_id_array(values) -> np.ndarray:
 
 def _id_kind(values: np.ndarray) -> str:
     kind = values.dtype.kind
-    if kind in "iub":
+    if kind == "b":  # True == 1: never mixed with integer ids
+        return "boolean"
+    if kind in "iu":
         return "integer"
     if kind == "f":
         return "floating"
@@ -295,6 +301,20 @@ def _same_kind(known: str, values: np.ndarray) -> bool:
     return ka == kb or "empty" in (ka, kb) or {ka, kb} <= {"integer", "floating"}
 
 
+def _integers_holding(known: np.ndarray, new: np.ndarray) -> np.dtype | None:
+    """The first of ``known``'s dtype, int64 and uint64 that holds every id of two integer
+    arrays exactly (as reading all their events at once would type them); None when they
+    are not both integer arrays, or no integer dtype holds them all (-1 and 2**64 - 1)."""
+    if known.dtype.kind not in "iu" or new.dtype.kind not in "iu":
+        return None
+    low = min(int(known.min(initial=0)), int(new.min(initial=0)))
+    high = max(int(known.max(initial=0)), int(new.max(initial=0)))
+    for dtype in (known.dtype, np.dtype(np.int64), np.dtype(np.uint64)):
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
+            return dtype
+    return None
+
+
 def _exactly_as(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Numeric ids as ``dtype`` (a map's), refused when one would not keep its value: the
     existing ids must never change (uint64 and int64 ids together would become float64)."""
@@ -306,9 +326,11 @@ def _exactly_as(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return cast
 
 
-def _check_same_kind(known: str, new: np.ndarray) -> None:
+def _check_same_kind(known: str, new: np.ndarray, name: str = "") -> None:
+    """Refuse new ids (of the column ``name``, when given) of another kind than a map's."""
     if not _same_kind(known, new):
-        raise TypeError(f"new ids are {_id_kind(new)} but the map holds {known} ids; "
+        what = f"{name}: new ids" if name else "new ids"  # from_events adds the column
+        raise TypeError(f"{what} are {_id_kind(new)} but the map holds {known} ids; "
                         "one id column must hold one type")
 
 
@@ -1090,13 +1112,13 @@ class Interactions:
                                 f"(a list, an array, a Series), got {type(column).__name__} "
                                 f"{column!r:.40}")
         n = len(columns["user"])
-        if n == 0:
-            raise ValueError("the event log is empty: no events to build interactions from")
         lengths = {f"{name}s": len(column) for name, column in columns.items()
                    if column is not None and name != "user"}
         if any(length != n for length in lengths.values()):
             raise ValueError(f"every column needs one value per event: users has {n}, "
                              f"{', '.join(f'{k} has {v}' for k, v in lengths.items())}")
+        if n == 0:
+            raise _EmptyLog("the event log is empty: no events to build interactions from")
         weights = columns.pop("weight")
         values = None if weights is None else _numeric(weights, "weights")
         del weights
@@ -1216,11 +1238,17 @@ class Interactions:
                 options["reference_time"] = np.datetime64(self._settings["reference_time"], "ns")
         if source is None:
             _check_added_arrays(columns_or_arrays)
-        options.update(columns_or_arrays)
-        if source is not None:
-            new = Interactions.from_events(source, **options)
         else:
-            new = Interactions.from_arrays(options.pop("users"), options.pop("items"), **options)
+            _check_added_columns(columns_or_arrays)
+        options.update(columns_or_arrays)
+        try:
+            if source is not None:
+                new = Interactions.from_events(source, **options)
+            else:
+                new = Interactions.from_arrays(options.pop("users"), options.pop("items"),
+                                               **options)
+        except _EmptyLog:  # no new events: these pairs, as they are
+            return self
         values = self._values
         settings = dict(self._settings)
         if settings["half_life"] is not None and not settings["fixed_reference"]:
@@ -1303,12 +1331,15 @@ class Interactions:
 
     @property
     def matrix(self) -> sp.csr_matrix:
-        """Users x items CSR, float32, weighted; explicit zeros are kept. Read-only: without
-        a weighting it shares its values with these Interactions (copy it to modify it)."""
+        """Users x items CSR, float32, weighted; explicit zeros are kept. Read-only: it
+        shares its arrays with these Interactions (copy it to modify it); its values are
+        read-only arrays, its index arrays are not (implicit's kernels, which users hand it
+        to, take only writable buffers)."""
         if self._matrix is None:
             data = _weigh(self, self._settings["weighting"], self._settings["weighting_options"])
             data = data.astype(np.float32, copy=False).view()
             data.flags.writeable = False
+            # the index arrays stay writable: implicit's kernels take only writable buffers
             self._matrix = sp.csr_matrix((data, self._indices, self._indptr), shape=self.shape)
         return self._matrix
 
@@ -1316,7 +1347,9 @@ class Interactions:
     def transpose(self) -> sp.csr_matrix:
         """Items x users CSR, float32 (the transpose of ``matrix``)."""
         if self._transpose is None:
-            self._transpose = self.matrix.T.tocsr()
+            transpose = self.matrix.T.tocsr()
+            transpose.data.flags.writeable = False  # cached for every later call, as matrix
+            self._transpose = transpose
         return self._transpose
 
     def to_frame(self) -> pandas.DataFrame:
@@ -1362,6 +1395,7 @@ class Interactions:
         users and items left without pairs from the id maps (the rest keep their order)."""
         min_user_count = check.check_int(min_user_count, "min_user_count", minimum=1)
         min_item_count = check.check_int(min_item_count, "min_item_count", minimum=1)
+        compact = check.check_flag(compact, "compact")
         keep = self._pair_mask(min_user_count, min_item_count)
         result = self.subset(keep)
         return result._compact() if compact else result
@@ -1370,6 +1404,7 @@ class Interactions:
         """The largest subset in which every user and every item has at least ``k`` pairs
         (filters repeated until nothing changes)."""
         k = check.check_int(k, "k", minimum=1)
+        compact = check.check_flag(compact, "compact")
         current = self
         while True:
             keep = current._pair_mask(k, k)
@@ -1562,13 +1597,31 @@ def _map_ids(values, id_map: IdMap | None, name: str, extend: bool) -> tuple[IdM
         raise TypeError(f"{name} id map must be an IdMap, got {type(id_map).__name__}")
     _, uniques = _factorize(values, name)  # the same checks: missing values, mixed types
     if len(id_map):
-        _check_same_kind(id_map.kind, uniques)
+        _check_same_kind(id_map.kind, uniques, name)
     extended = id_map.extend(uniques) if extend else id_map
     array = values.to_numpy() if hasattr(values, "to_numpy") else np.asarray(values)
     return extended, extended._lookup(array).astype(np.int32)
 
 
 ADDED_ARRAYS = ("users", "items", "weights", "timestamps", "events")  # add() without a source
+
+
+class _EmptyLog(ValueError):
+    """An event log of no events: from_events refuses it, add() of none returns the log."""
+
+
+ADDED_COLUMNS = ("user", "item", "weight", "timestamp", "event", "read_options")
+
+
+def _check_added_columns(columns: dict) -> None:
+    """``add(source, ...)``: the names of the source's columns (and read_options); the
+    settings (combine, weighting, half_life, id maps, ...) are the log's own, and were
+    applied to the new events only."""
+    settings = sorted(set(columns) - set(ADDED_COLUMNS))
+    if settings:
+        raise TypeError(f"add() takes the source's column names ({', '.join(ADDED_COLUMNS)}) "
+                        f"and keeps the log's own settings; got {settings} (to change them, "
+                        f"build a new log with from_events, or use weighted())")
 
 
 def _check_added_arrays(arrays: dict) -> None:
