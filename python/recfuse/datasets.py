@@ -228,7 +228,7 @@ def synthetic_explicit(
     >>> m.shape, m.nnz, float(m.data.min()) >= 1, float(m.data.max()) <= 5
     ((100, 50), 1000, True, True)
     """
-    from . import _core
+    from .interactions import group_events
 
     n_users, n_items, n_ratings = _sizes(n_users, n_items, n_ratings, "n_ratings")
     factors = check.check_int(factors, "factors", minimum=1)
@@ -247,8 +247,8 @@ def synthetic_explicit(
         draws = int((target - users.size) * 1.1) + 16
         users = np.concatenate([users, _draw(rng, user_p, draws, shuffle=False)])
         items = np.concatenate([items, _draw(rng, item_p, draws)])
-        indptr, indices, _, _, _ = _core.group_events(users, items, n_users=n_users,
-                                                      n_items=n_items, combine="count")
+        indptr, indices, _, _, _ = group_events(users, items, n_users=n_users,
+                                                n_items=n_items, combine="count")
         users = np.repeat(np.arange(n_users, dtype=np.int32), np.diff(indptr))
         items = indices
     if users.size > target:  # drop a random surplus
@@ -501,8 +501,9 @@ def _read_ratings(file: str, separator: str, header: bool):
     naming it."""
     import io
 
-    import pandas as pd
+    from .interactions import _pandas
 
+    pd = _pandas("load_movielens")
     names = ["user", "item", "rating", "timestamp", "more"]  # more: a fifth field, refused
     # ratings read as float64: a value beyond float32 is refused below, not cast to inf
     dtypes = {"user": np.int64, "item": np.int64, "rating": np.float64, "timestamp": np.int64}

@@ -46,6 +46,29 @@ UNKNOWN = ("extend", "drop", "raise")
 _NS_PER_SECOND = 1_000_000_000
 
 
+def group_events(users, items, values=None, times=None, multiplicity=None, *, n_users: int,
+                 n_items: int, combine: str = "sum"):
+    """``reference_data.group_events`` (indptr int64, indices int32, values float32, counts
+    int32, times int64 or None): natively where the module is there, else by the NumPy
+    definition itself (values cast to float32 alike: a sum beyond it is inf)."""
+    arrays = (np.ascontiguousarray(users, dtype=np.int32),
+              np.ascontiguousarray(items, dtype=np.int32),
+              None if values is None else np.ascontiguousarray(values, dtype=np.float64),
+              None if times is None else np.ascontiguousarray(times, dtype=np.int64),
+              None if multiplicity is None else np.ascontiguousarray(multiplicity, np.int64))
+    if check._native_usable():
+        from . import _core
+
+        return _core.group_events(*arrays, n_users=n_users, n_items=n_items, combine=combine)
+    from . import reference_data
+
+    indptr, indices, combined, counts, pair_times = reference_data.group_events(
+        *arrays, n_users=n_users, n_items=n_items, combine=combine)
+    with np.errstate(over="ignore"):
+        combined = combined.astype(np.float32)
+    return indptr, indices.astype(np.int32), combined, counts.astype(np.int32), pair_times
+
+
 def _pandas(purpose: str):
     try:
         import pandas
@@ -291,8 +314,29 @@ def _id_kind(values: np.ndarray) -> str:
     if kind == "O":
         if values.size == 0:
             return "empty"
-        return _pandas("object ids").api.types.infer_dtype(values, skipna=False)
+        pandas = _optional_pandas()
+        if pandas is not None:
+            return pandas.api.types.infer_dtype(values, skipna=False)
+        return _object_kind(values)
     return kind
+
+
+def _object_kind(values: np.ndarray) -> str:
+    """pandas' ``infer_dtype`` name of an object array of ids, for the kinds ids come in
+    (without pandas: Arrow string ids come as Python objects)."""
+    def kind_of(value) -> str:
+        if isinstance(value, (bool, np.bool_)):
+            return "boolean"
+        for kind, types in (("string", str), ("bytes", bytes), ("integer", numbers.Integral),
+                            ("floating", numbers.Real)):
+            if isinstance(value, types):
+                return kind
+        return "mixed"
+
+    kinds = {kind_of(value) for value in values.tolist()}
+    if len(kinds) == 1:
+        return kinds.pop()
+    return "mixed-integer-float" if kinds == {"integer", "floating"} else "mixed"
 
 
 def _same_kind(known: str, values: np.ndarray) -> bool:
@@ -478,13 +522,18 @@ def _factorize_arrow_strings(chunked, name: str):
     the GIL released)."""
     import pyarrow as pa
 
-    from . import _core
-
     if chunked.null_count:
         raise ValueError(f"{name} has {chunked.null_count} missing values (None/NaN); every "
                          "event needs one")
     if pa.types.is_dictionary(chunked.type):
         return _factorize_arrow_dictionary(chunked, name)
+    if not check._native_usable():  # Python objects, sorted by NumPy (no pandas needed)
+        ids, codes = np.unique(np.asarray(chunked.to_pylist(), dtype=object),
+                               return_inverse=True)
+        return codes.astype(np.int32), pa.chunked_array([pa.array(ids.tolist(),
+                                                                  type=chunked.type)])
+    from . import _core
+
     large = pa.types.is_large_string(chunked.type) or pa.types.is_large_binary(chunked.type)
     offsets, data = [], []
     for chunk in chunked.chunks:
@@ -1197,15 +1246,9 @@ class Interactions:
 
     @classmethod
     def _grouped(cls, user_map, item_map, users, items, values, times, multiplicity, settings):
-        from . import _core
-
-        indptr, indices, combined, counts, pair_times = _core.group_events(
-            np.ascontiguousarray(users, dtype=np.int32),
-            np.ascontiguousarray(items, dtype=np.int32),
-            None if values is None else np.ascontiguousarray(values, dtype=np.float64),
-            None if times is None else np.ascontiguousarray(times, dtype=np.int64),
-            None if multiplicity is None else np.ascontiguousarray(multiplicity, np.int64),
-            n_users=len(user_map), n_items=len(item_map), combine=settings["combine"])
+        indptr, indices, combined, counts, pair_times = group_events(
+            users, items, values, times, multiplicity, n_users=len(user_map),
+            n_items=len(item_map), combine=settings["combine"])
         if not check.all_finite(combined):  # finite weights, or their sum, beyond float32
             pair = int(np.flatnonzero(~np.isfinite(combined))[0])
             user = user_map.ids[int(np.searchsorted(indptr, pair, side="right")) - 1]

@@ -30,6 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _validation as check
+from . import reference_data
 from .interactions import Interactions
 from .reference_data import RANKING_COLUMNS
 
@@ -137,8 +138,6 @@ def ranking_metrics(recommended: ArrayLike, test: SparseMatrix | Interactions,
     >>> result["precision"], result["hit_rate"]
     (0.3333333333333333, 0.5)
     """
-    from . import _core
-
     num_threads = check.check_threads(num_threads)
     per_user = check.check_flag(per_user, "per_user")
     test = _csr(test, "test")
@@ -156,11 +155,15 @@ def ranking_metrics(recommended: ArrayLike, test: SparseMatrix | Interactions,
                          f"users {rows[np.diff(test.indptr)[rows] == 0][:5].tolist()} have none")
     _check_ids_in_range(ids, test.shape[1])
     _check_no_repeats(ids)
-    table = _core.ranking_metrics(np.ascontiguousarray(ids, dtype=np.int64),
-                                  np.ascontiguousarray(rows, dtype=np.int64),
-                                  np.ascontiguousarray(test.indptr, dtype=np.int64),
-                                  np.ascontiguousarray(test.indices, dtype=np.int32),
-                                  n_items=test.shape[1], num_threads=num_threads)
+    arrays = (np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(rows, dtype=np.int64),
+              np.ascontiguousarray(test.indptr, dtype=np.int64),
+              np.ascontiguousarray(test.indices, dtype=np.int32))
+    if check._native_usable():
+        from . import _core
+
+        table = _core.ranking_metrics(*arrays, n_items=test.shape[1], num_threads=num_threads)
+    else:  # the NumPy definition itself
+        table = reference_data.ranking_metrics(*arrays, n_items=test.shape[1])
     return _aggregate(table, per_user)
 
 
@@ -273,8 +276,6 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
     row in ``item_vectors`` is refused (ValueError): the lists and the table number the
     items differently; so is an id twice in a list. ``recommended`` is 2-d (lists x k);
     ``num_threads``: threads of the native computation (0: all cores)."""
-    from . import _core
-
     num_threads = check.check_threads(num_threads)
     vectors = check.array_of(item_vectors, "item_vectors", "an array of real numbers")
     if vectors.ndim != 2:
@@ -294,8 +295,14 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
         raise TypeError(f"recommended must hold item ids (integers), got dtype {ids.dtype}")
     _check_ids_in_range(ids, vectors.shape[0], "item_vectors' rows")
     _check_no_repeats(ids)  # a repeat would count as a pair of identical items
-    per_list = _core.intra_list_diversity(np.ascontiguousarray(ids, dtype=np.int64),
-                                          np.ascontiguousarray(vectors), num_threads=num_threads)
+    if check._native_usable():
+        from . import _core
+
+        per_list = _core.intra_list_diversity(np.ascontiguousarray(ids, dtype=np.int64),
+                                              np.ascontiguousarray(vectors),
+                                              num_threads=num_threads)
+    else:  # the NumPy definition itself
+        per_list = reference_data.intra_list_diversity(ids, vectors)
     finite = per_list[np.isfinite(per_list)]
     return float(finite.mean()) if finite.size else float("nan")
 

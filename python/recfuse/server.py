@@ -74,9 +74,10 @@ try:
     from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import Route
+    import uvicorn  # serve()'s: missing, it would fail only once the model is loaded
 except ImportError as error:  # pragma: no cover - exercised without the extra
-    raise ImportError('the HTTP server needs the serve extra: pip install "recfuse[serve]"') \
-        from error
+    raise ImportError(f'the HTTP server needs the serve extra ({error.name} is missing): '
+                      f'pip install "recfuse[serve]"') from error
 
 from . import _validation as check
 from .batching import MicroBatcher
@@ -874,8 +875,6 @@ def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000
     (a client that stops halfway through its request would hold the exit forever), then
     ``serve`` returns: the signal does not end the process afterwards (``recfuse serve``
     exits 0), unless a SIGTERM handler of the caller's own was in place (it is called)."""
-    import uvicorn
-
     shutdown_timeout = check.check_float(shutdown_timeout, "shutdown_timeout", minimum=0.0)
     app = create_app(recommender, model_path=model_path, ranker_path=ranker_path,
                      ranker_options=ranker_options, limits=limits, ids=ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -14,7 +15,12 @@ try:
     from .. import _core
 except ImportError as error:  # pragma: no cover - only when the package was not built
     _core = None
-    _IMPORT_ERROR = f"recfuse._core failed to import: {error}"
+    # Python names a missing module "cannot import name ... (most likely due to a circular
+    # import)": say what it is
+    _IMPORT_ERROR = ("recfuse._core was not built (no compiled module in the package: "
+                     "reinstall recfuse where a C++17 compiler is found)"
+                     if importlib.util.find_spec("recfuse._core") is None
+                     else f"recfuse._core failed to import: {error}")
 else:
     _IMPORT_ERROR = ""
 

@@ -36,6 +36,8 @@ _CHOLESKY_THREADS = 128
 def availability() -> tuple[bool, str]:
     try:
         import cupy
+    except ModuleNotFoundError:
+        return False, "cupy is not installed (pip install 'recfuse[gpu]')"
     except Exception as error:  # noqa: BLE001 - ImportError or a broken CUDA install
         return False, f"cupy is not importable: {error}"
     try:

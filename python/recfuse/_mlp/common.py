@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import reference
+from .._validation import _native_usable
 from . import Candidates
 
 PANEL = 32  # item parts are padded like the native kernel's (recfuse._core part_width)
@@ -164,6 +165,10 @@ def rank_scores(indptr, ids, scores, k: int):
     """Per-user top-k of given float32 scores (host arrays): the reference's full sort
     (``reference.mlp_rank_scores``), run natively over users (the reference's loop took 20
     ms of host time for 64 users x 1,000 candidates, against 0.6 ms on a GPU to score them)."""
+    if not _native_usable():  # the reference's own loop (the numba and numpy backends
+        # work without the native module)
+        top_ids, top_scores = reference.mlp_rank_scores(indptr, ids, scores, k)
+        return top_ids, top_scores.astype(np.float32)
     from .. import _core
 
     return _core.mlp_rank_scores(np.ascontiguousarray(indptr, dtype=np.int64),

@@ -28,7 +28,11 @@ import os
 from dataclasses import dataclass, replace
 
 import numpy as np
-import pandas as pd
+
+try:  # the distributed and spark extras bring it; fit says so (_require_dask, ...)
+    import pandas as pd
+except ImportError:  # pragma: no cover - exercised without the extras
+    pd = None
 import scipy.sparse as sp
 
 from .. import _validation as check

@@ -29,6 +29,7 @@ def _require_dask():
     try:
         import dask.dataframe as dd
         import distributed
+        import pandas  # noqa: F401 - the blocks' (dask brings it, but as an option)
     except ImportError as error:  # pragma: no cover - exercised only without the extra
         raise ImportError("DaskALS needs dask and distributed: "
                           "pip install 'recfuse[distributed]'") from error

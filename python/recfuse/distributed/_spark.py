@@ -8,7 +8,11 @@ import secrets
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import pandas as pd
+
+try:  # the distributed and spark extras bring it; fit says so (_require_dask, ...)
+    import pandas as pd
+except ImportError:  # pragma: no cover - exercised without the extras
+    pd = None
 
 from . import _blocks
 from ..models.als import warn_failed_systems
@@ -26,6 +30,7 @@ SOLVED_SCHEMA = "block int, payload binary, failed long"
 
 def _require_spark():
     try:
+        import pandas  # noqa: F401 - the blocks' (and mapInPandas')
         from pyspark.sql import DataFrame, functions
     except ImportError as error:  # pragma: no cover - exercised only without the extra
         raise ImportError("SparkALS needs pyspark: pip install 'recfuse[spark]'") from error
