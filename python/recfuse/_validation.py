@@ -324,6 +324,12 @@ def array_of(value, name: str, what: str = "an array") -> np.ndarray:
                          f"lengths)") from error
 
 
+def is_one_id(value, name: str) -> bool:
+    """Whether ``value`` is one id (0-d) rather than a sequence of them; a ragged nesting is
+    a ValueError naming ``name`` (NumPy's ``np.ndim`` would name none)."""
+    return array_of(value, name, "an array of integers").ndim == 0
+
+
 def int64_array(value, name: str) -> np.ndarray:
     """``value`` as a C-contiguous int64 array of its shape: integers only, none beyond int64
     (a uint64 id past it would wrap to a negative one; Python ints past it make an object

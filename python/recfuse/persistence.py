@@ -423,9 +423,12 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
             raise ValueError(f"{path!r}: the array {name!r} holds {array.dtype} values; a "
                              f"{model_name} file holds real numbers")
     _fall_back_from_unavailable_backend(path, params, overrides)
+    saved = dict(params)
     params.update(overrides)
     try:
-        return model_class._from_saved(params, arrays)
+        model = model_class._from_saved(params, arrays)
+        _refuse_fit_shaped_overrides(model, saved, overrides)
+        return model
     except KeyError as error:
         raise ValueError(f"{path!r} is missing the array {error}") from error
     except (TypeError, ValueError) as error:
@@ -435,6 +438,24 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
             raise
         raise ValueError(f"{path!r} holds a {model_name} that cannot be loaded: "
                          f"{error}") from error
+
+
+def _refuse_fit_shaped_overrides(model, saved: dict, overrides: dict) -> None:
+    """A ValueError naming each override of a parameter that shaped the saved fit
+    (``_fit_shaped``: factors, dtype, biased, ...) to another value than the file's: the
+    tables would be read as another model's (an SVD loaded with biased=False kept its biases
+    and dropped μ from every score), as ``set_params`` refuses on a fitted model."""
+    shaped = model._fit_shaped() if hasattr(model, "_fit_shaped") else {}
+    names = [name for name in shaped if name in overrides]
+    if not names:
+        return
+    as_saved = type(model)(**saved)  # the saved values, checked as the constructor checks
+    changed = [name for name in names if getattr(as_saved, name) != getattr(model, name)]
+    if changed:
+        made = "; ".join(f"{name} shaped the saved {shaped[name]}, made with "
+                         f"{name}={saved[name]!r}" for name in changed)
+        raise ValueError(f"cannot load with {', '.join(f'{n}={overrides[n]!r}' for n in changed)}: "
+                         f"{made}; refit a model with the new value instead")
 
 
 def load_folder(folder: PathLike, *, mmap: bool = False) -> tuple[Any, Interactions]:

@@ -452,7 +452,7 @@ class FactorRetrieval:
     def _similar(self, side: str, ids, k: Integer, name: str):
         self._require_fitted()
         index = self._cosine_index(side)
-        single = np.ndim(ids) == 0
+        single = check.is_one_id(ids, name)
         rows = check.check_ids(ids, name, index.shape[0])
         k = check.check_k(k)
         out_ids, out_scores = index.search(index.items[rows], k, num_threads=self.num_threads)

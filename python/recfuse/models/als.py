@@ -424,7 +424,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         if np.ndim(X) != 2 or np.shape(X)[1] != index.shape[1]:  # tables assigned by hand
             raise ValueError(f"user_factors and item_factors must have one number of columns "
                              f"(factors), got shapes {np.shape(X)} and {index.shape}")
-        single = np.ndim(user_ids) == 0
+        single = check.is_one_id(user_ids, "user_ids")
         ids = check.check_ids(user_ids, "user_ids", X.shape[0])
         k = check.check_k(k)
         filter_seen = check.check_flag(filter_seen, "filter_seen")

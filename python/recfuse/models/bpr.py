@@ -185,7 +185,7 @@ class BPR(EstimatorParams, FactorRetrieval):
                             f"to filter as user_items=")
         self._require_fitted()
         P, Q, bias, seen = self._tables()
-        single = np.ndim(user_ids) == 0
+        single = check.is_one_id(user_ids, "user_ids")
         ids = check.check_ids(user_ids, "user_ids", P.shape[0])
         k = check.check_k(k)
         filter_seen = check.check_flag(filter_seen, "filter_seen")

@@ -170,7 +170,7 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
         """
         state = self._require_fitted()
         clip = check.check_flag(clip, "clip")
-        single = np.ndim(users) == 0 and np.ndim(items) == 0
+        single = check.is_one_id(users, "users") and check.is_one_id(items, "items")
         u = check.check_ids(users, "users", None, allow_new=True)
         i = check.check_ids(items, "items", None, allow_new=True)
         if u.size != i.size:
@@ -191,7 +191,7 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
         are padded with -1 / -inf."""
         state = self._require_fitted()
         n_users, n_items = state.user_counts.size, state.item_counts.size
-        single = np.ndim(user_ids) == 0
+        single = check.is_one_id(user_ids, "user_ids")
         ids = check.check_ids(user_ids, "user_ids", n_users)
         k = check.check_k(k)
         filter_seen = check.check_flag(filter_seen, "filter_seen")
