@@ -24,7 +24,8 @@ values are taken in ``Y``'s dtype (integer values included: no confidence is tru
 
 ``solver="cholesky"`` solves exactly; a row whose system is not positive definite (with
 regularization 0 or negative values, or when its sums overflow the dtype) keeps its previous
-vector, and
+vector (the native kernels, when finite confidences add up past the dtype, leave NaN there
+instead, which a fit reports as a divergence; its input checks refuse such sums first), and
 ``als_half_sweep_counted`` reports how many did. ``solver="cg"`` runs ``cg_steps`` steps of
 conjugate gradient from the current ``x_u`` (the algorithm below, step for step), and
 stops early when the squared residual norm falls below ``CG_TOLERANCE``.
@@ -134,12 +135,17 @@ def als_half_sweep_counted(R, Y, X, *, regularization, alpha=1.0, confidence="li
     for u in range(R.shape[0]):
         A, b = _row_system(R, u, Y, G, dtype.type(regularization), dtype.type(alpha), confidence)
         if solver == "cholesky":
+            # NumPy's Cholesky raises on a matrix that is not positive definite, but not on
+            # inf or NaN entries (sums that overflowed the dtype): those rows fail too
             try:
-                lower = np.linalg.cholesky(A)
+                lower = np.linalg.cholesky(A) if np.isfinite(A).all() else None
             except np.linalg.LinAlgError:
+                lower = None
+            solved = None if lower is None else np.linalg.solve(lower.T, np.linalg.solve(lower, b))
+            if solved is None or not np.isfinite(solved).all():
                 failed += 1
                 continue
-            X[u] = np.linalg.solve(lower.T, np.linalg.solve(lower, b))
+            X[u] = solved
         elif solver == "cg":
             X[u] = conjugate_gradient(A, b, X[u], cg_steps)
         else:
