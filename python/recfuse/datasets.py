@@ -512,11 +512,12 @@ def _read_ratings(file: str, separator: str, header: bool):
                 + (f" under the header {','.join(_MOVIELENS_HEADER)}" if header else ""))
     try:
         if separator == "::":  # the C parser takes one-character separators only
-            with open(file, "rb") as handle:
-                content = handle.read()
+            with open(file, "rb") as binary:
+                content = binary.read()
             if b"\t" in content:  # it would become a separator: a field too many or too few
-                line = content.count(b"\n", 0, content.index(b"\t")) + 1
-                raise ValueError(f"line {line} holds a tab, which ratings.dat's fields never do")
+                tab_line = content.count(b"\n", 0, content.index(b"\t")) + 1
+                raise ValueError(f"line {tab_line} holds a tab, which ratings.dat's fields "
+                                 f"never do")
             frame = pd.read_csv(io.BytesIO(content.replace(b"::", b"\t")), sep="\t",
                                 names=names, dtype=dtypes)
         else:
@@ -527,29 +528,30 @@ def _read_ratings(file: str, separator: str, header: bool):
                     raise ValueError(f"the first line is {found[:80]!r}")
             frame = pd.read_csv(file, sep=separator, names=names, header=None,
                                 skiprows=1 if header else 0, dtype=dtypes)  # checked above
-        def line(rows) -> str:  # of the first of the rows (pandas' numbers skip blank lines)
-            found = _line_of_row(file, int(rows[0]), separator, header)
-            return "?" if found is None else str(found)
+
+        def line_of(rows) -> str:  # the first row's line (pandas' numbers skip blank lines)
+            number = _line_of_row(file, int(rows[0]), separator, header)
+            return "?" if number is None else str(number)
 
         longer = np.flatnonzero(frame.pop("more").notna().to_numpy())
         if longer.size:  # a sixth field after the first line is pandas' "Expected 5 fields"
             raise ValueError(f"{longer.size} lines have more than four fields, e.g. line "
-                             f"{line(longer)}")
+                             f"{line_of(longer)}")
         ratings = frame["rating"].to_numpy()
         unrated = np.flatnonzero(np.isnan(ratings))
         if unrated.size:
-            raise ValueError(f"{unrated.size} lines have no rating, e.g. line {line(unrated)}")
+            raise ValueError(f"{unrated.size} lines have no rating, e.g. line {line_of(unrated)}")
         beyond = np.flatnonzero(~(np.abs(ratings) <= np.finfo(np.float32).max))
         if beyond.size:
             raise ValueError(f"{beyond.size} ratings are not finite float32 numbers, e.g. "
-                             f"{ratings[beyond[0]]} on line {line(beyond)}")
+                             f"{ratings[beyond[0]]} on line {line_of(beyond)}")
         frame["rating"] = ratings.astype(np.float32)
         times = frame["timestamp"].to_numpy()
         late = np.flatnonzero(np.abs(times) > _LATEST_SECOND)  # as times in nanoseconds
         if late.size:
             raise ValueError(f"{late.size} times are beyond ±{_LATEST_SECOND} seconds since "
                              f"the epoch (milliseconds?), e.g. {times[late[0]]} on line "
-                             f"{line(late)}")
+                             f"{line_of(late)}")
     except (OSError, ValueError, OverflowError) as error:  # pandas' parse errors: ValueErrors,
         # an id beyond int64: OverflowError
         detail = (f"a number beyond int64 ({error})" if isinstance(error, OverflowError)
@@ -557,9 +559,9 @@ def _read_ratings(file: str, separator: str, header: bool):
         if isinstance(error, ValueError) and "line" not in detail:
             # pandas names the column ("Integer column has NA values in column 3": a short
             # line), or only the value ("invalid literal for int()"): find the line
-            line = _first_unreadable_line(file, separator, header)
-            if line is not None:
-                detail = f"{detail}, e.g. line {line}"
+            unreadable = _first_unreadable_line(file, separator, header)
+            if unreadable is not None:
+                detail = f"{detail}, e.g. line {unreadable}"
         raise ValueError(f"{file!r} is not a MovieLens ratings file (expected {expected}): "
                          f"{detail}") from None
     if frame.empty:
