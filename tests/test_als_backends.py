@@ -766,3 +766,26 @@ def test_padded_training_gives_the_unpadded_fit(solver, k, dtype):
         assert b.shape == a.shape and b.flags.c_contiguous
         tolerance = 1e-4 if dtype == np.float32 else 1e-9
         np.testing.assert_allclose(b, a, rtol=0, atol=tolerance * np.abs(a).max())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", backend_params())
+def test_a_cholesky_row_whose_sums_overflow_keeps_its_vector_on_every_backend(backend, dtype):
+    """Two finite confidences whose sum overflows the dtype (3e38 each in float32, 1e308 in
+    float64) made an inf pivot, which the native and numba kernels took as positive: the
+    row came back NaN. As the reference says, it keeps its previous vector and is counted;
+    the other row is solved as usual."""
+    big = 3e38 if dtype == np.float32 else 1e308
+    values = sp.csr_matrix(np.array([[big, big, 0], [1, 0, 1]]), dtype=dtype)
+    Y = np.array([[1, 0], [1, 0], [0, 1]], dtype=dtype)
+    X = np.full((2, 2), 0.5, dtype=dtype)
+    params = AlsParams(regularization=0.1, alpha=1.0, confidence="linear", solver="cholesky",
+                       cg_steps=3, num_threads=1)
+    with np.errstate(all="ignore"):
+        want, want_failed = reference.als_half_sweep_counted(values, Y, X, regularization=0.1,
+                                                             alpha=1.0, solver="cholesky")
+        failed = resolve_backend(backend).half_sweep(CsrArrays.from_scipy(values, dtype), Y, X,
+                                                     params)
+    assert failed == want_failed == 1
+    np.testing.assert_array_equal(X[0], np.full(2, 0.5, dtype=dtype))
+    np.testing.assert_allclose(X[1], want[1], rtol=1e-5)

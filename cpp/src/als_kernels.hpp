@@ -5,6 +5,7 @@
 // the linker keeps for every caller.
 #pragma once
 #include <cstdint>
+#include <limits>
 
 #include "recfuse/als.hpp"
 

@@ -213,7 +213,7 @@ def _kernels() -> SimpleNamespace:
                 positive = True
                 for j in range(k):
                     d = A[j, j]
-                    if not (d > zero):  # also catches NaN
+                    if not (zero < d < np.inf):  # also catches NaN, and inf (overflow)
                         positive = False
                         break
                     d = np.sqrt(d)
