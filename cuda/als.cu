@@ -543,7 +543,9 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_kernel(SweepArgs<T> a) 
     bool ok = true;
     for (int j = 0; j < k; ++j) {
       const T d = A[static_cast<int64_t>(j) * ld + j];  // final since the last barrier
-      if (!(d > T(0))) {  // also NaN; the same value in every thread: a uniform exit
+      // also NaN, and inf (sums past the dtype: the row keeps its vector); the same value in
+      // every thread: a uniform exit
+      if (!(d > T(0)) || isinf(d)) {
         ok = false;
         break;
       }
