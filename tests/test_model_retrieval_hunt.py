@@ -11,6 +11,7 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from topk_checks import oracle_topk
 
 import recfuse
 
@@ -21,16 +22,6 @@ F = 3  # factors
 
 
 # ---------------------------------------------------------------------- the oracle
-def oracle_topk(scores, allowed, k):
-    """The contract, by a full sort: (ids, scores) of the k best allowed items per row."""
-    ids = np.full((len(scores), k), -1, np.int64)
-    out = np.full((len(scores), k), -np.inf)
-    for r in range(len(scores)):
-        best = sorted(np.flatnonzero(allowed[r]), key=lambda i: (-scores[r, i], i))[:k]
-        ids[r, :len(best)], out[r, :len(best)] = best, scores[r, best]
-    return ids, out
-
-
 def check_topk(ids, got, scores, allowed, k, exact):
     """``exact``: integer factors, so the ids must be the oracle's; else (trained factors)
     the scores must match and the order must follow the scores the call returned."""

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from topk_checks import oracle_topk
 
 import recfuse
 
@@ -128,15 +129,6 @@ def exact_scores(model, data, hand) -> bool:
         counts = data.seen.sum(axis=1)
         return bool(np.all(np.isin(counts, [0, 1, 4])) or not model.implicit_factors.any())
     return True
-
-
-def oracle_topk(scores, allowed, k):
-    ids = np.full((len(scores), k), -1, np.int64)
-    out = np.full((len(scores), k), -np.inf)
-    for r in range(len(scores)):
-        best = sorted(np.flatnonzero(allowed[r]), key=lambda i: (-scores[r, i], i))[:k]
-        ids[r, :len(best)], out[r, :len(best)] = best, scores[r, best]
-    return ids, out
 
 
 def check_topk(ids, got, scores, allowed, k, exact, dtype):

@@ -63,3 +63,14 @@ def assert_topk_matches(ids, scores, queries, items, k, *, exclude=None, mask=No
             if left_out.any():
                 assert S[i, left_out].max() <= S[i, chosen].min() + 2 * tol, \
                     f"{context}: a better item was left out"
+
+
+def oracle_topk(scores, allowed, k):
+    """The contract by a full sort, independent of recfuse.reference: (ids, scores) of the k
+    best allowed items per row (score descending, ties by smaller id), padded -1 / -inf."""
+    ids = np.full((len(scores), k), -1, np.int64)
+    out = np.full((len(scores), k), -np.inf)
+    for r in range(len(scores)):
+        best = sorted(np.flatnonzero(allowed[r]), key=lambda i: (-scores[r, i], i))[:k]
+        ids[r, :len(best)], out[r, :len(best)] = best, scores[r, best]
+    return ids, out
