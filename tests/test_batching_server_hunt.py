@@ -676,3 +676,14 @@ def test_a_lone_caller_inside_its_own_announcement_does_not_wait(als):
         thread = threading.Thread(target=call, daemon=True)
         thread.start()
         assert done.wait(60), "the announced lone caller waited for itself"
+
+
+def test_a_k_no_memory_holds_is_refused_in_the_caller(als):
+    """A k that passes check_k but whose list no memory holds (2**31 - 1: 26 GiB) was
+    checked only in the batch, where it failed the batch's native call first (then was
+    answered one by one); "bad input raises in the caller"."""
+    rec = Recommender(als, k=5, num_threads=1)
+    with MicroBatcher(rec) as batcher:
+        with pytest.raises(MemoryError, match="lower k"):
+            batcher.submit(3, k=2**31 - 1)
+        _same(batcher.recommend(3), rec.recommend(3))

@@ -1039,6 +1039,9 @@ class Recommender:
         """One user's request, checked (``recommend`` and ``MicroBatcher`` callers)."""
         user = _user_id(user, "user")
         k = self.k if k is None else check.check_k(k)
+        # as _answer checks it, but here in the caller's thread: a MicroBatcher request whose
+        # list no memory holds would otherwise fail its whole batch first
+        check.check_result_size(1, k, 8 + 4 + 1)
         exclude = None if exclude is None else _exclude_ids(exclude, "exclude")
         contexts = self._contexts(state.model, None if context_features is None else
                                   _context_rows(context_features, "context_features", 1,
