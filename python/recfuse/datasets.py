@@ -177,14 +177,15 @@ def load_movielens_100k(path: str | os.PathLike[str], min_rating: float | None =
             raise ValueError(f"{expected}: {detail}") from None
     if raw.shape[0] == 0 or not 3 <= raw.shape[1] <= 4:  # more: not u.data (as load_movielens)
         # loadtxt has checked that every line has as many fields: the first is one of them
-        first = f", e.g. line {_u_data_line(file, 0)}" if raw.shape[0] else ""
+        first = f", e.g. line {_line_of_row(_loadtxt_rows(file), 0)}" if raw.shape[0] else ""
         raise ValueError(f"{expected}, got {raw.shape[0]} lines of {raw.shape[1]} fields{first}")
     for column, name in ((0, "user"), (1, "item")):
         ids = raw[:, column]
         bad = np.flatnonzero((ids < 1) | (ids > check.INT32_MAX))
         if bad.size:
             raise ValueError(f"{expected}: {name} ids must be in [1, {check.INT32_MAX}], got "
-                             f"{ids[bad[0]]} on line {_u_data_line(file, int(bad[0]))}")
+                             f"{ids[bad[0]]} on line "
+                             f"{_line_of_row(_loadtxt_rows(file), int(bad[0]))}")
     shape = (int(raw[:, 0].max()), int(raw[:, 1].max()))  # of every line, kept or not
     check.check_count_fits(shape[0], "the largest user id", 8)  # the CSR's row pointers
     if min_rating is not None:
@@ -432,21 +433,37 @@ def load_movielens(path: str | os.PathLike[str], *, min_rating: float | None = N
                                     timestamp="timestamp", combine="last", weighting=weighting)
 
 
-def _u_data_lines(file: str):
-    """(number from 1, text) of the lines of a u.data file that np.loadtxt reads (not the
-    empty ones)."""
+def _read_lines(file: str, keep):
+    """(number from 1, text) of the lines of ``file`` that a parser reads as rows: those
+    ``keep(number, text)`` accepts (the file is opened when the first one is asked for)."""
     with open(file, encoding="utf-8-sig", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             text = line.rstrip("\r\n")
-            if text:
+            if keep(number, text):
                 yield number, text
 
 
-def _u_data_line(file: str, row: int) -> int | None:
-    """The line number of np.loadtxt's row ``row`` of a u.data file."""
-    for position, (number, _) in enumerate(_u_data_lines(file)):
-        if position == row:
-            return number
+def _loadtxt_rows(file: str):
+    """``_read_lines`` of the rows np.loadtxt reads (it skips empty lines only)."""
+    return _read_lines(file, lambda number, text: bool(text))
+
+
+def _pandas_rows(file: str, separator: str, header: bool):
+    """``_read_lines`` of the rows pandas reads from a MovieLens ratings file: not the
+    header, nor a blank line (empty, or spaces without a separator)."""
+    return _read_lines(file, lambda number, text: not (header and number == 1) and
+                       bool(text.strip() or separator in text))
+
+
+def _line_of_row(rows, row: int) -> int | None:
+    """The line number of a parser's row ``row``, from ``rows`` (``_loadtxt_rows`` or
+    ``_pandas_rows``); None when the file cannot be read again or has no such row."""
+    try:
+        for position, (number, _) in enumerate(rows):
+            if position == row:
+                return number
+    except OSError:
+        return None
     return None
 
 
@@ -460,7 +477,7 @@ def _first_bad_u_data_line(file: str) -> str | None:
                 line.decode("utf-8")
             except UnicodeDecodeError as error:
                 return f"line {number} is not utf-8 text ({error.reason} at byte {error.start})"
-    for number, text in _u_data_lines(file):
+    for number, text in _loadtxt_rows(file):
         fields = text.split("\t")
         if not 3 <= len(fields) <= 4:
             return f"line {number} has {len(fields)} fields"
@@ -530,7 +547,7 @@ def _read_ratings(file: str, separator: str, header: bool):
                                 skiprows=1 if header else 0, dtype=dtypes)  # checked above
 
         def line_of(rows) -> str:  # the first row's line (pandas' numbers skip blank lines)
-            number = _line_of_row(file, int(rows[0]), separator, header)
+            number = _line_of_row(_pandas_rows(file, separator, header), int(rows[0]))
             return "?" if number is None else str(number)
 
         longer = np.flatnonzero(frame.pop("more").notna().to_numpy())
@@ -569,34 +586,12 @@ def _read_ratings(file: str, separator: str, header: bool):
     return frame
 
 
-def _data_lines(file: str, separator: str, header: bool):
-    """(number from 1, text) of each line of a MovieLens ratings file that pandas reads as a
-    row: not the header, nor a blank line (empty, or spaces without a separator)."""
-    with open(file, encoding="utf-8-sig", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.rstrip("\r\n")
-            if (header and number == 1) or (not text.strip() and separator not in text):
-                continue
-            yield number, text
-
-
-def _line_of_row(file: str, row: int, separator: str, header: bool) -> int | None:
-    """The line number of pandas' row ``row`` of a MovieLens ratings file (None: unreadable)."""
-    try:
-        for position, (number, _) in enumerate(_data_lines(file, separator, header)):
-            if position == row:
-                return number
-    except OSError:
-        return None
-    return None
-
-
 def _first_unreadable_line(file: str, separator: str, header: bool) -> int | None:
     """The number (from 1, a header counted) of the first line of a MovieLens ratings file
     that is not four fields (int user, int movie, a rating, int time), to point a parse
     error at it; None when every line reads. Only called once the fast parser has failed."""
     try:
-        for number, text in _data_lines(file, separator, header):
+        for number, text in _pandas_rows(file, separator, header):
             fields = text.split(separator)
             if len(fields) == 5 and not fields[4]:  # a separator ending the line ends it
                 fields = fields[:4]

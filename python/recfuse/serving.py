@@ -313,6 +313,10 @@ class _Model:
         return self.ranker.input_width - 2 * self.item_vectors.shape[1]
 
 
+# bytes of one list entry of an answer: id (int64), score (float32), stage code (int8)
+_RESULT_BYTES = 8 + 4 + 1
+
+
 class _User(NamedTuple):
     """What observe learned of one user, published as one object."""
 
@@ -1041,7 +1045,7 @@ class Recommender:
         k = self.k if k is None else check.check_k(k)
         # as _answer checks it, but here in the caller's thread: a MicroBatcher request whose
         # list no memory holds would otherwise fail its whole batch first
-        check.check_result_size(1, k, 8 + 4 + 1)
+        check.check_result_size(1, k, _RESULT_BYTES)
         exclude = None if exclude is None else _exclude_ids(exclude, "exclude")
         contexts = self._contexts(state.model, None if context_features is None else
                                   _context_rows(context_features, "context_features", 1,
@@ -1066,7 +1070,7 @@ class Recommender:
         ``state`` with one native recall call (and one per tier of added items, two at most)
         and one native rank call; ``candidates``: the setting as the caller read it (None:
         read it now)."""
-        check.check_result_size(users.size, k, 8 + 4 + 1)  # ids, scores, stage codes
+        check.check_result_size(users.size, k, _RESULT_BYTES)
         model = state.model
         m = users.size
         out_ids = np.full((m, k), -1, dtype=np.int64)
@@ -1573,7 +1577,7 @@ class Recommender:
     @staticmethod
     def _sgd_fold_in(state: _State, user: int, entry, steps: int,
                      lr: float | None) -> tuple[np.ndarray, float]:
-        """``steps`` SGD passes (``sgd_steps``, at ``sgd_lr``: None, the model's lr) over
+        """``steps`` SGD passes (``sgd_steps``, at ``sgd_lr``: None, the model's rates) over
         this call's events of one user, items fixed: SVD/SVD++: squared error of offset +
         p·q_i + b_i against the rating (the user bias learns too when the model is biased);
         BPR: the pairwise loss against uniformly drawn unseen items of the model, drawn

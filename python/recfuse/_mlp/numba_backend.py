@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import _validation as check
 from .. import reference
 from .._als.numba_backend import _thread_count, availability  # noqa: F401 - same probe as ALS
 from . import Candidates, common
@@ -103,11 +104,14 @@ def _run(model: Model, call: Candidates, num_threads: int):
     if call.item_part is not None:
         column += call.item_part_columns
     blocks = List()
-    for block in _read_only(call.item_blocks):  # one numba type for every block
-        blocks.append(block)
+    # read-only views, one numba type for every block: a typed List takes its first element's
+    # type, and a read-only block after a writable one (np.load(mmap_mode="r")) was cast to
+    # it with a NumbaTypeSafetyWarning
+    for block in call.item_blocks:
+        blocks.append(check.read_only_view(block))
     count = len(blocks)
     if count == 0:
-        blocks.append(*_read_only([np.zeros((1, 1), np.float32)]))
+        blocks.append(check.read_only_view(np.zeros((1, 1), np.float32)))
     cand = call.candidate_block if call.candidate_block is not None else np.zeros((1, 1), np.float32)
     cand_width = 0 if call.candidate_block is None else cand.shape[1]
     item_part = call.item_part if call.item_part is not None else np.zeros((1, 1), np.float32)
@@ -146,14 +150,3 @@ def rank(model, call: Candidates, k: int, num_threads: int = 0):
     return common.rank_candidates(call, scores, k, model.precision,
                                   lambda sub: _run(model.float32_twin, sub, num_threads))
 
-
-def _read_only(blocks) -> list:
-    """Read-only views of ``blocks``: a typed List takes its first element's type, and a
-    read-only block after a writable one (a table from np.load(mmap_mode="r")) was cast to
-    it with a NumbaTypeSafetyWarning; as views, every block has the read-only type."""
-    views = []
-    for block in blocks:
-        view = block.view()
-        view.flags.writeable = False
-        views.append(view)
-    return views

@@ -536,16 +536,15 @@ def _staged(path: str):
     os.makedirs(path, exist_ok=True)
     staging = os.path.join(path, f".recfuse-staging-{secrets.token_hex(8)}")
     os.mkdir(staging)
+    written = False
     try:
         yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            with contextlib.suppress(OSError):  # only while empty
-                os.rmdir(path)
-        raise
+        written = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not written:
+            with contextlib.suppress(OSError):  # only while empty
+                os.rmdir(path)
 
 
 def _replace_parts(staged: str, folder: str) -> None:
