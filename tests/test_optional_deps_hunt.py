@@ -177,6 +177,15 @@ def metric_inputs():
     vectors = np.random.default_rng(0).normal(size=(10, 3))
     lists = np.array([[0, 1, 2], [3, 4, -1], [5, 6, 7]])
     return model, train, test, recommended, small, vectors, lists
+
+
+def compat_implicit():
+    from recfuse.compat.implicit import AlternatingLeastSquares
+    from recfuse import datasets
+    m = datasets.synthetic_implicit(60, 30, 500, seed=0)
+    model = AlternatingLeastSquares(factors=4, iterations=2, random_state=0)
+    model.fit(m, show_progress=False)
+    return model.recommend(0, m[0], N=3)[0]
 '''
 
 
@@ -323,13 +332,7 @@ def _recommender(with_ranker):
     return rec.recommend(3).ids
 check("recommender", lambda: _recommender(False))
 check("recommender_ranker", lambda: _recommender(True))
-def _compat():
-    from recfuse.compat.implicit import AlternatingLeastSquares
-    m = datasets.synthetic_implicit(60, 30, 500, seed=0)
-    model = AlternatingLeastSquares(factors=4, iterations=2, random_state=0)
-    model.fit(m, show_progress=False)
-    return model.recommend(0, m[0], N=3)[0]
-check("compat_implicit", _compat)
+check("compat_implicit", compat_implicit)
 # the command line
 check("info", lambda: cli("info", "--json"))
 check("demo", lambda: cli(*json.loads(os.environ["HUNT_DEMO"])))
@@ -528,14 +531,7 @@ def _params():
 check("params", _params)
 model, train, test, *_ = metric_inputs()
 check("evaluate", lambda: recfuse.metrics.evaluate(model, train, test, k=5)["precision"])
-def _compat():
-    from recfuse.compat.implicit import AlternatingLeastSquares
-    from recfuse import datasets
-    m = datasets.synthetic_implicit(60, 30, 500, seed=0)
-    model = AlternatingLeastSquares(factors=4, iterations=2, random_state=0)
-    model.fit(m, show_progress=False)
-    return model.recommend(0, m[0], N=3)[0]
-check("compat_implicit", _compat)
+check("compat_implicit", compat_implicit)
 check("serve_cli", lambda: cli("serve", os.path.join(TMP, "als_cpu.npz"), "--port", "0"))
 check("import_distributed", lambda: __import__("recfuse.distributed", fromlist=["x"]).__all__)
 check("dask_fit", lambda: recfuse.distributed.DaskALS(factors=4).fit({"u": [1]}, "u", "i"))
