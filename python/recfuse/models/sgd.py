@@ -206,7 +206,7 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
         elif user_items is not None:  # unused, but a wrong one is a mistake to name
             seen_rows(user_items, ids.size, n_items)
         known_user = state.user_counts[ids] > 0
-        queries = _user_vectors(state)[ids] * known_user[:, None]
+        queries = _user_vectors(state, ids) * known_user[:, None]
         if state.biased:
             offsets = state.global_mean + np.where(known_user, state.user_bias[ids],
                                                    0).astype(np.float64)
@@ -849,10 +849,12 @@ def _implicit_term(seen: Pattern, Y: np.ndarray) -> np.ndarray:
     return Z.reshape(n_users, Y.shape[1]).astype(Y.dtype)
 
 
-def _user_vectors(state: _Fitted) -> np.ndarray:
+def _user_vectors(state: _Fitted, users: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """The rows p_u (SVD++: p_u + z_u) of ``users`` (default all), in the factors' dtype;
+    only those rows are added up, so one prediction does not pay for the whole table."""
     if state.user_implicit is None:
-        return state.user_factors
-    return state.user_factors + state.user_implicit
+        return state.user_factors[users]
+    return state.user_factors[users] + state.user_implicit[users]
 
 
 _ESTIMATE_CHUNK = 1 << 15  # pairs whose factor rows _estimate gathers at a time
@@ -873,13 +875,13 @@ def _estimate(state: _Fitted, users: np.ndarray, items: np.ndarray) -> np.ndarra
         estimate[known_i] += state.item_bias[items[known_i]]
     else:
         estimate[both] = 0.0
-    vectors = _user_vectors(state)
     # In chunks: the gathered rows of all pairs at once would take pairs x k x 16 bytes (32 GB
     # for the callback's RMSE over 20M ratings at k = 100).
     pairs = np.flatnonzero(both)
     for start in range(0, pairs.size, _ESTIMATE_CHUNK):
         chunk = pairs[start:start + _ESTIMATE_CHUNK]
-        estimate[chunk] += np.einsum("nk,nk->n", vectors[users[chunk]].astype(np.float64),
+        rows = _user_vectors(state, users[chunk]).astype(np.float64)
+        estimate[chunk] += np.einsum("nk,nk->n", rows,
                                      state.item_factors[items[chunk]].astype(np.float64))
     return estimate
 
