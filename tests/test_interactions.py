@@ -162,6 +162,20 @@ def test_event_weights_and_half_life():
     np.testing.assert_allclose(seconds.matrix.data, timedelta.matrix.data)
 
 
+def test_bm25_weighs_zero_values_zero_and_refuses_what_would_divide_by_zero():
+    # k1 = 0 and an explicit zero value, or b = 1 and a user whose values are all zero, make
+    # implicit's formula 0/0; a zero value weighs 0 here, and nothing else changes
+    log = Interactions.from_arrays([0, 0, 1, 1, 2], [0, 1, 0, 2, 1], [0.0, 2.0, 0.0, 0.0, 3.0])
+    for options in ({"k1": 0.0}, {"b": 1.0}, {"k1": 0.0, "b": 1.0}):
+        matrix = log.weighted("bm25", **options).matrix
+        assert np.isfinite(matrix.data).all(), options
+        assert (matrix.data[log.matrix.data == 0] == 0).all(), options
+    with pytest.raises(ValueError, match="b must be <= 1"):
+        log.weighted("bm25", b=1.5)
+    with pytest.raises(ValueError, match="bm25 weighting needs non-negative values"):
+        Interactions.from_arrays([0, 1], [0, 0], [1.0, -0.5]).weighted("bm25")
+
+
 def test_weightings_match_implicit():
     from implicit.nearest_neighbours import bm25_weight, tfidf_weight
 

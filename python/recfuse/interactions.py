@@ -1419,9 +1419,11 @@ class Interactions:
 
         - ``none``: the combined values; ``binary``: 1; ``count``: events per pair;
         - ``log1p``: log(1 + value);
-        - ``bm25`` (options ``k1=100``, ``b=0.8``) and ``tfidf``: as
+        - ``bm25`` (options ``k1=100`` >= 0, ``b=0.8`` in [0, 1]) and ``tfidf``: as
           ``implicit.nearest_neighbours.bm25_weight`` / ``tfidf_weight`` on the users x items
-          matrix (idf = log(n_users) - log1p(users of the item)).
+          matrix (idf = log(n_users) - log1p(users of the item)); both need non-negative
+          values, and a zero value weighs 0 under bm25 (where implicit's formula can give
+          0/0).
         """
         _check_weighting(weighting, options)
         result = self._replace()
@@ -1695,7 +1697,7 @@ def _event_type_weights(events, event_weights) -> np.ndarray:
 
 
 def _check_weighting(weighting, options: dict) -> None:
-    """A weighting name of WEIGHTING and the options it takes (bm25: k1 and b >= 0)."""
+    """A weighting name of WEIGHTING and the options it takes (bm25: k1 >= 0, 0 <= b <= 1)."""
     check.check_choice(weighting, "weighting", WEIGHTING)
     allowed = {"bm25": {"k1", "b"}}.get(weighting, set())
     if set(options) - allowed:
@@ -1703,6 +1705,9 @@ def _check_weighting(weighting, options: dict) -> None:
                         f"{sorted(options)}")
     for name in sorted(options):
         check.check_float(options[name], name, minimum=0.0)
+    # b > 1 would make short rows' length norm negative, and a pair's weight 0/0 or < 0
+    if "b" in options and float(options["b"]) > 1:
+        raise ValueError(f"b must be <= 1 (the share of the length norm), got {options['b']}")
 
 
 def _weigh(interactions: Interactions, weighting: str, options: dict) -> np.ndarray:
@@ -1728,6 +1733,8 @@ def _weigh(interactions: Interactions, weighting: str, options: dict) -> np.ndar
         return np.sqrt(values) * idf[interactions._indices]
     if weighting != "bm25":  # weighted() and load() refuse other names first
         raise ValueError(f"weighting must be one of {WEIGHTING}, got {weighting!r}")
+    if values.size and values.min() < 0:
+        raise ValueError(f"bm25 weighting needs non-negative values, got min {values.min()}")
     k1 = check.check_float(options.get("k1", 100.0), "k1", minimum=0.0)
     b = check.check_float(options.get("b", 0.8), "b", minimum=0.0)
     row_sums = np.bincount(interactions.user_codes, weights=values,
@@ -1735,7 +1742,12 @@ def _weigh(interactions: Interactions, weighting: str, options: dict) -> np.ndar
     average = row_sums.mean() if row_sums.size and row_sums.mean() != 0 else 1.0
     length_norm = (1.0 - b) + b * row_sums / average
     per_pair_norm = np.repeat(length_norm, np.diff(interactions._indptr))
-    return values * (k1 + 1.0) / (k1 * per_pair_norm + values) * idf[interactions._indices]
+    # With values >= 0 and 0 <= b <= 1 the denominator is 0 only for a zero value (k1 = 0,
+    # or a row of zeros): its weight is 0, the limit, where implicit's formula gives 0/0.
+    denominator = k1 * per_pair_norm + values
+    ratio = np.divide(values * (k1 + 1.0), denominator, out=np.zeros_like(values),
+                      where=denominator > 0)
+    return ratio * idf[interactions._indices]
 
 
 def _saveable(ids: np.ndarray, name: str) -> np.ndarray:
