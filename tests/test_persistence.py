@@ -400,6 +400,9 @@ def test_a_model_saved_with_a_backend_this_machine_lacks_loads_with_auto(model, 
     users = np.arange(3)
     for got, want in zip(loaded.recommend(users, k=5), expected.recommend(users, k=5)):
         np.testing.assert_array_equal(got, want)
+    # an explicit choice this host lacks fails at load, not at the first query
+    with pytest.raises(RuntimeError, match="backend 'cupy' is not available: not on this host"):
+        recfuse.load(path, backend="cupy")
 
 
 def test_loading_a_model_saved_with_a_backend_probes_that_backend_only(model, tmp_path):

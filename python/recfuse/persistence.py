@@ -357,18 +357,28 @@ def _malformed(path: str, what: str):
     raise ValueError(f"{path!r} has a malformed header: {what}")
 
 
-def _fall_back_from_unavailable_backend(path: str, params: dict, overrides: dict) -> None:
+def _fall_back_from_unavailable_backend(path: str, params: dict, overrides: dict,
+                                        family: str) -> None:
     """A model saved with an explicit backend that this machine lacks (trained on a GPU,
     served on a CPU host) is loaded with backend="auto" and a RuntimeWarning naming the
-    reason, instead of a model whose every call fails; ``load(..., backend=...)`` chooses."""
+    reason, instead of a model whose every call fails; ``load(..., backend=...)`` chooses,
+    and a backend it names that is not available here is a RuntimeError now, not at the
+    first query. ``family``: the kernels the loaded model queries with."""
     from ._backend import BACKEND_NAMES, _probe
 
+    if "backend" in overrides:
+        chosen = overrides["backend"]
+        if isinstance(chosen, str) and chosen in BACKEND_NAMES:
+            info = _probe(chosen, family)[1]
+            if not info.available:
+                raise RuntimeError(f"backend {chosen!r} is not available: {info.detail}")
+        return  # anything else: the model's constructor names what is wrong with it
     saved = params.get("backend")
-    if "backend" in overrides or saved not in BACKEND_NAMES:
+    if saved not in BACKEND_NAMES:
         return
     # the saved backend's row only: the whole table (backends()) would import every optional
     # backend (numba, cupy) on the first load, ~0.3 s for a model saved with backend="cpu"
-    info = _probe(saved, "topk")[1]
+    info = _probe(saved, family)[1]
     if not info.available:
         warnings.warn(f"{path!r} was saved with backend={saved!r}, which is not available here "
                       f"({info.detail}); loaded with backend='auto' (pass backend=... to "
@@ -388,7 +398,8 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
     constructor parameters (e.g. ``backend="cpu"``). A parameter the stored model does not
     take, in the file's header or in ``overrides``, is a ValueError naming it. A model saved
     with a backend this machine lacks (``backend="cuda"`` on a host without a GPU) loads with
-    ``backend="auto"`` and a RuntimeWarning, unless ``overrides`` name a backend.
+    ``backend="auto"`` and a RuntimeWarning, unless ``overrides`` name a backend; a backend
+    named there that is not available here raises RuntimeError.
     """
     from .models.als import ALS
     from .models.bpr import BPR
@@ -422,7 +433,8 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
         if array.dtype.kind not in "iuf":  # bool, complex, text, dates, records: not a model's
             raise ValueError(f"{path!r}: the array {name!r} holds {array.dtype} values; a "
                              f"{model_name} file holds real numbers")
-    _fall_back_from_unavailable_backend(path, params, overrides)
+    _fall_back_from_unavailable_backend(path, params, overrides,
+                                        "mlp" if model_name == "MLPScorer" else "topk")
     saved = dict(params)
     params.update(overrides)
     try:
