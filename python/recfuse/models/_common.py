@@ -251,7 +251,8 @@ class EstimatorParams:
         if params:
             self._set_checked({**current, **params}, keep_fit=True)
             if "backend" in params:  # the search indexes built on the old one
-                for name in _cache_names(self.__dict__):
+                # a snapshot: a reader's first query may add a cache to the dict meanwhile
+                for name in _cache_names(dict(self.__dict__)):
                     self.__dict__[name] = None
         return self
 
@@ -462,14 +463,14 @@ class FactorRetrieval:
 
     def _cosine_index(self, side: str) -> ItemIndex:
         """The cosine ItemIndex of ``_similarity_table(side)``, rebuilt when its source
-        changes (an ALS fold-in of users leaves the items' index alone)."""
-        source = self._similarity_source(side)
+        changes (an ALS fold-in of users leaves the items' index alone) or the backend does."""
+        source, backend = self._similarity_source(side), self.backend
         cache = self.__dict__.get("_cosine_cache")  # {side: (source, index)}
         if cache is None:
             cache = self.__dict__["_cosine_cache"] = {}
         cached = cache.get(side)
-        if cached is None or cached[0] is not source:
+        if cached is None or cached[0] is not source or cached[1].backend != backend:
             cached = (source, ItemIndex(self._similarity_table(side), metric="cosine",
-                                        backend=self.backend))
+                                        backend=backend))
             cache[side] = cached
         return cached[1]

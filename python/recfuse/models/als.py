@@ -512,11 +512,13 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         self._seen_matrix(None, X.shape[0])
 
     def _recommend_index(self, state: _State) -> ItemIndex:
-        """The dot-product index of ``state``'s item factors, rebuilt when they change."""
-        cached = self._recommend_cache
-        if cached is None or cached[0] is not state.item_factors:
+        """The dot-product index of ``state``'s item factors, rebuilt when they or the backend
+        change (the backend is in the key: an index a racing first call built on the old one
+        may land after set_params dropped the cache)."""
+        cached, backend = self._recommend_cache, self.backend
+        if cached is None or cached[0] is not state.item_factors or cached[1].backend != backend:
             assert state.item_factors is not None  # recommend called _require_fitted
-            cached = (state.item_factors, ItemIndex(state.item_factors, backend=self.backend))
+            cached = (state.item_factors, ItemIndex(state.item_factors, backend=backend))
             self._recommend_cache = cached
         return cached[1]
 

@@ -211,10 +211,12 @@ class BPR(EstimatorParams, FactorRetrieval):
             return self.user_factors, self.item_factors, self.item_bias, self._seen
 
     def _index(self, Q: np.ndarray, bias: np.ndarray) -> ItemIndex:
-        """The ItemIndex of these item factors and biases, rebuilt only when fit replaced them."""
-        cached = self._index_cache
-        if cached is None or cached[0] is not Q or cached[1] is not bias:
-            cached = (Q, bias, ItemIndex(Q, item_bias=bias, backend=self.backend))
+        """The ItemIndex of these item factors and biases, rebuilt only when fit replaced them
+        or the backend changed."""
+        cached, backend = self._index_cache, self.backend
+        if (cached is None or cached[0] is not Q or cached[1] is not bias
+                or cached[2].backend != backend):
+            cached = (Q, bias, ItemIndex(Q, item_bias=bias, backend=backend))
             self._index_cache = cached
         return cached[2]
 

@@ -239,10 +239,10 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
         """Unbiased models predict μ for every item of a user without training ratings: such
         rows are ties, in id order, written into the results (before the offset μ is added)."""
         rows = np.flatnonzero(unknown)
-        cached = self._ties_cache
-        if cached is None or cached[0] is not state:  # every score 0: id order
-            zeros = np.zeros((state.item_counts.size, 1), self.dtype)
-            cached = self._ties_cache = (state, ItemIndex(zeros, backend=self.backend))
+        cached, backend = self._ties_cache, self.backend
+        if cached is None or cached[0] is not state or cached[1].backend != backend:
+            zeros = np.zeros((state.item_counts.size, 1), self.dtype)  # every score 0: id order
+            cached = self._ties_cache = (state, ItemIndex(zeros, backend=backend))
         ids, scores = cached[1].search(
             np.zeros((rows.size, 1), self.dtype), k, exclude=None if seen is None else seen[rows],
             allow=allow, deny=deny, num_threads=self.num_threads)
@@ -253,16 +253,16 @@ class _RatingModel(EstimatorParams, FactorRetrieval):
         per fit, not once per recommend call. The index's item bias is the part of a
         prediction that depends on the item alone: b_i for known items (biased models), μ for
         items without training ratings (unbiased models, whose known users' scores are then
-        q_i·p_u or μ)."""
-        cached = self._retrieval_cache
-        if cached is None or cached[0] is not state:
+        q_i·p_u or μ). Rebuilt when the backend changed."""
+        cached, backend = self._retrieval_cache, self.backend
+        if cached is None or cached[0] is not state or cached[1].backend != backend:
             known_item = state.item_counts > 0
             if state.biased:
                 item_bias = np.where(known_item, state.item_bias, 0)
             else:
                 item_bias = np.where(known_item, 0, state.global_mean).astype(self.dtype)
             index = ItemIndex(state.item_factors * known_item[:, None], item_bias=item_bias,
-                              backend=self.backend)
+                              backend=backend)
             cached = (state, index, state.seen.to_scipy(known_item.size))
             self._retrieval_cache = cached
         return cached[1], cached[2]
