@@ -765,12 +765,16 @@ def explicit_als_half_sweep(R: sp.csr_matrix, Y, X, *, reg: float, reg_bias: flo
             Z = np.c_[Z, np.ones(cols.size)]
             target = values - float(global_mean) - np.asarray(other_bias, dtype=np.float64)[cols]
         A = Z.T @ Z + cols.size * np.diag(diagonal)
+        # as in als_half_sweep_counted: NumPy's Cholesky does not raise on inf or NaN entries
+        # (sums that overflowed float64), so those rows, and unsolvable ones, fail here
         try:
-            L = np.linalg.cholesky(A)
+            L = np.linalg.cholesky(A) if np.isfinite(A).all() else None
         except np.linalg.LinAlgError:
+            L = None
+        w = None if L is None else np.linalg.solve(L.T, np.linalg.solve(L, Z.T @ target))
+        if w is None or not np.isfinite(w).all():
             failed += 1
             continue
-        w = np.linalg.solve(L.T, np.linalg.solve(L, Z.T @ target))
         X[u] = w[:k]
         if own is not None:
             own[u] = w[k]

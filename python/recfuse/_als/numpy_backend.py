@@ -1,4 +1,11 @@
-"""The NumPy backend: the reference kernels themselves (slow; always available)."""
+"""The NumPy backend: the reference kernels themselves (slow; always available).
+
+A half-sweep and the loss run with NumPy's floating-point errors ignored, as the native and
+Numba kernels run (and as the NumPy SGD backend does): an overflowing fit goes to inf/NaN
+quietly and the model's own check refuses it with "diverged" (a ValueError), where under
+``np.seterr(all="raise")`` or ``-W error`` NumPy's FloatingPointError or RuntimeWarning would
+escape instead, on this backend only.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ def availability() -> tuple[bool, str]:
     return True, ""
 
 
+@np.errstate(over="ignore", invalid="ignore")
 def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None) -> int:
     X[...], failed = reference.als_half_sweep_counted(
         R.to_scipy(),
@@ -29,6 +37,7 @@ def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None) -> int:
     return failed
 
 
+@np.errstate(over="ignore", invalid="ignore")
 def data_loss(R: CsrArrays, X, Y, params: AlsParams) -> float:
     X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
     total = float(np.einsum("uk,kl,ul->", X64, Y64.T @ Y64, X64))
