@@ -22,6 +22,7 @@ Prints a table, writes bench/results/new_items.json.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -83,6 +84,8 @@ def quality(lists, n_users: int, held_out: list, first_new: int) -> dict:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__,  # no options: --help answers, nothing else runs
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     if not os.path.isfile(DATA):
         print(f"skipped: ml-100k not found at {os.path.normpath(DATA)}")
         return 0

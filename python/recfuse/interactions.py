@@ -1447,7 +1447,9 @@ class Interactions:
 
     def k_core(self, k: Integer, *, compact: bool = True) -> "Interactions":
         """The largest subset in which every user and every item has at least ``k`` pairs
-        (filters repeated until nothing changes)."""
+        (filters repeated until nothing changes). ``compact`` drops users and items left
+        without pairs from the id maps, so the remaining rows and columns are renumbered
+        (their order kept); ``compact=False`` keeps every id at its old row and column."""
         k = check.check_int(k, "k", minimum=1)
         compact = check.check_flag(compact, "compact")
         current = self

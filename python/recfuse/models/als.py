@@ -288,7 +288,10 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         warn_failed_systems(failed, stacklevel=4, regularization=self.regularization)
 
     def loss(self, user_items: UserItems | None = None) -> float:
-        """The training loss (``recfuse.reference.als_loss``) of the current factors."""
+        """The training loss (``recfuse.reference.als_loss``) of the current factors on
+        ``user_items`` (a users x items CSR matrix or Interactions, one row per known user),
+        by default the matrix the model was fitted on (the one ``filter_seen`` uses; a
+        ValueError when the model keeps none)."""
         self._require_fitted()
         state = self._state
         # Assigned tables may be of any layout or dtype: the kernel takes C-order model dtype.
