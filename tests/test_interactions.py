@@ -568,7 +568,7 @@ def test_load_refuses_damaged_files(tmp_path, mmap):
         ({"change_arrays": lambda a: a["indices"].__setitem__(0, 7)},
          r"the pairs of .* has column indices outside \[0, 2\): got 7"),
         ({"change_arrays": lambda a: a.update(counts=a["counts"][:2])},
-         "must have 3 entries in each array"),
+         "must be 1-d arrays of 3 entries each"),
         ({"change_arrays": lambda a: a.update(user_ids=np.array(["a", "a"]))},
          "ids must be distinct"),
         ({"change_header": lambda h: h["params"].update(weighting="bogus")},

@@ -194,9 +194,9 @@ def check_csr(
     data = finite_in(np.asarray(matrix.data), dtype, name)
     if data is not matrix.data:  # the values cast once, sharing the index arrays
         matrix = sp.csr_matrix((data, matrix.indices, matrix.indptr), shape=matrix.shape)
-    if not matrix.has_canonical_format:
-        matrix = matrix.copy()
-        matrix.sum_duplicates()  # sorts indices and adds repeated (row, col) entries
+    summed = sorted_rows(matrix, add_repeats=True)
+    if summed is not matrix:
+        matrix = summed
         data = matrix.data  # the values a model reads are the sums: checked as such
         if data.size and not all_finite(data):
             raise ValueError(f"{name} must hold finite values once its repeated entries are "
@@ -207,6 +207,39 @@ def check_csr(
             f"{name} must hold non-negative values (confidence 1 + alpha * r), got min {data.min()}"
         )
     return sp.csr_matrix(matrix)
+
+
+def rows_ascending(matrix, *, strict: bool) -> bool:
+    """Whether each row of a CSR ``matrix`` (structure checked) lists its columns in
+    ascending order (``strict``: no column twice, scipy's canonical format), read from the
+    arrays: scipy caches ``has_sorted_indices`` / ``has_canonical_format`` on first use, and
+    writes into the arrays in place do not reset them. One pass over the entries."""
+    nnz = int(matrix.indptr[-1])
+    if nnz < 2:
+        return True
+    entries = matrix.indices[:nnz]
+    ascending = entries[1:] > entries[:-1] if strict else entries[1:] >= entries[:-1]
+    starts = np.asarray(matrix.indptr[1:-1], dtype=np.int64)
+    starts = starts[(starts > 0) & (starts < nnz)]
+    ascending[starts - 1] = True  # a row's first entry follows another row's last
+    return bool(ascending.all())
+
+
+def sorted_rows(matrix, *, add_repeats: bool):
+    """A CSR ``matrix`` (structure checked) with each row's columns ascending (and, with
+    ``add_repeats``, repeated (row, col) entries added up): ``matrix`` itself when it is so
+    already (``rows_ascending``), else a sorted copy."""
+    if rows_ascending(matrix, strict=add_repeats):
+        return matrix
+    matrix = matrix.copy()
+    # the copy's flags are scipy's guess; false ones would make it skip the work
+    matrix.has_sorted_indices = False
+    matrix.has_canonical_format = False
+    if add_repeats:
+        matrix.sum_duplicates()  # sorts indices and adds repeated (row, col) entries
+    else:
+        matrix.sort_indices()
+    return matrix
 
 
 def unshared_csr(matrix: sp.csr_matrix, given) -> sp.csr_matrix:

@@ -151,7 +151,8 @@ class IdMap:
         array = np.asarray(ids)
         if array.ndim != 1:
             raise ValueError(f"ids must be 1-d, got shape {array.shape}")
-        array = array.copy()
+        # float16 widened (exactly): pandas, which looks ids up, has no float16 index
+        array = array.astype(np.float32) if array.dtype == np.float16 else array.copy()
         array.flags.writeable = False
         self._array = array
 
@@ -394,6 +395,8 @@ def _factorize(values, name: str, arrow_ids: bool = False) -> tuple[np.ndarray, 
         values = _list_ids(values) if isinstance(values, (list, tuple)) else np.asarray(values)
         if values.ndim != 1:
             raise ValueError(f"{name} must be 1-d, got shape {values.shape}")
+        if values.dtype == np.float16:  # widened (exactly): pandas has no float16 index
+            values = values.astype(np.float32)
     if len(values) == 0:
         return np.zeros(0, np.int32), np.asarray(values)[:0]
     if is_series:
@@ -411,6 +414,8 @@ def _factorize(values, name: str, arrow_ids: bool = False) -> tuple[np.ndarray, 
         kind = _id_kind(values)
         if values.dtype.kind == "f":
             missing = int(np.isnan(values).sum())
+        elif values.dtype.kind in "mM":  # NaT
+            missing = int(np.isnat(values).sum())
         elif values.dtype.kind == "O":
             missing = int(_pandas("object ids").isna(values).sum())
         else:
@@ -576,8 +581,12 @@ def _factorize_arrow_dictionary(chunked, name: str):
     codes = np.empty(len(chunked), np.int32)
     at = 0
     for chunk, start in zip(chunks, starts):
-        np.take(value_codes[start:start + len(chunk.dictionary)], chunk.indices.to_numpy(),
-                out=codes[at:at + len(chunk)])
+        indices, size = chunk.indices.to_numpy(), len(chunk.dictionary)
+        outside = (indices < 0) | (indices >= size)  # malformed Arrow: -1 would wrap around
+        if outside.any():
+            raise ValueError(f"{name} is a malformed Arrow dictionary array: index "
+                             f"{indices[outside][0]} is outside its dictionary of {size} values")
+        np.take(value_codes[start:start + size], indices, out=codes[at:at + len(chunk)])
         at += len(chunk)
     used = np.zeros(len(ids), dtype=bool)
     used[codes] = True
@@ -1498,7 +1507,8 @@ class Interactions:
                              f"read it with recfuse.load(path)")
         settings = _saved_settings(path, header.get("params", {}))
         try:
-            user_ids, item_ids = IdMap(arrays["user_ids"]), IdMap(arrays["item_ids"])
+            user_ids, item_ids = (_saved_id_map(path, arrays, name)
+                                  for name in ("user_ids", "item_ids"))
             _check_saved_pairs(path, arrays, len(user_ids), len(item_ids))
             return cls(user_ids, item_ids, arrays["indptr"], arrays["indices"], arrays["values"],
                        arrays["counts"], arrays.get("times"), settings=settings)
@@ -1593,16 +1603,29 @@ def _check_saved_decay(settings: dict) -> None:
 _COLUMN_ROLES = ("user", "item", "weight", "timestamp", "event")
 
 
+def _saved_id_map(path: str, arrays: dict, name: str) -> IdMap:
+    """The IdMap of an Interactions file's member ``name``; a forged one (ids repeated, not
+    1-d, ...) is a ValueError naming the file and the member."""
+    ids = arrays[name]
+    if not ids.dtype.isnative:  # pandas, which looks ids up, takes native byte order only
+        ids = ids.astype(ids.dtype.newbyteorder("="))
+    try:
+        return IdMap(ids)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path!r}: the member {name!r} is not a valid id map: {error}") \
+            from error
+
+
 def _check_saved_pairs(path: str, arrays: dict, n_users: int, n_items: int) -> None:
     """The pair arrays of an Interactions file: a CSR layout of n_users rows whose columns
-    are items of the map, one value, count (and time) per pair."""
+    are items of the map, one value, count (and time) per pair, each a 1-d array."""
     nnz = check.check_csr_arrays(arrays["indptr"], arrays["indices"], n_users, n_items,
                                  f"the pairs of {path!r}")
-    sizes = {name: np.asarray(arrays[name]).size for name in ("indices", "values", "counts",
-                                                              "times") if name in arrays}
-    if any(size != nnz for size in sizes.values()):
-        raise ValueError(f"the pairs of {path!r} must have {nnz} entries in each array, got "
-                         f"{sizes}")
+    shapes = {name: np.shape(arrays[name]) for name in ("indices", "values", "counts", "times")
+              if name in arrays}
+    if any(shape != (nnz,) for shape in shapes.values()):
+        raise ValueError(f"the pairs of {path!r} must be 1-d arrays of {nnz} entries each, got "
+                         f"shapes {shapes}")
     values, counts = np.asarray(arrays["values"]), np.asarray(arrays["counts"])
     if values.dtype.kind not in "fiu":
         raise ValueError(f"the pairs of {path!r}: values must be finite real numbers, got "

@@ -454,8 +454,4 @@ def _csr(data, name: str) -> sp.csr_matrix:
     if not sp.issparse(data):
         raise TypeError(f"{name} must be recfuse.Interactions or a scipy.sparse matrix, got "
                         f"{type(data).__module__}.{type(data).__name__}")
-    matrix = sp.csr_matrix(check.to_csr(data, name))
-    if not matrix.has_canonical_format:
-        matrix = matrix.copy()
-        matrix.sum_duplicates()
-    return matrix
+    return check.sorted_rows(sp.csr_matrix(check.to_csr(data, name)), add_repeats=True)

@@ -497,6 +497,7 @@ def _check_trained_on(model, train: Interactions, folder: str) -> None:
     from .models.als import ALS
     from .models.bpr import BPR
     from .models.explicit_als import ExplicitALS
+    from ._validation import sorted_rows
     from .models.sgd import SVD, SVDpp
 
     if isinstance(model, ALS):
@@ -516,7 +517,7 @@ def _check_trained_on(model, train: Interactions, folder: str) -> None:
     sizes = (user_factors.shape[0], item_factors.shape[0])
 
     def columns(csr):  # each row's columns in order (sorted copies only where they are not)
-        return (csr if csr.has_sorted_indices else csr.sorted_indices()).indices
+        return sorted_rows(csr, add_repeats=False).indices
 
     same = sizes == matrix.shape and (seen is None or (
         seen.shape == matrix.shape and np.array_equal(seen.indptr, matrix.indptr)

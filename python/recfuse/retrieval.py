@@ -399,12 +399,10 @@ def _exclusions(exclude, m: int, n: int):
     if exclude.shape != (m, n):
         raise ValueError(f"exclude must have shape ({m}, {n}) (queries x items), got "
                          f"{exclude.shape}")
-    E = check.to_csr(exclude, "exclude")
-    if not E.has_sorted_indices:
-        E = E.copy()
-        E.sort_indices()
+    E = check.sorted_rows(check.to_csr(exclude, "exclude"), add_repeats=False)
+    nnz = int(E.indptr[-1])  # scipy allows index arrays longer than the entries
     return (np.ascontiguousarray(E.indptr, dtype=np.int64),
-            np.ascontiguousarray(E.indices, dtype=np.int32))
+            np.ascontiguousarray(E.indices[:nnz], dtype=np.int32))
 
 
 def _rows_of(excluded, rows: np.ndarray):

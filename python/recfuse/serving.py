@@ -872,10 +872,7 @@ class Recommender:
             seen = sp.csr_matrix((n_users, n_items), dtype=np.float64)
             history = np.ones(n_users, dtype=bool)
         else:
-            seen = sp.csr_matrix(seen, dtype=np.float64)
-            if not seen.has_canonical_format:
-                seen = seen.copy()
-                seen.sum_duplicates()
+            seen = check.sorted_rows(sp.csr_matrix(seen, dtype=np.float64), add_repeats=True)
             history = np.diff(seen.indptr) > 0
         # a user whose vector is zero (e.g. a row of stored zeros) has nothing to search
         # with: answered from the popular list, as a cold user

@@ -98,7 +98,8 @@ def rating_arrays(users, items, ratings, n_users, n_items):
         matrix = matrix.astype(matrix.dtype.newbyteorder("="))
     entries = matrix.tocoo()
     rows, cols, data = entries.row, entries.col, entries.data
-    if matrix.format != "coo" and not (matrix.format == "csr" and matrix.has_sorted_indices):
+    if matrix.format != "coo" and not (matrix.format == "csr"
+                                       and check.rows_ascending(matrix, strict=False)):
         # the order of the ratings shapes the fit: row-major whatever the compressed format
         # or storage order (unsorted CSR, CSC, ...), so that one matrix trains one model; a
         # COO matrix is a list of entries, taken in its order like three arrays

@@ -383,7 +383,9 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
                 if seen is not None:
                     replace = _replace_rows if side == "user" else _replace_columns
                     seen = replace(seen, ids, matrix, grown)
-            except MemoryError:
+            except (MemoryError, ValueError) as error:  # NumPy: "array is too big" past 2**63 B
+                if isinstance(error, ValueError) and "too big" not in str(error):
+                    raise
                 raise ValueError(
                     f"{side}_ids reach {grown - 1}: the {side} table would grow from {known} to "
                     f"{grown} rows, more than can be allocated; new {side}s take the ids after "
