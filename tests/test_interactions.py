@@ -1027,3 +1027,9 @@ def test_times_beyond_float64_nanoseconds_are_the_documented_error_without_warni
         with pytest.raises(ValueError, match="overflows float32"):
             Interactions.from_arrays([0, 1], [0, 1], timestamps=times[:2], half_life=1.0,
                                      reference_time=np.datetime64(-2**62, "ns"))
+
+
+def test_an_id_map_refuses_nan_ids():
+    # as from_arrays, which counts NaN ids as missing values
+    with pytest.raises(ValueError, match="ids must not be NaN"):
+        recfuse.IdMap(np.array([1.0, np.nan]))

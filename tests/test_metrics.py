@@ -388,3 +388,14 @@ def test_ranking_metrics_at_k_takes_implicit_s_keywords():
                                         num_threads=1) == expected
     with pytest.raises(TypeError, match=r"give k or K \(implicit.s name\), not both"):
         metrics.ranking_metrics_at_k(model, train, test, 5, K=5)
+
+
+def test_catalog_coverage_of_a_huge_catalogue_allocates_no_table_of_it():
+    # n_items = 2**62: a table of n_items flags would need 4 EiB (it raised MemoryError)
+    assert metrics.catalog_coverage([[0, 1, 1, -1]], 2**62) == 2 / 2**62
+    assert metrics.catalog_coverage([[0, 1, 1, -1]], 4) == 0.5
+
+
+def test_intra_list_diversity_names_item_vectors_that_are_not_numbers():
+    with pytest.raises(TypeError, match="item_vectors must hold real numbers"):
+        metrics.intra_list_diversity([[0, 1]], np.array([["a", "b"], ["c", "d"]], dtype=object))

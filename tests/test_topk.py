@@ -791,3 +791,11 @@ def test_a_recfuse_simd_the_cpu_cannot_run_leaves_the_other_backends_working():
         "assert np.allclose(scores, queries.sum(axis=1), atol=1e-5)\n"
     )
     run_python(code, RECFUSE_SIMD="bogus")
+
+
+def test_cosine_index_of_huge_rows_builds_under_strict_fp_settings():
+    # 1/norm of a row near 3e38 is subnormal in float32: the cast must not raise
+    items = np.array([[3e38, 3e38], [1.0, 2.0]], np.float32)
+    with np.errstate(all="raise"):
+        ids, scores = recfuse.ItemIndex(items, metric="cosine").search(np.ones((1, 2), np.float32), 2)
+    assert ids.tolist() == [[0, 1]] and np.isfinite(scores).all()  # row 0 is along the query

@@ -151,6 +151,8 @@ class IdMap:
         array = np.asarray(ids)
         if array.ndim != 1:
             raise ValueError(f"ids must be 1-d, got shape {array.shape}")
+        if array.dtype.kind == "f" and np.isnan(array).any():  # as from_arrays: missing
+            raise ValueError(f"ids must not be NaN, got {int(np.isnan(array).sum())}")
         # float16 widened (exactly): pandas, which looks ids up, has no float16 index
         array = array.astype(np.float32) if array.dtype == np.float16 else array.copy()
         array.flags.writeable = False

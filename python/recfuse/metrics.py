@@ -225,6 +225,8 @@ def catalog_coverage(recommended: ArrayLike, n_items: Integer) -> float:
     n_items = check.check_int(n_items, "n_items", minimum=1)
     ids = _item_ids(recommended)
     valid = ids[(ids >= 0) & (ids < n_items)]
+    if n_items > 8 * valid.size + 4096:  # a table of n_items would be mostly empty (or huge)
+        return float(np.unique(valid).size / n_items)
     recommended_once = np.zeros(n_items, dtype=bool)  # cheaper than np.unique's sort or hash
     recommended_once[valid] = True
     return float(np.count_nonzero(recommended_once) / n_items)
@@ -284,7 +286,10 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
         raise TypeError(f"item_vectors must hold real numbers, got dtype {vectors.dtype}")
     native = np.dtype(vectors.dtype.type)  # a big-endian float32 table stays float32
     if vectors.dtype not in (np.float32, np.float64):
-        vectors = vectors.astype(native if native in check.FLOAT_DTYPES else np.float64)
+        try:  # an object table may hold anything
+            vectors = vectors.astype(native if native in check.FLOAT_DTYPES else np.float64)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"item_vectors must hold real numbers: {error}") from None
     if not check.all_finite(vectors):  # a NaN vector would count as orthogonal to every other
         raise ValueError(f"item_vectors must be finite, got "
                          f"{int((~np.isfinite(vectors)).sum())} NaN/inf values")

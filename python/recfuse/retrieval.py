@@ -115,7 +115,8 @@ class ItemIndex:
         self.scale = None
         if metric == "cosine":
             self.items = _within_dot_range(self.items)
-            self.scale = _inverse_norms(self.items).astype(self.items.dtype)
+            with np.errstate(under="ignore"):  # 1/norm of a row near 3e38 is subnormal in float32
+                self.scale = _inverse_norms(self.items).astype(self.items.dtype)
         self.backend = backend
         self._module = resolve_backend(backend, "topk")
         self._bfloat16_possible = (self.items.dtype == np.float32

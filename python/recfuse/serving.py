@@ -85,7 +85,7 @@ from ._als.common import CsrArrays
 from .models.als import ALS, fold_in, item_gram
 from .models._common import check_trained
 from .models.bpr import BPR
-from .models.explicit_als import ExplicitALS, check_float32_sums
+from .models.explicit_als import ExplicitALS, check_ratings_fit
 from .models.sgd import SVD, SVDpp, _user_vectors
 from .ranker import MLPRanker
 from .ranking import MLPScorer, PreparedItems, load_scorer
@@ -1426,8 +1426,8 @@ class Recommender:
         if model.kind == "explicit":
             counts = {user: _merge(entry[0].items, entry[0].counts, entry[3],
                                    np.ones(entry[3].size))[1] for user, entry in updated.items()}
-            if model.item_vectors.dtype == np.float32:  # as fit: its solves would overflow
-                _check_ratings_fit(updated, counts, model.longest_ratings)
+            # as fit: refuse ratings whose solves would overflow
+            _check_ratings_fit(updated, counts, model.longest_ratings, model.item_vectors.dtype)
         return updated, counts
 
     def _apply(self, state: _State, users, items, weights, unknown_items: str,
@@ -1979,16 +1979,16 @@ def _added_bias(extra: _NewItems | None, ids: np.ndarray) -> np.ndarray:
     return np.zeros(ids.size) if extra is None or not ids.size else extra.biases(ids)
 
 
-def _check_ratings_fit(updated: dict, counts: dict, longest: int) -> None:
-    """ExplicitALS in float32: refuse the ratings its fit refuses, over each updated user's
-    ratings (a repeated pair's mean standing for its ratings) and row length, with the
-    training's longest row or column."""
+def _check_ratings_fit(updated: dict, counts: dict, longest: int, dtype) -> None:
+    """ExplicitALS: refuse the ratings its fit refuses, over each updated user's ratings (a
+    repeated pair's mean standing for its ratings) and row length, with the training's
+    longest row or column."""
     for user, (_, _, merged_sums, _, new_weights) in updated.items():
         rated = counts[user]
         top = float(max(np.abs(new_weights).max(initial=0.0),
                         np.abs(merged_sums / np.maximum(rated, 1)).max(initial=0.0)))
         try:
-            check_float32_sums(top, max(int(rated.sum()), longest))
+            check_ratings_fit(top, max(int(rated.sum()), longest), dtype)
         except ValueError as error:
             raise UserEventError(user, "events weight (user ", f"): {error}") from None
 

@@ -163,10 +163,13 @@ class ExplicitALS(_RatingModel):
         repeated (user, item) pairs each count as one more rating. ``callback(iteration,
         rmse)`` gets the training RMSE after each iteration; ``initial_factors=(X, Y)``
         replaces the random start (only Y matters: the users are solved first). On bad input
-        the model is left as it was. In float32, ratings whose normal equations could
-        overflow (max |rating|² x the most ratings of one user or item above float32's
-        largest value, 3.4e38: |ratings| above ~1.8e19, less for long rows) are refused
-        with a ValueError: fit them with ``dtype=np.float64`` or rescale them.
+        the model is left as it was. Ratings whose normal equations could overflow (max
+        |rating|² x the most ratings of one user or item above the dtype's largest value:
+        float32's 3.4e38, |ratings| above ~1.8e19, less for long rows; float64's 1.8e308)
+        are refused with a ValueError: fit them with ``dtype=np.float64`` or rescale them.
+        Ratings of widely different magnitudes make the systems ill-conditioned well below
+        that bound (in float32, one rating of 1e5 among ratings of 1 already can): a fit
+        that warns of rows "not positive definite" wants rescaled ratings.
         """
         users, items, values, scale, n_users, n_items = self._fit_arguments(
             users, items, ratings, rating_scale, n_users, n_items, callback, show_progress)
@@ -251,22 +254,23 @@ def _check_sums_fit(values, by_user, by_item, dtype, init_std: float | None) -> 
                          f"user or item ({longest}), more than its largest value "
                          f"{largest:.3g}; use init_std <= {np.sqrt(largest / longest) / 6:.3g}, "
                          f"got {init_std}")
-    if dtype != np.float32:
-        return
-    check_float32_sums(float(np.abs(values).max()), longest)
+    check_ratings_fit(float(np.abs(values).max(initial=0.0)), longest, dtype)
 
 
-def check_float32_sums(top: float, longest: int, where: str = "") -> None:
+def check_ratings_fit(top: float, longest: int, dtype) -> None:
     """Refuse ratings of largest magnitude ``top`` in rows or columns of up to ``longest``
-    ratings where float32 normal equations could overflow (``_check_sums_fit``)."""
-    largest = float(np.finfo(np.float32).max)
-    if top * top * longest > largest:
-        raise ValueError(f"{where}ratings are too large for dtype=float32: the normal equations "
+    ratings where normal equations in ``dtype`` could overflow (``_check_sums_fit``)."""
+    dtype = np.dtype(dtype)
+    largest = float(np.finfo(dtype).max)
+    with np.errstate(over="ignore"):  # float64's bound: the product itself may overflow
+        product = top * top * longest
+    if product > largest:
+        advice = "use dtype=np.float64 or rescale" if dtype == np.float32 else "rescale"
+        raise ValueError(f"ratings are too large for dtype={dtype.name}: the normal equations "
                          f"sum up to max|ratings|² x the most ratings of one user or item "
-                         f"({top:.3g}² x {longest} = {top * top * longest:.3g}), more than "
-                         f"float32's largest value {largest:.3g}; use dtype=np.float64 or "
-                         f"rescale the ratings (max|ratings| <= {np.sqrt(largest / longest):.3g}"
-                         f" here)")
+                         f"({top:.3g}² x {longest} = {product:.3g}), more than "
+                         f"{dtype.name}'s largest value {largest:.3g}; {advice} the ratings "
+                         f"(max|ratings| <= {np.sqrt(largest / longest):.3g} here)")
 
 
 def _ratings_csr(rows, cols, values, n_rows: int, n_cols: int, dtype) -> CsrArrays:
