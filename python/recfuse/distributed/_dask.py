@@ -71,7 +71,9 @@ def _getitem(value, index):
 class DaskALS(DistributedALSBase):
     """Implicit-feedback ALS trained on a Dask cluster, equal to ``recfuse.ALS`` on one machine.
 
-    Same model, parameters and solvers as ``recfuse.ALS``; the ratings come as a dask
+    Same model and solvers as ``recfuse.ALS``, and its parameters but ``random_state``,
+    which defaults to 0 here (the start must be reproducible on every worker); the ratings
+    come as a dask
     DataFrame of (user, item[, weight]) rows with ids of any integer or string type.
 
     How it runs (after Spark MLlib's blocked ALS):
@@ -97,7 +99,8 @@ class DaskALS(DistributedALSBase):
     ``max_retries``: how many times a fit that lost workers or data beyond what Dask
     recomputes by itself (``KilledWorker``, cancelled futures, closed connections) goes back
     to the last checkpoint (or to the start) before it gives up.
-    Other keyword arguments: see ``DistributedALSBase``.
+    Other keyword arguments: see ``recfuse.distributed._common.DistributedALSBase`` (the
+    base class; ``help(DaskALS)`` shows it).
 
     Ids from Dask: dask turns object columns into strings by default
     (``dataframe.convert-string``), so a column mixing 7 and "7" reaches the workers as two
