@@ -719,7 +719,8 @@ def test_worker_threads_variable_is_checked_by_name(monkeypatch):
     for value, expected in (("", 0), ("4", 4), (" 2 ", 2)):
         monkeypatch.setenv("RECFUSE_WORKER_THREADS", value)
         assert worker_threads(0) == expected
-    for value in ("x", "-1", "1.5"):
+    for value in ("x", "-1", "1.5", "70000"):
         monkeypatch.setenv("RECFUSE_WORKER_THREADS", value)
-        with pytest.raises(ValueError, match="RECFUSE_WORKER_THREADS must be an integer >= 0"):
+        with pytest.raises(ValueError, match="RECFUSE_WORKER_THREADS must be an integer from 0 "
+                                             "to 65536"):
             worker_threads(0)

@@ -5,12 +5,31 @@
 #endif
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
 
 namespace recfuse {
 
 namespace {
+
+// A value as it may appear in an error message: bytes outside printable ASCII as \xNN, so
+// that the message stays valid UTF-8 (pybind11 could not turn it into a Python str, and the
+// error would lose its text).
+std::string printable(const std::string& value) {
+  std::string out;
+  for (const unsigned char c : value) {
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      char escaped[5];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", c);
+      out += escaped;
+    }
+  }
+  return out;
+}
 
 bool cpu_supports(SimdLevel level) {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -46,7 +65,7 @@ SimdLevel initial_level() {
       throw std::invalid_argument(std::string("RECFUSE_SIMD: ") + error.what());
     }
     if (!cpu_supports(wanted)) {
-      throw std::invalid_argument(std::string("RECFUSE_SIMD=") + env +
+      throw std::invalid_argument(std::string("RECFUSE_SIMD=") + printable(env) +
                                   " is not supported by this CPU or build; supported up to " +
                                   simd_level_name(best_simd_level()));
     }
@@ -66,8 +85,8 @@ SimdLevel parse_simd_level(const std::string& name) {
   if (name == "generic") return SimdLevel::Generic;
   if (name == "avx2") return SimdLevel::Avx2;
   if (name == "avx512") return SimdLevel::Avx512;
-  throw std::invalid_argument("SIMD level must be one of generic, avx2, avx512; got '" + name +
-                              "'");
+  throw std::invalid_argument("SIMD level must be one of generic, avx2, avx512; got '" +
+                              printable(name) + "'");
 }
 
 const char* simd_level_name(SimdLevel level) {

@@ -124,6 +124,9 @@ def resolve_backend(backend: str = "auto", family: str = "als",
     """
     check_backend(backend)
     _check_family(family)
+    if needs is not None and not (isinstance(needs, str) and needs):
+        raise TypeError(f"needs must be None or a kernel's name (a non-empty str), got "
+                        f"{type(needs).__name__} {needs!r:.60}")
     source = ""  # where the name came from, for the errors: the argument, or the variable
     if backend == "auto":
         backend = os.environ.get("RECFUSE_BACKEND", "auto") or "auto"
@@ -135,7 +138,11 @@ def resolve_backend(backend: str = "auto", family: str = "als",
             if module is not None and (needs is None or hasattr(module, needs)) and (
                     precision is None or precision in getattr(module, "PRECISIONS", (precision,))):
                 return module
-        raise RuntimeError("no recfuse backend is available")  # numpy always is
+        if needs is not None:  # numpy always is available: it is the kernel that none has
+            raise RuntimeError(f"no available backend has a {needs} kernel for the {family} "
+                               f"family" + (f" in {precision}" if precision else ""))
+        raise RuntimeError("no recfuse backend is available" + (
+            f" for precision {precision!r}" if precision else ""))
     module, info = _probe(backend, family)
     if module is None:
         raise RuntimeError(f"backend {backend!r}{source} is not available: {info.detail}")

@@ -53,7 +53,39 @@ def availability() -> tuple[bool, str]:
     if len(numbers) == 2 and tuple(numbers) < MIN_NUMBA:  # its kernels use newer features
         return False, (f"numba {version} is older than {'.'.join(map(str, MIN_NUMBA))} "
                        f"(pip install -U 'recfuse[numba]')")
+    problem = _threading_layer_problem(numba)
+    if problem is not None:
+        return False, problem
     return True, f"numba {version}"
+
+
+# The layers numba tries for each NUMBA_THREADING_LAYER choice (numba.np.ufunc.parallel's
+# _launch_threads, on Linux), and the module that loads each layer's library.
+_LAYER_CHOICES = {"default": ("tbb", "omp", "workqueue"), "safe": ("tbb",),
+                  "threadsafe": ("tbb", "omp"), "forksafe": ("tbb", "workqueue")}
+_LAYER_MODULES = {"tbb": "tbbpool", "omp": "omppool", "workqueue": "workqueue"}
+
+
+def _threading_layer_problem(numba) -> str | None:
+    """Why no threading layer that NUMBA_THREADING_LAYER asks for can load (None when one
+    can): numba finds out only at the first parallel call, whose every call would then
+    raise, where "auto" should have passed this backend over. Importing a layer's module
+    loads its library and starts no thread."""
+    import importlib
+
+    layer = str(numba.config.THREADING_LAYER).lower()
+    candidates = (layer,) if layer in _LAYER_MODULES else _LAYER_CHOICES.get(layer)
+    if candidates is None:
+        return (f"NUMBA_THREADING_LAYER={layer!r} is unknown to numba (one of "
+                f"{sorted([*_LAYER_MODULES, *_LAYER_CHOICES])})")
+    for candidate in candidates:
+        try:
+            importlib.import_module(f"numba.np.ufunc.{_LAYER_MODULES[candidate]}")
+        except ImportError:
+            continue
+        return None
+    return (f"NUMBA_THREADING_LAYER={layer!r}: no numba threading layer of "
+            f"{', '.join(candidates)} can load here (tbb: pip install tbb)")
 
 
 @functools.lru_cache(maxsize=None)

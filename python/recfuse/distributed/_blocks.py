@@ -467,9 +467,9 @@ def worker_threads(num_threads: int) -> int:
         threads = int(value)
     except ValueError:
         threads = -1
-    if threads < 0:  # a worker's misconfiguration: said once it runs, not a bare int() error
-        raise ValueError(f"RECFUSE_WORKER_THREADS must be an integer >= 0 (0: all cores), got "
-                         f"{value!r}")
+    if not 0 <= threads <= check.MAX_THREADS:  # a worker's misconfiguration: said once it runs
+        raise ValueError(f"RECFUSE_WORKER_THREADS must be an integer from 0 to "
+                         f"{check.MAX_THREADS} (0: all cores), as num_threads, got {value!r}")
     return threads
 
 
