@@ -282,6 +282,23 @@ def _refit(name, model):
 
 
 @pytest.mark.parametrize("name", list(SHAPING))
+def test_fit_checks_settings_assigned_by_hand(name):
+    """An attribute assigned by hand skips set_params' checks: fit checks every setting
+    first, with the constructor's error, and a refused fit leaves the fitted model as it
+    was (a negative regularization assigned so was trained with)."""
+    cls, _, (bad_name, bad_value) = MODELS[name]
+    model = _fitted_small(name)
+    before = _results(model)
+    setattr(model, bad_name, bad_value)
+    _same_error(lambda: cls(**{bad_name: bad_value}), lambda: _refit(name, model))
+    setattr(model, bad_name, cls().get_params()[bad_name])
+    _assert_same_results(model, before)
+    model.dtype = "float64" if name != "MLPRanker" else None  # a spelling the check converts
+    if name != "MLPRanker":
+        assert _refit(name, model).dtype == np.float64
+
+
+@pytest.mark.parametrize("name", list(SHAPING))
 def test_set_params_refuses_new_fit_shaping_values_on_a_fitted_model(name):
     model = _fitted_small(name)
     before, results = model.get_params(), _results(model)

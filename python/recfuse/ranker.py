@@ -146,6 +146,7 @@ class MLPRanker(EstimatorParams):
         Training runs aside: on bad input, an error or an interrupt (e.g. Ctrl-C) part-way
         (raised by the callback too), or a fit that diverges (NaN or inf weights:
         ValueError), the ranker keeps the weights, biases and losses it had."""
+        self._check_settings()
         check.check_flag(show_progress, "show_progress")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")

@@ -156,6 +156,7 @@ class DaskALS(DistributedALSBase):
         ``recfuse.reference.als_loss`` as ``recfuse.ALS.fit`` reports it (one more pass over
         the user blocks; None with ``compute_loss=False``).
         """
+        self._check_settings()
         dd, distributed = _require_dask()
         if not isinstance(ddf, dd.DataFrame):
             raise TypeError(f"ddf must be a dask DataFrame, got {type(ddf).__module__}."

@@ -339,6 +339,7 @@ class SparkALS(DistributedALSBase):
         ``spark.sql.caseSensitive`` is true). The weight column must be of a numeric (or
         boolean) Spark type; decimals are cast to double. The DataFrames that an earlier fit
         of this model cached are released once this one has replaced them."""
+        self._check_settings()
         _require_spark()
         if not _is_spark_frame(df):
             raise TypeError(f"df must be a pyspark DataFrame, got {type(df).__module__}."

@@ -6,6 +6,7 @@ retrieval calls built on ``recommend`` and the factor tables (``recommend_all``,
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, overload
 
@@ -148,6 +149,12 @@ def saved_seed(random_state) -> int | None:
         else int(random_state)
 
 
+def param_dtype(dtype):
+    """``dtype`` as ``get_params`` gives it: a checked dtype by its (interned) name; anything
+    else, assigned by hand, as it is, for the fit's check to name."""
+    return sys.intern(dtype.name) if isinstance(dtype, np.dtype) else dtype
+
+
 def param_seed(random_state):
     """``random_state`` as ``get_params`` gives it: an integer seed as a plain int (the very
     int given, when it is one), None or the ``numpy.random.Generator`` itself."""
@@ -196,6 +203,13 @@ class EstimatorParams:
                 self._refuse_fit_shaped(attributes)
             for name, value in attributes.items():
                 setattr(self, name, value)
+
+    def _check_settings(self) -> None:
+        """Check the parameters as they stand and set their checked forms: every fit calls
+        it first, as scikit-learn's estimators check theirs there, since an attribute
+        assigned by hand (``model.regularization = -5``) skips ``set_params``' checks. A
+        refused value raises the constructor's error and changes nothing."""
+        self._set_checked(self._params())
 
     def _refuse_fit_shaped(self, attributes: dict[str, Any]) -> None:
         """ValueError naming each parameter that shapes the fitted state to which

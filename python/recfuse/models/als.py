@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numbers
-import sys
 import threading
 import warnings
 from dataclasses import dataclass, replace
@@ -17,7 +16,7 @@ from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
 from ._common import (EstimatorParams, FactorRetrieval, check_tables_fit, check_trained,
-                      interaction_matrix, param_seed, progress_bar, saveable_tables,
+                      interaction_matrix, param_dtype, param_seed, progress_bar, saveable_tables,
                       saved_factor_tables, saved_group, shaped_tables, stored_seen)
 
 if TYPE_CHECKING:
@@ -230,6 +229,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         solution, whatever the solver; with ``iterations=0`` the start is kept). On bad
         input nothing about the model changes.
         """
+        self._check_settings()
         check_tables_fit(user_items, self.factors, np.dtype(self.dtype).itemsize)
         given = interaction_matrix(user_items)
         matrix = check.check_csr(given, "user_items", dtype=self.dtype,
@@ -575,7 +575,7 @@ def settings_params(model: AlsSettings) -> dict[str, Any]:
     by its name, interned: the same str object each time, as ``sklearn.base.clone`` checks)."""
     return {"factors": model.factors, "regularization": model.regularization,
             "alpha": model.alpha, "iterations": model.iterations, "solver": model.solver,
-            "cg_steps": model.cg_steps, "dtype": sys.intern(model.dtype.name),
+            "cg_steps": model.cg_steps, "dtype": param_dtype(model.dtype),
             "backend": model.backend, "num_threads": model.num_threads,
             "confidence": model.confidence}
 

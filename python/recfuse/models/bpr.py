@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -15,7 +14,7 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
 from ._common import (EstimatorParams, FactorRetrieval, check_tables_fit, check_trained,
-                      interaction_matrix, param_seed, progress_bar, saveable_tables,
+                      interaction_matrix, param_dtype, param_seed, progress_bar, saveable_tables,
                       saved_factor_tables, seen_rows, shaped_tables, stored_seen)
 from .sgd import MAX_FACTORS
 
@@ -118,6 +117,7 @@ class BPR(EstimatorParams, FactorRetrieval):
         ``matrix``) and return self. ``callback(iteration, skipped)`` gets the number of
         pairs skipped for want of an unseen negative. On bad input the model is left as it
         was."""
+        self._check_settings()
         # the starting tables are drawn in float64 and then cast
         check_tables_fit(user_items, self.factors, 8 + np.dtype(self.dtype).itemsize)
         given = interaction_matrix(user_items)
@@ -223,7 +223,7 @@ class BPR(EstimatorParams, FactorRetrieval):
     def _params(self) -> dict[str, Any]:
         """The constructor arguments (``get_params``)."""
         return {"factors": self.factors, "lr": self.lr, "reg": self.reg,
-                "iterations": self.iterations, "dtype": sys.intern(self.dtype.name),
+                "iterations": self.iterations, "dtype": param_dtype(self.dtype),
                 "grid": self.grid, "max_tries": self.max_tries, "backend": self.backend,
                 "num_threads": self.num_threads, "random_state": param_seed(self.random_state)}
 

@@ -13,7 +13,6 @@ without a learning rate for ``SVD`` users, not an option that would switch off h
 
 from __future__ import annotations
 
-import sys
 import threading
 import warnings
 from dataclasses import replace
@@ -25,7 +24,7 @@ from .. import _validation as check
 from .._als.common import CsrArrays
 from .._backend import resolve_backend
 from .._sgd.common import Pattern
-from ._common import check_start_fits, check_trained, param_seed, progress_bar
+from ._common import check_start_fits, check_trained, param_dtype, param_seed, progress_bar
 from .sgd import MAX_FACTORS, _RatingModel, _rmse, mean_of
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ class ExplicitALS(_RatingModel):
         return {
             "factors": self.factors, "iterations": self.iterations, "reg": self.reg,
             "biased": self.biased, "reg_bias": self.reg_bias, "init_std": self.init_std,
-            "dtype": sys.intern(self.dtype.name), "backend": self.backend,
+            "dtype": param_dtype(self.dtype), "backend": self.backend,
             "num_threads": self.num_threads, "random_state": param_seed(self.random_state),
         }
 
@@ -171,6 +170,7 @@ class ExplicitALS(_RatingModel):
         that bound (in float32, one rating of 1e5 among ratings of 1 already can): a fit
         that warns of rows "not positive definite" wants rescaled ratings.
         """
+        self._check_settings()
         users, items, values, scale, n_users, n_items = self._fit_arguments(
             users, items, ratings, rating_scale, n_users, n_items, callback, show_progress)
         by_user = _ratings_csr(users, items, values, n_users, n_items, self.dtype)

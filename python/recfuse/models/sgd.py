@@ -11,7 +11,6 @@ order given, which is Surprise's own order when they come from ``Trainset.all_ra
 
 from __future__ import annotations
 
-import sys
 import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, overload
@@ -25,8 +24,8 @@ from .._sgd.common import (EpochThreads, PairsPattern, Pattern, default_grid, in
                            trained_rows_in_id_order, training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
 from ._common import (EstimatorParams, FactorRetrieval, check_start_fits, check_trained,
-                      param_seed, progress_bar, rating_arrays, saved_factor_tables, saved_group,
-                      seen_rows, shaped_tables)
+                      param_dtype, param_seed, progress_bar, rating_arrays, saved_factor_tables,
+                      saved_group, seen_rows, shaped_tables)
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike
@@ -433,7 +432,7 @@ class _SgdFactorization(_RatingModel):
     reg: float
     init_mean: float
     init_std: float
-    rates: dict[str, Any]  # lr_bu=..., reg_qi=...: a float or None
+    # and one attribute per name of _RATES (lr_bu=..., reg_qi=...): a float or None
     grid: int
     shuffle: bool
     backend: str
@@ -448,6 +447,11 @@ class _SgdFactorization(_RatingModel):
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ parameters
+    @property
+    def rates(self) -> dict[str, float | None]:
+        """The per-term rates given (``lr_bu``, ..., ``reg_qi``; None: ``lr`` / ``reg``)."""
+        return {name: getattr(self, name) for name in self._RATES}
+
     def _rate_tuples(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(lr, reg) for the kernels: bu, bi, pu, qi, yj (unused terms repeat lr/reg)."""
         lr = tuple(self.rates.get(f"lr_{t}") or self.lr for t in ("bu", "bi", "pu", "qi", "yj"))
@@ -460,7 +464,7 @@ class _SgdFactorization(_RatingModel):
         params = {
             "factors": self.factors, "epochs": self.epochs, "lr": self.lr, "reg": self.reg,
             "init_mean": self.init_mean, "init_std": self.init_std, **self.rates,
-            "dtype": sys.intern(self.dtype.name), "grid": self.grid, "shuffle": self.shuffle,
+            "dtype": param_dtype(self.dtype), "grid": self.grid, "shuffle": self.shuffle,
             "backend": self.backend, "num_threads": self.num_threads,
             "random_state": param_seed(self.random_state),
         }
@@ -497,7 +501,7 @@ class _SgdFactorization(_RatingModel):
         if not isinstance(shuffle, (bool, np.bool_)):
             raise TypeError(f"shuffle must be a bool, got {type(shuffle).__name__}")
         checked.update(
-            init_mean=init_mean, init_std=init_std, rates=rates, dtype=dtype, grid=grid,
+            init_mean=init_mean, init_std=init_std, **rates, dtype=dtype, grid=grid,
             shuffle=bool(shuffle), backend=check.check_backend(params["backend"]),
             num_threads=check.check_threads(params["num_threads"]),
             random_state=check.check_random_state(params["random_state"]))
@@ -531,6 +535,7 @@ class _SgdFactorization(_RatingModel):
         ``initial_factors`` replaces the random start: (P, Q) for SVD, (P, Q, Y) for SVD++.
         On bad input the model is left as it was.
         """
+        self._check_settings()
         users, items, values, scale, n_users, n_items = self._fit_arguments(
             users, items, ratings, rating_scale, n_users, n_items, callback, show_progress)
         rng = np.random.default_rng(self.random_state)
