@@ -540,7 +540,7 @@ def test_recommend_lists_each_user_once_in_text_and_json(tmp_path):
         assert line == f"user {user}: " + ", ".join(f"{e['item']} ({e['score']:.3f})"
                                                     for e in entries)
     huge = run("recommend", tmp_path / "m", "99999999999999999999", check_rc=2)
-    _one_line_error(huge, "recommend", "64-bit integers")
+    _one_line_error(huge, "recommend", "integers from -9223372036854775808 to 9223372036854775807")
 
 
 def test_evaluate_refuses_column_options_without_a_test_log(tmp_path):

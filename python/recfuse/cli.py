@@ -745,6 +745,7 @@ def _evaluate(args) -> int:
     extra = {}
     if args.test:
         weight, combine, ratings = args.weight, LOG_DEFAULTS["combine"], ""
+        time_column: dict = {}
         if callable(getattr(model, "predict", None)):
             # RMSE and MAE compare ratings: read them as the training data's were (its
             # rating column unless --weight names another, its rule for repeated pairs),
@@ -758,8 +759,13 @@ def _evaluate(args) -> int:
             combine = settings.get("combine", combine)
             extra = {"weight": weight, "combine": combine}
             ratings = f" (ratings of column {weight!r}, repeated pairs combined by {combine})"
+            # "last" is the latest by the training's time column, as training read it
+            timestamp = (settings.get("columns") or {}).get("timestamp")
+            if combine == "last" and timestamp is not None:
+                time_column = {"timestamp": timestamp}
+                ratings = ratings[:-1] + f", the latest by column {timestamp!r})"
         test = Interactions.from_events(args.test, **_log_columns(args, ("user", "item")),
-                                        weight=weight, combine=combine,
+                                        **time_column, weight=weight, combine=combine,
                                         user_ids=train.user_ids, item_ids=train.item_ids,
                                         unknown="drop", read_options=read_options)
         if test.nnz == 0:
@@ -799,11 +805,17 @@ def _recommend(args) -> int:
     ids = train.user_ids.ids
     wanted = np.asarray(args.users)
     if ids.dtype.kind in "iu":
+        # parsed as Python ints, then held in the map's kind: uint64 ids reach 2**64 - 1
+        bounds = np.iinfo(np.uint64 if ids.dtype.kind == "u" else np.int64)
         try:
-            wanted = wanted.astype(np.int64)
-        except (ValueError, OverflowError) as error:  # a word, or beyond 64 bits
-            raise ValueError(f"user ids of this model are 64-bit integers, got "
+            numbers = [int(user) for user in args.users]
+        except ValueError as error:  # a word
+            raise ValueError(f"user ids of this model are integers, got "
                              f"{args.users[:10]}") from error
+        if any(not bounds.min <= number <= bounds.max for number in numbers):
+            raise ValueError(f"user ids of this model are integers from {bounds.min} to "
+                             f"{bounds.max}, got {args.users[:10]}")
+        wanted = np.array(numbers, dtype=bounds.dtype)
     users = train.user_ids.to_internal(wanted, missing="ignore")
     if (users < 0).any():
         raise ValueError(f"unknown user ids (not in the training data): "
