@@ -26,6 +26,13 @@ using namespace recfuse::bindings;
 
 namespace {
 
+// The memory of a huge_page_table, held by the capsule that is its arrays' base.
+struct HugePageMapping {
+  void* memory;
+  size_t bytes;
+};
+constexpr const char* kHugePageCapsule = "recfuse.huge_page_table";
+
 // The CPU kernels as bind_als_functions expects them.
 struct CpuKernels {
   template <class T>
@@ -88,15 +95,13 @@ PYBIND11_MODULE(_core, m) {
         const size_t bytes = static_cast<size_t>(rows) * static_cast<size_t>(cols) * item;
         void* memory = recfuse::huge_page_alloc(bytes);
         if (memory == nullptr) return py::none();
-        struct Mapping {
-          void* memory;
-          size_t bytes;
-        };
-        py::capsule owner(new Mapping{memory, bytes}, [](void* pointer) {
-          auto* mapping = static_cast<Mapping*>(pointer);
-          recfuse::huge_page_free(mapping->memory, mapping->bytes);
-          delete mapping;
-        });
+        py::capsule owner(new HugePageMapping{memory, bytes}, kHugePageCapsule,
+                          [](PyObject* capsule) {
+                            auto* mapping = static_cast<HugePageMapping*>(
+                                PyCapsule_GetPointer(capsule, kHugePageCapsule));
+                            recfuse::huge_page_free(mapping->memory, mapping->bytes);
+                            delete mapping;
+                          });
         return py::array(py::dtype(dtype), {rows, cols}, {cols * item, item}, memory, owner);
       },
       py::arg("rows"), py::arg("cols"), py::arg("dtype"),
@@ -105,6 +110,20 @@ PYBIND11_MODULE(_core, m) {
       "where that does not apply (not Linux, under 4 MiB): ALS fits keep their factor tables "
       "there so that the half-sweeps' random row reads stop missing the TLB without a copy "
       "per half-sweep (als_half_sweep(..., huge_page_copy=False)).");
+  m.def(
+      "release_table_tail",
+      [](const py::capsule& owner, int64_t keep_bytes) {
+        expect(std::string(owner.name() == nullptr ? "" : owner.name()) == kHugePageCapsule,
+               "release_table_tail takes the base of a huge_page_table");
+        expect(keep_bytes >= 0, "keep_bytes must be >= 0");
+        auto* mapping = static_cast<HugePageMapping*>(owner.get_pointer());
+        recfuse::huge_page_release_tail(mapping->memory, mapping->bytes,
+                                        static_cast<size_t>(keep_bytes));
+      },
+      py::arg("owner"), py::arg("keep_bytes"),
+      "Give back the memory of a huge_page_table (given by its base, the capsule that unmaps "
+      "it) past its first keep_bytes: whole pages only, and no array may read there again "
+      "(an ALS fit's padded tables once their first k columns are moved to the front).");
   m.def("default_threads", &recfuse::available_threads,
         "The threads num_threads=0 stands for in every native call: OpenMP's default capped "
         "at the processors this process may use; 1 in a process forked after native threads "

@@ -6,6 +6,7 @@
 
 #ifdef __linux__
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 #include <cmath>
@@ -56,6 +57,19 @@ void* huge_page_alloc(size_t bytes) {
 #else
   (void)bytes;
   return nullptr;
+#endif
+}
+
+void huge_page_release_tail(void* pointer, size_t bytes, size_t keep) {
+#ifdef __linux__
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t from = (keep + page - 1) / page * page;
+  if (pointer != nullptr && from < bytes)
+    madvise(static_cast<char*>(pointer) + from, bytes - from, MADV_DONTNEED);
+#else
+  (void)pointer;
+  (void)bytes;
+  (void)keep;
 #endif
 }
 

@@ -700,10 +700,33 @@ void MlpModel::rescore_rows(const MlpCandidates& c, const CallPlan& plan, int64_
   }
 }
 
+namespace {
+
+// A thread keeps its rank buffers between users (no allocation per user), but not past a
+// call that grew them beyond this many entries: it would hold its largest call's buffers
+// (4M candidates: 30-170 MB) for its whole life.
+constexpr size_t kKeptRankEntries = size_t(1) << 16;
+
+template <class T>
+void release_if_large(std::vector<T>& buffer) {
+  if (buffer.capacity() > kKeptRankEntries) std::vector<T>().swap(buffer);
+}
+
+}  // namespace
+
 void MlpModel::rank_user(const MlpCandidates& c, const CallPlan& plan, int k, const float* all,
                          int64_t u, Scratch& s, int64_t* ids, float* scores) const {
   thread_local std::vector<int64_t> order, band, picked, top;
   thread_local std::vector<float> exact;  // float32 scores of the band's rows, by place
+  struct ReleaseAtExit {
+    ~ReleaseAtExit() {
+      release_if_large(order);
+      release_if_large(band);
+      release_if_large(picked);
+      release_if_large(top);
+      release_if_large(exact);
+    }
+  } release_at_exit;
   if (precision_ == MlpPrecision::Float32)
     return rank_scored_user(c.indptr, c.ids, all, u, k, order, top, ids, scores);
   top.resize(k);

@@ -463,10 +463,21 @@ def _candidate_lists(candidate_ids, users: int, single_user: bool):
                      f"shape {ids.shape}")
 
 
-@functools.lru_cache(maxsize=64)
 def _dense_indptr(users: int, per_user: int) -> np.ndarray:
     """The (read-only) indptr of ``users`` lists of ``per_user`` candidates each: a serving
-    loop asks for the same shape on every call (building it cost ~1 µs of a 1 x 1,000 rank)."""
+    loop asks for the same shape on every call (building it cost ~1 µs of a 1 x 1,000 rank),
+    so small ones are cached; large ones, whose building costs little beside their rank,
+    are not (the cache would keep up to 64 of them for the process's life)."""
+    if users <= _CACHED_INDPTR_USERS:
+        return _small_dense_indptr(users, per_user)
+    return np.arange(users + 1, dtype=np.int64) * per_user
+
+
+_CACHED_INDPTR_USERS = 4096  # 64 cached indptrs of at most 32 KB each
+
+
+@functools.lru_cache(maxsize=64)
+def _small_dense_indptr(users: int, per_user: int) -> np.ndarray:
     indptr = np.arange(users + 1, dtype=np.int64) * per_user
     indptr.flags.writeable = False
     return indptr

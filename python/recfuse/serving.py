@@ -313,8 +313,9 @@ class _Model:
         return self.ranker.input_width - 2 * self.item_vectors.shape[1]
 
 
-# bytes of one list entry of an answer: id (int64), score (float32), stage code (int8)
-_RESULT_BYTES = 8 + 4 + 1
+# bytes of one list entry of an answer: id (int64), score (float32), stage code (int8) and
+# the stage's name (the answer's stages column)
+_RESULT_BYTES = 8 + 4 + 1 + _STAGE_NAMES.itemsize
 
 
 class _User(NamedTuple):
@@ -1096,6 +1097,9 @@ class Recommender:
             threads = self._threads(model)
             depth = self.candidates if candidates is None else candidates
             wanted = max(k, depth) if self._deep(model) else k
+            # past the items there are (the model's and the added ones) only padding comes
+            recallable = model.n_items + (0 if extra is None else extra.count)
+            wanted = min(wanted, max(recallable, 1))
             ids, scores = self._recall(model, extra, queries, offsets, base_rows, own, wanted,
                                        threads)
             code = _RECALL

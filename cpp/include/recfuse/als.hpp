@@ -46,6 +46,9 @@ struct AlsParams {
 // caller uses ordinary memory. Release it with huge_page_free(pointer, bytes).
 void* huge_page_alloc(std::size_t bytes);
 void huge_page_free(void* pointer, std::size_t bytes);
+// Give back the physical pages of huge_page_alloc memory past its first `keep` bytes (the
+// whole pages there; the mapping stays, and those pages read as zeros if touched again).
+void huge_page_release_tail(void* pointer, std::size_t bytes, std::size_t keep);
 
 // G = YᵀY (k x k, full symmetric, row-major). Deterministic for any thread count.
 template <class T>

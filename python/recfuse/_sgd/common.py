@@ -231,11 +231,13 @@ def normal_table(seed: int, n_rows: int, k: int, mean: float, std: float, dtype,
                  out: np.ndarray | None = None, num_threads: int = 0) -> np.ndarray:
     """``reference.normal_table(seed, n_rows, k, mean, std, dtype)``, drawn natively where the
     native module is there (the starting factors of ALS, and of SGD fits given no layout),
-    into ``out`` (a C-order (n_rows, k) array of ``dtype``) when given."""
+    into ``out`` (a C-order (n_rows, width >= k) array of ``dtype``, zero past column k) when
+    given."""
     if out is None:
         out = np.empty((n_rows, k), dtype=dtype)
     if not _native_usable():  # not built, or RECFUSE_SIMD names a level it cannot run
-        out[...] = reference.normal_table(seed, n_rows, k, mean, std, dtype)
+        out[:, :k] = reference.normal_table(seed, n_rows, k, mean, std, dtype)
+        out[:, k:] = 0
     else:
         _core.normal_rows(seed, out, k, mean, std, num_threads=num_threads)
     return out

@@ -179,13 +179,14 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             num_threads=self.num_threads,
         )
 
-    def _starting_factors(self, n_users: int, n_items: int, given,
-                          table: Callable) -> list[np.ndarray]:
-        """[X, Y] to start a fit from, in new arrays made by ``table(rows, cols, dtype)`` (the
-        backend's factor_table: huge pages for the cpu backend, so no second copy is made):
-        Normal(0, 0.01²) draws by counter (``reference.normal_table``; natively ~50 ms for
-        150k x 64 values with a cold allocation, where NumPy's generator took 135 ms), or
-        ``given`` (a pair) checked and copied."""
+    def _starting_factors(self, n_users: int, n_items: int, given, table: Callable,
+                          width: int) -> list[np.ndarray]:
+        """[X, Y] to start a fit from, in new arrays of ``width`` >= k columns (zero past k)
+        made by ``table(rows, cols, dtype)`` (the backend's factor_table: huge pages for the
+        cpu backend, so no second copy is made): Normal(0, 0.01²) draws by counter
+        (``reference.normal_table``; natively ~50 ms for 150k x 64 values with a cold
+        allocation, where NumPy's generator took 135 ms), or ``given`` (a pair) checked and
+        copied."""
         from .._sgd.common import normal_table
 
         k = self.factors
@@ -193,7 +194,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             rng = np.random.default_rng(self.random_state)
             seeds = rng.integers(0, 2**63, size=2, dtype=np.int64)
             return [normal_table(int(seed), n, k, 0.0, 0.01, self.dtype,
-                                 out=table(n, k, self.dtype), num_threads=self.num_threads)
+                                 out=table(n, width, self.dtype), num_threads=self.num_threads)
                     for seed, n in zip(seeds, (n_users, n_items))]
         if not isinstance(given, (tuple, list)) or len(given) != 2:
             raise TypeError("initial_factors must be a pair (user_factors, item_factors)")
@@ -204,8 +205,9 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
                 f"initial_factors must have shapes ({n_users}, {k}) and ({n_items}, {k}), "
                 f"got {X.shape} and {Y.shape}"
             )
-        start = [table(n_users, k, self.dtype), table(n_items, k, self.dtype)]
-        start[0][...], start[1][...] = X, Y
+        start = [table(n_users, width, self.dtype), table(n_items, width, self.dtype)]
+        for out, values in zip(start, (X, Y)):
+            out[:, :k], out[:, k:] = values, 0
         return start
 
     def fit(
@@ -240,14 +242,20 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         show_progress = check.check_flag(show_progress, "show_progress")
         compute_loss = check.check_flag(compute_loss, "compute_loss")
         backend = resolve_backend(self.backend)
-        table = getattr(backend, "factor_table", None) or (lambda n, k, t: np.empty((n, k), t))
-        start = self._starting_factors(n_users, n_items, initial_factors, table)
         params = self.params
+        table = getattr(backend, "factor_table", None) or (lambda n, k, t: np.empty((n, k), t))
+        # the width the backend trains at (cpu: padded to a width its kernels specialise),
+        # where the start is drawn, so that no padded copy of it is made
+        width = (backend.training_width(self.factors, params)
+                 if hasattr(backend, "training_width") else self.factors)
+        start = self._starting_factors(n_users, n_items, initial_factors, table, width)
         user_csr = CsrArrays.from_scipy(matrix, self.dtype)
         item_csr = user_csr.transpose()
         # The starting tables reach the trainer as their only references: a device trainer
         # that uploads them lets the host copies go for the rest of the fit.
-        trainer = backend.make_trainer(user_csr, item_csr, start.pop(0), start.pop(0), params)
+        trainer = backend.make_trainer(user_csr, item_csr, start.pop(0), start.pop(0), params,
+                                       **({"factors": self.factors} if width != self.factors
+                                          else {}))
         progress = progress_bar(self.iterations, show_progress, f"ALS ({backend.NAME})")
         failed = 0
         try:
@@ -263,7 +271,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
                 progress.update(1)
         finally:
             progress.close()
-        X, Y = trainer.factors()
+        X, Y = getattr(trainer, "take_factors", trainer.factors)()
         check_trained("ALS", (X, Y), "lower alpha or regularization, scale down the values of "
                       "user_items, or use dtype=np.float64")
         if self.iterations:
