@@ -278,6 +278,25 @@ def _cache_names(attributes: dict) -> list[str]:
     return [name for name in attributes if name.endswith("_cache")]
 
 
+def assigned_tables(user_factors, item_factors) -> tuple[np.ndarray, np.ndarray]:
+    """A fitted model's (user_factors, item_factors) as 2-d arrays of one width, for a call
+    that reads them: a table assigned by hand may be a list, or of another width than the
+    other (implicit lets both be replaced by tables of a new width, and so do these models).
+    Shapes and kinds only (no pass over the values): every recommend and fold-in calls it."""
+    tables = []
+    for table, name in ((user_factors, "user_factors"), (item_factors, "item_factors")):
+        array = np.asarray(table)
+        if array.ndim != 2 or array.dtype.kind not in "fiu":
+            raise ValueError(f"{name} must be a 2-d table of numbers (rows x factors), got "
+                             f"shape {array.shape} and dtype {array.dtype} (assigned by hand?)")
+        tables.append(array)
+    if tables[0].shape[1] != tables[1].shape[1]:
+        raise ValueError(f"user_factors and item_factors must have one number of columns "
+                         f"(factors), got shapes {tables[0].shape} and {tables[1].shape} "
+                         f"(assigned by hand?)")
+    return tables[0], tables[1]
+
+
 def shaped_tables(factors: int) -> dict[str, str]:
     """A fitted factor model's ``_fit_shaped``: its ``factors`` and ``dtype`` shaped its
     tables (of ``factors`` columns)."""

@@ -15,8 +15,9 @@ from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
-from ._common import (EstimatorParams, FactorRetrieval, check_tables_fit, check_trained,
-                      interaction_matrix, param_dtype, param_seed, progress_bar, saveable_tables,
+from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_tables_fit,
+                      check_trained, interaction_matrix, param_dtype, param_seed, progress_bar,
+                      saveable_tables,
                       saved_factor_tables, saved_group, shaped_tables, stored_seen)
 
 if TYPE_CHECKING:
@@ -355,16 +356,19 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             raise ValueError(f"{side}_ids must not repeat an id")
         with self._lock:
             state = self._state
-            own_table, fixed = ((state.user_factors, state.item_factors) if side == "user"
-                                else (state.item_factors, state.user_factors))
-            assert own_table is not None and fixed is not None  # _require_fitted
+            users, items = assigned_tables(state.user_factors, state.item_factors)
+            own_table, fixed = (users, items) if side == "user" else (items, users)
             kept = state.user_items
-            if kept is not None and kept.shape[1 if side == "user" else 0] != fixed.shape[0]:
-                # the rows' indices (the fixed side's ids) would reach past it: corrupt
+            own_axis, fixed_axis = (0, 1) if side == "user" else (1, 0)
+            if kept is not None and (kept.shape[fixed_axis] != fixed.shape[0]
+                                     or kept.shape[own_axis] > own_table.shape[0]):
+                # the rows' indices (the fixed side's ids) would reach past that table, or
+                # the seen matrix would keep entries of rows the grown table lacks: corrupt
                 raise ValueError(
                     f"the seen matrix kept from training is {kept.shape[0]} users x "
-                    f"{kept.shape[1]} items, the {other} table has {fixed.shape[0]} rows "
-                    f"(assigned by hand?): update_{side}s cannot update it; refit the model")
+                    f"{kept.shape[1]} items, the user and item tables have {users.shape[0]} "
+                    f"and {items.shape[0]} rows (assigned by hand?): update_{side}s cannot "
+                    f"update it; refit the model")
             # checked against the table of the state folded into: a fit that lands before
             # the lock may change it
             matrix = check.check_csr(
@@ -373,7 +377,8 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
                 nonnegative=self.confidence == "linear",
             )
             known = own_table.shape[0]
-            start = np.zeros((ids.size, self.factors), dtype=self.dtype)
+            width = own_table.shape[1]  # the model's factors, or the width assigned to both
+            start = np.zeros((ids.size, width), dtype=self.dtype)
             old = ids < known
             start[old] = own_table[ids[old]]
             gram = state.item_gram if side == "user" else None
@@ -384,7 +389,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             grown = max(known, int(ids.max()) + 1) if ids.size else known
             try:
                 # a copy either way: readers keep a consistent old array
-                factors = np.zeros((grown, self.factors), dtype=self.dtype)
+                factors = np.zeros((grown, width), dtype=self.dtype)
                 factors[:known] = own_table
                 factors[ids] = start
                 seen = kept
@@ -431,12 +436,8 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
                             f"in implicit); pass the list length as k={user_items}")
         self._require_fitted()
         state = self._state  # one consistent snapshot: factors and seen items together
-        X = state.user_factors
-        assert X is not None  # _require_fitted
+        X, _ = assigned_tables(state.user_factors, state.item_factors)
         index = self._recommend_index(state)
-        if np.ndim(X) != 2 or np.shape(X)[1] != index.shape[1]:  # tables assigned by hand
-            raise ValueError(f"user_factors and item_factors must have one number of columns "
-                             f"(factors), got shapes {np.shape(X)} and {index.shape}")
         single = check.is_one_id(user_ids, "user_ids")
         ids = check.check_ids(user_ids, "user_ids", X.shape[0])
         k = check.check_k(k)
@@ -619,7 +620,9 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
     factors) is where "cg" starts (the cholesky solver ignores it). ``num_threads`` replaces
     the model's for this call (a few users solve faster on one thread than a team's start
     costs). A row without a positive value gets the zero vector, its exact solution, as
-    in ``fit``. Returns the new vectors (a new array).
+    in ``fit``. Returns the new vectors (a new array); a Cholesky row system that is not
+    positive definite is a ValueError (``fit`` keeps such a row's vector and warns: a
+    fold-in would install the old vector with the new row).
     """
     vectors = np.array(start, dtype=model.dtype, order="C", copy=True)
     table = np.ascontiguousarray(item_factors, dtype=model.dtype)
@@ -628,8 +631,13 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
         CsrArrays.from_scipy(user_items, model.dtype)
     params = model.params if num_threads is None else replace(model.params,
                                                                num_threads=num_threads)
-    backend.half_sweep(rows, table, vectors, params,
-                       gram=np.ascontiguousarray(gram, dtype=model.dtype))
+    failed = backend.half_sweep(rows, table, vectors, params,
+                                gram=np.ascontiguousarray(gram, dtype=model.dtype))
+    if failed:  # the Cholesky solver kept those rows' old vectors: not what the rows say
+        raise ValueError(f"the fold-in diverged: {failed} row system(s) were not positive "
+                         f"definite in {np.dtype(model.dtype).name} (sums that overflowed it, "
+                         f"or regularization 0); scale down the values of the rows, or use "
+                         f"dtype=np.float64; nothing was applied")
     # as in fit: a row without a positive entry solves to exactly 0 (CG from the current
     # vector would keep a shrunken copy of what the user no longer has)
     vectors[rows_without_positive(rows)] = 0

@@ -13,8 +13,9 @@ from .._backend import resolve_backend
 from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, make_blocks,
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
-from ._common import (EstimatorParams, FactorRetrieval, check_tables_fit, check_trained,
-                      interaction_matrix, param_dtype, param_seed, progress_bar, saveable_tables,
+from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_tables_fit,
+                      check_trained, interaction_matrix, param_dtype, param_seed, progress_bar,
+                      saveable_tables,
                       saved_factor_tables, seen_rows, shaped_tables, stored_seen)
 from .sgd import MAX_FACTORS
 
@@ -185,6 +186,7 @@ class BPR(EstimatorParams, FactorRetrieval):
                             f"to filter as user_items=")
         self._require_fitted()
         P, Q, bias, seen = self._tables()
+        P, Q = assigned_tables(P, Q)
         single = check.is_one_id(user_ids, "user_ids")
         ids = check.check_ids(user_ids, "user_ids", P.shape[0])
         k = check.check_k(k)
