@@ -26,20 +26,15 @@ Contract used (cli.py's docstrings and --help, the models' docstrings):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
-import traceback
 import urllib.error
 import urllib.request
 import warnings
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -52,6 +47,7 @@ from recfuse import cli
 from recfuse.interactions import Interactions
 from recfuse.metrics import evaluate as library_evaluate
 from recfuse.persistence import load_folder
+from test_cli_hunt import Result, call  # cli.main in this process, as the console script
 
 MODELS = ("als", "bpr", "svd", "svdpp", "explicit-als")
 SPLITS = ("per_user", "random", "leave_last", "temporal", "none")
@@ -59,24 +55,6 @@ RATING = ["--weight", "rating", "--combine", "last"]  # what --help asks of rati
 SMALL = ["--factors", "3", "--iterations", "3"]
 DATASETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
                         "datasets")
-
-
-class Result(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def call(*args) -> Result:
-    """cli.main(argv) in this process; an exception out of it counts as exit status 1."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main([str(a) for a in args])
-        except Exception:
-            traceback.print_exc()
-            code = 1
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 def ok(result: Result) -> dict | None:

@@ -30,7 +30,6 @@ The contracts used (python/recfuse/reference.py and the model docstrings):
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest

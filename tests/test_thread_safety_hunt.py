@@ -749,63 +749,71 @@ def test_observe_while_threads_recommend_answers_before_or_after(serving_parts):
 # ---------------------------------------------------------- misuse: must not crash
 
 
+def _refit_while_read_in_a_child(setup: str, refit: str, read: str) -> None:
+    """Runs ``setup``, then ``refit`` (statements; repeated refits) on one thread while three
+    threads run ``read`` (statements) until it is done, ignoring their errors, in a child
+    interpreter, which must exit cleanly: the misuse may give wrong answers or raise, but
+    never crash."""
+    indent = lambda code, spaces: textwrap.indent(textwrap.dedent(code).strip(), " " * spaces)
+    code = f"""
+import threading, numpy as np, scipy.sparse as sp, recfuse
+{textwrap.dedent(setup).strip()}
+stop = threading.Event()
+def fit():
+{indent(refit, 4)}
+    stop.set()
+def read():
+    while not stop.is_set():
+        try:
+{indent(read, 12)}
+        except Exception:
+            pass
+threads = [threading.Thread(target=fit)] + [threading.Thread(target=read) for _ in range(3)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print("DONE")
+"""
+    result = run_python(code, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "DONE" in result.stdout
+
+
 def test_mlp_ranker_scored_while_it_fits_does_not_crash_the_interpreter():
-    code = """
-        import threading, numpy as np, scipy.sparse as sp, recfuse
+    _refit_while_read_in_a_child(
+        """
         seen = sp.random(200, 300, density=0.05, format="csr", random_state=0, dtype="float32")
         rng = np.random.default_rng(0)
         U = rng.standard_normal((200, 8)).astype(np.float32)
         V = rng.standard_normal((300, 8)).astype(np.float32)
         ranker = recfuse.MLPRanker(hidden=(16,), epochs=1, random_state=0).fit(seen, U, V)
-        stop = threading.Event()
-        def fit():
-            for seed in range(6):
-                ranker.set_params(random_state=seed)
-                ranker.fit(seen, U, V)
-            stop.set()
-        def read():
-            X = rng.standard_normal((64, 16)).astype(np.float32)
-            while not stop.is_set():
-                try:
-                    ranker.predict_logits(X)
-                    ranker.to_scorer().score(X)
-                except Exception as error:
-                    pass
-        threads = [threading.Thread(target=fit)] + [threading.Thread(target=read) for _ in range(3)]
-        [t.start() for t in threads]; [t.join() for t in threads]
-        print("DONE")
-    """
-    result = run_python(code, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "DONE" in result.stdout
+        X = rng.standard_normal((64, 16)).astype(np.float32)
+        """,
+        """
+        for seed in range(6):
+            ranker.set_params(random_state=seed)
+            ranker.fit(seen, U, V)
+        """,
+        """
+        ranker.predict_logits(X)
+        ranker.to_scorer().score(X)
+        """)
 
 
 def test_compat_implicit_recommend_during_its_refit_does_not_crash_the_interpreter():
-    code = """
-        import threading, numpy as np, scipy.sparse as sp
+    _refit_while_read_in_a_child(
+        """
         from recfuse.compat.implicit import AlternatingLeastSquares
         data = sp.random(300, 400, density=0.03, format="csr", random_state=0, dtype="float32")
         model = AlternatingLeastSquares(factors=8, iterations=2, random_state=0)
         model.fit(data, show_progress=False)
-        stop = threading.Event()
-        def fit():
-            for _ in range(8):
-                model.fit(data, show_progress=False)
-            stop.set()
-        def read():
-            while not stop.is_set():
-                try:
-                    model.recommend(np.arange(50), data[:50], N=10)
-                    model.similar_items(np.arange(10), N=5)
-                except Exception:
-                    pass
-        threads = [threading.Thread(target=fit)] + [threading.Thread(target=read) for _ in range(3)]
-        [t.start() for t in threads]; [t.join() for t in threads]
-        print("DONE")
-    """
-    result = run_python(code, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "DONE" in result.stdout
+        """,
+        """
+        for _ in range(8):
+            model.fit(data, show_progress=False)
+        """,
+        """
+        model.recommend(np.arange(50), data[:50], N=10)
+        model.similar_items(np.arange(10), N=5)
+        """)
 
 
 def test_tables_assigned_by_hand_while_others_recommend_do_not_crash_the_interpreter():

@@ -454,9 +454,11 @@ class _SgdFactorization(_RatingModel):
 
     def _rate_tuples(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(lr, reg) for the kernels: bu, bi, pu, qi, yj (unused terms repeat lr/reg)."""
-        lr = tuple(self.rates.get(f"lr_{t}") or self.lr for t in ("bu", "bi", "pu", "qi", "yj"))
-        reg = tuple(self.reg if self.rates.get(f"reg_{t}") is None else self.rates[f"reg_{t}"]
-                    for t in ("bu", "bi", "pu", "qi", "yj"))
+        rates = self.rates
+        terms = ("bu", "bi", "pu", "qi", "yj")
+        lr = tuple(rates.get(f"lr_{t}") or self.lr for t in terms)
+        reg = tuple(self.reg if (value := rates.get(f"reg_{t}")) is None else value
+                    for t in terms)
         return lr, reg
 
     def _params(self) -> dict[str, Any]:
