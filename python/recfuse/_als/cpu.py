@@ -99,7 +99,8 @@ class HugePageTrainer(HostTrainer):
     copy per half-sweep that bought this cost more than the reads gained at k = 64 on this
     VM, whose first touches of fresh pages are slow (5M entries, CG, per iteration: 223 ms
     with the copy, 211 ms without huge pages). The fitted factors are these tables, or at a
-    padded width (``training_width``) copies of their first k columns. The Cholesky solver's
+    padded width (``training_width``) their first k columns moved to the front of their own
+    memory (``take_factors``). The Cholesky solver's
     short rows (Woodbury) also get one table for the fit instead of fresh
     memory per half-sweep (5M entries, paired: 3% less time per iteration at k = 64, 6% at
     k = 128)."""
