@@ -594,3 +594,19 @@ def test_evaluate_test_log_takes_the_latest_rating_as_training_did(logs, tmp_pat
                                     item_ids=train.item_ids, unknown="drop")
     assert test.matrix.data.tolist() == [5.0]  # as training read its own repeated pairs
     assert got["rmse"] == pytest.approx(library_evaluate(saved, train, test, k=10)["rmse"])
+
+
+def test_rating_models_keep_the_last_rating_of_a_repeated_pair_by_default(tmp_path):
+    """Found here: without --combine a rating model summed repeated ratings (a 1-5 log gave
+    a rating scale up to 16); the rating models now default to the last rating, and an
+    explicit --combine is kept."""
+    log = tmp_path / "ratings.csv"
+    log.write_text("user,item,rating\n1,1,5\n1,1,4\n1,2,3\n2,1,2\n2,2,1\n2,2,5\n")
+    for extra, expected in (([], [[4.0, 3.0], [2.0, 5.0]]), (["--combine", "sum"],
+                                                            [[9.0, 3.0], [2.0, 6.0]])):
+        folder = tmp_path / f"m{len(extra)}"
+        result = call("train", log, "-o", folder, "--model", "svd", "--weight", "rating",
+                      "--split", "none", *SMALL, *extra)
+        assert result.returncode == 0, result.stderr
+        _, train = load_folder(folder)
+        assert train.matrix.toarray().tolist() == expected

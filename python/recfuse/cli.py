@@ -277,9 +277,13 @@ def _options_given(args, names) -> list[str]:
 
 
 def _log_columns(args, names) -> dict:
-    """The event log's column options among ``names``: as given, else ``LOG_DEFAULTS``; the
+    """The event log's column options among ``names``: as given, else ``LOG_DEFAULTS`` (for
+    the rating models, repeated pairs keep their last rating: a sum would be no rating); the
     user and the item column must be two columns."""
-    columns = {name: LOG_DEFAULTS[name] if getattr(args, name) is None else getattr(args, name)
+    defaults = dict(LOG_DEFAULTS)
+    if getattr(args, "model", "als") in RATING_MODELS:
+        defaults["combine"] = "last"
+    columns = {name: defaults[name] if getattr(args, name) is None else getattr(args, name)
                for name in names}
     if "user" in columns and columns.get("user") == columns.get("item"):
         raise ValueError(f"--user and --item name one column, {columns['user']!r}: give the "
@@ -1098,7 +1102,7 @@ def build_parser() -> argparse.ArgumentParser:
                             '"purchase": 10})')
     train.add_argument("--combine", choices=("sum", "max", "last", "count"), default=None,
                        help="how the events of one (user, item) pair of an event log make its "
-                            "value (default sum)")
+                            "value (default sum; last for the rating models)")
     train.add_argument("--min-rating", type=_finite, default=None,
                        help="MovieLens folder: keep ratings >= this (default: all)")
     train.add_argument("--split", choices=("none",) + splits, default="per_user",
