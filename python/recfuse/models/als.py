@@ -17,8 +17,8 @@ from .._backend import resolve_backend
 from ..retrieval import ItemIndex
 from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_tables_fit,
                       check_trained, interaction_matrix, param_dtype, param_seed, progress_bar,
-                      saveable_tables,
-                      saved_factor_tables, saved_group, shaped_tables, stored_seen)
+                      saveable_tables, saved_factor_tables, saved_group, shaped_tables,
+                      stored_seen)
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike, DTypeLike

@@ -15,8 +15,8 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
 from ..retrieval import ItemIndex
 from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_tables_fit,
                       check_trained, interaction_matrix, param_dtype, param_seed, progress_bar,
-                      saveable_tables,
-                      saved_factor_tables, seen_rows, shaped_tables, stored_seen)
+                      saveable_tables, saved_factor_tables, seen_rows, shaped_tables,
+                      stored_seen)
 from .sgd import MAX_FACTORS
 
 if TYPE_CHECKING:
