@@ -653,7 +653,9 @@ class Recommender:
     num_threads : CPU threads per native call (0: all cores); None (default): 1 below
         ``SMALL_CATALOGUE`` items, where calls run side by side and a thread team's start
         and barriers cost more than they save (on 2 loaded cores: p99 4.5 ms with 1 thread
-        vs 68 ms with 2 at 9,724 items), all cores above
+        vs 68 ms with 2 at 9,724 items), all cores above; whatever the catalogue, a fold-in
+        of 64 users or more at once and the ranker's item preparation at a model swap take
+        all cores (one-off work, not a request's)
 
     The settings from ``candidates`` to ``max_pending_events`` may be assigned while the
     Recommender serves (checked as here; each call reads each setting once); ``rerank`` is
