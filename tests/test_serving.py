@@ -1555,3 +1555,12 @@ def test_mmr_refuses_a_cap_without_categories_and_mismatched_shapes():
     with pytest.raises(ValueError, match=r"scores \(n,\) and vectors \(n, d\)"):
         mmr(scores, np.eye(2), 2, 0.5)
     assert mmr(scores, vectors, 2, 0.5, np.array([0, 0, 1]), 1).tolist() == [0, 2]
+
+
+def test_info_names_the_model_class_beside_its_fold_in_kind(seen):
+    # the serve banner printed "svd model" for an SVD++ file: kind is how events fold in
+    ratings = seen.copy()
+    ratings.data = np.ceil(ratings.data * 5)
+    model = recfuse.SVDpp(factors=4, epochs=2, random_state=0).fit(ratings)
+    info = Recommender(model, k=3).info()
+    assert info["model"] == "SVDpp" and info["kind"] == "svd"

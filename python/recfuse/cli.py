@@ -599,7 +599,7 @@ def _serve(args) -> int:
         port = sock.getsockname()[1]  # the one bound, also when --port 0 asked for any
         host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
         named = "the rows of the model" if ids is None else "the ids of its training log"
-        print(f"recfuse serve: {info['kind']} model {args.model} ({info['users']} users x "
+        print(f"recfuse serve: {info['model']} model {args.model} ({info['users']} users x "
               f"{info['items']} items, named by {named}){ranked} on http://{host}:{port} "
               f"({stack['http']}, {stack['loop']})", file=sys.stderr)
         serve(recommender, host=args.host, port=port, model_path=args.model,

@@ -779,13 +779,16 @@ class Recommender:
         return model.ranker is not None or (self.rerank is not None and self.rerank.reorders)
 
     def info(self) -> dict[str, Any]:
-        """The model answering now: version, source, kind, the backend its recall runs on
-        (after a load that fell back from a missing one, the one it fell back to), users,
-        items, added items/users, the ranker's source and context width."""
+        """The model answering now: version, source, its class ("model": ALS, BPR, SVD,
+        SVDpp or ExplicitALS), kind (how events fold in: "als", "bpr", "svd" for SVD and
+        SVD++, "explicit"), the backend its recall runs on (after a load that fell back from
+        a missing one, the one it fell back to), users, items, added items/users, the
+        ranker's source and context width."""
         state = self._state
         model = state.model
         added = 0 if state.new_items is None else state.new_items.count
-        return {"version": model.version, "source": model.source, "kind": model.kind,
+        return {"version": model.version, "source": model.source,
+                "model": type(model.model).__name__, "kind": model.kind,
                 "backend": model.index._module.NAME, "users": model.n_users,
                 "items": model.n_items, "factors": model.item_vectors.shape[1],
                 "observed_users": len(state.users),
