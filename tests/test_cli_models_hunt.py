@@ -610,3 +610,21 @@ def test_rating_models_keep_the_last_rating_of_a_repeated_pair_by_default(tmp_pa
         assert result.returncode == 0, result.stderr
         _, train = load_folder(folder)
         assert train.matrix.toarray().tolist() == expected
+
+
+def test_evaluate_reads_a_test_log_by_the_training_logs_id_columns(tmp_path):
+    """Found here: evaluate --test read the columns "user" and "item" whatever the training
+    log's --user / --item; it now takes the training's unless told otherwise."""
+    rows = [(u, i, 1 + (u * i) % 5) for u in range(8) for i in range(6) if (u + i) % 3]
+    text = "uid,iid,rating\n" + "".join(f"{u},{i},{r}\n" for u, i, r in rows)
+    (tmp_path / "train.csv").write_text(text)
+    (tmp_path / "test.csv").write_text(text)
+    folder = tmp_path / "m"
+    assert call("train", tmp_path / "train.csv", "-o", folder, "--user", "uid", "--item", "iid",
+                "--split", "none", *SMALL).returncode == 0
+    result = call("evaluate", folder, "--test", tmp_path / "test.csv", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["test_pairs"] == len(rows)
+    named = call("evaluate", folder, "--test", tmp_path / "test.csv", "--user", "uid",
+                 "--item", "iid", "--json")
+    assert json.loads(named.stdout)["test_pairs"] == len(rows)

@@ -748,6 +748,11 @@ def _evaluate(args) -> int:
     model, train = load_folder(args.folder, mmap=True)
     extra = {}
     if args.test:
+        # the id columns of the training log where --user / --item are not given
+        trained_columns = getattr(train, "_settings", {}).get("columns") or {}
+        for name in ("user", "item"):
+            if getattr(args, name) is None and trained_columns.get(name) is not None:
+                setattr(args, name, trained_columns[name])
         weight, combine, ratings = args.weight, LOG_DEFAULTS["combine"], ""
         time_column: dict = {}
         if callable(getattr(model, "predict", None)):
@@ -1000,11 +1005,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--seed", type=_seed, default=0,
                          help="seed of the split and the model's start (default %(default)s)")
 
-    def column_options(sub, of: str):
+    def column_options(sub, of: str, default: str = ""):
         # None when not given: train refuses them for a MovieLens folder, evaluate without
         # --test (nothing would read them)
-        sub.add_argument("--user", default=None, help=f"user id column of {of} (default: user)")
-        sub.add_argument("--item", default=None, help=f"item id column of {of} (default: item)")
+        sub.add_argument("--user", default=None,
+                         help=f"user id column of {of} (default: {default}user)")
+        sub.add_argument("--item", default=None,
+                         help=f"item id column of {of} (default: {default}item)")
         sub.add_argument("--weight", default=None, help=f"numeric weight column of {of}")
         sub.add_argument("--sep", default=None,
                          help=f"field separator of {of} when a CSV file, e.g. ';' (default: a "
@@ -1130,7 +1137,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "rating model, its ratings are read as the training data's: "
                                "same rating column unless --weight, same rule for repeated "
                                "pairs)")
-    column_options(evaluate, "the --test log")
+    column_options(evaluate, "the --test log", default="the training log's, else ")
     evaluate.add_argument("--k", type=_list_length, default=10,
                           help="length of the lists evaluated (default %(default)s)")
     common(evaluate)
