@@ -1033,3 +1033,9 @@ def test_an_id_map_refuses_nan_ids():
     # as from_arrays, which counts NaN ids as missing values
     with pytest.raises(ValueError, match="ids must not be NaN"):
         recfuse.IdMap(np.array([1.0, np.nan]))
+
+
+def test_an_id_map_of_big_endian_ids_looks_them_up():
+    # pandas, which looks ids up, indexes native byte order only: the map keeps a native copy
+    ids = IdMap(np.array([30, 10, 20], dtype=">i8"))
+    assert ids.to_internal([20, 30]).tolist() == [2, 0] and ids.ids.dtype.isnative

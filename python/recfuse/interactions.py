@@ -153,8 +153,10 @@ class IdMap:
             raise ValueError(f"ids must be 1-d, got shape {array.shape}")
         if array.dtype.kind == "f" and np.isnan(array).any():  # as from_arrays: missing
             raise ValueError(f"ids must not be NaN, got {int(np.isnan(array).sum())}")
-        # float16 widened (exactly): pandas, which looks ids up, has no float16 index
-        array = array.astype(np.float32) if array.dtype == np.float16 else array.copy()
+        # a copy in a dtype pandas, which looks ids up, can index: float16 widened exactly,
+        # another byte order made native
+        array = array.astype(np.float32 if array.dtype == np.float16
+                             else array.dtype.newbyteorder("="))
         array.flags.writeable = False
         self._array = array
 
@@ -1608,11 +1610,8 @@ _COLUMN_ROLES = ("user", "item", "weight", "timestamp", "event")
 def _saved_id_map(path: str, arrays: dict, name: str) -> IdMap:
     """The IdMap of an Interactions file's member ``name``; a forged one (ids repeated, not
     1-d, ...) is a ValueError naming the file and the member."""
-    ids = arrays[name]
-    if not ids.dtype.isnative:  # pandas, which looks ids up, takes native byte order only
-        ids = ids.astype(ids.dtype.newbyteorder("="))
     try:
-        return IdMap(ids)
+        return IdMap(arrays[name])
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path!r}: the member {name!r} is not a valid id map: {error}") \
             from error

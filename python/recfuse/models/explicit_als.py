@@ -262,8 +262,7 @@ def check_ratings_fit(top: float, longest: int, dtype) -> None:
     ratings where normal equations in ``dtype`` could overflow (``_check_sums_fit``)."""
     dtype = np.dtype(dtype)
     largest = float(np.finfo(dtype).max)
-    with np.errstate(over="ignore"):  # float64's bound: the product itself may overflow
-        product = top * top * longest
+    product = top * top * longest  # Python floats: inf past float64's range, no error
     if product > largest:
         advice = "use dtype=np.float64 or rescale" if dtype == np.float32 else "rescale"
         raise ValueError(f"ratings are too large for dtype={dtype.name}: the normal equations "
