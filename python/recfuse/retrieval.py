@@ -66,6 +66,8 @@ BFLOAT16_SKEWED_ITEMS_PER_RESULT = 500
 SKEWED_NORMS = 2.0
 # ... and never below this many items (the plain rule's smallest table, at k = 1).
 BFLOAT16_MIN_ITEMS = 1000
+# Values per block of the cosine norms' float64 temporaries (8 MB).
+_NORM_BLOCK_VALUES = 1 << 20
 
 
 class ItemIndex:
@@ -307,19 +309,37 @@ def _skewed_norms(items: np.ndarray, sample: int = 1 << 16) -> bool:
     return bool(high >= SKEWED_NORMS * middle and high > 0)
 
 
+def _row_blocks(rows: np.ndarray):
+    """Slices of ``rows`` small enough that a float64 temporary of one stays near 8 MB."""
+    block = max(1, _NORM_BLOCK_VALUES // max(1, rows.shape[1]))
+    return (slice(start, start + block) for start in range(0, rows.shape[0], block))
+
+
+def _largest_magnitudes(rows: np.ndarray) -> np.ndarray:
+    """max |row| per row in float64 (NaN where a row holds NaN), block by block."""
+    largest = np.empty(rows.shape[0], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        for part in _row_blocks(rows):
+            largest[part] = np.abs(rows[part]).max(axis=1, initial=0)
+    return largest
+
+
 def _inverse_norms(rows: np.ndarray) -> np.ndarray:
     """1 / ||row|| in float64, 0 for a zero row, NaN for a row holding NaN or inf.
 
     Rows are divided by their largest magnitude first, so huge or subnormal rows neither
     overflow nor underflow. A row whose 1/norm does not fit its own dtype (a float32 row of
     subnormals) counts as a zero row: the per-item scale is stored in that dtype."""
+    largest = _largest_magnitudes(rows)
+    usable = (largest > 0) & np.isfinite(largest)
+    safe = np.where(usable, largest, 1.0)
+    inverse = np.empty(rows.shape[0], dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        largest = np.abs(rows).max(axis=1, initial=0).astype(np.float64)
-        usable = (largest > 0) & np.isfinite(largest)
-        safe = np.where(usable, largest, 1.0)
-        scaled = rows / safe[:, None]
-        # ||scaled|| lies in [1, sqrt(d)]: 1/norm = (1/||scaled||) / largest cannot overflow.
-        inverse = 1.0 / np.sqrt(np.einsum("ij,ij->i", scaled, scaled, dtype=np.float64)) / safe
+        for part in _row_blocks(rows):
+            scaled = rows[part] / safe[part, None]
+            # ||scaled|| lies in [1, sqrt(d)]: 1/norm = (1/||scaled||) / largest cannot overflow.
+            inverse[part] = 1.0 / np.sqrt(
+                np.einsum("ij,ij->i", scaled, scaled, dtype=np.float64)) / safe[part]
     inverse[~usable] = 0.0
     inverse[inverse > np.finfo(rows.dtype).max] = 0.0
     inverse[~np.isfinite(largest)] = np.nan
@@ -332,8 +352,7 @@ def _within_dot_range(rows: np.ndarray) -> np.ndarray:
     cosine index multiplies each dot product by the row's 1/norm, which stays the same
     cosine. A copy only when some row is scaled."""
     limit = float(np.finfo(rows.dtype).max) / (2.0 * np.sqrt(rows.shape[1]))
-    with np.errstate(invalid="ignore"):
-        largest = np.abs(rows).max(axis=1, initial=0).astype(np.float64)
+    largest = _largest_magnitudes(rows)
     big = np.isfinite(largest) & (largest > limit)
     if not big.any():
         return rows
