@@ -232,9 +232,13 @@ def _read_members(path: str, archive: zipfile.ZipFile, size: int) -> dict[str, n
 
 def _map_members(path: str, handle, archive: zipfile.ZipFile,
                  size: int) -> dict[str, np.ndarray]:
-    """Each stored .npy member of an open archive (of ``size`` bytes) as a read-only memory
-    map."""
+    """Each stored .npy member of an open archive (of ``size`` bytes) as a read-only view of
+    one memory map of the whole file (one map, so one file descriptor, whatever the number
+    of members)."""
     arrays = {}
+    # mapped through the open handle, not the path: a save that renames a new file over
+    # ``path`` meanwhile must not give arrays of that file at offsets read from this one
+    whole = np.memmap(handle, dtype=np.uint8, mode="r", shape=(size,)) if size else None
     for info in archive.infolist():
         name = _member_name(info.filename)
         if name == HEADER_KEY:
@@ -260,26 +264,23 @@ def _map_members(path: str, handle, archive: zipfile.ZipFile,
             raise ValueError(f"{path!r} is truncated or damaged: member {name!r} declares an "
                              f"array of shape {shape} and dtype {dtype} (bytes up to "
                              f"{offset + nbytes}), its member ends at {end}")
-        _check_stored_crc(path, name, handle, start, info)
+        _check_stored_crc(path, name, whole, start, info)
         if nbytes == 0:
             arrays[name] = np.empty(shape, dtype=dtype)
             continue
-        # mapped through the open handle, not the path: a save that renames a new file over
-        # ``path`` meanwhile must not give arrays of that file at offsets read from this one
-        arrays[name] = np.memmap(handle, dtype=dtype, mode="r", offset=offset, shape=shape,
-                                 order="F" if fortran else "C")
+        arrays[name] = whole[offset:offset + nbytes].view(dtype).reshape(
+            shape, order="F" if fortran else "C")
     return arrays
 
 
-def _check_stored_crc(path: str, name: str, handle, start: int, info: zipfile.ZipInfo) -> None:
-    """The CRC-32 of a stored member's bytes (from ``start``, its .npy header included) is
-    the one its zip entry records, as zipfile checks when it reads a member: a mapped model
-    is not one a damaged byte silently changed. One pass over the member, about 3 GB/s here,
-    and its pages stay in the page cache for the maps."""
+def _check_stored_crc(path: str, name: str, whole, start: int, info: zipfile.ZipInfo) -> None:
+    """The CRC-32 of a stored member's bytes (from ``start``, its .npy header included, in
+    ``whole``, the file's map) is the one its zip entry records, as zipfile checks when it
+    reads a member: a mapped model is not one a damaged byte silently changed. One pass over
+    the member, about 3 GB/s here, and its pages stay in the page cache for the maps."""
     crc = 0
     if info.file_size:
-        crc = zlib.crc32(np.memmap(handle, dtype=np.uint8, mode="r", offset=start,
-                                   shape=(info.file_size,)).data)
+        crc = zlib.crc32(whole[start:start + info.file_size].data)
     if crc != info.CRC:
         raise ValueError(f"{path!r} is damaged: member {name!r} fails its CRC-32 check")
 
