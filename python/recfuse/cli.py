@@ -693,13 +693,29 @@ def _write_files(folder: str, files: dict) -> None:
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule
             previous = {number: signal.signal(number, lambda got, _: pending.append(got))
                         for number in (signal.SIGINT, signal.SIGTERM)}
+        changed: list[tuple[str, str | None]] = []  # (target, its backup; None: it was new)
         try:
             for name, value in files.items():
                 target = os.path.join(folder, name)
+                exists = os.path.isfile(target)
+                if value is None and not exists:
+                    continue
+                backup = os.path.join(staging, name + ".old") if exists else None
+                if backup is not None:  # the old file stays in place until it is replaced
+                    _keep_copy(target, backup)
+                changed.append((target, backup))
                 if value is not None:
                     os.replace(os.path.join(staging, name), target)
-                elif os.path.isfile(target):  # from an earlier training: it would not match
+                else:  # from an earlier training: it would not match
                     os.unlink(target)
+        except BaseException:  # a rename that failed: put back what the others replaced
+            for target, backup in reversed(changed):
+                with contextlib.suppress(OSError):
+                    if backup is None:
+                        os.unlink(target)
+                    else:
+                        os.replace(backup, target)
+            raise
         finally:
             for number, handler in previous.items():
                 signal.signal(number, signal.SIG_DFL if handler is None else handler)
@@ -707,6 +723,14 @@ def _write_files(folder: str, files: dict) -> None:
         shutil.rmtree(staging, ignore_errors=True)
     if pending:
         signal.raise_signal(pending[0])  # KeyboardInterrupt, or the end SIGTERM asked for
+
+
+def _keep_copy(path: str, copy: str) -> None:
+    """``copy`` holds ``path``'s bytes: a hard link where the file system has them."""
+    try:
+        os.link(path, copy)
+    except OSError:
+        shutil.copy2(path, copy)
 
 
 def _check_output_folder(path: str) -> None:

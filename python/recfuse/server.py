@@ -720,16 +720,24 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
     def observe(columns: dict) -> int:
         """/events in the writer thread (which alone adds ids, and installs reloads)."""
         named = current_naming(naming["now"])
-        mark = named.mark()
+        mark, applied = named.mark(), recommender.observed_calls
+
+        def take_back_ids() -> None:
+            # A refused batch changes nothing, not even the ids. A replay (events with "call")
+            # that stopped at a later group keeps the groups before it applied and logged:
+            # their ids keep their rows (and so do the rest's, given but unused).
+            if recommender.observed_calls == applied:
+                named.forget_since(mark)
+
         users, items = named.admit(columns["user"], columns["item"], recommender)
         try:
             return recommender.observe({**columns, "user": users, "item": items})
         except UserEventError as error:  # by the user's id, not its row
             name = named.external("user", np.array([error.user], dtype=np.int64))[0]
-            named.forget_since(mark)
+            take_back_ids()
             raise _BadRequest(422, error.naming(repr(name))) from None
         except BaseException:
-            named.forget_since(mark)  # a refused batch changes nothing: not even the ids
+            take_back_ids()
             raise
 
     async def reload(request: Request) -> Response:

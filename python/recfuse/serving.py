@@ -763,6 +763,12 @@ class Recommender:
         return self._state.model.version
 
     @property
+    def observed_calls(self) -> int:
+        """The ``observe`` calls applied so far, and so the number the next one is logged
+        with (``pending_events().calls``); a refused call uses up no number."""
+        return self._calls
+
+    @property
     def ranker(self) -> MLPScorer | None:
         """The ranker served with the model answering now (None: recall order)."""
         return self._state.model.ranker
@@ -957,6 +963,7 @@ class Recommender:
                 state = _State(built)
                 log = None
                 left_out = 0  # events the function did not renumber (e.g. unknown items)
+                next_call = self._calls  # kept only if the swap succeeds
                 self._trim_log()
                 if replay and self._log:
                     events = _concatenate(list(self._log))
@@ -965,10 +972,10 @@ class Recommender:
                         renumbered = _events(renumber(events))
                         numbers = renumbered.calls
                         if numbers is None:  # numbers not kept: one call, the next
-                            numbers = np.full(renumbered.users.size, self._calls, np.int64)
+                            numbers = np.full(renumbered.users.size, next_call, np.int64)
                             renumbered = renumbered._replace(calls=numbers)
                         if numbers.size:  # the next observe calls numbered after its last
-                            self._calls = max(self._calls, int(numbers[-1]) + 1)
+                            next_call = max(next_call, int(numbers[-1]) + 1)
                         log = _concatenate([renumbered])
                         left_out, events = events.users.size - log.users.size, log
                     # events of added items the settings of now refuse (unknown_items,
@@ -985,9 +992,10 @@ class Recommender:
                                         events.weights[replayable], calls[replayable])
                     if events.users.size:  # the function may have left every event out
                         # (the groups' numbers are not kept: the log keeps its own)
-                        for group in self._replay_groups(state, events, self._calls):
+                        for group in self._replay_groups(state, events, next_call):
                             self._apply(state, *group[:3], unknown_items, max_new_items)
                 self._state = state
+                self._calls = next_call
                 self.dropped_events += max(left_out, 0)
                 if log is not None:  # one chunk: the log in the new model's numbers
                     self._log.clear()
@@ -1575,8 +1583,13 @@ class Recommender:
             own = np.array([entry[0].offset - mean for entry in updated.values()],
                            dtype=explicit.dtype)
         backend = resolve_backend(explicit.backend, "sgd", needs="explicit_als_half_sweep")
-        backend.explicit_als_half_sweep(matrix, table, X, other, own, mean, explicit.reg,
-                                        explicit.bias_reg, self._fold_in_threads(len(lengths)))
+        failed = backend.explicit_als_half_sweep(matrix, table, X, other, own, mean,
+                                                 explicit.reg, explicit.bias_reg,
+                                                 self._fold_in_threads(len(lengths)))
+        if failed:  # the solver kept those users' old vectors: not what their ratings say
+            raise ValueError(f"the fold-in diverged: {failed} user system(s) were not positive "
+                             f"definite in {np.dtype(explicit.dtype).name} (reg too small for "
+                             f"these ratings, or sums that overflowed it); nothing was applied")
         return {user: (X[position], float(mean + own[position]) if own is not None else 0.0)
                 for position, user in enumerate(updated)}
 
