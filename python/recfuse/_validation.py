@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from collections import abc
 import os
 from typing import TYPE_CHECKING
 
@@ -349,12 +350,53 @@ def finite_in(values: np.ndarray, dtype: DTypeLike, name: str) -> np.ndarray:
 
 def array_of(value, name: str, what: str = "an array") -> np.ndarray:
     """``np.asarray(value)``, with an error that names the argument ("{name} must be
-    {what}") for a ragged nesting of sequences, where NumPy's names none."""
+    {what}") for a ragged nesting of sequences, where NumPy's names none, and for a container
+    without an order (a set, a mapping or its view, a generator), which NumPy would make a
+    0-d object array of."""
+    if isinstance(value, (abc.Set, abc.Mapping, abc.MappingView)) or (
+            not hasattr(value, "__len__") and hasattr(value, "__iter__")
+            and not isinstance(value, np.ndarray)):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}; pass "
+                        f"sorted(...) or list(...)")
     try:
         return np.asarray(value)
     except ValueError as error:
         raise ValueError(f"{name} must be {what}, got a ragged sequence (rows of different "
                          f"lengths)") from error
+
+
+def id_array(value, name: str, what: str = "an array of integers") -> np.ndarray:
+    """``array_of(value)`` for ids, with the errors NumPy's conversion would hide: a bool
+    among the ints of a list (NumPy reads True as 1), and missing values (a nullable or Arrow
+    column's NA/null, which NumPy turns into NaN or None) named as missing."""
+    array = array_of(value, name, what)
+    if isinstance(value, (list, tuple)) and array.dtype.kind in "iu" and _holds_bool(value):
+        raise TypeError(f"{name} must hold integers, got a bool among them (True/False are "
+                        f"not ids)")
+    missing = 0
+    if array.dtype.kind == "f":
+        missing = int(np.isnan(array).sum())
+    elif array.dtype.kind == "O":
+        missing = sum(1 for v in array.reshape(-1).tolist() if _is_missing(v))
+    if missing:  # a TypeError, as for any value that is not an integer
+        raise TypeError(f"{name} must hold integers, got {missing} missing values "
+                        f"(None/NA/NaN)")
+    return array
+
+
+def _holds_bool(values: list | tuple) -> bool:
+    """Whether a (nested) list or tuple holds a Python or NumPy bool."""
+    kinds = set(map(type, values))
+    if bool in kinds or np.bool_ in kinds:
+        return True
+    return bool(kinds & {list, tuple}) and any(
+        _holds_bool(v) for v in values if isinstance(v, (list, tuple)))
+
+
+def _is_missing(value) -> bool:
+    """None, pandas' NA/NaT or a float NaN: what a column's missing entry converts to."""
+    return value is None or type(value).__name__ in ("NAType", "NaTType") or (
+        isinstance(value, float) and value != value)
 
 
 def is_one_id(value, name: str) -> bool:
@@ -367,7 +409,7 @@ def int64_array(value, name: str) -> np.ndarray:
     """``value`` as a C-contiguous int64 array of its shape: integers only, none beyond int64
     (a uint64 id past it would wrap to a negative one; Python ints past it make an object
     array)."""
-    array = array_of(value, name, "an array of integers")
+    array = id_array(value, name)
     if array.dtype.kind == "O" and array.size:
         values = array.reshape(-1).tolist()
         if all(type(v) is int for v in values):

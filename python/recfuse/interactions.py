@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import numbers
+from collections import abc
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -875,9 +876,10 @@ def _from_arrow(chunked, name: str):
 
 
 def _is_column(column) -> bool:
-    """Whether ``column`` can be a column of events: sized and not a scalar (a string, a
-    0-d array)."""
-    if isinstance(column, (str, bytes)) or not hasattr(column, "__len__"):
+    """Whether ``column`` can be a column of events: sized, ordered (not a set or a mapping
+    or its view) and not a scalar (a string, a 0-d array)."""
+    if isinstance(column, (str, bytes, abc.Set, abc.Mapping, abc.MappingView)) or \
+            not hasattr(column, "__len__"):
         return False
     return not (isinstance(column, np.ndarray) and column.ndim == 0)
 

@@ -23,7 +23,9 @@ recommended items' vectors (the model's item factors by default).
 
 from __future__ import annotations
 
+import decimal
 import inspect
+import numbers
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
@@ -101,6 +103,11 @@ def _ratings_of(values, name: str) -> np.ndarray:
     array = check.array_of(values, name, "an array of real numbers")
     if array.size and array.dtype.kind not in "biufO":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    if array.dtype.kind == "O":  # astype would parse strings ("3") as numbers
+        odd = next((v for v in array.reshape(-1).tolist() if not (
+            v is None or isinstance(v, (numbers.Real, decimal.Decimal)))), None)
+        if odd is not None:
+            raise TypeError(f"{name} must hold real numbers, got {type(odd).__name__} values")
     try:
         return array.astype(np.float64).reshape(-1)
     except (TypeError, ValueError):  # an object array holding something else
@@ -141,7 +148,7 @@ def ranking_metrics(recommended: ArrayLike, test: SparseMatrix | Interactions,
     num_threads = check.check_threads(num_threads)
     per_user = check.check_flag(per_user, "per_user")
     test = _csr(test, "test")
-    ids = check.array_of(recommended, "recommended", "an array of item ids")
+    ids = check.id_array(recommended, "recommended", "an array of item ids")
     if ids.ndim != 2 or ids.shape[1] < 1:
         raise ValueError(f"recommended must be 2-d (users x k), got shape {ids.shape}")
     if ids.size and ids.dtype.kind not in "iu":
@@ -252,7 +259,7 @@ def _item_ids(recommended) -> np.ndarray:
     """``recommended`` as a flat array of integer item ids (an empty list, e.g. ``[]``, holds
     none whatever its dtype); TypeError for any other dtype rather than NumPy's IndexError
     (or a float id silently truncated) when the ids index the items."""
-    ids = check.array_of(recommended, "recommended", "an array of item ids").reshape(-1)
+    ids = check.id_array(recommended, "recommended", "an array of item ids").reshape(-1)
     if ids.size == 0:
         return ids.astype(np.int64)
     if ids.dtype.kind not in "iu":
@@ -293,7 +300,7 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
     if not check.all_finite(vectors):  # a NaN vector would count as orthogonal to every other
         raise ValueError(f"item_vectors must be finite, got "
                          f"{int((~np.isfinite(vectors)).sum())} NaN/inf values")
-    ids = check.array_of(recommended, "recommended", "an array of item ids")
+    ids = check.id_array(recommended, "recommended", "an array of item ids")
     if ids.ndim != 2:
         raise ValueError(f"recommended must be 2-d (users x k), got shape {ids.shape}")
     if ids.size and ids.dtype.kind not in "iu":

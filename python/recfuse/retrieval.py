@@ -455,14 +455,11 @@ def _item_mask(allow, deny, n: int):
 
 def _listed(ids, name: str, n: int) -> np.ndarray:
     """Item ids of an ``allow``/``deny`` argument: ids, or a boolean mask of all n items."""
-    if sp.issparse(ids) or isinstance(ids, (set, frozenset, dict)) or (
-            not hasattr(ids, "__len__") and hasattr(ids, "__iter__")):
-        # np.asarray would make a 0-d object array of it ("must hold integers, got object")
-        raise TypeError(f"{name} must be a sequence or array of item ids, or a boolean mask of "
-                        f"the {n} items, got {type(ids).__name__}" +
-                        ("; pass sorted(...) or list(...)" if not sp.issparse(ids) else
-                         "; convert it with .toarray().ravel()"))
-    array = np.asarray(ids)
+    what = f"a sequence or array of item ids, or a boolean mask of the {n} items"
+    if sp.issparse(ids):
+        raise TypeError(f"{name} must be {what}, got {type(ids).__name__}; convert it with "
+                        f".toarray().ravel()")
+    array = check.array_of(ids, name, what)
     if array.dtype == np.bool_ and array.size:
         if array.shape != (n,):
             raise ValueError(f"{name} as a boolean mask must have one entry per item ({n}), "

@@ -202,7 +202,7 @@ class Rerank:
         if self.category_cap is not None:
             object.__setattr__(self, "category_cap",
                                check.check_int(self.category_cap, "category_cap", minimum=1))
-            categories = np.asarray(self.item_categories)
+            categories = check.id_array(self.item_categories, "item_categories")
             if categories.ndim != 1 or (categories.size and categories.dtype.kind not in "iu"):
                 raise TypeError(f"item_categories must be a 1-d integer array, got dtype "
                                 f"{categories.dtype} shape {categories.shape}")
@@ -2056,8 +2056,8 @@ def _events(events) -> Events:
     else:
         raise TypeError(f"events must be a mapping with user/item/weight or recfuse.Events, "
                         f"got {type(events).__name__}")
-    users = check.check_ids(np.atleast_1d(users), "events user", check.INT32_MAX)
-    items = check.check_ids(np.atleast_1d(items), "events item", check.INT32_MAX)
+    users = check.check_ids(users, "events user", check.INT32_MAX)
+    items = check.check_ids(items, "events item", check.INT32_MAX)
     if users.size != items.size:
         raise ValueError(f"events user and item must have the same length, got {users.size} "
                          f"and {items.size}")
