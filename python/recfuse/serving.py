@@ -1184,17 +1184,28 @@ class Recommender:
         if not np.isfinite(queries).all():
             raise ValueError("a user vector holds NaN or inf; it cannot be searched")
         excluded = _exclusions(model, base_rows, own)
-        ids, scores = model.index._search_checked(queries, wanted, excluded, model.rule_mask,
-                                                  threads)
-        merged = extra is not None
-        if extra is not None:
-            more_ids, more_scores = extra.search(queries, wanted, own, threads)
-            ids = np.concatenate([ids, more_ids], axis=1)
-            scores = np.concatenate([scores, more_scores], axis=1)
-        if merged or offsets.any():  # ordered by the scores returned (float32)
-            shifted = (scores.astype(np.float64) + offsets[:, None]).astype(np.float32)
-            ids, scores = by_score_then_id(ids, shifted, wanted)
-        return ids, scores.astype(np.float32, copy=False)
+        # Ordered by the scores returned (float32): where they are rounded (a float64 model,
+        # or offsets added), items past the cut can round to a tie with the last one kept and
+        # win it by a smaller id. So one more is fetched, and twice as many again while the
+        # last fetched ties the last kept (rounding keeps the order otherwise: ties only).
+        rounded = extra is not None or offsets.any() or model.index.items.dtype != np.float32
+        fetch = wanted + 1 if rounded else wanted
+        while True:
+            ids, scores = model.index._search_checked(queries, fetch, excluded,
+                                                      model.rule_mask, threads)
+            if extra is not None:
+                more_ids, more_scores = extra.search(queries, fetch, own, threads)
+                ids = np.concatenate([ids, more_ids], axis=1)
+                scores = np.concatenate([scores, more_scores], axis=1)
+            if not rounded:
+                return ids, scores
+            with np.errstate(over="ignore"):  # a float64 score past float32's range: inf
+                shifted = (scores.astype(np.float64) + offsets[:, None]).astype(np.float32)
+            ids, shifted = by_score_then_id(ids, shifted, fetch)
+            tied = (ids[:, -1] >= 0) & (shifted[:, -1] == shifted[:, wanted - 1])
+            if not tied.any():
+                return ids[:, :wanted], shifted[:, :wanted]
+            fetch *= 2
 
     def _rank(self, model: _Model, extra: _NewItems | None, queries: np.ndarray,
               ids: np.ndarray, contexts, keep: int, threads: int):

@@ -75,7 +75,12 @@ def search(table: Table, queries: np.ndarray, k: int, exclude=None, mask=None, n
     for begin in range(0, m, block):
         end = min(m, begin + block)
         with np.errstate(invalid="ignore", over="ignore"):
-            scores = queries[begin:end] @ table.items.T
+            # one matrix-vector product per query: a BLAS sums a block of queries (gemm) in
+            # another order than one query (gemv), and a query's scores must not depend on
+            # the batch it came in (MicroBatcher answers as if each call came alone)
+            scores = np.empty((end - begin, n), dtype=np.result_type(queries, table.items))
+            for row, query in enumerate(queries[begin:end]):
+                np.matmul(table.items, query, out=scores[row])
             if table.scale is not None:
                 scores *= table.scale
             if table.bias is not None:

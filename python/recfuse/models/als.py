@@ -382,8 +382,9 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             old = ids < known
             start[old] = own_table[ids[old]]
             gram = state.item_gram if side == "user" else None
-            if gram is None:
-                gram = item_gram(fixed, self.num_threads)
+            if gram is None:  # in the dtype the fold-in solves in (a table assigned by
+                # hand may be int8 or float16, whose own products wrap or overflow)
+                gram = item_gram(fixed.astype(self.dtype, copy=False), self.num_threads)
             start = fold_in(self, fixed, matrix, start, gram)
             check_trained("the fold-in", (start,), f"scale down the values of {side}_{other}s")
             grown = max(known, int(ids.max()) + 1) if ids.size else known
