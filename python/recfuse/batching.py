@@ -33,6 +33,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
+import os
 import threading
 import time
 import weakref
@@ -104,6 +105,13 @@ class MicroBatcher:
         if on_batch is not None and not callable(on_batch):
             raise TypeError(f"on_batch must be callable or None, got {type(on_batch).__name__}")
         self.on_batch = on_batch
+        self._closed = False
+        self._start_workers()
+        _BATCHERS.add(self)
+
+    def _start_workers(self) -> None:
+        """A fresh queue, lock and worker threads: at construction, and in a forked child
+        (whose copy of the workers never ran: only the forking thread survives a fork)."""
         self._queue: collections.deque = collections.deque()
         # reentrant: the finalizer (below) takes it, and may run in a thread that holds it
         self._ready = threading.Condition(threading.RLock())
@@ -115,12 +123,11 @@ class MicroBatcher:
         self._idle = 0
         self._lingering = 0
         self._linger_until = 0
-        self._closed = False
         self._wakes: set = set()  # loops with a wake-up scheduled for this turn
         # The workers hold this batcher only while they have work: one dropped without
         # close() is collected, and its finalizer ends them (as ThreadPoolExecutor's).
         dropped = threading.Event()
-        weakref.finalize(self, _stop_workers, self._ready, dropped)
+        self._finalizer = weakref.finalize(self, _stop_workers, self._ready, dropped)
         self._threads = [threading.Thread(target=_work, args=(weakref.ref(self), self._ready,
                                                               dropped),
                                           name=f"recfuse-batch-{n}", daemon=True)
@@ -364,6 +371,36 @@ def _work(ref, ready: threading.Condition, dropped: threading.Event) -> None:
             batch = batcher._take()
         batcher._answer(batch)
         del batch  # its requests hold the batcher (_Pending.batcher): not while idle
+
+
+# Every MicroBatcher not yet collected, for the fork handler below.
+_BATCHERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _restart_in_child() -> None:
+    """After a fork (gunicorn --preload, a "fork" pool), in the child: each open batcher
+    gets new workers (the parent's are not in the child, and its lock may have been held by
+    one of them). Requests queued in the parent stay the parent's to answer."""
+    for batcher in list(_BATCHERS):
+        if not batcher._closed:
+            batcher._finalizer.detach()  # it would take the parent's lock, maybe held
+            batcher._start_workers()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_in_child)
+
+
+def _close_at_exit() -> None:
+    """At interpreter exit (before non-daemon threads are joined, as concurrent.futures'
+    pools): each open batcher answers what is queued and its workers end. A worker still in
+    a native call when finalization starts would be ended by CPython as it waits for the
+    GIL, an unwinding that aborts the process (bindings/als_bindings.hpp, ReleaseGil)."""
+    for batcher in list(_BATCHERS):
+        batcher.close()
+
+
+threading._register_atexit(_close_at_exit)  # type: ignore[attr-defined]
 
 
 def _stop_workers(ready: threading.Condition, dropped: threading.Event) -> None:

@@ -111,6 +111,11 @@ class PreparedItems(NamedTuple):
         return (f"PreparedItems({self.items} items, item_column={self.item_column}, "
                 f"columns={self.columns})")
 
+    def __reduce__(self):
+        raise TypeError("PreparedItems belong to the scorer object that made them and are not "
+                        "pickled or copied: pass the scorer, and call its prepare_items where "
+                        "it is used")
+
 
 class MLPScorer:
     """A dense-layer scorer packed once for its backend.
@@ -157,6 +162,7 @@ class MLPScorer:
             raise TypeError(f"kernel must be a string, got {type(kernel).__name__}")
         self._module = resolve_backend(backend, "mlp", precision=self.precision)
         self._model = self._module.prepare(checked, self.precision, kernel)
+        self._asked = (backend, kernel)  # as given: what a copy resolves again
         # Read-only views of the weights packed above: writing to them in place raises
         # instead of leaving the scores (and the cpu backend's packed copy) behind.
         self.layers = tuple((check.read_only_view(W),
@@ -236,6 +242,13 @@ class MLPScorer:
     def kernel(self) -> str:
         """The kernel its calls use (e.g. "float32", "avx512bf16")."""
         return self._module.kernel_name(self._model)
+
+    def __reduce__(self):
+        """Pickled (and copied, and sent to process pools) as its layers and settings: the
+        copy packs them for its own backend (``backend="auto"`` resolved where it is loaded),
+        as a new scorer would, and so scores alike."""
+        backend, kernel = self._asked
+        return (_scorer_from, (self.layers, self.precision, backend, kernel, self.source))
 
     def __repr__(self) -> str:
         widths = " -> ".join([str(self.input_width)] + [str(W.shape[0]) for W, _, _ in self.layers])
@@ -481,6 +494,14 @@ def _small_dense_indptr(users: int, per_user: int) -> np.ndarray:
     indptr = np.arange(users + 1, dtype=np.int64) * per_user
     indptr.flags.writeable = False
     return indptr
+
+
+def _scorer_from(layers, precision: str, backend: str, kernel: str,
+                 source: str | None) -> MLPScorer:
+    """The MLPScorer an ``MLPScorer.__reduce__`` describes."""
+    scorer = MLPScorer(list(layers), precision=precision, backend=backend, kernel=kernel)
+    scorer.source = source
+    return scorer
 
 
 def _check_layers(layers) -> list[tuple[np.ndarray, np.ndarray | None, str]]:
