@@ -370,7 +370,7 @@ def id_array(value, name: str, what: str = "an array of integers") -> np.ndarray
     among the ints of a list (NumPy reads True as 1), and missing values (a nullable or Arrow
     column's NA/null, which NumPy turns into NaN or None) named as missing."""
     array = array_of(value, name, what)
-    if isinstance(value, (list, tuple)) and array.dtype.kind in "iu" and _holds_bool(value):
+    if isinstance(value, (list, tuple)) and array.dtype.kind in "iu" and holds_bool(value):
         raise TypeError(f"{name} must hold integers, got a bool among them (True/False are "
                         f"not ids)")
     missing = 0
@@ -384,13 +384,13 @@ def id_array(value, name: str, what: str = "an array of integers") -> np.ndarray
     return array
 
 
-def _holds_bool(values: list | tuple) -> bool:
+def holds_bool(values: list | tuple) -> bool:
     """Whether a (nested) list or tuple holds a Python or NumPy bool."""
     kinds = set(map(type, values))
     if bool in kinds or np.bool_ in kinds:
         return True
     return bool(kinds & {list, tuple}) and any(
-        _holds_bool(v) for v in values if isinstance(v, (list, tuple)))
+        holds_bool(v) for v in values if isinstance(v, (list, tuple)))
 
 
 def _is_missing(value) -> bool:

@@ -1297,15 +1297,14 @@ class Recommender:
         with self._write_lock:
             unknown_items, max_new_items = self.unknown_items, self.max_new_items
             groups = self._replay_groups(self._state, events, self._calls)
-            last_calls = groups[-1].calls
-            assert last_calls is not None  # _replay_groups numbers every group's calls
             if len(groups) > 1:  # what can be checked for the whole replay, before any group
                 self._check_events(self._state, *events[:3], unknown_items, max_new_items)
                 self._updated_rows(self._state, *events[:3])  # the sums after every call
-            for position, group in enumerate(groups):
+            for group in groups:
                 self._apply(self._state, *group[:3], unknown_items, max_new_items)
-                if position == 0:  # numbers are used up by calls applied, not refused ones
-                    self._calls = int(last_calls[-1]) + 1
+                calls = group.calls
+                assert calls is not None  # _replay_groups numbers every group's calls
+                self._calls = int(calls[-1]) + 1  # used up by calls applied, not refused ones
                 self._remember(group)
         return int(events.users.size)
 
@@ -2079,10 +2078,7 @@ def _events(events) -> Events:
         if not np.isfinite(weights).all():
             raise ValueError("events weight must be finite, got NaN or inf")
     if calls is not None:
-        given = np.atleast_1d(np.asarray(calls))
-        if given.dtype.kind == "u" and given.size and given.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"events calls must fit in int64, got {given.max()}")
-        calls = _per_event(given, "calls", "iu", "integers", np.int64, users.size)
+        calls = _per_event(calls, "calls", "iu", "integers", np.int64, users.size)
         if (calls[1:] < calls[:-1]).any():  # np.diff would overflow on far-apart numbers
             raise ValueError("events calls must not decrease (they number the observe calls "
                              "in the order they came)")
@@ -2092,10 +2088,19 @@ def _events(events) -> Events:
 def _per_event(values, name: str, kinds: str, kinds_said: str, dtype, size: int) -> np.ndarray:
     """``values`` as a 1-d ``dtype`` array of one value per event (``size``), checked: of a
     NumPy kind in ``kinds`` (``kinds_said`` in the message)."""
-    array = np.atleast_1d(np.asarray(values))
+    array = np.atleast_1d(check.array_of(values, f"events {name}", kinds_said))
+    if isinstance(values, (list, tuple)) and array.dtype.kind != "b" and \
+            check.holds_bool(values):  # NumPy would read True as 1
+        raise TypeError(f"events {name} must be {kinds_said}, got a bool among them")
     if array.size and array.dtype.kind not in kinds:
         raise TypeError(f"events {name} must be {kinds_said}, got dtype {array.dtype}")
-    array = array.astype(dtype).reshape(-1)
+    if array.ndim > 1:
+        raise ValueError(f"events {name} must be 1-d (one value per event), got shape "
+                         f"{array.shape}")
+    if dtype == np.int64 and array.dtype.kind == "u" and array.size and \
+            array.max() > np.iinfo(np.int64).max:  # would wrap to a negative number
+        raise ValueError(f"events {name} must fit in int64, got {array.max()}")
+    array = array.astype(dtype)
     if array.size != size:
         raise ValueError(f"events {name} must have one value per event ({size}), got "
                          f"{array.size}")

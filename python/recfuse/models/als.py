@@ -302,6 +302,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         by default the matrix the model was fitted on (the one ``filter_seen`` uses; a
         ValueError when the model keeps none)."""
         self._require_fitted()
+        self._check_settings()  # e.g. a regularization assigned by hand, as fit does
         state = self._state
         # Assigned tables may be of any layout or dtype: the kernel takes C-order model dtype.
         X, Y = (check.check_factors(table, name, dtype=self.dtype, copy=False) for table, name
@@ -350,6 +351,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         """``update_users`` (side "user") or ``update_items`` ("item"): the rows of one side
         re-solved against the other side's fixed table, then installed as a new state."""
         self._require_fitted()
+        self._check_settings()  # the solver settings assigned by hand, as fit does (no lock)
         other = "item" if side == "user" else "user"
         ids = check.check_ids(ids, f"{side}_ids", None, allow_new=True)
         if np.unique(ids).size != ids.size:
