@@ -34,8 +34,10 @@ inline void expect(bool ok, const std::string& message) {
 // through gil_scoped_release's noexcept destructor calls std::terminate ("terminate called
 // without an active exception", the process aborted with status 134 after a clean exit). It
 // waits here for the process to end instead (what CPython 3.14 does itself). The check and
-// the re-acquisition are not atomic: a finalization that starts between them still ends the
-// thread as before, a window of a few instructions rather than the whole call. The thread
+// the re-acquisition are not atomic: a finalization that starts while the thread already
+// waits for the GIL still ends it as before, a window as long as that wait (long when several
+// threads contend). recfuse's own worker threads (MicroBatcher) are therefore ended before
+// finalization (batching.py, _close_at_exit); a user's daemon thread can still meet it. The thread
 // that finalizes (the main thread, under Py_RunMain) is not ended: a call it makes then (a
 // __del__ run by the last collection) takes the GIL back; waiting there hung the exit.
 class ReleaseGil {

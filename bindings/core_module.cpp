@@ -136,6 +136,9 @@ PYBIND11_MODULE(_core, m) {
         "Whether this process was forked after native calls had started threads, so that "
         "every native call here runs on one thread (GNU libgomp's threads do not survive "
         "fork).");
+  m.def("note_thread_team", &recfuse::note_thread_team,
+        "Record that GNU libgomp may hold a thread pool started by another of its users "
+        "(numba's omp layer), so that a forked child runs native calls on one thread.");
   m.def("simd_level", [] { return std::string(recfuse::simd_level_name(recfuse::simd_level())); });
   m.def(
       "set_simd_level",

@@ -217,9 +217,6 @@ def test_forked_microbatcher_answers_or_refuses_in_the_child():
     '''))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: libgomp pool started by the numba backend (omp "
-                                       "layer) is missed by the fork guard: the child's cpu "
-                                       "call hangs")
 def test_fork_after_the_numba_backend_then_a_cpu_call_does_not_hang():
     """The numba backend and the cpu backend share the process's libgomp (numba's omp
     threading layer). After ``topk(backend="numba")`` on 2 threads the parent forks; the
@@ -402,9 +399,6 @@ print(hashlib.sha256(b"".join(np.ascontiguousarray(p).tobytes() for p in parts))
     assert ok(run_child(digest, env={"OMP_NUM_THREADS": "100000"})) == plain
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: group_events splits events into chunks by "
-                                       "omp_get_thread_num(): chunks of threads OpenMP did not "
-                                       "give are dropped (OMP_THREAD_LIMIT, OMP_DYNAMIC)")
 def test_interactions_keep_every_event_when_openmp_gives_fewer_threads():
     """Interactions.from_events under OMP_THREAD_LIMIT=1 (or OMP_DYNAMIC=true on a loaded
     machine) must count every event, as scipy's sum of duplicates does."""

@@ -298,9 +298,10 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
   Scratch<int64_t> offsets(counters);
   std::fill(offsets.get(), offsets.get() + counters, 0);
   int64_t bad_event = -1;
+  // Chunks are taken in a loop rather than one per omp_get_thread_num(): OpenMP may give
+  // fewer threads than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC), and every chunk must be done.
 #pragma omp parallel num_threads(scatter_threads)
-  {
-    const int t = omp_get_thread_num();
+  for (int t = omp_get_thread_num(); t < scatter_threads; t += omp_get_num_threads()) {
     int64_t* count = offsets.get() + static_cast<int64_t>(t) * n_users;
     for (int64_t e = chunk_begin(t); e < chunk_begin(t + 1); ++e) {
       const int32_t u = users[e], i = items[e];
@@ -343,8 +344,7 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
   Scratch<int64_t> row_times(scratch(times));
   Scratch<int64_t> row_multiplicity(scratch(multiplicity));
 #pragma omp parallel num_threads(scatter_threads)
-  {
-    const int t = omp_get_thread_num();
+  for (int t = omp_get_thread_num(); t < scatter_threads; t += omp_get_num_threads()) {
     int64_t* next = offsets.get() + static_cast<int64_t>(t) * n_users;
     for (int64_t e = chunk_begin(t); e < chunk_begin(t + 1); ++e) {
       const int32_t u = users[e];

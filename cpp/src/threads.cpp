@@ -130,6 +130,8 @@ int cgroup_cpu_limit(const std::string& root, const std::string& self_cgroup) {
                  smallest_limit(root + "/cpu", v1_group, cfs_quota_limit));
 }
 
+void note_thread_team() { team_requested.store(true, std::memory_order_relaxed); }
+
 bool forked_after_threads() {
   (void)fork_handler_installed;
   return forked_child.load(std::memory_order_relaxed);

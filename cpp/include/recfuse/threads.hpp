@@ -33,4 +33,9 @@ int cgroup_cpu_limit(const std::string& root, const std::string& self_cgroup);
 // thread.
 bool forked_after_threads();
 
+// Records that a thread team of GNU libgomp may exist besides recfuse's own: another user of
+// the same libgomp (numba's omp threading layer) started one. A child forked after it then
+// runs on one thread, as after recfuse's own teams.
+void note_thread_team();
+
 }  // namespace recfuse

@@ -329,15 +329,41 @@ def _thread_count(numba, num_threads: int):
     one call at a time where the threading layer is not thread-safe. Every parallel kernel
     call of the Numba backends goes through here."""
     with _turn(numba):
-        if num_threads <= 0:
-            yield
-            return
-        previous = numba.get_num_threads()
-        numba.set_num_threads(min(int(num_threads), numba.config.NUMBA_NUM_THREADS))
         try:
-            yield
+            if num_threads <= 0:
+                yield
+                return
+            previous = numba.get_num_threads()
+            numba.set_num_threads(min(int(num_threads), numba.config.NUMBA_NUM_THREADS))
+            try:
+                yield
+            finally:
+                numba.set_num_threads(previous)
         finally:
-            numba.set_num_threads(previous)
+            _note_openmp_pool(numba)
+
+
+_POOL_NOTED = False
+
+
+def _note_openmp_pool(numba) -> None:
+    """After a parallel call: on numba's omp layer, libgomp (the one recfuse._core uses too)
+    now keeps a thread pool that a fork does not copy, so the native fork guard must know of
+    it (recfuse/threads.hpp), or a forked child's first native call waits for ever."""
+    global _POOL_NOTED
+    if _POOL_NOTED:
+        return
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel region has run yet
+        return
+    _POOL_NOTED = True
+    if layer == "omp":
+        try:
+            from .. import _core
+        except ImportError:  # no native module: nothing to guard
+            return
+        _core.note_thread_team()
 
 
 def _check_arrays(R: CsrArrays, Y, X) -> int:
