@@ -804,3 +804,11 @@ def test_intra_list_diversity_against_a_float64_oracle(table_dtype, scale):
         per.append(np.mean([1 - T[a] @ T[b] for a, b in pairs]))
     got = recfuse.metrics.intra_list_diversity(ids, table)
     assert abs(got - float(np.mean(per))) < 1e-5
+
+
+def test_a_longdouble_table_keeps_float64_range():
+    """longdouble items become float64, not float32 (where 1e39 was inf)."""
+    index = recfuse.ItemIndex(np.array([[1e39], [1.0]], dtype=np.longdouble))
+    assert index.items.dtype == np.float64
+    ids, scores = index.search([1.0], 2)
+    assert ids.tolist() == [0, 1] and scores.tolist() == [1e39, 1.0]

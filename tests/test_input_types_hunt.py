@@ -747,3 +747,12 @@ def test_unaligned_arrays_reach_the_native_kernels_safely():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr[-2000:]
+
+
+def test_masked_ids_are_refused_not_read_through_the_mask(models):
+    """np.asarray drops a mask: recommend(np.ma.array([1, 2], mask=[0, 1])) answered for the
+    masked id 2 too. A masked array with masked entries is refused; one without is an array."""
+    with pytest.raises(TypeError, match=r"user_ids .*masked"):
+        models["ALS"].recommend(np.ma.array([1, 2], mask=[0, 1]))
+    unmasked = models["ALS"].recommend(np.ma.array([1, 2]))
+    assert np.array_equal(unmasked[0], models["ALS"].recommend([1, 2])[0])

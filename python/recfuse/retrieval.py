@@ -76,8 +76,8 @@ class ItemIndex:
     Parameters
     ----------
     items : array (n, d)
-        Item vectors. float32 and float64 are kept as they are; other real dtypes are
-        converted to float32. The CPU backends keep a reference to a C-contiguous array
+        Item vectors. float32 and float64 are kept as they are, longdouble becomes float64;
+        other real dtypes are converted to float32. The CPU backends keep a reference to a C-contiguous array
         (do not change it while the index is in use); the GPU backends copy it to the device.
     item_bias : array (n,), optional
         Added to every score of item j (finite).
@@ -375,6 +375,8 @@ def _item_table(items) -> np.ndarray:
     if array.shape[0] > check.INT32_MAX:
         raise ValueError(f"items must have at most {check.INT32_MAX} rows, got {array.shape[0]}")
     native = np.dtype(array.dtype.type)  # native byte order: '>f8' stays float64
+    if native.kind == "f" and native.itemsize > 8:  # longdouble: float64 keeps its range
+        native = np.dtype(np.float64)
     dtype = native if native in check.FLOAT_DTYPES else np.dtype(np.float32)
     return np.ascontiguousarray(array, dtype=dtype)
 

@@ -1300,8 +1300,17 @@ class Recommender:
             if len(groups) > 1:  # what can be checked for the whole replay, before any group
                 self._check_events(self._state, *events[:3], unknown_items, max_new_items)
                 self._updated_rows(self._state, *events[:3])  # the sums after every call
-            for group in groups:
-                self._apply(self._state, *group[:3], unknown_items, max_new_items)
+            for position, group in enumerate(groups):
+                try:
+                    self._apply(self._state, *group[:3], unknown_items, max_new_items)
+                except Exception as error:
+                    # its "nothing was applied" speaks of this group only (add_note: 3.11+)
+                    if position and hasattr(error, "add_note"):
+                        error.add_note(f"the replay stopped at group {position + 1} of "
+                                       f"{len(groups)}: the {position} group(s) before it "
+                                       f"(calls up to {self._calls - 1}) stay applied and "
+                                       f"logged")
+                    raise
                 calls = group.calls
                 assert calls is not None  # _replay_groups numbers every group's calls
                 self._calls = int(calls[-1]) + 1  # used up by calls applied, not refused ones
