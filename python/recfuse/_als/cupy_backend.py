@@ -65,12 +65,12 @@ __device__ __forceinline__ double root_of(double v) { return sqrt(v); }
 
 // A (k x k, row-major, lower triangle) = L L^T in place by all threads of the block, then
 // b = A^-1 b by warp 0. Returns false in every thread, A and b spoiled, when A is not
-// positive definite (also NaN).
+// positive definite (also NaN, and an inf pivot: sums that overflowed, as on the CPU).
 __device__ bool cholesky_solve_in_place(REAL* A, REAL* b, int k) {
   const int tid = threadIdx.x, threads = blockDim.x;
   for (int j = 0; j < k; ++j) {
     const REAL d = A[(long long)j * k + j];
-    if (!(d > (REAL)0)) return false;  // every thread sees the same value and leaves
+    if (!(d > (REAL)0) || isinf(d)) return false;  // every thread sees the same value
     const REAL root = root_of(d);
     const REAL inv = (REAL)1 / root;
     __syncthreads();  // everyone has read A[j][j]
