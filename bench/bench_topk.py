@@ -169,7 +169,8 @@ def numpy_topk(Q, V, k, seen):
     if seen is not None:
         rows = np.repeat(np.arange(Q.shape[0]), np.diff(seen.indptr))
         S[rows, seen.indices] = -np.inf
-    part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+    n = S.shape[1]
+    part = np.argpartition(S, n - k, axis=1)[:, n - k:]  # the top end: no negated copy of S
     top = np.take_along_axis(S, part, axis=1)
     order = np.argsort(-top, axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(top, order, axis=1)
