@@ -352,7 +352,10 @@ def array_of(value, name: str, what: str = "an array") -> np.ndarray:
     """``np.asarray(value)``, with an error that names the argument ("{name} must be
     {what}") for a ragged nesting of sequences, where NumPy's names none, and for a container
     without an order (a set, a mapping or its view, a generator), which NumPy would make a
-    0-d object array of."""
+    0-d object array of, as of a scipy.sparse matrix."""
+    if sp.issparse(value):
+        raise TypeError(f"{name} must be a dense array, got a scipy.sparse {value.format} "
+                        f"matrix; convert it with .toarray()")
     if isinstance(value, (abc.Set, abc.Mapping, abc.MappingView)) or (
             not hasattr(value, "__len__") and hasattr(value, "__iter__")
             and not isinstance(value, np.ndarray)):
@@ -523,6 +526,17 @@ def check_flag(value, name: str) -> bool:
                                                and value in (0, 1)):
         return bool(value)
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r:.60}")
+
+
+def check_path(value, name: str = "path", what: str = "a file") -> str:
+    """``value`` (a str, bytes or os.PathLike) as a str path; anything else is a TypeError
+    naming ``name`` ("{name} must be a str or os.PathLike naming {what}"), not
+    ``os.fspath``'s, which names no argument."""
+    try:
+        return os.fsdecode(os.fspath(value))
+    except TypeError:
+        raise TypeError(f"{name} must be a str or os.PathLike naming {what}, got "
+                        f"{type(value).__name__} {value!r:.60}") from None
 
 
 def check_backend(backend, source: str = "") -> str:

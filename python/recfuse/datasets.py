@@ -495,11 +495,7 @@ def _first_bad_u_data_line(file: str) -> str | None:
 def _folder(path) -> str:
     """``path`` (a str or os.PathLike, ``~`` expanded) of a folder: a TypeError for anything
     else, a ValueError for the path of a file (the ratings file itself, say)."""
-    try:
-        folder = os.path.expanduser(os.fsdecode(os.fspath(path)))  # bytes as recfuse.load
-    except TypeError:
-        raise TypeError(f"path must be a str or os.PathLike naming a MovieLens folder, got "
-                        f"{type(path).__name__} {path!r:.60}") from None
+    folder = os.path.expanduser(check.check_path(path, "path", "a MovieLens folder"))
     if os.path.isfile(folder):
         raise ValueError(f"path must be the folder that holds the MovieLens ratings file, got "
                          f"the file {folder!r}: pass {os.path.dirname(folder) or '.'!r}")

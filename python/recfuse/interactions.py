@@ -149,7 +149,10 @@ class IdMap:
                 raise TypeError(f"Arrow ids must be a ChunkedArray, got {type(ids).__name__}")
             self._arrow, self._array = ids, None
             return
-        array = np.asarray(ids)
+        what = "a 1-d sequence of ids (a list, an array, a Series)"
+        array = check.array_of(ids, "ids", what)  # a set, a dict, a generator: named
+        if array.ndim == 0:  # None, one id: not a sequence (NumPy made a 0-d array of it)
+            raise TypeError(f"ids must be {what}, got {type(ids).__name__} {ids!r:.60}")
         if array.ndim != 1:
             raise ValueError(f"ids must be 1-d, got shape {array.shape}")
         if array.dtype.kind == "f" and np.isnan(array).any():  # as from_arrays: missing
@@ -1170,8 +1173,8 @@ class Interactions:
         source's buffers (e.g. a Parquet table read here) can be freed before grouping."""
         check.check_choice(combine, "combine", COMBINE)
         check.check_choice(unknown, "unknown", UNKNOWN)
-        for name, column in columns.items():
-            if column is not None and not _is_column(column):
+        for name, column in columns.items():  # None: an optional column not given
+            if (column is not None or name in ("user", "item")) and not _is_column(column):
                 raise TypeError(f"{name}s must be a 1-d sequence with one value per event "
                                 f"(a list, an array, a Series), got {type(column).__name__} "
                                 f"{column!r:.40}")
@@ -1202,8 +1205,15 @@ class Interactions:
             if times is None:
                 raise ValueError("half_life needs timestamps (timestamp=...)")
             seconds = _seconds(half_life, "half_life")
-            reference = (int(times.max()) if reference_time is None
-                         else int(_times_ns(np.atleast_1d(np.asarray(reference_time)))[0]))
+            if reference_time is None:
+                reference = int(times.max())
+            elif np.ndim(reference_time) != 0:  # not the first of several, silently
+                raise TypeError(f"reference_time must be one time (a datetime, a string or "
+                                f"seconds since the epoch), got {type(reference_time).__name__} "
+                                f"of shape {np.shape(reference_time)}")
+            else:
+                reference = int(_times_ns(np.atleast_1d(np.asarray(reference_time)),
+                                          "reference_time")[0])
             with np.errstate(over="ignore"):  # events after the reference: weights > 1
                 decay = np.exp2(_ns_from(times, reference) / (seconds * _NS_PER_SECOND))
             values = decay if values is None else values * decay

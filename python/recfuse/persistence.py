@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from ._validation import check_flag, check_path
+
 if TYPE_CHECKING:
     from ._typing import PathLike
     from .interactions import Interactions
@@ -40,7 +42,7 @@ HEADER_KEY = "__recfuse__"
 def save_model(path, model_name: str, params: dict, arrays: dict[str, np.ndarray]) -> None:
     """Write a model file: ``arrays`` and a JSON header (format, version, ``model_name``,
     ``params``) in one .npz, atomically; ``read_model`` reads it back."""
-    path = os.fsdecode(os.fspath(path))
+    path = check_path(path)
     header = {"format": "recfuse", "version": FORMAT_VERSION, "model": model_name, "params": params}
     encoded = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
 
@@ -61,7 +63,7 @@ def atomic_write(path, write) -> None:
     ``path`` that is a symbolic link is written through: the file it points to is replaced,
     the link stays. The new file's data reach the disk (fsync) before the rename, so that a
     power loss leaves the old file or the whole new one, not an empty one."""
-    target = os.fsdecode(os.fspath(path))  # bytes too: the temporary's name is a str
+    target = check_path(path)  # bytes too: the temporary's name is a str
     if not target:
         raise FileNotFoundError("cannot write to an empty path; give the path of a file")
     if target.endswith(os.sep) or (os.altsep and target.endswith(os.altsep)):
@@ -294,10 +296,8 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
     member is read once, for its CRC-32 check, and its pages stay cached); the file must not
     be changed while they are in use.
     """
-    from ._validation import check_flag
-
     mmap = check_flag(mmap, "mmap")  # not read by its truth value ("no" would map)
-    path = os.fsdecode(os.fspath(path))
+    path = check_path(path)
     if os.path.isdir(path):  # FileNotFoundError, as for any path without a model file
         raise FileNotFoundError(f"no model file at {path!r}: it is a folder; give the path "
                                 f"of a model file")
@@ -411,7 +411,7 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
     registry: dict[str, type[Any]] = {"ALS": ALS, "SVD": SVD, "SVDpp": SVDpp, "BPR": BPR,
                                       "ExplicitALS": ExplicitALS, "MLPScorer": MLPScorer}
     header, arrays = read_model(path, mmap=mmap)
-    path = os.fsdecode(os.fspath(path))
+    path = check_path(path)
     model_name = header["model"]
     if model_name == "Interactions":
         raise ValueError(f"{path!r} is an Interactions file: read it with "
@@ -439,7 +439,13 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
     saved = dict(params)
     params.update(overrides)
     try:
-        model = model_class._from_saved(params, arrays)
+        try:
+            model = model_class._from_saved(params, arrays)
+        except (TypeError, ValueError):
+            as_saved = _as_saved(model_class, saved, arrays) if overrides else None
+            if as_saved is not None:  # e.g. factors=3 for tables of 4: named as the override
+                _refuse_fit_shaped_overrides(as_saved, saved, overrides)
+            raise
         _refuse_fit_shaped_overrides(model, saved, overrides)
         return model
     except KeyError as error:
@@ -453,17 +459,28 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
                          f"{error}") from error
 
 
+def _as_saved(model_class, saved: dict, arrays: dict):
+    """The model as the file holds it (its own parameters, no overrides), or None when it
+    cannot be built (the file's own error is then the one to raise)."""
+    try:
+        return model_class._from_saved(saved, arrays)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _refuse_fit_shaped_overrides(model, saved: dict, overrides: dict) -> None:
     """A ValueError naming each override of a parameter that shaped the saved fit
     (``_fit_shaped``: factors, dtype, biased, ...) to another value than the file's: the
     tables would be read as another model's (an SVD loaded with biased=False kept its biases
-    and dropped μ from every score), as ``set_params`` refuses on a fitted model."""
+    and dropped μ from every score), as ``set_params`` refuses on a fitted model. ``model``:
+    a loaded model of the file's class (with or without the overrides), for those names."""
     shaped = model._fit_shaped() if hasattr(model, "_fit_shaped") else {}
     names = [name for name in shaped if name in overrides]
     if not names:
         return
     as_saved = type(model)(**saved)  # the saved values, checked as the constructor checks
-    changed = [name for name in names if getattr(as_saved, name) != getattr(model, name)]
+    wanted = type(model)(**{**saved, **overrides})
+    changed = [name for name in names if getattr(as_saved, name) != getattr(wanted, name)]
     if changed:
         made = "; ".join(f"{name} shaped the saved {shaped[name]}, made with "
                          f"{name}={saved[name]!r}" for name in changed)
@@ -477,7 +494,13 @@ def load_folder(folder: PathLike, *, mmap: bool = False) -> tuple[Any, Interacti
     ``item_ids`` name the model's rows by the ids of the event log. ``mmap`` as ``load``."""
     from .interactions import Interactions
 
-    folder = os.fsdecode(os.fspath(folder))
+    folder = check_path(folder, "folder", "a model folder")
+    if os.path.isfile(folder):  # not "expected 'FILE/model.npz'": a path inside a file
+        parent = os.path.dirname(folder) or "."
+        holder = f"; pass the folder that holds it, {parent!r}" if os.path.isfile(
+            os.path.join(parent, "model.npz")) else ""
+        raise FileNotFoundError(f"no model in {folder!r}: it is a file, not a model folder "
+                                f"(made by `recfuse train DATA -o FOLDER`){holder}")
     model_path = os.path.join(folder, "model.npz")
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"no model in {folder!r}: expected {model_path!r} "

@@ -509,8 +509,11 @@ def _check_layers(layers) -> list[tuple[np.ndarray, np.ndarray | None, str]]:
     never the caller's arrays (the numpy and numba backends keep the arrays they are given,
     so weights changed in place after construction would change their scores, and what
     ``save`` writes, but not the cpu backend's packed copy)."""
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
-        raise TypeError("layers must be a non-empty sequence of (weight, bias, activation)")
+    expected = "layers must be a non-empty sequence of (weight, bias, activation)"
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise TypeError(f"{expected}, got {type(layers).__name__} {layers!r:.60}")
+    if not layers:
+        raise TypeError(f"{expected}, got an empty {type(layers).__name__}")
     checked: list[tuple[np.ndarray, np.ndarray | None, str]] = []
     for position, layer in enumerate(layers):
         name = f"layers[{position}]"
@@ -518,7 +521,10 @@ def _check_layers(layers) -> list[tuple[np.ndarray, np.ndarray | None, str]]:
             raise TypeError(f"{name} must be a (weight, bias, activation) triple, got {layer!r:.80}")
         weight, bias, activation = layer
         W = check.array_of(weight, f"{name} weight", "a 2-d real array (out, in)")
-        if W.dtype.kind not in "fiu" or W.ndim != 2 or 0 in W.shape:
+        if W.dtype.kind not in "fiu":
+            raise TypeError(f"{name} weight must be a 2-d real array (out, in), got "
+                            f"{_kind_of(weight, W)}")
+        if W.ndim != 2 or 0 in W.shape:
             raise ValueError(f"{name} weight must be a non-empty 2-d real array (out, in), got "
                              f"dtype {W.dtype} shape {W.shape}")
         with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
@@ -529,15 +535,17 @@ def _check_layers(layers) -> list[tuple[np.ndarray, np.ndarray | None, str]]:
         b = None
         if bias is not None:
             b = check.array_of(bias, f"{name} bias", "a 1-d real array")
-            if b.dtype.kind not in "fiu" or b.shape != (W.shape[0],):
+            if b.dtype.kind not in "fiu":
+                raise TypeError(f"{name} bias must be a real array of shape ({W.shape[0]},) or "
+                                f"None, got {_kind_of(bias, b)}")
+            if b.shape != (W.shape[0],):
                 raise ValueError(f"{name} bias must be a real array of shape ({W.shape[0]},), "
                                  f"got dtype {b.dtype} shape {b.shape}")
             with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
                 b = np.array(b, dtype=np.float32, order="C")  # a copy
             if not np.isfinite(b).all():
                 raise ValueError(f"{name} bias must be finite, got NaN/inf")
-        if not isinstance(activation, str) or activation not in ACTIVATIONS:
-            raise ValueError(f"{name} activation must be one of {ACTIVATIONS}, got {activation!r}")
+        check.check_choice(activation, f"{name} activation", ACTIVATIONS)
         if checked and checked[-1][0].shape[0] != W.shape[1]:
             raise ValueError(f"{name} takes {W.shape[1]} inputs but layers[{position - 1}] gives "
                              f"{checked[-1][0].shape[0]}")
@@ -546,6 +554,12 @@ def _check_layers(layers) -> list[tuple[np.ndarray, np.ndarray | None, str]]:
         raise ValueError(f"the last layer must have one output (the score), got "
                          f"{checked[-1][0].shape[0]}")
     return checked
+
+
+def _kind_of(value, array: np.ndarray) -> str:
+    """What came, for a layer part that holds no real numbers: the dtype of an array, or the
+    type and value of anything NumPy made a 0-d array of (None, a string)."""
+    return f"dtype {array.dtype}" if array.ndim else f"{type(value).__name__} {value!r:.60}"
 
 
 # ---------------------------------------------------------------------- import

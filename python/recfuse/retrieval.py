@@ -159,6 +159,7 @@ class ItemIndex:
 
     def storage_for(self, k: Integer) -> str:
         """The storage a search for ``k`` results reads: "native" or "bfloat16"."""
+        k = check.check_k(k)
         if self.storage != "auto":
             return self.storage
         n = self.items.shape[0]
@@ -285,10 +286,7 @@ def topk(queries: ArrayLike, items: ArrayLike, k: Integer, *,
 
 
 def _real_array(value, name: str) -> np.ndarray:
-    if sp.issparse(value):  # np.asarray would make a 0-d object array of it
-        raise TypeError(f"{name} must be a dense array, got a scipy.sparse {value.format} "
-                        f"matrix; convert it with .toarray()")
-    array = check.array_of(value, name, "an array of real numbers")
+    array = check.array_of(value, name, "an array of real numbers")  # sparse: refused
     if array.dtype.kind == "f" and array.dtype.itemsize < 4:  # float16: computed in float32
         return array.astype(np.float32)
     if array.dtype.kind not in "fiu":

@@ -417,6 +417,16 @@ def _id_list(value, name: str, limit: int, naming, kind: str) -> list:
     return naming.check(value, name, kind)
 
 
+def _per_user(value, name: str, users: int) -> None:
+    """``value`` (a batch's excludes or contexts) must be a list of one entry per user."""
+    if not isinstance(value, list):
+        raise _BadRequest(422, f"{name} must be a list with one list per user, got "
+                               f"{type(value).__name__}")
+    if len(value) != users:
+        raise _BadRequest(422, f"{name} must have one list per user ({users}), got "
+                               f"{len(value)}")
+
+
 def _in_float64(value) -> bool:
     """Whether a JSON value is a number a float64 holds (JSON allows integers of any size;
     a float may still be inf or NaN)."""
@@ -625,8 +635,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         users = _id_list(body["users"], "users", limits.max_batch, naming["now"], "user")
         excludes = body.get("excludes")
         if excludes is not None:
-            if not isinstance(excludes, list) or len(excludes) != len(users):
-                raise _BadRequest(422, "excludes must be a list with one list per user")
+            _per_user(excludes, "excludes", len(users))
             excludes = [None if e is None else
                         _id_list(e, f"excludes[{p}]", limits.max_exclude, naming["now"], "item")
                         for p, e in enumerate(excludes)]
@@ -634,8 +643,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         if width and contexts is None:
             raise _BadRequest(422, f"contexts are required: one list of {width} numbers per user")
         if contexts is not None:
-            if not isinstance(contexts, list) or len(contexts) != len(users):
-                raise _BadRequest(422, "contexts must be a list with one list per user")
+            _per_user(contexts, "contexts", len(users))
             contexts = np.array([_numbers(c, f"contexts[{p}]", width)
                                  for p, c in enumerate(contexts)],
                                 dtype=np.float32).reshape(len(users), width)

@@ -809,10 +809,12 @@ class Recommender:
                 f"{info['source']}, {info['users']} users x {info['items']} items, "
                 f"k={self.k}{ranker})")
 
-    def _build(self, retriever, ranker, factors: int | None = None) -> _Model:
+    def _build(self, retriever, ranker, factors: int | None = None, *,
+               argument: str = "retriever") -> _Model:
         """A ready ``_Model`` from a fitted model or a model file and a ranker (an
         ``MLPScorer`` and its source, or None); ``factors``: what the model must have (a
-        kept ranker was built for it). Raises, changing nothing."""
+        kept ranker was built for it); ``argument``: the caller's name of ``retriever``, for
+        the errors. Raises, changing nothing."""
         source = "<object>"
         if isinstance(retriever, (str, os.PathLike)):
             from .persistence import load
@@ -870,7 +872,7 @@ class Recommender:
                 longest = int(max(np.diff(indptr).max(initial=0),
                                   np.bincount(indices).max(initial=0)))
         else:
-            raise TypeError(f"retriever must be a fitted recfuse.ALS, SVD, SVDpp, ExplicitALS "
+            raise TypeError(f"{argument} must be a fitted recfuse.ALS, SVD, SVDpp, ExplicitALS "
                             f"or BPR or a model file path, got {type(model).__name__}")
         if kind in ("als", "bpr"):  # assigned tables: any layout, byte order or dtype
             users, items = (check.check_factors(table, name, dtype=model.dtype, copy=False)
@@ -944,7 +946,11 @@ class Recommender:
         """
         renumber = replay if callable(replay) else None
         if renumber is None:
-            replay = check.check_flag(replay, "replay")
+            try:
+                replay = check.check_flag(replay, "replay")
+            except TypeError:  # check_flag's message offers a bool only
+                raise TypeError(f"replay must be a bool or a function (Events -> Events), got "
+                                f"{type(replay).__name__} {replay!r:.60}") from None
         chosen: tuple[MLPScorer, str | None] | None = \
             None if ranker is _KEEP else _ranker_of(ranker)
         # one swap at a time, from reading the current ranker to installing: a swap that keeps
@@ -956,7 +962,7 @@ class Recommender:
             if ranker is _KEEP and current.ranker is not None:
                 chosen = (current.ranker, current.ranker_source)
                 factors = current.item_vectors.shape[1]
-            built = self._build(source, chosen, factors)
+            built = self._build(source, chosen, factors, argument="source")
             with self._write_lock:
                 # numbered here: a swap that fails (e.g. in the replay) uses up no version
                 built = replace(built, version=self._versions + 1)

@@ -10,10 +10,13 @@ NAME = "cpu"
 
 
 def prepare(layers, precision: str, kernel: str = "auto"):
+    supported = {name: (ok, why) for name, ok, why in _core.mlp_kernels()}
+    if kernel != "auto" and kernel not in supported:  # as the other backends say it
+        raise ValueError(f"the cpu backend's kernel must be one of {('auto', *supported)}, "
+                         f"got kernel={kernel!r}")
     if kernel == "auto":
         kernel = {"float32": "float32", "bfloat16": "avx512bf16", "int8": "int8"}[precision]
         # AMX is never picked by itself: that kernel has not yet run on an AMX CPU.
-    supported = {name: (ok, why) for name, ok, why in _core.mlp_kernels()}
     if precision == "bfloat16" and kernel == "avx512bf16" and not supported[kernel][0]:
         raise ValueError(
             f"precision='bfloat16' on the cpu backend needs AVX512-BF16 (or AMX, "

@@ -68,6 +68,11 @@ if TYPE_CHECKING:
     SurpriseRandomState: TypeAlias = int | np.integer[Any] | np.random.RandomState | None
 
 
+class CompatTypeError(TypeError, AttributeError):
+    """The wrong kind of argument where Surprise raised AttributeError (a ``fit`` of
+    something without a Trainset's methods): catchable as either."""
+
+
 class Prediction(NamedTuple):
     """Surprise's ``Prediction``: (uid, iid, r_ui, est, details)."""
 
@@ -163,6 +168,10 @@ class _SurpriseAdapter:
     # ------------------------------------------------------------------ Surprise's API
     def fit(self, trainset: Any) -> Self:
         """Train on a ``surprise.Trainset`` (inner ids, ratings in ``all_ratings()`` order)."""
+        if not hasattr(trainset, "all_ratings"):  # e.g. a Dataset, not its Trainset
+            raise CompatTypeError(f"trainset must be a surprise.Trainset "
+                                  f"(dataset.build_full_trainset()), got "
+                                  f"{type(trainset).__name__}")
         triples = np.array(list(trainset.all_ratings()), dtype=np.float64).reshape(-1, 3)
         # Surprise's rating_scale only bounds the predictions (``predict`` and ``test`` clip to
         # it here too): ratings outside it train as given, so the model's scale covers both.

@@ -198,7 +198,10 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
                                  out=table(n, width, self.dtype), num_threads=self.num_threads)
                     for seed, n in zip(seeds, (n_users, n_items))]
         if not isinstance(given, (tuple, list)) or len(given) != 2:
-            raise TypeError("initial_factors must be a pair (user_factors, item_factors)")
+            got = (f"{type(given).__name__} of {len(given)} arrays"  # as SVD's says it
+                   if isinstance(given, (tuple, list)) else type(given).__name__)
+            raise TypeError(f"initial_factors must be a pair (user_factors, item_factors), "
+                            f"got {got}")
         X, Y = (check.check_factors(given[side], f"initial_factors[{side}]", dtype=self.dtype,
                                     n_cols=k, copy=False) for side in (0, 1))
         if X.shape[0] != n_users or Y.shape[0] != n_items:
