@@ -999,8 +999,11 @@ AlsTrainer<T>::AlsTrainer(const CsrView<T>& user_items, const CsrView<T>& item_u
 template <class T>
 AlsTrainer<T>::~AlsTrainer() {
   if (state_ != nullptr) {
+    int previous = 0;
+    cudaGetDevice(&previous);
     cudaSetDevice(state_->device);
     cudaStreamSynchronize(state_->stream.get());
+    cudaSetDevice(previous);
   }
 }
 
@@ -1008,7 +1011,7 @@ template <class T>
 int64_t AlsTrainer<T>::sweep_users() {
   State& s = *state_;
   std::lock_guard<std::mutex> lock(s.mutex);
-  RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
+  const DeviceGuard device_guard(s.device);
   s.gram_of(s.Y.get(), s.user_items.cols, s.item_slices, true);
   return run_sweep(s.user_items, s.Y.get(), s.k, s.G_reg.get(), s.X.get(), s.params,
                    s.failed.get(), s.stream.get());
@@ -1018,7 +1021,7 @@ template <class T>
 int64_t AlsTrainer<T>::sweep_items() {
   State& s = *state_;
   std::lock_guard<std::mutex> lock(s.mutex);
-  RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
+  const DeviceGuard device_guard(s.device);
   s.gram_of(s.X.get(), s.item_users.cols, s.user_slices, true);
   return run_sweep(s.item_users, s.X.get(), s.k, s.G_reg.get(), s.Y.get(), s.params,
                    s.failed.get(), s.stream.get());
@@ -1028,7 +1031,7 @@ template <class T>
 double AlsTrainer<T>::data_loss() {
   State& s = *state_;
   std::lock_guard<std::mutex> lock(s.mutex);
-  RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
+  const DeviceGuard device_guard(s.device);
   s.gram_of(s.Y.get(), s.user_items.cols, s.item_slices, false);
   return run_loss(s.user_items, s.X.get(), s.Y.get(), s.k, s.G.get(), s.params.alpha,
                   s.params.confidence == Confidence::Raw, s.per_row.get(), s.loss_out.get(),
@@ -1039,7 +1042,7 @@ template <class T>
 void AlsTrainer<T>::factors(T* X, T* Y) {
   State& s = *state_;
   std::lock_guard<std::mutex> lock(s.mutex);
-  RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
+  const DeviceGuard device_guard(s.device);
   s.X.download(X, static_cast<size_t>(s.user_items.rows) * s.k, s.stream.get());
   s.Y.download(Y, static_cast<size_t>(s.item_users.rows) * s.k, s.stream.get());
   s.stream.synchronize();

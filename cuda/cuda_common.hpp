@@ -72,6 +72,23 @@ void allow_shared(Kernel kernel, size_t bytes) {
   raise_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
 }
 
+// Makes `device` current for a scope and gives the caller's current device back after it:
+// objects are placed on the current device (prepare, AlsTrainer, svd_hogwild), so a call on
+// an object of another device must not move the caller's later objects there.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    RECFUSE_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device) RECFUSE_CUDA_CHECK(cudaSetDevice(device));
+  }
+  ~DeviceGuard() { cudaSetDevice(previous_); }  // never throws
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
 // A device array of T, freed on destruction (never throws from the destructor).
 template <class T>
 class DeviceBuffer {

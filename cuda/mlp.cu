@@ -1274,7 +1274,7 @@ void MlpModelCuda::score_candidates(const MlpCandidates& c, const MlpItemPartCud
   const State& s = *state_;
   const Call call = plan_call(*this, s.part, s.hidden_max, c, view(part), state_.get(), 0);
   if (call.total == 0) return;
-  RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
+  const DeviceGuard device_guard(s.device);
   auto lease = s.pool.acquire();
   Workspace& ws = **lease;
   ModelRun run{s.layers, s.descs.get(), s.part, s.width_max, s.hidden_max, ws, call};
@@ -1309,7 +1309,7 @@ void MlpModelCuda::rank(const MlpCandidates& c, const MlpItemPartCuda* part, int
     pad(0, c.users);
     return;
   }
-  RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
+  const DeviceGuard device_guard(s.device);
   auto lease = s.pool.acquire();
   Workspace& ws = **lease;
   ModelRun run{s.layers, s.descs.get(), s.part, s.width_max, s.hidden_max, ws, call};
@@ -1370,7 +1370,7 @@ std::shared_ptr<MlpItemPartCuda> MlpModelCuda::item_part(const std::vector<MlpBl
              "item blocks at column " + std::to_string(column) + " with " +
                  std::to_string(width) + " columns do not fit the model's " +
                  std::to_string(input_width()) + " inputs");
-  RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
+  const DeviceGuard device_guard(s.device);
   auto state = std::make_unique<MlpItemPartCuda::State>();
   state->part.allocate(static_cast<size_t>(items) * s.part);
   auto lease = s.pool.acquire();
@@ -1438,7 +1438,7 @@ std::shared_ptr<MlpItemPartCuda> MlpModelCuda::upload_item_part(const float* par
                  std::to_string(columns));
   const size_t count = static_cast<size_t>(items) * s.part;
   expect(all_finite(part, static_cast<int64_t>(count)), "the item part must be finite");
-  RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
+  const DeviceGuard device_guard(s.device);
   auto state = std::make_unique<MlpItemPartCuda::State>();
   state->part.allocate(count);
   if (count > 0) {
@@ -1464,7 +1464,7 @@ std::vector<double> MlpModelCuda::time_device(const MlpCandidates& c, const MlpI
                  std::to_string(chunks.size()) + " chunks");
   const MlpChunk& ch = chunks[0];
   const int64_t users = ch.user_end - ch.user_begin, n = ch.cand_end - ch.cand_begin;
-  RECFUSE_CUDA_CHECK(cudaSetDevice(s.device));
+  const DeviceGuard device_guard(s.device);
   auto lease = s.pool.acquire();
   Workspace& ws = **lease;
   ModelRun run{s.layers, s.descs.get(), s.part, s.width_max, s.hidden_max, ws, call};

@@ -87,6 +87,7 @@ template <class T>
 struct SvdHogwild<T>::State {
   int64_t nnz = 0, n_users = 0, n_items = 0;
   int k = 0, blocks = 1;
+  int device = 0;  // where the buffers live: epochs and download run there
   DeviceBuffer<int32_t> users, items;
   DeviceBuffer<T> ratings, bu, bi, P, Q;
 };
@@ -131,9 +132,9 @@ SvdHogwild<T>::SvdHogwild(const int32_t* users, const int32_t* items, const T* r
   s.Q.upload(Q, s.Q.size(), nullptr);
   // The host arrays may change once this returns: a pageable copy can return before its DMA.
   RECFUSE_CUDA_CHECK(cudaStreamSynchronize(nullptr));
-  int device = 0, sms = 1;
-  RECFUSE_CUDA_CHECK(cudaGetDevice(&device));
-  RECFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int sms = 1;
+  RECFUSE_CUDA_CHECK(cudaGetDevice(&s.device));
+  RECFUSE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, s.device));
   const int64_t resident_blocks = 32LL * sms;  // enough resident warps to hide memory latency
   // Hogwild assumes that two warps seldom update one row at the same time: at most one warp
   // in flight per kRowsPerWarp rows of the smaller side (else, on a small table, most
@@ -152,6 +153,7 @@ void SvdHogwild<T>::epochs(T global_mean, const SgdRates<T>& rates, bool biased,
   if (batch < 1) throw std::invalid_argument("batch must be >= 1");
   if (epochs < 0) throw std::invalid_argument("epochs must be >= 0");
   State& s = *state_;
+  const DeviceGuard device_guard(s.device);
   const int64_t batches = (s.nnz + batch - 1) / batch;
   // 8 warps per block of 256 threads; no more warps than batches.
   const int blocks = static_cast<int>(
@@ -176,6 +178,7 @@ void SvdHogwild<T>::epochs(T global_mean, const SgdRates<T>& rates, bool biased,
 template <class T>
 void SvdHogwild<T>::download(T* user_bias, T* item_bias, T* P, T* Q) const {
   const State& s = *state_;
+  const DeviceGuard device_guard(s.device);
   RECFUSE_CUDA_CHECK(cudaStreamSynchronize(nullptr));  // the epochs are done (errors surface)
   s.bu.download(user_bias, s.bu.size(), nullptr);
   s.bi.download(item_bias, s.bi.size(), nullptr);

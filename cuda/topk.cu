@@ -755,7 +755,7 @@ void TopkItems<T>::search(const T* queries, int64_t m, int k, const TopkFilters&
     pad_columns(0, m, 0);
     return;
   }
-  RECFUSE_CUDA_CHECK(cudaSetDevice(state_->device));
+  const DeviceGuard device_guard(state_->device);
   Stream stream;
   const cudaStream_t s = stream.get();
 
