@@ -809,12 +809,10 @@ class Recommender:
                 f"{info['source']}, {info['users']} users x {info['items']} items, "
                 f"k={self.k}{ranker})")
 
-    def _build(self, retriever, ranker, factors: int | None = None, *,
-               argument: str = "retriever") -> _Model:
+    def _build(self, retriever, ranker, factors: int | None = None) -> _Model:
         """A ready ``_Model`` from a fitted model or a model file and a ranker (an
         ``MLPScorer`` and its source, or None); ``factors``: what the model must have (a
-        kept ranker was built for it); ``argument``: the caller's name of ``retriever``, for
-        the errors. Raises, changing nothing."""
+        kept ranker was built for it). Raises, changing nothing."""
         source = "<object>"
         if isinstance(retriever, (str, os.PathLike)):
             from .persistence import load
@@ -872,8 +870,7 @@ class Recommender:
                 longest = int(max(np.diff(indptr).max(initial=0),
                                   np.bincount(indices).max(initial=0)))
         else:
-            raise TypeError(f"{argument} must be a fitted recfuse.ALS, SVD, SVDpp, ExplicitALS "
-                            f"or BPR or a model file path, got {type(model).__name__}")
+            raise _not_a_retriever(model, "retriever")
         if kind in ("als", "bpr"):  # assigned tables: any layout, byte order or dtype
             users, items = (check.check_factors(table, name, dtype=model.dtype, copy=False)
                             for table, name in ((users, "user_factors"), (items, "item_factors")))
@@ -944,6 +941,8 @@ class Recommender:
         anything fails (the function included) the old model and the log stay and the error
         is raised. Returns the new version.
         """
+        if not isinstance(source, (str, os.PathLike, ALS, BPR, SVD, SVDpp, ExplicitALS)):
+            raise _not_a_retriever(source, "source")  # not named "retriever", as _build would
         renumber = replay if callable(replay) else None
         if renumber is None:
             try:
@@ -962,7 +961,7 @@ class Recommender:
             if ranker is _KEEP and current.ranker is not None:
                 chosen = (current.ranker, current.ranker_source)
                 factors = current.item_vectors.shape[1]
-            built = self._build(source, chosen, factors, argument="source")
+            built = self._build(source, chosen, factors)
             with self._write_lock:
                 # numbered here: a swap that fails (e.g. in the replay) uses up no version
                 built = replace(built, version=self._versions + 1)
@@ -1934,6 +1933,12 @@ def mmr(scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float,
 
 
 _MMR_TIE = 1e-12  # MMR values this close count as equal (ties to the better-ranked item)
+
+
+def _not_a_retriever(value, name: str) -> TypeError:
+    """The error for a ``retriever`` (``swap_model``'s ``source``) of the wrong kind."""
+    return TypeError(f"{name} must be a fitted recfuse.ALS, SVD, SVDpp, ExplicitALS or BPR "
+                     f"or a model file path, got {type(value).__name__}")
 
 
 def _checked_diversity(value) -> float:
