@@ -52,8 +52,9 @@ ML100K = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "s
 def floor_gflop(solver: str, users: int, items: int, nnz: int, k: int, cg_steps: int = 3) -> float:
     if solver == "cholesky":
         flops = 2 * nnz * (k * k + 2 * k) + (users + items) * k**3 / 3
-    else:  # scaled from the 3-step count
-        flops = (9 * (users + items) * k * k + 32 * nnz * k) * (cg_steps + 1) / 4
+    else:  # YᵀY once per half-sweep, then per CG step (and the start's residual)
+        flops = (users + items) * k * k + (
+            2 * (users + items) * k * k + 8 * nnz * k) * (cg_steps + 1)
     return flops / 1e9
 
 

@@ -238,9 +238,17 @@ def main():
         synthetic_fit(args, rows, 1_000_000, with_surprise=True)
     if args.big and args.only in (None, "synthetic"):
         synthetic_fit(args, rows, 20_000_000, with_surprise=False)
+    # the threads recfuse's fits could use (--threads, else every core), against Surprise's one
+    threads = args.threads
+    if threads <= 0:
+        try:
+            from recfuse import _core
+            threads = _core.default_threads()
+        except ImportError:
+            threads = os.cpu_count()
     versions = {"recfuse": recfuse.__version__, "numpy": np.__version__,
                 "python": platform.python_version(), "machine": platform.processor() or
-                platform.machine(), "cpus": os.cpu_count()}
+                platform.machine(), "cpus": os.cpu_count(), "recfuse_threads": threads}
     for name in ("surprise", "implicit"):
         try:
             versions[name] = __import__(name).__version__
@@ -249,6 +257,7 @@ def main():
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "sgd.json"), "w") as handle:
         json.dump({"versions": versions, "rows": rows}, handle, indent=1)
+    print(f"\nrecfuse on up to {threads} threads, Surprise on one")
     print("\n| data | model | recfuse | peer | speedup | load |\n|---|---|---|---|---|---|")
     for row in rows:
         ours, peer = row.get("recfuse", {}), row.get("surprise") or row.get("implicit") or {}

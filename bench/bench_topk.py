@@ -3,7 +3,9 @@
 For each case (item table n x d, a batch of m queries, k, with or without per-query
 exclusion of seen items) every library answers the same queries; the table reports queries
 per second (median over repeats), recfuse's speed-up over each peer (for "recfuse bf16":
-its speed-up over recfuse float32), and the floor recfuse is measured
+its speed-up over "recfuse", which is ``storage="auto"``: bfloat16 copies itself wherever the
+rule picks them, e.g. every k = 10 case of the defaults, so that column is not a float32
+baseline there), and the floor recfuse is measured
 against: for small batches the bytes of the item table read per batch (achieved GB/s, beside
 this machine's memory read bandwidth measured in the same run), for large batches the flops
 (achieved GFLOP/s, beside numpy's float32 GEMM rate on the same shapes, measured in the same
@@ -428,7 +430,7 @@ def main(argv=None) -> int:
             if name not in case["qps"]:
                 return "-"
             ratio = case["qps"]["recfuse"] / case["qps"][name]
-            if name == "bf16":  # its own speed-up over recfuse float32
+            if name == "bf16":  # its own speed-up over "recfuse" (storage="auto")
                 ratio = 1 / ratio
             flag = "" if case["agreement"][name] > 0.999 else f" (agrees {case['agreement'][name]:.3f})"
             return f"{case['qps'][name]:,.0f} ({ratio:.1f}x){flag}"
