@@ -361,7 +361,9 @@ def array_of(value, name: str, what: str = "an array") -> np.ndarray:
             and not isinstance(value, np.ndarray)):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}; pass "
                         f"sorted(...) or list(...)")
-    if np.ma.is_masked(value):  # np.asarray would drop the mask and use the hidden values
+    # np.asarray would drop the mask and use the hidden values (NumPy's masked arrays only:
+    # is_masked also reads pandas' nullable arrays' _mask, whose NA are missing values)
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
         raise TypeError(f"{name} must be {what}, got a masked array with masked entries; "
                         f"pass .compressed() or .filled(...)")
     try:
