@@ -240,7 +240,8 @@ def _map_members(path: str, handle, archive: zipfile.ZipFile,
     arrays = {}
     # mapped through the open handle, not the path: a save that renames a new file over
     # ``path`` meanwhile must not give arrays of that file at offsets read from this one
-    whole = np.memmap(handle, dtype=np.uint8, mode="r", shape=(size,)) if size else None
+    # (a zip archive is never empty: its end record alone is 22 bytes)
+    whole = np.memmap(handle, dtype=np.uint8, mode="r", shape=(size,))
     for info in archive.infolist():
         name = _member_name(info.filename)
         if name == HEADER_KEY:
