@@ -138,9 +138,9 @@ MlpModel::MlpModel(const std::vector<MlpLayer>& layers, MlpPrecision precision,
     const MlpLayer& layer = layers[l];
     const std::string name = "layer " + std::to_string(l);
     expect(layer.in >= 1 && layer.out >= 1, name + " must have at least one input and output");
-    expect(l == 0 || layer.in == layers[l - 1].out,
-           name + " takes " + std::to_string(layer.in) + " inputs but layer " +
-               std::to_string(l - 1) + " gives " + std::to_string(layers[l - 1].out));
+    if (l > 0 && layer.in != layers[l - 1].out)  // the message reads layers[l - 1]: l > 0
+      expect(false, name + " takes " + std::to_string(layer.in) + " inputs but layer " +
+                        std::to_string(l - 1) + " gives " + std::to_string(layers[l - 1].out));
     bool finite = true;  // one message, built only on failure
     for (int64_t i = 0; i < static_cast<int64_t>(layer.out) * layer.in; ++i)
       finite &= std::isfinite(layer.weight[i]);
@@ -778,14 +778,15 @@ void MlpModel::rank_user(const MlpCandidates& c, const CallPlan& plan, int k, co
 
 void MlpModel::item_part(const std::vector<MlpBlock>& item_blocks, int64_t items, int column,
                          int num_threads, float* out) const {
-  int width = 0;
+  int64_t total = 0;  // int64 sum and a comparison that cannot overflow int near 2^31
   for (const MlpBlock& b : item_blocks) {
     expect(b.data != nullptr && b.width >= 0, "item blocks need data");
-    width += b.width;
+    total += b.width;
   }
-  expect(column >= 0 && column + width <= input_width(),
-         "item blocks at column " + std::to_string(column) + " with " + std::to_string(width) +
+  expect(column >= 0 && total <= input_width() - static_cast<int64_t>(column),
+         "item blocks at column " + std::to_string(column) + " with " + std::to_string(total) +
              " columns do not fit the model's " + std::to_string(input_width()) + " inputs");
+  const int width = static_cast<int>(total);
   const Packed& first = layers_.front();
   const int part = part_width();
   const std::vector<float> zeros(part, 0.0f);
