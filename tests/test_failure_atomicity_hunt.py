@@ -659,15 +659,21 @@ def _event_log(path, seed, users, items):
             handle.write(f"{u},{i}\n")
 
 
-def test_a_train_whose_rename_fails_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
-    from recfuse.persistence import load_folder
-
+def _trained_folder(tmp_path):
+    """A folder trained by `recfuse train one.csv` (two.csv written beside it for the next
+    training), and its files' bytes."""
     _event_log(tmp_path / "one.csv", 0, 30, 20)
     _event_log(tmp_path / "two.csv", 1, 40, 25)
     folder = tmp_path / "m"
     assert _cli("train", tmp_path / "one.csv", "-o", folder, "--factors", 2,
                 "--iterations", 1, "--json")[0] == 0
-    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    return folder, {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def test_a_train_whose_rename_fails_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    from recfuse.persistence import load_folder
+
+    folder, before = _trained_folder(tmp_path)
     real = os.replace
 
     def flaky(source, target, *args, **kwargs):  # the rename of train.npz into the folder
@@ -688,12 +694,7 @@ def test_a_train_whose_rename_fails_leaves_the_folder_as_it_was(tmp_path, monkey
 
 def test_a_train_that_fails_before_its_renames_leaves_the_folder_as_it_was(tmp_path,
                                                                           monkeypatch):
-    _event_log(tmp_path / "one.csv", 0, 30, 20)
-    _event_log(tmp_path / "two.csv", 1, 40, 25)
-    folder = tmp_path / "m"
-    assert _cli("train", tmp_path / "one.csv", "-o", folder, "--factors", 2,
-                "--iterations", 1, "--json")[0] == 0
-    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    folder, before = _trained_folder(tmp_path)
     _write_array_failing_after(monkeypatch, 9, OSError)  # within the second file's save
     code, err = _cli("train", tmp_path / "two.csv", "-o", folder, "--factors", 2,
                      "--iterations", 1, "--json")
