@@ -78,8 +78,11 @@ def run_child(code: str, *, timeout: float = 60, env: dict | None = None,
     """``code`` in a fresh interpreter (after PRELUDE), or the script ``argv`` names; a child
     that outlives ``timeout`` is killed and the test fails as a hang."""
     source = (PRELUDE if prelude else "") + textwrap.dedent(code)
-    environment = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    environment.update(env or {})
+    # not the OMP_* / RECFUSE_* variables of this process: Dask's LocalCluster (the
+    # distributed tests) sets OMP_NUM_THREADS=1 in the environment of the process it runs in
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith(("OMP_", "RECFUSE_"))}
+    environment.update(OPENBLAS_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(env or {}))
     try:
         command = [sys.executable, *argv] if argv else [sys.executable, "-c", source]
         return subprocess.run(command, capture_output=True, text=True,
@@ -122,7 +125,9 @@ def test_fork_after_threaded_calls_runs_one_thread_with_the_same_answers():
                     *scorer.rank(items[:20], cand, prepared, k=10, num_threads=2)]
 
         want = answers()
-        assert not _core.forked_after_threads() and _core.default_threads() == 2
+        assert not _core.forked_after_threads() and _core.default_threads() == 2, (
+            _core.forked_after_threads(), _core.default_threads(), os.sched_getaffinity(0),
+            {k: v for k, v in os.environ.items() if "OMP" in k or "RECFUSE" in k})
 
         def child():
             assert _core.forked_after_threads() and _core.default_threads() == 1
