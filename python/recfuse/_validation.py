@@ -356,9 +356,7 @@ def array_of(value, name: str, what: str = "an array") -> np.ndarray:
     if sp.issparse(value):
         raise TypeError(f"{name} must be a dense array, got a scipy.sparse {value.format} "
                         f"matrix; convert it with .toarray()")
-    if isinstance(value, (abc.Set, abc.Mapping, abc.MappingView)) or (
-            not hasattr(value, "__len__") and hasattr(value, "__iter__")
-            and not isinstance(value, np.ndarray)):
+    if unordered(value):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}; pass "
                         f"sorted(...) or list(...)")
     # np.asarray would drop the mask and use the hidden values (NumPy's masked arrays only:
@@ -373,14 +371,27 @@ def array_of(value, name: str, what: str = "an array") -> np.ndarray:
                          f"lengths)") from error
 
 
+def unordered(value) -> bool:
+    """Whether ``value`` is a container without an order or a length that NumPy would take
+    as one object: a set, a mapping or its view, a generator or other bare iterable."""
+    return isinstance(value, (abc.Set, abc.Mapping, abc.MappingView)) or (
+        not hasattr(value, "__len__") and hasattr(value, "__iter__")
+        and not isinstance(value, np.ndarray))
+
+
+def refuse_bool_among(value, array: np.ndarray, name: str, what: str) -> None:
+    """TypeError when ``value``, a (nested) list or tuple that NumPy made the non-bool
+    ``array`` of, holds a bool: NumPy reads True as 1 among ints (and as 1.0 among floats)."""
+    if isinstance(value, (list, tuple)) and array.dtype.kind != "b" and holds_bool(value):
+        raise TypeError(f"{name} must hold {what}, got a bool among them")
+
+
 def id_array(value, name: str, what: str = "an array of integers") -> np.ndarray:
     """``array_of(value)`` for ids, with the errors NumPy's conversion would hide: a bool
     among the ints of a list (NumPy reads True as 1), and missing values (a nullable or Arrow
     column's NA/null, which NumPy turns into NaN or None) named as missing."""
     array = array_of(value, name, what)
-    if isinstance(value, (list, tuple)) and array.dtype.kind in "iu" and holds_bool(value):
-        raise TypeError(f"{name} must hold integers, got a bool among them (True/False are "
-                        f"not ids)")
+    refuse_bool_among(value, array, name, "integers (True/False are not ids)")
     missing = 0
     if array.dtype.kind == "f":
         missing = int(np.isnan(array).sum())

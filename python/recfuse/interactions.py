@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import numbers
-from collections import abc
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -881,7 +880,7 @@ def _from_arrow(chunked, name: str):
 def _is_column(column) -> bool:
     """Whether ``column`` can be a column of events: sized, ordered (not a set or a mapping
     or its view) and not a scalar (a string, a 0-d array)."""
-    if isinstance(column, (str, bytes, abc.Set, abc.Mapping, abc.MappingView)) or \
+    if isinstance(column, (str, bytes)) or check.unordered(column) or \
             not hasattr(column, "__len__"):
         return False
     return not (isinstance(column, np.ndarray) and column.ndim == 0)

@@ -2109,9 +2109,7 @@ def _per_event(values, name: str, kinds: str, kinds_said: str, dtype, size: int)
     """``values`` as a 1-d ``dtype`` array of one value per event (``size``), checked: of a
     NumPy kind in ``kinds`` (``kinds_said`` in the message)."""
     array = np.atleast_1d(check.array_of(values, f"events {name}", kinds_said))
-    if isinstance(values, (list, tuple)) and array.dtype.kind != "b" and \
-            check.holds_bool(values):  # NumPy would read True as 1
-        raise TypeError(f"events {name} must be {kinds_said}, got a bool among them")
+    check.refuse_bool_among(values, array, f"events {name}", kinds_said)
     if array.size and array.dtype.kind not in kinds:
         raise TypeError(f"events {name} must be {kinds_said}, got dtype {array.dtype}")
     if array.ndim > 1:
