@@ -261,6 +261,24 @@ def test_generator_state_advances_like_implicits(matrix):
         np.testing.assert_array_equal(ours.item_factors, theirs.item_factors)
 
 
+def test_a_refused_fit_leaves_the_generator_where_it_was(matrix):
+    """The user table is drawn before the set item table's shape is checked: the refusal
+    must put the caller's Generator back, so that the next fit draws what it would have."""
+    generator = np.random.default_rng(5)
+    model = AlternatingLeastSquares(factors=K, iterations=0, random_state=generator)
+    model.item_factors = np.zeros((N_ITEMS + 1, K), dtype=np.float32)
+    before = generator.bit_generator.state
+    with pytest.raises(ValueError, match="item_factors was set with"):
+        model.fit(matrix, show_progress=False)
+    assert generator.bit_generator.state == before
+    model.item_factors = None
+    model.fit(matrix, show_progress=False)
+    fresh = AlternatingLeastSquares(factors=K, iterations=0, random_state=np.random.default_rng(5))
+    fresh.fit(matrix, show_progress=False)
+    np.testing.assert_array_equal(model.user_factors, fresh.user_factors)
+    np.testing.assert_array_equal(model.item_factors, fresh.item_factors)
+
+
 def test_set_factors_are_kept_and_the_other_side_drawn(matrix):
     X, _ = starting_factors(np.float32)
     ours = AlternatingLeastSquares(factors=K, iterations=0, random_state=9)

@@ -498,12 +498,25 @@ class AlternatingLeastSquares:
         # as implicit: cast to float32 first, then scale (the same float32 products)
         if self.alpha != 1.0:
             matrix = self.alpha * matrix
-        n_users, n_items = matrix.shape
         if callback is None:
             callback = self.fit_callback
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
         engine = self._engine(_FitEngine)
+        # A refused fit leaves the caller's Generator where it was (the draws come before
+        # some checks: the item table's shape, the backend, the engine's own).
+        generator_state = random_state.bit_generator.state
+        try:
+            self._fit(engine, matrix, random_state, show_progress, callback)
+        except BaseException:
+            random_state.bit_generator.state = generator_state
+            raise
+        if np.isnan(self.user_factors).any() or np.isnan(self.item_factors).any():
+            raise ModelFitError("NaN encountered in factors")  # as implicit: after the fit
+
+    def _fit(self, engine: ALS, matrix: sp.csr_matrix, random_state: np.random.Generator,
+             show_progress: bool, callback) -> None:
+        n_users, n_items = matrix.shape
         X = self._starting_factors("user_factors", n_users, random_state)
         Y = self._starting_factors("item_factors", n_items, random_state)
         # implicit's solvers set the factors of a user or item without any stored entry to
@@ -526,8 +539,6 @@ class AlternatingLeastSquares:
         self.user_factors, self.item_factors = engine.user_factors, engine.item_factors
         assert self.user_factors is not None and self.item_factors is not None  # fit returned
         self._cache.clear()
-        if np.isnan(self.user_factors).any() or np.isnan(self.item_factors).any():
-            raise ModelFitError("NaN encountered in factors")
 
     def _starting_factors(self, name: str, rows: int, random_state: np.random.Generator):
         current = getattr(self, name)
