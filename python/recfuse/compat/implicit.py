@@ -511,6 +511,7 @@ class AlternatingLeastSquares:
         except BaseException:
             random_state.bit_generator.state = generator_state
             raise
+        assert self.user_factors is not None and self.item_factors is not None  # fit returned
         if np.isnan(self.user_factors).any() or np.isnan(self.item_factors).any():
             raise ModelFitError("NaN encountered in factors")  # as implicit: after the fit
 
@@ -537,7 +538,6 @@ class AlternatingLeastSquares:
         if self.calculate_training_loss and progress["loss"] is not None:
             log.info("Final training loss %.4f", progress["loss"])
         self.user_factors, self.item_factors = engine.user_factors, engine.item_factors
-        assert self.user_factors is not None and self.item_factors is not None  # fit returned
         self._cache.clear()
 
     def _starting_factors(self, name: str, rows: int, random_state: np.random.Generator):
