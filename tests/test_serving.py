@@ -276,6 +276,46 @@ def test_observe_that_fails_adding_an_item_keeps_no_part_of_it(als, monkeypatch)
                                atol=2e-6)
 
 
+def _models_of_every_kind(seen):
+    coo = seen.tocoo()
+    ratings = (coo.row, coo.col, np.ceil(coo.data + 1))
+    return {
+        "als": (lambda: recfuse.ALS(factors=FACTORS, iterations=3, random_state=0).fit(seen),
+                {"regularization": 1e6}),
+        "bpr": (lambda: recfuse.BPR(factors=FACTORS, iterations=5, random_state=0).fit(seen),
+                {"lr": 50.0}),
+        "svd": (lambda: recfuse.SVD(factors=4, epochs=5, random_state=0).fit(*ratings),
+                {"lr": 5.0}),
+        "explicit": (lambda: recfuse.ExplicitALS(factors=4, iterations=3,
+                                                 random_state=0).fit(*ratings),
+                     {"reg": 1e6}),
+    }
+
+
+@pytest.mark.parametrize("kind", ["als", "bpr", "svd", "explicit"])
+def test_the_served_model_keeps_the_settings_and_fit_it_was_given(seen, kind):
+    """Assigning a setting to the model object after serving it, or refitting it, must not
+    reach the served version: its fold-ins use the settings it was served with."""
+    make, changes = _models_of_every_kind(seen)[kind]
+    events = {"user": [1, 1, 1], "item": [3, 4, 5], "weight": [5.0, 2.0, 4.0]}
+    plain = Recommender(make(), k=5)
+    plain.observe(events)
+    want = plain.recommend(1)
+    model = make()
+    rec = Recommender(model, k=5)
+    if kind in ("als", "bpr"):
+        model.fit(sp.random(N_USERS, N_ITEMS, density=0.2, format="csr", random_state=9,
+                            dtype=np.float32) * 4)
+    else:
+        model.fit(np.arange(40) % N_USERS, np.arange(40) % N_ITEMS, np.full(40, 3.0))
+    for name, value in changes.items():
+        setattr(model, name, value)
+    rec.observe(events)
+    got = rec.recommend(1)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+
+
 def test_sgd_models_fold_in(seen):
     coo = seen.tocoo()
     svd = recfuse.SVD(factors=4, epochs=5, random_state=0).fit(coo.row, coo.col,

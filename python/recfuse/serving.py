@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import copy
 import logging
 import numbers
 import os
@@ -635,7 +636,9 @@ class Recommender:
     Parameters
     ----------
     retriever : a fitted ``recfuse.ALS``, ``SVD``, ``SVDpp``, ``ExplicitALS`` or ``BPR``, or
-        the path of a model file (``recfuse.load``)
+        the path of a model file (``recfuse.load``). A model object is served as it is now:
+        its settings (e.g. ``regularization``, which ``observe`` folds in with) and its fit;
+        later assignments to it or a refit reach the served model only by ``swap_model``.
     ranker : ``recfuse.MLPScorer``, a fitted ``recfuse.MLPRanker``, the path of a scorer file
         (``MLPScorer.save``, or an ``.onnx`` chain), or None (recall order); its input row is
         ``[user vector | context features | item vector]``
@@ -820,6 +823,11 @@ class Recommender:
             source = os.fspath(retriever)
             retriever = load(source)
         model = retriever
+        if isinstance(model, (ALS, BPR, SVD, SVDpp, ExplicitALS)):
+            # A copy, its arrays shared (taken under the model's writer lock: one fit's
+            # tables): the served version keeps the fit and the settings it was given, its
+            # fold-ins included, whatever is assigned to or refit on the caller's object later.
+            model = copy.copy(model)
         seen_counts = rating_scale = None
         longest = 0
         search_bias = None  # the recall index's item bias, when it is not ``bias``
