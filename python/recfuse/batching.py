@@ -224,6 +224,11 @@ class MicroBatcher:
         for thread in self._threads:
             thread.join()
 
+    def __reduce__(self):
+        # (a copy.copy shared the workers but not the closed flag: its close waited for ever)
+        raise TypeError("a MicroBatcher is not pickled or copied: it owns worker threads; make "
+                        "a new one on the Recommender where it is used")
+
     def __repr__(self) -> str:
         closed = ", closed" if self._closed else ""
         return (f"MicroBatcher(max_batch={self.max_batch}, max_wait={self.max_wait}, "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import numbers
+import reprlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -200,7 +201,7 @@ class IdMap:
     __hash__ = None  # type: ignore[assignment]  # unhashable: __eq__ compares the ids
 
     def __repr__(self) -> str:
-        head = ", ".join(repr(v) for v in self._ids[:3].tolist())
+        head = ", ".join(reprlib.repr(v) for v in self._ids[:3].tolist())  # long ids cut
         return f"IdMap({len(self)} ids: {head}{', ...' if len(self) > 3 else ''})"
 
     def to_internal(self, values: ArrayLike, *, missing: str = "raise") -> np.ndarray:

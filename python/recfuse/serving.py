@@ -159,7 +159,7 @@ class _Request(NamedTuple):
     context: np.ndarray | None  # float32 (context_width,)
 
 
-@dataclass(frozen=True, eq=False)  # eq and hash below: the fields hold arrays
+@dataclass(frozen=True, eq=False, repr=False)  # eq, hash and repr below: arrays in the fields
 class Rerank:
     """Re-ranking of the ranked candidates, and the business rules.
 
@@ -228,6 +228,15 @@ class Rerank:
 
     def __hash__(self) -> int:
         return hash(self._rules())
+
+    def __repr__(self) -> str:  # the rules' sizes, not their arrays
+        parts = [] if self.diversity is None else [f"diversity={self.diversity}"]
+        if self.item_categories is not None:
+            parts.append(f"categories of {self.item_categories.size} items, "
+                         f"category_cap={self.category_cap}")
+        parts += [f"{name} {array.size} ids" for name, array in
+                  (("allow", self.allow), ("deny", self.deny)) if array is not None]
+        return f"Rerank({', '.join(parts)})"
 
     @property
     def reorders(self) -> bool:
@@ -804,6 +813,12 @@ class Recommender:
                 "added_items": added, "pending_events": self._logged,
                 "dropped_events": self.dropped_events, "ranker": model.ranker is not None,
                 "ranker_source": model.ranker_source, "context_width": model.context_width}
+
+    def __reduce__(self):
+        # (copy.copy shared the observed users and the event log with the original)
+        raise TypeError("a Recommender is not pickled or copied: it owns the live state of the "
+                        "model it serves (observed users, the event log, locks); build one "
+                        "from the model or its file where it is used")
 
     def __repr__(self) -> str:
         info = self.info()
