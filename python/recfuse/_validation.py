@@ -8,15 +8,13 @@ import functools
 import numbers
 from collections import abc
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
-if TYPE_CHECKING:
-    from numpy.typing import DTypeLike
+from numpy.typing import DTypeLike
 
-    from ._typing import Integer
+from ._typing import Integer
 
 try:  # the one-pass checks below; NumPy's when the native module is not built
     from . import _core as _native

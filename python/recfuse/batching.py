@@ -37,19 +37,18 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from . import _validation as check
 from .serving import Recommendation, Recommender, _Request
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from collections.abc import Iterator
 
-    from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike
 
-    from ._typing import Integer
+from ._typing import Integer
 
 
 # The announcement (MicroBatcher.incoming) the current thread or coroutine is inside: a

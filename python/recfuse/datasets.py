@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
 
 from . import _validation as check
 
-if TYPE_CHECKING:
-    from numpy.typing import DTypeLike
+from numpy.typing import DTypeLike
 
-    from ._typing import Integer, RandomState
-    from .interactions import Interactions
+from ._typing import Integer, RandomState
+from .interactions import Interactions
 
 
 def synthetic_implicit(

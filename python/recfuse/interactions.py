@@ -35,11 +35,12 @@ import scipy.sparse as sp
 
 from . import _validation as check
 
-if TYPE_CHECKING:
-    import pandas
-    from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike
 
-    from ._typing import Integer, SparseMatrix
+from ._typing import Integer, SparseMatrix
+
+if TYPE_CHECKING:  # optional and slow to import: what names pandas is for type checkers only
+    import pandas
 
 COMBINE = ("sum", "max", "last", "count")
 WEIGHTING = ("none", "binary", "count", "log1p", "bm25", "tfidf")

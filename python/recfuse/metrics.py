@@ -26,7 +26,7 @@ from __future__ import annotations
 import decimal
 import inspect
 import numbers
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,10 +36,9 @@ from . import reference_data
 from .interactions import Interactions
 from .reference_data import RANKING_COLUMNS
 
-if TYPE_CHECKING:
-    from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike
 
-    from ._typing import Integer, SparseMatrix
+from ._typing import Integer, SparseMatrix
 
 COLD_USERS = ("include", "skip", "raise")
 _COLUMN = {name: index for index, name in enumerate(RANKING_COLUMNS)}

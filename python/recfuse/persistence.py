@@ -22,15 +22,14 @@ import tokenize
 import warnings
 import zlib
 import zipfile
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import numpy as np
 
 from ._validation import check_flag, check_path
 
-if TYPE_CHECKING:
-    from ._typing import PathLike
-    from .interactions import Interactions
+from ._typing import PathLike
+from .interactions import Interactions
 
 ALIGNMENT = 64
 _PADDING_EXTRA_ID = 0xD935  # the id zipalign uses for alignment padding

@@ -15,7 +15,7 @@ with the factors of a fitted factor model (e.g. ``recfuse.ALS``). ``to_scorer`` 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,12 +24,11 @@ from .models._common import (EstimatorParams, check_trained, interaction_matrix,
                              progress_bar)
 from .ranking import MLPScorer
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable
+from collections.abc import Iterable
 
-    from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike
 
-    from ._typing import Integer, RandomState, UserItems
+from ._typing import Integer, RandomState, UserItems
 
 HIDDEN_ACTIVATIONS = ("relu", "tanh", "gelu")
 

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence, overload
+from typing import Any, NamedTuple, Sequence, overload
 
 import numpy as np
 
@@ -78,19 +78,18 @@ from . import _validation as check
 from ._backend import resolve_backend
 from ._mlp import Candidates
 
-if TYPE_CHECKING:
-    from typing import TypeAlias
+from typing import TypeAlias, Union
 
-    from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike
 
-    from ._typing import Integer, PathLike
+from ._typing import Integer, PathLike
 
-    # One dense layer as MLPScorer takes it: (W (out, in), b (out,) or None, activation).
-    # A [W, b, activation] list is taken too.
-    Layer: TypeAlias = tuple[ArrayLike, ArrayLike | None, str] | list[Any]
-    # candidate_ids: one user's ids (1-d), users x c ids (2-d), (indptr, ids) or one array
-    # of ids per user.
-    CandidateIds: TypeAlias = ArrayLike | tuple[ArrayLike, ArrayLike] | list[ArrayLike]
+# One dense layer as MLPScorer takes it: (W (out, in), b (out,) or None, activation).
+# A [W, b, activation] list is taken too.
+Layer: TypeAlias = Union[tuple[ArrayLike, Union[ArrayLike, None], str], list[Any]]
+# candidate_ids: one user's ids (1-d), users x c ids (2-d), (indptr, ids) or one array
+# of ids per user.
+CandidateIds: TypeAlias = Union[ArrayLike, tuple[ArrayLike, ArrayLike], list[ArrayLike]]
 
 ACTIVATIONS = ("relu", "gelu", "sigmoid", "tanh", "identity")
 PRECISIONS = ("float32", "bfloat16", "int8")

@@ -35,7 +35,6 @@ again with the float32 kernel's own code.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,10 +42,9 @@ import scipy.sparse as sp
 from . import _validation as check
 from ._backend import resolve_backend
 
-if TYPE_CHECKING:
-    from numpy.typing import ArrayLike, DTypeLike
+from numpy.typing import ArrayLike, DTypeLike
 
-    from ._typing import Integer, SparseMatrix
+from ._typing import Integer, SparseMatrix
 
 METRICS = ("dot", "cosine")
 STORAGES = ("auto", "native", "bfloat16")

@@ -93,18 +93,20 @@ from .ranking import MLPScorer, PreparedItems, load_scorer
 from .reference import confidence_and_preference
 from .retrieval import ItemIndex, _rows_of, by_score_then_id
 
+from collections.abc import Mapping, Sequence
+from typing import TypeAlias, Union
+
+from numpy.typing import ArrayLike
+
+from ._typing import Integer, PathLike
+
+# What Recommender serves: a fitted model, or the path of a model file (recfuse.load).
+Retriever: TypeAlias = Union[ALS, SVD, SVDpp, ExplicitALS, BPR, PathLike]
+# A ranker: an MLPScorer, a fitted MLPRanker, a scorer file (or .onnx chain), or None.
+Ranker: TypeAlias = Union[MLPScorer, MLPRanker, PathLike, None]
+
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
-    from typing import Generic, TypeAlias, TypeVar, overload
-
-    from numpy.typing import ArrayLike
-
-    from ._typing import Integer, PathLike
-
-    # What Recommender serves: a fitted model, or the path of a model file (recfuse.load).
-    Retriever: TypeAlias = ALS | SVD | SVDpp | ExplicitALS | BPR | PathLike
-    # A ranker: an MLPScorer, a fitted MLPRanker, a scorer file (or .onnx chain), or None.
-    Ranker: TypeAlias = MLPScorer | MLPRanker | PathLike | None
+    from typing import Generic, TypeVar, overload
 
     _Get = TypeVar("_Get")
     _Set = TypeVar("_Set")

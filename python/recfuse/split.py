@@ -25,7 +25,7 @@ storage), whatever its own dtype.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,8 +33,7 @@ import scipy.sparse as sp
 from . import _validation as check
 from .interactions import Interactions, _times_ns
 
-if TYPE_CHECKING:
-    from ._typing import Integer, RandomState, SparseMatrix
+from ._typing import Integer, RandomState, SparseMatrix
 
 # Each split returns (train, test) in the form given: two Interactions, or for a sparse matrix
 # two CSR matrices (the overloads say so to type checkers).

@@ -96,7 +96,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import scipy.linalg
@@ -109,16 +109,15 @@ from .._backend import resolve_backend
 from .._topk.numpy_backend import SCORE_BLOCK_BYTES
 from ..models.als import ALS, item_gram
 
-if TYPE_CHECKING:
-    from typing import TypeAlias
+from typing import TypeAlias, Union
 
-    from numpy.typing import ArrayLike, DTypeLike
+from numpy.typing import ArrayLike, DTypeLike
 
-    from .._typing import Integer, SparseMatrix
+from .._typing import Integer, SparseMatrix
 
-    # implicit's random_state: None, a seed, a RandomState or a Generator.
-    ImplicitRandomState: TypeAlias = (int | np.integer[Any] | np.random.RandomState
-                                      | np.random.Generator | None)
+# implicit's random_state: None, a seed, a RandomState or a Generator.
+ImplicitRandomState: TypeAlias = Union[int, np.integer[Any], np.random.RandomState,
+                                       np.random.Generator, None]
 
 __all__ = [
     "AlternatingLeastSquares",

@@ -48,7 +48,7 @@ raise instead).
 from __future__ import annotations
 
 import numbers
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,16 +56,13 @@ from ..models.sgd import SVD as _RecfuseSVD
 from ..models.sgd import SVDpp as _RecfuseSVDpp
 from .._sgd.common import make_blocks
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-    from typing import TypeAlias
+from collections.abc import Iterable
+from typing import TypeAlias, Union
 
-    from typing_extensions import Self
+from .._typing import Integer, Self
 
-    from .._typing import Integer
-
-    # Surprise's random_state: None (NumPy's global RandomState), a seed or a RandomState.
-    SurpriseRandomState: TypeAlias = int | np.integer[Any] | np.random.RandomState | None
+# Surprise's random_state: None (NumPy's global RandomState), a seed or a RandomState.
+SurpriseRandomState: TypeAlias = Union[int, np.integer[Any], np.random.RandomState, None]
 
 
 class CompatTypeError(TypeError, AttributeError):

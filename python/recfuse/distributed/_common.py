@@ -7,7 +7,7 @@ import json
 import math
 import os
 import shutil
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,10 +18,9 @@ from ..models._common import EstimatorParams, shaped_tables
 from ..models.als import AlsSettings, checked_settings, settings_params
 from . import _blocks
 
-if TYPE_CHECKING:
-    from numpy.typing import DTypeLike
+from numpy.typing import DTypeLike
 
-    from ..models.als import ALS
+from ..models.als import ALS
 
 CHECKPOINT_FORMAT = "recfuse-distributed-als-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -8,7 +8,7 @@ import os
 import secrets
 import shutil
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -17,8 +17,7 @@ from .._validation import check_flag, check_int
 from ..models.als import warn_failed_systems
 from ._common import DistributedALSBase, check_columns, folder_path
 
-if TYPE_CHECKING:
-    from ..models.als import ALS
+from ..models.als import ALS
 
 logger = logging.getLogger("recfuse.distributed")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -19,8 +19,7 @@ from ..models.als import warn_failed_systems
 from .._validation import check_flag
 from ._common import DistributedALSBase, check_columns, folder_path
 
-if TYPE_CHECKING:
-    from ..models.als import ALS
+from ..models.als import ALS
 
 BLOCK_SCHEMA = "block int, payload binary"
 # A solved factor block, with how many of its row systems were not positive definite (the

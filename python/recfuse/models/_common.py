@@ -16,13 +16,12 @@ import scipy.sparse as sp
 from .. import _validation as check
 from ..retrieval import ItemIndex, write_recommendations
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from collections.abc import Iterator
 
-    from numpy.typing import ArrayLike
-    from typing_extensions import Self
+from numpy.typing import ArrayLike
+from .._typing import Self
 
-    from .._typing import Integer, PathLike
+from .._typing import Integer, PathLike
 
 
 def interaction_matrix(value):

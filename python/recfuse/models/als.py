@@ -6,7 +6,7 @@ import numbers
 import threading
 import warnings
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,10 +20,9 @@ from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_t
                       saveable_tables, saved_factor_tables, saved_group, shaped_tables,
                       stored_seen)
 
-if TYPE_CHECKING:
-    from numpy.typing import ArrayLike, DTypeLike
+from numpy.typing import ArrayLike, DTypeLike
 
-    from .._typing import Integer, PathLike, RandomState, UserItems
+from .._typing import Integer, PathLike, RandomState, UserItems
 
 MAX_FACTORS = 4096
 

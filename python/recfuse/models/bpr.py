@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,10 +19,9 @@ from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_t
                       stored_seen)
 from .sgd import MAX_FACTORS
 
-if TYPE_CHECKING:
-    from numpy.typing import ArrayLike, DTypeLike
+from numpy.typing import ArrayLike, DTypeLike
 
-    from .._typing import Integer, PathLike, RandomState, UserItems
+from .._typing import Integer, PathLike, RandomState, UserItems
 
 
 def _checked_item_bias(bias, n_items: int, dtype) -> np.ndarray:

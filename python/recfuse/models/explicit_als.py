@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,11 +27,10 @@ from .._sgd.common import Pattern
 from ._common import check_start_fits, check_trained, param_dtype, param_seed, progress_bar
 from .sgd import MAX_FACTORS, _RatingModel, _rmse, mean_of
 
-if TYPE_CHECKING:
-    from numpy.typing import ArrayLike, DTypeLike
+from numpy.typing import ArrayLike, DTypeLike
 
-    from .._typing import Integer, RandomState, SparseMatrix
-    from ..interactions import Interactions
+from .._typing import Integer, RandomState, SparseMatrix
+from ..interactions import Interactions
 
 
 class ExplicitALS(_RatingModel):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, overload
+from typing import Any, Callable, overload
 
 import numpy as np
 
@@ -27,12 +27,11 @@ from ._common import (EstimatorParams, FactorRetrieval, check_start_fits, check_
                       param_dtype, param_seed, progress_bar, rating_arrays, saved_factor_tables,
                       saved_group, seen_rows, shaped_tables)
 
-if TYPE_CHECKING:
-    from numpy.typing import ArrayLike, DTypeLike
-    from typing_extensions import Self
+from numpy.typing import ArrayLike, DTypeLike
+from .._typing import Self
 
-    from .._typing import Integer, PathLike, RandomState, SparseMatrix, UserItems
-    from ..interactions import Interactions
+from .._typing import Integer, PathLike, RandomState, SparseMatrix, UserItems
+from ..interactions import Interactions
 
 MAX_FACTORS = 4096
 
