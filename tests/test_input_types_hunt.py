@@ -756,3 +756,15 @@ def test_masked_ids_are_refused_not_read_through_the_mask(models):
         models["ALS"].recommend(np.ma.array([1, 2], mask=[0, 1]))
     unmasked = models["ALS"].recommend(np.ma.array([1, 2]))
     assert np.array_equal(unmasked[0], models["ALS"].recommend([1, 2])[0])
+
+
+def test_object_arrays_of_numpy_integers_are_ids_like_python_ints():
+    """An object array of NumPy integers (e.g. ids gathered from several arrays into a list
+    and then np.array(..., dtype=object)) means the same ids as one of Python ints."""
+    seen = sp.random(8, 6, density=0.5, format="csr", random_state=0, dtype=np.float32)
+    model = recfuse.ALS(factors=3, iterations=2, random_state=0).fit(seen)
+    want = model.recommend(np.array([1, 4]), k=3)
+    got = model.recommend(np.array([np.int64(1), np.uint8(4)], dtype=object), k=3)
+    np.testing.assert_array_equal(got[0], want[0])
+    with pytest.raises(TypeError, match="must hold integers"):
+        model.recommend(np.array([np.bool_(True)], dtype=object), k=3)

@@ -428,8 +428,9 @@ def int64_array(value, name: str) -> np.ndarray:
     array)."""
     array = id_array(value, name)
     if array.dtype.kind == "O" and array.size:
-        values = array.reshape(-1).tolist()
-        if all(type(v) is int for v in values):
+        values = array.reshape(-1).tolist()  # NumPy integers stay NumPy integers here
+        if all(type(v) is int or isinstance(v, np.integer) for v in values):  # not bools
+            values = [int(v) for v in values]
             _within_int64(min(values), max(values), name)
             return np.array(values, dtype=np.int64).reshape(array.shape)
     if array.size and array.dtype.kind not in "iu":
