@@ -125,6 +125,9 @@ STAGES = ("popular", "recall", "rank", "rerank")
 _STAGE_NAMES = np.array(("",) + STAGES)  # stage codes: 0 pads, then STAGES in order
 _POPULAR, _RECALL, _RANK, _RERANK = 1, 2, 3, 4
 UNKNOWN_ITEMS = ("add", "reject")
+# A replay function's call numbers stay below this: observe numbers the calls after them
+# in int64 (pending_events().calls).
+_MAX_CALL = 2**62
 SMALL_CATALOGUE = 100_000  # items; below it native calls default to one thread each
 _KEEP = object()  # swap_model(ranker=...) default: keep the ranker being served
 _NO_IDS = np.zeros(0, dtype=np.int64)
@@ -1005,6 +1008,10 @@ class Recommender:
                             numbers = np.full(renumbered.users.size, next_call, np.int64)
                             renumbered = renumbered._replace(calls=numbers)
                         if numbers.size:  # the next observe calls numbered after its last
+                            last = int(numbers.max())
+                            if last >= _MAX_CALL:  # observe's numbers would leave int64
+                                raise ValueError(f"replay's calls must be below 2**62 (room "
+                                                 f"for the calls after them), got {last}")
                             next_call = max(next_call, int(numbers[-1]) + 1)
                         log = _concatenate([renumbered])
                         left_out, events = events.users.size - log.users.size, log
