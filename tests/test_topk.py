@@ -543,6 +543,21 @@ def test_panel_edges_and_thread_splits(backend, n):
             assert_topk_matches(ids, scores, queries, items, k, exclude=exclude, exact=True)
 
 
+def test_ties_across_the_ranges_threads_take_in_turn():
+    """The native float scan cuts the table into many ranges of panels, taken by whichever
+    thread is free: ties must still go to the smaller id whichever thread scans which range
+    (heavy ties: values in {-1, 0, 1}, 20k items = 625 panels, up to 32 ranges)."""
+    rng = np.random.default_rng(7)
+    items = rng.integers(-1, 2, (20_000, 5)).astype(np.float32)
+    queries = rng.integers(-1, 2, (40, 5)).astype(np.float32)
+    exclude = _exclusions(rng, 40, 20_000, 0.01)
+    for k in (1, 50, 700):
+        for threads in (1, 2, 3, 8):
+            ids, scores = recfuse.topk(queries, items, k, exclude=exclude, backend="cpu",
+                                       num_threads=threads)
+            assert_topk_matches(ids, scores, queries, items, k, exclude=exclude, exact=True)
+
+
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_nan_and_inf_items_keep_the_order_of_the_others(backend):
     rng = np.random.default_rng(1)

@@ -1,8 +1,9 @@
 // Exact top-k search over packed item panels (see recfuse/topk.hpp).
 //
-// Threads split the panels; each keeps, per query, a buffer of candidates cut to its k best
-// whenever it fills (see Selection), visiting items in ascending id order so that an item
-// tying the current k-th score never displaces it (ties go to the smaller id). The score
+// Threads split the panels, taking ranges of them in turn as they come free; each keeps, per
+// query, a buffer of candidates cut to its k best whenever it fills (see Selection), visiting
+// items in ascending id order so that an item tying the current k-th score never displaces it
+// (ties go to the smaller id). The score
 // kernel compares a whole panel with each query's k-th score at once, so most items cost
 // one vector compare; only the survivors are checked against the mask and the query's sorted
 // exclusions (one forward-moving position per query). Queries are processed in chunks that
@@ -995,6 +996,9 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
   const int64_t panels = items.panels();
   // Enough panels per thread that splitting pays; at least one thread.
   constexpr int64_t kMinPanelsPerThread = 8;
+  // float storage: the table is cut into this many ranges of panels per thread (fewer when
+  // ranges would have under kMinPanelsPerThread panels), taken by whichever thread is free.
+  constexpr int64_t kRangesPerThread = 8;
   // bfloat16 storage: threads split the queries when each gets this many groups of rows.
   constexpr int64_t kMinGroupsPerThread = 4;
   const int workers = resolve_threads(num_threads);
@@ -1102,25 +1106,43 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
           }
         }
       }
-    } else {
-      // Threads split the table: ranges of panels, or with bfloat16 storage every
-      // threads-th run of blocks (the front of the scan order is where the work is). A loop rather
-      // than omp_get_thread_num(): every share is scanned even if OpenMP gives fewer threads
-      // than asked for. Exceptions must not leave a parallel region.
+    } else if (kern16 != nullptr) {
+      // Threads split the table: with bfloat16 storage every threads-th run of blocks (the
+      // front of the scan order is where the work is). A loop rather than
+      // omp_get_thread_num(): every share is scanned even if OpenMP gives fewer threads than
+      // asked for. Exceptions must not leave a parallel region.
+      if constexpr (sizeof(T) == 4) {
 #pragma omp parallel for num_threads(table_threads) schedule(static, 1)
-      for (int t = 0; t < table_threads; ++t) {
-        try {
-          if constexpr (sizeof(T) == 4) {
-            if (kern16 != nullptr) {
-              scan_table_share(items, *kern16, bounds, q0, rows, filters, t, table_threads,
-                               selections[t]);
-              continue;
-            }
+        for (int t = 0; t < table_threads; ++t) {
+          try {
+            scan_table_share(items, *kern16, bounds, q0, rows, filters, t, table_threads,
+                             selections[t]);
+          } catch (...) {
+            errors[t] = std::current_exception();
           }
-          scan_panels(items, kern, queries, q0, rows, filters, panels * t / table_threads,
-                      panels * (t + 1) / table_threads, selections[t]);
+        }
+      }
+    } else {
+      // Threads split the table into ranges of panels, handed out one at a time as threads
+      // come free, so that a thread whose core another process shares scans fewer of them (a
+      // fixed half each waited for the slower thread). One counter hands them out, so each
+      // thread gets its ranges in increasing order: scan_panels passes only scores above the
+      // threshold, which keeps the smaller id of a tie only when ids come in increasing order.
+      const int64_t ranges = std::max<int64_t>(
+          table_threads, std::min<int64_t>(table_threads * kRangesPerThread,
+                                           panels / kMinPanelsPerThread));
+      std::atomic<int64_t> next_range{0};
+#pragma omp parallel num_threads(table_threads)
+      {
+        const int t = omp_get_thread_num();
+        try {
+          for (int64_t r; (r = next_range.fetch_add(1, std::memory_order_relaxed)) < ranges;) {
+            scan_panels(items, kern, queries, q0, rows, filters, panels * r / ranges,
+                        panels * (r + 1) / ranges, selections[t]);
+          }
         } catch (...) {
           errors[t] = std::current_exception();
+          next_range.store(ranges, std::memory_order_relaxed);  // the others stop too
         }
       }
     }
