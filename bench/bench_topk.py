@@ -310,7 +310,10 @@ def compare_storage(args) -> int:
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     report = {"threads": THREADS, "bfloat16_kernel": _core.topk_bfloat16_kernel(), "cases": []}
     for name, V, Q, k, seen, metric in storage_cases():
-        native = recfuse.ItemIndex(V, metric=metric, backend="cpu")
+        # "native", not the default "auto", which reads the bfloat16 copies wherever its rule
+        # picks them (before 2026-11-30 evening this column was "auto": bfloat16 vs bfloat16
+        # in those cases)
+        native = recfuse.ItemIndex(V, metric=metric, storage="native", backend="cpu")
         compact = recfuse.ItemIndex(V, metric=metric, storage="bfloat16", backend="cpu")
         runs = {"float32": lambda: native.search(Q, k, exclude=seen, num_threads=THREADS),
                 "bfloat16": lambda: compact.search(Q, k, exclude=seen, num_threads=THREADS)}

@@ -376,13 +376,20 @@ def test_bfloat16_storage_needs_cpu_and_float32():
         recfuse.ItemIndex(items, storage="int8")
 
 
-def test_auto_storage_picks_by_items_per_result():
+@pytest.mark.parametrize("kernel", ["dot", "widen"])
+def test_auto_storage_picks_by_items_per_result(kernel, monkeypatch):
+    """The plain rule, >= BFLOAT16_ITEMS_PER_RESULT items per result: for any batch with the
+    AVX512-BF16 kernel ("dot"), for single queries only with the widened one."""
     from recfuse import retrieval
+    from recfuse._topk import cpu as topk_cpu
 
+    monkeypatch.setattr(topk_cpu, "bfloat16_dot", lambda: kernel == "dot")
     items = np.ones((6000, 4), np.float32)
     index = recfuse.ItemIndex(items, backend="cpu")
     assert index.storage == "auto" and not index._tables  # nothing prepared before a search
-    assert [index.storage_for(k) for k in (1, 6, 7)] == ["bfloat16", "bfloat16", "native"]
+    assert [index.storage_for(k, 1) for k in (1, 6, 7)] == ["bfloat16", "bfloat16", "native"]
+    batch = "bfloat16" if kernel == "dot" else "native"
+    assert [index.storage_for(k, 32) for k in (1, 6, 7)] == [batch, batch, "native"]
     assert retrieval.BFLOAT16_ITEMS_PER_RESULT * 6 <= 6000 < retrieval.BFLOAT16_ITEMS_PER_RESULT * 7
     assert recfuse.ItemIndex(items[:999], backend="cpu").storage_for(1) == "native"  # small
     assert 999 < retrieval.BFLOAT16_MIN_ITEMS <= 6000
@@ -501,9 +508,12 @@ def test_auto_storage_answers_zero_queries_from_the_native_table():
     assert ids.tolist() == [[0, 1, 2]] * 2
 
 
-def test_auto_storage_prepares_each_table_once_under_concurrent_searches():
+def test_auto_storage_prepares_each_table_once_under_concurrent_searches(monkeypatch):
     import threading
 
+    from recfuse._topk import cpu as topk_cpu
+
+    monkeypatch.setattr(topk_cpu, "bfloat16_dot", lambda: True)  # bfloat16 for batches
     rng = np.random.default_rng(3)
     items = rng.standard_normal((6000, 16)).astype(np.float32)
     index = recfuse.ItemIndex(items, backend="cpu")

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import recfuse
 from recfuse import reference, retrieval
+from recfuse._topk import cpu as topk_cpu
 
 _core = pytest.importorskip("recfuse._core", reason="recfuse._core is not built")
 
@@ -25,9 +26,19 @@ FAST = settings(max_examples=80, deadline=None, database=None,
 
 @contextmanager
 def force_bfloat16():
-    """'auto' takes bfloat16 at any size and k (0 items per result: k > n too)."""
+    """'auto' takes bfloat16 at any size and k (0 items per result: k > n too), with either
+    bfloat16 kernel."""
     with mock.patch.object(retrieval, "BFLOAT16_ITEMS_PER_RESULT", 0), \
-            mock.patch.object(retrieval, "BFLOAT16_MIN_ITEMS", 0):
+            mock.patch.object(retrieval, "BFLOAT16_MIN_ITEMS", 0), \
+            bfloat16_kernel("dot"):
+        yield
+
+
+@contextmanager
+def bfloat16_kernel(name: str):
+    """The cpu backend's bfloat16 kernel as storage="auto" sees it: "dot" (AVX512-BF16) or
+    "widen" (values widened to float32), whatever this CPU has."""
+    with mock.patch.object(topk_cpu, "bfloat16_dot", lambda: name == "dot"):
         yield
 
 
@@ -238,8 +249,10 @@ def test_zero_rows_not_rescored_and_results_first_ids():
     assert mixed == alone
 
 
-def test_default_rule_zero_queries_on_a_real_size_table():
-    """Unpatched 'auto' on 2,000 items, k=1: bfloat16, with zero rows split off."""
+@pytest.mark.parametrize("kernel", ["dot", "widen"])
+def test_default_rule_zero_queries_on_a_real_size_table(kernel):
+    """The thresholds unpatched on 2,000 items, k=1: bfloat16 (with the widened kernel only
+    for a single query), with zero rows split off."""
     rng = np.random.default_rng(2)
     items = rng.standard_normal((2000, 8)).astype(np.float32)
     bias = rng.integers(-2, 3, 2000).astype(np.float32)
@@ -247,11 +260,16 @@ def test_default_rule_zero_queries_on_a_real_size_table():
     Q[[0, 3, 5]] = 0
     exclude = exclusion_matrix(rng, 6, 2000, ["all", "some", "empty", "some", "all", "empty"])
     auto = retrieval.ItemIndex(items, item_bias=bias, backend="cpu")
-    assert auto.storage_for(1) == "bfloat16"
     native = retrieval.ItemIndex(items, item_bias=bias, storage="native", backend="cpu")
-    for k in (1, 2):
-        same(auto.search(Q, k, exclude=exclude, num_threads=2),
-             native.search(Q, k, exclude=exclude, num_threads=2))
+    with bfloat16_kernel(kernel):
+        assert auto.storage_for(1, 1) == "bfloat16"
+        assert auto.storage_for(1) == ("bfloat16" if kernel == "dot" else "native")
+        for k in (1, 2):
+            same(auto.search(Q, k, exclude=exclude, num_threads=2),
+                 native.search(Q, k, exclude=exclude, num_threads=2))
+            for row in range(Q.shape[0]):  # one query: bfloat16 with either kernel
+                same(auto.search(Q[row:row + 1], k, exclude=exclude[row], num_threads=2),
+                     native.search(Q[row:row + 1], k, exclude=exclude[row], num_threads=2))
 
 
 @pytest.mark.parametrize("m", [1, 2, 5])
@@ -582,18 +600,29 @@ def test_split_on_larger_tables(n, d, m, seed, exact, metric):
 # ---------------------------------------------------------------- storage_for
 
 
-def test_storage_for_rules():
+@pytest.mark.parametrize("kernel", ["dot", "widen"])
+def test_storage_for_rules(kernel):
     rng = np.random.default_rng(9)
     gaussian = rng.standard_normal((1000, 8)).astype(np.float32)
     skewed = gaussian.copy()
     skewed[:20] *= 10  # 99th percentile of the norms >= 2x the median
     assert retrieval._skewed_norms(skewed) and not retrieval._skewed_norms(gaussian)
-    plain = retrieval.ItemIndex(gaussian, backend="cpu")
-    assert [plain.storage_for(k) for k in (1, 2, 3)] == ["bfloat16", "native", "native"]
-    index = retrieval.ItemIndex(skewed, backend="cpu")
-    assert [index.storage_for(k) for k in (1, 2, 3)] == ["bfloat16", "bfloat16", "native"]
-    cosine = retrieval.ItemIndex(skewed, metric="cosine", backend="cpu")
-    assert [cosine.storage_for(k) for k in (1, 2)] == ["bfloat16", "native"]
+    dot = kernel == "dot"
+    with bfloat16_kernel(kernel):
+        plain = retrieval.ItemIndex(gaussian, backend="cpu")
+        # the widened kernel gains on a table it cannot stop early in only for one query
+        assert [plain.storage_for(k) for k in (1, 2, 3)] == \
+            ["bfloat16" if dot else "native", "native", "native"]
+        assert [plain.storage_for(k, 1) for k in (1, 2, 3)] == ["bfloat16", "native", "native"]
+        assert plain.storage_for(1, 2) == ("bfloat16" if dot else "native")
+        index = retrieval.ItemIndex(skewed, backend="cpu")
+        for queries in (None, 1, 1000):  # skewed norms: at any batch size
+            assert [index.storage_for(k, queries) for k in (1, 2, 3)] == \
+                ["bfloat16", "bfloat16", "native"]
+        cosine = retrieval.ItemIndex(skewed, metric="cosine", backend="cpu")
+        assert [cosine.storage_for(k) for k in (1, 2)] == ["bfloat16" if dot else "native",
+                                                          "native"]
+        assert [cosine.storage_for(k, 1) for k in (1, 2)] == ["bfloat16", "native"]
     small = retrieval.ItemIndex(skewed[:999], backend="cpu")
     assert small.storage_for(1) == "native"
     assert retrieval.ItemIndex(skewed.astype(np.float64), backend="cpu").storage_for(1) == \

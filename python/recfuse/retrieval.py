@@ -64,6 +64,12 @@ BFLOAT16_SKEWED_ITEMS_PER_RESULT = 500
 SKEWED_NORMS = 2.0
 # ... and never below this many items (the plain rule's smallest table, at k = 1).
 BFLOAT16_MIN_ITEMS = 1000
+# Where the CPU has no AVX512-BF16 (the bfloat16 values widened to float32: AVX2, or AVX-512
+# without BF16), the plain rule holds for single queries only: on the 2-core Zen 3 (two
+# threads, Gaussian tables, no early stop) one query gained (1M x 64: 1.63x; a table read from
+# memory) and batches lost (1M x 64, 32 queries: 0.43x; 50k x 128, 1,024 queries: 0.45x),
+# while skewed norms paid at any batch size (ALS factors, 20k items, k = 10: 1.96x for one
+# query, 4.5x for 1,000). bench/README.md, "auto storage where bfloat16 is widened".
 # Values per block of the cosine norms' float64 temporaries (8 MB).
 _NORM_BLOCK_VALUES = 1 << 20
 
@@ -91,10 +97,11 @@ class ItemIndex:
         tied) is scored item by item. The index keeps a reference to the float32 table as
         well. "auto" gives the same results as both: per search it uses the bfloat16 copies
         where they are available and the catalogue holds at least
-        ``BFLOAT16_ITEMS_PER_RESULT`` items per result (n >= 1000 k), or half as many when
-        the items' norms are skewed (trained factors; the metric "dot"), and at least
-        ``BFLOAT16_MIN_ITEMS`` items (1000), the native table otherwise (and for zero
-        queries), each prepared at its first use (so an index that serves both holds both).
+        ``BFLOAT16_ITEMS_PER_RESULT`` items per result (n >= 1000 k; where the CPU has no
+        AVX512-BF16, for single queries only), or half as many when the items' norms are
+        skewed (trained factors; the metric "dot"), and at least ``BFLOAT16_MIN_ITEMS`` items
+        (1000), the native table otherwise (and for zero queries), each prepared at its
+        first use (so an index that serves both holds both).
     backend : "auto" or a backend name (see ``recfuse.backends()``)
 
     >>> import numpy as np
@@ -155,21 +162,28 @@ class ItemIndex:
                     self._tables[storage] = table
         return table
 
-    def storage_for(self, k: Integer) -> str:
-        """The storage a search for ``k`` results reads: "native" or "bfloat16"."""
+    def storage_for(self, k: Integer, queries: Integer | None = None) -> str:
+        """The storage a search of ``queries`` queries (None: any number) for ``k`` results
+        reads: "native" or "bfloat16"."""
         k = check.check_k(k)
+        if queries is not None:
+            queries = check.check_int(queries, "queries", minimum=0)
         if self.storage != "auto":
             return self.storage
         n = self.items.shape[0]
         if not self._bfloat16_possible or n < BFLOAT16_MIN_ITEMS:
             return "native"
-        if n >= BFLOAT16_ITEMS_PER_RESULT * k:
+        plain = n >= BFLOAT16_ITEMS_PER_RESULT * k
+        if plain and self._module.bfloat16_dot():
             return "bfloat16"
         if n < BFLOAT16_SKEWED_ITEMS_PER_RESULT * k:
             return "native"
         if self._skewed is None:  # once (a race measures it twice, alike)
             self._skewed = self.metric == "dot" and _skewed_norms(self.items)
-        return "bfloat16" if self._skewed else "native"
+        if self._skewed:
+            return "bfloat16"
+        # widened bfloat16 and a scan that cannot stop early: only a single query gains
+        return "bfloat16" if plain and queries == 1 else "native"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -216,7 +230,7 @@ class ItemIndex:
             Q = _unit_rows(Q).astype(self.items.dtype)
         if Q.shape[0] == 0:
             return (np.empty((0, k), dtype=np.int64), np.empty((0, k), dtype=self.items.dtype))
-        storage = self.storage_for(k)
+        storage = self.storage_for(k, Q.shape[0])
         if storage == "bfloat16" and self.storage == "auto":
             # a zero query ties every item (score 0, or the bias): the bfloat16 search scores
             # each one exactly (1,000 items: 160 us against 17), the float32 one takes the

@@ -14,6 +14,12 @@ NAME = "cpu"
 BFLOAT16 = True  # supports ItemIndex(storage="bfloat16")
 
 
+def bfloat16_dot() -> bool:
+    """Whether bfloat16 storage multiplies natively (AVX512-BF16 dot products), rather than
+    widening each value to float32 first."""
+    return _core.topk_bfloat16_kernel() == "dot"
+
+
 def prepare(items: np.ndarray, bias=None, scale=None, num_threads: int = 0,
             bfloat16: bool = False):
     cls = _core.TopkItemsFloat32 if items.dtype == np.float32 else _core.TopkItemsFloat64
