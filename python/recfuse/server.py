@@ -812,15 +812,20 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
                 workers=limits.workers, on_batch=metrics.record_batch)
         return batching["batcher"]
 
+    def close_workers() -> None:
+        """The batcher's workers and the thread pools end (they start again on demand)."""
+        if "batcher" in batching:
+            batching.pop("batcher").close()
+        for name in list(pools):
+            pools.pop(name).shutdown(wait=False)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         batcher()
         try:
             yield
         finally:
-            batching.pop("batcher").close()
-            for name in list(pools):
-                pools.pop(name).shutdown(wait=False)
+            close_workers()
 
     routes = [
         Route("/recommend", timed("/recommend", recommend), methods=["POST"]),
@@ -835,6 +840,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
     app.state.recommender = recommender
     app.state.naming = naming  # "now": the ids (or rows) requests use
     app.state.metrics = metrics
+    app.state.close_workers = close_workers  # serve runs without the lifespan: see there
     return app
 
 
@@ -900,14 +906,20 @@ def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000
     # sight, so its full passes stop walking it (3.5% -> 1% of the server's CPU samples).
     gc.collect()
     gc.freeze()
-    # uvicorn annotates the timeout int but passes it to asyncio.wait_for (a float is fine)
+    # uvicorn annotates the timeout int but passes it to asyncio.wait_for (a float is fine).
+    # No lifespan: a second Ctrl-C (uvicorn's forced exit) skips its shutdown and the task
+    # left running is logged as a failure with a traceback; the batcher starts with the first
+    # request instead, and the workers end below, whichever way the server stopped.
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=cast(int, shutdown_timeout))
+                            timeout_graceful_shutdown=cast(int, shutdown_timeout),
+                            lifespan="off")
     try:
         with sock, _sigterm_returns():
             uvicorn.Server(config).run(sockets=[sock])
     except (KeyboardInterrupt, _Terminated):  # as uvicorn.run: Ctrl-C ends the server quietly
         pass
+    finally:
+        app.state.close_workers()
 
 
 class _Terminated(BaseException):
