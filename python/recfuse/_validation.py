@@ -11,7 +11,6 @@ import os
 
 import numpy as np
 import scipy.sparse as sp
-
 from numpy.typing import DTypeLike
 
 from ._typing import Integer

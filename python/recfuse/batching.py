@@ -38,16 +38,13 @@ import threading
 import time
 import weakref
 from typing import Callable, NamedTuple
+from collections.abc import Iterator
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _validation as check
 from .serving import Recommendation, Recommender, _Request
-
-from collections.abc import Iterator
-
-from numpy.typing import ArrayLike
-
 from ._typing import Integer
 
 

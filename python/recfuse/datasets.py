@@ -11,11 +11,9 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
-
-from . import _validation as check
-
 from numpy.typing import DTypeLike
 
+from . import _validation as check
 from ._typing import Integer, RandomState
 from .interactions import Interactions
 

@@ -32,11 +32,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import scipy.sparse as sp
-
-from . import _validation as check
-
 from numpy.typing import ArrayLike
 
+from . import _validation as check
 from ._typing import Integer, SparseMatrix
 
 if TYPE_CHECKING:  # optional and slow to import: what names pandas is for type checkers only

@@ -30,14 +30,12 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 from . import _validation as check
 from . import reference_data
 from .interactions import Interactions
 from .reference_data import RANKING_COLUMNS
-
-from numpy.typing import ArrayLike
-
 from ._typing import Integer, SparseMatrix
 
 COLD_USERS = ("include", "skip", "raise")

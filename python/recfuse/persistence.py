@@ -27,7 +27,6 @@ from typing import Any, cast
 import numpy as np
 
 from ._validation import check_flag, check_path
-
 from ._typing import PathLike
 from .interactions import Interactions
 

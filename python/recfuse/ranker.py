@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import copy
 from typing import Any, Callable
+from collections.abc import Iterable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _validation as check
 from .models._common import (EstimatorParams, check_trained, interaction_matrix, param_seed,
                              progress_bar)
 from .ranking import MLPScorer
-
-from collections.abc import Iterable
-
-from numpy.typing import ArrayLike
-
 from ._typing import Integer, RandomState, UserItems
 
 HIDDEN_ACTIVATIONS = ("relu", "tanh", "gelu")

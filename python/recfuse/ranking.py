@@ -70,18 +70,14 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, NamedTuple, Sequence, overload
+from typing import Any, NamedTuple, Sequence, TypeAlias, Union, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _validation as check
 from ._backend import resolve_backend
 from ._mlp import Candidates
-
-from typing import TypeAlias, Union
-
-from numpy.typing import ArrayLike
-
 from ._typing import Integer, PathLike
 
 # One dense layer as MLPScorer takes it: (W (out, in), b (out,) or None, activation).

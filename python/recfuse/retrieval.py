@@ -38,12 +38,10 @@ import threading
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _validation as check
 from ._backend import resolve_backend
-
-from numpy.typing import ArrayLike, DTypeLike
-
 from ._typing import Integer, SparseMatrix
 
 METRICS = ("dot", "cosine")

@@ -75,10 +75,12 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, TYPE_CHECKING, TypeAlias, Union
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 from . import _validation as check
 from ._backend import resolve_backend
@@ -92,12 +94,6 @@ from .ranker import MLPRanker
 from .ranking import MLPScorer, PreparedItems, load_scorer
 from .reference import confidence_and_preference
 from .retrieval import ItemIndex, _rows_of, by_score_then_id
-
-from collections.abc import Mapping, Sequence
-from typing import TypeAlias, Union
-
-from numpy.typing import ArrayLike
-
 from ._typing import Integer, PathLike
 
 # What Recommender serves: a fitted model, or the path of a model file (recfuse.load).

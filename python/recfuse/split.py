@@ -32,7 +32,6 @@ import scipy.sparse as sp
 
 from . import _validation as check
 from .interactions import Interactions, _times_ns
-
 from ._typing import Integer, RandomState, SparseMatrix
 
 # Each split returns (train, test) in the form given: two Interactions, or for a sparse matrix

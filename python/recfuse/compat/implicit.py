@@ -96,23 +96,18 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, TypeAlias, Union
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+from numpy.typing import ArrayLike, DTypeLike
 
-from .. import _validation as check
-from .. import persistence, reference
+from .. import _validation as check, persistence, reference
 from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
 from .._topk.numpy_backend import SCORE_BLOCK_BYTES
 from ..models.als import ALS, item_gram
-
-from typing import TypeAlias, Union
-
-from numpy.typing import ArrayLike, DTypeLike
-
 from .._typing import Integer, SparseMatrix
 
 # implicit's random_state: None, a seed, a RandomState or a Generator.

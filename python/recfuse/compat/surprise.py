@@ -48,17 +48,14 @@ raise instead).
 from __future__ import annotations
 
 import numbers
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias, Union
+from collections.abc import Iterable
 
 import numpy as np
 
 from ..models.sgd import SVD as _RecfuseSVD
 from ..models.sgd import SVDpp as _RecfuseSVDpp
 from .._sgd.common import make_blocks
-
-from collections.abc import Iterable
-from typing import TypeAlias, Union
-
 from .._typing import Integer, Self
 
 # Surprise's random_state: None (NumPy's global RandomState), a seed or a RandomState.

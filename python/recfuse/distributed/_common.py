@@ -11,16 +11,13 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import DTypeLike
 
 from .. import _validation as check
 from .._als.common import AlsParams
 from ..models._common import EstimatorParams, shaped_tables
-from ..models.als import AlsSettings, checked_settings, settings_params
+from ..models.als import ALS, AlsSettings, checked_settings, settings_params
 from . import _blocks
-
-from numpy.typing import DTypeLike
-
-from ..models.als import ALS
 
 CHECKPOINT_FORMAT = "recfuse-distributed-als-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -14,10 +14,8 @@ import numpy as np
 
 from . import _blocks
 from .._validation import check_flag, check_int
-from ..models.als import warn_failed_systems
+from ..models.als import ALS, warn_failed_systems
 from ._common import DistributedALSBase, check_columns, folder_path
-
-from ..models.als import ALS
 
 logger = logging.getLogger("recfuse.distributed")
 

@@ -15,11 +15,9 @@ except ImportError:  # pragma: no cover - exercised without the extras
     pd = None
 
 from . import _blocks
-from ..models.als import warn_failed_systems
+from ..models.als import ALS, warn_failed_systems
 from .._validation import check_flag
 from ._common import DistributedALSBase, check_columns, folder_path
-
-from ..models.als import ALS
 
 BLOCK_SCHEMA = "block int, payload binary"
 # A solved factor block, with how many of its row systems were not positive definite (the

@@ -9,19 +9,15 @@ import contextlib
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 from .. import _validation as check
 from ..retrieval import ItemIndex, write_recommendations
-
-from collections.abc import Iterator
-
-from numpy.typing import ArrayLike
-from .._typing import Self
-
-from .._typing import Integer, PathLike
+from .._typing import Integer, PathLike, Self
 
 
 def interaction_matrix(value):

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _validation as check
 from .._als.common import AlsParams, CsrArrays, normalised_loss
@@ -19,9 +20,6 @@ from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_t
                       check_trained, interaction_matrix, param_dtype, param_seed, progress_bar,
                       saveable_tables, saved_factor_tables, saved_group, shaped_tables,
                       stored_seen)
-
-from numpy.typing import ArrayLike, DTypeLike
-
 from .._typing import Integer, PathLike, RandomState, UserItems
 
 MAX_FACTORS = 4096

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _validation as check
 from .._backend import resolve_backend
@@ -18,9 +19,6 @@ from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_t
                       saveable_tables, saved_factor_tables, seen_rows, shaped_tables,
                       stored_seen)
 from .sgd import MAX_FACTORS
-
-from numpy.typing import ArrayLike, DTypeLike
-
 from .._typing import Integer, PathLike, RandomState, UserItems
 
 

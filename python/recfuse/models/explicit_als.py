@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _validation as check
 from .._als.common import CsrArrays
@@ -26,9 +27,6 @@ from .._backend import resolve_backend
 from .._sgd.common import Pattern
 from ._common import check_start_fits, check_trained, param_dtype, param_seed, progress_bar
 from .sgd import MAX_FACTORS, _RatingModel, _rmse, mean_of
-
-from numpy.typing import ArrayLike, DTypeLike
-
 from .._typing import Integer, RandomState, SparseMatrix
 from ..interactions import Interactions
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .. import _validation as check
 from .._backend import resolve_backend
@@ -26,11 +27,7 @@ from ..retrieval import ItemIndex, by_score_then_id
 from ._common import (EstimatorParams, FactorRetrieval, check_start_fits, check_trained,
                       param_dtype, param_seed, progress_bar, rating_arrays, saved_factor_tables,
                       saved_group, seen_rows, shaped_tables)
-
-from numpy.typing import ArrayLike, DTypeLike
-from .._typing import Self
-
-from .._typing import Integer, PathLike, RandomState, SparseMatrix, UserItems
+from .._typing import Integer, PathLike, RandomState, Self, SparseMatrix, UserItems
 from ..interactions import Interactions
 
 MAX_FACTORS = 4096
