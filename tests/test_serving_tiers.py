@@ -566,9 +566,13 @@ def test_one_item_per_result_still_forces_bfloat16_on_a_small_table():
     index = recfuse.ItemIndex(items, backend="cpu")
     if not index._bfloat16_possible:
         pytest.skip("no bfloat16 storage on this backend")
+    from recfuse._topk import cpu as topk_cpu
+
     with patch.object(retrieval, "BFLOAT16_ITEMS_PER_RESULT", 1), \
             patch.object(retrieval, "BFLOAT16_MIN_ITEMS", 0):
-        assert index.storage_for(1) == "bfloat16"  # 300 >= 1 x 1
+        assert index.storage_for(1, 1) == "bfloat16"  # 300 >= 1 x 1, one query: any kernel
+        with patch.object(topk_cpu, "bfloat16_dot", lambda: True):  # AVX512-BF16: any batch
+            assert index.storage_for(1) == "bfloat16"
 
 
 # ---------------------------------------------------------------------- folds on a thread

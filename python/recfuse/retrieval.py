@@ -171,17 +171,15 @@ class ItemIndex:
         n = self.items.shape[0]
         if not self._bfloat16_possible or n < BFLOAT16_MIN_ITEMS:
             return "native"
-        plain = n >= BFLOAT16_ITEMS_PER_RESULT * k
-        if plain and self._module.bfloat16_dot():
+        # widened bfloat16 (no AVX512-BF16) on a scan that cannot stop early gains for a
+        # single query only: batches take the plain rule where the norms are skewed
+        if n >= BFLOAT16_ITEMS_PER_RESULT * k and (queries == 1 or self._module.bfloat16_dot()):
             return "bfloat16"
         if n < BFLOAT16_SKEWED_ITEMS_PER_RESULT * k:
             return "native"
         if self._skewed is None:  # once (a race measures it twice, alike)
             self._skewed = self.metric == "dot" and _skewed_norms(self.items)
-        if self._skewed:
-            return "bfloat16"
-        # widened bfloat16 and a scan that cannot stop early: only a single query gains
-        return "bfloat16" if plain and queries == 1 else "native"
+        return "bfloat16" if self._skewed else "native"
 
     @property
     def shape(self) -> tuple[int, int]:
