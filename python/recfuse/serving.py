@@ -358,7 +358,10 @@ class _AddedRows:
         writer, not by the first request after a change (a settled tier of 50,000 rows takes
         ~15 ms to prepare)."""
         index = ItemIndex(table, item_bias=bias, backend=backend)
-        index._prepared(index.storage_for(ready_for), threads)
+        # one user's search and a batch's may read different tables (bfloat16 widened: a
+        # single query only): both ready
+        for storage in {index.storage_for(ready_for, 1), index.storage_for(ready_for)}:
+            index._prepared(storage, threads)
         return cls(ids, table, bias, None if rerank is None else rerank._mask_of(ids), index)
 
     def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
