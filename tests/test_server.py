@@ -521,6 +521,21 @@ def _requests_total(client, route: str) -> dict:
     return counts
 
 
+def test_unknown_routes_and_methods_are_counted(server):
+    """404 and 405 answers count in recfuse_requests_total: a wrong method under its route,
+    every unknown path under one label (a label per path would grow without bound)."""
+    before_missing = _requests_total(server.client, "(no route)")
+    before_method = _requests_total(server.client, "/recommend")
+    for path in ("/nope", "/nope/2", "/recommend/x"):
+        assert server.client.get(path).status_code == 404
+    assert server.client.get("/recommend").status_code == 405
+    missing = _requests_total(server.client, "(no route)")
+    assert missing.get(404, 0) == before_missing.get(404, 0) + 3
+    assert _requests_total(server.client, "/recommend").get(405, 0) == \
+        before_method.get(405, 0) + 1
+    assert "/nope" not in server.client.get("/metrics").text
+
+
 def test_a_client_leaving_mid_body_is_no_server_error(server):
     before = _requests_total(server.client, "/recommend")
     port = server.client.base_url.port

@@ -31,7 +31,8 @@ Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
   change together); a file that fails to load answers 422 and the old ones keep serving.
 - ``GET /health`` -> the model's version, backend, sizes, ranker, the event log's length and
   how ids are named (``"ids"``: "rows" or "training log").
-- ``GET /metrics`` -> Prometheus text: requests by route and status, latency histograms,
+- ``GET /metrics`` -> Prometheus text: requests by route and status (unknown paths under
+  ``route="(no route)"``; 404 and 405 answers are counted, not timed), latency histograms,
   micro-batch sizes, model version, pending and dropped events.
 
 Status codes: 400 malformed JSON (or a body cut short by the client), 413 body over
@@ -173,6 +174,11 @@ class Metrics:
         with self._lock:
             self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
             self.latency.setdefault(route, _Histogram(LATENCY_BUCKETS)).observe(seconds)
+
+    def count(self, route: str, status: int) -> None:
+        """A request answered before any handler ran (404, 405): counted, not timed."""
+        with self._lock:
+            self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
 
     def record_batch(self, size: int) -> None:
         with self._lock:
@@ -795,6 +801,10 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
 
     async def http_error(request: Request, error: HTTPException) -> Response:
         message, path = error.detail, request.url.path
+        # counted under its route, or one label for every unknown path (the paths are the
+        # client's: a label each would grow the metrics without bound)
+        known = path in {route.path for route in routes}
+        metrics.count(path if known else "(no route)", error.status_code)
         if error.status_code == 404:
             message = f"no route {path}; expected one of {[route.path for route in routes]}"
         elif error.status_code == 405 and error.headers and "Allow" in error.headers:
