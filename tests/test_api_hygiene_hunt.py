@@ -782,3 +782,12 @@ def test_set_params_unknown_name_is_value_error_and_changes_nothing(cls):
     assert model.get_params() == before
     with pytest.raises(TypeError, match="bogus"):
         cls(bogus=1)
+
+
+def test_distributed_models_have_the_same_short_repr():
+    """DaskALS and SparkALS share their parameters, and their repr (SparkALS had none)."""
+    distributed = pytest.importorskip("recfuse.distributed")
+    for cls in (distributed.DaskALS, distributed.SparkALS):
+        text = repr(cls(factors=8, iterations=3))
+        assert text == (f"{cls.__name__}(factors=8, regularization=0.01, alpha=1.0, "
+                        f"iterations=3, solver='cg', dtype=float32)")

@@ -82,6 +82,14 @@ class DistributedALSBase(EstimatorParams, AlsSettings):
         self.n_items: int | None = None
         self.resumed_from: int | None = None  # iteration a fit resumed from (None: from start)
 
+    def __repr__(self) -> str:
+        fitted = "" if self.n_users is None else (
+            f", fitted on {self.n_users} users x {self.n_items} items")
+        return (f"{type(self).__name__}(factors={self.factors}, "
+                f"regularization={self.regularization}, alpha={self.alpha}, "
+                f"iterations={self.iterations}, solver={self.solver!r}, "
+                f"dtype={self.dtype.name}{fitted})")
+
     @property
     def params(self) -> AlsParams:
         return AlsParams(regularization=self.regularization, alpha=self.alpha,

@@ -520,13 +520,6 @@ class DaskALS(DistributedALSBase):
             _replace_parts(staging, path)
         return rows
 
-    def __repr__(self) -> str:
-        fitted = "" if self.n_users is None else (
-            f", fitted on {self.n_users} users x {self.n_items} items")
-        return (f"DaskALS(factors={self.factors}, regularization={self.regularization}, "
-                f"alpha={self.alpha}, iterations={self.iterations}, solver={self.solver!r}, "
-                f"dtype={self.dtype.name}{fitted})")
-
 
 @contextlib.contextmanager
 def _staged(path: str):
