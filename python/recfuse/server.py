@@ -171,7 +171,7 @@ class Metrics:
         self.batches = _Histogram(BATCH_BUCKETS)
 
     def record(self, route: str, status: int, seconds: float) -> None:
-        with self._lock:
+        with self._lock:  # count and histogram together: a scrape sees both or neither
             self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
             self.latency.setdefault(route, _Histogram(LATENCY_BUCKETS)).observe(seconds)
 
@@ -803,10 +803,10 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         message, path = error.detail, request.url.path
         # counted under its route, or one label for every unknown path (the paths are the
         # client's: a label each would grow the metrics without bound)
-        known = path in {route.path for route in routes}
-        metrics.count(path if known else "(no route)", error.status_code)
+        paths = [route.path for route in routes]
+        metrics.count(path if path in paths else "(no route)", error.status_code)
         if error.status_code == 404:
-            message = f"no route {path}; expected one of {[route.path for route in routes]}"
+            message = f"no route {path}; expected one of {paths}"
         elif error.status_code == 405 and error.headers and "Allow" in error.headers:
             message = f"{request.method} {path} is not allowed; expected {error.headers['Allow']}"
         # a 405 keeps its Allow header (HTTP requires it)
