@@ -37,8 +37,8 @@ import os
 import threading
 import time
 import weakref
-from typing import Callable, NamedTuple
 from collections.abc import Iterator
+from typing import Callable, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike

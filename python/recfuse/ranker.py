@@ -15,8 +15,8 @@ with the factors of a fitted factor model (e.g. ``recfuse.ALS``). ``to_scorer`` 
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
 from collections.abc import Iterable
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import ArrayLike

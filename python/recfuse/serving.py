@@ -74,9 +74,9 @@ import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, NamedTuple, TYPE_CHECKING, TypeAlias, Union
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeAlias, Union
 
 import numpy as np
 import scipy.sparse as sp

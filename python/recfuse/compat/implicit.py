@@ -103,7 +103,8 @@ import scipy.linalg
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, DTypeLike
 
-from .. import _validation as check, persistence, reference
+from .. import _validation as check
+from .. import persistence, reference
 from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
 from .._topk.numpy_backend import SCORE_BLOCK_BYTES

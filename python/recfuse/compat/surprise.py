@@ -48,8 +48,8 @@ raise instead).
 from __future__ import annotations
 
 import numbers
-from typing import Any, NamedTuple, TypeAlias, Union
 from collections.abc import Iterable
+from typing import Any, NamedTuple, TypeAlias, Union
 
 import numpy as np
 
