@@ -191,6 +191,22 @@ def returns_as_annotated(func, value, owner=None) -> bool:
     return conforms(value, hint)
 
 
+class _Returns:
+    """The values of calls checked against their functions' return annotations; the ones
+    that do not conform are listed together at the end of a test."""
+
+    def __init__(self):
+        self.wrong = []
+
+    def check(self, label, func, value, owner=None):
+        if not returns_as_annotated(func, value, owner):
+            self.wrong.append(f"{label}: {type(value).__name__} {value!r:.80}")
+        return value
+
+    def assert_all_as_annotated(self):
+        assert not self.wrong, "\n".join(self.wrong)
+
+
 def _ratings(seed=0, n_users=30, n_items=20, n=200):
     rng = np.random.default_rng(seed)
     return (rng.integers(0, n_users, n), rng.integers(0, n_items, n),
@@ -262,12 +278,8 @@ def test_main_entry_points_resolve_at_run_time():
 def test_model_returns_match_annotations(fitted, tmp_path):
     """fit, recommend (one user and a batch), similar_*, predict, recommend_all (iterator and
     file), save, load, get/set_params and the fitted properties return what they annotate."""
-    wrong = []
-
-    def check(label, func, value, owner=None):
-        if not returns_as_annotated(func, value, owner):
-            wrong.append(f"{label}: {type(value).__name__} {value!r:.80}")
-        return value
+    returns = _Returns()
+    check = returns.check
 
     for name, model in fitted.items():
         cls = type(model)
@@ -298,16 +310,12 @@ def test_model_returns_match_annotations(fitted, tmp_path):
     check("ALS.update_users", recfuse.ALS.update_users, als.update_users([0], USER_ITEMS[:1]))
     check("ALS.update_items", recfuse.ALS.update_items,
           als.update_items([0], USER_ITEMS[:, :1].T.tocsr()))
-    assert not wrong, "\n".join(wrong)
+    returns.assert_all_as_annotated()
 
 
 def test_retrieval_ranking_serving_returns_match_annotations(fitted):
-    wrong = []
-
-    def check(label, func, value, owner=None):
-        if not returns_as_annotated(func, value, owner):
-            wrong.append(f"{label}: {type(value).__name__} {value!r:.80}")
-        return value
+    returns = _Returns()
+    check = returns.check
 
     rng = np.random.default_rng(0)
     items = rng.standard_normal((20, 4)).astype(np.float32)
@@ -352,16 +360,12 @@ def test_retrieval_ranking_serving_returns_match_annotations(fitted):
     check("swap_model", recfuse.Recommender.swap_model, rec.swap_model(copy.deepcopy(als)))
     with recfuse.MicroBatcher(rec) as batcher:
         check("MicroBatcher.recommend", recfuse.MicroBatcher.recommend, batcher.recommend(0))
-    assert not wrong, "\n".join(wrong)
+    returns.assert_all_as_annotated()
 
 
 def test_data_path_returns_match_annotations(fitted):
-    wrong = []
-
-    def check(label, func, value, owner=None):
-        if not returns_as_annotated(func, value, owner):
-            wrong.append(f"{label}: {type(value).__name__} {value!r:.80}")
-        return value
+    returns = _Returns()
+    check = returns.check
 
     users, items, ratings = _ratings()
     log = recfuse.Interactions.from_arrays(users, items, ratings, timestamps=np.arange(200.0))
@@ -398,7 +402,7 @@ def test_data_path_returns_match_annotations(fitted):
           datasets.synthetic_event_log(20, 10, 50))
     check("train_test_split_per_user", datasets.train_test_split_per_user,
           datasets.train_test_split_per_user(USER_ITEMS))
-    assert not wrong, "\n".join(wrong)
+    returns.assert_all_as_annotated()
 
 
 @pytest.mark.parametrize("cls", MODELS, ids=lambda c: c.__name__)
