@@ -48,7 +48,7 @@ void score_rows_dot(const uint32_t* __restrict Q, int d, const uint16_t* __restr
     sums[r][1] = (V)acc[r][1];
     bits[r] = 0;
   }
-  bf16_finish<R>(sums, 0, block, d, qa, qb, thr, tile, bits);
+  bf16_finish<R, 2>(sums, 0, block, d, qa, qb, thr, tile, bits);
 }
 
 constexpr int kDotRows = 12;  // 24 accumulators, 2 item vectors and a query pair: 27 zmm
