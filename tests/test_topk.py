@@ -571,6 +571,26 @@ def test_ties_across_the_ranges_threads_take_in_turn():
             assert_topk_matches(ids, scores, queries, items, k, exclude=exclude, exact=True)
 
 
+@pytest.mark.parametrize("sampled", ["highest", "lowest"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_candidate_cuts_when_their_sample_misleads(sampled, ties):
+    """A float query's buffer of 2k candidates is cut at a pivot drawn from 64 evenly spaced
+    buffer places. Here the first buffer (the first 2k ids: everything passes an empty one)
+    holds the best (or worst) scores exactly at those places, so no sample key keeps between
+    k and 1.5k: the cut must fall back to an exact selection. The later cuts see random
+    buffers (with ties on purpose in the integer case)."""
+    rng = np.random.default_rng(11)
+    k, n = 100, 3000
+    values = rng.integers(0, 20, n) if ties else rng.random(n)
+    places = (2 * np.arange(64) + 1) * (2 * k) // 128
+    values[places] = 100 + np.arange(64) if sampled == "highest" else -100 - np.arange(64)
+    items = values.astype(np.float32)[:, None]
+    queries = np.array([[1.0], [2.0], [-1.0]], np.float32)
+    for threads in (1, 2):
+        ids, scores = recfuse.topk(queries, items, k, backend="cpu", num_threads=threads)
+        assert_topk_matches(ids, scores, queries, items, k, exact=True)
+
+
 @pytest.mark.parametrize("backend", HOST_BACKENDS)
 def test_nan_and_inf_items_keep_the_order_of_the_others(backend):
     rng = np.random.default_rng(1)

