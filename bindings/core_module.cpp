@@ -14,6 +14,7 @@
 #include "data_bindings.hpp"
 #include "metrics_bindings.hpp"
 #include "recfuse/als.hpp"
+#include "recfuse/memory.hpp"
 #include "recfuse/mlp.hpp"
 #include "recfuse/simd.hpp"
 #include "recfuse/threads.hpp"

@@ -1,13 +1,9 @@
 // Thread layout and dispatch for the ALS kernels; the row math lives in als_kernels_impl.inc.
 #include "recfuse/als.hpp"
+#include "recfuse/memory.hpp"
 #include "recfuse/threads.hpp"
 
 #include <omp.h>
-
-#ifdef __linux__
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
 
 #include <cmath>
 #include <cstdint>
@@ -47,63 +43,7 @@ T* aligned_scratch(std::vector<T>& scratch) {
 
 }  // namespace
 
-void* huge_page_alloc(size_t bytes) {
-#ifdef __linux__
-  if (bytes < (size_t{4} << 20)) return nullptr;
-  void* memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (memory == MAP_FAILED) return nullptr;
-  madvise(memory, bytes, MADV_HUGEPAGE);
-  return memory;
-#else
-  (void)bytes;
-  return nullptr;
-#endif
-}
-
-void huge_page_release_tail(void* pointer, size_t bytes, size_t keep) {
-#ifdef __linux__
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  const size_t from = (keep + page - 1) / page * page;
-  if (pointer != nullptr && from < bytes)
-    madvise(static_cast<char*>(pointer) + from, bytes - from, MADV_DONTNEED);
-#else
-  (void)pointer;
-  (void)bytes;
-  (void)keep;
-#endif
-}
-
-void huge_page_free(void* pointer, size_t bytes) {
-#ifdef __linux__
-  if (pointer != nullptr) munmap(pointer, bytes);
-#else
-  (void)pointer;
-  (void)bytes;
-#endif
-}
-
 namespace {
-
-// `count` values on transparent huge pages when `huge` and huge_page_alloc gives them, else
-// on the heap. Factor tables read in random order, once per stored entry, stop missing the
-// TLB on huge pages.
-template <class T>
-class HugePageArray {
- public:
-  HugePageArray(size_t count, bool huge) : bytes_(count * sizeof(T)) {
-    if (huge) mapped_ = static_cast<T*>(huge_page_alloc(bytes_));
-    if (mapped_ == nullptr) heap_.resize(count);
-  }
-  ~HugePageArray() { huge_page_free(mapped_, bytes_); }
-  HugePageArray(const HugePageArray&) = delete;
-  HugePageArray& operator=(const HugePageArray&) = delete;
-  T* data() { return mapped_ != nullptr ? mapped_ : heap_.data(); }
-
- private:
-  size_t bytes_;
-  T* mapped_ = nullptr;
-  std::vector<T> heap_;
-};
 
 // A copy of an array on transparent huge pages (when `worth_it` and huge_page_alloc gives
 // them), made with `threads` threads; otherwise data() is the original array.
@@ -275,9 +215,9 @@ std::vector<int64_t> solve_short_rows(const CsrView<T>& R, const T* Y, const std
     }
   }
   T* const given = params.woodbury_table;
-  HugePageArray<T> W_array(given != nullptr ? 0 : static_cast<size_t>(R.cols) * k,
-                           R.indptr[R.rows] > 4 * R.cols);
-  T* W = given != nullptr ? given : W_array.data();  // row i: L⁻¹ y_i
+  LargeArray<T> W_array(given != nullptr ? 0 : static_cast<size_t>(R.cols) * k,
+                        R.indptr[R.rows] > 4 * R.cols);
+  T* W = given != nullptr ? given : W_array.get();  // row i: L⁻¹ y_i
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t begin = 0; begin < R.cols; begin += 256) {
     const int64_t end = begin + 256 < R.cols ? begin + 256 : R.cols;

@@ -3,13 +3,11 @@
 // Also the numbering of string ids (factorize_strings): one hash pass over the column, then
 // a sort of the distinct values only.
 #include "recfuse/interactions.hpp"
+#include "recfuse/memory.hpp"
 #include "recfuse/threads.hpp"
 
 #include <omp.h>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 #include <algorithm>
 #include <cstring>
@@ -28,48 +26,6 @@ int thread_count(int requested, int64_t work) {
   const int64_t useful = std::max<int64_t>(1, work / 65536);
   return static_cast<int>(std::min<int64_t>(threads, useful));
 }
-
-// Uninitialised scratch for `count` values, on transparent huge pages where Linux gives them:
-// the scatter writes to random places of these arrays, and with 4 KiB pages nearly every
-// write also misses the TLB (NumPy's own large arrays get huge pages the same way).
-template <class T>
-class Scratch {
- public:
-  explicit Scratch(size_t count) : bytes_(count * sizeof(T)) {
-    if (count == 0) return;
-#ifdef __linux__
-    if (bytes_ >= (size_t{4} << 20)) {
-      void* memory = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                          -1, 0);
-      if (memory != MAP_FAILED) {
-        madvise(memory, bytes_, MADV_HUGEPAGE);
-        data_ = static_cast<T*>(memory);
-        mapped_ = true;
-        return;
-      }
-    }
-#endif
-    data_ = new T[count];
-  }
-  ~Scratch() {
-#ifdef __linux__
-    if (mapped_) {
-      munmap(data_, bytes_);
-      return;
-    }
-#endif
-    delete[] data_;
-  }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  T* get() const { return data_; }
-  T& operator[](size_t i) const { return data_[i]; }
-
- private:
-  size_t bytes_;
-  T* data_ = nullptr;
-  bool mapped_ = false;
-};
 
 // ---------------------------------------------------------------- string ids
 // The first kInline bytes of a string as words, zero-padded. Two strings of one size with
@@ -295,7 +251,7 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
 
   // Pass 1: events per user and chunk (and range checks).
   const size_t counters = static_cast<size_t>(scatter_threads) * n_users;
-  Scratch<int64_t> offsets(counters);
+  LargeArray<int64_t> offsets(counters);
   std::fill(offsets.get(), offsets.get() + counters, 0);
   int64_t bad_event = -1;
   // Chunks are taken in a loop rather than one per omp_get_thread_num(): OpenMP may give
@@ -339,10 +295,10 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
   // row's keys orders it by item and keeps input order within a pair.
   // Scratch left uninitialised: every slot is written once below.
   const auto scratch = [n_events](bool wanted) { return static_cast<size_t>(wanted ? n_events : 0); };
-  Scratch<uint64_t> keys(scratch(true));
-  Scratch<double> row_values(scratch(values));
-  Scratch<int64_t> row_times(scratch(times));
-  Scratch<int64_t> row_multiplicity(scratch(multiplicity));
+  LargeArray<uint64_t> keys(scratch(true));
+  LargeArray<double> row_values(scratch(values));
+  LargeArray<int64_t> row_times(scratch(times));
+  LargeArray<int64_t> row_multiplicity(scratch(multiplicity));
 #pragma omp parallel num_threads(scatter_threads)
   for (int t = omp_get_thread_num(); t < scatter_threads; t += omp_get_num_threads()) {
     int64_t* next = offsets.get() + static_cast<int64_t>(t) * n_users;

@@ -27,9 +27,6 @@
 #include "recfuse/threads.hpp"
 
 #include <omp.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include <algorithm>
 #include <atomic>
@@ -38,7 +35,7 @@
 #include <exception>
 #include <functional>
 #include <limits>
-#include <new>
+#include <memory>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -87,23 +84,6 @@ const kernels::TopkBf16Kernel& bfloat16_kernel() {
   if (level == SimdLevel::Avx512) return kernels::avx512::topk_bf16_kernel();
   if (level == SimdLevel::Avx2) return kernels::avx2::topk_bf16_kernel();
   return kernels::generic::topk_bf16_kernel();
-}
-
-// 64-byte aligned; arrays of 8 MiB and more (the item tables a search streams) start on a
-// 2 MiB boundary and ask Linux for transparent huge pages, which spare the scan a TLB miss
-// every 4 KiB where the kernel only gives them on request ("madvise" mode).
-template <class T>
-T* aligned_array(int64_t count) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  size_t bytes = ((static_cast<size_t>(count) * sizeof(T) + 63) / 64) * 64;
-  const bool large = bytes >= 4 * kHuge;
-  if (large) bytes = (bytes + kHuge - 1) / kHuge * kHuge;
-  void* p = std::aligned_alloc(large ? kHuge : 64, bytes > 0 ? bytes : 64);
-  if (p == nullptr) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-  if (large) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: its failure changes nothing
-#endif
-  return static_cast<T*>(p);
 }
 
 // (s, a) ranks below (t, b): lower score, or the same score and a larger id.
@@ -318,7 +298,7 @@ template <class T>
 struct Rescorer {
   const TopkItems<T>* items = nullptr;
   const kernels::TopkKernels<T>* kern = nullptr;
-  std::unique_ptr<T, void (*)(void*)> panel{nullptr, std::free};
+  LargeArray<T> panel;
   std::vector<int32_t> ids;
   std::vector<T> scores;
   std::vector<T> probe_scores, heap;  // probe_thresholds
@@ -328,7 +308,7 @@ struct Rescorer {
     kern = &kern_;
     if (!panel) {
       const int64_t size = kernels::TopkKernels<T>::scratch_size(items_.d());
-      panel.reset(aligned_array<T>(size));
+      panel = LargeArray<T>(static_cast<size_t>(size));
       std::fill(panel.get(), panel.get() + size, T(0));
     }
   }
@@ -353,8 +333,8 @@ struct Selection {
   Rescorer<T>* rescorer = nullptr;           // bfloat16 storage: candidates hold bounds
   // The score kernel's outputs, written for every panel: each thread's on cache lines of
   // its own (small vectors of two threads would share a line and ping-pong between cores).
-  std::unique_ptr<T, void (*)(void*)> tile{nullptr, std::free};  // max_rows x kPanel
-  std::unique_ptr<uint32_t, void (*)(void*)> bits{nullptr, std::free};  // max_rows
+  LargeArray<T> tile;          // max_rows x kPanel
+  LargeArray<uint32_t> bits;   // max_rows
   // bfloat16 storage with exclusions: for the group of rows being scanned, per block and
   // row, the lanes holding an item the row excludes (blocks x max_rows; all zero between
   // groups). Empty without exclusions.
@@ -375,8 +355,8 @@ struct Selection {
     threshold.assign(count, -std::numeric_limits<T>::infinity());
     exact.assign(count, 0);
     next_excluded.assign(count, 0);
-    if (!tile) tile.reset(aligned_array<T>(static_cast<int64_t>(max_rows) * TopkItems<T>::kPanel));
-    if (!bits) bits.reset(aligned_array<uint32_t>(max_rows));
+    if (!tile) tile = LargeArray<T>(static_cast<size_t>(max_rows) * TopkItems<T>::kPanel);
+    if (!bits) bits = LargeArray<uint32_t>(static_cast<size_t>(max_rows));
     excluded_lanes.assign(rescorer != nullptr ? static_cast<size_t>(blocks) * max_rows : 0, 0);
   }
 
@@ -905,13 +885,13 @@ TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T
   if (bfloat16 && sizeof(T) != 4)
     throw std::invalid_argument("bfloat16 storage is for float32 items only");
   if (bfloat16) {
-    data16_.reset(aligned_array<uint16_t>(panels_ * topk_bf16_block_units(d)));
+    data16_ = LargeArray<uint16_t>(static_cast<size_t>(panels_ * topk_bf16_block_units(d)));
     exact_ = items;
   } else {
-    data_.reset(aligned_array<T>(panels_ * d_ * kPanel));
+    data_ = LargeArray<T>(static_cast<size_t>(panels_ * d_ * kPanel));
   }
-  scale_.reset(aligned_array<T>(panels_ * kPanel));
-  bias_.reset(aligned_array<T>(panels_ * kPanel));
+  scale_ = LargeArray<T>(static_cast<size_t>(panels_ * kPanel));
+  bias_ = LargeArray<T>(static_cast<size_t>(panels_ * kPanel));
   T* data = data_.get();
   T* sc = scale_.get();
   T* bi = bias_.get();
@@ -965,9 +945,9 @@ TopkItems<T>::TopkItems(const T* items, int64_t n, int d, const T* bias, const T
     probe_slots_.assign(n, -1);
     for (size_t i = 0; i < order.size(); ++i) probe_slots_[order[i]] = static_cast<int16_t>(i);
     const int64_t probe_panels = (probe_size() + kPanel - 1) / kPanel;
-    probe_data_.reset(aligned_array<T>(probe_panels * d * kPanel));
-    probe_scale_.reset(aligned_array<T>(probe_panels * kPanel));
-    probe_bias_.reset(aligned_array<T>(probe_panels * kPanel));
+    probe_data_ = LargeArray<T>(static_cast<size_t>(probe_panels * d * kPanel));
+    probe_scale_ = LargeArray<T>(static_cast<size_t>(probe_panels * kPanel));
+    probe_bias_ = LargeArray<T>(static_cast<size_t>(probe_panels * kPanel));
     for (int64_t i = 0; i < probe_panels * kPanel; ++i) {
       const bool real = i < probe_size();
       const int64_t j = real ? probe_ids_[i] : 0;
@@ -998,7 +978,7 @@ void TopkItems<T>::order_blocks(const std::vector<double>& promise) {
   std::sort(order.begin(), order.end(), scanned_before);
   const int64_t units = topk_bf16_block_units(d_), data_units = topk_bf16_data_units(d_);
   const int64_t words = data_units / (2 * P);  // 32-bit words per item and block: the pairs
-  std::unique_ptr<uint16_t[], Free> sorted(aligned_array<uint16_t>(panels_ * units));
+  LargeArray<uint16_t> sorted(static_cast<size_t>(panels_ * units));
   std::memcpy(sorted.get(), data16_.get(), panels_ * units * sizeof(uint16_t));  // padding
   for (int64_t slot = 0; slot < n_; ++slot) {
     const int64_t j = order[slot];

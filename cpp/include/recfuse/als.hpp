@@ -41,15 +41,6 @@ struct AlsParams {
   T* woodbury_table = nullptr;
 };
 
-// Memory for a table of `bytes` read in random order, on transparent huge pages where that
-// applies (Linux, 4 MiB or more: mmap + madvise(MADV_HUGEPAGE)); nullptr otherwise, and the
-// caller uses ordinary memory. Release it with huge_page_free(pointer, bytes).
-void* huge_page_alloc(std::size_t bytes);
-void huge_page_free(void* pointer, std::size_t bytes);
-// Give back the physical pages of huge_page_alloc memory past its first `keep` bytes (the
-// whole pages there; the mapping stays, and those pages read as zeros if touched again).
-void huge_page_release_tail(void* pointer, std::size_t bytes, std::size_t keep);
-
 // G = YᵀY (k x k, full symmetric, row-major). Deterministic for any thread count.
 template <class T>
 void gram(const T* Y, int64_t n, int k, T* G, int num_threads);

@@ -28,10 +28,10 @@
 // is not copied: the caller keeps it alive and unchanged.
 #pragma once
 #include <cstdint>
-#include <cstdlib>
-#include <memory>
 #include <string>
 #include <vector>
+
+#include "recfuse/memory.hpp"
 
 namespace recfuse {
 
@@ -106,23 +106,20 @@ class TopkItems {
               int64_t* out_ids, T* out_scores) const;
 
  private:
-  struct Free {
-    void operator()(void* p) const { std::free(p); }
-  };
   void order_blocks(const std::vector<double>& promise);
 
   int64_t n_;
   int d_;
   int64_t panels_;
-  std::unique_ptr<T[], Free> data_, scale_, bias_;
-  std::unique_ptr<uint16_t[], Free> data16_;
+  LargeArray<T> data_, scale_, bias_;
+  LargeArray<uint16_t> data16_;
   const T* exact_ = nullptr;
   double max_growth_ = 0;
   std::vector<int32_t> block_items_, block_slots_;
   std::vector<float> tail_w2_, tail_bias_;  // per block: the largest w2 and bias + c from it on
   std::vector<int32_t> probe_ids_;
   std::vector<int16_t> probe_slots_;  // per item: its probe slot, or -1
-  std::unique_ptr<T[], Free> probe_data_, probe_scale_, probe_bias_;
+  LargeArray<T> probe_data_, probe_scale_, probe_bias_;
 };
 
 // Writes m x k ids and scores (row-major). queries: m x d, finite. Threads split the item
