@@ -122,48 +122,28 @@ inline std::pair<float, int32_t> from_rank_key(uint64_t key) {
   return {score, static_cast<int32_t>(0x7FFFFFFFu - ((static_cast<uint32_t>(key) >> 1)))};
 }
 
-// Moves the `take` best of `c` (by `better`) to its front, in order when `sorted`; the rest
-// keep no order.
-template <class T>
-void keep_best(std::vector<std::pair<T, int32_t>>& c, size_t take, bool sorted) {
-  if (take == 0) return;
-  if constexpr (std::is_same_v<T, float>) {
-    thread_local std::vector<uint64_t> keys;
-    keys.resize(c.size());
-    for (size_t i = 0; i < c.size(); ++i) keys[i] = rank_key(c[i].first, c[i].second);
-    if (take < keys.size())
-      std::nth_element(keys.begin(), keys.begin() + (take - 1), keys.end(),
-                       std::greater<uint64_t>());
-    if (sorted) std::sort(keys.begin(), keys.begin() + take, std::greater<uint64_t>());
-    for (size_t i = 0; i < take; ++i) c[i] = from_rank_key(keys[i]);
-  } else {
-    if (take < c.size()) std::nth_element(c.begin(), c.begin() + (take - 1), c.end(), better<T>);
-    if (sorted) std::sort(c.begin(), c.begin() + take, better<T>);
-  }
-}
-
 // Shrinks a buffer of at least 2k candidates (none NaN) to at least k of them and returns a
 // threshold: every candidate dropped, and every later one (later ids) that scores at most
 // the threshold, ranks below k of those kept. Float candidates are cut in one branch-free
-// pass at a pivot from a sample of 64 (the key that about 1.15k of them outrank; lower
-// sample keys when fewer than k do), a tenth of the time of an exact selection; when no
-// sample key gives at least k and at most halfway from k to the buffer's size (the sample
-// misled), and for doubles, exactly the k best are kept.
+// pass at a pivot from a sample of 64 (the key that about 1.15k of them outrank; when fewer
+// than k do, the sample keys 4 and 8 places lower), a tenth of the time of an exact
+// selection; when none of those keeps at least k and at most halfway from k to the
+// buffer's size (the sample misled), and for doubles, exactly the k best are kept. `keys`
+// is scratch.
 template <class T>
-T cut_candidates(std::vector<std::pair<T, int32_t>>& c, size_t k) {
+T cut_candidates(std::vector<std::pair<T, int32_t>>& c, size_t k, std::vector<uint64_t>& keys) {
   if constexpr (std::is_same_v<T, float>) {
-    constexpr size_t kSample = 64;
-    thread_local std::vector<uint64_t> keys;
+    constexpr size_t kSample = 64, kStep = 4, kTries = 3;
     const size_t size = c.size();
     keys.resize(size);
     for (size_t i = 0; i < size; ++i) keys[i] = rank_key(c[i].first, c[i].second);
     uint64_t sample[kSample];
     for (size_t i = 0; i < kSample; ++i) sample[i] = keys[(2 * i + 1) * size / (2 * kSample)];
     std::sort(sample, sample + kSample, std::greater<uint64_t>());
-    size_t above = 0;
-    for (size_t at = std::min(kSample - 1, kSample * k * 115 / 100 / size); at < kSample; ++at) {
+    const size_t first = std::min(kSample - 1, kSample * k * 115 / 100 / size);
+    for (size_t at = first; at < kSample && at < first + kTries * kStep; at += kStep) {
       const uint64_t pivot = sample[at];
-      above = 0;
+      size_t above = 0;
       for (size_t i = 0; i < size; ++i) above += keys[i] > pivot;
       if (above < k) continue;
       if (above > k + (size - k) / 2) break;
@@ -180,9 +160,30 @@ T cut_candidates(std::vector<std::pair<T, int32_t>>& c, size_t k) {
     c.resize(k);
     return c[k - 1].first;
   } else {
+    (void)keys;
     std::nth_element(c.begin(), c.begin() + (k - 1), c.end(), better<T>);
     c.resize(k);
     return c[k - 1].first;
+  }
+}
+
+// Moves the `take` best of `c` (by `better`) to its front, in order when `sorted`; the rest
+// keep no order. `keys` is scratch.
+template <class T>
+void keep_best(std::vector<std::pair<T, int32_t>>& c, size_t take, bool sorted,
+               std::vector<uint64_t>& keys) {
+  if (take == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    keys.resize(c.size());
+    for (size_t i = 0; i < c.size(); ++i) keys[i] = rank_key(c[i].first, c[i].second);
+    if (take < keys.size())
+      std::nth_element(keys.begin(), keys.begin() + (take - 1), keys.end(),
+                       std::greater<uint64_t>());
+    if (sorted) std::sort(keys.begin(), keys.begin() + take, std::greater<uint64_t>());
+    for (size_t i = 0; i < take; ++i) c[i] = from_rank_key(keys[i]);
+  } else {
+    if (take < c.size()) std::nth_element(c.begin(), c.begin() + (take - 1), c.end(), better<T>);
+    if (sorted) std::sort(c.begin(), c.begin() + take, better<T>);
   }
 }
 
@@ -329,6 +330,7 @@ struct Selection {
   std::vector<T> threshold;                  // per row: see above; -inf (or the probe's) first
   std::vector<int64_t> exact;                // per row, bounds: rows[r][0, exact[r]) are exact
   std::vector<int64_t> next_excluded;        // per row: position in the query's exclusions
+  std::vector<uint64_t> keys;                // the float cuts' scratch (cut_candidates)
   const T* queries = nullptr;                // the chunk's queries (for rescoring)
   Rescorer<T>* rescorer = nullptr;           // bfloat16 storage: candidates hold bounds
   // The score kernel's outputs, written for every panel: each thread's on cache lines of
@@ -369,7 +371,7 @@ struct Selection {
       settle(r, *rescorer);
       return;
     }
-    threshold[r] = cut_candidates(row, static_cast<size_t>(k));
+    threshold[r] = cut_candidates(row, static_cast<size_t>(k), keys);
   }
 
   // Row r's candidates [from, to) get exact scores; those that do not qualify (NaN or -inf)
@@ -800,11 +802,11 @@ void scan_table_share(const TopkItems<T>& items, const kernels::TopkBf16Kernel& 
 }
 
 // Writes query r's result from the candidates of every thread's selection (bfloat16
-// storage: each thread's row is settled first, with `work`).
+// storage: each thread's row is settled first, with `work`). `pool` and `keys` are scratch.
 template <class T>
 void finish_row(std::vector<Selection<T>>& selections, int64_t r, int k, int k_out,
-                Rescorer<T>* work, std::vector<std::pair<T, int32_t>>& pool, int64_t* ids,
-                T* scores) {
+                Rescorer<T>* work, std::vector<std::pair<T, int32_t>>& pool,
+                std::vector<uint64_t>& keys, int64_t* ids, T* scores) {
   pool.clear();
   for (auto& sel : selections) {
     if (work != nullptr) sel.settle(r, *work);
@@ -813,7 +815,7 @@ void finish_row(std::vector<Selection<T>>& selections, int64_t r, int k, int k_o
   const size_t take = std::min<size_t>(pool.size(), static_cast<size_t>(k));
   // The best `take` first, then in order: cheaper than partial_sort's heap when `take` is
   // a large share of the pool (k = 200 recalled for a ranker keeps up to 2k).
-  keep_best(pool, take, true);
+  keep_best(pool, take, true, keys);
   for (size_t e = 0; e < take; ++e) {
     ids[e] = pool[e].second;
     scores[e] = pool[e].first;
@@ -1234,7 +1236,8 @@ void topk_search(const TopkItems<T>& items, const T* queries, int64_t m, int k,
       try {
         const int64_t query = q0 + order[r];
         finish_row(selections, r, k, k_out, kern16 != nullptr ? &rescorers[t] : nullptr,
-                   pools[t], out_ids + query * k_out, out_scores + query * k_out);
+                   pools[t], selections[t].keys, out_ids + query * k_out,
+                   out_scores + query * k_out);
       } catch (...) {
         errors[t] = std::current_exception();
       }

@@ -171,6 +171,7 @@ class ItemIndex:
         n = self.items.shape[0]
         if not self._bfloat16_possible or n < BFLOAT16_MIN_ITEMS:
             return "native"
+        k = min(k, n)  # a search returns at most n (the rest is padding)
         # widened bfloat16 (no AVX512-BF16) on a scan that cannot stop early gains for a
         # single query only: batches take the plain rule where the norms are skewed
         if n >= BFLOAT16_ITEMS_PER_RESULT * k and (queries == 1 or self._module.bfloat16_dot()):
