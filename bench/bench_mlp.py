@@ -19,6 +19,12 @@ interleave the methods so drift hits them alike):
 - onnxruntime: the same model exported as an ONNX graph (Gemm/Relu/Sigmoid) on a ready input
   (intra_op_num_threads = threads, inter_op 1, sequential, all graph optimisations);
 - onnxruntime gather+concat: NumPy ``take`` + ``concatenate`` then the session.
+- onnxruntime split: a graph built the way recfuse's prepared call computes, so that the
+  comparison is of kernels, not of arithmetic skipped: the first layer's item columns
+  precomputed per item (with its bias) as an initializer the graph gathers by id (Gather),
+  the user's columns multiplied once per user and broadcast, only the 32 feature columns per
+  candidate; inputs u (users x 64), ids (users x candidates, int64), features
+  (users·candidates x 32).
 
 All peers use the same thread count (``RECFUSE_BENCH_THREADS``, default 2; torch through
 ``torch.set_num_threads``, under ``torch.inference_mode``). GFLOP/s counts the full model's
@@ -108,12 +114,60 @@ def onnx_session(layers, path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
+    return ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
+
+
+def onnx_split_session(layers, items, path):
+    """The graph of "onnxruntime split" (module docstring). Two-dimensional where it can be
+    (candidates x width: ONNX Runtime's Gemm path; its batched MatMul on three dimensions
+    was 2-5x slower here), the user's columns broadcast over that user's candidates."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    (W1, b1, _), *rest = layers
+    width = W1.shape[0]
+    table = (items @ W1[:, DIM:2 * DIM].T + b1).astype(np.float32)  # per item: W1i·i + b1
+    inits = [numpy_helper.from_array(table, "P"),
+             numpy_helper.from_array(np.ascontiguousarray(W1[:, :DIM]), "W1u"),
+             numpy_helper.from_array(np.ascontiguousarray(W1[:, 2 * DIM:]), "W1f"),
+             numpy_helper.from_array(np.zeros(width, np.float32), "zero"),
+             numpy_helper.from_array(np.array([0, 1, width], np.int64), "by_user"),
+             numpy_helper.from_array(np.array([-1, width], np.int64), "flat")]
+    nodes = [helper.make_node("Gemm", ["u", "W1u", "zero"], ["zu"], transB=1),  # users x width
+             helper.make_node("Reshape", ["zu", "by_user"], ["zu3"]),  # users x 1 x width
+             helper.make_node("Gather", ["P", "ids"], ["zi"], axis=0),  # users x C x width
+             helper.make_node("Add", ["zi", "zu3"], ["ziu"]),
+             helper.make_node("Reshape", ["ziu", "flat"], ["ziu2"]),  # candidates x width
+             helper.make_node("Gemm", ["f", "W1f", "ziu2"], ["z0"], transB=1),
+             helper.make_node("Relu", ["z0"], ["h0"])]
+    current = "h0"
+    for i, (W, b, activation) in enumerate(rest, start=1):
+        inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"], transB=1),
+                  helper.make_node("Relu" if activation == "relu" else "Sigmoid", [f"z{i}"],
+                                   [f"h{i}"])]
+        current = f"h{i}"
+    inputs = [helper.make_tensor_value_info("u", TensorProto.FLOAT, [None, DIM]),
+              helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None]),
+              helper.make_tensor_value_info("f", TensorProto.FLOAT, [None, FEATURES])]
+    graph = helper.make_graph(nodes, "mlp_split", inputs, [helper.make_tensor_value_info(
+        current, TensorProto.FLOAT, [None, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
+
+
+def session_options():
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return options
 
 
 def gemm_rate() -> float:
@@ -168,9 +222,10 @@ def main(argv=None) -> int:
 
         with tempfile.TemporaryDirectory() as folder:
             session = onnx_session(layers, os.path.join(folder, "mlp.onnx"))
+            split_session = onnx_split_session(layers, items, os.path.join(folder, "split.onnx"))
         peers["onnxruntime"] = onnxruntime.__version__
     except ImportError:
-        session = None
+        session = split_session = None
         print("onnxruntime not installed: ONNX Runtime rows skipped", file=sys.stderr)
 
     rows = []
@@ -214,12 +269,16 @@ def main(argv=None) -> int:
             methods["onnxruntime"] = lambda: session.run(None, {"x": X})
             methods["onnxruntime gather+concat"] = lambda: session.run(None, {"x": np.concatenate(
                 [np.repeat(U, CANDIDATES, axis=0), items.take(ids.ravel(), axis=0), features], axis=1)})
+            split_inputs = {"u": U, "ids": ids.astype(np.int64), "f": features}
+            methods["onnxruntime split"] = lambda: split_session.run(None, split_inputs)
         # Check every method gives the same scores before timing.
         reference = f32.score_candidates(U, ids, items, candidate_features=features).ravel()
         if torch is not None:
             np.testing.assert_allclose(torch_gather().numpy()[:, 0], reference, atol=1e-5)
         if session is not None:
             np.testing.assert_allclose(methods["onnxruntime"]()[0][:, 0], reference, atol=1e-5)
+            np.testing.assert_allclose(methods["onnxruntime split"]()[0].ravel(), reference,
+                                       atol=1e-5)
         # recfuse's own timed float32 paths too (bf16 and int8 are judged by the agreement below)
         np.testing.assert_allclose(methods["recfuse f32 prepared"]().ravel(), reference, atol=1e-5)
         best = np.full((users, ITEMS), -np.inf, np.float32)  # an id's best score (rank's rule)
@@ -239,10 +298,12 @@ def main(argv=None) -> int:
                     times[name].append(time.perf_counter() - start)
         flops = FLOPS_PER_CANDIDATE * users * CANDIDATES
         base = statistics.median(times["onnxruntime"]) if session is not None else None
+        split = statistics.median(times["onnxruntime split"]) if session is not None else None
         for name in methods:
             p50 = statistics.median(times[name])
             rows.append(dict(case=f"{users} x {CANDIDATES}", method=name, p50_ms=p50 * 1e3,
                              gflops=flops / p50 / 1e9, vs_onnxruntime=(base / p50) if base else None,
+                             vs_onnxruntime_split=(split / p50) if split else None,
                              samples=len(times[name])))
         top32, _ = f32.rank(U, ids, prepared32, candidate_features=features, k=10)
         for short, (model, prepared) in reduced.items():
@@ -260,11 +321,13 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     print(f"threads {THREADS}; load average before timing {load[0]:.2f}; NumPy float32 GEMM "
           f"{rate:.0f} GFLOP/s; {platform.processor() or platform.machine()}")
-    print(f"| case | method | p50 ms | GFLOP/s (full model) | x ONNX Runtime |")
-    print("|---|---|---|---|---|")
+    print(f"| case | method | p50 ms | GFLOP/s (full model) | x ONNX Runtime | x ONNX Runtime split |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        ratio = f"{row['vs_onnxruntime']:.2f}" if row["vs_onnxruntime"] else "-"
-        print(f"| {row['case']} | {row['method']} | {row['p50_ms']:.3f} | {row['gflops']:.0f} | {ratio} |")
+        ratios = [f"{row[key]:.2f}" if row[key] else "-"
+                  for key in ("vs_onnxruntime", "vs_onnxruntime_split")]
+        print(f"| {row['case']} | {row['method']} | {row['p50_ms']:.3f} | {row['gflops']:.0f} | "
+              f"{ratios[0]} | {ratios[1]} |")
     for short, (ranked, alone) in agreements.items():
         print(f"{short} top-10 equal to float32's (ties within 1e-3): {100 * ranked:.1f}% "
               f"of 64 users ({short} scores alone, no rescoring: {100 * alone:.1f}%)")
