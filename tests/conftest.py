@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -125,3 +126,16 @@ def numba_cache_counts(code: str) -> list[list[str]]:
 
     return [subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                            text=True).stdout.split() for _ in range(2)]
+
+
+@contextmanager
+def simd_level(level):
+    """Runs the block at this SIMD level of the native CPU kernels, then restores the level."""
+    from recfuse import _core
+
+    original = _core.simd_level()
+    try:
+        _core.set_simd_level(level)
+        yield
+    finally:
+        _core.set_simd_level(original)

@@ -15,7 +15,6 @@ stores the zeros between its entries, so only its nonzero values exclude.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recfuse
-from conftest import backend_params
+from conftest import backend_params, simd_level
 
 HOST = backend_params(("cpu", "numba", "numpy"), family="topk")
 BACKENDS = [p.values[0] for p in HOST if not p.marks]
@@ -91,18 +90,6 @@ def assert_same(got, want, context=""):
     np.testing.assert_array_equal(ids, want[0], err_msg=context)
     np.testing.assert_array_equal(np.asarray(scores, np.float64), want[1], err_msg=context)
     assert ids.dtype == np.int64, context
-
-
-@contextmanager
-def simd_level(level):
-    from recfuse import _core
-
-    original = _core.simd_level()
-    try:
-        _core.set_simd_level(level)
-        yield
-    finally:
-        _core.set_simd_level(original)
 
 
 def simd_levels():

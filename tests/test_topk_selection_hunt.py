@@ -32,7 +32,6 @@ import re
 import subprocess
 import sys
 import textwrap
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -41,7 +40,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import recfuse
-from conftest import backend_params
+from conftest import backend_params, simd_level
 from topk_checks import assert_topk_matches
 
 CPU = backend_params(("cpu",), family="topk")
@@ -60,18 +59,6 @@ def _core():
 
 def _levels():
     return list(_core().supported_simd_levels())
-
-
-@contextmanager
-def _level(level):
-    """Run the block at this SIMD level (as tests/test_topk.py does)."""
-    core = _core()
-    original = core.simd_level()
-    try:
-        core.set_simd_level(level)
-        yield
-    finally:
-        core.set_simd_level(original)
 
 
 def _same_bits(a, b):
@@ -256,7 +243,7 @@ def test_scores_are_one_chain_per_item_bit_for_bit(dtype):
     for level in _levels():
         if dtype == np.float64 and _fused(level):
             continue
-        with _level(level):
+        with simd_level(level):
             for d in (1, 2, 3, 8, 17):
                 n = 700
                 base = rng.standard_normal((50, d)).astype(dtype)
@@ -283,7 +270,7 @@ def test_float32_cuts_at_20k_items_rank_the_emulated_scores(level):
     if level not in _levels():
         pytest.skip(f"{level} is not supported here")
     rng = np.random.default_rng(7)
-    with _level(level):
+    with simd_level(level):
         for n, d, distinct in ((20_000, 3, 40), (50_000, 8, 50_000)):
             items = rng.standard_normal((distinct, d)).astype(np.float32)
             items = items[rng.integers(0, distinct, n)]
@@ -311,7 +298,7 @@ def test_every_level_and_batch_gives_one_answer():
     queries = rng.standard_normal((13, d)).astype(np.float32)
     exact = {}
     for level in _levels():
-        with _level(level):
+        with simd_level(level):
             index = recfuse.ItemIndex(random_items, backend="cpu", storage="native")
             alone = [index.search(q, 50, num_threads=1) for q in queries]
             for m in (1, 2, 3, 7, 13):
@@ -373,7 +360,7 @@ def test_negative_zero_scores_keep_their_sign_through_cuts():
     -1e-60 -> -0.0) and item_bias -0.0 keeps it; the generic level gives +0.0 throughout."""
     rng = np.random.default_rng(11)
     for level in _levels():
-        with _level(level):
+        with simd_level(level):
             for n, k in ((64, 32), (95, 32), (1_000, 10), (1_000, 500), (40_000, 100)):
                 negative = rng.random(n) < 0.5
                 items = np.where(negative, -1e-30, 1e-30).astype(np.float32)[:, None]
@@ -401,7 +388,7 @@ def test_inf_nan_huge_and_subnormal_scores_in_one_column(dtype):
     values = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1.0, -1.0, 3.4e38, -3.4e38, 1e-45,
                        -1e-45, 1.17e-38, 2.0], np.float32).astype(dtype)
     for level in _levels():
-        with _level(level):
+        with simd_level(level):
             for trial in range(6):
                 n = int(rng.choice([100, 1_000, 5_000]))
                 items = rng.choice(values, size=(n, 1), p=rng.dirichlet(np.ones(values.size)))
@@ -467,7 +454,7 @@ def test_bfloat16_storage_equals_native_bit_for_bit(level):
     if level not in _levels():
         pytest.skip(f"{level} is not supported here")
     rng = np.random.default_rng(19)
-    with _level(level):
+    with simd_level(level):
         for trial in range(10):
             n = int(rng.choice([1_000, 3_000, 20_000]))
             d = int(rng.choice([1, 2, 3, 8, 17]))
@@ -517,7 +504,7 @@ def test_sequences_of_searches_reuse_nothing_stale():
         m = [1, 2, 3, 7, 13][step % 5]
         threads = [1, 2, 8][step % 3]
         queries = rng.integers(-2, 3, (m, d)).astype(np.float32)
-        with _level(levels[step % len(levels)]):
+        with simd_level(levels[step % len(levels)]):
             for ix in (index, half):
                 ids, scores = ix.search(queries, k, num_threads=threads)
                 assert_topk_matches(ids, scores, queries, items, k, item_bias=bias, exact=True)
