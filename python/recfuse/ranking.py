@@ -180,7 +180,10 @@ class MLPScorer:
         optionally followed by Adds of constants (they sum into the layer's bias) and by
         Relu, Gelu (approximate="none"), Sigmoid or Tanh (Identity nodes are skipped
         wherever they stand); operators of the standard domain only, and
-        com.microsoft's Gelu. Needs the ``onnx`` package. Options go to ``MLPScorer``."""
+        com.microsoft's Gelu. Weights are dense float initializers or Constants (external
+        data is read from beside the file); a fixed input width the graph declares must be
+        the first layer's. A file onnx cannot read, and any other graph, is a ValueError
+        that names the problem. Needs the ``onnx`` package. Options go to ``MLPScorer``."""
         return cls(layers_from_onnx(path), **options)
 
     # ------------------------------------------------------------------ files
@@ -627,23 +630,47 @@ def layers_from_onnx(path) -> list:
         from onnx import numpy_helper
     except ImportError as error:
         raise ImportError("from_onnx needs the onnx package: pip install onnx") from error
-    from google.protobuf.message import DecodeError  # protobuf: a dependency of onnx
+    from google.protobuf import json_format, text_format  # protobuf: a dependency of onnx
+    from google.protobuf.message import DecodeError
 
-    path = os.fspath(path)
+    # onnx.load's errors for a file it cannot read (see _unreadable)
+    unreadable = (DecodeError, json_format.ParseError, text_format.ParseError,
+                  UnicodeDecodeError, onnx.checker.ValidationError, ValueError)
+    path = os.fsdecode(os.fspath(path))  # as str: onnx finds external data beside a str path
     try:
         model = onnx.load(path)
-    except DecodeError as error:  # protobuf's own: the CLI and serve's reload catch ValueError
-        raise ValueError(f"{path!r} is not a readable ONNX model (truncated or foreign): "
-                         f"{error}") from error
+    except unreadable as error:
+        raise _unreadable(path, error) from error
     if not model.HasField("graph"):  # an empty file parses as an empty ModelProto
         raise ValueError(f"{path!r} holds no ONNX graph (an empty or foreign file)")
     graph = model.graph
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute:
-            value = onnx.helper.get_attribute_value(node.attribute[0])
-            constants[node.output[0]] = (numpy_helper.to_array(value)
-                                         if isinstance(value, onnx.TensorProto) else value)
+    if graph.sparse_initializer:
+        raise ValueError(f"{path!r} keeps weights as sparse initializers "
+                         f"({', '.join(t.values.name for t in graph.sparse_initializer)}), "
+                         f"which from_onnx does not read: store them dense")
+    constants = {init.name: _onnx_tensor(init, path) for init in graph.initializer}
+    for position, node in enumerate(graph.node):
+        if node.op_type != "Constant" or not node.attribute:
+            continue
+        if len(node.output) != 1:
+            raise ValueError(f"node {position} (Constant {node.name!r}) must write one output, "
+                             f"got {len(node.output)}")
+        value = onnx.helper.get_attribute_value(node.attribute[0])
+        if isinstance(value, onnx.SparseTensorProto):
+            raise ValueError(f"node {position} (Constant {node.name!r}) holds a sparse tensor, "
+                             f"which from_onnx does not read: store the weight dense")
+        constants[node.output[0]] = (_onnx_tensor(value, path)
+                                     if isinstance(value, onnx.TensorProto) else value)
+    # Identity(weight) renames a weight (exporters write it for tied weights): a weight too
+    aliases = [node for node in graph.node if node.op_type == "Identity"
+               and len(node.input) == 1 and len(node.output) == 1]
+    while True:
+        found = [node for node in aliases
+                 if node.input[0] in constants and node.output[0] not in constants]
+        if not found:
+            break
+        for node in found:
+            constants[node.output[0]] = constants[node.input[0]]
     inputs = [value.name for value in graph.input if value.name not in constants]
     if len(inputs) != 1 or len(graph.output) != 1:
         raise ValueError(f"from_onnx reads a graph of one input and one output, got inputs "
@@ -658,8 +685,9 @@ def layers_from_onnx(path) -> list:
                 (node.domain, node.op_type) != ("com.microsoft", "Gelu"):  # the exact erf form
             raise ValueError(f"{where} is of domain {node.domain!r}, which is not supported: "
                              f"from_onnx reads the standard ONNX operators (domain '')")
-        if node.op_type == "Constant":
-            continue
+        if node.op_type == "Constant" or (node.op_type == "Identity" and
+                                          node.output and node.output[0] in constants):
+            continue  # a weight, or a weight's alias
         data = [name for name in node.input if name and name not in constants]
         if data != [current] or len(node.output) != 1:
             raise ValueError(f"{where} must read the chain's value {current!r} (and weights) "
@@ -669,6 +697,10 @@ def layers_from_onnx(path) -> list:
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         attributes = {name: value.decode() if isinstance(value, bytes) else value
                       for name, value in attributes.items()}  # string attributes come as bytes
+        arity = {"Gemm": (2, 3), "MatMul": (2, 2), "Add": (2, 2)}.get(node.op_type)
+        if arity is not None and not arity[0] <= len(node.input) <= arity[1]:
+            raise ValueError(f"{where} has {len(node.input)} inputs; a {node.op_type} takes "
+                             f"{' to '.join(map(str, sorted(set(arity))))}")
         if node.op_type == "Gemm":
             trans_a, alpha, beta = (attributes.get("transA", 0), attributes.get("alpha", 1.0),
                                     attributes.get("beta", 1.0))
@@ -693,7 +725,8 @@ def layers_from_onnx(path) -> list:
             name = node.input[1] if node.input[1] in constants else node.input[0]
             out = layers[-1][0].shape[0]
             bias = _onnx_bias(_onnx_constant(constants, name, where), out, where)
-            layers[-1][1] = bias if layers[-1][1] is None else layers[-1][1] + bias
+            with np.errstate(over="ignore"):  # an inf sum is refused as not finite later
+                layers[-1][1] = bias if layers[-1][1] is None else layers[-1][1] + bias
         elif node.op_type == "Identity":
             continue  # passes the value on: the open layer still takes its bias or activation
         elif node.op_type in activations:
@@ -720,7 +753,43 @@ def layers_from_onnx(path) -> list:
     if current != graph.output[0].name:
         raise ValueError(f"the chain ends at {current!r}, but the graph's output is "
                          f"{graph.output[0].name!r}")
+    declared = _declared_width(graph, inputs[0])
+    if declared is not None and declared != layers[0][0].shape[1]:
+        raise ValueError(f"the graph's input {inputs[0]!r} is declared {declared} wide, but "
+                         f"its first layer takes {layers[0][0].shape[1]} inputs")
     return [tuple(layer) for layer in layers]
+
+
+def _unreadable(path: str, error: Exception) -> ValueError:
+    """The ValueError for a file onnx cannot read. onnx.load raises protobuf's DecodeError
+    (binary), ParseError (a file named .json or .textproto), UnicodeDecodeError, or onnx's
+    ValidationError (external data missing, absolute, outside the model's folder, a link):
+    none of them a ValueError, which is what the CLI and serve's reload catch."""
+    return ValueError(f"{path!r} is not a readable ONNX model (truncated, foreign, or its "
+                      f"external data unreadable): {type(error).__name__}: {error}")
+
+
+def _onnx_tensor(tensor, path: str) -> np.ndarray:
+    """A TensorProto's values; an element type numpy_helper cannot read (a corrupt file: an
+    undefined or unknown data_type) is a ValueError naming the tensor."""
+    from onnx import numpy_helper
+
+    try:
+        return numpy_helper.to_array(tensor)
+    except (TypeError, KeyError, ValueError) as error:
+        raise ValueError(f"{path!r}: tensor {tensor.name!r} cannot be read (element type "
+                         f"{tensor.data_type}): {error}") from error
+
+
+def _declared_width(graph, name: str) -> int | None:
+    """The fixed width (second dimension) the graph declares for its input, if any."""
+    for value in graph.input:
+        if value.name == name and value.type.HasField("tensor_type") and \
+                value.type.tensor_type.HasField("shape"):
+            dims = value.type.tensor_type.shape.dim
+            if len(dims) == 2 and dims[1].HasField("dim_value"):
+                return int(dims[1].dim_value)
+    return None
 
 
 def _onnx_bias(b: np.ndarray, out: int, where: str) -> np.ndarray:
@@ -736,4 +805,9 @@ def _onnx_bias(b: np.ndarray, out: int, where: str) -> np.ndarray:
 def _onnx_constant(constants: dict, name: str, where: str) -> np.ndarray:
     if name not in constants:
         raise ValueError(f"{where}: input {name!r} must be an initializer or Constant (weights)")
-    return np.asarray(constants[name], dtype=np.float32)
+    values = np.asarray(constants[name])
+    if values.dtype.kind != "f":  # ONNX Runtime refuses integer or string weights too
+        raise ValueError(f"{where}: weight {name!r} holds {values.dtype} values; a Gemm or "
+                         f"MatMul of a float input takes float weights")
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused as not finite later
+        return values.astype(np.float32)
