@@ -107,15 +107,17 @@ inline uint64_t rank_key(float score, int32_t id) {
   uint32_t u;
   std::memcpy(&u, &score, sizeof u);
   const uint32_t negative_zero = u == 0x80000000u;
-  if (negative_zero) u = 0;
-  const uint32_t ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  u &= ~(negative_zero << 31);
+  // Without branches (signs come mixed early in a scan): negative scores flip every bit,
+  // the others only the sign bit.
+  const uint32_t ordered = u ^ (static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u);
   const uint32_t reversed_id = 0x7FFFFFFFu - static_cast<uint32_t>(id);
   return (static_cast<uint64_t>(ordered) << 32) | (reversed_id << 1) | negative_zero;
 }
 
 inline std::pair<float, int32_t> from_rank_key(uint64_t key) {
   const uint32_t ordered = static_cast<uint32_t>(key >> 32);
-  uint32_t u = (ordered & 0x80000000u) ? (ordered & 0x7FFFFFFFu) : ~ordered;
+  uint32_t u = ordered ^ (~static_cast<uint32_t>(static_cast<int32_t>(ordered) >> 31) | 0x80000000u);
   if (key & 1u) u = 0x80000000u;
   float score;
   std::memcpy(&score, &u, sizeof score);
