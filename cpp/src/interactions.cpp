@@ -8,7 +8,6 @@
 
 #include <omp.h>
 
-
 #include <algorithm>
 #include <cstring>
 #include <limits>

@@ -318,12 +318,13 @@ struct Rescorer {
 };
 
 // One thread's candidates per query of a chunk: a buffer that, once it holds 2k, is cut to
-// its k best, whose k-th best score becomes the threshold an item must beat. Amortised O(1)
-// per candidate for any k; candidates arrive in ascending id order, so an item that ties the
-// threshold ranks below the k-th and is rightly skipped. With bfloat16 storage candidates
-// enter with an upper bound of their score and a cut scores exactly those it needs (settle);
-// a buffer still never holds more than 2k. Buffers may grow inside the parallel scan (see
-// topk_search for how exceptions leave it).
+// at least k of its best (cut_candidates), and the cut's threshold becomes the score an item
+// must beat. Amortised O(1) per candidate for any k; candidates arrive in ascending id order,
+// so an item that ties the threshold ranks below k of those kept and is rightly skipped
+// (which is why threads splitting the table keep thresholds of their own). With bfloat16
+// storage candidates enter with an upper bound of their score and a cut scores exactly those
+// it needs (settle). A buffer never holds more than 2k. Buffers may grow inside the parallel
+// scan (see topk_search for how exceptions leave it).
 template <class T>
 struct Selection {
   using Candidate = std::pair<T, int32_t>;
