@@ -627,7 +627,6 @@ def layers_from_onnx(path) -> list:
     value the one before it wrote (weights and biases are initializers or Constants)."""
     try:
         import onnx
-        from onnx import numpy_helper
     except ImportError as error:
         raise ImportError("from_onnx needs the onnx package: pip install onnx") from error
     from google.protobuf import json_format, text_format  # protobuf: a dependency of onnx
