@@ -551,12 +551,13 @@ def test_empty_and_layerless_graphs_are_refused(tmp_path):
 
 def test_nodes_out_of_topological_order_are_refused_not_misread(tmp_path):
     """ONNX requires topologically sorted nodes (ONNX Runtime sorts them itself); from_onnx
-    refuses them with a ValueError rather than reading a different chain."""
+    refuses them with a ValueError that says so (it said 'not a graph with branches')
+    rather than reading a different chain."""
     rng = np.random.default_rng(12)
     W0, b0, W1 = _two_layers(rng)
     nodes = _plain_nodes()
     shuffled = [nodes[1], nodes[0], nodes[2]]
-    with pytest.raises(ValueError, match="must read the chain's value 'x'"):
+    with pytest.raises(ValueError, match="reads 'h', which node 1 writes later.*topological"):
         MLPScorer.from_onnx(_save(tmp_path, "m.onnx", _model(shuffled, {
             "W0": W0, "b0": b0, "W1": W1})))
 
@@ -909,3 +910,23 @@ def test_nodes_missing_inputs_or_outputs_are_a_value_error(tmp_path, case):
     path = _save(tmp_path, "m.onnx", _model(nodes, {"W0": W0, "W1": W1}))
     with pytest.raises(ValueError, match="node"):
         MLPScorer.from_onnx(path)
+
+
+# ------------------------------------------------------------- from the notes' suspicions
+
+
+def test_gelu_under_an_opset_before_20_is_refused(tmp_path):
+    """Gelu joined the standard domain in opset 20: a model importing opset 17 with one is
+    invalid (ONNX Runtime refuses it), and from_onnx says so instead of loading it."""
+    rng = np.random.default_rng(40)
+    W0, b0, W1 = _two_layers(rng)
+    path = _save(tmp_path, "m.onnx", _model(_plain_nodes("Gelu"), {"W0": W0, "b0": b0,
+                                                                   "W1": W1}, opset=17))
+    with pytest.raises(Exception):  # noqa: B017 - the invalid model, as ONNX Runtime sees it
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="opset 20 and later.*imports opset 17"):
+        MLPScorer.from_onnx(path)
+    X = rng.standard_normal((5, 4)).astype(np.float32)
+    good = _save(tmp_path, "g.onnx", _model(_plain_nodes("Gelu"), {"W0": W0, "b0": b0,
+                                                                   "W1": W1}, opset=20))
+    _close(MLPScorer.from_onnx(good).score(X), _ort(good, X))

@@ -675,6 +675,11 @@ def layers_from_onnx(path) -> list:
         raise ValueError(f"from_onnx reads a graph of one input and one output, got inputs "
                          f"{inputs} and {len(graph.output)} outputs")
     activations = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu"}
+    # the standard domain's opset (Gelu joined it in opset 20), and where each value is made
+    opset = max((entry.version for entry in model.opset_import
+                 if entry.domain in ("", "ai.onnx")), default=0)
+    writer = {output: position for position, node in enumerate(graph.node)
+              for output in node.output}
     layers: list = []
     current = inputs[0]  # the chain's value: the tensor the next node must read
     open_layer = False  # a Gemm or MatMul read, no activation yet: an Add adds to its bias
@@ -688,6 +693,11 @@ def layers_from_onnx(path) -> list:
                                           node.output and node.output[0] in constants):
             continue  # a weight, or a weight's alias
         data = [name for name in node.input if name and name not in constants]
+        later = [name for name in data if writer.get(name, -1) > position]
+        if later:
+            raise ValueError(f"{where} reads {later[0]!r}, which node {writer[later[0]]} "
+                             f"writes later: the nodes are not in topological order, as ONNX "
+                             f"requires (onnx.utils or a re-export sorts them)")
         if data != [current] or len(node.output) != 1:
             raise ValueError(f"{where} must read the chain's value {current!r} (and weights) "
                              f"and write one output; it reads {list(node.input)}: from_onnx "
@@ -730,6 +740,10 @@ def layers_from_onnx(path) -> list:
             continue  # passes the value on: the open layer still takes its bias or activation
         elif node.op_type in activations:
             approximate = attributes.get("approximate", "none")
+            if node.op_type == "Gelu" and node.domain in ("", "ai.onnx") and opset < 20:
+                raise ValueError(f"{where}: Gelu is an operator of opset 20 and later, and the "
+                                 f"model imports opset {opset} (ONNX Runtime refuses it too): "
+                                 f"export with opset_version=20 or later")
             if node.op_type == "Gelu" and approximate != "none":
                 raise ValueError(f"{where}: Gelu(approximate={approximate!r}) is not supported; "
                                  f"only the exact erf form (approximate='none')")
