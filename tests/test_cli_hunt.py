@@ -211,6 +211,15 @@ def test_an_output_that_cannot_be_written_is_refused(files):
             "cannot make the results folder")
 
 
+def test_a_folder_named_as_a_ranker_file_is_refused_in_one_line(files, tmp_path):
+    """A folder where the ranker file should be: onnx raises IsADirectoryError (an OSError
+    besides FileNotFoundError), which main() printed as a traceback."""
+    folder = tmp_path / "ranker.onnx"
+    folder.mkdir()
+    refused(call("serve", files["model"], "--port", "0", "--ranker", folder), "serve",
+            "Is a directory")
+
+
 @pytest.mark.parametrize("args, words", [
     (["recommend", "{fake}", "1"], "not a readable recfuse model file"),
     (["evaluate", "{model}", "--test", "{ab}", "--json"], "unknown columns"),

@@ -1219,8 +1219,9 @@ def main(argv: list[str] | None = None) -> int:
         # line, no traceback
         print(f"recfuse {args.command}: interrupted", file=sys.stderr)
         return 130  # as a shell reports a command ended by SIGINT (128 + 2)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError, ImportError, MemoryError,
-            json.JSONDecodeError) as error:  # MemoryError: sizes refused before allocating
+    except (ValueError, TypeError, RuntimeError, OSError, ImportError, MemoryError,
+            json.JSONDecodeError) as error:  # MemoryError: sizes refused before allocating;
+        # OSError: a missing file, a folder where a file was named, no permission, a full disk
         print(f"recfuse {args.command}: error: {error}", file=sys.stderr)
         return 2
 
