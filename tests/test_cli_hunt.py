@@ -212,12 +212,13 @@ def test_an_output_that_cannot_be_written_is_refused(files):
 
 
 def test_a_folder_named_as_a_ranker_file_is_refused_in_one_line(files, tmp_path):
-    """A folder where the ranker file should be: onnx raises IsADirectoryError (an OSError
-    besides FileNotFoundError), which main() printed as a traceback."""
+    """A folder where the ranker file should be: onnx raised IsADirectoryError (an OSError
+    besides FileNotFoundError), which main() printed as a traceback. Now refused before
+    onnx opens it, as recfuse.load refuses a folder."""
     folder = tmp_path / "ranker.onnx"
     folder.mkdir()
     refused(call("serve", files["model"], "--port", "0", "--ranker", folder), "serve",
-            "Is a directory")
+            "it is a folder")
 
 
 @pytest.mark.parametrize("args, words", [

@@ -611,11 +611,17 @@ def _serve(args) -> int:
 def _ranker_file(path: str, precision: str):
     """The scorer in the --ranker file at ``precision``. Read first as it was saved, so that
     a file of another model is refused as ``Recommender(ranker=path)`` refuses it ("holds a
-    SVD, not a ranker"); read again only when the precision differs (scorer files are
-    small)."""
+    SVD, not a ranker"); read again only when the precision differs, or when the file cannot
+    be read as saved (scorer files are small)."""
     from .ranking import load_scorer
 
-    scorer = load_scorer(path)
+    try:
+        scorer = load_scorer(path)
+    except ValueError as first:  # e.g. saved as bfloat16, which this CPU cannot run
+        try:
+            return load_scorer(path, precision=precision)  # read as asked
+        except ValueError:
+            raise first from None  # the file's own problem ("not a ranker")
     return scorer if scorer.precision == precision else load_scorer(path, precision=precision)
 
 

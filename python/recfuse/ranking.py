@@ -636,6 +636,11 @@ def layers_from_onnx(path) -> list:
     unreadable = (DecodeError, json_format.ParseError, text_format.ParseError,
                   UnicodeDecodeError, onnx.checker.ValidationError, ValueError)
     path = os.fsdecode(os.fspath(path))  # as str: onnx finds external data beside a str path
+    if os.path.isdir(path):  # as recfuse.load answers (FileNotFoundError: an OSError)
+        raise FileNotFoundError(f"no model file at {path!r}: it is a folder; give the path "
+                                f"of an .onnx file")
+    if not os.path.isfile(path):  # missing, or a FIFO or device, whose open() could block
+        raise FileNotFoundError(f"no model file at {path!r}")
     try:
         model = onnx.load(path)
     except unreadable as error:
@@ -644,8 +649,8 @@ def layers_from_onnx(path) -> list:
         raise ValueError(f"{path!r} holds no ONNX graph (an empty or foreign file)")
     graph = model.graph
     if graph.sparse_initializer:
-        raise ValueError(f"{path!r} keeps weights as sparse initializers "
-                         f"({', '.join(t.values.name for t in graph.sparse_initializer)}), "
+        names = ", ".join(repr(t.values.name) for t in graph.sparse_initializer)
+        raise ValueError(f"{path!r} keeps weights as sparse initializers ({names}), "
                          f"which from_onnx does not read: store them dense")
     constants = {init.name: _onnx_tensor(init, path) for init in graph.initializer}
     for position, node in enumerate(graph.node):
@@ -684,7 +689,7 @@ def layers_from_onnx(path) -> list:
     current = inputs[0]  # the chain's value: the tensor the next node must read
     open_layer = False  # a Gemm or MatMul read, no activation yet: an Add adds to its bias
     for position, node in enumerate(graph.node):
-        where = f"node {position} ({node.op_type} {node.name!r})"
+        where = f"node {position} ({_printable(node.op_type)} {node.name!r})"
         if node.domain not in ("", "ai.onnx") and \
                 (node.domain, node.op_type) != ("com.microsoft", "Gelu"):  # the exact erf form
             raise ValueError(f"{where} is of domain {node.domain!r}, which is not supported: "
@@ -717,7 +722,7 @@ def layers_from_onnx(path) -> list:
                 raise ValueError(f"{where}: only Gemm(x, W, b) with transA=0, alpha=1, beta=1 "
                                  f"is supported, got Gemm({', '.join(node.input)}) with "
                                  f"transA={trans_a}, alpha={alpha}, beta={beta}")
-            W = _onnx_constant(constants, node.input[1], where)
+            W = _onnx_weight(constants, node.input[1], where)
             W = W if attributes.get("transB", 0) else W.T
             b = _onnx_constant(constants, node.input[2], where) if len(node.input) > 2 and \
                 node.input[2] else None
@@ -727,7 +732,7 @@ def layers_from_onnx(path) -> list:
         elif node.op_type == "MatMul":
             if node.input[0] != data[0]:
                 raise ValueError(f"{where}: only MatMul(x, W) is supported")
-            layers.append([_onnx_constant(constants, node.input[1], where).T, None, "identity"])
+            layers.append([_onnx_weight(constants, node.input[1], where).T, None, "identity"])
             open_layer = True
         elif node.op_type == "Add" and open_layer:
             # a MatMul's bias, or one added to a Gemm's (exporters write both): they sum
@@ -779,7 +784,17 @@ def _unreadable(path: str, error: Exception) -> ValueError:
     ValidationError (external data missing, absolute, outside the model's folder, a link):
     none of them a ValueError, which is what the CLI and serve's reload catch."""
     return ValueError(f"{path!r} is not a readable ONNX model (truncated, foreign, or its "
-                      f"external data unreadable): {type(error).__name__}: {error}")
+                      f"external data unreadable): {type(error).__name__}: "
+                      f"{_printable(str(error))}")
+
+
+def _printable(text: str | bytes) -> str:
+    """``text`` with control characters escaped: strings from the file (an operator's name,
+    an external data location that onnx quotes) must not break an error's one line. A
+    string field that is not UTF-8 comes from protobuf as bytes."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _onnx_tensor(tensor, path: str) -> np.ndarray:
@@ -813,6 +828,15 @@ def _onnx_bias(b: np.ndarray, out: int, where: str) -> np.ndarray:
         raise ValueError(f"{where}: a bias must have {out} values (shape ({out},) or (1, {out})), "
                          f"got shape {b.shape}")
     return b.reshape(out)
+
+
+def _onnx_weight(constants: dict, name: str, where: str) -> np.ndarray:
+    """A Gemm's or MatMul's weight: 2-d (ONNX Runtime refuses the others too)."""
+    W = _onnx_constant(constants, name, where)
+    if W.ndim != 2:
+        raise ValueError(f"{where}: weight {name!r} must be 2-d (a matrix), got shape "
+                         f"{W.shape}")
+    return W
 
 
 def _onnx_constant(constants: dict, name: str, where: str) -> np.ndarray:

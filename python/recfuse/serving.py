@@ -1797,8 +1797,12 @@ class Recommender:
         model = state.model
         options = (self.rerank, model.model.backend, self._ready_for(model), self._threads(model))
         try:
+            # Not a daemon: the interpreter's exit joins it before finalization. A daemon
+            # thread still in the fold's native calls then could be ended inside them, and a
+            # C++ frame being unwound that way aborts the process ("terminate called without
+            # an active exception", about 1 exit in 60 under a writer thread's observes).
             thread = threading.Thread(target=self._fold, args=(state, extra, options),
-                                      name="recfuse-fold", daemon=True)
+                                      name="recfuse-fold", daemon=False)
             thread.start()
         except Exception:  # no thread to be had (interpreter exit, memory): a later call
             # tries again, and past the backlog a change folds at once; observe goes on
