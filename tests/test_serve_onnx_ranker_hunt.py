@@ -36,9 +36,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pickle
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -53,6 +51,8 @@ from hypothesis import strategies as st
 
 import recfuse
 from recfuse import MLPScorer
+from test_server_process_hunt import Served as ProcessServed
+from test_server_process_hunt import _child_env
 
 pytest.importorskip("uvicorn", reason="the [serve] extra (uvicorn) is not installed")
 pytest.importorskip("starlette", reason="the [serve] extra (starlette) is not installed")
@@ -152,14 +152,9 @@ def _install(files, name: str, served_name: str) -> str:
 # ------------------------------------------------------------------------------ the server
 
 
-def _child_env() -> dict:
-    return {name: value for name, value in os.environ.items()
-            if not name.startswith(("OMP_", "RECFUSE_"))}
-
-
-class Served:
+class Served(ProcessServed):
     """``recfuse serve MODEL --ranker R --port 0`` in a child process, ready once /health
-    answers (the approach of tests/test_server_process_hunt.py)."""
+    answers (tests/test_server_process_hunt.py's server, started in ``folder``)."""
 
     def __init__(self, folder, *arguments):
         self.log = folder / f"serve-{uuid.uuid4().hex[:8]}.log"
@@ -177,29 +172,6 @@ class Served:
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=60,
                                    limits=httpx.Limits(max_connections=32))
 
-    def _ready(self) -> int:
-        deadline = time.monotonic() + 90
-        port = None
-        while True:
-            if port is None:
-                found = re.search(r"on http://127\.0\.0\.1:(\d+) ", self.stderr())
-                port = int(found.group(1)) if found else None
-            if port is not None:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=5) as probe:
-                        probe.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n"
-                                      b"Connection: close\r\n\r\n")
-                        if probe.recv(12).startswith(b"HTTP/1.1 200"):
-                            return port
-                except OSError:
-                    pass
-            assert self.process.poll() is None, f"recfuse serve exited: {self.stderr()}"
-            assert time.monotonic() < deadline, f"recfuse serve did not start: {self.stderr()}"
-            time.sleep(0.02)
-
-    def stderr(self) -> str:
-        return self.log.read_text(errors="replace")
-
     def recommend(self, user, context, k=None, exclude=None) -> dict:
         body = {"user": user, "context": context}
         if k is not None:
@@ -210,12 +182,6 @@ class Served:
         assert reply.status_code == 200, reply.text
         return reply.json()
 
-    def kill(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
 
 
 @pytest.fixture(scope="module")
