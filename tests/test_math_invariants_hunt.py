@@ -171,7 +171,17 @@ def test_als_cg_with_k_steps_equals_cholesky_sweep(backend, problem, extra):
     cg = als(k, lam, alpha, backend, iterations=1, solver="cg",
              cg_steps=k + extra).fit(R, initial_factors=(X0, Y0))
     np.testing.assert_allclose(cg.user_factors, chol.user_factors, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(cg.item_factors, chol.item_factors, rtol=1e-5, atol=1e-7)
+    # k steps of CG solve a k x k system exactly in exact arithmetic; in floating point the
+    # error grows with the system's condition number. The item systems, built on the swept
+    # user factors, reach 1e4-1e6 on some draws (CG then off by up to ~5e-4 relative on
+    # every backend, the NumPy reference too: a CI run drew one of them).
+    X = chol.user_factors
+    C, _ = confidences(R, alpha)
+    cond = max(np.linalg.cond(X.T @ (C[:, [i]] * X) + lam * np.eye(k))
+               for i in range(R.shape[1]))
+    scale = max(1.0, 1e-3 * cond)
+    np.testing.assert_allclose(cg.item_factors, chol.item_factors, rtol=1e-5 * scale,
+                               atol=1e-7 * scale)
 
 
 @pytest.mark.parametrize("backend", ALS_BACKENDS)
