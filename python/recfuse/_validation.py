@@ -550,6 +550,17 @@ def check_path(value, name: str = "path", what: str = "a file") -> str:
                         f"{type(value).__name__} {value!r:.60}") from None
 
 
+def check_model_file(path: str, expected: str = "a model file") -> str:
+    """``path`` when it names a regular file (after symbolic links); a folder, a missing
+    path, or a FIFO or device (whose open() could block) is a FileNotFoundError."""
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"no model file at {path!r}: it is a folder; give the path "
+                                f"of {expected}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no model file at {path!r}")
+    return path
+
+
 def check_backend(backend, source: str = "") -> str:
     """A backend name: "auto" or one of recfuse's backends (whether it can run here is
     checked when it is used, so that a model made for a GPU host can be built elsewhere).

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ._validation import check_flag, check_path
+from ._validation import check_flag, check_model_file, check_path
 from ._typing import PathLike
 from .interactions import Interactions
 
@@ -296,12 +296,7 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
     be changed while they are in use.
     """
     mmap = check_flag(mmap, "mmap")  # not read by its truth value ("no" would map)
-    path = check_path(path)
-    if os.path.isdir(path):  # FileNotFoundError, as for any path without a model file
-        raise FileNotFoundError(f"no model file at {path!r}: it is a folder; give the path "
-                                f"of a model file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no model file at {path!r}")
+    path = check_model_file(check_path(path))
     if not zipfile.is_zipfile(path):  # else np.load would try it as .npy or pickle
         raise ValueError(f"{path!r} is not a readable recfuse model file (truncated or "
                          "foreign): not a zip archive")

@@ -635,12 +635,9 @@ def layers_from_onnx(path) -> list:
     # onnx.load's errors for a file it cannot read (see _unreadable)
     unreadable = (DecodeError, json_format.ParseError, text_format.ParseError,
                   UnicodeDecodeError, onnx.checker.ValidationError, ValueError)
-    path = os.fsdecode(os.fspath(path))  # as str: onnx finds external data beside a str path
-    if os.path.isdir(path):  # as recfuse.load answers (FileNotFoundError: an OSError)
-        raise FileNotFoundError(f"no model file at {path!r}: it is a folder; give the path "
-                                f"of an .onnx file")
-    if not os.path.isfile(path):  # missing, or a FIFO or device, whose open() could block
-        raise FileNotFoundError(f"no model file at {path!r}")
+    # a str (onnx finds external data beside a str path) naming a regular file, as
+    # recfuse.load takes it
+    path = check.check_model_file(check.check_path(path), "an .onnx file")
     try:
         model = onnx.load(path)
     except unreadable as error:
