@@ -124,6 +124,13 @@ inline std::pair<float, int32_t> from_rank_key(uint64_t key) {
   return {score, static_cast<int32_t>(0x7FFFFFFFu - ((static_cast<uint32_t>(key) >> 1)))};
 }
 
+// keys[i] = rank_key of c[i], for every candidate.
+inline void to_rank_keys(const std::vector<std::pair<float, int32_t>>& c,
+                         std::vector<uint64_t>& keys) {
+  keys.resize(c.size());
+  for (size_t i = 0; i < c.size(); ++i) keys[i] = rank_key(c[i].first, c[i].second);
+}
+
 // Shrinks a buffer of at least 2k candidates (none NaN) to at least k of them and returns a
 // threshold: every candidate dropped, and every later one (later ids) that scores at most
 // the threshold, ranks below k of those kept. Float candidates are cut in one branch-free
@@ -137,8 +144,7 @@ T cut_candidates(std::vector<std::pair<T, int32_t>>& c, size_t k, std::vector<ui
   if constexpr (std::is_same_v<T, float>) {
     constexpr size_t kSample = 64, kStep = 4, kTries = 3;
     const size_t size = c.size();
-    keys.resize(size);
-    for (size_t i = 0; i < size; ++i) keys[i] = rank_key(c[i].first, c[i].second);
+    to_rank_keys(c, keys);
     uint64_t sample[kSample];
     for (size_t i = 0; i < kSample; ++i) sample[i] = keys[(2 * i + 1) * size / (2 * kSample)];
     std::sort(sample, sample + kSample, std::greater<uint64_t>());
@@ -176,8 +182,7 @@ void keep_best(std::vector<std::pair<T, int32_t>>& c, size_t take, bool sorted,
                std::vector<uint64_t>& keys) {
   if (take == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    keys.resize(c.size());
-    for (size_t i = 0; i < c.size(); ++i) keys[i] = rank_key(c[i].first, c[i].second);
+    to_rank_keys(c, keys);
     if (take < keys.size())
       std::nth_element(keys.begin(), keys.begin() + (take - 1), keys.end(),
                        std::greater<uint64_t>());
