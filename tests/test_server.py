@@ -27,9 +27,10 @@ N_USERS, N_ITEMS = 80, 60
 class Running:
     """A uvicorn server for ``app`` on a free loopback port, in a thread."""
 
-    def __init__(self, app):
+    def __init__(self, app, **settings):
+        """``settings``: more uvicorn.Config arguments."""
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                                access_log=False, lifespan="on")
+                                access_log=False, lifespan="on", **settings)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -1005,4 +1006,58 @@ def test_answers_during_reloads_that_renumber_are_those_of_the_model_that_answer
         assert not wrong, wrong[:3]
     finally:
         stop.set()
+        running.stop()
+
+
+def _exchange(port: int, chunks, timeout: float = 20) -> bytes:
+    """Sends ``chunks`` one by one (stopping early if the server closes) and reads until
+    the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        try:
+            for chunk in chunks:
+                connection.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = b""
+        try:
+            while part := connection.recv(65536):
+                reply += part
+        except ConnectionResetError:
+            pass
+        return reply
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_serve_caps_the_bytes_of_a_request_line_and_headers(model_file, http):
+    """serve's http protocol (server._http_protocol) answers a request whose headers pass
+    ``max_header_bytes`` and closes the connection (httptools buffered them without limit),
+    while pipelined requests and bodies, together far past the cap, pass."""
+    from recfuse.server import _http_protocol
+
+    if http == "httptools":
+        pytest.importorskip("httptools", reason="httptools (serve extra) is not installed")
+        protocol = _http_protocol(4096)
+        assert protocol != "h11"
+    else:
+        protocol = "h11"
+    recommender = recfuse.Recommender(model_file, k=5, num_threads=1)
+    running = Running(create_app(recommender, limits=Limits(max_header_bytes=4096)),
+                      http=protocol, h11_max_incomplete_event_size=4096)
+    try:
+        port = running.client.base_url.port
+        huge = [b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: "] + [b"a" * 8192] * 128
+        reply = _exchange(port, huge)  # 1 MiB of one header line
+        status = 431 if http == "httptools" else 400  # uvicorn's h11 answers 400
+        assert reply.startswith(f"HTTP/1.1 {status}".encode()), reply[:200]
+        small = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"b" * 2000 + b"\r\n\r\n"
+        pipelined = _exchange(port, [small * 40 + small.replace(b"Host: x", b"Host: x\r\n"
+                                                                 b"Connection: close")])
+        assert pipelined.count(b"HTTP/1.1 200") == 41, pipelined[:300]
+        body = b'{"user": 3' + b" " * 20_000 + b"}"
+        posted = _exchange(port, [b"POST /recommend HTTP/1.1\r\nHost: x\r\nConnection: close"
+                                  b"\r\nContent-Type: application/json\r\nContent-Length: "
+                                  + str(len(body)).encode() + b"\r\n\r\n" + body])
+        assert posted.startswith(b"HTTP/1.1 200"), posted[:300]
+        assert running.client.get("/health").status_code == 200
+    finally:
         running.stop()

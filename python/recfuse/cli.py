@@ -591,6 +591,7 @@ def _serve(args) -> int:
                                   max_pending_events=args.max_pending_events)
         limits = Limits(max_k=args.max_k, max_batch=args.max_batch,
                         max_body_bytes=args.max_body_bytes,
+                        max_header_bytes=args.max_header_bytes,
                         batch_wait=args.batch_wait_ms / 1000, workers=args.workers)
         info = recommender.info()
         stack = http_stack()
@@ -1113,6 +1114,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="users per /recommend request (default %(default)s)")
     serve.add_argument("--max-body-bytes", type=_count, default=1 << 20,
                        help="largest request body in bytes (default %(default)s)")
+    serve.add_argument("--max-header-bytes", type=_count, default=64 << 10,
+                       help="largest request line and headers in bytes: more is answered "
+                            "431 and the connection closed (default %(default)s)")
     serve.add_argument("--batch-wait-ms", type=_non_negative, default=1.0,
                        help="how long a micro-batch may wait for the requests it "
                             "expects (default %(default)s)")

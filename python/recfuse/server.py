@@ -36,7 +36,8 @@ Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
   micro-batch sizes, model version, pending and dropped events.
 
 Status codes: 400 malformed JSON (or a body cut short by the client), 413 body over
-``max_body_bytes``, 422 a well-formed request that is wrong (types, ranges, limits, unknown
+``max_body_bytes``, 431 request line and headers over ``max_header_bytes`` (``serve``: the
+connection is closed), 422 a well-formed request that is wrong (types, ranges, limits, unknown
 items under ``unknown_items="reject"``, a model file that does not load), 404/405 unknown
 route or method, 503 a request unfinished when shutdown's grace period ends (``serve``) or
 one whose model kept being reloaded while it was answered, 500 a bug (logged; the server
@@ -108,6 +109,9 @@ class Limits:
     max_exclude: int = 10_000  # ids in one user's exclude list
     max_events: int = 100_000  # events in one /events request
     max_body_bytes: int = 1 << 20
+    # a request's line and headers (serve: the server answers 431 and closes the connection;
+    # h11's own cap is 16 KiB, httptools has none)
+    max_header_bytes: int = 64 << 10
     max_micro_batch: int = 256  # single-user requests answered by one call
     batch_wait: float = 0.001  # seconds a batch may wait for the requests it expects
     # threads answering /recommend batches: one leaves the other core to the event loop
@@ -875,6 +879,47 @@ def http_stack() -> dict:
             "loop": "uvloop" if found["uvloop"] else "asyncio"}
 
 
+def _http_protocol(max_header_bytes: int):
+    """uvicorn's ``http`` setting for ``serve``: h11 (given ``max_header_bytes`` as its
+    h11_max_incomplete_event_size), or where httptools is installed its protocol with the same
+    cap. httptools itself buffers a request's line and headers whole, however long: one
+    100 MB header line was held in memory before the request reached the app."""
+    if http_stack()["http"] != "httptools":
+        return "h11"
+    from uvicorn.protocols.http import httptools_impl
+
+    class BoundedHeaders(httptools_impl.HttpToolsProtocol):
+        """Counts the bytes that arrive while a request's headers are incomplete (from the
+        chunk after the one its first byte came in, so at most one read over the cap) and
+        answers 431 once they pass the cap."""
+
+        _header_bytes = 0
+        _in_headers = False
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._header_bytes, self._in_headers = 0, True
+
+        def on_headers_complete(self) -> None:
+            self._in_headers = False
+            super().on_headers_complete()
+
+        def data_received(self, data: bytes) -> None:
+            self._header_bytes += len(data)
+            super().data_received(data)
+            if (self._in_headers and self._header_bytes > max_header_bytes
+                    and not self.transport.is_closing()):
+                self._in_headers = False
+                message = f"the request line and headers exceed {max_header_bytes} bytes"
+                self.transport.write(
+                    httptools_impl.STATUS_LINE[431] + b"content-type: text/plain; "
+                    b"charset=utf-8\r\nconnection: close\r\ncontent-length: "
+                    + str(len(message)).encode() + b"\r\n\r\n" + message.encode())
+                self.transport.close()
+
+    return BoundedHeaders
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host`` (a name or an address) and ``port`` (0..65535) and
     listening, for ``serve``. Raises ``socket.gaierror`` when the host does not resolve,
@@ -920,9 +965,11 @@ def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000
     # No lifespan: a second Ctrl-C (uvicorn's forced exit) skips its shutdown and the task
     # left running is logged as a failure with a traceback; the batcher starts with the first
     # request instead, and the workers end below, whichever way the server stopped.
+    header_bytes = (limits or Limits()).max_header_bytes
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=cast(int, shutdown_timeout),
-                            lifespan="off")
+                            lifespan="off", http=_http_protocol(header_bytes),
+                            h11_max_incomplete_event_size=header_bytes)
     try:
         with sock, _sigterm_returns():
             uvicorn.Server(config).run(sockets=[sock])
