@@ -837,26 +837,44 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _typed_ids(texts: list[str], ids: np.ndarray) -> np.ndarray:
+    """Ids typed on the command line, in the kind of the id map's ``ids``: integers (up to
+    2**64 - 1 for a uint64 map), floats, booleans (true/false, 1/0), datetimes or bytes;
+    text for the others."""
+    kind = ids.dtype.kind
+    if kind in "iu":
+        # parsed as Python ints, then held in the map's kind: uint64 ids reach 2**64 - 1
+        bounds = np.iinfo(np.uint64 if kind == "u" else np.int64)
+        try:
+            numbers = [int(text) for text in texts]
+        except ValueError as error:  # a word
+            raise ValueError(f"user ids of this model are integers, got {texts[:10]}") from error
+        if any(not bounds.min <= number <= bounds.max for number in numbers):
+            raise ValueError(f"user ids of this model are integers from {bounds.min} to "
+                             f"{bounds.max}, got {texts[:10]}")
+        return np.array(numbers, dtype=bounds.dtype)
+    if kind == "b":
+        words = {"true": True, "1": True, "false": False, "0": False}
+        if any(text.lower() not in words for text in texts):
+            raise ValueError(f"user ids of this model are booleans (true or false), got "
+                             f"{texts[:10]}")
+        return np.array([words[text.lower()] for text in texts])
+    if kind in "fMS":
+        try:
+            return np.asarray(texts).astype(ids.dtype)
+        except (ValueError, UnicodeError) as error:
+            name = {"f": "numbers", "M": "dates and times", "S": "ASCII bytes"}[kind]
+            raise ValueError(f"user ids of this model are {name}, got {texts[:10]}") from error
+    return np.asarray(texts)
+
+
 def _recommend(args) -> int:
     from recfuse.persistence import load_folder
 
     say = _printer(args)
     model, train = load_folder(args.folder, mmap=True)
-    ids = train.user_ids.ids
-    wanted = np.asarray(args.users)
-    if ids.dtype.kind in "iu":
-        # parsed as Python ints, then held in the map's kind: uint64 ids reach 2**64 - 1
-        bounds = np.iinfo(np.uint64 if ids.dtype.kind == "u" else np.int64)
-        try:
-            numbers = [int(user) for user in args.users]
-        except ValueError as error:  # a word
-            raise ValueError(f"user ids of this model are integers, got "
-                             f"{args.users[:10]}") from error
-        if any(not bounds.min <= number <= bounds.max for number in numbers):
-            raise ValueError(f"user ids of this model are integers from {bounds.min} to "
-                             f"{bounds.max}, got {args.users[:10]}")
-        wanted = np.array(numbers, dtype=bounds.dtype)
-    users = train.user_ids.to_internal(wanted, missing="ignore")
+    users = train.user_ids.to_internal(_typed_ids(args.users, train.user_ids.ids),
+                                       missing="ignore")
     if (users < 0).any():
         raise ValueError(f"unknown user ids (not in the training data): "
                          f"{[u for u, c in zip(args.users, users) if c < 0][:10]}")
@@ -866,15 +884,23 @@ def _recommend(args) -> int:
     items, scores = model.recommend(users, user_items=train.matrix[users], k=args.k)
     # A user without any training pair (all of theirs held out by the split) has no vector
     # the model learnt: ALS scores every item 0 (a list of the smallest ids), BPR keeps its
-    # random start. Such users get the most popular items instead, as the serving layer's
-    # cold start gives them (most training pairs first, ties by smaller id; score 0).
-    cold = np.diff(train.matrix.indptr)[users] == 0
+    # random start; an ALS user whose pairs are all stored zeros has the zero vector. Such
+    # users get the most popular items instead, as the serving layer's cold start gives them
+    # (most training pairs first, ties by smaller id, their own training items left out;
+    # score 0).
+    cold = (np.diff(train.matrix.indptr)[users] == 0) | \
+        ~np.asarray(model.user_factors)[users].any(axis=1)
     if cold.any():
         from .serving import popular_items
 
-        popular = popular_items(train.matrix, train.n_items)[:args.k]
-        items[cold] = -1
-        items[cold, :popular.size] = popular
+        popular = popular_items(train.matrix, train.n_items)
+        matrix = train.matrix
+        for row in np.flatnonzero(cold):  # the user's training items filtered, as in serving
+            user = users[row]
+            kept = popular[~np.isin(popular, matrix.indices[matrix.indptr[user]:
+                                                            matrix.indptr[user + 1]])][:args.k]
+            items[row] = -1
+            items[row, :kept.size] = kept
         scores[cold] = 0.0
     payload, popular_users = {}, []
     for user, row_items, row_scores, is_cold in zip(
