@@ -6,6 +6,7 @@ retrieval calls built on ``recommend`` and the factor tables (``recommend_all``,
 from __future__ import annotations
 
 import contextlib
+import numbers
 import sys
 import threading
 from collections.abc import Iterator
@@ -152,9 +153,11 @@ def param_dtype(dtype):
 
 def param_seed(random_state):
     """``random_state`` as ``get_params`` gives it: an integer seed as a plain int (the very
-    int given, when it is one), None or the ``numpy.random.Generator`` itself."""
-    return random_state if random_state is None or \
-        isinstance(random_state, np.random.Generator) else int(random_state)
+    int given, when it is one), None or the ``numpy.random.Generator`` itself; anything
+    else, assigned by hand, as it is, for the fit's check to name."""
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    return random_state
 
 
 class EstimatorParams:
