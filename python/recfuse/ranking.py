@@ -63,7 +63,10 @@ by more than 4 times the largest rough-score error seen in the band (or until it
 candidate); so a candidate is missed only if its error is over 4 times any seen
 among the band's. On the cpu backend the bfloat16 first pass also runs the first layer's
 per-candidate columns in bfloat16 (the user and prepared item parts stay float32).
-``reference.mlp_rank_rescored`` states the rule.
+``reference.mlp_rank_rescored`` states the rule. The band's float32 scores equal float32
+``rank``'s bit for bit on the cpu backend; the numpy and numba backends rescore the band as
+a batch of its own shape, and their matrix products may round such a batch differently (a
+float32 ulp or so, which can only reorder exact near-ties).
 """
 
 from __future__ import annotations
