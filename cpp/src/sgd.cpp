@@ -411,33 +411,33 @@ int64_t pairs_pattern(const int64_t* rows, const int64_t* cols, int64_t n, int64
 template <class T>
 void rows_in_id_order(T* data, int64_t rows, int64_t ld, int k, const int32_t* rows_at) {
   if (k < 0 || ld < k) throw std::invalid_argument("rows_in_id_order needs 0 <= k <= ld");
-  std::vector<uint8_t> placed(static_cast<size_t>(rows), 0);
+  // trained_at[id]: the row that holds id's values (rows_at inverted), -1 until seen
+  std::vector<int32_t> trained_at(static_cast<size_t>(rows), -1);
   for (int64_t t = 0; t < rows; ++t) {
     const int64_t id = rows_at[t];
-    if (id < 0 || id >= rows || placed[id])
+    if (id < 0 || id >= rows || trained_at[id] >= 0)
       throw std::invalid_argument("rows_at must be a permutation of 0.." + std::to_string(rows - 1) +
                                   ", got " + std::to_string(id) + " at " + std::to_string(t));
-    placed[id] = 1;
+    trained_at[id] = static_cast<int32_t>(t);
   }
-  std::fill(placed.begin(), placed.end(), 0);
   const size_t width = static_cast<size_t>(k);
   if (ld != k) {  // packed first: row t moves down (t·k <= t·ld), so forward order is safe
     for (int64_t t = 1; t < rows; ++t)
       std::memmove(data + t * k, data + t * ld, width * sizeof(T));
   }
-  // Then each cycle of the permutation: `carry` holds the row that belongs at `at`.
+  // Then each cycle of the permutation, pulling: the row that belongs at `at` is copied
+  // there from trained_at[at], so each row moves once (`carry` holds the cycle's first).
   std::vector<T> carry(width);
   for (int64_t start = 0; start < rows; ++start) {
-    if (placed[start]) continue;
-    placed[start] = 1;
-    int64_t at = rows_at[start];
-    if (at == start) continue;
+    if (trained_at[start] < 0 || trained_at[start] == start) continue;  // placed, or in place
     std::copy_n(data + start * k, width, carry.data());
-    for (; at != start; at = rows_at[at]) {
-      std::swap_ranges(carry.data(), carry.data() + width, data + at * k);
-      placed[at] = 1;
+    int64_t at = start;
+    for (int64_t from = trained_at[at]; from != start; at = from, from = trained_at[at]) {
+      std::copy_n(data + from * k, width, data + at * k);
+      trained_at[at] = -1;
     }
-    std::copy_n(carry.data(), width, data + start * k);
+    std::copy_n(carry.data(), width, data + at * k);
+    trained_at[at] = -1;
   }
 }
 
