@@ -1447,7 +1447,9 @@ class Interactions:
           ``implicit.nearest_neighbours.bm25_weight`` / ``tfidf_weight`` on the users x items
           matrix (idf = log(n_users) - log1p(users of the item)); both need non-negative
           values, and a zero value weighs 0 under bm25 (where implicit's formula can give
-          0/0).
+          0/0). An item held by every user, or by all but one, has idf <= 0: its weights
+          are then 0 or negative, and ``ALS`` refuses negative values under its default
+          confidence.
         """
         _check_weighting(weighting, options)
         result = self._replace()
