@@ -361,7 +361,9 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
     known = getattr(model, "user_factors", None)
     if known is not None and users.size and users.max() >= known.shape[0]:
         raise ValueError(f"test has users up to id {users.max()} but the model knows "
-                         f"{known.shape[0]} users; map the test set with the train id maps")
+                         f"{known.shape[0]} users: fit the model on train's matrix (or give fit "
+                         f"n_users={test.shape[0]}), and map the test set with the train id "
+                         f"maps")
     cold = users[np.diff(train.indptr)[users] == 0]
     if cold.size and cold_users == "raise":
         raise ValueError(f"{cold.size} test users have no train items (e.g. {cold[:5].tolist()}); "
