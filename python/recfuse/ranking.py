@@ -570,7 +570,7 @@ def load_scorer(path, **options) -> MLPScorer:
     """An ``MLPScorer`` from a file: one written by ``MLPScorer.save`` (read by
     ``recfuse.load``) or an ONNX chain (a path ending in ``.onnx``, ``MLPScorer.from_onnx``).
     ``options`` (precision, backend, kernel) go to the scorer."""
-    path = os.fsdecode(os.fspath(path))  # bytes too, as save and recfuse.load take them
+    path = check.check_path(path, "path", "a scorer file")  # bytes too, as recfuse.load takes
     if path.lower().endswith(".onnx"):
         scorer = MLPScorer.from_onnx(path, **options)
         scorer.source = path

@@ -836,10 +836,10 @@ class Recommender:
         ``MLPScorer`` and its source, or None); ``factors``: what the model must have (a
         kept ranker was built for it). Raises, changing nothing."""
         source = "<object>"
-        if isinstance(retriever, (str, os.PathLike)):
+        if isinstance(retriever, (str, bytes, os.PathLike)):
             from .persistence import load
 
-            source = os.fspath(retriever)
+            source = check.check_path(retriever, "retriever")
             retriever = load(source)
         model = retriever
         if isinstance(model, (ALS, BPR, SVD, SVDpp, ExplicitALS)):
@@ -968,7 +968,7 @@ class Recommender:
         anything fails (the function included) the old model and the log stay and the error
         is raised. Returns the new version.
         """
-        if not isinstance(source, (str, os.PathLike, ALS, BPR, SVD, SVDpp, ExplicitALS)):
+        if not isinstance(source, (str, bytes, os.PathLike, ALS, BPR, SVD, SVDpp, ExplicitALS)):
             raise _not_a_retriever(source, "source")  # not named "retriever", as _build would
         renumber = replay if callable(replay) else None
         if renumber is None:
@@ -2214,8 +2214,9 @@ def _ranker_of(ranker) -> tuple[MLPScorer, str] | None:
         return ranker.to_scorer(), "<MLPRanker>"
     if isinstance(ranker, MLPScorer):
         return ranker, ranker.source or "<object>"
-    if isinstance(ranker, (str, os.PathLike)):
-        return load_scorer(ranker), os.fspath(ranker)
+    if isinstance(ranker, (str, bytes, os.PathLike)):
+        path = check.check_path(ranker, "ranker")
+        return load_scorer(path), path
     raise TypeError(f"ranker must be a recfuse.MLPScorer, a fitted MLPRanker, a scorer file "
                     f"or None, got {type(ranker).__name__}")
 

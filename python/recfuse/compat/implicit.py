@@ -487,24 +487,32 @@ class AlternatingLeastSquares:
         ``callback(iteration, elapsed_seconds, loss)`` runs after each iteration; ``loss`` is
         None unless ``calculate_training_loss``. On bad input the model does not change.
         """
-        random_state = check_random_state(self.random_state)
-        matrix = check.check_csr(_as_csr(user_items, "user_items"), "user_items",
-                                 dtype=np.float32)
-        # as implicit: cast to float32 first, then scale (the same float32 products)
-        if self.alpha != 1.0:
-            matrix = self.alpha * matrix
-        if callback is None:
-            callback = self.fit_callback
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-        engine = self._engine(_FitEngine)
-        # A refused fit leaves the caller's Generator where it was (the draws come before
-        # some checks: the item table's shape, the backend, the engine's own).
-        generator_state = random_state.bit_generator.state
+        # A refused fit leaves the caller's random state where it was: a Generator's draws
+        # come before some checks (the item table's shape, the backend, the engine's own),
+        # and a RandomState gives up a seed before any check.
+        caller = self.random_state
+        if isinstance(caller, np.random.RandomState):
+            saved, restore = caller.get_state(), caller.set_state
+        elif isinstance(caller, np.random.Generator):
+            saved = caller.bit_generator.state
+            restore = lambda state: setattr(caller.bit_generator, "state", state)  # noqa: E731
+        else:
+            saved = restore = None
         try:
-            self._fit(engine, matrix, random_state, show_progress, callback)
+            random_state = check_random_state(caller)
+            matrix = check.check_csr(_as_csr(user_items, "user_items"), "user_items",
+                                     dtype=np.float32)
+            # as implicit: cast to float32 first, then scale (the same float32 products)
+            if self.alpha != 1.0:
+                matrix = self.alpha * matrix
+            if callback is None:
+                callback = self.fit_callback
+            if callback is not None and not callable(callback):
+                raise TypeError(f"callback must be callable, got {type(callback).__name__}")
+            self._fit(self._engine(_FitEngine), matrix, random_state, show_progress, callback)
         except BaseException:
-            random_state.bit_generator.state = generator_state
+            if restore is not None:
+                restore(saved)
             raise
         assert self.user_factors is not None and self.item_factors is not None  # fit returned
         if np.isnan(self.user_factors).any() or np.isnan(self.item_factors).any():

@@ -15,7 +15,7 @@ from numpy.typing import DTypeLike
 
 from .. import _validation as check
 from .._als.common import AlsParams
-from ..models._common import EstimatorParams, shaped_tables
+from ..models._common import EstimatorParams, dtype_text, shaped_tables
 from ..models.als import ALS, AlsSettings, checked_settings, settings_params
 from . import _blocks
 
@@ -88,7 +88,7 @@ class DistributedALSBase(EstimatorParams, AlsSettings):
         return (f"{type(self).__name__}(factors={self.factors}, "
                 f"regularization={self.regularization}, alpha={self.alpha}, "
                 f"iterations={self.iterations}, solver={self.solver!r}, "
-                f"dtype={self.dtype.name}{fitted})")
+                f"dtype={dtype_text(self.dtype)}{fitted})")
 
     @property
     def params(self) -> AlsParams:

@@ -151,6 +151,15 @@ def param_dtype(dtype):
     return sys.intern(dtype.name) if isinstance(dtype, np.dtype) else dtype
 
 
+def dtype_text(dtype) -> str:
+    """A dtype setting as a repr shows it: the dtype's name, or a value assigned by hand that
+    is none (left for the next fit to refuse) as it is."""
+    try:
+        return np.dtype(dtype).name
+    except (TypeError, ValueError):
+        return repr(dtype)
+
+
 def param_seed(random_state):
     """``random_state`` as ``get_params`` gives it: an integer seed as a plain int (the very
     int given, when it is one), None or the ``numpy.random.Generator`` itself; anything

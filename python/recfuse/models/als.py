@@ -17,9 +17,9 @@ from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
 from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_tables_fit,
-                      check_trained, interaction_matrix, param_dtype, param_seed, progress_bar,
-                      saveable_tables, saved_factor_tables, saved_group, shaped_tables,
-                      stored_seen)
+                      check_trained, dtype_text, interaction_matrix, param_dtype, param_seed,
+                      progress_bar, saveable_tables, saved_factor_tables, saved_group,
+                      shaped_tables, stored_seen)
 from .._typing import Integer, PathLike, RandomState, UserItems
 
 MAX_FACTORS = 4096
@@ -559,7 +559,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         raw = ", confidence='raw'" if self.confidence == "raw" else ""  # another model
         return (f"ALS(factors={self.factors}, regularization={self.regularization}, "
                 f"alpha={self.alpha}, iterations={self.iterations}, solver={self.solver!r}"
-                f"{steps}{raw}, dtype={self.dtype.name}, backend={self.backend!r}{fitted})")
+                f"{steps}{raw}, dtype={dtype_text(self.dtype)}, backend={self.backend!r}{fitted})")
 
 
 def checked_settings(params: dict[str, Any]) -> dict[str, Any]:

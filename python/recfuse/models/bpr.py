@@ -15,9 +15,9 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
 from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_tables_fit,
-                      check_trained, interaction_matrix, param_dtype, param_seed, progress_bar,
-                      saveable_tables, saved_factor_tables, seen_rows, shaped_tables,
-                      stored_seen)
+                      check_trained, dtype_text, interaction_matrix, param_dtype, param_seed,
+                      progress_bar, saveable_tables, saved_factor_tables, seen_rows,
+                      shaped_tables, stored_seen)
 from .sgd import MAX_FACTORS
 from .._typing import Integer, PathLike, RandomState, UserItems
 
@@ -302,5 +302,5 @@ class BPR(EstimatorParams, FactorRetrieval):
         fitted = "" if P is None or Q is None else (
             f", fitted on {P.shape[0]} users x {Q.shape[0]} items")
         return (f"BPR(factors={self.factors}, lr={self.lr}, reg={self.reg}, "
-                f"iterations={self.iterations}, dtype={self.dtype.name}, "
+                f"iterations={self.iterations}, dtype={dtype_text(self.dtype)}, "
                 f"backend={self.backend!r}{fitted})")

@@ -25,7 +25,8 @@ from .. import _validation as check
 from .._als.common import CsrArrays
 from .._backend import resolve_backend
 from .._sgd.common import Pattern
-from ._common import check_start_fits, check_trained, param_dtype, param_seed, progress_bar
+from ._common import (check_start_fits, check_trained, dtype_text, param_dtype, param_seed,
+                      progress_bar)
 from .sgd import MAX_FACTORS, _RatingModel, _rmse, mean_of
 from .._typing import Integer, RandomState, SparseMatrix
 from ..interactions import Interactions
@@ -228,7 +229,7 @@ class ExplicitALS(_RatingModel):
         fitted = "" if state is None else (
             f", fitted on {state.user_counts.size} users x {state.item_counts.size} items")
         return (f"ExplicitALS(factors={self.factors}, iterations={self.iterations}, "
-                f"reg={self.reg}, biased={self.biased}, dtype={self.dtype.name}, "
+                f"reg={self.reg}, biased={self.biased}, dtype={dtype_text(self.dtype)}, "
                 f"backend={self.backend!r}{fitted})")
 
 

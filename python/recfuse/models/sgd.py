@@ -25,8 +25,8 @@ from .._sgd.common import (EpochThreads, PairsPattern, Pattern, default_grid, in
                            trained_rows_in_id_order, training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
 from ._common import (EstimatorParams, FactorRetrieval, check_start_fits, check_trained,
-                      param_dtype, param_seed, progress_bar, rating_arrays, saved_factor_tables,
-                      saved_group, seen_rows, shaped_tables)
+                      dtype_text, param_dtype, param_seed, progress_bar, rating_arrays,
+                      saved_factor_tables, saved_group, seen_rows, shaped_tables)
 from .._typing import Integer, PathLike, RandomState, Self, SparseMatrix, UserItems
 from ..interactions import Interactions
 
@@ -613,7 +613,7 @@ class _SgdFactorization(_RatingModel):
             f", fitted on {state.user_counts.size} users x {state.item_counts.size} items")
         unbiased = "" if getattr(self, "biased", True) else ", biased=False"
         return (f"{self._NAME}(factors={self.factors}, epochs={self.epochs}, lr={self.lr}, "
-                f"reg={self.reg}{unbiased}, dtype={self.dtype.name}, "
+                f"reg={self.reg}{unbiased}, dtype={dtype_text(self.dtype)}, "
                 f"backend={self.backend!r}{fitted})")
 
 
