@@ -152,8 +152,8 @@ def param_dtype(dtype):
 
 
 def dtype_text(dtype) -> str:
-    """A dtype setting as a repr shows it: the dtype's name, or a value assigned by hand that
-    is none (left for the next fit to refuse) as it is."""
+    """A dtype setting as a repr shows it: the dtype's name, or the repr of a value assigned
+    by hand that names no dtype (the next fit refuses it)."""
     try:
         return np.dtype(dtype).name
     except (TypeError, ValueError):

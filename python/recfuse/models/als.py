@@ -559,7 +559,8 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         raw = ", confidence='raw'" if self.confidence == "raw" else ""  # another model
         return (f"ALS(factors={self.factors}, regularization={self.regularization}, "
                 f"alpha={self.alpha}, iterations={self.iterations}, solver={self.solver!r}"
-                f"{steps}{raw}, dtype={dtype_text(self.dtype)}, backend={self.backend!r}{fitted})")
+                f"{steps}{raw}, dtype={dtype_text(self.dtype)}, backend={self.backend!r}"
+                f"{fitted})")
 
 
 def checked_settings(params: dict[str, Any]) -> dict[str, Any]:
