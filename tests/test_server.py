@@ -613,7 +613,8 @@ def test_recfuse_serve_exits_0_after_a_graceful_shutdown(model_file, tmp_path, s
     with open(log, "wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "recfuse", "serve", str(model_file), "--port", str(port),
-             "--threads", "1"], stdout=subprocess.DEVNULL, stderr=stderr)
+             "--threads", "1", "--max-header-bytes", "2048"], stdout=subprocess.DEVNULL,
+            stderr=stderr)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             deadline = time.monotonic() + 120
@@ -625,6 +626,10 @@ def test_recfuse_serve_exits_0_after_a_graceful_shutdown(model_file, tmp_path, s
                     assert process.poll() is None, log.read_text()
                     assert time.monotonic() < deadline, "recfuse serve did not start"
                     time.sleep(0.1)
+        # --max-header-bytes reaches the server: 64 KiB of headers are refused
+        reply = _exchange(port, [b"GET /health HTTP/1.1\r\nHost: x\r\n"] +
+                          [b"X-Pad: " + b"p" * 1000 + b"\r\n"] * 64)
+        assert reply.startswith(b"HTTP/1.1 431") or reply.startswith(b"HTTP/1.1 400"), reply
         process.send_signal(getattr(signal, signal_name))
         assert process.wait(60) == 0, log.read_text()
         assert "Traceback" not in log.read_text(), log.read_text()
