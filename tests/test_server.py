@@ -1066,3 +1066,25 @@ def test_serve_caps_the_bytes_of_a_request_line_and_headers(model_file, http):
         assert running.client.get("/health").status_code == 200
     finally:
         running.stop()
+
+
+def test_a_sigterm_during_serves_set_up_ends_it_quietly(model_file):
+    """A SIGTERM that arrives while serve builds the app (after `recfuse serve` has printed
+    its banner) ends serve as one during serving does: it returns, nothing is printed; the
+    default handler was still in place then and the process died of it (status 143)."""
+    script = """
+import os, signal, sys, recfuse, recfuse.server as server
+build = server.create_app
+def terminated_while_building(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return build(*args, **kwargs)
+server.create_app = terminated_while_building
+sock = server.listening_socket("127.0.0.1", 0)
+server.serve(recfuse.Recommender(sys.argv[1], k=5, num_threads=1), sock=sock)
+print("returned")
+"""
+    done = subprocess.run([sys.executable, "-c", script, str(model_file)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "returned", (done.returncode,
+                                                                         done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr

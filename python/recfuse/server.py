@@ -953,30 +953,38 @@ def serve(recommender: Recommender, *, host: str = "127.0.0.1", port: int = 8000
     ``serve`` returns: the signal does not end the process afterwards (``recfuse serve``
     exits 0), unless a SIGTERM handler of the caller's own was in place (it is called)."""
     shutdown_timeout = check.check_float(shutdown_timeout, "shutdown_timeout", minimum=0.0)
-    app = create_app(recommender, model_path=model_path, ranker_path=ranker_path,
-                     ranker_options=ranker_options, limits=limits, ids=ids)
-    if sock is None:
-        sock = listening_socket(host, port)
-    # Everything loaded so far lives as long as the process: out of the cyclic collector's
-    # sight, so its full passes stop walking it (3.5% -> 1% of the server's CPU samples).
-    gc.collect()
-    gc.freeze()
-    # uvicorn annotates the timeout int but passes it to asyncio.wait_for (a float is fine).
-    # No lifespan: a second Ctrl-C (uvicorn's forced exit) skips its shutdown and the task
-    # left running is logged as a failure with a traceback; the batcher starts with the first
-    # request instead, and the workers end below, whichever way the server stopped.
-    header_bytes = (limits or Limits()).max_header_bytes
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=cast(int, shutdown_timeout),
-                            lifespan="off", http=_http_protocol(header_bytes),
-                            h11_max_incomplete_event_size=header_bytes)
+    app = None
     try:
-        with sock, _sigterm_returns():
-            uvicorn.Server(config).run(sockets=[sock])
+        # from here on a SIGTERM ends serve as Ctrl-C does (set-up included: a supervisor
+        # that stops the server as soon as it is started gets status 0, not 143)
+        with _sigterm_returns():
+            app = create_app(recommender, model_path=model_path, ranker_path=ranker_path,
+                             ranker_options=ranker_options, limits=limits, ids=ids)
+            if sock is None:
+                sock = listening_socket(host, port)
+            # Everything loaded so far lives as long as the process: out of the cyclic
+            # collector's sight, so its full passes stop walking it (3.5% -> 1% of the
+            # server's CPU samples).
+            gc.collect()
+            gc.freeze()
+            # uvicorn annotates the timeout int but passes it to asyncio.wait_for (a float is
+            # fine). No lifespan: a second Ctrl-C (uvicorn's forced exit) skips its shutdown
+            # and the task left running is logged as a failure with a traceback; the batcher
+            # starts with the first request instead, and the workers end below, whichever way
+            # the server stopped.
+            header_bytes = (limits or Limits()).max_header_bytes
+            config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                    access_log=False,
+                                    timeout_graceful_shutdown=cast(int, shutdown_timeout),
+                                    lifespan="off", http=_http_protocol(header_bytes),
+                                    h11_max_incomplete_event_size=header_bytes)
+            with sock:
+                uvicorn.Server(config).run(sockets=[sock])
     except (KeyboardInterrupt, _Terminated):  # as uvicorn.run: Ctrl-C ends the server quietly
         pass
     finally:
-        app.state.close_workers()
+        if app is not None:
+            app.state.close_workers()
 
 
 class _Terminated(BaseException):
