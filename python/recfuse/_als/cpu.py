@@ -151,12 +151,20 @@ class HugePageTrainer(HostTrainer):
         return _narrowed(X, k), _narrowed(Y, k)
 
 
+_SMALL_TABLE_BYTES = 4 << 20  # below huge_page_table's smallest: never on huge pages
+
+
 def _narrowed(table: np.ndarray, k: int) -> np.ndarray:
-    """``table[:, :k]`` as a C-order (rows, k) array in ``table``'s own memory: row r moves to
+    """``table[:, :k]`` as a C-order (rows, k) array, in ``table``'s own memory unless the
+    table is small (under 4 MiB: a copy): row r moves to
     element r·k, in row order, so each block of rows lands before the rows not yet moved
     (NumPy copies a block that overlaps its source through a buffer). Memory past the moved
     rows is given back where the table is on huge pages."""
     rows, width = table.shape
+    if table.nbytes < _SMALL_TABLE_BYTES:
+        # a small table: a copy of its own size, so that the fitted factors do not hold up
+        # to 32 / k times their memory
+        return np.ascontiguousarray(table[:, :k])
     flat = table.reshape(-1)
     start = 1  # row 0 is in place
     while start < rows:
