@@ -22,8 +22,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _validation as check
-from .models._common import (EstimatorParams, check_trained, interaction_matrix, param_seed,
-                             progress_bar)
+from .models._common import (EstimatorParams, check_trained, interaction_matrix,
+                             keeps_generator_on_failure, param_seed, progress_bar)
 from .ranking import MLPScorer
 from ._typing import Integer, RandomState, UserItems
 
@@ -130,6 +130,7 @@ class MLPRanker(EstimatorParams):
         self.biases: list[np.ndarray] = []
         self.losses: list[float] = []  # mean loss of each epoch
 
+    @keeps_generator_on_failure
     def fit(self, user_items: UserItems, user_factors: ArrayLike,
             item_factors: ArrayLike, user_features: ArrayLike | None = None,
             item_features: ArrayLike | None = None, *, show_progress: bool = False,

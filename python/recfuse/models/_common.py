@@ -6,6 +6,7 @@ retrieval calls built on ``recommend`` and the factor tables (``recommend_all``,
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 import sys
 import threading
@@ -149,6 +150,26 @@ def param_dtype(dtype):
     """``dtype`` as ``get_params`` gives it: a checked dtype by its (interned) name; anything
     else, assigned by hand, as it is, for the fit's check to name."""
     return sys.intern(dtype.name) if isinstance(dtype, np.dtype) else dtype
+
+
+def keeps_generator_on_failure(fit):
+    """For a model's ``fit``: when ``random_state`` is a numpy Generator and the fit raises
+    (refused input, or training that diverged after its draws), the Generator is put back
+    where it was, as the model is: a retry then draws what the first try would have."""
+
+    @functools.wraps(fit)
+    def guarded(self, *args, **kwargs):
+        generator = self.random_state
+        if not isinstance(generator, np.random.Generator):
+            return fit(self, *args, **kwargs)
+        state = generator.bit_generator.state
+        try:
+            return fit(self, *args, **kwargs)
+        except BaseException:
+            generator.bit_generator.state = state
+            raise
+
+    return guarded
 
 
 def dtype_text(dtype) -> str:

@@ -17,9 +17,9 @@ from .._als.common import AlsParams, CsrArrays, normalised_loss
 from .._backend import resolve_backend
 from ..retrieval import ItemIndex
 from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_tables_fit,
-                      check_trained, dtype_text, interaction_matrix, param_dtype, param_seed,
-                      progress_bar, saveable_tables, saved_factor_tables, saved_group,
-                      shaped_tables, stored_seen)
+                      check_trained, dtype_text, interaction_matrix, keeps_generator_on_failure,
+                      param_dtype, param_seed, progress_bar, saveable_tables, saved_factor_tables,
+                      saved_group, shaped_tables, stored_seen)
 from .._typing import Integer, PathLike, RandomState, UserItems
 
 MAX_FACTORS = 4096
@@ -211,6 +211,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             out[:, :k], out[:, k:] = values, 0
         return start
 
+    @keeps_generator_on_failure
     def fit(
         self,
         user_items: UserItems,

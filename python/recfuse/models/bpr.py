@@ -15,9 +15,9 @@ from .._sgd.common import (EpochThreads, Pattern, default_grid, in_id_order, mak
                            trained_rows_in_id_order, training_rows)
 from ..retrieval import ItemIndex
 from ._common import (EstimatorParams, FactorRetrieval, assigned_tables, check_tables_fit,
-                      check_trained, dtype_text, interaction_matrix, param_dtype, param_seed,
-                      progress_bar, saveable_tables, saved_factor_tables, seen_rows,
-                      shaped_tables, stored_seen)
+                      check_trained, dtype_text, interaction_matrix, keeps_generator_on_failure,
+                      param_dtype, param_seed, progress_bar, saveable_tables, saved_factor_tables,
+                      seen_rows, shaped_tables, stored_seen)
 from .sgd import MAX_FACTORS
 from .._typing import Integer, PathLike, RandomState, UserItems
 
@@ -109,6 +109,7 @@ class BPR(EstimatorParams, FactorRetrieval):
         self._index_cache: tuple | None = None  # (Q, bias, ItemIndex), see _index
         self._lock = threading.Lock()
 
+    @keeps_generator_on_failure
     def fit(self, user_items: UserItems, *, show_progress: bool = False,
             callback: Callable[[int, int], None] | None = None) -> "BPR":
         """Train on a users x items CSR matrix (or a ``recfuse.Interactions``: its

@@ -25,8 +25,8 @@ from .. import _validation as check
 from .._als.common import CsrArrays
 from .._backend import resolve_backend
 from .._sgd.common import Pattern
-from ._common import (check_start_fits, check_trained, dtype_text, param_dtype, param_seed,
-                      progress_bar)
+from ._common import (check_start_fits, check_trained, dtype_text, keeps_generator_on_failure,
+                      param_dtype, param_seed, progress_bar)
 from .sgd import MAX_FACTORS, _RatingModel, _rmse, mean_of
 from .._typing import Integer, RandomState, SparseMatrix
 from ..interactions import Interactions
@@ -139,6 +139,7 @@ class ExplicitALS(_RatingModel):
     def _factor_count(self) -> int:
         return 2
 
+    @keeps_generator_on_failure
     def fit(
         self,
         users: ArrayLike | SparseMatrix | Interactions,

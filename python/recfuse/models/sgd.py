@@ -25,8 +25,9 @@ from .._sgd.common import (EpochThreads, PairsPattern, Pattern, default_grid, in
                            trained_rows_in_id_order, training_rows, user_major_order)
 from ..retrieval import ItemIndex, by_score_then_id
 from ._common import (EstimatorParams, FactorRetrieval, check_start_fits, check_trained,
-                      dtype_text, param_dtype, param_seed, progress_bar, rating_arrays,
-                      saved_factor_tables, saved_group, seen_rows, shaped_tables)
+                      dtype_text, keeps_generator_on_failure, param_dtype, param_seed,
+                      progress_bar, rating_arrays, saved_factor_tables, saved_group, seen_rows,
+                      shaped_tables)
 from .._typing import Integer, PathLike, RandomState, Self, SparseMatrix, UserItems
 from ..interactions import Interactions
 
@@ -506,6 +507,7 @@ class _SgdFactorization(_RatingModel):
         return checked
 
     # ------------------------------------------------------------------ training
+    @keeps_generator_on_failure
     def fit(
         self,
         users: ArrayLike | SparseMatrix | Interactions,
