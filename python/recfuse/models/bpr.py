@@ -32,6 +32,9 @@ def _checked_item_bias(bias, n_items: int, dtype) -> np.ndarray:
     return check.finite_in(bias, dtype, "item_bias")
 
 
+MIN_BIN_ITEMS = 64  # the fewest items a bin of the default grid holds
+
+
 class BPR(EstimatorParams, FactorRetrieval):
     """BPR with item biases: score(u, i) = p_u·q_i + b_i, trained on triples (u, i, j) of a
     positive item i and a sampled negative item j (``recfuse.reference.bpr_sgd_epoch``).
@@ -52,7 +55,9 @@ class BPR(EstimatorParams, FactorRetrieval):
     ----------
     factors, lr, reg, iterations: size of the vectors, SGD step, L2 regularisation, epochs.
     dtype: float32 (default) or float64, for the factors and all arithmetic.
-    grid: bins a side of the block grid (0: from the number of positive pairs).
+    grid: bins a side of the block grid (0: from the number of positive pairs, with at
+        least 64 items a bin, so that a pair's negative has items to come from; ``fit``'s
+        callback counts the pairs skipped).
     max_tries: draws of a negative before the pair is skipped for the iteration.
     backend: "auto", "cpu", "numba" or "numpy" (see ``recfuse.backends("sgd")``).
     num_threads: see above.
@@ -134,8 +139,11 @@ class BPR(EstimatorParams, FactorRetrieval):
         coo = matrix.tocoo()
         positive = coo.data > 0
         users, items = coo.row[positive], coo.col[positive]
-        blocks = make_blocks(users, items, n_users, n_items, self.grid or default_grid(users.size),
-                             rng, num_threads=self.num_threads)
+        # a default grid keeps MIN_BIN_ITEMS items a bin: a pair's negative comes from its
+        # item's bin, and with too few there every draw can hit a seen item
+        grid = self.grid or min(default_grid(users.size), max(1, n_items // MIN_BIN_ITEMS))
+        blocks = make_blocks(users, items, n_users, n_items, grid, rng,
+                             num_threads=self.num_threads)
         negatives = np.empty(users.size, dtype=np.int32)
         seed = int(rng.integers(0, 2**63))
         # Training runs on users and items renumbered bin by bin (Blocks.renumbered).
@@ -237,7 +245,8 @@ class BPR(EstimatorParams, FactorRetrieval):
             "iterations": check.check_int(params["iterations"], "iterations", minimum=0),
             "dtype": check.check_float_dtype(params["dtype"]),
             "grid": check.check_int(params["grid"], "grid", minimum=0, maximum=1024),
-            "max_tries": check.check_int(params["max_tries"], "max_tries", minimum=1),
+            "max_tries": check.check_int(params["max_tries"], "max_tries", minimum=1,
+                                         maximum=2**31 - 1),  # the native kernels' int
             "backend": check.check_backend(params["backend"]),
             "num_threads": check.check_threads(params["num_threads"]),
             "random_state": check.check_random_state(params["random_state"]),
