@@ -1623,8 +1623,16 @@ _COLUMN_ROLES = ("user", "item", "weight", "timestamp", "event")
 def _saved_id_map(path: str, arrays: dict, name: str) -> IdMap:
     """The IdMap of an Interactions file's member ``name``; a forged one (ids repeated, not
     1-d, ...) is a ValueError naming the file and the member."""
+    ids = arrays[name]
+    if isinstance(ids, np.ndarray) and ids.dtype.kind == "U" and ids.size and ids.dtype.itemsize:
+        # a code point past U+10FFFF (only a forged file holds one) fails deep in NumPy's
+        # and pandas' str conversions as a SystemError
+        codes = np.ascontiguousarray(ids).view(
+            np.dtype(np.uint32).newbyteorder(ids.dtype.byteorder))
+        if codes.max() > 0x10FFFF:
+            raise ValueError(f"{path!r}: the member {name!r} holds a character past U+10FFFF")
     try:
-        return IdMap(arrays[name])
+        return IdMap(ids)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path!r}: the member {name!r} is not a valid id map: {error}") \
             from error

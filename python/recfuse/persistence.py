@@ -163,6 +163,8 @@ def _read_npy_header(path: str, name: str, fp) -> tuple[tuple, bool, np.dtype]:
         raise ValueError(f"{path!r}: member {name!r} declares a malformed shape {shape}")
     if dtype.hasobject:
         raise ValueError(f"{path!r}: member {name!r} holds Python objects (pickle); refused")
+    if dtype.itemsize == 0:  # its data size would be 0 for any shape (NumPy makes it 1 a value)
+        raise ValueError(f"{path!r}: member {name!r} declares dtype {dtype}, of no size")
     return shape, fortran, dtype
 
 
@@ -173,8 +175,8 @@ def _data_size(shape: tuple, dtype: np.dtype) -> int:
 
 def _check_zip_entry(path: str, name: str, info: zipfile.ZipInfo, size: int) -> None:
     """The sizes the zip directory gives a member are possible ones (from the directory
-    only, nothing read): a stored member within the file, a deflated one not beyond
-    deflate's ratio. Other compressions (bzip2, lzma) are refused: save never writes them,
+    only, nothing read): a stored member within the file, a deflated one's compressed bytes
+    within the file and its size not beyond deflate's ratio. Other compressions (bzip2, lzma) are refused: save never writes them,
     and their ratios bound nothing, so a forged size would be allocated before any read."""
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise ValueError(f"{path!r}: member {name!r} is compressed with zip method "
@@ -185,8 +187,10 @@ def _check_zip_entry(path: str, name: str, info: zipfile.ZipInfo, size: int) -> 
                 info.header_offset + info.compress_size > size:
             raise ValueError(f"{path!r} is truncated or damaged: member {name!r} declares "
                              f"{info.file_size} bytes, more than the file holds")
-    elif info.compress_type == zipfile.ZIP_DEFLATED and \
-            info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 1024:
+    elif info.header_offset + info.compress_size > size:
+        raise ValueError(f"{path!r} is truncated or damaged: member {name!r} declares "
+                         f"{info.compress_size} compressed bytes, more than the file holds")
+    elif info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 1024:
         raise ValueError(f"{path!r} is damaged: member {name!r} declares {info.file_size} "
                          f"bytes from {info.compress_size} compressed ones")
 
@@ -286,6 +290,29 @@ def _check_stored_crc(path: str, name: str, whole, start: int, info: zipfile.Zip
         raise ValueError(f"{path!r} is damaged: member {name!r} fails its CRC-32 check")
 
 
+# A header is a few hundred bytes of JSON (settings and names, never data).
+_HEADER_MAX_BYTES = 16 << 20
+# What deflated members may expand to, all together: recfuse writes its members stored, and
+# a third party's np.savez_compressed file of factors or ids compresses a few times at most,
+# while a forged one (an unused member, say) could claim 1032 times the file.
+_INFLATED_MAX_RATIO, _INFLATED_MAX_EXTRA = 64, 64 << 20
+
+
+def _check_inflated_sizes(path: str, infos: dict[str, zipfile.ZipInfo], size: int) -> None:
+    """A header of a header's size, and deflated members that do not expand past
+    ``_INFLATED_MAX_RATIO`` times the file's ``size`` (plus ``_INFLATED_MAX_EXTRA``): checked
+    from the zip directory, before anything is inflated."""
+    header = infos[HEADER_KEY].file_size
+    if header > _HEADER_MAX_BYTES:
+        _malformed(path, f"{header} bytes; a header holds at most {_HEADER_MAX_BYTES}")
+    inflated = sum(info.file_size for info in infos.values()
+                   if info.compress_type == zipfile.ZIP_DEFLATED)
+    if inflated > _INFLATED_MAX_RATIO * size + _INFLATED_MAX_EXTRA:
+        raise ValueError(f"{path!r}: its deflated members expand to {inflated} bytes, over "
+                         f"{_INFLATED_MAX_RATIO} times the file's {size} (plus "
+                         f"{_INFLATED_MAX_EXTRA}); refused as a likely zip bomb")
+
+
 def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     """Return (header, arrays); ValueError for a truncated, foreign or newer file, or one
     whose header is malformed ("version" not a positive integer, "model" not a string,
@@ -306,6 +333,7 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
             infos = {_member_name(info.filename): info for info in archive.infolist()}
             if HEADER_KEY not in infos:
                 raise ValueError(f"{path!r} is not a recfuse model file (no {HEADER_KEY} header)")
+            _check_inflated_sizes(path, infos, size)
             # each header is read once: here with the member's data, or by _map_members
             if mmap:
                 header_array = _read_member(path, archive, infos[HEADER_KEY], size)
@@ -321,8 +349,9 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
                          f"(truncated or foreign): {error}") from error
     try:
         header = json.loads(text)
-    # JSONDecodeError, or Python's refusal of an integer of over 4,300 digits
-    except ValueError as error:
+    # JSONDecodeError, Python's refusal of an integer of over 4,300 digits, or nesting
+    # deeper than the interpreter's recursion limit
+    except (ValueError, RecursionError) as error:
         _malformed(path, f"not JSON that can be read ({error})")
     if not isinstance(header, dict) or header.get("format") != "recfuse":
         raise ValueError(f"{path!r} is not a recfuse model file (bad header)")
