@@ -557,7 +557,8 @@ def check_model_file(path: str, expected: str = "a model file") -> str:
         raise FileNotFoundError(f"no model file at {path!r}: it is a folder; give the path "
                                 f"of {expected}")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no model file at {path!r}")
+        kind = " (it is not a regular file)" if os.path.exists(path) else ""
+        raise FileNotFoundError(f"no model file at {path!r}{kind}")
     return path
 
 
