@@ -176,8 +176,9 @@ def _data_size(shape: tuple, dtype: np.dtype) -> int:
 def _check_zip_entry(path: str, name: str, info: zipfile.ZipInfo, size: int) -> None:
     """The sizes the zip directory gives a member are possible ones (from the directory
     only, nothing read): a stored member within the file, a deflated one's compressed bytes
-    within the file and its size not beyond deflate's ratio. Other compressions (bzip2, lzma) are refused: save never writes them,
-    and their ratios bound nothing, so a forged size would be allocated before any read."""
+    within the file and its size not beyond deflate's ratio. Other compressions (bzip2,
+    lzma) are refused: save never writes them, and their ratios bound nothing, so a forged
+    size would be allocated before any read."""
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise ValueError(f"{path!r}: member {name!r} is compressed with zip method "
                          f"{info.compress_type}; recfuse files store members uncompressed "

@@ -156,10 +156,10 @@ _SMALL_TABLE_BYTES = 4 << 20  # below huge_page_table's smallest: never on huge 
 
 def _narrowed(table: np.ndarray, k: int) -> np.ndarray:
     """``table[:, :k]`` as a C-order (rows, k) array, in ``table``'s own memory unless the
-    table is small (under 4 MiB: a copy): row r moves to
-    element r·k, in row order, so each block of rows lands before the rows not yet moved
-    (NumPy copies a block that overlaps its source through a buffer). Memory past the moved
-    rows is given back where the table is on huge pages."""
+    table is small (under 4 MiB: a copy): row r moves to element r·k, in row order, so each
+    block of rows lands before the rows not yet moved (NumPy copies a block that overlaps
+    its source through a buffer). Memory past the moved rows is given back where the table
+    is on huge pages."""
     rows, width = table.shape
     if table.nbytes < _SMALL_TABLE_BYTES:
         # a small table: a copy of its own size, so that the fitted factors do not hold up

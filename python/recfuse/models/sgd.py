@@ -740,9 +740,8 @@ class SVDpp(_SgdFactorization):
     Surprise's defaults (factors=20, epochs=20, lr=0.007, reg=0.02) and rules, with one
     change that makes an epoch O(nnz k) instead of O(Σ_u |N(u)|² k): each epoch visits the
     users in a random order (drawn once for the fit) and all of a user's ratings together
-    (a *user pass*); z_u is
-    computed once at the start of the pass and the y_j of the user's items receive the
-    pass's summed gradient once, with the same total shrinkage, at its end
+    (a *user pass*); z_u is computed once at the start of the pass and the y_j of the user's
+    items receive the pass's summed gradient once, with the same total shrinkage, at its end
     (``recfuse.reference.svdpp_sgd_epoch``). Surprise recomputes z_u and updates every y_j
     after each rating. A pass touches the y_j of all the user's items, so passes cannot run
     side by side without races: SVD++ trains on one thread (``num_threads`` is unused).
