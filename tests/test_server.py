@@ -143,6 +143,8 @@ def test_a_restarted_server_takes_back_the_log_call_by_call(model_file):
 
 @pytest.mark.parametrize("path, payload, status, message", [
     ("/recommend", b"{not json", 400, "not valid JSON"),
+    ("/recommend", b'{"user": 3, "k": 5, "user": 4}', 400, "'user' appears twice"),
+    ("/events", b'{"user": [1], "item": [2], "item": [3]}', 400, "'item' appears twice"),
     ("/recommend", b"[1, 2]", 422, "JSON object"),
     ("/recommend", b'{"user": "3"}', 422, "user must be an integer"),
     ("/recommend", b'{"user": true}', 422, "user must be an integer"),

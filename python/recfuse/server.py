@@ -35,9 +35,9 @@ Routes (JSON in and out; errors are ``{"error": message}`` with a 4xx status):
   ``route="(no route)"``; 404 and 405 answers are counted, not timed), latency histograms,
   micro-batch sizes, model version, pending and dropped events.
 
-Status codes: 400 malformed JSON (or a body cut short by the client), 413 body over
-``max_body_bytes``, 431 request line and headers over ``max_header_bytes`` (``serve``: the
-connection is closed), 422 a well-formed request that is wrong (types, ranges, limits, unknown
+Status codes: 400 malformed JSON (a name twice in one object included, or a body cut short
+by the client), 413 body over ``max_body_bytes``, 431 request line and headers over
+``max_header_bytes`` (``serve``: the connection is closed), 422 a well-formed request that is wrong (types, ranges, limits, unknown
 items under ``unknown_items="reject"``, a model file that does not load), 404/405 unknown
 route or method, 503 a request unfinished when shutdown's grace period ends (``serve``) or
 one whose model kept being reloaded while it was answered, 500 a bug (logged; the server
@@ -127,6 +127,19 @@ class Limits:
                                      f"seconds, got {wait}")
             else:
                 check.check_int(getattr(self, entry.name), entry.name, minimum=1)
+
+
+def _object_without_repeats(pairs: list) -> dict:
+    """A JSON object of a request; a name given twice ({"user": 3, "user": 4}, which the
+    json module would read as its last value) is a ValueError, so the request is refused."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"the name {name!r:.60} appears twice in one object")
+            seen.add(name)
+    return out
 
 
 class _BadRequest(Exception):
@@ -574,7 +587,7 @@ def create_app(recommender: Recommender, *, model_path: str | None = None,
         if not raw:
             return {}
         try:
-            return json.loads(raw)
+            return json.loads(raw, object_pairs_hook=_object_without_repeats)
         except (ValueError, UnicodeDecodeError) as error:
             raise _BadRequest(400, f"the body is not valid JSON: {error}") from None
         except RecursionError:  # e.g. [[[[...]]]] 100k deep: the client's input, not a bug
