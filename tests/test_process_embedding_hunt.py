@@ -426,7 +426,11 @@ def test_sigint_during_long_fits_arrives_and_keeps_the_previous_fit():
     """Ctrl-C during a refit (ALS, SVD, BPR, ExplicitALS) raises KeyboardInterrupt in the
     main thread; the model keeps answering from its earlier fit and refits afterwards."""
     ok(run_child('''
-        import signal, threading
+        import faulthandler, signal, threading
+        faulthandler.dump_traceback_later(50, exit=True)  # where it stands, should it hang
+        # Ctrl-C as an interactive session has it, whatever the parent left inherited
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
         R = datasets.synthetic_explicit(seed=0).tocoo()
         ui = datasets.synthetic_implicit(20000, 5000, 200000, seed=0)
         cases = [
@@ -455,6 +459,7 @@ def test_sigint_during_long_fits_arrives_and_keeps_the_previous_fit():
             assert np.array_equal(model.user_factors, factors)
             model.set_params(**{setting: 1})
             fit(model)
+            print(type(model).__name__, "interrupted and refit", flush=True)
     '''))
 
 
