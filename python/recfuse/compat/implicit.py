@@ -491,6 +491,8 @@ class AlternatingLeastSquares:
         # come before some checks (the item table's shape, the backend, the engine's own),
         # and a RandomState gives up a seed before any check.
         caller = self.random_state
+        saved: Any
+        restore: Callable[[Any], Any] | None
         if isinstance(caller, np.random.RandomState):
             saved, restore = caller.get_state(), caller.set_state
         elif isinstance(caller, np.random.Generator):
