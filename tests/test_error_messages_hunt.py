@@ -180,7 +180,7 @@ GOOD = [
     ("load dtype override", lambda f: _loaded_with(f["SVD"], dtype="float64"), ValueError,
      r"cannot load with dtype='float64': dtype shaped the saved tables"),
     ("load unknown override", lambda f: _loaded_with(f["ALS"], bogus=1), ValueError,
-     r"holds a ALS model, which takes no \['bogus'\]"),
+     r"holds a saved ALS model, which takes no \['bogus'\]"),
 ]
 
 

@@ -238,10 +238,10 @@ def test_a_malformed_header_is_a_value_error(model, tmp_path, change, message, m
 def test_options_a_model_does_not_take_are_refused_by_name(model, tmp_path):
     path = tmp_path / "model.npz"
     model.save(path)
-    with pytest.raises(ValueError, match=r"holds a ALS model, which takes no \['precision'\]"):
+    with pytest.raises(ValueError, match=r"holds a saved ALS model, which takes no \['precision'\]"):
         recfuse.load(path, precision="float32")
     assert recfuse.load(path, backend="numpy").backend == "numpy"
-    with pytest.raises(ValueError, match="holds a ALS, not a ranker"):  # as Recommender says
+    with pytest.raises(ValueError, match="holds a saved ALS, not a ranker"):  # as Recommender says
         recfuse.Recommender(path, ranker=path)
 
 
@@ -348,7 +348,7 @@ def test_arrays_of_other_than_numbers_are_a_value_error_naming_the_file(tmp_path
 def test_a_header_setting_of_the_wrong_type_is_a_value_error_naming_the_file(
         model, tmp_path, change, message):
     path = _tampered(model, tmp_path, change)
-    with pytest.raises(ValueError, match=f"{str(path)!r} holds a ALS that cannot be "
+    with pytest.raises(ValueError, match=f"{str(path)!r} holds a saved ALS that cannot be "
                                          f"loaded: {message}"):
         recfuse.load(path)
     with pytest.raises(TypeError):  # an override of the wrong type: the caller's argument
@@ -544,7 +544,7 @@ def test_each_loader_names_the_other_for_a_file_it_does_not_read(model, tmp_path
     with pytest.raises(ValueError, match=r"an Interactions file: read it with "
                                          r"recfuse\.Interactions\.load"):
         recfuse.load(tmp_path / "log.npz")
-    with pytest.raises(ValueError, match=r"holds a 'ALS', not Interactions: read it with "
+    with pytest.raises(ValueError, match=r"holds a saved 'ALS', not Interactions: read it with "
                                          r"recfuse\.load"):
         recfuse.Interactions.load(tmp_path / "model.npz")
 

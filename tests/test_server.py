@@ -494,7 +494,7 @@ def test_recfuse_serve_refuses_a_busy_port_and_a_model_as_ranker(model_file, tmp
         result = _serve_fails(model_file, tmp_path, "--port", str(_free_port()), "--ranker",
                               "SVD.npz", "--ranker-precision", precision)
         assert result.returncode == 2 and result.stderr == (
-            "recfuse serve: error: 'SVD.npz' holds a SVD, not a ranker (a file written by "
+            "recfuse serve: error: 'SVD.npz' holds a saved SVD, not a ranker (a file written by "
             "MLPScorer.save, or an .onnx chain)\n"), result.stderr
 
 

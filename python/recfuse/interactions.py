@@ -1520,7 +1520,7 @@ class Interactions:
         header, arrays = read_model(path, mmap=mmap)
         path = os.fspath(path)
         if header.get("model") != "Interactions":
-            raise ValueError(f"{path!r} holds a {header.get('model')!r}, not Interactions: "
+            raise ValueError(f"{path!r} holds a saved {header.get('model')!r}, not Interactions: "
                              f"read it with recfuse.load(path)")
         settings = _saved_settings(path, header.get("params", {}))
         try:

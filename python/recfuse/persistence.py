@@ -452,7 +452,7 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
                          f'expected among {sorted(accepted)}')
     unknown = sorted(set(overrides) - accepted)
     if unknown:
-        raise ValueError(f"{path!r} holds a {model_name} model, which takes no {unknown}; "
+        raise ValueError(f"{path!r} holds a saved {model_name} model, which takes no {unknown}; "
                          f"its parameters are {sorted(accepted)}")
     for name, array in arrays.items():
         if array.dtype.kind not in "iuf":  # bool, complex, text, dates, records: not a model's
@@ -479,7 +479,7 @@ def load(path: PathLike, *, mmap: bool = False, **overrides: Any) -> Any:
         # the error may be about one of them, the caller's argument: raised as it is)
         if overrides or str(error).startswith(repr(path)):
             raise
-        raise ValueError(f"{path!r} holds a {model_name} that cannot be loaded: "
+        raise ValueError(f"{path!r} holds a saved {model_name} that cannot be loaded: "
                          f"{error}") from error
 
 
@@ -556,7 +556,7 @@ def _check_trained_on(model, train: Interactions, folder: str) -> None:
         fitted = model._require_fitted()
         seen = fitted.seen.to_scipy(fitted.item_factors.shape[0])
     else:
-        raise ValueError(f"{folder!r}: model.npz holds a {type(model).__name__}, not a factor "
+        raise ValueError(f"{folder!r}: model.npz holds a saved {type(model).__name__}, not a factor "
                          f"model that `recfuse train` writes")
     matrix = train.matrix
     user_factors, item_factors = model.user_factors, model.item_factors

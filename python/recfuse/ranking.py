@@ -579,7 +579,7 @@ def load_scorer(path, **options) -> MLPScorer:
 
     scorer = load(path, **options)
     if not isinstance(scorer, MLPScorer):
-        raise ValueError(f"{path!r} holds a {type(scorer).__name__}, not a ranker (a file "
+        raise ValueError(f"{path!r} holds a saved {type(scorer).__name__}, not a ranker (a file "
                          f"written by MLPScorer.save, or an .onnx chain)")
     scorer.source = path
     return scorer

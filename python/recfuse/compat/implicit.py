@@ -1065,7 +1065,7 @@ class AlternatingLeastSquares:
         header, arrays = persistence.read_model(path)
         params = header.get("params", {})
         if header.get("model") != "ALS":
-            raise ValueError(f"{path!r} holds a {header.get('model')!r} model, not ALS")
+            raise ValueError(f"{path!r} holds a saved {header.get('model')!r} model, not ALS")
         if params.get("confidence") != "raw":
             raise ValueError(
                 f"{path!r} holds a recfuse.ALS with confidence={params.get('confidence')!r}; "
