@@ -121,6 +121,22 @@ def test_cold_start_popular(als, seen):
         assert (got.stages == "popular").all()
 
 
+def test_popularity_counts_positive_entries_only():
+    # item 0: two stored zeros and a dislike; item 1: one like; item 2: two likes. The
+    # zeros and the dislike (stored, so "seen") must not make item 0 the most popular
+    seen = sp.csr_matrix((np.array([0.0, 0.0, -2.0, 1.0, 3.0, 0.5]),
+                          (np.array([0, 1, 2, 0, 1, 2]), np.array([0, 0, 0, 1, 2, 2]))),
+                         shape=(4, 3))
+    from recfuse.serving import item_popularity, popular_items
+
+    assert item_popularity(seen, 3).tolist() == [0, 1, 2]
+    assert popular_items(seen, 3).tolist() == [2, 1, 0]
+    seen.data[seen.data < 0] = 0.0  # ALS takes no negative weight: three stored zeros for item 0
+    als = recfuse.ALS(factors=2, iterations=1, random_state=0).fit(seen)
+    got = Recommender(als, k=3).recommend(3)  # user 3 has no entry: cold
+    assert got.ids.tolist() == [2, 1, 0] and (got.stages == "popular").all()
+
+
 def test_observe_equals_refit_of_the_user(als, seen, tmp_path):
     path = tmp_path / "als.npz"
     als.save(path)

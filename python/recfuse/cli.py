@@ -252,7 +252,9 @@ class _Popularity:
     """The baseline: the most popular unseen items for everyone."""
 
     def __init__(self, train):
-        self.item_popularity = np.asarray((train > 0).sum(axis=0)).ravel().astype(np.float32)
+        from .serving import item_popularity
+
+        self.item_popularity = item_popularity(train, train.shape[1]).astype(np.float32)
 
     def recommend(self, user_ids, user_items, k=10, filter_seen=True):
         from recfuse import topk

@@ -2168,11 +2168,18 @@ def _concatenate(chunks: list) -> Events:
     return Events(*(np.concatenate(parts) for parts in zip(*chunks)))
 
 
+def item_popularity(seen: sp.csr_matrix, n_items: int) -> np.ndarray:
+    """Each item's popularity in ``seen`` (a users x items training matrix): its count of
+    positive entries, the pairs a factor model takes as preferred (p = 1 where r > 0). A
+    stored zero or a negative weight (a dislike) does not count. ``seen`` holds each pair
+    once (repeats summed, as the callers' matrices are)."""
+    return np.bincount(seen.indices[seen.data > 0], minlength=n_items)
+
+
 def popular_items(seen: sp.csr_matrix, n_items: int) -> np.ndarray:
-    """All ``n_items`` item ids, most popular first: most stored entries in ``seen`` (a
-    users x items training matrix), ties by smaller id. The cold-start order."""
-    counts = np.bincount(seen.indices, minlength=n_items)
-    return np.lexsort((np.arange(n_items), -counts))
+    """All ``n_items`` item ids, most popular first (``item_popularity``), ties by smaller
+    id. The cold-start order."""
+    return np.lexsort((np.arange(n_items), -item_popularity(seen, n_items)))
 
 
 def _merge(items, weights, new_items, new_weights):
