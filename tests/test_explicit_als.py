@@ -282,6 +282,12 @@ def test_bad_input_raises_and_leaves_the_model_alone(ratings):
         recfuse.ExplicitALS(backend="cuda").fit(users, items, values)
 
 
+def test_float64_overflow_message_gives_no_inf():
+    # 1e300² overflows float64 itself: the message says so rather than "= inf"
+    with pytest.raises(ValueError, match=r"\(1e\+300² x 1 = past float64's range\)"):
+        recfuse.ExplicitALS(dtype=np.float64).fit([0, 1], [0, 1], [1e300, 2.0])
+
+
 @pytest.mark.parametrize("backend", SGD_BACKENDS)
 def test_float32_refuses_ratings_whose_normal_equations_overflow(ratings, backend):
     # Scaled to max |r| = 1e20 the native float32 solves overflowed (systems "not positive

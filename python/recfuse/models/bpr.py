@@ -43,10 +43,14 @@ class BPR(EstimatorParams, FactorRetrieval):
     uniformly from the items of the pair's block column (the items are split into ``grid``
     random bins, as the ratings are for SVD) and redrawn until the user has not interacted
     with it (any stored entry counts); a pair whose ``max_tries`` draws all hit seen items
-    is skipped that iteration, never trained on a seen negative. Blocks of one diagonal share
-    no user and no item, so threads need no locks and the model depends on the seed and the
-    grid, not on the thread count. ``num_threads``: used as given; 0 times the first epochs
-    on one thread and on all cores and keeps the faster (as ``recfuse.SVD`` does).
+    is skipped that iteration, never trained on a seen negative. A user without a positive
+    pair is never visited and keeps its random starting vector, as in implicit, so its
+    ``recommend`` is noise (``recfuse.Recommender`` and the CLI answer a user without any
+    stored entry from the popular list). An item that is never a positive is trained only
+    as a negative. Blocks of one diagonal share no user and no item, so threads need no
+    locks and the model depends on the seed and the grid, not on the thread count.
+    ``num_threads``: used as given; 0 times the first epochs on one thread and on all cores
+    and keeps the faster (as ``recfuse.SVD`` does).
 
     Defaults follow ``implicit.bpr.BayesianPersonalizedRanking`` (factors=100, lr=0.01,
     reg=0.01, iterations=100, uniform initial factors in ±0.5/factors).

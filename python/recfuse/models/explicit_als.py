@@ -264,9 +264,10 @@ def check_ratings_fit(top: float, longest: int, dtype) -> None:
     product = top * top * longest  # Python floats: inf past float64's range, no error
     if product > largest:
         advice = "use dtype=np.float64 or rescale" if dtype == np.float32 else "rescale"
+        total = f"{product:.3g}" if np.isfinite(product) else "past float64's range"
         raise ValueError(f"ratings are too large for dtype={dtype.name}: the normal equations "
                          f"sum up to max|ratings|² x the most ratings of one user or item "
-                         f"({top:.3g}² x {longest} = {product:.3g}), more than "
+                         f"({top:.3g}² x {longest} = {total}), more than "
                          f"{dtype.name}'s largest value {largest:.3g}; {advice} the ratings "
                          f"(max|ratings| <= {np.sqrt(largest / longest):.3g} here)")
 
