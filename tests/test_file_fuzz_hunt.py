@@ -417,17 +417,16 @@ def test_files_np_savez_writes_load_the_same(files, tmp_path):
             _load(kind, tmp_path / "packed.npz", mmap=True)
 
 
-def test_duplicate_members_resolve_alike_in_both_modes(files, tmp_path):
-    """Two members of one name (zip allows it): both modes read the same one (the last, as
-    np.load does), so the two modes never give two different models."""
+def test_duplicate_members_are_refused_in_both_modes(files, tmp_path):
+    """Two members of one name (zip allows it; zipfile reads the last): refused in both
+    modes rather than trusting either copy."""
     members = list(_members(files.path("ALS")).items())
     original = dict(members)["user_factors.npy"]
     doubled = np.load(io.BytesIO(original)) * 2
     _zip(tmp_path / "dup.npz", members + [("user_factors.npy", _npy(doubled))])
-    copied = recfuse.load(tmp_path / "dup.npz")
-    mapped = recfuse.load(tmp_path / "dup.npz", mmap=True)
-    assert np.array_equal(copied.user_factors, doubled)
-    assert np.array_equal(mapped.user_factors, doubled)
+    for mmap in (False, True):
+        with pytest.raises(ValueError, match="more than one member named 'user_factors'"):
+            recfuse.load(tmp_path / "dup.npz", mmap=mmap)
 
 
 # ---------------------------------------------------------------- the JSON header

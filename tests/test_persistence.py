@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -326,6 +327,21 @@ def test_a_member_that_is_no_array_is_refused_alike_with_and_without_mmap(model,
                                  "item_factors.npy": _npy((3, 4), data=_TABLE)})
     with pytest.raises(ValueError, match=r"member 'user_factors' is not a .npy array"):
         recfuse.load(garbage, mmap=mmap)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("second", ["user_factors.npy", "user_factors"])
+def test_a_member_named_twice_is_refused(model, tmp_path, mmap, second):
+    """zipfile reads the last of two members of one name: a file could show one table to a
+    reader of its first entries and another to recfuse. Refused, whichever comes first."""
+    path = tmp_path / "model.npz"
+    model.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name"
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(second, _npy((3, 4), data=_TABLE))
+    with pytest.raises(ValueError, match="more than one member named 'user_factors'"):
+        recfuse.load(path, mmap=mmap)
 
 
 @pytest.mark.parametrize("descr", ["<c8", "|b1", "<M8[s]", "|V4"])

@@ -332,6 +332,11 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
         with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
             size = os.fstat(handle.fileno()).st_size
             infos = {_member_name(info.filename): info for info in archive.infolist()}
+            if len(infos) != len(archive.infolist()):  # else the last of a name would win
+                names = [_member_name(info.filename) for info in archive.infolist()]
+                twice = sorted({name for name in names if names.count(name) > 1})
+                raise ValueError(f"{path!r} is not a readable recfuse model file: it holds "
+                                 f"more than one member named {twice[0]!r}")
             if HEADER_KEY not in infos:
                 raise ValueError(f"{path!r} is not a recfuse model file (no {HEADER_KEY} header)")
             _check_inflated_sizes(path, infos, size)
