@@ -735,7 +735,8 @@ class _DeviceEpochs:
 
 class SVDpp(_SgdFactorization):
     """SVD++ (Koren 2008; Surprise's ``SVDpp``): r̂_ui = μ + b_u + b_i + q_i·(p_u + z_u),
-    z_u = |N(u)|^(-1/2) Σ_{j∈N(u)} y_j over the items N(u) the user rated in training.
+    z_u = |N(u)|^(-1/2) Σ_{j∈N(u)} y_j over the items N(u) the user rated in training (a
+    set: an item the user rated twice counts once, where Surprise's list counts it twice).
 
     Surprise's defaults (factors=20, epochs=20, lr=0.007, reg=0.02) and rules, with one
     change that makes an epoch O(nnz k) instead of O(Σ_u |N(u)|² k): each epoch visits the
