@@ -66,12 +66,16 @@ def mae(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 def _errors(y_true, y_pred) -> tuple[np.ndarray, float]:
     """(errors / scale, scale) of the paired ratings: scale 1, unless squares or sums of the
     errors would overflow float64 (errors near 1e154 and beyond), when the errors come
-    divided by the largest value, so that rmse and mae stay finite wherever they are."""
+    divided by the largest error, so that rmse and mae stay finite wherever they are. (The
+    errors' size decides, not the ratings': 1e200 against 1e200 + 2 is an error of 2.)"""
     truth, predicted = _paired(y_true, y_pred)
-    largest = max(float(np.abs(truth).max()), float(np.abs(predicted).max()))
-    if largest < 1e150:
-        return truth - predicted, 1.0
-    return truth / largest - predicted / largest, largest
+    with np.errstate(over="ignore"):  # a difference past float64's range: inf, handled below
+        errors = truth - predicted
+    if np.abs(errors).max() < 1e150:  # NaN cannot come: the ratings are finite
+        return errors, 1.0
+    halves = truth / 2 - predicted / 2  # finite, whatever the ratings
+    largest = float(np.abs(halves).max())
+    return halves / largest, 2 * largest
 
 
 def _paired(y_true, y_pred):
@@ -370,15 +374,18 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
                          "pass cold_users='include' or 'skip'")
     if cold_users == "skip":
         users = np.setdiff1d(users, cold, assume_unique=True)
-    check.check_result_size(users.size, k, 8)  # MemoryError naming k, before allocating
-    ids = np.full((users.size, k), -1, dtype=np.int64)
-    asked = min(k, test.shape[1])  # the rest stays -1 (implicit models pad with item 0)
+    # a list holds at most every item: columns past them would be padding that no metric
+    # counts (precision divides by min(k, test items))
+    asked = min(k, test.shape[1])
+    check.check_result_size(users.size, asked, 8)  # MemoryError naming k, before allocating
+    ids = np.full((users.size, max(asked, 1)), -1, dtype=np.int64)
     progress = tqdm(total=users.size, disable=not show_progress, desc="evaluate", unit="user")
     try:
         for begin in range(0, users.size, batch_size):
             batch = users[begin:begin + batch_size]
             rows = train[batch]
-            got = np.asarray(recommend(batch, rows, asked)).reshape(batch.size, -1)[:, :k]
+            # (implicit models pad a short list with item 0, or give k ids: cut to asked)
+            got = np.asarray(recommend(batch, rows, asked)).reshape(batch.size, -1)[:, :asked]
             if got.size and got.dtype.kind not in "iu":  # not truncated into ids
                 raise TypeError(f"model.recommend must return integer item ids, got dtype "
                                 f"{got.dtype}")

@@ -34,29 +34,41 @@ from . import _validation as check
 from .interactions import Interactions, _times_ns
 from ._typing import Integer, RandomState, SparseMatrix
 
+class _DefaultSeed(int):
+    """The seeds' default, 0, told apart from a 0 the caller gave (``_rng``)."""
+
+    def __repr__(self) -> str:
+        return "0"
+
+
+_DEFAULT_SEED: Any = _DefaultSeed(0)
+
 # Each split returns (train, test) in the form given: two Interactions, or for a sparse matrix
 # two CSR matrices (the overloads say so to type checkers).
 
 
 @overload
-def random_split(data: Interactions, test_fraction: float = 0.2, *, seed: RandomState = 0,
-                 drop_cold: bool = False, random_state: RandomState = None
+def random_split(data: Interactions, test_fraction: float = 0.2, *,
+                 seed: RandomState = _DEFAULT_SEED, drop_cold: bool = False,
+                 random_state: RandomState = None
                  ) -> tuple[Interactions, Interactions]: ...
 
 
 @overload
-def random_split(data: SparseMatrix, test_fraction: float = 0.2, *, seed: RandomState = 0,
-                 drop_cold: bool = False, random_state: RandomState = None
+def random_split(data: SparseMatrix, test_fraction: float = 0.2, *,
+                 seed: RandomState = _DEFAULT_SEED, drop_cold: bool = False,
+                 random_state: RandomState = None
                  ) -> tuple[sp.csr_matrix, sp.csr_matrix]: ...
 
 
 def random_split(data: Interactions | SparseMatrix, test_fraction: float = 0.2, *,
-                 seed: RandomState = 0, drop_cold: bool = False,
+                 seed: RandomState = _DEFAULT_SEED, drop_cold: bool = False,
                  random_state: RandomState = None
                  ) -> tuple[Interactions, Interactions] | tuple[sp.csr_matrix, sp.csr_matrix]:
     """A random ``test_fraction`` of all pairs (exactly fraction x pairs, rounded half up) to
     test. ``random_state``: another name for ``seed`` (as in the models, scikit-learn and
     implicit)."""
+    drop_cold = check.check_flag(drop_cold, "drop_cold")
     interactions, as_matrix = _as_interactions(data)
     fraction = _fraction(test_fraction)
     rng = _rng(seed, random_state)
@@ -67,29 +79,33 @@ def random_split(data: Interactions | SparseMatrix, test_fraction: float = 0.2, 
 
 
 @overload
-def per_user_split(data: Interactions, test_fraction: float = 0.2, *, seed: RandomState = 0,
-                   min_train: Integer = 1, drop_cold: bool = False,
+def per_user_split(data: Interactions, test_fraction: float = 0.2, *,
+                   seed: RandomState = _DEFAULT_SEED, min_train: Integer = 1,
+                   drop_cold: bool = False,
                    random_state: RandomState = None) -> tuple[Interactions, Interactions]: ...
 
 
 @overload
-def per_user_split(data: SparseMatrix, test_fraction: float = 0.2, *, seed: RandomState = 0,
-                   min_train: Integer = 1, drop_cold: bool = False,
+def per_user_split(data: SparseMatrix, test_fraction: float = 0.2, *,
+                   seed: RandomState = _DEFAULT_SEED, min_train: Integer = 1,
+                   drop_cold: bool = False,
                    random_state: RandomState = None) -> tuple[sp.csr_matrix, sp.csr_matrix]: ...
 
 
 def per_user_split(data: Interactions | SparseMatrix, test_fraction: float = 0.2, *,
-                   seed: RandomState = 0, min_train: Integer = 1, drop_cold: bool = False,
-                   random_state: RandomState = None
+                   seed: RandomState = _DEFAULT_SEED, min_train: Integer = 1,
+                   drop_cold: bool = False, random_state: RandomState = None
                    ) -> tuple[Interactions, Interactions] | tuple[sp.csr_matrix, sp.csr_matrix]:
     """A random fraction x n_u (rounded half up) of each user's n_u pairs to test, leaving at
     least ``min_train`` of them in train. ``random_state``: another name for ``seed``."""
+    drop_cold = check.check_flag(drop_cold, "drop_cold")
     interactions, as_matrix = _as_interactions(data)
     fraction = _fraction(test_fraction)
     min_train = check.check_int(min_train, "min_train", minimum=0)
     rng = _rng(seed, random_state)
     per_user = np.diff(interactions._indptr)
-    wanted = np.minimum(_rounded_count(fraction, per_user), np.maximum(per_user - min_train, 0))
+    keep = min(min_train, int(per_user.max(initial=0)))  # a Python int past int64 overflows
+    wanted = np.minimum(_rounded_count(fraction, per_user), np.maximum(per_user - keep, 0))
     rank = _rank_within_user(interactions, rng.random(interactions.nnz))
     test = rank < np.repeat(wanted, per_user)
     return _finish(interactions, test, drop_cold, as_matrix)
@@ -102,12 +118,13 @@ def _rounded_count(fraction: float, n):
 
 
 def leave_last_n(data: Interactions, n: Integer = 1, *, min_train: Integer = 1,
-                 seed: RandomState = 0, drop_cold: bool = False,
+                 seed: RandomState = _DEFAULT_SEED, drop_cold: bool = False,
                  random_state: RandomState = None
                  ) -> tuple[Interactions, Interactions]:  # a matrix has no times: refused
     """Each user's ``n`` latest pairs to test (users with fewer than n + ``min_train`` pairs
     stay wholly in train). Pairs with equal times are ordered at random (seeded;
     ``random_state`` is another name for ``seed``)."""
+    drop_cold = check.check_flag(drop_cold, "drop_cold")
     interactions, as_matrix = _as_interactions(data, need_times="leave_last_n")
     n = check.check_int(n, "n", minimum=1)
     min_train = check.check_int(min_train, "min_train", minimum=0)
@@ -127,6 +144,7 @@ def temporal_split(data: Interactions,  # a matrix has no times: refused
     a string pandas parses, or seconds since the epoch; or give ``test_fraction`` to cut
     at the time of the floor(fraction x pairs)-th latest pair (pairs at the cut time all go
     to test; none when fraction x pairs < 1)."""
+    drop_cold = check.check_flag(drop_cold, "drop_cold")
     interactions, as_matrix = _as_interactions(data, need_times="temporal_split")
     if (cut is None) == (test_fraction is None):
         raise ValueError("give exactly one of cut and test_fraction")
@@ -153,7 +171,7 @@ def _rng(seed, random_state) -> np.random.Generator:
     scikit-learn's and implicit's) when that is given; both given is a TypeError."""
     if random_state is None:
         return check.seeded_rng(seed)
-    if not (isinstance(seed, int) and seed == 0):  # seed left at its default
+    if seed is not _DEFAULT_SEED:
         raise TypeError(f"give seed or random_state (another name for it), not both: got "
                         f"seed={seed!r:.60} and random_state={random_state!r:.60}")
     return check.seeded_rng(random_state, "random_state")
