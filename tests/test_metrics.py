@@ -347,6 +347,29 @@ def test_evaluate_refuses_item_vectors_of_another_item_count():
     assert 0 < result["diversity"] <= 2
 
 
+def test_evaluate_refuses_a_model_or_test_of_other_items_and_other_id_maps():
+    matrix = datasets.synthetic_implicit(60, 20, 500, seed=0)
+    train, test = split.per_user_split(matrix, 0.3, seed=0)
+    narrow = recfuse.ALS(factors=4, iterations=1, random_state=0).fit(train[:, :18])
+    with pytest.raises(ValueError, match="test has 20 items but the model knows 18"):
+        metrics.evaluate(narrow, train, test, k=5)
+    # two logs of one shape whose ints stand for other ids: refused, not scored
+    a = recfuse.Interactions.from_arrays(["u", "v"], ["x", "y"])
+    b = recfuse.Interactions.from_arrays(["u", "w"], ["x", "y"])
+    model = recfuse.ALS(factors=2, iterations=1, random_state=0).fit(a)
+    with pytest.raises(ValueError, match="must share their id maps, but their user_ids"):
+        metrics.evaluate(model, a, b, k=1)
+    train, test = split.random_split(a, 0.5, seed=0)  # a split shares them
+    assert metrics.evaluate(model, train, test, k=1)["users"] == 1
+
+
+def test_diversity_stays_within_zero_and_two():
+    # identical and opposite float32 vectors: 1 - cos is 0 and 2 up to rounding, clamped
+    vectors = np.array([[0.1, 0.7, 0.3], [0.1, 0.7, 0.3], [-0.1, -0.7, -0.3]], np.float32)
+    for pair in ([0, 1], [0, 2]):
+        assert 0.0 <= metrics.intra_list_diversity([pair], vectors) <= 2.0
+
+
 def test_num_threads_and_flags_are_checked_as_everywhere_else():
     # as the models, topk and MLPScorer check them: a negative num_threads is a ValueError
     # naming it (it was passed on as "all cores"), a string a TypeError naming it (not the

@@ -317,7 +317,8 @@ def intra_list_diversity(recommended: ArrayLike, item_vectors: ArrayLike, *,
     else:  # the NumPy definition itself
         per_list = reference_data.intra_list_diversity(ids, vectors)
     finite = per_list[np.isfinite(per_list)]
-    return float(finite.mean()) if finite.size else float("nan")
+    # 1 - cosine lies in [0, 2]; float32 rounding could stray past either end by an ulp
+    return float(np.clip(finite.mean(), 0.0, 2.0)) if finite.size else float("nan")
 
 
 # ---------------------------------------------------------------------------- protocol
@@ -353,6 +354,13 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
     check.check_choice(cold_users, "cold_users", COLD_USERS)
     show_progress = check.check_flag(show_progress, "show_progress")
     num_threads = check.check_threads(num_threads)
+    if isinstance(train, Interactions) and isinstance(test, Interactions):
+        for side in ("user_ids", "item_ids"):  # one shape, but other ids behind the ints?
+            if getattr(train, side) is not getattr(test, side) and \
+                    getattr(train, side) != getattr(test, side):
+                raise ValueError(f"train and test must share their id maps, but their "
+                                 f"{side} differ: build test with user_ids=train.user_ids, "
+                                 f"item_ids=train.item_ids (or split one log)")
     train, test = _csr(train, "train"), _csr(test, "test")
     if train.shape != test.shape:
         raise ValueError(f"train and test must have one shape (same users and items), got "
@@ -362,6 +370,11 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
         raise ValueError(f"item_vectors must have one row per item ({test.shape[1]}, test's "
                          f"columns), got shape {np.shape(item_vectors)}")
     users = np.flatnonzero(np.diff(test.indptr) > 0)
+    items = getattr(getattr(model, "item_factors", None), "shape", (test.shape[1],))
+    if items[0] != test.shape[1]:
+        raise ValueError(f"test has {test.shape[1]} items but the model knows {items[0]}: fit "
+                         f"the model on train's matrix, and map the test set with the train "
+                         f"id maps")
     known = getattr(model, "user_factors", None)
     if known is not None and users.size and users.max() >= known.shape[0]:
         raise ValueError(f"test has users up to id {users.max()} but the model knows "
