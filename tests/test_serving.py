@@ -121,6 +121,18 @@ def test_cold_start_popular(als, seen):
         assert (got.stages == "popular").all()
 
 
+def test_rerank_allows_and_mask_check_their_arguments():
+    rules = Rerank(allow=[0, 1, 3], deny=[1])
+    assert rules.allows([0, 1, 2, 3]).tolist() == [True, False, False, True]  # a list too
+    assert rules.mask(0, 4).tolist() == [1, 0, 0, 1]
+    with pytest.raises(TypeError, match="ids must hold item ids"):
+        rules.allows(["a"])
+    with pytest.raises(TypeError, match="first must be an integer, got bool"):
+        rules.mask(True, 2)
+    with pytest.raises(ValueError, match="count"):
+        rules.mask(0, -1)
+
+
 def test_popularity_counts_positive_entries_only():
     # item 0: two stored zeros and a dislike; item 1: one like; item 2: two likes. The
     # zeros and the dislike (stored, so "seen") must not make item 0 the most popular

@@ -244,9 +244,16 @@ class Rerank:
         """Whether this re-ranking can change the ranked order (needs more than k candidates)."""
         return self.diversity is not None or self.category_cap is not None
 
-    def allows(self, ids: np.ndarray) -> np.ndarray:
+    def allows(self, ids: ArrayLike) -> np.ndarray:
         """Which of the item ``ids`` allow/deny let through (bool, aligned with ``ids``)."""
-        keep = np.ones(ids.size, dtype=bool)
+        ids = check.id_array(ids, "ids", "an array of item ids")
+        if ids.size and ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must hold item ids (integers), got dtype {ids.dtype}")
+        return self._keep(ids)
+
+    def _keep(self, ids: np.ndarray) -> np.ndarray:
+        """``allows`` of ids known to be an integer array."""
+        keep = np.ones(ids.shape, dtype=bool)
         if self.allow is not None:
             keep &= np.isin(ids, self.allow)
         if self.deny is not None:
@@ -256,13 +263,15 @@ class Rerank:
     def mask(self, first: int, count: int) -> np.ndarray | None:
         """uint8 mask of the ids ``[first, first + count)`` that allow/deny let through
         (None: all of them), as ``ItemIndex`` takes it."""
+        first = check.check_int(first, "first", minimum=0)
+        count = check.check_int(count, "count", minimum=0)
         return self._mask_of(np.arange(first, first + count))
 
     def _mask_of(self, ids: np.ndarray) -> np.ndarray | None:
         """``mask`` of any item ``ids``: ``allows(ids)`` as uint8, None without rules."""
         if self.allow is None and self.deny is None:
             return None
-        return self.allows(ids).view(np.uint8)
+        return self._keep(ids).view(np.uint8)
 
 
 # ---------------------------------------------------------------------- the model, frozen
@@ -917,7 +926,7 @@ class Recommender:
         history &= np.any(users != 0, axis=1)
         popular = popular_items(seen, n_items)
         if self.rerank is not None:
-            popular = popular[self.rerank.allows(popular)]
+            popular = popular[self.rerank._keep(popular)]
         scorer, ranker_source = ranker if ranker is not None else (None, None)
         prepared = None
         if scorer is not None:

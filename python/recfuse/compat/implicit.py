@@ -114,6 +114,8 @@ from .._typing import Integer, SparseMatrix
 # implicit's random_state: None, a seed, a RandomState or a Generator.
 ImplicitRandomState: TypeAlias = Union[int, np.integer[Any], np.random.RandomState,
                                        np.random.Generator, None]
+# what implicit's queries take as user_items: CSR only (it refuses other formats)
+CsrMatrix: TypeAlias = Union[sp.csr_matrix, sp.csr_array]
 
 __all__ = [
     "AlternatingLeastSquares",
@@ -675,7 +677,7 @@ class AlternatingLeastSquares:
     def recommend(
         self,
         userid: ArrayLike,
-        user_items: SparseMatrix | None,
+        user_items: CsrMatrix | None,
         N: Integer = 10,
         filter_already_liked_items: bool = True,
         filter_items: ArrayLike | None = None,
@@ -691,6 +693,9 @@ class AlternatingLeastSquares:
         """
         self._require_fitted()
         N = check.check_int(N, "N", minimum=1)
+        filter_already_liked_items = check.check_flag(filter_already_liked_items,
+                                                      "filter_already_liked_items")
+        recalculate_user = check.check_flag(recalculate_user, "recalculate_user")
         check.check_result_size(np.size(userid), N)
         item_factors = self._table("item_factors", convert=False)
         n_items = item_factors.shape[0]
@@ -749,6 +754,7 @@ class AlternatingLeastSquares:
         """
         self._require_fitted()
         N = check.check_int(N, "N", minimum=1)
+        recalculate_item = check.check_flag(recalculate_item, "recalculate_item")
         check.check_result_size(np.size(itemid), N)
         factors = self._table("item_factors", convert=False)
         norms = self.item_norms
@@ -858,7 +864,7 @@ class AlternatingLeastSquares:
         return scores.sum(), [(ids[j], scores[j]) for j in top], user_weights
 
     # ------------------------------------------------------------------ deprecated in implicit
-    def rank_items(self, userid: ArrayLike, user_items: SparseMatrix | None,
+    def rank_items(self, userid: ArrayLike, user_items: CsrMatrix | None,
                    selected_items: ArrayLike, recalculate_user: bool = False
                    ) -> tuple[np.ndarray, np.ndarray]:
         """Deprecated (as in implicit 0.7): use ``recommend(..., items=selected_items)``.
@@ -874,7 +880,7 @@ class AlternatingLeastSquares:
 
     def recommend_all(
         self,
-        user_items: SparseMatrix,
+        user_items: CsrMatrix,
         N: Integer = 10,
         recalculate_user: bool = False,
         filter_already_liked_items: bool = True,
@@ -888,6 +894,9 @@ class AlternatingLeastSquares:
         """
         warnings.warn("recommend_all is deprecated. Use recommend with an array of userids "
                       "instead", DeprecationWarning, stacklevel=2)
+        filter_already_liked_items = check.check_flag(filter_already_liked_items,
+                                                      "filter_already_liked_items")
+        recalculate_user = check.check_flag(recalculate_user, "recalculate_user")
         if not sp.issparse(user_items):
             raise CompatTypeError(
                 "user_items must be a scipy.sparse CSR matrix (users x items), got "
