@@ -148,6 +148,19 @@ def test_weights_beyond_float32_are_refused_not_stored_as_inf():
     assert Interactions.from_arrays([1, 1], [2, 2], [big, big], combine="max").values[0] == big
 
 
+def test_max_of_signed_zeros_does_not_hang_on_event_order():
+    # +0.0 beats -0.0 (IEEE 754-2019 maximum), natively and in the reference; a lone -0.0
+    # stays as it came
+    from recfuse import reference_data
+
+    for weights in ([-0.0, 0.0, -0.0], [0.0, -0.0], [-0.0, -0.0], [-0.0]):
+        n = len(weights)
+        got = Interactions.from_arrays([1] * n, [2] * n, weights, combine="max").values[0]
+        want = reference_data.group_events(np.zeros(n), np.zeros(n), np.array(weights),
+                                           n_users=1, n_items=1, combine="max")[2][0]
+        assert np.signbit(got) == np.signbit(want) == np.signbit(weights).all()
+
+
 # ------------------------------------------------------------------ weighting
 def test_event_weights_and_half_life():
     df = frame()

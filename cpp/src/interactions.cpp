@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -364,7 +365,10 @@ GroupedPairs group_events(const int32_t* users, const int32_t* items, const doub
       count += weight;
       switch (combine) {
         case Combine::Sum: value_sum += value; break;
-        case Combine::Max: value_sum = std::max(value_sum, value); break;
+        case Combine::Max:  // +0.0 beats -0.0, so the stored bits do not hang on order
+          if (value > value_sum || (value == value_sum && std::signbit(value_sum)))
+            value_sum = value;
+          break;
         case Combine::Count: value_sum += static_cast<double>(weight); break;
         case Combine::Last:
           // Events of a pair come in input order: a later one wins unless it is older.

@@ -37,8 +37,10 @@ def group_events(users, items, values=None, times=None, multiplicity=None, *, n_
         events = pairs[key]
         if combine == "sum":
             value = values[events].sum()
-        elif combine == "max":
+        elif combine == "max":  # +0.0 beats -0.0 (IEEE 754-2019 maximum)
             value = values[events].max()
+            if value == 0 and not np.signbit(values[events][values[events] == 0]).all():
+                value = 0.0
         elif combine == "count":
             value = float(weight[events].sum())
         elif combine == "last":
