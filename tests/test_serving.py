@@ -1225,7 +1225,9 @@ def test_observe_refuses_weights_that_overflow_the_fold_in(als):
     wide = Recommender(recfuse.ALS(factors=3, iterations=1, dtype=np.float64,
                                    random_state=0).fit(als._user_items), k=5)
     wide.observe({"user": [5], "item": [1], "weight": [1e30]})  # fine in float64
-    with pytest.raises(ValueError, match=r"beyond the 1.34e\+154 a float64 ALS model"):
+    # a cg model: the confidence's cube root bound, below the square root's 1.34e154
+    with pytest.raises(ValueError, match=r"beyond the 5.64e\+102 a float64 ALS model takes "
+                                         r"\(the cg solver's steps"):
         wide.observe({"user": [5], "item": [1], "weight": [1e200]})
 
 

@@ -82,14 +82,13 @@ def _rec(model, **settings_):
     return Recommender(model, **options)
 
 
-def _popular(seen: sp.csr_matrix) -> list[int]:
-    """The documented cold-start order: most stored entries (a repeated pair once), ties by
-    the smaller id."""
-    pairs = sp.csr_matrix((np.ones(seen.nnz), seen.indices, seen.indptr), shape=seen.shape)
-    pairs.sum_duplicates()
-    counts = np.zeros(seen.shape[1])
-    for item in pairs.indices.tolist():
-        counts[item] += 1
+def _popular(seen: sp.csr_matrix, positive: bool = False) -> list[int]:
+    """The documented cold-start order: most stored entries (a repeated pair once; for ALS
+    and BPR, ``positive``, only pairs whose summed value is > 0), ties by the smaller id."""
+    stored = sp.csr_matrix((np.ones(seen.nnz), seen.indices, seen.indptr),
+                           shape=seen.shape).toarray() > 0  # toarray sums repeats
+    liked = seen.toarray() > 0
+    counts = (liked if positive else stored).sum(axis=0)
     return sorted(range(seen.shape[1]), key=lambda i: (-counts[i], i))
 
 
@@ -380,15 +379,16 @@ def test_bpr_takes_positive_events_only_and_serves_them_as_seen():
 
 
 def test_cold_lists_follow_the_documented_popular_order_for_each_model_kind():
-    """Most stored training entries (stored zeros count, a repeated pair once), ties by the
-    smaller id; the user's training row and observed items left out; added items never."""
+    """Most positive training entries for ALS and BPR (stored zeros do not count, a repeated
+    pair once), most rated pairs for rating models, ties by the smaller id; the user's
+    training row and observed items left out; added items never."""
     # a non-canonical CSR: user 0 holds item 2 twice (one pair), stored zeros on item 5
     indptr = [0, 3, 5, 6, 7]
     indices = [2, 2, 1, 5, 3, 5, 1]
     data = [1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     seen = sp.csr_matrix((np.array(data), indices, indptr), shape=(4, 7))
-    order = _popular(seen)
-    assert order[:3] == [1, 5, 2]
+    order = _popular(seen, positive=True)
+    assert order[:4] == [1, 2, 3, 0]  # item 5's two stored zeros: seen, not liked
     for model in (recfuse.ALS(factors=2, iterations=2, random_state=0).fit(seen.copy()),
                   recfuse.BPR(factors=2, iterations=2, random_state=0).fit(seen.copy())):
         rec = Recommender(model, k=7, max_new_items=3, num_threads=1)
@@ -865,8 +865,9 @@ def test_an_added_als_items_weight_within_the_bound_is_taken_or_refused_clearly(
         taken = rec.observe({"user": [0], "item": [NI], "weight": [weight]})
     except np.linalg.LinAlgError:
         raise
-    except ValueError as error:
-        assert "nothing was applied" in str(error) and "weight" in str(error)
+    except ValueError as error:  # refused after a fold-in, or by the cg solver's bound
+        assert ("nothing was applied" in str(error) and "weight" in str(error)) or \
+            "the cg solver's steps multiply three confidences" in str(error)
         _assert_same_snapshot(before, _snapshot(rec, PROBE_USERS))
         return
     assert taken == 1 and rec.info()["added_items"] == 1
@@ -875,13 +876,25 @@ def test_an_added_als_items_weight_within_the_bound_is_taken_or_refused_clearly(
 
 
 def test_the_same_weights_on_a_model_item_are_taken():
-    """The regression beside the bug above: the bound holds for model items."""
-    for dtype, weight in ((np.float32, 1e19), (np.float64, 1e100)):
+    """The regression beside the bug above: the bound holds for model items (the cholesky
+    solver's; the cg solver's is the cube root of the dtype's largest value)."""
+    for solver, dtype, weight in (("cholesky", np.float32, 1e19), ("cg", np.float32, 6e12),
+                                  ("cholesky", np.float64, 1e100), ("cg", np.float64, 1e100)):
         model = recfuse.ALS(factors=D, iterations=3, regularization=0.1, alpha=1.0,
-                            dtype=dtype, random_state=0).fit(TRAIN.astype(dtype))
+                            solver=solver, dtype=dtype, random_state=0).fit(TRAIN.astype(dtype))
         rec = _rec(model)
-        assert rec.observe({"user": [0], "item": [2], "weight": [weight]}) == 1
+        before = rec._state.users.get(0)
+        try:
+            assert rec.observe({"user": [0], "item": [2], "weight": [weight]}) == 1
+        except ValueError as error:  # "a fold-in that overflows anyway is refused"
+            assert "nothing was applied" in str(error), (solver, dtype, error)
+            assert rec._state.users.get(0) is before
+            continue
         assert np.isfinite(rec._state.users[0].vector).all()
+    cg = _rec(recfuse.ALS(factors=D, iterations=3, random_state=0).fit(TRAIN))
+    with pytest.raises(ValueError, match=r"beyond the 6.98e\+12 a float32 ALS model takes "
+                                         r"\(the cg solver's steps multiply three"):
+        cg.observe({"user": [0], "item": [2], "weight": [1e13]})
 
 
 def test_bpr_fold_ins_draw_fresh_negatives_in_each_call(monkeypatch):

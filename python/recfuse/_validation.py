@@ -8,6 +8,8 @@ import functools
 import numbers
 from collections import abc
 import os
+import sys
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -343,6 +345,34 @@ def finite_in(values: np.ndarray, dtype: DTypeLike, name: str) -> np.ndarray:
             f" as {dtype} (values beyond its range, {np.finfo(dtype).max:.3g})"
         raise ValueError(f"{name} must hold finite values, got {bad} NaN/inf{beyond}")
     return cast
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` made by this function's caller that names
+    the first frame outside recfuse: the user's line, however many of recfuse's frames
+    (serving, load helpers, decorators) lie between. (Python 3.12's ``skip_file_prefixes``
+    does this; 3.10 and 3.11 have no such argument.)"""
+    frame: Any = sys._getframe(1)  # the function that warns: stacklevel 1
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def settings_fit_dtype(settings: dict, names, dtype: DTypeLike) -> None:
+    """Refuse a checked float setting among ``names`` in ``settings`` (None: not given) whose
+    magnitude ``dtype`` cannot hold (1e300 in float32): ValueError naming it, rather than a
+    kernel's inf (a NumPy cast warning, then "diverged" or a fit that kept its start)."""
+    largest = float(np.finfo(dtype).max)
+    for name in names:
+        value = settings.get(name)
+        if value is not None and abs(value) > largest:
+            raise ValueError(f"{name} must be at most {np.dtype(dtype).name}'s largest value "
+                             f"{largest:.3g} (the model's arithmetic is in that dtype), got "
+                             f"{value:g}")
 
 
 def array_of(value, name: str, what: str = "an array") -> np.ndarray:

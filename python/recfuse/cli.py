@@ -1247,7 +1247,8 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else 2
     try:
         status = args.run(args)
-        sys.stdout.flush()  # here, where a closed stdout is caught, not at the exit
+        if sys.stdout is not None:  # None: started with stdout closed (print drops output)
+            sys.stdout.flush()  # here, where a closed stdout is caught, not at the exit
         return status
     except BrokenPipeError:  # stdout closed before the end (`recfuse ... | head`): no
         # traceback; stdout goes to devnull so that the exit's own flush fails no more

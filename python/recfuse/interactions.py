@@ -195,7 +195,12 @@ class IdMap:
         return self._kind
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, IdMap) and np.array_equal(self._ids, other._ids)
+        # NumPy takes True for 1: maps of bools and of ints look ids up apart, so differ
+        return isinstance(other, IdMap) and np.array_equal(self._ids, other._ids) and \
+            (self.kind == "boolean") == (other.kind == "boolean")
+
+    def __reduce__(self):  # rebuilt from the ids: read-only again, no lookup table carried
+        return (type(self)._distinct, (self._ids,))
 
     __hash__ = None  # type: ignore[assignment]  # unhashable: __eq__ compares the ids
 
@@ -1086,6 +1091,12 @@ class Interactions:
         if self._indptr.size != len(user_ids) + 1 or self._indptr[-1] != self._indices.size:
             raise ValueError("inconsistent pair arrays")
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the cached matrices out: rebuilt on first use, they share
+        the copy's own arrays (a pickled cache would come back as separate, writable arrays,
+        and make the pickle up to twice as large)."""
+        return {**self.__dict__, "_matrix": None, "_transpose": None}
+
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_events(cls, source: Any, *, user: str = "user", item: str = "item",
@@ -1100,17 +1111,17 @@ class Interactions:
         column name -> array, or a .csv/.tsv/.parquet path, or a folder of Parquet files
         (a dataset written in parts; hive partition folders included).
 
-        ``user``/``item`` name the id columns; ``weight`` a numeric column (1 per event
-        without it); ``timestamp`` a time column (datetimes, strings pandas can parse, or
-        numbers as seconds since the epoch); ``event`` a column of event types, each weighted
-        by ``event_weights`` (e.g. ``{"view": 1, "click": 3, "purchase": 10}``; every type in
-        the data must be listed). ``half_life`` (seconds, a timedelta or e.g. ``"30D"``)
-        multiplies each event by 0.5^((reference_time - t) / half_life), the reference being
-        the latest event unless given. ``combine`` ("sum", "max", "last", "count") merges a
-        pair's events; ``weighting`` and its options see ``weighted``. ``user_ids`` /
-        ``item_ids`` start from existing maps; ids they lack are appended (``unknown=
-        "extend"``), their events dropped (``"drop"``; ``dropped_events`` counts them), or
-        rejected (``"raise"``). ``read_options`` go to the CSV/Parquet reader; without
+        ``user``/``item`` name the id columns; ``weight`` a numeric column (1 per event without
+        it); ``timestamp`` a time column (datetimes, strings pandas can parse, or numbers as
+        seconds since the epoch); ``event`` a column of event types, each weighted by
+        ``event_weights`` (e.g. ``{"view": 1, "click": 3, "purchase": 10}``; every type in the
+        data must be listed). ``half_life`` (seconds, a timedelta or e.g. ``"30D"``) multiplies
+        each event by 0.5^((reference_time - t) / half_life), the reference being the latest
+        event unless given. ``combine`` ("sum", "max", "last", "count") merges a pair's events
+        ("max" ranks +0.0 above -0.0); ``weighting`` and its options see ``weighted``.
+        ``user_ids`` / ``item_ids`` start from existing maps; ids they lack are appended
+        (``unknown="extend"``), their events dropped (``"drop"``; ``dropped_events`` counts
+        them), or rejected (``"raise"``). ``read_options`` go to the CSV/Parquet reader; without
         ``read_dictionary`` there, Parquet id columns stored as dictionary codes are read as
         dictionaries (string ids held by Arrow are numbered natively either way). The user and
         item ids of a CSV file are its text: a column of integers written plainly (``7``,

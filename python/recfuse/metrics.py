@@ -64,15 +64,19 @@ def mae(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 
 
 def _errors(y_true, y_pred) -> tuple[np.ndarray, float]:
-    """(errors / scale, scale) of the paired ratings: scale 1, unless squares or sums of the
-    errors would overflow float64 (errors near 1e154 and beyond), when the errors come
-    divided by the largest error, so that rmse and mae stay finite wherever they are. (The
-    errors' size decides, not the ratings': 1e200 against 1e200 + 2 is an error of 2.)"""
+    """(errors / scale, scale) of the paired ratings: scale 1, unless squares of the errors
+    would overflow float64 (errors near 1e154 and beyond) or underflow it (near 1e-154 and
+    below), when the errors come divided by the largest error, so that rmse and mae stay
+    exact wherever they are. (The errors' size decides, not the ratings': 1e200 against
+    1e200 + 2 is an error of 2.)"""
     truth, predicted = _paired(y_true, y_pred)
     with np.errstate(over="ignore"):  # a difference past float64's range: inf, handled below
         errors = truth - predicted
-    if np.abs(errors).max() < 1e150:  # NaN cannot come: the ratings are finite
+    largest = float(np.abs(errors).max())  # NaN cannot come: the ratings are finite
+    if largest == 0 or 1e-150 < largest < 1e150:
         return errors, 1.0
+    if np.isfinite(largest):
+        return errors / largest, largest
     halves = truth / 2 - predicted / 2  # finite, whatever the ratings
     largest = float(np.abs(halves).max())
     return halves / largest, 2 * largest
@@ -347,8 +351,6 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
     Keys: precision, recall, map, ndcg, auc, mrr, hit_rate, coverage, novelty, diversity,
     (rmse, mae), k, users, cold_users.
     """
-    from tqdm.auto import tqdm
-
     k = check.check_k(k)
     batch_size = check.check_int(batch_size, "batch_size", minimum=1)
     check.check_choice(cold_users, "cold_users", COLD_USERS)
@@ -392,7 +394,9 @@ def evaluate(model: Any, train: SparseMatrix | Interactions, test: SparseMatrix 
     asked = min(k, test.shape[1])
     check.check_result_size(users.size, asked, 8)  # MemoryError naming k, before allocating
     ids = np.full((users.size, max(asked, 1)), -1, dtype=np.int64)
-    progress = tqdm(total=users.size, disable=not show_progress, desc="evaluate", unit="user")
+    from .models._common import progress_bar
+
+    progress = progress_bar(users.size, show_progress, "evaluate", "user")
     try:
         for begin in range(0, users.size, batch_size):
             batch = users[begin:begin + batch_size]

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from ._validation import check_flag, check_model_file, check_path
+from ._validation import caller_stacklevel, check_flag, check_model_file, check_path
 from ._typing import PathLike
 from .interactions import Interactions
 
@@ -412,7 +412,8 @@ def _fall_back_from_unavailable_backend(path: str, params: dict, overrides: dict
     if not info.available:
         warnings.warn(f"{path!r} was saved with backend={saved!r}, which is not available here "
                       f"({info.detail}); loaded with backend='auto' (pass backend=... to "
-                      f"recfuse.load to choose one)", RuntimeWarning, stacklevel=3)
+                      f"recfuse.load to choose one)", RuntimeWarning,
+                      stacklevel=caller_stacklevel())
         params["backend"] = "auto"
 
 

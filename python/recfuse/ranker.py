@@ -193,8 +193,11 @@ class MLPRanker(EstimatorParams):
         progress = progress_bar(self.epochs * batches, show_progress, "MLPRanker", "batch")
         try:
             for epoch in range(self.epochs):
-                trainer._epoch(U, V, pos_users, pos_items, items, seen_keys, per_batch, rng,
-                               moments, step, progress)
+                # a diverging fit overflows quietly and check_trained refuses it below (NumPy's
+                # warnings would be the caller's exception where warnings are errors)
+                with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                    trainer._epoch(U, V, pos_users, pos_items, items, seen_keys, per_batch,
+                                   rng, moments, step, progress)
                 step += batches
                 if callback is not None:
                     callback(epoch, trainer.losses[-1])

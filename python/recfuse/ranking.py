@@ -249,7 +249,8 @@ class MLPScorer:
         copy packs them for its own backend (``backend="auto"`` resolved where it is loaded),
         as a new scorer would, and so scores alike."""
         backend, kernel = self._asked
-        return (_scorer_from, (self.layers, self.precision, backend, kernel, self.source))
+        return (_scorer_from, (type(self), self.layers, self.precision, backend, kernel,
+                               self.source))
 
     def __repr__(self) -> str:
         widths = " -> ".join([str(self.input_width)] + [str(W.shape[0]) for W, _, _ in self.layers])
@@ -497,10 +498,11 @@ def _small_dense_indptr(users: int, per_user: int) -> np.ndarray:
     return indptr
 
 
-def _scorer_from(layers, precision: str, backend: str, kernel: str,
+def _scorer_from(cls, layers, precision: str, backend: str, kernel: str,
                  source: str | None) -> MLPScorer:
-    """The MLPScorer an ``MLPScorer.__reduce__`` describes."""
-    scorer = MLPScorer(list(layers), precision=precision, backend=backend, kernel=kernel)
+    """The MLPScorer (of class ``cls``: a subclass stays one) an ``MLPScorer.__reduce__``
+    describes."""
+    scorer = cls(list(layers), precision=precision, backend=backend, kernel=kernel)
     scorer.source = source
     return scorer
 

@@ -440,7 +440,9 @@ def svdpp_sgd_epoch(users, items, ratings, global_mean, user_bias, item_bias, P,
             P[u] = p + lr_pu * (err * q - reg_pu * p)
             Q[i] = q + lr_qi * (err * (p + z) - reg_qi * q)
             g += err * q
-        decay = dtype.type(float(shrink) ** (end - start))
+        # NumPy's float64 power, as the kernels' double pow: inf past its range, where a
+        # Python float's power raises OverflowError (the fit's check says "diverged")
+        decay = dtype.type(np.float64(shrink) ** np.float64(end - start))
         step = g * (lr_yj * inv_sqrt)
         for j in cols:
             Y[j] = decay * Y[j] + step

@@ -136,7 +136,8 @@ class ItemIndex:
     def __reduce__(self):
         """Pickled (and copied) as its table and settings: the copy prepares its own search
         tables (and resolves backend="auto" where it is loaded), as a new index would."""
-        return (_index_from, (self.items, self.bias, self.metric, self.storage, self.backend))
+        return (_index_from, (type(self), self.items, self.bias, self.metric, self.storage,
+                              self.backend))
 
     def _check_storage(self, storage: str) -> None:
         """Refuses a ``storage`` (one of STORAGES) this table or backend cannot have."""
@@ -368,9 +369,10 @@ def _within_dot_range(rows: np.ndarray) -> np.ndarray:
     return rows
 
 
-def _index_from(items, bias, metric: str, storage: str, backend: str) -> ItemIndex:
-    """The ItemIndex an ``ItemIndex.__reduce__`` describes."""
-    return ItemIndex(items, item_bias=bias, metric=metric, storage=storage, backend=backend)
+def _index_from(cls, items, bias, metric: str, storage: str, backend: str) -> ItemIndex:
+    """The ItemIndex (of class ``cls``: a subclass stays one) an ``ItemIndex.__reduce__``
+    describes."""
+    return cls(items, item_bias=bias, metric=metric, storage=storage, backend=backend)
 
 
 def _item_table(items) -> np.ndarray:

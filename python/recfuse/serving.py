@@ -28,8 +28,10 @@ score is still the recall or rank score).
 
 Cold start: a user the model does not know (an id beyond its users that has not been
 observed), one without any known interaction or one whose vector is still zero gets the
-most popular items it has not seen (most stored entries in the model's training matrix,
-a repeated pair once, ties by smaller id; its training row and observed items left out;
+most popular items it has not seen (most entries in the model's training matrix, a
+repeated pair once: for ALS and BPR positive entries, since a stored zero or a dislike is
+seen but not liked; for rating models rated pairs, whatever the rating; ties by smaller id;
+its training row and observed items left out;
 items added by ``observe`` are not among them), with the same exclusions, rules and caps
 (not diversity), in that order, score 0, stage ``"popular"``.
 
@@ -129,13 +131,29 @@ _KEEP = object()  # swap_model(ranker=...) default: keep the ranker being served
 _NO_IDS = np.zeros(0, dtype=np.int64)
 
 
+def _same_fields(first: tuple, second: object) -> bool:
+    """``==`` of two answers of one NamedTuple type, their arrays compared whole (a tuple's
+    ``==`` asks an array of elementwise answers for one truth value, and raises)."""
+    if type(first) is not type(second):
+        return False
+    return all(np.array_equal(a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray)
+               else a == b for a, b in zip(first, second))
+
+
 class Recommendation(NamedTuple):
-    """One user's list (1-d fields) or a batch (2-d fields, one row per user)."""
+    """One user's list (1-d fields) or a batch (2-d fields, one row per user). Two compare
+    equal (``==``) when every field does, arrays as wholes."""
 
     ids: np.ndarray  # int64, -1 pads
     scores: np.ndarray  # float32, -inf pads
     stages: np.ndarray  # str: "popular", "recall", "rank", "rerank"; "" pads
     version: int  # the model version that answered
+
+    def __eq__(self, other: object) -> bool:  # type: ignore[override]
+        return _same_fields(self, other)
+
+    def __ne__(self, other: object) -> bool:  # type: ignore[override]
+        return not _same_fields(self, other)
 
 
 class Events(NamedTuple):
@@ -149,6 +167,12 @@ class Events(NamedTuple):
     items: np.ndarray  # int64
     weights: np.ndarray  # float64 (ALS: the stored value r; SVD: the rating; BPR: > 0 positive)
     calls: np.ndarray | None = None  # int64
+
+    def __eq__(self, other: object) -> bool:  # type: ignore[override]
+        return _same_fields(self, other)
+
+    def __ne__(self, other: object) -> bool:  # type: ignore[override]
+        return not _same_fields(self, other)
 
 
 class _Request(NamedTuple):
@@ -229,6 +253,10 @@ class Rerank:
 
     def __hash__(self) -> int:
         return hash(self._rules())
+
+    def __reduce__(self):  # copies and pickles rebuilt by the constructor: read-only arrays
+        return (type(self), (self.diversity, self.item_categories, self.category_cap,
+                             self.allow, self.deny))
 
     def __repr__(self) -> str:  # the rules' sizes, not their arrays
         parts = [] if self.diversity is None else [f"diversity={self.diversity}"]
@@ -924,7 +952,8 @@ class Recommender:
         # a user whose vector is zero (e.g. a row of stored zeros) has nothing to search
         # with: answered from the popular list, as a cold user
         history &= np.any(users != 0, axis=1)
-        popular = popular_items(seen, n_items)
+        # a rating model's popular items are the most rated, whatever the ratings
+        popular = popular_items(seen if kind in ("als", "bpr") else _pattern(seen), n_items)
         if self.rerank is not None:
             popular = popular[self.rerank._keep(popular)]
         scorer, ranker_source = ranker if ranker is not None else (None, None)
@@ -1318,7 +1347,8 @@ class Recommender:
         events : a mapping with "user", "item" and optionally "weight" (default 1), each a
             sequence (or a scalar), or ``Events``. For ALS, each user's summed weight of an
             item may be at most the square root of the model dtype's largest value (1.8e19
-            for float32, 1.3e154 for float64), as the fold-in squares it; the rating models
+            for float32, 1.3e154 for float64), as the fold-in squares it, and with the cg
+            solver its confidence at most the cube root (6.98e12 for float32); the rating models
             take ratings within their scale (a float32 ExplicitALS, as its fit: max|rating|² x
             the user's ratings, or the training's longest row or column, <= 3.4e38, per
             user; a retrain over every user's ratings may still refuse more). All are checked
@@ -1500,7 +1530,8 @@ class Recommender:
             merged_items, merged_weights = _merge(current.items, current.weights, items[begin:end],
                                                   weights[begin:end])
             if model.kind == "als":  # its solve squares the (summed) weights
-                _check_weight_bound(merged_weights, user, model.item_vectors.dtype)
+                _check_weight_bound(merged_weights, user, model.item_vectors.dtype,
+                                    model.model)
             updated[user] = (current, merged_items, merged_weights, items[begin:end],
                              weights[begin:end])
         counts = {}  # ExplicitALS: each user's ratings per item, after these events
@@ -2051,14 +2082,24 @@ class UserEventError(ValueError):
         return f"{self._before}{name}{self._after}"
 
 
-def _check_weight_bound(weights: np.ndarray, user: int, dtype) -> None:
-    bound = _WEIGHT_BOUNDS[np.dtype(dtype)]
+def _check_weight_bound(weights: np.ndarray, user: int, dtype, als) -> None:
+    """Refuse a user's summed weights that ``als`` (an ALS of ``dtype``) cannot fold in: past
+    ``_WEIGHT_BOUNDS``, and for the cg solver past the weight whose confidence reaches
+    ``CG_CONFIDENCE_BOUNDS`` (its steps multiply three confidences)."""
+    from .models.als import CG_CONFIDENCE_BOUNDS
+
+    bound, why = _WEIGHT_BOUNDS[np.dtype(dtype)], "the fold-in squares it"
+    if als.solver == "cg":
+        confidence = CG_CONFIDENCE_BOUNDS[np.dtype(dtype)]  # |r|, or 1 + alpha r
+        cg_bound = confidence if als.confidence == "raw" else \
+            (confidence - 1) / als.alpha if als.alpha > 0 else np.inf
+        if cg_bound < bound:
+            bound, why = cg_bound, "the cg solver's steps multiply three confidences"
     if weights.size and not (weights.max() <= bound and weights.min() >= -bound):
         largest = float(np.abs(weights).max())
         raise UserEventError(user, "events weight: user ",
                              f"'s summed weight of an item would reach {largest:.3g}, beyond "
-                             f"the {bound:.3g} a {np.dtype(dtype)} ALS model takes (the "
-                             f"fold-in squares it)")
+                             f"the {bound:.3g} a {np.dtype(dtype)} ALS model takes ({why})")
 
 
 def _gram64(table: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
@@ -2183,6 +2224,12 @@ def item_popularity(seen: sp.csr_matrix, n_items: int) -> np.ndarray:
     stored zero or a negative weight (a dislike) does not count. ``seen`` holds each pair
     once (repeats summed, as the callers' matrices are)."""
     return np.bincount(seen.indices[seen.data > 0], minlength=n_items)
+
+
+def _pattern(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """``matrix`` with every stored value 1 (its arrays shared but the values)."""
+    return sp.csr_matrix((np.ones(matrix.nnz), matrix.indices, matrix.indptr),
+                         shape=matrix.shape)
 
 
 def popular_items(seen: sp.csr_matrix, n_items: int) -> np.ndarray:

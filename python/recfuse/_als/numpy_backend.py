@@ -21,7 +21,7 @@ def availability() -> tuple[bool, str]:
     return True, ""
 
 
-@np.errstate(over="ignore", invalid="ignore")
+@np.errstate(all="ignore")
 def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None) -> int:
     X[...], failed = reference.als_half_sweep_counted(
         R.to_scipy(),
@@ -37,7 +37,7 @@ def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None) -> int:
     return failed
 
 
-@np.errstate(over="ignore", invalid="ignore")
+@np.errstate(all="ignore")
 def data_loss(R: CsrArrays, X, Y, params: AlsParams) -> float:
     X64, Y64 = X.astype(np.float64), Y.astype(np.float64)
     total = float(np.einsum("uk,kl,ul->", X64, Y64.T @ Y64, X64))

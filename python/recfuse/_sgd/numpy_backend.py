@@ -20,7 +20,7 @@ def availability() -> tuple[bool, str]:
     return True, ""
 
 
-@np.errstate(over="ignore", invalid="ignore")
+@np.errstate(all="ignore")
 def svd_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, lr, reg, biased,
               num_threads) -> None:
     user_bias[...], item_bias[...], P[...], Q[...] = reference.svd_sgd_epoch(
@@ -28,7 +28,7 @@ def svd_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, 
         lr=lr[:4], reg=reg[:4], biased=biased)
 
 
-@np.errstate(over="ignore", invalid="ignore")
+@np.errstate(all="ignore")
 def svdpp_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q, Y,
                 implicit: Pattern, lr, reg) -> None:
     user_bias[...], item_bias[...], P[...], Q[...], Y[...] = reference.svdpp_sgd_epoch(
@@ -36,7 +36,7 @@ def svdpp_epoch(blocks: Blocks, ratings, global_mean, user_bias, item_bias, P, Q
         implicit.to_scipy(Q.shape[0]), lr=lr, reg=reg)
 
 
-@np.errstate(over="ignore", invalid="ignore")
+@np.errstate(all="ignore")
 def bpr_epoch(blocks: Blocks, seen: Pattern, P, Q, item_bias, lr, reg, seed, max_tries,
               negatives, num_threads) -> int:
     negatives[...] = reference.bpr_sample_negatives(
@@ -48,7 +48,7 @@ def bpr_epoch(blocks: Blocks, seen: Pattern, P, Q, item_bias, lr, reg, seed, max
     return int(negatives.size - kept.size)
 
 
-@np.errstate(over="ignore", invalid="ignore")
+@np.errstate(all="ignore")
 def explicit_als_half_sweep(R, Y, X, other_bias, own_bias, global_mean, reg, reg_bias,
                             num_threads) -> int:
     X[...], bias, failed = reference.explicit_als_half_sweep(

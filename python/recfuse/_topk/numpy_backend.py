@@ -74,7 +74,7 @@ def search(table: Table, queries: np.ndarray, k: int, exclude=None, mask=None, n
     allowed_items = None if mask is None else mask.astype(bool)
     for begin in range(0, m, block):
         end = min(m, begin + block)
-        with np.errstate(invalid="ignore", over="ignore"):
+        with np.errstate(all="ignore"):
             # one matrix-vector product per query: a BLAS sums a block of queries (gemm) in
             # another order than one query (gemv), and a query's scores must not depend on
             # the batch it came in (MicroBatcher answers as if each call came alone)

@@ -108,6 +108,7 @@ from .. import persistence, reference
 from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
 from .._topk.numpy_backend import SCORE_BLOCK_BYTES
+from ..models._common import dtype_text
 from ..models.als import ALS, item_gram
 from .._typing import Integer, SparseMatrix
 
@@ -208,7 +209,7 @@ def _as_csr(matrix, name: str):
             f"{name}: expected a CSR matrix, got {matrix.format.upper()}; converting it to CSR "
             f"took {time.perf_counter() - start:.3f} seconds",
             ParameterWarning,
-            stacklevel=3,
+            stacklevel=check.caller_stacklevel(),
         )
         matrix = converted
     return matrix
@@ -1141,7 +1142,7 @@ class AlternatingLeastSquares:
         return (f"recfuse.compat.implicit.AlternatingLeastSquares(factors={self.factors}, "
                 f"regularization={self.regularization}, alpha={self.alpha}, "
                 f"iterations={self.iterations}, use_cg={self.use_cg}, use_gpu={self.use_gpu}, "
-                f"dtype={np.dtype(self.dtype).name}{fitted})")
+                f"dtype={dtype_text(self.dtype)}{fitted})")
 
 
 def _norms(table: np.ndarray) -> np.ndarray:
@@ -1174,6 +1175,6 @@ def _gpu_on_load(saved: bool, path: str) -> bool:
     if saved and not HAS_CUDA:
         warnings.warn(f"{path!r} was saved with use_gpu=True; recfuse's cuda backend is not "
                       "available here, so the model is loaded for the CPU", RuntimeWarning,
-                      stacklevel=4)
+                      stacklevel=check.caller_stacklevel())
         return False
     return bool(saved)

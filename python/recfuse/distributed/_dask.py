@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _blocks
 from .._validation import check_flag, check_int
+from ..models._common import progress_bar
 from ..models.als import ALS, warn_failed_systems
 from ._common import DistributedALSBase, check_columns, folder_path
 
@@ -179,8 +180,8 @@ class DaskALS(DistributedALSBase):
             self.setup_seconds = time.perf_counter() - started
             failed = self._train(resume, show_progress, callback, compute_loss)
             # inside: as in recfuse.ALS, a warning turned into an error keeps the old model
-            warn_failed_systems(failed, stacklevel=2,
-                                    regularization=self.regularization)
+            warn_failed_systems(failed, stacklevel=2, regularization=self.regularization,
+                                dtype=self.dtype)
         return self
 
     def _submit(self, func, *args, **kwargs):
@@ -343,15 +344,13 @@ class DaskALS(DistributedALSBase):
 
     def _train(self, resume: bool, show_progress: bool, callback, compute_loss: bool) -> int:
         """Run the iterations; returns how many row systems were not positive definite."""
-        from tqdm.auto import tqdm
-
         recoverable = _recoverable_errors()
         iteration, factors = self._start(resume)
         self.resumed_from = iteration if iteration else None
         retries, wrote_checkpoint = 0, False
         failed = {}  # iteration -> its count (an iteration run again after a failure: once)
-        progress = tqdm(total=self.iterations, initial=min(iteration, self.iterations),
-                        disable=not show_progress, desc="DaskALS", unit="it")
+        progress = progress_bar(self.iterations, show_progress, "DaskALS",
+                                initial=min(iteration, self.iterations))
         try:
             while iteration < self.iterations:
                 try:

@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - exercised without the extras
     pd = None
 
 from . import _blocks
+from ..models._common import progress_bar
 from ..models.als import ALS, warn_failed_systems
 from .._validation import check_flag
 from ._common import DistributedALSBase, check_columns, folder_path
@@ -354,8 +355,8 @@ class SparkALS(DistributedALSBase):
                 failed = self._fit(df, user_col, item_col, weight_col, decimal, resume,
                                    show_progress, callback, cached)
                 # inside: as in recfuse.ALS, a warning turned into an error keeps the old model
-                warn_failed_systems(failed, stacklevel=2,
-                                    regularization=self.regularization)
+                warn_failed_systems(failed, stacklevel=2, regularization=self.regularization,
+                                    dtype=self.dtype)
         except BaseException:
             _unpersist(cached)  # this fit's own; the model keeps the previous fit's
             raise
@@ -470,13 +471,12 @@ class SparkALS(DistributedALSBase):
     def _train(self, fingerprint, resume, show_progress, callback) -> int:
         """Run the iterations; returns how many row systems were not positive definite."""
         from pyspark.sql import functions as F
-        from tqdm.auto import tqdm
 
         iteration, factors = self._start(fingerprint, resume)
         failed = 0  # of the solved blocks read so far (each is read once more, below)
         self.resumed_from = iteration if iteration else None
-        progress = tqdm(total=self.iterations, initial=min(iteration, self.iterations),
-                        disable=not show_progress, desc="SparkALS", unit="it")
+        progress = progress_bar(self.iterations, show_progress, "SparkALS",
+                                initial=min(iteration, self.iterations))
         try:
             while iteration < self.iterations:
                 users, items_failed = self._half_sweep("users", factors["users"],

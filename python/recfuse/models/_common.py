@@ -371,7 +371,12 @@ def saveable_tables(model, user_factors, item_factors, seen_shape) -> tuple:
 
 
 class _NoProgress:
+    n = 0
+
     def update(self, n: int = 1) -> None:
+        pass
+
+    def refresh(self) -> None:
         pass
 
     def set_postfix(self, **values) -> None:
@@ -381,14 +386,16 @@ class _NoProgress:
         pass
 
 
-def progress_bar(total: int, enabled: bool, description: str, unit: str = "it"):
+def progress_bar(total: int, enabled: bool, description: str, unit: str = "it",
+                 initial: int = 0):
     """A tqdm bar, or a no-op without importing tqdm (its first import costs ~30 ms, half of
-    an ml-100k SVD fit)."""
-    if not enabled:
+    an ml-100k SVD fit); a no-op too where there is no stderr to draw on (a service started
+    without one, ``2>&-``), which tqdm would fail to write to."""
+    if not enabled or sys.stderr is None:
         return _NoProgress()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, unit=unit)
+    return tqdm(total=total, desc=description, unit=unit, initial=initial)
 
 
 class FactorRetrieval:

@@ -36,21 +36,56 @@ class _State:
     item_gram: np.ndarray | None = None  # YᵀY of item_factors, computed on first fold-in
 
 
-def warn_failed_systems(failed: int, stacklevel: int, regularization: float) -> None:
+def failed_systems_advice(regularization: float, dtype, values: str) -> str:
+    """What to change when row systems were not positive definite. With ``regularization``
+    > 0 a system fails when its sums overflow the dtype (confidences 1 + alpha·r too large)
+    or when it is too badly conditioned for the dtype (a regularization tiny against YᵀY, or
+    values so large that the confidences dwarf it). ``values`` names what holds them."""
+    if not regularization > 0:
+        return "use regularization > 0"
+    dtype = np.dtype(dtype)
+    wider = ", or use dtype=np.float64" if dtype == np.float32 else ""
+    return (f"their sums overflowed {dtype.name} or were too badly conditioned for it: lower "
+            f"alpha, scale down the values of {values} or raise regularization{wider}")
+
+
+def warn_failed_systems(failed: int, stacklevel: int, regularization: float, dtype) -> None:
     """The RuntimeWarning of a fit (``ALS``, ``DaskALS``, ``SparkALS``) in which ``failed``
     row systems over its half-sweeps were not positive definite; ``stacklevel`` as for
-    ``warnings.warn`` from the caller. With ``regularization`` > 0 a system fails only when
-    its sums overflow the dtype (confidences 1 + alpha·r too large), and the advice says so."""
+    ``warnings.warn`` from the caller; the advice from ``failed_systems_advice``."""
     if failed:
-        advice = ("use regularization > 0" if not regularization > 0 else
-                  "their sums overflowed the dtype: lower alpha, scale down the values of "
-                  "user_items, or use dtype=np.float64")
+        advice = failed_systems_advice(regularization, dtype, "user_items")
         warnings.warn(
             f"{failed} row systems were not positive definite and kept their previous "
             f"vectors; {advice}",
             RuntimeWarning,
             stacklevel=stacklevel + 1,
         )
+
+
+# The largest confidence the cg solver takes in each dtype: the cube root of its largest
+# value (6.98e12 in float32, 5.64e102 in float64). A CG step's p·Ap grows like the cube of a
+# row's confidences (p like c, Ap like c²): past the bound it overflows to inf, the step
+# becomes 0, and the row keeps its old vector without a trace. (Cholesky squares them at
+# most, and reports a system that overflows as failed.)
+CG_CONFIDENCE_BOUNDS = {np.dtype(t): float(np.cbrt(np.finfo(t).max))
+                        for t in (np.float32, np.float64)}
+
+
+def check_cg_confidences(values: np.ndarray, params: AlsParams, dtype, what: str) -> None:
+    """Refuse ``values`` (stored values of ``what``) whose largest confidence is beyond the
+    cg solver's bound in ``dtype``: ValueError; nothing for the cholesky solver."""
+    if params.cholesky or not values.size:
+        return
+    top = float(np.abs(values).max()) if params.raw_confidence else \
+        1 + params.alpha * float(values.max())
+    bound = CG_CONFIDENCE_BOUNDS[np.dtype(dtype)]
+    if top > bound:
+        confidence = "|r|" if params.raw_confidence else "1 + alpha·r"
+        raise ValueError(f"{what} reach a confidence ({confidence}) of {top:.3g}, beyond the "
+                         f"{bound:.3g} the cg solver takes in {np.dtype(dtype).name} (its "
+                         f"steps multiply three confidences, and would overflow): scale down "
+                         f"the values, lower alpha, or use solver='cholesky'")
 
 
 class AlsSettings:
@@ -238,6 +273,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         given = interaction_matrix(user_items)
         matrix = check.check_csr(given, "user_items", dtype=self.dtype,
                                  nonnegative=self.confidence == "linear")
+        check_cg_confidences(matrix.data, self.params, self.dtype, "user_items' values")
         n_users, n_items = matrix.shape
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
@@ -295,7 +331,8 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
     def _report_failed_systems(self, failed: int) -> None:
         """What fit does, before it keeps its result, about ``failed`` row systems that were
         not positive definite: warn (recfuse.compat.implicit raises, as implicit does)."""
-        warn_failed_systems(failed, stacklevel=4, regularization=self.regularization)
+        warn_failed_systems(failed, stacklevel=4, regularization=self.regularization,
+                            dtype=self.dtype)
 
     def loss(self, user_items: UserItems | None = None) -> float:
         """The training loss (``recfuse.reference.als_loss``) of the current factors on
@@ -556,8 +593,12 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         X, Y = self.user_factors, self.item_factors
         fitted = "" if X is None or Y is None else (
             f", fitted on {X.shape[0]} users x {Y.shape[0]} items")
-        steps = f", cg_steps={self.cg_steps}" if self.solver == "cg" else ""
-        raw = ", confidence='raw'" if self.confidence == "raw" else ""  # another model
+        # settings assigned by hand are checked by the next fit: repr must survive any value
+        solver, confidence = self.solver, self.confidence
+        steps = f", cg_steps={self.cg_steps}" if isinstance(solver, str) and solver == "cg" \
+            else ""
+        raw = "" if isinstance(confidence, str) and confidence == "linear" else \
+            f", confidence={confidence!r}"  # another model
         return (f"ALS(factors={self.factors}, regularization={self.regularization}, "
                 f"alpha={self.alpha}, iterations={self.iterations}, solver={self.solver!r}"
                 f"{steps}{raw}, dtype={dtype_text(self.dtype)}, backend={self.backend!r}"
@@ -567,7 +608,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
 def checked_settings(params: dict[str, Any]) -> dict[str, Any]:
     """ALS's settings in ``params`` (by name; recfuse.ALS and the distributed ALS models
     share them), checked: the attributes they set, the ``dtype`` a ``numpy.dtype``."""
-    return {
+    checked: dict[str, Any] = {
         "factors": check.check_int(params["factors"], "factors", minimum=1,
                                    maximum=MAX_FACTORS),
         "regularization": check.check_float(params["regularization"], "regularization",
@@ -582,6 +623,8 @@ def checked_settings(params: dict[str, Any]) -> dict[str, Any]:
         "confidence": check.check_choice(params["confidence"], "confidence",
                                          ("linear", "raw")),
     }
+    check.settings_fit_dtype(checked, ("regularization", "alpha"), checked["dtype"])
+    return checked
 
 
 def settings_params(model: AlsSettings) -> dict[str, Any]:
@@ -634,15 +677,16 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
     backend = resolve_backend(model.backend)
     rows = user_items if isinstance(user_items, CsrArrays) else \
         CsrArrays.from_scipy(user_items, model.dtype)
+    check_cg_confidences(rows.data[:rows.nnz], model.params, model.dtype, "the rows' values")
     params = model.params if num_threads is None else replace(model.params,
                                                                num_threads=num_threads)
     failed = backend.half_sweep(rows, table, vectors, params,
                                 gram=np.ascontiguousarray(gram, dtype=model.dtype))
     if failed:  # the Cholesky solver kept those rows' old vectors: not what the rows say
+        advice = failed_systems_advice(model.regularization, model.dtype, "the rows")
         raise ValueError(f"the fold-in diverged: {failed} row system(s) were not positive "
-                         f"definite in {np.dtype(model.dtype).name} (sums that overflowed it, "
-                         f"or regularization 0); scale down the values of the rows, or use "
-                         f"dtype=np.float64; nothing was applied")
+                         f"definite in {np.dtype(model.dtype).name}; {advice}; nothing was "
+                         f"applied")
     # as in fit: a row without a positive entry solves to exactly 0 (CG from the current
     # vector would keep a shrunken copy of what the user no longer has)
     vectors[rows_without_positive(rows)] = 0

@@ -241,7 +241,7 @@ class BPR(EstimatorParams, FactorRetrieval):
 
     def _checked_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """The constructor's checks: the attributes ``params`` set."""
-        return {
+        checked = {
             "factors": check.check_int(params["factors"], "factors", minimum=1,
                                        maximum=MAX_FACTORS),
             "lr": check.check_float(params["lr"], "lr", minimum=0.0, strict=True),
@@ -255,6 +255,8 @@ class BPR(EstimatorParams, FactorRetrieval):
             "num_threads": check.check_threads(params["num_threads"]),
             "random_state": check.check_random_state(params["random_state"]),
         }
+        check.settings_fit_dtype(checked, ("lr", "reg"), checked["dtype"])
+        return checked
 
     def _fit_shaped(self) -> dict[str, str]:
         if self.user_factors is None:  # not fitted

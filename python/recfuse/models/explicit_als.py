@@ -129,6 +129,7 @@ class ExplicitALS(_RatingModel):
             backend=check.check_backend(params["backend"]),
             num_threads=check.check_threads(params["num_threads"]),
             random_state=check.check_random_state(params["random_state"]))
+        check.settings_fit_dtype(checked, ("reg", "reg_bias"), checked["dtype"])
         return checked
 
     @property
@@ -206,7 +207,7 @@ class ExplicitALS(_RatingModel):
         if failed:
             warnings.warn(f"{failed} row systems were not positive definite in "
                           f"{self.dtype.name} and kept their previous values", RuntimeWarning,
-                          stacklevel=2)
+                          stacklevel=check.caller_stacklevel())
         fitted = replace(self._snapshot(global_mean, user_bias, item_bias, X, Y, seen, users,
                                         items, n_users, n_items, scale),
                          ratings=(by_user.indptr, by_user.indices, by_user.data))

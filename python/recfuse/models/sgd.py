@@ -504,6 +504,7 @@ class _SgdFactorization(_RatingModel):
             shuffle=bool(shuffle), backend=check.check_backend(params["backend"]),
             num_threads=check.check_threads(params["num_threads"]),
             random_state=check.check_random_state(params["random_state"]))
+        check.settings_fit_dtype(checked, ("lr", "reg", "init_mean", *self._RATES), dtype)
         return checked
 
     # ------------------------------------------------------------------ training
@@ -613,7 +614,9 @@ class _SgdFactorization(_RatingModel):
         state = self._fitted
         fitted = "" if state is None else (
             f", fitted on {state.user_counts.size} users x {state.item_counts.size} items")
-        unbiased = "" if getattr(self, "biased", True) else ", biased=False"
+        biased = getattr(self, "biased", True)  # set by hand, any value until the next fit
+        unbiased = "" if isinstance(biased, (bool, np.bool_)) and biased else \
+            f", biased={biased!r}"
         return (f"{self._NAME}(factors={self.factors}, epochs={self.epochs}, lr={self.lr}, "
                 f"reg={self.reg}{unbiased}, dtype={dtype_text(self.dtype)}, "
                 f"backend={self.backend!r}{fitted})")
@@ -645,7 +648,9 @@ class SVD(_SgdFactorization):
     random_state: seed (int) or ``numpy.random.Generator`` for the initial factors, bins and
         order. The starting factors are Normal(init_mean, init_std) draws made by counter
         (``recfuse.reference.normal_draws``): the same bits on every backend and SIMD level,
-        not NumPy's generator's stream.
+        not NumPy's generator's stream. With ``init_std=0`` and ``init_mean=0`` the factors
+        start at zero, a point their gradients never leave: the model is its biases alone
+        (as in Surprise).
 
     ``get_params``/``set_params`` follow scikit-learn's estimator protocol
     (``sklearn.base.clone`` works); see ``set_params`` for what it does to a fitted model.
