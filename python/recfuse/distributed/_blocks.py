@@ -496,6 +496,9 @@ def solve_block(block: RatingBlock, factors: np.ndarray, gram: np.ndarray, param
     from threadpoolctl import threadpool_limits
 
     dtype, k = factors.dtype, factors.shape[1]
+    from ..models.als import check_cg_confidences  # (models.als imports this module's kin)
+
+    check_cg_confidences(block.rows.data[:block.rows.nnz], params, dtype, "weight_col's values")
     module = resolve_backend(backend)
     # the cpu backend's specialised widths: both tables and the Gram zero-padded, which
     # leaves the solution as it is (recfuse._als.cpu.training_width)
