@@ -562,8 +562,8 @@ def _check_trained_on(model, train: Interactions, folder: str) -> None:
         fitted = model._require_fitted()
         seen = fitted.seen.to_scipy(fitted.item_factors.shape[0])
     else:
-        raise ValueError(f"{folder!r}: model.npz holds a saved {type(model).__name__}, not a factor "
-                         f"model that `recfuse train` writes")
+        raise ValueError(f"{folder!r}: model.npz holds a saved {type(model).__name__}, not a "
+                         f"factor model that `recfuse train` writes")
     matrix = train.matrix
     user_factors, item_factors = model.user_factors, model.item_factors
     # load refuses a factor model file without both tables (check_factors)
