@@ -13,7 +13,9 @@ With timestamps, a pair's time is that of its latest event, so the time-based sp
 train on anything later than what they test (per user, or globally for the cut).
 ``drop_cold=True`` also removes test pairs whose user or item has no pair in train. A CSR
 matrix comes back as two CSR matrices of its shape whose values are float32 (Interactions'
-storage), whatever its own dtype.
+storage), whatever its own dtype. A weighted Interactions (``weighted("bm25")``, ...) splits
+its pairs and weighs each part from its own pairs, so train's weights (idf, row lengths)
+know nothing of the test pairs; a CSR matrix's values are split as they are.
 
 >>> import recfuse
 >>> from recfuse import split
