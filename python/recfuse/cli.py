@@ -37,6 +37,7 @@ import math
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -714,7 +715,11 @@ def _write_files(folder: str, files: dict) -> None:
                     _keep_copy(target, backup)
                 changed.append((target, backup))
                 if value is not None:
-                    os.replace(os.path.join(staging, name), target)
+                    staged = os.path.join(staging, name)
+                    if exists:  # as save does: the replaced file's permissions carry over
+                        with contextlib.suppress(OSError):
+                            os.chmod(staged, stat.S_IMODE(os.stat(target).st_mode))
+                    os.replace(staged, target)
                 else:  # from an earlier training: it would not match
                     os.unlink(target)
         except BaseException:  # a rename that failed: put back what the others replaced

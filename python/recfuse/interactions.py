@@ -160,6 +160,7 @@ class IdMap:
         # another byte order made native
         array = array.astype(np.float32 if array.dtype == np.float16
                              else array.dtype.newbyteorder("="))
+        _check_utf8(array)
         array.flags.writeable = False
         self._array = array
 
@@ -310,6 +311,38 @@ def _as_id_array(values) -> np.ndarray:
     if array.ndim != 1:
         raise ValueError(f"ids must be a 1-d sequence, got shape {array.shape}")
     return array
+
+
+def _check_utf8(ids: np.ndarray) -> None:
+    """Refuse text ids that UTF-8 cannot hold (a lone surrogate, "\\ud800", from a bad
+    decode): files, JSON answers and Arrow all write text as UTF-8, so such an id would make
+    a file that cannot be read back or a server answer that cannot be sent. (Arrow's own
+    strings are UTF-8 already, and are not checked.)"""
+    if ids.dtype.kind not in "UO" or not ids.size:
+        return
+    if ids.dtype.kind == "U":  # UTF-32 code units: a surrogate is one in D800-DFFF
+        codes = np.ascontiguousarray(ids).view(np.uint32)
+        if not ((codes >= 0xD800) & (codes <= 0xDFFF)).any():
+            return
+        texts = ids.tolist()
+    else:
+        texts = [value for value in ids.tolist() if isinstance(value, str)]
+        try:
+            "".join(texts).encode("utf-8")
+            return
+        except UnicodeEncodeError:
+            pass
+    bad = next(text for text in texts if not _encodes(text))
+    raise ValueError(f"ids must be text UTF-8 can write, got {bad!r:.80} (it holds a lone "
+                     f"surrogate, as a bad decode leaves)")
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _id_kind(values: np.ndarray) -> str:

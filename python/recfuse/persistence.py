@@ -59,8 +59,11 @@ def atomic_write(path, write) -> None:
     the permissions a plain ``open(path, "w")`` would give it: those of the file it replaces,
     or for a new file the default (0o666 less the umask; not mkstemp's owner-only 0o600). A
     ``path`` that is a symbolic link is written through: the file it points to is replaced,
-    the link stays. The new file's data reach the disk (fsync) before the rename, so that a
-    power loss leaves the old file or the whole new one, not an empty one."""
+    the link stays; one that names a FIFO, a device or a socket is refused (OSError), which
+    a rename would replace with a regular file. While it is written, the temporary file of
+    a replacement is owner-only (0o600): never more open than the file it replaces. The new
+    file's data reach the disk (fsync) before the rename, so that a power loss leaves the
+    old file or the whole new one, not an empty one."""
     target = check_path(path)  # bytes too: the temporary's name is a str
     if not target:
         raise FileNotFoundError("cannot write to an empty path; give the path of a file")
@@ -71,14 +74,18 @@ def atomic_write(path, write) -> None:
         target = os.path.realpath(target)
     if os.path.isdir(target):
         raise IsADirectoryError(f"{target!r} is a folder; give the path of a file to write")
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise OSError(f"{target!r} is {_node_kind(target)}, not a regular file: give the path "
+                      f"of a file to write")
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {target!r}: the folder {directory!r} does not "
                                 f"exist")
-    temporary = _new_file(directory)
+    replacing = os.path.isfile(target)
+    temporary = _new_file(directory, 0o600 if replacing else 0o666)
     try:
         write(temporary)
-        if os.path.isfile(target):
+        if replacing:
             with contextlib.suppress(OSError):  # best effort (a file system without modes)
                 os.chmod(temporary, stat.S_IMODE(os.stat(target).st_mode))
         _sync(temporary)
@@ -102,13 +109,23 @@ def _sync(path: str) -> None:
         os.close(descriptor)
 
 
-def _new_file(directory: str) -> str:
-    """A new empty file ``.recfuse-*.tmp`` in ``directory``, created with mode 0o666 (less
-    the umask, as for any new file)."""
+def _node_kind(path: str) -> str:
+    """What the file system node at ``path`` is, in words ("a FIFO", "a device", ...)."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
+def _new_file(directory: str, mode: int) -> str:
+    """A new empty file ``.recfuse-*.tmp`` in ``directory``, created (exclusively: never
+    through a link planted at its name) with ``mode`` less the umask."""
     while True:
         name = os.path.join(directory, f".recfuse-{secrets.token_hex(8)}.tmp")
         try:
-            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
             return name
         except FileExistsError:  # pragma: no cover - 64 random bits taken
             continue
@@ -141,7 +158,8 @@ def _write_aligned_npz(handle, arrays: dict[str, np.ndarray]) -> None:
 _DEFLATE_MAX_RATIO = 1032
 
 
-def _member_name(filename: str) -> str:
+def member_name(filename: str) -> str:
+    """A zip member's array name: its file name less ".npy"."""
     return filename[:-4] if filename.endswith(".npy") else filename
 
 
@@ -205,7 +223,7 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo,
     """One .npy member as an array, its header read once: a forged or truncated header is a
     ValueError naming the member before anything is allocated for it (np.load allocates the
     declared size first, then parses each header a second time)."""
-    name = _member_name(info.filename)
+    name = member_name(info.filename)
     _check_zip_entry(path, name, info, size)
     # ZipFile.open's stubs say IO[bytes]; reading a member gives a ZipExtFile (readinto)
     with cast(zipfile.ZipExtFile, archive.open(info)) as member:
@@ -231,7 +249,7 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo,
 
 def _read_members(path: str, archive: zipfile.ZipFile, size: int) -> dict[str, np.ndarray]:
     """Every member of an open archive as an array (``_read_member``), by member name."""
-    return {_member_name(info.filename): _read_member(path, archive, info, size)
+    return {member_name(info.filename): _read_member(path, archive, info, size)
             for info in archive.infolist()}
 
 
@@ -246,7 +264,7 @@ def _map_members(path: str, handle, archive: zipfile.ZipFile,
     # (a zip archive is never empty: its end record alone is 22 bytes)
     whole = np.memmap(handle, dtype=np.uint8, mode="r", shape=(size,))
     for info in archive.infolist():
-        name = _member_name(info.filename)
+        name = member_name(info.filename)
         if name == HEADER_KEY:
             continue
         _check_zip_entry(path, name, info, size)
@@ -300,10 +318,10 @@ _INFLATED_MAX_RATIO, _INFLATED_MAX_EXTRA = 64, 64 << 20
 
 
 def _check_inflated_sizes(path: str, infos: dict[str, zipfile.ZipInfo], size: int) -> None:
-    """A header of a header's size, and deflated members that do not expand past
+    """A header (where there is one) of a header's size, and deflated members that do not expand past
     ``_INFLATED_MAX_RATIO`` times the file's ``size`` (plus ``_INFLATED_MAX_EXTRA``): checked
     from the zip directory, before anything is inflated."""
-    header = infos[HEADER_KEY].file_size
+    header = infos[HEADER_KEY].file_size if HEADER_KEY in infos else 0
     if header > _HEADER_MAX_BYTES:
         _malformed(path, f"{header} bytes; a header holds at most {_HEADER_MAX_BYTES}")
     inflated = sum(info.file_size for info in infos.values()
@@ -312,6 +330,42 @@ def _check_inflated_sizes(path: str, infos: dict[str, zipfile.ZipInfo], size: in
         raise ValueError(f"{path!r}: its deflated members expand to {inflated} bytes, over "
                          f"{_INFLATED_MAX_RATIO} times the file's {size} (plus "
                          f"{_INFLATED_MAX_EXTRA}); refused as a likely zip bomb")
+
+
+@contextlib.contextmanager
+def _checked_archive(path: str, what: str):
+    """``(handle, archive, size, infos)`` of the zip file at ``path`` (a checked path), its
+    members checked before any is read: no name twice, no deflated member inflating past
+    the file's bounds. Errors of the archive, here or in the body, are a ValueError naming
+    the file as not a readable ``what``."""
+    if not zipfile.is_zipfile(path):  # else np.load would try it as .npy or pickle
+        raise ValueError(f"{path!r} is not a readable {what} (truncated or foreign): not a zip "
+                         f"archive")
+    try:
+        with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
+            size = os.fstat(handle.fileno()).st_size
+            infos = {member_name(info.filename): info for info in archive.infolist()}
+            if len(infos) != len(archive.infolist()):  # else the last of a name would win
+                names = [member_name(info.filename) for info in archive.infolist()]
+                twice = sorted({name for name in names if names.count(name) > 1})
+                raise ValueError(f"{path!r} is not a readable {what}: it holds more than one "
+                                 f"member named {twice[0]!r}")
+            _check_inflated_sizes(path, infos, size)
+            yield handle, archive, size, infos
+    # RuntimeError: zipfile's answer to a member it cannot open (NotImplementedError for an
+    # unknown compression method or strong encryption, RuntimeError for encryption)
+    except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError, RuntimeError) as error:
+        raise ValueError(f"{path!r} is not a readable {what} (truncated or foreign): "
+                         f"{error}") from error
+
+
+def read_arrays(path, what: str = "model file") -> dict[str, np.ndarray]:
+    """Every member of the .npz file at ``path`` as an array, by name, read with
+    ``read_model``'s checks (declared sizes against the file, CRCs, no pickles) but no
+    header: for other writers' files (implicit's ``save``)."""
+    path = check_model_file(check_path(path))
+    with _checked_archive(path, what) as (_, archive, size, _):
+        return _read_members(path, archive, size)
 
 
 def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
@@ -325,34 +379,17 @@ def read_model(path, *, mmap: bool = False) -> tuple[dict, dict[str, np.ndarray]
     """
     mmap = check_flag(mmap, "mmap")  # not read by its truth value ("no" would map)
     path = check_model_file(check_path(path))
-    if not zipfile.is_zipfile(path):  # else np.load would try it as .npy or pickle
-        raise ValueError(f"{path!r} is not a readable recfuse model file (truncated or "
-                         "foreign): not a zip archive")
-    try:
-        with open(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
-            size = os.fstat(handle.fileno()).st_size
-            infos = {_member_name(info.filename): info for info in archive.infolist()}
-            if len(infos) != len(archive.infolist()):  # else the last of a name would win
-                names = [_member_name(info.filename) for info in archive.infolist()]
-                twice = sorted({name for name in names if names.count(name) > 1})
-                raise ValueError(f"{path!r} is not a readable recfuse model file: it holds "
-                                 f"more than one member named {twice[0]!r}")
-            if HEADER_KEY not in infos:
-                raise ValueError(f"{path!r} is not a recfuse model file (no {HEADER_KEY} header)")
-            _check_inflated_sizes(path, infos, size)
-            # each header is read once: here with the member's data, or by _map_members
-            if mmap:
-                header_array = _read_member(path, archive, infos[HEADER_KEY], size)
-                arrays = _map_members(path, handle, archive, size)
-            else:
-                arrays = _read_members(path, archive, size)
-                header_array = arrays.pop(HEADER_KEY)
-            text = header_array.tobytes().decode("utf-8")
-    # RuntimeError: zipfile's answer to a member it cannot open (NotImplementedError for an
-    # unknown compression method or strong encryption, RuntimeError for encryption)
-    except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError, RuntimeError) as error:
-        raise ValueError(f"{path!r} is not a readable recfuse model file "
-                         f"(truncated or foreign): {error}") from error
+    with _checked_archive(path, "recfuse model file") as (handle, archive, size, infos):
+        if HEADER_KEY not in infos:
+            raise ValueError(f"{path!r} is not a recfuse model file (no {HEADER_KEY} header)")
+        # each header is read once: here with the member's data, or by _map_members
+        if mmap:
+            header_array = _read_member(path, archive, infos[HEADER_KEY], size)
+            arrays = _map_members(path, handle, archive, size)
+        else:
+            arrays = _read_members(path, archive, size)
+            header_array = arrays.pop(HEADER_KEY)
+        text = header_array.tobytes().decode("utf-8")
     try:
         header = json.loads(text)
     # JSONDecodeError, Python's refusal of an integer of over 4,300 digits, or nesting

@@ -96,6 +96,7 @@ import shutil
 import tempfile
 import time
 import warnings
+import zipfile
 from typing import Any, Callable, TypeAlias, Union
 
 import numpy as np
@@ -1057,12 +1058,11 @@ class AlternatingLeastSquares:
 
     @classmethod
     def _load_path(cls, path: str) -> "AlternatingLeastSquares":
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no model file at {path!r}")
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                members = set(archive.files)
-        except Exception as error:  # noqa: BLE001 - any unreadable archive is a ValueError
+        check.check_model_file(path)
+        try:  # the names only: each reader below reads the members with its checks
+            with zipfile.ZipFile(path) as archive:
+                members = {persistence.member_name(name) for name in archive.namelist()}
+        except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as error:
             raise ValueError(f"{path!r} is not a readable model file: {error}") from error
         if persistence.HEADER_KEY in members:
             return cls._from_recfuse(path)
@@ -1083,7 +1083,14 @@ class AlternatingLeastSquares:
             )
         settings = {}
         if COMPAT_KEY in arrays:
-            settings = json.loads(arrays[COMPAT_KEY].tobytes().decode("utf-8"))
+            try:
+                settings = json.loads(arrays[COMPAT_KEY].tobytes().decode("utf-8"))
+            except (ValueError, UnicodeDecodeError, RecursionError) as error:
+                raise ValueError(f"{path!r}: the member {COMPAT_KEY!r} is not JSON that can be "
+                                 f"read ({error})") from error
+            if not isinstance(settings, dict):
+                raise ValueError(f"{path!r}: the member {COMPAT_KEY!r} must hold a JSON "
+                                 f"object, got {type(settings).__name__}")
         try:
             model = cls(
                 factors=params["factors"],
@@ -1107,8 +1114,7 @@ class AlternatingLeastSquares:
     @classmethod
     def _from_implicit(cls, path: str) -> "AlternatingLeastSquares":
         """A file from implicit's ``save``: ``numpy.savez`` of its attributes."""
-        with np.load(path, allow_pickle=False) as archive:
-            saved = {name: archive[name] for name in archive.files}
+        saved = persistence.read_arrays(path, "implicit model file")
         values = {name: (array.item() if array.shape == () else array)
                   for name, array in saved.items()}
         options = {name: values[name] for name in (
@@ -1167,7 +1173,7 @@ def _widen(matrix, name: str, n_cols: int):
 
 
 def _npz_path(path) -> str:
-    path = os.fspath(path)
+    path = check.check_path(path)  # bytes too, as recfuse.load takes them
     return path if path.endswith(".npz") else path + ".npz"
 
 
