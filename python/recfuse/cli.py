@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -168,12 +169,24 @@ def _plain_json(value):
     if isinstance(value, (list, tuple)):
         return [_plain_json(item) for item in value]
     if isinstance(value, np.ndarray):
-        return _plain_json(value.tolist())
+        return _plain_json(_id_values(value))
     if isinstance(value, np.generic):
-        value = value.item()
+        value = _id_values(np.asarray(value))[0] if value.dtype.kind == "M" else value.item()
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _id_values(ids: np.ndarray) -> list:
+    """``ids`` (external ids, any shape) as a list of Python values for text and JSON:
+    dates and times as ISO text ("2020-01-11", "2020-01-11T10:30:00.500"), which the
+    commands read back as the same ids (``tolist`` gives datetime objects JSON cannot
+    write, or, for nanoseconds, bare integers)."""
+    if ids.dtype.kind == "M":
+        return np.datetime_as_string(ids, unit="auto").tolist()
+    return ids.tolist()
 
 
 # ---------------------------------------------------------------------------- info
@@ -888,7 +901,9 @@ def _recommend(args) -> int:
     # each user once, in the order first asked, under the model's own id ("01" is user 1)
     _, first = np.unique(users, return_index=True)
     users = users[np.sort(first)]
-    items, scores = model.recommend(users, user_items=train.matrix[users], k=args.k)
+    # a list holds at most every item: no padding past them asked for (k may be huge)
+    k = min(args.k, train.n_items)
+    items, scores = model.recommend(users, user_items=train.matrix[users], k=max(k, 1))
     # A user without any training pair (all of theirs held out by the split) has no vector
     # the model learnt: ALS scores every item 0 (a list of the smallest ids), BPR keeps its
     # random start; an ALS user whose pairs are all stored zeros has the zero vector. Such
@@ -898,9 +913,9 @@ def _recommend(args) -> int:
     cold = (np.diff(train.matrix.indptr)[users] == 0) | \
         ~np.asarray(model.user_factors)[users].any(axis=1)
     if cold.any():
-        from .serving import popular_items
+        from .serving import popular_for
 
-        popular = popular_items(train.matrix, train.n_items)
+        popular = popular_for(model, train.matrix, train.n_items)
         matrix = train.matrix
         for row in np.flatnonzero(cold):  # the user's training items filtered, as in serving
             user = users[row]
@@ -911,12 +926,12 @@ def _recommend(args) -> int:
         scores[cold] = 0.0
     payload, popular_users = {}, []
     for user, row_items, row_scores, is_cold in zip(
-            train.user_ids.to_external(users).tolist(), items, scores, cold):
+            _id_values(train.user_ids.to_external(users)), items, scores, cold):
         valid = row_items >= 0
         external = train.item_ids.to_external(row_items[valid])
         user = str(user)  # a JSON key
         payload[user] = [{"item": item, "score": float(score)}
-                         for item, score in zip(external.tolist(), row_scores[valid])]
+                         for item, score in zip(_id_values(external), row_scores[valid])]
         if is_cold:
             popular_users.append(user)
         say(f"user {user}" + (" (no training pair: the most popular items)" if is_cold else "")
@@ -1000,8 +1015,13 @@ def _bench(args) -> int:
         with open(results_path) as handle:
             rows += [dict(row, suite=suite) for row in _ratio_rows(suite, json.load(handle))]
     summary = {"rows": rows, "failed": failures, "output": output}
-    with open(os.path.join(output, "bench.json"), "w") as handle:
-        json.dump(summary, handle, indent=1)
+    from .persistence import atomic_write
+
+    def write_summary(temporary: str) -> None:  # strict JSON (null for NaN/inf), whole or not
+        with open(temporary, "w") as handle:
+            json.dump(_plain_json(summary), handle, indent=1, allow_nan=False)
+
+    atomic_write(os.path.join(output, "bench.json"), write_summary)
     summary["plot"] = _bench_plot(rows, os.path.join(output, "bench.png"))
     width = max([len(r["stage"] + r["case"]) + 2 for r in rows] + [20])
     say(f"\n{'stage: case':<{width}}  {'recfuse speedup':>15}  peer")

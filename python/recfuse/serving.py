@@ -952,8 +952,7 @@ class Recommender:
         # a user whose vector is zero (e.g. a row of stored zeros) has nothing to search
         # with: answered from the popular list, as a cold user
         history &= np.any(users != 0, axis=1)
-        # a rating model's popular items are the most rated, whatever the ratings
-        popular = popular_items(seen if kind in ("als", "bpr") else _pattern(seen), n_items)
+        popular = popular_for(model, seen, n_items)
         if self.rerank is not None:
             popular = popular[self.rerank._keep(popular)]
         scorer, ranker_source = ranker if ranker is not None else (None, None)
@@ -2226,16 +2225,18 @@ def item_popularity(seen: sp.csr_matrix, n_items: int) -> np.ndarray:
     return np.bincount(seen.indices[seen.data > 0], minlength=n_items)
 
 
-def _pattern(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    """``matrix`` with every stored value 1 (its arrays shared but the values)."""
-    return sp.csr_matrix((np.ones(matrix.nnz), matrix.indices, matrix.indptr),
-                         shape=matrix.shape)
-
-
 def popular_items(seen: sp.csr_matrix, n_items: int) -> np.ndarray:
     """All ``n_items`` item ids, most popular first (``item_popularity``), ties by smaller
     id. The cold-start order."""
     return np.lexsort((np.arange(n_items), -item_popularity(seen, n_items)))
+
+
+def popular_for(model: Any, seen: sp.csr_matrix, n_items: int) -> np.ndarray:
+    """``popular_items`` of ``model``'s training matrix ``seen`` (each pair once): for ALS
+    and BPR by positive entries, for rating models by rated pairs, whatever the rating."""
+    if not isinstance(model, (ALS, BPR)):
+        seen = sp.csr_matrix((np.ones(seen.nnz), seen.indices, seen.indptr), shape=seen.shape)
+    return popular_items(seen, n_items)
 
 
 def _merge(items, weights, new_items, new_weights):

@@ -472,6 +472,8 @@ class FactorRetrieval:
         batch_size = check.check_int(batch_size, "batch_size", minimum=1)
         users = self.user_factors
         assert users is not None  # _require_fitted
+        if path is not None:  # the file drops the padding: none past the items asked for
+            k = max(1, min(k, np.shape(self.item_factors)[0]))
         check.check_result_size(min(batch_size, users.shape[0]), k)  # now, not mid-way
         filter_seen = check.check_flag(filter_seen, "filter_seen")
         show_progress = check.check_flag(show_progress, "show_progress")
