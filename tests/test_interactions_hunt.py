@@ -238,6 +238,10 @@ def test_event_weights_and_decay_multiply_each_event(log, combine, half_life, re
     per_event = [(1.0 if weights is None else weights[k]) * table[types[k]]
                  * (1.0 if half_life is None else 0.5 ** ((ref - times[k]) / half_life))
                  for k in range(len(users))]
+    if half_life is None and reference is not None:  # it means nothing alone: refused
+        with pytest.raises(ValueError, match="reference_time needs half_life"):
+            Interactions.from_arrays(users, items, weights, times, reference_time=reference)
+        return
     got = Interactions.from_arrays(as_container(users, kind, "numpy"), items, weights, times,
                                    types, combine=combine, event_weights=table,
                                    half_life=half_life, reference_time=reference)

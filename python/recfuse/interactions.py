@@ -993,14 +993,22 @@ def _times_ns(column, name: str = "timestamps") -> np.ndarray:
             column = column.to_numpy()
         else:
             column = column.to_numpy()
+    if isinstance(column, (list, tuple)) and len({np.datetime_data(value.dtype) for value in
+                                                  column if isinstance(value, np.datetime64)}) > 1:
+        # datetime64 scalars of several units: np.asarray casts them to the finest, and wraps
+        # past its range before any check could see it; each is checked at its own unit
+        return np.concatenate([_times_ns(np.array([value]), name) for value in column]) \
+            if all(isinstance(value, np.datetime64) for value in column) else \
+            _times_ns(np.array(column, dtype=object), name)
     array = np.asarray(column)
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-d, got shape {array.shape}")
-    numbers = _numbers_in_objects(array)
-    if numbers is not None:  # seconds, as in a numeric column (to_datetime would read ns)
-        array = numbers
+    numeric = _numbers_in_objects(array)
+    if numeric is not None:  # seconds, as in a numeric column (to_datetime would read ns)
+        array = numeric
     kind = array.dtype.kind
     if kind == "M":
+        array = array.astype(array.dtype.newbyteorder("="))  # the range check reads its bytes
         if np.isnat(array).any():
             raise ValueError(f"{name} has {int(np.isnat(array).sum())} missing times (NaT)")
         unit, count = np.datetime_data(array.dtype)
@@ -1027,17 +1035,28 @@ def _times_ns(column, name: str = "timestamps") -> np.ndarray:
                              f"expected within ±{limit}, got {high if high > limit else low}")
         return array.astype(np.int64) * _NS_PER_SECOND
     if kind == "f":
+        array = array.astype(np.float64)  # exact; float32's own product lost seconds
         if not np.isfinite(array).all():
             raise ValueError(f"{name} has {int((~np.isfinite(array)).sum())} NaN/inf values")
-        with np.errstate(over="ignore"):  # beyond float64 (1e300 s): inf, refused below
-            nanoseconds = np.round(array * _NS_PER_SECOND)
-        beyond = np.abs(nanoseconds) >= 2.0**63  # the cast would give int64 min (NaT)
+        # whole seconds and the fraction apart (both exact): one product of 1.6e9 s by 1e9
+        # rounds to 256 ns, the fraction's to a nanosecond
+        whole = np.floor(array)
+        fraction = np.round((array - whole) * _NS_PER_SECOND).astype(np.int64)
+        top, bottom = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        high, low = top // _NS_PER_SECOND, bottom // _NS_PER_SECOND  # floor: -9223372037
+        beyond = (whole > high) | ((whole == high) & (fraction > top - high * _NS_PER_SECOND))
+        # int64's smallest value is NaT: the range ends one nanosecond above it
+        beyond |= (whole < low) | ((whole == low) & (fraction <= bottom - low * _NS_PER_SECOND))
         if beyond.any():
             raise ValueError(f"{name} as seconds since the epoch overflow int64 nanoseconds: "
-                             f"expected within ±{np.iinfo(np.int64).max // _NS_PER_SECOND}, "
-                             f"got {array[beyond][0]}")
-        return nanoseconds.astype(np.int64)
+                             f"expected within ±{high}, got {array[beyond][0]}")
+        return whole.astype(np.int64) * _NS_PER_SECOND + fraction
     if kind in "OUS":
+        if kind == "O" and any(isinstance(value, numbers.Real) and not isinstance(
+                value, (bool, np.bool_, np.datetime64, np.timedelta64)) for value in array):
+            # pandas would read the numbers as nanoseconds, not as the seconds they are
+            raise ValueError(f"{name} mixes numbers (seconds since the epoch) with other "
+                             f"times; give one kind")
         pandas = _pandas("parsing timestamps")
         strings = pandas.Series(array)
         missing = strings.isna().to_numpy()  # empty cells, "NA": not "values that do not parse"
@@ -1078,12 +1097,22 @@ def _ns_from(times: np.ndarray, reference: int) -> np.ndarray:
 def _seconds(value, name: str) -> float:
     """A duration in seconds: a number of seconds, a timedelta or a pandas string like '30D'."""
     if isinstance(value, np.timedelta64):  # before Real: NumPy registers it as an integer
+        if np.datetime_data(value.dtype)[0] in ("Y", "M"):
+            raise ValueError(f"{name} in months or years has no fixed length; give it in "
+                             f"days (e.g. '30D'), got {value!r}")
         seconds = value / np.timedelta64(1, "s")
     elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         return check.check_float(value, name, minimum=0.0, strict=True)
     elif hasattr(value, "total_seconds"):
         seconds = value.total_seconds()
     elif isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            pass
+        else:  # pandas reads a bare number as nanoseconds: a unit must be said
+            raise ValueError(f"{name} as a string needs a unit, like '30D' or '12h' (or give "
+                             f"the number {value.strip()} as seconds), got {value!r}")
         try:
             seconds = _pandas("parsing durations").Timedelta(value).total_seconds()
         except ValueError as error:
@@ -1262,6 +1291,9 @@ class Interactions:
             values = decay if values is None else values * decay
             settings.update(half_life=seconds, reference_time=reference,
                             fixed_reference=reference_time is not None)
+        elif reference_time is not None:
+            raise ValueError("reference_time needs half_life (it is the time the decay counts "
+                             "from)")
         extend = unknown == "extend"
         (user_map, user_codes), (item_map, item_codes) = _both(
             lambda: _map_ids(columns["user"], user_ids, "users", extend),
@@ -1703,9 +1735,15 @@ def _check_saved_pairs(path: str, arrays: dict, n_users: int, n_items: int) -> N
         raise ValueError(f"the pairs of {path!r}: counts must be integers >= 1 (events per "
                          f"pair), got dtype {counts.dtype}"
                          + (f", min {counts.min()}" if counts.dtype.kind in "iu" else ""))
-    if "times" in arrays and np.asarray(arrays["times"]).dtype.kind not in "iu":
-        raise ValueError(f"the pairs of {path!r}: times must be integers (ns since the "
-                         f"epoch), got dtype {np.asarray(arrays['times']).dtype}")
+    if "times" in arrays:
+        times = np.asarray(arrays["times"])
+        if times.dtype.kind not in "iu":
+            raise ValueError(f"the pairs of {path!r}: times must be integers (ns since the "
+                             f"epoch), got dtype {times.dtype}")
+        if times.size and (int(times.min()) <= np.iinfo(np.int64).min or
+                           int(times.max()) > np.iinfo(np.int64).max):
+            raise ValueError(f"the pairs of {path!r}: times must be ns since the epoch within "
+                             f"int64, NaT (its smallest value) excluded")
 
 
 def _both(first, second, *, parallel: bool):

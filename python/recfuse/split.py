@@ -158,7 +158,10 @@ def temporal_split(data: Interactions,  # a matrix has no times: refused
         # 0.57 · 100 = 56.99999999999999 counts as 57. None of them (fraction · n < 1, or no
         # pairs at all): a cut after every time.
         count = int(np.floor(round(fraction * times.size, 9)))
-        cut_ns = ordered[times.size - count] if count else np.iinfo(np.int64).max
+        if not count:  # no cut time lies after every time (int64's largest is one)
+            return _finish(interactions, np.zeros(times.size, dtype=bool), drop_cold,
+                           as_matrix)
+        cut_ns = ordered[times.size - count]
     else:
         if np.ndim(cut) != 0:
             raise TypeError(f"cut must be one time (a datetime, a string or seconds since the "
