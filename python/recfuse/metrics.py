@@ -79,7 +79,9 @@ def _errors(y_true, y_pred) -> tuple[np.ndarray, float]:
         return errors / largest, largest
     halves = truth / 2 - predicted / 2  # finite, whatever the ratings
     largest = float(np.abs(halves).max())
-    return halves / largest, 2 * largest
+    # the errors are 2 x halves: the 2 goes with the values (<= 2), not the scale, which
+    # would overflow where the rmse itself does not
+    return 2 * (halves / largest), largest
 
 
 def _paired(y_true, y_pred):

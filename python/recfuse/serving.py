@@ -291,9 +291,10 @@ class Rerank:
     def mask(self, first: int, count: int) -> np.ndarray | None:
         """uint8 mask of the ids ``[first, first + count)`` that allow/deny let through
         (None: all of them), as ``ItemIndex`` takes it."""
-        first = check.check_int(first, "first", minimum=0)
-        count = check.check_int(count, "count", minimum=0)
-        return self._mask_of(np.arange(first, first + count))
+        first = check.check_int(first, "first", minimum=0, maximum=check.INT64_MAX)
+        count = check.check_int(count, "count", minimum=0, maximum=check.INT64_MAX - first + 1)
+        check.check_count_fits(count, "count", 9)  # the ids (int64) and the mask
+        return self._mask_of(first + np.arange(count, dtype=np.int64))  # int64, not float64
 
     def _mask_of(self, ids: np.ndarray) -> np.ndarray | None:
         """``mask`` of any item ``ids``: ``allows(ids)`` as uint8, None without rules."""
@@ -2085,20 +2086,25 @@ def _check_weight_bound(weights: np.ndarray, user: int, dtype, als) -> None:
     """Refuse a user's summed weights that ``als`` (an ALS of ``dtype``) cannot fold in: past
     ``_WEIGHT_BOUNDS``, and for the cg solver past the weight whose confidence reaches
     ``CG_CONFIDENCE_BOUNDS`` (its steps multiply three confidences)."""
-    from .models.als import CG_CONFIDENCE_BOUNDS
+    from .models.als import CG_CONFIDENCE_BOUNDS, largest_confidence
 
-    bound, why = _WEIGHT_BOUNDS[np.dtype(dtype)], "the fold-in squares it"
-    if als.solver == "cg":
-        confidence = CG_CONFIDENCE_BOUNDS[np.dtype(dtype)]  # |r|, or 1 + alpha r
-        cg_bound = confidence if als.confidence == "raw" else \
-            (confidence - 1) / als.alpha if als.alpha > 0 else np.inf
-        if cg_bound < bound:
-            bound, why = cg_bound, "the cg solver's steps multiply three confidences"
+    if als.solver == "cg":  # as the fold-in will compute it, in the model's dtype
+        confidence = largest_confidence(weights, als.params, dtype)
+        bound = CG_CONFIDENCE_BOUNDS[np.dtype(dtype)]
+        if confidence > bound:
+            raise UserEventError(user, "events weight: user ",
+                                 f"'s summed weight of an item would reach "
+                                 f"{float(np.abs(weights).max()):.3g}, a confidence of "
+                                 f"{confidence:.3g}, beyond the {bound:.3g} a {np.dtype(dtype)} "
+                                 f"ALS model takes (the cg solver's steps multiply three "
+                                 f"confidences)")
+    bound = _WEIGHT_BOUNDS[np.dtype(dtype)]
     if weights.size and not (weights.max() <= bound and weights.min() >= -bound):
         largest = float(np.abs(weights).max())
         raise UserEventError(user, "events weight: user ",
                              f"'s summed weight of an item would reach {largest:.3g}, beyond "
-                             f"the {bound:.3g} a {np.dtype(dtype)} ALS model takes ({why})")
+                             f"the {bound:.3g} a {np.dtype(dtype)} ALS model takes (the "
+                             f"fold-in squares it)")
 
 
 def _gram64(table: np.ndarray, rows: int = 1 << 16) -> np.ndarray:

@@ -176,7 +176,7 @@ def _rng(seed, random_state) -> np.random.Generator:
     scikit-learn's and implicit's) when that is given; both given is a TypeError."""
     if random_state is None:
         return check.seeded_rng(seed)
-    if seed is not _DEFAULT_SEED:
+    if type(seed) is not _DefaultSeed:  # the default, or a copy of it (pickle, deepcopy)
         raise TypeError(f"give seed or random_state (another name for it), not both: got "
                         f"seed={seed!r:.60} and random_state={random_state!r:.60}")
     return check.seeded_rng(random_state, "random_state")

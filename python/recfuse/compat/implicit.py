@@ -110,7 +110,7 @@ from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
 from .._topk.numpy_backend import SCORE_BLOCK_BYTES
 from ..models._common import dtype_text
-from ..models.als import ALS, item_gram
+from ..models.als import ALS, check_cg_confidences, item_gram
 from .._typing import Integer, SparseMatrix
 
 # implicit's random_state: None, a seed, a RandomState or a Generator.
@@ -515,7 +515,12 @@ class AlternatingLeastSquares:
                 callback = self.fit_callback
             if callback is not None and not callable(callback):
                 raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-            self._fit(self._engine(_FitEngine), matrix, random_state, show_progress, callback)
+            engine = self._engine(_FitEngine)
+            # refused here in this adapter's terms (ALS.fit would name solver='cholesky')
+            check_cg_confidences(matrix.data, engine.params, engine.dtype,
+                                 "user_items' values times alpha",
+                                 advice="lower alpha, or use use_cg=False")
+            self._fit(engine, matrix, random_state, show_progress, callback)
         except BaseException:
             if restore is not None:
                 restore(saved)

@@ -72,20 +72,32 @@ CG_CONFIDENCE_BOUNDS = {np.dtype(t): float(np.cbrt(np.finfo(t).max))
                         for t in (np.float32, np.float64)}
 
 
-def check_cg_confidences(values: np.ndarray, params: AlsParams, dtype, what: str) -> None:
-    """Refuse ``values`` (stored values of ``what``) whose largest confidence is beyond the
-    cg solver's bound in ``dtype``: ValueError; nothing for the cholesky solver."""
-    if params.cholesky or not values.size:
-        return
-    top = float(np.abs(values).max()) if params.raw_confidence else \
+def largest_confidence(values: np.ndarray, params: AlsParams, dtype) -> float:
+    """The largest confidence of ``values`` (cast to ``dtype``, as the kernels read them):
+    |r| under "raw", else 1 + alpha·r (values >= 0); 0 for no values."""
+    if not values.size:
+        return 0.0
+    with np.errstate(over="ignore"):  # past the dtype's range: inf, beyond every bound
+        values = np.asarray(values, dtype=dtype)
+    return float(np.abs(values).max()) if params.raw_confidence else \
         1 + params.alpha * float(values.max())
+
+
+def check_cg_confidences(values: np.ndarray, params: AlsParams, dtype, what: str,
+                         advice: str = "lower alpha, or use solver='cholesky'") -> None:
+    """Refuse ``values`` (stored values of ``what``) whose largest confidence is beyond the
+    cg solver's bound in ``dtype``: ValueError ending in ``advice``; nothing for the
+    cholesky solver."""
+    if params.cholesky:
+        return
+    top = largest_confidence(values, params, dtype)
     bound = CG_CONFIDENCE_BOUNDS[np.dtype(dtype)]
     if top > bound:
         confidence = "|r|" if params.raw_confidence else "1 + alpha·r"
         raise ValueError(f"{what} reach a confidence ({confidence}) of {top:.3g}, beyond the "
                          f"{bound:.3g} the cg solver takes in {np.dtype(dtype).name} (its "
                          f"steps multiply three confidences, and would overflow): scale down "
-                         f"the values, lower alpha, or use solver='cholesky'")
+                         f"the values, {advice}")
 
 
 class AlsSettings:
@@ -310,8 +322,9 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         finally:
             progress.close()
         X, Y = getattr(trainer, "take_factors", trainer.factors)()
-        check_trained("ALS", (X, Y), "lower alpha or regularization, scale down the values of "
-                      "user_items, or use dtype=np.float64")
+        wider = ", or use dtype=np.float64" if self.dtype == np.float32 else ""
+        check_trained("ALS", (X, Y), f"lower alpha or regularization, or scale down the "
+                      f"values of user_items{wider}")
         if self.iterations:
             # A row without a positive entry (none stored, or only stored zeros, or under
             # "raw" only values <= 0) has p = 0 throughout: its system's right-hand side is 0
