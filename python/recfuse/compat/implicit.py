@@ -1122,7 +1122,7 @@ class AlternatingLeastSquares:
         saved = persistence.read_arrays(path, "implicit model file")
         values = {name: (array.item() if array.shape == () else array)
                   for name, array in saved.items()}
-        options = {name: values[name] for name in (
+        options: dict[str, Any] = {name: values[name] for name in (
             "factors", "regularization", "alpha", "use_native", "use_cg", "iterations",
             "calculate_training_loss", "num_threads", "random_state") if name in values}
         if "dtype" in values:

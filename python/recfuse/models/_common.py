@@ -468,13 +468,13 @@ class FactorRetrieval:
         (padding dropped), atomically, and returns the number of rows written.
         """
         self._require_fitted()
-        k = check.check_k(k)
+        width = check.check_k(k)
         batch_size = check.check_int(batch_size, "batch_size", minimum=1)
         users = self.user_factors
         assert users is not None  # _require_fitted
         if path is not None:  # the file drops the padding: none past the items asked for
-            k = max(1, min(k, np.shape(self.item_factors)[0]))
-        check.check_result_size(min(batch_size, users.shape[0]), k)  # now, not mid-way
+            width = max(1, min(width, np.shape(getattr(self, "item_factors"))[0]))
+        check.check_result_size(min(batch_size, users.shape[0]), width)  # now, not mid-way
         filter_seen = check.check_flag(filter_seen, "filter_seen")
         show_progress = check.check_flag(show_progress, "show_progress")
         # Every chunk from one fitted state: writers (fit, update_users) replace the state
@@ -484,7 +484,7 @@ class FactorRetrieval:
             snapshot.__dict__.update(self.__dict__)
         if filter_seen:
             snapshot._check_seen_items()  # fail now, not mid-way
-        chunks = snapshot._recommend_chunks(k, batch_size, filter_seen, show_progress)
+        chunks = snapshot._recommend_chunks(width, batch_size, filter_seen, show_progress)
         if path is None:
             return chunks
         return write_recommendations(path, chunks, self.dtype)
