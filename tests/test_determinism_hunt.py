@@ -381,6 +381,9 @@ def test_a_fit_refused_for_its_input_leaves_the_generator_where_it_was(name):
     assert generator_state(g) == before
 
 
+# ALS's case is refused before its kernels run now (past the cg solver's confidence bound),
+# which must leave the seed and the generator alike: DIVERGED matches both refusals
+DIVERGED = "diverged|the cg solver takes"
 DIVERGING = {
     "ALS": (lambda g: recfuse.ALS(factors=4, iterations=2, alpha=1e38, random_state=g),
             lambda m: m.fit(X * np.float32(1e30)), {"alpha": 1.0}, lambda m: m.fit(X)),
@@ -399,7 +402,7 @@ def test_after_a_diverged_fit_an_int_seeded_model_fits_as_a_fresh_one(name):
     model = build(7)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        with pytest.raises(ValueError, match="diverged"):
+        with pytest.raises(ValueError, match=DIVERGED):
             bad_fit(model)
     assert model.get_params()["random_state"] == 7
     model.set_params(**fix)
@@ -413,7 +416,7 @@ def test_a_diverged_fit_leaves_the_generator_where_it_was(name):
     before = generator_state(g)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        with pytest.raises(ValueError, match="diverged"):
+        with pytest.raises(ValueError, match=DIVERGED):
             if name == "MLPRanker":
                 recfuse.MLPRanker(hidden=(4,), epochs=2, learning_rate=1e30,
                                   random_state=g).fit(X, np.full((N_USERS, 2), 1e18),
