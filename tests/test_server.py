@@ -178,7 +178,7 @@ def test_a_restarted_server_takes_back_the_log_call_by_call(model_file):
      "user must hold ids <= 9223372036854775807"),
     ("/events", b'{"user": [1], "item": [2147483648]}', 422, "item must be < 2147483647"),
     ("/events", b'{"user": [1], "item": [2], "weight": [1e308]}', 422,
-     "beyond the 1.84e+19 a float32 ALS model takes"),
+     "beyond the 6.98e+12 a float32 ALS model takes"),
     ("/events", b'{"user": [1], "item": [2], "weight": [1' + b"0" * 400 + b']}', 422,
      "within float64's range"),
     # nesting past the JSON decoder's recursion limit: test_json_nested_too_deeply_is_a_400
