@@ -273,6 +273,14 @@ def test_int8_layer_matches_reference_at_any_magnitude(width, out, rows, activat
         assert_scores_close(_int8(layers, backend).score(X), expected, tolerance, backend)
 
 
+@pytest.mark.xfail(strict=True, reason="BUG (open, found by the CI run of 2026-12-01): the "
+                   "cpu int8 layer differs from the reference by 0.0053 (bound 0.0035) on row "
+                   "14 of this drawn case, at the generic level")
+def test_int8_layer_case_drawn_in_ci():
+    test_int8_layer_matches_reference_at_any_magnitude.hypothesis.inner_test(
+        width=32, out=65, rows=35, activation="relu", seed=15773)
+
+
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_emulated_sums_beyond_1040_inputs_stay_within_float32_rounding(backend):
     """Beyond 1,040 inputs the float32 sums of the emulations may round (127² x 1041 >
