@@ -997,9 +997,9 @@ def _times_ns(column, name: str = "timestamps") -> np.ndarray:
                                                   column if isinstance(value, np.datetime64)}) > 1:
         # datetime64 scalars of several units: np.asarray casts them to the finest, and wraps
         # past its range before any check could see it; each is checked at its own unit
-        return np.concatenate([_times_ns(np.array([value]), name) for value in column]) \
-            if all(isinstance(value, np.datetime64) for value in column) else \
-            _times_ns(np.array(column, dtype=object), name)
+        if all(isinstance(value, np.datetime64) for value in column):
+            return np.concatenate([_times_ns(np.array([value]), name) for value in column])
+        return _times_ns(np.array(column, dtype=object), name)
     array = np.asarray(column)
     if array.ndim != 1:
         raise ValueError(f"{name} must be 1-d, got shape {array.shape}")

@@ -110,7 +110,7 @@ from .._als.common import AlsParams, CsrArrays
 from .._backend import resolve_backend
 from .._topk.numpy_backend import SCORE_BLOCK_BYTES
 from ..models._common import dtype_text
-from ..models.als import ALS, check_cg_confidences, item_gram
+from ..models.als import ALS, item_gram
 from .._typing import Integer, SparseMatrix
 
 # implicit's random_state: None, a seed, a RandomState or a Generator.
@@ -378,6 +378,9 @@ class _FitEngine(ALS):
     """recfuse.ALS as this adapter fits with it: failed row systems raise
     (``_refuse_failed_systems``), and the model keeps its factors."""
 
+    # the cg bound's refusal in this adapter's terms: alpha scales the matrix before the fit
+    _cg_refusal = ("user_items' values times alpha", "lower alpha, or use use_cg=False")
+
     def _report_failed_systems(self, failed: int) -> None:
         _refuse_failed_systems(failed)
 
@@ -515,12 +518,7 @@ class AlternatingLeastSquares:
                 callback = self.fit_callback
             if callback is not None and not callable(callback):
                 raise TypeError(f"callback must be callable, got {type(callback).__name__}")
-            engine = self._engine(_FitEngine)
-            # refused here in this adapter's terms (ALS.fit would name solver='cholesky')
-            check_cg_confidences(matrix.data, engine.params, engine.dtype,
-                                 "user_items' values times alpha",
-                                 advice="lower alpha, or use use_cg=False")
-            self._fit(engine, matrix, random_state, show_progress, callback)
+            self._fit(self._engine(_FitEngine), matrix, random_state, show_progress, callback)
         except BaseException:
             if restore is not None:
                 restore(saved)

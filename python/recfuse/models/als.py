@@ -285,7 +285,7 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
         given = interaction_matrix(user_items)
         matrix = check.check_csr(given, "user_items", dtype=self.dtype,
                                  nonnegative=self.confidence == "linear")
-        check_cg_confidences(matrix.data, self.params, self.dtype, "user_items' values")
+        check_cg_confidences(matrix.data, self.params, self.dtype, *self._cg_refusal)
         n_users, n_items = matrix.shape
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {type(callback).__name__}")
@@ -340,6 +340,10 @@ class ALS(EstimatorParams, FactorRetrieval, AlsSettings):
             self._state = _State(X, Y, matrix, None)
             self.backend_used = backend.NAME
         return self
+
+    # what fit's refusal of confidences past the cg bound names: the values, and the advice
+    # (recfuse.compat.implicit words both in its own terms)
+    _cg_refusal = ("user_items' values", "lower alpha, or use solver='cholesky'")
 
     def _report_failed_systems(self, failed: int) -> None:
         """What fit does, before it keeps its result, about ``failed`` row systems that were
