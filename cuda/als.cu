@@ -114,7 +114,7 @@ struct SweepArgs {
   T alpha;
   bool raw;
   int cg_steps;
-  unsigned long long* failed;  // Cholesky: rows left unchanged
+  unsigned long long* failed;  // rows left unchanged (both solvers)
 };
 
 // ------------------------------------------------------------------------ gram
@@ -330,7 +330,9 @@ constexpr int cg_long_warps() {
   return kCgWarps * cg_min_blocks<T, C>();
 }
 
-// recfuse.reference.conjugate_gradient for every row, from the current X.
+// recfuse.reference.conjugate_gradient for every row, from the current X; a row that fails
+// (a step's p·Ap not a positive finite number, or a result that is not finite) keeps its
+// vector and is counted in a.failed.
 template <class T, int C, int W>
 __global__ void __launch_bounds__(32 * W, W == kCgWarps ? cg_min_blocks<T, C>() : 1)
     cg_kernel(SweepArgs<T> a) {
@@ -362,6 +364,7 @@ __global__ void __launch_bounds__(32 * W, W == kCgWarps ? cg_min_blocks<T, C>() 
     }
     T rs_old = block_sum<T, W>(local, red);
     if (rs_old < tolerance) continue;  // x unchanged (block_sum ended with a barrier)
+    bool solved = true;  // the same in every thread: block sums are
     for (int it = 0; it < a.cg_steps; ++it) {
       sparse_pass<T, C, W>(a, start, end, p_s, false, part);
       __syncthreads();
@@ -372,7 +375,12 @@ __global__ void __launch_bounds__(32 * W, W == kCgWarps ? cg_min_blocks<T, C>() 
         part[j] = ap;  // only this thread reads or writes column j
         local += p_s[j] * ap;
       }
-      const T step = rs_old / block_sum<T, W>(local, red);
+      const T pAp = block_sum<T, W>(local, red);
+      if (!(pAp > T(0)) || isinf(pAp)) {  // NaN too: a uniform exit
+        solved = false;
+        break;
+      }
+      const T step = rs_old / pAp;
       local = T(0);
       for (int j = tid; j < k; j += kThreads) {
         x_s[j] += step * p_s[j];
@@ -386,7 +394,14 @@ __global__ void __launch_bounds__(32 * W, W == kCgWarps ? cg_min_blocks<T, C>() 
       __syncthreads();
       rs_old = rs_new;
     }
-    for (int j = tid; j < k; j += kThreads) x[j] = x_s[j];
+    bool finite = true;
+    for (int j = tid; j < k; j += kThreads) finite = finite && isfinite(x_s[j]);
+    solved = __syncthreads_and(solved && finite);
+    if (solved) {
+      for (int j = tid; j < k; j += kThreads) x[j] = x_s[j];
+    } else if (tid == 0) {
+      atomicAdd(a.failed, 1ULL);
+    }
     __syncthreads();
   }
 }
@@ -771,18 +786,17 @@ int64_t run_sweep(const DeviceCsr<T>& R, const T* Y, int k, const T* G_reg, T* X
   a.raw = params.confidence == Confidence::Raw;
   a.cg_steps = params.cg_steps;
   a.failed = failed;
+  RECFUSE_CUDA_CHECK(cudaMemsetAsync(failed, 0, sizeof(unsigned long long), stream));
   if (params.solver == Solver::Cholesky) {
-    RECFUSE_CUDA_CHECK(cudaMemsetAsync(failed, 0, sizeof(unsigned long long), stream));
     launch_cholesky(a, stream);
-    unsigned long long host_failed = 0;
-    RECFUSE_CUDA_CHECK(cudaMemcpyAsync(&host_failed, failed, sizeof(host_failed),
-                                       cudaMemcpyDeviceToHost, stream));
-    RECFUSE_CUDA_CHECK(cudaStreamSynchronize(stream));
-    return static_cast<int64_t>(host_failed);
+  } else {
+    launch_cg(a, R.long_rows, stream);
   }
-  launch_cg(a, R.long_rows, stream);
+  unsigned long long host_failed = 0;
+  RECFUSE_CUDA_CHECK(cudaMemcpyAsync(&host_failed, failed, sizeof(host_failed),
+                                     cudaMemcpyDeviceToHost, stream));
   RECFUSE_CUDA_CHECK(cudaStreamSynchronize(stream));
-  return 0;
+  return static_cast<int64_t>(host_failed);
 }
 
 // Σ_u data-loss terms on device arrays (G = YᵀY, unregularised). Synchronises.

@@ -789,3 +789,93 @@ def test_a_cholesky_row_whose_sums_overflow_keeps_its_vector_on_every_backend(ba
     assert failed == want_failed == 1
     np.testing.assert_array_equal(X[0], np.full(2, 0.5, dtype=dtype))
     np.testing.assert_allclose(X[1], want[1], rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- CG failures
+
+
+def _overflowing_cg_problem(k, dtype):
+    """Rows 0, 3 and 5 hold one confidence below the cg bound on items longer than 1, so
+    that a CG step's p·Ap (growing like c³|y|⁴) overflows the dtype; the other rows are
+    ordinary. (rows x items CSR under confidence="raw", item table, starting rows)"""
+    dtype = np.dtype(dtype)
+    huge = 1e12 if dtype == np.float32 else 1e102  # the bounds: 6.98e12 and 5.6e102
+    rng = np.random.default_rng(k)
+    rows, items = 7, 9
+    dense = ((rng.random((rows, items)) < 0.5) * rng.integers(1, 5, (rows, items))).astype(float)
+    dense[:, 0] = 0
+    dense[[0, 3, 5], 0] = huge
+    matrix = sp.csr_matrix(dense)
+    Y = rng.standard_normal((items, k))
+    Y[0] *= 6 / np.linalg.norm(Y[0])  # |y|⁴ = 1296: c³|y|⁴ past float32's and float64's max
+    X0 = rng.standard_normal((rows, k))
+    X0[[0, 3, 5]] *= 0.01  # b − A x0 ≈ c y_0 (a start near y_0 / |y_0|² would cancel it)
+    return matrix, Y.astype(dtype), X0.astype(dtype)
+
+
+CG_FAILURE_CASES = [(3, np.float32), (32, np.float32), (128, np.float32), (7, np.float64),
+                    (64, np.float64)]
+
+
+def _check_cg_failures(X, failed, X0, expected, context):
+    assert failed == 3, context
+    np.testing.assert_array_equal(X[[0, 3, 5]], X0[[0, 3, 5]], err_msg=context)
+    ordinary = [1, 2, 4, 6]
+    np.testing.assert_allclose(X[ordinary], expected[ordinary], rtol=2e-3, atol=1e-5,
+                               err_msg=context)
+
+
+@pytest.mark.parametrize("backend", backend_params(("cuda", "cpu", "numba", "numpy")))
+@pytest.mark.parametrize("k, dtype", CG_FAILURE_CASES)
+def test_cg_rows_whose_steps_overflow_keep_their_vectors_and_are_counted(backend, k, dtype):
+    """recfuse.reference.conjugate_gradient's failure rule on every backend (and SIMD level,
+    and k with a fixed-size, a batched and the runtime-k cpu kernel): a row whose p·Ap
+    overflows keeps its starting vector and is counted, the other rows are solved."""
+    matrix, Y, X0 = _overflowing_cg_problem(k, dtype)
+    with np.errstate(all="ignore"):  # the overflow is the point
+        expected, failed = reference.als_half_sweep_counted(
+            matrix, Y, X0, regularization=0.1, confidence="raw", solver="cg", cg_steps=3)
+    assert failed == 3 and np.isfinite(expected).all()
+    params = AlsParams(regularization=0.1, alpha=1.0, confidence="raw", solver="cg",
+                       cg_steps=3, num_threads=0)
+    module = resolve_backend(backend)
+    levels = each_simd_level() if backend == "cpu" else [backend]
+    for level in levels:
+        X = X0.copy()
+        failed = module.half_sweep(CsrArrays.from_scipy(matrix, dtype), Y, X, params)
+        _check_cg_failures(X, failed, X0, expected, f"{backend} {level}")
+
+
+@pytest.mark.parametrize("k, dtype", CG_FAILURE_CASES)
+def test_cupy_engine_counts_cg_failures_on_the_host(k, dtype):
+    import scipy.sparse
+
+    from recfuse._als import cupy_backend
+
+    matrix, Y, X0 = _overflowing_cg_problem(k, dtype)
+    with np.errstate(all="ignore"):
+        expected = reference.als_half_sweep(matrix, Y, X0, regularization=0.1,
+                                            confidence="raw", solver="cg", cg_steps=3)
+    params = AlsParams(regularization=0.1, alpha=1.0, confidence="raw", solver="cg",
+                       cg_steps=3, num_threads=0)
+    engine = cupy_backend._Engine(np, scipy.sparse, params, dtype)
+    X = X0.copy()
+    with np.errstate(all="ignore"):  # a device computes on; NumPy in its place would warn
+            failed = engine.sweep(
+            cupy_backend._DeviceCsr(engine, CsrArrays.from_scipy(matrix, dtype)), Y, X)
+    _check_cg_failures(X, failed, X0, expected, "cupy engine")
+
+
+def test_reference_cg_fails_on_a_non_finite_result_and_a_singular_direction():
+    A = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert reference.conjugate_gradient(A, np.array([1.0, 2.0]), np.zeros(2), 3) is not None
+    # a tiny curvature makes the step overflow: x is inf, the row fails
+    tiny = np.diag([1e-300, 1e-300])
+    with np.errstate(over="ignore"):
+        assert reference.conjugate_gradient(tiny, np.array([1e10, 0.0]), np.zeros(2), 1) is None
+    # zero curvature along p (A singular, b not in its range): fails rather than divide by 0
+    singular = np.diag([1.0, 0.0])
+    assert reference.conjugate_gradient(singular, np.array([0.0, 1.0]), np.zeros(2), 2) is None
+    # steps = 0: the start, whatever A is
+    start = np.array([0.5, 0.5])
+    assert (reference.conjugate_gradient(singular, start, start, 0) == start).all()

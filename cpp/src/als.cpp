@@ -337,10 +337,10 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
   const int batch = kern.cg_rows > 0 ? kern.cg_rows : 1;
   const int64_t batches = (static_cast<int64_t>(batched.size()) + batch - 1) / batch;
   const int64_t items = batches + static_cast<int64_t>(alone.size());
-  const size_t single_size = 3 * static_cast<size_t>(k) + static_cast<size_t>(gather_rows) * k;
+  const size_t single_size = 4 * static_cast<size_t>(k) + static_cast<size_t>(gather_rows) * k;
   const size_t batch_size =
       batches > 0 ? static_cast<size_t>(kernels::cg_batch_scratch<T>(k, batch)) : 0;
-#pragma omp parallel num_threads(thread_count(params.num_threads, work))
+#pragma omp parallel num_threads(thread_count(params.num_threads, work)) reduction(+ : failed)
   {
     std::vector<T> scratch(single_size > batch_size ? single_size : batch_size);
 #pragma omp for schedule(dynamic, 64)
@@ -350,8 +350,8 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
         const int64_t left = static_cast<int64_t>(batched.size()) - first;
         const int count = static_cast<int>(left < batch ? left : batch);
         if (item + 1 < batches) kernels::prefetch_row_start(R, batched[first + count], Y, k);
-        kern.solve_cg_rows(R, batched.data() + first, count, Y, G.data(), params.alpha, raw,
-                           params.cg_steps, X, scratch.data());
+        failed += kern.solve_cg_rows(R, batched.data() + first, count, Y, G.data(),
+                                     params.alpha, raw, params.cg_steps, X, scratch.data());
         continue;
       }
       const int64_t next = item - batches + 1;
@@ -359,8 +359,9 @@ int64_t als_half_sweep(const CsrView<T>& R, const T* Y_in, int k, const T* gram_
         kernels::prefetch_row_start(R, alone[next], Y, k);
       }
       const int64_t u = alone[item - batches], start = R.indptr[u];
-      kern.solve_cg(R.indices + start, R.data + start, R.indptr[u + 1] - start, Y, G.data(), k,
-                    params.alpha, raw, params.cg_steps, X + u * k, scratch.data(), gather_rows);
+      failed += !kern.solve_cg(R.indices + start, R.data + start, R.indptr[u + 1] - start, Y,
+                               G.data(), k, params.alpha, raw, params.cg_steps, X + u * k,
+                               scratch.data(), gather_rows);
     }
   }
   return failed;

@@ -18,15 +18,17 @@ constexpr long kMaxGatherBytes = 64L << 20;
 // Function table filled by each SIMD level; fixed-size versions for k in {32, 64, 128}.
 template <class T>
 struct AlsRowKernels {
-  // x (k) updated in place; scratch holds at least 3k + gather_rows * k values.
-  void (*solve_cg)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y, const T* G_reg,
+  // x (k) updated in place; scratch holds at least 4k + gather_rows * k values. False, x
+  // untouched, when the row fails (recfuse.reference.conjugate_gradient: a step's p·Ap not
+  // a positive finite number, or a result that is not finite).
+  bool (*solve_cg)(const int32_t* cols, const T* vals, int64_t nnz, const T* Y, const T* G_reg,
                    int k, T alpha, bool raw, int steps, T* x, T* scratch, int64_t gather_rows);
   // The same CG for the rows rows[0 .. count) of R into X, count <= cg_rows, each with at most
   // cg_longest_row<T>(k) entries, in lockstep; scratch >= cg_batch_scratch<T>(k, cg_rows).
-  // A row's result does not depend on the other rows of its batch. Null for the runtime-k
-  // kernels and where it does not pay.
-  void (*solve_cg_rows)(const CsrView<T>& R, const int64_t* rows, int count, const T* Y,
-                        const T* G_reg, T alpha, bool raw, int steps, T* X, T* scratch);
+  // A row's result does not depend on the other rows of its batch. Rows that fail are left
+  // unchanged; returns their number. Null for the runtime-k kernels and where it does not pay.
+  int64_t (*solve_cg_rows)(const CsrView<T>& R, const int64_t* rows, int count, const T* Y,
+                           const T* G_reg, T alpha, bool raw, int steps, T* X, T* scratch);
   int cg_rows;  // rows in one solve_cg_rows call
   // Exact solves for the rows rows[0 .. count) of R into X, count <= cholesky_rows.
   // Rows whose system is not positive definite are left unchanged; returns their number.

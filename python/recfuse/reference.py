@@ -28,7 +28,11 @@ vector (the native kernels, when finite confidences add up past the dtype, leave
 instead, which a fit reports as a divergence; its input checks refuse such sums first), and
 ``als_half_sweep_counted`` reports how many did. ``solver="cg"`` runs ``cg_steps`` steps of
 conjugate gradient from the current ``x_u`` (the algorithm below, step for step), and
-stops early when the squared residual norm falls below ``CG_TOLERANCE``.
+stops early when the squared residual norm falls below ``CG_TOLERANCE``. A CG row fails as
+a Cholesky row does (keeps its previous vector, and is counted) when a step's ``p·Ap`` is
+not a positive finite number in the dtype (its sums overflowed, as long item vectors with
+large confidences make them, or the system is singular along ``p``) or when the solution
+holds inf or NaN.
 
 The training loss reported by ``als_loss`` is::
 
@@ -124,7 +128,7 @@ def als_half_sweep(
 def als_half_sweep_counted(R, Y, X, *, regularization, alpha=1.0, confidence="linear",
                            solver="cg", cg_steps=3, fixed_gram=None) -> tuple[np.ndarray, int]:
     """``als_half_sweep`` that also returns the number of rows left unchanged (Cholesky rows
-    whose system is not positive definite). ``fixed_gram``: the YᵀY to use instead of
+    whose system is not positive definite, and CG rows that failed as defined above). ``fixed_gram``: the YᵀY to use instead of
     ``Y``'s own, when ``Y`` holds only some of the fixed side's rows (a block of a
     distributed fit, whose Gram covers the whole side)."""
     dtype = Y.dtype
@@ -147,14 +151,21 @@ def als_half_sweep_counted(R, Y, X, *, regularization, alpha=1.0, confidence="li
                 continue
             X[u] = solved
         elif solver == "cg":
-            X[u] = conjugate_gradient(A, b, X[u], cg_steps)
+            solved = conjugate_gradient(A, b, X[u], cg_steps)
+            if solved is None:
+                failed += 1
+                continue
+            X[u] = solved
         else:
             raise ValueError(f"solver must be 'cg' or 'cholesky', got {solver!r}")
     return X, failed
 
 
-def conjugate_gradient(A: np.ndarray, b: np.ndarray, x0: np.ndarray, steps: int) -> np.ndarray:
-    """``steps`` steps of CG on the SPD system A x = b from x0 (the exact algorithm backends use)."""
+def conjugate_gradient(A: np.ndarray, b: np.ndarray, x0: np.ndarray,
+                       steps: int) -> np.ndarray | None:
+    """``steps`` steps of CG on the SPD system A x = b from x0 (the exact algorithm backends
+    use), or None when the row fails: a step's p·Ap is not a positive finite number, or the
+    result holds inf or NaN."""
     x = x0.copy()
     r = b - A @ x
     p = r.copy()
@@ -163,7 +174,10 @@ def conjugate_gradient(A: np.ndarray, b: np.ndarray, x0: np.ndarray, steps: int)
         return x
     for _ in range(steps):
         Ap = A @ p
-        step = rs_old / (p @ Ap)
+        pAp = p @ Ap
+        if not 0 < pAp <= np.finfo(pAp.dtype).max:
+            return None
+        step = rs_old / pAp
         x += step * p
         r -= step * Ap
         rs_new = r @ r
@@ -171,7 +185,7 @@ def conjugate_gradient(A: np.ndarray, b: np.ndarray, x0: np.ndarray, steps: int)
             break
         p = r + (rs_new / rs_old) * p
         rs_old = rs_new
-    return x
+    return x if np.isfinite(x).all() else None
 
 
 def als_loss(

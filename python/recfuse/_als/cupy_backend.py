@@ -4,7 +4,8 @@ Host NumPy arrays in and out, like every backend; the trainer keeps the CSR matr
 both factor matrices on the device as CuPy arrays for the whole fit.
 
 CG runs every row's conjugate gradient at once, step by step (the algorithm of
-``recfuse.reference.conjugate_gradient``, with a per-row mask for the early stop):
+``recfuse.reference.conjugate_gradient``, with per-row masks for the early stop and for
+the rows that fail, which get their starting vectors back):
 
 * ``d_ui = x_u·y_i`` for every stored entry, gathered in bounded chunks;
 * ``A p = p (YᵀY + λI) + R_{w d} Y``, where ``R_{w d}`` is the CSR matrix with the stored
@@ -245,30 +246,38 @@ class _Engine:
         if p.solver == "cholesky":
             failed = self._cholesky(csr, Y, X, self.regularised_gram(Y, gram))
         elif p.solver == "cg":
-            self._conjugate_gradient(csr, Y, X, self.regularised_gram(Y, gram), p.cg_steps)
-            failed = 0
+            failed = self._conjugate_gradient(csr, Y, X, self.regularised_gram(Y, gram),
+                                              p.cg_steps)
         else:
             raise ValueError(f"solver must be 'cg' or 'cholesky', got {p.solver!r}")
         self._synchronize()
         return failed
 
-    def _conjugate_gradient(self, csr: _DeviceCsr, Y, X, G, steps: int) -> None:
+    def _conjugate_gradient(self, csr: _DeviceCsr, Y, X, G, steps: int) -> int:
+        """The reference's CG on every row at once (a mask per row); returns the rows that
+        failed, which get their starting vectors back."""
         xp = self.xp
         if csr.shape[0] == 0:
-            return
+            return 0
         tolerance = X.dtype.type(_CG_TOLERANCE)
         zero, one = X.dtype.type(0), X.dtype.type(1)
+        largest = X.dtype.type(np.finfo(X.dtype).max)
+        start = X.copy()
         d = self.row_dots(csr, X, Y)
         r = csr.times(self, csr.q - csr.w * d, Y) - X @ G
         p = r.copy()
         rs_old = (r * r).sum(axis=1)
         active = ~(rs_old < tolerance)  # NaN keeps going, as in the reference
+        failed = xp.zeros(X.shape[0], dtype=bool)
         for _ in range(steps):
             if not bool(active.any()):
                 break
             d = self.row_dots(csr, p, Y)
             Ap = p @ G + csr.times(self, csr.w * d, Y)
             pAp = (p * Ap).sum(axis=1)
+            broken = active & ~((pAp > zero) & (pAp <= largest))
+            failed |= broken
+            active &= ~broken
             step = xp.where(active, rs_old / xp.where(active, pAp, one), zero)[:, None]
             mask = active[:, None]
             X += xp.where(mask, step * p, zero)
@@ -279,6 +288,9 @@ class _Engine:
             p = r + beta[:, None] * p
             rs_old = xp.where(going, rs_new, rs_old)
             active = going
+        failed |= ~xp.isfinite(X).all(axis=1)
+        X[failed] = start[failed]
+        return int(failed.sum())
 
     def _cholesky(self, csr: _DeviceCsr, Y, X, G) -> int:
         xp = self.xp

@@ -6,8 +6,10 @@ on first use (cached on disk by Numba afterwards), so the first call is slow.
 
 All arithmetic of ``half_sweep`` happens in the dtype of the arrays (float32 or float64),
 step for step as in the C++ kernels: the fused CG of ``recfuse.reference.conjugate_gradient``
-(same early stop, same tolerance) and an upper-triangle Cholesky that leaves a row unchanged,
-and counts it, when its system is not positive definite. Sums run sequentially here
+(same early stop, same tolerance, same failures: a row whose p·Ap is not a positive finite
+number, or whose result is not finite, keeps its start and is counted) and an
+upper-triangle Cholesky that leaves a row unchanged, and counts it, when its system is not
+positive definite. Sums run sequentially here
 (``fastmath=False``), where the C++ kernels may vectorise their dot products, so the two
 backends agree to rounding, not bit for bit. ``data_loss`` works in float64. Rows are
 independent and every sum runs in a fixed order, so the results do not depend on the thread
@@ -136,8 +138,9 @@ def _kernels() -> SimpleNamespace:
             for b in range(a):
                 G[a, b] = G[b, a]
 
-    def cg(indptr, indices, w, q, Y, G, X, steps, tolerance, rows_per_task):
-        # solve_cg for every row: X[u] is the starting point and is updated in place.
+    def cg(indptr, indices, w, q, Y, G, X, steps, tolerance, largest, rows_per_task, failed):
+        # solve_cg for every row: X[u] is the starting point and is updated in place; a row
+        # that fails gets its start back and is counted in failed[task].
         n_rows, k = X.shape
         zero = X.dtype.type(0)
         n_tasks = (n_rows + rows_per_task - 1) // rows_per_task
@@ -145,10 +148,14 @@ def _kernels() -> SimpleNamespace:
             r = np.empty(k, dtype=X.dtype)
             p = np.empty(k, dtype=X.dtype)
             Ap = np.empty(k, dtype=X.dtype)
+            start = np.empty(k, dtype=X.dtype)
             first = task * rows_per_task
             last = min(first + rows_per_task, n_rows)
+            count = 0
             for u in range(first, last):
                 x = X[u]
+                for i in range(k):
+                    start[i] = x[i]
                 # r = b - A x = -G x + Σ_t (q_t - w_t y_t·x) y_t, G x as Σ_j x_j G[j, :]
                 for i in range(k):
                     r[i] = zero
@@ -173,6 +180,7 @@ def _kernels() -> SimpleNamespace:
                     rs_old += r[i] * r[i]
                 if rs_old < tolerance:
                     continue
+                ok = True
                 for _ in range(steps):
                     # Ap = G p + Σ_t w_t (y_t·p) y_t
                     for i in range(k):
@@ -193,6 +201,9 @@ def _kernels() -> SimpleNamespace:
                     pAp = zero
                     for i in range(k):
                         pAp += p[i] * Ap[i]
+                    if not (pAp > zero and pAp <= largest):
+                        ok = False
+                        break
                     step = rs_old / pAp
                     for i in range(k):
                         x[i] += step * p[i]
@@ -207,6 +218,13 @@ def _kernels() -> SimpleNamespace:
                     for i in range(k):
                         p[i] = r[i] + beta * p[i]
                     rs_old = rs_new
+                for i in range(k):
+                    ok = ok and np.isfinite(x[i])
+                if not ok:
+                    for i in range(k):
+                        x[i] = start[i]
+                    count += 1
+            failed[task] = count
 
     def cholesky(indptr, indices, w, q, Y, G, X, rows_per_task, failed):
         # solve_cholesky for every row; failed[task] counts the rows of a task left unchanged.
@@ -421,14 +439,14 @@ def half_sweep(R: CsrArrays, Y, X, params: AlsParams, gram=None) -> int:
                 raise TypeError(f"gram must have dtype {dtype}, got {gram.dtype}")
             G = np.array(gram, dtype=dtype, order="C", copy=True)
         G[np.diag_indices(k)] += dtype.type(params.regularization)
+        n_tasks = (X.shape[0] + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+        failed = np.zeros(n_tasks, dtype=np.int64)
         if params.cholesky:
-            n_tasks = (X.shape[0] + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-            failed = np.zeros(n_tasks, dtype=np.int64)
             kernels.cholesky(indptr, indices, w, q, Y, G, X, _ROWS_PER_TASK, failed)
-            return int(failed.sum())
-        kernels.cg(indptr, indices, w, q, Y, G, X, int(params.cg_steps),
-                   dtype.type(_CG_TOLERANCE), _ROWS_PER_TASK)
-        return 0
+        else:
+            kernels.cg(indptr, indices, w, q, Y, G, X, int(params.cg_steps),
+                       dtype.type(_CG_TOLERANCE), np.finfo(dtype).max, _ROWS_PER_TASK, failed)
+        return int(failed.sum())
 
 
 def data_loss(R: CsrArrays, X, Y, params: AlsParams) -> float:

@@ -21,7 +21,9 @@ What is kept from implicit 0.7.3 (and checked against it in tests/test_compat_im
 * ``recalculate_user``/``recalculate_item`` (and so ``partial_fit_*`` and ``recommend(...,
   recalculate_user=True)``) solve each row exactly (Cholesky) from zero, whatever ``use_cg``;
   a row system that is not positive definite raises ValueError there and in a Cholesky
-  ``fit``, as implicit's ``posv`` does (``recfuse.ALS`` warns instead).
+  ``fit``, as implicit's ``posv`` does; so does a row whose CG steps overflow in a cg
+  ``fit``, where implicit's CG would leave inf or NaN factors (``recfuse.ALS`` warns
+  instead).
 * ``user_items`` may be narrower than the model (ids added since) or wider (a catalogue
   grown since the fit) as long as it stores only the model's items; a stored item past them
   is the IndexError below.
@@ -368,10 +370,12 @@ def _remap_filter(items: np.ndarray, liked: sp.csr_matrix) -> sp.csr_matrix:
 # ---------------------------------------------------------------------------- the model
 def _refuse_failed_systems(failed: int) -> None:
     """implicit's answer to row systems that are not positive definite (Cholesky with
-    regularization 0 and rank-deficient factors): ValueError, where recfuse warns."""
+    regularization 0 and rank-deficient factors): ValueError, where recfuse warns. Rows
+    whose CG steps overflowed are refused the same way."""
     if failed:
-        raise ValueError(f"{failed} row systems were not positive definite (implicit: posv "
-                         f"failed). Try increasing the regularization parameter.")
+        raise ValueError(f"{failed} row systems were not positive definite or their CG steps "
+                         f"overflowed (implicit: posv failed, or CG left inf or NaN). Try "
+                         f"increasing the regularization parameter, or lower alpha.")
 
 
 class _FitEngine(ALS):

@@ -65,9 +65,9 @@ def warn_failed_systems(failed: int, stacklevel: int, regularization: float, dty
 
 # The largest confidence the cg solver takes in each dtype: the cube root of its largest
 # value (6.98e12 in float32, 5.64e102 in float64). A CG step's p·Ap grows like the cube of a
-# row's confidences (p like c, Ap like c²): past the bound it overflows to inf, the step
-# becomes 0, and the row keeps its old vector without a trace. (Cholesky squares them at
-# most, and reports a system that overflows as failed.)
+# row's confidences (p like c, Ap like c²): past the bound it overflows to inf, and the row
+# fails (keeps its old vector; fit warns, a fold-in refuses). Refusing the values up front
+# says why. (Cholesky squares them at most.)
 CG_CONFIDENCE_BOUNDS = {np.dtype(t): float(np.cbrt(np.finfo(t).max))
                         for t in (np.float32, np.float64)}
 
@@ -685,9 +685,10 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
     factors) is where "cg" starts (the cholesky solver ignores it). ``num_threads`` replaces
     the model's for this call (a few users solve faster on one thread than a team's start
     costs). A row without a positive value gets the zero vector, its exact solution, as
-    in ``fit``. Returns the new vectors (a new array); a Cholesky row system that is not
-    positive definite is a ValueError (``fit`` keeps such a row's vector and warns: a
-    fold-in would install the old vector with the new row).
+    in ``fit``. Returns the new vectors (a new array); a row that fails (a Cholesky system
+    that is not positive definite, or CG steps that overflow: ``recfuse.reference``) is a
+    ValueError (``fit`` keeps such a row's vector and warns: a fold-in would install the
+    old vector with the new row).
     """
     vectors = np.array(start, dtype=model.dtype, order="C", copy=True)
     table = np.ascontiguousarray(item_factors, dtype=model.dtype)
@@ -699,7 +700,7 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
                                                                num_threads=num_threads)
     failed = backend.half_sweep(rows, table, vectors, params,
                                 gram=np.ascontiguousarray(gram, dtype=model.dtype))
-    if failed:  # the Cholesky solver kept those rows' old vectors: not what the rows say
+    if failed:  # the solver kept those rows' old vectors: not what the rows say
         advice = failed_systems_advice(model.regularization, model.dtype, "the rows")
         raise ValueError(f"the fold-in diverged: {failed} row system(s) were not positive "
                          f"definite in {np.dtype(model.dtype).name}; {advice}; nothing was "
