@@ -417,8 +417,9 @@ def test_row_systems_that_are_not_positive_definite_are_reported_as_by_als(clien
     # in another order here than in recfuse.ALS, so only "some" can be compared).
     rows = pd.DataFrame({"user": np.repeat(np.arange(40), 2), "item": np.tile([0, 1, 2, 3], 20),
                          "weight": np.arange(80) % 3 + 1.0})
-    with pytest.warns(RuntimeWarning, match=r"^\d+ row systems were not positive definite and "
-                      r"kept their previous vectors; use regularization > 0$"):
+    with pytest.warns(RuntimeWarning, match=r"^\d+ row systems were not positive definite or "
+                      r"overflowed float64 and kept their previous vectors; use "
+                      r"regularization > 0 \(or, where"):
         DaskALS(dtype=np.float64, solver="cholesky", **dict(PARAMS, regularization=0.0)).fit(
             dd.from_pandas(rows, npartitions=2), "user", "item", "weight")
     # A count that does not depend on rounding: a weight whose confidence 1 + alpha * w
@@ -436,7 +437,8 @@ def test_row_systems_that_are_not_positive_definite_are_reported_as_by_als(clien
                 dd.from_pandas(frame, npartitions=2), "user", "item", "weight")
         assert [str(w.message) for w in caught if "definite" in str(w.message)] == [
             str(w.message) for w in local_warnings if "definite" in str(w.message)] == [
-            "4 row systems were not positive definite and kept their previous vectors; "
+            "4 row systems were not positive definite or overflowed float64 and kept their "
+            "previous vectors; "
             "their sums overflowed float64 or were too badly conditioned for it: lower "
             "alpha, scale down the values of user_items or raise regularization"]
         assert {w.filename for w in caught if "definite" in str(w.message)} == {__file__}

@@ -172,7 +172,8 @@ def test_row_systems_that_are_not_positive_definite_are_reported_as_by_als(spark
     messages = [[str(w.message) for w in found if "definite" in str(w.message)]
                 for found in (caught, local_warnings)]
     assert messages[0] == messages[1] == [
-        "4 row systems were not positive definite and kept their previous vectors; "
+        "4 row systems were not positive definite or overflowed float64 and kept their "
+        "previous vectors; "
         "their sums overflowed float64 or were too badly conditioned for it: lower "
         "alpha, scale down the values of user_items or raise regularization"]
     assert {w.filename for w in caught if "definite" in str(w.message)} == {__file__}

@@ -32,7 +32,11 @@ stops early when the squared residual norm falls below ``CG_TOLERANCE``. A CG ro
 a Cholesky row does (keeps its previous vector, and is counted) when a step's ``p·Ap`` is
 not a positive finite number in the dtype (its sums overflowed, as long item vectors with
 large confidences make them, or the system is singular along ``p``) or when the solution
-holds inf or NaN.
+holds inf or NaN. CG multiplies ``A`` by a vector as the kernels do, ``(G + λI) v + Σ_i w_i
+(y_i·v) y_i``, never forming ``A`` (its entries rounded to eps·c would swamp λ). Backends
+agree on which rows fail where the overflow is decisive; on systems conditioned far beyond
+1/eps a step is rounding noise, and which rows fail there depends on each backend's order
+of summation.
 
 The training loss reported by ``als_loss`` is::
 
@@ -95,14 +99,21 @@ def gram(Y: np.ndarray) -> np.ndarray:
     return Y.T @ Y
 
 
-def _row_system(R: sp.csr_matrix, u: int, Y, G, regularization, alpha, confidence):
+def _row_system(R: sp.csr_matrix, u: int, Y, G, regularization, alpha, confidence,
+                operator: bool = False):
+    """(A, b) of row u; with ``operator``, A as the function v -> A v that the kernels
+    compute: (G + λI) v + Σ_i w_i (y_i·v) y_i. (A formed in the dtype rounds its entries to
+    eps·c of the largest confidence, which can swamp λ and make a CG step's p·Ap <= 0; the
+    kernels' sum keeps w_i (y_i·p)² >= 0 exact to its own rounding.)"""
     start, end = R.indptr[u], R.indptr[u + 1]
     cols = R.indices[start:end]
     w, q = confidence_weights(R.data[start:end], alpha, confidence)
     Yu = Y[cols]
-    A = G + regularization * np.eye(Y.shape[1], dtype=Y.dtype) + (Yu.T * w) @ Yu
-    b = Yu.T @ q
-    return A.astype(Y.dtype), b.astype(Y.dtype)
+    G_reg = (G + regularization * np.eye(Y.shape[1], dtype=Y.dtype)).astype(Y.dtype)
+    b = (Yu.T @ q).astype(Y.dtype)
+    if operator:
+        return lambda v: (G_reg @ v + Yu.T @ (w * (Yu @ v))).astype(Y.dtype), b
+    return (G_reg + (Yu.T * w) @ Yu).astype(Y.dtype), b
 
 
 def als_half_sweep(
@@ -137,7 +148,8 @@ def als_half_sweep_counted(R, Y, X, *, regularization, alpha=1.0, confidence="li
     R = canonical_csr(R, dtype)
     G = gram(Y) if fixed_gram is None else np.asarray(fixed_gram, dtype=dtype)
     for u in range(R.shape[0]):
-        A, b = _row_system(R, u, Y, G, dtype.type(regularization), dtype.type(alpha), confidence)
+        A, b = _row_system(R, u, Y, G, dtype.type(regularization), dtype.type(alpha), confidence,
+                           operator=solver == "cg")
         if solver == "cholesky":
             # NumPy's Cholesky raises on a matrix that is not positive definite, but not on
             # inf or NaN entries (sums that overflowed the dtype): those rows fail too
@@ -161,19 +173,19 @@ def als_half_sweep_counted(R, Y, X, *, regularization, alpha=1.0, confidence="li
     return X, failed
 
 
-def conjugate_gradient(A: np.ndarray, b: np.ndarray, x0: np.ndarray,
-                       steps: int) -> np.ndarray | None:
+def conjugate_gradient(A, b: np.ndarray, x0: np.ndarray, steps: int) -> np.ndarray | None:
     """``steps`` steps of CG on the SPD system A x = b from x0 (the exact algorithm backends
     use), or None when the row fails: a step's p·Ap is not a positive finite number, or the
-    result holds inf or NaN."""
+    result holds inf or NaN. ``A``: a matrix, or a function v -> A v."""
+    times = A if callable(A) else A.__matmul__
     x = x0.copy()
-    r = b - A @ x
+    r = b - times(x)
     p = r.copy()
     rs_old = r @ r
     if rs_old < CG_TOLERANCE:
         return x
     for _ in range(steps):
-        Ap = A @ p
+        Ap = times(p)
         pAp = p @ Ap
         if not 0 < pAp <= np.finfo(pAp.dtype).max:
             return None

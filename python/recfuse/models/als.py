@@ -37,13 +37,15 @@ class _State:
 
 
 def failed_systems_advice(regularization: float, dtype, values: str) -> str:
-    """What to change when row systems were not positive definite. With ``regularization``
-    > 0 a system fails when its sums overflow the dtype (confidences 1 + alpha·r too large)
-    or when it is too badly conditioned for the dtype (a regularization tiny against YᵀY, or
-    values so large that the confidences dwarf it). ``values`` names what holds them."""
-    if not regularization > 0:
-        return "use regularization > 0"
+    """What to change when row systems were not positive definite or overflowed (a CG
+    step's p·Ap). With ``regularization`` > 0 a system fails when its sums overflow the dtype
+    (confidences 1 + alpha·r too large, on long factor vectors) or when it is too badly
+    conditioned for the dtype (a regularization tiny against YᵀY, or values so large that the
+    confidences dwarf it). ``values`` names what holds them."""
     dtype = np.dtype(dtype)
+    if not regularization > 0:
+        return (f"use regularization > 0 (or, where their sums overflowed {dtype.name}, lower "
+                f"alpha or scale down the values of {values})")
     wider = ", or use dtype=np.float64" if dtype == np.float32 else ""
     return (f"their sums overflowed {dtype.name} or were too badly conditioned for it: lower "
             f"alpha, scale down the values of {values} or raise regularization{wider}")
@@ -56,8 +58,8 @@ def warn_failed_systems(failed: int, stacklevel: int, regularization: float, dty
     if failed:
         advice = failed_systems_advice(regularization, dtype, "user_items")
         warnings.warn(
-            f"{failed} row systems were not positive definite and kept their previous "
-            f"vectors; {advice}",
+            f"{failed} row systems were not positive definite or overflowed "
+            f"{np.dtype(dtype).name} and kept their previous vectors; {advice}",
             RuntimeWarning,
             stacklevel=stacklevel + 1,
         )
@@ -703,8 +705,8 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
     if failed:  # the solver kept those rows' old vectors: not what the rows say
         advice = failed_systems_advice(model.regularization, model.dtype, "the rows")
         raise ValueError(f"the fold-in diverged: {failed} row system(s) were not positive "
-                         f"definite in {np.dtype(model.dtype).name}; {advice}; nothing was "
-                         f"applied")
+                         f"definite or overflowed {np.dtype(model.dtype).name}; {advice}; "
+                         f"nothing was applied")
     # as in fit: a row without a positive entry solves to exactly 0 (CG from the current
     # vector would keep a shrunken copy of what the user no longer has)
     vectors[rows_without_positive(rows)] = 0
