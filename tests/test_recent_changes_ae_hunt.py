@@ -469,3 +469,23 @@ def test_dask_count_equals_the_local_fit_count():
                 DaskALS(dtype=np.float32, blocks=blocks, random_state=7, **settings_).fit(
                     dd.from_pandas(frame, npartitions=2), "user", "item", "weight")
             assert [str(w.message) for w in caught if "definite" in str(w.message)] == local
+
+
+@pytest.mark.parametrize("backend", HOST)
+def test_fold_in_of_a_row_without_positive_values_is_zero_even_where_its_cg_overflows(backend):
+    """A row with no value > 0 solves to the zero vector whatever its confidences, so the
+    fold-in does not solve it: a dislike of 1e12 on a long item (whose CG steps from the
+    user's current vector overflow float32) gives zeros, where it was refused; the other
+    rows of the call are solved as before."""
+    def fitted():
+        model = recfuse.ALS(factors=2, iterations=0, solver="cg", confidence="raw",
+                            dtype=np.float32, backend=backend, regularization=0.1)
+        Y = np.array([[6.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+        return model.fit(sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]], float)),
+                         initial_factors=(np.full((3, 2), 0.5, np.float32), Y))
+
+    alone = fitted().update_users([1], sp.csr_matrix(np.array([[1.0, 0, 2.0]])))
+    both = fitted().update_users([0, 1], sp.csr_matrix(np.array([[-1e12, 0, 0],
+                                                                 [1.0, 0, 2.0]])))
+    np.testing.assert_array_equal(both[0], [0, 0])
+    np.testing.assert_array_equal(both[1], alone[0])

@@ -700,16 +700,23 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
     check_cg_confidences(rows.data[:rows.nnz], model.params, model.dtype, "the rows' values")
     params = model.params if num_threads is None else replace(model.params,
                                                                num_threads=num_threads)
-    failed = backend.half_sweep(rows, table, vectors, params,
+    # As in fit, a row without a positive entry solves to exactly 0 (CG from the current
+    # vector would keep a shrunken copy of what the user no longer has): such rows are not
+    # solved at all, so that their systems cannot fail the call either.
+    zero = rows_without_positive(rows)
+    solved = vectors if not zero.any() else np.ascontiguousarray(vectors[~zero])
+    if zero.any():
+        rows = CsrArrays.from_scipy(rows.to_scipy()[~zero], model.dtype)
+    failed = backend.half_sweep(rows, table, solved, params,
                                 gram=np.ascontiguousarray(gram, dtype=model.dtype))
     if failed:  # the solver kept those rows' old vectors: not what the rows say
         advice = failed_systems_advice(model.regularization, model.dtype, "the rows")
         raise ValueError(f"the fold-in diverged: {failed} row system(s) were not positive "
                          f"definite or overflowed {np.dtype(model.dtype).name}; {advice}; "
                          f"nothing was applied")
-    # as in fit: a row without a positive entry solves to exactly 0 (CG from the current
-    # vector would keep a shrunken copy of what the user no longer has)
-    vectors[rows_without_positive(rows)] = 0
+    if zero.any():
+        vectors[~zero] = solved
+        vectors[zero] = 0
     return vectors
 
 
