@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_args import positive_int  # noqa: E402
 from bench_data import ingest_by_hand, ingest_recfuse  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logs", nargs="+", help="Parquet event logs (user, item, weight)")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=positive_int, default=15)
     args = parser.parse_args()
     print(f"load before {os.getloadavg()}")
     for path in args.logs:

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 
+from bench_args import positive_int
+
 
 def worker() -> None:
     import statistics
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", action="append", required=True,
                         help="a Python executable (give two)")
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=positive_int, default=5)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

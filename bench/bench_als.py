@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 
+from bench_args import check_writable, peer_version, positive_int, require_peer, write_json
 from openblas_env import prefer_avx512_openblas  # noqa: E402
 
 prefer_avx512_openblas()
@@ -207,25 +208,24 @@ def cpu_model() -> str:
 
 
 def versions() -> dict:
-    import implicit
     import scipy
 
     from recfuse import _core
 
     return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-            "implicit": implicit.__version__, "recfuse": recfuse.__version__,
+            "implicit": peer_version("implicit"), "recfuse": recfuse.__version__,
             "recfuse_simd": _core.simd_level(), "cpu": cpu_model(),
             "cores": os.cpu_count(), "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--items", type=int, default=50_000)
-    parser.add_argument("--nnz", type=int, nargs="+", default=[5_000_000, 20_000_000])
-    parser.add_argument("--factors", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--users", type=positive_int, default=100_000)
+    parser.add_argument("--items", type=positive_int, default=50_000)
+    parser.add_argument("--nnz", type=positive_int, nargs="+", default=[5_000_000, 20_000_000])
+    parser.add_argument("--factors", type=positive_int, nargs="+", default=[64, 128])
     parser.add_argument("--solvers", nargs="+", default=["cg", "cholesky"], choices=["cg", "cholesky"])
-    parser.add_argument("--iterations", type=int, default=3,
+    parser.add_argument("--iterations", type=positive_int, default=3,
                         help="iterations per fit; the median iteration time is reported")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--regularization", type=float, default=0.01)
@@ -233,6 +233,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="5M nnz, k=64 only")
     parser.add_argument("--no-quality", action="store_true")
     args = parser.parse_args(argv)
+    results_path = check_writable(os.path.join(RESULTS, "als.json"), parser)
+    require_peer("implicit", "every row (recfuse against implicit)")
     if args.quick:
         args.nnz, args.factors = [5_000_000], [64]
     info = versions()
@@ -241,10 +243,10 @@ def main(argv=None):
     quality = [] if args.no_quality else quality_rows(args)
     table = markdown(speed, quality)
     print(table)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "als.json"), "w") as handle:
-        json.dump({"versions": info, "speed": speed, "quality": quality, "argv": sys.argv[1:]}, handle, indent=1)
+    write_json(results_path, {"versions": info, "speed": speed, "quality": quality,
+                              "argv": sys.argv[1:]}, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

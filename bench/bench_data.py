@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 
+from bench_args import check_writable, peer_version, positive_int, require_peer, write_json
 from openblas_env import prefer_avx512_openblas  # noqa: E402
 
 prefer_avx512_openblas()
@@ -207,15 +208,16 @@ def markdown(ingest: list[dict], evaluation: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 20_000_000])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[1_000_000, 20_000_000])
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--skip-evaluation", action="store_true")
     parser.add_argument("--skip-ingestion", action="store_true")
     parser.add_argument("--data-folder", default=None,
                         help="where the Parquet logs are written (default: a temporary folder)")
     args = parser.parse_args()
-    import implicit
-
+    results_path = check_writable(os.path.join(RESULTS, "data.json"), parser)
+    if not args.skip_evaluation:
+        require_peer("implicit", "the evaluation part (skip it with --skip-evaluation)")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.data_folder or scratch
@@ -225,14 +227,12 @@ def main() -> int:
     environment = {
         "machine": f"{cpu_model()}, {os.cpu_count()} cores", "python": platform.python_version(),
         "numpy": np.__version__, "scipy": sp.__name__ and __import__("scipy").__version__,
-        "pandas": pd.__version__, "pyarrow": pa.__version__, "implicit": implicit.__version__,
+        "pandas": pd.__version__, "pyarrow": pa.__version__, "implicit": peer_version("implicit"),
         "recfuse": recfuse.__version__, "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "data.json"), "w") as handle:
-        json.dump({"environment": environment, "ingestion": ingest, "evaluation": evaluation},
-                  handle, indent=1)
+    write_json(results_path, {"environment": environment, "ingestion": ingest,
+                              "evaluation": evaluation}, indent=1)
     print(json.dumps(environment))
     print(markdown(ingest, evaluation))
     return 0

@@ -20,7 +20,6 @@ Results go to bench/results/distributed.json and a Markdown table on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,6 +31,8 @@ import pandas as pd
 import recfuse
 from recfuse import datasets
 from recfuse.distributed import DaskALS, initial_factors
+
+from bench_args import check_writable, missing_peer, positive_int, require_peer, write_json
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -65,19 +66,26 @@ def time_spark(frame: pd.DataFrame, params: dict, seed: int, workers: int):
         spark.stop()
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=100_000)
-    parser.add_argument("--items", type=int, default=50_000)
-    parser.add_argument("--nnz", type=int, default=5_000_000)
-    parser.add_argument("--factors", type=int, default=64)
-    parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--users", type=positive_int, default=100_000)
+    parser.add_argument("--items", type=positive_int, default=50_000)
+    parser.add_argument("--nnz", type=positive_int, default=5_000_000)
+    parser.add_argument("--factors", type=positive_int, default=64)
+    parser.add_argument("--iterations", type=positive_int, default=5)
+    parser.add_argument("--workers", type=positive_int, default=2)
+    parser.add_argument("--partitions", type=positive_int, default=8)
     parser.add_argument("--broadcast", default="smaller", choices=("smaller", "never"))
     parser.add_argument("--spark", action="store_true",
                         help="also time SparkALS on Spark local[workers] (needs pyspark, Java)")
     args = parser.parse_args()
+    results_path = check_writable(os.path.join(RESULTS, "distributed.json"), parser)
+    require_peer("distributed", "DaskALS", "pip install 'dask[dataframe,distributed]'")
+    if args.spark:
+        why = missing_peer("pyspark")
+        if why is not None:  # the Dask and local rows still run and are written
+            print(f"SparkALS skipped: pyspark is not installed ({why})", file=sys.stderr)
+            args.spark = False
 
     from distributed import Client, LocalCluster
     import dask.dataframe as dd
@@ -149,7 +157,8 @@ def main() -> None:
                               else local_per_iteration))
     dist_s = float(np.median(dist_per_iteration[1:] if args.iterations > 1
                              else dist_per_iteration))
-    moved = float(np.median(bytes_per_iteration)) if bytes_per_iteration.size else float("nan")
+    # (one iteration: none after the first, whose bytes include the setup's)
+    moved = float(np.median(bytes_per_iteration)) if bytes_per_iteration.size else None
     load_after = os.getloadavg()
     result = {
         "users": matrix.shape[0], "items": matrix.shape[1], "nnz": int(matrix.nnz),
@@ -163,22 +172,22 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "recfuse": recfuse.__version__, "python": platform.python_version(),
     }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "distributed.json"), "w") as handle:
-        json.dump(result, handle, indent=1)
+    write_json(results_path, result, indent=1)
+    moved_mb = "-" if moved is None else f"{moved / 1e6:.1f}"
     print("| nnz | k | workers | blocks | local s/it | dask s/it | overhead s/it | dask setup s "
           "| MB moved/it (measured) | MB/half-sweep predicted (users, items) | max factor diff / max factor |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {matrix.nnz / 1e6:.1f}M | {k} | {args.workers} | {blocks[0]}x{blocks[1]} "
           f"| {local_s:.3f} | {dist_s:.3f} | {dist_s - local_s:+.3f} | {setup_seconds:.1f} "
-          f"| {moved / 1e6:.1f} | {predicted['users']['bytes'] / 1e6:.1f} "
+          f"| {moved_mb} | {predicted['users']['bytes'] / 1e6:.1f} "
           f"({predicted['users']['mode']}), {predicted['items']['bytes'] / 1e6:.1f} "
           f"({predicted['items']['mode']}) | {difference:.1e} |")
     if spark_s is not None:
         print(f"SparkALS local[{args.workers}]: {spark_s:.3f} s/it, setup {spark_setup:.1f} s")
     print(f"load average: before {load[0]:.2f}, after {load_after[0]:.2f} "
           f"({os.cpu_count()} cores)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,7 +26,6 @@ bench/results/gpu_als.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -40,20 +39,23 @@ from recfuse import datasets
 from recfuse._als.common import AlsParams, CsrArrays
 from recfuse._backend import BACKEND_NAMES, resolve_backend
 
+from bench_args import check_writable, positive_int, write_json
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=138_000)
-    parser.add_argument("--items", type=int, default=27_000)
-    parser.add_argument("--nnz", type=int, default=20_000_000)
-    parser.add_argument("--factors", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--users", type=positive_int, default=138_000)
+    parser.add_argument("--items", type=positive_int, default=27_000)
+    parser.add_argument("--nnz", type=positive_int, default=20_000_000)
+    parser.add_argument("--factors", type=positive_int, nargs="+", default=[64, 128])
     parser.add_argument("--solvers", nargs="+", default=["cg", "cholesky"],
                         choices=["cg", "cholesky"])
     parser.add_argument("--backends", nargs="+", default=["cuda", "cupy"], choices=BACKEND_NAMES)
-    parser.add_argument("--iterations", type=int, default=3, help="timed iterations per run")
-    parser.add_argument("--cg-steps", type=int, default=3)
+    parser.add_argument("--iterations", type=positive_int, default=3,
+                        help="timed iterations per run")
+    parser.add_argument("--cg-steps", type=positive_int, default=3)
     parser.add_argument("--regularization", type=float, default=0.01)
     parser.add_argument("--alpha", type=float, default=2.0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -61,7 +63,9 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, default=150.0,
                         help="skip the remaining runs once this much time has passed")
     parser.add_argument("--output", default=os.path.join(RESULTS, "gpu_als.json"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_writable(args.output, parser)
+    return args
 
 
 def device_description(backends) -> str:
@@ -70,6 +74,12 @@ def device_description(backends) -> str:
         if name in ("cuda", "cupy") and table[name].available:
             return table[name].detail
     return platform.processor() or platform.machine()
+
+
+def cell(run: dict, key: str, spec: str) -> str:
+    """A run's figure ``key`` formatted by ``spec``; "nan" where the run has none."""
+    value = run.get(key)
+    return "nan" if value is None else format(value, spec)
 
 
 def time_backend(module, user_items, item_users, X0, Y0, params, iterations, deadline):
@@ -110,8 +120,8 @@ def time_backend(module, user_items, item_users, X0, Y0, params, iterations, dea
         "iteration_s": times,  # fewer than asked when the budget ran short
         "s_per_iteration": statistics.median(times) if times else warmup,
         # The half-sweeps apart: a long tail of one sweep (a popular item's row) shows here.
-        "users_s": statistics.median(user_times) if times else float("nan"),
-        "items_s": statistics.median(item_times) if times else float("nan"),
+        "users_s": statistics.median(user_times) if times else None,
+        "items_s": statistics.median(item_times) if times else None,
         "data_loss_s": loss_time,
         "factors_s": factors_time,
         "data_loss": loss,
@@ -120,17 +130,27 @@ def time_backend(module, user_items, item_users, X0, Y0, params, iterations, dea
     }
 
 
-def time_implicit(matrix, k, params, iterations, dtype):
-    """implicit's GPU ALS (CG) on C = 1 + alpha R; None when it is not usable here."""
+def implicit_gpu_problem(dtype) -> str:
+    """Why implicit's GPU ALS cannot run here at ``dtype``; "" when it can."""
     try:
         import implicit.gpu
-        from implicit.gpu.als import AlternatingLeastSquares
+        import implicit.gpu.als  # what time_implicit uses
     except Exception as error:  # noqa: BLE001
-        return None, f"implicit is not importable: {error}"
+        return f"implicit is not importable: {error}"
     if not getattr(implicit.gpu, "HAS_CUDA", False):
-        return None, "implicit has no GPU support here (implicit.gpu.HAS_CUDA is False)"
+        return "implicit has no GPU support here (implicit.gpu.HAS_CUDA is False)"
     if np.dtype(dtype) != np.float32:
-        return None, f"implicit's GPU ALS has no {np.dtype(dtype).name}"
+        return f"implicit's GPU ALS has no {np.dtype(dtype).name}"
+    return ""
+
+
+def time_implicit(matrix, k, params, iterations, dtype):
+    """implicit's GPU ALS (CG) on C = 1 + alpha R; None when it is not usable here."""
+    problem = implicit_gpu_problem(dtype)
+    if problem:
+        return None, problem
+    from implicit.gpu.als import AlternatingLeastSquares
+
     confidence = matrix.astype(np.float32, copy=True)
     confidence.data = (1.0 + params.alpha * confidence.data).astype(np.float32)
 
@@ -167,6 +187,16 @@ def main(argv=None) -> int:
             backends.append((name, resolve_backend(name)))
         else:
             print(f"skipping backend {name}: {table[name].detail}")
+    if args.no_implicit:
+        implicit_problem = "implicit's GPU ALS not asked for (--no-implicit)"
+    elif "cg" not in args.solvers:
+        implicit_problem = "implicit's GPU ALS has only the cg solver, not in --solvers"
+    else:
+        implicit_problem = implicit_gpu_problem(dtype)
+    if not backends and implicit_problem:
+        print(f"nothing to time: no requested backend ({', '.join(args.backends)}) is "
+              f"available, and {implicit_problem}")
+        return 1
 
     print(f"generating {args.users} x {args.items} with {args.nnz} stored entries ...", flush=True)
     begin = time.perf_counter()
@@ -250,16 +280,13 @@ def main(argv=None) -> int:
                   f"skipped: {run['skipped']} | | | | | |")
             continue
         print(f"| {run['library']} | {run['backend']} | {run['solver']} | {run['factors']} | "
-              f"{run['s_per_iteration']:.4f} | {run.get('users_s', float('nan')):.4f} | "
-              f"{run.get('items_s', float('nan')):.4f} | "
-              f"{run.get('warmup_s', float('nan')):.3f} | "
-              f"{run.get('setup_s', float('nan')):.3f} | "
-              f"{run.get('data_loss_s', float('nan')):.4f} |")
+              f"{run['s_per_iteration']:.4f} | {cell(run, 'users_s', '.4f')} | "
+              f"{cell(run, 'items_s', '.4f')} | "
+              f"{cell(run, 'warmup_s', '.3f')} | {cell(run, 'setup_s', '.3f')} | "
+              f"{cell(run, 'data_loss_s', '.4f')} |")
     print(f"\ntotal {report['total_s']:.1f} s")
 
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(report, handle, indent=2)
+    write_json(args.output, report, indent=2)
     print(f"wrote {args.output}")
     return 0
 

@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from bench_args import check_writable, positive_int, write_json
 from torch_graph import graphed
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -48,13 +49,15 @@ PEAK_BF16 = [("H200", 989.4), ("H100 PCIe", 756.5), ("H100 NVL", 835.5), ("H100"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--users", type=int, nargs="+", default=[1, 64, 256])
-    p.add_argument("--candidates", type=int, default=1000)
-    p.add_argument("--items", type=int, default=100_000)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--users", type=positive_int, nargs="+", default=[1, 64, 256])
+    p.add_argument("--candidates", type=positive_int, default=1000)
+    p.add_argument("--items", type=positive_int, default=100_000)
+    p.add_argument("--k", type=positive_int, default=10)
     p.add_argument("--budget-s", type=float, default=90.0)
     p.add_argument("--output", default=os.path.join(RESULTS, "gpu_mlp.json"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_writable(args.output, p)
+    return args
 
 
 def median_us(fn, repeats, sync=lambda: None):
@@ -219,11 +222,10 @@ def main(argv=None):
               f"{f('ratio_e2e_vs_torch', '{:.2f}')} |")
     if budget_hit:
         print(f"(time budget of {args.budget_s} s reached: the remaining runs were skipped)")
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as fh:
-        json.dump({"device": device, "peak_bf16_tflops": peak, "matmul_tflops": matmul_tflops,
-                   "model_flops_per_candidate": MODEL_FLOPS, "budget_hit": budget_hit,
-                   "rows": rows}, fh, indent=1)
+    write_json(args.output, {"device": device, "peak_bf16_tflops": peak,
+                             "matmul_tflops": matmul_tflops,
+                             "model_flops_per_candidate": MODEL_FLOPS, "budget_hit": budget_hit,
+                             "rows": rows}, indent=1)
     return 0
 
 

@@ -22,7 +22,6 @@ Results: a Markdown table on stdout and bench/results/gpu_sgd.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,6 +33,7 @@ import recfuse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from bench_args import check_writable, positive_int, write_json  # noqa: E402
 from bench_sgd import synthetic_ratings  # noqa: E402 - the same data as the CPU benchmark
 
 
@@ -60,9 +60,10 @@ def device_epoch_seconds(users, items, ratings, model, epochs: int = 10) -> floa
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ratings", type=int, default=20_000_000)
+    p.add_argument("--ratings", type=positive_int, default=20_000_000)
     p.add_argument("--budget-s", type=float, default=90.0)
     args = p.parse_args()
+    results_path = check_writable(os.path.join(HERE, "results", "gpu_sgd.json"), p)
     start = time.perf_counter()
     n = args.ratings
     users, items, ratings = synthetic_ratings(n // 20, n // 50, n)
@@ -105,9 +106,7 @@ def main() -> int:
         print(f"| {row['backend']} | {row['detail']} | {row['epoch_s']:.4f} | "
               f"{row['updates_per_s'] / 1e6:.1f}M | {row['fit_5_epochs_s']:.2f} | "
               f"{row['train_rmse_5_epochs']:.4f} |")
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "gpu_sgd.json"), "w") as f:
-        json.dump({"ratings": n, "rows": rows, "machine": platform.node()}, f, indent=2)
+    write_json(results_path, {"ratings": n, "rows": rows, "machine": platform.node()}, indent=2)
     return 0
 
 

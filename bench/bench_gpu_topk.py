@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from bench_args import check_writable, positive_int, write_json
 from torch_graph import graphed
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -30,12 +31,14 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tables", nargs="+", default=["50000x128", "1000000x64"])
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 32, 1024])
-    p.add_argument("--ks", type=int, nargs="+", default=[10, 100, 1000])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batches", type=positive_int, nargs="+", default=[1, 32, 1024])
+    p.add_argument("--ks", type=positive_int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--budget-s", type=float, default=90.0)
     p.add_argument("--output", default=os.path.join(RESULTS, "gpu_topk.json"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_writable(args.output, p)
+    return args
 
 
 def best_time(fn, repeats, sync):
@@ -167,10 +170,8 @@ def main(argv=None):
               f"{f('fraction_of_gemm', '{:.0%}')} |")
     if budget_hit:
         print(f"(time budget of {args.budget_s} s reached: the remaining runs were skipped)")
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as fh:
-        json.dump({"device": device, "copy_gbs": copy_gbs, "budget_hit": budget_hit,
-                   "rows": rows}, fh, indent=1)
+    write_json(args.output, {"device": device, "copy_gbs": copy_gbs, "budget_hit": budget_hit,
+                             "rows": rows}, indent=1)
     return 0
 
 

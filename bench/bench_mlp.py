@@ -42,7 +42,6 @@ AVX512-BF16 or AMX; int8 runs on any CPU (AVX2 kernel, scalar without AVX2).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -50,8 +49,11 @@ import sys
 import tempfile
 import time
 
-THREADS = int(os.environ.get("RECFUSE_BENCH_THREADS", "2"))
+from bench_args import (bench_threads, check_writable, non_negative_float, positive_int,
+                        write_json)
 from openblas_env import prefer_avx512_openblas  # noqa: E402
+
+THREADS = bench_threads()
 
 prefer_avx512_openblas()
 for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -70,10 +72,13 @@ ITEMS, DIM, FEATURES, CANDIDATES = 100_000, 64, 32, 1000
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--min-time", type=float, default=0.3, help="seconds per method and round")
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--min-time", type=non_negative_float, default=0.3,
+                        help="seconds per method and round (at least one timed call each)")
     parser.add_argument("--output", default=os.path.join(RESULTS, "mlp.json"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_writable(args.output, parser)
+    return args
 
 
 def make_layers(rng):
@@ -292,10 +297,12 @@ def main(argv=None) -> int:
             for name, method in methods.items():
                 method()
                 deadline = time.perf_counter() + args.min_time
-                while time.perf_counter() < deadline:
+                taken = 0
+                while taken == 0 or time.perf_counter() < deadline:
                     start = time.perf_counter()
                     method()
                     times[name].append(time.perf_counter() - start)
+                    taken += 1
         flops = FLOPS_PER_CANDIDATE * users * CANDIDATES
         base = statistics.median(times["onnxruntime"]) if session is not None else None
         split = statistics.median(times["onnxruntime split"]) if session is not None else None
@@ -321,7 +328,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     print(f"threads {THREADS}; load average before timing {load[0]:.2f}; NumPy float32 GEMM "
           f"{rate:.0f} GFLOP/s; {platform.processor() or platform.machine()}")
-    print(f"| case | method | p50 ms | GFLOP/s (full model) | x ONNX Runtime | x ONNX Runtime split |")
+    print("| case | method | p50 ms | GFLOP/s (full model) | x ONNX Runtime | x ONNX Runtime split |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         ratios = [f"{row[key]:.2f}" if row[key] else "-"
@@ -339,9 +346,7 @@ def main(argv=None) -> int:
                       recfuse=recfuse.__version__, numpy=np.__version__, python=platform.python_version(),
                       **peers), kernels=dict(f32=f32.kernel, **{
                       short: model.kernel for short, (model, _) in reduced.items()}))
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(report, handle, indent=2)
+    write_json(args.output, report, indent=2)
     return 0
 
 

@@ -23,7 +23,6 @@ Prints a table, writes bench/results/new_items.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,6 +31,8 @@ import numpy as np
 import scipy.sparse as sp
 
 import recfuse
+
+from bench_args import check_writable, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "..", "shared", "datasets", "ml-100k", "u.data")
@@ -84,8 +85,10 @@ def quality(lists, n_users: int, held_out: list, first_new: int) -> dict:
 
 
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__,  # no options: --help answers, nothing else runs
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__,  # no options: --help answers
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()
+    results_path = check_writable(os.path.join(RESULTS, "new_items.json"), parser)
     if not os.path.isfile(DATA):
         print(f"skipped: ml-100k not found at {os.path.normpath(DATA)}")
         return 0
@@ -125,9 +128,7 @@ def main() -> int:
         for kind, result in results.items():
             print(f"| {name} | {kind} | {result['auc']:.3f} | {result['shown']:,} of "
                   f"{n_users * TOP:,} | {result['hits']:,} |", flush=True)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "new_items.json"), "w") as handle:
-        json.dump(report, handle, indent=1)
+    write_json(results_path, report, indent=1)
     return 0
 
 

@@ -64,11 +64,18 @@ import scipy.sparse as sp  # noqa: E402
 
 import recfuse  # noqa: E402
 
+from bench_args import (  # noqa: E402
+    check_writable, comma_list, non_negative_int, one_of, peer_version, positive_float,
+    positive_int, require_peer, write_json)
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DATASETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
                         "datasets")
 FACTORS, CANDIDATES, K = 64, 200, 10
 CONCURRENCY = (1, 16, 64)
+MODELS = ("ml-small", "1M-items")
+CHAINS = ("recall", "recall+rank")
+MODES = ("embedded", "batcher", "usual", "http", "http-ids")
 CLIENT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
@@ -369,21 +376,28 @@ def report_row(rows: list, **row) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--models", default="ml-small,1M-items")
-    parser.add_argument("--chains", default="recall,recall+rank")
-    parser.add_argument("--modes", default="embedded,batcher,usual,http,http-ids")
-    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--seconds", type=positive_float, default=2.0)
+    parser.add_argument("--requests", type=positive_int, default=20_000)
+    parser.add_argument("--models", type=comma_list(one_of(MODELS)), default=",".join(MODELS))
+    parser.add_argument("--chains", type=comma_list(one_of(CHAINS)), default=",".join(CHAINS))
+    parser.add_argument("--modes", type=comma_list(one_of(MODES)), default=",".join(MODES))
+    parser.add_argument("--concurrency", type=comma_list(positive_int),
+                        default=",".join(map(str, CONCURRENCY)))
+    parser.add_argument("--workers", type=positive_int, default=1,
                         help="threads answering batches (the batcher and recfuse serve)")
-    parser.add_argument("--observe", type=int, default=1000, help="observe calls timed")
-    parser.add_argument("--new-items", type=int, default=0,
+    parser.add_argument("--observe", type=non_negative_int, default=1000,
+                        help="observe calls timed (0: none)")
+    parser.add_argument("--new-items", type=non_negative_int, default=0,
                         help="one-event calls adding items in real time (0: none; 20000 "
                              "adds ~14,000 items, about 20 s)")
     args = parser.parse_args(argv)
-    modes = args.modes.split(",")
-    levels = [int(level) for level in args.concurrency.split(",")]
+    results_path = check_writable(os.path.join(RESULTS, "bench_serve.json"), parser)
+    modes, levels = args.modes, args.concurrency
+    if "usual" in modes:
+        require_peer("implicit", "the usual chain (--modes usual)")
+    if any(mode.startswith("http") for mode in modes):
+        for server_peer in ("starlette", "uvicorn"):
+            require_peer(server_peer, "recfuse serve (--modes http, http-ids)")
     from recfuse.server import http_stack
 
     stack = http_stack()
@@ -395,7 +409,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         ranker_path = os.path.join(folder, "ranker.npz")
         recfuse.MLPScorer(mlp_layers()).save(ranker_path)
-        for name in args.models.split(","):
+        for name in args.models:
             if name == "ml-small":
                 model, source = ml_small()
             else:
@@ -405,23 +419,25 @@ def main(argv=None) -> int:
             users = np.flatnonzero(np.diff(model._user_items.indptr) > 0)
             shape = f"{model.user_factors.shape[0]} x {model.item_factors.shape[0]}"
             print(f"\n{name} ({source}, {shape} x {FACTORS})")
-            for chain in args.chains.split(","):
+            for chain in args.chains:
                 rank = chain == "recall+rank"
                 recommender = recfuse.Recommender(path, ranker_path if rank else None,
                                                   candidates=CANDIDATES, k=K)
-                usual, engine = usual_chain(model, rank, users)
-                # the usual chain must answer what recfuse answers (same factors, seen items,
-                # MLP): checked on 20 users before timing, reported, not fatal
-                sample = users[:: max(1, users.size // 20)][:20]
-                equal = float(np.mean([np.array_equal(np.asarray(recommender.recommend(int(u)).ids),
-                                                      np.asarray(usual(int(u))))
-                                       for u in sample]))
-                same_lists[f"{name} {chain}"] = equal
-                print(f"  {chain}: the usual chain's top {K} equals recfuse's for {equal:.0%} of "
-                      f"{sample.size} users", flush=True)
+                calls = {"embedded": recommender.recommend}
+                if "usual" in modes:
+                    usual, engine = usual_chain(model, rank, users)
+                    # the usual chain must answer what recfuse answers (same factors, seen
+                    # items, MLP): checked on 20 users before timing, reported, not fatal
+                    sample = users[:: max(1, users.size // 20)][:20]
+                    equal = float(np.mean([
+                        np.array_equal(np.asarray(recommender.recommend(int(u)).ids),
+                                       np.asarray(usual(int(u)))) for u in sample]))
+                    same_lists[f"{name} {chain}"] = equal
+                    print(f"  {chain}: the usual chain's top {K} equals recfuse's for "
+                          f"{equal:.0%} of {sample.size} users", flush=True)
+                    calls["usual"] = usual
                 batcher = recfuse.MicroBatcher(recommender, workers=args.workers)
-                calls = {"embedded": recommender.recommend, "batcher": batcher.recommend,
-                         "usual": usual}
+                calls["batcher"] = batcher.recommend
                 try:
                     for mode in [mode for mode in modes if mode in calls]:
                         for concurrency in levels:
@@ -463,20 +479,15 @@ def main(argv=None) -> int:
                           f"(load {load_average().split()[0]})", flush=True)
     loads["after"] = load_average()
     print(f"\nload average after: {loads['after']}; usual chain = {engine}")
-    import implicit
-    import starlette
-    import uvicorn
-
     report = {"rows": rows, "observe": observe, "new_items": new_items, "load_average": loads,
               "usual_chain": engine, "usual_chain_equal_lists": same_lists,
               "http_stack": stack, "client_loop": CLIENT_LOOP, "workers": args.workers,
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                           "implicit": implicit.__version__, "starlette": starlette.__version__,
-                           "uvicorn": uvicorn.__version__, "recfuse": recfuse.__version__}}
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "bench_serve.json"), "w") as handle:
-        json.dump(report, handle, indent=1)
+                           "implicit": peer_version("implicit"),
+                           "starlette": peer_version("starlette"),
+                           "uvicorn": peer_version("uvicorn"), "recfuse": recfuse.__version__}}
+    write_json(results_path, report, indent=1)
     return 0
 
 

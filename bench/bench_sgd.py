@@ -29,6 +29,8 @@ import numpy as np
 import recfuse
 from recfuse import datasets
 
+from bench_args import check_writable, peer_version, positive_int, write_json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATASETS = os.path.join(HERE, "..", "..", "shared", "datasets")
 RESULTS = os.path.join(HERE, "results")
@@ -216,10 +218,11 @@ def main():
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--big", action="store_true", help="also a 20M-rating synthetic fit")
     parser.add_argument("--skip-svdpp", action="store_true")
-    parser.add_argument("--bpr-iterations", type=int, default=100)
+    parser.add_argument("--bpr-iterations", type=positive_int, default=100)
     parser.add_argument("--only", choices=("movielens", "bpr", "synthetic"), default=None,
                         help="run one section (with --big, synthetic includes the 20M set)")
     args = parser.parse_args()
+    results_path = check_writable(os.path.join(RESULTS, "sgd.json"), parser)
     rows = []
     print("load average at start", os.getloadavg(), flush=True)
     for name, (_, path, _) in MOVIELENS.items():
@@ -250,13 +253,10 @@ def main():
                 "python": platform.python_version(), "machine": platform.processor() or
                 platform.machine(), "cpus": os.cpu_count(), "recfuse_threads": threads}
     for name in ("surprise", "implicit"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "sgd.json"), "w") as handle:
-        json.dump({"versions": versions, "rows": rows}, handle, indent=1)
+        version = peer_version(name)
+        if not version.startswith("unavailable"):  # a missing peer: no entry, as no rows
+            versions[name] = version
+    write_json(results_path, {"versions": versions, "rows": rows}, indent=1)
     print(f"\nrecfuse on up to {threads} threads, Surprise on one")
     print("\n| data | model | recfuse | peer | speedup | load |\n|---|---|---|---|---|---|")
     for row in rows:

@@ -43,15 +43,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 
-THREADS = int(os.environ.get("RECFUSE_BENCH_THREADS", "2"))
+from bench_args import (bench_threads, check_writable, non_negative_float, non_negative_int,
+                        peer_version, write_json)
 from openblas_env import prefer_avx512_openblas  # noqa: E402
+
+THREADS = bench_threads()
 
 prefer_avx512_openblas()
 for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -61,7 +63,6 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 import recfuse  # noqa: E402
-from recfuse import retrieval  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DEFAULT_CASES = [  # (n, d, m, k, exclude)
@@ -72,20 +73,20 @@ DEFAULT_CASES = [  # (n, d, m, k, exclude)
     (1_000_000, 64, 32, 10, True),
 ]
 SEEN_PER_QUERY = 100  # exclusion cases: each query has this many seen items
+LIBRARIES = ("recfuse", "bf16", "numpy", "faiss", "implicit")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="n in {50k, 1M} x d in {64, 128} x "
                         "m in {1, 32, 1024} x k in {10, 100, 1000} x exclusion on/off")
-    parser.add_argument("--libraries", nargs="+",
-                        default=["recfuse", "bf16", "numpy", "faiss", "implicit"],
+    parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES),
                         help="bf16: recfuse with storage='bfloat16' (exact, re-ranked)")
-    parser.add_argument("--min-time", type=float, default=0.6,
+    parser.add_argument("--min-time", type=non_negative_float, default=0.6,
                         help="seconds of calls per library and case")
     parser.add_argument("--storage", action="store_true",
                         help="only recfuse float32 vs bfloat16 storage (see the module doc)")
-    parser.add_argument("--evaluation", type=int, default=0, metavar="EVENTS",
+    parser.add_argument("--evaluation", type=non_negative_int, default=0, metavar="EVENTS",
                         help="with --storage: also metrics.evaluate of ALS at EVENTS events "
                              "(bench_data.py's workload; 20000000 takes a few minutes)")
     parser.add_argument("--output", default=None,
@@ -93,6 +94,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.output is None:
         args.output = os.path.join(RESULTS, "topk_storage.json" if args.storage else "topk.json")
+    check_writable(args.output, parser)
     return args
 
 
@@ -345,9 +347,7 @@ def compare_storage(args) -> int:
               f"{row['seconds']['bfloat16']:.2f} s ({row['speedup']:.2f}x), "
               f"{row['rescored_per_user']:.1f} scored exactly per user, same metrics: "
               f"{row['same_metrics']}, load {row['load_average'][0]:.1f}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(report, handle, indent=2)
+    write_json(args.output, report, indent=2)
     print(f"wrote {args.output}")
     return 0
 
@@ -361,11 +361,8 @@ def main(argv=None) -> int:
         return compare_storage(args)
     versions = {"numpy": np.__version__, "recfuse": recfuse.__version__,
                 "python": platform.python_version()}
-    for name in ("faiss", "implicit"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception as error:  # noqa: BLE001 - a missing peer is reported, not fatal
-            versions[name] = f"unavailable: {error}"
+    for name in ("faiss", "implicit"):  # a missing peer is recorded and skipped, not fatal
+        versions[name] = peer_version(name)
     bandwidth = read_bandwidth()
     print(f"threads {THREADS}; memory read bandwidth {bandwidth:.1f} GB/s; versions {versions}",
           flush=True)
@@ -447,9 +444,7 @@ def main(argv=None) -> int:
         print(line, flush=True)
     print()
     print("\n".join(lines))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(report, handle, indent=2)
+    write_json(args.output, report, indent=2)
     print(f"wrote {args.output}")
     return 0
 

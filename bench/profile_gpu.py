@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_args import positive_int  # noqa: E402
 
 
 def cases(rng):
@@ -54,7 +55,7 @@ def _self_device_us(event) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--calls", type=positive_int, default=20)
     args = parser.parse_args(argv)
     try:
         import torch
