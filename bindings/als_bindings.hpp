@@ -176,7 +176,7 @@ void bind_als_functions(py::module_& m, const std::string& note) {
       py::arg("cg_steps"), py::arg("num_threads") = 0, py::arg("huge_page_copy") = true,
       py::arg("woodbury_table").noconvert() = py::none(),
       ("Re-solve every row of X in place; returns the number of rows left unchanged because "
-       "their system was not positive definite. CPU layout hints: huge_page_copy=False: Y "
+       "their solve failed (recfuse.reference). CPU layout hints: huge_page_copy=False: Y "
        "already lives on huge pages (huge_page_table), do not copy it there; woodbury_table: "
        "scratch of at least Y.size values that the Cholesky solver's Woodbury rows use instead "
        "of fresh memory." + note).c_str());

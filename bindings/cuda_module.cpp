@@ -274,9 +274,9 @@ PYBIND11_MODULE(_cuda, m) {
   bind_dtype<double>(m, trainer);
   trainer
       .def("sweep_users", &AlsTrainer::sweep_users,
-           "Re-solve X against Y; returns rows left unchanged (not positive definite).")
+           "Re-solve X against Y; returns rows left unchanged (failed solves).")
       .def("sweep_items", &AlsTrainer::sweep_items,
-           "Re-solve Y against X; returns rows left unchanged (not positive definite).")
+           "Re-solve Y against X; returns rows left unchanged (failed solves).")
       .def("data_loss", &AlsTrainer::data_loss, "The data loss of the current factors (float64).")
       .def("factors", &AlsTrainer::factors, "(X, Y) copied to new NumPy arrays.")
       .def_property_readonly("dtype", &AlsTrainer::dtype)

@@ -601,8 +601,15 @@ __global__ void __launch_bounds__(kCholThreads) cholesky_kernel(SweepArgs<T> a) 
           if (lane == 0) rhs[i] = xi;
           __syncwarp();
         }
-        T* x = a.X + u * k;
-        for (int j = lane; j < k; j += 32) x[j] = rhs[j];
+        // a solution past the dtype fails the row too (recfuse.reference counts it)
+        bool finite = true;
+        for (int j = lane; j < k; j += 32) finite = finite && isfinite(rhs[j]);
+        if (__all_sync(0xffffffffu, finite)) {
+          T* x = a.X + u * k;
+          for (int j = lane; j < k; j += 32) x[j] = rhs[j];
+        } else if (lane == 0) {
+          atomicAdd(a.failed, 1ULL);
+        }
       }
     } else if (tid == 0) {
       atomicAdd(a.failed, 1ULL);

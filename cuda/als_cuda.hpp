@@ -39,8 +39,9 @@ template <class T>
 void gram(const T* Y, int64_t n, int k, T* G);
 
 // Re-solve every row of host X (rows x k, in/out) against host Y (cols x k); the contract
-// of recfuse::als_half_sweep. params.num_threads is ignored. Returns the number of rows
-// whose system was not positive definite (Cholesky only); those rows are left unchanged.
+// of recfuse::als_half_sweep. params.num_threads is ignored. Returns the number of rows that
+// failed (recfuse.reference: a Cholesky system not positive definite, a CG step's p·Ap not
+// a positive finite number, or a non-finite solution); those rows are left unchanged.
 template <class T>
 int64_t als_half_sweep(const CsrView<T>& R, const T* Y, int k, const T* gram_or_null, T* X,
                        const AlsParams<T>& params);

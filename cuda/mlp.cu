@@ -1298,6 +1298,12 @@ void MlpModelCuda::rank(const MlpCandidates& c, const MlpItemPartCuda* part, int
                         float* scores) const {
   const State& s = *state_;
   expect(k >= 1, "k must be >= 1, got " + std::to_string(k));
+  // The device top-k drops a repeated id only next to itself in sorted order: repeats with
+  // their own candidate features score apart (recfuse._mlp.cuda ranks those on the host).
+  // (time_device takes them: its timing does not depend on which repeats are kept.)
+  expect(c.candidate_block.width == 0,
+         "rank takes no candidate block (a repeated id's features may differ): score the "
+         "candidates and rank them on the host");
   const Call call = plan_call(*this, s.part, s.hidden_max, c, view(part), state_.get(), k);
   auto pad = [&](int64_t user_begin, int64_t user_end) {
     for (int64_t i = user_begin * k; i < user_end * k; ++i) {

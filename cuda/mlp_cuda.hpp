@@ -129,7 +129,8 @@ class MlpModelCuda {
   void score_candidates(const MlpCandidates& candidates, const MlpItemPartCuda* part,
                         float* out) const;
   // Per user, the k best candidates (score descending, ties by smaller id, each id once, NaN
-  // and -inf dropped), padded with -1 / -inf: ids and scores are users x k.
+  // and -inf dropped), padded with -1 / -inf: ids and scores are users x k. No candidate
+  // block (std::invalid_argument): a repeated id's own features would score it apart.
   void rank(const MlpCandidates& candidates, const MlpItemPartCuda* part, int k, int64_t* ids,
             float* scores) const;
   // The first layer's item contribution of item blocks that start at input column `column`:

@@ -879,3 +879,29 @@ def test_reference_cg_fails_on_a_non_finite_result_and_a_singular_direction():
     # steps = 0: the start, whatever A is
     start = np.array([0.5, 0.5])
     assert (reference.conjugate_gradient(singular, start, start, 0) == start).all()
+
+
+@pytest.mark.parametrize("backend", backend_params(("cuda", "cpu", "numba", "numpy")))
+@pytest.mark.parametrize("k", [2, 32, 64])
+def test_cholesky_rows_whose_solution_overflows_keep_their_vectors_and_are_counted(backend, k):
+    """Finite positive pivots can still give a solution past the dtype: a subnormal item
+    vector (1e-39) with a confidence of 3e38 and λ = 1e-40 puts x near 7e38 in float32. As
+    in recfuse.reference, the row fails: it keeps its vector and is counted (the native
+    kernels wrote inf there)."""
+    Y = np.zeros((2, k), np.float32)
+    Y[0, 0], Y[1, 1] = 1e-39, 1.0
+    matrix = sp.csr_matrix(np.array([[3.0e38, 0.0], [0.0, 2.0]], np.float32))
+    X0 = np.full((2, k), 0.5, np.float32)
+    with np.errstate(all="ignore"):
+        expected, failed = reference.als_half_sweep_counted(
+            matrix, Y, X0, regularization=1e-40, confidence="raw", solver="cholesky")
+    assert failed == 1 and (expected[0] == X0[0]).all() and np.isfinite(expected).all()
+    params = AlsParams(regularization=1e-40, alpha=1.0, confidence="raw", solver="cholesky",
+                       cg_steps=3, num_threads=0)
+    module = resolve_backend(backend)
+    for level in each_simd_level() if backend == "cpu" else [backend]:
+        X = X0.copy()
+        failed = module.half_sweep(CsrArrays.from_scipy(matrix, np.float32), Y, X, params)
+        assert failed == 1, level
+        np.testing.assert_array_equal(X[0], X0[0])
+        np.testing.assert_allclose(X[1], expected[1], rtol=1e-5)

@@ -277,6 +277,10 @@ def test_native_checks_and_timing():
                                     arguments["items"], arguments["features"], None)
     with pytest.raises(ValueError, match="k must be >= 1"):
         native.rank(indptr, ids, 10, users, items, features, None, k=0)
+    # the device top-k drops a repeat only next to itself: repeats with their own features
+    # (ids [5, 7, 5] scoring [3, 2, 1] gave [5, 7, 5]) are ranked on the host instead
+    with pytest.raises(ValueError, match="rank takes no candidate block"):
+        native.rank(indptr, ids, 10, users, items, features, None, k=2)
     other = scorer(random_layers(np.random.default_rng(9), [6, 5, 1], ["relu", "identity"]))
     foreign = other._model.item_part(items, 2)[1]
     with pytest.raises(ValueError, match="another model"):

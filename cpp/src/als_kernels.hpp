@@ -31,7 +31,8 @@ struct AlsRowKernels {
                            const T* G_reg, T alpha, bool raw, int steps, T* X, T* scratch);
   int cg_rows;  // rows in one solve_cg_rows call
   // Exact solves for the rows rows[0 .. count) of R into X, count <= cholesky_rows.
-  // Rows whose system is not positive definite are left unchanged; returns their number.
+  // Rows whose system is not positive definite, or whose solution is not finite, are left
+  // unchanged; returns their number.
   // scratch holds at least cholesky_scratch<T>(k, cholesky_rows) values.
   int64_t (*solve_cholesky_rows)(const CsrView<T>& R, const int64_t* rows, int count,
                                  const T* Y, const T* G_reg, int k, T alpha, bool raw, T* X,

@@ -46,8 +46,9 @@ template <class T>
 void gram(const T* Y, int64_t n, int k, T* G, int num_threads);
 
 // Re-solve every row of X (rows x k, in/out; the CG start) against Y (cols x k).
-// `gram_or_null` may pass a precomputed YᵀY. Returns the number of rows whose system was
-// not positive definite (Cholesky only); those rows are left unchanged.
+// `gram_or_null` may pass a precomputed YᵀY. Returns the number of rows that failed
+// (recfuse.reference: a Cholesky system not positive definite, a CG step's p·Ap not a
+// positive finite number, or a non-finite solution); those rows are left unchanged.
 template <class T>
 int64_t als_half_sweep(const CsrView<T>& R, const T* Y, int k, const T* gram_or_null, T* X,
                        const AlsParams<T>& params);

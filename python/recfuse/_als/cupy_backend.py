@@ -110,7 +110,7 @@ __device__ bool cholesky_solve_in_place(REAL* A, REAL* b, int k) {
 _CHOLESKY_SOURCE = CHOLESKY_SOLVE_SOURCE + r"""
 // One block per row of the batch: A = G + reg I + sum w y y^T (lower triangle, upper G
 // like the CPU), b = sum q y, A = L L^T in place, x = solve. Rows whose A is not positive
-// definite are counted and left unchanged.
+// definite, or whose solution is not finite, are counted and left unchanged.
 extern "C" __global__ void recfuse_cholesky_rows(
     const int* __restrict__ indptr, const int* __restrict__ indices,
     const REAL* __restrict__ w, const REAL* __restrict__ q, const REAL* __restrict__ Y,
@@ -146,7 +146,13 @@ extern "C" __global__ void recfuse_cholesky_rows(
     return;
   }
   if (tid < 32) {
-    for (int j = tid; j < k; j += 32) X[u * k + j] = b[j];
+    bool finite = true;  // a solution past the dtype fails the row too
+    for (int j = tid; j < k; j += 32) finite = finite && isfinite(b[j]);
+    if (__all_sync(0xffffffffu, finite)) {
+      for (int j = tid; j < k; j += 32) X[u * k + j] = b[j];
+    } else if (tid == 0) {
+      atomicAdd(failed, 1ULL);
+    }
   }
 }
 """

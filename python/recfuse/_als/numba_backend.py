@@ -294,6 +294,12 @@ def _kernels() -> SimpleNamespace:
                     for c in range(i + 1, k):
                         s += Ui[c] * b[c]
                     b[i] = (b[i] - s) / A[i, i]
+                finite = True  # a solution past the dtype fails the row too
+                for i in range(k):
+                    finite = finite and np.isfinite(b[i])
+                if not finite:
+                    count += 1
+                    continue
                 x = X[u]
                 for i in range(k):
                     x[i] = b[i]

@@ -704,8 +704,9 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
     # vector would keep a shrunken copy of what the user no longer has): such rows are not
     # solved at all, so that their systems cannot fail the call either.
     zero = rows_without_positive(rows)
-    solved = vectors if not zero.any() else np.ascontiguousarray(vectors[~zero])
-    if zero.any():
+    some_zero = bool(zero.any())
+    solved = np.ascontiguousarray(vectors[~zero]) if some_zero else vectors
+    if some_zero:
         rows = CsrArrays.from_scipy(rows.to_scipy()[~zero], model.dtype)
     failed = backend.half_sweep(rows, table, solved, params,
                                 gram=np.ascontiguousarray(gram, dtype=model.dtype))
@@ -714,7 +715,7 @@ def fold_in(model: ALS, item_factors: np.ndarray, user_items, start: np.ndarray,
         raise ValueError(f"the fold-in diverged: {failed} row system(s) were not positive "
                          f"definite or overflowed {np.dtype(model.dtype).name}; {advice}; "
                          f"nothing was applied")
-    if zero.any():
+    if some_zero:
         vectors[~zero] = solved
         vectors[zero] = 0
     return vectors
