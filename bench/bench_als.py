@@ -233,6 +233,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="5M nnz, k=64 only")
     parser.add_argument("--no-quality", action="store_true")
     args = parser.parse_args(argv)
+    if args.iterations < 3:  # with fewer, the median takes in recfuse's set-up
+        parser.error(f"--iterations must be at least 3 (the median iteration time leaves the "
+                     f"first, which holds recfuse's set-up, out), got {args.iterations}")
     results_path = check_writable(os.path.join(RESULTS, "als.json"), parser)
     require_peer("implicit", "every row (recfuse against implicit)")
     if args.quick:

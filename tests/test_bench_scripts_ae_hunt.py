@@ -512,6 +512,8 @@ BAD_OPTIONS = [
     ("bench_als", ["--iterations", "0"], "m.speed_rows = _ran",
      "nothing timed: NaN speed-ups written as bare NaN"),
     ("bench_als", ["--users", "0"], "m.speed_rows = _ran", "library ValueError traceback"),
+    ("bench_als", ["--iterations", "2"], "m.speed_rows = _ran",
+     "the median of two iterations takes in half of recfuse's set-up"),
     ("bench_mlp", ["--rounds", "0"], "m.make_layers = _ran",
      "statistics.median of no samples, after the set-up"),
     ("bench_data", ["--repeats", "0"], "m.ingestion_rows = m.evaluation_rows = _ran",
