@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <cstddef>
+#include <limits>
 #include <utility>
 
 #include "recfuse/sgd.hpp"

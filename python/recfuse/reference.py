@@ -754,8 +754,13 @@ def mlp_rank_rescored(indptr, candidate_ids, rough, exact, k: int):
 #
 # the exact minimiser of Σ_i (r_ui − μ − b_i − b_u − x_u·y_i)² + n_u (λ‖x_u‖² + λ_b b_u²).
 # A row without entries gets x_u = 0 (and b_u = 0). A row whose system is not positive
-# definite in the model's precision (impossible with λ > 0 in exact arithmetic) keeps its
-# previous values and is counted. The item half-sweep is the same with the roles swapped.
+# definite in the model's precision (impossible with λ > 0 in exact arithmetic; also inf or
+# NaN sums), or whose solution is not finite in the model's dtype, keeps its previous values
+# and is counted. The reference solves in float64, the kernels in the model's dtype: a row
+# whose sums overflow that dtype fails in the kernels and may still be solved here, and on
+# systems conditioned far beyond the dtype's 1/eps which rows fail depends on rounding;
+# elsewhere (zero pivots, solutions past the dtype) they agree. The item half-sweep is the
+# same with the roles swapped.
 
 
 def explicit_als_half_sweep(R: sp.csr_matrix, Y, X, *, reg: float, reg_bias: float | None = None,
@@ -800,6 +805,8 @@ def explicit_als_half_sweep(R: sp.csr_matrix, Y, X, *, reg: float, reg_bias: flo
         except np.linalg.LinAlgError:
             L = None
         w = None if L is None else np.linalg.solve(L.T, np.linalg.solve(L, Z.T @ target))
+        with np.errstate(over="ignore"):  # a solution past the model's dtype fails too
+            w = None if w is None else w.astype(dtype)
         if w is None or not np.isfinite(w).all():
             failed += 1
             continue

@@ -105,6 +105,21 @@ __device__ bool cholesky_solve_in_place(REAL* A, REAL* b, int k) {
   }
   return true;
 }
+
+// Warp 0 writes the solution b (d values) to out when all of it is finite; otherwise it
+// counts the row in failed (a solution past the dtype fails the row) and writes nothing.
+__device__ void store_solution(const REAL* b, REAL* out, int d,
+                               unsigned long long* failed) {
+  const int tid = threadIdx.x;
+  if (tid >= 32) return;
+  bool finite = true;
+  for (int j = tid; j < d; j += 32) finite = finite && isfinite(b[j]);
+  if (__all_sync(0xffffffffu, finite)) {
+    for (int j = tid; j < d; j += 32) out[j] = b[j];
+  } else if (tid == 0) {
+    atomicAdd(failed, 1ULL);
+  }
+}
 """
 
 _CHOLESKY_SOURCE = CHOLESKY_SOLVE_SOURCE + r"""
@@ -145,15 +160,7 @@ extern "C" __global__ void recfuse_cholesky_rows(
     if (tid == 0) atomicAdd(failed, 1ULL);
     return;
   }
-  if (tid < 32) {
-    bool finite = true;  // a solution past the dtype fails the row too
-    for (int j = tid; j < k; j += 32) finite = finite && isfinite(b[j]);
-    if (__all_sync(0xffffffffu, finite)) {
-      for (int j = tid; j < k; j += 32) X[u * k + j] = b[j];
-    } else if (tid == 0) {
-      atomicAdd(failed, 1ULL);
-    }
-  }
+  store_solution(b, X + u * k, k, failed);
 }
 """
 

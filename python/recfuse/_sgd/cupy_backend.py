@@ -159,7 +159,8 @@ _EXPLICIT_SOURCE = CHOLESKY_SOLVE_SOURCE + r"""
 // One block per row rows[first + slot] (rows with ratings only): with d = k + 1 and
 // z_t = (y_t, 1) when biased (d = k, z_t = y_t otherwise), A = sum z z^T + n diag(D) and
 // b = sum (r_t - mu - c_t) z (mu and the other side's bias c only when biased); W[row] (d
-// values) = A^-1 b. Rows whose A is not positive definite are counted and left unchanged.
+// values) = A^-1 b. Rows whose A is not positive definite, or whose solution is not finite,
+// are counted and left unchanged.
 extern "C" __global__ void recfuse_explicit_rows(
     const long long* __restrict__ indptr, const int* __restrict__ indices,
     const REAL* __restrict__ values, const REAL* __restrict__ Y,
@@ -200,9 +201,7 @@ extern "C" __global__ void recfuse_explicit_rows(
     if (tid == 0) atomicAdd(failed, 1ULL);
     return;
   }
-  if (tid < 32) {
-    for (int j = tid; j < d; j += 32) W[u * d + j] = b[j];
-  }
+  store_solution(b, W + u * d, d, failed);
 }
 """
 

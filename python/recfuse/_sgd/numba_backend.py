@@ -192,7 +192,7 @@ def _kernels() -> SimpleNamespace:
             ok = True
             for j in range(d):  # A = UᵀU in place (upper triangle), as in the C++ kernel
                 pivot = A[j, j]
-                if not pivot > 0:
+                if not (0 < pivot < np.inf):  # also NaN, and inf: sums past the dtype
                     ok = False
                     break
                 pivot = dtype(np.sqrt(np.float64(pivot)))
@@ -214,6 +214,11 @@ def _kernels() -> SimpleNamespace:
                 for c in range(i2 + 1, d):
                     acc -= A[i2, c] * b[c]
                 b[i2] = acc / A[i2, i2]
+            for j in range(d):  # a solution past the dtype fails the row too
+                ok = ok and np.isfinite(b[j])
+            if not ok:
+                failed[u] = 1
+                continue
             for f in range(k):
                 X[u, f] = b[f]
             if biased:
