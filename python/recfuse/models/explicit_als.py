@@ -205,7 +205,7 @@ class ExplicitALS(_RatingModel):
         finally:
             progress.close()
         if failed:
-            warnings.warn(f"{failed} row systems were not positive definite in "
+            warnings.warn(f"{failed} row systems were not positive definite or overflowed "
                           f"{self.dtype.name} and kept their previous values", RuntimeWarning,
                           stacklevel=check.caller_stacklevel())
         fitted = replace(self._snapshot(global_mean, user_bias, item_bias, X, Y, seen, users,
@@ -238,8 +238,8 @@ class ExplicitALS(_RatingModel):
 def _check_sums_fit(values, by_user, by_item, dtype, init_std: float | None) -> None:
     """Refuse float32 ratings whose normal equations could overflow. A row's system sums
     products of its ratings and the other side's factors, which grow like the ratings: up to
-    about max|r|² x the row's length. Past float32's largest value the solves fail (systems
-    "not positive definite", then a diverged model). On the cpu backend the first failures
+    about max|r|² x the row's length. Past float32's largest value the solves fail (the rows
+    keep their values, counted: "not positive definite or overflowed"). On the cpu backend the first failures
     were at max|r| ≈ 1.8e19 = √3.4e38 for short rows, down to 7.5e17 for rows of 20,000
     unbiased ratings of one sign; the bound max|r|² x (longest row or column) <= 3.4e38 was
     5x to 50x below them in max|r|. Backend-independent: the numpy backend, which solves in
